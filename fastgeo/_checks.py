@@ -1,0 +1,74 @@
+"""Argument checks shared by the public API: clear errors that name the argument."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def tensor(name: str, value: object, ndim: int | None = None, min_ndim: int | None = None) -> Tensor:
+    """``value`` as a floating tensor (float32/float64) of the given rank, else a clear error."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {value.dtype}")
+    if ndim is not None and value.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    if min_ndim is not None and value.dim() < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def same_dtype_device(named: Sequence[tuple[str, Tensor]]) -> None:
+    """All tensors share the first one's dtype and device."""
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(
+                f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
+                "convert them to one dtype"
+            )
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} is on {t.device} but {first_name} is on {first.device}; "
+                "move them to one device"
+            )
+
+
+def finite(name: str, t: Tensor) -> None:
+    """No NaN or inf in ``t`` (one host sync: use at API boundaries, not in loops)."""
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def rbf_params(
+    centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor | float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Shapes, dtypes and devices of RBF parameters; returns them with ``zeta`` as a (D,) tensor."""
+    tensor("centers", centers, ndim=2)
+    tensor("gammas", gammas, ndim=1)
+    tensor("weights", weights, ndim=2)
+    K, _ = centers.shape
+    D = weights.shape[0]
+    if gammas.shape[0] != K:
+        raise ValueError(f"gammas must have shape (K,) = ({K},) to match centers, got {tuple(gammas.shape)}")
+    if weights.shape[1] != K:
+        raise ValueError(
+            f"weights must have shape (D, K) with K = {K} (the number of centers), "
+            f"got {tuple(weights.shape)}"
+        )
+    if isinstance(zeta, (int, float)) and not isinstance(zeta, bool):
+        zeta = torch.full((D,), float(zeta), dtype=weights.dtype, device=weights.device)
+    tensor("zeta", zeta)
+    if zeta.dim() == 0:
+        zeta = zeta.expand(D)
+    elif zeta.shape != (D,):
+        raise ValueError(f"zeta must be a scalar or have shape (D,) = ({D},), got {tuple(zeta.shape)}")
+    same_dtype_device([("centers", centers), ("gammas", gammas), ("weights", weights), ("zeta", zeta)])
+    return centers, gammas, weights, zeta

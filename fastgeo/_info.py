@@ -1,0 +1,36 @@
+"""``fastgeo.info()``: versions, threads and the backend each op uses here."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from ._backend import AUTO_ORDER, OPS, availability, resolve
+
+
+def info() -> str:
+    """A human-readable report: versions, threads, backends available and the one each op uses."""
+    from . import __version__
+
+    lines = [
+        f"fastgeo {__version__}",
+        f"python {platform.python_version()}  torch {torch.__version__}",
+        f"threads {torch.get_num_threads()}  cuda available {torch.cuda.is_available()}",
+    ]
+    try:
+        import triton
+
+        lines.append(f"triton {triton.__version__}")
+    except ImportError:
+        lines.append("triton not installed")
+    lines.append("backends:")
+    for name, (ok, reason) in availability().items():
+        lines.append(f"  {name:10s} {'yes' if ok else 'no ':3s}  {reason}")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        if dev not in AUTO_ORDER:
+            continue
+        chosen = ", ".join(f"{op}: {resolve(op, torch.device(dev)).name}" for op in OPS)
+        lines.append(f"auto on {dev}: {chosen}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Compiled backends of the ``torch.ops.fastgeo`` operators (one module per backend)."""
