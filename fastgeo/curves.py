@@ -1,0 +1,105 @@
+"""Curves with fixed end points, as a linear combination of basis functions (DESIGN §1):
+
+    c(t) = z0 + t (z1 - z0) + sum_j a_j psi_j(t),       t in [0, 1],   psi_j(0) = psi_j(1) = 0
+
+Two bases share this form, so one solver handles both:
+
+- :class:`PolynomialBasis`: ``psi_j(t) = t (t-1) P_{j-1}(2t-1)``, ``j = 1..m``, with ``P`` the
+  Legendre or Chebyshev polynomials; ``m = 1`` is the paper's quadratic ``a t^2 + b t + c``.
+- :class:`PiecewiseLinearBasis`: hat functions on ``n`` equispaced nodes, i.e. a free polyline
+  whose ``n - 2`` interior nodes are the unknowns (the dense reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class PolynomialBasis:
+    """``psi_j(t) = t (t-1) P_{j-1}(2t-1)`` for ``j = 1..m`` (``family``: legendre | chebyshev)."""
+
+    def __init__(self, m: int, family: str = "legendre") -> None:
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            raise ValueError(f"m (number of basis functions) must be an integer >= 1, got {m!r}")
+        if family not in ("legendre", "chebyshev"):
+            raise ValueError(f"family must be 'legendre' or 'chebyshev', got {family!r}")
+        self.m = m
+        self.family = family
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """Basis values: t (n,) -> (n, m)."""
+        x = 2 * t - 1
+        polys = [torch.ones_like(x), x]
+        for j in range(1, self.m - 1):
+            if self.family == "legendre":  # (j+1) P_{j+1} = (2j+1) x P_j - j P_{j-1}
+                polys.append(((2 * j + 1) * x * polys[j] - j * polys[j - 1]) / (j + 1))
+            else:  # T_{j+1} = 2 x T_j - T_{j-1}
+                polys.append(2 * x * polys[j] - polys[j - 1])
+        return (t * (t - 1))[:, None] * torch.stack(polys[: self.m], dim=1)
+
+    def __repr__(self) -> str:
+        return f"PolynomialBasis(m={self.m}, family={self.family!r})"
+
+
+class PiecewiseLinearBasis:
+    """Hat functions of the ``n - 2`` interior nodes of ``n`` equispaced nodes on [0, 1]."""
+
+    def __init__(self, n_nodes: int) -> None:
+        if not isinstance(n_nodes, int) or n_nodes < 3:
+            raise ValueError(f"n_nodes must be an integer >= 3, got {n_nodes!r}")
+        self.n_nodes = n_nodes
+        self.m = n_nodes - 2
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """Basis values: t (n,) -> (n, n_nodes - 2)."""
+        nodes = torch.linspace(0, 1, self.n_nodes, dtype=t.dtype, device=t.device)[1:-1]
+        h = 1.0 / (self.n_nodes - 1)
+        return (1 - (t[:, None] - nodes[None, :]).abs() / h).clamp(min=0)
+
+    def __repr__(self) -> str:
+        return f"PiecewiseLinearBasis(n_nodes={self.n_nodes})"
+
+
+Basis = PolynomialBasis | PiecewiseLinearBasis
+
+
+def time_grid(n: int, like: Tensor) -> Tensor:
+    """``t_n = n / (n_points - 1)``: the (n,) sampling grid of DESIGN §1."""
+    return torch.linspace(0, 1, n, dtype=like.dtype, device=like.device)
+
+
+def evaluate(z0: Tensor, z1: Tensor, coeffs: Tensor, psi: Tensor, t: Tensor) -> Tensor:
+    """Curve points: z0, z1 (B, d), coeffs (B, m, d), psi (n, m) at times t (n,) -> (B, n, d)."""
+    line = z0[:, None, :] + t[None, :, None] * (z1 - z0)[:, None, :]
+    return line + torch.einsum("nm,bmd->bnd", psi, coeffs)
+
+
+@dataclass
+class Curves:
+    """A batch of curves ``c_b(t) = z0_b + t (z1_b - z0_b) + sum_j coeffs[b, j] psi_j(t)``.
+
+    Attributes:
+        z0, z1: (B, d) end points; coeffs: (B, m, d); basis: the psi functions.
+    """
+
+    z0: Tensor
+    z1: Tensor
+    coeffs: Tensor
+    basis: Basis
+
+    def points(self, n: int) -> Tensor:
+        """The curves sampled at ``t = linspace(0, 1, n)``: (B, n, d); end points exact."""
+        if not isinstance(n, int) or n < 2:
+            raise ValueError(f"n (points per curve) must be an integer >= 2, got {n!r}")
+        t = time_grid(n, self.z0)
+        pts = evaluate(self.z0, self.z1, self.coeffs, self.basis(t), t)
+        # Pin the end points bit-exactly (psi vanishes there, but rounding of z0 + 1 (z1 - z0) need not).
+        pts[:, 0] = self.z0
+        pts[:, -1] = self.z1
+        return pts
+
+    def __len__(self) -> int:
+        return self.z0.shape[0]

@@ -1,0 +1,153 @@
+"""The expected Riemannian metric of a stochastic decoder ``x = mu(z) + sigma(z) * eps``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from . import _checks, ops
+from ._backend import use_backend
+from .rbf import RBFPrecision
+
+
+class ExpectedMetric:
+    """``M(z) = J_mu^T J_mu + J_sigma^T J_sigma`` with ``sigma`` from an :class:`RBFPrecision`.
+
+    Curves are discretized at ``N`` points ``c_n`` (DESIGN §1):
+
+        s_n = ||mu(c_{n+1}) - mu(c_n)||^2 + ||sigma(c_{n+1}) - sigma(c_n)||^2
+        energy = (N-1)/2 sum_n s_n        length = sum_n sqrt(s_n)
+
+    Args:
+        mean: the decoder mean, any differentiable callable (..., d) -> (..., D), e.g. an
+            ``nn.Module``. Its parameters are not optimized here.
+        precision: the RBF precision network of the decoder's variance (D outputs).
+
+    Example::
+
+        metric = fastgeo.ExpectedMetric(decoder_mean, fastgeo.RBFPrecision(c, g, W, zeta))
+        L = metric.length(points)       # (B, N, d) -> (B,)
+    """
+
+    def __init__(self, mean: Callable[[Tensor], Tensor], precision: RBFPrecision) -> None:
+        if not callable(mean):
+            raise TypeError(f"mean must be a callable (..., d) -> (..., D), got {type(mean).__name__}")
+        if not isinstance(precision, RBFPrecision):
+            raise TypeError(f"precision must be a fastgeo.RBFPrecision, got {type(precision).__name__}")
+        self.mean = mean
+        self.precision = precision
+        with torch.no_grad():
+            probe = mean(precision.centers[:1])
+        if not isinstance(probe, Tensor) or probe.dim() < 1:
+            raise TypeError("mean must return a tensor of shape (..., D)")
+        if probe.shape != (1, precision.data_dim):
+            raise ValueError(
+                f"mean maps (1, d={precision.latent_dim}) to shape {tuple(probe.shape)}, but the "
+                f"precision's weights have D = {precision.data_dim} rows: expected (1, {precision.data_dim})"
+            )
+        if probe.dtype != precision.weights.dtype or probe.device != precision.weights.device:
+            raise TypeError(
+                f"mean returns {probe.dtype} on {probe.device} but the precision is "
+                f"{precision.weights.dtype} on {precision.weights.device}; use one dtype and device"
+            )
+
+    @property
+    def latent_dim(self) -> int:
+        return self.precision.latent_dim
+
+    @property
+    def data_dim(self) -> int:
+        return self.precision.data_dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.weights.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.precision.weights.device
+
+    def check_points(self, name: str, points: Tensor, ndim: int | None = None) -> Tensor:
+        """Validate latent points against this metric: float dtype, device, last axis d."""
+        _checks.tensor(name, points, ndim=ndim, min_ndim=1)
+        if points.shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"{name} must have latent dimension d = {self.latent_dim} on its last axis, "
+                f"got shape {tuple(points.shape)}"
+            )
+        if points.dtype != self.dtype:
+            raise TypeError(f"{name} has dtype {points.dtype} but the metric is {self.dtype}")
+        if points.device != self.device:
+            raise ValueError(f"{name} is on {points.device} but the metric is on {self.device}")
+        return points
+
+    def segment_sqdist(self, points: Tensor) -> Tensor:
+        """Expected squared length ``s_n`` of each segment: (B, N, d) -> (B, N-1)."""
+        self.check_points("points", points, ndim=3)
+        if points.shape[1] < 2:
+            raise ValueError(f"points must have N >= 2 per curve, got shape {tuple(points.shape)}")
+        return ops.segment_sqdist(self.mean(points)) + self.precision.segment_sqdist(points)
+
+    def energy(self, points: Tensor) -> Tensor:
+        """Discrete energy ``(N-1)/2 sum_n s_n``: (B, N, d) -> (B,)."""
+        s = self.segment_sqdist(points)
+        return 0.5 * (points.shape[1] - 1) * s.sum(-1)
+
+    def length(self, points: Tensor) -> Tensor:
+        """Discrete length ``sum_n sqrt(s_n)``: (B, N, d) -> (B,)."""
+        return self.segment_sqdist(points).sqrt().sum(-1)
+
+    def features(self, z: Tensor) -> Tensor:
+        """The embedding ``[mu(z), sigma(z)]`` whose pull-back is M: (..., d) -> (..., 2D)."""
+        return torch.cat([self.mean(z), self.precision.sigma(z)], dim=-1)
+
+    def features_and_jacobian(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``[mu, sigma](z)`` and its Jacobian by forward-mode AD, one pass per latent direction.
+
+        z: (P, d) -> features (P, 2D), jacobian (P, 2D, d).
+        """
+        return jacobian_columns(self.features, z)
+
+    def metric_tensor(self, z: Tensor) -> Tensor:
+        """``M(z) = J^T J`` of the embedding ``[mu, sigma]``: (..., d) -> (..., d, d)."""
+        self.check_points("z", z)
+        lead = z.shape[:-1]
+        _, jac = self.features_and_jacobian(z.reshape(-1, self.latent_dim))
+        return (jac.transpose(-1, -2) @ jac).reshape(*lead, self.latent_dim, self.latent_dim)
+
+
+def jacobian_columns(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
+    """``fn(z)`` and its Jacobian, one forward-mode pass per input direction.
+
+    fn maps (P, d) -> (P, F) pointwise; returns value (P, F) and jacobian (P, F, d). The RBF ops
+    run on the reference backend here (it supports forward-mode AD). A ``fn`` without
+    forward-mode support falls back to the double-backward trick (two reverse passes).
+    """
+    d = z.shape[-1]
+    columns = []
+    value = None
+    with use_backend("reference"):
+        for i in range(d):
+            tangent = torch.zeros_like(z)
+            tangent[:, i] = 1
+            value, column = _jvp(fn, z, tangent)
+            columns.append(column)
+    if value is None:  # d == 0 cannot happen for validated input; keep the type checker happy
+        raise ValueError("z must have a latent dimension d >= 1")
+    return value.detach(), torch.stack(columns, dim=-1).detach()
+
+
+def _jvp(fn: Callable[[Tensor], Tensor], z: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:
+    try:
+        return torch.func.jvp(fn, (z,), (tangent,))
+    except (RuntimeError, NotImplementedError):
+        # J v = d/du <J^T u, v>: exact, for callables whose ops lack forward-mode formulas.
+        with torch.enable_grad():
+            x = z.detach().requires_grad_(True)
+            y = fn(x)
+            u = torch.zeros_like(y, requires_grad=True)
+            (vjp,) = torch.autograd.grad(y, x, u, create_graph=True)
+            (jv,) = torch.autograd.grad(vjp, u, tangent)
+        return y, jv

@@ -1,0 +1,94 @@
+"""The RBF precision network of the decoder's variance (paper eq. (6), DESIGN §1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import _checks, ops
+
+
+class RBFPrecision(nn.Module):
+    """Precision ``beta(z) = W phi(z) + zeta`` with ``phi_k(z) = exp(-gamma_k ||z - c_k||^2)``.
+
+    The decoder's standard deviation is ``sigma(z) = beta(z) ** -1/2``: small (``~ 1/sqrt(W phi)``)
+    near the centers, where the data lies, and ``1/sqrt(zeta)`` far from them.
+
+    Args:
+        centers: (K, d) RBF centers.
+        gammas: (K,) bandwidths, > 0 (units of 1 / latent distance^2).
+        weights: (D, K) non-negative weights.
+        zeta: scalar or (D,) precision floor, > 0.
+
+    Parameters are validated once here (finite, shapes agree, gammas > 0, weights >= 0,
+    zeta > 0). ``weights`` is an ``nn.Parameter`` (trainable); the others are buffers.
+
+    Example::
+
+        prec = fastgeo.RBFPrecision(centers, gammas, weights, zeta=1e-2)
+        sigma = prec.sigma(z)          # (..., d) -> (..., D)
+    """
+
+    centers: Tensor
+    gammas: Tensor
+    zeta: Tensor
+
+    def __init__(self, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor | float) -> None:
+        super().__init__()
+        centers, gammas, weights, zeta = _checks.rbf_params(centers, gammas, weights, zeta)
+        for name, t in (("centers", centers), ("gammas", gammas), ("weights", weights), ("zeta", zeta)):
+            _checks.finite(name, t)
+        if not bool((gammas > 0).all()):
+            raise ValueError("gammas must be > 0")
+        if not bool((weights >= 0).all()):
+            raise ValueError("weights must be >= 0 (a precision is non-negative)")
+        if not bool((zeta > 0).all()):
+            raise ValueError("zeta must be > 0 (it keeps sigma finite far from the data)")
+        self.register_buffer("centers", centers.detach().clone())
+        self.register_buffer("gammas", gammas.detach().clone())
+        self.register_buffer("zeta", zeta.detach().clone().contiguous())
+        self.weights = nn.Parameter(weights.detach().clone())
+
+    @property
+    def latent_dim(self) -> int:
+        """d, the latent dimension."""
+        return self.centers.shape[1]
+
+    @property
+    def data_dim(self) -> int:
+        """D, the data dimension."""
+        return self.weights.shape[0]
+
+    @property
+    def num_centers(self) -> int:
+        """K, the number of RBF centers."""
+        return self.centers.shape[0]
+
+    def params(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(centers, gammas, weights, zeta): the arguments of ``fastgeo.ops`` RBF ops."""
+        return self.centers, self.gammas, self.weights, self.zeta
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Precision beta: (..., d) -> (..., D)."""
+        return ops.rbf_precision(z, *self.params())
+
+    def sigma(self, z: Tensor) -> Tensor:
+        """Standard deviation ``beta ** -1/2``: (..., d) -> (..., D)."""
+        return self(z).rsqrt()
+
+    def segment_sqdist(self, points: Tensor) -> Tensor:
+        """``||sigma(z_{n+1}) - sigma(z_n)||^2``, fused: (B, N, d) -> (B, N-1)."""
+        return ops.rbf_segment_sqdist(points, *self.params())
+
+    def total_precision(self, z: Tensor) -> Tensor:
+        """``g(z) = sum_D beta(z)``, whose ridges geodesics follow: (..., d) -> (...)."""
+        return self(z).sum(-1)
+
+    def extra_repr(self) -> str:
+        return f"K={self.num_centers}, d={self.latent_dim}, D={self.data_dim}"
+
+    @torch.no_grad()
+    def clamp_weights_(self) -> RBFPrecision:
+        """Project ``weights`` back onto >= 0 (after an unconstrained optimizer step)."""
+        self.weights.clamp_(min=0)
+        return self

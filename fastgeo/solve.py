@@ -1,0 +1,465 @@
+"""Batched geodesic solver: all curves of a call are optimized together, each with its own
+step size and convergence test.
+
+The discrete energy ``E = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2`` of the embedding
+``f = [mu, sigma]`` is a sum of squared residuals, linear in nothing but cheap to linearize: with
+``c(t) = line(t) + sum_j a_j psi_j(t)`` the residual Jacobian is
+``dr_n / da_{j,i} = psi_j(t_{n+1}) J_f(c_{n+1})[:, i] - psi_j(t_n) J_f(c_n)[:, i]``.
+So the Gauss-Newton matrix needs only the (d x d) Gram blocks ``J_n^T J_n`` and
+``J_n^T J_{n+1}`` (d forward-mode passes of the decoder per iteration, whatever the number of
+basis functions m), and each Levenberg-Marquardt step is a small (m d x m d) solve per curve.
+
+Phases (``method="default"``):
+  1. warm start (paper): minimize the energy of the RBF part of the metric plus a Euclidean
+     term, ``f_w = [sqrt(kappa) z, sigma(z)]``, which never touches the decoder's Jacobian and
+     pulls the curve onto the ridges of the precision (``kappa`` = the decoder's stretch along
+     the straight line, one decoder call at the end points);
+  2. the start with the lower full energy (straight line or warm start) is kept per curve;
+  3. Levenberg-Marquardt on the full energy; converged curves leave the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from . import _checks
+from .curves import Curves, PiecewiseLinearBasis, PolynomialBasis, evaluate, time_grid
+from .metric import ExpectedMetric, jacobian_columns
+
+METHODS = ("default", "paper", "dense")
+INIT_NAMES = ("straight", "warm", "given")
+
+
+@dataclass
+class GeodesicResult:
+    """Geodesics for a batch of B end-point pairs.
+
+    Attributes:
+        curves: the optimized :class:`fastgeo.curves.Curves`.
+        lengths: (B,) discrete length ``sum_n sqrt(s_n)`` at ``n_points`` (the distances).
+        energies: (B,) discrete energy at ``n_points``.
+        converged: (B,) bool; False when the iteration limit was hit or the energy was not finite.
+        iterations: (B,) int, optimizer iterations spent on each curve (all phases).
+        init: (B,) int, index into :data:`INIT_NAMES` of the start each curve was taken from.
+        straight_lengths: (B,) length of the straight line between the end points.
+        n_points: points per curve used for the energy.
+        decoder_evals: latent points passed through the decoder mean (forward calls).
+        decoder_jvps: latent points times directions pushed through the decoder in forward mode.
+    """
+
+    curves: Curves
+    lengths: Tensor
+    energies: Tensor
+    converged: Tensor
+    iterations: Tensor
+    init: Tensor
+    straight_lengths: Tensor
+    n_points: int
+    decoder_evals: int = 0
+    decoder_jvps: int = 0
+    options: dict = field(default_factory=dict)
+
+    def points(self, n: int | None = None) -> Tensor:
+        """The curves sampled at ``t = linspace(0, 1, n)`` (default ``n_points``): (B, n, d)."""
+        return self.curves.points(self.n_points if n is None else n)
+
+    @property
+    def init_names(self) -> list[str]:
+        """Per-curve name of the start the solution came from."""
+        return [INIT_NAMES[i] for i in self.init.tolist()]
+
+    def __len__(self) -> int:
+        return self.lengths.shape[0]
+
+
+class _Counter:
+    """Decoder work done by one call (points through the mean, and through its forward-mode JVP)."""
+
+    def __init__(self) -> None:
+        self.evals = 0
+        self.jvps = 0
+
+
+def geodesics(
+    metric: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    *,
+    method: str = "default",
+    m: int | None = None,
+    n_points: int | None = None,
+    family: str = "legendre",
+    warm_start: bool = True,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    batch_size: int | None = None,
+    init: Tensor | None = None,
+) -> GeodesicResult:
+    """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
+
+    Args:
+        metric: the :class:`ExpectedMetric` of the decoder.
+        z0, z1: (B, d) end points (same dtype and device as the metric).
+        method: ``"default"`` (polynomial curves, warm start, Levenberg-Marquardt),
+            ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF warm start,
+            first-order steps) or ``"dense"`` (free polylines of ``n_points = 128`` nodes
+            minimized to convergence: the accuracy oracle; use a float64 metric for it).
+        m: basis functions per latent dimension (default 8; ``paper`` uses 1).
+        n_points: points per curve in the discrete energy (default 32; 128 for ``dense``).
+        family: ``"legendre"`` or ``"chebyshev"`` polynomials.
+        warm_start: run the RBF warm start (``default`` and ``paper``).
+        max_iter: iteration limit per phase (default 100 for Levenberg-Marquardt, 2000 for
+            ``paper``'s first-order steps, 300 for ``dense``).
+        tol: a curve converges when a step lowers its energy by less than ``tol`` relative
+            (default 1e-10 in float64, 1e-6 in float32).
+        batch_size: curves optimized at once (default: as many as fit in ~512 MB of Jacobians).
+        init: optional (B, m, d) starting coefficients for the basis of ``method``.
+
+    Returns:
+        :class:`GeodesicResult`; no curve is longer than the straight line between its ends.
+    """
+    if not isinstance(metric, ExpectedMetric):
+        raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
+    metric.check_points("z0", z0, ndim=2)
+    metric.check_points("z1", z1, ndim=2)
+    if z0.shape != z1.shape:
+        raise ValueError(
+            f"z0 and z1 must have the same shape (B, d), got {tuple(z0.shape)} and {tuple(z1.shape)}"
+        )
+    _checks.finite("z0", z0)
+    _checks.finite("z1", z1)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    dense = method == "dense"
+    if n_points is None:
+        n_points = 128 if dense else 32
+    if not isinstance(n_points, int) or isinstance(n_points, bool) or n_points < 2:
+        raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
+    if dense:
+        if n_points < 3:
+            raise ValueError(f"method='dense' needs n_points >= 3, got {n_points}")
+        basis = PiecewiseLinearBasis(n_points)
+    else:
+        basis = PolynomialBasis((1 if method == "paper" else 8) if m is None else m, family)
+    if max_iter is None:
+        max_iter = {"default": 100, "paper": 2000, "dense": 300}[method]
+    if not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+    if tol is None:
+        tol = 1e-10 if metric.dtype == torch.float64 else 1e-6
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    B, d = z0.shape
+    if init is not None:
+        metric.check_points("init", init, ndim=3)
+        if init.shape != (B, basis.m, d):
+            raise ValueError(f"init must have shape (B, m, d) = {(B, basis.m, d)}, got {tuple(init.shape)}")
+        _checks.finite("init", init)
+    if batch_size is None:
+        per_curve = n_points * 2 * metric.data_dim * (d + 3) * z0.element_size()
+        batch_size = max(1, (512 << 20) // per_curve)
+
+    z0, z1 = z0.detach(), z1.detach()
+    counter = _Counter()
+    if dense and init is None and B > 0:
+        # The oracle starts from the default solver's curve (and the straight line) as nodes.
+        coarse = geodesics(
+            metric, z0, z1, method="default", n_points=min(n_points, 64), batch_size=batch_size
+        )
+        counter.evals += coarse.decoder_evals
+        counter.jvps += coarse.decoder_jvps
+        init = (coarse.points(n_points) - curves_straight(z0, z1, n_points))[:, 1:-1]
+    parts = []
+    with torch.no_grad():
+        for start in range(0, B, batch_size):
+            sl = slice(start, start + batch_size)
+            parts.append(
+                _solve_batch(
+                    metric, z0[sl], z1[sl], basis, n_points, method, warm_start, max_iter, tol,
+                    None if init is None else init[sl].detach(), counter,
+                )
+            )
+    if not parts:  # empty batch
+        parts.append(_solve_batch(metric, z0, z1, basis, n_points, method, warm_start, 0, tol, None, counter))
+    coeffs, energies, converged, iterations, init_idx = (torch.cat(x) for x in zip(*parts, strict=True))
+    curves = Curves(z0, z1, coeffs, basis)
+    with torch.no_grad():
+        pts = curves.points(n_points)
+        lengths = metric.length(pts)
+        straight = metric.length(curves_straight(z0, z1, n_points))
+    counter.evals += 2 * B * n_points
+    # Never worse than the straight line: fall back to it where the optimum is longer.
+    worse = lengths > straight
+    if bool(worse.any()):
+        coeffs = torch.where(worse[:, None, None], torch.zeros_like(coeffs), coeffs)
+        curves = Curves(z0, z1, coeffs, basis)
+        lengths = torch.where(worse, straight, lengths)
+        with torch.no_grad():
+            energies = torch.where(worse, metric.energy(curves_straight(z0, z1, n_points)), energies)
+        init_idx = torch.where(worse, torch.zeros_like(init_idx), init_idx)
+    converged = converged & torch.isfinite(lengths) & torch.isfinite(energies)
+    return GeodesicResult(
+        curves=curves,
+        lengths=lengths,
+        energies=energies,
+        converged=converged,
+        iterations=iterations,
+        init=init_idx,
+        straight_lengths=straight,
+        n_points=n_points,
+        decoder_evals=counter.evals,
+        decoder_jvps=counter.jvps,
+        options={"method": method, "basis": repr(basis), "n_points": n_points, "tol": tol,
+                 "max_iter": max_iter, "warm_start": warm_start},
+    )
+
+
+def curves_straight(z0: Tensor, z1: Tensor, n: int) -> Tensor:
+    """Straight lines sampled at ``n`` points: (B, d) x 2 -> (B, n, d)."""
+    t = time_grid(n, z0)
+    return z0[:, None, :] + t[None, :, None] * (z1 - z0)[:, None, :]
+
+
+def _solve_batch(
+    metric: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    basis,
+    n_points: int,
+    method: str,
+    warm_start: bool,
+    max_iter: int,
+    tol: float,
+    init: Tensor | None,
+    counter: _Counter,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One batch of curves: returns coeffs (B, m, d), energies, converged, iterations, init index."""
+    B, d = z0.shape
+    t = time_grid(n_points, z0)
+    psi = basis(t)
+    iterations = torch.zeros(B, dtype=torch.long, device=z0.device)
+
+    def full_energy(coeffs: Tensor, idx: Tensor) -> Tensor:
+        counter.evals += idx.numel() * n_points
+        return metric.energy(evaluate(z0[idx], z1[idx], coeffs, psi, t))
+
+    def full_features(points: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        counter.jvps += points.shape[0] * n_points * d
+        return jacobian_columns(metric.features, points.reshape(-1, d))
+
+    everyone = torch.arange(B, device=z0.device)
+    straight = torch.zeros(B, basis.m, d, dtype=z0.dtype, device=z0.device)
+    candidates = [(0, straight)]
+    if init is not None:
+        candidates.append((2, init))
+    if warm_start and method != "dense" and B > 0:
+        warm, warm_it = _warm_start(metric, z0, z1, psi, t, method, max_iter, tol, counter)
+        iterations += warm_it
+        candidates.append((1, warm))
+    # Keep, per curve, the start with the lowest full energy.
+    best_idx = torch.zeros(B, dtype=torch.long, device=z0.device)
+    best = straight
+    best_energy = full_energy(straight, everyone)
+    for code, coeffs in candidates[1:]:
+        e = full_energy(coeffs, everyone)
+        better = e < best_energy
+        best = torch.where(better[:, None, None], coeffs, best)
+        best_energy = torch.where(better, e, best_energy)
+        best_idx = torch.where(better, torch.full_like(best_idx, code), best_idx)
+
+    if method == "paper":
+        coeffs, energy, converged, it = _first_order(full_energy, best, best_energy, max_iter, tol, z0, z1)
+    else:
+        coeffs, energy, converged, it = _levenberg_marquardt(
+            full_features, full_energy, z0, z1, best, best_energy, psi, t, max_iter, tol
+        )
+    return coeffs, energy, converged, iterations + it, best_idx
+
+
+def _warm_start(metric, z0, z1, psi, t, method, max_iter, tol, counter) -> tuple[Tensor, Tensor]:
+    """The paper's warm start: the curve optimized against the RBF precision alone.
+
+    Energy of the embedding ``[sqrt(kappa) z, sigma(z)]``: sigma is flat and small on the data and
+    changes fast at its edges, so minimizers stay on the ridges of the precision; the Euclidean
+    term (kappa: squared decoder stretch of the straight line, per curve) keeps the problem
+    well posed where sigma is constant.
+    """
+    B, d = z0.shape
+    N = t.shape[0]
+    with torch.no_grad():
+        dmu = metric.mean(z1) - metric.mean(z0)
+    counter.evals += 2 * B
+    dz2 = (z1 - z0).pow(2).sum(-1)
+    kappa = torch.where(dz2 > 0, dmu.pow(2).sum(-1) / dz2.clamp(min=torch.finfo(dz2.dtype).tiny), 1.0)
+    kappa = torch.where(kappa > 0, kappa, 1.0)
+    prec = metric.precision
+    sqrt_kappa = kappa.sqrt()
+
+    def features(z: Tensor, idx: Tensor) -> Tensor:  # (b, N, d) -> (b, N, d + D)
+        return torch.cat([sqrt_kappa[idx, None, None] * z, prec.sigma(z)], dim=-1)
+
+    def energy(coeffs: Tensor, idx: Tensor) -> Tensor:
+        pts = evaluate(z0[idx], z1[idx], coeffs, psi, t)
+        euclid = kappa[idx] * (pts[:, 1:] - pts[:, :-1]).pow(2).sum((-1, -2))
+        return 0.5 * (N - 1) * (euclid + prec.segment_sqdist(pts).sum(-1))
+
+    def features_jac(points: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        b = idx.numel()
+        flat = points.reshape(b * N, d)
+        rows = idx.repeat_interleave(N)
+        return jacobian_columns(lambda z: features(z[:, None, :], rows)[:, 0, :], flat)
+
+    start = torch.zeros(B, psi.shape[1], d, dtype=z0.dtype, device=z0.device)
+    everyone = torch.arange(B, device=z0.device)
+    e0 = energy(start, everyone)
+    if method == "paper":
+        coeffs, _, _, it = _first_order(energy, start, e0, max_iter, tol, z0, z1)
+    else:
+        coeffs, _, _, it = _levenberg_marquardt(
+            features_jac, energy, z0, z1, start, e0, psi, t, max_iter, tol
+        )
+    return coeffs, it
+
+
+def _levenberg_marquardt(
+    features_jac: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    energy: Callable[[Tensor, Tensor], Tensor],
+    z0: Tensor,
+    z1: Tensor,
+    coeffs: Tensor,
+    e: Tensor,
+    psi: Tensor,
+    t: Tensor,
+    max_iter: int,
+    tol: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Batched Levenberg-Marquardt on ``E(a) = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2``.
+
+    features_jac(points (b, N, d), idx) -> f (b*N, F), J (b*N, F, d); energy(coeffs, idx) -> (b,).
+    Returns coeffs, energies, converged, iterations (per curve).
+    """
+    B, m, d = coeffs.shape
+    N = psi.shape[0]
+    coeffs = coeffs.clone()
+    e = e.clone()
+    converged = e == 0  # z0 == z1, or already optimal
+    finite = torch.isfinite(e)
+    iterations = torch.zeros(B, dtype=torch.long, device=z0.device)
+    lam = torch.full((B,), 1e-3, dtype=z0.dtype, device=z0.device)
+    eye = torch.eye(m * d, dtype=z0.dtype, device=z0.device)
+    need_jac = torch.ones(B, dtype=torch.bool, device=z0.device)
+    grad = torch.zeros(B, m * d, dtype=z0.dtype, device=z0.device)
+    hess = torch.zeros(B, m * d, m * d, dtype=z0.dtype, device=z0.device)
+
+    for _ in range(max_iter):
+        active = (~converged & finite).nonzero().squeeze(1)
+        if active.numel() == 0:
+            break
+        # Linearize where the point moved since the last linearization.
+        lin = active[need_jac[active]]
+        if lin.numel():
+            pts = evaluate(z0[lin], z1[lin], coeffs[lin], psi, t)
+            f, jac = features_jac(pts, lin)
+            f = f.reshape(lin.numel(), N, -1)
+            jac = jac.reshape(lin.numel(), N, -1, d)
+            grad[lin], hess[lin] = _gauss_newton(f, jac, psi)
+            need_jac[lin] = False
+        g, h = grad[active], hess[active]
+        diag = torch.diagonal(h, dim1=-2, dim2=-1)
+        # Marquardt scaling, with a floor so directions the metric ignores stay solvable.
+        scale = diag + 1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-30)
+        step = torch.linalg.solve(h + lam[active, None, None] * scale[:, :, None] * eye, -g)
+        # Decrease of E = (N-1)/2 sum ||r||^2 that the linear model predicts for this step.
+        predicted = -(N - 1) * ((g * step).sum(-1) + 0.5 * (step * (h @ step[..., None])[..., 0]).sum(-1))
+        trial = coeffs[active] + step.reshape(-1, m, d)
+        e_new = energy(trial, active)
+        iterations[active] += 1
+        accept = e_new < e[active]
+        rel = (e[active] - e_new) / e[active]
+        acc_idx = active[accept]
+        coeffs[acc_idx] = trial[accept]
+        e[acc_idx] = e_new[accept]
+        need_jac[acc_idx] = True
+        lam[active] = torch.where(accept, (lam[active] / 3).clamp(min=1e-12), lam[active] * 4)
+        # Converged: an accepted step gained < tol relative, or no step can gain at this precision.
+        done = (accept & (rel < tol)) | (predicted <= tol * e[active]) | (~accept & (lam[active] > 1e10))
+        converged[active[done]] = True
+    return coeffs, e, converged & finite, iterations
+
+
+def _gauss_newton(f: Tensor, jac: Tensor, psi: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradient and Gauss-Newton matrix of ``sum_n ||r_n||^2 / 2``, ``r_n = f_{n+1} - f_n``.
+
+    f (b, N, F), jac (b, N, F, d), psi (N, m) -> grad (b, m d), hess (b, m d, m d).
+    """
+    b, N, _, d = jac.shape
+    m = psi.shape[1]
+    r = f[:, 1:] - f[:, :-1]  # (b, N-1, F)
+    u_next = torch.einsum("bnfi,bnf->bni", jac[:, 1:], r)
+    u_prev = torch.einsum("bnfi,bnf->bni", jac[:, :-1], r)
+    grad = torch.einsum("nj,bni->bji", psi[1:], u_next) - torch.einsum("nj,bni->bji", psi[:-1], u_prev)
+    gram = torch.einsum("bnfi,bnfk->bnik", jac, jac)  # J_n^T J_n
+    cross = torch.einsum("bnfi,bnfk->bnik", jac[:, :-1], jac[:, 1:])  # J_n^T J_{n+1}
+    # Each point enters the segments on both sides of it (psi vanishes at the fixed end points).
+    own = torch.einsum("nj,nl,bnik->bjilk", psi[1:], psi[1:], gram[:, 1:]) + torch.einsum(
+        "nj,nl,bnik->bjilk", psi[:-1], psi[:-1], gram[:, :-1]
+    )
+    mixed = torch.einsum("nj,nl,bnik->bjilk", psi[:-1], psi[1:], cross)
+    hess = own - mixed - mixed.permute(0, 3, 4, 1, 2)
+    return grad.reshape(b, m * d), hess.reshape(b, m * d, m * d)
+
+
+def _first_order(
+    energy: Callable[[Tensor, Tensor], Tensor],
+    coeffs: Tensor,
+    e: Tensor,
+    max_iter: int,
+    tol: float,
+    z0: Tensor,
+    z1: Tensor,
+    lr: float = 0.05,
+    window: int = 20,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The paper's gradient-based optimization: batched Adam, per-curve convergence.
+
+    Coefficients are optimized in units of ``||z1 - z0||`` so one learning rate fits all curves;
+    a curve converges when its best energy improved by less than ``tol`` (relative) over the
+    last ``window`` iterations. The best iterate per curve is returned.
+    """
+    B = coeffs.shape[0]
+    unit = (z1 - z0).norm(dim=-1).clamp(min=torch.finfo(z0.dtype).eps)[:, None, None]
+    x = (coeffs / unit).clone()
+    best_x, best_e = x.clone(), e.clone()
+    ref_e = e.clone()
+    m1 = torch.zeros_like(x)
+    m2 = torch.zeros_like(x)
+    converged = (e == 0) | ~torch.isfinite(e)
+    iterations = torch.zeros(B, dtype=torch.long, device=z0.device)
+    beta1, beta2, eps = 0.9, 0.999, 1e-12
+    for step in range(1, max_iter + 1):
+        active = (~converged).nonzero().squeeze(1)
+        if active.numel() == 0:
+            break
+        with torch.enable_grad():
+            xa = x[active].requires_grad_(True)
+            ea = energy(xa * unit[active], active)
+            (g,) = torch.autograd.grad(ea.sum(), xa)
+        ea = ea.detach()
+        improved = ea < best_e[active]
+        best_e[active] = torch.where(improved, ea, best_e[active])
+        best_x[active] = torch.where(improved[:, None, None], x[active], best_x[active])
+        m1[active] = beta1 * m1[active] + (1 - beta1) * g
+        m2[active] = beta2 * m2[active] + (1 - beta2) * g * g
+        iterations[active] += 1
+        it = iterations[active, None, None].to(x.dtype)
+        update = (m1[active] / (1 - beta1**it)) / ((m2[active] / (1 - beta2**it)).sqrt() + eps)
+        x[active] = x[active] - lr * update
+        if step % window == 0:
+            gain = (ref_e[active] - best_e[active]) / ref_e[active]
+            converged[active[gain < tol * window]] = True
+            ref_e[active] = best_e[active]
+    return best_x * unit, best_e, converged & torch.isfinite(best_e), iterations

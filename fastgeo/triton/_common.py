@@ -1,0 +1,96 @@
+"""Shared Triton pieces: the on-chip RBF feature tile, the phi-gradient step, block choices.
+
+Imported only when a Triton op first runs (``TRITON_INTERPRET`` is read when ``@triton.jit``
+decorates, so tests must be able to set it before this module is imported).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Full-precision products. Neighbouring sigma rows differ by ~1/N of sigma itself, so TF32 inputs
+# (10-bit mantissa, relative error ~5e-4) would drown the differences at N = 128. "ieee" is the
+# verified choice; "tf32x3" (a 3-pass split scheme on tensor cores) is the faster candidate to
+# measure on a GPU (the interpreter ignores input_precision, so only a GPU can validate it).
+DOT_PRECISION = "ieee"
+
+
+def next_pow2(n: int, minimum: int = 16) -> int:
+    """The smallest power of two >= max(n, minimum) (tl.dot needs dimensions >= 16)."""
+    return max(minimum, triton.next_power_of_2(max(int(n), 1)))
+
+
+def k_block(K: int, block_k: int | None) -> tuple[int, bool]:
+    """(BLOCK_K, SINGLE_K): all K centers in one on-chip tile when K <= 128, else chunks of 64."""
+    if block_k is None:
+        block_k = next_pow2(K) if K <= 128 else 64
+    return block_k, block_k >= K
+
+
+@triton.jit
+def phi_tile(z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g, k0, K, d,
+             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """phi (BLOCK_M, BLOCK_K) for the rows at ``z_ptr + row_off`` and centers k0..k0+BLOCK_K.
+
+    Distances are formed as sums of squared coordinate differences (never ||z||^2 - 2 z.c +
+    ||c||^2, which cancels); padded centers give phi = 0.
+    """
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    kmask = offs_k < K
+    sq = tl.zeros((BLOCK_M, BLOCK_K), dtype=c_ptr.dtype.element_ty)
+    for j in range(d):
+        zj = tl.load(z_ptr + row_off + j * s_zd, mask=row_mask, other=0.0)
+        cj = tl.load(c_ptr + offs_k * s_ck + j * s_cd, mask=kmask, other=0.0)
+        diff = zj[:, None] - cj[None, :]
+        sq += diff * diff
+    gam = tl.load(g_ptr + offs_k * s_g, mask=kmask, other=0.0)
+    return tl.where(kmask[None, :], tl.exp(-gam[None, :] * sq), 0.0)
+
+
+@triton.jit
+def load_wt(w_ptr, s_wd, s_wk, offs_d, dmask, k0, K, BLOCK_K: tl.constexpr):
+    """W^T tile (BLOCK_K, BLOCK_D) = weights[offs_d, k0:k0+BLOCK_K].T, zero-padded."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    ptrs = w_ptr + offs_k[:, None] * s_wk + offs_d[None, :] * s_wd
+    return tl.load(ptrs, mask=(offs_k[:, None] < K) & dmask[None, :], other=0.0)
+
+
+@triton.jit
+def load_w(w_ptr, s_wd, s_wk, offs_d, dmask, k0, K, BLOCK_K: tl.constexpr):
+    """W tile (BLOCK_D, BLOCK_K) = weights[offs_d, k0:k0+BLOCK_K], zero-padded."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    ptrs = w_ptr + offs_d[:, None] * s_wd + offs_k[None, :] * s_wk
+    return tl.load(ptrs, mask=dmask[:, None] & (offs_k[None, :] < K), other=0.0)
+
+
+@triton.jit
+def accum_grad_z(gz, gphi, phi, z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g,
+                 k0, K, d, BLOCK_K: tl.constexpr, DL: tl.constexpr):
+    """gz (BLOCK_M, DL) += d/dz of sum(gphi * phi) for centers k0..k0+BLOCK_K.
+
+    grad_z[m, j] = sum_k gphi[m,k] phi[m,k] (-2 gamma_k) (z[m,j] - c[k,j]); the difference is
+    formed per coordinate (no z * sum - A @ C cancellation). grad_z is linear in gphi, so
+    chunks over D and K may be added in any order.
+    """
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    kmask = offs_k < K
+    gam = tl.load(g_ptr + offs_k * s_g, mask=kmask, other=0.0)
+    a = gphi * phi * (-2.0 * gam[None, :])
+    offs_j = tl.arange(0, DL)
+    for j in range(d):
+        zj = tl.load(z_ptr + row_off + j * s_zd, mask=row_mask, other=0.0)
+        cj = tl.load(c_ptr + offs_k * s_ck + j * s_cd, mask=kmask, other=0.0)
+        contrib = tl.sum(a * (zj[:, None] - cj[None, :]), axis=1)
+        gz += tl.where(offs_j[None, :] == j, contrib[:, None], 0.0)
+    return gz
+
+
+@triton.jit
+def atomic_grad_w(gw_ptr, gbeta, phi, offs_d, dmask, k0, K, BLOCK_K: tl.constexpr,
+                  PREC: tl.constexpr):
+    """grad_weights[offs_d, k0:k0+BLOCK_K] += gbeta^T @ phi (a reduction over all programs)."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    part = tl.dot(tl.trans(gbeta), phi, input_precision=PREC)
+    ptrs = gw_ptr + offs_d[:, None] * K + offs_k[None, :]
+    tl.atomic_add(ptrs, part, mask=dmask[:, None] & (offs_k[None, :] < K))
