@@ -54,5 +54,5 @@ def rbf_segment_sqdist(
     """
     B, N, d = points.shape
     beta = rbf_precision(points.reshape(B * N, d), centers, gammas, weights, zeta)
-    sigma = beta.rsqrt().reshape(B, N, -1)
+    sigma = beta.rsqrt().reshape(B, N, weights.shape[0])
     return segment_sqdist(sigma)

@@ -201,7 +201,11 @@ def geodesics(
         with torch.no_grad():
             energies = torch.where(worse, metric.energy(curves_straight(z0, z1, n_points)), energies)
         init_idx = torch.where(worse, torch.zeros_like(init_idx), init_idx)
-    converged = converged & torch.isfinite(lengths) & torch.isfinite(energies)
+    # Equal end points: distance exactly 0 (a batched GEMM may round equal rows differently).
+    same = (z0 == z1).all(-1)
+    lengths = lengths.masked_fill(same, 0)
+    energies = energies.masked_fill(same, 0)
+    converged = (converged & torch.isfinite(lengths) & torch.isfinite(energies)) | same
     return GeodesicResult(
         curves=curves,
         lengths=lengths,

@@ -1,0 +1,148 @@
+"""Analytic geodesics (DESIGN §1, foundation issue): linear decoder, sphere, invariants."""
+
+import pytest
+import torch
+from analytic import (
+    Linear,
+    bumpy_metric,
+    constant_precision,
+    disc_points,
+    great_circle,
+    sphere_metric,
+)
+
+import fastgeo
+
+
+def test_linear_decoder_gives_straight_line_of_length_A_dz():
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    metric = fastgeo.ExpectedMetric(Linear(A, torch.randn(5, dtype=torch.float64)), constant_precision(3, 5))
+    z0 = torch.randn(16, 3, generator=g, dtype=torch.float64)
+    z1 = torch.randn(16, 3, generator=g, dtype=torch.float64)
+    res = fastgeo.geodesics(metric, z0, z1)
+    expected = ((z1 - z0) @ A.T).norm(dim=-1)
+    torch.testing.assert_close(res.lengths, expected, rtol=1e-6, atol=0)
+    assert bool(res.converged.all())
+    t = torch.linspace(0, 1, 9, dtype=torch.float64)
+    line = z0[:, None] + t[None, :, None] * (z1 - z0)[:, None]
+    torch.testing.assert_close(res.points(9), line, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("m,bound", [(1, 5e-3), (4, 5e-4), (8, 5e-4)])
+def test_sphere_lengths_approach_great_circle(m, bound):
+    metric = sphere_metric()
+    z0, z1 = disc_points(64, 0.95, seed=1), disc_points(64, 0.95, seed=2)
+    res = fastgeo.geodesics(metric, z0, z1, m=m, n_points=32)
+    rel = res.lengths / great_circle(z0, z1) - 1
+    assert bool(res.converged.all())
+    assert float(rel.abs().max()) < bound, f"max relative error {float(rel.abs().max()):.2e}"
+
+
+def test_paper_method_on_sphere_within_half_percent():
+    metric = sphere_metric()
+    z0, z1 = disc_points(64, 0.95, seed=3), disc_points(64, 0.95, seed=4)
+    res = fastgeo.geodesics(metric, z0, z1, method="paper")
+    rel = res.lengths / great_circle(z0, z1) - 1
+    assert float(rel.abs().max()) < 5e-3
+
+
+def test_dense_method_on_sphere():
+    metric = sphere_metric()
+    z0, z1 = disc_points(8, 0.9, seed=5), disc_points(8, 0.9, seed=6)
+    res = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=64)
+    rel = res.lengths / great_circle(z0, z1) - 1
+    assert bool(res.converged.all())
+    assert float(rel.abs().max()) < 2e-4
+
+
+@pytest.mark.parametrize("method", ["default", "paper"])
+def test_invariants_on_a_nonlinear_generator(method):
+    metric = bumpy_metric()
+    g = torch.Generator().manual_seed(7)
+    z0 = torch.randn(12, 2, generator=g, dtype=torch.float64)
+    z1 = torch.randn(12, 2, generator=g, dtype=torch.float64)
+    res = fastgeo.geodesics(metric, z0, z1, method=method)
+    # (c) L <= sqrt(2 E), at any sampling
+    assert bool((res.lengths <= (2 * res.energies).sqrt() * (1 + 1e-12)).all())
+    pts = res.points(50)
+    assert bool((metric.length(pts) <= (2 * metric.energy(pts)).sqrt() * (1 + 1e-12)).all())
+    # (d) end points exactly
+    assert torch.equal(pts[:, 0], z0) and torch.equal(pts[:, -1], z1)
+    # (e) never longer than the straight line
+    assert bool((res.lengths <= res.straight_lengths).all())
+    assert bool(res.converged.all())
+    # the optimization did something on this curved metric
+    assert float((res.lengths / res.straight_lengths).min()) < 0.99
+
+
+def test_same_end_points_give_zero_length():
+    metric = bumpy_metric()
+    z = torch.randn(3, 2, dtype=torch.float64)
+    res = fastgeo.geodesics(metric, z, z.clone())
+    assert torch.equal(res.lengths, torch.zeros(3, dtype=torch.float64))
+    assert bool(res.converged.all())
+
+
+def test_empty_batch():
+    metric = bumpy_metric()
+    z = torch.zeros(0, 2, dtype=torch.float64)
+    res = fastgeo.geodesics(metric, z, z)
+    assert res.lengths.shape == (0,) and res.converged.shape == (0,)
+    assert res.points(5).shape == (0, 5, 2)
+    assert fastgeo.pairwise_distances(metric, z).shape == (0, 0)
+
+
+def test_float32_generator():
+    metric = bumpy_metric(dtype=torch.float32)
+    g = torch.Generator().manual_seed(8)
+    z0, z1 = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
+    res32 = fastgeo.geodesics(metric, z0, z1)
+    res64 = fastgeo.geodesics(bumpy_metric(), z0.double(), z1.double())
+    assert res32.lengths.dtype == torch.float32
+    torch.testing.assert_close(res32.lengths.double(), res64.lengths, rtol=2e-3, atol=1e-5)
+
+
+def test_nonfinite_decoder_is_reported_not_converged():
+    prec = constant_precision(2, 3)
+
+    def mean(z):  # NaN in the right half-plane
+        out = torch.cat([z, z[..., :1]], -1)
+        return torch.where(z[..., :1] > 0.5, torch.nan, out)
+
+    metric = fastgeo.ExpectedMetric(mean, prec)
+    z0 = torch.tensor([[-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    res = fastgeo.geodesics(metric, z0, z1)
+    assert res.converged.tolist() == [False, True]
+    assert torch.isfinite(res.lengths[1])
+
+
+def test_pairwise_distances_equal_per_pair_results():
+    metric = bumpy_metric()
+    Z = torch.randn(5, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    D = fastgeo.pairwise_distances(metric, Z)
+    assert D.shape == (5, 5)
+    assert torch.equal(D, D.T)
+    assert torch.equal(torch.diagonal(D), torch.zeros(5, dtype=torch.float64))
+    i, j = 1, 3
+    single = fastgeo.geodesics(metric, Z[i : i + 1], Z[j : j + 1])
+    torch.testing.assert_close(D[i, j], single.lengths[0], rtol=1e-6, atol=0)
+
+
+def test_metric_tensor_matches_autograd_jacobians():
+    metric = bumpy_metric()
+    z = torch.randn(4, 2, dtype=torch.float64)
+    M = metric.metric_tensor(z)
+    for p in range(4):
+        J = torch.autograd.functional.jacobian(lambda x: metric.features(x[None])[0], z[p])
+        torch.testing.assert_close(M[p], J.T @ J)
+    assert metric.metric_tensor(z.reshape(2, 2, 2)).shape == (2, 2, 2, 2)
+
+
+def test_energy_and_length_definitions():
+    metric = bumpy_metric()
+    pts = torch.randn(3, 7, 2, dtype=torch.float64)
+    s = metric.segment_sqdist(pts)
+    torch.testing.assert_close(metric.energy(pts), 3 * s.sum(-1))
+    torch.testing.assert_close(metric.length(pts), s.sqrt().sum(-1))

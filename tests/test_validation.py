@@ -1,0 +1,131 @@
+"""Bad input gets a clear ValueError/TypeError naming the argument."""
+
+import pytest
+import torch
+from analytic import bumpy_metric, constant_precision
+
+import fastgeo
+
+f64 = torch.float64
+
+
+def rbf(K=3, d=2, D=4):
+    return torch.randn(K, d, dtype=f64), torch.ones(K, dtype=f64), torch.rand(D, K, dtype=f64), 0.1
+
+
+@pytest.mark.parametrize(
+    "change,exc,match",
+    [
+        (lambda p: (p[0][:, :1],) + p[1:], ValueError, "centers"),  # only caught via z below
+        (lambda p: (p[0], torch.ones(2, dtype=f64)) + p[2:], ValueError, "gammas"),
+        (lambda p: p[:2] + (torch.rand(4, 2, dtype=f64), p[3]), ValueError, "weights"),
+        (lambda p: p[:3] + (torch.ones(3, dtype=f64),), ValueError, "zeta"),
+        (lambda p: (p[0].float(),) + p[1:], TypeError, "dtype"),
+        (lambda p: (p[0].long(),) + p[1:], TypeError, "centers"),
+        (lambda p: ([[0.0, 0.0]],) + p[1:], TypeError, "centers"),
+    ],
+)
+def test_ops_reject_bad_rbf_arguments(change, exc, match):
+    params = change(rbf())
+    z = torch.randn(5, 2, dtype=f64)
+    with pytest.raises(exc, match=match):
+        fastgeo.ops.rbf_precision(z, *params)
+
+
+def test_ops_reject_bad_points():
+    params = rbf()
+    with pytest.raises(ValueError, match="points"):
+        fastgeo.ops.rbf_segment_sqdist(torch.randn(2, 1, 2, dtype=f64), *params)  # N < 2
+    with pytest.raises(ValueError, match="points"):
+        fastgeo.ops.rbf_segment_sqdist(torch.randn(2, 4, 2, 1, dtype=f64), *params)
+    with pytest.raises(ValueError, match="latent dimension"):
+        fastgeo.ops.rbf_segment_sqdist(torch.randn(2, 4, 3, dtype=f64), *params)
+    with pytest.raises(ValueError, match="x"):
+        fastgeo.ops.segment_sqdist(torch.randn(2, 1, 3))
+    with pytest.raises(TypeError, match="x"):
+        fastgeo.ops.segment_sqdist(torch.ones(2, 3, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"gammas": -torch.ones(3, dtype=f64)}, ValueError, "gammas"),
+        ({"gammas": torch.zeros(3, dtype=f64)}, ValueError, "gammas"),
+        ({"weights": -torch.ones(4, 3, dtype=f64)}, ValueError, "weights"),
+        ({"zeta": 0.0}, ValueError, "zeta"),
+        ({"zeta": -1.0}, ValueError, "zeta"),
+        ({"centers": torch.full((3, 2), torch.nan, dtype=f64)}, ValueError, "centers"),
+        ({"weights": torch.full((4, 3), torch.inf, dtype=f64)}, ValueError, "weights"),
+    ],
+)
+def test_rbf_precision_validates_values(kwargs, exc, match):
+    c, g, w, z = rbf()
+    args = {"centers": c, "gammas": g, "weights": w, "zeta": z} | kwargs
+    with pytest.raises(exc, match=match):
+        fastgeo.RBFPrecision(**args)
+
+
+def test_expected_metric_checks_mean():
+    prec = constant_precision(2, 3)
+    with pytest.raises(TypeError, match="mean"):
+        fastgeo.ExpectedMetric("not callable", prec)
+    with pytest.raises(ValueError, match="D = 3"):
+        fastgeo.ExpectedMetric(lambda z: torch.cat([z, z], -1), prec)  # D = 4
+    with pytest.raises(TypeError, match="dtype"):
+        fastgeo.ExpectedMetric(lambda z: torch.cat([z, z[..., :1]], -1).float(), prec)
+    with pytest.raises(TypeError, match="precision"):
+        fastgeo.ExpectedMetric(lambda z: z, "prec")
+
+
+def test_geodesics_rejects_bad_input():
+    metric = bumpy_metric()
+    z = torch.randn(4, 2, dtype=f64)
+    cases = [
+        (dict(z0=z, z1=z[:3]), ValueError, "z0 and z1"),
+        (dict(z0=z, z1=torch.randn(4, 3, dtype=f64)), ValueError, "z1"),
+        (dict(z0=z.float(), z1=z.float()), TypeError, "z0"),
+        (dict(z0=z, z1=z.float()), TypeError, "z1"),
+        (dict(z0=z[0], z1=z[1]), ValueError, "z0"),
+        (dict(z0=z.numpy(), z1=z), TypeError, "z0"),
+        (dict(z0=torch.full_like(z, torch.nan), z1=z), ValueError, "z0"),
+        (dict(z0=z, z1=z.clone().fill_(torch.inf)), ValueError, "z1"),
+        (dict(z0=z, z1=z, n_points=1), ValueError, "n_points"),
+        (dict(z0=z, z1=z, m=0), ValueError, "m "),
+        (dict(z0=z, z1=z, m=2.5), ValueError, "m "),
+        (dict(z0=z, z1=z, method="magic"), ValueError, "method"),
+        (dict(z0=z, z1=z, family="hermite"), ValueError, "family"),
+        (dict(z0=z, z1=z, tol=0.0), ValueError, "tol"),
+        (dict(z0=z, z1=z, max_iter=-1), ValueError, "max_iter"),
+        (dict(z0=z, z1=z, init=torch.zeros(4, 3, 2, dtype=f64)), ValueError, "init"),
+    ]
+    for kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            fastgeo.geodesics(metric, **kwargs)
+    with pytest.raises(TypeError, match="metric"):
+        fastgeo.geodesics("metric", z, z)
+
+
+def test_device_mismatch_is_named():
+    metric = bumpy_metric()
+    z = torch.randn(4, 2, dtype=f64, device="meta")
+    with pytest.raises(ValueError, match="z0 is on meta"):
+        fastgeo.geodesics(metric, z, z)
+
+
+def test_pairwise_and_points_reject_bad_input():
+    metric = bumpy_metric()
+    with pytest.raises(ValueError, match="Z"):
+        fastgeo.pairwise_distances(metric, torch.randn(4, 3, dtype=f64))
+    res = fastgeo.geodesics(metric, torch.randn(2, 2, dtype=f64), torch.randn(2, 2, dtype=f64))
+    with pytest.raises(ValueError, match="n "):
+        res.points(1)
+
+
+def test_forced_unavailable_backend_raises_clearly():
+    avail = fastgeo.availability()
+    missing = [name for name, (ok, _) in avail.items() if not ok]
+    if not missing:
+        pytest.skip("every backend is available on this machine")
+    x = torch.randn(2, 3, 4)
+    with fastgeo.use_backend(missing[0]), pytest.raises(RuntimeError, match="not available"):
+        fastgeo.ops.segment_sqdist(x)
