@@ -49,6 +49,15 @@ def phi_tile(z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g, k0, 
 
 
 @triton.jit
+def inv_sqrt(x):
+    """x^-1/2 with an IEEE-rounded sqrt (tl.rsqrt / float32 tl.sqrt may lower to approximations)."""
+    if x.dtype == tl.float32:
+        return 1.0 / tl.sqrt_rn(x)
+    else:
+        return 1.0 / tl.sqrt(x)
+
+
+@triton.jit
 def load_wt(w_ptr, s_wd, s_wk, offs_d, dmask, k0, K, BLOCK_K: tl.constexpr):
     """W^T tile (BLOCK_K, BLOCK_D) = weights[offs_d, k0:k0+BLOCK_K].T, zero-padded."""
     offs_k = k0 + tl.arange(0, BLOCK_K)

@@ -1,0 +1,269 @@
+"""Triton kernels against the pure-PyTorch reference: values, gradients, opcheck, compile.
+
+On a machine without a GPU the kernels run through Triton's interpreter on CPU tensors
+(``TRITON_INTERPRET=1``, set below before the kernels are imported; ~1 ms per program instance,
+so shapes stay small). With ``TRITON_INTERPRET=0`` and a GPU the same tests run natively on CUDA.
+
+Float32 tolerances (stated once): values rtol 1e-4 with atol 1e-6 * max|ref|; gradients rtol 1e-3
+with atol 1e-5 * max|ref|: the kernels sum in a different order than the reference.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before fastgeo.triton imports triton
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+import fastgeo  # noqa: E402
+import fastgeo.triton as ftri  # noqa: E402
+from fastgeo import reference  # noqa: E402
+
+INTERPRET = ftri.INTERPRET
+if INTERPRET:
+    DEVICE = "cpu"
+elif torch.cuda.is_available():
+    DEVICE = "cuda"
+else:
+    pytest.skip("TRITON_INTERPRET is not 1 and no CUDA device: nothing can run the kernels",
+                allow_module_level=True)
+
+lib = pytest.importorskip("fastgeo.triton._library")
+from fastgeo.triton import _rbf_precision, _rbf_segment_sqdist  # noqa: E402
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def tol(dtype: torch.dtype, ref: torch.Tensor, grad: bool = False) -> dict:
+    scale = ref.abs().max().item() if ref.numel() else 0.0
+    if dtype == torch.float64:
+        return {"rtol": 1e-10, "atol": 1e-12 * (1 + scale)}
+    return {"rtol": 1e-3, "atol": 1e-5 * scale} if grad else {"rtol": 1e-4, "atol": 1e-6 * scale}
+
+
+def rbf_params(K: int, d: int, D: int, dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(K, d, generator=g, dtype=torch.float64)
+    gammas = 0.5 + torch.rand(K, generator=g, dtype=torch.float64)
+    weights = torch.rand(D, K, generator=g, dtype=torch.float64)
+    zeta = 0.05 + 0.1 * torch.rand(D, generator=g, dtype=torch.float64)
+    return [t.to(dtype=dtype, device=DEVICE) for t in (centers, gammas, weights, zeta)]
+
+
+def randn(*shape, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=DEVICE)
+
+
+def run(backend: str, fn, *args):
+    with fastgeo.use_backend(backend):
+        return fn(*args)
+
+
+def check_values_and_grads(fn, args, diff_idx, dtype):
+    """fn under "triton" vs "reference": output and the grads of the inputs at ``diff_idx``."""
+    outs, grads = {}, {}
+    for backend in ("triton", "reference"):
+        leaves = [a.detach().clone().requires_grad_(i in diff_idx) for i, a in enumerate(args)]
+        out = run(backend, fn, *leaves)
+        w = torch.linspace(0.5, 1.5, out.numel(), dtype=dtype, device=DEVICE).reshape(out.shape)
+        if out.numel():
+            gs = torch.autograd.grad((out * w).sum(), [leaves[i] for i in diff_idx])
+        else:
+            gs = [torch.zeros_like(leaves[i]) for i in diff_idx]
+        outs[backend], grads[backend] = out.detach(), gs
+    ref = outs["reference"]
+    torch.testing.assert_close(outs["triton"], ref, **tol(dtype, ref))
+    for gt, gr in zip(grads["triton"], grads["reference"], strict=True):
+        torch.testing.assert_close(gt, gr, **tol(dtype, gr, grad=True))
+
+
+# (B, N, d, K, D): edge cases N = 2, K = 1, D = 1, d = 1, and D spanning several chunks.
+SHAPES = [(3, 5, 2, 7, 70), (2, 2, 1, 1, 1), (1, 4, 3, 20, 5), (2, 3, 5, 2, 130)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rbf_segment_sqdist(shape, dtype):
+    B, N, d, K, D = shape
+    args = [randn(B, N, d, dtype=dtype), *rbf_params(K, d, D, dtype)]
+    check_values_and_grads(fastgeo.ops.rbf_segment_sqdist, args, (0, 3, 4), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rbf_precision(shape, dtype):
+    B, N, d, K, D = shape
+    args = [randn(B * N, d, dtype=dtype), *rbf_params(K, d, D, dtype)]
+    check_values_and_grads(fastgeo.ops.rbf_precision, args, (0, 3, 4), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 70), (2, 2, 1), (1, 7, 300)])
+def test_segment_sqdist(shape, dtype):
+    check_values_and_grads(fastgeo.ops.segment_sqdist, [randn(*shape, dtype=dtype)], (0,), dtype)
+
+
+def test_rbf_precision_leading_dims():
+    args = [randn(2, 3, 2, dtype=torch.float32), *rbf_params(4, 2, 6, torch.float32)]
+    check_values_and_grads(fastgeo.ops.rbf_precision, args, (0,), torch.float32)
+
+
+def test_non_contiguous_inputs():
+    dtype = torch.float32
+    points = randn(5, 4, 6, dtype=dtype).transpose(0, 1)[:, ::2, ::2]  # (4, 3, 3), odd strides
+    centers, gammas, weights, zeta = rbf_params(9, 3, 11, dtype)
+    centers = randn(3, 9, dtype=dtype).T  # (9, 3), column-major
+    weights = weights.T.contiguous().T  # (11, 9) with strides (1, 11)
+    zeta = torch.stack([zeta, zeta], 1)[:, 0]  # stride 2
+    gammas = torch.stack([gammas, gammas], 1)[:, 1]
+    assert not (points.is_contiguous() or centers.is_contiguous() or weights.is_contiguous())
+    args = [points, centers, gammas.abs(), weights, zeta]
+    check_values_and_grads(fastgeo.ops.rbf_segment_sqdist, args, (0, 3, 4), dtype)
+    check_values_and_grads(fastgeo.ops.rbf_precision, [points[:, 0], *args[1:]], (0, 3), dtype)
+    x = randn(4, 9, 8, dtype=dtype).permute(1, 0, 2)[:, :, 1::2]
+    check_values_and_grads(fastgeo.ops.segment_sqdist, [x], (0,), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch(dtype):
+    params = rbf_params(3, 2, 4, dtype)
+    check_values_and_grads(fastgeo.ops.rbf_segment_sqdist, [randn(0, 5, 2, dtype=dtype), *params],
+                           (0, 3), dtype)
+    check_values_and_grads(fastgeo.ops.rbf_precision, [randn(0, 2, dtype=dtype), *params], (0, 3), dtype)
+    check_values_and_grads(fastgeo.ops.segment_sqdist, [randn(0, 3, 4, dtype=dtype)], (0,), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunked_centers(dtype):
+    """K larger than the on-chip block: the kernels loop over K chunks (forced with block_k=16)."""
+    B, N, d, K, D = 2, 4, 3, 40, 70
+    points = randn(B, N, d, dtype=dtype)
+    centers, gammas, weights, zeta = rbf_params(K, d, D, dtype)
+    ref = reference.rbf_segment_sqdist(points, centers, gammas, weights, zeta)
+    out = _rbf_segment_sqdist.forward(points, centers, gammas, weights, zeta, block_k=16)
+    torch.testing.assert_close(out, ref, **tol(dtype, ref))
+    grad = torch.linspace(0.5, 1.5, ref.numel(), dtype=dtype, device=DEVICE).reshape(ref.shape)
+    leaves = [t.clone().requires_grad_() for t in (points, weights, zeta)]
+    ref_grads = torch.autograd.grad(
+        (reference.rbf_segment_sqdist(leaves[0], centers, gammas, leaves[1], leaves[2]) * grad).sum(), leaves
+    )
+    got = _rbf_segment_sqdist.backward(grad, points, centers, gammas, weights, zeta, True, True, block_k=16)
+    for g, r in zip(got, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, **tol(dtype, r, grad=True))
+
+    z = points.reshape(-1, d)
+    beta_ref = reference.rbf_precision(z, centers, gammas, weights, zeta)
+    beta = _rbf_precision.forward(z, centers, gammas, weights, zeta, block_k=16)
+    torch.testing.assert_close(beta, beta_ref, **tol(dtype, beta_ref))
+    gbeta = randn(*beta.shape, dtype=dtype, seed=5)
+    zl = z.clone().requires_grad_()
+    beta_l = reference.rbf_precision(zl, centers, gammas, weights, zeta)
+    (gz_ref,) = torch.autograd.grad((beta_l * gbeta).sum(), zl)
+    gz = _rbf_precision.backward_z(gbeta, z, centers, gammas, weights, block_k=16)
+    torch.testing.assert_close(gz, gz_ref, **tol(dtype, gz_ref, grad=True))
+
+
+def smooth_curves(B: int, N: int, d: int, dtype) -> torch.Tensor:
+    """Straight curves with N points: neighbouring sigmas differ by ~1/N of sigma."""
+    z0, z1 = randn(B, d, dtype=torch.float64, seed=3), randn(B, d, dtype=torch.float64, seed=4)
+    t = torch.linspace(0, 1, N, dtype=torch.float64, device=DEVICE)[None, :, None]
+    return (z0[:, None] + t * (z1 - z0)[:, None]).to(dtype)
+
+
+def tf32(t: torch.Tensor) -> torch.Tensor:
+    """Round float32 to TF32 (10 mantissa bits, nearest), as a TF32 tensor-core product would."""
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("N", [32, 128])
+def test_float32_precision_on_dense_curves(N):
+    """The float32 kernels match the float64 reference on finely sampled curves, within the same
+    bound that TF32 products would violate (so the bound is tight enough to catch them)."""
+    B, d, K, D = 2, 2, 16, 64
+    points = smooth_curves(B, N, d, torch.float32)
+    params = rbf_params(K, d, D, torch.float32)
+    exact = reference.rbf_segment_sqdist(points.double(), *[p.double() for p in params])
+    out = run("triton", fastgeo.ops.rbf_segment_sqdist, points, *params)
+    rel = ((out.double() - exact).abs() / exact).max().item()
+    assert rel < 1e-3, f"float32 kernel relative error {rel:.2e} at N = {N}"
+
+    # What TF32 products would give: phi and W rounded to 10 mantissa bits before the product.
+    centers, gammas, weights, zeta = params
+    phi = reference.rbf_features(points.reshape(-1, d), centers, gammas)
+    beta = tf32(phi) @ tf32(weights).T + zeta
+    tf32_out = reference.segment_sqdist(beta.rsqrt().reshape(B, N, D))
+    tf32_rel = ((tf32_out.double() - exact).abs() / exact).max().item()
+    assert tf32_rel > 1e-3, f"TF32 emulation error {tf32_rel:.2e} would pass: tolerance too loose"
+    assert ftri._library._rss.DOT_PRECISION == "ieee"
+
+
+@pytest.mark.parametrize("op", ["rbf_segment_sqdist", "rbf_precision", "segment_sqdist"])
+def test_gradcheck_float64(op):
+    params = rbf_params(3, 2, 5, torch.float64)
+    if op == "rbf_segment_sqdist":
+        inputs = (randn(2, 3, 2, dtype=torch.float64), *params)
+    elif op == "rbf_precision":
+        inputs = (randn(3, 2, dtype=torch.float64), *params)
+    else:
+        inputs = (randn(2, 3, 4, dtype=torch.float64),)
+    leaves = [t.clone().requires_grad_(i in (0, 3, 4)) for i, t in enumerate(inputs)]
+    assert torch.autograd.gradcheck(getattr(lib, op), leaves)
+
+
+@pytest.mark.parametrize("op", ["rbf_segment_sqdist", "rbf_precision", "segment_sqdist"])
+def test_opcheck(op):
+    params = rbf_params(3, 2, 5, torch.float32)
+    if op == "rbf_segment_sqdist":
+        inputs = [randn(2, 3, 2, dtype=torch.float32), *params]
+    elif op == "rbf_precision":
+        inputs = [randn(3, 2, dtype=torch.float32), *params]
+    else:
+        inputs = [randn(2, 3, 4, dtype=torch.float32)]
+    inputs = [t.requires_grad_(i in (0, 3)) for i, t in enumerate(inputs)]
+    torch.library.opcheck(getattr(torch.ops.fastgeo_triton, op).default, inputs)
+
+
+def test_opcheck_backward_ops():
+    params = rbf_params(3, 2, 5, torch.float32)
+    points = randn(2, 3, 2, dtype=torch.float32)
+    g = randn(2, 2, dtype=torch.float32, seed=7)
+    torch.library.opcheck(torch.ops.fastgeo_triton.rbf_segment_sqdist_backward.default,
+                          (g, points, *params, True, True))
+    torch.library.opcheck(torch.ops.fastgeo_triton.segment_sqdist_backward.default,
+                          (g, randn(2, 3, 4, dtype=torch.float32)))
+    torch.library.opcheck(torch.ops.fastgeo_triton.rbf_precision_backward.default,
+                          (randn(3, 5, dtype=torch.float32), points[0], *params[:3], True, True))
+
+
+def test_torch_compile(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    params = rbf_params(3, 2, 5, torch.float32)
+    points = randn(2, 4, 2, dtype=torch.float32)
+
+    def energy(p):
+        return torch.ops.fastgeo_triton.rbf_segment_sqdist(p, *params).sum()
+
+    compiled = torch.compile(energy, fullgraph=True, backend="aot_eager")
+    p1, p2 = points.clone().requires_grad_(), points.clone().requires_grad_()
+    e1, e2 = energy(p1), compiled(p2)
+    torch.testing.assert_close(e2, e1)
+    torch.testing.assert_close(torch.autograd.grad(e2, p2)[0], torch.autograd.grad(e1, p1)[0])
+
+
+def test_centers_grad_is_a_clear_error():
+    params = rbf_params(3, 2, 5, torch.float32)
+    params[0].requires_grad_()
+    out = run("triton", fastgeo.ops.rbf_segment_sqdist, randn(1, 3, 2, dtype=torch.float32), *params)
+    with pytest.raises(NotImplementedError, match="centers/gammas"):
+        out.sum().backward()
+
+
+def test_backend_module():
+    ok, reason = ftri.is_available()
+    assert ok, reason
+    assert ftri.name == "triton"
+    assert ftri.devices == (("cuda", "cpu") if INTERPRET else ("cuda",))
