@@ -1,0 +1,117 @@
+"""GPU benchmark of the three ops: each backend ("triton", "cuda") against the reference, forward
+and forward+backward, timed with CUDA events in one run. Prints device, shapes, times, ratios,
+achieved GB/s (compulsory traffic: inputs read once, outputs written once) and TFLOP/s (the
+products W phi, plus grad_phi = grad_beta W in the backward).
+
+    python bench/bench_ops_gpu.py [--quick] [--dtype float32|float64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import fastgeo
+
+BACKENDS = ("reference", "triton", "cuda")
+
+
+def timeit(fn, reps: int) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` runs after 2 warm-ups."""
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def make_case(op: str, B: int, N: int, d: int, K: int, D: int, dtype):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    kw = {"dtype": dtype, "device": "cuda"}
+    centers = torch.randn(K, d, generator=g, **kw)
+    gammas = 0.5 + torch.rand(K, generator=g, **kw)
+    weights = torch.rand(D, K, generator=g, **kw)
+    zeta = 0.05 + 0.1 * torch.rand(D, generator=g, **kw)
+    size = dtype.itemsize
+    if op == "segment_sqdist":
+        x = torch.randn(B, N, D, generator=g, **kw).requires_grad_()
+        return (x,), (B * N * D + B * (N - 1)) * size, 3 * B * (N - 1) * D
+    points = torch.randn(B, N, d, generator=g, **kw).requires_grad_()
+    params = (centers, gammas, weights, zeta)
+    if op == "rbf_precision":
+        z = points.detach().reshape(-1, d).requires_grad_()
+        return (z, *params), (B * N * (d + D) + D * K) * size, 2 * B * N * K * D
+    return (points, *params), (B * N * d + B * (N - 1) + D * K) * size, 2 * B * N * K * D
+
+
+def run_case(op, shape, dtype, reps, results):
+    B, N, d, K, D = shape
+    args, nbytes, flops = make_case(op, B, N, d, K, D, dtype)
+    fn = getattr(fastgeo.ops, op)
+    avail = fastgeo.availability()
+    base = {}
+    for backend in BACKENDS:
+        if not avail[backend][0]:
+            print(f"  {backend:9s} unavailable: {avail[backend][1]}")
+            continue
+        for mode in ("fwd", "fwd+bwd"):
+            def step(backend=backend, mode=mode):
+                with fastgeo.use_backend(backend):
+                    if mode == "fwd":
+                        with torch.no_grad():
+                            fn(*args)
+                    else:
+                        out = fn(*args)
+                        torch.autograd.grad(out.sum(), args[0])
+
+            try:
+                torch.cuda.reset_peak_memory_stats()
+                ms = timeit(step, reps)
+                peak = torch.cuda.max_memory_allocated() / 2**20
+            except torch.OutOfMemoryError:
+                print(f"  {backend:9s} {mode:8s} out of memory")
+                torch.cuda.empty_cache()
+                continue
+            if backend == "reference":
+                base[mode] = ms
+            ratio = base[mode] / ms if mode in base else float("nan")
+            f = flops * (2 if mode == "fwd+bwd" else 1)  # backward adds the grad_phi product
+            print(f"  {backend:9s} {mode:8s} {ms:9.3f} ms  x{ratio:6.2f} vs reference  "
+                  f"{nbytes / ms / 1e6:8.1f} GB/s  {f / ms / 1e9:7.2f} TFLOP/s  peak {peak:8.1f} MiB")
+            results.append((op, shape, str(dtype), backend, mode, ms, ratio))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--reps", type=int, default=10)
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to benchmark", file=sys.stderr)
+        return 1
+    dtype = getattr(torch, a.dtype)
+    print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | CUDA {torch.version.cuda} "
+          f"| dtype {a.dtype} | TF32 matmul {torch.backends.cuda.matmul.allow_tf32}")
+    print("backends:", {k: v[0] for k, v in fastgeo.availability().items()})
+    Bs = [1024] if a.quick else [1024, 16384, 65536]
+    shapes = [(B, 32, d, 128, 784) for B in Bs for d in (2, 16)]
+    results: list = []
+    for op in ("segment_sqdist", "rbf_precision", "rbf_segment_sqdist"):
+        for shape in shapes:
+            print(f"{op}  (B, N, d, K, D) = {shape}")
+            run_case(op, shape, dtype, a.reps, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
