@@ -28,10 +28,11 @@ from torch import Tensor
 
 from . import _checks
 from .curves import Curves, PiecewiseLinearBasis, PolynomialBasis, evaluate, time_grid
+from .graph import LatentGraph
 from .metric import ExpectedMetric, jacobian_columns
 
 METHODS = ("default", "paper", "dense")
-INIT_NAMES = ("straight", "warm", "given")
+INIT_NAMES = ("straight", "warm", "given", "graph")
 
 
 @dataclass
@@ -98,6 +99,8 @@ def geodesics(
     tol: float | None = None,
     batch_size: int | None = None,
     init: Tensor | None = None,
+    graph: bool | LatentGraph = True,
+    latents: Tensor | None = None,
 ) -> GeodesicResult:
     """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
 
@@ -118,6 +121,9 @@ def geodesics(
             (default 1e-10 in float64, 1e-6 in float32).
         batch_size: curves optimized at once (default: as many as fit in ~512 MB of Jacobians).
         init: optional (B, m, d) starting coefficients for the basis of ``method``.
+        graph: start from shortest paths on a :class:`fastgeo.graph.LatentGraph` too (``default``
+            only; built on first use and cached on the metric), or a graph to use.
+        latents: optional (M, d) latent codes of the data, added to the graph's nodes.
 
     Returns:
         :class:`GeodesicResult`; no curve is longer than the straight line between its ends.
@@ -165,6 +171,9 @@ def geodesics(
 
     z0, z1 = z0.detach(), z1.detach()
     counter = _Counter()
+    lgraph = None
+    if method == "default" and B > 0 and graph is not False:
+        lgraph = graph if isinstance(graph, LatentGraph) else _cached_graph(metric, latents, counter)
     if dense and init is None and B > 0:
         # The oracle starts from the default solver's curve (and the straight line) as nodes.
         coarse = geodesics(
@@ -180,11 +189,13 @@ def geodesics(
             parts.append(
                 _solve_batch(
                     metric, z0[sl], z1[sl], basis, n_points, method, warm_start, max_iter, tol,
-                    None if init is None else init[sl].detach(), counter,
+                    None if init is None else init[sl].detach(), lgraph, counter,
                 )
             )
     if not parts:  # empty batch
-        parts.append(_solve_batch(metric, z0, z1, basis, n_points, method, warm_start, 0, tol, None, counter))
+        parts.append(
+            _solve_batch(metric, z0, z1, basis, n_points, method, warm_start, 0, tol, None, None, counter)
+        )
     coeffs, energies, converged, iterations, init_idx = (torch.cat(x) for x in zip(*parts, strict=True))
     curves = Curves(z0, z1, coeffs, basis)
     with torch.no_grad():
@@ -239,6 +250,7 @@ def _solve_batch(
     max_iter: int,
     tol: float,
     init: Tensor | None,
+    lgraph: LatentGraph | None,
     counter: _Counter,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One batch of curves: returns coeffs (B, m, d), energies, converged, iterations, init index."""
@@ -264,6 +276,10 @@ def _solve_batch(
         warm, warm_it = _warm_start(metric, z0, z1, psi, t, method, max_iter, tol, counter)
         iterations += warm_it
         candidates.append((1, warm))
+    if lgraph is not None and B > 0:
+        from_graph, evals = lgraph.initial_coeffs(z0, z1, psi, t)
+        counter.evals += evals
+        candidates.append((3, from_graph))
     # Keep, per curve, the start with the lowest full energy.
     best_idx = torch.zeros(B, dtype=torch.long, device=z0.device)
     best = straight
@@ -467,3 +483,18 @@ def _first_order(
             converged[active[gain < tol * window]] = True
             ref_e[active] = best_e[active]
     return best_x * unit, best_e, converged & torch.isfinite(best_e), iterations
+
+
+def _cached_graph(metric: ExpectedMetric, latents: Tensor | None, counter: _Counter) -> LatentGraph:
+    """The metric's graph for these latents, built on first use (keyed so that changed RBF
+    weights or latents give a new graph)."""
+    key = (
+        metric.precision.weights._version,
+        None if latents is None else (latents.data_ptr(), tuple(latents.shape), latents._version),
+    )
+    cache = metric.__dict__.setdefault("_graph_cache", {})
+    if key not in cache:
+        cache.clear()
+        cache[key] = LatentGraph(metric, latents)
+        counter.evals += cache[key].edge_evals
+    return cache[key]

@@ -146,3 +146,34 @@ def test_energy_and_length_definitions():
     s = metric.segment_sqdist(pts)
     torch.testing.assert_close(metric.energy(pts), 3 * s.sum(-1))
     torch.testing.assert_close(metric.length(pts), s.sqrt().sum(-1))
+
+
+def mountain_metric(height: float = 6.0):
+    """The plane lifted over a tall Gaussian mountain at the origin: the straight line between
+    (-2, 0) and (2, 0) crosses its top (a saddle of the energy: symmetric starts stay on it);
+    geodesics go around it. The RBF centers tile the plane, weights 0 (sigma constant)."""
+    grid = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    centers = torch.cartesian_prod(grid, grid)
+    prec = fastgeo.RBFPrecision(
+        centers, torch.ones(49, dtype=torch.float64), torch.zeros(3, 49, dtype=torch.float64), 1.0
+    )
+
+    def mean(z):
+        h = height * torch.exp(-(z * z).sum(-1, keepdim=True) / 0.5)
+        return torch.cat([z, h], -1)
+
+    return fastgeo.ExpectedMetric(mean, prec)
+
+
+def test_two_basins_default_finds_the_way_around():
+    metric = mountain_metric()
+    z0 = torch.tensor([[-2.0, 0.0], [-2.0, 0.05]], dtype=torch.float64)
+    z1 = torch.tensor([[2.0, 0.0], [2.0, -0.05]], dtype=torch.float64)
+    naive = fastgeo.geodesics(metric, z0, z1, warm_start=False, graph=False)
+    best = fastgeo.geodesics(metric, z0, z1)
+    # From the straight line the solver stays on the ridge over the mountain ...
+    assert float(naive.points(33)[0, 16].abs().max()) < 1e-6
+    # ... the default starts elsewhere and goes around, much shorter.
+    assert bool((best.lengths < 0.8 * naive.lengths[0]).all()), (best.lengths, naive.lengths)
+    assert float(best.points(33)[:, 16, 1].abs().min()) > 0.5
+    assert best.init_names[0] in ("graph", "warm")

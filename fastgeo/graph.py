@@ -1,0 +1,174 @@
+"""Graph initialization: shortest paths on a neighbourhood graph where the precision is high.
+
+Gradient steps from a straight line can end in the wrong basin when the data bends around
+empty space. A graph over points near the data, with each edge weighted by its metric length,
+finds the right corridor in any latent dimension: nodes are the RBF centers, samples around
+them (within one bandwidth) and optionally the user's latent codes; edges join k nearest
+neighbours (plus a Euclidean spanning tree, so the graph is connected). The graph is built once
+per metric and reused; each query attaches its end points to their nearest nodes, runs Dijkstra
+(scipy), and turns the path into curve coefficients by a least-squares fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .curves import time_grid
+from .metric import ExpectedMetric
+
+
+class LatentGraph:
+    """A neighbourhood graph over latent points with metric-length edge weights.
+
+    Args:
+        metric: the :class:`ExpectedMetric`.
+        latents: optional (M, d) latent codes of the data, added as nodes.
+        n_nodes: nodes sampled around the RBF centers (default 1500).
+        k: neighbours per node (default 10).
+        edge_points: points per edge used to measure its metric length (default 8).
+        seed: sampling seed.
+    """
+
+    def __init__(
+        self,
+        metric: ExpectedMetric,
+        latents: Tensor | None = None,
+        n_nodes: int = 1500,
+        k: int = 10,
+        edge_points: int = 8,
+        seed: int = 0,
+    ) -> None:
+        self.metric = metric
+        self.k = k
+        self.edge_points = edge_points
+        prec = metric.precision
+        centers, gammas = prec.centers.detach(), prec.gammas.detach()
+        K, d = centers.shape
+        per_center = max(1, math.ceil(n_nodes / K))
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn(K, per_center, d, generator=g, dtype=torch.float64).to(centers)
+        # One bandwidth around each center: phi_k = exp(-1/2) at distance (2 gamma_k)^-1/2.
+        radius = (2 * gammas).rsqrt()[:, None, None]
+        nodes = [centers, (centers[:, None, :] + radius * noise).reshape(-1, d)]
+        if latents is not None:
+            metric.check_points("latents", latents, ndim=2)
+            nodes.append(latents.detach())
+        self.nodes = torch.cat(nodes)
+        self.edges, self.weights = self._knn_edges(self.nodes, self.nodes, k, exclude_self=True)
+        self.edge_evals = self.edges.shape[0] * edge_points
+
+    def _segment_lengths(self, a: Tensor, b: Tensor) -> Tensor:
+        """Metric length of straight segments a -> b: (E, d) x 2 -> (E,), in chunks."""
+        t = time_grid(self.edge_points, a)
+        out = []
+        chunk = max(1, (64 << 20) // (self.edge_points * 2 * self.metric.data_dim * a.element_size()))
+        with torch.no_grad():
+            for s in range(0, a.shape[0], chunk):
+                pa, pb = a[s : s + chunk], b[s : s + chunk]
+                pts = pa[:, None, :] + t[None, :, None] * (pb - pa)[:, None, :]
+                out.append(self.metric.length(pts))
+        return torch.cat(out) if out else a.new_zeros(0)
+
+    def _knn_edges(
+        self, queries: Tensor, nodes: Tensor, k: int, exclude_self: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Edges (E, 2) from each query to its k nearest nodes (plus a spanning tree among nodes
+        when ``exclude_self``), weighted by metric length (E,)."""
+        dist = torch.cdist(queries, nodes)
+        if exclude_self:
+            dist.fill_diagonal_(float("inf"))
+        kk = min(k, nodes.shape[0] - (1 if exclude_self else 0))
+        nbr = dist.topk(kk, largest=False).indices  # (Q, kk)
+        src = torch.arange(queries.shape[0], device=nodes.device).repeat_interleave(kk)
+        pairs = torch.stack([src, nbr.reshape(-1)], 1)
+        if exclude_self:
+            pairs = torch.cat([pairs, _bridges(pairs, dist)])
+            pairs = torch.unique(torch.sort(pairs, dim=1).values, dim=0)
+        weights = self._segment_lengths(queries[pairs[:, 0]], nodes[pairs[:, 1]])
+        return pairs, weights
+
+    def initial_coeffs(self, z0: Tensor, z1: Tensor, psi: Tensor, t: Tensor) -> tuple[Tensor, int]:
+        """Coefficients (B, m, d) of the curves that best fit the shortest graph paths z0 -> z1,
+        and the decoder evaluations spent attaching the end points."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import dijkstra
+
+        B, d = z0.shape
+        n = self.nodes.shape[0]
+        ends, inverse = torch.unique(torch.cat([z0, z1]), dim=0, return_inverse=True)
+        q_edges, q_weights = self._knn_edges(ends, self.nodes, self.k, exclude_self=False)
+        rows = torch.cat([self.edges[:, 0], q_edges[:, 0] + n]).cpu().numpy()
+        cols = torch.cat([self.edges[:, 1], q_edges[:, 1]]).cpu().numpy()
+        w = torch.cat([self.weights, q_weights]).double().cpu().numpy()
+        # Zero-length edges would vanish from a sparse matrix: keep them, tiny but present.
+        w = np.maximum(w, 1e-300)
+        size = n + ends.shape[0]
+        graph = coo_matrix((w, (rows, cols)), shape=(size, size)).tocsr()
+        src_q, dst_q = inverse[:B].cpu().numpy(), inverse[B:].cpu().numpy()
+        sources, src_row = np.unique(src_q, return_inverse=True)
+        dist, pred = dijkstra(graph, directed=False, indices=sources + n, return_predecessors=True)
+
+        # Walk back from every target to its source, all pairs at once.
+        target = dst_q + n
+        reachable = np.isfinite(dist[src_row, target]) & (dst_q != src_q)
+        walk = [target]
+        cur = target.copy()
+        for _ in range(size):
+            prev = pred[src_row, cur]
+            done = (prev < 0) | ~reachable
+            if done.all():
+                break
+            cur = np.where(done, cur, prev)
+            walk.append(cur)
+        walk.append(walk[-1])  # at least two nodes per path, so every path has a segment
+        path = np.stack(walk[::-1], 1)  # (B, L), padded at the start with the source
+        all_points = torch.cat([self.nodes, ends]).to(z0)
+        pts = all_points[torch.as_tensor(path, device=z0.device)]  # (B, L, d)
+        arc = torch.as_tensor(dist[src_row[:, None], path], dtype=z0.dtype, device=z0.device)
+        total = arc[:, -1:].clamp(min=torch.finfo(z0.dtype).tiny)
+        arc = torch.where(torch.isfinite(arc), arc / total, torch.zeros_like(arc))
+        # Resample each path at the curve's times, by metric arc length (about constant speed).
+        tq = t.expand(B, -1).contiguous()
+        hi = torch.searchsorted(arc.contiguous(), tq, right=True).clamp(1, arc.shape[1] - 1)
+        lo = hi - 1
+        a_lo, a_hi = arc.gather(1, lo), arc.gather(1, hi)
+        frac = ((tq - a_lo) / (a_hi - a_lo).clamp(min=torch.finfo(z0.dtype).tiny)).clamp(0, 1)
+        p_lo = pts.gather(1, lo[..., None].expand(-1, -1, d))
+        p_hi = pts.gather(1, hi[..., None].expand(-1, -1, d))
+        sampled = p_lo + frac[..., None] * (p_hi - p_lo)
+        line = z0[:, None, :] + t[None, :, None] * (z1 - z0)[:, None, :]
+        offset = (sampled - line)[:, 1:-1]  # psi vanishes at the end points
+        coeffs = torch.linalg.pinv(psi[1:-1]) @ offset
+        ok = torch.as_tensor(reachable, device=z0.device)
+        coeffs = torch.where(ok[:, None, None], coeffs, torch.zeros_like(coeffs))
+        return coeffs, q_edges.shape[0] * self.edge_points
+
+
+def _bridges(pairs: Tensor, dist: Tensor) -> Tensor:
+    """Edges (E, 2) that join the components of a graph: the shortest Euclidean edge from the
+    first component to the rest, repeatedly, until one component remains."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = dist.shape[0]
+    p = pairs.cpu().numpy()
+    adj = coo_matrix((np.ones(len(p)), (p[:, 0], p[:, 1])), shape=(n, n))
+    count, label = connected_components(adj, directed=False)
+    label = torch.as_tensor(label, device=dist.device)
+    extra = []
+    while count > 1:
+        inside = label == label[0]
+        sub = dist[inside][:, ~inside]
+        flat = int(sub.argmin())
+        i = inside.nonzero()[flat // sub.shape[1], 0]
+        j = (~inside).nonzero()[flat % sub.shape[1], 0]
+        extra.append(torch.stack([i, j]))
+        label = torch.where(label == label[j], label[0], label)
+        count -= 1
+    if not extra:
+        return pairs.new_zeros(0, 2)
+    return torch.stack(extra)
