@@ -1,0 +1,171 @@
+// Helpers shared by the CPU kernels: argument checks, vectorizable exp/rsqrt, RBF features.
+//
+// The extension is compiled for the baseline ISA (no -march=native by default), where gcc will
+// not vectorize std::exp / std::sqrt (errno semantics). The float versions below are plain
+// arithmetic that gcc vectorizes; the double versions call libm (float64 is the accuracy path).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace fastgeo {
+namespace cpu {
+
+// exp(x) for float, |error| about 1 ulp for x in [-87, 88.3]; 0 below (phi underflow), inf above.
+// x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-7 Taylor polynomial, 2^n by exponent bits.
+inline float fexp(float x) {
+  const float t = x * 1.44269504088896341f;
+  const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest: adding 1.5 * 2^23
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;  // ln2 split: exact hi + lo
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const float nc = std::min(std::max(n, -126.0f), 127.0f);  // keep the exponent bits in range
+  const int32_t bits = (static_cast<int32_t>(nc) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float y = p * scale;
+  return x < -87.0f ? 0.0f : (x > 88.3f ? std::numeric_limits<float>::infinity() : y);
+}
+inline double fexp(double x) { return std::exp(x); }
+
+// 1/sqrt(x) for float x > 0 (normal): bit-trick guess then three Newton steps (relative error
+// 1.7e-3 -> 5e-6 -> 4e-11 -> rounding), a few ulp in all.
+inline float frsqrt(float x) {
+  int32_t i;
+  std::memcpy(&i, &x, sizeof(i));
+  i = 0x5f375a86 - (i >> 1);
+  float y;
+  std::memcpy(&y, &i, sizeof(y));
+  const float hx = 0.5f * x;
+  y = y * (1.5f - hx * y * y);
+  y = y * (1.5f - hx * y * y);
+  y = y * (1.5f - hx * y * y);
+  return y;
+}
+inline double frsqrt(double x) { return 1.0 / std::sqrt(x); }
+
+// Checks shared by the RBF ops; returns nothing, raises with the argument's name.
+inline void check_rbf_params(const at::Tensor& ref, const char* ref_name, const at::Tensor& centers,
+                             const at::Tensor& gammas, const at::Tensor& weights) {
+  TORCH_CHECK(ref.scalar_type() == at::kFloat || ref.scalar_type() == at::kDouble, ref_name,
+              " must be float32 or float64, got ", ref.scalar_type());
+  TORCH_CHECK(centers.dim() == 2, "centers must be (K, d), got ", centers.sizes());
+  TORCH_CHECK(gammas.dim() == 1 && gammas.size(0) == centers.size(0),
+              "gammas must be (K,) with K = centers.size(0), got ", gammas.sizes());
+  TORCH_CHECK(weights.dim() == 2 && weights.size(1) == centers.size(0),
+              "weights must be (D, K) with K = centers.size(0), got ", weights.sizes());
+  TORCH_CHECK(ref.size(-1) == centers.size(1), ref_name, " has latent dimension ", ref.size(-1),
+              " but centers have d = ", centers.size(1));
+  for (const at::Tensor* t : {&centers, &gammas, &weights}) {
+    TORCH_CHECK(t->scalar_type() == ref.scalar_type(), "fastgeo: all tensors must share ", ref_name,
+                "'s dtype ", ref.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->device().is_cpu(), "fastgeo CPU kernel got a tensor on ", t->device());
+  }
+  TORCH_CHECK(ref.device().is_cpu(), "fastgeo CPU kernel got ", ref_name, " on ", ref.device());
+}
+
+inline void check_zeta(const at::Tensor& zeta, const at::Tensor& weights) {
+  TORCH_CHECK(zeta.dim() == 1 && zeta.size(0) == weights.size(0),
+              "zeta must be (D,) with D = weights.size(0), got ", zeta.sizes());
+  TORCH_CHECK(zeta.scalar_type() == weights.scalar_type() && zeta.device().is_cpu(),
+              "zeta must be a CPU tensor of dtype ", weights.scalar_type());
+}
+
+// An input as a contiguous tensor outside autograd. The kernels call ATen (BLAS) on views of
+// their inputs, possibly from OpenMP worker threads where no autograd-exclusion guard is set:
+// detaching keeps those calls out of autograd, whatever the caller's requires_grad.
+inline at::Tensor plain(const at::Tensor& t) { return t.detach().contiguous(); }
+
+// Transposed copy of centers, (d, K): the K axis innermost so the loops over k vectorize.
+inline at::Tensor centers_t(const at::Tensor& centers) { return centers.detach().t().contiguous(); }
+
+// phi[r, k] = exp(-gammas[k] * ||z[r] - c_k||^2) for rows r of z (rows, d) -> phi (rows, K).
+template <typename T>
+void rbf_features(const T* z, int64_t rows, int64_t d, const T* cT, const T* gammas, int64_t K,
+                  T* phi) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* out = phi + r * K;
+    const T* zr = z + r * d;
+    for (int64_t k = 0; k < K; ++k) out[k] = T(0);
+    for (int64_t j = 0; j < d; ++j) {
+      const T zj = zr[j];
+      const T* c = cT + j * K;
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) {
+        const T diff = zj - c[k];
+        out[k] += diff * diff;
+      }
+    }
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) out[k] = fexp(-gammas[k] * out[k]);
+  }
+}
+
+// Gradients through phi, given h[r, k] = dL/dphi[r, k] * phi[r, k] (rows, K), scratch hg (K):
+//   grad_z[r]     = sum_k h[r,k] (-2 gamma_k) (z_r - c_k)            written (rows, d)
+//   grad_cT[j, k] += sum_r h[r,k] (2 gamma_k) (z_rj - c_kj)          accumulated, (d, K), if given
+//   grad_g[k]     += -sum_r h[r,k] ||z_r - c_k||^2                    accumulated, (K,), if given
+template <typename T>
+void rbf_features_backward(const T* z, int64_t rows, int64_t d, const T* cT, const T* gammas,
+                           int64_t K, const T* h, T* hg, T* grad_z, T* grad_cT, T* grad_g) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * d;
+    const T* hr = h + r * K;
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) hg[k] = T(2) * gammas[k] * hr[k];
+    for (int64_t j = 0; j < d; ++j) {
+      const T zj = zr[j];
+      const T* c = cT + j * K;
+      T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+      for (int64_t k = 0; k < K; ++k) acc += hg[k] * (zj - c[k]);
+      if (grad_z) grad_z[r * d + j] = -acc;
+      if (grad_cT) {
+        T* gc = grad_cT + j * K;
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) gc[k] += hg[k] * (zj - c[k]);
+      }
+    }
+    if (grad_g) {
+      for (int64_t k = 0; k < K; ++k) {
+        T sq = T(0);
+        for (int64_t j = 0; j < d; ++j) {
+          const T diff = zr[j] - cT[j * K + k];
+          sq += diff * diff;
+        }
+        grad_g[k] -= hr[k] * sq;
+      }
+    }
+  }
+}
+
+// Split [0, n) into `chunks` contiguous pieces; piece c is [chunk_begin(c), chunk_begin(c + 1)).
+inline int64_t chunk_begin(int64_t n, int64_t chunks, int64_t c) { return n * c / chunks; }
+
+// Rows per tile so that a (rows, D) tile of T takes about `bytes` (sized to stay in L2),
+// within [lo, hi].
+inline int64_t tile_rows(int64_t D, int64_t elem_size, int64_t lo, int64_t hi,
+                         int64_t bytes = int64_t(1) << 18) {
+  const int64_t rows = bytes / (std::max<int64_t>(D, 1) * elem_size);
+  return std::min(hi, std::max(lo, rows));
+}
+
+// Number of independent work chunks: one per thread (deterministic for a given thread count).
+inline int64_t num_chunks(int64_t tiles) {
+  return std::max<int64_t>(1, std::min<int64_t>(tiles, at::get_num_threads()));
+}
+
+}  // namespace cpu
+}  // namespace fastgeo

@@ -1,0 +1,36 @@
+// Schemas of the torch.ops.fastgeo operators (DESIGN §2) and the Python module init of
+// fastgeo._C. Kernels register per dispatch key in csrc/cpu/*.cpp (and csrc/cuda/ for CUDA);
+// autograd and fake (meta) implementations are registered from Python in fastgeo/_ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastgeo, m) {
+  // z (P, d), centers (K, d), gammas (K,), weights (D, K), zeta (D,) -> beta (P, D)
+  m.def("rbf_precision(Tensor z, Tensor centers, Tensor gammas, Tensor weights, Tensor zeta) -> Tensor");
+  // -> (grad_z, grad_centers, grad_gammas, grad_weights, grad_zeta); an output whose
+  // output_mask entry is false is an empty tensor of shape (0,) and costs nothing.
+  m.def(
+      "rbf_precision_backward(Tensor grad, Tensor z, Tensor centers, Tensor gammas, Tensor weights, "
+      "bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // x (B, N, D) -> (B, N-1)
+  m.def("segment_sqdist(Tensor x) -> Tensor");
+  // grad (B, N-1), x (B, N, D) -> grad_x (B, N, D)
+  m.def("segment_sqdist_backward(Tensor grad, Tensor x) -> Tensor");
+  // points (B, N, d), RBF parameters as above -> (B, N-1); never holds a (B, N, D) tensor
+  m.def(
+      "rbf_segment_sqdist(Tensor points, Tensor centers, Tensor gammas, Tensor weights, Tensor zeta) "
+      "-> Tensor");
+  // -> (grad_points, grad_centers, grad_gammas, grad_weights, grad_zeta), masked as above
+  m.def(
+      "rbf_segment_sqdist_backward(Tensor grad, Tensor points, Tensor centers, Tensor gammas, "
+      "Tensor weights, Tensor zeta, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+// `import fastgeo._C` loads this library, which runs the registrations above; the module itself
+// is empty (the operators live in torch.ops.fastgeo).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "fastgeo C++ operators (registered in torch.ops.fastgeo)", -1,
+      nullptr};
+  return PyModule_Create(&module_def);
+}
