@@ -87,6 +87,19 @@ class RBFPrecision(nn.Module):
     def extra_repr(self) -> str:
         return f"K={self.num_centers}, d={self.latent_dim}, D={self.data_dim}"
 
+    @classmethod
+    def fit(cls, latents: Tensor, data: Tensor, mean, **options) -> RBFPrecision:
+        """Fit centers, bandwidths and weights to training data (Arvanitidis et al., 2018).
+
+        latents (M, d), data (M, D), mean (..., d) -> (..., D); see
+        :func:`fastgeo.rbf_fit.fit_rbf_precision` for the options and the recipe. Example::
+
+            prec = fastgeo.RBFPrecision.fit(encoder_means, X, decoder_mean, zeta=1e-3)
+        """
+        from .rbf_fit import fit_rbf_precision  # lazy: fitting is not needed to use a precision
+
+        return fit_rbf_precision(latents, data, mean, **options)
+
     @torch.no_grad()
     def clamp_weights_(self) -> RBFPrecision:
         """Project ``weights`` back onto >= 0 (after an unconstrained optimizer step)."""

@@ -1,0 +1,76 @@
+"""Small synthetic data sets for examples and tests (numpy only: no scikit-learn dependency)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# The lift to D > 2 is a property of the data set, not of the sample: one fixed map per D,
+# whatever the sampling seed, so that two samples of the same data set are comparable.
+_LIFT_SEED = 20180501
+
+
+def two_moons(
+    n: int = 1000,
+    noise: float = 0.05,
+    seed: int | None = 0,
+    *,
+    dim: int = 2,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Two interleaved half circles (the paper's Figure 1 data).
+
+    Moon 0 is the upper arc ``(cos t, sin t)``, moon 1 the lower arc
+    ``(1 - cos t, 0.5 - sin t)``, ``t ~ U[0, pi]``; each point gets isotropic Gaussian noise of
+    standard deviation ``noise`` and the points are shuffled. Moon 0 gets ``ceil(n / 2)`` points.
+
+    With ``dim > 2`` the planar points ``p`` are lifted by a fixed random smooth map
+    ``x = Q[:, :2] p + Q[:, 2:] (0.5 sin(A p + b))``, ``Q`` a random (dim, dim) orthogonal matrix:
+    the nonlinear part lies in the orthogonal complement of the plane, so the map is injective
+    (projecting onto ``Q[:, :2]`` gives ``p`` back) but curved, and a decoder has to learn it.
+    The map depends on ``dim`` only, not on ``seed``.
+
+    Args:
+        n: number of points (>= 2).
+        noise: standard deviation of the planar noise (>= 0).
+        seed: seed of the sample (``None``: fresh entropy).
+        dim: data dimension D (>= 2).
+        dtype: floating dtype of ``X``.
+    Returns:
+        ``X`` (n, dim) of ``dtype`` and ``labels`` (n,) int64 in {0, 1}.
+
+    Example::
+
+        X, y = fastgeo.datasets.two_moons(1000, noise=0.05, seed=0)   # (1000, 2), (1000,)
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, got {noise!r}")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2:
+        raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    rng = np.random.default_rng(seed)
+    n0 = (n + 1) // 2
+    t = rng.uniform(0.0, np.pi, size=n)
+    upper = np.stack([np.cos(t[:n0]), np.sin(t[:n0])], axis=1)
+    lower = np.stack([1.0 - np.cos(t[n0:]), 0.5 - np.sin(t[n0:])], axis=1)
+    points = np.concatenate([upper, lower]) + noise * rng.standard_normal((n, 2))
+    labels = np.concatenate([np.zeros(n0, dtype=np.int64), np.ones(n - n0, dtype=np.int64)])
+    order = rng.permutation(n)
+    points, labels = points[order], labels[order]
+    if dim > 2:
+        points = _lift(points, dim)
+    return torch.from_numpy(points).to(dtype), torch.from_numpy(labels)
+
+
+def _lift(p: np.ndarray, dim: int) -> np.ndarray:
+    """The fixed smooth injective map R^2 -> R^dim of :func:`two_moons`: (n, 2) -> (n, dim)."""
+    rng = np.random.default_rng(_LIFT_SEED + dim)
+    q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    a = rng.standard_normal((dim - 2, 2)) * 1.5  # frequencies ~ the moons' curvature scale
+    b = rng.uniform(0.0, 2 * np.pi, size=dim - 2)
+    bend = 0.5 * np.sin(p @ a.T + b)
+    return p @ q[:, :2].T + bend @ q[:, 2:].T
