@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -119,7 +120,7 @@ def _run(
     fig = plot_geodesics(metric, res, latents=Z, labels=labels, resolution=60 if quick else 200)
     fig.axes[0].set_title("Geodesics (solid) vs straight lines (dashed), two moons")
     figure = os.path.join(out_dir, "two_moons.png")
-    fig.savefig(figure, dpi=110 if quick else 130, bbox_inches="tight")
+    fig.savefig(figure, dpi=80 if quick else 100, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -178,7 +179,11 @@ def save_demo_generator(path: str, mean: nn.Module, precision: RBFPrecision) -> 
     :class:`ExpectedMetric`. (Stopgap until ``fastgeo.save_generator`` exists.)
     """
     buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(mean), buf)
+    with warnings.catch_warnings():
+        # torch >= 2.10 marks TorchScript deprecated; it is still the portable format asked for
+        # here until fastgeo.save_generator replaces this function.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(mean), buf)
     centers, gammas, weights, zeta = (p.detach().clone() for p in precision.params())
     torch.save(
         {"format": "fastgeo-demo-generator/1", "mean_torchscript": buf.getvalue(), "centers": centers,
@@ -191,6 +196,8 @@ def save_demo_generator(path: str, mean: nn.Module, precision: RBFPrecision) -> 
 def load_demo_generator(path: str) -> ExpectedMetric:
     """The :class:`ExpectedMetric` saved by :func:`save_demo_generator`."""
     d = torch.load(path, weights_only=True)
-    mean = torch.jit.load(io.BytesIO(d["mean_torchscript"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mean = torch.jit.load(io.BytesIO(d["mean_torchscript"]))
     return ExpectedMetric(mean, RBFPrecision(d["centers"], d["gammas"], d["weights"], d["zeta"]))
 

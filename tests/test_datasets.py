@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch
+
+from fastgeo.datasets import two_moons
+
+
+def test_two_moons_shapes_dtypes_and_labels():
+    X, y = two_moons(101, noise=0.05, seed=0)
+    assert X.shape == (101, 2) and X.dtype == torch.float32
+    assert y.shape == (101,) and y.dtype == torch.int64
+    assert int((y == 0).sum()) == 51 and int((y == 1).sum()) == 50
+    X64, _ = two_moons(10, seed=0, dtype=torch.float64)
+    assert X64.dtype == torch.float64
+
+
+def test_two_moons_deterministic_and_seed_dependent():
+    a = two_moons(200, 0.1, seed=3, dim=5)
+    b = two_moons(200, 0.1, seed=3, dim=5)
+    c = two_moons(200, 0.1, seed=4, dim=5)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_two_moons_noise_free_points_lie_on_the_half_circles():
+    X, y = two_moons(400, noise=0.0, seed=1, dtype=torch.float64)
+    upper, lower = X[y == 0], X[y == 1]
+    assert torch.allclose(upper.norm(dim=1), torch.ones(len(upper), dtype=torch.float64))
+    assert bool((upper[:, 1] >= 0).all())
+    centre = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    assert torch.allclose((lower - centre).norm(dim=1), torch.ones(len(lower), dtype=torch.float64))
+    assert bool((lower[:, 1] <= 0.5).all())
+
+
+def test_lift_is_injective_and_curved():
+    P, _ = two_moons(300, 0.05, seed=2, dtype=torch.float64)
+    X, _ = two_moons(300, 0.05, seed=2, dim=6, dtype=torch.float64)
+    assert X.shape == (300, 6)
+    # Same planar sample: the lift is a function of the planar points, recoverable by a projection.
+    proj, *_ = np.linalg.lstsq(X.numpy(), P.numpy(), rcond=None)
+    assert np.abs(X.numpy() @ proj - P.numpy()).max() < 1e-8
+    # ... but not affine: a linear fit from the plane misses the extra dimensions.
+    A = np.hstack([P.numpy(), np.ones((300, 1))])
+    coef, *_ = np.linalg.lstsq(A, X.numpy(), rcond=None)
+    assert np.abs(A @ coef - X.numpy()).max() > 0.05
+
+
+@pytest.mark.parametrize("kwargs", [{"n": 1}, {"noise": -0.1}, {"dim": 1}, {"dtype": torch.int64}])
+def test_two_moons_rejects_bad_arguments(kwargs):
+    args = {"n": 10, "noise": 0.1, "seed": 0, **kwargs}
+    with pytest.raises((ValueError, TypeError)):
+        two_moons(**args)

@@ -1,0 +1,107 @@
+import pytest
+import torch
+
+import fastgeo
+from fastgeo.rbf_fit import fit_rbf_precision, kmeans
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids oversubscription slowdowns on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _blobs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    means = torch.tensor([[-3.0, 0.0], [0.0, 3.0], [3.0, 0.0]], dtype=torch.float64)
+    x = torch.cat([m + 0.2 * torch.randn(50, 2, generator=g, dtype=torch.float64) for m in means])
+    return x, means
+
+
+def test_kmeans_recovers_separated_clusters_deterministically():
+    x, means = _blobs()
+    c, assign = kmeans(x, 3, seed=0)
+    assert c.shape == (3, 2) and assign.shape == (150,)
+    # Each true blob is one cluster, and its center is the blob mean.
+    for b in range(3):
+        ids = assign[50 * b : 50 * (b + 1)]
+        assert bool((ids == ids[0]).all())
+        assert torch.allclose(c[ids[0]], x[50 * b : 50 * (b + 1)].mean(0))
+    c2, assign2 = kmeans(x, 3, seed=0)
+    assert torch.equal(c, c2) and torch.equal(assign, assign2)
+
+
+def test_kmeans_errors():
+    x, _ = _blobs()
+    with pytest.raises(ValueError, match="at least"):
+        kmeans(x[:2], 3)
+    with pytest.raises(ValueError, match="k must"):
+        kmeans(x, 0)
+
+
+def _problem():
+    """Latents on a circle, data = a smooth map of them plus known noise."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(300, generator=g, dtype=torch.float64) * 6.28
+    z = torch.stack([t.cos(), t.sin()], 1) * 2
+    lin = torch.randn(2, 4, generator=g, dtype=torch.float64)
+
+    def mean(u):
+        return torch.tanh(u @ lin)
+
+    x = mean(z) + 0.05 * torch.randn(300, 4, generator=g, dtype=torch.float64)
+    return z, x, mean
+
+
+def test_fit_small_sigma_on_data_large_sigma_far_away():
+    z, x, mean = _problem()
+    prec = fastgeo.RBFPrecision.fit(z, x, mean, num_centers=16, zeta=1e-3, steps=300, progress=False)
+    assert isinstance(prec, fastgeo.RBFPrecision)
+    assert prec.centers.shape == (16, 2) and prec.weights.shape == (4, 16)
+    for p in prec.params():
+        assert bool(torch.isfinite(p).all())
+    assert bool((prec.weights >= 0).all()) and bool((prec.gammas > 0).all())
+    with torch.no_grad():
+        on = prec.sigma(z).mean()
+        far = prec.sigma(torch.tensor([[0.0, 0.0], [6.0, 6.0], [-8.0, 1.0]], dtype=torch.float64)).min()
+    assert far > 10 * on
+    # The fitted sigma on the data is close to the true noise level 0.05.
+    assert 0.03 < float(on) < 0.1
+
+
+def test_fit_maximizes_the_likelihood_and_is_deterministic():
+    z, x, mean = _problem()
+
+    @torch.no_grad()
+    def nll(prec):
+        beta = prec(z)
+        return float((0.5 * beta * (x - mean(z)) ** 2 - 0.5 * beta.log()).sum(-1).mean())
+
+    untrained = fit_rbf_precision(z, x, mean, num_centers=8, steps=0, progress=False)
+    trained = fit_rbf_precision(z, x, mean, num_centers=8, steps=200, progress=False)
+    again = fit_rbf_precision(z, x, mean, num_centers=8, steps=200, progress=False)
+    assert nll(trained) < nll(untrained) - 1e-3
+    assert torch.equal(trained.weights, again.weights)
+
+
+def test_bandwidth_follows_cluster_spread():
+    x, _ = _blobs()
+    prec = fit_rbf_precision(x, x, lambda u: u, num_centers=3, bandwidth_scale=2.0, steps=0, progress=False)
+    _, assign = kmeans(x, 3, seed=0)
+    for k in range(3):
+        pts = x[assign == k]
+        spread = (pts - pts.mean(0)).norm(dim=1).mean()
+        assert torch.allclose(prec.gammas[k], 0.5 / (2.0 * spread) ** 2)
+
+
+def test_fit_argument_errors():
+    z, x, mean = _problem()
+    with pytest.raises(ValueError, match="one row per training point"):
+        fit_rbf_precision(z, x[:10], mean)
+    with pytest.raises(ValueError, match="zeta"):
+        fit_rbf_precision(z, x, mean, zeta=0.0)
+    with pytest.raises(ValueError, match="num_centers"):
+        fit_rbf_precision(z, x, mean, num_centers=1000)
