@@ -27,10 +27,12 @@ _MODULES = {
 }
 OPS = ("rbf_precision", "segment_sqdist", "rbf_segment_sqdist")
 
-# "auto" tries these in order, per device type and op (the GPU order is set from measurements).
+# "auto" tries these in order, per device type and op. The GPU kernels pass the interpreter and
+# compile checks but have not yet run on a GPU (bench/gpu_check.sh does that): until they have,
+# "auto" keeps CUDA tensors on the reference and the GPU kernels are opt-in with use_backend.
 AUTO_ORDER: dict[str, dict[str, tuple[str, ...]]] = {
     "cpu": {op: ("cpu", "reference") for op in OPS},
-    "cuda": {op: ("cuda", "triton", "reference") for op in OPS},
+    "cuda": {op: ("reference",) for op in OPS},
 }
 
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("fastgeo_backend", default="auto")
