@@ -99,7 +99,7 @@ at::Tensor rbf_precision_cpu(const at::Tensor& z_in, const at::Tensor& centers_i
   const at::Tensor z = plain(z_in), gammas = plain(gammas_in);
   const at::Tensor weights = plain(weights_in), zeta = plain(zeta_in);
   const at::Tensor cT = centers_t(centers_in);
-  at::Tensor out = at::empty({z.size(0), weights.size(0)}, z.options());
+  at::Tensor out = new_output({z.size(0), weights.size(0)}, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fastgeo::rbf_precision", [&] {
     rbf_precision_kernel<scalar_t>(z, cT, gammas, weights, zeta, out);
   });
@@ -124,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rbf_preci
   const int64_t chunks = num_chunks((P + R - 1) / R);
   const auto opts = z.options();
   auto none = [&] { return at::empty({0}, opts); };  // a fresh one per output: outputs must not alias
-  at::Tensor gz = mask[0] ? at::empty({P, d}, opts) : none();
+  at::Tensor gz = mask[0] ? new_output({P, d}, opts) : none();
   at::Tensor gcT = mask[1] ? at::zeros({chunks, d, K}, opts) : none();
   at::Tensor gg = mask[2] ? at::zeros({chunks, K}, opts) : none();
   at::Tensor gW = mask[3] ? at::zeros({chunks, D, K}, opts) : none();

@@ -168,7 +168,7 @@ at::Tensor rbf_segment_sqdist_cpu(const at::Tensor& points_in, const at::Tensor&
   const at::Tensor pts = plain(points_in).view({B * N, d});
   const at::Tensor gammas = plain(gammas_in), weights = plain(weights_in);
   const at::Tensor zeta = plain(zeta_in), cT = centers_t(centers_in);
-  at::Tensor out = at::empty({B, N - 1}, pts.options());
+  at::Tensor out = new_output({B, N - 1}, pts.options());
   AT_DISPATCH_FLOATING_TYPES(pts.scalar_type(), "fastgeo::rbf_segment_sqdist", [&] {
     rbf_segment_sqdist_kernel<scalar_t>(pts, cT, gammas, weights, zeta, N, out);
   });
@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rbf_segme
   const int64_t chunks = num_chunks((B * N + R - 1) / R);
   const auto opts = pts.options();
   auto none = [&] { return at::empty({0}, opts); };  // a fresh one per output: outputs must not alias
-  at::Tensor gz = mask[0] ? at::empty({B * N, d}, opts) : none();
+  at::Tensor gz = mask[0] ? new_output({B * N, d}, opts) : none();
   at::Tensor gcT = mask[1] ? at::zeros({chunks, d, K}, opts) : none();
   at::Tensor gg = mask[2] ? at::zeros({chunks, K}, opts) : none();
   at::Tensor gW = mask[3] ? at::zeros({chunks, D, K}, opts) : none();

@@ -58,7 +58,7 @@ at::Tensor segment_sqdist_cpu(const at::Tensor& x_in) {
               "x must be float32 or float64, got ", x_in.scalar_type());
   const at::Tensor x = plain(x_in);
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
-  at::Tensor out = at::empty({B, N - 1}, x.options());
+  at::Tensor out = new_output({B, N - 1}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastgeo::segment_sqdist", [&] {
     segment_sqdist_kernel<scalar_t>(x.data_ptr<scalar_t>(), B, N, D, out.data_ptr<scalar_t>());
   });
@@ -77,7 +77,7 @@ at::Tensor segment_sqdist_backward_cpu(const at::Tensor& grad_in, const at::Tens
   const at::Tensor x = plain(x_in);
   const at::Tensor g = plain(grad_in);
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
-  at::Tensor gx = at::empty({B, N, D}, x.options());
+  at::Tensor gx = new_output({B, N, D}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastgeo::segment_sqdist_backward", [&] {
     segment_sqdist_backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), B, N, D,
                                              gx.data_ptr<scalar_t>());
