@@ -1,0 +1,145 @@
+"""pairwise_distances (issue 6): symmetric fill, duplicates, chunking, Z x Y, per-pair status."""
+
+import warnings
+
+import pytest
+import torch
+from analytic import bumpy_metric, disc_points, sphere_metric
+
+import fastgeo
+from fastgeo.distances import PairwiseReport, triu_pairs
+
+OPTS = {"max_iter": 30}
+
+
+@pytest.fixture(scope="module")
+def metric():
+    return bumpy_metric()
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 40])
+def test_triu_pairs_matches_triu_indices(n):
+    total = n * (n - 1) // 2
+    i, j = triu_pairs(n, 0, total)
+    ii, jj = torch.triu_indices(n, n, offset=1)
+    assert torch.equal(i, ii) and torch.equal(j, jj)
+    if total > 3:  # any window of the order
+        i, j = triu_pairs(n, 2, total - 1)
+        assert torch.equal(i, ii[2:-1]) and torch.equal(j, jj[2:-1])
+
+
+def test_triu_pairs_large_n_closed_form():
+    n = 200_003
+    total = n * (n - 1) // 2
+    for k in [0, 1, n - 2, n - 1, total // 3, total - 2, total - 1]:
+        i, j = triu_pairs(n, k, k + 1)
+        i, j = int(i), int(j)
+        assert 0 <= i < j < n and i * n - i * (i + 1) // 2 + (j - i - 1) == k
+
+
+def test_matches_geodesics_symmetric_zero_diagonal(metric):
+    Z = disc_points(7, 1.5)
+    D, report = fastgeo.pairwise_distances(metric, Z, progress=False, return_report=True, **OPTS)
+    i, j = torch.triu_indices(7, 7, offset=1)
+    res = fastgeo.geodesics(metric, Z[i], Z[j], batch_size=len(i), **OPTS)
+    assert D.shape == (7, 7) and D.dtype == torch.float64
+    assert torch.equal(D[i, j], res.lengths)  # one chunk: the very same batch
+    assert torch.equal(D, D.T)
+    assert torch.equal(D.diagonal(), torch.zeros(7, dtype=D.dtype))
+    assert torch.isfinite(D).all() and (D[i, j] > 0).all()
+    assert isinstance(report, PairwiseReport)
+    assert report.n_pairs == 21 and report.chunks_total == 1 and report.chunks_computed == 1
+    assert torch.equal(report.converged[i, j], res.converged)
+    assert torch.equal(report.iterations[i, j], res.iterations.to(torch.int32))
+    assert report.decoder_evals > 0 and report.decoder_jvps > 0 and report.wall_time > 0
+
+
+def test_chunking_gives_same_distances(metric):
+    Z = disc_points(8, 1.5, seed=3)
+    D1 = fastgeo.pairwise_distances(metric, Z, progress=False, **OPTS)
+    D2, rep = fastgeo.pairwise_distances(metric, Z, chunk_size=5, progress=False, return_report=True, **OPTS)
+    assert rep.chunk_size == 5 and rep.chunks_total == 6 and rep.chunks_computed == 6  # 28 pairs
+    torch.testing.assert_close(D1, D2, rtol=1e-7, atol=1e-9)
+    # A memory budget sets the chunk size (bounded memory whatever M).
+    _, rep = fastgeo.pairwise_distances(metric, Z, memory_budget=300_000, progress=False,
+                                        return_report=True, **OPTS)
+    assert 1 <= rep.chunk_size < 28 and rep.chunks_total == -(-28 // rep.chunk_size)
+
+
+def test_duplicates_are_exact_zeros_and_copies(metric):
+    Z = disc_points(6, 1.5, seed=1)
+    Zd = torch.cat([Z, Z[[1, 4, 1]]])  # rows 6, 8 equal row 1; row 7 equals row 4
+    D, report = fastgeo.pairwise_distances(metric, Zd, progress=False, return_report=True, **OPTS)
+    D0 = fastgeo.pairwise_distances(metric, Z, progress=False, **OPTS)
+    assert report.n_pairs == 15  # only the distinct pairs are solved
+    idx = torch.tensor([0, 1, 2, 3, 4, 5, 1, 4, 1])
+    assert torch.equal(D, D0[idx][:, idx])
+    assert D[1, 6] == 0 and D[6, 8] == 0 and D[4, 7] == 0
+    assert torch.equal(D, D.T) and report.converged.shape == (9, 9)
+
+
+def test_rectangular_all_pairs(metric):
+    Z, Y = disc_points(3, 1.5, seed=4), disc_points(4, 1.5, seed=5)
+    Y[2] = Z[1]
+    D, report = fastgeo.pairwise_distances(metric, Z, Y, progress=False, return_report=True, **OPTS)
+    a, b = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
+    res = fastgeo.geodesics(metric, Z[a.reshape(-1)], Y[b.reshape(-1)], batch_size=12, **OPTS)
+    assert D.shape == (3, 4) and torch.equal(D.reshape(-1), res.lengths)
+    assert D[1, 2] == 0 and report.n_pairs == 12
+
+
+def test_sphere_distances_are_great_circles():
+    metric = sphere_metric()
+    Z = disc_points(5, 0.8, seed=2)
+    D = fastgeo.pairwise_distances(metric, Z, progress=False)
+    from analytic import great_circle
+
+    i, j = torch.triu_indices(5, 5, offset=1)
+    torch.testing.assert_close(D[i, j], great_circle(Z[i], Z[j]), rtol=2e-3, atol=0)
+
+
+def test_non_converged_pairs_are_reported_not_hidden(metric):
+    Z = disc_points(6, 1.5, seed=6)
+    with pytest.warns(RuntimeWarning, match=r"(\d+) of 15 geodesics did not converge"):
+        D, report = fastgeo.pairwise_distances(metric, Z, max_iter=1, warm_start=False,
+                                               progress=False, return_report=True)
+    assert report.n_failed > 0 and report.n_failed + report.n_converged == 15
+    failed = report.failed_pairs()
+    assert failed.shape == (report.n_failed, 2) and (failed[:, 0] < failed[:, 1]).all()
+    assert not report.converged[failed[:, 0], failed[:, 1]].any()
+    assert torch.isfinite(D).all()
+    # Best length found: never longer than the straight line.
+    i, j = torch.triu_indices(6, 6, offset=1)
+    straight = metric.length(fastgeo.solve.curves_straight(Z[i], Z[j], 32))
+    assert (D[i, j] <= straight).all()
+    assert str(report).startswith("15 geodesics")
+
+
+def test_converged_run_does_not_warn(metric):
+    Z = disc_points(4, 1.0, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fastgeo.pairwise_distances(metric, Z, progress=False)
+
+
+def test_progress_bar_reports_pairs(metric, capsys):
+    pytest.importorskip("tqdm")
+    fastgeo.pairwise_distances(metric, disc_points(4, 1.0), progress=True, **OPTS)
+    assert "pair" in capsys.readouterr().err
+    fastgeo.pairwise_distances(metric, disc_points(4, 1.0), progress=False, **OPTS)
+    assert capsys.readouterr().err == ""
+
+
+def test_tiny_and_invalid_inputs(metric):
+    for M in (0, 1):
+        D = fastgeo.pairwise_distances(metric, disc_points(M, 1.0), progress=False)
+        assert D.shape == (M, M) and not D.any()
+    Z = disc_points(3, 1.0)
+    with pytest.raises(TypeError, match="init"):
+        fastgeo.pairwise_distances(metric, Z, init=torch.zeros(3, 8, 2, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        fastgeo.pairwise_distances(metric, torch.full((3, 2), float("nan"), dtype=torch.float64))
+    with pytest.raises(ValueError):
+        fastgeo.pairwise_distances(metric, Z, chunk_size=0)
+    with pytest.raises(TypeError):
+        fastgeo.pairwise_distances(metric, Z.float())
