@@ -1,0 +1,77 @@
+"""Generator files (save_generator / load_generator) and the `fastgeo distances` command."""
+
+import numpy as np
+import pytest
+import torch
+from analytic import bumpy_metric, disc_points
+
+import fastgeo
+from fastgeo.cli import main
+from fastgeo.io import load_generator, save_generator
+
+OPTS = {"max_iter": 20}
+pytestmark = pytest.mark.filterwarnings("ignore:fastgeo.pairwise_distances")
+
+
+def module_metric(dtype=torch.float64):
+    torch.manual_seed(0)
+    mean = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 6),
+                               torch.nn.Sigmoid()).to(dtype)
+    return fastgeo.ExpectedMetric(mean, bumpy_metric(dtype).precision)
+
+
+@pytest.mark.parametrize("fmt", ["export", "torchscript"])
+@pytest.mark.parametrize("kind", ["module", "closure"])
+def test_roundtrip_gives_same_metric(tmp_path, fmt, kind):
+    metric = module_metric() if kind == "module" else bumpy_metric()  # bumpy: a plain function mean
+    path = save_generator(tmp_path / "gen.pt2", metric, format=fmt)
+    loaded = load_generator(path)
+    assert isinstance(loaded, fastgeo.ExpectedMetric) and loaded.dtype == torch.float64
+    for name, t in metric.precision.state_dict().items():
+        assert torch.equal(loaded.precision.state_dict()[name], t)
+    z = disc_points(10, 2.0).reshape(2, 5, 2)  # any (..., d)
+    torch.testing.assert_close(loaded.mean(z), metric.mean(z), rtol=1e-12, atol=1e-12)
+    Z = disc_points(5, 1.5)
+    D0 = fastgeo.pairwise_distances(metric, Z, progress=False, **OPTS)
+    D1 = fastgeo.pairwise_distances(loaded, Z, progress=False, **OPTS)
+    torch.testing.assert_close(D1, D0, rtol=1e-9, atol=1e-12)
+
+
+def test_pair_and_example_input_float32(tmp_path):
+    metric = module_metric(torch.float32)
+    path = save_generator(tmp_path / "g.pt2", (metric.mean, metric.precision),
+                          example_input=torch.randn(3, 4, 2))
+    loaded = load_generator(path)
+    assert loaded.dtype == torch.float32
+    z = torch.randn(7, 2)
+    torch.testing.assert_close(loaded.mean(z), metric.mean(z))
+
+
+def test_bad_files_and_inputs_refused(tmp_path):
+    bad = tmp_path / "x.pt2"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a fastgeo generator"):
+        load_generator(bad)
+    metric = module_metric()
+    with pytest.raises(TypeError):
+        save_generator(tmp_path / "g.pt2", metric.mean)
+    with pytest.raises(ValueError, match="format"):
+        save_generator(tmp_path / "g.pt2", metric, format="onnx")
+
+
+def test_cli_distances_equals_python_call(tmp_path, capsys):
+    metric = module_metric()
+    gen = save_generator(tmp_path / "gen.pt2", metric)
+    Z = disc_points(6, 1.5)
+    Z[4] = Z[1]
+    np.save(tmp_path / "Z.npy", Z.numpy())
+    out, ckpt = tmp_path / "D.npy", tmp_path / "ckpt"
+    argv = ["distances", str(gen), str(tmp_path / "Z.npy"), "-o", str(out), "--checkpoint", str(ckpt),
+            "--max-iter", "20", "--chunk-size", "4", "--no-progress", "--report", str(tmp_path / "r.npz")]
+    assert main(argv) == 0
+    D = fastgeo.pairwise_distances(load_generator(gen), Z, chunk_size=4, progress=False, **OPTS)
+    assert np.array_equal(np.load(out), D.numpy())
+    assert "10 geodesics" in capsys.readouterr().err  # distinct pairs: row 4 repeats row 1
+    assert np.load(tmp_path / "r.npz")["converged"].shape == (6, 6)
+    assert main(argv) == 0  # resumed from the checkpoint: same file
+    assert np.array_equal(np.load(out), D.numpy())
