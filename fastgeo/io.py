@@ -70,6 +70,7 @@ def save_generator(
     *,
     example_input: Tensor | None = None,
     format: str = "auto",
+    extra: dict[str, Tensor] | None = None,
 ) -> Path:
     """Save a generator (decoder mean + RBF precision) to one self-contained file.
 
@@ -81,6 +82,8 @@ def save_generator(
             twice, jittered; P >= 2). Any (..., d) is flattened to (P, d).
         format: ``"export"`` (``torch.export``, dynamic P), ``"torchscript"``
             (``torch.jit.trace``), or ``"auto"``: export, falling back to TorchScript.
+        extra: tensors to keep in the file (e.g. ``{"latents": Z, "labels": y}``), read back
+            by :func:`load_extra`.
 
     The mean is captured as the operations it runs on ``example_input``: data-dependent Python
     control flow is frozen. The saved mean is checked against the original on the probe.
@@ -129,6 +132,7 @@ def save_generator(
         "rbf": _tensor_b64({k: v for k, v in zip(("centers", "gammas", "weights", "zeta"),
                                                    precision.params(), strict=True)}),
         "probe": _tensor_b64({"z": example[:8], "x": expected[:8]}),
+        "extra": _tensor_b64(_check_extra(extra)),
     }
     path = Path(path)
     errors = []
@@ -157,6 +161,20 @@ def save_generator(
                       stacklevel=2)
     load_generator(path)  # the probe check: the file reproduces the mean
     return path
+
+
+def _check_extra(extra: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    extra = {} if extra is None else dict(extra)
+    for k, v in extra.items():
+        if not isinstance(k, str) or not isinstance(v, Tensor):
+            raise TypeError(f"extra must map names to tensors, got {k!r}: {type(v).__name__}")
+    return extra
+
+
+def load_extra(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The ``extra`` tensors saved with a generator by :func:`save_generator` (CPU)."""
+    meta = _read_meta(Path(path))
+    return _b64_tensors(meta["extra"]) if meta.get("extra") else {}
 
 
 def _read_meta(path: Path) -> dict:

@@ -7,7 +7,7 @@ from analytic import bumpy_metric, disc_points
 
 import fastgeo
 from fastgeo.cli import main
-from fastgeo.io import load_generator, save_generator
+from fastgeo.io import load_extra, load_generator, save_generator
 
 OPTS = {"max_iter": 20}
 pytestmark = pytest.mark.filterwarnings("ignore:fastgeo.pairwise_distances")
@@ -39,9 +39,12 @@ def test_roundtrip_gives_same_metric(tmp_path, fmt, kind):
 
 def test_pair_and_example_input_float32(tmp_path):
     metric = module_metric(torch.float32)
-    path = save_generator(tmp_path / "g.pt2", (metric.mean, metric.precision),
-                          example_input=torch.randn(3, 4, 2))
+    Z, y = torch.randn(5, 2), torch.arange(5)
+    path = save_generator(tmp_path / "g.pt", (metric.mean, metric.precision),
+                          example_input=torch.randn(3, 4, 2), extra={"latents": Z, "labels": y})
     loaded = load_generator(path)
+    extra = load_extra(path)
+    assert torch.equal(extra["latents"], Z) and torch.equal(extra["labels"], y)
     assert loaded.dtype == torch.float32
     z = torch.randn(7, 2)
     torch.testing.assert_close(loaded.mean(z), metric.mean(z))
