@@ -104,11 +104,14 @@ class ExpectedMetric:
         return torch.cat([self.mean(z), self.precision.sigma(z)], dim=-1)
 
     def features_and_jacobian(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """``[mu, sigma](z)`` and its Jacobian by forward-mode AD, one pass per latent direction.
+        """``[mu, sigma](z)`` and its Jacobian: the mean's by forward-mode AD (one pass per latent
+        direction), sigma's in closed form.
 
         z: (P, d) -> features (P, 2D), jacobian (P, 2D, d).
         """
-        return jacobian_columns(self.features, z)
+        mu, j_mu = jacobian_columns(self.mean, z)
+        sigma, j_sigma = self.precision.sigma_and_jacobian(z)
+        return torch.cat([mu, sigma], -1), torch.cat([j_mu, j_sigma], -2)
 
     def metric_tensor(self, z: Tensor) -> Tensor:
         """``M(z) = J^T J`` of the embedding ``[mu, sigma]``: (..., d) -> (..., d, d)."""
@@ -126,17 +129,16 @@ def jacobian_columns(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor,
     forward-mode support falls back to the double-backward trick (two reverse passes).
     """
     d = z.shape[-1]
-    columns = []
-    value = None
+    tangents = torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, *z.shape)
     with use_backend("reference"):
-        for i in range(d):
-            tangent = torch.zeros_like(z)
-            tangent[:, i] = 1
-            value, column = _jvp(fn, z, tangent)
-            columns.append(column)
-    if value is None:  # d == 0 cannot happen for validated input; keep the type checker happy
-        raise ValueError("z must have a latent dimension d >= 1")
-    return value.detach(), torch.stack(columns, dim=-1).detach()
+        try:  # all directions in one vectorized pass: the primal is computed once
+            value, jac = torch.func.vmap(lambda v: torch.func.jvp(fn, (z,), (v,)), out_dims=(None, 0))(
+                tangents
+            )
+        except Exception:  # noqa: BLE001 - fn is not vmappable (or returns per-direction primals)
+            pairs = [_jvp(fn, z, tangents[i]) for i in range(d)]
+            value, jac = pairs[0][0], torch.stack([p[1] for p in pairs])
+    return value.detach(), jac.permute(*range(1, jac.dim()), 0).detach()
 
 
 def _jvp(fn: Callable[[Tensor], Tensor], z: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:

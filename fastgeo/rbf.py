@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import _checks, ops
+from . import _checks, ops, reference
 
 
 class RBFPrecision(nn.Module):
@@ -75,6 +75,21 @@ class RBFPrecision(nn.Module):
     def sigma(self, z: Tensor) -> Tensor:
         """Standard deviation ``beta ** -1/2``: (..., d) -> (..., D)."""
         return self(z).rsqrt()
+
+    def sigma_and_jacobian(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """sigma and its Jacobian in closed form: z (P, d) -> (P, D), (P, D, d).
+
+        ``d sigma / d z_i = -1/2 beta^-3/2 W (phi * -2 gamma (z_i - c_i))``: d + 1 products with W,
+        far cheaper than forward-mode AD through the network.
+        """
+        phi = reference.rbf_features(z, self.centers, self.gammas)  # (P, K)
+        beta = phi @ self.weights.T + self.zeta
+        sigma = beta.rsqrt()
+        scale = -0.5 * sigma / beta  # d sigma / d beta = -1/2 beta^-3/2
+        diff = z[:, None, :] - self.centers[None, :, :]  # (P, K, d)
+        dphi = (-2 * self.gammas[:, None]) * phi[:, :, None] * diff  # (P, K, d)
+        dbeta = torch.einsum("pkd,ek->ped", dphi, self.weights)  # (P, D, d)
+        return sigma, scale[:, :, None] * dbeta
 
     def segment_sqdist(self, points: Tensor) -> Tensor:
         """``||sigma(z_{n+1}) - sigma(z_n)||^2``, fused: (B, N, d) -> (B, N-1)."""
