@@ -1,31 +1,48 @@
 """fastgeo: batched geodesics and geodesic distances in VAE latent spaces under the expected
 Riemannian metric of the stochastic decoder."""
 
-from . import ops, reference
+from . import datasets, ops, reference
 from ._backend import availability, current_backend, use_backend
 from ._info import info
 from .curves import Curves, PiecewiseLinearBasis, PolynomialBasis
-from .distances import pairwise_distances
+from .distances import PairwiseReport, pairwise_distances
+from .graph import LatentGraph
+from .io import load_generator, save_generator
 from .metric import ExpectedMetric
 from .rbf import RBFPrecision
 from .solve import GeodesicResult, geodesics
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # fastgeo.plot needs matplotlib (an optional extra): imported on first use only.
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module(".plot", __name__)
+    raise AttributeError(f"module 'fastgeo' has no attribute {name!r}")
+
+
 __all__ = [
     "Curves",
     "ExpectedMetric",
     "GeodesicResult",
+    "LatentGraph",
+    "PairwiseReport",
     "PiecewiseLinearBasis",
     "PolynomialBasis",
     "RBFPrecision",
     "__version__",
     "availability",
     "current_backend",
+    "datasets",
     "geodesics",
     "info",
+    "load_generator",
     "ops",
     "pairwise_distances",
     "reference",
+    "save_generator",
     "use_backend",
 ]
