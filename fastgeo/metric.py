@@ -69,6 +69,19 @@ class ExpectedMetric:
     def device(self) -> torch.device:
         return self.precision.weights.device
 
+    def to(
+        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> ExpectedMetric:
+        """A copy of this metric in another dtype and/or on another device (e.g. float64 for
+        ``method="dense"``). The mean must be an ``nn.Module`` to be converted."""
+        import copy
+
+        if not isinstance(self.mean, torch.nn.Module):
+            raise TypeError("ExpectedMetric.to needs the mean to be an nn.Module, got a plain callable")
+        mean = copy.deepcopy(self.mean).to(dtype=dtype, device=device)
+        precision = copy.deepcopy(self.precision).to(dtype=dtype, device=device)
+        return ExpectedMetric(mean, precision)
+
     def check_points(self, name: str, points: Tensor, ndim: int | None = None) -> Tensor:
         """Validate latent points against this metric: float dtype, device, last axis d."""
         _checks.tensor(name, points, ndim=ndim, min_ndim=1)

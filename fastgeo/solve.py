@@ -101,6 +101,7 @@ def geodesics(
     init: Tensor | None = None,
     graph: bool | LatentGraph = True,
     latents: Tensor | None = None,
+    refine: int | None = None,
 ) -> GeodesicResult:
     """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
 
@@ -111,8 +112,9 @@ def geodesics(
             ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF warm start,
             first-order steps) or ``"dense"`` (free polylines of ``n_points = 128`` nodes
             minimized to convergence: the accuracy oracle; use a float64 metric for it).
-        m: basis functions per latent dimension (default 8; ``paper`` uses 1).
-        n_points: points per curve in the discrete energy (default 32; 128 for ``dense``).
+        m: basis functions per latent dimension (default 12; ``paper`` uses 1).
+        n_points: points per curve in the discrete energy (default 48; 32 for ``paper``, 128
+            for ``dense``).
         family: ``"legendre"`` or ``"chebyshev"`` polynomials.
         warm_start: run the RBF warm start (``default`` and ``paper``).
         max_iter: iteration limit per phase (default 100 for Levenberg-Marquardt, 2000 for
@@ -124,6 +126,8 @@ def geodesics(
         graph: start from shortest paths on a :class:`fastgeo.graph.LatentGraph` too (``default``
             only; built on first use and cached on the metric), or a graph to use.
         latents: optional (M, d) latent codes of the data, added to the graph's nodes.
+        refine: how many of the best starts (by energy) are optimized per curve, keeping the
+            shortest result (default 2 for ``default``, 1 otherwise).
 
     Returns:
         :class:`GeodesicResult`; no curve is longer than the straight line between its ends.
@@ -142,7 +146,7 @@ def geodesics(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     dense = method == "dense"
     if n_points is None:
-        n_points = 128 if dense else 32
+        n_points = {"default": 48, "paper": 32, "dense": 128}[method]
     if not isinstance(n_points, int) or isinstance(n_points, bool) or n_points < 2:
         raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
     if dense:
@@ -150,11 +154,15 @@ def geodesics(
             raise ValueError(f"method='dense' needs n_points >= 3, got {n_points}")
         basis = PiecewiseLinearBasis(n_points)
     else:
-        basis = PolynomialBasis((1 if method == "paper" else 8) if m is None else m, family)
+        basis = PolynomialBasis((1 if method == "paper" else 12) if m is None else m, family)
     if max_iter is None:
         max_iter = {"default": 100, "paper": 2000, "dense": 300}[method]
     if not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+    if refine is None:
+        refine = 2 if method == "default" else 1
+    if not isinstance(refine, int) or refine < 1:
+        raise ValueError(f"refine must be an integer >= 1, got {refine!r}")
     if tol is None:
         tol = 1e-10 if metric.dtype == torch.float64 else 1e-5
     if not tol > 0:
@@ -175,13 +183,7 @@ def geodesics(
     if method == "default" and B > 0 and graph is not False:
         lgraph = graph if isinstance(graph, LatentGraph) else _cached_graph(metric, latents, counter)
     if dense and init is None and B > 0:
-        # The oracle starts from the default solver's curve (and the straight line) as nodes.
-        coarse = geodesics(
-            metric, z0, z1, method="default", n_points=min(n_points, 64), batch_size=batch_size
-        )
-        counter.evals += coarse.decoder_evals
-        counter.jvps += coarse.decoder_jvps
-        init = (coarse.points(n_points) - curves_straight(z0, z1, n_points))[:, 1:-1]
+        return _dense_multistart(metric, z0, z1, n_points, max_iter, tol, batch_size, graph, latents)
     parts = []
     with torch.no_grad():
         for start in range(0, B, batch_size):
@@ -189,12 +191,12 @@ def geodesics(
             parts.append(
                 _solve_batch(
                     metric, z0[sl], z1[sl], basis, n_points, method, warm_start, max_iter, tol,
-                    None if init is None else init[sl].detach(), lgraph, counter,
+                    None if init is None else init[sl].detach(), lgraph, refine, counter,
                 )
             )
     if not parts:  # empty batch
         parts.append(
-            _solve_batch(metric, z0, z1, basis, n_points, method, warm_start, 0, tol, None, None, counter)
+            _solve_batch(metric, z0, z1, basis, n_points, method, warm_start, 0, tol, None, None, 1, counter)
         )
     coeffs, energies, converged, iterations, init_idx = (torch.cat(x) for x in zip(*parts, strict=True))
     curves = Curves(z0, z1, coeffs, basis)
@@ -251,6 +253,7 @@ def _solve_batch(
     tol: float,
     init: Tensor | None,
     lgraph: LatentGraph | None,
+    refine: int,
     counter: _Counter,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One batch of curves: returns coeffs (B, m, d), energies, converged, iterations, init index."""
@@ -280,24 +283,39 @@ def _solve_batch(
         from_graph, evals = lgraph.initial_coeffs(z0, z1, psi, t)
         counter.evals += evals
         candidates.append((3, from_graph))
-    # Keep, per curve, the start with the lowest full energy.
-    best_idx = torch.zeros(B, dtype=torch.long, device=z0.device)
-    best = straight
-    best_energy = full_energy(straight, everyone)
-    for code, coeffs in candidates[1:]:
-        e = full_energy(coeffs, everyone)
-        better = e < best_energy
-        best = torch.where(better[:, None, None], coeffs, best)
-        best_energy = torch.where(better, e, best_energy)
-        best_idx = torch.where(better, torch.full_like(best_idx, code), best_idx)
+    # Rank the starts per curve by full energy; refine the best `refine` of them and keep the
+    # lowest final energy (wrong basins, not curve shape, cause the large errors).
+    codes = torch.tensor([c for c, _ in candidates], device=z0.device)
+    stacked = torch.stack([c for _, c in candidates])  # (C, B, m, d)
+    energies = torch.stack([full_energy(c, everyone) for _, c in candidates])  # (C, B)
+    energies = torch.where(torch.isnan(energies), torch.inf, energies)
+    refine = min(refine, len(candidates))
+    order = energies.argsort(dim=0, stable=True)[:refine]  # (R, B)
+    starts = stacked.gather(0, order[:, :, None, None].expand(-1, -1, *stacked.shape[2:]))
+    start_e = energies.gather(0, order)
+    many = lambda x: x.repeat(refine, *([1] * (x.dim() - 1)))  # noqa: E731 - (B, ...) -> (R B, ...)
+    zz0, zz1 = many(z0), many(z1)
 
+    def stacked_energy(coeffs: Tensor, idx: Tensor) -> Tensor:
+        counter.evals += idx.numel() * n_points
+        return metric.energy(evaluate(zz0[idx], zz1[idx], coeffs, psi, t))
+
+    flat_starts, flat_e = starts.reshape(-1, *starts.shape[2:]), start_e.reshape(-1)
     if method == "paper":
-        coeffs, energy, converged, it = _first_order(full_energy, best, best_energy, max_iter, tol, z0, z1)
+        coeffs, energy, converged, it = _first_order(
+            stacked_energy, flat_starts, flat_e, max_iter, tol, zz0, zz1
+        )
     else:
         coeffs, energy, converged, it = _levenberg_marquardt(
-            full_features, full_energy, z0, z1, best, best_energy, psi, t, max_iter, tol
+            full_features, stacked_energy, zz0, zz1, flat_starts, flat_e, psi, t, max_iter, tol
         )
-    return coeffs, energy, converged, iterations + it, best_idx
+    energy = torch.where(torch.isnan(energy), torch.inf, energy).reshape(refine, B)
+    pick = energy.argmin(0)  # (B,)
+    cols = torch.arange(B, device=z0.device)
+    coeffs = coeffs.reshape(refine, B, *coeffs.shape[1:])[pick, cols]
+    converged = converged.reshape(refine, B)[pick, cols]
+    it = it.reshape(refine, B).sum(0)
+    return coeffs, energy[pick, cols], converged, iterations + it, codes[order[pick, cols]]
 
 
 def _warm_start(metric, z0, z1, psi, t, method, max_iter, tol, counter) -> tuple[Tensor, Tensor]:
@@ -499,3 +517,36 @@ def _cached_graph(metric: ExpectedMetric, latents: Tensor | None, counter: _Coun
         cache[key] = LatentGraph(metric, latents)
         counter.evals += cache[key].edge_evals
     return cache[key]
+
+
+def _dense_multistart(metric, z0, z1, n_points, max_iter, tol, batch_size, graph, latents) -> GeodesicResult:
+    """The accuracy oracle: free polylines minimized to convergence from several starts (the
+    default solver's curve and the curves of its straight, warm and graph starts), keeping the
+    shortest per pair."""
+    straight = curves_straight(z0, z1, n_points)
+    starts = []
+    evals = jvps = 0
+    for start_opts in ({}, {"graph": False}, {"graph": False, "warm_start": False}):
+        r = geodesics(
+            metric, z0, z1, method="default", batch_size=batch_size, latents=latents,
+            **({"graph": graph} | start_opts),
+        )
+        evals, jvps = evals + r.decoder_evals, jvps + r.decoder_jvps
+        starts.append((r.points(n_points) - straight)[:, 1:-1])
+    best = None
+    for init in starts:
+        r = geodesics(
+            metric, z0, z1, method="dense", n_points=n_points, max_iter=max_iter, tol=tol,
+            batch_size=batch_size, init=init,
+        )
+        evals, jvps = evals + r.decoder_evals, jvps + r.decoder_jvps
+        if best is None:
+            best = r
+            continue
+        better = r.lengths < best.lengths
+        best.curves.coeffs = torch.where(better[:, None, None], r.curves.coeffs, best.curves.coeffs)
+        for name in ("lengths", "energies", "converged", "iterations", "init"):
+            setattr(best, name, torch.where(better, getattr(r, name), getattr(best, name)))
+    assert best is not None
+    best.decoder_evals, best.decoder_jvps = evals, jvps
+    return best

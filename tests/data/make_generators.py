@@ -6,8 +6,8 @@
 Each file holds a self-contained generator (TorchScript decoder mean + RBF parameters, see
 ``fastgeo.save_generator``) and the training latent codes and labels, in float32:
 
-- ``two_moons.pt``: two moons lifted to D = 10, a 2-D latent VAE, RBF precision with 48 centers;
-- ``digits.pt``: the 8x8 digits of scikit-learn (D = 64, pixels in [0, 1]), a 2-D latent VAE,
+- ``two_moons.pt2``: two moons lifted to D = 10, a 2-D latent VAE, RBF precision with 48 centers;
+- ``digits.pt2``: the 8x8 digits of scikit-learn (D = 64, pixels in [0, 1]), a 2-D latent VAE,
   RBF precision with 64 centers.
 """
 
@@ -34,7 +34,7 @@ def build(X: torch.Tensor, labels: torch.Tensor, num_centers: int, seed: int, hi
 
 
 def save(name: str, mean, prec, Z, labels) -> None:
-    path = HERE / f"{name}.pt"
+    path = HERE / f"{name}.pt2"
     fastgeo.save_generator(path, fastgeo.ExpectedMetric(mean, prec), extra={"latents": Z, "labels": labels})
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
