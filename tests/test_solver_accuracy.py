@@ -1,0 +1,75 @@
+"""The default solver against the dense oracle on a small trained generator (two moons, D = 10),
+in float32, on pairs within and across the moons (tests/data/make_generators.py made it)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastgeo
+from fastgeo.io import load_extra
+
+DATA = Path(__file__).parent / "data" / "two_moons.pt2"
+
+
+@pytest.fixture(scope="module")
+def moons():
+    metric = fastgeo.load_generator(DATA)
+    extra = load_extra(DATA)
+    Z, labels = extra["latents"], extra["labels"]
+    g = torch.Generator().manual_seed(3)
+    I, J = [], []
+    while len(I) < 12:  # 8 within a moon, 4 across
+        i, j = torch.randint(Z.shape[0], (2,), generator=g).tolist()
+        if i != j and (len(I) < 8) == bool(labels[i] == labels[j]):
+            I.append(i)
+            J.append(j)
+    return metric, Z[I], Z[J]
+
+
+@pytest.fixture(scope="module")
+def dense(moons):
+    metric, z0, z1 = moons
+    with torch.no_grad():
+        return fastgeo.geodesics(metric.to(torch.float64), z0.double(), z1.double(), method="dense")
+
+
+def excess(metric, result, dense_result):
+    m64 = metric.to(torch.float64)
+    with torch.no_grad():
+        return m64.length(result.points(128).double()) / dense_result.lengths - 1
+
+
+def test_default_matches_dense_oracle_in_float32(moons, dense):
+    metric, z0, z1 = moons
+    res = fastgeo.geodesics(metric, z0, z1)
+    assert res.lengths.dtype == torch.float32
+    assert bool(res.converged.all()) and bool(dense.converged.all())
+    ex = excess(metric, res, dense)
+    assert float(ex.mean()) <= 5e-4, ex
+    assert float(ex.max()) <= 5e-3, ex
+    # the oracle is a minimum: nothing we return is much shorter than it (float32 rounding only)
+    assert float(ex.min()) > -1e-4, ex
+    # the geometry is not trivial: some geodesics are far shorter than straight lines
+    assert float((res.lengths / res.straight_lengths).min()) < 0.75
+
+
+def test_paper_method_is_the_quadratic_and_less_accurate(moons, dense):
+    metric, z0, z1 = moons
+    res = fastgeo.geodesics(metric, z0, z1, method="paper")
+    assert res.curves.coeffs.shape == (12, 1, 2)
+    assert res.options["basis"].startswith("PolynomialBasis(m=1")
+    default = fastgeo.geodesics(metric, z0, z1)
+    assert float(excess(metric, res, dense).mean()) > float(excess(metric, default, dense).mean())
+
+
+def test_result_reports_work_and_starts(moons):
+    metric, z0, z1 = moons
+    res = fastgeo.geodesics(metric, z0, z1)
+    assert res.iterations.shape == (12,) and bool((res.iterations > 0).all())
+    assert set(res.init_names) <= {"straight", "warm", "graph"}
+    assert res.decoder_evals > 0 and res.decoder_jvps > 0
+    # the graph is built once per metric and reused
+    graph = metric._graph_cache
+    fastgeo.geodesics(metric, z0[:2], z1[:2])
+    assert metric._graph_cache is graph and len(graph) == 1
