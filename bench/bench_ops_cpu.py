@@ -1,23 +1,26 @@
 """CPU benchmark of the three ops: the C++ kernels (backend "cpu") against the pure-PyTorch
 reference, in the same run, forward and forward+backward, with 1 and 2 threads; plus a bare
-``torch.mm`` of rbf_precision's (P x K) @ (K x D) product, the GEMM limit it should approach.
+``torch.mm`` of rbf_precision's (P x K) @ (K x D) product, the GEMM limit it should approach:
+as called (``torch.mm``, allocating its output; fwd+bwd through autograd: the three products of
+a training step) and into a preallocated output (``torch.mm out=``, forward only: the GEMM alone).
 
     pytest bench/bench_ops_cpu.py --benchmark-only [--benchmark-columns=min,median,rounds]
 
 Prints, at the end, a table with shape, dtype, threads, times, ratios and peak extra memory.
-Peak extra memory: growth of the process's peak resident set (``ru_maxrss``) during a single
-call, in a fresh subprocess after the inputs exist and a small warm-up call has initialised
-the thread pools and BLAS, so it counts every byte the call touches (temporaries, outputs and
-input gradients), torch's allocations included (which tracemalloc would miss). Measured at 2
+Peak extra memory: growth of the process's peak resident set (``VmHWM``, reset just before the
+call through /proc/self/clear_refs) during a single call, in a fresh subprocess after the inputs
+exist and a small warm-up call has initialised the thread pools and BLAS. It counts every byte
+the call touches (temporaries, outputs and input gradients), torch's allocations included
+(which tracemalloc would miss). Measured at 2
 threads. Forward+backward passes ``grad_outputs`` as a fixed contiguous tensor (not ``.sum()``),
 so neither side pays for an expanded gradient.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -36,7 +39,7 @@ CASES = {
     "rbf_precision": dict(op="rbf_precision", P=16384, d=2, K=64, D=784),
 }
 # Rounds per timing: the reference at these sizes takes seconds per call.
-ROUNDS = {"reference": 3, "cpu": 5, "torch.mm": 5}
+ROUNDS = {"reference": 3, "cpu": 5, "torch.mm": 5, "torch.mm out=": 5}
 
 
 def shape_str(case: dict) -> str:
@@ -65,7 +68,7 @@ def make_step(name: str, impl: str, mode: str) -> Callable[[], None]:
             z.requires_grad_(mode != "fwd")
             args, wrt = (z, centers, gammas, weights, zeta), (z, weights)
             gout = torch.randn(c["P"], D, generator=g, **kw)
-            if impl == "torch.mm":
+            if impl.startswith("torch.mm"):
                 phi = torch.rand(c["P"], K, generator=g, **kw).requires_grad_(mode != "fwd")
                 args, wrt = (phi, weights), (phi, weights)
         else:
@@ -78,6 +81,12 @@ def make_step(name: str, impl: str, mode: str) -> Callable[[], None]:
 
         def call():
             return torch.mm(args[0], args[1].t())
+    elif impl == "torch.mm out=":
+        # The pure GEMM: into a preallocated, already touched output (no allocation, no page faults).
+        out = torch.zeros(args[0].shape[0], args[1].shape[0], dtype=DTYPE)
+
+        def call():
+            return torch.mm(args[0], args[1].t(), out=out)
     else:
         fn = getattr(fastgeo.ops, c["op"])
 
@@ -98,9 +107,13 @@ def make_step(name: str, impl: str, mode: str) -> Callable[[], None]:
     return step
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """A memory field (VmRSS, VmHWM) of /proc/self/status, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
 
 
 def _peak_child(name: str, impl: str, mode: str) -> None:
@@ -114,16 +127,17 @@ def _peak_child(name: str, impl: str, mode: str) -> None:
     CASES["_small"] = small
     make_step("_small", impl, mode)()
     step = make_step(name, impl, mode)
-    before = _rss_bytes()
-    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+    before = _status_bytes("VmRSS")
     step()
-    maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"extra": maxrss_after - max(before, 0), "slack": maxrss_before - before}))
+    print(json.dumps({"extra": _status_bytes("VmHWM") - before}))
 
 
 def peak_extra_mb(name: str, impl: str, mode: str) -> float | None:
     """Peak extra memory (MiB) of one call, measured in a fresh subprocess (Linux only)."""
-    if not os.path.exists("/proc/self/statm"):
+    if not os.path.exists("/proc/self/clear_refs"):
         return None
     out = subprocess.run(
         [sys.executable, __file__, "--peak", name, impl, mode], capture_output=True, text=True, check=True
@@ -132,16 +146,18 @@ def peak_extra_mb(name: str, impl: str, mode: str) -> float | None:
     return res["extra"] / 2**20
 
 
-def _impls(name: str) -> list[str]:
-    return ["reference", "cpu"] + (["torch.mm"] if CASES[name]["op"] == "rbf_precision" else [])
+def _impls(name: str, mode: str) -> list[str]:
+    if CASES[name]["op"] != "rbf_precision":
+        return ["reference", "cpu"]
+    return ["reference", "cpu", "torch.mm"] + (["torch.mm out="] if mode == "fwd" else [])
 
 
 PARAMS = [
-    pytest.param(name, mode, impl, threads, id=f"{name}-{mode}-{impl}-{threads}t")
+    pytest.param(name, mode, impl, threads, id=f"{name}-{mode}-{impl.replace(' out=', '-out')}-{threads}t")
     for name in CASES
     for mode in ("fwd", "fwd+bwd")
     for threads in THREADS
-    for impl in _impls(name)
+    for impl in _impls(name, mode)
 ]
 
 

@@ -45,18 +45,19 @@ def _ratio(a: dict | None, b: dict | None) -> str:
 def _table_row(rows: dict[str, dict], mode: str, threads: int) -> str:
     """One markdown row from {impl: result} of one (case, mode, threads)."""
     first = next(iter(rows.values()))
-    ref, cpu, mm = rows.get("reference"), rows.get("cpu"), rows.get("torch.mm")
+    ref, cpu, mm, mm_out = (rows.get(k) for k in ("reference", "cpu", "torch.mm", "torch.mm out="))
     cells = [
         first["op"], first["shape"], first["dtype"], mode, str(threads),
-        _time(ref), _time(cpu), _time(mm), _ratio(ref, cpu), _ratio(cpu, mm),
+        _time(ref), _time(cpu), _time(mm), _time(mm_out),
+        _ratio(ref, cpu), _ratio(cpu, mm), _ratio(cpu, mm_out),
         _fmt_mb(ref and ref.get("peak_mb")), _fmt_mb(cpu and cpu.get("peak_mb")),
     ]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
 
 HEADER = (
-    "| op | shape | dtype | mode | threads | reference s | cpu s | torch.mm s | ratio ref/cpu | cpu/mm "
-    "| peak extra MiB ref | peak extra MiB cpu |"
+    "| op | shape | dtype | mode | threads | reference s | cpu s | torch.mm s | torch.mm out= s "
+    "| ratio ref/cpu | cpu/mm | cpu/mm out= | peak extra MiB ref | peak extra MiB cpu |"
 )
 
 

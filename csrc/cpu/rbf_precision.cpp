@@ -3,12 +3,13 @@
 // Forward, per tile of R rows: phi (R, K) into a per-thread buffer, then one BLAS call writes
 // zeta + phi W^T straight into the output rows (the tile is still in cache when the next
 // tile starts), so the op is the (P x K) @ (K x D) GEMM plus a small exp pass.
-// Backward, per tile (phi recomputed, cheap next to the GEMMs), with G = dL/dbeta:
-//   grad_phi = G W (R, K),  h = grad_phi * phi,  grad_z / grad_centers / grad_gammas from h,
-//   grad_weights += G^T phi,  grad_zeta += colsum(G)
-// where the sums over rows go to per-chunk accumulators (one chunk per thread, reduced at the
-// end), so the result does not depend on scheduling.
+// Backward, with G = dL/dbeta (P, D): phi is recomputed for all rows ((P, K), small next to G),
+// then grad_phi = G W and grad_weights = G^T phi are two whole-matrix BLAS calls, grad_zeta =
+// colsum(G), and grad_z / grad_centers / grad_gammas come from h = grad_phi * phi in one parallel
+// pass; sums over rows go to per-chunk accumulators (one chunk per thread, reduced at the end),
+// so the result does not depend on scheduling.
 #include <array>
+#include <vector>
 
 #include <torch/library.h>
 
@@ -40,52 +41,37 @@ void rbf_precision_kernel(const at::Tensor& z, const at::Tensor& cT, const at::T
   });
 }
 
+// phi for all rows (P, K): small next to the (P, D) gradient this backward already holds.
 template <typename T>
-void rbf_precision_backward_kernel(const at::Tensor& G, const at::Tensor& z, const at::Tensor& cT,
-                                   const at::Tensor& gammas, const at::Tensor& weights,
-                                   const std::array<bool, 5>& mask, at::Tensor& gz, at::Tensor& gcT_acc,
-                                   at::Tensor& gg_acc, at::Tensor& gW_acc, at::Tensor& gzeta_acc,
-                                   int64_t chunks) {
-  const int64_t P = z.size(0), d = z.size(1), K = gammas.size(0), D = weights.size(0);
-  const int64_t R = tile_rows(D, sizeof(T), 16, 512);
-  const int64_t tiles = (P + R - 1) / R;
-  const bool need_h = mask[0] || mask[1] || mask[2];
+void rbf_features_all(const at::Tensor& z, const at::Tensor& cT, const at::Tensor& gammas, at::Tensor& phi) {
+  const int64_t P = z.size(0), d = z.size(1), K = gammas.size(0);
   const T* zp = z.data_ptr<T>();
   const T* cp = cT.data_ptr<T>();
   const T* gp = gammas.data_ptr<T>();
-  const T* Gp = G.data_ptr<T>();
+  T* phip = phi.data_ptr<T>();
+  at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
+    rbf_features<T>(zp + begin * d, end - begin, d, cp, gp, K, phip + begin * K);
+  });
+}
+
+// Given h = grad_phi * phi (P, K): grad_z rows, and per-chunk sums for centers and gammas.
+template <typename T>
+void rbf_precision_backward_kernel(const at::Tensor& z, const at::Tensor& cT, const at::Tensor& gammas,
+                                   const at::Tensor& h, const std::array<bool, 5>& mask, at::Tensor& gz,
+                                   at::Tensor& gcT_acc, at::Tensor& gg_acc, int64_t chunks) {
+  const int64_t P = z.size(0), d = z.size(1), K = gammas.size(0);
+  const T* zp = z.data_ptr<T>();
+  const T* cp = cT.data_ptr<T>();
+  const T* gp = gammas.data_ptr<T>();
+  const T* hp = h.data_ptr<T>();
   at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
-    at::Tensor phi = at::empty({R, K}, z.options());
-    at::Tensor gphi = at::empty({R, K}, z.options());
-    at::Tensor hg = at::empty({K}, z.options());
-    T* phip = phi.data_ptr<T>();
-    T* hp = gphi.data_ptr<T>();
+    std::vector<T> hg(K);
     for (int64_t c = cbegin; c < cend; ++c) {
-      T* gc = mask[1] ? gcT_acc[c].data_ptr<T>() : nullptr;
-      T* gg = mask[2] ? gg_acc[c].data_ptr<T>() : nullptr;
-      at::Tensor gW = mask[3] ? gW_acc[c] : at::Tensor();
-      T* gzeta = mask[4] ? gzeta_acc[c].data_ptr<T>() : nullptr;
-      for (int64_t t = chunk_begin(tiles, chunks, c); t < chunk_begin(tiles, chunks, c + 1); ++t) {
-        const int64_t r0 = t * R, rows = std::min(R, P - r0);
-        const at::Tensor Gt = G.narrow(0, r0, rows);
-        const at::Tensor phit = phi.narrow(0, 0, rows);
-        rbf_features<T>(zp + r0 * d, rows, d, cp, gp, K, phip);
-        if (need_h) {
-          at::Tensor gphit = gphi.narrow(0, 0, rows);
-          at::mm_out(gphit, Gt, weights);  // (rows, D) @ (D, K)
-          for (int64_t i = 0; i < rows * K; ++i) hp[i] *= phip[i];
-          rbf_features_backward<T>(zp + r0 * d, rows, d, cp, gp, K, hp, hg.data_ptr<T>(),
-                                   mask[0] ? gz.data_ptr<T>() + r0 * d : nullptr, gc, gg);
-        }
-        if (mask[3]) gW.addmm_(Gt.t(), phit);  // (D, rows) @ (rows, K)
-        if (mask[4]) {
-          for (int64_t r = 0; r < rows; ++r) {
-            const T* Gr = Gp + (r0 + r) * D;
-#pragma omp simd
-            for (int64_t j = 0; j < D; ++j) gzeta[j] += Gr[j];
-          }
-        }
-      }
+      const int64_t r0 = chunk_begin(P, chunks, c), rows = chunk_begin(P, chunks, c + 1) - r0;
+      rbf_features_backward<T>(zp + r0 * d, rows, d, cp, gp, K, hp + r0 * K, hg.data(),
+                               mask[0] ? gz.data_ptr<T>() + r0 * d : nullptr,
+                               mask[1] ? gcT_acc[c].data_ptr<T>() : nullptr,
+                               mask[2] ? gg_acc[c].data_ptr<T>() : nullptr);
     }
   });
 }
@@ -119,22 +105,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rbf_preci
   const at::Tensor G = plain(grad_in), z = plain(z_in), gammas = plain(gammas_in);
   const at::Tensor weights = plain(weights_in);
   const at::Tensor cT = centers_t(centers_in);
-  const int64_t P = z.size(0), d = z.size(1), K = gammas.size(0), D = weights.size(0);
-  const int64_t R = tile_rows(D, z.element_size(), 16, 512);
-  const int64_t chunks = num_chunks((P + R - 1) / R);
+  const int64_t P = z.size(0), d = z.size(1), K = gammas.size(0);
+  const int64_t chunks = num_chunks(P);
   const auto opts = z.options();
   auto none = [&] { return at::empty({0}, opts); };  // a fresh one per output: outputs must not alias
+  at::Tensor phi = at::empty({P, K}, opts);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fastgeo::rbf_features", [&] {
+    rbf_features_all<scalar_t>(z, cT, gammas, phi);
+  });
+  // The two products are whole-matrix BLAS calls (multi-threaded inside): as large as they get.
   at::Tensor gz = mask[0] ? new_output({P, d}, opts) : none();
   at::Tensor gcT = mask[1] ? at::zeros({chunks, d, K}, opts) : none();
   at::Tensor gg = mask[2] ? at::zeros({chunks, K}, opts) : none();
-  at::Tensor gW = mask[3] ? at::zeros({chunks, D, K}, opts) : none();
-  at::Tensor gzeta = mask[4] ? at::zeros({chunks, D}, opts) : none();
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fastgeo::rbf_precision_backward", [&] {
-    rbf_precision_backward_kernel<scalar_t>(G, z, cT, gammas, weights, mask, gz, gcT, gg, gW, gzeta,
-                                            chunks);
-  });
+  if (mask[0] || mask[1] || mask[2]) {
+    at::Tensor h = at::mm(G, weights).mul_(phi);  // grad_phi * phi, (P, K)
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fastgeo::rbf_precision_backward", [&] {
+      rbf_precision_backward_kernel<scalar_t>(z, cT, gammas, h, mask, gz, gcT, gg, chunks);
+    });
+  }
   return {gz, mask[1] ? gcT.sum(0).t().contiguous() : none(), mask[2] ? gg.sum(0) : none(),
-          mask[3] ? gW.sum(0) : none(), mask[4] ? gzeta.sum(0) : none()};
+          mask[3] ? at::mm(G.t(), phi) : none(), mask[4] ? G.sum(0) : none()};
 }
 
 }  // namespace
