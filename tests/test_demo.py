@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fastgeo import plot as fplot  # noqa: E402
-from fastgeo.demo import load_demo_generator, run_demo  # noqa: E402
+from fastgeo.demo import run_demo  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -41,7 +41,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     image = plt.imread(str(png))
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     # The generator file rebuilds a metric that agrees with the one the demo used.
-    metric = load_demo_generator(out["generator"])
+    metric = fastgeo.load_generator(out["generator"])
     z = out["latents"][:5]
     with torch.no_grad():
         assert torch.allclose(metric.mean(z), out["metric"].mean(z), atol=1e-6)

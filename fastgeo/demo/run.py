@@ -7,18 +7,16 @@ the generator and print a table of lengths.
 
 from __future__ import annotations
 
-import io
 import os
 import time
-import warnings
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..datasets import _lift, two_moons
+from ..io import save_generator
 from ..metric import ExpectedMetric
-from ..rbf import RBFPrecision
 from ..rbf_fit import fit_rbf_precision
 from ..solve import geodesics
 from .vae import train_vae
@@ -49,7 +47,8 @@ QUICK_PAIRS = [PAIRS[0], PAIRS[6]]
 def run_demo(
     out_dir: str = "fastgeo-demo", seed: int = 0, quick: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Run the two-moons demo; write ``two_moons.png`` and ``generator.pt`` into ``out_dir``.
+    """Run the two-moons demo; write ``two_moons.png`` and ``generator.pt2`` (see
+    :func:`fastgeo.save_generator`) into ``out_dir``.
 
     Args:
         out_dir: output folder (created if missing).
@@ -124,7 +123,9 @@ def _run(
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    generator = save_demo_generator(os.path.join(out_dir, "generator.pt"), vae.decoder_mean, prec)
+    generator = str(
+        save_generator(os.path.join(out_dir, "generator.pt2"), metric, extra={"latents": Z, "labels": labels})
+    )
     seconds["output"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
 
@@ -169,35 +170,4 @@ def _anchor_indices(planar: Tensor, labels: Tensor) -> dict[str, int]:
             d = (planar[members] - planar.new_tensor(xy)).norm(dim=-1)
             out[name] = int(members[d.argmin()])
     return out
-
-
-def save_demo_generator(path: str, mean: nn.Module, precision: RBFPrecision) -> str:
-    """Save the generator: the decoder mean as TorchScript (bytes) and the RBF parameters.
-
-    ``torch.load(path)`` gives a dict with ``mean_torchscript`` (bytes of ``torch.jit.save``),
-    ``centers``, ``gammas``, ``weights``, ``zeta``; :func:`load_demo_generator` rebuilds the
-    :class:`ExpectedMetric`. (Stopgap until ``fastgeo.save_generator`` exists.)
-    """
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        # torch >= 2.10 marks TorchScript deprecated; it is still the portable format asked for
-        # here until fastgeo.save_generator replaces this function.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(mean), buf)
-    centers, gammas, weights, zeta = (p.detach().clone() for p in precision.params())
-    torch.save(
-        {"format": "fastgeo-demo-generator/1", "mean_torchscript": buf.getvalue(), "centers": centers,
-         "gammas": gammas, "weights": weights, "zeta": zeta},
-        path,
-    )
-    return path
-
-
-def load_demo_generator(path: str) -> ExpectedMetric:
-    """The :class:`ExpectedMetric` saved by :func:`save_demo_generator`."""
-    d = torch.load(path, weights_only=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mean = torch.jit.load(io.BytesIO(d["mean_torchscript"]))
-    return ExpectedMetric(mean, RBFPrecision(d["centers"], d["gammas"], d["weights"], d["zeta"]))
 

@@ -1,0 +1,153 @@
+"""Solver benchmark: accuracy and wall time of fastgeo's ``default`` and ``paper`` methods and of
+StochMan's ``connecting_geodesic`` (its defaults: cubic spline with 5 nodes, Adam, 150
+iterations, 20 evaluation points; all pairs in one batch), on the same generators and pairs, in
+the same run.
+
+    pip install stochman==0.3.0      # optional peer (skipped if absent)
+    pytest bench/bench_solver.py --benchmark-only -s
+
+Generators: the shipped two-moons (D = 10) and digits (D = 64) VAEs of tests/data (latent d = 2),
+float32. Pairs: 48 training latent codes, a third across classes. Accuracy: excess length
+``L / L_dense - 1`` of every curve measured at 128 points in float64, against
+``method="dense"`` (free 128-node polylines in float64, multi-start). Time: min over rounds of
+one batched call, after one warm-up call (the warm-up builds fastgeo's graph, which is cached
+per metric; its cost is printed separately). Decoder work per geodesic counts latent points
+through the mean, forward-mode directions counted once each.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastgeo
+from fastgeo.io import load_extra
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+GENERATORS = ("two_moons", "digits")
+PAIRS = 48
+ROWS: list[dict] = []
+
+
+def _pairs(labels: torch.Tensor, n: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    I, J = [], []
+    while len(I) < n:
+        i, j = torch.randint(labels.shape[0], (2,), generator=g).tolist()
+        if i != j and (len(I) < n // 3) == bool(labels[i] != labels[j]):
+            I.append(i)
+            J.append(j)
+    return I, J
+
+
+@pytest.fixture(scope="module", params=GENERATORS)
+def problem(request):
+    path = DATA / f"{request.param}.pt2"
+    metric = fastgeo.load_generator(path)
+    extra = load_extra(path)
+    I, J = _pairs(extra["labels"], PAIRS)
+    z0, z1 = extra["latents"][I], extra["latents"][J]
+    m64 = metric.to(torch.float64)
+    t = time.perf_counter()
+    with torch.no_grad():
+        dense = fastgeo.geodesics(m64, z0.double(), z1.double(), method="dense")
+    took = time.perf_counter() - t
+    print(f"\n[{request.param}] dense oracle: {took:.1f} s, converged {int(dense.converged.sum())}/{PAIRS}")
+    return {"name": request.param, "metric": metric, "m64": m64, "z0": z0, "z1": z1, "dense": dense}
+
+
+def _excess(problem, points: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return problem["m64"].length(points.double()) / problem["dense"].lengths - 1
+
+
+def _stochman(problem):
+    stochman = pytest.importorskip("stochman")
+    from stochman.manifold import EmbeddedManifold
+
+    metric = problem["metric"]
+
+    class Embedded(EmbeddedManifold):
+        """The generator as an embedded manifold: embed(c) = [mu(c), sigma(c)] gives our energy."""
+
+        def embed(self, c, jacobian=False):
+            return metric.features(c)
+
+    manifold = Embedded()
+
+    def run():
+        curve, _ = manifold.connecting_geodesic(problem["z0"].clone(), problem["z1"].clone())
+        with torch.no_grad():
+            return curve(torch.linspace(0, 1, 128))
+
+    return run, stochman.__version__
+
+
+@pytest.mark.parametrize("method", ["default", "paper", "stochman"])
+def test_solver(benchmark, problem, method):
+    metric, z0, z1 = problem["metric"], problem["z0"], problem["z1"]
+    first = None
+    if method == "stochman":
+        run, version = _stochman(problem)
+        label = f"StochMan {version}"
+        evals = 150 * 20 * 3  # 150 Adam steps x 20 points x (forward + backward ~ 2 forwards)
+    else:
+        metric.__dict__.pop("_graph_cache", None)
+        t = time.perf_counter()
+        with torch.no_grad():
+            res = fastgeo.geodesics(metric, z0, z1, method=method)
+        first = time.perf_counter() - t
+        evals = (res.decoder_evals + res.decoder_jvps) / PAIRS
+
+        def run():
+            with torch.no_grad():
+                return fastgeo.geodesics(metric, z0, z1, method=method).points(128)
+
+        label = f"fastgeo {method}"
+    points = benchmark.pedantic(run, rounds=3, warmup_rounds=0 if method != "stochman" else 1)
+    ex = _excess(problem, points)
+    row = {
+        "generator": problem["name"], "method": label, "time_s": benchmark.stats.stats.min,
+        "first_call_s": first, "mean_excess_pct": 100 * float(ex.mean()),
+        "worst_excess_pct": 100 * float(ex.max()), "decoder_evals_per_geodesic": evals,
+    }  # fmt: skip
+    benchmark.extra_info.update(row)
+    ROWS.append(row)
+
+
+def solver_table() -> str:
+    lines = [
+        f"fastgeo {fastgeo.__version__}, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, float32, {PAIRS} pairs per generator (a third across classes)",
+        "",
+        "| generator | method | time s (min of 3) | first call s | StochMan / this | mean excess % "
+        "| worst excess % | decoder evals / geodesic |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    peer = {r["generator"]: r["time_s"] for r in ROWS if r["method"].startswith("StochMan")}
+    for r in ROWS:
+        ratio = peer.get(r["generator"])
+        first = "-" if r["first_call_s"] is None else f"{r['first_call_s']:.3f}"
+        speedup = "-" if ratio is None else f"{ratio / r['time_s']:.2f}"
+        lines.append(
+            f"| {r['generator']} | {r['method']} | {r['time_s']:.3f} | {first} | {speedup} | "
+            f"{r['mean_excess_pct']:.3f} | {r['worst_excess_pct']:.3f} | "
+            f"{r['decoder_evals_per_geodesic']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_table():
+    yield
+    if ROWS:
+        table = solver_table()
+        out = Path(os.environ.get("FASTGEO_BENCH_OUT", "bench/results"))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "solver.md").write_text(table + "\n")
+        print("\n" + table)
