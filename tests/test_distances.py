@@ -61,7 +61,7 @@ def test_chunking_gives_same_distances(metric):
     assert rep.chunk_size == 5 and rep.chunks_total == 6 and rep.chunks_computed == 6  # 28 pairs
     torch.testing.assert_close(D1, D2, rtol=1e-7, atol=1e-9)
     # A memory budget sets the chunk size (bounded memory whatever M).
-    _, rep = fastgeo.pairwise_distances(metric, Z, memory_budget=300_000, progress=False,
+    _, rep = fastgeo.pairwise_distances(metric, Z, memory_budget=1_000_000, progress=False,
                                         return_report=True, **OPTS)
     assert 1 <= rep.chunk_size < 28 and rep.chunks_total == -(-28 // rep.chunk_size)
 
