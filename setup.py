@@ -21,7 +21,7 @@ if sources and os.environ.get("FASTGEO_NO_EXTENSION", "0") != "1":
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp"]
     if os.environ.get("FASTGEO_MARCH_NATIVE", "0") == "1":
         cxx.append("-march=native")
     want_cuda = os.environ.get("FASTGEO_CUDA", "1" if torch.cuda.is_available() else "0") == "1"

@@ -407,11 +407,24 @@ def _levenberg_marquardt(
             jac = jac.reshape(lin.numel(), N, -1, d)
             grad[lin], hess[lin] = _gauss_newton(f, jac, psi)
             need_jac[lin] = False
+            # A non-finite Jacobian (e.g. a decoder returning NaN) ends the curve: not converged.
+            broken = ~(torch.isfinite(grad[lin]).all(-1) & torch.isfinite(hess[lin]).flatten(1).all(-1))
+            if bool(broken.any()):
+                finite[lin[broken]] = False
+                continue
         g, h = grad[active], hess[active]
         diag = torch.diagonal(h, dim1=-2, dim2=-1)
         # Marquardt scaling, with a floor so directions the metric ignores stay solvable.
         scale = diag + 1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-30)
-        step = torch.linalg.solve(h + lam[active, None, None] * scale[:, :, None] * eye, -g)
+        system = h + lam[active, None, None] * scale[:, :, None] * eye  # symmetric positive definite
+        chol, info = torch.linalg.cholesky_ex(system)
+        # A failed factorization (info > 0: not positive definite at this precision) gives a
+        # rejected zero step, so lambda grows and regularizes the system.
+        solved = info == 0
+        chol = torch.where(solved[:, None, None], chol, eye)
+        step = torch.cholesky_solve(-g[..., None], chol)[..., 0]
+        solved = solved & torch.isfinite(step).all(-1)
+        step = torch.where(solved[:, None], step, torch.zeros_like(step))
         # Decrease of E = (N-1)/2 sum ||r||^2 that the linear model predicts for this step.
         predicted = -(N - 1) * ((g * step).sum(-1) + 0.5 * (step * (h @ step[..., None])[..., 0]).sum(-1))
         trial = coeffs[active] + step.reshape(-1, m, d)
@@ -425,7 +438,8 @@ def _levenberg_marquardt(
         need_jac[acc_idx] = True
         lam[active] = torch.where(accept, (lam[active] / 3).clamp(min=1e-12), lam[active] * 4)
         # Converged: an accepted step gained < tol relative, or no step can gain at this precision.
-        done = (accept & (rel < tol)) | (predicted <= tol * e[active]) | (~accept & (lam[active] > 1e10))
+        stalled = ~accept & (lam[active] > 1e10)
+        done = (accept & (rel < tol)) | (solved & (predicted <= tol * e[active])) | stalled
         converged[active[done]] = True
     return coeffs, e, converged & finite, iterations
 
