@@ -3,6 +3,10 @@
 pure-PyTorch reference). All are batched, float32/float64, differentiable.
 
 The registered operators behind the compiled backends are ``torch.ops.fastgeo.*``.
+
+These entry points check shapes, dtypes and devices (cheap, no host sync); the values of the RBF
+parameters (gammas > 0, weights >= 0, zeta > 0, finite) are checked once by
+:class:`fastgeo.RBFPrecision`, which is the way to call them with trusted parameters.
 """
 
 from __future__ import annotations

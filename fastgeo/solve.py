@@ -262,9 +262,16 @@ def _solve_batch(
     psi = basis(t)
     iterations = torch.zeros(B, dtype=torch.long, device=z0.device)
 
-    def full_energy(coeffs: Tensor, idx: Tensor) -> Tensor:
-        counter.evals += idx.numel() * n_points
-        return metric.energy(evaluate(z0[idx], z1[idx], coeffs, psi, t))
+    def energy_between(za: Tensor, zb: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """The full energy of curves ``idx`` (rows of za, zb) with coefficients (b, m, d)."""
+
+        def energy(coeffs: Tensor, idx: Tensor) -> Tensor:
+            counter.evals += idx.numel() * n_points
+            return metric.energy(evaluate(za[idx], zb[idx], coeffs, psi, t))
+
+        return energy
+
+    full_energy = energy_between(z0, z1)
 
     def full_features(points: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         counter.jvps += points.shape[0] * n_points * d
@@ -295,10 +302,7 @@ def _solve_batch(
     start_e = energies.gather(0, order)
     many = lambda x: x.repeat(refine, *([1] * (x.dim() - 1)))  # noqa: E731 - (B, ...) -> (R B, ...)
     zz0, zz1 = many(z0), many(z1)
-
-    def stacked_energy(coeffs: Tensor, idx: Tensor) -> Tensor:
-        counter.evals += idx.numel() * n_points
-        return metric.energy(evaluate(zz0[idx], zz1[idx], coeffs, psi, t))
+    stacked_energy = energy_between(zz0, zz1)
 
     flat_starts, flat_e = starts.reshape(-1, *starts.shape[2:]), start_e.reshape(-1)
     if method == "paper":

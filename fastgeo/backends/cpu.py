@@ -7,7 +7,10 @@ Follows the backend protocol of :mod:`fastgeo._backend`; the functions take vali
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+
+from .registered_ops import rbf_precision, rbf_segment_sqdist, segment_sqdist
+
+__all__ = ["devices", "is_available", "name", "rbf_precision", "rbf_segment_sqdist", "segment_sqdist"]
 
 name = "cpu"
 devices = ("cpu",)
@@ -24,20 +27,3 @@ def is_available() -> tuple[bool, str]:
     if not torch._C._dispatch_has_kernel_for_dispatch_key("fastgeo::rbf_segment_sqdist", "CPU"):
         return False, "fastgeo._C loaded but has no CPU kernels"
     return True, "C++ kernels (fastgeo._C: OpenMP, BLAS tiles; float32/float64)"
-
-
-def rbf_precision(z: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor) -> Tensor:
-    """beta: z (P, d), centers (K, d), gammas (K,), weights (D, K), zeta (D,) -> (P, D)."""
-    return torch.ops.fastgeo.rbf_precision(z, centers, gammas, weights, zeta)
-
-
-def segment_sqdist(x: Tensor) -> Tensor:
-    """x (B, N, D) -> (B, N-1), ``||x[b, n+1] - x[b, n]||^2``."""
-    return torch.ops.fastgeo.segment_sqdist(x)
-
-
-def rbf_segment_sqdist(
-    points: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor
-) -> Tensor:
-    """points (B, N, d) -> (B, N-1), ``||sigma(z_{n+1}) - sigma(z_n)||^2``, fused."""
-    return torch.ops.fastgeo.rbf_segment_sqdist(points, centers, gammas, weights, zeta)
