@@ -123,7 +123,8 @@ def test_solver(benchmark, problem, method):
 def solver_table() -> str:
     lines = [
         f"fastgeo {fastgeo.__version__}, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, float32, {PAIRS} pairs per generator (a third across classes)",
+        f"{platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, float32, "
+        f"{PAIRS} pairs per generator (a third across classes)",
         "",
         "| generator | method | time s (min of 3) | first call s | StochMan / this | mean excess % "
         "| worst excess % | decoder evals / geodesic |",

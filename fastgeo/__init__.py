@@ -7,7 +7,7 @@ from ._info import info
 from .curves import Curves, PiecewiseLinearBasis, PolynomialBasis
 from .distances import PairwiseReport, pairwise_distances
 from .graph import LatentGraph
-from .io import load_generator, save_generator
+from .io import load_extra, load_generator, save_generator
 from .metric import ExpectedMetric
 from .rbf import RBFPrecision
 from .solve import GeodesicResult, geodesics
@@ -39,6 +39,7 @@ __all__ = [
     "datasets",
     "geodesics",
     "info",
+    "load_extra",
     "load_generator",
     "ops",
     "pairwise_distances",

@@ -29,7 +29,9 @@ def build(X: torch.Tensor, labels: torch.Tensor, num_centers: int, seed: int, hi
     vae = train_vae(X, hidden=hidden, steps=steps, seed=seed, progress=False)
     with torch.no_grad():
         Z = vae.encode(X)[0]
-    prec = fastgeo.RBFPrecision.fit(Z, X, vae.decoder_mean, num_centers=num_centers, progress=False, seed=seed)
+    prec = fastgeo.RBFPrecision.fit(
+        Z, X, vae.decoder_mean, num_centers=num_centers, progress=False, seed=seed
+    )
     return vae.decoder_mean, prec, Z, labels
 
 
