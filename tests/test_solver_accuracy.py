@@ -19,9 +19,9 @@ def moons():
     Z, labels = extra["latents"], extra["labels"]
     g = torch.Generator().manual_seed(3)
     I, J = [], []
-    while len(I) < 9:  # 6 within a moon, 3 across
+    while len(I) < 12:  # 8 within a moon, 4 across
         i, j = torch.randint(Z.shape[0], (2,), generator=g).tolist()
-        if i != j and (len(I) < 6) == bool(labels[i] == labels[j]):
+        if i != j and (len(I) < 8) == bool(labels[i] == labels[j]):
             I.append(i)
             J.append(j)
     return metric, Z[I], Z[J]
@@ -57,7 +57,7 @@ def test_default_matches_dense_oracle_in_float32(moons, dense):
 def test_paper_method_is_the_quadratic_and_less_accurate(moons, dense):
     metric, z0, z1 = moons
     res = fastgeo.geodesics(metric, z0, z1, method="paper")
-    assert res.curves.coeffs.shape == (9, 1, 2)
+    assert res.curves.coeffs.shape == (12, 1, 2)
     assert res.options["basis"].startswith("PolynomialBasis(m=1")
     default = fastgeo.geodesics(metric, z0, z1)
     assert float(excess(metric, res, dense).mean()) > float(excess(metric, default, dense).mean())
@@ -66,7 +66,7 @@ def test_paper_method_is_the_quadratic_and_less_accurate(moons, dense):
 def test_result_reports_work_and_starts(moons):
     metric, z0, z1 = moons
     res = fastgeo.geodesics(metric, z0, z1)
-    assert res.iterations.shape == (9,) and bool((res.iterations > 0).all())
+    assert res.iterations.shape == (12,) and bool((res.iterations > 0).all())
     assert set(res.init_names) <= {"straight", "warm", "graph"}
     assert res.decoder_evals > 0 and res.decoder_jvps > 0
     # the graph is built once per metric and reused
