@@ -4,14 +4,7 @@ import torch
 import fastgeo
 from fastgeo.rbf_fit import fit_rbf_precision, kmeans
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription slowdowns on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(seed=0):
