@@ -1,4 +1,4 @@
-"""The ``fastgeo`` command: ``info``, ``demo``, ``distances``."""
+"""The ``fastgeo`` command: ``info``, ``demo``, ``distances``, ``bench``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,13 @@ def _distances(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .benchmarks.runner import main as bench_main
+
+    return bench_main(args.layer, args.quick, args.out, device=args.device, threads=args.threads,
+                      tiny=args.tiny)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastgeo", description="Batched geodesics in VAE latent spaces (expected Riemannian metric)."
@@ -77,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="also save the converged mask and iterations, .npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_distances)
+    p = sub.add_parser("bench", help="benchmarks: ops, solver, all-pairs; table, results.json, plots")
+    p.add_argument("--quick", action="store_true", help="small sizes (about a minute on 2 cores)")
+    p.add_argument("--layer", action="extend", nargs="+", choices=("ops", "solver", "pairwise"),
+                   default=None, help="layers to run (default: all)")  # fmt: skip
+    p.add_argument("--out", default="fastgeo-bench", help="output folder (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke-test sizes, for tests
+    p.set_defaults(func=_bench)
     return parser
 
 

@@ -1,0 +1,196 @@
+"""Printing (markdown tables), JSON and plots of benchmark results."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+def _f(v: float | None, fmt: str = ".4g") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
+def format_tables(results: dict[str, Any]) -> str:
+    """The results as markdown tables, one per layer, under a line saying where they ran."""
+    env = results["environment"]
+    lines = [
+        f"fastgeo {env['fastgeo_version']} ({env['git_commit']}), torch {env['torch_version']}, "
+        f"triton {env['triton_version'] or 'not installed'}; device {env['device_name']}; "
+        f"cpu {env['cpu_model']} ({env['cpu_count']} cores); threads per row below; "
+        f"mode {results['settings']['mode']}",
+        "times: seconds per call, min over rounds (median); ratios from the same run",
+    ]
+    rows = results["results"]
+    ops = [r for r in rows if r["layer"] == "ops"]
+    if ops:
+        lines += ["", "ops (ratio = reference time / this backend's time)"]
+        lines += _table(
+            [
+                "op",
+                "shape",
+                "dtype",
+                "threads",
+                "mode",
+                "backend",
+                "min s",
+                "median s",
+                "rounds",
+                "vs reference",
+            ],
+            [
+                [
+                    r["op"],
+                    r["shape"],
+                    r["dtype"],
+                    str(r["threads"]),
+                    r["mode"],
+                    r["backend"],
+                    _f(r["time_s"]["min"]),
+                    _f(r["time_s"]["median"]),
+                    str(r["time_s"]["rounds"]),
+                    _f(r["ratio_vs_reference"], ".2f"),
+                ]
+                for r in ops
+            ],
+        )
+    solver = [r for r in rows if r["layer"] == "solver"]
+    if solver:
+        lines += ["", f"solver ({solver[0]['shape']}; excess length against method='dense' in float64; "
+                  "ratio = StochMan time / this time)"]  # fmt: skip
+        lines += _table(
+            [
+                "method",
+                "dtype",
+                "threads",
+                "min s",
+                "median s",
+                "ms / geodesic",
+                "first call s",
+                "mean excess %",
+                "worst excess %",
+                "vs StochMan",
+            ],
+            [
+                [
+                    r["method"],
+                    r["dtype"],
+                    str(r["threads"]),
+                    _f(r["time_s"]["min"]),
+                    _f(r["time_s"]["median"]),
+                    _f(1e3 * r["time_per_geodesic_s"], ".3g"),
+                    _f(r["first_call_s"]),
+                    _f(r["mean_excess_pct"], ".3f"),
+                    _f(r["worst_excess_pct"], ".3f"),
+                    _f(r["ratio_vs_stochman"], ".2f"),
+                ]
+                for r in solver
+            ],
+        )
+    pairwise = [r for r in rows if r["layer"] == "pairwise"]
+    if pairwise:
+        lines += ["", "pairwise (pairwise_distances, all pairs of M codes, solver defaults)"]
+        lines += _table(
+            [
+                "M",
+                "shape",
+                "dtype",
+                "threads",
+                "geodesics",
+                "min s",
+                "median s",
+                "ms / geodesic",
+                "not converged",
+            ],
+            [
+                [
+                    str(r["M"]),
+                    r["shape"],
+                    r["dtype"],
+                    str(r["threads"]),
+                    str(r["geodesics"]),
+                    _f(r["time_s"]["min"]),
+                    _f(r["time_s"]["median"]),
+                    _f(1e3 * r["time_per_geodesic_s"], ".3g"),
+                    str(r["not_converged"]),
+                ]
+                for r in pairwise
+            ],
+        )
+    for s in results["skipped"]:
+        lines.append(f"skipped ({s['layer']}): {s['what']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], out_dir: str) -> str:
+    """Write ``out_dir/results.json``; returns its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    return path
+
+
+def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
+    """One PNG per layer present in ``results``; returns the paths. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    rows = results["results"]
+    paths = []
+
+    ops = [r for r in rows if r["layer"] == "ops"]
+    if ops:
+        names = list(dict.fromkeys(r["op"] for r in ops))
+        fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 7), squeeze=False)
+        for j, op in enumerate(names):
+            for i, mode in enumerate(("fwd", "fwd+bwd")):
+                ax = axes[i][j]
+                for backend in dict.fromkeys(r["backend"] for r in ops):
+                    sel = [r for r in ops if r["op"] == op and r["mode"] == mode and r["backend"] == backend]
+                    ax.plot([r["batch"] for r in sel], [r["time_s"]["min"] for r in sel], "o-", label=backend)
+                ax.set(xscale="log", yscale="log", title=f"{op} {mode}", xlabel="batch size B",
+                       ylabel="seconds (min)")  # fmt: skip
+                ax.legend()
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, "ops.png"))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    solver = [r for r in rows if r["layer"] == "solver"]
+    if solver:
+        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        for r in solver:
+            t = r["time_s"]["min"]
+            ax.plot([t], [max(r["mean_excess_pct"], 1e-6)], "o", label=f"{r['method']} (mean)")
+            ax.plot([t], [max(r["worst_excess_pct"], 1e-6)], "v", color=ax.lines[-1].get_color(),
+                    label=f"{r['method']} (worst)")  # fmt: skip
+        ax.set(xscale="log", yscale="log", xlabel=f"seconds for {solver[0]['pairs']} pairs (min)",
+               ylabel="excess length vs dense, %", title="solver: accuracy against time")  # fmt: skip
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, "solver.png"))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    pairwise = [r for r in rows if r["layer"] == "pairwise"]
+    if pairwise:
+        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        ax.plot([r["M"] for r in pairwise], [r["time_s"]["min"] for r in pairwise], "o-")
+        ax.set(xscale="log", yscale="log", xlabel="M (codes; M (M-1)/2 geodesics)",
+               ylabel="seconds (min)", title="pairwise_distances: all-pairs time")  # fmt: skip
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, "pairwise.png"))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths

@@ -1,0 +1,116 @@
+"""Solver layer: ``method="default"`` and ``"paper"`` (and StochMan's default
+``connecting_geodesic`` if importable) on the same pairs, in the same run: time of one batched
+call and excess length ``L / L_dense - 1`` against ``method="dense"`` in float64."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ..metric import ExpectedMetric
+from ..solve import geodesics
+from .generator import pairs, synthetic_generator
+from .timing import sync, time_fn
+
+if TYPE_CHECKING:
+    from .runner import Settings
+
+GRID = 128  # every curve is measured on the same grid, in float64
+
+
+def _stochman(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> tuple[Callable[[], Tensor], str] | None:
+    """A call running StochMan's default geodesic on all pairs at once -> (B, GRID, d) points."""
+    try:
+        import stochman
+        from stochman.manifold import EmbeddedManifold
+    except ImportError:
+        return None
+
+    class Generator(EmbeddedManifold):
+        """The generator as an embedded manifold: embed = [mu, sigma] has our energy (x2)."""
+
+        def embed(self, c: Tensor, jacobian: bool = False) -> Tensor:
+            return metric.features(c)
+
+    manifold = Generator()
+    t = torch.linspace(0, 1, GRID, dtype=z0.dtype, device=z0.device)
+
+    def run() -> Tensor:
+        curve, _ = manifold.connecting_geodesic(z0.clone(), z1.clone())
+        with torch.no_grad():
+            return curve(t).reshape(z0.shape[0], GRID, -1)
+
+    return run, f"StochMan {stochman.__version__}"
+
+
+def run_solver(
+    settings: Settings, device: torch.device, log: Callable[[str], None]
+) -> tuple[list[dict], list[dict]]:
+    """One row per method, and skipped entries."""
+    metric, clusters = synthetic_generator(dtype=settings.dtype, device=device)
+    z0, z1 = pairs(settings.solver_pairs, clusters)
+    B = z0.shape[0]
+    D = int(metric.precision.weights.shape[0])
+    m64 = metric.to(torch.float64)
+    # The oracle is not a measurement: one thread, because its many small float64 steps gain
+    # nothing from two and stall on OpenMP barriers when the machine is shared (10x and more).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # unconverged curves are counted below
+            dense = geodesics(m64, z0.double(), z1.double(), method="dense")
+    finally:
+        torch.set_num_threads(threads)
+    dense_s = time.perf_counter() - start
+    log(f"  solver dense oracle (float64): {dense_s:.1f} s, converged {int(dense.converged.sum())}/{B}")
+
+    runs: list[tuple[str, str, Callable[[], Tensor], float | None]] = []
+    for method in settings.solver_methods:
+
+        def call(method: str = method) -> Tensor:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return geodesics(metric, z0, z1, method=method).points(GRID)
+
+        # the first call builds the initialization graph (cached on the metric): timed apart
+        metric.__dict__.pop("_graph_cache", None)
+        start = time.perf_counter()
+        call()
+        sync(device)
+        runs.append((f"fastgeo {method}", method, call, time.perf_counter() - start))
+    skipped = []
+    sm = _stochman(metric, z0, z1)
+    if sm is None:
+        skipped.append({"layer": "solver", "what": "StochMan", "reason": "stochman is not importable"})
+    else:
+        runs.append((sm[1], "stochman", sm[0], None))
+
+    rows = []
+    for label, method, call, first in runs:
+        t = time_fn(call, rounds=settings.solver_rounds, warmup=1, device=device)
+        with torch.no_grad():
+            points = call().detach()
+            ex = m64.length(points.double()) / dense.lengths - 1
+        row = {
+            "layer": "solver", "method": label, "key": method, "pairs": B,
+            "shape": f"B={B}, d={z0.shape[1]}, D={D}", "shapes": {"B": B, "d": int(z0.shape[1]), "D": D},
+            "dtype": str(settings.dtype).replace("torch.", ""),
+            "time_s": t, "first_call_s": first, "time_per_geodesic_s": t["min"] / B,
+            "mean_excess_pct": 100 * float(ex.mean()), "worst_excess_pct": 100 * float(ex.max()),
+            "dense_converged": int(dense.converged.sum()), "dense_s": dense_s,
+        }  # fmt: skip
+        rows.append(row)
+        log(f"  solver {label:18s} {t['min']:.3f} s  mean excess {row['mean_excess_pct']:.3f} %  "
+            f"worst {row['worst_excess_pct']:.3f} %")  # fmt: skip
+    sm_rows = [r for r in rows if r["key"] == "stochman"]
+    for row in rows:
+        # > 1: that many times faster than StochMan on the same pairs, same run
+        row["ratio_vs_stochman"] = sm_rows[0]["time_s"]["min"] / row["time_s"]["min"] if sm_rows else None
+    return rows, skipped
