@@ -26,7 +26,8 @@ class LatentGraph:
 
     Args:
         metric: the :class:`ExpectedMetric`.
-        latents: optional (M, d) latent codes of the data, added as nodes.
+        latents: optional (M, d) latent codes of the data, added as nodes (a random subset of
+            ``n_nodes`` of them when M is larger).
         n_nodes: nodes sampled around the RBF centers (default 1500).
         k: neighbours per node (default 10).
         edge_points: points per edge used to measure its metric length (default 8).
@@ -56,6 +57,9 @@ class LatentGraph:
         nodes = [centers, (centers[:, None, :] + radius * noise).reshape(-1, d)]
         if latents is not None:
             metric.check_points("latents", latents, ndim=2)
+            if latents.shape[0] > n_nodes:  # a random subset keeps the graph's cost bounded
+                keep = torch.randperm(latents.shape[0], generator=g)[:n_nodes].to(latents.device)
+                latents = latents[keep]
             nodes.append(latents.detach())
         self.nodes = torch.cat(nodes)
         self.edges, self.weights = self._knn_edges(self.nodes, self.nodes, k, exclude_self=True)

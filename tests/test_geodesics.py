@@ -177,3 +177,13 @@ def test_two_basins_default_finds_the_way_around():
     assert bool((best.lengths < 0.8 * naive.lengths[0]).all()), (best.lengths, naive.lengths)
     assert float(best.points(33)[:, 16, 1].abs().min()) > 0.5
     assert best.init_names[0] in ("graph", "warm")
+
+
+def test_latents_join_the_graph_and_large_sets_are_subsampled():
+    metric = bumpy_metric()
+    Z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    graph = fastgeo.LatentGraph(metric, latents=Z, n_nodes=300)
+    # 300 sampled around the 5 centers (rounded up per center), the centers, 300 of the latents
+    assert graph.nodes.shape[0] == 5 + 300 + 300
+    res = fastgeo.geodesics(metric, Z[:6], Z[6:12], graph=graph)
+    assert bool((res.lengths <= res.straight_lengths).all()) and bool(res.converged.all())
