@@ -85,26 +85,41 @@ def run_ops(
     metric, _ = synthetic_generator(dtype=dtype, device=device, D=settings.ops_D)
     params = metric.precision.params()
     backends, skipped = backends_for(device)
+    # One thread and the current count, side by side: on a shared machine the multi-threaded
+    # rows pay OpenMP stalls (whole scheduler slices) that the one-thread rows do not.
+    current = torch.get_num_threads()
+    thread_counts = sorted({1, current}) if settings.ops_one_thread_too else [current]
     rows: list[dict] = []
-    for B in settings.ops_batches:
-        cases = _cases(B, settings.ops_N, settings.ops_D, params, device, dtype)
-        for op, label, shape, inputs, call in cases:
-            for mode in ("fwd", "fwd+bwd"):
-                group = []
-                for backend in backends:
-                    with use_backend(backend):
-                        fn = _timed(call, inputs, mode)
-                        t = time_fn(fn, rounds=settings.ops_rounds, warmup=1, device=device)
-                    row = {
-                        "layer": "ops", "op": op, "backend": backend, "mode": mode, "batch": B,
-                        "shape": label, "shapes": shape, "dtype": str(dtype).replace("torch.", ""),
-                        "time_s": t,
-                    }  # fmt: skip
-                    group.append(row)
-                    log(f"  ops {op:18s} {mode:7s} B={B:<6d} {backend:9s} {t['min']:.3e} s")
-                ref = group[-1]["time_s"]["min"]
-                for row in group:
-                    # > 1: this backend is that many times faster than the reference, same run
-                    row["ratio_vs_reference"] = ref / row["time_s"]["min"]
-                rows += group
+    for nt in thread_counts:
+        torch.set_num_threads(nt)
+        try:
+            for B in settings.ops_batches:
+                cases = _cases(B, settings.ops_N, settings.ops_D, params, device, dtype)
+                for op, label, shape, inputs, call in cases:
+                    for mode in ("fwd", "fwd+bwd"):
+                        group = []
+                        for backend in backends:
+                            with use_backend(backend):
+                                fn = _timed(call, inputs, mode)
+                                t = time_fn(
+                                    fn,
+                                    rounds=settings.ops_rounds,
+                                    warmup=1,
+                                    device=device,
+                                    min_total_s=settings.ops_min_total_s,
+                                )
+                            row = {
+                                "layer": "ops", "op": op, "backend": backend, "mode": mode,
+                                "batch": B, "threads": nt, "shape": label, "shapes": shape,
+                                "dtype": str(dtype).replace("torch.", ""), "time_s": t,
+                            }  # fmt: skip
+                            group.append(row)
+                            log(f"  ops {op:18s} {mode:7s} B={B:<6d} {nt}t {backend:9s} {t['min']:.3e} s")
+                        ref = group[-1]["time_s"]["min"]
+                        for row in group:
+                            # > 1: this backend is that many times faster than the reference, same run
+                            row["ratio_vs_reference"] = ref / row["time_s"]["min"]
+                        rows += group
+        finally:
+            torch.set_num_threads(current)
     return rows, skipped

@@ -27,6 +27,8 @@ class Settings:
     ops_N: int = 32
     ops_D: int = 784
     ops_rounds: int = 5
+    ops_min_total_s: float = 0.5  # more rounds for fast calls (see timing.time_fn)
+    ops_one_thread_too: bool = True  # also time the ops at one thread (unless --threads is given)
     solver_pairs: int = 48
     solver_methods: tuple[str, ...] = ("default", "paper")
     solver_rounds: int = 3
@@ -43,11 +45,11 @@ class Settings:
 def settings_for(quick: bool = False, tiny: bool = False) -> Settings:
     """Default (minutes), ``quick`` (about a minute on 2 cores) or ``tiny`` (a smoke test, s)."""
     if tiny:
-        return Settings("tiny", ops_batches=(16, 32), ops_N=8, ops_D=16, ops_rounds=2, solver_pairs=6,
-                        solver_rounds=1, pairwise_ms=(4, 6), pairwise_rounds=1)  # fmt: skip
+        return Settings("tiny", ops_batches=(16, 32), ops_N=8, ops_D=16, ops_rounds=2, ops_min_total_s=0.0,
+                        solver_pairs=6, solver_rounds=1, pairwise_ms=(4, 6), pairwise_rounds=1)  # fmt: skip
     if quick:
-        return Settings("quick", ops_batches=(256, 1024), ops_D=64, ops_rounds=3, solver_pairs=24,
-                        solver_rounds=2, pairwise_ms=(8, 16), pairwise_rounds=1)  # fmt: skip
+        return Settings("quick", ops_batches=(256, 1024), ops_D=64, ops_rounds=3, ops_min_total_s=0.25,
+                        solver_pairs=24, solver_rounds=2, pairwise_ms=(8, 16), pairwise_rounds=1)  # fmt: skip
     return Settings("default")
 
 
@@ -90,7 +92,7 @@ def run(
             torch.set_num_threads(threads)
         try:
             r, s = runners[layer](settings, dev, log)
-            rows += [{**row, **env, "threads": torch.get_num_threads()} for row in r]
+            rows += [{**env, "threads": torch.get_num_threads(), **row} for row in r]
         finally:
             torch.set_num_threads(before)
         skipped += s
@@ -126,6 +128,7 @@ def main(
     settings = settings_for(quick=quick, tiny=tiny)
     if threads is not None:  # an explicit count applies to every layer
         settings.layer_threads = dict.fromkeys(LAYERS, threads)
+        settings.ops_one_thread_too = False
     results = run(layers or LAYERS, settings, out_dir, device=device)
     print(format_tables(results))
     print(f"\nwrote {results['json']}" + "".join(f", {p}" for p in results.get("plots", []))

@@ -27,13 +27,18 @@ def time_fn(
     warmup: int = 1,
     device: torch.device | str = "cpu",
     min_round_s: float = 0.005,
+    min_total_s: float = 0.0,
+    max_rounds: int = 50,
 ) -> dict[str, float | int]:
     """Seconds per call of ``fn``: {"min", "median", "rounds", "number"}.
 
     After ``warmup`` calls, each of ``rounds`` rounds times ``number`` back-to-back calls;
     ``number`` is chosen so that a round lasts at least ``min_round_s`` (timer resolution and
-    call overhead would dominate a single sub-millisecond call). Min is the statistic to compare:
-    on a shared machine every other effect only adds time.
+    call overhead would dominate a single sub-millisecond call). Rounds go on past ``rounds``
+    (up to ``max_rounds``) until ``min_total_s`` seconds were timed: on a shared machine a
+    millisecond call can lose a whole scheduler slice to another process, so fast calls get
+    more chances at a clean round. Min is the statistic to compare: every other effect only
+    adds time.
     """
     t = float("inf")
     for _ in range(max(warmup, 1)):
@@ -42,14 +47,14 @@ def time_fn(
         sync(device)
         t = min(t, time.perf_counter() - start)
     number = 1 if t >= min_round_s else min(100, math.ceil(min_round_s / max(t, 1e-7)))
-    times = []
-    for _ in range(rounds):
+    times: list[float] = []
+    while len(times) < rounds or (sum(times) * number < min_total_s and len(times) < max_rounds):
         start = time.perf_counter()
         for _ in range(number):
             fn()
         sync(device)
         times.append((time.perf_counter() - start) / number)
-    return {"min": min(times), "median": statistics.median(times), "rounds": rounds, "number": number}
+    return {"min": min(times), "median": statistics.median(times), "rounds": len(times), "number": number}
 
 
 def cpu_model() -> str:
