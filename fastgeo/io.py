@@ -143,6 +143,9 @@ def save_generator(
             if fmt == "export":
                 P = torch.export.Dim("P", min=0)
                 program = torch.export.export(module, (example,), dynamic_shapes=({0: P},))
+                # Stack traces name the saving machine's files: a shared generator file need not.
+                for node in program.graph.nodes:
+                    node.meta.pop("stack_trace", None)
                 extra = {_META: payload}
                 atomic_write(path, lambda f, p=program, x=extra: torch.export.save(p, f, extra_files=x))
             else:
