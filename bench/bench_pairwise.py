@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import json
 import os
 import platform
@@ -32,50 +31,12 @@ import sys
 import time
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import fastgeo
+from fastgeo.benchmarks.generator import latent_codes, synthetic_generator
 
 DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "digits.pt2")
-
-
-def digits_like(
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    d: int = 2,
-    D: int = 64,
-    clusters: int = 10,
-    per_cluster: int = 8,
-) -> tuple[fastgeo.ExpectedMetric, Tensor]:
-    """A synthetic digits-like generator and the cluster centers: (metric, (clusters, d))."""
-    g = torch.Generator().manual_seed(seed)
-    mean = nn.Sequential(
-        nn.Linear(d, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, D), nn.Sigmoid()
-    )
-    with torch.no_grad():
-        for p in mean.parameters():
-            scale = 1.5 / p.shape[-1] ** 0.5 if p.dim() == 2 else 0.1
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * scale)
-    cc = torch.randn(clusters, d, generator=g, dtype=torch.float64) * 2.0
-    centers = cc[:, None] + 0.3 * torch.randn(clusters, per_cluster, d, generator=g, dtype=torch.float64)
-    centers = centers.reshape(-1, d)
-    K = centers.shape[0]
-    prec = fastgeo.RBFPrecision(
-        centers,
-        torch.full((K,), 4.0, dtype=torch.float64),
-        torch.rand(D, K, generator=g, dtype=torch.float64) * 50,
-        1e-2,
-    )
-    return fastgeo.ExpectedMetric(mean.to(dtype), prec.to(dtype)), cc.to(dtype)
-
-
-def latent_codes(n: int, clusters: Tensor, seed: int = 1) -> Tensor:
-    """n codes scattered around the clusters (as encoded data): (n, d)."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, clusters.shape[0], (n,), generator=g)
-    return clusters[idx] + 0.35 * torch.randn(n, clusters.shape[1], generator=g, dtype=torch.float64).to(
-        clusters
-    )
 
 
 def load(args: argparse.Namespace, n: int) -> tuple[fastgeo.ExpectedMetric, Tensor]:
@@ -86,14 +47,8 @@ def load(args: argparse.Namespace, n: int) -> tuple[fastgeo.ExpectedMetric, Tens
         Z = load_extra(args.generator)["latents"].to(metric.dtype)
         g = torch.Generator().manual_seed(1)
         return metric, Z[torch.randperm(Z.shape[0], generator=g)[:n]]
-    metric, cc = digits_like()
+    metric, cc = synthetic_generator(clusters=10)  # digits-like: d = 2, D = 64, 10 clusters
     return metric, latent_codes(n, cc)
-
-
-def to_float64(metric: fastgeo.ExpectedMetric) -> fastgeo.ExpectedMetric:
-    mean = metric.mean
-    mean = copy.deepcopy(mean).double() if isinstance(mean, nn.Module) else mean
-    return fastgeo.ExpectedMetric(mean, copy.deepcopy(metric.precision).double())
 
 
 def peak_rss_mb() -> float:
@@ -208,7 +163,7 @@ def worker(args: argparse.Namespace, M: int, compare: bool) -> dict:
     keep = (Z[i] != Z[j]).any(-1)
     i, j = i[keep], j[keep]
     z0, z1 = Z[i], Z[j]
-    m64 = to_float64(metric)
+    m64 = metric.to(torch.float64)
     sm_points, sm_seconds = stochman_run(metric, z0, z1, batched=False)
     smb_points, smb_seconds = stochman_run(metric, z0, z1, batched=True)
     with warnings.catch_warnings():

@@ -3,10 +3,10 @@ ratios side by side (reference / cpu, cpu / bare torch.mm) and the peak extra me
 
 from __future__ import annotations
 
-import platform
-
 import pytest
 import torch
+
+from fastgeo.benchmarks.timing import cpu_model
 
 CPU_RESULTS: list[dict] = []
 
@@ -15,17 +15,6 @@ CPU_RESULTS: list[dict] = []
 def cpu_results() -> list[dict]:
     """Append one dict per timed (case, mode, impl, threads) to this list."""
     return CPU_RESULTS
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _fmt_mb(v: float | None) -> str:
@@ -67,7 +56,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     w = terminalreporter.write_line
     w("")
     w("fastgeo CPU benchmark (times: min over rounds, median in parentheses; ratio = reference / cpu)")
-    w(f"cpu: {_cpu_model()}, {torch.get_num_threads()} threads available; torch {torch.__version__}")
+    w(f"cpu: {cpu_model()}, {torch.get_num_threads()} threads available; torch {torch.__version__}")
     w("")
     w(HEADER)
     w("|" + " --- |" * (HEADER.count("|") - 1))
