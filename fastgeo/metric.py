@@ -122,16 +122,22 @@ class ExpectedMetric:
 
         z: (P, d) -> features (P, 2D), jacobian (P, 2D, d).
         """
-        mu, j_mu = jacobian_columns(self.mean, z)
-        sigma, j_sigma = self.precision.sigma_and_jacobian(z)
-        return torch.cat([mu, sigma], -1), torch.cat([j_mu, j_sigma], -2)
+        features, jac_t = self.features_and_jacobian_t(z)
+        return features, jac_t.transpose(-1, -2)
+
+    def features_and_jacobian_t(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`features_and_jacobian` with the Jacobian transposed, contiguous (the solver's
+        layout: one row per latent direction): z (P, d) -> (P, 2D), (P, d, 2D)."""
+        mu, j_mu = jacobian_rows(self.mean, z)  # (P, D), (d, P, D)
+        sigma, j_sigma = self.precision.sigma_and_jacobian_t(z)
+        return torch.cat([mu, sigma], -1), torch.cat([j_mu.transpose(0, 1), j_sigma], -1)
 
     def metric_tensor(self, z: Tensor) -> Tensor:
         """``M(z) = J^T J`` of the embedding ``[mu, sigma]``: (..., d) -> (..., d, d)."""
         self.check_points("z", z)
         lead = z.shape[:-1]
-        _, jac = self.features_and_jacobian(z.reshape(-1, self.latent_dim))
-        return (jac.transpose(-1, -2) @ jac).reshape(*lead, self.latent_dim, self.latent_dim)
+        _, jac_t = self.features_and_jacobian_t(z.reshape(-1, self.latent_dim))
+        return (jac_t @ jac_t.transpose(-1, -2)).reshape(*lead, self.latent_dim, self.latent_dim)
 
 
 def jacobian_columns(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,6 +147,12 @@ def jacobian_columns(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor,
     run on the reference backend here (it supports forward-mode AD). A ``fn`` without
     forward-mode support falls back to the double-backward trick (two reverse passes).
     """
+    value, rows = jacobian_rows(fn, z)
+    return value, rows.permute(*range(1, rows.dim()), 0)
+
+
+def jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`jacobian_columns` with the directions first: value (P, F), jacobian (d, P, F)."""
     d = z.shape[-1]
     tangents = torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, *z.shape)
     with use_backend("reference"):
@@ -151,7 +163,7 @@ def jacobian_columns(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor,
         except Exception:  # noqa: BLE001 - fn is not vmappable (or returns per-direction primals)
             pairs = [_jvp(fn, z, tangents[i]) for i in range(d)]
             value, jac = pairs[0][0], torch.stack([p[1] for p in pairs])
-    return value.detach(), jac.permute(*range(1, jac.dim()), 0).detach()
+    return value.detach(), jac.detach()
 
 
 def _jvp(fn: Callable[[Tensor], Tensor], z: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:

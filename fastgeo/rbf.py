@@ -82,14 +82,20 @@ class RBFPrecision(nn.Module):
         ``d sigma / d z_i = -1/2 beta^-3/2 W (phi * -2 gamma (z_i - c_i))``: d + 1 products with W,
         far cheaper than forward-mode AD through the network.
         """
+        sigma, jac_t = self.sigma_and_jacobian_t(z)
+        return sigma, jac_t.transpose(-1, -2)
+
+    def sigma_and_jacobian_t(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`sigma_and_jacobian` with the Jacobian transposed, contiguous: (P, D), (P, d, D)."""
+        P, d = z.shape
         phi = reference.rbf_features(z, self.centers, self.gammas)  # (P, K)
         beta = phi @ self.weights.T + self.zeta
         sigma = beta.rsqrt()
         scale = -0.5 * sigma / beta  # d sigma / d beta = -1/2 beta^-3/2
-        diff = z[:, None, :] - self.centers[None, :, :]  # (P, K, d)
-        dphi = (-2 * self.gammas[:, None]) * phi[:, :, None] * diff  # (P, K, d)
-        dbeta = torch.einsum("pkd,ek->ped", dphi, self.weights)  # (P, D, d)
-        return sigma, scale[:, :, None] * dbeta
+        diff = z[:, :, None] - self.centers.T[None, :, :]  # (P, d, K)
+        dphi = (-2 * self.gammas) * phi[:, None, :] * diff  # (P, d, K)
+        dbeta = (dphi.reshape(P * d, -1) @ self.weights.T).reshape(P, d, -1)  # one GEMM
+        return sigma, scale[:, None, :] * dbeta
 
     def segment_sqdist(self, points: Tensor) -> Tensor:
         """``||sigma(z_{n+1}) - sigma(z_n)||^2``, fused: (B, N, d) -> (B, N-1)."""

@@ -18,8 +18,11 @@ Phases (``method="default"``):
      never touches the decoder's Jacobian and pulls the curve onto the ridges of the precision
      (``kappa`` = the decoder's stretch along the straight line); and the shortest path on a
      metric-weighted neighbourhood graph (:mod:`fastgeo.graph`);
-  2. the two starts of lowest full energy are refined per curve by Levenberg-Marquardt on the
-     full energy (converged curves leave the batch), and the better result is kept.
+  2. a race on a coarse grid (``coarse_points``, default 24 points per curve; every phase costs
+     in proportion to the points): the two starts of lowest full energy are refined per curve by
+     Levenberg-Marquardt to a loose tolerance (converged curves leave the batch);
+  3. the winner is refined at ``n_points`` to ``tol`` (and the runner-up too, where the race
+     ended within 1 % of energy on a visibly different curve), and the better result is kept.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ from .metric import ExpectedMetric
 
 METHODS = ("default", "paper", "dense")
 INIT_NAMES = ("straight", "warm", "given", "graph")
+COARSE_POINTS = 24  # default points per curve of the race between starts
+COARSE_TOL = 1e-3  # the race only ranks basins: a loose relative tolerance
+CLOSE_RACE = 0.01  # runner-ups within this relative energy of the winner are refined too
+WARM_ITER = 10  # iterations of the warm start (a start only: the full energy decides the rest)
+LENGTH_TOL_FACTOR = 30.0  # see _levenberg_marquardt: the length test's looser energy tolerance
 
 
 @dataclass
@@ -106,6 +114,7 @@ def geodesics(
     graph: bool | LatentGraph = True,
     latents: Tensor | None = None,
     refine: int | None = None,
+    coarse_points: int | None = None,
 ) -> GeodesicResult:
     """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
 
@@ -132,6 +141,9 @@ def geodesics(
         latents: optional (M, d) latent codes of the data, added to the graph's nodes.
         refine: how many of the best starts (by energy) are optimized per curve, keeping the
             shortest result (default 2 for ``default``, 1 otherwise).
+        coarse_points: points per curve while the starts are raced (``default`` only; default
+            24). Only the winner is then refined at ``n_points``; a value >= ``n_points`` races
+            at full resolution.
 
     Returns:
         :class:`GeodesicResult`; no curve is longer than the straight line between its ends.
@@ -167,6 +179,10 @@ def geodesics(
         refine = 2 if method == "default" else 1
     if not isinstance(refine, int) or refine < 1:
         raise ValueError(f"refine must be an integer >= 1, got {refine!r}")
+    if coarse_points is None:
+        coarse_points = COARSE_POINTS
+    if not isinstance(coarse_points, int) or isinstance(coarse_points, bool) or coarse_points < 3:
+        raise ValueError(f"coarse_points must be an integer >= 3, got {coarse_points!r}")
     if tol is None:
         tol = 1e-10 if metric.dtype == torch.float64 else 1e-5
     if not tol > 0:
@@ -196,6 +212,7 @@ def geodesics(
                 _solve_batch(
                     metric, z0[sl], z1[sl], basis, n_points, method, warm_start, max_iter, tol,
                     None if init is None else init[sl].detach(), lgraph, refine, counter,
+                    coarse_points if method == "default" else None,
                 )
             )
     if not parts:  # empty batch
@@ -239,6 +256,11 @@ def geodesics(
     )
 
 
+def _energy(segments: Tensor) -> Tensor:
+    """Discrete energy ``(N-1)/2 sum_n s_n`` from segments (..., N-1) -> (...)."""
+    return 0.5 * segments.shape[-1] * segments.sum(-1)
+
+
 def curves_straight(z0: Tensor, z1: Tensor, n: int) -> Tensor:
     """Straight lines sampled at ``n`` points: (B, d) x 2 -> (B, n, d)."""
     t = time_grid(n, z0)
@@ -259,27 +281,37 @@ def _solve_batch(
     lgraph: LatentGraph | None,
     refine: int,
     counter: _Counter,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One batch of curves: returns coeffs (B, m, d), energies, converged, iterations, init index."""
+    coarse_points: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One batch of curves: returns coeffs (B, m, d), energies, converged, iterations, init index.
+
+    With ``coarse_points`` (< n_points), the starts are ranked and raced on that coarser
+    discretization (cheap: the cost of every phase is proportional to the points per curve), and
+    only the winner of each curve is refined at ``n_points``.
+    """
     B, d = z0.shape
     t = time_grid(n_points, z0)
     psi = basis(t)
+    coarse = coarse_points is not None and coarse_points < n_points
+    t_c = time_grid(coarse_points, z0) if coarse else t
+    psi_c = basis(t_c) if coarse else psi
     iterations = torch.zeros(B, dtype=torch.long, device=z0.device)
 
-    def energy_between(za: Tensor, zb: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-        """The full energy of curves ``idx`` (rows of za, zb) with coefficients (b, m, d)."""
+    def segments_between(
+        za: Tensor, zb: Tensor, psi: Tensor, t: Tensor
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """Squared segment lengths ``s_n`` (b, N-1) of the full metric, curves ``idx`` (rows of za, zb)
+        with coefficients (b, m, d)."""
 
-        def energy(coeffs: Tensor, idx: Tensor) -> Tensor:
-            counter.evals += idx.numel() * n_points
-            return metric.energy(evaluate(za[idx], zb[idx], coeffs, psi, t))
+        def segments(coeffs: Tensor, idx: Tensor) -> Tensor:
+            counter.evals += idx.numel() * t.shape[0]
+            return metric.segment_sqdist(evaluate(za[idx], zb[idx], coeffs, psi, t))
 
-        return energy
-
-    full_energy = energy_between(z0, z1)
+        return segments
 
     def full_features(points: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        counter.jvps += points.shape[0] * n_points * d
-        return metric.features_and_jacobian(points.reshape(-1, d))
+        counter.jvps += points.shape[0] * points.shape[1] * d
+        return metric.features_and_jacobian_t(points.reshape(-1, d))
 
     everyone = torch.arange(B, device=z0.device)
     straight = torch.zeros(B, basis.m, d, dtype=z0.dtype, device=z0.device)
@@ -287,7 +319,7 @@ def _solve_batch(
     if init is not None:
         candidates.append((2, init))
     if warm_start and method != "dense" and B > 0:
-        warm, warm_it = _warm_start(metric, z0, z1, psi, t, method, max_iter, tol, counter)
+        warm, warm_it = _warm_start(metric, z0, z1, psi_c, t_c, method, max_iter, tol, counter)
         iterations += warm_it
         candidates.append((1, warm))
     if lgraph is not None and B > 0:
@@ -296,34 +328,63 @@ def _solve_batch(
         candidates.append((3, from_graph))
     # Rank the starts per curve by full energy; refine the best `refine` of them and keep the
     # lowest final energy (wrong basins, not curve shape, cause the large errors).
+    race_segments = segments_between(z0, z1, psi_c, t_c)
     codes = torch.tensor([c for c, _ in candidates], device=z0.device)
     stacked = torch.stack([c for _, c in candidates])  # (C, B, m, d)
-    energies = torch.stack([full_energy(c, everyone) for _, c in candidates])  # (C, B)
+    segs = torch.stack([race_segments(c, everyone) for _, c in candidates])  # (C, B, N-1)
+    energies = _energy(segs)  # (C, B)
     energies = torch.where(torch.isnan(energies), torch.inf, energies)
     refine = min(refine, len(candidates))
     order = energies.argsort(dim=0, stable=True)[:refine]  # (R, B)
     starts = stacked.gather(0, order[:, :, None, None].expand(-1, -1, *stacked.shape[2:]))
-    start_e = energies.gather(0, order)
+    start_s = segs.gather(0, order[:, :, None].expand(-1, -1, segs.shape[-1]))
     many = lambda x: x.repeat(refine, *([1] * (x.dim() - 1)))  # noqa: E731 - (B, ...) -> (R B, ...)
     zz0, zz1 = many(z0), many(z1)
-    stacked_energy = energy_between(zz0, zz1)
+    stacked_segments = segments_between(zz0, zz1, psi_c, t_c)
 
-    flat_starts, flat_e = starts.reshape(-1, *starts.shape[2:]), start_e.reshape(-1)
+    flat_starts, flat_s = starts.reshape(-1, *starts.shape[2:]), start_s.reshape(-1, segs.shape[-1])
+    # The race only ranks basins when a fine phase follows: a looser tolerance suffices.
+    race_tol = max(tol, COARSE_TOL) if coarse else tol
     if method == "paper":
         coeffs, energy, converged, it = _first_order(
-            stacked_energy, flat_starts, flat_e, max_iter, tol, zz0, zz1
+            stacked_segments, flat_starts, flat_s, max_iter, race_tol, zz0, zz1
         )
     else:
         coeffs, energy, converged, it = _levenberg_marquardt(
-            full_features, stacked_energy, zz0, zz1, flat_starts, flat_e, psi, t, max_iter, tol
+            full_features, zz0, zz1, flat_starts, psi_c, t_c, max_iter, race_tol
         )
     energy = torch.where(torch.isnan(energy), torch.inf, energy).reshape(refine, B)
-    pick = energy.argmin(0)  # (B,)
+    coeffs = coeffs.reshape(refine, B, *coeffs.shape[1:])
+    converged = converged.reshape(refine, B)
+    iterations += it.reshape(refine, B).sum(0)
     cols = torch.arange(B, device=z0.device)
-    coeffs = coeffs.reshape(refine, B, *coeffs.shape[1:])[pick, cols]
-    converged = converged.reshape(refine, B)[pick, cols]
-    it = it.reshape(refine, B).sum(0)
-    return coeffs, energy[pick, cols], converged, iterations + it, codes[order[pick, cols]]
+    ranked = energy.argsort(dim=0, stable=True)  # (R, B)
+    pick = ranked[0]
+    if coarse:
+        # Refine the winner of each curve at n_points, and the runner-up too where the race was
+        # too close to call on the coarse grid.
+        close = cols[:0]
+        if refine > 1:
+            e1, e2 = energy[ranked[0], cols], energy[ranked[1], cols]
+            # Two starts that reached the same basin have near-equal energies too: only a
+            # different curve (points apart by > 5% of the chord) is worth a second refinement.
+            gap = torch.einsum("nm,bmd->bnd", psi_c, coeffs[ranked[0], cols] - coeffs[ranked[1], cols])
+            apart = gap.norm(dim=-1).amax(-1) > 0.05 * (z1 - z0).norm(dim=-1)
+            close = ((e2 - e1 <= CLOSE_RACE * e1) & apart).nonzero().squeeze(1)
+        rows_b = torch.cat([cols, close])  # winners first, then the runner-ups of close races
+        rows_r = torch.cat([pick, ranked[1 % refine, close]])
+        f_coeffs, f_energy, f_conv, f_it = _levenberg_marquardt(
+            full_features, z0[rows_b], z1[rows_b], coeffs[rows_r, rows_b], psi, t, max_iter, tol
+        )
+        f_energy = torch.where(torch.isnan(f_energy), torch.inf, f_energy)
+        iterations.index_add_(0, rows_b, f_it)
+        # Per curve, the better of its (one or two) fine results.
+        best = cols.clone()
+        runner_up = B + (f_energy[B:] < f_energy[close]).nonzero().squeeze(1)
+        best[rows_b[runner_up]] = runner_up
+        return f_coeffs[best], f_energy[best], f_conv[best], iterations, codes[order[rows_r[best], cols]]
+    coeffs, energy, converged = coeffs[pick, cols], energy[pick, cols], converged[pick, cols]
+    return coeffs, energy, converged, iterations, codes[order[pick, cols]]
 
 
 def _warm_start(metric, z0, z1, psi, t, method, max_iter, tol, counter) -> tuple[Tensor, Tensor]:
@@ -345,40 +406,35 @@ def _warm_start(metric, z0, z1, psi, t, method, max_iter, tol, counter) -> tuple
     prec = metric.precision
     sqrt_kappa = kappa.sqrt()
 
-    def energy(coeffs: Tensor, idx: Tensor) -> Tensor:
+    def segments(coeffs: Tensor, idx: Tensor) -> Tensor:
         pts = evaluate(z0[idx], z1[idx], coeffs, psi, t)
-        euclid = kappa[idx] * (pts[:, 1:] - pts[:, :-1]).pow(2).sum((-1, -2))
-        return 0.5 * (N - 1) * (euclid + prec.segment_sqdist(pts).sum(-1))
+        return kappa[idx, None] * (pts[:, 1:] - pts[:, :-1]).pow(2).sum(-1) + prec.segment_sqdist(pts)
 
     def features_jac(points: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         b = idx.numel()
         flat = points.reshape(b * N, d)
         sk = sqrt_kappa[idx].repeat_interleave(N)[:, None]
-        sigma, j_sigma = prec.sigma_and_jacobian(flat)
+        sigma, j_sigma = prec.sigma_and_jacobian_t(flat)
         eye = torch.eye(d, dtype=flat.dtype, device=flat.device)
-        return torch.cat([sk * flat, sigma], -1), torch.cat([sk[:, :, None] * eye, j_sigma], -2)
+        return torch.cat([sk * flat, sigma], -1), torch.cat([sk[:, :, None] * eye, j_sigma], -1)
 
     start = torch.zeros(B, psi.shape[1], d, dtype=z0.dtype, device=z0.device)
     everyone = torch.arange(B, device=z0.device)
-    e0 = energy(start, everyone)
+    s0 = segments(start, everyone)
     # Only a start: a loose tolerance and few iterations, the full energy decides the rest.
-    tol, max_iter = max(tol, 1e-4), min(max_iter, 30)
+    tol, max_iter = max(tol, 1e-4), min(max_iter, WARM_ITER)
     if method == "paper":
-        coeffs, _, _, it = _first_order(energy, start, e0, max_iter, tol, z0, z1)
+        coeffs, _, _, it = _first_order(segments, start, s0, max_iter, tol, z0, z1)
     else:
-        coeffs, _, _, it = _levenberg_marquardt(
-            features_jac, energy, z0, z1, start, e0, psi, t, max_iter, tol
-        )
+        coeffs, _, _, it = _levenberg_marquardt(features_jac, z0, z1, start, psi, t, max_iter, tol)
     return coeffs, it
 
 
 def _levenberg_marquardt(
     features_jac: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
-    energy: Callable[[Tensor, Tensor], Tensor],
     z0: Tensor,
     z1: Tensor,
     coeffs: Tensor,
-    e: Tensor,
     psi: Tensor,
     t: Tensor,
     max_iter: int,
@@ -387,59 +443,48 @@ def _levenberg_marquardt(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batched Levenberg-Marquardt on ``E(a) = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2``.
 
-    features_jac(points (b, N, d), idx) -> f (b*N, F), J (b*N, F, d); energy(coeffs, idx) -> (b,).
+    features_jac(points (b, N, d), idx) -> f (b*N, F), J^T (b*N, d, F). Every trial point is
+    linearized as it is evaluated (speculatively: the features come with the Jacobian at about
+    the cost of the Jacobian alone, and most steps are accepted), so one decoder pass per
+    iteration serves both the acceptance test and the next step.
     Returns coeffs, energies, converged, iterations (per curve).
+
+    A curve converges when a step changes its energy, or its length ``sum sqrt(s_n)`` while the
+    energy changes by less than ``LENGTH_TOL_FACTOR * tol``, by less than ``tol`` relative: near
+    the optimum the energy keeps creeping down only by evening out the speed along the curve,
+    ill-conditioned in a polynomial basis and irrelevant to the length (the distance).
     """
     B, m, d = coeffs.shape
     N = psi.shape[0]
     coeffs = coeffs.clone()
-    e = e.clone()
-    converged = e == 0  # z0 == z1, or already optimal
-    finite = torch.isfinite(e)
     iterations = torch.zeros(B, dtype=torch.long, device=z0.device)
+    if B == 0:
+        return coeffs, coeffs.new_zeros(0), iterations.bool(), iterations
+
+    def linearize(c: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Segments (b, N-1), features (b, N, F) and transposed Jacobians (b, N, d, F)."""
+        f, jac = features_jac(evaluate(z0[idx], z1[idx], c, psi, t), idx)
+        f, jac = f.reshape(idx.numel(), N, -1), jac.reshape(idx.numel(), N, d, -1)
+        return (f[:, 1:] - f[:, :-1]).pow(2).sum(-1), f, jac
+
+    everyone = torch.arange(B, device=z0.device)
+    s, f, last_jac = linearize(coeffs, everyone)
+    e, length = _energy(s), s.sqrt().sum(-1)
+    grad, hess = _gauss_newton(f, last_jac, psi)
+    converged = e == 0  # z0 == z1, or already optimal
+    # A non-finite energy or Jacobian (e.g. a decoder returning NaN) ends the curve: not converged.
+    finite = torch.isfinite(e) & torch.isfinite(grad).all(-1) & torch.isfinite(hess).flatten(1).all(-1)
     lam = torch.full((B,), 1e-3, dtype=z0.dtype, device=z0.device)
     nu = torch.full((B,), 2.0, dtype=z0.dtype, device=z0.device)
     eye = torch.eye(m * d, dtype=z0.dtype, device=z0.device)
-    need_jac = torch.ones(B, dtype=torch.bool, device=z0.device)
-    grad = torch.zeros(B, m * d, dtype=z0.dtype, device=z0.device)
-    hess = torch.zeros(B, m * d, m * d, dtype=z0.dtype, device=z0.device)
     # Structured secant model of the curvature Gauss-Newton leaves out (sum_n r_n . d2 r_n, large:
     # geodesic residuals do not vanish at the optimum), updated from Jacobian changes.
     curv = torch.zeros_like(hess)
-    last_jac: Tensor | None = None
-    last_step = torch.zeros(B, m * d, dtype=z0.dtype, device=z0.device)
-    has_last = torch.zeros(B, dtype=torch.bool, device=z0.device)
 
     for _ in range(max_iter):
         active = (~converged & finite).nonzero().squeeze(1)
         if active.numel() == 0:
             break
-        # Linearize where the point moved since the last linearization.
-        lin = active[need_jac[active]]
-        if lin.numel():
-            pts = evaluate(z0[lin], z1[lin], coeffs[lin], psi, t)
-            f, jac = features_jac(pts, lin)
-            f = f.reshape(lin.numel(), N, -1)
-            jac = jac.reshape(lin.numel(), N, -1, d)
-            g_new, hess[lin] = _gauss_newton(f, jac, psi)
-            if secant:
-                if last_jac is None:
-                    last_jac = jac.new_zeros(B, *jac.shape[1:])
-                upd = has_last[lin]
-                if bool(upd.any()):
-                    u = lin[upd]
-                    g_old_jac, _ = _gauss_newton(f[upd], last_jac[u], psi, grad_only=True)
-                    y = g_new[upd] - grad[u]
-                    curv[u] = _secant_update(curv[u], last_step[u], y, g_new[upd] - g_old_jac)
-                last_jac[lin] = jac
-                has_last[lin] = True
-            grad[lin] = g_new
-            need_jac[lin] = False
-            # A non-finite Jacobian (e.g. a decoder returning NaN) ends the curve: not converged.
-            broken = ~(torch.isfinite(grad[lin]).all(-1) & torch.isfinite(hess[lin]).flatten(1).all(-1))
-            if bool(broken.any()):
-                finite[lin[broken]] = False
-                continue
         g, h = grad[active], hess[active]
         diag = torch.diagonal(h, dim1=-2, dim2=-1)
         # Marquardt scaling, with a floor so directions the metric ignores stay solvable.
@@ -458,16 +503,23 @@ def _levenberg_marquardt(
         # Decrease of E = (N-1)/2 sum ||r||^2 that the linear model predicts for this step.
         predicted = -(N - 1) * ((g * step).sum(-1) + 0.5 * (step * (h @ step[..., None])[..., 0]).sum(-1))
         trial = coeffs[active] + step.reshape(-1, m, d)
-        e_new = energy(trial, active)
+        s_new, f_new, jac_new = linearize(trial, active)
+        e_new, l_new = _energy(s_new), s_new.sqrt().sum(-1)
         iterations[active] += 1
         accept = e_new < e[active]
         gain = e[active] - e_new
         rel = gain / e[active]
-        acc_idx = active[accept]
-        coeffs[acc_idx] = trial[accept]
-        last_step[acc_idx] = step[accept]
-        e[acc_idx] = e_new[accept]
-        need_jac[acc_idx] = True
+        rel_len = (l_new - length[active]).abs() / length[active]
+        acc = accept.nonzero().squeeze(1)
+        if acc.numel():
+            u = active[acc]
+            g_new, h_new = _gauss_newton(f_new[acc], jac_new[acc], psi)
+            if secant:
+                g_old_jac, _ = _gauss_newton(f_new[acc], last_jac[u], psi, grad_only=True)
+                curv[u] = _secant_update(curv[u], step[acc], g_new - grad[u], g_new - g_old_jac)
+            coeffs[u], e[u], length[u] = trial[acc], e_new[acc], l_new[acc]
+            grad[u], hess[u], last_jac[u] = g_new, h_new, jac_new[acc]
+            finite[u] = torch.isfinite(g_new).all(-1) & torch.isfinite(h_new).flatten(1).all(-1)
         # Nielsen's damping update: shrink lambda by how well the model predicted the gain.
         rho = gain / predicted.clamp(min=torch.finfo(e.dtype).tiny)
         shrink = (1 - (2 * rho.clamp(max=1) - 1) ** 3).clamp(min=1 / 3)
@@ -475,7 +527,8 @@ def _levenberg_marquardt(
         nu[active] = torch.where(accept, torch.full_like(nu[active], 2.0), nu[active] * 2)
         # Converged: an accepted step gained < tol relative, or no step can gain at this precision.
         stalled = ~accept & (lam[active] > 1e10)
-        done = (accept & (rel < tol)) | (solved & (predicted <= tol * e[active])) | stalled
+        settled = (rel < tol) | ((rel_len < tol) & (rel < LENGTH_TOL_FACTOR * tol))
+        done = (accept & settled) | (solved & (predicted <= tol * e[active])) | stalled
         converged[active[done]] = True
     return coeffs, e, converged & finite, iterations
 
@@ -500,18 +553,20 @@ def _secant_update(curv: Tensor, step: Tensor, y: Tensor, y_sharp: Tensor) -> Te
 def _gauss_newton(f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool = False) -> tuple[Tensor, Tensor]:
     """Gradient and Gauss-Newton matrix of ``sum_n ||r_n||^2 / 2``, ``r_n = f_{n+1} - f_n``.
 
-    f (b, N, F), jac (b, N, F, d), psi (N, m) -> grad (b, m d), hess (b, m d, m d).
+    f (b, N, F), jac (b, N, d, F) (transposed Jacobians), psi (N, m) -> grad (b, m d),
+    hess (b, m d, m d).
     """
-    b, N, _, d = jac.shape
+    b, N, d, _ = jac.shape
     m = psi.shape[1]
     r = f[:, 1:] - f[:, :-1]  # (b, N-1, F)
-    u_next = torch.einsum("bnfi,bnf->bni", jac[:, 1:], r)
-    u_prev = torch.einsum("bnfi,bnf->bni", jac[:, :-1], r)
-    grad = torch.einsum("nj,bni->bji", psi[1:], u_next) - torch.einsum("nj,bni->bji", psi[:-1], u_prev)
+    # Point n gets J_n^T (r_{n-1} - r_n): it ends segment n-1 and starts segment n.
+    u_next = (jac[:, 1:] @ r[..., None])[..., 0]  # (b, N-1, d)
+    u_prev = (jac[:, :-1] @ r[..., None])[..., 0]
+    grad = psi[1:].T @ u_next - psi[:-1].T @ u_prev  # (b, m, d)
     if grad_only:
         return grad.reshape(b, m * d), grad.new_zeros(0)
-    gram = torch.einsum("bnfi,bnfk->bnik", jac, jac)  # J_n^T J_n
-    cross = torch.einsum("bnfi,bnfk->bnik", jac[:, :-1], jac[:, 1:])  # J_n^T J_{n+1}
+    gram = jac @ jac.transpose(-1, -2)  # (b, N, d, d): J_n^T J_n
+    cross = jac[:, :-1] @ jac[:, 1:].transpose(-1, -2)  # J_n^T J_{n+1}
     # Each point enters the segments on both sides of it (psi vanishes at the fixed end points).
     own = torch.einsum("nj,nl,bnik->bjilk", psi[1:], psi[1:], gram[:, 1:]) + torch.einsum(
         "nj,nl,bnik->bjilk", psi[:-1], psi[:-1], gram[:, :-1]
@@ -522,9 +577,9 @@ def _gauss_newton(f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool = False) 
 
 
 def _first_order(
-    energy: Callable[[Tensor, Tensor], Tensor],
+    segments: Callable[[Tensor, Tensor], Tensor],
     coeffs: Tensor,
-    e: Tensor,
+    s: Tensor,
     max_iter: int,
     tol: float,
     z0: Tensor,
@@ -539,6 +594,7 @@ def _first_order(
     last ``window`` iterations. The best iterate per curve is returned.
     """
     B = coeffs.shape[0]
+    e = _energy(s)
     unit = (z1 - z0).norm(dim=-1).clamp(min=torch.finfo(z0.dtype).eps)[:, None, None]
     x = (coeffs / unit).clone()
     best_x, best_e = x.clone(), e.clone()
@@ -554,7 +610,7 @@ def _first_order(
             break
         with torch.enable_grad():
             xa = x[active].requires_grad_(True)
-            ea = energy(xa * unit[active], active)
+            ea = _energy(segments(xa * unit[active], active))
             (g,) = torch.autograd.grad(ea.sum(), xa)
         ea = ea.detach()
         improved = ea < best_e[active]

@@ -54,6 +54,19 @@ def test_default_matches_dense_oracle_in_float32(moons, dense):
     assert float((res.lengths / res.straight_lengths).min()) < 0.75
 
 
+def test_coarse_race_matches_a_full_resolution_race(moons, dense):
+    """Racing the starts on 24 points (the default) and on all 48 reach the same lengths: the
+    coarse grid ranks the basins as the full one does."""
+    metric, z0, z1 = moons
+    coarse = fastgeo.geodesics(metric, z0, z1)
+    full = fastgeo.geodesics(metric, z0, z1, coarse_points=48)
+    assert bool(coarse.converged.all()) and bool(full.converged.all())
+    torch.testing.assert_close(coarse.lengths, full.lengths, rtol=1e-3, atol=0)
+    # the race on fewer points spends less decoder work
+    assert coarse.decoder_evals + coarse.decoder_jvps < full.decoder_evals + full.decoder_jvps
+    assert float(excess(metric, full, dense).mean()) <= 5e-4
+
+
 def test_paper_method_is_the_quadratic_and_less_accurate(moons, dense):
     metric, z0, z1 = moons
     res = fastgeo.geodesics(metric, z0, z1, method="paper")
