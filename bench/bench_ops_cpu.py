@@ -27,17 +27,13 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import workloads
 
 import fastgeo
 
-DTYPE = torch.float32
+DTYPE = workloads.DTYPE
 THREADS = (1, 2)
-CASES = {
-    "segment_sqdist": dict(op="segment_sqdist", B=4096, N=32, D=784),
-    "rbf_segment_sqdist_D784": dict(op="rbf_segment_sqdist", B=4096, N=32, d=2, K=64, D=784),
-    "rbf_segment_sqdist_D64": dict(op="rbf_segment_sqdist", B=4096, N=32, d=2, K=64, D=64),
-    "rbf_precision": dict(op="rbf_precision", P=16384, d=2, K=64, D=784),
-}
+CASES = dict(workloads.OPS_CASES)  # the shapes every layer shares (see workloads.py)
 # Rounds per timing: the reference at these sizes takes seconds per call.
 ROUNDS = {"reference": 3, "cpu": 5, "torch.mm": 5, "torch.mm out=": 5}
 
@@ -51,8 +47,15 @@ def make_step(name: str, impl: str, mode: str) -> Callable[[], None]:
     c = CASES[name]
     g = torch.Generator().manual_seed(0)
     kw = {"dtype": DTYPE}
+    source = c.get("generator")
     if c["op"] == "segment_sqdist":
-        x = torch.randn(c["B"], c["N"], c["D"], generator=g, **kw).requires_grad_(mode != "fwd")
+        if source:  # the decoder's outputs along curves between the generator's codes
+            metric = workloads.generator(source)[0]
+            with torch.no_grad():
+                x = metric.mean(workloads.curve_points(source, c["B"], c["N"]))
+            x.requires_grad_(mode != "fwd")
+        else:
+            x = torch.randn(c["B"], c["N"], c["D"], generator=g, **kw).requires_grad_(mode != "fwd")
         args, wrt = (x,), (x,)
         gout = torch.randn(c["B"], c["N"] - 1, generator=g, **kw)
     else:
@@ -61,9 +64,15 @@ def make_step(name: str, impl: str, mode: str) -> Callable[[], None]:
         gammas = 0.5 + torch.rand(K, generator=g, **kw)
         weights = torch.rand(D, K, generator=g, **kw)
         zeta = 0.05 + 0.1 * torch.rand(D, generator=g, **kw)
+        if source:  # the generator's own RBF precision
+            prec = workloads.generator(source)[0].precision
+            centers, gammas, weights, zeta = (p.detach().clone() for p in prec.params())
+            zeta = zeta.expand(D).contiguous() if zeta.dim() == 0 else zeta
         if c["op"] == "rbf_precision":
             # The training use case: gradients for z and weights.
             z = torch.randn(c["P"], d, generator=g, **kw)
+            if source:
+                z = workloads.curve_points(source, -(-c["P"] // 32), 32).reshape(-1, d)[: c["P"]]
             weights.requires_grad_(mode != "fwd")
             z.requires_grad_(mode != "fwd")
             args, wrt = (z, centers, gammas, weights, zeta), (z, weights)
@@ -73,7 +82,10 @@ def make_step(name: str, impl: str, mode: str) -> Callable[[], None]:
                 args, wrt = (phi, weights), (phi, weights)
         else:
             # The geodesic use case: gradients for the curve points only.
-            points = torch.randn(c["B"], c["N"], d, generator=g, **kw).requires_grad_(mode != "fwd")
+            points = torch.randn(c["B"], c["N"], d, generator=g, **kw)
+            if source:
+                points = workloads.curve_points(source, c["B"], c["N"])
+            points.requires_grad_(mode != "fwd")
             args, wrt = (points, centers, gammas, weights, zeta), (points,)
             gout = torch.randn(c["B"], c["N"] - 1, generator=g, **kw)
 

@@ -7,15 +7,16 @@ run), with accuracy of both against ``method="dense"`` (float64) on that subsamp
     python bench/bench_pairwise.py --max-iter 30 --tol 1e-4 # solver options of the fastgeo run
 
 Each M runs in a fresh subprocess so that its peak RSS (``ru_maxrss``) is its own. The generator
-is digits-like: d = 2, D = 64, a random smooth MLP decoder mean with sigmoid pixels, and an RBF
-precision whose 80 centers lie on 10 clusters (``--generator FILE`` takes a file written by
-``fastgeo.save_generator`` instead, with ``extra={"latents": Z}``). Latent codes are drawn around
-the clusters, as encoded data would be. StochMan (``pip install stochman==0.3.0``) gets the same
+is the digits VAE of tests/data that the ops and solver layers measure too (``workloads.py``;
+d = 2, D = 64), and the M points a random subset of its training codes. ``--generator FILE``
+takes another file written by ``fastgeo.save_generator`` with ``extra={"latents": Z}``;
+``--generator synthetic`` a synthetic digits-like generator (random MLP mean, 80 RBF centers on
+10 clusters, codes drawn around the clusters). StochMan (``pip install stochman==0.3.0``) gets the same
 decoder mean and a plain-PyTorch sigma, through ``EmbeddedManifold.embed = [mu, sigma]`` (its
 energy is twice ours); its default is ``connecting_geodesic``: a 5-node cubic spline, 150 Adam
 steps (lr 0.1) on 20 points, one pair per call. Its batched use (all subsample pairs in one call)
-is timed too. Accuracy is the relative excess length ``L / L_dense - 1``, every curve measured
-on the same 128-point grid in float64.
+is timed too. Accuracy is the relative excess length ``L / L_dense - 1``, every curve (the
+oracle's too) measured on the same 1024-point grid in float64 (``fastgeo.benchmarks.accuracy``).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ import time
 
 import torch
 from torch import Tensor
+from workloads import generator_path
 
 import fastgeo
+from fastgeo.benchmarks.accuracy import MEASURE_POINTS, measured_lengths, oracle_lengths
 from fastgeo.benchmarks.generator import latent_codes, synthetic_generator
 
-DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "digits.pt2")
+DIGITS = str(generator_path("digits"))  # the generator the other layers measure too (workloads.py)
 
 
 def load(args: argparse.Namespace, n: int) -> tuple[fastgeo.ExpectedMetric, Tensor]:
@@ -67,7 +70,8 @@ def current_rss_mb() -> float:
 def stochman_run(
     metric: fastgeo.ExpectedMetric, z0: Tensor, z1: Tensor, batched: bool
 ) -> tuple[Tensor, float]:
-    """StochMan's default connecting_geodesic: curves sampled at 128 points (B, 128, d), seconds."""
+    """StochMan's default connecting_geodesic: curves sampled on the measurement grid
+    (B, MEASURE_POINTS, d), seconds."""
     from stochman.manifold import EmbeddedManifold
 
     mean = metric.mean
@@ -82,31 +86,32 @@ def stochman_run(
             return torch.cat([mean(z), sigma(z)], -1)
 
     manifold = Generator()
-    t = torch.linspace(0, 1, 128, dtype=z0.dtype)
+    t = torch.linspace(0, 1, MEASURE_POINTS, dtype=z0.dtype)
     out = []
     start = time.perf_counter()
     if batched:
         curve, _ = manifold.connecting_geodesic(z0, z1)
         with torch.no_grad():
-            out.append(curve(t).reshape(z0.shape[0], 128, -1))
+            out.append(curve(t).reshape(z0.shape[0], MEASURE_POINTS, -1))
     else:
         for b in range(z0.shape[0]):
             curve, _ = manifold.connecting_geodesic(z0[b : b + 1], z1[b : b + 1])
             with torch.no_grad():
-                out.append(curve(t).reshape(1, 128, -1))
+                out.append(curve(t).reshape(1, MEASURE_POINTS, -1))
     seconds = time.perf_counter() - start
     return torch.cat(out).detach(), seconds
 
 
 def dense_reference(metric: fastgeo.ExpectedMetric, z0: Tensor, z1: Tensor) -> tuple[Tensor, Tensor]:
-    """``method="dense"`` lengths and converged flags (B,); pair by pair if the batch fails."""
+    """``method="dense"`` lengths (measured as every curve is: ``fastgeo.benchmarks.accuracy``)
+    and converged flags (B,); pair by pair if the batch fails."""
     try:
         ref = fastgeo.geodesics(metric, z0, z1, method="dense")
-        return ref.lengths, ref.converged
+        return oracle_lengths(metric, ref), ref.converged
     except RuntimeError as e:
         print(f"dense batch failed ({e}); solving pair by pair", file=sys.stderr)
     out = [fastgeo.geodesics(metric, z0[b : b + 1], z1[b : b + 1], method="dense") for b in range(len(z0))]
-    return torch.cat([r.lengths for r in out]), torch.cat([r.converged for r in out])
+    return torch.cat([oracle_lengths(metric, r) for r in out]), torch.cat([r.converged for r in out])
 
 
 def worker(args: argparse.Namespace, M: int, compare: bool) -> dict:
@@ -172,10 +177,10 @@ def worker(args: argparse.Namespace, M: int, compare: bool) -> dict:
         ref_lengths, ref_converged = dense_reference(m64, z0.double(), z1.double())
     L_ref = ref_lengths
     with torch.no_grad():
-        ours_fine = m64.length(ours.points(128).double())
-        sm_fine = m64.length(sm_points.double())
-        smb_fine = m64.length(smb_points.double())
-        straight = m64.length(fastgeo.solve.curves_straight(z0.double(), z1.double(), 128))
+        ours_fine = measured_lengths(m64, ours.points(MEASURE_POINTS))
+        sm_fine = measured_lengths(m64, sm_points)
+        smb_fine = measured_lengths(m64, smb_points)
+        straight = measured_lengths(m64, fastgeo.solve.curves_straight(z0, z1, MEASURE_POINTS))
 
     def excess(L: Tensor) -> dict:
         e = L / L_ref - 1

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fastgeo
+from fastgeo.benchmarks import accuracy
 from fastgeo.io import load_extra
 
 DATA = Path(__file__).parent / "data" / "two_moons.pt2"
@@ -35,9 +36,8 @@ def dense(moons):
 
 
 def excess(metric, result, dense_result):
-    m64 = metric.to(torch.float64)
     with torch.no_grad():
-        return m64.length(result.points(128).double()) / dense_result.lengths - 1
+        return accuracy.excess(metric.to(torch.float64), result.points(accuracy.MEASURE_POINTS), dense_result)
 
 
 def test_default_matches_dense_oracle_in_float32(moons, dense):

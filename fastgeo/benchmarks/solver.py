@@ -1,6 +1,7 @@
 """Solver layer: ``method="default"`` and ``"paper"`` (and StochMan's default
 ``connecting_geodesic`` if importable) on the same pairs, in the same run: time of one batched
-call and excess length ``L / L_dense - 1`` against ``method="dense"`` in float64."""
+call and excess length ``L / L_dense - 1`` against ``method="dense"`` in float64
+(:mod:`fastgeo.benchmarks.accuracy`)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from torch import Tensor
 
 from ..metric import ExpectedMetric
 from ..solve import geodesics
+from .accuracy import MEASURE_POINTS, excess
 from .generator import pairs, synthetic_generator
 from .timing import sync, time_fn
 
 if TYPE_CHECKING:
     from .runner import Settings
 
-GRID = 128  # every curve is measured on the same grid, in float64
+GRID = MEASURE_POINTS  # every curve is measured on the same grid, in float64
 
 
 def _stochman(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> tuple[Callable[[], Tensor], str] | None:
@@ -97,7 +99,7 @@ def run_solver(
         t = time_fn(call, rounds=settings.solver_rounds, warmup=1, device=device)
         with torch.no_grad():
             points = call().detach()
-            ex = m64.length(points.double()) / dense.lengths - 1
+            ex = excess(m64, points, dense)
         row = {
             "layer": "solver", "method": label, "key": method, "pairs": B,
             "shape": f"B={B}, d={z0.shape[1]}, D={D}", "shapes": {"B": B, "d": int(z0.shape[1]), "D": D},

@@ -1,0 +1,83 @@
+"""The work every benchmark layer measures, defined once, so that ops, solver and all-pairs
+figures describe the same problems.
+
+- Generators: the shipped VAEs of ``tests/data`` (``two_moons``: D = 10, K = 48; ``digits``:
+  D = 64, K = 64; latent d = 2), float32, with their training latent codes and labels.
+- Pairs: ``PAIRS`` = 48 end-point pairs of training codes per generator, a third across classes
+  (the solver layer; the all-pairs layer takes all pairs of a random subset of the same codes).
+- Op shapes: the digits generator's own RBF parameters on curves between its latent codes
+  (``*_digits`` cases), and the paper-sized synthetic shapes (D = 784) beside them.
+
+Import it from a benchmark in this folder (``import workloads``).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import fastgeo
+from fastgeo.io import load_extra
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+GENERATORS = ("two_moons", "digits")
+PAIRS = 48
+DTYPE = torch.float32
+
+# Op shapes. B curves of N points (rbf_precision: P points). "generator" cases take K, d, D and
+# the RBF parameters from that generator, and the curves are straight lines between its codes.
+OPS_CASES: dict[str, dict] = {
+    "segment_sqdist": dict(op="segment_sqdist", B=4096, N=32, D=784),
+    "segment_sqdist_digits": dict(op="segment_sqdist", B=4096, N=32, D=64, generator="digits"),
+    "rbf_segment_sqdist_D784": dict(op="rbf_segment_sqdist", B=4096, N=32, d=2, K=64, D=784),
+    "rbf_segment_sqdist_digits": dict(
+        op="rbf_segment_sqdist", B=4096, N=32, d=2, K=64, D=64, generator="digits"
+    ),
+    "rbf_precision": dict(op="rbf_precision", P=16384, d=2, K=64, D=784),
+    "rbf_precision_digits": dict(op="rbf_precision", P=16384, d=2, K=64, D=64, generator="digits"),
+}
+
+
+def generator_path(name: str) -> Path:
+    if name not in GENERATORS:
+        raise ValueError(f"generator must be one of {GENERATORS}, got {name!r}")
+    return DATA / f"{name}.pt2"
+
+
+@cache
+def generator(name: str) -> tuple[fastgeo.ExpectedMetric, Tensor, Tensor]:
+    """(metric, latent codes (M, d), labels (M,)) of a shipped generator, float32."""
+    path = generator_path(name)
+    extra = load_extra(path)
+    return fastgeo.load_generator(path), extra["latents"].to(DTYPE), extra["labels"]
+
+
+def pair_indices(labels: Tensor, n: int = PAIRS, seed: int = 0) -> tuple[list[int], list[int]]:
+    """n index pairs (i != j) into the codes: the first n // 3 across classes, the rest within."""
+    g = torch.Generator().manual_seed(seed)
+    I, J = [], []
+    while len(I) < n:
+        i, j = torch.randint(labels.shape[0], (2,), generator=g).tolist()
+        if i != j and (len(I) < n // 3) == bool(labels[i] != labels[j]):
+            I.append(i)
+            J.append(j)
+    return I, J
+
+
+def solver_pairs(name: str, n: int = PAIRS, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """End points (z0, z1), each (n, d), of the solver layer on generator ``name``."""
+    _, Z, labels = generator(name)
+    I, J = pair_indices(labels, n, seed)
+    return Z[I], Z[J]
+
+
+def curve_points(name: str, B: int, N: int, seed: int = 0) -> Tensor:
+    """(B, N, d) points on straight lines between random pairs of the generator's codes."""
+    _, Z, _ = generator(name)
+    g = torch.Generator().manual_seed(seed)
+    i, j = torch.randint(Z.shape[0], (2, B), generator=g)
+    t = torch.linspace(0, 1, N, dtype=Z.dtype)
+    return Z[i, None, :] + t[None, :, None] * (Z[j] - Z[i])[:, None, :]
