@@ -25,7 +25,6 @@ import argparse
 import ast
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import time
 
 import torch
 from torch import Tensor
-from workloads import generator_path
+from workloads import environment_line, generator_path
 
 import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, measured_lengths, oracle_lengths
@@ -52,6 +51,13 @@ def load(args: argparse.Namespace, n: int) -> tuple[fastgeo.ExpectedMetric, Tens
         return metric, Z[torch.randperm(Z.shape[0], generator=g)[:n]]
     metric, cc = synthetic_generator(clusters=10)  # digits-like: d = 2, D = 64, 10 clusters
     return metric, latent_codes(n, cc)
+
+
+def shown_path(path: str) -> str:
+    """A path as printed: relative to the repository when inside it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full = os.path.abspath(path)
+    return os.path.relpath(full, root) if full.startswith(root + os.sep) else path
 
 
 def peak_rss_mb() -> float:
@@ -236,10 +242,9 @@ def main() -> None:
     ms = [int(x) for x in args.ms.split(",")]
     compare_m = args.compare_m or max(ms)
     print(
-        f"fastgeo {fastgeo.__version__}, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cpus, {args.threads} threads, cpu; backend {fastgeo.current_backend()}; "
-        f"generator {args.generator or 'synthetic digits-like'}; options: max_iter={args.max_iter} "
+        f"{environment_line(args.threads)}, cpu; backend {fastgeo.current_backend()}; "
+        f"generator {shown_path(args.generator) if args.generator else 'synthetic digits-like'}; "
+        f"options: max_iter={args.max_iter} "
         f"tol={args.tol} m={args.m} n_points={args.n_points} {args.options}"
     )
     rows = []

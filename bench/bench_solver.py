@@ -20,13 +20,12 @@ through the mean, forward-mode directions counted once each, in one timed (warm)
 from __future__ import annotations
 
 import os
-import platform
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from workloads import GENERATORS, PAIRS, generator, solver_pairs
+from workloads import GENERATORS, PAIRS, environment_line, generator, solver_pairs
 
 import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, excess
@@ -109,9 +108,7 @@ def test_solver(benchmark, problem, method):
 
 def solver_table() -> str:
     lines = [
-        f"fastgeo {fastgeo.__version__}, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, float32, "
-        f"{PAIRS} pairs per generator (a third across classes)",
+        f"{environment_line()}, float32, {PAIRS} pairs per generator (a third across classes)",
         "",
         "| generator | method | time s (min of 3) | first call s | StochMan / this | mean excess % "
         "| worst excess % | decoder evals / geodesic |",
@@ -139,3 +136,26 @@ def _print_table():
         out.mkdir(parents=True, exist_ok=True)
         (out / "solver.md").write_text(table + "\n")
         print("\n" + table)
+        write_solver_plots(out)
+
+
+def write_solver_plots(out: Path) -> None:
+    """Accuracy against time, one plot per generator: ``out/solver_<generator>.png`` (drawn by
+    the plotting code of ``fastgeo bench``)."""
+    try:
+        from fastgeo.benchmarks.report import write_plots
+    except ImportError:
+        return
+    for name in dict.fromkeys(r["generator"] for r in ROWS):
+        rows = [
+            {"layer": "solver", "method": r["method"], "pairs": PAIRS, "time_s": {"min": r["time_s"]},
+             "mean_excess_pct": r["mean_excess_pct"], "worst_excess_pct": r["worst_excess_pct"]}
+            for r in ROWS if r["generator"] == name
+        ]  # fmt: skip
+        try:
+            label = f"{name}, {torch.get_num_threads()} thread(s)"
+            (path,) = write_plots({"results": rows, "label": label}, str(out / name))
+        except ImportError:  # matplotlib is optional
+            return
+        Path(path).replace(out / f"solver_{name}.png")
+        (out / name).rmdir()

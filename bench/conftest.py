@@ -4,9 +4,7 @@ ratios side by side (reference / cpu, cpu / bare torch.mm) and the peak extra me
 from __future__ import annotations
 
 import pytest
-import torch
-
-from fastgeo.benchmarks.timing import cpu_model
+from workloads import environment_line
 
 CPU_RESULTS: list[dict] = []
 
@@ -56,7 +54,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     w = terminalreporter.write_line
     w("")
     w("fastgeo CPU benchmark (times: min over rounds, median in parentheses; ratio = reference / cpu)")
-    w(f"cpu: {cpu_model()}, {torch.get_num_threads()} threads available; torch {torch.__version__}")
+    w(environment_line() + " (threads available; each row gives its own)")
     w("")
     w(HEADER)
     w("|" + " --- |" * (HEADER.count("|") - 1))

@@ -81,3 +81,16 @@ def curve_points(name: str, B: int, N: int, seed: int = 0) -> Tensor:
     i, j = torch.randint(Z.shape[0], (2, B), generator=g)
     t = torch.linspace(0, 1, N, dtype=Z.dtype)
     return Z[i, None, :] + t[None, :, None] * (Z[j] - Z[i])[:, None, :]
+
+
+def environment_line(threads: int | None = None) -> str:
+    """Where a result ran, for the head of every printed table: fastgeo version and commit,
+    torch and triton versions, CPU model and cores, threads."""
+    from fastgeo.benchmarks.timing import environment
+
+    env = environment("cpu")
+    return (
+        f"fastgeo {env['fastgeo_version']} (commit {env['git_commit']}), torch {env['torch_version']}, "
+        f"triton {env['triton_version']}, cpu {env['cpu_model']} ({env['cpu_count']} cores), "
+        f"threads {env['threads'] if threads is None else threads}"
+    )

@@ -186,8 +186,9 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
             ax.plot([t], [max(r["mean_excess_pct"], 1e-6)], "o", label=f"{r['method']} (mean)")
             ax.plot([t], [max(r["worst_excess_pct"], 1e-6)], "v", color=ax.lines[-1].get_color(),
                     label=f"{r['method']} (worst)")  # fmt: skip
+        label = f" ({results['label']})" if "label" in results else ""
         ax.set(yscale="log", xlabel=f"seconds for {solver[0]['pairs']} pairs (min)",
-               ylabel="excess length vs dense, %", title="solver: accuracy against time")  # fmt: skip
+               ylabel="excess length vs dense, %", title=f"solver: accuracy against time{label}")  # fmt: skip
         ax.legend(fontsize=8)
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "solver.png"))
