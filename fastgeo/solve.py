@@ -43,6 +43,7 @@ INIT_NAMES = ("straight", "warm", "given", "graph")
 COARSE_POINTS = 24  # default points per curve of the race between starts
 COARSE_TOL = 1e-3  # the race only ranks basins: a loose relative tolerance
 CLOSE_RACE = 0.01  # runner-ups within this relative energy of the winner are refined too
+DISTINCT = 0.05  # ... if their curve is this fraction of the chord away from the winner's
 WARM_ITER = 10  # iterations of the warm start (a start only: the full energy decides the rest)
 LENGTH_TOL_FACTOR = 30.0  # see _levenberg_marquardt: the length test's looser energy tolerance
 
@@ -282,7 +283,7 @@ def _solve_batch(
     refine: int,
     counter: _Counter,
     coarse_points: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One batch of curves: returns coeffs (B, m, d), energies, converged, iterations, init index.
 
     With ``coarse_points`` (< n_points), the starts are ranked and raced on that coarser
@@ -367,9 +368,9 @@ def _solve_batch(
         if refine > 1:
             e1, e2 = energy[ranked[0], cols], energy[ranked[1], cols]
             # Two starts that reached the same basin have near-equal energies too: only a
-            # different curve (points apart by > 5% of the chord) is worth a second refinement.
+            # different curve (some point apart by more than DISTINCT chords) is worth refining.
             gap = torch.einsum("nm,bmd->bnd", psi_c, coeffs[ranked[0], cols] - coeffs[ranked[1], cols])
-            apart = gap.norm(dim=-1).amax(-1) > 0.05 * (z1 - z0).norm(dim=-1)
+            apart = gap.norm(dim=-1).amax(-1) > DISTINCT * (z1 - z0).norm(dim=-1)
             close = ((e2 - e1 <= CLOSE_RACE * e1) & apart).nonzero().squeeze(1)
         rows_b = torch.cat([cols, close])  # winners first, then the runner-ups of close races
         rows_r = torch.cat([pick, ranked[1 % refine, close]])
