@@ -30,6 +30,7 @@ import torch
 import workloads
 
 import fastgeo
+from fastgeo.benchmarks.timing import environment
 
 DTYPE = workloads.DTYPE
 THREADS = (1, 2)
@@ -205,7 +206,10 @@ def test_op(benchmark, cpu_results, name: str, mode: str, impl: str, threads: in
             peak_mb=peak,
         )
     )
-    benchmark.extra_info.update(threads=threads, dtype=str(DTYPE), peak_extra_mb=peak, impl=impl)
+    benchmark.extra_info.update(environment("cpu"))
+    benchmark.extra_info.update(
+        threads=threads, dtype=str(DTYPE), peak_extra_mb=peak, impl=impl, shape=shape_str(CASES[name])
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from workloads import GENERATORS, PAIRS, environment_line, generator, solver_pai
 
 import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, excess
+from fastgeo.benchmarks.timing import environment
 
 ROWS: list[dict] = []
 
@@ -102,7 +103,8 @@ def test_solver(benchmark, problem, method):
         "first_call_s": first, "mean_excess_pct": 100 * float(ex.mean()),
         "worst_excess_pct": 100 * float(ex.max()), "decoder_evals_per_geodesic": evals,
     }  # fmt: skip
-    benchmark.extra_info.update(row)
+    benchmark.extra_info.update(environment("cpu"))  # version, commit, CPU model, threads...
+    benchmark.extra_info.update(row, dtype="float32", pairs=PAIRS, shape=f"B={PAIRS}, d={z0.shape[1]}")
     ROWS.append(row)
 
 
