@@ -40,6 +40,8 @@ from .metric import ExpectedMetric
 
 METHODS = ("default", "paper", "dense")
 INIT_NAMES = ("straight", "warm", "given", "graph")
+RESOLUTION_TOL = 0.01  # a length that grows more than this at the midpoints is under-resolved
+RESOLUTION_DOUBLINGS = 2  # re-solve under-resolved curves with up to 2**this times the points
 COARSE_POINTS = 24  # default points per curve of the race between starts
 COARSE_TOL = 1e-3  # the race only ranks basins: a loose relative tolerance
 CLOSE_RACE = 0.01  # runner-ups within this relative energy of the winner are refined too
@@ -60,7 +62,9 @@ class GeodesicResult:
         iterations: (B,) int, optimizer iterations spent on each curve (all phases).
         init: (B,) int, index into :data:`INIT_NAMES` of the start each curve was taken from.
         straight_lengths: (B,) length of the straight line between the end points.
-        n_points: points per curve used for the energy.
+        n_points: points per curve used for the energy (the requested resolution).
+        resolution: (B,) int, points per curve of each curve's energy and length: ``n_points``,
+            or more where the resolution check re-solved an under-resolved curve.
         decoder_evals: latent points passed through the decoder mean (forward calls).
         decoder_jvps: latent points times directions pushed through the decoder in forward mode.
     """
@@ -76,6 +80,7 @@ class GeodesicResult:
     decoder_evals: int = 0
     decoder_jvps: int = 0
     options: dict = field(default_factory=dict)
+    resolution: Tensor | None = None
 
     def points(self, n: int | None = None) -> Tensor:
         """The curves sampled at ``t = linspace(0, 1, n)`` (default ``n_points``): (B, n, d)."""
@@ -116,6 +121,7 @@ def geodesics(
     latents: Tensor | None = None,
     refine: int | None = None,
     coarse_points: int | None = None,
+    check_resolution: bool = True,
 ) -> GeodesicResult:
     """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
 
@@ -145,6 +151,11 @@ def geodesics(
         coarse_points: points per curve while the starts are raced (``default`` only; default
             24). Only the winner is then refined at ``n_points``; a value >= ``n_points`` races
             at full resolution.
+        check_resolution: measure every curve at the midpoints of its segments too (``default``
+            and ``paper``). A curve whose length grows there by more than 1 % steps over a ridge
+            of the metric between its points, and its discrete length underestimates it: such
+            curves are solved again with twice the points (and twice ``coarse_points``), up to
+            four times ``n_points``, and flagged unconverged if still under-resolved.
 
     Returns:
         :class:`GeodesicResult`; no curve is longer than the straight line between its ends.
@@ -223,10 +234,9 @@ def geodesics(
     coeffs, energies, converged, iterations, init_idx = (torch.cat(x) for x in zip(*parts, strict=True))
     curves = Curves(z0, z1, coeffs, basis)
     with torch.no_grad():
-        pts = curves.points(n_points)
-        lengths = metric.length(pts)
+        lengths, midpoint_lengths = _lengths_and_midpoint_lengths(metric, curves, n_points)
         straight = metric.length(curves_straight(z0, z1, n_points))
-    counter.evals += 2 * B * n_points
+    counter.evals += B * (3 * n_points - 1)
     # Never worse than the straight line: fall back to it where the optimum is longer.
     worse = lengths > straight
     if bool(worse.any()):
@@ -241,7 +251,8 @@ def geodesics(
     lengths = lengths.masked_fill(same, 0)
     energies = energies.masked_fill(same, 0)
     converged = (converged & torch.isfinite(lengths) & torch.isfinite(energies)) | same
-    return GeodesicResult(
+    resolution = torch.full((B,), n_points, dtype=torch.long, device=z0.device)
+    result = GeodesicResult(
         curves=curves,
         lengths=lengths,
         energies=energies,
@@ -254,7 +265,68 @@ def geodesics(
         decoder_jvps=counter.jvps,
         options={"method": method, "basis": repr(basis), "n_points": n_points, "tol": tol,
                  "max_iter": max_iter, "warm_start": warm_start},
+        resolution=resolution,
     )
+    if not check_resolution or dense or B == 0:
+        return result
+
+    def solve_finer(idx: Tensor, n: int, init_coeffs: Tensor) -> GeodesicResult:
+        return geodesics(
+            metric, z0[idx], z1[idx], method=method, m=basis.m, n_points=n, family=family,
+            warm_start=warm_start, max_iter=max_iter, tol=tol, init=init_coeffs,
+            graph=lgraph if lgraph is not None else graph, latents=latents, refine=refine,
+            coarse_points=max(3, coarse_points * n // n_points), check_resolution=False,
+        )
+
+    return _refine_resolution(metric, result, midpoint_lengths, same, solve_finer)
+
+
+def _lengths_and_midpoint_lengths(metric: ExpectedMetric, curves: Curves, n: int) -> tuple[Tensor, Tensor]:
+    """Discrete lengths (B,) of the curves at ``n`` points and at ``2n - 1`` (the midpoints of
+    the segments added), from one pass of the decoder over the finer points."""
+    f = metric.features(curves.points(2 * n - 1))  # (B, 2n-1, F); every other point is the n-grid
+    fine = (f[:, 1:] - f[:, :-1]).pow(2).sum(-1).sqrt().sum(-1)
+    coarse = (f[:, 2::2] - f[:, :-2:2]).pow(2).sum(-1).sqrt().sum(-1)
+    return coarse, fine
+
+
+def _refine_resolution(
+    metric: ExpectedMetric,
+    res: GeodesicResult,
+    midpoint_lengths: Tensor,
+    same: Tensor,
+    solve_finer: Callable[[Tensor, int, Tensor], GeodesicResult],
+) -> GeodesicResult:
+    """Re-solve, with twice the points, the curves whose length grows by more than
+    RESOLUTION_TOL at the midpoints of their segments (up to RESOLUTION_DOUBLINGS times); flag
+    those still under-resolved as not converged."""
+    n = res.n_points
+    for level in range(RESOLUTION_DOUBLINGS + 1):
+        under = (midpoint_lengths > res.lengths * (1 + RESOLUTION_TOL)) & (res.resolution == n) & ~same
+        if not bool(under.any()):
+            break
+        idx = under.nonzero().squeeze(1)
+        if level == RESOLUTION_DOUBLINGS:
+            res.converged[idx] = False
+            break
+        n *= 2
+        sub = solve_finer(idx, n, res.curves.coeffs[idx])
+        res.curves.coeffs[idx] = sub.curves.coeffs
+        for name in ("lengths", "energies", "converged", "straight_lengths"):
+            getattr(res, name)[idx] = getattr(sub, name)
+        # A start "given" here is the coarser solution: keep naming the start that one came from.
+        res.init[idx] = torch.where(sub.init == INIT_NAMES.index("given"), res.init[idx], sub.init)
+        res.iterations[idx] += sub.iterations
+        res.resolution[idx] = n
+        res.decoder_evals += sub.decoder_evals
+        res.decoder_jvps += sub.decoder_jvps
+        with torch.no_grad():
+            _, mid = _lengths_and_midpoint_lengths(metric, Curves(sub.curves.z0, sub.curves.z1,
+                                                                   sub.curves.coeffs, sub.curves.basis), n)
+        res.decoder_evals += idx.numel() * (2 * n - 1)
+        midpoint_lengths = midpoint_lengths.clone()
+        midpoint_lengths[idx] = mid
+    return res
 
 
 def _energy(segments: Tensor) -> Tensor:

@@ -187,3 +187,36 @@ def test_latents_join_the_graph_and_large_sets_are_subsampled():
     assert graph.nodes.shape[0] == 5 + 300 + 300
     res = fastgeo.geodesics(metric, Z[:6], Z[6:12], graph=graph)
     assert bool((res.lengths <= res.straight_lengths).all()) and bool(res.converged.all())
+
+
+def _wall_metric(width: float) -> fastgeo.ExpectedMetric:
+    """mu(z) = [z, exp(-(z_1 / width)^2)]: every path from z_1 < 0 to z_1 > 0 climbs a wall of
+    height 1 and down again, so geodesics across are at least 2 longer than in the plane."""
+
+    def mean(z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([z, torch.exp(-((z[..., :1] / width) ** 2))], -1)
+
+    return fastgeo.ExpectedMetric(mean, constant_precision(2, 3))
+
+
+def test_resolution_check_resolves_or_flags_curves_that_step_over_a_wall():
+    z0 = torch.tensor([[-1.0, 0.0]], dtype=torch.float64)
+    z1 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    opts = dict(n_points=8, coarse_points=5, graph=False)
+    # A wide wall is resolved by 8 points: nothing to do.
+    wide = fastgeo.geodesics(_wall_metric(1.0), z0, z1, **opts)
+    assert wide.resolution.tolist() == [8] and bool(wide.converged.all())
+    # A narrow one hides between 8 points: unchecked, the length misses the whole wall (the
+    # true length is about 3.8) and the curve claims convergence.
+    metric = _wall_metric(0.05)
+    blind = fastgeo.geodesics(metric, z0, z1, check_resolution=False, **opts)
+    assert float(blind.lengths[0]) < 2.1 and bool(blind.converged.all())
+    # Checked: re-solved with 16 points, then 32, still under-resolved there: flagged.
+    checked = fastgeo.geodesics(metric, z0, z1, **opts)
+    assert checked.resolution.tolist() == [32] and not bool(checked.converged.any())
+    # From 128 points, one doubling resolves it: converged, and the length counts the wall.
+    fine = fastgeo.geodesics(metric, z0, z1, n_points=128, graph=False)
+    assert fine.resolution.tolist() == [256] and bool(fine.converged.all())
+    assert float(fine.lengths[0]) > 3.5
+    with torch.no_grad():  # the reported length is that of the curve at its resolution
+        torch.testing.assert_close(metric.length(fine.points(256)), fine.lengths, rtol=1e-9, atol=0)
