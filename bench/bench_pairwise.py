@@ -32,11 +32,17 @@ import time
 
 import torch
 from torch import Tensor
+
+try:  # the pytest-benchmark entry point at the end; the script runs without pytest
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
 from workloads import environment_line, generator_path
 
 import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, measured_lengths, oracle_lengths
 from fastgeo.benchmarks.generator import latent_codes, synthetic_generator
+from fastgeo.benchmarks.timing import environment
 
 DIGITS = str(generator_path("digits"))  # the generator the other layers measure too (workloads.py)
 
@@ -284,6 +290,28 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+if pytest is not None:
+
+    @pytest.mark.parametrize("M", [32, 64])
+    def test_pairwise(benchmark, M: int) -> None:
+        """The all-pairs layer under pytest-benchmark (``pytest bench/bench_pairwise.py
+        --benchmark-only``): the same generator and codes as the script's runs, time only (peak
+        memory and the StochMan comparison need the script's fresh processes)."""
+        metric, Z = load(argparse.Namespace(generator=DIGITS), M)
+        fastgeo.pairwise_distances(metric, Z[:4], progress=False)  # warm-up (lazy imports, graph)
+        D, report = benchmark.pedantic(
+            lambda: fastgeo.pairwise_distances(metric, Z, progress=False, return_report=True),
+            rounds=1, warmup_rounds=0,
+        )  # fmt: skip
+        assert D.shape == (M, M)
+        seconds = benchmark.stats.stats.min
+        benchmark.extra_info.update(environment("cpu"))
+        benchmark.extra_info.update(
+            M=M, pairs=report.n_pairs, ms_per_geodesic=1e3 * seconds / report.n_pairs, dtype="float32",
+            shape=f"M={M}, d={Z.shape[1]}, D={metric.data_dim}", not_converged=report.n_failed,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":
