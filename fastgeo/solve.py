@@ -246,7 +246,6 @@ def geodesics(
         with torch.no_grad():  # the straight line's own midpoint lengths, for the resolution check
             idx = worse.nonzero().squeeze(1)
             line = Curves(z0[idx], z1[idx], torch.zeros_like(coeffs[idx]), basis)
-            midpoint_lengths = midpoint_lengths.clone()
             midpoint_lengths[idx] = _lengths_and_midpoint_lengths(metric, line, n_points)[1]
         counter.evals += idx.numel() * (2 * n_points - 1)
         with torch.no_grad():
@@ -327,8 +326,7 @@ def _refine_resolution(
         res.decoder_evals += sub.decoder_evals
         res.decoder_jvps += sub.decoder_jvps
         with torch.no_grad():
-            _, mid = _lengths_and_midpoint_lengths(metric, Curves(sub.curves.z0, sub.curves.z1,
-                                                                   sub.curves.coeffs, sub.curves.basis), n)
+            _, mid = _lengths_and_midpoint_lengths(metric, sub.curves, n)
         res.decoder_evals += idx.numel() * (2 * n - 1)
         midpoint_lengths = midpoint_lengths.clone()
         midpoint_lengths[idx] = mid

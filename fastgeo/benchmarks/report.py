@@ -151,6 +151,13 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
     rows = results["results"]
     paths = []
 
+    def save(fig, name: str) -> str:
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{name}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
     ops = [r for r in rows if r["layer"] == "ops"]
     if ops:
         names = list(dict.fromkeys(r["op"] for r in ops))
@@ -173,10 +180,7 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
                 ax.set(xscale="log", yscale="log", title=f"{op} {mode}", xlabel="batch size B",
                        ylabel="seconds (min)")  # fmt: skip
                 ax.legend()
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "ops.png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save(fig, "ops"))
 
     solver = [r for r in rows if r["layer"] == "solver"]
     if solver:
@@ -190,10 +194,7 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
         ax.set(yscale="log", xlabel=f"seconds for {solver[0]['pairs']} pairs (min)",
                ylabel="excess length vs dense, %", title=f"solver: accuracy against time{label}")  # fmt: skip
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "solver.png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save(fig, "solver"))
 
     pairwise = [r for r in rows if r["layer"] == "pairwise"]
     if pairwise:
@@ -201,8 +202,5 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
         ax.plot([r["M"] for r in pairwise], [r["time_s"]["min"] for r in pairwise], "o-")
         ax.set(xscale="log", yscale="log", xlabel="M (codes; M (M-1)/2 geodesics)",
                ylabel="seconds (min)", title="pairwise_distances: all-pairs time")  # fmt: skip
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "pairwise.png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save(fig, "pairwise"))
     return paths
