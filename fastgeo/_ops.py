@@ -75,6 +75,12 @@ def _rbf_segment_sqdist_backward_fake(
     return _masked_like(output_mask, (points,), dims)
 
 
+@torch.library.register_fake("fastgeo::gauss_newton_system")
+def _gauss_newton_system_fake(f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool) -> tuple[Tensor, Tensor]:
+    b, p = f.shape[0], jac.shape[2] * psi.shape[1]
+    return f.new_empty((b, p)), f.new_empty((0,) if grad_only else (b, p, p))
+
+
 # ----------------------------------------------------------------------------- autograd
 
 

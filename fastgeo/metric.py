@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, ops
-from ._backend import use_backend
+from .jacobian import jacobian_rows
 from .rbf import RBFPrecision
 
 
@@ -138,43 +138,3 @@ class ExpectedMetric:
         lead = z.shape[:-1]
         _, jac_t = self.features_and_jacobian_t(z.reshape(-1, self.latent_dim))
         return (jac_t @ jac_t.transpose(-1, -2)).reshape(*lead, self.latent_dim, self.latent_dim)
-
-
-def jacobian_columns(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
-    """``fn(z)`` and its Jacobian, one forward-mode pass per input direction.
-
-    fn maps (P, d) -> (P, F) pointwise; returns value (P, F) and jacobian (P, F, d). The RBF ops
-    run on the reference backend here (it supports forward-mode AD). A ``fn`` without
-    forward-mode support falls back to the double-backward trick (two reverse passes).
-    """
-    value, rows = jacobian_rows(fn, z)
-    return value, rows.permute(*range(1, rows.dim()), 0)
-
-
-def jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`jacobian_columns` with the directions first: value (P, F), jacobian (d, P, F)."""
-    d = z.shape[-1]
-    tangents = torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, *z.shape)
-    with use_backend("reference"):
-        try:  # all directions in one vectorized pass: the primal is computed once
-            value, jac = torch.func.vmap(lambda v: torch.func.jvp(fn, (z,), (v,)), out_dims=(None, 0))(
-                tangents
-            )
-        except Exception:  # noqa: BLE001 - fn is not vmappable (or returns per-direction primals)
-            pairs = [_jvp(fn, z, tangents[i]) for i in range(d)]
-            value, jac = pairs[0][0], torch.stack([p[1] for p in pairs])
-    return value.detach(), jac.detach()
-
-
-def _jvp(fn: Callable[[Tensor], Tensor], z: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:
-    try:
-        return torch.func.jvp(fn, (z,), (tangent,))
-    except (RuntimeError, NotImplementedError):
-        # J v = d/du <J^T u, v>: exact, for callables whose ops lack forward-mode formulas.
-        with torch.enable_grad():
-            x = z.detach().requires_grad_(True)
-            y = fn(x)
-            u = torch.zeros_like(y, requires_grad=True)
-            (vjp,) = torch.autograd.grad(y, x, u, create_graph=True)
-            (jv,) = torch.autograd.grad(vjp, u, tangent)
-        return y, jv

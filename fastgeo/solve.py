@@ -35,6 +35,7 @@ from torch import Tensor
 
 from . import _checks
 from .curves import Curves, PiecewiseLinearBasis, PolynomialBasis, evaluate, time_grid
+from .gauss_newton import gauss_newton_system
 from .graph import LatentGraph
 from .metric import ExpectedMetric
 
@@ -547,7 +548,7 @@ def _levenberg_marquardt(
     everyone = torch.arange(B, device=z0.device)
     s, f, last_jac = linearize(coeffs, everyone)
     e, length = _energy(s), s.sqrt().sum(-1)
-    grad, hess = _gauss_newton(f, last_jac, psi)
+    grad, hess = gauss_newton_system(f, last_jac, psi)
     converged = e == 0  # z0 == z1, or already optimal
     # A non-finite energy or Jacobian (e.g. a decoder returning NaN) ends the curve: not converged.
     finite = torch.isfinite(e) & torch.isfinite(grad).all(-1) & torch.isfinite(hess).flatten(1).all(-1)
@@ -590,9 +591,9 @@ def _levenberg_marquardt(
         acc = accept.nonzero().squeeze(1)
         if acc.numel():
             u = active[acc]
-            g_new, h_new = _gauss_newton(f_new[acc], jac_new[acc], psi)
+            g_new, h_new = gauss_newton_system(f_new[acc], jac_new[acc], psi)
             if secant:
-                g_old_jac, _ = _gauss_newton(f_new[acc], last_jac[u], psi, grad_only=True)
+                g_old_jac, _ = gauss_newton_system(f_new[acc], last_jac[u], psi, grad_only=True)
                 curv[u] = _secant_update(curv[u], step[acc], g_new - grad[u], g_new - g_old_jac)
             coeffs[u], e[u], length[u] = trial[acc], e_new[acc], l_new[acc]
             grad[u], hess[u], last_jac[u] = g_new, h_new, jac_new[acc]
@@ -625,32 +626,6 @@ def _secant_update(curv: Tensor, step: Tensor, y: Tensor, y_sharp: Tensor) -> Te
         (resid * step).sum(-1) / denom**2
     )[:, None, None] * (y[:, :, None] * y[:, None, :])
     return torch.where(ok[:, None, None], curv + upd, curv)
-
-
-def _gauss_newton(f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool = False) -> tuple[Tensor, Tensor]:
-    """Gradient and Gauss-Newton matrix of ``sum_n ||r_n||^2 / 2``, ``r_n = f_{n+1} - f_n``.
-
-    f (b, N, F), jac (b, N, d, F) (transposed Jacobians), psi (N, m) -> grad (b, m d),
-    hess (b, m d, m d).
-    """
-    b, N, d, _ = jac.shape
-    m = psi.shape[1]
-    r = f[:, 1:] - f[:, :-1]  # (b, N-1, F)
-    # Point n gets J_n^T (r_{n-1} - r_n): it ends segment n-1 and starts segment n.
-    u_next = (jac[:, 1:] @ r[..., None])[..., 0]  # (b, N-1, d)
-    u_prev = (jac[:, :-1] @ r[..., None])[..., 0]
-    grad = psi[1:].T @ u_next - psi[:-1].T @ u_prev  # (b, m, d)
-    if grad_only:
-        return grad.reshape(b, m * d), grad.new_zeros(0)
-    gram = jac @ jac.transpose(-1, -2)  # (b, N, d, d): J_n^T J_n
-    cross = jac[:, :-1] @ jac[:, 1:].transpose(-1, -2)  # J_n^T J_{n+1}
-    # Each point enters the segments on both sides of it (psi vanishes at the fixed end points).
-    own = torch.einsum("nj,nl,bnik->bjilk", psi[1:], psi[1:], gram[:, 1:]) + torch.einsum(
-        "nj,nl,bnik->bjilk", psi[:-1], psi[:-1], gram[:, :-1]
-    )
-    mixed = torch.einsum("nj,nl,bnik->bjilk", psi[:-1], psi[1:], cross)
-    hess = own - mixed - mixed.permute(0, 3, 4, 1, 2)
-    return grad.reshape(b, m * d), hess.reshape(b, m * d, m * d)
 
 
 def _first_order(
