@@ -53,7 +53,9 @@ def reference_gauss_newton_system(
     return grad.reshape(b, m * d), hess.reshape(b, m * d, m * d)
 
 
-def gauss_newton_system(f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool = False) -> tuple[Tensor, Tensor]:
+def gauss_newton_system(
+    f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool = False
+) -> tuple[Tensor, Tensor]:
     """:func:`reference_gauss_newton_system`, by the C++ kernel where it applies."""
     if f.device.type == "cpu" and current_backend() in ("auto", "cpu") and _cpu_kernel():
         return torch.ops.fastgeo.gauss_newton_system(f, jac, psi, grad_only)
