@@ -5,8 +5,9 @@ empty space. A graph over points near the data, with each edge weighted by its m
 finds the right corridor in any latent dimension: nodes are the RBF centers, samples around
 them (within one bandwidth) and optionally the user's latent codes; edges join k nearest
 neighbours (plus a Euclidean spanning tree, so the graph is connected). The graph is built once
-per metric and reused; each query attaches its end points to their nearest nodes, runs Dijkstra
-(scipy), and turns the path into curve coefficients by a least-squares fit.
+per metric and reused; each query attaches its end points to their k nearest nodes, reads the
+shortest paths between those nodes from rows of Dijkstra (scipy) runs that are computed on first
+use and kept with the graph, and turns each path into curve coefficients by a least-squares fit.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class LatentGraph:
         self.nodes = torch.cat(nodes)
         self.edges, self.weights = self._knn_edges(self.nodes, self.nodes, k, exclude_self=True)
         self.edge_evals = self.edges.shape[0] * edge_points
+        self._row_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # see _rows
+        self._csr = None
 
     def _segment_lengths(self, a: Tensor, b: Tensor) -> Tensor:
         """Metric length of straight segments a -> b: (E, d) x 2 -> (E,), in chunks."""
@@ -95,44 +98,46 @@ class LatentGraph:
         weights = self._segment_lengths(queries[pairs[:, 0]], nodes[pairs[:, 1]])
         return pairs, weights
 
+    def _sparse(self):
+        """The graph as a CSR matrix of its edges (read as undirected), built once. Zero-length
+        edges would vanish from a sparse matrix: they are kept, tiny but present."""
+        if self._csr is None:
+            from scipy.sparse import coo_matrix
+
+            rows, cols = self.edges[:, 0].cpu().numpy(), self.edges[:, 1].cpu().numpy()
+            w = np.maximum(self.weights.double().cpu().numpy(), 1e-300)
+            n = self.nodes.shape[0]
+            self._csr = coo_matrix((w, (rows, cols)), shape=(n, n)).tocsr()
+        return self._csr
+
+    def _rows(self, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shortest-path distances and predecessors from graph nodes ``sources`` (E,) to every
+        node: (E, n) each. Rows are computed by Dijkstra on first use and kept: queries near the
+        same data enter the graph through the same nodes."""
+        missing = np.array([s for s in np.unique(sources) if s not in self._row_cache], dtype=np.int64)
+        if missing.size:
+            from scipy.sparse.csgraph import dijkstra
+
+            dist, pred = dijkstra(self._sparse(), directed=False, indices=missing, return_predecessors=True)
+            for node, d_row, p_row in zip(missing.tolist(), dist, pred.astype(np.int32), strict=True):
+                self._row_cache[node] = (d_row, p_row)
+        rows = [self._row_cache[s] for s in sources.tolist()]
+        return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
     def initial_coeffs(self, z0: Tensor, z1: Tensor, psi: Tensor, t: Tensor) -> tuple[Tensor, int]:
         """Coefficients (B, m, d) of the curves that best fit the shortest graph paths z0 -> z1,
         and the decoder evaluations spent attaching the end points."""
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import dijkstra
-
         B, d = z0.shape
-        n = self.nodes.shape[0]
         ends, inverse = torch.unique(torch.cat([z0, z1]), dim=0, return_inverse=True)
         q_edges, q_weights = self._knn_edges(ends, self.nodes, self.k, exclude_self=False)
-        rows = torch.cat([self.edges[:, 0], q_edges[:, 0] + n]).cpu().numpy()
-        cols = torch.cat([self.edges[:, 1], q_edges[:, 1]]).cpu().numpy()
-        w = torch.cat([self.weights, q_weights]).double().cpu().numpy()
-        # Zero-length edges would vanish from a sparse matrix: keep them, tiny but present.
-        w = np.maximum(w, 1e-300)
-        size = n + ends.shape[0]
-        graph = coo_matrix((w, (rows, cols)), shape=(size, size)).tocsr()
         src_q, dst_q = inverse[:B].cpu().numpy(), inverse[B:].cpu().numpy()
-        sources, src_row = np.unique(src_q, return_inverse=True)
-        dist, pred = dijkstra(graph, directed=False, indices=sources + n, return_predecessors=True)
-
-        # Walk back from every target to its source, all pairs at once.
-        target = dst_q + n
-        reachable = np.isfinite(dist[src_row, target]) & (dst_q != src_q)
-        walk = [target]
-        cur = target.copy()
-        for _ in range(size):
-            prev = pred[src_row, cur]
-            done = (prev < 0) | ~reachable
-            if done.all():
-                break
-            cur = np.where(done, cur, prev)
-            walk.append(cur)
-        walk.append(walk[-1])  # at least two nodes per path, so every path has a segment
-        path = np.stack(walk[::-1], 1)  # (B, L), padded at the start with the source
+        path, arc = self._paths(q_edges, q_weights, ends.shape[0], src_q, dst_q)
+        # Paths are (B, L) indices into nodes + ends, from the source (padded at the start by
+        # repeating it) to the target; arc (B, L) is the metric distance from the source.
+        reachable = np.isfinite(arc[:, -1]) & (dst_q != src_q)
         all_points = torch.cat([self.nodes, ends]).to(z0)
         pts = all_points[torch.as_tensor(path, device=z0.device)]  # (B, L, d)
-        arc = torch.as_tensor(dist[src_row[:, None], path], dtype=z0.dtype, device=z0.device)
+        arc = torch.as_tensor(arc, dtype=z0.dtype, device=z0.device)
         total = arc[:, -1:].clamp(min=torch.finfo(z0.dtype).tiny)
         arc = torch.where(torch.isfinite(arc), arc / total, torch.zeros_like(arc))
         # Resample each path at the curve's times, by metric arc length (about constant speed).
@@ -150,6 +155,56 @@ class LatentGraph:
         ok = torch.as_tensor(reachable, device=z0.device)
         coeffs = torch.where(ok[:, None, None], coeffs, torch.zeros_like(coeffs))
         return coeffs, q_edges.shape[0] * self.edge_points
+
+    def _paths(
+        self, q_edges: Tensor, q_weights: Tensor, n_ends: int, src_q: np.ndarray, dst_q: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Shortest paths ``source, a, ..., b, target`` (B, L) through the graph, and their arc
+        lengths from the source (B, L). Each end point joins the graph by its k edges ``q_edges``
+        (ordered by end); the path enters by one of the ``ENTRY_EDGES`` shortest edges of its
+        source and leaves by any edge of its target, the best of these pairs (a, b)."""
+        n, B = self.nodes.shape[0], len(src_q)
+        kk = q_edges.shape[0] // max(n_ends, 1)
+        nbr = q_edges[:, 1].reshape(n_ends, kk).cpu().numpy()
+        w = q_weights.double().reshape(n_ends, kk).cpu().numpy()
+        w = np.where(np.isnan(w), np.inf, w)
+        entry = np.argsort(w, axis=1, kind="stable")[:, :ENTRY_EDGES]
+        s_nbr = np.take_along_axis(nbr, entry, 1)[src_q]  # (B, ke)
+        s_w = np.take_along_axis(w, entry, 1)[src_q]
+        t_nbr, t_w = nbr[dst_q], w[dst_q]  # (B, kk)
+        entries, row = np.unique(s_nbr, return_inverse=True)
+        row = row.reshape(s_nbr.shape)
+        dist, pred = self._rows(entries)
+        total = s_w[:, :, None] + dist[row[:, :, None], t_nbr[:, None, :]] + t_w[:, None, :]
+        total = np.where(np.isnan(total), np.inf, total).reshape(B, -1)
+        best = total.argmin(1)
+        rows = np.arange(B)
+        a_row, b = row[rows, best // kk], t_nbr[rows, best % kk]
+        length = total[rows, best]
+        inner = _walk_back(pred, a_row, b, np.isfinite(length))  # (B, L): a (repeated) ... b
+        arc_inner = s_w[rows, best // kk][:, None] + dist[a_row[:, None], inner]
+        path = np.concatenate([(src_q + n)[:, None], inner, (dst_q + n)[:, None]], 1)
+        arc = np.concatenate([np.zeros((B, 1)), arc_inner, length[:, None]], 1)
+        return path, arc
+
+
+ENTRY_EDGES = 10  # a path enters the graph by one of its source's 10 shortest attaching edges
+
+
+def _walk_back(pred: np.ndarray, row: np.ndarray, target: np.ndarray, reachable: np.ndarray) -> np.ndarray:
+    """Node paths (B, L) ending at ``target``, from predecessor rows ``pred[row]`` (negative: the
+    root); finished walks repeat their first node, so every path has at least two entries."""
+    walk = [target]
+    cur = target.copy()
+    for _ in range(pred.shape[1]):
+        prev = pred[row, cur]
+        done = (prev < 0) | ~reachable
+        if done.all():
+            break
+        cur = np.where(done, cur, prev)
+        walk.append(cur)
+    walk.append(walk[-1])
+    return np.stack(walk[::-1], 1)
 
 
 def _bridges(pairs: Tensor, dist: Tensor) -> Tensor:
