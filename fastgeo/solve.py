@@ -47,7 +47,7 @@ COARSE_POINTS = 24  # default points per curve of the race between starts
 COARSE_TOL = 1e-3  # the race only ranks basins: a loose relative tolerance
 CLOSE_RACE = 0.01  # runner-ups within this relative energy of the winner are refined too
 DISTINCT = 0.05  # ... if their curve is this fraction of the chord away from the winner's
-WARM_ITER = 10  # iterations of the warm start (a start only: the full energy decides the rest)
+WARM_ITER = 5  # iterations of the warm start (a start only: the full energy decides the rest)
 LENGTH_TOL_FACTOR = 30.0  # see _levenberg_marquardt: the length test's looser energy tolerance
 
 
@@ -546,69 +546,87 @@ def _levenberg_marquardt(
         return (f[:, 1:] - f[:, :-1]).pow(2).sum(-1), f, jac
 
     everyone = torch.arange(B, device=z0.device)
-    s, f, last_jac = linearize(coeffs, everyone)
+    s, f, jac = linearize(coeffs, everyone)
     e, length = _energy(s), s.sqrt().sum(-1)
-    grad, hess = gauss_newton_system(f, last_jac, psi)
+    grad, hess = gauss_newton_system(f, jac, psi)
+    energies = e.clone()
     converged = e == 0  # z0 == z1, or already optimal
     # A non-finite energy or Jacobian (e.g. a decoder returning NaN) ends the curve: not converged.
     finite = torch.isfinite(e) & torch.isfinite(grad).all(-1) & torch.isfinite(hess).flatten(1).all(-1)
-    lam = torch.full((B,), 1e-3, dtype=z0.dtype, device=z0.device)
-    nu = torch.full((B,), 2.0, dtype=z0.dtype, device=z0.device)
     eye = torch.eye(m * d, dtype=z0.dtype, device=z0.device)
+    # The state of the curves still iterating, compacted: rows of `active` (curve indices). A
+    # curve that finishes writes its results out and leaves, so the work shrinks with the batch.
+    active = (~converged & finite).nonzero().squeeze(1)
+    c, e, length, grad, hess, jac = (x[active] for x in (coeffs, e, length, grad, hess, jac))
+    lam = torch.full_like(e, 1e-3)
+    nu = torch.full_like(e, 2.0)
     # Structured secant model of the curvature Gauss-Newton leaves out (sum_n r_n . d2 r_n, large:
     # geodesic residuals do not vanish at the optimum), updated from Jacobian changes.
     curv = torch.zeros_like(hess)
 
     for _ in range(max_iter):
-        active = (~converged & finite).nonzero().squeeze(1)
         if active.numel() == 0:
             break
-        g, h = grad[active], hess[active]
-        diag = torch.diagonal(h, dim1=-2, dim2=-1)
+        diag = torch.diagonal(hess, dim1=-2, dim2=-1)
         # Marquardt scaling, with a floor so directions the metric ignores stay solvable.
         scale = diag + 1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-30)
-        if secant:
-            h = h + curv[active]
-        system = h + lam[active, None, None] * scale[:, :, None] * eye  # symmetric positive definite
+        h = hess + curv if secant else hess
+        system = h + (lam[:, None] * scale)[:, :, None] * eye  # symmetric positive definite
         chol, info = torch.linalg.cholesky_ex(system)
         # A failed factorization (info > 0: not positive definite at this precision) gives a
         # rejected zero step, so lambda grows and regularizes the system.
         solved = info == 0
         chol = torch.where(solved[:, None, None], chol, eye)
-        step = torch.cholesky_solve(-g[..., None], chol)[..., 0]
+        step = torch.cholesky_solve(-grad[..., None], chol)[..., 0]
         solved = solved & torch.isfinite(step).all(-1)
-        step = torch.where(solved[:, None], step, torch.zeros_like(step))
+        step = torch.where(solved[:, None], step, 0.0)
         # Decrease of E = (N-1)/2 sum ||r||^2 that the linear model predicts for this step.
-        predicted = -(N - 1) * ((g * step).sum(-1) + 0.5 * (step * (h @ step[..., None])[..., 0]).sum(-1))
-        trial = coeffs[active] + step.reshape(-1, m, d)
+        predicted = -(N - 1) * ((grad + 0.5 * (h @ step[..., None])[..., 0]) * step).sum(-1)
+        trial = c + step.reshape(-1, m, d)
         s_new, f_new, jac_new = linearize(trial, active)
         e_new, l_new = _energy(s_new), s_new.sqrt().sum(-1)
         iterations[active] += 1
-        accept = e_new < e[active]
-        gain = e[active] - e_new
-        rel = gain / e[active]
-        rel_len = (l_new - length[active]).abs() / length[active]
-        acc = accept.nonzero().squeeze(1)
-        if acc.numel():
-            u = active[acc]
-            g_new, h_new = gauss_newton_system(f_new[acc], jac_new[acc], psi)
-            if secant:
-                g_old_jac, _ = gauss_newton_system(f_new[acc], last_jac[u], psi, grad_only=True)
-                curv[u] = _secant_update(curv[u], step[acc], g_new - grad[u], g_new - g_old_jac)
-            coeffs[u], e[u], length[u] = trial[acc], e_new[acc], l_new[acc]
-            grad[u], hess[u], last_jac[u] = g_new, h_new, jac_new[acc]
-            finite[u] = torch.isfinite(g_new).all(-1) & torch.isfinite(h_new).flatten(1).all(-1)
+        accept = e_new < e
+        gain = e - e_new
+        rel = gain / e
+        rel_len = (l_new - length).abs() / length
+        # The new system at every trial point (rejected ones are dropped below): one batched
+        # kernel call costs less than picking the accepted rows out first.
+        g_new, h_new = gauss_newton_system(f_new, jac_new, psi)
+        if secant:
+            g_old_jac, _ = gauss_newton_system(f_new, jac, psi, grad_only=True)
+            curv = torch.where(
+                accept[:, None, None], _secant_update(curv, step, g_new - grad, g_new - g_old_jac), curv
+            )
+        rejected = (~accept).nonzero().squeeze(1)
+        if rejected.numel():  # keep their old state (rare: most steps are accepted)
+            pairs = ((trial, c), (e_new, e), (l_new, length), (g_new, grad), (h_new, hess), (jac_new, jac))
+            for new, old in pairs:
+                new[rejected] = old[rejected]
+        c, e, length, grad, hess, jac = trial, e_new, l_new, g_new, h_new, jac_new
+        ok = torch.isfinite(grad).all(-1) & torch.isfinite(hess).flatten(1).all(-1)
         # Nielsen's damping update: shrink lambda by how well the model predicted the gain.
         rho = gain / predicted.clamp(min=torch.finfo(e.dtype).tiny)
         shrink = (1 - (2 * rho.clamp(max=1) - 1) ** 3).clamp(min=1 / 3)
-        lam[active] = torch.where(accept, (lam[active] * shrink).clamp(min=1e-12), lam[active] * nu[active])
-        nu[active] = torch.where(accept, torch.full_like(nu[active], 2.0), nu[active] * 2)
+        lam = torch.where(accept, (lam * shrink).clamp(min=1e-12), lam * nu)
+        nu = torch.where(accept, 2.0, nu * 2)
         # Converged: an accepted step gained < tol relative, or no step can gain at this precision.
-        stalled = ~accept & (lam[active] > 1e10)
+        stalled = ~accept & (lam > 1e10)
         settled = (rel < tol) | ((rel_len < tol) & (rel < LENGTH_TOL_FACTOR * tol))
-        done = (accept & settled) | (solved & (predicted <= tol * e[active])) | stalled
-        converged[active[done]] = True
-    return coeffs, e, converged & finite, iterations
+        done = (accept & settled) | (solved & (predicted <= tol * e)) | stalled
+        leave = done | ~ok
+        if bool(leave.any()):
+            out = leave.nonzero().squeeze(1)
+            rows = active[out]
+            coeffs[rows], energies[rows] = c[out], e[out]
+            converged[rows], finite[rows] = done[out], ok[out]
+            stay = (~leave).nonzero().squeeze(1)
+            active = active[stay]
+            c, e, length, grad, hess, jac, curv, lam, nu = (
+                x[stay] for x in (c, e, length, grad, hess, jac, curv, lam, nu)
+            )
+    coeffs[active], energies[active] = c, e  # curves that hit the iteration limit
+    return coeffs, energies, converged & finite, iterations
 
 
 def _secant_update(curv: Tensor, step: Tensor, y: Tensor, y_sharp: Tensor) -> Tensor:
