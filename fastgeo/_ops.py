@@ -81,6 +81,18 @@ def _gauss_newton_system_fake(f: Tensor, jac: Tensor, psi: Tensor, grad_only: bo
     return f.new_empty((b, p)), f.new_empty((0,) if grad_only else (b, p, p))
 
 
+@torch.library.register_fake("fastgeo::lm_propose")
+def _lm_propose_fake(grad: Tensor, hess: Tensor, curv: Tensor, lam: Tensor, segments: int):
+    return torch.empty_like(grad), lam.new_empty(lam.shape), lam.new_empty(lam.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("fastgeo::lm_update")
+def _lm_update_fake(e, length, e_new, l_new, grad, g_new, g_old, hess, h_new, curv, *rest) -> list[Tensor]:
+    flags = [e.new_empty(e.shape, dtype=torch.bool) for _ in range(3)]  # accept, done, ok
+    lam, nu = rest[3], rest[4]
+    return flags + [torch.empty_like(x) for x in (e, length, grad, hess, curv, lam, nu)]
+
+
 # ----------------------------------------------------------------------------- autograd
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
+from . import levenberg_marquardt as lm
 from .curves import Curves, PiecewiseLinearBasis, PolynomialBasis, evaluate, time_grid
 from .gauss_newton import gauss_newton_system
 from .graph import LatentGraph
@@ -517,7 +518,6 @@ def _levenberg_marquardt(
     t: Tensor,
     max_iter: int,
     tol: float,
-    secant: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batched Levenberg-Marquardt on ``E(a) = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2``.
 
@@ -553,7 +553,6 @@ def _levenberg_marquardt(
     converged = e == 0  # z0 == z1, or already optimal
     # A non-finite energy or Jacobian (e.g. a decoder returning NaN) ends the curve: not converged.
     finite = torch.isfinite(e) & torch.isfinite(grad).all(-1) & torch.isfinite(hess).flatten(1).all(-1)
-    eye = torch.eye(m * d, dtype=z0.dtype, device=z0.device)
     # The state of the curves still iterating, compacted: rows of `active` (curve indices). A
     # curve that finishes writes its results out and leaves, so the work shrinks with the batch.
     active = (~converged & finite).nonzero().squeeze(1)
@@ -567,53 +566,23 @@ def _levenberg_marquardt(
     for _ in range(max_iter):
         if active.numel() == 0:
             break
-        diag = torch.diagonal(hess, dim1=-2, dim2=-1)
-        # Marquardt scaling, with a floor so directions the metric ignores stay solvable.
-        scale = diag + 1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-30)
-        h = hess + curv if secant else hess
-        system = h + (lam[:, None] * scale)[:, :, None] * eye  # symmetric positive definite
-        chol, info = torch.linalg.cholesky_ex(system)
-        # A failed factorization (info > 0: not positive definite at this precision) gives a
-        # rejected zero step, so lambda grows and regularizes the system.
-        solved = info == 0
-        chol = torch.where(solved[:, None, None], chol, eye)
-        step = torch.cholesky_solve(-grad[..., None], chol)[..., 0]
-        solved = solved & torch.isfinite(step).all(-1)
-        step = torch.where(solved[:, None], step, 0.0)
-        # Decrease of E = (N-1)/2 sum ||r||^2 that the linear model predicts for this step.
-        predicted = -(N - 1) * ((grad + 0.5 * (h @ step[..., None])[..., 0]) * step).sum(-1)
+        step, predicted, solved = lm.propose(grad, hess, curv, lam, N - 1)
         trial = c + step.reshape(-1, m, d)
         s_new, f_new, jac_new = linearize(trial, active)
         e_new, l_new = _energy(s_new), s_new.sqrt().sum(-1)
         iterations[active] += 1
-        accept = e_new < e
-        gain = e - e_new
-        rel = gain / e
-        rel_len = (l_new - length).abs() / length
-        # The new system at every trial point (rejected ones are dropped below): one batched
-        # kernel call costs less than picking the accepted rows out first.
+        # The new system at every trial point (rejected ones are dropped by lm.update): one
+        # batched kernel call costs less than picking the accepted rows out first.
         g_new, h_new = gauss_newton_system(f_new, jac_new, psi)
-        if secant:
-            g_old_jac, _ = gauss_newton_system(f_new, jac, psi, grad_only=True)
-            curv = torch.where(
-                accept[:, None, None], _secant_update(curv, step, g_new - grad, g_new - g_old_jac), curv
-            )
+        g_old_jac, _ = gauss_newton_system(f_new, jac, psi, grad_only=True)
+        accept, done, ok, e, length, grad, hess, curv, lam, nu = lm.update(
+            e, length, e_new, l_new, grad, g_new, g_old_jac, hess, h_new, curv, step, predicted, solved,
+            lam, nu, tol=tol, length_tol_factor=LENGTH_TOL_FACTOR,
+        )  # fmt: skip
         rejected = (~accept).nonzero().squeeze(1)
-        if rejected.numel():  # keep their old state (rare: most steps are accepted)
-            pairs = ((trial, c), (e_new, e), (l_new, length), (g_new, grad), (h_new, hess), (jac_new, jac))
-            for new, old in pairs:
-                new[rejected] = old[rejected]
-        c, e, length, grad, hess, jac = trial, e_new, l_new, g_new, h_new, jac_new
-        ok = torch.isfinite(grad).all(-1) & torch.isfinite(hess).flatten(1).all(-1)
-        # Nielsen's damping update: shrink lambda by how well the model predicted the gain.
-        rho = gain / predicted.clamp(min=torch.finfo(e.dtype).tiny)
-        shrink = (1 - (2 * rho.clamp(max=1) - 1) ** 3).clamp(min=1 / 3)
-        lam = torch.where(accept, (lam * shrink).clamp(min=1e-12), lam * nu)
-        nu = torch.where(accept, 2.0, nu * 2)
-        # Converged: an accepted step gained < tol relative, or no step can gain at this precision.
-        stalled = ~accept & (lam > 1e10)
-        settled = (rel < tol) | ((rel_len < tol) & (rel < LENGTH_TOL_FACTOR * tol))
-        done = (accept & settled) | (solved & (predicted <= tol * e)) | stalled
+        if rejected.numel():  # keep their points (rare: most steps are accepted)
+            trial[rejected], jac_new[rejected] = c[rejected], jac[rejected]
+        c, jac = trial, jac_new
         leave = done | ~ok
         if bool(leave.any()):
             out = leave.nonzero().squeeze(1)
@@ -627,23 +596,6 @@ def _levenberg_marquardt(
             )
     coeffs[active], energies[active] = c, e  # curves that hit the iteration limit
     return coeffs, energies, converged & finite, iterations
-
-
-def _secant_update(curv: Tensor, step: Tensor, y: Tensor, y_sharp: Tensor) -> Tensor:
-    """Dennis-Gay-Welsch update of the residual-curvature model S (b, p, p) so that
-    ``S step = y_sharp`` (``y_sharp = (J_new - J_old)^T r_new``, ``y`` the gradient change), with
-    Oren-Luenberger sizing; skipped where ``y . step <= 0``."""
-    ys = (y * step).sum(-1)
-    ok = ys > 1e-12 * y.norm(dim=-1) * step.norm(dim=-1)
-    s_curv_s = (step * (curv @ step[..., None])[..., 0]).sum(-1)
-    size = ((step * y_sharp).sum(-1).abs() / s_curv_s.abs().clamp(min=1e-300)).clamp(max=1)
-    curv = torch.where((s_curv_s != 0)[:, None, None], size[:, None, None] * curv, curv)
-    resid = y_sharp - (curv @ step[..., None])[..., 0]
-    denom = torch.where(ok, ys, torch.ones_like(ys))
-    upd = (resid[:, :, None] * y[:, None, :] + y[:, :, None] * resid[:, None, :]) / denom[:, None, None] - (
-        (resid * step).sum(-1) / denom**2
-    )[:, None, None] * (y[:, :, None] * y[:, None, :])
-    return torch.where(ok[:, None, None], curv + upd, curv)
 
 
 def _first_order(
