@@ -24,6 +24,11 @@ TORCH_LIBRARY(fastgeo, m) {
   m.def(
       "rbf_segment_sqdist_backward(Tensor grad, Tensor points, Tensor centers, Tensor gammas, "
       "Tensor weights, Tensor zeta, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // sigma = (W phi(z) + zeta)^-1/2 (P, D) and its transposed Jacobian (P, d, D), fused; for the
+  // solver (not differentiable: the reference in fastgeo/reference.py is)
+  m.def(
+      "rbf_sigma_jacobian(Tensor z, Tensor centers, Tensor gammas, Tensor weights, Tensor zeta) "
+      "-> (Tensor, Tensor)");
   // The solver's linear system: features f (B, N, F), transposed Jacobians jac (B, N, d, F),
   // curve basis psi (N, m) -> gradient (B, m d) and Gauss-Newton matrix (B, m d, m d) of
   // sum_n ||f_{n+1} - f_n||^2 / 2 in the basis coefficients; the matrix is (0,) if grad_only.

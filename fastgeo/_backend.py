@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import warnings
 from collections.abc import Iterator
@@ -122,3 +123,16 @@ def resolve(op: str, device: torch.device) -> ModuleType:
                     )
             return module
     return _load("reference")
+
+
+def use_cpu_kernel(op: str, device: torch.device) -> bool:
+    """Whether a solver-internal op (``rbf_sigma_jacobian``, ``gauss_newton_system``,
+    ``lm_propose`` / ``lm_update``) runs its C++ kernel: tensors on the CPU, backend ``"auto"`` or
+    ``"cpu"``, and the extension built with the op. Elsewhere its PyTorch reference runs."""
+    return device.type == "cpu" and _current.get() in ("auto", "cpu") and _has_cpu_kernel(op)
+
+
+@functools.cache
+def _has_cpu_kernel(op: str) -> bool:
+    registered = torch._C._dispatch_has_kernel_for_dispatch_key
+    return _load("cpu") is not None and registered(f"fastgeo::{op}", "CPU")

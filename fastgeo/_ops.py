@@ -75,6 +75,12 @@ def _rbf_segment_sqdist_backward_fake(
     return _masked_like(output_mask, (points,), dims)
 
 
+@torch.library.register_fake("fastgeo::rbf_sigma_jacobian")
+def _rbf_sigma_jacobian_fake(z: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor):
+    P, d, D = z.shape[0], z.shape[1], weights.shape[0]
+    return z.new_empty((P, D)), z.new_empty((P, d, D))
+
+
 @torch.library.register_fake("fastgeo::gauss_newton_system")
 def _gauss_newton_system_fake(f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool) -> tuple[Tensor, Tensor]:
     b, p = f.shape[0], jac.shape[2] * psi.shape[1]

@@ -16,12 +16,10 @@ tested against.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
-from ._backend import _load, current_backend
+from ._backend import use_cpu_kernel
 
 
 def reference_gauss_newton_system(
@@ -57,14 +55,7 @@ def gauss_newton_system(
     f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool = False
 ) -> tuple[Tensor, Tensor]:
     """:func:`reference_gauss_newton_system`, by the C++ kernel where it applies."""
-    if f.device.type == "cpu" and current_backend() in ("auto", "cpu") and _cpu_kernel():
+    if use_cpu_kernel("gauss_newton_system", f.device):
         return torch.ops.fastgeo.gauss_newton_system(f, jac, psi, grad_only)
     return reference_gauss_newton_system(f, jac, psi, grad_only)
 
-
-@functools.cache
-def _cpu_kernel() -> bool:
-    """Whether the C++ extension is loaded with this op's CPU kernel."""
-    return _load("cpu") is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "fastgeo::gauss_newton_system", "CPU"
-    )

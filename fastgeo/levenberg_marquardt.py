@@ -18,12 +18,10 @@ Shapes: ``b`` curves, ``p`` unknowns; grad (b, p), hess and curv (b, p, p), the 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
-from ._backend import _load, current_backend
+from ._backend import use_cpu_kernel
 
 MAX_KERNEL_UNKNOWNS = 64  # larger systems go to LAPACK through the PyTorch version
 
@@ -138,17 +136,4 @@ def update(*args, tol: float, length_tol_factor: float) -> tuple[Tensor, ...]:
 
 
 def _use_kernel(grad: Tensor) -> bool:
-    return (
-        grad.device.type == "cpu"
-        and grad.shape[-1] <= MAX_KERNEL_UNKNOWNS
-        and current_backend() in ("auto", "cpu")
-        and _cpu_kernels()
-    )
-
-
-@functools.cache
-def _cpu_kernels() -> bool:
-    """Whether the C++ extension is loaded with these kernels."""
-    return _load("cpu") is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "fastgeo::lm_update", "CPU"
-    )
+    return grad.shape[-1] <= MAX_KERNEL_UNKNOWNS and use_cpu_kernel("lm_update", grad.device)

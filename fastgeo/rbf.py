@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks, ops, reference
+from ._backend import use_cpu_kernel
 
 
 class RBFPrecision(nn.Module):
@@ -86,16 +87,16 @@ class RBFPrecision(nn.Module):
         return sigma, jac_t.transpose(-1, -2)
 
     def sigma_and_jacobian_t(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`sigma_and_jacobian` with the Jacobian transposed, contiguous: (P, D), (P, d, D)."""
-        P, d = z.shape
-        phi = reference.rbf_features(z, self.centers, self.gammas)  # (P, K)
-        beta = phi @ self.weights.T + self.zeta
-        sigma = beta.rsqrt()
-        scale = -0.5 * sigma / beta  # d sigma / d beta = -1/2 beta^-3/2
-        diff = z[:, :, None] - self.centers.T[None, :, :]  # (P, d, K)
-        dphi = (-2 * self.gammas) * phi[:, None, :] * diff  # (P, d, K)
-        dbeta = (dphi.reshape(P * d, -1) @ self.weights.T).reshape(P, d, -1)  # one GEMM
-        return sigma, scale[:, None, :] * dbeta
+        """:meth:`sigma_and_jacobian` with the Jacobian transposed, contiguous: (P, d), (P, d, D).
+
+        Outside autograd, CPU tensors take the fused C++ kernel ``torch.ops.fastgeo.
+        rbf_sigma_jacobian``; otherwise the differentiable reference
+        :func:`fastgeo.reference.rbf_sigma_jacobian` runs.
+        """
+        needs_grad = torch.is_grad_enabled() and (z.requires_grad or self.weights.requires_grad)
+        if not needs_grad and use_cpu_kernel("rbf_sigma_jacobian", z.device):
+            return torch.ops.fastgeo.rbf_sigma_jacobian(z, *self.params())
+        return reference.rbf_sigma_jacobian(z, *self.params())
 
     def segment_sqdist(self, points: Tensor) -> Tensor:
         """``||sigma(z_{n+1}) - sigma(z_n)||^2``, fused: (B, N, d) -> (B, N-1)."""

@@ -9,6 +9,8 @@ autograd (and forward-mode AD) with respect to every input:
     segment_sqdist(x)[b, n]          = ||x[b, n+1] - x[b, n]||^2
     rbf_segment_sqdist(z, ...)[b, n] = ||sigma(z[b, n+1]) - sigma(z[b, n])||^2
 
+and, for the solver, sigma with its Jacobian in closed form (``rbf_sigma_jacobian``).
+
 The functions here take already-validated arguments (``fastgeo.ops`` checks them): ``zeta`` is a
 tensor of shape (D,). They form the ``"reference"`` backend of :func:`fastgeo.use_backend`.
 """
@@ -56,3 +58,23 @@ def rbf_segment_sqdist(
     beta = rbf_precision(points.reshape(B * N, d), centers, gammas, weights, zeta)
     sigma = beta.rsqrt().reshape(B, N, weights.shape[0])
     return segment_sqdist(sigma)
+
+
+def rbf_sigma_jacobian(
+    z: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor
+) -> tuple[Tensor, Tensor]:
+    """sigma (P, D) and its transposed Jacobian (P, d, D) in closed form, z (P, d):
+
+    ``d sigma / d z_i = -1/2 beta^-3/2 W (phi * -2 gamma (z_i - c_i))``: d + 1 products with W, far
+    cheaper than forward-mode AD through the network.
+    """
+    P, d = z.shape
+    phi = rbf_features(z, centers, gammas)  # (P, K)
+    beta = phi @ weights.T + zeta
+    sigma = beta.rsqrt()
+    scale = -0.5 * sigma / beta  # d sigma / d beta = -1/2 beta^-3/2
+    diff = z[:, :, None] - centers.T[None, :, :]  # (P, d, K)
+    dphi = (-2 * gammas) * phi[:, None, :] * diff  # (P, d, K)
+    K, D = weights.shape[1], weights.shape[0]
+    dbeta = (dphi.reshape(P * d, K) @ weights.T).reshape(P, d, D)  # one GEMM
+    return sigma, scale[:, None, :] * dbeta
