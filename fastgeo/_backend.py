@@ -103,9 +103,7 @@ def resolve(op: str, device: torch.device) -> ModuleType:
                 f"`fastgeo info` lists the backends available."
             )
         if not _runs_on(module, device):
-            raise ValueError(
-                f"fastgeo backend {name!r} runs on {module.devices} tensors, got {device.type}"
-            )
+            raise ValueError(f"fastgeo backend {name!r} runs on {module.devices} tensors, got {device.type}")
         return module
     for candidate in AUTO_ORDER.get(device.type, {}).get(op, ("reference",)):
         module = _load(candidate)

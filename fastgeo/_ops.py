@@ -5,6 +5,9 @@ Device-agnostic: it serves every dispatch key that has a kernel (CPU here; CUDA 
 under the same schemas). Importing this module loads ``fastgeo._C``, which defines the schemas
 and the CPU kernels; it raises ImportError when the extension is not built.
 
+The solver's kernels (``rbf_sigma_jacobian``, ``gauss_newton_system``, ``lm_propose``,
+``lm_update``) have no derivative: backpropagating through them raises.
+
 Backward ops take ``output_mask`` (which gradients to compute, in input order) and return an
 empty (0,) tensor for each gradient not asked for. Their own derivative (double backward) is
 not implemented: asking for it raises a clear error.
@@ -145,3 +148,18 @@ torch.library.register_autograd(
 )
 for _op in ("rbf_precision_backward", "segment_sqdist_backward", "rbf_segment_sqdist_backward"):
     torch.library.register_autograd(f"fastgeo::{_op}", _no_double_backward(_op), setup_context=_no_save)
+
+
+def _solver_only(op: str):
+    def backward(ctx: Any, *grads: Tensor) -> None:
+        raise RuntimeError(
+            f"fastgeo::{op} is a solver kernel without a derivative; its differentiable PyTorch "
+            "reference runs when gradients are needed (fastgeo.reference, fastgeo.gauss_newton, "
+            "fastgeo.levenberg_marquardt)."
+        )
+
+    return backward
+
+
+for _op in ("rbf_sigma_jacobian", "gauss_newton_system", "lm_propose", "lm_update"):
+    torch.library.register_autograd(f"fastgeo::{_op}", _solver_only(_op), setup_context=_no_save)

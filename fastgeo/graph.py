@@ -80,9 +80,7 @@ class LatentGraph:
                 out.append(self.metric.length(pts))
         return torch.cat(out) if out else a.new_zeros(0)
 
-    def _knn_edges(
-        self, queries: Tensor, nodes: Tensor, k: int, exclude_self: bool
-    ) -> tuple[Tensor, Tensor]:
+    def _knn_edges(self, queries: Tensor, nodes: Tensor, k: int, exclude_self: bool) -> tuple[Tensor, Tensor]:
         """Edges (E, 2) from each query to its k nearest nodes (plus a spanning tree among nodes
         when ``exclude_self``), weighted by metric length (E,)."""
         dist = torch.cdist(queries, nodes)

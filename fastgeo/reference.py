@@ -35,9 +35,7 @@ def rbf_features(z: Tensor, centers: Tensor, gammas: Tensor) -> Tensor:
     return torch.exp(-gammas * sqdist)
 
 
-def rbf_precision(
-    z: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor
-) -> Tensor:
+def rbf_precision(z: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor) -> Tensor:
     """beta: z (P, d), centers (K, d), gammas (K,), weights (D, K), zeta (D,) -> (P, D)."""
     return rbf_features(z, centers, gammas) @ weights.T + zeta
 

@@ -1,0 +1,240 @@
+"""The solver's C++ kernels for the Levenberg-Marquardt iteration (``lm_propose``, ``lm_update``)
+and for sigma with its Jacobian (``rbf_sigma_jacobian``), against their PyTorch references.
+
+float64: equal to the reference to ~1e-10 relative, decisions (accept / done / ok / solved)
+identical; float32: within stated tolerances of the float64 reference. ``opcheck`` on each op;
+shapes include p = 1, an empty batch, failed factorizations, NaN trial energies and
+non-contiguous inputs. The solver's results with the kernels equal those with the references.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastgeo
+from fastgeo import levenberg_marquardt as lm
+from fastgeo import reference
+from fastgeo.backends import cpu as cpu_backend
+
+_ok, _why = cpu_backend.is_available()
+if not _ok:
+    pytest.skip(f"fastgeo._C (C++ CPU kernels) is not built: {_why}", allow_module_level=True)
+
+ops = torch.ops.fastgeo
+UPDATE_NAMES = ("accept", "done", "ok", "e", "length", "grad", "hess", "curv", "lam", "nu")
+
+
+def _system(b: int, p: int, dtype: torch.dtype, seed: int = 0):
+    """A batch of LM states: SPD Gauss-Newton matrices, small symmetric secant models."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    a = r(b, p, p)
+    hess = a @ a.transpose(1, 2) / p + 0.1 * torch.eye(p, dtype=torch.float64)
+    c = 0.005 * r(b, p, p)
+    curv = c + c.transpose(1, 2)
+    grad = r(b, p)
+    lam = torch.rand(b, generator=g, dtype=torch.float64) * 1e-2
+    return [x.to(dtype) for x in (grad, hess, curv, lam)]
+
+
+def _update_args(b: int, p: int, dtype: torch.dtype, seed: int = 0):
+    grad, hess, curv, lam = _system(b, p, torch.float64, seed)
+    step, predicted, solved = lm.propose_reference(grad, hess, curv, lam, 23)
+    g = torch.Generator().manual_seed(seed + 1)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    e = 1 + torch.rand(b, generator=g, dtype=torch.float64)
+    length = 1 + torch.rand(b, generator=g, dtype=torch.float64)
+    # Trial energies: better, worse, barely better (settles), no change, NaN, ...
+    pattern = torch.tensor([-0.1, 0.1, -1e-6, 0.0, float("nan"), -0.3], dtype=torch.float64)
+    e_new = e + pattern.repeat(b // pattern.numel() + 1)[:b]
+    l_new = length * (1 + 1e-3 * r(b))
+    a = r(b, p, p)
+    h_new = a @ a.transpose(1, 2) / p
+    g_new, g_old = r(b, p), r(b, p)
+    nu = torch.full((b,), 2.0, dtype=torch.float64)
+    args = (e, length, e_new, l_new, grad, g_new, g_old, hess, h_new, curv, step, predicted, solved, lam, nu)
+    return [x.to(dtype) if x.is_floating_point() else x for x in args]
+
+
+@pytest.mark.parametrize("b,p", [(7, 24), (3, 1), (0, 4), (40, 12)], ids=["generic", "p=1", "B=0", "B=40"])
+def test_lm_propose_matches_reference_float64(b, p):
+    grad, hess, curv, lam = _system(b, p, torch.float64)
+    if b:
+        lam[0] = -1e3  # an indefinite system: the factorization fails, a zero step
+    got = ops.lm_propose(grad, hess, curv, lam, 47)
+    want = lm.propose_reference(grad, hess, curv, lam, 47)
+    assert torch.equal(got[2], want[2])
+    if b:
+        assert not bool(got[2][0]) and bool(got[2][1:].any())
+        assert torch.equal(got[0][0], torch.zeros(p, dtype=torch.float64))
+    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
+
+
+def test_lm_propose_solves_the_damped_system():
+    """Independent of the reference: (H + S + lam diag(scale)) step = -g where solved."""
+    grad, hess, curv, lam = _system(5, 8, torch.float64, seed=3)
+    step, predicted, solved = ops.lm_propose(grad, hess, curv, lam, 10)
+    assert bool(solved.all())
+    diag = torch.diagonal(hess, dim1=-2, dim2=-1)
+    system = hess + curv + torch.diag_embed(lam[:, None] * (diag + 1e-12 * diag.amax(-1, keepdim=True)))
+    torch.testing.assert_close(system @ step[..., None], -grad[..., None], rtol=1e-9, atol=1e-10)
+    model = (grad * step).sum(-1) + 0.5 * (step * ((hess + curv) @ step[..., None])[..., 0]).sum(-1)
+    torch.testing.assert_close(predicted, -10 * model)
+
+
+def test_lm_propose_float32_and_non_contiguous():
+    grad, hess, curv, lam = _system(6, 10, torch.float64, seed=5)
+    want = lm.propose_reference(grad, hess, curv, lam, 47)
+    g32, h32, c32, l32 = (x.float() for x in (grad, hess, curv, lam))
+    h32 = h32.transpose(1, 2).contiguous().transpose(1, 2)  # symmetric: same values, other strides
+    grad_nc = torch.cat([g32, g32], 1)[:, ::2]  # strided view
+    got = ops.lm_propose(grad_nc.contiguous() * 0 + g32, h32, c32, l32, 47)
+    got_nc = ops.lm_propose(torch.stack([g32, g32], -1)[..., 0], h32, c32, l32, 47)
+    assert torch.equal(got[2], want[2]) and torch.equal(got_nc[2], want[2])
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(got_nc[0], got[0])
+
+
+@pytest.mark.parametrize("b,p", [(12, 24), (6, 1), (0, 3)], ids=["generic", "p=1", "B=0"])
+def test_lm_update_matches_reference_float64(b, p):
+    args = _update_args(b, p, torch.float64)
+    got = ops.lm_update(*args, 1e-5, 30.0)
+    want = lm.update_reference(*args, 1e-5, 30.0)
+    for name, x, y in zip(UPDATE_NAMES, got, want, strict=True):
+        if x.dtype == torch.bool:
+            assert torch.equal(x, y), name
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12, msg=name)
+    if b:
+        accept = got[0]
+        assert bool(accept.any()) and bool((~accept).any())  # both branches exercised
+        assert not bool(accept[4])  # a NaN trial energy is rejected
+
+
+def test_lm_update_float32():
+    args64 = _update_args(12, 24, torch.float64, seed=2)
+    args32 = [x.float() if x.is_floating_point() else x for x in args64]
+    got = ops.lm_update(*args32, 1e-5, 30.0)
+    want = lm.update_reference(*args64, 1e-5, 30.0)
+    for name, x, y in zip(UPDATE_NAMES, got, want, strict=True):
+        if x.dtype == torch.bool:
+            assert torch.equal(x, y), name
+        else:
+            scale = y.abs().amax().clamp(min=1)
+            assert float((x.double() - y).abs().amax() / scale) < 1e-4, name
+
+
+def test_lm_update_secant_condition():
+    """Where the secant update applies, the new model satisfies S step = y_sharp (DGW)."""
+    args = _update_args(6, 5, torch.float64, seed=4)
+    e, _, e_new, _, grad, g_new, g_old, _, _, curv, step = args[:11]
+    e_new.copy_(e - 0.1)  # all accepted
+    g_new.copy_(grad + step * 3.0)  # y = 3 step: y . step > 0, the update is not skipped
+    accept, *_, new_curv, _, _ = ops.lm_update(*args, 1e-5, 30.0)
+    assert bool(accept.all())
+    y_sharp = g_new - g_old
+    torch.testing.assert_close((new_curv @ step[..., None])[..., 0], y_sharp, rtol=1e-8, atol=1e-10)
+
+
+def test_lm_ops_opcheck():
+    grad, hess, curv, lam = _system(4, 6, torch.float64)
+    torch.library.opcheck(ops.lm_propose, (grad, hess, curv, lam, 11))
+    torch.library.opcheck(ops.lm_update, (*_update_args(6, 6, torch.float64), 1e-5, 30.0))
+
+
+def test_lm_bad_inputs_name_the_argument():
+    grad, hess, curv, lam = _system(3, 4, torch.float64)
+    with pytest.raises(RuntimeError, match="hess must be"):
+        ops.lm_propose(grad, hess[:, :3], curv, lam, 5)
+    with pytest.raises(RuntimeError, match="lam must be"):
+        ops.lm_propose(grad, hess, curv, lam[:2], 5)
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.lm_propose(grad, hess.float(), curv, lam, 5)
+    args = _update_args(3, 4, torch.float64)
+    args[12] = args[12].double()  # solved must be bool
+    with pytest.raises(RuntimeError, match="solved"):
+        ops.lm_update(*args, 1e-5, 30.0)
+
+
+def _rbf(K: int, d: int, D: int, dtype: torch.dtype, seed: int = 0) -> fastgeo.RBFPrecision:
+    """Random RBF parameters, drawn in float64 so that both dtypes share them."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    centers = torch.randn(K, d, generator=g, dtype=f64)
+    gammas = 0.5 + torch.rand(K, generator=g, dtype=f64)
+    weights = torch.rand(D, K, generator=g, dtype=f64) * 5
+    zeta = 0.1 + torch.rand(D, generator=g, dtype=f64)
+    return fastgeo.RBFPrecision(*(x.to(dtype) for x in (centers, gammas, weights, zeta)))
+
+
+@pytest.mark.parametrize(
+    "P,K,d,D",
+    [(37, 5, 2, 7), (1, 1, 1, 1), (0, 3, 2, 4), (300, 64, 3, 64)],
+    ids=["generic", "ones", "P=0", "tiles"],
+)
+def test_rbf_sigma_jacobian_matches_reference(P, K, d, D):
+    prec = _rbf(K, d, D, torch.float64)
+    z = torch.randn(P, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.5
+    sigma, jac = ops.rbf_sigma_jacobian(z, *prec.params())
+    want_sigma, want_jac = reference.rbf_sigma_jacobian(z, *prec.params())
+    assert sigma.shape == (P, D) and jac.shape == (P, d, D)
+    torch.testing.assert_close(sigma, want_sigma, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(jac, want_jac, rtol=1e-10, atol=1e-13)
+    if P:  # and the reference is the Jacobian of sigma (autograd, an independent oracle)
+        auto = torch.autograd.functional.jacobian(lambda x: prec.sigma(x).sum(0), z)  # (D, P, d)
+        torch.testing.assert_close(jac, auto.permute(1, 2, 0), rtol=1e-9, atol=1e-12)
+
+
+def test_rbf_sigma_jacobian_float32_and_dispatch():
+    prec64 = _rbf(16, 2, 9, torch.float64, seed=2)
+    prec32 = _rbf(16, 2, 9, torch.float32, seed=2)
+    z = torch.randn(200, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    want_sigma, want_jac = reference.rbf_sigma_jacobian(z, *prec64.params())
+    with torch.no_grad():  # the method takes the kernel outside autograd
+        sigma, jac = prec32.sigma_and_jacobian_t(z.float()[::1].t().contiguous().t())
+    torch.testing.assert_close(sigma.double(), want_sigma, rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(jac.double(), want_jac, rtol=2e-5, atol=2e-6 * float(want_jac.abs().max()))
+    # With gradients wanted, the method runs the differentiable reference.
+    zz = z.float().requires_grad_(True)
+    s, _ = prec32.sigma_and_jacobian_t(zz)
+    assert s.requires_grad
+
+
+def test_rbf_sigma_jacobian_opcheck():
+    prec = _rbf(6, 2, 5, torch.float64)
+    z = torch.randn(11, 2, dtype=torch.float64)
+    params = [x.detach() for x in prec.params()]  # the op is not differentiable
+    torch.library.opcheck(ops.rbf_sigma_jacobian, (z, *params))
+
+
+def test_solver_with_kernels_equals_solver_with_references():
+    """geodesics() on CPU tensors with the kernels gives the reference path's result (float64)."""
+    from analytic import bumpy_metric
+
+    metric = bumpy_metric(dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    z0 = 0.8 * (torch.rand(6, 2, generator=g, dtype=torch.float64) - 0.5)
+    z1 = 0.8 * (torch.rand(6, 2, generator=g, dtype=torch.float64) - 0.5)
+    with torch.no_grad():
+        fast = fastgeo.geodesics(metric, z0, z1, graph=False)
+        with fastgeo.use_backend("reference"):
+            ref = fastgeo.geodesics(metric, z0, z1, graph=False)
+    torch.testing.assert_close(fast.lengths, ref.lengths, rtol=1e-9, atol=1e-12)
+    assert torch.equal(fast.converged, ref.converged)
+
+
+def test_solver_kernels_refuse_backward():
+    """No silent wrong gradients: backpropagating through a solver kernel raises."""
+    prec = _rbf(4, 2, 3, torch.float64)
+    z = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    sigma, _ = ops.rbf_sigma_jacobian(z, *prec.params())
+    with pytest.raises(RuntimeError, match="without a derivative"):
+        sigma.sum().backward()
+    f = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    grad, _ = ops.gauss_newton_system(
+        f, torch.randn(2, 4, 2, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64), False
+    )
+    with pytest.raises(RuntimeError, match="without a derivative"):
+        grad.sum().backward()
