@@ -126,6 +126,8 @@ class LatentGraph:
         """Coefficients (B, m, d) of the curves that best fit the shortest graph paths z0 -> z1,
         and the decoder evaluations spent attaching the end points."""
         B, d = z0.shape
+        if B == 0:
+            return z0.new_zeros(0, psi.shape[1], d), 0
         ends, inverse = torch.unique(torch.cat([z0, z1]), dim=0, return_inverse=True)
         q_edges, q_weights = self._knn_edges(ends, self.nodes, self.k, exclude_self=False)
         src_q, dst_q = inverse[:B].cpu().numpy(), inverse[B:].cpu().numpy()
@@ -159,17 +161,14 @@ class LatentGraph:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Shortest paths ``source, a, ..., b, target`` (B, L) through the graph, and their arc
         lengths from the source (B, L). Each end point joins the graph by its k edges ``q_edges``
-        (ordered by end); the path enters by one of the ``ENTRY_EDGES`` shortest edges of its
-        source and leaves by any edge of its target, the best of these pairs (a, b)."""
+        (ordered by end); the path enters by any edge of its source and leaves by any edge of its
+        target, the best of these k x k pairs (a, b)."""
         n, B = self.nodes.shape[0], len(src_q)
         kk = q_edges.shape[0] // max(n_ends, 1)
         nbr = q_edges[:, 1].reshape(n_ends, kk).cpu().numpy()
         w = q_weights.double().reshape(n_ends, kk).cpu().numpy()
         w = np.where(np.isnan(w), np.inf, w)
-        entry = np.argsort(w, axis=1, kind="stable")[:, :ENTRY_EDGES]
-        s_nbr = np.take_along_axis(nbr, entry, 1)[src_q]  # (B, ke)
-        s_w = np.take_along_axis(w, entry, 1)[src_q]
-        t_nbr, t_w = nbr[dst_q], w[dst_q]  # (B, kk)
+        s_nbr, s_w, t_nbr, t_w = nbr[src_q], w[src_q], nbr[dst_q], w[dst_q]  # (B, kk) each
         entries, row = np.unique(s_nbr, return_inverse=True)
         row = row.reshape(s_nbr.shape)
         dist, pred = self._rows(entries)
@@ -184,9 +183,6 @@ class LatentGraph:
         path = np.concatenate([(src_q + n)[:, None], inner, (dst_q + n)[:, None]], 1)
         arc = np.concatenate([np.zeros((B, 1)), arc_inner, length[:, None]], 1)
         return path, arc
-
-
-ENTRY_EDGES = 10  # a path enters the graph by one of its source's 10 shortest attaching edges
 
 
 def _walk_back(pred: np.ndarray, row: np.ndarray, target: np.ndarray, reachable: np.ndarray) -> np.ndarray:

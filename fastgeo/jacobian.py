@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from ._backend import use_backend
 
-# A chain step: ("linear", weight getter, bias getter) or ("act", name, params).
+# A chain step: ("linear", weight getter, bias getter, identity) or ("act", name, params); the
+# identity (the layer module's id, or the graph's attribute names) enters the chain's signature.
 Step = tuple
 
 
@@ -91,7 +92,7 @@ class MLPChain:
             if step[0] == "linear":
                 weight, bias = step[1](), step[2]()
                 width = x.shape[-1]
-                x = torch.mm(x.reshape(-1, width), weight.T).reshape(d + 1, P, -1)
+                x = torch.mm(x.reshape(-1, width), weight.T).reshape(d + 1, P, weight.shape[0])
                 if bias is not None:
                     x[0] += bias
             else:
@@ -127,7 +128,7 @@ def _module_steps(module: nn.Module) -> list[Step] | None:
             steps += sub
         return steps
     if kind is nn.Linear:
-        return [("linear", lambda m=module: m.weight, lambda m=module: m.bias)]
+        return [("linear", lambda m=module: m.weight, lambda m=module: m.bias, id(module))]
     if kind is nn.Identity:
         return []
     simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu"}
@@ -190,7 +191,8 @@ def _graph_steps(gm: torch.fx.GraphModule) -> list[Step] | None:
             if any(a.op != "get_attr" for a in args[1:]):
                 return None
             bias = attr(args[2].target) if len(args) > 2 and args[2] is not None else (lambda: None)
-            steps.append(("linear", attr(args[1].target), bias))
+            names = (args[1].target, args[2].target if len(args) > 2 and args[2] is not None else None)
+            steps.append(("linear", attr(args[1].target), bias, names))
             width = None
         elif target is aten.elu.default:
             if any(float(a) != 1.0 for a in args[2:4]):
@@ -215,34 +217,41 @@ _CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def mlp_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> MLPChain | None:
-    """The :class:`MLPChain` of ``fn`` if it is one (checked against ``fn`` on ``probe``,
-    (P, d)), else None. Cached per callable."""
-    try:
-        return _CHAINS[fn]
-    except (KeyError, TypeError):
-        pass
-    chain = None
-    module = fn
+    """The :class:`MLPChain` of ``fn`` if it is one, else None.
+
+    The structure is read again at every call (a few dozen attribute look-ups), so layers,
+    activations or hooks changed after a first call are seen; a structure is checked against
+    ``fn`` itself on ``probe`` (P, d) once, when it is first seen.
+    """
     from .io import FlatMean  # the loaded generator's wrapper: flattens (..., d) to (P, d)
 
+    module = fn
     if type(module) is FlatMean and not (module._forward_hooks or module._forward_pre_hooks):
         module = module.flat
     steps = _module_steps(module) if isinstance(module, nn.Module) else None
-    if steps is not None and any(s[0] == "linear" for s in steps):
-        candidate = MLPChain(steps)
-        try:
-            with torch.no_grad():
-                expected, got = fn(probe), candidate(probe)
-            scale = expected.abs().amax().clamp(min=1)
-            same = got.shape == expected.shape and bool(((got - expected).abs() <= 1e-4 * scale).all())
-        except Exception:  # noqa: BLE001 - any failure means "not the chain we thought"
-            same = False
-        chain = candidate if same else None
+    if steps is None or not any(s[0] == "linear" for s in steps):
+        return None
+    hooks = (len(module._forward_hooks), len(module._forward_pre_hooks))  # torch.export's own
+    signature = (id(module), hooks, tuple(s[3] if s[0] == "linear" else s for s in steps))
+    chain = MLPChain(steps)
     try:
-        _CHAINS[fn] = chain
-    except TypeError:  # not weak-referenceable: recognized again next time
+        known, ok = _CHAINS[fn]
+        if known == signature:
+            return chain if ok else None
+    except (KeyError, TypeError):
         pass
-    return chain
+    try:
+        with torch.no_grad():
+            expected, got = fn(probe), chain(probe)
+        scale = expected.abs().amax().clamp(min=1)
+        ok = got.shape == expected.shape and bool(((got - expected).abs() <= 1e-4 * scale).all())
+    except Exception:  # noqa: BLE001 - any failure means "not the chain we thought"
+        ok = False
+    try:
+        _CHAINS[fn] = (signature, ok)
+    except TypeError:  # not weak-referenceable: checked again next time
+        pass
+    return chain if ok else None
 
 
 def jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:

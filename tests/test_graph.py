@@ -1,0 +1,197 @@
+"""Graph initialization (``fastgeo.graph.LatentGraph``): shortest paths read from cached
+Dijkstra rows of the nodes where queries enter the graph.
+
+On a small graph (``bumpy_metric``, 205 nodes, float64) checked:
+
+- the path length ``initial_coeffs`` finds (the last arc length ``_paths`` returns) equals an
+  independent Dijkstra (scipy) on the graph with both query end points attached by their k
+  edges (independently rebuilt: Euclidean k nearest nodes, metric length of the straight
+  segment), one pair at a time, to 1e-9 relative; the returned path is a walk along edges of
+  that graph whose arc lengths add up;
+- the row cache: a repeated query gives identical coefficients and runs no Dijkstra; results
+  do not depend on the call history (a fresh graph gives the same as a warm one);
+- equal end points give zero coefficients; shapes (B, m, d); an empty batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse.csgraph
+import torch
+from analytic import bumpy_metric
+from scipy.sparse import coo_matrix
+
+import fastgeo
+
+N_POINTS, M = 16, 4
+
+
+@pytest.fixture(scope="module")
+def metric():
+    return bumpy_metric()
+
+
+def make_graph(metric) -> fastgeo.LatentGraph:
+    return fastgeo.LatentGraph(metric, n_nodes=200)
+
+
+@pytest.fixture(scope="module")
+def basis():
+    t = torch.linspace(0, 1, N_POINTS, dtype=torch.float64)
+    return fastgeo.PolynomialBasis(M)(t), t
+
+
+def end_points(B: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z0, z1 (B, 2): spread over the data (the RBF centers are ~N(0, 1))."""
+    g = torch.Generator().manual_seed(seed)
+    return 2 * torch.randn(B, 2, generator=g, dtype=torch.float64), 2 * torch.randn(
+        B, 2, generator=g, dtype=torch.float64
+    )
+
+
+def spy_paths(monkeypatch, graph: fastgeo.LatentGraph) -> list[tuple]:
+    """Record the arguments and results of graph._paths while initial_coeffs runs."""
+    calls = []
+    original = graph._paths
+
+    def spy(q_edges, q_weights, n_ends, src_q, dst_q):
+        out = original(q_edges, q_weights, n_ends, src_q, dst_q)
+        calls.append(((q_edges, q_weights, n_ends, src_q, dst_q), out))
+        return out
+
+    monkeypatch.setattr(graph, "_paths", spy)
+    return calls
+
+
+def augmented_graph(metric, graph: fastgeo.LatentGraph, ends: torch.Tensor):
+    """The graph's nodes and edges plus ``ends`` (E, d) as nodes n..n+E-1, each joined to its k
+    Euclidean-nearest nodes by an edge of the metric length of the straight segment, measured
+    at ``graph.edge_points`` points: a CSR matrix (read as undirected)."""
+    n, k = graph.nodes.shape[0], graph.k
+    nbr = torch.cdist(ends, graph.nodes).topk(k, largest=False).indices  # (E, k)
+    a = ends.repeat_interleave(k, 0)
+    b = graph.nodes[nbr.reshape(-1)]
+    s = torch.linspace(0, 1, graph.edge_points, dtype=ends.dtype)
+    with torch.no_grad():
+        w = metric.length(a[:, None, :] + s[None, :, None] * (b - a)[:, None, :])
+    rows = np.concatenate([graph.edges[:, 0].numpy(), n + np.repeat(np.arange(ends.shape[0]), k)])
+    cols = np.concatenate([graph.edges[:, 1].numpy(), nbr.reshape(-1).numpy()])
+    weights = np.concatenate([graph.weights.numpy(), w.numpy()])
+    assert (weights > 0).all()
+    size = n + ends.shape[0]
+    return coo_matrix((weights, (rows, cols)), shape=(size, size)).tocsr()
+
+
+def test_path_length_equals_independent_dijkstra(metric, basis, monkeypatch):
+    """One pair at a time (no other query end point to pass through): the arc length to the
+    target equals scipy's Dijkstra distance in the augmented graph (1e-9 relative), the path
+    runs source ... target along its edges, and consecutive arc lengths differ by edge weights."""
+    graph = make_graph(metric)
+    psi, t = basis
+    calls = spy_paths(monkeypatch, graph)
+    n = graph.nodes.shape[0]
+    z0s, z1s = end_points(12, seed=3)
+    for z0, z1 in zip(z0s, z1s, strict=True):
+        coeffs, evals = graph.initial_coeffs(z0[None], z1[None], psi, t)
+        assert coeffs.shape == (1, M, 2) and evals == 2 * graph.k * graph.edge_points
+        (_, _, _, src_q, dst_q), (path, arc) = calls[-1]
+        csr = augmented_graph(metric, graph, torch.stack([z0, z1]))  # z0 is node n, z1 node n + 1
+        dist = scipy.sparse.csgraph.dijkstra(csr, directed=False, indices=[n])[0]
+        expected = dist[n + 1]
+        assert np.isfinite(expected) and expected > 0
+        np.testing.assert_allclose(arc[0, -1], expected, rtol=1e-9, atol=0)
+        # The path: source end point, graph nodes, target end point; arc lengths along edges.
+        ends_ids = {int(src_q[0]): n, int(dst_q[0]): n + 1}  # _paths numbers the sorted unique ends
+        p = path[0].copy()
+        p[p >= n] = [ends_ids[int(i) - n] for i in p[p >= n]]
+        assert p[0] == n and p[-1] == n + 1 and (p[1:-1] < n).all()
+        assert (np.diff(arc[0]) >= 0).all() and arc[0, 0] == 0
+        dense = csr.toarray()
+        dense = np.maximum(dense, dense.T)
+        for i in range(len(p) - 1):
+            if p[i] != p[i + 1]:
+                w = dense[p[i], p[i + 1]]
+                assert w > 0, f"no edge {p[i]} - {p[i + 1]}"
+                np.testing.assert_allclose(arc[0, i + 1] - arc[0, i], w, rtol=1e-9, atol=1e-12)
+        # The independent distances agree along the path too (it is a shortest path).
+        np.testing.assert_allclose(arc[0, 1:-1], dist[p[1:-1]], rtol=1e-9, atol=1e-12)
+    assert len(calls) == len(z0s)
+
+
+def test_repeated_query_uses_cached_rows(metric, basis, monkeypatch):
+    """A second call with the same end points gives identical coefficients, adds no rows to the
+    cache and runs no Dijkstra at all."""
+    graph = make_graph(metric)
+    psi, t = basis
+    z0, z1 = end_points(6, seed=4)
+    first = graph.initial_coeffs(z0, z1, psi, t)
+    rows = len(graph._row_cache)
+    assert rows > 0
+
+    def no_dijkstra(*args, **kwargs):
+        raise AssertionError("Dijkstra ran for a cached query")
+
+    monkeypatch.setattr(scipy.sparse.csgraph, "dijkstra", no_dijkstra)
+    second = graph.initial_coeffs(z0, z1, psi, t)
+    assert torch.equal(first[0], second[0]) and first[1] == second[1]
+    assert len(graph._row_cache) == rows
+    # Swapped end points enter through other nodes, in general: this may need new rows.
+    monkeypatch.undo()
+    graph.initial_coeffs(z1, z0, psi, t)
+    assert len(graph._row_cache) >= rows
+
+
+def test_results_do_not_depend_on_call_history(metric, basis):
+    """A warm graph (other queries first, batches mixed) gives bit-identical coefficients to a
+    fresh one, pair by pair and batched."""
+    psi, t = basis
+    z0, z1 = end_points(8, seed=5)
+    warm = make_graph(metric)
+    other0, other1 = end_points(10, seed=6)
+    warm.initial_coeffs(other0, other1, psi, t)
+    warm_all, _ = warm.initial_coeffs(z0, z1, psi, t)
+    fresh_all, _ = make_graph(metric).initial_coeffs(z0, z1, psi, t)
+    assert torch.equal(warm_all, fresh_all)
+    assert float(warm_all.abs().max()) > 0  # curves leave the straight line: the test can fail
+    for i in (0, 5):
+        fresh_one, _ = make_graph(metric).initial_coeffs(z0[i : i + 1], z1[i : i + 1], psi, t)
+        torch.testing.assert_close(fresh_one, warm_all[i : i + 1], rtol=1e-12, atol=1e-12)
+
+
+def test_equal_end_points_give_zero_coefficients(metric, basis):
+    """z0 == z1: zero coefficients (alone, in a batch with other pairs, and repeated)."""
+    graph = make_graph(metric)
+    psi, t = basis
+    z0, z1 = end_points(4, seed=7)
+    same, _ = graph.initial_coeffs(z0, z0.clone(), psi, t)
+    assert same.shape == (4, M, 2) and torch.equal(same, torch.zeros_like(same))
+    mixed0 = torch.cat([z0[:2], z0[2:]])
+    mixed1 = torch.cat([z0[:2], z1[2:]])  # pairs 0, 1 equal, 2, 3 distinct
+    coeffs, _ = graph.initial_coeffs(mixed0, mixed1, psi, t)
+    assert torch.equal(coeffs[:2], torch.zeros_like(coeffs[:2]))
+    assert float(coeffs[2:].abs().amax(dim=(1, 2)).min()) > 0
+    alone, _ = make_graph(metric).initial_coeffs(z0[2:], z1[2:], psi, t)
+    torch.testing.assert_close(coeffs[2:], alone, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m,d", [(1, 2), (6, 2)])
+def test_output_shape(metric, m, d):
+    """Coefficients (B, m, d), float64 like the end points, evals = ends * k * edge_points."""
+    graph = make_graph(metric)
+    t = torch.linspace(0, 1, 12, dtype=torch.float64)
+    psi = fastgeo.PolynomialBasis(m)(t)
+    z0, z1 = end_points(3, seed=8)
+    coeffs, evals = graph.initial_coeffs(z0, z1, psi, t)
+    assert coeffs.shape == (3, m, d) and coeffs.dtype == torch.float64
+    assert evals == 6 * graph.k * graph.edge_points
+    assert bool(torch.isfinite(coeffs).all())
+
+
+def test_empty_batch(metric, basis):
+    """B = 0: coefficients (0, m, d)."""
+    graph = make_graph(metric)
+    psi, t = basis
+    empty = torch.zeros(0, 2, dtype=torch.float64)
+    coeffs, _ = graph.initial_coeffs(empty, empty, psi, t)
+    assert coeffs.shape == (0, M, 2)
