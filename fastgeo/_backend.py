@@ -27,6 +27,8 @@ _MODULES = {
     "cuda": "fastgeo.backends.cuda",
 }
 OPS = ("rbf_precision", "segment_sqdist", "rbf_segment_sqdist")
+# The solver's own kernels: C++ on CPU tensors (see use_cpu_kernel), their references elsewhere.
+SOLVER_OPS = ("rbf_sigma_jacobian", "gauss_newton_system", "lm_propose", "lm_update")
 
 # "auto" tries these in order, per device type and op. The GPU kernels pass the interpreter and
 # compile checks but have not yet run on a GPU (bench/gpu_check.sh does that): until they have,

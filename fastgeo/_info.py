@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from ._backend import AUTO_ORDER, OPS, availability, resolve
+from ._backend import AUTO_ORDER, OPS, SOLVER_OPS, availability, resolve, use_cpu_kernel
 
 
 def info() -> str:
@@ -36,4 +36,6 @@ def info() -> str:
             warnings.simplefilter("ignore")
             chosen = ", ".join(f"{op}: {resolve(op, torch.device(dev)).name}" for op in OPS)
         lines.append(f"auto on {dev}: {chosen}")
+    kinds = {op: "cpu" if use_cpu_kernel(op, torch.device("cpu")) else "reference" for op in SOLVER_OPS}
+    lines.append("solver kernels on cpu: " + ", ".join(f"{op}: {kind}" for op, kind in kinds.items()))
     return "\n".join(lines)

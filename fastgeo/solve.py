@@ -10,7 +10,12 @@ So the Gauss-Newton matrix needs only the (d x d) Gram blocks ``J_n^T J_n`` and
 basis functions m), and each Levenberg-Marquardt step is a small (m d x m d) solve per curve.
 Geodesic residuals do not vanish at the optimum, so Gauss-Newton alone converges slowly; a
 structured secant model of the missing curvature (Dennis, Gay & Welsch) restores fast
-convergence at no extra decoder cost.
+convergence at no extra decoder cost. The pieces of an iteration live beside this file: the
+decoder's Jacobian (:mod:`fastgeo.jacobian`: a stacked forward mode for MLP chains), and, as C++
+kernels on CPU tensors with their PyTorch references beside them, sigma's Jacobian
+(:meth:`fastgeo.RBFPrecision.sigma_and_jacobian_t`), the Gauss-Newton system
+(:mod:`fastgeo.gauss_newton`) and the damped step and its acceptance
+(:mod:`fastgeo.levenberg_marquardt`).
 
 Phases (``method="default"``):
   1. starts: the straight line; the paper's warm start, the curve minimizing the energy of the
