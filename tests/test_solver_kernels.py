@@ -102,11 +102,7 @@ def test_lm_update_matches_reference_float64(b, p):
     args = _update_args(b, p, torch.float64)
     got = ops.lm_update(*args, 1e-5, 30.0)
     want = lm.update_reference(*args, 1e-5, 30.0)
-    for name, x, y in zip(UPDATE_NAMES, got, want, strict=True):
-        if x.dtype == torch.bool:
-            assert torch.equal(x, y), name
-        else:
-            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12, msg=name)
+    _assert_same_update(got, want, rel=1e-10)
     if b:
         accept = got[0]
         assert bool(accept.any()) and bool((~accept).any())  # both branches exercised
@@ -118,12 +114,19 @@ def test_lm_update_float32():
     args32 = [x.float() if x.is_floating_point() else x for x in args64]
     got = ops.lm_update(*args32, 1e-5, 30.0)
     want = lm.update_reference(*args64, 1e-5, 30.0)
+    _assert_same_update(got, want, rel=1e-4)
+
+
+def _assert_same_update(got, want, rel: float) -> None:
+    """Identical decisions; states within ``rel`` of the largest entry (at least 1)."""
     for name, x, y in zip(UPDATE_NAMES, got, want, strict=True):
         if x.dtype == torch.bool:
             assert torch.equal(x, y), name
         else:
-            scale = y.abs().amax().clamp(min=1)
-            assert float((x.double() - y).abs().amax() / scale) < 1e-4, name
+            assert x.shape == y.shape, name
+            if y.numel():
+                scale = y.abs().amax().clamp(min=1)
+                assert float((x.double() - y.double()).abs().amax() / scale) <= rel, name
 
 
 def test_lm_update_secant_condition():
