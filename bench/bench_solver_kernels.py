@@ -1,0 +1,303 @@
+"""CPU benchmark of the solver's compiled pieces against their PyTorch references, on the shapes
+the solver really uses with the shipped digits generator (latent d = 2, D = 64, RBF K = 64,
+features F = 2D = 128; curves of m = 12 basis functions, so p = m d = 24 unknowns; N = 24 points
+in the coarse race, 48 in the fine phase; batches of 48 and 96 curves, and 2 curves, where the
+per-call overhead dominates):
+
+1. decoder Jacobian: ``fastgeo.jacobian.jacobian_rows`` (stacked forward mode through the MLP
+   chain) vs ``generic_jacobian_rows`` (``torch.func.jvp`` under ``vmap``), P = b N points on
+   straight lines between the generator's codes;
+2. sigma and its Jacobian: ``torch.ops.fastgeo.rbf_sigma_jacobian`` vs
+   ``fastgeo.reference.rbf_sigma_jacobian``, same points;
+3. Gauss-Newton system: ``torch.ops.fastgeo.gauss_newton_system`` vs
+   ``fastgeo.gauss_newton.reference_gauss_newton_system``, f (b, N, F) and J^T (b, N, d, F) of
+   the metric's features on curve points, psi the 12 Legendre-based basis functions;
+4. one Levenberg-Marquardt iteration's bookkeeping: ``lm_propose`` + ``lm_update`` vs
+   ``propose_reference`` + ``update_reference``, on a real solver state: the 48 solver pairs'
+   end points (``workloads.solver_pairs``), coefficients perturbed from the straight line, after
+   one reference iteration (so the secant model is not zero), and its real trial point.
+
+    OMP_NUM_THREADS=1 pytest bench/bench_solver_kernels.py --benchmark-only -q -p no:cacheprovider -s
+
+float32 (the solver's dtype), one thread (``torch.set_num_threads(1)`` around each timing), under
+``torch.no_grad()``. Before a pair is timed, the kernel's outputs are checked against the
+reference's (float32 tolerances, decisions identical), so a wrong kernel is never timed. Each
+call is timed by pytest-benchmark's own calibration (many rounds for these microsecond calls),
+after a few warm-up calls. Prints, at the end, a table (min over rounds, median in parentheses,
+ratio = reference min / kernel min), also written to ``$FASTGEO_BENCH_OUT/solver_kernels.md``
+(default ``bench/results``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+import workloads
+from workloads import environment_line
+
+import fastgeo
+from fastgeo import levenberg_marquardt as lm
+from fastgeo import reference
+from fastgeo.benchmarks.timing import environment
+from fastgeo.curves import evaluate
+from fastgeo.gauss_newton import reference_gauss_newton_system
+from fastgeo.jacobian import generic_jacobian_rows, jacobian_rows, mlp_chain
+from fastgeo.solve import LENGTH_TOL_FACTOR
+
+GENERATOR = "digits"
+DTYPE = torch.float32
+THREADS = 1
+M = 12  # basis functions per latent axis: p = M d unknowns
+TOL = 1e-5  # the solver's float32 tolerance
+WARMUP = 3  # calls before timing (allocator, dispatcher caches, the chain's recognition)
+# Largest error allowed, relative to the reference output's largest magnitude (float32):
+# sums of a few hundred products; the LM step is a Cholesky solve of a damped system.
+RTOL = {"jacobian": 1e-4, "sigma": 1e-4, "gauss_newton": 1e-4, "lm": 1e-3}
+IMPLS = ("reference", "kernel")
+
+ROWS: dict[tuple[str, str], dict[str, dict]] = {}
+
+
+@dataclass
+class Pair:
+    """A reference and a kernel call on the same inputs, and the check that they agree."""
+
+    reference: Callable[[], object]
+    kernel: Callable[[], object]
+    check: Callable[[], None]
+
+
+def _assert_agree(name: str, got, want, rtol: float) -> None:
+    """Every output of the kernel equals the reference's: booleans exactly, floats within
+    ``rtol`` of the reference's largest magnitude, same shapes and dtypes."""
+    for i, (x, y) in enumerate(zip(got, want, strict=True)):
+        assert x.shape == y.shape and x.dtype == y.dtype, f"{name}[{i}]: {x.shape} {x.dtype} vs {y.shape}"
+        if y.dtype == torch.bool:
+            assert torch.equal(x, y), f"{name}[{i}]: decisions differ from the reference"
+        else:
+            scale = float(y.abs().amax()) if y.numel() else 0.0
+            err = float((x - y).abs().amax()) if y.numel() else 0.0
+            assert err <= rtol * max(scale, 1e-30), f"{name}[{i}]: max error {err:.3g} (scale {scale:.3g})"
+
+
+def _features(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """f (P, F) and J^T (P, d, F) of the generator's metric, as the solver computes them."""
+    with torch.no_grad():
+        return workloads.generator(GENERATOR)[0].features_and_jacobian_t(z)
+
+
+def _jacobian(b: int, N: int) -> Pair:
+    mean = workloads.generator(GENERATOR)[0].mean
+    z = workloads.curve_points(GENERATOR, b, N).reshape(b * N, -1)
+    # Otherwise jacobian_rows would fall back to the generic path: reference against itself.
+    assert mlp_chain(mean, z[:4]) is not None, "the digits decoder is not recognized as an MLP chain"
+    ref, ker = (lambda: generic_jacobian_rows(mean, z)), (lambda: jacobian_rows(mean, z))
+    return Pair(ref, ker, lambda: _assert_agree("jacobian", ker(), ref(), RTOL["jacobian"]))
+
+
+def _sigma(b: int, N: int) -> Pair:
+    prec = workloads.generator(GENERATOR)[0].precision
+    params = [x.detach() for x in prec.params()]
+    z = workloads.curve_points(GENERATOR, b, N).reshape(b * N, -1)
+    ref = lambda: reference.rbf_sigma_jacobian(z, *params)  # noqa: E731
+    ker = lambda: torch.ops.fastgeo.rbf_sigma_jacobian(z, *params)  # noqa: E731
+    return Pair(ref, ker, lambda: _assert_agree("sigma", ker(), ref(), RTOL["sigma"]))
+
+
+def _gauss_newton(b: int, N: int) -> Pair:
+    f, jac = _features(workloads.curve_points(GENERATOR, b, N).reshape(b * N, -1))
+    f, jac = f.reshape(b, N, -1), jac.reshape(b, N, jac.shape[1], -1)
+    psi = fastgeo.PolynomialBasis(M)(torch.linspace(0, 1, N, dtype=DTYPE))
+    ref = lambda: reference_gauss_newton_system(f, jac, psi)  # noqa: E731
+    ker = lambda: torch.ops.fastgeo.gauss_newton_system(f, jac, psi, False)  # noqa: E731
+    return Pair(ref, ker, lambda: _assert_agree("gauss_newton", ker(), ref(), RTOL["gauss_newton"]))
+
+
+def _lm_state(b: int, N: int) -> tuple[tuple, tuple]:
+    """(propose args, update args) of a real solver state: b of the solver's pairs, curves
+    perturbed from the straight line, after one reference LM iteration, and its trial point."""
+    z0, z1 = workloads.solver_pairs(GENERATOR, b)
+    d = z0.shape[1]
+    t = torch.linspace(0, 1, N, dtype=DTYPE)
+    psi = fastgeo.PolynomialBasis(M)(t)
+    c = 0.05 * torch.randn(b, M, d, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
+
+    def linearize(coeffs):
+        f, jac = _features(evaluate(z0, z1, coeffs, psi, t).reshape(b * N, d))
+        f, jac = f.reshape(b, N, -1), jac.reshape(b, N, d, -1)
+        s = (f[:, 1:] - f[:, :-1]).pow(2).sum(-1)
+        return 0.5 * (N - 1) * s.sum(-1), s.sqrt().sum(-1), f, jac
+
+    e, length, f, jac = linearize(c)
+    grad, hess = reference_gauss_newton_system(f, jac, psi)
+    curv, lam, nu = torch.zeros_like(hess), torch.full_like(e, 1e-3), torch.full_like(e, 2.0)
+    for it in range(2):  # iteration 0 moves the state on; iteration 1's inputs are the ones timed
+        propose_args = (grad, hess, curv, lam, N - 1)
+        step, predicted, solved = lm.propose_reference(*propose_args)
+        trial = c + step.reshape(b, M, d)
+        e_new, l_new, f_new, jac_new = linearize(trial)
+        g_new, h_new = reference_gauss_newton_system(f_new, jac_new, psi)
+        g_old_jac, _ = reference_gauss_newton_system(f_new, jac, psi, grad_only=True)
+        update_args = (
+            e, length, e_new, l_new, grad, g_new, g_old_jac, hess, h_new, curv, step, predicted, solved,
+            lam, nu, TOL, LENGTH_TOL_FACTOR,
+        )  # fmt: skip
+        if it == 1:
+            return propose_args, update_args
+        accept, _, _, e, length, grad, hess, curv, lam, nu = lm.update_reference(*update_args)
+        c = torch.where(accept[:, None, None], trial, c)
+        jac = torch.where(accept[:, None, None, None], jac_new, jac)
+    raise AssertionError("unreachable")
+
+
+def _lm(b: int, N: int) -> Pair:
+    propose_args, update_args = _lm_state(b, N)
+    ops = torch.ops.fastgeo
+
+    def ref():
+        return lm.propose_reference(*propose_args), lm.update_reference(*update_args)
+
+    def ker():
+        return ops.lm_propose(*propose_args), ops.lm_update(*update_args)
+
+    def check():
+        (kp, ku), (rp, ru) = ker(), ref()
+        _assert_agree("lm_propose", kp, rp, RTOL["lm"])
+        _assert_agree("lm_update", ku, ru, RTOL["lm"])
+
+    return Pair(ref, ker, check)
+
+
+# (piece, shape label, builder, b, N). The LM bookkeeping does not depend on N (only p = M d).
+P_SHAPES = [(2, 48), (48, 24), (48, 48)]  # P = 96, 1152, 2304 points
+BN_SHAPES = [(b, N) for b in (2, 48, 96) for N in (24, 48)]
+CASES = (
+    [("decoder Jacobian", f"P={b * N} (b={b}, N={N}), d=2, D=64", _jacobian, b, N) for b, N in P_SHAPES]
+    + [("sigma + Jacobian", f"P={b * N} (b={b}, N={N}), d=2, K=64, D=64", _sigma, b, N) for b, N in P_SHAPES]
+    + [("Gauss-Newton system", f"b={b}, N={N}, d=2, F=128, p={2 * M}", _gauss_newton, b, N)
+       for b, N in BN_SHAPES]
+    + [("LM propose + update", f"b={b}, p={2 * M}", _lm, b, 24) for b in (2, 48, 96)]
+)  # fmt: skip
+
+PIECES = {
+    "decoder Jacobian": "jacobian_rows (stacked forward mode) vs generic_jacobian_rows (vmap of jvp)",
+    "sigma + Jacobian": "torch.ops.fastgeo.rbf_sigma_jacobian vs fastgeo.reference.rbf_sigma_jacobian",
+    "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs reference_gauss_newton_system",
+    "LM propose + update": "lm_propose + lm_update (C++) vs propose_reference + update_reference",
+}
+
+
+@cache
+def pair(index: int) -> Pair:
+    """The case's calls, built once and checked once (before either side is timed)."""
+    _, _, build, b, N = CASES[index]
+    with torch.no_grad():
+        p = build(b, N)
+        p.check()
+    return p
+
+
+PARAMS = [  # ids usable with -k, e.g. -k "gauss_newton and b48"
+    pytest.param(i, impl, id=f"{build.__name__.lstrip('_')}-b{b}-N{N}-{impl}")
+    for i, (_, _, build, b, N) in enumerate(CASES)
+    for impl in IMPLS
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpu_kernels_built():
+    ok, why = fastgeo.availability()["cpu"]  # also loads fastgeo._C, registering torch.ops.fastgeo
+    if not ok:
+        pytest.skip(f"fastgeo._C is not built: {why}")
+    for op in ("rbf_sigma_jacobian", "gauss_newton_system", "lm_propose", "lm_update"):
+        if not hasattr(torch.ops.fastgeo, op):
+            pytest.skip(f"fastgeo._C was built without torch.ops.fastgeo.{op}")
+
+
+@pytest.mark.parametrize("index,impl", PARAMS)
+def test_solver_kernel(benchmark, index: int, impl: str) -> None:
+    piece, shape, *_ = CASES[index]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        fn = getattr(pair(index), impl)
+
+        def step():
+            with torch.no_grad():
+                fn()
+
+        for _ in range(WARMUP):
+            step()
+        benchmark.group = f"{piece}: {shape}"
+        benchmark(step)
+        env = environment("cpu")  # while the benchmark's thread count is set
+    finally:
+        torch.set_num_threads(threads)
+    stats = benchmark.stats.stats if benchmark.stats else None
+    ROWS.setdefault((piece, shape), {})[impl] = dict(
+        min=stats.min if stats else None,
+        median=stats.median if stats else None,
+        rounds=stats.rounds if stats else None,
+        iterations=benchmark.stats.iterations if stats else None,
+    )
+    benchmark.extra_info.update(env)
+    benchmark.extra_info.update(
+        piece=piece, impl=impl, shape=shape, dtype=str(DTYPE), threads=THREADS, generator=GENERATOR
+    )
+
+
+def _time(row: dict | None) -> str:
+    if not row or row["min"] is None:
+        return "-"
+    return f"{1e6 * row['min']:.1f} ({1e6 * row['median']:.1f})"
+
+
+def solver_kernels_table() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        f"{environment_line(THREADS)}, {str(DTYPE).replace('torch.', '')}, generator {GENERATOR}, "
+        f"load average (1 min) {load:.2f} at the end",
+        "",
+        "Times in microseconds per call: min over rounds (median in parentheses); ratio = reference min "
+        "/ kernel min.",
+        "",
+        "| piece | shape | dtype | threads | reference µs | kernel µs | ratio ref/kernel "
+        "| rounds x calls ref / kernel |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (piece, shape), impls in ROWS.items():
+        ref, ker = impls.get("reference"), impls.get("kernel")
+        timed = ref and ker and ref["min"] is not None and ker["min"] is not None
+        ratio = f"{ref['min'] / ker['min']:.2f}" if timed else "-"
+        rounds = " / ".join(
+            "-" if not r or r["rounds"] is None else f"{r['rounds']} x {r['iterations']}" for r in (ref, ker)
+        )
+        dtype = str(DTYPE).replace("torch.", "")
+        lines.append(
+            f"| {piece} | {shape} | {dtype} | {THREADS} | {_time(ref)} | {_time(ker)} | {ratio} | {rounds} |"
+        )
+    lines += ["", "Pieces (kernel vs reference):", ""]
+    lines += [f"- {piece}: {what}" for piece, what in PIECES.items()]
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_table():
+    yield
+    if ROWS:
+        table = solver_kernels_table()
+        out = Path(os.environ.get("FASTGEO_BENCH_OUT", "bench/results"))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "solver_kernels.md").write_text(table + "\n")
+        print("\n" + table)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "--benchmark-only", "-s", *sys.argv[1:]]))
