@@ -119,7 +119,7 @@ def geodesics(
     m: int | None = None,
     n_points: int | None = None,
     family: str = "legendre",
-    warm_start: bool = True,
+    warm_start: bool | int = True,
     max_iter: int | None = None,
     tol: float | None = None,
     batch_size: int | None = None,
@@ -143,7 +143,8 @@ def geodesics(
         n_points: points per curve in the discrete energy (default 48; 32 for ``paper``, 128
             for ``dense``).
         family: ``"legendre"`` or ``"chebyshev"`` polynomials.
-        warm_start: run the RBF warm start (``default`` and ``paper``).
+        warm_start: run the RBF warm start (``default`` and ``paper``): ``True`` for its default
+            iterations (5; a start only, the full energy decides the rest), or their number.
         max_iter: iteration limit per phase (default 100 for Levenberg-Marquardt, 2000 for
             ``paper``'s first-order steps, 300 for ``dense``).
         tol: a curve converges when a step lowers its energy by less than ``tol`` relative
@@ -194,6 +195,8 @@ def geodesics(
         max_iter = {"default": 100, "paper": 2000, "dense": 300}[method]
     if not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+    if not isinstance(warm_start, (bool, int)) or warm_start < 0:
+        raise ValueError(f"warm_start must be a bool or an integer >= 0 (iterations), got {warm_start!r}")
     if refine is None:
         refine = 2 if method == "default" else 1
     if not isinstance(refine, int) or refine < 1:
@@ -358,7 +361,7 @@ def _solve_batch(
     basis,
     n_points: int,
     method: str,
-    warm_start: bool,
+    warm_start: bool | int,
     max_iter: int,
     tol: float,
     init: Tensor | None,
@@ -403,7 +406,8 @@ def _solve_batch(
     if init is not None:
         candidates.append((2, init))
     if warm_start and method != "dense" and B > 0:
-        warm, warm_it = _warm_start(metric, z0, z1, psi_c, t_c, method, max_iter, tol, counter)
+        warm_iter = min(max_iter, WARM_ITER if warm_start is True else int(warm_start))
+        warm, warm_it = _warm_start(metric, z0, z1, psi_c, t_c, method, warm_iter, tol, counter)
         iterations += warm_it
         candidates.append((1, warm))
     if lgraph is not None and B > 0:
@@ -506,7 +510,7 @@ def _warm_start(metric, z0, z1, psi, t, method, max_iter, tol, counter) -> tuple
     everyone = torch.arange(B, device=z0.device)
     s0 = segments(start, everyone)
     # Only a start: a loose tolerance and few iterations, the full energy decides the rest.
-    tol, max_iter = max(tol, 1e-4), min(max_iter, WARM_ITER)
+    tol = max(tol, 1e-4)
     if method == "paper":
         coeffs, _, _, it = _first_order(segments, start, s0, max_iter, tol, z0, z1)
     else:
@@ -678,7 +682,11 @@ def _dense_multistart(metric, z0, z1, n_points, max_iter, tol, batch_size, graph
     straight = curves_straight(z0, z1, n_points)
     starts = []
     evals = jvps = 0
-    for start_opts in ({}, {"graph": False}, {"graph": False, "warm_start": False}):
+    # The default solver's curve, and curves from each start alone, with longer warm starts and
+    # every start refined at full resolution: the oracle explores more basins than the default.
+    explore = {"graph": False, "warm_start": 4 * WARM_ITER}
+    every_start = {"refine": len(INIT_NAMES), "coarse_points": n_points, "warm_start": 4 * WARM_ITER}
+    for start_opts in ({}, {"graph": False}, {"graph": False, "warm_start": False}, explore, every_start):
         r = geodesics(
             metric, z0, z1, method="default", batch_size=batch_size, latents=latents,
             **({"graph": graph} | start_opts),

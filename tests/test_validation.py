@@ -98,6 +98,8 @@ def test_geodesics_rejects_bad_input():
         (dict(z0=z, z1=z, max_iter=-1), ValueError, "max_iter"),
         (dict(z0=z, z1=z, coarse_points=2), ValueError, "coarse_points"),
         (dict(z0=z, z1=z, coarse_points=16.0), ValueError, "coarse_points"),
+        (dict(z0=z, z1=z, warm_start=-1), ValueError, "warm_start"),
+        (dict(z0=z, z1=z, warm_start=2.5), ValueError, "warm_start"),
         (dict(z0=z, z1=z, init=torch.zeros(4, 3, 2, dtype=f64)), ValueError, "init"),
     ]
     for kwargs, exc, match in cases:
