@@ -3,12 +3,13 @@
 The solver needs the decoder's value and its ``d`` directional derivatives at thousands of
 points per iteration. Generic callables get them from ``torch.func.jvp`` vectorized over the
 directions; most VAE decoders, though, are chains of affine layers and pointwise activations,
-and for those a hand-written forward mode is 1.5-5x faster: the value and the ``d`` tangents of
-a layer are stacked into one ``((d+1) P, H)`` matrix, so each affine layer is a single GEMM and
-each activation one pass that also yields its derivative from its own output.
+and for those a hand-written forward mode is 1.5-3.5x faster (bench/bench_solver_kernels.py):
+the value and the ``d`` tangents of a layer are stacked into one ``((d+1) P, H)`` matrix, so each
+affine layer is a single GEMM and each activation one pass that also yields its derivative.
 
-Recognized chains (checked once per callable against the callable itself on a probe, with a
-fallback to the generic path on any mismatch):
+Recognized chains (the structure is read at every call, so later changes to layers, activation
+parameters or hooks are seen; each new structure is checked once against the callable itself on
+a probe, with a fallback to the generic path on any mismatch):
 
 - ``nn.Sequential`` (nested too) and bare ``nn.Linear``;
 - ``torch.fx.GraphModule`` of ``aten`` ops, e.g. a mean saved by :func:`fastgeo.save_generator`
