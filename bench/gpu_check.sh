@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: build fastgeo with its CUDA kernels, run the whole test suite on
-# the GPU (Triton natively, opcheck, torch.compile), then the GPU benchmarks.
+# the GPU (Triton natively, opcheck, torch.compile), then the GPU benchmarks and the solver on
+# CUDA tensors against the CPU.
 #   bash bench/gpu_check.sh [--quick]      (from the repository root; no downloads needed)
 # Needs: a CUDA torch, triton, nvcc. Prints every step; stops at the first failure.
 set -euxo pipefail
@@ -31,3 +32,5 @@ python -m pytest -q -rs tests
 
 python bench/bench_ops_gpu.py "$@"
 python bench/bench_ops_gpu.py --dtype float64 --quick
+# The whole solver on CUDA tensors (its kernels' PyTorch references there) against the CPU.
+(cd bench && python bench_solver_device.py --device cuda)
