@@ -49,7 +49,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     torch.set_num_threads(1)
     print(f"{environment_line(1)}; device {device} ({name}), float32, {PAIRS} pairs per generator")
-    print("| generator | cpu s | device s | cpu / device | max rel. length difference | converged cpu / device |")
+    print("| generator | cpu s | device s | cpu / device | max rel. length diff. | converged cpu / device |")
     print("| --- | --- | --- | --- | --- | --- |")
     for gen in GENERATORS:
         metric = generator(gen)[0]
