@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from workloads import GENERATORS, PAIRS, environment_line, generator, solver_pairs
+from workloads import GENERATORS, PAIRS, environment_line, generator, results_dir, solver_pairs
 
 import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, excess
@@ -137,8 +137,7 @@ def _print_table():
     yield
     if ROWS:
         table = solver_table()
-        out = Path(os.environ.get("FASTGEO_BENCH_OUT", "bench/results"))
-        out.mkdir(parents=True, exist_ok=True)
+        out = results_dir()
         (out / "solver.md").write_text(table + "\n")
         print("\n" + table)
         write_solver_plots(out)

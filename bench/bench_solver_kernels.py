@@ -35,12 +35,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
 import workloads
-from workloads import environment_line
+from workloads import environment_line, results_dir
 
 import fastgeo
 from fastgeo import levenberg_marquardt as lm
@@ -293,8 +292,7 @@ def _print_table():
     yield
     if ROWS:
         table = solver_kernels_table()
-        out = Path(os.environ.get("FASTGEO_BENCH_OUT", "bench/results"))
-        out.mkdir(parents=True, exist_ok=True)
+        out = results_dir()
         (out / "solver_kernels.md").write_text(table + "\n")
         print("\n" + table)
 

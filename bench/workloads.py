@@ -94,3 +94,13 @@ def environment_line(threads: int | None = None) -> str:
         f"triton {env['triton_version']}, cpu {env['cpu_model']} ({env['cpu_count']} cores), "
         f"threads {env['threads'] if threads is None else threads}"
     )
+
+
+def results_dir() -> Path:
+    """Where the benchmark files write their tables and plots: ``$FASTGEO_BENCH_OUT`` or
+    ``bench/results`` (created)."""
+    import os
+
+    out = Path(os.environ.get("FASTGEO_BENCH_OUT", "bench/results"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
