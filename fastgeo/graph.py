@@ -111,7 +111,8 @@ class LatentGraph:
     def _rows(self, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Shortest-path distances and predecessors from graph nodes ``sources`` (E,) to every
         node: (E, n) each. Rows are computed by Dijkstra on first use and kept: queries near the
-        same data enter the graph through the same nodes."""
+        same data enter the graph through the same nodes. The kept rows take 12 n bytes each, at
+        most 12 n^2 (30 MB for the default graph of ~1600 nodes)."""
         missing = np.array([s for s in np.unique(sources) if s not in self._row_cache], dtype=np.int64)
         if missing.size:
             from scipy.sparse.csgraph import dijkstra
