@@ -1,10 +1,11 @@
 """Build script: the pure-Python package plus, when C++ sources exist, the ``fastgeo._C``
-extension (CPU kernels; CUDA kernels when torch has CUDA).
+extension (operator schemas and CPU kernels) and, when torch has CUDA, ``fastgeo._C_cuda`` (the
+CUDA C++ kernels).
 
 Environment variables:
     FASTGEO_MARCH_NATIVE=1   compile the CPU kernels with -march=native (source builds only)
     FASTGEO_NO_EXTENSION=1   skip the extension (pure-PyTorch install)
-    FASTGEO_CUDA=1 / 0       force / skip the CUDA kernels (csrc/cuda/); default: built when torch
+    FASTGEO_CUDA=1 / 0       force / skip fastgeo._C_cuda (csrc/cuda/); default: built when torch
                              sees a GPU. Needs a CUDA torch and CUDA_HOME set to the toolkit folder
                              (bench/gpu_check.sh shows how); TORCH_CUDA_ARCH_LIST picks the archs.
 """
@@ -27,24 +28,19 @@ if sources and os.environ.get("FASTGEO_NO_EXTENSION", "0") != "1":
     want_cuda = os.environ.get("FASTGEO_CUDA", "1" if torch.cuda.is_available() else "0") == "1"
     if want_cuda and torch.version.cuda is None:
         raise RuntimeError("FASTGEO_CUDA=1 but this torch has no CUDA support")
+    # fastgeo._C: the operators' schemas and their CPU kernels (always).
+    ext_modules.append(
+        CppExtension("fastgeo._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    )
     if want_cuda:
+        # fastgeo._C_cuda: the CUDA C++ kernels, called by the operators' CUDA kernels.
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
         ext_modules.append(
             CUDAExtension(
-                "fastgeo._C",
-                sources + cuda_sources,
+                "fastgeo._C_cuda",
+                cuda_sources,
                 include_dirs=[os.path.abspath("csrc/cuda")],
-                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
-                extra_link_args=["-fopenmp"],
-            )
-        )
-    else:
-        ext_modules.append(
-            CppExtension(
-                "fastgeo._C",
-                sources,
-                extra_compile_args={"cxx": cxx},
-                extra_link_args=["-fopenmp"],
+                extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-std=c++17"]},
             )
         )
     cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)

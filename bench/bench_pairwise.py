@@ -43,6 +43,7 @@ import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, measured_lengths, oracle_lengths
 from fastgeo.benchmarks.generator import latent_codes, synthetic_generator
 from fastgeo.benchmarks.timing import environment
+from fastgeo.curves import straight_line, time_grid
 
 DIGITS = str(generator_path("digits"))  # the generator the other layers measure too (workloads.py)
 
@@ -192,7 +193,7 @@ def worker(args: argparse.Namespace, M: int, compare: bool) -> dict:
         ours_fine = measured_lengths(m64, ours.points(MEASURE_POINTS))
         sm_fine = measured_lengths(m64, sm_points)
         smb_fine = measured_lengths(m64, smb_points)
-        straight = measured_lengths(m64, fastgeo.solve.curves_straight(z0, z1, MEASURE_POINTS))
+        straight = measured_lengths(m64, straight_line(z0, z1, time_grid(MEASURE_POINTS, z0)))
 
     def excess(L: Tensor) -> dict:
         e = L / L_ref - 1

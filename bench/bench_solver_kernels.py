@@ -4,16 +4,16 @@ features F = 2D = 128; curves of m = 12 basis functions, so p = m d = 24 unknown
 in the coarse race, 48 in the fine phase; batches of 48 and 96 curves, and 2 curves, where the
 per-call overhead dominates):
 
-1. decoder Jacobian: ``fastgeo.jacobian.jacobian_rows`` (stacked forward mode through the MLP
+1. decoder Jacobian: ``fastgeo.decoders.jacobian_rows`` (stacked forward mode through the MLP
    chain) vs ``generic_jacobian_rows`` (``torch.func.jvp`` under ``vmap``), P = b N points on
    straight lines between the generator's codes;
 2. sigma and its Jacobian: ``torch.ops.fastgeo.rbf_sigma_jacobian`` vs
    ``fastgeo.reference.rbf_sigma_jacobian``, same points;
 3. Gauss-Newton system: ``torch.ops.fastgeo.gauss_newton_system`` vs
-   ``fastgeo.gauss_newton.reference_gauss_newton_system``, f (b, N, F) and J^T (b, N, d, F) of
+   ``fastgeo.reference.gauss_newton_system``, f (b, N, F) and J^T (b, N, d, F) of
    the metric's features on curve points, psi the 12 Legendre-based basis functions;
 4. one Levenberg-Marquardt iteration's bookkeeping: ``lm_propose`` + ``lm_update`` vs
-   ``propose_reference`` + ``update_reference``, on a real solver state: the 48 solver pairs'
+   ``fastgeo.reference.lm_propose`` + ``lm_update``, on a real solver state: the 48 solver pairs'
    end points (``workloads.solver_pairs``), coefficients perturbed from the straight line, after
    one reference iteration (so the secant model is not zero), and its real trial point.
 
@@ -42,13 +42,12 @@ import workloads
 from workloads import environment_line, results_dir
 
 import fastgeo
-from fastgeo import levenberg_marquardt as lm
 from fastgeo import reference
 from fastgeo.benchmarks.timing import environment
 from fastgeo.curves import evaluate
-from fastgeo.gauss_newton import reference_gauss_newton_system
-from fastgeo.jacobian import generic_jacobian_rows, jacobian_rows, mlp_chain
-from fastgeo.solve import LENGTH_TOL_FACTOR
+from fastgeo.decoders import generic_jacobian_rows, jacobian_rows, mlp_chain
+from fastgeo.reference import gauss_newton_system as reference_gauss_newton_system
+from fastgeo.solver.levenberg_marquardt import LENGTH_TOL_FACTOR
 
 GENERATOR = "digits"
 DTYPE = torch.float32
@@ -139,7 +138,7 @@ def _lm_state(b: int, N: int) -> tuple[tuple, tuple]:
     curv, lam, nu = torch.zeros_like(hess), torch.full_like(e, 1e-3), torch.full_like(e, 2.0)
     for it in range(2):  # iteration 0 moves the state on; iteration 1's inputs are the ones timed
         propose_args = (grad, hess, curv, lam, N - 1)
-        step, predicted, solved = lm.propose_reference(*propose_args)
+        step, predicted, solved = reference.lm_propose(*propose_args)
         trial = c + step.reshape(b, M, d)
         e_new, l_new, f_new, jac_new = linearize(trial)
         g_new, h_new = reference_gauss_newton_system(f_new, jac_new, psi)
@@ -150,7 +149,7 @@ def _lm_state(b: int, N: int) -> tuple[tuple, tuple]:
         )  # fmt: skip
         if it == 1:
             return propose_args, update_args
-        accept, _, _, e, length, grad, hess, curv, lam, nu = lm.update_reference(*update_args)
+        accept, _, _, e, length, grad, hess, curv, lam, nu = reference.lm_update(*update_args)
         c = torch.where(accept[:, None, None], trial, c)
         jac = torch.where(accept[:, None, None, None], jac_new, jac)
     raise AssertionError("unreachable")
@@ -161,7 +160,7 @@ def _lm(b: int, N: int) -> Pair:
     ops = torch.ops.fastgeo
 
     def ref():
-        return lm.propose_reference(*propose_args), lm.update_reference(*update_args)
+        return reference.lm_propose(*propose_args), reference.lm_update(*update_args)
 
     def ker():
         return ops.lm_propose(*propose_args), ops.lm_update(*update_args)
@@ -188,8 +187,8 @@ CASES = (
 PIECES = {
     "decoder Jacobian": "jacobian_rows (stacked forward mode) vs generic_jacobian_rows (vmap of jvp)",
     "sigma + Jacobian": "torch.ops.fastgeo.rbf_sigma_jacobian vs fastgeo.reference.rbf_sigma_jacobian",
-    "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs reference_gauss_newton_system",
-    "LM propose + update": "lm_propose + lm_update (C++) vs propose_reference + update_reference",
+    "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs fastgeo.reference.gauss_newton_system",
+    "LM propose + update": "lm_propose + lm_update (C++) vs fastgeo.reference.lm_propose + lm_update",
 }
 
 

@@ -34,7 +34,7 @@ TORCH_LIBRARY(fastgeo, m) {
   // sum_n ||f_{n+1} - f_n||^2 / 2 in the basis coefficients; the matrix is (0,) if grad_only.
   // Not differentiable (the solver runs it under no_grad).
   m.def("gauss_newton_system(Tensor f, Tensor jac, Tensor psi, bool grad_only) -> (Tensor, Tensor)");
-  // One Levenberg-Marquardt iteration of the solver (fastgeo/levenberg_marquardt.py), per curve:
+  // One Levenberg-Marquardt iteration of the solver (fastgeo/reference/levenberg_marquardt.py), per curve:
   // grad (B, p), hess and curv (B, p, p), lam (B,) -> step (B, p), predicted (B,), solved (B,) bool
   m.def("lm_propose(Tensor grad, Tensor hess, Tensor curv, Tensor lam, int segments) -> (Tensor, Tensor, Tensor)");
   // -> [accept, done, ok (B,) bool, e, length, grad, hess, curv, lam, nu] (the updated state)

@@ -1,18 +1,19 @@
 """fastgeo: batched geodesics and geodesic distances in VAE latent spaces under the expected
-Riemannian metric of the stochastic decoder."""
+Riemannian metric of the stochastic decoder.
+
+Importing fastgeo registers its operators (``torch.ops.fastgeo.*``).
+"""
 
 from . import datasets, ops, reference
-from ._backend import availability, current_backend, use_backend
 from ._info import info
+from ._version import __version__
 from .curves import Curves, PiecewiseLinearBasis, PolynomialBasis
-from .distances import PairwiseReport, pairwise_distances
-from .graph import LatentGraph
 from .io import load_extra, load_generator, save_generator
 from .metric import ExpectedMetric
+from .ops import availability, current_backend, use_backend
+from .pairwise import PairwiseReport, pairwise_distances
 from .rbf import RBFPrecision
-from .solve import GeodesicResult, geodesics
-
-__version__ = "0.1.0"
+from .solver import GeodesicResult, LatentGraph, geodesics
 
 
 def __getattr__(name: str):

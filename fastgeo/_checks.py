@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -72,3 +74,40 @@ def rbf_params(
         raise ValueError(f"zeta must be a scalar or have shape (D,) = ({D},), got {tuple(zeta.shape)}")
     same_dtype_device([("centers", centers), ("gammas", gammas), ("weights", weights), ("zeta", zeta)])
     return centers, gammas, weights, zeta
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def integer(name: str, value: object, minimum: int | None = None) -> int:
+    """``value`` as an int (a Python or numpy integer, never a bool), ``>= minimum``."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value.__index__())  # type: ignore[attr-defined]
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def positive_float(name: str, value: object) -> float:
+    """``value`` as a finite float > 0 (ints and numpy numbers accepted, bools and strings not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not 0 < number < math.inf:
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return number
+
+
+def boolean(name: str, value: object) -> bool:
+    """``value`` if it is a bool (``True``/``False``; strings such as ``'no'`` are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value

@@ -7,13 +7,12 @@ import warnings
 
 import torch
 
-from ._backend import AUTO_ORDER, OPS, SOLVER_OPS, availability, resolve, use_cpu_kernel
+from ._version import __version__
+from .ops.registry import AUTO_ORDER, OPS, availability, resolve
 
 
 def info() -> str:
     """A human-readable report: versions, threads, backends available and the one each op uses."""
-    from . import __version__
-
     lines = [
         f"fastgeo {__version__}",
         f"python {platform.python_version()}  torch {torch.__version__}",
@@ -28,14 +27,13 @@ def info() -> str:
     lines.append("backends:")
     for name, (ok, reason) in availability().items():
         lines.append(f"  {name:10s} {'yes' if ok else 'no ':3s}  {reason}")
+    lines.append("operators (torch.ops.fastgeo), and the backend each runs under 'auto':")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
         if dev not in AUTO_ORDER:
             continue
         with warnings.catch_warnings():  # the report itself says when the reference is used
             warnings.simplefilter("ignore")
-            chosen = ", ".join(f"{op}: {resolve(op, torch.device(dev)).name}" for op in OPS)
-        lines.append(f"auto on {dev}: {chosen}")
-    kinds = {op: "cpu" if use_cpu_kernel(op, torch.device("cpu")) else "reference" for op in SOLVER_OPS}
-    lines.append("solver kernels on cpu: " + ", ".join(f"{op}: {kind}" for op, kind in kinds.items()))
+            chosen = ", ".join(f"{op}: {resolve(op, torch.device(dev))[0]}" for op in OPS)
+        lines.append(f"  on {dev}: {chosen}")
     return "\n".join(lines)

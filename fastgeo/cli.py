@@ -24,8 +24,9 @@ def _distances(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .distances import atomic_write, pairwise_distances
+    from ._files import atomic_write
     from .io import load_generator
+    from .pairwise import pairwise_distances
 
     metric = load_generator(args.generator, device=args.device)
     Z = torch.from_numpy(np.load(args.latents)).to(dtype=metric.dtype, device=metric.device)

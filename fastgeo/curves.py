@@ -71,10 +71,14 @@ def time_grid(n: int, like: Tensor) -> Tensor:
     return torch.linspace(0, 1, n, dtype=like.dtype, device=like.device)
 
 
+def straight_line(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """The straight lines ``z0 + t (z1 - z0)``: z0, z1 (B, d) at times t (n,) -> (B, n, d)."""
+    return z0[:, None, :] + t[None, :, None] * (z1 - z0)[:, None, :]
+
+
 def evaluate(z0: Tensor, z1: Tensor, coeffs: Tensor, psi: Tensor, t: Tensor) -> Tensor:
     """Curve points: z0, z1 (B, d), coeffs (B, m, d), psi (n, m) at times t (n,) -> (B, n, d)."""
-    line = z0[:, None, :] + t[None, :, None] * (z1 - z0)[:, None, :]
-    return line + torch.einsum("nm,bmd->bnd", psi, coeffs)
+    return straight_line(z0, z1, t) + torch.einsum("nm,bmd->bnd", psi, coeffs)
 
 
 @dataclass

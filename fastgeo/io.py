@@ -21,26 +21,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .distances import atomic_write
+from ._files import atomic_write
+from .decoders import FlatMean
 from .metric import ExpectedMetric
 from .rbf import RBFPrecision
 
 FORMAT_VERSION = 1
 _META = "fastgeo.json"
-
-
-class FlatMean(nn.Module):
-    """Applies a mean saved for (P, d) inputs to any (..., d): the loaded generator's mean."""
-
-    def __init__(self, flat: nn.Module, latent_dim: int, data_dim: int) -> None:
-        super().__init__()
-        self.flat = flat
-        self.latent_dim = latent_dim
-        self.data_dim = data_dim
-
-    def forward(self, z: Tensor) -> Tensor:
-        lead = z.shape[:-1]
-        return self.flat(z.reshape(-1, self.latent_dim)).reshape(*lead, self.data_dim)
 
 
 class _CallableModule(nn.Module):

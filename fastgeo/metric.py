@@ -8,8 +8,23 @@ import torch
 from torch import Tensor
 
 from . import _checks, ops
-from .jacobian import jacobian_rows
+from .decoders import jacobian_rows
 from .rbf import RBFPrecision
+
+
+def energy_from_segments(segments: Tensor) -> Tensor:
+    """Discrete energy ``(N-1)/2 sum_n s_n`` of curves with squared segment lengths (..., N-1)."""
+    return 0.5 * segments.shape[-1] * segments.sum(-1)
+
+
+def length_from_segments(segments: Tensor) -> Tensor:
+    """Discrete length ``sum_n sqrt(s_n)`` of curves with squared segment lengths (..., N-1)."""
+    return segments.sqrt().sum(-1)
+
+
+def feature_segments(features: Tensor) -> Tensor:
+    """Squared segment lengths ``||f_{n+1} - f_n||^2`` (..., N-1) of embedded curves (..., N, F)."""
+    return (features[..., 1:, :] - features[..., :-1, :]).pow(2).sum(-1)
 
 
 class ExpectedMetric:
@@ -105,12 +120,23 @@ class ExpectedMetric:
 
     def energy(self, points: Tensor) -> Tensor:
         """Discrete energy ``(N-1)/2 sum_n s_n``: (B, N, d) -> (B,)."""
-        s = self.segment_sqdist(points)
-        return 0.5 * (points.shape[1] - 1) * s.sum(-1)
+        return energy_from_segments(self.segment_sqdist(points))
 
     def length(self, points: Tensor) -> Tensor:
         """Discrete length ``sum_n sqrt(s_n)``: (B, N, d) -> (B,)."""
-        return self.segment_sqdist(points).sqrt().sum(-1)
+        return length_from_segments(self.segment_sqdist(points))
+
+    def probe(self, n: int = 8) -> Tensor:
+        """The embedding ``[mu, sigma]`` at ``n`` fixed latent points near the RBF centers
+        (deterministic): (n, 2D). It changes whenever the decoder or the precision does, whatever
+        holds their parameters, so it identifies the metric for caches and checkpoints."""
+        centers = self.precision.centers.detach()
+        g = torch.Generator(device="cpu").manual_seed(20181203)
+        pick = torch.randint(centers.shape[0], (n,), generator=g)
+        spread = centers.std(0, correction=0).clamp(min=1e-3) if centers.shape[0] > 1 else centers.new_ones(1)
+        offset = torch.randn(n, self.latent_dim, generator=g, dtype=torch.float64).to(centers)
+        with torch.no_grad():
+            return self.features(centers[pick.to(centers.device)] + 0.5 * spread * offset)
 
     def features(self, z: Tensor) -> Tensor:
         """The embedding ``[mu(z), sigma(z)]`` whose pull-back is M: (..., d) -> (..., 2D)."""

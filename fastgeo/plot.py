@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.image import AxesImage
 
-    from .solve import GeodesicResult
+    from .solver import GeodesicResult
 
 KINDS = ("precision", "magnification")
 

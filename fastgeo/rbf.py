@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import _checks, ops, reference
-from ._backend import use_cpu_kernel
+from . import _checks, ops
+from .ops import solver_ops
+from .rbf_fit import fit_rbf_parameters
 
 
 class RBFPrecision(nn.Module):
@@ -89,14 +90,10 @@ class RBFPrecision(nn.Module):
     def sigma_and_jacobian_t(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`sigma_and_jacobian` with the Jacobian transposed, contiguous: (P, d), (P, d, D).
 
-        Outside autograd, CPU tensors take the fused C++ kernel ``torch.ops.fastgeo.
-        rbf_sigma_jacobian``; otherwise the differentiable reference
-        :func:`fastgeo.reference.rbf_sigma_jacobian` runs.
+        The operator ``torch.ops.fastgeo.rbf_sigma_jacobian`` (a fused C++ kernel on CPU tensors);
+        where gradients are needed, its differentiable reference.
         """
-        needs_grad = torch.is_grad_enabled() and (z.requires_grad or self.weights.requires_grad)
-        if not needs_grad and use_cpu_kernel("rbf_sigma_jacobian", z.device):
-            return torch.ops.fastgeo.rbf_sigma_jacobian(z, *self.params())
-        return reference.rbf_sigma_jacobian(z, *self.params())
+        return solver_ops.rbf_sigma_jacobian(z, *self.params())
 
     def segment_sqdist(self, points: Tensor) -> Tensor:
         """``||sigma(z_{n+1}) - sigma(z_n)||^2``, fused: (B, N, d) -> (B, N-1)."""
@@ -114,13 +111,11 @@ class RBFPrecision(nn.Module):
         """Fit centers, bandwidths and weights to training data (Arvanitidis et al., 2018).
 
         latents (M, d), data (M, D), mean (..., d) -> (..., D); see
-        :func:`fastgeo.rbf_fit.fit_rbf_precision` for the options and the recipe. Example::
+        :func:`fastgeo.rbf_fit.fit_rbf_parameters` for the options and the recipe. Example::
 
             prec = fastgeo.RBFPrecision.fit(encoder_means, X, decoder_mean, zeta=1e-3)
         """
-        from .rbf_fit import fit_rbf_precision  # lazy: fitting is not needed to use a precision
-
-        return fit_rbf_precision(latents, data, mean, **options)
+        return cls(*fit_rbf_parameters(latents, data, mean, **options))
 
     @torch.no_grad()
     def clamp_weights_(self) -> RBFPrecision:

@@ -15,13 +15,14 @@ so that leaving the data is expensive under the expected metric.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from . import _checks
-from .rbf import RBFPrecision
+from ._progress import progress_iter
+from .reference import rbf_features
 
 
 def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 100) -> tuple[Tensor, Tensor]:
@@ -66,7 +67,7 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 100) -> tuple[Tensor, 
     return c, assign
 
 
-def fit_rbf_precision(
+def fit_rbf_parameters(
     latents: Tensor,
     data: Tensor,
     mean: Callable[[Tensor], Tensor],
@@ -78,8 +79,9 @@ def fit_rbf_precision(
     lr: float = 0.05,
     progress: bool = True,
     seed: int = 0,
-) -> RBFPrecision:
-    """Fit an :class:`RBFPrecision` to training data (Arvanitidis et al., 2018).
+) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Fit the parameters of an RBF precision to training data (Arvanitidis et al., 2018);
+    :meth:`fastgeo.RBFPrecision.fit` builds the network from them.
 
     Args:
         latents: (M, d) latent codes of the training data (the encoder's means).
@@ -97,13 +99,8 @@ def fit_rbf_precision(
         progress: show a tqdm progress bar (if tqdm is installed).
         seed: seed of the k-means seeding.
     Returns:
-        An :class:`RBFPrecision` with centers (K, d), gammas (K,), weights (D, K) >= 0 and
-        the given zeta, in the dtype and on the device of ``latents``.
-
-    Example::
-
-        prec = fastgeo.RBFPrecision.fit(encoder_means, X, decoder_mean, num_centers=64, zeta=1e-3)
-        metric = fastgeo.ExpectedMetric(decoder_mean, prec)
+        centers (K, d), gammas (K,), weights (D, K) >= 0 and the given zeta, in the dtype and on
+        the device of ``latents``.
     """
     _checks.tensor("latents", latents, ndim=2)
     _checks.tensor("data", data, ndim=2)
@@ -138,7 +135,7 @@ def fit_rbf_precision(
 
     with torch.no_grad():
         resid2 = (data - mean(latents)).pow(2)  # (M, D): the decoder mean is held fixed
-        phi = torch.exp(-gammas * torch.cdist(latents, centers).pow(2))  # (M, K)
+        phi = rbf_features(latents, centers, gammas)  # (M, K)
     _checks.finite("the decoder's residuals", resid2)
     # Start where every data point gets roughly the precision 1 / (mean squared residual).
     target = 1.0 / resid2.mean(0).clamp(min=torch.finfo(resid2.dtype).tiny)  # (D,)
@@ -148,27 +145,14 @@ def fit_rbf_precision(
     opt = torch.optim.Adam([log_w], lr=lr)
 
     with torch.enable_grad():
-        for _ in _progress(range(steps), progress, "fit RBF precision"):
+        for _ in progress_iter(range(steps), progress, "fit RBF precision"):
             opt.zero_grad()
             beta = phi @ log_w.exp().T + zeta  # (M, D)
             # Negative mean Gaussian log-likelihood (constants dropped).
             loss = (0.5 * beta * resid2 - 0.5 * beta.log()).sum(-1).mean()
             loss.backward()
             opt.step()
-    weights = log_w.detach().exp()
-    return RBFPrecision(centers, gammas, weights, zeta)
+    return centers, gammas, log_w.detach().exp(), zeta
 
 
-def _progress(it: range, enabled: bool, desc: str) -> Iterator[int]:
-    """``it`` wrapped in a tqdm bar when enabled and tqdm is installed (an optional dependency)."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            pass
-        else:
-            return iter(tqdm(it, desc=desc, leave=False, mininterval=0.2))
-    return iter(it)
-
-
-__all__ = ["fit_rbf_precision", "kmeans"]
+__all__ = ["fit_rbf_parameters", "kmeans"]

@@ -25,15 +25,15 @@ sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads({threads})
 import analytic, fastgeo
-import fastgeo.distances as fd
+import fastgeo.pairwise.checkpoint as fd
 
-save = fd._Checkpoint.save
+save = fd.Checkpoint.save
 def save_then_hang(self, c, rec):
     save(self, c, rec)
     if self.finished() >= 2:  # two chunks safely on disk: signal the parent, then wait for the kill
         open({marker!r}, "w").close()
         time.sleep(600)
-fd._Checkpoint.save = save_then_hang
+fd.Checkpoint.save = save_then_hang
 fastgeo.pairwise_distances(analytic.bumpy_metric(), analytic.disc_points({M}, 1.5), chunk_size={chunk},
                            checkpoint={ckpt!r}, progress=False, **{opts!r})
 """

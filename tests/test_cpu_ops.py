@@ -18,9 +18,9 @@ import torch
 
 import fastgeo
 from fastgeo import reference
-from fastgeo.backends import cpu as cpu_backend
+from fastgeo.ops import availability
 
-_ok, _why = cpu_backend.is_available()
+_ok, _why = availability()["cpu"]
 if not _ok:
     pytest.skip(f"fastgeo._C (C++ CPU kernels) is not built: {_why}", allow_module_level=True)
 
@@ -213,10 +213,10 @@ def test_noncontiguous_and_expanded_inputs(dtype):
 
 def test_public_api_runs_on_ops():
     """With the extension built, "auto" picks the C++ kernels for CPU tensors."""
-    from fastgeo._backend import resolve
+    from fastgeo.ops.registry import resolve
 
     for op in ("rbf_precision", "segment_sqdist", "rbf_segment_sqdist"):
-        assert resolve(op, torch.device("cpu")).name == "cpu"
+        assert resolve(op, torch.device("cpu"))[0] == "cpu"
     assert torch._C._dispatch_has_kernel_for_dispatch_key("fastgeo::rbf_segment_sqdist", "CPU")
 
 
@@ -294,8 +294,7 @@ def test_torch_compile_fullgraph(tmp_path, monkeypatch):
 
 _PEAK_SCRIPT = """
 import gc, json, torch, fastgeo
-from fastgeo.backends import cpu
-cpu.is_available()
+
 def status(field):
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))

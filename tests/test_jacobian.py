@@ -27,8 +27,8 @@ from analytic import bumpy_metric
 from torch import nn
 
 import fastgeo
-from fastgeo.io import FlatMean
-from fastgeo.jacobian import generic_jacobian_rows, jacobian_rows, mlp_chain
+from fastgeo.decoders import FlatMean, generic_jacobian_rows, jacobian_rows, mlp_chain
+from fastgeo.decoders.steps import Activation, Affine
 
 DATA = Path(__file__).parent / "data"
 
@@ -157,7 +157,7 @@ def test_nested_sequential_bias_free_and_inplace_activations():
     )).double()  # fmt: skip
     z = latents(9, 3)
     chain = mlp_chain(model, z[:4])
-    assert chain is not None and sum(s[0] == "linear" for s in chain.steps) == 3
+    assert chain is not None and sum(isinstance(s, Affine) for s in chain.steps) == 3
     assert_rows_equal(model, z)
 
 
@@ -249,7 +249,7 @@ def test_exported_graph_with_every_activation():
     gm = torch.export.export(model, (z,), dynamic_shapes=({0: torch.export.Dim("P", min=0)},)).module()
     chain = mlp_chain(gm, z[:4])
     assert chain is not None
-    acts = [(s[1], s[2]) for s in chain.steps if s[0] == "act"]
+    acts = [(s.name, s.params) for s in chain.steps if isinstance(s, Activation)]
     assert acts == [("elu", (1.0,)), ("elu", (0.5,)), ("relu", ()), ("leaky_relu", (0.1,)), ("tanh", ()),
                     ("sigmoid", ()), ("softplus", (2.0, 5.0)), ("silu", ())]  # fmt: skip
     assert_rows_equal(gm, z)

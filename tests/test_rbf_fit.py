@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import fastgeo
-from fastgeo.rbf_fit import fit_rbf_precision, kmeans
+from fastgeo.rbf_fit import kmeans
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,16 +73,18 @@ def test_fit_maximizes_the_likelihood_and_is_deterministic():
         beta = prec(z)
         return float((0.5 * beta * (x - mean(z)) ** 2 - 0.5 * beta.log()).sum(-1).mean())
 
-    untrained = fit_rbf_precision(z, x, mean, num_centers=8, steps=0, progress=False)
-    trained = fit_rbf_precision(z, x, mean, num_centers=8, steps=200, progress=False)
-    again = fit_rbf_precision(z, x, mean, num_centers=8, steps=200, progress=False)
+    untrained = fastgeo.RBFPrecision.fit(z, x, mean, num_centers=8, steps=0, progress=False)
+    trained = fastgeo.RBFPrecision.fit(z, x, mean, num_centers=8, steps=200, progress=False)
+    again = fastgeo.RBFPrecision.fit(z, x, mean, num_centers=8, steps=200, progress=False)
     assert nll(trained) < nll(untrained) - 1e-3
     assert torch.equal(trained.weights, again.weights)
 
 
 def test_bandwidth_follows_cluster_spread():
     x, _ = _blobs()
-    prec = fit_rbf_precision(x, x, lambda u: u, num_centers=3, bandwidth_scale=2.0, steps=0, progress=False)
+    prec = fastgeo.RBFPrecision.fit(
+        x, x, lambda u: u, num_centers=3, bandwidth_scale=2.0, steps=0, progress=False
+    )
     _, assign = kmeans(x, 3, seed=0)
     for k in range(3):
         pts = x[assign == k]
@@ -93,8 +95,8 @@ def test_bandwidth_follows_cluster_spread():
 def test_fit_argument_errors():
     z, x, mean = _problem()
     with pytest.raises(ValueError, match="one row per training point"):
-        fit_rbf_precision(z, x[:10], mean)
+        fastgeo.RBFPrecision.fit(z, x[:10], mean)
     with pytest.raises(ValueError, match="zeta"):
-        fit_rbf_precision(z, x, mean, zeta=0.0)
+        fastgeo.RBFPrecision.fit(z, x, mean, zeta=0.0)
     with pytest.raises(ValueError, match="num_centers"):
-        fit_rbf_precision(z, x, mean, num_centers=1000)
+        fastgeo.RBFPrecision.fit(z, x, mean, num_centers=1000)

@@ -13,11 +13,10 @@ import pytest
 import torch
 
 import fastgeo
-from fastgeo import levenberg_marquardt as lm
 from fastgeo import reference
-from fastgeo.backends import cpu as cpu_backend
+from fastgeo.ops import availability
 
-_ok, _why = cpu_backend.is_available()
+_ok, _why = availability()["cpu"]
 if not _ok:
     pytest.skip(f"fastgeo._C (C++ CPU kernels) is not built: {_why}", allow_module_level=True)
 
@@ -40,7 +39,7 @@ def _system(b: int, p: int, dtype: torch.dtype, seed: int = 0):
 
 def _update_args(b: int, p: int, dtype: torch.dtype, seed: int = 0):
     grad, hess, curv, lam = _system(b, p, torch.float64, seed)
-    step, predicted, solved = lm.propose_reference(grad, hess, curv, lam, 23)
+    step, predicted, solved = reference.lm_propose(grad, hess, curv, lam, 23)
     g = torch.Generator().manual_seed(seed + 1)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     e = 1 + torch.rand(b, generator=g, dtype=torch.float64)
@@ -63,7 +62,7 @@ def test_lm_propose_matches_reference_float64(b, p):
     if b:
         lam[0] = -1e3  # an indefinite system: the factorization fails, a zero step
     got = ops.lm_propose(grad, hess, curv, lam, 47)
-    want = lm.propose_reference(grad, hess, curv, lam, 47)
+    want = reference.lm_propose(grad, hess, curv, lam, 47)
     assert torch.equal(got[2], want[2])
     if b:
         assert not bool(got[2][0]) and bool(got[2][1:].any())
@@ -86,7 +85,7 @@ def test_lm_propose_solves_the_damped_system():
 
 def test_lm_propose_float32_and_non_contiguous():
     grad, hess, curv, lam = _system(6, 10, torch.float64, seed=5)
-    want = lm.propose_reference(grad, hess, curv, lam, 47)
+    want = reference.lm_propose(grad, hess, curv, lam, 47)
     g32, h32, c32, l32 = (x.float() for x in (grad, hess, curv, lam))
     h32 = h32.transpose(1, 2).contiguous().transpose(1, 2)  # symmetric: same values, other strides
     grad_nc = torch.cat([g32, g32], 1)[:, ::2]  # strided view
@@ -101,7 +100,7 @@ def test_lm_propose_float32_and_non_contiguous():
 def test_lm_update_matches_reference_float64(b, p):
     args = _update_args(b, p, torch.float64)
     got = ops.lm_update(*args, 1e-5, 30.0)
-    want = lm.update_reference(*args, 1e-5, 30.0)
+    want = reference.lm_update(*args, 1e-5, 30.0)
     _assert_same_update(got, want, rel=1e-10)
     if b:
         accept = got[0]
@@ -113,7 +112,7 @@ def test_lm_update_float32():
     args64 = _update_args(12, 24, torch.float64, seed=2)
     args32 = [x.float() if x.is_floating_point() else x for x in args64]
     got = ops.lm_update(*args32, 1e-5, 30.0)
-    want = lm.update_reference(*args64, 1e-5, 30.0)
+    want = reference.lm_update(*args64, 1e-5, 30.0)
     _assert_same_update(got, want, rel=1e-4)
 
 

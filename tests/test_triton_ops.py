@@ -1,13 +1,21 @@
-"""Triton kernels against the pure-PyTorch reference: values, gradients, opcheck, compile.
+"""The Triton kernels as implementations of the fastgeo operators, against the reference.
+
+The functions of :mod:`fastgeo.triton` follow the operators' schemas (forward ops; backward ops
+with ``output_mask``): on CUDA tensors they are the operators' CUDA kernels when the registry
+picks Triton, under the operators' one autograd. Here each forward is compared with the
+reference, and each backward (called exactly as the autograd formula calls it) with the
+reference's autograd gradients, for every mask.
 
 On a machine without a GPU the kernels run through Triton's interpreter on CPU tensors
 (``TRITON_INTERPRET=1``, set below before the kernels are imported; ~1 ms per program instance,
-so shapes stay small). With ``TRITON_INTERPRET=0`` and a GPU the same tests run natively on CUDA.
+so shapes stay small). With ``TRITON_INTERPRET=0`` and a GPU the same tests run natively on CUDA,
+and the operators themselves run with ``use_backend("triton")`` (opcheck, gradcheck, compile).
 
 Float32 tolerances (stated once): values rtol 1e-4 with atol 1e-6 * max|ref|; gradients rtol 1e-3
 with atol 1e-5 * max|ref|: the kernels sum in a different order than the reference.
 """
 
+import itertools
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before fastgeo.triton imports triton
@@ -27,10 +35,11 @@ if INTERPRET:
 elif torch.cuda.is_available():
     DEVICE = "cuda"
 else:
-    pytest.skip("TRITON_INTERPRET is not 1 and no CUDA device: nothing can run the kernels",
-                allow_module_level=True)
+    pytest.skip(
+        "TRITON_INTERPRET is not 1 and no CUDA device: nothing can run the kernels", allow_module_level=True
+    )
+on_gpu = pytest.mark.skipif(INTERPRET, reason="the operators run Triton on CUDA tensors only (needs a GPU)")
 
-lib = pytest.importorskip("fastgeo.triton._library")
 from fastgeo.triton import _rbf_precision, _rbf_segment_sqdist  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
@@ -57,27 +66,42 @@ def randn(*shape, dtype, seed=1):
     return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=DEVICE)
 
 
-def run(backend: str, fn, *args):
-    with fastgeo.use_backend(backend):
-        return fn(*args)
+# Per op: the reference, the positions of the inputs the backward op takes (the schema), and
+# the differentiable inputs whose gradients the tests compare.
+OPS = {
+    "rbf_precision": (reference.rbf_precision, (0, 1, 2, 3), (0, 3, 4)),
+    "segment_sqdist": (reference.segment_sqdist, (0,), (0,)),
+    "rbf_segment_sqdist": (reference.rbf_segment_sqdist, (0, 1, 2, 3, 4), (0, 3, 4)),
+}
 
 
-def check_values_and_grads(fn, args, diff_idx, dtype):
-    """fn under "triton" vs "reference": output and the grads of the inputs at ``diff_idx``."""
-    outs, grads = {}, {}
-    for backend in ("triton", "reference"):
-        leaves = [a.detach().clone().requires_grad_(i in diff_idx) for i, a in enumerate(args)]
-        out = run(backend, fn, *leaves)
-        w = torch.linspace(0.5, 1.5, out.numel(), dtype=dtype, device=DEVICE).reshape(out.shape)
-        if out.numel():
-            gs = torch.autograd.grad((out * w).sum(), [leaves[i] for i in diff_idx])
-        else:
-            gs = [torch.zeros_like(leaves[i]) for i in diff_idx]
-        outs[backend], grads[backend] = out.detach(), gs
-    ref = outs["reference"]
-    torch.testing.assert_close(outs["triton"], ref, **tol(dtype, ref))
-    for gt, gr in zip(grads["triton"], grads["reference"], strict=True):
-        torch.testing.assert_close(gt, gr, **tol(dtype, gr, grad=True))
+def check_values_and_grads(op: str, args, dtype):
+    """Triton forward and backward of ``op`` vs the reference: output, and the gradients of the
+    differentiable inputs for every output_mask over them (masked-off gradients are (0,))."""
+    ref_fn, saved, diff = OPS[op]
+    out = getattr(ftri, op)(*args)
+    ref = ref_fn(*args)
+    torch.testing.assert_close(out, ref, **tol(dtype, ref))
+    w = torch.linspace(0.5, 1.5, ref.numel(), dtype=dtype, device=DEVICE).reshape(ref.shape)
+    leaves = [a.detach().clone().requires_grad_(i in diff) for i, a in enumerate(args)]
+    want = torch.autograd.grad((ref_fn(*leaves) * w).sum(), [leaves[i] for i in diff], allow_unused=True)
+    want = [torch.zeros_like(args[i]) if g is None else g for i, g in zip(diff, want, strict=True)]
+    backward = getattr(ftri, f"{op}_backward")
+    if op == "segment_sqdist":
+        torch.testing.assert_close(backward(w, *args), want[0], **tol(dtype, want[0], grad=True))
+        return
+    for flags in itertools.product((False, True), repeat=len(diff)):
+        mask = [False] * 5
+        for i, f in zip(diff, flags, strict=True):
+            mask[i] = f
+        got = backward(w, *[args[i] for i in saved], mask)
+        assert len(got) == 5
+        for i, g in enumerate(got):
+            if not mask[i]:
+                assert g.shape == (0,), (op, mask, i)
+        for i, wanted in zip(diff, want, strict=True):
+            if mask[i]:
+                torch.testing.assert_close(got[i], wanted, **tol(dtype, wanted, grad=True))
 
 
 # (B, N, d, K, D): edge cases N = 2, K = 1, D = 1, d = 1, and D spanning several chunks.
@@ -89,7 +113,7 @@ SHAPES = [(3, 5, 2, 7, 70), (2, 2, 1, 1, 1), (1, 4, 3, 20, 5), (2, 3, 5, 2, 130)
 def test_rbf_segment_sqdist(shape, dtype):
     B, N, d, K, D = shape
     args = [randn(B, N, d, dtype=dtype), *rbf_params(K, d, D, dtype)]
-    check_values_and_grads(fastgeo.ops.rbf_segment_sqdist, args, (0, 3, 4), dtype)
+    check_values_and_grads("rbf_segment_sqdist", args, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -97,18 +121,13 @@ def test_rbf_segment_sqdist(shape, dtype):
 def test_rbf_precision(shape, dtype):
     B, N, d, K, D = shape
     args = [randn(B * N, d, dtype=dtype), *rbf_params(K, d, D, dtype)]
-    check_values_and_grads(fastgeo.ops.rbf_precision, args, (0, 3, 4), dtype)
+    check_values_and_grads("rbf_precision", args, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(3, 5, 70), (2, 2, 1), (1, 7, 300)])
 def test_segment_sqdist(shape, dtype):
-    check_values_and_grads(fastgeo.ops.segment_sqdist, [randn(*shape, dtype=dtype)], (0,), dtype)
-
-
-def test_rbf_precision_leading_dims():
-    args = [randn(2, 3, 2, dtype=torch.float32), *rbf_params(4, 2, 6, torch.float32)]
-    check_values_and_grads(fastgeo.ops.rbf_precision, args, (0,), torch.float32)
+    check_values_and_grads("segment_sqdist", [randn(*shape, dtype=dtype)], dtype)
 
 
 def test_non_contiguous_inputs():
@@ -121,19 +140,18 @@ def test_non_contiguous_inputs():
     gammas = torch.stack([gammas, gammas], 1)[:, 1]
     assert not (points.is_contiguous() or centers.is_contiguous() or weights.is_contiguous())
     args = [points, centers, gammas.abs(), weights, zeta]
-    check_values_and_grads(fastgeo.ops.rbf_segment_sqdist, args, (0, 3, 4), dtype)
-    check_values_and_grads(fastgeo.ops.rbf_precision, [points[:, 0], *args[1:]], (0, 3), dtype)
+    check_values_and_grads("rbf_segment_sqdist", args, dtype)
+    check_values_and_grads("rbf_precision", [points[:, 0], *args[1:]], dtype)
     x = randn(4, 9, 8, dtype=dtype).permute(1, 0, 2)[:, :, 1::2]
-    check_values_and_grads(fastgeo.ops.segment_sqdist, [x], (0,), dtype)
+    check_values_and_grads("segment_sqdist", [x], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_empty_batch(dtype):
     params = rbf_params(3, 2, 4, dtype)
-    check_values_and_grads(fastgeo.ops.rbf_segment_sqdist, [randn(0, 5, 2, dtype=dtype), *params],
-                           (0, 3), dtype)
-    check_values_and_grads(fastgeo.ops.rbf_precision, [randn(0, 2, dtype=dtype), *params], (0, 3), dtype)
-    check_values_and_grads(fastgeo.ops.segment_sqdist, [randn(0, 3, 4, dtype=dtype)], (0,), dtype)
+    check_values_and_grads("rbf_segment_sqdist", [randn(0, 5, 2, dtype=dtype), *params], dtype)
+    check_values_and_grads("rbf_precision", [randn(0, 2, dtype=dtype), *params], dtype)
+    check_values_and_grads("segment_sqdist", [randn(0, 3, 4, dtype=dtype)], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -187,7 +205,7 @@ def test_float32_precision_on_dense_curves(N):
     points = smooth_curves(B, N, d, torch.float32)
     params = rbf_params(K, d, D, torch.float32)
     exact = reference.rbf_segment_sqdist(points.double(), *[p.double() for p in params])
-    out = run("triton", fastgeo.ops.rbf_segment_sqdist, points, *params)
+    out = ftri.rbf_segment_sqdist(points, *params)
     rel = ((out.double() - exact).abs() / exact).max().item()
     assert rel < 1e-3, f"float32 kernel relative error {rel:.2e} at N = {N}"
 
@@ -198,75 +216,68 @@ def test_float32_precision_on_dense_curves(N):
     tf32_out = reference.segment_sqdist(beta.rsqrt().reshape(B, N, D))
     tf32_rel = ((tf32_out.double() - exact).abs() / exact).max().item()
     assert tf32_rel > 1e-3, f"TF32 emulation error {tf32_rel:.2e} would pass: tolerance too loose"
-    assert ftri._library._rss.DOT_PRECISION == "ieee"
+    assert _rbf_segment_sqdist.DOT_PRECISION == "ieee"
 
 
-@pytest.mark.parametrize("op", ["rbf_segment_sqdist", "rbf_precision", "segment_sqdist"])
-def test_gradcheck_float64(op):
-    params = rbf_params(3, 2, 5, torch.float64)
+def op_inputs(op: str, dtype):
+    params = rbf_params(3, 2, 5, dtype)
     if op == "rbf_segment_sqdist":
-        inputs = (randn(2, 3, 2, dtype=torch.float64), *params)
-    elif op == "rbf_precision":
-        inputs = (randn(3, 2, dtype=torch.float64), *params)
-    else:
-        inputs = (randn(2, 3, 4, dtype=torch.float64),)
-    leaves = [t.clone().requires_grad_(i in (0, 3, 4)) for i, t in enumerate(inputs)]
-    assert torch.autograd.gradcheck(getattr(lib, op), leaves)
-
-
-@pytest.mark.parametrize("op", ["rbf_segment_sqdist", "rbf_precision", "segment_sqdist"])
-def test_opcheck(op):
-    params = rbf_params(3, 2, 5, torch.float32)
-    if op == "rbf_segment_sqdist":
-        inputs = [randn(2, 3, 2, dtype=torch.float32), *params]
-    elif op == "rbf_precision":
-        inputs = [randn(3, 2, dtype=torch.float32), *params]
-    else:
-        inputs = [randn(2, 3, 4, dtype=torch.float32)]
-    inputs = [t.requires_grad_(i in (0, 3)) for i, t in enumerate(inputs)]
-    torch.library.opcheck(getattr(torch.ops.fastgeo_triton, op).default, inputs)
-
-
-def test_opcheck_backward_ops():
-    params = rbf_params(3, 2, 5, torch.float32)
-    points = randn(2, 3, 2, dtype=torch.float32)
-    g = randn(2, 2, dtype=torch.float32, seed=7)
-    torch.library.opcheck(torch.ops.fastgeo_triton.rbf_segment_sqdist_backward.default,
-                          (g, points, *params, True, True))
-    torch.library.opcheck(torch.ops.fastgeo_triton.segment_sqdist_backward.default,
-                          (g, randn(2, 3, 4, dtype=torch.float32)))
-    torch.library.opcheck(torch.ops.fastgeo_triton.rbf_precision_backward.default,
-                          (randn(3, 5, dtype=torch.float32), points[0], *params[:3], True, True))
-
-
-def test_torch_compile(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    params = rbf_params(3, 2, 5, torch.float32)
-    points = randn(2, 4, 2, dtype=torch.float32)
-
-    def energy(p):
-        return torch.ops.fastgeo_triton.rbf_segment_sqdist(p, *params).sum()
-
-    compiled = torch.compile(energy, fullgraph=True, backend="aot_eager")
-    p1, p2 = points.clone().requires_grad_(), points.clone().requires_grad_()
-    e1, e2 = energy(p1), compiled(p2)
-    torch.testing.assert_close(e2, e1)
-    torch.testing.assert_close(torch.autograd.grad(e2, p2)[0], torch.autograd.grad(e1, p1)[0])
+        return [randn(2, 3, 2, dtype=dtype), *params]
+    if op == "rbf_precision":
+        return [randn(3, 2, dtype=dtype), *params]
+    return [randn(2, 3, 4, dtype=dtype)]
 
 
 def test_centers_grad_is_a_clear_error():
     params = rbf_params(3, 2, 5, torch.float32)
-    params[0].requires_grad_()
-    out = run("triton", fastgeo.ops.rbf_segment_sqdist, randn(1, 3, 2, dtype=torch.float32), *params)
+    grad = randn(1, 2, dtype=torch.float32)
     with pytest.raises(NotImplementedError, match="centers/gammas"):
-        out.sum().backward()
+        ftri.rbf_segment_sqdist_backward(
+            grad, randn(1, 3, 2, dtype=torch.float32), *params, [True, True, False, False, False]
+        )
 
 
-def test_backend_module():
-    ok, reason = ftri.is_available()
-    assert ok, reason
-    assert ftri.name == "triton"
-    assert ftri.devices == (("cuda", "cpu") if INTERPRET else ("cuda",))
+def test_implements_every_differentiable_operator():
+    """The Triton module provides a kernel for every differentiable operator and its backward."""
+    from fastgeo.ops import library
+
+    assert set(ftri.OPS) == set(library.DIFFERENTIABLE + library.BACKWARD)
+    for op in ftri.OPS:
+        assert callable(getattr(ftri, op))
+
+
+@on_gpu
+@pytest.mark.parametrize("op", ["rbf_segment_sqdist", "rbf_precision", "segment_sqdist"])
+def test_operator_gradcheck_float64(op):
+    leaves = [t.clone().requires_grad_(i in (0, 3, 4)) for i, t in enumerate(op_inputs(op, torch.float64))]
+    with fastgeo.use_backend("triton"):
+        assert torch.autograd.gradcheck(getattr(fastgeo.ops, op), leaves)
+
+
+@on_gpu
+@pytest.mark.parametrize("op", ["rbf_segment_sqdist", "rbf_precision", "segment_sqdist"])
+def test_operator_opcheck(op):
+    inputs = [t.requires_grad_(i in (0, 3)) for i, t in enumerate(op_inputs(op, torch.float32))]
+    from fastgeo.ops import library
+
+    with library.cuda_kernel("triton"):
+        torch.library.opcheck(getattr(torch.ops.fastgeo, op).default, inputs)
+
+
+@on_gpu
+def test_operator_torch_compile(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    points, *params = op_inputs("rbf_segment_sqdist", torch.float32)
+
+    def energy(p):
+        return fastgeo.ops.rbf_segment_sqdist(p, *params).sum()
+
+    with fastgeo.use_backend("triton"):
+        compiled = torch.compile(energy, fullgraph=True, backend="aot_eager")
+        p1, p2 = points.clone().requires_grad_(), points.clone().requires_grad_()
+        e1, e2 = energy(p1), compiled(p2)
+        torch.testing.assert_close(e2, e1)
+        torch.testing.assert_close(torch.autograd.grad(e2, p2)[0], torch.autograd.grad(e1, p1)[0])
 
 
 def test_kernels_compile_to_ptx(tmp_path):
@@ -278,8 +289,13 @@ def test_kernels_compile_to_ptx(tmp_path):
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     root = os.path.join(os.path.dirname(__file__), "..")
     env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(root), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "fastgeo.triton._ptx_check", "90"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastgeo.triton._ptx_check", "90"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if "No module named 'triton.backends.nvidia'" in proc.stderr:
         pytest.skip("this triton build has no NVIDIA backend")
     assert proc.returncode == 0, proc.stdout + proc.stderr

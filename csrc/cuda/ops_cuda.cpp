@@ -1,12 +1,14 @@
-// CUDA kernels of the torch.ops.fastgeo operators (schemas in csrc/ops.cpp). Thin glue: checks,
-// contiguity, output allocation, dtype dispatch and the current stream; the kernels themselves
-// are torch-free (kernels.h). Built only when torch has CUDA (setup.py, FASTGEO_CUDA=1).
+// The CUDA C++ implementations of the torch.ops.fastgeo operators (schemas in csrc/ops.cpp), as
+// the module fastgeo._C_cuda: the operators' CUDA kernels call them when the registry picks
+// "cuda" (fastgeo/ops/library.py routes each CUDA call to these or to the Triton kernels). Thin
+// glue: checks, contiguity, output allocation, dtype dispatch and the current stream; the kernels
+// themselves are torch-free (kernels.h). Built only when torch has CUDA (setup.py, FASTGEO_CUDA=1).
 // Gradients for centers / gammas are not computed by these kernels: asking raises.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#include <torch/extension.h>
 
 #include <array>
 #include <tuple>
@@ -153,11 +155,14 @@ Grads rbf_segment_sqdist_backward_cuda(const Tensor& grad, const Tensor& points,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgeo, CUDA, m) {
-  m.impl("rbf_precision", &rbf_precision_cuda);
-  m.impl("rbf_precision_backward", &rbf_precision_backward_cuda);
-  m.impl("segment_sqdist", &segment_sqdist_cuda);
-  m.impl("segment_sqdist_backward", &segment_sqdist_backward_cuda);
-  m.impl("rbf_segment_sqdist", &rbf_segment_sqdist_cuda);
-  m.impl("rbf_segment_sqdist_backward", &rbf_segment_sqdist_backward_cuda);
+// Same names and arguments as the operators' schemas (backward ops take output_mask as a list of
+// five bools).
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastgeo CUDA C++ kernels (called by the CUDA kernels of torch.ops.fastgeo)";
+  m.def("rbf_precision", &rbf_precision_cuda);
+  m.def("rbf_precision_backward", &rbf_precision_backward_cuda);
+  m.def("segment_sqdist", &segment_sqdist_cuda);
+  m.def("segment_sqdist_backward", &segment_sqdist_backward_cuda);
+  m.def("rbf_segment_sqdist", &rbf_segment_sqdist_cuda);
+  m.def("rbf_segment_sqdist_backward", &rbf_segment_sqdist_backward_cuda);
 }

@@ -12,6 +12,7 @@ rounds) on a synthetic generator built here, so that it runs from an installed p
 :func:`run` returns (and writes) the results; :mod:`fastgeo.cli` exposes it as ``fastgeo bench``.
 """
 
-from .runner import LAYERS, Settings, run, settings_for
+from .runner import run
+from .settings import LAYERS, Settings, settings_for
 
 __all__ = ["LAYERS", "Settings", "run", "settings_for"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..metric import ExpectedMetric
-from ..solve import GeodesicResult
+from ..solver import GeodesicResult
 
 MEASURE_POINTS = 1024
 

@@ -10,12 +10,12 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .._backend import availability, use_backend
+from ..ops import availability, use_backend
 from .generator import synthetic_generator
 from .timing import time_fn
 
 if TYPE_CHECKING:
-    from .runner import Settings
+    from .settings import Settings
 
 # Compiled backends worth timing per device type. Triton on CPU tensors is its interpreter (a
 # correctness tool, orders of magnitude slow), so it is never timed there.

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..distances import PairwiseReport, pairwise_distances
+from ..pairwise import PairwiseReport, pairwise_distances
 from .generator import latent_codes, synthetic_generator
 from .timing import time_fn
 
 if TYPE_CHECKING:
-    from .runner import Settings
+    from .settings import Settings
 
 
 def run_pairwise(

@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 
 from ..metric import ExpectedMetric
-from ..solve import geodesics
+from ..solver import geodesics
 from .accuracy import MEASURE_POINTS, excess
 from .generator import pairs, synthetic_generator
 from .timing import sync, time_fn
 
 if TYPE_CHECKING:
-    from .runner import Settings
+    from .settings import Settings
 
 GRID = MEASURE_POINTS  # every curve is measured on the same grid, in float64
 

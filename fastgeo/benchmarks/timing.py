@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .._version import __version__
+
 
 def sync(device: torch.device | str) -> None:
     """Wait for queued GPU work, so that wall time covers it (no-op on the CPU)."""
@@ -90,8 +92,6 @@ def git_commit() -> str:
 
 def environment(device: torch.device | str) -> dict[str, Any]:
     """What every result records about where it ran."""
-    from .. import __version__
-
     try:
         import triton
 

@@ -17,8 +17,8 @@ from torch import Tensor
 from ..datasets import _lift, two_moons
 from ..io import save_generator
 from ..metric import ExpectedMetric
-from ..rbf_fit import fit_rbf_precision
-from ..solve import geodesics
+from ..rbf import RBFPrecision
+from ..solver import geodesics
 from .vae import train_vae
 
 # Demo settings. Data: 1000 points lifted to D = 8 so the decoder has a curved map to learn.
@@ -100,7 +100,7 @@ def _run(
 
     t = time.perf_counter()
     say("[2/4] fitting the RBF precision (k-means centers, maximum likelihood weights)")
-    prec = fit_rbf_precision(Z, X, vae.decoder_mean, **(QUICK_RBF if quick else RBF), progress=progress,
+    prec = RBFPrecision.fit(Z, X, vae.decoder_mean, **(QUICK_RBF if quick else RBF), progress=progress,
                              seed=seed)
     metric = ExpectedMetric(vae.decoder_mean, prec)
     seconds["rbf"] = time.perf_counter() - t

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..rbf_fit import _progress
+from .._progress import progress_iter
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -80,7 +80,7 @@ def train_vae(
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr / 10)
     warmup = steps // 5
-    bar = _progress(range(steps), progress, "train VAE")
+    bar = progress_iter(range(steps), progress, "train VAE")
     for step in bar:
         vae.log_var.requires_grad_(step >= warmup)
         opt.zero_grad()

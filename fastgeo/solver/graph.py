@@ -5,21 +5,23 @@ empty space. A graph over points near the data, with each edge weighted by its m
 finds the right corridor in any latent dimension: nodes are the RBF centers, samples around
 them (within one bandwidth) and optionally the user's latent codes; edges join k nearest
 neighbours (plus a Euclidean spanning tree, so the graph is connected). The graph is built once
-per metric and reused; each query attaches its end points to their k nearest nodes, reads the
-shortest paths between those nodes from rows of Dijkstra (scipy) runs that are computed on first
-use and kept with the graph, and turns each path into curve coefficients by a least-squares fit.
+per metric and reused (:class:`GraphCache`); each query attaches its end points to their k
+nearest nodes, reads the shortest paths between those nodes from rows of Dijkstra (scipy) runs
+that are computed on first use and kept with the graph, and turns each path into curve
+coefficients by a least-squares fit.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .curves import time_grid
-from .metric import ExpectedMetric
+from ..curves import straight_line, time_grid
+from ..metric import ExpectedMetric
 
 
 class LatentGraph:
@@ -76,8 +78,7 @@ class LatentGraph:
         with torch.no_grad():
             for s in range(0, a.shape[0], chunk):
                 pa, pb = a[s : s + chunk], b[s : s + chunk]
-                pts = pa[:, None, :] + t[None, :, None] * (pb - pa)[:, None, :]
-                out.append(self.metric.length(pts))
+                out.append(self.metric.length(straight_line(pa, pb, t)))
         return torch.cat(out) if out else a.new_zeros(0)
 
     def _knn_edges(self, queries: Tensor, nodes: Tensor, k: int, exclude_self: bool) -> tuple[Tensor, Tensor]:
@@ -150,8 +151,7 @@ class LatentGraph:
         p_lo = pts.gather(1, lo[..., None].expand(-1, -1, d))
         p_hi = pts.gather(1, hi[..., None].expand(-1, -1, d))
         sampled = p_lo + frac[..., None] * (p_hi - p_lo)
-        line = z0[:, None, :] + t[None, :, None] * (z1 - z0)[:, None, :]
-        offset = (sampled - line)[:, 1:-1]  # psi vanishes at the end points
+        offset = (sampled - straight_line(z0, z1, t))[:, 1:-1]  # psi vanishes at the end points
         coeffs = torch.linalg.pinv(psi[1:-1]) @ offset
         ok = torch.as_tensor(reachable, device=z0.device)
         coeffs = torch.where(ok[:, None, None], coeffs, torch.zeros_like(coeffs))
@@ -226,3 +226,33 @@ def _bridges(pairs: Tensor, dist: Tensor) -> Tensor:
     if not extra:
         return pairs.new_zeros(0, 2)
     return torch.stack(extra)
+
+
+class GraphCache:
+    """The :class:`LatentGraph` of one metric, built on first use and rebuilt when the decoder,
+    the precision or the latents change (trained in place, or replaced): the key holds the
+    metric's :meth:`~fastgeo.ExpectedMetric.probe` outputs, whatever holds the parameters."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._probe: Tensor | None = None
+        self.graph: LatentGraph | None = None
+
+    def get(self, metric: ExpectedMetric, latents: Tensor | None) -> tuple[LatentGraph, bool]:
+        """(the graph, whether it was built by this call)."""
+        key = None if latents is None else (latents.data_ptr(), tuple(latents.shape), latents._version)
+        probe = metric.probe(4)
+        fresh = self.graph is None or key != self._key or not torch.equal(probe, self._probe)
+        if fresh:
+            self.graph = LatentGraph(metric, latents)
+            self._key, self._probe = key, probe
+        return self.graph, fresh
+
+
+_CACHES: weakref.WeakKeyDictionary[ExpectedMetric, GraphCache] = weakref.WeakKeyDictionary()
+
+
+def cached_graph(metric: ExpectedMetric, latents: Tensor | None) -> tuple[LatentGraph, bool]:
+    """The metric's graph for these latents from its :class:`GraphCache`, and whether it was
+    built now (its edges then cost decoder evaluations)."""
+    return _CACHES.setdefault(metric, GraphCache()).get(metric, latents)

@@ -8,10 +8,7 @@ psi_j(t_n) J_n[i]``, so both the gradient and the Gauss-Newton matrix of ``sum_n
 need only the (d x d) blocks ``J_n J_n^T`` and ``J_n J_{n+1}^T`` and the products
 ``J_n (r_{n-1} - r_n)``.
 
-:func:`gauss_newton_system` runs the C++ kernel ``torch.ops.fastgeo.gauss_newton_system`` on
-CPU tensors when the extension is built (and the backend is ``"auto"`` or ``"cpu"``), and
-:func:`reference_gauss_newton_system`, plain PyTorch, elsewhere: the oracle the kernel is
-tested against.
+This is the oracle of the operator ``torch.ops.fastgeo.gauss_newton_system``.
 """
 
 from __future__ import annotations
@@ -19,10 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._backend import use_cpu_kernel
 
-
-def reference_gauss_newton_system(
+def gauss_newton_system(
     f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Gradient and Gauss-Newton matrix of ``sum_n ||r_n||^2 / 2``, ``r_n = f_{n+1} - f_n``.
@@ -49,13 +44,3 @@ def reference_gauss_newton_system(
     mixed = torch.einsum("nj,nl,bnik->bjilk", psi[:-1], psi[1:], cross)
     hess = own - mixed - mixed.permute(0, 3, 4, 1, 2)
     return grad.reshape(b, m * d), hess.reshape(b, m * d, m * d)
-
-
-def gauss_newton_system(
-    f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool = False
-) -> tuple[Tensor, Tensor]:
-    """:func:`reference_gauss_newton_system`, by the C++ kernel where it applies."""
-    if use_cpu_kernel("gauss_newton_system", f.device):
-        return torch.ops.fastgeo.gauss_newton_system(f, jac, psi, grad_only)
-    return reference_gauss_newton_system(f, jac, psi, grad_only)
-

@@ -1,48 +1,31 @@
-"""The pure-PyTorch reference of fastgeo's three ops: the oracle every kernel is tested against.
-
-Written plainly from DESIGN §1-2, for any dtype and device, differentiable through ordinary
-autograd (and forward-mode AD) with respect to every input:
+"""The RBF precision network and the decoder's standard deviation, written plainly from DESIGN
+§1 (differentiable by ordinary autograd and forward-mode AD in every input):
 
     phi_k(z)  = exp(-gamma_k * ||z - c_k||^2)              k = 1..K
     beta(z)   = W phi(z) + zeta                             precision, (D,)
     sigma(z)  = beta(z) ** -1/2                             standard deviation, (D,)
-    segment_sqdist(x)[b, n]          = ||x[b, n+1] - x[b, n]||^2
-    rbf_segment_sqdist(z, ...)[b, n] = ||sigma(z[b, n+1]) - sigma(z[b, n])||^2
-
-and, for the solver, sigma with its Jacobian in closed form (``rbf_sigma_jacobian``).
-
-The functions here take already-validated arguments (``fastgeo.ops`` checks them): ``zeta`` is a
-tensor of shape (D,). They form the ``"reference"`` backend of :func:`fastgeo.use_backend`.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-name = "reference"
-devices = None  # any device
-
-
-def is_available() -> tuple[bool, str]:
-    """The reference runs wherever torch runs."""
-    return True, "pure PyTorch"
+from .segments import segment_sqdist
 
 
 def rbf_features(z: Tensor, centers: Tensor, gammas: Tensor) -> Tensor:
-    """phi: (P, d) -> (P, K), ``phi[p, k] = exp(-gammas[k] * ||z[p] - centers[k]||^2)``."""
+    """phi: (P, d) -> (P, K), ``phi[p, k] = exp(-gammas[k] * ||z[p] - centers[k]||^2)``.
+
+    Distances are sums of squared coordinate differences, never ``|z|^2 - 2 z.c + |c|^2``,
+    which cancels catastrophically for points near a far-away center.
+    """
     sqdist = (z[:, None, :] - centers[None, :, :]).pow(2).sum(-1)  # (P, K)
-    return torch.exp(-gammas * sqdist)
+    return (-gammas * sqdist).exp()
 
 
 def rbf_precision(z: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor) -> Tensor:
     """beta: z (P, d), centers (K, d), gammas (K,), weights (D, K), zeta (D,) -> (P, D)."""
     return rbf_features(z, centers, gammas) @ weights.T + zeta
-
-
-def segment_sqdist(x: Tensor) -> Tensor:
-    """Squared distances between consecutive points: x (B, N, D) -> (B, N-1)."""
-    return (x[:, 1:, :] - x[:, :-1, :]).pow(2).sum(-1)
 
 
 def rbf_segment_sqdist(

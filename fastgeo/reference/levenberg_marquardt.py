@@ -1,17 +1,15 @@
 """One Levenberg-Marquardt iteration of the solver, for a batch of curves, in two halves:
 
-- :func:`propose`: the damped step ``(H + S + lam diag(scale)) step = -g`` of each curve (Gauss-
+- :func:`lm_propose`: the damped step ``(H + S + lam diag(scale)) step = -g`` of each curve (Gauss-
   Newton matrix ``H``, secant curvature model ``S``, Marquardt scaling with a floor) and the
   energy decrease its model predicts;
-- :func:`update`: after the caller has evaluated the trial points and their Gauss-Newton system,
+- :func:`lm_update`: after the caller has evaluated the trial points and their Gauss-Newton system,
   the acceptance test, the structured secant update of ``S`` (Dennis, Gay & Welsch, with
   Oren-Luenberger sizing), Nielsen's damping update and the convergence test.
 
-Both work on small per-curve arrays (``p = m d`` unknowns), where a batched PyTorch version costs
-dozens of tiny operations per iteration, more than the arithmetic: on CPU tensors they run as the
-C++ kernels ``torch.ops.fastgeo.lm_propose`` / ``lm_update`` (one call each, for ``p <= 64``);
-:func:`propose_reference` and :func:`update_reference`, plain PyTorch, run elsewhere and are the
-oracle the kernels are tested against.
+These are the oracles of the operators ``torch.ops.fastgeo.lm_propose`` / ``lm_update`` (C++
+kernels on CPU tensors: a batched PyTorch version costs dozens of tiny operations per iteration
+on such small per-curve systems, more than the arithmetic).
 
 Shapes: ``b`` curves, ``p`` unknowns; grad (b, p), hess and curv (b, p, p), the rest (b,).
 """
@@ -21,12 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._backend import use_cpu_kernel
 
-MAX_KERNEL_UNKNOWNS = 64  # larger systems go to LAPACK through the PyTorch version
-
-
-def propose_reference(
+def lm_propose(
     grad: Tensor, hess: Tensor, curv: Tensor, lam: Tensor, segments: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Step (b, p), predicted decrease of ``E = segments/2 sum ||r||^2`` (b,), solved (b,) bool.
@@ -49,7 +43,7 @@ def propose_reference(
     return step, predicted, solved
 
 
-def update_reference(
+def lm_update(
     e: Tensor,
     length: Tensor,
     e_new: Tensor,
@@ -117,23 +111,3 @@ def secant_update(curv: Tensor, step: Tensor, y: Tensor, y_sharp: Tensor) -> Ten
         (resid * step).sum(-1) / denom**2
     )[:, None, None] * (y[:, :, None] * y[:, None, :])
     return torch.where(ok[:, None, None], curv + upd, curv)
-
-
-def propose(
-    grad: Tensor, hess: Tensor, curv: Tensor, lam: Tensor, segments: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`propose_reference`, by the C++ kernel where it applies."""
-    if _use_kernel(grad):
-        return torch.ops.fastgeo.lm_propose(grad, hess, curv, lam, segments)
-    return propose_reference(grad, hess, curv, lam, segments)
-
-
-def update(*args, tol: float, length_tol_factor: float) -> tuple[Tensor, ...]:
-    """:func:`update_reference` (same positional arguments), by the C++ kernel where it applies."""
-    if _use_kernel(args[4]):
-        return torch.ops.fastgeo.lm_update(*args, tol, length_tol_factor)
-    return update_reference(*args, tol, length_tol_factor)
-
-
-def _use_kernel(grad: Tensor) -> bool:
-    return grad.shape[-1] <= MAX_KERNEL_UNKNOWNS and use_cpu_kernel("lm_update", grad.device)

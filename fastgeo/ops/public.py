@@ -1,8 +1,7 @@
-"""The three ops of fastgeo (DESIGN §2), dispatched to the backend chosen by
-:func:`fastgeo.use_backend` (``"auto"`` by default: compiled kernels when built, else the
-pure-PyTorch reference). All are batched, float32/float64, differentiable.
-
-The registered operators behind the compiled backends are ``torch.ops.fastgeo.*``.
+"""The three public ops of fastgeo (DESIGN §2): validated entry points of the operators
+``torch.ops.fastgeo.*``, resolved per device by the registry (:mod:`fastgeo.ops.registry`:
+compiled kernels when built, else the pure-PyTorch reference, or what :func:`fastgeo.use_backend`
+forces). All are batched, float32/float64, differentiable.
 
 These entry points check shapes, dtypes and devices (cheap, no host sync); the values of the RBF
 parameters (gammas > 0, weights >= 0, zeta > 0, finite) are checked once by
@@ -13,8 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from . import _checks
-from ._backend import resolve
+from .. import _checks
+from . import registry
 
 
 def _rbf_args(name: str, z: Tensor, centers, gammas, weights, zeta):
@@ -23,8 +22,7 @@ def _rbf_args(name: str, z: Tensor, centers, gammas, weights, zeta):
     _checks.same_dtype_device([(name, z), ("centers", centers)])
     if z.shape[-1] != centers.shape[1]:
         raise ValueError(
-            f"{name} has latent dimension {z.shape[-1]} (last axis) but centers have "
-            f"d = {centers.shape[1]}"
+            f"{name} has latent dimension {z.shape[-1]} (last axis) but centers have d = {centers.shape[1]}"
         )
     return centers, gammas, weights, zeta
 
@@ -42,8 +40,7 @@ def rbf_precision(
     """
     centers, gammas, weights, zeta = _rbf_args("z", z, centers, gammas, weights, zeta)
     lead, d = z.shape[:-1], z.shape[-1]
-    impl = resolve("rbf_precision", z.device)
-    beta = impl.rbf_precision(z.reshape(-1, d), centers, gammas, weights, zeta)
+    beta = registry.call("rbf_precision", z.device, z.reshape(-1, d), centers, gammas, weights, zeta)
     return beta.reshape(*lead, weights.shape[0])
 
 
@@ -58,7 +55,7 @@ def segment_sqdist(x: Tensor) -> Tensor:
     _checks.tensor("x", x, ndim=3)
     if x.shape[1] < 2:
         raise ValueError(f"x must have N >= 2 points per curve (axis 1), got shape {tuple(x.shape)}")
-    return resolve("segment_sqdist", x.device).segment_sqdist(x)
+    return registry.call("segment_sqdist", x.device, x)
 
 
 def rbf_segment_sqdist(
@@ -79,5 +76,4 @@ def rbf_segment_sqdist(
             f"points must have N >= 2 points per curve (axis 1), got shape {tuple(points.shape)}"
         )
     centers, gammas, weights, zeta = _rbf_args("points", points, centers, gammas, weights, zeta)
-    impl = resolve("rbf_segment_sqdist", points.device)
-    return impl.rbf_segment_sqdist(points, centers, gammas, weights, zeta)
+    return registry.call("rbf_segment_sqdist", points.device, points, centers, gammas, weights, zeta)

@@ -1,1 +1,0 @@
-"""Compiled backends of the ``torch.ops.fastgeo`` operators (one module per backend)."""

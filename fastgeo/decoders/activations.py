@@ -1,0 +1,62 @@
+"""Pointwise activations with their derivatives, for the stacked forward mode: each maps x to
+(value, derivative), both shaped like x, in one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def _elu(x: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    y = torch.nn.functional.elu(x, alpha)
+    # The derivative is alpha e^x = y + alpha below 0 and 1 above, where y + alpha > alpha.
+    if alpha == 1.0:
+        return y, (y + 1).clamp_(max=1)
+    return y, torch.where(x > 0, torch.ones_like(x), y + alpha)
+
+
+def _softplus(x: Tensor, beta: float, threshold: float) -> tuple[Tensor, Tensor]:
+    bx = beta * x
+    linear = bx > threshold
+    y = torch.where(linear, x, torch.nn.functional.softplus(x, beta, threshold))
+    return y, torch.where(linear, torch.ones_like(x), torch.sigmoid(bx))
+
+
+def _silu(x: Tensor) -> tuple[Tensor, Tensor]:
+    s = torch.sigmoid(x)
+    return x * s, s * (1 + x * (1 - s))
+
+
+def _sigmoid(x: Tensor) -> tuple[Tensor, Tensor]:
+    y = torch.sigmoid(x)
+    return y, y * (1 - y)
+
+
+def _tanh(x: Tensor) -> tuple[Tensor, Tensor]:
+    y = torch.tanh(x)
+    return y, 1 - y * y
+
+
+def _relu(x: Tensor) -> tuple[Tensor, Tensor]:
+    return x.clamp(min=0), (x > 0).to(x.dtype)
+
+
+def _leaky_relu(x: Tensor, slope: float) -> tuple[Tensor, Tensor]:
+    positive = x > 0
+    return torch.where(positive, x, slope * x), torch.where(
+        positive, torch.ones_like(x), torch.full_like(x, slope)
+    )
+
+
+# name -> (x, *params) -> (value, derivative)
+ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "elu": _elu,
+    "relu": _relu,
+    "leaky_relu": _leaky_relu,
+    "tanh": _tanh,
+    "sigmoid": _sigmoid,
+    "softplus": _softplus,
+    "silu": _silu,
+}

@@ -1,0 +1,116 @@
+"""The solver's operators: entry points of ``torch.ops.fastgeo.rbf_sigma_jacobian``,
+``gauss_newton_system``, ``lm_propose`` and ``lm_update``, resolved by the registry like the
+public ops (C++ kernels on CPU tensors, the reference elsewhere).
+
+The kernels have no derivative: where autograd needs one, the differentiable reference runs.
+Their arguments come from the solver and are not validated here (the kernels check shapes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+
+import torch
+from torch import Tensor
+
+from . import registry
+
+# The C++ Levenberg-Marquardt kernels keep a curve's system in the thread's cache; larger
+# systems run the reference (batched LAPACK).
+MAX_KERNEL_UNKNOWNS = 64
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def rbf_sigma_jacobian(
+    z: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor
+) -> tuple[Tensor, Tensor]:
+    """sigma (P, D) and its transposed Jacobian (P, d, D) in closed form: z (P, d); see
+    :func:`fastgeo.reference.rbf_sigma_jacobian`."""
+    compiled = not _needs_grad(z, centers, gammas, weights, zeta)
+    return registry.call("rbf_sigma_jacobian", z.device, z, centers, gammas, weights, zeta, compiled=compiled)
+
+
+def gauss_newton_system(
+    f: Tensor, jac: Tensor, psi: Tensor, grad_only: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Gradient (b, m d) and Gauss-Newton matrix (b, m d, m d) of ``sum_n ||f_{n+1} - f_n||^2 / 2``
+    in the curve coefficients: f (b, N, F), jac (b, N, d, F), psi (N, m); see
+    :func:`fastgeo.reference.gauss_newton_system`."""
+    compiled = not _needs_grad(f, jac, psi)
+    return registry.call("gauss_newton_system", f.device, f, jac, psi, grad_only, compiled=compiled)
+
+
+@dataclass
+class LMState:
+    """What Levenberg-Marquardt keeps per curve: energy, length, gradient (b, p), Gauss-Newton
+    matrix (b, p, p), secant curvature model (b, p, p), damping and its growth factor (b,)."""
+
+    e: Tensor
+    length: Tensor
+    grad: Tensor
+    hess: Tensor
+    curv: Tensor
+    lam: Tensor
+    nu: Tensor
+
+    def rows(self, idx: Tensor) -> LMState:
+        """The state of curves ``idx``."""
+        return LMState(*(x[idx] for x in astuple(self)))
+
+
+@dataclass
+class LMTrial:
+    """A proposed step and what was measured at its trial point: energy, length, Gauss-Newton
+    system there, the gradient there with the current Jacobians (for the secant update), the
+    step (b, p), its predicted energy decrease and whether its system was solved (b,)."""
+
+    e: Tensor
+    length: Tensor
+    grad: Tensor
+    grad_old_jacobian: Tensor
+    hess: Tensor
+    step: Tensor
+    predicted: Tensor
+    solved: Tensor
+
+
+def lm_propose(
+    grad: Tensor, hess: Tensor, curv: Tensor, lam: Tensor, segments: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Damped step (b, p), predicted decrease (b,), solved (b,) bool; see
+    :func:`fastgeo.reference.lm_propose`."""
+    compiled = grad.shape[-1] <= MAX_KERNEL_UNKNOWNS
+    return registry.call("lm_propose", grad.device, grad, hess, curv, lam, segments, compiled=compiled)
+
+
+def lm_update(
+    state: LMState, trial: LMTrial, tol: float, length_tol_factor: float
+) -> tuple[Tensor, Tensor, Tensor, LMState]:
+    """Accept or reject each trial point and update the state: (accept, done, ok) (b,) bool and
+    the new :class:`LMState`; see :func:`fastgeo.reference.lm_update`."""
+    s, t = state, trial
+    args = (
+        s.e,
+        s.length,
+        t.e,
+        t.length,
+        s.grad,
+        t.grad,
+        t.grad_old_jacobian,
+        s.hess,
+        t.hess,
+        s.curv,
+        t.step,
+        t.predicted,
+        t.solved,
+        s.lam,
+        s.nu,
+        tol,
+        length_tol_factor,
+    )
+    compiled = s.grad.shape[-1] <= MAX_KERNEL_UNKNOWNS
+    accept, done, ok, *new = registry.call("lm_update", s.e.device, *args, compiled=compiled)
+    return accept, done, ok, LMState(*new)

@@ -1,0 +1,297 @@
+"""``fastgeo.pairwise_distances``: geodesic distance matrices at scale, chunked, resumable and
+multi-process.
+
+The ``M (M-1) / 2`` geodesics ``i < j`` (``M P`` with a second set ``Y``) are solved in fixed
+chunks (:mod:`.layout`) sized to a memory budget by the solver's memory model, so the extra
+memory does not grow with ``M``; the matrix itself is the only ``O(M^2)`` allocation (with the
+per-pair status). Finished chunks can be kept in a checkpoint folder (:mod:`.checkpoint`); under
+``torch.distributed`` the processes take every ``world_size``-th chunk.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import _checks
+from .._progress import progress_bar
+from ..metric import ExpectedMetric
+from ..solver import geodesics, solver_options, working_memory_per_curve
+from .checkpoint import Checkpoint, _options_digest, _tensor_digest, metric_fingerprint
+from .layout import Layout, distinct_rows, expand_duplicates
+from .report import PairwiseReport
+
+DEFAULT_CPU_BUDGET = 256 << 20  # bytes of solver working memory per chunk on the CPU
+_NOT_OPTIONS = ("metric", "z0", "z1", "init")  # geodesics() arguments that are not options here
+
+
+def pairwise_distances(
+    metric: ExpectedMetric,
+    Z: Tensor,
+    Y: Tensor | None = None,
+    *,
+    memory_budget: int | None = None,
+    chunk_size: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+    return_report: bool = False,
+    **solver_options: Any,
+) -> Tensor | tuple[Tensor, PairwiseReport]:
+    """Geodesic distances between all pairs of ``Z`` (or between ``Z`` and ``Y``).
+
+    Without ``Y`` only the pairs ``i < j`` of distinct rows are solved; the matrix is symmetric,
+    with an exact zero diagonal and exact zeros between equal rows. Pairs stream through
+    :func:`fastgeo.geodesics` in fixed chunks, so the memory beyond the output matrix is bounded
+    by ``memory_budget`` whatever M.
+
+    Pairs whose optimization did not converge keep the best length found, which is never longer
+    than the straight line between their ends (an upper bound of the distance); they are counted
+    in a warning and flagged in the report's ``converged`` mask, never hidden. No entry is NaN.
+
+    Args:
+        metric: the :class:`ExpectedMetric`.
+        Z: (M, d) latent codes.
+        Y: optional (P, d) second set: the result is then (M, P), all pairs solved.
+        memory_budget: bytes of solver working memory per chunk (default: a quarter of free GPU
+            memory up to 4 GiB, or 256 MiB on the CPU). Sets the chunk size.
+        chunk_size: pairs per chunk, overrides ``memory_budget``.
+        checkpoint: folder for resumable runs: finished chunks are saved atomically as they
+            finish; a run started again with the same arguments solves only the missing chunks.
+            Inputs that differ (Z, Y, options, chunk layout, metric parameters) are refused.
+        progress: show a tqdm progress bar (pairs per second).
+        return_report: also return a :class:`PairwiseReport`.
+        **solver_options: passed to :func:`fastgeo.geodesics` (method, m, n_points, family,
+            warm_start, max_iter, tol, batch_size, ...).
+
+    With ``torch.distributed`` initialized, the processes take every ``world_size``-th chunk and
+    all of them return the full matrix (a sum all-reduce of disjoint parts: exact).
+
+    Returns:
+        D (M, M) (or (M, P)) tensor of geodesic lengths, dtype and device of the metric; with
+        ``return_report=True`` the tuple ``(D, report)``.
+    """
+    t_start = time.perf_counter()
+    Z, Y, options = _check_inputs(metric, Z, Y, solver_options)
+    pts, rep = distinct_rows(Z) if Y is None else (Z, None)
+    other = pts if Y is None else Y
+    layout = _layout(metric, options, Layout(Y is None, pts.shape[0], other.shape[0], 1), chunk_size,
+                     memory_budget, checkpoint)  # fmt: skip
+    options.setdefault("batch_size", layout.chunk_size)
+    ckpt = None if checkpoint is None else _open_checkpoint(checkpoint, metric, Z, Y, options, layout)
+    out, status, counts, world = _solve_chunks(metric, pts, other, layout, options, ckpt, progress)
+    n_failed = int((status < 0).sum()) // (2 if Y is None else 1)
+    if Y is None:
+        out.fill_diagonal_(0)  # exact zero diagonal
+        status.fill_diagonal_(1)
+        if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
+            out, status = expand_duplicates(out, rep), expand_duplicates(status, rep)
+    if n_failed:
+        warnings.warn(
+            f"fastgeo.pairwise_distances: {n_failed} of {layout.n_pairs} geodesics did not converge; their "
+            "entries hold the best length found (never longer than the straight line). "
+            "Pass return_report=True for the mask, or raise max_iter.", RuntimeWarning, stacklevel=2,
+        )  # fmt: skip
+    if not return_report:
+        return out
+    # fmt: off
+    report = PairwiseReport(
+        converged=status > 0, iterations=status.abs() - 1, n_pairs=layout.n_pairs,
+        n_converged=layout.n_pairs - n_failed, n_failed=n_failed, chunk_size=layout.chunk_size,
+        chunks_total=layout.n_chunks, chunks_computed=int(counts[2]), chunks_loaded=int(counts[3]),
+        wall_time=time.perf_counter() - t_start, decoder_evals=int(counts[0]), decoder_jvps=int(counts[1]),
+        options={"symmetric": Y is None, "world_size": world, **options},
+    )
+    # fmt: on
+    return out, report
+
+
+def _check_inputs(
+    metric: ExpectedMetric, Z: Tensor, Y: Tensor | None, solver_opts: dict[str, Any]
+) -> tuple[Tensor, Tensor | None, dict[str, Any]]:
+    if not isinstance(metric, ExpectedMetric):
+        raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
+    metric.check_points("Z", Z, ndim=2)
+    _checks.finite("Z", Z)
+    if Y is not None:
+        metric.check_points("Y", Y, ndim=2)
+        _checks.finite("Y", Y)
+    allowed = [k for k in inspect.signature(geodesics).parameters if k not in _NOT_OPTIONS]
+    unknown = set(solver_opts) - set(allowed)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {sorted(unknown)}; solver options are {allowed}"
+            + (" (init is per pair and has no meaning here)" if "init" in unknown else "")
+        )
+    return Z.detach(), None if Y is None else Y.detach(), dict(solver_opts)
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Solver working memory per chunk: a quarter of free GPU memory (<= 4 GiB), 256 MiB on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(free // 4, 4 << 30))
+    return DEFAULT_CPU_BUDGET
+
+
+def _layout(
+    metric: ExpectedMetric,
+    options: dict[str, Any],
+    pairs: Layout,
+    chunk_size: int | None,
+    memory_budget: int | None,
+    checkpoint: str | os.PathLike | None,
+) -> Layout:
+    """The layout of ``pairs`` in chunks: ``chunk_size``, or as many pairs as fit
+    ``memory_budget``, or (resuming with neither given) the chunk size of the checkpoint."""
+    explicit = chunk_size is not None or memory_budget is not None
+    if chunk_size is None:
+        chunk_size = _chunk_size_for_budget(metric, options, memory_budget)
+    chunk_size = _checks.integer("chunk_size", chunk_size, 1)
+    if checkpoint is not None and not explicit:
+        chunk_size = _checkpointed_chunk_size(checkpoint, chunk_size)  # keep a resumed run's layout
+    return Layout(pairs.symmetric, pairs.rows, pairs.cols, min(chunk_size, max(1, pairs.n_pairs)))
+
+
+def _chunk_size_for_budget(metric: ExpectedMetric, options: dict[str, Any], memory_budget: int | None) -> int:
+    """Pairs per chunk that fit ``memory_budget`` bytes by the solver's memory model."""
+    names = inspect.signature(solver_options).parameters
+    opts = solver_options(
+        metric.dtype, metric.latent_dim, metric.data_dim, **{k: v for k, v in options.items() if k in names}
+    )
+    per_pair = working_memory_per_curve(
+        metric.latent_dim,
+        metric.data_dim,
+        opts.n_points,
+        opts.m * metric.latent_dim,
+        torch.finfo(metric.dtype).bits // 8,
+    )
+    budget = default_memory_budget(metric.device) if memory_budget is None else memory_budget
+    if isinstance(budget, bool) or not budget > 0:
+        raise ValueError(f"memory_budget must be > 0 bytes, got {memory_budget!r}")
+    return max(1, int(budget) // per_pair)
+
+
+def _checkpointed_chunk_size(checkpoint: str | os.PathLike, chunk_size: int) -> int:
+    """The chunk size a checkpoint was started with (a default budget may depend on free memory)."""
+    meta_path = Path(checkpoint) / "meta.json"
+    if not meta_path.exists():
+        return chunk_size
+    try:
+        return int(json.loads(meta_path.read_text()).get("chunk_size", chunk_size))
+    except (OSError, ValueError):
+        return chunk_size
+
+
+def _open_checkpoint(
+    checkpoint: str | os.PathLike,
+    metric: ExpectedMetric,
+    Z: Tensor,
+    Y: Tensor | None,
+    options: dict[str, Any],
+    layout: Layout,
+) -> Checkpoint:
+    components = {
+        "Z": _tensor_digest(Z),
+        "Y": _tensor_digest(Y),
+        "options": _options_digest(options),
+        "layout": layout.describe(),
+        "metric": metric_fingerprint(metric),
+        "dtype": str(metric.dtype),
+    }
+    meta = {
+        "M": Z.shape[0],
+        "P": None if Y is None else Y.shape[0],
+        "n_pairs": layout.n_pairs,
+        "chunk_size": layout.chunk_size,
+        "n_chunks": layout.n_chunks,
+        "options": {
+            k: v if v is None or isinstance(v, (bool, int, float, str)) else type(v).__name__
+            for k, v in options.items()
+        },
+    }
+    return Checkpoint(checkpoint, components, meta)
+
+
+def _dist_info() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str, Any]) -> dict[str, Any]:
+    res = geodesics(metric, a, b, **options)
+    lengths, converged = res.lengths, res.converged
+    bad = ~torch.isfinite(lengths)
+    if bool(bad.any()):  # never hand a NaN out: fall back to the straight line, flagged
+        lengths = torch.where(bad, res.straight_lengths, lengths)
+        converged = converged & ~bad
+        if not bool(torch.isfinite(lengths).all()):
+            raise RuntimeError(
+                "fastgeo.pairwise_distances: the metric is not finite along the straight line between "
+                "some pairs; check the decoder mean and the RBF precision (zeta > 0) on these inputs"
+            )
+    return {
+        "lengths": lengths.detach().cpu(),
+        "converged": converged.cpu(),
+        "iterations": res.iterations.to(torch.int32).cpu(),
+        "decoder_evals": int(res.decoder_evals),
+        "decoder_jvps": int(res.decoder_jvps),
+    }
+
+
+def _solve_chunks(
+    metric: ExpectedMetric,
+    pts: Tensor,
+    other: Tensor,
+    layout: Layout,
+    options: dict[str, Any],
+    ckpt: Checkpoint | None,
+    progress: bool,
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """This process's chunks, solved or loaded, then summed over processes: the (rows, cols)
+    lengths, the per-pair status (iterations + 1 where converged, -(iterations + 1) where not,
+    0 = unsolved), counts (decoder evals, JVPs, chunks computed, loaded) and the world size."""
+    device, symmetric = metric.device, layout.symmetric
+    rank, world = _dist_info()
+    out = torch.zeros(layout.rows, layout.cols, dtype=metric.dtype, device=device)
+    status = torch.zeros(layout.rows, layout.cols, dtype=torch.int32, device=device)
+    counts = torch.zeros(4, dtype=torch.int64)
+    bar = progress_bar(layout.n_pairs, progress and rank == 0 and layout.n_chunks > 0, "geodesics", "pair")
+    try:
+        for c in range(rank, layout.n_chunks, world):
+            i, j = layout.pairs(c, device)
+            rec = ckpt.load(c, i.numel()) if ckpt is not None else None
+            loaded = rec is not None
+            if rec is None:
+                rec = _solve_chunk(metric, pts[i], other[j], options)
+                if ckpt is not None:
+                    ckpt.save(c, rec)
+            counts += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"], not loaded, loaded])
+            lengths = rec["lengths"].to(device=device, dtype=metric.dtype)
+            it = rec["iterations"].to(device) + 1
+            st = torch.where(rec["converged"].to(device), it, -it)
+            out[i, j], status[i, j] = lengths, st
+            if symmetric:  # symmetric fill, by the same process: parts stay disjoint
+                out[j, i], status[j, i] = lengths, st
+            if bar is not None:
+                bar.update(min(i.numel() * world, bar.total - bar.n))
+    finally:
+        if bar is not None:
+            bar.close()
+    if world > 1:  # disjoint parts, zeros elsewhere: the sums are exact
+        dist = torch.distributed
+        dist.all_reduce(out)
+        dist.all_reduce(status)
+        counts_dev = counts.to(device)
+        dist.all_reduce(counts_dev)
+        counts = counts_dev.cpu()
+    return out, status, counts, world

@@ -1,0 +1,58 @@
+"""The per-pair status of a :func:`fastgeo.pairwise_distances` call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PairwiseReport:
+    """Per-pair status of a :func:`pairwise_distances` call.
+
+    Attributes:
+        converged: (M, M) bool, or (M, P) with ``Y``; False where the solver hit its iteration
+            limit. Such entries hold the best length found, never longer than the straight line.
+            The diagonal and pairs of equal points are True (distance exactly 0).
+        iterations: (M, M) or (M, P) int32, solver iterations spent on each pair.
+        n_pairs: geodesics solved (distinct unordered pairs for ``Z`` alone, ``M P`` with ``Y``).
+        n_converged, n_failed: how many of them converged / did not.
+        chunk_size, chunks_total: the fixed chunk layout.
+        chunks_computed: chunks solved by this call (this process, with ``torch.distributed``:
+            all processes together).
+        chunks_loaded: chunks read back from the checkpoint instead of solved.
+        wall_time: seconds spent in the call.
+        decoder_evals, decoder_jvps: decoder work of all chunks (loaded ones included: the
+            work the matrix cost).
+    """
+
+    converged: Tensor
+    iterations: Tensor
+    n_pairs: int
+    n_converged: int
+    n_failed: int
+    chunk_size: int
+    chunks_total: int
+    chunks_computed: int
+    chunks_loaded: int
+    wall_time: float
+    decoder_evals: int
+    decoder_jvps: int
+    options: dict = field(default_factory=dict)
+
+    def failed_pairs(self) -> Tensor:
+        """(k, 2) indices ``(i, j)`` of the pairs that did not converge (``i < j`` without Y)."""
+        mask = ~self.converged
+        if self.options.get("symmetric", False):
+            mask = torch.triu(mask, diagonal=1)
+        return mask.nonzero()
+
+    def __str__(self) -> str:
+        return (
+            f"{self.n_pairs} geodesics, {self.n_converged} converged, {self.n_failed} not; "
+            f"{self.chunks_total} chunks of {self.chunk_size} ({self.chunks_computed} solved, "
+            f"{self.chunks_loaded} loaded); {self.wall_time:.2f} s; "
+            f"{self.decoder_evals} decoder evals, {self.decoder_jvps} decoder JVPs"
+        )

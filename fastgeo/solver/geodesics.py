@@ -1,0 +1,263 @@
+"""``fastgeo.geodesics``: batched geodesics, all curves of a call optimized together, each with
+its own step size and convergence test.
+
+The discrete energy ``E = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2`` of the embedding
+``f = [mu, sigma]`` is a sum of squared residuals: with ``c(t) = line(t) + sum_j a_j psi_j(t)``
+the residual Jacobian needs only the (d x d) Gram blocks ``J_n^T J_n`` and ``J_n^T J_{n+1}``
+(d forward-mode passes of the decoder per iteration, whatever the number of basis functions m),
+and each Levenberg-Marquardt step is a small (m d x m d) solve per curve, with a structured
+secant model of the curvature Gauss-Newton leaves out.
+
+The story of a call (``method="default"``), one file per chapter:
+  1. options (:mod:`.options`): defaults of the method, validation, batch size;
+  2. starts (:mod:`.starts`): the straight line, the paper's warm start on the RBF alone, and
+     the shortest path on a metric-weighted graph of the latent space (:mod:`.graph`);
+  3. the race (:mod:`.race`): the two starts of lowest energy are optimized on a coarse grid by
+     Levenberg-Marquardt (:mod:`.levenberg_marquardt`); the winner is refined at ``n_points``;
+  4. the fallback (:mod:`.fallback`): never longer than the straight line;
+  5. the resolution check (:mod:`.resolution`): curves that step over a thin ridge of the
+     metric are solved again with more points.
+``method="paper"`` swaps Levenberg-Marquardt for Adam (:mod:`.first_order`); ``method="dense"``
+is the accuracy oracle (:mod:`.dense`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from .. import _checks
+from ..curves import Curves
+from ..metric import ExpectedMetric
+from .dense import dense_multistart
+from .fallback import never_longer_than_straight
+from .graph import LatentGraph, cached_graph
+from .options import SolverOptions, solver_options
+from .race import solve_batch
+from .resolution import lengths_and_midpoint_lengths, refine_resolution
+from .result import GeodesicResult, Work
+
+
+def geodesics(
+    metric: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    *,
+    method: str = "default",
+    m: int | None = None,
+    n_points: int | None = None,
+    family: str = "legendre",
+    warm_start: bool | int = True,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    batch_size: int | None = None,
+    init: Tensor | None = None,
+    graph: bool | LatentGraph = True,
+    latents: Tensor | None = None,
+    refine: int | None = None,
+    coarse_points: int | None = None,
+    check_resolution: bool = True,
+) -> GeodesicResult:
+    """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
+
+    Args:
+        metric: the :class:`ExpectedMetric` of the decoder.
+        z0, z1: (B, d) end points (same dtype and device as the metric).
+        method: ``"default"`` (polynomial curves, warm start, Levenberg-Marquardt),
+            ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF warm start,
+            first-order steps) or ``"dense"`` (free polylines of ``n_points = 128`` nodes
+            minimized to convergence: the accuracy oracle; use a float64 metric for it).
+        m: basis functions per latent dimension (default 12; ``paper`` uses 1).
+        n_points: points per curve in the discrete energy (default 48; 32 for ``paper``, 128
+            for ``dense``).
+        family: ``"legendre"`` or ``"chebyshev"`` polynomials.
+        warm_start: run the RBF warm start (``default`` and ``paper``): ``True`` for its default
+            iterations (5; a start only, the full energy decides the rest), or their number.
+        max_iter: iteration limit per phase (default 100 for Levenberg-Marquardt, 2000 for
+            ``paper``'s first-order steps, 300 for ``dense``).
+        tol: a curve converges when a step lowers its energy by less than ``tol`` relative
+            (default 1e-10 in float64, 1e-5 in float32).
+        batch_size: curves optimized at once (default: as many as fit in ~1 GiB of working
+            memory, :func:`fastgeo.solver.options.working_memory_per_curve`).
+        init: optional (B, m, d) starting coefficients for the basis of ``method``.
+        graph: start from shortest paths on a :class:`fastgeo.LatentGraph` too (``default``
+            only; built on first use and cached for the metric), or a graph to use.
+        latents: optional (M, d) latent codes of the data, added to the graph's nodes.
+        refine: how many of the best starts (by energy) are optimized per curve, keeping the
+            shortest result (default 2 for ``default``, 1 otherwise).
+        coarse_points: points per curve while the starts are raced (``default`` only; default
+            24). Only the winner is then refined at ``n_points``; a value >= ``n_points`` races
+            at full resolution.
+        check_resolution: measure every curve at the midpoints of its segments too (``default``
+            and ``paper``). A curve whose length grows there by more than 1 % steps over a ridge
+            of the metric between its points, and its discrete length underestimates it: such
+            curves are solved again with twice the points (and twice ``coarse_points``), up to
+            four times ``n_points``, and flagged unconverged if still under-resolved.
+
+    Returns:
+        :class:`GeodesicResult`; no curve is longer than the straight line between its ends.
+    """
+    _check_ends(metric, z0, z1)
+    # fmt: off
+    opts = solver_options(
+        metric.dtype, metric.latent_dim, metric.data_dim, method=method, m=m, n_points=n_points,
+        family=family, warm_start=warm_start, max_iter=max_iter, tol=tol, batch_size=batch_size,
+        refine=refine, coarse_points=coarse_points, check_resolution=check_resolution,
+    )
+    # fmt: on
+    init = _check_init(metric, init, z0, opts)
+    _check_graph(metric, graph, latents)
+    z0, z1 = z0.detach(), z1.detach()
+    if opts.method == "dense" and init is None and z0.shape[0] > 0:
+        return dense_multistart(metric, z0, z1, opts, graph, latents, solve=geodesics)
+
+    work = Work()
+    lgraph = None
+    if opts.method == "default" and z0.shape[0] > 0 and graph is not False:
+        lgraph = graph if isinstance(graph, LatentGraph) else _graph_of(metric, latents, work)
+    result, midpoint_lengths = _solve(metric, z0, z1, opts, init, lgraph, work)
+    if not opts.check_resolution or opts.method == "dense" or z0.shape[0] == 0:
+        return result
+    graph = lgraph if lgraph is not None else graph
+    finer = functools.partial(_solve_finer, metric, z0, z1, opts, graph, latents)
+    return refine_resolution(metric, result, midpoint_lengths, finer)
+
+
+def _solve(
+    metric: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    opts: SolverOptions,
+    init: Tensor | None,
+    graph: LatentGraph | None,
+    work: Work,
+) -> tuple[GeodesicResult, Tensor]:
+    """The optimized curves, measured, never longer than the straight line, exact zeros between
+    equal ends; and their lengths at the midpoints of their segments (for the resolution check)."""
+    with torch.no_grad():
+        coeffs, energies, converged, iterations, start = _solve_in_batches(
+            metric, z0, z1, opts, init, graph, work
+        )
+        curves = Curves(z0, z1, coeffs, opts.basis)
+        lengths, midpoint_lengths = lengths_and_midpoint_lengths(metric, curves, opts.n_points)
+    work.evals += z0.shape[0] * (2 * opts.n_points - 1)
+    resolution = torch.full_like(start, opts.n_points)
+    result = GeodesicResult(
+        curves,
+        lengths,
+        energies,
+        converged,
+        iterations,
+        start,
+        lengths,
+        opts.n_points,
+        options=opts.summary(),
+        resolution=resolution,
+    )
+    midpoint_lengths = never_longer_than_straight(metric, result, midpoint_lengths, work)
+    # Equal end points: distance exactly 0 (a batched GEMM may round equal rows differently).
+    same = (z0 == z1).all(-1)
+    result.lengths = result.lengths.masked_fill(same, 0)
+    result.energies = result.energies.masked_fill(same, 0)
+    finite = torch.isfinite(result.lengths) & torch.isfinite(result.energies)
+    result.converged = (result.converged & finite) | same
+    result.decoder_evals, result.decoder_jvps = work.evals, work.jvps
+    return result, midpoint_lengths
+
+
+def _solve_finer(
+    metric: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    opts: SolverOptions,
+    graph: bool | LatentGraph,
+    latents: Tensor | None,
+    idx: Tensor,
+    n: int,
+    init: Tensor,
+) -> GeodesicResult:
+    """Curves ``idx`` solved again at ``n`` points from ``init`` (the resolution check)."""
+    return geodesics(
+        metric,
+        z0[idx],
+        z1[idx],
+        method=opts.method,
+        m=opts.m,
+        n_points=n,
+        family=opts.family,
+        warm_start=opts.warm_iter,
+        max_iter=opts.max_iter,
+        tol=opts.tol,
+        init=init,
+        graph=graph,
+        latents=latents,
+        refine=opts.refine,
+        coarse_points=max(3, opts.coarse_points * n // opts.n_points),
+        check_resolution=False,
+    )
+
+
+def _check_ends(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> None:
+    if not isinstance(metric, ExpectedMetric):
+        raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
+    metric.check_points("z0", z0, ndim=2)
+    metric.check_points("z1", z1, ndim=2)
+    if z0.shape != z1.shape:
+        raise ValueError(
+            f"z0 and z1 must have the same shape (B, d), got {tuple(z0.shape)} and {tuple(z1.shape)}"
+        )
+    _checks.finite("z0", z0)
+    _checks.finite("z1", z1)
+
+
+def _check_init(
+    metric: ExpectedMetric, init: Tensor | None, z0: Tensor, opts: SolverOptions
+) -> Tensor | None:
+    if init is None:
+        return None
+    metric.check_points("init", init, ndim=3)
+    B, d = z0.shape
+    if init.shape != (B, opts.m, d):
+        raise ValueError(f"init must have shape (B, m, d) = {(B, opts.m, d)}, got {tuple(init.shape)}")
+    _checks.finite("init", init)
+    return init.detach()
+
+
+def _check_graph(metric: ExpectedMetric, graph: object, latents: Tensor | None) -> None:
+    if not isinstance(graph, (bool, LatentGraph)):
+        raise TypeError(f"graph must be True, False or a fastgeo.LatentGraph, got {graph!r}")
+    if latents is not None:
+        metric.check_points("latents", latents, ndim=2)
+        _checks.finite("latents", latents)
+
+
+def _graph_of(metric: ExpectedMetric, latents: Tensor | None, work: Work) -> LatentGraph:
+    graph, built = cached_graph(metric, latents)
+    if built:
+        work.evals += graph.edge_evals
+    return graph
+
+
+def _solve_in_batches(
+    metric: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    opts: SolverOptions,
+    init: Tensor | None,
+    graph: LatentGraph | None,
+    work: Work,
+) -> tuple[Tensor, ...]:
+    """coeffs (B, m, d), energies, converged, iterations and start codes (B,), batch by batch."""
+    B, d = z0.shape
+    if B == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=z0.device)
+        return z0.new_zeros(0, opts.m, d), z0.new_zeros(0), empty.bool(), empty, empty
+    parts = []
+    for lo in range(0, B, opts.batch_size):
+        sl = slice(lo, lo + opts.batch_size)
+        parts.append(
+            solve_batch(metric, z0[sl], z1[sl], opts, None if init is None else init[sl], graph, work)
+        )
+    return tuple(torch.cat(x) for x in zip(*parts, strict=True))

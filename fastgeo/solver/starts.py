@@ -1,0 +1,101 @@
+"""The starts of a curve: the straight line, the paper's warm start on the RBF alone, a given
+initialization, and the shortest path on the latent graph (:mod:`fastgeo.solver.graph`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..curves import evaluate
+from ..metric import ExpectedMetric
+from .first_order import adam
+from .graph import LatentGraph
+from .levenberg_marquardt import levenberg_marquardt
+from .problem import Grid
+from .result import GIVEN, GRAPH, STRAIGHT, WARM, Work
+
+WARM_TOL = 1e-4  # only a start: a loose tolerance, the full energy decides the rest
+
+
+def warm_start(
+    metric: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    grid: Grid,
+    method: str,
+    max_iter: int,
+    tol: float,
+    work: Work,
+) -> tuple[Tensor, Tensor]:
+    """The paper's warm start: the curve optimized against the RBF precision alone.
+    Returns coefficients (B, m, d) and the iterations spent (B,).
+
+    Energy of the embedding ``[sqrt(kappa) z, sigma(z)]``: sigma is flat and small on the data and
+    changes fast at its edges, so minimizers stay on the ridges of the precision; the Euclidean
+    term (kappa: squared decoder stretch of the straight line, per curve) keeps the problem
+    well posed where sigma is constant.
+    """
+    B, d = z0.shape
+    N = grid.n
+    with torch.no_grad():
+        dmu = metric.mean(z1) - metric.mean(z0)
+    work.evals += 2 * B
+    dz2 = (z1 - z0).pow(2).sum(-1)
+    kappa = torch.where(dz2 > 0, dmu.pow(2).sum(-1) / dz2.clamp(min=torch.finfo(dz2.dtype).tiny), 1.0)
+    kappa = torch.where(kappa > 0, kappa, 1.0)
+    prec = metric.precision
+    sqrt_kappa = kappa.sqrt()
+
+    def segments(coeffs: Tensor, idx: Tensor) -> Tensor:
+        pts = evaluate(z0[idx], z1[idx], coeffs, grid.psi, grid.t)
+        return kappa[idx, None] * (pts[:, 1:] - pts[:, :-1]).pow(2).sum(-1) + prec.segment_sqdist(pts)
+
+    def features_jac(points: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        b = idx.numel()
+        flat = points.reshape(b * N, d)
+        sk = sqrt_kappa[idx].repeat_interleave(N)[:, None]
+        sigma, j_sigma = prec.sigma_and_jacobian_t(flat)
+        eye = torch.eye(d, dtype=flat.dtype, device=flat.device)
+        return torch.cat([sk * flat, sigma], -1), torch.cat([sk[:, :, None] * eye, j_sigma], -1)
+
+    start = torch.zeros(B, grid.psi.shape[1], d, dtype=z0.dtype, device=z0.device)
+    everyone = torch.arange(B, device=z0.device)
+    tol = max(tol, WARM_TOL)
+    if method == "paper":
+        coeffs, _, _, it = adam(segments, start, segments(start, everyone), max_iter, tol, z0, z1)
+    else:
+        coeffs, _, _, it = levenberg_marquardt(features_jac, z0, z1, start, grid, max_iter, tol)
+    return coeffs, it
+
+
+def starts(
+    metric: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    m: int,
+    fine: Grid,
+    coarse: Grid,
+    method: str,
+    warm_iter: int,
+    tol: float,
+    init: Tensor | None,
+    graph: LatentGraph | None,
+    work: Work,
+) -> tuple[list[tuple[int, Tensor]], Tensor]:
+    """Every start of every curve: [(start code of :data:`INIT_NAMES`, coefficients (B, m, d))],
+    and the iterations spent making them (B,). The warm start runs on the ``coarse`` grid; graph
+    paths are fitted on the ``fine`` one."""
+    B, d = z0.shape
+    iterations = torch.zeros(B, dtype=torch.long, device=z0.device)
+    found = [(STRAIGHT, torch.zeros(B, m, d, dtype=z0.dtype, device=z0.device))]
+    if init is not None:
+        found.append((GIVEN, init))
+    if warm_iter and B > 0:
+        warm, warm_it = warm_start(metric, z0, z1, coarse, method, warm_iter, tol, work)
+        iterations += warm_it
+        found.append((WARM, warm))
+    if graph is not None and B > 0:
+        from_graph, evals = graph.initial_coeffs(z0, z1, fine.psi, fine.t)
+        work.evals += evals
+        found.append((GRAPH, from_graph))
+    return found, iterations
