@@ -1,6 +1,7 @@
 """Generators with known geodesics, shared by the tests."""
 
 import torch
+from helpers import rbf_params
 
 import fastgeo
 
@@ -57,9 +58,8 @@ def bumpy_metric(dtype=torch.float64, seed: int = 0, d: int = 2, D: int = 6, K: 
         return torch.tanh(z @ W1.T) @ W2.T
 
     prec = fastgeo.RBFPrecision(
-        torch.randn(K, d, generator=g, dtype=torch.float64).to(dtype),
-        (torch.rand(K, generator=g, dtype=torch.float64) + 0.5).to(dtype),
-        (torch.rand(D, K, generator=g, dtype=torch.float64) * 20).to(dtype),
-        0.05,
+        *rbf_params(
+            K, d, D, dtype=dtype, generator=g, gammas=(0.5, 1.5), weights=(0.0, 20.0), zeta=(0.05, 0.05)
+        )
     )
     return fastgeo.ExpectedMetric(mean, prec)

@@ -1,7 +1,22 @@
-"""Shared test fixtures."""
+"""Shared test fixtures and session set-up (the shared helpers are in ``helpers.py``, the analytic
+generators in ``analytic.py``).
+
+The ``slow`` marker (declared in pyproject.toml) selects, it does not exclude: the default run,
+``python -m pytest -q tests``, runs every test, slow ones included, and that is the run CI must
+pass. ``slow`` marks tests that take several seconds and whose coverage faster tests duplicate;
+``python -m pytest -q tests -m "not slow"`` leaves them out for a quicker run while developing.
+"""
+
+import os
 
 import pytest
 import torch
+
+# Without a GPU the Triton kernels are tested in Triton's interpreter. fastgeo.triton reads
+# TRITON_INTERPRET when it is imported (by any test module that imports fastgeo), so it is set
+# here, before the first test module is collected; TRITON_INTERPRET=0 opts out.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

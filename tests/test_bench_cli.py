@@ -1,10 +1,14 @@
-"""``fastgeo bench`` end to end at smoke-test sizes: the JSON has the required fields and every
-time and ratio is finite and positive. No wall-clock assertions (benchmarks are not tests)."""
+"""``fastgeo bench`` end to end at smoke-test sizes: the JSON has the required fields, every
+time is finite and positive, and every ratio is the one its rows' times give. No wall-clock
+assertions (benchmarks are not tests)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+
+import pytest
 
 from fastgeo.cli import main
 
@@ -17,6 +21,9 @@ def _positive(v: object) -> bool:
 
 
 def test_bench_ops_tiny(tmp_path, capsys):
+    """The ops layer at --tiny sizes on one thread: the three ops, both modes, the reference among
+    the backends; per row the environment fields, a well-formed commit, positive times, and the
+    ratio to the reference row of its group (same op, mode, batch, threads) from the two times."""
     out = tmp_path / "bench"
     # --tiny: hidden smoke-test sizes; one thread: tiny ops stall on OpenMP on a shared machine
     rc = main(["bench", "--quick", "--tiny", "--threads", "1", "--layer", "ops", "--out", str(out)])
@@ -34,8 +41,15 @@ def test_bench_ops_tiny(tmp_path, capsys):
         for k in ENV_FIELDS:
             assert k in r, k
         assert r["threads"] == 1 and r["dtype"] == "float32" and r["shape"] and r["shapes"]
-        assert r["git_commit"] and r["cpu_model"]
+        assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", r["git_commit"]), r["git_commit"]
+        assert isinstance(r["cpu_model"], str) and r["cpu_model"].strip()
         t = r["time_s"]
-        assert _positive(t["min"]) and _positive(t["median"]) and t["rounds"] >= 1
-        assert t["min"] <= t["median"]
-        assert _positive(r["ratio_vs_reference"])
+        assert _positive(t["min"]) and _positive(t["median"]) and t["rounds"] >= 1 and t["number"] >= 1
+    reference = {
+        (r["op"], r["mode"], r["batch"], r["threads"]): r["time_s"]["min"]
+        for r in rows
+        if r["backend"] == "reference"
+    }
+    for r in rows:
+        ref_time = reference[r["op"], r["mode"], r["batch"], r["threads"]]
+        assert r["ratio_vs_reference"] == pytest.approx(ref_time / r["time_s"]["min"], rel=1e-12), r

@@ -2,8 +2,8 @@
 
 float64: values to 1e-10 and ``gradcheck`` on every differentiable input. float32: values and
 gradients against the float64 reference, at least as accurate as the float32 reference within a
-factor 4 (see ``assert_f32_accuracy``). Plus ``opcheck`` on every op (forward and backward) and a
-``torch.compile(fullgraph=True)`` round trip.
+factor 4 (``helpers.assert_f32_accuracy`` states the tolerances). Plus ``opcheck`` on every op
+(forward and backward) and a ``torch.compile(fullgraph=True)`` round trip.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import sys
 
 import pytest
 import torch
+from helpers import assert_f32_accuracy, randn, rbf_params, require_cpu_kernels
 
 import fastgeo
 from fastgeo import reference
-from fastgeo.ops import availability
 
-_ok, _why = availability()["cpu"]
-if not _ok:
-    pytest.skip(f"fastgeo._C (C++ CPU kernels) is not built: {_why}", allow_module_level=True)
+require_cpu_kernels()
 
 ops = torch.ops.fastgeo
 
@@ -38,40 +36,9 @@ SHAPES = [
 SHAPE_IDS = ["generic", "N=2", "K=1", "D=1", "d=1", "B=0"]
 
 
-def make_rbf(
-    K: int, d: int, D: int, dtype: torch.dtype, gamma: float = 1.0, zeta: float = 0.5, seed: int = 0
-):
-    """Random RBF parameters: centers (K, d), gammas (K,) > 0, weights (D, K) >= 0, zeta (D,) > 0."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(K, d, generator=g, dtype=dtype)
-    gammas = gamma * (0.5 + torch.rand(K, generator=g, dtype=dtype))
-    weights = torch.rand(D, K, generator=g, dtype=dtype)
-    zeta_t = zeta * (0.5 + torch.rand(D, generator=g, dtype=dtype))
-    return centers, gammas, weights, zeta_t
-
-
-def rand(*shape: int, dtype: torch.dtype = torch.float64, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def assert_f32_accuracy(actual: torch.Tensor, ref32: torch.Tensor, ref64: torch.Tensor, floor: float) -> None:
-    """A float32 kernel result is as accurate as the float32 reference, within a factor 4.
-
-    Both are compared with the float64 reference: max|actual - ref64| must be at most
-    4 * max|ref32 - ref64| + floor * max|ref64|. Float32 rounding errors are relative to the
-    largest terms summed (over D or K), and some outputs cancel (differences of nearly equal
-    sigmas, K = 1): the float32 reference's own error measures how hard each case is, the floor
-    (1e-6 for values, 1e-5 for gradients, i.e. ~10-100 float32 eps) covers cases where it happens
-    to be exact.
-    """
-    assert actual.dtype == torch.float32 and ref32.dtype == torch.float32
-    if ref64.numel() == 0:
-        assert actual.shape == ref64.shape
-        return
-    err = (actual.double() - ref64).abs().max().item()
-    err_ref = (ref32.double() - ref64).abs().max().item()
-    bound = 4 * err_ref + floor * ref64.abs().max().item()
-    assert err <= bound, f"float32 error {err:.3e} > {bound:.3e} (float32 reference error {err_ref:.3e})"
+def make_rbf(K: int, d: int, D: int, dtype: torch.dtype, gamma: float = 1.0, zeta: float = 0.5):
+    """RBF parameters with gammas in gamma * [0.5, 1.5), weights in [0, 1), zeta in zeta * [0.5, 1.5)."""
+    return rbf_params(K, d, D, dtype=dtype, gammas=(0.5 * gamma, 1.5 * gamma), zeta=(0.5 * zeta, 1.5 * zeta))
 
 
 def check_f32(op, oracle, inputs32: list[torch.Tensor]) -> None:
@@ -79,17 +46,16 @@ def check_f32(op, oracle, inputs32: list[torch.Tensor]) -> None:
     out, g = grads(cpu(op), inputs32)
     out32, g32 = grads(oracle, inputs32)
     out64, g64 = grads(oracle, [t.double() for t in inputs32])
-    assert_f32_accuracy(out, out32, out64, 1e-6)
+    assert_f32_accuracy(out, out32, out64)
     for a, r32, r64 in zip(g, g32, g64, strict=True):
-        assert_f32_accuracy(a, r32, r64, 1e-5)
+        assert_f32_accuracy(a, r32, r64, floor=1e-5)
 
 
 def grads(fn, inputs: list[torch.Tensor], seed: int = 7) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """fn(*inputs) and the gradients of <fn(...), w> for a fixed random weight w."""
     leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
     out = fn(*leaves)
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+    w = randn(*out.shape, dtype=out.dtype, seed=seed)
     gs = torch.autograd.grad((out * w).sum(), leaves, allow_unused=True)
     return out.detach(), [torch.zeros_like(t) if gr is None else gr for t, gr in zip(leaves, gs, strict=True)]
 
@@ -104,22 +70,16 @@ def cpu(fn):
     return run
 
 
-def ref(fn):
-    def run(*args):
-        with fastgeo.use_backend("reference"):
-            return fn(*args)
-
-    return run
-
-
 # ----------------------------------------------------------------------------- float64
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_float64_values_and_gradcheck(shape):
+    """float64, every edge shape: values and gradients of the three ops equal the reference (1e-10,
+    1e-9) and gradcheck passes in every input."""
     B, N, d, K, D = shape
     rbf = list(make_rbf(K, d, D, torch.float64))
-    points, x, z = rand(B, N, d), rand(B, N, D, seed=2), rand(B * N + 1, d, seed=3)
+    points, x, z = randn(B, N, d), randn(B, N, D, seed=2), randn(B * N + 1, d, seed=3)
     cases = [
         (fastgeo.ops.rbf_precision, reference.rbf_precision, [z, *rbf]),
         (fastgeo.ops.segment_sqdist, reference.segment_sqdist, [x]),
@@ -136,15 +96,18 @@ def test_float64_values_and_gradcheck(shape):
 
 
 def test_gradcheck_subset_of_inputs():
-    """Gradients asked for only some inputs (output_mask) are correct and the rest stay None."""
+    """Gradients asked for only some inputs (a partial output_mask in the backward op) are
+    correct: gradcheck in points and weights alone, and rbf_precision's z and weights gradients
+    equal the reference's."""
     centers, gammas, weights, zeta = make_rbf(3, 2, 5, torch.float64)
-    points = rand(2, 4, 2).requires_grad_(True)
+    points = randn(2, 4, 2).requires_grad_(True)
     w = weights.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(cpu(fastgeo.ops.rbf_segment_sqdist), [points, centers, gammas, w, zeta])
-    z = rand(6, 2).requires_grad_(True)
-    out = cpu(fastgeo.ops.rbf_precision)(z, centers, gammas, w, zeta)
-    out.sum().backward()
-    assert z.grad is not None and w.grad is not None
+    z = randn(6, 2).requires_grad_(True)
+    gz, gw = torch.autograd.grad(cpu(fastgeo.ops.rbf_precision)(z, centers, gammas, w, zeta).sum(), [z, w])
+    gz_ref, gw_ref = torch.autograd.grad(reference.rbf_precision(z, centers, gammas, w, zeta).sum(), [z, w])
+    torch.testing.assert_close(gz, gz_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- float32
@@ -159,12 +122,15 @@ F32_CASES = [
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("case", [c[1] for c in F32_CASES], ids=[c[0] for c in F32_CASES])
 def test_float32_against_reference(shape, case):
+    """float32, every edge shape and parameter regime (large gamma: phi underflows away from the
+    centers; large zeta: sigma nearly constant): values and gradients as accurate as the float32
+    reference (helpers.assert_f32_accuracy)."""
     B, N, d, K, D = shape
     p32 = make_rbf(K, d, D, torch.float32, **case)
     points, x, z = (
-        rand(B, N, d, dtype=torch.float32),
-        rand(B, N, D, dtype=torch.float32, seed=2),
-        rand(B * N + 1, d, dtype=torch.float32, seed=3),
+        randn(B, N, d, dtype=torch.float32),
+        randn(B, N, D, dtype=torch.float32, seed=2),
+        randn(B * N + 1, d, dtype=torch.float32, seed=3),
     )
 
     check_f32(fastgeo.ops.rbf_precision, reference.rbf_precision, [z, *p32])
@@ -176,10 +142,10 @@ def test_float32_larger_tiles():
     """Shapes spanning several tiles and threads (tile edges cut curves at arbitrary points)."""
     B, N, d, K, D = 37, 13, 2, 16, 300
     p32 = make_rbf(K, d, D, torch.float32, gamma=0.3)
-    points = 2 * rand(B, N, d, dtype=torch.float32)
+    points = 2 * randn(B, N, d, dtype=torch.float32)
     check_f32(fastgeo.ops.rbf_segment_sqdist, reference.rbf_segment_sqdist, [points, *p32])
-    check_f32(fastgeo.ops.rbf_precision, reference.rbf_precision, [rand(2000, d, dtype=torch.float32), *p32])
-    check_f32(fastgeo.ops.segment_sqdist, reference.segment_sqdist, [rand(B, N, D, dtype=torch.float32)])
+    check_f32(fastgeo.ops.rbf_precision, reference.rbf_precision, [randn(2000, d, dtype=torch.float32), *p32])
+    check_f32(fastgeo.ops.segment_sqdist, reference.segment_sqdist, [randn(B, N, D, dtype=torch.float32)])
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -187,15 +153,17 @@ def test_float32_larger_tiles():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_noncontiguous_and_expanded_inputs(dtype):
+    """Strided, transposed and expanded (stride-0) inputs give the reference's values; a gradient
+    through an expanded input sums over the broadcast axis (gradcheck)."""
     K, d, D = 4, 2, 6
     centers, gammas, weights, zeta = make_rbf(K, d, D, dtype)
     weights_nc = weights.t().contiguous().t()  # (D, K) with transposed strides
     centers_nc = torch.cat([centers, centers], 1)[:, ::2]  # strided columns
     gammas_nc = torch.stack([gammas, gammas], 1)[:, 0]
     zeta_exp = torch.tensor(0.7, dtype=dtype).expand(D)  # stride 0
-    points = rand(5, 3, 2 * d, dtype=dtype).transpose(0, 1)[..., ::2]  # (3, 5, d), non-contiguous
-    x = rand(1, 4, D, dtype=dtype).expand(3, 4, D)  # expanded batch
-    z = rand(d, 7, dtype=dtype).t()  # (7, d) transposed
+    points = randn(5, 3, 2 * d, dtype=dtype).transpose(0, 1)[..., ::2]  # (3, 5, d), non-contiguous
+    x = randn(1, 4, D, dtype=dtype).expand(3, 4, D)  # expanded batch
+    z = randn(d, 7, dtype=dtype).t()  # (7, d) transposed
     args = (centers_nc, gammas_nc, weights_nc, zeta_exp)
     for op, oracle, inputs in [
         (fastgeo.ops.rbf_precision, reference.rbf_precision, [z, *args]),
@@ -207,7 +175,7 @@ def test_noncontiguous_and_expanded_inputs(dtype):
         tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(out, oracle(*inputs), **tol)
     # Gradient through an expanded input accumulates over the broadcast axis.
-    xl = rand(1, 4, D, dtype=torch.float64).requires_grad_(True)
+    xl = randn(1, 4, D, dtype=torch.float64).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: cpu(fastgeo.ops.segment_sqdist)(t.expand(3, 4, D)), [xl])
 
 
@@ -221,20 +189,24 @@ def test_public_api_runs_on_ops():
 
 
 def test_double_backward_raises_clearly():
-    x = rand(2, 3, 4).requires_grad_(True)
+    """Differentiating a gradient of an op raises a RuntimeError saying double backward is not
+    supported."""
+    x = randn(2, 3, 4).requires_grad_(True)
     (g,) = torch.autograd.grad(ops.segment_sqdist(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
 
 
 def test_bad_arguments_raise():
+    """The raw operators refuse another latent dimension, mixed dtypes and N < 2 with a RuntimeError
+    naming the problem."""
     centers, gammas, weights, zeta = make_rbf(3, 2, 5, torch.float32)
     with pytest.raises(RuntimeError, match="latent dimension"):
-        ops.rbf_precision(rand(4, 3, dtype=torch.float32), centers, gammas, weights, zeta)
+        ops.rbf_precision(randn(4, 3, dtype=torch.float32), centers, gammas, weights, zeta)
     with pytest.raises(RuntimeError, match="dtype"):
-        ops.rbf_precision(rand(4, 2), centers, gammas, weights, zeta)
+        ops.rbf_precision(randn(4, 2), centers, gammas, weights, zeta)
     with pytest.raises(RuntimeError, match="N >= 2"):
-        ops.segment_sqdist(rand(2, 1, 3))
+        ops.segment_sqdist(randn(2, 1, 3))
 
 
 # ----------------------------------------------------------------------------- opcheck, compile
@@ -244,31 +216,36 @@ def _opcheck_cases():
     centers, gammas, weights, zeta = make_rbf(3, 2, 5, torch.float64)
     rbf = [centers, gammas, weights, zeta]
     req = [t.clone().requires_grad_(True) for t in rbf]
-    z, points, x = rand(6, 2), rand(2, 4, 2), rand(2, 4, 5)
+    z, points, x = randn(6, 2), randn(2, 4, 2), randn(2, 4, 5)
     mask = [True, True, True, True, True]
     part = [True, False, False, True, False]
     return [
         ("rbf_precision", (z, *rbf)),
         ("rbf_precision", (z.clone().requires_grad_(True), *req)),
-        ("rbf_precision_backward", (rand(6, 5), z, centers, gammas, weights, mask)),
-        ("rbf_precision_backward", (rand(6, 5), z, centers, gammas, weights, part)),
+        ("rbf_precision_backward", (randn(6, 5), z, centers, gammas, weights, mask)),
+        ("rbf_precision_backward", (randn(6, 5), z, centers, gammas, weights, part)),
         ("segment_sqdist", (x,)),
         ("segment_sqdist", (x.clone().requires_grad_(True),)),
-        ("segment_sqdist_backward", (rand(2, 3), x)),
+        ("segment_sqdist_backward", (randn(2, 3), x)),
         ("rbf_segment_sqdist", (points, *rbf)),
         ("rbf_segment_sqdist", (points.clone().requires_grad_(True), *req)),
-        ("rbf_segment_sqdist_backward", (rand(2, 3), points, *rbf, mask)),
-        ("rbf_segment_sqdist_backward", (rand(2, 3), points, *rbf, part)),
-        ("rbf_segment_sqdist", (rand(0, 4, 2), *rbf)),
+        ("rbf_segment_sqdist_backward", (randn(2, 3), points, *rbf, mask)),
+        ("rbf_segment_sqdist_backward", (randn(2, 3), points, *rbf, part)),
+        ("rbf_segment_sqdist", (randn(0, 4, 2), *rbf)),
     ]
 
 
 @pytest.mark.parametrize("name,args", _opcheck_cases(), ids=lambda v: v if isinstance(v, str) else "")
 def test_opcheck(name, args):
+    """torch.library.opcheck (schema, fake kernel, autograd registration, AOT dispatch) of every
+    forward and backward operator, with full and partial output masks and an empty batch."""
     torch.library.opcheck(getattr(ops, name).default, args)
 
 
+@pytest.mark.slow  # ~20 s of Inductor compilation; opcheck (test_opcheck) covers the AOT dispatch of every op
 def test_torch_compile_fullgraph(tmp_path, monkeypatch):
+    """torch.compile(fullgraph=True) of the three ops together (no graph break) gives the eager
+    values and gradients (float32, 1e-6 / 1e-5)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
     centers, gammas, weights, zeta = make_rbf(4, 2, 6, torch.float32)
@@ -279,9 +256,9 @@ def test_torch_compile_fullgraph(tmp_path, monkeypatch):
         return s.sqrt().sum() + beta.log().sum()
 
     inputs = [
-        rand(3, 5, 2, dtype=torch.float32),
-        rand(3, 5, 6, dtype=torch.float32, seed=2),
-        rand(8, 2, dtype=torch.float32, seed=3),
+        randn(3, 5, 2, dtype=torch.float32),
+        randn(3, 5, 6, dtype=torch.float32, seed=2),
+        randn(8, 2, dtype=torch.float32, seed=3),
         weights,
     ]
     out_e, g_e = grads(f, inputs)

@@ -6,6 +6,7 @@ from fastgeo.datasets import two_moons
 
 
 def test_two_moons_shapes_dtypes_and_labels():
+    """(n, 2) float32 points and int64 labels, the two moons as even as n allows; dtype is honoured."""
     X, y = two_moons(101, noise=0.05, seed=0)
     assert X.shape == (101, 2) and X.dtype == torch.float32
     assert y.shape == (101,) and y.dtype == torch.int64
@@ -15,6 +16,7 @@ def test_two_moons_shapes_dtypes_and_labels():
 
 
 def test_two_moons_deterministic_and_seed_dependent():
+    """The same seed gives the same sample, another seed another."""
     a = two_moons(200, 0.1, seed=3, dim=5)
     b = two_moons(200, 0.1, seed=3, dim=5)
     c = two_moons(200, 0.1, seed=4, dim=5)
@@ -23,6 +25,8 @@ def test_two_moons_deterministic_and_seed_dependent():
 
 
 def test_two_moons_noise_free_points_lie_on_the_half_circles():
+    """Without noise the points lie on the two half circles: the upper one centred at 0, the lower
+    one at (1, 0.5)."""
     X, y = two_moons(400, noise=0.0, seed=1, dtype=torch.float64)
     upper, lower = X[y == 0], X[y == 1]
     assert torch.allclose(upper.norm(dim=1), torch.ones(len(upper), dtype=torch.float64))
@@ -33,6 +37,8 @@ def test_two_moons_noise_free_points_lie_on_the_half_circles():
 
 
 def test_lift_is_injective_and_curved():
+    """dim > 2 lifts the planar sample: the plane is recovered by a linear projection, but the lift
+    is not affine."""
     P, _ = two_moons(300, 0.05, seed=2, dtype=torch.float64)
     X, _ = two_moons(300, 0.05, seed=2, dim=6, dtype=torch.float64)
     assert X.shape == (300, 6)
@@ -47,6 +53,7 @@ def test_lift_is_injective_and_curved():
 
 @pytest.mark.parametrize("kwargs", [{"n": 1}, {"noise": -0.1}, {"dim": 1}, {"dtype": torch.int64}])
 def test_two_moons_rejects_bad_arguments(kwargs):
+    """n < 2, negative noise, dim < 2 and an integer dtype are refused."""
     args = {"n": 10, "noise": 0.1, "seed": 0, **kwargs}
     with pytest.raises((ValueError, TypeError)):
         two_moons(**args)

@@ -1,11 +1,17 @@
+"""The two-moons demo end to end, run once and shared by the tests that read its outputs (figure,
+generator file, length table, thread count), and the plot functions on a small metric."""
+
+import contextlib
+import io
 import sys
 
+import matplotlib
 import pytest
 import torch
+from helpers import randn, rbf_params
 
 import fastgeo
 
-matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -13,50 +19,77 @@ from fastgeo import plot as fplot  # noqa: E402
 from fastgeo.demo import run_demo  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DEMO_THREADS = 2  # the demo runs on one thread: started with two, it must give two back
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One quick demo run (seed 0) started with DEMO_THREADS intra-op threads: its return value,
+    output folder, printed text and the thread count right after it (the caller's count is
+    restored afterwards whatever happens)."""
+    out_dir = tmp_path_factory.mktemp("demo") / "demo"
+    threads = torch.get_num_threads()
+    printed = io.StringIO()
+    torch.set_num_threads(DEMO_THREADS)
+    try:
+        with contextlib.redirect_stdout(printed):
+            out = run_demo(out_dir=str(out_dir), seed=0, quick=True, progress=False)
+        threads_after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    return {"out": out, "dir": out_dir, "printed": printed.getvalue(), "threads_after": threads_after}
+
+
 def _metric():
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(6, 2, generator=g, dtype=torch.float64)
-    prec = fastgeo.RBFPrecision(centers, torch.full((6,), 2.0, dtype=torch.float64),
-                                torch.rand(3, 6, generator=g, dtype=torch.float64) * 100, 1e-2)
-    lin = torch.randn(2, 3, generator=g, dtype=torch.float64)
-    return fastgeo.ExpectedMetric(lambda z: torch.tanh(z @ lin), prec), centers
+    """A small metric (d = 2, D = 3): 6 RBF centers with gamma 2, weights in [0, 100), zeta 1e-2,
+    and a tanh decoder mean; and the centers."""
+    params = rbf_params(6, 2, 3, gammas=(2.0, 2.0), weights=(0.0, 100.0), zeta=(1e-2, 1e-2))
+    lin = randn(2, 3, seed=1)
+    return fastgeo.ExpectedMetric(lambda z: torch.tanh(z @ lin), fastgeo.RBFPrecision(*params)), params[0]
 
 
-def test_demo_quick_end_to_end(tmp_path, capsys):
-    out = run_demo(out_dir=str(tmp_path / "demo"), seed=0, quick=True, progress=False)
-    png = tmp_path / "demo" / "two_moons.png"
-    assert out["figure"] == str(png)
+def test_demo_writes_the_figure(demo):
+    """The figure is a PNG of a reasonable size, at the path the demo returns."""
+    png = demo["dir"] / "two_moons.png"
+    assert demo["out"]["figure"] == str(png)
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     image = plt.imread(str(png))
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
-    # The generator file rebuilds a metric that agrees with the one the demo used.
+
+
+def test_demo_generator_file_rebuilds_its_metric(demo):
+    """The saved generator file rebuilds a metric that agrees with the one the demo used."""
+    out = demo["out"]
     metric = fastgeo.load_generator(out["generator"])
     z = out["latents"][:5]
     with torch.no_grad():
-        assert torch.allclose(metric.mean(z), out["metric"].mean(z), atol=1e-6)
-        assert torch.allclose(metric.precision(z), out["metric"].precision(z))
-    rows = out["rows"]
-    assert len(rows) == len(out["result"]) >= 2
+        torch.testing.assert_close(metric.mean(z), out["metric"].mean(z), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(metric.precision(z), out["metric"].precision(z), rtol=1e-5, atol=1e-8)
+
+
+def test_demo_table_of_lengths(demo):
+    """One row per geodesic; each no longer than its straight line, with the ratio of the two;
+    the printed table shows them."""
+    rows = demo["out"]["rows"]
+    assert len(rows) == len(demo["out"]["result"]) >= 2
     for r in rows:
         assert 0 < r["geodesic"] <= r["straight"] * (1 + 1e-5)
         assert r["ratio"] == pytest.approx(r["geodesic"] / r["straight"])
-    printed = capsys.readouterr().out
+    printed = demo["printed"]
     assert "geodesic" in printed and "straight" in printed and f"{rows[0]['geodesic']:.3f}" in printed
 
 
-def test_demo_restores_thread_count(tmp_path):
-    torch.set_num_threads(2)
-    before = torch.get_num_threads()
-    run_demo(out_dir=str(tmp_path), seed=1, quick=True, progress=False)
-    assert torch.get_num_threads() == before
+def test_demo_restores_thread_count(demo):
+    """The demo sets one intra-op thread while it runs and gives the caller's count back."""
+    assert demo["threads_after"] == DEMO_THREADS
 
 
 def test_plot_functions_produce_figures():
+    """plot_geodesics draws the background and, per pair, a straight line and a geodesic;
+    plot_background, plot_latents and plot_curves draw on a given axis."""
     metric, centers = _metric()
     res = fastgeo.geodesics(metric, centers[:2], centers[2:4], max_iter=5)
     fig = fplot.plot_geodesics(metric, res, latents=centers, labels=torch.arange(6) % 2, resolution=20)
@@ -76,6 +109,8 @@ def test_plot_functions_produce_figures():
 
 
 def test_background_values_match_the_metric():
+    """background_values at a grid point is log10 of the magnification sqrt(det M), or of the total
+    precision, there; a precision has no magnification and unknown kinds are refused."""
     metric, _ = _metric()
     v = fplot.background_values(metric, (-1, 1, -1, 1), kind="magnification", resolution=3)
     M = metric.metric_tensor(torch.tensor([[1.0, -1.0]], dtype=torch.float64))  # column 2, row 0
@@ -91,6 +126,7 @@ def test_background_values_match_the_metric():
 
 
 def test_clear_error_without_matplotlib(monkeypatch):
+    """Without matplotlib the plot functions raise an ImportError naming the install command."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     metric, centers = _metric()

@@ -20,6 +20,8 @@ def metric():
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 40])
 def test_triu_pairs_matches_triu_indices(n):
+    """triu_pairs(n, start, stop) enumerates the strict upper triangle in torch.triu_indices order,
+    whole or any window of it."""
     total = n * (n - 1) // 2
     i, j = triu_pairs(n, 0, total)
     ii, jj = torch.triu_indices(n, n, offset=1)
@@ -30,6 +32,8 @@ def test_triu_pairs_matches_triu_indices(n):
 
 
 def test_triu_pairs_large_n_closed_form():
+    """n = 200,003 (2e10 pairs): the closed form k -> (i, j) is exact at both ends and inside the
+    order."""
     n = 200_003
     total = n * (n - 1) // 2
     for k in [0, 1, n - 2, n - 1, total // 3, total - 2, total - 1]:
@@ -39,6 +43,8 @@ def test_triu_pairs_large_n_closed_form():
 
 
 def test_matches_geodesics_symmetric_zero_diagonal(metric):
+    """One chunk: the upper triangle is the geodesics() batch's lengths bit for bit, the matrix
+    symmetric with a zero diagonal; the report mirrors the batch (converged, iterations, work)."""
     Z = disc_points(7, 1.5)
     D, report = fastgeo.pairwise_distances(metric, Z, progress=False, return_report=True, **OPTS)
     i, j = torch.triu_indices(7, 7, offset=1)
@@ -55,19 +61,31 @@ def test_matches_geodesics_symmetric_zero_diagonal(metric):
     assert report.decoder_evals > 0 and report.decoder_jvps > 0 and report.wall_time > 0
 
 
+@pytest.mark.slow  # ~20 s; chunked runs are also checked in test_checkpoint, test_distributed, test_io
 def test_chunking_gives_same_distances(metric):
+    """28 pairs in one chunk and in six chunks of five give the same matrix (1e-7)."""
     Z = disc_points(8, 1.5, seed=3)
     D1 = fastgeo.pairwise_distances(metric, Z, progress=False, **OPTS)
     D2, rep = fastgeo.pairwise_distances(metric, Z, chunk_size=5, progress=False, return_report=True, **OPTS)
     assert rep.chunk_size == 5 and rep.chunks_total == 6 and rep.chunks_computed == 6  # 28 pairs
     torch.testing.assert_close(D1, D2, rtol=1e-7, atol=1e-9)
-    # A memory budget sets the chunk size (bounded memory whatever M).
-    _, rep = fastgeo.pairwise_distances(metric, Z, memory_budget=1_000_000, progress=False,
-                                        return_report=True, **OPTS)
-    assert 1 <= rep.chunk_size < 28 and rep.chunks_total == -(-28 // rep.chunk_size)
+
+
+def test_memory_budget_sets_the_chunk_size(metric):
+    """A memory budget bounds the pairs per chunk (bounded memory whatever M): a small one splits
+    6 pairs into several chunks; a budget that is not a positive number is refused."""
+    Z = disc_points(4, 1.5, seed=3)
+    _, rep = fastgeo.pairwise_distances(metric, Z, memory_budget=500_000, progress=False,
+                                        return_report=True, **OPTS)  # fmt: skip
+    assert 1 <= rep.chunk_size < 6 and rep.chunks_total == -(-6 // rep.chunk_size) == rep.chunks_computed
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError, match="memory_budget"):
+            fastgeo.pairwise_distances(metric, Z, memory_budget=bad, progress=False)
 
 
 def test_duplicates_are_exact_zeros_and_copies(metric):
+    """Repeated points: only distinct pairs are solved, equal points are exactly 0 apart, and the
+    matrix is the distinct points' matrix, indexed."""
     Z = disc_points(6, 1.5, seed=1)
     Zd = torch.cat([Z, Z[[1, 4, 1]]])  # rows 6, 8 equal row 1; row 7 equals row 4
     D, report = fastgeo.pairwise_distances(metric, Zd, progress=False, return_report=True, **OPTS)
@@ -80,6 +98,8 @@ def test_duplicates_are_exact_zeros_and_copies(metric):
 
 
 def test_rectangular_all_pairs(metric):
+    """Z x Y: the (3, 4) matrix is the lengths of the 12 geodesics; a point of Y equal to one of Z
+    is at distance 0."""
     Z, Y = disc_points(3, 1.5, seed=4), disc_points(4, 1.5, seed=5)
     Y[2] = Z[1]
     D, report = fastgeo.pairwise_distances(metric, Z, Y, progress=False, return_report=True, **OPTS)
@@ -90,6 +110,7 @@ def test_rectangular_all_pairs(metric):
 
 
 def test_sphere_distances_are_great_circles():
+    """On the sphere metric the distances are great-circle distances (2e-3 relative)."""
     metric = sphere_metric()
     Z = disc_points(5, 0.8, seed=2)
     D = fastgeo.pairwise_distances(metric, Z, progress=False)
@@ -100,10 +121,13 @@ def test_sphere_distances_are_great_circles():
 
 
 def test_non_converged_pairs_are_reported_not_hidden(metric):
+    """max_iter = 1: unconverged pairs are warned about, flagged in the report and listed by
+    failed_pairs(); their distances are finite and never longer than the straight line."""
     Z = disc_points(6, 1.5, seed=6)
     with pytest.warns(RuntimeWarning, match=r"(\d+) of 15 geodesics did not converge"):
-        D, report = fastgeo.pairwise_distances(metric, Z, max_iter=1, warm_start=False,
-                                               progress=False, return_report=True)
+        D, report = fastgeo.pairwise_distances(
+            metric, Z, max_iter=1, warm_start=False, progress=False, return_report=True
+        )
     assert report.n_failed > 0 and report.n_failed + report.n_converged == 15
     failed = report.failed_pairs()
     assert failed.shape == (report.n_failed, 2) and (failed[:, 0] < failed[:, 1]).all()
@@ -117,6 +141,7 @@ def test_non_converged_pairs_are_reported_not_hidden(metric):
 
 
 def test_converged_run_does_not_warn(metric):
+    """A run whose pairs all converge emits no RuntimeWarning."""
     Z = disc_points(4, 1.0, seed=7)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -124,7 +149,7 @@ def test_converged_run_does_not_warn(metric):
 
 
 def test_progress_bar_reports_pairs(metric, capsys):
-    pytest.importorskip("tqdm")
+    """progress=True draws a bar (tqdm, in the test extra) counting pairs on stderr; False, nothing."""
     fastgeo.pairwise_distances(metric, disc_points(4, 1.0), progress=True, **OPTS)
     assert "pair" in capsys.readouterr().err
     fastgeo.pairwise_distances(metric, disc_points(4, 1.0), progress=False, **OPTS)
@@ -132,6 +157,8 @@ def test_progress_bar_reports_pairs(metric, capsys):
 
 
 def test_tiny_and_invalid_inputs(metric):
+    """M = 0 and M = 1 give empty and zero matrices; a per-pair init, NaN points, chunk_size 0 and
+    float32 points for a float64 metric are refused."""
     for M in (0, 1):
         D = fastgeo.pairwise_distances(metric, disc_points(M, 1.0), progress=False)
         assert D.shape == (M, M) and not D.any()

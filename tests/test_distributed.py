@@ -37,6 +37,9 @@ dist.destroy_process_group()
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_gloo_processes_match_single_process(tmp_path):
+    """Two gloo processes sharing a checkpoint folder each return the single-process matrix and
+    report bit for bit, computing the 4 chunks between them; a single process then resumes with
+    nothing to solve."""
     ckpt, out = tmp_path / "ckpt", str(tmp_path / "out")
     script = textwrap.dedent(WORKER.format(
         tests=str(TESTS), threads=torch.get_num_threads(), init=f"file://{tmp_path / 'rendezvous'}",

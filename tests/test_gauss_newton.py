@@ -5,7 +5,7 @@
 
 - C++ op == reference: float64 to 1e-12 relative (of the largest entry), float32 against the
   float64 reference at least as accurate as the float32 reference within a factor 4 (plus a
-  floor of 1e-6 of the largest entry, see ``assert_f32_accuracy``), on edge shapes (N = 2, d = 1,
+  floor of 1e-6 of the largest entry, see ``helpers.assert_f32_accuracy``), on edge shapes (N = 2, d = 1,
   m = 1, F = 1, b = 0, many curves) and a realistic one, with random psi (non-zero at the end
   points, so the end-point terms count) and with the solver's polynomial basis;
 - ``grad_only`` gives the same gradient and an empty (0,) matrix; non-contiguous and expanded
@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_close_rel, assert_f32_accuracy, randn, require_cpu_kernels
 
 import fastgeo
-from fastgeo.ops import availability, registry
+from fastgeo.ops import registry
 from fastgeo.ops.solver_ops import gauss_newton_system
 from fastgeo.reference import gauss_newton_system as reference_gauss_newton_system
 
-_ok, _why = availability()["cpu"]
-if not _ok:
-    pytest.skip(f"fastgeo._C (C++ CPU kernels) is not built: {_why}", allow_module_level=True)
+require_cpu_kernels()
 
 op = torch.ops.fastgeo.gauss_newton_system
 
@@ -58,29 +57,6 @@ def make_system(b, N, d, F, m, dtype=torch.float64, psi_kind="random", seed=0):
     else:
         psi = fastgeo.PolynomialBasis(m)(torch.linspace(0, 1, N, dtype=torch.float64))
     return f.to(dtype), jac.to(dtype), psi.to(dtype)
-
-
-def assert_close_rel(actual, expected, rtol):
-    """Equal to ``rtol`` relative, with an absolute floor of ``rtol`` times the largest entry."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    if expected.numel() == 0:
-        return
-    atol = rtol * max(float(expected.abs().max()), 1e-300)
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
-
-
-def assert_f32_accuracy(actual, ref32, ref64, floor=1e-6):
-    """max|actual - ref64| <= 4 max|ref32 - ref64| + floor max|ref64|: the float32 kernel is as
-    accurate as the float32 reference within a factor 4 (both sum the same F- and N-long dot
-    products, in different orders); the floor (~10 float32 eps) covers a reference that happens
-    to be exact."""
-    assert actual.dtype == ref32.dtype == torch.float32 and actual.shape == ref64.shape
-    if ref64.numel() == 0:
-        return
-    err = float((actual.double() - ref64).abs().max())
-    err_ref = float((ref32.double() - ref64).abs().max())
-    bound = 4 * err_ref + floor * float(ref64.abs().max())
-    assert err <= bound, f"float32 error {err:.3e} > {bound:.3e} (float32 reference error {err_ref:.3e})"
 
 
 # ----------------------------------------------------------------------------- op == reference
@@ -181,7 +157,7 @@ def test_linear_features_exact_hessian(backend):
     the Gauss-Newton matrix the exact Hessian (torch.autograd.functional.hessian), 1e-12
     relative; coefficients ordered (j, i) -> j d + i. Both the C++ op and the reference."""
     B, d, m, F = 2, 2, 3, 4
-    A = torch.randn(F, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    A = randn(F, d, seed=5)
     a, psi, curve, _, energy = _curve_energy_setup(lambda c: c @ A.T, B=B, d=d, m=m)
     N = psi.shape[0]
     f = curve(a) @ A.T
@@ -253,6 +229,8 @@ def test_opcheck(inputs, grad_only):
 
 
 def test_bad_arguments_raise_naming_the_argument():
+    """Inconsistent shapes (b, N, F, m), N < 2, mixed and integer dtypes raise a RuntimeError naming
+    the argument."""
     f, jac, psi = make_system(2, 5, 2, 4, 3)
     bad = [
         ((f[0], jac, psi), r"\bf must be \(B, N, F\)"),

@@ -9,7 +9,8 @@ On a small graph (``bumpy_metric``, 205 nodes, float64) checked:
   segment), one pair at a time, to 1e-9 relative; the returned path is a walk along edges of
   that graph whose arc lengths add up;
 - the row cache: a repeated query gives identical coefficients and runs no Dijkstra; results
-  do not depend on the call history (a fresh graph gives the same as a warm one);
+  do not depend on the call history (a fresh graph gives the same as a warm one); swapped end
+  points give the same path backwards (coefficients a_j (-1)^(j-1));
 - equal end points give zero coefficients; shapes (B, m, d); an empty batch.
 """
 
@@ -20,6 +21,7 @@ import pytest
 import scipy.sparse.csgraph
 import torch
 from analytic import bumpy_metric
+from helpers import assert_close_rel, randn
 from scipy.sparse import coo_matrix
 
 import fastgeo
@@ -43,11 +45,9 @@ def basis():
 
 
 def end_points(B: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """z0, z1 (B, 2): spread over the data (the RBF centers are ~N(0, 1))."""
-    g = torch.Generator().manual_seed(seed)
-    return 2 * torch.randn(B, 2, generator=g, dtype=torch.float64), 2 * torch.randn(
-        B, 2, generator=g, dtype=torch.float64
-    )
+    """z0, z1 (B, 2) ~ N(0, 4): spread over the data (the RBF centers are ~N(0, 1))."""
+    z = randn(2, B, 2, seed=seed, scale=2.0)
+    return z[0], z[1]
 
 
 def spy_paths(monkeypatch, graph: fastgeo.LatentGraph) -> list[tuple]:
@@ -121,7 +121,8 @@ def test_path_length_equals_independent_dijkstra(metric, basis, monkeypatch):
 
 def test_repeated_query_uses_cached_rows(metric, basis, monkeypatch):
     """A second call with the same end points gives identical coefficients, adds no rows to the
-    cache and runs no Dijkstra at all."""
+    cache and runs no Dijkstra at all. Swapped end points give the same paths backwards: the
+    curve c(1 - t), whose coefficients are a_j (-1)^(j-1) (psi_j(1 - t) = (-1)^(j-1) psi_j(t))."""
     graph = make_graph(metric)
     psi, t = basis
     z0, z1 = end_points(6, seed=4)
@@ -138,8 +139,10 @@ def test_repeated_query_uses_cached_rows(metric, basis, monkeypatch):
     assert len(graph._row_cache) == rows
     # Swapped end points enter through other nodes, in general: this may need new rows.
     monkeypatch.undo()
-    graph.initial_coeffs(z1, z0, psi, t)
-    assert len(graph._row_cache) >= rows
+    swapped, _ = graph.initial_coeffs(z1, z0, psi, t)
+    signs = torch.tensor([(-1.0) ** j for j in range(M)], dtype=torch.float64)[:, None]
+    assert_close_rel(swapped, first[0] * signs, 1e-9)
+    assert float(first[0][:, 1::2].abs().max()) > 1e-3  # coefficients that change sign: not trivial
 
 
 def test_results_do_not_depend_on_call_history(metric, basis):

@@ -20,9 +20,20 @@ def module_metric(dtype=torch.float64):
     return fastgeo.ExpectedMetric(mean, bumpy_metric(dtype).precision)
 
 
-@pytest.mark.parametrize("fmt", ["export", "torchscript"])
-@pytest.mark.parametrize("kind", ["module", "closure"])
+@pytest.mark.parametrize(
+    "kind,fmt",
+    [
+        # ~10 s (torch.export of an nn.Module); exported modules are also saved, loaded and compared
+        # in test_jacobian (saved_generator) and loaded in test_solver_accuracy.
+        pytest.param("module", "export", marks=pytest.mark.slow),
+        ("module", "torchscript"),
+        ("closure", "export"),
+        ("closure", "torchscript"),
+    ],
+)
 def test_roundtrip_gives_same_metric(tmp_path, fmt, kind):
+    """save_generator then load_generator gives an ExpectedMetric (float64) with the same RBF
+    parameters, the same mean on any (..., d), and the same distance matrix (1e-9)."""
     metric = module_metric() if kind == "module" else bumpy_metric()  # bumpy: a plain function mean
     path = save_generator(tmp_path / "gen.pt2", metric, format=fmt)
     loaded = load_generator(path)
@@ -38,6 +49,8 @@ def test_roundtrip_gives_same_metric(tmp_path, fmt, kind):
 
 
 def test_pair_and_example_input_float32(tmp_path):
+    """A float32 (mean, precision) pair with an example input and extra tensors: loaded back float32
+    with the same mean, and load_extra returns the extras."""
     metric = module_metric(torch.float32)
     Z, y = torch.randn(5, 2), torch.arange(5)
     path = save_generator(tmp_path / "g.pt", (metric.mean, metric.precision),
@@ -51,6 +64,8 @@ def test_pair_and_example_input_float32(tmp_path):
 
 
 def test_bad_files_and_inputs_refused(tmp_path):
+    """A file that is not a generator, a mean without a precision, and an unknown format are
+    refused."""
     bad = tmp_path / "x.pt2"
     bad.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a fastgeo generator"):
@@ -63,6 +78,9 @@ def test_bad_files_and_inputs_refused(tmp_path):
 
 
 def test_cli_distances_equals_python_call(tmp_path, capsys):
+    """`fastgeo distances` writes the matrix pairwise_distances gives (bit for bit), solves only
+    distinct pairs, writes the per-pair report, and a rerun on its checkpoint writes the same file.
+    """
     metric = module_metric()
     gen = save_generator(tmp_path / "gen.pt2", metric)
     Z = disc_points(6, 1.5)

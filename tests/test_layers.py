@@ -12,6 +12,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def test_import_contracts_hold():
+    """lint-imports (import-linter, in the test extra) finds no broken contract; missing, the test
+    fails."""
     exe = shutil.which("lint-imports")
     if exe is None:
         pytest.fail("lint-imports not found: install the test extra (pip install -e '.[test]')")

@@ -7,27 +7,29 @@ reference, and each backward (called exactly as the autograd formula calls it) w
 reference's autograd gradients, for every mask.
 
 On a machine without a GPU the kernels run through Triton's interpreter on CPU tensors
-(``TRITON_INTERPRET=1``, set below before the kernels are imported; ~1 ms per program instance,
-so shapes stay small). With ``TRITON_INTERPRET=0`` and a GPU the same tests run natively on CUDA,
-and the operators themselves run with ``use_backend("triton")`` (opcheck, gradcheck, compile).
+(``TRITON_INTERPRET=1``, which conftest.py sets before fastgeo is first imported; ~1 ms per
+program instance, so shapes stay small). With a GPU (and ``TRITON_INTERPRET`` unset or 0) the same
+tests run natively on CUDA, and the operators themselves run with ``use_backend("triton")``
+(opcheck, gradcheck, compile).
 
-Float32 tolerances (stated once): values rtol 1e-4 with atol 1e-6 * max|ref|; gradients rtol 1e-3
-with atol 1e-5 * max|ref|: the kernels sum in a different order than the reference.
+Tolerances (stated once, in ``TOL``; ``helpers.assert_close_rel``): float32 values rtol 1e-4 with
+atol 1e-6 * max|ref|, gradients rtol 1e-3 with atol 1e-5 * max|ref| (the kernels sum in a
+different order than the reference); float64 rtol 1e-10 with atol 1e-12 * (1 + max|ref|).
 """
 
+import functools
 import itertools
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before fastgeo.triton imports triton
+import pytest
+import torch
+import triton  # noqa: F401 - in the test extra: without it this module errors, it does not skip
+from helpers import assert_close_rel, rbf_params
+from helpers import randn as _randn
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
-
-import fastgeo  # noqa: E402
-import fastgeo.triton as ftri  # noqa: E402
-from fastgeo import reference  # noqa: E402
+import fastgeo
+import fastgeo.triton as ftri
+from fastgeo import reference
 
 INTERPRET = ftri.INTERPRET
 if INTERPRET:
@@ -45,25 +47,25 @@ from fastgeo.triton import _rbf_precision, _rbf_segment_sqdist  # noqa: E402
 DTYPES = [torch.float32, torch.float64]
 
 
-def tol(dtype: torch.dtype, ref: torch.Tensor, grad: bool = False) -> dict:
-    scale = ref.abs().max().item() if ref.numel() else 0.0
-    if dtype == torch.float64:
-        return {"rtol": 1e-10, "atol": 1e-12 * (1 + scale)}
-    return {"rtol": 1e-3, "atol": 1e-5 * scale} if grad else {"rtol": 1e-4, "atol": 1e-6 * scale}
+# assert_close_rel arguments per (dtype, gradient?): see the module docstring.
+TOL = {
+    (torch.float32, False): {"rtol": 1e-4, "atol_rel": 1e-6},
+    (torch.float32, True): {"rtol": 1e-3, "atol_rel": 1e-5},
+    (torch.float64, False): {"rtol": 1e-10, "atol_rel": 1e-12, "atol": 1e-12},
+    (torch.float64, True): {"rtol": 1e-10, "atol_rel": 1e-12, "atol": 1e-12},
+}
 
 
-def rbf_params(K: int, d: int, D: int, dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(K, d, generator=g, dtype=torch.float64)
-    gammas = 0.5 + torch.rand(K, generator=g, dtype=torch.float64)
-    weights = torch.rand(D, K, generator=g, dtype=torch.float64)
-    zeta = 0.05 + 0.1 * torch.rand(D, generator=g, dtype=torch.float64)
-    return [t.to(dtype=dtype, device=DEVICE) for t in (centers, gammas, weights, zeta)]
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, grad: bool = False) -> None:
+    assert_close_rel(actual, expected, **TOL[expected.dtype, grad])
 
 
-def randn(*shape, dtype, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=DEVICE)
+def rbf(K: int, d: int, D: int, dtype):
+    """RBF parameters on DEVICE: gammas in [0.5, 1.5), weights in [0, 1), zeta in [0.05, 0.15)."""
+    return list(rbf_params(K, d, D, dtype=dtype, device=DEVICE, zeta=(0.05, 0.15)))
+
+
+randn = functools.partial(_randn, device=DEVICE)
 
 
 # Per op: the reference, the positions of the inputs the backward op takes (the schema), and
@@ -81,14 +83,14 @@ def check_values_and_grads(op: str, args, dtype):
     ref_fn, saved, diff = OPS[op]
     out = getattr(ftri, op)(*args)
     ref = ref_fn(*args)
-    torch.testing.assert_close(out, ref, **tol(dtype, ref))
+    assert_matches(out, ref)
     w = torch.linspace(0.5, 1.5, ref.numel(), dtype=dtype, device=DEVICE).reshape(ref.shape)
     leaves = [a.detach().clone().requires_grad_(i in diff) for i, a in enumerate(args)]
     want = torch.autograd.grad((ref_fn(*leaves) * w).sum(), [leaves[i] for i in diff], allow_unused=True)
     want = [torch.zeros_like(args[i]) if g is None else g for i, g in zip(diff, want, strict=True)]
     backward = getattr(ftri, f"{op}_backward")
     if op == "segment_sqdist":
-        torch.testing.assert_close(backward(w, *args), want[0], **tol(dtype, want[0], grad=True))
+        assert_matches(backward(w, *args), want[0], grad=True)
         return
     for flags in itertools.product((False, True), repeat=len(diff)):
         mask = [False] * 5
@@ -101,7 +103,7 @@ def check_values_and_grads(op: str, args, dtype):
                 assert g.shape == (0,), (op, mask, i)
         for i, wanted in zip(diff, want, strict=True):
             if mask[i]:
-                torch.testing.assert_close(got[i], wanted, **tol(dtype, wanted, grad=True))
+                assert_matches(got[i], wanted, grad=True)
 
 
 # (B, N, d, K, D): edge cases N = 2, K = 1, D = 1, d = 1, and D spanning several chunks.
@@ -111,29 +113,35 @@ SHAPES = [(3, 5, 2, 7, 70), (2, 2, 1, 1, 1), (1, 4, 3, 20, 5), (2, 3, 5, 2, 130)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_rbf_segment_sqdist(shape, dtype):
+    """rbf_segment_sqdist's Triton kernels against the reference: value, and gradients for every
+    output mask."""
     B, N, d, K, D = shape
-    args = [randn(B, N, d, dtype=dtype), *rbf_params(K, d, D, dtype)]
+    args = [randn(B, N, d, dtype=dtype), *rbf(K, d, D, dtype)]
     check_values_and_grads("rbf_segment_sqdist", args, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_rbf_precision(shape, dtype):
+    """rbf_precision's Triton kernels against the reference: value, and gradients for every output
+    mask."""
     B, N, d, K, D = shape
-    args = [randn(B * N, d, dtype=dtype), *rbf_params(K, d, D, dtype)]
+    args = [randn(B * N, d, dtype=dtype), *rbf(K, d, D, dtype)]
     check_values_and_grads("rbf_precision", args, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(3, 5, 70), (2, 2, 1), (1, 7, 300)])
 def test_segment_sqdist(shape, dtype):
+    """segment_sqdist's Triton kernels against the reference: value and gradient."""
     check_values_and_grads("segment_sqdist", [randn(*shape, dtype=dtype)], dtype)
 
 
 def test_non_contiguous_inputs():
+    """Strided, column-major and permuted inputs give the reference's values and gradients."""
     dtype = torch.float32
     points = randn(5, 4, 6, dtype=dtype).transpose(0, 1)[:, ::2, ::2]  # (4, 3, 3), odd strides
-    centers, gammas, weights, zeta = rbf_params(9, 3, 11, dtype)
+    centers, gammas, weights, zeta = rbf(9, 3, 11, dtype)
     centers = randn(3, 9, dtype=dtype).T  # (9, 3), column-major
     weights = weights.T.contiguous().T  # (11, 9) with strides (1, 11)
     zeta = torch.stack([zeta, zeta], 1)[:, 0]  # stride 2
@@ -148,7 +156,8 @@ def test_non_contiguous_inputs():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_empty_batch(dtype):
-    params = rbf_params(3, 2, 4, dtype)
+    """B = 0: outputs and gradients of the right (empty) shapes."""
+    params = rbf(3, 2, 4, dtype)
     check_values_and_grads("rbf_segment_sqdist", [randn(0, 5, 2, dtype=dtype), *params], dtype)
     check_values_and_grads("rbf_precision", [randn(0, 2, dtype=dtype), *params], dtype)
     check_values_and_grads("segment_sqdist", [randn(0, 3, 4, dtype=dtype)], dtype)
@@ -159,10 +168,10 @@ def test_chunked_centers(dtype):
     """K larger than the on-chip block: the kernels loop over K chunks (forced with block_k=16)."""
     B, N, d, K, D = 2, 4, 3, 40, 70
     points = randn(B, N, d, dtype=dtype)
-    centers, gammas, weights, zeta = rbf_params(K, d, D, dtype)
+    centers, gammas, weights, zeta = rbf(K, d, D, dtype)
     ref = reference.rbf_segment_sqdist(points, centers, gammas, weights, zeta)
     out = _rbf_segment_sqdist.forward(points, centers, gammas, weights, zeta, block_k=16)
-    torch.testing.assert_close(out, ref, **tol(dtype, ref))
+    assert_matches(out, ref)
     grad = torch.linspace(0.5, 1.5, ref.numel(), dtype=dtype, device=DEVICE).reshape(ref.shape)
     leaves = [t.clone().requires_grad_() for t in (points, weights, zeta)]
     ref_grads = torch.autograd.grad(
@@ -170,18 +179,18 @@ def test_chunked_centers(dtype):
     )
     got = _rbf_segment_sqdist.backward(grad, points, centers, gammas, weights, zeta, True, True, block_k=16)
     for g, r in zip(got, ref_grads, strict=True):
-        torch.testing.assert_close(g, r, **tol(dtype, r, grad=True))
+        assert_matches(g, r, grad=True)
 
     z = points.reshape(-1, d)
     beta_ref = reference.rbf_precision(z, centers, gammas, weights, zeta)
     beta = _rbf_precision.forward(z, centers, gammas, weights, zeta, block_k=16)
-    torch.testing.assert_close(beta, beta_ref, **tol(dtype, beta_ref))
+    assert_matches(beta, beta_ref)
     gbeta = randn(*beta.shape, dtype=dtype, seed=5)
     zl = z.clone().requires_grad_()
     beta_l = reference.rbf_precision(zl, centers, gammas, weights, zeta)
     (gz_ref,) = torch.autograd.grad((beta_l * gbeta).sum(), zl)
     gz = _rbf_precision.backward_z(gbeta, z, centers, gammas, weights, block_k=16)
-    torch.testing.assert_close(gz, gz_ref, **tol(dtype, gz_ref, grad=True))
+    assert_matches(gz, gz_ref, grad=True)
 
 
 def smooth_curves(B: int, N: int, d: int, dtype) -> torch.Tensor:
@@ -203,7 +212,7 @@ def test_float32_precision_on_dense_curves(N):
     bound that TF32 products would violate (so the bound is tight enough to catch them)."""
     B, d, K, D = 2, 2, 16, 64
     points = smooth_curves(B, N, d, torch.float32)
-    params = rbf_params(K, d, D, torch.float32)
+    params = rbf(K, d, D, torch.float32)
     exact = reference.rbf_segment_sqdist(points.double(), *[p.double() for p in params])
     out = ftri.rbf_segment_sqdist(points, *params)
     rel = ((out.double() - exact).abs() / exact).max().item()
@@ -220,7 +229,7 @@ def test_float32_precision_on_dense_curves(N):
 
 
 def op_inputs(op: str, dtype):
-    params = rbf_params(3, 2, 5, dtype)
+    params = rbf(3, 2, 5, dtype)
     if op == "rbf_segment_sqdist":
         return [randn(2, 3, 2, dtype=dtype), *params]
     if op == "rbf_precision":
@@ -229,7 +238,9 @@ def op_inputs(op: str, dtype):
 
 
 def test_centers_grad_is_a_clear_error():
-    params = rbf_params(3, 2, 5, torch.float32)
+    """Asking the Triton backward for gradients of centers or gammas raises NotImplementedError
+    naming them."""
+    params = rbf(3, 2, 5, torch.float32)
     grad = randn(1, 2, dtype=torch.float32)
     with pytest.raises(NotImplementedError, match="centers/gammas"):
         ftri.rbf_segment_sqdist_backward(
@@ -249,6 +260,7 @@ def test_implements_every_differentiable_operator():
 @on_gpu
 @pytest.mark.parametrize("op", ["rbf_segment_sqdist", "rbf_precision", "segment_sqdist"])
 def test_operator_gradcheck_float64(op):
+    """On a GPU: gradcheck of each operator with the Triton kernels (float64)."""
     leaves = [t.clone().requires_grad_(i in (0, 3, 4)) for i, t in enumerate(op_inputs(op, torch.float64))]
     with fastgeo.use_backend("triton"):
         assert torch.autograd.gradcheck(getattr(fastgeo.ops, op), leaves)
@@ -257,6 +269,7 @@ def test_operator_gradcheck_float64(op):
 @on_gpu
 @pytest.mark.parametrize("op", ["rbf_segment_sqdist", "rbf_precision", "segment_sqdist"])
 def test_operator_opcheck(op):
+    """On a GPU: torch.library.opcheck of each operator with the Triton kernels."""
     inputs = [t.requires_grad_(i in (0, 3)) for i, t in enumerate(op_inputs(op, torch.float32))]
     from fastgeo.ops import library
 
@@ -266,6 +279,8 @@ def test_operator_opcheck(op):
 
 @on_gpu
 def test_operator_torch_compile(tmp_path, monkeypatch):
+    """On a GPU: torch.compile(fullgraph=True) of rbf_segment_sqdist with the Triton kernels gives
+    the eager value and gradient."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     points, *params = op_inputs("rbf_segment_sqdist", torch.float32)
 

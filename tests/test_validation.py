@@ -3,6 +3,7 @@
 import pytest
 import torch
 from analytic import bumpy_metric, constant_precision
+from helpers import rbf_params
 
 import fastgeo
 
@@ -10,7 +11,8 @@ f64 = torch.float64
 
 
 def rbf(K=3, d=2, D=4):
-    return torch.randn(K, d, dtype=f64), torch.ones(K, dtype=f64), torch.rand(D, K, dtype=f64), 0.1
+    """Valid RBF parameters (K = 3, d = 2, D = 4), which each case then spoils in one way."""
+    return rbf_params(K, d, D)
 
 
 @pytest.mark.parametrize(
@@ -26,6 +28,7 @@ def rbf(K=3, d=2, D=4):
     ],
 )
 def test_ops_reject_bad_rbf_arguments(change, exc, match):
+    """fastgeo.ops refuse RBF parameters of the wrong shape, dtype or type, naming the argument."""
     params = change(rbf())
     z = torch.randn(5, 2, dtype=f64)
     with pytest.raises(exc, match=match):
@@ -33,6 +36,8 @@ def test_ops_reject_bad_rbf_arguments(change, exc, match):
 
 
 def test_ops_reject_bad_points():
+    """Curves with N < 2 or of the wrong rank, points of another latent dimension and integer x are
+    refused, naming the argument."""
     params = rbf()
     with pytest.raises(ValueError, match="points"):
         fastgeo.ops.rbf_segment_sqdist(torch.randn(2, 1, 2, dtype=f64), *params)  # N < 2
@@ -59,6 +64,8 @@ def test_ops_reject_bad_points():
     ],
 )
 def test_rbf_precision_validates_values(kwargs, exc, match):
+    """RBFPrecision refuses non-positive gammas or zeta, negative weights and non-finite values,
+    naming the argument."""
     c, g, w, z = rbf()
     args = {"centers": c, "gammas": g, "weights": w, "zeta": z} | kwargs
     with pytest.raises(exc, match=match):
@@ -66,6 +73,8 @@ def test_rbf_precision_validates_values(kwargs, exc, match):
 
 
 def test_expected_metric_checks_mean():
+    """ExpectedMetric refuses a non-callable mean, a mean of the wrong output size or dtype, and a
+    precision that is not one."""
     prec = constant_precision(2, 3)
     with pytest.raises(TypeError, match="mean"):
         fastgeo.ExpectedMetric("not callable", prec)
@@ -78,6 +87,8 @@ def test_expected_metric_checks_mean():
 
 
 def test_geodesics_rejects_bad_input():
+    """geodesics() refuses each bad argument (shapes, dtypes, non-finite points, options out of
+    range or of the wrong type), naming it."""
     metric = bumpy_metric()
     z = torch.randn(4, 2, dtype=f64)
     cases = [
@@ -110,6 +121,7 @@ def test_geodesics_rejects_bad_input():
 
 
 def test_device_mismatch_is_named():
+    """End points on another device than the metric: the ValueError says where they are."""
     metric = bumpy_metric()
     z = torch.randn(4, 2, dtype=f64, device="meta")
     with pytest.raises(ValueError, match="z0 is on meta"):
@@ -117,6 +129,7 @@ def test_device_mismatch_is_named():
 
 
 def test_pairwise_and_points_reject_bad_input():
+    """pairwise_distances refuses points of the wrong dimension; res.points refuses n < 2."""
     metric = bumpy_metric()
     with pytest.raises(ValueError, match="Z"):
         fastgeo.pairwise_distances(metric, torch.randn(4, 3, dtype=f64))
@@ -125,11 +138,18 @@ def test_pairwise_and_points_reject_bad_input():
         res.points(1)
 
 
-def test_forced_unavailable_backend_raises_clearly():
-    avail = fastgeo.availability()
-    missing = [name for name, (ok, _) in avail.items() if not ok]
-    if not missing:
-        pytest.skip("every backend is available on this machine")
+def test_forced_unavailable_backend_raises_clearly(monkeypatch):
+    """Forcing a backend this machine lacks raises a RuntimeError naming it and saying why. Which
+    backends are missing differs between machines (none, on a GPU machine with everything
+    built): here "cuda" is made unavailable, so the test runs everywhere."""
+    from fastgeo.ops import registry
+
+    real = registry._availability
+
+    def cuda_missing(name: str) -> tuple[bool, str]:
+        return (False, "test: pretend missing") if name == "cuda" else real(name)
+
+    monkeypatch.setattr(registry, "_availability", cuda_missing)
     x = torch.randn(2, 3, 4)
-    with fastgeo.use_backend(missing[0]), pytest.raises(RuntimeError, match="not available"):
+    with fastgeo.use_backend("cuda"), pytest.raises(RuntimeError, match="'cuda' is not available here: test"):
         fastgeo.ops.segment_sqdist(x)
