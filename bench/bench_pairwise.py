@@ -229,7 +229,7 @@ def main() -> None:
     p.add_argument(
         "--generator",
         default=DIGITS if os.path.exists(DIGITS) else None,
-        help="a file written by fastgeo.save_generator with extra latents (default: tests/data/digits.pt2 "
+        help="a file written by fastgeo.save_generator with extra latents (default: tests/data/digits.safetensors "
         "if present); 'synthetic' for the synthetic generator",
     )
     p.add_argument("--method", default=None)

@@ -44,7 +44,7 @@ OPS_CASES: dict[str, dict] = {
 def generator_path(name: str) -> Path:
     if name not in GENERATORS:
         raise ValueError(f"generator must be one of {GENERATORS}, got {name!r}")
-    return DATA / f"{name}.pt2"
+    return DATA / f"{name}.safetensors"
 
 
 @cache

@@ -36,8 +36,9 @@ class ExpectedMetric:
         energy = (N-1)/2 sum_n s_n        length = sum_n sqrt(s_n)
 
     Args:
-        mean: the decoder mean, any differentiable callable (..., d) -> (..., D), e.g. an
-            ``nn.Module``. Its parameters are not optimized here.
+        mean: the decoder mean, any differentiable callable (P, d) -> (P, D), e.g. an
+            ``nn.Module`` (convolutional decoders included); it is always called on a batch of
+            codes (:meth:`decode` takes any (..., d)). Its parameters are not optimized here.
         precision: the RBF precision network of the decoder's variance (D outputs).
 
     Example::
@@ -53,20 +54,26 @@ class ExpectedMetric:
             raise TypeError(f"precision must be a fastgeo.RBFPrecision, got {type(precision).__name__}")
         self.mean = mean
         self.precision = precision
-        with torch.no_grad():
-            probe = mean(precision.centers[:1])
-        if not isinstance(probe, Tensor) or probe.dim() < 1:
-            raise TypeError("mean must return a tensor of shape (..., D)")
-        if probe.shape != (1, precision.data_dim):
-            raise ValueError(
-                f"mean maps (1, d={precision.latent_dim}) to shape {tuple(probe.shape)}, but the "
-                f"precision's weights have D = {precision.data_dim} rows: expected (1, {precision.data_dim})"
-            )
-        if probe.dtype != precision.weights.dtype or probe.device != precision.weights.device:
-            raise TypeError(
-                f"mean returns {probe.dtype} on {probe.device} but the precision is "
-                f"{precision.weights.dtype} on {precision.weights.device}; use one dtype and device"
-            )
+        # Probe with one point and with a batch of three: a mean whose output width depends on
+        # the batch would pass a single-point probe.
+        one = precision.centers[:1]
+        three = torch.cat([one, one + 0.5, one - 0.5])
+        for z in (one, three):
+            with torch.no_grad():
+                probe = mean(z)
+            if not isinstance(probe, Tensor) or probe.dim() < 1:
+                raise TypeError("mean must return a tensor of shape (..., D)")
+            if probe.shape != (z.shape[0], precision.data_dim):
+                raise ValueError(
+                    f"mean maps (P, d={precision.latent_dim}) = {tuple(z.shape)} to shape "
+                    f"{tuple(probe.shape)}, but the precision's weights have D = {precision.data_dim} rows: "
+                    f"expected ({z.shape[0]}, {precision.data_dim})"
+                )
+            if probe.dtype != precision.weights.dtype or probe.device != precision.weights.device:
+                raise TypeError(
+                    f"mean returns {probe.dtype} on {probe.device} but the precision is "
+                    f"{precision.weights.dtype} on {precision.weights.device}; use one dtype and device"
+                )
 
     @property
     def latent_dim(self) -> int:
@@ -116,7 +123,7 @@ class ExpectedMetric:
         self.check_points("points", points, ndim=3)
         if points.shape[1] < 2:
             raise ValueError(f"points must have N >= 2 per curve, got shape {tuple(points.shape)}")
-        return ops.segment_sqdist(self.mean(points)) + self.precision.segment_sqdist(points)
+        return ops.segment_sqdist(self.decode(points)) + self.precision.segment_sqdist(points)
 
     def energy(self, points: Tensor) -> Tensor:
         """Discrete energy ``(N-1)/2 sum_n s_n``: (B, N, d) -> (B,)."""
@@ -138,9 +145,15 @@ class ExpectedMetric:
         with torch.no_grad():
             return self.features(centers[pick.to(centers.device)] + 0.5 * spread * offset)
 
+    def decode(self, z: Tensor) -> Tensor:
+        """The decoder mean at any (..., d) points: (..., D). The mean is called on (P, d), so
+        decoders that take only a batch of codes (e.g. convolutional ones) work too."""
+        lead = z.shape[:-1]
+        return self.mean(z.reshape(-1, self.latent_dim)).reshape(*lead, self.data_dim)
+
     def features(self, z: Tensor) -> Tensor:
         """The embedding ``[mu(z), sigma(z)]`` whose pull-back is M: (..., d) -> (..., 2D)."""
-        return torch.cat([self.mean(z), self.precision.sigma(z)], dim=-1)
+        return torch.cat([self.decode(z), self.precision.sigma(z)], dim=-1)
 
     def features_and_jacobian(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``[mu, sigma](z)`` and its Jacobian: the mean's by forward-mode AD (one pass per latent

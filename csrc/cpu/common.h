@@ -1,4 +1,4 @@
-// Helpers shared by the CPU kernels: argument checks, vectorizable exp/rsqrt, RBF features.
+// Helpers shared by the CPU kernels: argument checks, vectorizable exp and 1/sqrt, RBF features.
 //
 // gcc does not vectorize std::exp / std::sqrt without -ffast-math / -fno-math-errno (not set by
 // setup.py): the float versions below are plain arithmetic that it vectorizes (SSE2 by default,
@@ -22,15 +22,19 @@
 namespace fastgeo {
 namespace cpu {
 
-// exp(x) for float, |error| about 1.6 ulp for x in [-87, 88.3]; 0 below (phi underflow), inf above.
-// x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-7 Taylor polynomial, 2^n by exponent bits.
-// Under the default -ftrapping-math gcc will not turn the clamps and selects into vector blends
-// (a comparison may raise an FP flag), so this function and the loop using it are compiled with
-// -fno-trapping-math: nothing here reads FP exception flags. Selects are written as ternaries:
-// std::min/max come from headers compiled outside this region and would block vectorization.
+// exp(x) for float, |error| about 1.6 ulp where the result is normal (x in [-87.3, 88.3]; phi
+// only needs x <= 0); subnormal results down to x = -103.97 (as libm's expf), 0 below, inf
+// above 88.3.
+// x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-7 Taylor polynomial, 2^n by exponent bits
+// (for a subnormal result: 2^(n + 64) by exponent bits, then one multiplication by 2^-64, which
+// rounds once). Under the default -ftrapping-math gcc will not turn the clamps and selects into
+// vector blends (a comparison may raise an FP flag), so this function and the loops using it are
+// compiled with -fno-trapping-math (and -fno-math-errno): nothing
+// here reads FP exception flags or errno. Selects are written as ternaries: std::min/max come
+// from headers compiled outside this region and would block vectorization.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
 #endif
 inline float fexp(float x) {
   const float t = x * 1.44269504088896341f;
@@ -44,30 +48,24 @@ inline float fexp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const float n_lo = n < -126.0f ? -126.0f : n;  // keep the exponent bits in range
+  const bool tiny = n < -126.0f;  // the result is subnormal: scale in two steps
+  const float n_up = tiny ? n + 64.0f : n;
+  const float n_lo = n_up < -126.0f ? -126.0f : n_up;  // keep the exponent bits in range
   const float n_c = n_lo > 127.0f ? 127.0f : n_lo;
   const int32_t bits = (static_cast<int32_t>(n_c) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  const float y = x < -87.0f ? 0.0f : p * scale;
-  return x > 88.3f ? std::numeric_limits<float>::infinity() : y;
+  const float y = p * scale;
+  const float y_sub = tiny ? y * 5.42101086242752217e-20f : y;  // 2^-64
+  const float y_low = x < -104.0f ? 0.0f : y_sub;
+  return x > 88.3f ? std::numeric_limits<float>::infinity() : y_low;
 }
 
-// v[k] = exp(-g[k] * v[k]) for k < K: phi from the squared distances.
-inline void exp_neg_scaled(float* v, const float* g, int64_t K) {
-#pragma omp simd
-  for (int64_t k = 0; k < K; ++k) v[k] = fexp(-g[k] * v[k]);
-}
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
-inline void exp_neg_scaled(double* v, const double* g, int64_t K) {
-  for (int64_t k = 0; k < K; ++k) v[k] = std::exp(-g[k] * v[k]);
-}
-
-// 1/sqrt(x) for float x > 0 (normal): bit-trick guess then three Newton steps (relative error
-// 1.7e-3 -> 5e-6 -> 4e-11 -> rounding), a few ulp in all.
-inline float frsqrt(float x) {
+// 1/sqrt(x) for normal float x (FLT_MIN <= x <= FLT_MAX): bit-trick guess then three Newton
+// steps (relative error 1.7e-3 -> 5e-6 -> 4e-11 -> rounding), a few ulp in all. Outside that
+// range (0, subnormals, inf, NaN) the guess is wrong: callers use add_rsqrt, which takes the exact
+// 1/std::sqrt there.
+inline float frsqrt_normal(float x) {
   int32_t i;
   std::memcpy(&i, &x, sizeof(i));
   i = 0x5f375a86 - (i >> 1);
@@ -79,7 +77,41 @@ inline float frsqrt(float x) {
   y = y * (1.5f - hx * y * y);
   return y;
 }
-inline double frsqrt(double x) { return 1.0 / std::sqrt(x); }
+
+// v[k] = exp(-g[k] * v[k]) for k < K: phi from the squared distances.
+inline void exp_neg_scaled(float* v, const float* g, int64_t K) {
+#pragma omp simd
+  for (int64_t k = 0; k < K; ++k) v[k] = fexp(-g[k] * v[k]);
+}
+
+// v[k] = (v[k] + zeta[k])^-1/2 for k < D: sigma from phi W^T. The fast path where every sum is
+// a normal float; where one is not (zeta tiny, phi underflowing, weights overflowing to inf) the
+// whole row takes the exact 1/std::sqrt, as torch.rsqrt on the CPU: the kernels agree with the
+// reference over the whole float range, at the cost of one comparison per element.
+inline void add_rsqrt(float* v, const float* zeta, int64_t D) {
+  int32_t outside = 0;
+#pragma omp simd reduction(| : outside)
+  for (int64_t k = 0; k < D; ++k) {
+    const float x = v[k] + zeta[k];
+    v[k] = x;
+    outside |= (x >= std::numeric_limits<float>::min() && x <= std::numeric_limits<float>::max()) ? 0 : 1;
+  }
+  if (outside) {
+    for (int64_t k = 0; k < D; ++k) v[k] = 1.0f / std::sqrt(v[k]);
+    return;
+  }
+#pragma omp simd
+  for (int64_t k = 0; k < D; ++k) v[k] = frsqrt_normal(v[k]);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+inline void exp_neg_scaled(double* v, const double* g, int64_t K) {
+  for (int64_t k = 0; k < K; ++k) v[k] = std::exp(-g[k] * v[k]);
+}
+inline void add_rsqrt(double* v, const double* zeta, int64_t D) {
+  for (int64_t k = 0; k < D; ++k) v[k] = 1.0 / std::sqrt(v[k] + zeta[k]);
+}
 
 // Checks shared by the RBF ops; returns nothing, raises with the argument's name.
 inline void check_rbf_params(const at::Tensor& ref, const char* ref_name, const at::Tensor& centers,

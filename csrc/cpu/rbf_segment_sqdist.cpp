@@ -29,8 +29,7 @@ constexpr int64_t kTileBytes = int64_t(1) << 17;
 // sig[i, :] = (sig[i, :] + zeta)^-1/2, in place (sig holds phi W^T on entry).
 template <typename T>
 inline void to_sigma(T* sig, const T* zeta, int64_t D) {
-#pragma omp simd
-  for (int64_t j = 0; j < D; ++j) sig[j] = frsqrt(sig[j] + zeta[j]);
+  add_rsqrt(sig, zeta, D);
 }
 
 template <typename T>

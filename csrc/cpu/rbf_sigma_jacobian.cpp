@@ -59,13 +59,10 @@ void rbf_sigma_jacobian_kernel(const at::Tensor& z, const at::Tensor& cT, const 
         const T* beta_part = pp + r * D;
         T* srow = sp + (r0 + r) * D;
         T* jrow = jp + (r0 + r) * d * D;
+        std::copy(beta_part, beta_part + D, srow);
+        add_rsqrt(srow, zetap, D);  // sigma
 #pragma omp simd
-        for (int64_t j = 0; j < D; ++j) {
-          const T beta = beta_part[j] + zetap[j];
-          const T s = frsqrt(beta);
-          srow[j] = s;
-          scale[j] = T(-0.5) * s / beta;
-        }
+        for (int64_t j = 0; j < D; ++j) scale[j] = T(-0.5) * srow[j] / (beta_part[j] + zetap[j]);
         for (int64_t i = 0; i < d; ++i) {
           const T* dbeta = pp + ((i + 1) * rows + r) * D;
           T* out = jrow + i * D;

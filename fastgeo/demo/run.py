@@ -47,7 +47,7 @@ QUICK_PAIRS = [PAIRS[0], PAIRS[6]]
 def run_demo(
     out_dir: str = "fastgeo-demo", seed: int = 0, quick: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Run the two-moons demo; write ``two_moons.png`` and ``generator.pt2`` (see
+    """Run the two-moons demo; write ``two_moons.png`` and ``generator.safetensors`` (see
     :func:`fastgeo.save_generator`) into ``out_dir``.
 
     Args:
@@ -123,9 +123,8 @@ def _run(
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    generator = str(
-        save_generator(os.path.join(out_dir, "generator.pt2"), metric, extra={"latents": Z, "labels": labels})
-    )
+    path = os.path.join(out_dir, "generator.safetensors")
+    generator = str(save_generator(path, metric, extra={"latents": Z, "labels": labels}))
     seconds["output"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
 

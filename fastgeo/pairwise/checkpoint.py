@@ -1,8 +1,19 @@
-"""Checkpoints of an all-pairs run: ``checkpoint=DIR`` keeps one file per finished chunk
-(``chunk_00000012.pt``) and a ``meta.json`` with the fingerprint of the inputs. Every file is
-written atomically, so a run killed at any point leaves only whole files; a run started again
-with the same arguments loads the finished chunks and solves the rest. Several processes
-(``torch.distributed``) may share one checkpoint folder.
+"""Checkpoints of an all-pairs run that verify themselves.
+
+``checkpoint=DIR`` keeps a ``meta.json`` with the fingerprint of the inputs and one
+``chunk_XXXXXXXX.safetensors`` per finished chunk (no pickle). Every file is written atomically,
+so a run killed at any point leaves whole files and at most stale temporary files, which the next
+run removes. A run started again with the same arguments loads the finished chunks and solves
+the rest; several processes (``torch.distributed``) may share one folder.
+
+What cannot lie:
+- every chunk carries the SHA-256 of its contents (the run's key, its index, its tensors): a
+  chunk whose bytes changed, or whose lengths are not finite, is solved again with a warning,
+  never used;
+- the fingerprint covers what the mean computes, not only what holds its parameters: the outputs
+  of the metric on a fixed probe of latent points (:meth:`ExpectedMetric.probe`), the RBF
+  parameters, the mean's module state, dtype, device, the inputs, options and layout; a run
+  resumed with any other model is refused.
 """
 
 from __future__ import annotations
@@ -10,17 +21,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 from torch import Tensor
 
-from .._files import atomic_write
+from .._files import atomic_write, stale_temporaries
 from ..metric import ExpectedMetric
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+PROBE_POINTS = 16
+_TENSORS = ("lengths", "converged", "iterations")
 
 
 def _hash_tensor(h: Any, t: Tensor) -> None:
@@ -30,7 +46,8 @@ def _hash_tensor(h: Any, t: Tensor) -> None:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
-def _tensor_digest(t: Tensor | None) -> str:
+def tensor_digest(t: Tensor | None) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (of "none" for None)."""
     h = hashlib.sha256()
     if t is None:
         h.update(b"none")
@@ -40,38 +57,26 @@ def _tensor_digest(t: Tensor | None) -> str:
 
 
 def metric_fingerprint(metric: ExpectedMetric) -> str:
-    """Hash of the metric's parameters: RBF buffers and weights, and the mean's tensors.
+    """Hash of what the metric computes: its outputs ``[mu, sigma]`` on a fixed probe of latent
+    points, the RBF parameters, and (for an ``nn.Module`` mean) its state; dtype and device.
 
-    For an ``nn.Module`` mean its ``state_dict``; for a plain function the tensors (and modules)
-    captured in its closure; otherwise only its type name is known.
+    The probe makes any change of model visible, whatever holds the mean's parameters (a module,
+    a bound method, a ``functools.partial``, a closure, global tensors).
     """
     h = hashlib.sha256()
+    h.update(f"{metric.dtype} {metric.device.type}".encode())
+    _hash_tensor(h, metric.probe(PROBE_POINTS))
     for name, t in sorted(metric.precision.state_dict().items()):
         h.update(name.encode())
         _hash_tensor(h, t)
-    mean = metric.mean
-    h.update(type(mean).__qualname__.encode())
-    if isinstance(mean, torch.nn.Module):
-        for name, t in sorted(mean.state_dict().items()):
+    if isinstance(metric.mean, torch.nn.Module):
+        for name, t in sorted(metric.mean.state_dict().items()):
             h.update(name.encode())
             _hash_tensor(h, t)
-    else:
-        h.update(getattr(mean, "__qualname__", "").encode())
-        for cell in getattr(mean, "__closure__", None) or ():
-            try:
-                value = cell.cell_contents
-            except ValueError:  # empty cell
-                continue
-            if isinstance(value, Tensor):
-                _hash_tensor(h, value)
-            elif isinstance(value, torch.nn.Module):
-                for name, t in sorted(value.state_dict().items()):
-                    h.update(name.encode())
-                    _hash_tensor(h, t)
     return h.hexdigest()
 
 
-def _options_digest(options: dict) -> str:
+def options_digest(options: dict) -> str:
     """Hash of solver options; tensors by value, other objects by type and tensor attributes."""
     h = hashlib.sha256()
     for k in sorted(options):
@@ -92,16 +97,27 @@ def _options_digest(options: dict) -> str:
     return h.hexdigest()
 
 
+def _chunk_digest(key: str, chunk: int, counts: dict[str, int], tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    h.update(f"{key} {chunk} {counts['decoder_evals']} {counts['decoder_jvps']}".encode())
+    for name in _TENSORS:
+        h.update(name.encode())
+        _hash_tensor(h, tensors[name])
+    return h.hexdigest()
+
+
 class Checkpoint:
-    """A checkpoint folder: ``meta.json`` plus one ``chunk_XXXXXXXX.pt`` per finished chunk."""
+    """A checkpoint folder: ``meta.json`` plus one ``chunk_XXXXXXXX.safetensors`` per chunk."""
 
     def __init__(self, path: str | os.PathLike, components: dict[str, str], meta: dict) -> None:
+        started = time.time()
         self.path = Path(path)
         self.components = components
         self.key = hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest()
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"checkpoint {str(self.path)!r} exists and is not a folder")
         self.path.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temporaries(started)
         meta_path = self.path / "meta.json"
         if meta_path.exists():
             try:
@@ -125,27 +141,55 @@ class Checkpoint:
             ).encode()
             atomic_write(meta_path, lambda f: f.write(payload))
 
+    def _remove_stale_temporaries(self, before: float) -> None:
+        """Temporary files of writes cut short (a killed run) are removed. Only those older than
+        this call: another process sharing the folder may be writing one right now."""
+        for tmp in stale_temporaries(self.path):
+            try:
+                if tmp.stat().st_mtime < before:
+                    tmp.unlink()
+            except OSError:  # another process removed or replaced it first
+                pass
+
     def chunk_path(self, c: int) -> Path:
-        return self.path / f"chunk_{c:08d}.pt"
+        return self.path / f"chunk_{c:08d}.safetensors"
+
+    def _damaged(self, p: Path, why: str) -> None:
+        warnings.warn(f"fastgeo: checkpoint chunk {p} is damaged ({why}); solving it again", stacklevel=4)
 
     def load(self, c: int, n: int) -> dict | None:
+        """Chunk ``c`` of ``n`` pairs if a verified copy is on disk, else None (damaged copies
+        are reported and ignored)."""
         p = self.chunk_path(c)
         if not p.exists():
             return None
         try:
-            rec = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - an unreadable file is recomputed, not trusted
-            warnings.warn(
-                f"fastgeo: checkpoint chunk {p} is unreadable ({e}); solving it again", stacklevel=3
-            )
+            with safe_open(str(p), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(p))
+            counts = {k: int(meta[k]) for k in ("decoder_evals", "decoder_jvps")}
+            key, chunk, digest = meta["key"], int(meta["chunk"]), meta["sha256"]
+        except (OSError, SafetensorError, KeyError, ValueError) as e:
+            self._damaged(p, f"unreadable: {e}")
             return None
-        if rec.get("key") != self.key or rec.get("chunk") != c or rec["lengths"].shape != (n,):
+        if set(tensors) != set(_TENSORS) or _chunk_digest(key, chunk, counts, tensors) != digest:
+            self._damaged(p, "its checksum does not match its contents")
+            return None
+        if key != self.key or chunk != c:
             raise ValueError(f"checkpoint chunk {p} does not belong to these inputs; delete the folder")
-        return rec
+        if tensors["lengths"].shape != (n,) or not bool(torch.isfinite(tensors["lengths"]).all()):
+            self._damaged(p, "its lengths are not n finite values")
+            return None
+        return {**tensors, **counts}
 
     def save(self, c: int, rec: dict) -> None:
-        rec = {**rec, "key": self.key, "chunk": c}
-        atomic_write(self.chunk_path(c), lambda f: torch.save(rec, f))
+        """Write chunk ``c``: rec holds lengths, converged, iterations, decoder_evals, decoder_jvps."""
+        tensors = {k: rec[k].detach().cpu().contiguous() for k in _TENSORS}
+        counts = {k: int(rec[k]) for k in ("decoder_evals", "decoder_jvps")}
+        meta = {"key": self.key, "chunk": str(c), **{k: str(v) for k, v in counts.items()}}
+        meta["sha256"] = _chunk_digest(self.key, c, counts, tensors)
+        payload = save(tensors, metadata=meta)
+        atomic_write(self.chunk_path(c), lambda f: f.write(payload))
 
     def finished(self) -> int:
-        return sum(1 for _ in self.path.glob("chunk_*.pt"))
+        return sum(1 for _ in self.path.glob("chunk_*.safetensors"))

@@ -24,13 +24,15 @@ from torch import Tensor
 from .. import _checks
 from .._progress import progress_bar
 from ..metric import ExpectedMetric
-from ..solver import geodesics, solver_options, working_memory_per_curve
-from .checkpoint import Checkpoint, _options_digest, _tensor_digest, metric_fingerprint
+from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
+from ..solver.graph import check_graph_inputs
+from .checkpoint import Checkpoint, metric_fingerprint, options_digest, tensor_digest
 from .layout import Layout, distinct_rows, expand_duplicates
 from .report import PairwiseReport
 
 DEFAULT_CPU_BUDGET = 256 << 20  # bytes of solver working memory per chunk on the CPU
 _NOT_OPTIONS = ("metric", "z0", "z1", "init")  # geodesics() arguments that are not options here
+_SOLVER_OPTIONS = tuple(k for k in inspect.signature(geodesics).parameters if k not in _NOT_OPTIONS)
 
 
 def pairwise_distances(
@@ -80,6 +82,10 @@ def pairwise_distances(
     """
     t_start = time.perf_counter()
     Z, Y, options = _check_inputs(metric, Z, Y, solver_options)
+    progress, return_report = (
+        _checks.boolean("progress", progress),
+        _checks.boolean("return_report", return_report),
+    )
     pts, rep = distinct_rows(Z) if Y is None else (Z, None)
     other = pts if Y is None else Y
     layout = _layout(metric, options, Layout(Y is None, pts.shape[0], other.shape[0], 1), chunk_size,
@@ -123,13 +129,15 @@ def _check_inputs(
     if Y is not None:
         metric.check_points("Y", Y, ndim=2)
         _checks.finite("Y", Y)
-    allowed = [k for k in inspect.signature(geodesics).parameters if k not in _NOT_OPTIONS]
+    allowed = list(_SOLVER_OPTIONS)
     unknown = set(solver_opts) - set(allowed)
     if unknown:
         raise TypeError(
             f"unknown option(s) {sorted(unknown)}; solver options are {allowed}"
             + (" (init is per pair and has no meaning here)" if "init" in unknown else "")
         )
+    _solver_options(metric, solver_opts)  # every option checked before any work
+    check_graph_inputs(metric, solver_opts.get("graph", True), solver_opts.get("latents"))
     return Z.detach(), None if Y is None else Y.detach(), dict(solver_opts)
 
 
@@ -160,12 +168,16 @@ def _layout(
     return Layout(pairs.symmetric, pairs.rows, pairs.cols, min(chunk_size, max(1, pairs.n_pairs)))
 
 
-def _chunk_size_for_budget(metric: ExpectedMetric, options: dict[str, Any], memory_budget: int | None) -> int:
-    """Pairs per chunk that fit ``memory_budget`` bytes by the solver's memory model."""
+def _solver_options(metric: ExpectedMetric, options: dict[str, Any]) -> SolverOptions:
     names = inspect.signature(solver_options).parameters
-    opts = solver_options(
+    return solver_options(
         metric.dtype, metric.latent_dim, metric.data_dim, **{k: v for k, v in options.items() if k in names}
     )
+
+
+def _chunk_size_for_budget(metric: ExpectedMetric, options: dict[str, Any], memory_budget: int | None) -> int:
+    """Pairs per chunk that fit ``memory_budget`` bytes by the solver's memory model."""
+    opts = _solver_options(metric, options)
     per_pair = working_memory_per_curve(
         metric.latent_dim,
         metric.data_dim,
@@ -199,9 +211,9 @@ def _open_checkpoint(
     layout: Layout,
 ) -> Checkpoint:
     components = {
-        "Z": _tensor_digest(Z),
-        "Y": _tensor_digest(Y),
-        "options": _options_digest(options),
+        "Z": tensor_digest(Z),
+        "Y": tensor_digest(Y),
+        "options": options_digest(options),
         "layout": layout.describe(),
         "metric": metric_fingerprint(metric),
         "dtype": str(metric.dtype),

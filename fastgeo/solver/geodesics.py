@@ -33,7 +33,7 @@ from ..curves import Curves
 from ..metric import ExpectedMetric
 from .dense import dense_multistart
 from .fallback import never_longer_than_straight
-from .graph import LatentGraph, cached_graph
+from .graph import LatentGraph, cached_graph, check_graph_inputs
 from .options import SolverOptions, solver_options
 from .race import solve_batch
 from .resolution import lengths_and_midpoint_lengths, refine_resolution
@@ -108,7 +108,7 @@ def geodesics(
     )
     # fmt: on
     init = _check_init(metric, init, z0, opts)
-    _check_graph(metric, graph, latents)
+    check_graph_inputs(metric, graph, latents)
     z0, z1 = z0.detach(), z1.detach()
     if opts.method == "dense" and init is None and z0.shape[0] > 0:
         return dense_multistart(metric, z0, z1, opts, graph, latents, solve=geodesics)
@@ -223,14 +223,6 @@ def _check_init(
         raise ValueError(f"init must have shape (B, m, d) = {(B, opts.m, d)}, got {tuple(init.shape)}")
     _checks.finite("init", init)
     return init.detach()
-
-
-def _check_graph(metric: ExpectedMetric, graph: object, latents: Tensor | None) -> None:
-    if not isinstance(graph, (bool, LatentGraph)):
-        raise TypeError(f"graph must be True, False or a fastgeo.LatentGraph, got {graph!r}")
-    if latents is not None:
-        metric.check_points("latents", latents, ndim=2)
-        _checks.finite("latents", latents)
 
 
 def _graph_of(metric: ExpectedMetric, latents: Tensor | None, work: Work) -> LatentGraph:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _checks
 from ..curves import straight_line, time_grid
 from ..metric import ExpectedMetric
 
@@ -226,6 +227,15 @@ def _bridges(pairs: Tensor, dist: Tensor) -> Tensor:
     if not extra:
         return pairs.new_zeros(0, 2)
     return torch.stack(extra)
+
+
+def check_graph_inputs(metric: ExpectedMetric, graph: object, latents: Tensor | None) -> None:
+    """The ``graph`` and ``latents`` options of :func:`fastgeo.geodesics`, checked."""
+    if not isinstance(graph, (bool, LatentGraph)):
+        raise TypeError(f"graph must be True, False or a fastgeo.LatentGraph, got {graph!r}")
+    if latents is not None:
+        metric.check_points("latents", latents, ndim=2)
+        _checks.finite("latents", latents)
 
 
 class GraphCache:

@@ -38,7 +38,7 @@ def warm_start(
     B, d = z0.shape
     N = grid.n
     with torch.no_grad():
-        dmu = metric.mean(z1) - metric.mean(z0)
+        dmu = metric.decode(z1) - metric.decode(z0)
     work.evals += 2 * B
     dz2 = (z1 - z0).pow(2).sum(-1)
     kappa = torch.where(dz2 > 0, dmu.pow(2).sum(-1) / dz2.clamp(min=torch.finfo(dz2.dtype).tiny), 1.0)

@@ -3,11 +3,12 @@
     python tests/data/make_generators.py            # both
     python tests/data/make_generators.py moons      # two-moons only (numpy); digits needs scikit-learn
 
-Each file holds a self-contained generator (TorchScript decoder mean + RBF parameters, see
-``fastgeo.save_generator``) and the training latent codes and labels, in float32:
+Each file holds a self-contained generator in the safe format (the decoder's structure as data
+and its tensors in safetensors, see ``fastgeo.save_generator``) and the training latent codes and
+labels, in float32:
 
-- ``two_moons.pt2``: two moons lifted to D = 10, a 2-D latent VAE, RBF precision with 48 centers;
-- ``digits.pt2``: the 8x8 digits of scikit-learn (D = 64, pixels in [0, 1]), a 2-D latent VAE,
+- ``two_moons.safetensors``: two moons lifted to D = 10, a 2-D latent VAE, RBF precision with 48 centers;
+- ``digits.safetensors``: the 8x8 digits of scikit-learn (D = 64, pixels in [0, 1]), a 2-D latent VAE,
   RBF precision with 64 centers.
 """
 
@@ -36,7 +37,7 @@ def build(X: torch.Tensor, labels: torch.Tensor, num_centers: int, seed: int, hi
 
 
 def save(name: str, mean, prec, Z, labels) -> None:
-    path = HERE / f"{name}.pt2"
+    path = HERE / f"{name}.safetensors"
     fastgeo.save_generator(path, fastgeo.ExpectedMetric(mean, prec), extra={"latents": Z, "labels": labels})
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 

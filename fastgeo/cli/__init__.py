@@ -1,0 +1,88 @@
+"""The ``fastgeo`` command: ``info``, ``demo``, ``distances``, ``convert``, ``bench``.
+
+Errors a user can fix (bad paths, inputs, options, files) are reported as one line,
+``fastgeo: error: ...``, with exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import convert, distances
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .._info import info
+
+    print(info())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    run_demo(out_dir=args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ..benchmarks.runner import main as bench_main
+
+    return bench_main(
+        args.layer, args.quick, args.out, device=args.device, threads=args.threads, tiny=args.tiny
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastgeo", description="Batched geodesics in VAE latent spaces (expected Riemannian metric)."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="versions, threads, and the backend each op uses")
+    p.set_defaults(func=_info)
+    p = sub.add_parser("demo", help="two-moons VAE: fit the RBF, compute geodesics, draw the figure")
+    p.add_argument("--out", default="fastgeo-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
+    distances.add_parser(sub)
+    convert.add_parser(sub)
+    p = sub.add_parser("bench", help="benchmarks: ops, solver, all-pairs; table, results.json, plots")
+    p.add_argument("--quick", action="store_true", help="small sizes (about a minute on 2 cores)")
+    p.add_argument("--layer", action="extend", nargs="+", choices=("ops", "solver", "pairwise"),
+                   default=None, help="layers to run (default: all)")  # fmt: skip
+    p.add_argument("--out", default="fastgeo-bench", help="output folder (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke-test sizes, for tests
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text + (" (--debug for details)" if len(lines) > 1 else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (2 for a user error, 130 when interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("fastgeo: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        print(f"fastgeo: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

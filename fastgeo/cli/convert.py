@@ -1,0 +1,27 @@
+"""``fastgeo convert``: rewrite a generator file in the safe format (e.g. a file of fastgeo's first
+format, whose decoder is an exported chain of linear layers and activations)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..io import load_extra, load_generator, save_generator
+from . import inputs
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="rewrite a generator file in the safe format (structure as data)")
+    p.add_argument("source", help="generator file to read")
+    p.add_argument("target", help="safe generator file to write (.safetensors)")
+    p.add_argument("--trust", action="store_true", help="the source holds code: load it (trusted files only)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    source = inputs.readable_file("source", args.source)
+    target = inputs.writable_file("target", args.target, ".safetensors")
+    metric = load_generator(source, trust=args.trust)
+    save_generator(target, metric, extra=load_extra(source))
+    print(f"{target}: safe generator file (d = {metric.latent_dim}, D = {metric.data_dim})", file=sys.stderr)
+    return 0

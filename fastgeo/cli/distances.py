@@ -1,0 +1,94 @@
+"""``fastgeo distances``: all-pairs geodesic distances under a saved generator, from the shell.
+
+Every path and input is checked before any geodesic is solved; the outputs are written
+atomically, the report first, so a failure leaves no partial or orphaned output; temporary files
+of an earlier run killed while writing are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .._files import atomic_write, stale_temporaries
+from ..io import load_generator
+from ..pairwise import pairwise_distances
+from ..solver import solver_options
+from . import inputs
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distances", help="all-pairs geodesic distances under a saved generator")
+    p.add_argument("generator", help="generator file written by fastgeo.save_generator")
+    p.add_argument("latents", help="(M, d) latent codes, .npy")
+    p.add_argument("-o", "--output", required=True, help="output (M, M) matrix, .npy")
+    p.add_argument("--y", default=None, help="optional (P, d) second set, .npy: the output is (M, P)")
+    p.add_argument("--checkpoint", default=None, help="folder for a resumable run")
+    p.add_argument("--method", default=None, choices=("default", "paper", "dense"))
+    p.add_argument("--m", type=int, default=None, help="basis functions per latent dimension")
+    p.add_argument("--n-points", type=int, default=None, help="points per curve in the energy")
+    p.add_argument("--max-iter", type=int, default=None, help="iteration limit per phase")
+    p.add_argument("--tol", type=float, default=None, help="relative energy tolerance")
+    p.add_argument("--chunk-size", type=int, default=None, help="pairs per chunk")
+    p.add_argument("--memory-mb", type=float, default=None, help="solver memory per chunk, MiB")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--report", default=None, help="also save the converged mask and iterations, .npz")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow a generator file that holds its decoder as code (can run code: only trusted files)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _remove_stale_outputs(*paths: Path | None) -> None:
+    for p in paths:
+        if p is not None:
+            for tmp in stale_temporaries(p.parent, p.name):
+                tmp.unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    generator = inputs.readable_file("generator", args.generator)
+    latents = inputs.readable_file("latents", args.latents)
+    second = None if args.y is None else inputs.readable_file("--y", args.y)
+    output = inputs.writable_file("--output", args.output, ".npy")
+    report_path = None if args.report is None else inputs.writable_file("--report", args.report, ".npz")
+    if report_path is not None and report_path.resolve() == output.resolve():
+        raise inputs.InputError("--report and --output must be different files")
+    checkpoint = inputs.checkpoint_folder("--checkpoint", args.checkpoint)
+    inputs.at_least("--chunk-size", args.chunk_size, 1)
+    memory_mb = inputs.positive("--memory-mb", args.memory_mb)
+    given = {
+        "method": args.method,
+        "m": args.m,
+        "n_points": args.n_points,
+        "max_iter": args.max_iter,
+        "tol": args.tol,
+    }
+    options = {k: v for k, v in given.items() if v is not None}
+
+    metric = load_generator(generator, device=args.device, trust=args.trust)
+    solver_options(metric.dtype, metric.latent_dim, metric.data_dim, **options)  # every option, now
+    Z = inputs.latent_codes("latents", latents, metric.latent_dim, metric.dtype).to(metric.device)
+    Y = None
+    if second is not None:
+        Y = inputs.latent_codes("--y", second, metric.latent_dim, metric.dtype).to(metric.device)
+    _remove_stale_outputs(output, report_path)
+
+    budget = None if memory_mb is None else max(1, int(memory_mb * (1 << 20)))
+    D, report = pairwise_distances(
+        metric, Z, Y, checkpoint=checkpoint, chunk_size=args.chunk_size, memory_budget=budget,
+        progress=not args.no_progress, return_report=True, **options,
+    )  # fmt: skip
+    if report_path is not None:
+        converged, iterations = report.converged.cpu().numpy(), report.iterations.cpu().numpy()
+        atomic_write(report_path, lambda f: np.savez(f, converged=converged, iterations=iterations))
+    matrix = D.cpu().numpy()
+    atomic_write(output, lambda f: np.save(f, matrix))
+    print(f"{output}: {tuple(D.shape)} distances; {report}", file=sys.stderr)
+    return 0

@@ -1,0 +1,82 @@
+"""Checks of the ``fastgeo`` command's inputs, done before any work: paths that can be read or
+written, latent codes that are finite float arrays of the right width."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class InputError(ValueError):
+    """A bad command-line input: reported as one line, exit status 2."""
+
+
+def readable_file(option: str, path: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{option}: {path!r} is not a file")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{option}: {path!r} cannot be read")
+    return p
+
+
+def writable_file(option: str, path: str, suffix: str) -> Path:
+    """A path whose folder exists and is writable, with the given suffix, not a folder itself."""
+    p = Path(path)
+    if p.suffix != suffix:
+        raise InputError(f"{option}: {path!r} must end in {suffix}")
+    if p.is_dir():
+        raise InputError(f"{option}: {path!r} is a folder")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{option}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{option}: folder {str(folder)!r} is not writable")
+    return p
+
+
+def checkpoint_folder(option: str, path: str | None) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{option}: {path!r} exists and is not a folder")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not p.exists() and not parent.is_dir():
+        raise InputError(f"{option}: folder {str(parent)!r} does not exist")
+    return p
+
+
+def positive(option: str, value: float | None) -> float | None:
+    if value is not None and not (0 < value < math.inf):
+        raise InputError(f"{option} must be finite and > 0, got {value}")
+    return value
+
+
+def at_least(option: str, value: int | None, minimum: int) -> int | None:
+    if value is not None and value < minimum:
+        raise InputError(f"{option} must be >= {minimum}, got {value}")
+    return value
+
+
+def latent_codes(option: str, path: Path, d: int, dtype: torch.dtype) -> Tensor:
+    """An (M, d) array of finite floats from a ``.npy`` file, as a tensor of ``dtype``."""
+    if path.suffix != ".npy":
+        raise InputError(f"{option}: {str(path)!r} must be a .npy file (np.save of an (M, {d}) float array)")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{option}: cannot read {str(path)!r} as a .npy array ({e})") from e
+    if array.dtype.kind != "f":
+        raise InputError(f"{option}: {str(path)!r} holds {array.dtype} values; latent codes must be floats")
+    if array.ndim != 2 or array.shape[1] != d:
+        raise InputError(f"{option}: {str(path)!r} has shape {array.shape}; the generator needs (M, {d})")
+    array = array.astype(array.dtype.newbyteorder("="), copy=False)  # big-endian files too
+    if not np.isfinite(array).all():
+        raise InputError(f"{option}: {str(path)!r} contains NaN or inf")
+    return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)

@@ -1,0 +1,166 @@
+"""A decoder's structure as data: an ``nn.Sequential`` of standard layers described by a JSON
+list of layer specs (type and constructor arguments), and rebuilt from it with nothing but the
+constructors of a fixed table. This is what a safe generator file stores instead of code.
+
+    [{"type": "Linear", "in_features": 2, "out_features": 64, "bias": true},
+     {"type": "ELU", "alpha": 1.0}, ...]
+
+Parameters and buffers travel separately (``state_dict`` of the rebuilt module, keys ``"0.weight"``
+...). Nested ``nn.Sequential`` are flattened; a layer of a type outside the table, a subclass of
+one, or a module with hooks has no structure (None): such decoders need code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .flat import FlatMean
+from .recognize import graph_steps
+from .steps import Activation, Affine
+
+# type name -> (constructor, the constructor arguments read back as attributes of the module)
+LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
+    "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                           "groups", "bias", "padding_mode")),
+    "ConvTranspose2d": (nn.ConvTranspose2d, ("in_channels", "out_channels", "kernel_size", "stride",
+                                             "padding", "output_padding", "groups", "bias", "dilation",
+                                             "padding_mode")),
+    "Upsample": (nn.Upsample, ("size", "scale_factor", "mode", "align_corners")),
+    "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
+    "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
+    "GroupNorm": (nn.GroupNorm, ("num_groups", "num_channels", "eps", "affine")),
+    "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
+    "Unflatten": (nn.Unflatten, ("dim", "unflattened_size")),
+    "Identity": (nn.Identity, ()),
+    "ELU": (nn.ELU, ("alpha",)),
+    "ReLU": (nn.ReLU, ()),
+    "LeakyReLU": (nn.LeakyReLU, ("negative_slope",)),
+    "Tanh": (nn.Tanh, ()),
+    "Sigmoid": (nn.Sigmoid, ()),
+    "Softplus": (nn.Softplus, ("beta", "threshold")),
+    "SiLU": (nn.SiLU, ()),
+}  # fmt: skip
+_BY_CLASS = {cls: name for name, (cls, _) in LAYERS.items()}
+_ACTIVATION_MODULES: dict[str, Callable[[tuple[float, ...]], nn.Module]] = {
+    "elu": lambda p: nn.ELU(*p),
+    "relu": lambda p: nn.ReLU(),
+    "leaky_relu": lambda p: nn.LeakyReLU(*p),
+    "tanh": lambda p: nn.Tanh(),
+    "sigmoid": lambda p: nn.Sigmoid(),
+    "softplus": lambda p: nn.Softplus(*p),
+    "silu": lambda p: nn.SiLU(),
+}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot describe {value!r} as data")
+
+
+def _layers(module: nn.Module) -> list[nn.Module] | None:
+    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+        return None
+    if type(module) is nn.Sequential:
+        out: list[nn.Module] = []
+        for child in module:
+            sub = _layers(child)
+            if sub is None:
+                return None
+            out += sub
+        return out
+    return [module] if type(module) in _BY_CLASS else None
+
+
+def sequential_of(mean: Callable) -> nn.Sequential | None:
+    """``mean`` as an ``nn.Sequential`` of table layers, or None if it has no structure as data.
+
+    Accepts an ``nn.Sequential`` (nested ones flattened), a single table layer, the
+    :class:`FlatMean` of a loaded generator, and the ``torch.fx`` graph of an exported chain of
+    linear layers and activations (generator files of an earlier format).
+    """
+    if type(mean) is FlatMean and not (mean._forward_hooks or mean._forward_pre_hooks):
+        mean = mean.flat
+    if isinstance(mean, torch.fx.GraphModule):
+        return _sequential_from_graph(mean)
+    if not isinstance(mean, nn.Module):
+        return None
+    layers = _layers(mean)
+    return None if layers is None else nn.Sequential(*layers)
+
+
+def _sequential_from_graph(gm: torch.fx.GraphModule) -> nn.Sequential | None:
+    steps = graph_steps(gm)
+    if steps is None:
+        return None
+    layers: list[nn.Module] = []
+    for step in steps:
+        if isinstance(step, Affine):
+            weight, bias = step.weight().detach(), step.bias()
+            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            linear = linear.to(dtype=weight.dtype)
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if bias is not None:
+                    linear.bias.copy_(bias.detach())
+            layers.append(linear)
+        elif isinstance(step, Activation) and step.name in _ACTIVATION_MODULES:
+            layers.append(_ACTIVATION_MODULES[step.name](step.params))
+        else:
+            return None
+    return nn.Sequential(*layers)
+
+
+def describe(sequential: nn.Sequential) -> str:
+    """The JSON structure of an ``nn.Sequential`` of table layers."""
+    specs = []
+    for layer in sequential:
+        name = _BY_CLASS[type(layer)]
+        spec: dict[str, Any] = {"type": name}
+        for arg in LAYERS[name][1]:
+            value = getattr(layer, arg)
+            spec[arg] = (value is not None) if arg == "bias" else _json_value(value)
+        specs.append(spec)
+    return json.dumps(specs)
+
+
+def _argument(value: Any) -> Any:
+    """A JSON value as a constructor argument: lists become tuples; nothing else is allowed."""
+    if isinstance(value, list):
+        return tuple(_argument(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"unexpected value {value!r} in a decoder structure")
+
+
+def build(structure: str) -> nn.Sequential:
+    """The ``nn.Sequential`` a JSON structure describes (parameters freshly initialized: load
+    the state dict after). Raises ValueError on anything outside the table."""
+    try:
+        specs = json.loads(structure)
+    except ValueError as e:
+        raise ValueError(f"unreadable decoder structure ({e})") from e
+    if not isinstance(specs, list):
+        raise ValueError("a decoder structure is a list of layers")
+    layers = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or spec.get("type") not in LAYERS:
+            raise ValueError(f"layer {i} of the decoder structure is not one of {sorted(LAYERS)}: {spec!r}")
+        cls, args = LAYERS[spec["type"]]
+        extra = set(spec) - set(args) - {"type"}
+        if extra:
+            raise ValueError(f"layer {i} ({spec['type']}) has unexpected arguments {sorted(extra)}")
+        kwargs = {k: _argument(spec[k]) for k in args if k in spec}
+        try:
+            layers.append(cls(**kwargs))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"layer {i} ({spec['type']}): {e}") from e
+    return nn.Sequential(*layers)

@@ -1,0 +1,144 @@
+"""Generator files: a decoder mean and its RBF precision in one file.
+
+Trust model. The default format is safe: the decoder's structure as data (JSON) and all tensors
+in safetensors (:mod:`.safe`); loading it never unpickles and runs no code from the file, so
+files from anyone can be opened. Decoders with no structure as data (custom modules, functions)
+are saved as code (``torch.export`` or TorchScript, :mod:`.code`) only when asked; loading such a
+file can run code it carries, so :func:`load_generator` refuses it unless ``trust=True`` (the CLI's
+``--trust``) and warns. Files of fastgeo's first format are code files.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .. import _checks
+from ..decoders import FlatMean
+from ..decoders.structure import sequential_of
+from ..metric import ExpectedMetric
+from ..rbf import RBFPrecision
+from . import code, safe
+from .contents import contents_of, example_inputs, split_generator
+
+FORMATS = ("safe",) + code.FORMATS
+
+
+def save_generator(
+    path: str | os.PathLike,
+    generator: ExpectedMetric | tuple[Callable[[Tensor], Tensor], RBFPrecision],
+    *,
+    example_input: Tensor | None = None,
+    format: str = "safe",
+    extra: dict[str, Tensor] | None = None,
+) -> Path:
+    """Save a generator (decoder mean + RBF precision) to one self-contained file.
+
+    Args:
+        path: the file to write (suggested suffix ``.safetensors`` for the safe format,
+            ``.pt2`` for the code formats).
+        generator: an :class:`ExpectedMetric`, or a pair ``(mean, precision)``.
+        example_input: (P, d) latent codes to probe (and capture) the mean with (default: the RBF
+            centers, twice, jittered). Any (..., d) is flattened to (P, d).
+        format: ``"safe"`` (default): the mean must be an ``nn.Sequential`` of standard layers
+            (:data:`fastgeo.decoders.structure.LAYERS`), stored as data; ``"export"``
+            (``torch.export``) or ``"torchscript"`` (``torch.jit.trace``) store any traceable
+            mean as code: loading it then needs ``trust=True``.
+        extra: tensors to keep in the file (e.g. ``{"latents": Z, "labels": y}``), read back
+            by :func:`load_extra`.
+
+    The file is loaded back and checked against the original on a probe of the mean's outputs.
+
+    Returns:
+        the path written.
+    """
+    mean, precision = split_generator(generator)
+    fmt = _checks.choice("format", format, FORMATS)
+    example = example_inputs(precision, example_input)
+    path = Path(path)
+    if fmt == "safe":
+        sequential = sequential_of(mean)
+        if sequential is None:
+            raise ValueError(
+                "the decoder mean has no structure fastgeo can store as data (it must be an nn.Sequential of "
+                "standard layers: fastgeo.decoders.structure.LAYERS); pass format='export' to save it as "
+                "code (loading that file then needs trust=True)"
+            )
+        sequential = sequential.to("cpu").eval()
+        safe.write(path, sequential, contents_of(sequential, precision, example, extra))
+        load_generator(path)  # the probe check: the file reproduces the mean
+    else:
+        module = code.capture_module(mean)
+        code.write(path, module, example, contents_of(module, precision, example, extra), fmt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            load_generator(path, trust=True)
+    return path
+
+
+def load_extra(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The ``extra`` tensors saved with a generator by :func:`save_generator` (CPU). Reading them
+    runs no code, whatever the file's format."""
+    path = _existing(path)
+    if safe.is_safe_file(path):
+        return safe.read(path)[1].extra
+    return code.read_contents(code.read_meta(path)).extra
+
+
+def load_generator(
+    path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    *,
+    check: bool = True,
+    trust: bool = False,
+) -> ExpectedMetric:
+    """Load a file written by :func:`save_generator` as an :class:`ExpectedMetric`.
+
+    Args:
+        path: the generator file.
+        device: where to put the metric (default: CPU).
+        check: compare the loaded mean with the probe saved beside it.
+        trust: allow a code file (``torch.export`` / TorchScript, or fastgeo's first format),
+            whose loading can run code it carries. Only for files from a source you trust.
+    """
+    path = _existing(path)
+    _checks.boolean("trust", trust)
+    if safe.is_safe_file(path):
+        flat, contents = safe.read(path)
+    elif code.is_code_file(path):
+        meta = code.read_meta(path)
+        if not trust:
+            raise ValueError(
+                f"{str(path)!r} holds its decoder as code ({meta['format']}): loading it can run code it "
+                "carries. Pass trust=True (fastgeo distances --trust) only for a file from a source you "
+                "trust; save decoders that are nn.Sequential of standard layers with format='safe' instead"
+            )
+        warnings.warn(
+            f"fastgeo: loading {str(path)!r} as trusted code ({meta['format']})", UserWarning, stacklevel=2
+        )
+        contents = code.read_contents(meta)
+        flat = code.read_module(path, meta)
+    else:
+        raise ValueError(f"{str(path)!r} is not a fastgeo generator file")
+    mean = FlatMean(flat, contents.latent_dim, contents.data_dim)
+    if check:
+        contents.check_probe(mean, str(path))
+    precision = contents.precision()
+    if device is not None:
+        mean, precision = mean.to(device), precision.to(device)
+    return ExpectedMetric(mean, precision)
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"generator file {str(path)!r} does not exist")
+    return path
+
+
+__all__ = ["FORMATS", "load_extra", "load_generator", "save_generator"]

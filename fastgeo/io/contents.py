@@ -1,0 +1,87 @@
+"""What every generator file holds besides the decoder mean: its shapes and dtype, the RBF
+precision's tensors, a probe of the mean's outputs (checked on load) and the user's extra tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..metric import ExpectedMetric
+from ..rbf import RBFPrecision
+
+RBF_NAMES = ("centers", "gammas", "weights", "zeta")
+PROBE_ROWS = 8
+
+
+@dataclass
+class Contents:
+    """A generator as files store it: d, D, dtype, RBF tensors, probe (z, x), extra tensors."""
+
+    latent_dim: int
+    data_dim: int
+    dtype: torch.dtype
+    rbf: dict[str, Tensor]
+    probe: dict[str, Tensor]
+    extra: dict[str, Tensor]
+
+    def precision(self) -> RBFPrecision:
+        return RBFPrecision(*(self.rbf[k] for k in RBF_NAMES))
+
+    def check_probe(self, mean: Callable[[Tensor], Tensor], path: str) -> None:
+        """The loaded mean reproduces the outputs saved with it."""
+        with torch.no_grad():
+            x = mean(self.probe["z"].to(self.dtype))
+        if x.shape != self.probe["x"].shape or not torch.allclose(x, self.probe["x"], rtol=1e-5, atol=1e-6):
+            raise ValueError(f"{path!r}: the saved mean does not reproduce its probe outputs")
+
+
+def split_generator(generator: object) -> tuple[Callable[[Tensor], Tensor], RBFPrecision]:
+    """(mean, precision) of an :class:`ExpectedMetric` or of a validated pair."""
+    if isinstance(generator, ExpectedMetric):
+        return generator.mean, generator.precision
+    try:
+        mean, precision = generator  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise TypeError("generator must be an ExpectedMetric or a pair (mean, precision)") from None
+    ExpectedMetric(mean, precision)  # validates shapes, dtype and device
+    return mean, precision
+
+
+def example_inputs(precision: RBFPrecision, example_input: Tensor | None) -> Tensor:
+    """(P, d) latent codes, P >= 2, on the CPU: ``example_input`` flattened, or the RBF centers
+    twice, jittered."""
+    d = precision.latent_dim
+    if example_input is None:
+        c = precision.centers.detach().cpu()
+        example = torch.cat([c, c + 0.1 * c.std().clamp(min=1e-3) + 0.01])
+    else:
+        if not isinstance(example_input, Tensor) or example_input.shape[-1] != d:
+            raise ValueError(f"example_input must be a tensor with last axis d = {d}")
+        example = example_input.detach().cpu().to(precision.weights.dtype).reshape(-1, d)
+    if example.shape[0] < 2:
+        example = torch.cat([example, example + 0.01])
+    return example
+
+
+def contents_of(
+    module: nn.Module, precision: RBFPrecision, example: Tensor, extra: dict[str, Tensor] | None
+) -> Contents:
+    """The contents of a file for a mean captured as ``module`` (P, d) -> (P, D) on the CPU."""
+    D = precision.data_dim
+    with torch.no_grad():
+        expected = module(example)
+    if tuple(expected.shape) != (example.shape[0], D):
+        raise ValueError(
+            f"mean maps (P, d) = {tuple(example.shape)} to {tuple(expected.shape)}, expected (P, {D})"
+        )
+    extra = {} if extra is None else dict(extra)
+    for k, v in extra.items():
+        if not isinstance(k, str) or not isinstance(v, Tensor):
+            raise TypeError(f"extra must map names to tensors, got {k!r}: {type(v).__name__}")
+    rbf = {k: t.detach().cpu() for k, t in zip(RBF_NAMES, precision.params(), strict=True)}
+    probe = {"z": example[:PROBE_ROWS], "x": expected[:PROBE_ROWS]}
+    extra = {k: v.detach().cpu() for k, v in extra.items()}
+    return Contents(precision.latent_dim, D, precision.weights.dtype, rbf, probe, extra)

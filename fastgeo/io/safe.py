@@ -1,0 +1,82 @@
+"""The safe generator format (the default): one safetensors file, no pickle and no code.
+
+The decoder mean is an ``nn.Sequential`` of standard layers whose structure is stored as JSON
+(:mod:`fastgeo.decoders.structure`) and rebuilt from a fixed table of constructors; every tensor
+(the mean's state, the RBF precision, the probe, the extras) is a safetensors entry. Loading such
+a file runs no code from it, whoever wrote it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+from torch import Tensor, nn
+
+from .._files import atomic_write
+from ..decoders import structure
+from .contents import Contents
+
+VERSION = "2"
+MAGIC_KEY = "fastgeo_generator"
+
+
+def _entries(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+def write(path: Path, sequential: nn.Sequential, contents: Contents) -> None:
+    """Write a safe generator file for the mean ``sequential`` (P, d) -> (P, D)."""
+    tensors = {
+        **_entries("mean", sequential.state_dict()),
+        **_entries("rbf", contents.rbf),
+        **_entries("probe", contents.probe),
+        **_entries("extra", contents.extra),
+    }
+    meta = {
+        MAGIC_KEY: VERSION,
+        "structure": structure.describe(sequential),
+        "latent_dim": str(contents.latent_dim),
+        "data_dim": str(contents.data_dim),
+        "dtype": str(contents.dtype).removeprefix("torch."),
+    }
+    payload = save(tensors, metadata=meta)
+    atomic_write(path, lambda f: f.write(payload))
+
+
+def is_safe_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file written by :func:`write`."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(MAGIC_KEY) == VERSION
+    except (OSError, SafetensorError, ValueError):
+        return False
+
+
+def read(path: Path) -> tuple[nn.Sequential, Contents]:
+    """The mean (rebuilt from its structure, in eval mode) and the contents of a safe file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+        d, D = int(meta["latent_dim"]), int(meta["data_dim"])
+        dtype = {"float32": torch.float32, "float64": torch.float64}[meta["dtype"]]
+        layers = meta["structure"]
+    except (OSError, SafetensorError, KeyError, ValueError) as e:
+        raise ValueError(f"{str(path)!r} is not a readable fastgeo generator file ({e})") from e
+    groups: dict[str, dict[str, Tensor]] = {"mean": {}, "rbf": {}, "probe": {}, "extra": {}}
+    for name, t in tensors.items():
+        prefix, _, key = name.partition(".")
+        if prefix not in groups or not key:
+            raise ValueError(f"{str(path)!r}: unexpected entry {name!r}")
+        groups[prefix][key] = t
+    mean = structure.build(layers).to(dtype)
+    try:
+        mean.load_state_dict(groups["mean"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{str(path)!r}: the decoder's tensors do not fit its structure ({e})") from e
+    mean.eval()
+    contents = Contents(d, D, dtype, groups["rbf"], groups["probe"], groups["extra"])
+    return mean, contents

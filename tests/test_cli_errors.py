@@ -1,0 +1,171 @@
+"""``fastgeo distances`` checks every path and input before any work, reports a user's mistake
+as one line (``fastgeo: error: ...``, exit 2) naming the option, and leaves no partial output."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from analytic import bumpy_metric
+
+import fastgeo
+from fastgeo.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    mean = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 6)).double()
+    gen = fastgeo.save_generator(
+        tmp / "gen.safetensors", fastgeo.ExpectedMetric(mean, bumpy_metric().precision)
+    )
+    np.save(tmp / "Z.npy", np.random.default_rng(0).normal(size=(4, 2)))
+    return tmp, gen
+
+
+def run_cli(capsys, *argv):
+    code = main(["distances", *map(str, argv), "--no-progress", "--max-iter", "5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def expect_error(capsys, words, *argv):
+    code, err = run_cli(capsys, *argv)
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("fastgeo: error: "), err
+    for w in words:
+        assert w in err[0], err[0]
+
+
+def solving_forbidden(monkeypatch):
+    import fastgeo.cli.distances as cli
+
+    def fail(*a, **k):
+        raise AssertionError("solved before checking every input")
+
+    monkeypatch.setattr(cli, "pairwise_distances", fail)
+
+
+def test_paths_are_checked_before_any_work(files, capsys, monkeypatch, tmp_path):
+    tmp, gen = files
+    solving_forbidden(monkeypatch)
+    Z = tmp / "Z.npy"
+    expect_error(capsys, ["--output", "does not exist"], gen, Z, "-o", tmp_path / "missing" / "D.npy")
+    expect_error(capsys, ["--output", ".npy"], gen, Z, "-o", tmp_path / "D.txt")
+    expect_error(
+        capsys, ["--report", ".npz"], gen, Z, "-o", tmp_path / "D.npy", "--report", tmp_path / "r.npy"
+    )
+    expect_error(capsys, ["--report", "does not exist"], gen, Z, "-o", tmp_path / "D.npy", "--report",
+                 tmp_path / "nope" / "r.npz")  # fmt: skip
+    expect_error(
+        capsys, ["generator", "not a file"], tmp_path / "none.safetensors", Z, "-o", tmp_path / "D.npy"
+    )
+    expect_error(capsys, ["latents", "not a file"], gen, tmp_path / "none.npy", "-o", tmp_path / "D.npy")
+    (tmp_path / "ck").write_text("x")
+    expect_error(capsys, ["--checkpoint", "not a folder"], gen, Z, "-o", tmp_path / "D.npy", "--checkpoint",
+                 tmp_path / "ck")  # fmt: skip
+    assert not (tmp_path / "D.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "option,value,words",
+    [
+        ("--memory-mb", "nan", ["--memory-mb", "finite"]),
+        ("--memory-mb", "-1", ["--memory-mb"]),
+        ("--chunk-size", "0", ["--chunk-size", ">= 1"]),
+        ("--tol", "inf", ["tol"]),
+        ("--n-points", "1", ["n_points"]),
+        ("--m", "0", ["m must"]),
+    ],
+)
+def test_numbers_are_checked_before_any_work(files, capsys, monkeypatch, tmp_path, option, value, words):
+    tmp, gen = files
+    solving_forbidden(monkeypatch)
+    expect_error(capsys, words, gen, tmp / "Z.npy", "-o", tmp_path / "D.npy", option, value)
+
+
+@pytest.mark.parametrize(
+    "name,array,words",
+    [
+        ("bool", np.ones((3, 2), dtype=bool), ["bool", "floats"]),
+        ("complex", np.ones((3, 2), dtype=complex), ["complex", "floats"]),
+        ("ints", np.ones((3, 2), dtype=np.int64), ["int64", "floats"]),
+        ("object", np.array([[1.0, "a"], [2.0, "b"]], dtype=object), ["latents", "cannot read"]),
+        ("wide", np.ones((3, 5)), ["(3, 5)", "(M, 2)"]),
+        ("nan", np.array([[0.0, np.nan], [1.0, 1.0]]), ["NaN"]),
+    ],
+)
+def test_latents_are_checked(files, capsys, monkeypatch, tmp_path, name, array, words):
+    tmp, gen = files
+    solving_forbidden(monkeypatch)
+    path = tmp_path / f"{name}.npy"
+    np.save(path, array, allow_pickle=True)
+    expect_error(capsys, words, gen, path, "-o", tmp_path / "D.npy")
+
+
+def test_npz_latents_and_code_files(files, capsys, tmp_path):
+    tmp, gen = files
+    np.savez(tmp_path / "Z.npz", Z=np.zeros((3, 2)))
+    expect_error(capsys, ["latents", ".npy"], gen, tmp_path / "Z.npz", "-o", tmp_path / "D.npy")
+    code_file = fastgeo.save_generator(tmp_path / "g.pt2", fastgeo.load_generator(gen), format="export")
+    expect_error(capsys, ["--trust"], code_file, tmp / "Z.npy", "-o", tmp_path / "D.npy")
+    with pytest.warns(UserWarning, match="trusted"):
+        code, _ = run_cli(capsys, code_file, tmp / "Z.npy", "-o", tmp_path / "D.npy", "--trust")
+    assert code == 0 and np.load(tmp_path / "D.npy").shape == (4, 4)
+
+
+def test_big_endian_latents_work_and_outputs_are_whole(files, capsys, tmp_path):
+    tmp, gen = files
+    Z = np.load(tmp / "Z.npy")
+    np.save(tmp_path / "Zbe.npy", Z.astype(">f8"))
+    stale = tmp_path / ".D.npy.abc.tmp"
+    stale.write_bytes(b"left by a killed run")
+    code, err = run_cli(
+        capsys, gen, tmp_path / "Zbe.npy", "-o", tmp_path / "D.npy", "--report", tmp_path / "r.npz"
+    )
+    assert code == 0, err
+    D = fastgeo.pairwise_distances(
+        fastgeo.load_generator(gen), torch.from_numpy(Z), progress=False, max_iter=5
+    )
+    assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy())
+    assert not stale.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_report_failure_leaves_no_matrix(files, capsys, monkeypatch, tmp_path):
+    tmp, gen = files
+    import fastgeo.cli.distances as cli
+
+    real = cli.atomic_write
+
+    def fail_on_report(path, write):
+        if str(path).endswith(".npz"):
+            raise OSError("disk full")
+        real(path, write)
+
+    monkeypatch.setattr(cli, "atomic_write", fail_on_report)
+    expect_error(
+        capsys, ["disk full"], gen, tmp / "Z.npy", "-o", tmp_path / "D.npy", "--report", tmp_path / "r.npz"
+    )
+    assert not (tmp_path / "D.npy").exists() and not (tmp_path / "r.npz").exists()
+
+
+def test_debug_shows_the_traceback(files, tmp_path):
+    tmp, gen = files
+    with pytest.raises(ValueError, match="must end in .npy"):
+        main(["--debug", "distances", str(gen), str(tmp / "Z.npy"), "-o", str(tmp_path / "D.txt")])
+
+
+def test_convert_a_first_format_file(capsys, tmp_path):
+    """``fastgeo convert`` rewrites a code file (trusted) as a safe file that loads without trust."""
+    legacy = Path(__file__).parent / "data" / "two_moons.pt2"
+    target = tmp_path / "moons.safetensors"
+    assert main(["convert", str(legacy), str(target)]) == 2
+    assert "--trust" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="trusted"):
+        assert main(["convert", str(legacy), str(target), "--trust"]) == 0
+    safe = fastgeo.load_generator(target)
+    with pytest.warns(UserWarning):
+        old = fastgeo.load_generator(legacy, trust=True)
+    z = fastgeo.load_extra(target)["latents"][:20]
+    assert torch.equal(safe.mean(z), old.mean(z))

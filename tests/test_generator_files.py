@@ -1,0 +1,208 @@
+"""Generator files: the safe format (structure as data + safetensors) round-trips every standard
+layer; crafted files run nothing unless trusted; code files need trust=True."""
+
+import json
+import os
+import pickle
+import sys
+import zipfile
+
+import pytest
+import torch
+from analytic import bumpy_metric, disc_points
+from torch import nn
+
+import fastgeo
+from fastgeo.decoders.structure import LAYERS, build, describe, sequential_of
+from fastgeo.io import load_extra, load_generator, save_generator
+
+f64 = torch.float64
+
+
+def conv_decoder(d: int = 3) -> nn.Sequential:
+    """Every layer type of the structure table, in a decoder (P, d) -> (P, 3 * 8 * 8)."""
+    return nn.Sequential(
+        nn.Linear(d, 2 * 4 * 4), nn.ELU(), nn.Unflatten(1, (2, 4, 4)),
+        nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1), nn.BatchNorm2d(4), nn.SiLU(),
+        nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.GroupNorm(2, 4), nn.Softplus(beta=2.0),
+        nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(4, 3, 3, stride=2, padding=1, bias=False),
+        nn.LeakyReLU(0.1), nn.Tanh(), nn.ReLU(), nn.Identity(), nn.Flatten(), nn.Sigmoid(),
+    )  # fmt: skip
+
+
+def generator(mean: nn.Module, d: int, D: int, dtype=f64) -> fastgeo.ExpectedMetric:
+    g = torch.Generator().manual_seed(0)
+    prec = fastgeo.RBFPrecision(torch.randn(5, d, generator=g, dtype=f64), torch.ones(5, dtype=f64),
+                                torch.rand(D, 5, generator=g, dtype=f64), 0.1).to(dtype)  # fmt: skip
+    return fastgeo.ExpectedMetric(mean.to(dtype).eval(), prec)
+
+
+def test_structure_table_covers_every_layer_of_the_conv_decoder():
+    seen = {type(m).__name__ for m in conv_decoder()}
+    assert seen == set(LAYERS) - {"BatchNorm1d"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_safe_roundtrip_conv_decoder(tmp_path, dtype):
+    torch.manual_seed(0)
+    mean = conv_decoder()
+    with torch.no_grad():  # non-trivial running statistics
+        mean[4].running_mean.uniform_(-0.5, 0.5)
+        mean[4].running_var.uniform_(0.5, 2.0)
+    metric = generator(mean, 3, 192, dtype)
+    extra = {"latents": torch.randn(4, 3, dtype=dtype), "labels": torch.arange(4)}
+    path = save_generator(tmp_path / "g.safetensors", metric, extra=extra)
+    with open(path, "rb") as f:
+        assert not f.read(8).startswith(b"PK")  # not a zip / pickle archive
+    loaded = load_generator(path)
+    z = torch.randn(10, 3, dtype=dtype)
+    torch.testing.assert_close(loaded.mean(z), metric.mean(z), rtol=0, atol=0)
+    batched = loaded.mean(z.reshape(2, 5, 3))  # any (..., d)
+    torch.testing.assert_close(batched, metric.mean(z).reshape(2, 5, -1))
+    for name, t in metric.precision.state_dict().items():
+        assert torch.equal(loaded.precision.state_dict()[name], t)
+    got = load_extra(path)
+    assert torch.equal(got["latents"], extra["latents"]) and torch.equal(got["labels"], extra["labels"])
+
+
+def test_nested_sequential_is_flattened():
+    mean = nn.Sequential(nn.Sequential(nn.Linear(2, 4), nn.Tanh()), nn.Linear(4, 3))
+    flat = sequential_of(mean)
+    assert [type(m) for m in flat] == [nn.Linear, nn.Tanh, nn.Linear]
+    z = torch.randn(6, 2)
+    torch.testing.assert_close(flat(z), mean(z))
+
+
+def test_decoders_without_structure_need_code(tmp_path):
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 6)
+
+        def forward(self, z):
+            return torch.tanh(self.fc(z)) * 2
+
+    metric = generator(Custom(), 2, 6)
+    with pytest.raises(ValueError, match="format='export'"):
+        save_generator(tmp_path / "g.safetensors", metric)
+    hooked = nn.Sequential(nn.Linear(2, 6))
+    hooked.register_forward_hook(lambda m, i, o: o * 2)
+    assert sequential_of(hooked) is None
+    assert sequential_of(bumpy_metric().mean) is None  # a plain function
+    path = save_generator(tmp_path / "g.pt2", metric, format="export")
+    with pytest.raises(ValueError, match="trust=True"):
+        load_generator(path)
+    with pytest.warns(UserWarning, match="trusted code"):
+        loaded = load_generator(path, trust=True)
+    z = torch.randn(4, 2, dtype=f64)
+    torch.testing.assert_close(loaded.mean(z), metric.mean(z))
+
+
+def test_build_refuses_what_is_not_in_the_table():
+    for bad in ('[{"type": "builtins.exec", "source": "1"}]', '[{"type": "Linear", "in_features": 2, '
+                '"out_features": 3, "bias": true, "device": "meta"}]', '{"type": "Linear"}', "not json",
+                '[{"type": "Linear", "in_features": {"a": 1}, "out_features": 3}]'):  # fmt: skip
+        with pytest.raises(ValueError):
+            build(bad)
+    assert describe(build(describe(conv_decoder()))) == describe(conv_decoder())
+
+
+PAYLOAD = "open({marker!r}, 'w').write('ran')"
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (PAYLOAD.format(marker=self.marker),))
+
+
+def test_crafted_code_file_runs_nothing_without_trust(tmp_path):
+    """An archive of the first format whose pickled payload calls exec: refused before unpickling."""
+    marker = tmp_path / "pwned"
+    metric = generator(nn.Sequential(nn.Linear(2, 6), nn.Tanh()), 2, 6)
+    path = save_generator(tmp_path / "g.pt2", metric, format="export")
+    crafted = tmp_path / "crafted.pt2"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(crafted, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if (
+                item.filename.endswith(".pkl")
+                or "constants" in item.filename
+                or item.filename.endswith("data.pkl")
+            ):
+                data = pickle.dumps(_Exploit(str(marker)))
+            dst.writestr(item, data)
+        dst.writestr("g/data/evil.pkl", pickle.dumps(_Exploit(str(marker))))
+    with pytest.raises(ValueError, match="trust=True"):
+        load_generator(crafted)
+    load_extra(crafted)  # extras are read with weights_only: no code either
+    assert not marker.exists()
+
+
+def test_crafted_safe_file_runs_nothing(tmp_path):
+    """A safetensors file carrying a pickled exec payload in its metadata and a bogus layer type:
+    refused, and the payload never runs (nothing in the safe format is unpickled)."""
+    from safetensors.torch import save_file
+
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(_Exploit(str(marker))).hex()
+    meta = {"fastgeo_generator": "2", "structure": json.dumps([{"type": "Exec", "code": evil}]),
+            "latent_dim": "2", "data_dim": "3", "dtype": "float64", "payload": evil}  # fmt: skip
+    path = tmp_path / "crafted.safetensors"
+    save_file({"rbf.centers": torch.zeros(1, 2)}, str(path), metadata=meta)
+    with pytest.raises(ValueError):
+        load_generator(path)
+    with pytest.raises(ValueError):
+        load_generator(path, trust=True)
+    assert not marker.exists()
+
+
+def test_old_format_files_load_with_trust(tmp_path):
+    """Files of fastgeo's first format (torch.export archives) need trust=True; a safe copy can be
+    written from them (their exported MLP chain has a structure)."""
+    old = os.path.join(os.path.dirname(__file__), "data", "digits.pt2")
+    if not os.path.exists(old):
+        pytest.skip("no first-format file in tests/data")
+    with pytest.raises(ValueError, match="trust=True"):
+        load_generator(old)
+    with pytest.warns(UserWarning):
+        metric = load_generator(old, trust=True)
+    safe = save_generator(tmp_path / "digits.safetensors", metric, extra=load_extra(old))
+    again = load_generator(safe)
+    z = disc_points(8, 1.0).float()
+    torch.testing.assert_close(again.mean(z), metric.mean(z), rtol=1e-6, atol=1e-6)
+
+
+def test_bad_paths_and_options(tmp_path):
+    metric = generator(nn.Sequential(nn.Linear(2, 6)), 2, 6)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_generator(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="not a fastgeo generator"):
+        load_generator(junk)
+    with pytest.raises(ValueError, match="format"):
+        save_generator(tmp_path / "g.bin", metric, format="onnx")
+    with pytest.raises(TypeError, match="trust"):
+        load_generator(save_generator(tmp_path / "g.safetensors", metric), trust="yes")
+    with pytest.raises(TypeError, match="generator"):
+        save_generator(tmp_path / "g.safetensors", metric.mean)
+
+
+def test_subprocess_load_does_not_import_pickle_payloads(tmp_path):
+    """Loading a safe file in a fresh process never unpickles (pickle and torch.load disabled)."""
+    metric = generator(nn.Sequential(nn.Linear(2, 6), nn.ELU()), 2, 6)
+    path = save_generator(tmp_path / "g.safetensors", metric)
+    code = (
+        "import pickle, torch, fastgeo\n"
+        "def refuse(*a, **k): raise AssertionError('unpickled')\n"
+        "pickle.loads = pickle.load = pickle.Unpickler = torch.load = torch.serialization.load = refuse\n"
+        f"fastgeo.load_generator({str(path)!r})\n"
+        "print('ok')\n"
+    )
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -1,0 +1,93 @@
+"""The CPU kernels agree with the reference over the whole range RBFPrecision accepts: huge and
+tiny weights, tiny zeta (subnormal in float32), phi underflowing to subnormals and to zero."""
+
+import pytest
+import torch
+
+import fastgeo
+from fastgeo import reference
+from fastgeo.ops import solver_ops
+
+pytestmark = pytest.mark.skipif(not fastgeo.availability()["cpu"][0], reason="C++ kernels not built")
+
+
+def params(K, d, D, dtype, weight, zeta, gamma=1.0):
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(K, d, generator=g, dtype=torch.float64).to(dtype)
+    weights = (torch.rand(D, K, generator=g, dtype=torch.float64) * weight).to(dtype)
+    return [centers, torch.full((K,), gamma, dtype=dtype), weights, torch.full((D,), zeta, dtype=dtype)]
+
+
+def compare(got, want, ulps=8):
+    """Equal non-finite entries (same inf / NaN pattern); finite ones within ``ulps`` relative
+    rounding units (the kernels sum in another order, and a segment is a sum of squared
+    differences of sigmas, which amplifies their last-bit differences)."""
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    inf = torch.isinf(want)
+    assert torch.equal(torch.isinf(got), inf) and torch.equal(got[inf], want[inf])
+    ok = torch.isfinite(want)
+    eps = torch.finfo(got.dtype).eps
+    tiny = torch.finfo(got.dtype).tiny
+    err = (got[ok] - want[ok]).abs()
+    bound = ulps * eps * want[ok].abs() + ulps * tiny * eps
+    assert bool((err <= bound).all()), f"max excess {float((err - bound).max())}"
+
+
+CASES = {
+    "huge weights (3e38)": dict(weight=3e38, zeta=1.0),
+    "tiny weights": dict(weight=1e-30, zeta=1e-3),
+    "tiny zeta (1e-40, subnormal)": dict(weight=1.0, zeta=1e-40),
+    "phi underflow (far points)": dict(weight=1.0, zeta=1e-30, gamma=30.0),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernels_match_reference_at_the_edges(case, dtype):
+    p = params(3, 2, 7, dtype, **CASES[case])
+    fastgeo.RBFPrecision(*p)  # inside the validated range
+    g = torch.Generator().manual_seed(1)
+    z = (torch.randn(40, 2, generator=g, dtype=torch.float64) * 3).to(dtype)
+    points = z.reshape(4, 10, 2)
+    with fastgeo.use_backend("cpu"):
+        beta = fastgeo.ops.rbf_precision(z, *p)
+        seg = fastgeo.ops.rbf_segment_sqdist(points, *p)
+        sigma, jac = solver_ops.rbf_sigma_jacobian(z, *p)
+    compare(beta, reference.rbf_precision(z, *p))
+    compare(sigma, reference.rbf_precision(z, *p).rsqrt())
+    want = reference.rbf_segment_sqdist(points, *p)
+    if dtype == torch.float32:
+        # A segment is a sum of squared differences of sigmas: where neighbouring sigmas are huge
+        # and close, float32 itself loses digits. The kernel must be as good as the float32
+        # reference is, against the float64 truth.
+        exact = reference.rbf_segment_sqdist(points.double(), *[t.double() for t in p])
+        assert torch.equal(torch.isfinite(seg), torch.isfinite(want))
+        ok = torch.isfinite(exact)
+        err, ref_err = (seg.double() - exact)[ok].abs(), (want.double() - exact)[ok].abs()
+        assert bool((err <= 4 * ref_err + 64 * torch.finfo(dtype).eps * exact[ok].abs()).all())
+    else:
+        compare(seg, want, ulps=64)
+    _, want_jac = reference.rbf_sigma_jacobian(z, *p)
+    assert torch.equal(torch.isfinite(jac), torch.isfinite(want_jac))
+
+
+def test_subnormal_phi_is_kept_in_float32():
+    """exp(-gamma r^2) between 1e-45 and 1e-38 is subnormal: the kernel keeps it, as torch.exp."""
+    c = torch.zeros(1, 1)
+    z = torch.tensor([[9.5], [9.8], [10.1], [10.2]])  # exp(-r^2) = 2e-40 ... 1.1e-45
+    p = [c, torch.ones(1), torch.ones(1, 1), torch.full((1,), 1e-45)]
+    with fastgeo.use_backend("cpu"):
+        beta = fastgeo.ops.rbf_precision(z, *p)
+    want = reference.rbf_precision(z, *p)
+    assert bool((want > 0).all())
+    torch.testing.assert_close(beta, want, rtol=1e-5, atol=0)
+
+
+def test_zero_zeta_is_refused_and_kernels_agree_where_sigma_is_infinite():
+    with pytest.raises(ValueError, match="zeta"):
+        fastgeo.RBFPrecision(*params(2, 2, 3, torch.float32, 1.0, 0.0))
+    p = params(2, 2, 3, torch.float32, 1.0, 0.0, gamma=50.0)  # raw op: phi underflows, beta = 0
+    points = torch.full((1, 3, 2), 20.0)
+    with fastgeo.use_backend("cpu"):
+        got = fastgeo.ops.rbf_segment_sqdist(points, *p)
+    compare(got, reference.rbf_segment_sqdist(points, *p))  # inf - inf: NaN in both

@@ -1,0 +1,72 @@
+"""Options of geodesics and pairwise_distances: one validation helper, errors that name the
+argument (integers that are not bools, finite positive floats, booleans that are bools)."""
+
+import pytest
+import torch
+from analytic import bumpy_metric, disc_points
+
+import fastgeo
+
+CASES = [
+    ({"batch_size": -1}, ValueError, "batch_size"),
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"batch_size": 2.0}, TypeError, "batch_size"),
+    ({"refine": True}, TypeError, "refine"),
+    ({"refine": 0}, ValueError, "refine"),
+    ({"tol": "1e-5"}, TypeError, "tol"),
+    ({"tol": float("inf")}, ValueError, "tol"),
+    ({"tol": float("nan")}, ValueError, "tol"),
+    ({"tol": -1e-5}, ValueError, "tol"),
+    ({"graph": "no"}, TypeError, "graph"),
+    ({"check_resolution": "no"}, TypeError, "check_resolution"),
+    ({"check_resolution": 1}, TypeError, "check_resolution"),
+    ({"warm_start": "yes"}, TypeError, "warm_start"),
+    ({"max_iter": True}, TypeError, "max_iter"),
+    ({"n_points": 48.0}, TypeError, "n_points"),
+    ({"latents": torch.full((5, 2), float("nan"), dtype=torch.float64)}, ValueError, "latents"),
+    ({"latents": torch.zeros(5, 3, dtype=torch.float64)}, ValueError, "latents"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,match", CASES)
+def test_geodesics_options(kwargs, exc, match):
+    z = disc_points(3, 1.0)
+    with pytest.raises(exc, match=match):
+        fastgeo.geodesics(bumpy_metric(), z, z.flip(0), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", CASES)
+def test_pairwise_options_are_checked_before_solving(kwargs, exc, match, monkeypatch):
+    import fastgeo.pairwise.driver as driver
+
+    calls = []
+    monkeypatch.setattr(driver, "geodesics", lambda *a, **k: calls.append(1))
+    with pytest.raises(exc, match=match):
+        fastgeo.pairwise_distances(bumpy_metric(), disc_points(4, 1.0), progress=False, **kwargs)
+    assert not calls
+
+
+def test_mean_whose_width_depends_on_the_batch_is_refused():
+    prec = bumpy_metric().precision
+
+    def odd(z):
+        return torch.tanh(z @ torch.ones(2, 6 if z.shape[0] == 1 else 5, dtype=z.dtype))
+
+    with pytest.raises(ValueError, match="mean maps"):
+        fastgeo.ExpectedMetric(odd, prec)
+
+
+OWN = [
+    ({"chunk_size": True}, TypeError, "chunk_size"),
+    ({"chunk_size": 0}, ValueError, "chunk_size"),
+    ({"memory_budget": float("nan")}, ValueError, "memory_budget"),
+    ({"memory_budget": 0}, ValueError, "memory_budget"),
+    ({"progress": "no"}, TypeError, "progress"),
+    ({"return_report": 1}, TypeError, "return_report"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,match", OWN)
+def test_pairwise_own_options(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fastgeo.pairwise_distances(bumpy_metric(), disc_points(4, 1.0), **kwargs)
