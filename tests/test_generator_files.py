@@ -162,14 +162,14 @@ def test_crafted_safe_file_runs_nothing(tmp_path):
 def test_old_format_files_load_with_trust(tmp_path):
     """Files of fastgeo's first format (torch.export archives) need trust=True; a safe copy can be
     written from them (their exported MLP chain has a structure)."""
-    old = os.path.join(os.path.dirname(__file__), "data", "digits.pt2")
+    old = os.path.join(os.path.dirname(__file__), "data", "two_moons.pt2")
     if not os.path.exists(old):
         pytest.skip("no first-format file in tests/data")
     with pytest.raises(ValueError, match="trust=True"):
         load_generator(old)
     with pytest.warns(UserWarning):
         metric = load_generator(old, trust=True)
-    safe = save_generator(tmp_path / "digits.safetensors", metric, extra=load_extra(old))
+    safe = save_generator(tmp_path / "moons.safetensors", metric, extra=load_extra(old))
     again = load_generator(safe)
     z = disc_points(8, 1.0).float()
     torch.testing.assert_close(again.mean(z), metric.mean(z), rtol=1e-6, atol=1e-6)

@@ -6,7 +6,8 @@ chains of linear layers and pointwise activations, and ``generic_jacobian_rows``
 
 - recognition of ``nn.Sequential`` (every supported activation, nested, bias-free layers), bare
   ``nn.Linear``, and ``torch.export`` graphs (a generator saved and loaded with
-  ``fastgeo.save_generator`` / ``load_generator``, and the shipped ``tests/data/digits.pt2``);
+  ``fastgeo.save_generator(format='export')`` / ``load_generator(trust=True)``, and the shipped
+  ``tests/data/digits.safetensors``);
 - values and Jacobians equal the generic path: float64 to 1e-12 relative, float32 to 2e-6 of
   the largest entry (a few float32 eps: both paths round differently, see ``F32_TOL``), on edge
   shapes (P = 0, P = 1, d = 1, d = 3, F = 1), and equal an independent reverse-mode oracle
@@ -34,7 +35,7 @@ from fastgeo.decoders.steps import Activation, Affine
 DATA = Path(__file__).parent / "data"
 
 # float32: the stacked GEMMs and the activation derivatives taken from their own outputs round
-# differently from torch.func.jvp; measured differences: up to ~6 float32 eps (digits.pt2).
+# differently from torch.func.jvp; measured differences: up to ~6 float32 eps (the digits generator).
 F32_TOL = 2e-6
 
 ACTIVATIONS = {
@@ -199,7 +200,8 @@ def saved_generator(tmp_path_factory):
     precision = bumpy_metric().precision
     path = tmp_path_factory.mktemp("gen") / "mlp.pt2"
     fastgeo.save_generator(path, (mean, precision), format="export")
-    return mean, fastgeo.load_generator(path)
+    with pytest.warns(UserWarning, match="trusted code"):
+        return mean, fastgeo.load_generator(path, trust=True)
 
 
 def test_loaded_exported_generator_is_recognized(saved_generator):
@@ -257,8 +259,8 @@ def test_exported_graph_with_every_activation():
 
 
 def test_shipped_digits_generator_is_recognized():
-    """tests/data/digits.pt2 (float32): recognized, rows equal the generic path to F32_TOL."""
-    metric = fastgeo.load_generator(DATA / "digits.pt2")
+    """tests/data/digits.safetensors (float32): recognized, rows equal the generic path to F32_TOL."""
+    metric = fastgeo.load_generator(DATA / "digits.safetensors")
     z = latents(10, metric.latent_dim, dtype=metric.dtype)
     assert mlp_chain(metric.mean, z[:4]) is not None
     assert_rows_equal(metric.mean, z, rtol=F32_TOL)

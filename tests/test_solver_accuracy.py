@@ -11,7 +11,7 @@ from fastgeo.benchmarks import accuracy
 from fastgeo.io import load_extra
 from fastgeo.solver.graph import _CACHES
 
-DATA = Path(__file__).parent / "data" / "two_moons.pt2"
+DATA = Path(__file__).parent / "data" / "two_moons.safetensors"
 
 
 @pytest.fixture(scope="module")

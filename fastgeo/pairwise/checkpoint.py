@@ -36,6 +36,7 @@ from ..metric import ExpectedMetric
 
 CHECKPOINT_VERSION = 2
 PROBE_POINTS = 16
+STALE_AFTER = 10.0  # seconds after which a temporary file is a dead write's
 _TENSORS = ("lengths", "converged", "iterations")
 
 
@@ -141,12 +142,13 @@ class Checkpoint:
             ).encode()
             atomic_write(meta_path, lambda f: f.write(payload))
 
-    def _remove_stale_temporaries(self, before: float) -> None:
-        """Temporary files of writes cut short (a killed run) are removed. Only those older than
-        this call: another process sharing the folder may be writing one right now."""
+    def _remove_stale_temporaries(self, now: float) -> None:
+        """Temporary files of writes cut short (a killed run) are removed: those older than
+        :data:`STALE_AFTER` seconds (a write takes milliseconds; another process sharing the
+        folder may be writing one right now)."""
         for tmp in stale_temporaries(self.path):
             try:
-                if tmp.stat().st_mtime < before:
+                if tmp.stat().st_mtime < now - STALE_AFTER:
                     tmp.unlink()
             except OSError:  # another process removed or replaced it first
                 pass

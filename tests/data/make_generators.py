@@ -10,6 +10,9 @@ labels, in float32:
 - ``two_moons.safetensors``: two moons lifted to D = 10, a 2-D latent VAE, RBF precision with 48 centers;
 - ``digits.safetensors``: the 8x8 digits of scikit-learn (D = 64, pixels in [0, 1]), a 2-D latent VAE,
   RBF precision with 64 centers.
+
+``two_moons.pt2`` is the two-moons generator in fastgeo's first format (a torch.export archive, a
+code file): kept to test loading with ``trust=True`` and ``fastgeo convert``.
 """
 
 from __future__ import annotations
