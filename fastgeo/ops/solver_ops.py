@@ -8,7 +8,7 @@ Their arguments come from the solver and are not validated here (the kernels che
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -58,7 +58,7 @@ class LMState:
 
     def rows(self, idx: Tensor) -> LMState:
         """The state of curves ``idx``."""
-        return LMState(*(x[idx] for x in astuple(self)))
+        return LMState(*(getattr(self, f.name)[idx] for f in fields(self)))
 
 
 @dataclass
