@@ -37,7 +37,8 @@ TORCH_LIBRARY(fastgeo, m) {
   // One Levenberg-Marquardt iteration of the solver (fastgeo/reference/levenberg_marquardt.py), per curve:
   // grad (B, p), hess and curv (B, p, p), lam (B,) -> step (B, p), predicted (B,), solved (B,) bool
   m.def("lm_propose(Tensor grad, Tensor hess, Tensor curv, Tensor lam, int segments) -> (Tensor, Tensor, Tensor)");
-  // -> [accept, done, ok (B,) bool, e, length, grad, hess, curv, lam, nu] (the updated state)
+  // -> [accept (B,) bool, status (B,) int8 (0 iterating, 1 converged, 2 stalled), ok (B,) bool,
+  //     e, length, grad, hess, curv, lam, nu] (the updated state)
   m.def(
       "lm_update(Tensor e, Tensor length, Tensor e_new, Tensor l_new, Tensor grad, Tensor g_new, "
       "Tensor g_old_jac, Tensor hess, Tensor h_new, Tensor curv, Tensor step, Tensor predicted, "

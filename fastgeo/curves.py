@@ -2,8 +2,13 @@
 
     c(t) = z0 + t (z1 - z0) + sum_j a_j psi_j(t),       t in [0, 1],   psi_j(0) = psi_j(1) = 0
 
-Two bases share this form, so one solver handles both:
+Three bases share this form, so one solver handles them all:
 
+- :class:`BSplineBasis` (the default): the ``m`` interior functions of a clamped uniform cubic
+  B-spline with ``m + 2`` control points. With the control points ``P_i = line(tau_i) + a_i`` at
+  the Greville abscissae ``tau_i`` (linear precision), the spline is exactly the form above. Local
+  support: a coefficient moves the curve on at most four spans, so curves cannot wander where the
+  metric is cheap, and the Gauss-Newton system is banded.
 - :class:`PolynomialBasis`: ``psi_j(t) = t (t-1) P_{j-1}(2t-1)``, ``j = 1..m``, with ``P`` the
   Legendre or Chebyshev polynomials; ``m = 1`` is the paper's quadratic ``a t^2 + b t + c``.
 - :class:`PiecewiseLinearBasis`: hat functions on ``n`` equispaced nodes, i.e. a free polyline
@@ -44,6 +49,42 @@ class PolynomialBasis:
         return f"PolynomialBasis(m={self.m}, family={self.family!r})"
 
 
+class BSplineBasis:
+    """The ``m`` interior basis functions of a clamped cubic B-spline with ``m + 2`` control points
+    and uniform interior knots (``m - 1`` spans; ``m >= 2``)."""
+
+    def __init__(self, m: int) -> None:
+        if not isinstance(m, int) or isinstance(m, bool) or m < 2:
+            raise ValueError(
+                f"m (interior control points of the B-spline) must be an integer >= 2, got {m!r}"
+            )
+        self.m = m
+        self.family = "bspline"
+        spans = m - 1
+        self.knots = [0.0] * 4 + [i / spans for i in range(1, spans)] + [1.0] * 4
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """Basis values: t (n,) in [0, 1] -> (n, m), by the Cox-de Boor recursion."""
+        k = torch.tensor(self.knots, dtype=t.dtype, device=t.device)
+        x = t[:, None]
+        # Degree 0: the span containing t (t = 1 belongs to the last span).
+        B = ((x >= k[:-1]) & (x < k[1:])).to(t.dtype)
+        B[t >= 1, len(self.knots) - 5] = 1.0
+        for p in range(1, 4):
+            n = len(self.knots) - p - 1
+            left = k[p : p + n] - k[:n]
+            right = k[p + 1 : p + 1 + n] - k[1 : 1 + n]
+            a = torch.where(left > 0, (x - k[:n]) / left.clamp(min=torch.finfo(t.dtype).tiny), 0.0)
+            b = torch.where(
+                right > 0, (k[p + 1 : p + 1 + n] - x) / right.clamp(min=torch.finfo(t.dtype).tiny), 0.0
+            )
+            B = a * B[:, :n] + b * B[:, 1 : n + 1]
+        return B[:, 1:-1]  # the end control points are z0 and z1
+
+    def __repr__(self) -> str:
+        return f"BSplineBasis(m={self.m})"
+
+
 class PiecewiseLinearBasis:
     """Hat functions of the ``n - 2`` interior nodes of ``n`` equispaced nodes on [0, 1]."""
 
@@ -63,7 +104,7 @@ class PiecewiseLinearBasis:
         return f"PiecewiseLinearBasis(n_nodes={self.n_nodes})"
 
 
-Basis = PolynomialBasis | PiecewiseLinearBasis
+Basis = BSplineBasis | PolynomialBasis | PiecewiseLinearBasis
 
 
 def time_grid(n: int, like: Tensor) -> Tensor:
@@ -103,6 +144,13 @@ class Curves:
         # Pin the end points bit-exactly (psi vanishes there, but rounding of z0 + 1 (z1 - z0) need not).
         pts[:, 0] = self.z0
         pts[:, -1] = self.z1
+        return pts
+
+    def at(self, t: Tensor) -> Tensor:
+        """The curves at times t (n,) in [0, 1]: (B, n, d); end points exact where t is 0 or 1."""
+        pts = evaluate(self.z0, self.z1, self.coeffs, self.basis(t), t)
+        pts[:, t == 0] = self.z0[:, None]
+        pts[:, t == 1] = self.z1[:, None]
         return pts
 
     def __len__(self) -> int:

@@ -32,13 +32,16 @@ def test_linear_decoder_gives_straight_line_of_length_A_dz():
     torch.testing.assert_close(res.points(9), line, rtol=0, atol=1e-8)
 
 
-@pytest.mark.parametrize("m,bound", [(1, 5e-3), (4, 5e-4), (8, 5e-4)])
-def test_sphere_lengths_approach_great_circle(m, bound):
+@pytest.mark.parametrize(
+    "family,m,bound",
+    [("legendre", 1, 5e-3), ("legendre", 4, 5e-4), ("legendre", 8, 5e-4), ("bspline", 4, 5e-4), ("bspline", 8, 5e-4)],
+)
+def test_sphere_lengths_approach_great_circle(family, m, bound):
     """On the sphere (a stereographic chart) lengths approach great-circle distances as the basis
-    grows (m = 1: 5e-3; m = 4, 8: 5e-4), converged."""
+    grows (quadratic: 5e-3; 4 and 8 basis functions, polynomials or B-splines: 5e-4), converged."""
     metric = sphere_metric()
     z0, z1 = disc_points(64, 0.95, seed=1), disc_points(64, 0.95, seed=2)
-    res = fastgeo.geodesics(metric, z0, z1, m=m, n_points=32)
+    res = fastgeo.geodesics(metric, z0, z1, m=m, n_points=32, family=family)
     rel = res.lengths / great_circle(z0, z1) - 1
     assert bool(res.converged.all())
     assert float(rel.abs().max()) < bound, f"max relative error {float(rel.abs().max()):.2e}"
@@ -207,8 +210,8 @@ def test_latents_join_the_graph_and_large_sets_are_subsampled():
     metric = bumpy_metric()
     Z = randn(2000, 2, seed=11)
     graph = fastgeo.LatentGraph(metric, latents=Z, n_nodes=300)
-    # 300 sampled around the 5 centers (rounded up per center), the centers, 300 of the latents
-    assert graph.nodes.shape[0] == 5 + 300 + 300
+    # 300 sampled around the 5 centers (rounded up per center), the centers, the grid, 300 latents
+    assert graph.nodes.shape[0] == 5 + 300 + 1600 + 300  # and a 40 x 40 grid in 2-D
     res = fastgeo.geodesics(metric, Z[:6], Z[6:12], graph=graph)
     assert bool((res.lengths <= res.straight_lengths).all()) and bool(res.converged.all())
 

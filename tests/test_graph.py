@@ -1,13 +1,15 @@
-"""Graph initialization (``fastgeo.graph.LatentGraph``): shortest paths read from cached
-Dijkstra rows of the nodes where queries enter the graph.
+"""Graph starts (``fastgeo.LatentGraph`` and :mod:`fastgeo.solver.corridors`): shortest paths
+read from cached Dijkstra rows of the nodes where queries enter the graph, and via-node paths
+through other corridors.
 
-On a small graph (``bumpy_metric``, 205 nodes, float64) checked:
+On a small graph (``bumpy_metric``, 205 nodes without the 2-D grid, float64) checked:
 
-- the path length ``initial_coeffs`` finds (the last arc length ``_paths`` returns) equals an
-  independent Dijkstra (scipy) on the graph with both query end points attached by their k
-  edges (independently rebuilt: Euclidean k nearest nodes, metric length of the straight
-  segment), one pair at a time, to 1e-9 relative; the returned path is a walk along edges of
-  that graph whose arc lengths add up;
+- the first corridor's path length equals an independent Dijkstra (scipy) on the graph with both
+  query end points attached by their k edges (independently rebuilt: Euclidean k nearest nodes,
+  metric length of the straight segment), one pair at a time, to 1e-9 relative; the returned path
+  is a walk along edges of that graph whose arc lengths add up;
+- later corridors: their via node is farther than APART chords from the earlier paths, their
+  graph length is within 1 + SLACK of the shortest, and they are walks along edges too;
 - the row cache: a repeated query gives identical coefficients and runs no Dijkstra; results
   do not depend on the call history (a fresh graph gives the same as a warm one); swapped end
   points give the same path backwards (coefficients a_j (-1)^(j-1));
@@ -25,6 +27,8 @@ from helpers import assert_close_rel, randn
 from scipy.sparse import coo_matrix
 
 import fastgeo
+from fastgeo.solver import corridors
+from fastgeo.solver.corridors import corridor_starts, graph_paths
 
 N_POINTS, M = 16, 4
 
@@ -35,7 +39,13 @@ def metric():
 
 
 def make_graph(metric) -> fastgeo.LatentGraph:
-    return fastgeo.LatentGraph(metric, n_nodes=200)
+    return fastgeo.LatentGraph(metric, n_nodes=200, grid=0)
+
+
+def starts(graph, z0, z1, psi, t, count=1):
+    """(coefficients of the first corridor, evaluations), as the solver gets them."""
+    coeffs, evals = corridor_starts(graph, z0, z1, psi, t, count)
+    return coeffs[0], evals
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +58,6 @@ def end_points(B: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """z0, z1 (B, 2) ~ N(0, 4): spread over the data (the RBF centers are ~N(0, 1))."""
     z = randn(2, B, 2, seed=seed, scale=2.0)
     return z[0], z[1]
-
-
-def spy_paths(monkeypatch, graph: fastgeo.LatentGraph) -> list[tuple]:
-    """Record the arguments and results of graph._paths while initial_coeffs runs."""
-    calls = []
-    original = graph._paths
-
-    def spy(q_edges, q_weights, n_ends, src_q, dst_q):
-        out = original(q_edges, q_weights, n_ends, src_q, dst_q)
-        calls.append(((q_edges, q_weights, n_ends, src_q, dst_q), out))
-        return out
-
-    monkeypatch.setattr(graph, "_paths", spy)
-    return calls
 
 
 def augmented_graph(metric, graph: fastgeo.LatentGraph, ends: torch.Tensor):
@@ -83,40 +79,81 @@ def augmented_graph(metric, graph: fastgeo.LatentGraph, ends: torch.Tensor):
     return coo_matrix((weights, (rows, cols)), shape=(size, size)).tocsr()
 
 
-def test_path_length_equals_independent_dijkstra(metric, basis, monkeypatch):
-    """One pair at a time (no other query end point to pass through): the arc length to the
-    target equals scipy's Dijkstra distance in the augmented graph (1e-9 relative), the path
-    runs source ... target along its edges, and consecutive arc lengths differ by edge weights."""
+def _check_walk(csr, p: np.ndarray, arc: np.ndarray) -> None:
+    """p runs source (node n) ... target (node n + 1) along edges of csr; arc lengths add up."""
+    n = csr.shape[0] - 2
+    assert p[0] == n and p[-1] == n + 1 and (p[1:-1] < n).all()
+    assert (np.diff(arc) >= -1e-12).all() and arc[0] == 0
+    dense = csr.toarray()
+    dense = np.maximum(dense, dense.T)
+    for i in range(len(p) - 1):
+        if p[i] != p[i + 1]:
+            w = dense[p[i], p[i + 1]]
+            assert w > 0, f"no edge {p[i]} - {p[i + 1]}"
+            np.testing.assert_allclose(arc[i + 1] - arc[i], w, rtol=1e-9, atol=1e-12)
+
+
+def _as_augmented(paths, k: int, n: int, z0: torch.Tensor) -> np.ndarray:
+    """Path k's node ids with the source end as node n and the target end as node n + 1."""
+    p = paths.nodes[k].copy()
+    is_end = p >= n
+    source = int((paths.ends == z0).all(-1).nonzero()[0, 0])
+    p[is_end] = np.where(p[is_end] - n == source, n, n + 1)
+    return p
+
+
+def test_path_length_equals_independent_dijkstra(metric, basis):
+    """One pair at a time (no other query end point to pass through): the first corridor's arc
+    length to the target equals scipy's Dijkstra distance in the augmented graph (1e-9 relative),
+    the path runs source ... target along its edges, and consecutive arc lengths differ by edge
+    weights."""
     graph = make_graph(metric)
     psi, t = basis
-    calls = spy_paths(monkeypatch, graph)
     n = graph.nodes.shape[0]
     z0s, z1s = end_points(12, seed=3)
     for z0, z1 in zip(z0s, z1s, strict=True):
-        coeffs, evals = graph.initial_coeffs(z0[None], z1[None], psi, t)
+        coeffs, evals = starts(graph, z0[None], z1[None], psi, t)
         assert coeffs.shape == (1, M, 2) and evals == 2 * graph.k * graph.edge_points
-        (_, _, _, src_q, dst_q), (path, arc) = calls[-1]
+        (paths,), _ = graph_paths(graph, z0[None], z1[None], 1)
         csr = augmented_graph(metric, graph, torch.stack([z0, z1]))  # z0 is node n, z1 node n + 1
         dist = scipy.sparse.csgraph.dijkstra(csr, directed=False, indices=[n])[0]
         expected = dist[n + 1]
         assert np.isfinite(expected) and expected > 0
-        np.testing.assert_allclose(arc[0, -1], expected, rtol=1e-9, atol=0)
-        # The path: source end point, graph nodes, target end point; arc lengths along edges.
-        ends_ids = {int(src_q[0]): n, int(dst_q[0]): n + 1}  # _paths numbers the sorted unique ends
-        p = path[0].copy()
-        p[p >= n] = [ends_ids[int(i) - n] for i in p[p >= n]]
-        assert p[0] == n and p[-1] == n + 1 and (p[1:-1] < n).all()
-        assert (np.diff(arc[0]) >= 0).all() and arc[0, 0] == 0
-        dense = csr.toarray()
-        dense = np.maximum(dense, dense.T)
-        for i in range(len(p) - 1):
-            if p[i] != p[i + 1]:
-                w = dense[p[i], p[i + 1]]
-                assert w > 0, f"no edge {p[i]} - {p[i + 1]}"
-                np.testing.assert_allclose(arc[0, i + 1] - arc[0, i], w, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(paths.arc[0, -1], expected, rtol=1e-9, atol=0)
+        p = _as_augmented(paths, 0, n, z0[None])
+        _check_walk(csr, p, paths.arc[0])
         # The independent distances agree along the path too (it is a shortest path).
-        np.testing.assert_allclose(arc[0, 1:-1], dist[p[1:-1]], rtol=1e-9, atol=1e-12)
-    assert len(calls) == len(z0s)
+        np.testing.assert_allclose(paths.arc[0, 1:-1], dist[p[1:-1]], rtol=1e-9, atol=1e-12)
+
+
+def test_later_corridors_pass_elsewhere(metric):
+    """Corridors 2 and 3: walks along graph edges through a node farther than APART chords from
+    every earlier path, within 1 + SLACK of the shortest path's length; at least one pair has a
+    second corridor (the test can fail)."""
+    graph = make_graph(metric)
+    n = graph.nodes.shape[0]
+    z0s, z1s = end_points(12, seed=9)
+    seen = 0
+    for z0, z1 in zip(z0s, z1s, strict=True):
+        paths, _ = graph_paths(graph, z0[None], z1[None], 3)
+        csr = augmented_graph(metric, graph, torch.stack([z0, z1]))
+        chord = float((z1 - z0).norm())
+        nodes = graph.nodes.numpy()
+        shortest = paths[0].arc[0, -1]
+        for k in (1, 2):
+            p = _as_augmented(paths[k], 0, n, z0[None])
+            if np.array_equal(p, _as_augmented(paths[k - 1], 0, n, z0[None])):
+                continue  # no corridor left: the previous one repeated
+            seen += 1
+            _check_walk(csr, p, paths[k].arc[0])
+            assert paths[k].arc[0, -1] <= (1 + corridors.SLACK) * shortest * (1 + 1e-12)
+            inner = p[(p < n)]
+            earlier = np.concatenate([_as_augmented(paths[j], 0, n, z0[None]) for j in range(k)])
+            earlier = earlier[earlier < n]
+            # some node of this path is far from every node of the earlier ones: the via node
+            far = np.sqrt(((nodes[inner][:, None] - nodes[earlier][None]) ** 2).sum(-1)).min(1)
+            assert far.max() > corridors.APART * chord * (1 - 1e-9)
+    assert seen > 0
 
 
 def test_repeated_query_uses_cached_rows(metric, basis, monkeypatch):
@@ -126,7 +163,7 @@ def test_repeated_query_uses_cached_rows(metric, basis, monkeypatch):
     graph = make_graph(metric)
     psi, t = basis
     z0, z1 = end_points(6, seed=4)
-    first = graph.initial_coeffs(z0, z1, psi, t)
+    first = starts(graph, z0, z1, psi, t)
     rows = len(graph._row_cache)
     assert rows > 0
 
@@ -134,12 +171,12 @@ def test_repeated_query_uses_cached_rows(metric, basis, monkeypatch):
         raise AssertionError("Dijkstra ran for a cached query")
 
     monkeypatch.setattr(scipy.sparse.csgraph, "dijkstra", no_dijkstra)
-    second = graph.initial_coeffs(z0, z1, psi, t)
+    second = starts(graph, z0, z1, psi, t)
     assert torch.equal(first[0], second[0]) and first[1] == second[1]
     assert len(graph._row_cache) == rows
     # Swapped end points enter through other nodes, in general: this may need new rows.
     monkeypatch.undo()
-    swapped, _ = graph.initial_coeffs(z1, z0, psi, t)
+    swapped, _ = starts(graph, z1, z0, psi, t)
     signs = torch.tensor([(-1.0) ** j for j in range(M)], dtype=torch.float64)[:, None]
     assert_close_rel(swapped, first[0] * signs, 1e-9)
     assert float(first[0][:, 1::2].abs().max()) > 1e-3  # coefficients that change sign: not trivial
@@ -152,13 +189,13 @@ def test_results_do_not_depend_on_call_history(metric, basis):
     z0, z1 = end_points(8, seed=5)
     warm = make_graph(metric)
     other0, other1 = end_points(10, seed=6)
-    warm.initial_coeffs(other0, other1, psi, t)
-    warm_all, _ = warm.initial_coeffs(z0, z1, psi, t)
-    fresh_all, _ = make_graph(metric).initial_coeffs(z0, z1, psi, t)
+    starts(warm, other0, other1, psi, t)
+    warm_all, _ = starts(warm, z0, z1, psi, t)
+    fresh_all, _ = starts(make_graph(metric), z0, z1, psi, t)
     assert torch.equal(warm_all, fresh_all)
     assert float(warm_all.abs().max()) > 0  # curves leave the straight line: the test can fail
     for i in (0, 5):
-        fresh_one, _ = make_graph(metric).initial_coeffs(z0[i : i + 1], z1[i : i + 1], psi, t)
+        fresh_one, _ = starts(make_graph(metric), z0[i : i + 1], z1[i : i + 1], psi, t)
         torch.testing.assert_close(fresh_one, warm_all[i : i + 1], rtol=1e-12, atol=1e-12)
 
 
@@ -167,14 +204,14 @@ def test_equal_end_points_give_zero_coefficients(metric, basis):
     graph = make_graph(metric)
     psi, t = basis
     z0, z1 = end_points(4, seed=7)
-    same, _ = graph.initial_coeffs(z0, z0.clone(), psi, t)
+    same, _ = starts(graph, z0, z0.clone(), psi, t)
     assert same.shape == (4, M, 2) and torch.equal(same, torch.zeros_like(same))
     mixed0 = torch.cat([z0[:2], z0[2:]])
     mixed1 = torch.cat([z0[:2], z1[2:]])  # pairs 0, 1 equal, 2, 3 distinct
-    coeffs, _ = graph.initial_coeffs(mixed0, mixed1, psi, t)
+    coeffs, _ = starts(graph, mixed0, mixed1, psi, t)
     assert torch.equal(coeffs[:2], torch.zeros_like(coeffs[:2]))
     assert float(coeffs[2:].abs().amax(dim=(1, 2)).min()) > 0
-    alone, _ = make_graph(metric).initial_coeffs(z0[2:], z1[2:], psi, t)
+    alone, _ = starts(make_graph(metric), z0[2:], z1[2:], psi, t)
     torch.testing.assert_close(coeffs[2:], alone, rtol=1e-12, atol=1e-12)
 
 
@@ -185,7 +222,7 @@ def test_output_shape(metric, m, d):
     t = torch.linspace(0, 1, 12, dtype=torch.float64)
     psi = fastgeo.PolynomialBasis(m)(t)
     z0, z1 = end_points(3, seed=8)
-    coeffs, evals = graph.initial_coeffs(z0, z1, psi, t)
+    coeffs, evals = starts(graph, z0, z1, psi, t)
     assert coeffs.shape == (3, m, d) and coeffs.dtype == torch.float64
     assert evals == 6 * graph.k * graph.edge_points
     assert bool(torch.isfinite(coeffs).all())
@@ -196,5 +233,5 @@ def test_empty_batch(metric, basis):
     graph = make_graph(metric)
     psi, t = basis
     empty = torch.zeros(0, 2, dtype=torch.float64)
-    coeffs, _ = graph.initial_coeffs(empty, empty, psi, t)
+    coeffs, _ = starts(graph, empty, empty, psi, t)
     assert coeffs.shape == (0, M, 2)

@@ -1,5 +1,5 @@
 // lm_update on the CPU, one curve per task: acceptance, structured secant update, Nielsen damping and the
-// convergence test, as update_reference in fastgeo/reference/levenberg_marquardt.py.
+// convergence test, as lm_update in fastgeo/reference/levenberg_marquardt.py.
 #include <torch/library.h>
 
 #include <vector>
@@ -23,9 +23,11 @@ T nielsen_shrink(T gain, T predicted) {
   return shrink_raw < T(1) / T(3) ? T(1) / T(3) : shrink_raw;
 }
 
-// What lm_update reports for one curve (its accept, done and ok outputs).
+// What lm_update reports for one curve: accept, status (0 iterating, 1 converged, 2 stalled), ok.
 struct LMVerdict {
-  bool accept, done, ok;
+  bool accept;
+  int8_t status;
+  bool ok;
 };
 
 // One curve: the state s is updated in place. tol and loose_tol = length_tol_factor * tol are in
@@ -64,11 +66,12 @@ LMVerdict update_curve(const LMCurveState<T>& s, const LMCurveTrial<T>& t, int64
     s.lam = s.lam * s.nu;
     s.nu = s.nu * T(2);
   }
-  // Done: an accepted step gained < tol relative, the model predicts no gain, or lam blew up.
-  const bool stalled = !accept && s.lam > T(1e10);
+  // Converged: an accepted step gained < tol relative, or the model predicts no gain. Stalled:
+  // steps keep failing although the model predicts a gain (lam blew up).
   const bool settled = rel < tol || (rel_len < tol && rel < loose_tol);
-  const bool done = (accept && settled) || (t.solved && t.predicted <= tol * s.e) || stalled;
-  return {accept, done, finite};
+  const bool converged = (accept && settled) || (t.solved && t.predicted <= tol * s.e);
+  const bool stalled = !accept && s.lam > T(1e10);
+  return {accept, static_cast<int8_t>(converged ? 1 : (stalled ? 2 : 0)), finite};
 }
 
 std::vector<at::Tensor> lm_update_cpu(const at::Tensor& e, const at::Tensor& length, const at::Tensor& e_new,
@@ -81,14 +84,14 @@ std::vector<at::Tensor> lm_update_cpu(const at::Tensor& e, const at::Tensor& len
   LMState state = lm_state_copy(e, length, grad, hess, curv, lam, nu);
   const int64_t B = grad.size(0), p = grad.size(1);
   at::Tensor accept = at::empty({B}, trial.solved.options());
-  at::Tensor done = at::empty({B}, trial.solved.options());
+  at::Tensor status = at::empty({B}, trial.solved.options().dtype(at::kChar));
   at::Tensor ok = at::empty({B}, trial.solved.options());
   AT_DISPATCH_FLOATING_TYPES(state.grad.scalar_type(), "fastgeo::lm_update", [&] {
     using T = scalar_t;
     const LMStateData<T> sd(state);
     const LMTrialData<T> td(trial);
     bool* acc_p = accept.data_ptr<bool>();
-    bool* done_p = done.data_ptr<bool>();
+    int8_t* status_p = status.data_ptr<int8_t>();
     bool* ok_p = ok.data_ptr<bool>();
     const T tol_t = T(tol), loose_tol = T(length_tol_factor * tol);
     at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
@@ -96,12 +99,12 @@ std::vector<at::Tensor> lm_update_cpu(const at::Tensor& e, const at::Tensor& len
       for (int64_t b = begin; b < end; ++b) {
         const LMVerdict v = update_curve(sd.curve(b), td.curve(b), p, tol_t, loose_tol, work, scratch);
         acc_p[b] = v.accept;
-        done_p[b] = v.done;
+        status_p[b] = v.status;
         ok_p[b] = v.ok;
       }
     });
   });
-  return {accept, done, ok, state.e, state.length, state.grad, state.hess, state.curv, state.lam, state.nu};
+  return {accept, status, ok, state.e, state.length, state.grad, state.hess, state.curv, state.lam, state.nu};
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ from .._files import atomic_write, stale_temporaries
 from ..io import load_generator
 from ..pairwise import pairwise_distances
 from ..solver import solver_options
+from ..solver.result import STATUSES
 from . import inputs
 
 
@@ -35,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="pairs per chunk")
     p.add_argument("--memory-mb", type=float, default=None, help="solver memory per chunk, MiB")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
-    p.add_argument("--report", default=None, help="also save the converged mask and iterations, .npz")
+    p.add_argument(
+        "--report", default=None, help="also save each pair's status, converged mask and iterations, .npz"
+    )
     p.add_argument(
         "--trust",
         action="store_true",
@@ -86,8 +89,13 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, return_report=True, **options,
     )  # fmt: skip
     if report_path is not None:
-        converged, iterations = report.converged.cpu().numpy(), report.iterations.cpu().numpy()
-        atomic_write(report_path, lambda f: np.savez(f, converged=converged, iterations=iterations))
+        fields = {
+            "converged": report.converged.cpu().numpy(),
+            "status": report.status_code.cpu().numpy(),
+            "status_names": np.array(STATUSES),
+            "iterations": report.iterations.cpu().numpy(),
+        }
+        atomic_write(report_path, lambda f: np.savez(f, **fields))
     matrix = D.cpu().numpy()
     atomic_write(output, lambda f: np.save(f, matrix))
     print(f"{output}: {tuple(D.shape)} distances; {report}", file=sys.stderr)

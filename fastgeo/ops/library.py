@@ -179,7 +179,9 @@ def _register_fakes() -> None:
         tol,
         length_tol_factor,
     ):
-        flags = [e.new_empty(e.shape, dtype=torch.bool) for _ in range(3)]  # accept, done, ok
+        flags = [
+            e.new_empty(e.shape, dtype=dt) for dt in (torch.bool, torch.int8, torch.bool)
+        ]  # accept, status, ok
         return flags + [torch.empty_like(x) for x in (e, length, grad, hess, curv, lam, nu)]
 
 

@@ -89,8 +89,9 @@ def lm_propose(
 def lm_update(
     state: LMState, trial: LMTrial, tol: float, length_tol_factor: float
 ) -> tuple[Tensor, Tensor, Tensor, LMState]:
-    """Accept or reject each trial point and update the state: (accept, done, ok) (b,) bool and
-    the new :class:`LMState`; see :func:`fastgeo.reference.lm_update`."""
+    """Accept or reject each trial point and update the state: accept (b,) bool, status (b,) int8
+    (0 iterating, 1 converged, 2 stalled), ok (b,) bool, and the new :class:`LMState`; see
+    :func:`fastgeo.reference.lm_update`."""
     s, t = state, trial
     args = (
         s.e,
@@ -112,5 +113,5 @@ def lm_update(
         length_tol_factor,
     )
     compiled = s.grad.shape[-1] <= MAX_KERNEL_UNKNOWNS
-    accept, done, ok, *new = registry.call("lm_update", s.e.device, *args, compiled=compiled)
-    return accept, done, ok, LMState(*new)
+    accept, status, ok, *new = registry.call("lm_update", s.e.device, *args, compiled=compiled)
+    return accept, status, ok, LMState(*new)

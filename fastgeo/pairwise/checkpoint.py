@@ -34,10 +34,10 @@ from torch import Tensor
 from .._files import atomic_write, stale_temporaries
 from ..metric import ExpectedMetric
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 PROBE_POINTS = 16
 STALE_AFTER = 10.0  # seconds after which a temporary file is a dead write's
-_TENSORS = ("lengths", "converged", "iterations")
+_TENSORS = ("lengths", "status", "iterations")
 
 
 def _hash_tensor(h: Any, t: Tensor) -> None:
@@ -185,7 +185,7 @@ class Checkpoint:
         return {**tensors, **counts}
 
     def save(self, c: int, rec: dict) -> None:
-        """Write chunk ``c``: rec holds lengths, converged, iterations, decoder_evals, decoder_jvps."""
+        """Write chunk ``c``: rec holds lengths, status, iterations, decoder_evals, decoder_jvps."""
         tensors = {k: rec[k].detach().cpu().contiguous() for k in _TENSORS}
         counts = {k: int(rec[k]) for k in ("decoder_evals", "decoder_jvps")}
         meta = {"key": self.key, "chunk": str(c), **{k: str(v) for k, v in counts.items()}}

@@ -26,11 +26,13 @@ from .._progress import progress_bar
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
 from ..solver.graph import check_graph_inputs
+from ..solver.result import CONVERGED, NONFINITE
 from .checkpoint import Checkpoint, metric_fingerprint, options_digest, tensor_digest
 from .layout import Layout, distinct_rows, expand_duplicates
 from .report import PairwiseReport
 
 DEFAULT_CPU_BUDGET = 256 << 20  # bytes of solver working memory per chunk on the CPU
+_CODES = 8  # status codes (fastgeo.solver.result.STATUSES) fit in 3 bits of the per-pair record
 _NOT_OPTIONS = ("metric", "z0", "z1", "init")  # geodesics() arguments that are not options here
 _SOLVER_OPTIONS = tuple(k for k in inspect.signature(geodesics).parameters if k not in _NOT_OPTIONS)
 
@@ -92,13 +94,13 @@ def pairwise_distances(
                      memory_budget, checkpoint)  # fmt: skip
     options.setdefault("batch_size", layout.chunk_size)
     ckpt = None if checkpoint is None else _open_checkpoint(checkpoint, metric, Z, Y, options, layout)
-    out, status, counts, world = _solve_chunks(metric, pts, other, layout, options, ckpt, progress)
-    n_failed = int((status < 0).sum()) // (2 if Y is None else 1)
+    out, record, counts, world = _solve_chunks(metric, pts, other, layout, options, ckpt, progress)
+    n_failed = int((record % _CODES != CONVERGED).sum()) // (2 if Y is None else 1)
     if Y is None:
         out.fill_diagonal_(0)  # exact zero diagonal
-        status.fill_diagonal_(1)
+        record.fill_diagonal_(_CODES + CONVERGED)
         if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
-            out, status = expand_duplicates(out, rep), expand_duplicates(status, rep)
+            out, record = expand_duplicates(out, rep), expand_duplicates(record, rep)
     if n_failed:
         warnings.warn(
             f"fastgeo.pairwise_distances: {n_failed} of {layout.n_pairs} geodesics did not converge; their "
@@ -109,7 +111,7 @@ def pairwise_distances(
         return out
     # fmt: off
     report = PairwiseReport(
-        converged=status > 0, iterations=status.abs() - 1, n_pairs=layout.n_pairs,
+        status_code=(record % _CODES).to(torch.int8), iterations=record // _CODES - 1, n_pairs=layout.n_pairs,
         n_converged=layout.n_pairs - n_failed, n_failed=n_failed, chunk_size=layout.chunk_size,
         chunks_total=layout.n_chunks, chunks_computed=int(counts[2]), chunks_loaded=int(counts[3]),
         wall_time=time.perf_counter() - t_start, decoder_evals=int(counts[0]), decoder_jvps=int(counts[1]),
@@ -241,11 +243,11 @@ def _dist_info() -> tuple[int, int]:
 
 def _solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str, Any]) -> dict[str, Any]:
     res = geodesics(metric, a, b, **options)
-    lengths, converged = res.lengths, res.converged
+    lengths, status = res.lengths, res.status_code
     bad = ~torch.isfinite(lengths)
     if bool(bad.any()):  # never hand a NaN out: fall back to the straight line, flagged
         lengths = torch.where(bad, res.straight_lengths, lengths)
-        converged = converged & ~bad
+        status = status.masked_fill(bad, NONFINITE)
         if not bool(torch.isfinite(lengths).all()):
             raise RuntimeError(
                 "fastgeo.pairwise_distances: the metric is not finite along the straight line between "
@@ -253,7 +255,7 @@ def _solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str
             )
     return {
         "lengths": lengths.detach().cpu(),
-        "converged": converged.cpu(),
+        "status": status.cpu(),
         "iterations": res.iterations.to(torch.int32).cpu(),
         "decoder_evals": int(res.decoder_evals),
         "decoder_jvps": int(res.decoder_jvps),
@@ -270,8 +272,9 @@ def _solve_chunks(
     progress: bool,
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """This process's chunks, solved or loaded, then summed over processes: the (rows, cols)
-    lengths, the per-pair status (iterations + 1 where converged, -(iterations + 1) where not,
-    0 = unsolved), counts (decoder evals, JVPs, chunks computed, loaded) and the world size."""
+    lengths, the per-pair record (``(iterations + 1) * 8 + status code``, 0 = unsolved: one int32
+    that sums exactly over processes), counts (decoder evals, JVPs, chunks computed, loaded) and
+    the world size."""
     device, symmetric = metric.device, layout.symmetric
     rank, world = _dist_info()
     out = torch.zeros(layout.rows, layout.cols, dtype=metric.dtype, device=device)
@@ -289,8 +292,9 @@ def _solve_chunks(
                     ckpt.save(c, rec)
             counts += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"], not loaded, loaded])
             lengths = rec["lengths"].to(device=device, dtype=metric.dtype)
-            it = rec["iterations"].to(device) + 1
-            st = torch.where(rec["converged"].to(device), it, -it)
+            st = (rec["iterations"].to(device) + 1) * _CODES + rec["status"].to(
+                device=device, dtype=torch.int32
+            )
             out[i, j], status[i, j] = lengths, st
             if symmetric:  # symmetric fill, by the same process: parts stay disjoint
                 out[j, i], status[j, i] = lengths, st

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from ..solver.result import CONVERGED, STATUSES
 
 
 @dataclass
@@ -13,9 +16,10 @@ class PairwiseReport:
     """Per-pair status of a :func:`pairwise_distances` call.
 
     Attributes:
-        converged: (M, M) bool, or (M, P) with ``Y``; False where the solver hit its iteration
-            limit. Such entries hold the best length found, never longer than the straight line.
-            The diagonal and pairs of equal points are True (distance exactly 0).
+        status_code: (M, M) int8, or (M, P) with ``Y``: each pair's status, an index into
+            :data:`fastgeo.solver.result.STATUSES` (see :attr:`status`, :attr:`converged`). Pairs
+            that did not converge hold the best length found, never longer than the straight
+            line. The diagonal and pairs of equal points are converged (distance exactly 0).
         iterations: (M, M) or (M, P) int32, solver iterations spent on each pair.
         n_pairs: geodesics solved (distinct unordered pairs for ``Z`` alone, ``M P`` with ``Y``).
         n_converged, n_failed: how many of them converged / did not.
@@ -28,7 +32,7 @@ class PairwiseReport:
             work the matrix cost).
     """
 
-    converged: Tensor
+    status_code: Tensor
     iterations: Tensor
     n_pairs: int
     n_converged: int
@@ -41,6 +45,16 @@ class PairwiseReport:
     decoder_evals: int
     decoder_jvps: int
     options: dict = field(default_factory=dict)
+
+    @property
+    def converged(self) -> Tensor:
+        """(M, M) or (M, P) bool: ``status == "converged"``."""
+        return self.status_code == CONVERGED
+
+    @property
+    def status(self) -> np.ndarray:
+        """Status names per pair (numpy array of :data:`STATUSES`; compares elementwise)."""
+        return np.array(STATUSES)[self.status_code.cpu().numpy().astype(np.int64)]
 
     def failed_pairs(self) -> Tensor:
         """(k, 2) indices ``(i, j)`` of the pairs that did not converge (``i < j`` without Y)."""

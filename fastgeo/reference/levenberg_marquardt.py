@@ -68,11 +68,12 @@ def lm_update(
     g_new, h_new: the Gauss-Newton system at the trial points; g_old_jac: the gradient at the
     trial points with the current Jacobians (for the secant update).
 
-    Returns accept, done, ok (b,) bool and the new e, length, grad, hess, curv, lam, nu. A curve is
-    done when an accepted step changed its energy by less than ``tol`` relative (or its length by
-    less than ``tol`` while the energy changed by less than ``length_tol_factor * tol``), when the
-    model predicts no gain at this precision, or when the damping blew up; ``ok`` is False where the
-    new system is not finite.
+    Returns accept (b,) bool, status (b,) int8 and ok (b,) bool, and the new e, length, grad, hess,
+    curv, lam, nu. Status 1, converged: an accepted step changed the energy by less than ``tol``
+    relative (or the length by less than ``tol`` while the energy changed by less than
+    ``length_tol_factor * tol``), or the model predicts no gain at this precision; 2, stalled: steps
+    keep failing although the model predicts a gain (the damping blew up); 0: iterating. ``ok`` is
+    False where the new system is not finite.
     """
     accept = e_new < e
     gain = e - e_new
@@ -89,11 +90,11 @@ def lm_update(
     shrink = (1 - (2 * rho.clamp(max=1) - 1) ** 3).clamp(min=1 / 3)
     lam = torch.where(accept, (lam * shrink).clamp(min=1e-12), lam * nu)
     nu = torch.where(accept, 2.0, nu * 2)
-    # Converged: an accepted step gained < tol relative, or no step can gain at this precision.
-    stalled = ~accept & (lam > 1e10)
     settled = (rel < tol) | ((rel_len < tol) & (rel < length_tol_factor * tol))
-    done = (accept & settled) | (solved & (predicted <= tol * e)) | stalled
-    return accept, done, ok, e, length, grad, hess, curv, lam, nu
+    converged = (accept & settled) | (solved & (predicted <= tol * e))
+    stalled = ~accept & (lam > 1e10)
+    status = torch.where(converged, 1, torch.where(stalled, 2, 0)).to(torch.int8)
+    return accept, status, ok, e, length, grad, hess, curv, lam, nu
 
 
 def secant_update(curv: Tensor, step: Tensor, y: Tensor, y_sharp: Tensor) -> Tensor:

@@ -74,7 +74,15 @@ def dense_multistart(
             continue
         better = r.lengths < best.lengths
         best.curves.coeffs = torch.where(better[:, None, None], r.curves.coeffs, best.curves.coeffs)
-        for name in ("lengths", "energies", "converged", "iterations", "init"):
+        for name in (
+            "lengths",
+            "length_errors",
+            "measure_points",
+            "energies",
+            "status_code",
+            "iterations",
+            "init",
+        ):
             setattr(best, name, torch.where(better, getattr(r, name), getattr(best, name)))
     assert best is not None
     best.decoder_evals, best.decoder_jvps = evals, jvps

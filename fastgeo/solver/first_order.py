@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..metric import energy_from_segments
 from .problem import Segments
+from .result import CONVERGED, MAX_ITER, NONFINITE
 
 
 def adam(
@@ -26,7 +27,8 @@ def adam(
 
     Coefficients are optimized in units of ``||z1 - z0||`` so one learning rate fits all curves;
     a curve converges when its best energy improved by less than ``tol`` (relative) over the
-    last ``window`` iterations. The best iterate per curve is returned.
+    last ``window`` iterations. The best iterate per curve is returned, with its status (codes of
+    :data:`STATUSES`: converged, max_iter, nonfinite) and iterations.
     """
     B = coeffs.shape[0]
     e = energy_from_segments(s)
@@ -61,4 +63,6 @@ def adam(
             gain = (ref_e[active] - best_e[active]) / ref_e[active]
             converged[active[gain < tol * window]] = True
             ref_e[active] = best_e[active]
-    return best_x * unit, best_e, converged & torch.isfinite(best_e), iterations
+    status = torch.where(converged, CONVERGED, MAX_ITER).to(torch.int8)
+    status = torch.where(torch.isfinite(best_e), status, torch.full_like(status, NONFINITE))
+    return best_x * unit, best_e, status, iterations

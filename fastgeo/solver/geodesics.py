@@ -23,6 +23,7 @@ is the accuracy oracle (:mod:`.dense`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -34,10 +35,11 @@ from ..metric import ExpectedMetric
 from .dense import dense_multistart
 from .fallback import never_longer_than_straight
 from .graph import LatentGraph, cached_graph, check_graph_inputs
+from .measure import measure
 from .options import SolverOptions, solver_options
 from .race import solve_batch
-from .resolution import lengths_and_midpoint_lengths, refine_resolution
-from .result import GeodesicResult, Work
+from .resolution import refine_resolution
+from .result import CONVERGED, NONFINITE, GeodesicResult, Work
 
 
 def geodesics(
@@ -48,7 +50,7 @@ def geodesics(
     method: str = "default",
     m: int | None = None,
     n_points: int | None = None,
-    family: str = "legendre",
+    family: str | None = None,
     warm_start: bool | int = True,
     max_iter: int | None = None,
     tol: float | None = None,
@@ -59,6 +61,7 @@ def geodesics(
     refine: int | None = None,
     coarse_points: int | None = None,
     check_resolution: bool = True,
+    corridors: int | None = None,
 ) -> GeodesicResult:
     """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
 
@@ -69,10 +72,12 @@ def geodesics(
             ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF warm start,
             first-order steps) or ``"dense"`` (free polylines of ``n_points = 128`` nodes
             minimized to convergence: the accuracy oracle; use a float64 metric for it).
-        m: basis functions per latent dimension (default 12; ``paper`` uses 1).
+        m: basis functions per latent dimension (default 12: the interior control points of a
+            cubic B-spline; ``paper`` uses 1, its quadratic).
         n_points: points per curve in the discrete energy (default 48; 32 for ``paper``, 128
             for ``dense``).
-        family: ``"legendre"`` or ``"chebyshev"`` polynomials.
+        family: ``"bspline"`` (default: clamped uniform cubic B-splines), or ``"legendre"`` /
+            ``"chebyshev"`` polynomials (``paper``: legendre).
         warm_start: run the RBF warm start (``default`` and ``paper``): ``True`` for its default
             iterations (5; a start only, the full energy decides the rest), or their number.
         max_iter: iteration limit per phase (default 100 for Levenberg-Marquardt, 2000 for
@@ -85,26 +90,31 @@ def geodesics(
         graph: start from shortest paths on a :class:`fastgeo.LatentGraph` too (``default``
             only; built on first use and cached for the metric), or a graph to use.
         latents: optional (M, d) latent codes of the data, added to the graph's nodes.
-        refine: how many of the best starts (by energy) are optimized per curve, keeping the
-            shortest result (default 2 for ``default``, 1 otherwise).
+        refine: how many of the starts (the shortest, distinct ones) race per curve on the coarse
+            grid, keeping the lowest energy (default 5 for ``default``: every start; 1 otherwise).
         coarse_points: points per curve while the starts are raced (``default`` only; default
             24). Only the winner is then refined at ``n_points``; a value >= ``n_points`` races
             at full resolution.
         check_resolution: measure every curve at the midpoints of its segments too (``default``
             and ``paper``). A curve whose length grows there by more than 1 % steps over a ridge
-            of the metric between its points, and its discrete length underestimates it: such
+            of the metric between its points, which the optimization then does not see: such
             curves are solved again with twice the points (and twice ``coarse_points``), up to
-            four times ``n_points``, and flagged unconverged if still under-resolved.
+            four times ``n_points``, and get the status ``under_resolved`` if still so.
+        corridors: how many graph paths through different corridors start each curve
+            (``default`` only; default 3).
 
     Returns:
-        :class:`GeodesicResult`; no curve is longer than the straight line between its ends.
+        :class:`GeodesicResult`, a status per curve. Every length is the curve's own length,
+        measured on a grid fine enough that doubling it changes the length by less than 1e-4
+        (``length_errors`` estimates what remains); no curve is longer than the straight line
+        between its ends.
     """
     _check_ends(metric, z0, z1)
     # fmt: off
     opts = solver_options(
         metric.dtype, metric.latent_dim, metric.data_dim, method=method, m=m, n_points=n_points,
         family=family, warm_start=warm_start, max_iter=max_iter, tol=tol, batch_size=batch_size,
-        refine=refine, coarse_points=coarse_points, check_resolution=check_resolution,
+        refine=refine, corridors=corridors, coarse_points=coarse_points, check_resolution=check_resolution,
     )
     # fmt: on
     init = _check_init(metric, init, z0, opts)
@@ -117,86 +127,53 @@ def geodesics(
     lgraph = None
     if opts.method == "default" and z0.shape[0] > 0 and graph is not False:
         lgraph = graph if isinstance(graph, LatentGraph) else _graph_of(metric, latents, work)
-    result, midpoint_lengths = _solve(metric, z0, z1, opts, init, lgraph, work)
-    if not opts.check_resolution or opts.method == "dense" or z0.shape[0] == 0:
-        return result
-    graph = lgraph if lgraph is not None else graph
-    finer = functools.partial(_solve_finer, metric, z0, z1, opts, graph, latents)
-    return refine_resolution(metric, result, midpoint_lengths, finer)
+    with torch.no_grad():
+        coeffs, energies, status, iterations, start = _solve_in_batches(
+            metric, z0, z1, opts, init, lgraph, work
+        )
+        res = GeodesicResult(
+            Curves(z0, z1, coeffs, opts.basis), energies, energies, status, iterations, start, energies,
+            opts.n_points, options=opts.summary(), resolution=torch.full_like(start, opts.n_points),
+        )  # fmt: skip
+        if opts.check_resolution and opts.method != "dense" and z0.shape[0]:
+            at = functools.partial(_solve_at, metric, z0, z1, opts, lgraph, work)
+            refine_resolution(metric, res, at, work)
+        _finish(metric, res, work)
+    return res
 
 
-def _solve(
+def _finish(metric: ExpectedMetric, res: GeodesicResult, work: Work) -> None:
+    """Measure the curves (their lengths on grids fine enough), never longer than the straight
+    line, exact zeros between equal ends, and the decoder work of the call (in place)."""
+    res.lengths, res.length_errors, res.measure_points = measure(metric, res.curves, res.resolution, work)
+    never_longer_than_straight(metric, res, work)
+    # Equal end points: distance exactly 0 (a batched GEMM may round equal rows differently).
+    same = (res.curves.z0 == res.curves.z1).all(-1)
+    res.lengths = res.lengths.masked_fill(same, 0)
+    res.length_errors = res.length_errors.masked_fill(same, 0)
+    res.energies = res.energies.masked_fill(same, 0)
+    res.status_code = res.status_code.masked_fill(same, CONVERGED)
+    finite = torch.isfinite(res.lengths) & torch.isfinite(res.energies)
+    res.status_code = res.status_code.masked_fill(~finite, NONFINITE)
+    res.decoder_evals, res.decoder_jvps = work.evals, work.jvps
+
+
+def _solve_at(
     metric: ExpectedMetric,
     z0: Tensor,
     z1: Tensor,
     opts: SolverOptions,
-    init: Tensor | None,
     graph: LatentGraph | None,
     work: Work,
-) -> tuple[GeodesicResult, Tensor]:
-    """The optimized curves, measured, never longer than the straight line, exact zeros between
-    equal ends; and their lengths at the midpoints of their segments (for the resolution check)."""
-    with torch.no_grad():
-        coeffs, energies, converged, iterations, start = _solve_in_batches(
-            metric, z0, z1, opts, init, graph, work
-        )
-        curves = Curves(z0, z1, coeffs, opts.basis)
-        lengths, midpoint_lengths = lengths_and_midpoint_lengths(metric, curves, opts.n_points)
-    work.evals += z0.shape[0] * (2 * opts.n_points - 1)
-    resolution = torch.full_like(start, opts.n_points)
-    result = GeodesicResult(
-        curves,
-        lengths,
-        energies,
-        converged,
-        iterations,
-        start,
-        lengths,
-        opts.n_points,
-        options=opts.summary(),
-        resolution=resolution,
-    )
-    midpoint_lengths = never_longer_than_straight(metric, result, midpoint_lengths, work)
-    # Equal end points: distance exactly 0 (a batched GEMM may round equal rows differently).
-    same = (z0 == z1).all(-1)
-    result.lengths = result.lengths.masked_fill(same, 0)
-    result.energies = result.energies.masked_fill(same, 0)
-    finite = torch.isfinite(result.lengths) & torch.isfinite(result.energies)
-    result.converged = (result.converged & finite) | same
-    result.decoder_evals, result.decoder_jvps = work.evals, work.jvps
-    return result, midpoint_lengths
-
-
-def _solve_finer(
-    metric: ExpectedMetric,
-    z0: Tensor,
-    z1: Tensor,
-    opts: SolverOptions,
-    graph: bool | LatentGraph,
-    latents: Tensor | None,
     idx: Tensor,
     n: int,
     init: Tensor,
-) -> GeodesicResult:
+) -> tuple[Tensor, ...]:
     """Curves ``idx`` solved again at ``n`` points from ``init`` (the resolution check)."""
-    return geodesics(
-        metric,
-        z0[idx],
-        z1[idx],
-        method=opts.method,
-        m=opts.m,
-        n_points=n,
-        family=opts.family,
-        warm_start=opts.warm_iter,
-        max_iter=opts.max_iter,
-        tol=opts.tol,
-        init=init,
-        graph=graph,
-        latents=latents,
-        refine=opts.refine,
-        coarse_points=max(3, opts.coarse_points * n // opts.n_points),
-        check_resolution=False,
+    finer = dataclasses.replace(
+        opts, n_points=n, coarse_points=max(3, opts.coarse_points * n // opts.n_points)
     )
+    return _solve_in_batches(metric, z0[idx], z1[idx], finer, init, graph, work)
 
 
 def _check_ends(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> None:
@@ -241,11 +218,11 @@ def _solve_in_batches(
     graph: LatentGraph | None,
     work: Work,
 ) -> tuple[Tensor, ...]:
-    """coeffs (B, m, d), energies, converged, iterations and start codes (B,), batch by batch."""
+    """coeffs (B, m, d), energies, status codes, iterations and start codes (B,), batch by batch."""
     B, d = z0.shape
     if B == 0:
         empty = torch.zeros(0, dtype=torch.long, device=z0.device)
-        return z0.new_zeros(0, opts.m, d), z0.new_zeros(0), empty.bool(), empty, empty
+        return z0.new_zeros(0, opts.m, d), z0.new_zeros(0), empty.to(torch.int8), empty, empty
     parts = []
     for lo in range(0, B, opts.batch_size):
         sl = slice(lo, lo + opts.batch_size)

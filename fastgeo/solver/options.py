@@ -9,16 +9,16 @@ from typing import Any
 import torch
 
 from .. import _checks
-from ..curves import Basis, PiecewiseLinearBasis, PolynomialBasis
+from ..curves import Basis, BSplineBasis, PiecewiseLinearBasis, PolynomialBasis
 
 METHODS = ("default", "paper", "dense")
-FAMILIES = ("legendre", "chebyshev")
-# Defaults per method: basis functions per latent axis (dense: n_points - 2 polyline nodes),
-# points per curve, iteration limit per phase, starts refined per curve.
+FAMILIES = ("bspline", "legendre", "chebyshev")
+# Defaults per method: curve family, basis functions per latent axis (dense: n_points - 2
+# polyline nodes), points per curve, iteration limit per phase, starts refined per curve.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "default": {"m": 12, "n_points": 48, "max_iter": 100, "refine": 2},
-    "paper": {"m": 1, "n_points": 32, "max_iter": 2000, "refine": 1},
-    "dense": {"m": None, "n_points": 128, "max_iter": 300, "refine": 1},
+    "default": {"family": "bspline", "m": 12, "n_points": 48, "max_iter": 100, "refine": 5, "corridors": 3},
+    "paper": {"family": "legendre", "m": 1, "n_points": 32, "max_iter": 2000, "refine": 1, "corridors": 0},
+    "dense": {"family": None, "m": None, "n_points": 128, "max_iter": 300, "refine": 1, "corridors": 0},
 }
 COARSE_POINTS = 24  # default points per curve of the race between starts
 WARM_ITER = 5  # iterations of the warm start (a start only: the full energy decides the rest)
@@ -39,6 +39,7 @@ class SolverOptions:
     tol: float
     batch_size: int
     refine: int
+    corridors: int
     coarse_points: int
     check_resolution: bool
 
@@ -78,25 +79,28 @@ def solver_options(
     method: str = "default",
     m: int | None = None,
     n_points: int | None = None,
-    family: str = "legendre",
+    family: str | None = None,
     warm_start: bool | int = True,
     max_iter: int | None = None,
     tol: float | None = None,
     batch_size: int | None = None,
     refine: int | None = None,
+    corridors: int | None = None,
     coarse_points: int | None = None,
     check_resolution: bool = True,
 ) -> SolverOptions:
     """Validate the options of a call with curves in ``latent_dim`` dimensions under a metric of
     ``data_dim`` outputs and ``dtype``; fill in the defaults of ``method``."""
     method = _checks.choice("method", method, METHODS)
-    family = _checks.choice("family", family, FAMILIES)
     table = DEFAULTS[method]
+    family = _checks.choice("family", (table["family"] or "legendre") if family is None else family, FAMILIES)
     n_points = _checks.integer(
         "n_points", table["n_points"] if n_points is None else n_points, 3 if method == "dense" else 2
     )
     if method == "dense":
         basis: Basis = PiecewiseLinearBasis(n_points)
+    elif family == "bspline":
+        basis = BSplineBasis(_checks.integer("m", table["m"] if m is None else m, 2))
     else:
         basis = PolynomialBasis(_checks.integer("m", table["m"] if m is None else m, 1), family)
     max_iter = _checks.integer("max_iter", table["max_iter"] if max_iter is None else max_iter, 0)
@@ -106,6 +110,7 @@ def solver_options(
         warm_iter = _checks.integer("warm_start", warm_start, 0)
     warm_iter = 0 if method == "dense" else min(max_iter, warm_iter)
     refine = _checks.integer("refine", table["refine"] if refine is None else refine, 1)
+    corridors = _checks.integer("corridors", table["corridors"] if corridors is None else corridors, 0)
     coarse_points = _checks.integer(
         "coarse_points", COARSE_POINTS if coarse_points is None else coarse_points, 3
     )
@@ -127,6 +132,7 @@ def solver_options(
         tol,
         batch_size,
         refine,
+        corridors,
         coarse_points,
         check_resolution,
     )

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..curves import Basis, evaluate, time_grid
+from ..decoders import jacobian_rows
 from ..metric import ExpectedMetric
 from .result import Work
 
-# features_jac(points (b, N, d), idx (b,)) -> features (b N, F), transposed Jacobians (b N, d, F)
-FeaturesJacobian = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+# parts(points (b, N, d), idx (b,)) -> [(features (b, N, F_i), transposed Jacobians (b, N, d, F_i))]
+Parts = Callable[[Tensor, Tensor], list[tuple[Tensor, Tensor]]]
 # segments(coeffs (b, m, d), idx (b,)) -> squared segment lengths (b, N-1)
 Segments = Callable[[Tensor, Tensor], Tensor]
 
@@ -36,14 +37,23 @@ class Grid:
         return self.t.shape[0]
 
 
-def full_features(metric: ExpectedMetric, work: Work) -> FeaturesJacobian:
-    """Features ``[mu, sigma]`` and their transposed Jacobians of the full metric."""
+def full_parts(metric: ExpectedMetric, work: Work) -> Parts:
+    """The embedding ``[mu, sigma]`` of the full metric as two parts: the decoder mean (stacked
+    forward mode) and sigma (closed form), with their transposed Jacobians."""
 
-    def features_jac(points: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        work.jvps += points.shape[0] * points.shape[1] * points.shape[2]
-        return metric.features_and_jacobian_t(points.reshape(-1, points.shape[-1]))
+    def parts(points: Tensor, idx: Tensor) -> list[tuple[Tensor, Tensor]]:
+        b, N, d = points.shape
+        work.jvps += b * N * d
+        flat = points.reshape(b * N, d)
+        mu, j_mu = jacobian_rows(metric.mean, flat)  # (P, D), (d, P, D)
+        sigma, j_sigma = metric.precision.sigma_and_jacobian_t(flat)  # (P, D), (P, d, D)
+        D = mu.shape[-1]
+        return [
+            (mu.reshape(b, N, D), j_mu.permute(1, 0, 2).reshape(b, N, d, D)),
+            (sigma.reshape(b, N, D), j_sigma.reshape(b, N, d, D)),
+        ]
 
-    return features_jac
+    return parts
 
 
 def full_segments(metric: ExpectedMetric, z0: Tensor, z1: Tensor, grid: Grid, work: Work) -> Segments:

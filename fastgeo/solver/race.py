@@ -7,16 +7,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..metric import ExpectedMetric, energy_from_segments
+from ..metric import ExpectedMetric, length_from_segments
 from .first_order import adam
 from .graph import LatentGraph
 from .levenberg_marquardt import levenberg_marquardt
 from .options import SolverOptions
-from .problem import Grid, full_features, full_segments
-from .result import Work
+from .problem import Grid, full_parts, full_segments
+from .result import MAX_ITER, Work
 from .starts import starts
 
 COARSE_TOL = 1e-3  # the race only ranks basins: a loose relative tolerance
+STAGE = 4  # race iterations before the racers far behind their curve's best stop
+PRUNE = 0.05  # ... "far": this much more energy
 CLOSE_RACE = 0.01  # runner-ups within this relative energy of the winner are refined too
 DISTINCT = 0.05  # ... if their curve is this fraction of the chord away from the winner's
 
@@ -34,7 +36,7 @@ def solve_batch(
     graph: LatentGraph | None,
     work: Work,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One batch of curves: returns coeffs (B, m, d), energies, converged, iterations and the
+    """One batch of curves: returns coeffs (B, m, d), energies, status codes, iterations and the
     start code (B,) each result came from.
 
     With ``coarse_points < n_points`` (``method="default"``) the starts race on that coarser
@@ -48,63 +50,54 @@ def solve_batch(
     is_coarse = coarse_n < opts.n_points
     coarse = Grid.of(opts.basis, coarse_n, z0) if is_coarse else fine
     candidates, iterations = starts(
-        metric, z0, z1, opts.m, fine, coarse, opts.method, opts.warm_iter, opts.tol, init, graph, work
+        metric,
+        z0,
+        z1,
+        opts.m,
+        fine,
+        coarse,
+        opts.method,
+        opts.warm_iter,
+        opts.tol,
+        init,
+        graph,
+        opts.corridors,
+        work,
     )
-    features = full_features(metric, work)
-    # Rank the starts per curve by full energy; refine the best `refine` of them and keep the
-    # lowest final energy (wrong basins, not curve shape, cause the large errors).
-    everyone = torch.arange(B, device=z0.device)
-    race_segments = full_segments(metric, z0, z1, coarse, work)
+    features = full_parts(metric, work)
     codes = torch.tensor([c for c, _ in candidates], device=z0.device)
     stacked = torch.stack([c for _, c in candidates])  # (C, B, m, d)
-    segs = torch.stack([race_segments(c, everyone) for _, c in candidates])  # (C, B, N-1)
-    energies = _finite_or_inf(energy_from_segments(segs))  # (C, B)
-    refine = min(opts.refine, len(candidates))
-    order = energies.argsort(dim=0, stable=True)[:refine]  # (R, B)
-    first = stacked.gather(0, order[:, :, None, None].expand(-1, -1, *stacked.shape[2:]))
-    first_s = segs.gather(0, order[:, :, None].expand(-1, -1, segs.shape[-1]))
-    zz0, zz1 = z0.repeat(refine, 1), z1.repeat(refine, 1)  # (R B, d): racer r of curve b at r B + b
-
-    flat_starts, flat_s = first.reshape(-1, *first.shape[2:]), first_s.reshape(-1, segs.shape[-1])
-    # The race only ranks basins when a fine phase follows: a looser tolerance suffices.
+    # Race the distinct starts of each curve (by length: it does not depend on how a start is
+    # parametrized, which the optimization fixes anyway); keep the lowest final energy (wrong
+    # basins, not curve shape, cause the large errors).
+    start_idx, curve_idx = _distinct_starts(metric, z0, z1, stacked, coarse, opts.refine, work)
     race_tol = max(opts.tol, COARSE_TOL) if is_coarse else opts.tol
-    if opts.method == "paper":
-        segments = full_segments(metric, zz0, zz1, coarse, work)
-        coeffs, energy, converged, it = adam(segments, flat_starts, flat_s, max_iter, race_tol, zz0, zz1)
-    else:
-        coeffs, energy, converged, it = levenberg_marquardt(
-            features, zz0, zz1, flat_starts, coarse, max_iter, race_tol
-        )
-    energy = _finite_or_inf(energy).reshape(refine, B)
-    coeffs = coeffs.reshape(refine, B, *coeffs.shape[1:])
-    converged = converged.reshape(refine, B)
-    iterations += it.reshape(refine, B).sum(0)
-    cols = torch.arange(B, device=z0.device)
-    ranked = energy.argsort(dim=0, stable=True)  # (R, B)
-    pick = ranked[0]
+    coeffs, energy, status, it = _race(
+        metric, features, z0, z1, stacked[start_idx, curve_idx], curve_idx, coarse, opts, race_tol, work
+    )
+    iterations.index_add_(0, curve_idx, it)
+    energy = _finite_or_inf(energy)
+    order = _per_curve_order(energy, curve_idx, B)  # (B, 2): best and runner-up racer per curve
+    pick = order[:, 0]
     if not is_coarse:
-        return (
-            coeffs[pick, cols],
-            energy[pick, cols],
-            converged[pick, cols],
-            iterations,
-            codes[order[pick, cols]],
-        )
+        return coeffs[pick], energy[pick], status[pick], iterations, codes[start_idx[pick]]
 
     # Refine the winner of each curve at n_points, and the runner-up too where the race was too
     # close to call on the coarse grid.
-    close = cols[:0]
-    if refine > 1:
-        e1, e2 = energy[ranked[0], cols], energy[ranked[1], cols]
-        # Two starts that reached the same basin have near-equal energies too: only a different
-        # curve (some point apart by more than DISTINCT chords) is worth refining.
-        gap = torch.einsum("nm,bmd->bnd", coarse.psi, coeffs[ranked[0], cols] - coeffs[ranked[1], cols])
-        apart = gap.norm(dim=-1).amax(-1) > DISTINCT * (z1 - z0).norm(dim=-1)
-        close = ((e2 - e1 <= CLOSE_RACE * e1) & apart).nonzero().squeeze(1)
+    cols = torch.arange(B, device=z0.device)
+    second = order[:, 1]
+    has_second = second >= 0
+    second = second.clamp(min=0)
+    e1, e2 = energy[pick], energy[second]
+    # Two starts that reached the same basin have near-equal energies too: only a different curve
+    # (some point apart by more than DISTINCT chords) is worth refining.
+    gap = torch.einsum("nm,bmd->bnd", coarse.psi, coeffs[pick] - coeffs[second])
+    apart = gap.norm(dim=-1).amax(-1) > DISTINCT * (z1 - z0).norm(dim=-1)
+    close = (has_second & (e2 - e1 <= CLOSE_RACE * e1) & apart).nonzero().squeeze(1)
     rows_b = torch.cat([cols, close])  # winners first, then the runner-ups of close races
-    rows_r = torch.cat([pick, ranked[1 % refine, close]])
-    f_coeffs, f_energy, f_conv, f_it = levenberg_marquardt(
-        features, z0[rows_b], z1[rows_b], coeffs[rows_r, rows_b], fine, max_iter, opts.tol
+    rows_r = torch.cat([pick, second[close]])
+    f_coeffs, f_energy, f_status, f_it = levenberg_marquardt(
+        features, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol
     )
     f_energy = _finite_or_inf(f_energy)
     iterations.index_add_(0, rows_b, f_it)
@@ -112,4 +105,88 @@ def solve_batch(
     best = cols.clone()
     runner_up = B + (f_energy[B:] < f_energy[close]).nonzero().squeeze(1)
     best[rows_b[runner_up]] = runner_up
-    return f_coeffs[best], f_energy[best], f_conv[best], iterations, codes[order[rows_r[best], cols]]
+    return f_coeffs[best], f_energy[best], f_status[best], iterations, codes[start_idx[rows_r[best]]]
+
+
+def _distinct_starts(
+    metric: ExpectedMetric, z0: Tensor, z1: Tensor, stacked: Tensor, grid: Grid, refine: int, work: Work
+) -> tuple[Tensor, Tensor]:
+    """The racers: for each curve its ``refine`` shortest starts, leaving out a start whose curve
+    is within DISTINCT chords of a shorter one (it would race into the same basin). Returns the
+    start index and the curve index of each racer (R,), curves in order."""
+    C, B = stacked.shape[:2]
+    everyone = torch.arange(B, device=z0.device)
+    segments = full_segments(metric, z0, z1, grid, work)
+    lengths = _finite_or_inf(torch.stack([length_from_segments(segments(c, everyone)) for c in stacked]))
+    order = lengths.argsort(dim=0, stable=True)  # (C, B)
+    pts = torch.einsum("nm,cbmd->cbnd", grid.psi, stacked)  # deviations from the straight line
+    chord = (z1 - z0).norm(dim=-1)
+    keep = torch.zeros(C, B, dtype=torch.bool, device=z0.device)
+    for rank in range(C):
+        s = order[rank]
+        dev = pts[s, everyone]  # (B, N, d)
+        chosen = pts[order[:rank], everyone] if rank else dev[None]
+        far = (
+            (chosen - dev).norm(dim=-1).amax(-1) > DISTINCT * chord
+            if rank
+            else torch.ones_like(chord, dtype=torch.bool)
+        )
+        kept_before = keep[order[:rank], everyone] if rank else far[None]
+        distinct = (far | ~kept_before).all(0) if rank else far
+        keep[s, everyone] = distinct & (keep.sum(0) < refine)
+    curve_idx, start_idx = keep.T.nonzero(as_tuple=True)
+    return start_idx, curve_idx
+
+
+def _per_curve_order(energy: Tensor, curve_idx: Tensor, B: int) -> Tensor:
+    """(B, 2): per curve the racer of lowest energy and the runner-up (-1 if none)."""
+    out = torch.full((B, 2), -1, dtype=torch.long, device=energy.device)
+    order = torch.argsort(energy, stable=True)
+    order = order[torch.argsort(curve_idx[order], stable=True)]  # by curve, then energy
+    first = torch.ones_like(order, dtype=torch.bool)
+    first[1:] = curve_idx[order[1:]] != curve_idx[order[:-1]]
+    out[curve_idx[order[first]], 0] = order[first]
+    second = torch.zeros_like(first)
+    second[1:] = first[:-1] & ~first[1:]
+    out[curve_idx[order[second]], 1] = order[second]
+    return out
+
+
+def _race(
+    metric: ExpectedMetric,
+    features,
+    z0: Tensor,
+    z1: Tensor,
+    starts: Tensor,
+    curve_idx: Tensor,
+    grid: Grid,
+    opts: SolverOptions,
+    tol: float,
+    work: Work,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Optimize every racer (R, m, d) on the grid: a first stage of STAGE iterations, after which
+    racers whose energy is more than PRUNE above their curve's best stop; then the others to
+    convergence. Returns coeffs, energies, status codes and iterations per racer."""
+    a, b = z0[curve_idx], z1[curve_idx]
+    if opts.method == "paper":
+        segments = full_segments(metric, a, b, grid, work)
+        everyone = torch.arange(len(curve_idx), device=z0.device)
+        return adam(segments, starts, segments(starts, everyone), opts.max_iter, tol, a, b)
+    coeffs, energy, status, it = levenberg_marquardt(
+        features, a, b, starts, grid, min(STAGE, opts.max_iter), tol
+    )
+    energy = _finite_or_inf(energy)
+    best = torch.full((z0.shape[0],), torch.inf, dtype=energy.dtype, device=energy.device)
+    best = best.scatter_reduce(0, curve_idx, energy, "amin")
+    go_on = (
+        ((status == MAX_ITER) & (energy <= (1 + PRUNE) * best[curve_idx]) & (it >= STAGE))
+        .nonzero()
+        .squeeze(1)
+    )
+    if go_on.numel() and opts.max_iter > STAGE:
+        c2, e2, v2, i2 = levenberg_marquardt(
+            features, a[go_on], b[go_on], coeffs[go_on], grid, opts.max_iter - STAGE, tol
+        )
+        coeffs[go_on], energy[go_on], status[go_on] = c2, e2, v2
+        it[go_on] += i2
+    return coeffs, energy, status, it

@@ -1,8 +1,7 @@
 """The resolution check: a curve can step over a thin ridge of the metric between its points, and
-its discrete length then underestimates it. Every curve is measured at the midpoints of its
-segments too; those whose length grows by more than :data:`RESOLUTION_TOL` are solved again
-with twice the points, up to :data:`RESOLUTION_DOUBLINGS` times, and flagged unconverged if
-still under-resolved."""
+then the optimizer does not see it. Every curve is measured at the midpoints of its segments too;
+those whose length grows by more than :data:`RESOLUTION_TOL` are solved again with twice the
+points, up to :data:`RESOLUTION_DOUBLINGS` times, and flagged ``under_resolved`` if still so."""
 
 from __future__ import annotations
 
@@ -12,54 +11,48 @@ import torch
 from torch import Tensor
 
 from ..curves import Curves
-from ..metric import ExpectedMetric, feature_segments, length_from_segments
-from .result import GIVEN, GeodesicResult
+from ..metric import ExpectedMetric
+from .measure import curve_lengths
+from .result import CONVERGED, GIVEN, UNDER_RESOLVED, GeodesicResult, Work
 
 RESOLUTION_TOL = 0.01  # a length that grows more than this at the midpoints is under-resolved
 RESOLUTION_DOUBLINGS = 2  # re-solve under-resolved curves with up to 2**this times the points
 
-# solve_finer(curves idx, points n, starting coefficients) -> their result at n points
-SolveFiner = Callable[[Tensor, int, Tensor], GeodesicResult]
+# solve_at(curves idx, points n, starting coefficients) -> coeffs, energies, status, iterations, start
+SolveAt = Callable[[Tensor, int, Tensor], tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]
 
 
-def lengths_and_midpoint_lengths(metric: ExpectedMetric, curves: Curves, n: int) -> tuple[Tensor, Tensor]:
-    """Discrete lengths (B,) of the curves at ``n`` points and at ``2n - 1`` (the midpoints of
-    the segments added), from one pass of the decoder over the finer points."""
-    f = metric.features(curves.points(2 * n - 1))  # (B, 2n-1, F); every other point is the n-grid
-    fine = length_from_segments(feature_segments(f))
-    coarse = length_from_segments(feature_segments(f[:, ::2]))
-    return coarse, fine
+def midpoint_growth(metric: ExpectedMetric, curves: Curves, n: int, work: Work) -> Tensor:
+    """How much the length of each curve grows (relative, (B,)) when the midpoints of its n-point
+    grid are added."""
+    coarse = curve_lengths(metric, curves, n, work)
+    return curve_lengths(metric, curves, 2 * n - 1, work) / coarse - 1
 
 
-def refine_resolution(
-    metric: ExpectedMetric, res: GeodesicResult, midpoint_lengths: Tensor, solve_finer: SolveFiner
-) -> GeodesicResult:
+def refine_resolution(metric: ExpectedMetric, res: GeodesicResult, solve_at: SolveAt, work: Work) -> None:
     """Re-solve the under-resolved curves of ``res`` (in place) with twice the points, up to
-    RESOLUTION_DOUBLINGS times; flag those still under-resolved as not converged."""
+    RESOLUTION_DOUBLINGS times; flag those still under-resolved."""
     n = res.n_points
     same = (res.curves.z0 == res.curves.z1).all(-1)
+    grow = midpoint_growth(metric, res.curves, n, work)
     for level in range(RESOLUTION_DOUBLINGS + 1):
-        under = (midpoint_lengths > res.lengths * (1 + RESOLUTION_TOL)) & (res.resolution == n) & ~same
+        under = (grow > RESOLUTION_TOL) & (res.resolution == n) & ~same
         if not bool(under.any()):
             break
         idx = under.nonzero().squeeze(1)
         if level == RESOLUTION_DOUBLINGS:
-            res.converged[idx] = False
+            flag = res.status_code[idx] == CONVERGED
+            res.status_code[idx] = torch.where(flag, UNDER_RESOLVED, res.status_code[idx].long()).to(
+                torch.int8
+            )
             break
         n *= 2
-        sub = solve_finer(idx, n, res.curves.coeffs[idx])
-        res.curves.coeffs[idx] = sub.curves.coeffs
-        for name in ("lengths", "energies", "converged", "straight_lengths"):
-            getattr(res, name)[idx] = getattr(sub, name)
+        coeffs, energies, status, iterations, start = solve_at(idx, n, res.curves.coeffs[idx])
+        res.curves.coeffs[idx] = coeffs
+        res.energies[idx], res.status_code[idx] = energies, status
         # A start "given" here is the coarser solution: keep naming the start that one came from.
-        res.init[idx] = torch.where(sub.init == GIVEN, res.init[idx], sub.init)
-        res.iterations[idx] += sub.iterations
+        res.init[idx] = torch.where(start == GIVEN, res.init[idx], start)
+        res.iterations[idx] += iterations
         res.resolution[idx] = n
-        res.decoder_evals += sub.decoder_evals
-        res.decoder_jvps += sub.decoder_jvps
-        with torch.no_grad():
-            _, mid = lengths_and_midpoint_lengths(metric, sub.curves, n)
-        res.decoder_evals += idx.numel() * (2 * n - 1)
-        midpoint_lengths = midpoint_lengths.clone()
-        midpoint_lengths[idx] = mid
-    return res
+        sub = Curves(res.curves.z0[idx], res.curves.z1[idx], coeffs, res.curves.basis)
+        grow[idx] = midpoint_growth(metric, sub, n, work)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from torch import Tensor
 
 from ..curves import Curves
@@ -11,6 +12,22 @@ from ..curves import Curves
 # The starts a curve can come from (GeodesicResult.init indexes this).
 INIT_NAMES = ("straight", "warm", "given", "graph")
 STRAIGHT, WARM, GIVEN, GRAPH = range(len(INIT_NAMES))
+
+# How a curve ended (GeodesicResult.status_code indexes this), and what that means.
+STATUSES = ("converged", "max_iter", "stalled", "nonfinite", "under_resolved", "straight_fallback")
+CONVERGED, MAX_ITER, STALLED, NONFINITE, UNDER_RESOLVED, STRAIGHT_FALLBACK = range(len(STATUSES))
+MESSAGES = {
+    "converged": "converged: the energy (or the length) changed by less than tol in a step",
+    "max_iter": "stopped at the iteration limit max_iter before converging",
+    "stalled": "stalled: steps kept failing although the local model predicted a gain (a non-smooth "
+    "decoder, or rounding noise; raise tol or use float64)",
+    "nonfinite": "the energy or its derivatives are not finite along this curve (NaN or inf from the "
+    "decoder mean or the precision)",
+    "under_resolved": "under-resolved: the curve steps over features of the metric between its points "
+    "even at 4 x n_points; raise n_points",
+    "straight_fallback": "the optimized curve was longer than the straight line, which is returned "
+    "instead (not a geodesic)",
+}
 
 
 class Work:
@@ -24,19 +41,24 @@ class Work:
 
 @dataclass
 class GeodesicResult:
-    """Geodesics for a batch of B end-point pairs.
+    """Geodesics for a batch of B end-point pairs, with a status per curve (like
+    ``scipy.optimize``'s results).
 
     Attributes:
         curves: the optimized :class:`fastgeo.curves.Curves`.
-        lengths: (B,) discrete length ``sum_n sqrt(s_n)`` at ``n_points`` (the distances).
-        energies: (B,) discrete energy at ``n_points``.
-        converged: (B,) bool; False when the iteration limit was hit or the energy was not finite.
+        lengths: (B,) the distances: each curve's length, measured on a grid fine enough that
+            doubling it changes the length by less than ``length_rtol`` (see ``length_errors``).
+        length_errors: (B,) estimated error of ``lengths`` against the curve's continuous length.
+        energies: (B,) discrete energy of each curve at its resolution (``resolution`` points).
+        status_code: (B,) int8, index into :data:`STATUSES` (see :attr:`status`, :attr:`message`).
         iterations: (B,) int, optimizer iterations spent on each curve (all phases).
         init: (B,) int, index into :data:`INIT_NAMES` of the start each curve was taken from.
-        straight_lengths: (B,) length of the straight line between the end points.
+        straight_lengths: (B,) length of the straight line between the end points, measured the
+            same way.
         n_points: points per curve used for the energy (the requested resolution).
-        resolution: (B,) int, points per curve of each curve's energy and length: ``n_points``,
-            or more where the resolution check re-solved an under-resolved curve.
+        resolution: (B,) int, points per curve of each curve's optimization: ``n_points``, or more
+            where the resolution check re-solved an under-resolved curve.
+        measure_points: (B,) int, points of the grid each length was measured on.
         decoder_evals: latent points passed through the decoder mean (forward calls).
         decoder_jvps: latent points times directions pushed through the decoder in forward mode.
     """
@@ -44,7 +66,7 @@ class GeodesicResult:
     curves: Curves
     lengths: Tensor
     energies: Tensor
-    converged: Tensor
+    status_code: Tensor
     iterations: Tensor
     init: Tensor
     straight_lengths: Tensor
@@ -53,10 +75,28 @@ class GeodesicResult:
     decoder_jvps: int = 0
     options: dict = field(default_factory=dict)
     resolution: Tensor | None = None
+    length_errors: Tensor | None = None
+    measure_points: Tensor | None = None
 
     def points(self, n: int | None = None) -> Tensor:
         """The curves sampled at ``t = linspace(0, 1, n)`` (default ``n_points``): (B, n, d)."""
         return self.curves.points(self.n_points if n is None else n)
+
+    @property
+    def converged(self) -> Tensor:
+        """(B,) bool: ``status == "converged"``."""
+        return self.status_code == CONVERGED
+
+    @property
+    def status(self) -> np.ndarray:
+        """(B,) status names of :data:`STATUSES` (a numpy array: ``res.status == "converged"``
+        compares elementwise)."""
+        return np.array(STATUSES)[self.status_code.cpu().numpy().astype(np.int64)]
+
+    @property
+    def message(self) -> list[str]:
+        """Per curve, what its status means."""
+        return [MESSAGES[s] for s in self.status]
 
     @property
     def init_names(self) -> list[str]:

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..curves import evaluate
 from ..metric import ExpectedMetric
+from .corridors import corridor_starts
 from .first_order import adam
 from .graph import LatentGraph
 from .levenberg_marquardt import levenberg_marquardt
@@ -50,13 +51,13 @@ def warm_start(
         pts = evaluate(z0[idx], z1[idx], coeffs, grid.psi, grid.t)
         return kappa[idx, None] * (pts[:, 1:] - pts[:, :-1]).pow(2).sum(-1) + prec.segment_sqdist(pts)
 
-    def features_jac(points: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def parts(points: Tensor, idx: Tensor) -> list[tuple[Tensor, Tensor]]:
         b = idx.numel()
-        flat = points.reshape(b * N, d)
-        sk = sqrt_kappa[idx].repeat_interleave(N)[:, None]
-        sigma, j_sigma = prec.sigma_and_jacobian_t(flat)
-        eye = torch.eye(d, dtype=flat.dtype, device=flat.device)
-        return torch.cat([sk * flat, sigma], -1), torch.cat([sk[:, :, None] * eye, j_sigma], -1)
+        sigma, j_sigma = prec.sigma_and_jacobian_t(points.reshape(b * N, d))
+        sk = sqrt_kappa[idx][:, None, None]
+        eye = torch.eye(d, dtype=points.dtype, device=points.device)
+        euclid = (sk * points, (sk[..., None] * eye).expand(b, N, d, d))
+        return [euclid, (sigma.reshape(b, N, -1), j_sigma.reshape(b, N, d, -1))]
 
     start = torch.zeros(B, grid.psi.shape[1], d, dtype=z0.dtype, device=z0.device)
     everyone = torch.arange(B, device=z0.device)
@@ -64,7 +65,7 @@ def warm_start(
     if method == "paper":
         coeffs, _, _, it = adam(segments, start, segments(start, everyone), max_iter, tol, z0, z1)
     else:
-        coeffs, _, _, it = levenberg_marquardt(features_jac, z0, z1, start, grid, max_iter, tol)
+        coeffs, _, _, it = levenberg_marquardt(parts, z0, z1, start, grid, max_iter, tol)
     return coeffs, it
 
 
@@ -80,6 +81,7 @@ def starts(
     tol: float,
     init: Tensor | None,
     graph: LatentGraph | None,
+    corridors: int,
     work: Work,
 ) -> tuple[list[tuple[int, Tensor]], Tensor]:
     """Every start of every curve: [(start code of :data:`INIT_NAMES`, coefficients (B, m, d))],
@@ -94,8 +96,8 @@ def starts(
         warm, warm_it = warm_start(metric, z0, z1, coarse, method, warm_iter, tol, work)
         iterations += warm_it
         found.append((WARM, warm))
-    if graph is not None and B > 0:
-        from_graph, evals = graph.initial_coeffs(z0, z1, fine.psi, fine.t)
+    if graph is not None and B > 0 and corridors > 0:
+        paths, evals = corridor_starts(graph, z0, z1, fine.psi, fine.t, corridors)
+        found += [(GRAPH, c) for c in paths]
         work.evals += evals
-        found.append((GRAPH, from_graph))
     return found, iterations
