@@ -13,7 +13,8 @@ chains of linear layers and pointwise activations, and ``generic_jacobian_rows``
   shapes (P = 0, P = 1, d = 1, d = 3, F = 1), and equal an independent reverse-mode oracle
   (``torch.autograd.functional.jacobian``);
 - decoders that are not plain chains (unsupported layers, hooks, ``forward`` overrides, plain
-  functions, symbolically traced graphs) are not recognized and still get correct values;
+  functions) are not recognized and still get correct values; symbolically traced graphs are
+  (convolutional decoders, custom modules and arbitrary directions: ``test_decoders_conv.py``);
 - in-place changes of the parameters after the first call are seen;
 - ``ExpectedMetric.metric_tensor`` equals ``J^T J`` of ``metric.features`` by reverse mode.
 """
@@ -314,10 +315,6 @@ def _function():
     return bumpy_metric().mean  # tanh(z W1^T) W2^T as plain torch code
 
 
-def _symbolic_trace():
-    return torch.fx.symbolic_trace(mlp("elu", 2, 3))  # call_module nodes, not aten ops
-
-
 def _hooked_flat_mean():
     flat = FlatMean(mlp("relu", 2, 3), 2, 3)
     flat.register_forward_hook(lambda mod, inp, out: out - 3)
@@ -334,7 +331,6 @@ NOT_CHAINS = {
     "subclass_tiny_offset": lambda: _subclass(PlusTiny),
     "lambda": _lambda,
     "function": _function,
-    "fx_symbolic_trace": _symbolic_trace,
     "flatmean_hook": _hooked_flat_mean,
 }
 
@@ -350,6 +346,14 @@ def test_non_chains_fall_back_to_generic(make):
     value_rev, jac_rev = reverse_mode_rows(fn, z)
     torch.testing.assert_close(value, value_rev, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(jac, jac_rev, rtol=1e-12, atol=1e-12)
+
+
+def test_symbolically_traced_graph_is_recognized():
+    """A torch.fx.symbolic_trace GraphModule (call_module nodes, not aten ops) is a chain too."""
+    fn = torch.fx.symbolic_trace(mlp("elu", 2, 3))
+    z = latents(6, 2)
+    assert mlp_chain(fn, z[:4]) is not None
+    assert_rows_equal(fn, z)
 
 
 def test_flatmean_around_sequential_is_recognized():

@@ -1,9 +1,22 @@
-"""Decoder means as the solver sees them: recognizing chains the stacked forward mode can
-differentiate (:mod:`.recognize`), the stacked forward mode itself (:mod:`.forward_mode`), the
-``torch.func`` fallback (:mod:`.generic`), and the adapter of saved means (:mod:`.flat`)."""
+"""Decoder means as the solver sees them: their value and directional derivatives
+(:func:`value_and_tangents`, :func:`jacobian_rows`). Chains of standard layers applied point by
+point are recognized (:mod:`.recognize`: modules :mod:`.modules`, fx graphs :mod:`.graphs`, as
+steps :mod:`.steps`) and differentiated by the stacked forward mode (:mod:`.forward_mode`,
+layer by layer :mod:`.layers`); anything else by ``torch.func`` (:mod:`.generic`). The adapter
+of saved means: :mod:`.flat`."""
 
 from .flat import FlatMean
-from .forward_mode import MLPChain, jacobian_rows, mlp_chain
-from .generic import generic_jacobian_rows
+from .forward_mode import MLPChain, StackedChain, jacobian_rows, mlp_chain, stacked_chain, value_and_tangents
+from .generic import generic_jacobian_rows, generic_value_and_tangents
 
-__all__ = ["FlatMean", "MLPChain", "generic_jacobian_rows", "jacobian_rows", "mlp_chain"]
+__all__ = [
+    "FlatMean",
+    "MLPChain",
+    "StackedChain",
+    "generic_jacobian_rows",
+    "generic_value_and_tangents",
+    "jacobian_rows",
+    "mlp_chain",
+    "stacked_chain",
+    "value_and_tangents",
+]

@@ -1,5 +1,5 @@
-"""Jacobians of any differentiable decoder mean by ``torch.func``: the fallback of the stacked
-forward mode, and the reference it is tested against."""
+"""Directional derivatives of any differentiable decoder mean by ``torch.func``: the fallback of
+the stacked forward mode, and the reference it is tested against."""
 
 from __future__ import annotations
 
@@ -11,24 +11,53 @@ from torch import Tensor
 from ..ops import use_backend
 
 
-def generic_jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
-    """``fn(z)`` and its Jacobian, directions first: z (P, d) -> value (P, F), jacobian (d, P, F).
+def check_value(value: object, z: Tensor) -> Tensor:
+    """A decoder's output at z (P, d), which must be a tensor (P, F): ValueError otherwise."""
+    if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[0] != z.shape[0]:
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"the decoder mean must map points (P, d) = {tuple(z.shape)} to (P, F), got {got}")
+    return value
 
-    ``torch.func.jvp`` vectorized over the d directions (the RBF ops run on the reference backend
-    here: it supports forward-mode AD), or, for a ``fn`` without forward-mode support, the
-    double-backward trick (two reverse passes).
+
+def generic_value_and_tangents(
+    fn: Callable[[Tensor], Tensor], z: Tensor, tangents: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``fn(z)`` and its derivatives along per-point directions: z (P, d), tangents (k, P, d)
+    -> value (P, F), out (k, P, F) with ``out[i] = J tangents[i]``; ValueError if fn's output is
+    not (P, F).
+
+    ``torch.func.jvp`` vectorized over the k directions (the RBF ops run on the reference
+    backend here: it supports forward-mode AD). If that fails, ``fn`` is called plainly: an
+    error of its own propagates; otherwise (an op vmap or forward mode does not support) the
+    directions are taken one by one, by ``jvp`` or, for a ``fn`` without forward-mode support,
+    the double-backward trick (two reverse passes).
     """
+    k = tangents.shape[0]
+    with use_backend("reference"):
+        if k == 0:
+            with torch.no_grad():
+                value = check_value(fn(z), z)
+            return value.detach(), value.new_empty(0, *value.shape)
+        try:  # all directions in one vectorized pass: the primal is computed once
+            along = torch.func.vmap(lambda v: torch.func.jvp(fn, (z,), (v,)), out_dims=(None, 0))
+            value, out = along(tangents)
+            vectorized = True
+        except Exception:  # noqa: BLE001 - told apart below: fn's own error, or vmap's
+            vectorized = False
+        if not vectorized:
+            with torch.no_grad():
+                check_value(fn(z), z)  # raises fn's own error, if it is one, from a plain call
+            pairs = [_jvp(fn, z, tangents[i]) for i in range(k)]
+            value, out = pairs[0][0], torch.stack([p[1] for p in pairs])
+    return check_value(value, z).detach(), out.detach()
+
+
+def generic_jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
+    """``fn(z)`` and its Jacobian, directions first: z (P, d) -> value (P, F), jacobian (d, P, F):
+    :func:`generic_value_and_tangents` along the d coordinate axes."""
     d = z.shape[-1]
     tangents = torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, *z.shape)
-    with use_backend("reference"):
-        try:  # all directions in one vectorized pass: the primal is computed once
-            value, jac = torch.func.vmap(lambda v: torch.func.jvp(fn, (z,), (v,)), out_dims=(None, 0))(
-                tangents
-            )
-        except Exception:  # noqa: BLE001 - fn is not vmappable (or returns per-direction primals)
-            pairs = [_jvp(fn, z, tangents[i]) for i in range(d)]
-            value, jac = pairs[0][0], torch.stack([p[1] for p in pairs])
-    return value.detach(), jac.detach()
+    return generic_value_and_tangents(fn, z, tangents)
 
 
 def _jvp(fn: Callable[[Tensor], Tensor], z: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,23 +1,121 @@
 """The steps of a recognized decoder chain, as data: what :mod:`fastgeo.decoders.recognize`
-reads off a module and :mod:`fastgeo.decoders.forward_mode` differentiates."""
+reads off a module or graph and :mod:`fastgeo.decoders.layers` applies to a stacked value and
+its tangents.
+
+A chain acts on one point at a time: every step maps a batch (P, *shape_in) to (P, *shape_out)
+point by point. Parameters are read through getters at every call, so in-place training shows;
+``identity`` (the layer's ``id``, or the graph's attribute names) and the settings (strides,
+eps, ...) enter the chain's :func:`signature`. All steps but :class:`Activation` and
+:class:`GroupNorm` are affine maps of their input: linear in the tangents.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from torch import Tensor
 
+Getter = Callable[[], Tensor]
+OptionalGetter = Callable[[], "Tensor | None"]
+
 
 @dataclass(frozen=True)
 class Affine:
-    """``x W^T + b``. The parameters are read through getters at every call, so in-place
-    training shows; ``identity`` (the layer's id, or the graph's attribute names) enters the
-    chain's signature."""
+    """``x W^T + b`` on the last axis: W (out, in), b (out,) or None."""
 
-    weight: Callable[[], Tensor]
-    bias: Callable[[], Tensor | None]
+    weight: Getter
+    bias: OptionalGetter
     identity: Hashable
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A convolution (``transposed``: its transpose) over (C, *spatial) per point, N-d with N =
+    ``weight().dim() - 2``, settings as ``torch.nn.functional.conv{N}d`` /
+    ``conv_transpose{N}d`` take them (``padding`` may be ``"same"`` / ``"valid"``, not
+    transposed). W (C_out, C_in / groups, *kernel), transposed (C_in, C_out / groups, *kernel)."""
+
+    weight: Getter
+    bias: OptionalGetter
+    identity: Hashable
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    dilation: tuple[int, ...]
+    groups: int
+    transposed: bool = False
+    output_padding: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """Batch normalization with running statistics (eval mode), a per-channel affine map of
+    (C, ...) per point: ``(x - mean) / sqrt(var + eps) * weight + bias``; each (C,), weight and
+    bias possibly None."""
+
+    weight: OptionalGetter
+    bias: OptionalGetter
+    running_mean: Getter
+    running_var: Getter
+    eps: float
+    identity: Hashable
+
+
+@dataclass(frozen=True)
+class GroupNorm:
+    """Group normalization of (C, ...) per point over ``groups`` groups of channels, then the
+    per-channel ``weight`` and ``bias`` (C,) (or None). Not linear: its JVP is explicit."""
+
+    weight: OptionalGetter
+    bias: OptionalGetter
+    groups: int
+    eps: float
+    identity: Hashable
+
+
+@dataclass(frozen=True)
+class Upsample:
+    """``torch.nn.functional.interpolate`` of (C, *spatial) per point, any linear mode
+    (nearest, nearest-exact, bilinear, bicubic, ...): ``size`` or ``scale_factor``."""
+
+    size: int | tuple[int, ...] | None
+    scale_factor: float | tuple[float, ...] | None
+    mode: str
+    align_corners: bool | None
+    recompute_scale_factor: bool | None = None
+
+
+@dataclass(frozen=True)
+class Pad:
+    """``torch.nn.functional.pad`` of (C, *spatial) per point: ``mode`` "constant" (zeros),
+    "reflect", "replicate" or "circular"."""
+
+    pad: tuple[int, ...]
+    mode: str
+
+
+@dataclass(frozen=True)
+class Reshape:
+    """Each point reshaped to ``shape`` (at most one -1)."""
+
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """``x.flatten(start, end)`` with dims of the batch (P, ...): ``start`` is never 0."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Unflatten:
+    """``x.unflatten(dim, sizes)`` with ``dim`` of the batch (P, ...), never 0."""
+
+    dim: int
+    sizes: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -29,9 +127,15 @@ class Activation:
     params: tuple[float, ...] = ()
 
 
-Step = Affine | Activation
+Step = Affine | Conv | BatchNorm | GroupNorm | Upsample | Pad | Reshape | Flatten | Unflatten | Activation
+# Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
+LAYERS = (Affine, Conv)
 
 
 def signature(steps: list[Step]) -> tuple[Hashable, ...]:
-    """What identifies a chain's structure: layer identities and activation settings."""
-    return tuple(s.identity if isinstance(s, Affine) else (s.name, s.params) for s in steps)
+    """What identifies a chain's structure: each step's kind, identity and settings (every
+    field but the parameter getters)."""
+    return tuple(
+        (type(s).__name__, *(v for f in dataclasses.fields(s) if not callable(v := getattr(s, f.name))))
+        for s in steps
+    )

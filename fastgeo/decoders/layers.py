@@ -1,0 +1,172 @@
+"""Each step of a chain applied to a stacked value and its tangents.
+
+The stack ``x`` is (k+1, P, *shape): block 0 holds the value at P points, blocks 1..k the k
+tangents at the same points. An affine step is linear in the tangents, so all k+1 blocks go
+through it as one batch of (k+1) P inputs (one GEMM, one convolution), the bias added to the
+value block only; an activation multiplies the tangents by its derivative at the value;
+group normalization has its JVP written out. The stack is this module's own tensor: steps may
+update it in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .activations import ACTIVATIONS
+from .steps import (
+    Activation,
+    Affine,
+    BatchNorm,
+    Conv,
+    Flatten,
+    GroupNorm,
+    Pad,
+    Reshape,
+    Step,
+    Unflatten,
+    Upsample,
+)
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _batch(x: Tensor) -> Tensor:
+    """(k+1, P, *shape) -> ((k+1) P, *shape), a view."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _unbatch(y: Tensor, x: Tensor) -> Tensor:
+    """((k+1) P, *shape') -> (k+1, P, *shape'), with the blocks of x."""
+    return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
+
+
+def _channels(v: Tensor, x: Tensor) -> Tensor:
+    """A per-channel vector (C,) shaped to broadcast over the (C, *spatial) points of x."""
+    return v.reshape(-1, *(1,) * (x.dim() - 3))
+
+
+def _affine(step: Affine, x: Tensor) -> Tensor:
+    weight, bias = step.weight(), step.bias()
+    y = torch.mm(x.reshape(-1, x.shape[-1]), weight.T).reshape(*x.shape[:-1], weight.shape[0])
+    if bias is not None:
+        y[0] += bias
+    return y
+
+
+def _conv(step: Conv, x: Tensor) -> Tensor:
+    weight, bias = step.weight(), step.bias()
+    n = weight.dim() - 2
+    xb = _batch(x)
+    if n == 2 and xb.device.type == "cpu":
+        # oneDNN convolves channels-last images about twice as fast on CPU; the layout then
+        # stays through activations and further convolutions, until a reshape.
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    if step.transposed:
+        y = _CONV_T[n](xb, weight, None, step.stride, step.padding, step.output_padding, step.groups,
+                       step.dilation)  # fmt: skip
+    else:
+        y = _CONV[n](xb, weight, None, step.stride, step.padding, step.dilation, step.groups)
+    y = _unbatch(y, x)
+    if bias is not None:
+        y[0] += _channels(bias, y)
+    return y
+
+
+def _batch_norm(step: BatchNorm, x: Tensor) -> Tensor:
+    weight, bias = step.weight(), step.bias()
+    scale = torch.rsqrt(step.running_var() + step.eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -step.running_mean() * scale
+    if bias is not None:
+        shift = shift + bias
+    x.mul_(_channels(scale, x))
+    x[0] += _channels(shift, x)
+    return x
+
+
+def _group_norm(step: GroupNorm, x: Tensor) -> Tensor:
+    """y = gamma xhat + beta with xhat = (x - mean_g) / sigma_g, and the tangents
+    dy = gamma / sigma_g (dx - mean_g(dx) - xhat mean_g(xhat dx)), means over each group."""
+    blocks, P = x.shape[:2]
+    g = x.reshape(blocks, P, step.groups, -1)  # (k+1, P, G, C/G * spatial)
+    value, tangents = g[0], g[1:]
+    var, mean = torch.var_mean(value, -1, correction=0, keepdim=True)
+    rstd = torch.rsqrt(var + step.eps)
+    xhat = (value - mean) * rstd
+    out = torch.empty_like(g)
+    out[0] = xhat
+    out[1:] = (
+        tangents - tangents.mean(-1, keepdim=True) - xhat * (xhat * tangents).mean(-1, keepdim=True)
+    ) * rstd
+    y = out.reshape(x.shape)
+    weight, bias = step.weight(), step.bias()
+    if weight is not None:
+        y.mul_(_channels(weight, y))
+    if bias is not None:
+        y[0] += _channels(bias, y)
+    return y
+
+
+def _upsample(step: Upsample, x: Tensor) -> Tensor:
+    y = F.interpolate(_batch(x), step.size, step.scale_factor, step.mode, step.align_corners,
+                      step.recompute_scale_factor)  # fmt: skip
+    return _unbatch(y, x)
+
+
+def _pad(step: Pad, x: Tensor) -> Tensor:
+    return _unbatch(F.pad(_batch(x), step.pad, step.mode), x)
+
+
+def _reshape(step: Reshape, x: Tensor) -> Tensor:
+    shape = list(step.shape)
+    if -1 in shape:  # resolved here: reshape cannot infer it when there are no points (P = 0)
+        known = math.prod(s for s in shape if s != -1)
+        shape[shape.index(-1)] = math.prod(x.shape[2:]) // known if known else 0
+    return x.reshape(*x.shape[:2], *shape)
+
+
+def _batch_dim(dim: int) -> int:
+    """A dim of the batch (P, ...) as a dim of the stack (k+1, P, ...)."""
+    return dim + 1 if dim >= 0 else dim
+
+
+def _flatten(step: Flatten, x: Tensor) -> Tensor:
+    return x.flatten(_batch_dim(step.start), _batch_dim(step.end))
+
+
+def _unflatten(step: Unflatten, x: Tensor) -> Tensor:
+    return x.unflatten(_batch_dim(step.dim), step.sizes)
+
+
+def _activation(step: Activation, x: Tensor) -> Tensor:
+    y, dy = ACTIVATIONS[step.name](x[0], *step.params)
+    x[1:] *= dy
+    x[0] = y
+    return x
+
+
+APPLY: dict[type, Callable[..., Tensor]] = {
+    Affine: _affine,
+    Conv: _conv,
+    BatchNorm: _batch_norm,
+    GroupNorm: _group_norm,
+    Upsample: _upsample,
+    Pad: _pad,
+    Reshape: _reshape,
+    Flatten: _flatten,
+    Unflatten: _unflatten,
+    Activation: _activation,
+}
+
+
+def apply(step: Step, x: Tensor) -> Tensor:
+    """One step on the stack: x (k+1, P, *shape_in) -> (k+1, P, *shape_out), value block first."""
+    return APPLY[type(step)](step, x)
