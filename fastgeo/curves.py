@@ -119,7 +119,9 @@ def straight_line(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
 
 def evaluate(z0: Tensor, z1: Tensor, coeffs: Tensor, psi: Tensor, t: Tensor) -> Tensor:
     """Curve points: z0, z1 (B, d), coeffs (B, m, d), psi (n, m) at times t (n,) -> (B, n, d)."""
-    return straight_line(z0, z1, t) + torch.einsum("nm,bmd->bnd", psi, coeffs)
+    # psi @ coeffs per curve (a batched matmul): each curve's points are computed the same way
+    # whatever the batch (one GEMM over all curves would round differently with its width).
+    return straight_line(z0, z1, t) + torch.matmul(psi, coeffs)
 
 
 @dataclass

@@ -75,23 +75,23 @@ def test_nan_in_a_chunk_never_reaches_the_matrix(tmp_path, reference):
     assert report.chunks_computed == 1 and bool(torch.isfinite(D).all()) and torch.equal(D, reference[0])
 
 
-def test_a_flipped_converged_byte_is_detected(tmp_path, reference):
+def test_a_flipped_status_byte_is_detected(tmp_path, reference):
     ckpt = tmp_path / "ckpt"
     run(bumpy_metric(), ckpt)
     path = ckpt / "chunk_00000000.safetensors"
     data = bytearray(path.read_bytes())
-    # The bool tensor's bytes are 0/1: find the 'converged' entry's data through the header.
+    # Find the 'status' entry's data (int8 codes) through the header.
     import json
     import struct
 
     n = struct.unpack("<Q", bytes(data[:8]))[0]
     header = json.loads(bytes(data[8 : 8 + n]))
-    start = 8 + n + header["converged"]["data_offsets"][0]
+    start = 8 + n + header["status"]["data_offsets"][0]
     data[start] ^= 1
     path.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="checksum"):
         _, report = run(bumpy_metric(), ckpt)
-    assert report.chunks_computed == 1 and torch.equal(report.converged, reference[1].converged)
+    assert report.chunks_computed == 1 and torch.equal(report.status_code, reference[1].status_code)
 
 
 class VAE(torch.nn.Module):

@@ -1,7 +1,7 @@
 """The solver's C++ kernels for the Levenberg-Marquardt iteration (``lm_propose``, ``lm_update``)
 and for sigma with its Jacobian (``rbf_sigma_jacobian``), against their PyTorch references.
 
-float64: equal to the reference to ~1e-10 relative, decisions (accept / done / ok / solved)
+float64: equal to the reference to ~1e-10 relative, decisions (accept / status / ok / solved)
 identical; float32: within stated tolerances of the float64 reference. ``opcheck`` on each op;
 shapes include p = 1, an empty batch, failed factorizations, NaN trial energies and
 non-contiguous inputs. The solver's results with the kernels equal those with the references.
@@ -19,7 +19,7 @@ from fastgeo import reference
 require_cpu_kernels()
 
 ops = torch.ops.fastgeo
-UPDATE_NAMES = ("accept", "done", "ok", "e", "length", "grad", "hess", "curv", "lam", "nu")
+UPDATE_NAMES = ("accept", "status", "ok", "e", "length", "grad", "hess", "curv", "lam", "nu")
 
 
 def _system(b: int, p: int, dtype: torch.dtype, seed: int = 0):

@@ -39,7 +39,7 @@ def lm_propose(
     step = torch.cholesky_solve(-grad[..., None], chol)[..., 0]
     solved = solved & torch.isfinite(step).all(-1)
     step = torch.where(solved[:, None], step, 0.0)
-    predicted = -segments * ((grad + 0.5 * (h @ step[..., None])[..., 0]) * step).sum(-1)
+    predicted = -segments * ((grad + 0.5 * (h * step[:, None, :]).sum(-1)) * step).sum(-1)
     return step, predicted, solved
 
 
@@ -103,10 +103,10 @@ def secant_update(curv: Tensor, step: Tensor, y: Tensor, y_sharp: Tensor) -> Ten
     Oren-Luenberger sizing; skipped where ``y . step <= 0``."""
     ys = (y * step).sum(-1)
     ok = ys > 1e-12 * y.norm(dim=-1) * step.norm(dim=-1)
-    s_curv_s = (step * (curv @ step[..., None])[..., 0]).sum(-1)
+    s_curv_s = (step * (curv * step[:, None, :]).sum(-1)).sum(-1)
     size = ((step * y_sharp).sum(-1).abs() / s_curv_s.abs().clamp(min=1e-300)).clamp(max=1)
     curv = torch.where((s_curv_s != 0)[:, None, None], size[:, None, None] * curv, curv)
-    resid = y_sharp - (curv @ step[..., None])[..., 0]
+    resid = y_sharp - (curv * step[:, None, :]).sum(-1)
     denom = torch.where(ok, ys, torch.ones_like(ys))
     upd = (resid[:, :, None] * y[:, None, :] + y[:, :, None] * resid[:, None, :]) / denom[:, None, None] - (
         (resid * step).sum(-1) / denom**2

@@ -7,13 +7,15 @@ import torch
 
 from ..curves import Curves, straight_line, time_grid
 from ..metric import ExpectedMetric
-from .measure import measure
+from .measure import LENGTH_RTOL, measure
 from .result import STRAIGHT, STRAIGHT_FALLBACK, GeodesicResult, Work
 
 
 def never_longer_than_straight(metric: ExpectedMetric, res: GeodesicResult, work: Work) -> None:
     """Measure the straight lines of ``res`` (``res.straight_lengths``, as the curves are) and
-    replace, in place, the curves longer than theirs by them (status ``straight_fallback``)."""
+    replace, in place, the curves longer than theirs by them: status ``straight_fallback``, unless
+    the curve was no longer than its straight line within the measurement's tolerance (the straight
+    line is then the geodesic, as for a linear decoder, and the status stays)."""
     z0, z1 = res.curves.z0, res.curves.z1
     line = Curves(z0, z1, torch.zeros_like(res.curves.coeffs), res.curves.basis)
     straight, errors, used = measure(metric, line, torch.full_like(res.resolution, res.n_points), work)
@@ -21,6 +23,7 @@ def never_longer_than_straight(metric: ExpectedMetric, res: GeodesicResult, work
     worse = res.lengths > straight
     if not bool(worse.any()):
         return
+    failed = worse & (res.lengths > straight * (1 + LENGTH_RTOL))
     res.curves = Curves(z0, z1, torch.where(worse[:, None, None], line.coeffs, res.curves.coeffs), line.basis)
     res.lengths = torch.where(worse, straight, res.lengths)
     res.length_errors = torch.where(worse, errors, res.length_errors)
@@ -31,4 +34,4 @@ def never_longer_than_straight(metric: ExpectedMetric, res: GeodesicResult, work
     res.energies = torch.where(worse, e_line, res.energies)
     res.resolution = torch.where(worse, res.n_points, res.resolution)
     res.init = torch.where(worse, torch.full_like(res.init, STRAIGHT), res.init)
-    res.status_code = torch.where(worse, STRAIGHT_FALLBACK, res.status_code.long()).to(torch.int8)
+    res.status_code = torch.where(failed, STRAIGHT_FALLBACK, res.status_code.long()).to(torch.int8)

@@ -91,7 +91,8 @@ def levenberg_marquardt(
         trial = c + step.reshape(-1, m, d)
         s_new, g_new, h_new = linear_model(trial, active)
         iterations[active] += 1
-        g_old_jac = state.grad + (state.hess @ step[..., None])[..., 0]  # secant: y# = y - H s
+        # secant: y# = y - H s (as a per-curve product: a curve's result must not depend on its batch)
+        g_old_jac = state.grad + (state.hess * step[:, None, :]).sum(-1)
         proposal = LMTrial(
             energy_from_segments(s_new),
             length_from_segments(s_new),

@@ -15,6 +15,7 @@ from .levenberg_marquardt import levenberg_marquardt
 from .problem import Grid
 from .result import GIVEN, GRAPH, STRAIGHT, WARM, Work
 
+MIN_ROWS = 64  # rows of the smallest decoder call
 WARM_TOL = 1e-4  # only a start: a loose tolerance, the full energy decides the rest
 
 
@@ -39,7 +40,12 @@ def warm_start(
     B, d = z0.shape
     N = grid.n
     with torch.no_grad():
-        dmu = metric.decode(z1) - metric.decode(z0)
+        # Both ends in one call of at least MIN_ROWS rows: BLAS takes other paths for tiny
+        # matrices, and a curve's start must not depend on how many curves share its batch.
+        ends = torch.cat([z0, z1])
+        padded = torch.cat([ends, ends[:1].expand(max(0, MIN_ROWS - 2 * B), d)])
+        mu = metric.decode(padded)
+        dmu = mu[B : 2 * B] - mu[:B]
     work.evals += 2 * B
     dz2 = (z1 - z0).pow(2).sum(-1)
     kappa = torch.where(dz2 > 0, dmu.pow(2).sum(-1) / dz2.clamp(min=torch.finfo(dz2.dtype).tiny), 1.0)

@@ -1,0 +1,142 @@
+"""Geodesics you can trust (the solver's promises, on the shipped generators):
+
+- a curve's result does not depend on which other curves share its batch: random batches of
+  1-64 pairs give, pair by pair, the same length (bit for bit here) and the same status as the
+  pair solved in another batch; pairwise_distances equals per-pair geodesics for any chunk size;
+- every reported length is the curve's own, within 0.1 % of its length on 4096 points;
+- statuses are honest: max_iter, nonfinite, stalled and straight_fallback where they happen.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import randn
+
+import fastgeo
+from fastgeo.solver.levenberg_marquardt import levenberg_marquardt
+from fastgeo.solver.problem import Grid
+from fastgeo.solver.result import STALLED
+
+DATA = Path(__file__).parent / "data"
+pytestmark = pytest.mark.filterwarnings("ignore:fastgeo.pairwise_distances")
+
+
+@pytest.fixture(scope="module", params=["two_moons", "digits"])
+def generator(request):
+    path = DATA / f"{request.param}.safetensors"
+    Z = fastgeo.load_extra(path)["latents"]
+    g = torch.Generator().manual_seed(0)
+    i, j = torch.randint(Z.shape[0], (2, 64), generator=g)
+    return request.param, fastgeo.load_generator(path), Z[i], Z[j]
+
+
+@pytest.fixture(scope="module")
+def solved(generator):
+    name, metric, z0, z1 = generator
+    return fastgeo.geodesics(metric, z0, z1)
+
+
+def test_results_do_not_depend_on_the_batch(generator, solved, one_thread):
+    """Random batches (sizes 1-64, random members) reproduce the 64-pair batch's length and status
+    for every pair."""
+    name, metric, z0, z1 = generator
+    g = torch.Generator().manual_seed(1)
+    for size in (1, 1, 2, 7, 23, 64):
+        idx = torch.randperm(64, generator=g)[:size]
+        res = fastgeo.geodesics(metric, z0[idx], z1[idx])
+        assert torch.equal(res.lengths, solved.lengths[idx]), (name, size)
+        assert (res.status == solved.status[idx.numpy()]).all(), (name, size)
+
+
+def test_lengths_are_the_curves_own(solved, generator):
+    """Every reported length is within 0.1 % of the returned curve's length on 4096 points,
+    measured in float64 (in float32, 4096 segments of a short curve add up visible rounding
+    noise), and its error estimate is below 0.1 % too."""
+    name, metric, _, _ = generator
+    m64 = metric.to(torch.float64)
+    c = solved.curves
+    curves64 = fastgeo.Curves(c.z0.double(), c.z1.double(), c.coeffs.double(), c.basis)
+    with torch.no_grad():
+        fine = m64.length(curves64.points(4097))
+    rel = solved.lengths.double() / fine - 1
+    assert float(rel.abs().max()) < 1e-3, (name, float(rel.abs().max()))
+    assert bool((solved.length_errors <= 1e-3 * solved.lengths).all())
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+def test_pairwise_equals_per_pair_geodesics_for_any_chunk_size(generator, chunk_size, one_thread):
+    """pairwise_distances on 9 codes (36 pairs) gives, for chunk sizes 1, 7 and 64, exactly the
+    per-pair geodesic lengths."""
+    name, metric, z0, _ = generator
+    Z = z0[:9]
+    D, report = fastgeo.pairwise_distances(
+        metric, Z, chunk_size=chunk_size, progress=False, return_report=True
+    )
+    i, j = torch.triu_indices(9, 9, 1)
+    alone = fastgeo.geodesics(metric, Z[i], Z[j])
+    assert torch.equal(D[i, j], alone.lengths) and torch.equal(D, D.T)
+    assert (report.status[i.numpy(), j.numpy()] == alone.status).all()
+
+
+def test_statuses_are_honest():
+    """max_iter when the iterations run out; nonfinite for a decoder returning NaN; converged
+    otherwise; the messages say what each means."""
+    from analytic import bumpy_metric
+
+    metric = bumpy_metric()
+    z0, z1 = randn(2, 4, 2, seed=3)
+    short = fastgeo.geodesics(metric, z0, z1, max_iter=1, graph=False, warm_start=False)
+    assert set(short.status) <= {"max_iter", "straight_fallback"} and "max_iter" in set(short.status)
+    limited = [msg for msg, s in zip(short.message, short.status, strict=True) if s == "max_iter"]
+    assert all("iteration limit" in msg for msg in limited)
+
+    def nan_mean(z):
+        out = metric.mean(z)
+        return torch.where(z[..., :1] > 0.5, torch.nan, out)
+
+    bad = fastgeo.ExpectedMetric(nan_mean, metric.precision)
+    a = torch.tensor([[0.0, 0.0], [-1.0, -1.0]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)  # the first crosses z_1 > 0.5
+    res = fastgeo.geodesics(bad, a, b, graph=False)
+    assert res.status.tolist()[0] == "nonfinite" and not bool(res.converged[0])
+    assert res.status.tolist()[1] == "converged"
+    full = fastgeo.geodesics(metric, z0, z1)
+    assert torch.equal(full.converged, torch.as_tensor(full.status == "converged"))
+
+
+def test_a_step_that_keeps_failing_is_stalled_not_converged():
+    """Levenberg-Marquardt on an embedding whose energy does not change with the curve, while its
+    linear model promises a gain: the steps keep failing and the curve ends stalled."""
+    z0 = torch.zeros(2, 2, dtype=torch.float64)
+    z1 = torch.ones(2, 2, dtype=torch.float64)
+    grid = Grid.of(fastgeo.PolynomialBasis(3), 8, z0)
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(2, 8, 5, generator=g, dtype=torch.float64)
+    J = torch.randn(2, 8, 2, 5, generator=g, dtype=torch.float64)
+
+    def parts(points, idx):  # the same features wherever the points are
+        return [(f[idx], J[idx])]
+
+    coeffs = torch.zeros(2, 3, 2, dtype=torch.float64)
+    _, _, status, iterations = levenberg_marquardt(parts, z0, z1, coeffs, grid, 100, 1e-10)
+    assert status.tolist() == [STALLED, STALLED] and bool((iterations < 100).all())
+
+
+def test_cli_matrices_do_not_depend_on_the_chunk_size(tmp_path, capsys, one_thread):
+    """``fastgeo distances`` gives identical matrices (bit for bit) for chunk sizes 1, 7 and 64."""
+    import numpy as np
+
+    from fastgeo.cli import main
+
+    path = DATA / "two_moons.safetensors"
+    Z = fastgeo.load_extra(path)["latents"][:8]
+    np.save(tmp_path / "Z.npy", Z.numpy())
+    out = []
+    for chunk in (1, 7, 64):
+        target = tmp_path / f"D{chunk}.npy"
+        argv = ["distances", str(path), str(tmp_path / "Z.npy"), "-o", str(target)]
+        assert main([*argv, "--chunk-size", str(chunk), "--no-progress"]) == 0
+        out.append(np.load(target))
+    capsys.readouterr()
+    assert np.array_equal(out[0], out[1]) and np.array_equal(out[0], out[2])
