@@ -229,8 +229,8 @@ def main() -> None:
     p.add_argument(
         "--generator",
         default=DIGITS if os.path.exists(DIGITS) else None,
-        help="a file written by fastgeo.save_generator with extra latents (default: tests/data/digits.safetensors "
-        "if present); 'synthetic' for the synthetic generator",
+        help="a file written by fastgeo.save_generator with extra latents (default: "
+        "tests/data/digits.safetensors if present); 'synthetic' for the synthetic generator",
     )
     p.add_argument("--method", default=None)
     p.add_argument("--m", type=int, default=None)
