@@ -314,7 +314,7 @@ def color_shapes64(n: int = 6000, seed: int | None = 0) -> tuple[Tensor, Tensor]
     (:data:`SHAPE_CLASSES`, as :func:`shapes28`).
 
     Background: a linear gradient in a random direction between two random muted colours
-    (saturation 0-0.4, value 0.15-0.55). Foreground: one shape of circumradius 10-24 pixels,
+    (saturation 0-0.4, value 0.15-0.55). Foreground: one shape of circumradius 14-26 pixels,
     random position (inside the frame) and rotation, in a bright saturated colour of random
     hue (saturation 0.6-1, value 0.75-1), filled or outlined (stroke 3-6 pixels; rings 4-8) as in
     :func:`shapes28`, anti-aliased, alpha-blended over the background. The colour carries no
@@ -344,7 +344,7 @@ def color_shapes64(n: int = 6000, seed: int | None = 0) -> tuple[Tensor, Tensor]
         t = np.clip(proj, 0.0, 1.0)[:, None]  # (m, 1, 64, 64)
         bg = bg0[:, :, None, None] * (1 - t) + bg1[:, :, None, None] * t
         alpha = _shape_coverage(
-            rng, lab, 64, min_r=10.0, max_r=24.0, stroke=(3.0, 6.0), ring_stroke=(4.0, 8.0)
+            rng, lab, 64, min_r=14.0, max_r=26.0, stroke=(3.0, 6.0), ring_stroke=(4.0, 8.0)
         )[:, None]
         out[a : a + m] = bg * (1 - alpha) + fg[:, :, None, None] * alpha
     return torch.from_numpy(out.reshape(n, -1)), torch.from_numpy(labels)
