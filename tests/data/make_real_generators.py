@@ -31,8 +31,8 @@ Generators (name: decoder, data):
   channels), color_shapes64 (D = 12,288), 6,000 images.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations": the dataclass below then needs no entry in sys.modules,
+# so that benchmarks can load this file with importlib.util.spec_from_file_location alone.
 import argparse
 import sys
 import time
