@@ -17,7 +17,9 @@ The RBF precision of the large generators is fitted on a random subset of 4,000 
 The small generators (files well under 1 MB, trained in about a minute) go to ``tests/data/`` and
 are committed; the others go to ``bench/results/generators/`` (git-ignored): benchmarks call
 :func:`build_generator` to make them when missing. Everything is deterministic for the seeds
-below on one machine and thread count (``--threads``, default 2).
+below on one machine (the committed files were built with ``--threads 1``; the MLP files come
+out bit-identical with 2 threads). On a machine whose cores other processes also use, pass
+``--threads 1``: two threads that wait on each other ran up to 10x slower there.
 
 Generators (name: decoder, data):
 
@@ -166,7 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all", action="store_true", help="every generator")
     parser.add_argument("--list", action="store_true", help="list the generators and exit")
     parser.add_argument("--out-dir", type=Path, default=None, help="folder (default: per generator)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--threads", type=int, default=2,
+        help="torch threads (default 2; use 1 when other processes share the cores: two threads "
+        "then wait on each other, up to 10x slower)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.list:
         for name, spec in SPECS.items():
