@@ -1,0 +1,449 @@
+"""Image VAEs shaped like the ones in papers on latent geodesics: MLP and convolutional
+decoders with latent dimension d = 2-128 and D = 784 (28x28) or 12,288 (64x64x3) outputs.
+
+fastgeo is not a VAE library; these models exist to give its tests and benchmarks realistic
+decoders (see ``tests/data/make_real_generators.py``). Like the two-moons VAE of
+:mod:`fastgeo.demo.vae`:
+
+- encoder ``q(z|x) = N(m(x), diag(s(x)^2))``, standard normal prior;
+- Gaussian decoder ``N(mu(z), sigma^2 I)`` whose variance is learned during training only (here
+  one variance shared by all pixels, the "calibrated decoder" of Rybkin et al., 2021), frozen
+  at a small value (``init_var``, default 0.003) for the first half of training so that the mean
+  is fitted in detail before the model can explain the rest of the data as noise. fastgeo later
+  replaces the variance by an RBF precision network.
+
+Every decoder mean is a plain ``nn.Sequential`` of standard layers, mapping (P, d) -> (P, D)
+and ending with ``nn.Flatten``, so that it can be recognised layer by layer: ``nn.Linear``,
+``nn.Unflatten``, ``nn.ConvTranspose2d``, ``nn.Conv2d``, optionally ``nn.BatchNorm2d`` or
+``nn.GroupNorm``, smooth pointwise activations (ELU by default, since the metric uses the
+decoder's Jacobian) and a final ``nn.Sigmoid`` (pixels in [0, 1]). The images are flattened
+channel-first, as :mod:`fastgeo.image_datasets` returns them.
+
+Convolutional decoders take (P, d) inputs only (``nn.Unflatten`` and the convolutions fix the
+batch axis); wrap them to apply them to (..., d), as ``fastgeo.load_generator`` does for a saved
+mean.
+
+Example::
+
+    from fastgeo.image_datasets import shapes28
+    from fastgeo.demo.vaes import conv_vae28, train_vae, evaluate_vae
+
+    X, y = shapes28(10000, seed=0)
+    vae = conv_vae28(latent_dim=8)
+    log = train_vae(vae, X, epochs=20, seed=0)
+    stats = evaluate_vae(vae, X)          # reconstruction error, KL per dimension, active units
+    decoder_mean = vae.decoder_mean       # nn.Sequential (P, 8) -> (P, 784)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..rbf_fit import _progress
+
+_ACTIVATIONS = {"elu": nn.ELU, "softplus": nn.Softplus, "silu": nn.SiLU, "tanh": nn.Tanh}
+# Smallest decoder variance the training may learn: the procedural images are noise free, and an
+# unbounded variance would shrink until the likelihood is dominated by a few pixels.
+_MIN_LOG_VAR = math.log(1e-4)
+
+
+def _activation(name: str) -> nn.Module:
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}") from None
+
+
+def _norm(kind: str | None, channels: int) -> list[nn.Module]:
+    if kind is None:
+        return []
+    if kind == "batch":
+        return [nn.BatchNorm2d(channels)]
+    if kind == "group":
+        return [nn.GroupNorm(min(8, channels), channels)]
+    raise ValueError(f"norm must be None, 'batch' or 'group', got {kind!r}")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _widths(name: str, values: Sequence[int], min_len: int = 1) -> tuple[int, ...]:
+    values = tuple(values)
+    if len(values) < min_len:
+        raise ValueError(f"{name} must have at least {min_len} entries, got {values!r}")
+    for v in values:
+        _positive_int(name, v)
+    return values
+
+
+class ImageVAE(nn.Module):
+    """A VAE on flattened images: data (P, D) <-> latent (P, d).
+
+    Attributes:
+        encoder: (P, D) -> (P, 2d), the posterior mean and log-variance.
+        decoder_mean: ``nn.Sequential`` (P, d) -> (P, D), the ``mu`` of the generator.
+        log_var: () the decoder's shared log-variance, used during training only.
+        image_shape: (C, H, W) of the data, ``D = C * H * W``.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder_mean: nn.Sequential,
+        latent_dim: int,
+        image_shape: tuple[int, int, int],
+        *,
+        init_var: float = 0.003,
+    ) -> None:
+        super().__init__()
+        if not isinstance(decoder_mean, nn.Sequential):
+            raise TypeError(f"decoder_mean must be an nn.Sequential, got {type(decoder_mean).__name__}")
+        if not init_var > 0:
+            raise ValueError(f"init_var must be > 0, got {init_var!r}")
+        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.image_shape = tuple(image_shape)
+        self.data_dim = math.prod(self.image_shape)
+        self.encoder = encoder
+        self.decoder_mean = decoder_mean
+        self.log_var = nn.Parameter(torch.tensor(math.log(init_var)))
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior mean and log-variance: (P, D) -> (P, d) x 2."""
+        h = self.encoder(x)
+        return h[..., : self.latent_dim], h[..., self.latent_dim :]
+
+    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """One-sample ELBO terms of a batch x (P, D): the Gaussian log-likelihood of each image
+        (P,) and the KL divergence of each latent dimension (P, d)."""
+        m, logv = self.encode(x)
+        eps = torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device)
+        z = m + (0.5 * logv).exp() * eps
+        mu = self.decoder_mean(z)
+        log_var = self.log_var.clamp(min=_MIN_LOG_VAR)
+        sq = (x - mu).pow(2).sum(-1)
+        loglik = -0.5 * (sq / log_var.exp() + self.data_dim * (log_var + math.log(2 * math.pi)))
+        kl = 0.5 * (m.pow(2) + logv.exp() - 1 - logv)
+        return loglik, kl
+
+    def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Mean ELBO of a batch (one reparametrized sample): x (P, D) -> scalar, in nats."""
+        loglik, kl = self.elbo_terms(x, generator)
+        return loglik.mean() - kl.sum(-1).mean()
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The decoder mean at the posterior mean: (P, D) -> (P, D)."""
+        return self.decoder_mean(self.encode(x)[0])
+
+
+def mlp_vae(
+    data_dim: int = 784,
+    latent_dim: int = 16,
+    hidden: Sequence[int] = (256, 256),
+    *,
+    activation: str = "elu",
+    image_shape: tuple[int, int, int] | None = None,
+    init_var: float = 0.003,
+) -> ImageVAE:
+    """MLP VAE: decoder ``d -> hidden[-1] -> ... -> hidden[0] -> D`` (the encoder mirrors it).
+
+    Decoder layers: ``Linear, act, ..., Linear, Sigmoid`` (a chain of affine layers and
+    pointwise activations, which fastgeo's stacked forward mode recognises).
+
+    Args:
+        data_dim: D (default 784).
+        latent_dim: d.
+        hidden: widths of the hidden layers, encoder order (the decoder reverses them).
+        activation: "elu" (default), "softplus", "silu" or "tanh".
+        image_shape: (C, H, W) with C * H * W = D (default: (1, sqrt D, sqrt D) if D is a square,
+            else (1, 1, D)).
+        init_var: the decoder variance at the start of training (and while it is frozen).
+    """
+    D = _positive_int("data_dim", data_dim)
+    d = _positive_int("latent_dim", latent_dim)
+    hidden = _widths("hidden", hidden)
+    if image_shape is None:
+        side = math.isqrt(D)
+        image_shape = (1, side, side) if side * side == D else (1, 1, D)
+    if math.prod(image_shape) != D:
+        raise ValueError(f"image_shape {image_shape!r} does not have data_dim = {D} pixels")
+
+    def chain(sizes: list[int], last: nn.Module | None) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(_activation(activation))
+        if last is not None:
+            layers.append(last)
+        return nn.Sequential(*layers)
+
+    encoder = chain([D, *hidden, 2 * d], None)
+    decoder = chain([d, *reversed(hidden), D], nn.Sigmoid())
+    return ImageVAE(encoder, decoder, d, image_shape, init_var=init_var)
+
+
+def conv_vae28(
+    latent_dim: int = 8,
+    channels: Sequence[int] = (64, 32, 16),
+    *,
+    hidden: int = 256,
+    activation: str = "elu",
+    norm: str | None = None,
+    init_var: float = 0.003,
+) -> ImageVAE:
+    """Convolutional VAE for 28x28 grayscale images (D = 784).
+
+    Decoder (``channels = (c7, c14, c28)``)::
+
+        Linear(d, c7*7*7), act, Unflatten(1, (c7, 7, 7)),
+        ConvTranspose2d(c7, c14, 4, stride 2, pad 1) [norm] act      7 -> 14
+        ConvTranspose2d(c14, c28, 4, stride 2, pad 1) [norm] act    14 -> 28
+        Conv2d(c28, 1, 3, pad 1), Sigmoid, Flatten                  (P, 784)
+
+    Encoder: the mirror image (two stride-2 ``Conv2d``, then ``Linear`` layers through
+    ``hidden`` units to 2d).
+
+    Args:
+        latent_dim: d.
+        channels: (c7, c14, c28), the channels at 7x7, 14x14 and 28x28.
+        hidden: width of the encoder's fully connected layer.
+        activation: "elu" (default), "softplus", "silu" or "tanh".
+        norm: None (default), "batch" (``BatchNorm2d``) or "group" (``GroupNorm``) after each
+            transposed convolution. (Use the decoder in eval mode.)
+        init_var: the decoder variance at the start of training (and while it is frozen).
+    """
+    d = _positive_int("latent_dim", latent_dim)
+    if len(tuple(channels)) != 3:
+        _bad_channels(channels, 3)
+    c7, c14, c28 = _widths("channels", channels, 3)
+    hidden = _positive_int("hidden", hidden)
+    _norm(norm, 8)  # validate
+    act = lambda: _activation(activation)  # noqa: E731
+    encoder = nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        nn.Conv2d(1, c28, 4, stride=2, padding=1), act(),   # 28 -> 14
+        nn.Conv2d(c28, c14, 4, stride=2, padding=1), act(),  # 14 -> 7
+        nn.Flatten(),
+        nn.Linear(c14 * 49, hidden), act(),
+        nn.Linear(hidden, 2 * d),
+    )  # fmt: skip
+    decoder = nn.Sequential(
+        nn.Linear(d, c7 * 49), act(),
+        nn.Unflatten(1, (c7, 7, 7)),
+        nn.ConvTranspose2d(c7, c14, 4, stride=2, padding=1), *_norm(norm, c14), act(),
+        nn.ConvTranspose2d(c14, c28, 4, stride=2, padding=1), *_norm(norm, c28), act(),
+        nn.Conv2d(c28, 1, 3, padding=1), nn.Sigmoid(),
+        nn.Flatten(),
+    )  # fmt: skip
+    return ImageVAE(encoder, decoder, d, (1, 28, 28), init_var=init_var)
+
+
+def conv_vae64(
+    latent_dim: int = 32,
+    channels: Sequence[int] = (64, 32, 16, 8, 8),
+    *,
+    hidden: int = 256,
+    activation: str = "elu",
+    norm: str | None = None,
+    init_var: float = 0.003,
+) -> ImageVAE:
+    """Convolutional VAE for 64x64 RGB images (D = 12,288), DCGAN-like.
+
+    Decoder (``channels = (c4, c8, c16, c32, c64)``)::
+
+        Linear(d, c4*4*4), act, Unflatten(1, (c4, 4, 4)),
+        4 x [ConvTranspose2d(c, c', 4, stride 2, pad 1) [norm] act]   4 -> 8 -> 16 -> 32 -> 64
+        Conv2d(c64, 3, 3, pad 1), Sigmoid, Flatten                    (P, 12288)
+
+    Encoder: four stride-2 ``Conv2d`` (64 -> 4, channels mirrored), then ``Linear`` layers
+    through ``hidden`` units to 2d.
+
+    Args:
+        latent_dim: d.
+        channels: (c4, c8, c16, c32, c64), the channels at each resolution.
+        hidden: width of the encoder's fully connected layer.
+        activation: "elu" (default), "softplus", "silu" or "tanh".
+        norm: None (default), "batch" or "group" after each transposed convolution.
+        init_var: the decoder variance at the start of training (and while it is frozen).
+    """
+    d = _positive_int("latent_dim", latent_dim)
+    if len(tuple(channels)) != 5:
+        _bad_channels(channels, 5)
+    c = _widths("channels", channels, 5)
+    hidden = _positive_int("hidden", hidden)
+    _norm(norm, 8)
+    act = lambda: _activation(activation)  # noqa: E731
+    enc: list[nn.Module] = [nn.Unflatten(1, (3, 64, 64))]
+    prev = 3
+    for ch in reversed(c[:4]):  # 64 -> 32 -> 16 -> 8 -> 4 with c32, c16, c8, c4 channels
+        enc += [nn.Conv2d(prev, ch, 4, stride=2, padding=1), act()]
+        prev = ch
+    enc += [nn.Flatten(), nn.Linear(c[0] * 16, hidden), act(), nn.Linear(hidden, 2 * d)]
+    dec: list[nn.Module] = [nn.Linear(d, c[0] * 16), act(), nn.Unflatten(1, (c[0], 4, 4))]
+    for a, b in zip(c[:-1], c[1:], strict=True):
+        dec += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), *_norm(norm, b), act()]
+    dec += [nn.Conv2d(c[-1], 3, 3, padding=1), nn.Sigmoid(), nn.Flatten()]
+    return ImageVAE(nn.Sequential(*enc), nn.Sequential(*dec), d, (3, 64, 64), init_var=init_var)
+
+
+def _bad_channels(channels: object, n: int):
+    raise ValueError(f"channels must have {n} entries, got {channels!r}")
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters of a module."""
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass
+class TrainLog:
+    """What :func:`train_vae` did: steps, wall and CPU time (of this process, all threads: on a
+    shared machine the CPU time is the steadier measure), and the loss (negative ELBO per image,
+    nats, averaged over each epoch)."""
+
+    steps: int
+    seconds: float
+    cpu_seconds: float = 0.0
+    epoch_loss: list[float] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        return self.epoch_loss[-1] if self.epoch_loss else float("nan")
+
+
+def train_vae(
+    vae: ImageVAE,
+    x: Tensor,
+    *,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    freeze_var: float = 0.5,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainLog:
+    """Train ``vae`` on ``x`` (M, D) with minibatch Adam; deterministic for a seed (on one
+    machine and thread count).
+
+    The learning rate follows a cosine from ``lr`` to ``lr / 10``. The decoder variance is
+    frozen (at the model's ``init_var``) for the first ``freeze_var`` fraction of the steps. This
+    function seeds the batch order and the reparametrization noise; seed the model's
+    initialization yourself (``torch.manual_seed`` before building it). At the end the model is
+    in eval mode with gradients off.
+
+    Args:
+        vae: the model (train mode is set here).
+        x: (M, D) training images, same dtype as the model.
+        epochs: passes over the data (>= 1).
+        batch_size: images per step (>= 1); the last, smaller batch of an epoch is dropped.
+        lr: Adam learning rate.
+        freeze_var: fraction of the steps with the decoder variance frozen, in [0, 1].
+        seed: seed of the batch order and the noise.
+        progress: show a tqdm bar over the epochs (if tqdm is installed).
+    Returns:
+        a :class:`TrainLog`.
+    """
+    if not isinstance(vae, ImageVAE):
+        raise TypeError(f"vae must be an ImageVAE, got {type(vae).__name__}")
+    if x.ndim != 2 or x.shape[1] != vae.data_dim:
+        raise ValueError(f"x must have shape (M, {vae.data_dim}), got {tuple(x.shape)}")
+    epochs = _positive_int("epochs", epochs)
+    batch_size = _positive_int("batch_size", batch_size)
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not 0 <= freeze_var <= 1:
+        raise ValueError(f"freeze_var must be in [0, 1], got {freeze_var!r}")
+    M = x.shape[0]
+    per_epoch = max(M // batch_size, 1)
+    steps = epochs * per_epoch
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for p in vae.parameters():
+        p.requires_grad_(True)
+    vae.train()
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 10)
+    frozen_steps = int(freeze_var * steps)
+    log = TrainLog(steps=steps, seconds=0.0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    step = 0
+    for _ in _progress(range(epochs), progress, "train VAE"):
+        order = torch.randperm(M, generator=gen)
+        total = 0.0
+        for b in range(per_epoch):
+            batch = x[order[b * batch_size : (b + 1) * batch_size]]
+            vae.log_var.requires_grad_(step >= frozen_steps)
+            opt.zero_grad()
+            loss = -vae.elbo(batch, gen)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+            step += 1
+        log.epoch_loss.append(total / per_epoch)
+    log.seconds = time.perf_counter() - t0
+    log.cpu_seconds = time.process_time() - c0
+    vae.eval()
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    return log
+
+
+@torch.no_grad()
+def evaluate_vae(
+    vae: ImageVAE, x: Tensor, *, batch_size: int = 500, seed: int = 0, threshold: float = 0.01
+) -> dict:
+    """Fit statistics of a trained VAE on images ``x`` (M, D).
+
+    Returns a dict with:
+
+    - ``neg_elbo``: negative ELBO per image (nats, one seeded sample);
+    - ``mse``: mean squared error per pixel of the reconstruction at the posterior mean;
+    - ``kl``: KL divergence per image (nats) and ``kl_per_dim`` (d,) its split over dimensions;
+    - ``activity`` (d,): the variance over the data of each posterior mean, and ``active_units``:
+      how many exceed ``threshold`` (Burda et al., 2016: inactive dimensions are ignored by the
+      decoder, their posterior is the prior);
+    - ``latents`` (M, d): the posterior means.
+    """
+    vae.eval()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    ll, kls, sqs, means = [], [], [], []
+    for a in range(0, x.shape[0], batch_size):
+        xb = x[a : a + batch_size]
+        loglik, kl = vae.elbo_terms(xb, gen)
+        m = vae.encode(xb)[0]
+        ll.append(loglik)
+        kls.append(kl)
+        sqs.append((vae.decoder_mean(m) - xb).pow(2).mean(-1))
+        means.append(m)
+    loglik, kl, sq, Z = torch.cat(ll), torch.cat(kls), torch.cat(sqs), torch.cat(means)
+    activity = Z.var(0)
+    return {
+        "neg_elbo": float(kl.sum(-1).mean() - loglik.mean()),
+        "mse": float(sq.mean()),
+        "kl": float(kl.sum(-1).mean()),
+        "kl_per_dim": kl.mean(0),
+        "activity": activity,
+        "active_units": int((activity > threshold).sum()),
+        "latents": Z,
+    }
+
+
+__all__ = [
+    "ImageVAE",
+    "TrainLog",
+    "conv_vae28",
+    "conv_vae64",
+    "count_parameters",
+    "evaluate_vae",
+    "mlp_vae",
+    "train_vae",
+]
