@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..rbf_fit import _progress
+from .._progress import progress_iter
 
 _ACTIVATIONS = {"elu": nn.ELU, "softplus": nn.Softplus, "silu": nn.SiLU, "tanh": nn.Tanh}
 # Smallest decoder variance the training may learn: the procedural images are noise free, and an
@@ -375,7 +375,7 @@ def train_vae(
     log = TrainLog(steps=steps, seconds=0.0)
     t0, c0 = time.perf_counter(), time.process_time()
     step = 0
-    for _ in _progress(range(epochs), progress, "train VAE"):
+    for _ in progress_iter(range(epochs), progress, "train VAE"):
         order = torch.randperm(M, generator=gen)
         total = 0.0
         for b in range(per_epoch):

@@ -98,7 +98,7 @@ def default_dir(name: str) -> Path:
 
 
 def build_generator(name: str, out_dir: str | Path | None = None, *, verbose: bool = True) -> Path:
-    """Train generator ``name``, fit its RBF precision and save it as ``out_dir/<name>.pt2``.
+    """Train generator ``name``, fit its RBF precision and save it as ``out_dir/<name>.safetensors``.
 
     Args:
         name: a key of :data:`SPECS`.
@@ -112,7 +112,7 @@ def build_generator(name: str, out_dir: str | Path | None = None, *, verbose: bo
     spec = SPECS[name]
     out = Path(out_dir) if out_dir is not None else default_dir(name)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.pt2"
+    path = out / f"{name}.safetensors"
 
     t0, c0 = time.perf_counter(), time.process_time()
     X, labels = getattr(image_datasets, spec.data)(spec.n, spec.seed)
