@@ -24,13 +24,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _file_mode(path: Path) -> int:
+    """The permissions of a file written at ``path``: those of the file it replaces, else what
+    ``open`` would give (0o666 less the umask; mkstemp's temporaries are 0o600)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
     """Write ``path`` atomically: ``write(fileobj)`` to a temporary file beside it (named
     ``.<name>.<random>.tmp``), fsync, ``os.replace``, fsync of the folder. A run killed at any
-    point leaves the old file or the new one, and at most a stale temporary file."""
+    point leaves the old file or the new one, and at most a stale temporary file. The new file
+    has the permissions of the old one, or those of a newly opened file."""
     path = Path(path)
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -3,6 +3,7 @@ is solved again with a warning and never used; a resume with another model is re
 the mean holds its parameters; stale temporary files are removed."""
 
 import functools
+import os
 import warnings
 
 import pytest
@@ -158,3 +159,20 @@ def test_stale_temporaries_are_removed_and_fresh_ones_kept(tmp_path):
         run(bumpy_metric(), ckpt)
     assert not stale.exists()
     assert not list(ckpt.glob(".*.tmp"))
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    """A new file gets 0o666 less the umask (not the 0o600 of its temporary); a replaced file
+    keeps its mode."""
+    from fastgeo._files import atomic_write
+
+    new = tmp_path / "new.bin"
+    old_umask = os.umask(0o022)
+    try:
+        atomic_write(new, lambda f: f.write(b"x"))
+    finally:
+        os.umask(old_umask)
+    assert new.stat().st_mode & 0o777 == 0o644
+    new.chmod(0o640)
+    atomic_write(new, lambda f: f.write(b"y"))
+    assert new.stat().st_mode & 0o777 == 0o640 and new.read_bytes() == b"y"

@@ -21,7 +21,7 @@ def split(f, jac, pieces):
     """The features cut into ``pieces`` parts along F (sizes as even as possible, none empty)."""
     F = f.shape[-1]
     bounds = torch.linspace(0, F, min(pieces, F) + 1).round().long().tolist()
-    return [(f[..., lo:hi], jac[..., lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [(f[..., lo:hi], jac[..., lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 @pytest.mark.parametrize("pieces", [1, 2, 3])
