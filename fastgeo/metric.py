@@ -8,8 +8,15 @@ import torch
 from torch import Tensor
 
 from . import _checks, ops
-from .decoders import jacobian_rows
+from .decoders import activation_width, jacobian_rows
 from .rbf import RBFPrecision
+
+# Bytes of the decoder's widest activation per call of the mean: longer inputs are decoded in
+# chunks (a convolutional decoder holds channels x pixels per point, many times D). Decoders
+# whose structure is not recognized are assumed GUESSED_WIDTH x D wide.
+DECODE_BYTES = 1 << 28
+GUESSED_WIDTH = 16
+MIN_DECODE_ROWS = 64
 
 
 def energy_from_segments(segments: Tensor) -> Tensor:
@@ -149,7 +156,22 @@ class ExpectedMetric:
         """The decoder mean at any (..., d) points: (..., D). The mean is called on (P, d), so
         decoders that take only a batch of codes (e.g. convolutional ones) work too."""
         lead = z.shape[:-1]
-        return self.mean(z.reshape(-1, self.latent_dim)).reshape(*lead, self.data_dim)
+        flat = z.reshape(-1, self.latent_dim)
+        rows = self._rows_per_call(flat)
+        if flat.shape[0] <= rows:
+            out = self.mean(flat)
+        else:  # in chunks: bounded memory whatever the number of points
+            out = torch.cat([self.mean(chunk) for chunk in flat.split(rows)])
+        return out.reshape(*lead, self.data_dim)
+
+    def _rows_per_call(self, flat: Tensor) -> int:
+        """Points per call of the mean within DECODE_BYTES (at least MIN_DECODE_ROWS)."""
+        P, size = flat.shape[0], flat.element_size()
+        if P * GUESSED_WIDTH * self.data_dim * size <= DECODE_BYTES:
+            return P  # small: no need to know the width
+        width = activation_width(self.mean, flat[:4].detach())
+        width = GUESSED_WIDTH * self.data_dim if width is None else max(width, self.data_dim)
+        return max(MIN_DECODE_ROWS, DECODE_BYTES // (width * size))
 
     def features(self, z: Tensor) -> Tensor:
         """The embedding ``[mu(z), sigma(z)]`` whose pull-back is M: (..., d) -> (..., 2D)."""

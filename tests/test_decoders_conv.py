@@ -367,6 +367,37 @@ def test_large_batches_in_chunks(monkeypatch):
         assert_close_rel(b, a, 1e-14)
 
 
+@pytest.mark.parametrize("recognized", [True, False])
+def test_metric_decodes_long_inputs_in_chunks(monkeypatch, recognized):
+    """ExpectedMetric.decode (and so length, energy, features) calls the mean on chunks whose
+    widest activation fits DECODE_BYTES (conv activations are many times D; 32 x 1024 points
+    of an MNIST conv decoder once asked for 29 GB): same values, no call over the chunk size."""
+    import fastgeo.metric as metric_module
+
+    d = 5
+    model = mnist_sequential(d)
+    calls: list[int] = []
+
+    def mean(z: torch.Tensor) -> torch.Tensor:
+        calls.append(z.shape[0])
+        return model(z)
+
+    prec = fastgeo.RBFPrecision(randn(7, d), torch.ones(7, dtype=torch.float64), randn(784, 7).abs(), 0.1)
+    metric = fastgeo.ExpectedMetric(model if recognized else mean, prec)
+    z = randn(3, 100, d)
+    whole = metric.decode(z)
+    width = forward_mode.activation_width(model, z[0, :4]) if recognized else None
+    assert (width is not None) == recognized and (width is None or width >= 784)
+    monkeypatch.setattr(metric_module, "DECODE_BYTES", 1)
+    monkeypatch.setattr(metric_module, "MIN_DECODE_ROWS", 64)
+    calls.clear()
+    chunked = metric.decode(z)
+    assert_close_rel(chunked, whole, 1e-14)
+    if not recognized:
+        assert max(calls) == 64 and sum(calls[-5:]) == 300
+    assert_close_rel(metric.length(z), fastgeo.ExpectedMetric(mean, prec).length(z), 1e-14)
+
+
 @pytest.mark.parametrize("fmt", ["safe", "export"])
 def test_saved_conv_generator_is_recognized(tmp_path, fmt):
     """A conv decoder saved with save_generator and loaded back (an nn.Sequential rebuilt from

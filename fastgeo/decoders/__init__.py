@@ -6,13 +6,22 @@ layer by layer :mod:`.layers`); anything else by ``torch.func`` (:mod:`.generic`
 of saved means: :mod:`.flat`."""
 
 from .flat import FlatMean
-from .forward_mode import MLPChain, StackedChain, jacobian_rows, mlp_chain, stacked_chain, value_and_tangents
+from .forward_mode import (
+    MLPChain,
+    StackedChain,
+    activation_width,
+    jacobian_rows,
+    mlp_chain,
+    stacked_chain,
+    value_and_tangents,
+)
 from .generic import generic_jacobian_rows, generic_value_and_tangents
 
 __all__ = [
     "FlatMean",
     "MLPChain",
     "StackedChain",
+    "activation_width",
     "generic_jacobian_rows",
     "generic_value_and_tangents",
     "jacobian_rows",

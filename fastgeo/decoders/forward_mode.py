@@ -151,6 +151,13 @@ def value_and_tangents(fn: Callable[[Tensor], Tensor], z: Tensor, tangents: Tens
     return generic_value_and_tangents(fn, z, tangents)
 
 
+def activation_width(fn: Callable[[Tensor], Tensor], probe: Tensor) -> int | None:
+    """Elements per point of the widest activation of ``fn`` where it is a recognized chain
+    (checked on ``probe`` (P, d) like :func:`stacked_chain`), else None (unknown)."""
+    chain = stacked_chain(fn, probe) if probe.shape[0] > 0 else None
+    return None if chain is None else chain.widest
+
+
 def jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
     """``fn(z)`` and its Jacobian, directions first: z (P, d) -> value (P, F), jacobian (d, P, F)
     (row i: the derivative along z_i). :func:`value_and_tangents` along the d axes."""
