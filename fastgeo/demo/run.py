@@ -100,8 +100,9 @@ def _run(
 
     t = time.perf_counter()
     say("[2/4] fitting the RBF precision (k-means centers, maximum likelihood weights)")
-    prec = RBFPrecision.fit(Z, X, vae.decoder_mean, **(QUICK_RBF if quick else RBF), progress=progress,
-                             seed=seed)
+    prec = RBFPrecision.fit(
+        Z, X, vae.decoder_mean, **(QUICK_RBF if quick else RBF), progress=progress, seed=seed
+    )
     metric = ExpectedMetric(vae.decoder_mean, prec)
     seconds["rbf"] = time.perf_counter() - t
 
@@ -141,11 +142,21 @@ def _run(
         for i, (a, b, kind) in enumerate(pairs)
     ]
     print(format_table(rows))
-    print(f"figure: {figure}\ngenerator: {generator}\ntime: {seconds['total']:.1f} s "
-          f"(VAE {seconds['vae']:.1f}, RBF {seconds['rbf']:.1f}, geodesics {seconds['geodesics']:.1f}, "
-          f"output {seconds['output']:.1f})")
-    return {"figure": figure, "generator": generator, "rows": rows, "seconds": seconds, "metric": metric,
-            "result": res, "latents": Z, "labels": labels}
+    print(
+        f"figure: {figure}\ngenerator: {generator}\ntime: {seconds['total']:.1f} s "
+        f"(VAE {seconds['vae']:.1f}, RBF {seconds['rbf']:.1f}, geodesics {seconds['geodesics']:.1f}, "
+        f"output {seconds['output']:.1f})"
+    )
+    return {
+        "figure": figure,
+        "generator": generator,
+        "rows": rows,
+        "seconds": seconds,
+        "metric": metric,
+        "result": res,
+        "latents": Z,
+        "labels": labels,
+    }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -169,4 +180,3 @@ def _anchor_indices(planar: Tensor, labels: Tensor) -> dict[str, int]:
             d = (planar[members] - planar.new_tensor(xy)).norm(dim=-1)
             out[name] = int(members[d.argmin()])
     return out
-

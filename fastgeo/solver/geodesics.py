@@ -36,7 +36,7 @@ from .dense import dense_multistart
 from .fallback import never_longer_than_straight
 from .graph import LatentGraph, cached_graph, check_graph_inputs
 from .measure import measure
-from .options import SolverOptions, solver_options
+from .options import DEFAULTS, SolverOptions, solver_options
 from .race import solve_batch
 from .resolution import refine_resolution
 from .result import CONVERGED, NONFINITE, GeodesicResult, Work
@@ -62,6 +62,7 @@ def geodesics(
     coarse_points: int | None = None,
     check_resolution: bool = True,
     corridors: int | None = None,
+    linearize: str = "auto",
 ) -> GeodesicResult:
     """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
 
@@ -88,10 +89,12 @@ def geodesics(
             memory, :func:`fastgeo.solver.options.working_memory_per_curve`).
         init: optional (B, m, d) starting coefficients for the basis of ``method``.
         graph: start from shortest paths on a :class:`fastgeo.LatentGraph` too (``default``
-            only; built on first use and cached for the metric), or a graph to use.
+            only, where ``corridors > 0``; built on first use and cached for the metric), or a
+            graph to use.
         latents: optional (M, d) latent codes of the data, added to the graph's nodes.
         refine: how many of the starts (the shortest, distinct ones) race per curve on the coarse
-            grid, keeping the lowest energy (default 5 for ``default``: every start; 1 otherwise).
+            grid, keeping the lowest energy (default 5 for ``default`` in d <= 3: every start; 1
+            otherwise).
         coarse_points: points per curve while the starts are raced (``default`` only; default
             24). Only the winner is then refined at ``n_points``; a value >= ``n_points`` races
             at full resolution.
@@ -101,7 +104,12 @@ def geodesics(
             curves are solved again with twice the points (and twice ``coarse_points``), up to
             four times ``n_points``, and get the status ``under_resolved`` if still so.
         corridors: how many graph paths through different corridors start each curve
-            (``default`` only; default 3).
+            (``default`` only; default 3 in d <= 3, 0 above: no graph is built).
+        linearize: ``"always"``: Levenberg-Marquardt linearizes the decoder (d tangents per
+            point) at every trial point; ``"lagged"``: trial points get the exact gradient by
+            reverse mode and the Gauss-Newton matrix is recomputed only where it predicted the
+            last step badly, and before convergence is declared; ``"auto"`` (default): lagged
+            for d >= 8 (``default`` only).
 
     Returns:
         :class:`GeodesicResult`, a status per curve. Every length is the curve's own length,
@@ -110,11 +118,14 @@ def geodesics(
         between its ends.
     """
     _check_ends(metric, z0, z1)
+    if corridors is None and (isinstance(graph, LatentGraph) or latents is not None):
+        corridors = DEFAULTS["default"]["corridors"]  # a graph given is a graph to use, in any d
     # fmt: off
     opts = solver_options(
         metric.dtype, metric.latent_dim, metric.data_dim, method=method, m=m, n_points=n_points,
         family=family, warm_start=warm_start, max_iter=max_iter, tol=tol, batch_size=batch_size,
         refine=refine, corridors=corridors, coarse_points=coarse_points, check_resolution=check_resolution,
+        linearize=linearize,
     )
     # fmt: on
     init = _check_init(metric, init, z0, opts)
@@ -125,7 +136,7 @@ def geodesics(
 
     work = Work()
     lgraph = None
-    if opts.method == "default" and z0.shape[0] > 0 and graph is not False:
+    if opts.method == "default" and z0.shape[0] > 0 and graph is not False and opts.corridors > 0:
         lgraph = graph if isinstance(graph, LatentGraph) else _graph_of(metric, latents, work)
     with torch.no_grad():
         coeffs, energies, status, iterations, start = _solve_in_batches(

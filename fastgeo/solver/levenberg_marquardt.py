@@ -8,6 +8,8 @@ is the loop around them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -15,11 +17,12 @@ from ..curves import evaluate
 from ..metric import energy_from_segments, length_from_segments
 from ..ops.solver_ops import LMState, LMTrial, lm_propose, lm_update
 from .linearize import linearize
-from .problem import Grid, Parts
+from .problem import Grid, Parts, PointGradient
 from .result import CONVERGED, MAX_ITER, NONFINITE, STALLED
 
 LENGTH_TOL_FACTOR = 30.0  # the length test's looser energy tolerance (see levenberg_marquardt)
 INITIAL_DAMPING = 1e-3
+REFRESH_BELOW = 0.25  # lagged mode: a new Gauss-Newton matrix where the gain ratio falls below this
 
 
 def levenberg_marquardt(
@@ -30,6 +33,7 @@ def levenberg_marquardt(
     grid: Grid,
     max_iter: int,
     tol: float,
+    gradient: PointGradient | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Minimize ``E(a) = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2`` for every curve of a batch.
 
@@ -42,6 +46,12 @@ def levenberg_marquardt(
     Gauss-Newton matrix H at the step's start: no Jacobian is kept from one iteration to the
     next, so the memory is that of one linearization.
     Returns coeffs, energies, status (codes of :data:`STATUSES`) and iterations, per curve.
+
+    With ``gradient`` (lagged mode, for large latent dimensions) trial points get the exact
+    gradient by reverse mode only (its cost does not grow with d) and keep the Gauss-Newton matrix
+    of an earlier point; a curve is linearized again where an accepted step's gain fell below
+    REFRESH_BELOW of the predicted one, and before a convergence or stall is believed: a step
+    proposed from a stale matrix proves nothing, so the curve goes on from a fresh one.
 
     A curve converges when a step changes its energy, or its length ``sum sqrt(s_n)`` while the
     energy changes by less than ``LENGTH_TOL_FACTOR * tol``, by less than ``tol`` relative: near
@@ -56,9 +66,18 @@ def levenberg_marquardt(
     if B == 0:
         return coeffs, coeffs.new_zeros(0), status, iterations
 
+    def points(c: Tensor, idx: Tensor) -> Tensor:
+        return evaluate(z0[idx], z1[idx], c, grid.psi, grid.t)
+
     def linear_model(c: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Segments (b, N-1), gradient (b, p) and Gauss-Newton matrix (b, p, p) at curves idx."""
-        return linearize(parts(evaluate(z0[idx], z1[idx], c, grid.psi, grid.t), idx), grid.psi)
+        return linearize(parts(points(c, idx), idx), grid.psi)
+
+    def gradient_model(c: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Segments (b, N-1) and gradient (b, p) at curves idx, by reverse mode."""
+        assert gradient is not None
+        s, g = gradient(points(c, idx), idx)
+        return s, torch.matmul(grid.psi.T, g).reshape(idx.numel(), m * d)
 
     everyone = torch.arange(B, device=z0.device)
     s, grad, hess = linear_model(coeffs, everyone)
@@ -83,13 +102,20 @@ def levenberg_marquardt(
         torch.full_like(e, 2.0),
     ).rows(active)
     c = coeffs[active]
+    age = torch.zeros_like(active)  # iterations since each curve's Gauss-Newton matrix was computed
 
     for _ in range(max_iter):
         if active.numel() == 0:
             break
         step, predicted, solved = lm_propose(state.grad, state.hess, state.curv, state.lam, N - 1)
         trial = c + step.reshape(-1, m, d)
-        s_new, g_new, h_new = linear_model(trial, active)
+        stale_step = age > 0
+        if gradient is None:
+            s_new, g_new, h_new = linear_model(trial, active)
+        else:
+            s_new, g_new, h_new, age = _lagged_model(
+                gradient_model, linear_model, trial, active, state, predicted, age
+            )
         iterations[active] += 1
         # secant: y# = y - H s (as a per-curve product: a curve's result must not depend on its batch)
         g_old_jac = state.grad + (state.hess * step[:, None, :]).sum(-1)
@@ -108,6 +134,14 @@ def levenberg_marquardt(
         if rejected.numel():  # keep their points (rare: most steps are accepted)
             trial[rejected] = c[rejected]
         c = trial
+        if gradient is not None:  # believe an end only from a fresh matrix
+            doubt = ((verdict != 0) & ok & stale_step).nonzero().squeeze(1)
+            if doubt.numel():
+                _, g_fresh, h_fresh = linear_model(c[doubt], active[doubt])
+                state.grad[doubt], state.hess[doubt] = g_fresh, h_fresh
+                stalled = doubt[verdict[doubt] == 2]  # its damping grew against a stale matrix
+                state.lam[stalled], state.nu[stalled] = INITIAL_DAMPING, 2.0
+                age[doubt], verdict[doubt] = 0, 0
         leave = (verdict != 0) | ~ok
         if bool(leave.any()):
             out = leave.nonzero().squeeze(1)
@@ -117,6 +151,29 @@ def levenberg_marquardt(
             status[rows] = torch.where(ok[out], ended, torch.full_like(ended, NONFINITE))
             stay = (~leave).nonzero().squeeze(1)
             active = active[stay]
-            state, c = state.rows(stay), c[stay]
+            state, c, age = state.rows(stay), c[stay], age[stay]
     coeffs[active], energies[active] = c, state.e  # curves that hit the iteration limit (MAX_ITER)
     return coeffs, energies, status, iterations
+
+
+def _lagged_model(
+    gradient_model: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    linear_model: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]],
+    trial: Tensor,
+    active: Tensor,
+    state: LMState,
+    predicted: Tensor,
+    age: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Segments, exact gradient and Gauss-Newton matrix at the trial points, the matrix kept from
+    the step's start unless the step is accepted with a gain below REFRESH_BELOW of the predicted
+    one; returns them with the matrices' new ages."""
+    s_new, g_new = gradient_model(trial, active)
+    e_new = energy_from_segments(s_new)
+    rho = (state.e - e_new) / predicted.clamp(min=torch.finfo(e_new.dtype).tiny)
+    refresh = (e_new < state.e) & (rho < REFRESH_BELOW)
+    h_new = state.hess.clone()
+    rows = refresh.nonzero().squeeze(1)
+    if rows.numel():
+        _, g_new[rows], h_new[rows] = linear_model(trial[rows], active[rows])
+    return s_new, g_new, h_new, torch.where(refresh, 0, age + 1)

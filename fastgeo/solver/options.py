@@ -20,6 +20,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": {"family": "legendre", "m": 1, "n_points": 32, "max_iter": 2000, "refine": 1, "corridors": 0},
     "dense": {"family": None, "m": None, "n_points": 128, "max_iter": 300, "refine": 1, "corridors": 0},
 }
+# From this latent dimension on, ``default`` races only the shortest start and builds no graph:
+# on trained VAEs with d = 12-64 the graph's corridors and the race never changed a curve
+# (measured), while the graph costs minutes of decoder calls to build.
+HIGH_DIM = 4
+HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0}
+# From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
+# linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
+LAGGED_MIN_DIM = 8
+LINEARIZE = ("auto", "always", "lagged")
 COARSE_POINTS = 24  # default points per curve of the race between starts
 WARM_ITER = 5  # iterations of the warm start (a start only: the full energy decides the rest)
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -42,6 +51,7 @@ class SolverOptions:
     corridors: int
     coarse_points: int
     check_resolution: bool
+    lagged: bool  # Levenberg-Marquardt with lagged Gauss-Newton matrices
 
     @property
     def m(self) -> int:
@@ -56,6 +66,7 @@ class SolverOptions:
             "tol": self.tol,
             "max_iter": self.max_iter,
             "warm_start": self.warm_iter,
+            "lagged": self.lagged,
         }
 
 
@@ -88,11 +99,14 @@ def solver_options(
     corridors: int | None = None,
     coarse_points: int | None = None,
     check_resolution: bool = True,
+    linearize: str = "auto",
 ) -> SolverOptions:
     """Validate the options of a call with curves in ``latent_dim`` dimensions under a metric of
     ``data_dim`` outputs and ``dtype``; fill in the defaults of ``method``."""
     method = _checks.choice("method", method, METHODS)
     table = DEFAULTS[method]
+    if method == "default" and latent_dim >= HIGH_DIM:
+        table = {**table, **HIGH_DIM_DEFAULTS}
     family = _checks.choice("family", (table["family"] or "legendre") if family is None else family, FAMILIES)
     n_points = _checks.integer(
         "n_points", table["n_points"] if n_points is None else n_points, 3 if method == "dense" else 2
@@ -122,6 +136,10 @@ def solver_options(
         batch_size = max(1, BATCH_BUDGET // per_curve)
     batch_size = _checks.integer("batch_size", batch_size, 1)
     check_resolution = _checks.boolean("check_resolution", check_resolution)
+    linearize = _checks.choice("linearize", linearize, LINEARIZE)
+    lagged = method == "default" and (
+        linearize == "lagged" or (linearize == "auto" and latent_dim >= LAGGED_MIN_DIM)
+    )
     return SolverOptions(
         method,
         basis,
@@ -135,4 +153,5 @@ def solver_options(
         corridors,
         coarse_points,
         check_resolution,
+        lagged,
     )

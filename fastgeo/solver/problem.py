@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from ..curves import Basis, evaluate, time_grid
@@ -18,6 +19,11 @@ from .result import Work
 Parts = Callable[[Tensor, Tensor], list[tuple[Tensor, Tensor]]]
 # segments(coeffs (b, m, d), idx (b,)) -> squared segment lengths (b, N-1)
 Segments = Callable[[Tensor, Tensor], Tensor]
+# gradient(points (b, N, d), idx (b,)) -> squared segment lengths (b, N-1) and the gradient of
+# sum_n s_n / 2 in the points (b, N, d)
+PointGradient = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+MIN_ROWS = 64  # rows of the smallest decoder call (BLAS takes other paths for tiny matrices)
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,27 @@ def full_parts(metric: ExpectedMetric, work: Work) -> Parts:
         ]
 
     return parts
+
+
+def full_gradient(metric: ExpectedMetric, work: Work) -> PointGradient:
+    """The gradient of the full metric's energy in the points of a batch of curves, by reverse
+    mode through the decoder mean and sigma: one forward and one backward pass per point, whatever
+    the latent dimension (a linearization pushes d tangents per point)."""
+
+    def gradient(points: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        b, N, d = points.shape
+        work.evals += b * N
+        flat = points.detach().reshape(b * N, d)
+        # At least MIN_ROWS rows: a curve's result must not depend on how many curves share its call.
+        pad = max(0, MIN_ROWS - b * N)
+        flat = torch.cat([flat, flat[:1].expand(pad, d)]).requires_grad_(True)
+        with torch.enable_grad():
+            f = metric.features(flat)[: b * N].reshape(b, N, -1)
+            s = (f[:, 1:] - f[:, :-1]).pow(2).sum(-1)
+            (g,) = torch.autograd.grad(s.sum() / 2, flat)
+        return s.detach(), g[: b * N].reshape(b, N, d)
+
+    return gradient
 
 
 def full_segments(metric: ExpectedMetric, z0: Tensor, z1: Tensor, grid: Grid, work: Work) -> Segments:

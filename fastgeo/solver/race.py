@@ -12,7 +12,7 @@ from .first_order import adam
 from .graph import LatentGraph
 from .levenberg_marquardt import levenberg_marquardt
 from .options import SolverOptions
-from .problem import Grid, full_parts, full_segments
+from .problem import Grid, Parts, PointGradient, full_gradient, full_parts, full_segments
 from .result import MAX_ITER, Work
 from .starts import starts
 
@@ -65,16 +65,17 @@ def solve_batch(
         work,
     )
     features = full_parts(metric, work)
+    gradient = full_gradient(metric, work) if opts.lagged else None
     codes = torch.tensor([c for c, _ in candidates], device=z0.device)
     stacked = torch.stack([c for _, c in candidates])  # (C, B, m, d)
     # Race the distinct starts of each curve (by length: it does not depend on how a start is
     # parametrized, which the optimization fixes anyway); keep the lowest final energy (wrong
     # basins, not curve shape, cause the large errors).
     start_idx, curve_idx = _distinct_starts(metric, z0, z1, stacked, coarse, opts.refine, work)
-    race_tol = max(opts.tol, COARSE_TOL) if is_coarse else opts.tol
-    coeffs, energy, status, it = _race(
-        metric, features, z0, z1, stacked[start_idx, curve_idx], curve_idx, coarse, opts, race_tol, work
-    )
+    rtol = max(opts.tol, COARSE_TOL) if is_coarse else opts.tol
+    racers = stacked[start_idx, curve_idx]
+    models = (features, gradient)
+    coeffs, energy, status, it = _race(metric, models, z0, z1, racers, curve_idx, coarse, opts, rtol, work)
     iterations.index_add_(0, curve_idx, it)
     energy = _finite_or_inf(energy)
     order = _per_curve_order(energy, curve_idx, B)  # (B, 2): best and runner-up racer per curve
@@ -97,7 +98,7 @@ def solve_batch(
     rows_b = torch.cat([cols, close])  # winners first, then the runner-ups of close races
     rows_r = torch.cat([pick, second[close]])
     f_coeffs, f_energy, f_status, f_it = levenberg_marquardt(
-        features, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol
+        features, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol, gradient
     )
     f_energy = _finite_or_inf(f_energy)
     iterations.index_add_(0, rows_b, f_it)
@@ -154,7 +155,7 @@ def _per_curve_order(energy: Tensor, curve_idx: Tensor, B: int) -> Tensor:
 
 def _race(
     metric: ExpectedMetric,
-    features,
+    models: tuple[Parts, PointGradient | None],
     z0: Tensor,
     z1: Tensor,
     starts: Tensor,
@@ -168,12 +169,13 @@ def _race(
     racers whose energy is more than PRUNE above their curve's best stop; then the others to
     convergence. Returns coeffs, energies, status codes and iterations per racer."""
     a, b = z0[curve_idx], z1[curve_idx]
+    features, gradient = models
     if opts.method == "paper":
         segments = full_segments(metric, a, b, grid, work)
         everyone = torch.arange(len(curve_idx), device=z0.device)
         return adam(segments, starts, segments(starts, everyone), opts.max_iter, tol, a, b)
     coeffs, energy, status, it = levenberg_marquardt(
-        features, a, b, starts, grid, min(STAGE, opts.max_iter), tol
+        features, a, b, starts, grid, min(STAGE, opts.max_iter), tol, gradient
     )
     energy = _finite_or_inf(energy)
     best = torch.full((z0.shape[0],), torch.inf, dtype=energy.dtype, device=energy.device)
@@ -185,7 +187,7 @@ def _race(
     )
     if go_on.numel() and opts.max_iter > STAGE:
         c2, e2, v2, i2 = levenberg_marquardt(
-            features, a[go_on], b[go_on], coeffs[go_on], grid, opts.max_iter - STAGE, tol
+            features, a[go_on], b[go_on], coeffs[go_on], grid, opts.max_iter - STAGE, tol, gradient
         )
         coeffs[go_on], energy[go_on], status[go_on] = c2, e2, v2
         it[go_on] += i2

@@ -12,10 +12,9 @@ from .corridors import corridor_starts
 from .first_order import adam
 from .graph import LatentGraph
 from .levenberg_marquardt import levenberg_marquardt
-from .problem import Grid
+from .problem import MIN_ROWS, Grid
 from .result import GIVEN, GRAPH, STRAIGHT, WARM, Work
 
-MIN_ROWS = 64  # rows of the smallest decoder call
 WARM_TOL = 1e-4  # only a start: a loose tolerance, the full energy decides the rest
 
 
