@@ -21,7 +21,9 @@ def tensor(name: str, value: object, ndim: int | None = None, min_ndim: int | No
     if ndim is not None and value.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
     if min_ndim is not None and value.dim() < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(value.shape)}"
+        )
     return value
 
 
@@ -31,11 +33,13 @@ def same_dtype_device(named: Sequence[tuple[str, Tensor]]) -> None:
     for name, t in named[1:]:
         if t.dtype != first.dtype:
             raise TypeError(
-                f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; convert them to one dtype"
+                f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
+                "convert them to one dtype"
             )
         if t.device != first.device:
             raise ValueError(
-                f"{name} is on {t.device} but {first_name} is on {first.device}; move them to one device"
+                f"{name} is on {t.device} but {first_name} is on {first.device}; "
+                "move them to one device"
             )
 
 
@@ -58,7 +62,8 @@ def rbf_params(
         raise ValueError(f"gammas must have shape (K,) = ({K},) to match centers, got {tuple(gammas.shape)}")
     if weights.shape[1] != K:
         raise ValueError(
-            f"weights must have shape (D, K) with K = {K} (the number of centers), got {tuple(weights.shape)}"
+            f"weights must have shape (D, K) with K = {K} (the number of centers), "
+            f"got {tuple(weights.shape)}"
         )
     if isinstance(zeta, (int, float)) and not isinstance(zeta, bool):
         zeta = torch.full((D,), float(zeta), dtype=weights.dtype, device=weights.device)

@@ -118,13 +118,8 @@ def plot_background(
     plt = _pyplot()
     values = background_values(metric_or_precision, extent, kind, resolution)
     image = ax.imshow(
-        _numpy(values),
-        extent=tuple(float(e) for e in extent),
-        origin="lower",
-        cmap=cmap,
-        aspect="auto",
-        interpolation="bilinear",
-        **imshow_kwargs,
+        _numpy(values), extent=tuple(float(e) for e in extent), origin="lower", cmap=cmap,
+        aspect="auto", interpolation="bilinear", **imshow_kwargs,
     )
     if colorbar:
         label = "log10 total precision" if kind == "precision" else "log10 sqrt(det M)"

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fastgeo import plot as fplot  # noqa: E402
 from fastgeo.demo import run_demo  # noqa: E402
+from fastgeo.demo.run import QUICK_PAIRS, draw_figure, format_table  # noqa: E402
+from fastgeo.solver.result import STATUSES  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEMO_THREADS = 2  # the demo runs on one thread: started with two, it must give two back
@@ -52,17 +54,68 @@ def _metric():
 
 
 def test_demo_writes_the_figure(demo):
-    """The figure is a PNG of a reasonable size, at the path the demo returns."""
+    """The figure is a PNG of a reasonable size, at the path the demo returns, with both panels
+    (the latent plane and the decoded curves), and small enough to ship in the docs."""
     png = demo["dir"] / "two_moons.png"
     assert demo["out"]["figure"] == str(png)
-    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    assert png.is_file() and png.read_bytes()[:8] == PNG_SIGNATURE
+    assert png.stat().st_size < 300_000
     image = plt.imread(str(png))
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 1.5 * image.shape[0]
+
+
+def test_demo_figure_draws_every_curve():
+    """draw_figure puts every geodesic and its straight line on both panels, with the colorbar of
+    the background; the demo's PNG is saved with a palette and reads back as an RGB(A) image."""
+    metric, centers = _metric()
+    res = fastgeo.geodesics(metric, centers[:2], centers[2:4], max_iter=5)
+    pairs = [("a", "b", "along"), ("c", "d", "across")]
+    ends = dict(zip("abcd", centers[:4], strict=True))
+    planar = torch.cat([centers, centers + 0.1])
+    labels = torch.arange(12) % 2
+    projection = torch.eye(3, 2, dtype=torch.float64).numpy()  # the mean's first two coordinates
+    fig = draw_figure(metric, res, pairs, planar, labels, ends, planar, projection, quick=True)
+    latent, decoded = fig.axes[:2]
+    for ax in (latent, decoded):
+        assert len(ax.lines) >= 2 * len(pairs)  # straight lines, geodesics (+ end point markers)
+    assert len(latent.images) == 1 and len(fig.axes) == 3  # the background and its colorbar
+    plt.close(fig)
+
+
+def test_demo_reports_a_status_per_curve(demo):
+    """Every curve of the quick demo has a status from the solver's list, the rows carry it (and
+    converged agrees with it), and the printed table shows it."""
+    res, rows = demo["out"]["result"], demo["out"]["rows"]
+    assert len(res.status) == len(rows) == len(QUICK_PAIRS)
+    for r, status in zip(rows, res.status, strict=True):
+        assert r["status"] == status and status in STATUSES
+        assert r["converged"] == (status == "converged")
+        assert r["status"] in demo["printed"]
+    assert "status" in demo["printed"]
+
+
+def test_demo_table_format():
+    """format_table: a header, a rule and one line per row with its lengths, ratio and status."""
+    row = {
+        "from": "U-left",
+        "to": "L-right",
+        "kind": "across",
+        "geodesic": 7.5,
+        "straight": 435.0,
+        "ratio": 7.5 / 435.0,
+        "status": "under_resolved",
+        "converged": False,
+    }
+    lines = format_table([row]).splitlines()
+    assert len(lines) == 3 and lines[0].split()[-1] == "status"
+    assert lines[2].split() == ["U-left", "L-right", "across", "7.500", "435.000", "0.017", "under_resolved"]
 
 
 def test_demo_generator_file_rebuilds_its_metric(demo):
-    """The saved generator file rebuilds a metric that agrees with the one the demo used."""
+    """The saved generator file (``generator.safetensors``) rebuilds a metric that agrees with the
+    one the demo used."""
     out = demo["out"]
+    assert out["generator"] == str(demo["dir"] / "generator.safetensors")
     metric = fastgeo.load_generator(out["generator"])
     z = out["latents"][:5]
     with torch.no_grad():

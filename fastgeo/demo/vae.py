@@ -36,12 +36,12 @@ class VAE(nn.Module):
         log_var: (D,) decoder log-variance used during training only.
     """
 
-    def __init__(self, data_dim: int, latent_dim: int = 2, hidden: int = 64) -> None:
+    def __init__(self, data_dim: int, latent_dim: int = 2, hidden: int = 64, init_var: float = 0.1) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.encoder = mlp([data_dim, hidden, hidden, 2 * latent_dim])
         self.decoder_mean = mlp([latent_dim, hidden, hidden, data_dim])
-        self.log_var = nn.Parameter(torch.full((data_dim,), math.log(0.1)))
+        self.log_var = nn.Parameter(torch.full((data_dim,), math.log(init_var)))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance: (..., D) -> (..., d) x 2."""
@@ -66,20 +66,29 @@ def train_vae(
     hidden: int = 64,
     steps: int = 3000,
     lr: float = 3e-3,
+    init_var: float = 0.1,
+    freeze_var: float = 0.2,
     seed: int = 0,
     progress: bool = True,
 ) -> VAE:
     """Train a :class:`VAE` on ``x`` (M, D) with full-batch Adam; deterministic for a seed.
 
-    The variance parameters are frozen (at 0.1) for the first fifth of the steps: fitting the
-    mean first keeps a freshly initialized model from explaining the data as noise.
+    The decoder variance is frozen at ``init_var`` for the first ``freeze_var`` fraction of the
+    steps: fitting the mean first keeps a freshly initialized model from explaining the data as
+    noise. A small ``init_var`` makes that first phase fit the mean closely, which gives sharper
+    latent codes (the demo uses 0.01 for the first 30 %; the defaults, 0.1 for 20 %, are those
+    the test generators were made with).
     """
+    if not init_var > 0:
+        raise ValueError(f"init_var must be > 0, got {init_var!r}")
+    if not 0 <= freeze_var <= 1:
+        raise ValueError(f"freeze_var must be in [0, 1], got {freeze_var!r}")
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    vae = VAE(x.shape[1], latent_dim, hidden).to(x.dtype)
+    vae = VAE(x.shape[1], latent_dim, hidden, init_var).to(x.dtype)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr / 10)
-    warmup = steps // 5
+    warmup = int(freeze_var * steps + 1e-9)
     bar = progress_iter(range(steps), progress, "train VAE")
     for step in bar:
         vae.log_var.requires_grad_(step >= warmup)

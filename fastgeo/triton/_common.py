@@ -29,22 +29,8 @@ def k_block(K: int, block_k: int | None) -> tuple[int, bool]:
 
 
 @triton.jit
-def phi_tile(
-    z_ptr,
-    row_off,
-    row_mask,
-    s_zd,
-    c_ptr,
-    s_ck,
-    s_cd,
-    g_ptr,
-    s_g,
-    k0,
-    K,
-    d,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+def phi_tile(z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g, k0, K, d,
+             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """phi (BLOCK_M, BLOCK_K) for the rows at ``z_ptr + row_off`` and centers k0..k0+BLOCK_K.
 
     Distances are formed as sums of squared coordinate differences (never ||z||^2 - 2 z.c +
@@ -88,25 +74,8 @@ def load_w(w_ptr, s_wd, s_wk, offs_d, dmask, k0, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def accum_grad_z(
-    gz,
-    gphi,
-    phi,
-    z_ptr,
-    row_off,
-    row_mask,
-    s_zd,
-    c_ptr,
-    s_ck,
-    s_cd,
-    g_ptr,
-    s_g,
-    k0,
-    K,
-    d,
-    BLOCK_K: tl.constexpr,
-    DL: tl.constexpr,
-):
+def accum_grad_z(gz, gphi, phi, z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g,
+                 k0, K, d, BLOCK_K: tl.constexpr, DL: tl.constexpr):
     """gz (BLOCK_M, DL) += d/dz of sum(gphi * phi) for centers k0..k0+BLOCK_K.
 
     grad_z[m, j] = sum_k gphi[m,k] phi[m,k] (-2 gamma_k) (z[m,j] - c[k,j]); the difference is
@@ -127,7 +96,8 @@ def accum_grad_z(
 
 
 @triton.jit
-def atomic_grad_w(gw_ptr, gbeta, phi, offs_d, dmask, k0, K, BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+def atomic_grad_w(gw_ptr, gbeta, phi, offs_d, dmask, k0, K, BLOCK_K: tl.constexpr,
+                  PREC: tl.constexpr):
     """grad_weights[offs_d, k0:k0+BLOCK_K] += gbeta^T @ phi (a reduction over all programs)."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     part = tl.dot(tl.trans(gbeta), phi, input_precision=PREC)

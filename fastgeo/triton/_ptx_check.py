@@ -25,28 +25,25 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     target = GPUTarget("cuda", int(args[0]) if args else 90, 32)
     blocks = {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_D": 64, "PREC": "ieee"}
-    cases = (
-        [(rss._fwd_kernel, {**blocks, "SINGLE_K": s}) for s in (True, False)]
-        + [
-            (rss._bwd_kernel, {**blocks, "SINGLE_K": s, "DL": 2, "NEED_W": True, "NEED_ZETA": True})
-            for s in (True, False)
-        ]
-        + [(rp._bwd_z_kernel, {**blocks, "SINGLE_K": s, "DL": 4}) for s in (True, False)]
-        + [
-            (rp._fwd_kernel, blocks),
-            (rp._features_kernel, {"BLOCK_M": 32, "BLOCK_K": 32}),
-            (ss._fwd_kernel, {"BLOCK_R": 16, "BLOCK_D": 128}),
-            (ss._bwd_kernel, {"BLOCK_R": 16, "BLOCK_D": 128}),
-        ]
-    )
+    cases = [
+        (rss._fwd_kernel, {**blocks, "SINGLE_K": s}) for s in (True, False)
+    ] + [
+        (rss._bwd_kernel, {**blocks, "SINGLE_K": s, "DL": 2, "NEED_W": True, "NEED_ZETA": True})
+        for s in (True, False)
+    ] + [
+        (rp._bwd_z_kernel, {**blocks, "SINGLE_K": s, "DL": 4}) for s in (True, False)
+    ] + [
+        (rp._fwd_kernel, blocks),
+        (rp._features_kernel, {"BLOCK_M": 32, "BLOCK_K": 32}),
+        (ss._fwd_kernel, {"BLOCK_R": 16, "BLOCK_D": 128}),
+        (ss._bwd_kernel, {"BLOCK_R": 16, "BLOCK_D": 128}),
+    ]
     failed = 0
     for fn, consts in cases:
         for dt in ("fp32", "fp64"):
             # Arguments named *_ptr are pointers to the op's dtype, the rest int32 scalars.
-            sig = {
-                a: "constexpr" if a in consts else (f"*{dt}" if a.endswith("_ptr") else "i32")
-                for a in fn.arg_names
-            }
+            sig = {a: "constexpr" if a in consts else (f"*{dt}" if a.endswith("_ptr") else "i32")
+                   for a in fn.arg_names}
             name = f"{fn.fn.__module__.rsplit('.', 1)[-1]}.{fn.fn.__name__}"
             label = f"{name} {dt} {consts.get('SINGLE_K', '')}"
             try:

@@ -34,31 +34,10 @@ BLOCK_D = 64
 
 
 @triton.jit
-def _sigma_chunk(
-    phi,
-    z_ptr,
-    row_off,
-    row_mask,
-    s_zd,
-    c_ptr,
-    s_ck,
-    s_cd,
-    g_ptr,
-    s_g,
-    w_ptr,
-    s_wd,
-    s_wk,
-    zeta,
-    offs_d,
-    dmask,
-    K,
-    d,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    SINGLE_K: tl.constexpr,
-    PREC: tl.constexpr,
-):
+def _sigma_chunk(phi, z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g,
+                 w_ptr, s_wd, s_wk, zeta, offs_d, dmask, K, d,
+                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                 SINGLE_K: tl.constexpr, PREC: tl.constexpr):
     """sigma (BLOCK_M, BLOCK_D) for one D chunk; ``phi`` is the resident tile when SINGLE_K."""
     if SINGLE_K:
         wt = load_wt(w_ptr, s_wd, s_wk, offs_d, dmask, 0, K, BLOCK_K)
@@ -66,9 +45,8 @@ def _sigma_chunk(
     else:
         beta = tl.zeros((BLOCK_M, BLOCK_D), dtype=c_ptr.dtype.element_ty)
         for k0 in range(0, K, BLOCK_K):
-            ph = phi_tile(
-                z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g, k0, K, d, BLOCK_M, BLOCK_K
-            )
+            ph = phi_tile(z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g, k0, K, d,
+                          BLOCK_M, BLOCK_K)
             wt = load_wt(w_ptr, s_wd, s_wk, offs_d, dmask, k0, K, BLOCK_K)
             beta = tl.dot(ph, wt, beta, input_precision=PREC)
     beta = beta + zeta[None, :]
@@ -76,33 +54,10 @@ def _sigma_chunk(
 
 
 @triton.jit
-def _fwd_kernel(
-    p_ptr,
-    c_ptr,
-    g_ptr,
-    w_ptr,
-    zeta_ptr,
-    out_ptr,
-    S,
-    N,
-    d,
-    K,
-    D,
-    s_pb,
-    s_pn,
-    s_pd,
-    s_ck,
-    s_cd,
-    s_g,
-    s_wd,
-    s_wk,
-    s_zeta,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    SINGLE_K: tl.constexpr,
-    PREC: tl.constexpr,
-):
+def _fwd_kernel(p_ptr, c_ptr, g_ptr, w_ptr, zeta_ptr, out_ptr, S, N, d, K, D,
+                s_pb, s_pn, s_pd, s_ck, s_cd, s_g, s_wd, s_wk, s_zeta,
+                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                SINGLE_K: tl.constexpr, PREC: tl.constexpr):
     offs_s = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     smask = offs_s < S
     b = (offs_s // (N - 1)).to(tl.int64)
@@ -112,105 +67,34 @@ def _fwd_kernel(
     phi_a = None
     phi_b = None
     if SINGLE_K:
-        phi_a = phi_tile(p_ptr, row_a, smask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d, BLOCK_M, BLOCK_K)
-        phi_b = phi_tile(p_ptr, row_b, smask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d, BLOCK_M, BLOCK_K)
+        phi_a = phi_tile(p_ptr, row_a, smask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d,
+                         BLOCK_M, BLOCK_K)
+        phi_b = phi_tile(p_ptr, row_b, smask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d,
+                         BLOCK_M, BLOCK_K)
     acc = tl.zeros((BLOCK_M,), dtype=c_ptr.dtype.element_ty)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         # Padded columns get zeta = 1 and W = 0: equal sigmas, zero contribution.
         zeta = tl.load(zeta_ptr + offs_d * s_zeta, mask=dmask, other=1.0)
-        sig_a = _sigma_chunk(
-            phi_a,
-            p_ptr,
-            row_a,
-            smask,
-            s_pd,
-            c_ptr,
-            s_ck,
-            s_cd,
-            g_ptr,
-            s_g,
-            w_ptr,
-            s_wd,
-            s_wk,
-            zeta,
-            offs_d,
-            dmask,
-            K,
-            d,
-            BLOCK_M,
-            BLOCK_K,
-            BLOCK_D,
-            SINGLE_K,
-            PREC,
-        )
-        sig_b = _sigma_chunk(
-            phi_b,
-            p_ptr,
-            row_b,
-            smask,
-            s_pd,
-            c_ptr,
-            s_ck,
-            s_cd,
-            g_ptr,
-            s_g,
-            w_ptr,
-            s_wd,
-            s_wk,
-            zeta,
-            offs_d,
-            dmask,
-            K,
-            d,
-            BLOCK_M,
-            BLOCK_K,
-            BLOCK_D,
-            SINGLE_K,
-            PREC,
-        )
+        sig_a = _sigma_chunk(phi_a, p_ptr, row_a, smask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g,
+                             w_ptr, s_wd, s_wk, zeta, offs_d, dmask, K, d,
+                             BLOCK_M, BLOCK_K, BLOCK_D, SINGLE_K, PREC)
+        sig_b = _sigma_chunk(phi_b, p_ptr, row_b, smask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g,
+                             w_ptr, s_wd, s_wk, zeta, offs_d, dmask, K, d,
+                             BLOCK_M, BLOCK_K, BLOCK_D, SINGLE_K, PREC)
         diff = sig_b - sig_a
         acc += tl.sum(diff * diff, axis=1)
     tl.store(out_ptr + offs_s, acc, mask=smask)
 
 
 @triton.jit
-def _bwd_kernel(
-    p_ptr,
-    c_ptr,
-    g_ptr,
-    w_ptr,
-    zeta_ptr,
-    go_ptr,
-    gp_ptr,
-    gw_ptr,
-    gzeta_ptr,
-    P,
-    N,
-    d,
-    K,
-    D,
-    s_pb,
-    s_pn,
-    s_pd,
-    s_ck,
-    s_cd,
-    s_g,
-    s_wd,
-    s_wk,
-    s_zeta,
-    s_gob,
-    s_gon,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    DL: tl.constexpr,
-    SINGLE_K: tl.constexpr,
-    NEED_W: tl.constexpr,
-    NEED_ZETA: tl.constexpr,
-    PREC: tl.constexpr,
-):
+def _bwd_kernel(p_ptr, c_ptr, g_ptr, w_ptr, zeta_ptr, go_ptr, gp_ptr, gw_ptr, gzeta_ptr,
+                P, N, d, K, D,
+                s_pb, s_pn, s_pd, s_ck, s_cd, s_g, s_wd, s_wk, s_zeta, s_gob, s_gon,
+                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                DL: tl.constexpr, SINGLE_K: tl.constexpr, NEED_W: tl.constexpr,
+                NEED_ZETA: tl.constexpr, PREC: tl.constexpr):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mmask = offs_m < P
     b = (offs_m // N).to(tl.int64)
@@ -227,90 +111,27 @@ def _bwd_kernel(
     phi_c = None
     phi_n = None
     if SINGLE_K:
-        phi_p = phi_tile(p_ptr, row_p, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d, BLOCK_M, BLOCK_K)
-        phi_c = phi_tile(p_ptr, row_c, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d, BLOCK_M, BLOCK_K)
-        phi_n = phi_tile(p_ptr, row_n, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d, BLOCK_M, BLOCK_K)
+        phi_p = phi_tile(p_ptr, row_p, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d,
+                         BLOCK_M, BLOCK_K)
+        phi_c = phi_tile(p_ptr, row_c, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d,
+                         BLOCK_M, BLOCK_K)
+        phi_n = phi_tile(p_ptr, row_n, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d,
+                         BLOCK_M, BLOCK_K)
         gphi = tl.zeros((BLOCK_M, BLOCK_K), dtype=c_ptr.dtype.element_ty)
     gz = tl.zeros((BLOCK_M, DL), dtype=c_ptr.dtype.element_ty)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         zeta = tl.load(zeta_ptr + offs_d * s_zeta, mask=dmask, other=1.0)
-        sig_p = _sigma_chunk(
-            phi_p,
-            p_ptr,
-            row_p,
-            mmask,
-            s_pd,
-            c_ptr,
-            s_ck,
-            s_cd,
-            g_ptr,
-            s_g,
-            w_ptr,
-            s_wd,
-            s_wk,
-            zeta,
-            offs_d,
-            dmask,
-            K,
-            d,
-            BLOCK_M,
-            BLOCK_K,
-            BLOCK_D,
-            SINGLE_K,
-            PREC,
-        )
-        sig_c = _sigma_chunk(
-            phi_c,
-            p_ptr,
-            row_c,
-            mmask,
-            s_pd,
-            c_ptr,
-            s_ck,
-            s_cd,
-            g_ptr,
-            s_g,
-            w_ptr,
-            s_wd,
-            s_wk,
-            zeta,
-            offs_d,
-            dmask,
-            K,
-            d,
-            BLOCK_M,
-            BLOCK_K,
-            BLOCK_D,
-            SINGLE_K,
-            PREC,
-        )
-        sig_n = _sigma_chunk(
-            phi_n,
-            p_ptr,
-            row_n,
-            mmask,
-            s_pd,
-            c_ptr,
-            s_ck,
-            s_cd,
-            g_ptr,
-            s_g,
-            w_ptr,
-            s_wd,
-            s_wk,
-            zeta,
-            offs_d,
-            dmask,
-            K,
-            d,
-            BLOCK_M,
-            BLOCK_K,
-            BLOCK_D,
-            SINGLE_K,
-            PREC,
-        )
+        sig_p = _sigma_chunk(phi_p, p_ptr, row_p, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g,
+                             w_ptr, s_wd, s_wk, zeta, offs_d, dmask, K, d,
+                             BLOCK_M, BLOCK_K, BLOCK_D, SINGLE_K, PREC)
+        sig_c = _sigma_chunk(phi_c, p_ptr, row_c, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g,
+                             w_ptr, s_wd, s_wk, zeta, offs_d, dmask, K, d,
+                             BLOCK_M, BLOCK_K, BLOCK_D, SINGLE_K, PREC)
+        sig_n = _sigma_chunk(phi_n, p_ptr, row_n, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g,
+                             w_ptr, s_wd, s_wk, zeta, offs_d, dmask, K, d,
+                             BLOCK_M, BLOCK_K, BLOCK_D, SINGLE_K, PREC)
         gsig = 2.0 * (sig_c - sig_p) * g_prev[:, None] - 2.0 * (sig_n - sig_c) * g_next[:, None]
         # d sigma / d beta = -1/2 beta^-3/2 = -1/2 sigma^3
         gbeta = tl.where(dmask[None, :] & mmask[:, None], -0.5 * gsig * sig_c * sig_c * sig_c, 0.0)
@@ -323,44 +144,24 @@ def _bwd_kernel(
                 atomic_grad_w(gw_ptr, gbeta, phi_c, offs_d, dmask, 0, K, BLOCK_K, PREC)
         else:
             for k0 in range(0, K, BLOCK_K):
-                ph = phi_tile(
-                    p_ptr, row_c, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, k0, K, d, BLOCK_M, BLOCK_K
-                )
+                ph = phi_tile(p_ptr, row_c, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, k0, K, d,
+                              BLOCK_M, BLOCK_K)
                 w = load_w(w_ptr, s_wd, s_wk, offs_d, dmask, k0, K, BLOCK_K)
                 gph = tl.dot(gbeta, w, input_precision=PREC)
-                gz = accum_grad_z(
-                    gz,
-                    gph,
-                    ph,
-                    p_ptr,
-                    row_c,
-                    mmask,
-                    s_pd,
-                    c_ptr,
-                    s_ck,
-                    s_cd,
-                    g_ptr,
-                    s_g,
-                    k0,
-                    K,
-                    d,
-                    BLOCK_K,
-                    DL,
-                )
+                gz = accum_grad_z(gz, gph, ph, p_ptr, row_c, mmask, s_pd, c_ptr, s_ck, s_cd,
+                                  g_ptr, s_g, k0, K, d, BLOCK_K, DL)
                 if NEED_W:
                     atomic_grad_w(gw_ptr, gbeta, ph, offs_d, dmask, k0, K, BLOCK_K, PREC)
     if SINGLE_K:
-        gz = accum_grad_z(
-            gz, gphi, phi_c, p_ptr, row_c, mmask, s_pd, c_ptr, s_ck, s_cd, g_ptr, s_g, 0, K, d, BLOCK_K, DL
-        )
+        gz = accum_grad_z(gz, gphi, phi_c, p_ptr, row_c, mmask, s_pd, c_ptr, s_ck, s_cd,
+                          g_ptr, s_g, 0, K, d, BLOCK_K, DL)
     offs_j = tl.arange(0, DL)
     ptrs = gp_ptr + offs_m[:, None].to(tl.int64) * d + offs_j[None, :]
     tl.store(ptrs, gz, mask=mmask[:, None] & (offs_j[None, :] < d))
 
 
-def forward(
-    points: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor, block_k: int | None = None
-) -> Tensor:
+def forward(points: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor,
+            block_k: int | None = None) -> Tensor:
     """points (B, N, d), centers (K, d), gammas (K,), weights (D, K), zeta (D,) -> (B, N-1)."""
     B, N, d = points.shape
     K, D = centers.shape[0], weights.shape[0]
@@ -370,42 +171,16 @@ def forward(
         return out
     bk, single = k_block(K, block_k)
     _fwd_kernel[(triton.cdiv(S, BLOCK_M),)](
-        points,
-        centers,
-        gammas,
-        weights,
-        zeta,
-        out,
-        S,
-        N,
-        d,
-        K,
-        D,
-        *points.stride(),
-        *centers.stride(),
-        gammas.stride(0),
-        *weights.stride(),
-        zeta.stride(0),
-        BLOCK_M=BLOCK_M,
-        BLOCK_K=bk,
-        BLOCK_D=BLOCK_D,
-        SINGLE_K=single,
-        PREC=DOT_PRECISION,
+        points, centers, gammas, weights, zeta, out, S, N, d, K, D,
+        *points.stride(), *centers.stride(), gammas.stride(0), *weights.stride(), zeta.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_K=bk, BLOCK_D=BLOCK_D, SINGLE_K=single, PREC=DOT_PRECISION,
     )
     return out
 
 
-def backward(
-    grad: Tensor,
-    points: Tensor,
-    centers: Tensor,
-    gammas: Tensor,
-    weights: Tensor,
-    zeta: Tensor,
-    need_weights: bool,
-    need_zeta: bool,
-    block_k: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+def backward(grad: Tensor, points: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor,
+             zeta: Tensor, need_weights: bool, need_zeta: bool,
+             block_k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """grad (B, N-1) -> (grad_points (B, N, d), grad_weights (D, K), grad_zeta (D,)).
 
     grad_weights / grad_zeta are zeros unless requested (they cost atomics over all programs).
@@ -420,33 +195,10 @@ def backward(
         return gp, gw, gzeta
     bk, single = k_block(K, block_k)
     _bwd_kernel[(triton.cdiv(P, BLOCK_M),)](
-        points,
-        centers,
-        gammas,
-        weights,
-        zeta,
-        grad,
-        gp,
-        gw,
-        gzeta,
-        P,
-        N,
-        d,
-        K,
-        D,
-        *points.stride(),
-        *centers.stride(),
-        gammas.stride(0),
-        *weights.stride(),
-        zeta.stride(0),
+        points, centers, gammas, weights, zeta, grad, gp, gw, gzeta, P, N, d, K, D,
+        *points.stride(), *centers.stride(), gammas.stride(0), *weights.stride(), zeta.stride(0),
         *grad.stride(),
-        BLOCK_M=BLOCK_M,
-        BLOCK_K=bk,
-        BLOCK_D=BLOCK_D,
-        DL=next_pow2(d, 1),
-        SINGLE_K=single,
-        NEED_W=need_weights,
-        NEED_ZETA=need_zeta,
-        PREC=DOT_PRECISION,
+        BLOCK_M=BLOCK_M, BLOCK_K=bk, BLOCK_D=BLOCK_D, DL=next_pow2(d, 1), SINGLE_K=single,
+        NEED_W=need_weights, NEED_ZETA=need_zeta, PREC=DOT_PRECISION,
     )
     return gp, gw, gzeta

@@ -16,7 +16,8 @@ BLOCK_D = 128
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, out_ptr, S, N, D, s_xb, s_xn, s_xd, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _fwd_kernel(x_ptr, out_ptr, S, N, D, s_xb, s_xn, s_xd,
+                BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     offs_s = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     smask = offs_s < S
     b = (offs_s // (N - 1)).to(tl.int64)
@@ -35,21 +36,8 @@ def _fwd_kernel(x_ptr, out_ptr, S, N, D, s_xb, s_xn, s_xd, BLOCK_R: tl.constexpr
 
 
 @triton.jit
-def _bwd_kernel(
-    x_ptr,
-    go_ptr,
-    gx_ptr,
-    P,
-    N,
-    D,
-    s_xb,
-    s_xn,
-    s_xd,
-    s_gob,
-    s_gon,
-    BLOCK_R: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
+def _bwd_kernel(x_ptr, go_ptr, gx_ptr, P, N, D, s_xb, s_xn, s_xd, s_gob, s_gon,
+                BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     offs_m = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     mmask = offs_m < P
     b = (offs_m // N).to(tl.int64)
@@ -81,7 +69,8 @@ def forward(x: Tensor) -> Tensor:
         return out
     if D == 0:
         return out.zero_()
-    _fwd_kernel[(triton.cdiv(S, BLOCK_R),)](x, out, S, N, D, *x.stride(), BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)
+    _fwd_kernel[(triton.cdiv(S, BLOCK_R),)](x, out, S, N, D, *x.stride(),
+                                            BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)
     return out
 
 
@@ -92,7 +81,6 @@ def backward(grad: Tensor, x: Tensor) -> Tensor:
     P = B * N
     if P == 0 or D == 0:
         return gx
-    _bwd_kernel[(triton.cdiv(P, BLOCK_R),)](
-        x, grad, gx, P, N, D, *x.stride(), *grad.stride(), BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D
-    )
+    _bwd_kernel[(triton.cdiv(P, BLOCK_R),)](x, grad, gx, P, N, D, *x.stride(), *grad.stride(),
+                                            BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)
     return gx
