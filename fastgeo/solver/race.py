@@ -12,7 +12,7 @@ from .first_order import adam
 from .graph import LatentGraph
 from .levenberg_marquardt import levenberg_marquardt
 from .options import SolverOptions
-from .problem import Grid, Parts, PointGradient, full_gradient, full_parts, full_segments
+from .problem import Grid, Parts, full_gradient, full_parts, full_segments
 from .result import MAX_ITER, Work
 from .starts import starts
 
@@ -74,8 +74,10 @@ def solve_batch(
     start_idx, curve_idx = _distinct_starts(metric, z0, z1, stacked, coarse, opts.refine, work)
     rtol = max(opts.tol, COARSE_TOL) if is_coarse else opts.tol
     racers = stacked[start_idx, curve_idx]
-    models = (features, gradient)
-    coeffs, energy, status, it = _race(metric, models, z0, z1, racers, curve_idx, coarse, opts, rtol, work)
+    # The race decides the basin: Gauss-Newton matrices fresh at every step (lagged ones, even
+    # after 4 fresh steps, let racers of a trained d = 12 VAE drift into other basins, 0.3-0.7 %
+    # longer); the refinement may lag them.
+    coeffs, energy, status, it = _race(metric, features, z0, z1, racers, curve_idx, coarse, opts, rtol, work)
     iterations.index_add_(0, curve_idx, it)
     energy = _finite_or_inf(energy)
     order = _per_curve_order(energy, curve_idx, B)  # (B, 2): best and runner-up racer per curve
@@ -155,7 +157,7 @@ def _per_curve_order(energy: Tensor, curve_idx: Tensor, B: int) -> Tensor:
 
 def _race(
     metric: ExpectedMetric,
-    models: tuple[Parts, PointGradient | None],
+    features: Parts,
     z0: Tensor,
     z1: Tensor,
     starts: Tensor,
@@ -165,20 +167,58 @@ def _race(
     tol: float,
     work: Work,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Optimize every racer (R, m, d) on the grid: a first stage of STAGE iterations, after which
-    racers whose energy is more than PRUNE above their curve's best stop; then the others to
-    convergence. Returns coeffs, energies, status codes and iterations per racer."""
+    """Optimize every racer (R, m, d) on the grid. Racers of curves with several: a first stage
+    of STAGE iterations, after which those whose energy is more than PRUNE above their curve's
+    best stop; then the others to convergence. A curve's only racer runs to convergence at once.
+    Returns coeffs, energies, status codes and iterations per racer."""
     a, b = z0[curve_idx], z1[curve_idx]
-    features, gradient = models
     if opts.method == "paper":
         segments = full_segments(metric, a, b, grid, work)
         everyone = torch.arange(len(curve_idx), device=z0.device)
         return adam(segments, starts, segments(starts, everyone), opts.max_iter, tol, a, b)
+    coeffs, energy = starts.clone(), starts.new_zeros(len(curve_idx))
+    status = torch.full_like(curve_idx, MAX_ITER, dtype=torch.int8)
+    it = torch.zeros_like(curve_idx)
+    alone = torch.bincount(curve_idx, minlength=z0.shape[0])[curve_idx] == 1
+    for rows, staged in ((alone.nonzero().squeeze(1), False), ((~alone).nonzero().squeeze(1), True)):
+        if rows.numel() == 0:
+            continue
+        run = (_staged if staged else _at_once)(
+            features, a[rows], b[rows], starts[rows], curve_idx[rows], grid, opts, tol
+        )
+        coeffs[rows], energy[rows], status[rows], it[rows] = run
+    return coeffs, energy, status, it
+
+
+def _at_once(
+    features: Parts,
+    a: Tensor,
+    b: Tensor,
+    starts: Tensor,
+    curve_idx: Tensor,
+    grid: Grid,
+    opts: SolverOptions,
+    tol: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    coeffs, energy, status, it = levenberg_marquardt(features, a, b, starts, grid, opts.max_iter, tol)
+    return coeffs, _finite_or_inf(energy), status, it
+
+
+def _staged(
+    features: Parts,
+    a: Tensor,
+    b: Tensor,
+    starts: Tensor,
+    curve_idx: Tensor,
+    grid: Grid,
+    opts: SolverOptions,
+    tol: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     coeffs, energy, status, it = levenberg_marquardt(
-        features, a, b, starts, grid, min(STAGE, opts.max_iter), tol, gradient
+        features, a, b, starts, grid, min(STAGE, opts.max_iter), tol
     )
     energy = _finite_or_inf(energy)
-    best = torch.full((z0.shape[0],), torch.inf, dtype=energy.dtype, device=energy.device)
+    best = torch.full((int(curve_idx.max()) + 1,), torch.inf, dtype=energy.dtype, device=energy.device)
     best = best.scatter_reduce(0, curve_idx, energy, "amin")
     go_on = (
         ((status == MAX_ITER) & (energy <= (1 + PRUNE) * best[curve_idx]) & (it >= STAGE))
@@ -187,8 +227,8 @@ def _race(
     )
     if go_on.numel() and opts.max_iter > STAGE:
         c2, e2, v2, i2 = levenberg_marquardt(
-            features, a[go_on], b[go_on], coeffs[go_on], grid, opts.max_iter - STAGE, tol, gradient
+            features, a[go_on], b[go_on], coeffs[go_on], grid, opts.max_iter - STAGE, tol
         )
-        coeffs[go_on], energy[go_on], status[go_on] = c2, e2, v2
+        coeffs[go_on], energy[go_on], status[go_on] = c2, _finite_or_inf(e2), v2
         it[go_on] += i2
     return coeffs, energy, status, it
