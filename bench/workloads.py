@@ -7,6 +7,10 @@ figures describe the same problems.
   (the solver layer; the all-pairs layer takes all pairs of a random subset of the same codes).
 - Op shapes: the digits generator's own RBF parameters on curves between its latent codes
   (``*_digits`` cases), and the paper-sized synthetic shapes (D = 784) beside them.
+- Real-model generators (``REAL_GENERATORS``): image VAEs shaped like users' models (latent
+  d = 8-64, MLP and convolutional decoders, D = 784; ``conv32_color64``: D = 12,288), trained by
+  ``tests/data/make_real_generators.py`` on procedural images, built on first use into
+  ``bench/results/generators`` (git-ignored; minutes each).
 
 Import it from a benchmark in this folder (``import workloads``).
 """
@@ -41,10 +45,41 @@ OPS_CASES: dict[str, dict] = {
 }
 
 
+# name: latent dimension, decoder, data (tests/data/make_real_generators.py has the details)
+REAL_GENERATORS = {
+    "conv5_small": "d = 5, conv, glyphs",
+    "mlp12_small": "d = 12, MLP, shapes",
+    "conv8_shapes": "d = 8, conv, shapes",
+    "conv8_glyphs": "d = 8, conv, glyphs",
+    "mlp16_shapes": "d = 16, MLP, shapes",
+    "mlp16_glyphs": "d = 16, MLP, glyphs",
+    "mlp32_shapes": "d = 32, MLP, shapes",
+    "mlp64_glyphs": "d = 64, MLP, glyphs",
+    "conv32_color64": "d = 32, conv, color shapes 64x64x3 (D = 12,288)",
+}
+
+
 def generator_path(name: str) -> Path:
+    """The file of a shipped generator, or of a real-model one (trained first if missing)."""
+    if name in REAL_GENERATORS:
+        return _real_generator_path(name)
     if name not in GENERATORS:
-        raise ValueError(f"generator must be one of {GENERATORS}, got {name!r}")
+        raise ValueError(f"generator must be one of {GENERATORS + tuple(REAL_GENERATORS)}, got {name!r}")
     return DATA / f"{name}.safetensors"
+
+
+def _real_generator_path(name: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_real_generators", DATA / "make_real_generators.py")
+    assert spec is not None and spec.loader is not None
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    path = maker.default_dir(name) / f"{name}.safetensors"
+    if not path.exists():
+        print(f"\n[{name}] training the generator (once; saved to {path})", flush=True)
+        path = maker.build_generator(name)
+    return path
 
 
 @cache

@@ -22,9 +22,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # From this latent dimension on, ``default`` races only the shortest start and builds no graph:
 # on trained VAEs with d = 12-64 the graph's corridors and the race never changed a curve
-# (measured), while the graph costs minutes of decoder calls to build.
+# (measured), while the graph costs minutes of decoder calls to build. Their curves need more
+# control points: against a stronger float64 solve (m = 24, 96 points), m = 12 at 48 points was
+# 0.05-0.10 % long on average at d = 12-32, m = 16 at 64 points 0.02-0.05 % (at ~1.35x the time).
 HIGH_DIM = 4
-HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0}
+HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 16, "n_points": 64}
 # From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
 # linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
 LAGGED_MIN_DIM = 8

@@ -1,0 +1,204 @@
+"""Real-model benchmark: time per geodesic and accuracy of fastgeo's default and of StochMan's
+defaults (``connecting_geodesic``, all pairs in one batch) on VAEs shaped like users' models
+(latent d = 2-64, MLP and convolutional decoders, D = 784; ``conv32_color64``: D = 12,288), in
+the same run, one thread.
+
+    pip install stochman==0.3.0      # the peer (its rows are skipped if absent)
+    OMP_NUM_THREADS=1 pytest bench/bench_real_models.py --benchmark-only -s
+    FASTGEO_BENCH_SEED=1 FASTGEO_BENCH_REAL=mlp16_shapes,mlp16_glyphs OMP_NUM_THREADS=1 \\
+        pytest bench/bench_real_models.py --benchmark-only -s
+
+Generators: ``workloads.REAL_GENERATORS`` (trained on first use, minutes each; the default list
+is ``DEFAULT_REAL`` below, ``FASTGEO_BENCH_REAL`` picks others) and the shipped 2-D ``digits``
+VAE (D = 64) for d = 2. Pairs: ``PAIRS_REAL`` training codes, a third across classes
+(``workloads.pair_indices``, seed ``FASTGEO_BENCH_SEED``). Reference: the free polylines of
+``method="dense"`` cost hours at d >= 16, so every curve is compared with the shortest curve
+known for its pair: the best of fastgeo's default, StochMan and a stronger fastgeo run in float64
+(``STRONG``: twice the control points and points per curve, every start raced, Gauss-Newton
+matrices at every step, tolerance 1e-10), all measured alike (1024 points, float64). Excess is
+therefore a lower bound of the excess over the true geodesic. Time: one timed call after a
+warm-up on two pairs (fastgeo: process time is not used; wall time on an otherwise idle
+machine). Peak RSS of the process is printed with every row (run one generator per process to
+read it as that generator's).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from workloads import REAL_GENERATORS, environment_line, generator, pair_indices, results_dir
+
+import fastgeo
+from fastgeo.benchmarks.accuracy import MEASURE_POINTS
+from fastgeo.benchmarks.timing import environment
+
+PAIRS_REAL = 32
+SEED = int(os.environ.get("FASTGEO_BENCH_SEED", "0"))
+DEFAULT_REAL = "digits,conv8_shapes,conv8_glyphs,mlp16_shapes,mlp16_glyphs,mlp32_shapes,mlp64_glyphs"
+NAMES = [n for n in os.environ.get("FASTGEO_BENCH_REAL", DEFAULT_REAL).split(",") if n]
+STRONG = {"m": 24, "n_points": 96, "refine": 2, "linearize": "always", "tol": 1e-10}
+ROWS: list[dict] = []
+
+
+def _describe(name: str) -> str:
+    return REAL_GENERATORS.get(name, "d = 2, MLP, digits 8x8 (D = 64)")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def problem(request):
+    metric, Z, labels = generator(request.param)
+    I, J = pair_indices(labels, PAIRS_REAL, SEED)
+    return {"name": request.param, "metric": metric, "m64": metric.to(torch.float64), "z0": Z[I], "z1": Z[J]}
+
+
+@pytest.fixture(scope="module")
+def reference(problem):
+    """The strong float64 run's lengths (PAIRS_REAL,), measured on MEASURE_POINTS points."""
+    m64 = problem["m64"]
+    t = time.perf_counter()
+    with torch.no_grad():
+        strong = fastgeo.geodesics(m64, problem["z0"].double(), problem["z1"].double(), **STRONG)
+        lengths = m64.length(strong.points(MEASURE_POINTS))
+    print(f"\n[{problem['name']}] strong float64 reference: {time.perf_counter() - t:.1f} s", flush=True)
+    return {"lengths": lengths}
+
+
+def _stochman_run(problem):
+    stochman = pytest.importorskip("stochman")
+    from stochman.manifold import EmbeddedManifold
+
+    metric = problem["metric"]
+
+    class Embedded(EmbeddedManifold):
+        """The generator as an embedded manifold: embed(c) = [mu(c), sigma(c)] gives our energy."""
+
+        def embed(self, c, jacobian=False):
+            return metric.features(c)
+
+    manifold = Embedded()
+
+    def run(z0, z1):
+        curve, _ = manifold.connecting_geodesic(z0.clone(), z1.clone())
+        with torch.no_grad():
+            return curve(torch.linspace(0, 1, MEASURE_POINTS)).detach(), None
+
+    return run, f"StochMan {stochman.__version__}"
+
+
+def _fastgeo_run(problem):
+    metric = problem["metric"]
+
+    def run(z0, z1):
+        with torch.no_grad():
+            res = fastgeo.geodesics(metric, z0, z1)
+            return res.points(MEASURE_POINTS), res
+
+    return run, "fastgeo default"
+
+
+@pytest.mark.parametrize("method", ["fastgeo", "stochman"])
+def test_real_model(benchmark, problem, reference, method):
+    run, label = (_fastgeo_run if method == "fastgeo" else _stochman_run)(problem)
+    z0, z1 = problem["z0"], problem["z1"]
+    run(z0[:2], z1[:2])  # warm-up (first calls of the decoder, kernels' first use)
+    points, res = benchmark.pedantic(run, args=(z0, z1), rounds=1, warmup_rounds=0)
+    with torch.no_grad():
+        lengths = problem["m64"].length(points.double())
+    row = {
+        "generator": problem["name"], "about": _describe(problem["name"]), "d": z0.shape[1],
+        "D": problem["metric"].data_dim, "method": label, "lengths": lengths, "statuses": _statuses(res),
+        "ms_per_geodesic": 1e3 * benchmark.stats.stats.min / len(z0), "peak_rss_mb": _peak_rss_mb(),
+    }  # fmt: skip
+    benchmark.extra_info.update(environment("cpu"))
+    benchmark.extra_info.update(
+        {k: v for k, v in row.items() if k != "lengths"}, dtype="float32", pairs=len(z0), seed=SEED
+    )
+    row["reference"] = reference["lengths"]
+    ROWS.append(row)
+
+
+def _statuses(res) -> str:
+    """'converged 31, max_iter 1' (fastgeo), '-' (StochMan reports none)."""
+    if res is None:
+        return "-"
+    names, counts = np.unique(res.status, return_counts=True)
+    return ", ".join(f"{s} {n}" for s, n in zip(names, counts, strict=True))
+
+
+def real_models_table() -> str:
+    lines = [
+        f"{environment_line()}, float32, {PAIRS_REAL} pairs per generator (a third across classes, "
+        f"seed {SEED}); excess over the shortest known curve of each pair",
+        "",
+        "| generator | model | method | ms / geodesic | StochMan / this | mean excess % | worst excess % "
+        "| statuses | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    best: dict[str, torch.Tensor] = {}
+    for r in ROWS:
+        prev = best.get(r["generator"], r["reference"])
+        best[r["generator"]] = torch.minimum(prev, r["lengths"])
+    peer = {r["generator"]: r["ms_per_geodesic"] for r in ROWS if r["method"].startswith("StochMan")}
+    for r in ROWS:
+        ex = 100 * (r["lengths"] / best[r["generator"]] - 1)
+        r["mean_excess_pct"], r["worst_excess_pct"] = float(ex.mean()), float(ex.max())
+        ratio = peer.get(r["generator"])
+        speedup = "-" if ratio is None else f"{ratio / r['ms_per_geodesic']:.2f}"
+        lines.append(
+            f"| {r['generator']} | {r['about']} | {r['method']} | {r['ms_per_geodesic']:.1f} | {speedup} | "
+            f"{r['mean_excess_pct']:.4f} | {r['worst_excess_pct']:.4f} | {r['statuses']} | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_table():
+    yield
+    if ROWS:
+        table = real_models_table()
+        out = results_dir()
+        tag = f"real_models_seed{SEED}"
+        (out / f"{tag}.md").write_text(table + "\n")
+        print("\n" + table)
+        write_time_plot(out / f"{tag}.png")
+
+
+def write_time_plot(path: Path) -> None:
+    """Time per geodesic against the latent dimension, fastgeo and StochMan (log-log)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    for method, marker in (("fastgeo", "o"), ("StochMan", "s")):
+        rows = sorted((r for r in ROWS if r["method"].startswith(method)), key=lambda r: r["d"])
+        for conv in (False, True):
+            pick = [r for r in rows if ("conv" in r["generator"]) == conv]
+            if pick:
+                ax.plot(
+                    [r["d"] for r in pick], [r["ms_per_geodesic"] for r in pick], marker=marker,
+                    linestyle="--" if conv else "-", label=f"{method} ({'conv' if conv else 'MLP'} decoders)",
+                )  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("latent dimension d")
+    ax.set_ylabel("ms per geodesic (1 thread, float32)")
+    ax.set_title(f"Time per geodesic against d ({PAIRS_REAL} pairs, seed {SEED})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
