@@ -14,7 +14,7 @@ VAE (D = 64) for d = 2. Pairs: ``PAIRS_REAL`` training codes, a third across cla
 (``workloads.pair_indices``, seed ``FASTGEO_BENCH_SEED``). Reference: the free polylines of
 ``method="dense"`` cost hours at d >= 16, so every curve is compared with the shortest curve
 known for its pair: the best of fastgeo's default, StochMan and a stronger fastgeo run in float64
-(``STRONG``: twice the control points and points per curve, every start raced, Gauss-Newton
+(``STRONG``: 24 control points and 96 points per curve, Gauss-Newton
 matrices at every step, tolerance 1e-10), all measured alike (1024 points, float64). Excess is
 therefore a lower bound of the excess over the true geodesic. Time: one timed call after a
 warm-up on two pairs (fastgeo: process time is not used; wall time on an otherwise idle
@@ -42,7 +42,7 @@ PAIRS_REAL = 32
 SEED = int(os.environ.get("FASTGEO_BENCH_SEED", "0"))
 DEFAULT_REAL = "digits,conv8_shapes,conv8_glyphs,mlp16_shapes,mlp16_glyphs,mlp32_shapes,mlp64_glyphs"
 NAMES = [n for n in os.environ.get("FASTGEO_BENCH_REAL", DEFAULT_REAL).split(",") if n]
-STRONG = {"m": 24, "n_points": 96, "refine": 2, "linearize": "always", "tol": 1e-10}
+STRONG = {"m": 24, "n_points": 96, "linearize": "always", "tol": 1e-10}
 ROWS: list[dict] = []
 
 
