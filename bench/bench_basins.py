@@ -31,20 +31,10 @@ import torch
 from workloads import GENERATORS, PAIRS, environment_line, generator, results_dir, solver_pairs
 
 import fastgeo
-from fastgeo.benchmarks.accuracy import MEASURE_POINTS, excess
+from fastgeo.benchmarks.accuracy import FINE_POINTS, MEASURE_POINTS, excess, length_gaps
 from fastgeo.solver.result import STATUSES
 
-FINE_POINTS = 4096  # the grid the reported lengths are checked on
 WORST_GOAL, MEAN_GOAL = 0.5, 0.05  # % (issue 15)
-
-
-def length_gap(metric64: fastgeo.ExpectedMetric, res: fastgeo.GeodesicResult) -> torch.Tensor:
-    """Relative gap (B,) between each reported length and its curve's length on FINE_POINTS
-    points, in float64."""
-    c = res.curves
-    curves64 = fastgeo.Curves(c.z0.double(), c.z1.double(), c.coeffs.double(), c.basis)
-    fine = metric64.length(curves64.points(FINE_POINTS))
-    return res.lengths.double() / fine - 1
 
 
 def run_one(name: str, seed: int, n: int) -> dict:
@@ -59,7 +49,7 @@ def run_one(name: str, seed: int, n: int) -> dict:
         dense = fastgeo.geodesics(m64, z0.double(), z1.double(), method="dense")
         dense_s = time.perf_counter() - t
         ex = 100 * excess(m64, res.points(MEASURE_POINTS), dense)
-        gap = 100 * length_gap(m64, res)
+        gap = 100 * length_gaps(m64, res)
     worst = int(ex.argmax())
     return {
         "generator": name,
@@ -88,8 +78,8 @@ def table(rows: list[dict], command: str, threads: int) -> str:
         f"{environment_line(threads)}, float32 (dense oracle: float64)",
         f"command: `{command}`",
         "",
-        "| generator | seed | mean excess % | worst excess % (pair, status) | pairs > 0.5 % "
-        "| default: statuses | dense: statuses | max length gap % (4096 points) | default s | dense s |",
+        "| generator | seed | mean excess % | worst excess % (pair, status) | pairs > 0.5 % | default: "
+        f"statuses | dense: statuses | max length gap % ({FINE_POINTS} points) | default s | dense s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
