@@ -16,8 +16,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fastgeo import plot as fplot  # noqa: E402
+from fastgeo.benchmarks.accuracy import length_gaps  # noqa: E402
+from fastgeo.datasets import two_moons  # noqa: E402
 from fastgeo.demo import run_demo  # noqa: E402
-from fastgeo.demo.run import QUICK_PAIRS, draw_figure, format_table  # noqa: E402
+from fastgeo.demo.run import (  # noqa: E402
+    N_POINTS,
+    NOISE,
+    PAIRS,
+    QUICK_PAIRS,
+    _anchor_indices,
+    draw_figure,
+    format_table,
+)
 from fastgeo.solver.result import STATUSES  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -133,6 +143,40 @@ def test_demo_table_of_lengths(demo):
         assert r["ratio"] == pytest.approx(r["geodesic"] / r["straight"])
     printed = demo["printed"]
     assert "geodesic" in printed and "straight" in printed and f"{rows[0]['geodesic']:.3f}" in printed
+
+
+def test_demo_lengths_are_the_curves_own(demo):
+    """Every length the demo reports is within 0.1 % of its curve's length on 4096 points (float64),
+    on its own pairs and on all eight pairs of the full demo (the same anchors on the moons), solved
+    on the quick demo's generator."""
+    out = demo["out"]
+    metric64 = out["metric"].to(torch.float64)
+    rel = length_gaps(metric64, out["result"])
+    assert float(rel.abs().max()) < 1e-3, rel.tolist()
+    assert [r["geodesic"] for r in out["rows"]] == out["result"].lengths.tolist()
+
+    planar, labels = two_moons(N_POINTS, NOISE, 0, dtype=torch.float64)  # the demo's data, seed 0
+    assert torch.equal(labels, out["labels"])
+    idx = _anchor_indices(planar, labels)
+    Z = out["latents"]
+    i0 = torch.tensor([idx[a] for a, _, _ in PAIRS])
+    i1 = torch.tensor([idx[b] for _, b, _ in PAIRS])
+    with torch.no_grad():
+        res = fastgeo.geodesics(out["metric"], Z[i0], Z[i1])
+    rel = length_gaps(metric64, res)
+    assert float(rel.abs().max()) < 1e-3, list(zip(rel.tolist(), res.status, strict=True))
+
+
+@pytest.mark.slow  # ~12 s: the full demo trains its VAE; the test above covers its pairs on a quick one
+def test_full_demo_lengths_are_the_curves_own(tmp_path):
+    """The full demo (seed 0): its eight reported lengths are within 0.1 % of their curves'
+    lengths on 4096 points (float64); among them are curves re-solved at more points."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = run_demo(out_dir=str(tmp_path / "demo"), seed=0, progress=False)
+    res = out["result"]
+    assert len(res) == len(PAIRS)
+    rel = length_gaps(out["metric"].to(torch.float64), res)
+    assert float(rel.abs().max()) < 1e-3, list(zip(rel.tolist(), res.status, strict=True))
 
 
 def test_demo_restores_thread_count(demo):

@@ -3,10 +3,12 @@
 - a curve's result does not depend on which other curves share its batch: random batches of
   1-64 pairs give, pair by pair, the same length (bit for bit here) and the same status as the
   pair solved in another batch; pairwise_distances equals per-pair geodesics for any chunk size;
-- every reported length is the curve's own, within 0.1 % of its length on 4096 points;
+- every reported length is the curve's own, within 0.1 % of its length on 4096 points (on random
+  pairs and on the benchmarks' samples of pairs; the demo's pairs are checked in test_demo);
 - statuses are honest: max_iter, nonfinite, stalled and straight_fallback where they happen.
 """
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -14,11 +16,13 @@ import torch
 from helpers import randn
 
 import fastgeo
+from fastgeo.benchmarks.accuracy import length_gaps
 from fastgeo.solver.levenberg_marquardt import levenberg_marquardt
 from fastgeo.solver.problem import Grid
 from fastgeo.solver.result import STALLED
 
 DATA = Path(__file__).parent / "data"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 pytestmark = pytest.mark.filterwarnings("ignore:fastgeo.pairwise_distances")
 
 
@@ -54,14 +58,35 @@ def test_lengths_are_the_curves_own(solved, generator):
     measured in float64 (in float32, 4096 segments of a short curve add up visible rounding
     noise), and its error estimate is below 0.1 % too."""
     name, metric, _, _ = generator
-    m64 = metric.to(torch.float64)
-    c = solved.curves
-    curves64 = fastgeo.Curves(c.z0.double(), c.z1.double(), c.coeffs.double(), c.basis)
-    with torch.no_grad():
-        fine = m64.length(curves64.points(4097))
-    rel = solved.lengths.double() / fine - 1
+    rel = length_gaps(metric.to(torch.float64), solved)
     assert float(rel.abs().max()) < 1e-3, (name, float(rel.abs().max()))
     assert bool((solved.length_errors <= 1e-3 * solved.lengths).all())
+
+
+def _workloads():
+    """bench/workloads.py: the generators and samples of pairs the benchmarks measure."""
+    spec = importlib.util.spec_from_file_location("fastgeo_bench_workloads", BENCH / "workloads.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("name", ["two_moons", "digits"])
+def test_lengths_are_the_curves_own_on_the_benchmark_pairs(name, seed, one_thread):
+    """On the benchmarks' samples of 48 pairs (``workloads.solver_pairs``, a third across classes:
+    seed 0, the pairs of every benchmark table, and the other four samples of
+    ``bench/bench_basins.py``), every reported length is within 0.1 % of its curve's length on
+    4096 points."""
+    workloads = _workloads()
+    metric = workloads.generator(name)[0]
+    z0, z1 = workloads.solver_pairs(name, seed=seed)
+    assert z0.shape == (workloads.PAIRS, 2)
+    with torch.no_grad():
+        res = fastgeo.geodesics(metric, z0, z1)
+    rel = length_gaps(metric.to(torch.float64), res)
+    worst = int(rel.abs().argmax())
+    assert float(rel.abs().max()) < 1e-3, (name, seed, worst, float(rel[worst]), res.status[worst])
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64])

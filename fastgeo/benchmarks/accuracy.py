@@ -6,16 +6,22 @@ The fine grid matters for the oracle: its polylines have 128 nodes, and where th
 sharp ridges (sigma rising steeply between clusters) a segment can step over one, so the
 polyline's own 128-node length misses what lies between its nodes. Measured between its nodes
 too (the polyline is linear there), the oracle gets no credit a smooth curve could not.
+
+``length_gaps`` checks the other side of a result: that each reported length is its own curve's,
+measured on a grid much finer than the solver's.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
+from ..curves import Curves
 from ..metric import ExpectedMetric
 from ..solver import GeodesicResult
 
 MEASURE_POINTS = 1024
+FINE_POINTS = 4096
 
 
 def measured_lengths(metric64: ExpectedMetric, points: Tensor) -> Tensor:
@@ -31,3 +37,14 @@ def oracle_lengths(metric64: ExpectedMetric, dense: GeodesicResult) -> Tensor:
 def excess(metric64: ExpectedMetric, points: Tensor, dense: GeodesicResult) -> Tensor:
     """Relative excess length (B,) of curves (B, MEASURE_POINTS, d) over the dense oracle."""
     return measured_lengths(metric64, points) / oracle_lengths(metric64, dense) - 1
+
+
+def length_gaps(metric64: ExpectedMetric, result: GeodesicResult, n: int = FINE_POINTS) -> Tensor:
+    """Relative gaps (B,) ``reported / measured - 1`` between the lengths a result reports and
+    its own curves' lengths on ``n`` points, the curves and the metric in float64 (in float32,
+    thousands of segments of a short curve add up visible rounding noise)."""
+    c = result.curves
+    dtype = metric64.dtype
+    curves = Curves(c.z0.to(dtype), c.z1.to(dtype), c.coeffs.to(dtype), c.basis)
+    with torch.no_grad():
+        return result.lengths.to(dtype) / metric64.length(curves.points(n)) - 1
