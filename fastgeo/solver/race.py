@@ -180,28 +180,12 @@ def _race(
     status = torch.full_like(curve_idx, MAX_ITER, dtype=torch.int8)
     it = torch.zeros_like(curve_idx)
     alone = torch.bincount(curve_idx, minlength=z0.shape[0])[curve_idx] == 1
-    for rows, staged in ((alone.nonzero().squeeze(1), False), ((~alone).nonzero().squeeze(1), True)):
+    for rows, stage in ((alone.nonzero().squeeze(1), opts.max_iter), ((~alone).nonzero().squeeze(1), STAGE)):
         if rows.numel() == 0:
             continue
-        run = (_staged if staged else _at_once)(
-            features, a[rows], b[rows], starts[rows], curve_idx[rows], grid, opts, tol
-        )
+        run = _staged(features, a[rows], b[rows], starts[rows], curve_idx[rows], grid, opts, tol, stage)
         coeffs[rows], energy[rows], status[rows], it[rows] = run
     return coeffs, energy, status, it
-
-
-def _at_once(
-    features: Parts,
-    a: Tensor,
-    b: Tensor,
-    starts: Tensor,
-    curve_idx: Tensor,
-    grid: Grid,
-    opts: SolverOptions,
-    tol: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    coeffs, energy, status, it = levenberg_marquardt(features, a, b, starts, grid, opts.max_iter, tol)
-    return coeffs, _finite_or_inf(energy), status, it
 
 
 def _staged(
@@ -213,21 +197,23 @@ def _staged(
     grid: Grid,
     opts: SolverOptions,
     tol: float,
+    stage: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``stage`` iterations, then the racers within PRUNE of their curve's best go on."""
     coeffs, energy, status, it = levenberg_marquardt(
-        features, a, b, starts, grid, min(STAGE, opts.max_iter), tol
+        features, a, b, starts, grid, min(stage, opts.max_iter), tol
     )
     energy = _finite_or_inf(energy)
     best = torch.full((int(curve_idx.max()) + 1,), torch.inf, dtype=energy.dtype, device=energy.device)
     best = best.scatter_reduce(0, curve_idx, energy, "amin")
     go_on = (
-        ((status == MAX_ITER) & (energy <= (1 + PRUNE) * best[curve_idx]) & (it >= STAGE))
+        ((status == MAX_ITER) & (energy <= (1 + PRUNE) * best[curve_idx]) & (it >= stage))
         .nonzero()
         .squeeze(1)
     )
-    if go_on.numel() and opts.max_iter > STAGE:
+    if go_on.numel() and opts.max_iter > stage:
         c2, e2, v2, i2 = levenberg_marquardt(
-            features, a[go_on], b[go_on], coeffs[go_on], grid, opts.max_iter - STAGE, tol
+            features, a[go_on], b[go_on], coeffs[go_on], grid, opts.max_iter - stage, tol
         )
         coeffs[go_on], energy[go_on], status[go_on] = c2, _finite_or_inf(e2), v2
         it[go_on] += i2
