@@ -25,6 +25,8 @@ CASES = [
     ({"n_points": 48.0}, TypeError, "n_points"),
     ({"latents": torch.full((5, 2), float("nan"), dtype=torch.float64)}, ValueError, "latents"),
     ({"latents": torch.zeros(5, 3, dtype=torch.float64)}, ValueError, "latents"),
+    ({"linearize": "sometimes"}, ValueError, "linearize"),
+    ({"linearize": 1}, ValueError, "linearize"),
 ]
 
 
