@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastgeo.demo import vaes
+from fastgeo.demo import vae_training, vaes
 
 ALLOWED = (
     nn.Linear, nn.Unflatten, nn.ConvTranspose2d, nn.Conv2d, nn.Flatten, nn.BatchNorm2d, nn.GroupNorm,
@@ -41,7 +41,7 @@ def test_training_is_deterministic_and_improves():
     def run():
         torch.manual_seed(1)
         vae = vaes.conv_vae28(2, (4, 4, 4), hidden=8)
-        log = vaes.train_vae(vae, X, epochs=3, batch_size=16, seed=1, progress=False)
+        log = vae_training.train_vae(vae, X, epochs=3, batch_size=16, seed=1, progress=False)
         return vae, log
 
     (v1, l1), (v2, l2) = run(), run()
@@ -49,7 +49,7 @@ def test_training_is_deterministic_and_improves():
     assert l1.steps == 12 and len(l1.epoch_loss) == 3 and l1.epoch_loss == l2.epoch_loss
     assert l1.epoch_loss[-1] < l1.epoch_loss[0]
     assert not v1.training and not any(p.requires_grad for p in v1.parameters())
-    s = vaes.evaluate_vae(v1, X)
+    s = vae_training.evaluate_vae(v1, X)
     assert s["latents"].shape == (64, 2) and s["kl_per_dim"].shape == (2,)
     assert 0 <= s["active_units"] <= 2 and s["mse"] > 0
 
@@ -65,6 +65,6 @@ def test_argument_errors():
         vaes.conv_vae28(4, norm="layer")
     vae = vaes.mlp_vae(784, 2, (8,))
     with pytest.raises(ValueError, match="x must have shape"):
-        vaes.train_vae(vae, torch.rand(4, 10), progress=False)
+        vae_training.train_vae(vae, torch.rand(4, 10), progress=False)
     with pytest.raises(ValueError, match="freeze_var"):
-        vaes.train_vae(vae, torch.rand(4, 784), freeze_var=2.0, progress=False)
+        vae_training.train_vae(vae, torch.rand(4, 784), freeze_var=2.0, progress=False)

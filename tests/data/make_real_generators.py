@@ -46,7 +46,7 @@ import torch
 
 import fastgeo
 from fastgeo import image_datasets
-from fastgeo.demo import vaes
+from fastgeo.demo import vae_training, vaes
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -119,10 +119,10 @@ def build_generator(name: str, out_dir: str | Path | None = None, *, verbose: bo
     t_data = time.perf_counter() - t0
     torch.manual_seed(spec.seed)
     vae = spec.model()
-    log = vaes.train_vae(
+    log = vae_training.train_vae(
         vae, X, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed, progress=False
     )
-    stats = vaes.evaluate_vae(vae, X, seed=spec.seed)
+    stats = vae_training.evaluate_vae(vae, X, seed=spec.seed)
     Z = stats["latents"]
     t1 = time.perf_counter()
     if spec.rbf_points is not None and spec.rbf_points < spec.n:
@@ -148,7 +148,7 @@ def build_generator(name: str, out_dir: str | Path | None = None, *, verbose: bo
     if verbose:
         parts = [
             f"{name}: d={vae.latent_dim} D={vae.data_dim}",
-            f"decoder {vaes.count_parameters(vae.decoder_mean):,} params",
+            f"decoder {vae_training.count_parameters(vae.decoder_mean):,} params",
             f"data {spec.data} n={spec.n} ({t_data:.1f}s)",
             f"train {log.seconds:.0f}s (CPU {log.cpu_seconds:.0f}s, {log.steps} steps)",
             f"loss {log.final_loss:.1f}",
