@@ -73,9 +73,9 @@ def geodesics(
             ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF warm start,
             first-order steps) or ``"dense"`` (free polylines of ``n_points = 128`` nodes
             minimized to convergence: the accuracy oracle; use a float64 metric for it).
-        m: basis functions per latent dimension (default 12 in d <= 3, 16 above: the interior
+        m: basis functions per latent dimension (default 24 in d <= 3, 16 above: the interior
             control points of a cubic B-spline; ``paper`` uses 1, its quadratic).
-        n_points: points per curve in the discrete energy (default 48 in d <= 3, 64 above; 32
+        n_points: points per curve in the discrete energy (default 96 in d <= 3, 64 above; 32
             for ``paper``, 128 for ``dense``).
         family: ``"bspline"`` (default: clamped uniform cubic B-splines), or ``"legendre"`` /
             ``"chebyshev"`` polynomials (``paper``: legendre).
@@ -96,8 +96,9 @@ def geodesics(
             grid, keeping the lowest energy (default 5 for ``default`` in d <= 3: every start; 1
             otherwise).
         coarse_points: points per curve while the starts are raced (``default`` only; default
-            24). Only the winner is then refined at ``n_points``; a value >= ``n_points`` races
-            at full resolution.
+            48 in d <= 3, 24 above), ranked by their energy with the midpoints added. Only the
+            winner is then refined at ``n_points``; a value >= ``n_points`` races at full
+            resolution.
         check_resolution: measure every curve at the midpoints of its segments too (``default``
             and ``paper``). A curve whose length grows there by more than 1 % steps over a ridge
             of the metric between its points, which the optimization then does not see: such
