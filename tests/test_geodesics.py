@@ -243,7 +243,7 @@ def test_resolution_check_resolves_or_flags_curves_that_step_over_a_wall():
     it. Whatever the optimizer saw, the length reported is the curve's, measured finely."""
     z0 = torch.tensor([[-1.0, 0.0]], dtype=torch.float64)
     z1 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
-    opts = dict(n_points=8, coarse_points=5, graph=False, family="legendre")
+    opts = dict(n_points=8, coarse_points=5, graph=False, family="legendre", m=12)
     # A wide wall is resolved by 8 points: nothing to do.
     wide = fastgeo.geodesics(_wall_metric(1.0), z0, z1, **opts)
     assert wide.resolution.tolist() == [8] and bool(wide.converged.all())
@@ -263,7 +263,9 @@ def test_resolution_check_resolves_or_flags_curves_that_step_over_a_wall():
     # From 16 points: whatever happens (here the curve that hides the wall between its points is
     # longer than the straight line once measured, which is returned), the reported length is
     # the returned curve's own, on a fine grid.
-    mid = fastgeo.geodesics(metric, z0, z1, n_points=16, coarse_points=9, graph=False, family="legendre")
+    mid = fastgeo.geodesics(
+        metric, z0, z1, n_points=16, coarse_points=9, graph=False, family="legendre", m=12
+    )
     assert mid.status.tolist()[0] in ("converged", "under_resolved", "straight_fallback")
     with torch.no_grad():
         torch.testing.assert_close(metric.length(mid.points(4097)), mid.lengths, rtol=1e-3, atol=0)

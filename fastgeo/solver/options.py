@@ -34,6 +34,7 @@ HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 16, "n_points": 64, "coar
 # linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
 LAGGED_MIN_DIM = 8
 LINEARIZE = ("auto", "always", "lagged")
+POINTS_PER_CONTROL_POINT = 4
 COARSE_POINTS = 48  # default points per curve of the race between starts (d >= 4: 24)
 WARM_ITER = 5  # iterations of the warm start (a start only: the full energy decides the rest)
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -87,6 +88,12 @@ def working_memory_per_curve(d: int, D: int, n_points: int, p: int, element_size
     return 10 * jacobians + system
 
 
+def _default_m(table: dict[str, Any], n_points: int, least: int) -> int:
+    """The default basis size: the table's, but no more than a quarter of the points (the
+    defaults' ratio), so that fewer points by choice get a curve they can determine."""
+    return max(least, min(table["m"], n_points // POINTS_PER_CONTROL_POINT))
+
+
 def solver_options(
     dtype: torch.dtype,
     latent_dim: int,
@@ -119,9 +126,10 @@ def solver_options(
     if method == "dense":
         basis: Basis = PiecewiseLinearBasis(n_points)
     elif family == "bspline":
-        basis = BSplineBasis(_checks.integer("m", table["m"] if m is None else m, 2))
+        basis = BSplineBasis(_checks.integer("m", _default_m(table, n_points, 2) if m is None else m, 2))
     else:
-        basis = PolynomialBasis(_checks.integer("m", table["m"] if m is None else m, 1), family)
+        m = _checks.integer("m", _default_m(table, n_points, 1) if m is None else m, 1)
+        basis = PolynomialBasis(m, family)
     max_iter = _checks.integer("max_iter", table["max_iter"] if max_iter is None else max_iter, 0)
     if isinstance(warm_start, bool):
         warm_iter = WARM_ITER if warm_start else 0
