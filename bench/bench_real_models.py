@@ -38,7 +38,7 @@ import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS
 from fastgeo.benchmarks.timing import environment
 
-PAIRS_REAL = 32
+PAIRS_REAL = int(os.environ.get("FASTGEO_BENCH_PAIRS", "32"))  # pairs per generator
 SEED = int(os.environ.get("FASTGEO_BENCH_SEED", "0"))
 DEFAULT_REAL = "digits,conv8_shapes,conv8_glyphs,mlp16_shapes,mlp16_glyphs,mlp32_shapes,mlp64_glyphs"
 NAMES = [n for n in os.environ.get("FASTGEO_BENCH_REAL", DEFAULT_REAL).split(",") if n]
