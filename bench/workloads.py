@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 import fastgeo
+from fastgeo.benchmarks.pairs import pair_indices as benchmark_pairs
 from fastgeo.io import load_extra
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
@@ -92,14 +93,7 @@ def generator(name: str) -> tuple[fastgeo.ExpectedMetric, Tensor, Tensor]:
 
 def pair_indices(labels: Tensor, n: int = PAIRS, seed: int = 0) -> tuple[list[int], list[int]]:
     """n index pairs (i != j) into the codes: the first n // 3 across classes, the rest within."""
-    g = torch.Generator().manual_seed(seed)
-    I, J = [], []
-    while len(I) < n:
-        i, j = torch.randint(labels.shape[0], (2,), generator=g).tolist()
-        if i != j and (len(I) < n // 3) == bool(labels[i] != labels[j]):
-            I.append(i)
-            J.append(j)
-    return I, J
+    return benchmark_pairs(labels, n, seed)
 
 
 def solver_pairs(name: str, n: int = PAIRS, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -14,6 +14,7 @@ from helpers import assert_close_rel
 
 import fastgeo
 from fastgeo.benchmarks import accuracy
+from fastgeo.benchmarks.pairs import pair_indices
 from fastgeo.curves import BSplineBasis, evaluate
 from fastgeo.io import load_extra
 from fastgeo.solver.linearize import linearize
@@ -29,13 +30,7 @@ def _pairs(name: str, n: int = PAIRS, seed: int = 0):
     metric = fastgeo.load_generator(path)
     extra = load_extra(path)
     Z, labels = extra["latents"].float(), extra["labels"]
-    g = torch.Generator().manual_seed(seed)
-    I, J = [], []
-    while len(I) < n:
-        i, j = torch.randint(Z.shape[0], (2,), generator=g).tolist()
-        if i != j and (len(I) < n // 3) == bool(labels[i] != labels[j]):
-            I.append(i)
-            J.append(j)
+    I, J = pair_indices(labels, n, seed)
     return metric, Z[I], Z[J]
 
 
