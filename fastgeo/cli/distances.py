@@ -27,7 +27,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("latents", help="(M, d) latent codes, .npy")
     p.add_argument("-o", "--output", required=True, help="output (M, M) matrix, .npy")
     p.add_argument("--y", default=None, help="optional (P, d) second set, .npy: the output is (M, P)")
-    p.add_argument("--checkpoint", default=None, help="folder for a resumable run")
+    p.add_argument("--checkpoint", default=None, help="folder for a resumable run (exact mode)")
+    p.add_argument(
+        "--mode",
+        default="exact",
+        choices=("exact", "graph"),
+        help="exact: every pair solved; graph: geodesics to near codes only, other entries from "
+        "shortest chains of them (upper bounds; thousands of codes in minutes), error measured on a sample",
+    )
+    p.add_argument("--neighbors", type=int, default=None, help="graph mode: edges per code")
+    p.add_argument(
+        "--error-sample",
+        type=int,
+        default=None,
+        help="graph mode: random pairs solved exactly to measure the error",
+    )
     p.add_argument("--method", default=None, choices=("default", "paper", "dense"))
     p.add_argument("--m", type=int, default=None, help="basis functions per latent dimension")
     p.add_argument("--n-points", type=int, default=None, help="points per curve in the energy")
@@ -65,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         raise inputs.InputError("--report and --output must be different files")
     checkpoint = inputs.checkpoint_folder("--checkpoint", args.checkpoint)
     inputs.at_least("--chunk-size", args.chunk_size, 1)
+    inputs.at_least("--neighbors", args.neighbors, 1)
+    inputs.at_least("--error-sample", args.error_sample, 0)
+    graph = {"neighbors": args.neighbors, "error_sample": args.error_sample}
+    graph = {k: v for k, v in graph.items() if v is not None}
     memory_mb = inputs.positive("--memory-mb", args.memory_mb)
     given = {
         "method": args.method,
@@ -85,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
     budget = None if memory_mb is None else max(1, int(memory_mb * (1 << 20)))
     D, report = pairwise_distances(
-        metric, Z, Y, checkpoint=checkpoint, chunk_size=args.chunk_size, memory_budget=budget,
-        progress=not args.no_progress, return_report=True, **options,
+        metric, Z, Y, mode=args.mode, checkpoint=checkpoint, chunk_size=args.chunk_size, memory_budget=budget,
+        progress=not args.no_progress, return_report=True, **graph, **options,
     )  # fmt: skip
     if report_path is not None:
         fields = {

@@ -26,11 +26,17 @@ from .._progress import progress_bar
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
 from ..solver.graph import check_graph_inputs
-from ..solver.result import CONVERGED, NONFINITE
+from ..solver.result import CONVERGED, GRAPH_ESTIMATE
 from .checkpoint import Checkpoint, metric_fingerprint, options_digest, tensor_digest
+from .chunks import dist_info, solve_chunk
+from .code_graph import NEIGHBORS
+from .graph_mode import run_graph_mode
 from .layout import Layout, distinct_rows, expand_duplicates
+from .output import allocate, expand, npy_path
 from .report import PairwiseReport
 
+MODES = ("exact", "graph")
+ERROR_SAMPLE = 200  # graph mode: random pairs solved exactly to measure its error
 DEFAULT_CPU_BUDGET = 256 << 20  # bytes of solver working memory per chunk on the CPU
 _CODES = 8  # status codes (fastgeo.solver.result.STATUSES) fit in 3 bits of the per-pair record
 _NOT_OPTIONS = ("metric", "z0", "z1", "init")  # geodesics() arguments that are not options here
@@ -42,6 +48,10 @@ def pairwise_distances(
     Z: Tensor,
     Y: Tensor | None = None,
     *,
+    mode: str = "exact",
+    neighbors: int = NEIGHBORS,
+    error_sample: int = ERROR_SAMPLE,
+    out: str | os.PathLike | None = None,
     memory_budget: int | None = None,
     chunk_size: int | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -64,23 +74,37 @@ def pairwise_distances(
         metric: the :class:`ExpectedMetric`.
         Z: (M, d) latent codes.
         Y: optional (P, d) second set: the result is then (M, P), all pairs solved.
+        mode: ``"exact"`` (default): every pair solved by :func:`fastgeo.geodesics`.
+            ``"graph"``: for large M (thousands of codes), only the geodesics between each code
+            and its ``neighbors`` nearest codes are solved; every other entry is the length of
+            the shortest chain of them (Dijkstra), an upper bound of the distance, with the
+            status ``graph_estimate``. ``error_sample`` random pairs are solved exactly too:
+            the report's ``graph_error`` gives the chains' relative excess over them (mean,
+            median, 95th percentile, max), and those entries keep the shorter length.
+        neighbors: graph mode: edges per code (nearest codes, in different directions).
+        error_sample: graph mode: random pairs solved exactly to measure the error (0: none).
+        out: optional path of a ``.npy`` file: the matrix is written there, memory-mapped
+            (the returned tensor, on the CPU, maps the file), so that an (M, M) matrix larger
+            than memory can be kept.
         memory_budget: bytes of solver working memory per chunk (default: a quarter of free GPU
             memory up to 4 GiB, or 256 MiB on the CPU). Sets the chunk size.
         chunk_size: pairs per chunk, overrides ``memory_budget``.
-        checkpoint: folder for resumable runs: finished chunks are saved atomically as they
-            finish; a run started again with the same arguments solves only the missing chunks.
-            Inputs that differ (Z, Y, options, chunk layout, metric parameters) are refused.
-        progress: show a tqdm progress bar (pairs per second).
+        checkpoint: folder for resumable runs (exact mode): finished chunks are saved
+            atomically as they finish; a run started again with the same arguments solves only
+            the missing chunks. Inputs that differ (Z, Y, options, chunk layout, metric
+            parameters) are refused.
+        progress: show tqdm progress bars (pairs per second, time left).
         return_report: also return a :class:`PairwiseReport`.
         **solver_options: passed to :func:`fastgeo.geodesics` (method, m, n_points, family,
             warm_start, max_iter, tol, batch_size, ...).
 
-    With ``torch.distributed`` initialized, the processes take every ``world_size``-th chunk and
-    all of them return the full matrix (a sum all-reduce of disjoint parts: exact).
+    With ``torch.distributed`` initialized, the processes take every ``world_size``-th chunk
+    (graph mode: of edges and of the sample) and all of them return the full matrix (a sum
+    all-reduce of disjoint parts: exact).
 
     Returns:
-        D (M, M) (or (M, P)) tensor of geodesic lengths, dtype and device of the metric; with
-        ``return_report=True`` the tuple ``(D, report)``.
+        D (M, M) (or (M, P)) tensor of geodesic lengths, dtype and device of the metric (with
+        ``out``: on the CPU); with ``return_report=True`` the tuple ``(D, report)``.
     """
     t_start = time.perf_counter()
     Z, Y, options = _check_inputs(metric, Z, Y, solver_options)
@@ -88,37 +112,58 @@ def pairwise_distances(
         _checks.boolean("progress", progress),
         _checks.boolean("return_report", return_report),
     )
+    mode = _checks.choice("mode", mode, MODES)
+    neighbors = _checks.integer("neighbors", neighbors, 1)
+    error_sample = _checks.integer("error_sample", error_sample, 0)
+    out_path = None if out is None else npy_path(out)
+    if mode == "graph" and checkpoint is not None:
+        raise ValueError("checkpoint is for mode='exact'; a graph-mode run solves only O(M k) geodesics")
     pts, rep = distinct_rows(Z) if Y is None else (Z, None)
     other = pts if Y is None else Y
     layout = _layout(metric, options, Layout(Y is None, pts.shape[0], other.shape[0], 1), chunk_size,
                      memory_budget, checkpoint)  # fmt: skip
     options.setdefault("batch_size", layout.chunk_size)
-    ckpt = None if checkpoint is None else _open_checkpoint(checkpoint, metric, Z, Y, options, layout)
-    out, record, counts, world = _solve_chunks(metric, pts, other, layout, options, ckpt, progress)
-    n_failed = int((record % _CODES != CONVERGED).sum()) // (2 if Y is None else 1)
+    matrix, mapped = allocate((layout.rows, layout.cols), metric, out_path if rep is None else None)
+    if mode == "graph":
+        graph_args = (layout.chunk_size, neighbors, error_sample, progress)
+        status, iterations, counts, world, extra = run_graph_mode(
+            metric, pts, Y, options, matrix, *graph_args
+        )
+    else:
+        ckpt = None if checkpoint is None else _open_checkpoint(checkpoint, metric, Z, Y, options, layout)
+        record, counts, world = _solve_chunks(metric, pts, other, layout, options, ckpt, progress, matrix)
+        status, iterations, extra = (record % _CODES).to(torch.int8), record // _CODES - 1, {}
     if Y is None:
-        out.fill_diagonal_(0)  # exact zero diagonal
-        record.fill_diagonal_(_CODES + CONVERGED)
-        if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
-            out, record = expand_duplicates(out, rep), expand_duplicates(record, rep)
+        matrix.fill_diagonal_(0)  # exact zero diagonal
+        status.fill_diagonal_(CONVERGED)
+    solved = (status != GRAPH_ESTIMATE) if mode == "graph" else torch.ones_like(status, dtype=torch.bool)
+    if Y is None:
+        solved = torch.triu(solved, diagonal=1)
+    n_solved = int(solved.sum())
+    n_failed = int((solved & (status != CONVERGED)).sum())
+    if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
+        matrix, mapped = expand(matrix, rep, metric, out_path)
+        status, iterations = expand_duplicates(status, rep), expand_duplicates(iterations, rep)
     if n_failed:
         warnings.warn(
-            f"fastgeo.pairwise_distances: {n_failed} of {layout.n_pairs} geodesics did not converge; their "
+            f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
             "entries hold the best length found (never longer than the straight line). "
             "Pass return_report=True for the mask, or raise max_iter.", RuntimeWarning, stacklevel=2,
         )  # fmt: skip
+    if mapped is not None:
+        mapped.flush()
     if not return_report:
-        return out
+        return matrix
     # fmt: off
     report = PairwiseReport(
-        status_code=(record % _CODES).to(torch.int8), iterations=record // _CODES - 1, n_pairs=layout.n_pairs,
-        n_converged=layout.n_pairs - n_failed, n_failed=n_failed, chunk_size=layout.chunk_size,
+        status_code=status, iterations=iterations, n_pairs=layout.n_pairs,
+        n_converged=n_solved - n_failed, n_failed=n_failed, chunk_size=layout.chunk_size,
         chunks_total=layout.n_chunks, chunks_computed=int(counts[2]), chunks_loaded=int(counts[3]),
         wall_time=time.perf_counter() - t_start, decoder_evals=int(counts[0]), decoder_jvps=int(counts[1]),
-        options={"symmetric": Y is None, "world_size": world, **options},
+        options={"symmetric": Y is None, "world_size": world, "mode": mode, **options}, **extra,
     )
     # fmt: on
-    return out, report
+    return matrix, report
 
 
 def _check_inputs(
@@ -234,34 +279,6 @@ def _open_checkpoint(
     return Checkpoint(checkpoint, components, meta)
 
 
-def _dist_info() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str, Any]) -> dict[str, Any]:
-    res = geodesics(metric, a, b, **options)
-    lengths, status = res.lengths, res.status_code
-    bad = ~torch.isfinite(lengths)
-    if bool(bad.any()):  # never hand a NaN out: fall back to the straight line, flagged
-        lengths = torch.where(bad, res.straight_lengths, lengths)
-        status = status.masked_fill(bad, NONFINITE)
-        if not bool(torch.isfinite(lengths).all()):
-            raise RuntimeError(
-                "fastgeo.pairwise_distances: the metric is not finite along the straight line between "
-                "some pairs; check the decoder mean and the RBF precision (zeta > 0) on these inputs"
-            )
-    return {
-        "lengths": lengths.detach().cpu(),
-        "status": status.cpu(),
-        "iterations": res.iterations.to(torch.int32).cpu(),
-        "decoder_evals": int(res.decoder_evals),
-        "decoder_jvps": int(res.decoder_jvps),
-    }
-
-
 def _solve_chunks(
     metric: ExpectedMetric,
     pts: Tensor,
@@ -270,14 +287,14 @@ def _solve_chunks(
     options: dict[str, Any],
     ckpt: Checkpoint | None,
     progress: bool,
-) -> tuple[Tensor, Tensor, Tensor, int]:
+    out: Tensor,
+) -> tuple[Tensor, Tensor, int]:
     """This process's chunks, solved or loaded, then summed over processes: the (rows, cols)
-    lengths, the per-pair record (``(iterations + 1) * 8 + status code``, 0 = unsolved: one int32
-    that sums exactly over processes), counts (decoder evals, JVPs, chunks computed, loaded) and
-    the world size."""
+    lengths into ``out`` (zeros), the per-pair record (``(iterations + 1) * 8 + status code``,
+    0 = unsolved: one int32 that sums exactly over processes), counts (decoder evals, JVPs,
+    chunks computed, loaded) and the world size."""
     device, symmetric = metric.device, layout.symmetric
-    rank, world = _dist_info()
-    out = torch.zeros(layout.rows, layout.cols, dtype=metric.dtype, device=device)
+    rank, world = dist_info()
     status = torch.zeros(layout.rows, layout.cols, dtype=torch.int32, device=device)
     counts = torch.zeros(4, dtype=torch.int64)
     bar = progress_bar(layout.n_pairs, progress and rank == 0 and layout.n_chunks > 0, "geodesics", "pair")
@@ -287,17 +304,18 @@ def _solve_chunks(
             rec = ckpt.load(c, i.numel()) if ckpt is not None else None
             loaded = rec is not None
             if rec is None:
-                rec = _solve_chunk(metric, pts[i], other[j], options)
+                rec = solve_chunk(metric, pts[i], other[j], options)
                 if ckpt is not None:
                     ckpt.save(c, rec)
             counts += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"], not loaded, loaded])
-            lengths = rec["lengths"].to(device=device, dtype=metric.dtype)
+            lengths = rec["lengths"].to(device=out.device, dtype=out.dtype)
             st = (rec["iterations"].to(device) + 1) * _CODES + rec["status"].to(
                 device=device, dtype=torch.int32
             )
-            out[i, j], status[i, j] = lengths, st
+            io, jo = i.to(out.device), j.to(out.device)
+            out[io, jo], status[i, j] = lengths, st
             if symmetric:  # symmetric fill, by the same process: parts stay disjoint
-                out[j, i], status[j, i] = lengths, st
+                out[jo, io], status[j, i] = lengths, st
             if bar is not None:
                 bar.update(min(i.numel() * world, bar.total - bar.n))
     finally:
@@ -310,4 +328,4 @@ def _solve_chunks(
         counts_dev = counts.to(device)
         dist.all_reduce(counts_dev)
         counts = counts_dev.cpu()
-    return out, status, counts, world
+    return status, counts, world

@@ -19,7 +19,12 @@ def triu_pairs(n: int, start: int, stop: int, device: torch.device | str = "cpu"
 
     Closed form, so no (n^2,) index tensor is ever held: returns rows, cols (stop - start,) int64.
     """
-    k = torch.arange(start, stop, dtype=torch.int64, device=device)
+    return triu_index(n, torch.arange(start, stop, dtype=torch.int64, device=device))
+
+
+def triu_index(n: int, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows and columns of pairs ``k`` (int64, any shape) of the row-major strict upper triangle
+    of an (n, n) matrix."""
     total = n * (n - 1) // 2
     # Row i holds pairs [off(i), off(i + 1)) with off(i) = i n - i (i + 1) / 2. Solve off(i) <= k.
     r = total - 1 - k  # index counted from the end: row n-2-i' of a reversed triangle
@@ -81,10 +86,16 @@ def distinct_rows(Z: Tensor) -> tuple[Tensor, Tensor | None]:
     return Z[keep], rep
 
 
+def duplicate_index(rep: Tensor) -> Tensor:
+    """For each of the M rows, its row among the distinct ones (M,), from ``rep`` (see
+    :func:`distinct_rows`)."""
+    M = rep.shape[0]
+    compact = torch.cumsum(rep == torch.arange(M, device=rep.device), 0) - 1  # row -> distinct row
+    return compact[rep]
+
+
 def expand_duplicates(matrix: Tensor, rep: Tensor) -> Tensor:
     """An (n, n) matrix over distinct rows, expanded to (M, M) over all rows (copies of their
     first row; exact zeros between equal rows when the diagonal is zero)."""
-    M = rep.shape[0]
-    compact = torch.cumsum(rep == torch.arange(M, device=rep.device), 0) - 1  # row -> distinct row
-    idx = compact[rep]
+    idx = duplicate_index(rep).to(matrix.device)
     return matrix[idx][:, idx]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,10 @@ class PairwiseReport:
         wall_time: seconds spent in the call.
         decoder_evals, decoder_jvps: decoder work of all chunks (loaded ones included: the
             work the matrix cost).
+        graph_error: ``mode="graph"``: the measured excess of the graph distances over exact
+            geodesics on a random sample (:class:`fastgeo.pairwise.graph_mode.GraphError`);
+            None in exact mode.
+        graph_edges: ``mode="graph"``: geodesics solved as edges of the code graph.
     """
 
     status_code: Tensor
@@ -45,6 +50,8 @@ class PairwiseReport:
     decoder_evals: int
     decoder_jvps: int
     options: dict = field(default_factory=dict)
+    graph_error: Any = None
+    graph_edges: int = 0
 
     @property
     def converged(self) -> Tensor:
@@ -64,6 +71,12 @@ class PairwiseReport:
         return mask.nonzero()
 
     def __str__(self) -> str:
+        if self.graph_error is not None:
+            return (
+                f"{self.n_pairs} pairs from a graph of {self.graph_edges} geodesics; {self.graph_error}; "
+                f"{self.wall_time:.2f} s; {self.decoder_evals} decoder evals, "
+                f"{self.decoder_jvps} decoder JVPs"
+            )
         return (
             f"{self.n_pairs} geodesics, {self.n_converged} converged, {self.n_failed} not; "
             f"{self.chunks_total} chunks of {self.chunk_size} ({self.chunks_computed} solved, "

@@ -14,8 +14,12 @@ INIT_NAMES = ("straight", "warm", "given", "graph")
 STRAIGHT, WARM, GIVEN, GRAPH = range(len(INIT_NAMES))
 
 # How a curve ended (GeodesicResult.status_code indexes this), and what that means.
-STATUSES = ("converged", "max_iter", "stalled", "nonfinite", "under_resolved", "straight_fallback")
-CONVERGED, MAX_ITER, STALLED, NONFINITE, UNDER_RESOLVED, STRAIGHT_FALLBACK = range(len(STATUSES))
+# "graph_estimate" is never a solver's: fastgeo.pairwise_distances(mode="graph") gives it to entries
+# that are lengths of chains of geodesics (upper bounds), not one optimized curve.
+STATUSES = (
+    "converged", "max_iter", "stalled", "nonfinite", "under_resolved", "straight_fallback", "graph_estimate"
+)  # fmt: skip
+CONVERGED, MAX_ITER, STALLED, NONFINITE, UNDER_RESOLVED, STRAIGHT_FALLBACK, GRAPH_ESTIMATE = range(7)  # noqa: E501
 MESSAGES = {
     "converged": "converged: the energy (or the length) changed by less than tol in a step",
     "max_iter": "stopped at the iteration limit max_iter before converging",
@@ -27,6 +31,8 @@ MESSAGES = {
     "even at 4 x n_points; raise n_points",
     "straight_fallback": "the optimized curve was longer than the straight line, which is returned "
     "instead (not a geodesic)",
+    "graph_estimate": "the length of a chain of geodesics between nearby codes (pairwise_distances' "
+    "graph mode): an upper bound of the distance, not optimized as one curve",
 }
 
 

@@ -1,0 +1,126 @@
+"""All-pairs distances at the sizes users cluster (issue 18): ``pairwise_distances(mode="graph")``
+on M = 256 to 4,000 codes, time, pairs per second, peak RSS and the measured error of the graph
+distances on a random sample of pairs solved exactly.
+
+    python bench/bench_pairwise_graph.py                                  # digits, M = 256, 1000, 4000
+    python bench/bench_pairwise_graph.py --generator mlp16_shapes --ms 256,1000
+    python bench/bench_pairwise_graph.py --threads 1,2 --ms 256 --load    # with a competing process
+
+Each (M, threads) runs in a fresh subprocess so that its peak RSS (``ru_maxrss``) is its own; the
+M codes are a random subset (seed 1) of the generator's training codes (``workloads.py``). The
+error is the graph distances' relative excess over :func:`fastgeo.geodesics` (defaults) on
+``--sample`` random pairs (``report.graph_error``); the default solver's own excess over the
+dense oracle is in the solver and basins tables. ``--exact-per-pair`` also times the exact mode's
+per-pair cost on the sample (its geodesics), to state what ``mode="exact"`` would take. ``--load``
+runs a competing busy process on one core during each measurement. The table is printed and
+written to ``bench/results/pairwise_graph.md`` (``$FASTGEO_BENCH_OUT`` elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from workloads import environment_line, generator, results_dir
+
+import fastgeo
+
+
+def worker(name: str, M: int, threads: int, sample: int) -> dict:
+    torch.set_num_threads(threads)
+    metric, Zall, _ = generator(name)
+    g = torch.Generator().manual_seed(1)
+    Z = Zall[torch.randperm(Zall.shape[0], generator=g)[:M]]
+    t0 = time.perf_counter()
+    D, rep = fastgeo.pairwise_distances(
+        metric, Z, mode="graph", error_sample=sample, progress=False, return_report=True
+    )
+    wall = time.perf_counter() - t0
+    e = rep.graph_error
+    return {
+        "M": M,
+        "threads": threads,
+        "pairs": rep.n_pairs,
+        "edges": rep.graph_edges,
+        "wall_s": wall,
+        "pairs_per_s": rep.n_pairs / wall,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "sample": e.pairs,
+        "mean": 100 * e.mean,
+        "median": 100 * e.median,
+        "p95": 100 * e.p95,
+        "max": 100 * e.max,
+        "finite": bool(torch.isfinite(D).all()),
+        "symmetric": bool(torch.equal(D, D.T)),
+    }
+
+
+def busy() -> subprocess.Popen:
+    """A competing process: one core spinning in Python."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def main() -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
+    ap.add_argument("--generator", default="digits")
+    ap.add_argument("--ms", default="256,1000,4000")
+    ap.add_argument("--threads", default="2")
+    ap.add_argument("--sample", type=int, default=200)
+    ap.add_argument("--load", action="store_true", help="a competing busy process on one core")
+    ap.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)  # M, threads, sample
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.generator, *args.worker)))
+        return
+    rows = []
+    head = (
+        f"# pairwise_distances(mode='graph') on {args.generator}"
+        + (" with a competing busy process" if args.load else "")
+        + f"\n\n{environment_line()}\n\n"
+        "| M | threads | pairs | edges | time (s) | pairs/s | peak RSS (MB) | sample | mean excess % "
+        "| median % | p95 % | max % |\n|" + " --- |" * 12
+    )
+    print(head, flush=True)
+    for M in (int(x) for x in args.ms.split(",")):
+        for threads in (int(x) for x in args.threads.split(",")):
+            other = busy() if args.load else None
+            try:
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--generator",
+                    args.generator,
+                    "--worker",
+                    str(M),
+                    str(threads),
+                    str(args.sample),
+                ]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            finally:
+                if other is not None:
+                    other.kill()
+                    other.wait()
+            r = json.loads(out.strip().splitlines()[-1])
+            assert r["finite"] and r["symmetric"]
+            line = (
+                f"| {M} | {threads} | {r['pairs']} | {r['edges']} | {r['wall_s']:.1f} | "
+                f"{r['pairs_per_s']:.0f} | "
+                f"{r['rss_mb']:.0f} | {r['sample']} | {r['mean']:.3f} | {r['median']:.3f} | {r['p95']:.3f} | "
+                f"{r['max']:.3f} |"
+            )
+            rows.append(line)
+            print(line, flush=True)
+            name = f"pairwise_graph_{args.generator}{'_load' if args.load else ''}.md"
+            (results_dir() / name).write_text(head + "\n" + "\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""One chunk of pairs solved, as the all-pairs runs keep it (``fastgeo.pairwise``), and the
+process's place under ``torch.distributed``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..metric import ExpectedMetric
+from ..solver import geodesics
+from ..solver.result import NONFINITE
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size): (0, 1) without ``torch.distributed``."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str, Any]) -> dict[str, Any]:
+    """Geodesics ``a[k] -> b[k]``: their lengths (never NaN: a non-finite result falls back to the
+    straight line, flagged ``nonfinite``), status codes and iterations on the CPU, and the decoder
+    work."""
+    res = geodesics(metric, a, b, **options)
+    lengths, status = res.lengths, res.status_code
+    bad = ~torch.isfinite(lengths)
+    if bool(bad.any()):  # never hand a NaN out: fall back to the straight line, flagged
+        lengths = torch.where(bad, res.straight_lengths, lengths)
+        status = status.masked_fill(bad, NONFINITE)
+        if not bool(torch.isfinite(lengths).all()):
+            raise RuntimeError(
+                "fastgeo.pairwise_distances: the metric is not finite along the straight line between "
+                "some pairs; check the decoder mean and the RBF precision (zeta > 0) on these inputs"
+            )
+    return {
+        "lengths": lengths.detach().cpu(),
+        "status": status.cpu(),
+        "iterations": res.iterations.to(torch.int32).cpu(),
+        "decoder_evals": int(res.decoder_evals),
+        "decoder_jvps": int(res.decoder_jvps),
+    }

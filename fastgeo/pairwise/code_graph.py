@@ -1,0 +1,151 @@
+"""The code graph: work shared between the pairs of an all-pairs run.
+
+Its nodes are the codes themselves; its edges join each code to its nearest codes in different
+directions, and each edge is solved as an exact geodesic (:func:`fastgeo.geodesics`), which is
+cheap: neighbours are close and their geodesics nearly straight. A shortest path on this graph
+is a chain of true geodesics, so its length is an upper bound of the distance between its ends
+(up to the edges' own length errors, ``length_errors``), found for all ``M^2`` pairs by
+Dijkstra at the cost of ``O(M k)`` geodesics. It overestimates where the chain bends at the
+codes it passes through, and where the geodesic crosses a region with no codes; the all-pairs
+driver measures by how much on a random sample of pairs solved exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+NEIGHBORS = 16  # edges per code (before symmetrization)
+CANDIDATES = 4  # ... chosen among this many times as many nearest codes
+DIVERSE_COS = 0.97  # a candidate within ~14 degrees of a nearer chosen neighbour's direction is skipped
+ROW_BLOCK = 1024  # codes per block of the neighbour search (a (block, M) distance matrix)
+DIJKSTRA_BLOCK = 256  # sources per block of Dijkstra rows ((block, M) float64)
+
+
+def neighbour_edges(Z: Tensor, k: int = NEIGHBORS) -> Tensor:
+    """Edges (E, 2), ``i < j``, unique: each code of ``Z`` (M, d) to its ``k`` nearest codes in
+    different directions (nearest first; a candidate whose direction is within ``DIVERSE_COS``
+    of a nearer chosen neighbour's is skipped, so that in low d a code gets neighbours all
+    around it rather than k along one side), plus the shortest Euclidean edges that connect
+    the graph. The rows of ``Z`` must be distinct."""
+    M = Z.shape[0]
+    if M < 2:
+        return torch.zeros(0, 2, dtype=torch.long, device=Z.device)
+    C = min(M - 1, CANDIDATES * k)
+    edges = []
+    for lo in range(0, M, ROW_BLOCK):
+        q = Z[lo : lo + ROW_BLOCK]
+        b = q.shape[0]
+        rows = torch.arange(b, device=Z.device)
+        dist = torch.cdist(q, Z)
+        dist[rows, lo + rows] = torch.inf
+        cand_d, cand = dist.topk(C, largest=False)  # ascending
+        unit = (Z[cand] - q[:, None]) / cand_d[..., None].clamp(min=torch.finfo(Z.dtype).tiny)
+        chosen = torch.zeros(b, C, dtype=torch.bool, device=Z.device)
+        count = torch.zeros(b, dtype=torch.long, device=Z.device)
+        for c in range(C):
+            cos = (unit[:, :c] * unit[:, c : c + 1]).sum(-1)
+            blocked = ((cos > DIVERSE_COS) & chosen[:, :c]).any(1)
+            chosen[:, c] = ~blocked & (count < k)
+            count += chosen[:, c]
+        src = (lo + rows)[:, None].expand(b, C)
+        edges.append(torch.stack([src[chosen], cand[chosen]], 1))
+    edges = torch.cat(edges)
+    edges = torch.cat([edges, _bridges(Z, edges)])
+    return torch.unique(torch.sort(edges, dim=1).values, dim=0)
+
+
+def _bridges(Z: Tensor, edges: Tensor) -> Tensor:
+    """Edges (k, 2) that connect the components of the graph: repeatedly the shortest Euclidean
+    edge from the component of code 0 to the rest."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    M = Z.shape[0]
+    e = edges.cpu().numpy()
+    adj = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(M, M))
+    count, label = connected_components(adj, directed=False)
+    extra = []
+    while count > 1:
+        inside = np.flatnonzero(label == label[0])
+        outside = np.flatnonzero(label != label[0])
+        best = (np.inf, -1, -1)
+        for lo in range(0, len(outside), ROW_BLOCK):
+            out = outside[lo : lo + ROW_BLOCK]
+            dist = torch.cdist(Z[torch.as_tensor(inside)], Z[torch.as_tensor(out)])
+            flat = int(dist.argmin())
+            value = float(dist.reshape(-1)[flat])
+            if value < best[0]:
+                best = (value, int(inside[flat // len(out)]), int(out[flat % len(out)]))
+        _, i, j = best
+        extra.append((i, j))
+        label[label == label[j]] = label[0]
+        count -= 1
+    return torch.tensor(extra, dtype=torch.long, device=Z.device).reshape(-1, 2)
+
+
+@dataclass
+class CodeGraph:
+    """The code graph of ``n`` codes: ``edges`` (E, 2) ``i < j``, their geodesic ``lengths``
+    (E,) float64 and per-edge ``status`` (E,) int8 (codes of
+    :data:`fastgeo.solver.result.STATUSES`), and the decoder work the edges cost."""
+
+    n: int
+    edges: np.ndarray
+    lengths: np.ndarray
+    status: np.ndarray
+    decoder_evals: int = 0
+    decoder_jvps: int = 0
+
+    def _csr(self) -> Any:
+        from scipy.sparse import coo_matrix
+
+        # Zero-length edges would vanish from a sparse matrix: kept, tiny but present.
+        w = np.maximum(self.lengths, 1e-300)
+        i, j = self.edges[:, 0], self.edges[:, 1]
+        return coo_matrix((np.r_[w, w], (np.r_[i, j], np.r_[j, i])), shape=(self.n, self.n)).tocsr()
+
+    def distance_rows(
+        self, sources: np.ndarray, block: int = DIJKSTRA_BLOCK
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Shortest-path lengths from ``sources`` (S,) to every code, block by block: yields
+        (block of sources (b,), distances (b, n) float64; inf where unreachable)."""
+        from scipy.sparse.csgraph import dijkstra
+
+        csr = self._csr()
+        for lo in range(0, len(sources), block):
+            idx = np.asarray(sources[lo : lo + block], dtype=np.int64)
+            yield idx, np.atleast_2d(dijkstra(csr, directed=False, indices=idx))
+
+
+def build_code_graph(
+    Z: Tensor,
+    edges: Tensor,
+    solve: Callable[[Tensor, Tensor], dict[str, Any]],
+    chunk_size: int,
+    chunks: list[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> CodeGraph:
+    """The code graph of the distinct codes ``Z`` (M, d) with ``edges`` (E, 2) (see
+    :func:`neighbour_edges`), each solved by ``solve`` (end points (b, d) x 2 -> the all-pairs
+    chunk record: lengths, status, decoder work) in chunks of ``chunk_size`` edges; only the
+    chunks starting at ``chunks`` (default: all; the others stay zero), and ``progress(n)`` is
+    told of every chunk's edges."""
+    E = edges.shape[0]
+    lengths, status = np.zeros(E), np.zeros(E, dtype=np.int8)
+    evals = jvps = 0
+    for lo in range(0, E, chunk_size) if chunks is None else chunks:
+        e = edges[lo : lo + chunk_size]
+        rec = solve(Z[e[:, 0]], Z[e[:, 1]])
+        lengths[lo : lo + e.shape[0]] = rec["lengths"].double().numpy()
+        status[lo : lo + e.shape[0]] = rec["status"].numpy()
+        evals += rec["decoder_evals"]
+        jvps += rec["decoder_jvps"]
+        if progress is not None:
+            progress(e.shape[0])
+    return CodeGraph(Z.shape[0], edges.cpu().numpy(), lengths, status, evals, jvps)

@@ -1,0 +1,268 @@
+"""``pairwise_distances(mode="graph")``: every distance read off the code graph
+(:mod:`.code_graph`) at the cost of ``O(M k)`` geodesics, and its error measured on a random
+sample of pairs solved exactly.
+
+Graph distances are upper bounds (chains of geodesics): the sample's relative excess
+``graph / exact - 1`` says how far above the distances they are, as a distribution over pairs
+(:class:`GraphError`). The sampled pairs keep the shorter of both lengths, and edges whose chain
+is the edge itself keep their geodesic's status; every other entry has the status
+``graph_estimate``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._progress import progress_bar
+from ..metric import ExpectedMetric
+from ..solver.result import GRAPH_ESTIMATE
+from .chunks import dist_info, solve_chunk
+from .code_graph import ROW_BLOCK, CodeGraph, build_code_graph
+from .layout import triu_index
+
+SAMPLE_SEED = 0  # the error sample is the same for the same inputs
+# Edges join near neighbours: their geodesics need no race of starts through graph corridors
+# (digits, M = 256: the same graph distances to 4 digits, edges 2.6x cheaper). Options given
+# by the user win.
+EDGE_OPTIONS = {"refine": 1, "corridors": 0}
+
+
+@dataclass
+class GraphError:
+    """Relative excess ``graph / exact - 1`` of graph distances over exact geodesics on ``pairs``
+    random pairs: its mean, median, 95th percentile, largest and smallest value (negative where
+    the exact solve ended longer than the chain, in a worse basin than the graph's)."""
+
+    pairs: int
+    mean: float
+    median: float
+    p95: float
+    max: float
+    min: float
+
+    def __str__(self) -> str:
+        if not self.pairs:
+            return "graph distances: no pair sampled"
+        return (
+            f"graph distances over exact geodesics on {self.pairs} random pairs: "
+            f"mean {100 * self.mean:+.3f} %, median {100 * self.median:+.3f} %, "
+            f"95th percentile {100 * self.p95:+.3f} %, max {100 * self.max:+.3f} %"
+        )
+
+
+def graph_distances(
+    nodes: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    symmetric: bool,
+    solve_edge: Callable[[Tensor, Tensor], dict[str, Any]],
+    solve: Callable[[Tensor, Tensor], dict[str, Any]],
+    chunk_size: int,
+    neighbors: int,
+    error_sample: int,
+    out: Tensor,
+    status: Tensor,
+    progress: bool,
+) -> tuple[CodeGraph, GraphError, int, int]:
+    """Fill ``out`` (R, C) with the code-graph distances between ``nodes[rows]`` and
+    ``nodes[cols]`` (distinct ``nodes`` (n, d); ``symmetric``: rows = cols = all nodes, the
+    strict upper triangle's pairs sampled) and ``status`` (R, C) int8 (pre-filled by the caller);
+    ``solve`` gives the exact geodesics of the edges and of ``error_sample`` random pairs.
+    Returns the graph, the measured error, and the decoder evaluations and JVPs of the sample."""
+    rank, world = dist_info()
+    show = progress and rank == 0
+    graph = _graph(nodes, neighbors, solve_edge, chunk_size, show, rank, world)
+    _fill(graph, rows, cols, symmetric, out, show)
+    if symmetric:
+        _edge_status(graph, out, status)
+    return (graph, *_sample(nodes, rows, cols, symmetric, solve, chunk_size, error_sample, out, status, show))
+
+
+def _graph(
+    nodes: Tensor,
+    neighbors: int,
+    solve: Callable[[Tensor, Tensor], dict[str, Any]],
+    chunk_size: int,
+    show: bool,
+    rank: int,
+    world: int,
+) -> CodeGraph:
+    """The code graph, its edges split over the processes (every world-th chunk) and gathered."""
+    from .code_graph import neighbour_edges
+
+    edges = neighbour_edges(nodes, neighbors)
+    bar = progress_bar(edges.shape[0], show, "graph edges", "edge")
+    try:
+        mine = [c for c in range(0, edges.shape[0], chunk_size) if (c // chunk_size) % world == rank]
+        graph = build_code_graph(
+            nodes, edges, solve, chunk_size, mine, None if bar is None else lambda n: bar.update(n * world)
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if world > 1:  # disjoint chunks, zeros elsewhere: exact sums
+        parts = [torch.from_numpy(graph.lengths), torch.from_numpy(graph.status.astype(np.int64)),
+                 torch.tensor([graph.decoder_evals, graph.decoder_jvps], dtype=torch.int64)]  # fmt: skip
+        for p in parts:
+            torch.distributed.all_reduce(p)
+        graph.lengths, graph.status = parts[0].numpy(), parts[1].numpy().astype(np.int8)
+        graph.decoder_evals, graph.decoder_jvps = (int(x) for x in parts[2])
+    return graph
+
+
+def _fill(graph: CodeGraph, rows: Tensor, cols: Tensor, symmetric: bool, out: Tensor, show: bool) -> None:
+    """Dijkstra rows into ``out``; symmetric: made exactly symmetric (the shorter of both ways:
+    sums of the same edges in another order may round apart)."""
+    bar = progress_bar(rows.numel(), show, "graph distances", "row")
+    col_idx = cols.cpu().numpy()
+    try:
+        lo = 0
+        for _, dist in graph.distance_rows(rows.cpu().numpy()):
+            b = dist.shape[0]
+            out[lo : lo + b] = torch.from_numpy(dist[:, col_idx]).to(out.dtype)
+            lo += b
+            if bar is not None:
+                bar.update(b)
+    finally:
+        if bar is not None:
+            bar.close()
+    if symmetric:
+        n = out.shape[0]
+        for i in range(0, n, ROW_BLOCK):
+            for j in range(i, n, ROW_BLOCK):
+                a, bt = out[i : i + ROW_BLOCK, j : j + ROW_BLOCK], out[j : j + ROW_BLOCK, i : i + ROW_BLOCK].T
+                low = torch.minimum(a, bt)
+                out[i : i + ROW_BLOCK, j : j + ROW_BLOCK] = low
+                out[j : j + ROW_BLOCK, i : i + ROW_BLOCK] = low.T
+
+
+def _edge_status(graph: CodeGraph, out: Tensor, status: Tensor) -> None:
+    """Edges whose chain is the edge itself are geodesics: their own status."""
+    i, j = (torch.as_tensor(graph.edges[:, c], device=out.device) for c in (0, 1))
+    own = torch.as_tensor(graph.lengths, device=out.device).to(out.dtype)
+    itself = (out[i, j] == own).nonzero().squeeze(1)
+    st = torch.as_tensor(graph.status, device=status.device)[itself.to(status.device)]
+    i, j = i[itself].to(status.device), j[itself].to(status.device)
+    status[i, j], status[j, i] = st, st
+
+
+def _sample(
+    nodes: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    symmetric: bool,
+    solve: Callable[[Tensor, Tensor], dict[str, Any]],
+    chunk_size: int,
+    error_sample: int,
+    out: Tensor,
+    status: Tensor,
+    show: bool,
+) -> tuple[GraphError, int, int]:
+    """``error_sample`` random pairs of distinct nodes solved exactly: the error of the graph
+    distances, and the sampled entries set to the shorter length."""
+    R, C = out.shape
+    n_pairs = R * (R - 1) // 2 if symmetric else R * C
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    k = torch.unique(torch.randint(n_pairs, (4 * error_sample,), generator=g)) if n_pairs else torch.zeros(0)
+    k = k[torch.randperm(k.numel(), generator=g)].long()
+    i, j = triu_index(R, k) if symmetric else (k // C, k % C)
+    a, b = rows.cpu()[i], cols.cpu()[j]
+    keep = (a != b).nonzero().squeeze(1)[:error_sample]  # equal codes: distance 0, nothing to measure
+    i, j, a, b = i[keep], j[keep], a[keep], b[keep]
+    rank, world = dist_info()
+    exact = torch.zeros(i.numel(), dtype=torch.float64)
+    st = torch.zeros(i.numel(), dtype=torch.int64)
+    work = torch.zeros(2, dtype=torch.int64)
+    bar = progress_bar(i.numel(), show, "error sample", "pair")
+    try:
+        for c, lo in enumerate(range(0, i.numel(), chunk_size)):
+            if c % world != rank:
+                continue
+            sl = slice(lo, lo + chunk_size)
+            rec = solve(nodes[a[sl].to(nodes.device)], nodes[b[sl].to(nodes.device)])
+            exact[sl], st[sl] = rec["lengths"].double(), rec["status"].long()
+            work += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"]])
+            if bar is not None:
+                bar.update(min(rec["lengths"].numel() * world, bar.total - bar.n))
+    finally:
+        if bar is not None:
+            bar.close()
+    if world > 1:
+        for p in (exact, st, work):
+            torch.distributed.all_reduce(p)
+    ii, jj = i.to(out.device), j.to(out.device)
+    on_graph = out[ii, jj].double().cpu()
+    excess = on_graph / exact.clamp(min=torch.finfo(torch.float64).tiny) - 1
+    shorter = exact < on_graph
+    best = torch.where(shorter, exact, on_graph).to(out.dtype).to(out.device)
+    new_status = torch.where(shorter, st, GRAPH_ESTIMATE).to(status.dtype).to(status.device)
+    out[ii, jj] = best
+    status[i.to(status.device), j.to(status.device)] = new_status
+    if symmetric:
+        out[jj, ii] = best
+        status[j.to(status.device), i.to(status.device)] = new_status
+    return _error(excess), int(work[0]), int(work[1])
+
+
+def _error(excess: Tensor) -> GraphError:
+    if excess.numel() == 0:
+        return GraphError(0, *([float("nan")] * 5))
+    q = torch.quantile(excess, torch.tensor([0.5, 0.95], dtype=excess.dtype))
+    values = (excess.mean(), q[0], q[1], excess.max(), excess.min())
+    return GraphError(excess.numel(), *(float(v) for v in values))
+
+
+def run_graph_mode(
+    metric: ExpectedMetric,
+    pts: Tensor,
+    Y: Tensor | None,
+    options: dict[str, Any],
+    matrix: Tensor,
+    chunk_size: int,
+    neighbors: int,
+    error_sample: int,
+    progress: bool,
+) -> tuple[Tensor, Tensor, Tensor, int, dict[str, Any]]:
+    """Graph mode into ``matrix`` (distinct ``pts`` (M, d), optional ``Y`` (P, d); ``options``
+    of every :func:`fastgeo.geodesics` call): status codes (rows, cols) int8,
+    iterations (zeros: not kept per pair), the work counts, the world size and the report's
+    extra fields."""
+    if Y is None:
+        nodes, rows = pts, torch.arange(pts.shape[0], device=pts.device)
+        cols = rows
+    else:
+        nodes, inverse = torch.unique(torch.cat([pts, Y]), dim=0, return_inverse=True)
+        rows, cols = inverse[: pts.shape[0]], inverse[pts.shape[0] :]
+    status = torch.full(matrix.shape, GRAPH_ESTIMATE, dtype=torch.int8, device=matrix.device)
+    edge_options = {**EDGE_OPTIONS, **options}
+    solve = functools.partial(_solve_pairs, metric, options)
+    solve_edge = functools.partial(_solve_pairs, metric, edge_options)
+    graph, error, evals, jvps = graph_distances(
+        nodes,
+        rows,
+        cols,
+        Y is None,
+        solve_edge,
+        solve,
+        chunk_size,
+        neighbors,
+        error_sample,
+        matrix,
+        status,
+        progress,
+    )
+    iterations = torch.zeros((), dtype=torch.int32, device=matrix.device).expand(matrix.shape)
+    counts = torch.tensor([graph.decoder_evals + evals, graph.decoder_jvps + jvps, 0, 0])
+    extra = {"graph_error": error, "graph_edges": int(graph.edges.shape[0])}
+    return status, iterations, counts, dist_info()[1], extra
+
+
+def _solve_pairs(metric: ExpectedMetric, options: dict[str, Any], a: Tensor, b: Tensor) -> dict[str, Any]:
+    return solve_chunk(metric, a, b, options)

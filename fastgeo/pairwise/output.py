@@ -1,0 +1,52 @@
+"""The output matrix of an all-pairs run: in memory on the metric's device, or a memory-mapped
+``.npy`` file on the CPU (an (M, M) matrix larger than memory)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..metric import ExpectedMetric
+from .layout import duplicate_index, expand_duplicates
+
+EXPAND_BLOCK = 1024  # rows per block when duplicates are expanded into a mapped file
+
+
+def npy_path(out: object) -> Path:
+    """The ``out`` argument checked: a ``.npy`` path in an existing folder."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a path (str or os.PathLike) of a .npy file, got {type(out).__name__}")
+    path = Path(out)
+    if path.suffix != ".npy":
+        raise ValueError(f"out must name a .npy file, got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"out: the folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def allocate(shape: tuple[int, int], metric: ExpectedMetric, path: Path | None) -> tuple[Tensor, Any]:
+    """A zero (rows, cols) matrix: on the metric's device, or (``path``) a memory-mapped ``.npy``
+    file on the CPU; and the memory map (None without ``path``)."""
+    if path is None:
+        return torch.zeros(shape, dtype=metric.dtype, device=metric.device), None
+    dtype = torch.empty(0, dtype=metric.dtype).numpy().dtype
+    mapped = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    return torch.from_numpy(mapped), mapped
+
+
+def expand(matrix: Tensor, rep: Tensor, metric: ExpectedMetric, path: Path | None) -> tuple[Tensor, Any]:
+    """The matrix over distinct rows expanded to all rows (see ``expand_duplicates``), written
+    row block by row block into the memory-mapped ``path`` if given."""
+    if path is None:
+        return expand_duplicates(matrix, rep), None
+    M = rep.shape[0]
+    full, mapped = allocate((M, M), metric, path)
+    idx = duplicate_index(rep).to(matrix.device)
+    for lo in range(0, M, EXPAND_BLOCK):
+        full[lo : lo + EXPAND_BLOCK] = matrix[idx[lo : lo + EXPAND_BLOCK]][:, idx].to(full)
+    return full, mapped

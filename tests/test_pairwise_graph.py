@@ -1,0 +1,175 @@
+"""pairwise_distances(mode="graph") (issue 18): the code graph's edges, graph distances as upper
+bounds of the exact ones, the measured error, statuses, Z x Y, duplicates, memory-mapped output,
+errors."""
+
+import numpy as np
+import pytest
+import torch
+from analytic import bumpy_metric, disc_points
+
+import fastgeo
+from fastgeo.pairwise.code_graph import neighbour_edges
+from fastgeo.solver.result import CONVERGED, GRAPH_ESTIMATE, STATUSES
+
+OPTS = {"max_iter": 30}
+M = 14
+
+
+@pytest.fixture(scope="module")
+def metric():
+    return bumpy_metric()
+
+
+@pytest.fixture(scope="module")
+def Z():
+    return disc_points(M, 1.5)
+
+
+@pytest.fixture(scope="module")
+def exact(metric, Z):
+    return fastgeo.pairwise_distances(metric, Z, progress=False, **OPTS)
+
+
+@pytest.fixture(scope="module")
+def graph_run(metric, Z):
+    return fastgeo.pairwise_distances(
+        metric, Z, mode="graph", neighbors=4, error_sample=30, progress=False, return_report=True, **OPTS
+    )
+
+
+def test_neighbour_edges_connect_and_spread():
+    """Edges are unique pairs i < j; two far clusters get a bridge; in 2-D a code on a line of
+    codes gets neighbours on both sides, not k on one (the direction rule)."""
+    g = torch.Generator().manual_seed(0)
+    Z = torch.cat(
+        [
+            torch.randn(20, 2, generator=g, dtype=torch.float64),
+            100 + torch.randn(20, 2, generator=g, dtype=torch.float64),
+        ]
+    )
+    e = neighbour_edges(Z, 3)
+    assert (e[:, 0] < e[:, 1]).all() and torch.unique(e, dim=0).shape == e.shape
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    adj = coo_matrix((np.ones(len(e)), (e[:, 0].numpy(), e[:, 1].numpy())), shape=(40, 40))
+    assert connected_components(adj, directed=False)[0] == 1
+    line = torch.stack([torch.arange(9, dtype=torch.float64) ** 1.01, torch.zeros(9, dtype=torch.float64)], 1)
+    e = neighbour_edges(line, 2)
+    nb4 = set(e[(e == 4).any(1)].flatten().tolist()) - {4}
+    assert nb4 == {3, 5}  # both sides (plain 2-NN of code 4 would be 3 and 5 too; code 0 tells)
+    nb0 = set(e[(e == 0).any(1)].flatten().tolist()) - {0}
+    assert nb0 == {1}  # the second nearest (code 2) lies behind code 1: skipped
+
+
+def test_graph_distances_are_upper_bounds(graph_run, exact, metric, Z):
+    """Every graph distance is at least the exact one (chains of geodesics; up to the solver's
+    own tolerance), the matrix is symmetric with a zero diagonal, no entry is NaN."""
+    D, rep = graph_run
+    assert D.shape == (M, M) and D.dtype == torch.float64
+    assert torch.equal(D, D.T) and torch.equal(D.diagonal(), torch.zeros(M, dtype=D.dtype))
+    assert torch.isfinite(D).all()
+    off = ~torch.eye(M, dtype=torch.bool)
+    assert (D[off] >= exact[off] * (1 - 1e-6)).all()
+    assert (D[off] <= 3 * exact[off]).all()  # and not absurdly far above
+
+
+def test_edges_and_sample_hold_geodesics(graph_run, metric, Z):
+    """Entries whose chain is the edge itself are that pair's geodesic (its length and status);
+    the sampled pairs hold the shorter of graph and exact; everything else is a graph estimate."""
+    D, rep = graph_run
+    st = rep.status_code
+    assert st.dtype == torch.int8 and torch.equal(st, st.T)
+    assert (st.diagonal() == CONVERGED).all()
+    solved = torch.triu(st != GRAPH_ESTIMATE, 1).nonzero()
+    assert len(solved) >= M  # at least the edges of a connected graph
+    i, j = solved[:, 0], solved[:, 1]
+    res = fastgeo.geodesics(metric, Z[i], Z[j], **OPTS, refine=1, corridors=0)
+    res_full = fastgeo.geodesics(metric, Z[i], Z[j], **OPTS)
+    # edges are solved with refine=1, corridors=0; sampled pairs with the full default
+    close = torch.isclose(D[i, j], res.lengths, rtol=1e-9) | torch.isclose(
+        D[i, j], res_full.lengths, rtol=1e-9
+    )
+    assert close.all()
+    assert set(rep.status[i, j].tolist()) <= set(STATUSES) - {"graph_estimate"}
+    est = torch.triu(st == GRAPH_ESTIMATE, 1)
+    assert rep.n_converged + rep.n_failed == len(solved)
+    assert int(est.sum()) == rep.n_pairs - len(solved)
+
+
+def test_measured_error_matches_exact(graph_run, exact, metric, Z):
+    """The report's error is the graph distances' excess over exact geodesics on its sample:
+    consistent with the exact matrix (max >= mean >= 0 up to rounding; the largest excess is no
+    more than the whole matrix's)."""
+    D, rep = graph_run
+    e = rep.graph_error
+    assert e.pairs == min(30, M * (M - 1) // 2)
+    assert e.min >= -1e-6 and e.min <= e.median <= e.p95 <= e.max and e.min <= e.mean <= e.max
+    off = ~torch.eye(M, dtype=torch.bool)
+    D_graph_only, _ = fastgeo.pairwise_distances(
+        metric, Z, mode="graph", neighbors=4, error_sample=0, progress=False, return_report=True, **OPTS
+    )
+    whole = (D_graph_only[off] / exact[off] - 1).max()
+    assert e.max <= whole + 1e-6
+    assert "random pairs" in str(rep) and "graph of" in str(rep)
+
+
+def test_more_neighbours_are_not_worse(metric, Z, exact):
+    """A denser graph (more neighbours) has no longer chains: distances never grow."""
+    kw = dict(mode="graph", error_sample=0, progress=False, **OPTS)
+    D4 = fastgeo.pairwise_distances(metric, Z, neighbors=2, **kw)
+    D8 = fastgeo.pairwise_distances(metric, Z, neighbors=M, **kw)
+    assert (D8 <= D4 * (1 + 1e-9)).all()
+    off = ~torch.eye(M, dtype=torch.bool)
+    assert (D8[off] / exact[off] - 1).mean() <= (D4[off] / exact[off] - 1).mean() + 1e-12
+
+
+def test_rectangular_and_duplicates(metric, Z):
+    """Z x Y: (M, P) graph distances on the graph of both sets, equal to the symmetric run's block
+    for the same codes; duplicated rows give exact zeros and copies."""
+    kw = dict(mode="graph", neighbors=4, error_sample=0, progress=False, **OPTS)
+    full = fastgeo.pairwise_distances(metric, Z, **kw)
+    R = fastgeo.pairwise_distances(metric, Z[:5], Z[5:], **kw)
+    assert R.shape == (5, M - 5)
+    assert torch.allclose(R, full[:5, 5:], rtol=1e-12)
+    Zd = torch.cat([Z[:6], Z[2:3]])
+    Dd = fastgeo.pairwise_distances(metric, Zd, **kw)
+    assert Dd[2, 6] == 0 and torch.equal(Dd[6, :6], Dd[2, :6])
+
+
+@pytest.mark.parametrize("mode", ["exact", "graph"])
+def test_memory_mapped_output(metric, Z, tmp_path, mode):
+    """out=path.npy: the matrix is written to the file, which the returned tensor maps."""
+    path = tmp_path / "D.npy"
+    kw = (
+        dict(mode=mode, error_sample=0, progress=False, **OPTS)
+        if mode == "graph"
+        else dict(progress=False, **OPTS)
+    )
+    D = fastgeo.pairwise_distances(metric, Z[:6], out=path, **kw)
+    ref = fastgeo.pairwise_distances(metric, Z[:6], **kw)
+    assert torch.equal(D, ref)
+    assert np.array_equal(np.load(path), ref.numpy())
+    Zd = torch.cat([Z[:4], Z[1:2]])  # duplicates: expanded into the file
+    path2 = tmp_path / "Dd.npy"
+    D2 = fastgeo.pairwise_distances(metric, Zd, out=path2, **kw)
+    assert np.array_equal(np.load(path2), D2.numpy()) and D2.shape == (5, 5) and D2[1, 4] == 0
+
+
+def test_invalid_graph_options(metric, Z, tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        fastgeo.pairwise_distances(metric, Z, mode="fast", progress=False)
+    with pytest.raises(ValueError, match="neighbors"):
+        fastgeo.pairwise_distances(metric, Z, mode="graph", neighbors=0, progress=False)
+    with pytest.raises(TypeError, match="neighbors"):
+        fastgeo.pairwise_distances(metric, Z, mode="graph", neighbors=2.5, progress=False)
+    with pytest.raises(ValueError, match="error_sample"):
+        fastgeo.pairwise_distances(metric, Z, mode="graph", error_sample=-1, progress=False)
+    with pytest.raises(ValueError, match="checkpoint"):
+        fastgeo.pairwise_distances(metric, Z, mode="graph", checkpoint=tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="out"):
+        fastgeo.pairwise_distances(metric, Z, out=tmp_path / "D.txt", progress=False)
+    with pytest.raises(ValueError, match="out"):
+        fastgeo.pairwise_distances(metric, Z, out=tmp_path / "missing" / "D.npy", progress=False)
+    with pytest.raises(TypeError, match="out"):
+        fastgeo.pairwise_distances(metric, Z, out=3, progress=False)
