@@ -68,3 +68,53 @@ def test_two_gloo_processes_match_single_process(tmp_path):
     D2, rep2 = fastgeo.pairwise_distances(bumpy_metric(), disc_points(M, 1.5), chunk_size=CHUNK,
                                           checkpoint=ckpt, progress=False, return_report=True, **OPTS)
     assert rep2.chunks_loaded == 4 and rep2.chunks_computed == 0 and torch.equal(D2, D)
+
+
+GRAPH_WORKER = """
+import sys
+sys.path.insert(0, {tests!r})
+import torch
+import torch.distributed as dist
+torch.set_num_threads({threads})
+import analytic, fastgeo
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method={init!r}, rank=rank, world_size=2)
+metric, Z = analytic.bumpy_metric(), analytic.disc_points({M}, 1.5)
+D, report = fastgeo.pairwise_distances(metric, Z, mode="graph", neighbors=3, error_sample=6,
+                                       chunk_size={chunk}, progress=False, return_report=True, **{opts!r})
+torch.save({{"D": D, "status": report.status_code, "error": report.graph_error.mean,
+            "evals": report.decoder_evals}}, {out!r} + str(rank))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_graph_mode_two_gloo_processes_match_single_process(tmp_path):
+    """Graph mode: the two processes split the edges and the error sample, and each returns the
+    single-process matrix, statuses and error."""
+    out = str(tmp_path / "out")
+    script = textwrap.dedent(GRAPH_WORKER.format(
+        tests=str(TESTS), threads=torch.get_num_threads(), init=f"file://{tmp_path / 'rendezvous'}",
+        M=M + 2, chunk=CHUNK, opts=OPTS, out=out))  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for r in range(2)]  # fmt: skip
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=240)
+            assert p.returncode == 0, err.decode()[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    D, report = fastgeo.pairwise_distances(
+        bumpy_metric(), disc_points(M + 2, 1.5), mode="graph", neighbors=3, error_sample=6, chunk_size=CHUNK,
+        progress=False, return_report=True, **OPTS,
+    )  # fmt: skip
+    for r in range(2):
+        res = torch.load(out + str(r))
+        assert torch.equal(res["D"], D)
+        assert torch.equal(res["status"], report.status_code)
+        assert res["error"] == report.graph_error.mean
+        assert res["evals"] >= report.decoder_evals  # each process builds its own latent graph too
