@@ -7,7 +7,8 @@ distances on a random sample of pairs solved exactly.
     python bench/bench_pairwise_graph.py --threads 1,2 --ms 256 --load    # with a competing process
 
 Each (M, threads) runs in a fresh subprocess so that its peak RSS (``ru_maxrss``) is its own; the
-M codes are a random subset (seed 1) of the generator's training codes (``workloads.py``). The
+M codes are a random subset (seed 1) of the generator's training codes (``workloads.py``; beyond
+their number, more drawn around them: ``codes``). The
 error is the graph distances' relative excess over :func:`fastgeo.geodesics` (defaults) on
 ``--sample`` random pairs (``report.graph_error``); the default solver's own excess over the
 dense oracle is in the solver and basins tables. ``--exact-per-pair`` also times the exact mode's
@@ -35,8 +36,7 @@ import fastgeo
 def worker(name: str, M: int, threads: int, sample: int) -> dict:
     torch.set_num_threads(threads)
     metric, Zall, _ = generator(name)
-    g = torch.Generator().manual_seed(1)
-    Z = Zall[torch.randperm(Zall.shape[0], generator=g)[:M]]
+    Z = codes(Zall, M)
     t0 = time.perf_counter()
     D, rep = fastgeo.pairwise_distances(
         metric, Z, mode="graph", error_sample=sample, progress=False, return_report=True
@@ -59,6 +59,20 @@ def worker(name: str, M: int, threads: int, sample: int) -> dict:
         "finite": bool(torch.isfinite(D).all()),
         "symmetric": bool(torch.equal(D, D.T)),
     }
+
+
+def codes(Zall: torch.Tensor, M: int) -> torch.Tensor:
+    """M codes: a random subset (seed 1) of the training codes; beyond their number, more drawn
+    around random training codes (Gaussian, half the median nearest-neighbour distance), as an
+    encoder's posterior samples would be."""
+    g = torch.Generator().manual_seed(1)
+    Z = Zall[torch.randperm(Zall.shape[0], generator=g)[:M]]
+    extra = M - Z.shape[0]
+    if extra > 0:
+        nn = torch.cdist(Zall, Zall).fill_diagonal_(float("inf")).min(1).values.median()
+        idx = torch.randint(Zall.shape[0], (extra,), generator=g)
+        Z = torch.cat([Z, Zall[idx] + 0.5 * nn * torch.randn(extra, Zall.shape[1], generator=g)])
+    return Z
 
 
 def busy() -> subprocess.Popen:
