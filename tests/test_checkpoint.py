@@ -35,13 +35,13 @@ def save_then_hang(self, c, rec):
         time.sleep(600)
 fd.Checkpoint.save = save_then_hang
 fastgeo.pairwise_distances(analytic.bumpy_metric(), analytic.disc_points({M}, 1.5), chunk_size={chunk},
-                           checkpoint={ckpt!r}, progress=False, **{opts!r})
+                           checkpoint={ckpt!r}, progress=False, workers=1, **{opts!r})
 """
 
 
 def run(ckpt=None, **kw):
     return fastgeo.pairwise_distances(bumpy_metric(), disc_points(M, 1.5), chunk_size=CHUNK, checkpoint=ckpt,
-                                      progress=False, return_report=True, **{**OPTS, **kw})
+                                      progress=False, return_report=True, **{"workers": 1, **OPTS, **kw})
 
 
 def test_kill9_then_resume_equals_uninterrupted(tmp_path):

@@ -46,7 +46,8 @@ def test_matches_geodesics_symmetric_zero_diagonal(metric):
     """One chunk: the upper triangle is the geodesics() batch's lengths bit for bit, the matrix
     symmetric with a zero diagonal; the report mirrors the batch (converged, iterations, work)."""
     Z = disc_points(7, 1.5)
-    D, report = fastgeo.pairwise_distances(metric, Z, progress=False, return_report=True, **OPTS)
+    # workers=1: in this process, at its threads, like the geodesics() call it is compared with
+    D, report = fastgeo.pairwise_distances(metric, Z, progress=False, return_report=True, workers=1, **OPTS)
     i, j = torch.triu_indices(7, 7, offset=1)
     res = fastgeo.geodesics(metric, Z[i], Z[j], batch_size=len(i), **OPTS)
     assert D.shape == (7, 7) and D.dtype == torch.float64
@@ -102,7 +103,8 @@ def test_rectangular_all_pairs(metric):
     is at distance 0."""
     Z, Y = disc_points(3, 1.5, seed=4), disc_points(4, 1.5, seed=5)
     Y[2] = Z[1]
-    D, report = fastgeo.pairwise_distances(metric, Z, Y, progress=False, return_report=True, **OPTS)
+    D, report = fastgeo.pairwise_distances(metric, Z, Y, progress=False, return_report=True, workers=1,
+                                           **OPTS)  # in this process, like the geodesics() call below
     a, b = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
     res = fastgeo.geodesics(metric, Z[a.reshape(-1)], Y[b.reshape(-1)], batch_size=12, **OPTS)
     assert D.shape == (3, 4) and torch.equal(D.reshape(-1), res.lengths)

@@ -174,3 +174,48 @@ def test_invalid_graph_options(metric, Z, tmp_path):
         fastgeo.pairwise_distances(metric, Z, out=tmp_path / "missing" / "D.npy", progress=False)
     with pytest.raises(TypeError, match="out"):
         fastgeo.pairwise_distances(metric, Z, out=3, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["exact", "graph"])
+def test_worker_processes_match_one_process(metric, Z, mode, tmp_path):
+    """workers=3 (forked processes of one thread each) give the one-process result at one thread
+    bit for bit, statuses and decoder work included, with a checkpoint too (exact mode)."""
+    kw = dict(mode=mode, chunk_size=7, progress=False, return_report=True, **OPTS)
+    if mode == "graph":
+        kw.update(neighbors=3, error_sample=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        D1, r1 = fastgeo.pairwise_distances(metric, Z[:9], workers=1, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    extra = {"checkpoint": tmp_path / "ckpt"} if mode == "exact" else {}
+    D3, r3 = fastgeo.pairwise_distances(metric, Z[:9], workers=3, **kw, **extra)
+    assert torch.equal(D3, D1) and torch.equal(r3.status_code, r1.status_code)
+    assert r3.decoder_evals == r1.decoder_evals and r3.decoder_jvps == r1.decoder_jvps
+    if mode == "exact":
+        assert torch.equal(r3.iterations, r1.iterations) and r3.chunks_computed == r1.chunks_total
+        again, r4 = fastgeo.pairwise_distances(metric, Z[:9], workers=3, **kw, **extra)
+        assert torch.equal(again, D1) and r4.chunks_loaded == r1.chunks_total
+
+
+def test_a_failing_worker_raises_with_its_traceback(Z):
+    """A decoder that raises inside a worker process: the call raises, naming the worker's error."""
+    base = bumpy_metric()
+
+    def broken(z):
+        if z.shape[0] > 0 and bool((z[:, 0] > 1.0).any()):
+            raise ArithmeticError("decoder exploded")
+        return base.mean(z)
+
+    metric = fastgeo.ExpectedMetric(broken, base.precision)
+    Z = disc_points(8, 1.5)
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        fastgeo.pairwise_distances(metric, Z, workers=2, chunk_size=4, progress=False, **OPTS)
+
+
+def test_workers_option_is_checked(metric, Z):
+    with pytest.raises(ValueError, match="workers"):
+        fastgeo.pairwise_distances(metric, Z, workers=0, progress=False)
+    with pytest.raises(TypeError, match="workers"):
+        fastgeo.pairwise_distances(metric, Z, workers=True, progress=False)

@@ -12,7 +12,7 @@ driver measures by how much on a random sample of pairs solved exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,31 +140,3 @@ class CodeGraph:
         for lo in range(0, len(sources), block):
             idx = np.asarray(sources[lo : lo + block], dtype=np.int64)
             yield idx, np.atleast_2d(dijkstra(csr, directed=False, indices=idx))
-
-
-def build_code_graph(
-    Z: Tensor,
-    edges: Tensor,
-    solve: Callable[[Tensor, Tensor], dict[str, Any]],
-    chunk_size: int,
-    chunks: list[int] | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> CodeGraph:
-    """The code graph of the distinct codes ``Z`` (M, d) with ``edges`` (E, 2) (see
-    :func:`neighbour_edges`), each solved by ``solve`` (end points (b, d) x 2 -> the all-pairs
-    chunk record: lengths, status, decoder work) in chunks of ``chunk_size`` edges; only the
-    chunks starting at ``chunks`` (default: all; the others stay zero), and ``progress(n)`` is
-    told of every chunk's edges."""
-    E = edges.shape[0]
-    lengths, status = np.zeros(E), np.zeros(E, dtype=np.int8)
-    evals = jvps = 0
-    for lo in range(0, E, chunk_size) if chunks is None else chunks:
-        e = edges[lo : lo + chunk_size]
-        rec = solve(Z[e[:, 0]], Z[e[:, 1]])
-        lengths[lo : lo + e.shape[0]] = rec["lengths"].double().numpy()
-        status[lo : lo + e.shape[0]] = rec["status"].numpy()
-        evals += rec["decoder_evals"]
-        jvps += rec["decoder_jvps"]
-        if progress is not None:
-            progress(e.shape[0])
-    return CodeGraph(Z.shape[0], edges.cpu().numpy(), lengths, status, evals, jvps)

@@ -34,6 +34,7 @@ from .graph_mode import run_graph_mode
 from .layout import Layout, distinct_rows, expand_duplicates
 from .output import allocate, expand, npy_path
 from .report import PairwiseReport
+from .workers import check_workers, chunk_loop, shared
 
 MODES = ("exact", "graph")
 ERROR_SAMPLE = 200  # graph mode: random pairs solved exactly to measure its error
@@ -52,6 +53,7 @@ def pairwise_distances(
     neighbors: int = NEIGHBORS,
     error_sample: int = ERROR_SAMPLE,
     out: str | os.PathLike | None = None,
+    workers: int | None = None,
     memory_budget: int | None = None,
     chunk_size: int | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -83,6 +85,11 @@ def pairwise_distances(
             median, 95th percentile, max), and those entries keep the shorter length.
         neighbors: graph mode: edges per code (nearest codes, in different directions).
         error_sample: graph mode: random pairs solved exactly to measure the error (0: none).
+        workers: processes that split the pairs, one thread each (default: as many as torch
+            has threads, on a Linux CPU run; 1 elsewhere). Threads of one process wait for
+            each other in every small parallel region of the solver, and collapse when another
+            program takes a core; worker processes do not. 1: solve in this process, with
+            torch's threads.
         out: optional path of a ``.npy`` file: the matrix is written there, memory-mapped
             (the returned tensor, on the CPU, maps the file), so that an (M, M) matrix larger
             than memory can be kept.
@@ -115,6 +122,7 @@ def pairwise_distances(
     mode = _checks.choice("mode", mode, MODES)
     neighbors = _checks.integer("neighbors", neighbors, 1)
     error_sample = _checks.integer("error_sample", error_sample, 0)
+    workers = check_workers(workers, metric.device, dist_info()[1] > 1)
     out_path = None if out is None else npy_path(out)
     if mode == "graph" and checkpoint is not None:
         raise ValueError("checkpoint is for mode='exact'; a graph-mode run solves only O(M k) geodesics")
@@ -124,14 +132,18 @@ def pairwise_distances(
                      memory_budget, checkpoint)  # fmt: skip
     options.setdefault("batch_size", layout.chunk_size)
     matrix, mapped = allocate((layout.rows, layout.cols), metric, out_path if rep is None else None)
+    if mapped is None:  # a file mapping is shared with forked workers already
+        matrix = shared(matrix, workers)
     if mode == "graph":
-        graph_args = (layout.chunk_size, neighbors, error_sample, progress)
+        graph_args = (layout.chunk_size, neighbors, error_sample, progress, workers)
         status, iterations, counts, world, extra = run_graph_mode(
             metric, pts, Y, options, matrix, *graph_args
         )
     else:
         ckpt = None if checkpoint is None else _open_checkpoint(checkpoint, metric, Z, Y, options, layout)
-        record, counts, world = _solve_chunks(metric, pts, other, layout, options, ckpt, progress, matrix)
+        record, counts, world = _solve_chunks(
+            metric, pts, other, layout, options, ckpt, progress, matrix, workers
+        )
         status, iterations, extra = (record % _CODES).to(torch.int8), record // _CODES - 1, {}
     if Y is None:
         matrix.fill_diagonal_(0)  # exact zero diagonal
@@ -288,39 +300,52 @@ def _solve_chunks(
     ckpt: Checkpoint | None,
     progress: bool,
     out: Tensor,
+    workers: int,
 ) -> tuple[Tensor, Tensor, int]:
-    """This process's chunks, solved or loaded, then summed over processes: the (rows, cols)
-    lengths into ``out`` (zeros), the per-pair record (``(iterations + 1) * 8 + status code``,
+    """This process's chunks, solved (by ``workers`` processes) or loaded, then summed over
+    processes: the (rows, cols) lengths into ``out`` (zeros; in shared memory or a shared file
+    mapping when ``workers > 1``), the per-pair record (``(iterations + 1) * 8 + status code``,
     0 = unsolved: one int32 that sums exactly over processes), counts (decoder evals, JVPs,
     chunks computed, loaded) and the world size."""
     device, symmetric = metric.device, layout.symmetric
     rank, world = dist_info()
-    status = torch.zeros(layout.rows, layout.cols, dtype=torch.int32, device=device)
-    counts = torch.zeros(4, dtype=torch.int64)
+    status = shared(torch.zeros(layout.rows, layout.cols, dtype=torch.int32, device=device), workers)
+    counts = shared(torch.zeros(workers, 4, dtype=torch.int64), workers)
+
+    def record(c: int, w: int, rec: dict[str, Any], loaded: bool) -> int:
+        i, j = layout.pairs(c, device)
+        counts[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"], not loaded, loaded])
+        lengths = rec["lengths"].to(device=out.device, dtype=out.dtype)
+        st = (rec["iterations"].to(device) + 1) * _CODES + rec["status"].to(device=device, dtype=torch.int32)
+        io, jo = i.to(out.device), j.to(out.device)
+        out[io, jo], status[i, j] = lengths, st
+        if symmetric:  # symmetric fill, by the same process: parts stay disjoint
+            out[jo, io], status[j, i] = lengths, st
+        return i.numel()
+
+    def solve(c: int, w: int) -> int:
+        i, j = layout.pairs(c, device)
+        rec = solve_chunk(metric, pts[i], other[j], options)
+        if ckpt is not None:
+            ckpt.save(c, rec)
+        return record(c, w, rec, False)
+
     bar = progress_bar(layout.n_pairs, progress and rank == 0 and layout.n_chunks > 0, "geodesics", "pair")
     try:
-        for c in range(rank, layout.n_chunks, world):
-            i, j = layout.pairs(c, device)
-            rec = ckpt.load(c, i.numel()) if ckpt is not None else None
-            loaded = rec is not None
+        missing = []
+        for c in range(rank, layout.n_chunks, world):  # finished chunks read here (their warnings too)
+            rec = ckpt.load(c, layout.pairs(c, device)[0].numel()) if ckpt is not None else None
             if rec is None:
-                rec = solve_chunk(metric, pts[i], other[j], options)
-                if ckpt is not None:
-                    ckpt.save(c, rec)
-            counts += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"], not loaded, loaded])
-            lengths = rec["lengths"].to(device=out.device, dtype=out.dtype)
-            st = (rec["iterations"].to(device) + 1) * _CODES + rec["status"].to(
-                device=device, dtype=torch.int32
-            )
-            io, jo = i.to(out.device), j.to(out.device)
-            out[io, jo], status[i, j] = lengths, st
-            if symmetric:  # symmetric fill, by the same process: parts stay disjoint
-                out[jo, io], status[j, i] = lengths, st
-            if bar is not None:
-                bar.update(min(i.numel() * world, bar.total - bar.n))
+                missing.append(c)
+            elif bar is not None:
+                bar.update(min(record(c, 0, rec, True) * world, bar.total - bar.n))
+            else:
+                record(c, 0, rec, True)
+        chunk_loop(missing, workers, solve, bar)
     finally:
         if bar is not None:
             bar.close()
+    counts = counts.sum(0)
     if world > 1:  # disjoint parts, zeros elsewhere: the sums are exact
         dist = torch.distributed
         dist.all_reduce(out)

@@ -24,8 +24,9 @@ from .._progress import progress_bar
 from ..metric import ExpectedMetric
 from ..solver.result import GRAPH_ESTIMATE
 from .chunks import dist_info, solve_chunk
-from .code_graph import ROW_BLOCK, CodeGraph, build_code_graph
+from .code_graph import ROW_BLOCK, CodeGraph, neighbour_edges
 from .layout import triu_index
+from .workers import chunk_loop, shared
 
 SAMPLE_SEED = 0  # the error sample is the same for the same inputs
 # Edges join near neighbours: their geodesics need no race of starts through graph corridors
@@ -70,19 +71,21 @@ def graph_distances(
     out: Tensor,
     status: Tensor,
     progress: bool,
+    workers: int,
 ) -> tuple[CodeGraph, GraphError, int, int]:
     """Fill ``out`` (R, C) with the code-graph distances between ``nodes[rows]`` and
     ``nodes[cols]`` (distinct ``nodes`` (n, d); ``symmetric``: rows = cols = all nodes, the
     strict upper triangle's pairs sampled) and ``status`` (R, C) int8 (pre-filled by the caller);
-    ``solve`` gives the exact geodesics of the edges and of ``error_sample`` random pairs.
+    ``solve_edge`` and ``solve`` give the exact geodesics of the edges and of ``error_sample``
+    random pairs, in chunks of ``chunk_size`` split over the processes and ``workers``.
     Returns the graph, the measured error, and the decoder evaluations and JVPs of the sample."""
-    rank, world = dist_info()
-    show = progress and rank == 0
-    graph = _graph(nodes, neighbors, solve_edge, chunk_size, show, rank, world)
+    show = progress and dist_info()[0] == 0
+    graph = _graph(nodes, neighbors, solve_edge, chunk_size, show, workers)
     _fill(graph, rows, cols, symmetric, out, show)
     if symmetric:
         _edge_status(graph, out, status)
-    return (graph, *_sample(nodes, rows, cols, symmetric, solve, chunk_size, error_sample, out, status, show))
+    run = (chunk_size, error_sample, out, status, show, workers)
+    return (graph, *_sample(nodes, rows, cols, symmetric, solve, *run))
 
 
 def _graph(
@@ -91,30 +94,37 @@ def _graph(
     solve: Callable[[Tensor, Tensor], dict[str, Any]],
     chunk_size: int,
     show: bool,
-    rank: int,
-    world: int,
+    workers: int,
 ) -> CodeGraph:
-    """The code graph, its edges split over the processes (every world-th chunk) and gathered."""
-    from .code_graph import neighbour_edges
-
+    """The code graph, its edges solved in chunks split over the processes and workers."""
     edges = neighbour_edges(nodes, neighbors)
-    bar = progress_bar(edges.shape[0], show, "graph edges", "edge")
+    E = edges.shape[0]
+    lengths = shared(torch.zeros(E, dtype=torch.float64), workers)
+    status = shared(torch.zeros(E, dtype=torch.int64), workers)
+    work = shared(torch.zeros(workers, 2, dtype=torch.int64), workers)
+
+    def body(c: int, w: int) -> int:
+        sl = slice(c * chunk_size, (c + 1) * chunk_size)
+        e = edges[sl]
+        rec = solve(nodes[e[:, 0]], nodes[e[:, 1]])
+        lengths[sl], status[sl] = rec["lengths"].double(), rec["status"].long()
+        work[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"]])
+        return e.shape[0]
+
+    bar = progress_bar(E, show, "graph edges", "edge")
     try:
-        mine = [c for c in range(0, edges.shape[0], chunk_size) if (c // chunk_size) % world == rank]
-        graph = build_code_graph(
-            nodes, edges, solve, chunk_size, mine, None if bar is None else lambda n: bar.update(n * world)
-        )
+        chunk_loop(_mine(-(-E // chunk_size)), workers, body, bar)
     finally:
         if bar is not None:
             bar.close()
-    if world > 1:  # disjoint chunks, zeros elsewhere: exact sums
-        parts = [torch.from_numpy(graph.lengths), torch.from_numpy(graph.status.astype(np.int64)),
-                 torch.tensor([graph.decoder_evals, graph.decoder_jvps], dtype=torch.int64)]  # fmt: skip
-        for p in parts:
+    work = work.sum(0)
+    if dist_info()[1] > 1:  # disjoint chunks, zeros elsewhere: exact sums
+        for p in (lengths, status, work):
             torch.distributed.all_reduce(p)
-        graph.lengths, graph.status = parts[0].numpy(), parts[1].numpy().astype(np.int8)
-        graph.decoder_evals, graph.decoder_jvps = (int(x) for x in parts[2])
-    return graph
+    return CodeGraph(
+        nodes.shape[0], edges.cpu().numpy(), lengths.numpy().copy(), status.numpy().astype(np.int8),
+        int(work[0]), int(work[1]),
+    )  # fmt: skip
 
 
 def _fill(graph: CodeGraph, rows: Tensor, cols: Tensor, symmetric: bool, out: Tensor, show: bool) -> None:
@@ -165,6 +175,7 @@ def _sample(
     out: Tensor,
     status: Tensor,
     show: bool,
+    workers: int,
 ) -> tuple[GraphError, int, int]:
     """``error_sample`` random pairs of distinct nodes solved exactly: the error of the graph
     distances, and the sampled entries set to the shorter length."""
@@ -177,25 +188,25 @@ def _sample(
     a, b = rows.cpu()[i], cols.cpu()[j]
     keep = (a != b).nonzero().squeeze(1)[:error_sample]  # equal codes: distance 0, nothing to measure
     i, j, a, b = i[keep], j[keep], a[keep], b[keep]
-    rank, world = dist_info()
-    exact = torch.zeros(i.numel(), dtype=torch.float64)
-    st = torch.zeros(i.numel(), dtype=torch.int64)
-    work = torch.zeros(2, dtype=torch.int64)
+    exact = shared(torch.zeros(i.numel(), dtype=torch.float64), workers)
+    st = shared(torch.zeros(i.numel(), dtype=torch.int64), workers)
+    work = shared(torch.zeros(workers, 2, dtype=torch.int64), workers)
+
+    def body(c: int, w: int) -> int:
+        sl = slice(c * chunk_size, (c + 1) * chunk_size)
+        rec = solve(nodes[a[sl].to(nodes.device)], nodes[b[sl].to(nodes.device)])
+        exact[sl], st[sl] = rec["lengths"].double(), rec["status"].long()
+        work[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"]])
+        return rec["lengths"].numel()
+
     bar = progress_bar(i.numel(), show, "error sample", "pair")
     try:
-        for c, lo in enumerate(range(0, i.numel(), chunk_size)):
-            if c % world != rank:
-                continue
-            sl = slice(lo, lo + chunk_size)
-            rec = solve(nodes[a[sl].to(nodes.device)], nodes[b[sl].to(nodes.device)])
-            exact[sl], st[sl] = rec["lengths"].double(), rec["status"].long()
-            work += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"]])
-            if bar is not None:
-                bar.update(min(rec["lengths"].numel() * world, bar.total - bar.n))
+        chunk_loop(_mine(-(-i.numel() // chunk_size)), workers, body, bar)
     finally:
         if bar is not None:
             bar.close()
-    if world > 1:
+    work = work.sum(0)
+    if dist_info()[1] > 1:
         for p in (exact, st, work):
             torch.distributed.all_reduce(p)
     ii, jj = i.to(out.device), j.to(out.device)
@@ -210,6 +221,12 @@ def _sample(
         out[jj, ii] = best
         status[j.to(status.device), i.to(status.device)] = new_status
     return _error(excess), int(work[0]), int(work[1])
+
+
+def _mine(n_chunks: int) -> list[int]:
+    """This process's chunks under ``torch.distributed`` (every world-th)."""
+    rank, world = dist_info()
+    return list(range(rank, n_chunks, world))
 
 
 def _error(excess: Tensor) -> GraphError:
@@ -230,6 +247,7 @@ def run_graph_mode(
     neighbors: int,
     error_sample: int,
     progress: bool,
+    workers: int,
 ) -> tuple[Tensor, Tensor, Tensor, int, dict[str, Any]]:
     """Graph mode into ``matrix`` (distinct ``pts`` (M, d), optional ``Y`` (P, d); ``options``
     of every :func:`fastgeo.geodesics` call): status codes (rows, cols) int8,
@@ -258,6 +276,7 @@ def run_graph_mode(
         matrix,
         status,
         progress,
+        workers,
     )
     iterations = torch.zeros((), dtype=torch.int32, device=matrix.device).expand(matrix.shape)
     counts = torch.tensor([graph.decoder_evals + evals, graph.decoder_jvps + jvps, 0, 0])
