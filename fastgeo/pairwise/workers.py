@@ -4,8 +4,9 @@ Threads of one process share every small parallel region of the solver: on a 2-c
 two threads solve 48 digits pairs 1.3x faster than one, and 1.7x *slower* than one when another
 process keeps a core busy (each region waits for the thread that lost its core). Pairs are
 independent, so processes of one thread each split them instead: no region waits for another
-process, and a busy core slows only the worker on it. Workers are forked (Linux, CPU tensors),
-so the metric is not pickled; they write into shared-memory tensors the parent allocated.
+process, and a busy core slows only the worker on it, which then takes fewer chunks (workers
+take the next chunk from a shared counter). Workers are forked (Linux, CPU tensors), so the
+metric is not pickled; they write into shared-memory tensors the parent allocated.
 """
 
 from __future__ import annotations
@@ -117,8 +118,23 @@ def chunk_loop(chunks: list[int], workers: int, body: Callable[[int, int], int],
         if bar is not None:
             bar.update(min(n * world, bar.total - bar.n))
 
+    # Chunks are taken from a shared counter as workers get free: a worker whose core is busy
+    # with another program takes fewer (a fixed split would wait for its share).
+    taken = shared(torch.zeros(1, dtype=torch.int64), workers)
+    lock = multiprocessing.get_context("fork").Lock() if workers > 1 else None
+
+    def next_chunk() -> int | None:
+        if lock is None:
+            k = int(taken[0])
+            taken[0] += 1
+        else:
+            with lock:
+                k = int(taken[0])
+                taken[0] += 1
+        return chunks[k] if k < len(chunks) else None
+
     def task(w: int, W: int) -> None:
-        for c in chunks[w::W]:
+        while (c := next_chunk()) is not None:
             n = body(c, w)
             done[w] += n
             if W == 1:
