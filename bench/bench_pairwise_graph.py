@@ -14,7 +14,7 @@ error is the graph distances' relative excess over :func:`fastgeo.geodesics` (de
 dense oracle is in the solver and basins tables. ``--exact-per-pair`` also times the exact mode's
 per-pair cost on the sample (its geodesics), to state what ``mode="exact"`` would take. ``--load``
 runs a competing busy process on one core during each measurement. The table is printed and
-written to ``bench/results/pairwise_graph.md`` (``$FASTGEO_BENCH_OUT`` elsewhere).
+written to ``bench/results/pairwise_graph_<generator>.md`` (``$FASTGEO_BENCH_OUT`` elsewhere).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def worker(name: str, M: int, threads: int, sample: int) -> dict:
         "wall_s": wall,
         "pairs_per_s": rep.n_pairs / wall,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "sample": e.pairs,
         "mean": 100 * e.mean,
         "median": 100 * e.median,
@@ -98,7 +99,7 @@ def main() -> None:
         f"# pairwise_distances(mode='graph') on {args.generator}"
         + (" with a competing busy process" if args.load else "")
         + f"\n\n{environment_line()}\n\n"
-        "| M | threads | pairs | edges | time (s) | pairs/s | peak RSS (MB) | sample | mean excess % "
+        "| M | threads | pairs | edges | time (s) | pairs/s | peak RSS (MB): run / largest worker | sample | mean excess % "
         "| median % | p95 % | max % |\n|" + " --- |" * 12
     )
     print(head, flush=True)
@@ -127,7 +128,7 @@ def main() -> None:
             line = (
                 f"| {M} | {threads} | {r['pairs']} | {r['edges']} | {r['wall_s']:.1f} | "
                 f"{r['pairs_per_s']:.0f} | "
-                f"{r['rss_mb']:.0f} | {r['sample']} | {r['mean']:.3f} | {r['median']:.3f} | {r['p95']:.3f} | "
+                f"{r['rss_mb']:.0f} / {r['worker_rss_mb']:.0f} | {r['sample']} | {r['mean']:.3f} | {r['median']:.3f} | {r['p95']:.3f} | "
                 f"{r['max']:.3f} |"
             )
             rows.append(line)

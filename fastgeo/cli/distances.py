@@ -37,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--neighbors", type=int, default=None, help="graph mode: edges per code")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes of one thread each (default: torch's thread count)",
+    )
+    p.add_argument(
         "--error-sample",
         type=int,
         default=None,
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = inputs.checkpoint_folder("--checkpoint", args.checkpoint)
     inputs.at_least("--chunk-size", args.chunk_size, 1)
     inputs.at_least("--neighbors", args.neighbors, 1)
+    inputs.at_least("--workers", args.workers, 1)
     inputs.at_least("--error-sample", args.error_sample, 0)
     graph = {"neighbors": args.neighbors, "error_sample": args.error_sample}
     graph = {k: v for k, v in graph.items() if v is not None}
@@ -103,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
     budget = None if memory_mb is None else max(1, int(memory_mb * (1 << 20)))
     D, report = pairwise_distances(
-        metric, Z, Y, mode=args.mode, checkpoint=checkpoint, chunk_size=args.chunk_size, memory_budget=budget,
-        progress=not args.no_progress, return_report=True, **graph, **options,
+        metric, Z, Y, mode=args.mode, workers=args.workers, checkpoint=checkpoint, chunk_size=args.chunk_size,
+        memory_budget=budget, progress=not args.no_progress, return_report=True, **graph, **options,
     )  # fmt: skip
     if report_path is not None:
         fields = {

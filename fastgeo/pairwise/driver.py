@@ -4,8 +4,11 @@ multi-process.
 The ``M (M-1) / 2`` geodesics ``i < j`` (``M P`` with a second set ``Y``) are solved in fixed
 chunks (:mod:`.layout`) sized to a memory budget by the solver's memory model, so the extra
 memory does not grow with ``M``; the matrix itself is the only ``O(M^2)`` allocation (with the
-per-pair status). Finished chunks can be kept in a checkpoint folder (:mod:`.checkpoint`); under
-``torch.distributed`` the processes take every ``world_size``-th chunk.
+per-pair status), in memory or in a memory-mapped file (:mod:`.output`). Chunks are split over
+worker processes of one thread each (:mod:`.workers`); finished chunks can be kept in a
+checkpoint folder (:mod:`.checkpoint`); under ``torch.distributed`` the processes take every
+``world_size``-th chunk. ``mode="graph"`` solves only the edges of a graph of near codes and
+reads every distance off it (:mod:`.graph_mode`, :mod:`.code_graph`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .graph_mode import run_graph_mode
 from .layout import Layout, distinct_rows, expand_duplicates
 from .output import allocate, expand, npy_path
 from .report import PairwiseReport
-from .workers import check_workers, chunk_loop, shared
+from .workers import check_workers, chunk_loop, shared, split_size
 
 MODES = ("exact", "graph")
 ERROR_SAMPLE = 200  # graph mode: random pairs solved exactly to measure its error
@@ -129,7 +132,7 @@ def pairwise_distances(
     pts, rep = distinct_rows(Z) if Y is None else (Z, None)
     other = pts if Y is None else Y
     layout = _layout(metric, options, Layout(Y is None, pts.shape[0], other.shape[0], 1), chunk_size,
-                     memory_budget, checkpoint)  # fmt: skip
+                     memory_budget, checkpoint, workers * dist_info()[1])  # fmt: skip
     options.setdefault("batch_size", layout.chunk_size)
     matrix, mapped = allocate((layout.rows, layout.cols), metric, out_path if rep is None else None)
     if mapped is None:  # a file mapping is shared with forked workers already
@@ -215,12 +218,16 @@ def _layout(
     chunk_size: int | None,
     memory_budget: int | None,
     checkpoint: str | os.PathLike | None,
+    workers: int,
 ) -> Layout:
     """The layout of ``pairs`` in chunks: ``chunk_size``, or as many pairs as fit
-    ``memory_budget``, or (resuming with neither given) the chunk size of the checkpoint."""
+    ``memory_budget`` (fewer, so that ``workers`` processes in all share them; exact mode), or
+    (resuming with neither given) the chunk size of the checkpoint."""
     explicit = chunk_size is not None or memory_budget is not None
     if chunk_size is None:
-        chunk_size = _chunk_size_for_budget(metric, options, memory_budget)
+        chunk_size = split_size(
+            pairs.n_pairs, _chunk_size_for_budget(metric, options, memory_budget), workers
+        )
     chunk_size = _checks.integer("chunk_size", chunk_size, 1)
     if checkpoint is not None and not explicit:
         chunk_size = _checkpointed_chunk_size(checkpoint, chunk_size)  # keep a resumed run's layout

@@ -26,7 +26,7 @@ from ..solver.result import GRAPH_ESTIMATE
 from .chunks import dist_info, solve_chunk
 from .code_graph import ROW_BLOCK, CodeGraph, neighbour_edges
 from .layout import triu_index
-from .workers import chunk_loop, shared
+from .workers import chunk_loop, shared, split_size
 
 SAMPLE_SEED = 0  # the error sample is the same for the same inputs
 # Edges join near neighbours: their geodesics need no race of starts through graph corridors
@@ -99,6 +99,7 @@ def _graph(
     """The code graph, its edges solved in chunks split over the processes and workers."""
     edges = neighbour_edges(nodes, neighbors)
     E = edges.shape[0]
+    chunk_size = split_size(E, chunk_size, workers * dist_info()[1])
     lengths = shared(torch.zeros(E, dtype=torch.float64), workers)
     status = shared(torch.zeros(E, dtype=torch.int64), workers)
     work = shared(torch.zeros(workers, 2, dtype=torch.int64), workers)
@@ -188,6 +189,7 @@ def _sample(
     a, b = rows.cpu()[i], cols.cpu()[j]
     keep = (a != b).nonzero().squeeze(1)[:error_sample]  # equal codes: distance 0, nothing to measure
     i, j, a, b = i[keep], j[keep], a[keep], b[keep]
+    chunk_size = split_size(i.numel(), chunk_size, workers * dist_info()[1])
     exact = shared(torch.zeros(i.numel(), dtype=torch.float64), workers)
     st = shared(torch.zeros(i.numel(), dtype=torch.int64), workers)
     work = shared(torch.zeros(workers, 2, dtype=torch.int64), workers)

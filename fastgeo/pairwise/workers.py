@@ -24,6 +24,18 @@ import torch
 from .. import _checks
 from .chunks import dist_info
 
+CHUNKS_PER_WORKER = 4  # chunks per worker at least, so that a slow worker's share can move
+MIN_CHUNK = 32  # ... unless chunks would get smaller than this (batches keep the solver efficient)
+
+
+def split_size(n_items: int, limit: int, workers: int) -> int:
+    """Items per chunk: at most ``limit`` (the memory budget's), and few enough that each of
+    ``workers`` (all processes together) gets ``CHUNKS_PER_WORKER`` chunks, down to
+    ``MIN_CHUNK``."""
+    if workers <= 1:
+        return limit
+    return max(1, min(limit, max(MIN_CHUNK, -(-n_items // (CHUNKS_PER_WORKER * workers)))))
+
 
 def default_workers(device: torch.device, distributed: bool) -> int:
     """As many workers as torch has threads (one thread each) on a Linux CPU run outside
