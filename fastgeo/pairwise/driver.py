@@ -28,7 +28,7 @@ from .. import _checks
 from .._progress import progress_bar
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
-from ..solver.graph import check_graph_inputs
+from ..solver.graph import cached_graph, check_graph_inputs
 from ..solver.result import CONVERGED, GRAPH_ESTIMATE
 from .checkpoint import Checkpoint, metric_fingerprint, options_digest, tensor_digest
 from .chunks import dist_info, solve_chunk
@@ -134,6 +134,7 @@ def pairwise_distances(
     layout = _layout(metric, options, Layout(Y is None, pts.shape[0], other.shape[0], 1), chunk_size,
                      memory_budget, checkpoint, workers * dist_info()[1])  # fmt: skip
     options.setdefault("batch_size", layout.chunk_size)
+    graph_evals = _build_latent_graph(metric, options) if workers > 1 else 0
     matrix, mapped = allocate((layout.rows, layout.cols), metric, out_path if rep is None else None)
     if mapped is None:  # a file mapping is shared with forked workers already
         matrix = shared(matrix, workers)
@@ -167,6 +168,7 @@ def pairwise_distances(
         )  # fmt: skip
     if mapped is not None:
         mapped.flush()
+    counts[0] += graph_evals
     if not return_report:
         return matrix
     # fmt: off
@@ -239,6 +241,16 @@ def _solver_options(metric: ExpectedMetric, options: dict[str, Any]) -> SolverOp
     return solver_options(
         metric.dtype, metric.latent_dim, metric.data_dim, **{k: v for k, v in options.items() if k in names}
     )
+
+
+def _build_latent_graph(metric: ExpectedMetric, options: dict[str, Any]) -> int:
+    """The solver's latent graph, built here once if the solves will use it, so that forked
+    workers inherit it instead of each building its own; the decoder evaluations it cost."""
+    opts = _solver_options(metric, options)
+    if opts.method != "default" or opts.corridors <= 0 or options.get("graph", True) is not True:
+        return 0
+    graph, built = cached_graph(metric, options.get("latents"))
+    return graph.edge_evals if built else 0
 
 
 def _chunk_size_for_budget(metric: ExpectedMetric, options: dict[str, Any], memory_budget: int | None) -> int:
