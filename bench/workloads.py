@@ -130,6 +130,6 @@ def results_dir() -> Path:
     ``bench/results`` (created)."""
     import os
 
-    out = Path(os.environ.get("FASTGEO_BENCH_OUT", "bench/results"))
+    out = Path(os.environ.get("FASTGEO_BENCH_OUT", Path(__file__).resolve().parent / "results"))
     out.mkdir(parents=True, exist_ok=True)
     return out

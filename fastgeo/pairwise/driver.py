@@ -136,7 +136,7 @@ def pairwise_distances(
     options.setdefault("batch_size", layout.chunk_size)
     graph_evals = _build_latent_graph(metric, options) if workers > 1 else 0
     matrix, mapped = allocate((layout.rows, layout.cols), metric, out_path if rep is None else None)
-    if mapped is None:  # a file mapping is shared with forked workers already
+    if mapped is None and mode == "exact":  # workers write it (a file mapping is shared already)
         matrix = shared(matrix, workers)
     if mode == "graph":
         graph_args = (layout.chunk_size, neighbors, error_sample, progress, workers)
