@@ -223,3 +223,22 @@ def test_workers_option_is_checked(metric, Z):
         fastgeo.pairwise_distances(metric, Z, workers=0, progress=False)
     with pytest.raises(TypeError, match="workers"):
         fastgeo.pairwise_distances(metric, Z, workers=True, progress=False)
+
+
+def test_a_graph_much_longer_than_the_geodesics_warns():
+    """Few codes in d = 8 (all about equally far apart): the chains zig-zag, the sample says so,
+    and the call warns instead of handing out the numbers silently."""
+    metric = bumpy_metric(d=8)
+    Z = torch.randn(12, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="above exact geodesics on average"):
+        D, rep = fastgeo.pairwise_distances(
+            metric,
+            Z,
+            mode="graph",
+            neighbors=2,
+            error_sample=20,
+            progress=False,
+            return_report=True,
+            max_iter=20,
+        )
+    assert rep.graph_error.mean > 0.05

@@ -41,6 +41,7 @@ from .workers import check_workers, chunk_loop, shared, split_size
 
 MODES = ("exact", "graph")
 ERROR_SAMPLE = 200  # graph mode: random pairs solved exactly to measure its error
+GRAPH_WARN = 0.05  # graph mode: warn when the sample finds the chains this much too long on average
 DEFAULT_CPU_BUDGET = 256 << 20  # bytes of solver working memory per chunk on the CPU
 _CODES = 8  # status codes (fastgeo.solver.result.STATUSES) fit in 3 bits of the per-pair record
 _NOT_OPTIONS = ("metric", "z0", "z1", "init")  # geodesics() arguments that are not options here
@@ -165,6 +166,15 @@ def pairwise_distances(
             f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
             "entries hold the best length found (never longer than the straight line). "
             "Pass return_report=True for the mask, or raise max_iter.", RuntimeWarning, stacklevel=2,
+        )  # fmt: skip
+    error = extra.get("graph_error")
+    if error is not None and error.pairs and error.mean > GRAPH_WARN:
+        warnings.warn(
+            f"fastgeo.pairwise_distances: the graph distances are {100 * error.mean:.1f} % above exact "
+            f"geodesics on average on {error.pairs} random pairs (95th percentile {100 * error.p95:.1f} %): "
+            "too few codes for the latent dimension (in high d all codes are about equally far apart, "
+            "and chains through them zig-zag); use mode='exact', or more codes.",
+            RuntimeWarning, stacklevel=2,
         )  # fmt: skip
     if mapped is not None:
         mapped.flush()
