@@ -156,11 +156,10 @@ def _fill(graph: CodeGraph, rows: Tensor, cols: Tensor, symmetric: bool, out: Te
 
 def _edge_status(graph: CodeGraph, out: Tensor, status: Tensor) -> None:
     """Edges whose chain is the edge itself are geodesics: their own status."""
-    codes = graph.edges[:, 1] < out.shape[0]  # edges between codes (i < j), not to grid nodes
-    i, j = (torch.as_tensor(graph.edges[codes, c], device=out.device) for c in (0, 1))
-    own = torch.as_tensor(graph.lengths[codes], device=out.device).to(out.dtype)
+    i, j = (torch.as_tensor(graph.edges[:, c], device=out.device) for c in (0, 1))
+    own = torch.as_tensor(graph.lengths, device=out.device).to(out.dtype)
     itself = (out[i, j] == own).nonzero().squeeze(1)
-    st = torch.as_tensor(graph.status[codes], device=status.device)[itself.to(status.device)]
+    st = torch.as_tensor(graph.status, device=status.device)[itself.to(status.device)]
     i, j = i[itself].to(status.device), j[itself].to(status.device)
     status[i, j], status[j, i] = st, st
 
