@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="exact",
         choices=("exact", "graph"),
         help="exact: every pair solved; graph: geodesics to near codes only, other entries from "
-        "shortest chains of them (upper bounds; thousands of codes in minutes), error measured on a sample",
+        "shortest chains of them (upper bounds; thousands of codes in minutes, in low latent d), "
+        "error measured on a sample",
     )
     p.add_argument("--neighbors", type=int, default=None, help="graph mode: edges per code")
     p.add_argument(
