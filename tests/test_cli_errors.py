@@ -175,53 +175,15 @@ def test_graph_mode_from_the_command_line(files, capsys, monkeypatch, tmp_path):
     """--mode graph runs the graph mode (its matrix, its error in the printed report); its own
     options are checked before any work."""
     tmp, gen = files
-    code, err = run_cli(
-        capsys,
-        gen,
-        tmp / "Z.npy",
-        "-o",
-        tmp_path / "D.npy",
-        "--mode",
-        "graph",
-        "--neighbors",
-        "2",
-        "--error-sample",
-        "3",
-    )
+    graph = [gen, tmp / "Z.npy", "-o", tmp_path / "D.npy", "--mode", "graph"]
+    code, err = run_cli(capsys, *graph, "--neighbors", "2", "--error-sample", "3")
     assert code == 0, err
-    D = fastgeo.pairwise_distances(
-        fastgeo.load_generator(gen),
-        torch.from_numpy(np.load(tmp / "Z.npy")),
-        mode="graph",
-        neighbors=2,
-        error_sample=3,
-        progress=False,
-        max_iter=5,
-    )
+    Z = torch.from_numpy(np.load(tmp / "Z.npy"))
+    kw = dict(mode="graph", neighbors=2, error_sample=3, progress=False, max_iter=5)
+    D = fastgeo.pairwise_distances(fastgeo.load_generator(gen), Z, **kw)
     assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy())
     assert "graph of" in err[-1] and "random pairs" in err[-1]
     solving_forbidden(monkeypatch)
-    expect_error(
-        capsys,
-        ["--neighbors", ">= 1"],
-        gen,
-        tmp / "Z.npy",
-        "-o",
-        tmp_path / "D.npy",
-        "--mode",
-        "graph",
-        "--neighbors",
-        "0",
-    )
-    expect_error(
-        capsys,
-        ["--error-sample", ">= 0"],
-        gen,
-        tmp / "Z.npy",
-        "-o",
-        tmp_path / "D.npy",
-        "--mode",
-        "graph",
-        "--error-sample",
-        "-2",
-    )
+    expect_error(capsys, ["--neighbors", ">= 1"], *graph, "--neighbors", "0")
+    expect_error(capsys, ["--error-sample", ">= 0"], *graph, "--error-sample", "-2")
+    expect_error(capsys, ["--workers", ">= 1"], *graph, "--workers", "0")

@@ -35,18 +35,11 @@ dist.destroy_process_group()
 """
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_two_gloo_processes_match_single_process(tmp_path):
-    """Two gloo processes sharing a checkpoint folder each return the single-process matrix and
-    report bit for bit, computing the 4 chunks between them; a single process then resumes with
-    nothing to solve."""
-    ckpt, out = tmp_path / "ckpt", str(tmp_path / "out")
-    script = textwrap.dedent(WORKER.format(
-        tests=str(TESTS), threads=torch.get_num_threads(), init=f"file://{tmp_path / 'rendezvous'}",
-        M=M, chunk=CHUNK, ckpt=str(ckpt), opts=OPTS, out=out))
+def run_two_ranks(script: str) -> None:
+    """``script`` as ranks 0 and 1 of a gloo group, in two processes; both must succeed."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for r in range(2)]
+                              stderr=subprocess.PIPE) for r in range(2)]  # fmt: skip
     try:
         for p in procs:
             _, err = p.communicate(timeout=240)
@@ -56,6 +49,18 @@ def test_two_gloo_processes_match_single_process(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_two_gloo_processes_match_single_process(tmp_path):
+    """Two gloo processes sharing a checkpoint folder each return the single-process matrix and
+    report bit for bit, computing the 4 chunks between them; a single process then resumes with
+    nothing to solve."""
+    ckpt, out = tmp_path / "ckpt", str(tmp_path / "out")
+    script = textwrap.dedent(WORKER.format(
+        tests=str(TESTS), threads=torch.get_num_threads(), init=f"file://{tmp_path / 'rendezvous'}",
+        M=M, chunk=CHUNK, ckpt=str(ckpt), opts=OPTS, out=out))
+    run_two_ranks(script)
     # in this process at the workers' thread count (last bits may differ across thread counts)
     D, report = fastgeo.pairwise_distances(bumpy_metric(), disc_points(M, 1.5), chunk_size=CHUNK, workers=1,
                                            progress=False, return_report=True, **OPTS)
@@ -97,18 +102,7 @@ def test_graph_mode_two_gloo_processes_match_single_process(tmp_path):
     script = textwrap.dedent(GRAPH_WORKER.format(
         tests=str(TESTS), threads=torch.get_num_threads(), init=f"file://{tmp_path / 'rendezvous'}",
         M=M + 2, chunk=CHUNK, opts=OPTS, out=out))  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for r in range(2)]  # fmt: skip
-    try:
-        for p in procs:
-            _, err = p.communicate(timeout=240)
-            assert p.returncode == 0, err.decode()[-3000:]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    run_two_ranks(script)
     D, report = fastgeo.pairwise_distances(
         bumpy_metric(), disc_points(M + 2, 1.5), mode="graph", neighbors=3, error_sample=6, chunk_size=CHUNK,
         workers=1, progress=False, return_report=True, **OPTS,
