@@ -3,6 +3,7 @@ arguments, land in the dense oracle's basin on every sample, not only on the one
 
     OMP_NUM_THREADS=1 python bench/bench_basins.py                       # seeds 0-4, both generators
     OMP_NUM_THREADS=1 python bench/bench_basins.py --seeds 5,6 --generators digits
+    OMP_NUM_THREADS=1 python bench/bench_basins.py --generators mlp12_small,conv5_small   # d = 12, 5
 
 For every generator of ``workloads.py`` and every seed, 48 pairs of its training codes
 (``workloads.pair_indices``: a third across classes) are solved twice: ``fastgeo.geodesics`` with
@@ -16,7 +17,9 @@ excess <= 0.5 % on every seed and mean <= 0.05 %.
 
 The dense oracle takes one to two minutes per seed and generator at one thread, so the default
 run takes 20-30 minutes. The table is printed and written to ``bench/results/basins.md``
-(``$FASTGEO_BENCH_OUT`` elsewhere), rewritten after every seed, so a partial run leaves its rows.
+(``$FASTGEO_BENCH_OUT`` elsewhere; ``basins_<generators>.md`` for the real-model generators of
+``workloads.REAL_GENERATORS``, whose dense oracle costs far more: minutes per pair at d >= 8),
+rewritten after every seed, so a partial run leaves its rows.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ import time
 from collections import Counter
 
 import torch
-from workloads import GENERATORS, PAIRS, environment_line, generator, results_dir, solver_pairs
+from workloads import (
+    GENERATORS,
+    PAIRS,
+    REAL_GENERATORS,
+    environment_line,
+    generator,
+    results_dir,
+    solver_pairs,
+)
 
 import fastgeo
 from fastgeo.benchmarks.accuracy import FINE_POINTS, MEASURE_POINTS, excess, length_gaps
@@ -115,13 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.generators.split(",")
     for name in names:
-        if name not in GENERATORS:
-            p.error(f"--generators: {name!r} is not one of {GENERATORS}")
+        if name not in GENERATORS and name not in REAL_GENERATORS:
+            p.error(f"--generators: {name!r} is not one of {GENERATORS + tuple(REAL_GENERATORS)}")
     torch.set_num_threads(args.threads)
     given = sys.argv[1:] if argv is None else argv
     omp = os.environ.get("OMP_NUM_THREADS")
     command = " ".join([*([f"OMP_NUM_THREADS={omp}"] if omp else []), "python bench/bench_basins.py", *given])
-    out = results_dir() / "basins.md"
+    tag = "" if set(names) <= set(GENERATORS) else "_" + "_".join(names)
+    out = results_dir() / f"basins{tag}.md"
     rows: list[dict] = []
     for name in names:
         for seed in seeds:

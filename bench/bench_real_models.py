@@ -36,6 +36,7 @@ from workloads import REAL_GENERATORS, environment_line, generator, pair_indices
 
 import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS
+from fastgeo.benchmarks.stochman_peer import stochman_geodesics
 from fastgeo.benchmarks.timing import environment
 
 PAIRS_REAL = int(os.environ.get("FASTGEO_BENCH_PAIRS", "32"))  # pairs per generator
@@ -80,25 +81,13 @@ def reference(problem):
 
 
 def _stochman_run(problem):
-    stochman = pytest.importorskip("stochman")
-    from stochman.manifold import EmbeddedManifold
-
-    metric = problem["metric"]
-
-    class Embedded(EmbeddedManifold):
-        """The generator as an embedded manifold: embed(c) = [mu(c), sigma(c)] gives our energy."""
-
-        def embed(self, c, jacobian=False):
-            return metric.features(c)
-
-    manifold = Embedded()
+    pytest.importorskip("stochman")
+    run_sm, label = stochman_geodesics(problem["metric"], MEASURE_POINTS)
 
     def run(z0, z1):
-        curve, _ = manifold.connecting_geodesic(z0.clone(), z1.clone())
-        with torch.no_grad():
-            return curve(torch.linspace(0, 1, MEASURE_POINTS)).detach(), None
+        return run_sm(z0, z1), None
 
-    return run, f"StochMan {stochman.__version__}"
+    return run, label
 
 
 def _fastgeo_run(problem):

@@ -13,41 +13,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..metric import ExpectedMetric
 from ..solver import geodesics
 from .accuracy import MEASURE_POINTS, excess
 from .generator import pairs, synthetic_generator
+from .stochman_peer import stochman_geodesics
 from .timing import sync, time_fn
 
 if TYPE_CHECKING:
     from .settings import Settings
 
 GRID = MEASURE_POINTS  # every curve is measured on the same grid, in float64
-
-
-def _stochman(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> tuple[Callable[[], Tensor], str] | None:
-    """A call running StochMan's default geodesic on all pairs at once -> (B, GRID, d) points."""
-    try:
-        import stochman
-        from stochman.manifold import EmbeddedManifold
-    except ImportError:
-        return None
-
-    class Generator(EmbeddedManifold):
-        """The generator as an embedded manifold: embed = [mu, sigma] has our energy (x2)."""
-
-        def embed(self, c: Tensor, jacobian: bool = False) -> Tensor:
-            return metric.features(c)
-
-    manifold = Generator()
-    t = torch.linspace(0, 1, GRID, dtype=z0.dtype, device=z0.device)
-
-    def run() -> Tensor:
-        curve, _ = manifold.connecting_geodesic(z0.clone(), z1.clone())
-        with torch.no_grad():
-            return curve(t).reshape(z0.shape[0], GRID, -1)
-
-    return run, f"StochMan {stochman.__version__}"
 
 
 def run_solver(
@@ -88,11 +63,12 @@ def run_solver(
         sync(device)
         runs.append((f"fastgeo {method}", method, call, time.perf_counter() - start))
     skipped = []
-    sm = _stochman(metric, z0, z1)
+    sm = stochman_geodesics(metric, GRID)
     if sm is None:
         skipped.append({"layer": "solver", "what": "StochMan", "reason": "stochman is not importable"})
     else:
-        runs.append((sm[1], "stochman", sm[0], None))
+        run_sm = sm[0]
+        runs.append((sm[1], "stochman", lambda: run_sm(z0, z1), None))
 
     rows = []
     for label, method, call, first in runs:
