@@ -1,5 +1,7 @@
 """Pairwise layer: :func:`fastgeo.pairwise_distances` on M latent codes (all M (M-1) / 2 pairs),
-time and time per geodesic against M."""
+time and time per geodesic against M, in the exact mode (every pair a geodesic) and in the graph
+mode (chains of geodesics between near codes, with their measured error on a sample of pairs
+solved exactly)."""
 
 from __future__ import annotations
 
@@ -22,31 +24,42 @@ def run_pairwise(
 ) -> tuple[list[dict], list[dict]]:
     """One row per M, and skipped entries (none)."""
     metric, clusters = synthetic_generator(dtype=settings.dtype, device=device)
-    Z_all = latent_codes(max(settings.pairwise_ms), clusters)
+    Z_all = latent_codes(max(settings.pairwise_ms + settings.pairwise_graph_ms), clusters)
     d = int(Z_all.shape[1])
     D = int(metric.precision.weights.shape[0])
     rows = []
-    for M in settings.pairwise_ms:
+    runs = [("exact", M) for M in settings.pairwise_ms] + [("graph", M) for M in settings.pairwise_graph_ms]
+    for mode, M in runs:
         Z = Z_all[:M]
         reports: list[PairwiseReport] = []
 
-        def call(Z: torch.Tensor = Z, reports: list[PairwiseReport] = reports) -> None:
+        def call(Z: torch.Tensor = Z, reports: list[PairwiseReport] = reports, mode: str = mode) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # unconverged pairs: counted below
-                _, report = pairwise_distances(metric, Z, progress=False, return_report=True)
+                warnings.simplefilter("ignore", UserWarning)  # the graph mode's error: reported below
+                _, report = pairwise_distances(
+                    metric, Z, mode=mode, error_sample=settings.pairwise_graph_sample,
+                    progress=False, return_report=True,
+                )  # fmt: skip
             reports.append(report)
 
         # the warm-up call also builds the solver's graph, cached on the metric
         t = time_fn(call, rounds=settings.pairwise_rounds, warmup=1, device=device)
         report = reports[-1]
+        err = report.graph_error
         row = {
-            "layer": "pairwise", "M": M, "geodesics": report.n_pairs,
+            "layer": "pairwise", "mode": mode, "M": M, "geodesics": report.n_pairs,
             "shape": f"M={M}, d={d}, D={D}", "shapes": {"M": M, "d": d, "D": D},
             "dtype": str(settings.dtype).replace("torch.", ""), "time_s": t,
             "time_per_geodesic_s": t["min"] / max(report.n_pairs, 1),
             "not_converged": report.n_failed, "chunk_size": report.chunk_size,
+            "graph_edges": report.graph_edges if mode == "graph" else None,
+            "graph_error_mean_pct": None if err is None else 100 * err.mean,
+            "graph_error_max_pct": None if err is None else 100 * err.max,
+            "graph_error_pairs": None if err is None else err.pairs,
         }  # fmt: skip
         rows.append(row)
-        log(f"  pairwise M={M:<5d} {report.n_pairs:6d} geodesics  {t['min']:.3f} s  "
-            f"{1e3 * row['time_per_geodesic_s']:.2f} ms/geodesic")  # fmt: skip
+        extra = "" if err is None else f"  graph error mean {100 * err.mean:.2f} % max {100 * err.max:.2f} %"
+        log(f"  pairwise {mode:5s} M={M:<5d} {report.n_pairs:6d} pairs  {t['min']:.3f} s  "
+            f"{1e3 * row['time_per_geodesic_s']:.2f} ms/pair{extra}")  # fmt: skip
     return rows, []

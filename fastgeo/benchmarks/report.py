@@ -98,21 +98,25 @@ def format_tables(results: dict[str, Any]) -> str:
         )
     pairwise = [r for r in rows if r["layer"] == "pairwise"]
     if pairwise:
-        lines += ["", "pairwise (pairwise_distances, all pairs of M codes, solver defaults)"]
+        lines += ["", "pairwise (pairwise_distances, all pairs of M codes, solver defaults; graph error: "
+                  "excess of the graph mode's chains over exact geodesics on a sample)"]
         lines += _table(
             [
+                "mode",
                 "M",
                 "shape",
                 "dtype",
                 "threads",
-                "geodesics",
+                "pairs",
                 "min s",
                 "median s",
-                "ms / geodesic",
+                "ms / pair",
                 "not converged",
+                "graph error mean / max %",
             ],
             [
                 [
+                    r.get("mode", "exact"),
                     str(r["M"]),
                     r["shape"],
                     r["dtype"],
@@ -122,6 +126,7 @@ def format_tables(results: dict[str, Any]) -> str:
                     _f(r["time_s"]["median"]),
                     _f(1e3 * r["time_per_geodesic_s"], ".3g"),
                     str(r["not_converged"]),
+                    _graph_error(r),
                 ]
                 for r in pairwise
             ],
@@ -129,6 +134,12 @@ def format_tables(results: dict[str, Any]) -> str:
     for s in results["skipped"]:
         lines.append(f"skipped ({s['layer']}): {s['what']}: {s['reason']}")
     return "\n".join(lines)
+
+
+def _graph_error(row: dict[str, Any]) -> str:
+    if row.get("graph_error_mean_pct") is None:
+        return "-"
+    return f"{row['graph_error_mean_pct']:.2f} / {row['graph_error_max_pct']:.2f}"
 
 
 def write_json(results: dict[str, Any], out_dir: str) -> str:
@@ -199,7 +210,10 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
     pairwise = [r for r in rows if r["layer"] == "pairwise"]
     if pairwise:
         fig, ax = plt.subplots(figsize=(5.5, 4.2))
-        ax.plot([r["M"] for r in pairwise], [r["time_s"]["min"] for r in pairwise], "o-")
+        for mode in dict.fromkeys(r.get("mode", "exact") for r in pairwise):
+            rs = [r for r in pairwise if r.get("mode", "exact") == mode]
+            ax.plot([r["M"] for r in rs], [r["time_s"]["min"] for r in rs], "o-", label=f"mode={mode}")
+        ax.legend(fontsize=8)
         ax.set(xscale="log", yscale="log", xlabel="M (codes; M (M-1)/2 geodesics)",
                ylabel="seconds (min)", title="pairwise_distances: all-pairs time")  # fmt: skip
         paths.append(save(fig, "pairwise"))

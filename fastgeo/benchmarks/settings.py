@@ -27,6 +27,8 @@ class Settings:
     solver_rounds: int = 3
     pairwise_ms: tuple[int, ...] = (16, 32, 64)
     pairwise_rounds: int = 2
+    pairwise_graph_ms: tuple[int, ...] = (64, 256)  # the graph mode (chains of geodesics)
+    pairwise_graph_sample: int = 100  # pairs solved exactly to measure the graph mode's error
     # Threads per layer (None: torch's current setting). The solver layers default to one, as in
     # bench/RESULTS.md: their many small batched ops gain little from more, and on a shared
     # machine OpenMP barriers stall them (100x seen on the 2-core VM under load).
@@ -39,8 +41,10 @@ def settings_for(quick: bool = False, tiny: bool = False) -> Settings:
     """Default (minutes), ``quick`` (about a minute on 2 cores) or ``tiny`` (a smoke test, s)."""
     if tiny:
         return Settings("tiny", ops_batches=(16, 32), ops_N=8, ops_D=16, ops_rounds=2, ops_min_total_s=0.0,
-                        solver_pairs=6, solver_rounds=1, pairwise_ms=(4, 6), pairwise_rounds=1)  # fmt: skip
+                        solver_pairs=6, solver_rounds=1, pairwise_ms=(4, 6), pairwise_rounds=1,
+                        pairwise_graph_ms=(12,), pairwise_graph_sample=8)  # fmt: skip
     if quick:
         return Settings("quick", ops_batches=(256, 1024), ops_D=64, ops_rounds=3, ops_min_total_s=0.25,
-                        solver_pairs=24, solver_rounds=2, pairwise_ms=(8, 16), pairwise_rounds=1)  # fmt: skip
+                        solver_pairs=24, solver_rounds=2, pairwise_ms=(8, 16), pairwise_rounds=1,
+                        pairwise_graph_ms=(48,), pairwise_graph_sample=40)  # fmt: skip
     return Settings("default")
