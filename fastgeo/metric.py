@@ -34,6 +34,32 @@ def feature_segments(features: Tensor) -> Tensor:
     return (features[..., 1:, :] - features[..., :-1, :]).pow(2).sum(-1)
 
 
+class FlatOutput:
+    """A callable decoder mean that returns images (P, C, H, W) (any trailing shape), as
+    (P, D) rows. ``nn.Module`` means get ``nn.Sequential(mean, nn.Flatten())`` instead, so that
+    their structure stays visible to the stacked forward mode (:mod:`fastgeo.decoders`)."""
+
+    def __init__(self, mean: Callable[[Tensor], Tensor]) -> None:
+        self.mean = mean
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.mean(z).flatten(1)
+
+
+def _flat_output(mean: Callable[[Tensor], Tensor], precision: RBFPrecision) -> Callable[[Tensor], Tensor]:
+    """``mean`` itself when it returns (P, D); flattened when it returns (P, ...) of D values per
+    point (a convolutional decoder's images)."""
+    with torch.no_grad():
+        probe = mean(precision.centers[:1])
+    if not isinstance(probe, Tensor) or probe.dim() <= 2 or probe.shape[0] != 1:
+        return mean  # (checked by the caller)
+    if probe[0].numel() != precision.data_dim:
+        return mean
+    if isinstance(mean, torch.nn.Module):
+        return torch.nn.Sequential(mean, torch.nn.Flatten(1))
+    return FlatOutput(mean)
+
+
 class ExpectedMetric:
     """``M(z) = J_mu^T J_mu + J_sigma^T J_sigma`` with ``sigma`` from an :class:`RBFPrecision`.
 
@@ -45,7 +71,9 @@ class ExpectedMetric:
     Args:
         mean: the decoder mean, any differentiable callable (P, d) -> (P, D), e.g. an
             ``nn.Module`` (convolutional decoders included); it is always called on a batch of
-            codes (:meth:`decode` takes any (..., d)). Its parameters are not optimized here.
+            codes (:meth:`decode` takes any (..., d)). A mean returning images (P, C, H, W) of
+            D values each is flattened (``self.mean`` is then the flattened one). Its parameters
+            are not optimized here.
         precision: the RBF precision network of the decoder's variance (D outputs).
 
     Example::
@@ -59,22 +87,23 @@ class ExpectedMetric:
             raise TypeError(f"mean must be a callable (..., d) -> (..., D), got {type(mean).__name__}")
         if not isinstance(precision, RBFPrecision):
             raise TypeError(f"precision must be a fastgeo.RBFPrecision, got {type(precision).__name__}")
-        self.mean = mean
         self.precision = precision
+        self.mean = _flat_output(mean, precision)
         # Probe with one point and with a batch of three: a mean whose output width depends on
         # the batch would pass a single-point probe.
         one = precision.centers[:1]
         three = torch.cat([one, one + 0.5, one - 0.5])
         for z in (one, three):
             with torch.no_grad():
-                probe = mean(z)
+                probe = self.mean(z)
             if not isinstance(probe, Tensor) or probe.dim() < 1:
                 raise TypeError("mean must return a tensor of shape (..., D)")
             if probe.shape != (z.shape[0], precision.data_dim):
                 raise ValueError(
                     f"mean maps (P, d={precision.latent_dim}) = {tuple(z.shape)} to shape "
                     f"{tuple(probe.shape)}, but the precision's weights have D = {precision.data_dim} rows: "
-                    f"expected ({z.shape[0]}, {precision.data_dim})"
+                    f"expected ({z.shape[0]}, {precision.data_dim}) (or images (P, ...) of "
+                    f"{precision.data_dim} values each)"
                 )
             if probe.dtype != precision.weights.dtype or probe.device != precision.weights.device:
                 raise TypeError(

@@ -85,8 +85,9 @@ def fit_rbf_parameters(
 
     Args:
         latents: (M, d) latent codes of the training data (the encoder's means).
-        data: (M, D) the training data.
-        mean: the decoder mean (..., d) -> (..., D); held fixed (evaluated once, without grad).
+        data: (M, D) the training data (images (M, C, H, W) are flattened to rows).
+        mean: the decoder mean (M, d) -> (M, D) (or images, as ``data``); held fixed (evaluated
+            once, without grad).
         num_centers: K, the number of RBF centers (k-means clusters); at most M.
         bandwidth_scale: ``a`` in ``gamma_k = 0.5 / (a * spread_k)^2``, ``spread_k`` the mean
             distance of cluster k's points to its center. Larger ``a``: wider, smoother bumps
@@ -103,7 +104,8 @@ def fit_rbf_parameters(
         the device of ``latents``.
     """
     _checks.tensor("latents", latents, ndim=2)
-    _checks.tensor("data", data, ndim=2)
+    _checks.tensor("data", data, min_ndim=2)
+    data = data.flatten(1)  # images: one row of D values per training point
     _checks.same_dtype_device([("latents", latents), ("data", data)])
     if latents.shape[0] != data.shape[0]:
         raise ValueError(
@@ -134,7 +136,15 @@ def fit_rbf_parameters(
     gammas = 0.5 / (bandwidth_scale * spread).pow(2)
 
     with torch.no_grad():
-        resid2 = (data - mean(latents)).pow(2)  # (M, D): the decoder mean is held fixed
+        decoded = mean(latents)  # the decoder mean is held fixed
+        ok = isinstance(decoded, Tensor) and decoded.dim() >= 1 and decoded.shape[0] == data.shape[0]
+        if not ok or decoded[0].numel() != data.shape[1]:
+            got = tuple(decoded.shape) if isinstance(decoded, Tensor) else type(decoded).__name__
+            raise ValueError(
+                f"mean must map the (M, d) latents to (M, D) = {tuple(data.shape)} (or to images of D "
+                f"values each, as data), got {got}"
+            )
+        resid2 = (data - decoded.flatten(1)).pow(2)  # (M, D)
         phi = rbf_features(latents, centers, gammas)  # (M, K)
     _checks.finite("the decoder's residuals", resid2)
     # Start where every data point gets roughly the precision 1 / (mean squared residual).

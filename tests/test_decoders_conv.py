@@ -623,3 +623,35 @@ def test_output_not_p_by_f_is_a_value_error(form):
 def test_tangents_shape_is_checked():
     with pytest.raises(ValueError, match="tangents"):
         value_and_tangents(mnist_sequential(3), randn(4, 3), randn(2, 4, 2))
+
+
+@pytest.mark.parametrize("as_module", [True, False])
+def test_image_output_decoder_is_flattened(as_module):
+    """A decoder returning images (P, 1, 28, 28) (the usual conv decoder, no Flatten at its end):
+    RBFPrecision.fit takes images as data and ExpectedMetric flattens the mean, so that lengths,
+    geodesics and the stacked forward mode (modules) equal those of the same decoder with an
+    explicit Flatten; a mean whose images do not hold D values is refused."""
+    torch.manual_seed(0)
+    flat = mnist_sequential(5).double()
+    images = nn.Sequential(*list(flat)[:-1])  # the same layers without the final Flatten
+    mean = images if as_module else (lambda z: images(z))
+    z = randn(60, 5)
+    with torch.no_grad():
+        x = images(z) + 0.05 * randn(60, 1, 28, 28)
+    prec = fastgeo.RBFPrecision.fit(z, x, mean, num_centers=6, steps=20, progress=False)
+    ref_prec = fastgeo.RBFPrecision.fit(z, x.flatten(1), flat, num_centers=6, steps=20, progress=False)
+    assert torch.equal(prec.weights, ref_prec.weights)
+    metric, ref = fastgeo.ExpectedMetric(mean, prec), fastgeo.ExpectedMetric(flat, ref_prec)
+    assert metric.mean(z[:3]).shape == (3, 784)
+    if as_module:
+        assert stacked_chain(metric.mean, z[:4]) is not None  # the structure stays visible
+    curves = randn(2, 7, 5)
+    assert_close_rel(metric.length(curves), ref.length(curves), 1e-12)
+    with torch.no_grad():
+        a = fastgeo.geodesics(metric, z[:2], z[2:4], max_iter=5, check_resolution=False)
+        b = fastgeo.geodesics(ref, z[:2], z[2:4], max_iter=5, check_resolution=False)
+    assert_close_rel(a.lengths, b.lengths, 1e-9)
+    with pytest.raises(ValueError, match="images"):
+        fastgeo.ExpectedMetric(lambda q: images(q)[..., :27], prec)  # 756 values, not 784
+    with pytest.raises(ValueError, match="mean must map"):
+        fastgeo.RBFPrecision.fit(z, x, lambda q: images(q)[..., :27], num_centers=6, steps=1, progress=False)
