@@ -70,14 +70,17 @@ def test_lagged_gauss_newton_reaches_the_exact_modes_curves_with_fewer_jacobians
     assert lagged.decoder_jvps < 0.8 * exact.decoder_jvps
 
 
-def test_lagged_mode_is_batch_independent(mlp12):
+def test_lagged_mode_is_batch_independent(mlp12, one_thread):
+    """Every pair of the batch solved alone gives the same length, bit for bit, and the same
+    status (at one thread: with two, OpenMP splits some reductions by the batch's size, and the
+    last bits of a length can differ, within float32 rounding)."""
     metric, z0, z1 = mlp12
     with torch.no_grad():
         batch = fastgeo.geodesics(metric, z0, z1, linearize="lagged")
-        for k in (0, 5):
+        for k in range(z0.shape[0]):
             alone = fastgeo.geodesics(metric, z0[k : k + 1], z1[k : k + 1], linearize="lagged")
-            assert alone.lengths[0] == batch.lengths[k]
-            assert alone.status[0] == batch.status[k]
+            assert alone.lengths[0] == batch.lengths[k], k
+            assert alone.status[0] == batch.status[k], k
 
 
 def test_gradient_model_equals_the_linearization(mlp12):

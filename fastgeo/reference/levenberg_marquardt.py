@@ -31,15 +31,22 @@ def lm_propose(
     diag = torch.diagonal(hess, dim1=-2, dim2=-1)
     # Marquardt scaling, with a floor so directions the metric ignores stay solvable.
     scale = diag + 1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-30)
-    h = hess + curv
-    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
-    chol, info = torch.linalg.cholesky_ex(h + (lam[:, None] * scale)[:, :, None] * eye)
+    damping = lam[:, None] * scale
+    # Large systems (this path serves p > 64) are bound by passes over the (b, p, p) matrices,
+    # not by the factorization: one matrix is formed, damped in place on its diagonal, and
+    # reused for the model's prediction.
+    system = hess + curv
+    system.diagonal(dim1=-2, dim2=-1).add_(damping)
+    chol, info = torch.linalg.cholesky_ex(system)
     solved = info == 0
-    chol = torch.where(solved[:, None, None], chol, eye)
+    if not bool(solved.all()):
+        chol[~solved] = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
     step = torch.cholesky_solve(-grad[..., None], chol)[..., 0]
     solved = solved & torch.isfinite(step).all(-1)
     step = torch.where(solved[:, None], step, 0.0)
-    predicted = -segments * ((grad + 0.5 * (h * step[:, None, :]).sum(-1)) * step).sum(-1)
+    # (H + S) step, as a per-curve product: a curve's result must not depend on its batch.
+    h_step = (system * step[:, None, :]).sum(-1) - damping * step
+    predicted = -segments * ((grad + 0.5 * h_step) * step).sum(-1)
     return step, predicted, solved
 
 
@@ -79,12 +86,12 @@ def lm_update(
     gain = e - e_new
     rel = gain / e
     rel_len = (l_new - length).abs() / length
-    updated = secant_update(curv, step, g_new - grad, g_new - g_old_jac)
-    curv = torch.where(accept[:, None, None], updated, curv)
+    curv = secant_update(curv, step, g_new - grad, g_new - g_old_jac, accept)
     grad = torch.where(accept[:, None], g_new, grad)
-    hess = torch.where(accept[:, None, None], h_new, hess)
+    hess = h_new if bool(accept.all()) else torch.where(accept[:, None, None], h_new, hess)
     e, length = torch.where(accept, e_new, e), torch.where(accept, l_new, length)
-    ok = torch.isfinite(grad).all(-1) & torch.isfinite(hess).flatten(1).all(-1)
+    # One pass over each matrix: a non-finite entry makes its curve's sum non-finite.
+    ok = torch.isfinite(grad).all(-1) & torch.isfinite(hess.sum((-2, -1)))
     # Nielsen's damping update: shrink lambda by how well the model predicted the gain.
     rho = gain / predicted.clamp(min=torch.finfo(e.dtype).tiny)
     shrink = (1 - (2 * rho.clamp(max=1) - 1) ** 3).clamp(min=1 / 3)
@@ -97,18 +104,33 @@ def lm_update(
     return accept, status, ok, e, length, grad, hess, curv, lam, nu
 
 
-def secant_update(curv: Tensor, step: Tensor, y: Tensor, y_sharp: Tensor) -> Tensor:
+def secant_update(
+    curv: Tensor, step: Tensor, y: Tensor, y_sharp: Tensor, rows: Tensor | None = None
+) -> Tensor:
     """Dennis-Gay-Welsch update of the residual-curvature model S (b, p, p) so that
     ``S step = y_sharp`` (``y_sharp = (J_new - J_old)^T r_new``, ``y`` the gradient change), with
-    Oren-Luenberger sizing; skipped where ``y . step <= 0``."""
+    Oren-Luenberger sizing, for the curves where ``rows`` (b,) bool (default: all); skipped where
+    ``y . step <= 0`` (S only sized there). S of the other curves is returned unchanged.
+
+    Written as ``size * S + a y^T + y b^T`` on one new matrix; the vectors of the curves left
+    alone are zero, so their S is copied exactly."""
+    if rows is None:
+        rows = torch.ones(step.shape[0], dtype=torch.bool, device=step.device)
     ys = (y * step).sum(-1)
-    ok = ys > 1e-12 * y.norm(dim=-1) * step.norm(dim=-1)
-    s_curv_s = (step * (curv * step[:, None, :]).sum(-1)).sum(-1)
+    ok = rows & (ys > 1e-12 * y.norm(dim=-1) * step.norm(dim=-1))
+    curv_step = (curv * step[:, None, :]).sum(-1)
+    s_curv_s = (step * curv_step).sum(-1)
     size = ((step * y_sharp).sum(-1).abs() / s_curv_s.abs().clamp(min=1e-300)).clamp(max=1)
-    curv = torch.where((s_curv_s != 0)[:, None, None], size[:, None, None] * curv, curv)
-    resid = y_sharp - (curv * step[:, None, :]).sum(-1)
-    denom = torch.where(ok, ys, torch.ones_like(ys))
-    upd = (resid[:, :, None] * y[:, None, :] + y[:, :, None] * resid[:, None, :]) / denom[:, None, None] - (
-        (resid * step).sum(-1) / denom**2
-    )[:, None, None] * (y[:, :, None] * y[:, None, :])
-    return torch.where(ok[:, None, None], curv + upd, curv)
+    size = torch.where(rows & (s_curv_s != 0), size, 1.0)
+    resid = y_sharp - size[:, None] * curv_step  # y_sharp - (size S) step
+    denom = torch.where(ok, ys, 1.0)
+    # (r y^T + y r^T) / ys - (r . s) / ys^2  y y^T  =  a y^T + y b^T
+    a = torch.where(ok[:, None], resid / denom[:, None], 0.0)
+    y_ok = torch.where(ok[:, None], y, 0.0)
+    b = a - torch.where(ok, (resid * step).sum(-1) / denom**2, 0.0)[:, None] * y_ok
+    # Separate products and sums, no addcmul: its vectorized (fused) and scalar loops round
+    # differently, and where a thread's share of the batch ends depends on the batch size.
+    out = curv * size[:, None, None]
+    out += a[:, :, None] * y_ok[:, None, :]
+    out += y_ok[:, :, None] * b[:, None, :]
+    return out

@@ -172,8 +172,9 @@ def _lagged_model(
     e_new = energy_from_segments(s_new)
     rho = (state.e - e_new) / predicted.clamp(min=torch.finfo(e_new.dtype).tiny)
     refresh = (e_new < state.e) & (rho < REFRESH_BELOW)
-    h_new = state.hess.clone()
+    h_new = state.hess  # kept (not copied: nothing writes into it) unless some curve refreshes
     rows = refresh.nonzero().squeeze(1)
     if rows.numel():
+        h_new = h_new.clone()
         _, g_new[rows], h_new[rows] = linear_model(trial[rows], active[rows])
     return s_new, g_new, h_new, torch.where(refresh, 0, age + 1)
