@@ -72,3 +72,19 @@ OWN = [
 def test_pairwise_own_options(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fastgeo.pairwise_distances(bumpy_metric(), disc_points(4, 1.0), **kwargs)
+
+
+def test_geodesics_progress_bar(capsys):
+    """``progress`` is a bool (or None: a bar when the curves take more than one batch); the bar
+    (tqdm, on stderr) counts curves batch by batch and changes no result."""
+    pytest.importorskip("tqdm")
+    z = disc_points(5, 1.0)
+    with pytest.raises(TypeError, match="progress"):
+        fastgeo.geodesics(bumpy_metric(), z, z.flip(0), progress=1)
+    quiet = fastgeo.geodesics(bumpy_metric(), z, z.flip(0), batch_size=2, progress=False)
+    assert "geodesics" not in capsys.readouterr().err
+    shown = fastgeo.geodesics(bumpy_metric(), z, z.flip(0), batch_size=2)  # 3 batches: a bar
+    assert "5/5" in capsys.readouterr().err
+    assert torch.equal(quiet.lengths, shown.lengths)
+    fastgeo.geodesics(bumpy_metric(), z, z.flip(0))  # one batch: no bar
+    assert "geodesics" not in capsys.readouterr().err

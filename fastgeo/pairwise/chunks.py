@@ -25,7 +25,7 @@ def solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str,
     """Geodesics ``a[k] -> b[k]``: their lengths (never NaN: a non-finite result falls back to the
     straight line, flagged ``nonfinite``), status codes and iterations on the CPU, and the decoder
     work."""
-    res = geodesics(metric, a, b, **options)
+    res = geodesics(metric, a, b, progress=False, **options)
     lengths, status = res.lengths, res.status_code
     bad = ~torch.isfinite(lengths)
     if bool(bad.any()):  # never hand a NaN out: fall back to the straight line, flagged

@@ -44,7 +44,7 @@ ERROR_SAMPLE = 200  # graph mode: random pairs solved exactly to measure its err
 GRAPH_WARN = 0.05  # graph mode: warn when the sample finds the chains this much too long on average
 DEFAULT_CPU_BUDGET = 256 << 20  # bytes of solver working memory per chunk on the CPU
 _CODES = 8  # status codes (fastgeo.solver.result.STATUSES) fit in 3 bits of the per-pair record
-_NOT_OPTIONS = ("metric", "z0", "z1", "init")  # geodesics() arguments that are not options here
+_NOT_OPTIONS = ("metric", "z0", "z1", "init", "progress")  # geodesics() arguments, not options here
 _SOLVER_OPTIONS = tuple(k for k in inspect.signature(geodesics).parameters if k not in _NOT_OPTIONS)
 
 

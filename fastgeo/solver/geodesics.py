@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
+from .._progress import progress_bar
 from ..curves import Curves
 from ..metric import ExpectedMetric
 from .dense import dense_multistart
@@ -63,6 +64,7 @@ def geodesics(
     check_resolution: bool = True,
     corridors: int | None = None,
     linearize: str = "auto",
+    progress: bool | None = None,
 ) -> GeodesicResult:
     """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
 
@@ -111,6 +113,8 @@ def geodesics(
             reverse mode and the Gauss-Newton matrix is recomputed only where it predicted the
             last step badly, and before convergence is declared; ``"auto"`` (default): lagged
             for d >= 8 (``default`` only).
+        progress: a progress bar over the curves (tqdm, if installed), updated batch by batch;
+            default (None): shown when the curves take more than one batch.
 
     Returns:
         :class:`GeodesicResult`, a status per curve. Every length is the curve's own length,
@@ -139,9 +143,10 @@ def geodesics(
     lgraph = None
     if opts.method == "default" and z0.shape[0] > 0 and graph is not False and opts.corridors > 0:
         lgraph = graph if isinstance(graph, LatentGraph) else _graph_of(metric, latents, work)
+    show = _checks.boolean("progress", progress) if progress is not None else z0.shape[0] > opts.batch_size
     with torch.no_grad():
         coeffs, energies, status, iterations, start = _solve_in_batches(
-            metric, z0, z1, opts, init, lgraph, work
+            metric, z0, z1, opts, init, lgraph, work, show
         )
         res = GeodesicResult(
             Curves(z0, z1, coeffs, opts.basis), energies, energies, status, iterations, start, energies,
@@ -229,16 +234,25 @@ def _solve_in_batches(
     init: Tensor | None,
     graph: LatentGraph | None,
     work: Work,
+    show: bool = False,
 ) -> tuple[Tensor, ...]:
-    """coeffs (B, m, d), energies, status codes, iterations and start codes (B,), batch by batch."""
+    """coeffs (B, m, d), energies, status codes, iterations and start codes (B,), batch by batch
+    (with a progress bar if ``show``)."""
     B, d = z0.shape
     if B == 0:
         empty = torch.zeros(0, dtype=torch.long, device=z0.device)
         return z0.new_zeros(0, opts.m, d), z0.new_zeros(0), empty.to(torch.int8), empty, empty
     parts = []
-    for lo in range(0, B, opts.batch_size):
-        sl = slice(lo, lo + opts.batch_size)
-        parts.append(
-            solve_batch(metric, z0[sl], z1[sl], opts, None if init is None else init[sl], graph, work)
-        )
+    bar = progress_bar(B, show, "geodesics", unit="curve")
+    try:
+        for lo in range(0, B, opts.batch_size):
+            sl = slice(lo, lo + opts.batch_size)
+            parts.append(
+                solve_batch(metric, z0[sl], z1[sl], opts, None if init is None else init[sl], graph, work)
+            )
+            if bar is not None:
+                bar.update(parts[-1][0].shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
     return tuple(torch.cat(x) for x in zip(*parts, strict=True))
