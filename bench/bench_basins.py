@@ -16,7 +16,9 @@ length measured on 4096 points in float64 (the reported lengths are the curves' 
 excess <= 0.5 % on every seed and mean <= 0.05 %.
 
 The dense oracle takes one to two minutes per seed and generator at one thread, so the default
-run takes 20-30 minutes. The table is printed and written to ``bench/results/basins.md``
+run takes 20-30 minutes; its lengths are kept in ``basins_oracle/`` beside the table and reused
+(keyed by the generator file and the pairs), so a rerun after a solver change costs the solver
+alone. The table is printed and written to ``bench/results/basins.md``
 (``$FASTGEO_BENCH_OUT`` elsewhere; ``basins_<generators>.md`` for the real-model generators of
 ``workloads.REAL_GENERATORS``, whose dense oracle costs far more: minutes per pair at d >= 8),
 rewritten after every seed, so a partial run leaves its rows.
@@ -25,6 +27,7 @@ rewritten after every seed, so a partial run leaves its rows.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -37,12 +40,19 @@ from workloads import (
     REAL_GENERATORS,
     environment_line,
     generator,
+    generator_path,
     results_dir,
     solver_pairs,
 )
 
 import fastgeo
-from fastgeo.benchmarks.accuracy import FINE_POINTS, MEASURE_POINTS, excess, length_gaps
+from fastgeo.benchmarks.accuracy import (
+    FINE_POINTS,
+    MEASURE_POINTS,
+    length_gaps,
+    measured_lengths,
+    oracle_lengths,
+)
 from fastgeo.solver.result import STATUSES
 
 WORST_GOAL, MEAN_GOAL = 0.5, 0.05  # % (issue 15)
@@ -56,10 +66,8 @@ def run_one(name: str, seed: int, n: int) -> dict:
         t = time.perf_counter()
         res = fastgeo.geodesics(metric, z0, z1)
         default_s = time.perf_counter() - t
-        t = time.perf_counter()
-        dense = fastgeo.geodesics(m64, z0.double(), z1.double(), method="dense")
-        dense_s = time.perf_counter() - t
-        ex = 100 * excess(m64, res.points(MEASURE_POINTS), dense)
+        dense_lengths, dense_status, dense_s = _oracle(name, seed, n, m64, z0, z1)
+        ex = 100 * (measured_lengths(m64, res.points(MEASURE_POINTS)) / dense_lengths - 1)
         gap = 100 * length_gaps(m64, res)
     worst = int(ex.argmax())
     return {
@@ -72,12 +80,30 @@ def run_one(name: str, seed: int, n: int) -> dict:
         "worst_status": str(res.status[worst]),
         "above_worst_goal": int((ex > WORST_GOAL).sum()),
         "status": Counter(res.status.tolist()),
-        "dense_status": Counter(dense.status.tolist()),
+        "dense_status": Counter(dense_status),
         "gap": float(gap.abs().max()),
         "default_s": default_s,
         "dense_s": dense_s,
         "excess": ex.tolist(),
     }
+
+
+def _oracle(name: str, seed: int, n: int, m64, z0, z1) -> tuple[torch.Tensor, list[str], float]:
+    """The dense oracle's lengths (measured like every curve), statuses and time for a sample,
+    kept in ``results/basins_oracle/`` (the oracle does not change with the solver under test; a
+    changed generator file or sample gives another key)."""
+    key = hashlib.sha256(generator_path(name).read_bytes() + z0.numpy().tobytes() + z1.numpy().tobytes())
+    path = results_dir() / "basins_oracle" / f"{name}_{seed}_{n}_{key.hexdigest()[:16]}.pt"
+    if path.exists():
+        kept = torch.load(path)
+        return kept["lengths"], kept["status"], kept["seconds"]
+    t = time.perf_counter()
+    dense = fastgeo.geodesics(m64, z0.double(), z1.double(), method="dense")
+    seconds = time.perf_counter() - t
+    lengths = oracle_lengths(m64, dense)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"lengths": lengths, "status": dense.status.tolist(), "seconds": seconds}, path)
+    return lengths, dense.status.tolist(), seconds
 
 
 def _statuses(counts: Counter) -> str:

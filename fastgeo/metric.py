@@ -17,6 +17,7 @@ from .rbf import RBFPrecision
 DECODE_BYTES = 1 << 28
 GUESSED_WIDTH = 16
 MIN_DECODE_ROWS = 64
+ROW_ALIGN = 16  # rows per block of the decoder's matrix products that a curve's points fill (decode)
 
 
 def energy_from_segments(segments: Tensor) -> Tensor:
@@ -183,7 +184,16 @@ class ExpectedMetric:
 
     def decode(self, z: Tensor) -> Tensor:
         """The decoder mean at any (..., d) points: (..., D). The mean is called on (P, d), so
-        decoders that take only a batch of codes (e.g. convolutional ones) work too."""
+        decoders that take only a batch of codes (e.g. convolutional ones) work too.
+
+        Curves (..., N, d) are decoded with each curve's points padded to a multiple of ROW_ALIGN
+        rows (its last point repeated): BLAS kernels round a row differently in a partial block
+        of rows, and without the padding where a curve's rows fall would depend on how many
+        curves share the call (a curve's length would depend on its batch)."""
+        n = z.shape[-2] if z.dim() >= 3 else 0
+        pad = -n % ROW_ALIGN
+        if pad:
+            z = torch.cat([z, z[..., -1:, :].expand(*z.shape[:-2], pad, z.shape[-1])], dim=-2)
         lead = z.shape[:-1]
         flat = z.reshape(-1, self.latent_dim)
         rows = self._rows_per_call(flat)
@@ -191,7 +201,8 @@ class ExpectedMetric:
             out = self.mean(flat)
         else:  # in chunks: bounded memory whatever the number of points
             out = torch.cat([self.mean(chunk) for chunk in flat.split(rows)])
-        return out.reshape(*lead, self.data_dim)
+        out = out.reshape(*lead, self.data_dim)
+        return out[..., :n, :] if pad else out
 
     def _rows_per_call(self, flat: Tensor) -> int:
         """Points per call of the mean within DECODE_BYTES (at least MIN_DECODE_ROWS)."""
@@ -200,7 +211,7 @@ class ExpectedMetric:
             return P  # small: no need to know the width
         width = activation_width(self.mean, flat[:4].detach())
         width = GUESSED_WIDTH * self.data_dim if width is None else max(width, self.data_dim)
-        return max(MIN_DECODE_ROWS, DECODE_BYTES // (width * size))
+        return max(MIN_DECODE_ROWS, DECODE_BYTES // (width * size) // ROW_ALIGN * ROW_ALIGN)
 
     def features(self, z: Tensor) -> Tensor:
         """The embedding ``[mu(z), sigma(z)]`` whose pull-back is M: (..., d) -> (..., 2D)."""

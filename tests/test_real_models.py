@@ -120,3 +120,17 @@ def test_latent_dimension_64_shapes_and_finite_results():
     pts = res.points(16).detach().requires_grad_(True)
     metric.length(pts).sum().backward()
     assert pts.grad is not None and torch.isfinite(pts.grad).all() and pts.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("n", [47, 127, 129])
+def test_curve_segments_do_not_depend_on_the_batch(mlp12, n, one_thread):
+    """A curve measured on an odd number of points (the solver's midpoint and doubling grids)
+    has the same segments, bit for bit, alone and among others: ExpectedMetric.decode pads each
+    curve's points to whole blocks of rows (BLAS rounds rows of a partial block differently)."""
+    metric, z0, _ = mlp12
+    g = torch.Generator().manual_seed(n)
+    pts = z0[:, None, :] + 0.3 * torch.randn(z0.shape[0], n, z0.shape[1], generator=g)
+    with torch.no_grad():
+        together = metric.segment_sqdist(pts)
+        for k in range(pts.shape[0]):
+            assert torch.equal(metric.segment_sqdist(pts[k : k + 1])[0], together[k]), k

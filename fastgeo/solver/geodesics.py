@@ -112,7 +112,8 @@ def geodesics(
             point) at every trial point; ``"lagged"``: trial points get the exact gradient by
             reverse mode and the Gauss-Newton matrix is recomputed only where it predicted the
             last step badly, and before convergence is declared; ``"auto"`` (default): lagged
-            for d >= 8 (``default`` only).
+            for d >= 8 (``default`` only). A lagged call takes plain Gauss-Newton steps in every
+            phase; the others add a secant model of the curvature Gauss-Newton leaves out.
         progress: a progress bar over the curves (tqdm, if installed), updated batch by batch;
             default (None): shown when the curves take more than one batch.
 

@@ -34,6 +34,7 @@ def levenberg_marquardt(
     max_iter: int,
     tol: float,
     gradient: PointGradient | None = None,
+    secant: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Minimize ``E(a) = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2`` for every curve of a batch.
 
@@ -117,8 +118,9 @@ def levenberg_marquardt(
                 gradient_model, linear_model, trial, active, state, predicted, age
             )
         iterations[active] += 1
-        # secant: y# = y - H s (as a per-curve product: a curve's result must not depend on its batch)
-        g_old_jac = state.grad + (state.hess * step[:, None, :]).sum(-1)
+        # secant: y# = y - H s (as a per-curve product: a curve's result must not depend on its batch);
+        # without it, y# = 0 keeps the model S exactly zero (plain Gauss-Newton).
+        g_old_jac = state.grad + (state.hess * step[:, None, :]).sum(-1) if secant else g_new
         proposal = LMTrial(
             energy_from_segments(s_new),
             length_from_segments(s_new),

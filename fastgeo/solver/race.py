@@ -64,6 +64,7 @@ def solve_batch(
         graph,
         opts.corridors,
         work,
+        opts.secant,
     )
     features = full_parts(metric, work)
     gradient = full_gradient(metric, work) if opts.lagged else None
@@ -109,7 +110,7 @@ def solve_batch(
     rows_b = torch.cat([cols, close])  # winners first, then the runner-ups of close races
     rows_r = torch.cat([pick, second[close]])
     f_coeffs, f_energy, f_status, f_it = levenberg_marquardt(
-        features, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol, gradient
+        features, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol, gradient, opts.secant
     )
     f_energy = _finite_or_inf(f_energy)
     iterations.index_add_(0, rows_b, f_it)
@@ -219,7 +220,7 @@ def _staged(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``stage`` iterations, then the racers within PRUNE of their curve's best go on."""
     coeffs, energy, status, it = levenberg_marquardt(
-        features, a, b, starts, grid, min(stage, opts.max_iter), tol
+        features, a, b, starts, grid, min(stage, opts.max_iter), tol, secant=opts.secant
     )
     energy = _finite_or_inf(energy)
     best = torch.full((int(curve_idx.max()) + 1,), torch.inf, dtype=energy.dtype, device=energy.device)
@@ -231,7 +232,7 @@ def _staged(
     )
     if go_on.numel() and opts.max_iter > stage:
         c2, e2, v2, i2 = levenberg_marquardt(
-            features, a[go_on], b[go_on], coeffs[go_on], grid, opts.max_iter - stage, tol
+            features, a[go_on], b[go_on], coeffs[go_on], grid, opts.max_iter - stage, tol, secant=opts.secant
         )
         coeffs[go_on], energy[go_on], status[go_on] = c2, _finite_or_inf(e2), v2
         it[go_on] += i2

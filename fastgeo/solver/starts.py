@@ -27,6 +27,7 @@ def warm_start(
     max_iter: int,
     tol: float,
     work: Work,
+    secant: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The paper's warm start: the curve optimized against the RBF precision alone.
     Returns coefficients (B, m, d) and the iterations spent (B,).
@@ -70,7 +71,7 @@ def warm_start(
     if method == "paper":
         coeffs, _, _, it = adam(segments, start, segments(start, everyone), max_iter, tol, z0, z1)
     else:
-        coeffs, _, _, it = levenberg_marquardt(parts, z0, z1, start, grid, max_iter, tol)
+        coeffs, _, _, it = levenberg_marquardt(parts, z0, z1, start, grid, max_iter, tol, secant=secant)
     return coeffs, it
 
 
@@ -88,6 +89,7 @@ def starts(
     graph: LatentGraph | None,
     corridors: int,
     work: Work,
+    secant: bool = True,
 ) -> tuple[list[tuple[int, Tensor]], Tensor]:
     """Every start of every curve: [(start code of :data:`INIT_NAMES`, coefficients (B, m, d))],
     and the iterations spent making them (B,). The warm start runs on the ``coarse`` grid; graph
@@ -98,7 +100,7 @@ def starts(
     if init is not None:
         found.append((GIVEN, init))
     if warm_iter and B > 0:
-        warm, warm_it = warm_start(metric, z0, z1, coarse, method, warm_iter, tol, work)
+        warm, warm_it = warm_start(metric, z0, z1, coarse, method, warm_iter, tol, work, secant)
         iterations += warm_it
         found.append((WARM, warm))
     if graph is not None and B > 0 and corridors > 0:
