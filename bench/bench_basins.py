@@ -64,7 +64,7 @@ def run_one(name: str, seed: int, n: int) -> dict:
     z0, z1 = solver_pairs(name, n, seed)
     with torch.no_grad():
         t = time.perf_counter()
-        res = fastgeo.geodesics(metric, z0, z1)
+        res = fastgeo.geodesics(metric, z0, z1, progress=False)
         default_s = time.perf_counter() - t
         dense_lengths, dense_status, dense_s = _oracle(name, seed, n, m64, z0, z1)
         ex = 100 * (measured_lengths(m64, res.points(MEASURE_POINTS)) / dense_lengths - 1)

@@ -95,7 +95,7 @@ def _fastgeo_run(problem):
 
     def run(z0, z1):
         with torch.no_grad():
-            res = fastgeo.geodesics(metric, z0, z1)
+            res = fastgeo.geodesics(metric, z0, z1, progress=False)
             return res.points(MEASURE_POINTS), res
 
     return run, "fastgeo default"

@@ -20,12 +20,13 @@ def progress_iter(it: Iterable[T], enabled: bool, desc: str) -> Iterator[T]:
     return iter(it)
 
 
-def progress_bar(total: int, enabled: bool, desc: str, unit: str = "it") -> Any:
-    """A tqdm bar of ``total`` units (``.update(n)``, ``.close()``), or None without tqdm."""
+def progress_bar(total: int, enabled: bool, desc: str, unit: str = "it", leave: bool = True) -> Any:
+    """A tqdm bar of ``total`` units (``.update(n)``, ``.close()``), or None without tqdm;
+    ``leave=False``: erased when closed."""
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=leave)

@@ -84,7 +84,7 @@ def test_geodesics_progress_bar(capsys):
     quiet = fastgeo.geodesics(bumpy_metric(), z, z.flip(0), batch_size=2, progress=False)
     assert "geodesics" not in capsys.readouterr().err
     shown = fastgeo.geodesics(bumpy_metric(), z, z.flip(0), batch_size=2)  # 3 batches: a bar
-    assert "5/5" in capsys.readouterr().err
+    assert "geodesics" in capsys.readouterr().err
     assert torch.equal(quiet.lengths, shown.lengths)
     fastgeo.geodesics(bumpy_metric(), z, z.flip(0))  # one batch: no bar
     assert "geodesics" not in capsys.readouterr().err

@@ -244,7 +244,7 @@ def _solve_in_batches(
         empty = torch.zeros(0, dtype=torch.long, device=z0.device)
         return z0.new_zeros(0, opts.m, d), z0.new_zeros(0), empty.to(torch.int8), empty, empty
     parts = []
-    bar = progress_bar(B, show, "geodesics", unit="curve")
+    bar = progress_bar(B, show, "geodesics", unit="curve", leave=False)
     try:
         for lo in range(0, B, opts.batch_size):
             sl = slice(lo, lo + opts.batch_size)
