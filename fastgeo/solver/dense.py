@@ -51,6 +51,7 @@ def dense_multistart(
             method="default",
             batch_size=opts.batch_size,
             latents=latents,
+            progress=False,
             **({"graph": graph} | explore),
         )
         evals, jvps = evals + r.decoder_evals, jvps + r.decoder_jvps
@@ -67,6 +68,7 @@ def dense_multistart(
             tol=opts.tol,
             batch_size=opts.batch_size,
             init=init,
+            progress=False,
         )
         evals, jvps = evals + r.decoder_evals, jvps + r.decoder_jvps
         if best is None:
