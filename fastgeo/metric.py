@@ -17,7 +17,7 @@ from .rbf import RBFPrecision
 DECODE_BYTES = 1 << 28
 GUESSED_WIDTH = 16
 MIN_DECODE_ROWS = 64
-ROW_ALIGN = 16  # rows per block of the decoder's matrix products that a curve's points fill (decode)
+ROW_ALIGN = 8  # rows per block of the decoder's matrix products that a curve's points fill (decode)
 
 
 def energy_from_segments(segments: Tensor) -> Tensor:

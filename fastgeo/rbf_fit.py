@@ -144,7 +144,7 @@ def fit_rbf_parameters(
                 f"mean must map the (M, d) latents to (M, D) = {tuple(data.shape)} (or to images of D "
                 f"values each, as data), got {got}"
             )
-        resid2 = (data - decoded.flatten(1)).pow(2)  # (M, D)
+        resid2 = (data - decoded.reshape(data.shape)).pow(2)  # (M, D)
         phi = rbf_features(latents, centers, gammas)  # (M, K)
     _checks.finite("the decoder's residuals", resid2)
     # Start where every data point gets roughly the precision 1 / (mean squared residual).

@@ -90,8 +90,9 @@ def lm_update(
     grad = torch.where(accept[:, None], g_new, grad)
     hess = h_new if bool(accept.all()) else torch.where(accept[:, None, None], h_new, hess)
     e, length = torch.where(accept, e_new, e), torch.where(accept, l_new, length)
-    # One pass over each matrix: a non-finite entry makes its curve's sum non-finite.
-    ok = torch.isfinite(grad).all(-1) & torch.isfinite(hess.sum((-2, -1)))
+    # One pass over each matrix (its least and largest entry: NaN and inf show in them).
+    low, high = torch.aminmax(hess.flatten(1), dim=-1)
+    ok = torch.isfinite(grad).all(-1) & torch.isfinite(low) & torch.isfinite(high)
     # Nielsen's damping update: shrink lambda by how well the model predicted the gain.
     rho = gain / predicted.clamp(min=torch.finfo(e.dtype).tiny)
     shrink = (1 - (2 * rho.clamp(max=1) - 1) ** 3).clamp(min=1 / 3)

@@ -115,7 +115,7 @@ def geodesics(
             for d >= 8 (``default`` only). A lagged call takes plain Gauss-Newton steps in every
             phase; the others add a secant model of the curvature Gauss-Newton leaves out.
         progress: a progress bar over the curves (tqdm, if installed), updated batch by batch;
-            default (None): shown when the curves take more than one batch.
+            default (None): shown when the curves take more than one batch (not for ``dense``).
 
     Returns:
         :class:`GeodesicResult`, a status per curve. Every length is the curve's own length,
@@ -124,6 +124,8 @@ def geodesics(
         between its ends.
     """
     _check_ends(metric, z0, z1)
+    if progress is not None:
+        _checks.boolean("progress", progress)
     if corridors is None and (isinstance(graph, LatentGraph) or latents is not None):
         corridors = DEFAULTS["default"]["corridors"]  # a graph given is a graph to use, in any d
     # fmt: off
@@ -144,7 +146,7 @@ def geodesics(
     lgraph = None
     if opts.method == "default" and z0.shape[0] > 0 and graph is not False and opts.corridors > 0:
         lgraph = graph if isinstance(graph, LatentGraph) else _graph_of(metric, latents, work)
-    show = _checks.boolean("progress", progress) if progress is not None else z0.shape[0] > opts.batch_size
+    show = progress if progress is not None else z0.shape[0] > opts.batch_size
     with torch.no_grad():
         coeffs, energies, status, iterations, start = _solve_in_batches(
             metric, z0, z1, opts, init, lgraph, work, show
