@@ -17,7 +17,8 @@ TESTS = Path(__file__).resolve().parent
 ROOT = Path(fastgeo.__file__).resolve().parent.parent
 M, CHUNK, OPTS = 6, 4, {"max_iter": 20}  # 15 pairs -> 4 chunks, 2 per rank
 
-WORKER = """
+# Both ranks' scripts start alike: the tests importable, one gloo group of two ranks.
+WORKER_HEAD = """
 import sys
 sys.path.insert(0, {tests!r})
 import torch
@@ -27,6 +28,8 @@ import analytic, fastgeo
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method={init!r}, rank=rank, world_size=2)
 metric, Z = analytic.bumpy_metric(), analytic.disc_points({M}, 1.5)
+"""
+WORKER = WORKER_HEAD + """\
 D, report = fastgeo.pairwise_distances(metric, Z, chunk_size={chunk}, checkpoint={ckpt!r}, progress=False,
                                        return_report=True, **{opts!r})
 torch.save({{"D": D, "converged": report.converged, "iterations": report.iterations,
@@ -76,16 +79,7 @@ def test_two_gloo_processes_match_single_process(tmp_path):
     assert rep2.chunks_loaded == 4 and rep2.chunks_computed == 0 and torch.equal(D2, D)
 
 
-GRAPH_WORKER = """
-import sys
-sys.path.insert(0, {tests!r})
-import torch
-import torch.distributed as dist
-torch.set_num_threads({threads})
-import analytic, fastgeo
-rank = int(sys.argv[1])
-dist.init_process_group("gloo", init_method={init!r}, rank=rank, world_size=2)
-metric, Z = analytic.bumpy_metric(), analytic.disc_points({M}, 1.5)
+GRAPH_WORKER = WORKER_HEAD + """\
 D, report = fastgeo.pairwise_distances(metric, Z, mode="graph", neighbors=3, error_sample=6,
                                        chunk_size={chunk}, progress=False, return_report=True, **{opts!r})
 torch.save({{"D": D, "status": report.status_code, "error": report.graph_error.mean,
