@@ -83,10 +83,10 @@ def geodesics(
             ``"chebyshev"`` polynomials (``paper``: legendre).
         warm_start: run the RBF warm start (``default`` and ``paper``): ``True`` for its default
             iterations (5; a start only, the full energy decides the rest), or their number.
-        max_iter: iteration limit per phase (default 100 for Levenberg-Marquardt, 2000 for
+        max_iter: iteration limit per phase (default 300 for Levenberg-Marquardt, 2000 for
             ``paper``'s first-order steps, 300 for ``dense``).
         tol: a curve converges when a step lowers its energy by less than ``tol`` relative
-            (default 1e-10 in float64, 1e-5 in float32).
+            (default 1e-10 in float64, 1e-6 in float32).
         batch_size: curves optimized at once (default: as many as fit in ~1 GiB of working
             memory, :func:`fastgeo.solver.options.working_memory_per_curve`).
         init: optional (B, m, d) starting coefficients for the basis of ``method``.
