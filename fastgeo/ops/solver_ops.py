@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import registry
+from .banded_step import banded_lm_propose
 
 # The C++ Levenberg-Marquardt kernels keep a curve's system in the thread's cache; larger
 # systems run the reference (batched LAPACK).
@@ -78,11 +79,25 @@ class LMTrial:
 
 
 def lm_propose(
-    grad: Tensor, hess: Tensor, curv: Tensor, lam: Tensor, segments: int
+    grad: Tensor,
+    hess: Tensor,
+    curv: Tensor,
+    lam: Tensor,
+    segments: int,
+    banded: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Damped step (b, p), predicted decrease (b,), solved (b,) bool; see
-    :func:`fastgeo.reference.lm_propose`."""
-    compiled = grad.shape[-1] <= MAX_KERNEL_UNKNOWNS
+    :func:`fastgeo.reference.lm_propose`.
+
+    banded: (block, band) where ``curv`` is zero and ``hess`` block-banded (blocks of ``block``
+    unknowns, half-bandwidth ``band`` blocks): systems too large for the kernels are then solved
+    block by block on CPU (:mod:`fastgeo.ops.banded_step`)."""
+    p = grad.shape[-1]
+    if banded is not None and p > MAX_KERNEL_UNKNOWNS and grad.device.type == "cpu":
+        block, band = banded
+        if 2 * band + 1 < p // block:  # else the band is the whole matrix
+            return banded_lm_propose(grad, hess, lam, segments, block, band)
+    compiled = p <= MAX_KERNEL_UNKNOWNS
     return registry.call("lm_propose", grad.device, grad, hess, curv, lam, segments, compiled=compiled)
 
 

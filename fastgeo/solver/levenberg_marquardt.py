@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..curves import evaluate
 from ..metric import energy_from_segments, length_from_segments
+from ..ops.banded_step import block_bandwidth
 from ..ops.solver_ops import LMState, LMTrial, lm_propose, lm_update
 from .linearize import linearize
 from .problem import Grid, Parts, PointGradient
@@ -104,11 +105,15 @@ def levenberg_marquardt(
     ).rows(active)
     c = coeffs[active]
     age = torch.zeros_like(active)  # iterations since each curve's Gauss-Newton matrix was computed
+    # Plain Gauss-Newton in a basis of local support keeps the system block-banded.
+    banded = None if secant else (d, block_bandwidth(grid.psi))
 
     for _ in range(max_iter):
         if active.numel() == 0:
             break
-        step, predicted, solved = lm_propose(state.grad, state.hess, state.curv, state.lam, N - 1)
+        step, predicted, solved = lm_propose(
+            state.grad, state.hess, state.curv, state.lam, N - 1, banded
+        )
         trial = c + step.reshape(-1, m, d)
         stale_step = age > 0
         if gradient is None:

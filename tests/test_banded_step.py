@@ -1,0 +1,121 @@
+"""The block-banded Levenberg-Marquardt step (plain Gauss-Newton in a B-spline basis, the lagged
+mode at d >= 8) against the dense reference :func:`fastgeo.reference.lm_propose`.
+
+float64: equal to ~1e-10 relative; float32: within 1e-4 of the float64 reference on well-conditioned
+systems; a failed factorization gives a zero step, flagged, and leaves the other curves alone;
+the bandwidth read from the basis covers every entry the linearization can fill; the solver's
+curves with the banded step equal those with the dense one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from analytic import bumpy_metric
+from helpers import assert_close_rel
+
+import fastgeo
+from fastgeo import reference
+from fastgeo.curves import BSplineBasis, PolynomialBasis, time_grid
+from fastgeo.ops import solver_ops
+from fastgeo.ops.banded_step import banded_lm_propose, block_bandwidth
+from fastgeo.solver import levenberg_marquardt as lm
+from fastgeo.solver.linearize import assemble
+
+
+def _banded_system(b: int, m: int, d: int, N: int, seed: int = 0):
+    """Gradient and Gauss-Newton matrix of random Jacobians through the B-spline grid, so the
+    band is the one the solver sees; returns grad (b, m d), hess, lam (b,), band."""
+    g = torch.Generator().manual_seed(seed)
+    psi = BSplineBasis(m)(time_grid(N, torch.zeros(1, dtype=torch.float64)))
+    J = torch.randn(b, N, d, d + 3, generator=g, dtype=torch.float64)
+    G = J @ J.transpose(-1, -2)
+    C = J[:, :-1] @ J[:, 1:].transpose(-1, -2)
+    v = torch.randn(b, N, d, generator=g, dtype=torch.float64)
+    grad, hess = assemble(v, G, C, psi)
+    lam = 10.0 ** torch.linspace(-8, 0, b, dtype=torch.float64)
+    return grad, hess, lam, block_bandwidth(psi)
+
+
+@pytest.mark.parametrize("b,m,d,N", [(4, 16, 5, 64), (3, 11, 1, 24), (2, 13, 7, 40), (1, 9, 3, 17)])
+def test_banded_step_matches_the_dense_reference_float64(b, m, d, N):
+    grad, hess, lam, band = _banded_system(b, m, d, N)
+    want = reference.lm_propose(grad, hess, torch.zeros_like(hess), lam, N - 1)
+    got = banded_lm_propose(grad, hess, lam, N - 1, d, band)
+    assert torch.equal(got[2], want[2]) and bool(got[2].all())
+    assert_close_rel(got[0], want[0], 1e-10)
+    assert_close_rel(got[1], want[1], 1e-10)
+
+
+def test_banded_step_float32_is_within_tolerance_of_float64():
+    grad, hess, lam, band = _banded_system(4, 16, 6, 64, seed=1)
+    lam = lam.clamp(min=1e-3)  # conditioning a float32 solve can carry to 1e-4
+    want = reference.lm_propose(grad, hess, torch.zeros_like(hess), lam, 63)
+    got = banded_lm_propose(grad.float(), hess.float(), lam.float(), 63, 6, band)
+    assert_close_rel(got[0].double(), want[0], 1e-4)
+    assert_close_rel(got[1].double(), want[1], 1e-4)
+
+
+def test_a_failed_factorization_gives_a_zero_step_and_spares_the_others():
+    grad, hess, lam, band = _banded_system(3, 12, 4, 48, seed=2)
+    hess[1, 20:24, 20:24] = -torch.eye(4, dtype=hess.dtype)  # a block in the middle, indefinite
+    lam[1] = 0.0
+    step, predicted, solved = banded_lm_propose(grad, hess, lam, 47, 4, band)
+    assert solved.tolist() == [True, False, True]
+    assert bool((step[1] == 0).all()) and float(predicted[1]) == 0.0
+    want = reference.lm_propose(grad, hess, torch.zeros_like(hess), lam, 47)
+    assert_close_rel(step[[0, 2]], want[0][[0, 2]], 1e-10)
+
+
+def test_block_bandwidth_bounds_the_assembled_matrix():
+    """Every block the linearization fills lies within the band read from the basis, and the band
+    is no wider than needed (cubic B-splines: basis functions 4 apart meet across a segment)."""
+    for m, N in ((16, 64), (12, 24), (24, 96)):
+        grad, hess, _, band = _banded_system(1, m, 2, N, seed=m)
+        blocks = hess.reshape(m, 2, m, 2).abs().sum((1, 3))
+        j = torch.arange(m)
+        reach = (j[:, None] - j[None, :]).abs()
+        assert float(blocks[reach > band].abs().max()) == 0.0
+        assert float(blocks[reach == band].abs().max()) > 0.0
+        assert band == 4
+    legendre = PolynomialBasis(8)(time_grid(32, torch.zeros(1)))
+    assert block_bandwidth(legendre) == 7  # global support: the whole matrix
+
+
+def test_the_dispatcher_takes_the_banded_path_only_where_it_pays():
+    grad, hess, lam, band = _banded_system(2, 16, 5, 64)  # p = 80 > the kernels' 64
+    zero = torch.zeros_like(hess)
+    calls = []
+    original = solver_ops.banded_lm_propose
+
+    def spy(*args):
+        calls.append(args[-2:])
+        return original(*args)
+
+    solver_ops.banded_lm_propose = spy
+    try:
+        solver_ops.lm_propose(grad, hess, zero, lam, 63, (5, band))
+        solver_ops.lm_propose(grad, hess, zero, lam, 63, None)  # secant model in use
+        solver_ops.lm_propose(grad, hess, zero, lam, 63, (5, 8))  # 2 * 8 + 1 >= 16 blocks: all of it
+        small = _banded_system(2, 12, 5, 48)  # p = 60: the C++ kernels
+        solver_ops.lm_propose(small[0], small[1], torch.zeros_like(small[1]), small[2], 47, (5, 4))
+    finally:
+        solver_ops.banded_lm_propose = original
+    assert calls == [(5, band)]
+
+
+def test_the_solvers_curves_do_not_change_with_the_banded_step(monkeypatch):
+    """Lagged mode at d = 8 with 16 basis functions (p = 128): the banded step and the dense one
+    give the same curves (to float64 rounding over the iterations)."""
+    d = 8
+    metric = bumpy_metric(d=d, D=12, K=7)
+    g = torch.Generator().manual_seed(1)
+    z0, z1 = (torch.randn(3, d, generator=g, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad():
+        banded = fastgeo.geodesics(metric, z0, z1, linearize="lagged", progress=False)
+        # A band as wide as the matrix: the dispatcher solves it densely.
+        monkeypatch.setattr(lm, "block_bandwidth", lambda psi: psi.shape[1])
+        dense = fastgeo.geodesics(metric, z0, z1, linearize="lagged", progress=False)
+    assert banded.options["secant"] is False
+    assert list(banded.status) == list(dense.status)
+    assert_close_rel(banded.lengths, dense.lengths, 1e-9)
