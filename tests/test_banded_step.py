@@ -119,3 +119,15 @@ def test_the_solvers_curves_do_not_change_with_the_banded_step(monkeypatch):
     assert banded.options["secant"] is False
     assert list(banded.status) == list(dense.status)
     assert_close_rel(banded.lengths, dense.lengths, 1e-9)
+
+
+@pytest.mark.parametrize("d", [5, 8, 9, 17])
+def test_a_curves_step_does_not_depend_on_its_batch(d, one_thread):
+    """Bit for bit alone and in a batch, odd blocks included (MKL rounds by where a matrix starts
+    in memory: without the padding of blocks to multiples of 4, d = 5, 9, 17 differed)."""
+    grad, hess, lam, band = _banded_system(5, 16, d, 64, seed=d)
+    grad, hess, lam = grad.float(), hess.float(), lam.float().clamp(min=1e-4)
+    step, predicted, _ = banded_lm_propose(grad, hess, lam, 63, d, band)
+    for k in range(5):
+        alone = banded_lm_propose(grad[k : k + 1], hess[k : k + 1], lam[k : k + 1], 63, d, band)
+        assert torch.equal(alone[0][0], step[k]) and torch.equal(alone[1][0], predicted[k]), k

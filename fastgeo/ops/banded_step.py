@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+ALIGN = 4  # unknowns per block, rounded up to a multiple of this (see banded_lm_propose)
+
 
 def block_bandwidth(psi: Tensor) -> int:
     """Largest ``|j - l|`` whose basis functions share a point or a segment of the grid:
@@ -35,15 +37,28 @@ def banded_lm_propose(
     ``(H + lam diag(scale)) step = -g`` for H block-banded (blocks of ``block`` unknowns, half-
     bandwidth ``band`` blocks; entries outside the band are not read)."""
     b, p = grad.shape
-    d = block
-    m = p // d
+    m = p // block
     diag = torch.diagonal(hess, dim1=-2, dim2=-1)
     scale = diag + 1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-30)
     damping = lam[:, None] * scale
-    # Right-looking block Cholesky on a copy of the band: block column j is factored, its panel
-    # (the `band` blocks below) solved, and the trailing window updated.
+    # Blocks padded to a multiple of ALIGN unknowns (identity on the padding, decoupled, zero
+    # right-hand side: exact zeros in the step): MKL's results depend on where a matrix starts
+    # in memory, and odd blocks put a batch's matrices at other alignments than a curve alone.
+    d = -(-block // ALIGN) * ALIGN
     work = hess.clone()
     work.diagonal(dim1=-2, dim2=-1).add_(damping)
+    rhs = -grad
+    if d != block:
+        pad = d - block
+        work = torch.nn.functional.pad(work.reshape(b, m, block, m, block), (0, pad, 0, 0, 0, pad))
+        work = work.reshape(b, m * d, m * d)
+        rhs = torch.nn.functional.pad(rhs.reshape(b, m, block), (0, pad)).reshape(b, m * d)
+        padding = torch.arange(m * d, device=grad.device) % d >= block
+        work.diagonal(dim1=-2, dim2=-1).add_(padding.to(work.dtype))
+    else:
+        rhs = rhs.clone()
+    # Right-looking block Cholesky on a copy of the band: block column j is factored, its panel
+    # (the `band` blocks below) solved, and the trailing window updated.
     solved = torch.ones(b, dtype=torch.bool, device=grad.device)
     eye = torch.eye(d, dtype=grad.dtype, device=grad.device)
     diag_factors, panels = [], []
@@ -60,22 +75,25 @@ def banded_lm_propose(
             panel_t = torch.linalg.solve_triangular(chol, work[:, lo:hi, hi:end], upper=False)
             work[:, hi:end, hi:end] -= panel_t.transpose(1, 2) @ panel_t
             panels.append(panel_t)
-    # L y = -g, then L^T x = y, block by block.
-    rhs = (-grad).clone()
+    # L y = -g, then L^T x = y, block by block; the matrix-vector products as per-curve products
+    # and sums over the last axis: a batch of one takes another BLAS path (gemv) and rounds
+    # differently, and a curve's result must not depend on its batch.
     for j in range(m):
         lo, hi, end = j * d, (j + 1) * d, min(m, j + 1 + band) * d
-        y = torch.linalg.solve_triangular(diag_factors[j], rhs[:, lo:hi, None], upper=False)
+        y = torch.linalg.solve_triangular(diag_factors[j], rhs[:, lo:hi, None].contiguous(), upper=False)
         rhs[:, lo:hi] = y[..., 0]
         if end > hi:
-            rhs[:, hi:end] -= (panels[j].transpose(1, 2) @ y)[..., 0]
+            below = panels[j].transpose(1, 2).contiguous()  # L_ij, (b, K d, d)
+            rhs[:, hi:end] -= (below * y[:, None, :, 0]).sum(-1)
     for j in reversed(range(m)):
         lo, hi, end = j * d, (j + 1) * d, min(m, j + 1 + band) * d
-        y = rhs[:, lo:hi, None]
+        y = rhs[:, lo:hi, None].contiguous()
         if end > hi:
-            y = y - panels[j] @ rhs[:, hi:end, None]
-        x = torch.linalg.solve_triangular(diag_factors[j].transpose(1, 2), y, upper=True)
+            y = y - (panels[j] * rhs[:, None, hi:end]).sum(-1, keepdim=True)
+        upper = diag_factors[j].transpose(1, 2).contiguous()  # a transposed view: another path
+        x = torch.linalg.solve_triangular(upper, y, upper=True)
         rhs[:, lo:hi] = x[..., 0]
-    step = rhs
+    step = rhs if d == block else rhs.reshape(b, m, d)[:, :, :block].reshape(b, p)
     solved = solved & torch.isfinite(step).all(-1)
     step = torch.where(solved[:, None], step, 0.0)
     # H step, as a per-curve product: a curve's result must not depend on its batch.
