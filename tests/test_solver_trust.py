@@ -18,8 +18,10 @@ from helpers import randn
 import fastgeo
 from fastgeo.benchmarks.accuracy import length_gaps
 from fastgeo.solver.levenberg_marquardt import levenberg_marquardt
+from fastgeo.solver.measure import measure
 from fastgeo.solver.problem import Grid
-from fastgeo.solver.result import STALLED
+from fastgeo.solver.resolution import midpoint_lengths
+from fastgeo.solver.result import STALLED, Work
 
 DATA = Path(__file__).parent / "data"
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -68,6 +70,21 @@ def test_lengths_are_the_curves_own(solved, generator):
     rel = length_gaps(metric.to(torch.float64), solved)
     assert float(rel.abs().max()) < 1e-3, (name, float(rel.abs().max()))
     assert bool((solved.length_errors <= 1e-3 * solved.lengths).all())
+
+
+def test_the_resolution_checks_lengths_are_the_measurements_first_grids(solved, generator, one_thread):
+    """measure() seeded with the resolution check's two grids gives the same lengths, errors and
+    grids as measuring from scratch, with those two grids' decoder evaluations saved."""
+    name, metric, _, _ = generator
+    curves, n = solved.curves, solved.resolution
+    work_check, work_plain, work_seeded = Work(), Work(), Work()
+    first = midpoint_lengths(metric, curves, solved.n_points, work_check)
+    assert bool((n == solved.n_points).all()), "every curve at the default resolution here"
+    plain = measure(metric, curves, n, work_plain)
+    seeded = measure(metric, curves, n, work_seeded, first=first)
+    for a, b in zip(plain, seeded, strict=True):
+        assert torch.equal(a, b), name
+    assert work_seeded.evals == work_plain.evals - work_check.evals
 
 
 def _workloads():

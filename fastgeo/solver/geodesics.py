@@ -155,17 +155,23 @@ def geodesics(
             Curves(z0, z1, coeffs, opts.basis), energies, energies, status, iterations, start, energies,
             opts.n_points, options=opts.summary(), resolution=torch.full_like(start, opts.n_points),
         )  # fmt: skip
+        first = None
         if opts.check_resolution and opts.method != "dense" and z0.shape[0]:
             at = functools.partial(_solve_at, metric, z0, z1, opts, lgraph, work)
-            refine_resolution(metric, res, at, work)
-        _finish(metric, res, work)
+            first = refine_resolution(metric, res, at, work)
+        _finish(metric, res, work, first)
     return res
 
 
-def _finish(metric: ExpectedMetric, res: GeodesicResult, work: Work) -> None:
-    """Measure the curves (their lengths on grids fine enough), never longer than the straight
-    line, exact zeros between equal ends, and the decoder work of the call (in place)."""
-    res.lengths, res.length_errors, res.measure_points = measure(metric, res.curves, res.resolution, work)
+def _finish(
+    metric: ExpectedMetric, res: GeodesicResult, work: Work, first: tuple[Tensor, Tensor] | None = None
+) -> None:
+    """Measure the curves (their lengths on grids fine enough; ``first``: on the first two grids,
+    where known), never longer than the straight line, exact zeros between equal ends, and the
+    decoder work of the call (in place)."""
+    res.lengths, res.length_errors, res.measure_points = measure(
+        metric, res.curves, res.resolution, work, first=first
+    )
     never_longer_than_straight(metric, res, work)
     # Equal end points: distance exactly 0 (a batched GEMM may round equal rows differently).
     same = (res.curves.z0 == res.curves.z1).all(-1)

@@ -47,11 +47,17 @@ def curve_lengths(metric: ExpectedMetric, curves: Curves, n: int, work: Work) ->
 
 
 def measure(
-    metric: ExpectedMetric, curves: Curves, start: Tensor, work: Work, rtol: float = LENGTH_RTOL
+    metric: ExpectedMetric,
+    curves: Curves,
+    start: Tensor,
+    work: Work,
+    rtol: float = LENGTH_RTOL,
+    first: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lengths (B,), their error estimates (B,) and the points of the grid they were measured on
     (B,): grids of n, 2n - 1, 4n - 3, ... points from ``start`` (B,) points each, until the
-    length changes by less than ``rtol`` relative or MAX_POINTS is reached."""
+    length changes by less than ``rtol`` relative or MAX_POINTS is reached. ``first``: the
+    lengths on the first two grids where already known (the resolution check measures them)."""
     B = len(curves)
     lengths = curves.z0.new_zeros(B)
     errors = torch.full_like(lengths, torch.inf)
@@ -59,12 +65,17 @@ def measure(
     for n0 in torch.unique(start).tolist():
         idx = (start == n0).nonzero().squeeze(1)
         sub = Curves(curves.z0[idx], curves.z1[idx], curves.coeffs[idx], curves.basis)
-        n, previous = int(n0), curve_lengths(metric, sub, int(n0), work)
+        known = first is not None and 2 * n0 - 1 <= MAX_POINTS
+        n = int(n0)
+        previous = first[0][idx].clone() if known else curve_lengths(metric, sub, n, work)
         active = torch.arange(len(idx), device=idx.device)
         while active.numel() and n < MAX_POINTS:
             n = min(2 * n - 1, MAX_POINTS)
-            part = Curves(sub.z0[active], sub.z1[active], sub.coeffs[active], sub.basis)
-            finer = curve_lengths(metric, part, n, work)
+            if known and n == 2 * n0 - 1:
+                finer = first[1][idx]
+            else:
+                part = Curves(sub.z0[active], sub.z1[active], sub.coeffs[active], sub.basis)
+                finer = curve_lengths(metric, part, n, work)
             change = finer - previous[active]
             rows = idx[active]
             lengths[rows], errors[rows], used[rows] = finer, change.abs() / 3, n

@@ -22,19 +22,23 @@ RESOLUTION_DOUBLINGS = 2  # re-solve under-resolved curves with up to 2**this ti
 SolveAt = Callable[[Tensor, int, Tensor], tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]
 
 
-def midpoint_growth(metric: ExpectedMetric, curves: Curves, n: int, work: Work) -> Tensor:
-    """How much the length of each curve grows (relative, (B,)) when the midpoints of its n-point
-    grid are added."""
-    coarse = curve_lengths(metric, curves, n, work)
-    return curve_lengths(metric, curves, 2 * n - 1, work) / coarse - 1
+def midpoint_lengths(metric: ExpectedMetric, curves: Curves, n: int, work: Work) -> tuple[Tensor, Tensor]:
+    """Discrete lengths (B,) of each curve on its n-point grid and with the midpoints added
+    (2n - 1 points): their ratio is the check's growth, and they are the first two grids of
+    :func:`fastgeo.solver.measure.measure`."""
+    return curve_lengths(metric, curves, n, work), curve_lengths(metric, curves, 2 * n - 1, work)
 
 
-def refine_resolution(metric: ExpectedMetric, res: GeodesicResult, solve_at: SolveAt, work: Work) -> None:
+def refine_resolution(
+    metric: ExpectedMetric, res: GeodesicResult, solve_at: SolveAt, work: Work
+) -> tuple[Tensor, Tensor]:
     """Re-solve the under-resolved curves of ``res`` (in place) with twice the points, up to
-    RESOLUTION_DOUBLINGS times; flag those still under-resolved."""
+    RESOLUTION_DOUBLINGS times; flag those still under-resolved. Returns each final curve's
+    lengths on its grid (``res.resolution`` points) and with the midpoints added."""
     n = res.n_points
     same = (res.curves.z0 == res.curves.z1).all(-1)
-    grow = midpoint_growth(metric, res.curves, n, work)
+    coarse, fine = midpoint_lengths(metric, res.curves, n, work)
+    grow = fine / coarse - 1
     for level in range(RESOLUTION_DOUBLINGS + 1):
         under = (grow > RESOLUTION_TOL) & (res.resolution == n) & ~same
         if not bool(under.any()):
@@ -55,4 +59,6 @@ def refine_resolution(metric: ExpectedMetric, res: GeodesicResult, solve_at: Sol
         res.iterations[idx] += iterations
         res.resolution[idx] = n
         sub = Curves(res.curves.z0[idx], res.curves.z1[idx], coeffs, res.curves.basis)
-        grow[idx] = midpoint_growth(metric, sub, n, work)
+        coarse[idx], fine[idx] = midpoint_lengths(metric, sub, n, work)
+        grow[idx] = fine[idx] / coarse[idx] - 1
+    return coarse, fine
