@@ -66,7 +66,7 @@ def run_one(name: str, seed: int, n: int) -> dict:
         t = time.perf_counter()
         res = fastgeo.geodesics(metric, z0, z1, progress=False)
         default_s = time.perf_counter() - t
-        dense_lengths, dense_status, dense_s = _oracle(name, seed, n, m64, z0, z1)
+        dense_lengths, dense_status, dense_s = dense_oracle(name, seed, n, m64, z0, z1)
         ex = 100 * (measured_lengths(m64, res.points(MEASURE_POINTS)) / dense_lengths - 1)
         gap = 100 * length_gaps(m64, res)
     worst = int(ex.argmax())
@@ -88,7 +88,7 @@ def run_one(name: str, seed: int, n: int) -> dict:
     }
 
 
-def _oracle(name: str, seed: int, n: int, m64, z0, z1) -> tuple[torch.Tensor, list[str], float]:
+def dense_oracle(name: str, seed: int, n: int, m64, z0, z1) -> tuple[torch.Tensor, list[str], float]:
     """The dense oracle's lengths (measured like every curve), statuses and time for a sample,
     kept in ``results/basins_oracle/`` (the oracle does not change with the solver under test; a
     changed generator file or sample gives another key)."""
