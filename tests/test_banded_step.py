@@ -83,7 +83,7 @@ def test_block_bandwidth_bounds_the_assembled_matrix():
 
 
 def test_the_dispatcher_takes_the_banded_path_only_where_it_pays():
-    grad, hess, lam, band = _banded_system(2, 16, 5, 64)  # p = 80 > the kernels' 64
+    grad, hess, lam, band = _banded_system(2, 16, 8, 64)  # p = 128 > the kernels' 64
     zero = torch.zeros_like(hess)
     calls = []
     original = solver_ops.banded_lm_propose
@@ -94,14 +94,23 @@ def test_the_dispatcher_takes_the_banded_path_only_where_it_pays():
 
     solver_ops.banded_lm_propose = spy
     try:
-        solver_ops.lm_propose(grad, hess, zero, lam, 63, (5, band))
+        solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, band))
         solver_ops.lm_propose(grad, hess, zero, lam, 63, None)  # secant model in use
-        solver_ops.lm_propose(grad, hess, zero, lam, 63, (5, 8))  # 2 * 8 + 1 >= 16 blocks: all of it
-        small = _banded_system(2, 12, 5, 48)  # p = 60: the C++ kernels
-        solver_ops.lm_propose(small[0], small[1], torch.zeros_like(small[1]), small[2], 47, (5, 4))
+        solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, 8))  # 2 * 8 + 1 >= 16 blocks: all of it
+        solver_ops.lm_propose(grad, hess, zero, lam, 63, (4, band))  # blocks too small to pay
+        with fastgeo.use_backend("reference"):  # the oracle stays the dense reference
+            solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, band))
+        small = _banded_system(2, 7, 8, 28)  # p = 56: the C++ kernels
+        solver_ops.lm_propose(small[0], small[1], torch.zeros_like(small[1]), small[2], 27, (8, 2))
     finally:
         solver_ops.banded_lm_propose = original
-    assert calls == [(5, band)]
+    assert calls == [(8, band)]
+
+
+def test_blocks_must_divide_the_unknowns():
+    grad, hess, lam, band = _banded_system(1, 9, 4, 36)
+    with pytest.raises(ValueError, match="block"):
+        banded_lm_propose(grad[:, :34], hess[:, :34, :34], lam, 35, 4, band)
 
 
 def test_the_solvers_curves_do_not_change_with_the_banded_step(monkeypatch):

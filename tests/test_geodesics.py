@@ -13,6 +13,8 @@ from analytic import (
 from helpers import randn
 
 import fastgeo
+from fastgeo.solver.measure import measure
+from fastgeo.solver.result import Work
 
 
 def test_linear_decoder_gives_straight_line_of_length_A_dz():
@@ -256,6 +258,10 @@ def test_resolution_check_resolves_or_flags_curves_that_step_over_a_wall():
     # Checked: re-solved with 16 points, then 32, still under-resolved there: flagged.
     checked = fastgeo.geodesics(metric, z0, z1, **opts)
     assert checked.resolution.tolist() == [32] and checked.status.tolist() == ["under_resolved"]
+    # Its length, measured from the resolution check's last two grids, is the re-solved curve's:
+    # the same as measured from scratch.
+    plain = measure(metric, checked.curves, checked.resolution, Work())
+    assert torch.equal(plain[0], checked.lengths) and torch.equal(plain[2], checked.measure_points)
     # 128 points see the wall (the length grows by < 1 % at their midpoints): converged.
     fine = fastgeo.geodesics(metric, z0, z1, n_points=128, graph=False)
     assert fine.resolution.tolist() == [128] and bool(fine.converged.all())

@@ -37,6 +37,8 @@ def banded_lm_propose(
     ``(H + lam diag(scale)) step = -g`` for H block-banded (blocks of ``block`` unknowns, half-
     bandwidth ``band`` blocks; entries outside the band are not read)."""
     b, p = grad.shape
+    if block < 1 or p % block:
+        raise ValueError(f"block must divide the {p} unknowns, got {block}")
     m = p // block
     diag = torch.diagonal(hess, dim1=-2, dim2=-1)
     scale = diag + 1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-30)

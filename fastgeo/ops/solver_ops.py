@@ -19,6 +19,10 @@ from .banded_step import banded_lm_propose
 # The C++ Levenberg-Marquardt kernels keep a curve's system in the thread's cache; larger
 # systems run the reference (batched LAPACK).
 MAX_KERNEL_UNKNOWNS = 64
+# Below this block size the dense factorization of a damped system is faster than the banded one
+# (b = 64 curves of m = 16-24 blocks, 1 thread: d = 3-5 about 2x slower banded, d = 8 even, d >= 12
+# 1.5-2.5x faster).
+MIN_BANDED_BLOCK = 8
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
@@ -91,14 +95,26 @@ def lm_propose(
 
     banded: (block, band) where ``curv`` is zero and ``hess`` block-banded (blocks of ``block``
     unknowns, half-bandwidth ``band`` blocks): systems too large for the kernels are then solved
-    block by block on CPU (:mod:`fastgeo.ops.banded_step`)."""
+    block by block on CPU (:mod:`fastgeo.ops.banded_step`; ``curv`` is not read there)."""
     p = grad.shape[-1]
-    if banded is not None and p > MAX_KERNEL_UNKNOWNS and grad.device.type == "cpu":
-        block, band = banded
-        if 2 * band + 1 < p // block:  # else the band is the whole matrix
-            return banded_lm_propose(grad, hess, lam, segments, block, band)
+    if banded is not None and _takes_banded(p, grad.device, *banded):
+        return banded_lm_propose(grad, hess, lam, segments, *banded)
     compiled = p <= MAX_KERNEL_UNKNOWNS
     return registry.call("lm_propose", grad.device, grad, hess, curv, lam, segments, compiled=compiled)
+
+
+def _takes_banded(p: int, device: torch.device, block: int, band: int) -> bool:
+    """The banded step where it pays: CPU systems too large for the kernels, blocks of at least
+    MIN_BANDED_BLOCK unknowns (smaller ones factor faster densely, measured), a band narrower
+    than the matrix; never under ``use_backend("reference")`` (the reference is the oracle)."""
+    return (
+        device.type == "cpu"
+        and p > MAX_KERNEL_UNKNOWNS
+        and block >= MIN_BANDED_BLOCK
+        and p % block == 0
+        and 2 * band + 1 < p // block
+        and registry.current_backend() != "reference"
+    )
 
 
 def lm_update(

@@ -59,6 +59,8 @@ def measure(
     length changes by less than ``rtol`` relative or MAX_POINTS is reached. ``first``: the
     lengths on the first two grids where already known (the resolution check measures them)."""
     B = len(curves)
+    if first is not None and any(f.shape != (B,) for f in first):
+        raise ValueError(f"first: two lengths per curve, (B,) = ({B},) each, measured at `start` points")
     lengths = curves.z0.new_zeros(B)
     errors = torch.full_like(lengths, torch.inf)
     used = start.clone()
