@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..reference.levenberg_marquardt import marquardt_damping, predicted_decrease
+
 ALIGN = 4  # unknowns per block, rounded up to a multiple of this (see banded_lm_propose)
 
 
@@ -40,9 +42,7 @@ def banded_lm_propose(
     if block < 1 or p % block:
         raise ValueError(f"block must divide the {p} unknowns, got {block}")
     m = p // block
-    diag = torch.diagonal(hess, dim1=-2, dim2=-1)
-    scale = diag + 1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-30)
-    damping = lam[:, None] * scale
+    damping = marquardt_damping(hess, lam)
     # Blocks padded to a multiple of ALIGN unknowns (identity on the padding, decoupled, zero
     # right-hand side: exact zeros in the step): MKL's results depend on where a matrix starts
     # in memory, and odd blocks put a batch's matrices at other alignments than a curve alone.
@@ -100,5 +100,4 @@ def banded_lm_propose(
     step = torch.where(solved[:, None], step, 0.0)
     # H step, as a per-curve product: a curve's result must not depend on its batch.
     h_step = (hess * step[:, None, :]).sum(-1)
-    predicted = -segments * ((grad + 0.5 * h_step) * step).sum(-1)
-    return step, predicted, solved
+    return step, predicted_decrease(grad, h_step, step, segments), solved

@@ -28,10 +28,7 @@ def lm_propose(
     A system whose Cholesky factorization fails (not positive definite at this precision) or
     whose step is not finite gives a zero step, ``solved = False``.
     """
-    diag = torch.diagonal(hess, dim1=-2, dim2=-1)
-    # Marquardt scaling, with a floor so directions the metric ignores stay solvable.
-    scale = diag + 1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-30)
-    damping = lam[:, None] * scale
+    damping = marquardt_damping(hess, lam)
     # Large systems (this path serves p > 64) are bound by passes over the (b, p, p) matrices,
     # not by the factorization: one matrix is formed, damped in place on its diagonal, and
     # reused for the model's prediction.
@@ -46,8 +43,21 @@ def lm_propose(
     step = torch.where(solved[:, None], step, 0.0)
     # (H + S) step, as a per-curve product: a curve's result must not depend on its batch.
     h_step = (system * step[:, None, :]).sum(-1) - damping * step
-    predicted = -segments * ((grad + 0.5 * h_step) * step).sum(-1)
-    return step, predicted, solved
+    return step, predicted_decrease(grad, h_step, step, segments), solved
+
+
+def marquardt_damping(hess: Tensor, lam: Tensor) -> Tensor:
+    """The damping ``lam diag(scale)`` (b, p) added to the diagonal: Marquardt scaling by the
+    Gauss-Newton diagonal, with a floor so directions the metric ignores stay solvable."""
+    diag = torch.diagonal(hess, dim1=-2, dim2=-1)
+    scale = diag + 1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-30)
+    return lam[:, None] * scale
+
+
+def predicted_decrease(grad: Tensor, h_step: Tensor, step: Tensor, segments: int) -> Tensor:
+    """The model's decrease of ``E = segments/2 sum ||r||^2`` along ``step`` (b,), from the
+    gradient and ``(H + S) step`` (b, p)."""
+    return -segments * ((grad + 0.5 * h_step) * step).sum(-1)
 
 
 def lm_update(
