@@ -252,3 +252,19 @@ def test_solver_kernels_refuse_backward():
     )
     with pytest.raises(RuntimeError, match="without a derivative"):
         grad.sum().backward()
+
+
+@pytest.mark.parametrize("p", [94, 155])
+def test_large_systems_steps_do_not_depend_on_the_batch(p, one_thread):
+    """Systems beyond the kernels (batched LAPACK) with p % 4 != 0: bit for bit alone and in a
+    batch (LAPACK rounds by where a matrix starts in memory; without the padding of p to a
+    multiple of 4, two of five curves differed at p = 94), and equal to the reference's step."""
+    grad, hess, curv, lam = _system(5, p, torch.float64, seed=p)
+    grad, hess, curv, lam = grad.float(), hess.float(), curv.float(), lam.float()
+    step, predicted, solved = ops.lm_propose(grad, hess, curv, lam, 47)
+    for k in range(5):
+        alone = ops.lm_propose(grad[k : k + 1], hess[k : k + 1], curv[k : k + 1], lam[k : k + 1], 47)
+        assert torch.equal(alone[0][0], step[k]) and torch.equal(alone[1][0], predicted[k]), k
+    want = reference.lm_propose(grad.double(), hess.double(), curv.double(), lam.double(), 47)
+    assert torch.equal(solved, want[2])
+    torch.testing.assert_close(step.double(), want[0], rtol=1e-3, atol=1e-4)

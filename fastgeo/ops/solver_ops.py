@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import registry
-from .banded_step import banded_lm_propose
+from .banded_step import ALIGN, banded_lm_propose
 
 # The C++ Levenberg-Marquardt kernels keep a curve's system in the thread's cache; larger
 # systems run the reference (batched LAPACK).
@@ -100,7 +100,29 @@ def lm_propose(
     if banded is not None and _takes_banded(p, grad.device, *banded):
         return banded_lm_propose(grad, hess, lam, segments, *banded)
     compiled = p <= MAX_KERNEL_UNKNOWNS
+    if not compiled and p % ALIGN and grad.device.type == "cpu":
+        return _aligned_lm_propose(grad, hess, curv, lam, segments)
     return registry.call("lm_propose", grad.device, grad, hess, curv, lam, segments, compiled=compiled)
+
+
+def _aligned_lm_propose(
+    grad: Tensor, hess: Tensor, curv: Tensor, lam: Tensor, segments: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The reference's step with the systems padded to a multiple of ALIGN unknowns: batched
+    LAPACK rounds a matrix by its memory alignment, so (b, p, p) systems with p % ALIGN != 0 gave
+    a curve steps that depended on its place in the batch. The padding is decoupled (zero gradient,
+    a diagonal equal to the system's largest, which keeps the damping's floor): its step is zero."""
+    b, p = grad.shape
+    q = -p % ALIGN
+    grad_a = torch.nn.functional.pad(grad, (0, q))
+    hess_a = torch.nn.functional.pad(hess, (0, q, 0, q))
+    diag = torch.diagonal(hess, dim1=-2, dim2=-1).amax(-1, keepdim=True)
+    torch.diagonal(hess_a, dim1=-2, dim2=-1)[:, p:] = torch.where(diag > 0, diag, 1.0)
+    curv_a = torch.nn.functional.pad(curv, (0, q, 0, q))
+    step, predicted, solved = registry.call(
+        "lm_propose", grad.device, grad_a, hess_a, curv_a, lam, segments, compiled=False
+    )
+    return step[:, :p], predicted, solved
 
 
 def _takes_banded(p: int, device: torch.device, block: int, band: int) -> bool:

@@ -17,6 +17,8 @@ The story of a call (``method="default"``), one file per chapter:
   4. the fallback (:mod:`.fallback`): never longer than the straight line;
   5. the resolution check (:mod:`.resolution`): curves that step over a thin ridge of the
      metric are solved again with more points.
+  6. subdivision (:mod:`.subdivide`): curves that a spline with halved knot spans would shorten
+     are solved on in it.
 ``method="paper"`` swaps Levenberg-Marquardt for Adam (:mod:`.first_order`); ``method="dense"``
 is the accuracy oracle (:mod:`.dense`).
 """
@@ -41,6 +43,7 @@ from .options import DEFAULTS, SolverOptions, solver_options
 from .race import solve_batch
 from .resolution import refine_resolution
 from .result import CONVERGED, NONFINITE, GeodesicResult, Work
+from .subdivide import subdivide_curves
 
 
 def geodesics(
@@ -64,6 +67,7 @@ def geodesics(
     check_resolution: bool = True,
     corridors: int | None = None,
     linearize: str = "auto",
+    subdivide: bool | None = None,
     progress: bool | None = None,
 ) -> GeodesicResult:
     """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
@@ -114,6 +118,10 @@ def geodesics(
             last step badly, and before convergence is declared; ``"auto"`` (default): lagged
             for d >= 8 (``default`` only). A lagged call takes plain Gauss-Newton steps in every
             phase; the others add a secant model of the curvature Gauss-Newton leaves out.
+        subdivide: curves whose Gauss-Newton model predicts a gain of more than 0.01 % in the
+            B-spline with every knot span halved (``2 m - 1`` functions), on twice the points, are
+            solved on in it (:mod:`.subdivide`); every result is then given in that basis
+            (default: on for ``default`` with ``family="bspline"``).
         progress: a progress bar over the curves (tqdm, if installed), updated batch by batch;
             default (None): shown when the curves take more than one batch (not for ``dense``).
 
@@ -133,7 +141,7 @@ def geodesics(
         metric.dtype, metric.latent_dim, metric.data_dim, method=method, m=m, n_points=n_points,
         family=family, warm_start=warm_start, max_iter=max_iter, tol=tol, batch_size=batch_size,
         refine=refine, corridors=corridors, coarse_points=coarse_points, check_resolution=check_resolution,
-        linearize=linearize,
+        linearize=linearize, subdivide=subdivide,
     )
     # fmt: on
     init = _check_init(metric, init, z0, opts)
@@ -159,6 +167,8 @@ def geodesics(
         if opts.check_resolution and opts.method != "dense" and z0.shape[0]:
             at = functools.partial(_solve_at, metric, z0, z1, opts, lgraph, work)
             first = refine_resolution(metric, res, at, work)
+        if opts.subdivide and z0.shape[0]:
+            first = subdivide_curves(metric, res, opts, work, first)
         _finish(metric, res, work, first)
     return res
 

@@ -36,6 +36,7 @@ def levenberg_marquardt(
     tol: float,
     gradient: PointGradient | None = None,
     secant: bool = True,
+    model: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Minimize ``E(a) = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2`` for every curve of a batch.
 
@@ -48,6 +49,8 @@ def levenberg_marquardt(
     Gauss-Newton matrix H at the step's start: no Jacobian is kept from one iteration to the
     next, so the memory is that of one linearization.
     Returns coeffs, energies, status (codes of :data:`STATUSES`) and iterations, per curve.
+    ``model``: the linearization (segments, gradient, Gauss-Newton matrix) at ``coeffs``, where
+    the caller has it already.
 
     With ``gradient`` (lagged mode, for large latent dimensions) trial points get the exact
     gradient by reverse mode only (its cost does not grow with d) and keep the Gauss-Newton matrix
@@ -82,7 +85,7 @@ def levenberg_marquardt(
         return s, torch.matmul(grid.psi.T, g).reshape(idx.numel(), m * d)
 
     everyone = torch.arange(B, device=z0.device)
-    s, grad, hess = linear_model(coeffs, everyone)
+    s, grad, hess = linear_model(coeffs, everyone) if model is None else model
     e, length = energy_from_segments(s), length_from_segments(s)
     energies = e.clone()
     # A non-finite energy or Jacobian (e.g. a decoder returning NaN) ends the curve.

@@ -63,6 +63,7 @@ class SolverOptions:
     check_resolution: bool
     lagged: bool  # Levenberg-Marquardt with lagged Gauss-Newton matrices
     secant: bool = True  # ... with the secant model of the curvature Gauss-Newton leaves out
+    subdivide: bool = False  # curves a finer spline would shorten are solved in it (subdivide.py)
 
     @property
     def m(self) -> int:
@@ -79,6 +80,7 @@ class SolverOptions:
             "warm_start": self.warm_iter,
             "lagged": self.lagged,
             "secant": self.secant,
+            "subdivide": self.subdivide,
         }
 
 
@@ -118,6 +120,7 @@ def solver_options(
     coarse_points: int | None = None,
     check_resolution: bool = True,
     linearize: str = "auto",
+    subdivide: bool | None = None,
 ) -> SolverOptions:
     """Validate the options of a call with curves in ``latent_dim`` dimensions under a metric of
     ``data_dim`` outputs and ``dtype``; fill in the defaults of ``method``."""
@@ -169,6 +172,14 @@ def solver_options(
     # 30-45 % fewer iterations, 1.2-1.5x less time, lengths within 0.004 %; d = 8 conv: 5 % slower,
     # the same lengths; without the model in the race too was faster than only in the refinement).
     secant = not lagged
+    splines = method == "default" and family == "bspline"
+    if subdivide is None:
+        subdivide = splines
+    elif _checks.boolean("subdivide", subdivide) and not splines:
+        raise ValueError(
+            "subdivide=True needs method='default' with family='bspline' (halving the knot spans "
+            f"of a cubic B-spline), got method={method!r}, family={family!r}"
+        )
     return SolverOptions(
         method,
         basis,
@@ -184,4 +195,5 @@ def solver_options(
         check_resolution,
         lagged,
         secant,
+        subdivide,
     )

@@ -1,0 +1,109 @@
+"""Subdivision (fastgeo/solver/subdivide.py): lifting a B-spline into the one with halved knot spans
+is exact; curves predicted to gain are solved on in it and get shorter; the others keep their
+curve and length; the option is validated; results carry the finer basis whatever the batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_close_rel
+
+import fastgeo
+from fastgeo.curves import BSplineBasis, PolynomialBasis, time_grid
+from fastgeo.solver.measure import curve_lengths
+from fastgeo.solver.result import Work
+from fastgeo.solver.subdivide import SUBDIVIDE_ABOVE, finer_basis, lift_matrix
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("m", [2, 5, 24])
+def test_lifting_into_halved_spans_is_exact(m):
+    """The same curve, point for point (float64, 1e-12), in 2 m - 1 functions."""
+    basis = BSplineBasis(m)
+    finer = finer_basis(basis)
+    assert finer.m == 2 * m - 1
+    coeffs = torch.randn(3, m, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(m))
+    lifted = torch.matmul(lift_matrix(basis, finer, coeffs), coeffs)
+    t = time_grid(301, coeffs)
+    torch.testing.assert_close(finer(t) @ lifted, basis(t) @ coeffs, rtol=0, atol=1e-12)
+
+
+def test_lifting_refuses_a_basis_that_does_not_contain_the_curve():
+    with pytest.raises(ValueError, match="does not contain"):
+        lift_matrix(BSplineBasis(6), BSplineBasis(8), torch.zeros(1))
+
+
+def test_the_option_is_validated():
+    metric = fastgeo.load_generator(DATA / "two_moons.safetensors")
+    z = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="subdivide"):
+        fastgeo.geodesics(metric, z, z + 1, family="legendre", subdivide=True)
+    with pytest.raises(ValueError, match="subdivide"):
+        fastgeo.geodesics(metric, z, z + 1, method="paper", subdivide=True)
+    with pytest.raises(TypeError, match="subdivide"):
+        fastgeo.geodesics(metric, z, z + 1, subdivide="yes")
+    assert fastgeo.geodesics(metric, z, z + 1, family="legendre").options["subdivide"] is False
+
+
+@pytest.fixture(scope="module")
+def both():
+    """48 digits pairs with and without subdivision, at one thread."""
+    path = DATA / "digits.safetensors"
+    metric = fastgeo.load_generator(path)
+    Z = fastgeo.load_extra(path)["latents"]
+    i, j = torch.randint(Z.shape[0], (2, 48), generator=torch.Generator().manual_seed(3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        on = fastgeo.geodesics(metric, Z[i], Z[j])
+        off = fastgeo.geodesics(metric, Z[i], Z[j], subdivide=False)
+    finally:
+        torch.set_num_threads(threads)
+    return metric, on, off
+
+
+def test_curves_predicted_to_gain_are_solved_on_and_get_shorter(both):
+    metric, on, off = both
+    assert on.curves.basis.m == 2 * off.curves.basis.m - 1
+    assert on.options["subdivide"] and not off.options["subdivide"]
+    lifted = on.resolution > off.resolution
+    assert 0 < int(lifted.sum()) < len(on), "some curves, not all, gain here"
+    assert bool((on.resolution[lifted] == 2 * off.resolution[lifted]).all())
+    assert bool((on.iterations[lifted] > off.iterations[lifted]).all())
+    # Shorter as curves (measured alike on 1024 points), by about the predicted amount's half.
+    work = Work()
+    long, short = (curve_lengths(metric.to(torch.float64), _f64(r.curves), 1024, work) for r in (off, on))
+    gain = (long - short) / long
+    assert bool((gain[lifted] > 0).all())
+    assert float(gain[lifted].max()) > SUBDIVIDE_ABOVE / 4
+    assert list(on.status) == list(off.status)
+
+
+def test_the_other_curves_keep_their_curve_and_length(both):
+    metric, on, off = both
+    kept = on.resolution == off.resolution
+    t = time_grid(257, on.curves.z0)
+    torch.testing.assert_close(on.curves.at(t)[kept], off.curves.at(t)[kept], rtol=0, atol=1e-5)
+    assert_close_rel(on.lengths[kept], off.lengths[kept], 1e-5)
+    assert torch.equal(on.energies[kept], off.energies[kept])
+
+
+def test_results_are_in_the_finer_basis_whatever_the_batch(both, one_thread):
+    metric, on, off = both
+    alone = fastgeo.geodesics(metric, on.curves.z0[:1], on.curves.z1[:1])
+    assert alone.curves.coeffs.shape[1] == on.curves.coeffs.shape[1]
+    assert torch.equal(alone.lengths, on.lengths[:1])
+
+
+def test_a_polynomial_family_is_not_subdivided():
+    metric = fastgeo.load_generator(DATA / "two_moons.safetensors")
+    Z = fastgeo.load_extra(DATA / "two_moons.safetensors")["latents"]
+    res = fastgeo.geodesics(metric, Z[:3], Z[-3:], family="legendre", m=6)
+    assert isinstance(res.curves.basis, PolynomialBasis) and res.curves.basis.m == 6
+
+
+def _f64(curves):
+    return type(curves)(curves.z0.double(), curves.z1.double(), curves.coeffs.double(), curves.basis)
