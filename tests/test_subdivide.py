@@ -4,6 +4,7 @@ curve and length; the option is validated; results carry the finer basis whateve
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,14 @@ import torch
 from helpers import assert_close_rel
 
 import fastgeo
-from fastgeo.curves import BSplineBasis, PolynomialBasis, time_grid
+from fastgeo.curves import BSplineBasis, PolynomialBasis, evaluate, time_grid
+from fastgeo.metric import energy_from_segments
+from fastgeo.solver.finer_gain import FinerGains, finer_basis, lift_matrix
+from fastgeo.solver.linearize import point_products
 from fastgeo.solver.measure import curve_lengths
+from fastgeo.solver.problem import Grid, full_parts
 from fastgeo.solver.result import Work
-from fastgeo.solver.subdivide import SUBDIVIDE_ABOVE, finer_basis, lift_matrix
+from fastgeo.solver.subdivide import SUBDIVIDE_ABOVE
 
 DATA = Path(__file__).parent / "data"
 
@@ -107,3 +112,39 @@ def test_a_polynomial_family_is_not_subdivided():
 
 def _f64(curves):
     return type(curves)(curves.z0.double(), curves.z1.double(), curves.coeffs.double(), curves.basis)
+
+
+@pytest.mark.parametrize(
+    "name,rtol", [("digits", 1e-3), ("mlp12_small", 0.05)], ids=["2-D, every step linearized", "d=12, lagged"]
+)
+def test_the_recorded_gains_are_those_of_the_final_curves(name, rtol, monkeypatch, one_thread):
+    """The solver records each converged curve's predicted gain from its last linearization (no
+    decoder work): equal to a fresh prediction on the final curve (2-D: the final point's own
+    linearization; lagged, d = 12: the last fresh one, a step or two before), recorded for every
+    curve here."""
+    path = DATA / f"{name}.safetensors"
+    metric = fastgeo.load_generator(path)
+    Z = fastgeo.load_extra(path)["latents"]
+    i, j = torch.randint(Z.shape[0], (2, 8), generator=torch.Generator().manual_seed(5))
+    module = sys.modules["fastgeo.solver.geodesics"]
+    seen = {}
+    real = module.subdivide_curves
+
+    def spy(metric, res, opts, work, first, gains):
+        seen.update(gains=gains.clone(), coeffs=res.curves.coeffs.clone(), opts=opts)
+        return real(metric, res, opts, work, first, gains)
+
+    monkeypatch.setattr(module, "subdivide_curves", spy)
+    res = fastgeo.geodesics(metric, Z[i], Z[j])
+    opts = seen["opts"]
+    finer = finer_basis(opts.basis)
+    lifted = torch.matmul(lift_matrix(opts.basis, finer, seen["coeffs"]), seen["coeffs"])
+    grid = Grid.of(finer, opts.n_points, lifted)
+    pts = evaluate(Z[i], Z[j], lifted, grid.psi, grid.t)
+    s, v, G, C = point_products(full_parts(metric, Work())(pts, None))
+    fresh = torch.full((8,), torch.nan)
+    FinerGains(grid.psi, fresh, banded=not opts.secant).record(
+        torch.arange(8), (v, G, C), energy_from_segments(s)
+    )
+    assert bool(res.converged.all()) and not bool(seen["gains"].isnan().any())
+    assert_close_rel(seen["gains"], fresh, rtol, atol=1e-7)

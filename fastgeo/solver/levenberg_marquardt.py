@@ -17,7 +17,8 @@ from ..curves import evaluate
 from ..metric import energy_from_segments, length_from_segments
 from ..ops.banded_step import block_bandwidth
 from ..ops.solver_ops import LMState, LMTrial, lm_propose, lm_update
-from .linearize import linearize
+from .finer_gain import FinerGains
+from .linearize import assemble, point_products
 from .problem import Grid, Parts, PointGradient
 from .result import CONVERGED, MAX_ITER, NONFINITE, STALLED
 
@@ -37,6 +38,7 @@ def levenberg_marquardt(
     gradient: PointGradient | None = None,
     secant: bool = True,
     model: tuple[Tensor, Tensor, Tensor] | None = None,
+    finer: FinerGains | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Minimize ``E(a) = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2`` for every curve of a batch.
 
@@ -50,7 +52,8 @@ def levenberg_marquardt(
     next, so the memory is that of one linearization.
     Returns coeffs, energies, status (codes of :data:`STATUSES`) and iterations, per curve.
     ``model``: the linearization (segments, gradient, Gauss-Newton matrix) at ``coeffs``, where
-    the caller has it already.
+    the caller has it already. ``finer``: each curve that converges gets its predicted gain in a
+    finer basis recorded there, from the point products of its last linearization (kept per curve).
 
     With ``gradient`` (lagged mode, for large latent dimensions) trial points get the exact
     gradient by reverse mode only (its cost does not grow with d) and keep the Gauss-Newton matrix
@@ -74,9 +77,22 @@ def levenberg_marquardt(
     def points(c: Tensor, idx: Tensor) -> Tensor:
         return evaluate(z0[idx], z1[idx], c, grid.psi, grid.t)
 
+    kept: list[tuple[Tensor, Tensor, Tensor]] = []  # the last products (v, G, C), for ``finer``
+
     def linear_model(c: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Segments (b, N-1), gradient (b, p) and Gauss-Newton matrix (b, p, p) at curves idx."""
-        return linearize(parts(points(c, idx), idx), grid.psi)
+        s, v, G, C = point_products(parts(points(c, idx), idx))
+        if finer is not None:
+            kept.append((v, G, C))
+        return (s, *assemble(v, G, C, grid.psi))
+
+    def fresh_products(rows: Tensor, pick: Tensor | None = None) -> None:
+        """The products of linear_model's last call (its rows ``pick``, default all) become those
+        of the active curves ``rows``."""
+        if finer is None or not kept:
+            return
+        for mine, theirs in zip(products, kept.pop(), strict=True):
+            mine[rows] = theirs if pick is None else theirs[pick]
 
     def gradient_model(c: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Segments (b, N-1) and gradient (b, p) at curves idx, by reverse mode."""
@@ -86,6 +102,8 @@ def levenberg_marquardt(
 
     everyone = torch.arange(B, device=z0.device)
     s, grad, hess = linear_model(coeffs, everyone) if model is None else model
+    if finer is not None and model is not None:
+        raise ValueError("finer gains need the products of the first linearization: pass no model")
     e, length = energy_from_segments(s), length_from_segments(s)
     energies = e.clone()
     # A non-finite energy or Jacobian (e.g. a decoder returning NaN) ends the curve.
@@ -107,6 +125,7 @@ def levenberg_marquardt(
         torch.full_like(e, 2.0),
     ).rows(active)
     c = coeffs[active]
+    products = tuple(x[active] for x in kept.pop()) if finer is not None else ()
     age = torch.zeros_like(active)  # iterations since each curve's Gauss-Newton matrix was computed
     # Plain Gauss-Newton in a basis of local support keeps the system block-banded.
     banded = None if secant else (d, block_bandwidth(grid.psi))
@@ -119,6 +138,7 @@ def levenberg_marquardt(
         )
         trial = c + step.reshape(-1, m, d)
         stale_step = age > 0
+        everyone_active = torch.arange(active.numel(), device=active.device)
         if gradient is None:
             s_new, g_new, h_new = linear_model(trial, active)
         else:
@@ -140,6 +160,10 @@ def levenberg_marquardt(
             solved,
         )
         accept, verdict, ok, state = lm_update(state, proposal, tol, LENGTH_TOL_FACTOR)
+        if finer is not None:  # accepted points take their products, where they were computed
+            computed = everyone_active if gradient is None else (age == 0).nonzero().squeeze(1)
+            took = accept[computed]
+            fresh_products(computed[took], took.nonzero().squeeze(1))
         rejected = (~accept).nonzero().squeeze(1)
         if rejected.numel():  # keep their points (rare: most steps are accepted)
             trial[rejected] = c[rejected]
@@ -149,6 +173,7 @@ def levenberg_marquardt(
             if doubt.numel():
                 _, g_fresh, h_fresh = linear_model(c[doubt], active[doubt])
                 state.grad[doubt], state.hess[doubt] = g_fresh, h_fresh
+                fresh_products(doubt)
                 stalled = doubt[verdict[doubt] == 2]  # its damping grew against a stale matrix
                 state.lam[stalled], state.nu[stalled] = INITIAL_DAMPING, 2.0
                 age[doubt], verdict[doubt] = 0, 0
@@ -159,9 +184,13 @@ def levenberg_marquardt(
             coeffs[rows], energies[rows] = c[out], state.e[out]
             ended = torch.where(verdict[out] == 1, CONVERGED, STALLED).to(torch.int8)
             status[rows] = torch.where(ok[out], ended, torch.full_like(ended, NONFINITE))
+            if finer is not None:
+                done = out[(verdict[out] == 1) & ok[out]]
+                finer.record(active[done], tuple(x[done] for x in products), state.e[done])
             stay = (~leave).nonzero().squeeze(1)
             active = active[stay]
             state, c, age = state.rows(stay), c[stay], age[stay]
+            products = tuple(x[stay] for x in products)
     coeffs[active], energies[active] = c, state.e  # curves that hit the iteration limit (MAX_ITER)
     return coeffs, energies, status, iterations
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..metric import ExpectedMetric, energy_from_segments, length_from_segments
+from .finer_gain import finer_gains
 from .first_order import adam
 from .graph import LatentGraph
 from .levenberg_marquardt import levenberg_marquardt
@@ -36,9 +37,10 @@ def solve_batch(
     init: Tensor | None,
     graph: LatentGraph | None,
     work: Work,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One batch of curves: returns coeffs (B, m, d), energies, status codes, iterations and the
-    start code (B,) each result came from.
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One batch of curves: returns coeffs (B, m, d), energies, status codes, iterations, the
+    start code (B,) each result came from, and each converged curve's predicted relative gain in
+    the subdivided basis (B,; NaN where not predicted, or without ``opts.subdivide``).
 
     With ``coarse_points < n_points`` (``method="default"``) the starts race on that coarser
     grid (every phase costs in proportion to the points per curve), and only the winner of each
@@ -93,7 +95,8 @@ def solve_batch(
     order = _per_curve_order(energy, curve_idx, B)  # (B, 2): best and runner-up racer per curve
     pick = order[:, 0]
     if not is_coarse:
-        return coeffs[pick], energy[pick], status[pick], iterations, codes[start_idx[pick]]
+        unknown = torch.full_like(energy[pick], torch.nan)
+        return coeffs[pick], energy[pick], status[pick], iterations, codes[start_idx[pick]], unknown
 
     # Refine the winner of each curve at n_points, and the runner-up too where the race was too
     # close to call on the coarse grid.
@@ -109,16 +112,19 @@ def solve_batch(
     close = (has_second & (e2 - e1 <= CLOSE_RACE * e1) & apart).nonzero().squeeze(1)
     rows_b = torch.cat([cols, close])  # winners first, then the runner-ups of close races
     rows_r = torch.cat([pick, second[close]])
+    finer = finer_gains(opts, fine, rows_b.numel(), z0)
     f_coeffs, f_energy, f_status, f_it = levenberg_marquardt(
-        features, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol, gradient, opts.secant
-    )
+        features, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol, gradient, opts.secant,
+        finer=finer,
+    )  # fmt: skip
     f_energy = _finite_or_inf(f_energy)
     iterations.index_add_(0, rows_b, f_it)
     # Per curve, the better of its (one or two) fine results.
     best = cols.clone()
     runner_up = B + (f_energy[B:] < f_energy[close]).nonzero().squeeze(1)
     best[rows_b[runner_up]] = runner_up
-    return f_coeffs[best], f_energy[best], f_status[best], iterations, codes[start_idx[rows_r[best]]]
+    gains = finer.gains[best] if finer is not None else torch.full_like(f_energy[best], torch.nan)
+    return f_coeffs[best], f_energy[best], f_status[best], iterations, codes[start_idx[rows_r[best]]], gains
 
 
 def _distinct_starts(

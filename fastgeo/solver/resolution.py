@@ -18,8 +18,9 @@ from .result import CONVERGED, GIVEN, UNDER_RESOLVED, GeodesicResult, Work
 RESOLUTION_TOL = 0.01  # a length that grows more than this at the midpoints is under-resolved
 RESOLUTION_DOUBLINGS = 2  # re-solve under-resolved curves with up to 2**this times the points
 
-# solve_at(curves idx, points n, starting coefficients) -> coeffs, energies, status, iterations, start
-SolveAt = Callable[[Tensor, int, Tensor], tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]
+# solve_at(curves idx, points n, starting coefficients) -> coeffs, energies, status, iterations,
+# start, predicted gains of subdivision (not used here)
+SolveAt = Callable[[Tensor, int, Tensor], tuple[Tensor, ...]]
 
 
 def midpoint_lengths(metric: ExpectedMetric, curves: Curves, n: int, work: Work) -> tuple[Tensor, Tensor]:
@@ -51,7 +52,7 @@ def refine_resolution(
             )
             break
         n *= 2
-        coeffs, energies, status, iterations, start = solve_at(idx, n, res.curves.coeffs[idx])
+        coeffs, energies, status, iterations, start, _ = solve_at(idx, n, res.curves.coeffs[idx])
         res.curves.coeffs[idx] = coeffs
         res.energies[idx], res.status_code[idx] = energies, status
         # A start "given" here is the coarser solution: keep naming the start that one came from.

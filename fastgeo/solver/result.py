@@ -51,7 +51,8 @@ class GeodesicResult:
     ``scipy.optimize``'s results).
 
     Attributes:
-        curves: the optimized :class:`fastgeo.curves.Curves`.
+        curves: the optimized :class:`fastgeo.curves.Curves` (with subdivision, every curve in the
+            B-spline of ``2 m - 1`` functions, see :mod:`fastgeo.solver.subdivide`).
         lengths: (B,) the distances: each curve's length, measured on a grid fine enough that
             doubling it changes the length by less than ``length_rtol`` (see ``length_errors``).
         length_errors: (B,) estimated error of ``lengths`` against the curve's continuous length.
@@ -63,7 +64,8 @@ class GeodesicResult:
             same way to 1e-3 relative (to ``length_rtol`` where within 1 % of ``lengths``).
         n_points: points per curve used for the energy (the requested resolution).
         resolution: (B,) int, points per curve of each curve's optimization: ``n_points``, or more
-            where the resolution check re-solved an under-resolved curve.
+            where the resolution check re-solved an under-resolved curve, and twice that where
+            subdivision solved it on in the finer basis.
         measure_points: (B,) int, points of the grid each length was measured on.
         decoder_evals: latent points passed through the decoder mean (forward calls).
         decoder_jvps: latent points times directions pushed through the decoder in forward mode.
