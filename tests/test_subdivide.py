@@ -148,3 +148,18 @@ def test_the_recorded_gains_are_those_of_the_final_curves(name, rtol, monkeypatc
     )
     assert bool(res.converged.all()) and not bool(seen["gains"].isnan().any())
     assert_close_rel(seen["gains"], fresh, rtol, atol=1e-7)
+
+
+def test_a_results_curves_start_another_call_with_its_basis():
+    """res.curves.coeffs (2 m - 1 functions) as init: refused with a message saying what to pass,
+    accepted with m=res.curves.basis.m, and no longer for it."""
+    metric = fastgeo.load_generator(DATA / "two_moons.safetensors")
+    Z = fastgeo.load_extra(DATA / "two_moons.safetensors")["latents"]
+    res = fastgeo.geodesics(metric, Z[:3], Z[-3:])
+    with pytest.raises(ValueError, match="res.curves.basis.m"):
+        fastgeo.geodesics(metric, Z[:3], Z[-3:], init=res.curves.coeffs)
+    again = fastgeo.geodesics(
+        metric, Z[:3], Z[-3:], init=res.curves.coeffs, m=res.curves.basis.m, subdivide=False, refine=1
+    )
+    assert again.curves.basis.m == res.curves.basis.m
+    assert bool((again.lengths <= res.lengths * (1 + 1e-5)).all())

@@ -93,7 +93,8 @@ def geodesics(
             (default 1e-10 in float64, 1e-6 in float32).
         batch_size: curves optimized at once (default: as many as fit in ~1 GiB of working
             memory, :func:`fastgeo.solver.options.working_memory_per_curve`).
-        init: optional (B, m, d) starting coefficients for the basis of ``method``.
+        init: optional (B, m, d) starting coefficients for the basis of ``method`` (a result's
+            ``curves.coeffs`` with ``m=res.curves.basis.m``).
         graph: start from shortest paths on a :class:`fastgeo.LatentGraph` too (``default``
             only, where ``corridors > 0``; built on first use and cached for the metric), or a
             graph to use.
@@ -235,7 +236,10 @@ def _check_init(
     metric.check_points("init", init, ndim=3)
     B, d = z0.shape
     if init.shape != (B, opts.m, d):
-        raise ValueError(f"init must have shape (B, m, d) = {(B, opts.m, d)}, got {tuple(init.shape)}")
+        raise ValueError(
+            f"init must have shape (B, m, d) = {(B, opts.m, d)}, got {tuple(init.shape)} (a subdivided "
+            "result's curves have 2 m - 1 functions: pass m=res.curves.basis.m with them)"
+        )
     _checks.finite("init", init)
     return init.detach()
 
