@@ -24,9 +24,17 @@ MEASURE_POINTS = 1024
 FINE_POINTS = 4096
 
 
+MEASURE_CHUNK = 8192  # points decoded at once (a conv decoder's float64 activations are large)
+
+
 def measured_lengths(metric64: ExpectedMetric, points: Tensor) -> Tensor:
-    """Lengths (B,) of curves sampled densely enough, (B, n, d) in any float dtype."""
-    return metric64.length(points.to(metric64.dtype))
+    """Lengths (B,) of curves sampled densely enough, (B, n, d) in any float dtype; no autograd
+    graph, curves in chunks of about MEASURE_CHUNK points (bounded memory)."""
+    B, n = points.shape[:2]
+    step = max(1, MEASURE_CHUNK // n)
+    with torch.no_grad():
+        parts = [metric64.length(points[i : i + step].to(metric64.dtype)) for i in range(0, B, step)]
+    return torch.cat(parts) if parts else points.new_zeros(0, dtype=metric64.dtype)
 
 
 def oracle_lengths(metric64: ExpectedMetric, dense: GeodesicResult) -> Tensor:
