@@ -25,11 +25,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # From this latent dimension on, ``default`` races only the shortest start and builds no graph:
 # on trained VAEs with d = 12-64 the graph's corridors and the race never changed a curve
-# (measured), while the graph costs minutes of decoder calls to build. Their curves need more
-# control points: against a stronger float64 solve (m = 24, 96 points), m = 12 at 48 points was
-# 0.05-0.10 % long on average at d = 12-32, m = 16 at 64 points 0.02-0.05 % (at ~1.35x the time).
+# (measured), while the graph costs minutes of decoder calls to build. Their curves start with
+# 12 control points on 48 points and are subdivided (23 on 96) where that gains: against the
+# shortest curves known, mean excess 0.007-0.016 % at d = 16-64 in about the time 16 control
+# points on 64 took without subdivision for 0.022-0.054 % (16 on 64 with subdivision: 0.002 %, at
+# 1.3-1.7x the time; bench/RESULTS.md, "Subdivision").
 HIGH_DIM = 4
-HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 16, "n_points": 64, "coarse_points": 24}
+HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 12, "n_points": 48, "coarse_points": 24}
 # From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
 # linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
 LAGGED_MIN_DIM = 8
