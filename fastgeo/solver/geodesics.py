@@ -79,9 +79,9 @@ def geodesics(
             ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF warm start,
             first-order steps) or ``"dense"`` (free polylines of ``n_points = 128`` nodes
             minimized to convergence: the accuracy oracle; use a float64 metric for it).
-        m: basis functions per latent dimension (default 24 in d <= 3, 16 above: the interior
+        m: basis functions per latent dimension (default 24 in d <= 3, 12 above: the interior
             control points of a cubic B-spline; ``paper`` uses 1, its quadratic).
-        n_points: points per curve in the discrete energy (default 96 in d <= 3, 64 above; 32
+        n_points: points per curve in the discrete energy (default 96 in d <= 3, 48 above; 32
             for ``paper``, 128 for ``dense``).
         family: ``"bspline"`` (default: clamped uniform cubic B-splines), or ``"legendre"`` /
             ``"chebyshev"`` polynomials (``paper``: legendre).
