@@ -163,3 +163,20 @@ def test_a_results_curves_start_another_call_with_its_basis():
     )
     assert again.curves.basis.m == res.curves.basis.m
     assert bool((again.lengths <= res.lengths * (1 + 1e-5)).all())
+
+
+def test_float64_small_batches_equal_ends_and_no_resolution_check():
+    """float64, batch_size=1, check_resolution=False and a pair with equal ends in one call: every
+    curve finite and converged, the equal pair at distance 0, lengths those of batch_size=None."""
+    metric = fastgeo.load_generator(DATA / "digits.safetensors").to(torch.float64)
+    Z = fastgeo.load_extra(DATA / "digits.safetensors")["latents"].double()
+    i, j = torch.randint(Z.shape[0], (2, 6), generator=torch.Generator().manual_seed(11))
+    z0, z1 = Z[i], Z[j]
+    z1[2] = z0[2]
+    one = fastgeo.geodesics(metric, z0, z1, batch_size=1, check_resolution=False, refine=1, corridors=0)
+    many = fastgeo.geodesics(metric, z0, z1, check_resolution=False, refine=1, corridors=0)
+    assert one.curves.basis.m == 47 and bool(torch.isfinite(one.lengths).all())
+    assert bool((one.resolution == 192).any()), "some curve subdivided here"
+    assert torch.equal(one.resolution, many.resolution)
+    assert float(one.lengths[2]) == 0.0 and bool(one.converged.all())
+    assert_close_rel(one.lengths, many.lengths, 1e-9)
