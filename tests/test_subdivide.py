@@ -180,3 +180,18 @@ def test_float64_small_batches_equal_ends_and_no_resolution_check():
     assert torch.equal(one.resolution, many.resolution)
     assert float(one.lengths[2]) == 0.0 and bool(one.converged.all())
     assert_close_rel(one.lengths, many.lengths, 1e-9)
+
+
+def test_identical_calls_give_identical_curves(one_thread):
+    """Bit for bit, call after call (LAPACK's least squares varied in its last bits between calls,
+    and the lift with it: the matrix is rounded to its exact multiples of 1/16 now)."""
+    metric = fastgeo.load_generator(DATA / "two_moons.safetensors").to(torch.float64)
+    Z = fastgeo.load_extra(DATA / "two_moons.safetensors")["latents"].double()
+    i, j = torch.randint(Z.shape[0], (2, 6), generator=torch.Generator().manual_seed(2))
+    first = fastgeo.geodesics(metric, Z[i], Z[j], max_iter=20)
+    for _ in range(4):
+        again = fastgeo.geodesics(metric, Z[i], Z[j], max_iter=20)
+        assert torch.equal(again.curves.coeffs, first.curves.coeffs)
+        assert torch.equal(again.lengths, first.lengths)
+    lift = lift_matrix(BSplineBasis(24), finer_basis(BSplineBasis(24)), Z)
+    assert torch.equal(lift * 16, (lift * 16).round())

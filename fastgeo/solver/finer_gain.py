@@ -22,6 +22,7 @@ from .options import SolverOptions
 from .problem import Grid
 
 DAMPING = 1e-3  # of the predicting step (Levenberg-Marquardt's initial damping)
+LIFT_GRID = 256  # the lift's coefficients are exact multiples of 1 / LIFT_GRID
 
 
 def finer_basis(basis: BSplineBasis) -> BSplineBasis:
@@ -31,11 +32,13 @@ def finer_basis(basis: BSplineBasis) -> BSplineBasis:
 
 def lift_matrix(basis: BSplineBasis, finer: BSplineBasis, like: Tensor) -> Tensor:
     """R (m', m) with ``finer(t) @ R == basis(t)``: coefficients in ``basis`` to the same curve's
-    in ``finer`` (``finer``'s knots must contain ``basis``'s; solved in float64, exact to
-    rounding)."""
+    in ``finer`` (``finer``'s knots must contain ``basis``'s). Solved in float64 and rounded to
+    LIFT_GRID: halving uniform spans gives multiples of 1/16 exactly, and LAPACK's last bits vary
+    from call to call (with memory alignment), which made results differ between identical calls."""
     t = torch.linspace(0, 1, 4 * finer.m + 7, dtype=torch.float64)
     fine, coarse = finer(t), basis(t)
     lift = torch.linalg.lstsq(fine, coarse).solution
+    lift = torch.round(lift * LIFT_GRID) / LIFT_GRID
     if not torch.allclose(fine @ lift, coarse, atol=1e-10):
         raise ValueError(f"{finer!r} does not contain {basis!r}")
     return lift.to(dtype=like.dtype, device=like.device)
