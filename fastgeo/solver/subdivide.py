@@ -60,10 +60,11 @@ def subdivide_curves(
     for n in torch.unique(res.resolution[candidates]).tolist():
         at_n = candidates & (res.resolution == n)
         unknown = (at_n & gains.isnan()).nonzero().squeeze(1)
-        record = FinerGains(Grid.of(finer, n, coeffs).psi, gains, banded=not opts.secant)
+        own = Grid.of(finer, n, coeffs)  # the curves' own grid, in the finer basis
+        record = FinerGains(own.psi, gains, banded=not opts.secant)
         size = _batch_size(opts, metric, n, p)
         for lo in range(0, unknown.numel(), size):
-            _predict(metric, res, work, unknown[lo : lo + size], n, record)
+            _predict(metric, res, work, unknown[lo : lo + size], own, record)
         go = (at_n & (gains > SUBDIVIDE_ABOVE)).nonzero().squeeze(1)  # NaN: not finite, kept
         size = _batch_size(opts, metric, 2 * n, p)
         for lo in range(0, go.numel(), size):
@@ -72,11 +73,10 @@ def subdivide_curves(
 
 
 def _predict(
-    metric: ExpectedMetric, res: GeodesicResult, work: Work, rows: Tensor, n: int, record: FinerGains
+    metric: ExpectedMetric, res: GeodesicResult, work: Work, rows: Tensor, grid: Grid, record: FinerGains
 ) -> None:
     """The predicted gains of curves ``rows`` (already in the finer basis), from a linearization on
-    their own ``n`` points."""
-    grid = Grid.of(res.curves.basis, n, res.curves.coeffs)
+    their own points (``grid``)."""
     z0, z1 = res.curves.z0[rows], res.curves.z1[rows]
     pts = evaluate(z0, z1, res.curves.coeffs[rows], grid.psi, grid.t)
     s, v, G, C = point_products(full_parts(metric, work)(pts, rows))
