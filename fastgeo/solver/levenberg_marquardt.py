@@ -37,7 +37,6 @@ def levenberg_marquardt(
     tol: float,
     gradient: PointGradient | None = None,
     secant: bool = True,
-    model: tuple[Tensor, Tensor, Tensor] | None = None,
     finer: FinerGains | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Minimize ``E(a) = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2`` for every curve of a batch.
@@ -51,8 +50,7 @@ def levenberg_marquardt(
     Gauss-Newton matrix H at the step's start: no Jacobian is kept from one iteration to the
     next, so the memory is that of one linearization.
     Returns coeffs, energies, status (codes of :data:`STATUSES`) and iterations, per curve.
-    ``model``: the linearization (segments, gradient, Gauss-Newton matrix) at ``coeffs``, where
-    the caller has it already. ``finer``: each curve that converges gets its predicted gain in a
+    ``finer``: each curve that converges gets its predicted gain in a
     finer basis recorded there, from the point products of its last linearization (kept per curve).
 
     With ``gradient`` (lagged mode, for large latent dimensions) trial points get the exact
@@ -101,9 +99,7 @@ def levenberg_marquardt(
         return s, torch.matmul(grid.psi.T, g).reshape(idx.numel(), m * d)
 
     everyone = torch.arange(B, device=z0.device)
-    s, grad, hess = linear_model(coeffs, everyone) if model is None else model
-    if finer is not None and model is not None:
-        raise ValueError("finer gains need the products of the first linearization: pass no model")
+    s, grad, hess = linear_model(coeffs, everyone)
     e, length = energy_from_segments(s), length_from_segments(s)
     energies = e.clone()
     # A non-finite energy or Jacobian (e.g. a decoder returning NaN) ends the curve.
