@@ -117,8 +117,9 @@ def geodesics(
             point) at every trial point; ``"lagged"``: trial points get the exact gradient by
             reverse mode and the Gauss-Newton matrix is recomputed only where it predicted the
             last step badly, and before convergence is declared; ``"auto"`` (default): lagged
-            for d >= 8 (``default`` only). A lagged call takes plain Gauss-Newton steps in every
-            phase; the others add a secant model of the curvature Gauss-Newton leaves out.
+            for d >= 8 (``default`` only). A lagged call takes Gauss-Newton steps corrected along
+            the last step by the curvature it met (:mod:`.last_step`) in every phase; the others
+            add a full secant model of the curvature Gauss-Newton leaves out.
         subdivide: curves whose Gauss-Newton model predicts an energy gain of more than 0.04 %
             (about 0.02 % in length) in the B-spline with every knot span halved (``2 m - 1``
             functions) are solved on in it with twice the points (:mod:`.subdivide`); every

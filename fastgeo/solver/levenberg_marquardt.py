@@ -18,6 +18,7 @@ from ..metric import energy_from_segments, length_from_segments
 from ..ops.banded_step import block_bandwidth
 from ..ops.solver_ops import LMState, LMTrial, lm_propose, lm_update
 from .finer_gain import FinerGains
+from .last_step import corrected_step
 from .linearize import assemble, point_products
 from .problem import Grid, Parts, PointGradient
 from .result import CONVERGED, MAX_ITER, NONFINITE, STALLED
@@ -58,6 +59,9 @@ def levenberg_marquardt(
     of an earlier point; a curve is linearized again where an accepted step's gain fell below
     REFRESH_BELOW of the predicted one, and before a convergence or stall is believed: a step
     proposed from a stale matrix proves nothing, so the curve goes on from a fresh one.
+    Without the secant model (``secant=False``, the lagged calls) each step is corrected along the
+    last accepted one by the curvature that step met (:mod:`.last_step`): in flat valleys plain
+    Gauss-Newton steps fall several times short.
 
     A curve converges when a step changes its energy, or its length ``sum sqrt(s_n)`` while the
     energy changes by less than ``LENGTH_TOL_FACTOR * tol``, by less than ``tol`` relative: near
@@ -125,6 +129,10 @@ def levenberg_marquardt(
     age = torch.zeros_like(active)  # iterations since each curve's Gauss-Newton matrix was computed
     # Plain Gauss-Newton in a basis of local support keeps the system block-banded.
     banded = None if secant else (d, block_bandwidth(grid.psi))
+    # ... and corrected along the last accepted step by the curvature it met (last_step.py).
+    last = torch.zeros_like(state.grad)
+    curvature = torch.zeros_like(state.e)
+    use = torch.zeros_like(active, dtype=torch.bool)  # curves with a last step to correct along
 
     for _ in range(max_iter):
         if active.numel() == 0:
@@ -132,6 +140,10 @@ def levenberg_marquardt(
         step, predicted, solved = lm_propose(
             state.grad, state.hess, state.curv, state.lam, N - 1, banded
         )
+        if not secant and bool(use.any()):
+            step, predicted = corrected_step(
+                state.grad, state.hess, state.lam, step, predicted, last, curvature, use, N - 1
+            )
         trial = c + step.reshape(-1, m, d)
         stale_step = age > 0
         everyone_active = torch.arange(active.numel(), device=active.device)
@@ -155,7 +167,14 @@ def levenberg_marquardt(
             predicted,
             solved,
         )
+        g_before, e_before = state.grad, state.e
         accept, verdict, ok, state = lm_update(state, proposal, tol, LENGTH_TOL_FACTOR)
+        if not secant:  # the curvature met, by gradients and by energies: the larger of the two
+            last = torch.where(accept[:, None], step, last)
+            by_gradient = (step * (g_new - g_before)).sum(-1)
+            by_energy = 2 * ((proposal.e - e_before) / (N - 1) - (g_before * step).sum(-1))
+            curvature = torch.where(accept, torch.maximum(by_gradient, by_energy), curvature)
+            use = accept & solved
         if finer is not None:  # accepted points take their products, where they were computed
             computed = everyone_active if gradient is None else (age == 0).nonzero().squeeze(1)
             took = accept[computed]
@@ -186,6 +205,7 @@ def levenberg_marquardt(
             stay = (~leave).nonzero().squeeze(1)
             active = active[stay]
             state, c, age = state.rows(stay), c[stay], age[stay]
+            last, curvature, use = last[stay], curvature[stay], use[stay]
             products = tuple(x[stay] for x in products)
     coeffs[active], energies[active] = c, state.e  # curves that hit the iteration limit (MAX_ITER)
     return coeffs, energies, status, iterations

@@ -173,6 +173,8 @@ def solver_options(
     # steps in every phase, the race's fresh ones included (measured on trained VAEs with d = 12-64:
     # 30-45 % fewer iterations, 1.2-1.5x less time, lengths within 0.004 %; d = 8 conv: 5 % slower,
     # the same lengths; without the model in the race too was faster than only in the refinement).
+    # Their steps are corrected along the last step instead (rank one, the system stays banded:
+    # solver/last_step.py).
     secant = not lagged
     splines = method == "default" and family == "bspline"
     if subdivide is None:
