@@ -6,7 +6,14 @@ worst excess length per seed over a reference.
     OMP_NUM_THREADS=1 python bench/bench_variants.py --generator mlp32_shapes --pairs 16 \\
         --reference best '{"subdivide": False}' '{}'
 
-Each variant is a Python dict of ``fastgeo.geodesics`` keyword arguments. The reference is the
+Each variant is a Python dict of ``fastgeo.geodesics`` keyword arguments; a key naming a module
+constant (``"fastgeo.solver.last_step.FLOOR": 1.0``: the last-step correction off) sets it for
+that variant's calls only:
+
+    OMP_NUM_THREADS=1 python bench/bench_variants.py --generator conv8_shapes --seeds 0,1 --pairs 16 \
+        --reference best '{"fastgeo.solver.last_step.FLOOR": 1.0}' '{}'
+
+The reference is the
 dense oracle of the basins benchmark (``--reference dense``, the default: its lengths come from
 ``bench_basins.py``'s cache, ``results/basins_oracle/``, computed and kept on first use, 12-15
 minutes per seed at d = 12, ~40 at d = 16 with D = 784), or the shortest of the variants' own
@@ -19,8 +26,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import importlib
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import torch
 from bench_basins import dense_oracle
@@ -30,18 +40,38 @@ import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, measured_lengths
 
 
+@contextlib.contextmanager
+def constants(overrides: dict) -> Iterator[None]:
+    """Module constants set for the duration (``{"fastgeo.solver.last_step.FLOOR": 1.0}``)."""
+    saved = []
+    try:
+        for key, value in overrides.items():
+            module_name, _, attr = key.rpartition(".")
+            module = importlib.import_module(module_name)
+            if not hasattr(module, attr):
+                raise AttributeError(f"{module_name} has no constant {attr}")
+            saved.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, value)
+        yield
+    finally:
+        for module, attr, value in reversed(saved):
+            setattr(module, attr, value)
+
+
 def run(name: str, seeds: list[int], pairs: int, variant: dict) -> dict:
     """Time, iterations, statuses and measured lengths per seed of one variant, on its own copy of
     the generator (the latent graph caches its shortest-path rows per metric: a variant sharing the
     metric would reuse another's queries)."""
+    overrides = {k: v for k, v in variant.items() if k.startswith("fastgeo.")}
+    kwargs = {k: v for k, v in variant.items() if k not in overrides}
     metric = fastgeo.load_generator(generator_path(name))
     m64 = metric.to(torch.float64)
     seconds, iterations, statuses, lengths = 0.0, 0, Counter(), []
     for seed in seeds:
         z0, z1 = solver_pairs(name, pairs, seed)
         t = time.process_time()
-        with torch.no_grad():
-            res = fastgeo.geodesics(metric, z0, z1, progress=False, **variant)
+        with torch.no_grad(), constants(overrides):
+            res = fastgeo.geodesics(metric, z0, z1, progress=False, **kwargs)
         seconds += time.process_time() - t
         iterations += int(res.iterations.sum())
         statuses.update(res.status.tolist())
