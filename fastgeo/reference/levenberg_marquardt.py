@@ -130,6 +130,10 @@ def secant_update(
     ys = (y * step).sum(-1)
     ok = rows & (ys > 1e-12 * y.norm(dim=-1) * step.norm(dim=-1))
     curv_step = (curv * step[:, None, :]).sum(-1)
+    if not bool(y_sharp.any()) and not bool(curv_step.any()):
+        # Nothing to learn and nothing to size (plain Gauss-Newton: y_sharp = 0 and S = 0): the
+        # update below would return S exactly; its passes over the (b, p, p) matrices are skipped.
+        return curv
     s_curv_s = (step * curv_step).sum(-1)
     size = ((step * y_sharp).sum(-1).abs() / s_curv_s.abs().clamp(min=1e-300)).clamp(max=1)
     size = torch.where(rows & (s_curv_s != 0), size, 1.0)
