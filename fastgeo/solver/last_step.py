@@ -9,10 +9,11 @@ model of the curvature Gauss-Newton leaves out would learn this, but it fills th
 system (and with lagged matrices turns indefinite); this correction keeps the banded solve.
 
 With ``A = H + lam D`` the damped Gauss-Newton matrix, ``s = -A^{-1} g`` its step, and ``p`` the
-last accepted step, whose curvature ``c = p . (g_new - g_old)`` was measured by exact gradients,
-the model ``M = A - delta u u^T`` (``u = A p``, rank one) has the curvature ``c + p^T lam D p``
-along ``p`` and ``A``'s everywhere A-conjugate to ``p``. By Sherman-Morrison its step needs no
-second solve:
+last accepted step, whose curvature ``c`` was measured when it was taken (the larger of
+``p . (g_new - g_old)``, exact gradients, and ``2 (dE / segments - g_old . p)``, the energy's
+change: both must see a flat valley), the model ``M = A - delta u u^T`` (``u = A p``, rank
+one) has the curvature ``c + p^T lam D p`` along ``p`` and ``A``'s everywhere A-conjugate to
+``p``. By Sherman-Morrison its step needs no second solve:
 
     x = s + mu p,    mu = (p^T A p - c_A) / c_A * (-g . p) / (p^T A p),    c_A = c + p^T lam D p,
 
