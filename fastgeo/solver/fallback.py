@@ -10,8 +10,8 @@ from ..metric import ExpectedMetric
 from .measure import LENGTH_RTOL, measure
 from .result import STRAIGHT, STRAIGHT_FALLBACK, GeodesicResult, Work
 
-# The straight lines are measured to LINE_RTOL, and to the curves' LENGTH_RTOL only where they
-# are within CLOSE of their curve: elsewhere the comparison is decided (a discrete length is a
+# The straight lines are measured to LINE_RTOL, and finer than the curves' LENGTH_RTOL only where
+# they are within CLOSE of their curve: elsewhere the comparison is decided (a discrete length is a
 # lower bound of the length: a straight line measured longer than its curve is longer), and
 # halving the grid doublings of the check matters when the decoder is expensive.
 LINE_RTOL = 1e-3
@@ -19,9 +19,9 @@ CLOSE = 1e-2
 
 
 def never_longer_than_straight(metric: ExpectedMetric, res: GeodesicResult, work: Work) -> None:
-    """Measure the straight lines of ``res`` (``res.straight_lengths``: to LINE_RTOL, or as the
-    curves are where within CLOSE of them) and replace, in place, the curves longer than theirs by
-    them: status ``straight_fallback``, unless the curve was no longer than its straight line
+    """Measure the straight lines of ``res`` (``res.straight_lengths``: to LINE_RTOL, or to a third
+    of the curves' tolerance where within CLOSE of them) and replace, in place, the curves longer
+    than theirs by them: status ``straight_fallback``, unless the curve was no longer than its straight line
     within the measurement's tolerance (the straight line is then the geodesic, as for a linear
     decoder, and the status stays)."""
     z0, z1 = res.curves.z0, res.curves.z1
@@ -31,12 +31,16 @@ def never_longer_than_straight(metric: ExpectedMetric, res: GeodesicResult, work
     close = (~(straight > res.lengths * (1 + CLOSE))).nonzero().squeeze(1)  # NaN: measured again
     if close.numel():
         sub = Curves(z0[close], z1[close], line.coeffs[close], line.basis)
-        straight[close], errors[close], used[close] = measure(metric, sub, used[close], work)
+        # Finer than the curves' own tolerance: a line within it of its curve decides which one
+        # is returned, and a grid's error estimate can be a few times short of the truth.
+        finer = measure(metric, sub, used[close], work, rtol=LENGTH_RTOL / 3)
+        straight[close], errors[close], used[close] = finer
     res.straight_lengths = straight
     worse = res.lengths > straight
     if not bool(worse.any()):
         return
-    failed = worse & (res.lengths > straight * (1 + LENGTH_RTOL))
+    # Longer beyond both measurements' error estimates (each up to LENGTH_RTOL): a failed curve.
+    failed = worse & (res.lengths > straight * (1 + LENGTH_RTOL) + errors + res.length_errors)
     res.curves = Curves(z0, z1, torch.where(worse[:, None, None], line.coeffs, res.curves.coeffs), line.basis)
     res.lengths = torch.where(worse, straight, res.lengths)
     res.length_errors = torch.where(worse, errors, res.length_errors)

@@ -130,8 +130,8 @@ def geodesics(
 
     Returns:
         :class:`GeodesicResult`, a status per curve. Every length is the curve's own length,
-        measured on a grid fine enough that doubling it changes the length by less than 1e-4
-        (``length_errors`` estimates what remains); no curve is longer than the straight line
+        measured on a grid fine enough that its estimated error (``length_errors``) is below 1e-4
+        relative; no curve is longer than the straight line
         between its ends.
     """
     _check_ends(metric, z0, z1)

@@ -1,13 +1,18 @@
-"""Lengths that are the curve's length: each curve is measured on finer and finer grids (doubling
-the points) until the length settles to ``LENGTH_RTOL``, in bounded memory.
+"""Lengths that are the curve's length: each curve is measured on finer grids (its segments halved
+one or more times) until the length's estimated error is below ``LENGTH_RTOL``, in bounded memory.
 
 The discrete length of a curve on n points is the length of the polyline through the images of
 those points: it never decreases when points are added (triangle inequality) and, for a smooth
-metric, approaches the curve's length as O(1/n^2). So the change between two grids bounds the
-remaining error: ``(L_2n - L_n) / 3`` is reported as its estimate (Richardson).
+metric, approaches the curve's length as O(1/n^2). So the change between two grids estimates the
+remaining error (Richardson): ``(L_2n - L_n) / 3``. The same estimate tells how much finer the
+grid must be (the error falls 4x per doubling): the measurement goes to one doubling short of
+it, then doubles once to confirm (a decoder's cost grows with the points: the grids skipped are
+saved).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -16,7 +21,7 @@ from ..curves import Curves
 from ..metric import ExpectedMetric, feature_segments, length_from_segments
 from .result import Work
 
-LENGTH_RTOL = 1e-4  # a length has settled when doubling the points changes it by less than this
+LENGTH_RTOL = 1e-4  # a length has settled when its estimated error is below this, relative
 MAX_POINTS = 4097  # the finest grid (4096 segments)
 BUDGET = 64 << 20  # bytes of features held at once
 
@@ -55,33 +60,59 @@ def measure(
     first: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lengths (B,), their error estimates (B,) and the points of the grid they were measured on
-    (B,): grids of n, 2n - 1, 4n - 3, ... points from ``start`` (B,) points each, until the
-    length changes by less than ``rtol`` relative or MAX_POINTS is reached. ``first``: the
-    lengths on the first two grids where already known (the resolution check measures them)."""
+    (B,): from ``start`` (B,) points each, on grids of n and 2n - 1 points, then, curve by curve,
+    on grids with 2^k times the segments (k one short of what its error estimate asks, then one
+    doubling to confirm) until the estimated error of one doubling is below ``rtol`` relative or
+    the grid has MAX_POINTS points (or 2n - 1 if more). ``first``:
+    the lengths on the first two grids where already known (the resolution check measures them)."""
     B = len(curves)
     if first is not None and any(f.shape != (B,) for f in first):
         raise ValueError(f"first: two lengths per curve, (B,) = ({B},) each, measured at `start` points")
-    lengths = curves.z0.new_zeros(B)
+    start = start.to(torch.long)
+    second = 2 * start - 1
+    finest = second.clamp(min=MAX_POINTS)
+    if first is not None:
+        previous, lengths = first[0].clone(), first[1].clone()
+    else:
+        previous, lengths = (_grouped(metric, curves, grid, work) for grid in (start, second))
+    n = second.clone()
+    doublings = torch.ones_like(n)  # from the grid before to this one
     errors = torch.full_like(lengths, torch.inf)
-    used = start.clone()
-    for n0 in torch.unique(start).tolist():
-        idx = (start == n0).nonzero().squeeze(1)
-        sub = Curves(curves.z0[idx], curves.z1[idx], curves.coeffs[idx], curves.basis)
-        known = first is not None and 2 * n0 - 1 <= MAX_POINTS
-        n = int(n0)
-        previous = first[0][idx].clone() if known else curve_lengths(metric, sub, n, work)
-        active = torch.arange(len(idx), device=idx.device)
-        while active.numel() and n < MAX_POINTS:
-            n = min(2 * n - 1, MAX_POINTS)
-            if known and n == 2 * n0 - 1:
-                finer = first[1][idx]
-            else:
-                part = Curves(sub.z0[active], sub.z1[active], sub.coeffs[active], sub.basis)
-                finer = curve_lengths(metric, part, n, work)
-            change = finer - previous[active]
-            rows = idx[active]
-            lengths[rows], errors[rows], used[rows] = finer, change.abs() / 3, n
-            settled = ~(change.abs() > rtol * finer)  # NaN settles: it stays NaN
-            previous[active] = finer
-            active = active[~settled]
-    return lengths, errors, used
+    active = torch.arange(B, device=start.device)
+    while active.numel():
+        k = doublings[active]
+        # Richardson: halving every segment k times divides an O(1/n^2) error by 4^k.
+        error = (lengths[active] - previous[active]).abs() / (4.0**k - 1).to(lengths.dtype)
+        errors[active] = error
+        # Only an estimate from one doubling settles a length: after a jump the coarser grid can
+        # be far from the smooth limit (a thin wall between its points). NaN settles (it stays
+        # NaN), as does a curve on its finest grid.
+        small = ~(error > rtol * lengths[active])
+        go_on = ~(small & (k == 1)) & (n[active] < finest[active]) & ~torch.isnan(error)
+        active, error, small = active[go_on], error[go_on], small[go_on]
+        if active.numel() == 0:
+            break
+        # Each curve goes to the grid its own estimate asks for, less one doubling that confirms
+        # it (a curve's length must not depend on its batch).
+        asked = (error / (rtol * lengths[active])).clamp(min=1.0, max=4.0**12)
+        wanted = torch.log(asked).div(math.log(4.0)).ceil().to(torch.long)
+        jump = torch.where(small, 1, (wanted - 1).clamp(min=1))
+        previous[active] = lengths[active]
+        n_new = torch.minimum((n[active] - 1) * 2**jump + 1, finest[active])
+        doublings[active] = torch.log2((n_new - 1) / (n[active] - 1)).round().to(torch.long)
+        n[active] = n_new
+        lengths[active] = _grouped(metric, _rows(curves, active), n_new, work)
+    return lengths, errors, n
+
+
+def _rows(curves: Curves, rows: Tensor) -> Curves:
+    return Curves(curves.z0[rows], curves.z1[rows], curves.coeffs[rows], curves.basis)
+
+
+def _grouped(metric: ExpectedMetric, curves: Curves, points: Tensor, work: Work) -> Tensor:
+    """Discrete lengths (B,) of the curves, each on its own number of ``points`` (B,)."""
+    out = curves.z0.new_zeros(len(curves))
+    for n in torch.unique(points).tolist():
+        rows = (points == n).nonzero().squeeze(1)
+        out[rows] = curve_lengths(metric, _rows(curves, rows), int(n), work)
+    return out

@@ -54,14 +54,15 @@ class GeodesicResult:
         curves: the optimized :class:`fastgeo.curves.Curves` (with subdivision, every curve in the
             B-spline of ``2 m - 1`` functions, see :mod:`fastgeo.solver.subdivide`).
         lengths: (B,) the distances: each curve's length, measured on a grid fine enough that
-            doubling it changes the length by less than ``length_rtol`` (see ``length_errors``).
-        length_errors: (B,) estimated error of ``lengths`` against the curve's continuous length.
+            its estimated error is below 1e-4 relative (see ``length_errors``).
+        length_errors: (B,) estimated error of ``lengths`` against the curve's continuous length
+            (a third of the change from the grid before; the error falls ~4x per doubling).
         energies: (B,) discrete energy of each curve at its resolution (``resolution`` points).
         status_code: (B,) int8, index into :data:`STATUSES` (see :attr:`status`, :attr:`message`).
         iterations: (B,) int, optimizer iterations spent on each curve (all phases).
         init: (B,) int, index into :data:`INIT_NAMES` of the start each curve was taken from.
         straight_lengths: (B,) length of the straight line between the end points, measured the
-            same way to 1e-3 relative (to ``length_rtol`` where within 1 % of ``lengths``).
+            same way to 1e-3 relative (to 1e-4 where within 1 % of ``lengths``).
         n_points: points per curve used for the energy (the requested resolution).
         resolution: (B,) int, points per curve of each curve's optimization: ``n_points``, or more
             where the resolution check re-solved an under-resolved curve, and twice that where

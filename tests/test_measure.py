@@ -1,0 +1,72 @@
+"""Lengths measured to their error estimate (fastgeo.solver.measure): each curve goes to the grid
+its own estimate asks for, skipping the grids in between, and its length does not depend on the
+other curves it is measured with."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastgeo
+from fastgeo.curves import BSplineBasis, Curves
+from fastgeo.solver.measure import MAX_POINTS, measure
+from fastgeo.solver.result import Work
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def curves_and_metric():
+    """Digits VAE, 12 curves between training codes, from straight to strongly bent."""
+    path = DATA / "digits.safetensors"
+    metric = fastgeo.load_generator(path)
+    Z = fastgeo.load_extra(path)["latents"]
+    g = torch.Generator().manual_seed(3)
+    i, j = torch.randint(Z.shape[0], (2, 12), generator=g)
+    basis = BSplineBasis(8)
+    scale = torch.linspace(0, 1, 12)[:, None, None]
+    coeffs = scale * torch.randn(12, 8, 2, generator=g)
+    return metric, Curves(Z[i], Z[j], coeffs, basis)
+
+
+def test_lengths_are_within_their_estimate_of_the_finest_grid(curves_and_metric, one_thread):
+    metric, curves = curves_and_metric
+    start = torch.full((len(curves),), 9)
+    lengths, errors, points = measure(metric, curves, start, Work())
+    assert bool((points < MAX_POINTS).all()) and bool((errors <= 1e-4 * lengths).all())
+    # A polyline is never longer than its curve; the estimate bounds what it leaves out (to 2x).
+    # In float64: 4096 float32 segments add up visible rounding.
+    c64 = Curves(*(x.to(torch.float64) for x in (curves.z0, curves.z1, curves.coeffs)), curves.basis)
+    t = torch.linspace(0, 1, MAX_POINTS, dtype=torch.float64)
+    with torch.no_grad():
+        finest = metric.to(torch.float64).length(c64.at(t))
+    gap = (finest - lengths.to(torch.float64)) / finest
+    assert float(gap.min()) > -1e-6 and float(gap.max()) < 2e-4, gap
+    assert len(set(points.tolist())) > 1  # the curves needed different grids
+
+
+def test_a_curve_goes_straight_to_the_grid_its_estimate_asks_for(curves_and_metric, one_thread):
+    """From 9 points, the bent curves need many doublings: measured on fewer points in all than
+    the doubling sequence up to their final grid (a measurement that doubles grid by grid
+    evaluates every one of them)."""
+    metric, curves = curves_and_metric
+    bent = Curves(curves.z0[-1:], curves.z1[-1:], curves.coeffs[-1:], curves.basis)
+    work = Work()
+    _, _, points = measure(metric, bent, torch.tensor([9]), work)
+    n, doubling = 9, 9
+    while n < int(points[0]):
+        n = 2 * n - 1
+        doubling += n
+    assert n == int(points[0]) and int(points[0]) >= 9 * 8
+    assert work.evals < doubling, (work.evals, doubling)
+
+
+def test_a_curves_length_does_not_depend_on_the_others_measured_with_it(curves_and_metric, one_thread):
+    metric, curves = curves_and_metric
+    start = torch.full((len(curves),), 9)
+    together = measure(metric, curves, start, Work())
+    for k in range(len(curves)):
+        one = Curves(curves.z0[k : k + 1], curves.z1[k : k + 1], curves.coeffs[k : k + 1], curves.basis)
+        alone = measure(metric, one, start[k : k + 1], Work())
+        for a, b in zip(together, alone, strict=True):
+            assert torch.equal(a[k : k + 1], b), k
