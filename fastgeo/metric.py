@@ -9,6 +9,7 @@ from torch import Tensor
 
 from . import _checks, ops
 from .decoders import activation_width, jacobian_rows
+from .decoders.layout import channels_last
 from .rbf import RBFPrecision
 
 # Bytes of the decoder's widest activation per call of the mean: longer inputs are decoded in
@@ -197,10 +198,11 @@ class ExpectedMetric:
         lead = z.shape[:-1]
         flat = z.reshape(-1, self.latent_dim)
         rows = self._rows_per_call(flat)
-        if flat.shape[0] <= rows:
-            out = self.mean(flat)
-        else:  # in chunks: bounded memory whatever the number of points
-            out = torch.cat([self.mean(chunk) for chunk in flat.split(rows)])
+        with channels_last(self.mean, flat):  # convolutions: oneDNN's fast layout on CPU
+            if flat.shape[0] <= rows:
+                out = self.mean(flat)
+            else:  # in chunks: bounded memory whatever the number of points
+                out = torch.cat([self.mean(chunk) for chunk in flat.split(rows)])
         out = out.reshape(*lead, self.data_dim)
         return out[..., :n, :] if pad else out
 
