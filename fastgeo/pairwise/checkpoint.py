@@ -34,9 +34,10 @@ from torch import Tensor
 from .._files import atomic_write, stale_temporaries
 from ..metric import ExpectedMetric
 
-# 6: subdivision; 5: float32 tol 1e-6 and 300 iterations; 4: lagged calls without the secant
-# model, curves decoded in whole row blocks
-CHECKPOINT_VERSION = 6
+# 7: lengths measured to their error estimate (and the straight-line check with it); 6:
+# subdivision; 5: float32 tol 1e-6 and 300 iterations; 4: lagged calls without the secant model,
+# curves decoded in whole row blocks
+CHECKPOINT_VERSION = 7
 PROBE_POINTS = 16
 STALE_AFTER = 10.0  # seconds after which a temporary file is a dead write's
 _TENSORS = ("lengths", "status", "iterations")
