@@ -21,9 +21,9 @@ CLOSE = 1e-2
 def never_longer_than_straight(metric: ExpectedMetric, res: GeodesicResult, work: Work) -> None:
     """Measure the straight lines of ``res`` (``res.straight_lengths``: to LINE_RTOL, or to a third
     of the curves' tolerance where within CLOSE of them) and replace, in place, the curves longer
-    than theirs by them: status ``straight_fallback``, unless the curve was no longer than its straight line
-    within the measurement's tolerance (the straight line is then the geodesic, as for a linear
-    decoder, and the status stays)."""
+    than theirs by them: status ``straight_fallback``, unless the curve was no longer than its
+    straight line within the measurements' tolerance and error estimates (the straight line is
+    then the geodesic, as for a linear decoder, and the status stays)."""
     z0, z1 = res.curves.z0, res.curves.z1
     line = Curves(z0, z1, torch.zeros_like(res.curves.coeffs), res.curves.basis)
     start = torch.full_like(res.resolution, res.n_points)
