@@ -76,6 +76,49 @@ def test_dense_method_on_sphere():
     assert float(rel.abs().max()) < 2e-4
 
 
+def test_dense_polishes_each_distinct_start_once(monkeypatch):
+    """The oracle solves a start only if it is not within SAME_START chords of an earlier start of
+    its pair, and returns the shortest per pair, pairs in their order."""
+    from fastgeo.solver import dense
+
+    chord = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    inits = torch.zeros(3, 2, 5, 2, dtype=torch.float64)
+    inits[1, 0] += 0.5e-4  # pair 0: start 1 is start 0 (within 1e-4 chords), start 2 another
+    inits[2, 0, 2] = 0.3
+    inits[1, 1, 1] = 0.01  # pair 1: three distinct starts
+    inits[2, 1, 3] = -0.01
+    start, pair = dense.distinct_inits(inits, chord)
+    assert pair.tolist() == [0, 0, 1, 1, 1] and start.tolist() == [0, 2, 0, 1, 2]
+    # On the sphere: the default's curves all reach one basin, so fewer solves than starts, and
+    # the result equals the shortest of every start solved alone.
+    metric = sphere_metric()
+    z0, z1 = disc_points(3, 0.9, seed=7), disc_points(3, 0.9, seed=8)
+    seen = []
+    original = dense.distinct_inits
+    monkeypatch.setattr(dense, "distinct_inits", lambda i, c: seen.append(original(i, c)) or seen[-1])
+    res = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=32)
+    start, pair = seen[0]
+    assert pair.tolist() == sorted(pair.tolist()) and set(pair.tolist()) == {0, 1, 2}
+    assert start.numel() < len(dense.exploring_starts(32)) * 3
+    assert bool(res.converged.all()) and len(res) == 3
+    assert torch.equal(res.curves.z0, z0) and torch.equal(res.curves.z1, z1)
+    rel = res.lengths / great_circle(z0, z1) - 1
+    assert float(rel.abs().max()) < 1e-3
+
+
+def test_a_results_rows_select_every_field():
+    metric = bumpy_metric()
+    z0, z1 = randn(4, 2, seed=11), randn(4, 2, seed=12)
+    res = fastgeo.geodesics(metric, z0, z1, progress=False)
+    idx = torch.tensor([2, 0])
+    sub = res.select(idx)
+    assert len(sub) == 2 and torch.equal(sub.points(16), res.points(16)[idx])
+    names = ("lengths", "energies", "status_code", "iterations", "init", "straight_lengths", "resolution")
+    for name in names:
+        assert torch.equal(getattr(sub, name), getattr(res, name)[idx]), name
+    assert sub.decoder_evals == res.decoder_evals and sub.options == res.options
+
+
 @pytest.mark.parametrize("method", ["default", "paper"])
 def test_invariants_on_a_nonlinear_generator(method):
     """On a nonlinear generator: L <= sqrt(2 E) at any sampling, exact end points, never longer than

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,3 +115,16 @@ class GeodesicResult:
 
     def __len__(self) -> int:
         return self.lengths.shape[0]
+
+    def select(self, idx: Tensor) -> GeodesicResult:
+        """The results of curves ``idx`` (a (K,) index tensor), in that order; the work counters
+        stay those of the whole call."""
+        c = self.curves
+        rows = {
+            name: None if getattr(self, name) is None else getattr(self, name)[idx]
+            for name in (
+                "lengths", "energies", "status_code", "iterations", "init", "straight_lengths",
+                "resolution", "length_errors", "measure_points",
+            )
+        }  # fmt: skip
+        return dataclasses.replace(self, curves=Curves(c.z0[idx], c.z1[idx], c.coeffs[idx], c.basis), **rows)
