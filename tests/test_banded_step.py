@@ -18,7 +18,7 @@ import fastgeo
 from fastgeo import reference
 from fastgeo.curves import BSplineBasis, PolynomialBasis, time_grid
 from fastgeo.ops import solver_ops
-from fastgeo.ops.banded_step import banded_lm_propose, block_bandwidth
+from fastgeo.ops.banded_step import banded_lm_propose, banded_matvec, block_bandwidth
 from fastgeo.solver import levenberg_marquardt as lm
 from fastgeo.solver.linearize import assemble
 
@@ -41,7 +41,9 @@ def _banded_system(b: int, m: int, d: int, N: int, seed: int = 0):
 def test_banded_step_matches_the_dense_reference_float64(b, m, d, N):
     grad, hess, lam, band = _banded_system(b, m, d, N)
     want = reference.lm_propose(grad, hess, torch.zeros_like(hess), lam, N - 1)
-    got = banded_lm_propose(grad, hess, lam, N - 1, d, band)
+    # Entries outside the band are not read (NaN there changes nothing).
+    outside = (torch.arange(m * d)[:, None] // d - torch.arange(m * d)[None] // d).abs() > band
+    got = banded_lm_propose(grad, hess.masked_fill(outside, torch.nan), lam, N - 1, d, band)
     assert torch.equal(got[2], want[2]) and bool(got[2].all())
     assert_close_rel(got[0], want[0], 1e-10)
     assert_close_rel(got[1], want[1], 1e-10)
@@ -83,7 +85,7 @@ def test_block_bandwidth_bounds_the_assembled_matrix():
 
 
 def test_the_dispatcher_takes_the_banded_path_only_where_it_pays():
-    grad, hess, lam, band = _banded_system(2, 16, 8, 64)  # p = 128 > the kernels' 64
+    grad, hess, lam, band = _banded_system(2, 24, 8, 96)  # p = 192: large enough to pay
     zero = torch.zeros_like(hess)
     calls = []
     original = solver_ops.banded_lm_propose
@@ -96,15 +98,31 @@ def test_the_dispatcher_takes_the_banded_path_only_where_it_pays():
     try:
         solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, band))
         solver_ops.lm_propose(grad, hess, zero, lam, 63, None)  # secant model in use
-        solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, 8))  # 2 * 8 + 1 >= 16 blocks: all of it
+        solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, 12))  # 2 * 12 + 1 >= 24 blocks: all of it
         solver_ops.lm_propose(grad, hess, zero, lam, 63, (4, band))  # blocks too small to pay
         with fastgeo.use_backend("reference"):  # the oracle stays the dense reference
             solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, band))
         small = _banded_system(2, 7, 8, 28)  # p = 56: the C++ kernels
         solver_ops.lm_propose(small[0], small[1], torch.zeros_like(small[1]), small[2], 27, (8, 2))
+        mid = _banded_system(2, 16, 8, 64)  # p = 128: a dense solve is faster
+        solver_ops.lm_propose(mid[0], mid[1], torch.zeros_like(mid[1]), mid[2], 63, (8, band))
     finally:
         solver_ops.banded_lm_propose = original
     assert calls == [(8, band)]
+
+
+@pytest.mark.parametrize("b,m,d,N", [(3, 16, 5, 64), (2, 11, 1, 24), (1, 9, 3, 17), (2, 5, 4, 20)])
+def test_banded_product_equals_the_full_one(b, m, d, N):
+    """H x from the band alone equals the full product (the band as wide as the matrix included,
+    m = 5); entries outside the band are not read."""
+    grad, hess, _, band = _banded_system(b, m, d, N, seed=m)
+    x = torch.randn(b, m * d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
+    want = (hess * x[:, None, :]).sum(-1)
+    got = banded_matvec(hess, x, d, band)
+    assert_close_rel(got, want, 1e-12)
+    if 2 * band + 1 < m:
+        outside = (torch.arange(m * d)[:, None] // d - torch.arange(m * d)[None] // d).abs() > band
+        assert_close_rel(banded_matvec(hess.masked_fill(outside, torch.nan), x, d, band), want, 1e-12)
 
 
 def test_blocks_must_divide_the_unknowns():
@@ -114,17 +132,29 @@ def test_blocks_must_divide_the_unknowns():
 
 
 def test_the_solvers_curves_do_not_change_with_the_banded_step(monkeypatch):
-    """Lagged mode at d = 8 with 16 basis functions (p = 128): the banded step and the dense one
+    """Lagged mode at d = 8 with 24 basis functions (p = 192): the banded step and the dense one
     give the same curves (to float64 rounding over the iterations)."""
     d = 8
     metric = bumpy_metric(d=d, D=12, K=7)
     g = torch.Generator().manual_seed(1)
     z0, z1 = (torch.randn(3, d, generator=g, dtype=torch.float64) for _ in range(2))
+    calls = []
+    original = solver_ops.banded_lm_propose
+
+    def spy(*args):
+        calls.append(args[-2:])
+        return original(*args)
+
+    monkeypatch.setattr(solver_ops, "banded_lm_propose", spy)
+    opts = {"linearize": "lagged", "m": 24, "n_points": 96, "subdivide": False, "progress": False}
     with torch.no_grad():
-        banded = fastgeo.geodesics(metric, z0, z1, linearize="lagged", progress=False)
+        banded = fastgeo.geodesics(metric, z0, z1, **opts)
+        assert calls, "the banded step was taken"
         # A band as wide as the matrix: the dispatcher solves it densely.
         monkeypatch.setattr(lm, "block_bandwidth", lambda psi: psi.shape[1])
-        dense = fastgeo.geodesics(metric, z0, z1, linearize="lagged", progress=False)
+        calls.clear()
+        dense = fastgeo.geodesics(metric, z0, z1, **opts)
+        assert not calls
     assert banded.options["secant"] is False
     assert list(banded.status) == list(dense.status)
     assert_close_rel(banded.lengths, dense.lengths, 1e-9)

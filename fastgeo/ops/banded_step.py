@@ -32,6 +32,23 @@ def block_bandwidth(psi: Tensor) -> int:
     return int((j - l).abs().max()) if j.numel() else 0
 
 
+def banded_matvec(hess: Tensor, x: Tensor, block: int, band: int) -> Tensor:
+    """``hess @ x`` (b, p) for hess (b, p, p) block-banded (blocks of ``block`` unknowns, half-
+    bandwidth ``band`` blocks; entries outside the band are not read): one block row at a time,
+    as per-curve products summed over the last axis (a curve's result must not depend on its
+    batch), reading the band only (a full product passes over the whole (p x p) matrix)."""
+    b, p = x.shape
+    m = p // block
+    if 2 * band + 1 >= m:  # the band is the whole matrix: one product
+        return (hess * x[:, None, :]).sum(-1)
+    out = torch.empty_like(x)
+    for j in range(m):
+        lo, hi = max(0, j - band) * block, min(m, j + 1 + band) * block
+        rows = hess[:, j * block : (j + 1) * block, lo:hi]
+        out[:, j * block : (j + 1) * block] = (rows * x[:, None, lo:hi]).sum(-1)
+    return out
+
+
 def banded_lm_propose(
     grad: Tensor, hess: Tensor, lam: Tensor, segments: int, block: int, band: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -47,50 +64,84 @@ def banded_lm_propose(
     # right-hand side: exact zeros in the step): MKL's results depend on where a matrix starts
     # in memory, and odd blocks put a batch's matrices at other alignments than a curve alone.
     d = -(-block // ALIGN) * ALIGN
-    work = hess.clone()
-    work.diagonal(dim1=-2, dim2=-1).add_(damping)
-    rhs = -grad
-    if d != block:
-        pad = d - block
-        work = torch.nn.functional.pad(work.reshape(b, m, block, m, block), (0, pad, 0, 0, 0, pad))
-        work = work.reshape(b, m * d, m * d)
-        rhs = torch.nn.functional.pad(rhs.reshape(b, m, block), (0, pad)).reshape(b, m * d)
-        padding = torch.arange(m * d, device=grad.device) % d >= block
-        work.diagonal(dim1=-2, dim2=-1).add_(padding.to(work.dtype))
-    else:
-        rhs = rhs.clone()
-    # Right-looking block Cholesky on a copy of the band: block column j is factored, its panel
-    # (the `band` blocks below) solved, and the trailing window updated.
-    solved = torch.ones(b, dtype=torch.bool, device=grad.device)
+    pad = d - block
     eye = torch.eye(d, dtype=grad.dtype, device=grad.device)
+    padding = (torch.arange(d, device=grad.device) >= block).to(grad.dtype)
+
+    def upper_row(j: int) -> Tensor:
+        """Block row j of the damped, padded system from its diagonal block on: (b, d, w d)."""
+        end = min(m, j + 1 + band)
+        rows = hess[:, j * block : (j + 1) * block, j * block : end * block]
+        if pad:
+            rows = torch.nn.functional.pad(rows.reshape(b, block, end - j, block), (0, pad, 0, 0, 0, pad))
+            rows = rows.reshape(b, d, (end - j) * d)
+        else:
+            rows = rows.clone()
+        rows[:, :, :d].diagonal(dim1=-2, dim2=-1).add_(
+            torch.nn.functional.pad(damping[:, j * block : (j + 1) * block], (0, pad)) + padding
+        )
+        return rows
+
+    rhs = torch.nn.functional.pad(-grad.reshape(b, m, block), (0, pad)).reshape(b, m * d)
+    # Right-looking block Cholesky in a sliding window of the band: the window holds block rows
+    # and columns j .. j + band of the partly factored system; block column j is factored, its
+    # panel solved, the rest of the window updated, and the next block row of the system enters.
+    solved = torch.ones(b, dtype=torch.bool, device=grad.device)
     diag_factors, panels = [], []
+    first = upper_row(0)
+    w = first.shape[-1] // d  # blocks in the window
+    window = first.new_zeros(b, w * d, w * d)
+    for i in range(w):  # the first window from the first band + 1 block rows (upper parts)
+        row = first if i == 0 else upper_row(i)[:, :, : (w - i) * d]
+        window[:, i * d : (i + 1) * d, i * d :] = row
+        window[:, (i + 1) * d :, i * d : (i + 1) * d] = row[:, :, d:].transpose(1, 2)
     for j in range(m):
-        lo, hi, end = j * d, (j + 1) * d, min(m, j + 1 + band) * d
-        chol, info = torch.linalg.cholesky_ex(work[:, lo:hi, lo:hi])
+        chol, info = torch.linalg.cholesky_ex(window[:, :d, :d])
         failed = info != 0
         if bool(failed.any()):
             solved &= ~failed
             chol = torch.where(failed[:, None, None], eye, chol)
         diag_factors.append(chol)
-        if end > hi:
-            # panel L_ij = A_ij L_jj^-T, as L_jj^-1 A_ji (the symmetric block above the diagonal)
-            panel_t = torch.linalg.solve_triangular(chol, work[:, lo:hi, hi:end], upper=False)
-            work[:, hi:end, hi:end] -= panel_t.transpose(1, 2) @ panel_t
-            panels.append(panel_t)
+        if w == 1:
+            if j + 1 < m:
+                window = upper_row(j + 1)
+            continue
+        # panel L_ij = A_ij L_jj^-T, as L_jj^-1 A_ji (the symmetric block above the diagonal)
+        panel_t = torch.linalg.solve_triangular(chol, window[:, :d, d:], upper=False)
+        panels.append(panel_t)
+        rest = window[:, d:, d:] - panel_t.transpose(1, 2) @ panel_t
+        nxt = j + w  # the block row entering the window
+        if nxt < m:
+            column = hess[:, (j + 1) * block : (nxt + 1) * block, nxt * block : (nxt + 1) * block]
+            if pad:
+                column = torch.nn.functional.pad(column.reshape(b, w, block, block), (0, pad, 0, pad))
+                column = column.reshape(b, w * d, d)
+            window = torch.empty_like(window)
+            window[:, : (w - 1) * d, : (w - 1) * d] = rest
+            window[:, :, (w - 1) * d :] = column
+            window[:, (w - 1) * d :, : (w - 1) * d] = column[:, : (w - 1) * d].transpose(1, 2)
+            window[:, (w - 1) * d :, (w - 1) * d :].diagonal(dim1=-2, dim2=-1).add_(
+                torch.nn.functional.pad(damping[:, nxt * block : (nxt + 1) * block], (0, pad)) + padding
+            )
+        else:  # the window shrinks at the end of the band
+            w -= 1
+            window = rest
     # L y = -g, then L^T x = y, block by block; the matrix-vector products as per-curve products
     # and sums over the last axis: a batch of one takes another BLAS path (gemv) and rounds
     # differently, and a curve's result must not depend on its batch.
     for j in range(m):
-        lo, hi, end = j * d, (j + 1) * d, min(m, j + 1 + band) * d
+        lo, hi = j * d, (j + 1) * d
         y = torch.linalg.solve_triangular(diag_factors[j], rhs[:, lo:hi, None].contiguous(), upper=False)
         rhs[:, lo:hi] = y[..., 0]
-        if end > hi:
+        if j < len(panels) and panels[j].shape[-1]:
+            end = hi + panels[j].shape[-1]
             below = panels[j].transpose(1, 2).contiguous()  # L_ij, (b, K d, d)
             rhs[:, hi:end] -= (below * y[:, None, :, 0]).sum(-1)
     for j in reversed(range(m)):
-        lo, hi, end = j * d, (j + 1) * d, min(m, j + 1 + band) * d
+        lo, hi = j * d, (j + 1) * d
         y = rhs[:, lo:hi, None].contiguous()
-        if end > hi:
+        if j < len(panels) and panels[j].shape[-1]:
+            end = hi + panels[j].shape[-1]
             y = y - (panels[j] * rhs[:, None, hi:end]).sum(-1, keepdim=True)
         upper = diag_factors[j].transpose(1, 2).contiguous()  # a transposed view: another path
         x = torch.linalg.solve_triangular(upper, y, upper=True)
@@ -98,6 +149,5 @@ def banded_lm_propose(
     step = rhs if d == block else rhs.reshape(b, m, d)[:, :, :block].reshape(b, p)
     solved = solved & torch.isfinite(step).all(-1)
     step = torch.where(solved[:, None], step, 0.0)
-    # H step, as a per-curve product: a curve's result must not depend on its batch.
-    h_step = (hess * step[:, None, :]).sum(-1)
+    h_step = banded_matvec(hess, step, block, band)
     return step, predicted_decrease(grad, h_step, step, segments), solved

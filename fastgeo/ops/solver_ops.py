@@ -19,10 +19,13 @@ from .banded_step import ALIGN, banded_lm_propose
 # The C++ Levenberg-Marquardt kernels keep a curve's system in the thread's cache; larger
 # systems run the reference (batched LAPACK).
 MAX_KERNEL_UNKNOWNS = 64
-# Below this block size the dense factorization of a damped system is faster than the banded one
-# (b = 64 curves of m = 16-24 blocks, 1 thread: d = 3-5 about 2x slower banded, d = 8 even, d >= 12
-# 1.5-2.5x faster).
+# Below this block size, or this many unknowns, the dense factorization of a damped system is
+# faster than the banded one (1 thread, b = 10-64 curves: d = 3-5 about 2x slower banded; d = 8 with
+# m = 12 / 23 blocks (p = 96 / 184) 1.5x slower, with m = 47 3x faster; d = 12-16, m = 12 about even;
+# p >= 276: 3-6x faster; its Python loop over the blocks costs about as much as a dense solve of
+# p ~ 190).
 MIN_BANDED_BLOCK = 8
+MIN_BANDED_UNKNOWNS = 192
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
@@ -126,12 +129,13 @@ def _aligned_lm_propose(
 
 
 def _takes_banded(p: int, device: torch.device, block: int, band: int) -> bool:
-    """The banded step where it pays: CPU systems too large for the kernels, blocks of at least
-    MIN_BANDED_BLOCK unknowns (smaller ones factor faster densely, measured), a band narrower
+    """The banded step where it pays: CPU systems too large for the kernels, of at least
+    MIN_BANDED_UNKNOWNS unknowns in blocks of at least MIN_BANDED_BLOCK (smaller ones factor
+    faster densely, measured), a band narrower
     than the matrix; never under ``use_backend("reference")`` (the reference is the oracle)."""
     return (
         device.type == "cpu"
-        and p > MAX_KERNEL_UNKNOWNS
+        and p >= max(MAX_KERNEL_UNKNOWNS + 1, MIN_BANDED_UNKNOWNS)
         and block >= MIN_BANDED_BLOCK
         and p % block == 0
         and 2 * band + 1 < p // block

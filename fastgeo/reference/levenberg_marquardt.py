@@ -90,7 +90,8 @@ def lm_update(
     relative (or the length by less than ``tol`` while the energy changed by less than
     ``length_tol_factor * tol``), or the model predicts no gain at this precision; 2, stalled: steps
     keep failing although the model predicts a gain (the damping blew up); 0: iterating. ``ok`` is
-    False where the new system is not finite.
+    False where the new system is not finite (``h_new`` given as the very ``hess`` tensor, the
+    lagged mode's kept matrices, counts as checked: the state holds finite systems only).
     """
     accept = e_new < e
     gain = e - e_new
@@ -98,11 +99,17 @@ def lm_update(
     rel_len = (l_new - length).abs() / length
     curv = secant_update(curv, step, g_new - grad, g_new - g_old_jac, accept)
     grad = torch.where(accept[:, None], g_new, grad)
-    hess = h_new if bool(accept.all()) else torch.where(accept[:, None, None], h_new, hess)
+    if h_new is hess:
+        # The same matrices (lagged Gauss-Newton): checked when they entered the state, which
+        # keeps only curves whose system is finite.
+        finite_hess = torch.ones_like(accept)
+    else:
+        hess = h_new if bool(accept.all()) else torch.where(accept[:, None, None], h_new, hess)
+        # One pass over each matrix (its least and largest entry: NaN and inf show in them).
+        low, high = torch.aminmax(hess.flatten(1), dim=-1)
+        finite_hess = torch.isfinite(low) & torch.isfinite(high)
     e, length = torch.where(accept, e_new, e), torch.where(accept, l_new, length)
-    # One pass over each matrix (its least and largest entry: NaN and inf show in them).
-    low, high = torch.aminmax(hess.flatten(1), dim=-1)
-    ok = torch.isfinite(grad).all(-1) & torch.isfinite(low) & torch.isfinite(high)
+    ok = torch.isfinite(grad).all(-1) & finite_hess
     # Nielsen's damping update: shrink lambda by how well the model predicted the gain.
     rho = gain / predicted.clamp(min=torch.finfo(e.dtype).tiny)
     shrink = (1 - (2 * rho.clamp(max=1) - 1) ** 3).clamp(min=1 / 3)

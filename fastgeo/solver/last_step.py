@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ops.banded_step import banded_matvec
 from ..reference.levenberg_marquardt import marquardt_damping
 
 # The least curvature kept along the last step, relative to Gauss-Newton's (at most a 5x longer
@@ -48,15 +49,18 @@ def corrected_step(
     curvature: Tensor,
     use: Tensor,
     segments: int,
+    banded: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The step and its predicted decrease with the model corrected along ``last`` (where ``use``;
     elsewhere ``step`` and ``predicted`` unchanged). ``curvature``: ``last . (g_new - g_old)``
-    measured when ``last`` was taken."""
+    measured when ``last`` was taken. ``banded``: (block, band) of a block-banded ``hess``
+    (only its band is read)."""
     if FLOOR >= 1:  # Gauss-Newton's curvature kept: plain Gauss-Newton, exactly
         return step, predicted
     # Per-curve products and sums over the last axis: a curve's result must not depend on its batch.
     damping = marquardt_damping(hess, lam)
-    p_h_p = (last * (hess * last[:, None, :]).sum(-1)).sum(-1)
+    h_last = banded_matvec(hess, last, *banded) if banded else (hess * last[:, None, :]).sum(-1)
+    p_h_p = (last * h_last).sum(-1)
     p_d_p = (damping * last * last).sum(-1)
     p_a_p = p_h_p + p_d_p
     c = torch.minimum(torch.maximum(curvature, FLOOR * p_h_p), p_h_p) + p_d_p

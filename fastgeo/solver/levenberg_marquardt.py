@@ -137,12 +137,10 @@ def levenberg_marquardt(
     for _ in range(max_iter):
         if active.numel() == 0:
             break
-        step, predicted, solved = lm_propose(
-            state.grad, state.hess, state.curv, state.lam, N - 1, banded
-        )
+        step, predicted, solved = lm_propose(state.grad, state.hess, state.curv, state.lam, N - 1, banded)
         if not secant and bool(use.any()):
             step, predicted = corrected_step(
-                state.grad, state.hess, state.lam, step, predicted, last, curvature, use, N - 1
+                state.grad, state.hess, state.lam, step, predicted, last, curvature, use, N - 1, banded
             )
         trial = c + step.reshape(-1, m, d)
         stale_step = age > 0
@@ -188,6 +186,8 @@ def levenberg_marquardt(
             if doubt.numel():
                 _, g_fresh, h_fresh = linear_model(c[doubt], active[doubt])
                 state.grad[doubt], state.hess[doubt] = g_fresh, h_fresh
+                # lm_update takes kept matrices as checked: a fresh one that is not finite ends here.
+                ok[doubt] &= torch.isfinite(g_fresh).all(-1) & torch.isfinite(h_fresh).flatten(1).all(-1)
                 fresh_products(doubt)
                 stalled = doubt[verdict[doubt] == 2]  # its damping grew against a stale matrix
                 state.lam[stalled], state.nu[stalled] = INITIAL_DAMPING, 2.0
