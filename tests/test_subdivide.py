@@ -17,6 +17,7 @@ from fastgeo.metric import energy_from_segments
 from fastgeo.solver.finer_gain import FinerGains, finer_basis, lift_matrix
 from fastgeo.solver.linearize import point_products
 from fastgeo.solver.measure import curve_lengths
+from fastgeo.solver.options import solver_options
 from fastgeo.solver.problem import Grid, full_parts
 from fastgeo.solver.result import Work
 from fastgeo.solver.subdivide import SUBDIVIDE_ABOVE
@@ -195,3 +196,31 @@ def test_identical_calls_give_identical_curves(one_thread):
         assert torch.equal(again.lengths, first.lengths)
     lift = lift_matrix(BSplineBasis(24), finer_basis(BSplineBasis(24)), Z)
     assert torch.equal(lift * 16, (lift * 16).round())
+
+
+def test_a_curve_is_subdivided_once_beside_curves_the_resolution_check_solved_again(monkeypatch):
+    """A call whose curves sit at n and 2 n points (the resolution check solved some again): a curve
+    solved on in the finer basis at 2 n is not taken again with the curves that were at 2 n (it
+    was solved twice, at 2 n and 4 n, before the groups were fixed up front)."""
+    from fastgeo.solver import subdivide
+
+    metric = fastgeo.load_generator(DATA / "digits.safetensors")
+    Z = fastgeo.load_extra(DATA / "digits.safetensors")["latents"]
+    i, j = torch.randint(Z.shape[0], (2, 3), generator=torch.Generator().manual_seed(5))
+    res = fastgeo.geodesics(metric, Z[i], Z[j], subdivide=False, check_resolution=False, progress=False)
+    n = res.n_points
+    res.resolution = torch.tensor([n, 2 * n, n])  # as if the second had been solved again at 2 n
+    gains = torch.tensor([1.0, 1.0, 0.0])  # the first two predicted to gain a lot, the third not
+    solved = []
+    original = subdivide.levenberg_marquardt
+
+    def spy(parts, z0, z1, coeffs, grid, *args, **kwargs):
+        solved.append((grid.n, z0.shape[0]))
+        return original(parts, z0, z1, coeffs, grid, *args, **kwargs)
+
+    monkeypatch.setattr(subdivide, "levenberg_marquardt", spy)
+    opts = solver_options(torch.float32, 2, metric.data_dim)
+    with torch.no_grad():
+        subdivide.subdivide_curves(metric, res, opts, Work(), None, gains)
+    assert sorted(solved) == [(2 * n, 1), (4 * n, 1)]
+    assert res.resolution.tolist() == [2 * n, 4 * n, n]

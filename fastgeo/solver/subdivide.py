@@ -57,8 +57,11 @@ def subdivide_curves(
     res.curves = Curves(curves.z0, curves.z1, coeffs, finer)
     p = finer.m * curves.z0.shape[1]
     candidates = ~(curves.z0 == curves.z1).all(-1) & (res.status_code != NONFINITE)
-    for n in torch.unique(res.resolution[candidates]).tolist():
-        at_n = candidates & (res.resolution == n)
+    # The groups by resolution before any is solved: a curve solved on at 2 n is in the finer
+    # basis already and must not be taken again with the curves that were at 2 n.
+    resolutions = torch.unique(res.resolution[candidates]).tolist()
+    groups = [(n, candidates & (res.resolution == n)) for n in resolutions]
+    for n, at_n in groups:
         unknown = (at_n & gains.isnan()).nonzero().squeeze(1)
         own = Grid.of(finer, n, coeffs)  # the curves' own grid, in the finer basis
         record = FinerGains(own.psi, gains, banded=not opts.secant)
