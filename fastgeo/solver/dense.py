@@ -60,7 +60,8 @@ def dense_multistart(
         )
         evals, jvps = evals + r.decoder_evals, jvps + r.decoder_jvps
         inits.append((r.points(n) - straight)[:, 1:-1])
-    start, pair = distinct_inits(torch.stack(inits), (z1 - z0).norm(dim=-1))
+    stacked = torch.stack(inits)  # (S, B, n - 2, d)
+    start, pair = distinct_inits(stacked, (z1 - z0).norm(dim=-1))
     # Every distinct start of every pair in one call (a curve's result does not depend on its batch).
     r = solve(
         metric,
@@ -71,7 +72,7 @@ def dense_multistart(
         max_iter=opts.max_iter,
         tol=opts.tol,
         batch_size=opts.batch_size,
-        init=torch.stack(inits)[start, pair],
+        init=stacked[start, pair],
         progress=False,
     )
     # The shortest per pair (ties: the earlier start, as the starts are ordered).
