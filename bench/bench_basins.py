@@ -16,9 +16,10 @@ length measured on 4096 points in float64 (the reported lengths are the curves' 
 excess <= 0.5 % on every seed and mean <= 0.05 %.
 
 The dense oracle takes one to two minutes per seed and generator at one thread, so the default
-run takes 20-30 minutes; its lengths are kept in ``basins_oracle/`` beside the table and reused
-(keyed by the generator file and the pairs), so a rerun after a solver change costs the solver
-alone. The table is printed and written to ``bench/results/basins.md``
+run takes 20-30 minutes; its lengths are kept in ``bench/oracle/`` (small JSON files, under
+version control: an oracle of a real-model generator costs up to an hour per seed) and reused
+(keyed by the generator file's bytes and the pairs: a generator trained again elsewhere, bit for
+bit different, gets its own), so a rerun after a solver change costs the solver alone. The table is printed and written to ``bench/results/basins.md``
 (``$FASTGEO_BENCH_OUT`` elsewhere; ``basins_<generators>.md`` for the real-model generators of
 ``workloads.REAL_GENERATORS``, whose dense oracle costs far more: minutes per pair at d >= 8),
 rewritten after every seed, so a partial run leaves its rows. The oracle's starts are the default
@@ -33,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 from workloads import (
@@ -61,6 +64,7 @@ from fastgeo.benchmarks.accuracy import (
 from fastgeo.solver.result import STATUSES
 
 WORST_GOAL, MEAN_GOAL = 0.5, 0.05  # % (issue 15)
+ORACLE_DIR = Path(__file__).resolve().parent / "oracle"
 
 
 def run_one(name: str, seed: int, n: int, refresh: bool = False) -> dict:
@@ -97,13 +101,13 @@ def dense_oracle(
     name: str, seed: int, n: int, m64, z0, z1, refresh: bool = False
 ) -> tuple[torch.Tensor, list[str], float]:
     """The dense oracle's lengths (measured like every curve), statuses and time for a sample,
-    kept in ``results/basins_oracle/`` (the oracle does not change with the solver under test; a
+    kept in ``bench/oracle/`` (the oracle does not change with the solver under test; a
     changed generator file or sample gives another key). ``refresh``: compute it again (its starts
     are the default solver's curves, which change with the solver), print how its lengths differ
     from the kept ones, and keep the shorter per pair (every oracle length is an upper bound)."""
     key = hashlib.sha256(generator_path(name).read_bytes() + z0.numpy().tobytes() + z1.numpy().tobytes())
-    path = results_dir() / "basins_oracle" / f"{name}_{seed}_{n}_{key.hexdigest()[:16]}.pt"
-    kept = torch.load(path) if path.exists() else None
+    path = ORACLE_DIR / f"{name}_{seed}_{n}_{key.hexdigest()[:16]}.json"
+    kept = _read_oracle(path)
     if kept is not None and not refresh:
         return kept["lengths"], kept["status"], kept["seconds"]
     t = time.perf_counter()
@@ -125,8 +129,28 @@ def dense_oracle(
     else:
         status = dense.status.tolist()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"lengths": lengths, "status": status, "seconds": seconds}, path)
+    record = {
+        "generator": name,
+        "seed": seed,
+        "pairs": n,
+        "key": key.hexdigest(),
+        "lengths": lengths.tolist(),  # float64, measured like every curve (benchmarks.accuracy)
+        "status": status,
+        "seconds": seconds,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
     return lengths, status, seconds
+
+
+def _read_oracle(path: Path) -> dict | None:
+    """A kept oracle (lengths as a float64 tensor), or None."""
+    if not path.exists():
+        return None
+    kept = json.loads(path.read_text())
+    kept["lengths"] = torch.tensor(kept["lengths"], dtype=torch.float64)
+    return kept
 
 
 def _statuses(counts: Counter) -> str:

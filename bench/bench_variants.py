@@ -15,7 +15,7 @@ that variant's calls only:
 
 The reference is the
 dense oracle of the basins benchmark (``--reference dense``, the default: its lengths come from
-``bench_basins.py``'s cache, ``results/basins_oracle/``, computed and kept on first use, 12-15
+``bench_basins.py``'s cache, ``bench/oracle/``, computed and kept on first use, 12-15
 minutes per seed at d = 12, ~40 at d = 16 with D = 784), or the shortest of the variants' own
 curves per pair (``--reference best``: for generators without a dense oracle; every length is an
 upper bound of the distance, measured alike, so the best is the tightest). Same pairs,
