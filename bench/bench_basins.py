@@ -19,7 +19,8 @@ The dense oracle takes one to two minutes per seed and generator at one thread, 
 run takes 20-30 minutes; its lengths are kept in ``bench/oracle/`` (small JSON files, under
 version control: an oracle of a real-model generator costs up to an hour per seed) and reused
 (keyed by the generator file's bytes and the pairs: a generator trained again elsewhere, bit for
-bit different, gets its own), so a rerun after a solver change costs the solver alone. The table is printed and written to ``bench/results/basins.md``
+bit different, gets its own), so a rerun after a solver change costs the solver alone. The table
+is printed and written to ``bench/results/basins.md``
 (``$FASTGEO_BENCH_OUT`` elsewhere; ``basins_<generators>.md`` for the real-model generators of
 ``workloads.REAL_GENERATORS``, whose dense oracle costs far more: minutes per pair at d >= 8),
 rewritten after every seed, so a partial run leaves its rows. The oracle's starts are the default
