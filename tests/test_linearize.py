@@ -4,7 +4,8 @@ transposed Jacobians per part) gives the gradient and matrix of the concatenated
 float64 to 1e-12 relative and in float32 to float32 accuracy, on the edge shapes of
 ``test_gauss_newton`` (N = 2, d = 1, m = 1, F = 1, b = 0, many curves, realistic) and with one,
 two and three parts; with ``own_extra`` the extra per-point term enters as
-``sum_p psi_pj psi_pl S_p``."""
+``sum_p psi_pj psi_pl S_p``. In a B-spline basis only the diagonals of blocks that are not zero are
+summed: the same matrix as the reference and as the dense sums."""
 
 from __future__ import annotations
 
@@ -13,8 +14,16 @@ import torch
 from helpers import assert_close_rel, assert_f32_accuracy
 from test_gauss_newton import SHAPE_IDS, SHAPES, make_system
 
+from fastgeo.curves import BSplineBasis, PolynomialBasis, time_grid
 from fastgeo.reference import gauss_newton_system as reference_gauss_newton_system
-from fastgeo.solver.linearize import assemble, linearize, point_products
+from fastgeo.solver.linearize import (
+    _block_diagonals,
+    _dense_sums,
+    assemble,
+    linearize,
+    point_products,
+    point_weights,
+)
 
 
 def split(f, jac, pieces):
@@ -58,3 +67,59 @@ def test_own_extra_enters_per_point():
     _, hess_extra = assemble(v, G, C, psi, extra)
     want = torch.einsum("nj,nl,bnik->bjilk", psi, psi, extra).reshape(b, m * d, m * d)
     assert_close_rel(hess_extra - hess, want, 1e-12)
+
+
+# B-spline bases: the matrix is summed diagonal of blocks by diagonal (index_add below
+# DIAGONAL_ADD_MIN_DIM, strided diagonal views from it on); shapes (b, N, d, F, m).
+BANDED = [(3, 48, 2, 5, 12), (2, 96, 3, 4, 24), (2, 24, 8, 6, 12), (1, 41, 9, 3, 10), (2, 96, 16, 7, 23)]
+
+
+def bspline_system(b, N, d, F, m, dtype=torch.float64):
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(b, N, F, generator=g, dtype=torch.float64).to(dtype)
+    jac = torch.randn(b, N, d, F, generator=g, dtype=torch.float64).to(dtype)
+    psi = BSplineBasis(m)(time_grid(N, torch.zeros(1, dtype=torch.float64))).to(dtype)
+    return f, jac, psi
+
+
+@pytest.mark.parametrize("shape", BANDED, ids=[str(s) for s in BANDED])
+def test_bspline_band_equals_reference(shape):
+    b, N, d, F, m = shape
+    f, jac, psi = bspline_system(b, N, d, F, m)
+    assert _block_diagonals(psi)[0] is not None, "a B-spline basis takes the band path"
+    _, grad, hess = linearize(split(f, jac, 2), psi)
+    grad_ref, hess_ref = reference_gauss_newton_system(f, jac, psi)
+    assert_close_rel(grad, grad_ref, 1e-12)
+    assert_close_rel(hess, hess_ref, 1e-12)
+    # ... and the dense sums of every block give the same matrix
+    _, v, G, C = point_products([(f, jac)])
+    w = point_weights(N, psi)
+    assert_close_rel(hess, _dense_sums(w[:, None, None] * G, C, psi), 1e-12)
+
+
+@pytest.mark.parametrize("shape", BANDED[:3], ids=[str(s) for s in BANDED[:3]])
+def test_bspline_band_float32_accuracy(shape):
+    f64, jac64, psi64 = bspline_system(*shape)
+    f32, jac32, psi32 = bspline_system(*shape, dtype=torch.float32)
+    _, grad, hess = linearize([(f32, jac32)], psi32)
+    grad_ref32, hess_ref32 = reference_gauss_newton_system(f32, jac32, psi32)
+    grad64, hess64 = reference_gauss_newton_system(f64, jac64, psi64)
+    assert_f32_accuracy(grad, grad_ref32, grad64)
+    assert_f32_accuracy(hess, hess_ref32, hess64)
+
+
+def test_bspline_band_own_extra():
+    b, N, d, F, m = 2, 40, 3, 4, 10
+    f, jac, psi = bspline_system(b, N, d, F, m)
+    _, v, G, C = point_products([(f, jac)])
+    extra = torch.randn(b, N, d, d, dtype=torch.float64)
+    _, hess = assemble(v, G, C, psi)
+    _, hess_extra = assemble(v, G, C, psi, extra)
+    want = torch.einsum("nj,nl,bnik->bjilk", psi, psi, extra).reshape(b, m * d, m * d)
+    assert_close_rel(hess_extra - hess, want, 1e-12)
+
+
+def test_global_basis_sums_every_block():
+    t = time_grid(32, torch.zeros(1, dtype=torch.float64))
+    assert _block_diagonals(PolynomialBasis(6)(t)) == (None, None)
+    assert _block_diagonals(BSplineBasis(4)(t)) == (None, None)  # 4 functions: every block shares a point

@@ -9,8 +9,10 @@ parts (the decoder mean, sigma, ...: features ``f_n`` (F_i) and transposed Jacob
     G_p = J_p J_p^T,  C_n = J_n J_(n+1)^T,  w_p = segments point p belongs to,
 
 summed over the parts: each part's products are batched GEMMs over the points (no (P, d, sum F_i)
-concatenation), and the sums over the points two GEMMs with the basis products. The oracle is
-:func:`fastgeo.reference.gauss_newton_system` on the concatenated parts.
+concatenation), and the sums over the points GEMMs with the basis products: in a B-spline basis
+only over the block diagonals that are not zero (7 of the m^2 blocks per block row: 2-3x faster
+at m = 23-24, d = 2-64). The oracle is :func:`fastgeo.reference.gauss_newton_system` on the
+concatenated parts.
 """
 
 from __future__ import annotations
@@ -64,20 +66,98 @@ def assemble(
 ) -> tuple[Tensor, Tensor]:
     """Gradient (b, m d) and Gauss-Newton matrix (b, m d, m d) from the per-point products;
     coefficients ordered (j, i): basis function j, latent axis i. ``own_extra`` (b, N, d, d) adds
-    ``sum_p psi_pj psi_pl S_p`` (a per-point model of the curvature Gauss-Newton leaves out)."""
+    ``sum_p psi_pj psi_pl S_p`` (a per-point model of the curvature Gauss-Newton leaves out).
+
+    In a basis of local support (B-splines: each point in the support of 4 of the m functions)
+    only the blocks ``(j, l)`` whose functions share a point or a segment are summed, diagonal of
+    blocks by diagonal (:func:`_band_sums`); a global basis sums every block."""
     b, N, d = v.shape
     m = psi.shape[1]
     grad = torch.matmul(psi.T, v).reshape(b, m * d)
     w = point_weights(N, psi)
-    pp = (psi[:, :, None] * psi[:, None, :]).reshape(N, m * m)  # psi_pj psi_pl
     own_points = w[:, None, None] * G if own_extra is None else w[:, None, None] * G + own_extra
+    own_terms, cross_terms = _block_diagonals(psi)
+    if own_terms is None or cross_terms is None:
+        return grad, _dense_sums(own_points, C, psi)
+    # Every block (j, l) of every diagonal, added into (b, m m, d d) by block index in one pass.
+    values, index = [], []
+    for offset, k, blocks in _band_sums(own_terms, own_points):
+        j = torch.arange(k, device=psi.device)
+        values.append(blocks)  # (j, j + o) and (j + o, j): sum_p psi_pj psi_p(j+o) G_p
+        index.append(j * m + j + offset)
+        if offset:
+            values.append(blocks)
+            index.append((j + offset) * m + j)
+    for offset, k, blocks in _band_sums(cross_terms, C):
+        j = torch.arange(k, device=psi.device) + max(0, -offset)
+        values.append(-blocks)  # (j, j + o): -sum_n psi_nj psi_(n+1)(j+o) C_n, and its transpose
+        index.append(j * m + j + offset)
+        values.append(-blocks.transpose(-1, -2))
+        index.append((j + offset) * m + j)
+    if d < DIAGONAL_ADD_MIN_DIM:
+        hess = own_points.new_zeros(b, m * m, d, d)
+        hess.index_add_(1, torch.cat(index), torch.cat(values, dim=1))
+        return grad, hess.reshape(b, m, m, d, d).permute(0, 1, 3, 2, 4).reshape(b, m * d, m * d)
+    hess = own_points.new_zeros(b, m, d, m, d)
+    for blocks, at in zip(values, index, strict=True):
+        rows, cols = at // m, at % m
+        hess.diagonal(offset=int(cols[0] - rows[0]), dim1=1, dim2=3).add_(blocks.permute(0, 2, 3, 1))
+    return grad, hess.reshape(b, m * d, m * d)
+
+
+def _dense_sums(own_points: Tensor, C: Tensor, psi: Tensor) -> Tensor:
+    """The Gauss-Newton matrix (b, m d, m d), every block summed (any basis)."""
+    b, N, d, _ = own_points.shape
+    m = psi.shape[1]
+    pp = (psi[:, :, None] * psi[:, None, :]).reshape(N, m * m)  # psi_pj psi_pl
     own = torch.matmul(pp.T, own_points.reshape(b, N, d * d))  # (b, m m, d d)
     cross = (psi[:-1, :, None] * psi[1:, None, :]).reshape(N - 1, m * m)  # psi_nj psi_(n+1)l
     mixed = torch.matmul(cross.T, C.reshape(b, N - 1, d * d))  # (b, m m, d d): [j, l, i, k]
     own = own.reshape(b, m, m, d, d)
     mixed = mixed.reshape(b, m, m, d, d)
     hess = own - mixed - mixed.permute(0, 2, 1, 4, 3)  # [j, l, i, k]
-    return grad, hess.permute(0, 1, 3, 2, 4).reshape(b, m * d, m * d)
+    return hess.permute(0, 1, 3, 2, 4).reshape(b, m * d, m * d)
+
+
+# A basis whose block diagonals would need more than this share of all m^2 blocks is summed densely.
+BANDED_SHARE = 0.5
+DIAGONAL_ADD_MIN_DIM = 8
+
+
+def _block_diagonals(psi: Tensor) -> tuple[list[tuple[int, Tensor]] | None, list[tuple[int, Tensor]] | None]:
+    """Per diagonal of blocks ``o = l - j`` that is not zero, the weights of the points in its
+    blocks: own ``psi_pj psi_p(j+o)`` (N, m - o) for o >= 0, cross ``psi_nj psi_(n+1)(j+o)``
+    (N-1, m - |o|) for any sign; (None, None) where the basis is not local enough to pay."""
+    N, m = psi.shape
+    nz = (psi != 0).to(psi.dtype)
+    own_o = (nz.T @ nz).nonzero()  # (j, l) sharing a point
+    cross_o = (nz[:-1].T @ nz[1:]).nonzero()  # (j, l) at the two ends of a segment
+    own_offsets = sorted({int(o) for o in (own_o[:, 1] - own_o[:, 0]).tolist() if o >= 0})
+    cross_offsets = sorted({int(o) for o in (cross_o[:, 1] - cross_o[:, 0]).tolist()})
+    blocks = sum(2 * (m - o) for o in own_offsets) + sum(m - abs(o) for o in cross_offsets)
+    if blocks > BANDED_SHARE * 3 * m * m:
+        return None, None
+    own = [(o, psi[:, : m - o] * psi[:, o:]) for o in own_offsets]
+    cross = []
+    for o in cross_offsets:
+        lo, hi = max(0, -o), min(m, m - o)  # j with 0 <= j, j + o < m
+        cross.append((o, psi[:-1, lo:hi] * psi[1:, lo + o : hi + o]))
+    return own, cross
+
+
+def _band_sums(terms: list[tuple[int, Tensor]], points: Tensor) -> list[tuple[int, int, Tensor]]:
+    """For each diagonal ``(o, weights (n, k))`` the blocks ``sum_p weights[p, j] points[p]``
+    (b, k, d, d), all diagonals in one batched product (per curve: a curve's result must not depend
+    on its batch). Returns (o, k, blocks) per diagonal."""
+    b, n, d, _ = points.shape
+    weights = torch.cat([t for _, t in terms], dim=1)  # (n, sum k)
+    sums = torch.matmul(weights.T, points.reshape(b, n, d * d))  # (b, sum k, d d)
+    out, at = [], 0
+    for o, t in terms:
+        k = t.shape[1]
+        out.append((o, k, sums[:, at : at + k].reshape(b, k, d, d)))
+        at += k
+    return out
 
 
 def linearize(parts: list[Part], psi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
