@@ -20,6 +20,7 @@ from fastgeo.curves import BSplineBasis, PolynomialBasis, time_grid
 from fastgeo.ops import solver_ops
 from fastgeo.ops.banded_step import banded_lm_propose, banded_matvec, block_bandwidth
 from fastgeo.solver import levenberg_marquardt as lm
+from fastgeo.solver import options
 from fastgeo.solver.linearize import assemble
 
 
@@ -170,3 +171,34 @@ def test_a_curves_step_does_not_depend_on_its_batch(d, one_thread):
     for k in range(5):
         alone = banded_lm_propose(grad[k : k + 1], hess[k : k + 1], lam[k : k + 1], 63, d, band)
         assert torch.equal(alone[0][0], step[k]) and torch.equal(alone[1][0], predicted[k]), k
+
+
+def test_the_dense_oracle_takes_banded_steps_from_d_8(monkeypatch):
+    """method="dense" at d >= 8: plain Gauss-Newton steps on the polylines' block-tridiagonal
+    systems (banded), the same lengths as with the secant model (dense systems) to 1e-5 (plain
+    Gauss-Newton stops a few 1e-6 longer on one of these pairs: its last steps are short); at
+    d < 8 the secant model stays."""
+    d = 8
+    metric = bumpy_metric(d=d, D=12, K=7)
+    g = torch.Generator().manual_seed(2)
+    z0, z1 = (torch.randn(2, d, generator=g, dtype=torch.float64) for _ in range(2))
+    calls = []
+    original = solver_ops.banded_lm_propose
+
+    def spy(*args):
+        calls.append((args[0].shape[-1], args[-2]))  # (unknowns, block)
+        return original(*args)
+
+    monkeypatch.setattr(solver_ops, "banded_lm_propose", spy)
+    with torch.no_grad():
+        calls.clear()
+        banded = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=48, progress=False)
+        assert banded.options["secant"] is False
+        assert (46 * d, d) in calls, "the polylines' steps (46 free nodes) were banded, blocks of d"
+        monkeypatch.setattr(options, "LAGGED_MIN_DIM", 9)  # the secant model at d = 8 as before
+        secant = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=48, progress=False)
+        assert secant.options["secant"] is True
+    assert list(banded.status) == list(secant.status) == ["converged"] * 2
+    assert_close_rel(banded.lengths, secant.lengths, 1e-5)
+    small = fastgeo.geodesics(bumpy_metric(d=2), z0[:, :2], z1[:, :2], method="dense", n_points=16)
+    assert small.options["secant"] is True

@@ -175,7 +175,10 @@ def solver_options(
     # the same lengths; without the model in the race too was faster than only in the refinement).
     # Their steps are corrected along the last step instead (rank one, the system stays banded:
     # solver/last_step.py).
-    secant = not lagged
+    # The dense oracle from d = 8 on too: its polylines' systems are block-tridiagonal and plain
+    # Gauss-Newton keeps them so (a secant model fills them: a dense (126 d)^3 factorization per
+    # step, 2 s per curve at d = 32); mlp32_shapes, 3 pairs: 163 -> 96 s, lengths within 3e-7.
+    secant = not lagged and not (method == "dense" and latent_dim >= LAGGED_MIN_DIM)
     splines = method == "default" and family == "bspline"
     if subdivide is None:
         subdivide = splines
