@@ -132,6 +132,19 @@ def test_blocks_must_divide_the_unknowns():
         banded_lm_propose(grad[:, :34], hess[:, :34, :34], lam, 35, 4, band)
 
 
+def _spy_banded_steps(monkeypatch, record) -> list:
+    """The solver's banded steps, each recorded as ``record(args)`` in the list returned."""
+    calls = []
+    original = solver_ops.banded_lm_propose
+
+    def spy(*args):
+        calls.append(record(args))
+        return original(*args)
+
+    monkeypatch.setattr(solver_ops, "banded_lm_propose", spy)
+    return calls
+
+
 def test_the_solvers_curves_do_not_change_with_the_banded_step(monkeypatch):
     """Lagged mode at d = 8 with 24 basis functions (p = 192): the banded step and the dense one
     give the same curves (to float64 rounding over the iterations)."""
@@ -139,14 +152,7 @@ def test_the_solvers_curves_do_not_change_with_the_banded_step(monkeypatch):
     metric = bumpy_metric(d=d, D=12, K=7)
     g = torch.Generator().manual_seed(1)
     z0, z1 = (torch.randn(3, d, generator=g, dtype=torch.float64) for _ in range(2))
-    calls = []
-    original = solver_ops.banded_lm_propose
-
-    def spy(*args):
-        calls.append(args[-2:])
-        return original(*args)
-
-    monkeypatch.setattr(solver_ops, "banded_lm_propose", spy)
+    calls = _spy_banded_steps(monkeypatch, lambda args: args[-2:])
     opts = {"linearize": "lagged", "m": 24, "n_points": 96, "subdivide": False, "progress": False}
     with torch.no_grad():
         banded = fastgeo.geodesics(metric, z0, z1, **opts)
@@ -182,16 +188,8 @@ def test_the_dense_oracle_takes_banded_steps_from_d_8(monkeypatch):
     metric = bumpy_metric(d=d, D=12, K=7)
     g = torch.Generator().manual_seed(2)
     z0, z1 = (torch.randn(2, d, generator=g, dtype=torch.float64) for _ in range(2))
-    calls = []
-    original = solver_ops.banded_lm_propose
-
-    def spy(*args):
-        calls.append((args[0].shape[-1], args[-2]))  # (unknowns, block)
-        return original(*args)
-
-    monkeypatch.setattr(solver_ops, "banded_lm_propose", spy)
+    calls = _spy_banded_steps(monkeypatch, lambda args: (args[0].shape[-1], args[-2]))  # (unknowns, block)
     with torch.no_grad():
-        calls.clear()
         banded = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=48, progress=False)
         assert banded.options["secant"] is False
         assert (46 * d, d) in calls, "the polylines' steps (46 free nodes) were banded, blocks of d"
