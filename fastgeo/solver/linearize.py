@@ -79,29 +79,27 @@ def assemble(
     own_terms, cross_terms = _block_diagonals(psi)
     if own_terms is None or cross_terms is None:
         return grad, _dense_sums(own_points, C, psi)
-    # Every block (j, l) of every diagonal, added into (b, m m, d d) by block index in one pass.
-    values, index = [], []
-    for offset, k, blocks in _band_sums(own_terms, own_points):
-        j = torch.arange(k, device=psi.device)
-        values.append(blocks)  # (j, j + o) and (j + o, j): sum_p psi_pj psi_p(j+o) G_p
-        index.append(j * m + j + offset)
+    # Every diagonal of blocks as (blocks (b, k, d, d), their first block row, diagonal offset).
+    diagonals = []
+    for offset, blocks in _band_sums(own_terms, own_points):
+        diagonals.append((blocks, 0, offset))  # (j, j + o) and (j + o, j): sum_p psi_pj psi_p(j+o) G_p
         if offset:
-            values.append(blocks)
-            index.append((j + offset) * m + j)
-    for offset, k, blocks in _band_sums(cross_terms, C):
-        j = torch.arange(k, device=psi.device) + max(0, -offset)
-        values.append(-blocks)  # (j, j + o): -sum_n psi_nj psi_(n+1)(j+o) C_n, and its transpose
-        index.append(j * m + j + offset)
-        values.append(-blocks.transpose(-1, -2))
-        index.append((j + offset) * m + j)
-    if d < DIAGONAL_ADD_MIN_DIM:
+            diagonals.append((blocks, offset, -offset))
+    for offset, blocks in _band_sums(cross_terms, C):
+        first = max(0, -offset)  # (j, j + o): -sum_n psi_nj psi_(n+1)(j+o) C_n, and its transpose
+        diagonals.append((-blocks, first, offset))
+        diagonals.append((-blocks.transpose(-1, -2), first + offset, -offset))
+    if d < DIAGONAL_ADD_MIN_DIM:  # small blocks: added into (b, m m, d d) by block index, one pass
+        index = [
+            (torch.arange(v.shape[1], device=psi.device) + row) * (m + 1) + offset
+            for v, row, offset in diagonals
+        ]
         hess = own_points.new_zeros(b, m * m, d, d)
-        hess.index_add_(1, torch.cat(index), torch.cat(values, dim=1))
+        hess.index_add_(1, torch.cat(index), torch.cat([v for v, _, _ in diagonals], dim=1))
         return grad, hess.reshape(b, m, m, d, d).permute(0, 1, 3, 2, 4).reshape(b, m * d, m * d)
     hess = own_points.new_zeros(b, m, d, m, d)
-    for blocks, at in zip(values, index, strict=True):
-        rows, cols = at // m, at % m
-        hess.diagonal(offset=int(cols[0] - rows[0]), dim1=1, dim2=3).add_(blocks.permute(0, 2, 3, 1))
+    for blocks, _, offset in diagonals:  # large blocks: along strided views of the diagonals
+        hess.diagonal(offset=offset, dim1=1, dim2=3).add_(blocks.permute(0, 2, 3, 1))
     return grad, hess.reshape(b, m * d, m * d)
 
 
@@ -145,17 +143,17 @@ def _block_diagonals(psi: Tensor) -> tuple[list[tuple[int, Tensor]] | None, list
     return own, cross
 
 
-def _band_sums(terms: list[tuple[int, Tensor]], points: Tensor) -> list[tuple[int, int, Tensor]]:
+def _band_sums(terms: list[tuple[int, Tensor]], points: Tensor) -> list[tuple[int, Tensor]]:
     """For each diagonal ``(o, weights (n, k))`` the blocks ``sum_p weights[p, j] points[p]``
     (b, k, d, d), all diagonals in one batched product (per curve: a curve's result must not depend
-    on its batch). Returns (o, k, blocks) per diagonal."""
+    on its batch). Returns (o, blocks) per diagonal."""
     b, n, d, _ = points.shape
     weights = torch.cat([t for _, t in terms], dim=1)  # (n, sum k)
     sums = torch.matmul(weights.T, points.reshape(b, n, d * d))  # (b, sum k, d d)
     out, at = [], 0
     for o, t in terms:
         k = t.shape[1]
-        out.append((o, k, sums[:, at : at + k].reshape(b, k, d, d)))
+        out.append((o, sums[:, at : at + k].reshape(b, k, d, d)))
         at += k
     return out
 
