@@ -10,7 +10,7 @@ parts (the decoder mean, sigma, ...: features ``f_n`` (F_i) and transposed Jacob
 
 summed over the parts: each part's products are batched GEMMs over the points (no (P, d, sum F_i)
 concatenation), and the sums over the points GEMMs with the basis products: in a B-spline basis
-only over the block diagonals that are not zero (7 of the m^2 blocks per block row: 2-3x faster
+only over the block diagonals that are not zero (7 of the m blocks of a block row: 2-3x faster
 at m = 23-24, d = 2-64). The oracle is :func:`fastgeo.reference.gauss_newton_system` on the
 concatenated parts.
 """
