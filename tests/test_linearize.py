@@ -16,6 +16,7 @@ from test_gauss_newton import SHAPE_IDS, SHAPES, make_system
 
 from fastgeo.curves import BSplineBasis, PolynomialBasis, time_grid
 from fastgeo.reference import gauss_newton_system as reference_gauss_newton_system
+from fastgeo.solver import linearize as linearize_module
 from fastgeo.solver.linearize import (
     _block_diagonals,
     _dense_sums,
@@ -23,6 +24,7 @@ from fastgeo.solver.linearize import (
     linearize,
     point_products,
     point_weights,
+    products_by_chunks,
 )
 
 
@@ -110,3 +112,31 @@ def test_global_basis_sums_every_block():
     t = time_grid(32, torch.zeros(1, dtype=torch.float64))
     assert _block_diagonals(PolynomialBasis(6)(t)) == (None, None)
     assert _block_diagonals(BSplineBasis(4)(t)) == (None, None)  # 4 functions: every block shares a point
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 40 * 5 * 7 * 8, 1 << 40])
+@pytest.mark.parametrize("b", [1, 2, 7])
+def test_products_by_chunks_equal_whole_batch(monkeypatch, chunk_bytes, b):
+    """Chunks of 1, 3 and all curves (the first alone) give the whole batch's products, and each
+    chunk sees its own curves' rows of ``idx``."""
+    N, d, F = 40, 5, 7
+    f, jac, _ = make_system(b, N, d, F, 3)
+    parts = split(f, jac, 2)
+    seen = []
+
+    def parts_fn(points, idx):
+        seen.append(idx.tolist())
+        assert points.shape == (idx.numel(), N, d)
+        return [(pf[idx], pj[idx]) for pf, pj in parts]
+
+    monkeypatch.setattr(linearize_module, "CHUNK_BYTES", chunk_bytes)
+    idx = torch.arange(b)
+    chunked = products_by_chunks(parts_fn, torch.zeros(b, N, d, dtype=f.dtype), idx)
+    whole = point_products(parts)
+    for got, want in zip(chunked, whole, strict=True):
+        assert got.shape == want.shape
+        assert_close_rel(got, want, 1e-12)
+    assert sum(seen, []) == list(range(b))
+    per_chunk = {1: 1, 3 * 40 * 5 * 7 * 8: 3, 1 << 40: b}[chunk_bytes]
+    rest = [min(per_chunk, b - 1 - at) for at in range(0, b - 1, per_chunk)]
+    assert [len(x) for x in seen] == [1, *rest]

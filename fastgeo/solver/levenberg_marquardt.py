@@ -19,7 +19,7 @@ from ..ops.banded_step import block_bandwidth
 from ..ops.solver_ops import LMState, LMTrial, lm_propose, lm_update
 from .finer_gain import FinerGains
 from .last_step import corrected_step
-from .linearize import assemble, point_products
+from .linearize import assemble, products_by_chunks
 from .problem import Grid, Parts, PointGradient
 from .result import CONVERGED, MAX_ITER, NONFINITE, STALLED
 
@@ -83,7 +83,7 @@ def levenberg_marquardt(
 
     def linear_model(c: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Segments (b, N-1), gradient (b, p) and Gauss-Newton matrix (b, p, p) at curves idx."""
-        s, v, G, C = point_products(parts(points(c, idx), idx))
+        s, v, G, C = products_by_chunks(parts, points(c, idx), idx)
         if finer is not None:
             kept.append((v, G, C))
         return (s, *assemble(v, G, C, grid.psi))

@@ -21,7 +21,7 @@ from ..curves import BSplineBasis, Curves, evaluate
 from ..metric import ExpectedMetric, energy_from_segments
 from .finer_gain import FinerGains, finer_basis, lift_matrix
 from .levenberg_marquardt import levenberg_marquardt
-from .linearize import point_products
+from .linearize import products_by_chunks
 from .options import SolverOptions, working_memory_per_curve
 from .problem import Grid, full_gradient, full_parts
 from .resolution import RESOLUTION_TOL, midpoint_lengths
@@ -82,7 +82,7 @@ def _predict(
     their own points (``grid``)."""
     z0, z1 = res.curves.z0[rows], res.curves.z1[rows]
     pts = evaluate(z0, z1, res.curves.coeffs[rows], grid.psi, grid.t)
-    s, v, G, C = point_products(full_parts(metric, work)(pts, rows))
+    s, v, G, C = products_by_chunks(full_parts(metric, work), pts, rows)
     record.record(rows, (v, G, C), energy_from_segments(s))
 
 
