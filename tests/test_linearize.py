@@ -115,7 +115,7 @@ def test_global_basis_sums_every_block():
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 3 * 40 * 5 * 7 * 8, 1 << 40])
-@pytest.mark.parametrize("b", [1, 2, 7])
+@pytest.mark.parametrize("b", [0, 1, 2, 7])
 def test_products_by_chunks_equal_whole_batch(monkeypatch, chunk_bytes, b):
     """Chunks of 1, 3 and all curves (the first alone) give the whole batch's products, and each
     chunk sees its own curves' rows of ``idx``."""
@@ -137,6 +137,9 @@ def test_products_by_chunks_equal_whole_batch(monkeypatch, chunk_bytes, b):
         assert got.shape == want.shape
         assert_close_rel(got, want, 1e-12)
     assert sum(seen, []) == list(range(b))
+    if b == 0:  # one call, with no curves
+        assert [len(x) for x in seen] == [0]
+        return
     per_chunk = {1: 1, 3 * 40 * 5 * 7 * 8: 3, 1 << 40: b}[chunk_bytes]
     rest = [min(per_chunk, b - 1 - at) for at in range(0, b - 1, per_chunk)]
     assert [len(x) for x in seen] == [1, *rest]

@@ -71,6 +71,8 @@ def products_by_chunks(
     (page faults) on every call. Chunks stay in cache and in the reused heap, at the same
     arithmetic. The first curve goes alone and sizes the chunks."""
     b = points.shape[0]
+    if b == 0:
+        return point_products(parts(points, idx))
     chunks: list[Products] = []
     start, step = 0, 1
     while start < b:
