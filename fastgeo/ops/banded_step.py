@@ -32,6 +32,16 @@ def block_bandwidth(psi: Tensor) -> int:
     return int((j - l).abs().max()) if j.numel() else 0
 
 
+def _block_diagonal(hess: Tensor, block: int, k: int) -> Tensor:
+    """The blocks (j, j + k) of hess (b, p, p), j < m - k: a strided view (b, m - k, block, block)."""
+    b, p, _ = hess.shape
+    m = p // block
+    hess = hess.contiguous()
+    return hess.as_strided(
+        (b, m - k, block, block), (p * p, block * (p + 1), p, 1), hess.storage_offset() + k * block
+    )
+
+
 def banded_matvec(hess: Tensor, x: Tensor, block: int, band: int) -> Tensor:
     """``hess @ x`` (b, p) for hess (b, p, p) block-banded (blocks of ``block`` unknowns, half-
     bandwidth ``band`` blocks; entries outside the band are not read): one block row at a time,
@@ -67,65 +77,39 @@ def banded_lm_propose(
     pad = d - block
     eye = torch.eye(d, dtype=grad.dtype, device=grad.device)
     padding = (torch.arange(d, device=grad.device) >= block).to(grad.dtype)
-
-    def upper_row(j: int) -> Tensor:
-        """Block row j of the damped, padded system from its diagonal block on: (b, d, w d)."""
-        end = min(m, j + 1 + band)
-        rows = hess[:, j * block : (j + 1) * block, j * block : end * block]
-        if pad:
-            rows = torch.nn.functional.pad(rows.reshape(b, block, end - j, block), (0, pad, 0, 0, 0, pad))
-            rows = rows.reshape(b, d, (end - j) * d)
-        else:
-            rows = rows.clone()
-        rows[:, :, :d].diagonal(dim1=-2, dim2=-1).add_(
-            torch.nn.functional.pad(damping[:, j * block : (j + 1) * block], (0, pad)) + padding
-        )
-        return rows
-
     rhs = torch.nn.functional.pad(-grad.reshape(b, m, block), (0, pad)).reshape(b, m * d)
-    # Right-looking block Cholesky in a sliding window of the band: the window holds block rows
-    # and columns j .. j + band of the partly factored system; block column j is factored, its
-    # panel solved, the rest of the window updated, and the next block row of the system enters.
+    # The band in block storage, read once from hess: A[:, j, k] = block (j, j + k) of the damped,
+    # padded system (zero past the last block row). Right-looking block Cholesky in place: block
+    # column j is factored, its panel solved, and the panel's Gram matrix subtracted from the
+    # block rows below, each a contiguous run of blocks in this storage.
+    w = min(band, m - 1) + 1  # blocks per stored row: the diagonal block and band to its right
+    A = grad.new_zeros(b, m, w, d, d)
+    for k in range(w):
+        A[:, : m - k, k, :block, :block] = _block_diagonal(hess, block, k)
+    A[:, :, 0].diagonal(dim1=-2, dim2=-1).add_(
+        torch.nn.functional.pad(damping.reshape(b, m, block), (0, pad)) + padding
+    )
     solved = torch.ones(b, dtype=torch.bool, device=grad.device)
     diag_factors, panels = [], []
-    first = upper_row(0)
-    w = first.shape[-1] // d  # blocks in the window
-    window = first.new_zeros(b, w * d, w * d)
-    for i in range(w):  # the first window from the first band + 1 block rows (upper parts)
-        row = first if i == 0 else upper_row(i)[:, :, : (w - i) * d]
-        window[:, i * d : (i + 1) * d, i * d :] = row
-        window[:, (i + 1) * d :, i * d : (i + 1) * d] = row[:, :, d:].transpose(1, 2)
     for j in range(m):
-        chol, info = torch.linalg.cholesky_ex(window[:, :d, :d])
+        chol, info = torch.linalg.cholesky_ex(A[:, j, 0])
         failed = info != 0
         if bool(failed.any()):
             solved &= ~failed
             chol = torch.where(failed[:, None, None], eye, chol)
         diag_factors.append(chol)
-        if w == 1:
-            if j + 1 < m:
-                window = upper_row(j + 1)
+        right = min(w - 1, m - 1 - j)  # blocks of the panel
+        if right == 0:
             continue
-        # panel L_ij = A_ij L_jj^-T, as L_jj^-1 A_ji (the symmetric block above the diagonal)
-        panel_t = torch.linalg.solve_triangular(chol, window[:, :d, d:], upper=False)
+        # panel L_jj^-1 [A_(j,j+1) ... A_(j,j+right)]: (b, d, right d), the transpose of L's
+        # block column below the diagonal
+        panel_t = torch.linalg.solve_triangular(
+            chol, A[:, j, 1 : right + 1].transpose(1, 2).reshape(b, d, right * d), upper=False
+        )
         panels.append(panel_t)
-        rest = window[:, d:, d:] - panel_t.transpose(1, 2) @ panel_t
-        nxt = j + w  # the block row entering the window
-        if nxt < m:
-            column = hess[:, (j + 1) * block : (nxt + 1) * block, nxt * block : (nxt + 1) * block]
-            if pad:
-                column = torch.nn.functional.pad(column.reshape(b, w, block, block), (0, pad, 0, pad))
-                column = column.reshape(b, w * d, d)
-            window = torch.empty_like(window)
-            window[:, : (w - 1) * d, : (w - 1) * d] = rest
-            window[:, :, (w - 1) * d :] = column
-            window[:, (w - 1) * d :, : (w - 1) * d] = column[:, : (w - 1) * d].transpose(1, 2)
-            window[:, (w - 1) * d :, (w - 1) * d :].diagonal(dim1=-2, dim2=-1).add_(
-                torch.nn.functional.pad(damping[:, nxt * block : (nxt + 1) * block], (0, pad)) + padding
-            )
-        else:  # the window shrinks at the end of the band
-            w -= 1
-            window = rest
+        gram = (panel_t.transpose(1, 2) @ panel_t).reshape(b, right, d, right, d)
+        for a in range(1, right + 1):  # block row j + a, blocks j + a .. j + right
+            A[:, j + a, : right - a + 1] -= gram[:, a - 1, :, a - 1 :].transpose(1, 2)
     # L y = -g, then L^T x = y, block by block; the matrix-vector products as per-curve products
     # and sums over the last axis: a batch of one takes another BLAS path (gemv) and rounds
     # differently, and a curve's result must not depend on its batch.
