@@ -16,7 +16,7 @@ from helpers import assert_close_rel
 
 import fastgeo
 from fastgeo import reference
-from fastgeo.curves import BSplineBasis, PolynomialBasis, time_grid
+from fastgeo.curves import BSplineBasis, PiecewiseLinearBasis, PolynomialBasis, time_grid
 from fastgeo.ops import solver_ops
 from fastgeo.ops.banded_step import banded_lm_propose, banded_matvec, block_bandwidth
 from fastgeo.solver import levenberg_marquardt as lm
@@ -83,6 +83,22 @@ def test_block_bandwidth_bounds_the_assembled_matrix():
         assert band == 4
     legendre = PolynomialBasis(8)(time_grid(32, torch.zeros(1)))
     assert block_bandwidth(legendre) == 7  # global support: the whole matrix
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_polylines_have_their_true_band(dtype):
+    """The dense oracle's hats sampled on a grid through their nodes (and on the grid with every
+    segment halved) are exactly zero where a neighbour's hat ends: band 1, as the polyline's
+    block-tridiagonal system has (rounding once left ~1e-16 there: band 3 and 2). A coarser grid
+    really couples hats two apart."""
+    basis = PiecewiseLinearBasis(128)
+    like = torch.zeros(1, dtype=dtype)
+    for n, band in ((128, 1), (255, 1), (64, 3)):
+        psi = basis(time_grid(n, like))
+        assert block_bandwidth(psi) == band, n
+        assert bool(((psi == 0) | (psi > 1e-3)).all())
+    at_nodes = basis(time_grid(128, like))
+    assert torch.equal(at_nodes[1:-1], torch.eye(126, dtype=dtype))
 
 
 def test_the_dispatcher_takes_the_banded_path_only_where_it_pays():
