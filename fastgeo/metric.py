@@ -18,6 +18,7 @@ from .rbf import RBFPrecision
 # 4 MB, not the 256 MB these chunks had: chunks that stay in cache decode conv decoders 1.2x
 # faster, their gradients 1.35x (conv8 MNIST-like decoder, 768 points, 1 thread); MLPs even.
 DECODE_BYTES = 1 << 22
+DECODE_BYTES_ELSEWHERE = 1 << 28  # on other devices than the CPU: memory alone counts
 GUESSED_WIDTH = 16
 MIN_DECODE_ROWS = 64
 ROW_ALIGN = 8  # rows per block of the decoder's matrix products that a curve's points fill (decode)
@@ -211,11 +212,12 @@ class ExpectedMetric:
     def _rows_per_call(self, flat: Tensor) -> int:
         """Points per call of the mean within DECODE_BYTES (at least MIN_DECODE_ROWS)."""
         P, size = flat.shape[0], flat.element_size()
-        if P * GUESSED_WIDTH * self.data_dim * size <= DECODE_BYTES:
+        budget = DECODE_BYTES if flat.device.type == "cpu" else DECODE_BYTES_ELSEWHERE
+        if P * GUESSED_WIDTH * self.data_dim * size <= budget:
             return P  # small: no need to know the width
         width = activation_width(self.mean, flat[:4].detach())
         width = GUESSED_WIDTH * self.data_dim if width is None else max(width, self.data_dim)
-        return max(MIN_DECODE_ROWS, DECODE_BYTES // (width * size) // ROW_ALIGN * ROW_ALIGN)
+        return max(MIN_DECODE_ROWS, budget // (width * size) // ROW_ALIGN * ROW_ALIGN)
 
     def features(self, z: Tensor) -> Tensor:
         """The embedding ``[mu(z), sigma(z)]`` whose pull-back is M: (..., d) -> (..., 2D)."""

@@ -25,8 +25,10 @@ from torch import Tensor
 Part = tuple[Tensor, Tensor]  # features (b, N, F), transposed Jacobians (b, N, d, F)
 Products = tuple[Tensor, Tensor, Tensor, Tensor]  # s, v, G, C of point_products
 
-# Bytes of the transposed Jacobians of one chunk of curves (all parts) in products_by_chunks.
+# Bytes of the transposed Jacobians of one chunk of curves (all parts) in products_by_chunks, on
+# the CPU (cache-sized); on other devices only memory counts, and small launches cost.
 CHUNK_BYTES = 4 << 20
+CHUNK_BYTES_ELSEWHERE = 1 << 30
 
 
 def point_products(parts: list[Part]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -81,7 +83,8 @@ def products_by_chunks(
         chunks.append(point_products(parts_here))
         if start == 0:
             per_curve = sum(J.numel() * J.element_size() for _, J in parts_here) // (stop - start)
-            step = max(1, CHUNK_BYTES // max(1, per_curve))
+            budget = CHUNK_BYTES if points.device.type == "cpu" else CHUNK_BYTES_ELSEWHERE
+            step = max(1, budget // max(1, per_curve))
         start = stop
     if len(chunks) == 1:
         return chunks[0]
