@@ -33,10 +33,10 @@ def block_bandwidth(psi: Tensor) -> int:
 
 
 def _block_diagonal(hess: Tensor, block: int, k: int) -> Tensor:
-    """The blocks (j, j + k) of hess (b, p, p), j < m - k: a strided view (b, m - k, block, block)."""
+    """The blocks (j, j + k) of hess (b, p, p) contiguous, j < m - k: a strided view
+    (b, m - k, block, block)."""
     b, p, _ = hess.shape
     m = p // block
-    hess = hess.contiguous()
     return hess.as_strided(
         (b, m - k, block, block), (p * p, block * (p + 1), p, 1), hess.storage_offset() + k * block
     )
@@ -84,8 +84,9 @@ def banded_lm_propose(
     # block rows below, each a contiguous run of blocks in this storage.
     w = min(band, m - 1) + 1  # blocks per stored row: the diagonal block and band to its right
     A = grad.new_zeros(b, m, w, d, d)
+    dense = hess.contiguous()  # once: the block diagonals are strided views of it
     for k in range(w):
-        A[:, : m - k, k, :block, :block] = _block_diagonal(hess, block, k)
+        A[:, : m - k, k, :block, :block] = _block_diagonal(dense, block, k)
     A[:, :, 0].diagonal(dim1=-2, dim2=-1).add_(
         torch.nn.functional.pad(damping.reshape(b, m, block), (0, pad)) + padding
     )
