@@ -37,6 +37,11 @@ TORCH_LIBRARY(fastgeo, m) {
   // One Levenberg-Marquardt iteration of the solver (fastgeo/reference/levenberg_marquardt.py), per curve:
   // grad (B, p), hess and curv (B, p, p), lam (B,) -> step (B, p), predicted (B,), solved (B,) bool
   m.def("lm_propose(Tensor grad, Tensor hess, Tensor curv, Tensor lam, int segments) -> (Tensor, Tensor, Tensor)");
+  // The same step without a secant model for hess block-banded (blocks of `block` unknowns, half-bandwidth
+  // `band` blocks; entries outside the band are not read): grad (B, p), hess (B, p, p), lam (B,)
+  m.def(
+      "banded_lm_propose(Tensor grad, Tensor hess, Tensor lam, int segments, int block, int band) "
+      "-> (Tensor, Tensor, Tensor)");
   // -> [accept (B,) bool, status (B,) int8 (0 iterating, 1 converged, 2 stalled), ok (B,) bool,
   //     e, length, grad, hess, curv, lam, nu] (the updated state)
   m.def(

@@ -52,7 +52,7 @@ if not LOADED:
 ops = torch.ops.fastgeo
 DIFFERENTIABLE = ("rbf_precision", "segment_sqdist", "rbf_segment_sqdist")
 BACKWARD = tuple(f"{op}_backward" for op in DIFFERENTIABLE)
-SOLVER = ("rbf_sigma_jacobian", "gauss_newton_system", "lm_propose", "lm_update")
+SOLVER = ("rbf_sigma_jacobian", "gauss_newton_system", "lm_propose", "banded_lm_propose", "lm_update")
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:
@@ -157,6 +157,10 @@ def _register_fakes() -> None:
 
     @fake("fastgeo::lm_propose")
     def _(grad, hess, curv, lam, segments):
+        return torch.empty_like(grad), lam.new_empty(lam.shape), lam.new_empty(lam.shape, dtype=torch.bool)
+
+    @fake("fastgeo::banded_lm_propose")
+    def _(grad, hess, lam, segments, block, band):
         return torch.empty_like(grad), lam.new_empty(lam.shape), lam.new_empty(lam.shape, dtype=torch.bool)
 
     @fake("fastgeo::lm_update")

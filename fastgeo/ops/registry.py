@@ -31,7 +31,7 @@ from . import library
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 PUBLIC_OPS = ("rbf_precision", "segment_sqdist", "rbf_segment_sqdist")
-SOLVER_OPS = ("rbf_sigma_jacobian", "gauss_newton_system", "lm_propose", "lm_update")
+SOLVER_OPS = ("rbf_sigma_jacobian", "gauss_newton_system", "lm_propose", "banded_lm_propose", "lm_update")
 OPS = PUBLIC_OPS + SOLVER_OPS
 
 # "auto" tries these in order, per device type and op. The GPU kernels pass the interpreter and

@@ -14,18 +14,13 @@ import torch
 from torch import Tensor
 
 from . import registry
-from .banded_step import ALIGN, banded_lm_propose
 
 # The C++ Levenberg-Marquardt kernels keep a curve's system in the thread's cache; larger
-# systems run the reference (batched LAPACK).
+# systems run the reference (batched LAPACK), or the banded kernel where their band allows.
 MAX_KERNEL_UNKNOWNS = 64
-# Below this block size, or this many unknowns, the dense factorization of a damped system is
-# faster than the banded one (1 thread, b = 10-64 curves: d = 3-5 about 2x slower banded; d = 8 with
-# m = 12 / 23 blocks (p = 96 / 184) 1.5x slower, with m = 47 3x faster; d = 12-16, m = 12 about even;
-# p >= 276: 3-6x faster; its Python loop over the blocks costs about as much as a dense solve of
-# p ~ 190).
-MIN_BANDED_BLOCK = 8
-MIN_BANDED_UNKNOWNS = 192
+# Batched LAPACK rounds a matrix by its memory alignment: the reference's systems are padded to a
+# multiple of this many unknowns on CPU (see _aligned_lm_propose).
+ALIGN = 4
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
@@ -97,11 +92,12 @@ def lm_propose(
     :func:`fastgeo.reference.lm_propose`.
 
     banded: (block, band) where ``curv`` is zero and ``hess`` block-banded (blocks of ``block``
-    unknowns, half-bandwidth ``band`` blocks): systems too large for the kernels are then solved
-    block by block on CPU (:mod:`fastgeo.ops.banded_step`; ``curv`` is not read there)."""
+    unknowns, half-bandwidth ``band`` blocks): systems too large for the dense kernels are then
+    solved by ``banded_lm_propose`` (``curv`` is not read there)."""
     p = grad.shape[-1]
     if banded is not None and _takes_banded(p, grad.device, *banded):
-        return banded_lm_propose(grad, hess, lam, segments, *banded)
+        block, band = banded
+        return registry.call("banded_lm_propose", grad.device, grad, hess, lam, segments, block, band)
     compiled = p <= MAX_KERNEL_UNKNOWNS
     if not compiled and p % ALIGN and grad.device.type == "cpu":
         return _aligned_lm_propose(grad, hess, curv, lam, segments)
@@ -129,18 +125,9 @@ def _aligned_lm_propose(
 
 
 def _takes_banded(p: int, device: torch.device, block: int, band: int) -> bool:
-    """The banded step where it pays: CPU systems too large for the kernels, of at least
-    MIN_BANDED_UNKNOWNS unknowns in blocks of at least MIN_BANDED_BLOCK (smaller ones factor
-    faster densely, measured), a band narrower
-    than the matrix; never under ``use_backend("reference")`` (the reference is the oracle)."""
-    return (
-        device.type == "cpu"
-        and p >= max(MAX_KERNEL_UNKNOWNS + 1, MIN_BANDED_UNKNOWNS)
-        and block >= MIN_BANDED_BLOCK
-        and p % block == 0
-        and 2 * band + 1 < p // block
-        and registry.current_backend() != "reference"
-    )
+    """The banded step where it pays: CPU systems too large for the dense kernels, whose band is
+    narrower than the matrix."""
+    return device.type == "cpu" and p > MAX_KERNEL_UNKNOWNS and p % block == 0 and 2 * band + 1 < p // block
 
 
 def lm_update(

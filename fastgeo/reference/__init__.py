@@ -7,11 +7,12 @@ by ordinary autograd and forward-mode AD; the solver's ops are plain functions o
 """
 
 from .gauss_newton import gauss_newton_system
-from .levenberg_marquardt import lm_propose, lm_update, secant_update
+from .levenberg_marquardt import banded_lm_propose, lm_propose, lm_update, secant_update
 from .rbf import rbf_features, rbf_precision, rbf_segment_sqdist, rbf_sigma_jacobian
 from .segments import segment_sqdist
 
 __all__ = [
+    "banded_lm_propose",
     "gauss_newton_system",
     "lm_propose",
     "lm_update",

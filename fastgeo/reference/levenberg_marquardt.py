@@ -7,7 +7,8 @@
   the acceptance test, the structured secant update of ``S`` (Dennis, Gay & Welsch, with
   Oren-Luenberger sizing), Nielsen's damping update and the convergence test.
 
-These are the oracles of the operators ``torch.ops.fastgeo.lm_propose`` / ``lm_update`` (C++
+These are the oracles of the operators ``torch.ops.fastgeo.lm_propose`` / ``lm_update`` /
+``banded_lm_propose`` (C++
 kernels on CPU tensors: a batched PyTorch version costs dozens of tiny operations per iteration
 on such small per-curve systems, more than the arithmetic).
 
@@ -44,6 +45,22 @@ def lm_propose(
     # (H + S) step, as a per-curve product: a curve's result must not depend on its batch.
     h_step = (system * step[:, None, :]).sum(-1) - damping * step
     return step, predicted_decrease(grad, h_step, step, segments), solved
+
+
+def banded_lm_propose(
+    grad: Tensor, hess: Tensor, lam: Tensor, segments: int, block: int, band: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`lm_propose` without a secant model for ``hess`` block-banded: blocks of ``block``
+    unknowns, half-bandwidth ``band`` blocks; entries outside the band are taken as zero (not
+    read). The oracle of ``torch.ops.fastgeo.banded_lm_propose`` (a band Cholesky factorization
+    on CPU)."""
+    p = grad.shape[-1]
+    if block < 1 or p % block:
+        raise ValueError(f"block must divide the {p} unknowns, got {block}")
+    blocks = torch.arange(p, device=grad.device) // block
+    outside = (blocks[:, None] - blocks[None, :]).abs() > band
+    banded = hess.masked_fill(outside, 0.0)
+    return lm_propose(grad, banded, torch.zeros_like(banded), lam, segments)
 
 
 def marquardt_damping(hess: Tensor, lam: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..curves import BSplineBasis
-from ..ops.banded_step import block_bandwidth
+from ..ops.band import block_bandwidth
 from ..ops.solver_ops import lm_propose
 from .linearize import assemble
 from .options import SolverOptions

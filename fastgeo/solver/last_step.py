@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops.banded_step import banded_matvec
+from ..ops.band import banded_matvec
 from ..reference.levenberg_marquardt import marquardt_damping
 
 # The least curvature kept along the last step, relative to Gauss-Newton's (at most a 5x longer

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..curves import evaluate
 from ..metric import energy_from_segments, length_from_segments
-from ..ops.banded_step import block_bandwidth
+from ..ops.band import block_bandwidth
 from ..ops.solver_ops import LMState, LMTrial, lm_propose, lm_update
 from .finer_gain import FinerGains
 from .last_step import corrected_step

@@ -1,10 +1,12 @@
 """The block-banded Levenberg-Marquardt step (plain Gauss-Newton in a B-spline basis, the lagged
-mode at d >= 8) against the dense reference :func:`fastgeo.reference.lm_propose`.
+mode at d >= 8): the C++ kernel ``torch.ops.fastgeo.banded_lm_propose`` and its reference against
+the dense reference :func:`fastgeo.reference.lm_propose`.
 
 float64: equal to ~1e-10 relative; float32: within 1e-4 of the float64 reference on well-conditioned
 systems; a failed factorization gives a zero step, flagged, and leaves the other curves alone;
-the bandwidth read from the basis covers every entry the linearization can fill; the solver's
-curves with the banded step equal those with the dense one.
+a curve's step is bit for bit the same alone and in a batch; ``opcheck``; the bandwidth read from
+the basis covers every entry the linearization can fill; the solver's curves with the banded step
+equal those with the dense one.
 """
 
 from __future__ import annotations
@@ -12,16 +14,28 @@ from __future__ import annotations
 import pytest
 import torch
 from analytic import bumpy_metric
-from helpers import assert_close_rel
+from helpers import assert_close_rel, require_cpu_kernels
 
 import fastgeo
 from fastgeo import reference
 from fastgeo.curves import BSplineBasis, PiecewiseLinearBasis, PolynomialBasis, time_grid
-from fastgeo.ops import solver_ops
-from fastgeo.ops.banded_step import banded_lm_propose, banded_matvec, block_bandwidth
+from fastgeo.ops import registry, solver_ops
+from fastgeo.ops.band import banded_matvec, block_bandwidth
 from fastgeo.solver import levenberg_marquardt as lm
 from fastgeo.solver import options
 from fastgeo.solver.linearize import assemble
+
+
+def kernel(*args):
+    """The C++ kernel (the test fails where the extension should be built and is not)."""
+    require_cpu_kernels()
+    return torch.ops.fastgeo.banded_lm_propose(*args)
+
+
+IMPLEMENTATIONS = [
+    pytest.param(kernel, id="kernel"),
+    pytest.param(reference.banded_lm_propose, id="reference"),
+]
 
 
 def _banded_system(b: int, m: int, d: int, N: int, seed: int = 0):
@@ -38,8 +52,12 @@ def _banded_system(b: int, m: int, d: int, N: int, seed: int = 0):
     return grad, hess, lam, block_bandwidth(psi)
 
 
-@pytest.mark.parametrize("b,m,d,N", [(4, 16, 5, 64), (3, 11, 1, 24), (2, 13, 7, 40), (1, 9, 3, 17)])
-def test_banded_step_matches_the_dense_reference_float64(b, m, d, N):
+@pytest.mark.parametrize("banded_lm_propose", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "b,m,d,N",
+    [(4, 16, 5, 64), (3, 11, 1, 24), (2, 13, 7, 40), (1, 9, 3, 17), (2, 10, 33, 40), (1, 6, 64, 24)],
+)
+def test_banded_step_matches_the_dense_reference_float64(banded_lm_propose, b, m, d, N):
     grad, hess, lam, band = _banded_system(b, m, d, N)
     want = reference.lm_propose(grad, hess, torch.zeros_like(hess), lam, N - 1)
     # Entries outside the band are not read (NaN there changes nothing).
@@ -50,7 +68,8 @@ def test_banded_step_matches_the_dense_reference_float64(b, m, d, N):
     assert_close_rel(got[1], want[1], 1e-10)
 
 
-def test_banded_step_float32_is_within_tolerance_of_float64():
+@pytest.mark.parametrize("banded_lm_propose", IMPLEMENTATIONS)
+def test_banded_step_float32_is_within_tolerance_of_float64(banded_lm_propose):
     grad, hess, lam, band = _banded_system(4, 16, 6, 64, seed=1)
     lam = lam.clamp(min=1e-3)  # conditioning a float32 solve can carry to 1e-4
     want = reference.lm_propose(grad, hess, torch.zeros_like(hess), lam, 63)
@@ -59,7 +78,8 @@ def test_banded_step_float32_is_within_tolerance_of_float64():
     assert_close_rel(got[1].double(), want[1], 1e-4)
 
 
-def test_a_failed_factorization_gives_a_zero_step_and_spares_the_others():
+@pytest.mark.parametrize("banded_lm_propose", IMPLEMENTATIONS)
+def test_a_failed_factorization_gives_a_zero_step_and_spares_the_others(banded_lm_propose):
     grad, hess, lam, band = _banded_system(3, 12, 4, 48, seed=2)
     hess[1, 20:24, 20:24] = -torch.eye(4, dtype=hess.dtype)  # a block in the middle, indefinite
     lam[1] = 0.0
@@ -101,31 +121,22 @@ def test_polylines_have_their_true_band(dtype):
     assert torch.equal(at_nodes[1:-1], torch.eye(126, dtype=dtype))
 
 
-def test_the_dispatcher_takes_the_banded_path_only_where_it_pays():
-    grad, hess, lam, band = _banded_system(2, 24, 8, 96)  # p = 192: large enough to pay
+def test_the_dispatcher_takes_the_banded_path_only_where_it_pays(monkeypatch):
+    calls = _spy_banded_steps(monkeypatch, lambda args: args[-2:])
+    grad, hess, lam, band = _banded_system(2, 24, 8, 96)  # p = 192
     zero = torch.zeros_like(hess)
-    calls = []
-    original = solver_ops.banded_lm_propose
-
-    def spy(*args):
-        calls.append(args[-2:])
-        return original(*args)
-
-    solver_ops.banded_lm_propose = spy
-    try:
-        solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, band))
-        solver_ops.lm_propose(grad, hess, zero, lam, 63, None)  # secant model in use
-        solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, 12))  # 2 * 12 + 1 >= 24 blocks: all of it
-        solver_ops.lm_propose(grad, hess, zero, lam, 63, (4, band))  # blocks too small to pay
-        with fastgeo.use_backend("reference"):  # the oracle stays the dense reference
-            solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, band))
-        small = _banded_system(2, 7, 8, 28)  # p = 56: the C++ kernels
-        solver_ops.lm_propose(small[0], small[1], torch.zeros_like(small[1]), small[2], 27, (8, 2))
-        mid = _banded_system(2, 16, 8, 64)  # p = 128: a dense solve is faster
-        solver_ops.lm_propose(mid[0], mid[1], torch.zeros_like(mid[1]), mid[2], 63, (8, band))
-    finally:
-        solver_ops.banded_lm_propose = original
-    assert calls == [(8, band)]
+    solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, band))
+    solver_ops.lm_propose(grad, hess, zero, lam, 63, None)  # secant model in use
+    solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, 12))  # 2 * 12 + 1 >= 24 blocks: all of it
+    small = _banded_system(2, 7, 8, 28)  # p = 56: the dense C++ kernel
+    solver_ops.lm_propose(small[0], small[1], torch.zeros_like(small[1]), small[2], 27, (8, 2))
+    narrow = _banded_system(2, 23, 3, 92)  # p = 69 in blocks of 3: banded too (10x faster than dense)
+    solver_ops.lm_propose(narrow[0], narrow[1], torch.zeros_like(narrow[1]), narrow[2], 91, (3, band))
+    assert calls == [(8, band), (3, band)]
+    with fastgeo.use_backend("reference"):  # the oracle's banded step is the masked dense reference
+        got = solver_ops.lm_propose(grad, hess, zero, lam, 63, (8, band))
+    want = reference.lm_propose(grad, hess, zero, lam, 63)
+    assert_close_rel(got[0], want[0], 1e-10)
 
 
 @pytest.mark.parametrize("b,m,d,N", [(3, 16, 5, 64), (2, 11, 1, 24), (1, 9, 3, 17), (2, 5, 4, 20)])
@@ -145,19 +156,49 @@ def test_banded_product_equals_the_full_one(b, m, d, N):
 def test_blocks_must_divide_the_unknowns():
     grad, hess, lam, band = _banded_system(1, 9, 4, 36)
     with pytest.raises(ValueError, match="block"):
-        banded_lm_propose(grad[:, :34], hess[:, :34, :34], lam, 35, 4, band)
+        reference.banded_lm_propose(grad[:, :34], hess[:, :34, :34], lam, 35, 4, band)
+    with pytest.raises(RuntimeError, match="block must divide"):
+        kernel(grad[:, :34], hess[:, :34, :34], lam, 35, 4, band)
+    with pytest.raises(RuntimeError, match="hess must be"):
+        kernel(grad, hess[:, :35], lam, 35, 4, band)
+    with pytest.raises(RuntimeError, match="dtype"):
+        kernel(grad, hess.float(), lam, 35, 4, band)
+
+
+def test_banded_lm_propose_opcheck():
+    """torch.library.opcheck of banded_lm_propose (and its empty batch)."""
+    require_cpu_kernels()
+    grad, hess, lam, band = _banded_system(3, 12, 5, 48)
+    torch.library.opcheck(torch.ops.fastgeo.banded_lm_propose, (grad, hess, lam, 47, 5, band))
+    step, predicted, solved = kernel(grad[:0], hess[:0], lam[:0], 47, 5, band)
+    assert step.shape == (0, 60) and predicted.shape == (0,) and solved.shape == (0,)
+
+
+def test_a_non_finite_system_is_flagged_not_leaked():
+    """NaN inside the band of one curve, inf in another's gradient: zero steps, solved False; the
+    others as the reference's."""
+    grad, hess, lam, band = _banded_system(3, 12, 9, 48, seed=4)
+    hess[0, 30, 31] = hess[0, 31, 30] = torch.nan
+    grad[2, 5] = torch.inf
+    step, predicted, solved = kernel(grad, hess, lam, 47, 9, band)
+    assert solved.tolist() == [False, True, False]
+    assert bool((step[[0, 2]] == 0).all()) and bool(torch.isfinite(step).all())
+    want = reference.lm_propose(grad[1:2], hess[1:2], torch.zeros_like(hess[1:2]), lam[1:2], 47)
+    assert_close_rel(step[1:2], want[0], 1e-10)
 
 
 def _spy_banded_steps(monkeypatch, record) -> list:
-    """The solver's banded steps, each recorded as ``record(args)`` in the list returned."""
+    """The solver's banded steps (calls of the op banded_lm_propose through the registry), each
+    recorded as ``record(args)`` (the op's arguments) in the list returned."""
     calls = []
-    original = solver_ops.banded_lm_propose
+    original = registry.call
 
-    def spy(*args):
-        calls.append(record(args))
-        return original(*args)
+    def spy(op, device, *args, **kwargs):
+        if op == "banded_lm_propose":
+            calls.append(record(args))
+        return original(op, device, *args, **kwargs)
 
-    monkeypatch.setattr(solver_ops, "banded_lm_propose", spy)
+    monkeypatch.setattr(registry, "call", spy)
     return calls
 
 
@@ -183,15 +224,14 @@ def test_the_solvers_curves_do_not_change_with_the_banded_step(monkeypatch):
     assert_close_rel(banded.lengths, dense.lengths, 1e-9)
 
 
-@pytest.mark.parametrize("d", [5, 8, 9, 17])
-def test_a_curves_step_does_not_depend_on_its_batch(d, one_thread):
-    """Bit for bit alone and in a batch, odd blocks included (MKL rounds by where a matrix starts
-    in memory: without the padding of blocks to multiples of 4, d = 5, 9, 17 differed)."""
+@pytest.mark.parametrize("d", [5, 8, 9, 17, 32])
+def test_a_curves_step_does_not_depend_on_its_batch(d):
+    """Bit for bit alone and in a batch (odd blocks, and two threads where there are two)."""
     grad, hess, lam, band = _banded_system(5, 16, d, 64, seed=d)
     grad, hess, lam = grad.float(), hess.float(), lam.float().clamp(min=1e-4)
-    step, predicted, _ = banded_lm_propose(grad, hess, lam, 63, d, band)
+    step, predicted, _ = kernel(grad, hess, lam, 63, d, band)
     for k in range(5):
-        alone = banded_lm_propose(grad[k : k + 1], hess[k : k + 1], lam[k : k + 1], 63, d, band)
+        alone = kernel(grad[k : k + 1], hess[k : k + 1], lam[k : k + 1], 63, d, band)
         assert torch.equal(alone[0][0], step[k]) and torch.equal(alone[1][0], predicted[k]), k
 
 

@@ -1,0 +1,197 @@
+// banded_lm_propose on the CPU, one curve per task: the damped Levenberg-Marquardt step of
+// lm_propose (no secant model) for block-banded Gauss-Newton matrices, as banded_lm_propose in
+// fastgeo/reference/levenberg_marquardt.py, by a band Cholesky factorization in the thread's cache.
+//
+// Storage: the upper factor U (A = U^T U) by rows, each row holding the W = (band + 1) d entries
+// from the start of its own block: row r, column c is global column (r / d) d + c. The
+// factorization, the panel solve and the Schur updates are then loops over contiguous runs of a
+// row (no reduction over a run: gcc vectorizes them without reassociating sums, and a curve's
+// result does not depend on its place in the batch or in memory).
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common.h"
+#include "lm_state.h"
+
+namespace fastgeo {
+namespace cpu {
+namespace {
+
+// Factors block row j of u in place (rows j d .. j d + d - 1, entries up to width): the diagonal
+// block's upper Cholesky factor and the panel U_jj^-T A_(j, j+1..) right of it. False where a
+// pivot is not positive (or NaN).
+template <typename T>
+bool factor_block_row(T* u, int64_t W, int64_t j, int64_t d, int64_t width) {
+  for (int64_t i = 0; i < d; ++i) {
+    T* ri = u + (j * d + i) * W;
+    const T pivot = ri[i];
+    if (!(pivot > T(0))) return false;
+    const T uii = std::sqrt(pivot);
+    ri[i] = uii;
+    for (int64_t c = i + 1; c < width; ++c) ri[c] /= uii;
+    for (int64_t k = i + 1; k < d; ++k) {
+      T* rk = u + (j * d + k) * W;
+      const T s = ri[k];
+      for (int64_t c = k; c < width; ++c) rk[c] -= s * ri[c];
+    }
+  }
+  return true;
+}
+
+// Register tile of the Schur update: kRows target rows by kCols columns.
+constexpr int64_t kRows = 4;
+constexpr int64_t kCols = 8;
+
+// c[i][x] -= sum_t a[t][i] b[t][x] for i < rows (<= kRows), x < cols (<= kCols), t < depth, summed
+// over t in order; a, b rows ld apart, c rows ldc apart.
+template <typename T>
+inline void gram_tile(const T* a, const T* b, int64_t ld, int64_t depth, T* c, int64_t ldc, int64_t rows,
+                      int64_t cols) {
+  T acc[kRows][kCols];
+  if (rows == kRows && cols == kCols) {
+    for (int64_t i = 0; i < kRows; ++i)
+      for (int64_t x = 0; x < kCols; ++x) acc[i][x] = c[i * ldc + x];
+    for (int64_t t = 0; t < depth; ++t) {
+      const T* at = a + t * ld;
+      const T* bt = b + t * ld;
+      for (int64_t i = 0; i < kRows; ++i)
+        for (int64_t x = 0; x < kCols; ++x) acc[i][x] -= at[i] * bt[x];
+    }
+    for (int64_t i = 0; i < kRows; ++i)
+      for (int64_t x = 0; x < kCols; ++x) c[i * ldc + x] = acc[i][x];
+    return;
+  }
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t x = 0; x < cols; ++x) acc[i][x] = c[i * ldc + x];
+  for (int64_t t = 0; t < depth; ++t) {
+    const T* at = a + t * ld;
+    const T* bt = b + t * ld;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t x = 0; x < cols; ++x) acc[i][x] -= at[i] * bt[x];
+  }
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t x = 0; x < cols; ++x) c[i * ldc + x] = acc[i][x];
+}
+
+// Subtracts the panel's Gram matrix from the block rows below block row j: for a = 1, 2, ..., the
+// rows of block row j + a lose P_a^T [P_a P_(a+1) ...] (P_a: the panel's columns a d .. a d + d - 1,
+// the panel's rows summed in order). Tiles wholly left of the diagonal are skipped; the rest of
+// the diagonal block's lower triangle is written but never read.
+template <typename T>
+void schur_update(T* u, int64_t W, int64_t j, int64_t d, int64_t width) {
+  const T* panel = u + j * d * W;
+  for (int64_t a = 1; a * d < width; ++a) {
+    T* target = u + (j + a) * d * W;
+    const int64_t cols = width - a * d;
+    for (int64_t i0 = 0; i0 < d; i0 += kRows) {
+      const int64_t rows = std::min(kRows, d - i0);
+      for (int64_t x0 = (i0 / kCols) * kCols; x0 < cols; x0 += kCols) {
+        gram_tile(panel + a * d + i0, panel + a * d + x0, W, d, target + i0 * W + x0, W, rows,
+                  std::min(kCols, cols - x0));
+      }
+    }
+  }
+}
+
+template <typename T>
+void propose_curve(const T* g, const T* hess, T lam, int64_t p, int64_t d, int64_t band, double segments, T* step,
+                   T* predicted, bool* solved, std::vector<T>& scratch) {
+  const int64_t m = p / d;
+  const int64_t w = std::min(band, m - 1) + 1;  // blocks per stored row
+  const int64_t W = w * d;
+  scratch.assign(p * W + p, T(0));
+  T* u = scratch.data();
+  T* hs = u + p * W;
+  T dmax = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < p; ++i) dmax = std::max(dmax, hess[i * p + i]);
+  // clamp(min=1e-30) as in the reference (NaN stays NaN, then the factorization fails).
+  const T floor = T(1e-12) * (dmax < T(1e-30) ? T(1e-30) : dmax);
+  for (int64_t r = 0; r < p; ++r) {
+    const int64_t start = (r / d) * d;
+    const int64_t n = std::min(W, p - start);
+    std::copy(hess + r * p + start, hess + r * p + start + n, u + r * W);
+    u[r * W + r % d] += lam * (hess[r * p + r] + floor);
+  }
+  bool ok = true;
+  for (int64_t j = 0; j < m && ok; ++j) {
+    const int64_t width = (std::min(band, m - 1 - j) + 1) * d;
+    ok = factor_block_row(u, W, j, d, width);
+    if (ok) schur_update(u, W, j, d, width);
+  }
+  if (ok) {
+    // U^T y = -g, then U step = y; row r's entries right of its diagonal end at its band's edge.
+    for (int64_t r = 0; r < p; ++r) step[r] = -g[r];
+    for (int64_t r = 0; r < p; ++r) {
+      const T* ur = u + r * W - (r / d) * d;  // ur[c]: global column c
+      const int64_t end = std::min(p, (r / d + w) * d);
+      const T y = step[r] / ur[r];
+      step[r] = y;
+      for (int64_t c = r + 1; c < end; ++c) step[c] -= ur[c] * y;
+    }
+    for (int64_t r = p - 1; r >= 0; --r) {
+      const T* ur = u + r * W - (r / d) * d;
+      const int64_t end = std::min(p, (r / d + w) * d);
+      T v = step[r];
+      for (int64_t c = r + 1; c < end; ++c) v -= ur[c] * step[c];
+      step[r] = v / ur[r];
+    }
+    for (int64_t r = 0; r < p && ok; ++r) ok = std::isfinite(step[r]);
+  }
+  if (!ok) std::fill(step, step + p, T(0));
+  // hess step over the band (entries outside it are not read), then the model's decrease.
+  for (int64_t r = 0; r < p; ++r) {
+    const int64_t jb = r / d;
+    const int64_t lo = std::max<int64_t>(0, jb - band) * d, hi = std::min(m, jb + band + 1) * d;
+    T acc = T(0);
+    for (int64_t c = lo; c < hi; ++c) acc += hess[r * p + c] * step[c];
+    hs[r] = acc;
+  }
+  T acc = T(0);
+  for (int64_t i = 0; i < p; ++i) acc += (g[i] + T(0.5) * hs[i]) * step[i];
+  *predicted = T(-segments) * acc;
+  *solved = ok;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> banded_lm_propose_cpu(const at::Tensor& grad_in,
+                                                                    const at::Tensor& hess_in,
+                                                                    const at::Tensor& lam_in, int64_t segments,
+                                                                    int64_t block, int64_t band) {
+  check_lm_args(grad_in, {{hess_in, "hess", LMLayout::kMatrix}, {lam_in, "lam", LMLayout::kScalar}});
+  const int64_t B = grad_in.size(0), p = grad_in.size(1);
+  TORCH_CHECK(block >= 1 && p % block == 0, "block must divide the ", p, " unknowns, got ", block);
+  TORCH_CHECK(band >= 0, "band must be >= 0, got ", band);
+  const at::Tensor grad = plain(grad_in), hess = plain(hess_in), lam = plain(lam_in);
+  at::Tensor step = at::empty({B, p}, grad.options());
+  at::Tensor predicted = at::empty({B}, grad.options());
+  at::Tensor solved = at::empty({B}, grad.options().dtype(at::kBool));
+  if (B == 0 || p == 0) {
+    predicted.zero_();
+    solved.fill_(true);
+    return {step, predicted, solved};
+  }
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fastgeo::banded_lm_propose", [&] {
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const scalar_t* h = hess.data_ptr<scalar_t>();
+    const scalar_t* l = lam.data_ptr<scalar_t>();
+    scalar_t* st = step.data_ptr<scalar_t>();
+    scalar_t* pr = predicted.data_ptr<scalar_t>();
+    bool* so = solved.data_ptr<bool>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch;
+      for (int64_t b = begin; b < end; ++b) {
+        propose_curve<scalar_t>(g + b * p, h + b * p * p, l[b], p, block, band, double(segments), st + b * p,
+                                pr + b, so + b, scratch);
+      }
+    });
+  });
+  return {step, predicted, solved};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastgeo
+
+TORCH_LIBRARY_IMPL(fastgeo, CPU, m) {
+  m.impl("banded_lm_propose", &fastgeo::cpu::banded_lm_propose_cpu);
+}
