@@ -43,35 +43,24 @@ bool factor_block_row(T* u, int64_t W, int64_t j, int64_t d, int64_t width) {
 constexpr int64_t kRows = 4;
 constexpr int64_t kCols = 8;
 
-// c[i][x] -= sum_t a[t][i] b[t][x] for i < rows (<= kRows), x < cols (<= kCols), t < depth, summed
-// over t in order; a, b rows ld apart, c rows ldc apart.
-template <typename T>
+// c[i][x] -= sum_t a[t][i] b[t][x] for i < rows, x < cols, t < depth, summed over t in order; a, b
+// rows ld apart, c rows ldc apart. kFull: a whole kRows x kCols tile (constant trip counts, kept in
+// registers); otherwise rows <= kRows and cols <= kCols.
+template <typename T, bool kFull>
 inline void gram_tile(const T* a, const T* b, int64_t ld, int64_t depth, T* c, int64_t ldc, int64_t rows,
                       int64_t cols) {
+  const int64_t nr = kFull ? kRows : rows, nc = kFull ? kCols : cols;
   T acc[kRows][kCols];
-  if (rows == kRows && cols == kCols) {
-    for (int64_t i = 0; i < kRows; ++i)
-      for (int64_t x = 0; x < kCols; ++x) acc[i][x] = c[i * ldc + x];
-    for (int64_t t = 0; t < depth; ++t) {
-      const T* at = a + t * ld;
-      const T* bt = b + t * ld;
-      for (int64_t i = 0; i < kRows; ++i)
-        for (int64_t x = 0; x < kCols; ++x) acc[i][x] -= at[i] * bt[x];
-    }
-    for (int64_t i = 0; i < kRows; ++i)
-      for (int64_t x = 0; x < kCols; ++x) c[i * ldc + x] = acc[i][x];
-    return;
-  }
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t x = 0; x < cols; ++x) acc[i][x] = c[i * ldc + x];
+  for (int64_t i = 0; i < nr; ++i)
+    for (int64_t x = 0; x < nc; ++x) acc[i][x] = c[i * ldc + x];
   for (int64_t t = 0; t < depth; ++t) {
     const T* at = a + t * ld;
     const T* bt = b + t * ld;
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t x = 0; x < cols; ++x) acc[i][x] -= at[i] * bt[x];
+    for (int64_t i = 0; i < nr; ++i)
+      for (int64_t x = 0; x < nc; ++x) acc[i][x] -= at[i] * bt[x];
   }
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t x = 0; x < cols; ++x) c[i * ldc + x] = acc[i][x];
+  for (int64_t i = 0; i < nr; ++i)
+    for (int64_t x = 0; x < nc; ++x) c[i * ldc + x] = acc[i][x];
 }
 
 // Subtracts the panel's Gram matrix from the block rows below block row j: for a = 1, 2, ..., the
@@ -87,8 +76,12 @@ void schur_update(T* u, int64_t W, int64_t j, int64_t d, int64_t width) {
     for (int64_t i0 = 0; i0 < d; i0 += kRows) {
       const int64_t rows = std::min(kRows, d - i0);
       for (int64_t x0 = (i0 / kCols) * kCols; x0 < cols; x0 += kCols) {
-        gram_tile(panel + a * d + i0, panel + a * d + x0, W, d, target + i0 * W + x0, W, rows,
-                  std::min(kCols, cols - x0));
+        const int64_t n = std::min(kCols, cols - x0);
+        if (rows == kRows && n == kCols) {
+          gram_tile<T, true>(panel + a * d + i0, panel + a * d + x0, W, d, target + i0 * W + x0, W, rows, n);
+        } else {
+          gram_tile<T, false>(panel + a * d + i0, panel + a * d + x0, W, d, target + i0 * W + x0, W, rows, n);
+        }
       }
     }
   }
@@ -158,34 +151,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> banded_lm_propose_cpu(const at::T
                                                                     const at::Tensor& lam_in, int64_t segments,
                                                                     int64_t block, int64_t band) {
   check_lm_args(grad_in, {{hess_in, "hess", LMLayout::kMatrix}, {lam_in, "lam", LMLayout::kScalar}});
-  const int64_t B = grad_in.size(0), p = grad_in.size(1);
+  const int64_t p = grad_in.size(1);
   TORCH_CHECK(block >= 1 && p % block == 0, "block must divide the ", p, " unknowns, got ", block);
   TORCH_CHECK(band >= 0, "band must be >= 0, got ", band);
   const at::Tensor grad = plain(grad_in), hess = plain(hess_in), lam = plain(lam_in);
-  at::Tensor step = at::empty({B, p}, grad.options());
-  at::Tensor predicted = at::empty({B}, grad.options());
-  at::Tensor solved = at::empty({B}, grad.options().dtype(at::kBool));
-  if (B == 0 || p == 0) {
-    predicted.zero_();
-    solved.fill_(true);
-    return {step, predicted, solved};
-  }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fastgeo::banded_lm_propose", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* h = hess.data_ptr<scalar_t>();
     const scalar_t* l = lam.data_ptr<scalar_t>();
-    scalar_t* st = step.data_ptr<scalar_t>();
-    scalar_t* pr = predicted.data_ptr<scalar_t>();
-    bool* so = solved.data_ptr<bool>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch;
-      for (int64_t b = begin; b < end; ++b) {
-        propose_curve<scalar_t>(g + b * p, h + b * p * p, l[b], p, block, band, double(segments), st + b * p,
-                                pr + b, so + b, scratch);
-      }
-    });
+    // One curve per task: a curve's factorization is large enough to share out alone.
+    out = propose_each_curve<scalar_t>(
+        grad, 1, [&](int64_t b, scalar_t* st, scalar_t* pr, bool* so, std::vector<scalar_t>& scratch) {
+          propose_curve<scalar_t>(g + b * p, h + b * p * p, l[b], p, block, band, double(segments), st, pr, so,
+                                  scratch);
+        });
   });
-  return {step, predicted, solved};
+  return out;
 }
 
 }  // namespace

@@ -51,28 +51,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lm_propose_cpu(const at::Tensor& 
   check_lm_args(grad_in, {{hess_in, "hess", LMLayout::kMatrix},
                           {curv_in, "curv", LMLayout::kMatrix},
                           {lam_in, "lam", LMLayout::kScalar}});
-  const int64_t B = grad_in.size(0), p = grad_in.size(1);
+  const int64_t p = grad_in.size(1);
   const at::Tensor grad = plain(grad_in), hess = plain(hess_in), curv = plain(curv_in), lam = plain(lam_in);
-  at::Tensor step = at::empty({B, p}, grad.options());
-  at::Tensor predicted = at::empty({B}, grad.options());
-  at::Tensor solved = at::empty({B}, grad.options().dtype(at::kBool));
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fastgeo::lm_propose", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* h = hess.data_ptr<scalar_t>();
     const scalar_t* c = curv.data_ptr<scalar_t>();
     const scalar_t* l = lam.data_ptr<scalar_t>();
-    scalar_t* st = step.data_ptr<scalar_t>();
-    scalar_t* pr = predicted.data_ptr<scalar_t>();
-    bool* so = solved.data_ptr<bool>();
-    at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch;
-      for (int64_t b = begin; b < end; ++b) {
-        propose_curve<scalar_t>(g + b * p, h + b * p * p, c + b * p * p, l[b], p, double(segments), st + b * p,
-                                pr + b, so + b, scratch);
-      }
-    });
+    out = propose_each_curve<scalar_t>(
+        grad, 16, [&](int64_t b, scalar_t* st, scalar_t* pr, bool* so, std::vector<scalar_t>& scratch) {
+          propose_curve<scalar_t>(g + b * p, h + b * p * p, c + b * p * p, l[b], p, double(segments), st, pr, so,
+                                  scratch);
+        });
   });
-  return {step, predicted, solved};
+  return out;
 }
 
 }  // namespace

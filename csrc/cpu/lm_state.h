@@ -2,6 +2,9 @@
 // per-curve views, so that the kernels do not pass the schema's 17 loose arguments around.
 #pragma once
 
+#include <tuple>
+#include <vector>
+
 #include <initializer_list>
 
 #include "common.h"
@@ -147,6 +150,26 @@ struct LMTrialData {
   const T *e_new, *l_new, *g_new, *g_old_jac, *h_new, *step, *predicted;
   const bool* solved;
 };
+
+// The outputs of a damped step for grad (B, p), step (B, p), predicted (B,) and solved (B,) bool,
+// filled curve by curve by propose(b, step_b, predicted_b, solved_b, scratch) on parallel tasks of
+// `grain` curves (scratch: one vector per task, for the curve's system).
+template <typename T, typename F>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> propose_each_curve(const at::Tensor& grad, int64_t grain,
+                                                                 const F& propose) {
+  const int64_t B = grad.size(0), p = grad.size(1);
+  at::Tensor step = at::empty({B, p}, grad.options());
+  at::Tensor predicted = at::empty({B}, grad.options());
+  at::Tensor solved = at::empty({B}, grad.options().dtype(at::kBool));
+  T* st = step.data_ptr<T>();
+  T* pr = predicted.data_ptr<T>();
+  bool* so = solved.data_ptr<bool>();
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch;
+    for (int64_t b = begin; b < end; ++b) propose(b, st + b * p, pr + b, so + b, scratch);
+  });
+  return {step, predicted, solved};
+}
 
 }  // namespace cpu
 }  // namespace fastgeo
