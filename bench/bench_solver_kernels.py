@@ -15,7 +15,9 @@ per-call overhead dominates):
 4. one Levenberg-Marquardt iteration's bookkeeping: ``lm_propose`` + ``lm_update`` vs
    ``fastgeo.reference.lm_propose`` + ``lm_update``, on a real solver state: the 48 solver pairs'
    end points (``workloads.solver_pairs``), coefficients perturbed from the straight line, after
-   one reference iteration (so the secant model is not zero), and its real trial point.
+   one reference iteration (so the secant model is not zero), and its real trial point;
+5. the banded step (plain Gauss-Newton in the B-spline basis, d >= 8): ``banded_lm_propose`` vs
+   ``fastgeo.reference.banded_lm_propose``, at d = 8-64 (``BANDED_SHAPES``).
 
     OMP_NUM_THREADS=1 pytest bench/bench_solver_kernels.py --benchmark-only -q -p no:cacheprovider -s
 
@@ -44,10 +46,12 @@ from workloads import environment_line, results_dir
 import fastgeo
 from fastgeo import reference
 from fastgeo.benchmarks.timing import environment
-from fastgeo.curves import evaluate
+from fastgeo.curves import BSplineBasis, evaluate, time_grid
 from fastgeo.decoders import generic_jacobian_rows, jacobian_rows, mlp_chain
+from fastgeo.ops.band import block_bandwidth
 from fastgeo.reference import gauss_newton_system as reference_gauss_newton_system
 from fastgeo.solver.levenberg_marquardt import LENGTH_TOL_FACTOR
+from fastgeo.solver.linearize import assemble
 
 GENERATOR = "digits"
 DTYPE = torch.float32
@@ -173,6 +177,34 @@ def _lm(b: int, N: int) -> Pair:
     return Pair(ref, ker, check)
 
 
+def _banded_builder(d: int, m: int):
+    """The builder of a banded-step case: b curves of the default basis (m cubic B-splines on N
+    points) at latent dimension d, the Gauss-Newton matrices of random Jacobians assembled as the
+    solver does (so the band is the solver's), damping 1e-3."""
+
+    def build(b: int, N: int) -> Pair:
+        g = torch.Generator().manual_seed(d)
+        psi = BSplineBasis(m)(time_grid(N, torch.zeros(1, dtype=DTYPE)))
+        J = torch.randn(b, N, d, d + 3, generator=g, dtype=DTYPE)
+        v = torch.randn(b, N, d, generator=g, dtype=DTYPE)
+        grad, hess = assemble(v, J @ J.transpose(-1, -2), J[:, :-1] @ J[:, 1:].transpose(-1, -2), psi)
+        args = (grad, hess, torch.full((b,), 1e-3, dtype=DTYPE), N - 1, d, block_bandwidth(psi))
+
+        def ref():
+            return reference.banded_lm_propose(*args)
+
+        def ker():
+            return torch.ops.fastgeo.banded_lm_propose(*args)
+
+        return Pair(ref, ker, lambda: _assert_agree("banded_lm_propose", ker(), ref(), RTOL["lm"]))
+
+    build.__name__ = f"_banded_d{d}"
+    return build
+
+
+# The banded step (plain Gauss-Newton at d >= 8, p > 64): (d, m, b, N) as in the solver's fine
+# phase (m = 12 on 48 points) and after a subdivision (m = 23 on 96 points).
+BANDED_SHAPES = [(8, 23, 48, 96), (16, 12, 48, 48), (32, 12, 16, 48), (64, 12, 16, 48)]
 # (piece, shape label, builder, b, N). The LM bookkeeping does not depend on N (only p = M d).
 P_SHAPES = [(2, 48), (48, 24), (48, 48)]  # P = 96, 1152, 2304 points
 BN_SHAPES = [(b, N) for b in (2, 48, 96) for N in (24, 48)]
@@ -182,6 +214,8 @@ CASES = (
     + [("Gauss-Newton system", f"b={b}, N={N}, d=2, F=128, p={2 * M}", _gauss_newton, b, N)
        for b, N in BN_SHAPES]
     + [("LM propose + update", f"b={b}, p={2 * M}", _lm, b, 24) for b in (2, 48, 96)]
+    + [("banded LM step", f"b={b}, m={m}, d={d}, p={m * d}", _banded_builder(d, m), b, N)
+       for d, m, b, N in BANDED_SHAPES]
 )  # fmt: skip
 
 PIECES = {
@@ -189,6 +223,8 @@ PIECES = {
     "sigma + Jacobian": "torch.ops.fastgeo.rbf_sigma_jacobian vs fastgeo.reference.rbf_sigma_jacobian",
     "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs fastgeo.reference.gauss_newton_system",
     "LM propose + update": "lm_propose + lm_update (C++) vs fastgeo.reference.lm_propose + lm_update",
+    "banded LM step": "torch.ops.fastgeo.banded_lm_propose (band Cholesky, C++) vs "
+    "fastgeo.reference.banded_lm_propose (the band masked, batched LAPACK)",
 }
 
 
@@ -214,7 +250,7 @@ def _cpu_kernels_built():
     ok, why = fastgeo.availability()["cpu"]  # also loads fastgeo._C, registering torch.ops.fastgeo
     if not ok:
         pytest.skip(f"fastgeo._C is not built: {why}")
-    for op in ("rbf_sigma_jacobian", "gauss_newton_system", "lm_propose", "lm_update"):
+    for op in ("rbf_sigma_jacobian", "gauss_newton_system", "lm_propose", "lm_update", "banded_lm_propose"):
         if not hasattr(torch.ops.fastgeo, op):
             pytest.skip(f"fastgeo._C was built without torch.ops.fastgeo.{op}")
 
