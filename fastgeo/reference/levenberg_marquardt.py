@@ -122,8 +122,10 @@ def lm_update(
         finite_hess = torch.ones_like(accept)
     else:
         hess = h_new if bool(accept.all()) else torch.where(accept[:, None, None], h_new, hess)
-        # One pass over each matrix (its least and largest entry: NaN and inf show in them).
-        low, high = torch.aminmax(hess.flatten(1), dim=-1)
+        # Its least and largest entry per matrix (NaN and inf show in them); amax and amin apart:
+        # torch.aminmax is ~4x slower on CPU (16 matrices of 768 x 768: 28 ms against 6.6).
+        flat = hess.flatten(1)
+        low, high = flat.amin(-1), flat.amax(-1)
         finite_hess = torch.isfinite(low) & torch.isfinite(high)
     e, length = torch.where(accept, e_new, e), torch.where(accept, l_new, length)
     ok = torch.isfinite(grad).all(-1) & finite_hess
@@ -153,11 +155,12 @@ def secant_update(
         rows = torch.ones(step.shape[0], dtype=torch.bool, device=step.device)
     ys = (y * step).sum(-1)
     ok = rows & (ys > 1e-12 * y.norm(dim=-1) * step.norm(dim=-1))
-    curv_step = (curv * step[:, None, :]).sum(-1)
-    if not bool(y_sharp.any()) and not bool(curv_step.any()):
+    if not bool(y_sharp.any()) and not bool(curv.count_nonzero()):
         # Nothing to learn and nothing to size (plain Gauss-Newton: y_sharp = 0 and S = 0): the
-        # update below would return S exactly; its passes over the (b, p, p) matrices are skipped.
+        # update below would return S exactly; its passes over the (b, p, p) matrices are skipped
+        # (counting S's nonzeros reads it once, ~6x faster than forming S step).
         return curv
+    curv_step = (curv * step[:, None, :]).sum(-1)
     s_curv_s = (step * curv_step).sum(-1)
     size = ((step * y_sharp).sum(-1).abs() / s_curv_s.abs().clamp(min=1e-300)).clamp(max=1)
     size = torch.where(rows & (s_curv_s != 0), size, 1.0)
