@@ -44,14 +44,20 @@ def point_products(parts: list[Part]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         # Products over a flat batch of b N points: CPU kernels are several times slower on a
         # batch of sliced 4-d views (C, below, pairs point p with p + 1 and drops the pairs that
         # straddle two curves), and a row vector times J^T beats J times a column vector.
-        flat = J.reshape(b * N, d, F)
+        flat = J.reshape(b * N, d, F).contiguous()
         flat_t = flat.transpose(1, 2)
-        pairs = torch.matmul(flat[:-1], flat_t[1:])  # (b N - 1, d, d)
-        pairs = torch.cat([pairs, pairs[:1]]).reshape(b, N, d, d)[:, :-1]
+        # G_p and C_p in one product per point: the rows of J_p and J_(p+1) are consecutive in
+        # memory, so the (2d x F) window starting at J_p is a strided view (no copy), and one
+        # product of 2d columns is faster than two of d (1 thread, the two parts of a D = 784
+        # decoder: point_products 5-11 % faster at d = 16-64, 30 % at d = 8).
+        windows = flat.as_strided((max(b * N - 1, 0), 2 * d, F), (d * F, F, 1), flat.storage_offset())
+        both = torch.matmul(flat[:-1], windows.transpose(1, 2))  # (b N - 1, d, 2d): [G_p, C_p]
+        own = torch.cat([both[..., :d], torch.matmul(flat[-1:], flat_t[-1:])]).reshape(b, N, d, d)
+        pairs = torch.cat([both[..., d:], both[:1, :, d:]]).reshape(b, N, d, d)[:, :-1]
         terms = (
             r.pow(2).sum(-1),
             torch.matmul(a.reshape(b * N, 1, F), flat_t).reshape(b, N, d),
-            torch.matmul(flat, flat_t).reshape(b, N, d, d),
+            own,
             pairs,
         )
         if s is None:
