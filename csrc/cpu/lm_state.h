@@ -153,10 +153,13 @@ struct LMTrialData {
 
 // The outputs of a damped step for grad (B, p), step (B, p), predicted (B,) and solved (B,) bool,
 // filled curve by curve by propose(b, step_b, predicted_b, solved_b, scratch) on parallel tasks of
-// `grain` curves (scratch: one vector per task, for the curve's system).
+// `grain` curves (scratch: one vector per task, for the curve's system). `blas`: propose calls
+// ATen's BLAS, whose results may depend on its thread count: the curves then always run inside a
+// parallel region where there are threads (even a batch of one), so BLAS runs on one thread for
+// every curve alone or in a batch.
 template <typename T, typename F>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> propose_each_curve(const at::Tensor& grad, int64_t grain,
-                                                                 const F& propose) {
+                                                                 const F& propose, bool blas = false) {
   const int64_t B = grad.size(0), p = grad.size(1);
   at::Tensor step = at::empty({B, p}, grad.options());
   at::Tensor predicted = at::empty({B}, grad.options());
@@ -164,9 +167,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> propose_each_curve(const at::Tens
   T* st = step.data_ptr<T>();
   T* pr = predicted.data_ptr<T>();
   bool* so = solved.data_ptr<bool>();
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+  const int64_t tasks = blas ? std::max<int64_t>(B, 2 * grain) : B;
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> scratch;
-    for (int64_t b = begin; b < end; ++b) propose(b, st + b * p, pr + b, so + b, scratch);
+    for (int64_t b = begin; b < std::min(end, B); ++b) propose(b, st + b * p, pr + b, so + b, scratch);
   });
   return {step, predicted, solved};
 }
