@@ -17,7 +17,7 @@ per-call overhead dominates):
    end points (``workloads.solver_pairs``), coefficients perturbed from the straight line, after
    one reference iteration (so the secant model is not zero), and its real trial point;
 5. the banded step (plain Gauss-Newton in the B-spline basis, d >= 8): ``banded_lm_propose`` vs
-   ``fastgeo.reference.banded_lm_propose``, at d = 8-64 (``BANDED_SHAPES``).
+   ``fastgeo.reference.banded_lm_propose``, at d = 8-128 (``BANDED_SHAPES``).
 
     OMP_NUM_THREADS=1 pytest bench/bench_solver_kernels.py --benchmark-only -q -p no:cacheprovider -s
 
@@ -204,7 +204,7 @@ def _banded_builder(d: int, m: int):
 
 # The banded step (plain Gauss-Newton at d >= 8, p > 64): (d, m, b, N) as in the solver's fine
 # phase (m = 12 on 48 points) and after a subdivision (m = 23 on 96 points).
-BANDED_SHAPES = [(8, 23, 48, 96), (16, 12, 48, 48), (32, 12, 16, 48), (64, 12, 16, 48)]
+BANDED_SHAPES = [(8, 23, 48, 96), (16, 12, 48, 48), (32, 12, 16, 48), (64, 12, 16, 48), (128, 12, 4, 48)]
 # (piece, shape label, builder, b, N). The LM bookkeeping does not depend on N (only p = M d).
 P_SHAPES = [(2, 48), (48, 24), (48, 48)]  # P = 96, 1152, 2304 points
 BN_SHAPES = [(b, N) for b in (2, 48, 96) for N in (24, 48)]
