@@ -268,3 +268,32 @@ def test_large_systems_steps_do_not_depend_on_the_batch(p, one_thread):
     want = reference.lm_propose(grad.double(), hess.double(), curv.double(), lam.double(), 47)
     assert torch.equal(solved, want[2])
     torch.testing.assert_close(step.double(), want[0], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("p", [24, 96], ids=["kernel", "reference (p > 64)"])
+def test_a_state_without_secant_model_updates_as_with_a_zero_one(p):
+    """solver_ops.lm_update with ``curv`` None (plain Gauss-Newton, the lagged mode) decides and
+    updates exactly as with a zero model and keeps none; a trial that brings something to learn
+    (grad_old_jacobian not grad) is refused."""
+    from fastgeo.ops.solver_ops import LMState, LMTrial, lm_propose
+    from fastgeo.ops.solver_ops import lm_update as update
+
+    args = _update_args(12, p, torch.float64, seed=5)
+    e, length, e_new, l_new, grad, g_new, _, hess, h_new, _, step, predicted, solved, lam, nu = args
+    zero = torch.zeros_like(hess)
+    trial = LMTrial(e_new, l_new, g_new, g_new, h_new, step, predicted, solved)
+    with_zero = update(LMState(e, length, grad, hess, zero, lam, nu), trial, 1e-5, 30.0)
+    without = update(LMState(e, length, grad, hess, None, lam, nu), trial, 1e-5, 30.0)
+    assert without[3].curv is None and torch.equal(with_zero[3].curv, zero)
+    for x, y in zip(with_zero[:3], without[:3], strict=True):
+        assert torch.equal(x, y)
+    for name in ("e", "length", "grad", "hess", "lam", "nu"):
+        assert torch.equal(getattr(with_zero[3], name), getattr(without[3], name)), name
+    assert without[3].rows(torch.tensor([1, 3])).curv is None
+    for x, y in zip(
+        lm_propose(grad, hess, zero, lam, 23), lm_propose(grad, hess, None, lam, 23), strict=True
+    ):
+        assert torch.equal(x, y)
+    learning = LMTrial(e_new, l_new, g_new, g_new.clone(), h_new, step, predicted, solved)
+    with pytest.raises(ValueError, match="grad_old_jacobian"):
+        update(LMState(e, length, grad, hess, None, lam, nu), learning, 1e-5, 30.0)

@@ -49,19 +49,24 @@ def gauss_newton_system(
 @dataclass
 class LMState:
     """What Levenberg-Marquardt keeps per curve: energy, length, gradient (b, p), Gauss-Newton
-    matrix (b, p, p), secant curvature model (b, p, p), damping and its growth factor (b,)."""
+    matrix (b, p, p), secant curvature model (b, p, p; None: plain Gauss-Newton, no model), damping
+    and its growth factor (b,)."""
 
     e: Tensor
     length: Tensor
     grad: Tensor
     hess: Tensor
-    curv: Tensor
+    curv: Tensor | None
     lam: Tensor
     nu: Tensor
 
     def rows(self, idx: Tensor) -> LMState:
         """The state of curves ``idx``."""
-        return LMState(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return LMState(*(_rows(getattr(self, f.name), idx) for f in fields(self)))
+
+
+def _rows(x: Tensor | None, idx: Tensor) -> Tensor | None:
+    return None if x is None else x[idx]
 
 
 @dataclass
@@ -83,13 +88,13 @@ class LMTrial:
 def lm_propose(
     grad: Tensor,
     hess: Tensor,
-    curv: Tensor,
+    curv: Tensor | None,
     lam: Tensor,
     segments: int,
     banded: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Damped step (b, p), predicted decrease (b,), solved (b,) bool; see
-    :func:`fastgeo.reference.lm_propose`.
+    :func:`fastgeo.reference.lm_propose`. ``curv`` None: no secant model (zero).
 
     banded: (block, band) where ``curv`` is zero and ``hess`` block-banded (blocks of ``block``
     unknowns, half-bandwidth ``band`` blocks): systems too large for the dense kernels are then
@@ -98,6 +103,8 @@ def lm_propose(
     if banded is not None and _takes_banded(p, grad.device, *banded):
         block, band = banded
         return registry.call("banded_lm_propose", grad.device, grad, hess, lam, segments, block, band)
+    if curv is None:
+        curv = torch.zeros_like(hess)
     compiled = p <= MAX_KERNEL_UNKNOWNS
     if not compiled and p % ALIGN and grad.device.type == "cpu":
         return _aligned_lm_propose(grad, hess, curv, lam, segments)
@@ -135,8 +142,15 @@ def lm_update(
 ) -> tuple[Tensor, Tensor, Tensor, LMState]:
     """Accept or reject each trial point and update the state: accept (b,) bool, status (b,) int8
     (0 iterating, 1 converged, 2 stalled), ok (b,) bool, and the new :class:`LMState`; see
-    :func:`fastgeo.reference.lm_update`."""
+    :func:`fastgeo.reference.lm_update`. A state without a secant model (``curv`` None) needs
+    trials without one (``grad_old_jacobian`` is ``grad``: nothing to learn) and stays without."""
     s, t = state, trial
+    plain = s.curv is None
+    if plain and t.grad_old_jacobian is not t.grad:
+        raise ValueError("a state without a secant model needs trials with grad_old_jacobian = grad")
+    compiled = s.grad.shape[-1] <= MAX_KERNEL_UNKNOWNS
+    # The kernels take a matrix (zero: the update keeps it zero); the reference takes None.
+    curv = torch.zeros_like(s.hess) if plain and compiled else s.curv
     args = (
         s.e,
         s.length,
@@ -147,7 +161,7 @@ def lm_update(
         t.grad_old_jacobian,
         s.hess,
         t.hess,
-        s.curv,
+        curv,
         t.step,
         t.predicted,
         t.solved,
@@ -156,6 +170,8 @@ def lm_update(
         tol,
         length_tol_factor,
     )
-    compiled = s.grad.shape[-1] <= MAX_KERNEL_UNKNOWNS
     accept, status, ok, *new = registry.call("lm_update", s.e.device, *args, compiled=compiled)
-    return accept, status, ok, LMState(*new)
+    state = LMState(*new)
+    if plain:
+        state.curv = None
+    return accept, status, ok, state

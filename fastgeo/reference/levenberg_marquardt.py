@@ -87,7 +87,7 @@ def lm_update(
     g_old_jac: Tensor,
     hess: Tensor,
     h_new: Tensor,
-    curv: Tensor,
+    curv: Tensor | None,
     step: Tensor,
     predicted: Tensor,
     solved: Tensor,
@@ -114,7 +114,8 @@ def lm_update(
     gain = e - e_new
     rel = gain / e
     rel_len = (l_new - length).abs() / length
-    curv = secant_update(curv, step, g_new - grad, g_new - g_old_jac, accept)
+    if curv is not None:  # None: plain Gauss-Newton, no secant model (not in the operator's schema)
+        curv = secant_update(curv, step, g_new - grad, g_new - g_old_jac, accept)
     grad = torch.where(accept[:, None], g_new, grad)
     if h_new is hess:
         # The same matrices (lagged Gauss-Newton): checked when they entered the state, which

@@ -120,7 +120,7 @@ def levenberg_marquardt(
         length,
         grad,
         hess,
-        torch.zeros_like(hess),
+        torch.zeros_like(hess) if secant else None,  # plain Gauss-Newton keeps no (b, p, p) zeros
         torch.full_like(e, INITIAL_DAMPING),
         torch.full_like(e, 2.0),
     ).rows(active)
