@@ -22,25 +22,33 @@ namespace fastgeo {
 namespace cpu {
 namespace {
 
-// Factors block row j of u in place (rows j d .. j d + d - 1, entries up to width): the diagonal
-// block's upper Cholesky factor and the panel U_jj^-T A_(j, j+1..) right of it. False where a
-// pivot is not positive (or NaN).
+// Factors rows i0 .. i1 - 1 of a block row in place (row i at row + i W, entries up to width),
+// updating only each other: their part of the diagonal block's upper Cholesky factor and of the
+// panel U^-T A right of it, given that earlier rows' updates are in. False where a pivot is not
+// positive (or NaN).
 template <typename T>
-bool factor_block_row(T* u, int64_t W, int64_t j, int64_t d, int64_t width) {
-  for (int64_t i = 0; i < d; ++i) {
-    T* ri = u + (j * d + i) * W;
+bool factor_rows(T* row, int64_t W, int64_t i0, int64_t i1, int64_t width) {
+  for (int64_t i = i0; i < i1; ++i) {
+    T* ri = row + i * W;
     const T pivot = ri[i];
     if (!(pivot > T(0))) return false;
     const T uii = std::sqrt(pivot);
     ri[i] = uii;
     for (int64_t c = i + 1; c < width; ++c) ri[c] /= uii;
-    for (int64_t k = i + 1; k < d; ++k) {
-      T* rk = u + (j * d + k) * W;
+    for (int64_t k = i + 1; k < i1; ++k) {
+      T* rk = row + k * W;
       const T s = ri[k];
       for (int64_t c = k; c < width; ++c) rk[c] -= s * ri[c];
     }
   }
   return true;
+}
+
+// Factors block row j of u in place (rows j d .. j d + d - 1, entries up to width): the diagonal
+// block's upper Cholesky factor and the panel U_jj^-T A_(j, j+1..) right of it.
+template <typename T>
+bool factor_block_row(T* u, int64_t W, int64_t j, int64_t d, int64_t width) {
+  return factor_rows(u + j * d * W, W, 0, d, width);
 }
 
 // Register tile of the Schur update: kRows target rows by kCols columns.
@@ -128,19 +136,7 @@ bool factor_block_row_gemm(T* u, int64_t W, int64_t j, int64_t d, int64_t width)
   T* row = u + j * d * W;
   for (int64_t i0 = 0; i0 < d; i0 += kPanel) {
     const int64_t i1 = std::min(d, i0 + kPanel);
-    for (int64_t i = i0; i < i1; ++i) {
-      T* ri = row + i * W;
-      const T pivot = ri[i];
-      if (!(pivot > T(0))) return false;
-      const T uii = std::sqrt(pivot);
-      ri[i] = uii;
-      for (int64_t c = i + 1; c < width; ++c) ri[c] /= uii;
-      for (int64_t k = i + 1; k < i1; ++k) {
-        T* rk = row + k * W;
-        const T s = ri[k];
-        for (int64_t c = k; c < width; ++c) rk[c] -= s * ri[c];
-      }
-    }
+    if (!factor_rows(row, W, i0, i1, width)) return false;
     if (i1 < d) {
       T* panel = row + i0 * W + i1;
       gram_subtract(panel, panel, row + i1 * W + i1, W, i1 - i0, d - i1, width - i1);
