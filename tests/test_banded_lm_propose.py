@@ -168,13 +168,14 @@ def test_blocks_must_divide_the_unknowns():
         kernel(grad, hess.float(), lam, 35, 4, band)
 
 
-def test_banded_lm_propose_opcheck():
+@pytest.mark.parametrize("d", [5, 32])  # register tiles, GEMMs
+def test_banded_lm_propose_opcheck(d):
     """torch.library.opcheck of banded_lm_propose (and its empty batch)."""
     require_cpu_kernels()
-    grad, hess, lam, band = _banded_system(3, 12, 5, 48)
-    torch.library.opcheck(torch.ops.fastgeo.banded_lm_propose, (grad, hess, lam, 47, 5, band))
-    step, predicted, solved = kernel(grad[:0], hess[:0], lam[:0], 47, 5, band)
-    assert step.shape == (0, 60) and predicted.shape == (0,) and solved.shape == (0,)
+    grad, hess, lam, band = _banded_system(3, 12, d, 48)
+    torch.library.opcheck(torch.ops.fastgeo.banded_lm_propose, (grad, hess, lam, 47, d, band))
+    step, predicted, solved = kernel(grad[:0], hess[:0], lam[:0], 47, d, band)
+    assert step.shape == (0, 12 * d) and predicted.shape == (0,) and solved.shape == (0,)
 
 
 @pytest.mark.parametrize("d", [9, 40])
