@@ -63,19 +63,20 @@ def measure(
     work: Work,
     rtol: float = LENGTH_RTOL,
     first: tuple[Tensor, Tensor] | None = None,
+    max_points: int = MAX_POINTS,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lengths (B,), their error estimates (B,) and the points of the grid they were measured on
     (B,): from ``start`` (B,) points each, on grids of n and 2n - 1 points, then, curve by curve,
     on grids with 2^k times the segments (k one short of what its error estimate asks, then one
     doubling to confirm) until the estimated error of one doubling is below ``rtol`` relative or
-    the grid has MAX_POINTS points (or 2n - 1 if more). ``first``:
+    the grid has ``max_points`` points (or 2n - 1 if more). ``first``:
     the lengths on the first two grids where already known (the resolution check measures them)."""
     B = len(curves)
     if first is not None and any(f.shape != (B,) for f in first):
         raise ValueError(f"first: two lengths per curve, (B,) = ({B},) each, measured at `start` points")
     start = start.to(torch.long)
     second = 2 * start - 1
-    finest = second.clamp(min=MAX_POINTS)
+    finest = second.clamp(min=max_points)
     if first is not None:
         previous, lengths = first[0].clone(), first[1].clone()
     else:
