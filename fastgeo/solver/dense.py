@@ -73,6 +73,7 @@ def dense_multistart(
         tol=opts.tol,
         batch_size=opts.batch_size,
         init=stacked[start, pair],
+        check_resolution=opts.check_resolution,
         progress=False,
     )
     # The shortest per pair (ties: the earlier start, as the starts are ordered).

@@ -41,7 +41,7 @@ from .graph import LatentGraph, cached_graph, check_graph_inputs
 from .measure import measure
 from .options import DEFAULTS, SolverOptions, solver_options
 from .race import solve_batch
-from .resolution import refine_resolution
+from .resolution import flag_under_resolved, refine_resolution
 from .result import CONVERGED, NONFINITE, GeodesicResult, Work
 from .subdivide import subdivide_curves
 
@@ -106,11 +106,12 @@ def geodesics(
             48 in d <= 3, 24 above), ranked by their energy with the midpoints added. Only the
             winner is then refined at ``n_points``; a value >= ``n_points`` races at full
             resolution.
-        check_resolution: measure every curve at the midpoints of its segments too (``default``
-            and ``paper``). A curve whose length grows there by more than 1 % steps over a ridge
-            of the metric between its points, which the optimization then does not see: such
-            curves are solved again with twice the points (and twice ``coarse_points``), up to
-            four times ``n_points``, and get the status ``under_resolved`` if still so.
+        check_resolution: measure every curve at the midpoints of its segments too. A curve
+            whose length grows there by more than 1 % steps over a ridge of the metric between
+            its points, which the optimization then does not see: such curves are solved again
+            with twice the points (and twice ``coarse_points``), up to four times ``n_points``,
+            and get the status ``under_resolved`` if still so (``dense``: flagged at once, its
+            polylines are not solved again).
         corridors: how many graph paths through different corridors start each curve
             (``default`` only; default 3 in d <= 3, 0 above: no graph is built).
         linearize: ``"always"``: Levenberg-Marquardt linearizes the decoder (d tangents per
@@ -167,7 +168,9 @@ def geodesics(
             opts.n_points, options=opts.summary(), resolution=torch.full_like(start, opts.n_points),
         )  # fmt: skip
         first = None
-        if opts.check_resolution and opts.method != "dense" and z0.shape[0]:
+        if opts.check_resolution and opts.method == "dense" and z0.shape[0]:
+            first = flag_under_resolved(metric, res, work)  # the oracle is flagged, not solved again
+        elif opts.check_resolution and z0.shape[0]:
             at = functools.partial(_solve_at, metric, z0, z1, opts, lgraph, work)
             first = refine_resolution(metric, res, at, work)
         if opts.subdivide and z0.shape[0]:

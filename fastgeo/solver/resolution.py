@@ -1,7 +1,8 @@
 """The resolution check: a curve can step over a thin ridge of the metric between its points, and
 then the optimizer does not see it. Every curve is measured at the midpoints of its segments too;
 those whose length grows by more than :data:`RESOLUTION_TOL` are solved again with twice the
-points, up to :data:`RESOLUTION_DOUBLINGS` times, and flagged ``under_resolved`` if still so."""
+points, up to :data:`RESOLUTION_DOUBLINGS` times, and flagged ``under_resolved`` if still so.
+The dense oracle's polylines (one node per point) are only flagged (:func:`flag_under_resolved`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ def midpoint_lengths(metric: ExpectedMetric, curves: Curves, n: int, work: Work)
     (2n - 1 points): their ratio is the check's growth, and they are the first two grids of
     :func:`fastgeo.solver.measure.measure`."""
     return curve_lengths(metric, curves, n, work), curve_lengths(metric, curves, 2 * n - 1, work)
+
+
+def flag_under_resolved(metric: ExpectedMetric, res: GeodesicResult, work: Work) -> tuple[Tensor, Tensor]:
+    """Flag ``under_resolved`` (in place) the converged curves of ``res`` whose length grows by
+    more than RESOLUTION_TOL at the midpoints of their ``res.n_points`` points, without solving
+    them again; returns the two lengths, as :func:`refine_resolution` does."""
+    same = (res.curves.z0 == res.curves.z1).all(-1)
+    coarse, fine = midpoint_lengths(metric, res.curves, res.n_points, work)
+    under = (fine / coarse - 1 > RESOLUTION_TOL) & ~same & (res.status_code == CONVERGED)
+    res.status_code = res.status_code.masked_fill(under, UNDER_RESOLVED)
+    return coarse, fine
 
 
 def refine_resolution(
