@@ -168,11 +168,12 @@ def geodesics(
             opts.n_points, options=opts.summary(), resolution=torch.full_like(start, opts.n_points),
         )  # fmt: skip
         first = None
-        if opts.check_resolution and opts.method == "dense" and z0.shape[0]:
-            first = flag_under_resolved(metric, res, work)  # the oracle is flagged, not solved again
-        elif opts.check_resolution and z0.shape[0]:
-            at = functools.partial(_solve_at, metric, z0, z1, opts, lgraph, work)
-            first = refine_resolution(metric, res, at, work)
+        if opts.check_resolution and z0.shape[0]:
+            if opts.method == "dense":  # the oracle's polylines are flagged, not solved again
+                first = flag_under_resolved(metric, res, work)
+            else:
+                at = functools.partial(_solve_at, metric, z0, z1, opts, lgraph, work)
+                first = refine_resolution(metric, res, at, work)
         if opts.subdivide and z0.shape[0]:
             gains[res.resolution != opts.n_points] = torch.nan  # solved again: predicted anew
             first = subdivide_curves(metric, res, opts, work, first, gains)
