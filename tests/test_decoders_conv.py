@@ -10,8 +10,9 @@ d axes of large decoders, ``torch.func.jacrev`` point by point), float64 to 1e-1
 - every layer kind, between an ELU and a Tanh: Conv2d / ConvTranspose2d (strides, padding,
   'same', padding modes, output_padding, dilation, groups, no bias), Conv1d / ConvTranspose1d,
   Upsample (nearest, nearest-exact, bilinear with and without align_corners, bicubic, scale
-  factor or size), BatchNorm1d / 2d with non-trivial running statistics, GroupNorm,
-  padding layers, Flatten / Unflatten, Dropout (eval), Identity, every activation;
+  factor or size), BatchNorm1d / 2d with non-trivial running statistics, GroupNorm, LayerNorm
+  (over the last one to three axes, with and without weight and bias), padding layers,
+  Flatten / Unflatten, Dropout (eval), Identity, every activation;
 - whole decoders (28x28 and 64x64x3 outputs, d = 5, 16, 32) as an ``nn.Sequential``, a
   ``torch.export`` graph (decomposed too), a custom ``nn.Module`` (``torch.fx`` tracing), and
   saved generator files; arbitrary directions (k != d, k = 0); P = 0 and P = 1; large P in chunks;
@@ -133,6 +134,9 @@ LAYERS = {
     "groupnorm2": lambda: nn.GroupNorm(2, C),
     "groupnorm1_no_affine": lambda: nn.GroupNorm(1, C, affine=False),
     "groupnorm4_eps": lambda: nn.GroupNorm(C, C, eps=1e-3),
+    "layernorm_spatial": lambda: nn.LayerNorm([H, H]),
+    "layernorm_all_no_affine": lambda: nn.LayerNorm([C, H, H], elementwise_affine=False, eps=1e-3),
+    "layernorm_last_no_bias": lambda: nn.LayerNorm(H, bias=False),
     "zero_pad": lambda: nn.ZeroPad2d((1, 2, 0, 1)),
     "reflection_pad": lambda: nn.ReflectionPad2d(1),
     "replication_pad": lambda: nn.ReplicationPad2d((2, 0, 1, 1)),
@@ -146,6 +150,10 @@ LAYERS = {
     "sigmoid": lambda: nn.Sigmoid(),
     "softplus_b2_t1": lambda: nn.Softplus(beta=2, threshold=1),
     "silu": lambda: nn.SiLU(),
+    "gelu": lambda: nn.GELU(),
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "hardtanh": lambda: nn.Hardtanh(-0.3, 0.5),
+    "relu6": lambda: nn.ReLU6(),
 }
 
 
@@ -289,6 +297,20 @@ def exported(model: nn.Module, d: int) -> nn.Module:
     return torch.export.export(model, (randn(3, d),), dynamic_shapes=batch).module()
 
 
+class LayerNormGeluDecoder(nn.Module):
+    """A custom MLP decoder with LayerNorm and functional GELU (tanh), ReLU6 and Hardtanh."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc, self.norm, self.fc2 = nn.Linear(d, 24), nn.LayerNorm(24), nn.Linear(24, 16)
+        self.fc3 = nn.Linear(16, 10)
+
+    def forward(self, z):
+        h = F.gelu(self.norm(self.fc(z)), approximate="tanh")
+        h = F.relu6(self.fc2(h))
+        return F.hardtanh(self.fc3(h), -1.5, 1.5)
+
+
 DECODERS = {
     "mnist_sequential_d5": (lambda: mnist_sequential(5), 5, 784),
     "mnist_exported_d16": (lambda: exported(mnist_sequential(16), 16), 16, 784),
@@ -297,6 +319,8 @@ DECODERS = {
     "rgb64_sequential_d32": (lambda: rgb64_sequential(32), 32, 12288),
     "rgb64_custom_d32": (lambda: init_(Rgb64Decoder(32)), 32, 12288),
     "rgb64_exported_d6": (lambda: exported(init_(Rgb64Decoder(6)), 6), 6, 12288),
+    "layernorm_gelu_custom_d7": (lambda: init_(LayerNormGeluDecoder(7)), 7, 10),
+    "layernorm_gelu_exported_d4": (lambda: exported(init_(LayerNormGeluDecoder(4)), 4), 4, 10),
 }
 
 
@@ -321,6 +345,7 @@ DECOMPOSED = {
     "mnist_sequential": lambda: mnist_sequential(5),
     "mnist_custom": lambda: init_(MnistDecoder(5)),
     "groupnorm_upsample": lambda: around(nn.Sequential(nn.GroupNorm(2, C), nn.Upsample(scale_factor=2))),
+    "layernorm_gelu": lambda: init_(LayerNormGeluDecoder(5)),
 }
 
 
@@ -480,7 +505,7 @@ NOT_CHAINS = {
     "forward_pre_hook": lambda: _hooked("pre"),
     "custom_child_hook": _hooked_custom_child,
     "pixel_shuffle": lambda: around(nn.Sequential(nn.Conv2d(C, 4 * C, 1), nn.PixelShuffle(2))),
-    "layernorm": lambda: around(nn.LayerNorm([C, H, H])),
+    "instancenorm": lambda: around(nn.InstanceNorm2d(C, affine=True)),
     "subclass": lambda: around(MyConv(C, 2, 3)),
     "residual": lambda: init_(Residual()),
     "untraceable": lambda: init_(Untraceable()),

@@ -26,7 +26,8 @@ def conv_decoder(d: int = 3) -> nn.Sequential:
         nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1), nn.BatchNorm2d(4), nn.SiLU(),
         nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.GroupNorm(2, 4), nn.Softplus(beta=2.0),
         nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(4, 3, 3, stride=2, padding=1, bias=False),
-        nn.LeakyReLU(0.1), nn.Tanh(), nn.ReLU(), nn.Identity(), nn.Flatten(), nn.Sigmoid(),
+        nn.LeakyReLU(0.1), nn.LayerNorm([8, 8]), nn.GELU(approximate="tanh"), nn.Hardtanh(-2.0, 2.0),
+        nn.ReLU6(), nn.Tanh(), nn.ReLU(), nn.Identity(), nn.Flatten(), nn.Sigmoid(),
     )  # fmt: skip
 
 

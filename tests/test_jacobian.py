@@ -48,6 +48,10 @@ ACTIVATIONS = {
     "sigmoid": lambda: nn.Sigmoid(),
     "softplus_b2_t5": lambda: nn.Softplus(beta=2, threshold=5),
     "silu": lambda: nn.SiLU(),
+    "gelu": lambda: nn.GELU(),
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "hardtanh": lambda: nn.Hardtanh(-0.5, 0.8),
+    "relu6": lambda: nn.ReLU6(),
     "identity": lambda: nn.Identity(),
 }
 
@@ -253,7 +257,8 @@ def test_exported_graph_with_every_activation():
     assert chain is not None
     acts = [(s.name, s.params) for s in chain.steps if isinstance(s, Activation)]
     assert acts == [("elu", (1.0,)), ("elu", (0.5,)), ("relu", ()), ("leaky_relu", (0.1,)), ("tanh", ()),
-                    ("sigmoid", ()), ("softplus", (2.0, 5.0)), ("silu", ())]  # fmt: skip
+                    ("sigmoid", ()), ("softplus", (2.0, 5.0)), ("silu", ()), ("gelu", ()), ("gelu_tanh", ()),
+                    ("hardtanh", (-0.5, 0.8)), ("hardtanh", (0.0, 6.0))]  # fmt: skip
     assert_rows_equal(gm, z)
     value, jac = assert_rows_equal(model, z)
     torch.testing.assert_close(jacobian_rows(gm, z)[1], jac, rtol=1e-12, atol=1e-14)
@@ -285,8 +290,8 @@ class PlusTiny(PlusOne):
     offset = 1e-7
 
 
-def _with_layernorm():
-    return init_(nn.Sequential(nn.Linear(2, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3))).double()
+def _with_mish():
+    return init_(nn.Sequential(nn.Linear(2, 6), nn.Mish(), nn.Tanh(), nn.Linear(6, 3))).double()
 
 
 def _hooked(where: str):
@@ -322,7 +327,7 @@ def _hooked_flat_mean():
 
 
 NOT_CHAINS = {
-    "layernorm": _with_layernorm,
+    "mish": _with_mish,
     "forward_hook": lambda: _hooked("sequential"),
     "child_forward_hook": lambda: _hooked("child"),
     "forward_pre_hook": lambda: _hooked("pre"),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -50,6 +51,29 @@ def _leaky_relu(x: Tensor, slope: float) -> tuple[Tensor, Tensor]:
     )
 
 
+def _gelu(x: Tensor) -> tuple[Tensor, Tensor]:
+    cdf = 0.5 * (1 + torch.erf(x * math.sqrt(0.5)))
+    pdf = torch.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+    return x * cdf, cdf + x * pdf
+
+
+def _gelu_tanh(x: Tensor) -> tuple[Tensor, Tensor]:
+    """GELU's tanh approximation, ``0.5 x (1 + tanh(u))`` with ``u = k (x + 0.044715 x^3)``."""
+    k = math.sqrt(2 / math.pi)
+    t = torch.tanh(k * (x + 0.044715 * x**3))
+    half = 0.5 * (1 + t)
+    return x * half, half + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+
+
+def _hardtanh(x: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
+    # torch's derivative: 1 strictly inside (low, high), 0 at and beyond the bounds
+    return x.clamp(low, high), ((x > low) & (x < high)).to(x.dtype)
+
+
+# Activations that are piecewise linear: a decoder made of them and affine layers has a Jacobian
+# that jumps where a unit switches, and curvature Gauss-Newton leaves out concentrated there.
+PIECEWISE_LINEAR = frozenset({"relu", "leaky_relu", "hardtanh"})
+
 # name -> (x, *params) -> (value, derivative)
 ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "elu": _elu,
@@ -59,4 +83,7 @@ ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "sigmoid": _sigmoid,
     "softplus": _softplus,
     "silu": _silu,
+    "gelu": _gelu,
+    "gelu_tanh": _gelu_tanh,
+    "hardtanh": _hardtanh,
 }

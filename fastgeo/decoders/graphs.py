@@ -6,11 +6,12 @@ Two kinds of graphs are read:
   a mean saved by :func:`fastgeo.save_generator` with ``format="export"`` and loaded back,
   decomposed or not): linear (or addmm / mm of a transposed weight), convolution / conv{1,2}d /
   conv_transpose{1,2}d, upsample_*.vec, batch_norm / _native_batch_norm_legit_no_training
-  (eval), group_norm / native_group_norm, pad and the padding ops, view / reshape /
-  _unsafe_view / flatten / unflatten, clone, dropout (eval) and the activations (in-place
-  variants too);
+  (eval), group_norm / native_group_norm, layer_norm / native_layer_norm, pad and the padding
+  ops, view / reshape / _unsafe_view / flatten / unflatten, clone, dropout (eval) and the
+  activations (in-place variants too);
 - graphs of ``torch.fx.symbolic_trace`` (a custom decoder's ``forward``): call_module nodes of
-  the layers of :mod:`fastgeo.decoders.modules`, torch / ``torch.nn.functional`` activations,
+  the layers of :mod:`fastgeo.decoders.modules`, torch / ``torch.nn.functional`` activations
+  (relu, tanh, sigmoid, silu, elu, leaky_relu, softplus, gelu, hardtanh, relu6),
   ``F.interpolate``, ``F.pad``, ``torch.flatten`` / ``torch.reshape`` / ``torch.unflatten``, and
   the methods view / reshape / flatten / unflatten / contiguous / relu / tanh / sigmoid.
 
@@ -32,7 +33,7 @@ from torch import nn
 from torch.fx import Graph, GraphModule, Node
 from torch.fx.operator_schemas import normalize_function
 
-from .modules import PAD_MODES, UPSAMPLE_MODES, hashable, module_steps
+from .modules import GELU_APPROXIMATIONS, PAD_MODES, UPSAMPLE_MODES, hashable, module_steps
 from .steps import (
     Activation,
     Affine,
@@ -40,6 +41,7 @@ from .steps import (
     Conv,
     Flatten,
     GroupNorm,
+    LayerNorm,
     Pad,
     Reshape,
     Step,
@@ -73,6 +75,9 @@ _FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
     F.elu: ("elu", (("alpha", 1.0), ("inplace", False))),
     F.leaky_relu: ("leaky_relu", (("negative_slope", 0.01), ("inplace", False))),
     F.softplus: ("softplus", (("beta", 1.0), ("threshold", 20.0))),
+    F.gelu: ("gelu", (("approximate", "none"),)),
+    F.hardtanh: ("hardtanh", (("min_val", -1.0), ("max_val", 1.0), ("inplace", False))),
+    F.relu6: ("hardtanh", (("inplace", False),)),
     torch.flatten: ("flatten", (("start_dim", 0), ("end_dim", -1))),
     torch.reshape: ("reshape", (("shape", None),)),
     torch.unflatten: ("unflatten", (("dim", None), ("sizes", None))),
@@ -270,6 +275,10 @@ class _Reader:
             self._add(Activation("leaky_relu", (float(a["negative_slope"]),)))
         elif name == "softplus":
             self._add(Activation("softplus", (float(a["beta"]), float(a["threshold"]))))
+        elif name == "gelu":
+            self._gelu(a["approximate"])
+        elif name == "hardtanh":  # F.relu6 binds no bounds
+            self._add(Activation("hardtanh", (float(a.get("min_val", 0.0)), float(a.get("max_val", 6.0)))))
         elif name == "flatten":
             self._flatten(a["start_dim"], a["end_dim"])
         elif name == "unflatten":
@@ -284,6 +293,10 @@ class _Reader:
             self._pad(a["pad"], a["mode"], a["value"])
         elif name != "contiguous":
             raise _NotAChain
+
+    def _gelu(self, approximate: Any) -> None:
+        _require(approximate in GELU_APPROXIMATIONS)
+        self._add(Activation(GELU_APPROXIMATIONS[approximate]))
 
     def _flatten(self, start: Any, end: Any) -> None:
         _require(isinstance(start, int) and isinstance(end, int) and start != 0)
@@ -334,6 +347,12 @@ class _Reader:
             self._add(Activation("leaky_relu", (float(a["negative_slope"]),)))
         elif base == "softplus":
             self._add(Activation("softplus", (float(a["beta"]), float(a["threshold"]))))
+        elif base == "gelu":
+            self._gelu(a.get("approximate", "none"))
+        elif base == "hardtanh":
+            self._add(Activation("hardtanh", (float(a.get("min_val", -1.0)), float(a.get("max_val", 1.0)))))
+        elif base == "relu6":
+            self._add(Activation("hardtanh", (0.0, 6.0)))
         elif inplace:
             raise _NotAChain
         elif name == "linear":
@@ -362,6 +381,13 @@ class _Reader:
             weight, bias = self._param(a["weight"]), self._param(a["bias"])
             self._add(GroupNorm(weight, bias, int(groups), float(a["eps"]), _names(a, "weight", "bias")))
             self.pending = None if name == "group_norm" else node
+        elif name in ("layer_norm", "native_layer_norm"):
+            shape = a["normalized_shape"]
+            _require(isinstance(shape, (tuple, list)) and all(isinstance(n, int) for n in shape))
+            weight, bias = self._param(a.get("weight")), self._param(a.get("bias"))
+            eps = float(a.get("eps", 1e-5))
+            self._add(LayerNorm(weight, bias, tuple(shape), eps, _names(a, "weight", "bias")))
+            self.pending = None if name == "layer_norm" else node
         elif name in ("pad", "constant_pad_nd"):
             self._pad(a["pad"], a.get("mode", "constant"), a["value"])
         elif name in ("reflection_pad1d", "reflection_pad2d", "replication_pad1d", "replication_pad2d"):

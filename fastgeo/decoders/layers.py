@@ -4,7 +4,7 @@ The stack ``x`` is (k+1, P, *shape): block 0 holds the value at P points, blocks
 tangents at the same points. An affine step is linear in the tangents, so all k+1 blocks go
 through it as one batch of (k+1) P inputs (one GEMM, one convolution), the bias added to the
 value block only; an activation multiplies the tangents by its derivative at the value;
-group normalization has its JVP written out. The stack is this module's own tensor: steps may
+group and layer normalization have their JVP written out. The stack is this module's own tensor: steps may
 update it in place.
 """
 
@@ -25,6 +25,7 @@ from .steps import (
     Conv,
     Flatten,
     GroupNorm,
+    LayerNorm,
     Pad,
     Reshape,
     Step,
@@ -92,26 +93,42 @@ def _batch_norm(step: BatchNorm, x: Tensor) -> Tensor:
     return x
 
 
-def _group_norm(step: GroupNorm, x: Tensor) -> Tensor:
-    """y = gamma xhat + beta with xhat = (x - mean_g) / sigma_g, and the tangents
-    dy = gamma / sigma_g (dx - mean_g(dx) - xhat mean_g(xhat dx)), means over each group."""
-    blocks, P = x.shape[:2]
-    g = x.reshape(blocks, P, step.groups, -1)  # (k+1, P, G, C/G * spatial)
+def _normalized(g: Tensor, eps: float) -> Tensor:
+    """xhat = (x - mean) / sigma over the last axis of the value block g[0], and the tangents
+    dxhat = (dx - mean(dx) - xhat mean(xhat dx)) / sigma: g (k+1, P, G, n) -> the same shape."""
     value, tangents = g[0], g[1:]
     var, mean = torch.var_mean(value, -1, correction=0, keepdim=True)
-    rstd = torch.rsqrt(var + step.eps)
+    rstd = torch.rsqrt(var + eps)
     xhat = (value - mean) * rstd
     out = torch.empty_like(g)
     out[0] = xhat
     out[1:] = (
         tangents - tangents.mean(-1, keepdim=True) - xhat * (xhat * tangents).mean(-1, keepdim=True)
     ) * rstd
-    y = out.reshape(x.shape)
+    return out
+
+
+def _group_norm(step: GroupNorm, x: Tensor) -> Tensor:
+    """y = gamma xhat + beta, xhat normalized over each group of channels (per point)."""
+    blocks, P = x.shape[:2]
+    y = _normalized(x.reshape(blocks, P, step.groups, -1), step.eps).reshape(x.shape)
     weight, bias = step.weight(), step.bias()
     if weight is not None:
         y.mul_(_channels(weight, y))
     if bias is not None:
         y[0] += _channels(bias, y)
+    return y
+
+
+def _layer_norm(step: LayerNorm, x: Tensor) -> Tensor:
+    """y = gamma xhat + beta, xhat normalized over the last len(shape) axes of each point."""
+    blocks, P = x.shape[:2]
+    y = _normalized(x.reshape(blocks, P, -1, math.prod(step.shape)), step.eps).reshape(x.shape)
+    weight, bias = step.weight(), step.bias()
+    if weight is not None:
+        y.mul_(weight)
+    if bias is not None:
+        y[0] += bias
     return y
 
 
@@ -158,6 +175,7 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     Conv: _conv,
     BatchNorm: _batch_norm,
     GroupNorm: _group_norm,
+    LayerNorm: _layer_norm,
     Upsample: _upsample,
     Pad: _pad,
     Reshape: _reshape,

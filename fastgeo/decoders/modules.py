@@ -5,9 +5,9 @@ statistics, Dropout in training mode) has no steps (None).
 
 Linear; Conv1d / Conv2d, ConvTranspose1d / ConvTranspose2d (any stride, padding, output
 padding, dilation, groups, padding mode); Upsample (and UpsamplingNearest2d /
-UpsamplingBilinear2d); BatchNorm1d / BatchNorm2d (eval); GroupNorm; ZeroPad2d, ReflectionPad2d,
-ReplicationPad2d; Flatten, Unflatten; Identity, Dropout (eval); ELU, ReLU, LeakyReLU, Tanh,
-Sigmoid, Softplus, SiLU.
+UpsamplingBilinear2d); BatchNorm1d / BatchNorm2d (eval); GroupNorm; LayerNorm; ZeroPad2d,
+ReflectionPad2d, ReplicationPad2d; Flatten, Unflatten; Identity, Dropout (eval); ELU, ReLU,
+LeakyReLU, ReLU6, Hardtanh, Tanh, Sigmoid, Softplus, SiLU, GELU (exact or tanh).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .steps import (
     Conv,
     Flatten,
     GroupNorm,
+    LayerNorm,
     Pad,
     Step,
     Unflatten,
@@ -39,6 +40,7 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _PADS = {nn.ZeroPad2d: "constant", nn.ReflectionPad2d: "reflect", nn.ReplicationPad2d: "replicate"}
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
+GELU_APPROXIMATIONS = {"none": "gelu", "tanh": "gelu_tanh"}  # nn.GELU's approximate -> activation
 
 
 def getter(module: nn.Module, name: str) -> Callable[[], Tensor]:
@@ -91,6 +93,9 @@ def layer_steps(m: nn.Module) -> list[Step] | None:
                           getter(m, "running_var"), float(m.eps), id(m))]  # fmt: skip
     if kind is nn.GroupNorm:  # the same computation in training and eval mode
         return [GroupNorm(getter(m, "weight"), getter(m, "bias"), int(m.num_groups), float(m.eps), id(m))]
+    if kind is nn.LayerNorm:  # so is this one
+        return [LayerNorm(getter(m, "weight"), getter(m, "bias"), tuple(m.normalized_shape), float(m.eps),
+                          id(m))]  # fmt: skip
     if kind in _PADS:
         if kind is nn.ZeroPad2d and float(m.value) != 0.0:
             return None
@@ -120,6 +125,10 @@ def activation_steps(m: nn.Module) -> list[Step] | None:
         return [Activation("leaky_relu", (float(m.negative_slope),))]
     if kind is nn.Softplus:
         return [Activation("softplus", (float(m.beta), float(m.threshold)))]
+    if kind is nn.GELU and m.approximate in GELU_APPROXIMATIONS:
+        return [Activation(GELU_APPROXIMATIONS[m.approximate])]
+    if kind in (nn.Hardtanh, nn.ReLU6):
+        return [Activation("hardtanh", (float(m.min_val), float(m.max_val)))]
     return None
 
 

@@ -5,8 +5,8 @@ its tangents.
 A chain acts on one point at a time: every step maps a batch (P, *shape_in) to (P, *shape_out)
 point by point. Parameters are read through getters at every call, so in-place training shows;
 ``identity`` (the layer's ``id``, or the graph's attribute names) and the settings (strides,
-eps, ...) enter the chain's :func:`signature`. All steps but :class:`Activation` and
-:class:`GroupNorm` are affine maps of their input: linear in the tangents.
+eps, ...) enter the chain's :func:`signature`. All steps but :class:`Activation`,
+:class:`GroupNorm` and :class:`LayerNorm` are affine maps of their input: linear in the tangents.
 """
 
 from __future__ import annotations
@@ -75,6 +75,19 @@ class GroupNorm:
 
 
 @dataclass(frozen=True)
+class LayerNorm:
+    """Layer normalization of each point over its last ``len(shape)`` axes (sizes ``shape``),
+    then the elementwise ``weight`` and ``bias`` of that shape (or None). Not linear: its JVP
+    is explicit."""
+
+    weight: OptionalGetter
+    bias: OptionalGetter
+    shape: tuple[int, ...]
+    eps: float
+    identity: Hashable
+
+
+@dataclass(frozen=True)
 class Upsample:
     """``torch.nn.functional.interpolate`` of (C, *spatial) per point, any linear mode
     (nearest, nearest-exact, bilinear, bicubic, ...): ``size`` or ``scale_factor``."""
@@ -127,7 +140,10 @@ class Activation:
     params: tuple[float, ...] = ()
 
 
-Step = Affine | Conv | BatchNorm | GroupNorm | Upsample | Pad | Reshape | Flatten | Unflatten | Activation
+Step = (
+    Affine | Conv | BatchNorm | GroupNorm | LayerNorm | Upsample | Pad | Reshape | Flatten | Unflatten
+    | Activation
+)  # fmt: skip
 # Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
 LAYERS = (Affine, Conv)
 

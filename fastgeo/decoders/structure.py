@@ -35,6 +35,7 @@ LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "GroupNorm": (nn.GroupNorm, ("num_groups", "num_channels", "eps", "affine")),
+    "LayerNorm": (nn.LayerNorm, ("normalized_shape", "eps", "elementwise_affine", "bias")),
     "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
     "Unflatten": (nn.Unflatten, ("dim", "unflattened_size")),
     "Identity": (nn.Identity, ()),
@@ -45,6 +46,9 @@ LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "Sigmoid": (nn.Sigmoid, ()),
     "Softplus": (nn.Softplus, ("beta", "threshold")),
     "SiLU": (nn.SiLU, ()),
+    "GELU": (nn.GELU, ("approximate",)),
+    "Hardtanh": (nn.Hardtanh, ("min_val", "max_val")),
+    "ReLU6": (nn.ReLU6, ()),
 }  # fmt: skip
 _BY_CLASS = {cls: name for name, (cls, _) in LAYERS.items()}
 _ACTIVATION_MODULES: dict[str, Callable[[tuple[float, ...]], nn.Module]] = {
@@ -55,6 +59,9 @@ _ACTIVATION_MODULES: dict[str, Callable[[tuple[float, ...]], nn.Module]] = {
     "sigmoid": lambda p: nn.Sigmoid(),
     "softplus": lambda p: nn.Softplus(*p),
     "silu": lambda p: nn.SiLU(),
+    "gelu": lambda p: nn.GELU(),
+    "gelu_tanh": lambda p: nn.GELU("tanh"),
+    "hardtanh": lambda p: nn.Hardtanh(*p),
 }
 
 

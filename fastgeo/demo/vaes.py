@@ -15,8 +15,9 @@ decoders (see ``tests/data/make_real_generators.py``). Like the two-moons VAE of
 Every decoder mean is a plain ``nn.Sequential`` of standard layers, mapping (P, d) -> (P, D)
 and ending with ``nn.Flatten``, so that it can be recognised layer by layer: ``nn.Linear``,
 ``nn.Unflatten``, ``nn.ConvTranspose2d``, ``nn.Conv2d``, optionally ``nn.BatchNorm2d`` or
-``nn.GroupNorm``, smooth pointwise activations (ELU by default, since the metric uses the
-decoder's Jacobian) and a final ``nn.Sigmoid`` (pixels in [0, 1]). The images are flattened
+``nn.GroupNorm``, pointwise activations (smooth ELU by default, since the metric uses the
+decoder's Jacobian; ReLU and LeakyReLU give the piecewise-linear decoders many users train) and a
+final ``nn.Sigmoid`` (pixels in [0, 1]). The images are flattened
 channel-first, as :mod:`fastgeo.image_datasets` returns them.
 
 Convolutional decoders take (P, d) inputs only (``nn.Unflatten`` and the convolutions fix the
@@ -44,7 +45,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-_ACTIVATIONS = {"elu": nn.ELU, "softplus": nn.Softplus, "silu": nn.SiLU, "tanh": nn.Tanh}
+_ACTIVATIONS = {
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+}
 # Smallest decoder variance the training may learn: the procedural images are noise free, and an
 # unbounded variance would shrink until the likelihood is dominated by a few pixels.
 _MIN_LOG_VAR = math.log(1e-4)
@@ -159,7 +167,7 @@ def mlp_vae(
         data_dim: D (default 784).
         latent_dim: d.
         hidden: widths of the hidden layers, encoder order (the decoder reverses them).
-        activation: "elu" (default), "softplus", "silu" or "tanh".
+        activation: "elu" (default), "softplus", "silu", "tanh", "relu" or "leaky_relu".
         image_shape: (C, H, W) with C * H * W = D (default: (1, sqrt D, sqrt D) if D is a square,
             else (1, 1, D)).
         init_var: the decoder variance at the start of training (and while it is frozen).
@@ -213,7 +221,7 @@ def conv_vae28(
         latent_dim: d.
         channels: (c7, c14, c28), the channels at 7x7, 14x14 and 28x28.
         hidden: width of the encoder's fully connected layer.
-        activation: "elu" (default), "softplus", "silu" or "tanh".
+        activation: "elu" (default), "softplus", "silu", "tanh", "relu" or "leaky_relu".
         norm: None (default), "batch" (``BatchNorm2d``) or "group" (``GroupNorm``) after each
             transposed convolution. (Use the decoder in eval mode.)
         init_var: the decoder variance at the start of training (and while it is frozen).
@@ -268,7 +276,7 @@ def conv_vae64(
         latent_dim: d.
         channels: (c4, c8, c16, c32, c64), the channels at each resolution.
         hidden: width of the encoder's fully connected layer.
-        activation: "elu" (default), "softplus", "silu" or "tanh".
+        activation: "elu" (default), "softplus", "silu", "tanh", "relu" or "leaky_relu".
         norm: None (default), "batch" or "group" after each transposed convolution.
         init_var: the decoder variance at the start of training (and while it is frozen).
     """

@@ -35,6 +35,7 @@ HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 12, "n_points": 48, "coar
 # From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
 # linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
 LAGGED_MIN_DIM = 8
+LAGGED_SECANT = False  # the secant model in calls with lagged matrices too
 LINEARIZE = ("auto", "always", "lagged")
 POINTS_PER_CONTROL_POINT = 4
 COARSE_POINTS = 48  # default points per curve of the race between starts (d >= 4: 24)
@@ -178,7 +179,7 @@ def solver_options(
     # The dense oracle from d = 8 on too: its polylines' systems are block-tridiagonal and plain
     # Gauss-Newton keeps them so (a secant model fills them: a dense (126 d)^3 factorization per
     # step, 2 s per curve at d = 32); mlp32_shapes, 3 pairs: 163 -> 96 s, lengths within 3e-7.
-    secant = not lagged and not (method == "dense" and latent_dim >= LAGGED_MIN_DIM)
+    secant = (LAGGED_SECANT or not lagged) and not (method == "dense" and latent_dim >= LAGGED_MIN_DIM)
     splines = method == "default" and family == "bspline"
     if subdivide is None:
         subdivide = splines

@@ -29,6 +29,8 @@ Generators (name: decoder, data):
 - ``mlp16_glyphs``, ``mlp16_shapes``: d = 16 MLP 16-256-256-784, 10,000 images;
 - ``mlp32_shapes``: d = 32 MLP 32-256-256-784;
 - ``mlp64_glyphs``: d = 64 MLP 64-256-256-784;
+- ``mlp16_relu_shapes``, ``conv8_relu_glyphs``: the same d = 16 MLP with ReLU, the d = 8 conv
+  decoder with LeakyReLU (piecewise-linear decoders, as many users train);
 - ``conv32_color64``: d = 32 conv decoder with four transposed convolutions (64/32/16/8/8
   channels), color_shapes64 (D = 12,288), 6,000 images.
 """
@@ -86,6 +88,12 @@ SPECS: dict[str, Spec] = {
     "mlp16_shapes": Spec("shapes28", 10000, lambda: vaes.mlp_vae(784, 16), **MLP, seed=1),
     "mlp32_shapes": Spec("shapes28", 10000, lambda: vaes.mlp_vae(784, 32), **MLP),
     "mlp64_glyphs": Spec("glyphs28", 10000, lambda: vaes.mlp_vae(784, 64), **MLP),
+    "mlp16_relu_shapes": Spec(
+        "shapes28", 10000, lambda: vaes.mlp_vae(784, 16, activation="relu"), **MLP, seed=2
+    ),
+    "conv8_relu_glyphs": Spec(
+        "glyphs28", 12000, lambda: vaes.conv_vae28(8, activation="leaky_relu"), epochs=30, seed=2
+    ),
     "conv32_color64": Spec("color_shapes64", 6000, lambda: vaes.conv_vae64(32), epochs=30, rbf_points=2000),
 }  # fmt: skip
 
