@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, ops
-from .decoders import activation_width, jacobian_rows
+from .decoders import activation_width, jacobian_rows, piecewise_linear
 from .decoders.layout import channels_last
 from .rbf import RBFPrecision
 
@@ -115,6 +115,13 @@ class ExpectedMetric:
                     f"mean returns {probe.dtype} on {probe.device} but the precision is "
                     f"{precision.weights.dtype} on {precision.weights.device}; use one dtype and device"
                 )
+
+    @property
+    def piecewise_linear_mean(self) -> bool:
+        """Whether the mean is a recognized chain with piecewise-linear activations (ReLU,
+        LeakyReLU, Hardtanh, ReLU6); the solver then keeps its secant model (see
+        :func:`fastgeo.solver.options.solver_options`)."""
+        return piecewise_linear(self.mean)
 
     @property
     def latent_dim(self) -> int:

@@ -16,6 +16,7 @@ from .forward_mode import (
     value_and_tangents,
 )
 from .generic import generic_jacobian_rows, generic_value_and_tangents
+from .recognize import piecewise_linear
 
 __all__ = [
     "FlatMean",
@@ -26,6 +27,7 @@ __all__ = [
     "generic_value_and_tangents",
     "jacobian_rows",
     "mlp_chain",
+    "piecewise_linear",
     "stacked_chain",
     "value_and_tangents",
 ]

@@ -29,11 +29,12 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
 from . import modules
+from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean
 from .graphs import graph_steps, read_graph
-from .steps import Step, signature
+from .steps import Activation, Step, signature
 
-__all__ = ["chain_module", "graph_steps", "module_steps", "recognize", "traced_steps"]
+__all__ = ["chain_module", "graph_steps", "module_steps", "piecewise_linear", "recognize", "traced_steps"]
 
 # module -> (fingerprint, steps or None) of its last trace or graph reading
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -73,6 +74,16 @@ def recognize(fn: Callable[[Tensor], Tensor]) -> tuple[list[Step], Hashable] | N
     steps, fingerprint = found
     hooks = (len(module._forward_hooks), len(module._forward_pre_hooks))
     return steps, (id(module), hooks, fingerprint, signature(steps))
+
+
+def piecewise_linear(fn: Callable[[Tensor], Tensor]) -> bool:
+    """Whether ``fn`` is a recognized chain with a piecewise-linear activation (ReLU, LeakyReLU,
+    Hardtanh, ReLU6): its Jacobian jumps where a unit switches. False for anything else,
+    including decoders that are not recognized."""
+    found = recognize(fn)
+    return found is not None and any(
+        isinstance(s, Activation) and s.name in PIECEWISE_LINEAR for s in found[0]
+    )
 
 
 def traced_steps(module: nn.Module) -> list[Step] | None:

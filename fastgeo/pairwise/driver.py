@@ -249,7 +249,11 @@ def _layout(
 def _solver_options(metric: ExpectedMetric, options: dict[str, Any]) -> SolverOptions:
     names = inspect.signature(solver_options).parameters
     return solver_options(
-        metric.dtype, metric.latent_dim, metric.data_dim, **{k: v for k, v in options.items() if k in names}
+        metric.dtype,
+        metric.latent_dim,
+        metric.data_dim,
+        piecewise_linear=metric.piecewise_linear_mean,
+        **{k: v for k, v in options.items() if k in names},
     )
 
 

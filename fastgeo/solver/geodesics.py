@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import torch
 from torch import Tensor
@@ -44,6 +45,15 @@ from .race import solve_batch
 from .resolution import flag_under_resolved, refine_resolution
 from .result import CONVERGED, NONFINITE, GeodesicResult, Work
 from .subdivide import subdivide_curves
+
+PIECEWISE_LINEAR_WARNING = (
+    "the decoder mean has piecewise-linear activations (ReLU, LeakyReLU, Hardtanh, ReLU6): its "
+    "Jacobian jumps wherever a unit switches, so the energy on a curve's points has kinks and the "
+    "solver can stop short of the shortest curve (on trained VAEs with ReLU decoders the default "
+    "came out 0.4-0.6 % longer than the dense oracle on average, up to 4 % on single pairs; "
+    "smooth activations such as ELU, SiLU, Softplus or GELU avoid this). Every length reported is "
+    "still that of the returned curve."
+)
 
 
 def geodesics(
@@ -136,6 +146,8 @@ def geodesics(
         between its ends.
     """
     _check_ends(metric, z0, z1)
+    if metric.piecewise_linear_mean:
+        warnings.warn(PIECEWISE_LINEAR_WARNING, stacklevel=2)
     if progress is not None:
         _checks.boolean("progress", progress)
     if corridors is None and (isinstance(graph, LatentGraph) or latents is not None):
@@ -145,7 +157,7 @@ def geodesics(
         metric.dtype, metric.latent_dim, metric.data_dim, method=method, m=m, n_points=n_points,
         family=family, warm_start=warm_start, max_iter=max_iter, tol=tol, batch_size=batch_size,
         refine=refine, corridors=corridors, coarse_points=coarse_points, check_resolution=check_resolution,
-        linearize=linearize, subdivide=subdivide,
+        linearize=linearize, subdivide=subdivide, piecewise_linear=metric.piecewise_linear_mean,
     )
     # fmt: on
     init = _check_init(metric, init, z0, opts)

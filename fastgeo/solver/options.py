@@ -35,7 +35,9 @@ HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 12, "n_points": 48, "coar
 # From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
 # linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
 LAGGED_MIN_DIM = 8
-LAGGED_SECANT = False  # the secant model in calls with lagged matrices too
+# The secant model in calls with lagged matrices: None, by the decoder (see solver_options);
+# True / False forces it (for benchmarks).
+LAGGED_SECANT: bool | None = None
 LINEARIZE = ("auto", "always", "lagged")
 POINTS_PER_CONTROL_POINT = 4
 COARSE_POINTS = 48  # default points per curve of the race between starts (d >= 4: 24)
@@ -124,9 +126,11 @@ def solver_options(
     check_resolution: bool = True,
     linearize: str = "auto",
     subdivide: bool | None = None,
+    piecewise_linear: bool = False,
 ) -> SolverOptions:
     """Validate the options of a call with curves in ``latent_dim`` dimensions under a metric of
-    ``data_dim`` outputs and ``dtype``; fill in the defaults of ``method``."""
+    ``data_dim`` outputs and ``dtype``; fill in the defaults of ``method``. ``piecewise_linear``:
+    the decoder mean has piecewise-linear activations (:func:`fastgeo.decoders.piecewise_linear`)."""
     method = _checks.choice("method", method, METHODS)
     table = DEFAULTS[method]
     if method == "default" and latent_dim >= HIGH_DIM:
@@ -176,10 +180,16 @@ def solver_options(
     # the same lengths; without the model in the race too was faster than only in the refinement).
     # Their steps are corrected along the last step instead (rank one, the system stays banded:
     # solver/last_step.py).
+    # Except for decoders with piecewise-linear activations (ReLU, LeakyReLU): their Jacobians jump
+    # where units switch, the curvature Gauss-Newton leaves out sits at those kinks, and plain
+    # Gauss-Newton steps crawl (a trained d = 16 ReLU MLP and random ReLU / LeakyReLU decoders at
+    # d = 8-16: see bench/RESULTS.md, "Piecewise-linear decoders"); the secant model, stale
+    # matrices and all, measures that curvature from gradient differences.
+    lagged_secant = piecewise_linear if LAGGED_SECANT is None else LAGGED_SECANT
     # The dense oracle from d = 8 on too: its polylines' systems are block-tridiagonal and plain
     # Gauss-Newton keeps them so (a secant model fills them: a dense (126 d)^3 factorization per
     # step, 2 s per curve at d = 32); mlp32_shapes, 3 pairs: 163 -> 96 s, lengths within 3e-7.
-    secant = (LAGGED_SECANT or not lagged) and not (method == "dense" and latent_dim >= LAGGED_MIN_DIM)
+    secant = (lagged_secant or not lagged) and not (method == "dense" and latent_dim >= LAGGED_MIN_DIM)
     splines = method == "default" and family == "bspline"
     if subdivide is None:
         subdivide = splines
