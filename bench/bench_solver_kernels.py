@@ -17,7 +17,9 @@ per-call overhead dominates):
    end points (``workloads.solver_pairs``), coefficients perturbed from the straight line, after
    one reference iteration (so the secant model is not zero), and its real trial point;
 5. the banded step (plain Gauss-Newton in the B-spline basis, d >= 8): ``banded_lm_propose`` vs
-   ``fastgeo.reference.banded_lm_propose``, at d = 8-128 (``BANDED_SHAPES``).
+   ``fastgeo.reference.banded_lm_propose``, at d = 8-128 (``BANDED_SHAPES``);
+6. the decoder Jacobian of a seeded MLP d-256-256-784 with LayerNorm and GELU (d = 16, 32; P = 480
+   random points), stacked forward mode vs ``torch.func``.
 
     OMP_NUM_THREADS=1 pytest bench/bench_solver_kernels.py --benchmark-only -q -p no:cacheprovider -s
 
@@ -48,6 +50,7 @@ from fastgeo import reference
 from fastgeo.benchmarks.timing import environment
 from fastgeo.curves import BSplineBasis, evaluate, time_grid
 from fastgeo.decoders import generic_jacobian_rows, jacobian_rows, mlp_chain
+from fastgeo.decoders.recognize import recognize
 from fastgeo.ops.band import block_bandwidth
 from fastgeo.reference import gauss_newton_system as reference_gauss_newton_system
 from fastgeo.solver.levenberg_marquardt import LENGTH_TOL_FACTOR
@@ -102,6 +105,25 @@ def _jacobian(b: int, N: int) -> Pair:
     assert mlp_chain(mean, z[:4]) is not None, "the digits decoder is not recognized as an MLP chain"
     ref, ker = (lambda: generic_jacobian_rows(mean, z)), (lambda: jacobian_rows(mean, z))
     return Pair(ref, ker, lambda: _assert_agree("jacobian", ker(), ref(), RTOL["jacobian"]))
+
+
+def _norm_gelu_builder(d: int) -> Callable[[int, int], Pair]:
+    """The decoder Jacobian of a seeded MLP d-256-256-784 with LayerNorm and GELU after each
+    hidden layer (decoders that took the generic path before these layers were recognized), at
+    P = b N random points."""
+
+    def build(b: int, N: int) -> Pair:
+        torch.manual_seed(0)
+        nn = torch.nn
+        mean = nn.Sequential(nn.Linear(d, 256), nn.LayerNorm(256), nn.GELU(), nn.Linear(256, 256),
+                             nn.LayerNorm(256), nn.GELU(), nn.Linear(256, 784)).eval()  # fmt: skip
+        z = torch.randn(b * N, d, dtype=DTYPE)
+        assert recognize(mean) is not None, "the LayerNorm / GELU MLP is not recognized as a chain"
+        ref, ker = (lambda: generic_jacobian_rows(mean, z)), (lambda: jacobian_rows(mean, z))
+        return Pair(ref, ker, lambda: _assert_agree("jacobian", ker(), ref(), RTOL["jacobian"]))
+
+    build.__name__ = f"_norm_gelu_d{d}"
+    return build
 
 
 def _sigma(b: int, N: int) -> Pair:
@@ -210,6 +232,8 @@ P_SHAPES = [(2, 48), (48, 24), (48, 48)]  # P = 96, 1152, 2304 points
 BN_SHAPES = [(b, N) for b in (2, 48, 96) for N in (24, 48)]
 CASES = (
     [("decoder Jacobian", f"P={b * N} (b={b}, N={N}), d=2, D=64", _jacobian, b, N) for b, N in P_SHAPES]
+    + [("decoder Jacobian, LayerNorm + GELU MLP", f"P=480 (b=10, N=48), d={d}, D=784", _norm_gelu_builder(d),
+        10, 48) for d in (16, 32)]
     + [("sigma + Jacobian", f"P={b * N} (b={b}, N={N}), d=2, K=64, D=64", _sigma, b, N) for b, N in P_SHAPES]
     + [("Gauss-Newton system", f"b={b}, N={N}, d=2, F=128, p={2 * M}", _gauss_newton, b, N)
        for b, N in BN_SHAPES]
@@ -220,6 +244,7 @@ CASES = (
 
 PIECES = {
     "decoder Jacobian": "jacobian_rows (stacked forward mode) vs generic_jacobian_rows (vmap of jvp)",
+    "decoder Jacobian, LayerNorm + GELU MLP": "the same, MLP d-256-256-784 with LayerNorm and GELU",
     "sigma + Jacobian": "torch.ops.fastgeo.rbf_sigma_jacobian vs fastgeo.reference.rbf_sigma_jacobian",
     "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs fastgeo.reference.gauss_newton_system",
     "LM propose + update": "lm_propose + lm_update (C++) vs fastgeo.reference.lm_propose + lm_update",
