@@ -59,6 +59,7 @@ REAL_GENERATORS = {
     "conv32_color64": "d = 32, conv, color shapes 64x64x3 (D = 12,288)",
     "mlp16_relu_shapes": "d = 16, MLP with ReLU, shapes",
     "conv8_relu_glyphs": "d = 8, conv with LeakyReLU, glyphs",
+    "mlp2_relu_glyphs": "d = 2, MLP with ReLU, glyphs",
 }
 
 

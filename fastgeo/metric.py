@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from . import _checks, ops
-from .decoders import activation_width, jacobian_rows, piecewise_linear
+from .decoders import activation_width, jacobian_rows, piecewise_linear, smoothed
 from .decoders.layout import channels_last
+from .decoders.recognize import recognize
 from .rbf import RBFPrecision
 
 # Bytes of the decoder's widest activation per call of the mean: longer inputs are decoded in
@@ -122,6 +123,23 @@ class ExpectedMetric:
         LeakyReLU, Hardtanh, ReLU6); the solver then keeps its secant model (see
         :func:`fastgeo.solver.options.solver_options`)."""
         return piecewise_linear(self.mean)
+
+    def smoothed(self, sharpness: float | None = None) -> ExpectedMetric | None:
+        """This metric with the kinks of the mean's piecewise-linear activations rounded
+        (:mod:`fastgeo.decoders.smoothing`; ``sharpness``: its default if None; the same
+        precision), or None if the mean is not a recognized chain with such activations. Kept
+        per structure of the mean and sharpness; it reads the mean's parameters at every call."""
+        found = recognize(self.mean)
+        if found is None:
+            return None
+        kept = self.__dict__.setdefault("_smoothed", {})
+        key = (found[1], sharpness)
+        if key not in kept:
+            mean = smoothed(self.mean, self.precision.centers, sharpness)
+            for old in [k for k in kept if k[0] != found[1]]:  # of a structure the mean had
+                del kept[old]
+            kept[key] = None if mean is None else ExpectedMetric(mean, self.precision)
+        return kept[key]
 
     @property
     def latent_dim(self) -> int:

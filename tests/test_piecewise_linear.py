@@ -1,7 +1,7 @@
 """Decoders with piecewise-linear activations (ReLU, LeakyReLU, Hardtanh, ReLU6) are recognized
-as such: calls with lagged Gauss-Newton matrices (d >= 8) keep the secant model for them, and
-the user is warned that their geodesics can stop short (bench/RESULTS.md, "Piecewise-linear
-decoders"); smooth decoders take plain Gauss-Newton steps, without a warning."""
+as such: calls with lagged Gauss-Newton matrices (d >= 8) keep the secant model for them
+(smooth decoders take plain Gauss-Newton steps), and their curves are solved first under the
+decoder with its kinks rounded (bench/RESULTS.md, "Piecewise-linear decoders")."""
 
 import warnings
 
@@ -56,15 +56,13 @@ def metric(d: int, act: nn.Module) -> fastgeo.ExpectedMetric:
 @pytest.mark.parametrize("act,secant", [(nn.ReLU(), True), (nn.ELU(), False)])
 def test_lagged_calls_keep_the_secant_model_for_piecewise_linear_decoders(act, secant):
     """d = 8: lagged matrices; the result records which steps were taken; the curves converge;
-    a warning for the piecewise-linear decoder only."""
+    no warning."""
     m = metric(8, act)
     assert m.piecewise_linear_mean is secant
     z = m.precision.centers
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         res = fastgeo.geodesics(m, z[:3], z[3:], tol=1e-6)
-    warned = [w for w in caught if "piecewise-linear activations" in str(w.message)]
-    assert len(warned) == (1 if secant else 0)
     assert res.options["lagged"] is True and res.options["secant"] is secant
     assert res.converged.all()
 
@@ -73,8 +71,126 @@ def test_the_benchmark_override_forces_either_way(monkeypatch):
     m = metric(8, nn.ReLU())
     z = m.precision.centers
     monkeypatch.setattr(options, "LAGGED_SECANT", False)
-    with pytest.warns(UserWarning, match="piecewise-linear"):
-        res = fastgeo.geodesics(m, z[:2], z[3:5], max_iter=3)
+    res = fastgeo.geodesics(m, z[:2], z[3:5], max_iter=3)
     assert res.options["secant"] is False
     monkeypatch.setattr(options, "LAGGED_SECANT", True)
     assert fastgeo.geodesics(metric(8, nn.ELU()), z[:2], z[3:5], max_iter=3).options["secant"] is True
+
+
+# --- smoothed first: the decoder with its kinks rounded (fastgeo.decoders.smoothing) ---------
+
+
+def conv_decoder(d: int) -> nn.Sequential:
+    torch.manual_seed(2)
+    return nn.Sequential(
+        nn.Linear(d, 32), nn.ReLU(), nn.Unflatten(1, (2, 4, 4)), nn.ConvTranspose2d(2, 4, 4, 2, 1),
+        nn.BatchNorm2d(4), nn.LeakyReLU(0.2), nn.Upsample(scale_factor=2), nn.GroupNorm(2, 4),
+        nn.Conv2d(4, 3, 3, padding=1), nn.Hardtanh(-0.5, 0.5), nn.Flatten(),
+    ).double().eval()  # fmt: skip
+
+
+def relu6_mlp(d: int) -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Linear(d, 16), nn.ReLU6(), nn.Linear(16, 16), nn.LayerNorm(16), nn.LeakyReLU(0.1), nn.Linear(16, D)
+    ).double()
+
+
+@pytest.mark.parametrize("make", [conv_decoder, relu6_mlp])
+def test_smoothed_chain_is_smooth_and_differentiated_exactly(make):
+    """Every piecewise-linear activation is replaced; the stacked forward mode of the smoothed
+    chain matches torch.func; autograd through it passes gradcheck; it is close to the decoder
+    and tends to it as the rounding sharpens."""
+    from fastgeo.decoders import SmoothedChain, generic_jacobian_rows, jacobian_rows, smoothed
+    from fastgeo.decoders.activations import PIECEWISE_LINEAR
+    from fastgeo.decoders.recognize import recognize
+    from fastgeo.decoders.smoothing import smooth_steps
+
+    net = make(3)
+    g = torch.Generator().manual_seed(4)
+    probe = torch.randn(32, 3, generator=g, dtype=torch.float64)
+    smooth = smoothed(net, probe)
+    names = [s.name for s in smooth.steps if type(s).__name__ == "Activation"]
+    assert names and not set(names) & PIECEWISE_LINEAR
+    assert not piecewise_linear(smooth)
+    z = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(smooth, (z,))
+    value, J = jacobian_rows(smooth, z.detach())
+    value_ref, J_ref = generic_jacobian_rows(smooth, z.detach())
+    torch.testing.assert_close(value, value_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(J, J_ref, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        scale = net(z).abs().max()
+        gap = (smooth(z) - net(z)).abs().max() / scale
+        sharp = SmoothedChain(smooth_steps(recognize(net)[0], probe, sharpness=1e6))
+        sharp_gap = (sharp(z) - net(z)).abs().max() / scale
+    assert 1e-4 < gap < 0.3
+    assert sharp_gap < 1e-5
+
+
+def test_rounding_is_relative_to_the_pre_activations():
+    """A ReLU layer whose inputs are 10x larger (and its outputs scaled back) is the same function,
+    and its smoothed stand-in is the same too."""
+    from fastgeo.decoders import smoothed
+
+    torch.manual_seed(5)
+    small = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, D)).double()
+    large = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, D)).double()
+    with torch.no_grad():
+        large[0].weight.copy_(10 * small[0].weight)
+        large[0].bias.copy_(10 * small[0].bias)
+        large[2].weight.copy_(small[2].weight / 10)
+        large[2].bias.copy_(small[2].bias)
+    probe = torch.randn(32, 3, dtype=torch.float64)
+    z = torch.randn(7, 3, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(large(z), small(z))
+        torch.testing.assert_close(smoothed(large, probe)(z), smoothed(small, probe)(z))
+        assert not torch.allclose(smoothed(small, probe)(z), small(z), atol=1e-6)
+
+
+def test_smoothed_metric_only_for_piecewise_linear_means():
+    relu, elu = metric(3, nn.ReLU()), metric(3, nn.ELU())
+    assert elu.smoothed() is None
+    smooth = relu.smoothed()
+    assert smooth is not None and relu.smoothed() is smooth  # kept per structure
+    assert smooth.precision is relu.precision and not smooth.piecewise_linear_mean
+
+
+@pytest.mark.parametrize("d", [4, 8])
+def test_piecewise_linear_decoders_are_solved_smoothed_first(d, monkeypatch):
+    """The smoothed curves race as a start (their work and iterations counted); off, the same
+    call starts from the true decoder's starts alone. Smooth decoders are not smoothed."""
+    from fastgeo.solver import smoothing
+
+    m = metric(d, nn.ReLU())
+    z = m.precision.centers
+    res = fastgeo.geodesics(m, z[:3], z[3:], tol=1e-6)
+    monkeypatch.setattr(smoothing, "SMOOTH_FIRST", False)
+    plain = fastgeo.geodesics(m, z[:3], z[3:], tol=1e-6)
+    assert res.options["smoothed_first"] is True and plain.options["smoothed_first"] is False
+    assert res.converged.all()
+    assert res.decoder_evals > plain.decoder_evals
+    assert (res.lengths <= plain.lengths * (1 + 1e-3)).all()
+    monkeypatch.setattr(smoothing, "SMOOTH_FIRST", True)
+    smooth_res = fastgeo.geodesics(metric(d, nn.ELU()), z[:3], z[3:], max_iter=3)
+    assert smooth_res.options["smoothed_first"] is False
+    assert "smoothed" not in smooth_res.init_names
+
+
+def test_not_smoothed_in_two_dimensions():
+    """d < 4: the graph's corridors and the race of every start already found the curves."""
+    res = fastgeo.geodesics(
+        metric(2, nn.ReLU()), *metric(2, nn.ReLU()).precision.centers[:4].split(2), max_iter=3
+    )
+    assert res.options["smoothed_first"] is False and "smoothed" not in res.init_names
+
+
+def test_smoothed_first_does_not_depend_on_the_batch():
+    m = metric(8, nn.LeakyReLU(0.1))
+    z = m.precision.centers
+    together = fastgeo.geodesics(m, z[:3], z[3:], tol=1e-8)
+    alone = [fastgeo.geodesics(m, z[i : i + 1], z[3 + i : 4 + i], tol=1e-8) for i in range(3)]
+    for i, r in enumerate(alone):
+        torch.testing.assert_close(r.lengths[0], together.lengths[i], rtol=1e-9, atol=0)
+        assert r.status[0] == together.status[i]

@@ -16,11 +16,13 @@ from .forward_mode import (
     value_and_tangents,
 )
 from .generic import generic_jacobian_rows, generic_value_and_tangents
-from .recognize import piecewise_linear
+from .recognize import piecewise_linear, smoothed
+from .smoothing import SmoothedChain
 
 __all__ = [
     "FlatMean",
     "MLPChain",
+    "SmoothedChain",
     "StackedChain",
     "activation_width",
     "generic_jacobian_rows",
@@ -28,6 +30,7 @@ __all__ = [
     "jacobian_rows",
     "mlp_chain",
     "piecewise_linear",
+    "smoothed",
     "stacked_chain",
     "value_and_tangents",
 ]

@@ -9,6 +9,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+# torch.nn.Softplus' default: linear where beta x exceeds it (exp(-20) ~ 2e-9 off).
+SOFT_THRESHOLD = 20.0
+
 
 def _elu(x: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     y = torch.nn.functional.elu(x, alpha)
@@ -70,6 +73,19 @@ def _hardtanh(x: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
     return x.clamp(low, high), ((x > low) & (x < high)).to(x.dtype)
 
 
+def _soft_leaky_relu(x: Tensor, slope: float, beta: float) -> tuple[Tensor, Tensor]:
+    """LeakyReLU with its kink smoothed: ``slope x + (1 - slope) softplus_beta(x)``."""
+    y, dy = _softplus(x, beta, SOFT_THRESHOLD)
+    return slope * x + (1 - slope) * y, slope + (1 - slope) * dy
+
+
+def _soft_hardtanh(x: Tensor, low: float, high: float, beta: float) -> tuple[Tensor, Tensor]:
+    """Hardtanh with its two kinks smoothed: ``low + softplus_beta(x - low) - softplus_beta(x - high)``."""
+    y_low, dy_low = _softplus(x - low, beta, SOFT_THRESHOLD)
+    y_high, dy_high = _softplus(x - high, beta, SOFT_THRESHOLD)
+    return low + y_low - y_high, dy_low - dy_high
+
+
 # Activations that are piecewise linear: a decoder made of them and affine layers has a Jacobian
 # that jumps where a unit switches, and curvature Gauss-Newton leaves out concentrated there.
 PIECEWISE_LINEAR = frozenset({"relu", "leaky_relu", "hardtanh"})
@@ -86,4 +102,7 @@ ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "gelu": _gelu,
     "gelu_tanh": _gelu_tanh,
     "hardtanh": _hardtanh,
+    # the smooth stand-ins of piecewise-linear ones (fastgeo.decoders.smoothing)
+    "soft_leaky_relu": _soft_leaky_relu,
+    "soft_hardtanh": _soft_hardtanh,
 }

@@ -32,9 +32,12 @@ from . import modules
 from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean
 from .graphs import graph_steps, read_graph
+from .smoothing import SmoothedChain, smooth_steps
 from .steps import Activation, Step, signature
 
-__all__ = ["chain_module", "graph_steps", "module_steps", "piecewise_linear", "recognize", "traced_steps"]
+__all__ = [
+    "chain_module", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed", "traced_steps"
+]  # fmt: skip
 
 # module -> (fingerprint, steps or None) of its last trace or graph reading
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -63,7 +66,9 @@ def recognize(fn: Callable[[Tensor], Tensor]) -> tuple[list[Step], Hashable] | N
     module = chain_module(fn)
     if module is None:
         return None
-    if isinstance(module, torch.fx.GraphModule):
+    if type(module) is SmoothedChain:
+        found = (module.steps, None)
+    elif isinstance(module, torch.fx.GraphModule):
         # torch.export's own hooks only check and flatten the input: counted in the key below.
         found = _cached(module, graph_steps, exported=True, extra=(id(module.graph), module.code))
     else:
@@ -84,6 +89,19 @@ def piecewise_linear(fn: Callable[[Tensor], Tensor]) -> bool:
     return found is not None and any(
         isinstance(s, Activation) and s.name in PIECEWISE_LINEAR for s in found[0]
     )
+
+
+def smoothed(
+    fn: Callable[[Tensor], Tensor], probe: Tensor, sharpness: float | None = None
+) -> SmoothedChain | None:
+    """``fn`` with its piecewise-linear activations rounded (:mod:`fastgeo.decoders.smoothing`,
+    scaled at ``probe`` (P, d) points), or None if ``fn`` is not a recognized chain with such
+    activations."""
+    if not piecewise_linear(fn):
+        return None
+    found = recognize(fn)
+    assert found is not None
+    return SmoothedChain(smooth_steps(found[0], probe, sharpness))
 
 
 def traced_steps(module: nn.Module) -> list[Step] | None:

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..curves import straight_line, time_grid
 from ..metric import ExpectedMetric
 from .options import WARM_ITER, SolverOptions
-from .result import INIT_NAMES, GeodesicResult
+from .result import GeodesicResult
 
 # Starts of one pair this close (fraction of its chord, at every node) are polished once.
 SAME_START = 1e-4
@@ -28,7 +28,7 @@ def exploring_starts(n_points: int) -> tuple[dict[str, Any], ...]:
         {"graph": False},
         {"graph": False, "warm_start": False},
         {"graph": False, "warm_start": 4 * WARM_ITER},
-        {"refine": len(INIT_NAMES), "coarse_points": n_points, "warm_start": 4 * WARM_ITER},
+        {"refine": 4, "coarse_points": n_points, "warm_start": 4 * WARM_ITER},
     )
 
 

@@ -19,7 +19,9 @@ The story of a call (``method="default"``), one file per chapter:
      metric are solved again with more points.
   6. subdivision (:mod:`.subdivide`): curves that a spline with halved knot spans would shorten
      are solved on in it.
-``method="paper"`` swaps Levenberg-Marquardt for Adam (:mod:`.first_order`); ``method="dense"``
+Decoders with piecewise-linear activations (ReLU, ...) are first solved with their kinks rounded
+(:mod:`.smoothing`); those curves race as a start. ``method="paper"`` swaps Levenberg-Marquardt
+for Adam (:mod:`.first_order`); ``method="dense"``
 is the accuracy oracle (:mod:`.dense`).
 """
 
@@ -27,33 +29,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 
 import torch
 from torch import Tensor
 
 from .. import _checks
 from .._progress import progress_bar
-from ..curves import Curves
+from ..curves import Basis, Curves
 from ..metric import ExpectedMetric
 from .dense import dense_multistart
 from .fallback import never_longer_than_straight
 from .graph import LatentGraph, cached_graph, check_graph_inputs
 from .measure import measure
-from .options import DEFAULTS, SolverOptions, solver_options
+from .options import DEFAULTS, POINTS_PER_CONTROL_POINT, SolverOptions, solver_options
 from .race import solve_batch
 from .resolution import flag_under_resolved, refine_resolution
-from .result import CONVERGED, NONFINITE, GeodesicResult, Work
+from .result import CONVERGED, GIVEN, NONFINITE, SMOOTHED, GeodesicResult, Work
+from .smoothing import smoothed_first
 from .subdivide import subdivide_curves
-
-PIECEWISE_LINEAR_WARNING = (
-    "the decoder mean has piecewise-linear activations (ReLU, LeakyReLU, Hardtanh, ReLU6): its "
-    "Jacobian jumps wherever a unit switches, so the energy on a curve's points has kinks and the "
-    "solver can stop short of the shortest curve (on trained VAEs with ReLU decoders the default "
-    "came out 0.4-0.6 % longer than the dense oracle on average, up to 4 % on single pairs; "
-    "smooth activations such as ELU, SiLU, Softplus or GELU avoid this). Every length reported is "
-    "still that of the returned curve."
-)
 
 
 def geodesics(
@@ -144,10 +137,16 @@ def geodesics(
         measured on a grid fine enough that its estimated error (``length_errors``) is below 1e-4
         relative; no curve is longer than the straight line
         between its ends.
+
+    Decoders with piecewise-linear activations (ReLU, LeakyReLU, Hardtanh, ReLU6; recognized
+    chains, :func:`fastgeo.decoders.piecewise_linear`) have kinks in their energy where the
+    optimization stops short: with ``method="default"``, no ``init`` and d >= 4 their curves are first
+    solved under the decoder with its kinks rounded (:mod:`fastgeo.solver.smoothing`), which
+    then start the solve under the true decoder, in the subdivided basis where the smoothed
+    curves needed it (``options["smoothed_first"]``, start ``"smoothed"``; about twice the
+    time of a smooth decoder of the same size).
     """
     _check_ends(metric, z0, z1)
-    if metric.piecewise_linear_mean:
-        warnings.warn(PIECEWISE_LINEAR_WARNING, stacklevel=2)
     if progress is not None:
         _checks.boolean("progress", progress)
     if corridors is None and (isinstance(graph, LatentGraph) or latents is not None):
@@ -171,13 +170,25 @@ def geodesics(
     if opts.method == "default" and z0.shape[0] > 0 and graph is not False and opts.corridors > 0:
         lgraph = graph if isinstance(graph, LatentGraph) else _graph_of(metric, latents, work)
     show = progress if progress is not None else z0.shape[0] > opts.batch_size
+    smoothed = None
+    if init is None and z0.shape[0] > 0:
+        smoothed = smoothed_first(metric, z0, z1, opts, lgraph, show, solve=geodesics)
+        if smoothed is not None:
+            init = smoothed.curves.coeffs
+            opts = _in_basis(opts, smoothed.curves.basis)
     with torch.no_grad():
         coeffs, energies, status, iterations, start, gains = _solve_in_batches(
             metric, z0, z1, opts, init, lgraph, work, show
         )
+        if smoothed is not None:  # the smoothed curves raced as a start: the work of both counts
+            iterations += smoothed.iterations
+            start = start.masked_fill(start == GIVEN, SMOOTHED)
+            work.evals += smoothed.decoder_evals
+            work.jvps += smoothed.decoder_jvps
         res = GeodesicResult(
             Curves(z0, z1, coeffs, opts.basis), energies, energies, status, iterations, start, energies,
-            opts.n_points, options=opts.summary(), resolution=torch.full_like(start, opts.n_points),
+            opts.n_points, options={**opts.summary(), "smoothed_first": smoothed is not None},
+            resolution=torch.full_like(start, opts.n_points),
         )  # fmt: skip
         first = None
         if opts.check_resolution and z0.shape[0]:
@@ -230,6 +241,16 @@ def _solve_at(
         opts, n_points=n, coarse_points=max(3, opts.coarse_points * n // opts.n_points)
     )
     return _solve_in_batches(metric, z0[idx], z1[idx], finer, init, graph, work)
+
+
+def _in_basis(opts: SolverOptions, basis: Basis) -> SolverOptions:
+    """``opts`` in another (finer) basis of its family, with points and race points in proportion."""
+    if type(basis) is type(opts.basis) and basis.m == opts.m:
+        return opts
+    n = POINTS_PER_CONTROL_POINT * (basis.m + 1)
+    return dataclasses.replace(
+        opts, basis=basis, n_points=n, coarse_points=max(3, opts.coarse_points * n // opts.n_points)
+    )
 
 
 def _check_ends(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> None:

@@ -11,8 +11,9 @@ from torch import Tensor
 from ..curves import Curves
 
 # The starts a curve can come from (GeodesicResult.init indexes this).
-INIT_NAMES = ("straight", "warm", "given", "graph")
-STRAIGHT, WARM, GIVEN, GRAPH = range(len(INIT_NAMES))
+# "smoothed": the curve solved first under the smoothed decoder (piecewise-linear means, solver/smoothing.py).
+INIT_NAMES = ("straight", "warm", "given", "graph", "smoothed")
+STRAIGHT, WARM, GIVEN, GRAPH, SMOOTHED = range(len(INIT_NAMES))
 
 # How a curve ended (GeodesicResult.status_code indexes this), and what that means.
 # "graph_estimate" is never a solver's: fastgeo.pairwise_distances(mode="graph") gives it to entries

@@ -30,7 +30,8 @@ Generators (name: decoder, data):
 - ``mlp32_shapes``: d = 32 MLP 32-256-256-784;
 - ``mlp64_glyphs``: d = 64 MLP 64-256-256-784;
 - ``mlp16_relu_shapes``, ``conv8_relu_glyphs``: the same d = 16 MLP with ReLU, the d = 8 conv
-  decoder with LeakyReLU (piecewise-linear decoders, as many users train);
+  decoder with LeakyReLU (piecewise-linear decoders, as many users train); ``mlp2_relu_glyphs``:
+  a d = 2 MLP 2-256-256-784 with ReLU (a latent plane to look at);
 - ``conv32_color64``: d = 32 conv decoder with four transposed convolutions (64/32/16/8/8
   channels), color_shapes64 (D = 12,288), 6,000 images.
 """
@@ -93,6 +94,9 @@ SPECS: dict[str, Spec] = {
     ),
     "conv8_relu_glyphs": Spec(
         "glyphs28", 12000, lambda: vaes.conv_vae28(8, activation="leaky_relu"), epochs=30, seed=2
+    ),
+    "mlp2_relu_glyphs": Spec(
+        "glyphs28", 10000, lambda: vaes.mlp_vae(784, 2, activation="relu"), **MLP, seed=3
     ),
     "conv32_color64": Spec("color_shapes64", 6000, lambda: vaes.conv_vae64(32), epochs=30, rbf_points=2000),
 }  # fmt: skip

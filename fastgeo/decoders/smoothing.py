@@ -1,0 +1,75 @@
+"""Smooth stand-ins of decoders with piecewise-linear activations.
+
+A chain of affine layers and ReLU / LeakyReLU / Hardtanh / ReLU6 is piecewise linear: its
+Jacobian jumps wherever a unit switches, and the discrete energy of a curve has kinks there.
+Levenberg-Marquardt started from the straight line stops in such kinks, short of the shortest
+curve. The same chain with every kink rounded (``softplus_beta`` in place of ``max(0, x)``) is
+smooth; the solver first optimizes the curve under it and then under the true decoder
+(:mod:`fastgeo.solver.smoothing`).
+
+The rounding is relative to each activation's input: ``beta = SHARPNESS / rms`` with ``rms`` the
+root mean square of that layer's pre-activations at probe points (the data), so a decoder whose
+pre-activations are ten times larger is rounded alike.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .activations import ACTIVATIONS, PIECEWISE_LINEAR, SOFT_THRESHOLD
+from .layers import apply
+from .steps import Activation, Step
+
+# beta times the pre-activations' RMS: 20 rounds each kink over ~5 % of a unit's typical input.
+# The solver's stages choose their own (fastgeo.solver.smoothing.STAGES; 20, 40 and 80 compared in
+# bench/RESULTS.md, "Piecewise-linear decoders, smoothed first"); this is the default of a call.
+SHARPNESS = 20.0
+
+
+def smooth_activation(step: Activation, beta: float) -> Activation:
+    """The smooth stand-in of a piecewise-linear activation, its kinks rounded by ``beta``."""
+    if step.name == "relu":
+        return Activation("softplus", (beta, SOFT_THRESHOLD))
+    if step.name == "leaky_relu":
+        return Activation("soft_leaky_relu", (step.params[0], beta))
+    if step.name == "hardtanh":
+        return Activation("soft_hardtanh", (*step.params, beta))
+    raise ValueError(f"{step.name!r} is not a piecewise-linear activation")
+
+
+def smooth_steps(steps: list[Step], probe: Tensor, sharpness: float | None = None) -> list[Step]:
+    """``steps`` with each piecewise-linear activation replaced by its smooth stand-in, rounded
+    relative to the RMS of its input at ``probe`` (P, d) points (read on the true chain);
+    ``sharpness``: default :data:`SHARPNESS`."""
+    sharpness = SHARPNESS if sharpness is None else sharpness
+    x = probe.detach()[None].clone()
+    smooth: list[Step] = []
+    with torch.no_grad():
+        for step in steps:
+            if isinstance(step, Activation) and step.name in PIECEWISE_LINEAR:
+                rms = float(x[0].pow(2).mean().sqrt())
+                beta = sharpness / rms if rms > 0 and rms < float("inf") else sharpness
+                smooth.append(smooth_activation(step, beta))
+            else:
+                smooth.append(step)
+            x = apply(step, x)
+    return smooth
+
+
+class SmoothedChain(nn.Module):
+    """A chain of steps as a module: (P, d) -> (P, F), differentiable by autograd. The steps
+    read the original decoder's parameters at every call (no copies)."""
+
+    def __init__(self, steps: list[Step]) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = z[None].clone()  # a stack (1, P, d) of the value alone
+        for step in self.steps:
+            if isinstance(step, Activation):  # out of place: autograd keeps the input
+                x = ACTIVATIONS[step.name](x, *step.params)[0]
+            else:
+                x = apply(step, x)
+        return x[0]
