@@ -178,6 +178,21 @@ def test_piecewise_linear_decoders_are_solved_smoothed_first(d, monkeypatch):
     assert "smoothed" not in smooth_res.init_names
 
 
+@pytest.mark.parametrize("kwargs", [{"family": "legendre"}, {"subdivide": False}, {"m": 5, "n_points": 30}])
+def test_smoothed_first_keeps_the_calls_options(kwargs):
+    """The smoothed stage takes the call's family, basis and subdivision: results come in the
+    basis the call asked for (here never subdivided)."""
+    m = metric(4, nn.ReLU())
+    z = m.precision.centers
+    res = fastgeo.geodesics(m, z[:2], z[3:5], max_iter=20, **kwargs)
+    assert res.options["smoothed_first"] is True
+    expected = {"family": "legendre", "m": 12} if "family" in kwargs else {"family": "bspline"}
+    assert res.curves.basis.family == expected["family"]
+    if "subdivide" in kwargs or "family" in kwargs:
+        assert res.curves.basis.m == 12
+    assert torch.isfinite(res.lengths).all()
+
+
 def test_not_smoothed_in_two_dimensions():
     """d < 4: the graph's corridors and the race of every start already found the curves."""
     res = fastgeo.geodesics(
