@@ -2,8 +2,9 @@
 (:func:`value_and_tangents`, :func:`jacobian_rows`). Chains of standard layers applied point by
 point are recognized (:mod:`.recognize`: modules :mod:`.modules`, fx graphs :mod:`.graphs`, as
 steps :mod:`.steps`) and differentiated by the stacked forward mode (:mod:`.forward_mode`,
-layer by layer :mod:`.layers`); anything else by ``torch.func`` (:mod:`.generic`). The adapter
-of saved means: :mod:`.flat`."""
+layer by layer :mod:`.layers`); anything else by ``torch.func`` (:mod:`.generic`). Chains with
+piecewise-linear activations get smooth stand-ins (:mod:`.smoothing`). The adapter of saved
+means: :mod:`.flat`."""
 
 from .flat import FlatMean
 from .forward_mode import (
