@@ -86,9 +86,11 @@ def piecewise_linear(fn: Callable[[Tensor], Tensor]) -> bool:
     Hardtanh, ReLU6): its Jacobian jumps where a unit switches. False for anything else,
     including decoders that are not recognized."""
     found = recognize(fn)
-    return found is not None and any(
-        isinstance(s, Activation) and s.name in PIECEWISE_LINEAR for s in found[0]
-    )
+    return found is not None and _has_kinks(found[0])
+
+
+def _has_kinks(steps: list[Step]) -> bool:
+    return any(isinstance(s, Activation) and s.name in PIECEWISE_LINEAR for s in steps)
 
 
 def smoothed(
@@ -97,10 +99,9 @@ def smoothed(
     """``fn`` with its piecewise-linear activations rounded (:mod:`fastgeo.decoders.smoothing`,
     scaled at ``probe`` (P, d) points), or None if ``fn`` is not a recognized chain with such
     activations."""
-    if not piecewise_linear(fn):
-        return None
     found = recognize(fn)
-    assert found is not None
+    if found is None or not _has_kinks(found[0]):
+        return None
     return SmoothedChain(smooth_steps(found[0], probe, sharpness))
 
 
