@@ -32,6 +32,8 @@ Generators (name: decoder, data):
 - ``mlp16_relu_shapes``, ``conv8_relu_glyphs``: the same d = 16 MLP with ReLU, the d = 8 conv
   decoder with LeakyReLU (piecewise-linear decoders, as many users train); ``mlp2_relu_glyphs``:
   a d = 2 MLP 2-256-256-784 with ReLU (a latent plane to look at);
+- ``conv16_silu_shapes``: a d = 16 conv decoder with BatchNorm and SiLU, shapes28 (a
+  decoder built differently from the others, as a held-out check);
 - ``conv32_color64``: d = 32 conv decoder with four transposed convolutions (64/32/16/8/8
   channels), color_shapes64 (D = 12,288), 6,000 images.
 """
@@ -97,6 +99,9 @@ SPECS: dict[str, Spec] = {
     ),
     "mlp2_relu_glyphs": Spec(
         "glyphs28", 10000, lambda: vaes.mlp_vae(784, 2, activation="relu"), **MLP, seed=3
+    ),
+    "conv16_silu_shapes": Spec(
+        "shapes28", 12000, lambda: vaes.conv_vae28(16, activation="silu", norm="batch"), epochs=30, seed=4
     ),
     "conv32_color64": Spec("color_shapes64", 6000, lambda: vaes.conv_vae64(32), epochs=30, rbf_points=2000),
 }  # fmt: skip
