@@ -56,6 +56,7 @@ REAL_GENERATORS = {
     "mlp16_glyphs": "d = 16, MLP, glyphs",
     "mlp32_shapes": "d = 32, MLP, shapes",
     "mlp64_glyphs": "d = 64, MLP, glyphs",
+    "mlp128_shapes": "d = 128, MLP, shapes",
     "conv16_silu_shapes": "d = 16, conv with BatchNorm and SiLU, shapes",
     "conv32_color64": "d = 32, conv, color shapes 64x64x3 (D = 12,288)",
     "mlp16_relu_shapes": "d = 16, MLP with ReLU, shapes",

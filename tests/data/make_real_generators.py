@@ -28,7 +28,7 @@ Generators (name: decoder, data):
 - ``conv8_shapes``, ``conv8_glyphs``: d = 8 conv decoder (64/32/16 channels), 12,000 images;
 - ``mlp16_glyphs``, ``mlp16_shapes``: d = 16 MLP 16-256-256-784, 10,000 images;
 - ``mlp32_shapes``: d = 32 MLP 32-256-256-784;
-- ``mlp64_glyphs``: d = 64 MLP 64-256-256-784;
+- ``mlp64_glyphs``: d = 64 MLP 64-256-256-784; ``mlp128_shapes``: d = 128 MLP 128-256-256-784;
 - ``mlp16_relu_shapes``, ``conv8_relu_glyphs``: the same d = 16 MLP with ReLU, the d = 8 conv
   decoder with LeakyReLU (piecewise-linear decoders, as many users train); ``mlp2_relu_glyphs``:
   a d = 2 MLP 2-256-256-784 with ReLU (a latent plane to look at);
@@ -91,6 +91,7 @@ SPECS: dict[str, Spec] = {
     "mlp16_shapes": Spec("shapes28", 10000, lambda: vaes.mlp_vae(784, 16), **MLP, seed=1),
     "mlp32_shapes": Spec("shapes28", 10000, lambda: vaes.mlp_vae(784, 32), **MLP),
     "mlp64_glyphs": Spec("glyphs28", 10000, lambda: vaes.mlp_vae(784, 64), **MLP),
+    "mlp128_shapes": Spec("shapes28", 10000, lambda: vaes.mlp_vae(784, 128), **MLP, seed=5),
     "mlp16_relu_shapes": Spec(
         "shapes28", 10000, lambda: vaes.mlp_vae(784, 16, activation="relu"), **MLP, seed=2
     ),
