@@ -8,7 +8,7 @@ figures describe the same problems.
 - Op shapes: the digits generator's own RBF parameters on curves between its latent codes
   (``*_digits`` cases), and the paper-sized synthetic shapes (D = 784) beside them.
 - Real-model generators (``REAL_GENERATORS``): image VAEs shaped like users' models (latent
-  d = 8-64, MLP and convolutional decoders, D = 784; ``conv32_color64``: D = 12,288), trained by
+  d = 8-128, MLP and convolutional decoders, D = 784; ``conv32_color64``: D = 12,288), trained by
   ``tests/data/make_real_generators.py`` on procedural images, built on first use into
   ``bench/results/generators`` (git-ignored; minutes each).
 
