@@ -1,7 +1,7 @@
-"""Real-model benchmark: time per geodesic and accuracy of fastgeo's default and of StochMan's
-defaults (``connecting_geodesic``, all pairs in one batch) on VAEs shaped like users' models
-(latent d = 2-64, MLP and convolutional decoders, D = 784; ``conv32_color64``: D = 12,288), in
-the same run, one thread.
+"""Real-model benchmark: time per geodesic and accuracy of fastgeo's default, its ``fast`` method
+and StochMan's defaults (``connecting_geodesic``, all pairs in one batch) on VAEs shaped like
+users' models (latent d = 2-128, MLP and convolutional decoders, D = 784; ``conv32_color64``:
+D = 12,288), in the same run, one thread.
 
     pip install stochman==0.3.0      # the peer (its rows are skipped if absent)
     OMP_NUM_THREADS=1 pytest bench/bench_real_models.py --benchmark-only -s
@@ -47,6 +47,8 @@ STRONG = {"m": 24, "n_points": 96, "linearize": "always", "tol": 1e-10}
 # FASTGEO_BENCH_STRONG=0: no strong run (it costs hours at D = 12,288); excess then against the
 # better of fastgeo and StochMan only
 USE_STRONG = os.environ.get("FASTGEO_BENCH_STRONG", "1") != "0"
+# FASTGEO_BENCH_FAST=0: without fastgeo's method="fast" rows
+METHODS = ["default", *(["fast"] if os.environ.get("FASTGEO_BENCH_FAST", "1") != "0" else []), "stochman"]
 ROWS: list[dict] = []
 
 
@@ -90,20 +92,20 @@ def _stochman_run(problem):
     return run, label
 
 
-def _fastgeo_run(problem):
+def _fastgeo_run(problem, method: str = "default"):
     metric = problem["metric"]
 
     def run(z0, z1):
         with torch.no_grad():
-            res = fastgeo.geodesics(metric, z0, z1, progress=False)
+            res = fastgeo.geodesics(metric, z0, z1, method=method, progress=False)
             return res.points(MEASURE_POINTS), res
 
-    return run, "fastgeo default"
+    return run, f"fastgeo {method}"
 
 
-@pytest.mark.parametrize("method", ["fastgeo", "stochman"])
+@pytest.mark.parametrize("method", METHODS)
 def test_real_model(benchmark, problem, reference, method):
-    run, label = (_fastgeo_run if method == "fastgeo" else _stochman_run)(problem)
+    run, label = _stochman_run(problem) if method == "stochman" else _fastgeo_run(problem, method)
     z0, z1 = problem["z0"], problem["z1"]
     run(z0[:2], z1[:2])  # warm-up (first calls of the decoder, kernels' first use)
     points, res = benchmark.pedantic(run, args=(z0, z1), rounds=1, warmup_rounds=0)
@@ -179,7 +181,7 @@ def write_time_plot(path: Path) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for method, marker in (("fastgeo", "o"), ("StochMan", "s")):
+    for method, marker in (("fastgeo default", "o"), ("fastgeo fast", "^"), ("StochMan", "s")):
         rows = sorted((r for r in ROWS if r["method"].startswith(method)), key=lambda r: r["d"])
         for conv in (False, True):
             pick = [r for r in rows if ("conv" in r["generator"]) == conv]

@@ -23,7 +23,7 @@ class Settings:
     ops_min_total_s: float = 0.5  # more rounds for fast calls (see timing.time_fn)
     ops_one_thread_too: bool = True  # also time the ops at one thread (unless --threads is given)
     solver_pairs: int = 48
-    solver_methods: tuple[str, ...] = ("default", "paper")
+    solver_methods: tuple[str, ...] = ("default", "fast", "paper")
     solver_rounds: int = 3
     pairwise_ms: tuple[int, ...] = (16, 32, 64)
     pairwise_rounds: int = 2

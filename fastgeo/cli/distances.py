@@ -17,6 +17,7 @@ from .._files import atomic_write, stale_temporaries
 from ..io import load_generator
 from ..pairwise import pairwise_distances
 from ..solver import solver_options
+from ..solver.options import METHODS
 from ..solver.result import STATUSES
 from . import inputs
 
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="graph mode: random pairs solved exactly to measure the error",
     )
-    p.add_argument("--method", default=None, choices=("default", "paper", "dense"))
+    p.add_argument("--method", default=None, choices=METHODS)
     p.add_argument("--m", type=int, default=None, help="basis functions per latent dimension")
     p.add_argument("--n-points", type=int, default=None, help="points per curve in the energy")
     p.add_argument("--max-iter", type=int, default=None, help="iteration limit per phase")

@@ -29,6 +29,7 @@ from .._progress import progress_bar
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
 from ..solver.graph import cached_graph, check_graph_inputs
+from ..solver.options import SPLINE_METHODS
 from ..solver.result import CONVERGED, GRAPH_ESTIMATE
 from .checkpoint import Checkpoint, metric_fingerprint, options_digest, tensor_digest
 from .chunks import dist_info, solve_chunk
@@ -261,7 +262,7 @@ def _build_latent_graph(metric: ExpectedMetric, options: dict[str, Any]) -> int:
     """The solver's latent graph, built here once if the solves will use it, so that forked
     workers inherit it instead of each building its own; the decoder evaluations it cost."""
     opts = _solver_options(metric, options)
-    if opts.method != "default" or opts.corridors <= 0 or options.get("graph", True) is not True:
+    if opts.method not in SPLINE_METHODS or opts.corridors <= 0 or options.get("graph", True) is not True:
         return 0
     graph, built = cached_graph(metric, options.get("latents"))
     return graph.edge_evals if built else 0

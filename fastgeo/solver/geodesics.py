@@ -41,7 +41,7 @@ from .dense import dense_multistart
 from .fallback import never_longer_than_straight
 from .graph import LatentGraph, cached_graph, check_graph_inputs
 from .measure import measure
-from .options import DEFAULTS, POINTS_PER_CONTROL_POINT, SolverOptions, solver_options
+from .options import DEFAULTS, POINTS_PER_CONTROL_POINT, SPLINE_METHODS, SolverOptions, solver_options
 from .race import solve_batch
 from .resolution import flag_under_resolved, refine_resolution
 from .result import CONVERGED, GIVEN, NONFINITE, SMOOTHED, GeodesicResult, Work
@@ -78,14 +78,17 @@ def geodesics(
     Args:
         metric: the :class:`ExpectedMetric` of the decoder.
         z0, z1: (B, d) end points (same dtype and device as the metric).
-        method: ``"default"`` (polynomial curves, warm start, Levenberg-Marquardt),
-            ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF warm start,
-            first-order steps) or ``"dense"`` (free polylines of ``n_points = 128`` nodes
-            minimized to convergence: the accuracy oracle; use a float64 metric for it).
-        m: basis functions per latent dimension (default 24 in d <= 3, 12 above: the interior
-            control points of a cubic B-spline; ``paper`` uses 1, its quadratic).
-        n_points: points per curve in the discrete energy (default 96 in d <= 3, 48 above; 32
-            for ``paper``, 128 for ``dense``).
+        method: ``"default"`` (spline curves, warm start, Levenberg-Marquardt), ``"fast"``
+            (the same on coarser curves with a looser tolerance, not subdivided: 2-3x less time,
+            curves ~0.01 % (2-D) to ~0.1 % (d >= 4) longer on average; for a first look or a
+            large matrix), ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF
+            warm start, first-order steps) or ``"dense"`` (free polylines of ``n_points = 128``
+            nodes minimized to convergence: the accuracy oracle; use a float64 metric for it).
+        m: basis functions per latent dimension (default 24 in d <= 3, 12 above; ``fast``: 16
+            and 10: the interior control points of a cubic B-spline; ``paper`` uses 1, its
+            quadratic).
+        n_points: points per curve in the discrete energy (default 96 in d <= 3, 48 above;
+            ``fast``: 64 and 40; 32 for ``paper``, 128 for ``dense``).
         family: ``"bspline"`` (default: clamped uniform cubic B-splines), or ``"legendre"`` /
             ``"chebyshev"`` polynomials (``paper``: legendre).
         warm_start: run the RBF warm start (``default`` and ``paper``): ``True`` for its default
@@ -93,22 +96,22 @@ def geodesics(
         max_iter: iteration limit per phase (default 300 for Levenberg-Marquardt, 2000 for
             ``paper``'s first-order steps, 300 for ``dense``).
         tol: a curve converges when a step lowers its energy by less than ``tol`` relative
-            (default 1e-10 in float64, 1e-6 in float32).
+            (default 1e-10 in float64, 1e-6 in float32; ``fast``: 1e-8 and 1e-4).
         batch_size: curves optimized at once (default: as many as fit in ~1 GiB of working
             memory, :func:`fastgeo.solver.options.working_memory_per_curve`).
         init: optional (B, m, d) starting coefficients for the basis of ``method`` (a result's
             ``curves.coeffs`` with ``m=res.curves.basis.m``).
-        graph: start from shortest paths on a :class:`fastgeo.LatentGraph` too (``default``
-            only, where ``corridors > 0``; built on first use and cached for the metric), or a
+        graph: start from shortest paths on a :class:`fastgeo.LatentGraph` too (``default`` and
+            ``fast``, where ``corridors > 0``; built on first use and cached for the metric), or a
             graph to use.
         latents: optional (M, d) latent codes of the data, added to the graph's nodes.
         refine: how many of the starts (the shortest, distinct ones) race per curve on the coarse
-            grid, keeping the lowest energy (default 5 for ``default`` in d <= 3: every start; 1
-            otherwise).
-        coarse_points: points per curve while the starts are raced (``default`` only; default
-            48 in d <= 3, 24 above), ranked by their energy with the midpoints added. Only the
-            winner is then refined at ``n_points``; a value >= ``n_points`` races at full
-            resolution.
+            grid, keeping the lowest energy (default 5 for ``default`` and ``fast`` in d <= 3:
+            every start; 1 otherwise).
+        coarse_points: points per curve while the starts are raced (``default`` and ``fast``;
+            default 48 in d <= 3, 24 above; ``fast``: 32 and 20), ranked by their energy with the
+            midpoints added. Only the winner is then refined at ``n_points``; a value >=
+            ``n_points`` races at full resolution.
         check_resolution: measure every curve at the midpoints of its segments too. A curve
             whose length grows there by more than 1 % steps over a ridge of the metric between
             its points, which the optimization then does not see: such curves are solved again
@@ -116,19 +119,20 @@ def geodesics(
             and get the status ``under_resolved`` if still so (``dense``: flagged at once, its
             polylines are not solved again).
         corridors: how many graph paths through different corridors start each curve
-            (``default`` only; default 3 in d <= 3, 0 above: no graph is built).
+            (``default`` and ``fast``; default 3 in d <= 3, 0 above: no graph is built).
         linearize: ``"always"``: Levenberg-Marquardt linearizes the decoder (d tangents per
             point) at every trial point; ``"lagged"``: trial points get the exact gradient by
             reverse mode and the Gauss-Newton matrix is recomputed only where it predicted the
             last step badly, and before convergence is declared; ``"auto"`` (default): lagged
-            for d >= 8 (``default`` only). A lagged call takes Gauss-Newton steps corrected along
-            the last step by the curvature it met (:mod:`.last_step`) in every phase; the others
-            add a full secant model of the curvature Gauss-Newton leaves out.
+            for d >= 8 (``default`` and ``fast``). A lagged call takes Gauss-Newton steps corrected
+            along the last step by the curvature it met (:mod:`.last_step`) in every phase; the
+            others add a full secant model of the curvature Gauss-Newton leaves out.
         subdivide: curves whose Gauss-Newton model predicts an energy gain of more than 0.04 %
             (about 0.02 % in length) in the B-spline with every knot span halved (``2 m - 1``
             functions) are solved on in it with twice the points (:mod:`.subdivide`); every
             result is then given in that basis (default: on for ``default`` with
-            ``family="bspline"``; long winding curves and d >= 12 gain 0.02-0.3 %).
+            ``family="bspline"``; for ``fast`` only on ReLU-like decoders; long winding curves
+            and d >= 12 gain 0.02-0.3 %).
         progress: a progress bar over the curves (tqdm, if installed), updated batch by batch;
             default (None): shown when the curves take more than one batch (not for ``dense``).
 
@@ -167,7 +171,7 @@ def geodesics(
 
     work = Work()
     lgraph = None
-    if opts.method == "default" and z0.shape[0] > 0 and graph is not False and opts.corridors > 0:
+    if opts.method in SPLINE_METHODS and z0.shape[0] > 0 and graph is not False and opts.corridors > 0:
         lgraph = graph if isinstance(graph, LatentGraph) else _graph_of(metric, latents, work)
     show = progress if progress is not None else z0.shape[0] > opts.batch_size
     smoothed = None

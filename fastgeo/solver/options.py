@@ -11,7 +11,10 @@ import torch
 from .. import _checks
 from ..curves import Basis, BSplineBasis, PiecewiseLinearBasis, PolynomialBasis
 
-METHODS = ("default", "paper", "dense")
+METHODS = ("default", "fast", "paper", "dense")
+# Methods solved by the default's algorithm (B-spline curves, starts raced, Levenberg-Marquardt);
+# ``fast`` with coarser curves and a looser tolerance.
+SPLINE_METHODS = ("default", "fast")
 FAMILIES = ("bspline", "legendre", "chebyshev")
 # Defaults per method: curve family, basis functions per latent axis (dense: n_points - 2
 # polyline nodes), points per curve, iteration limit per phase, starts refined per curve.
@@ -20,6 +23,15 @@ FAMILIES = ("bspline", "legendre", "chebyshev")
 # cost ~1.35x the time, 0.02-0.24 % there, and 8x less excess on the shipped generators.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "default": {"family": "bspline", "m": 24, "n_points": 96, "max_iter": 300, "refine": 5, "corridors": 3},
+    "fast": {
+        "family": "bspline",
+        "m": 16,
+        "n_points": 64,
+        "max_iter": 300,
+        "refine": 5,
+        "corridors": 3,
+        "coarse_points": 32,
+    },
     "paper": {"family": "legendre", "m": 1, "n_points": 32, "max_iter": 2000, "refine": 1, "corridors": 0},
     "dense": {"family": None, "m": None, "n_points": 128, "max_iter": 300, "refine": 1, "corridors": 0},
 }
@@ -32,6 +44,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # 1.3-1.7x the time; bench/RESULTS.md, "Subdivision").
 HIGH_DIM = 4
 HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 12, "n_points": 48, "coarse_points": 24}
+# ``fast``: the default's algorithm on coarser curves, stopped at a relative energy step of 1e-4,
+# not subdivided (but for piecewise-linear decoders). For users who would otherwise settle for
+# StochMan's accuracy (1-6 % long on average): on trained VAEs 1.5-3x less time than the default
+# for curves ~0.01 % (2-D) and 0.1-0.2 % (d = 8-64) longer on average (bench/RESULTS.md, "A fast
+# method").
+FAST_HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 10, "n_points": 40, "coarse_points": 20}
+FAST_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
 # From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
 # linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
 LAGGED_MIN_DIM = 8
@@ -133,8 +152,8 @@ def solver_options(
     the decoder mean has piecewise-linear activations (:func:`fastgeo.decoders.piecewise_linear`)."""
     method = _checks.choice("method", method, METHODS)
     table = DEFAULTS[method]
-    if method == "default" and latent_dim >= HIGH_DIM:
-        table = {**table, **HIGH_DIM_DEFAULTS}
+    if method in SPLINE_METHODS and latent_dim >= HIGH_DIM:
+        table = {**table, **(HIGH_DIM_DEFAULTS if method == "default" else FAST_HIGH_DIM_DEFAULTS)}
     family = _checks.choice("family", (table["family"] or "legendre") if family is None else family, FAMILIES)
     n_points = _checks.integer(
         "n_points", table["n_points"] if n_points is None else n_points, 3 if method == "dense" else 2
@@ -159,7 +178,8 @@ def solver_options(
         table.get("coarse_points", COARSE_POINTS) if coarse_points is None else coarse_points,
         3,
     )
-    tol = _checks.positive_float("tol", DEFAULT_TOL.get(dtype, 1e-6) if tol is None else tol)
+    tols = FAST_TOL if method == "fast" else DEFAULT_TOL
+    tol = _checks.positive_float("tol", tols.get(dtype, tols[torch.float32]) if tol is None else tol)
     if batch_size is None:
         per_curve = working_memory_per_curve(
             latent_dim, data_dim, n_points, basis.m * latent_dim, torch.finfo(dtype).bits // 8
@@ -168,7 +188,7 @@ def solver_options(
     batch_size = _checks.integer("batch_size", batch_size, 1)
     check_resolution = _checks.boolean("check_resolution", check_resolution)
     linearize = _checks.choice("linearize", linearize, LINEARIZE)
-    lagged = method == "default" and (
+    lagged = method in SPLINE_METHODS and (
         linearize == "lagged" or (linearize == "auto" and latent_dim >= LAGGED_MIN_DIM)
     )
     # The secant model of the curvature Gauss-Newton leaves out pays where d is small (d = 5 conv:
@@ -190,12 +210,15 @@ def solver_options(
     # Gauss-Newton keeps them so (a secant model fills them: a dense (126 d)^3 factorization per
     # step, 2 s per curve at d = 32); mlp32_shapes, 3 pairs: 163 -> 96 s, lengths within 3e-7.
     secant = (lagged_secant or not lagged) and not (method == "dense" and latent_dim >= LAGGED_MIN_DIM)
-    splines = method == "default" and family == "bspline"
+    splines = method in SPLINE_METHODS and family == "bspline"
     if subdivide is None:
-        subdivide = splines
+        # ``fast`` subdivides the curves of piecewise-linear decoders only: without the finer
+        # spline a trained ReLU MLP's were 0.70 % long on average (1.5 % at worst), with it
+        # 0.03 % (0.34 %) at 2.3x the time, still 1.8x faster than the default.
+        subdivide = splines and (method == "default" or piecewise_linear)
     elif _checks.boolean("subdivide", subdivide) and not splines:
         raise ValueError(
-            "subdivide=True needs method='default' with family='bspline' (halving the knot spans "
+            "subdivide=True needs method='default' or 'fast' with family='bspline' (halving the knot spans "
             f"of a cubic B-spline), got method={method!r}, family={family!r}"
         )
     return SolverOptions(

@@ -12,7 +12,7 @@ from .finer_gain import finer_gains
 from .first_order import adam
 from .graph import LatentGraph
 from .levenberg_marquardt import levenberg_marquardt
-from .options import SolverOptions
+from .options import SPLINE_METHODS, SolverOptions
 from .problem import Grid, Parts, full_gradient, full_parts, full_segments
 from .result import MAX_ITER, Work
 from .starts import starts
@@ -42,14 +42,14 @@ def solve_batch(
     start code (B,) each result came from, and each converged curve's predicted relative gain in
     the subdivided basis (B,; NaN where not predicted, or without ``opts.subdivide``).
 
-    With ``coarse_points < n_points`` (``method="default"``) the starts race on that coarser
+    With ``coarse_points < n_points`` (``method="default"`` or ``"fast"``) the starts race on that coarser
     grid (every phase costs in proportion to the points per curve), and only the winner of each
     curve is refined at ``n_points``.
     """
     B = z0.shape[0]
     max_iter = opts.max_iter
     fine = Grid.of(opts.basis, opts.n_points, z0)
-    coarse_n = opts.coarse_points if opts.method == "default" else opts.n_points
+    coarse_n = opts.coarse_points if opts.method in SPLINE_METHODS else opts.n_points
     is_coarse = coarse_n < opts.n_points
     coarse = Grid.of(opts.basis, coarse_n, z0) if is_coarse else fine
     candidates, iterations = starts(

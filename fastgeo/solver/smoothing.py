@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..metric import ExpectedMetric
 from .graph import LatentGraph
-from .options import HIGH_DIM, POINTS_PER_CONTROL_POINT, SolverOptions
+from .options import HIGH_DIM, POINTS_PER_CONTROL_POINT, SPLINE_METHODS, SolverOptions
 from .result import GeodesicResult
 
 # Off: the true decoder alone (for benchmarks).
@@ -50,8 +50,9 @@ def smoothed_first(
     """The curves of ``solve`` (:func:`fastgeo.geodesics`) under the smoothed decoder, stage by
     stage, with the options of ``opts`` (the true decoder's call) in its basis or the subdivided
     one; ``graph``: the true decoder's graph, whose paths start the first stage too. None where
-    the decoder is not piecewise linear, in d < MIN_DIM, or for other methods than ``default``."""
-    if not SMOOTH_FIRST or not STAGES or opts.method != "default" or metric.latent_dim < MIN_DIM:
+    the decoder is not piecewise linear, in d < MIN_DIM, or for methods other than ``default`` and
+    ``fast``."""
+    if not SMOOTH_FIRST or not STAGES or opts.method not in SPLINE_METHODS or metric.latent_dim < MIN_DIM:
         return None
     if not metric.piecewise_linear_mean:
         return None
@@ -63,7 +64,7 @@ def smoothed_first(
         m = opts.m if res is None else res.curves.basis.m
         n = opts.n_points if res is None else POINTS_PER_CONTROL_POINT * (m + 1)
         res = solve(
-            smooth, z0, z1, method="default", m=m, n_points=n, family=opts.family,
+            smooth, z0, z1, method=opts.method, m=m, n_points=n, family=opts.family,
             warm_start=opts.warm_iter if res is None else False, max_iter=opts.max_iter, tol=opts.tol,
             batch_size=opts.batch_size, graph=False if graph is None or res is not None else graph,
             refine=opts.refine, corridors=opts.corridors if graph and res is None else 0,
