@@ -113,3 +113,15 @@ def test_fast_in_higher_dimension_is_never_longer_than_the_straight_line():
     assert set(res.status) <= {"converged", "max_iter", "straight_fallback"}, res.status
     assert bool((res.lengths <= res.straight_lengths).all())
     assert float((res.lengths / res.straight_lengths).min()) < 0.999
+
+
+def test_fast_distance_matrix_equals_per_pair_results(moons):
+    """pairwise_distances(method="fast") equals per-pair fast geodesics, whatever the chunk size."""
+    metric, _, z0, _, _ = moons
+    Z = z0[:6]
+    with torch.no_grad():
+        D2 = fastgeo.pairwise_distances(metric, Z, method="fast", chunk_size=2, workers=1, progress=False)
+        D7 = fastgeo.pairwise_distances(metric, Z, method="fast", chunk_size=7, workers=1, progress=False)
+        single = fastgeo.geodesics(metric, Z[1:2], Z[4:5], method="fast")
+    torch.testing.assert_close(D2, D7, rtol=1e-5, atol=0)
+    torch.testing.assert_close(D2[1, 4], single.lengths[0], rtol=1e-5, atol=0)
