@@ -8,7 +8,8 @@ the residual Jacobian needs only the (d x d) Gram blocks ``J_n^T J_n`` and ``J_n
 and each Levenberg-Marquardt step is a small (m d x m d) solve per curve, with a structured
 secant model of the curvature Gauss-Newton leaves out.
 
-The story of a call (``method="default"``), one file per chapter:
+The story of a call (``method="default"``; ``"fast"`` tells it on coarser curves with a looser
+tolerance), one file per chapter:
   1. options (:mod:`.options`): defaults of the method, validation, batch size;
   2. starts (:mod:`.starts`): the straight line, the paper's warm start on the RBF alone, and
      the shortest path on a metric-weighted graph of the latent space (:mod:`.graph`);
