@@ -46,9 +46,9 @@ HIGH_DIM = 4
 HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 12, "n_points": 48, "coarse_points": 24}
 # ``fast``: the default's algorithm on coarser curves, stopped at a relative energy step of 1e-4,
 # not subdivided (but for piecewise-linear decoders). For users who would otherwise settle for
-# StochMan's accuracy (1-6 % long on average): on trained VAEs 1.5-3x less time than the default
-# for curves ~0.01 % (2-D) and 0.1-0.2 % (d = 8-64) longer on average (bench/RESULTS.md, "A fast
-# method").
+# StochMan's accuracy (1-6 % long on average): on trained VAEs 1.6-3.1x less time than the
+# default for curves ~0.01 % (2-D) and 0.01-0.2 % (d = 8-64) longer on average (bench/RESULTS.md,
+# "A fast method").
 FAST_HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 10, "n_points": 40, "coarse_points": 20}
 FAST_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
 # From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
