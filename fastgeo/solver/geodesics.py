@@ -80,9 +80,9 @@ def geodesics(
         metric: the :class:`ExpectedMetric` of the decoder.
         z0, z1: (B, d) end points (same dtype and device as the metric).
         method: ``"default"`` (spline curves, warm start, Levenberg-Marquardt), ``"fast"``
-            (the same on coarser curves with a looser tolerance, not subdivided: 2-3x less time,
-            curves ~0.01 % (2-D) to ~0.1 % (d >= 4) longer on average; for a first look or a
-            large matrix), ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF
+            (the same on coarser curves with a looser tolerance, not subdivided: 1.6-3x less
+            time, curves ~0.01 % (2-D) to 0.01-0.2 % (d >= 4) longer on average; for a first
+            look or a large matrix), ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF
             warm start, first-order steps) or ``"dense"`` (free polylines of ``n_points = 128``
             nodes minimized to convergence: the accuracy oracle; use a float64 metric for it).
         m: basis functions per latent dimension (default 24 in d <= 3, 12 above; ``fast``: 16
