@@ -49,6 +49,7 @@ from workloads import (
     REAL_GENERATORS,
     environment_line,
     generator,
+    generator_fingerprint,
     generator_path,
     results_dir,
     solver_pairs,
@@ -106,7 +107,8 @@ def dense_oracle(
     changed generator file or sample gives another key). ``refresh``: compute it again (its starts
     are the default solver's curves, which change with the solver), print how its lengths differ
     from the kept ones, and keep the shorter per pair (every oracle length is an upper bound)."""
-    key = hashlib.sha256(generator_path(name).read_bytes() + z0.numpy().tobytes() + z1.numpy().tobytes())
+    sample = z0.numpy().tobytes() + z1.numpy().tobytes()
+    key = hashlib.sha256(generator_fingerprint(generator_path(name)) + sample)
     path = ORACLE_DIR / f"{name}_{seed}_{n}_{key.hexdigest()[:16]}.json"
     kept = _read_oracle(path)
     if kept is not None and not refresh:

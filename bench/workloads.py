@@ -17,6 +17,8 @@ Import it from a benchmark in this folder (``import workloads``).
 
 from __future__ import annotations
 
+import json
+import struct
 from functools import cache
 from pathlib import Path
 
@@ -72,6 +74,21 @@ def generator_path(name: str) -> Path:
     if name not in GENERATORS:
         raise ValueError(f"generator must be one of {GENERATORS + tuple(REAL_GENERATORS)}, got {name!r}")
     return DATA / f"{name}.safetensors"
+
+
+def generator_fingerprint(path: Path) -> bytes:
+    """The bytes of a generator file with its metadata in sorted key order: what identifies the
+    generator (the oracles of ``bench/oracle`` are keyed by it). safetensors writes the metadata
+    in a different order on every save, so the same weights trained again give other file bytes;
+    the header keeps its length, so the data offsets are unchanged."""
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
+    ordered.update(header)
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    return raw[:8] + text.ljust(n) + raw[8 + n :]
 
 
 def _real_generator_path(name: str) -> Path:
