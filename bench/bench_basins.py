@@ -107,9 +107,7 @@ def dense_oracle(
     changed generator file or sample gives another key). ``refresh``: compute it again (its starts
     are the default solver's curves, which change with the solver), print how its lengths differ
     from the kept ones, and keep the shorter per pair (every oracle length is an upper bound)."""
-    sample = z0.numpy().tobytes() + z1.numpy().tobytes()
-    key = hashlib.sha256(generator_fingerprint(generator_path(name)) + sample)
-    path = ORACLE_DIR / f"{name}_{seed}_{n}_{key.hexdigest()[:16]}.json"
+    path, key = oracle_path(name, seed, n, z0, z1)
     kept = _read_oracle(path)
     if kept is not None and not refresh:
         return kept["lengths"], kept["status"], kept["seconds"]
@@ -136,7 +134,7 @@ def dense_oracle(
         "generator": name,
         "seed": seed,
         "pairs": n,
-        "key": key.hexdigest(),
+        "key": key,
         "lengths": lengths.tolist(),  # float64, measured like every curve (benchmarks.accuracy)
         "status": status,
         "seconds": seconds,
@@ -145,6 +143,14 @@ def dense_oracle(
     }
     path.write_text(json.dumps(record, indent=1) + "\n")
     return lengths, status, seconds
+
+
+def oracle_path(name: str, seed: int, n: int, z0: torch.Tensor, z1: torch.Tensor) -> tuple[Path, str]:
+    """Where the dense oracle of a sample is kept, and its key (the generator's fingerprint and
+    the pairs: a generator trained again to other weights, or other pairs, give another key)."""
+    sample = z0.numpy().tobytes() + z1.numpy().tobytes()
+    key = hashlib.sha256(generator_fingerprint(generator_path(name)) + sample).hexdigest()
+    return ORACLE_DIR / f"{name}_{seed}_{n}_{key[:16]}.json", key
 
 
 def _read_oracle(path: Path) -> dict | None:
@@ -203,6 +209,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="compute the kept dense oracles again and keep the shorter length per pair",
     )
+    p.add_argument(
+        "--kept-only",
+        action="store_true",
+        help="skip the samples without a kept dense oracle (computing one takes up to hours at d >= 8)",
+    )
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.generators.split(",")
@@ -218,6 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     for name in names:
         for seed in seeds:
+            if (
+                args.kept_only
+                and not oracle_path(name, seed, args.pairs, *solver_pairs(name, args.pairs, seed))[0].exists()
+            ):
+                print(f"[{name} seed {seed}] skipped: no kept dense oracle", flush=True)
+                continue
             t = time.perf_counter()
             rows.append(run_one(name, seed, args.pairs, args.refresh_oracle))
             r = rows[-1]

@@ -180,16 +180,24 @@ def write_time_plot(path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for method, marker in (("fastgeo default", "o"), ("fastgeo fast", "^"), ("StochMan", "s")):
-        rows = sorted((r for r in ROWS if r["method"].startswith(method)), key=lambda r: r["d"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    styles = (("fastgeo default", "o", "C0"), ("fastgeo fast", "^", "C1"), ("StochMan", "s", "C2"))
+    for method, marker, color in styles:
+        rows = [r for r in ROWS if r["method"].startswith(method)]
         for conv in (False, True):
             pick = [r for r in rows if ("conv" in r["generator"]) == conv]
-            if pick:
-                ax.plot(
-                    [r["d"] for r in pick], [r["ms_per_geodesic"] for r in pick], marker=marker,
-                    linestyle="--" if conv else "-", label=f"{method} ({'conv' if conv else 'MLP'} decoders)",
-                )  # fmt: skip
+            if not pick:
+                continue
+            # every generator a marker; the line through the median time of each d (several
+            # generators share a d: a line through all of them would run up and down)
+            ds = sorted({r["d"] for r in pick})
+            medians = [float(np.median([r["ms_per_geodesic"] for r in pick if r["d"] == d])) for d in ds]
+            ax.plot(
+                [r["d"] for r in pick], [r["ms_per_geodesic"] for r in pick], linestyle="none",
+                marker=marker, color=color, fillstyle="none" if conv else "full",
+                label=f"{method} ({'conv' if conv else 'MLP'} decoders)",
+            )  # fmt: skip
+            ax.plot(ds, medians, linestyle="--" if conv else "-", color=color, alpha=0.6)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("latent dimension d")
