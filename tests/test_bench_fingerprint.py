@@ -1,0 +1,52 @@
+"""The benchmarks' dense oracles are kept under a key of their generator (bench/workloads.py's
+``generator_fingerprint``): the same weights saved again must give the same key, whatever order
+safetensors wrote the metadata in, and other weights another."""
+
+import importlib.util
+import json
+import struct
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _fingerprint():
+    spec = importlib.util.spec_from_file_location("fastgeo_bench_workloads_fp", BENCH / "workloads.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.generator_fingerprint
+
+
+def _reorder_metadata(path: Path, out: Path) -> None:
+    """``path`` with its metadata entries written in the reverse order (same header length)."""
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    meta = header.pop("__metadata__")
+    reordered = {"__metadata__": dict(reversed(list(meta.items())))}
+    reordered.update(header)
+    text = json.dumps(reordered, separators=(",", ":")).encode()
+    assert len(text) <= n
+    out.write_bytes(raw[:8] + text.ljust(n) + raw[8 + n :])
+
+
+def test_fingerprint_ignores_metadata_order_not_weights(tmp_path):
+    fingerprint = _fingerprint()
+    tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}
+    meta = {f"key{i}": f"value{i}" for i in range(5)}
+    first = tmp_path / "a.safetensors"
+    save_file(tensors, str(first), metadata=meta)
+    again = tmp_path / "b.safetensors"
+    _reorder_metadata(first, again)
+    assert first.read_bytes() != again.read_bytes()
+    assert fingerprint(first) == fingerprint(again)
+
+    other = tmp_path / "c.safetensors"
+    save_file({**tensors, "b": torch.full((3,), 1.0 + 2**-20)}, str(other), metadata=meta)
+    assert fingerprint(other) != fingerprint(first)
+    changed = tmp_path / "d.safetensors"
+    save_file(tensors, str(changed), metadata={**meta, "key0": "other"})
+    assert fingerprint(changed) != fingerprint(first)
