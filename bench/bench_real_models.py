@@ -180,7 +180,7 @@ def write_time_plot(path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.4, 4.2), layout="constrained")
     styles = (("fastgeo default", "o", "C0"), ("fastgeo fast", "^", "C1"), ("StochMan", "s", "C2"))
     for method, marker, color in styles:
         rows = [r for r in ROWS if r["method"].startswith(method)]
@@ -204,6 +204,6 @@ def write_time_plot(path: Path) -> None:
     ax.set_ylabel("ms per geodesic (1 thread, float32)")
     ax.set_title(f"Time per geodesic against d ({PAIRS_REAL} pairs, seed {SEED})")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, dpi=120)
     plt.close(fig)
