@@ -3,6 +3,7 @@ as such: calls with lagged Gauss-Newton matrices (d >= 8) keep the secant model 
 (smooth decoders take plain Gauss-Newton steps), and their curves are solved first under the
 decoder with its kinks rounded (bench/RESULTS.md, "Piecewise-linear decoders")."""
 
+import importlib
 import warnings
 
 import pytest
@@ -176,6 +177,31 @@ def test_piecewise_linear_decoders_are_solved_smoothed_first(d, monkeypatch):
     smooth_res = fastgeo.geodesics(metric(d, nn.ELU()), z[:3], z[3:], max_iter=3)
     assert smooth_res.options["smoothed_first"] is False
     assert "smoothed" not in smooth_res.init_names
+
+
+@pytest.mark.parametrize("refine", [None, 1, 3])
+def test_the_true_decoders_own_start_races_the_smoothed_curves(refine, monkeypatch):
+    """Under the true decoder the smoothed curves race against the best of its own starts
+    (smoothing.TRUE_REFINE racers in all), unless the call sets ``refine``; the smoothed stage
+    keeps the method's refine (one racer in d >= 4)."""
+    geodesics_module = importlib.import_module("fastgeo.solver.geodesics")  # the module, not the function
+    seen = []
+    original = geodesics_module.solve_batch
+
+    def spy(metric, z0, z1, opts, init, *args, **kwargs):
+        seen.append((init is not None, opts.refine))
+        return original(metric, z0, z1, opts, init, *args, **kwargs)
+
+    monkeypatch.setattr(geodesics_module, "solve_batch", spy)
+    m = metric(4, nn.ReLU())
+    z = m.precision.centers
+    res = fastgeo.geodesics(m, z[:2], z[3:5], max_iter=20, **({} if refine is None else {"refine": refine}))
+    assert res.options["smoothed_first"] is True
+    smoothed_stage = [r for given, r in seen if not given]
+    true_stage = [r for given, r in seen if given]
+    assert smoothed_stage and true_stage
+    assert set(smoothed_stage) == {1 if refine is None else refine}
+    assert set(true_stage) == {2 if refine is None else refine}
 
 
 @pytest.mark.parametrize("kwargs", [{"family": "legendre"}, {"subdivide": False}, {"m": 5, "n_points": 30}])

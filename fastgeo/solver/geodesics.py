@@ -38,6 +38,7 @@ from .. import _checks
 from .._progress import progress_bar
 from ..curves import Basis, Curves
 from ..metric import ExpectedMetric
+from . import smoothing
 from .dense import dense_multistart
 from .fallback import never_longer_than_straight
 from .graph import LatentGraph, cached_graph, check_graph_inputs
@@ -147,9 +148,9 @@ def geodesics(
     chains, :func:`fastgeo.decoders.piecewise_linear`) have kinks in their energy where the
     optimization stops short: with ``method="default"``, no ``init`` and d >= 4 their curves are first
     solved under the decoder with its kinks rounded (:mod:`fastgeo.solver.smoothing`), which
-    then start the solve under the true decoder, in the subdivided basis where the smoothed
-    curves needed it (``options["smoothed_first"]``, start ``"smoothed"``; about twice the
-    time of a smooth decoder of the same size).
+    then race against the true decoder's own best start in the solve under it, in the subdivided
+    basis where the smoothed curves needed it (``options["smoothed_first"]``, start
+    ``"smoothed"``; about twice the time of a smooth decoder of the same size).
     """
     _check_ends(metric, z0, z1)
     if progress is not None:
@@ -181,6 +182,8 @@ def geodesics(
         if smoothed is not None:
             init = smoothed.curves.coeffs
             opts = _in_basis(opts, smoothed.curves.basis)
+            if refine is None:
+                opts = dataclasses.replace(opts, refine=max(opts.refine, smoothing.TRUE_REFINE))
     with torch.no_grad():
         coeffs, energies, status, iterations, start, gains = _solve_in_batches(
             metric, z0, z1, opts, init, lgraph, work, show
