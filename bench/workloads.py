@@ -98,13 +98,13 @@ def generator_fingerprint(path: Path) -> bytes:
 def _real_generator_path(name: str) -> Path:
     import importlib.util
 
+    kept = KEPT_GENERATORS / f"{name}.safetensors"
+    if kept.exists():
+        return kept
     spec = importlib.util.spec_from_file_location("make_real_generators", DATA / "make_real_generators.py")
     assert spec is not None and spec.loader is not None
     maker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(maker)
-    kept = KEPT_GENERATORS / f"{name}.safetensors"
-    if kept.exists():
-        return kept
     path = maker.default_dir(name) / f"{name}.safetensors"
     if not path.exists():
         print(f"\n[{name}] training the generator (once; saved to {path})", flush=True)
