@@ -70,3 +70,38 @@ def test_a_curves_length_does_not_depend_on_the_others_measured_with_it(curves_a
         alone = measure(metric, one, start[k : k + 1], Work())
         for a, b in zip(together, alone, strict=True):
             assert torch.equal(a[k : k + 1], b), k
+
+
+@pytest.mark.parametrize("max_points", [20, 40, 70, 100])
+def test_a_finest_grid_not_a_doubling_keeps_a_finite_estimate(curves_and_metric, max_points, one_thread):
+    """Curves stopped on a finest grid that is not a doubling of the one before (e.g. 382 -> 4096
+    segments by 3056) get a finite error estimate from the grids' own ratio (Richardson with
+    r^2 - 1, not 4^k - 1 with k rounded to 0: an infinite estimate)."""
+    metric, curves = curves_and_metric
+    start = torch.full((len(curves),), 9)
+    lengths, errors, points = measure(metric, curves, start, Work(), max_points=max_points)
+    assert bool((points == max_points).any())  # some curves did stop there
+    assert bool(torch.isfinite(errors).all()), (errors, points)
+    stopped = points == max_points
+    assert bool((errors[stopped] > 0).all())
+
+
+def test_short_float32_curves_are_measured_above_the_rounding_floor(one_thread):
+    """Codes 3e-4 apart: in float32 the decoder's rounding in 4,096 segment differences adds up to
+    several times the length. The measurement sees the length not settle, finds float64 disagree,
+    and measures in float64: the float32 lengths equal the float64 solve's and have settled."""
+    torch.manual_seed(0)
+    d, D, K = 4, 32, 16
+    dec = torch.nn.Sequential(torch.nn.Linear(d, 32), torch.nn.Tanh(), torch.nn.Linear(32, D))
+    prec = fastgeo.RBFPrecision(torch.randn(K, d), torch.ones(K), torch.rand(D, K) * 20, zeta=1e-2)
+    metric = fastgeo.ExpectedMetric(dec, prec)
+    z0 = torch.randn(3, d)
+    z1 = z0 + 3e-4 * torch.nn.functional.normalize(torch.randn(3, d), dim=1)
+    with torch.no_grad():
+        r32 = fastgeo.geodesics(metric, z0, z1, progress=False)
+        r64 = fastgeo.geodesics(metric.to(torch.float64), z0.double(), z1.double(), progress=False)
+    gap = (r32.lengths.double() - r64.lengths).abs() / r64.lengths
+    assert float(gap.max()) < 1e-4, gap
+    assert bool((r32.length_errors <= 1e-4 * r32.lengths).all()) and r32.converged.all()
+    straight_gap = (r32.straight_lengths.double() - r64.straight_lengths).abs() / r64.straight_lengths
+    assert float(straight_gap.max()) < 1e-3, straight_gap

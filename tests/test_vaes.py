@@ -8,8 +8,12 @@ from fastgeo.demo import vae_training, vaes
 
 ALLOWED = (
     nn.Linear, nn.Unflatten, nn.ConvTranspose2d, nn.Conv2d, nn.Flatten, nn.BatchNorm2d, nn.GroupNorm,
-    nn.ELU, nn.Softplus, nn.SiLU, nn.Tanh, nn.Sigmoid,
+    nn.Upsample, nn.ELU, nn.Softplus, nn.SiLU, nn.Tanh, nn.GELU, nn.Sigmoid,
 )  # fmt: skip
+
+
+def _resize_conv_vae(d: int) -> vaes.ImageVAE:
+    return vaes.conv_vae28(d, (8, 8, 8), hidden=16, norm="group", activation="gelu", upsample="bilinear")
 
 
 @pytest.mark.parametrize(
@@ -19,8 +23,9 @@ ALLOWED = (
         (lambda: vaes.conv_vae28(5, (8, 4, 4), hidden=16), 5, 784),
         (lambda: vaes.conv_vae28(3, (8, 8, 8), hidden=16, norm="group", activation="softplus"), 3, 784),
         (lambda: vaes.conv_vae64(4, (8, 8, 4, 4, 4), hidden=16, norm="batch"), 4, 12288),
+        (lambda: _resize_conv_vae(4), 4, 784),
     ],
-    ids=["mlp", "conv28", "conv28-group", "conv64-batch"],
+    ids=["mlp", "conv28", "conv28-group", "conv64-batch", "conv28-upsample"],
 )
 def test_decoder_is_flat_sequential(build, d, D):
     torch.manual_seed(0)
@@ -60,9 +65,11 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="channels"):
         vaes.conv_vae28(4, (8, 8))
     with pytest.raises(ValueError, match="activation"):
-        vaes.conv_vae64(4, activation="gelu")
+        vaes.conv_vae64(4, activation="swish")
     with pytest.raises(ValueError, match="norm"):
         vaes.conv_vae28(4, norm="layer")
+    with pytest.raises(ValueError, match="upsample"):
+        vaes.conv_vae28(4, upsample="area")
     vae = vaes.mlp_vae(784, 2, (8,))
     with pytest.raises(ValueError, match="x must have shape"):
         vae_training.train_vae(vae, torch.rand(4, 10), progress=False)

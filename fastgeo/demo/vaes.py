@@ -52,6 +52,7 @@ _ACTIVATIONS = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
 }
 # Smallest decoder variance the training may learn: the procedural images are noise free, and an
 # unbounded variance would shrink until the likelihood is dominated by a few pixels.
@@ -167,7 +168,7 @@ def mlp_vae(
         data_dim: D (default 784).
         latent_dim: d.
         hidden: widths of the hidden layers, encoder order (the decoder reverses them).
-        activation: "elu" (default), "softplus", "silu", "tanh", "relu" or "leaky_relu".
+        activation: "elu" (default), "softplus", "silu", "tanh", "gelu", "relu" or "leaky_relu".
         image_shape: (C, H, W) with C * H * W = D (default: (1, sqrt D, sqrt D) if D is a square,
             else (1, 1, D)).
         init_var: the decoder variance at the start of training (and while it is frozen).
@@ -203,6 +204,7 @@ def conv_vae28(
     hidden: int = 256,
     activation: str = "elu",
     norm: str | None = None,
+    upsample: str | None = None,
     init_var: float = 0.003,
 ) -> ImageVAE:
     """Convolutional VAE for 28x28 grayscale images (D = 784).
@@ -214,6 +216,9 @@ def conv_vae28(
         ConvTranspose2d(c14, c28, 4, stride 2, pad 1) [norm] act    14 -> 28
         Conv2d(c28, 1, 3, pad 1), Sigmoid, Flatten                  (P, 784)
 
+    With ``upsample`` each transposed convolution is ``Upsample(scale 2, mode)`` then
+    ``Conv2d(c, c', 3, pad 1)`` (the resize-convolution decoders many users prefer).
+
     Encoder: the mirror image (two stride-2 ``Conv2d``, then ``Linear`` layers through
     ``hidden`` units to 2d).
 
@@ -221,9 +226,10 @@ def conv_vae28(
         latent_dim: d.
         channels: (c7, c14, c28), the channels at 7x7, 14x14 and 28x28.
         hidden: width of the encoder's fully connected layer.
-        activation: "elu" (default), "softplus", "silu", "tanh", "relu" or "leaky_relu".
+        activation: "elu" (default), "softplus", "silu", "tanh", "gelu", "relu" or "leaky_relu".
         norm: None (default), "batch" (``BatchNorm2d``) or "group" (``GroupNorm``) after each
             transposed convolution. (Use the decoder in eval mode.)
+        upsample: None (default: transposed convolutions), "nearest" or "bilinear".
         init_var: the decoder variance at the start of training (and while it is frozen).
     """
     d = _positive_int("latent_dim", latent_dim)
@@ -232,7 +238,15 @@ def conv_vae28(
     c7, c14, c28 = _widths("channels", channels, 3)
     hidden = _positive_int("hidden", hidden)
     _norm(norm, 8)  # validate
+    if upsample not in (None, "nearest", "bilinear"):
+        raise ValueError(f"upsample must be None, 'nearest' or 'bilinear', got {upsample!r}")
     act = lambda: _activation(activation)  # noqa: E731
+
+    def up(a: int, b: int) -> list[nn.Module]:
+        if upsample is None:
+            return [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1)]
+        return [nn.Upsample(scale_factor=2, mode=upsample), nn.Conv2d(a, b, 3, padding=1)]
+
     encoder = nn.Sequential(
         nn.Unflatten(1, (1, 28, 28)),
         nn.Conv2d(1, c28, 4, stride=2, padding=1), act(),   # 28 -> 14
@@ -244,8 +258,8 @@ def conv_vae28(
     decoder = nn.Sequential(
         nn.Linear(d, c7 * 49), act(),
         nn.Unflatten(1, (c7, 7, 7)),
-        nn.ConvTranspose2d(c7, c14, 4, stride=2, padding=1), *_norm(norm, c14), act(),
-        nn.ConvTranspose2d(c14, c28, 4, stride=2, padding=1), *_norm(norm, c28), act(),
+        *up(c7, c14), *_norm(norm, c14), act(),
+        *up(c14, c28), *_norm(norm, c28), act(),
         nn.Conv2d(c28, 1, 3, padding=1), nn.Sigmoid(),
         nn.Flatten(),
     )  # fmt: skip
@@ -276,7 +290,7 @@ def conv_vae64(
         latent_dim: d.
         channels: (c4, c8, c16, c32, c64), the channels at each resolution.
         hidden: width of the encoder's fully connected layer.
-        activation: "elu" (default), "softplus", "silu", "tanh", "relu" or "leaky_relu".
+        activation: "elu" (default), "softplus", "silu", "tanh", "gelu", "relu" or "leaky_relu".
         norm: None (default), "batch" or "group" after each transposed convolution.
         init_var: the decoder variance at the start of training (and while it is frozen).
     """

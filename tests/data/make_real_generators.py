@@ -34,6 +34,8 @@ Generators (name: decoder, data):
   a d = 2 MLP 2-256-256-784 with ReLU (a latent plane to look at);
 - ``conv16_silu_shapes``: a d = 16 conv decoder with BatchNorm and SiLU, shapes28 (a
   decoder built differently from the others, as a held-out check);
+- ``conv12_upsample_glyphs``: a d = 12 resize-convolution decoder (bilinear ``Upsample`` then
+  ``Conv2d``, GroupNorm, GELU), glyphs28 (another held-out check);
 - ``conv32_color64``: d = 32 conv decoder with four transposed convolutions (64/32/16/8/8
   channels), color_shapes64 (D = 12,288), 6,000 images.
 """
@@ -103,6 +105,10 @@ SPECS: dict[str, Spec] = {
     ),
     "conv16_silu_shapes": Spec(
         "shapes28", 12000, lambda: vaes.conv_vae28(16, activation="silu", norm="batch"), epochs=30, seed=4
+    ),
+    "conv12_upsample_glyphs": Spec(
+        "glyphs28", 12000, lambda: vaes.conv_vae28(12, activation="gelu", norm="group", upsample="bilinear"),
+        epochs=30, seed=6,
     ),
     "conv32_color64": Spec("color_shapes64", 6000, lambda: vaes.conv_vae64(32), epochs=30, rbf_points=2000),
 }  # fmt: skip
