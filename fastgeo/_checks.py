@@ -43,6 +43,32 @@ def same_dtype_device(named: Sequence[tuple[str, Tensor]]) -> None:
             )
 
 
+def eval_mode(name: str, module: object) -> None:
+    """``module``, if an ``nn.Module``, has no dropout or batch-statistics normalization left in
+    training mode: the decoder would be random, or depend on which points share its batch.
+    (Instance norms without running statistics compute the same in both modes.)"""
+    if not isinstance(module, torch.nn.Module):
+        return
+    for sub_name, sub in module.named_modules():
+        if (
+            sub.training
+            and isinstance(sub, _TRAINING_DEPENDENT)
+            and getattr(sub, "track_running_stats", True)
+        ):
+            where = f" ({sub_name!r})" if sub_name else ""
+            raise ValueError(
+                f"{name} is in training mode: its {type(sub).__name__}{where} makes the decoder "
+                "random or dependent on its batch; call .eval() on the decoder first"
+            )
+
+
+_TRAINING_DEPENDENT = (
+    torch.nn.modules.dropout._DropoutNd,
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+)
+
+
 def finite(name: str, t: Tensor) -> None:
     """No NaN or inf in ``t`` (one host sync: use at API boundaries, not in loops)."""
     if t.numel() and not bool(torch.isfinite(t).all()):

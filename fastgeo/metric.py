@@ -93,6 +93,7 @@ class ExpectedMetric:
             raise TypeError(f"mean must be a callable (..., d) -> (..., D), got {type(mean).__name__}")
         if not isinstance(precision, RBFPrecision):
             raise TypeError(f"precision must be a fastgeo.RBFPrecision, got {type(precision).__name__}")
+        _checks.eval_mode("mean", mean)
         self.precision = precision
         self.mean = _flat_output(mean, precision)
         # Probe with one point and with a batch of three: a mean whose output width depends on

@@ -86,6 +86,26 @@ def test_expected_metric_checks_mean():
         fastgeo.ExpectedMetric(lambda z: z, "prec")
 
 
+@pytest.mark.parametrize(
+    "layer", [torch.nn.Dropout(0.1), torch.nn.AlphaDropout(0.1), torch.nn.BatchNorm1d(4)]
+)
+def test_a_decoder_left_in_training_mode_is_refused(layer):
+    """Dropout makes the mean random and batch statistics make it depend on its batch: refused when
+    the metric is made and when a solve starts (the decoder set to training mode in between)."""
+    torch.manual_seed(0)
+    prec = constant_precision(2, 3)
+    dec = torch.nn.Sequential(torch.nn.Linear(2, 4), layer, torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+    with pytest.raises(ValueError, match=r"mean is in training mode.*\.eval\(\)"):
+        fastgeo.ExpectedMetric(dec, prec)
+    metric = fastgeo.ExpectedMetric(dec.eval(), prec)
+    z0, z1 = torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    dec.train()
+    with pytest.raises(ValueError, match="metric.mean is in training mode"):
+        fastgeo.geodesics(metric, z0, z1)
+    dec.eval()
+    assert fastgeo.geodesics(metric, z0, z1).converged.all()
+
+
 def test_geodesics_rejects_bad_input():
     """geodesics() refuses each bad argument (shapes, dtypes, non-finite points, options out of
     range or of the wrong type), naming it."""
