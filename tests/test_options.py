@@ -23,11 +23,25 @@ CASES = [
     ({"warm_start": "yes"}, TypeError, "warm_start"),
     ({"max_iter": True}, TypeError, "max_iter"),
     ({"n_points": 48.0}, TypeError, "n_points"),
+    ({"n_points": 3}, ValueError, "n_points must be an integer >= 4"),  # B-splines: 2 control points
+    ({"n_points": 2, "family": "legendre"}, ValueError, "n_points must be an integer >= 3"),
+    ({"n_points": 3, "method": "dense"}, ValueError, "n_points must be an integer >= 4"),
     ({"latents": torch.full((5, 2), float("nan"), dtype=torch.float64)}, ValueError, "latents"),
     ({"latents": torch.zeros(5, 3, dtype=torch.float64)}, ValueError, "latents"),
     ({"linearize": "sometimes"}, ValueError, "linearize"),
     ({"linearize": 1}, ValueError, "linearize"),
 ]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"n_points": 4}, {"n_points": 3, "family": "legendre"}, {"n_points": 4, "method": "dense"},
+               {"n_points": 2, "method": "paper"}, {"n_points": 4, "method": "fast"}]
+)  # fmt: skip
+def test_the_fewest_points_each_method_takes_solve(kwargs):
+    z = disc_points(3, 1.0)
+    res = fastgeo.geodesics(bumpy_metric(), z, z.flip(0), **kwargs)
+    assert bool(torch.isfinite(res.lengths).all())
+    assert bool((res.lengths <= res.straight_lengths).all())
 
 
 @pytest.mark.parametrize("kwargs,exc,match", CASES)

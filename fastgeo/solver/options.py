@@ -155,9 +155,10 @@ def solver_options(
     if method in SPLINE_METHODS and latent_dim >= HIGH_DIM:
         table = {**table, **(HIGH_DIM_DEFAULTS if method == "default" else FAST_HIGH_DIM_DEFAULTS)}
     family = _checks.choice("family", (table["family"] or "legendre") if family is None else family, FAMILIES)
-    n_points = _checks.integer(
-        "n_points", table["n_points"] if n_points is None else n_points, 3 if method == "dense" else 2
-    )
+    # The fewest points a method solves on: the race's coarser grid of a spline method, the two
+    # interior control points of the smallest B-spline, the polyline's two interior nodes.
+    fewest = 2 if method == "paper" else 4 if method == "dense" or family == "bspline" else 3
+    n_points = _checks.integer("n_points", table["n_points"] if n_points is None else n_points, fewest)
     if method == "dense":
         basis: Basis = PiecewiseLinearBasis(n_points)
     elif family == "bspline":
