@@ -91,8 +91,8 @@ def fit_rbf_parameters(
         num_centers: K, the number of RBF centers (k-means clusters); at most M.
         bandwidth_scale: ``a`` in ``gamma_k = 0.5 / (a * spread_k)^2``, ``spread_k`` the mean
             distance of cluster k's points to its center. Larger ``a``: wider, smoother bumps
-            (Arvanitidis et al. use ``a ~ 1-2``). A cluster with zero spread (a single point)
-            takes the median spread of the others.
+            (Arvanitidis et al. use ``a ~ 1-2``). A cluster with zero spread (a single point,
+            or copies of one) takes the median spread of the others.
         zeta: the precision floor, ``sigma = 1 / sqrt(zeta)`` far from the data. Small (the
             default 1e-3: sigma ~ 32 off the data) makes leaving the data expensive.
         steps: full-batch Adam steps on the log-weights.
@@ -130,7 +130,9 @@ def fit_rbf_parameters(
     spread = torch.zeros(num_centers, dtype=latents.dtype, device=latents.device).index_add_(
         0, assign, (latents - centers[assign]).norm(dim=-1)
     ) / torch.bincount(assign, minlength=num_centers).clamp(min=1).to(latents.dtype)
-    positive = spread > 0
+    # A spread of rounding size (identical codes split between clusters) counts as zero too.
+    scale = (latents - latents.mean(0)).norm(dim=-1).mean()
+    positive = spread > ROUNDING_SPREAD * scale
     fallback = spread[positive].median() if bool(positive.any()) else latents.new_tensor(1.0)
     spread = torch.where(positive, spread, fallback)
     gammas = 0.5 / (bandwidth_scale * spread).pow(2)
@@ -147,8 +149,9 @@ def fit_rbf_parameters(
         resid2 = (data - decoded.reshape(data.shape)).pow(2)  # (M, D)
         phi = rbf_features(latents, centers, gammas)  # (M, K)
     _checks.finite("the decoder's residuals", resid2)
+    resid2 = _floored(resid2, data)
     # Start where every data point gets roughly the precision 1 / (mean squared residual).
-    target = 1.0 / resid2.mean(0).clamp(min=torch.finfo(resid2.dtype).tiny)  # (D,)
+    target = 1.0 / resid2.mean(0)  # (D,)
     coverage = phi.sum(-1).mean().clamp(min=torch.finfo(phi.dtype).tiny)
     log_w0 = (target / coverage).log()[:, None].expand(-1, num_centers)
     log_w = log_w0.clone().requires_grad_(True)
@@ -163,6 +166,29 @@ def fit_rbf_parameters(
             loss.backward()
             opt.step()
     return centers, gammas, log_w.detach().exp(), zeta
+
+
+# Cluster spreads below this share of the codes' mean distance to their centroid are rounding.
+ROUNDING_SPREAD = 1e-4
+# A data dimension the decoder reproduces exactly (a border pixel that is 0 in every image and in
+# every decoded one) has no maximum-likelihood precision: it grows until the weights overflow. Its
+# squared residuals are taken as this share of the mean over all dimensions instead (the trained
+# image VAEs' least reproduced pixels sit 30x above it or more: their fits are unchanged).
+EXACT_FLOOR = 1e-8
+
+
+def _floored(resid2: Tensor, data: Tensor) -> Tensor:
+    """The squared residuals (M, D), those of exactly reproduced dimensions raised to the floor
+    (other dimensions unchanged, bit for bit); a mean that reproduces all of the data (M, D)
+    exactly is floored relative to the data's variance."""
+    per_dim = resid2.mean(0)
+    floor = EXACT_FLOOR * per_dim.mean()
+    if not bool(floor > 0):
+        floor = EXACT_FLOOR * data.var(0, correction=0).mean()
+    if not bool(floor > 0):
+        raise ValueError("data is constant and the mean reproduces it exactly: there is no variance to fit")
+    exact = per_dim < floor
+    return torch.where(exact, floor, resid2) if bool(exact.any()) else resid2
 
 
 __all__ = ["fit_rbf_parameters", "kmeans"]

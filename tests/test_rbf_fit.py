@@ -97,6 +97,42 @@ def test_bandwidth_follows_cluster_spread():
         assert torch.allclose(prec.gammas[k], 0.5 / (2.0 * spread) ** 2)
 
 
+def test_dimensions_the_decoder_reproduces_exactly_get_finite_weights():
+    """Border pixels that are 0 in every image and every decoded one: their likelihood has no
+    maximum (the weights overflowed to inf). Their residuals are floored; the other dimensions'
+    weights are those of a fit without the exact ones (to the rounding of another matrix width)."""
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 12))
+    z = torch.randn(120, 3)
+    with torch.no_grad():
+        x = dec(z) + 0.05 * torch.randn(120, 12)
+        dec[2].weight[:4] = 0.0
+        dec[2].bias[:4] = 0.0
+    x[:, :4] = 0.0
+    prec = fastgeo.RBFPrecision.fit(z, x, dec, num_centers=8, steps=300, progress=False)
+    assert bool(torch.isfinite(prec.weights).all())
+    assert float(prec.weights[:4].min()) > float(prec.weights[4:].max())  # certain where exact
+    rest = fastgeo.RBFPrecision.fit(
+        z, x[:, 4:], lambda u: dec(u)[:, 4:], num_centers=8, steps=300, progress=False
+    )
+    assert torch.allclose(prec.weights[4:], rest.weights, rtol=1e-4)
+    with pytest.raises(ValueError, match="no variance to fit"):
+        fastgeo.RBFPrecision.fit(z, x[:, :4], lambda u: dec(u)[:, :4], num_centers=8, progress=False)
+
+
+def test_copies_of_a_code_split_between_clusters_take_the_median_spread():
+    """5 distinct codes, 8 copies each, 8 clusters: clusters of copies have spreads of rounding
+    size, which count as zero (bumps 1e-7 wide otherwise)."""
+    x, _ = _blobs()
+    codes = torch.cat([x[::30]] * 8)  # 5 distinct codes
+    data = codes + 0.1 * torch.randn(
+        codes.shape, generator=torch.Generator().manual_seed(1), dtype=codes.dtype
+    )
+    prec = fastgeo.RBFPrecision.fit(codes, data, lambda u: u, num_centers=8, steps=0, progress=False)
+    scale = (codes - codes.mean(0)).norm(dim=1).mean()
+    assert float(prec.gammas.max()) < float(0.5 / (1.5 * 1e-3 * scale) ** 2), prec.gammas
+
+
 def test_fit_argument_errors():
     """Latents and data of different lengths, zeta = 0 and more centers than points are refused."""
     z, x, mean = _problem()
