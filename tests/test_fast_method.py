@@ -26,12 +26,15 @@ DATA = Path(__file__).parent / "data"
 )
 def test_fast_options_per_latent_dimension(d, m, n, coarse, lagged):
     """Coarser curves than the default's, tolerance 1e-4 (float32) / 1e-8 (float64), not
-    subdivided unless asked; the same race and linearization rules as the default."""
+    subdivided unless asked; the same starts and linearization rules as the default, but in
+    d >= 4 only the shortest start races (the default races the straight line too)."""
     fast = solver_options(torch.float32, d, 784, method="fast")
     default = solver_options(torch.float32, d, 784)
     assert (fast.m, fast.n_points, fast.coarse_points) == (m, n, coarse)
     assert fast.m < default.m and fast.n_points < default.n_points
-    assert (fast.refine, fast.corridors, fast.lagged) == (default.refine, default.corridors, lagged)
+    assert (fast.corridors, fast.lagged) == (default.corridors, lagged)
+    assert fast.explore_iter == default.explore_iter == (0 if d < 4 else 20)
+    assert (fast.refine, default.refine) == ((5, 5) if d < 4 else (1, 2))
     assert fast.tol == 1e-4 and solver_options(torch.float64, d, 784, method="fast").tol == 1e-8
     assert fast.subdivide is False and default.subdivide is True
     assert solver_options(torch.float32, d, 784, method="fast", subdivide=True).subdivide is True

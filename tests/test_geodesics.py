@@ -32,6 +32,10 @@ def test_linear_decoder_gives_straight_line_of_length_A_dz():
     t = torch.linspace(0, 1, 9, dtype=torch.float64)
     line = z0[:, None] + t[None, :, None] * (z1 - z0)[:, None]
     torch.testing.assert_close(res.points(9), line, rtol=0, atol=1e-8)
+    text = repr(res)  # a summary, not 16 curves' tensors
+    assert text.startswith("GeodesicResult(16 curves, d=3, method='default': converged 16, lengths ")
+    assert len(text) < 200 and "tensor" not in text
+    assert repr(res.select(torch.tensor([], dtype=torch.long))).endswith(": none)")
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,8 @@ CASES = [
     ({"check_resolution": "no"}, TypeError, "check_resolution"),
     ({"check_resolution": 1}, TypeError, "check_resolution"),
     ({"warm_start": "yes"}, TypeError, "warm_start"),
+    ({"explore": "yes"}, TypeError, "explore"),
+    ({"explore": -1}, ValueError, "explore"),
     ({"max_iter": True}, TypeError, "max_iter"),
     ({"n_points": 48.0}, TypeError, "n_points"),
     ({"n_points": 3}, ValueError, "n_points must be an integer >= 4"),  # B-splines: 2 control points
@@ -102,3 +104,19 @@ def test_geodesics_progress_bar(capsys):
     assert torch.equal(quiet.lengths, shown.lengths)
     fastgeo.geodesics(bumpy_metric(), z, z.flip(0))  # one batch: no bar
     assert "geodesics" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("method", "d", "explore", "expected"),
+    [("default", 2, None, 0), ("default", 4, None, 20), ("fast", 16, None, 20), ("fast", 3, None, 0),
+     ("default", 2, True, 20), ("default", 12, False, 0), ("default", 12, 7, 7), ("paper", 12, 5, 0),
+     ("dense", 12, None, 0)],
+)  # fmt: skip
+def test_explored_start_steps_per_method_and_dimension(method, d, explore, expected):
+    """The explored start races by default where no graph paths do (d >= 4, default and fast);
+    ``explore`` sets its Adam steps (True: the default 20), never for paper or dense."""
+    from fastgeo.solver.options import solver_options
+
+    opts = solver_options(torch.float32, d, 784, method=method, explore=explore)
+    assert opts.explore_iter == expected
+    assert opts.summary()["explore"] == expected

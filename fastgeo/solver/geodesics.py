@@ -61,6 +61,7 @@ def geodesics(
     n_points: int | None = None,
     family: str | None = None,
     warm_start: bool | int = True,
+    explore: bool | int | None = None,
     max_iter: int | None = None,
     tol: float | None = None,
     batch_size: int | None = None,
@@ -95,6 +96,11 @@ def geodesics(
             ``"chebyshev"`` polynomials (``paper``: legendre).
         warm_start: run the RBF warm start (``default`` and ``paper``): ``True`` for its default
             iterations (5; a start only, the full energy decides the rest), or their number.
+        explore: race the explored start too (``default`` and ``fast``): a few Adam steps of the
+            full energy from the straight line, which often leave the basin the straight line
+            leads Gauss-Newton into where a decoder has several; ``True`` for its default
+            steps (20), or their number (default: 20 in d >= 4, none in d <= 3, whose graph
+            paths race instead).
         max_iter: iteration limit per phase (default 300 for Levenberg-Marquardt, 2000 for
             ``paper``'s first-order steps, 300 for ``dense``).
         tol: a curve converges when a step lowers its energy by less than ``tol`` relative
@@ -109,7 +115,8 @@ def geodesics(
         latents: optional (M, d) latent codes of the data, added to the graph's nodes.
         refine: how many of the starts (the shortest, distinct ones) race per curve on the coarse
             grid, keeping the lowest energy (default 5 for ``default`` and ``fast`` in d <= 3:
-            every start; 1 otherwise).
+            every start; in d >= 4 2 for ``default`` (the explored start and the straight line),
+            1 for ``fast``; 1 otherwise).
         coarse_points: points per curve while the starts are raced (``default`` and ``fast``;
             default 48 in d <= 3, 24 above; ``fast``: 32 and 20), ranked by their energy with the
             midpoints added. Only the winner is then refined at ``n_points``; a value >=
@@ -141,8 +148,9 @@ def geodesics(
     Returns:
         :class:`GeodesicResult`, a status per curve. Every length is the curve's own length,
         measured on a grid fine enough that its estimated error (``length_errors``) is below 1e-4
-        relative; no curve is longer than the straight line
-        between its ends.
+        relative, or on 4,097 points where it is not (float32 curves so short that rounding would
+        add up along a fine grid are measured in float64); no curve is longer than the straight
+        line between its ends.
 
     Decoders with piecewise-linear activations (ReLU, LeakyReLU, Hardtanh, ReLU6; recognized
     chains, :func:`fastgeo.decoders.piecewise_linear`) have kinks in their energy where the
@@ -160,9 +168,10 @@ def geodesics(
     # fmt: off
     opts = solver_options(
         metric.dtype, metric.latent_dim, metric.data_dim, method=method, m=m, n_points=n_points,
-        family=family, warm_start=warm_start, max_iter=max_iter, tol=tol, batch_size=batch_size,
-        refine=refine, corridors=corridors, coarse_points=coarse_points, check_resolution=check_resolution,
-        linearize=linearize, subdivide=subdivide, piecewise_linear=metric.piecewise_linear_mean,
+        family=family, warm_start=warm_start, explore=explore, max_iter=max_iter, tol=tol,
+        batch_size=batch_size, refine=refine, corridors=corridors, coarse_points=coarse_points,
+        check_resolution=check_resolution, linearize=linearize, subdivide=subdivide,
+        piecewise_linear=metric.piecewise_linear_mean,
     )
     # fmt: on
     init = _check_init(metric, init, z0, opts)

@@ -35,21 +35,33 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": {"family": "legendre", "m": 1, "n_points": 32, "max_iter": 2000, "refine": 1, "corridors": 0},
     "dense": {"family": None, "m": None, "n_points": 128, "max_iter": 300, "refine": 1, "corridors": 0},
 }
-# From this latent dimension on, ``default`` races only the shortest start and builds no graph:
-# on trained VAEs with d = 12-64 the graph's corridors and the race never changed a curve
-# (measured), while the graph costs minutes of decoder calls to build. Their curves start with
+# From this latent dimension on, ``default`` races the straight line against the explored start
+# (below) and builds no graph: on trained VAEs with d = 12-64 the graph's corridors never changed
+# a curve (measured), while the graph costs minutes of decoder calls to build. Their curves start with
 # 12 control points on 48 points and are subdivided (23 on 96) where that gains: against the
 # shortest curves known, mean excess 0.007-0.016 % at d = 16-64 in about the time 16 control
 # points on 64 took without subdivision for 0.022-0.054 % (16 on 64 with subdivision: 0.002 %, at
 # 1.3-1.7x the time; bench/RESULTS.md, "Subdivision").
 HIGH_DIM = 4
-HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 12, "n_points": 48, "coarse_points": 24}
+# Adam steps of the explored start (solver/starts.py) in d >= 4: a held-out conv decoder
+# (bilinear upsampling, GroupNorm, GELU; d = 12) has several basins between some pairs, and the
+# straight line alone led 2 of 16 pairs per sample into ones 1.3-7.6 % longer than the best known
+# (bench/RESULTS.md, "Explored starts"); 20 steps found them all. The explored start is nearly
+# always the shorter start, and alone (refine=1) it led a trained d = 12 MLP's pair into a basin
+# 0.65 % long where the straight line's was right: the default races both (refine=2; 1.15-1.5x the
+# time), ``fast`` takes the shorter alone (no extra time).
+EXPLORE_ITER = 20
+HIGH_DIM_DEFAULTS = {
+    "refine": 2, "corridors": 0, "m": 12, "n_points": 48, "coarse_points": 24, "explore": EXPLORE_ITER
+}  # fmt: skip
 # ``fast``: the default's algorithm on coarser curves, stopped at a relative energy step of 1e-4,
 # not subdivided (but for piecewise-linear decoders). For users who would otherwise settle for
 # StochMan's accuracy (1-6 % long on average): on trained VAEs 1.6-3.1x less time than the
 # default for curves ~0.01 % (2-D) and 0.01-0.2 % (d = 8-64) longer on average (bench/RESULTS.md,
 # "A fast method").
-FAST_HIGH_DIM_DEFAULTS = {"refine": 1, "corridors": 0, "m": 10, "n_points": 40, "coarse_points": 20}
+FAST_HIGH_DIM_DEFAULTS = {
+    "refine": 1, "corridors": 0, "m": 10, "n_points": 40, "coarse_points": 20, "explore": EXPLORE_ITER
+}  # fmt: skip
 FAST_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
 # From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
 # linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
@@ -88,6 +100,7 @@ class SolverOptions:
     lagged: bool  # Levenberg-Marquardt with lagged Gauss-Newton matrices
     secant: bool = True  # ... with the secant model of the curvature Gauss-Newton leaves out
     subdivide: bool = False  # curves a finer spline would shorten are solved in it (subdivide.py)
+    explore_iter: int = 0  # Adam steps of the explored start (starts.py); 0: none
 
     @property
     def m(self) -> int:
@@ -102,6 +115,7 @@ class SolverOptions:
             "tol": self.tol,
             "max_iter": self.max_iter,
             "warm_start": self.warm_iter,
+            "explore": self.explore_iter,
             "lagged": self.lagged,
             "secant": self.secant,
             "subdivide": self.subdivide,
@@ -136,6 +150,7 @@ def solver_options(
     n_points: int | None = None,
     family: str | None = None,
     warm_start: bool | int = True,
+    explore: bool | int | None = None,
     max_iter: int | None = None,
     tol: float | None = None,
     batch_size: int | None = None,
@@ -172,6 +187,13 @@ def solver_options(
     else:
         warm_iter = _checks.integer("warm_start", warm_start, 0)
     warm_iter = 0 if method == "dense" else min(max_iter, warm_iter)
+    if explore is None:
+        explore_iter = table.get("explore", 0)
+    elif isinstance(explore, bool):
+        explore_iter = EXPLORE_ITER if explore else 0
+    else:
+        explore_iter = _checks.integer("explore", explore, 0)
+    explore_iter = explore_iter if method in SPLINE_METHODS else 0
     refine = _checks.integer("refine", table["refine"] if refine is None else refine, 1)
     corridors = _checks.integer("corridors", table["corridors"] if corridors is None else corridors, 0)
     coarse_points = _checks.integer(
@@ -238,4 +260,5 @@ def solver_options(
         lagged,
         secant,
         subdivide,
+        explore_iter,
     )

@@ -67,6 +67,7 @@ def solve_batch(
         opts.corridors,
         work,
         opts.secant,
+        opts.explore_iter,
     )
     features = full_parts(metric, work)
     gradient = full_gradient(metric, work) if opts.lagged else None

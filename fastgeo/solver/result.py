@@ -12,8 +12,8 @@ from ..curves import Curves
 
 # The starts a curve can come from (GeodesicResult.init indexes this).
 # "smoothed": the curve solved first under the smoothed decoder (piecewise-linear means, solver/smoothing.py).
-INIT_NAMES = ("straight", "warm", "given", "graph", "smoothed")
-STRAIGHT, WARM, GIVEN, GRAPH, SMOOTHED = range(len(INIT_NAMES))
+INIT_NAMES = ("straight", "warm", "given", "graph", "smoothed", "explored")
+STRAIGHT, WARM, GIVEN, GRAPH, SMOOTHED, EXPLORED = range(len(INIT_NAMES))
 
 # How a curve ended (GeodesicResult.status_code indexes this), and what that means.
 # "graph_estimate" is never a solver's: fastgeo.pairwise_distances(mode="graph") gives it to entries
@@ -116,6 +116,16 @@ class GeodesicResult:
 
     def __len__(self) -> int:
         return self.lengths.shape[0]
+
+    def __repr__(self) -> str:
+        """One line: the curves, their statuses and the range of their lengths (not the tensors)."""
+        B = len(self)
+        names, counts = np.unique(self.status, return_counts=True)
+        statuses = ", ".join(f"{n} {c}" for n, c in zip(names.tolist(), counts.tolist(), strict=True))
+        lengths = f", lengths {float(self.lengths.min()):.6g}-{float(self.lengths.max()):.6g}" if B else ""
+        d = self.curves.z0.shape[-1]
+        method = self.options.get("method", "?")
+        return f"GeodesicResult({B} curves, d={d}, method={method!r}: {statuses or 'none'}{lengths})"
 
     def select(self, idx: Tensor) -> GeodesicResult:
         """The results of curves ``idx`` (a (K,) index tensor), in that order; the work counters

@@ -72,7 +72,8 @@ def smoothed_first(
         n = opts.n_points if res is None else POINTS_PER_CONTROL_POINT * (m + 1)
         res = solve(
             smooth, z0, z1, method=opts.method, m=m, n_points=n, family=opts.family,
-            warm_start=opts.warm_iter if res is None else False, max_iter=opts.max_iter, tol=opts.tol,
+            warm_start=opts.warm_iter if res is None else False,
+            explore=opts.explore_iter if res is None else False, max_iter=opts.max_iter, tol=opts.tol,
             batch_size=opts.batch_size, graph=False if graph is None or res is not None else graph,
             refine=opts.refine, corridors=opts.corridors if graph and res is None else 0,
             coarse_points=max(3, opts.coarse_points * n // opts.n_points), check_resolution=False,
