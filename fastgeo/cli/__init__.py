@@ -40,9 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="versions, threads, and the backend each op uses")
+    about = "versions, threads, and the backend each op uses"
+    p = sub.add_parser("info", help=about, description=f"Print {about}.")
     p.set_defaults(func=_info)
-    p = sub.add_parser("demo", help="two-moons VAE: fit the RBF, compute geodesics, draw the figure")
+    p = sub.add_parser(
+        "demo",
+        help="two-moons VAE: fit the RBF, compute geodesics, draw the figure",
+        description="Train a small VAE on two moons, fit its RBF precision, compute eight geodesics and "
+        "write their table, the saved generator and the paper's Figure 1 to --out.",
+    )
     p.add_argument("--out", default="fastgeo-demo", help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
@@ -50,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
     distances.add_parser(sub)
     convert.add_parser(sub)
-    p = sub.add_parser("bench", help="benchmarks: ops, solver, all-pairs; table, results.json, plots")
+    about = "benchmarks: ops, solver, all-pairs; table, results.json, plots"
+    p = sub.add_parser("bench", help=about, description=f"Run the {about} (written to --out).")
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute on 2 cores)")
     p.add_argument("--layer", action="extend", nargs="+", choices=("ops", "solver", "pairwise"),
                    default=None, help="layers to run (default: all)")  # fmt: skip
