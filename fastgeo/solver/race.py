@@ -1,6 +1,6 @@
 """The race of starts: every start of a curve is scored by the full energy, the best ``refine``
 of them are optimized on a coarse grid, and the winner (with the runner-up where the race was
-too close to call) is refined at full resolution."""
+too close to call and a wall separates the two) is refined at full resolution."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ STAGE = 4  # race iterations before the racers far behind their curve's best sto
 PRUNE = 0.05  # ... "far": this much more energy
 CLOSE_RACE = 0.01  # runner-ups within this relative energy of the winner are refined too
 DISTINCT = 0.05  # ... if their curve is this fraction of the chord away from the winner's
+SAME_BASIN = 1e-3  # ... and if the curve halfway between the two is this much above both in energy
 STEPPED_OVER = 0.02  # relative energy a racer gains at its grid's midpoints to count as under-resolved
 
 
@@ -111,6 +112,9 @@ def solve_batch(
     gap = torch.einsum("nm,bmd->bnd", coarse.psi, coeffs[pick] - coeffs[second])
     apart = gap.norm(dim=-1).amax(-1) > DISTINCT * (z1 - z0).norm(dim=-1)
     close = (has_second & (e2 - e1 <= CLOSE_RACE * e1) & apart).nonzero().squeeze(1)
+    # ... and only where a wall separates the two: refined, racers of one flat valley reach one curve.
+    walled = _separated(metric, z0[close], z1[close], coeffs[pick[close]], coeffs[second[close]], fine, work)
+    close = close[walled]
     rows_b = torch.cat([cols, close])  # winners first, then the runner-ups of close races
     rows_r = torch.cat([pick, second[close]])
     finer = finer_gains(opts, fine, rows_b.numel(), z0)
@@ -156,6 +160,21 @@ def _distinct_starts(
         keep[s, everyone] = distinct & (keep.sum(0) < refine)
     curve_idx, start_idx = keep.T.nonzero(as_tuple=True)
     return start_idx, curve_idx
+
+
+def _separated(
+    metric: ExpectedMetric, a: Tensor, b: Tensor, c1: Tensor, c2: Tensor, grid: Grid, work: Work
+) -> Tensor:
+    """(R,) bool: whether racers c1 and c2 (R, m, d) lie in different basins, judged on ``grid``:
+    the curve halfway between them is more than SAME_BASIN above both in energy. Racers that
+    stopped apart in one flat valley (d = 32: 0.1-0.5 chords apart, within 0.2 % in energy) have
+    a lower or equal curve between them, and refined they reach the same curve; two curves on
+    either side of a wall have the wall between them."""
+    R = a.shape[0]
+    everyone = torch.arange(R, device=a.device).repeat(3)
+    segments = full_segments(metric, a, b, grid, work)
+    energy = energy_from_segments(segments(torch.cat([c1, c2, 0.5 * (c1 + c2)]), everyone)).reshape(3, R)
+    return ~(energy[2] <= (1 + SAME_BASIN) * energy[:2].amax(0))
 
 
 def _checked_energy(
