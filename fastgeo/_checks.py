@@ -69,6 +69,16 @@ _TRAINING_DEPENDENT = (
 )
 
 
+def autograd_enabled(caller: str) -> None:
+    """Raise where autograd is off for good: the solvers take reverse-mode gradients of the
+    energy (``torch.no_grad()`` is fine, they turn it back on; ``torch.inference_mode()`` is not)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{caller} needs autograd and cannot run inside torch.inference_mode(); "
+            "call it outside that block (torch.no_grad() around it is fine)"
+        )
+
+
 def finite(name: str, t: Tensor) -> None:
     """No NaN or inf in ``t`` (one host sync: use at API boundaries, not in loops)."""
     if t.numel() and not bool(torch.isfinite(t).all()):

@@ -173,3 +173,17 @@ def test_forced_unavailable_backend_raises_clearly(monkeypatch):
     x = torch.randn(2, 3, 4)
     with fastgeo.use_backend("cuda"), pytest.raises(RuntimeError, match="'cuda' is not available here: test"):
         fastgeo.ops.segment_sqdist(x)
+
+
+def test_inference_mode_is_refused_clearly_and_no_grad_works():
+    metric = bumpy_metric()
+    z0 = torch.tensor([[-1.0, 0.0]], dtype=torch.float64)
+    z1 = torch.tensor([[1.0, 0.2]], dtype=torch.float64)
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="geodesics needs autograd.*inference_mode"):
+            fastgeo.geodesics(metric, z0, z1)
+        with pytest.raises(RuntimeError, match="pairwise_distances needs autograd"):
+            fastgeo.pairwise_distances(metric, torch.cat([z0, z1]), progress=False)
+    with torch.no_grad():
+        res = fastgeo.geodesics(metric, z0, z1)
+    assert res.converged.all() and torch.isfinite(res.lengths).all()

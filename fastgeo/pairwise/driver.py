@@ -119,6 +119,7 @@ def pairwise_distances(
         ``out``: on the CPU); with ``return_report=True`` the tuple ``(D, report)``.
     """
     t_start = time.perf_counter()
+    _checks.autograd_enabled("pairwise_distances")
     Z, Y, options = _check_inputs(metric, Z, Y, solver_options)
     progress, return_report = (
         _checks.boolean("progress", progress),
