@@ -104,7 +104,11 @@ class ExpectedMetric:
             with torch.no_grad():
                 probe = self.mean(z)
             if not isinstance(probe, Tensor) or probe.dim() < 1:
-                raise TypeError("mean must return a tensor of shape (..., D)")
+                got = f"a {type(probe).__name__}" if not isinstance(probe, Tensor) else "a 0-d tensor"
+                hint = ""
+                if isinstance(probe, tuple):
+                    hint = " (for a VAE's (mu, logvar) pass a function returning mu)"
+                raise TypeError(f"mean must return a tensor of shape (..., D), got {got}{hint}")
             if probe.shape != (z.shape[0], precision.data_dim):
                 raise ValueError(
                     f"mean maps (P, d={precision.latent_dim}) = {tuple(z.shape)} to shape "

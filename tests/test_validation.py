@@ -84,6 +84,8 @@ def test_expected_metric_checks_mean():
         fastgeo.ExpectedMetric(lambda z: torch.cat([z, z[..., :1]], -1).float(), prec)
     with pytest.raises(TypeError, match="precision"):
         fastgeo.ExpectedMetric(lambda z: z, "prec")
+    with pytest.raises(TypeError, match=r"got a tuple \(for a VAE's \(mu, logvar\)"):
+        fastgeo.ExpectedMetric(lambda z: (torch.cat([z, z[..., :1]], -1), z), prec)
 
 
 @pytest.mark.parametrize(
