@@ -7,10 +7,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from . import _checks, ops
+from . import _checks, _mean_checks, ops
 from .decoders import activation_width, jacobian_rows, piecewise_linear, smoothed
 from .decoders.layout import channels_last
-from .decoders.recognize import recognize
+from .decoders.recognize import describe, recognize
 from .rbf import RBFPrecision
 
 # Bytes of the decoder's widest activation per call of the mean: longer inputs are decoded in
@@ -47,6 +47,7 @@ class FlatOutput:
 
     def __init__(self, mean: Callable[[Tensor], Tensor]) -> None:
         self.mean = mean
+        self.__wrapped__ = mean  # where its modules are found (training flags)
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.mean(z).flatten(1)
@@ -55,8 +56,7 @@ class FlatOutput:
 def _flat_output(mean: Callable[[Tensor], Tensor], precision: RBFPrecision) -> Callable[[Tensor], Tensor]:
     """``mean`` itself when it returns (P, D); flattened when it returns (P, ...) of D values per
     point (a convolutional decoder's images)."""
-    with torch.no_grad():
-        probe = mean(precision.centers[:1])
+    probe = _mean_checks.call("mean", mean, precision.centers[:1])
     if not isinstance(probe, Tensor) or probe.dim() <= 2 or probe.shape[0] != 1:
         return mean  # (checked by the caller)
     if probe[0].numel() != precision.data_dim:
@@ -93,16 +93,16 @@ class ExpectedMetric:
             raise TypeError(f"mean must be a callable (..., d) -> (..., D), got {type(mean).__name__}")
         if not isinstance(precision, RBFPrecision):
             raise TypeError(f"precision must be a fastgeo.RBFPrecision, got {type(precision).__name__}")
-        _checks.eval_mode("mean", mean)
+        _mean_checks.eval_mode("mean", mean)
         self.precision = precision
         self.mean = _flat_output(mean, precision)
         # Probe with one point and with a batch of three: a mean whose output width depends on
         # the batch would pass a single-point probe.
-        one = precision.centers[:1]
-        three = torch.cat([one, one + 0.5, one - 0.5])
+        one = precision.centers[:1].detach()
+        three = torch.cat([one, one + 0.5, one - 0.3])  # asymmetric: batch means move
+        probes = []
         for z in (one, three):
-            with torch.no_grad():
-                probe = self.mean(z)
+            probe = _mean_checks.call("mean", self.mean, z)
             if not isinstance(probe, Tensor) or probe.dim() < 1:
                 got = f"a {type(probe).__name__}" if not isinstance(probe, Tensor) else "a 0-d tensor"
                 hint = ""
@@ -121,6 +121,19 @@ class ExpectedMetric:
                     f"mean returns {probe.dtype} on {probe.device} but the precision is "
                     f"{precision.weights.dtype} on {precision.weights.device}; use one dtype and device"
                 )
+            probes.append(probe)
+        _mean_checks.deterministic("mean", self.mean, three, probes[1], probes[0])
+        _mean_checks.differentiable("mean", self.mean, three)
+
+    def describe(self) -> str:
+        """How fastgeo sees this metric, for a person: sizes, dtype, device, and how the mean is
+        differentiated (a recognized chain of layers takes the stacked forward mode; anything
+        else ``torch.func``, several times slower). ``print(metric.describe())``."""
+        p = self.precision
+        return (
+            f"ExpectedMetric: latent d = {self.latent_dim}, data D = {self.data_dim}, {self.dtype} on "
+            f"{self.device}, {p.centers.shape[0]} RBF centers\nmean: {describe(self.mean)}"
+        )
 
     @property
     def piecewise_linear_mean(self) -> bool:
@@ -163,15 +176,33 @@ class ExpectedMetric:
         return self.precision.weights.device
 
     def to(
-        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+        self,
+        dtype_or_device: torch.dtype | torch.device | str | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> ExpectedMetric:
         """A copy of this metric in another dtype and/or on another device (e.g. float64 for
-        ``method="dense"``). The mean must be an ``nn.Module`` to be converted."""
+        ``method="dense"``), called as ``nn.Module.to`` is: ``to(torch.float64)``,
+        ``to("cuda")``, ``to(device="cuda", dtype=torch.float64)``. The mean must be an
+        ``nn.Module`` or a method of one (the module is copied and converted)."""
         import copy
+        import types
 
-        if not isinstance(self.mean, torch.nn.Module):
-            raise TypeError("ExpectedMetric.to needs the mean to be an nn.Module, got a plain callable")
-        mean = copy.deepcopy(self.mean).to(dtype=dtype, device=device)
+        if isinstance(dtype_or_device, torch.dtype):
+            dtype = dtype_or_device
+        elif dtype_or_device is not None:
+            device = torch.device(dtype_or_device)
+        owner = getattr(self.mean, "__self__", None)
+        if isinstance(self.mean, torch.nn.Module):
+            mean = copy.deepcopy(self.mean).to(dtype=dtype, device=device)
+        elif isinstance(owner, torch.nn.Module) and isinstance(self.mean, types.MethodType):
+            mean = types.MethodType(self.mean.__func__, copy.deepcopy(owner).to(dtype=dtype, device=device))
+        else:
+            raise TypeError(
+                "ExpectedMetric.to needs the mean to be an nn.Module or a method of one, got a plain "
+                "callable: convert your decoder and make a new metric"
+            )
         precision = copy.deepcopy(self.precision).to(dtype=dtype, device=device)
         return ExpectedMetric(mean, precision)
 
@@ -184,7 +215,10 @@ class ExpectedMetric:
                 f"got shape {tuple(points.shape)}"
             )
         if points.dtype != self.dtype:
-            raise TypeError(f"{name} has dtype {points.dtype} but the metric is {self.dtype}")
+            raise TypeError(
+                f"{name} has dtype {points.dtype} but the metric is {self.dtype}: convert the codes "
+                f"({name}.to({self.dtype})) or the metric (metric.to({points.dtype}))"
+            )
         if points.device != self.device:
             raise ValueError(f"{name} is on {points.device} but the metric is on {self.device}")
         return points

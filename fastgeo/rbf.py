@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+
 import torch
 from torch import Tensor, nn
 
@@ -115,6 +118,15 @@ class RBFPrecision(nn.Module):
 
             prec = fastgeo.RBFPrecision.fit(encoder_means, X, decoder_mean, zeta=1e-3)
         """
+        known = inspect.signature(fit_rbf_parameters).parameters
+        for name in options:
+            if name not in known or name in ("latents", "data", "mean"):
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TypeError(
+                    f"RBFPrecision.fit got an unknown option {name!r}{hint}; its options are "
+                    f"{[k for k in known if k not in ('latents', 'data', 'mean')]}"
+                )
         return cls(*fit_rbf_parameters(latents, data, mean, **options))
 
     @torch.no_grad()

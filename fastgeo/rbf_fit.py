@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from . import _checks
+from . import _checks, _mean_checks
 from ._progress import progress_iter
 from .reference import rbf_features
 
@@ -105,6 +105,7 @@ def fit_rbf_parameters(
     """
     _checks.tensor("latents", latents, ndim=2)
     _checks.tensor("data", data, min_ndim=2)
+    point_shape = data.shape[1:]
     data = data.flatten(1)  # images: one row of D values per training point
     _checks.same_dtype_device([("latents", latents), ("data", data)])
     if latents.shape[0] != data.shape[0]:
@@ -122,6 +123,7 @@ def fit_rbf_parameters(
         raise ValueError(f"zeta must be > 0, got {zeta!r}")
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    _mean_checks.eval_mode("mean", mean)
     latents, data = latents.detach(), data.detach()
     _checks.finite("latents", latents)
     _checks.finite("data", data)
@@ -138,9 +140,10 @@ def fit_rbf_parameters(
     gammas = 0.5 / (bandwidth_scale * spread).pow(2)
 
     with torch.no_grad():
-        decoded = mean(latents)  # the decoder mean is held fixed
+        decoded = _mean_checks.call("mean", mean, latents, "the latents")  # held fixed
         ok = isinstance(decoded, Tensor) and decoded.dim() >= 1 and decoded.shape[0] == data.shape[0]
-        if not ok or decoded[0].numel() != data.shape[1]:
+        images = ok and decoded.dim() > 2 and len(point_shape) > 1
+        if not ok or decoded[0].numel() != data.shape[1] or (images and decoded.shape[1:] != point_shape):
             got = tuple(decoded.shape) if isinstance(decoded, Tensor) else type(decoded).__name__
             raise ValueError(
                 f"mean must map the (M, d) latents to (M, D) = {tuple(data.shape)} (or to images of D "

@@ -106,6 +106,28 @@ def test_geodesics_progress_bar(capsys):
     assert "geodesics" not in capsys.readouterr().err
 
 
+def test_progress_bars_redraw_seldom_off_a_terminal(monkeypatch):
+    """A bar writing to a log file (stderr not a terminal) is redrawn every 30 s, not 5 times a
+    second; on a terminal it stays lively."""
+    pytest.importorskip("tqdm")
+    import io
+    import sys
+
+    from fastgeo import _progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    cases = ((io.StringIO(), _progress.OFF_TERMINAL_INTERVAL), (Terminal(), _progress.TERMINAL_INTERVAL))
+    for stream, interval in cases:
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = _progress.progress_bar(10, True, "test")
+        assert bar.mininterval == interval
+        bar.close()
+    assert _progress.progress_bar(10, False, "test") is None
+
+
 @pytest.mark.parametrize(
     ("method", "d", "explore", "expected"),
     [("default", 2, None, 0), ("default", 4, None, 20), ("fast", 16, None, 20), ("fast", 3, None, 0),

@@ -15,8 +15,9 @@ points, against the plain call.
 from __future__ import annotations
 
 import contextlib
+import types
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,7 @@ CONVOLUTIONS = (nn.Conv2d, nn.ConvTranspose2d)
 CHECK_RTOL = 1e-4
 CHECK_ATOL = 1e-5
 
-_verdicts: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+_verdicts: weakref.WeakKeyDictionary[Callable[[Tensor], Tensor], bool] = weakref.WeakKeyDictionary()
 
 
 def _to_channels_last(module: nn.Module, args: tuple) -> tuple | None:
@@ -47,12 +48,15 @@ def _hooked(convolutions: list[nn.Module]) -> Iterator[None]:
 
 
 def _convolutions(mean: object) -> list[nn.Module]:
+    """The 2-D convolutions of ``mean``: a module, or a method of one (``vae.decode``)."""
+    if isinstance(mean, types.MethodType):
+        mean = mean.__self__
     if not isinstance(mean, nn.Module):
         return []
     return [m for m in mean.modules() if isinstance(m, CONVOLUTIONS)]
 
 
-def _converts(mean: nn.Module, convolutions: list[nn.Module], z: Tensor) -> bool:
+def _converts(mean: Callable[[Tensor], Tensor], convolutions: list[nn.Module], z: Tensor) -> bool:
     """Whether the mean gives the same values with channels-last convolutions on a few points."""
     probe = z[:4].detach()
     with torch.no_grad():
@@ -72,13 +76,13 @@ def _converts(mean: nn.Module, convolutions: list[nn.Module], z: Tensor) -> bool
 
 @contextlib.contextmanager
 def channels_last(mean: object, z: Tensor) -> Iterator[None]:
-    """Within the block, the 2-D convolutions of ``mean`` (an ``nn.Module``) take channels-last
-    inputs when called on CPU points like ``z`` (P, d), if the mean allows it (checked once)."""
+    """Within the block, the 2-D convolutions of ``mean`` (an ``nn.Module`` or a method of one)
+    take channels-last inputs when called on CPU points like ``z`` (P, d), if the mean allows it
+    (checked once)."""
     convolutions = _convolutions(mean) if z.device.type == "cpu" and z.shape[0] > 0 else []
     if not convolutions:
         yield
         return
-    assert isinstance(mean, nn.Module)
     verdict = _verdicts.get(mean)
     if verdict is None:
         verdict = _verdicts[mean] = _converts(mean, convolutions, z)

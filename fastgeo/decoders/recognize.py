@@ -21,6 +21,7 @@ from ``torch.func``.
 
 from __future__ import annotations
 
+import types
 import weakref
 from collections.abc import Callable, Hashable
 
@@ -33,22 +34,49 @@ from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean
 from .graphs import graph_steps, read_graph
 from .smoothing import SmoothedChain, smooth_steps
-from .steps import Activation, Step, signature
+from .steps import Activation, Conv, Step, signature
 
 __all__ = [
-    "chain_module", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed", "traced_steps"
+    "chain_module", "describe", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed",
+    "traced_steps",
 ]  # fmt: skip
 
 # module -> (fingerprint, steps or None) of its last trace or graph reading
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class MethodModule(nn.Module):
+    """A method of a module (``vae.decode``) as a module of its own, the owner its submodule:
+    ``torch.fx`` traces the method's body as it traces a ``forward``, through the owner's layers."""
+
+    def __init__(self, method: types.MethodType) -> None:
+        super().__init__()
+        self.owner = method.__self__
+        self._function = method.__func__
+        self.training = False  # this wrapper's own flag only (the owner's are the user's)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self._function(self.owner, z)
+
+
+# bound method -> its MethodModule (the method objects a metric holds live as long as it does)
+_METHODS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def chain_module(fn: Callable[[Tensor], Tensor]) -> nn.Module | None:
-    """The module whose structure describes ``fn``: ``fn`` itself, or the module a
-    :class:`FlatMean` wraps (it only flattens (..., d) to (P, d)); None for a plain callable."""
+    """The module whose structure describes ``fn``: ``fn`` itself, the module a
+    :class:`FlatMean` wraps (it only flattens (..., d) to (P, d)), or a :class:`MethodModule`
+    for a method of a module; None for any other callable."""
     if type(fn) is FlatMean and not modules.has_hooks(fn):
         return fn.flat
-    return fn if isinstance(fn, nn.Module) else None
+    if isinstance(fn, nn.Module):
+        return fn
+    if isinstance(fn, types.MethodType) and isinstance(fn.__self__, nn.Module):
+        module = _METHODS.get(fn)
+        if module is None:
+            module = _METHODS[fn] = MethodModule(fn)
+        return module
+    return None
 
 
 def module_steps(module: nn.Module) -> list[Step] | None:
@@ -87,6 +115,37 @@ def piecewise_linear(fn: Callable[[Tensor], Tensor]) -> bool:
     including decoders that are not recognized."""
     found = recognize(fn)
     return found is not None and _has_kinks(found[0])
+
+
+def describe(fn: Callable[[Tensor], Tensor]) -> str:
+    """How ``fn``'s derivatives are taken, in a sentence or two: a recognized chain (its steps,
+    the stacked forward mode, smoothing of kinks) or not (``torch.func``)."""
+    found = recognize(fn)
+    if found is None:
+        return (
+            "not a recognized chain of layers (a plain function, a module with hooks, or a forward "
+            "torch.fx cannot trace into standard layers): its Jacobians come from torch.func, several "
+            "times slower than the stacked forward mode, and piecewise-linear activations in it (if "
+            "any) are not smoothed first. An nn.Sequential of standard layers, or a module torch.fx "
+            "traces, takes the fast path"
+        )
+    steps = found[0]
+    names = " -> ".join(_step_name(s) for s in steps)
+    text = f"a chain of {len(steps)} steps ({names}): Jacobians by the stacked forward mode"
+    if _has_kinks(steps):
+        text += (
+            "; it has piecewise-linear activations: in d >= 4 the spline methods solve on a "
+            "smoothed stand-in first, then on the true decoder"
+        )
+    return text
+
+
+def _step_name(step: Step) -> str:
+    if isinstance(step, Activation):
+        return step.name
+    if isinstance(step, Conv):
+        return f"{'ConvTranspose' if step.transposed else 'Conv'}{step.weight().dim() - 2}d"
+    return type(step).__name__
 
 
 def _has_kinks(steps: list[Step]) -> bool:

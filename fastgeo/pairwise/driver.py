@@ -13,6 +13,7 @@ reads every distance off it (:mod:`.graph_mode`, :mod:`.code_graph`).
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import os
@@ -208,8 +209,14 @@ def _check_inputs(
     allowed = list(_SOLVER_OPTIONS)
     unknown = set(solver_opts) - set(allowed)
     if unknown:
+        params = inspect.signature(pairwise_distances).parameters.values()
+        own = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        close = {k: difflib.get_close_matches(k, own + allowed, n=1) for k in sorted(unknown)}
+        hints = [f"{k!r} -> {c[0]!r}" for k, c in close.items() if c]
         raise TypeError(
-            f"unknown option(s) {sorted(unknown)}; solver options are {allowed}"
+            f"unknown option(s) {sorted(unknown)}"
+            + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+            + f"; pairwise_distances takes {own} and the solver options {allowed}"
             + (" (init is per pair and has no meaning here)" if "init" in unknown else "")
         )
     _solver_options(metric, solver_opts)  # every option checked before any work

@@ -34,7 +34,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .. import _checks
+from .. import _checks, _mean_checks
 from .._progress import progress_bar
 from ..curves import Basis, Curves
 from ..metric import ExpectedMetric
@@ -274,7 +274,7 @@ def _check_ends(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> None:
     if not isinstance(metric, ExpectedMetric):
         raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
     _checks.autograd_enabled("geodesics")
-    _checks.eval_mode("metric.mean", metric.mean)  # set to training mode since the metric was made
+    _mean_checks.eval_mode("metric.mean", metric.mean)  # set to training mode since the metric was made
     metric.check_points("z0", z0, ndim=2)
     metric.check_points("z1", z1, ndim=2)
     if z0.shape != z1.shape:

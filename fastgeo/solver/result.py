@@ -57,8 +57,9 @@ class GeodesicResult:
             B-spline of ``2 m - 1`` functions, see :mod:`fastgeo.solver.subdivide`).
         lengths: (B,) the distances: each curve's length, measured on a grid fine enough that
             its estimated error is below 1e-4 relative (see ``length_errors``).
-        length_errors: (B,) estimated error of ``lengths`` against the curve's continuous length
-            (a third of the change from the grid before; the error falls ~4x per doubling).
+        length_errors: (B,) estimated absolute error of ``lengths`` (in the units of the
+            lengths; divide by ``lengths`` for the relative one) against the curve's continuous
+            length: a third of the change from the grid before (the error falls ~4x per doubling).
         energies: (B,) discrete energy of each curve at its resolution (``resolution`` points).
         status_code: (B,) int8, index into :data:`STATUSES` (see :attr:`status`, :attr:`message`).
         iterations: (B,) int, optimizer iterations spent on each curve (all phases).

@@ -1,0 +1,185 @@
+"""Checks of a user's decoder mean, made once when a metric is built: errors that say what is
+wrong with the decoder rather than where torch noticed it.
+
+- :func:`call`: the mean on a probe; where it raises, a module of another dtype or device than
+  the codes is named;
+- :func:`modules_of`: the ``nn.Module`` objects behind a mean given as a function (a bound
+  method, a lambda or closure around a module), so that their training flags are checked too;
+- :func:`deterministic`: the same codes give the same output, whatever else shares the batch;
+- :func:`differentiable`: gradients flow from the output to the codes, and along one direction
+  they agree with central differences (a decoder that detaches part of its graph would give
+  lengths that are wrong yet converged).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from . import _checks
+
+# Relative difference between two calls on the same codes (or one code alone and in a batch)
+# above which the mean is random / batch-dependent. Rounding of a deterministic decoder on the CPU
+# (BLAS or oneDNN blocking by batch size) is ~1e-6 in float32; on a GPU, convolutions may run in
+# TF32 (10-bit mantissas) by algorithms chosen per batch size, hence the looser bound there; a
+# dropout layer in training mode changes outputs by percents.
+SAME_OUTPUT = 1e-3
+SAME_OUTPUT_ELSEWHERE = 2e-2
+# Relative disagreement between the mean's directional derivative by autograd and by central
+# differences above which a warning says its gradients are wrong. Central differences at the
+# step below agree to ~1e-4 in float32 on smooth decoders (kinks of ReLU units crossed within
+# the step move it a little); a detached part of the decoder moves it by its share of the output.
+DERIVATIVE_MISMATCH = 0.1
+
+
+def modules_of(mean: Callable[[Tensor], Tensor]) -> list[torch.nn.Module]:
+    """The modules a mean is, or calls: ``mean`` itself, the module of a bound method, the
+    modules a plain function (a lambda, a closure) reads from its closure or its globals, and
+    those of what a wrapper's ``__wrapped__`` (or a ``functools.partial``'s ``func``) is."""
+    if isinstance(mean, torch.nn.Module):
+        return [mean]
+    inner = getattr(mean, "__wrapped__", None) or getattr(mean, "func", None)  # wrappers, partials
+    if callable(inner) and inner is not mean:
+        return modules_of(inner)
+    owner = getattr(mean, "__self__", None)
+    if isinstance(owner, torch.nn.Module):
+        return [owner]
+    if not inspect.isfunction(mean):
+        return []
+    try:
+        refs = inspect.getclosurevars(mean)
+    except (TypeError, ValueError):
+        return []
+    found = [*refs.nonlocals.values(), *refs.globals.values()]
+    return [m for m in found if isinstance(m, torch.nn.Module)]
+
+
+def eval_mode(name: str, mean: Callable[[Tensor], Tensor]) -> None:
+    """:func:`fastgeo._checks.eval_mode` on every module of :func:`modules_of`."""
+    for module in modules_of(mean):
+        _checks.eval_mode(name, module)
+
+
+def call(
+    name: str, mean: Callable[[Tensor], Tensor], z: Tensor, codes: str = "the codes (the precision's)"
+) -> object:
+    """``mean(z)`` without gradients. Where the mean raises torch's error about mixed dtypes or
+    devices and one of its modules (of :func:`modules_of`) has floating parameters of another
+    dtype or device than ``z``, a TypeError / ValueError names both (torch's error, chained,
+    names neither); any other exception of the mean reaches the caller unchanged, with a note on
+    what it was called on; ``codes`` says where ``z``'s dtype and device come from."""
+    try:
+        with torch.no_grad():
+            return mean(z)
+    except Exception as error:
+        mismatch = _parameters_unlike(name, mean, z, codes)
+        if mismatch is not None and any(word in str(error) for word in _MISMATCH_WORDS):
+            raise mismatch from error
+        if hasattr(error, "add_note"):  # Python >= 3.11
+            error.add_note(
+                f"(raised by {name} called on {codes}: shape {tuple(z.shape)}, {z.dtype}, on "
+                f"{z.device}"
+                + (f"; note: {mismatch}" if mismatch is not None else "")
+                + ")"
+            )
+        raise
+
+
+# Words of torch's errors about mixed dtypes or devices ("mat1 and mat2 must have the same dtype",
+# "Input type (double) and bias type (float) should be the same", "expected scalar type Double",
+# "Expected all tensors to be on the same device"): only such an error of the mean is replaced
+# by one naming the mismatch; any other reaches the caller as the mean raised it.
+_MISMATCH_WORDS = ("dtype", "type (", "scalar type", "Float", "Double", "Half", "device")
+
+
+def _parameters_unlike(
+    name: str, mean: Callable[[Tensor], Tensor], z: Tensor, codes: str
+) -> Exception | None:
+    """The error to raise if the first floating parameter of a module of ``mean`` has another dtype
+    or device than ``z``, else None."""
+    for module in modules_of(mean):
+        p = next((p for p in (*module.parameters(), *module.buffers()) if p.is_floating_point()), None)
+        if p is None:
+            continue
+        if p.dtype != z.dtype:
+            return TypeError(
+                f"{name} has {p.dtype} parameters but {codes} are {z.dtype}; convert one of "
+                f"them (e.g. decoder.to({z.dtype}))"
+            )
+        if p.device != z.device:
+            return ValueError(
+                f"{name} has parameters on {p.device} but {codes} are on {z.device}; move them "
+                "to one device"
+            )
+    return None
+
+
+def _differ(a: Tensor, b: Tensor) -> float:
+    """``||a - b|| / (||a|| + ||b||)`` (0 for two zero tensors)."""
+    scale = float(a.norm() + b.norm())
+    return float((a - b).norm()) / scale if scale > 0 else 0.0
+
+
+def deterministic(
+    name: str, mean: Callable[[Tensor], Tensor], z: Tensor, out: Tensor, out_first: Tensor
+) -> None:
+    """Refuse a mean that is random (``mean(z)`` again differs from ``out``) or that depends on
+    its batch (``out[:1]`` differs from ``out_first``, the mean of ``z[:1]`` alone)."""
+    bound = SAME_OUTPUT if z.device.type == "cpu" else SAME_OUTPUT_ELSEWHERE
+    again = call(name, mean, z)
+    gap = _differ(again, out) if isinstance(again, Tensor) and again.shape == out.shape else 1.0
+    if gap > bound:
+        raise ValueError(
+            f"{name} is random: two calls on the same codes differ by {gap:.1e} (relative). A "
+            "dropout layer in training mode, or a sample instead of the decoder's mean? Call "
+            ".eval() on the decoder and pass its mean"
+        )
+    gap = _differ(out[:1], out_first)
+    if gap > bound:
+        raise ValueError(
+            f"{name} depends on its batch: a code decoded alone and beside others differs by "
+            f"{gap:.1e} (relative). Batch normalization in training mode? Call .eval() on the decoder"
+        )
+
+
+def differentiable(name: str, mean: Callable[[Tensor], Tensor], z: Tensor) -> None:
+    """Refuse a mean whose output carries no gradient to its input ``z`` (P, d); warn when its
+    derivative along one fixed direction disagrees with central differences by more than
+    DERIVATIVE_MISMATCH (on the CPU only: TF32 convolutions on a GPU would blur the differences).
+    Skipped under ``torch.inference_mode()`` (no gradients there)."""
+    if torch.is_inference_mode_enabled():
+        return
+    z = z.detach()
+    g = torch.Generator(device="cpu").manual_seed(20240521)
+    u = torch.randn(z.shape, generator=g, dtype=torch.float64).to(z)
+    u = u / u.norm(dim=-1, keepdim=True)
+    step = torch.finfo(z.dtype).eps ** (1 / 3) * z.abs().max().clamp(min=1.0)
+    with torch.no_grad():
+        fd = (mean(z + step * u) - mean(z - step * u)).flatten(1) / (2 * step)
+    with torch.enable_grad():
+        x = z.clone().requires_grad_(True)
+        out = mean(x)
+        grad = None
+        if isinstance(out, Tensor) and out.requires_grad:
+            (grad,) = torch.autograd.grad(out.flatten(1), x, grad_outputs=fd.to(out.dtype), allow_unused=True)
+    if grad is None:
+        raise ValueError(
+            f"{name} passes no gradient to its input: its output does not depend differentiably on "
+            "the codes (a .detach(), .numpy() or torch.no_grad() inside?). Geodesics need the "
+            "decoder's derivatives"
+        )
+    if z.device.type != "cpu":
+        return
+    along = float((grad * u).sum())  # <fd, J u>
+    expected = float(fd.pow(2).sum())  # <fd, fd>: equal when J u = fd
+    if expected > 0 and abs(along - expected) > DERIVATIVE_MISMATCH * expected:
+        warnings.warn(
+            f"{name}'s derivative by autograd disagrees with central differences by "
+            f"{abs(along - expected) / expected:.0%} along a test direction: is a part of it "
+            "detached from autograd, or not differentiable? Lengths measured under it would be wrong",
+            stacklevel=3,
+        )

@@ -1,0 +1,69 @@
+"""A decoder passed as a method of the user's VAE (``vae.decode``) takes the stacked forward mode
+when its body traces into a chain, with the same values and Jacobians as ``torch.func`` gives;
+``metric.to`` converts its module; a method with control flow falls back to ``torch.func``."""
+
+import torch
+from torch import nn
+
+import fastgeo
+from fastgeo.decoders import stacked_chain
+
+f64 = torch.float64
+
+
+class ConvVAE(nn.Module):
+    def __init__(self, d: int = 5) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(144, 2 * d))
+        self.fc = nn.Linear(d, 8 * 3 * 3)
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1, output_padding=0), nn.ELU(),
+            nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1), nn.Sigmoid(),
+        )  # fmt: skip
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.elu(self.fc(z))
+        return self.up(h.view(-1, 8, 3, 3)).flatten(1)
+
+    def decode_branchy(self, z: torch.Tensor) -> torch.Tensor:
+        if bool(z.sum() > 1e9):  # control flow on values: torch.fx cannot trace it
+            return self.decode(-z)
+        return self.decode(z)
+
+
+def _precision(d: int, D: int) -> fastgeo.RBFPrecision:
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(6, d, generator=g, dtype=f64)
+    weights = torch.rand(D, 6, generator=g, dtype=f64)
+    return fastgeo.RBFPrecision(centers, torch.full((6,), 0.5, dtype=f64), weights, 0.1)
+
+
+def test_a_method_of_a_vae_takes_the_stacked_forward_mode():
+    torch.manual_seed(0)
+    vae = ConvVAE().double().eval()
+    prec = _precision(5, 144)
+    method = fastgeo.ExpectedMetric(vae.decode, prec)
+    plain = fastgeo.ExpectedMetric(lambda z: vae.decode(z), prec)
+    assert "stacked forward mode" in method.describe() and "ConvTranspose2d" in method.describe()
+    assert "torch.func" in plain.describe()
+    z = torch.randn(7, 5, dtype=f64)
+    assert stacked_chain(method.mean, z) is not None  # recognized and checked against the call
+    f_method, j_method = method.features_and_jacobian(z)
+    f_plain, j_plain = plain.features_and_jacobian(z)
+    torch.testing.assert_close(f_method, f_plain)
+    torch.testing.assert_close(j_method, j_plain)
+    branchy = fastgeo.ExpectedMetric(vae.decode_branchy, prec)
+    assert "torch.func" in branchy.describe()
+    torch.testing.assert_close(branchy.features_and_jacobian(z)[1], j_plain)
+
+
+def test_metric_to_converts_a_method_s_module_and_takes_a_positional_dtype_or_device():
+    torch.manual_seed(0)
+    vae = ConvVAE().double().eval()
+    metric = fastgeo.ExpectedMetric(vae.decode, _precision(5, 144))
+    single = metric.to(torch.float32)
+    assert single.dtype == torch.float32 and next(vae.parameters()).dtype == f64  # a copy
+    assert metric.to("cpu").device == torch.device("cpu")
+    assert metric.to(torch.device("cpu"), dtype=torch.float32).dtype == torch.float32
+    z = torch.randn(3, 5, dtype=f64)
+    torch.testing.assert_close(single.decode(z.float()), metric.decode(z).float(), atol=1e-5, rtol=1e-4)

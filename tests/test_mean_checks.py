@@ -1,0 +1,147 @@
+"""A user's decoder mean is checked when the metric is made: in training mode behind a function,
+random, dependent on its batch, detached from autograd, of another dtype than the precision, or
+raising: each a clear error (or, for a derivative that disagrees with central differences, a
+warning); well-formed decoders of every kind pass without a warning."""
+
+import warnings
+
+import pytest
+import torch
+from analytic import constant_precision
+
+import fastgeo
+
+f64 = torch.float64
+
+
+def mlp(act=torch.nn.Tanh, dtype=f64, d=2, D=3, extra=()):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(d, 8), *extra, act(), torch.nn.Linear(8, D)).to(dtype).eval()
+
+
+@pytest.mark.parametrize("wrap", ["lambda", "bound method", "closure"])
+def test_training_mode_behind_a_function_is_refused(wrap):
+    net = mlp(extra=(torch.nn.Dropout(0.3),)).train()
+    fn = {
+        "lambda": lambda z: net(z),
+        "bound method": net.forward,
+        "closure": (lambda module: (lambda z: 2.0 * module(z)))(net),
+    }[wrap]
+    with pytest.raises(ValueError, match=r"mean is in training mode: its Dropout.*\.eval\(\)"):
+        fastgeo.ExpectedMetric(fn, constant_precision(2, 3))
+    net.eval()
+    fastgeo.ExpectedMetric(fn, constant_precision(2, 3))
+
+
+def test_a_random_mean_is_refused():
+    net = mlp()
+    with pytest.raises(ValueError, match="mean is random"):
+        fastgeo.ExpectedMetric(lambda z: net(z) + 0.1 * torch.randn_like(net(z)), constant_precision(2, 3))
+
+
+def test_a_mean_that_depends_on_its_batch_is_refused():
+    net = mlp()
+    with pytest.raises(ValueError, match="mean depends on its batch"):
+        fastgeo.ExpectedMetric(lambda z: net(z - z.mean(0)), constant_precision(2, 3))
+
+
+def test_a_detached_mean_is_refused():
+    net = mlp()  # parameters require grad: the output does too, but not through the codes
+    with pytest.raises(ValueError, match="mean passes no gradient to its input"):
+        fastgeo.ExpectedMetric(lambda z: net(z.detach()), constant_precision(2, 3))
+    with pytest.raises(ValueError, match="no gradient"):
+        fastgeo.ExpectedMetric(lambda z: torch.from_numpy(net(z).detach().numpy()), constant_precision(2, 3))
+
+
+def test_a_partly_detached_mean_warns():
+    net, other = mlp(), mlp(act=torch.nn.Sigmoid)
+    with pytest.warns(UserWarning, match="disagrees with central differences"):
+        fastgeo.ExpectedMetric(lambda z: 0.2 * net(z) + other(z.detach()), constant_precision(2, 3))
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_a_mean_of_another_dtype_is_named(wrap):
+    net = mlp(dtype=torch.float32)
+    mean = (lambda z: net(z)) if wrap else net
+    with pytest.raises(TypeError, match=r"mean has torch.float32 parameters but the codes .*float64"):
+        fastgeo.ExpectedMetric(mean, constant_precision(2, 3))
+    # a decoder that converts the codes itself is the user's choice: accepted
+    fastgeo.ExpectedMetric(lambda z: net(z.float()).double(), constant_precision(2, 3))
+
+
+def test_rbf_fit_names_a_dtype_mismatch():
+    net = mlp()
+    z = torch.randn(40, 2)
+    with pytest.raises(TypeError, match="mean has torch.float64 parameters"):
+        fastgeo.RBFPrecision.fit(z, torch.randn(40, 3), net, num_centers=4, steps=2, progress=False)
+
+
+def test_an_exception_of_the_mean_reaches_the_user_unchanged():
+    class Refuses(Exception):
+        pass
+
+    def mean(z):
+        raise Refuses("my decoder says no")
+
+    with pytest.raises(Refuses, match="my decoder says no") as info:
+        fastgeo.ExpectedMetric(mean, constant_precision(2, 3))
+    notes = getattr(info.value, "__notes__", None)
+    if notes is not None:  # Python >= 3.11
+        assert "shape (1, 2)" in notes[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+@pytest.mark.parametrize("act", [torch.nn.Tanh, torch.nn.ReLU, torch.nn.ELU, torch.nn.Softplus])
+def test_well_formed_means_pass_silently(dtype, act):
+    """MLPs (smooth and piecewise linear), a conv decoder, a plain function, and the metric made
+    under torch.no_grad() and torch.inference_mode(): no error, no warning."""
+    d, D = 4, 64
+    torch.manual_seed(1)
+    conv = torch.nn.Sequential(
+        torch.nn.Linear(d, 16 * 4 * 4), act(), torch.nn.Unflatten(1, (16, 4, 4)),
+        torch.nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1), act(), torch.nn.Conv2d(8, 1, 3, padding=1),
+    ).to(dtype).eval()  # fmt: skip
+    net = mlp(act, dtype, d=d, D=D)
+    prec = constant_precision(d, D, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for mean in (net, conv, lambda z: torch.sin(z).repeat(1, D // d)):
+            fastgeo.ExpectedMetric(mean, prec)
+            with torch.no_grad():
+                fastgeo.ExpectedMetric(mean, prec)
+            with torch.inference_mode():
+                fastgeo.ExpectedMetric(mean, prec)
+
+
+def test_describe_says_how_the_mean_is_differentiated():
+    """``metric.describe()`` names the path a mean takes: the stacked forward mode for a chain
+    (with its steps, and the smoothing of piecewise-linear ones), torch.func for a plain function."""
+    prec = constant_precision(2, 3)
+    smooth = fastgeo.ExpectedMetric(mlp(torch.nn.Tanh), prec).describe()
+    assert "d = 2, data D = 3, torch.float64" in smooth
+    assert "Affine -> tanh -> Affine" in smooth and "stacked forward mode" in smooth
+    assert "piecewise-linear" not in smooth
+    assert "piecewise-linear" in fastgeo.ExpectedMetric(mlp(torch.nn.ReLU), prec).describe()
+    net = mlp()
+    assert "torch.func" in fastgeo.ExpectedMetric(lambda z: net(z), prec).describe()
+
+
+def test_rbf_fit_checks_the_decoder_and_its_options():
+    """RBFPrecision.fit refuses a decoder in training mode, images of another shape than the
+    decoder's, and a misspelt option (with the spelling meant)."""
+    torch.manual_seed(0)
+    z, X = torch.randn(40, 2, dtype=f64), torch.randn(40, 16, dtype=f64)
+    with pytest.raises(ValueError, match="training mode"):
+        fastgeo.RBFPrecision.fit(z, X, mlp(D=16, extra=(torch.nn.Dropout(0.2),)).train(), num_centers=4)
+    images = torch.nn.Sequential(mlp(D=16), torch.nn.Unflatten(1, (1, 4, 4)))
+    fastgeo.RBFPrecision.fit(z, X.view(40, 1, 4, 4), images, num_centers=4, steps=2, progress=False)
+    with pytest.raises(ValueError, match="mean must map"):
+        fastgeo.RBFPrecision.fit(z, X.view(40, 1, 2, 8), images, num_centers=4, steps=2, progress=False)
+    with pytest.raises(TypeError, match=r"unknown option 'zetta' \(did you mean 'zeta'\?\)"):
+        fastgeo.RBFPrecision.fit(z, X, mlp(D=16), zetta=0.1)
+
+
+def test_pairwise_distances_suggests_the_option_meant():
+    metric = fastgeo.ExpectedMetric(mlp(), constant_precision(2, 3))
+    with pytest.raises(TypeError, match=r"did you mean 'worker' -> 'workers'"):
+        fastgeo.pairwise_distances(metric, torch.randn(3, 2, dtype=f64), worker=1)
