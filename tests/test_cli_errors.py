@@ -66,6 +66,21 @@ def test_paths_are_checked_before_any_work(files, capsys, monkeypatch, tmp_path)
     expect_error(capsys, ["--checkpoint", "not a folder"], gen, Z, "-o", tmp_path / "D.npy", "--checkpoint",
                  tmp_path / "ck")  # fmt: skip
     assert not (tmp_path / "D.npy").exists()
+    # an output that is an input would overwrite it
+    expect_error(capsys, ["--output", "is the latents file", "overwritten"], gen, Z, "-o", Z)
+    np.save(tmp_path / "Y.npy", np.zeros((2, 2)))
+    expect_error(capsys, ["--output", "is --y"], gen, Z, "--y", tmp_path / "Y.npy", "-o", tmp_path / "Y.npy")
+    assert np.load(Z).shape == (4, 2)
+
+
+def test_a_device_this_torch_lacks_is_one_line(files, capsys, monkeypatch, tmp_path):
+    tmp, gen = files
+    solving_forbidden(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    expect_error(capsys, ["--device", "no usable CUDA"], gen, tmp / "Z.npy", "-o", tmp_path / "D.npy",
+                 "--device", "cuda")  # fmt: skip
+    expect_error(capsys, ["--device", "not a torch device"], gen, tmp / "Z.npy", "-o", tmp_path / "D.npy",
+                 "--device", "warp9")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -92,7 +107,7 @@ def test_numbers_are_checked_before_any_work(files, capsys, monkeypatch, tmp_pat
         ("complex", np.ones((3, 2), dtype=complex), ["complex", "floats"]),
         ("ints", np.ones((3, 2), dtype=np.int64), ["int64", "floats"]),
         ("object", np.array([[1.0, "a"], [2.0, "b"]], dtype=object), ["latents", "cannot read"]),
-        ("wide", np.ones((3, 5)), ["(3, 5)", "(M, 2)"]),
+        ("wide", np.ones((3, 5)), ["(3, 5)", "needs 2 columns"]),
         ("nan", np.array([[0.0, np.nan], [1.0, 1.0]]), ["NaN"]),
     ],
 )

@@ -69,6 +69,20 @@ def test_pair_and_example_input_float32(tmp_path):
     torch.testing.assert_close(loaded.mean(z), metric.mean(z))
 
 
+def test_a_pair_with_an_image_mean_saves_as_its_metric_does(tmp_path):
+    """(mean, precision) with a mean returning images (P, C, H, W) saves like the metric made of
+    them (the mean flattened); a missing folder is named."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    dec = nn.Sequential(nn.Linear(2, 48), nn.Tanh(), nn.Unflatten(1, (3, 4, 4))).eval()
+    prec = fastgeo.RBFPrecision(torch.randn(8, 2), torch.ones(8), torch.rand(48, 8), zeta=1e-2)
+    loaded = load_generator(save_generator(tmp_path / "pair.safetensors", (dec, prec)))
+    z = torch.randn(3, 5, 2)
+    torch.testing.assert_close(loaded.length(z), fastgeo.ExpectedMetric(dec, prec).length(z))
+    with pytest.raises(FileNotFoundError, match="folder .* does not exist"):
+        save_generator(tmp_path / "nope" / "g.safetensors", (dec, prec))
+
+
 def test_bad_files_and_inputs_refused(tmp_path):
     """A file that is not a generator, a mean without a precision, and an unknown format are
     refused."""

@@ -90,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
     report_path = None if args.report is None else inputs.writable_file("--report", args.report, ".npz")
     if report_path is not None and report_path.resolve() == output.resolve():
         raise inputs.InputError("--report and --output must be different files")
+    read = (("the latents file", latents), ("--y", second), ("the generator", generator))
+    for out_option, out_path in (("--output", output), ("--report", report_path)):
+        for in_option, in_path in read:
+            if out_path is not None and in_path is not None:
+                inputs.distinct(out_option, out_path, in_option, in_path)
+    device = inputs.device("--device", args.device)
     checkpoint = inputs.checkpoint_folder("--checkpoint", args.checkpoint)
     inputs.at_least("--chunk-size", args.chunk_size, 1)
     inputs.at_least("--neighbors", args.neighbors, 1)
@@ -107,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     }
     options = {k: v for k, v in given.items() if v is not None}
 
-    metric = load_generator(generator, device=args.device, trust=args.trust)
+    metric = load_generator(generator, device=device, trust=args.trust)
     solver_options(metric.dtype, metric.latent_dim, metric.data_dim, **options)  # every option, now
     Z = inputs.latent_codes("latents", latents, metric.latent_dim, metric.dtype).to(metric.device)
     Y = None

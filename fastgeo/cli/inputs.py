@@ -75,8 +75,30 @@ def latent_codes(option: str, path: Path, d: int, dtype: torch.dtype) -> Tensor:
     if array.dtype.kind != "f":
         raise InputError(f"{option}: {str(path)!r} holds {array.dtype} values; latent codes must be floats")
     if array.ndim != 2 or array.shape[1] != d:
-        raise InputError(f"{option}: {str(path)!r} has shape {array.shape}; the generator needs (M, {d})")
+        raise InputError(
+            f"{option}: {str(path)!r} has shape {array.shape}; the generator needs {d} columns (one "
+            "latent code per row)"
+        )
     array = array.astype(array.dtype.newbyteorder("="), copy=False)  # big-endian files too
     if not np.isfinite(array).all():
         raise InputError(f"{option}: {str(path)!r} contains NaN or inf")
     return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+
+
+def device(option: str, value: str | None) -> str | None:
+    """``value`` if it names a torch device this machine has (None: the default)."""
+    if value is None:
+        return None
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f"{option}: {value!r} is not a torch device ({e})") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"{option}: {value!r}, but this torch has no usable CUDA device")
+    return value
+
+
+def distinct(option: str, path: Path, other_option: str, other: Path) -> None:
+    """Refuse an output ``path`` that is the input ``other`` (it would be overwritten)."""
+    if path.resolve() == other.resolve():
+        raise InputError(f"{option} {str(path)!r} is {other_option}: it would be overwritten")

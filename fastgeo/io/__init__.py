@@ -61,6 +61,8 @@ def save_generator(
     fmt = _checks.choice("format", format, FORMATS)
     example = example_inputs(precision, example_input)
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"path: the folder {str(path.parent)!r} does not exist")
     if fmt == "safe":
         sequential = sequential_of(mean)
         if sequential is None:

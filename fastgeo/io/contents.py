@@ -46,8 +46,8 @@ def split_generator(generator: object) -> tuple[Callable[[Tensor], Tensor], RBFP
         mean, precision = generator  # type: ignore[misc]
     except (TypeError, ValueError):
         raise TypeError("generator must be an ExpectedMetric or a pair (mean, precision)") from None
-    ExpectedMetric(mean, precision)  # validates shapes, dtype and device
-    return mean, precision
+    # Validates shapes, dtype and device; a mean of images comes back flattened, as in a metric.
+    return ExpectedMetric(mean, precision).mean, precision
 
 
 def example_inputs(precision: RBFPrecision, example_input: Tensor | None) -> Tensor:

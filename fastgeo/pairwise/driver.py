@@ -165,10 +165,11 @@ def pairwise_distances(
         matrix, mapped = expand(matrix, rep, metric, out_path)
         status, iterations = expand_duplicates(status, rep), expand_duplicates(iterations, rep)
     if n_failed:
+        which = "The report's status says which" if return_report else "Pass return_report=True for the mask"
         warnings.warn(
             f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
             "entries hold the best length found (never longer than the straight line). "
-            "Pass return_report=True for the mask, or raise max_iter.", RuntimeWarning, stacklevel=2,
+            f"{which} (status per pair), or raise max_iter.", RuntimeWarning, stacklevel=2,
         )  # fmt: skip
     error = extra.get("graph_error")
     if error is not None and error.pairs and error.mean > GRAPH_WARN:

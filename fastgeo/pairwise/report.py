@@ -21,7 +21,9 @@ class PairwiseReport:
             :data:`fastgeo.solver.result.STATUSES` (see :attr:`status`, :attr:`converged`). Pairs
             that did not converge hold the best length found, never longer than the straight
             line. The diagonal and pairs of equal points are converged (distance exactly 0).
-        iterations: (M, M) or (M, P) int32, solver iterations spent on each pair.
+        iterations: (M, M) or (M, P) int32, solver iterations spent on each pair (exact mode:
+            -1 where no solve ran, on the diagonal and between equal codes; graph mode: zeros,
+            not kept per pair).
         n_pairs: geodesics solved (distinct unordered pairs for ``Z`` alone, ``M P`` with ``Y``).
         n_converged, n_failed: how many of them converged / did not.
         chunk_size, chunks_total: the fixed chunk layout.
