@@ -59,9 +59,15 @@ def modules_of(mean: Callable[[Tensor], Tensor]) -> list[torch.nn.Module]:
 
 
 def eval_mode(name: str, mean: Callable[[Tensor], Tensor]) -> None:
-    """:func:`fastgeo._checks.eval_mode` on every module of :func:`modules_of`."""
-    for module in modules_of(mean):
-        _checks.eval_mode(name, module)
+    """:func:`fastgeo._checks.eval_mode` on the mean where it is a module (or wraps one). The
+    modules behind a method or a function are not checked: they may hold more than the decoder
+    (a whole VAE whose encoder has dropout); :func:`deterministic` catches what reaches the output."""
+    while not isinstance(mean, torch.nn.Module):
+        inner = getattr(mean, "__wrapped__", None)
+        if not callable(inner) or inner is mean:
+            return
+        mean = inner
+    _checks.eval_mode(name, mean)
 
 
 def call(
@@ -80,10 +86,12 @@ def call(
         if mismatch is not None and any(word in str(error) for word in _MISMATCH_WORDS):
             raise mismatch from error
         if hasattr(error, "add_note"):  # Python >= 3.11
+            training = [type(m).__name__ for m in modules_of(mean) if _in_training(m)]
             error.add_note(
                 f"(raised by {name} called on {codes}: shape {tuple(z.shape)}, {z.dtype}, on "
                 f"{z.device}"
                 + (f"; note: {mismatch}" if mismatch is not None else "")
+                + (f"; note: {training[0]} has layers in training mode: call .eval()?" if training else "")
                 + ")"
             )
         raise
@@ -94,6 +102,14 @@ def call(
 # "Expected all tensors to be on the same device"): only such an error of the mean is replaced
 # by one naming the mismatch; any other reaches the caller as the mean raised it.
 _MISMATCH_WORDS = ("dtype", "type (", "scalar type", "Float", "Double", "Half", "device")
+
+
+def _in_training(module: torch.nn.Module) -> bool:
+    try:
+        _checks.eval_mode("", module)
+    except ValueError:
+        return True
+    return False
 
 
 def _parameters_unlike(
