@@ -3,8 +3,9 @@ wrong with the decoder rather than where torch noticed it.
 
 - :func:`call`: the mean on a probe; where it raises, a module of another dtype or device than
   the codes is named;
-- :func:`modules_of`: the ``nn.Module`` objects behind a mean given as a function (a bound
-  method, a lambda or closure around a module), so that their training flags are checked too;
+- :func:`eval_mode`: no dropout or batch statistics left in training mode in a mean that is a
+  module; :func:`modules_of` finds the modules behind a mean given as a function (a bound
+  method, a lambda or closure around a module), named in the messages of :func:`call`;
 - :func:`deterministic`: the same codes give the same output, whatever else shares the batch;
 - :func:`differentiable`: gradients flow from the output to the codes, and along one direction
   they agree with central differences (a decoder that detaches part of its graph would give
