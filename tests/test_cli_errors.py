@@ -25,7 +25,8 @@ def files(tmp_path_factory):
 
 
 def run_cli(capsys, *argv):
-    code = main(["distances", *map(str, argv), "--no-progress", "--max-iter", "5"])
+    argv = [*map(str, argv), "--no-progress"]
+    code = main(["distances", *argv, *([] if "--max-iter" in argv else ["--max-iter", "5"])])
     err = capsys.readouterr().err.strip().splitlines()
     return code, err
 
@@ -92,6 +93,8 @@ def test_a_device_this_torch_lacks_is_one_line(files, capsys, monkeypatch, tmp_p
         ("--tol", "inf", ["tol"]),
         ("--n-points", "1", ["n_points"]),
         ("--m", "0", ["m must"]),
+        ("--max-iter", "0", ["--max-iter", ">= 1"]),
+        ("--max-iter", "-3", ["--max-iter", ">= 1"]),
     ],
 )
 def test_numbers_are_checked_before_any_work(files, capsys, monkeypatch, tmp_path, option, value, words):
@@ -202,3 +205,15 @@ def test_graph_mode_from_the_command_line(files, capsys, monkeypatch, tmp_path):
     expect_error(capsys, ["--neighbors", ">= 1"], *graph, "--neighbors", "0")
     expect_error(capsys, ["--error-sample", ">= 0"], *graph, "--error-sample", "-2")
     expect_error(capsys, ["--workers", ">= 1"], *graph, "--workers", "0")
+
+
+@pytest.mark.parametrize("mode", [None, "exact"])
+@pytest.mark.parametrize("option,value", [("--neighbors", "2"), ("--error-sample", "3")])
+def test_graph_options_are_refused_in_exact_mode(files, capsys, monkeypatch, tmp_path, mode, option, value):
+    """--neighbors and --error-sample given in exact mode (the default) would be ignored: refused,
+    naming the option and the mode that uses it."""
+    tmp, gen = files
+    solving_forbidden(monkeypatch)
+    exact = [] if mode is None else ["--mode", mode]
+    expect_error(capsys, [option, "--mode graph", "no effect in --mode exact"], gen, tmp / "Z.npy", "-o",
+                 tmp_path / "D.npy", *exact, option, value)  # fmt: skip

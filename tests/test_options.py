@@ -24,6 +24,7 @@ CASES = [
     ({"explore": "yes"}, TypeError, "explore"),
     ({"explore": -1}, ValueError, "explore"),
     ({"max_iter": True}, TypeError, "max_iter"),
+    ({"max_iter": 0}, ValueError, "max_iter must be an integer >= 1"),
     ({"n_points": 48.0}, TypeError, "n_points"),
     ({"n_points": 3}, ValueError, "n_points must be an integer >= 4"),  # B-splines: 2 control points
     ({"n_points": 2, "family": "legendre"}, ValueError, "n_points must be an integer >= 3"),

@@ -64,6 +64,12 @@ def at_least(option: str, value: int | None, minimum: int) -> int | None:
     return value
 
 
+def only_in_mode(option: str, value: object, mode: str, needed: str) -> None:
+    """Refuse an option given explicitly (not None) that only ``--mode needed`` uses."""
+    if value is not None and mode != needed:
+        raise InputError(f"{option} is for --mode {needed}; it has no effect in --mode {mode}")
+
+
 def latent_codes(option: str, path: Path, d: int, dtype: torch.dtype) -> Tensor:
     """An (M, d) array of finite floats from a ``.npy`` file, as a tensor of ``dtype``."""
     if path.suffix != ".npy":

@@ -101,8 +101,8 @@ def geodesics(
             leads Gauss-Newton into where a decoder has several; ``True`` for its default
             steps (20), or their number (default: 20 in d >= 4, none in d <= 3, whose graph
             paths race instead).
-        max_iter: iteration limit per phase (default 300 for Levenberg-Marquardt, 2000 for
-            ``paper``'s first-order steps, 300 for ``dense``).
+        max_iter: iteration limit per phase, >= 1 (default 300 for Levenberg-Marquardt, 2000
+            for ``paper``'s first-order steps, 300 for ``dense``).
         tol: a curve converges when a step lowers its energy by less than ``tol`` relative
             (default 1e-10 in float64, 1e-6 in float32; ``fast``: 1e-8 and 1e-4).
         batch_size: curves optimized at once (default: as many as fit in ~1 GiB of working

@@ -181,7 +181,7 @@ def solver_options(
     else:
         m = _checks.integer("m", _default_m(table, n_points, 1) if m is None else m, 1)
         basis = PolynomialBasis(m, family)
-    max_iter = _checks.integer("max_iter", table["max_iter"] if max_iter is None else max_iter, 0)
+    max_iter = _checks.integer("max_iter", table["max_iter"] if max_iter is None else max_iter, 1)
     if isinstance(warm_start, bool):
         warm_iter = WARM_ITER if warm_start else 0
     else:
