@@ -59,16 +59,24 @@ def modules_of(mean: Callable[[Tensor], Tensor]) -> list[torch.nn.Module]:
     return [m for m in found if isinstance(m, torch.nn.Module)]
 
 
+def _module_itself(mean: Callable[[Tensor], Tensor]) -> torch.nn.Module | None:
+    """The module ``mean`` is, or wraps (through ``__wrapped__``); None for a method or a
+    function, whose modules may hold more than the decoder (a whole VAE, its encoder first)."""
+    while not isinstance(mean, torch.nn.Module):
+        inner = getattr(mean, "__wrapped__", None)
+        if not callable(inner) or inner is mean:
+            return None
+        mean = inner
+    return mean
+
+
 def eval_mode(name: str, mean: Callable[[Tensor], Tensor]) -> None:
     """:func:`fastgeo._checks.eval_mode` on the mean where it is a module (or wraps one). The
     modules behind a method or a function are not checked: they may hold more than the decoder
     (a whole VAE whose encoder has dropout); :func:`deterministic` catches what reaches the output."""
-    while not isinstance(mean, torch.nn.Module):
-        inner = getattr(mean, "__wrapped__", None)
-        if not callable(inner) or inner is mean:
-            return
-        mean = inner
-    _checks.eval_mode(name, mean)
+    module = _module_itself(mean)
+    if module is not None:
+        _checks.eval_mode(name, module)
 
 
 def call(
@@ -77,8 +85,10 @@ def call(
     """``mean(z)`` without gradients. Where the mean raises torch's error about mixed dtypes or
     devices and one of its modules (of :func:`modules_of`) has floating parameters of another
     dtype or device than ``z``, a TypeError / ValueError names both (torch's error, chained,
-    names neither); any other exception of the mean reaches the caller unchanged, with a note on
-    what it was called on; ``codes`` says where ``z``'s dtype and device come from."""
+    names neither); where it raises torch's RuntimeError and is (or wraps) a module whose first
+    layer cannot take ``z``'s width (:func:`_first_layer_unlike`), a ValueError names both widths;
+    any other exception of the mean reaches the caller unchanged, with a note on what it was
+    called on; ``codes`` says where ``z``'s dtype and device come from."""
     try:
         with torch.no_grad():
             return mean(z)
@@ -86,6 +96,9 @@ def call(
         mismatch = _parameters_unlike(name, mean, z, codes)
         if mismatch is not None and any(word in str(error) for word in _MISMATCH_WORDS):
             raise mismatch from error
+        width = _first_layer_unlike(name, mean, z, codes) if isinstance(error, RuntimeError) else None
+        if width is not None:
+            raise width from error
         if hasattr(error, "add_note"):  # Python >= 3.11
             training = [type(m).__name__ for m in modules_of(mean) if _in_training(m)]
             error.add_note(
@@ -129,10 +142,38 @@ def _parameters_unlike(
             )
         if p.device != z.device:
             return ValueError(
-                f"{name} has parameters on {p.device} but {codes} are on {z.device}; move them "
-                "to one device"
+                f"{name} has parameters on {p.device} but {codes} are on {z.device}; move them to one device"
             )
     return None
+
+
+_CONVS = (torch.nn.modules.conv._ConvNd,)  # Conv1d-3d and ConvTranspose1d-3d
+
+
+def _first_layer_unlike(
+    name: str, mean: Callable[[Tensor], Tensor], z: Tensor, codes: str
+) -> ValueError | None:
+    """The error to raise if the mean is (or wraps) a module whose first layer with parameters is
+    an ``nn.Linear`` with ``in_features`` other than the codes' width ``d = z.shape[-1]``, or a
+    convolution whose input channels no reshape of ``d`` values gives (``d % in_channels != 0``);
+    else None (other first layers, lazy ones, and means that are methods or functions are not
+    guessed at)."""
+    module = _module_itself(mean)
+    if module is None:
+        return None
+    layer = next((m for m in module.modules() if next(m.parameters(recurse=False), None) is not None), None)
+    if layer is None or isinstance(layer, torch.nn.modules.lazy.LazyModuleMixin):
+        return None
+    d = z.shape[-1]
+    if isinstance(layer, torch.nn.Linear) and layer.in_features != d:
+        expects = f"inputs of width {layer.in_features}"
+    elif isinstance(layer, _CONVS) and d % layer.in_channels:
+        expects = f"inputs of {layer.in_channels} channels"
+    else:
+        return None
+    return ValueError(
+        f"{name} expects {expects} (its first layer is {layer}) but {codes} have latent dimension {d}"
+    )
 
 
 def _differ(a: Tensor, b: Tensor) -> float:

@@ -27,7 +27,7 @@ def test_training_mode_behind_a_function_is_refused(wrap):
     fn = {
         "lambda": lambda z: net(z),
         "bound method": net.forward,
-        "closure": (lambda module: (lambda z: 2.0 * module(z)))(net),
+        "closure": (lambda module: lambda z: 2.0 * module(z))(net),
     }[wrap]
     with pytest.raises(ValueError, match=r"mean is random.*\.eval\(\)"):
         fastgeo.ExpectedMetric(fn, constant_precision(2, 3))
@@ -106,6 +106,57 @@ def test_an_exception_of_the_mean_reaches_the_user_unchanged():
     notes = getattr(info.value, "__notes__", None)
     if notes is not None:  # Python >= 3.11
         assert "shape (1, 2)" in notes[0]
+
+
+def conv_mean(shape, channels):
+    """Codes unflattened to ``shape`` (C, H, W), then a 3x3 convolution of ``channels`` inputs."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(channels, 1, 3, padding=1)
+    return torch.nn.Sequential(torch.nn.Unflatten(1, shape), conv, torch.nn.Flatten()).double().eval()
+
+
+WIDTH_12 = r"mean expects inputs of width 12 \(its first layer is Linear\(in_features=12, "
+CHANNELS_12 = r"mean expects inputs of 12 channels \(its first layer is Conv2d\(12, "
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: mlp(d=12), WIDTH_12 + r".*\) but the codes \(the precision's\) have latent dimension 8$"),
+        (lambda: conv_mean((12, 1, 1), 12), CHANNELS_12 + r".*\) but the codes .* have latent dimension 8$"),
+    ],
+)
+def test_a_mean_of_another_latent_width_is_named(make, match):
+    """A decoder whose first layer takes another width than the codes: a ValueError naming both
+    widths, not torch's error about shapes that cannot be multiplied."""
+    with pytest.raises(ValueError, match=match):
+        fastgeo.ExpectedMetric(make(), constant_precision(8, 3))
+
+
+def test_rbf_fit_names_a_mean_of_another_latent_width():
+    z, X = torch.randn(40, 8, dtype=f64), torch.randn(40, 3, dtype=f64)
+    with pytest.raises(ValueError, match=WIDTH_12 + r".*\) but the latents have latent dimension 8$"):
+        fastgeo.RBFPrecision.fit(z, X, mlp(d=12), num_centers=4, steps=2, progress=False)
+
+
+def behind_a_function(net):
+    return lambda z: net(z)
+
+
+@pytest.mark.parametrize(
+    "make,error",
+    [
+        # the modules behind a function are not searched
+        (lambda: behind_a_function(mlp(d=12)), "cannot be multiplied"),
+        # 8 values could be 2 x 4 channels: not guessed at
+        (lambda: conv_mean((2, 2, 2), 4), "to have 4 channels"),
+    ],
+)
+def test_other_errors_of_a_mean_are_kept(make, error):
+    """Where the codes' width may be right (a function around a module, a first convolution whose
+    channels divide the width), the mean's own error reaches the user."""
+    with pytest.raises(RuntimeError, match=error):
+        fastgeo.ExpectedMetric(make(), constant_precision(8, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, f64])
