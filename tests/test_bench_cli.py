@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,15 @@ def test_bench_pairwise_tiny(tmp_path, capsys):
             assert r["graph_error_pairs"] > 0 and r["graph_edges"] > 0
             assert math.isfinite(r["graph_error_mean_pct"]) and math.isfinite(r["graph_error_max_pct"])
             assert r["graph_error_max_pct"] >= r["graph_error_mean_pct"]
+
+
+def test_quick_duration_is_the_same_in_help_and_readme(capsys):
+    """``fastgeo bench --help`` and README.md state one duration for ``--quick``."""
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    in_help = re.search(r"--quick small sizes \(([^)]*)\)", help_text)
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    in_readme = re.search(r"`fastgeo bench --quick[^`]*` \(([^)]*)\)", readme)
+    assert in_help and in_readme
+    assert in_help.group(1) == in_readme.group(1), (in_help.group(1), in_readme.group(1))

@@ -1,4 +1,5 @@
-"""Sizes of a benchmark run: default (minutes), quick (about a minute on 2 cores), tiny (a smoke test)."""
+"""Sizes of a benchmark run: default (minutes), quick (a minute or two on 2 CPU cores), tiny (a
+smoke test)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class Settings:
 
 
 def settings_for(quick: bool = False, tiny: bool = False) -> Settings:
-    """Default (minutes), ``quick`` (about a minute on 2 cores) or ``tiny`` (a smoke test, s)."""
+    """Default (minutes), ``quick`` (a minute or two on 2 CPU cores) or ``tiny`` (a smoke test, s)."""
     if tiny:
         return Settings("tiny", ops_batches=(16, 32), ops_N=8, ops_D=16, ops_rounds=2, ops_min_total_s=0.0,
                         solver_pairs=6, solver_rounds=1, pairwise_ms=(4, 6), pairwise_rounds=1,
