@@ -17,6 +17,7 @@ from ..curves import evaluate
 from ..metric import energy_from_segments, length_from_segments
 from ..ops.band import block_bandwidth
 from ..ops.solver_ops import LMState, LMTrial, lm_propose, lm_update
+from . import secant_memory
 from .finer_gain import FinerGains
 from .last_step import corrected_step
 from .linearize import assemble, products_by_chunks
@@ -61,7 +62,9 @@ def levenberg_marquardt(
     proposed from a stale matrix proves nothing, so the curve goes on from a fresh one.
     Without the secant model (``secant=False``, the lagged calls) each step is corrected along the
     last accepted one by the curvature that step met (:mod:`.last_step`): in flat valleys plain
-    Gauss-Newton steps fall several times short.
+    Gauss-Newton steps fall several times short. In the lagged mode the correction is along the
+    last ``secant_memory.MEMORY`` trial steps instead (a limited-memory BFGS model on the damped
+    Gauss-Newton matrix, :mod:`.secant_memory`), whose exact gradients come with every trial.
 
     A curve converges when a step changes its energy, or its length ``sum sqrt(s_n)`` while the
     energy changes by less than ``LENGTH_TOL_FACTOR * tol``, by less than ``tol`` relative: near
@@ -133,12 +136,27 @@ def levenberg_marquardt(
     last = torch.zeros_like(state.grad)
     curvature = torch.zeros_like(state.e)
     use = torch.zeros_like(active, dtype=torch.bool)  # curves with a last step to correct along
+    # ... or, in the lagged mode, along its last few steps (secant_memory.py): pairs (b, k, p).
+    memory = secant_memory.MEMORY if (not secant and gradient is not None) else 0
+    mem_s = state.grad.new_zeros(active.numel(), memory, m * d)
+    mem_y = torch.zeros_like(mem_s)
+    mem_ok = torch.zeros(active.numel(), memory, dtype=torch.bool, device=z0.device)
 
     for _ in range(max_iter):
         if active.numel() == 0:
             break
-        step, predicted, solved = lm_propose(state.grad, state.hess, state.curv, state.lam, N - 1, banded)
-        if not secant and bool(use.any()):
+        if memory:
+            step, predicted, solved = secant_memory.multi_secant_step(
+                state.grad, state.hess, state.lam, mem_s, mem_y, mem_ok, N - 1, banded
+            )
+            redo = (~solved).nonzero().squeeze(1)
+            if redo.numel():
+                step[redo], predicted[redo], solved[redo] = lm_propose(
+                    state.grad[redo], state.hess[redo], None, state.lam[redo], N - 1, banded
+                )
+        else:
+            step, predicted, solved = lm_propose(state.grad, state.hess, state.curv, state.lam, N - 1, banded)
+        if not secant and not memory and bool(use.any()):
             step, predicted = corrected_step(
                 state.grad, state.hess, state.lam, step, predicted, last, curvature, use, N - 1, banded
             )
@@ -165,9 +183,14 @@ def levenberg_marquardt(
             predicted,
             solved,
         )
-        g_before, e_before = state.grad, state.e
+        g_before, e_before, h_before = state.grad, state.e, state.hess
         accept, verdict, ok, state = lm_update(state, proposal, tol, LENGTH_TOL_FACTOR)
-        if not secant:  # the curvature met, by gradients and by energies: the larger of the two
+        if memory:
+            add = solved & (accept | secant_memory.REJECTED)
+            mem_s, mem_y, mem_ok = secant_memory.store(
+                mem_s, mem_y, mem_ok, add, step, g_new - g_before, h_before, banded
+            )
+        if not secant and not memory:  # the curvature met, by gradients and energies: the larger
             last = torch.where(accept[:, None], step, last)
             by_gradient = (step * (g_new - g_before)).sum(-1)
             by_energy = 2 * ((proposal.e - e_before) / (N - 1) - (g_before * step).sum(-1))
@@ -206,6 +229,7 @@ def levenberg_marquardt(
             active = active[stay]
             state, c, age = state.rows(stay), c[stay], age[stay]
             last, curvature, use = last[stay], curvature[stay], use[stay]
+            mem_s, mem_y, mem_ok = mem_s[stay], mem_y[stay], mem_ok[stay]
             products = tuple(x[stay] for x in products)
     coeffs[active], energies[active] = c, state.e  # curves that hit the iteration limit (MAX_ITER)
     return coeffs, energies, status, iterations
