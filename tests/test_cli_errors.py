@@ -217,3 +217,12 @@ def test_graph_options_are_refused_in_exact_mode(files, capsys, monkeypatch, tmp
     exact = [] if mode is None else ["--mode", mode]
     expect_error(capsys, [option, "--mode graph", "no effect in --mode exact"], gen, tmp / "Z.npy", "-o",
                  tmp_path / "D.npy", *exact, option, value)  # fmt: skip
+
+
+def test_checkpoint_is_refused_in_graph_mode(files, capsys, monkeypatch, tmp_path):
+    """--checkpoint with --mode graph: refused before any work, naming the option."""
+    tmp, gen = files
+    solving_forbidden(monkeypatch)
+    words = ["--checkpoint", "--mode exact", "no effect in --mode graph"]
+    expect_error(capsys, words, gen, tmp / "Z.npy", "-o", tmp_path / "D.npy", "--mode", "graph",
+                 "--checkpoint", tmp_path / "ckpt")  # fmt: skip

@@ -168,6 +168,10 @@ def test_invalid_graph_options(metric, Z, tmp_path):
         fastgeo.pairwise_distances(metric, Z, mode="graph", error_sample=-1, progress=False)
     with pytest.raises(ValueError, match="checkpoint"):
         fastgeo.pairwise_distances(metric, Z, mode="graph", checkpoint=tmp_path / "c", progress=False)
+    # graph-mode options in exact mode would be silently ignored: refused, named
+    for name in ("neighbors", "error_sample"):
+        with pytest.raises(ValueError, match=f"{name} is for mode='graph'"):
+            fastgeo.pairwise_distances(metric, Z, progress=False, **{name: 5})
     with pytest.raises(ValueError, match="out"):
         fastgeo.pairwise_distances(metric, Z, out=tmp_path / "D.txt", progress=False)
     with pytest.raises(ValueError, match="out"):

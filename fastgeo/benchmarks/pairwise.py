@@ -37,10 +37,10 @@ def run_pairwise(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # unconverged pairs: counted below
                 warnings.simplefilter("ignore", UserWarning)  # the graph mode's error: reported below
+                graph = {"error_sample": settings.pairwise_graph_sample} if mode == "graph" else {}
                 _, report = pairwise_distances(
-                    metric, Z, mode=mode, error_sample=settings.pairwise_graph_sample,
-                    progress=False, return_report=True,
-                )  # fmt: skip
+                    metric, Z, mode=mode, progress=False, return_report=True, **graph
+                )
             reports.append(report)
 
         # the warm-up call also builds the solver's graph, cached on the metric

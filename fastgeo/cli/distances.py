@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = inputs.checkpoint_folder("--checkpoint", args.checkpoint)
     inputs.only_in_mode("--neighbors", args.neighbors, args.mode, "graph")
     inputs.only_in_mode("--error-sample", args.error_sample, args.mode, "graph")
+    inputs.only_in_mode("--checkpoint", args.checkpoint, args.mode, "exact")
     inputs.at_least("--chunk-size", args.chunk_size, 1)
     inputs.at_least("--max-iter", args.max_iter, 1)
     inputs.at_least("--neighbors", args.neighbors, 1)

@@ -56,8 +56,8 @@ def pairwise_distances(
     Y: Tensor | None = None,
     *,
     mode: str = "exact",
-    neighbors: int = NEIGHBORS,
-    error_sample: int = ERROR_SAMPLE,
+    neighbors: int | None = None,
+    error_sample: int | None = None,
     out: str | os.PathLike | None = None,
     workers: int | None = None,
     memory_budget: int | None = None,
@@ -89,8 +89,10 @@ def pairwise_distances(
             status ``graph_estimate``. ``error_sample`` random pairs are solved exactly too:
             the report's ``graph_error`` gives the chains' relative excess over them (mean,
             median, 95th percentile, max), and those entries keep the shorter length.
-        neighbors: graph mode: edges per code (nearest codes, in different directions).
-        error_sample: graph mode: random pairs solved exactly to measure the error (0: none).
+        neighbors: graph mode: edges per code (nearest codes, in different directions; default
+            NEIGHBORS). Refused in exact mode, where it would have no effect.
+        error_sample: graph mode: random pairs solved exactly to measure the error (0: none;
+            default ERROR_SAMPLE). Refused in exact mode.
         workers: processes that split the pairs, one thread each (default: as many as torch
             has threads, on a Linux CPU run; 1 elsewhere). Threads of one process wait for
             each other in every small parallel region of the solver, and collapse when another
@@ -127,8 +129,12 @@ def pairwise_distances(
         _checks.boolean("return_report", return_report),
     )
     mode = _checks.choice("mode", mode, MODES)
-    neighbors = _checks.integer("neighbors", neighbors, 1)
-    error_sample = _checks.integer("error_sample", error_sample, 0)
+    if mode != "graph":
+        for name, value in (("neighbors", neighbors), ("error_sample", error_sample)):
+            if value is not None:
+                raise ValueError(f"{name} is for mode='graph'; it has no effect in mode={mode!r}")
+    neighbors = _checks.integer("neighbors", NEIGHBORS if neighbors is None else neighbors, 1)
+    error_sample = _checks.integer("error_sample", ERROR_SAMPLE if error_sample is None else error_sample, 0)
     workers = check_workers(workers, metric.device, dist_info()[1] > 1)
     out_path = None if out is None else npy_path(out)
     if mode == "graph" and checkpoint is not None:
