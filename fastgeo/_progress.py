@@ -1,8 +1,8 @@
 """Progress bars: tqdm when it is installed (the optional ``progress`` extra), else nothing.
 
 Off a terminal (a log file of a cluster job, CI) a bar is redrawn every OFF_TERMINAL_INTERVAL
-seconds instead of every TERMINAL_INTERVAL, so that logs get a line now and then rather than a
-redraw five times a second; notebooks get their widget."""
+seconds instead of every TERMINAL_INTERVAL, each redraw on a line of its own (a terminal's
+carriage returns would join them into one line of the log); notebooks get their widget."""
 
 from __future__ import annotations
 
@@ -25,12 +25,35 @@ def _tqdm() -> Any:
     return tqdm
 
 
-def _interval(tqdm: Any) -> float:
-    """Seconds between redraws: TERMINAL_INTERVAL on a terminal or in a notebook."""
-    notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
+class _Lines:
+    """A stream for tqdm off a terminal: every redraw written as one line, its carriage returns
+    and padding dropped, blank redraws (a bar erased) skipped."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _lively() -> bool:
+    """Whether bars redraw in place: on a terminal or in a notebook."""
+    tqdm = _tqdm()
+    notebook = tqdm is not None and any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
     stream = sys.stderr
-    on_terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
-    return TERMINAL_INTERVAL if on_terminal or notebook else OFF_TERMINAL_INTERVAL
+    return notebook or (stream is not None and hasattr(stream, "isatty") and stream.isatty())
+
+
+def _style() -> dict[str, Any]:
+    """tqdm's keyword arguments for here: its redraw interval and, off a terminal, a line stream."""
+    if _lively():
+        return {"mininterval": TERMINAL_INTERVAL}
+    return {"mininterval": OFF_TERMINAL_INTERVAL, "file": _Lines(sys.stderr)}
 
 
 def progress_iter(it: Iterable[T], enabled: bool, desc: str) -> Iterator[T]:
@@ -38,7 +61,7 @@ def progress_iter(it: Iterable[T], enabled: bool, desc: str) -> Iterator[T]:
     tqdm = _tqdm() if enabled else None
     if tqdm is None:
         return iter(it)
-    return iter(tqdm(it, desc=desc, leave=False, mininterval=_interval(tqdm)))
+    return iter(tqdm(it, desc=desc, leave=False, **_style()))
 
 
 def progress_bar(total: int, enabled: bool, desc: str, unit: str = "it", leave: bool = True) -> Any:
@@ -47,6 +70,4 @@ def progress_bar(total: int, enabled: bool, desc: str, unit: str = "it", leave: 
     tqdm = _tqdm() if enabled else None
     if tqdm is None:
         return None
-    return tqdm(
-        total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=leave, mininterval=_interval(tqdm)
-    )
+    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=leave, **_style())

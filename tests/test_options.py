@@ -129,6 +129,32 @@ def test_progress_bars_redraw_seldom_off_a_terminal(monkeypatch):
     assert _progress.progress_bar(10, False, "test") is None
 
 
+def test_progress_bars_write_lines_off_a_terminal(monkeypatch):
+    """Off a terminal every redraw is a line of its own: no carriage returns joining them in a
+    log, no blank lines where a bar is erased, the last state kept."""
+    pytest.importorskip("tqdm")
+    import io
+    import sys
+
+    from fastgeo import _progress
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setattr(_progress, "OFF_TERMINAL_INTERVAL", 0.0)
+    bar = _progress.progress_bar(3, True, "pairs")
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    for _ in _progress.progress_iter(range(2), True, "batches"):  # erased when done
+        pass
+    text = log.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert lines and all(line.strip() for line in lines)
+    assert any(line.startswith("pairs") and "3/3" in line for line in lines)
+    assert sum(line.startswith("pairs") for line in lines) >= 2, lines
+
+
 @pytest.mark.parametrize(
     ("method", "d", "explore", "expected"),
     [("default", 2, None, 0), ("default", 4, None, 20), ("fast", 16, None, 20), ("fast", 3, None, 0),
