@@ -24,8 +24,10 @@ class PairwiseReport:
         iterations: (M, M) or (M, P) int32, solver iterations spent on each pair (exact mode:
             -1 where no solve ran, on the diagonal and between equal codes; graph mode: zeros,
             not kept per pair).
-        n_pairs: geodesics solved (distinct unordered pairs for ``Z`` alone, ``M P`` with ``Y``).
-        n_converged, n_failed: how many of them converged / did not.
+        n_pairs: entries computed (distinct unordered pairs for ``Z`` alone, ``M P`` with ``Y``).
+        n_converged, n_failed: how many of the entries solved as geodesics converged / did not
+            (exact mode: all ``n_pairs``; graph mode: the entries that are edges or sampled
+            pairs; graph estimates, status ``graph_estimate``, count in neither).
         chunk_size, chunks_total: the fixed chunk layout.
         chunks_computed: chunks solved by this call (this process, with ``torch.distributed``:
             all processes together).
