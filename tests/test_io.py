@@ -17,8 +17,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:fastgeo.pairwise_distances")
 
 def module_metric(dtype=torch.float64):
     torch.manual_seed(0)
-    mean = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 6),
-                               torch.nn.Sigmoid()).to(dtype)
+    mean = torch.nn.Sequential(
+        torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 6), torch.nn.Sigmoid()
+    ).to(dtype)
     return fastgeo.ExpectedMetric(mean, bumpy_metric(dtype).precision)
 
 
@@ -59,8 +60,12 @@ def test_pair_and_example_input_float32(tmp_path):
     with the same mean, and load_extra returns the extras."""
     metric = module_metric(torch.float32)
     Z, y = torch.randn(5, 2), torch.arange(5)
-    path = save_generator(tmp_path / "g.pt", (metric.mean, metric.precision),
-                          example_input=torch.randn(3, 4, 2), extra={"latents": Z, "labels": y})
+    path = save_generator(
+        tmp_path / "g.pt",
+        (metric.mean, metric.precision),
+        example_input=torch.randn(3, 4, 2),
+        extra={"latents": Z, "labels": y},
+    )
     loaded = load_generator(path)
     extra = load_extra(path)
     assert torch.equal(extra["latents"], Z) and torch.equal(extra["labels"], y)
@@ -95,6 +100,10 @@ def test_bad_files_and_inputs_refused(tmp_path):
         save_generator(tmp_path / "g.pt2", metric.mean)
     with pytest.raises(ValueError, match="format"):
         save_generator(tmp_path / "g.pt2", metric, format="onnx")
+    with pytest.raises(TypeError, match="path comes first"):
+        save_generator(metric, tmp_path / "g.safetensors")
+    with pytest.raises(TypeError, match="path comes first"):
+        save_generator(metric, str(tmp_path / "g.safetensors"))
 
 
 def test_cli_distances_equals_python_call(tmp_path, capsys):
@@ -107,8 +116,22 @@ def test_cli_distances_equals_python_call(tmp_path, capsys):
     Z[4] = Z[1]
     np.save(tmp_path / "Z.npy", Z.numpy())
     out, ckpt = tmp_path / "D.npy", tmp_path / "ckpt"
-    argv = ["distances", str(gen), str(tmp_path / "Z.npy"), "-o", str(out), "--checkpoint", str(ckpt),
-            "--max-iter", "20", "--chunk-size", "4", "--no-progress", "--report", str(tmp_path / "r.npz")]
+    argv = [
+        "distances",
+        str(gen),
+        str(tmp_path / "Z.npy"),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ckpt),
+        "--max-iter",
+        "20",
+        "--chunk-size",
+        "4",
+        "--no-progress",
+        "--report",
+        str(tmp_path / "r.npz"),
+    ]
     assert main(argv) == 0
     D = fastgeo.pairwise_distances(load_generator(gen), Z, chunk_size=4, progress=False, **OPTS)
     assert np.array_equal(np.load(out), D.numpy())

@@ -57,6 +57,8 @@ def save_generator(
     Returns:
         the path written.
     """
+    if isinstance(generator, (str, os.PathLike)) and not isinstance(path, (str, os.PathLike)):
+        raise TypeError("save_generator(path, generator): the path comes first (the arguments look swapped)")
     mean, precision = split_generator(generator)
     fmt = _checks.choice("format", format, FORMATS)
     example = example_inputs(precision, example_input)
