@@ -9,6 +9,7 @@ from torch import Tensor
 
 from . import _checks, _mean_checks, ops
 from .decoders import activation_width, jacobian_rows, piecewise_linear, smoothed
+from .decoders.flat import FlatOutput
 from .decoders.layout import channels_last
 from .decoders.recognize import describe, recognize
 from .rbf import RBFPrecision
@@ -38,19 +39,6 @@ def length_from_segments(segments: Tensor) -> Tensor:
 def feature_segments(features: Tensor) -> Tensor:
     """Squared segment lengths ``||f_{n+1} - f_n||^2`` (..., N-1) of embedded curves (..., N, F)."""
     return (features[..., 1:, :] - features[..., :-1, :]).pow(2).sum(-1)
-
-
-class FlatOutput:
-    """A callable decoder mean that returns images (P, C, H, W) (any trailing shape), as
-    (P, D) rows. ``nn.Module`` means get ``nn.Sequential(mean, nn.Flatten())`` instead, so that
-    their structure stays visible to the stacked forward mode (:mod:`fastgeo.decoders`)."""
-
-    def __init__(self, mean: Callable[[Tensor], Tensor]) -> None:
-        self.mean = mean
-        self.__wrapped__ = mean  # where its modules are found (training flags)
-
-    def __call__(self, z: Tensor) -> Tensor:
-        return self.mean(z).flatten(1)
 
 
 def _flat_output(mean: Callable[[Tensor], Tensor], precision: RBFPrecision) -> Callable[[Tensor], Tensor]:

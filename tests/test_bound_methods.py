@@ -25,6 +25,10 @@ class ConvVAE(nn.Module):
         h = torch.nn.functional.elu(self.fc(z))
         return self.up(h.view(-1, 8, 3, 3)).flatten(1)
 
+    def decode_images(self, z: torch.Tensor) -> torch.Tensor:
+        """(P, 1, 12, 12) images: the metric flattens them."""
+        return self.decode(z).view(-1, 1, 12, 12)
+
     def decode_branchy(self, z: torch.Tensor) -> torch.Tensor:
         if bool(z.sum() > 1e9):  # control flow on values: torch.fx cannot trace it
             return self.decode(-z)
@@ -55,6 +59,22 @@ def test_a_method_of_a_vae_takes_the_stacked_forward_mode():
     branchy = fastgeo.ExpectedMetric(vae.decode_branchy, prec)
     assert "torch.func" in branchy.describe()
     torch.testing.assert_close(branchy.features_and_jacobian(z)[1], j_plain)
+
+
+def test_a_method_returning_images_takes_the_stacked_forward_mode():
+    """A method whose images the metric flattens is recognized through the flattening wrapper,
+    with the Jacobians of the flat method."""
+    torch.manual_seed(0)
+    vae = ConvVAE().double().eval()
+    prec = _precision(5, 144)
+    images = fastgeo.ExpectedMetric(vae.decode_images, prec)
+    assert "stacked forward mode" in images.describe() and "Flatten" in images.describe()
+    z = torch.randn(7, 5, dtype=f64)
+    assert stacked_chain(images.mean, z) is not None
+    f_flat, j_flat = fastgeo.ExpectedMetric(lambda z: vae.decode(z), prec).features_and_jacobian(z)
+    f_images, j_images = images.features_and_jacobian(z)
+    torch.testing.assert_close(f_images, f_flat)
+    torch.testing.assert_close(j_images, j_flat)
 
 
 def test_metric_to_converts_a_method_s_module_and_takes_a_positional_dtype_or_device():

@@ -1,6 +1,9 @@
-"""The adapter of a saved decoder mean: a module captured for (P, d) inputs, applied to any (..., d)."""
+"""Adapters of decoder means: a saved mean captured for (P, d) inputs applied to any (..., d)
+(:class:`FlatMean`), and a callable returning images as (P, D) rows (:class:`FlatOutput`)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -17,3 +20,17 @@ class FlatMean(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         lead = z.shape[:-1]
         return self.flat(z.reshape(-1, self.latent_dim)).reshape(*lead, self.data_dim)
+
+
+class FlatOutput:
+    """A callable decoder mean that returns images (P, C, H, W) (any trailing shape), as
+    (P, D) rows. ``nn.Module`` means get ``nn.Sequential(mean, nn.Flatten())`` instead; the
+    structure of a method of a module (``vae.decode``) stays visible through this wrapper
+    (:func:`fastgeo.decoders.recognize.chain_module`)."""
+
+    def __init__(self, mean: Callable[[Tensor], Tensor]) -> None:
+        self.mean = mean
+        self.__wrapped__ = mean  # where its modules are found (training flags)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.mean(z).flatten(1)

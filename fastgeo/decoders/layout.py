@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from .flat import FlatOutput
+
 CONVOLUTIONS = (nn.Conv2d, nn.ConvTranspose2d)
 # How close the converted call must come to the plain one on the check's points.
 CHECK_RTOL = 1e-4
@@ -48,7 +50,10 @@ def _hooked(convolutions: list[nn.Module]) -> Iterator[None]:
 
 
 def _convolutions(mean: object) -> list[nn.Module]:
-    """The 2-D convolutions of ``mean``: a module, or a method of one (``vae.decode``)."""
+    """The 2-D convolutions of ``mean``: a module, or a method of one (``vae.decode``), maybe
+    returning images (:class:`FlatOutput`)."""
+    if type(mean) is FlatOutput:
+        mean = mean.mean
     if isinstance(mean, types.MethodType):
         mean = mean.__self__
     if not isinstance(mean, nn.Module):

@@ -31,7 +31,7 @@ from torch.nn.modules import module as _module
 
 from . import modules
 from .activations import PIECEWISE_LINEAR
-from .flat import FlatMean
+from .flat import FlatMean, FlatOutput
 from .graphs import graph_steps, read_graph
 from .smoothing import SmoothedChain, smooth_steps
 from .steps import Activation, Conv, Step, signature
@@ -59,16 +59,25 @@ class MethodModule(nn.Module):
         return self._function(self.owner, z)
 
 
-# bound method -> its MethodModule (the method objects a metric holds live as long as it does)
+# bound method -> its MethodModule, FlatOutput -> its chain (held by a metric as long as it lives)
 _METHODS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def chain_module(fn: Callable[[Tensor], Tensor]) -> nn.Module | None:
     """The module whose structure describes ``fn``: ``fn`` itself, the module a
-    :class:`FlatMean` wraps (it only flattens (..., d) to (P, d)), or a :class:`MethodModule`
-    for a method of a module; None for any other callable."""
+    :class:`FlatMean` wraps (it only flattens (..., d) to (P, d)), a :class:`MethodModule`
+    for a method of a module (followed by a flatten where a :class:`FlatOutput` wraps it);
+    None for any other callable."""
     if type(fn) is FlatMean and not modules.has_hooks(fn):
         return fn.flat
+    if type(fn) is FlatOutput:  # a method returning images: its chain, then a flatten
+        inner = chain_module(fn.mean)
+        if inner is None:
+            return None
+        module = _METHODS.get(fn)
+        if module is None:
+            module = _METHODS[fn] = nn.Sequential(inner, nn.Flatten(1))
+        return module
     if isinstance(fn, nn.Module):
         return fn
     if isinstance(fn, types.MethodType) and isinstance(fn.__self__, nn.Module):
