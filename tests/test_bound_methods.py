@@ -87,3 +87,36 @@ def test_metric_to_converts_a_method_s_module_and_takes_a_positional_dtype_or_de
     assert metric.to(torch.device("cpu"), dtype=torch.float32).dtype == torch.float32
     z = torch.randn(3, 5, dtype=f64)
     torch.testing.assert_close(single.decode(z.float()), metric.decode(z).float(), atol=1e-5, rtol=1e-4)
+
+
+class _PixelShuffled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 64)
+        self.up = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.PixelShuffle(2))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.up(self.fc(z).view(-1, 4, 4, 4)))
+
+
+class _Rescaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 20)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc(z)) * 0.5 + 0.5
+
+
+def test_describe_names_where_a_decoder_leaves_the_fast_path():
+    """A decoder that falls back to torch.func is told which layer or op makes it (or that it is
+    a plain function, or untraceable): a user can fix that one place."""
+    from fastgeo.decoders.recognize import describe
+
+    vae = ConvVAE().eval()
+    assert "PixelShuffle (layer 'up.1')" in describe(_PixelShuffled())
+    assert "operator mul" in describe(_Rescaled())
+    assert "Mish (layer '1')" in describe(nn.Sequential(nn.Linear(5, 8), nn.Mish()))
+    assert "plain function" in describe(lambda z: vae.decode(z))
+    assert "torch.fx cannot trace it" in describe(vae.decode_branchy)
+    assert "stacked forward mode" in describe(vae.decode)

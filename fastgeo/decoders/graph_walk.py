@@ -55,6 +55,7 @@ class ChainReader:
         self.flat = True  # each point is a vector (as the input is)
         self.width: int | None = None  # of the last width-keeping reshape of a vector
         self.steps: list[Step] = []
+        self.at: Node | None = None  # the node being read (where a graph stops being a chain)
 
     def read(self, graph: Graph) -> list[Step]:
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -64,6 +65,7 @@ class ChainReader:
         for node in graph.nodes:
             if node.op in ("placeholder", "get_attr"):
                 continue
+            self.at = node
             if node.op == "output":
                 out = node.args[0]
                 out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out

@@ -94,6 +94,33 @@ def read_graph(graph: Graph, root: nn.Module) -> list[Step] | None:
         return None
 
 
+def where_not_a_chain(graph: Graph, root: nn.Module) -> str | None:
+    """The op of ``graph`` at which it stops being a chain of known ops, in words (``"PixelShuffle
+    (layer 'up.2')"``, ``"torch.special.expit"``, ``"x.mul"``...), or None if it is one."""
+    reader = _Reader(root)
+    try:
+        reader.read(graph)
+    except Exception:  # noqa: BLE001 - NotAChain, or arguments of an unexpected form
+        node = reader.at
+        if node is None:
+            return "its input"
+        if node.op == "call_module":
+            try:
+                kind = type(root.get_submodule(node.target)).__name__
+            except AttributeError:
+                kind = "a module"
+            return f"{kind} (layer {node.target!r})"
+        if node.op == "call_function":
+            name = getattr(node.target, "__name__", str(node.target))
+            module = getattr(node.target, "__module__", None) or ""
+            operand = "an operator" if module == "_operator" else "a function"
+            return f"{operand} {name}" if module in ("", "_operator") else f"{module}.{name}"
+        if node.op == "call_method":
+            return f"the tensor method .{node.target}()"
+        return "its output"
+    return None
+
+
 class _Reader(ChainReader):
     """The ops of ``torch.fx``-traced graphs (modules, torch functions, tensor methods) and of
     ``aten`` graphs."""

@@ -32,7 +32,7 @@ from torch.nn.modules import module as _module
 from . import modules
 from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean, FlatOutput
-from .graphs import graph_steps, read_graph
+from .graphs import graph_steps, read_graph, where_not_a_chain
 from .smoothing import SmoothedChain, smooth_steps
 from .steps import Activation, Conv, Step, signature
 
@@ -132,11 +132,10 @@ def describe(fn: Callable[[Tensor], Tensor]) -> str:
     found = recognize(fn)
     if found is None:
         return (
-            "not a recognized chain of layers (a plain function, a module with hooks, or a forward "
-            "torch.fx cannot trace into standard layers): its Jacobians come from torch.func, several "
-            "times slower than the stacked forward mode, and piecewise-linear activations in it (if "
-            "any) are not smoothed first. An nn.Sequential of standard layers, or a module torch.fx "
-            "traces, takes the fast path"
+            f"not a recognized chain of layers ({_why_not(fn)}): its Jacobians come from "
+            "torch.func, several times slower than the stacked forward mode, and piecewise-linear "
+            "activations in it (if any) are not smoothed first. An nn.Sequential of standard "
+            "layers, or a module (or a method of one) torch.fx traces into them, takes the fast path"
         )
     steps = found[0]
     names = " -> ".join(_step_name(s) for s in steps)
@@ -147,6 +146,27 @@ def describe(fn: Callable[[Tensor], Tensor]) -> str:
             "smoothed stand-in first, then on the true decoder"
         )
     return text
+
+
+def _why_not(fn: Callable[[Tensor], Tensor]) -> str:
+    """Why ``fn`` is not a recognized chain, in a few words."""
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return "global module hooks are registered"
+    module = chain_module(fn)
+    if module is None:
+        return "a plain function: pass the decoder module, or a method of it, instead"
+    if modules.has_hooks(module):
+        return "a module with hooks"
+    if isinstance(module, torch.fx.GraphModule):
+        graph = module.graph
+    else:
+        try:
+            graph = torch.fx.Tracer().trace(module)
+        except Exception as e:  # noqa: BLE001 - untraceable: say why, in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return f"torch.fx cannot trace it: {first[:160]}"
+    where = where_not_a_chain(graph, module)
+    return f"it stops being a chain of known layers at {where}" if where else "unknown"
 
 
 def _step_name(step: Step) -> str:
