@@ -2,6 +2,7 @@
 when its body traces into a chain, with the same values and Jacobians as ``torch.func`` gives;
 ``metric.to`` converts its module; a method with control flow falls back to ``torch.func``."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -99,13 +100,16 @@ class _PixelShuffled(nn.Module):
         return torch.sigmoid(self.up(self.fc(z).view(-1, 4, 4, 4)))
 
 
-class _Rescaled(nn.Module):
-    def __init__(self) -> None:
+class _Output(nn.Module):
+    """A linear layer, then ``out`` applied to its value."""
+
+    def __init__(self, out) -> None:
         super().__init__()
         self.fc = nn.Linear(5, 20)
+        self.out = out
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.fc(z)) * 0.5 + 0.5
+        return self.out(self.fc(z))
 
 
 def test_describe_names_where_a_decoder_leaves_the_fast_path():
@@ -115,8 +119,29 @@ def test_describe_names_where_a_decoder_leaves_the_fast_path():
 
     vae = ConvVAE().eval()
     assert "PixelShuffle (layer 'up.1')" in describe(_PixelShuffled())
-    assert "operator mul" in describe(_Rescaled())
+    assert "operator mul" in describe(_Output(lambda x: x * x))
     assert "Mish (layer '1')" in describe(nn.Sequential(nn.Linear(5, 8), nn.Mish()))
     assert "plain function" in describe(lambda z: vae.decode(z))
     assert "torch.fx cannot trace it" in describe(vae.decode_branchy)
     assert "stacked forward mode" in describe(vae.decode)
+
+
+@pytest.mark.parametrize(
+    "out",
+    [lambda x: torch.tanh(x) * 0.5 + 0.5, lambda x: 2 * torch.sigmoid(x) - 1, lambda x: 1 - torch.sigmoid(x),
+     lambda x: -x / 3, lambda x: (x + 1) / 2],
+)  # fmt: skip
+def test_outputs_scaled_by_constants_take_the_stacked_forward_mode(out):
+    """``tanh(x) * 0.5 + 0.5``, ``2 sigmoid(x) - 1``...: scaled and shifted by constants, pointwise
+    and affine: recognized, with torch.func's values and Jacobians."""
+    torch.manual_seed(0)
+    decoder = _Output(out).double().eval()
+    prec = _precision(5, 20)
+    metric = fastgeo.ExpectedMetric(decoder, prec)
+    assert "stacked forward mode" in metric.describe() and "Scale" in metric.describe()
+    z = torch.randn(7, 5, dtype=f64)
+    assert stacked_chain(metric.mean, z) is not None
+    f, j = metric.features_and_jacobian(z)
+    f_ref, j_ref = fastgeo.ExpectedMetric(lambda z: decoder(z), prec).features_and_jacobian(z)
+    torch.testing.assert_close(f, f_ref)
+    torch.testing.assert_close(j, j_ref)

@@ -22,6 +22,8 @@ and the graph is not a chain (None).
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +35,7 @@ from torch.fx.operator_schemas import normalize_function
 
 from .graph_walk import ChainReader, NotAChain, attribute, attribute_names, bind, nodes, require
 from .modules import hashable, module_steps
-from .steps import Activation, Affine, BatchNorm, Conv, GroupNorm, LayerNorm, Step
+from .steps import Activation, Affine, BatchNorm, Conv, GroupNorm, LayerNorm, Scale, Step
 
 _ATEN_SIMPLE = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu"}
 _ATEN_UPSAMPLE = {
@@ -70,6 +72,7 @@ _FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
                                     ("antialias", False))),
     F.pad: ("pad", (("pad", None), ("mode", "constant"), ("value", None))),
 }  # fmt: skip
+_ARITHMETIC = (operator.mul, operator.truediv, operator.add, operator.sub, operator.neg)
 _METHODS: dict[str, tuple[tuple[str, Any], ...]] = {
     "relu": (),
     "tanh": (),
@@ -141,12 +144,38 @@ class _Reader(ChainReader):
             self._method(node.target, node.args[1:], node.kwargs)
         elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
             self._aten(node)
+        elif node.op == "call_function" and node.target in _ARITHMETIC:
+            self._arithmetic(node)
         elif node.op == "call_function" and node.target in _FUNCTIONS:
             require(node.args and node.args[0] is self.current)
             name, params = _FUNCTIONS[node.target]
             self._function(name, bind(node.args[1:], node.kwargs, params))
         else:
             raise NotAChain
+
+    def _arithmetic(self, node: Node) -> None:
+        """``x * c``, ``c * x``, ``x / c``, ``x + c``, ``c + x``, ``x - c``, ``c - x``, ``-x``
+        for the chain's value x and a constant number c: a :class:`Scale` step."""
+        require(not node.kwargs)
+        op, args = node.target, node.args
+        if op is operator.neg:
+            require(args == (self.current,))
+            self._add(Scale(-1.0, 0.0))
+            return
+        require(len(args) == 2 and self.current in args and sum(a is self.current for a in args) == 1)
+        first = args[0] is self.current
+        c = args[1] if first else args[0]
+        require(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c))
+        c = float(c)
+        if op is operator.mul:
+            self._add(Scale(c, 0.0))
+        elif op is operator.truediv:
+            require(first and c != 0.0)
+            self._add(Scale(1.0 / c, 0.0))
+        elif op is operator.add:
+            self._add(Scale(1.0, c))
+        else:  # operator.sub
+            self._add(Scale(1.0, -c) if first else Scale(-1.0, c))
 
     def _method(self, name: str, args: tuple, kwargs: dict) -> None:
         if name in ("view", "reshape"):

@@ -28,6 +28,7 @@ from .steps import (
     LayerNorm,
     Pad,
     Reshape,
+    Scale,
     Step,
     Unflatten,
     Upsample,
@@ -170,6 +171,14 @@ def _activation(step: Activation, x: Tensor) -> Tensor:
     return x
 
 
+def _scale(step: Scale, x: Tensor) -> Tensor:
+    if step.scale != 1.0:
+        x *= step.scale
+    if step.shift != 0.0:
+        x[0] += step.shift
+    return x
+
+
 APPLY: dict[type, Callable[..., Tensor]] = {
     Affine: _affine,
     Conv: _conv,
@@ -182,6 +191,7 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     Flatten: _flatten,
     Unflatten: _unflatten,
     Activation: _activation,
+    Scale: _scale,
 }
 
 

@@ -140,9 +140,17 @@ class Activation:
     params: tuple[float, ...] = ()
 
 
+@dataclass(frozen=True)
+class Scale:
+    """``x * scale + shift`` with constants (e.g. ``torch.tanh(x) * 0.5 + 0.5``)."""
+
+    scale: float
+    shift: float
+
+
 Step = (
     Affine | Conv | BatchNorm | GroupNorm | LayerNorm | Upsample | Pad | Reshape | Flatten | Unflatten
-    | Activation
+    | Activation | Scale
 )  # fmt: skip
 # Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
 LAYERS = (Affine, Conv)
