@@ -276,7 +276,8 @@ def test_shipped_digits_generator_is_recognized():
 
 
 class PlusOne(nn.Sequential):
-    """A Sequential subclass whose forward differs from the chain of its children."""
+    """A Sequential subclass whose forward adds a constant to the chain of its children: traced,
+    the constant is a step of its own (recognized, exactly)."""
 
     offset = 1.0
 
@@ -285,9 +286,16 @@ class PlusOne(nn.Sequential):
 
 
 class PlusTiny(PlusOne):
-    """Differs by less than the probe check's tolerance (1e-4): only the type check refuses it."""
+    """Adds less than the probe check's tolerance (1e-4): recognized with the offset all the same."""
 
     offset = 1e-7
+
+
+class PlusInput(nn.Sequential):
+    """A Sequential subclass whose forward adds its input back (a skip connection): not a chain."""
+
+    def forward(self, z):
+        return super().forward(z) + z[:, :1]
 
 
 def _with_mish():
@@ -332,8 +340,7 @@ NOT_CHAINS = {
     "child_forward_hook": lambda: _hooked("child"),
     "forward_pre_hook": lambda: _hooked("pre"),
     "tiny_forward_hook": lambda: _hooked("tiny"),
-    "subclass_forward": lambda: _subclass(PlusOne),
-    "subclass_tiny_offset": lambda: _subclass(PlusTiny),
+    "subclass_skip": lambda: _subclass(PlusInput),
     "lambda": _lambda,
     "function": _function,
     "flatmean_hook": _hooked_flat_mean,
@@ -441,3 +448,16 @@ def test_metric_tensor_equals_reverse_mode_of_features():
     torch.testing.assert_close(M, M.transpose(-1, -2), rtol=0, atol=0)
     torch.testing.assert_close(metric.metric_tensor(z.reshape(2, 4, 2)), M.reshape(2, 4, 2, 2),
                                rtol=0, atol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", [PlusOne, PlusTiny], ids=["offset", "tiny_offset"])
+def test_a_subclass_adding_a_constant_is_traced_with_it(cls):
+    """A Sequential subclass whose forward adds a constant: the traced chain includes the constant
+    (the type check does not take the children for the whole), values and Jacobians exact."""
+    fn = _subclass(cls)
+    z = latents(6, 2)
+    assert mlp_chain(fn, z[:4]) is not None
+    value, jac = assert_rows_equal(fn, z)
+    torch.testing.assert_close(value, fn(z), rtol=1e-12, atol=1e-12)
+    value_rev, jac_rev = reverse_mode_rows(fn, z)
+    torch.testing.assert_close(jac, jac_rev, rtol=1e-10, atol=1e-12)
