@@ -99,7 +99,8 @@ def read_graph(graph: Graph, root: nn.Module) -> list[Step] | None:
 
 def where_not_a_chain(graph: Graph, root: nn.Module) -> str | None:
     """The op of ``graph`` at which it stops being a chain of known ops, in words (``"PixelShuffle
-    (layer 'up.2')"``, ``"torch.special.expit"``, ``"x.mul"``...), or None if it is one."""
+    (layer 'up.2')"``, ``"torch.nn.functional.mish"``, ``"an operator mul"``, ``"the tensor method
+    .exp()"``...), or None if it is one."""
     reader = _Reader(root)
     try:
         reader.read(graph)
