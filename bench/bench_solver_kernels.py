@@ -19,7 +19,9 @@ per-call overhead dominates):
 5. the banded step (plain Gauss-Newton in the B-spline basis, d >= 8): ``banded_lm_propose`` vs
    ``fastgeo.reference.banded_lm_propose``, at d = 8-128 (``BANDED_SHAPES``);
 6. the decoder Jacobian of a seeded MLP d-256-256-784 with LayerNorm and GELU (d = 16, 32; P = 480
-   random points), stacked forward mode vs ``torch.func``.
+   random points), of a conv decoder with PixelShuffle, Mish and Hardswish (d = 8, 32; P = 240) and
+   of a sequence decoder with InstanceNorm1d, PReLU and a softmax over 21 letters (d = 8, 32;
+   P = 480), stacked forward mode vs ``torch.func``.
 
     OMP_NUM_THREADS=1 pytest bench/bench_solver_kernels.py --benchmark-only -q -p no:cacheprovider -s
 
@@ -123,6 +125,43 @@ def _norm_gelu_builder(d: int) -> Callable[[int, int], Pair]:
         return Pair(ref, ker, lambda: _assert_agree("jacobian", ker(), ref(), RTOL["jacobian"]))
 
     build.__name__ = f"_norm_gelu_d{d}"
+    return build
+
+
+def _shuffle_mish_conv(d: int) -> torch.nn.Module:
+    """(P, d) -> (P, 784): Linear - 7x7 maps - Conv2d - PixelShuffle (14x14) - Mish - Conv2d -
+    PixelShuffle (28x28) - Hardswish - Conv2d - Sigmoid (layers taken by torch.func before)."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Linear(d, 32 * 49), nn.Unflatten(1, (32, 7, 7)), nn.Conv2d(32, 64, 3, padding=1),
+        nn.PixelShuffle(2), nn.Mish(), nn.Conv2d(16, 32, 3, padding=1), nn.PixelShuffle(2), nn.Hardswish(),
+        nn.Conv2d(8, 1, 3, padding=1), nn.Sigmoid(), nn.Flatten(),
+    ).eval()  # fmt: skip
+
+
+def _sequence_softmax(d: int) -> torch.nn.Module:
+    """(P, d) -> (P, 21 x 50): a sequence decoder (21 letters, 50 positions): Linear -
+    ConvTranspose1d - InstanceNorm1d - PReLU - Conv1d - Softmax over the letters."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Linear(d, 64 * 25), nn.Unflatten(1, (64, 25)), nn.ConvTranspose1d(64, 32, 4, 2, 1),
+        nn.InstanceNorm1d(32, affine=True), nn.PReLU(32), nn.Conv1d(32, 21, 3, padding=1), nn.Softmax(dim=1),
+        nn.Flatten(),
+    ).eval()  # fmt: skip
+
+
+def _layers_builder(make: Callable[[int], torch.nn.Module], d: int) -> Callable[[int, int], Pair]:
+    """The decoder Jacobian of a seeded ``make(d)`` at P = b N random points."""
+
+    def build(b: int, N: int) -> Pair:
+        torch.manual_seed(0)
+        mean = make(d)
+        z = torch.randn(b * N, d, dtype=DTYPE)
+        assert recognize(mean) is not None, f"{make.__name__} is not recognized as a chain"
+        ref, ker = (lambda: generic_jacobian_rows(mean, z)), (lambda: jacobian_rows(mean, z))
+        return Pair(ref, ker, lambda: _assert_agree("jacobian", ker(), ref(), RTOL["jacobian"]))
+
+    build.__name__ = f"{make.__name__}_d{d}"
     return build
 
 
@@ -234,6 +273,10 @@ CASES = (
     [("decoder Jacobian", f"P={b * N} (b={b}, N={N}), d=2, D=64", _jacobian, b, N) for b, N in P_SHAPES]
     + [("decoder Jacobian, LayerNorm + GELU MLP", f"P=480 (b=10, N=48), d={d}, D=784", _norm_gelu_builder(d),
         10, 48) for d in (16, 32)]
+    + [("decoder Jacobian, PixelShuffle + Mish conv", f"P=240 (b=5, N=48), d={d}, D=784",
+        _layers_builder(_shuffle_mish_conv, d), 5, 48) for d in (8, 32)]
+    + [("decoder Jacobian, sequences with softmax", f"P=480 (b=10, N=48), d={d}, D=1050",
+        _layers_builder(_sequence_softmax, d), 10, 48) for d in (8, 32)]
     + [("sigma + Jacobian", f"P={b * N} (b={b}, N={N}), d=2, K=64, D=64", _sigma, b, N) for b, N in P_SHAPES]
     + [("Gauss-Newton system", f"b={b}, N={N}, d=2, F=128, p={2 * M}", _gauss_newton, b, N)
        for b, N in BN_SHAPES]
@@ -245,6 +288,8 @@ CASES = (
 PIECES = {
     "decoder Jacobian": "jacobian_rows (stacked forward mode) vs generic_jacobian_rows (vmap of jvp)",
     "decoder Jacobian, LayerNorm + GELU MLP": "the same, MLP d-256-256-784 with LayerNorm and GELU",
+    "decoder Jacobian, PixelShuffle + Mish conv": "the same, conv decoder with PixelShuffle, Mish, Hardswish",
+    "decoder Jacobian, sequences with softmax": "the same, Conv1d, InstanceNorm1d, PReLU, softmax",
     "sigma + Jacobian": "torch.ops.fastgeo.rbf_sigma_jacobian vs fastgeo.reference.rbf_sigma_jacobian",
     "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs fastgeo.reference.gauss_newton_system",
     "LM propose + update": "lm_propose + lm_update (C++) vs fastgeo.reference.lm_propose + lm_update",

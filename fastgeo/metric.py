@@ -126,8 +126,8 @@ class ExpectedMetric:
     @property
     def piecewise_linear_mean(self) -> bool:
         """Whether the mean is a recognized chain with piecewise-linear activations (ReLU,
-        LeakyReLU, Hardtanh, ReLU6); the solver then keeps its secant model (see
-        :func:`fastgeo.solver.options.solver_options`)."""
+        LeakyReLU, PReLU, Hardtanh, ReLU6, Hardsigmoid, Hardswish); the solver then keeps its
+        secant model (see :func:`fastgeo.solver.options.solver_options`)."""
         return piecewise_linear(self.mean)
 
     def smoothed(self, sharpness: float | None = None) -> ExpectedMetric | None:

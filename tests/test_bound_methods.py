@@ -90,11 +90,11 @@ def test_metric_to_converts_a_method_s_module_and_takes_a_positional_dtype_or_de
     torch.testing.assert_close(single.decode(z.float()), metric.decode(z).float(), atol=1e-5, rtol=1e-4)
 
 
-class _PixelShuffled(nn.Module):
+class _MaxPooled(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(5, 64)
-        self.up = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.PixelShuffle(2))
+        self.up = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.MaxPool2d(2))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.up(self.fc(z).view(-1, 4, 4, 4)))
@@ -118,9 +118,13 @@ def test_describe_names_where_a_decoder_leaves_the_fast_path():
     from fastgeo.decoders.recognize import describe
 
     vae = ConvVAE().eval()
-    assert "PixelShuffle (layer 'up.1')" in describe(_PixelShuffled())
+    assert "MaxPool2d (layer 'up.1')" in describe(_MaxPooled())
     assert "operator mul" in describe(_Output(lambda x: x * x))
-    assert "Mish (layer '1')" in describe(nn.Sequential(nn.Linear(5, 8), nn.Mish()))
+    assert "Softshrink (layer '1')" in describe(nn.Sequential(nn.Linear(5, 8), nn.Softshrink()))
+    assert "torch.nn.functional.softmin" in describe(_Output(lambda x: torch.nn.functional.softmin(x, 1)))
+    pooled = _Output(lambda x: torch.nn.functional.max_pool1d(x.view(-1, 4, 5), 2).flatten(1))
+    exported = torch.export.export(pooled, (torch.randn(3, 5),)).module()
+    assert "max_pool1d" in describe(exported)  # torch.export's own hooks are no reason
     assert "plain function" in describe(lambda z: vae.decode(z))
     assert "torch.fx cannot trace it" in describe(vae.decode_branchy)
     assert "stacked forward mode" in describe(vae.decode)

@@ -31,6 +31,21 @@ def conv_decoder(d: int = 3) -> nn.Sequential:
     )  # fmt: skip
 
 
+def more_layers_decoder(d: int = 3) -> nn.Sequential:
+    """The rest of the structure table (1-D convolutions, instance norms, padding, pixel shuffles,
+    pooling, dropout, the other activations, softmax), in a decoder (P, d) -> (P, 3 * 3 * 3)."""
+    return nn.Sequential(
+        nn.Linear(d, 4 * 16), nn.Mish(), nn.Unflatten(1, (4, 16)), nn.Conv1d(4, 8, 3, padding=1),
+        nn.InstanceNorm1d(8, affine=True), nn.PReLU(8), nn.ConvTranspose1d(8, 4, 4, 2, 1),
+        nn.InstanceNorm1d(4, track_running_stats=True), nn.SELU(), nn.AvgPool1d(2), nn.Dropout(0.1),
+        nn.Dropout1d(0.1), nn.Unflatten(2, (4, 4)), nn.ZeroPad2d(1), nn.Conv2d(4, 8, 3), nn.PixelShuffle(2),
+        nn.ReflectionPad2d(1), nn.ReplicationPad2d(1), nn.AvgPool2d(2, divisor_override=3),
+        nn.InstanceNorm2d(2), nn.CELU(0.5), nn.PixelUnshuffle(2), nn.Dropout2d(0.2), nn.Conv2d(8, 3, 1),
+        nn.Hardswish(), nn.Softsign(), nn.Tanhshrink(), nn.LogSigmoid(), nn.Hardsigmoid(), nn.Softmax(dim=1),
+        nn.LogSoftmax(dim=-1), nn.Flatten(),
+    )  # fmt: skip
+
+
 def generator(mean: nn.Module, d: int, D: int, dtype=f64) -> fastgeo.ExpectedMetric:
     g = torch.Generator().manual_seed(0)
     prec = fastgeo.RBFPrecision(torch.randn(5, d, generator=g, dtype=f64), torch.ones(5, dtype=f64),
@@ -38,9 +53,27 @@ def generator(mean: nn.Module, d: int, D: int, dtype=f64) -> fastgeo.ExpectedMet
     return fastgeo.ExpectedMetric(mean.to(dtype).eval(), prec)
 
 
-def test_structure_table_covers_every_layer_of_the_conv_decoder():
-    seen = {type(m).__name__ for m in conv_decoder()}
+def test_structure_table_covers_every_layer_of_the_two_decoders():
+    seen = {type(m).__name__ for m in [*conv_decoder(), *more_layers_decoder()]}
     assert seen == set(LAYERS) - {"BatchNorm1d"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_safe_roundtrip_more_layers(tmp_path, dtype):
+    """Every other table layer round-trips, and the loaded decoder is still a recognized chain."""
+    from fastgeo.decoders import stacked_chain
+
+    torch.manual_seed(1)
+    mean = more_layers_decoder()
+    with torch.no_grad():
+        mean[7].running_mean.uniform_(-0.5, 0.5)
+        mean[7].running_var.uniform_(0.5, 2.0)
+        mean[5].weight.uniform_(-0.3, 0.3)
+    metric = generator(mean, 3, 27, dtype)
+    loaded = load_generator(save_generator(tmp_path / "g.safetensors", metric))
+    z = torch.randn(10, 3, dtype=dtype)
+    torch.testing.assert_close(loaded.mean(z), metric.mean(z), rtol=0, atol=0)
+    assert stacked_chain(loaded.mean, z[:4]) is not None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

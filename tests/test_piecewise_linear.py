@@ -29,6 +29,11 @@ def mlp(d: int, act: nn.Module) -> nn.Sequential:
         (nn.LeakyReLU(0.2), True),
         (nn.ReLU6(), True),
         (nn.Hardtanh(-2.0, 2.0), True),
+        (nn.PReLU(16), True),
+        (nn.Hardswish(), True),
+        (nn.Hardsigmoid(), True),
+        (nn.Mish(), False),
+        (nn.SELU(), False),
         (nn.ELU(), False),
         (nn.GELU(), False),
         (nn.Softplus(), False),
@@ -97,7 +102,19 @@ def relu6_mlp(d: int) -> nn.Sequential:
     ).double()
 
 
-@pytest.mark.parametrize("make", [conv_decoder, relu6_mlp])
+def prelu_hardswish_mlp(d: int) -> nn.Sequential:
+    torch.manual_seed(5)
+    net = nn.Sequential(
+        nn.Linear(d, 16), nn.PReLU(16), nn.Linear(16, 16), nn.Hardswish(), nn.Linear(16, 16), nn.PReLU(),
+        nn.Linear(16, D), nn.Hardsigmoid(), nn.Unflatten(1, (3, D // 3)), nn.Softmax(dim=1), nn.Flatten(),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        net[1].weight.uniform_(-0.3, 0.5)  # slopes of either sign
+        net[2].weight.mul_(6.0)  # Hardswish's kinks at +-3 within reach
+    return net
+
+
+@pytest.mark.parametrize("make", [conv_decoder, relu6_mlp, prelu_hardswish_mlp])
 def test_smoothed_chain_is_smooth_and_differentiated_exactly(make):
     """Every piecewise-linear activation is replaced; the stacked forward mode of the smoothed
     chain matches torch.func; autograd through it passes gradcheck; it is close to the decoder
@@ -113,6 +130,7 @@ def test_smoothed_chain_is_smooth_and_differentiated_exactly(make):
     smooth = smoothed(net, probe)
     names = [s.name for s in smooth.steps if type(s).__name__ == "Activation"]
     assert names and not set(names) & PIECEWISE_LINEAR
+    assert all(s.beta is not None for s in smooth.steps if type(s).__name__ == "PReLU")
     assert not piecewise_linear(smooth)
     z = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(smooth, (z[:2],), fast_mode=True)

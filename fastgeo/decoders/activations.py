@@ -68,6 +68,40 @@ def _gelu_tanh(x: Tensor) -> tuple[Tensor, Tensor]:
     return x * half, half + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
 
 
+def _scaled_elu(x: Tensor, alpha: float, scale: float, input_scale: float) -> tuple[Tensor, Tensor]:
+    """``scale * (x if x > 0 else alpha (exp(input_scale x) - 1))``: SELU and CELU."""
+    e = torch.exp(input_scale * x.clamp(max=0))
+    positive = x > 0
+    y = scale * torch.where(positive, x, alpha * (e - 1))
+    return y, scale * torch.where(positive, torch.ones_like(x), alpha * input_scale * e)
+
+
+def _mish(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``x tanh(softplus(x))``; its derivative ``tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)``."""
+    t = torch.tanh(torch.nn.functional.softplus(x))
+    return x * t, t + x * torch.sigmoid(x) * (1 - t * t)
+
+
+def _hardswish(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``x relu6(x + 3) / 6``; torch's derivative: 0 below -3, ``x / 3 + 1/2`` up to 3, then 1."""
+    dy = torch.where(x < -3, torch.zeros_like(x), torch.where(x <= 3, x / 3 + 0.5, torch.ones_like(x)))
+    return torch.nn.functional.hardswish(x), dy
+
+
+def _softsign(x: Tensor) -> tuple[Tensor, Tensor]:
+    r = 1 / (1 + x.abs())
+    return x * r, r * r
+
+
+def _logsigmoid(x: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.nn.functional.logsigmoid(x), torch.sigmoid(-x)
+
+
+def _tanhshrink(x: Tensor) -> tuple[Tensor, Tensor]:
+    t = torch.tanh(x)
+    return x - t, t * t
+
+
 def _hardtanh(x: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
     # torch's derivative: 1 strictly inside (low, high), 0 at and beyond the bounds
     return x.clamp(low, high), ((x > low) & (x < high)).to(x.dtype)
@@ -86,9 +120,17 @@ def _soft_hardtanh(x: Tensor, low: float, high: float, beta: float) -> tuple[Ten
     return low + y_low - y_high, dy_low - dy_high
 
 
-# Activations that are piecewise linear: a decoder made of them and affine layers has a Jacobian
-# that jumps where a unit switches, and curvature Gauss-Newton leaves out concentrated there.
-PIECEWISE_LINEAR = frozenset({"relu", "leaky_relu", "hardtanh"})
+def _soft_hardswish(x: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """Hardswish with its two kinks smoothed: ``x h(x)``, ``h`` the smoothed Hardtanh of
+    ``x / 6 + 1/2`` between 0 and 1 (rounded over the same width of x as ``beta`` rounds a ReLU)."""
+    h, dh = _soft_hardtanh(x / 6 + 0.5, 0.0, 1.0, 6 * beta)
+    return x * h, h + x * dh / 6
+
+
+# Activations that are piecewise linear (or, Hardswish, piecewise quadratic): a decoder made of them
+# and affine layers has a Jacobian that jumps where a unit switches, and curvature Gauss-Newton
+# leaves out concentrated there. Each has a smooth stand-in (fastgeo.decoders.smoothing).
+PIECEWISE_LINEAR = frozenset({"relu", "leaky_relu", "hardtanh", "hardswish"})
 
 # name -> (x, *params) -> (value, derivative)
 ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
@@ -102,7 +144,14 @@ ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "gelu": _gelu,
     "gelu_tanh": _gelu_tanh,
     "hardtanh": _hardtanh,
+    "scaled_elu": _scaled_elu,
+    "mish": _mish,
+    "hardswish": _hardswish,
+    "softsign": _softsign,
+    "logsigmoid": _logsigmoid,
+    "tanhshrink": _tanhshrink,
     # the smooth stand-ins of piecewise-linear ones (fastgeo.decoders.smoothing)
     "soft_leaky_relu": _soft_leaky_relu,
     "soft_hardtanh": _soft_hardtanh,
+    "soft_hardswish": _soft_hardswish,
 }

@@ -7,13 +7,16 @@ Two kinds of graphs are read:
   decomposed or not): linear (or addmm / mm of a transposed weight), convolution / conv{1,2}d /
   conv_transpose{1,2}d, upsample_*.vec, batch_norm / _native_batch_norm_legit_no_training
   (eval), group_norm / native_group_norm, layer_norm / native_layer_norm, pad and the padding
-  ops, view / reshape / _unsafe_view / flatten / unflatten, clone, dropout (eval) and the
+  ops, view / reshape / _unsafe_view / flatten / unflatten, clone, dropout (eval), pixel_shuffle /
+  pixel_unshuffle, avg_pool{1,2}d, (log_)softmax over an axis of the point, prelu and the
   activations (in-place variants too);
 - graphs of ``torch.fx.symbolic_trace`` (a custom decoder's ``forward``): call_module nodes of
   the layers of :mod:`fastgeo.decoders.modules`, torch / ``torch.nn.functional`` activations
-  (relu, tanh, sigmoid, silu, elu, leaky_relu, softplus, gelu, hardtanh, relu6),
-  ``F.interpolate``, ``F.pad``, ``torch.flatten`` / ``torch.reshape`` / ``torch.unflatten``, and
-  the methods view / reshape / flatten / unflatten / contiguous / relu / tanh / sigmoid.
+  (relu, tanh, sigmoid / expit, silu, elu, leaky_relu, softplus, gelu, hardtanh, relu6, mish,
+  selu, celu, hardswish, hardsigmoid, softsign, logsigmoid, tanhshrink), (log_)softmax,
+  ``F.interpolate``, ``F.pad``, ``F.pixel_(un)shuffle``, ``F.avg_pool{1,2}d``, ``torch.flatten``
+  / ``torch.reshape`` / ``torch.unflatten``, and the methods view / reshape / flatten /
+  unflatten / contiguous / relu / tanh / sigmoid / softmax / log_softmax.
 
 The walk along the chain (what may sit beside it, reshapes of the batch) is
 :mod:`fastgeo.decoders.graph_walk`'s; a node of another op, or arguments of an unexpected form,
@@ -24,63 +27,38 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.fx import Graph, GraphModule, Node
 from torch.fx.operator_schemas import normalize_function
 
+from .graph_ops import (
+    ARITHMETIC,
+    ATEN_IDENTITY,
+    ATEN_SIMPLE,
+    ATEN_UPSAMPLE,
+    ATEN_VIEWS,
+    FUNCTIONS,
+    METHODS,
+    NAMED,
+)
 from .graph_walk import ChainReader, NotAChain, attribute, attribute_names, bind, nodes, require
-from .modules import hashable, module_steps
-from .steps import Activation, Affine, BatchNorm, Conv, GroupNorm, LayerNorm, Scale, Step
-
-_ATEN_SIMPLE = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu"}
-_ATEN_UPSAMPLE = {
-    "upsample_nearest1d": "nearest",
-    "upsample_nearest2d": "nearest",
-    "_upsample_nearest_exact1d": "nearest-exact",
-    "_upsample_nearest_exact2d": "nearest-exact",
-    "upsample_linear1d": "linear",
-    "upsample_bilinear2d": "bilinear",
-    "upsample_bicubic2d": "bicubic",
-}
-_ATEN_IDENTITY = {"clone", "contiguous", "alias"}
-_ATEN_VIEWS = {"view", "reshape", "_unsafe_view"}
-# torch-level functions of symbolically traced graphs: name, then (parameter, default) after x.
-_FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
-    torch.relu: ("relu", ()),
-    torch.tanh: ("tanh", ()),
-    torch.sigmoid: ("sigmoid", ()),
-    F.relu: ("relu", (("inplace", False),)),
-    F.tanh: ("tanh", ()),
-    F.sigmoid: ("sigmoid", ()),
-    F.silu: ("silu", (("inplace", False),)),
-    F.elu: ("elu", (("alpha", 1.0), ("inplace", False))),
-    F.leaky_relu: ("leaky_relu", (("negative_slope", 0.01), ("inplace", False))),
-    F.softplus: ("softplus", (("beta", 1.0), ("threshold", 20.0))),
-    F.gelu: ("gelu", (("approximate", "none"),)),
-    F.hardtanh: ("hardtanh", (("min_val", -1.0), ("max_val", 1.0), ("inplace", False))),
-    F.relu6: ("hardtanh", (("inplace", False),)),
-    torch.flatten: ("flatten", (("start_dim", 0), ("end_dim", -1))),
-    torch.reshape: ("reshape", (("shape", None),)),
-    torch.unflatten: ("unflatten", (("dim", None), ("sizes", None))),
-    F.interpolate: ("interpolate", (("size", None), ("scale_factor", None), ("mode", "nearest"),
-                                    ("align_corners", None), ("recompute_scale_factor", None),
-                                    ("antialias", False))),
-    F.pad: ("pad", (("pad", None), ("mode", "constant"), ("value", None))),
-}  # fmt: skip
-_ARITHMETIC = (operator.mul, operator.truediv, operator.add, operator.sub, operator.neg)
-_METHODS: dict[str, tuple[tuple[str, Any], ...]] = {
-    "relu": (),
-    "tanh": (),
-    "sigmoid": (),
-    "contiguous": (),
-    "flatten": (("start_dim", 0), ("end_dim", -1)),
-    "unflatten": (("dim", None), ("sizes", None)),
-}
+from .modules import SELU_ALPHA, SELU_SCALE, hardsigmoid_steps, hashable, module_steps, softmax_steps
+from .steps import (
+    Activation,
+    Affine,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    GroupNorm,
+    LayerNorm,
+    PixelShuffle,
+    PReLU,
+    Scale,
+    Step,
+)
 
 
 def graph_steps(gm: GraphModule) -> list[Step] | None:
@@ -98,8 +76,8 @@ def read_graph(graph: Graph, root: nn.Module) -> list[Step] | None:
 
 
 def where_not_a_chain(graph: Graph, root: nn.Module) -> str | None:
-    """The op of ``graph`` at which it stops being a chain of known ops, in words (``"PixelShuffle
-    (layer 'up.2')"``, ``"torch.nn.functional.mish"``, ``"an operator mul"``, ``"the tensor method
+    """The op of ``graph`` at which it stops being a chain of known ops, in words (``"MaxPool2d
+    (layer 'up.2')"``, ``"torch.nn.functional.softmin"``, ``"an operator mul"``, ``"the tensor method
     .exp()"``...), or None if it is one."""
     reader = _Reader(root)
     try:
@@ -145,11 +123,11 @@ class _Reader(ChainReader):
             self._method(node.target, node.args[1:], node.kwargs)
         elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
             self._aten(node)
-        elif node.op == "call_function" and node.target in _ARITHMETIC:
+        elif node.op == "call_function" and node.target in ARITHMETIC:
             self._arithmetic(node)
-        elif node.op == "call_function" and node.target in _FUNCTIONS:
+        elif node.op == "call_function" and node.target in FUNCTIONS:
             require(node.args and node.args[0] is self.current)
-            name, params = _FUNCTIONS[node.target]
+            name, params = FUNCTIONS[node.target]
             self._function(name, bind(node.args[1:], node.kwargs, params))
         else:
             raise NotAChain
@@ -182,8 +160,8 @@ class _Reader(ChainReader):
         if name in ("view", "reshape"):
             require(not kwargs)
             self._reshape(args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args)
-        elif name in _METHODS:
-            self._function(name, bind(args, kwargs, _METHODS[name]))
+        elif name in METHODS:
+            self._function(name, bind(args, kwargs, METHODS[name]))
         else:
             raise NotAChain
 
@@ -202,6 +180,16 @@ class _Reader(ChainReader):
             self._gelu(a["approximate"])
         elif name == "hardtanh":  # F.relu6 binds no bounds
             self._add(Activation("hardtanh", (float(a.get("min_val", 0.0)), float(a.get("max_val", 6.0)))))
+        elif name in NAMED:
+            self._named(name, a)
+        elif name in ("softmax", "log_softmax"):
+            require(a["dtype"] is None)
+            self._softmax(a["dim"], name == "log_softmax")
+        elif name in ("pixel_shuffle", "pixel_unshuffle"):
+            self._pixel_shuffle(a["downscale_factor" if name == "pixel_unshuffle" else "upscale_factor"],
+                                name == "pixel_unshuffle")  # fmt: skip
+        elif name in ("avg_pool1d", "avg_pool2d"):
+            self._avg_pool(int(name[-2]), a)
         elif name == "flatten":
             self._flatten(a["start_dim"], a["end_dim"])
         elif name == "unflatten":
@@ -233,11 +221,16 @@ class _Reader(ChainReader):
         require(all(n.op == "get_attr" or n in self.batch or n in self.transposed for n in nodes(a)))
         inplace = name.endswith("_") and not name.startswith("_")
         base = name[:-1] if inplace else name
-        if base in _ATEN_SIMPLE:
-            self._add(Activation(_ATEN_SIMPLE[base]))
+        if base in ATEN_SIMPLE:
+            self._add(Activation(ATEN_SIMPLE[base]))
         elif base == "elu":
-            require(float(a["scale"]) == 1.0 and float(a["input_scale"]) == 1.0)  # not SELU
-            self._add(Activation("elu", (float(a["alpha"]),)))
+            alpha, scale, input_scale = (float(a[k]) for k in ("alpha", "scale", "input_scale"))
+            if scale == 1.0 and input_scale == 1.0:
+                self._add(Activation("elu", (alpha,)))
+            else:  # SELU and CELU, decomposed
+                self._add(Activation("scaled_elu", (alpha, scale, input_scale)))
+        elif base in NAMED or base in ("log_sigmoid", "special_expit"):
+            self._named({"log_sigmoid": "logsigmoid", "special_expit": "sigmoid"}.get(base, base), a)
         elif base == "leaky_relu":
             self._add(Activation("leaky_relu", (float(a["negative_slope"]),)))
         elif base == "softplus":
@@ -248,6 +241,8 @@ class _Reader(ChainReader):
             self._add(Activation("hardtanh", (float(a.get("min_val", -1.0)), float(a.get("max_val", 1.0)))))
         elif base == "relu6":
             self._add(Activation("hardtanh", (0.0, 6.0)))
+        elif base in ("mul", "div", "add", "sub", "rsub", "neg"):
+            self._aten_scale(base, a)
         elif inplace:
             raise NotAChain
         elif name == "linear":
@@ -261,9 +256,9 @@ class _Reader(ChainReader):
                              (weight.target, bias.target if bias is not None else None)))  # fmt: skip
         elif name in ("convolution", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"):
             self._conv(name, a)
-        elif name in _ATEN_UPSAMPLE:
+        elif name in ATEN_UPSAMPLE:
             require(node.target._overloadname == "vec")
-            self._upsample(hashable(a["output_size"]), hashable(a["scale_factors"]), _ATEN_UPSAMPLE[name],
+            self._upsample(hashable(a["output_size"]), hashable(a["scale_factors"]), ATEN_UPSAMPLE[name],
                            a.get("align_corners"))  # fmt: skip
         elif name in ("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm"):
             require(not a.get("training", False))
@@ -288,16 +283,80 @@ class _Reader(ChainReader):
             self._pad(a["pad"], a.get("mode", "constant"), a["value"])
         elif name in ("reflection_pad1d", "reflection_pad2d", "replication_pad1d", "replication_pad2d"):
             self._pad(a["padding"], "reflect" if name.startswith("reflection") else "replicate", None)
-        elif name in _ATEN_VIEWS:
+        elif name in ATEN_VIEWS:
             self._reshape(a["size"] if "size" in a else a["shape"])
         elif name == "flatten" and node.target._overloadname == "using_ints":
             self._flatten(a["start_dim"], a["end_dim"])
         elif name == "unflatten" and node.target._overloadname == "int":
             self._unflatten(a["dim"], a["sizes"])
+        elif name in ("softmax", "_softmax", "log_softmax", "_log_softmax"):
+            require(not a.get("half_to_float", False) and a.get("dtype") is None)
+            self._softmax(a["dim"], "log" in name)
+        elif name in ("pixel_shuffle", "pixel_unshuffle"):
+            inverse = name == "pixel_unshuffle"
+            self._pixel_shuffle(a["downscale_factor" if inverse else "upscale_factor"], inverse)
+        elif name in ("avg_pool1d", "avg_pool2d"):
+            self._avg_pool(int(name[-2]), a)
+        elif name in ("prelu", "_prelu_kernel"):
+            self._add(PReLU(self._param(a["weight"], False), attribute_names(a, "weight")))
         elif name == "dropout":
             require(not a["train"])
-        elif name not in _ATEN_IDENTITY:
+        elif name not in ATEN_IDENTITY:
             raise NotAChain
+
+    def _aten_scale(self, name: str, a: dict[str, Any]) -> None:
+        """``x * c``, ``x / c``, ``x + alpha c``, ``x - alpha c``, ``c - alpha x``, ``-x`` of aten
+        graphs, for constant numbers c: a :class:`Scale` step."""
+        if name == "neg":
+            self._add(Scale(-1.0, 0.0))
+            return
+        c, alpha = a["other"], a.get("alpha", 1)
+        for v in (c, alpha):
+            require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+        c, alpha = float(c), float(alpha)
+        if name == "mul":
+            self._add(Scale(c, 0.0))
+        elif name == "div":
+            require(c != 0.0)
+            self._add(Scale(1.0 / c, 0.0))
+        elif name == "add":
+            self._add(Scale(1.0, alpha * c))
+        elif name == "sub":
+            self._add(Scale(1.0, -alpha * c))
+        else:  # rsub: c - alpha x
+            self._add(Scale(-alpha, c))
+
+    def _named(self, name: str, a: dict[str, Any]) -> None:
+        """An activation of :data:`NAMED` (SELU and CELU as the scaled ELU, Hardsigmoid as a
+        Hardtanh)."""
+        if name == "selu":
+            self._add(Activation("scaled_elu", (SELU_ALPHA, SELU_SCALE, 1.0)))
+        elif name == "celu":
+            alpha = float(a.get("alpha", 1.0))
+            require(alpha != 0.0)
+            self._add(Activation("scaled_elu", (alpha, 1.0, 1.0 / alpha)))
+        elif name == "hardsigmoid":
+            for step in hardsigmoid_steps():
+                self._add(step)
+        else:
+            self._add(Activation(name))
+
+    def _softmax(self, dim: Any, log: bool) -> None:
+        steps = softmax_steps(dim, log)
+        require(steps is not None)
+        self._add(steps[0])
+
+    def _pixel_shuffle(self, factor: Any, inverse: bool) -> None:
+        require(isinstance(factor, int) and not isinstance(factor, bool) and factor >= 1)
+        self._add(PixelShuffle(factor, inverse))
+
+    def _avg_pool(self, dims: int, a: dict[str, Any]) -> None:
+        divisor = a.get("divisor_override")
+        require(divisor is None or isinstance(divisor, int))
+        stride = a.get("stride")
+        self._add(AvgPool(dims, hashable(a["kernel_size"]), hashable(stride) if stride else None,
+                          hashable(a.get("padding", 0)), bool(a.get("ceil_mode", False)),
+                          bool(a.get("count_include_pad", True)), divisor))  # fmt: skip
 
     def _conv(self, name: str, a: dict[str, Any]) -> None:
         transposed = bool(a["transposed"]) if name == "convolution" else name.startswith("conv_transpose")

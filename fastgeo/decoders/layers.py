@@ -4,8 +4,8 @@ The stack ``x`` is (k+1, P, *shape): block 0 holds the value at P points, blocks
 tangents at the same points. An affine step is linear in the tangents, so all k+1 blocks go
 through it as one batch of (k+1) P inputs (one GEMM, one convolution), the bias added to the
 value block only; an activation multiplies the tangents by its derivative at the value;
-group and layer normalization have their JVP written out. The stack is this module's own tensor: steps may
-update it in place.
+group and layer normalization and softmax have their JVP written out. The stack is this
+module's own tensor: steps may update it in place.
 """
 
 from __future__ import annotations
@@ -17,23 +17,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .activations import ACTIVATIONS
+from .activations import ACTIVATIONS, SOFT_THRESHOLD
 from .steps import (
     Activation,
     Affine,
+    AvgPool,
     BatchNorm,
     Conv,
     Flatten,
     GroupNorm,
     LayerNorm,
     Pad,
+    PixelShuffle,
+    PReLU,
     Reshape,
     Scale,
+    Softmax,
     Step,
     Unflatten,
     Upsample,
 )
 
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
@@ -171,6 +176,48 @@ def _activation(step: Activation, x: Tensor) -> Tensor:
     return x
 
 
+def prelu(step: PReLU, value: Tensor) -> tuple[Tensor, Tensor]:
+    """The PReLU's value and derivative at ``value`` (P, C, ...) or (P, F), out of place."""
+    a = step.weight()
+    a = a.reshape(-1, *(1,) * (value.dim() - 2)) if a.numel() > 1 else a.reshape(())
+    if step.beta is None:
+        positive = value > 0
+        return torch.where(positive, value, a * value), torch.where(positive, torch.ones_like(a), a)
+    sp, dsp = ACTIVATIONS["softplus"](value, step.beta, SOFT_THRESHOLD)  # as the smoothed LeakyReLU
+    return a * value + (1 - a) * sp, a + (1 - a) * dsp
+
+
+def _prelu(step: PReLU, x: Tensor) -> Tensor:
+    y, dy = prelu(step, x[0])
+    x[1:] *= dy
+    x[0] = y
+    return x
+
+
+def _softmax(step: Softmax, x: Tensor) -> Tensor:
+    """y = softmax(x), dy = y (dx - sum(y dx)); log: y = log_softmax(x), dy = dx - sum(softmax dx).
+    Into a new stack (autograd through a smoothed chain keeps x)."""
+    dim = step.dim  # a point axis: the same axis of the value block (P, ...) as of a batch
+    s = torch.softmax(x[0], dim)
+    tangents = x[1:] - (s * x[1:]).sum(_batch_dim(dim), keepdim=True)  # dims of (k, P, ...): the stack's
+    out = torch.empty_like(x)
+    out[0] = torch.log_softmax(x[0], dim) if step.log else s
+    out[1:] = tangents if step.log else s * tangents
+    return out
+
+
+def _pixel_shuffle(step: PixelShuffle, x: Tensor) -> Tensor:
+    fn = F.pixel_unshuffle if step.inverse else F.pixel_shuffle
+    return _unbatch(fn(_batch(x), step.factor), x)
+
+
+def _avg_pool(step: AvgPool, x: Tensor) -> Tensor:
+    divisor = () if step.dims == 1 else (step.divisor_override,)  # avg_pool1d takes none
+    y = _AVG_POOL[step.dims](_batch(x), step.kernel, step.stride, step.padding, step.ceil_mode,
+                             step.count_include_pad, *divisor)  # fmt: skip
+    return _unbatch(y, x)
+
+
 def _scale(step: Scale, x: Tensor) -> Tensor:
     if step.scale != 1.0:
         x *= step.scale
@@ -191,6 +238,10 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     Flatten: _flatten,
     Unflatten: _unflatten,
     Activation: _activation,
+    PReLU: _prelu,
+    Softmax: _softmax,
+    PixelShuffle: _pixel_shuffle,
+    AvgPool: _avg_pool,
     Scale: _scale,
 }
 

@@ -5,9 +5,12 @@ statistics, Dropout in training mode) has no steps (None).
 
 Linear; Conv1d / Conv2d, ConvTranspose1d / ConvTranspose2d (any stride, padding, output
 padding, dilation, groups, padding mode); Upsample (and UpsamplingNearest2d /
-UpsamplingBilinear2d); BatchNorm1d / BatchNorm2d (eval); GroupNorm; LayerNorm; ZeroPad2d,
-ReflectionPad2d, ReplicationPad2d; Flatten, Unflatten; Identity, Dropout (eval); ELU, ReLU,
-LeakyReLU, ReLU6, Hardtanh, Tanh, Sigmoid, Softplus, SiLU, GELU (exact or tanh).
+UpsamplingBilinear2d); BatchNorm1d / BatchNorm2d (eval); InstanceNorm1d / InstanceNorm2d;
+GroupNorm; LayerNorm; ZeroPad2d, ReflectionPad2d, ReplicationPad2d; PixelShuffle, PixelUnshuffle;
+AvgPool1d / AvgPool2d; Flatten, Unflatten; Identity, Dropout (eval); ELU, ReLU, LeakyReLU, PReLU,
+ReLU6, Hardtanh, Tanh, Sigmoid, Softplus, SiLU, GELU (exact or tanh), Mish, SELU, CELU,
+Hardswish, Hardsigmoid, Softsign, LogSigmoid, Tanhshrink; Softmax / LogSoftmax over an axis of
+the point.
 """
 
 from __future__ import annotations
@@ -19,18 +22,37 @@ from torch import Tensor, nn
 from .steps import (
     Activation,
     Affine,
+    AvgPool,
     BatchNorm,
     Conv,
     Flatten,
     GroupNorm,
     LayerNorm,
     Pad,
+    PixelShuffle,
+    PReLU,
+    Scale,
+    Softmax,
     Step,
     Unflatten,
     Upsample,
 )
 
-_SIMPLE = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu"}
+_SIMPLE = {
+    nn.ReLU: "relu",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+    nn.SiLU: "silu",
+    nn.Mish: "mish",
+    nn.Hardswish: "hardswish",
+    nn.Softsign: "softsign",
+    nn.LogSigmoid: "logsigmoid",
+    nn.Tanhshrink: "tanhshrink",
+}
+# SELU's constants, as torch's elu kernel takes them (alpha, scale)
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+_INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d)
+_AVG_POOLS = {nn.AvgPool1d: 1, nn.AvgPool2d: 2}
 _CONVS = (nn.Conv1d, nn.Conv2d)
 _CONVS_T = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 _UPSAMPLES = (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
@@ -91,6 +113,11 @@ def layer_steps(m: nn.Module) -> list[Step] | None:
             return None  # batch statistics: the output of a point depends on the others
         return [BatchNorm(getter(m, "weight"), getter(m, "bias"), getter(m, "running_mean"),
                           getter(m, "running_var"), float(m.eps), id(m))]  # fmt: skip
+    if kind in _INSTANCE_NORMS:  # instance statistics (in eval mode too, without running ones)
+        if m.track_running_stats and not m.training:
+            return [BatchNorm(getter(m, "weight"), getter(m, "bias"), getter(m, "running_mean"),
+                              getter(m, "running_var"), float(m.eps), id(m))]  # fmt: skip
+        return [GroupNorm(getter(m, "weight"), getter(m, "bias"), int(m.num_features), float(m.eps), id(m))]
     if kind is nn.GroupNorm:  # the same computation in training and eval mode
         return [GroupNorm(getter(m, "weight"), getter(m, "bias"), int(m.num_groups), float(m.eps), id(m))]
     if kind is nn.LayerNorm:  # so is this one
@@ -107,6 +134,15 @@ def layer_steps(m: nn.Module) -> list[Step] | None:
         if not isinstance(m.dim, int) or m.dim == 0 or not all(isinstance(s, int) for s in sizes):
             return None
         return [Unflatten(m.dim, tuple(m.unflattened_size))]
+    if kind in (nn.PixelShuffle, nn.PixelUnshuffle):
+        inverse = kind is nn.PixelUnshuffle
+        return [PixelShuffle(int(m.downscale_factor if inverse else m.upscale_factor), inverse)]
+    if kind in _AVG_POOLS:
+        divisor = getattr(m, "divisor_override", None)
+        return [AvgPool(_AVG_POOLS[kind], hashable(m.kernel_size), hashable(m.stride), hashable(m.padding),
+                        bool(m.ceil_mode), bool(m.count_include_pad), divisor)]  # fmt: skip
+    if kind in (nn.Softmax, nn.LogSoftmax):
+        return softmax_steps(m.dim, kind is nn.LogSoftmax)
     if kind is nn.Identity:
         return []
     if kind in _DROPOUTS:
@@ -129,7 +165,29 @@ def activation_steps(m: nn.Module) -> list[Step] | None:
         return [Activation(GELU_APPROXIMATIONS[m.approximate])]
     if kind in (nn.Hardtanh, nn.ReLU6):
         return [Activation("hardtanh", (float(m.min_val), float(m.max_val)))]
+    if kind is nn.SELU:
+        return [Activation("scaled_elu", (SELU_ALPHA, SELU_SCALE, 1.0))]
+    if kind is nn.CELU:
+        return [Activation("scaled_elu", (float(m.alpha), 1.0, 1.0 / float(m.alpha)))]
+    if kind is nn.Hardsigmoid:
+        return hardsigmoid_steps()
+    if kind is nn.PReLU:
+        return [PReLU(getter(m, "weight"), id(m))]
     return None
+
+
+def hardsigmoid_steps() -> list[Step]:
+    """Hardsigmoid, ``relu6(x + 3) / 6``, as the Hardtanh between 0 and 1 of ``x / 6 + 1/2``
+    (whose kinks smoothing then rounds)."""
+    return [Scale(1 / 6, 0.5), Activation("hardtanh", (0.0, 1.0))]
+
+
+def softmax_steps(dim: object, log: bool) -> list[Step] | None:
+    """Softmax (``log``: LogSoftmax) over ``dim`` of the batch, if that is an axis of each point
+    (``dim >= 1`` or -1; an implicit dim (None) may be the batch's): else None."""
+    if not isinstance(dim, int) or isinstance(dim, bool) or not (dim >= 1 or dim == -1):
+        return None
+    return [Softmax(dim, log)]
 
 
 def _conv_steps(m: nn.Module) -> list[Step] | None:

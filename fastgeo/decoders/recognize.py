@@ -34,7 +34,7 @@ from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean, FlatOutput
 from .graphs import graph_steps, read_graph, where_not_a_chain
 from .smoothing import SmoothedChain, smooth_steps
-from .steps import Activation, Conv, Step, signature
+from .steps import Activation, Conv, PReLU, Step, signature
 
 __all__ = [
     "chain_module", "describe", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed",
@@ -120,8 +120,8 @@ def recognize(fn: Callable[[Tensor], Tensor]) -> tuple[list[Step], Hashable] | N
 
 def piecewise_linear(fn: Callable[[Tensor], Tensor]) -> bool:
     """Whether ``fn`` is a recognized chain with a piecewise-linear activation (ReLU, LeakyReLU,
-    Hardtanh, ReLU6): its Jacobian jumps where a unit switches. False for anything else,
-    including decoders that are not recognized."""
+    PReLU, Hardtanh, ReLU6, Hardsigmoid, Hardswish): its Jacobian jumps where a unit switches.
+    False for anything else, including decoders that are not recognized."""
     found = recognize(fn)
     return found is not None and _has_kinks(found[0])
 
@@ -155,7 +155,7 @@ def _why_not(fn: Callable[[Tensor], Tensor]) -> str:
     module = chain_module(fn)
     if module is None:
         return "a plain function: pass the decoder module, or a method of it, instead"
-    if modules.has_hooks(module):
+    if modules.has_hooks(module) and not isinstance(module, torch.fx.GraphModule):  # export's own hooks
         return "a module with hooks"
     if isinstance(module, torch.fx.GraphModule):
         graph = module.graph
@@ -178,7 +178,10 @@ def _step_name(step: Step) -> str:
 
 
 def _has_kinks(steps: list[Step]) -> bool:
-    return any(isinstance(s, Activation) and s.name in PIECEWISE_LINEAR for s in steps)
+    return any(
+        isinstance(s, Activation) and s.name in PIECEWISE_LINEAR or isinstance(s, PReLU) and s.beta is None
+        for s in steps
+    )
 
 
 def smoothed(

@@ -1,11 +1,11 @@
 """Smooth stand-ins of decoders with piecewise-linear activations.
 
-A chain of affine layers and ReLU / LeakyReLU / Hardtanh / ReLU6 is piecewise linear: its
+A chain of affine layers and ReLU / LeakyReLU / PReLU / Hardtanh / ReLU6 is piecewise linear: its
 Jacobian jumps wherever a unit switches, and the discrete energy of a curve has kinks there.
 Levenberg-Marquardt started from the straight line stops in such kinks, short of the shortest
 curve. The same chain with every kink rounded (``softplus_beta`` in place of ``max(0, x)``) is
-smooth; the solver first optimizes the curve under it and then under the true decoder
-(:mod:`fastgeo.solver.smoothing`).
+smooth (Hardswish's two kinks alike); the solver first optimizes the curve under it and then
+under the true decoder (:mod:`fastgeo.solver.smoothing`).
 
 The rounding is relative to each activation's input: ``beta = SHARPNESS / rms`` with ``rms`` the
 root mean square of that layer's pre-activations at probe points (the data), so a decoder whose
@@ -14,12 +14,14 @@ pre-activations are ten times larger is rounded alike.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
 from .activations import ACTIVATIONS, PIECEWISE_LINEAR, SOFT_THRESHOLD
-from .layers import apply
-from .steps import Activation, Step
+from .layers import apply, prelu
+from .steps import Activation, PReLU, Step
 
 # beta times the pre-activations' RMS: 20 rounds each kink over ~5 % of a unit's typical input.
 # The solver's stages choose their own (fastgeo.solver.smoothing.STAGES; 20, 40 and 80 compared in
@@ -35,6 +37,8 @@ def smooth_activation(step: Activation, beta: float) -> Activation:
         return Activation("soft_leaky_relu", (step.params[0], beta))
     if step.name == "hardtanh":
         return Activation("soft_hardtanh", (*step.params, beta))
+    if step.name == "hardswish":
+        return Activation("soft_hardswish", (beta,))
     raise ValueError(f"{step.name!r} is not a piecewise-linear activation")
 
 
@@ -47,10 +51,12 @@ def smooth_steps(steps: list[Step], probe: Tensor, sharpness: float | None = Non
     smooth: list[Step] = []
     with torch.no_grad():
         for step in steps:
-            if isinstance(step, Activation) and step.name in PIECEWISE_LINEAR:
+            kinked = isinstance(step, Activation) and step.name in PIECEWISE_LINEAR
+            if kinked or isinstance(step, PReLU) and step.beta is None:
                 rms = float(x[0].pow(2).mean().sqrt())
                 beta = sharpness / rms if rms > 0 and rms < float("inf") else sharpness
-                smooth.append(smooth_activation(step, beta))
+                rounded = smooth_activation(step, beta) if kinked else dataclasses.replace(step, beta=beta)
+                smooth.append(rounded)
             else:
                 smooth.append(step)
             x = apply(step, x)
@@ -70,6 +76,8 @@ class SmoothedChain(nn.Module):
         for step in self.steps:
             if isinstance(step, Activation):  # out of place: autograd keeps the input
                 x = ACTIVATIONS[step.name](x, *step.params)[0]
+            elif isinstance(step, PReLU):
+                x = prelu(step, x[0])[0][None]
             else:
                 x = apply(step, x)
         return x[0]

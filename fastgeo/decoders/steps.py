@@ -5,8 +5,9 @@ its tangents.
 A chain acts on one point at a time: every step maps a batch (P, *shape_in) to (P, *shape_out)
 point by point. Parameters are read through getters at every call, so in-place training shows;
 ``identity`` (the layer's ``id``, or the graph's attribute names) and the settings (strides,
-eps, ...) enter the chain's :func:`signature`. All steps but :class:`Activation`,
-:class:`GroupNorm` and :class:`LayerNorm` are affine maps of their input: linear in the tangents.
+eps, ...) enter the chain's :func:`signature`. All steps but :class:`Activation`, :class:`PReLU`,
+:class:`GroupNorm`, :class:`LayerNorm` and :class:`Softmax` are affine maps of their input:
+linear in the tangents.
 """
 
 from __future__ import annotations
@@ -141,6 +142,48 @@ class Activation:
 
 
 @dataclass(frozen=True)
+class PReLU:
+    """``max(0, x) + a min(0, x)`` with the learned slopes ``a`` (1 or C values, C the channel
+    axis: the first of each point); ``beta``: its kink rounded as the smoothed LeakyReLU's
+    (:mod:`fastgeo.decoders.smoothing`), None for the true PReLU."""
+
+    weight: Getter
+    identity: Hashable
+    beta: float | None = None
+
+
+@dataclass(frozen=True)
+class Softmax:
+    """``softmax`` (``log``: ``log_softmax``) over axis ``dim`` of the batch (P, ...): never the
+    batch axis (``dim >= 1``, or -1). Not linear: its JVP is explicit."""
+
+    dim: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class PixelShuffle:
+    """``pixel_shuffle`` of (C r^2, H, W) to (C, H r, W r) per point with ``factor`` r
+    (``inverse``: ``pixel_unshuffle``): a permutation."""
+
+    factor: int
+    inverse: bool = False
+
+
+@dataclass(frozen=True)
+class AvgPool:
+    """``avg_pool{dims}d`` of (C, *spatial) per point, settings as the function takes them."""
+
+    dims: int
+    kernel: int | tuple[int, ...]
+    stride: int | tuple[int, ...] | None
+    padding: int | tuple[int, ...]
+    ceil_mode: bool
+    count_include_pad: bool
+    divisor_override: int | None = None
+
+
+@dataclass(frozen=True)
 class Scale:
     """``x * scale + shift`` with constants (e.g. ``torch.tanh(x) * 0.5 + 0.5``)."""
 
@@ -150,7 +193,7 @@ class Scale:
 
 Step = (
     Affine | Conv | BatchNorm | GroupNorm | LayerNorm | Upsample | Pad | Reshape | Flatten | Unflatten
-    | Activation | Scale
+    | Activation | PReLU | Softmax | PixelShuffle | AvgPool | Scale
 )  # fmt: skip
 # Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
 LAYERS = (Affine, Conv)

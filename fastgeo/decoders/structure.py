@@ -23,6 +23,7 @@ from .flat import FlatMean
 from .recognize import graph_steps
 from .steps import Activation, Affine
 
+_NORM = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 # type name -> (constructor, the constructor arguments read back as attributes of the module)
 LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
@@ -49,6 +50,35 @@ LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "GELU": (nn.GELU, ("approximate",)),
     "Hardtanh": (nn.Hardtanh, ("min_val", "max_val")),
     "ReLU6": (nn.ReLU6, ()),
+    "Conv1d": (nn.Conv1d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                           "groups", "bias", "padding_mode")),
+    "ConvTranspose1d": (nn.ConvTranspose1d, ("in_channels", "out_channels", "kernel_size", "stride",
+                                             "padding", "output_padding", "groups", "bias", "dilation",
+                                             "padding_mode")),
+    "InstanceNorm1d": (nn.InstanceNorm1d, _NORM),
+    "InstanceNorm2d": (nn.InstanceNorm2d, _NORM),
+    "ZeroPad2d": (nn.ZeroPad2d, ("padding",)),
+    "ReflectionPad2d": (nn.ReflectionPad2d, ("padding",)),
+    "ReplicationPad2d": (nn.ReplicationPad2d, ("padding",)),
+    "PixelShuffle": (nn.PixelShuffle, ("upscale_factor",)),
+    "PixelUnshuffle": (nn.PixelUnshuffle, ("downscale_factor",)),
+    "AvgPool1d": (nn.AvgPool1d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
+    "AvgPool2d": (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                 "divisor_override")),
+    "Dropout": (nn.Dropout, ("p",)),
+    "Dropout1d": (nn.Dropout1d, ("p",)),
+    "Dropout2d": (nn.Dropout2d, ("p",)),
+    "PReLU": (nn.PReLU, ("num_parameters",)),
+    "SELU": (nn.SELU, ()),
+    "CELU": (nn.CELU, ("alpha",)),
+    "Mish": (nn.Mish, ()),
+    "Hardswish": (nn.Hardswish, ()),
+    "Hardsigmoid": (nn.Hardsigmoid, ()),
+    "Softsign": (nn.Softsign, ()),
+    "LogSigmoid": (nn.LogSigmoid, ()),
+    "Tanhshrink": (nn.Tanhshrink, ()),
+    "Softmax": (nn.Softmax, ("dim",)),
+    "LogSoftmax": (nn.LogSoftmax, ("dim",)),
 }  # fmt: skip
 _BY_CLASS = {cls: name for name, (cls, _) in LAYERS.items()}
 _ACTIVATION_MODULES: dict[str, Callable[[tuple[float, ...]], nn.Module]] = {

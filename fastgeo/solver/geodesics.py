@@ -152,13 +152,14 @@ def geodesics(
         add up along a fine grid are measured in float64); no curve is longer than the straight
         line between its ends.
 
-    Decoders with piecewise-linear activations (ReLU, LeakyReLU, Hardtanh, ReLU6; recognized
-    chains, :func:`fastgeo.decoders.piecewise_linear`) have kinks in their energy where the
-    optimization stops short: with ``method="default"``, no ``init`` and d >= 4 their curves are first
-    solved under the decoder with its kinks rounded (:mod:`fastgeo.solver.smoothing`), which
-    then race against the true decoder's own best start in the solve under it, in the subdivided
-    basis where the smoothed curves needed it (``options["smoothed_first"]``, start
-    ``"smoothed"``; about twice the time of a smooth decoder of the same size).
+    Decoders with piecewise-linear activations (ReLU, LeakyReLU, PReLU, Hardtanh, ReLU6,
+    Hardsigmoid, Hardswish; recognized chains, :func:`fastgeo.decoders.piecewise_linear`) have
+    kinks in their energy where the optimization stops short: with ``method="default"``, no
+    ``init`` and d >= 4 their curves are first solved under the decoder with its kinks rounded
+    (:mod:`fastgeo.solver.smoothing`), which then race against the true decoder's own best
+    start in the solve under it, in the subdivided basis where the smoothed curves needed it
+    (``options["smoothed_first"]``, start ``"smoothed"``; about twice the time of a smooth
+    decoder of the same size).
     """
     _check_ends(metric, z0, z1)
     if progress is not None:

@@ -1,0 +1,82 @@
+"""The ops a ``torch.fx`` graph of a decoder chain may hold, by kind: torch-level functions and
+tensor methods of symbolically traced graphs (with their parameters and defaults after the input),
+and the names of ``aten`` ops of exported graphs. :mod:`fastgeo.decoders.graphs` reads them."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ATEN_SIMPLE = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu"}
+ATEN_UPSAMPLE = {
+    "upsample_nearest1d": "nearest",
+    "upsample_nearest2d": "nearest",
+    "_upsample_nearest_exact1d": "nearest-exact",
+    "_upsample_nearest_exact2d": "nearest-exact",
+    "upsample_linear1d": "linear",
+    "upsample_bilinear2d": "bilinear",
+    "upsample_bicubic2d": "bicubic",
+}
+ATEN_IDENTITY = {"clone", "contiguous", "alias"}
+# activations known by one name as a torch function and an aten op (in-place variants too)
+NAMED = frozenset(
+    {"mish", "selu", "celu", "hardswish", "hardsigmoid", "softsign", "logsigmoid", "tanhshrink"}
+)
+ATEN_VIEWS = {"view", "reshape", "_unsafe_view"}
+_POOL = (("kernel_size", None), ("stride", None), ("padding", 0), ("ceil_mode", False),
+         ("count_include_pad", True))  # fmt: skip
+# torch-level functions of symbolically traced graphs: name, then (parameter, default) after x.
+FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
+    torch.relu: ("relu", ()),
+    torch.tanh: ("tanh", ()),
+    torch.sigmoid: ("sigmoid", ()),
+    F.relu: ("relu", (("inplace", False),)),
+    F.tanh: ("tanh", ()),
+    F.sigmoid: ("sigmoid", ()),
+    F.silu: ("silu", (("inplace", False),)),
+    F.elu: ("elu", (("alpha", 1.0), ("inplace", False))),
+    F.leaky_relu: ("leaky_relu", (("negative_slope", 0.01), ("inplace", False))),
+    F.softplus: ("softplus", (("beta", 1.0), ("threshold", 20.0))),
+    F.gelu: ("gelu", (("approximate", "none"),)),
+    F.hardtanh: ("hardtanh", (("min_val", -1.0), ("max_val", 1.0), ("inplace", False))),
+    F.relu6: ("hardtanh", (("inplace", False),)),
+    F.mish: ("mish", (("inplace", False),)),
+    F.selu: ("selu", (("inplace", False),)),
+    F.celu: ("celu", (("alpha", 1.0), ("inplace", False))),
+    F.hardswish: ("hardswish", (("inplace", False),)),
+    F.hardsigmoid: ("hardsigmoid", (("inplace", False),)),
+    F.softsign: ("softsign", ()),
+    F.logsigmoid: ("logsigmoid", ()),
+    F.tanhshrink: ("tanhshrink", ()),
+    torch.special.expit: ("sigmoid", ()),
+    F.softmax: ("softmax", (("dim", None), ("_stacklevel", 3), ("dtype", None))),
+    F.log_softmax: ("log_softmax", (("dim", None), ("_stacklevel", 3), ("dtype", None))),
+    torch.softmax: ("softmax", (("dim", None), ("dtype", None))),
+    torch.log_softmax: ("log_softmax", (("dim", None), ("dtype", None))),
+    F.pixel_shuffle: ("pixel_shuffle", (("upscale_factor", None),)),
+    F.pixel_unshuffle: ("pixel_unshuffle", (("downscale_factor", None),)),
+    F.avg_pool1d: ("avg_pool1d", _POOL),
+    F.avg_pool2d: ("avg_pool2d", (*_POOL, ("divisor_override", None))),
+    torch.flatten: ("flatten", (("start_dim", 0), ("end_dim", -1))),
+    torch.reshape: ("reshape", (("shape", None),)),
+    torch.unflatten: ("unflatten", (("dim", None), ("sizes", None))),
+    F.interpolate: ("interpolate", (("size", None), ("scale_factor", None), ("mode", "nearest"),
+                                    ("align_corners", None), ("recompute_scale_factor", None),
+                                    ("antialias", False))),
+    F.pad: ("pad", (("pad", None), ("mode", "constant"), ("value", None))),
+}  # fmt: skip
+ARITHMETIC = (operator.mul, operator.truediv, operator.add, operator.sub, operator.neg)
+METHODS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "relu": (),
+    "tanh": (),
+    "sigmoid": (),
+    "contiguous": (),
+    "softmax": (("dim", None), ("dtype", None)),
+    "log_softmax": (("dim", None), ("dtype", None)),
+    "flatten": (("start_dim", 0), ("end_dim", -1)),
+    "unflatten": (("dim", None), ("sizes", None)),
+}
