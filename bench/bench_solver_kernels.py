@@ -21,7 +21,8 @@ per-call overhead dominates):
 6. the decoder Jacobian of a seeded MLP d-256-256-784 with LayerNorm and GELU (d = 16, 32; P = 480
    random points), of a conv decoder with PixelShuffle, Mish and Hardswish (d = 8, 32; P = 240) and
    of a sequence decoder with InstanceNorm1d, PReLU and a softmax over 21 letters (d = 8, 32;
-   P = 480), stacked forward mode vs ``torch.func``.
+   P = 480) and of a conv decoder with residual blocks (d = 8, 32; P = 240), stacked forward mode
+   vs ``torch.func``.
 
     OMP_NUM_THREADS=1 pytest bench/bench_solver_kernels.py --benchmark-only -q -p no:cacheprovider -s
 
@@ -150,6 +151,38 @@ def _sequence_softmax(d: int) -> torch.nn.Module:
     ).eval()  # fmt: skip
 
 
+class _ResBlock(torch.nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
+                                  nn.Conv2d(c, c, 3, padding=1))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class _ResidualConv(torch.nn.Module):
+    """(P, d) -> (P, 784): Linear - 7x7 maps - residual block - ConvTranspose2d (14x14) -
+    residual block - ConvTranspose2d (28x28) - Conv2d - Sigmoid (skip connections)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.fc = nn.Linear(d, 32 * 49)
+        self.net = nn.Sequential(
+            _ResBlock(32), nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.SiLU(), _ResBlock(16),
+            nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.SiLU(), nn.Conv2d(8, 1, 3, padding=1), nn.Sigmoid(),
+        )  # fmt: skip
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.fc(z).view(-1, 32, 7, 7)).flatten(1)
+
+
+def _residual_conv(d: int) -> torch.nn.Module:
+    return _ResidualConv(d).eval()
+
+
 def _layers_builder(make: Callable[[int], torch.nn.Module], d: int) -> Callable[[int, int], Pair]:
     """The decoder Jacobian of a seeded ``make(d)`` at P = b N random points."""
 
@@ -275,6 +308,8 @@ CASES = (
         10, 48) for d in (16, 32)]
     + [("decoder Jacobian, PixelShuffle + Mish conv", f"P=240 (b=5, N=48), d={d}, D=784",
         _layers_builder(_shuffle_mish_conv, d), 5, 48) for d in (8, 32)]
+    + [("decoder Jacobian, residual conv", f"P=240 (b=5, N=48), d={d}, D=784",
+        _layers_builder(_residual_conv, d), 5, 48) for d in (8, 32)]
     + [("decoder Jacobian, sequences with softmax", f"P=480 (b=10, N=48), d={d}, D=1050",
         _layers_builder(_sequence_softmax, d), 10, 48) for d in (8, 32)]
     + [("sigma + Jacobian", f"P={b * N} (b={b}, N={N}), d=2, K=64, D=64", _sigma, b, N) for b, N in P_SHAPES]
@@ -290,6 +325,7 @@ PIECES = {
     "decoder Jacobian, LayerNorm + GELU MLP": "the same, MLP d-256-256-784 with LayerNorm and GELU",
     "decoder Jacobian, PixelShuffle + Mish conv": "the same, conv decoder with PixelShuffle, Mish, Hardswish",
     "decoder Jacobian, sequences with softmax": "the same, Conv1d, InstanceNorm1d, PReLU, softmax",
+    "decoder Jacobian, residual conv": "the same, a conv decoder with two residual blocks",
     "sigma + Jacobian": "torch.ops.fastgeo.rbf_sigma_jacobian vs fastgeo.reference.rbf_sigma_jacobian",
     "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs fastgeo.reference.gauss_newton_system",
     "LM propose + update": "lm_propose + lm_update (C++) vs fastgeo.reference.lm_propose + lm_update",

@@ -383,6 +383,51 @@ class SequenceDecoder(nn.Module):
         return self.conv(h).softmax(1).flatten(1)
 
 
+class ResBlock(nn.Module):
+    """``x + conv(silu(norm(conv(x))))``."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.norm = nn.GroupNorm(2, c)
+
+    def forward(self, x):
+        return x + self.c2(F.silu(self.norm(self.c1(x))))
+
+
+class UpBlock(nn.Module):
+    """A projection shortcut: ``elu(convT(x)) + conv1x1(upsample(x))``."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(a, b, 4, 2, 1)
+        self.shortcut = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(a, b, 1))
+
+    def forward(self, x):
+        return F.elu(self.up(x)) + self.shortcut(x)
+
+
+class ResNetDecoder(nn.Module):
+    """A residual decoder (P, d) -> (P, 784): a residual MLP on the code, residual conv blocks
+    (nested: a block inside a block), a projection shortcut, ``torch.add`` and ``+``."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.lift = nn.Linear(d, d)
+        self.fc = nn.Linear(d, 8 * 7 * 7)
+        self.block1 = ResBlock(8)
+        self.up1, self.up2 = UpBlock(8, 4), UpBlock(4, 4)
+        self.inner = nn.Sequential(ResBlock(4), nn.Tanh())
+        self.out = nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, z):
+        z = torch.add(z, torch.tanh(self.lift(z)))
+        h = self.block1(self.fc(z).view(z.size(0), 8, 7, 7))
+        h = self.up1(h)
+        h = h + self.inner(h)  # a block whose residual branch holds a block
+        return torch.sigmoid(self.out(self.up2(h))).flatten(1)
+
+
 DECODERS = {
     "mnist_sequential_d5": (lambda: mnist_sequential(5), 5, 784),
     "mnist_exported_d16": (lambda: exported(mnist_sequential(16), 16), 16, 784),
@@ -396,6 +441,9 @@ DECODERS = {
     "shuffle_softmax_custom_d6": (lambda: init_(ShuffleSoftmaxDecoder(6)), 6, 48),
     "shuffle_softmax_exported_d5": (lambda: exported(init_(ShuffleSoftmaxDecoder(5)), 5), 5, 48),
     "sequence_custom_d8": (lambda: init_(SequenceDecoder(8)), 8, 21 * 12),
+    "resnet_custom_d6": (lambda: init_(ResNetDecoder(6)), 6, 784),
+    "resnet_exported_d5": (lambda: exported(init_(ResNetDecoder(5)), 5), 5, 784),
+    "residual_custom_d3": (lambda: init_(Residual()), 3, C * H * H),
 }
 
 
@@ -441,6 +489,7 @@ DECOMPOSED = {
     "mnist_custom": lambda: init_(MnistDecoder(5)),
     "groupnorm_upsample": lambda: around(nn.Sequential(nn.GroupNorm(2, C), nn.Upsample(scale_factor=2))),
     "layernorm_gelu": lambda: init_(LayerNormGeluDecoder(5)),
+    "residual": lambda: init_(Residual()),  # (SiLU decomposes into x * sigmoid(x): not a chain)
 }
 
 
@@ -552,6 +601,27 @@ class Residual(nn.Module):
         return (h + self.conv(h)).flatten(1)
 
 
+class Gated(nn.Module):
+    """A fork joined by a product (a gate), not a sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, C * H * H)
+        self.conv = nn.Conv2d(C, C, 3, padding=1)
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z)).view(-1, C, H, H)
+        return (h * torch.sigmoid(self.conv(h))).flatten(1)
+
+
+class Concatenated(Residual):
+    """A fork joined by concatenating the channels."""
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z)).view(-1, C, H, H)
+        return torch.cat([h, self.conv(h)], dim=1).flatten(1)
+
+
 class Untraceable(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -603,7 +673,8 @@ NOT_CHAINS = {
     "adaptive_avg_pool": lambda: around(nn.AdaptiveAvgPool2d(3)),
     "softmax_implicit_dim": lambda: around(nn.Softmax()),
     "subclass": lambda: around(MyConv(C, 2, 3)),
-    "residual": lambda: init_(Residual()),
+    "gated": lambda: init_(Gated()),
+    "concatenated": lambda: init_(Concatenated()),
     "untraceable": lambda: init_(Untraceable()),
     "sine": lambda: init_(SineDecoder()),
 }

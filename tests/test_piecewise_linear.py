@@ -43,6 +43,10 @@ def test_piecewise_linear_chains(act, expected):
     assert piecewise_linear(mlp(3, act)) is expected
 
 
+def test_kinks_inside_residual_branches_count():
+    assert piecewise_linear(residual_relu(3))
+
+
 def test_unrecognized_decoders_are_not_called_piecewise_linear():
     model = mlp(3, nn.ReLU())
     assert piecewise_linear(lambda z: model(z)) is False  # a plain callable: structure unknown
@@ -114,7 +118,26 @@ def prelu_hardswish_mlp(d: int) -> nn.Sequential:
     return net
 
 
-@pytest.mark.parametrize("make", [conv_decoder, relu6_mlp, prelu_hardswish_mlp])
+class ResidualReLU(nn.Module):
+    """A residual MLP with ReLU inside its blocks (the kinks sit in branches)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(d, 16), nn.Linear(16, D)
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z))
+        h = h + self.b(torch.relu(self.a(h)))
+        return self.out(h + torch.nn.functional.leaky_relu(self.b(h), 0.1))
+
+
+def residual_relu(d: int) -> nn.Module:
+    torch.manual_seed(6)
+    return ResidualReLU(d).double()
+
+
+@pytest.mark.parametrize("make", [conv_decoder, relu6_mlp, prelu_hardswish_mlp, residual_relu])
 def test_smoothed_chain_is_smooth_and_differentiated_exactly(make):
     """Every piecewise-linear activation is replaced; the stacked forward mode of the smoothed
     chain matches torch.func; autograd through it passes gradcheck; it is close to the decoder
@@ -123,14 +146,15 @@ def test_smoothed_chain_is_smooth_and_differentiated_exactly(make):
     from fastgeo.decoders.activations import PIECEWISE_LINEAR
     from fastgeo.decoders.recognize import recognize
     from fastgeo.decoders.smoothing import smooth_steps
+    from fastgeo.decoders.steps import walk
 
     net = make(3)
     g = torch.Generator().manual_seed(4)
     probe = torch.randn(32, 3, generator=g, dtype=torch.float64)
     smooth = smoothed(net, probe)
-    names = [s.name for s in smooth.steps if type(s).__name__ == "Activation"]
+    names = [s.name for s in walk(smooth.steps) if type(s).__name__ == "Activation"]
     assert names and not set(names) & PIECEWISE_LINEAR
-    assert all(s.beta is not None for s in smooth.steps if type(s).__name__ == "PReLU")
+    assert all(s.beta is not None for s in walk(smooth.steps) if type(s).__name__ == "PReLU")
     assert not piecewise_linear(smooth)
     z = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(smooth, (z[:2],), fast_mode=True)

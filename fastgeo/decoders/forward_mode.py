@@ -28,7 +28,7 @@ from torch import Tensor
 from .generic import check_value, generic_value_and_tangents
 from .layers import apply
 from .recognize import recognize
-from .steps import LAYERS, Step
+from .steps import LAYERS, Step, walk
 
 # Bytes of the widest stacked activation of one chunk of points, per device type (others: 1 GiB):
 # on CPU, chunks that stay in cache are ~25 % faster than one pass (measured: 4 MiB best, 2-16 MiB
@@ -105,7 +105,7 @@ def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain
     or disagrees is not one (None).
     """
     found = recognize(fn)
-    if found is None or not any(isinstance(s, LAYERS) for s in found[0]):
+    if found is None or not any(isinstance(s, LAYERS) for s in walk(found[0])):
         return None
     steps, key = found
     try:

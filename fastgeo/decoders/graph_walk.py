@@ -1,7 +1,10 @@
 """Walking a ``torch.fx`` graph along a single chain from its one input to its output: the
 bookkeeping every graph reader shares (:mod:`fastgeo.decoders.graphs` knows the ops).
 
-Every node must be on the chain, except parameters (``get_attr``, and their transposes) and the
+The chain may fork into two chains that are summed again (``x + f(x)``, ``f(x) + g(x)``:
+residual blocks, nested too): the first sum after which nothing uses the fork or the nodes
+between closes it, and the two chains become one :class:`Branches` step. Every node must be on
+the chain, except parameters (``get_attr``, and their transposes) and the
 batch size (``x.size(0)``, ``x.shape[0]``, ``sym_size``), which may only lead a reshape's shape.
 A reshape must keep the batch: ``(-1, C, H, W)`` or ``(batch, ...)``. Anything else raises
 :class:`NotAChain`.
@@ -18,7 +21,7 @@ from torch import nn
 from torch.fx import Graph, Node
 
 from .modules import GELU_APPROXIMATIONS, PAD_MODES, UPSAMPLE_MODES, hashable
-from .steps import Activation, Affine, Flatten, Pad, Reshape, Step, Unflatten, Upsample
+from .steps import Activation, Affine, Branches, Flatten, Pad, Reshape, Step, Unflatten, Upsample
 
 aten = torch.ops.aten
 
@@ -62,18 +65,29 @@ class ChainReader:
         require(len(placeholders) == 1)
         self.current = placeholders[0]
         self.on_chain.add(self.current)
-        for node in graph.nodes:
-            if node.op in ("placeholder", "get_attr"):
-                continue
+        nodes = [n for n in graph.nodes if n.op not in ("placeholder", "get_attr") and not _guard(n)]
+        require(nodes and nodes[-1].op == "output")
+        self._read_nodes(nodes[:-1])
+        self.at = nodes[-1]
+        out = nodes[-1].args[0]
+        out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
+        require(out is self.current and self.pending is None)
+        return self.steps
+
+    def _read_nodes(self, nodes: list[Node]) -> None:
+        """Reads ``nodes`` (in graph order) along the chain; a fork of the chain into two chains
+        that are summed becomes a :class:`Branches` step. Only users among ``nodes`` count (a
+        branch's fork has users in the other branch)."""
+        scope = set(nodes)
+        i = 0
+        while i < len(nodes):
+            node = nodes[i]
             self.at = node
-            if node.op == "output":
-                out = node.args[0]
-                out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
-                require(out is self.current and self.pending is None)
-                return self.steps
-            if node.op == "call_module" and not node.users and node.target == "_guards_fn":
-                continue  # torch.export's input guards: no value flows out of them
             if self._aside(node):
+                i += 1
+                continue
+            if self.pending is None and len([u for u in _chain_users(self.current) if u in scope]) > 1:
+                i = self._fork(nodes, i, scope)
                 continue
             if self.pending is not None:  # only output 0 of a multi-output op is used
                 require(node.target is operator.getitem and node.args == (self.pending, 0))
@@ -82,7 +96,58 @@ class ChainReader:
                 self._step(node)
             self.current = node
             self.on_chain.add(node)
+            i += 1
+
+    # ------------------------------------------------------------------ forks
+
+    def _fork(self, nodes: list[Node], i: int, scope: set[Node]) -> int:
+        """The chain forks at ``self.current`` X: finds the sum J = p + q where the two chains
+        from X meet again (the first node after which nothing else uses X or a node between),
+        reads the chains to p and to q, adds their :class:`Branches` step and returns the index
+        of the node after J."""
+        fork = self.current
+        between: list[Node] = []  # the nodes that depend on X before J, in order
+        inside = {fork}
+        for j in range(i, len(nodes)):
+            node = nodes[j]
+            if not any(a in inside for a in node.all_input_nodes):
+                require(self._aside(node))  # the batch size of an earlier node, say
+                continue
+            terms = _summands(node)
+            if terms is not None and all(t in inside for t in terms):
+                seen = self.batch | self.shapes  # sizes read before the fork
+                users = {u for n in inside for u in n.users if u in scope and u not in seen}
+                if users <= inside | {node}:
+                    self._join(fork, between, terms, node)
+                    return j + 1
+            inside.add(node)
+            between.append(node)
         raise NotAChain
+
+    def _join(self, fork: Node, between: list[Node], terms: tuple[Node, Node], join: Node) -> None:
+        branches = []
+        for end in terms:
+            mine = _ancestors(end, set(between))
+            branch = type(self)(self.root)
+            branch.current, branch.flat, branch.width = fork, self.flat, self.width
+            branch.on_chain, branch.batch = self.on_chain | {fork}, set(self.batch)
+            branch.shapes, branch.transposed = set(self.shapes), dict(self.transposed)
+            try:
+                branch._read_nodes([n for n in between if n in mine])
+            finally:
+                self.at = branch.at  # where a branch stops being a chain
+            self.at = join
+            require(branch.current is end and branch.pending is None)
+            branches.append(branch)
+        first, second = branches
+        mine = _ancestors(terms[0], set(between)), _ancestors(terms[1], set(between))
+        require(not (mine[0] & mine[1]) and (mine[0] | mine[1]) == set(between))
+        require(first.flat == second.flat)
+        self.steps.append(Branches(tuple(first.steps), tuple(second.steps)))
+        self.flat = first.flat
+        self.width = first.width if first.width == second.width else None
+        self.current = join
+        self.on_chain.add(join)
 
     # ------------------------------------------------------------------ beside the chain
 
@@ -178,6 +243,51 @@ class ChainReader:
             return lambda: None
         require(isinstance(value, Node) and value.op == "get_attr")
         return attribute(self.root, value.target)
+
+
+def _guard(node: Node) -> bool:
+    """torch.export's input guards: no value flows out of them."""
+    return node.op == "call_module" and not node.users and node.target == "_guards_fn"
+
+
+_SIZES = ("size", "dim")
+
+
+def _chain_users(node: Node) -> list[Node]:
+    """The users of ``node`` that take its value (not its size or shape, nor a guard)."""
+    out = []
+    for u in node.users:
+        if _guard(u) or u.op == "call_method" and u.target in _SIZES:
+            continue
+        if u.op == "call_function" and (u.target is aten.sym_size.int or u.target is getattr):
+            continue
+        out.append(u)
+    return out
+
+
+def _summands(node: Node) -> tuple[Node, Node] | None:
+    """(p, q) if ``node`` is ``p + q`` of two graph values (``operator.add``, ``torch.add``,
+    aten ``add.Tensor`` with alpha 1), else None."""
+    if node.op != "call_function" or node.target not in (operator.add, torch.add, aten.add.Tensor):
+        return None
+    args = node.args
+    alpha = node.kwargs.get("alpha", 1)
+    extra = set(node.kwargs) - {"alpha"}
+    if len(args) != 2 or extra or alpha != 1 or not all(isinstance(a, Node) for a in args):
+        return None
+    return args[0], args[1]
+
+
+def _ancestors(end: Node, among: set[Node]) -> set[Node]:
+    """``end`` and the nodes of ``among`` it depends on."""
+    seen: set[Node] = set()
+    todo = [end]
+    while todo:
+        n = todo.pop()
+        if n in among and n not in seen:
+            seen.add(n)
+            todo.extend(n.all_input_nodes)
+    return seen
 
 
 def nodes(value: Any) -> list[Node]:

@@ -23,6 +23,7 @@ from .steps import (
     Affine,
     AvgPool,
     BatchNorm,
+    Branches,
     Conv,
     Flatten,
     GroupNorm,
@@ -218,6 +219,21 @@ def _avg_pool(step: AvgPool, x: Tensor) -> Tensor:
     return _unbatch(y, x)
 
 
+def run(steps: tuple[Step, ...] | list[Step], x: Tensor) -> Tensor:
+    """The steps one after the other on the stack x (updated in place, like each step)."""
+    for step in steps:
+        x = apply(step, x)
+    return x
+
+
+def _branches(step: Branches, x: Tensor) -> Tensor:
+    """The derivative of a sum is the sum of the derivatives: the stack of ``first(x) +
+    second(x)`` is the sum of the two chains' stacks (values and tangents alike)."""
+    y = run(step.first, x.clone())
+    y += run(step.second, x)
+    return y
+
+
 def _scale(step: Scale, x: Tensor) -> Tensor:
     if step.scale != 1.0:
         x *= step.scale
@@ -243,6 +259,7 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     PixelShuffle: _pixel_shuffle,
     AvgPool: _avg_pool,
     Scale: _scale,
+    Branches: _branches,
 }
 
 

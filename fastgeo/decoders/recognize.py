@@ -9,7 +9,7 @@ applied point by point, read off the module's structure as a list of steps
   :func:`fastgeo.save_generator` and loaded back, or symbolically traced graphs
   (:mod:`fastgeo.decoders.graphs`);
 - any other ``nn.Module`` (a custom decoder class) whose ``forward`` ``torch.fx`` can trace into
-  such a chain. Tracing takes milliseconds, so its steps are kept per module and traced again
+  such a chain (residual blocks, ``x + f(x)``, included). Tracing takes milliseconds, so its steps are kept per module and traced again
   only when the module's fingerprint changes (its submodules, their types, training flags and
   plain settings such as strides or an ELU's alpha). Graphs are read once per fingerprint too
   (with the graph's identity and code).
@@ -34,7 +34,7 @@ from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean, FlatOutput
 from .graphs import graph_steps, read_graph, where_not_a_chain
 from .smoothing import SmoothedChain, smooth_steps
-from .steps import Activation, Conv, PReLU, Step, signature
+from .steps import Activation, Branches, Conv, PReLU, Step, signature, walk
 
 __all__ = [
     "chain_module", "describe", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed",
@@ -170,6 +170,9 @@ def _why_not(fn: Callable[[Tensor], Tensor]) -> str:
 
 
 def _step_name(step: Step) -> str:
+    if isinstance(step, Branches):
+        first, second = (" -> ".join(map(_step_name, c)) or "identity" for c in (step.first, step.second))
+        return f"({first}) + ({second})"
     if isinstance(step, Activation):
         return step.name
     if isinstance(step, Conv):
@@ -180,7 +183,7 @@ def _step_name(step: Step) -> str:
 def _has_kinks(steps: list[Step]) -> bool:
     return any(
         isinstance(s, Activation) and s.name in PIECEWISE_LINEAR or isinstance(s, PReLU) and s.beta is None
-        for s in steps
+        for s in walk(steps)
     )
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .activations import ACTIVATIONS, PIECEWISE_LINEAR, SOFT_THRESHOLD
 from .layers import apply, prelu
-from .steps import Activation, PReLU, Step
+from .steps import Activation, Branches, PReLU, Step
 
 # beta times the pre-activations' RMS: 20 rounds each kink over ~5 % of a unit's typical input.
 # The solver's stages choose their own (fastgeo.solver.smoothing.STAGES; 20, 40 and 80 compared in
@@ -47,20 +47,26 @@ def smooth_steps(steps: list[Step], probe: Tensor, sharpness: float | None = Non
     relative to the RMS of its input at ``probe`` (P, d) points (read on the true chain);
     ``sharpness``: default :data:`SHARPNESS`."""
     sharpness = SHARPNESS if sharpness is None else sharpness
-    x = probe.detach()[None].clone()
-    smooth: list[Step] = []
     with torch.no_grad():
-        for step in steps:
-            kinked = isinstance(step, Activation) and step.name in PIECEWISE_LINEAR
-            if kinked or isinstance(step, PReLU) and step.beta is None:
-                rms = float(x[0].pow(2).mean().sqrt())
-                beta = sharpness / rms if rms > 0 and rms < float("inf") else sharpness
-                rounded = smooth_activation(step, beta) if kinked else dataclasses.replace(step, beta=beta)
-                smooth.append(rounded)
-            else:
-                smooth.append(step)
-            x = apply(step, x)
-    return smooth
+        return list(_smooth(tuple(steps), probe.detach()[None].clone(), sharpness))
+
+
+def _smooth(steps: tuple[Step, ...], x: Tensor, sharpness: float) -> tuple[Step, ...]:
+    """The steps smoothed, their inputs read from the stack x (1, P, ...) (updated in place)."""
+    smooth: list[Step] = []
+    for step in steps:
+        kinked = isinstance(step, Activation) and step.name in PIECEWISE_LINEAR
+        if kinked or isinstance(step, PReLU) and step.beta is None:
+            rms = float(x[0].pow(2).mean().sqrt())
+            beta = sharpness / rms if rms > 0 and rms < float("inf") else sharpness
+            smooth.append(smooth_activation(step, beta) if kinked else dataclasses.replace(step, beta=beta))
+        elif isinstance(step, Branches):
+            first, second = (_smooth(chain, x.clone(), sharpness) for chain in (step.first, step.second))
+            smooth.append(Branches(first, second))
+        else:
+            smooth.append(step)
+        x = apply(step, x)
+    return tuple(smooth)
 
 
 class SmoothedChain(nn.Module):
@@ -72,12 +78,19 @@ class SmoothedChain(nn.Module):
         self.steps = steps
 
     def forward(self, z: Tensor) -> Tensor:
-        x = z[None].clone()  # a stack (1, P, d) of the value alone
-        for step in self.steps:
-            if isinstance(step, Activation):  # out of place: autograd keeps the input
-                x = ACTIVATIONS[step.name](x, *step.params)[0]
-            elif isinstance(step, PReLU):
-                x = prelu(step, x[0])[0][None]
-            else:
-                x = apply(step, x)
-        return x[0]
+        return _value(self.steps, z[None].clone())[0]  # a stack (1, P, d) of the value alone
+
+
+def _value(steps: list[Step] | tuple[Step, ...], x: Tensor) -> Tensor:
+    """The steps on the value stack x (1, P, ...), differentiably: activations out of place
+    (autograd keeps their input), each branch on its own copy."""
+    for step in steps:
+        if isinstance(step, Activation):
+            x = ACTIVATIONS[step.name](x, *step.params)[0]
+        elif isinstance(step, PReLU):
+            x = prelu(step, x[0])[0][None]
+        elif isinstance(step, Branches):
+            x = _value(step.first, x.clone()) + _value(step.second, x.clone())
+        else:
+            x = apply(step, x)
+    return x

@@ -5,7 +5,8 @@ its tangents.
 A chain acts on one point at a time: every step maps a batch (P, *shape_in) to (P, *shape_out)
 point by point. Parameters are read through getters at every call, so in-place training shows;
 ``identity`` (the layer's ``id``, or the graph's attribute names) and the settings (strides,
-eps, ...) enter the chain's :func:`signature`. All steps but :class:`Activation`, :class:`PReLU`,
+eps, ...) enter the chain's :func:`signature`. A chain may fork into two chains that are summed
+(:class:`Branches`, residual blocks). All steps but :class:`Activation`, :class:`PReLU`,
 :class:`GroupNorm`, :class:`LayerNorm` and :class:`Softmax` are affine maps of their input:
 linear in the tangents.
 """
@@ -13,7 +14,7 @@ linear in the tangents.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -184,6 +185,15 @@ class AvgPool:
 
 
 @dataclass(frozen=True)
+class Branches:
+    """``first(x) + second(x)``: two chains of steps from one input, summed (a residual block:
+    ``x + f(x)`` has an empty ``first``; a projection shortcut ``f(x) + g(x)`` two chains)."""
+
+    first: tuple[Step, ...]
+    second: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
 class Scale:
     """``x * scale + shift`` with constants (e.g. ``torch.tanh(x) * 0.5 + 0.5``)."""
 
@@ -193,16 +203,27 @@ class Scale:
 
 Step = (
     Affine | Conv | BatchNorm | GroupNorm | LayerNorm | Upsample | Pad | Reshape | Flatten | Unflatten
-    | Activation | PReLU | Softmax | PixelShuffle | AvgPool | Scale
+    | Activation | PReLU | Softmax | PixelShuffle | AvgPool | Scale | Branches
 )  # fmt: skip
 # Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
 LAYERS = (Affine, Conv)
 
 
-def signature(steps: list[Step]) -> tuple[Hashable, ...]:
+def signature(steps: list[Step] | tuple[Step, ...]) -> tuple[Hashable, ...]:
     """What identifies a chain's structure: each step's kind, identity and settings (every
-    field but the parameter getters)."""
+    field but the parameter getters; the branches' own signatures)."""
     return tuple(
-        (type(s).__name__, *(v for f in dataclasses.fields(s) if not callable(v := getattr(s, f.name))))
+        ("Branches", signature(s.first), signature(s.second))
+        if isinstance(s, Branches)
+        else (type(s).__name__, *(v for f in dataclasses.fields(s) if not callable(v := getattr(s, f.name))))
         for s in steps
     )
+
+
+def walk(steps: list[Step] | tuple[Step, ...]) -> Iterator[Step]:
+    """Every step of a chain, those inside :class:`Branches` too (after the branches' step)."""
+    for s in steps:
+        yield s
+        if isinstance(s, Branches):
+            yield from walk(s.first)
+            yield from walk(s.second)

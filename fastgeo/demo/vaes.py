@@ -53,6 +53,7 @@ _ACTIVATIONS = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
     "gelu": nn.GELU,
+    "mish": nn.Mish,
 }
 # Smallest decoder variance the training may learn: the procedural images are noise free, and an
 # unbounded variance would shrink until the likelihood is dominated by a few pixels.
@@ -73,7 +74,9 @@ def _norm(kind: str | None, channels: int) -> list[nn.Module]:
         return [nn.BatchNorm2d(channels)]
     if kind == "group":
         return [nn.GroupNorm(min(8, channels), channels)]
-    raise ValueError(f"norm must be None, 'batch' or 'group', got {kind!r}")
+    if kind == "instance":
+        return [nn.InstanceNorm2d(channels, affine=True)]
+    raise ValueError(f"norm must be None, 'batch', 'group' or 'instance', got {kind!r}")
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -217,7 +220,9 @@ def conv_vae28(
         Conv2d(c28, 1, 3, pad 1), Sigmoid, Flatten                  (P, 784)
 
     With ``upsample`` each transposed convolution is ``Upsample(scale 2, mode)`` then
-    ``Conv2d(c, c', 3, pad 1)`` (the resize-convolution decoders many users prefer).
+    ``Conv2d(c, c', 3, pad 1)`` (the resize-convolution decoders many users prefer), or with
+    ``"pixel_shuffle"`` ``Conv2d(c, 4 c', 3, pad 1)`` then ``PixelShuffle(2)`` (sub-pixel
+    convolution).
 
     Encoder: the mirror image (two stride-2 ``Conv2d``, then ``Linear`` layers through
     ``hidden`` units to 2d).
@@ -226,10 +231,13 @@ def conv_vae28(
         latent_dim: d.
         channels: (c7, c14, c28), the channels at 7x7, 14x14 and 28x28.
         hidden: width of the encoder's fully connected layer.
-        activation: "elu" (default), "softplus", "silu", "tanh", "gelu", "relu" or "leaky_relu".
-        norm: None (default), "batch" (``BatchNorm2d``) or "group" (``GroupNorm``) after each
-            transposed convolution. (Use the decoder in eval mode.)
-        upsample: None (default: transposed convolutions), "nearest" or "bilinear".
+        activation: "elu" (default), "softplus", "silu", "tanh", "gelu", "mish", "relu" or
+            "leaky_relu".
+        norm: None (default), "batch" (``BatchNorm2d``), "group" (``GroupNorm``) or "instance"
+            (``InstanceNorm2d``, affine) after each transposed convolution. (Use the decoder in
+            eval mode.)
+        upsample: None (default: transposed convolutions), "nearest", "bilinear" or
+            "pixel_shuffle".
         init_var: the decoder variance at the start of training (and while it is frozen).
     """
     d = _positive_int("latent_dim", latent_dim)
@@ -238,13 +246,15 @@ def conv_vae28(
     c7, c14, c28 = _widths("channels", channels, 3)
     hidden = _positive_int("hidden", hidden)
     _norm(norm, 8)  # validate
-    if upsample not in (None, "nearest", "bilinear"):
-        raise ValueError(f"upsample must be None, 'nearest' or 'bilinear', got {upsample!r}")
+    if upsample not in (None, "nearest", "bilinear", "pixel_shuffle"):
+        raise ValueError(f"upsample must be None, 'nearest', 'bilinear' or 'pixel_shuffle', got {upsample!r}")
     act = lambda: _activation(activation)  # noqa: E731
 
     def up(a: int, b: int) -> list[nn.Module]:
         if upsample is None:
             return [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1)]
+        if upsample == "pixel_shuffle":
+            return [nn.Conv2d(a, 4 * b, 3, padding=1), nn.PixelShuffle(2)]
         return [nn.Upsample(scale_factor=2, mode=upsample), nn.Conv2d(a, b, 3, padding=1)]
 
     encoder = nn.Sequential(

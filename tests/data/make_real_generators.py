@@ -36,6 +36,8 @@ Generators (name: decoder, data):
   decoder built differently from the others, as a held-out check);
 - ``conv12_upsample_glyphs``: a d = 12 resize-convolution decoder (bilinear ``Upsample`` then
   ``Conv2d``, GroupNorm, GELU), glyphs28 (another held-out check);
+- ``conv10_shuffle_mish_glyphs``: a d = 10 sub-pixel convolution decoder (``Conv2d`` then
+  ``PixelShuffle``, InstanceNorm2d, Mish), glyphs28 (layers recognized later: a third check);
 - ``conv32_color64``: d = 32 conv decoder with four transposed convolutions (64/32/16/8/8
   channels), color_shapes64 (D = 12,288), 6,000 images.
 """
@@ -109,6 +111,11 @@ SPECS: dict[str, Spec] = {
     "conv12_upsample_glyphs": Spec(
         "glyphs28", 12000, lambda: vaes.conv_vae28(12, activation="gelu", norm="group", upsample="bilinear"),
         epochs=30, seed=6,
+    ),
+    "conv10_shuffle_mish_glyphs": Spec(
+        "glyphs28", 12000,
+        lambda: vaes.conv_vae28(10, activation="mish", norm="instance", upsample="pixel_shuffle"),
+        epochs=30, seed=7,
     ),
     "conv32_color64": Spec("color_shapes64", 6000, lambda: vaes.conv_vae64(32), epochs=30, rbf_points=2000),
 }  # fmt: skip
