@@ -47,8 +47,13 @@ STRONG = {"m": 24, "n_points": 96, "linearize": "always", "tol": 1e-10}
 # FASTGEO_BENCH_STRONG=0: no strong run (it costs hours at D = 12,288); excess then against the
 # better of fastgeo and StochMan only
 USE_STRONG = os.environ.get("FASTGEO_BENCH_STRONG", "1") != "0"
-# FASTGEO_BENCH_FAST=0: without fastgeo's method="fast" rows
-METHODS = ["default", *(["fast"] if os.environ.get("FASTGEO_BENCH_FAST", "1") != "0" else []), "stochman"]
+# FASTGEO_BENCH_FAST=0: without fastgeo's method="fast" rows; FASTGEO_BENCH_GENERIC=1: with a row of
+# the default on the decoder hidden behind a plain function (its Jacobians by torch.func, as for a
+# decoder fastgeo does not recognize)
+METHODS = [
+    "default", *(["fast"] if os.environ.get("FASTGEO_BENCH_FAST", "1") != "0" else []),
+    *(["generic"] if os.environ.get("FASTGEO_BENCH_GENERIC", "0") == "1" else []), "stochman",
+]  # fmt: skip
 ROWS: list[dict] = []
 
 
@@ -94,13 +99,18 @@ def _stochman_run(problem):
 
 def _fastgeo_run(problem, method: str = "default"):
     metric = problem["metric"]
+    label = f"fastgeo {method}"
+    if method == "generic":
+        mean = metric.mean
+        metric = fastgeo.ExpectedMetric(lambda z: mean(z), metric.precision)
+        method, label = "default", "torch.func Jacobians, fastgeo default"
 
     def run(z0, z1):
         with torch.no_grad():
             res = fastgeo.geodesics(metric, z0, z1, method=method, progress=False)
             return res.points(MEASURE_POINTS), res
 
-    return run, f"fastgeo {method}"
+    return run, label
 
 
 @pytest.mark.parametrize("method", METHODS)

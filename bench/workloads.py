@@ -65,6 +65,7 @@ REAL_GENERATORS = {
     "mlp128_shapes": "d = 128, MLP, shapes",
     "conv16_silu_shapes": "d = 16, conv with BatchNorm and SiLU, shapes",
     "conv12_upsample_glyphs": "d = 12, conv with bilinear upsampling, GroupNorm and GELU, glyphs",
+    "conv10_shuffle_mish_glyphs": "d = 10, conv with PixelShuffle, InstanceNorm and Mish, glyphs",
     "conv32_color64": "d = 32, conv, color shapes 64x64x3 (D = 12,288)",
     "mlp16_relu_shapes": "d = 16, MLP with ReLU, shapes",
     "conv8_relu_glyphs": "d = 8, conv with LeakyReLU, glyphs",
