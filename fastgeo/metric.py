@@ -254,7 +254,9 @@ class ExpectedMetric:
         flat = z.reshape(-1, self.latent_dim)
         rows = self._rows_per_call(flat)
         with channels_last(self.mean, flat):  # convolutions: oneDNN's fast layout on CPU
-            if flat.shape[0] <= rows:
+            if flat.shape[0] == 0:  # not every decoder takes an empty batch (instance norm raises)
+                out = flat.new_zeros(0, self.data_dim) + flat[:, :1]  # (still a function of z)
+            elif flat.shape[0] <= rows:
                 out = self.mean(flat)
             else:  # in chunks: bounded memory whatever the number of points
                 out = torch.cat([self.mean(chunk) for chunk in flat.split(rows)])

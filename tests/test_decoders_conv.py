@@ -525,6 +525,33 @@ def test_empty_batch(name):
         jacobian_rows(model, randn(4, d))  # caches the chain
 
 
+@pytest.mark.parametrize("recognized", [True, False])
+def test_decoder_that_refuses_an_empty_batch(recognized):
+    """InstanceNorm raises on an empty batch (torch's own IndexError): fastgeo never hands the
+    decoder one (the solver decodes empty sets of curves, e.g. when no race is close), in the
+    stacked forward mode or not; decode of no points is still a function of them."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, C * 16), nn.Unflatten(1, (C, 4, 4)), nn.InstanceNorm2d(C, affine=True),
+                        nn.ELU(), nn.Flatten()).eval()  # fmt: skip
+    with pytest.raises(IndexError):
+        net(torch.zeros(0, 4))
+    mean = net if recognized else (lambda z: net(z))
+    z = torch.randn(40, 4)
+    with torch.no_grad():
+        x = net(z) + 0.01 * torch.randn(40, C * 16)
+    prec = fastgeo.RBFPrecision.fit(z, x, net, num_centers=6, steps=10, progress=False)
+    metric = fastgeo.ExpectedMetric(mean, prec)
+    none = torch.zeros(0, 4, requires_grad=True)
+    assert metric.decode(none).shape == (0, C * 16)
+    assert torch.autograd.grad(metric.decode(none).sum(), none)[0].shape == (0, 4)
+    features, jac_t = metric.features_and_jacobian_t(none.detach())
+    assert features.shape == (0, 2 * C * 16) and jac_t.shape == (0, 4, 2 * C * 16)
+    value, out = value_and_tangents(mean, none.detach(), torch.zeros(3, 0, 4))
+    assert value.shape == (0, C * 16) and out.shape == (3, 0, C * 16)
+    res = fastgeo.geodesics(metric, z[:3], z[3:6], method="fast")
+    assert bool(torch.isfinite(res.lengths).all())
+
+
 def test_large_batches_in_chunks(monkeypatch):
     """Points are taken in chunks when the stack would be large: same result to rounding."""
     model = mnist_sequential(5)

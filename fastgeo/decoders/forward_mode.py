@@ -137,14 +137,19 @@ def value_and_tangents(fn: Callable[[Tensor], Tensor], z: Tensor, tangents: Tens
     d).
 
     fn maps (P, d) -> (P, F) point by point. Recognized chains take the stacked forward mode;
-    anything else :func:`fastgeo.decoders.generic.generic_value_and_tangents`. Errors of fn
+    anything else :func:`fastgeo.decoders.generic.generic_value_and_tangents`. With P = 0, fn
+    is called on one code only (for F). Errors of fn
     itself propagate; ValueError if its output is not (P, F).
     """
     if z.dim() != 2 or tangents.dim() != 3 or tangents.shape[1:] != z.shape:
         shapes = f"{tuple(z.shape)} and {tuple(tangents.shape)}"
         raise ValueError(f"expected z (P, d) and tangents (k, P, d), got {shapes}")
     tangents = tangents.to(z.dtype)
-    chain = stacked_chain(fn, z[:4].detach()) if z.shape[0] > 0 else None
+    if z.shape[0] == 0:  # not every decoder takes an empty batch (instance norm raises): F from one code
+        with torch.no_grad():
+            width = check_value(fn(z.new_zeros(1, z.shape[1])), z.new_zeros(1, z.shape[1])).shape[1]
+        return z.new_empty(0, width), z.new_empty(tangents.shape[0], 0, width)
+    chain = stacked_chain(fn, z[:4].detach())
     if chain is not None:
         with torch.no_grad():
             return chain.value_and_tangents(z.detach(), tangents.detach())
