@@ -15,7 +15,7 @@ import fastgeo
 from fastgeo.benchmarks import accuracy
 from fastgeo.benchmarks.generator import synthetic_generator
 from fastgeo.io import load_extra
-from fastgeo.solver.options import solver_options
+from fastgeo.solver.options import FAST_SUBDIVIDE_ABOVE, SUBDIVIDE_ABOVE, solver_options
 
 DATA = Path(__file__).parent / "data"
 
@@ -25,8 +25,9 @@ DATA = Path(__file__).parent / "data"
     [(2, 16, 64, 32, False), (5, 10, 40, 20, False), (12, 10, 40, 20, True)],
 )
 def test_fast_options_per_latent_dimension(d, m, n, coarse, lagged):
-    """Coarser curves than the default's, tolerance 1e-4 (float32) / 1e-8 (float64), not
-    subdivided unless asked; the same starts and linearization rules as the default, but in
+    """Coarser curves than the default's, tolerance 1e-4 (float32) / 1e-8 (float64), subdivided
+    only where a curve is predicted to gain 10x more than the default asks (or as the default, if
+    asked); the same starts and linearization rules as the default, but in
     d >= 4 only the shortest start races (the default races the straight line too)."""
     fast = solver_options(torch.float32, d, 784, method="fast")
     default = solver_options(torch.float32, d, 784)
@@ -36,10 +37,14 @@ def test_fast_options_per_latent_dimension(d, m, n, coarse, lagged):
     assert fast.explore_iter == default.explore_iter == (0 if d < 4 else 20)
     assert (fast.refine, default.refine) == ((5, 5) if d < 4 else (1, 2))
     assert fast.tol == 1e-4 and solver_options(torch.float64, d, 784, method="fast").tol == 1e-8
-    assert fast.subdivide is False and default.subdivide is True
-    assert solver_options(torch.float32, d, 784, method="fast", subdivide=True).subdivide is True
-    # ReLU-like decoders need the finer spline (their curves bend at kinks): subdivided by default
-    assert solver_options(torch.float32, d, 784, method="fast", piecewise_linear=True).subdivide is True
+    assert fast.subdivide is True and default.subdivide is True
+    assert fast.subdivide_above == FAST_SUBDIVIDE_ABOVE == 10 * default.subdivide_above
+    asked = solver_options(torch.float32, d, 784, method="fast", subdivide=True)
+    assert asked.subdivide is True and asked.subdivide_above == SUBDIVIDE_ABOVE
+    assert solver_options(torch.float32, d, 784, method="fast", subdivide=False).subdivide is False
+    # ReLU-like decoders need the finer spline (their curves bend at kinks): subdivided as the default
+    relu = solver_options(torch.float32, d, 784, method="fast", piecewise_linear=True)
+    assert relu.subdivide is True and relu.subdivide_above == SUBDIVIDE_ABOVE
     explicit = solver_options(torch.float32, d, 784, method="fast", m=7, n_points=30, tol=1e-3)
     assert (explicit.m, explicit.n_points, explicit.tol) == (7, 30, 1e-3)
 
@@ -112,8 +117,8 @@ def test_fast_in_higher_dimension_is_never_longer_than_the_straight_line():
     z1[3:] += 0.5 * torch.randn(3, 12, generator=torch.Generator().manual_seed(1), dtype=z1.dtype)
     with torch.no_grad():
         res = fastgeo.geodesics(metric, z0, z1, method="fast")
-    assert res.options["lagged"] is True and res.options["subdivide"] is False
-    assert set(res.status) <= {"converged", "max_iter", "straight_fallback"}, res.status
+    assert res.options["lagged"] is True and res.options["subdivide_above"] == FAST_SUBDIVIDE_ABOVE
+    assert set(res.status) <= {"converged", "max_iter", "straight_fallback", "under_resolved"}, res.status
     assert bool((res.lengths <= res.straight_lengths).all())
     assert float((res.lengths / res.straight_lengths).min()) < 0.999
 

@@ -17,10 +17,9 @@ from fastgeo.metric import energy_from_segments
 from fastgeo.solver.finer_gain import FinerGains, finer_basis, lift_matrix
 from fastgeo.solver.linearize import point_products
 from fastgeo.solver.measure import curve_lengths
-from fastgeo.solver.options import solver_options
+from fastgeo.solver.options import SUBDIVIDE_ABOVE, solver_options
 from fastgeo.solver.problem import Grid, full_parts
 from fastgeo.solver.result import Work
-from fastgeo.solver.subdivide import SUBDIVIDE_ABOVE
 
 DATA = Path(__file__).parent / "data"
 

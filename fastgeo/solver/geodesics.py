@@ -82,10 +82,11 @@ def geodesics(
         metric: the :class:`ExpectedMetric` of the decoder.
         z0, z1: (B, d) end points (same dtype and device as the metric).
         method: ``"default"`` (spline curves, warm start, Levenberg-Marquardt), ``"fast"``
-            (the same on coarser curves with a looser tolerance, not subdivided: 1.6-3x less
-            time, curves ~0.01 % (2-D) to 0.01-0.2 % (d >= 4) longer on average; for a first
-            look or a large matrix), ``"paper"`` (the paper's algorithm: quadratic curve ``m = 1``, RBF
-            warm start, first-order steps) or ``"dense"`` (free polylines of ``n_points = 128``
+            (the same on coarser curves with a looser tolerance, subdivided only where a curve
+            stays clearly long: 1.6-3x less time, curves ~0.01 % (2-D) to 0.01-0.2 % (d >= 4)
+            longer on average on our generators, 0.5 % on a decoder with winding geodesics; for
+            a first look or a large matrix), ``"paper"`` (the paper's algorithm: quadratic curve
+            ``m = 1``, RBF warm start, first-order steps) or ``"dense"`` (free polylines of ``n_points = 128``
             nodes minimized to convergence: the accuracy oracle; use a float64 metric for it).
         m: basis functions per latent dimension (default 24 in d <= 3, 12 above; ``fast``: 16
             and 10: the interior control points of a cubic B-spline; ``paper`` uses 1, its
@@ -139,9 +140,10 @@ def geodesics(
         subdivide: curves whose Gauss-Newton model predicts an energy gain of more than 0.04 %
             (about 0.02 % in length) in the B-spline with every knot span halved (``2 m - 1``
             functions) are solved on in it with twice the points (:mod:`.subdivide`); every
-            result is then given in that basis (default: on for ``default`` with
-            ``family="bspline"``; for ``fast`` only on ReLU-like decoders; long winding curves
-            and d >= 12 gain 0.02-0.3 %).
+            result is then given in that basis (default: on with ``family="bspline"``; ``fast``
+            solves on only curves predicted to gain more than 0.4 % (about 0.2 % in length),
+            but for ReLU-like decoders; long winding curves and d >= 12 gain 0.02-0.3 %, some
+            decoders' curves 1-3 %).
         progress: a progress bar over the curves (tqdm, if installed), updated batch by batch;
             default (None): shown when the curves take more than one batch (not for ``dense``).
 

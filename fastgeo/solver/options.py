@@ -63,6 +63,16 @@ FAST_HIGH_DIM_DEFAULTS = {
     "refine": 1, "corridors": 0, "m": 10, "n_points": 40, "coarse_points": 20, "explore": EXPLORE_ITER
 }  # fmt: skip
 FAST_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
+# A curve goes on in the finer spline (subdivide.py) where its energy is predicted to fall by more
+# than this, relative (its length by about half as much; the prediction on the curve's own grid is
+# 10-20 % below the one on twice the points). Trained VAEs (d = 2-32): curves predicted below it
+# gained < 0.02 % when solved anyway.
+SUBDIVIDE_ABOVE = 4e-4
+# ``fast`` subdivides only the curves its coarse spline leaves clearly long (about 0.2 % in
+# length): on a held-out decoder with PixelShuffle, InstanceNorm and Mish (d = 10) fast's curves
+# were 1.5 % long on average without it, 0.5 % with it (1.5x the time); on mlp32_shapes 0.17 ->
+# 0.10 % for 7 % more time (bench/RESULTS.md, "Decoders users write").
+FAST_SUBDIVIDE_ABOVE = 4e-3
 # From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
 # linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
 LAGGED_MIN_DIM = 8
@@ -100,6 +110,7 @@ class SolverOptions:
     lagged: bool  # Levenberg-Marquardt with lagged Gauss-Newton matrices
     secant: bool = True  # ... with the secant model of the curvature Gauss-Newton leaves out
     subdivide: bool = False  # curves a finer spline would shorten are solved in it (subdivide.py)
+    subdivide_above: float = SUBDIVIDE_ABOVE  # ... where it predicts this relative energy gain
     explore_iter: int = 0  # Adam steps of the explored start (starts.py); 0: none
 
     @property
@@ -119,6 +130,7 @@ class SolverOptions:
             "lagged": self.lagged,
             "secant": self.secant,
             "subdivide": self.subdivide,
+            "subdivide_above": self.subdivide_above,
         }
 
 
@@ -234,11 +246,15 @@ def solver_options(
     # step, 2 s per curve at d = 32); mlp32_shapes, 3 pairs: 163 -> 96 s, lengths within 3e-7.
     secant = (lagged_secant or not lagged) and not (method == "dense" and latent_dim >= LAGGED_MIN_DIM)
     splines = method in SPLINE_METHODS and family == "bspline"
+    subdivide_above = SUBDIVIDE_ABOVE
     if subdivide is None:
-        # ``fast`` subdivides the curves of piecewise-linear decoders only: without the finer
-        # spline a trained ReLU MLP's were 0.70 % long on average (1.5 % at worst), with it
-        # 0.03 % (0.34 %) at 2.3x the time, still 1.8x faster than the default.
-        subdivide = splines and (method == "default" or piecewise_linear)
+        # ``fast`` subdivides the curves of piecewise-linear decoders as the default does: without
+        # the finer spline a trained ReLU MLP's were 0.70 % long on average (1.5 % at worst), with
+        # it 0.03 % (0.34 %) at 2.3x the time, still 1.8x faster than the default; others only
+        # where the coarse spline leaves a curve clearly long (FAST_SUBDIVIDE_ABOVE).
+        subdivide = splines
+        if method == "fast" and not piecewise_linear:
+            subdivide_above = FAST_SUBDIVIDE_ABOVE
     elif _checks.boolean("subdivide", subdivide) and not splines:
         raise ValueError(
             "subdivide=True needs method='default' or 'fast' with family='bspline' (halving the knot spans "
@@ -260,5 +276,6 @@ def solver_options(
         lagged,
         secant,
         subdivide,
+        subdivide_above,
         explore_iter,
     )

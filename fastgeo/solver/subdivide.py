@@ -7,7 +7,8 @@ gain (:mod:`.finer_gain`; recorded by the solver's last phase from its last line
 no decoder cost, or computed here for the curves it did not record). Long winding curves (along
 the data of 2-D VAEs) and the curves of large latent dimensions (d = 16-32) gain 0.03-0.3 % there,
 and the prediction tells them apart curve by curve (about twice the relative length gained,
-measured on trained VAEs): those predicted to gain more than :data:`SUBDIVIDE_ABOVE` are solved on
+measured on trained VAEs): those predicted to gain more than ``opts.subdivide_above`` (default
+:data:`~fastgeo.solver.options.SUBDIVIDE_ABOVE`; ``fast``: a looser one) are solved on
 in the finer basis with twice their points, the others keep their curve. Every result is then
 written in the finer basis, whatever its batch.
 """
@@ -27,11 +28,6 @@ from .problem import Grid, full_gradient, full_parts
 from .resolution import RESOLUTION_TOL, midpoint_lengths
 from .result import CONVERGED, NONFINITE, UNDER_RESOLVED, GeodesicResult, Work
 
-# A curve goes on in the finer basis where its energy is predicted to fall by more than this,
-# relative (its length by about half as much; the prediction on the curve's own grid is 10-20 %
-# below the one on twice the points). Trained VAEs (d = 2-32): curves predicted below it gained
-# < 0.02 % when solved anyway.
-SUBDIVIDE_ABOVE = 4e-4
 # The finer solve runs to the call's own tolerance: with 10x it gained the same to 0.001 % on
 # trained VAEs (d = 16-32) in 40-60 % fewer iterations, but stopped the demo's curve across the
 # moons in a flat valley 0.2 % long.
@@ -68,7 +64,7 @@ def subdivide_curves(
         size = _batch_size(opts, metric, n, p)
         for lo in range(0, unknown.numel(), size):
             _predict(metric, res, work, unknown[lo : lo + size], own, record)
-        go = (at_n & (gains > SUBDIVIDE_ABOVE)).nonzero().squeeze(1)  # NaN: not finite, kept
+        go = (at_n & (gains > opts.subdivide_above)).nonzero().squeeze(1)  # NaN: not finite, kept
         size = _batch_size(opts, metric, 2 * n, p)
         for lo in range(0, go.numel(), size):
             _solve_finer(metric, res, opts, work, go[lo : lo + size], Grid.of(finer, 2 * n, coeffs), first)
