@@ -125,23 +125,23 @@ class ChainReader:
         raise NotAChain
 
     def _join(self, fork: Node, between: list[Node], terms: tuple[Node, Node], join: Node) -> None:
+        among = set(between)
+        mine = _ancestors(terms[0], among), _ancestors(terms[1], among)  # each branch's nodes
+        require(not (mine[0] & mine[1]) and (mine[0] | mine[1]) == among)
         branches = []
-        for end in terms:
-            mine = _ancestors(end, set(between))
+        for end, nodes in zip(terms, mine, strict=True):
             branch = type(self)(self.root)
             branch.current, branch.flat, branch.width = fork, self.flat, self.width
             branch.on_chain, branch.batch = self.on_chain | {fork}, set(self.batch)
             branch.shapes, branch.transposed = set(self.shapes), dict(self.transposed)
             try:
-                branch._read_nodes([n for n in between if n in mine])
+                branch._read_nodes([n for n in between if n in nodes])
             finally:
                 self.at = branch.at  # where a branch stops being a chain
             self.at = join
             require(branch.current is end and branch.pending is None)
             branches.append(branch)
         first, second = branches
-        mine = _ancestors(terms[0], set(between)), _ancestors(terms[1], set(between))
-        require(not (mine[0] & mine[1]) and (mine[0] | mine[1]) == set(between))
         require(first.flat == second.flat)
         self.steps.append(Branches(tuple(first.steps), tuple(second.steps)))
         self.flat = first.flat
