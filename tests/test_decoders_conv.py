@@ -563,6 +563,45 @@ def test_large_batches_in_chunks(monkeypatch):
         assert_close_rel(b, a, 1e-14)
 
 
+class WideBranch(nn.Module):
+    """``h + W2 tanh(W1 h)`` with W1 widening 10 -> 96: the widest stack is inside the branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 10)
+        self.wide = nn.Linear(10, 96)
+        self.back = nn.Linear(96, 10)
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z))
+        return h + self.back(torch.tanh(self.wide(h)))
+
+
+def test_chunks_count_what_a_residual_branch_holds(monkeypatch):
+    """The chunks of points are sized by the elements per point held at once, the stacks inside
+    a residual branch and the input it waits beside included (a branch wider than the chain's
+    outputs once went uncounted); chunked values equal the whole batch's."""
+    model = init_(WideBranch())
+    z = randn(9, 3)
+    chain = stacked_chain(model, z[:4])
+    assert chain is not None
+    whole = chain.value_and_tangents(z, axes(z))
+    assert chain.widest == 10 + 96  # the branch's widest stack beside its input h
+    monkeypatch.setitem(forward_mode.CHUNK_BYTES, "cpu", 4 * 106 * z.element_size() * 2)  # 2 points
+    rows: list[int] = []
+    real = forward_mode.StackedChain._stacked
+
+    def counted(self, x):
+        rows.append(x.shape[1])
+        return real(self, x)
+
+    monkeypatch.setattr(forward_mode.StackedChain, "_stacked", counted)
+    chunked = chain.value_and_tangents(z, axes(z))
+    assert max(rows) == 2
+    for a, b in zip(whole, chunked, strict=True):
+        assert_close_rel(b, a, 1e-14)
+
+
 @pytest.mark.parametrize("recognized", [True, False])
 def test_metric_decodes_long_inputs_in_chunks(monkeypatch, recognized):
     """ExpectedMetric.decode (and so length, energy, features) calls the mean on chunks whose

@@ -18,7 +18,6 @@ An error raised by the decoder itself on the probe is the user's and propagates.
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable
 
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .generic import check_value, generic_value_and_tangents
-from .layers import apply
+from .layers import Peak, run
 from .recognize import recognize
 from .steps import LAYERS, Step, walk
 
@@ -39,8 +38,9 @@ CHUNK_BYTES = {"cpu": 1 << 22}
 class StackedChain:
     """A decoder recognized as a chain of steps applied point by point: its value, and its
     derivatives along any directions by stacked forward mode. Parameters are read at call
-    time, so in-place training shows. ``widest``: elements per point of the widest step output
-    (known after a first call), which sizes the chunks of points."""
+    time, so in-place training shows. ``widest``: elements per point held at once, the widest
+    step output or, in a residual block, a branch's stacks with those it waits beside (known
+    after a first call): it sizes the chunks of points."""
 
     def __init__(self, steps: list[Step], widest: int | None = None) -> None:
         self.steps = steps
@@ -78,11 +78,9 @@ class StackedChain:
     def _stacked(self, x: Tensor) -> Tensor:
         """The steps on a stack (k+1, P, d) -> (k+1, P, F), value block first; x is updated in
         place (a tensor of the caller's own)."""
-        widest = 0
-        for step in self.steps:
-            x = apply(step, x)
-            widest = max(widest, math.prod(x.shape[2:]))
-        self.widest = widest
+        peak = Peak()
+        x = run(self.steps, x, peak)
+        self.widest = peak.most
         return x
 
 

@@ -219,18 +219,41 @@ def _avg_pool(step: AvgPool, x: Tensor) -> Tensor:
     return _unbatch(y, x)
 
 
-def run(steps: tuple[Step, ...] | list[Step], x: Tensor) -> Tensor:
-    """The steps one after the other on the stack x (updated in place, like each step)."""
+class Peak:
+    """Elements per point held at once while steps run, the most seen: what sizes the chunks of
+    points (a residual block holds its input, then its first branch's output, while a branch
+    runs)."""
+
+    def __init__(self) -> None:
+        self.held = 0  # elements per point kept outside the chain now running
+        self.most = 0
+
+    def see(self, x: Tensor) -> None:
+        self.most = max(self.most, self.held + math.prod(x.shape[2:]))
+
+
+def run(steps: tuple[Step, ...] | list[Step], x: Tensor, peak: Peak | None = None) -> Tensor:
+    """The steps one after the other on the stack x (updated in place, like each step); ``peak``
+    records the elements per point they hold."""
     for step in steps:
-        x = apply(step, x)
+        x = _branches(step, x, peak) if isinstance(step, Branches) else APPLY[type(step)](step, x)
+        if peak is not None:
+            peak.see(x)
     return x
 
 
-def _branches(step: Branches, x: Tensor) -> Tensor:
+def _branches(step: Branches, x: Tensor, peak: Peak | None = None) -> Tensor:
     """The derivative of a sum is the sum of the derivatives: the stack of ``first(x) +
     second(x)`` is the sum of the two chains' stacks (values and tangents alike)."""
-    y = run(step.first, x.clone())
-    y += run(step.second, x)
+    held = 0 if peak is None else peak.held
+    if peak is not None:
+        peak.held = held + math.prod(x.shape[2:])  # x waits for the second branch
+    y = run(step.first, x.clone(), peak)
+    if peak is not None:
+        peak.held = held + math.prod(y.shape[2:])  # the first's result waits for the sum
+    y += run(step.second, x, peak)
+    if peak is not None:
+        peak.held = held
     return y
 
 
