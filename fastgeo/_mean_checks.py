@@ -2,7 +2,8 @@
 wrong with the decoder rather than where torch noticed it.
 
 - :func:`call`: the mean on a probe; where it raises, a module of another dtype or device than
-  the codes is named;
+  the codes is named; :func:`not_a_tensor_hint` says what to pass for a (mu, logvar) tuple, a
+  distribution or a dict;
 - :func:`eval_mode`: no dropout or batch statistics left in training mode in a mean that is a
   module; :func:`modules_of` finds the modules behind a mean given as a function (a bound
   method, a lambda or closure around a module), named in the messages of :func:`call`;
@@ -35,6 +36,18 @@ SAME_OUTPUT_ELSEWHERE = 2e-2
 # step below agree to ~1e-4 in float32 on smooth decoders (kinks of ReLU units crossed within
 # the step move it a little); a detached part of the decoder moves it by its share of the output.
 DERIVATIVE_MISMATCH = 0.1
+
+
+def not_a_tensor_hint(value: object) -> str:
+    """What to pass instead, for a mean that returned ``value`` (not a tensor): VAE decoders often
+    return (mu, logvar), a distribution or a dict. Empty where there is nothing to say."""
+    if isinstance(value, tuple | list):
+        return " (for a VAE's (mu, logvar) pass a function returning mu, lambda z: decoder(z)[0])"
+    if isinstance(value, torch.distributions.Distribution):
+        return " (pass a function returning its mean, lambda z: decoder(z).mean)"
+    if isinstance(value, dict):
+        return f" with keys {list(value)[:6]} (pass a function returning the mean, lambda z: decoder(z)[key])"
+    return ""
 
 
 def modules_of(mean: Callable[[Tensor], Tensor]) -> list[torch.nn.Module]:

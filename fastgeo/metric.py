@@ -93,9 +93,7 @@ class ExpectedMetric:
             probe = _mean_checks.call("mean", self.mean, z)
             if not isinstance(probe, Tensor) or probe.dim() < 1:
                 got = f"a {type(probe).__name__}" if not isinstance(probe, Tensor) else "a 0-d tensor"
-                hint = ""
-                if isinstance(probe, tuple):
-                    hint = " (for a VAE's (mu, logvar) pass a function returning mu)"
+                hint = _mean_checks.not_a_tensor_hint(probe)
                 raise TypeError(f"mean must return a tensor of shape (..., D), got {got}{hint}")
             if probe.shape != (z.shape[0], precision.data_dim):
                 raise ValueError(

@@ -147,7 +147,7 @@ def fit_rbf_parameters(
             got = tuple(decoded.shape) if isinstance(decoded, Tensor) else type(decoded).__name__
             raise ValueError(
                 f"mean must map the (M, d) latents to (M, D) = {tuple(data.shape)} (or to images of D "
-                f"values each, as data), got {got}"
+                f"values each, as data), got {got}{_mean_checks.not_a_tensor_hint(decoded)}"
             )
         resid2 = (data - decoded.reshape(data.shape)).pow(2)  # (M, D)
         phi = rbf_features(latents, centers, gammas)  # (M, K)

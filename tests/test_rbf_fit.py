@@ -134,7 +134,8 @@ def test_copies_of_a_code_split_between_clusters_take_the_median_spread():
 
 
 def test_fit_argument_errors():
-    """Latents and data of different lengths, zeta = 0 and more centers than points are refused."""
+    """Latents and data of different lengths, zeta = 0, more centers than points and a mean that
+    returns (mu, logvar) are refused."""
     z, x, mean = _problem()
     with pytest.raises(ValueError, match="one row per training point"):
         fastgeo.RBFPrecision.fit(z, x[:10], mean)
@@ -142,3 +143,5 @@ def test_fit_argument_errors():
         fastgeo.RBFPrecision.fit(z, x, mean, zeta=0.0)
     with pytest.raises(ValueError, match="num_centers"):
         fastgeo.RBFPrecision.fit(z, x, mean, num_centers=1000)
+    with pytest.raises(ValueError, match=r"got tuple \(for a VAE's \(mu, logvar\) pass a function"):
+        fastgeo.RBFPrecision.fit(z, x, lambda q: (mean(q), mean(q)))

@@ -86,6 +86,10 @@ def test_expected_metric_checks_mean():
         fastgeo.ExpectedMetric(lambda z: z, "prec")
     with pytest.raises(TypeError, match=r"got a tuple \(for a VAE's \(mu, logvar\)"):
         fastgeo.ExpectedMetric(lambda z: (torch.cat([z, z[..., :1]], -1), z), prec)
+    with pytest.raises(TypeError, match=r"got a Normal \(pass a function returning its mean"):
+        fastgeo.ExpectedMetric(lambda z: torch.distributions.Normal(torch.cat([z, z[..., :1]], -1), 1), prec)
+    with pytest.raises(TypeError, match=r"got a dict with keys \['mu', 'logvar'\]"):
+        fastgeo.ExpectedMetric(lambda z: {"mu": torch.cat([z, z[..., :1]], -1), "logvar": z}, prec)
 
 
 @pytest.mark.parametrize(
