@@ -183,6 +183,36 @@ def _residual_conv(d: int) -> torch.nn.Module:
     return _ResidualConv(d).eval()
 
 
+class _GatedConv(torch.nn.Module):
+    """(P, d) -> (P, 784): Linear - swish written out (x * sigmoid(x)) - 7x7 maps - a gate per
+    pixel - ConvTranspose2d (14x14) - a gate per channel (squeeze-excitation) - ConvTranspose2d
+    (28x28) - a GLU-like product of two convolutions - Conv2d - Sigmoid."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.fc = nn.Linear(d, 32 * 49)
+        self.gate = nn.Conv2d(32, 32, 3, padding=1)
+        self.up1, self.up2 = nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.ConvTranspose2d(16, 16, 4, 2, 1)
+        self.squeeze = nn.Sequential(nn.AvgPool2d(14), nn.Conv2d(16, 16, 1))
+        self.value, self.weight = nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+        self.out = nn.Conv2d(8, 1, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z)
+        h = (h * torch.sigmoid(h)).view(-1, 32, 7, 7)
+        h = h * torch.sigmoid(self.gate(h))
+        h = torch.nn.functional.elu(self.up1(h))
+        h = h * torch.sigmoid(self.squeeze(h))
+        h = torch.nn.functional.elu(self.up2(h))
+        h = torch.tanh(self.value(h)) * torch.sigmoid(self.weight(h))
+        return torch.sigmoid(self.out(h)).flatten(1)
+
+
+def _gated_conv(d: int) -> torch.nn.Module:
+    return _GatedConv(d).eval()
+
+
 def _layers_builder(make: Callable[[int], torch.nn.Module], d: int) -> Callable[[int, int], Pair]:
     """The decoder Jacobian of a seeded ``make(d)`` at P = b N random points."""
 
@@ -310,6 +340,8 @@ CASES = (
         _layers_builder(_shuffle_mish_conv, d), 5, 48) for d in (8, 32)]
     + [("decoder Jacobian, residual conv", f"P=240 (b=5, N=48), d={d}, D=784",
         _layers_builder(_residual_conv, d), 5, 48) for d in (8, 32)]
+    + [("decoder Jacobian, gated conv", f"P=240 (b=5, N=48), d={d}, D=784",
+        _layers_builder(_gated_conv, d), 5, 48) for d in (8, 32)]
     + [("decoder Jacobian, sequences with softmax", f"P=480 (b=10, N=48), d={d}, D=1050",
         _layers_builder(_sequence_softmax, d), 10, 48) for d in (8, 32)]
     + [("sigma + Jacobian", f"P={b * N} (b={b}, N={N}), d=2, K=64, D=64", _sigma, b, N) for b, N in P_SHAPES]
@@ -326,6 +358,7 @@ PIECES = {
     "decoder Jacobian, PixelShuffle + Mish conv": "the same, conv decoder with PixelShuffle, Mish, Hardswish",
     "decoder Jacobian, sequences with softmax": "the same, Conv1d, InstanceNorm1d, PReLU, softmax",
     "decoder Jacobian, residual conv": "the same, a conv decoder with two residual blocks",
+    "decoder Jacobian, gated conv": "the same, a conv decoder with gates (swish, pixel, channel, GLU)",
     "sigma + Jacobian": "torch.ops.fastgeo.rbf_sigma_jacobian vs fastgeo.reference.rbf_sigma_jacobian",
     "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs fastgeo.reference.gauss_newton_system",
     "LM propose + update": "lm_propose + lm_update (C++) vs fastgeo.reference.lm_propose + lm_update",

@@ -428,6 +428,30 @@ class ResNetDecoder(nn.Module):
         return torch.sigmoid(self.out(self.up2(h))).flatten(1)
 
 
+class GatedDecoder(nn.Module):
+    """Gates (P, d) -> (P, 784): swish written out (``h * sigmoid(h)``), a gate per pixel
+    (``h * sigmoid(conv(h))``), a gate per channel (squeeze-excitation: broadcast over the map)
+    and a product of two chains (``tanh(conv(x)) * sigmoid(conv(x))``, a GLU-like gate)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d, 4 * 7 * 7)
+        self.gate = nn.Conv2d(4, 4, 3, padding=1)
+        self.squeeze = nn.Sequential(nn.AvgPool2d(7), nn.Conv2d(4, 4, 1))
+        self.up = nn.ConvTranspose2d(4, 4, 4, 2, 1)
+        self.value, self.weight = nn.Conv2d(4, 2, 3, padding=1), nn.Conv2d(4, 2, 3, padding=1)
+        self.out = nn.ConvTranspose2d(2, 1, 4, 2, 1)
+
+    def forward(self, z):
+        h = self.fc(z)
+        h = (h * torch.sigmoid(h)).view(-1, 4, 7, 7)
+        h = h * torch.sigmoid(self.gate(h))
+        h = h * torch.sigmoid(self.squeeze(h))
+        h = F.elu(self.up(h))
+        h = torch.tanh(self.value(h)) * torch.sigmoid(self.weight(h))
+        return torch.sigmoid(self.out(h)).flatten(1)
+
+
 DECODERS = {
     "mnist_sequential_d5": (lambda: mnist_sequential(5), 5, 784),
     "mnist_exported_d16": (lambda: exported(mnist_sequential(16), 16), 16, 784),
@@ -444,6 +468,9 @@ DECODERS = {
     "resnet_custom_d6": (lambda: init_(ResNetDecoder(6)), 6, 784),
     "resnet_exported_d5": (lambda: exported(init_(ResNetDecoder(5)), 5), 5, 784),
     "residual_custom_d3": (lambda: init_(Residual()), 3, C * H * H),
+    "gated_custom_d5": (lambda: init_(GatedDecoder(5)), 5, 784),
+    "gated_exported_d4": (lambda: exported(init_(GatedDecoder(4)), 4), 4, 784),
+    "gate_custom_d3": (lambda: init_(Gated()), 3, C * H * H),
 }
 
 
@@ -489,7 +516,9 @@ DECOMPOSED = {
     "mnist_custom": lambda: init_(MnistDecoder(5)),
     "groupnorm_upsample": lambda: around(nn.Sequential(nn.GroupNorm(2, C), nn.Upsample(scale_factor=2))),
     "layernorm_gelu": lambda: init_(LayerNormGeluDecoder(5)),
-    "residual": lambda: init_(Residual()),  # (SiLU decomposes into x * sigmoid(x): not a chain)
+    "residual": lambda: init_(Residual()),
+    "resnet": lambda: init_(ResNetDecoder(5)),  # SiLU decomposes into x * sigmoid(x): a gate
+    "gated": lambda: init_(GatedDecoder(5)),
 }
 
 
@@ -499,6 +528,7 @@ def test_decomposed_export_graph(name):
     _native_batch_norm_legit_no_training and native_group_norm with getitem) are chains too."""
     model = DECOMPOSED[name]()
     d = model[0].in_features if isinstance(model, nn.Sequential) else model.fc.in_features
+    d = model.lift.in_features if isinstance(model, ResNetDecoder) else d
     batch = ({0: torch.export.Dim("P", min=0)},)
     gm = torch.export.export(model, (randn(3, d),), dynamic_shapes=batch).run_decompositions().module()
     targets = {n.target for n in gm.graph.nodes}
@@ -670,7 +700,7 @@ class Residual(nn.Module):
 
 
 class Gated(Residual):
-    """A fork joined by a product (a gate), not a sum."""
+    """A fork joined by a product (a gate), not a sum: recognized too."""
 
     def forward(self, z):
         h = torch.tanh(self.fc(z)).view(-1, C, H, H)
@@ -736,7 +766,6 @@ NOT_CHAINS = {
     "adaptive_avg_pool": lambda: around(nn.AdaptiveAvgPool2d(3)),
     "softmax_implicit_dim": lambda: around(nn.Softmax()),
     "subclass": lambda: around(MyConv(C, 2, 3)),
-    "gated": lambda: init_(Gated()),
     "concatenated": lambda: init_(Concatenated()),
     "untraceable": lambda: init_(Untraceable()),
     "sine": lambda: init_(SineDecoder()),

@@ -44,7 +44,7 @@ def test_piecewise_linear_chains(act, expected):
 
 
 def test_kinks_inside_residual_branches_count():
-    assert piecewise_linear(residual_relu(3))
+    assert piecewise_linear(residual_relu(3)) and piecewise_linear(gated_relu(3))
 
 
 def test_unrecognized_decoders_are_not_called_piecewise_linear():
@@ -137,7 +137,25 @@ def residual_relu(d: int) -> nn.Module:
     return ResidualReLU(d).double()
 
 
-@pytest.mark.parametrize("make", [conv_decoder, relu6_mlp, prelu_hardswish_mlp, residual_relu])
+class GatedReLU(nn.Module):
+    """A gate whose branches hold ReLUs: ``relu(a(h)) * sigmoid(b(relu(h)))``."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(d, 16), nn.Linear(16, D)
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, z):
+        h = self.fc(z)
+        return self.out(torch.relu(self.a(h)) * torch.sigmoid(self.b(torch.relu(h))))
+
+
+def gated_relu(d: int) -> nn.Module:
+    torch.manual_seed(7)
+    return GatedReLU(d).double()
+
+
+@pytest.mark.parametrize("make", [conv_decoder, relu6_mlp, prelu_hardswish_mlp, residual_relu, gated_relu])
 def test_smoothed_chain_is_smooth_and_differentiated_exactly(make):
     """Every piecewise-linear activation is replaced; the stacked forward mode of the smoothed
     chain matches torch.func; autograd through it passes gradcheck; it is close to the decoder

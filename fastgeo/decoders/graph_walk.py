@@ -1,9 +1,10 @@
 """Walking a ``torch.fx`` graph along a single chain from its one input to its output: the
 bookkeeping every graph reader shares (:mod:`fastgeo.decoders.graphs` knows the ops).
 
-The chain may fork into two chains that are summed again (``x + f(x)``, ``f(x) + g(x)``:
-residual blocks, nested too): the first sum after which nothing uses the fork or the nodes
-between closes it, and the two chains become one :class:`Branches` step. Every node must be on
+The chain may fork into two chains that are summed or multiplied again (``x + f(x)``, ``f(x) +
+g(x)``: residual blocks, nested too; ``x * sigmoid(f(x))``: gates): the first sum or product
+after which nothing uses the fork or the nodes between closes it, and the two chains become one
+:class:`Branches` step. Every node must be on
 the chain, except parameters (``get_attr``, and their transposes) and the
 batch size (``x.size(0)``, ``x.shape[0]``, ``sym_size``), which may only lead a reshape's shape.
 A reshape must keep the batch: ``(-1, C, H, W)`` or ``(batch, ...)``. Anything else raises
@@ -101,10 +102,10 @@ class ChainReader:
     # ------------------------------------------------------------------ forks
 
     def _fork(self, nodes: list[Node], i: int, scope: set[Node]) -> int:
-        """The chain forks at ``self.current`` X: finds the sum J = p + q where the two chains
-        from X meet again (the first node after which nothing else uses X or a node between),
-        reads the chains to p and to q, adds their :class:`Branches` step and returns the index
-        of the node after J."""
+        """The chain forks at ``self.current`` X: finds the sum J = p + q (or product p * q)
+        where the two chains from X meet again (the first node after which nothing else uses X
+        or a node between), reads the chains to p and to q, adds their :class:`Branches` step
+        and returns the index of the node after J."""
         fork = self.current
         between: list[Node] = []  # the nodes that depend on X before J, in order
         inside = {fork}
@@ -113,18 +114,20 @@ class ChainReader:
             if not any(a in inside for a in node.all_input_nodes):
                 require(self._aside(node))  # the batch size of an earlier node, say
                 continue
-            terms = _summands(node)
+            terms, product = _join_terms(node)
             if terms is not None and all(t in inside for t in terms):
                 seen = self.batch | self.shapes  # sizes read before the fork
                 users = {u for n in inside for u in n.users if u in scope and u not in seen}
                 if users <= inside | {node}:
-                    self._join(fork, between, terms, node)
+                    self._join(fork, between, terms, node, product)
                     return j + 1
             inside.add(node)
             between.append(node)
         raise NotAChain
 
-    def _join(self, fork: Node, between: list[Node], terms: tuple[Node, Node], join: Node) -> None:
+    def _join(
+        self, fork: Node, between: list[Node], terms: tuple[Node, Node], join: Node, product: bool
+    ) -> None:
         among = set(between)
         mine = _ancestors(terms[0], among), _ancestors(terms[1], among)  # each branch's nodes
         require(not (mine[0] & mine[1]) and (mine[0] | mine[1]) == among)
@@ -143,7 +146,7 @@ class ChainReader:
             branches.append(branch)
         first, second = branches
         require(first.flat == second.flat)
-        self.steps.append(Branches(tuple(first.steps), tuple(second.steps)))
+        self.steps.append(Branches(tuple(first.steps), tuple(second.steps), product))
         self.flat = first.flat
         self.width = first.width if first.width == second.width else None
         self.current = join
@@ -265,17 +268,21 @@ def _chain_users(node: Node) -> list[Node]:
     return out
 
 
-def _summands(node: Node) -> tuple[Node, Node] | None:
-    """(p, q) if ``node`` is ``p + q`` of two graph values (``operator.add``, ``torch.add``,
-    aten ``add.Tensor`` with alpha 1), else None."""
-    if node.op != "call_function" or node.target not in (operator.add, torch.add, aten.add.Tensor):
-        return None
+_SUMS = (operator.add, torch.add, aten.add.Tensor)
+_PRODUCTS = (operator.mul, torch.mul, aten.mul.Tensor)
+
+
+def _join_terms(node: Node) -> tuple[tuple[Node, Node] | None, bool]:
+    """((p, q), product) if ``node`` is ``p + q`` (``operator.add``, ``torch.add``, aten
+    ``add.Tensor`` with alpha 1) or ``p * q`` (``product``) of two graph values, else (None, False)."""
+    if node.op != "call_function" or node.target not in _SUMS + _PRODUCTS:
+        return None, False
     args = node.args
     alpha = node.kwargs.get("alpha", 1)
     extra = set(node.kwargs) - {"alpha"}
     if len(args) != 2 or extra or alpha != 1 or not all(isinstance(a, Node) for a in args):
-        return None
-    return args[0], args[1]
+        return None, False
+    return (args[0], args[1]), node.target in _PRODUCTS
 
 
 def _ancestors(end: Node, among: set[Node]) -> set[Node]:

@@ -244,17 +244,23 @@ def run(steps: tuple[Step, ...] | list[Step], x: Tensor, peak: Peak | None = Non
 
 def _branches(step: Branches, x: Tensor, peak: Peak | None = None) -> Tensor:
     """The derivative of a sum is the sum of the derivatives: the stack of ``first(x) +
-    second(x)`` is the sum of the two chains' stacks (values and tangents alike)."""
+    second(x)`` is the sum of the two chains' stacks (values and tangents alike). Of a product
+    ``a b``: value ``a b``, tangents ``a' b + a b'`` (linear in the tangents at known values)."""
     held = 0 if peak is None else peak.held
     if peak is not None:
         peak.held = held + math.prod(x.shape[2:])  # x waits for the second branch
     y = run(step.first, x.clone(), peak)
     if peak is not None:
         peak.held = held + math.prod(y.shape[2:])  # the first's result waits for the sum
-    y += run(step.second, x, peak)
+    other = run(step.second, x, peak)
     if peak is not None:
         peak.held = held
-    return y
+    if not step.product:
+        y += other
+        return y
+    tangents = y[1:] * other[:1]  # a' b (broadcast: a gate per channel multiplies whole maps)
+    tangents += y[:1] * other[1:]  # + a b'
+    return torch.cat([y[:1] * other[:1], tangents])
 
 
 def _scale(step: Scale, x: Tensor) -> Tensor:

@@ -62,7 +62,7 @@ def _smooth(steps: tuple[Step, ...], x: Tensor, sharpness: float) -> tuple[Step,
             smooth.append(smooth_activation(step, beta) if kinked else dataclasses.replace(step, beta=beta))
         elif isinstance(step, Branches):
             first, second = (_smooth(chain, x.clone(), sharpness) for chain in (step.first, step.second))
-            smooth.append(Branches(first, second))
+            smooth.append(dataclasses.replace(step, first=first, second=second))
         else:
             smooth.append(step)
         x = apply(step, x)
@@ -90,7 +90,8 @@ def _value(steps: list[Step] | tuple[Step, ...], x: Tensor) -> Tensor:
         elif isinstance(step, PReLU):
             x = prelu(step, x[0])[0][None]
         elif isinstance(step, Branches):
-            x = _value(step.first, x.clone()) + _value(step.second, x.clone())
+            a, b = _value(step.first, x.clone()), _value(step.second, x.clone())
+            x = a * b if step.product else a + b
         else:
             x = apply(step, x)
     return x

@@ -6,9 +6,9 @@ A chain acts on one point at a time: every step maps a batch (P, *shape_in) to (
 point by point. Parameters are read through getters at every call, so in-place training shows;
 ``identity`` (the layer's ``id``, or the graph's attribute names) and the settings (strides,
 eps, ...) enter the chain's :func:`signature`. A chain may fork into two chains that are summed
-(:class:`Branches`, residual blocks). All steps but :class:`Activation`, :class:`PReLU`,
-:class:`GroupNorm`, :class:`LayerNorm` and :class:`Softmax` are affine maps of their input:
-linear in the tangents.
+or multiplied (:class:`Branches`: residual blocks, gates). All steps but :class:`Activation`,
+:class:`PReLU`, :class:`GroupNorm`, :class:`LayerNorm`, :class:`Softmax` and the product of
+:class:`Branches` are affine maps of their input: linear in the tangents.
 """
 
 from __future__ import annotations
@@ -187,10 +187,12 @@ class AvgPool:
 @dataclass(frozen=True)
 class Branches:
     """``first(x) + second(x)``: two chains of steps from one input, summed (a residual block:
-    ``x + f(x)`` has an empty ``first``; a projection shortcut ``f(x) + g(x)`` two chains)."""
+    ``x + f(x)`` has an empty ``first``; a projection shortcut ``f(x) + g(x)`` two chains), or
+    with ``product`` multiplied elementwise (a gate: ``x * sigmoid(f(x))``, SiLU written out)."""
 
     first: tuple[Step, ...]
     second: tuple[Step, ...]
+    product: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ def signature(steps: list[Step] | tuple[Step, ...]) -> tuple[Hashable, ...]:
     """What identifies a chain's structure: each step's kind, identity and settings (every
     field but the parameter getters; the branches' own signatures)."""
     return tuple(
-        ("Branches", signature(s.first), signature(s.second))
+        ("Branches", s.product, signature(s.first), signature(s.second))
         if isinstance(s, Branches)
         else (type(s).__name__, *(v for f in dataclasses.fields(s) if not callable(v := getattr(s, f.name))))
         for s in steps
