@@ -1,6 +1,7 @@
-"""A decoder passed as a method of the user's VAE (``vae.decode``) takes the stacked forward mode
-when its body traces into a chain, with the same values and Jacobians as ``torch.func`` gives;
-``metric.to`` converts its module; a method with control flow falls back to ``torch.func``."""
+"""A decoder passed as a method of the user's VAE (``vae.decode``), or as a function around it
+(``lambda z: vae.decode(z)[0]``), takes the stacked forward mode when its body traces into a
+chain, with the same values and Jacobians as ``torch.func`` gives; ``metric.to`` converts its
+module; a method with control flow falls back to ``torch.func``."""
 
 import pytest
 import torch
@@ -36,6 +37,33 @@ class ConvVAE(nn.Module):
         return self.decode(z)
 
 
+class ByTorchFunc:
+    """A callable that is neither a module, a method nor a function: never recognized, its
+    Jacobians come from torch.func (the reference)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fn(z)
+
+
+class TwoHeadVAE(nn.Module):
+    """A decoder returning (mu, logvar) from one trunk, as many VAEs do."""
+
+    def __init__(self, d: int = 4, D: int = 30) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(d, 32), nn.ELU())
+        self.mu, self.logvar = nn.Linear(32, D), nn.Linear(32, D)
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(z)
+        return torch.sigmoid(self.mu(h)), self.logvar(h)
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(z)[0]
+
+
 def _precision(d: int, D: int) -> fastgeo.RBFPrecision:
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(6, d, generator=g, dtype=f64)
@@ -48,7 +76,7 @@ def test_a_method_of_a_vae_takes_the_stacked_forward_mode():
     vae = ConvVAE().double().eval()
     prec = _precision(5, 144)
     method = fastgeo.ExpectedMetric(vae.decode, prec)
-    plain = fastgeo.ExpectedMetric(lambda z: vae.decode(z), prec)
+    plain = fastgeo.ExpectedMetric(ByTorchFunc(vae.decode), prec)
     assert "stacked forward mode" in method.describe() and "ConvTranspose2d" in method.describe()
     assert "torch.func" in plain.describe()
     z = torch.randn(7, 5, dtype=f64)
@@ -72,10 +100,60 @@ def test_a_method_returning_images_takes_the_stacked_forward_mode():
     assert "stacked forward mode" in images.describe() and "Flatten" in images.describe()
     z = torch.randn(7, 5, dtype=f64)
     assert stacked_chain(images.mean, z) is not None
-    f_flat, j_flat = fastgeo.ExpectedMetric(lambda z: vae.decode(z), prec).features_and_jacobian(z)
+    f_flat, j_flat = fastgeo.ExpectedMetric(ByTorchFunc(vae.decode), prec).features_and_jacobian(z)
     f_images, j_images = images.features_and_jacobian(z)
     torch.testing.assert_close(f_images, f_flat)
     torch.testing.assert_close(j_images, j_flat)
+
+
+def _closure_over(vae: TwoHeadVAE):
+    def mean(z: torch.Tensor) -> torch.Tensor:
+        mu, _ = vae.decode(z)
+        return mu
+
+    return mean
+
+
+@pytest.mark.parametrize("form", ["lambda", "closure", "method", "method of a lambda"])
+def test_a_function_around_a_vae_that_returns_mu_and_logvar(form):
+    """``lambda z: vae.decode(z)[0]`` (or a closure, or a method doing the same) on a decoder
+    whose trunk feeds a mean head and a logvar head: the unused head is dropped, the mean is a
+    chain, with torch.func's values and Jacobians; a float32 copy too."""
+    torch.manual_seed(0)
+    vae = TwoHeadVAE().double().eval()
+    means = {
+        "lambda": lambda z: vae.decode(z)[0],
+        "closure": _closure_over(vae),
+        "method": vae.decode_mean,
+        "method of a lambda": lambda z: vae.decode_mean(z),
+    }
+    metric = fastgeo.ExpectedMetric(means[form], _precision(4, 30))
+    assert "a chain of 4 steps (Affine -> elu -> Affine -> sigmoid)" in metric.describe()
+    z = torch.randn(7, 4, dtype=f64)
+    assert stacked_chain(metric.mean, z) is not None
+    f, j = metric.features_and_jacobian(z)
+    reference = fastgeo.ExpectedMetric(ByTorchFunc(vae.decode_mean), metric.precision)
+    f_ref, j_ref = reference.features_and_jacobian(z)
+    torch.testing.assert_close(f, f_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(j, j_ref, rtol=1e-10, atol=1e-12)
+    res = fastgeo.geodesics(metric, z[:2], z[2:4])
+    assert res.converged.all()
+
+
+def test_a_function_around_modules_is_held_weakly():
+    """The module a function is traced as does not keep the function (nor the VAE) alive."""
+    import gc
+    import weakref
+
+    from fastgeo.decoders.recognize import chain_module
+
+    vae = TwoHeadVAE().eval()
+    fn = lambda z: vae.decode(z)[0]  # noqa: E731
+    assert chain_module(fn) is chain_module(fn)  # one wrapper per function
+    gone = weakref.ref(fn)
+    del fn
+    gc.collect()
+    assert gone() is None
 
 
 def test_metric_to_converts_a_method_s_module_and_takes_a_positional_dtype_or_device():
@@ -125,7 +203,7 @@ def test_describe_names_where_a_decoder_leaves_the_fast_path():
     pooled = _Output(lambda x: torch.nn.functional.max_pool1d(x.view(-1, 4, 5), 2).flatten(1))
     exported = torch.export.export(pooled, (torch.randn(3, 5),)).module()
     assert "max_pool1d" in describe(exported)  # torch.export's own hooks are no reason
-    assert "plain function" in describe(lambda z: vae.decode(z))
+    assert "function around no module" in describe(lambda z: torch.sigmoid(z))
     assert "torch.fx cannot trace it" in describe(vae.decode_branchy)
     assert "stacked forward mode" in describe(vae.decode)
 
@@ -146,6 +224,6 @@ def test_outputs_scaled_by_constants_take_the_stacked_forward_mode(out):
     z = torch.randn(7, 5, dtype=f64)
     assert stacked_chain(metric.mean, z) is not None
     f, j = metric.features_and_jacobian(z)
-    f_ref, j_ref = fastgeo.ExpectedMetric(lambda z: decoder(z), prec).features_and_jacobian(z)
+    f_ref, j_ref = fastgeo.ExpectedMetric(ByTorchFunc(decoder), prec).features_and_jacobian(z)
     torch.testing.assert_close(f, f_ref)
     torch.testing.assert_close(j, j_ref)

@@ -321,7 +321,7 @@ def _subclass(cls):
 
 def _lambda():
     model = mlp("silu", 2, 3)
-    return lambda z: model(z)
+    return lambda z: torch.sin(model(z))  # around a module, but sin is no known activation
 
 
 def _function():
@@ -363,6 +363,16 @@ def test_non_chains_fall_back_to_generic(make):
 def test_symbolically_traced_graph_is_recognized():
     """A torch.fx.symbolic_trace GraphModule (call_module nodes, not aten ops) is a chain too."""
     fn = torch.fx.symbolic_trace(mlp("elu", 2, 3))
+    z = latents(6, 2)
+    assert mlp_chain(fn, z[:4]) is not None
+    assert_rows_equal(fn, z)
+
+
+def test_lambda_around_sequential_is_recognized():
+    """A function around a module (``lambda z: model(z)``) is traced with the module as its
+    submodule: a chain, with the generic path's values and Jacobians."""
+    model = mlp("silu", 2, 3)
+    fn = lambda z: model(z)  # noqa: E731
     z = latents(6, 2)
     assert mlp_chain(fn, z[:4]) is not None
     assert_rows_equal(fn, z)

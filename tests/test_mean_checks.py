@@ -184,7 +184,8 @@ def test_well_formed_means_pass_silently(dtype, act):
 
 def test_describe_says_how_the_mean_is_differentiated():
     """``metric.describe()`` names the path a mean takes: the stacked forward mode for a chain
-    (with its steps, and the smoothing of piecewise-linear ones), torch.func for a plain function."""
+    (with its steps, and the smoothing of piecewise-linear ones; a function around it too),
+    torch.func for a function that is not a chain of known layers."""
     prec = constant_precision(2, 3)
     smooth = fastgeo.ExpectedMetric(mlp(torch.nn.Tanh), prec).describe()
     assert "d = 2, data D = 3, torch.float64" in smooth
@@ -192,7 +193,8 @@ def test_describe_says_how_the_mean_is_differentiated():
     assert "piecewise-linear" not in smooth
     assert "piecewise-linear" in fastgeo.ExpectedMetric(mlp(torch.nn.ReLU), prec).describe()
     net = mlp()
-    assert "torch.func" in fastgeo.ExpectedMetric(lambda z: net(z), prec).describe()
+    assert "stacked forward mode" in fastgeo.ExpectedMetric(lambda z: net(z), prec).describe()
+    assert "torch.func" in fastgeo.ExpectedMetric(lambda z: torch.sin(net(z)), prec).describe()
 
 
 def test_rbf_fit_checks_the_decoder_and_its_options():

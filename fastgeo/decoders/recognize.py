@@ -12,8 +12,10 @@ applied point by point, read off the module's structure as a list of steps
   such a chain (residual blocks ``x + f(x)`` and gates ``x * g(x)`` included). Tracing takes
   milliseconds, so its steps are kept per module and traced again only when the module's
   fingerprint changes (its submodules, their types, training flags and plain settings such as
-  strides or an ELU's alpha).
-  Graphs are read once per fingerprint too (with the graph's identity and code).
+  strides or an ELU's alpha). Graphs are read once per fingerprint too (with the graph's
+  identity and code). A method of a module (``vae.decode``) and a plain function around modules
+  (``lambda z: vae.decode(z)[0]`` for a decoder returning (mu, logvar)) are traced alike, their
+  modules as submodules; what the output does not use (the logvar head) is dropped first.
 
 A module with forward hooks (or a forward replaced on the instance) anywhere in it, and any
 module while global forward hooks are registered, is not a chain (None): its Jacobian comes
@@ -22,6 +24,7 @@ from ``torch.func``.
 
 from __future__ import annotations
 
+import inspect
 import types
 import weakref
 from collections.abc import Callable, Hashable
@@ -30,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
+from .._mean_checks import modules_of
 from . import modules
 from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean, FlatOutput
@@ -60,15 +64,34 @@ class MethodModule(nn.Module):
         return self._function(self.owner, z)
 
 
-# bound method -> its MethodModule, FlatOutput -> its chain (held by a metric as long as it lives)
+class ClosureModule(nn.Module):
+    """A plain function (a lambda, a closure) around modules as a module, those modules its
+    submodules: ``torch.fx`` traces the function's body through their layers. The function is
+    held weakly (the wrapper is kept per function: a strong reference would keep both alive)."""
+
+    def __init__(self, function: types.FunctionType, owners: list[nn.Module]) -> None:
+        super().__init__()
+        self.owners = nn.ModuleList(owners)
+        self._function = weakref.ref(function)
+        self.training = False  # this wrapper's own flag only (the owners' are the user's)
+
+    def forward(self, z: Tensor) -> Tensor:
+        function = self._function()
+        if function is None:
+            raise RuntimeError("the function this module traced is gone")
+        return function(z)
+
+
+# bound method / function -> its MethodModule / ClosureModule, FlatOutput -> its chain (held by a
+# metric as long as it lives)
 _METHODS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def chain_module(fn: Callable[[Tensor], Tensor]) -> nn.Module | None:
     """The module whose structure describes ``fn``: ``fn`` itself, the module a
     :class:`FlatMean` wraps (it only flattens (..., d) to (P, d)), a :class:`MethodModule`
-    for a method of a module (followed by a flatten where a :class:`FlatOutput` wraps it);
-    None for any other callable."""
+    for a method of a module, a :class:`ClosureModule` for a function around modules (followed
+    by a flatten where a :class:`FlatOutput` wraps it); None for any other callable."""
     if type(fn) is FlatMean and not modules.has_hooks(fn):
         return fn.flat
     if type(fn) is FlatOutput:  # a method returning images: its chain, then a flatten
@@ -85,6 +108,14 @@ def chain_module(fn: Callable[[Tensor], Tensor]) -> nn.Module | None:
         module = _METHODS.get(fn)
         if module is None:
             module = _METHODS[fn] = MethodModule(fn)
+        return module
+    if inspect.isfunction(fn):
+        module = _METHODS.get(fn)
+        if module is None:
+            owners = modules_of(fn)
+            if not owners:
+                return None
+            module = _METHODS[fn] = ClosureModule(fn, owners)
         return module
     return None
 
@@ -155,14 +186,14 @@ def _why_not(fn: Callable[[Tensor], Tensor]) -> str:
         return "global module hooks are registered"
     module = chain_module(fn)
     if module is None:
-        return "a plain function: pass the decoder module, or a method of it, instead"
+        return "a function around no module: pass the decoder module, or a method of it, instead"
     if modules.has_hooks(module) and not isinstance(module, torch.fx.GraphModule):  # export's own hooks
         return "a module with hooks"
     if isinstance(module, torch.fx.GraphModule):
         graph = module.graph
     else:
         try:
-            graph = torch.fx.Tracer().trace(module)
+            graph = _traced(module)
         except Exception as e:  # noqa: BLE001 - untraceable: say why, in one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             return f"torch.fx cannot trace it: {first[:160]}"
@@ -206,9 +237,18 @@ def traced_steps(module: nn.Module) -> list[Step] | None:
     return None if found is None else found[0]
 
 
+def _traced(module: nn.Module) -> torch.fx.Graph:
+    """The graph ``torch.fx`` traces, without the nodes the output does not use (a decoder's
+    logvar head beside the mean it returns)."""
+    graph = torch.fx.Tracer().trace(module)
+    graph.owning_module = module  # whose submodules' purity the elimination checks
+    graph.eliminate_dead_code()
+    return graph
+
+
 def _trace(module: nn.Module) -> list[Step] | None:
     try:
-        graph = torch.fx.Tracer().trace(module)
+        graph = _traced(module)
     except Exception:  # noqa: BLE001 - untraceable (control flow on values, ...): not a chain
         return None
     return read_graph(graph, module)
