@@ -31,6 +31,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from helpers import assert_close_rel, randn
 from torch import nn
+from torch.nn.utils import parametrizations
 
 import fastgeo
 from fastgeo.decoders import (
@@ -176,6 +177,9 @@ LAYERS = {
     "softsign": lambda: nn.Softsign(),
     "logsigmoid": lambda: nn.LogSigmoid(),
     "tanhshrink": lambda: nn.Tanhshrink(),
+    # parametrized weights, read as the layer computes them
+    "weight_norm_conv": lambda: parametrizations.weight_norm(nn.Conv2d(C, C, 3, padding=1)),
+    "spectral_norm_conv_t": lambda: parametrizations.spectral_norm(nn.ConvTranspose2d(C, C, 3)).eval(),
 }
 
 
@@ -428,6 +432,20 @@ class ResNetDecoder(nn.Module):
         return torch.sigmoid(self.out(self.up2(h))).flatten(1)
 
 
+class ClampDecoder(nn.Module):
+    """Clamps by constants: both sides (a method), one side (``torch.clamp(min=)``, ``clamp_max``),
+    ``torch.clip``: Hardtanh steps with an infinite side."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc, self.fc2, self.fc3 = nn.Linear(d, 24), nn.Linear(24, 16), nn.Linear(16, 10)
+
+    def forward(self, z):
+        h = self.fc2(self.fc(z).clamp(-0.5, 0.8))
+        h = self.fc3(torch.clamp(h, min=-0.2).clamp_max(0.9))
+        return torch.clip(h, 0.0, 1.0)
+
+
 class GatedDecoder(nn.Module):
     """Gates (P, d) -> (P, 784): swish written out (``h * sigmoid(h)``), a gate per pixel
     (``h * sigmoid(conv(h))``), a gate per channel (squeeze-excitation: broadcast over the map)
@@ -469,6 +487,8 @@ DECODERS = {
     "resnet_exported_d5": (lambda: exported(init_(ResNetDecoder(5)), 5), 5, 784),
     "residual_custom_d3": (lambda: init_(Residual()), 3, C * H * H),
     "gated_custom_d5": (lambda: init_(GatedDecoder(5)), 5, 784),
+    "clamp_custom_d4": (lambda: init_(ClampDecoder(4), scale=1.0), 4, 10),
+    "clamp_exported_d3": (lambda: exported(init_(ClampDecoder(3), scale=1.0), 3), 3, 10),
     "gated_exported_d4": (lambda: exported(init_(GatedDecoder(4)), 4), 4, 784),
     "gate_custom_d3": (lambda: init_(Gated()), 3, C * H * H),
 }
@@ -779,6 +799,14 @@ def test_non_chains_fall_back_and_stay_correct(name):
     z = randn(4, 3, scale=1.5)
     assert recognize.recognize(model) is None or stacked_chain(model, z) is None
     check(model, z, randn(2, 4, 3, seed=3), recognized=False)
+
+
+def test_spectral_norm_in_training_mode_not_recognized():
+    """Spectral norm's power iteration updates the weight at every call in training mode: not a
+    chain (in eval mode it is: ``LAYERS``)."""
+    model = around(parametrizations.spectral_norm(nn.Conv2d(C, C, 3)))
+    assert stacked_chain(model, randn(4, 3)) is not None
+    assert stacked_chain(model.train(), randn(4, 3)) is None
 
 
 def test_training_dropout_not_recognized_groupnorm_is():

@@ -156,7 +156,26 @@ def gated_relu(d: int) -> nn.Module:
     return GatedReLU(d).double()
 
 
-@pytest.mark.parametrize("make", [conv_decoder, relu6_mlp, prelu_hardswish_mlp, residual_relu, gated_relu])
+class ClampMLP(nn.Module):
+    """Clamps open on one side (``clamp(min=)``, ``clamp_max``) and on none (``clamp(a, b)``)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc, self.fc2, self.out = nn.Linear(d, 16), nn.Linear(16, 16), nn.Linear(16, D)
+
+    def forward(self, z):
+        h = self.fc2(torch.clamp(self.fc(z), min=-0.1))
+        return self.out(h.clamp_max(0.2).clamp(-0.5, 0.1))
+
+
+def clamp_mlp(d: int) -> nn.Module:
+    torch.manual_seed(8)
+    return ClampMLP(d).double()
+
+
+@pytest.mark.parametrize(
+    "make", [conv_decoder, relu6_mlp, prelu_hardswish_mlp, residual_relu, gated_relu, clamp_mlp]
+)
 def test_smoothed_chain_is_smooth_and_differentiated_exactly(make):
     """Every piecewise-linear activation is replaced; the stacked forward mode of the smoothed
     chain matches torch.func; autograd through it passes gradcheck; it is close to the decoder

@@ -114,10 +114,17 @@ def _soft_leaky_relu(x: Tensor, slope: float, beta: float) -> tuple[Tensor, Tens
 
 
 def _soft_hardtanh(x: Tensor, low: float, high: float, beta: float) -> tuple[Tensor, Tensor]:
-    """Hardtanh with its two kinks smoothed: ``low + softplus_beta(x - low) - softplus_beta(x - high)``."""
-    y_low, dy_low = _softplus(x - low, beta, SOFT_THRESHOLD)
-    y_high, dy_high = _softplus(x - high, beta, SOFT_THRESHOLD)
-    return low + y_low - y_high, dy_low - dy_high
+    """Hardtanh with its two kinks smoothed: ``low + softplus_beta(x - low) - softplus_beta(x - high)``
+    (an infinite bound, a clamp open on that side, has no kink: ``x`` there)."""
+    if math.isfinite(low):
+        y, dy = _softplus(x - low, beta, SOFT_THRESHOLD)
+        y = y + low
+    else:
+        y, dy = x.clone(), torch.ones_like(x)
+    if math.isfinite(high):
+        y_high, dy_high = _softplus(x - high, beta, SOFT_THRESHOLD)
+        y, dy = y - y_high, dy - dy_high
+    return y, dy
 
 
 def _soft_hardswish(x: Tensor, beta: float) -> tuple[Tensor, Tensor]:

@@ -68,6 +68,10 @@ FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
                                     ("align_corners", None), ("recompute_scale_factor", None),
                                     ("antialias", False))),
     F.pad: ("pad", (("pad", None), ("mode", "constant"), ("value", None))),
+    torch.clamp: ("clamp", (("min", None), ("max", None))),
+    torch.clip: ("clamp", (("min", None), ("max", None))),
+    torch.clamp_min: ("clamp", (("min", None),)),
+    torch.clamp_max: ("clamp", (("max", None),)),
 }  # fmt: skip
 ARITHMETIC = (operator.mul, operator.truediv, operator.add, operator.sub, operator.neg)
 METHODS: dict[str, tuple[tuple[str, Any], ...]] = {
@@ -79,4 +83,8 @@ METHODS: dict[str, tuple[tuple[str, Any], ...]] = {
     "log_softmax": (("dim", None), ("dtype", None)),
     "flatten": (("start_dim", 0), ("end_dim", -1)),
     "unflatten": (("dim", None), ("sizes", None)),
+    "clamp": (("min", None), ("max", None)),
+    "clip": (("min", None), ("max", None)),
+    "clamp_min": (("min", None),),
+    "clamp_max": (("max", None),),
 }

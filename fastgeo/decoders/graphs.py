@@ -180,6 +180,8 @@ class _Reader(ChainReader):
             self._gelu(a["approximate"])
         elif name == "hardtanh":  # F.relu6 binds no bounds
             self._add(Activation("hardtanh", (float(a.get("min_val", 0.0)), float(a.get("max_val", 6.0)))))
+        elif name in ("clamp", "clip", "clamp_min", "clamp_max"):
+            self._clamp(a.get("min"), a.get("max"))
         elif name in NAMED:
             self._named(name, a)
         elif name in ("softmax", "log_softmax"):
@@ -241,6 +243,8 @@ class _Reader(ChainReader):
             self._add(Activation("hardtanh", (float(a.get("min_val", -1.0)), float(a.get("max_val", 1.0)))))
         elif base == "relu6":
             self._add(Activation("hardtanh", (0.0, 6.0)))
+        elif base in ("clamp", "clip", "clamp_min", "clamp_max"):
+            self._clamp(a.get("min"), a.get("max"))
         elif base in ("mul", "div", "add", "sub", "rsub", "neg"):
             self._aten_scale(base, a)
         elif inplace:
@@ -340,6 +344,14 @@ class _Reader(ChainReader):
                 self._add(step)
         else:
             self._add(Activation(name))
+
+    def _clamp(self, low: Any, high: Any) -> None:
+        """``clamp(x, min, max)`` by constants: the Hardtanh between them (an open side infinite)."""
+        numbers = [v for v in (low, high) if v is not None]
+        require(numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers))
+        low, high = -math.inf if low is None else float(low), math.inf if high is None else float(high)
+        require(low < high)
+        self._add(Activation("hardtanh", (low, high)))
 
     def _softmax(self, dim: Any, log: bool) -> None:
         steps = softmax_steps(dim, log)

@@ -10,7 +10,8 @@ GroupNorm; LayerNorm; ZeroPad2d, ReflectionPad2d, ReplicationPad2d; PixelShuffle
 AvgPool1d / AvgPool2d; Flatten, Unflatten; Identity, Dropout (eval); ELU, ReLU, LeakyReLU, PReLU,
 ReLU6, Hardtanh, Tanh, Sigmoid, Softplus, SiLU, GELU (exact or tanh), Mish, SELU, CELU,
 Hardswish, Hardsigmoid, Softsign, LogSigmoid, Tanhshrink; Softmax / LogSoftmax over an axis of
-the point.
+the point. Parametrized weights (``weight_norm``, ``spectral_norm`` in eval mode) are read as
+the layer computes them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .steps import (
     Activation,
@@ -96,9 +98,21 @@ def module_steps(module: nn.Module) -> list[Step] | None:
     return layer_steps(module)
 
 
+def layer_type(m: nn.Module) -> type | None:
+    """The layer's type; a parametrized one's original type (``weight_norm``, ``spectral_norm``
+    and other ``torch.nn.utils.parametrize`` layers: the weight read at every call is the
+    parametrized one), or None while a parametrization is in training mode (spectral norm's
+    power iteration changes the weight at every call)."""
+    if not parametrize.is_parametrized(m):
+        return type(m)
+    if any(p.training for p in m.parametrizations.modules()):
+        return None
+    return type(m).__bases__[0]
+
+
 def layer_steps(m: nn.Module) -> list[Step] | None:
     """Steps of one layer of a known type (exact: not a subclass), or None. Hooks not checked."""
-    kind = type(m)
+    kind = layer_type(m)
     if kind is nn.Linear:
         return [Affine(getter(m, "weight"), getter(m, "bias"), id(m))]
     if kind in _CONVS or kind in _CONVS_T:
@@ -192,7 +206,7 @@ def softmax_steps(dim: object, log: bool) -> list[Step] | None:
 
 def _conv_steps(m: nn.Module) -> list[Step] | None:
     n = len(m.kernel_size)
-    transposed = type(m) in _CONVS_T
+    transposed = layer_type(m) in _CONVS_T
     steps: list[Step] = []
     padding = m.padding
     if m.padding_mode != "zeros":  # what the module's forward does: pad, then convolve unpadded
