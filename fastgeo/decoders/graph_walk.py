@@ -4,9 +4,9 @@ bookkeeping every graph reader shares (:mod:`fastgeo.decoders.graphs` knows the 
 The chain may fork into two chains that are summed or multiplied again (``x + f(x)``, ``f(x) +
 g(x)``: residual blocks, nested too; ``x * sigmoid(f(x))``: gates): the first sum or product
 after which nothing uses the fork or the nodes between closes it, and the two chains become one
-:class:`Branches` step. Every node must be on
-the chain, except parameters (``get_attr``, and their transposes) and the
-batch size (``x.size(0)``, ``x.shape[0]``, ``sym_size``), which may only lead a reshape's shape.
+:class:`Branches` step. Every node must be on the chain, except parameters (``get_attr``, and
+their transposes) and the batch size (``x.size(0)``, ``x.shape[0]``, ``sym_size``), which may
+only lead a reshape's shape.
 A reshape must keep the batch: ``(-1, C, H, W)`` or ``(batch, ...)``. Anything else raises
 :class:`NotAChain`.
 """

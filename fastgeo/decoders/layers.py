@@ -258,9 +258,9 @@ def _branches(step: Branches, x: Tensor, peak: Peak | None = None) -> Tensor:
     if not step.product:
         y += other
         return y
-    tangents = y[1:] * other[:1]  # a' b (broadcast: a gate per channel multiplies whole maps)
-    tangents += y[:1] * other[1:]  # + a b'
-    return torch.cat([y[:1] * other[:1], tangents])
+    out = y * other[:1]  # a b, a' b (broadcast: a gate per channel multiplies whole maps)
+    out[1:] += y[:1] * other[1:]  # + a b'
+    return out
 
 
 def _scale(step: Scale, x: Tensor) -> Tensor:
