@@ -445,6 +445,22 @@ class ClampDecoder(nn.Module):
         return torch.clip(h, 0.0, 1.0)
 
 
+class HeadsDecoder(nn.Module):
+    """Output heads side by side (a mixed-type decoder: intensities and a categorical part), and a
+    channel concatenation: ``torch.cat`` joins of two chains."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d, 4 * 3 * 3)
+        self.conv = nn.Conv2d(4, 2, 3, padding=1)
+        self.a, self.b = nn.Linear(54, 5), nn.Linear(54, 7)
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z)).view(-1, 4, 3, 3)
+        h = torch.cat([h, F.elu(self.conv(h))], dim=1).flatten(1)  # (P, 6 * 3 * 3)
+        return torch.cat((torch.sigmoid(self.a(h)), torch.softmax(self.b(h), -1)), -1)
+
+
 class GatedDecoder(nn.Module):
     """Gates (P, d) -> (P, 784): swish written out (``h * sigmoid(h)``), a gate per pixel
     (``h * sigmoid(conv(h))``), a gate per channel (squeeze-excitation: broadcast over the map)
@@ -490,6 +506,9 @@ DECODERS = {
     "clamp_exported_d3": (lambda: exported(init_(ClampDecoder(3), scale=1.0), 3), 3, 10),
     "gated_exported_d4": (lambda: exported(init_(GatedDecoder(4)), 4), 4, 784),
     "gate_custom_d3": (lambda: init_(Gated()), 3, C * H * H),
+    "concatenated_custom_d3": (lambda: init_(Concatenated()), 3, 2 * C * H * H),
+    "heads_custom_d4": (lambda: init_(HeadsDecoder(4), scale=1.0), 4, 12),
+    "heads_exported_d3": (lambda: exported(init_(HeadsDecoder(3), scale=1.0), 3), 3, 12),
 }
 
 
@@ -538,6 +557,7 @@ DECOMPOSED = {
     "residual": lambda: init_(Residual()),
     "resnet": lambda: init_(ResNetDecoder(5)),  # SiLU decomposes into x * sigmoid(x): a gate
     "gated": lambda: init_(GatedDecoder(5)),
+    "heads": lambda: init_(HeadsDecoder(5)),
 }
 
 
@@ -727,7 +747,7 @@ class Gated(Residual):
 
 
 class Concatenated(Residual):
-    """A fork joined by concatenating the channels."""
+    """A fork joined by concatenating the channels: recognized too."""
 
     def forward(self, z):
         h = torch.tanh(self.fc(z)).view(-1, C, H, H)
@@ -785,7 +805,6 @@ NOT_CHAINS = {
     "adaptive_avg_pool": lambda: around(nn.AdaptiveAvgPool2d(3)),
     "softmax_implicit_dim": lambda: around(nn.Softmax()),
     "subclass": lambda: around(MyConv(C, 2, 3)),
-    "concatenated": lambda: init_(Concatenated()),
     "untraceable": lambda: init_(Untraceable()),
     "sine": lambda: init_(SineDecoder()),
 }

@@ -139,21 +139,29 @@ def residual_relu(d: int) -> nn.Module:
 
 
 class GatedReLU(nn.Module):
-    """A gate whose branches hold ReLUs: ``relu(a(h)) * sigmoid(b(relu(h)))``."""
+    """A gate whose branches hold ReLUs, ``relu(a(h)) * sigmoid(b(relu(h)))``; with ``cat``, the
+    two branches concatenated instead."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, cat: bool = False) -> None:
         super().__init__()
-        self.fc, self.out = nn.Linear(d, 16), nn.Linear(16, D)
+        self.cat = cat
+        self.fc, self.out = nn.Linear(d, 16), nn.Linear(32 if cat else 16, D)
         self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
 
     def forward(self, z):
         h = self.fc(z)
-        return self.out(torch.relu(self.a(h)) * torch.sigmoid(self.b(torch.relu(h))))
+        a, b = torch.relu(self.a(h)), torch.sigmoid(self.b(torch.relu(h)))
+        return self.out(torch.cat([a, b], 1) if self.cat else a * b)
 
 
 def gated_relu(d: int) -> nn.Module:
     torch.manual_seed(7)
     return GatedReLU(d).double()
+
+
+def concatenated_relu(d: int) -> nn.Module:
+    torch.manual_seed(9)
+    return GatedReLU(d, cat=True).double()
 
 
 class ClampMLP(nn.Module):
@@ -174,7 +182,8 @@ def clamp_mlp(d: int) -> nn.Module:
 
 
 @pytest.mark.parametrize(
-    "make", [conv_decoder, relu6_mlp, prelu_hardswish_mlp, residual_relu, gated_relu, clamp_mlp]
+    "make",
+    [conv_decoder, relu6_mlp, prelu_hardswish_mlp, residual_relu, gated_relu, concatenated_relu, clamp_mlp],
 )
 def test_smoothed_chain_is_smooth_and_differentiated_exactly(make):
     """Every piecewise-linear activation is replaced; the stacked forward mode of the smoothed

@@ -1,12 +1,12 @@
 """Walking a ``torch.fx`` graph along a single chain from its one input to its output: the
 bookkeeping every graph reader shares (:mod:`fastgeo.decoders.graphs` knows the ops).
 
-The chain may fork into two chains that are summed or multiplied again (``x + f(x)``, ``f(x) +
-g(x)``: residual blocks, nested too; ``x * sigmoid(f(x))``: gates): the first sum or product
-after which nothing uses the fork or the nodes between closes it, and the two chains become one
-:class:`Branches` step. Every node must be on the chain, except parameters (``get_attr``, and
-their transposes) and the batch size (``x.size(0)``, ``x.shape[0]``, ``sym_size``), which may
-only lead a reshape's shape.
+The chain may fork into two chains that are summed, multiplied or concatenated again (``x +
+f(x)``, ``f(x) + g(x)``: residual blocks, nested too; ``x * sigmoid(f(x))``: gates;
+``torch.cat([f(x), g(x)], 1)``: heads side by side): the first such join after which nothing uses
+the fork or the nodes between closes it, and the two chains become one :class:`Branches` step.
+Every node must be on the chain, except parameters (``get_attr``, and their transposes) and the
+batch size (``x.size(0)``, ``x.shape[0]``, ``sym_size``), which may only lead a reshape's shape.
 A reshape must keep the batch: ``(-1, C, H, W)`` or ``(batch, ...)``. Anything else raises
 :class:`NotAChain`.
 """
@@ -102,8 +102,8 @@ class ChainReader:
     # ------------------------------------------------------------------ forks
 
     def _fork(self, nodes: list[Node], i: int, scope: set[Node]) -> int:
-        """The chain forks at ``self.current`` X: finds the sum J = p + q (or product p * q)
-        where the two chains from X meet again (the first node after which nothing else uses X
+        """The chain forks at ``self.current`` X: finds the sum J = p + q (or product, or
+        concatenation) where the two chains from X meet again (the first node after which nothing else uses X
         or a node between), reads the chains to p and to q, adds their :class:`Branches` step
         and returns the index of the node after J."""
         fork = self.current
@@ -114,19 +114,19 @@ class ChainReader:
             if not any(a in inside for a in node.all_input_nodes):
                 require(self._aside(node))  # the batch size of an earlier node, say
                 continue
-            terms, product = _join_terms(node)
+            terms, join, dim = _join_terms(node)
             if terms is not None and all(t in inside for t in terms):
                 seen = self.batch | self.shapes  # sizes read before the fork
                 users = {u for n in inside for u in n.users if u in scope and u not in seen}
                 if users <= inside | {node}:
-                    self._join(fork, between, terms, node, product)
+                    self._join(fork, between, terms, node, join, dim)
                     return j + 1
             inside.add(node)
             between.append(node)
         raise NotAChain
 
     def _join(
-        self, fork: Node, between: list[Node], terms: tuple[Node, Node], join: Node, product: bool
+        self, fork: Node, between: list[Node], terms: tuple[Node, Node], node: Node, join: str, dim: int
     ) -> None:
         among = set(between)
         mine = _ancestors(terms[0], among), _ancestors(terms[1], among)  # each branch's nodes
@@ -141,16 +141,16 @@ class ChainReader:
                 branch._read_nodes([n for n in between if n in nodes])
             finally:
                 self.at = branch.at  # where a branch stops being a chain
-            self.at = join
+            self.at = node
             require(branch.current is end and branch.pending is None)
             branches.append(branch)
         first, second = branches
-        require(first.flat == second.flat)
-        self.steps.append(Branches(tuple(first.steps), tuple(second.steps), product))
+        require(first.flat == second.flat and (join != "cat" or not first.flat or dim in (1, -1)))
+        self.steps.append(Branches(tuple(first.steps), tuple(second.steps), join, dim))
         self.flat = first.flat
-        self.width = first.width if first.width == second.width else None
-        self.current = join
-        self.on_chain.add(join)
+        self.width = first.width if first.width == second.width and join != "cat" else None
+        self.current = node
+        self.on_chain.add(node)
 
     # ------------------------------------------------------------------ beside the chain
 
@@ -270,19 +270,29 @@ def _chain_users(node: Node) -> list[Node]:
 
 _SUMS = (operator.add, torch.add, aten.add.Tensor)
 _PRODUCTS = (operator.mul, torch.mul, aten.mul.Tensor)
+_CATS = (torch.cat, torch.concat, aten.cat.default)
 
 
-def _join_terms(node: Node) -> tuple[tuple[Node, Node] | None, bool]:
-    """((p, q), product) if ``node`` is ``p + q`` (``operator.add``, ``torch.add``, aten
-    ``add.Tensor`` with alpha 1) or ``p * q`` (``product``) of two graph values, else (None, False)."""
-    if node.op != "call_function" or node.target not in _SUMS + _PRODUCTS:
-        return None, False
-    args = node.args
-    alpha = node.kwargs.get("alpha", 1)
-    extra = set(node.kwargs) - {"alpha"}
+def _join_terms(node: Node) -> tuple[tuple[Node, Node] | None, str, int]:
+    """((p, q), join, dim) if ``node`` joins two graph values: ``p + q`` (``operator.add``,
+    ``torch.add``, aten ``add.Tensor`` with alpha 1: join "sum"), ``p * q`` ("product") or
+    ``torch.cat([p, q], dim)`` along an axis of the point ("cat"); else (None, "", 0)."""
+    nothing: tuple[None, str, int] = (None, "", 0)
+    if node.op != "call_function" or node.target not in _SUMS + _PRODUCTS + _CATS:
+        return nothing
+    args, kwargs = node.args, dict(node.kwargs)
+    if node.target in _CATS:
+        tensors = args[0] if args else kwargs.pop("tensors", None)
+        dim = args[1] if len(args) > 1 else kwargs.pop("dim", 0)
+        ok = isinstance(tensors, (list, tuple)) and len(tensors) == 2 and len(args) <= 2 and not kwargs
+        if not ok or not all(isinstance(t, Node) for t in tensors) or not isinstance(dim, int) or dim == 0:
+            return nothing
+        return (tensors[0], tensors[1]), "cat", dim
+    alpha = kwargs.get("alpha", 1)
+    extra = set(kwargs) - {"alpha"}
     if len(args) != 2 or extra or alpha != 1 or not all(isinstance(a, Node) for a in args):
-        return None, False
-    return (args[0], args[1]), node.target in _PRODUCTS
+        return nothing
+    return (args[0], args[1]), "product" if node.target in _PRODUCTS else "sum", 0
 
 
 def _ancestors(end: Node, among: set[Node]) -> set[Node]:

@@ -244,8 +244,9 @@ def run(steps: tuple[Step, ...] | list[Step], x: Tensor, peak: Peak | None = Non
 
 def _branches(step: Branches, x: Tensor, peak: Peak | None = None) -> Tensor:
     """The derivative of a sum is the sum of the derivatives: the stack of ``first(x) +
-    second(x)`` is the sum of the two chains' stacks (values and tangents alike). Of a product
-    ``a b``: value ``a b``, tangents ``a' b + a b'`` (linear in the tangents at known values)."""
+    second(x)`` is the sum of the two chains' stacks (values and tangents alike), of their
+    concatenation the concatenation. Of a product ``a b``: value ``a b``, tangents ``a' b + a b'``
+    (linear in the tangents at known values)."""
     held = 0 if peak is None else peak.held
     if peak is not None:
         peak.held = held + math.prod(x.shape[2:])  # x waits for the second branch
@@ -255,9 +256,11 @@ def _branches(step: Branches, x: Tensor, peak: Peak | None = None) -> Tensor:
     other = run(step.second, x, peak)
     if peak is not None:
         peak.held = held
-    if not step.product:
+    if step.join == "sum":
         y += other
         return y
+    if step.join == "cat":  # the point's axis dim is the stack's dim + 1 (blocks, then points)
+        return torch.cat([y, other], step.dim + 1 if step.dim > 0 else step.dim)
     out = y * other[:1]  # a b, a' b (broadcast: a gate per channel multiplies whole maps)
     out[1:] += y[:1] * other[1:]  # + a b'
     return out

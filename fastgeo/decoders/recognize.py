@@ -9,7 +9,7 @@ applied point by point, read off the module's structure as a list of steps
   :func:`fastgeo.save_generator` and loaded back, or symbolically traced graphs
   (:mod:`fastgeo.decoders.graphs`);
 - any other ``nn.Module`` (a custom decoder class) whose ``forward`` ``torch.fx`` can trace into
-  such a chain (residual blocks ``x + f(x)`` and gates ``x * g(x)`` included). Tracing takes
+  such a chain (residual blocks ``x + f(x)``, gates ``x * g(x)`` and concatenations included). Tracing takes
   milliseconds, so its steps are kept per module and traced again only when the module's
   fingerprint changes (its submodules, their types, training flags and plain settings such as
   strides or an ELU's alpha). Graphs are read once per fingerprint too (with the graph's
@@ -204,7 +204,9 @@ def _why_not(fn: Callable[[Tensor], Tensor]) -> str:
 def _step_name(step: Step) -> str:
     if isinstance(step, Branches):
         first, second = (" -> ".join(map(_step_name, c)) or "identity" for c in (step.first, step.second))
-        return f"({first}) {'*' if step.product else '+'} ({second})"
+        if step.join == "cat":
+            return f"cat(({first}), ({second}), dim={step.dim})"
+        return f"({first}) {'*' if step.join == 'product' else '+'} ({second})"
     if isinstance(step, Activation):
         return step.name
     if isinstance(step, Conv):

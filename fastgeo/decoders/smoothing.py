@@ -91,7 +91,10 @@ def _value(steps: list[Step] | tuple[Step, ...], x: Tensor) -> Tensor:
             x = prelu(step, x[0])[0][None]
         elif isinstance(step, Branches):
             a, b = _value(step.first, x.clone()), _value(step.second, x.clone())
-            x = a * b if step.product else a + b
+            if step.join == "cat":
+                x = torch.cat([a, b], step.dim + 1 if step.dim > 0 else step.dim)
+            else:
+                x = a * b if step.join == "product" else a + b
         else:
             x = apply(step, x)
     return x

@@ -6,9 +6,10 @@ A chain acts on one point at a time: every step maps a batch (P, *shape_in) to (
 point by point. Parameters are read through getters at every call, so in-place training shows;
 ``identity`` (the layer's ``id``, or the graph's attribute names) and the settings (strides,
 eps, ...) enter the chain's :func:`signature`. A chain may fork into two chains that are summed
-or multiplied (:class:`Branches`: residual blocks, gates). All steps but :class:`Activation`,
-:class:`PReLU`, :class:`GroupNorm`, :class:`LayerNorm`, :class:`Softmax` and the product of
-:class:`Branches` are affine maps of their input: linear in the tangents.
+multiplied or concatenated (:class:`Branches`: residual blocks, gates, heads side by side). All
+steps but :class:`Activation`, :class:`PReLU`, :class:`GroupNorm`, :class:`LayerNorm`,
+:class:`Softmax` and the product of :class:`Branches` are affine maps of their input: linear in
+the tangents.
 """
 
 from __future__ import annotations
@@ -186,13 +187,16 @@ class AvgPool:
 
 @dataclass(frozen=True)
 class Branches:
-    """``first(x) + second(x)``: two chains of steps from one input, summed (a residual block:
-    ``x + f(x)`` has an empty ``first``; a projection shortcut ``f(x) + g(x)`` two chains), or
-    with ``product`` multiplied elementwise (a gate: ``x * sigmoid(f(x))``, SiLU written out)."""
+    """Two chains of steps from one input, joined: ``join="sum"``, ``first(x) + second(x)`` (a
+    residual block: ``x + f(x)`` has an empty ``first``; a projection shortcut ``f(x) + g(x)``
+    two chains); ``"product"``, elementwise (a gate: ``x * sigmoid(f(x))``, SiLU written out);
+    ``"cat"``, concatenated along axis ``dim`` of the point (1 or more, or negative: channels,
+    two output heads side by side)."""
 
     first: tuple[Step, ...]
     second: tuple[Step, ...]
-    product: bool = False
+    join: str = "sum"
+    dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -215,7 +219,7 @@ def signature(steps: list[Step] | tuple[Step, ...]) -> tuple[Hashable, ...]:
     """What identifies a chain's structure: each step's kind, identity and settings (every
     field but the parameter getters; the branches' own signatures)."""
     return tuple(
-        ("Branches", s.product, signature(s.first), signature(s.second))
+        ("Branches", s.join, s.dim, signature(s.first), signature(s.second))
         if isinstance(s, Branches)
         else (type(s).__name__, *(v for f in dataclasses.fields(s) if not callable(v := getattr(s, f.name))))
         for s in steps
