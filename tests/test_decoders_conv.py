@@ -461,6 +461,24 @@ class HeadsDecoder(nn.Module):
         return torch.cat((torch.sigmoid(self.a(h)), torch.softmax(self.b(h), -1)), -1)
 
 
+class AxesDecoder(nn.Module):
+    """The point's axes rearranged: a (P, 5, 8) sequence permuted for a Conv1d and back
+    (``permute``, ``transpose``, ``torch.transpose`` with negative axes), a Linear over its last
+    axis, and a map given a channel axis for a Conv2d (``unsqueeze``; ``squeeze`` of a size-1
+    axis)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc, self.conv1 = nn.Linear(d, 40), nn.Conv1d(8, 4, 3, padding=1)
+        self.per, self.conv2 = nn.Linear(5, 6), nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z)).view(-1, 5, 8).permute(0, 2, 1)
+        h = torch.transpose(self.conv1(h).transpose(1, 2), -1, -2)  # (P, 4, 5)
+        h = torch.sigmoid(self.per(h)).unsqueeze(1)  # (P, 1, 4, 6)
+        return torch.unsqueeze(self.conv2(h).flatten(1), -1).squeeze(-1)
+
+
 class GatedDecoder(nn.Module):
     """Gates (P, d) -> (P, 784): swish written out (``h * sigmoid(h)``), a gate per pixel
     (``h * sigmoid(conv(h))``), a gate per channel (squeeze-excitation: broadcast over the map)
@@ -508,6 +526,8 @@ DECODERS = {
     "gate_custom_d3": (lambda: init_(Gated()), 3, C * H * H),
     "concatenated_custom_d3": (lambda: init_(Concatenated()), 3, 2 * C * H * H),
     "heads_custom_d4": (lambda: init_(HeadsDecoder(4), scale=1.0), 4, 12),
+    "axes_custom_d3": (lambda: init_(AxesDecoder(3), scale=1.0), 3, 48),
+    "axes_exported_d4": (lambda: exported(init_(AxesDecoder(4), scale=1.0), 4), 4, 48),
     "heads_exported_d3": (lambda: exported(init_(HeadsDecoder(3), scale=1.0), 3), 3, 12),
 }
 

@@ -27,6 +27,7 @@ NAMED = frozenset(
     {"mish", "selu", "celu", "hardswish", "hardsigmoid", "softsign", "logsigmoid", "tanhshrink"}
 )
 ATEN_VIEWS = {"view", "reshape", "_unsafe_view"}
+AXES = ("permute", "transpose", "unsqueeze", "squeeze")  # rearrangements of the point's axes
 _POOL = (("kernel_size", None), ("stride", None), ("padding", 0), ("ceil_mode", False),
          ("count_include_pad", True))  # fmt: skip
 # torch-level functions of symbolically traced graphs: name, then (parameter, default) after x.
@@ -68,6 +69,10 @@ FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
                                     ("align_corners", None), ("recompute_scale_factor", None),
                                     ("antialias", False))),
     F.pad: ("pad", (("pad", None), ("mode", "constant"), ("value", None))),
+    torch.permute: ("permute", (("dims", None),)),
+    torch.transpose: ("transpose", (("dim0", None), ("dim1", None))),
+    torch.unsqueeze: ("unsqueeze", (("dim", None),)),
+    torch.squeeze: ("squeeze", (("dim", None),)),
     torch.clamp: ("clamp", (("min", None), ("max", None))),
     torch.clip: ("clamp", (("min", None), ("max", None))),
     torch.clamp_min: ("clamp", (("min", None),)),
@@ -83,6 +88,9 @@ METHODS: dict[str, tuple[tuple[str, Any], ...]] = {
     "log_softmax": (("dim", None), ("dtype", None)),
     "flatten": (("start_dim", 0), ("end_dim", -1)),
     "unflatten": (("dim", None), ("sizes", None)),
+    "transpose": (("dim0", None), ("dim1", None)),
+    "unsqueeze": (("dim", None),),
+    "squeeze": (("dim", None),),
     "clamp": (("min", None), ("max", None)),
     "clip": (("min", None), ("max", None)),
     "clamp_min": (("min", None),),

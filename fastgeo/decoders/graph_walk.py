@@ -22,7 +22,7 @@ from torch import nn
 from torch.fx import Graph, Node
 
 from .modules import GELU_APPROXIMATIONS, PAD_MODES, UPSAMPLE_MODES, hashable
-from .steps import Activation, Affine, Branches, Flatten, Pad, Reshape, Step, Unflatten, Upsample
+from .steps import Activation, Affine, Axes, Branches, Flatten, Pad, Reshape, Step, Unflatten, Upsample
 
 aten = torch.ops.aten
 
@@ -203,8 +203,9 @@ class ChainReader:
             return
         if isinstance(step, Flatten) and self.flat and (step.start, step.end) in ((1, -1), (1, 1), (-1, -1)):
             return
-        if isinstance(step, Affine):
+        if isinstance(step, (Affine, Axes)):
             self.width = None
+            self.flat = self.flat and isinstance(step, Affine)
         if isinstance(step, (Reshape, Flatten, Unflatten)):
             reshape_to_vector = isinstance(step, Reshape) and len(step.shape) == 1
             self.flat = reshape_to_vector or isinstance(step, Flatten) and (step.start, step.end) == (1, -1)
@@ -218,6 +219,19 @@ class ChainReader:
         require(first == -1 if isinstance(first, int) else first in self.batch)
         require(all(isinstance(s, int) and s >= -1 for s in rest) and list(shape).count(-1) <= 1)
         self._add(Reshape(rest))
+
+    def _axes(self, op: str, a: dict[str, Any]) -> None:
+        """``permute`` (``a["dims"]``, the batch axis first), ``transpose`` (``dim0``, ``dim1``),
+        ``unsqueeze`` or ``squeeze`` (``dim``: given, so that a batch of one is not squeezed) of
+        the point's axes."""
+        if op == "permute":
+            dims = a["dims"]
+            require(isinstance(dims, (tuple, list)) and len(dims) >= 2 and dims[0] == 0)
+            axes = tuple(dims[1:])
+        else:
+            axes = (a["dim0"], a["dim1"]) if op == "transpose" else (a["dim"],)
+        require(all(isinstance(x, int) and not isinstance(x, bool) and x != 0 for x in axes))
+        self._add(Axes(op, (0, *axes) if op == "permute" else axes))
 
     def _gelu(self, approximate: Any) -> None:
         require(approximate in GELU_APPROXIMATIONS)

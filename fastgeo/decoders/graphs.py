@@ -40,6 +40,7 @@ from .graph_ops import (
     ATEN_SIMPLE,
     ATEN_UPSAMPLE,
     ATEN_VIEWS,
+    AXES,
     FUNCTIONS,
     METHODS,
     NAMED,
@@ -160,6 +161,10 @@ class _Reader(ChainReader):
         if name in ("view", "reshape"):
             require(not kwargs)
             self._reshape(args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args)
+        elif name == "permute":  # x.permute(0, 2, 1) or x.permute((0, 2, 1))
+            require(set(kwargs) <= {"dims"})
+            dims = kwargs["dims"] if kwargs else args[0] if len(args) == 1 else args
+            self._axes("permute", {"dims": dims})
         elif name in METHODS:
             self._function(name, bind(args, kwargs, METHODS[name]))
         else:
@@ -182,6 +187,8 @@ class _Reader(ChainReader):
             self._add(Activation("hardtanh", (float(a.get("min_val", 0.0)), float(a.get("max_val", 6.0)))))
         elif name in ("clamp", "clip", "clamp_min", "clamp_max"):
             self._clamp(a.get("min"), a.get("max"))
+        elif name in AXES:
+            self._axes(name, a)
         elif name in NAMED:
             self._named(name, a)
         elif name in ("softmax", "log_softmax"):
@@ -245,6 +252,11 @@ class _Reader(ChainReader):
             self._add(Activation("hardtanh", (0.0, 6.0)))
         elif base in ("clamp", "clip", "clamp_min", "clamp_max"):
             self._clamp(a.get("min"), a.get("max"))
+        elif name in AXES and node.target._overloadname in ("default", "int", "dim", "dims"):
+            if isinstance(a.get("dim"), (list, tuple)):  # squeeze.dims: one axis only
+                require(len(a["dim"]) == 1)
+                a["dim"] = a["dim"][0]
+            self._axes(name, a)
         elif base in ("mul", "div", "add", "sub", "rsub", "neg"):
             self._aten_scale(base, a)
         elif inplace:

@@ -22,6 +22,7 @@ from .steps import (
     Activation,
     Affine,
     AvgPool,
+    Axes,
     BatchNorm,
     Branches,
     Conv,
@@ -157,17 +158,26 @@ def _reshape(step: Reshape, x: Tensor) -> Tensor:
     return x.reshape(*x.shape[:2], *shape)
 
 
-def _batch_dim(dim: int) -> int:
+def stack_dim(dim: int) -> int:
     """A dim of the batch (P, ...) as a dim of the stack (k+1, P, ...)."""
     return dim + 1 if dim >= 0 else dim
 
 
 def _flatten(step: Flatten, x: Tensor) -> Tensor:
-    return x.flatten(_batch_dim(step.start), _batch_dim(step.end))
+    return x.flatten(stack_dim(step.start), stack_dim(step.end))
 
 
 def _unflatten(step: Unflatten, x: Tensor) -> Tensor:
-    return x.unflatten(_batch_dim(step.dim), step.sizes)
+    return x.unflatten(stack_dim(step.dim), step.sizes)
+
+
+def _axes(step: Axes, x: Tensor) -> Tensor:
+    axes = tuple(stack_dim(a) for a in step.axes)
+    if step.op == "permute":
+        return x.permute(0, *axes)
+    if step.op == "transpose":
+        return x.transpose(*axes)
+    return x.unsqueeze(*axes) if step.op == "unsqueeze" else x.squeeze(*axes)
 
 
 def _activation(step: Activation, x: Tensor) -> Tensor:
@@ -200,7 +210,7 @@ def _softmax(step: Softmax, x: Tensor) -> Tensor:
     Into a new stack (autograd through a smoothed chain keeps x)."""
     dim = step.dim  # a point axis: the same axis of the value block (P, ...) as of a batch
     s = torch.softmax(x[0], dim)
-    tangents = x[1:] - (s * x[1:]).sum(_batch_dim(dim), keepdim=True)  # dims of (k, P, ...): the stack's
+    tangents = x[1:] - (s * x[1:]).sum(stack_dim(dim), keepdim=True)  # dims of (k, P, ...): the stack's
     out = torch.empty_like(x)
     out[0] = torch.log_softmax(x[0], dim) if step.log else s
     out[1:] = tangents if step.log else s * tangents
@@ -259,8 +269,8 @@ def _branches(step: Branches, x: Tensor, peak: Peak | None = None) -> Tensor:
     if step.join == "sum":
         y += other
         return y
-    if step.join == "cat":  # the point's axis dim is the stack's dim + 1 (blocks, then points)
-        return torch.cat([y, other], step.dim + 1 if step.dim > 0 else step.dim)
+    if step.join == "cat":
+        return torch.cat([y, other], stack_dim(step.dim))
     out = y * other[:1]  # a b, a' b (broadcast: a gate per channel multiplies whole maps)
     out[1:] += y[:1] * other[1:]  # + a b'
     return out
@@ -285,6 +295,7 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     Reshape: _reshape,
     Flatten: _flatten,
     Unflatten: _unflatten,
+    Axes: _axes,
     Activation: _activation,
     PReLU: _prelu,
     Softmax: _softmax,

@@ -39,7 +39,7 @@ from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean, FlatOutput
 from .graphs import graph_steps, read_graph, where_not_a_chain
 from .smoothing import SmoothedChain, smooth_steps
-from .steps import Activation, Branches, Conv, PReLU, Step, signature, walk
+from .steps import Activation, Axes, Branches, Conv, PReLU, Step, signature, walk
 
 __all__ = [
     "chain_module", "describe", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed",
@@ -207,8 +207,8 @@ def _step_name(step: Step) -> str:
         if step.join == "cat":
             return f"cat(({first}), ({second}), dim={step.dim})"
         return f"({first}) {'*' if step.join == 'product' else '+'} ({second})"
-    if isinstance(step, Activation):
-        return step.name
+    if isinstance(step, (Activation, Axes)):
+        return step.name if isinstance(step, Activation) else step.op
     if isinstance(step, Conv):
         return f"{'ConvTranspose' if step.transposed else 'Conv'}{step.weight().dim() - 2}d"
     return type(step).__name__

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import ACTIVATIONS, PIECEWISE_LINEAR, SOFT_THRESHOLD
-from .layers import apply, prelu
+from .layers import apply, prelu, stack_dim
 from .steps import Activation, Branches, PReLU, Step
 
 # beta times the pre-activations' RMS: 20 rounds each kink over ~5 % of a unit's typical input.
@@ -92,7 +92,7 @@ def _value(steps: list[Step] | tuple[Step, ...], x: Tensor) -> Tensor:
         elif isinstance(step, Branches):
             a, b = _value(step.first, x.clone()), _value(step.second, x.clone())
             if step.join == "cat":
-                x = torch.cat([a, b], step.dim + 1 if step.dim > 0 else step.dim)
+                x = torch.cat([a, b], stack_dim(step.dim))
             else:
                 x = a * b if step.join == "product" else a + b
         else:

@@ -135,6 +135,17 @@ class Unflatten:
 
 
 @dataclass(frozen=True)
+class Axes:
+    """The point's axes rearranged, the batch axis kept: ``op`` "permute" (``axes`` the new order
+    of the batch tensor's axes, 0 first), "transpose" (two axes), "unsqueeze" or "squeeze" (one
+    axis); axes of the batch (P, ...), 0 only as permute's first (negative ones count from the
+    end: an op that would move the batch fails the check against the decoder itself)."""
+
+    op: str
+    axes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Activation:
     """A pointwise activation of :data:`fastgeo.decoders.activations.ACTIVATIONS` with its
     parameters (e.g. the ELU's alpha)."""
@@ -209,7 +220,7 @@ class Scale:
 
 Step = (
     Affine | Conv | BatchNorm | GroupNorm | LayerNorm | Upsample | Pad | Reshape | Flatten | Unflatten
-    | Activation | PReLU | Softmax | PixelShuffle | AvgPool | Scale | Branches
+    | Axes | Activation | PReLU | Softmax | PixelShuffle | AvgPool | Scale | Branches
 )  # fmt: skip
 # Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
 LAYERS = (Affine, Conv)
