@@ -8,15 +8,18 @@ Two kinds of graphs are read:
   conv_transpose{1,2}d, upsample_*.vec, batch_norm / _native_batch_norm_legit_no_training
   (eval), group_norm / native_group_norm, layer_norm / native_layer_norm, pad and the padding
   ops, view / reshape / _unsafe_view / flatten / unflatten, clone, dropout (eval), pixel_shuffle /
-  pixel_unshuffle, avg_pool{1,2}d, (log_)softmax over an axis of the point, prelu and the
+  pixel_unshuffle, avg_pool{1,2}d, (log_)softmax over an axis of the point, permute /
+  transpose / unsqueeze / squeeze of the point's axes, clamp by constants, prelu and the
   activations (in-place variants too);
 - graphs of ``torch.fx.symbolic_trace`` (a custom decoder's ``forward``): call_module nodes of
   the layers of :mod:`fastgeo.decoders.modules`, torch / ``torch.nn.functional`` activations
   (relu, tanh, sigmoid / expit, silu, elu, leaky_relu, softplus, gelu, hardtanh, relu6, mish,
   selu, celu, hardswish, hardsigmoid, softsign, logsigmoid, tanhshrink), (log_)softmax,
   ``F.interpolate``, ``F.pad``, ``F.pixel_(un)shuffle``, ``F.avg_pool{1,2}d``, ``torch.flatten``
-  / ``torch.reshape`` / ``torch.unflatten``, and the methods view / reshape / flatten /
-  unflatten / contiguous / relu / tanh / sigmoid / softmax / log_softmax.
+  / ``torch.reshape`` / ``torch.unflatten``, ``torch.permute`` / ``transpose`` / ``unsqueeze`` /
+  ``squeeze``, ``torch.clamp`` / ``clip``, and the methods view / reshape / flatten / unflatten /
+  permute / transpose / unsqueeze / squeeze / clamp / contiguous / relu / tanh / sigmoid /
+  softmax / log_softmax.
 
 The walk along the chain (what may sit beside it, reshapes of the batch) is
 :mod:`fastgeo.decoders.graph_walk`'s; a node of another op, or arguments of an unexpected form,
