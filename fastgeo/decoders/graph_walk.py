@@ -102,10 +102,10 @@ class ChainReader:
     # ------------------------------------------------------------------ forks
 
     def _fork(self, nodes: list[Node], i: int, scope: set[Node]) -> int:
-        """The chain forks at ``self.current`` X: finds the sum J = p + q (or product, or
-        concatenation) where the two chains from X meet again (the first node after which nothing else uses X
-        or a node between), reads the chains to p and to q, adds their :class:`Branches` step
-        and returns the index of the node after J."""
+        """The chain forks at ``self.current`` X: finds the join J (a sum p + q, a product or a
+        concatenation) where the two chains from X meet again (the first node after which
+        nothing else uses X or a node between), reads the chains to p and to q, adds their
+        :class:`Branches` step and returns the index of the node after J."""
         fork = self.current
         between: list[Node] = []  # the nodes that depend on X before J, in order
         inside = {fork}

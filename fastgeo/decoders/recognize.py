@@ -9,10 +9,10 @@ applied point by point, read off the module's structure as a list of steps
   :func:`fastgeo.save_generator` and loaded back, or symbolically traced graphs
   (:mod:`fastgeo.decoders.graphs`);
 - any other ``nn.Module`` (a custom decoder class) whose ``forward`` ``torch.fx`` can trace into
-  such a chain (residual blocks ``x + f(x)``, gates ``x * g(x)`` and concatenations included). Tracing takes
-  milliseconds, so its steps are kept per module and traced again only when the module's
-  fingerprint changes (its submodules, their types, training flags and plain settings such as
-  strides or an ELU's alpha). Graphs are read once per fingerprint too (with the graph's
+  such a chain (residual blocks ``x + f(x)``, gates ``x * g(x)`` and concatenations included).
+  Tracing takes milliseconds, so its steps are kept per module and traced again only when the
+  module's fingerprint changes (its submodules, their types, training flags and plain settings
+  such as strides or an ELU's alpha). Graphs are read once per fingerprint too (with the graph's
   identity and code). A method of a module (``vae.decode``) and a plain function around modules
   (``lambda z: vae.decode(z)[0]`` for a decoder returning (mu, logvar)) are traced alike, their
   modules as submodules; what the output does not use (the logvar head) is dropped first.
@@ -207,8 +207,10 @@ def _step_name(step: Step) -> str:
         if step.join == "cat":
             return f"cat(({first}), ({second}), dim={step.dim})"
         return f"({first}) {'*' if step.join == 'product' else '+'} ({second})"
-    if isinstance(step, (Activation, Axes)):
-        return step.name if isinstance(step, Activation) else step.op
+    if isinstance(step, Activation):
+        return step.name
+    if isinstance(step, Axes):
+        return step.op
     if isinstance(step, Conv):
         return f"{'ConvTranspose' if step.transposed else 'Conv'}{step.weight().dim() - 2}d"
     return type(step).__name__
