@@ -43,6 +43,11 @@ def _tanh(x: Tensor) -> tuple[Tensor, Tensor]:
     return y, 1 - y * y
 
 
+def _exp(x: Tensor) -> tuple[Tensor, Tensor]:
+    y = torch.exp(x)
+    return y, y
+
+
 def _relu(x: Tensor) -> tuple[Tensor, Tensor]:
     return x.clamp(min=0), (x > 0).to(x.dtype)
 
@@ -146,6 +151,7 @@ ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "leaky_relu": _leaky_relu,
     "tanh": _tanh,
     "sigmoid": _sigmoid,
+    "exp": _exp,
     "softplus": _softplus,
     "silu": _silu,
     "gelu": _gelu,

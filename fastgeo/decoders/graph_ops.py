@@ -4,14 +4,13 @@ and the names of ``aten`` ops of exported graphs. :mod:`fastgeo.decoders.graphs`
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-ATEN_SIMPLE = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu"}
+ATEN_SIMPLE = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu", "exp": "exp"}
 ATEN_UPSAMPLE = {
     "upsample_nearest1d": "nearest",
     "upsample_nearest2d": "nearest",
@@ -35,6 +34,7 @@ FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
     torch.relu: ("relu", ()),
     torch.tanh: ("tanh", ()),
     torch.sigmoid: ("sigmoid", ()),
+    torch.exp: ("exp", ()),
     F.relu: ("relu", (("inplace", False),)),
     F.tanh: ("tanh", ()),
     F.sigmoid: ("sigmoid", ()),
@@ -78,11 +78,11 @@ FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
     torch.clamp_min: ("clamp", (("min", None),)),
     torch.clamp_max: ("clamp", (("max", None),)),
 }  # fmt: skip
-ARITHMETIC = (operator.mul, operator.truediv, operator.add, operator.sub, operator.neg)
 METHODS: dict[str, tuple[tuple[str, Any], ...]] = {
     "relu": (),
     "tanh": (),
     "sigmoid": (),
+    "exp": (),
     "contiguous": (),
     "softmax": (("dim", None), ("dtype", None)),
     "log_softmax": (("dim", None), ("dtype", None)),

@@ -9,17 +9,20 @@ Two kinds of graphs are read:
   (eval), group_norm / native_group_norm, layer_norm / native_layer_norm, pad and the padding
   ops, view / reshape / _unsafe_view / flatten / unflatten, clone, dropout (eval), pixel_shuffle /
   pixel_unshuffle, avg_pool{1,2}d, (log_)softmax over an axis of the point, permute /
-  transpose / unsqueeze / squeeze of the point's axes, clamp by constants, prelu and the
+  transpose / unsqueeze / squeeze of the point's axes, clamp by constants, prelu, exp and the
   activations (in-place variants too);
 - graphs of ``torch.fx.symbolic_trace`` (a custom decoder's ``forward``): call_module nodes of
   the layers of :mod:`fastgeo.decoders.modules`, torch / ``torch.nn.functional`` activations
-  (relu, tanh, sigmoid / expit, silu, elu, leaky_relu, softplus, gelu, hardtanh, relu6, mish,
+  (relu, tanh, sigmoid / expit, exp, silu, elu, leaky_relu, softplus, gelu, hardtanh, relu6, mish,
   selu, celu, hardswish, hardsigmoid, softsign, logsigmoid, tanhshrink), (log_)softmax,
   ``F.interpolate``, ``F.pad``, ``F.pixel_(un)shuffle``, ``F.avg_pool{1,2}d``, ``torch.flatten``
   / ``torch.reshape`` / ``torch.unflatten``, ``torch.permute`` / ``transpose`` / ``unsqueeze`` /
   ``squeeze``, ``torch.clamp`` / ``clip``, and the methods view / reshape / flatten / unflatten /
   permute / transpose / unsqueeze / squeeze / clamp / contiguous / relu / tanh / sigmoid /
   softmax / log_softmax.
+
+In both, arithmetic of the chain's value with a number or with a tensor of the decoder's own (a
+parameter or buffer) is read by :mod:`fastgeo.decoders.graph_arithmetic`.
 
 The walk along the chain (what may sit beside it, reshapes of the batch) is
 :mod:`fastgeo.decoders.graph_walk`'s; a node of another op, or arguments of an unexpected form,
@@ -29,7 +32,6 @@ and the graph is not a chain (None).
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import torch
@@ -37,8 +39,14 @@ from torch import nn
 from torch.fx import Graph, GraphModule, Node
 from torch.fx.operator_schemas import normalize_function
 
+from .graph_arithmetic import (
+    ATEN_ARITHMETIC,
+    FX_ARITHMETIC,
+    METHOD_ARITHMETIC,
+    aten_arithmetic_step,
+    fx_arithmetic_step,
+)
 from .graph_ops import (
-    ARITHMETIC,
     ATEN_IDENTITY,
     ATEN_SIMPLE,
     ATEN_UPSAMPLE,
@@ -60,7 +68,6 @@ from .steps import (
     LayerNorm,
     PixelShuffle,
     PReLU,
-    Scale,
     Step,
 )
 
@@ -122,43 +129,21 @@ class _Reader(ChainReader):
             require(steps is not None)
             for step in steps:
                 self._add(step)
+        elif node.op == "call_method" and node.target in METHOD_ARITHMETIC:
+            self._add(fx_arithmetic_step(node, self.current, self.root))
         elif node.op == "call_method":
             require(node.args and node.args[0] is self.current)
             self._method(node.target, node.args[1:], node.kwargs)
         elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
             self._aten(node)
-        elif node.op == "call_function" and node.target in ARITHMETIC:
-            self._arithmetic(node)
+        elif node.op == "call_function" and node.target in FX_ARITHMETIC:
+            self._add(fx_arithmetic_step(node, self.current, self.root))
         elif node.op == "call_function" and node.target in FUNCTIONS:
             require(node.args and node.args[0] is self.current)
             name, params = FUNCTIONS[node.target]
             self._function(name, bind(node.args[1:], node.kwargs, params))
         else:
             raise NotAChain
-
-    def _arithmetic(self, node: Node) -> None:
-        """``x * c``, ``c * x``, ``x / c``, ``x + c``, ``c + x``, ``x - c``, ``c - x``, ``-x``
-        for the chain's value x and a constant number c: a :class:`Scale` step."""
-        require(not node.kwargs)
-        op, args = node.target, node.args
-        if op is operator.neg:
-            require(args == (self.current,))
-            self._add(Scale(-1.0, 0.0))
-            return
-        require(len(args) == 2 and self.current in args and sum(a is self.current for a in args) == 1)
-        first = args[0] is self.current
-        c = args[1] if first else args[0]
-        require(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c))
-        c = float(c)
-        if op is operator.mul:
-            self._add(Scale(c, 0.0))
-        elif op is operator.truediv:
-            require(first and c != 0.0)
-            self._add(Scale(1.0 / c, 0.0))
-        elif op is operator.add:
-            self._add(Scale(1.0, c))
-        else:  # operator.sub
-            self._add(Scale(1.0, -c) if first else Scale(-1.0, c))
 
     def _method(self, name: str, args: tuple, kwargs: dict) -> None:
         if name in ("view", "reshape"):
@@ -176,7 +161,7 @@ class _Reader(ChainReader):
     def _function(self, name: str, a: dict[str, Any]) -> None:
         """A torch-level function or method ``name`` of the chain's value, other arguments ``a``."""
         require(all(n in self.batch for n in nodes(a)))  # only reshapes take them
-        if name in ("relu", "tanh", "sigmoid", "silu"):
+        if name in ("relu", "tanh", "sigmoid", "silu", "exp"):
             self._add(Activation(name))
         elif name == "elu":
             self._add(Activation("elu", (float(a["alpha"]),)))
@@ -228,6 +213,9 @@ class _Reader(ChainReader):
         name = node.target.overloadpacket.__name__
         if name == "addmm":  # addmm(bias, x, W^T)
             a["bias"] = a.pop("input")
+        elif name in ("mul", "add", "sub") and a.get("other") is self.current and a.get("alpha", 1) == 1:
+            a["input"], a["other"] = a["other"], a["input"]  # p * x, p + x, p - x = rsub(x, p)
+            name = "rsub" if name == "sub" else name
         require(a.pop("mat1" if name == "addmm" else "input", None) is self.current)
         # Only parameters (get_attr, or transposed) and batch sizes in shapes may be nodes.
         require(all(n.op == "get_attr" or n in self.batch or n in self.transposed for n in nodes(a)))
@@ -260,8 +248,8 @@ class _Reader(ChainReader):
                 require(len(a["dim"]) == 1)
                 a["dim"] = a["dim"][0]
             self._axes(name, a)
-        elif base in ("mul", "div", "add", "sub", "rsub", "neg"):
-            self._aten_scale(base, a)
+        elif base in ATEN_ARITHMETIC:
+            self._add(aten_arithmetic_step(base, a, self.root))
         elif inplace:
             raise NotAChain
         elif name == "linear":
@@ -322,28 +310,6 @@ class _Reader(ChainReader):
             require(not a["train"])
         elif name not in ATEN_IDENTITY:
             raise NotAChain
-
-    def _aten_scale(self, name: str, a: dict[str, Any]) -> None:
-        """``x * c``, ``x / c``, ``x + alpha c``, ``x - alpha c``, ``c - alpha x``, ``-x`` of aten
-        graphs, for constant numbers c: a :class:`Scale` step."""
-        if name == "neg":
-            self._add(Scale(-1.0, 0.0))
-            return
-        c, alpha = a["other"], a.get("alpha", 1)
-        for v in (c, alpha):
-            require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
-        c, alpha = float(c), float(alpha)
-        if name == "mul":
-            self._add(Scale(c, 0.0))
-        elif name == "div":
-            require(c != 0.0)
-            self._add(Scale(1.0 / c, 0.0))
-        elif name == "add":
-            self._add(Scale(1.0, alpha * c))
-        elif name == "sub":
-            self._add(Scale(1.0, -alpha * c))
-        else:  # rsub: c - alpha x
-            self._add(Scale(-alpha, c))
 
     def _named(self, name: str, a: dict[str, Any]) -> None:
         """An activation of :data:`NAMED` (SELU and CELU as the scaled ELU, Hardsigmoid as a

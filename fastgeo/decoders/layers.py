@@ -25,6 +25,7 @@ from .steps import (
     Axes,
     BatchNorm,
     Branches,
+    ByTensor,
     Conv,
     Flatten,
     GroupNorm,
@@ -284,6 +285,26 @@ def _scale(step: Scale, x: Tensor) -> Tensor:
     return x
 
 
+def _by_tensor(step: ByTensor, x: Tensor) -> Tensor:
+    """``x * p``, ``x / p`` (tangents too: linear), ``a x + b p`` (the tangents ``a x'``); p
+    broadcasts over the points (P, *shape) as it did in the decoder: right-aligned, any axis along
+    the batch of size 1."""
+    p = step.operand()
+    if not isinstance(p, Tensor) or p.dim() > x.dim() - 1 or p.dim() == x.dim() - 1 and p.shape[0] != 1:
+        got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
+        raise ValueError(f"{step.identity!r} = {got} does not broadcast over points {tuple(x.shape[1:])}")
+    if step.op == "mul":
+        return x * p
+    if step.op == "div":
+        return x / p
+    shape = torch.broadcast_shapes(x.shape[1:], p.shape)
+    y = x if shape == x.shape[1:] else x.expand(x.shape[0], *shape).clone()
+    if step.x_coef != 1.0:
+        y *= step.x_coef
+    y[0] += p if step.p_coef == 1.0 else step.p_coef * p
+    return y
+
+
 APPLY: dict[type, Callable[..., Tensor]] = {
     Affine: _affine,
     Conv: _conv,
@@ -302,6 +323,7 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     PixelShuffle: _pixel_shuffle,
     AvgPool: _avg_pool,
     Scale: _scale,
+    ByTensor: _by_tensor,
     Branches: _branches,
 }
 

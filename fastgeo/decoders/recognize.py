@@ -39,7 +39,7 @@ from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean, FlatOutput
 from .graphs import graph_steps, read_graph, where_not_a_chain
 from .smoothing import SmoothedChain, smooth_steps
-from .steps import Activation, Axes, Branches, Conv, PReLU, Step, signature, walk
+from .steps import Activation, Axes, Branches, ByTensor, Conv, PReLU, Step, signature, walk
 
 __all__ = [
     "chain_module", "describe", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed",
@@ -211,6 +211,8 @@ def _step_name(step: Step) -> str:
         return step.name
     if isinstance(step, Axes):
         return step.op
+    if isinstance(step, ByTensor):
+        return f"{step.op} {step.identity}"
     if isinstance(step, Conv):
         return f"{'ConvTranspose' if step.transposed else 'Conv'}{step.weight().dim() - 2}d"
     return type(step).__name__

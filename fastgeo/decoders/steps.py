@@ -218,9 +218,23 @@ class Scale:
     shift: float
 
 
+@dataclass(frozen=True)
+class ByTensor:
+    """``x * p`` (``op="mul"``), ``x / p`` (``"div"``) or ``x_coef x + p_coef p`` (``"add"``: x + p,
+    x - p, p - x) with a tensor p of the decoder's own, read at every call (a parameter or buffer:
+    a learned output scale, a layer scale, the data's mean and standard deviation), broadcast
+    over each point's axes (no axis along the batch, or one of size 1)."""
+
+    op: str
+    operand: Getter
+    identity: Hashable
+    x_coef: float = 1.0
+    p_coef: float = 1.0
+
+
 Step = (
     Affine | Conv | BatchNorm | GroupNorm | LayerNorm | Upsample | Pad | Reshape | Flatten | Unflatten
-    | Axes | Activation | PReLU | Softmax | PixelShuffle | AvgPool | Scale | Branches
+    | Axes | Activation | PReLU | Softmax | PixelShuffle | AvgPool | Scale | ByTensor | Branches
 )  # fmt: skip
 # Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
 LAYERS = (Affine, Conv)
