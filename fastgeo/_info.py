@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from ._version import __version__
+from .decoders.low_precision import ENV, bfloat16_is_fast
 from .ops.registry import AUTO_ORDER, OPS, availability, resolve
 
 
@@ -36,4 +37,7 @@ def info() -> str:
             warnings.simplefilter("ignore")
             chosen = ", ".join(f"{op}: {resolve(op, torch.device(dev))[0]}" for op in OPS)
         lines.append(f"  on {dev}: {chosen}")
+    fast = [dev for dev in devices if bfloat16_is_fast(torch.device(dev))]
+    where = ", ".join(fast) or "none"
+    lines.append(f"tangents of lagged linearizations (d >= 8, float32) in bfloat16 on: {where} ({ENV})")
     return "\n".join(lines)

@@ -46,14 +46,27 @@ class StackedChain:
         self.steps = steps
         self.widest = widest
 
-    def value_and_tangents(self, z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
-        """z (P, d), tangents (k, P, d) -> value (P, F), J(z_p) t_{i,p} (k, P, F)."""
-        k, P = tangents.shape[:2]
-        x = torch.cat([z[None], tangents])  # block 0 the value, 1..k the tangents: ours, steps work in place
+    def value_and_tangents(
+        self, z: Tensor, tangents: Tensor, tangent_dtype: torch.dtype | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """z (P, d), tangents (k, P, d) -> value (P, F), J(z_p) t_{i,p} (k, P, F), in z's dtype.
+        ``tangent_dtype`` (e.g. bfloat16): the tangents are pushed in it, the value apart in z's
+        (:mod:`fastgeo.decoders.low_precision`)."""
+        k = tangents.shape[0]
+        if tangent_dtype is None or tangent_dtype == z.dtype or k == 0:
+            return self._by_chunks(torch.cat([z[None], tangents]))  # ours: steps work in place
+        value, _ = self._by_chunks(z[None].clone())
+        _, out = self._by_chunks(torch.cat([z[None], tangents]).to(tangent_dtype))
+        return value, out.to(z.dtype)
+
+    def _by_chunks(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The steps on the stack x (k+1, P, d), a few points at a time (updated in place):
+        value (P, F) and tangents (k, P, F)."""
+        k, P = x.shape[0] - 1, x.shape[1]
         rows = P
         if self.widest is not None:
-            budget = CHUNK_BYTES.get(z.device.type, 1 << 30)
-            rows = max(1, budget // ((k + 1) * self.widest * z.element_size()))
+            budget = CHUNK_BYTES.get(x.device.type, 1 << 30)
+            rows = max(1, budget // ((k + 1) * self.widest * x.element_size()))
         if rows >= P:
             y = self._stacked(x)
             return y[0], y[1:]
@@ -129,7 +142,9 @@ def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain
     return chain if ok else None
 
 
-def value_and_tangents(fn: Callable[[Tensor], Tensor], z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+def value_and_tangents(
+    fn: Callable[[Tensor], Tensor], z: Tensor, tangents: Tensor, tangent_dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
     """``fn(z)`` and its derivatives along per-point directions: z (P, d), tangents (k, P, d)
     -> value (P, F), out (k, P, F) with ``out[i, p] = J(z_p) tangents[i, p]`` (k may differ from
     d).
@@ -137,7 +152,9 @@ def value_and_tangents(fn: Callable[[Tensor], Tensor], z: Tensor, tangents: Tens
     fn maps (P, d) -> (P, F) point by point. Recognized chains take the stacked forward mode;
     anything else :func:`fastgeo.decoders.generic.generic_value_and_tangents`. With P = 0, fn
     is called on one code only (for F). Errors of fn
-    itself propagate; ValueError if its output is not (P, F).
+    itself propagate; ValueError if its output is not (P, F). ``tangent_dtype``: recognized
+    chains push the tangents in it (:meth:`StackedChain.value_and_tangents`); ``torch.func``
+    ignores it.
     """
     if z.dim() != 2 or tangents.dim() != 3 or tangents.shape[1:] != z.shape:
         shapes = f"{tuple(z.shape)} and {tuple(tangents.shape)}"
@@ -150,7 +167,7 @@ def value_and_tangents(fn: Callable[[Tensor], Tensor], z: Tensor, tangents: Tens
     chain = stacked_chain(fn, z[:4].detach())
     if chain is not None:
         with torch.no_grad():
-            return chain.value_and_tangents(z.detach(), tangents.detach())
+            return chain.value_and_tangents(z.detach(), tangents.detach(), tangent_dtype)
     return generic_value_and_tangents(fn, z, tangents)
 
 
@@ -161,12 +178,14 @@ def activation_width(fn: Callable[[Tensor], Tensor], probe: Tensor) -> int | Non
     return None if chain is None else chain.widest
 
 
-def jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
+def jacobian_rows(
+    fn: Callable[[Tensor], Tensor], z: Tensor, tangent_dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
     """``fn(z)`` and its Jacobian, directions first: z (P, d) -> value (P, F), jacobian (d, P, F)
     (row i: the derivative along z_i). :func:`value_and_tangents` along the d axes."""
     if z.dim() != 2:
         raise ValueError(f"expected z (P, d), got {tuple(z.shape)}")
-    return value_and_tangents(fn, z, _axes(z))
+    return value_and_tangents(fn, z, _axes(z), tangent_dtype)
 
 
 # The names of the MLP-only forward mode this one grew out of.

@@ -46,6 +46,11 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
+def _like(p: Tensor | None, x: Tensor) -> Tensor | None:
+    """A parameter in the stack's dtype (tangents may be pushed in bfloat16)."""
+    return p if p is None or p.dtype == x.dtype else p.to(x.dtype)
+
+
 def _batch(x: Tensor) -> Tensor:
     """(k+1, P, *shape) -> ((k+1) P, *shape), a view."""
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
@@ -62,7 +67,7 @@ def _channels(v: Tensor, x: Tensor) -> Tensor:
 
 
 def _affine(step: Affine, x: Tensor) -> Tensor:
-    weight, bias = step.weight(), step.bias()
+    weight, bias = _like(step.weight(), x), _like(step.bias(), x)
     y = torch.mm(x.reshape(-1, x.shape[-1]), weight.T).reshape(*x.shape[:-1], weight.shape[0])
     if bias is not None:
         y[0] += bias
@@ -70,7 +75,7 @@ def _affine(step: Affine, x: Tensor) -> Tensor:
 
 
 def _conv(step: Conv, x: Tensor) -> Tensor:
-    weight, bias = step.weight(), step.bias()
+    weight, bias = _like(step.weight(), x), _like(step.bias(), x)
     n = weight.dim() - 2
     xb = _batch(x)
     if n == 2 and xb.device.type == "cpu":
@@ -97,8 +102,8 @@ def _batch_norm(step: BatchNorm, x: Tensor) -> Tensor:
     shift = -step.running_mean() * scale
     if bias is not None:
         shift = shift + bias
-    x.mul_(_channels(scale, x))
-    x[0] += _channels(shift, x)
+    x.mul_(_channels(_like(scale, x), x))
+    x[0] += _channels(_like(shift, x), x)
     return x
 
 
@@ -121,7 +126,7 @@ def _group_norm(step: GroupNorm, x: Tensor) -> Tensor:
     """y = gamma xhat + beta, xhat normalized over each group of channels (per point)."""
     blocks, P = x.shape[:2]
     y = _normalized(x.reshape(blocks, P, step.groups, -1), step.eps).reshape(x.shape)
-    weight, bias = step.weight(), step.bias()
+    weight, bias = _like(step.weight(), x), _like(step.bias(), x)
     if weight is not None:
         y.mul_(_channels(weight, y))
     if bias is not None:
@@ -133,7 +138,7 @@ def _layer_norm(step: LayerNorm, x: Tensor) -> Tensor:
     """y = gamma xhat + beta, xhat normalized over the last len(shape) axes of each point."""
     blocks, P = x.shape[:2]
     y = _normalized(x.reshape(blocks, P, -1, math.prod(step.shape)), step.eps).reshape(x.shape)
-    weight, bias = step.weight(), step.bias()
+    weight, bias = _like(step.weight(), x), _like(step.bias(), x)
     if weight is not None:
         y.mul_(weight)
     if bias is not None:
@@ -190,7 +195,7 @@ def _activation(step: Activation, x: Tensor) -> Tensor:
 
 def prelu(step: PReLU, value: Tensor) -> tuple[Tensor, Tensor]:
     """The PReLU's value and derivative at ``value`` (P, C, ...) or (P, F), out of place."""
-    a = step.weight()
+    a = _like(step.weight(), value)
     a = a.reshape(-1, *(1,) * (value.dim() - 2)) if a.numel() > 1 else a.reshape(())
     if step.beta is None:
         positive = value > 0
@@ -290,6 +295,7 @@ def _by_tensor(step: ByTensor, x: Tensor) -> Tensor:
     broadcasts over the points (P, *shape) as it did in the decoder: right-aligned, any axis along
     the batch of size 1."""
     p = step.operand()
+    p = _like(p, x) if isinstance(p, Tensor) else p
     if not isinstance(p, Tensor) or p.dim() > x.dim() - 1 or p.dim() == x.dim() - 1 and p.shape[0] != 1:
         got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
         raise ValueError(f"{step.identity!r} = {got} does not broadcast over points {tuple(x.shape[1:])}")

@@ -174,7 +174,7 @@ def geodesics(
         family=family, warm_start=warm_start, explore=explore, max_iter=max_iter, tol=tol,
         batch_size=batch_size, refine=refine, corridors=corridors, coarse_points=coarse_points,
         check_resolution=check_resolution, linearize=linearize, subdivide=subdivide,
-        piecewise_linear=metric.piecewise_linear_mean,
+        piecewise_linear=metric.piecewise_linear_mean, device=metric.device,
     )
     # fmt: on
     init = _check_init(metric, init, z0, opts)

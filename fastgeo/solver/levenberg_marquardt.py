@@ -40,6 +40,7 @@ def levenberg_marquardt(
     gradient: PointGradient | None = None,
     secant: bool = True,
     finer: FinerGains | None = None,
+    rounded: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Minimize ``E(a) = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2`` for every curve of a batch.
 
@@ -65,12 +66,17 @@ def levenberg_marquardt(
     Gauss-Newton steps fall several times short. In the lagged mode the correction is along the
     last ``secant_memory.MEMORY`` trial steps instead (a limited-memory BFGS model on the damped
     Gauss-Newton matrix, :mod:`.secant_memory`), whose exact gradients come with every trial.
+    ``rounded`` (lagged mode only): the linearizations' Jacobians are rounded (tangents pushed in
+    bfloat16, :mod:`fastgeo.decoders.low_precision`), so every gradient, the first included, comes
+    from ``gradient``; the matrices only shape the steps.
 
     A curve converges when a step changes its energy, or its length ``sum sqrt(s_n)`` while the
     energy changes by less than ``LENGTH_TOL_FACTOR * tol``, by less than ``tol`` relative: near
     the optimum the energy keeps creeping down only by evening out the speed along the curve,
     ill-conditioned in a polynomial basis and irrelevant to the length (the distance).
     """
+    if rounded and gradient is None:
+        raise ValueError("rounded Jacobians need the exact gradient (the lagged mode)")
     B, m, d = coeffs.shape
     N = grid.n
     coeffs = coeffs.clone()
@@ -107,6 +113,8 @@ def levenberg_marquardt(
 
     everyone = torch.arange(B, device=z0.device)
     s, grad, hess = linear_model(coeffs, everyone)
+    if rounded:
+        s, grad = gradient_model(coeffs, everyone)
     e, length = energy_from_segments(s), length_from_segments(s)
     energies = e.clone()
     # A non-finite energy or Jacobian (e.g. a decoder returning NaN) ends the curve.
@@ -167,7 +175,7 @@ def levenberg_marquardt(
             s_new, g_new, h_new = linear_model(trial, active)
         else:
             s_new, g_new, h_new, age = _lagged_model(
-                gradient_model, linear_model, trial, active, state, predicted, age
+                gradient_model, linear_model, trial, active, state, predicted, age, rounded
             )
         iterations[active] += 1
         # secant: y# = y - H s (as a per-curve product: a curve's result must not depend on its batch);
@@ -208,6 +216,7 @@ def levenberg_marquardt(
             doubt = ((verdict != 0) & ok & stale_step).nonzero().squeeze(1)
             if doubt.numel():
                 _, g_fresh, h_fresh = linear_model(c[doubt], active[doubt])
+                g_fresh = state.grad[doubt] if rounded else g_fresh  # exact already
                 state.grad[doubt], state.hess[doubt] = g_fresh, h_fresh
                 # lm_update takes kept matrices as checked: a fresh one that is not finite ends here.
                 ok[doubt] &= torch.isfinite(g_fresh).all(-1) & torch.isfinite(h_fresh).flatten(1).all(-1)
@@ -243,10 +252,11 @@ def _lagged_model(
     state: LMState,
     predicted: Tensor,
     age: Tensor,
+    rounded: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Segments, exact gradient and Gauss-Newton matrix at the trial points, the matrix kept from
     the step's start unless the step is accepted with a gain below REFRESH_BELOW of the predicted
-    one; returns them with the matrices' new ages."""
+    one (``rounded``: its gradient is not taken); returns them with the matrices' new ages."""
     s_new, g_new = gradient_model(trial, active)
     e_new = energy_from_segments(s_new)
     rho = (state.e - e_new) / predicted.clamp(min=torch.finfo(e_new.dtype).tiny)
@@ -255,5 +265,7 @@ def _lagged_model(
     rows = refresh.nonzero().squeeze(1)
     if rows.numel():
         h_new = h_new.clone()
-        _, g_new[rows], h_new[rows] = linear_model(trial[rows], active[rows])
+        _, g_fresh, h_new[rows] = linear_model(trial[rows], active[rows])
+        if not rounded:
+            g_new[rows] = g_fresh
     return s_new, g_new, h_new, torch.where(refresh, 0, age + 1)

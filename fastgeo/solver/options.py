@@ -10,6 +10,7 @@ import torch
 
 from .. import _checks
 from ..curves import Basis, BSplineBasis, PiecewiseLinearBasis, PolynomialBasis
+from ..decoders.low_precision import bfloat16_is_fast
 
 METHODS = ("default", "fast", "paper", "dense")
 # Methods solved by the default's algorithm (B-spline curves, starts raced, Levenberg-Marquardt);
@@ -112,6 +113,7 @@ class SolverOptions:
     subdivide: bool = False  # curves a finer spline would shorten are solved in it (subdivide.py)
     subdivide_above: float = SUBDIVIDE_ABOVE  # ... where it predicts this relative energy gain
     explore_iter: int = 0  # Adam steps of the explored start (starts.py); 0: none
+    tangent_dtype: torch.dtype | None = None  # lagged linearizations' tangents (decoders/low_precision.py)
 
     @property
     def m(self) -> int:
@@ -131,6 +133,7 @@ class SolverOptions:
             "secant": self.secant,
             "subdivide": self.subdivide,
             "subdivide_above": self.subdivide_above,
+            "tangents": str(self.tangent_dtype).removeprefix("torch.") if self.tangent_dtype else "exact",
         }
 
 
@@ -173,10 +176,13 @@ def solver_options(
     linearize: str = "auto",
     subdivide: bool | None = None,
     piecewise_linear: bool = False,
+    device: torch.device | str | None = None,
 ) -> SolverOptions:
     """Validate the options of a call with curves in ``latent_dim`` dimensions under a metric of
     ``data_dim`` outputs and ``dtype``; fill in the defaults of ``method``. ``piecewise_linear``:
-    the decoder mean has piecewise-linear activations (:func:`fastgeo.decoders.piecewise_linear`)."""
+    the decoder mean has piecewise-linear activations (:func:`fastgeo.decoders.piecewise_linear`);
+    ``device``: the metric's (where bfloat16 is fast, lagged linearizations push their tangents in
+    it: :mod:`fastgeo.decoders.low_precision`)."""
     method = _checks.choice("method", method, METHODS)
     table = DEFAULTS[method]
     if method in SPLINE_METHODS and latent_dim >= HIGH_DIM:
@@ -260,6 +266,12 @@ def solver_options(
             "subdivide=True needs method='default' or 'fast' with family='bspline' (halving the knot spans "
             f"of a cubic B-spline), got method={method!r}, family={family!r}"
         )
+    # Lagged linearizations only shape the step (gradients and tests stay exact): their tangents
+    # in bfloat16 where it is fast (bench/RESULTS.md, "Tangents in bfloat16"). Not through kinks:
+    # a unit whose rounded input lands on the other side of its kink switches its derivative
+    # (LayerNorm then PReLU: 12 % of the tangents off, smooth chains 0.5-1 %).
+    low = lagged and dtype == torch.float32 and not piecewise_linear and device is not None
+    low = low and bfloat16_is_fast(torch.device(device))
     return SolverOptions(
         method,
         basis,
@@ -278,4 +290,5 @@ def solver_options(
         subdivide,
         subdivide_above,
         explore_iter,
+        torch.bfloat16 if low else None,
     )

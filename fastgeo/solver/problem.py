@@ -43,15 +43,16 @@ class Grid:
         return self.t.shape[0]
 
 
-def full_parts(metric: ExpectedMetric, work: Work) -> Parts:
+def full_parts(metric: ExpectedMetric, work: Work, tangent_dtype: torch.dtype | None = None) -> Parts:
     """The embedding ``[mu, sigma]`` of the full metric as two parts: the decoder mean (stacked
-    forward mode) and sigma (closed form), with their transposed Jacobians."""
+    forward mode; its tangents pushed in ``tangent_dtype`` if given) and sigma (closed form), with
+    their transposed Jacobians."""
 
     def parts(points: Tensor, idx: Tensor) -> list[tuple[Tensor, Tensor]]:
         b, N, d = points.shape
         work.jvps += b * N * d
         flat = points.reshape(b * N, d)
-        mu, j_mu = jacobian_rows(metric.mean, flat)  # (P, D), (d, P, D)
+        mu, j_mu = jacobian_rows(metric.mean, flat, tangent_dtype)  # (P, D), (d, P, D)
         sigma, j_sigma = metric.precision.sigma_and_jacobian_t(flat)  # (P, D), (P, d, D)
         D = mu.shape[-1]
         return [

@@ -71,6 +71,9 @@ def solve_batch(
         opts.explore_iter,
     )
     features = full_parts(metric, work)
+    # The race decides the basin from fresh matrices and their gradients: exact tangents. The
+    # refinement's matrices only shape its steps (exact gradients): tangents maybe rounded.
+    refining = full_parts(metric, work, opts.tangent_dtype) if opts.tangent_dtype is not None else features
     gradient = full_gradient(metric, work) if opts.lagged else None
     codes = torch.tensor([c for c, _ in candidates], device=z0.device)
     stacked = torch.stack([c for _, c in candidates])  # (C, B, m, d)
@@ -119,8 +122,8 @@ def solve_batch(
     rows_r = torch.cat([pick, second[close]])
     finer = finer_gains(opts, fine, rows_b.numel(), z0)
     f_coeffs, f_energy, f_status, f_it = levenberg_marquardt(
-        features, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol, gradient, opts.secant,
-        finer=finer,
+        refining, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol, gradient, opts.secant,
+        finer=finer, rounded=opts.tangent_dtype is not None,
     )  # fmt: skip
     f_energy = _finite_or_inf(f_energy)
     iterations.index_add_(0, rows_b, f_it)

@@ -94,7 +94,7 @@ def _solve_finer(
     """Curves ``rows`` of ``res`` (already in the finer basis) solved on ``grid``."""
     z0, z1 = res.curves.z0[rows], res.curves.z1[rows]
     coeffs, energies, status, iterations = levenberg_marquardt(
-        full_parts(metric, work),
+        full_parts(metric, work, opts.tangent_dtype),
         z0,
         z1,
         res.curves.coeffs[rows],
@@ -103,6 +103,7 @@ def _solve_finer(
         opts.tol,
         gradient=full_gradient(metric, work) if opts.lagged else None,
         secant=opts.secant,
+        rounded=opts.tangent_dtype is not None,
     )
     keep = status != NONFINITE  # a finer solve that met NaN keeps the curve it started from
     idx, coeffs, energies, status, iterations = (
