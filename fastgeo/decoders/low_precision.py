@@ -35,5 +35,8 @@ def bfloat16_is_fast(device: torch.device) -> bool:
 
 @functools.cache
 def _cpu_has_bfloat16() -> bool:
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent in some builds
+    try:
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    except Exception:  # noqa: BLE001 - a build that cannot tell: float32, the safe side
+        return False
