@@ -60,7 +60,8 @@ def test_tangents_in_bfloat16_round_the_float32_ones(name):
     value, out = value_and_tangents(model, z, tangents)
     value_lo, out_lo = value_and_tangents(model, z, tangents, BF16)
     assert value_lo.dtype == out_lo.dtype == torch.float32
-    assert torch.equal(value_lo, value)  # the value apart, in float32
+    # the value apart, in float32 (its GEMMs have other row counts: equal to rounding, any threads)
+    torch.testing.assert_close(value_lo, value, rtol=1e-5, atol=1e-5)
     err = float((out_lo - out).abs().max() / out.abs().max())
     assert 0 < err < BF16_TOL, err  # rounded (so: pushed in bfloat16), and only rounded
 
