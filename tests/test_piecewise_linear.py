@@ -181,10 +181,32 @@ def clamp_mlp(d: int) -> nn.Module:
     return ClampMLP(d).double()
 
 
+class InPlaceAfterActivations(nn.Module):
+    """Steps that update their input in place (a BatchNorm, a shift by a tensor, a scale by a
+    number) right after activations whose backward reads their output (ELU, tanh, sigmoid)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc, self.bn = nn.Linear(d, 16), nn.BatchNorm1d(16)
+        self.fc2, self.out = nn.Linear(16, 16), nn.Linear(16, D)
+        self.shift = nn.Parameter(torch.randn(16))
+
+    def forward(self, z):
+        h = self.bn(torch.nn.functional.elu(torch.nn.functional.leaky_relu(self.fc(z), 0.1)))
+        h = torch.tanh(self.fc2(h)) + self.shift
+        return torch.sigmoid(self.out(h)) * 0.5 + 0.5
+
+
+def in_place_after_activations(d: int) -> nn.Module:
+    torch.manual_seed(10)
+    return InPlaceAfterActivations(d).double().eval()
+
+
 @pytest.mark.parametrize(
     "make",
-    [conv_decoder, relu6_mlp, prelu_hardswish_mlp, residual_relu, gated_relu, concatenated_relu, clamp_mlp],
-)
+    [conv_decoder, relu6_mlp, prelu_hardswish_mlp, residual_relu, gated_relu, concatenated_relu, clamp_mlp,
+     in_place_after_activations],
+)  # fmt: skip
 def test_smoothed_chain_is_smooth_and_differentiated_exactly(make):
     """Every piecewise-linear activation is replaced; the stacked forward mode of the smoothed
     chain matches torch.func; autograd through it passes gradcheck; it is close to the decoder

@@ -334,6 +334,10 @@ APPLY: dict[type, Callable[..., Tensor]] = {
 }
 
 
+# Steps that update their input stack in place (the others make a new one or only view it).
+IN_PLACE = (BatchNorm, Scale, ByTensor)
+
+
 def apply(step: Step, x: Tensor) -> Tensor:
     """One step on the stack: x (k+1, P, *shape_in) -> (k+1, P, *shape_out), value block first."""
     return APPLY[type(step)](step, x)

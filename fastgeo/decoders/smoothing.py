@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import ACTIVATIONS, PIECEWISE_LINEAR, SOFT_THRESHOLD
-from .layers import apply, prelu, stack_dim
+from .layers import IN_PLACE, apply, prelu, stack_dim
 from .steps import Activation, Branches, PReLU, Step
 
 # beta times the pre-activations' RMS: 20 rounds each kink over ~5 % of a unit's typical input.
@@ -83,7 +83,8 @@ class SmoothedChain(nn.Module):
 
 def _value(steps: list[Step] | tuple[Step, ...], x: Tensor) -> Tensor:
     """The steps on the value stack x (1, P, ...), differentiably: activations out of place
-    (autograd keeps their input), each branch on its own copy."""
+    (autograd keeps their input), each branch on its own copy, steps that work in place on a copy
+    (autograd may keep their input: the output of a sigmoid, tanh or ELU)."""
     for step in steps:
         if isinstance(step, Activation):
             x = ACTIVATIONS[step.name](x, *step.params)[0]
@@ -96,5 +97,5 @@ def _value(steps: list[Step] | tuple[Step, ...], x: Tensor) -> Tensor:
             else:
                 x = a * b if step.join == "product" else a + b
         else:
-            x = apply(step, x)
+            x = apply(step, x.clone() if isinstance(step, IN_PLACE) else x)
     return x
