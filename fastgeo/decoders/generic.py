@@ -3,10 +3,12 @@ the stacked forward mode, and the reference it is tested against."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..ops import use_backend
 
@@ -27,13 +29,15 @@ def generic_value_and_tangents(
     not (P, F).
 
     ``torch.func.jvp`` vectorized over the k directions (the RBF ops run on the reference
-    backend here: it supports forward-mode AD). If that fails, ``fn`` is called plainly: an
-    error of its own propagates; otherwise (an op vmap or forward mode does not support) the
-    directions are taken one by one, by ``jvp`` or, for a ``fn`` without forward-mode support,
-    the double-backward trick (two reverse passes).
+    backend here, attention on PyTorch's math kernel: both support forward-mode AD). If that
+    fails, ``fn`` is called plainly: an error of its own propagates; otherwise (an op vmap or
+    forward mode does not support) the directions are taken one by one, by ``jvp`` or, for a
+    ``fn`` without forward-mode support, the double-backward trick (two reverse passes).
     """
     k = tangents.shape[0]
-    with use_backend("reference"):
+    with use_backend("reference"), sdpa_kernel([SDPBackend.MATH]), warnings.catch_warnings():
+        # vmap's notes on ops it loops over are about its speed, which is this fallback's anyway
+        warnings.filterwarnings("ignore", message="There is a performance drop")
         if k == 0:
             with torch.no_grad():
                 value = check_value(fn(z), z)
@@ -63,12 +67,18 @@ def generic_jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Te
 def _jvp(fn: Callable[[Tensor], Tensor], z: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:
     try:
         return torch.func.jvp(fn, (z,), (tangent,))
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError) as forward_error:
         # J v = d/du <J^T u, v>: exact, for callables whose ops lack forward-mode formulas.
-        with torch.enable_grad():
-            x = z.detach().requires_grad_(True)
-            y = fn(x)
-            u = torch.zeros_like(y, requires_grad=True)
-            (vjp,) = torch.autograd.grad(y, x, u, create_graph=True)
-            (jv,) = torch.autograd.grad(vjp, u, tangent)
+        try:
+            with torch.enable_grad():
+                x = z.detach().requires_grad_(True)
+                y = fn(x)
+                u = torch.zeros_like(y, requires_grad=True)
+                (vjp,) = torch.autograd.grad(y, x, u, create_graph=True)
+                (jv,) = torch.autograd.grad(vjp, u, tangent)
+        except (RuntimeError, NotImplementedError) as e:
+            raise RuntimeError(
+                "the decoder mean cannot be differentiated along directions: an op in it has neither a "
+                f"forward-mode derivative ({forward_error}) nor a double backward ({e})"
+            ) from e
         return y, jv

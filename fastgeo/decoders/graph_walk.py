@@ -233,6 +233,23 @@ class ChainReader:
         require(all(isinstance(x, int) and not isinstance(x, bool) and x != 0 for x in axes))
         self._add(Axes(op, (0, *axes) if op == "permute" else axes))
 
+    def _index(self, index: Any) -> None:
+        """``x[:, :, None, None]``, ``x[..., None]``: new axes of length one between full slices
+        (the batch's first), as unsqueezes; any other index (a slice that cuts, an integer)
+        raises :class:`NotAChain`."""
+        items = index if isinstance(index, tuple) else (index,)
+        full = slice(None, None, None)
+        require(all(i is None or i is Ellipsis or i == full for i in items) and items.count(Ellipsis) <= 1)
+        cut = items.index(Ellipsis) if Ellipsis in items else len(items)
+        before, after = items[:cut], items[cut + 1 :]
+        require(cut > 0 and before[0] is not None or cut == 0 and Ellipsis in items)  # the batch stays first
+        for i, item in enumerate(before):  # the axes before each are in place already
+            if item is None:
+                self._add(Axes("unsqueeze", (i,)))
+        for i in range(len(after) - 1, -1, -1):  # right to left: the axes after each are in place
+            if after[i] is None:
+                self._add(Axes("unsqueeze", (i - len(after),)))
+
     def _gelu(self, approximate: Any) -> None:
         require(approximate in GELU_APPROXIMATIONS)
         self._add(Activation(GELU_APPROXIMATIONS[approximate]))

@@ -7,19 +7,19 @@ Two kinds of graphs are read:
   decomposed or not): linear (or addmm / mm of a transposed weight), convolution / conv{1,2}d /
   conv_transpose{1,2}d, upsample_*.vec, batch_norm / _native_batch_norm_legit_no_training
   (eval), group_norm / native_group_norm, layer_norm / native_layer_norm, pad and the padding
-  ops, view / reshape / _unsafe_view / flatten / unflatten, clone, dropout (eval), pixel_shuffle /
-  pixel_unshuffle, avg_pool{1,2}d, (log_)softmax over an axis of the point, permute /
-  transpose / unsqueeze / squeeze of the point's axes, clamp by constants, prelu, exp and the
-  activations (in-place variants too);
+  ops, view / reshape / _unsafe_view / flatten / unflatten, clone, full slices, dropout (eval),
+  pixel_shuffle / pixel_unshuffle, avg_pool{1,2}d, (log_)softmax over an axis of the point,
+  permute / transpose / unsqueeze / squeeze of the point's axes, clamp by constants, prelu, exp
+  and the activations (in-place variants too);
 - graphs of ``torch.fx.symbolic_trace`` (a custom decoder's ``forward``): call_module nodes of
   the layers of :mod:`fastgeo.decoders.modules`, torch / ``torch.nn.functional`` activations
   (relu, tanh, sigmoid / expit, exp, silu, elu, leaky_relu, softplus, gelu, hardtanh, relu6, mish,
   selu, celu, hardswish, hardsigmoid, softsign, logsigmoid, tanhshrink), (log_)softmax,
   ``F.interpolate``, ``F.pad``, ``F.pixel_(un)shuffle``, ``F.avg_pool{1,2}d``, ``torch.flatten``
   / ``torch.reshape`` / ``torch.unflatten``, ``torch.permute`` / ``transpose`` / ``unsqueeze`` /
-  ``squeeze``, ``torch.clamp`` / ``clip``, and the methods view / reshape / flatten / unflatten /
-  permute / transpose / unsqueeze / squeeze / clamp / contiguous / relu / tanh / sigmoid /
-  softmax / log_softmax.
+  ``squeeze``, ``torch.clamp`` / ``clip``, new axes by indexing (``x[:, :, None, None]``), and
+  the methods view / reshape / flatten / unflatten / permute / transpose / unsqueeze / squeeze /
+  clamp / contiguous / clone / relu / tanh / sigmoid / softmax / log_softmax.
 
 In both, arithmetic of the chain's value with a number or with a tensor of the decoder's own (a
 parameter or buffer) is read by :mod:`fastgeo.decoders.graph_arithmetic`.
@@ -32,6 +32,7 @@ and the graph is not a chain (None).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -138,6 +139,9 @@ class _Reader(ChainReader):
             self._aten(node)
         elif node.op == "call_function" and node.target in FX_ARITHMETIC:
             self._add(fx_arithmetic_step(node, self.current, self.root))
+        elif node.op == "call_function" and node.target is operator.getitem:
+            require(len(node.args) == 2 and node.args[0] is self.current and not node.kwargs)
+            self._index(node.args[1])
         elif node.op == "call_function" and node.target in FUNCTIONS:
             require(node.args and node.args[0] is self.current)
             name, params = FUNCTIONS[node.target]
@@ -199,7 +203,7 @@ class _Reader(ChainReader):
             self._upsample(a["size"], a["scale_factor"], a["mode"], a["align_corners"], a["recompute"])
         elif name == "pad":
             self._pad(a["pad"], a["mode"], a["value"])
-        elif name != "contiguous":
+        elif name not in ("contiguous", "clone"):
             raise NotAChain
 
     # ------------------------------------------------------------------ aten ops
@@ -308,6 +312,10 @@ class _Reader(ChainReader):
             self._add(PReLU(self._param(a["weight"], False), attribute_names(a, "weight")))
         elif name == "dropout":
             require(not a["train"])
+        elif name == "slice":  # x[:, ...] exported: a full slice, the identity
+            end = a.get("end")
+            require(a.get("start") in (None, 0) and a.get("step", 1) == 1)
+            require(end is None or end in self.batch or isinstance(end, int) and end >= 2**62)
         elif name not in ATEN_IDENTITY:
             raise NotAChain
 
