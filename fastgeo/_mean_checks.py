@@ -4,6 +4,7 @@ wrong with the decoder rather than where torch noticed it.
 - :func:`call`: the mean on a probe; where it raises, a module of another dtype or device than
   the codes is named; :func:`not_a_tensor_hint` says what to pass for a (mu, logvar) tuple, a
   distribution or a dict;
+- :func:`uncompiled`: the module or function under a ``torch.compile`` wrapper;
 - :func:`eval_mode`: no dropout or batch statistics left in training mode in a mean that is a
   module; :func:`modules_of` finds the modules behind a mean given as a function (a bound
   method, a lambda or closure around a module), named in the messages of :func:`call`;
@@ -79,6 +80,30 @@ def _module_itself(mean: Callable[[Tensor], Tensor]) -> torch.nn.Module | None:
         inner = getattr(mean, "__wrapped__", None)
         if not callable(inner) or inner is mean:
             return None
+        mean = inner
+    return mean
+
+
+def uncompiled(mean: Callable) -> Callable:
+    """The module or function that ``torch.compile`` wrapped in ``mean`` (``mean`` itself if it
+    is not compiled). fastgeo differentiates a decoder by its own kernels (or ``torch.func``,
+    under which a compiled module recompiles for every new shape: 400x slower on a small MLP),
+    and compilation does not change what the decoder computes."""
+    for _ in range(8):  # a compiled module of a compiled function ...
+        if isinstance(mean, torch.nn.Module) and type(mean).__name__ == "OptimizedModule":
+            inner = getattr(mean, "_orig_mod", None)
+        elif not isinstance(mean, torch.nn.Module):
+            inner = getattr(mean, "_torchdynamo_orig_callable", None)
+            # a bound method (a compiled module's forward too) comes wrapped in a function of
+            # dynamo's own: the method is its ``__wrapped__``
+            code = getattr(inner, "__code__", None)
+            wrapped = getattr(inner, "__wrapped__", None)
+            if code is not None and "_dynamo" in code.co_filename and callable(wrapped):
+                inner = wrapped
+        else:
+            inner = None
+        if not callable(inner):
+            return mean
         mean = inner
     return mean
 

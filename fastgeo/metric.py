@@ -66,8 +66,9 @@ class ExpectedMetric:
         mean: the decoder mean, any differentiable callable (P, d) -> (P, D), e.g. an
             ``nn.Module`` (convolutional decoders included); it is always called on a batch of
             codes (:meth:`decode` takes any (..., d)). A mean returning images (P, C, H, W) of
-            D values each is flattened (``self.mean`` is then the flattened one). Its parameters
-            are not optimized here.
+            D values each is flattened (``self.mean`` is then the flattened one); a mean
+            compiled by ``torch.compile`` is used uncompiled (fastgeo differentiates it by its
+            own kernels). Its parameters are not optimized here.
         precision: the RBF precision network of the decoder's variance (D outputs).
 
     Example::
@@ -81,6 +82,7 @@ class ExpectedMetric:
             raise TypeError(f"mean must be a callable (..., d) -> (..., D), got {type(mean).__name__}")
         if not isinstance(precision, RBFPrecision):
             raise TypeError(f"precision must be a fastgeo.RBFPrecision, got {type(precision).__name__}")
+        mean = _mean_checks.uncompiled(mean)
         _mean_checks.eval_mode("mean", mean)
         self.precision = precision
         self.mean = _flat_output(mean, precision)

@@ -123,6 +123,7 @@ def fit_rbf_parameters(
         raise ValueError(f"zeta must be > 0, got {zeta!r}")
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    mean = _mean_checks.uncompiled(mean)
     _mean_checks.eval_mode("mean", mean)
     latents, data = latents.detach(), data.detach()
     _checks.finite("latents", latents)

@@ -216,3 +216,22 @@ def test_pairwise_distances_suggests_the_option_meant():
     metric = fastgeo.ExpectedMetric(mlp(), constant_precision(2, 3))
     with pytest.raises(TypeError, match=r"did you mean 'worker' -> 'workers'"):
         fastgeo.pairwise_distances(metric, torch.randn(3, 2, dtype=f64), worker=1)
+
+
+@pytest.mark.parametrize("wrap", ["module", "bound method", "function", "twice"])
+def test_a_compiled_mean_is_used_uncompiled(wrap):
+    """``torch.compile`` does not change what a decoder computes; under ``torch.func`` a compiled
+    module recompiles for every new shape. The metric keeps the wrapped module or function (so it
+    is recognized as a chain) and never calls the compiled wrapper."""
+    net = mlp(act=torch.nn.ELU)
+    original = {"module": net, "bound method": net.forward, "function": lambda z: net(z), "twice": net}[wrap]
+    compiled = torch.compile(original)
+    if wrap == "twice":
+        compiled = torch.compile(compiled)
+    metric = fastgeo.ExpectedMetric(compiled, constant_precision(2, 3))
+    # (a bound method is made anew at every access; compiled twice, the module's forward is kept)
+    assert metric.mean == (net.forward if wrap == "twice" else original)
+    assert "stacked forward mode" in metric.describe()
+    plain = fastgeo.ExpectedMetric(original, constant_precision(2, 3))
+    z = torch.randn(2, 5, 2, dtype=f64)
+    torch.testing.assert_close(metric.length(z), plain.length(z), rtol=0, atol=0)
