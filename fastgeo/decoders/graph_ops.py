@@ -4,6 +4,7 @@ and the names of ``aten`` ops of exported graphs. :mod:`fastgeo.decoders.graphs`
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ NAMED = frozenset(
     {"mish", "selu", "celu", "hardswish", "hardsigmoid", "softsign", "logsigmoid", "tanhshrink"}
 )
 ATEN_VIEWS = {"view", "reshape", "_unsafe_view"}
+MATMULS = (operator.matmul, torch.matmul, torch.mm)  # x @ W of a traced forward, W a parameter
 AXES = ("permute", "transpose", "unsqueeze", "squeeze")  # rearrangements of the point's axes
 _POOL = (("kernel_size", None), ("stride", None), ("padding", 0), ("ceil_mode", False),
          ("count_include_pad", True))  # fmt: skip

@@ -25,6 +25,8 @@ from .modules import GELU_APPROXIMATIONS, PAD_MODES, UPSAMPLE_MODES, hashable
 from .steps import Activation, Affine, Axes, Branches, Flatten, Pad, Reshape, Step, Unflatten, Upsample
 
 aten = torch.ops.aten
+# W^T of a parameter in an aten graph (W.T, W.mT, W.t(), W.permute(1, 0); also W.transpose(0, 1))
+_ATEN_TRANSPOSES = (aten.t.default, aten.permute.default, aten.numpy_T.default, aten.mT.default)
 
 
 class NotAChain(Exception):
@@ -161,8 +163,15 @@ class ChainReader:
         source = args[0] if args else None
         if not isinstance(source, Node):
             return False
-        if source.op == "get_attr" and node.target in (aten.t.default, aten.permute.default):
+        if source.op == "get_attr" and node.target in _ATEN_TRANSPOSES:
             require(args[1:] in ((), ([1, 0],)) and not node.kwargs)
+            self.transposed[node] = source
+            return True
+        if source.op == "get_attr" and node.target is aten.transpose.int:  # W.mT, W.transpose(0, 1)
+            require(args[1:] in ((0, 1), (1, 0), (-1, -2), (-2, -1)) and not node.kwargs)
+            self.transposed[node] = source
+            return True
+        if source.op == "get_attr" and _fx_transpose(node):  # W.T, W.t(), ... of a traced forward
             self.transposed[node] = source
             return True
         if source not in self.on_chain and source not in self.shapes:
@@ -302,6 +311,20 @@ def _chain_users(node: Node) -> list[Node]:
 _SUMS = (operator.add, torch.add, aten.add.Tensor)
 _PRODUCTS = (operator.mul, torch.mul, aten.mul.Tensor)
 _CATS = (torch.cat, torch.concat, aten.cat.default)
+
+
+def _fx_transpose(node: Node) -> bool:
+    """Whether ``node`` of a symbolically traced graph is the matrix transpose of its first
+    argument: ``W.T``, ``W.mT``, ``W.t()``, ``torch.t(W)``, ``W.transpose(0, 1)`` (a parameter of
+    another shape fails the check of the chain against the decoder)."""
+    args, plain = node.args[1:], not node.kwargs
+    if node.op == "call_function" and node.target is getattr:
+        return args in (("T",), ("mT",))
+    if (node.op, node.target) in (("call_function", torch.t), ("call_method", "t")):
+        return args == () and plain
+    if node.op == "call_method" and node.target in ("transpose", "swapaxes"):
+        return plain and args in ((0, 1), (1, 0), (-1, -2), (-2, -1))
+    return False
 
 
 def _join_terms(node: Node) -> tuple[tuple[Node, Node] | None, str, int]:

@@ -4,20 +4,22 @@ Two kinds of graphs are read:
 
 - ``aten`` graphs, as ``torch.export`` captures a module (``torch.export.export(...).module()``,
   a mean saved by :func:`fastgeo.save_generator` with ``format="export"`` and loaded back,
-  decomposed or not): linear (or addmm / mm of a transposed weight), convolution / conv{1,2}d /
-  conv_transpose{1,2}d, upsample_*.vec, batch_norm / _native_batch_norm_legit_no_training
-  (eval), group_norm / native_group_norm, layer_norm / native_layer_norm, pad and the padding
-  ops, view / reshape / _unsafe_view / flatten / unflatten, clone, full slices, dropout (eval),
-  pixel_shuffle / pixel_unshuffle, avg_pool{1,2}d, (log_)softmax over an axis of the point,
-  permute / transpose / unsqueeze / squeeze of the point's axes, clamp by constants, prelu, exp
-  and the activations (in-place variants too);
+  decomposed or not): linear (or addmm / mm / matmul of a parameter or its transpose),
+  convolution / conv{1,2}d / conv_transpose{1,2}d, upsample_*.vec, batch_norm /
+  _native_batch_norm_legit_no_training (eval), group_norm / native_group_norm, layer_norm /
+  native_layer_norm, pad and the padding ops, view / reshape / _unsafe_view / flatten /
+  unflatten, clone, full slices, dropout (eval), pixel_shuffle / pixel_unshuffle,
+  avg_pool{1,2}d, (log_)softmax over an axis of the point, permute / transpose / unsqueeze /
+  squeeze of the point's axes, clamp by constants, prelu, exp and the activations (in-place
+  variants too);
 - graphs of ``torch.fx.symbolic_trace`` (a custom decoder's ``forward``): call_module nodes of
   the layers of :mod:`fastgeo.decoders.modules`, torch / ``torch.nn.functional`` activations
   (relu, tanh, sigmoid / expit, exp, silu, elu, leaky_relu, softplus, gelu, hardtanh, relu6, mish,
   selu, celu, hardswish, hardsigmoid, softsign, logsigmoid, tanhshrink), (log_)softmax,
   ``F.interpolate``, ``F.pad``, ``F.pixel_(un)shuffle``, ``F.avg_pool{1,2}d``, ``torch.flatten``
   / ``torch.reshape`` / ``torch.unflatten``, ``torch.permute`` / ``transpose`` / ``unsqueeze`` /
-  ``squeeze``, ``torch.clamp`` / ``clip``, new axes by indexing (``x[:, :, None, None]``), and
+  ``squeeze``, ``torch.clamp`` / ``clip``, new axes by indexing (``x[:, :, None, None]``), linear
+  maps by parameters (``x @ W``, ``x @ W.T``, ``torch.matmul`` / ``mm``, ``F.linear``), and
   the methods view / reshape / flatten / unflatten / permute / transpose / unsqueeze / squeeze /
   clamp / contiguous / clone / relu / tanh / sigmoid / softmax / log_softmax.
 
@@ -33,9 +35,11 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.fx import Graph, GraphModule, Node
 from torch.fx.operator_schemas import normalize_function
@@ -54,6 +58,7 @@ from .graph_ops import (
     ATEN_VIEWS,
     AXES,
     FUNCTIONS,
+    MATMULS,
     METHODS,
     NAMED,
 )
@@ -130,6 +135,17 @@ class _Reader(ChainReader):
             require(steps is not None)
             for step in steps:
                 self._add(step)
+        elif node.op == "call_function" and node.target in MATMULS or node.op == "call_method" and (
+            node.target in ("matmul", "mm", "__matmul__")
+        ):  # x @ W with a parameter W (in, out), or with the transpose of one (out, in)
+            require(len(node.args) == 2 and node.args[0] is self.current and not node.kwargs)
+            weight, identity = self._weight_of_product(node.args[1])
+            self._add(Affine(weight, lambda: None, identity))
+        elif node.op == "call_function" and node.target is F.linear:
+            a = bind(node.args[1:], node.kwargs, (("weight", None), ("bias", None)))
+            require(node.args and node.args[0] is self.current and isinstance(a["weight"], Node))
+            weight, identity = self._weight_of_product(a["weight"], linear=True)
+            self._add(Affine(weight, self._param(a["bias"]), (identity, attribute_names(a, "bias"))))
         elif node.op == "call_method" and node.target in METHOD_ARITHMETIC:
             self._add(fx_arithmetic_step(node, self.current, self.root))
         elif node.op == "call_method":
@@ -148,6 +164,18 @@ class _Reader(ChainReader):
             self._function(name, bind(node.args[1:], node.kwargs, params))
         else:
             raise NotAChain
+
+    def _weight_of_product(self, w: Any, linear: bool = False) -> tuple[Callable[[], Any], Hashable]:
+        """The weight (out, in) of ``x @ w`` (``linear``: of ``F.linear(x, w)``) and its identity:
+        ``w`` a parameter or buffer (in, out) (``linear``: (out, in)), or the transpose of one."""
+        require(isinstance(w, Node))
+        transposed = w in self.transposed
+        source = self.transposed[w] if transposed else w
+        require(source.op == "get_attr")
+        get = attribute(self.root, source.target)
+        if transposed == linear:  # (in, out): its transpose is the weight
+            return (lambda: get().mT), (source.target, "T")
+        return get, source.target
 
     def _method(self, name: str, args: tuple, kwargs: dict) -> None:
         if name in ("view", "reshape"):
@@ -257,14 +285,14 @@ class _Reader(ChainReader):
         elif inplace:
             raise NotAChain
         elif name == "linear":
-            weight, bias = self._param(a["weight"], False), self._param(a["bias"])
-            self._add(Affine(weight, bias, attribute_names(a, "weight", "bias")))
-        elif name in ("addmm", "mm"):  # x W^T (+ b) as torch.export's decompositions write it
-            weight = self.transposed.get(a["mat2"])
-            require(weight is not None and a.get("beta", 1) == 1 and a.get("alpha", 1) == 1)
+            weight, identity = self._weight_of_product(a["weight"], linear=True)
+            self._add(Affine(weight, self._param(a["bias"]), (identity, attribute_names(a, "bias"))))
+        elif name in ("addmm", "mm", "matmul"):  # x W^T (+ b) as torch.export's decompositions write it
+            require(a.get("beta", 1) == 1 and a.get("alpha", 1) == 1)  # ... or x @ W of a forward
+            weight, identity = self._weight_of_product(a["mat2" if name != "matmul" else "other"])
             bias = a.get("bias")
-            self._add(Affine(attribute(self.root, weight.target), self._param(bias),
-                             (weight.target, bias.target if bias is not None else None)))  # fmt: skip
+            identity = (identity, bias.target if bias is not None else None)
+            self._add(Affine(weight, self._param(bias), identity))
         elif name in ("convolution", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"):
             self._conv(name, a)
         elif name in ATEN_UPSAMPLE:

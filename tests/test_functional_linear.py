@@ -1,0 +1,138 @@
+"""Decoders written with their own weight matrices instead of ``nn.Linear``: ``x @ W + b``,
+``x @ W.T``, ``W.t()``, ``W.mT``, ``W.transpose(0, 1)``, ``torch.matmul`` / ``torch.mm`` /
+``x.matmul``, ``F.linear(x, W, b)``, with parameters and buffers. Traced and exported, each is
+recognized as a chain of ``Affine`` steps whose values and directional derivatives equal
+forward-mode AD; a product with anything but a tensor of the decoder's own is not a chain, and a
+weight of a shape the chain did not expect fails the check against the decoder (no chain).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import randn
+from test_decoders_conv import F32_TOL, check, exported, init_
+from torch import nn
+
+from fastgeo.decoders import stacked_chain
+from fastgeo.decoders.steps import Affine, walk
+
+D_LAT, WIDTH, OUT = 3, 8, 5
+
+
+class Matmuls(nn.Module):
+    """``x @ W + b`` with W (in, out), then a product with a transposed (out, in) weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.ones(D_LAT, WIDTH)), nn.Parameter(torch.zeros(WIDTH))
+        self.w2 = nn.Parameter(torch.ones(OUT, WIDTH))
+
+    def forward(self, z):
+        return torch.sigmoid(torch.tanh(z @ self.w1 + self.b1) @ self.w2.T)
+
+
+class FunctionalLinear(nn.Module):
+    """``F.linear`` with and without a bias, and of a transposed (in, out) weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.ones(WIDTH, D_LAT)), nn.Parameter(torch.zeros(WIDTH))
+        self.w2 = nn.Parameter(torch.ones(WIDTH, OUT))
+
+    def forward(self, z):
+        return F.linear(F.elu(F.linear(z, self.w1, self.b1)), self.w2.t())
+
+
+class EveryForm(nn.Module):
+    """``torch.mm``, ``torch.matmul``, the method ``.matmul``, ``.mT``, ``.transpose(0, 1)`` and a
+    buffer as the last weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.ones(D_LAT, WIDTH))
+        self.w2 = nn.Parameter(torch.ones(WIDTH, WIDTH))
+        self.w3 = nn.Parameter(torch.ones(WIDTH, WIDTH))
+        self.register_buffer("w4", torch.ones(WIDTH, OUT))
+
+    def forward(self, z):
+        h = F.silu(torch.mm(z, self.w1))
+        h = torch.tanh(torch.matmul(h, self.w2.mT)).matmul(self.w3.transpose(0, 1))
+        return h @ self.w4
+
+
+DECODERS = {"matmuls": Matmuls, "functional_linear": FunctionalLinear, "every_form": EveryForm}
+
+
+def _decoder(name: str) -> nn.Module:
+    return init_(DECODERS[name]())
+
+
+def _affines(fn, z) -> int:
+    chain = stacked_chain(fn, z[:4])
+    assert chain is not None
+    return sum(isinstance(s, Affine) for s in walk(chain.steps))
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_traced_float64(name):
+    model = _decoder(name)
+    z = randn(7, D_LAT, dtype=torch.float64, seed=1, scale=1.5)
+    assert _affines(model, z) >= 2
+    check(model, z)
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_exported_float64(name):
+    gm = exported(_decoder(name), D_LAT).double()
+    z = randn(6, D_LAT, dtype=torch.float64, seed=2, scale=1.5)
+    assert _affines(gm, z) >= 2
+    check(gm, z)
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_traced_float32(name):
+    model = _decoder(name).float()
+    z = randn(9, D_LAT, dtype=torch.float32, seed=3)
+    check(model, z, rtol=F32_TOL)
+
+
+def test_weights_changed_in_place_are_seen():
+    model = _decoder("matmuls")
+    z = randn(5, D_LAT, dtype=torch.float64, seed=4)
+    check(model, z)
+    with torch.no_grad():
+        model.w1.mul_(-2.0)
+        model.w2.add_(0.3)
+    check(model, z)
+
+
+class ByInput(nn.Module):
+    """``h @ h.T``: a product of the value with itself, not a linear map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(D_LAT, OUT)
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z))
+        return (h[:, :, None] @ h[:, None, :]).flatten(1)
+
+
+class MadeInForward(nn.Module):
+    """A product with a tensor made in ``forward`` (not a parameter or buffer of the decoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(D_LAT, OUT)
+
+    def forward(self, z):
+        return torch.tanh(self.fc(z)) @ torch.ones(OUT, OUT, dtype=z.dtype)
+
+
+@pytest.mark.parametrize("make", [ByInput, MadeInForward], ids=["by_input", "made_in_forward"])
+def test_other_products_are_not_chains(make):
+    model = init_(make())
+    z = randn(5, D_LAT, dtype=torch.float64, seed=5)
+    check(model, z, recognized=False)
