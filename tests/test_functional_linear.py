@@ -136,3 +136,28 @@ def test_other_products_are_not_chains(make):
     model = init_(make())
     z = randn(5, D_LAT, dtype=torch.float64, seed=5)
     check(model, z, recognized=False)
+
+
+SHIFT = 0.5  # a global a traced function reads (rebound below)
+
+
+def test_a_traced_function_follows_the_values_it_reads_by_name():
+    """``torch.fx`` bakes the tensors and numbers a function reads from its closure or globals
+    into its graph: rebound (a new plane to decode, a new scale), the function is traced again,
+    not differentiated with the old ones."""
+    global SHIFT
+    net = init_(nn.Sequential(nn.Linear(D_LAT, WIDTH), nn.Tanh(), nn.Linear(WIDTH, OUT)))
+    plane, scale = randn(2, D_LAT, dtype=torch.float64, seed=6), 2.0
+    fn = lambda z: net(z @ plane + SHIFT) * scale  # noqa: E731 - a user's latent plane
+    z = randn(5, 2, dtype=torch.float64, seed=7)
+    _, before = check(fn, z)
+    plane, scale = randn(2, D_LAT, dtype=torch.float64, seed=8), 3.0
+    SHIFT = -1.0
+    try:
+        _, after = check(fn, z)
+    finally:
+        SHIFT = 0.5
+    assert not torch.allclose(before, after)
+    with torch.no_grad():
+        plane.mul_(2.0)  # in place: read at every call
+    check(fn, z)

@@ -142,7 +142,11 @@ def recognize(fn: Callable[[Tensor], Tensor]) -> tuple[list[Step], Hashable] | N
         found = _cached(module, graph_steps, exported=True, extra=(id(module.graph), module.code))
     else:
         steps = modules.module_steps(module)
-        found = (steps, None) if steps is not None else _cached(module, _trace)
+        if steps is not None:
+            found = (steps, None)
+        else:  # a traced function bakes in the tensors and numbers it reads by name
+            function = _traced_function(module)
+            found = _cached(module, _trace, extra=free_values(function) if function is not None else ())
     if found is None:
         return None
     steps, fingerprint = found
@@ -279,6 +283,40 @@ def _cached(
         steps = read(module)
         _STEPS[module] = (fingerprint, steps)
     return None if steps is None else (steps, fingerprint)
+
+
+def _traced_function(module: nn.Module) -> types.FunctionType | None:
+    """The Python function ``torch.fx`` traces for ``module``: the wrapped function or method, or
+    the class's ``forward``."""
+    if type(module) is ClosureModule:
+        return module._function()
+    function = module._function if type(module) is MethodModule else getattr(type(module), "forward", None)
+    return function if inspect.isfunction(function) else None
+
+
+def free_values(function: types.FunctionType, depth: int = 0) -> Hashable:
+    """What ``torch.fx`` bakes into the graph of ``function`` besides its modules: the tensors (by
+    identity) and plain values (numbers, strings) its closure cells and the globals it names hold,
+    through the plain functions it calls (a few levels). Rebinding one (``P = new``, ``scale =
+    3.0``) changes this, and the function is traced again; in-place changes show anyway."""
+    code = function.__code__
+    found = []
+    for name, cell in zip(code.co_freevars, function.__closure__ or (), strict=False):
+        try:
+            found.append((name, cell.cell_contents))
+        except ValueError:  # an empty cell
+            continue
+    names = function.__globals__
+    found += [(name, names[name]) for name in code.co_names if name in names]
+    values = []
+    for name, value in found:
+        if isinstance(value, Tensor):
+            values.append((name, id(value)))
+        elif _plain(value):
+            values.append((name, value))
+        elif inspect.isfunction(value) and depth < 3:
+            values.append((name, id(value), free_values(value, depth + 1)))
+    return tuple(values)
 
 
 def _fingerprint(module: nn.Module, exported: bool = False) -> Hashable | None:
