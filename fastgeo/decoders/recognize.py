@@ -145,8 +145,7 @@ def recognize(fn: Callable[[Tensor], Tensor]) -> tuple[list[Step], Hashable] | N
         if steps is not None:
             found = (steps, None)
         else:  # a traced function bakes in the tensors and numbers it reads by name
-            function = _traced_function(module)
-            found = _cached(module, _trace, extra=free_values(function) if function is not None else ())
+            found = _cached(module, _trace, extra=_free_values_of(module))
     if found is None:
         return None
     steps, fingerprint = found
@@ -292,6 +291,18 @@ def _traced_function(module: nn.Module) -> types.FunctionType | None:
         return module._function()
     function = module._function if type(module) is MethodModule else getattr(type(module), "forward", None)
     return function if inspect.isfunction(function) else None
+
+
+def _free_values_of(module: nn.Module) -> Hashable:
+    """:func:`free_values` of the functions traced for ``module`` and its submodules of the user's
+    own (not torch's layers): a method returning images is a flattening around the method."""
+    values = []
+    for m in module.modules():
+        if type(m) in (ClosureModule, MethodModule) or not type(m).__module__.startswith("torch."):
+            function = _traced_function(m)
+            if function is not None:
+                values.append(free_values(function))
+    return tuple(values)
 
 
 def free_values(function: types.FunctionType, depth: int = 0) -> Hashable:
