@@ -24,6 +24,8 @@ from . import _checks, _mean_checks
 from ._progress import progress_iter
 from .reference import rbf_features
 
+DEFAULT_CENTERS = 64  # RBF centers where the caller names none (fewer training points: one each)
+
 
 def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 100) -> tuple[Tensor, Tensor]:
     """k-means (k-means++ seeding, then Lloyd iterations), deterministic for a given seed.
@@ -72,7 +74,7 @@ def fit_rbf_parameters(
     data: Tensor,
     mean: Callable[[Tensor], Tensor],
     *,
-    num_centers: int = 64,
+    num_centers: int | None = None,
     bandwidth_scale: float = 1.5,
     zeta: float = 1e-3,
     steps: int = 1000,
@@ -88,7 +90,8 @@ def fit_rbf_parameters(
         data: (M, D) the training data (images (M, C, H, W) are flattened to rows).
         mean: the decoder mean (M, d) -> (M, D) (or images, as ``data``); held fixed (evaluated
             once, without grad).
-        num_centers: K, the number of RBF centers (k-means clusters); at most M.
+        num_centers: K, the number of RBF centers (k-means clusters); at most M. Default:
+            ``DEFAULT_CENTERS`` (64), or M where there are fewer training points.
         bandwidth_scale: ``a`` in ``gamma_k = 0.5 / (a * spread_k)^2``, ``spread_k`` the mean
             distance of cluster k's points to its center. Larger ``a``: wider, smoother bumps
             (Arvanitidis et al. use ``a ~ 1-2``). A cluster with zero spread (a single point,
@@ -113,6 +116,8 @@ def fit_rbf_parameters(
             f"latents and data must have one row per training point, got {latents.shape[0]} and "
             f"{data.shape[0]} rows"
         )
+    if num_centers is None:
+        num_centers = min(DEFAULT_CENTERS, latents.shape[0])
     if not isinstance(num_centers, int) or isinstance(num_centers, bool) or num_centers < 1:
         raise ValueError(f"num_centers must be an integer >= 1, got {num_centers!r}")
     if num_centers > latents.shape[0]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import fastgeo
-from fastgeo.rbf_fit import kmeans
+from fastgeo.rbf_fit import DEFAULT_CENTERS, kmeans
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -145,3 +145,15 @@ def test_fit_argument_errors():
         fastgeo.RBFPrecision.fit(z, x, mean, num_centers=1000)
     with pytest.raises(ValueError, match=r"got tuple \(for a VAE's \(mu, logvar\) pass a function"):
         fastgeo.RBFPrecision.fit(z, x, lambda q: (mean(q), mean(q)))
+
+
+def test_fewer_points_than_the_default_centers_take_one_center_each():
+    """A user with a few dozen codes (cell types, class representatives) needs no option: the
+    default number of centers falls to the number of points; one named explicitly is kept."""
+    z, x, mean = _problem()
+    few = fastgeo.RBFPrecision.fit(z[:20], x[:20], mean, steps=20, progress=False)
+    assert few.num_centers == 20 and bool(torch.isfinite(few.weights).all())
+    many = fastgeo.RBFPrecision.fit(z, x, mean, steps=0, progress=False)
+    assert z.shape[0] > DEFAULT_CENTERS and many.num_centers == DEFAULT_CENTERS
+    with pytest.raises(ValueError, match="num_centers = 21 exceeds the number of points 20"):
+        fastgeo.RBFPrecision.fit(z[:20], x[:20], mean, num_centers=21)
