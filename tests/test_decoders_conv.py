@@ -446,19 +446,19 @@ class ClampDecoder(nn.Module):
 
 
 class HeadsDecoder(nn.Module):
-    """Output heads side by side (a mixed-type decoder: intensities and a categorical part), and a
-    channel concatenation: ``torch.cat`` joins of two chains."""
+    """Output heads side by side (a mixed-type decoder: intensities, a categorical part and a
+    linear one), and a channel concatenation: ``torch.cat`` joins of two and of three chains."""
 
     def __init__(self, d: int) -> None:
         super().__init__()
         self.fc = nn.Linear(d, 4 * 3 * 3)
         self.conv = nn.Conv2d(4, 2, 3, padding=1)
-        self.a, self.b = nn.Linear(54, 5), nn.Linear(54, 7)
+        self.a, self.b, self.c = nn.Linear(54, 5), nn.Linear(54, 7), nn.Linear(54, 3)
 
     def forward(self, z):
         h = torch.tanh(self.fc(z)).view(-1, 4, 3, 3)
         h = torch.cat([h, F.elu(self.conv(h))], dim=1).flatten(1)  # (P, 6 * 3 * 3)
-        return torch.cat((torch.sigmoid(self.a(h)), torch.softmax(self.b(h), -1)), -1)
+        return torch.cat((torch.sigmoid(self.a(h)), torch.softmax(self.b(h), -1), self.c(h)), -1)
 
 
 class AxesDecoder(nn.Module):
@@ -525,10 +525,10 @@ DECODERS = {
     "gated_exported_d4": (lambda: exported(init_(GatedDecoder(4)), 4), 4, 784),
     "gate_custom_d3": (lambda: init_(Gated()), 3, C * H * H),
     "concatenated_custom_d3": (lambda: init_(Concatenated()), 3, 2 * C * H * H),
-    "heads_custom_d4": (lambda: init_(HeadsDecoder(4), scale=1.0), 4, 12),
+    "heads_custom_d4": (lambda: init_(HeadsDecoder(4), scale=1.0), 4, 15),
     "axes_custom_d3": (lambda: init_(AxesDecoder(3), scale=1.0), 3, 48),
     "axes_exported_d4": (lambda: exported(init_(AxesDecoder(4), scale=1.0), 4), 4, 48),
-    "heads_exported_d3": (lambda: exported(init_(HeadsDecoder(3), scale=1.0), 3), 3, 12),
+    "heads_exported_d3": (lambda: exported(init_(HeadsDecoder(3), scale=1.0), 3), 3, 15),
 }
 
 

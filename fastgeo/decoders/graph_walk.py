@@ -128,11 +128,11 @@ class ChainReader:
         raise NotAChain
 
     def _join(
-        self, fork: Node, between: list[Node], terms: tuple[Node, Node], node: Node, join: str, dim: int
+        self, fork: Node, between: list[Node], terms: tuple[Node, ...], node: Node, join: str, dim: int
     ) -> None:
         among = set(between)
-        mine = _ancestors(terms[0], among), _ancestors(terms[1], among)  # each branch's nodes
-        require(not (mine[0] & mine[1]) and (mine[0] | mine[1]) == among)
+        mine = [_ancestors(t, among) for t in terms]  # each branch's nodes
+        require(sum(len(m) for m in mine) == len(among) and set().union(*mine) == among)  # disjoint
         branches = []
         for end, nodes in zip(terms, mine, strict=True):
             branch = type(self)(self.root)
@@ -146,9 +146,14 @@ class ChainReader:
             self.at = node
             require(branch.current is end and branch.pending is None)
             branches.append(branch)
-        first, second = branches
-        require(first.flat == second.flat and (join != "cat" or not first.flat or dim in (1, -1)))
-        self.steps.append(Branches(tuple(first.steps), tuple(second.steps), join, dim))
+        first, second = branches[0], branches[-1]
+        require(all(b.flat == first.flat for b in branches))
+        require(join != "cat" or not first.flat or dim in (1, -1))
+        # cat([a, b, c]) is cat([a, cat([b, c])]): nested from the last two
+        steps = tuple(second.steps)
+        for branch in reversed(branches[:-1]):
+            steps = (Branches(tuple(branch.steps), steps, join, dim),)
+        self.steps.extend(steps)
         self.flat = first.flat
         self.width = first.width if first.width == second.width and join != "cat" else None
         self.current = node
@@ -327,10 +332,11 @@ def _fx_transpose(node: Node) -> bool:
     return False
 
 
-def _join_terms(node: Node) -> tuple[tuple[Node, Node] | None, str, int]:
+def _join_terms(node: Node) -> tuple[tuple[Node, ...] | None, str, int]:
     """((p, q), join, dim) if ``node`` joins two graph values: ``p + q`` (``operator.add``,
     ``torch.add``, aten ``add.Tensor`` with alpha 1: join "sum"), ``p * q`` ("product") or
-    ``torch.cat([p, q], dim)`` along an axis of the point ("cat"); else (None, "", 0)."""
+    ``torch.cat([p, q, ...], dim)`` along an axis of the point ("cat", two or more); else (None,
+    "", 0)."""
     nothing: tuple[None, str, int] = (None, "", 0)
     if node.op != "call_function" or node.target not in _SUMS + _PRODUCTS + _CATS:
         return nothing
@@ -338,10 +344,10 @@ def _join_terms(node: Node) -> tuple[tuple[Node, Node] | None, str, int]:
     if node.target in _CATS:
         tensors = args[0] if args else kwargs.pop("tensors", None)
         dim = args[1] if len(args) > 1 else kwargs.pop("dim", 0)
-        ok = isinstance(tensors, (list, tuple)) and len(tensors) == 2 and len(args) <= 2 and not kwargs
+        ok = isinstance(tensors, (list, tuple)) and len(tensors) >= 2 and len(args) <= 2 and not kwargs
         if not ok or not all(isinstance(t, Node) for t in tensors) or not isinstance(dim, int) or dim == 0:
             return nothing
-        return (tensors[0], tensors[1]), "cat", dim
+        return tuple(tensors), "cat", dim
     alpha = kwargs.get("alpha", 1)
     extra = set(kwargs) - {"alpha"}
     if len(args) != 2 or extra or alpha != 1 or not all(isinstance(a, Node) for a in args):
