@@ -4,7 +4,8 @@ bookkeeping every graph reader shares (:mod:`fastgeo.decoders.graphs` knows the 
 The chain may fork into two chains that are summed, multiplied or concatenated again (``x +
 f(x)``, ``f(x) + g(x)``: residual blocks, nested too; ``x * sigmoid(f(x))``: gates;
 ``torch.cat([f(x), g(x)], 1)``: heads side by side): the first such join after which nothing uses
-the fork or the nodes between closes it, and the two chains become one :class:`Branches` step.
+the fork or the nodes between closes it, and the two chains become one :class:`Branches` step
+(a concatenation of three or more chains: nested ones).
 Every node must be on the chain, except parameters (``get_attr``, and their transposes) and the
 batch size (``x.size(0)``, ``x.shape[0]``, ``sym_size``), which may only lead a reshape's shape.
 A reshape must keep the batch: ``(-1, C, H, W)`` or ``(batch, ...)``. Anything else raises
