@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import randn
-from test_decoders_conv import F32_TOL, check, exported, init_
+from test_decoders_conv import check, check_forms, init_
 from torch import nn
 
 from fastgeo.decoders import stacked_chain
@@ -133,27 +133,8 @@ def _by_tensor_steps(model: nn.Module, z: torch.Tensor) -> list[ByTensor]:
 
 
 @pytest.mark.parametrize("name", list(DECODERS))
-def test_traced_float64(name):
-    model = _decoder(name)
-    z = randn(7, D_LAT, dtype=torch.float64, seed=1, scale=1.5)
-    assert _by_tensor_steps(model, z)
-    check(model, z)
-
-
-@pytest.mark.parametrize("name", list(DECODERS))
-def test_exported_float64(name):
-    model = _decoder(name)
-    gm = exported(model, D_LAT).double()
-    z = randn(6, D_LAT, dtype=torch.float64, seed=2, scale=1.5)
-    assert _by_tensor_steps(gm, z)
-    check(gm, z)
-
-
-@pytest.mark.parametrize("name", list(DECODERS))
-def test_traced_float32(name):
-    model = _decoder(name).float()
-    z = randn(9, D_LAT, dtype=torch.float32, seed=3)
-    check(model, z, rtol=F32_TOL)
+def test_traced_exported_and_float32(name):
+    check_forms(_decoder(name), D_LAT, _by_tensor_steps)
 
 
 def test_exp_is_an_activation():

@@ -25,6 +25,9 @@ d axes of large decoders, ``torch.func.jacrev`` point by point), float64 to 1e-1
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -334,6 +337,20 @@ class Rgb64Decoder(nn.Module):
 def exported(model: nn.Module, d: int) -> nn.Module:
     batch = ({0: torch.export.Dim("P", min=0)},)
     return torch.export.export(model, (randn(3, d),), dynamic_shapes=batch).module()
+
+
+def check_forms(model: nn.Module, d: int, found: Callable[[nn.Module, torch.Tensor], object]) -> None:
+    """A float64 decoder traced and exported: recognized, with ``found(fn, z)`` true (the steps
+    the case is about), values and directional derivatives equal forward-mode AD to 1e-10; a
+    float32 copy to F32_TOL."""
+    z = randn(7, d, seed=1, scale=1.5)
+    assert found(model, z)
+    check(model, z)
+    gm = exported(model, d).double()
+    z = randn(6, d, seed=2, scale=1.5)
+    assert found(gm, z)
+    check(gm, z)
+    check(copy.deepcopy(model).float(), randn(9, d, dtype=torch.float32, seed=3), rtol=F32_TOL)
 
 
 class LayerNormGeluDecoder(nn.Module):

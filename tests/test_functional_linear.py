@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import randn
-from test_decoders_conv import F32_TOL, check, exported, init_
+from test_decoders_conv import check, check_forms, init_
 from torch import nn
 
 from fastgeo.decoders import stacked_chain
@@ -76,26 +76,8 @@ def _affines(fn, z) -> int:
 
 
 @pytest.mark.parametrize("name", list(DECODERS))
-def test_traced_float64(name):
-    model = _decoder(name)
-    z = randn(7, D_LAT, dtype=torch.float64, seed=1, scale=1.5)
-    assert _affines(model, z) >= 2
-    check(model, z)
-
-
-@pytest.mark.parametrize("name", list(DECODERS))
-def test_exported_float64(name):
-    gm = exported(_decoder(name), D_LAT).double()
-    z = randn(6, D_LAT, dtype=torch.float64, seed=2, scale=1.5)
-    assert _affines(gm, z) >= 2
-    check(gm, z)
-
-
-@pytest.mark.parametrize("name", list(DECODERS))
-def test_traced_float32(name):
-    model = _decoder(name).float()
-    z = randn(9, D_LAT, dtype=torch.float32, seed=3)
-    check(model, z, rtol=F32_TOL)
+def test_traced_exported_and_float32(name):
+    check_forms(_decoder(name), D_LAT, lambda fn, z: _affines(fn, z) >= 2)
 
 
 def test_weights_changed_in_place_are_seen():
