@@ -17,7 +17,18 @@ from .graph_arithmetic import ATEN_ARITHMETIC, aten_arithmetic_step
 from .graph_ops import ATEN_IDENTITY, ATEN_SIMPLE, ATEN_UPSAMPLE, ATEN_VIEWS, AXES, NAMED
 from .graph_walk import ChainReader, NotAChain, attribute, attribute_names, nodes, require
 from .modules import SELU_ALPHA, SELU_SCALE, hardsigmoid_steps, hashable, softmax_steps
-from .steps import Activation, Affine, AvgPool, BatchNorm, Conv, GroupNorm, LayerNorm, PixelShuffle, PReLU
+from .steps import (
+    Activation,
+    Affine,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    GroupNorm,
+    LayerNorm,
+    Part,
+    PixelShuffle,
+    PReLU,
+)
 
 
 class AtenReader(ChainReader):
@@ -139,10 +150,20 @@ class AtenReader(ChainReader):
             self._add(PReLU(self._param(a["weight"], False), attribute_names(a, "weight")))
         elif name == "dropout":
             require(not a["train"])
-        elif name == "slice":  # x[:, ...] exported: a full slice, the identity
-            end = a.get("end")
-            require(a.get("start") in (None, 0) and a.get("step", 1) == 1)
-            require(end is None or end in self.batch or isinstance(end, int) and end >= 2**62)
+        elif name == "slice":  # x[:, ...] exported (a full slice, the identity), h[:, :D]
+            start, end, step, dim = a.get("start"), a.get("end"), a.get("step", 1), a.get("dim", 0)
+            full = start in (None, 0) and step == 1 and (end is None or type(end) is int and end >= 2**62)
+            if not (full or dim == 0 and start in (None, 0) and step == 1 and end in self.batch):
+                require(all(v is None or type(v) is int for v in (start, end, step)))
+                require(dim != 0 and step > 0)
+                end = None if type(end) is int and end >= 2**62 else end
+                self._add(Part("slice", (start, end, step if step != 1 else None), dim))
+        elif name == "select" and node.target._overloadname == "int":
+            require(type(a["index"]) is int and type(a["dim"]) is int and a["dim"] != 0)
+            self._add(Part("select", a["index"], a["dim"]))
+        elif name in ("chunk", "split", "split_with_sizes"):
+            sizes = a[{"chunk": "chunks", "split": "split_size", "split_with_sizes": "split_sizes"}[name]]
+            self._parts("chunk" if name == "chunk" else "split", sizes, a.get("dim", 0))
         elif name not in ATEN_IDENTITY:
             raise NotAChain
 

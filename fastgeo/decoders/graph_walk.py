@@ -23,7 +23,7 @@ from torch import nn
 from torch.fx import Graph, Node
 
 from .modules import GELU_APPROXIMATIONS, PAD_MODES, UPSAMPLE_MODES, hashable
-from .steps import Activation, Affine, Axes, Branches, Flatten, Pad, Reshape, Step, Unflatten, Upsample
+from .steps import Activation, Affine, Axes, Branches, Flatten, Pad, Part, Reshape, Step, Unflatten, Upsample
 
 aten = torch.ops.aten
 # W^T of a parameter in an aten graph (W.T, W.mT, W.t(), W.permute(1, 0); also W.transpose(0, 1))
@@ -59,6 +59,7 @@ class ChainReader:
         self.shapes: set[Node] = set()  # x.shape / x.size() of a chain node
         self.transposed: dict[Node, Node] = {}  # W^T (permute / t of a get_attr) -> W
         self.pending: Node | None = None  # a multi-output op whose output 0 continues the chain
+        self.parts: tuple[str, Any, int] | None = None  # a chunk / split: its pieces follow (getitem)
         self.flat = True  # each point is a vector (as the input is)
         self.width: int | None = None  # of the last width-keeping reshape of a vector
         self.steps: list[Step] = []
@@ -70,12 +71,13 @@ class ChainReader:
         self.current = placeholders[0]
         self.on_chain.add(self.current)
         nodes = [n for n in graph.nodes if n.op not in ("placeholder", "get_attr") and not _guard(n)]
+        nodes = [n for n in nodes if not _unused(n)]
         require(nodes and nodes[-1].op == "output")
         self._read_nodes(nodes[:-1])
         self.at = nodes[-1]
         out = nodes[-1].args[0]
         out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
-        require(out is self.current and self.pending is None)
+        require(out is self.current and self.pending is None and self.parts is None)
         return self.steps
 
     def _read_nodes(self, nodes: list[Node]) -> None:
@@ -96,6 +98,11 @@ class ChainReader:
             if self.pending is not None:  # only output 0 of a multi-output op is used
                 require(node.target is operator.getitem and node.args == (self.pending, 0))
                 self.pending = None
+            elif self.parts is not None:  # a piece of a chunk / split
+                index = node.args[1] if node.target is operator.getitem and len(node.args) == 2 else None
+                require(node.args[0] is self.current and type(index) is int and not node.kwargs)
+                self._add(Part(*self.parts, index))
+                self.parts = None
             else:
                 self._step(node)
             self.current = node
@@ -137,7 +144,7 @@ class ChainReader:
         branches = []
         for end, nodes in zip(terms, mine, strict=True):
             branch = type(self)(self.root)
-            branch.current, branch.flat, branch.width = fork, self.flat, self.width
+            branch.current, branch.flat, branch.width, branch.parts = fork, self.flat, self.width, self.parts
             branch.on_chain, branch.batch = self.on_chain | {fork}, set(self.batch)
             branch.shapes, branch.transposed = set(self.shapes), dict(self.transposed)
             try:
@@ -145,8 +152,9 @@ class ChainReader:
             finally:
                 self.at = branch.at  # where a branch stops being a chain
             self.at = node
-            require(branch.current is end and branch.pending is None)
+            require(branch.current is end and branch.pending is None and branch.parts is None)
             branches.append(branch)
+        self.parts = None  # each branch took its piece
         first, second = branches[0], branches[-1]
         require(all(b.flat == first.flat for b in branches))
         require(join != "cat" or not first.flat or dim in (1, -1))
@@ -218,9 +226,10 @@ class ChainReader:
             return
         if isinstance(step, Flatten) and self.flat and (step.start, step.end) in ((1, -1), (1, 1), (-1, -1)):
             return
-        if isinstance(step, (Affine, Axes)):
+        if isinstance(step, (Affine, Axes, Part)):
             self.width = None
-            self.flat = self.flat and isinstance(step, Affine)
+            keeps_axes = isinstance(step, Affine) or isinstance(step, Part) and step.op != "select"
+            self.flat = self.flat and keeps_axes
         if isinstance(step, (Reshape, Flatten, Unflatten)):
             reshape_to_vector = isinstance(step, Reshape) and len(step.shape) == 1
             self.flat = reshape_to_vector or isinstance(step, Flatten) and (step.start, step.end) == (1, -1)
@@ -249,21 +258,40 @@ class ChainReader:
         self._add(Axes(op, (0, *axes) if op == "permute" else axes))
 
     def _index(self, index: Any) -> None:
-        """``x[:, :, None, None]``, ``x[..., None]``: new axes of length one between full slices
-        (the batch's first), as unsqueezes; any other index (a slice that cuts, an integer)
-        raises :class:`NotAChain`."""
+        """``x[:, :, None, None]``, ``x[..., None]``, ``h[:, :D]``, ``h[..., D:]``, ``x[:, 0]``: per
+        axis after the batch's (a full slice first, or an Ellipsis), new axes of length one
+        (unsqueezes), slices by constants and integers (:class:`Part` steps); anything else (a
+        slice or index of the batch, a tensor index) raises :class:`NotAChain`."""
         items = index if isinstance(index, tuple) else (index,)
         full = slice(None, None, None)
-        require(all(i is None or i is Ellipsis or i == full for i in items) and items.count(Ellipsis) <= 1)
+        require(all(_index_item(i) for i in items) and items.count(Ellipsis) <= 1)
         cut = items.index(Ellipsis) if Ellipsis in items else len(items)
         before, after = items[:cut], items[cut + 1 :]
-        require(cut > 0 and before[0] is not None or cut == 0 and Ellipsis in items)  # the batch stays first
-        for i, item in enumerate(before):  # the axes before each are in place already
-            if item is None:
-                self._add(Axes("unsqueeze", (i,)))
-        for i in range(len(after) - 1, -1, -1):  # right to left: the axes after each are in place
-            if after[i] is None:
-                self._add(Axes("unsqueeze", (i - len(after),)))
+        require(cut > 0 and before[0] == full or cut == 0 and Ellipsis in items)  # the batch stays first
+        axis = 1
+        for item in before[1:]:  # the axes before each are in place already
+            self._index_step(item, axis)
+            axis += 0 if isinstance(item, int) else 1
+        kept = 0  # axes after the item, in place already: right to left
+        for item in reversed(after):
+            self._index_step(item, -(kept + 1))
+            kept += not isinstance(item, int)
+
+    def _index_step(self, item: Any, axis: int) -> None:
+        if item is None:
+            self._add(Axes("unsqueeze", (axis,)))
+        elif isinstance(item, int):
+            self._add(Part("select", item, axis))
+        elif item != slice(None, None, None):
+            self._add(Part("slice", (item.start, item.stop, item.step), axis))
+
+    def _parts(self, op: str, arg: Any, dim: Any) -> None:
+        """``chunk`` (``arg`` chunks) or ``split`` (``arg`` a size or sizes) along ``dim`` of the
+        point: its pieces follow, each a :class:`Part` (a fork where several are used)."""
+        require(isinstance(dim, int) and not isinstance(dim, bool) and dim != 0)
+        sizes = tuple(arg) if isinstance(arg, (list, tuple)) else arg
+        require(all(type(n) is int and n >= 0 for n in (sizes if isinstance(sizes, tuple) else (sizes,))))
+        self.parts = (op, sizes, dim)
 
     def _gelu(self, approximate: Any) -> None:
         require(approximate in GELU_APPROXIMATIONS)
@@ -317,6 +345,20 @@ def _chain_users(node: Node) -> list[Node]:
 _SUMS = (operator.add, torch.add, aten.add.Tensor)
 _PRODUCTS = (operator.mul, torch.mul, aten.mul.Tensor)
 _CATS = (torch.cat, torch.concat, aten.cat.default)
+
+
+def _unused(node: Node) -> bool:
+    """A piece of a multi-output op that nothing uses (``torch.export`` keeps them)."""
+    return node.op == "call_function" and node.target is operator.getitem and not node.users
+
+
+def _index_item(item: Any) -> bool:
+    """An item of an index a chain may take: None, Ellipsis, an integer, a slice by constants
+    (a positive step)."""
+    if item is None or item is Ellipsis or type(item) is int:
+        return True
+    bounds = (item.start, item.stop, item.step) if isinstance(item, slice) else (0.5,)
+    return all(v is None or type(v) is int for v in bounds) and (item.step is None or item.step > 0)
 
 
 def _fx_transpose(node: Node) -> bool:

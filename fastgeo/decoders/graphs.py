@@ -192,6 +192,10 @@ class _Reader(AtenReader):
                                 name == "pixel_unshuffle")  # fmt: skip
         elif name in ("avg_pool1d", "avg_pool2d"):
             self._avg_pool(int(name[-2]), a)
+        elif name == "chunk":
+            self._parts("chunk", a["chunks"], a["dim"])
+        elif name == "split":
+            self._parts("split", a["split_size" if "split_size" in a else "split_size_or_sections"], a["dim"])
         elif name == "flatten":
             self._flatten(a["start_dim"], a["end_dim"])
         elif name == "unflatten":

@@ -31,6 +31,7 @@ from .steps import (
     GroupNorm,
     LayerNorm,
     Pad,
+    Part,
     PixelShuffle,
     PReLU,
     Reshape,
@@ -186,6 +187,21 @@ def _axes(step: Axes, x: Tensor) -> Tensor:
     return x.unsqueeze(*axes) if step.op == "unsqueeze" else x.squeeze(*axes)
 
 
+def _part(step: Part, x: Tensor) -> Tensor:
+    """The same piece of every block (linear: the tangents' piece is the piece's tangent)."""
+    axis = stack_dim(step.axis)
+    if step.op == "slice":
+        piece = slice(*step.arg)
+        if axis >= 0:
+            return x[(slice(None),) * axis + (piece,)]
+        return x[(..., piece) + (slice(None),) * (-axis - 1)]
+    if step.op == "select":
+        return x.select(axis, step.arg)
+    if step.op == "chunk":
+        return x.chunk(step.arg, axis)[step.index]
+    return x.split(list(step.arg) if isinstance(step.arg, tuple) else step.arg, axis)[step.index]
+
+
 def _activation(step: Activation, x: Tensor) -> Tensor:
     y, dy = ACTIVATIONS[step.name](x[0], *step.params)
     x[1:] *= dy
@@ -323,6 +339,7 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     Flatten: _flatten,
     Unflatten: _unflatten,
     Axes: _axes,
+    Part: _part,
     Activation: _activation,
     PReLU: _prelu,
     Softmax: _softmax,

@@ -39,7 +39,7 @@ from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean, FlatOutput
 from .graphs import graph_steps, read_graph, where_not_a_chain
 from .smoothing import SmoothedChain, smooth_steps
-from .steps import Activation, Axes, Branches, ByTensor, Conv, PReLU, Step, signature, walk
+from .steps import Activation, Axes, Branches, ByTensor, Conv, Part, PReLU, Step, signature, walk
 
 __all__ = [
     "chain_module", "describe", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed",
@@ -218,6 +218,13 @@ def _step_name(step: Step) -> str:
         return f"{step.op} {step.identity}"
     if isinstance(step, Conv):
         return f"{'ConvTranspose' if step.transposed else 'Conv'}{step.weight().dim() - 2}d"
+    if isinstance(step, Part):
+        if step.op == "slice":
+            start, stop, stride = ("" if v is None else v for v in step.arg)
+            return f"[{start}:{stop}{f':{stride}' if stride != '' else ''}] of axis {step.axis}"
+        if step.op == "select":
+            return f"[{step.arg}] of axis {step.axis}"
+        return f"{step.op} {step.arg} [{step.index}] of axis {step.axis}"
     return type(step).__name__
 
 

@@ -127,6 +127,19 @@ class Flatten:
 
 
 @dataclass(frozen=True)
+class Part:
+    """A part of each point along one of its axes (``axis`` of the batch (P, ...), never 0):
+    ``op`` "slice" (``arg`` (start, stop, step), as ``x[:, start:stop:step]``), "select" (``arg``
+    the index; the axis goes), "chunk" (``arg`` the number of chunks) or "split" (``arg`` the size
+    or the sizes), then the ``index``-th piece (``mu, logvar = h.chunk(2, dim=-1)``)."""
+
+    op: str
+    arg: Hashable
+    axis: int
+    index: int = 0
+
+
+@dataclass(frozen=True)
 class Unflatten:
     """``x.unflatten(dim, sizes)`` with ``dim`` of the batch (P, ...), never 0."""
 
@@ -234,7 +247,7 @@ class ByTensor:
 
 Step = (
     Affine | Conv | BatchNorm | GroupNorm | LayerNorm | Upsample | Pad | Reshape | Flatten | Unflatten
-    | Axes | Activation | PReLU | Softmax | PixelShuffle | AvgPool | Scale | ByTensor | Branches
+    | Axes | Part | Activation | PReLU | Softmax | PixelShuffle | AvgPool | Scale | ByTensor | Branches
 )  # fmt: skip
 # Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
 LAYERS = (Affine, Conv)

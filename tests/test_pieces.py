@@ -1,10 +1,12 @@
-"""Decoders that index new axes into their value (``z[:, :, None, None]`` before a transposed
-convolution from 1x1, as DCGAN-style decoders start; ``x[..., None]``), copy it (``.clone()``,
-``.contiguous(memory_format=...)``) or slice it fully (``x[:, ...]``, which ``torch.export``
-writes as ``aten.slice``): recognized as chains, traced and exported, values and directional
-derivatives equal to forward-mode AD. Indexing that cuts the value is not a chain. Attention
-(``nn.MultiheadAttention``, whose fused CPU kernel has no forward-mode derivative) goes through
-the ``torch.func`` fallback exactly.
+"""Decoders that index their value: new axes (``z[:, :, None, None]`` before a transposed
+convolution from 1x1, as DCGAN-style decoders start; ``x[..., None]``), pieces (``mu, logvar =
+h.chunk(2, dim=-1)``, ``torch.split``, ``h[:, :D]``, ``h[..., D:]``, strided slices, an integer
+index of an axis, a gated linear unit written by hand), copies (``.clone()``,
+``.contiguous(memory_format=...)``) and full slices (``x[:, ...]``, which ``torch.export`` writes
+as ``aten.slice``; an unused piece it keeps): recognized as chains, traced and exported, values and
+directional derivatives equal to forward-mode AD. An index that cuts the batch or takes a tensor
+is not a chain. Attention (``nn.MultiheadAttention``, whose fused CPU kernel has no forward-mode
+derivative) goes through the ``torch.func`` fallback exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 
 from fastgeo.decoders import stacked_chain
 from fastgeo.decoders.generic import generic_value_and_tangents
-from fastgeo.decoders.steps import Axes, walk
+from fastgeo.decoders.steps import Axes, Part, walk
 
 D_LAT = 4
 
@@ -60,29 +62,82 @@ class AxesBetween(nn.Module):
         return h[:, ...].flatten(1)
 
 
+class MeanAndLogVariance(nn.Module):
+    """One head for both: ``mu, logvar = h.chunk(2, dim=-1)``, the mean through a sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(D_LAT, 8), nn.ELU(), nn.Linear(8, 2 * 5))
+
+    def forward(self, z):
+        mu, logvar = self.net(z).chunk(2, dim=-1)
+        return torch.sigmoid(mu)
+
+
+class SplitAndSlices(nn.Module):
+    """``torch.split`` by sizes, then a slice with negative bounds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = MeanAndLogVariance().net
+
+    def forward(self, z):
+        return torch.split(self.net(z), [3, 7], dim=1)[1][:, 1:-2]
+
+
+class GatedByHand(nn.Module):
+    """A gated linear unit written out: ``a, b = h.chunk(2, -1); a * sigmoid(b)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net, self.out = MeanAndLogVariance().net, nn.Linear(5, 4)
+
+    def forward(self, z):
+        a, b = self.net(z).chunk(2, -1)
+        return self.out(a * torch.sigmoid(b))
+
+
+class ImagePieces(nn.Module):
+    """A crop and a strided slice of feature maps, an integer index (a channel), ``h[..., -1:, :]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.conv = nn.Linear(D_LAT, 3 * 6 * 8), nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, z):
+        h = self.conv(torch.tanh(self.fc(z)).view(-1, 3, 6, 8))[:, :, 1:5, ::2]
+        return torch.cat([h[:, 0], h[..., -1:, :].flatten(2)[:, 1, None]], 1).flatten(1)
+
+
 DECODERS = {
     "from_one_pixel": FromOnePixel,
     "ellipsis_and_clone": EllipsisAndClone,
     "axes_between": AxesBetween,
+    "mean_and_log_variance": MeanAndLogVariance,
+    "split_and_slices": SplitAndSlices,
+    "gated_by_hand": GatedByHand,
+    "image_pieces": ImagePieces,
 }
+NEW_AXES = ("from_one_pixel", "ellipsis_and_clone", "axes_between")
 
 
 def _decoder(name: str) -> nn.Module:
     return init_(DECODERS[name]())
 
 
-def _unsqueezes(fn, z) -> int:
+def _count(kind: type, fn, z) -> int:
     chain = stacked_chain(fn, z[:4])
     assert chain is not None
-    return sum(isinstance(s, Axes) and s.op == "unsqueeze" for s in walk(chain.steps))
+    return sum(isinstance(s, kind) and (kind is not Axes or s.op == "unsqueeze") for s in walk(chain.steps))
 
 
 @pytest.mark.parametrize("name", list(DECODERS))
 def test_traced_exported_and_float32(name):
-    check_forms(_decoder(name), D_LAT, lambda fn, z: _unsqueezes(fn, z) >= 2)
+    kind, least = (Axes, 2) if name in NEW_AXES else (Part, 1)
+    check_forms(_decoder(name), D_LAT, lambda fn, z: _count(kind, fn, z) >= least)
 
 
-class Cuts(nn.Module):
+class Indexed(nn.Module):
     def __init__(self, index) -> None:
         super().__init__()
         self.fc, self.index = nn.Linear(D_LAT, 12), index
@@ -91,25 +146,14 @@ class Cuts(nn.Module):
         return torch.tanh(self.fc(z))[self.index]
 
 
-@pytest.mark.parametrize(
-    "index",
-    [
-        (slice(None), slice(0, 6)),
-        (slice(1, None),),
-        (slice(None), slice(None, None, 2)),
-        (Ellipsis, slice(2, 8)),
-    ],
-    ids=["cut_features", "cut_batch", "strided", "ellipsis_then_cut"],
-)
-def test_indexing_that_cuts_or_moves_the_batch_is_not_a_chain(index):
-    """Such an index is not a rearrangement of each point: the generic path, exact."""
-    model = init_(Cuts(index))
-    z = randn(5, D_LAT, dtype=torch.float64, seed=4)
-    if index == (slice(1, None),):  # fewer rows than points: refused by the shape check
-        with pytest.raises(ValueError, match="must map points"):
-            check(model, z, recognized=False)
-    else:
-        check(model, z, recognized=False)
+def test_an_index_of_the_batch_or_by_a_tensor_is_not_a_chain():
+    """Not a piece of each point: the generic path, exact (an index that drops points fails the
+    decoder's shape check)."""
+    z = randn(5, D_LAT, seed=4)
+    model = init_(Indexed((slice(None), torch.tensor([3, 1, 4]))))
+    check(model, z, recognized=False)
+    with pytest.raises(ValueError, match="must map points"):
+        check(init_(Indexed((slice(1, None),))), z, recognized=False)
 
 
 class Attention(nn.Module):
