@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import randn
 from test_decoders_conv import check, check_forms, init_
 from torch import nn
@@ -186,3 +187,23 @@ def test_attention_goes_through_the_fallback_exactly(dtype):
         torch.testing.assert_close(out[i], step, rtol=tol, atol=tol)
     with torch.no_grad():
         torch.testing.assert_close(value, model(z))
+
+
+class GLUs(nn.Module):
+    """``nn.GLU`` and ``F.glu`` over the features and over the channels of an image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.glu = nn.Linear(D_LAT, 2 * 2 * 3 * 2), nn.GLU()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+
+    def forward(self, z):
+        h = self.glu(self.fc(z)).view(-1, 2, 3, 2)  # (P, 24) -> (P, 12)
+        return F.glu(self.conv(h), dim=1).flatten(1)
+
+
+@pytest.mark.parametrize("form", ["module", "sequential"])
+def test_glu(form):
+    sequential = nn.Sequential(nn.Linear(D_LAT, 10), nn.GLU(), nn.Tanh())
+    model = init_(GLUs() if form == "module" else sequential)
+    check_forms(model, D_LAT, lambda fn, z: _count(Part, fn, z) >= 2)

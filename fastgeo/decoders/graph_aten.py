@@ -16,7 +16,7 @@ from torch.fx.operator_schemas import normalize_function
 from .graph_arithmetic import ATEN_ARITHMETIC, aten_arithmetic_step
 from .graph_ops import ATEN_IDENTITY, ATEN_SIMPLE, ATEN_UPSAMPLE, ATEN_VIEWS, AXES, NAMED
 from .graph_walk import ChainReader, NotAChain, attribute, attribute_names, nodes, require
-from .modules import SELU_ALPHA, SELU_SCALE, hardsigmoid_steps, hashable, softmax_steps
+from .modules import SELU_ALPHA, SELU_SCALE, glu_steps, hardsigmoid_steps, hashable, softmax_steps
 from .steps import (
     Activation,
     Affine,
@@ -158,6 +158,8 @@ class AtenReader(ChainReader):
                 require(dim != 0 and step > 0)
                 end = None if type(end) is int and end >= 2**62 else end
                 self._add(Part("slice", (start, end, step if step != 1 else None), dim))
+        elif name == "glu":
+            self._glu(a.get("dim", -1))
         elif name == "select" and node.target._overloadname == "int":
             require(type(a["index"]) is int and type(a["dim"]) is int and a["dim"] != 0)
             self._add(Part("select", a["index"], a["dim"]))
@@ -181,6 +183,11 @@ class AtenReader(ChainReader):
                 self._add(step)
         else:
             self._add(Activation(name))
+
+    def _glu(self, dim: Any) -> None:
+        steps = glu_steps(dim)
+        require(steps is not None)
+        self._add(steps[0])
 
     def _clamp(self, low: Any, high: Any) -> None:
         """``clamp(x, min, max)`` by constants: the Hardtanh between them (an open side infinite)."""

@@ -75,6 +75,7 @@ FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
     torch.transpose: ("transpose", (("dim0", None), ("dim1", None))),
     torch.unsqueeze: ("unsqueeze", (("dim", None),)),
     torch.squeeze: ("squeeze", (("dim", None),)),
+    F.glu: ("glu", (("dim", -1),)),
     torch.chunk: ("chunk", (("chunks", None), ("dim", 0))),
     torch.split: ("split", (("split_size_or_sections", None), ("dim", 0))),
     torch.clamp: ("clamp", (("min", None), ("max", None))),

@@ -226,6 +226,8 @@ class ChainReader:
             return
         if isinstance(step, Flatten) and self.flat and (step.start, step.end) in ((1, -1), (1, 1), (-1, -1)):
             return
+        if isinstance(step, Branches):  # a GLU (the pieces of one): the width halves
+            self.width = None
         if isinstance(step, (Affine, Axes, Part)):
             self.width = None
             keeps_axes = isinstance(step, Affine) or isinstance(step, Part) and step.op != "select"

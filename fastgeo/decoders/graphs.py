@@ -192,6 +192,8 @@ class _Reader(AtenReader):
                                 name == "pixel_unshuffle")  # fmt: skip
         elif name in ("avg_pool1d", "avg_pool2d"):
             self._avg_pool(int(name[-2]), a)
+        elif name == "glu":
+            self._glu(a["dim"])
         elif name == "chunk":
             self._parts("chunk", a["chunks"], a["dim"])
         elif name == "split":

@@ -26,11 +26,13 @@ from .steps import (
     Affine,
     AvgPool,
     BatchNorm,
+    Branches,
     Conv,
     Flatten,
     GroupNorm,
     LayerNorm,
     Pad,
+    Part,
     PixelShuffle,
     PReLU,
     Scale,
@@ -187,6 +189,8 @@ def activation_steps(m: nn.Module) -> list[Step] | None:
         return hardsigmoid_steps()
     if kind is nn.PReLU:
         return [PReLU(getter(m, "weight"), id(m))]
+    if kind is nn.GLU:
+        return glu_steps(m.dim)
     return None
 
 
@@ -194,6 +198,15 @@ def hardsigmoid_steps() -> list[Step]:
     """Hardsigmoid, ``relu6(x + 3) / 6``, as the Hardtanh between 0 and 1 of ``x / 6 + 1/2``
     (whose kinks smoothing then rounds)."""
     return [Scale(1 / 6, 0.5), Activation("hardtanh", (0.0, 1.0))]
+
+
+def glu_steps(dim: object) -> list[Step] | None:
+    """GLU over ``dim`` of the batch (an axis of each point): ``a * sigmoid(b)`` of the two halves,
+    as a product of two chains (``Part`` pieces); else None."""
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim == 0:
+        return None
+    gate = (Part("chunk", 2, dim, 1), Activation("sigmoid"))
+    return [Branches((Part("chunk", 2, dim, 0),), gate, "product")]
 
 
 def softmax_steps(dim: object, log: bool) -> list[Step] | None:
