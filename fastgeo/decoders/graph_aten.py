@@ -1,8 +1,9 @@
 """Reading the ``aten`` ops of graphs ``torch.export`` captures (a module exported, a mean
-saved with ``format="export"`` and loaded back, decomposed or not), and the ops both kinds of
-graph share (activations by name, clamps, softmax, pixel shuffle, pooling, convolutions, products
-by a parameter): :class:`AtenReader`, whose subclass in :mod:`fastgeo.decoders.graphs` reads
-symbolically traced graphs too."""
+saved with ``format="export"`` and loaded back, decomposed or not), and building the steps both
+kinds of graph share (reshapes, axes, indexing and pieces, activations by name, clamps, softmax,
+pixel shuffle, pooling, padding, upsampling, convolutions, products by a parameter):
+:class:`AtenReader`, whose subclass in :mod:`fastgeo.decoders.graphs` reads symbolically traced
+graphs too."""
 
 from __future__ import annotations
 
@@ -16,18 +17,34 @@ from torch.fx.operator_schemas import normalize_function
 from .graph_arithmetic import ATEN_ARITHMETIC, aten_arithmetic_step
 from .graph_ops import ATEN_IDENTITY, ATEN_SIMPLE, ATEN_UPSAMPLE, ATEN_VIEWS, AXES, NAMED
 from .graph_walk import ChainReader, NotAChain, attribute, attribute_names, nodes, require
-from .modules import SELU_ALPHA, SELU_SCALE, glu_steps, hardsigmoid_steps, hashable, softmax_steps
+from .modules import (
+    GELU_APPROXIMATIONS,
+    PAD_MODES,
+    SELU_ALPHA,
+    SELU_SCALE,
+    UPSAMPLE_MODES,
+    glu_steps,
+    hardsigmoid_steps,
+    hashable,
+    softmax_steps,
+)
 from .steps import (
     Activation,
     Affine,
     AvgPool,
+    Axes,
     BatchNorm,
     Conv,
+    Flatten,
     GroupNorm,
     LayerNorm,
+    Pad,
     Part,
     PixelShuffle,
     PReLU,
+    Reshape,
+    Unflatten,
+    Upsample,
 )
 
 
@@ -45,6 +62,91 @@ class AtenReader(ChainReader):
         if transposed == linear:  # (in, out): its transpose is the weight
             return (lambda: get().mT), (source.target, "T")
         return get, source.target
+
+    def _reshape(self, shape: Any) -> None:
+        """A reshape to ``shape`` (batch first: -1, or the batch size from a node)."""
+        require(isinstance(shape, (tuple, list)) and len(shape) >= 2)
+        first, rest = shape[0], tuple(shape[1:])
+        require(first == -1 if isinstance(first, int) else first in self.batch)
+        require(all(isinstance(s, int) and s >= -1 for s in rest) and list(shape).count(-1) <= 1)
+        self._add(Reshape(rest))
+
+    def _axes(self, op: str, a: dict[str, Any]) -> None:
+        """``permute`` (``a["dims"]``, the batch axis first), ``transpose`` (``dim0``, ``dim1``),
+        ``unsqueeze`` or ``squeeze`` (``dim``: given, so that a batch of one is not squeezed) of
+        the point's axes."""
+        if op == "permute":
+            dims = a["dims"]
+            require(isinstance(dims, (tuple, list)) and len(dims) >= 2 and dims[0] == 0)
+            axes = tuple(dims[1:])
+        else:
+            axes = (a["dim0"], a["dim1"]) if op == "transpose" else (a["dim"],)
+        require(all(isinstance(x, int) and not isinstance(x, bool) and x != 0 for x in axes))
+        self._add(Axes(op, (0, *axes) if op == "permute" else axes))
+
+    def _index(self, index: Any) -> None:
+        """``x[:, :, None, None]``, ``x[..., None]``, ``h[:, :D]``, ``h[..., D:]``, ``x[:, 0]``: per
+        axis after the batch's (a full slice first, or an Ellipsis), new axes of length one
+        (unsqueezes), slices by constants and integers (:class:`Part` steps); anything else (a
+        slice or index of the batch, a tensor index) raises :class:`NotAChain`."""
+        items = index if isinstance(index, tuple) else (index,)
+        full = slice(None, None, None)
+        require(all(_index_item(i) for i in items) and items.count(Ellipsis) <= 1)
+        cut = items.index(Ellipsis) if Ellipsis in items else len(items)
+        before, after = items[:cut], items[cut + 1 :]
+        require(cut > 0 and before[0] == full or cut == 0 and Ellipsis in items)  # the batch stays first
+        axis = 1
+        for item in before[1:]:  # the axes before each are in place already
+            self._index_step(item, axis)
+            axis += 0 if isinstance(item, int) else 1
+        kept = 0  # axes after the item, in place already: right to left
+        for item in reversed(after):
+            self._index_step(item, -(kept + 1))
+            kept += not isinstance(item, int)
+
+    def _index_step(self, item: Any, axis: int) -> None:
+        if item is None:
+            self._add(Axes("unsqueeze", (axis,)))
+        elif isinstance(item, int):
+            self._add(Part("select", item, axis))
+        elif item != slice(None, None, None):
+            self._add(Part("slice", (item.start, item.stop, item.step), axis))
+
+    def _parts(self, op: str, arg: Any, dim: Any) -> None:
+        """``chunk`` (``arg`` chunks) or ``split`` (``arg`` a size or sizes) along ``dim`` of the
+        point: its pieces follow, each a :class:`Part` (a fork where several are used)."""
+        require(isinstance(dim, int) and not isinstance(dim, bool) and dim != 0)
+        sizes = tuple(arg) if isinstance(arg, (list, tuple)) else arg
+        require(all(type(n) is int and n >= 0 for n in (sizes if isinstance(sizes, tuple) else (sizes,))))
+        self.parts = (op, sizes, dim)
+
+    def _gelu(self, approximate: Any) -> None:
+        require(approximate in GELU_APPROXIMATIONS)
+        self._add(Activation(GELU_APPROXIMATIONS[approximate]))
+
+    def _flatten(self, start: Any, end: Any) -> None:
+        require(isinstance(start, int) and isinstance(end, int) and start != 0)
+        self._add(Flatten(start, end))
+
+    def _unflatten(self, dim: Any, sizes: Any) -> None:
+        require(isinstance(dim, int) and dim != 0 and isinstance(sizes, (tuple, list)))
+        require(all(isinstance(s, int) for s in sizes))
+        self._add(Unflatten(dim, tuple(sizes)))
+
+    def _upsample(self, size: Any, scale: Any, mode: str, align_corners: Any, recompute: Any = None) -> None:
+        require(mode in UPSAMPLE_MODES)
+        self._add(Upsample(hashable(size), hashable(scale), mode, align_corners, recompute))
+
+    def _pad(self, pad: Any, mode: str, value: Any) -> None:
+        require(mode in PAD_MODES and (value is None or float(value) == 0.0))
+        self._add(Pad(tuple(pad), mode))
+
+    def _param(self, value: Any, optional: bool = True) -> Callable[[], Any]:
+        """The getter of a parameter argument: a ``get_attr`` node, or None if optional."""
+        if value is None and optional:
+            return lambda: None
+        require(isinstance(value, Node) and value.op == "get_attr")
+        return attribute(self.root, value.target)
 
     def _aten(self, node: Node) -> None:
         normalized = normalize_function(
@@ -223,3 +325,12 @@ class AtenReader(ChainReader):
             tuple(a["stride"]), padding if isinstance(padding, str) else tuple(padding), tuple(a["dilation"]),
             int(a["groups"]), transposed, tuple(a["output_padding"]) if transposed else (),
         ))  # fmt: skip
+
+
+def _index_item(item: Any) -> bool:
+    """An item of an index a chain may take: None, Ellipsis, an integer, a slice by constants
+    (a positive step)."""
+    if item is None or item is Ellipsis or type(item) is int:
+        return True
+    bounds = (item.start, item.stop, item.step) if isinstance(item, slice) else (0.5,)
+    return all(v is None or type(v) is int for v in bounds) and (item.step is None or item.step > 0)

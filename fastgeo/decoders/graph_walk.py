@@ -22,8 +22,7 @@ import torch
 from torch import nn
 from torch.fx import Graph, Node
 
-from .modules import GELU_APPROXIMATIONS, PAD_MODES, UPSAMPLE_MODES, hashable
-from .steps import Activation, Affine, Axes, Branches, Flatten, Pad, Part, Reshape, Step, Unflatten, Upsample
+from .steps import Affine, Axes, Branches, Flatten, Part, Reshape, Step, Unflatten
 
 aten = torch.ops.aten
 # W^T of a parameter in an aten graph (W.T, W.mT, W.t(), W.permute(1, 0); also W.transpose(0, 1))
@@ -238,91 +237,6 @@ class ChainReader:
             self.width = None
         self.steps.append(step)
 
-    def _reshape(self, shape: Any) -> None:
-        """A reshape to ``shape`` (batch first: -1, or the batch size from a node)."""
-        require(isinstance(shape, (tuple, list)) and len(shape) >= 2)
-        first, rest = shape[0], tuple(shape[1:])
-        require(first == -1 if isinstance(first, int) else first in self.batch)
-        require(all(isinstance(s, int) and s >= -1 for s in rest) and list(shape).count(-1) <= 1)
-        self._add(Reshape(rest))
-
-    def _axes(self, op: str, a: dict[str, Any]) -> None:
-        """``permute`` (``a["dims"]``, the batch axis first), ``transpose`` (``dim0``, ``dim1``),
-        ``unsqueeze`` or ``squeeze`` (``dim``: given, so that a batch of one is not squeezed) of
-        the point's axes."""
-        if op == "permute":
-            dims = a["dims"]
-            require(isinstance(dims, (tuple, list)) and len(dims) >= 2 and dims[0] == 0)
-            axes = tuple(dims[1:])
-        else:
-            axes = (a["dim0"], a["dim1"]) if op == "transpose" else (a["dim"],)
-        require(all(isinstance(x, int) and not isinstance(x, bool) and x != 0 for x in axes))
-        self._add(Axes(op, (0, *axes) if op == "permute" else axes))
-
-    def _index(self, index: Any) -> None:
-        """``x[:, :, None, None]``, ``x[..., None]``, ``h[:, :D]``, ``h[..., D:]``, ``x[:, 0]``: per
-        axis after the batch's (a full slice first, or an Ellipsis), new axes of length one
-        (unsqueezes), slices by constants and integers (:class:`Part` steps); anything else (a
-        slice or index of the batch, a tensor index) raises :class:`NotAChain`."""
-        items = index if isinstance(index, tuple) else (index,)
-        full = slice(None, None, None)
-        require(all(_index_item(i) for i in items) and items.count(Ellipsis) <= 1)
-        cut = items.index(Ellipsis) if Ellipsis in items else len(items)
-        before, after = items[:cut], items[cut + 1 :]
-        require(cut > 0 and before[0] == full or cut == 0 and Ellipsis in items)  # the batch stays first
-        axis = 1
-        for item in before[1:]:  # the axes before each are in place already
-            self._index_step(item, axis)
-            axis += 0 if isinstance(item, int) else 1
-        kept = 0  # axes after the item, in place already: right to left
-        for item in reversed(after):
-            self._index_step(item, -(kept + 1))
-            kept += not isinstance(item, int)
-
-    def _index_step(self, item: Any, axis: int) -> None:
-        if item is None:
-            self._add(Axes("unsqueeze", (axis,)))
-        elif isinstance(item, int):
-            self._add(Part("select", item, axis))
-        elif item != slice(None, None, None):
-            self._add(Part("slice", (item.start, item.stop, item.step), axis))
-
-    def _parts(self, op: str, arg: Any, dim: Any) -> None:
-        """``chunk`` (``arg`` chunks) or ``split`` (``arg`` a size or sizes) along ``dim`` of the
-        point: its pieces follow, each a :class:`Part` (a fork where several are used)."""
-        require(isinstance(dim, int) and not isinstance(dim, bool) and dim != 0)
-        sizes = tuple(arg) if isinstance(arg, (list, tuple)) else arg
-        require(all(type(n) is int and n >= 0 for n in (sizes if isinstance(sizes, tuple) else (sizes,))))
-        self.parts = (op, sizes, dim)
-
-    def _gelu(self, approximate: Any) -> None:
-        require(approximate in GELU_APPROXIMATIONS)
-        self._add(Activation(GELU_APPROXIMATIONS[approximate]))
-
-    def _flatten(self, start: Any, end: Any) -> None:
-        require(isinstance(start, int) and isinstance(end, int) and start != 0)
-        self._add(Flatten(start, end))
-
-    def _unflatten(self, dim: Any, sizes: Any) -> None:
-        require(isinstance(dim, int) and dim != 0 and isinstance(sizes, (tuple, list)))
-        require(all(isinstance(s, int) for s in sizes))
-        self._add(Unflatten(dim, tuple(sizes)))
-
-    def _upsample(self, size: Any, scale: Any, mode: str, align_corners: Any, recompute: Any = None) -> None:
-        require(mode in UPSAMPLE_MODES)
-        self._add(Upsample(hashable(size), hashable(scale), mode, align_corners, recompute))
-
-    def _pad(self, pad: Any, mode: str, value: Any) -> None:
-        require(mode in PAD_MODES and (value is None or float(value) == 0.0))
-        self._add(Pad(tuple(pad), mode))
-
-    def _param(self, value: Any, optional: bool = True) -> Callable[[], Any]:
-        """The getter of a parameter argument: a ``get_attr`` node, or None if optional."""
-        if value is None and optional:
-            return lambda: None
-        require(isinstance(value, Node) and value.op == "get_attr")
-        return attribute(self.root, value.target)
-
 
 def _guard(node: Node) -> bool:
     """torch.export's input guards: no value flows out of them."""
@@ -352,15 +266,6 @@ _CATS = (torch.cat, torch.concat, aten.cat.default)
 def _unused(node: Node) -> bool:
     """A piece of a multi-output op that nothing uses (``torch.export`` keeps them)."""
     return node.op == "call_function" and node.target is operator.getitem and not node.users
-
-
-def _index_item(item: Any) -> bool:
-    """An item of an index a chain may take: None, Ellipsis, an integer, a slice by constants
-    (a positive step)."""
-    if item is None or item is Ellipsis or type(item) is int:
-        return True
-    bounds = (item.start, item.stop, item.step) if isinstance(item, slice) else (0.5,)
-    return all(v is None or type(v) is int for v in bounds) and (item.step is None or item.step > 0)
 
 
 def _fx_transpose(node: Node) -> bool:
