@@ -30,6 +30,7 @@ from .modules import (
 )
 from .steps import (
     Activation,
+    AdaptiveAvgPool,
     Affine,
     AvgPool,
     Axes,
@@ -248,6 +249,8 @@ class AtenReader(ChainReader):
             self._pixel_shuffle(a["downscale_factor" if inverse else "upscale_factor"], inverse)
         elif name in ("avg_pool1d", "avg_pool2d"):
             self._avg_pool(int(name[-2]), a)
+        elif name in ("adaptive_avg_pool1d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d"):
+            self._adaptive_avg_pool(int(name[-2]), a["output_size"])
         elif name in ("prelu", "_prelu_kernel"):
             self._add(PReLU(self._param(a["weight"], False), attribute_names(a, "weight")))
         elif name == "dropout":
@@ -315,6 +318,11 @@ class AtenReader(ChainReader):
         self._add(AvgPool(dims, hashable(a["kernel_size"]), hashable(stride) if stride else None,
                           hashable(a.get("padding", 0)), bool(a.get("ceil_mode", False)),
                           bool(a.get("count_include_pad", True)), divisor))  # fmt: skip
+
+    def _adaptive_avg_pool(self, dims: int, output_size: Any) -> None:
+        sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,)
+        require(all(n is None or type(n) is int and n >= 1 for n in sizes))
+        self._add(AdaptiveAvgPool(dims, hashable(output_size)))
 
     def _conv(self, name: str, a: dict[str, Any]) -> None:
         transposed = bool(a["transposed"]) if name == "convolution" else name.startswith("conv_transpose")

@@ -64,6 +64,8 @@ FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
     F.pixel_unshuffle: ("pixel_unshuffle", (("downscale_factor", None),)),
     F.avg_pool1d: ("avg_pool1d", _POOL),
     F.avg_pool2d: ("avg_pool2d", (*_POOL, ("divisor_override", None))),
+    F.adaptive_avg_pool1d: ("adaptive_avg_pool1d", (("output_size", None),)),
+    F.adaptive_avg_pool2d: ("adaptive_avg_pool2d", (("output_size", None),)),
     torch.flatten: ("flatten", (("start_dim", 0), ("end_dim", -1))),
     torch.reshape: ("reshape", (("shape", None),)),
     torch.unflatten: ("unflatten", (("dim", None), ("sizes", None))),

@@ -8,20 +8,21 @@ Two kinds of graphs are read:
   convolution / conv{1,2}d / conv_transpose{1,2}d, upsample_*.vec, batch_norm /
   _native_batch_norm_legit_no_training (eval), group_norm / native_group_norm, layer_norm /
   native_layer_norm, pad and the padding ops, view / reshape / _unsafe_view / flatten /
-  unflatten, clone, full slices, dropout (eval), pixel_shuffle / pixel_unshuffle,
-  avg_pool{1,2}d, (log_)softmax over an axis of the point, permute / transpose / unsqueeze /
-  squeeze of the point's axes, clamp by constants, prelu, exp and the activations (in-place
-  variants too);
+  unflatten, clone, full slices and pieces (slice, select, chunk, split), dropout (eval),
+  pixel_shuffle / pixel_unshuffle, avg_pool{1,2}d, adaptive_avg_pool{1,2}d, (log_)softmax over
+  an axis of the point, permute / transpose / unsqueeze / squeeze of the point's axes, clamp by
+  constants, prelu, glu, exp and the activations (in-place variants too);
 - graphs of ``torch.fx.symbolic_trace`` (a custom decoder's ``forward``): call_module nodes of
   the layers of :mod:`fastgeo.decoders.modules`, torch / ``torch.nn.functional`` activations
   (relu, tanh, sigmoid / expit, exp, silu, elu, leaky_relu, softplus, gelu, hardtanh, relu6, mish,
   selu, celu, hardswish, hardsigmoid, softsign, logsigmoid, tanhshrink), (log_)softmax,
-  ``F.interpolate``, ``F.pad``, ``F.pixel_(un)shuffle``, ``F.avg_pool{1,2}d``, ``torch.flatten``
-  / ``torch.reshape`` / ``torch.unflatten``, ``torch.permute`` / ``transpose`` / ``unsqueeze`` /
-  ``squeeze``, ``torch.clamp`` / ``clip``, new axes by indexing (``x[:, :, None, None]``), linear
-  maps by parameters (``x @ W``, ``x @ W.T``, ``torch.matmul`` / ``mm``, ``F.linear``), and
-  the methods view / reshape / flatten / unflatten / permute / transpose / unsqueeze / squeeze /
-  clamp / contiguous / clone / relu / tanh / sigmoid / softmax / log_softmax.
+  ``F.interpolate``, ``F.pad``, ``F.pixel_(un)shuffle``, ``F.(adaptive_)avg_pool{1,2}d``,
+  ``F.glu``, ``torch.flatten`` / ``torch.reshape`` / ``torch.unflatten``, ``torch.permute`` /
+  ``transpose`` / ``unsqueeze`` / ``squeeze``, ``torch.chunk`` / ``split``, ``torch.clamp`` /
+  ``clip``, indexing (new axes ``x[:, :, None, None]``, pieces ``h[:, :D]``), linear maps by
+  parameters (``x @ W``, ``x @ W.T``, ``torch.matmul`` / ``mm``, ``F.linear``), and the methods
+  view / reshape / flatten / unflatten / permute / transpose / unsqueeze / squeeze / chunk /
+  split / clamp / contiguous / clone / relu / tanh / sigmoid / softmax / log_softmax.
 
 In both, arithmetic of the chain's value with a number or with a tensor of the decoder's own (a
 parameter or buffer) is read by :mod:`fastgeo.decoders.graph_arithmetic`.
@@ -192,6 +193,8 @@ class _Reader(AtenReader):
                                 name == "pixel_unshuffle")  # fmt: skip
         elif name in ("avg_pool1d", "avg_pool2d"):
             self._avg_pool(int(name[-2]), a)
+        elif name in ("adaptive_avg_pool1d", "adaptive_avg_pool2d"):
+            self._adaptive_avg_pool(int(name[-2]), a["output_size"])
         elif name == "glu":
             self._glu(a["dim"])
         elif name == "chunk":

@@ -20,6 +20,7 @@ from torch import Tensor
 from .activations import ACTIVATIONS, SOFT_THRESHOLD
 from .steps import (
     Activation,
+    AdaptiveAvgPool,
     Affine,
     AvgPool,
     Axes,
@@ -251,6 +252,11 @@ def _avg_pool(step: AvgPool, x: Tensor) -> Tensor:
     return _unbatch(y, x)
 
 
+def _adaptive_avg_pool(step: AdaptiveAvgPool, x: Tensor) -> Tensor:
+    pool = F.adaptive_avg_pool1d if step.dims == 1 else F.adaptive_avg_pool2d
+    return _unbatch(pool(_batch(x), step.output_size), x)
+
+
 class Peak:
     """Elements per point held at once while steps run, the most seen: what sizes the chunks of
     points (a residual block holds its input, then its first branch's output, while a branch
@@ -345,6 +351,7 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     Softmax: _softmax,
     PixelShuffle: _pixel_shuffle,
     AvgPool: _avg_pool,
+    AdaptiveAvgPool: _adaptive_avg_pool,
     Scale: _scale,
     ByTensor: _by_tensor,
     Branches: _branches,

@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 
 from .steps import (
     Activation,
+    AdaptiveAvgPool,
     Affine,
     AvgPool,
     BatchNorm,
@@ -157,6 +158,8 @@ def layer_steps(m: nn.Module) -> list[Step] | None:
         divisor = getattr(m, "divisor_override", None)
         return [AvgPool(_AVG_POOLS[kind], hashable(m.kernel_size), hashable(m.stride), hashable(m.padding),
                         bool(m.ceil_mode), bool(m.count_include_pad), divisor)]  # fmt: skip
+    if kind in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d):
+        return [AdaptiveAvgPool(1 if kind is nn.AdaptiveAvgPool1d else 2, hashable(m.output_size))]
     if kind in (nn.Softmax, nn.LogSoftmax):
         return softmax_steps(m.dim, kind is nn.LogSoftmax)
     if kind is nn.Identity:

@@ -210,6 +210,14 @@ class AvgPool:
 
 
 @dataclass(frozen=True)
+class AdaptiveAvgPool:
+    """``adaptive_avg_pool{dims}d`` of (C, *spatial) per point to ``output_size``."""
+
+    dims: int
+    output_size: int | tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
 class Branches:
     """Two chains of steps from one input, joined: ``join="sum"``, ``first(x) + second(x)`` (a
     residual block: ``x + f(x)`` has an empty ``first``; a projection shortcut ``f(x) + g(x)``
@@ -247,7 +255,8 @@ class ByTensor:
 
 Step = (
     Affine | Conv | BatchNorm | GroupNorm | LayerNorm | Upsample | Pad | Reshape | Flatten | Unflatten
-    | Axes | Part | Activation | PReLU | Softmax | PixelShuffle | AvgPool | Scale | ByTensor | Branches
+    | Axes | Part | Activation | PReLU | Softmax | PixelShuffle | AvgPool | AdaptiveAvgPool | Scale | ByTensor
+    | Branches
 )  # fmt: skip
 # Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
 LAYERS = (Affine, Conv)
