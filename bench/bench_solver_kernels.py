@@ -213,6 +213,47 @@ def _gated_conv(d: int) -> torch.nn.Module:
     return _GatedConv(d).eval()
 
 
+class _MeanLogVar(torch.nn.Module):
+    """(P, d) -> (P, 784): MLP d-256-256-1568 with ELU, one head for the mean and the
+    log-variance (``chunk``), the mean through a sigmoid; its weights as hand-written matrices
+    (``h @ W + b``) in the middle layer."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.fc, self.out = nn.Linear(d, 256), nn.Linear(256, 2 * 784)
+        self.w, self.b = nn.Parameter(torch.randn(256, 256) / 16), nn.Parameter(torch.zeros(256))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.elu(torch.nn.functional.elu(self.fc(z)) @ self.w + self.b)
+        mu, logvar = self.out(h).chunk(2, dim=-1)
+        return torch.sigmoid(mu)
+
+
+def _mean_logvar_mlp(d: int) -> torch.nn.Module:
+    return _MeanLogVar(d).eval()
+
+
+class _FromOnePixel(torch.nn.Module):
+    """(P, d) -> (P, 784), DCGAN-style: the code as a 1x1 image (``z[:, :, None, None]``), three
+    transposed convolutions (7x7, 14x14, 28x28) with ELU, a sigmoid."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(d, 64, 7), nn.ELU(), nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ELU(),
+            nn.ConvTranspose2d(32, 1, 4, 2, 1), nn.Sigmoid(),
+        )  # fmt: skip
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None]).flatten(1)
+
+
+def _from_one_pixel(d: int) -> torch.nn.Module:
+    return _FromOnePixel(d).eval()
+
+
 def _layers_builder(make: Callable[[int], torch.nn.Module], d: int) -> Callable[[int, int], Pair]:
     """The decoder Jacobian of a seeded ``make(d)`` at P = b N random points."""
 
@@ -342,6 +383,10 @@ CASES = (
         _layers_builder(_residual_conv, d), 5, 48) for d in (8, 32)]
     + [("decoder Jacobian, gated conv", f"P=240 (b=5, N=48), d={d}, D=784",
         _layers_builder(_gated_conv, d), 5, 48) for d in (8, 32)]
+    + [("decoder Jacobian, mean and log-variance MLP", f"P=240 (b=5, N=48), d={d}, D=784",
+        _layers_builder(_mean_logvar_mlp, d), 5, 48) for d in (8, 32)]
+    + [("decoder Jacobian, conv from one pixel", f"P=96 (b=2, N=48), d={d}, D=784",
+        _layers_builder(_from_one_pixel, d), 2, 48) for d in (8, 16)]
     + [("decoder Jacobian, sequences with softmax", f"P=480 (b=10, N=48), d={d}, D=1050",
         _layers_builder(_sequence_softmax, d), 10, 48) for d in (8, 32)]
     + [("sigma + Jacobian", f"P={b * N} (b={b}, N={N}), d=2, K=64, D=64", _sigma, b, N) for b, N in P_SHAPES]
@@ -359,6 +404,10 @@ PIECES = {
     "decoder Jacobian, sequences with softmax": "the same, Conv1d, InstanceNorm1d, PReLU, softmax",
     "decoder Jacobian, residual conv": "the same, a conv decoder with two residual blocks",
     "decoder Jacobian, gated conv": "the same, a conv decoder with gates (swish, pixel, channel, GLU)",
+    "decoder Jacobian, mean and log-variance MLP": "the same, an MLP whose one head is chunked into "
+    "mean and log-variance, a hand-written layer",
+    "decoder Jacobian, conv from one pixel": "the same, DCGAN-style transposed convolutions from "
+    "z[:, :, None, None]",
     "sigma + Jacobian": "torch.ops.fastgeo.rbf_sigma_jacobian vs fastgeo.reference.rbf_sigma_jacobian",
     "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs fastgeo.reference.gauss_newton_system",
     "LM propose + update": "lm_propose + lm_update (C++) vs fastgeo.reference.lm_propose + lm_update",
