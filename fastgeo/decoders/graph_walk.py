@@ -99,7 +99,7 @@ class ChainReader:
                 self.pending = None
             elif self.parts is not None:  # a piece of a chunk / split
                 index = node.args[1] if node.target is operator.getitem and len(node.args) == 2 else None
-                require(node.args[0] is self.current and type(index) is int and not node.kwargs)
+                require(type(index) is int and node.args[0] is self.current and not node.kwargs)
                 self._add(Part(*self.parts, index))
                 self.parts = None
             else:
