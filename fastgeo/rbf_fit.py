@@ -25,6 +25,8 @@ from ._progress import progress_iter
 from .reference import rbf_features
 
 DEFAULT_CENTERS = 64  # RBF centers where the caller names none (fewer training points: one each)
+DECODE_ROWS = 1024  # latents decoded at once
+CHUNK_ELEMENTS = 1 << 22  # (M, D) precisions made at once in a step (16 MB in float32)
 
 
 def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 100) -> tuple[Tensor, Tensor]:
@@ -89,7 +91,7 @@ def fit_rbf_parameters(
         latents: (M, d) latent codes of the training data (the encoder's means).
         data: (M, D) the training data (images (M, C, H, W) are flattened to rows).
         mean: the decoder mean (M, d) -> (M, D) (or images, as ``data``); held fixed (evaluated
-            once, without grad).
+            once per point, ``DECODE_ROWS`` points at a time, without grad).
         num_centers: K, the number of RBF centers (k-means clusters); at most M. Default:
             ``DEFAULT_CENTERS`` (64), or M where there are fewer training points.
         bandwidth_scale: ``a`` in ``gamma_k = 0.5 / (a * spread_k)^2``, ``spread_k`` the mean
@@ -145,36 +147,83 @@ def fit_rbf_parameters(
     spread = torch.where(positive, spread, fallback)
     gammas = 0.5 / (bandwidth_scale * spread).pow(2)
 
-    with torch.no_grad():
-        decoded = _mean_checks.call("mean", mean, latents, "the latents")  # held fixed
-        ok = isinstance(decoded, Tensor) and decoded.dim() >= 1 and decoded.shape[0] == data.shape[0]
+    phi = rbf_features(latents, centers, gammas)  # (M, K)
+    per_dim, phi_resid = _residual_statistics(latents, data, point_shape, mean, phi)
+    # A dimension the mean reproduces exactly gets the floor as every one of its residuals.
+    per_dim, exact, floor = _floored(per_dim, data)
+    if bool(exact.any()):
+        phi_resid[:, exact] = floor * phi.sum(0)[:, None]
+    # Start where every data point gets roughly the precision 1 / (mean squared residual).
+    target = 1.0 / per_dim  # (D,)
+    coverage = phi.sum(-1).mean().clamp(min=torch.finfo(phi.dtype).tiny)
+    log_w = (target / coverage).log()[:, None].expand(-1, num_centers).clone()
+    opt = torch.optim.Adam([log_w], lr=lr)
+    for _ in progress_iter(range(steps), progress, "fit RBF precision"):
+        log_w.grad = nll_gradient(phi, log_w, phi_resid.T, zeta)
+        opt.step()
+    return centers, gammas, log_w.exp(), zeta
+
+
+def rbf_nll(phi: Tensor, log_w: Tensor, resid2: Tensor, zeta: float) -> Tensor:
+    """The fit's objective (the reference for :func:`nll_gradient`): the Gaussian negative
+    log-likelihood of the data under the fixed mean, constants dropped, averaged over the M points.
+
+    Args:
+        phi: (M, K) RBF features of the latents; log_w: (D, K) log-weights ``V``;
+        resid2: (M, D) squared residuals ``(x - mu(z))^2``; zeta: the precision floor.
+    Returns:
+        () ``mean_m sum_D [0.5 beta r - 0.5 log beta]``, ``beta = phi exp(V)^T + zeta``.
+    """
+    beta = phi @ log_w.exp().T + zeta
+    return (0.5 * beta * resid2 - 0.5 * beta.log()).sum(-1).mean()
+
+
+def nll_gradient(phi: Tensor, log_w: Tensor, phi_resid: Tensor, zeta: float) -> Tensor:
+    """The gradient of :func:`rbf_nll` in ``log_w`` (D, K) without its (M, D) autograd graph:
+    ``0.5 / M * W * (phi_resid - (1 / beta)^T phi)``, the residuals entering only through
+    ``phi_resid = resid2^T phi`` (D, K), the (M, D) precisions made a few columns at a time
+    (``CHUNK_ELEMENTS`` at once), so memory stays flat in D and no step passes over the data."""
+    w = log_w.exp()
+    m, dims = phi.shape[0], w.shape[0]
+    inv_beta_phi = torch.empty_like(w)
+    width = max(1, CHUNK_ELEMENTS // max(m, 1))
+    for lo in range(0, dims, width):
+        inv_beta = torch.addmm(phi.new_tensor(zeta), phi, w[lo : lo + width].T).reciprocal_()  # (M, c)
+        torch.mm(inv_beta.T, phi, out=inv_beta_phi[lo : lo + width])
+    return (0.5 / m) * w * (phi_resid - inv_beta_phi)
+
+
+def _residual_statistics(
+    latents: Tensor, data: Tensor, point_shape: torch.Size, mean: Callable[[Tensor], Tensor], phi: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The squared residuals of the fixed mean, reduced as the fit needs them: their mean per
+    dimension (D,) and ``phi^T resid2`` (K, D). The mean is called on DECODE_ROWS latents at a
+    time (it is checked to be in eval mode: the rows do not interact), so neither its activations
+    nor the (M, D) residuals are held for all points at once."""
+    m, dims = data.shape
+    per_dim = data.new_zeros(dims)
+    phi_resid = data.new_zeros(phi.shape[1], dims)
+    for lo in range(0, m, DECODE_ROWS):
+        rows = slice(lo, lo + DECODE_ROWS)
+        count = data[rows].shape[0]
+        decoded = _mean_checks.call("mean", mean, latents[rows], "the latents")  # held fixed
+        ok = isinstance(decoded, Tensor) and decoded.dim() >= 1 and decoded.shape[0] == count
         images = ok and decoded.dim() > 2 and len(point_shape) > 1
-        if not ok or decoded[0].numel() != data.shape[1] or (images and decoded.shape[1:] != point_shape):
+        if not ok or decoded[0].numel() != dims or (images and decoded.shape[1:] != point_shape):
             got = tuple(decoded.shape) if isinstance(decoded, Tensor) else type(decoded).__name__
+            if isinstance(decoded, Tensor) and m > DECODE_ROWS:
+                got = f"{got} for {count} of them"
             raise ValueError(
-                f"mean must map the (M, d) latents to (M, D) = {tuple(data.shape)} (or to images of D "
+                f"mean must map the (M, d) latents to (M, D) = {(m, dims)} (or to images of D "
                 f"values each, as data), got {got}{_mean_checks.not_a_tensor_hint(decoded)}"
             )
-        resid2 = (data - decoded.reshape(data.shape)).pow(2)  # (M, D)
-        phi = rbf_features(latents, centers, gammas)  # (M, K)
-    _checks.finite("the decoder's residuals", resid2)
-    resid2 = _floored(resid2, data)
-    # Start where every data point gets roughly the precision 1 / (mean squared residual).
-    target = 1.0 / resid2.mean(0)  # (D,)
-    coverage = phi.sum(-1).mean().clamp(min=torch.finfo(phi.dtype).tiny)
-    log_w0 = (target / coverage).log()[:, None].expand(-1, num_centers)
-    log_w = log_w0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([log_w], lr=lr)
+        resid2 = (data[rows] - decoded.reshape(count, dims)).pow(2)  # (rows, D)
+        _checks.finite("the decoder's residuals", resid2)
+        per_dim += resid2.sum(0)
+        phi_resid.addmm_(phi[rows].T, resid2)
+    return per_dim / m, phi_resid
 
-    with torch.enable_grad():
-        for _ in progress_iter(range(steps), progress, "fit RBF precision"):
-            opt.zero_grad()
-            beta = phi @ log_w.exp().T + zeta  # (M, D)
-            # Negative mean Gaussian log-likelihood (constants dropped).
-            loss = (0.5 * beta * resid2 - 0.5 * beta.log()).sum(-1).mean()
-            loss.backward()
-            opt.step()
-    return centers, gammas, log_w.detach().exp(), zeta
+
 
 
 # Cluster spreads below this share of the codes' mean distance to their centroid are rounding.
@@ -186,18 +235,17 @@ ROUNDING_SPREAD = 1e-4
 EXACT_FLOOR = 1e-8
 
 
-def _floored(resid2: Tensor, data: Tensor) -> Tensor:
-    """The squared residuals (M, D), those of exactly reproduced dimensions raised to the floor
-    (other dimensions unchanged, bit for bit); a mean that reproduces all of the data (M, D)
-    exactly is floored relative to the data's variance."""
-    per_dim = resid2.mean(0)
+def _floored(per_dim: Tensor, data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The mean squared residual per dimension (D,) with exactly reproduced dimensions raised to
+    the floor (the others unchanged, bit for bit), the mask of those (D,), and the floor; a mean
+    that reproduces all of the data (M, D) exactly is floored relative to the data's variance."""
     floor = EXACT_FLOOR * per_dim.mean()
     if not bool(floor > 0):
         floor = EXACT_FLOOR * data.var(0, correction=0).mean()
     if not bool(floor > 0):
         raise ValueError("data is constant and the mean reproduces it exactly: there is no variance to fit")
     exact = per_dim < floor
-    return torch.where(exact, floor, resid2) if bool(exact.any()) else resid2
+    return torch.where(exact, floor, per_dim), exact, floor
 
 
-__all__ = ["fit_rbf_parameters", "kmeans"]
+__all__ = ["fit_rbf_parameters", "kmeans", "nll_gradient", "rbf_nll"]

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import fastgeo
-from fastgeo.rbf_fit import DEFAULT_CENTERS, kmeans
+from fastgeo import rbf_fit
+from fastgeo.rbf_fit import DEFAULT_CENTERS, kmeans, nll_gradient, rbf_nll
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,3 +158,37 @@ def test_fewer_points_than_the_default_centers_take_one_center_each():
     assert z.shape[0] > DEFAULT_CENTERS and many.num_centers == DEFAULT_CENTERS
     with pytest.raises(ValueError, match="num_centers = 21 exceeds the number of points 20"):
         fastgeo.RBFPrecision.fit(z[:20], x[:20], mean, num_centers=21)
+
+
+def test_the_fit_gradient_is_the_objective_gradient_in_column_chunks(monkeypatch):
+    """nll_gradient (no (M, D) autograd graph, the precisions a few columns at a time) equals
+    autograd's gradient of rbf_nll, the fit's objective, for chunk widths that split D unevenly."""
+    g = torch.Generator().manual_seed(3)
+    phi = torch.rand(37, 5, generator=g, dtype=torch.float64)
+    resid2 = torch.rand(37, 11, generator=g, dtype=torch.float64)
+    log_w = torch.randn(11, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    (want,) = torch.autograd.grad(rbf_nll(phi, log_w, resid2, 1e-2), log_w)
+    for elements in (37 * 4, 37 * 11, 1 << 22, 1):
+        monkeypatch.setattr(rbf_fit, "CHUNK_ELEMENTS", elements)
+        got = nll_gradient(phi, log_w.detach(), resid2.T @ phi, 1e-2)
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_the_data_decoded_in_row_chunks_gives_the_same_fit(monkeypatch):
+    """The mean called on a few latents at a time (row chunks that split M unevenly, images as
+    data, an exactly reproduced dimension among them) gives the fit of one call on all points."""
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 12))
+    dec.append(torch.nn.Unflatten(1, (3, 2, 2))).eval().double()
+    z = torch.randn(101, 3, dtype=torch.float64)
+    with torch.no_grad():
+        dec[2].weight[:1] = 0.0
+        dec[2].bias[:1] = 0.0
+        x = dec(z) + 0.05 * torch.randn(101, 3, 2, 2, dtype=torch.float64)
+    x[:, 0, 0, 0] = 0.0
+    whole = fastgeo.RBFPrecision.fit(z, x, dec, num_centers=8, steps=50, progress=False)
+    monkeypatch.setattr(rbf_fit, "DECODE_ROWS", 17)
+    chunked = fastgeo.RBFPrecision.fit(z, x, dec, num_centers=8, steps=50, progress=False)
+    assert torch.allclose(chunked.weights, whole.weights, rtol=1e-9)
+    with pytest.raises(ValueError, match=r"got \(17, 3, 4\) for 17 of them"):
+        fastgeo.RBFPrecision.fit(z, x, lambda u: dec(u).flatten(2), num_centers=8, progress=False)
