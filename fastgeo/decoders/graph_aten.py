@@ -15,7 +15,16 @@ from torch.fx import Node
 from torch.fx.operator_schemas import normalize_function
 
 from .graph_arithmetic import ATEN_ARITHMETIC, aten_arithmetic_step
-from .graph_ops import ATEN_IDENTITY, ATEN_SIMPLE, ATEN_UPSAMPLE, ATEN_VIEWS, AXES, NAMED
+from .graph_ops import (
+    ATEN_CONVERSIONS,
+    ATEN_IDENTITY,
+    ATEN_SIMPLE,
+    ATEN_UPSAMPLE,
+    ATEN_VIEWS,
+    AXES,
+    NAMED,
+    converts_to_floats,
+)
 from .graph_walk import ChainReader, NotAChain, attribute, attribute_names, nodes, require
 from .modules import (
     GELU_APPROXIMATIONS,
@@ -271,6 +280,8 @@ class AtenReader(ChainReader):
         elif name in ("chunk", "split", "split_with_sizes"):
             sizes = a[{"chunk": "chunks", "split": "split_size", "split_with_sizes": "split_sizes"}[name]]
             self._parts("chunk" if name == "chunk" else "split", sizes, a.get("dim", 0))
+        elif name in ATEN_CONVERSIONS:  # the identity on the stack
+            require(converts_to_floats(list(a.values())))
         elif name not in ATEN_IDENTITY:
             raise NotAChain
 

@@ -22,6 +22,25 @@ ATEN_UPSAMPLE = {
     "upsample_bicubic2d": "bicubic",
 }
 ATEN_IDENTITY = {"clone", "contiguous", "alias"}
+# Conversions a decoder applies to its input or on the way (``z.to(self.device)``, ``z.float()``,
+# ``z.type_as(self.weight)``): the identity on the chain's stack, which runs in the metric's
+# dtype on its device (a conversion that changes the probe's values makes the check against the
+# decoder fail: torch.func then). Tensor methods of traced graphs, and aten ops.
+CONVERSIONS = frozenset({"to", "float", "double", "type_as", "type", "cpu", "cuda"})
+ATEN_CONVERSIONS = frozenset({"to", "_to_copy", "type_as"})
+
+
+def converts_to_floats(values: list[Any]) -> bool:
+    """Whether the arguments of a conversion (besides the value) keep it floating point: dtypes
+    that are, devices, flags (non_blocking, copy), memory formats, tensors (``type_as``)."""
+    for v in values:
+        if isinstance(v, torch.dtype) and not v.is_floating_point:
+            return False
+        if not isinstance(v, (torch.dtype, torch.device, torch.memory_format, torch.layout, str, bool)) and (
+            v is not None and not isinstance(v, torch.fx.Node)
+        ):
+            return False
+    return True
 # activations known by one name as a torch function and an aten op (in-place variants too)
 NAMED = frozenset(
     {"mish", "selu", "celu", "hardswish", "hardsigmoid", "softsign", "logsigmoid", "tanhshrink"}

@@ -55,7 +55,7 @@ class ChainReader:
         self.current: Node | None = None
         self.on_chain: set[Node] = set()
         self.batch: set[Node] = set()  # nodes holding the batch size
-        self.shapes: set[Node] = set()  # x.shape / x.size() of a chain node
+        self.shapes: set[Node] = set()  # x.shape / x.size() (x.dtype / x.device) of a chain node
         self.transposed: dict[Node, Node] = {}  # W^T (permute / t of a get_attr) -> W
         self.pending: Node | None = None  # a multi-output op whose output 0 continues the chain
         self.parts: tuple[str, Any, int] | None = None  # a chunk / split: its pieces follow (getitem)
@@ -187,6 +187,9 @@ class ChainReader:
         if source.op == "get_attr" and _fx_transpose(node):  # W.T, W.t(), ... of a traced forward
             self.transposed[node] = source
             return True
+        if source.op == "get_attr" and node.target is getattr and args[1:] in (("dtype",), ("device",)):
+            self.shapes.add(node)  # a weight's dtype or device: for a conversion
+            return True
         if source not in self.on_chain and source not in self.shapes:
             return False
         if node.op == "call_function" and node.target is aten.sym_size.int:
@@ -197,7 +200,7 @@ class ChainReader:
             require(dims in ((), (0,)) and set(node.kwargs) <= {"dim"})
             (self.batch if dims else self.shapes).add(node)
         elif node.op == "call_function" and node.target is getattr and args[0] in self.on_chain:
-            require(args[1:] == ("shape",))
+            require(args[1:] in (("shape",), ("dtype",), ("device",)))  # the latter two: conversions
             self.shapes.add(node)
         elif node.op == "call_function" and node.target is operator.getitem and args[0] in self.shapes:
             require(args[1:] == (0,))
@@ -239,8 +242,13 @@ class ChainReader:
 
 
 def _guard(node: Node) -> bool:
-    """torch.export's input guards: no value flows out of them."""
-    return node.op == "call_module" and not node.users and node.target == "_guards_fn"
+    """torch.export's input guards and dtype assertions (before a conversion): no value flows
+    out of them."""
+    if node.users:
+        return False
+    return node.op == "call_module" and node.target == "_guards_fn" or (
+        node.op == "call_function" and node.target is aten._assert_tensor_metadata.default
+    )
 
 
 _SIZES = ("size", "dim")

@@ -22,7 +22,10 @@ Two kinds of graphs are read:
   ``clip``, indexing (new axes ``x[:, :, None, None]``, pieces ``h[:, :D]``), linear maps by
   parameters (``x @ W``, ``x @ W.T``, ``torch.matmul`` / ``mm``, ``F.linear``), and the methods
   view / reshape / flatten / unflatten / permute / transpose / unsqueeze / squeeze / chunk /
-  split / clamp / contiguous / clone / relu / tanh / sigmoid / softmax / log_softmax.
+  split / clamp / contiguous / clone / relu / tanh / sigmoid / softmax / log_softmax, and
+  conversions (``to`` a device or a floating dtype, ``float``, ``double``, ``type_as``, ``cpu``:
+  the identity on the stack, which runs in the metric's dtype on its device; aten ``to`` /
+  ``_to_copy`` / ``type_as`` too, export's dtype assertions beside them skipped).
 
 In both, arithmetic of the chain's value with a number or with a tensor of the decoder's own (a
 parameter or buffer) is read by :mod:`fastgeo.decoders.graph_arithmetic`.
@@ -50,10 +53,12 @@ from .graph_arithmetic import (
 from .graph_aten import AtenReader
 from .graph_ops import (
     AXES,
+    CONVERSIONS,
     FUNCTIONS,
     MATMULS,
     METHODS,
     NAMED,
+    converts_to_floats,
 )
 from .graph_walk import NotAChain, attribute_names, bind, nodes, require
 from .modules import module_steps
@@ -161,6 +166,10 @@ class _Reader(AtenReader):
             self._axes("permute", {"dims": dims})
         elif name in METHODS:
             self._function(name, bind(args, kwargs, METHODS[name]))
+        elif name in CONVERSIONS:  # the identity on the stack
+            values = [*args, *kwargs.values()]
+            require(converts_to_floats(values))
+            require(all(v.op == "get_attr" or v in self.shapes for v in nodes(values)))
         else:
             raise NotAChain
 

@@ -1,0 +1,115 @@
+"""Conversions a decoder applies on the way: the codes moved to the decoder's device and cast to
+its weights' dtype (``z.to(self.device)``, ``z.type_as(self.fc.weight)``, ``z.float()``,
+``h.to(z.dtype)``, ``.cpu()``), traced and exported (where torch.export adds a dtype assertion
+beside the chain). They are the identity on the stacked chain, whose values and directional
+derivatives equal forward-mode AD; a conversion that changes the values (to float16 and back)
+fails the check against the decoder and leaves it to torch.func; one to integers is not a chain.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import randn
+from test_decoders_conv import F32_TOL, check, check_forms
+from torch import nn
+
+from fastgeo.decoders import stacked_chain
+from fastgeo.decoders.recognize import recognize
+from fastgeo.decoders.steps import Affine, walk
+
+D_LAT = 3
+
+
+class Moved(nn.Module):
+    """Codes moved to the decoder's device and cast to its weights' dtype, a hidden layer cast to
+    the codes' dtype and moved to the CPU, the output made contiguous."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(D_LAT, 12), nn.Linear(12, 6)
+
+    @property
+    def device(self) -> torch.device:
+        return self.fc1.weight.device
+
+    def forward(self, z):
+        z = z.to(self.device).type_as(self.fc1.weight)
+        h = torch.tanh(self.fc1(z)).to(z.dtype).cpu()
+        return self.fc2(h.to(device=self.device, non_blocking=False)).contiguous()
+
+
+class Floats(nn.Module):
+    """A float32 decoder that casts its codes with ``.float()`` and its output with
+    ``.to(torch.float32)``."""
+
+    def __init__(self, to: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(D_LAT, 12), nn.Linear(12, 6)
+        self.to_dtype = to
+
+    def forward(self, z):
+        h = torch.sigmoid(self.fc1(z.float()))
+        return self.fc2(h.to(self.to_dtype).float()).to(torch.float32)
+
+
+def _affines(fn, z) -> int:
+    found = recognize(fn)
+    return 0 if found is None else sum(isinstance(s, Affine) for s in walk(found[0]))
+
+
+def test_moves_and_casts_are_the_identity_on_the_chain():
+    torch.manual_seed(0)
+    check_forms(Moved().double().eval(), D_LAT, lambda fn, z: _affines(fn, z) == 2)
+
+
+def test_float_casts_of_a_float32_decoder():
+    torch.manual_seed(0)
+    model = Floats().eval()
+    z = randn(8, D_LAT, dtype=torch.float32, seed=4)
+    assert _affines(model, z) == 2
+    check(model, z, rtol=F32_TOL)
+    batch = ({0: torch.export.Dim("P", min=0)},)
+    gm = torch.export.export(model, (z[:3],), dynamic_shapes=batch).module()
+    assert _affines(gm, z) == 2
+    check(gm, z, rtol=F32_TOL)
+
+
+def test_a_cast_that_changes_the_values_is_left_to_torch_func():
+    """float16 on the way rounds the hidden layer: the identity would be another function, so
+    the check against the decoder refuses the chain (torch.func gives the decoder's own
+    derivatives); an integer cast is not a chain at all."""
+    torch.manual_seed(0)
+    model = Floats(torch.float16).eval()
+    z = randn(8, D_LAT, dtype=torch.float32, seed=5)
+    assert recognize(model) is not None and stacked_chain(model, z) is None
+    check(model, z, recognized=False, rtol=F32_TOL)
+
+    class ToInt(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(D_LAT, 4)
+
+        def forward(self, z):
+            return self.fc(z).to(torch.int64).float()
+
+    assert recognize(ToInt()) is None
+
+
+@pytest.mark.parametrize("call", ["cuda", "double"])
+def test_conversions_that_need_what_is_not_there_raise_as_the_decoder_does(call):
+    """A float32 decoder that casts to float64 midway, or moves to a missing GPU: the decoder's
+    own error reaches the user (not silently another function)."""
+
+    class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(D_LAT, 5), nn.Linear(5, 4)
+
+        def forward(self, z):
+            return self.fc2(getattr(self.fc1(z), call)())
+
+    if call == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is present: .cuda() works")
+    with pytest.raises((RuntimeError, AssertionError)):
+        stacked_chain(Bad().eval(), randn(4, D_LAT, dtype=torch.float32, seed=6))
