@@ -254,6 +254,32 @@ def _from_one_pixel(d: int) -> torch.nn.Module:
     return _FromOnePixel(d).eval()
 
 
+class _Moved(torch.nn.Module):
+    """(P, d) -> (P, 784): the codes moved to the decoder's device and cast with ``.float()``
+    (``forward`` as a decoder called with codes from elsewhere writes it), then ConvTranspose2d
+    from 7x7 as in the conv VAEs (ELU, sigmoid)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.fc = nn.Linear(d, 32 * 7 * 7)
+        self.net = nn.Sequential(
+            nn.ELU(), nn.Unflatten(1, (32, 7, 7)), nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.ELU(),
+            nn.ConvTranspose2d(16, 1, 4, 2, 1), nn.Sigmoid(), nn.Flatten(),
+        )  # fmt: skip
+
+    @property
+    def device(self) -> torch.device:
+        return self.fc.weight.device
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.fc(z.to(self.device).float()))
+
+
+def _moved(d: int) -> torch.nn.Module:
+    return _Moved(d).eval()
+
+
 def _layers_builder(make: Callable[[int], torch.nn.Module], d: int) -> Callable[[int, int], Pair]:
     """The decoder Jacobian of a seeded ``make(d)`` at P = b N random points."""
 
@@ -387,6 +413,8 @@ CASES = (
         _layers_builder(_mean_logvar_mlp, d), 5, 48) for d in (8, 32)]
     + [("decoder Jacobian, conv from one pixel", f"P=96 (b=2, N=48), d={d}, D=784",
         _layers_builder(_from_one_pixel, d), 2, 48) for d in (8, 16)]
+    + [("decoder Jacobian, codes moved and cast in forward", f"P=96 (b=2, N=48), d={d}, D=784",
+        _layers_builder(_moved, d), 2, 48) for d in (8, 16)]
     + [("decoder Jacobian, sequences with softmax", f"P=480 (b=10, N=48), d={d}, D=1050",
         _layers_builder(_sequence_softmax, d), 10, 48) for d in (8, 32)]
     + [("sigma + Jacobian", f"P={b * N} (b={b}, N={N}), d=2, K=64, D=64", _sigma, b, N) for b, N in P_SHAPES]
