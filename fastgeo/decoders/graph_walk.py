@@ -7,7 +7,8 @@ f(x)``, ``f(x) + g(x)``: residual blocks, nested too; ``x * sigmoid(f(x))``: gat
 the fork or the nodes between closes it, and the two chains become one :class:`Branches` step
 (a concatenation of three or more chains: nested ones).
 Every node must be on the chain, except parameters (``get_attr``, and their transposes) and the
-batch size (``x.size(0)``, ``x.shape[0]``, ``sym_size``), which may only lead a reshape's shape.
+batch size (``x.size(0)``, ``x.shape[0]``, ``len(x)``, ``sym_size``), which may only lead a reshape's
+shape; and a chain node's or a parameter's dtype and device, which only conversions take.
 A reshape must keep the batch: ``(-1, C, H, W)`` or ``(batch, ...)``. Anything else raises
 :class:`NotAChain`.
 """
@@ -195,6 +196,9 @@ class ChainReader:
         if node.op == "call_function" and node.target is aten.sym_size.int:
             require(args[1:] == (0,) and not node.kwargs)
             self.batch.add(node)
+        elif node.op == "call_function" and node.target is len:  # recorded while tracing
+            require(len(args) == 1 and not node.kwargs)
+            self.batch.add(node)
         elif node.op == "call_method" and node.target == "size":
             dims = args[1:] + ((node.kwargs["dim"],) if "dim" in node.kwargs else ())
             require(dims in ((), (0,)) and set(node.kwargs) <= {"dim"})
@@ -260,7 +264,7 @@ def _chain_users(node: Node) -> list[Node]:
     for u in node.users:
         if _guard(u) or u.op == "call_method" and u.target in _SIZES:
             continue
-        if u.op == "call_function" and (u.target is aten.sym_size.int or u.target is getattr):
+        if u.op == "call_function" and u.target in (aten.sym_size.int, getattr, len):
             continue
         out.append(u)
     return out

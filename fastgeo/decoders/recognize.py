@@ -24,10 +24,12 @@ from ``torch.func``.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import inspect
 import types
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -256,10 +258,41 @@ def traced_steps(module: nn.Module) -> list[Step] | None:
 def _traced(module: nn.Module) -> torch.fx.Graph:
     """The graph ``torch.fx`` traces, without the nodes the output does not use (a decoder's
     logvar head beside the mean it returns)."""
-    graph = torch.fx.Tracer().trace(module)
+    with _len_recorded(module):
+        graph = torch.fx.Tracer().trace(module)
     graph.owning_module = module  # whose submodules' purity the elimination checks
     graph.eliminate_dead_code()
     return graph
+
+
+def _traced_len(x: object) -> object:
+    """``len`` while a decoder is traced: of a traced tensor a node of the graph (the batch size
+    in ``h.view(len(z), ...)``), else the builtin's."""
+    if isinstance(x, torch.fx.Proxy):
+        return x.tracer.create_proxy("call_function", builtins.len, (x,), {})
+    return builtins.len(x)
+
+
+@contextlib.contextmanager
+def _len_recorded(module: nn.Module) -> Iterator[None]:
+    """``len`` recorded into the graph (``torch.fx`` raises on a traced tensor's ``len``) in the
+    code the trace runs: the modules' own ``forward`` (not torch's layers) and the function or
+    method a :class:`ClosureModule` / :class:`MethodModule` wraps, where their module's globals
+    name no ``len`` of their own; put back afterwards."""
+    functions = [getattr(type(m), "forward", None) for m in module.modules()]
+    functions += [m._function for m in module.modules() if isinstance(m, MethodModule)]
+    functions += [m._function() for m in module.modules() if isinstance(m, ClosureModule)]
+    scopes = {id(f.__globals__): f.__globals__ for f in functions if inspect.isfunction(f)}
+    ours = ("torch.", "fastgeo.")
+    patched = [g for g in scopes.values() if "len" not in g and not str(g.get("__name__")).startswith(ours)]
+    for g in patched:
+        g["len"] = _traced_len
+    try:
+        yield
+    finally:
+        for g in patched:
+            if g.get("len") is _traced_len:
+                del g["len"]
 
 
 def _trace(module: nn.Module) -> list[Step] | None:

@@ -1,12 +1,16 @@
-"""Conversions a decoder applies on the way: the codes moved to the decoder's device and cast to
-its weights' dtype (``z.to(self.device)``, ``z.type_as(self.fc.weight)``, ``z.float()``,
-``h.to(z.dtype)``, ``.cpu()``), traced and exported (where torch.export adds a dtype assertion
-beside the chain). They are the identity on the stacked chain, whose values and directional
-derivatives equal forward-mode AD; a conversion that changes the values (to float16 and back)
-fails the check against the decoder and leaves it to torch.func; one to integers is not a chain.
+"""Habits of a decoder's ``forward`` that do not change its function. Conversions on the way: the codes
+moved to the decoder's device and cast to its weights' dtype (``z.to(self.device)``,
+``z.type_as(self.fc.weight)``, ``z.float()``, ``h.to(z.dtype)``, ``.cpu()``), traced and exported
+(where torch.export adds a dtype assertion beside the chain). They are the identity on the stacked
+chain, whose values and directional derivatives equal forward-mode AD; a conversion that changes the
+values (to float16 and back) fails the check against the decoder and leaves it to torch.func; one to
+integers is not a chain. The batch size as ``len(z)`` in a reshape (``torch.fx`` cannot trace
+``len``: it is recorded while a decoder is traced, and put back afterwards).
 """
 
 from __future__ import annotations
+
+import builtins
 
 import pytest
 import torch
@@ -113,3 +117,44 @@ def test_conversions_that_need_what_is_not_there_raise_as_the_decoder_does(call)
         pytest.skip("a GPU is present: .cuda() works")
     with pytest.raises((RuntimeError, AssertionError)):
         stacked_chain(Bad().eval(), randn(4, D_LAT, dtype=torch.float32, seed=6))
+
+
+class ByLen(nn.Module):
+    """A conv decoder that reshapes by ``len(z)``: ``h.view(len(z), 4, 3, 3)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.conv = nn.Linear(D_LAT, 36), nn.ConvTranspose2d(4, 2, 3, stride=2)
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z)).view(len(z), 4, 3, 3)
+        return self.conv(h).reshape(len(h), -1)
+
+
+def test_the_batch_size_by_len():
+    torch.manual_seed(0)
+    model = ByLen().double().eval()  # (torch.export specializes len(z): not exported)
+    z = randn(7, D_LAT, seed=1, scale=1.5)
+    assert _affines(model, z) == 1
+    check(model, z)
+    check(ByLen().eval(), randn(9, D_LAT, dtype=torch.float32, seed=3), rtol=F32_TOL)
+    assert "len" not in globals()  # the recording was put back
+    head = nn.Linear(D_LAT, 12).double().eval()
+    check(lambda z: torch.sigmoid(head(z)).view(len(z), 3, 4).flatten(1), randn(5, D_LAT, seed=7))
+    assert "len" not in globals()
+
+
+def test_a_len_of_the_decoder_module_s_own_is_left_alone(monkeypatch):
+    """A module whose globals define ``len`` keeps it: not recorded, so not traced (torch.func)."""
+    mine = []
+
+    def own_len(x):
+        mine.append(x)
+        return builtins.len(x)
+
+    monkeypatch.setitem(globals(), "len", own_len)
+    model = ByLen().double().eval()
+    z = randn(5, D_LAT, seed=8)
+    assert globals()["len"] is own_len
+    check(model, z, recognized=False)
+    assert globals()["len"] is own_len and mine
