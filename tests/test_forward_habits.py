@@ -1,11 +1,12 @@
-"""Habits of a decoder's ``forward`` that do not change its function. Conversions on the way: the codes
-moved to the decoder's device and cast to its weights' dtype (``z.to(self.device)``,
+"""Habits of a decoder's ``forward`` that do not change its function. Conversions on the way: the
+codes moved to the decoder's device and cast to its weights' dtype (``z.to(self.device)``,
 ``z.type_as(self.fc.weight)``, ``z.float()``, ``h.to(z.dtype)``, ``.cpu()``), traced and exported
-(where torch.export adds a dtype assertion beside the chain). They are the identity on the stacked
-chain, whose values and directional derivatives equal forward-mode AD; a conversion that changes the
-values (to float16 and back) fails the check against the decoder and leaves it to torch.func; one to
-integers is not a chain. The batch size as ``len(z)`` in a reshape (``torch.fx`` cannot trace
-``len``: it is recorded while a decoder is traced, and put back afterwards).
+(where torch.export adds a dtype assertion beside the chain). They are the identity on the
+stacked chain, whose values and directional derivatives equal forward-mode AD; a conversion that
+changes the values (to float16 and back) fails the check against the decoder and leaves it to
+torch.func; one to integers is not a chain. The batch size as ``len(z)`` in a reshape
+(``torch.fx`` cannot trace ``len``: it is recorded while a decoder is traced, and put back
+afterwards).
 """
 
 from __future__ import annotations
@@ -158,3 +159,24 @@ def test_a_len_of_the_decoder_module_s_own_is_left_alone(monkeypatch):
     assert globals()["len"] is own_len
     check(model, z, recognized=False)
     assert globals()["len"] is own_len and mine
+
+
+class Conditional(nn.Module):
+    """A decoder whose ``forward`` takes an optional condition and a keyword with a default, called
+    with the codes alone (``c=None``, ``scale=2.0``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(D_LAT, 12), nn.Linear(12, 6)
+        self.cond = nn.Linear(2, 12)
+
+    def forward(self, z, c=None, *, scale: float = 2.0):
+        h = self.fc1(z)
+        if c is not None:
+            h = h + self.cond(c)
+        return self.fc2(torch.tanh(h)) * scale
+
+
+def test_arguments_with_defaults_are_traced_at_their_defaults():
+    torch.manual_seed(0)
+    check_forms(Conditional().double().eval(), D_LAT, lambda fn, z: _affines(fn, z) == 2)

@@ -1,9 +1,10 @@
-"""Decoders written with their own weight matrices instead of ``nn.Linear``: ``x @ W + b``,
-``x @ W.T``, ``W.t()``, ``W.mT``, ``W.transpose(0, 1)``, ``torch.matmul`` / ``torch.mm`` /
-``x.matmul``, ``F.linear(x, W, b)``, with parameters and buffers. Traced and exported, each is
-recognized as a chain of ``Affine`` steps whose values and directional derivatives equal
-forward-mode AD; a product with anything but a tensor of the decoder's own is not a chain, and a
-weight of a shape the chain did not expect fails the check against the decoder (no chain).
+"""Decoders written with their own weight matrices instead of ``nn.Linear``: ``x @ W + b``, ``x @
+W.T``, ``W.t()``, ``W.mT``, ``W.transpose(0, 1)``, ``torch.matmul`` / ``torch.mm`` /
+``x.matmul``, ``F.linear(x, W, b)``, ``torch.addmm``, ``torch.einsum``, with parameters and
+buffers. Traced and exported, each is recognized as a chain of ``Affine`` steps whose values and
+directional derivatives equal forward-mode AD; a product with anything but a tensor of the
+decoder's own is not a chain, and a weight of a shape the chain did not expect fails the check
+against the decoder (no chain).
 """
 
 from __future__ import annotations
@@ -62,7 +63,27 @@ class EveryForm(nn.Module):
         return h @ self.w4
 
 
-DECODERS = {"matmuls": Matmuls, "functional_linear": FunctionalLinear, "every_form": EveryForm}
+class Einsums(nn.Module):
+    """``torch.einsum`` as a linear layer: ``"bi,ij->bj"``, the weight first with ``...`` for the
+    batch, a transposed weight, spaces, ``torch.addmm(b, x, W)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.ones(D_LAT, WIDTH))
+        self.w2 = nn.Parameter(torch.ones(WIDTH, WIDTH))
+        self.w3, self.b3 = nn.Parameter(torch.ones(WIDTH, WIDTH)), nn.Parameter(torch.zeros(WIDTH))
+        self.w4 = nn.Parameter(torch.ones(OUT, WIDTH))
+
+    def forward(self, z):
+        h = torch.tanh(torch.einsum("bi,ij->bj", z, self.w1))
+        h = F.elu(torch.einsum("ji, ...i -> ...j", self.w2, h))
+        h = torch.sigmoid(torch.addmm(self.b3, h, self.w3.T))
+        return torch.einsum("ni,ji->nj", h, self.w4)
+
+
+DECODERS = {
+    "matmuls": Matmuls, "functional_linear": FunctionalLinear, "every_form": EveryForm, "einsums": Einsums,
+}  # fmt: skip
 
 
 def _decoder(name: str) -> nn.Module:
@@ -113,7 +134,29 @@ class MadeInForward(nn.Module):
         return torch.tanh(self.fc(z)) @ torch.ones(OUT, OUT, dtype=z.dtype)
 
 
-@pytest.mark.parametrize("make", [ByInput, MadeInForward], ids=["by_input", "made_in_forward"])
+class EinsumNotLinear(nn.Module):
+    """einsums that are not a linear layer of each point: the value with itself, a weight that
+    mixes points (over the batch), a weight's diagonal."""
+
+    def __init__(self, equation: str) -> None:
+        super().__init__()
+        self.fc, self.equation = nn.Linear(D_LAT, OUT), equation
+        self.w = nn.Parameter(torch.ones(OUT, OUT))
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z))
+        if self.equation == "outer":
+            return torch.einsum("bi,bj->bij", h, h).flatten(1)
+        if self.equation == "diagonal":
+            return torch.einsum("bi,ii->bi", h, self.w)
+        return torch.einsum("bi,ij->bj", h, self.w) + torch.einsum("bi,cj->bj", h, self.w[:1]).sum(0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [ByInput, MadeInForward, *(lambda e=e: EinsumNotLinear(e) for e in ("outer", "diagonal", "batch"))],
+    ids=["by_input", "made_in_forward", "einsum_outer", "einsum_diagonal", "einsum_over_the_batch"],
+)
 def test_other_products_are_not_chains(make):
     model = init_(make())
     z = randn(5, D_LAT, dtype=torch.float64, seed=5)

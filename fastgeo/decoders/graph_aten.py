@@ -73,6 +73,24 @@ class AtenReader(ChainReader):
             return (lambda: get().mT), (source.target, "T")
         return get, source.target
 
+    def _einsum(self, equation: Any, operands: Any) -> None:
+        """``einsum`` of the chain's value and a parameter that is a linear layer on the last
+        axis: ``"bi,ij->bj"`` (W (in, out)), ``"bi,ji->bj"`` (W (out, in)), the operands either
+        way round, ``...`` for the batch (and a point's leading axes)."""
+        require(isinstance(equation, str) and isinstance(operands, (tuple, list)) and len(operands) == 2)
+        inputs, _, out = equation.replace(" ", "").partition("->")
+        subscripts = inputs.split(",")
+        require(len(subscripts) == 2 and self.current in operands)
+        mine = operands.index(self.current)
+        x, w, other = subscripts[mine], subscripts[1 - mine], operands[1 - mine]
+        require(len(w) == 2 and w[0] != w[1] and w.isalpha() and x[-1:] in w)
+        batch, i = x[:-1], x[-1]
+        require(batch == "..." or len(batch) == 1 and batch.isalpha() and batch not in w)
+        j = w.replace(i, "")
+        require(out == batch + j)
+        weight, identity = self._weight_of_product(other, linear=w == j + i)
+        self._add(Affine(weight, lambda: None, identity))
+
     def _reshape(self, shape: Any) -> None:
         """A reshape to ``shape`` (batch first: -1, or the batch size from a node)."""
         require(isinstance(shape, (tuple, list)) and len(shape) >= 2)
@@ -165,6 +183,9 @@ class AtenReader(ChainReader):
         require(normalized is not None)
         a = dict(normalized.kwargs)
         name = node.target.overloadpacket.__name__
+        if name == "einsum":
+            self._einsum(a["equation"], a["tensors"])
+            return
         if name == "addmm":  # addmm(bias, x, W^T)
             a["bias"] = a.pop("input")
         elif name in ("mul", "add", "sub") and a.get("other") is self.current and a.get("alpha", 1) == 1:

@@ -23,9 +23,11 @@ Two kinds of graphs are read:
   parameters (``x @ W``, ``x @ W.T``, ``torch.matmul`` / ``mm``, ``F.linear``), and the methods
   view / reshape / flatten / unflatten / permute / transpose / unsqueeze / squeeze / chunk /
   split / clamp / contiguous / clone / relu / tanh / sigmoid / softmax / log_softmax, and
-  conversions (``to`` a device or a floating dtype, ``float``, ``double``, ``type_as``, ``cpu``:
-  the identity on the stack, which runs in the metric's dtype on its device; aten ``to`` /
-  ``_to_copy`` / ``type_as`` too, export's dtype assertions beside them skipped).
+  ``torch.addmm`` and ``torch.einsum`` as linear layers (aten ``einsum`` too), arguments of
+  ``forward`` with defaults (traced at them), conversions (``to`` a device or a floating dtype,
+  ``float``, ``double``, ``type_as``, ``cpu``: the identity on the stack, which runs in the
+  metric's dtype on its device; aten ``to`` / ``_to_copy`` / ``type_as`` too, export's dtype
+  assertions beside them skipped).
 
 In both, arithmetic of the chain's value with a number or with a tensor of the decoder's own (a
 parameter or buffer) is read by :mod:`fastgeo.decoders.graph_arithmetic`.
@@ -137,6 +139,15 @@ class _Reader(AtenReader):
             require(node.args and node.args[0] is self.current and isinstance(a["weight"], Node))
             weight, identity = self._weight_of_product(a["weight"], linear=True)
             self._add(Affine(weight, self._param(a["bias"]), (identity, attribute_names(a, "bias"))))
+        elif node.op == "call_function" and node.target is torch.addmm:  # torch.addmm(b, x, W)
+            a = bind(node.args, node.kwargs, (("input", None), ("mat1", None), ("mat2", None),
+                                               ("beta", 1), ("alpha", 1)))  # fmt: skip
+            require(a["mat1"] is self.current and a["beta"] == 1 and a["alpha"] == 1)
+            weight, identity = self._weight_of_product(a["mat2"])
+            self._add(Affine(weight, self._param(a["input"], False), (identity, attribute_names(a, "input"))))
+        elif node.op == "call_function" and node.target is torch.einsum:
+            require(not node.kwargs and len(node.args) >= 2)
+            self._einsum(node.args[0], node.args[1] if len(node.args) == 2 else node.args[1:])
         elif node.op == "call_method" and node.target in METHOD_ARITHMETIC:
             self._add(fx_arithmetic_step(node, self.current, self.root))
         elif node.op == "call_method":

@@ -258,11 +258,32 @@ def traced_steps(module: nn.Module) -> list[Step] | None:
 def _traced(module: nn.Module) -> torch.fx.Graph:
     """The graph ``torch.fx`` traces, without the nodes the output does not use (a decoder's
     logvar head beside the mean it returns)."""
+    defaults = _specialized(module)
     with _len_recorded(module):
-        graph = torch.fx.Tracer().trace(module)
+        graph = torch.fx.Tracer().trace(module, concrete_args=defaults or None)
+    if defaults:  # the placeholders of the defaults, and the guards torch.fx adds on them
+        guards = set([n for n in graph.nodes if n.op == "placeholder"][1:])
+        for n in graph.nodes:
+            if n.op != "placeholder" and n.all_input_nodes and set(n.all_input_nodes) <= guards:
+                guards.add(n)
+        for n in reversed(list(graph.nodes)):
+            if n in guards and set(n.users) <= guards:
+                graph.erase_node(n)
     graph.owning_module = module  # whose submodules' purity the elimination checks
     graph.eliminate_dead_code()
     return graph
+
+
+def _specialized(module: nn.Module) -> dict[str, object]:
+    """The arguments of ``module.forward`` after the codes that have defaults (``c=None`` of a
+    conditional decoder called without a condition): traced at their defaults, as the mean is
+    called."""
+    try:
+        parameters = list(inspect.signature(module.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in parameters if p.kind in kinds and p.default is not p.empty}
 
 
 def _traced_len(x: object) -> object:
