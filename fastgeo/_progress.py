@@ -6,14 +6,18 @@ carriage returns would join them into one line of the log); notebooks get their 
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 TERMINAL_INTERVAL = 0.2  # seconds between redraws
 OFF_TERMINAL_INTERVAL = 30.0
+DELAY = 10.0  # seconds a call runs before its bar shows, where the caller did not ask for one
 
 
 def _tqdm() -> Any:
@@ -71,3 +75,45 @@ def progress_bar(total: int, enabled: bool, desc: str, unit: str = "it", leave: 
     if tqdm is None:
         return None
     return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=leave, **_style())
+
+
+# The pulse of the call whose bar is open in this thread (None: no bar): decoder work anywhere in
+# the call, nested calls included, redraws it.
+_PULSE: ContextVar[Callable[[int], None] | None] = ContextVar("fastgeo_pulse", default=None)
+
+
+def pulse(points: int) -> None:
+    """Decoder work done (``points`` latent points or tangents through the mean): redraws the
+    bar of the call it belongs to (its elapsed time and the work so far), if one is open."""
+    beat = _PULSE.get()
+    if beat is not None:
+        beat(points)
+
+
+@contextlib.contextmanager
+def call_bar(total: int, enabled: bool, desc: str, unit: str, delay: float) -> Iterator[Any]:
+    """A bar of ``total`` units for one long call (``None`` without tqdm, when not ``enabled``, or
+    inside another call's bar: a call made by a call adds to the outer bar), shown once the call
+    has run ``delay`` seconds; while it is open, :func:`pulse` redraws it between its updates, so
+    that a single batch of slow curves shows that it runs, and how much decoder work it did."""
+    tqdm = _tqdm() if enabled and _PULSE.get() is None else None
+    if tqdm is None:
+        yield None
+        return
+    style = _style()
+    bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=False, delay=delay, **style)
+    start, done, last = time.monotonic(), [0], [0.0]
+
+    def beat(points: int) -> None:
+        done[0] += points
+        now = time.monotonic()
+        if now - start >= delay and now - last[0] >= style["mininterval"]:
+            last[0] = now
+            bar.set_postfix_str(f"decoder points {done[0]:.3g}", refresh=True)
+
+    token = _PULSE.set(beat)
+    try:
+        yield bar
+    finally:
+        _PULSE.reset(token)
+        bar.close()

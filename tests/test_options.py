@@ -1,6 +1,8 @@
 """Options of geodesics and pairwise_distances: one validation helper, errors that name the
 argument (integers that are not bools, finite positive floats, booleans that are bools)."""
 
+import sys
+
 import pytest
 import torch
 from analytic import bumpy_metric, disc_points
@@ -91,20 +93,26 @@ def test_pairwise_own_options(kwargs, exc, match):
         fastgeo.pairwise_distances(bumpy_metric(), disc_points(4, 1.0), **kwargs)
 
 
-def test_geodesics_progress_bar(capsys):
-    """``progress`` is a bool (or None: a bar when the curves take more than one batch); the bar
-    (tqdm, on stderr) counts curves batch by batch and changes no result."""
+def test_geodesics_progress_bar(capsys, monkeypatch):
+    """``progress`` is a bool (or None: a bar once the call has run ``DELAY`` seconds); the bar
+    (tqdm, on stderr) counts curves batch by batch, is redrawn with the decoder work between
+    (one batch of slow curves shows that it runs) and changes no result."""
     pytest.importorskip("tqdm")
     z = disc_points(5, 1.0)
     with pytest.raises(TypeError, match="progress"):
         fastgeo.geodesics(bumpy_metric(), z, z.flip(0), progress=1)
     quiet = fastgeo.geodesics(bumpy_metric(), z, z.flip(0), batch_size=2, progress=False)
     assert "geodesics" not in capsys.readouterr().err
-    shown = fastgeo.geodesics(bumpy_metric(), z, z.flip(0), batch_size=2)  # 3 batches: a bar
+    shown = fastgeo.geodesics(bumpy_metric(), z, z.flip(0), batch_size=2, progress=True)  # 3 batches
     assert "geodesics" in capsys.readouterr().err
     assert torch.equal(quiet.lengths, shown.lengths)
-    fastgeo.geodesics(bumpy_metric(), z, z.flip(0))  # one batch: no bar
+    fastgeo.geodesics(bumpy_metric(), z, z.flip(0))  # done long before the delay: no bar
     assert "geodesics" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.modules["fastgeo.solver.geodesics"], "DELAY", 0.0)
+    one_batch = fastgeo.geodesics(bumpy_metric(), z, z.flip(0))  # past the delay: a bar
+    err = capsys.readouterr().err
+    assert "geodesics" in err and "decoder points" in err
+    assert torch.equal(quiet.lengths, one_batch.lengths)
 
 
 def test_progress_bars_redraw_seldom_off_a_terminal(monkeypatch):

@@ -47,7 +47,7 @@ def never_longer_than_straight(metric: ExpectedMetric, res: GeodesicResult, work
     res.measure_points = torch.where(worse, used, res.measure_points)
     with torch.no_grad():
         e_line = metric.energy(straight_line(z0, z1, time_grid(res.n_points, z0)))
-    work.evals += z0.shape[0] * res.n_points
+    work.add(evals=z0.shape[0] * res.n_points)
     res.energies = torch.where(worse, e_line, res.energies)
     res.resolution = torch.where(worse, res.n_points, res.resolution)
     res.init = torch.where(worse, torch.full_like(res.init, STRAIGHT), res.init)

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import _checks, _mean_checks
-from .._progress import progress_bar
+from .._progress import DELAY, call_bar
 from ..curves import Basis, Curves
 from ..metric import ExpectedMetric
 from . import smoothing
@@ -144,8 +145,9 @@ def geodesics(
             solves on only curves predicted to gain more than 0.4 % (about 0.2 % in length),
             but for ReLU-like decoders; long winding curves and d >= 12 gain 0.02-0.3 %, some
             decoders' curves 1-3 %).
-        progress: a progress bar over the curves (tqdm, if installed), updated batch by batch;
-            default (None): shown when the curves take more than one batch (not for ``dense``).
+        progress: a progress bar over the curves (tqdm, if installed), updated batch by batch
+            and redrawn with the decoder work done between; default (None): shown once the call
+            has run 10 s (``fastgeo._progress.DELAY``); False: none.
 
     Returns:
         :class:`GeodesicResult`, a status per curve. Every length is the curve's own length,
@@ -180,17 +182,33 @@ def geodesics(
     init = _check_init(metric, init, z0, opts)
     check_graph_inputs(metric, graph, latents)
     z0, z1 = z0.detach(), z1.detach()
-    if opts.method == "dense" and init is None and z0.shape[0] > 0:
-        return dense_multistart(metric, z0, z1, opts, graph, latents, solve=geodesics)
+    delay = 0.0 if progress else DELAY
+    with call_bar(z0.shape[0], progress is not False, "geodesics", "curve", delay) as bar:
+        if opts.method == "dense" and init is None and z0.shape[0] > 0:
+            return dense_multistart(metric, z0, z1, opts, graph, latents, solve=geodesics)
+        return _solve(metric, z0, z1, opts, init, graph, latents, refine, bar)
 
+
+def _solve(
+    metric: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    opts: SolverOptions,
+    init: Tensor | None,
+    graph: bool | LatentGraph,
+    latents: Tensor | None,
+    refine: int | None,
+    bar: Any,
+) -> GeodesicResult:
+    """:func:`geodesics` for checked arguments and options (``bar``: the call's progress bar, or
+    None), but ``method="dense"``."""
     work = Work()
     lgraph = None
     if opts.method in SPLINE_METHODS and z0.shape[0] > 0 and graph is not False and opts.corridors > 0:
         lgraph = graph if isinstance(graph, LatentGraph) else _graph_of(metric, latents, work)
-    show = progress if progress is not None else z0.shape[0] > opts.batch_size
     smoothed = None
     if init is None and z0.shape[0] > 0:
-        smoothed = smoothed_first(metric, z0, z1, opts, lgraph, show, solve=geodesics)
+        smoothed = smoothed_first(metric, z0, z1, opts, lgraph, solve=geodesics)
         if smoothed is not None:
             init = smoothed.curves.coeffs
             opts = _in_basis(opts, smoothed.curves.basis)
@@ -198,7 +216,7 @@ def geodesics(
                 opts = dataclasses.replace(opts, refine=max(opts.refine, smoothing.TRUE_REFINE))
     with torch.no_grad():
         coeffs, energies, status, iterations, start, gains = _solve_in_batches(
-            metric, z0, z1, opts, init, lgraph, work, show
+            metric, z0, z1, opts, init, lgraph, work, bar
         )
         if smoothed is not None:  # the smoothed curves raced as a start: the work of both counts
             iterations += smoothed.iterations
@@ -319,26 +337,20 @@ def _solve_in_batches(
     init: Tensor | None,
     graph: LatentGraph | None,
     work: Work,
-    show: bool = False,
+    bar: Any = None,
 ) -> tuple[Tensor, ...]:
     """coeffs (B, m, d), energies, status codes, iterations, start codes and predicted gains of
-    subdivision (B,), batch by batch (with a progress bar if ``show``)."""
+    subdivision (B,), batch by batch (``bar``: updated as each batch is done)."""
     B, d = z0.shape
     if B == 0:
         empty = torch.zeros(0, dtype=torch.long, device=z0.device)
         none = z0.new_zeros(0)
         return z0.new_zeros(0, opts.m, d), none, empty.to(torch.int8), empty, empty, none
     parts = []
-    bar = progress_bar(B, show, "geodesics", unit="curve", leave=False)
-    try:
-        for lo in range(0, B, opts.batch_size):
-            sl = slice(lo, lo + opts.batch_size)
-            parts.append(
-                solve_batch(metric, z0[sl], z1[sl], opts, None if init is None else init[sl], graph, work)
-            )
-            if bar is not None:
-                bar.update(parts[-1][0].shape[0])
-    finally:
+    for lo in range(0, B, opts.batch_size):
+        sl = slice(lo, lo + opts.batch_size)
+        given = None if init is None else init[sl]
+        parts.append(solve_batch(metric, z0[sl], z1[sl], opts, given, graph, work))
         if bar is not None:
-            bar.close()
+            bar.update(parts[-1][0].shape[0])
     return tuple(torch.cat(x) for x in zip(*parts, strict=True))

@@ -59,7 +59,7 @@ def curve_lengths(metric: ExpectedMetric, curves: Curves, n: int, work: Work) ->
                 total[b0 : b0 + curves_at_once] += length_from_segments(
                     feature_segments(metric.features(pts))
                 )
-                work.evals += pts.shape[0] * pts.shape[1]
+                work.add(evals=pts.shape[0] * pts.shape[1])
     return total
 
 

@@ -50,7 +50,7 @@ def full_parts(metric: ExpectedMetric, work: Work, tangent_dtype: torch.dtype | 
 
     def parts(points: Tensor, idx: Tensor) -> list[tuple[Tensor, Tensor]]:
         b, N, d = points.shape
-        work.jvps += b * N * d
+        work.add(jvps=b * N * d)
         flat = points.reshape(b * N, d)
         mu, j_mu = jacobian_rows(metric.mean, flat, tangent_dtype)  # (P, D), (d, P, D)
         sigma, j_sigma = metric.precision.sigma_and_jacobian_t(flat)  # (P, D), (P, d, D)
@@ -70,7 +70,7 @@ def full_gradient(metric: ExpectedMetric, work: Work) -> PointGradient:
 
     def gradient(points: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         b, N, d = points.shape
-        work.evals += b * N
+        work.add(evals=b * N)
         flat = points.detach().reshape(b * N, d)
         # At least MIN_ROWS rows: a curve's result must not depend on how many curves share its call.
         pad = max(0, MIN_ROWS - b * N)
@@ -88,7 +88,7 @@ def full_segments(metric: ExpectedMetric, z0: Tensor, z1: Tensor, grid: Grid, wo
     """Squared segment lengths ``s_n`` of the full metric for curves ``idx`` (rows of z0, z1)."""
 
     def segments(coeffs: Tensor, idx: Tensor) -> Tensor:
-        work.evals += idx.numel() * grid.n
+        work.add(evals=idx.numel() * grid.n)
         return metric.segment_sqdist(evaluate(z0[idx], z1[idx], coeffs, grid.psi, grid.t))
 
     return segments

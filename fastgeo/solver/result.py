@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import Tensor
 
+from .._progress import pulse
 from ..curves import Curves
 
 # The starts a curve can come from (GeodesicResult.init indexes this).
@@ -45,6 +46,12 @@ class Work:
     def __init__(self) -> None:
         self.evals = 0
         self.jvps = 0
+
+    def add(self, evals: int = 0, jvps: int = 0) -> None:
+        """Counts decoder work as it is done (and redraws the call's progress bar, if any)."""
+        self.evals += evals
+        self.jvps += jvps
+        pulse(evals + jvps)
 
 
 @dataclass

@@ -51,7 +51,6 @@ def smoothed_first(
     z1: Tensor,
     opts: SolverOptions,
     graph: LatentGraph | None,
-    show: bool,
     solve: Callable[..., GeodesicResult],
 ) -> GeodesicResult | None:
     """The curves of ``solve`` (:func:`fastgeo.geodesics`) under the smoothed decoder, stage by
@@ -78,7 +77,7 @@ def smoothed_first(
             refine=opts.refine, corridors=opts.corridors if graph and res is None else 0,
             coarse_points=max(3, opts.coarse_points * n // opts.n_points), check_resolution=False,
             linearize="lagged" if opts.lagged else "always", subdivide=SUBDIVIDE and opts.subdivide,
-            progress=show,
+            progress=False,  # the true decoder's call has the bar
             init=None if res is None else res.curves.coeffs,
         )  # fmt: skip
     return res

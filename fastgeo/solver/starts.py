@@ -51,7 +51,7 @@ def warm_start(
         padded = torch.cat([ends, ends[:1].expand(max(0, MIN_ROWS - 2 * B), d)])
         mu = metric.decode(padded)
         dmu = mu[B : 2 * B] - mu[:B]
-    work.evals += 2 * B
+    work.add(evals=2 * B)
     dz2 = (z1 - z0).pow(2).sum(-1)
     kappa = torch.where(dz2 > 0, dmu.pow(2).sum(-1) / dz2.clamp(min=torch.finfo(dz2.dtype).tiny), 1.0)
     kappa = torch.where(kappa > 0, kappa, 1.0)
@@ -114,7 +114,7 @@ def starts(
     if graph is not None and B > 0 and corridors > 0:
         paths, evals = corridor_starts(graph, z0, z1, fine.psi, fine.t, corridors)
         found += [(GRAPH, c) for c in paths]
-        work.evals += evals
+        work.add(evals=evals)
     return found, iterations
 
 
