@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.fx import Graph, Node
 
+from .graph_derived import derived_getter, derived_tensors
 from .steps import Affine, Axes, Branches, Flatten, Part, Reshape, Step, Unflatten
 
 aten = torch.ops.aten
@@ -66,6 +67,10 @@ class ChainReader:
         self.at: Node | None = None  # the node being read (where a graph stops being a chain)
 
     def read(self, graph: Graph) -> list[Step]:
+        with derived_tensors(graph, self.root, _parameter_view) as plain:
+            return self._read(plain)
+
+    def _read(self, graph: Graph) -> list[Step]:
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         require(len(placeholders) == 1)
         self.current = placeholders[0]
@@ -245,6 +250,17 @@ class ChainReader:
         self.steps.append(step)
 
 
+def _parameter_view(node: Node) -> bool:
+    """A transpose of a parameter, or its dtype or device: read beside the chain, as it is."""
+    source = node.args[0] if node.args else None
+    if not isinstance(source, Node) or source.op != "get_attr":
+        return False
+    return (
+        node.target in _ATEN_TRANSPOSES or node.target is aten.transpose.int or _fx_transpose(node)
+        or node.target is getattr
+    )  # fmt: skip
+
+
 def _guard(node: Node) -> bool:
     """torch.export's input guards and dtype assertions (before a conversion): no value flows
     out of them."""
@@ -346,6 +362,12 @@ def attribute_names(a: dict[str, Any], *keys: str) -> tuple[str | None, ...]:
 
 
 def attribute(root: nn.Module, name: str) -> Callable[[], Any]:
+    """The getter of ``root``'s parameter or buffer ``name`` (or of a tensor derived from them,
+    :mod:`fastgeo.decoders.graph_derived`)."""
+    derived = derived_getter(root, name)
+    if derived is not None:
+        return derived
+
     def get() -> Any:
         obj = root
         for part in name.split("."):

@@ -30,7 +30,9 @@ Two kinds of graphs are read:
   assertions beside them skipped).
 
 In both, arithmetic of the chain's value with a number or with a tensor of the decoder's own (a
-parameter or buffer) is read by :mod:`fastgeo.decoders.graph_arithmetic`.
+parameter or buffer) is read by :mod:`fastgeo.decoders.graph_arithmetic`; tensors computed from
+parameters alone (``self.log_scale.exp()``) are parameters too
+(:mod:`fastgeo.decoders.graph_derived`).
 
 The walk along the chain (what may sit beside it, reshapes of the batch) is
 :mod:`fastgeo.decoders.graph_walk`'s, the ``aten`` ops :mod:`fastgeo.decoders.graph_aten`'s; a
