@@ -44,6 +44,8 @@ from .steps import (
     AvgPool,
     Axes,
     BatchNorm,
+    Broadcast,
+    Concat,
     Conv,
     Flatten,
     GroupNorm,
@@ -90,6 +92,25 @@ class AtenReader(ChainReader):
         require(out == batch + j)
         weight, identity = self._weight_of_product(other, linear=w == j + i)
         self._add(Affine(weight, lambda: None, identity))
+
+    def _concat(self, tensors: Any, dim: Any) -> None:
+        """``torch.cat`` of the value and a tensor of the decoder's own copied along the batch."""
+        require(isinstance(tensors, (tuple, list)) and len(tensors) == 2 and self.current in tensors)
+        require(type(dim) is int and dim != 0)
+        mine = tensors.index(self.current)
+        other = tensors[1 - mine]
+        require(other in self.constants)
+        source = self.constants[other]
+        self._add(Concat(attribute(self.root, source.target), source.target, dim, mine == 1))
+
+    def _broadcast(self, op: str, sizes: list[Any]) -> None:
+        """``x.expand(batch or -1, *sizes)`` or ``x.repeat(1, *sizes)`` of the chain's value."""
+        require(len(sizes) >= 2 and all(type(s) is int for s in sizes[1:]))
+        if op == "repeat":
+            require(sizes[0] == 1 and all(s >= 1 for s in sizes[1:]))
+        else:
+            require((sizes[0] == -1 or sizes[0] in self.batch) and all(s >= -1 for s in sizes[1:]))
+        self._add(Broadcast(op, tuple(sizes[1:])))
 
     def _reshape(self, shape: Any) -> None:
         """A reshape to ``shape`` (batch first: -1, or the batch size from a node)."""
@@ -185,6 +206,13 @@ class AtenReader(ChainReader):
         name = node.target.overloadpacket.__name__
         if name == "einsum":
             self._einsum(a["equation"], a["tensors"])
+            return
+        if name == "cat":
+            self._concat(a["tensors"], a.get("dim", 0))
+            return
+        if name in ("expand", "repeat"):
+            require(a.get("implicit") in (None, False))
+            self._broadcast(name, list(a["size" if name == "expand" else "repeats"]))
             return
         if name == "addmm":  # addmm(bias, x, W^T)
             a["bias"] = a.pop("input")

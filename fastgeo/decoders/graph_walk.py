@@ -24,7 +24,7 @@ from torch import nn
 from torch.fx import Graph, Node
 
 from .graph_derived import derived_getter, derived_tensors
-from .steps import Affine, Axes, Branches, Flatten, Part, Reshape, Step, Unflatten
+from .steps import Affine, Axes, Branches, Broadcast, Concat, Flatten, Part, Reshape, Step, Unflatten
 
 aten = torch.ops.aten
 # W^T of a parameter in an aten graph (W.T, W.mT, W.t(), W.permute(1, 0); also W.transpose(0, 1))
@@ -59,6 +59,7 @@ class ChainReader:
         self.batch: set[Node] = set()  # nodes holding the batch size
         self.shapes: set[Node] = set()  # x.shape / x.size() (x.dtype / x.device) of a chain node
         self.transposed: dict[Node, Node] = {}  # W^T (permute / t of a get_attr) -> W
+        self.constants: dict[Node, Node] = {}  # a get_attr C copied along the batch -> C
         self.pending: Node | None = None  # a multi-output op whose output 0 continues the chain
         self.parts: tuple[str, Any, int] | None = None  # a chunk / split: its pieces follow (getitem)
         self.flat = True  # each point is a vector (as the input is)
@@ -152,6 +153,7 @@ class ChainReader:
             branch.current, branch.flat, branch.width, branch.parts = fork, self.flat, self.width, self.parts
             branch.on_chain, branch.batch = self.on_chain | {fork}, set(self.batch)
             branch.shapes, branch.transposed = set(self.shapes), dict(self.transposed)
+            branch.constants = dict(self.constants)
             try:
                 branch._read_nodes([n for n in between if n in nodes])
             finally:
@@ -192,6 +194,9 @@ class ChainReader:
             return True
         if source.op == "get_attr" and _fx_transpose(node):  # W.T, W.t(), ... of a traced forward
             self.transposed[node] = source
+            return True
+        if source.op == "get_attr" and _along_the_batch(node, self.batch):  # C.expand(len(z), -1)
+            self.constants[node] = source
             return True
         if source.op == "get_attr" and node.target is getattr and args[1:] in (("dtype",), ("device",)):
             self.shapes.add(node)  # a weight's dtype or device: for a conversion
@@ -239,6 +244,9 @@ class ChainReader:
             return
         if isinstance(step, Branches):  # a GLU (the pieces of one): the width halves
             self.width = None
+        if isinstance(step, (Broadcast, Concat)):
+            self.width = None
+            self.flat = self.flat and (isinstance(step, Concat) or len(step.sizes) == 1)
         if isinstance(step, (Affine, Axes, Part)):
             self.width = None
             keeps_axes = isinstance(step, Affine) or isinstance(step, Part) and step.op != "select"
@@ -248,6 +256,28 @@ class ChainReader:
             self.flat = reshape_to_vector or isinstance(step, Flatten) and (step.start, step.end) == (1, -1)
             self.width = None
         self.steps.append(step)
+
+
+def copy_sizes(node: Node) -> tuple[str, list[Any]] | None:
+    """("expand" or "repeat", the sizes) of an expand / repeat node, traced or aten; else None."""
+    if node.op == "call_method" and node.target in ("expand", "repeat") and not node.kwargs:
+        sizes = node.args[1:]
+        sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+        return node.target, list(sizes)
+    if node.op == "call_function" and node.target in (aten.expand.default, aten.repeat.default):
+        require(len(node.args) == 2 and not node.kwargs)
+        return node.target.overloadpacket.__name__, list(node.args[1])
+    return None
+
+
+def _along_the_batch(node: Node, batch: set[Node]) -> bool:
+    """A tensor copied along a new batch axis of the chain's batch size, unchanged otherwise:
+    ``C.expand(len(z), -1)``, ``C.repeat(z.shape[0], 1)``."""
+    found = copy_sizes(node)
+    if found is None or not found[1] or found[1][0] not in batch:
+        return False
+    op, sizes = found
+    return all(type(s) is int and (s == 1 if op == "repeat" else s >= -1) for s in sizes[1:])
 
 
 def _parameter_view(node: Node) -> bool:

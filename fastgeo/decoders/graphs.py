@@ -24,7 +24,9 @@ Two kinds of graphs are read:
   view / reshape / flatten / unflatten / permute / transpose / unsqueeze / squeeze / chunk /
   split / clamp / contiguous / clone / relu / tanh / sigmoid / softmax / log_softmax, and
   ``torch.addmm`` and ``torch.einsum`` as linear layers (aten ``einsum`` too), arguments of
-  ``forward`` with defaults (traced at them), conversions (``to`` a device or a floating dtype,
+  ``forward`` with defaults (traced at them), ``expand`` / ``repeat`` of the value (per point)
+  and ``torch.cat`` of the value with a buffer or parameter copied along the batch
+  (``self.coords.expand(len(z), -1, -1, -1)``), conversions (``to`` a device or a floating dtype,
   ``float``, ``double``, ``type_as``, ``cpu``: the identity on the stack, which runs in the
   metric's dtype on its device; aten ``to`` / ``_to_copy`` / ``type_as`` too, export's dtype
   assertions beside them skipped).
@@ -64,7 +66,7 @@ from .graph_ops import (
     NAMED,
     converts_to_floats,
 )
-from .graph_walk import NotAChain, attribute_names, bind, nodes, require
+from .graph_walk import NotAChain, attribute_names, bind, copy_sizes, nodes, require
 from .modules import module_steps
 from .steps import (
     Activation,
@@ -147,6 +149,11 @@ class _Reader(AtenReader):
             require(a["mat1"] is self.current and a["beta"] == 1 and a["alpha"] == 1)
             weight, identity = self._weight_of_product(a["mat2"])
             self._add(Affine(weight, self._param(a["input"], False), (identity, attribute_names(a, "input"))))
+        elif node.op == "call_function" and node.target is torch.cat:
+            a = bind(node.args, node.kwargs, (("tensors", None), ("dim", 0)))
+            self._concat(a["tensors"], a["dim"])
+        elif (found := copy_sizes(node)) is not None and node.args[0] is self.current:
+            self._broadcast(*found)
         elif node.op == "call_function" and node.target is torch.einsum:
             require(not node.kwargs and len(node.args) >= 2)
             self._einsum(node.args[0], node.args[1] if len(node.args) == 2 else node.args[1:])

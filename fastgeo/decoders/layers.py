@@ -26,7 +26,9 @@ from .steps import (
     Axes,
     BatchNorm,
     Branches,
+    Broadcast,
     ByTensor,
+    Concat,
     Conv,
     Flatten,
     GroupNorm,
@@ -203,6 +205,29 @@ def _part(step: Part, x: Tensor) -> Tensor:
     return x.split(list(step.arg) if isinstance(step.arg, tuple) else step.arg, axis)[step.index]
 
 
+def _broadcast(step: Broadcast, x: Tensor) -> Tensor:
+    if step.op == "repeat":
+        return x.repeat(1, 1, *step.sizes)
+    return x.expand(*x.shape[:2], *step.sizes).contiguous()  # steps after may update it in place
+
+
+def _concat(step: Concat, x: Tensor) -> Tensor:
+    """The value block gets the operand beside it, the tangent blocks zeros."""
+    p = step.operand()
+    point = x.dim() - 2
+    if not isinstance(p, Tensor) or not (p.dim() == point or p.dim() == point + 1 and p.shape[0] == 1):
+        got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
+        raise ValueError(f"{step.identity!r} = {got} does not broadcast over points {tuple(x.shape[1:])}")
+    p = _like(p, x)
+    p = p[0] if p.dim() == point + 1 else p
+    axis = stack_dim(step.axis)
+    shape = list(x.shape)
+    shape[axis] = p.shape[axis - 2 if axis >= 0 else axis]
+    piece = x.new_zeros(shape)
+    piece[0] = p
+    return torch.cat([piece, x] if step.first else [x, piece], axis)
+
+
 def _activation(step: Activation, x: Tensor) -> Tensor:
     y, dy = ACTIVATIONS[step.name](x[0], *step.params)
     x[1:] *= dy
@@ -354,6 +379,8 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     AdaptiveAvgPool: _adaptive_avg_pool,
     Scale: _scale,
     ByTensor: _by_tensor,
+    Broadcast: _broadcast,
+    Concat: _concat,
     Branches: _branches,
 }
 

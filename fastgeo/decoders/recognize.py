@@ -259,8 +259,10 @@ def _traced(module: nn.Module) -> torch.fx.Graph:
     """The graph ``torch.fx`` traces, without the nodes the output does not use (a decoder's
     logvar head beside the mean it returns)."""
     defaults = _specialized(module)
+    tracer = torch.fx.Tracer()
+    tracer.proxy_buffer_attributes = True  # a buffer's methods traced too: self.coords.expand(B, -1)
     with _len_recorded(module):
-        graph = torch.fx.Tracer().trace(module, concrete_args=defaults or None)
+        graph = tracer.trace(module, concrete_args=defaults or None)
     if defaults:  # the placeholders of the defaults, and the guards torch.fx adds on them
         guards = set([n for n in graph.nodes if n.op == "placeholder"][1:])
         for n in graph.nodes:

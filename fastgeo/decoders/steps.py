@@ -140,6 +140,30 @@ class Part:
 
 
 @dataclass(frozen=True)
+class Broadcast:
+    """Copies of each point along its axes: ``x.expand(P, *sizes)`` (``op="expand"``: axes of size
+    1 broadcast, ``-1`` keeps one; a code spread over an image's positions, as a spatial
+    broadcast decoder does) or ``x.repeat(1, *sizes)`` (``"repeat"``: tiles). Linear."""
+
+    op: str
+    sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Concat:
+    """``torch.cat`` of each point with a tensor of the decoder's own along the point axis
+    ``axis`` of the batch (P, ...) (never 0), the operand before the value where ``first``: a
+    fixed condition of a conditional decoder, coordinate channels. The operand, read at every
+    call, broadcasts over the points (an axis along the batch of size 1, or none) and to the
+    value's sizes on the other axes; its tangents are zero."""
+
+    operand: Getter
+    identity: Hashable
+    axis: int
+    first: bool
+
+
+@dataclass(frozen=True)
 class Unflatten:
     """``x.unflatten(dim, sizes)`` with ``dim`` of the batch (P, ...), never 0."""
 
@@ -256,7 +280,7 @@ class ByTensor:
 Step = (
     Affine | Conv | BatchNorm | GroupNorm | LayerNorm | Upsample | Pad | Reshape | Flatten | Unflatten
     | Axes | Part | Activation | PReLU | Softmax | PixelShuffle | AvgPool | AdaptiveAvgPool | Scale | ByTensor
-    | Branches
+    | Broadcast | Concat | Branches
 )  # fmt: skip
 # Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
 LAYERS = (Affine, Conv)
