@@ -280,6 +280,30 @@ def _moved(d: int) -> torch.nn.Module:
     return _Moved(d).eval()
 
 
+class _SpatialBroadcast(torch.nn.Module):
+    """(P, d) -> (P, 784): a spatial broadcast decoder, the code copied to every position of a
+    28x28 grid with two coordinate channels (a buffer) beside it, two convolutions (ELU,
+    sigmoid)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        g = torch.linspace(-1, 1, 28)
+        gy, gx = torch.meshgrid(g, g, indexing="ij")
+        self.register_buffer("coords", torch.stack([gx, gy])[None])
+        self.conv1, self.conv2 = nn.Conv2d(d + 2, 16, 3, padding=1), nn.Conv2d(16, 1, 3, padding=1)
+        self.d = d
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = z.view(-1, self.d, 1, 1).expand(-1, -1, 28, 28)
+        h = torch.cat([h, self.coords.expand(z.shape[0], -1, -1, -1)], dim=1)
+        return torch.sigmoid(self.conv2(torch.nn.functional.elu(self.conv1(h)))).flatten(1)
+
+
+def _spatial_broadcast(d: int) -> torch.nn.Module:
+    return _SpatialBroadcast(d).eval()
+
+
 def _layers_builder(make: Callable[[int], torch.nn.Module], d: int) -> Callable[[int, int], Pair]:
     """The decoder Jacobian of a seeded ``make(d)`` at P = b N random points."""
 
@@ -415,6 +439,8 @@ CASES = (
         _layers_builder(_from_one_pixel, d), 2, 48) for d in (8, 16)]
     + [("decoder Jacobian, codes moved and cast in forward", f"P=96 (b=2, N=48), d={d}, D=784",
         _layers_builder(_moved, d), 2, 48) for d in (8, 16)]
+    + [("decoder Jacobian, spatial broadcast conv", f"P=96 (b=2, N=48), d={d}, D=784",
+        _layers_builder(_spatial_broadcast, d), 2, 48) for d in (8, 16)]
     + [("decoder Jacobian, sequences with softmax", f"P=480 (b=10, N=48), d={d}, D=1050",
         _layers_builder(_sequence_softmax, d), 10, 48) for d in (8, 32)]
     + [("sigma + Jacobian", f"P={b * N} (b={b}, N={N}), d=2, K=64, D=64", _sigma, b, N) for b, N in P_SHAPES]
