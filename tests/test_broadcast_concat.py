@@ -119,3 +119,43 @@ def test_copies_not_along_the_batch_alone_are_not_a_chain(how):
     assert recognize(model) is None
     if how == "tiled":
         check(model, randn(7, D_LAT, seed=3), recognized=False)
+
+
+CONDITION = F.one_hot(torch.tensor([2]), 4).double()  # a global a traced function reads
+
+
+class CVAE(nn.Module):
+    """A conditional decoder: ``decode(z, y)`` with a one-hot class y beside the code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(D_LAT + 4, 8), nn.Linear(8, 5)
+
+    def decode(self, z, y):
+        return self.out(torch.tanh(self.fc(torch.cat([z, y], 1))))
+
+
+def test_a_conditional_decoder_at_a_condition_read_by_name():
+    """``lambda z: cvae.decode(z, y.expand(len(z), -1))`` with y a global or a closure's tensor
+    (torch.fx alone cannot call a plain tensor's method with the traced batch size): the chain;
+    rebinding y traces again, an in-place change shows, and the names hold their tensors after
+    the trace."""
+    global CONDITION
+    torch.manual_seed(0)
+    cvae = init_(CVAE())
+
+    def at(y):
+        return lambda z: cvae.decode(z, y.repeat(z.shape[0], 1))
+
+    z = randn(6, D_LAT, seed=5)
+    by_global = lambda z: cvae.decode(z, CONDITION.expand(len(z), -1))  # noqa: E731
+    original = CONDITION
+    for fn in (by_global, at(F.one_hot(torch.tensor([0]), 4).double())):
+        assert _found(fn, z)
+        check(fn, z)
+    assert CONDITION is original and type(CONDITION) is torch.Tensor
+    CONDITION = F.one_hot(torch.tensor([3]), 4).double()
+    check(by_global, z)
+    with torch.no_grad():
+        CONDITION[0, 1] = 0.5
+    check(by_global, z)

@@ -24,12 +24,10 @@ from ``torch.func``.
 
 from __future__ import annotations
 
-import builtins
-import contextlib
 import inspect
 import types
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +40,7 @@ from .flat import FlatMean, FlatOutput
 from .graphs import graph_steps, read_graph, where_not_a_chain
 from .smoothing import SmoothedChain, smooth_steps
 from .steps import Activation, Axes, Branches, ByTensor, Conv, Part, PReLU, Step, signature, walk
+from .tracing import ClosureModule, MethodModule, traced_graph
 
 __all__ = [
     "chain_module", "describe", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed",
@@ -50,38 +49,6 @@ __all__ = [
 
 # module -> (fingerprint, steps or None) of its last trace or graph reading
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-class MethodModule(nn.Module):
-    """A method of a module (``vae.decode``) as a module of its own, the owner its submodule:
-    ``torch.fx`` traces the method's body as it traces a ``forward``, through the owner's layers."""
-
-    def __init__(self, method: types.MethodType) -> None:
-        super().__init__()
-        self.owner = method.__self__
-        self._function = method.__func__
-        self.training = False  # this wrapper's own flag only (the owner's are the user's)
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self._function(self.owner, z)
-
-
-class ClosureModule(nn.Module):
-    """A plain function (a lambda, a closure) around modules as a module, those modules its
-    submodules: ``torch.fx`` traces the function's body through their layers. The function is
-    held weakly (the wrapper is kept per function: a strong reference would keep both alive)."""
-
-    def __init__(self, function: types.FunctionType, owners: list[nn.Module]) -> None:
-        super().__init__()
-        self.owners = nn.ModuleList(owners)
-        self._function = weakref.ref(function)
-        self.training = False  # this wrapper's own flag only (the owners' are the user's)
-
-    def forward(self, z: Tensor) -> Tensor:
-        function = self._function()
-        if function is None:
-            raise RuntimeError("the function this module traced is gone")
-        return function(z)
 
 
 # bound method / function -> its MethodModule / ClosureModule, FlatOutput -> its chain (held by a
@@ -198,7 +165,7 @@ def _why_not(fn: Callable[[Tensor], Tensor]) -> str:
         graph = module.graph
     else:
         try:
-            graph = _traced(module)
+            graph = traced_graph(module)
         except Exception as e:  # noqa: BLE001 - untraceable: say why, in one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             return f"torch.fx cannot trace it: {first[:160]}"
@@ -255,72 +222,9 @@ def traced_steps(module: nn.Module) -> list[Step] | None:
     return None if found is None else found[0]
 
 
-def _traced(module: nn.Module) -> torch.fx.Graph:
-    """The graph ``torch.fx`` traces, without the nodes the output does not use (a decoder's
-    logvar head beside the mean it returns)."""
-    defaults = _specialized(module)
-    tracer = torch.fx.Tracer()
-    tracer.proxy_buffer_attributes = True  # a buffer's methods traced too: self.coords.expand(B, -1)
-    with _len_recorded(module):
-        graph = tracer.trace(module, concrete_args=defaults or None)
-    if defaults:  # the placeholders of the defaults, and the guards torch.fx adds on them
-        guards = set([n for n in graph.nodes if n.op == "placeholder"][1:])
-        for n in graph.nodes:
-            if n.op != "placeholder" and n.all_input_nodes and set(n.all_input_nodes) <= guards:
-                guards.add(n)
-        for n in reversed(list(graph.nodes)):
-            if n in guards and set(n.users) <= guards:
-                graph.erase_node(n)
-    graph.owning_module = module  # whose submodules' purity the elimination checks
-    graph.eliminate_dead_code()
-    return graph
-
-
-def _specialized(module: nn.Module) -> dict[str, object]:
-    """The arguments of ``module.forward`` after the codes that have defaults (``c=None`` of a
-    conditional decoder called without a condition): traced at their defaults, as the mean is
-    called."""
-    try:
-        parameters = list(inspect.signature(module.forward).parameters.values())[1:]
-    except (TypeError, ValueError):
-        return {}
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {p.name: p.default for p in parameters if p.kind in kinds and p.default is not p.empty}
-
-
-def _traced_len(x: object) -> object:
-    """``len`` while a decoder is traced: of a traced tensor a node of the graph (the batch size
-    in ``h.view(len(z), ...)``), else the builtin's."""
-    if isinstance(x, torch.fx.Proxy):
-        return x.tracer.create_proxy("call_function", builtins.len, (x,), {})
-    return builtins.len(x)
-
-
-@contextlib.contextmanager
-def _len_recorded(module: nn.Module) -> Iterator[None]:
-    """``len`` recorded into the graph (``torch.fx`` raises on a traced tensor's ``len``) in the
-    code the trace runs: the modules' own ``forward`` (not torch's layers) and the function or
-    method a :class:`ClosureModule` / :class:`MethodModule` wraps, where their module's globals
-    name no ``len`` of their own; put back afterwards."""
-    functions = [getattr(type(m), "forward", None) for m in module.modules()]
-    functions += [m._function for m in module.modules() if isinstance(m, MethodModule)]
-    functions += [m._function() for m in module.modules() if isinstance(m, ClosureModule)]
-    scopes = {id(f.__globals__): f.__globals__ for f in functions if inspect.isfunction(f)}
-    ours = ("torch.", "fastgeo.")
-    patched = [g for g in scopes.values() if "len" not in g and not str(g.get("__name__")).startswith(ours)]
-    for g in patched:
-        g["len"] = _traced_len
-    try:
-        yield
-    finally:
-        for g in patched:
-            if g.get("len") is _traced_len:
-                del g["len"]
-
-
 def _trace(module: nn.Module) -> list[Step] | None:
     try:
-        graph = _traced(module)
+        graph = traced_graph(module)
     except Exception:  # noqa: BLE001 - untraceable (control flow on values, ...): not a chain
         return None
     return read_graph(graph, module)
