@@ -10,6 +10,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.fx import Node
+
+aten = torch.ops.aten
 
 ATEN_SIMPLE = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu", "exp": "exp"}
 ATEN_UPSAMPLE = {
@@ -125,3 +128,26 @@ METHODS: dict[str, tuple[tuple[str, Any], ...]] = {
     "clamp_min": (("min", None),),
     "clamp_max": (("max", None),),
 }
+
+
+def copy_sizes(node: Node) -> tuple[str, list[Any]] | None:
+    """("expand" or "repeat", the sizes) of an expand / repeat node, traced or aten; else None."""
+    if node.op == "call_method" and node.target in ("expand", "repeat") and not node.kwargs:
+        sizes = node.args[1:]
+        sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+        return node.target, list(sizes)
+    if node.op == "call_function" and node.target in (aten.expand.default, aten.repeat.default):
+        if len(node.args) != 2 or node.kwargs:
+            return None
+        return node.target.overloadpacket.__name__, list(node.args[1])
+    return None
+
+
+def along_the_batch(node: Node, batch: set[Node]) -> bool:
+    """A tensor copied along a new batch axis of the chain's batch size, unchanged otherwise:
+    ``C.expand(len(z), -1)``, ``C.repeat(z.shape[0], 1)``."""
+    found = copy_sizes(node)
+    if found is None or not found[1] or found[1][0] not in batch:
+        return False
+    op, sizes = found
+    return all(type(s) is int and (s == 1 if op == "repeat" else s >= -1) for s in sizes[1:])

@@ -24,6 +24,7 @@ from torch import nn
 from torch.fx import Graph, Node
 
 from .graph_derived import derived_getter, derived_tensors
+from .graph_ops import along_the_batch
 from .steps import Affine, Axes, Branches, Broadcast, Concat, Flatten, Part, Reshape, Step, Unflatten
 
 aten = torch.ops.aten
@@ -195,7 +196,7 @@ class ChainReader:
         if source.op == "get_attr" and _fx_transpose(node):  # W.T, W.t(), ... of a traced forward
             self.transposed[node] = source
             return True
-        if source.op == "get_attr" and _along_the_batch(node, self.batch):  # C.expand(len(z), -1)
+        if source.op == "get_attr" and along_the_batch(node, self.batch):  # C.expand(len(z), -1)
             self.constants[node] = source
             return True
         if source.op == "get_attr" and node.target is getattr and args[1:] in (("dtype",), ("device",)):
@@ -256,28 +257,6 @@ class ChainReader:
             self.flat = reshape_to_vector or isinstance(step, Flatten) and (step.start, step.end) == (1, -1)
             self.width = None
         self.steps.append(step)
-
-
-def copy_sizes(node: Node) -> tuple[str, list[Any]] | None:
-    """("expand" or "repeat", the sizes) of an expand / repeat node, traced or aten; else None."""
-    if node.op == "call_method" and node.target in ("expand", "repeat") and not node.kwargs:
-        sizes = node.args[1:]
-        sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
-        return node.target, list(sizes)
-    if node.op == "call_function" and node.target in (aten.expand.default, aten.repeat.default):
-        require(len(node.args) == 2 and not node.kwargs)
-        return node.target.overloadpacket.__name__, list(node.args[1])
-    return None
-
-
-def _along_the_batch(node: Node, batch: set[Node]) -> bool:
-    """A tensor copied along a new batch axis of the chain's batch size, unchanged otherwise:
-    ``C.expand(len(z), -1)``, ``C.repeat(z.shape[0], 1)``."""
-    found = copy_sizes(node)
-    if found is None or not found[1] or found[1][0] not in batch:
-        return False
-    op, sizes = found
-    return all(type(s) is int and (s == 1 if op == "repeat" else s >= -1) for s in sizes[1:])
 
 
 def _parameter_view(node: Node) -> bool:

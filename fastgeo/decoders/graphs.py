@@ -65,8 +65,9 @@ from .graph_ops import (
     METHODS,
     NAMED,
     converts_to_floats,
+    copy_sizes,
 )
-from .graph_walk import NotAChain, attribute_names, bind, copy_sizes, nodes, require
+from .graph_walk import NotAChain, attribute_names, bind, nodes, require
 from .modules import module_steps
 from .steps import (
     Activation,
