@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from .steps import (
     Activation,
@@ -71,8 +73,21 @@ GELU_APPROXIMATIONS = {"none": "gelu", "tanh": "gelu_tanh"}  # nn.GELU's approxi
 
 
 def getter(module: nn.Module, name: str) -> Callable[[], Tensor]:
-    """Reads ``module.<name>`` at call time (a parameter, a buffer, or None)."""
+    """Reads ``module.<name>`` at call time (a parameter, a buffer, or None; a weight the hook of
+    ``torch.nn.utils.weight_norm`` / ``spectral_norm`` recomputes before every forward: through
+    the hook, as it computes it in eval mode)."""
+    hook = next((h for h in weight_hooks(module) if h.name == name), None)
+    if isinstance(hook, SpectralNorm):
+        return lambda: hook.compute_weight(module, do_power_iteration=False)
+    if hook is not None:
+        return lambda: hook.compute_weight(module)
     return lambda: getattr(module, name)
+
+
+def weight_hooks(module: nn.Module) -> list[WeightNorm | SpectralNorm]:
+    """The module's pre-hooks of ``torch.nn.utils.weight_norm`` / ``spectral_norm`` (the forms
+    by hooks): they only recompute a weight from the module's own parameters."""
+    return [h for h in module._forward_pre_hooks.values() if isinstance(h, (WeightNorm, SpectralNorm))]
 
 
 def hashable(value: object) -> object:
@@ -81,8 +96,9 @@ def hashable(value: object) -> object:
 
 
 def has_hooks(module: nn.Module) -> bool:
-    """Whether forward hooks or pre-hooks may change what the module computes."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    """Whether forward hooks or pre-hooks may change what the module computes (not those of
+    :func:`weight_hooks`, whose weights :func:`getter` reads through them)."""
+    return bool(module._forward_hooks or len(module._forward_pre_hooks) > len(weight_hooks(module)))
 
 
 def module_steps(module: nn.Module) -> list[Step] | None:

@@ -309,7 +309,8 @@ def _fingerprint(module: nn.Module, exported: bool = False) -> Hashable | None:
         elif modules.has_hooks(m) or "forward" in vars(m):
             return None
         settings = tuple((k, v) for k, v in vars(m).items() if k[0] != "_" and _plain(v))
-        parts.append((name, id(m), type(m), m.training, settings))
+        hooks = tuple(id(h) for h in modules.weight_hooks(m))  # removed: traced again
+        parts.append((name, id(m), type(m), m.training, settings, hooks))
     return tuple(parts)
 
 
