@@ -159,3 +159,20 @@ def test_a_conditional_decoder_at_a_condition_read_by_name():
     with torch.no_grad():
         CONDITION[0, 1] = 0.5
     check(by_global, z)
+
+
+def test_a_buffer_that_steers_control_flow_is_traced_as_a_plain_tensor():
+    """A decoder branching on a buffer (an ``initialized`` flag) is traced with its buffers as
+    plain tensors when tracing them as attributes fails: still a chain."""
+
+    class Flagged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(D_LAT, 5)
+            self.register_buffer("initialized", torch.tensor(True))
+
+        def forward(self, z):
+            return torch.tanh(self.fc(z)) if self.initialized else self.fc(z)
+
+    model = init_(Flagged())
+    check(model, randn(6, D_LAT, seed=6))

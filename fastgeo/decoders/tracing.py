@@ -100,10 +100,18 @@ def traced_graph(module: nn.Module) -> torch.fx.Graph:
     """The graph ``torch.fx`` traces, without the nodes the output does not use (a decoder's
     logvar head beside the mean it returns)."""
     defaults = _specialized(module)
-    tracer = torch.fx.Tracer()
-    tracer.proxy_buffer_attributes = True  # a buffer's methods traced too: self.coords.expand(B, -1)
-    with _len_recorded(module):
-        graph = tracer.trace(module, concrete_args=defaults or None)
+    for proxied in (True, False):
+        tracer = torch.fx.Tracer()
+        # A buffer's methods traced too (self.coords.expand(B, -1)); a buffer that steers Python
+        # control flow (an ``initialized`` flag) cannot be: traced again as a plain tensor.
+        tracer.proxy_buffer_attributes = proxied
+        try:
+            with _len_recorded(module):
+                graph = tracer.trace(module, concrete_args=defaults or None)
+            break
+        except Exception:
+            if not proxied:
+                raise
     if defaults:  # the placeholders of the defaults, and the guards torch.fx adds on them
         guards = set([n for n in graph.nodes if n.op == "placeholder"][1:])
         for n in graph.nodes:
