@@ -91,17 +91,20 @@ def pulse(points: int) -> None:
 
 
 @contextlib.contextmanager
-def call_bar(total: int, enabled: bool, desc: str, unit: str, delay: float) -> Iterator[Any]:
+def call_bar(
+    total: int, enabled: bool, desc: str, unit: str, delay: float, leave: bool = False
+) -> Iterator[Any]:
     """A bar of ``total`` units for one long call (``None`` without tqdm, when not ``enabled``, or
     inside another call's bar: a call made by a call adds to the outer bar), shown once the call
-    has run ``delay`` seconds; while it is open, :func:`pulse` redraws it between its updates, so
-    that a single batch of slow curves shows that it runs, and how much decoder work it did."""
+    has run ``delay`` seconds (``leave``: kept on screen when done); while it is open,
+    :func:`pulse` redraws it between its updates, so that a single batch of slow curves shows
+    that it runs, and how much decoder work it did."""
     tqdm = _tqdm() if enabled and _PULSE.get() is None else None
     if tqdm is None:
         yield None
         return
     style = _style()
-    bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=False, delay=delay, **style)
+    bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=leave, delay=delay, **style)
     start, done, last = time.monotonic(), [0], [0.0]
 
     def beat(points: int) -> None:

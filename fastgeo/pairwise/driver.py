@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from .._progress import progress_bar
+from .._progress import call_bar
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
 from ..solver.graph import cached_graph, check_graph_inputs
@@ -379,8 +379,8 @@ def _solve_chunks(
             ckpt.save(c, rec)
         return record(c, w, rec, False)
 
-    bar = progress_bar(layout.n_pairs, progress and rank == 0 and layout.n_chunks > 0, "geodesics", "pair")
-    try:
+    shown = progress and rank == 0 and layout.n_chunks > 0
+    with call_bar(layout.n_pairs, shown, "geodesics", "pair", delay=0.0, leave=True) as bar:
         missing = []
         for c in range(rank, layout.n_chunks, world):  # finished chunks read here (their warnings too)
             rec = ckpt.load(c, layout.pairs(c, device)[0].numel()) if ckpt is not None else None
@@ -391,9 +391,6 @@ def _solve_chunks(
             else:
                 record(c, 0, rec, True)
         chunk_loop(missing, workers, solve, bar)
-    finally:
-        if bar is not None:
-            bar.close()
     counts = counts.sum(0)
     if world > 1:  # disjoint parts, zeros elsewhere: the sums are exact
         dist = torch.distributed
