@@ -180,3 +180,39 @@ class Conditional(nn.Module):
 def test_arguments_with_defaults_are_traced_at_their_defaults():
     torch.manual_seed(0)
     check_forms(Conditional().double().eval(), D_LAT, lambda fn, z: _affines(fn, z) == 2)
+
+
+class Powers(nn.Module):
+    """Squares and cubes of the value along the chain: ``h * h``, ``h.mul(h)``, ``torch.square``,
+    ``x ** 2``, ``torch.pow(x, 3)``, ``x.pow(2)`` (a squared ReLU among them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(D_LAT, 10), nn.Linear(10, 10), nn.Linear(10, 6)
+
+    def forward(self, z):
+        h = torch.tanh(self.fc1(z))
+        h = torch.square(h * h).mul(0.5)
+        h = torch.pow(torch.tanh(self.fc2(h)), 3)
+        h = torch.relu(h.mul(h) - 0.1) ** 2
+        return torch.sigmoid(self.fc3(h).pow(2))
+
+
+def test_powers_of_the_value():
+    torch.manual_seed(0)
+    check_forms(Powers().double().eval(), D_LAT, lambda fn, z: _affines(fn, z) == 3)
+
+
+class Root(nn.Module):
+    """A square root (``x ** 0.5``) is no whole power: left to torch.func."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(D_LAT, 10), nn.Linear(10, 6)
+
+    def forward(self, z):
+        return self.fc2(torch.sigmoid(self.fc1(z)) ** 0.5)
+
+
+def test_a_fractional_power_is_not_a_chain():
+    assert recognize(Root().double().eval()) is None

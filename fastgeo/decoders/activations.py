@@ -145,6 +145,12 @@ def _soft_hardswish(x: Tensor, beta: float) -> tuple[Tensor, Tensor]:
 PIECEWISE_LINEAR = frozenset({"relu", "leaky_relu", "hardtanh", "hardswish"})
 
 # name -> (x, *params) -> (value, derivative)
+def _power(x: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """``x ** p`` for a whole ``p >= 1`` (``x * x``, ``torch.square``, a squared ReLU)."""
+    below = x.pow(p - 1)
+    return below * x, p * below
+
+
 ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "elu": _elu,
     "relu": _relu,
@@ -163,6 +169,7 @@ ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "softsign": _softsign,
     "logsigmoid": _logsigmoid,
     "tanhshrink": _tanhshrink,
+    "power": _power,
     # the smooth stand-ins of piecewise-linear ones (fastgeo.decoders.smoothing)
     "soft_leaky_relu": _soft_leaky_relu,
     "soft_hardtanh": _soft_hardtanh,

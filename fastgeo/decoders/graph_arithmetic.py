@@ -1,7 +1,8 @@
-"""Arithmetic of a chain's value with a constant, read off a graph node: ``x * c``, ``x / c``,
-``x + c``, ``x - c``, ``c - x`` and ``-x``, where c is a number (a :class:`Scale` step) or a
-tensor of the decoder's own, a ``get_attr`` node (a :class:`ByTensor` step: a learned output
-scale, a layer scale, the data's mean and standard deviation kept as buffers)."""
+"""Arithmetic of a chain's value with a constant, read off a graph node: ``x * c``, ``x / c``, ``x
++ c``, ``x - c``, ``c - x``, ``-x`` and ``x * x`` (a power), where c is a number (a
+:class:`Scale` step) or a tensor of the decoder's own, a ``get_attr`` node (a :class:`ByTensor`
+step: a learned output scale, a layer scale, the data's mean and standard deviation kept as
+buffers)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import nn
 from torch.fx import Node
 
 from .graph_walk import attribute, require
-from .steps import ByTensor, Scale, Step
+from .steps import Activation, ByTensor, Scale, Step
 
 # torch-level arithmetic of symbolically traced graphs -> its aten name
 FX_ARITHMETIC = {
@@ -74,6 +75,8 @@ def fx_arithmetic_step(node: Node, current: Node, root: nn.Module) -> Step:
     if name == "neg":
         require(args == (current,))
         return Scale(-1.0, 0.0)
+    if name == "mul" and args == (current, current):  # x * x
+        return Activation("power", (2.0,))
     require(len(args) == 2 and sum(a is current for a in args) == 1)
     first = args[0] is current
     return _step(name, args[1] if first else args[0], 1.0, first, root)

@@ -210,6 +210,12 @@ class AtenReader(ChainReader):
         if name == "cat":
             self._concat(a["tensors"], a.get("dim", 0))
             return
+        if name == "mul" and a.get("input") is self.current and a.get("other") is self.current:
+            self._power(2)
+            return
+        if name in ("pow", "square") and a.get("input") is self.current:
+            self._power(a["exponent"] if name == "pow" else 2)
+            return
         if name in ("expand", "repeat"):
             require(a.get("implicit") in (None, False))
             self._broadcast(name, list(a["size" if name == "expand" else "repeats"]))
@@ -353,6 +359,12 @@ class AtenReader(ChainReader):
         steps = glu_steps(dim)
         require(steps is not None)
         self._add(steps[0])
+
+    def _power(self, exponent: Any) -> None:
+        """``x ** p`` (``torch.square``, ``x * x``) for a whole number ``p >= 1``."""
+        require(type(exponent) in (int, float) and float(exponent).is_integer() and exponent >= 1)
+        if exponent != 1:
+            self._add(Activation("power", (float(exponent),)))
 
     def _clamp(self, low: Any, high: Any) -> None:
         """``clamp(x, min, max)`` by constants: the Hardtanh between them (an open side infinite)."""

@@ -155,6 +155,9 @@ class _Reader(AtenReader):
             self._concat(a["tensors"], a["dim"])
         elif (found := copy_sizes(node)) is not None and node.args[0] is self.current:
             self._broadcast(*found)
+        elif node.op == "call_function" and node.target in (operator.pow, torch.pow, torch.square):
+            require(node.args and node.args[0] is self.current and not node.kwargs)
+            self._power(2 if node.target is torch.square else node.args[1] if len(node.args) == 2 else None)
         elif node.op == "call_function" and node.target is torch.einsum:
             require(not node.kwargs and len(node.args) >= 2)
             self._einsum(node.args[0], node.args[1] if len(node.args) == 2 else node.args[1:])
@@ -187,6 +190,9 @@ class _Reader(AtenReader):
             self._axes("permute", {"dims": dims})
         elif name in METHODS:
             self._function(name, bind(args, kwargs, METHODS[name]))
+        elif name in ("pow", "square"):
+            require(not kwargs and len(args) == (1 if name == "pow" else 0))
+            self._power(args[0] if name == "pow" else 2)
         elif name in CONVERSIONS:  # the identity on the stack
             values = [*args, *kwargs.values()]
             require(converts_to_floats(values))
