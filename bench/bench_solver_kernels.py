@@ -304,6 +304,29 @@ def _spatial_broadcast(d: int) -> torch.nn.Module:
     return _SpatialBroadcast(d).eval()
 
 
+class _Probabilistic(torch.nn.Module):
+    """(P, d) -> (P, 784): a conv decoder written to take one code too (``if z.dim() == 1``) and
+    to return a distribution's mean (``Bernoulli(logits=...).mean``): torch.fx cannot trace it,
+    torch.export can."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.fc = nn.Linear(d, 32 * 7 * 7)
+        self.up1, self.up2 = nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.ConvTranspose2d(16, 1, 4, 2, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 1:
+            z = z.unsqueeze(0)
+        h = torch.nn.functional.elu(self.fc(z)).view(-1, 32, 7, 7)
+        logits = self.up2(torch.nn.functional.elu(self.up1(h))).flatten(1)
+        return torch.distributions.Bernoulli(logits=logits).mean
+
+
+def _probabilistic(d: int) -> torch.nn.Module:
+    return _Probabilistic(d).eval()
+
+
 def _layers_builder(make: Callable[[int], torch.nn.Module], d: int) -> Callable[[int, int], Pair]:
     """The decoder Jacobian of a seeded ``make(d)`` at P = b N random points."""
 
@@ -311,7 +334,7 @@ def _layers_builder(make: Callable[[int], torch.nn.Module], d: int) -> Callable[
         torch.manual_seed(0)
         mean = make(d)
         z = torch.randn(b * N, d, dtype=DTYPE)
-        assert recognize(mean) is not None, f"{make.__name__} is not recognized as a chain"
+        assert recognize(mean, d) is not None, f"{make.__name__} is not recognized as a chain"
         ref, ker = (lambda: generic_jacobian_rows(mean, z)), (lambda: jacobian_rows(mean, z))
         return Pair(ref, ker, lambda: _assert_agree("jacobian", ker(), ref(), RTOL["jacobian"]))
 
@@ -441,6 +464,8 @@ CASES = (
         _layers_builder(_moved, d), 2, 48) for d in (8, 16)]
     + [("decoder Jacobian, spatial broadcast conv", f"P=96 (b=2, N=48), d={d}, D=784",
         _layers_builder(_spatial_broadcast, d), 2, 48) for d in (8, 16)]
+    + [("decoder Jacobian, one code or many, a Bernoulli's mean", f"P=96 (b=2, N=48), d={d}, D=784",
+        _layers_builder(_probabilistic, d), 2, 48) for d in (8, 16)]
     + [("decoder Jacobian, sequences with softmax", f"P=480 (b=10, N=48), d={d}, D=1050",
         _layers_builder(_sequence_softmax, d), 10, 48) for d in (8, 32)]
     + [("sigma + Jacobian", f"P={b * N} (b={b}, N={N}), d=2, K=64, D=64", _sigma, b, N) for b, N in P_SHAPES]
@@ -462,6 +487,8 @@ PIECES = {
     "mean and log-variance, a hand-written layer",
     "decoder Jacobian, conv from one pixel": "the same, DCGAN-style transposed convolutions from "
     "z[:, :, None, None]",
+    "decoder Jacobian, one code or many, a Bernoulli's mean": "the same, a conv decoder read from "
+    "torch.export's graph (torch.fx cannot trace it)",
     "sigma + Jacobian": "torch.ops.fastgeo.rbf_sigma_jacobian vs fastgeo.reference.rbf_sigma_jacobian",
     "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs fastgeo.reference.gauss_newton_system",
     "LM propose + update": "lm_propose + lm_update (C++) vs fastgeo.reference.lm_propose + lm_update",

@@ -120,7 +120,7 @@ class ExpectedMetric:
         p = self.precision
         return (
             f"ExpectedMetric: latent d = {self.latent_dim}, data D = {self.data_dim}, {self.dtype} on "
-            f"{self.device}, {p.centers.shape[0]} RBF centers\nmean: {describe(self.mean)}"
+            f"{self.device}, {p.centers.shape[0]} RBF centers\nmean: {describe(self.mean, self.latent_dim)}"
         )
 
     @property
@@ -128,14 +128,14 @@ class ExpectedMetric:
         """Whether the mean is a recognized chain with piecewise-linear activations (ReLU,
         LeakyReLU, PReLU, Hardtanh, ReLU6, Hardsigmoid, Hardswish); the solver then keeps its
         secant model (see :func:`fastgeo.solver.options.solver_options`)."""
-        return piecewise_linear(self.mean)
+        return piecewise_linear(self.mean, self.latent_dim)
 
     def smoothed(self, sharpness: float | None = None) -> ExpectedMetric | None:
         """This metric with the kinks of the mean's piecewise-linear activations rounded
         (:mod:`fastgeo.decoders.smoothing`; ``sharpness``: its default if None; the same
         precision), or None if the mean is not a recognized chain with such activations. Kept
         per structure of the mean and sharpness; it reads the mean's parameters at every call."""
-        found = recognize(self.mean)
+        found = recognize(self.mean, self.latent_dim)
         if found is None:
             return None
         kept = self.__dict__.setdefault("_smoothed", {})

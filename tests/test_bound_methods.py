@@ -197,7 +197,7 @@ def test_describe_names_where_a_decoder_leaves_the_fast_path():
 
     vae = ConvVAE().eval()
     assert "MaxPool2d (layer 'up.1')" in describe(_MaxPooled())
-    assert "operator mul" in describe(_Output(lambda x: x * x))
+    assert "tensor method .cumsum()" in describe(_Output(lambda x: x.cumsum(1)))
     assert "Softshrink (layer '1')" in describe(nn.Sequential(nn.Linear(5, 8), nn.Softshrink()))
     assert "torch.nn.functional.softmin" in describe(_Output(lambda x: torch.nn.functional.softmin(x, 1)))
     pooled = _Output(lambda x: torch.nn.functional.max_pool1d(x.view(-1, 4, 5), 2).flatten(1))

@@ -216,3 +216,10 @@ class Root(nn.Module):
 
 def test_a_fractional_power_is_not_a_chain():
     assert recognize(Root().double().eval()) is None
+
+
+def test_alpha_dropout_is_the_identity_in_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(D_LAT, 12), nn.SELU(), nn.AlphaDropout(0.1), nn.Linear(12, 6)).double()
+    assert recognize(model.train()) is None
+    check_forms(model.eval(), D_LAT, lambda fn, z: _affines(fn, z) == 2)

@@ -292,11 +292,11 @@ class PlusTiny(PlusOne):
 
 
 class PlusInput(nn.Sequential):
-    """A Sequential subclass whose forward adds a sine of its input back: not a chain (``sin`` is
-    no known activation; ``+ z[:, :1]`` alone would be a residual chain)."""
+    """A Sequential subclass whose forward adds a cumulative sum of its input back: not a chain
+    (``cumsum`` is no known step; ``+ z[:, :1]`` alone would be a residual chain)."""
 
     def forward(self, z):
-        return super().forward(z) + torch.sin(z[:, :1])
+        return super().forward(z) + torch.cumsum(z, 1)[:, 1:]
 
 
 def _with_softshrink():
@@ -322,7 +322,7 @@ def _subclass(cls):
 
 def _lambda():
     model = mlp("silu", 2, 3)
-    return lambda z: torch.sin(model(z))  # around a module, but sin is no known activation
+    return lambda z: torch.cumsum(model(z), 1)  # around a module, but cumsum is no known step
 
 
 def _function():

@@ -144,13 +144,58 @@ def _soft_hardswish(x: Tensor, beta: float) -> tuple[Tensor, Tensor]:
 # leaves out concentrated there. Each has a smooth stand-in (fastgeo.decoders.smoothing).
 PIECEWISE_LINEAR = frozenset({"relu", "leaky_relu", "hardtanh", "hardswish"})
 
-# name -> (x, *params) -> (value, derivative)
 def _power(x: Tensor, p: float) -> tuple[Tensor, Tensor]:
     """``x ** p`` for a whole ``p >= 1`` (``x * x``, ``torch.square``, a squared ReLU)."""
     below = x.pow(p - 1)
     return below * x, p * below
 
 
+# Smooth functions of one value (sine activations of implicit decoders, an output's log or square
+# root): name -> (x -> (value, derivative)).
+def _sin(x: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.sin(x), torch.cos(x)
+
+
+def _cos(x: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.cos(x), -torch.sin(x)
+
+
+def _log(x: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.log(x), torch.reciprocal(x)
+
+
+def _sqrt(x: Tensor) -> tuple[Tensor, Tensor]:
+    y = torch.sqrt(x)
+    return y, 0.5 / y
+
+
+def _rsqrt(x: Tensor) -> tuple[Tensor, Tensor]:
+    y = torch.rsqrt(x)
+    return y, -0.5 * y * y * y
+
+
+def _reciprocal(x: Tensor) -> tuple[Tensor, Tensor]:
+    y = torch.reciprocal(x)
+    return y, -y * y
+
+
+SMOOTH_POINTWISE: dict[str, Callable[[Tensor], tuple[Tensor, Tensor]]] = {
+    "sin": _sin,
+    "cos": _cos,
+    "atan": lambda x: (torch.atan(x), 1 / (1 + x * x)),
+    "erf": lambda x: (torch.erf(x), (2 / math.sqrt(math.pi)) * torch.exp(-x * x)),
+    "sinh": lambda x: (torch.sinh(x), torch.cosh(x)),
+    "cosh": lambda x: (torch.cosh(x), torch.sinh(x)),
+    "asinh": lambda x: (torch.asinh(x), torch.rsqrt(1 + x * x)),
+    "log": _log,
+    "log1p": lambda x: (torch.log1p(x), 1 / (1 + x)),
+    "expm1": lambda x: (torch.expm1(x), torch.exp(x)),
+    "sqrt": _sqrt,
+    "rsqrt": _rsqrt,
+    "reciprocal": _reciprocal,
+}
+
+# name -> (x, *params) -> (value, derivative)
 ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "elu": _elu,
     "relu": _relu,
@@ -170,6 +215,7 @@ ACTIVATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "logsigmoid": _logsigmoid,
     "tanhshrink": _tanhshrink,
     "power": _power,
+    **SMOOTH_POINTWISE,
     # the smooth stand-ins of piecewise-linear ones (fastgeo.decoders.smoothing)
     "soft_leaky_relu": _soft_leaky_relu,
     "soft_hardtanh": _soft_hardtanh,

@@ -115,7 +115,7 @@ def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain
     seen: errors of ``fn`` there (or an output that is not (P, F)) propagate; a chain that fails
     or disagrees is not one (None).
     """
-    found = recognize(fn)
+    found = recognize(fn, probe.shape[-1])
     if found is None or not any(isinstance(s, LAYERS) for s in walk(found[0])):
         return None
     steps, key = found

@@ -210,6 +210,9 @@ class AtenReader(ChainReader):
         if name == "cat":
             self._concat(a["tensors"], a.get("dim", 0))
             return
+        if name == "broadcast_tensors":
+            self._broadcast_with(node, a["tensors"])
+            return
         if name == "mul" and a.get("input") is self.current and a.get("other") is self.current:
             self._power(2)
             return
@@ -317,7 +320,7 @@ class AtenReader(ChainReader):
             self._adaptive_avg_pool(int(name[-2]), a["output_size"])
         elif name in ("prelu", "_prelu_kernel"):
             self._add(PReLU(self._param(a["weight"], False), attribute_names(a, "weight")))
-        elif name == "dropout":
+        elif name in ("dropout", "alpha_dropout", "feature_dropout", "feature_alpha_dropout"):
             require(not a["train"])
         elif name == "slice":  # x[:, ...] exported (a full slice, the identity), h[:, :D]
             start, end, step, dim = a.get("start"), a.get("end"), a.get("step", 1), a.get("dim", 0)
@@ -359,6 +362,20 @@ class AtenReader(ChainReader):
         steps = glu_steps(dim)
         require(steps is not None)
         self._add(steps[0])
+
+    def _broadcast_with(self, node: Node, tensors: Any) -> None:
+        """``broadcast_tensors(x, c, ...)`` whose output 0 continues the chain (a distribution's
+        parameters broadcast together: ``Normal(mu, sigma).mean``, ``Bernoulli(logits=x).mean``):
+        the identity where the constants ``c`` do not widen x (where the graph records shapes, they
+        are compared; the check against the decoder catches any other widening)."""
+        require(isinstance(tensors, (list, tuple)) and tensors and tensors[0] is self.current)
+        require(all(isinstance(t, Node) and t.op == "get_attr" for t in tensors[1:]))
+        out, x = node.meta.get("val"), self.current.meta.get("val")
+        if isinstance(out, (list, tuple)) and out and hasattr(x, "shape"):
+            wide, own = out[0].shape, x.shape
+            require(len(wide) == len(own))
+            require(all(a == b for a, b in zip(wide, own, strict=True) if type(a) is int and type(b) is int))
+        self.pending = node
 
     def _power(self, exponent: Any) -> None:
         """``x ** p`` (``torch.square``, ``x * x``) for a whole number ``p >= 1``."""

@@ -70,7 +70,11 @@ def _derived_nodes(graph: Graph, kept: Callable[[Node], bool]) -> set[Node]:
 
 
 def _in_place(node: Node) -> bool:
+    """Whether ``node`` changes a tensor in place (``detach_`` changes no values: a constant of a
+    distribution lifted by ``torch.export`` is detached in place)."""
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if name in ("detach_", "detach_.default"):
+        return False
     if hasattr(node.target, "_schema"):  # an aten op overload
         return node.target._schema.is_mutable
     return name.endswith("_") and not name.startswith("_")

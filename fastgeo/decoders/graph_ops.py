@@ -12,9 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch.fx import Node
 
+from .activations import SMOOTH_POINTWISE
+
 aten = torch.ops.aten
 
-ATEN_SIMPLE = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "silu", "exp": "exp"}
+# activations of one value, no parameters: by the same name in aten, torch, and as tensor methods
+SIMPLE = ("relu", "tanh", "sigmoid", "silu", "exp", *SMOOTH_POINTWISE)
+ATEN_SIMPLE = {name: name for name in SIMPLE}
 ATEN_UPSAMPLE = {
     "upsample_nearest1d": "nearest",
     "upsample_nearest2d": "nearest",
@@ -55,10 +59,7 @@ _POOL = (("kernel_size", None), ("stride", None), ("padding", 0), ("ceil_mode", 
          ("count_include_pad", True))  # fmt: skip
 # torch-level functions of symbolically traced graphs: name, then (parameter, default) after x.
 FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
-    torch.relu: ("relu", ()),
-    torch.tanh: ("tanh", ()),
-    torch.sigmoid: ("sigmoid", ()),
-    torch.exp: ("exp", ()),
+    **{getattr(torch, name): (name, ()) for name in SIMPLE if name != "silu"},
     F.relu: ("relu", (("inplace", False),)),
     F.tanh: ("tanh", ()),
     F.sigmoid: ("sigmoid", ()),
@@ -108,10 +109,7 @@ FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
     torch.clamp_max: ("clamp", (("max", None),)),
 }  # fmt: skip
 METHODS: dict[str, tuple[tuple[str, Any], ...]] = {
-    "relu": (),
-    "tanh": (),
-    "sigmoid": (),
-    "exp": (),
+    **{name: () for name in SIMPLE if name != "silu"},
     "contiguous": (("memory_format", None),),
     "clone": (("memory_format", None),),
     "softmax": (("dim", None), ("dtype", None)),

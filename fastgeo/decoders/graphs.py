@@ -64,6 +64,7 @@ from .graph_ops import (
     MATMULS,
     METHODS,
     NAMED,
+    SIMPLE,
     converts_to_floats,
     copy_sizes,
 )
@@ -118,6 +119,9 @@ def where_not_a_chain(graph: Graph, root: nn.Module) -> str | None:
     return None
 
 
+BROADCAST_TENSORS = (torch.broadcast_tensors, torch.functional.broadcast_tensors)
+
+
 class _Reader(AtenReader):
     """The ops of ``torch.fx``-traced graphs (modules, torch functions, tensor methods) and of
     ``aten`` graphs."""
@@ -155,6 +159,9 @@ class _Reader(AtenReader):
             self._concat(a["tensors"], a["dim"])
         elif (found := copy_sizes(node)) is not None and node.args[0] is self.current:
             self._broadcast(*found)
+        elif node.op == "call_function" and node.target in BROADCAST_TENSORS:
+            require(not node.kwargs)
+            self._broadcast_with(node, node.args)
         elif node.op == "call_function" and node.target in (operator.pow, torch.pow, torch.square):
             require(node.args and node.args[0] is self.current and not node.kwargs)
             self._power(2 if node.target is torch.square else node.args[1] if len(node.args) == 2 else None)
@@ -203,7 +210,7 @@ class _Reader(AtenReader):
     def _function(self, name: str, a: dict[str, Any]) -> None:
         """A torch-level function or method ``name`` of the chain's value, other arguments ``a``."""
         require(all(n in self.batch for n in nodes(a)))  # only reshapes take them
-        if name in ("relu", "tanh", "sigmoid", "silu", "exp"):
+        if name in SIMPLE:
             self._add(Activation(name))
         elif name == "elu":
             self._add(Activation("elu", (float(a["alpha"]),)))

@@ -7,8 +7,8 @@ Linear; Conv1d / Conv2d, ConvTranspose1d / ConvTranspose2d (any stride, padding,
 padding, dilation, groups, padding mode); Upsample (and UpsamplingNearest2d /
 UpsamplingBilinear2d); BatchNorm1d / BatchNorm2d (eval); InstanceNorm1d / InstanceNorm2d;
 GroupNorm; LayerNorm; ZeroPad2d, ReflectionPad2d, ReplicationPad2d; PixelShuffle, PixelUnshuffle;
-AvgPool1d / AvgPool2d; Flatten, Unflatten; Identity, Dropout (eval); ELU, ReLU, LeakyReLU, PReLU,
-ReLU6, Hardtanh, Tanh, Sigmoid, Softplus, SiLU, GELU (exact or tanh), Mish, SELU, CELU,
+AvgPool1d / AvgPool2d; Flatten, Unflatten; Identity, Dropout and AlphaDropout (eval); ELU, ReLU,
+LeakyReLU, PReLU, ReLU6, Hardtanh, Tanh, Sigmoid, Softplus, SiLU, GELU (exact or tanh), Mish, SELU, CELU,
 Hardswish, Hardsigmoid, Softsign, LogSigmoid, Tanhshrink; Softmax / LogSoftmax over an axis of
 the point. Parametrized weights (``weight_norm``, ``spectral_norm`` in eval mode) are read as
 the layer computes them.
@@ -67,7 +67,7 @@ _UPSAMPLES = (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 UPSAMPLE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear")
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _PADS = {nn.ZeroPad2d: "constant", nn.ReflectionPad2d: "reflect", nn.ReplicationPad2d: "replicate"}
-_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 GELU_APPROXIMATIONS = {"none": "gelu", "tanh": "gelu_tanh"}  # nn.GELU's approximate -> activation
 

@@ -40,7 +40,7 @@ from .flat import FlatMean, FlatOutput
 from .graphs import graph_steps, read_graph, where_not_a_chain
 from .smoothing import SmoothedChain, smooth_steps
 from .steps import Activation, Axes, Branches, ByTensor, Conv, Part, PReLU, Step, signature, walk
-from .tracing import ClosureModule, MethodModule, traced_graph
+from .tracing import ClosureModule, MethodModule, exported_graph, traced_graph
 
 __all__ = [
     "chain_module", "describe", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed",
@@ -49,6 +49,8 @@ __all__ = [
 
 # module -> (fingerprint, steps or None) of its last trace or graph reading
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# module -> (key, steps or None, exported graph) of its last export (where torch.fx fails)
+_EXPORTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # bound method / function -> its MethodModule / ClosureModule, FlatOutput -> its chain (held by a
@@ -96,9 +98,12 @@ def module_steps(module: nn.Module) -> list[Step] | None:
     return modules.module_steps(module)
 
 
-def recognize(fn: Callable[[Tensor], Tensor]) -> tuple[list[Step], Hashable] | None:
+def recognize(
+    fn: Callable[[Tensor], Tensor], latent_dim: int | None = None
+) -> tuple[list[Step], Hashable] | None:
     """The steps of ``fn`` and the key of its structure (equal keys: the same chain, up to
-    parameter values), or None if ``fn`` is not a chain the forward mode knows."""
+    parameter values), or None if ``fn`` is not a chain the forward mode knows. With the codes'
+    ``latent_dim``, a module that ``torch.fx`` cannot read is exported by ``torch.export``."""
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return None
     module = chain_module(fn)
@@ -115,6 +120,8 @@ def recognize(fn: Callable[[Tensor], Tensor]) -> tuple[list[Step], Hashable] | N
             found = (steps, None)
         else:  # a traced function bakes in the tensors and numbers it reads by name
             found = _cached(module, _trace, extra=_free_values_of(module))
+            if found is None and latent_dim is not None:
+                found = _exported(module, latent_dim)
     if found is None:
         return None
     steps, fingerprint = found
@@ -122,21 +129,22 @@ def recognize(fn: Callable[[Tensor], Tensor]) -> tuple[list[Step], Hashable] | N
     return steps, (id(module), hooks, fingerprint, signature(steps))
 
 
-def piecewise_linear(fn: Callable[[Tensor], Tensor]) -> bool:
+def piecewise_linear(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> bool:
     """Whether ``fn`` is a recognized chain with a piecewise-linear activation (ReLU, LeakyReLU,
     PReLU, Hardtanh, ReLU6, Hardsigmoid, Hardswish): its Jacobian jumps where a unit switches.
     False for anything else, including decoders that are not recognized."""
-    found = recognize(fn)
+    found = recognize(fn, latent_dim)
     return found is not None and _has_kinks(found[0])
 
 
-def describe(fn: Callable[[Tensor], Tensor]) -> str:
+def describe(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> str:
     """How ``fn``'s derivatives are taken, in a sentence or two: a recognized chain (its steps,
-    the stacked forward mode, smoothing of kinks) or not (``torch.func``)."""
-    found = recognize(fn)
+    the stacked forward mode, smoothing of kinks) or not (``torch.func``). ``latent_dim``: as
+    :func:`recognize` takes it."""
+    found = recognize(fn, latent_dim)
     if found is None:
         return (
-            f"not a recognized chain of layers ({_why_not(fn)}): its Jacobians come from "
+            f"not a recognized chain of layers ({_why_not(fn, latent_dim)}): its Jacobians come from "
             "torch.func, several times slower than the stacked forward mode, and piecewise-linear "
             "activations in it (if any) are not smoothed first. An nn.Sequential of standard "
             "layers, or a module (or a method of one) torch.fx traces into them, takes the fast path"
@@ -152,7 +160,7 @@ def describe(fn: Callable[[Tensor], Tensor]) -> str:
     return text
 
 
-def _why_not(fn: Callable[[Tensor], Tensor]) -> str:
+def _why_not(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> str:
     """Why ``fn`` is not a recognized chain, in a few words."""
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return "global module hooks are registered"
@@ -168,7 +176,8 @@ def _why_not(fn: Callable[[Tensor], Tensor]) -> str:
             graph = traced_graph(module)
         except Exception as e:  # noqa: BLE001 - untraceable: say why, in one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            return f"torch.fx cannot trace it: {first[:160]}"
+            also = "" if latent_dim is None else ", nor torch.export read it into known layers"
+            return f"torch.fx cannot trace it{also}: {first[:160]}"
     where = where_not_a_chain(graph, module)
     return f"it stops being a chain of known layers at {where}" if where else "unknown"
 
@@ -210,7 +219,7 @@ def smoothed(
     """``fn`` with its piecewise-linear activations rounded (:mod:`fastgeo.decoders.smoothing`,
     scaled at ``probe`` (P, d) points), or None if ``fn`` is not a recognized chain with such
     activations."""
-    found = recognize(fn)
+    found = recognize(fn, probe.shape[-1])
     if found is None or not _has_kinks(found[0]):
         return None
     return SmoothedChain(smooth_steps(found[0], probe, sharpness))
@@ -228,6 +237,26 @@ def _trace(module: nn.Module) -> list[Step] | None:
     except Exception:  # noqa: BLE001 - untraceable (control flow on values, ...): not a chain
         return None
     return read_graph(graph, module)
+
+
+def _exported(module: nn.Module, latent_dim: int) -> tuple[list[Step], Hashable] | None:
+    """Steps of ``module`` exported by ``torch.export`` at codes of ``latent_dim`` (once per
+    fingerprint, latent dimension, free values and parameter objects: the exported graph holds
+    the parameters themselves, not their modules), or None."""
+    fingerprint = _fingerprint(module)
+    if fingerprint is None:
+        return None
+    tensors = tuple(id(t) for t in (*module.parameters(), *module.buffers()))
+    key = ("export", latent_dim, _free_values_of(module), tensors, fingerprint)
+    cached = _EXPORTED.get(module)
+    if cached is None or cached[0] != key:
+        try:
+            graph = exported_graph(module, latent_dim)
+            steps = graph_steps(graph)
+        except Exception:  # noqa: BLE001 - not exportable either (control flow on values, ...)
+            graph = steps = None
+        cached = _EXPORTED[module] = (key, steps, graph)  # the graph owns what the steps read
+    return None if cached[1] is None else (cached[1], key)
 
 
 def _cached(

@@ -4,21 +4,27 @@ arguments with defaults (traced at them), a buffer's methods called with the bat
 (``self.coords.expand(len(z), -1, -1, -1)``), and for a function around modules
 (:class:`ClosureModule`) the tensors it reads by name (``lambda z: cvae.decode(z, y.expand(len(z),
 -1))``: ``y`` traced as a buffer of the wrapper). Methods of modules are traced as modules of
-their own (:class:`MethodModule`)."""
+their own (:class:`MethodModule`). A forward that ``torch.fx`` cannot trace (a branch on
+``z.dim()``, an ``assert`` on ``z.shape``, a distribution's mean) is exported by ``torch.export``
+at a batch of codes instead (:func:`exported_graph`). Distributions' argument checks, which branch
+on values, are off while either traces."""
 
 from __future__ import annotations
 
 import builtins
 import contextlib
 import inspect
+import io
+import logging
 import types
+import warnings
 import weakref
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ClosureModule", "MethodModule", "traced_graph"]
+__all__ = ["ClosureModule", "MethodModule", "exported_graph", "traced_graph"]
 
 
 class MethodModule(nn.Module):
@@ -106,7 +112,7 @@ def traced_graph(module: nn.Module) -> torch.fx.Graph:
         # control flow (an ``initialized`` flag) cannot be: traced again as a plain tensor.
         tracer.proxy_buffer_attributes = proxied
         try:
-            with _len_recorded(module):
+            with _len_recorded(module), _distributions_unchecked():
                 graph = tracer.trace(module, concrete_args=defaults or None)
             break
         except Exception:
@@ -123,6 +129,37 @@ def traced_graph(module: nn.Module) -> torch.fx.Graph:
     graph.owning_module = module  # whose submodules' purity the elimination checks
     graph.eliminate_dead_code()
     return graph
+
+
+def exported_graph(module: nn.Module, latent_dim: int) -> torch.fx.GraphModule:
+    """``module`` exported by ``torch.export`` at codes (P, latent_dim) of its parameters' dtype
+    and device, P dynamic: its ``aten`` graph, whose parameters are the module's own."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    dtype = tensors[0].dtype if tensors else torch.get_default_dtype()
+    device = tensors[0].device if tensors else torch.device("cpu")
+    z = torch.zeros(3, latent_dim, dtype=dtype, device=device)
+    batch = ({0: torch.export.Dim.DYNAMIC},)  # a range the forward asserts is no error
+    quiet = logging.root.manager.disable  # a failed export logs warnings and prints its graph
+    logging.disable(max(quiet, logging.WARNING))
+    try:
+        with warnings.catch_warnings(), _distributions_unchecked(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module, (z,), dynamic_shapes=batch, strict=False)
+    finally:
+        logging.disable(quiet)
+    return program.module()
+
+
+@contextlib.contextmanager
+def _distributions_unchecked() -> Iterator[None]:
+    """``torch.distributions`` without argument checks (they branch on values: no tracer follows
+    them), put back afterwards; the chain read from the trace is checked against the decoder."""
+    before = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(before)
 
 
 def _specialized(module: nn.Module) -> dict[str, object]:
