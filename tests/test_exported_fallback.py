@@ -65,6 +65,13 @@ class BernoulliMean(Decoder):
         return Bernoulli(logits=self.net(z)).mean
 
 
+class OneCodeBernoulli(Decoder):
+    def forward(self, z):
+        if z.dim() == 1:
+            z = z.unsqueeze(0)
+        return Bernoulli(logits=self.net(z)).mean
+
+
 class NormalMean(Decoder):
     def forward(self, z):
         return Independent(Normal(self.net(z), 1.0), 1).mean
@@ -118,6 +125,15 @@ def test_read_from_the_exported_graph(form):
     assert recognize(model, D_LAT) is not None
     check(model, z)
     check(copy.deepcopy(model).float(), randn(9, D_LAT, dtype=torch.float32, seed=3), rtol=F32_TOL)
+
+
+def test_read_under_no_grad():
+    """Recognized as first seen inside ``torch.no_grad()`` (as the solver sees it), where the
+    distribution's mean turns grad on for itself."""
+    model = OneCodeBernoulli().eval()
+    with torch.no_grad():
+        assert recognize(model) is None and recognize(model, D_LAT) is not None
+    check(model.double(), randn(5, D_LAT, seed=8))
 
 
 def test_a_conv_method_read_from_the_exported_graph():

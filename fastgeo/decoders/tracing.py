@@ -142,8 +142,14 @@ def exported_graph(module: nn.Module, latent_dim: int) -> torch.fx.GraphModule:
     quiet = logging.root.manager.disable  # a failed export logs warnings and prints its graph
     logging.disable(max(quiet, logging.WARNING))
     try:
-        with warnings.catch_warnings(), _distributions_unchecked(), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")
+            stack.enter_context(_distributions_unchecked())
+            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+            # grad on: under no_grad a forward's own enable_grad (a distribution's lazy mean)
+            # would be recorded as a region of its own
+            stack.enter_context(torch.enable_grad())
             program = torch.export.export(module, (z,), dynamic_shapes=batch, strict=False)
     finally:
         logging.disable(quiet)
