@@ -152,6 +152,9 @@ def describe(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> s
     steps = found[0]
     names = " -> ".join(_step_name(s) for s in steps)
     text = f"a chain of {len(steps)} steps ({names}): Jacobians by the stacked forward mode"
+    fingerprint = found[1][2]
+    if isinstance(fingerprint, tuple) and fingerprint[:1] == ("export",):
+        text += " (read from its torch.export graph: torch.fx could not trace it)"
     if _has_kinks(steps):
         text += (
             "; it has piecewise-linear activations: in d >= 4 the spline methods solve on a "
