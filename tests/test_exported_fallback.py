@@ -190,3 +190,28 @@ def test_a_metric_takes_the_exported_chain():
     slow = fastgeo.geodesics(hidden, z0, z1, method="fast", progress=False)
     assert list(fast.status) == list(slow.status)
     torch.testing.assert_close(fast.lengths, slow.lengths, rtol=1e-6, atol=0)
+
+
+class Rearranged(nn.Module):
+    """einops in forward (``rearrange`` to images and back, ``repeat`` of the codes over a grid):
+    torch.fx cannot trace it, torch.export can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(D_LAT, 4 * 3 * 3)
+        self.up = nn.ConvTranspose2d(4 + D_LAT, 2, 4, stride=2, padding=1)
+
+    def forward(self, z):
+        import einops
+
+        h = einops.rearrange(self.fc(z), "b (c h w) -> b c h w", c=4, h=3)
+        h = torch.cat([h, einops.repeat(z, "b d -> b d h w", h=3, w=3)], dim=1)
+        return einops.rearrange(torch.sigmoid(self.up(h)), "b c h w -> b (c h w)")
+
+
+def test_einops_decoders():
+    pytest.importorskip("einops")  # a test dependency (fastgeo[test]): CI runs this
+    torch.manual_seed(0)
+    model = Rearranged().double().eval()
+    assert recognize(model) is None and recognize(model, D_LAT) is not None
+    check(model, randn(5, D_LAT, seed=9))
