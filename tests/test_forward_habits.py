@@ -223,3 +223,16 @@ def test_alpha_dropout_is_the_identity_in_eval_mode():
     model = nn.Sequential(nn.Linear(D_LAT, 12), nn.SELU(), nn.AlphaDropout(0.1), nn.Linear(12, 6)).double()
     assert recognize(model.train()) is None
     check_forms(model.eval(), D_LAT, lambda fn, z: _affines(fn, z) == 2)
+
+
+def test_a_data_parallel_wrapper_is_its_module():
+    """``nn.DataParallel(decoder)`` (on the CPU it calls the module it holds) is read as that
+    module; with a hook of its own it is not a chain."""
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(D_LAT, 12), nn.Tanh(), nn.Linear(12, 6)).double().eval()
+    wrapped = nn.DataParallel(inner)
+    assert _affines(wrapped, None) == 2
+    check(wrapped, randn(7, D_LAT, seed=1))
+    wrapped.register_forward_hook(lambda mod, inp, out: 2 * out)
+    assert recognize(wrapped) is None
+    check(wrapped, randn(7, D_LAT, seed=1), recognized=False)

@@ -53,6 +53,9 @@ _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _EXPORTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+# wrappers that split a batch over devices and call the module they hold on each part
+_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
 # bound method / function -> its MethodModule / ClosureModule, FlatOutput -> its chain (held by a
 # metric as long as it lives)
 _METHODS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -60,11 +63,14 @@ _METHODS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def chain_module(fn: Callable[[Tensor], Tensor]) -> nn.Module | None:
     """The module whose structure describes ``fn``: ``fn`` itself, the module a
-    :class:`FlatMean` wraps (it only flattens (..., d) to (P, d)), a :class:`MethodModule`
-    for a method of a module, a :class:`ClosureModule` for a function around modules (followed
-    by a flatten where a :class:`FlatOutput` wraps it); None for any other callable."""
+    :class:`FlatMean` wraps (it only flattens (..., d) to (P, d)) or a ``DataParallel`` holds, a
+    :class:`MethodModule` for a method of a module, a :class:`ClosureModule` for a function
+    around modules (followed by a flatten where a :class:`FlatOutput` wraps it); None for any
+    other callable."""
     if type(fn) is FlatMean and not modules.has_hooks(fn):
         return fn.flat
+    if isinstance(fn, _PARALLEL) and not modules.has_hooks(fn):  # the same function, on one device
+        return chain_module(fn.module)
     if type(fn) is FlatOutput:  # a method returning images: its chain, then a flatten
         inner = chain_module(fn.mean)
         if inner is None:
