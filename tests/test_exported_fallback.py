@@ -9,6 +9,8 @@ silently; the distributions' argument checks are put back."""
 from __future__ import annotations
 
 import copy
+import logging
+import sys
 
 import pytest
 import torch
@@ -163,12 +165,14 @@ def test_describe_says_what_failed():
 
 @pytest.mark.parametrize("validate", [True, False])
 def test_the_distributions_checks_are_put_back(validate):
-    before = Distribution._validate_args
+    """And the logging level and stderr, which a failed export would print to."""
+    before, quiet, stderr = Distribution._validate_args, logging.root.manager.disable, sys.stderr
     Distribution.set_default_validate_args(validate)
     try:
         for form in (BernoulliMean, ValueBranch):
             recognize(form().eval(), D_LAT)
             assert Distribution._validate_args is validate
+            assert logging.root.manager.disable == quiet and sys.stderr is stderr
     finally:
         Distribution.set_default_validate_args(before)
 
