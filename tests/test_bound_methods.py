@@ -205,6 +205,8 @@ def test_describe_names_where_a_decoder_leaves_the_fast_path():
     assert "max_pool1d" in describe(exported)  # torch.export's own hooks are no reason
     assert "function around no module" in describe(lambda z: torch.sigmoid(z))
     assert "torch.fx cannot trace it" in describe(vae.decode_branchy)
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(5, 8), nn.Tanh()))
+    assert "TorchScript module" in describe(scripted, 5)
     assert "stacked forward mode" in describe(vae.decode)
 
 

@@ -178,6 +178,8 @@ def _why_not(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> s
         return "a function around no module: pass the decoder module, or a method of it, instead"
     if modules.has_hooks(module) and not isinstance(module, torch.fx.GraphModule):  # export's own hooks
         return "a module with hooks"
+    if isinstance(module, torch.jit.ScriptModule):
+        return "a TorchScript module (torch.jit.script / trace): pass the Python module it was made from"
     if isinstance(module, torch.fx.GraphModule):
         graph = module.graph
     else:
