@@ -6,22 +6,26 @@ stacked chain, whose values and directional derivatives equal forward-mode AD; a
 changes the values (to float16 and back) fails the check against the decoder and leaves it to
 torch.func; one to integers is not a chain. The batch size as ``len(z)`` in a reshape
 (``torch.fx`` cannot trace ``len``: it is recorded while a decoder is traced, and put back
-afterwards).
+afterwards). Also: whole powers of the value, AlphaDropout, a DataParallel wrapper, and
+``F.normalize`` over an axis of each point (with its JVP below eps).
 """
 
 from __future__ import annotations
 
 import builtins
+import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import randn
 from test_decoders_conv import F32_TOL, check, check_forms
 from torch import nn
 
 from fastgeo.decoders import stacked_chain
+from fastgeo.decoders.layers import apply
 from fastgeo.decoders.recognize import recognize
-from fastgeo.decoders.steps import Affine, walk
+from fastgeo.decoders.steps import Affine, Normalize, walk
 
 D_LAT = 3
 
@@ -236,3 +240,37 @@ def test_a_data_parallel_wrapper_is_its_module():
     wrapped.register_forward_hook(lambda mod, inp, out: 2 * out)
     assert recognize(wrapped) is None
     check(wrapped, randn(7, D_LAT, seed=1), recognized=False)
+
+
+class Normalized(nn.Module):
+    """Outputs of unit L2 norm (``F.normalize`` over the features; over the channels of an image)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(D_LAT, 12), nn.Linear(12, 2 * 3 * 3)
+
+    def forward(self, z):
+        h = F.normalize(torch.tanh(self.fc1(z)), dim=-1)
+        return F.normalize(self.fc2(h).view(-1, 2, 3, 3), dim=1, eps=1e-6).flatten(1)
+
+
+def test_l2_normalization_over_an_axis_of_the_point():
+    torch.manual_seed(0)
+    model = Normalized().double().eval()
+    found = recognize(model)
+    assert found is not None and sum(isinstance(s, Normalize) for s in walk(found[0])) == 2
+    check(model, randn(7, D_LAT, seed=1, scale=1.5))
+    check(copy.deepcopy(model).float(), randn(9, D_LAT, dtype=torch.float32, seed=3), rtol=F32_TOL)
+
+
+def test_l2_normalization_below_eps_is_a_scaling():
+    """Where a point's norm is below eps, F.normalize divides by eps: so do the tangents."""
+    x = randn(5, 4, seed=2)
+    x[1] = 0.0
+    x[3] *= 1e-9
+    tangents = randn(3, 5, 4, seed=3)
+    out = apply(Normalize(-1, 1e-6), torch.cat([x[None], tangents]))
+    for k in range(3):
+        value, jvp = torch.func.jvp(lambda v: F.normalize(v, dim=-1, eps=1e-6), (x,), (tangents[k],))
+        torch.testing.assert_close(out[0], value, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out[k + 1], jvp, rtol=1e-10, atol=1e-10)

@@ -79,6 +79,7 @@ FUNCTIONS: dict[Callable, tuple[str, tuple[tuple[str, Any], ...]]] = {
     F.logsigmoid: ("logsigmoid", ()),
     F.tanhshrink: ("tanhshrink", ()),
     torch.special.expit: ("sigmoid", ()),
+    F.normalize: ("normalize", (("p", 2.0), ("dim", 1), ("eps", 1e-12), ("out", None))),
     F.softmax: ("softmax", (("dim", None), ("_stacklevel", 3), ("dtype", None))),
     F.log_softmax: ("log_softmax", (("dim", None), ("_stacklevel", 3), ("dtype", None))),
     torch.softmax: ("softmax", (("dim", None), ("dtype", None))),

@@ -31,6 +31,7 @@ from .steps import (
     Concat,
     Conv,
     Flatten,
+    Normalize,
     Pad,
     Part,
     PixelShuffle,
@@ -214,6 +215,11 @@ class StepVocabulary(ChainReader):
         steps = softmax_steps(dim, log)
         require(steps is not None)
         self._add(steps[0])
+
+    def _normalize(self, dim: Any, eps: Any) -> None:
+        """``F.normalize`` (L2) over an axis of each point."""
+        require(type(dim) is int and (dim >= 1 or dim < 0) and type(eps) in (int, float) and eps > 0)
+        self._add(Normalize(dim, float(eps)))
 
     def _pixel_shuffle(self, factor: Any, inverse: bool) -> None:
         require(isinstance(factor, int) and not isinstance(factor, bool) and factor >= 1)

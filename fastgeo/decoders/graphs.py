@@ -16,7 +16,8 @@ Two kinds of graphs are read:
   the layers of :mod:`fastgeo.decoders.modules`, torch / ``torch.nn.functional`` activations
   (relu, tanh, sigmoid / expit, exp, silu, elu, leaky_relu, softplus, gelu, hardtanh, relu6, mish,
   selu, celu, hardswish, hardsigmoid, softsign, logsigmoid, tanhshrink), (log_)softmax,
-  ``F.interpolate``, ``F.pad``, ``F.pixel_(un)shuffle``, ``F.(adaptive_)avg_pool{1,2}d``,
+  ``F.normalize`` (L2, symbolically traced graphs only), ``F.interpolate``, ``F.pad``,
+  ``F.pixel_(un)shuffle``, ``F.(adaptive_)avg_pool{1,2}d``,
   ``F.glu``, ``torch.flatten`` / ``torch.reshape`` / ``torch.unflatten``, ``torch.permute`` /
   ``transpose`` / ``unsqueeze`` / ``squeeze``, ``torch.chunk`` / ``split``, ``torch.clamp`` /
   ``clip``, indexing (new axes ``x[:, :, None, None]``, pieces ``h[:, :D]``), linear maps by
@@ -231,6 +232,9 @@ class _Reader(AtenReader):
         elif name in ("softmax", "log_softmax"):
             require(a["dtype"] is None)
             self._softmax(a["dim"], name == "log_softmax")
+        elif name == "normalize":
+            require(a["out"] is None and a["p"] == 2)
+            self._normalize(a["dim"], a["eps"])
         elif name in ("pixel_shuffle", "pixel_unshuffle"):
             self._pixel_shuffle(a["downscale_factor" if name == "pixel_unshuffle" else "upscale_factor"],
                                 name == "pixel_unshuffle")  # fmt: skip

@@ -4,7 +4,8 @@ The stack ``x`` is (k+1, P, *shape): block 0 holds the value at P points, blocks
 tangents at the same points. An affine step is linear in the tangents, so all k+1 blocks go
 through it as one batch of (k+1) P inputs (one GEMM, one convolution), the bias added to the
 value block only; an activation multiplies the tangents by its derivative at the value;
-group and layer normalization and softmax have their JVP written out. The stack is this
+group, layer and L2 normalization and softmax have their JVP written out
+(:mod:`fastgeo.decoders.normalizing`). The stack is this
 module's own tensor: steps may update it in place.
 """
 
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import ACTIVATIONS, SOFT_THRESHOLD
+from .normalizing import group_norm, layer_norm, normalize, softmax
+from .stack import batch, channels, like, stack_dim, unbatch
 from .steps import (
     Activation,
     AdaptiveAvgPool,
@@ -33,6 +36,7 @@ from .steps import (
     Flatten,
     GroupNorm,
     LayerNorm,
+    Normalize,
     Pad,
     Part,
     PixelShuffle,
@@ -50,28 +54,12 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def _like(p: Tensor | None, x: Tensor) -> Tensor | None:
-    """A parameter in the stack's dtype (tangents may be pushed in bfloat16)."""
-    return p if p is None or p.dtype == x.dtype else p.to(x.dtype)
 
 
-def _batch(x: Tensor) -> Tensor:
-    """(k+1, P, *shape) -> ((k+1) P, *shape), a view."""
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-def _unbatch(y: Tensor, x: Tensor) -> Tensor:
-    """((k+1) P, *shape') -> (k+1, P, *shape'), with the blocks of x."""
-    return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
-
-
-def _channels(v: Tensor, x: Tensor) -> Tensor:
-    """A per-channel vector (C,) shaped to broadcast over the (C, *spatial) points of x."""
-    return v.reshape(-1, *(1,) * (x.dim() - 3))
 
 
 def _affine(step: Affine, x: Tensor) -> Tensor:
-    weight, bias = _like(step.weight(), x), _like(step.bias(), x)
+    weight, bias = like(step.weight(), x), like(step.bias(), x)
     y = torch.mm(x.reshape(-1, x.shape[-1]), weight.T).reshape(*x.shape[:-1], weight.shape[0])
     if bias is not None:
         y[0] += bias
@@ -79,9 +67,9 @@ def _affine(step: Affine, x: Tensor) -> Tensor:
 
 
 def _conv(step: Conv, x: Tensor) -> Tensor:
-    weight, bias = _like(step.weight(), x), _like(step.bias(), x)
+    weight, bias = like(step.weight(), x), like(step.bias(), x)
     n = weight.dim() - 2
-    xb = _batch(x)
+    xb = batch(x)
     if n == 2 and xb.device.type == "cpu":
         # oneDNN convolves channels-last images about twice as fast on CPU; the layout then
         # stays through activations and further convolutions, until a reshape.
@@ -92,9 +80,9 @@ def _conv(step: Conv, x: Tensor) -> Tensor:
                        step.dilation)  # fmt: skip
     else:
         y = _CONV[n](xb, weight, None, step.stride, step.padding, step.dilation, step.groups)
-    y = _unbatch(y, x)
+    y = unbatch(y, x)
     if bias is not None:
-        y[0] += _channels(bias, y)
+        y[0] += channels(bias, y)
     return y
 
 
@@ -106,58 +94,22 @@ def _batch_norm(step: BatchNorm, x: Tensor) -> Tensor:
     shift = -step.running_mean() * scale
     if bias is not None:
         shift = shift + bias
-    x.mul_(_channels(_like(scale, x), x))
-    x[0] += _channels(_like(shift, x), x)
+    x.mul_(channels(like(scale, x), x))
+    x[0] += channels(like(shift, x), x)
     return x
 
 
-def _normalized(g: Tensor, eps: float) -> Tensor:
-    """xhat = (x - mean) / sigma over the last axis of the value block g[0], and the tangents
-    dxhat = (dx - mean(dx) - xhat mean(xhat dx)) / sigma: g (k+1, P, G, n) -> the same shape."""
-    value, tangents = g[0], g[1:]
-    var, mean = torch.var_mean(value, -1, correction=0, keepdim=True)
-    rstd = torch.rsqrt(var + eps)
-    xhat = (value - mean) * rstd
-    out = torch.empty_like(g)
-    out[0] = xhat
-    out[1:] = (
-        tangents - tangents.mean(-1, keepdim=True) - xhat * (xhat * tangents).mean(-1, keepdim=True)
-    ) * rstd
-    return out
 
-
-def _group_norm(step: GroupNorm, x: Tensor) -> Tensor:
-    """y = gamma xhat + beta, xhat normalized over each group of channels (per point)."""
-    blocks, P = x.shape[:2]
-    y = _normalized(x.reshape(blocks, P, step.groups, -1), step.eps).reshape(x.shape)
-    weight, bias = _like(step.weight(), x), _like(step.bias(), x)
-    if weight is not None:
-        y.mul_(_channels(weight, y))
-    if bias is not None:
-        y[0] += _channels(bias, y)
-    return y
-
-
-def _layer_norm(step: LayerNorm, x: Tensor) -> Tensor:
-    """y = gamma xhat + beta, xhat normalized over the last len(shape) axes of each point."""
-    blocks, P = x.shape[:2]
-    y = _normalized(x.reshape(blocks, P, -1, math.prod(step.shape)), step.eps).reshape(x.shape)
-    weight, bias = _like(step.weight(), x), _like(step.bias(), x)
-    if weight is not None:
-        y.mul_(weight)
-    if bias is not None:
-        y[0] += bias
-    return y
 
 
 def _upsample(step: Upsample, x: Tensor) -> Tensor:
-    y = F.interpolate(_batch(x), step.size, step.scale_factor, step.mode, step.align_corners,
+    y = F.interpolate(batch(x), step.size, step.scale_factor, step.mode, step.align_corners,
                       step.recompute_scale_factor)  # fmt: skip
-    return _unbatch(y, x)
+    return unbatch(y, x)
 
 
 def _pad(step: Pad, x: Tensor) -> Tensor:
-    return _unbatch(F.pad(_batch(x), step.pad, step.mode), x)
+    return unbatch(F.pad(batch(x), step.pad, step.mode), x)
 
 
 def _reshape(step: Reshape, x: Tensor) -> Tensor:
@@ -167,10 +119,6 @@ def _reshape(step: Reshape, x: Tensor) -> Tensor:
         shape[shape.index(-1)] = math.prod(x.shape[2:]) // known if known else 0
     return x.reshape(*x.shape[:2], *shape)
 
-
-def stack_dim(dim: int) -> int:
-    """A dim of the batch (P, ...) as a dim of the stack (k+1, P, ...)."""
-    return dim + 1 if dim >= 0 else dim
 
 
 def _flatten(step: Flatten, x: Tensor) -> Tensor:
@@ -218,7 +166,7 @@ def _concat(step: Concat, x: Tensor) -> Tensor:
     if not isinstance(p, Tensor) or not (p.dim() == point or p.dim() == point + 1 and p.shape[0] == 1):
         got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
         raise ValueError(f"{step.identity!r} = {got} does not broadcast over points {tuple(x.shape[1:])}")
-    p = _like(p, x)
+    p = like(p, x)
     p = p[0] if p.dim() == point + 1 else p
     axis = stack_dim(step.axis)
     shape = list(x.shape)
@@ -237,7 +185,7 @@ def _activation(step: Activation, x: Tensor) -> Tensor:
 
 def prelu(step: PReLU, value: Tensor) -> tuple[Tensor, Tensor]:
     """The PReLU's value and derivative at ``value`` (P, C, ...) or (P, F), out of place."""
-    a = _like(step.weight(), value)
+    a = like(step.weight(), value)
     a = a.reshape(-1, *(1,) * (value.dim() - 2)) if a.numel() > 1 else a.reshape(())
     if step.beta is None:
         positive = value > 0
@@ -253,33 +201,22 @@ def _prelu(step: PReLU, x: Tensor) -> Tensor:
     return x
 
 
-def _softmax(step: Softmax, x: Tensor) -> Tensor:
-    """y = softmax(x), dy = y (dx - sum(y dx)); log: y = log_softmax(x), dy = dx - sum(softmax dx).
-    Into a new stack (autograd through a smoothed chain keeps x)."""
-    dim = step.dim  # a point axis: the same axis of the value block (P, ...) as of a batch
-    s = torch.softmax(x[0], dim)
-    tangents = x[1:] - (s * x[1:]).sum(stack_dim(dim), keepdim=True)  # dims of (k, P, ...): the stack's
-    out = torch.empty_like(x)
-    out[0] = torch.log_softmax(x[0], dim) if step.log else s
-    out[1:] = tangents if step.log else s * tangents
-    return out
-
 
 def _pixel_shuffle(step: PixelShuffle, x: Tensor) -> Tensor:
     fn = F.pixel_unshuffle if step.inverse else F.pixel_shuffle
-    return _unbatch(fn(_batch(x), step.factor), x)
+    return unbatch(fn(batch(x), step.factor), x)
 
 
 def _avg_pool(step: AvgPool, x: Tensor) -> Tensor:
     divisor = () if step.dims == 1 else (step.divisor_override,)  # avg_pool1d takes none
-    y = _AVG_POOL[step.dims](_batch(x), step.kernel, step.stride, step.padding, step.ceil_mode,
+    y = _AVG_POOL[step.dims](batch(x), step.kernel, step.stride, step.padding, step.ceil_mode,
                              step.count_include_pad, *divisor)  # fmt: skip
-    return _unbatch(y, x)
+    return unbatch(y, x)
 
 
 def _adaptive_avg_pool(step: AdaptiveAvgPool, x: Tensor) -> Tensor:
     pool = F.adaptive_avg_pool1d if step.dims == 1 else F.adaptive_avg_pool2d
-    return _unbatch(pool(_batch(x), step.output_size), x)
+    return unbatch(pool(batch(x), step.output_size), x)
 
 
 class Peak:
@@ -342,7 +279,7 @@ def _by_tensor(step: ByTensor, x: Tensor) -> Tensor:
     broadcasts over the points (P, *shape) as it did in the decoder: right-aligned, any axis along
     the batch of size 1."""
     p = step.operand()
-    p = _like(p, x) if isinstance(p, Tensor) else p
+    p = like(p, x) if isinstance(p, Tensor) else p
     if not isinstance(p, Tensor) or p.dim() > x.dim() - 1 or p.dim() == x.dim() - 1 and p.shape[0] != 1:
         got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
         raise ValueError(f"{step.identity!r} = {got} does not broadcast over points {tuple(x.shape[1:])}")
@@ -362,8 +299,8 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     Affine: _affine,
     Conv: _conv,
     BatchNorm: _batch_norm,
-    GroupNorm: _group_norm,
-    LayerNorm: _layer_norm,
+    GroupNorm: group_norm,
+    LayerNorm: layer_norm,
     Upsample: _upsample,
     Pad: _pad,
     Reshape: _reshape,
@@ -373,7 +310,8 @@ APPLY: dict[type, Callable[..., Tensor]] = {
     Part: _part,
     Activation: _activation,
     PReLU: _prelu,
-    Softmax: _softmax,
+    Softmax: softmax,
+    Normalize: normalize,
     PixelShuffle: _pixel_shuffle,
     AvgPool: _avg_pool,
     AdaptiveAvgPool: _adaptive_avg_pool,

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .activations import ACTIVATIONS, PIECEWISE_LINEAR, SOFT_THRESHOLD
-from .layers import IN_PLACE, apply, prelu, stack_dim
+from .layers import IN_PLACE, apply, prelu
+from .stack import stack_dim
 from .steps import Activation, Branches, PReLU, Step
 
 # beta times the pre-activations' RMS: 20 rounds each kink over ~5 % of a unit's typical input.

@@ -212,6 +212,15 @@ class Softmax:
 
 
 @dataclass(frozen=True)
+class Normalize:
+    """``F.normalize(x, p=2, dim, eps)``: each point divided by the L2 norm of its axis ``dim``
+    (never the batch axis), at least ``eps``. Not linear: its JVP is explicit."""
+
+    dim: int
+    eps: float = 1e-12
+
+
+@dataclass(frozen=True)
 class PixelShuffle:
     """``pixel_shuffle`` of (C r^2, H, W) to (C, H r, W r) per point with ``factor`` r
     (``inverse``: ``pixel_unshuffle``): a permutation."""
@@ -279,8 +288,8 @@ class ByTensor:
 
 Step = (
     Affine | Conv | BatchNorm | GroupNorm | LayerNorm | Upsample | Pad | Reshape | Flatten | Unflatten
-    | Axes | Part | Activation | PReLU | Softmax | PixelShuffle | AvgPool | AdaptiveAvgPool | Scale | ByTensor
-    | Broadcast | Concat | Branches
+    | Axes | Part | Activation | PReLU | Softmax | Normalize | PixelShuffle | AvgPool | AdaptiveAvgPool
+    | Scale | ByTensor | Broadcast | Concat | Branches
 )  # fmt: skip
 # Steps with parameters of their own (a chain without one is not a decoder worth recognizing).
 LAYERS = (Affine, Conv)
