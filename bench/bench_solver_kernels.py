@@ -345,6 +345,24 @@ def _sine_mlp(d: int) -> torch.nn.Module:
     return _SineMLP(d).eval()
 
 
+class _UnitOutputs(torch.nn.Module):
+    """(P, d) -> (P, 784): an MLP d-256-256-784 (SiLU) whose hidden layer and output are
+    L2-normalized (``F.normalize``), as embedding decoders write them."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.fc1, self.fc2, self.fc3 = nn.Linear(d, 256), nn.Linear(256, 256), nn.Linear(256, 784)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.normalize(torch.nn.functional.silu(self.fc2(torch.tanh(self.fc1(z)))), dim=-1)
+        return torch.nn.functional.normalize(self.fc3(h), dim=-1)
+
+
+def _unit_outputs(d: int) -> torch.nn.Module:
+    return _UnitOutputs(d).eval()
+
+
 def _layers_builder(make: Callable[[int], torch.nn.Module], d: int) -> Callable[[int, int], Pair]:
     """The decoder Jacobian of a seeded ``make(d)`` at P = b N random points."""
 
@@ -486,6 +504,8 @@ CASES = (
         _layers_builder(_probabilistic, d), 2, 48) for d in (8, 16)]
     + [("decoder Jacobian, sine MLP", f"P=480 (b=10, N=48), d={d}, D=784",
         _layers_builder(_sine_mlp, d), 10, 48) for d in (16, 32)]
+    + [("decoder Jacobian, L2-normalized MLP", f"P=480 (b=10, N=48), d={d}, D=784",
+        _layers_builder(_unit_outputs, d), 10, 48) for d in (16, 32)]
     + [("decoder Jacobian, sequences with softmax", f"P=480 (b=10, N=48), d={d}, D=1050",
         _layers_builder(_sequence_softmax, d), 10, 48) for d in (8, 32)]
     + [("sigma + Jacobian", f"P={b * N} (b={b}, N={N}), d=2, K=64, D=64", _sigma, b, N) for b, N in P_SHAPES]
@@ -509,6 +529,7 @@ PIECES = {
     "z[:, :, None, None]",
     "decoder Jacobian, one code or many, a Bernoulli's mean": "the same, a conv decoder read from "
     "torch.export's graph (torch.fx cannot trace it)",
+    "decoder Jacobian, L2-normalized MLP": "the same, an MLP d-256-256-784 with F.normalize",
     "decoder Jacobian, sine MLP": "the same, an MLP d-256-256-784 with sine activations",
     "sigma + Jacobian": "torch.ops.fastgeo.rbf_sigma_jacobian vs fastgeo.reference.rbf_sigma_jacobian",
     "Gauss-Newton system": "torch.ops.fastgeo.gauss_newton_system vs fastgeo.reference.gauss_newton_system",
