@@ -52,3 +52,37 @@ def test_a_non_finite_energy_counts_as_separated():
     bad = c.clone()
     bad[0, 3, 0] = torch.nan
     assert _separated(_hill_metric(1.0), z0, -z0, c, bad, grid, Work()).tolist() == [True]
+
+
+def _race_two(metric: fastgeo.ExpectedMetric, starts: torch.Tensor, prune_from: int, monkeypatch) -> tuple:
+    """Both racers of one curve (-1, 0) -> (1, 0) through the race's first phase."""
+    from fastgeo.solver import race
+    from fastgeo.solver.options import solver_options
+    from fastgeo.solver.problem import full_parts
+
+    monkeypatch.setattr(race, "PRUNE_FROM", prune_from)
+    z0 = torch.tensor([[-1.0, 0.0]], dtype=torch.float64)
+    opts = solver_options(torch.float64, 2, 3, m=8, n_points=48)
+    grid = Grid.of(opts.basis, 48, z0)
+    work = Work()
+    curve_idx = torch.zeros(2, dtype=torch.long)
+    return race._race(metric, full_parts(metric, work), z0, -z0, starts, curve_idx, grid, opts, 1e-10, work)
+
+
+def test_two_racers_both_run_to_convergence_however_far_behind_after_the_first_stage(monkeypatch):
+    # The straight line through a hill against a start already around it: after STAGE iterations
+    # the straight line's racer is far behind, but it slides off the hill to the same optimum on
+    # the other side (by symmetry); a pruned racer would keep its first-stage energy.
+    metric = _hill_metric(3.0)
+    z0 = torch.tensor([[-1.0, 0.0]], dtype=torch.float64)
+    around = _around(torch.tensor([0.6]), 8)
+    opts = {"m": 8, "graph": False, "warm_start": False, "subdivide": False}
+    solved = fastgeo.geodesics(metric, z0, -z0, init=around, **opts)
+    straight = _around(torch.tensor([-0.02]), 8)
+    starts = torch.cat([straight, solved.curves.coeffs.double()])
+    coeffs, energy, status, it = _race_two(metric, starts, 3, monkeypatch)
+    assert it[0] > 4 and status.tolist() == [0, 0]
+    assert torch.allclose(energy[0], energy[1], rtol=1e-6)
+    # Pruned after the first stage (two racers were before), it stops far behind.
+    _, pruned, pruned_status, _ = _race_two(metric, starts, 2, monkeypatch)
+    assert pruned[0] > 1.05 * pruned[1] and int(pruned_status[0]) != 0

@@ -20,6 +20,12 @@ from .starts import starts
 COARSE_TOL = 1e-3  # the race only ranks basins: a loose relative tolerance
 STAGE = 4  # race iterations before the racers far behind their curve's best stop
 PRUNE = 0.05  # ... "far": this much more energy
+# ... only in races of at least this many racers per curve (2-D: the graph's corridors). Two racers
+# (d >= 4: the straight line and the explored start, which had 20 Adam steps of head start) both
+# run to convergence: after 4 iterations the straight line's racer of a LeakyReLU conv decoder's
+# pair (d = 8) was 30 % above the explored one in energy and ended 6 % below it (pruned, the curve
+# came out 4.9 % long; bench/RESULTS.md, "Racers stopped too early").
+PRUNE_FROM = 3
 CLOSE_RACE = 0.01  # runner-ups within this relative energy of the winner are refined too
 DISTINCT = 0.05  # ... if their curve is this fraction of the chord away from the winner's
 SAME_BASIN = 1e-3  # ... and if the curve halfway between the two is this much above both in energy
@@ -215,9 +221,10 @@ def _race(
     tol: float,
     work: Work,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Optimize every racer (R, m, d) on the grid. Racers of curves with several: a first stage
-    of STAGE iterations, after which those whose energy is more than PRUNE above their curve's
-    best stop; then the others to convergence. A curve's only racer runs to convergence at once.
+    """Optimize every racer (R, m, d) on the grid. Racers of curves with PRUNE_FROM or more: a
+    first stage of STAGE iterations, after which those whose energy is more than PRUNE above their
+    curve's best stop; then the others to convergence. Racers of curves with fewer run to
+    convergence at once.
     Returns coeffs, energies, status codes and iterations per racer."""
     a, b = z0[curve_idx], z1[curve_idx]
     if opts.method == "paper":
@@ -227,8 +234,8 @@ def _race(
     coeffs, energy = starts.clone(), starts.new_zeros(len(curve_idx))
     status = torch.full_like(curve_idx, MAX_ITER, dtype=torch.int8)
     it = torch.zeros_like(curve_idx)
-    alone = torch.bincount(curve_idx, minlength=z0.shape[0])[curve_idx] == 1
-    for rows, stage in ((alone.nonzero().squeeze(1), opts.max_iter), ((~alone).nonzero().squeeze(1), STAGE)):
+    few = torch.bincount(curve_idx, minlength=z0.shape[0])[curve_idx] < PRUNE_FROM
+    for rows, stage in ((few.nonzero().squeeze(1), opts.max_iter), ((~few).nonzero().squeeze(1), STAGE)):
         if rows.numel() == 0:
             continue
         run = _staged(features, a[rows], b[rows], starts[rows], curve_idx[rows], grid, opts, tol, stage)
