@@ -111,6 +111,12 @@ def dense_oracle(
     kept = _read_oracle(path)
     if kept is not None and not refresh:
         return kept["lengths"], kept["status"], kept["seconds"]
+    if kept is None:
+        print(
+            f"[{name} seed {seed}] no kept dense oracle for this generator file and sample ({path.name}): "
+            "computing it (up to hours at d >= 8)",
+            flush=True,
+        )
     t = time.perf_counter()
     dense = fastgeo.geodesics(m64, z0.double(), z1.double(), method="dense")
     seconds = time.perf_counter() - t
