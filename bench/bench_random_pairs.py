@@ -1,0 +1,100 @@
+"""Every pair of M random codes of a generator, solved by the default: the pairs a user's distance
+matrix holds, not the basins benchmark's sample (a third across classes). Wrong basins are rare
+(a few pairs in a thousand), so it takes many pairs to see them; with no oracle at this count, the
+reference is the shortest curve of the runs compared (every length is a curve's own length, an
+upper bound of the geodesic distance).
+
+Each run saves its lengths, statuses, CPU time and LM iterations to
+``bench/results/random_pairs/<generator>_<M>_<seed>_<tag>.pt``; ``--compare`` prints a table of
+the runs saved for the same generator, M and seed (e.g. one per commit: run it at each commit
+with another ``--tag``)::
+
+    OMP_NUM_THREADS=1 python bench/bench_random_pairs.py --generator digits --m 60 --seed 0 --tag new
+    OMP_NUM_THREADS=1 python bench/bench_random_pairs.py --generator digits --m 60 --seed 0 --compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+
+import torch
+from workloads import GENERATORS, REAL_GENERATORS, environment_line, generator, results_dir
+
+import fastgeo
+
+
+def random_codes(name: str, m: int, seed: int) -> torch.Tensor:
+    """``m`` distinct training codes of generator ``name``, drawn with ``seed``: (m, d)."""
+    codes = generator(name)[1]
+    if not 2 <= m <= codes.shape[0]:
+        raise ValueError(f"--m must be in [2, {codes.shape[0]}], got {m}")
+    g = torch.Generator().manual_seed(seed)
+    return codes[torch.randperm(codes.shape[0], generator=g)[:m]]
+
+
+def run(name: str, m: int, seed: int) -> dict:
+    """The default on every pair i < j of the codes; lengths in float64."""
+    z = random_codes(name, m, seed)
+    i, j = torch.triu_indices(m, m, 1)
+    metric = generator(name)[0]
+    t = time.process_time()
+    res = fastgeo.geodesics(metric, z[i], z[j], progress=False)
+    cpu = time.process_time() - t
+    return {
+        "lengths": res.lengths.double(),
+        "status": res.status.tolist(),
+        "cpu_s": cpu,
+        "iterations": float(res.iterations.float().mean()),
+        "version": fastgeo.__version__,
+    }
+
+
+def compare(runs: dict[str, dict]) -> str:
+    """Markdown table: per run the CPU time and LM iterations per pair, and its excess over the
+    shortest curve of all runs per pair."""
+    best = torch.stack([r["lengths"] for r in runs.values()]).amin(0)
+    lines = [
+        "| run | pairs | ms / pair (CPU) | LM iterations / pair | statuses | mean excess % | worst % "
+        "| pairs > 0.1 % | pairs > 0.5 % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for tag, r in runs.items():
+        ex = 100 * (r["lengths"] / best - 1)
+        statuses = ", ".join(f"{s} {n}" for s, n in sorted(Counter(r["status"]).items()))
+        lines.append(
+            f"| {tag} | {best.numel()} | {1000 * r['cpu_s'] / best.numel():.1f} | {r['iterations']:.1f} | "
+            f"{statuses} | {float(ex.mean()):.4f} | {float(ex.max()):.3f} | {int((ex > 0.1).sum())} | "
+            f"{int((ex > 0.5).sum())} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--generator", default="digits", choices=GENERATORS + tuple(REAL_GENERATORS))
+    p.add_argument("--m", type=int, default=60, help="codes (M (M - 1) / 2 pairs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the codes drawn")
+    p.add_argument("--tag", default="run", help="name of this run's saved results")
+    p.add_argument("--compare", action="store_true", help="print the saved runs' table instead of running")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    folder = results_dir() / "random_pairs"
+    stem = f"{args.generator}_{args.m}_{args.seed}"
+    if args.compare:
+        runs = {f.stem[len(stem) + 1 :]: torch.load(f) for f in sorted(folder.glob(f"{stem}_*.pt"))}
+        if not runs:
+            p.error(f"no saved runs {folder / stem}_*.pt: run without --compare first")
+        print(f"{environment_line(args.threads)}, float32, {args.generator}, M = {args.m}, seed {args.seed}")
+        print(compare(runs))
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{stem}_{args.tag}.pt"
+    torch.save(run(args.generator, args.m, args.seed), out)
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
