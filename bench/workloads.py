@@ -11,7 +11,9 @@ figures describe the same problems.
   d = 8-128, MLP and convolutional decoders, D = 784; ``conv32_color64``: D = 12,288), trained by
   ``tests/data/make_real_generators.py`` on procedural images, built on first use into
   ``bench/results/generators`` (git-ignored; minutes each); those whose training does not
-  reproduce bit for bit across machines (the d = 8 conv ones) are kept in ``bench/generators``.
+  reproduce bit for bit across machines are kept in ``bench/generators`` (the d = 8 conv ones,
+  and the d = 16-64 MLPs: trained on another CPU they came out with other weights, and the dense
+  oracles of ``bench/oracle`` are keyed by the file).
 
 Import it from a benchmark in this folder (``import workloads``).
 """
