@@ -213,7 +213,7 @@ def _race(
     """Optimize every racer (R, m, d) on the grid to convergence: however far behind its curve's
     best after a few iterations, a racer can end first. (Racers more than 5 % behind after 4
     iterations used to stop there: pairs of random codes of the two-moons and digits VAEs came
-    out 0.5-4.7 % long, a LeakyReLU conv decoder's 4.9 %; bench/RESULTS.md, "Racers stopped too
+    out up to 4.8 % long, a LeakyReLU conv decoder's 4.9 %; bench/RESULTS.md, "Racers stopped too
     early" and "Every racer to convergence".)
     Returns coeffs, energies, status codes and iterations per racer."""
     a, b = z0[curve_idx], z1[curve_idx]
