@@ -175,7 +175,9 @@ def pairwise_distances(
         warnings.warn(
             f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
             "entries hold the best length found (never longer than the straight line). "
-            f"{which} (status per pair), or raise max_iter.", RuntimeWarning, stacklevel=2,
+            f"{which} (status per pair); raise max_iter, or (d >= 8) pass linearize='always': fresh "
+            "Gauss-Newton matrices converge curves that the lagged default leaves creeping.",
+            RuntimeWarning, stacklevel=2,
         )  # fmt: skip
     error = extra.get("graph_error")
     if error is not None and error.pairs and error.mean > GRAPH_WARN:
