@@ -175,8 +175,8 @@ def pairwise_distances(
         warnings.warn(
             f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
             "entries hold the best length found (never longer than the straight line). "
-            f"{which} (status per pair); raise max_iter, or (d >= 8) pass linearize='always': fresh "
-            "Gauss-Newton matrices converge curves that the lagged default leaves creeping.",
+            f"{which} (status per pair); raise max_iter, or (d >= 8) pass linearize='always' "
+            "(a Gauss-Newton matrix at every step).",
             RuntimeWarning, stacklevel=2,
         )  # fmt: skip
     error = extra.get("graph_error")

@@ -240,7 +240,8 @@ def solver_options(
     # 30-45 % fewer iterations, 1.2-1.5x less time, lengths within 0.004 %; d = 8 conv: 5 % slower,
     # the same lengths; without the model in the race too was faster than only in the refinement).
     # Their steps are corrected along the last step instead (rank one, the system stays banded:
-    # solver/last_step.py).
+    # solver/last_step.py), and curves still iterating after SECANT_AFTER plain steps finish with
+    # the model (solver/secant_finish.py: plain steps creep where that curvature is large).
     # Except for decoders with piecewise-linear activations (ReLU, LeakyReLU): their Jacobians jump
     # where units switch, the curvature Gauss-Newton leaves out sits at those kinks, and plain
     # Gauss-Newton steps crawl (a trained d = 16 ReLU MLP and random ReLU / LeakyReLU decoders at

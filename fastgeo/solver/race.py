@@ -15,6 +15,7 @@ from .levenberg_marquardt import levenberg_marquardt
 from .options import SPLINE_METHODS, SolverOptions
 from .problem import Grid, Parts, full_gradient, full_parts, full_segments
 from .result import Work
+from .secant_finish import plain_then_secant
 from .starts import starts
 
 COARSE_TOL = 1e-3  # the race only ranks basins: a loose relative tolerance
@@ -120,7 +121,7 @@ def solve_batch(
     rows_b = torch.cat([cols, owner])  # winners first, then the close racers
     rows_r = torch.cat([pick, close])
     finer = finer_gains(opts, fine, rows_b.numel(), z0)
-    f_coeffs, f_energy, f_status, f_it = levenberg_marquardt(
+    f_coeffs, f_energy, f_status, f_it = plain_then_secant(
         refining, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol, gradient, opts.secant,
         finer=finer, rounded=opts.tangent_dtype is not None,
     )  # fmt: skip

@@ -21,12 +21,12 @@ from torch import Tensor
 from ..curves import BSplineBasis, Curves, evaluate
 from ..metric import ExpectedMetric, energy_from_segments
 from .finer_gain import FinerGains, finer_basis, lift_matrix
-from .levenberg_marquardt import levenberg_marquardt
 from .linearize import products_by_chunks
 from .options import SolverOptions, working_memory_per_curve
 from .problem import Grid, full_gradient, full_parts
 from .resolution import RESOLUTION_TOL, midpoint_lengths
 from .result import CONVERGED, NONFINITE, UNDER_RESOLVED, GeodesicResult, Work
+from .secant_finish import plain_then_secant
 
 # The finer solve runs to the call's own tolerance: with 10x it gained the same to 0.001 % on
 # trained VAEs (d = 16-32) in 40-60 % fewer iterations, but stopped the demo's curve across the
@@ -93,7 +93,7 @@ def _solve_finer(
 ) -> None:
     """Curves ``rows`` of ``res`` (already in the finer basis) solved on ``grid``."""
     z0, z1 = res.curves.z0[rows], res.curves.z1[rows]
-    coeffs, energies, status, iterations = levenberg_marquardt(
+    coeffs, energies, status, iterations = plain_then_secant(
         full_parts(metric, work, opts.tangent_dtype),
         z0,
         z1,
