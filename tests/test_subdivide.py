@@ -211,13 +211,13 @@ def test_a_curve_is_subdivided_once_beside_curves_the_resolution_check_solved_ag
     res.resolution = torch.tensor([n, 2 * n, n])  # as if the second had been solved again at 2 n
     gains = torch.tensor([1.0, 1.0, 0.0])  # the first two predicted to gain a lot, the third not
     solved = []
-    original = subdivide.levenberg_marquardt
+    original = subdivide.plain_then_secant
 
     def spy(parts, z0, z1, coeffs, grid, *args, **kwargs):
         solved.append((grid.n, z0.shape[0]))
         return original(parts, z0, z1, coeffs, grid, *args, **kwargs)
 
-    monkeypatch.setattr(subdivide, "levenberg_marquardt", spy)
+    monkeypatch.setattr(subdivide, "plain_then_secant", spy)
     opts = solver_options(torch.float32, 2, metric.data_dim)
     with torch.no_grad():
         subdivide.subdivide_curves(metric, res, opts, Work(), None, gains)
