@@ -5,8 +5,9 @@ Calls without the secant model (the lagged mode of smooth decoders, d >= 8: see
 on trained VAEs with d = 12-64 1.1-1.9x less time than with the model, the same lengths. But
 where the curvature Gauss-Newton leaves out is large along the whole curve (a trained d = 24
 three-layer tanh MLP), plain steps creep: 11 of 16 curves at the iteration limit with their
-lengths still falling ~6 % per 300 iterations, where the secant model converges all 16 in half
-the time (bench/RESULTS.md, "Creeping curves finish with the secant model"). So a curve still
+lengths still falling ~6 % per 300 iterations (fresher matrices, a longer memory or plain steps
+restarted with fresh damping creep on), where the secant model converges all 16 in half the time
+(bench/RESULTS.md, "Creeping curves finish with the secant model"). So a curve still
 iterating after SECANT_AFTER plain iterations goes on with the secant model (a dense system, the
 left-out curvature measured from gradient differences) for the rest of its iteration limit.
 """
