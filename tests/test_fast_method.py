@@ -15,7 +15,7 @@ import fastgeo
 from fastgeo.benchmarks import accuracy
 from fastgeo.benchmarks.generator import synthetic_generator
 from fastgeo.io import load_extra
-from fastgeo.solver.options import FAST_SUBDIVIDE_ABOVE, SUBDIVIDE_ABOVE, solver_options
+from fastgeo.solver.options import FAST_SUBDIVIDE_ABOVE, SUBDIVIDE_ABOVE, SUBDIVISIONS, solver_options
 
 DATA = Path(__file__).parent / "data"
 
@@ -37,14 +37,14 @@ def test_fast_options_per_latent_dimension(d, m, n, coarse, lagged):
     assert fast.explore_iter == default.explore_iter == (0 if d < 4 else 20)
     assert (fast.refine, default.refine) == ((5, 5) if d < 4 else (1, 2))
     assert fast.tol == 1e-4 and solver_options(torch.float64, d, 784, method="fast").tol == 1e-8
-    assert fast.subdivide is True and default.subdivide is True
+    assert (fast.subdivide, default.subdivide) == (1, SUBDIVISIONS)
     assert fast.subdivide_above == FAST_SUBDIVIDE_ABOVE == 10 * default.subdivide_above
     asked = solver_options(torch.float32, d, 784, method="fast", subdivide=True)
-    assert asked.subdivide is True and asked.subdivide_above == SUBDIVIDE_ABOVE
-    assert solver_options(torch.float32, d, 784, method="fast", subdivide=False).subdivide is False
+    assert asked.subdivide == SUBDIVISIONS and asked.subdivide_above == SUBDIVIDE_ABOVE
+    assert solver_options(torch.float32, d, 784, method="fast", subdivide=False).subdivide == 0
     # ReLU-like decoders need the finer spline (their curves bend at kinks): subdivided as the default
     relu = solver_options(torch.float32, d, 784, method="fast", piecewise_linear=True)
-    assert relu.subdivide is True and relu.subdivide_above == SUBDIVIDE_ABOVE
+    assert relu.subdivide == SUBDIVISIONS and relu.subdivide_above == SUBDIVIDE_ABOVE
     explicit = solver_options(torch.float32, d, 784, method="fast", m=7, n_points=30, tol=1e-3)
     assert (explicit.m, explicit.n_points, explicit.tol) == (7, 30, 1e-3)
 

@@ -330,6 +330,18 @@ def test_smoothed_first_keeps_the_calls_options(kwargs):
     assert torch.isfinite(res.lengths).all()
 
 
+@pytest.mark.parametrize("levels", [1, 2])
+def test_smoothed_first_halves_the_spans_as_often_as_a_plain_call(levels):
+    """The smoothed stage subdivides once and the true decoder's solve, started in that finer
+    basis, as many times fewer: results in the basis a plain call's ``subdivide`` gives."""
+    m = metric(4, nn.ReLU())
+    z = m.precision.centers
+    res = fastgeo.geodesics(m, z[:2], z[3:5], max_iter=20, subdivide=levels)
+    assert res.options["smoothed_first"] is True
+    assert res.curves.basis.m - 1 == (12 - 1) * 2**levels
+    assert res.options["subdivide"] == levels - 1  # the true decoder's solve
+
+
 def test_not_smoothed_in_two_dimensions():
     """d < 4: the graph's corridors and the race of every start already found the curves."""
     res = fastgeo.geodesics(

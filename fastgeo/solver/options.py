@@ -74,6 +74,9 @@ SUBDIVIDE_ABOVE = 4e-4
 # were 1.5 % long on average without it, 0.5 % with it (1.5x the time); on mlp32_shapes 0.17 ->
 # 0.10 % for 7 % more time (bench/RESULTS.md, "Decoders users write").
 FAST_SUBDIVIDE_ABOVE = 4e-3
+# Levels of subdivision: curves solved on in the finer spline that are still predicted to gain
+# there are solved on in the spline with its spans halved again (every result in that basis).
+SUBDIVISIONS = 2
 # From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
 # linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
 LAGGED_MIN_DIM = 8
@@ -110,7 +113,7 @@ class SolverOptions:
     check_resolution: bool
     lagged: bool  # Levenberg-Marquardt with lagged Gauss-Newton matrices
     secant: bool = True  # ... with the secant model of the curvature Gauss-Newton leaves out
-    subdivide: bool = False  # curves a finer spline would shorten are solved in it (subdivide.py)
+    subdivide: int = 0  # times the knot spans are halved where a finer spline would gain (subdivide.py)
     subdivide_above: float = SUBDIVIDE_ABOVE  # ... where it predicts this relative energy gain
     explore_iter: int = 0  # Adam steps of the explored start (starts.py); 0: none
     tangent_dtype: torch.dtype | None = None  # lagged linearizations' tangents (decoders/low_precision.py)
@@ -174,7 +177,7 @@ def solver_options(
     coarse_points: int | None = None,
     check_resolution: bool = True,
     linearize: str = "auto",
-    subdivide: bool | None = None,
+    subdivide: bool | int | None = None,
     piecewise_linear: bool = False,
     device: torch.device | str | None = None,
 ) -> SolverOptions:
@@ -258,13 +261,17 @@ def solver_options(
         # ``fast`` subdivides the curves of piecewise-linear decoders as the default does: without
         # the finer spline a trained ReLU MLP's were 0.70 % long on average (1.5 % at worst), with
         # it 0.03 % (0.34 %) at 2.3x the time, still 1.8x faster than the default; others only
-        # where the coarse spline leaves a curve clearly long (FAST_SUBDIVIDE_ABOVE).
-        subdivide = splines
+        # where the coarse spline leaves a curve clearly long (FAST_SUBDIVIDE_ABOVE), once.
+        subdivide = SUBDIVISIONS if splines else 0
         if method == "fast" and not piecewise_linear:
-            subdivide_above = FAST_SUBDIVIDE_ABOVE
-    elif _checks.boolean("subdivide", subdivide) and not splines:
+            subdivide, subdivide_above = 1, FAST_SUBDIVIDE_ABOVE
+    elif subdivide is True or subdivide is False:
+        subdivide = SUBDIVISIONS if subdivide else 0
+    else:
+        subdivide = _checks.integer("subdivide", subdivide, 0)
+    if subdivide and not splines:
         raise ValueError(
-            "subdivide=True needs method='default' or 'fast' with family='bspline' (halving the knot spans "
+            "subdivide needs method='default' or 'fast' with family='bspline' (halving the knot spans "
             f"of a cubic B-spline), got method={method!r}, family={family!r}"
         )
     # Lagged linearizations only shape the step (gradients and tests stay exact): their tangents

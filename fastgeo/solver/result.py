@@ -61,7 +61,8 @@ class GeodesicResult:
 
     Attributes:
         curves: the optimized :class:`fastgeo.curves.Curves` (with subdivision, every curve in the
-            B-spline of ``2 m - 1`` functions, see :mod:`fastgeo.solver.subdivide`).
+            B-spline with its spans halved once per level: ``4 m - 3`` functions at the default's
+            two levels, see :mod:`fastgeo.solver.subdivide`).
         lengths: (B,) the distances: each curve's length, measured on a grid fine enough that
             its estimated error is below 1e-4 relative (see ``length_errors``).
         length_errors: (B,) estimated absolute error of ``lengths`` (in the units of the

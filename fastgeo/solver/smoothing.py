@@ -30,8 +30,8 @@ SMOOTH_FIRST = True
 # LeakyReLU conv decoder (d = 8) 40 and 80 were as accurate on average, each with other pairs
 # missed; two stages (20, then 200) were the most accurate on the MLP at 2.6x the time of one.
 STAGES: tuple[float, ...] = (20.0,)
-# The smoothed stages subdivide curves that gain (where the call subdivides; the true solve then
-# starts in the finer basis).
+# The smoothed stages subdivide curves that gain, once (where the call subdivides; the true solve
+# then starts in the finer basis, with one level of subdivision fewer).
 SUBDIVIDE = True
 # From this latent dimension on (where the default races one start and builds no graph). A 2-D
 # ReLU MLP (mlp2_relu_glyphs, 48 pairs) was already within 0.010 % / 0.146 % of the dense oracle
@@ -76,7 +76,8 @@ def smoothed_first(
             batch_size=opts.batch_size, graph=False if graph is None or res is not None else graph,
             refine=opts.refine, corridors=opts.corridors if graph and res is None else 0,
             coarse_points=max(3, opts.coarse_points * n // opts.n_points), check_resolution=False,
-            linearize="lagged" if opts.lagged else "always", subdivide=SUBDIVIDE and opts.subdivide,
+            linearize="lagged" if opts.lagged else "always",
+            subdivide=min(1, opts.subdivide) if SUBDIVIDE else 0,
             progress=False,  # the true decoder's call has the bar
             init=None if res is None else res.curves.coeffs,
         )  # fmt: skip
