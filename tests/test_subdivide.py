@@ -118,7 +118,7 @@ def levels():
     path = DATA / "mlp12_small.safetensors"
     metric = fastgeo.load_generator(path)
     Z = fastgeo.load_extra(path)["latents"]
-    i, j = torch.randint(Z.shape[0], (2, 16), generator=torch.Generator().manual_seed(0))
+    i, j = torch.randint(Z.shape[0], (2, 16), generator=torch.Generator().manual_seed(3))
     predicted = []
     real = subdivide._predict
 
@@ -283,3 +283,16 @@ def test_a_curve_is_subdivided_once_beside_curves_the_resolution_check_solved_ag
         subdivide.subdivide_curves(metric, res, opts, Work(), None, gains)
     assert sorted(solved) == [(2 * n, 1), (4 * n, 1)]
     assert res.resolution.tolist() == [2 * n, 4 * n, n]
+
+
+def test_the_second_level_asks_a_larger_gain(levels, monkeypatch, one_thread):
+    """NEXT_LEVEL_ASKS scales the threshold per level: asked for an unreachable gain, the second
+    level solves nothing and every curve keeps the first level's length."""
+    from fastgeo.solver import subdivide
+
+    metric, two, one, _ = levels
+    monkeypatch.setattr(subdivide, "NEXT_LEVEL_ASKS", 1e9)
+    none = fastgeo.geodesics(metric, two.curves.z0, two.curves.z1, progress=False)
+    assert none.curves.basis.m == two.curves.basis.m
+    assert torch.equal(none.resolution, one.resolution)
+    assert_close_rel(none.lengths, one.lengths, 1e-5)

@@ -12,11 +12,12 @@ measured on trained VAEs): those predicted to gain more than ``opts.subdivide_ab
 in the finer basis with twice their points, the others keep their curve.
 
 That is one level; ``opts.subdivide`` levels are taken, each on the curves the level before
-solved, whose finer solve recorded their predicted gains in the next basis. One level left a
-trained d = 16 tanh conv decoder's curves 0.03-0.06 % long on average (0.28-0.29 % at worst) where
-a second gives -0.004 % / 0.016 % (bench/RESULTS.md, "A second level of subdivision"). Every
-result is then written in the finest basis, whatever its batch (a curve's basis must not depend
-on the other curves of its batch).
+solved (whose finer solve recorded their predicted gains in the next basis) that are predicted to
+gain NEXT_LEVEL_ASKS times what the level before asked. One level left a trained d = 16 tanh conv
+decoder's curves 0.03-0.06 % long on average (0.28-0.29 % at worst), a second gives 0.002 % /
+0.026 % (bench/RESULTS.md, "A second level of subdivision"). Every result is then written in the
+finest basis, whatever its batch (a curve's basis must not depend on the other curves of its
+batch).
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from .problem import Grid, full_gradient, full_parts
 from .resolution import RESOLUTION_TOL, midpoint_lengths
 from .result import CONVERGED, NONFINITE, UNDER_RESOLVED, GeodesicResult, Work
 from .secant_finish import plain_then_secant
+
+# Each level past the first asks this many times the predicted gain of the level before (its
+# solve has twice the points): 1.0 (the first's threshold at the second level) cost 1.16-1.36x
+# one level on mlp32_shapes, conv8_shapes and mlp64_glyphs, 2.5 1.0-1.13x with most of the gain
+# (conv8_shapes 0.013 / 0.149 % -> 0.006 / 0.024 %, 1.0: 0.004 / 0.019 %; a held-out tanh conv
+# decoder 0.059 / 0.290 -> 0.002 / 0.026 %, 1.0: -0.005 / 0.015 %; bench/RESULTS.md).
+NEXT_LEVEL_ASKS = 2.5
 
 # The finer solve runs to the call's own tolerance: with 10x it gained the same to 0.001 % on
 # trained VAEs (d = 16-32) in 40-60 % fewer iterations, but stopped the demo's curve across the
@@ -77,7 +85,8 @@ def subdivide_curves(
             size = _batch_size(opts, metric, n, p)
             for lo in range(0, unknown.numel(), size):
                 _predict(metric, res, work, unknown[lo : lo + size], own, record)
-            go = (at_n & (gains > opts.subdivide_above)).nonzero().squeeze(1)  # NaN: not finite, kept
+            above = opts.subdivide_above * NEXT_LEVEL_ASKS**level
+            go = (at_n & (gains > above)).nonzero().squeeze(1)  # NaN: not finite, kept
             size = _batch_size(opts, metric, 2 * n, p)
             grid = Grid.of(finer, 2 * n, coeffs)
             finest = None if last else finer_basis(finer)(grid.t)
