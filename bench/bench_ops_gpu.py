@@ -9,6 +9,7 @@ products W phi, plus grad_phi = grad_beta W in the backward).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -95,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--json", default=None, help="write every row to this file")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to benchmark", file=sys.stderr)
@@ -110,6 +112,10 @@ def main(argv=None) -> int:
         for shape in shapes:
             print(f"{op}  (B, N, d, K, D) = {shape}")
             run_case(op, shape, dtype, a.reps, results)
+    if a.json:
+        keys = ("op", "shape", "dtype", "backend", "mode", "ms", "speedup_vs_reference")
+        with open(a.json, "w") as f:
+            json.dump([dict(zip(keys, r, strict=True)) for r in results], f, indent=1)
     return 0
 
 
