@@ -22,7 +22,11 @@ if sources and os.environ.get("FASTGEO_NO_EXTENSION", "0") != "1":
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-fopenmp"]
+    # torch's C++ ABI, stated: cpp_extension no longer passes it, and a compiler whose default
+    # differs (a toolchain built for the old ABI) makes every std::string that crosses into torch
+    # (the message of each failed TORCH_CHECK) crash the process.
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    cxx = ["-O3", "-fopenmp", abi]
     if os.environ.get("FASTGEO_MARCH_NATIVE", "0") == "1":
         cxx.append("-march=native")
     want_cuda = os.environ.get("FASTGEO_CUDA", "1" if torch.cuda.is_available() else "0") == "1"
@@ -40,7 +44,7 @@ if sources and os.environ.get("FASTGEO_NO_EXTENSION", "0") != "1":
                 "fastgeo._C_cuda",
                 cuda_sources,
                 include_dirs=[os.path.abspath("csrc/cuda")],
-                extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-std=c++17"]},
+                extra_compile_args={"cxx": ["-O3", abi], "nvcc": ["-O3", "-std=c++17", abi]},
             )
         )
     cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)

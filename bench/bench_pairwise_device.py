@@ -1,17 +1,18 @@
-"""All-pairs distances of the digits generator on another device against the CPU, in one run
-(issue 17): for each M, the whole matrix with ``pairwise_distances`` on the CPU (worker
-processes, one thread each) and on ``--device`` tensors, the time, pairs per second and time per
-geodesic of each, and how far the two matrices differ (relative length difference over all
-pairs; pairs whose status differs).
+"""All-pairs distances of the digits generator on one device, and against another run (issue 17):
+for each M, the whole matrix with ``pairwise_distances`` on ``--device`` tensors (on the CPU:
+worker processes of one thread), its time, pairs per second and time per geodesic; with
+``--against`` the matrices another run saved, how far the two differ (relative length
+difference over all pairs; pairs whose status differs).
 
-    python bench/bench_pairwise_device.py                              # --device cuda, M = 512, 2000
-    python bench/bench_pairwise_device.py --device cpu --ms 48 --budget-s 60   # a dry run
+    python bench/bench_pairwise_device.py --device cuda --save gpu.pt         # M = 128, 512, 2000
+    python bench/bench_pairwise_device.py --device cpu --ms 128,512 --against gpu.pt
 
 The M codes are the generator's training codes (1,797); past that, codes jittered by 2 % of the
 codes' spread around random training codes. A run whose time, extrapolated from the smaller M
 (cost per pair), would pass ``--budget-s`` is skipped and the estimate printed instead, so the
-script ends inside a device lease. The CPU runs go first, before CUDA is initialized, since
-their workers are forked. ``--json`` writes every row.
+script ends inside a device lease. The CPU and the device runs are separate processes: the
+CPU workers are forked, which a process that has initialized CUDA should not do. ``--json``
+writes every row.
 """
 
 from __future__ import annotations
@@ -87,48 +88,60 @@ def compare(cpu: dict, dev: dict) -> dict:
     return out
 
 
+def extrapolate(done: list[tuple[int, float]], pairs: int) -> float:
+    """Seconds a run of ``pairs`` pairs should take: a line through the last two runs (a fixed
+    cost plus a cost per pair), or through the origin and the one run so far; 0 with none."""
+    if not done:
+        return 0.0
+    if len(done) == 1:
+        return done[0][1] * pairs / done[0][0]
+    (p1, s1), (p2, s2) = done[-2:]
+    return s2 + max(s2 - s1, 0.0) / max(p2 - p1, 1) * (pairs - p2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--ms", default="512,2000", help="comma-separated M values")
+    parser.add_argument("--ms", default="128,512,2000", help="comma-separated M values, smallest first")
     parser.add_argument("--budget-s", type=float, default=150.0, help="skip a run estimated longer")
-    parser.add_argument("--cpu-workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=None, help="CPU worker processes (default: cores)")
+    parser.add_argument("--save", default=None, help="write the matrices to this file (torch.save)")
+    parser.add_argument("--against", default=None, help="compare with the matrices another run saved")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
+    workers = (args.workers or os.cpu_count()) if device.type == "cpu" else 1
     metric, Z_all, _ = generator("digits")
-    Ms = [int(m) for m in args.ms.split(",")]
-    print(f"{environment_line(1)}; cpu workers {args.cpu_workers}; device {device}; digits, float32")
-    rows, runs = [], {}
-    for where, dev, workers in (("cpu", torch.device("cpu"), args.cpu_workers), ("device", device, 1)):
-        per_pair = None
-        for M in Ms:
-            pairs = M * (M - 1) // 2
-            if per_pair is not None and per_pair * pairs > args.budget_s:
-                estimate = per_pair * pairs
-                print(f"{where} M={M}: skipped, estimated {estimate:.0f} s > budget {args.budget_s:.0f} s")
-                rows.append({"device": str(dev), "M": M, "skipped_estimate_s": estimate})
-                continue
-            run = solve(metric, codes(Z_all, M), dev, workers)
-            per_pair = run["row"]["seconds"] / pairs
-            runs[where, M] = run
-            rows.append(run["row"])
-            print(json.dumps(run["row"]), flush=True)
-    if device.type == "cuda":
-        print(f"gpu: {torch.cuda.get_device_name(device)}")
-    print("| M | pairs | cpu s | device s | cpu / device | device ms per geodesic | max rel. diff | "
-          "median rel. diff | pairs > 1e-3 | status differs |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for M in Ms:
-        cpu, dev = runs.get(("cpu", M)), runs.get(("device", M))
-        if cpu is None or dev is None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{environment_line(1)}; device {device} ({name}), workers {workers}; digits, float32")
+    rows, runs, done = [], {}, []  # done: (pairs, seconds) of the runs so far
+    for M in [int(m) for m in args.ms.split(",")]:
+        pairs = M * (M - 1) // 2
+        estimate = extrapolate(done, pairs)
+        if estimate > args.budget_s:
+            print(f"M={M}: skipped, estimated {estimate:.0f} s > budget {args.budget_s:.0f} s")
+            rows.append({"device": str(device), "M": M, "skipped_estimate_s": estimate})
             continue
-        c = compare(cpu, dev)
-        rows.append({"M": M, **c})
-        print(f"| {M} | {cpu['row']['pairs']} | {cpu['row']['seconds']:.1f} | {dev['row']['seconds']:.1f} | "
-              f"{cpu['row']['seconds'] / dev['row']['seconds']:.2f} | {dev['row']['ms_per_geodesic']:.4f} | "
-              f"{c['rel_diff_max']:.2e} | {c['rel_diff_median']:.2e} | {c['pairs_over_1e-3']} | "
-              f"{c['status_differs']} |")
+        runs[M] = solve(metric, codes(Z_all, M), device, workers)
+        runs[M]["row"]["workers"] = workers
+        done.append((pairs, runs[M]["row"]["seconds"]))
+        rows.append(runs[M]["row"])
+        print(json.dumps(runs[M]["row"]), flush=True)
+    if args.save:
+        torch.save(runs, args.save)
+    if args.against:
+        other = torch.load(args.against)
+        print(f"| M | pairs | {device.type} s | other s | other / {device.type} | "
+              "max rel. diff | median rel. diff | pairs > 1e-3 | status differs |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for M in sorted(set(runs) & set(other)):
+            mine, theirs = runs[M], other[M]
+            c = compare(mine, theirs)
+            rows.append({"M": M, "against": args.against, **c})
+            print(f"| {M} | {mine['row']['pairs']} | {mine['row']['seconds']:.1f} | "
+                  f"{theirs['row']['seconds']:.1f} ({theirs['row']['device']}) | "
+                  f"{mine['row']['seconds'] / theirs['row']['seconds']:.2f} | {c['rel_diff_max']:.2e} | "
+                  f"{c['rel_diff_median']:.2e} | {c['pairs_over_1e-3']} | {c['status_differs']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

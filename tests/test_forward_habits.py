@@ -229,6 +229,11 @@ def test_alpha_dropout_is_the_identity_in_eval_mode():
     check_forms(model.eval(), D_LAT, lambda fn, z: _affines(fn, z) == 2)
 
 
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="with a GPU, DataParallel scatters to the GPUs and refuses a CPU module: this test is "
+    "the CPU-only case",
+)
 def test_a_data_parallel_wrapper_is_its_module():
     """``nn.DataParallel(decoder)`` (on the CPU it calls the module it holds) is read as that
     module; with a hook of its own it is not a chain."""

@@ -101,9 +101,12 @@ def use_backend(name: str) -> Iterator[None]:
     if not isinstance(name, str) or name not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
     token = _current.set(name)
+    # The ops' CUDA kernels read this when they run, also from a graph torch.compile made.
+    kernel = library.CUDA_KERNEL.set(name if name in library.CUDA_IMPLEMENTATIONS else None)
     try:
         yield
     finally:
+        library.CUDA_KERNEL.reset(kernel)
         _current.reset(token)
 
 
@@ -170,6 +173,19 @@ def _warn_reference(device: torch.device, order: tuple[str, ...]) -> None:
         )
 
 
+@torch.compiler.assume_constant_result
+def _backend_when_traced(op: str, device_type: str, compiled: bool) -> str:
+    return resolve(op, torch.device(device_type), compiled)[0]
+
+
 def call(op: str, device: torch.device, *args: Any, compiled: bool = True) -> Any:
-    """Run ``op`` on validated ``args`` (the operator's schema) with the resolved backend."""
+    """Run ``op`` on validated ``args`` (the operator's schema) with the resolved backend.
+
+    Under ``torch.compile`` the backend is resolved once, when the graph is traced (dynamo
+    cannot trace the context variables of :func:`use_backend`), and the graph calls the
+    reference or the operator itself; an operator's CUDA kernel reads the backend that
+    :func:`use_backend` set when the graph runs."""
+    if torch.compiler.is_compiling():
+        name = _backend_when_traced(op, device.type, compiled)
+        return (getattr(reference, op) if name == "reference" else getattr(torch.ops.fastgeo, op))(*args)
     return resolve(op, device, compiled)[1](*args)

@@ -34,7 +34,7 @@ def _fwd_kernel(z_ptr, c_ptr, g_ptr, w_ptr, zeta_ptr, out_ptr, P, d, K, D,
         phi = phi_tile(z_ptr, row, mmask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g, k0, K, d,
                        BLOCK_M, BLOCK_K)
         wt = load_wt(w_ptr, s_wd, s_wk, offs_d, dmask, k0, K, BLOCK_K)
-        acc = tl.dot(phi, wt, acc, input_precision=PREC)
+        acc = tl.dot(phi, wt, acc, input_precision=PREC, out_dtype=acc.dtype)
     zeta = tl.load(zeta_ptr + offs_d * s_zeta, mask=dmask, other=0.0)
     acc = acc + zeta[None, :]
     ptrs = out_ptr + offs_m[:, None].to(tl.int64) * D + offs_d[None, :]
@@ -71,7 +71,7 @@ def _bwd_z_kernel(z_ptr, c_ptr, g_ptr, w_ptr, go_ptr, gz_ptr, P, d, K, D,
         gbeta = tl.load(gptrs, mask=mmask[:, None] & dmask[None, :], other=0.0)
         if SINGLE_K:
             w = load_w(w_ptr, s_wd, s_wk, offs_d, dmask, 0, K, BLOCK_K)
-            gphi = tl.dot(gbeta, w, gphi, input_precision=PREC)
+            gphi = tl.dot(gbeta, w, gphi, input_precision=PREC, out_dtype=gphi.dtype)
         else:
             # grad_z is linear in grad_phi: add each (D chunk, K chunk) contribution directly.
             for k0 in range(0, K, BLOCK_K):

@@ -48,7 +48,7 @@ def _sigma_chunk(phi, z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, 
             ph = phi_tile(z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g, k0, K, d,
                           BLOCK_M, BLOCK_K)
             wt = load_wt(w_ptr, s_wd, s_wk, offs_d, dmask, k0, K, BLOCK_K)
-            beta = tl.dot(ph, wt, beta, input_precision=PREC)
+            beta = tl.dot(ph, wt, beta, input_precision=PREC, out_dtype=beta.dtype)
     beta = beta + zeta[None, :]
     return inv_sqrt(beta)
 
@@ -139,7 +139,7 @@ def _bwd_kernel(p_ptr, c_ptr, g_ptr, w_ptr, zeta_ptr, go_ptr, gp_ptr, gw_ptr, gz
             tl.atomic_add(gzeta_ptr + offs_d, tl.sum(gbeta, axis=0), mask=dmask)
         if SINGLE_K:
             w = load_w(w_ptr, s_wd, s_wk, offs_d, dmask, 0, K, BLOCK_K)
-            gphi = tl.dot(gbeta, w, gphi, input_precision=PREC)
+            gphi = tl.dot(gbeta, w, gphi, input_precision=PREC, out_dtype=gphi.dtype)
             if NEED_W:
                 atomic_grad_w(gw_ptr, gbeta, phi_c, offs_d, dmask, 0, K, BLOCK_K, PREC)
         else:
