@@ -44,11 +44,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--order", action="append", default=[], metavar="OP=B1,B2",
+                        help="auto's backends for OP on the device, e.g. segment_sqdist=triton,reference")
     args = parser.parse_args()
+    from fastgeo.ops import registry
+
+    for item in args.order:  # a candidate order, measured before it becomes auto's
+        op, backends = item.split("=")
+        registry.AUTO_ORDER[torch.device(args.device).type][op] = tuple(backends.split(","))
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     torch.set_num_threads(1)
-    print(f"{environment_line(1)}; device {device} ({name}), float32, {PAIRS} pairs per generator")
+    print(f"{environment_line(1)}; device {device} ({name}), float32, {PAIRS} pairs per generator; "
+          f"auto on {device.type}: {registry.AUTO_ORDER.get(device.type)}")
     print("| generator | cpu s | device s | cpu / device | max rel. length diff. | converged cpu / device |")
     print("| --- | --- | --- | --- | --- | --- |")
     for gen in GENERATORS:

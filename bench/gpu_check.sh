@@ -101,7 +101,10 @@ if want suite; then
 fi
 if want solver; then
   # The whole solver on CUDA tensors (its kernels' PyTorch references there) against the CPU.
-  pushd bench >/dev/null && run solver 150 "$PY" bench_solver_device.py --device cuda; popd >/dev/null
+  pushd bench >/dev/null && run solver 150 "$PY" bench_solver_device.py --device cuda
+  # The candidate order the op benchmark suggests (Triton segment_sqdist 7.5x the reference).
+  run solver_triton_segments 150 "$PY" bench_solver_device.py --device cuda \
+    --order segment_sqdist=triton,reference; popd >/dev/null
 fi
 if want pairwise; then
   # The device run, then the CPU run (forked workers, a process of its own) compared with it.

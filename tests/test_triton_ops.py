@@ -314,3 +314,37 @@ def test_kernels_compile_to_ptx(tmp_path):
     if "No module named 'triton.backends.nvidia'" in proc.stderr:
         pytest.skip("this triton build has no NVIDIA backend")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_block_the_gpu_cannot_hold_is_halved():
+    """A launch refused for shared memory (as a float64 backward with all 128 centers in one tile
+    is on an H200) runs again with half the K block, down to MIN_BLOCK_K; the block that fitted is
+    remembered per kernel, dtype and device; a block too large even at the minimum raises."""
+    from triton.runtime.errors import OutOfResources
+
+    from fastgeo.triton import _common
+
+    tried = []
+
+    def launch(limit):
+        def run(bk, single):
+            tried.append((bk, single))
+            if bk > limit:
+                raise OutOfResources(bk * 4096, limit * 4096, "shared memory")
+
+        return run
+
+    like = torch.zeros(1, dtype=torch.float64)
+    _common._FITTED.clear()
+    _common.launch_fitting("test", like, 100, None, launch(32))
+    assert tried == [(128, True), (64, False), (32, False)]
+    tried.clear()
+    _common.launch_fitting("test", like, 100, None, launch(32))
+    assert tried == [(32, False)]  # remembered
+    tried.clear()
+    _common.launch_fitting("test", like, 20, None, launch(32))
+    assert tried == [(32, True)]  # another K: its own block
+    with pytest.raises(OutOfResources):
+        _common.launch_fitting("other", like, 100, None, launch(8))
+    assert tried[-1] == (_common.MIN_BLOCK_K, False)
+    _common._FITTED.clear()

@@ -34,9 +34,12 @@ PUBLIC_OPS = ("rbf_precision", "segment_sqdist", "rbf_segment_sqdist")
 SOLVER_OPS = ("rbf_sigma_jacobian", "gauss_newton_system", "lm_propose", "banded_lm_propose", "lm_update")
 OPS = PUBLIC_OPS + SOLVER_OPS
 
-# "auto" tries these in order, per device type and op. The GPU kernels pass the interpreter and
-# compile checks but have not yet run on a GPU (bench/gpu_check.sh does that): until they have,
-# "auto" keeps CUDA tensors on the reference and the GPU kernels are opt-in with use_backend.
+# "auto" tries these in order, per device type and op. On CUDA tensors it keeps the reference,
+# measured on an H200 (bench/RESULTS.md, "On an H200"): rbf_segment_sqdist and rbf_precision
+# forward+backward are slower in both GPU backends than the reference's cuBLAS products (Triton
+# 0.03-0.08x, CUDA C++ 0.6-0.9x on rbf_segment_sqdist). Triton's segment_sqdist is 7.5x the
+# reference forward+backward; it becomes auto's once the solver has run with it on a GPU
+# (bench_solver_device.py --order). The GPU kernels stay opt-in with use_backend.
 AUTO_ORDER: dict[str, dict[str, tuple[str, ...]]] = {
     "cpu": dict.fromkeys(OPS, ("cpu", "reference")),
     "cuda": dict.fromkeys(OPS, ("reference",)),

@@ -6,8 +6,12 @@ decorates, so tests must be able to set it before this module is imported).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 # Full-precision products. Neighbouring sigma rows differ by ~1/N of sigma itself, so TF32 inputs
 # (10-bit mantissa, relative error ~5e-4) would drown the differences at N = 128. "ieee" is the
@@ -26,6 +30,32 @@ def k_block(K: int, block_k: int | None) -> tuple[int, bool]:
     if block_k is None:
         block_k = next_pow2(K) if K <= 128 else 64
     return block_k, block_k >= K
+
+
+# BLOCK_K that fitted, per (kernel, dtype, device, BLOCK_K asked): a failed launch costs a compile.
+_FITTED: dict[tuple, int] = {}
+MIN_BLOCK_K = 16
+
+
+def launch_fitting(kernel_name: str, like: Any, K: int, block_k: int | None,
+                   launch: Callable[[int, bool], None]) -> None:
+    """``launch(BLOCK_K, SINGLE_K)`` with the block of :func:`k_block`, halved while the GPU has
+    too little shared memory for it. The kernels' shared memory grows with BLOCK_K and the
+    element size: on an H200, a float64 backward with all 128 centers in one tile asks 376 KB
+    of the 227 KB a block may have; smaller GPUs (99 KB on sm_86/89) refuse smaller tiles."""
+    asked, _ = k_block(K, block_k)
+    key = (kernel_name, like.dtype, str(like.device), asked)
+    bk = _FITTED.get(key, asked)
+    while True:
+        try:
+            launch(bk, bk >= K)
+        except OutOfResources:
+            if bk // 2 < MIN_BLOCK_K:
+                raise
+            bk //= 2
+            continue
+        _FITTED[key] = bk
+        return
 
 
 @triton.jit

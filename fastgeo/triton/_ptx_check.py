@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{name} {dt} {consts.get('SINGLE_K', '')}"
             try:
                 kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target)
-                print(f"ok   {label}: {len(kernel.asm['ptx'])} chars of PTX")
+                ptx, shared = len(kernel.asm["ptx"]), kernel.metadata.shared
+                print(f"ok   {label}: {ptx} chars of PTX, {shared} B of shared memory")
             except Exception as exc:  # report every failure, not just the first
                 failed += 1
                 print(f"FAIL {label}: {exc!r}")

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import DOT_PRECISION, accum_grad_z, k_block, load_w, load_wt, next_pow2, phi_tile
+from ._common import DOT_PRECISION, accum_grad_z, launch_fitting, load_w, load_wt, next_pow2, phi_tile
 
 BLOCK_M = 32
 BLOCK_D = 64
@@ -104,13 +104,12 @@ def forward(z: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: T
     out = z.new_empty((P, D))
     if P == 0 or D == 0:
         return out
-    bk, _ = k_block(K, block_k)
     grid = (triton.cdiv(P, BLOCK_M), triton.cdiv(D, BLOCK_D))
-    _fwd_kernel[grid](
+    launch_fitting("rbf_precision.forward", z, K, block_k, lambda bk, _: _fwd_kernel[grid](
         z, centers, gammas, weights, zeta, out, P, d, K, D,
         *_row_strides(z), *centers.stride(), gammas.stride(0), *weights.stride(), zeta.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_K=bk, BLOCK_D=BLOCK_D, PREC=DOT_PRECISION,
-    )
+    ))
     return out
 
 
@@ -137,13 +136,13 @@ def backward_z(grad: Tensor, z: Tensor, centers: Tensor, gammas: Tensor, weights
     gz = z.new_empty((P, d))
     if P == 0:
         return gz
-    bk, single = k_block(K, block_k)
-    _bwd_z_kernel[(triton.cdiv(P, BLOCK_M),)](
+    launch_fitting("rbf_precision.backward_z", z, K, block_k, lambda bk, single: _bwd_z_kernel[
+        (triton.cdiv(P, BLOCK_M),)](
         z, centers, gammas, weights, grad, gz, P, d, K, D,
         *_row_strides(z), *centers.stride(), gammas.stride(0), *weights.stride(), *grad.stride(),
         BLOCK_M=BLOCK_M, BLOCK_K=bk, BLOCK_D=BLOCK_D, DL=next_pow2(d, 1), SINGLE_K=single,
         PREC=DOT_PRECISION,
-    )
+    ))
     return gz
 
 

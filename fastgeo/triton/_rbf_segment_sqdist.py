@@ -22,7 +22,7 @@ from ._common import (
     accum_grad_z,
     atomic_grad_w,
     inv_sqrt,
-    k_block,
+    launch_fitting,
     load_w,
     load_wt,
     next_pow2,
@@ -169,12 +169,12 @@ def forward(points: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, ze
     S = B * (N - 1)
     if S == 0:
         return out
-    bk, single = k_block(K, block_k)
-    _fwd_kernel[(triton.cdiv(S, BLOCK_M),)](
+    launch_fitting("rbf_segment_sqdist.forward", points, K, block_k, lambda bk, single: _fwd_kernel[
+        (triton.cdiv(S, BLOCK_M),)](
         points, centers, gammas, weights, zeta, out, S, N, d, K, D,
         *points.stride(), *centers.stride(), gammas.stride(0), *weights.stride(), zeta.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_K=bk, BLOCK_D=BLOCK_D, SINGLE_K=single, PREC=DOT_PRECISION,
-    )
+    ))
     return out
 
 
@@ -193,12 +193,13 @@ def backward(grad: Tensor, points: Tensor, centers: Tensor, gammas: Tensor, weig
     P = B * N
     if P == 0:
         return gp, gw, gzeta
-    bk, single = k_block(K, block_k)
-    _bwd_kernel[(triton.cdiv(P, BLOCK_M),)](
+    # A launch that failed for shared memory wrote nothing: the atomics start from zero again.
+    launch_fitting("rbf_segment_sqdist.backward", points, K, block_k, lambda bk, single: _bwd_kernel[
+        (triton.cdiv(P, BLOCK_M),)](
         points, centers, gammas, weights, zeta, grad, gp, gw, gzeta, P, N, d, K, D,
         *points.stride(), *centers.stride(), gammas.stride(0), *weights.stride(), zeta.stride(0),
         *grad.stride(),
         BLOCK_M=BLOCK_M, BLOCK_K=bk, BLOCK_D=BLOCK_D, DL=next_pow2(d, 1), SINGLE_K=single,
         NEED_W=need_weights, NEED_ZETA=need_zeta, PREC=DOT_PRECISION,
-    )
+    ))
     return gp, gw, gzeta
