@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -97,18 +98,20 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", default=None, help="write every row to this file")
+    ap.add_argument("--ops", default="segment_sqdist,rbf_precision,rbf_segment_sqdist")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to benchmark", file=sys.stderr)
         return 1
     dtype = getattr(torch, a.dtype)
     print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | CUDA {torch.version.cuda} "
-          f"| dtype {a.dtype} | TF32 matmul {torch.backends.cuda.matmul.allow_tf32}")
+          f"| dtype {a.dtype} | TF32 matmul {torch.backends.cuda.matmul.allow_tf32} "
+          f"| Triton dots {os.environ.get('FASTGEO_TRITON_DOT', 'ieee')}")
     print("backends:", {k: v[0] for k, v in fastgeo.availability().items()})
     Bs = [1024] if a.quick else [1024, 16384, 65536]
     shapes = [(B, 32, d, 128, 784) for B in Bs for d in (2, 16)]
     results: list = []
-    for op in ("segment_sqdist", "rbf_precision", "rbf_segment_sqdist"):
+    for op in a.ops.split(","):
         for shape in shapes:
             print(f"{op}  (B, N, d, K, D) = {shape}")
             run_case(op, shape, dtype, a.reps, results)

@@ -5,8 +5,8 @@
 #
 #   bash bench/gpu_check.sh [STEP ...]      (from anywhere; no downloads needed)
 #
-# STEPs (default: all but gputests, in this order of priority): env build ops suite solver pairwise
-# ops64 (gputests: only the GPU-specific test files, a quicker first look than the suite).
+# STEPs (default: all but gputests, in this order of priority): env build ops suite solver tf32x3
+# pairwise ops64 (gputests: only the GPU-specific test files, a quicker first look than the suite).
 # Logs and JSON go to $OUT (or ./gpu_check_out): gpu_check.log (everything), build.log,
 # suite.log, ops.json, pairwise_device.json, pairwise_cpu.json. GPU_CHECK_BUDGET (seconds,
 # default 3600) bounds the whole run: every step's timeout is cut to the time left, so that a lease is never overrun; a step
@@ -19,7 +19,7 @@ mkdir -p "$OUTDIR"
 exec > >(tee -a "$OUTDIR/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
-STEPS="${*:-env build ops suite solver pairwise ops64}"
+STEPS="${*:-env build ops suite solver tf32x3 pairwise ops64}"
 DEADLINE=$(( $(date +%s) + ${GPU_CHECK_BUDGET:-3600} ))
 SUMMARY=""
 
@@ -115,6 +115,13 @@ if want pairwise; then
     --budget-s "${PAIRWISE_BUDGET:-80}" --against "$OUTDIR/pairwise_device.pt" --json "$OUTDIR/pairwise_cpu.json"
   rm -f "$OUTDIR/pairwise_device.pt"
   popd >/dev/null
+fi
+if want tf32x3; then
+  # The tensor-core candidate for the Triton dots: its accuracy (the Triton tests) and its speed.
+  run tf32x3_tests 120 env FASTGEO_TRITON_DOT=tf32x3 "$PY" -m pytest -q -p no:cacheprovider \
+    tests/test_triton_ops.py
+  run tf32x3_ops 120 env FASTGEO_TRITON_DOT=tf32x3 "$PY" bench/bench_ops_gpu.py --reps 5 \
+    --ops rbf_precision,rbf_segment_sqdist
 fi
 if want ops64; then
   run ops_float64 60 "$PY" bench/bench_ops_gpu.py --dtype float64 --quick

@@ -6,6 +6,7 @@ decorates, so tests must be able to set it before this module is imported).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,13 @@ from triton.runtime.errors import OutOfResources
 # (10-bit mantissa, relative error ~5e-4) would drown the differences at N = 128. "ieee" is the
 # verified choice; "tf32x3" (a 3-pass split scheme on tensor cores) is the faster candidate to
 # measure on a GPU (the interpreter ignores input_precision, so only a GPU can validate it).
-DOT_PRECISION = "ieee"
+# On an H200 the "ieee" dots ran at 0.3-0.5 TFLOP/s (FMA, no tensor cores), 25-30x slower than
+# the reference's cuBLAS products: FASTGEO_TRITON_DOT=tf32x3 lets a GPU run measure the candidate
+# (bench/gpu_check.sh does) before it becomes the default.
+DOT_PRECISIONS = ("ieee", "tf32x3")
+DOT_PRECISION = os.environ.get("FASTGEO_TRITON_DOT", "ieee")
+if DOT_PRECISION not in DOT_PRECISIONS:
+    raise ValueError(f"FASTGEO_TRITON_DOT must be one of {DOT_PRECISIONS}, got {DOT_PRECISION!r}")
 
 
 def next_pow2(n: int, minimum: int = 16) -> int:

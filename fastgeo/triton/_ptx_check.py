@@ -38,14 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         (ss._fwd_kernel, {"BLOCK_R": 16, "BLOCK_D": 128}),
         (ss._bwd_kernel, {"BLOCK_R": 16, "BLOCK_D": 128}),
     ]
+    # The tensor-core candidate for float32 products (FASTGEO_TRITON_DOT=tf32x3) must compile too.
+    cases += [(fn, {**consts, "PREC": "tf32x3"}) for fn, consts in cases if "PREC" in consts]
     failed = 0
     for fn, consts in cases:
-        for dt in ("fp32", "fp64"):
+        for dt in ("fp32", "fp64") if consts.get("PREC") != "tf32x3" else ("fp32",):
             # Arguments named *_ptr are pointers to the op's dtype, the rest int32 scalars.
             sig = {a: "constexpr" if a in consts else (f"*{dt}" if a.endswith("_ptr") else "i32")
                    for a in fn.arg_names}
             name = f"{fn.fn.__module__.rsplit('.', 1)[-1]}.{fn.fn.__name__}"
-            label = f"{name} {dt} {consts.get('SINGLE_K', '')}"
+            label = f"{name} {dt} {consts.get('SINGLE_K', '')} {consts.get('PREC', '')}"
             try:
                 kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target)
                 ptx, shared = len(kernel.asm["ptx"]), kernel.metadata.shared
