@@ -109,9 +109,11 @@ fi
 if want pairwise; then
   # The device run, then the CPU run (forked workers, a process of its own) compared with it.
   pushd bench >/dev/null
-  run pairwise_device 200 "$PY" bench_pairwise_device.py --device cuda --ms 128,512,2000 \
-    --budget-s "${PAIRWISE_BUDGET:-80}" --save "$OUTDIR/pairwise_device.pt" --json "$OUTDIR/pairwise_device.json"
-  run pairwise_cpu 200 "$PY" bench_pairwise_device.py --device cpu --ms 128,512,2000 \
+  # Two small M first: the estimate of the next M is then a line through two runs (on the GPU a
+  # call's kernel launches follow its iterations more than its curves: time grows sublinearly).
+  run pairwise_device 240 "$PY" bench_pairwise_device.py --device cuda --ms 128,256,512,2000 \
+    --budget-s "${PAIRWISE_BUDGET:-120}" --save "$OUTDIR/pairwise_device.pt" --json "$OUTDIR/pairwise_device.json"
+  run pairwise_cpu 200 "$PY" bench_pairwise_device.py --device cpu --ms 128,256,512,2000 \
     --budget-s "${PAIRWISE_BUDGET:-80}" --against "$OUTDIR/pairwise_device.pt" --json "$OUTDIR/pairwise_cpu.json"
   rm -f "$OUTDIR/pairwise_device.pt"
   popd >/dev/null
