@@ -28,14 +28,16 @@ def test_fast_options_per_latent_dimension(d, m, n, coarse, lagged):
     """Coarser curves than the default's, tolerance 1e-4 (float32) / 1e-8 (float64), subdivided
     only where a curve is predicted to gain 10x more than the default asks (or as the default, if
     asked); the same starts and linearization rules as the default, but in
-    d >= 4 only the shortest start races (the default races the straight line too)."""
+    d >= 4 only the shortest start races and no graph corridor (the default races four starts, two
+    of them corridors)."""
     fast = solver_options(torch.float32, d, 784, method="fast")
     default = solver_options(torch.float32, d, 784)
     assert (fast.m, fast.n_points, fast.coarse_points) == (m, n, coarse)
     assert fast.m < default.m and fast.n_points < default.n_points
-    assert (fast.corridors, fast.lagged) == (default.corridors, lagged)
+    assert (fast.corridors, default.corridors) == ((3, 3) if d < 4 else (0, 2))
+    assert fast.lagged == default.lagged == lagged
     assert fast.explore_iter == default.explore_iter == (0 if d < 4 else 20)
-    assert (fast.refine, default.refine) == ((5, 5) if d < 4 else (1, 2))
+    assert (fast.refine, default.refine) == ((5, 5) if d < 4 else (1, 4))
     assert fast.tol == 1e-4 and solver_options(torch.float64, d, 784, method="fast").tol == 1e-8
     assert (fast.subdivide, default.subdivide) == (1, SUBDIVISIONS)
     assert fast.subdivide_above == FAST_SUBDIVIDE_ABOVE == 10 * default.subdivide_above

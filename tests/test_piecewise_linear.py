@@ -294,7 +294,8 @@ def test_piecewise_linear_decoders_are_solved_smoothed_first(d, monkeypatch):
 def test_the_true_decoders_own_start_races_the_smoothed_curves(refine, monkeypatch):
     """Under the true decoder the smoothed curves race against the best of its own starts
     (smoothing.TRUE_REFINE racers in all), unless the call sets ``refine``; the smoothed stage
-    keeps the method's refine (two racers in d >= 4: the straight line and the explored start)."""
+    keeps the method's refine (four racers in d >= 4: of the straight line, the warm and explored
+    starts and two graph corridors)."""
     geodesics_module = importlib.import_module("fastgeo.solver.geodesics")  # the module, not the function
     seen = []
     original = geodesics_module.solve_batch
@@ -311,7 +312,7 @@ def test_the_true_decoders_own_start_races_the_smoothed_curves(refine, monkeypat
     smoothed_stage = [r for given, r in seen if not given]
     true_stage = [r for given, r in seen if given]
     assert smoothed_stage and true_stage
-    assert set(smoothed_stage) == {2 if refine is None else refine}
+    assert set(smoothed_stage) == {4 if refine is None else refine}
     assert set(true_stage) == {2 if refine is None else refine}
 
 

@@ -117,8 +117,8 @@ def geodesics(
         latents: optional (M, d) latent codes of the data, added to the graph's nodes.
         refine: how many of the starts (the shortest, distinct ones) race per curve on the coarse
             grid, keeping the lowest energy (default 5 for ``default`` and ``fast`` in d <= 3:
-            every start; in d >= 4 2 for ``default`` (the explored start and the straight line),
-            1 for ``fast``; 1 otherwise).
+            every start; in d >= 4 4 for ``default`` (of the straight line, the warm and explored
+            starts and two corridors), 1 for ``fast``; 1 otherwise).
         coarse_points: points per curve while the starts are raced (``default`` and ``fast``;
             default 48 in d <= 3, 24 above; ``fast``: 32 and 20), ranked by their energy with the
             midpoints added. Only the winner is then refined at ``n_points``; a value >=
@@ -130,7 +130,8 @@ def geodesics(
             and get the status ``under_resolved`` if still so (``dense``: flagged at once, its
             polylines are not solved again).
         corridors: how many graph paths through different corridors start each curve
-            (``default`` and ``fast``; default 3 in d <= 3, 0 above: no graph is built).
+            (``default`` and ``fast``; default 3 in d <= 3, 2 above for ``default``, 0 for
+            ``fast`` in d >= 4: no graph is built).
         linearize: ``"always"``: Levenberg-Marquardt linearizes the decoder (d tangents per
             point) at every trial point; ``"lagged"``: trial points get the exact gradient by
             reverse mode and the Gauss-Newton matrix is recomputed only where it predicted the
@@ -217,7 +218,7 @@ def _solve(
             init = smoothed.curves.coeffs
             opts = _in_basis(opts, smoothed.curves.basis)
             if refine is None:
-                opts = dataclasses.replace(opts, refine=max(opts.refine, smoothing.TRUE_REFINE))
+                opts = dataclasses.replace(opts, refine=smoothing.TRUE_REFINE)
     with torch.no_grad():
         coeffs, energies, status, iterations, start, gains = _solve_in_batches(
             metric, z0, z1, opts, init, lgraph, work, bar

@@ -36,9 +36,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": {"family": "legendre", "m": 1, "n_points": 32, "max_iter": 2000, "refine": 1, "corridors": 0},
     "dense": {"family": None, "m": None, "n_points": 128, "max_iter": 300, "refine": 1, "corridors": 0},
 }
-# From this latent dimension on, ``default`` races the straight line against the explored start
-# (below) and builds no graph: on trained VAEs with d = 12-64 the graph's corridors never changed
-# a curve (measured), while the graph costs minutes of decoder calls to build. Their curves start with
+# From this latent dimension on, ``default`` races the straight line, the explored start (below)
+# and two of the latent graph's corridors (refine=4, corridors=2): on every pair of random training
+# codes of three trained conv decoders (d = 5 and 8) and a d = 12 MLP, the first two alone missed
+# the shortest basin on 0.5-4 % of the pairs (up to 6.8-7.9 % long) and the corridors found them,
+# for 1.3-2x the time (none missed on MLPs with d = 16-64; bench/RESULTS.md, "Random pairs in
+# d >= 4"). ``fast`` races no corridor (1.6-3x faster, for a first look). Their curves start with
 # 12 control points on 48 points and are subdivided (23 on 96) where that gains: against the
 # shortest curves known, mean excess 0.007-0.016 % at d = 16-64 in about the time 16 control
 # points on 64 took without subdivision for 0.022-0.054 % (16 on 64 with subdivision: 0.002 %, at
@@ -49,11 +52,11 @@ HIGH_DIM = 4
 # straight line alone led 2 of 16 pairs per sample into ones 1.3-7.6 % longer than the best known
 # (bench/RESULTS.md, "Explored starts"); 20 steps found them all. The explored start is nearly
 # always the shorter start, and alone (refine=1) it led a trained d = 12 MLP's pair into a basin
-# 0.65 % long where the straight line's was right: the default races both (refine=2; 1.15-1.5x the
-# time), ``fast`` takes the shorter alone (no extra time).
+# 0.65 % long where the straight line's was right: the default races both (1.15-1.5x the time;
+# with two corridors, above), ``fast`` takes the shorter alone (no extra time).
 EXPLORE_ITER = 20
 HIGH_DIM_DEFAULTS = {
-    "refine": 2, "corridors": 0, "m": 12, "n_points": 48, "coarse_points": 24, "explore": EXPLORE_ITER
+    "refine": 4, "corridors": 2, "m": 12, "n_points": 48, "coarse_points": 24, "explore": EXPLORE_ITER
 }  # fmt: skip
 # ``fast``: the default's algorithm on coarser curves, stopped at a relative energy step of 1e-4,
 # not subdivided (but for piecewise-linear decoders). For users who would otherwise settle for

@@ -33,13 +33,14 @@ STAGES: tuple[float, ...] = (20.0,)
 # The smoothed stages subdivide curves that gain, once (where the call subdivides; the true solve
 # then starts in the finer basis, with one level of subdivision fewer).
 SUBDIVIDE = True
-# From this latent dimension on (where the default races one start and builds no graph). A 2-D
+# From this latent dimension on (where the default's curves have 12 control points). A 2-D
 # ReLU MLP (mlp2_relu_glyphs, 48 pairs) was already within 0.010 % / 0.146 % of the dense oracle
 # without it (graph corridors, five starts raced, 24 control points) and 0.005 % / 0.176 % with it,
 # at 2.1x the time.
 MIN_DIM = HIGH_DIM
 # Starts raced under the true decoder after the smoothed stages (where the call leaves ``refine``
-# to the method): the smoothed curves and the best of the true decoder's own starts. LeakyReLU
+# to the method): the smoothed curves and the best of the true decoder's own starts (the smoothed
+# stage has raced the method's starts, the graph's corridors included). LeakyReLU
 # conv decoder (d = 8, 48 pairs): worst pair 0.522 -> 0.426 % over the best curve known, mean
 # 0.028 -> 0.023 %, +10 % time; ReLU MLP (d = 16, 96 pairs): the same curves, +6 % time.
 TRUE_REFINE = 2
