@@ -47,7 +47,13 @@ def dense_multistart(
     straight = straight_line(z0, z1, time_grid(n, z0))
     inits = []
     evals = jvps = 0
+    seen = set()
     for explore in exploring_starts(n):
+        options = {"graph": graph} | explore
+        key = tuple(sorted((k, v if isinstance(v, (bool, int)) else id(v)) for k, v in options.items()))
+        if key in seen:  # e.g. graph=False given: the default's own curve is the graph-free one
+            continue
+        seen.add(key)
         r = solve(
             metric,
             z0,
@@ -56,7 +62,7 @@ def dense_multistart(
             batch_size=opts.batch_size,
             latents=latents,
             progress=False,
-            **({"graph": graph} | explore),
+            **options,
         )
         evals, jvps = evals + r.decoder_evals, jvps + r.decoder_jvps
         inits.append((r.points(n) - straight)[:, 1:-1])
