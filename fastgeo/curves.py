@@ -164,3 +164,26 @@ class Curves:
 
     def __len__(self) -> int:
         return self.z0.shape[0]
+
+
+def fit_polyline(z0: Tensor, z1: Tensor, pts: Tensor, arc: Tensor, psi: Tensor, t: Tensor) -> Tensor:
+    """Coefficients (B, m, d) of the curves that best fit polylines (least squares), resampled
+    at the times t (n,) by ``arc``.
+
+    Args:
+        z0, z1: (B, d) end points; pts: (B, L, d) polyline vertices from z0 to z1.
+        arc: (B, L) each vertex's time in [0, 1], non-decreasing (e.g. its arc length over the
+            total, for about constant speed).
+        psi: (n, m) the basis at t; t: (n,) times from 0 to 1.
+    """
+    B, d = z0.shape
+    tiny = torch.finfo(z0.dtype).tiny
+    tq = t.expand(B, -1).contiguous()
+    hi = torch.searchsorted(arc.contiguous(), tq, right=True).clamp(1, arc.shape[1] - 1)
+    lo = hi - 1
+    a_lo, a_hi = arc.gather(1, lo), arc.gather(1, hi)
+    frac = ((tq - a_lo) / (a_hi - a_lo).clamp(min=tiny)).clamp(0, 1)
+    p_lo = pts.gather(1, lo[..., None].expand(-1, -1, d))
+    p_hi = pts.gather(1, hi[..., None].expand(-1, -1, d))
+    offset = (p_lo + frac[..., None] * (p_hi - p_lo) - straight_line(z0, z1, t))[:, 1:-1]
+    return torch.linalg.pinv(psi[1:-1]) @ offset  # psi vanishes at the end points

@@ -32,7 +32,9 @@ def key(generator_file: Path, z0: torch.Tensor, z1: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def compute(metric: fastgeo.ExpectedMetric, z0: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+def compute(
+    metric: fastgeo.ExpectedMetric, z0: torch.Tensor, z1: torch.Tensor
+) -> tuple[torch.Tensor, list[str]]:
     """The dense oracle's lengths (float64, measured by ``benchmarks.accuracy``) and statuses."""
     m64 = metric.to(torch.float64)
     with torch.no_grad():

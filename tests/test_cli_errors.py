@@ -226,3 +226,15 @@ def test_checkpoint_is_refused_in_graph_mode(files, capsys, monkeypatch, tmp_pat
     words = ["--checkpoint", "--mode exact", "no effect in --mode graph"]
     expect_error(capsys, words, gen, tmp / "Z.npy", "-o", tmp_path / "D.npy", "--mode", "graph",
                  "--checkpoint", tmp_path / "ckpt")  # fmt: skip
+
+
+def test_chain_check_from_the_command_line(files, capsys, tmp_path):
+    """Exact mode checks the matrix against chains through a third code and says so in the
+    printed report; --no-chains skips it (the same matrix where no chain beats an entry)."""
+    tmp, gen = files
+    args = [gen, tmp / "Z.npy", "--max-iter", "60"]
+    code, err = run_cli(capsys, *args, "-o", tmp_path / "D.npy")
+    assert code == 0 and "chains: 0 entries beaten" in err[-1], err
+    code, err = run_cli(capsys, *args, "-o", tmp_path / "D2.npy", "--no-chains")
+    assert code == 0 and "chains:" not in err[-1], err
+    assert np.array_equal(np.load(tmp_path / "D.npy"), np.load(tmp_path / "D2.npy"))

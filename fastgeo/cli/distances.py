@@ -39,6 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--neighbors", type=int, default=None, help="graph mode: edges per code")
     p.add_argument(
+        "--no-chains",
+        action="store_true",
+        help="exact mode: skip the check of every entry against chains of two entries through a third "
+        "code (entries a chain beats are solved again from it, or take its length: status 'chain')",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -105,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
     inputs.at_least("--neighbors", args.neighbors, 1)
     inputs.at_least("--workers", args.workers, 1)
     inputs.at_least("--error-sample", args.error_sample, 0)
-    graph = {"neighbors": args.neighbors, "error_sample": args.error_sample}
-    graph = {k: v for k, v in graph.items() if v is not None}
+    mode_options = {"neighbors": args.neighbors, "error_sample": args.error_sample}
+    mode_options = {k: v for k, v in mode_options.items() if v is not None}
+    if args.no_chains:
+        mode_options["chains"] = False
     memory_mb = inputs.positive("--memory-mb", args.memory_mb)
     given = {
         "method": args.method,
@@ -128,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     budget = None if memory_mb is None else max(1, int(memory_mb * (1 << 20)))
     D, report = pairwise_distances(
         metric, Z, Y, mode=args.mode, workers=args.workers, checkpoint=checkpoint, chunk_size=args.chunk_size,
-        memory_budget=budget, progress=not args.no_progress, return_report=True, **graph, **options,
+        memory_budget=budget, progress=not args.no_progress, return_report=True, **mode_options, **options,
     )  # fmt: skip
     if report_path is not None:
         fields = {

@@ -31,7 +31,8 @@ from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
 from ..solver.graph import cached_graph, check_graph_inputs
 from ..solver.options import SPLINE_METHODS
-from ..solver.result import CONVERGED, GRAPH_ESTIMATE
+from ..solver.result import CHAIN, CONVERGED, GRAPH_ESTIMATE
+from .chains import check_chains
 from .checkpoint import Checkpoint, metric_fingerprint, options_digest, tensor_digest
 from .chunks import dist_info, solve_chunk
 from .code_graph import NEIGHBORS
@@ -58,6 +59,7 @@ def pairwise_distances(
     mode: str = "exact",
     neighbors: int | None = None,
     error_sample: int | None = None,
+    chains: bool | None = None,
     out: str | os.PathLike | None = None,
     workers: int | None = None,
     memory_budget: int | None = None,
@@ -93,6 +95,13 @@ def pairwise_distances(
             NEIGHBORS). Refused in exact mode, where it would have no effect.
         error_sample: graph mode: random pairs solved exactly to measure the error (0: none;
             default ERROR_SAMPLE). Refused in exact mode.
+        chains: exact mode without ``Y``: check every entry against chains of two entries through a
+            third code (each entry is a curve's length, and so is a chain): the pairs a chain
+            beats by more than 2e-4 relative are solved again with the chain's curve among their
+            starts, and entries a chain still beats take its length with the status ``chain``
+            (:mod:`fastgeo.pairwise.chains`; the report's ``chain_check`` says how many). Costs
+            ``M^3`` additions and three geodesics per entry beaten (none or a few in a thousand).
+            Default: on in exact mode without ``Y``; refused elsewhere.
         workers: processes that split the pairs, one thread each (default: as many as torch
             has threads, on a Linux CPU run; 1 elsewhere). Threads of one process wait for
             each other in every small parallel region of the solver, and collapse when another
@@ -133,6 +142,9 @@ def pairwise_distances(
         for name, value in (("neighbors", neighbors), ("error_sample", error_sample)):
             if value is not None:
                 raise ValueError(f"{name} is for mode='graph'; it has no effect in mode={mode!r}")
+    if chains is not None and _checks.boolean("chains", chains) and (mode != "exact" or Y is not None):
+        raise ValueError("chains=True is for mode='exact' without Y (a symmetric matrix of solved pairs)")
+    chains = mode == "exact" and Y is None and chains is not False
     neighbors = _checks.integer("neighbors", NEIGHBORS if neighbors is None else neighbors, 1)
     error_sample = _checks.integer("error_sample", ERROR_SAMPLE if error_sample is None else error_sample, 0)
     workers = check_workers(workers, metric.device, dist_info()[1] > 1)
@@ -162,7 +174,12 @@ def pairwise_distances(
     if Y is None:
         matrix.fill_diagonal_(0)  # exact zero diagonal
         status.fill_diagonal_(CONVERGED)
-    solved = (status != GRAPH_ESTIMATE) if mode == "graph" else torch.ones_like(status, dtype=torch.bool)
+    if chains:
+        opts = _solver_options(metric, options)
+        check = extra["chain_check"] = check_chains(metric, pts, matrix, status, iterations, options, opts)
+        counts[0] += check.decoder_evals
+        counts[1] += check.decoder_jvps
+    solved = (status != GRAPH_ESTIMATE) & (status != CHAIN)
     if Y is None:
         solved = torch.triu(solved, diagonal=1)
     n_solved = int(solved.sum())

@@ -39,6 +39,10 @@ class PairwiseReport:
             geodesics on a random sample (:class:`fastgeo.pairwise.graph_mode.GraphError`);
             None in exact mode.
         graph_edges: ``mode="graph"``: geodesics solved as edges of the code graph.
+        chain_check: exact mode without ``Y``: what the check against chains through a third code
+            found and repaired (:class:`fastgeo.pairwise.chains.ChainCheck`); None otherwise.
+            Entries holding a chain's length (status ``chain``) count in neither ``n_converged``
+            nor ``n_failed``.
     """
 
     status_code: Tensor
@@ -56,6 +60,7 @@ class PairwiseReport:
     options: dict = field(default_factory=dict)
     graph_error: Any = None
     graph_edges: int = 0
+    chain_check: Any = None
 
     @property
     def converged(self) -> Tensor:
@@ -86,4 +91,5 @@ class PairwiseReport:
             f"{self.chunks_total} chunks of {self.chunk_size} ({self.chunks_computed} solved, "
             f"{self.chunks_loaded} loaded); {self.wall_time:.2f} s; "
             f"{self.decoder_evals} decoder evals, {self.decoder_jvps} decoder JVPs"
+            + ("" if self.chain_check is None else f"; {self.chain_check}")
         )

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..curves import straight_line
+from ..curves import fit_polyline
 from .graph import LatentGraph
 
 APART = 0.2  # a corridor's via node is this many chords away from every earlier path
@@ -160,14 +160,6 @@ def fit_path(graph: LatentGraph, paths: GraphPaths, z0: Tensor, z1: Tensor, psi:
     arc = torch.as_tensor(np.ascontiguousarray(paths.arc), dtype=z0.dtype, device=z0.device)
     arc = torch.cummax(torch.where(torch.isfinite(arc), arc, torch.zeros_like(arc)), 1).values
     arc = arc / arc[:, -1:].clamp(min=torch.finfo(z0.dtype).tiny)
-    tq = t.expand(B, -1).contiguous()
-    hi = torch.searchsorted(arc.contiguous(), tq, right=True).clamp(1, arc.shape[1] - 1)
-    lo = hi - 1
-    a_lo, a_hi = arc.gather(1, lo), arc.gather(1, hi)
-    frac = ((tq - a_lo) / (a_hi - a_lo).clamp(min=torch.finfo(z0.dtype).tiny)).clamp(0, 1)
-    p_lo = pts.gather(1, lo[..., None].expand(-1, -1, d))
-    p_hi = pts.gather(1, hi[..., None].expand(-1, -1, d))
-    offset = (p_lo + frac[..., None] * (p_hi - p_lo) - straight_line(z0, z1, t))[:, 1:-1]
-    coeffs = torch.linalg.pinv(psi[1:-1]) @ offset  # psi vanishes at the end points
+    coeffs = fit_polyline(z0, z1, pts, arc, psi, t)
     exists = torch.as_tensor(paths.exists, device=z0.device)
     return torch.where(exists[:, None, None], coeffs, torch.zeros_like(coeffs))

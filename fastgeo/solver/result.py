@@ -17,12 +17,13 @@ INIT_NAMES = ("straight", "warm", "given", "graph", "smoothed", "explored")
 STRAIGHT, WARM, GIVEN, GRAPH, SMOOTHED, EXPLORED = range(len(INIT_NAMES))
 
 # How a curve ended (GeodesicResult.status_code indexes this), and what that means.
-# "graph_estimate" is never a solver's: fastgeo.pairwise_distances(mode="graph") gives it to entries
+# "graph_estimate" and "chain" are never a solver's: fastgeo.pairwise_distances gives them to entries
 # that are lengths of chains of geodesics (upper bounds), not one optimized curve.
 STATUSES = (
-    "converged", "max_iter", "stalled", "nonfinite", "under_resolved", "straight_fallback", "graph_estimate"
+    "converged", "max_iter", "stalled", "nonfinite", "under_resolved", "straight_fallback", "graph_estimate",
+    "chain",
 )  # fmt: skip
-CONVERGED, MAX_ITER, STALLED, NONFINITE, UNDER_RESOLVED, STRAIGHT_FALLBACK, GRAPH_ESTIMATE = range(7)  # noqa: E501
+CONVERGED, MAX_ITER, STALLED, NONFINITE, UNDER_RESOLVED, STRAIGHT_FALLBACK, GRAPH_ESTIMATE, CHAIN = range(8)
 MESSAGES = {
     "converged": "converged: the energy (or the length) changed by less than tol in a step",
     "max_iter": "stopped at the iteration limit max_iter before converging",
@@ -36,6 +37,9 @@ MESSAGES = {
     "instead (not a geodesic)",
     "graph_estimate": "the length of a chain of geodesics between nearby codes (pairwise_distances' "
     "graph mode): an upper bound of the distance, not optimized as one curve",
+    "chain": "the length of a chain of two geodesics through a third code, shorter than the curve solved "
+    "between the pair from every start, the chain's own included (pairwise_distances): an upper bound "
+    "of the distance, not one optimized curve",
 }
 
 
