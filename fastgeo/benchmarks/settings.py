@@ -42,7 +42,7 @@ def settings_for(quick: bool = False, tiny: bool = False) -> Settings:
     """Default (minutes), ``quick`` (a minute or two on 2 CPU cores) or ``tiny`` (a smoke test, s)."""
     if tiny:
         return Settings("tiny", ops_batches=(16, 32), ops_N=8, ops_D=16, ops_rounds=2, ops_min_total_s=0.0,
-                        solver_pairs=6, solver_rounds=1, pairwise_ms=(4, 6), pairwise_rounds=1,
+                        solver_pairs=6, solver_rounds=1, pairwise_ms=(4,), pairwise_rounds=1,
                         pairwise_graph_ms=(12,), pairwise_graph_sample=8)  # fmt: skip
     if quick:
         return Settings("quick", ops_batches=(256, 1024), ops_D=64, ops_rounds=3, ops_min_total_s=0.25,

@@ -26,8 +26,9 @@ class PairwiseReport:
             not kept per pair).
         n_pairs: entries computed (distinct unordered pairs for ``Z`` alone, ``M P`` with ``Y``).
         n_converged, n_failed: how many of the entries solved as geodesics converged / did not
-            (exact mode: all ``n_pairs``; graph mode: the entries that are edges or sampled
-            pairs; graph estimates, status ``graph_estimate``, count in neither).
+            (exact mode: all ``n_pairs`` but those holding a chain's length, status ``chain``;
+            graph mode: the entries that are edges or sampled pairs; graph estimates, status
+            ``graph_estimate``, count in neither).
         chunk_size, chunks_total: the fixed chunk layout.
         chunks_computed: chunks solved by this call (this process, with ``torch.distributed``:
             all processes together).
