@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .._files import atomic_write, stale_temporaries
 from ..metric import ExpectedMetric
+from .layout import Layout
 
 # 7: lengths measured to their error estimate (and the straight-line check with it); 6:
 # subdivision; 5: float32 tol 1e-6 and 300 iterations; 4: lagged calls without the secant model,
@@ -198,3 +199,45 @@ class Checkpoint:
 
     def finished(self) -> int:
         return sum(1 for _ in self.path.glob("chunk_*.safetensors"))
+
+
+def checkpointed_chunk_size(checkpoint: str | os.PathLike, chunk_size: int) -> int:
+    """The chunk size a checkpoint was started with (a default budget may depend on free memory)."""
+    meta_path = Path(checkpoint) / "meta.json"
+    if not meta_path.exists():
+        return chunk_size
+    try:
+        return int(json.loads(meta_path.read_text()).get("chunk_size", chunk_size))
+    except (OSError, ValueError):
+        return chunk_size
+
+
+def open_checkpoint(
+    checkpoint: str | os.PathLike,
+    metric: ExpectedMetric,
+    Z: Tensor,
+    Y: Tensor | None,
+    options: dict[str, Any],
+    layout: Layout,
+) -> Checkpoint:
+    """The checkpoint folder of a run, keyed by its inputs, options, chunk layout and metric."""
+    components = {
+        "Z": tensor_digest(Z),
+        "Y": tensor_digest(Y),
+        "options": options_digest(options),
+        "layout": layout.describe(),
+        "metric": metric_fingerprint(metric),
+        "dtype": str(metric.dtype),
+    }
+    meta = {
+        "M": Z.shape[0],
+        "P": None if Y is None else Y.shape[0],
+        "n_pairs": layout.n_pairs,
+        "chunk_size": layout.chunk_size,
+        "n_chunks": layout.n_chunks,
+        "options": {
+            k: v if v is None or isinstance(v, (bool, int, float, str)) else type(v).__name__
+            for k, v in options.items()
+        },
+    }
+    return Checkpoint(checkpoint, components, meta)

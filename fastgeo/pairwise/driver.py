@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
 import os
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +31,7 @@ from ..solver.graph import cached_graph, check_graph_inputs
 from ..solver.options import SPLINE_METHODS
 from ..solver.result import CHAIN, CONVERGED, GRAPH_ESTIMATE
 from .chains import check_chains
-from .checkpoint import Checkpoint, metric_fingerprint, options_digest, tensor_digest
+from .checkpoint import Checkpoint, checkpointed_chunk_size, open_checkpoint
 from .chunks import dist_info, solve_chunk
 from .code_graph import NEIGHBORS
 from .graph_mode import run_graph_mode
@@ -166,7 +164,7 @@ def pairwise_distances(
             metric, pts, Y, options, matrix, *graph_args
         )
     else:
-        ckpt = None if checkpoint is None else _open_checkpoint(checkpoint, metric, Z, Y, options, layout)
+        ckpt = None if checkpoint is None else open_checkpoint(checkpoint, metric, Z, Y, options, layout)
         record, counts, world = _solve_chunks(
             metric, pts, other, layout, options, ckpt, progress, matrix, workers
         )
@@ -277,7 +275,7 @@ def _layout(
         )
     chunk_size = _checks.integer("chunk_size", chunk_size, 1)
     if checkpoint is not None and not explicit:
-        chunk_size = _checkpointed_chunk_size(checkpoint, chunk_size)  # keep a resumed run's layout
+        chunk_size = checkpointed_chunk_size(checkpoint, chunk_size)  # keep a resumed run's layout
     return Layout(pairs.symmetric, pairs.rows, pairs.cols, min(chunk_size, max(1, pairs.n_pairs)))
 
 
@@ -316,47 +314,6 @@ def _chunk_size_for_budget(metric: ExpectedMetric, options: dict[str, Any], memo
     if isinstance(budget, bool) or not budget > 0:
         raise ValueError(f"memory_budget must be > 0 bytes, got {memory_budget!r}")
     return max(1, int(budget) // per_pair)
-
-
-def _checkpointed_chunk_size(checkpoint: str | os.PathLike, chunk_size: int) -> int:
-    """The chunk size a checkpoint was started with (a default budget may depend on free memory)."""
-    meta_path = Path(checkpoint) / "meta.json"
-    if not meta_path.exists():
-        return chunk_size
-    try:
-        return int(json.loads(meta_path.read_text()).get("chunk_size", chunk_size))
-    except (OSError, ValueError):
-        return chunk_size
-
-
-def _open_checkpoint(
-    checkpoint: str | os.PathLike,
-    metric: ExpectedMetric,
-    Z: Tensor,
-    Y: Tensor | None,
-    options: dict[str, Any],
-    layout: Layout,
-) -> Checkpoint:
-    components = {
-        "Z": tensor_digest(Z),
-        "Y": tensor_digest(Y),
-        "options": options_digest(options),
-        "layout": layout.describe(),
-        "metric": metric_fingerprint(metric),
-        "dtype": str(metric.dtype),
-    }
-    meta = {
-        "M": Z.shape[0],
-        "P": None if Y is None else Y.shape[0],
-        "n_pairs": layout.n_pairs,
-        "chunk_size": layout.chunk_size,
-        "n_chunks": layout.n_chunks,
-        "options": {
-            k: v if v is None or isinstance(v, (bool, int, float, str)) else type(v).__name__
-            for k, v in options.items()
-        },
-    }
-    return Checkpoint(checkpoint, components, meta)
 
 
 def _solve_chunks(
