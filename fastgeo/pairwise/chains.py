@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._progress import DELAY, call_bar
 from ..curves import fit_polyline, time_grid
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics
@@ -66,9 +67,10 @@ class ChainCheck:
         )
 
 
-def shortest_stop(D: Tensor) -> tuple[Tensor, Tensor]:
+def shortest_stop(D: Tensor, bar: Any = None) -> tuple[Tensor, Tensor]:
     """Per entry of a symmetric (M, M) matrix, ``min_k D[i, k] + D[k, j]`` and its ``k``
-    (``k = i`` gives ``D[i, j]`` itself, the diagonal being zero)."""
+    (``k = i`` gives ``D[i, j]`` itself, the diagonal being zero); ``bar``: a progress bar
+    updated by rows."""
     M = D.shape[0]
     best = D.clone()
     via = torch.arange(M, device=D.device)[:, None].expand(M, M).clone()
@@ -79,6 +81,8 @@ def shortest_stop(D: Tensor) -> tuple[Tensor, Tensor]:
             better = s < best[r : r + step]
             best[r : r + step] = torch.where(better, s, best[r : r + step])
             via[r : r + step] = torch.where(better, at + q, via[r : r + step])
+        if bar is not None:
+            bar.update(min(step, M - r))
     return best, via
 
 
@@ -90,17 +94,20 @@ def check_chains(
     iterations: Tensor,
     options: dict[str, Any],
     basis_options: SolverOptions,
+    progress: bool = False,
 ) -> ChainCheck:
     """Check a symmetric matrix of geodesic lengths between ``pts`` (M, d) against chains
     through a third code, and repair the entries chains beat, in place: ``matrix``, ``status``
     (int8 codes) and ``iterations`` (int32: the solve from the chain's are added).
     ``options``: the keyword arguments of :func:`fastgeo.geodesics` the matrix was solved with;
-    ``basis_options``: the solver's options they make (the chain's start is fitted in its basis)."""
+    ``basis_options``: the solver's options they make (the chain's start is fitted in its basis);
+    ``progress``: a bar over the rows of each check that runs longer than ``_progress.DELAY``."""
     found = ChainCheck()
     done = torch.zeros(matrix.shape, dtype=torch.bool, device=pts.device)  # solved from a chain
     for round_ in range(ROUNDS + 1):
         D = matrix.to(device=pts.device, dtype=torch.float64)
-        best, via = shortest_stop(D)
+        with call_bar(D.shape[0], progress, "chains", "row", DELAY) as bar:
+            best, via = shortest_stop(D, bar)
         i, j = torch.triu(best < (1 - TOL) * D, diagonal=1).nonzero(as_tuple=True)
         if round_ == ROUNDS or i.numel() == 0:
             found.remaining = int(i.numel())

@@ -173,8 +173,9 @@ def pairwise_distances(
         matrix.fill_diagonal_(0)  # exact zero diagonal
         status.fill_diagonal_(CONVERGED)
     if chains:
-        opts = _solver_options(metric, options)
-        check = extra["chain_check"] = check_chains(metric, pts, matrix, status, iterations, options, opts)
+        opts, shown = _solver_options(metric, options), progress and dist_info()[0] == 0
+        check = check_chains(metric, pts, matrix, status, iterations, options, opts, shown)
+        extra["chain_check"] = check
         counts[0] += check.decoder_evals
         counts[1] += check.decoder_jvps
     solved = (status != GRAPH_ESTIMATE) & (status != CHAIN)
