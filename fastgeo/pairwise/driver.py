@@ -98,7 +98,8 @@ def pairwise_distances(
             beats by more than 2e-4 relative are solved again with the chain's curve among their
             starts, and entries a chain still beats take its length with the status ``chain``
             (:mod:`fastgeo.pairwise.chains`; the report's ``chain_check`` says how many). Costs
-            ``M^3`` additions and three geodesics per entry beaten (none or a few in a thousand).
+            ``M^3`` additions, ``24 M^2`` bytes while it runs, and three geodesics per entry
+            beaten (none or a few in a thousand).
             Default: on in exact mode without ``Y``; refused elsewhere.
         workers: processes that split the pairs, one thread each (default: as many as torch
             has threads, on a Linux CPU run; 1 elsewhere). Threads of one process wait for
