@@ -271,7 +271,7 @@ def test_latents_join_the_graph_and_large_sets_are_subsampled():
     Z = randn(2000, 2, seed=11)
     graph = fastgeo.LatentGraph(metric, latents=Z, n_nodes=300)
     # 300 sampled around the 5 centers (rounded up per center), the centers, the grid, 300 latents
-    assert graph.nodes.shape[0] == 5 + 300 + 1600 + 300  # and a 40 x 40 grid in 2-D
+    assert graph.nodes.shape[0] == 5 + 300 + 3600 + 300  # and a 60 x 60 grid in 2-D
     res = fastgeo.geodesics(metric, Z[:6], Z[6:12], graph=graph)
     assert bool((res.lengths <= res.straight_lengths).all()) and bool(res.converged.all())
 

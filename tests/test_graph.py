@@ -28,6 +28,7 @@ from scipy.sparse import coo_matrix
 
 import fastgeo
 from fastgeo.solver import corridors
+from fastgeo.solver import graph as graph_module
 from fastgeo.solver.corridors import corridor_starts, graph_paths
 
 N_POINTS, M = 16, 4
@@ -158,28 +159,47 @@ def test_later_corridors_pass_elsewhere(metric):
 
 def test_repeated_query_uses_cached_rows(metric, basis, monkeypatch):
     """A second call with the same end points gives identical coefficients, adds no rows to the
-    cache and runs no Dijkstra at all. Swapped end points give the same paths backwards: the
-    curve c(1 - t), whose coefficients are a_j (-1)^(j-1) (psi_j(1 - t) = (-1)^(j-1) psi_j(t))."""
+    cache, runs no Dijkstra at all and spends no decoder evaluation. Swapped end points give the
+    same paths backwards: the curve c(1 - t), whose coefficients are a_j (-1)^(j-1)
+    (psi_j(1 - t) = (-1)^(j-1) psi_j(t))."""
     graph = make_graph(metric)
     psi, t = basis
     z0, z1 = end_points(6, seed=4)
     first = starts(graph, z0, z1, psi, t)
-    rows = len(graph._row_cache)
-    assert rows > 0
+    rows = len(graph._end_rows)
+    assert rows == 12 and first[1] > 0  # one row per distinct end point
 
     def no_dijkstra(*args, **kwargs):
         raise AssertionError("Dijkstra ran for a cached query")
 
     monkeypatch.setattr(scipy.sparse.csgraph, "dijkstra", no_dijkstra)
     second = starts(graph, z0, z1, psi, t)
-    assert torch.equal(first[0], second[0]) and first[1] == second[1]
-    assert len(graph._row_cache) == rows
+    assert torch.equal(first[0], second[0]) and second[1] == 0
+    assert len(graph._end_rows) == rows
     # Swapped end points enter through other nodes, in general: this may need new rows.
     monkeypatch.undo()
     swapped, _ = starts(graph, z1, z0, psi, t)
     signs = torch.tensor([(-1.0) ** j for j in range(M)], dtype=torch.float64)[:, None]
     assert_close_rel(swapped, first[0] * signs, 1e-9)
     assert float(first[0][:, 1::2].abs().max()) > 1e-3  # coefficients that change sign: not trivial
+
+
+def test_row_cache_is_bounded(metric, basis, monkeypatch):
+    """With room for 5 rows, a call of 12 end points keeps the last 5 and gives the same
+    coefficients as a graph with room for all; the same query again computes the 7 dropped rows
+    again (decoder evaluations spent attaching their points)."""
+    psi, t = basis
+    z0, z1 = end_points(6, seed=4)
+    roomy = make_graph(metric)
+    expected, _ = starts(roomy, z0, z1, psi, t)
+    small = make_graph(metric)
+    monkeypatch.setattr(graph_module, "ROW_CACHE_BYTES", 5 * 12 * small.nodes.shape[0])
+    got, _ = starts(small, z0, z1, psi, t)
+    assert len(small._end_rows) == 5 and len(roomy._end_rows) == 12
+    assert torch.equal(got, expected)
+    again, evals = starts(small, z0, z1, psi, t)
+    assert evals == 7 * small.k * small.edge_points and len(small._end_rows) == 5
+    assert torch.equal(again, expected)
 
 
 def test_results_do_not_depend_on_call_history(metric, basis):

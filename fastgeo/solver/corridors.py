@@ -5,8 +5,8 @@ graph paths zig-zag between nodes, more in some corridors than in others, so two
 geodesics differ by a few percent can swap ranks on the graph. So the solver races several
 corridors: the shortest path, then the shortest path through a node farther than ``apart``
 chords from every path found so far (a via-node path, within ``1 + slack`` of the shortest), and
-so on. With the distances from both ends to every node (rows of Dijkstra from the nodes where
-the ends attach, kept by the graph), each via-node path costs a walk along predecessors.
+so on. With the distances from both ends to every node (a row of Dijkstra from each end, kept
+by the graph), each via-node path costs a walk along predecessors.
 
 Each path is resampled at the curve's times by arc length and fitted by least squares in the
 curve basis.
@@ -25,7 +25,7 @@ from .graph import LatentGraph
 
 APART = 0.2  # a corridor's via node is this many chords away from every earlier path
 SLACK = 0.5  # ... and its path at most this much longer than the shortest (graph lengths)
-BLOCK = 128  # pairs per block: the (pairs, k, nodes) distance arrays stay small
+BLOCK = 128  # pairs per block: the (pairs, nodes) distance arrays stay small
 
 
 @dataclass
@@ -52,18 +52,22 @@ def corridor_starts(
 
 def graph_paths(graph: LatentGraph, z0: Tensor, z1: Tensor, count: int) -> tuple[list[GraphPaths], int]:
     """``count`` paths per pair through different corridors (see the module docstring), and the
-    decoder evaluations spent attaching the end points to the graph."""
+    decoder evaluations spent attaching the end points to the graph (those seen before cost
+    none)."""
     B, d = z0.shape
     ends, inverse = torch.unique(torch.cat([z0, z1]), dim=0, return_inverse=True)
     if B == 0:
         empty = np.zeros((0, 2), dtype=np.int64)
         return [GraphPaths(empty, empty.astype(float), np.zeros(0, dtype=bool), ends)] * count, 0
-    nbr, w, evals = graph.attach(ends)
     inverse = inverse.cpu().numpy()
-    blocks = []
-    for lo in range(0, B, BLOCK):
-        sl = slice(lo, lo + BLOCK)
-        blocks.append(_via_paths(graph, nbr, w, inverse[:B][sl], inverse[B:][sl], (z1 - z0)[sl], ends, count))
+    blocks, evals = [], 0
+    for lo in range(0, B, BLOCK):  # the rows of one block's end points at a time
+        src, dst = inverse[:B][lo : lo + BLOCK], inverse[B:][lo : lo + BLOCK]
+        local, at = np.unique(np.concatenate([src, dst]), return_inverse=True)
+        dist, pred, spent = graph.end_rows(ends[torch.as_tensor(local, device=ends.device)])
+        evals += spent
+        rows = (dist[at[: len(src)]], dist[at[len(src) :]], pred[at[: len(src)]], pred[at[len(src) :]])
+        blocks.append(_via_paths(graph, *rows, src, dst, (z1 - z0)[lo : lo + BLOCK], ends, count))
     return [_concat([blk[i] for blk in blocks], ends) for i in range(count)], evals
 
 
@@ -83,26 +87,20 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], ends: Tensor
 
 def _via_paths(
     graph: LatentGraph,
-    nbr: np.ndarray,
-    w: np.ndarray,
+    d_s: np.ndarray,
+    d_t: np.ndarray,
+    p_s: np.ndarray,
+    p_t: np.ndarray,
     src: np.ndarray,
     dst: np.ndarray,
     chord: Tensor,
     ends: Tensor,
     count: int,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """For each pair (src[b], dst[b]) (indices of attached end points), ``count`` paths (B, L)
-    of indices into nodes + ends, their arc lengths (B, L) and whether they exist (B,)."""
+    """For each pair (src[b], dst[b]) (indices of end points, whose shortest-path distances and
+    predecessors to every node are d_s, p_s and d_t, p_t, (B, n) each), ``count`` paths (B, L) of
+    indices into nodes + ends, their arc lengths (B, L) and whether they exist (B,)."""
     n, B = graph.nodes.shape[0], len(src)
-    kk = nbr.shape[1]
-    entries, row = np.unique(np.concatenate([nbr[src], nbr[dst]], 1), return_inverse=True)
-    row = row.reshape(B, 2 * kk)
-    dist, pred = graph.rows(entries)  # (E, n)
-    ds_all = w[src][:, :, None] + dist[row[:, :kk]]  # (B, k, n): through each entry edge
-    dt_all = w[dst][:, :, None] + dist[row[:, kk:]]
-    s_arg, t_arg = ds_all.argmin(1), dt_all.argmin(1)  # (B, n)
-    d_s = np.take_along_axis(ds_all, s_arg[:, None], 1)[:, 0]
-    d_t = np.take_along_axis(dt_all, t_arg[:, None], 1)[:, 0]
     total = d_s + d_t  # (B, n): the shortest path through each node
     best = total.min(1)
     allowed = np.isfinite(total) & (total <= (1 + SLACK) * best[:, None])
@@ -116,8 +114,8 @@ def _via_paths(
         ok = np.isfinite(masked[b, via]) & (src != dst)
         if found and not ok.all():  # no corridor left for some pairs: repeat their last one
             via = np.where(ok, via, found[-1][3])
-        first = _walk_back(pred, row[b, s_arg[b, via]], via)  # (B, L1): entry ... via
-        second = _walk_back(pred, row[b, kk + t_arg[b, via]], via)[:, ::-1]  # via ... exit
+        first = _walk_back(p_s, via)  # (B, L1): entry ... via
+        second = _walk_back(p_t, via)[:, ::-1]  # via ... exit
         path = np.concatenate([(src + n)[:, None], first, second[:, 1:], (dst + n)[:, None]], 1)
         through = total[b, via][:, None]
         arc = np.concatenate(
@@ -133,11 +131,12 @@ def _via_paths(
     return [(p, a, e) for p, a, e, _ in found]
 
 
-def _walk_back(pred: np.ndarray, row: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Node paths (B, L) from the root of predecessor rows ``pred[row]`` to ``target``; finished
-    walks repeat their root, so every path has at least two entries."""
+def _walk_back(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Node paths (B, L) from the root of each predecessor row ``pred[b]`` (B, n) to
+    ``target[b]``; finished walks repeat their root, so every path has at least two entries."""
     walk = [target]
     cur = target.copy()
+    row = np.arange(pred.shape[0])
     for _ in range(pred.shape[1]):
         prev = pred[row, cur]
         done = prev < 0
