@@ -38,8 +38,8 @@ from ..metric import ExpectedMetric
 # 20 neighbours (16 directions) put it in the shortest geodesic's basin on most such pairs: on
 # the 81 pairs of 80 random codes (two VAEs, three samples) whose curve a chain of curves through
 # a third code beat, 71 -> 12 more than 0.1 % above the curve found from the chain, mean excess
-# 0.5-2.0 % -> 0.07-0.17 % (bench/RESULTS.md, "A finer 2-D graph"), for ~20 % more time per pair
-# (the rows of Dijkstra) and a build of a few seconds.
+# 0.5-2.0 % -> 0.07-0.17 % (bench/RESULTS.md, "A finer 2-D graph"), for 10-25 % more time per
+# call (the rows of Dijkstra) and a build of 1-2 s instead of 0.6-1.1 s.
 GRID_NODES = 3600
 GRID_NEIGHBOURS = 20
 NEIGHBOURS = 10  # per node in d >= 4 (no grid)
