@@ -162,11 +162,13 @@ class LatentGraph:
         call. Rows are kept by the point's coordinates (12 n bytes each, the oldest dropped
         beyond ``ROW_CACHE_BYTES``): a distance matrix queries every code many times."""
         keys = [row.tobytes() for row in points.detach().cpu().numpy()]
-        todo = list(dict.fromkeys(key for key in keys if key not in self._end_rows))
-        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        todo: dict[bytes, int] = {}  # each new point's first index
+        for i, key in enumerate(keys):
+            if key not in self._end_rows:
+                todo.setdefault(key, i)
         evals, found = 0, {}
         if todo:
-            nbr, w, evals = self.attach(points[[first[key] for key in todo]])
+            nbr, w, evals = self.attach(points[list(todo.values())])
             dist, pred = self._dijkstra_from(nbr, w)
             found = dict(zip(todo, zip(dist, pred, strict=True), strict=True))
         rows = [found[key] if key in found else self._end_rows[key] for key in keys]
