@@ -10,7 +10,8 @@ not one optimized curve, but a shorter upper bound. On every pair of 80 codes of
 VAE (``bench/bench_chain_check.py``), 9 of 3,160 entries were 0.04-0.9 % longer than a chain, and
 all 9 solved again to shorter converged curves: 7 had been 0.04-0.93 % above the float64 dense
 oracle's and are now 0.003-0.010 % below it, 2 had matched it and are now 0.45 % and 1.07 % below
-(corridors the oracle misses too; on 80 two-moons codes 22 such entries, up to 3.5 %).
+(corridors the oracle misses too; on 80 two-moons codes 22 such entries, up to 3.5 %, with the
+coarser latent graph of before 2026-12-04, 4-6 with today's, up to 1.3 %).
 
 Costs ``M^3`` additions (blocked, on the metric's device; about 7 s a round at M = 1,000 on one
 CPU thread), three (M, M) float64/int64 arrays while it runs, and three
