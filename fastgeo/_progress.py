@@ -82,6 +82,21 @@ def progress_bar(total: int, enabled: bool, desc: str, unit: str = "it", leave: 
 _PULSE: ContextVar[Callable[[int], None] | None] = ContextVar("fastgeo_pulse", default=None)
 
 
+# What the call is doing now, where it is not solving curves (shown beside the decoder work).
+_PHASE: ContextVar[str | None] = ContextVar("fastgeo_phase", default=None)
+
+
+@contextlib.contextmanager
+def phase(label: str) -> Iterator[None]:
+    """Names a long stage of the call whose bar is open (e.g. building the latent graph): its
+    redraws show ``label`` until the stage ends."""
+    token = _PHASE.set(label)
+    try:
+        yield
+    finally:
+        _PHASE.reset(token)
+
+
 def pulse(points: int) -> None:
     """Decoder work done (``points`` latent points or tangents through the mean): redraws the
     bar of the call it belongs to (its elapsed time and the work so far), if one is open."""
@@ -112,7 +127,9 @@ def call_bar(
         now = time.monotonic()
         if now - start >= delay and now - last[0] >= style["mininterval"]:
             last[0] = now
-            bar.set_postfix_str(f"decoder points {done[0]:.3g}", refresh=True)
+            stage = _PHASE.get()
+            work = f"decoder points {done[0]:.3g}"
+            bar.set_postfix_str(work if stage is None else f"{stage}, {work}", refresh=True)
 
     token = _PULSE.set(beat)
     try:

@@ -158,6 +158,22 @@ def test_progress_bar_reports_pairs(metric, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_latent_graph_built_before_the_workers_shows_a_bar(capsys, monkeypatch):
+    """With several workers the latent graph is built before they fork, outside the pairs' bar:
+    a build that runs past the delay gets a bar of its own, named; none without ``progress``."""
+    pytest.importorskip("tqdm")
+    from fastgeo.pairwise import driver
+
+    monkeypatch.setattr(driver, "DELAY", 0.0)
+    fresh = bumpy_metric()
+    assert driver._build_latent_graph(fresh, {}, True) > 0
+    assert "building the latent graph" in capsys.readouterr().err
+    assert driver._build_latent_graph(fresh, {}, True) == 0  # cached: nothing built
+    capsys.readouterr()
+    assert driver._build_latent_graph(bumpy_metric(), {}, False) > 0
+    assert capsys.readouterr().err == ""
+
+
 def test_tiny_and_invalid_inputs(metric):
     """M = 0 and M = 1 give empty and zero matrices; a per-pair init, NaN points, chunk_size 0 and
     float32 points for a float64 metric are refused."""

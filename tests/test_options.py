@@ -96,7 +96,8 @@ def test_pairwise_own_options(kwargs, exc, match):
 def test_geodesics_progress_bar(capsys, monkeypatch):
     """``progress`` is a bool (or None: a bar once the call has run ``DELAY`` seconds); the bar
     (tqdm, on stderr) counts curves batch by batch, is redrawn with the decoder work between
-    (one batch of slow curves shows that it runs) and changes no result."""
+    (one batch of slow curves shows that it runs; so does the latent graph's build, named) and
+    changes no result."""
     pytest.importorskip("tqdm")
     z = disc_points(5, 1.0)
     with pytest.raises(TypeError, match="progress"):
@@ -112,6 +113,7 @@ def test_geodesics_progress_bar(capsys, monkeypatch):
     one_batch = fastgeo.geodesics(bumpy_metric(), z, z.flip(0))  # past the delay: a bar
     err = capsys.readouterr().err
     assert "geodesics" in err and "decoder points" in err
+    assert "building the latent graph" in err  # a new metric's graph, built in this call, is named
     assert torch.equal(quiet.lengths, one_batch.lengths)
 
 

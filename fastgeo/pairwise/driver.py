@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from .._progress import call_bar
+from .._progress import DELAY, call_bar
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
 from ..solver.graph import cached_graph, check_graph_inputs
@@ -155,7 +155,7 @@ def pairwise_distances(
     layout = _layout(metric, options, Layout(Y is None, pts.shape[0], other.shape[0], 1), chunk_size,
                      memory_budget, checkpoint, workers * dist_info()[1])  # fmt: skip
     options.setdefault("batch_size", layout.chunk_size)
-    graph_evals = _build_latent_graph(metric, options) if workers > 1 else 0
+    graph_evals = _build_latent_graph(metric, options, progress) if workers > 1 else 0
     matrix, mapped = allocate((layout.rows, layout.cols), metric, out_path if rep is None else None)
     if mapped is None and mode == "exact":  # workers write it (a file mapping is shared already)
         matrix = shared(matrix, workers)
@@ -292,13 +292,15 @@ def _solver_options(metric: ExpectedMetric, options: dict[str, Any]) -> SolverOp
     )
 
 
-def _build_latent_graph(metric: ExpectedMetric, options: dict[str, Any]) -> int:
+def _build_latent_graph(metric: ExpectedMetric, options: dict[str, Any], progress: bool) -> int:
     """The solver's latent graph, built here once if the solves will use it, so that forked
-    workers inherit it instead of each building its own; the decoder evaluations it cost."""
+    workers inherit it instead of each building its own (with a bar if that takes ``DELAY``
+    seconds); the decoder evaluations it cost."""
     opts = _solver_options(metric, options)
     if opts.method not in SPLINE_METHODS or opts.corridors <= 0 or options.get("graph", True) is not True:
         return 0
-    graph, built = cached_graph(metric, options.get("latents"))
+    with call_bar(1, progress and dist_info()[0] == 0, "latent graph", "graph", DELAY):
+        graph, built = cached_graph(metric, options.get("latents"))
     return graph.edge_evals if built else 0
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
+from .._progress import phase, pulse
 from ..curves import straight_line, time_grid
 from ..metric import ExpectedMetric
 
@@ -104,8 +105,9 @@ class LatentGraph:
         self._csr = None
         self._both_ways = None
 
-    def _segment_lengths(self, a: Tensor, b: Tensor) -> Tensor:
-        """Metric length of straight segments a -> b: (E, d) x 2 -> (E,), in chunks."""
+    def _segment_lengths(self, a: Tensor, b: Tensor, building: bool = False) -> Tensor:
+        """Metric length of straight segments a -> b: (E, d) x 2 -> (E,), in chunks (``building``:
+        each redraws the call's progress bar; a query's evaluations are counted by its caller)."""
         t = time_grid(self.edge_points, a)
         out = []
         chunk = max(1, (64 << 20) // (self.edge_points * 2 * self.metric.data_dim * a.element_size()))
@@ -113,6 +115,8 @@ class LatentGraph:
             for s in range(0, a.shape[0], chunk):
                 pa, pb = a[s : s + chunk], b[s : s + chunk]
                 out.append(self.metric.length(straight_line(pa, pb, t)))
+                if building:  # a slow decoder's build shows in the call's bar (D = 12,288 conv: ~45 s)
+                    pulse(pa.shape[0] * self.edge_points)
         return torch.cat(out) if out else a.new_zeros(0)
 
     def _knn_edges(self, queries: Tensor, nodes: Tensor, k: int, exclude_self: bool) -> tuple[Tensor, Tensor]:
@@ -128,7 +132,7 @@ class LatentGraph:
         if exclude_self:
             pairs = torch.cat([pairs, _bridges(pairs, dist)])
             pairs = torch.unique(torch.sort(pairs, dim=1).values, dim=0)
-        weights = self._segment_lengths(queries[pairs[:, 0]], nodes[pairs[:, 1]])
+        weights = self._segment_lengths(queries[pairs[:, 0]], nodes[pairs[:, 1]], building=exclude_self)
         return pairs, weights
 
     def attach(self, points: Tensor) -> tuple[np.ndarray, np.ndarray, int]:
@@ -250,7 +254,8 @@ class GraphCache:
         probe = metric.probe(4)
         fresh = self.graph is None or key != self._key or not torch.equal(probe, self._probe)
         if fresh:
-            self.graph = LatentGraph(metric, latents)
+            with phase("building the latent graph (once per metric)"):
+                self.graph = LatentGraph(metric, latents)
             self._key, self._probe = key, probe
         return self.graph, fresh
 
