@@ -11,13 +11,12 @@ row per changed entry (lengths before, after, dense oracle; excess over the orac
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
 
 import torch
-from bench_random_pairs import random_codes
-from workloads import GENERATORS, REAL_GENERATORS, environment_line, generator
+from bench_random_pairs import codes_parser, random_codes
+from workloads import environment_line, generator
 
 import fastgeo
 from fastgeo.benchmarks.accuracy import oracle_lengths
@@ -25,10 +24,7 @@ from fastgeo.solver.result import STATUSES
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--generator", default="digits", choices=sorted({*GENERATORS, *REAL_GENERATORS}))
-    p.add_argument("--m", type=int, default=80, help="random training codes (every pair is solved)")
-    p.add_argument("--seed", type=int, default=0)
+    p = codes_parser(__doc__, 80)
     p.add_argument("--dense", action="store_true", help="the changed entries against method='dense'")
     args = p.parse_args()
     metric = generator(args.generator)[0]

@@ -16,15 +16,14 @@ basin saves).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import numpy as np
 import torch
-from bench_random_pairs import random_codes
+from bench_random_pairs import codes_parser, random_codes
 from scipy.sparse.csgraph import dijkstra
-from workloads import GENERATORS, REAL_GENERATORS, generator
+from workloads import generator
 
 import fastgeo
 from fastgeo.curves import fit_polyline, time_grid
@@ -71,10 +70,7 @@ def chain_polylines(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--generator", default="digits", choices=sorted({*GENERATORS, *REAL_GENERATORS}))
-    p.add_argument("--m", type=int, default=40, help="random training codes (every pair is solved)")
-    p.add_argument("--seed", type=int, default=0)
+    p = codes_parser(__doc__, 40)
     p.add_argument("--options", default="{}", help="geodesics options of the shared solve (JSON)")
     p.add_argument("--own", action="store_true", help="start from the default's own curves instead")
     args = p.parse_args()

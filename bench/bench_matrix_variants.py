@@ -12,24 +12,20 @@ included); ``workers=1`` and ``progress=False`` are set here.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
 
 import torch
-from bench_random_pairs import random_codes
-from workloads import GENERATORS, REAL_GENERATORS, environment_line, generator
+from bench_random_pairs import codes_parser, random_codes
+from workloads import environment_line, generator
 
 import fastgeo
 from fastgeo.solver.result import CHAIN
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--generator", default="digits", choices=sorted({*GENERATORS, *REAL_GENERATORS}))
-    p.add_argument("--m", type=int, default=80, help="random training codes (every pair is solved)")
-    p.add_argument("--seed", type=int, default=0)
+    p = codes_parser(__doc__, 80)
     p.add_argument("variants", nargs="+", help="JSON objects of pairwise_distances options")
     args = p.parse_args()
     variants = [json.loads(v) for v in args.variants]

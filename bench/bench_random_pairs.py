@@ -35,6 +35,16 @@ from workloads import GENERATORS, REAL_GENERATORS, environment_line, generator, 
 import fastgeo
 
 
+def codes_parser(doc: str | None, m: int) -> argparse.ArgumentParser:
+    """An argument parser (described by ``doc``'s first paragraph) with the options that pick the
+    codes: ``--generator``, ``--m`` (default ``m``) and ``--seed``."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    p.add_argument("--generator", default="digits", choices=sorted({*GENERATORS, *REAL_GENERATORS}))
+    p.add_argument("--m", type=int, default=m, help="random training codes (every pair i < j is solved)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the codes drawn")
+    return p
+
+
 def random_codes(name: str, m: int, seed: int) -> torch.Tensor:
     """``m`` distinct training codes of generator ``name``, drawn with ``seed``: (m, d)."""
     codes = generator(name)[1]
@@ -106,10 +116,7 @@ def compare(runs: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--generator", default="digits", choices=GENERATORS + tuple(REAL_GENERATORS))
-    p.add_argument("--m", type=int, default=60, help="codes (M (M - 1) / 2 pairs)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the codes drawn")
+    p = codes_parser(__doc__, 60)
     p.add_argument("--tag", default="run", help="name of this run's saved results")
     p.add_argument("--compare", action="store_true", help="print the saved runs' table instead of running")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
