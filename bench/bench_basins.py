@@ -4,6 +4,7 @@ arguments, land in the dense oracle's basin on every sample, not only on the one
     OMP_NUM_THREADS=1 python bench/bench_basins.py                       # seeds 0-4, both generators
     OMP_NUM_THREADS=1 python bench/bench_basins.py --seeds 5,6 --generators digits
     OMP_NUM_THREADS=1 python bench/bench_basins.py --generators mlp12_small,conv5_small   # d = 12, 5
+    python bench/bench_basins.py --list-oracles      # which kept oracles fit the generators here
 
 For every generator of ``workloads.py`` and every seed, 48 pairs of its training codes
 (``workloads.pair_indices``: a third across classes) are solved twice: ``fastgeo.geodesics`` with
@@ -51,6 +52,7 @@ from workloads import (
     generator,
     generator_fingerprint,
     generator_path,
+    present_generator_path,
     results_dir,
     solver_pairs,
 )
@@ -168,6 +170,24 @@ def _read_oracle(path: Path) -> dict | None:
     return kept
 
 
+def kept_oracles() -> list[dict]:
+    """Every kept oracle file with whether it belongs to the generator on this machine: its key
+    against the one the generator's file and pairs give now ("current"), another training of the
+    generator ("stale": kept as the record of earlier weights), or no such generator file here."""
+    rows = []
+    for path in sorted(ORACLE_DIR.glob("*.json")):
+        rec = json.loads(path.read_text())
+        name, seed, n = rec["generator"], rec["seed"], rec["pairs"]
+        if present_generator_path(name) is None:
+            state = "generator not on this machine"
+        else:
+            now = oracle_path(name, seed, n, *solver_pairs(name, n, seed))[0]
+            state = "current" if now == path else "stale"
+        row = {"file": path.name, "generator": name, "seed": seed, "pairs": n, "state": state}
+        rows.append(row | {"seconds": rec["seconds"]})
+    return rows
+
+
 def _statuses(counts: Counter) -> str:
     return ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]) or "-"
 
@@ -220,7 +240,18 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="skip the samples without a kept dense oracle (computing one takes up to hours at d >= 8)",
     )
+    p.add_argument(
+        "--list-oracles",
+        action="store_true",
+        help="list the kept dense oracles and whether each belongs to the generator files here, then exit",
+    )
     args = p.parse_args(argv)
+    if args.list_oracles:
+        print("| file | generator | seed | pairs | state | oracle s |\n| --- | --- | --- | --- | --- | --- |")
+        for r in kept_oracles():
+            cells = (r["file"], r["generator"], r["seed"], r["pairs"], r["state"], f"{r['seconds']:.0f}")
+            print("| " + " | ".join(map(str, cells)) + " |")
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.generators.split(",")
     for name in names:

@@ -99,21 +99,35 @@ def generator_fingerprint(path: Path) -> bytes:
     return raw[:8] + text.ljust(n) + raw[8 + n :]
 
 
-def _real_generator_path(name: str) -> Path:
-    import importlib.util
-
+def present_generator_path(name: str) -> Path | None:
+    """The file of generator ``name`` if it is on this machine (shipped, kept or trained), else
+    None: never trains one."""
+    if name not in REAL_GENERATORS:
+        return generator_path(name)
     kept = KEPT_GENERATORS / f"{name}.safetensors"
     if kept.exists():
         return kept
+    path = _generator_maker().default_dir(name) / f"{name}.safetensors"
+    return path if path.exists() else None
+
+
+def _generator_maker():
+    import importlib.util
+
     spec = importlib.util.spec_from_file_location("make_real_generators", DATA / "make_real_generators.py")
     assert spec is not None and spec.loader is not None
     maker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(maker)
-    path = maker.default_dir(name) / f"{name}.safetensors"
-    if not path.exists():
-        print(f"\n[{name}] training the generator (once; saved to {path})", flush=True)
-        path = maker.build_generator(name)
-    return path
+    return maker
+
+
+def _real_generator_path(name: str) -> Path:
+    path = present_generator_path(name)
+    if path is not None:
+        return path
+    maker = _generator_maker()
+    print(f"\n[{name}] training the generator (once; saved to {maker.default_dir(name)})", flush=True)
+    return maker.build_generator(name)
 
 
 @cache
