@@ -18,12 +18,14 @@ original frame on the grid of ``fastgeo.benchmarks.accuracy``.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import time
 
 import torch
 from bench_basins import oracle_path
+from bench_variants import constants
 from torch import nn
 from workloads import PAIRS, environment_line, generator, solver_pairs
 
@@ -77,7 +79,15 @@ def main() -> None:
     p.add_argument("--angles", default="", help="comma-separated rotations of the first latent plane (rad)")
     p.add_argument("--rotations", type=int, default=0, help="random orthogonal frames")
     p.add_argument("--scales", default="", help="comma-separated rescalings")
+    p.add_argument(
+        "--options",
+        default="{}",
+        help="a dict of geodesics keyword arguments and module constants by dotted name (see bench_variants)",
+    )
     args = p.parse_args()
+    options = ast.literal_eval(args.options)
+    overrides = {k: v for k, v in options.items() if k.startswith("fastgeo.")}
+    kwargs = {k: v for k, v in options.items() if k not in overrides}
     torch.set_num_threads(1)
     metric = generator(args.generator)[0]
     z0, z1 = solver_pairs(args.generator, args.pairs, args.seed)
@@ -87,7 +97,10 @@ def main() -> None:
         torch.tensor(json.loads(kept.read_text())["lengths"], dtype=torch.float64) if kept.exists() else None
     )
     floats = [float(x) for x in args.angles.split(",") if x], [float(x) for x in args.scales.split(",") if x]
-    print(environment_line(1) + f", float32; {args.generator}, seed {args.seed}, {args.pairs} pairs")
+    print(
+        environment_line(1)
+        + f", float32; {args.generator}, seed {args.seed}, {args.pairs} pairs, options {options}"
+    )
     columns = (
         "frame", "ms / pair (CPU)", "statuses", "length vs the original: mean / min / max %",
         "pairs > 0.01 % apart", "excess over the dense oracle: mean / worst % (pair)",
@@ -98,8 +111,8 @@ def main() -> None:
     for name, R, s in frames(z0.shape[1], floats[0], args.rotations, floats[1], args.seed):
         fm = framed(metric, R, s)
         t = time.process_time()
-        with torch.no_grad():
-            res = fastgeo.geodesics(fm, s * z0 @ R.T, s * z1 @ R.T, progress=False)
+        with torch.no_grad(), constants(overrides):
+            res = fastgeo.geodesics(fm, s * z0 @ R.T, s * z1 @ R.T, progress=False, **kwargs)
         ms = 1000 * (time.process_time() - t) / args.pairs
         lengths = res.lengths.double()
         base = lengths if base is None else base
