@@ -209,7 +209,9 @@ def _spy_banded_steps(monkeypatch, record) -> list:
 
 def test_the_solvers_curves_do_not_change_with_the_banded_step(monkeypatch):
     """Lagged mode at d = 8 with 24 basis functions (p = 192): the banded step and the dense one
-    give the same curves (to float64 rounding over the iterations)."""
+    give the same curves (to float64 rounding over the iterations: the two round differently at
+    every step, and curves stop where a step changes the energy by less than 1e-10, so along a
+    flat valley their lengths part by up to ~1e-8 relative)."""
     d = 8
     metric = bumpy_metric(d=d, D=12, K=7)
     g = torch.Generator().manual_seed(1)
@@ -226,7 +228,7 @@ def test_the_solvers_curves_do_not_change_with_the_banded_step(monkeypatch):
         assert not calls
     assert banded.options["secant"] is False
     assert list(banded.status) == list(dense.status)
-    assert_close_rel(banded.lengths, dense.lengths, 1e-9)
+    assert_close_rel(banded.lengths, dense.lengths, 2e-8)
 
 
 @pytest.mark.parametrize("d", [5, 8, 9, 17, 32, 33, 64])
