@@ -11,10 +11,14 @@ secant model of the curvature Gauss-Newton leaves out.
 The story of a call (``method="default"``; ``"fast"`` tells it on coarser curves with a looser
 tolerance), one file per chapter:
   1. options (:mod:`.options`): defaults of the method, validation, batch size;
-  2. starts (:mod:`.starts`): the straight line, the paper's warm start on the RBF alone, and
-     the shortest path on a metric-weighted graph of the latent space (:mod:`.graph`);
-  3. the race (:mod:`.race`): the two starts of lowest energy are optimized on a coarse grid by
-     Levenberg-Marquardt (:mod:`.levenberg_marquardt`); the winner is refined at ``n_points``;
+  2. starts (:mod:`.starts`): the straight line, the paper's warm start on the RBF alone, in
+     d >= 4 an explored start (Adam steps of the full energy), and shortest paths through
+     different corridors of a metric-weighted graph of the latent space (:mod:`.graph`,
+     :mod:`.corridors`);
+  3. the race (:mod:`.race`): the ``refine`` shortest distinct starts are optimized on a coarse
+     grid by Levenberg-Marquardt (:mod:`.levenberg_marquardt`), every racer to a relative step
+     of ``race.COARSE_TOL``; the winner, and runners-up the coarse grid cannot tell from it
+     across a wall, are refined at ``n_points``;
   4. the fallback (:mod:`.fallback`): never longer than the straight line;
   5. the resolution check (:mod:`.resolution`): curves that step over a thin ridge of the
      metric are solved again with more points.
