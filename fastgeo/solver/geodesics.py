@@ -92,7 +92,8 @@ def geodesics(
             longer on average on our generators, 0.5 % on a decoder with winding geodesics; for
             a first look or a large matrix), ``"paper"`` (the paper's algorithm: quadratic curve
             ``m = 1``, RBF warm start, first-order steps) or ``"dense"`` (free polylines of ``n_points = 128``
-            nodes minimized to convergence: the accuracy oracle; use a float64 metric for it).
+            nodes minimized to convergence from the default's curves, with three more draws of
+            the latent graph in d >= 4: the accuracy oracle; use a float64 metric for it).
         m: basis functions per latent dimension (default 24 in d <= 3, 12 above; ``fast``: 16
             and 10: the interior control points of a cubic B-spline; ``paper`` uses 1, its
             quadratic).
