@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python bench/bench_graph_draws.py --generator mlp12_small --seed 2 --draws 4
     OMP_NUM_THREADS=1 python bench/bench_graph_draws.py --generator conv5_small --draws 4 --nodes 1500,3000
+    OMP_NUM_THREADS=1 python bench/bench_graph_draws.py --file my_generator.safetensors --draws 4
 
 The latent graph (:class:`fastgeo.LatentGraph`) samples its nodes around the RBF centers with a
 fixed seed; another seed is another, equally good, graph. Its corridors are the starts that put
@@ -18,12 +19,13 @@ import argparse
 import ast
 import json
 import time
+from pathlib import Path
 
 import torch
 from bench_basins import oracle_path
 from bench_latent_frames import _count
 from bench_variants import constants
-from workloads import PAIRS, environment_line, generator, solver_pairs
+from workloads import PAIRS, environment_line, generator, pair_indices, solver_pairs
 
 import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, measured_lengths
@@ -32,6 +34,12 @@ from fastgeo.benchmarks.accuracy import MEASURE_POINTS, measured_lengths
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--generator", default="mlp12_small")
+    p.add_argument(
+        "--file",
+        default=None,
+        help="a generator file of your own (fastgeo.save_generator with extras latents and labels) "
+        "instead of --generator",
+    )
     p.add_argument("--seed", type=int, default=0, help="sample of pairs (workloads.pair_indices)")
     p.add_argument("--pairs", type=int, default=PAIRS)
     p.add_argument("--draws", type=int, default=4, help="graph seeds 0 .. draws - 1")
@@ -46,17 +54,21 @@ def main() -> None:
     overrides = {k: v for k, v in options.items() if k.startswith("fastgeo.")}
     kwargs = {k: v for k, v in options.items() if k not in overrides}
     torch.set_num_threads(1)
-    metric = generator(args.generator)[0]
-    z0, z1 = solver_pairs(args.generator, args.pairs, args.seed)
+    oracle = None
+    if args.file is None:
+        name = args.generator
+        metric = generator(name)[0]
+        z0, z1 = solver_pairs(name, args.pairs, args.seed)
+        kept = oracle_path(name, args.seed, args.pairs, z0, z1)[0]
+        if kept.exists():
+            oracle = torch.tensor(json.loads(kept.read_text())["lengths"], dtype=torch.float64)
+    else:
+        name = Path(args.file).name
+        metric, extra = fastgeo.load_generator(args.file), fastgeo.load_extra(args.file)
+        I, J = pair_indices(extra["labels"], args.pairs, args.seed)
+        z0, z1 = extra["latents"][I], extra["latents"][J]
     m64 = metric.to(torch.float64)
-    kept = oracle_path(args.generator, args.seed, args.pairs, z0, z1)[0]
-    oracle = (
-        torch.tensor(json.loads(kept.read_text())["lengths"], dtype=torch.float64) if kept.exists() else None
-    )
-    print(
-        environment_line(1)
-        + f", float32; {args.generator}, seed {args.seed}, {args.pairs} pairs, options {options}"
-    )
+    print(environment_line(1) + f", float32; {name}, seed {args.seed}, {args.pairs} pairs, options {options}")
     rows = []
     for n in [int(x) for x in args.nodes.split(",")]:
         for draw in range(args.draws):
