@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..curves import straight_line, time_grid
 from ..metric import ExpectedMetric
-from .graph import LatentGraph
+from .graph import cached_graph
 from .options import WARM_ITER, SolverOptions
 from .result import GeodesicResult
 
@@ -58,7 +58,7 @@ def dense_multistart(
     seen = set()
     draws = []
     if graph is True and z0.shape[-1] > 3 and z0.shape[0] > 0:
-        draws = [{"graph": LatentGraph(metric, latents, seed=s)} for s in range(1, GRAPH_DRAWS)]
+        draws = [{"graph": cached_graph(metric, latents, s)[0]} for s in range(1, GRAPH_DRAWS)]
     for explore in (*exploring_starts(n), *draws):
         options = {"graph": graph} | explore
         key = tuple(sorted((k, v if isinstance(v, (bool, int)) else id(v)) for k, v in options.items()))

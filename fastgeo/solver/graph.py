@@ -243,7 +243,8 @@ class GraphCache:
     the precision or the latents change (trained in place, or replaced): the key holds the
     metric's :meth:`~fastgeo.ExpectedMetric.probe` outputs, whatever holds the parameters."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed  # the graph's sampling seed (a draw other than 0: the dense oracle's starts)
         self._key: tuple | None = None
         self._probe: Tensor | None = None
         self.graph: LatentGraph | None = None
@@ -254,16 +255,20 @@ class GraphCache:
         probe = metric.probe(4)
         fresh = self.graph is None or key != self._key or not torch.equal(probe, self._probe)
         if fresh:
-            with phase("building the latent graph (once per metric)"):
-                self.graph = LatentGraph(metric, latents)
+            draw = f", draw {self.seed}" if self.seed else ""
+            with phase(f"building the latent graph (once per metric{draw})"):
+                self.graph = LatentGraph(metric, latents, seed=self.seed)
             self._key, self._probe = key, probe
         return self.graph, fresh
 
 
 _CACHES: weakref.WeakKeyDictionary[ExpectedMetric, GraphCache] = weakref.WeakKeyDictionary()
+_DRAWS: weakref.WeakKeyDictionary[ExpectedMetric, dict[int, GraphCache]] = weakref.WeakKeyDictionary()
 
 
-def cached_graph(metric: ExpectedMetric, latents: Tensor | None) -> tuple[LatentGraph, bool]:
-    """The metric's graph for these latents from its :class:`GraphCache`, and whether it was
-    built now (its edges then cost decoder evaluations)."""
-    return _CACHES.setdefault(metric, GraphCache()).get(metric, latents)
+def cached_graph(metric: ExpectedMetric, latents: Tensor | None, seed: int = 0) -> tuple[LatentGraph, bool]:
+    """The metric's graph for these latents (drawn with ``seed``) from its :class:`GraphCache`,
+    and whether it was built now (its edges then cost decoder evaluations)."""
+    if seed == 0:
+        return _CACHES.setdefault(metric, GraphCache()).get(metric, latents)
+    return _DRAWS.setdefault(metric, {}).setdefault(seed, GraphCache(seed)).get(metric, latents)
