@@ -16,7 +16,6 @@ the oracle (every curve measured on the grid of ``fastgeo.benchmarks.accuracy``)
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 from bench_basins import oracle_path
 from bench_latent_frames import _count
-from bench_variants import constants
+from bench_variants import add_options_argument, constants, options_of
 from workloads import PAIRS, environment_line, generator, pair_indices, solver_pairs
 
 import fastgeo
@@ -44,15 +43,9 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=PAIRS)
     p.add_argument("--draws", type=int, default=4, help="graph seeds 0 .. draws - 1")
     p.add_argument("--nodes", default="1500", help="comma-separated n_nodes (each with every seed)")
-    p.add_argument(
-        "--options",
-        default="{}",
-        help="a dict of geodesics keyword arguments and module constants by dotted name (see bench_variants)",
-    )
+    add_options_argument(p)
     args = p.parse_args()
-    options = ast.literal_eval(args.options)
-    overrides = {k: v for k, v in options.items() if k.startswith("fastgeo.")}
-    kwargs = {k: v for k, v in options.items() if k not in overrides}
+    options, overrides, kwargs = options_of(args)
     torch.set_num_threads(1)
     oracle = None
     if args.file is None:

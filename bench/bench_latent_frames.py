@@ -18,14 +18,13 @@ original frame on the grid of ``fastgeo.benchmarks.accuracy``.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import time
 
 import torch
 from bench_basins import oracle_path
-from bench_variants import constants
+from bench_variants import add_options_argument, constants, options_of
 from torch import nn
 from workloads import PAIRS, environment_line, generator, solver_pairs
 
@@ -79,15 +78,9 @@ def main() -> None:
     p.add_argument("--angles", default="", help="comma-separated rotations of the first latent plane (rad)")
     p.add_argument("--rotations", type=int, default=0, help="random orthogonal frames")
     p.add_argument("--scales", default="", help="comma-separated rescalings")
-    p.add_argument(
-        "--options",
-        default="{}",
-        help="a dict of geodesics keyword arguments and module constants by dotted name (see bench_variants)",
-    )
+    add_options_argument(p)
     args = p.parse_args()
-    options = ast.literal_eval(args.options)
-    overrides = {k: v for k, v in options.items() if k.startswith("fastgeo.")}
-    kwargs = {k: v for k, v in options.items() if k not in overrides}
+    options, overrides, kwargs = options_of(args)
     torch.set_num_threads(1)
     metric = generator(args.generator)[0]
     z0, z1 = solver_pairs(args.generator, args.pairs, args.seed)

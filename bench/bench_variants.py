@@ -58,12 +58,32 @@ def constants(overrides: dict) -> Iterator[None]:
             setattr(module, attr, value)
 
 
+def split_variant(variant: dict) -> tuple[dict, dict]:
+    """(module constants by dotted name, keyword arguments of ``fastgeo.geodesics``) of a variant."""
+    overrides = {k: v for k, v in variant.items() if k.startswith("fastgeo.")}
+    return overrides, {k: v for k, v in variant.items() if k not in overrides}
+
+
+def add_options_argument(parser: argparse.ArgumentParser) -> None:
+    """``--options``: a variant as a Python dict literal (read with :func:`options_of`)."""
+    parser.add_argument(
+        "--options",
+        default="{}",
+        help="a dict of geodesics keyword arguments and module constants by dotted name (see bench_variants)",
+    )
+
+
+def options_of(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """(the variant, its module constants, its keyword arguments) from ``--options``."""
+    options = ast.literal_eval(args.options)
+    return options, *split_variant(options)
+
+
 def run(name: str, seeds: list[int], pairs: int, variant: dict) -> dict:
     """Time, iterations, statuses and measured lengths per seed of one variant, on its own copy of
     the generator (the latent graph caches its shortest-path rows per metric: a variant sharing the
     metric would reuse another's queries)."""
-    overrides = {k: v for k, v in variant.items() if k.startswith("fastgeo.")}
-    kwargs = {k: v for k, v in variant.items() if k not in overrides}
+    overrides, kwargs = split_variant(variant)
     metric = fastgeo.load_generator(generator_path(name))
     m64 = metric.to(torch.float64)
     seconds, iterations, statuses, lengths = 0.0, 0, Counter(), []
