@@ -254,8 +254,10 @@ def test_the_dense_oracle_takes_banded_steps_from_d_8(monkeypatch):
     calls = _spy_banded_steps(monkeypatch, lambda args: (args[0].shape[-1], args[-2]))  # (unknowns, block)
     with torch.no_grad():
         # 48-node polylines of this bumpy metric grow by more than 1 % at their midpoints (flagged
-        # under_resolved); the steps, not the resolution, are compared here.
-        opts = {"method": "dense", "n_points": 48, "check_resolution": False, "progress": False}
+        # under_resolved); the steps, not the resolution, are compared here (and not the starts:
+        # no latent graph).
+        opts = {"method": "dense", "n_points": 48, "check_resolution": False, "graph": False}
+        opts["progress"] = False
         banded = fastgeo.geodesics(metric, z0, z1, **opts)
         assert banded.options["secant"] is False
         assert (46 * d, d) in calls, "the polylines' steps (46 free nodes) were banded, blocks of d"
