@@ -20,7 +20,7 @@ from .result import GeodesicResult
 SAME_START = 1e-4
 # Draws of the latent graph whose curves start the oracle (seeds 0 .. GRAPH_DRAWS - 1) in d >= 4,
 # where its nodes are random samples around the RBF centers: which corridors a draw offers decides
-# the basin on a rugged decoder (a trained d = 12 MLP: 3 of 4 draws put a pair 0.55 % long, and the
+# the basin on a rugged decoder (a trained d = 12 MLP: 3 of 4 draws put a pair 0.68 % long, and the
 # oracle started from one draw's curves with it; bench/RESULTS.md, "Other draws of the latent
 # graph"). In d <= 3 the graph's regular grid gives every draw the same corridors.
 GRAPH_DRAWS = 4
