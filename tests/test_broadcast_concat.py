@@ -9,11 +9,13 @@ are not a chain.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import randn
-from test_decoders_conv import check, check_forms, init_
+from test_decoders_conv import F32_TOL, check, check_forms, init_
 from torch import nn
 
 from fastgeo.decoders.recognize import recognize
@@ -86,6 +88,7 @@ def test_traced_exported_and_float32(name):
         z = randn(7, D_LAT, seed=1, scale=1.5)
         assert _found(model, z)
         check(model, z)
+        check(copy.deepcopy(model).float(), randn(9, D_LAT, dtype=torch.float32, seed=3), rtol=F32_TOL)
         return
     check_forms(model, D_LAT, _found)
 

@@ -197,8 +197,7 @@ def test_old_format_files_load_with_trust(tmp_path):
     """Files of fastgeo's first format (torch.export archives) need trust=True; a safe copy can be
     written from them (their exported MLP chain has a structure)."""
     old = os.path.join(os.path.dirname(__file__), "data", "two_moons.pt2")
-    if not os.path.exists(old):
-        pytest.skip("no first-format file in tests/data")
+    assert os.path.exists(old), "tests/data/two_moons.pt2 (a first-format file) is missing"
     with pytest.raises(ValueError, match="trust=True"):
         load_generator(old)
     with pytest.warns(UserWarning):

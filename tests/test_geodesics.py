@@ -170,14 +170,15 @@ def test_empty_batch():
 
 
 def test_float32_generator():
-    """A float32 generator gives float32 lengths within 2e-3 of the float64 generator's."""
+    """A float32 generator gives float32 lengths within 1e-4 of the float64 generator's (they
+    differ by ~2e-6: the float32 tolerance, not a looser solve)."""
     metric = bumpy_metric(dtype=torch.float32)
     g = torch.Generator().manual_seed(8)
     z0, z1 = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
     res32 = fastgeo.geodesics(metric, z0, z1)
     res64 = fastgeo.geodesics(bumpy_metric(), z0.double(), z1.double())
     assert res32.lengths.dtype == torch.float32
-    torch.testing.assert_close(res32.lengths.double(), res64.lengths, rtol=2e-3, atol=1e-5)
+    torch.testing.assert_close(res32.lengths.double(), res64.lengths, rtol=1e-4, atol=1e-6)
 
 
 def test_nonfinite_decoder_is_reported_not_converged():

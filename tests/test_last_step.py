@@ -116,4 +116,4 @@ def test_same_lengths_as_plain_gauss_newton(monkeypatch):
         plain = fastgeo.geodesics(metric, z0, z1, progress=False)
     assert with_it.converged.all() and plain.converged.all()
     rel = (with_it.lengths / plain.lengths - 1).abs()
-    assert float(rel.max()) < 2e-3, rel
+    assert float(rel.max()) < 2e-4, rel  # measured 1e-6 to 1e-5: the same curves

@@ -64,8 +64,9 @@ def test_fit_small_sigma_on_data_large_sigma_far_away():
         on = prec.sigma(z).mean()
         far = prec.sigma(torch.tensor([[0.0, 0.0], [6.0, 6.0], [-8.0, 1.0]], dtype=torch.float64)).min()
     assert far > 10 * on
-    # The fitted sigma on the data is close to the true noise level 0.05.
-    assert 0.03 < float(on) < 0.1
+    # The fitted sigma on the data is close to the true noise level 0.05 (within 10 %: 1,200
+    # residuals estimate it to ~2 %; the fit gives 0.0502).
+    assert abs(float(on) - 0.05) < 0.005, float(on)
 
 
 def test_fit_maximizes_the_likelihood_and_is_deterministic():

@@ -137,4 +137,4 @@ def test_same_lengths_as_the_last_step_correction(monkeypatch):
         without = fastgeo.geodesics(metric, z0, z1, progress=False)
     assert with_it.converged.all() and without.converged.all()
     rel = (with_it.lengths / without.lengths - 1).abs()
-    assert float(rel.max()) < 2e-3, rel
+    assert float(rel.max()) < 2e-4, rel  # measured 1e-6 to 1e-5: the same curves
