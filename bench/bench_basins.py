@@ -68,6 +68,11 @@ from fastgeo.benchmarks.accuracy import (
 from fastgeo.solver.result import STATUSES
 
 WORST_GOAL, MEAN_GOAL = 0.5, 0.05  # % (issue 15)
+# An oracle is as good as its starts: where the default's curve is shorter than the kept oracle's
+# by more than this (%), the oracle missed that basin (kept oracles come from older defaults'
+# starts: conv8_shapes seed 1 pair 26 was 7.4 % long), and a pair's excess elsewhere may be
+# understated alike; such pairs are listed, to refresh the oracle (--refresh-oracle).
+LOOSE_ORACLE = 0.1
 ORACLE_DIR = Path(__file__).resolve().parent / "oracle"
 
 
@@ -98,6 +103,7 @@ def run_one(name: str, seed: int, n: int, refresh: bool = False) -> dict:
         "default_s": default_s,
         "dense_s": dense_s,
         "excess": ex.tolist(),
+        "loose": [(int(i), float(ex[i])) for i in (ex < -LOOSE_ORACLE).nonzero().flatten()],
     }
 
 
@@ -221,6 +227,12 @@ def table(rows: list[dict], command: str, threads: int) -> str:
             f"{max(r['mean'] for r in rs):.3f} %, over all {len(pooled)} pairs "
             f"{sum(pooled) / len(pooled):.3f} %); max length gap {max(r['gap'] for r in rs):.4f} %"
         )
+        loose = [f"seed {r['seed']} pair {i} ({e:.2f} %)" for r in rs for i, e in r["loose"]]
+        if loose:
+            lines.append(
+                f"  - the oracle is loose (the default more than {LOOSE_ORACLE} % shorter) on: "
+                f"{', '.join(loose)}; refresh it (--refresh-oracle) before trusting the excess elsewhere"
+            )
     return "\n".join(lines)
 
 
@@ -277,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
             r = rows[-1]
             print(
                 f"[{name} seed {seed}] mean {r['mean']:.3f} % worst {r['worst']:.3f} % "
-                f"statuses {_statuses(r['status'])}, gap {r['gap']:.4f} % ({time.perf_counter() - t:.0f} s)",
+                f"statuses {_statuses(r['status'])}, gap {r['gap']:.4f} % ({time.perf_counter() - t:.0f} s)"
+                + (f"; oracle loose on pairs {[i for i, _ in r['loose']]}" if r["loose"] else ""),
                 flush=True,
             )
             out.write_text(table(rows, command, args.threads) + "\n")
