@@ -52,6 +52,7 @@ from .options import DEFAULTS, POINTS_PER_CONTROL_POINT, SPLINE_METHODS, SolverO
 from .race import solve_batch
 from .resolution import flag_under_resolved, refine_resolution
 from .result import CONVERGED, GIVEN, NONFINITE, SMOOTHED, GeodesicResult, Work
+from .short_curves import NOISE_ABOVE, float64_metric, merged, rounding_ratios
 from .smoothing import smoothed_first
 from .subdivide import subdivide_curves
 
@@ -164,7 +165,9 @@ def geodesics(
         measured on a grid fine enough that its estimated error (``length_errors``) is below 1e-4
         relative, or on 4,097 points where it is not (float32 curves so short that rounding would
         add up along a fine grid are measured in float64); no curve is longer than the straight
-        line between its ends.
+        line between its ends. float32 curves so short that the decoder's rounding is not small
+        against their segments (codes ~1e-2 or less apart) are solved in float64, the metric
+        converted (:mod:`fastgeo.solver.short_curves`; where its mean is an ``nn.Module``).
 
     Decoders with piecewise-linear activations (ReLU, LeakyReLU, PReLU, Hardtanh, ReLU6,
     Hardsigmoid, Hardswish; recognized chains, :func:`fastgeo.decoders.piecewise_linear`) have
@@ -178,6 +181,13 @@ def geodesics(
     _check_ends(metric, z0, z1)
     if progress is not None:
         _checks.boolean("progress", progress)
+    # fmt: off
+    asked = dict(
+        method=method, m=m, n_points=n_points, family=family, warm_start=warm_start, explore=explore,
+        max_iter=max_iter, tol=tol, batch_size=batch_size, refine=refine, coarse_points=coarse_points,
+        check_resolution=check_resolution, corridors=corridors, linearize=linearize, subdivide=subdivide,
+    )
+    # fmt: on
     if corridors is None and (isinstance(graph, LatentGraph) or latents is not None):
         corridors = DEFAULTS["default"]["corridors"]  # a graph given is a graph to use, in any d
     # fmt: off
@@ -192,6 +202,19 @@ def geodesics(
     init = _check_init(metric, init, z0, opts)
     check_graph_inputs(metric, graph, latents)
     z0, z1 = z0.detach(), z1.detach()
+    if opts.method in SPLINE_METHODS and metric.dtype == torch.float32 and init is None and z0.shape[0]:
+        short = rounding_ratios(metric, z0, z1, opts.n_points) > NOISE_ABOVE
+        short &= ~(z0 == z1).all(-1)
+        metric64 = float64_metric(metric) if bool(short.any()) else None
+        if metric64 is not None:  # curves too short for float32: solved in float64
+            rest, few = (~short).nonzero().squeeze(1), short.nonzero().squeeze(1)
+            long_ones = geodesics(
+                metric, z0[rest], z1[rest], graph=graph, latents=latents, progress=progress, **asked
+            )
+            short_ones = geodesics(
+                metric64, z0[few].double(), z1[few].double(), graph=False, progress=False, **asked
+            )
+            return merged([(rest, long_ones), (few, short_ones)], z0, z1)
     delay = 0.0 if progress else DELAY
     with call_bar(z0.shape[0], progress is not False, "geodesics", "curve", delay) as bar:
         if opts.method == "dense" and init is None and z0.shape[0] > 0:

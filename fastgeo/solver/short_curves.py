@@ -1,0 +1,90 @@
+"""Curves too short for float32: solved in float64.
+
+A segment's squared length is a difference of features, ``||f(c_(n+1)) - f(c_n)||^2``, and each
+feature carries the decoder's rounding, about ``eps |f|``. On a curve whose segments are not long
+against it (codes 1e-5 to 1e-2 apart on trained VAEs in float32) the energy the solver minimizes
+is mostly rounding: the solve wanders (100+ iterations), ends ``under_resolved`` or
+``straight_fallback``, and lengths measured on fine grids add the rounding of every segment (a
+2-D digits VAE: codes 1e-5 apart came out 10-15x their length, flagged converged). Such curves
+are solved in float64 by a copy of the metric (its mean must be an ``nn.Module`` or a method of
+one; otherwise they are solved in float32 as before), their results returned in float32 with the
+others'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from ..curves import Curves, straight_line, time_grid
+from ..metric import ExpectedMetric, feature_segments, length_from_segments
+from .result import GeodesicResult
+
+# A curve is short when its straight line's n - 1 segments' rounding, (n - 1) eps |f|, exceeds
+# this share of its length. The length's relative rounding bias grows as the square of that ratio
+# and the energy's noise with it: on a 2-D digits VAE (D = 64) codes 1e-2 apart (ratio ~6e-3)
+# already ended straight_fallback in float32, 1e-3 apart under_resolved; in float64 every one
+# converged in 3-4 iterations. Long curves sit far below (1e-5 to 1e-4 on trained VAEs).
+NOISE_ABOVE = 1e-3
+
+
+PROBE_POINTS = 9  # the straight line's length and feature scale are taken on this many points
+
+
+def rounding_ratios(metric: ExpectedMetric, z0: Tensor, z1: Tensor, n: int) -> Tensor:
+    """(B,): ``(n - 1) eps |f|_max / L`` for curves of n points, with the straight line's length
+    L and largest feature norm taken on PROBE_POINTS points (on few points the rounding barely
+    adds to L; inf where L = 0)."""
+    pts = straight_line(z0, z1, time_grid(PROBE_POINTS, z0))  # (B, PROBE_POINTS, d)
+    with torch.no_grad():
+        f = metric.features(pts)
+    length = length_from_segments(feature_segments(f))
+    scale = f.norm(dim=-1).amax(-1)
+    return (n - 1) * torch.finfo(f.dtype).eps * scale / length
+
+
+def float64_metric(metric: ExpectedMetric) -> ExpectedMetric | None:
+    """A float64 copy of ``metric`` (made afresh: the decoder may have been trained since), or None
+    where it cannot be made or run (a plain callable mean, a decoder written for float32)."""
+    try:
+        return metric.to(torch.float64)
+    except (TypeError, RuntimeError, ValueError):
+        return None
+
+
+def merged(parts: list[tuple[Tensor, GeodesicResult]], z0: Tensor, z1: Tensor) -> GeodesicResult:
+    """One result for the B curves of a call (z0, z1: (B, d), its dtype) from results of some of
+    its rows each, ``(rows, result)``, in row order; options from the first part, every nonempty
+    part in one basis."""
+    B = z0.shape[0]
+    solved = [(rows, res) for rows, res in parts if rows.numel()]
+    basis = solved[0][1].curves.basis if solved else parts[0][1].curves.basis
+    out: dict[str, Tensor | None] = {}
+    names = (
+        "lengths", "energies", "status_code", "iterations", "init", "straight_lengths",
+        "resolution", "length_errors", "measure_points",
+    )  # fmt: skip
+    for name in names:
+        ref = getattr(parts[0][1], name)
+        if ref is None:
+            out[name] = None
+            continue
+        dtype = z0.dtype if ref.is_floating_point() else ref.dtype
+        full = torch.zeros(B, dtype=dtype, device=z0.device)
+        for rows, res in solved:
+            full[rows] = getattr(res, name).to(dtype)
+        out[name] = full
+    coeffs = z0.new_zeros(B, basis.m, z0.shape[1])
+    for rows, res in solved:
+        if res.curves.coeffs.shape[1:] != coeffs.shape[1:]:
+            raise AssertionError("the parts of a call are solved with the same options: one basis")
+        coeffs[rows] = res.curves.coeffs.to(z0.dtype)
+    return dataclasses.replace(
+        parts[0][1],
+        curves=Curves(z0, z1, coeffs, basis),
+        decoder_evals=sum(res.decoder_evals for _, res in parts),
+        decoder_jvps=sum(res.decoder_jvps for _, res in parts),
+        **out,
+    )
