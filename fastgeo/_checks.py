@@ -147,3 +147,22 @@ def choice(name: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
+
+
+def device(name: str, value: object) -> torch.device:
+    """``value`` (a device name, a ``torch.device`` or a CUDA index) as a device this machine can
+    compute on."""
+    if isinstance(value, bool) or not isinstance(value, (str, torch.device, int)):
+        raise TypeError(f"{name} must be a device such as 'cpu' or 'cuda' (or a torch.device), got {value!r}")
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{name}: {value!r} is not a torch device ({e})") from e
+    if dev.type == "meta":
+        raise ValueError(f"{name}: {value!r} tensors hold no values to compute with")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}: {value!r}, but this torch has no usable CUDA device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"{name}: {value!r}, but this machine has {count} CUDA device(s)")
+    return dev

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import _checks
+
 
 class PolynomialBasis:
     """``psi_j(t) = t (t-1) P_{j-1}(2t-1)`` for ``j = 1..m`` (``family``: legendre | chebyshev)."""
@@ -146,8 +148,7 @@ class Curves:
 
     def points(self, n: int) -> Tensor:
         """The curves sampled at ``t = linspace(0, 1, n)``: (B, n, d); end points exact."""
-        if not isinstance(n, int) or n < 2:
-            raise ValueError(f"n (points per curve) must be an integer >= 2, got {n!r}")
+        n = _checks.integer("n (points per curve)", n, 2)
         t = time_grid(n, self.z0)
         pts = evaluate(self.z0, self.z1, self.coeffs, self.basis(t), t)
         # Pin the end points bit-exactly (psi vanishes there, but rounding of z0 + 1 (z1 - z0) need not).

@@ -135,6 +135,8 @@ class ExpectedMetric:
         (:mod:`fastgeo.decoders.smoothing`; ``sharpness``: its default if None; the same
         precision), or None if the mean is not a recognized chain with such activations. Kept
         per structure of the mean and sharpness; it reads the mean's parameters at every call."""
+        if sharpness is not None:
+            sharpness = _checks.positive_float("sharpness", sharpness)
         found = recognize(self.mean, self.latent_dim)
         if found is None:
             return None
@@ -180,7 +182,11 @@ class ExpectedMetric:
         if isinstance(dtype_or_device, torch.dtype):
             dtype = dtype_or_device
         elif dtype_or_device is not None:
-            device = torch.device(dtype_or_device)
+            device = dtype_or_device
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if device is not None:
+            device = _checks.device("device", device)
         owner = getattr(self.mean, "__self__", None)
         if isinstance(self.mean, torch.nn.Module):
             mean = copy.deepcopy(self.mean).to(dtype=dtype, device=device)
@@ -230,6 +236,7 @@ class ExpectedMetric:
         """The embedding ``[mu, sigma]`` at ``n`` fixed latent points near the RBF centers
         (deterministic): (n, 2D). It changes whenever the decoder or the precision does, whatever
         holds their parameters, so it identifies the metric for caches and checkpoints."""
+        n = _checks.integer("n", n, 1)
         centers = self.precision.centers.detach()
         g = torch.Generator(device="cpu").manual_seed(20181203)
         pick = torch.randint(centers.shape[0], (n,), generator=g)
@@ -246,6 +253,7 @@ class ExpectedMetric:
         rows (its last point repeated): BLAS kernels round a row differently in a partial block
         of rows, and without the padding where a curve's rows fall would depend on how many
         curves share the call (a curve's length would depend on its batch)."""
+        self.check_points("z", z)
         n = z.shape[-2] if z.dim() >= 3 else 0
         pad = -n % ROW_ALIGN
         if pad:
@@ -289,6 +297,7 @@ class ExpectedMetric:
     def features_and_jacobian_t(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`features_and_jacobian` with the Jacobian transposed, contiguous (the solver's
         layout: one row per latent direction): z (P, d) -> (P, 2D), (P, d, 2D)."""
+        self.check_points("z", z, ndim=2)
         mu, j_mu = jacobian_rows(self.mean, z)  # (P, D), (d, P, D)
         sigma, j_sigma = self.precision.sigma_and_jacobian_t(z)
         return torch.cat([mu, sigma], -1), torch.cat([j_mu.transpose(0, 1), j_sigma], -1)

@@ -41,6 +41,10 @@ class RBFPrecision(nn.Module):
     def __init__(self, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor | float) -> None:
         super().__init__()
         centers, gammas, weights, zeta = _checks.rbf_params(centers, gammas, weights, zeta)
+        if 0 in centers.shape:
+            raise ValueError(f"centers must be (K, d), K >= 1 and d >= 1, got shape {tuple(centers.shape)}")
+        if weights.shape[0] == 0:
+            raise ValueError(f"weights must be (D, K) with D >= 1 outputs, got shape {tuple(weights.shape)}")
         for name, t in (("centers", centers), ("gammas", gammas), ("weights", weights), ("zeta", zeta)):
             _checks.finite(name, t)
         if not bool((gammas > 0).all()):
@@ -96,6 +100,10 @@ class RBFPrecision(nn.Module):
         The operator ``torch.ops.fastgeo.rbf_sigma_jacobian`` (a fused C++ kernel on CPU tensors);
         where gradients are needed, its differentiable reference.
         """
+        _checks.tensor("z", z, ndim=2)
+        if z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must be (P, d) with d = {self.latent_dim}, got shape {tuple(z.shape)}")
+        _checks.same_dtype_device([("z", z), ("centers", self.centers)])
         return solver_ops.rbf_sigma_jacobian(z, *self.params())
 
     def segment_sqdist(self, points: Tensor) -> Tensor:

@@ -118,18 +118,24 @@ def fit_rbf_parameters(
             f"latents and data must have one row per training point, got {latents.shape[0]} and "
             f"{data.shape[0]} rows"
         )
+    if latents.shape[0] == 0 or latents.shape[1] == 0:
+        raise ValueError(f"latents must be (M, d) with M >= 1 and d >= 1, got shape {tuple(latents.shape)}")
     if num_centers is None:
         num_centers = min(DEFAULT_CENTERS, latents.shape[0])
-    if not isinstance(num_centers, int) or isinstance(num_centers, bool) or num_centers < 1:
-        raise ValueError(f"num_centers must be an integer >= 1, got {num_centers!r}")
+    num_centers = _checks.integer("num_centers", num_centers, 1)
     if num_centers > latents.shape[0]:
         raise ValueError(f"num_centers = {num_centers} exceeds the number of points {latents.shape[0]}")
-    if not bandwidth_scale > 0:
-        raise ValueError(f"bandwidth_scale must be > 0, got {bandwidth_scale!r}")
-    if not zeta > 0:
-        raise ValueError(f"zeta must be > 0, got {zeta!r}")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    bandwidth_scale = _checks.positive_float("bandwidth_scale", bandwidth_scale)
+    if isinstance(zeta, Tensor):
+        raise TypeError("zeta must be a number here (one floor for every output; build fastgeo.RBFPrecision "
+                        "from the fitted parameters for a per-output zeta)")  # fmt: skip
+    zeta = _checks.positive_float("zeta", zeta)
+    steps = _checks.integer("steps", steps, 0)
+    lr = _checks.positive_float("lr", lr)
+    _checks.boolean("progress", progress)
+    seed = _checks.integer("seed", seed, 0)
+    if not callable(mean):
+        raise TypeError(f"mean must be a callable (the decoder mean), got {type(mean).__name__}")
     mean = _mean_checks.uncompiled(mean)
     _mean_checks.eval_mode("mean", mean)
     latents, data = latents.detach(), data.detach()
@@ -161,6 +167,8 @@ def fit_rbf_parameters(
     for _ in progress_iter(range(steps), progress, "fit RBF precision"):
         log_w.grad = nll_gradient(phi, log_w, phi_resid.T, zeta)
         opt.step()
+    if not bool(torch.isfinite(log_w).all()):
+        raise ValueError(f"the fit diverged (weights not finite) with lr={lr!r}: use a smaller lr")
     return centers, gammas, log_w.exp(), zeta
 
 
@@ -217,13 +225,16 @@ def _residual_statistics(
                 f"mean must map the (M, d) latents to (M, D) = {(m, dims)} (or to images of D "
                 f"values each, as data), got {got}{_mean_checks.not_a_tensor_hint(decoded)}"
             )
+        if decoded.dtype != data.dtype:
+            raise TypeError(
+                f"mean returns {decoded.dtype} for {data.dtype} latents and data: convert the decoder "
+                "(or the data) so that they match"
+            )
         resid2 = (data[rows] - decoded.reshape(count, dims)).pow(2)  # (rows, D)
         _checks.finite("the decoder's residuals", resid2)
         per_dim += resid2.sum(0)
         phi_resid.addmm_(phi[rows].T, resid2)
     return per_dim / m, phi_resid
-
-
 
 
 # Cluster spreads below this share of the codes' mean distance to their centroid are rounding.

@@ -1,5 +1,8 @@
 """Bad input gets a clear ValueError/TypeError naming the argument."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from analytic import bumpy_metric, constant_precision
@@ -8,6 +11,7 @@ from helpers import rbf_params
 import fastgeo
 
 f64 = torch.float64
+DATA = Path(__file__).parent / "data"
 
 
 def rbf(K=3, d=2, D=4):
@@ -193,3 +197,103 @@ def test_inference_mode_is_refused_clearly_and_no_grad_works():
     with torch.no_grad():
         res = fastgeo.geodesics(metric, z0, z1)
     assert res.converged.all() and torch.isfinite(res.lengths).all()
+
+
+def test_latent_graph_arguments_are_checked():
+    metric = bumpy_metric()
+    for kwargs, exc, match in [
+        ({"k": 0}, ValueError, "k must"), ({"n_nodes": -5}, ValueError, "n_nodes"),
+        ({"n_nodes": 2.5}, TypeError, "n_nodes"), ({"edge_points": 1}, ValueError, "edge_points"),
+        ({"grid": -1}, ValueError, "grid"), ({"seed": 1.5}, TypeError, "seed"),
+        ({"latents": torch.full((3, 2), float("nan"), dtype=f64)}, ValueError, "latents"),
+        ({"latents": torch.zeros(3, 5, dtype=f64)}, ValueError, "latents"),
+    ]:  # fmt: skip
+        with pytest.raises(exc, match=match):
+            fastgeo.LatentGraph(metric, **kwargs)
+    with pytest.raises(TypeError, match="metric"):
+        fastgeo.LatentGraph(None)
+    other = fastgeo.LatentGraph(bumpy_metric(d=3), n_nodes=20, grid=0)
+    with pytest.raises(ValueError, match="latent dimension 3"):
+        fastgeo.geodesics(metric, torch.zeros(1, 2, dtype=f64), torch.ones(1, 2, dtype=f64), graph=other)
+
+
+def test_rbf_precision_refuses_empty_sizes():
+    for centers, gammas, weights, match in [
+        (torch.zeros(0, 2), torch.zeros(0), torch.zeros(4, 0), "centers"),
+        (torch.zeros(3, 0), torch.ones(3), torch.ones(4, 3), "centers"),
+        (torch.zeros(3, 2), torch.ones(3), torch.ones(0, 3), "weights"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fastgeo.RBFPrecision(centers, gammas, weights, 1e-2)
+
+
+def test_fit_options_are_checked():
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)).eval()
+    Z = torch.randn(30, 2)
+    X = dec(Z).detach() + 0.05 * torch.randn(30, 4)
+    fit = fastgeo.RBFPrecision.fit
+    for kwargs, exc, match in [
+        ({"zeta": torch.full((4,), 1e-3)}, TypeError, "zeta"),
+        ({"bandwidth_scale": float("inf")}, ValueError, "bandwidth"),
+        ({"bandwidth_scale": "1"}, TypeError, "bandwidth"), ({"lr": "0.1"}, TypeError, "lr"),
+        ({"seed": "a"}, TypeError, "seed"), ({"progress": "no"}, TypeError, "progress"),
+        ({"steps": True}, TypeError, "steps"), ({"lr": 1e6, "steps": 30}, ValueError, "lr"),
+    ]:  # fmt: skip
+        with pytest.raises(exc, match=match):
+            fit(Z, X, dec, num_centers=4, **{"progress": False, **kwargs})
+    with pytest.raises(TypeError, match="float64"):
+        fit(Z, X, lambda z: dec(z).double(), num_centers=4, progress=False)
+    with pytest.raises(TypeError, match="mean"):
+        fit(Z, X, 5, num_centers=4, progress=False)
+    with pytest.raises(ValueError, match="latents"):
+        fit(Z[:0], X[:0], dec, progress=False)
+
+
+def test_metric_conversions_and_points_are_checked():
+    metric = bumpy_metric(dtype=torch.float32)
+    with pytest.raises(TypeError, match="float32 or torch.float64"):
+        metric.to(torch.float16)
+    for device in ["meta", "gpu"] + ([] if torch.cuda.is_available() else ["cuda:7"]):
+        with pytest.raises(ValueError, match="device"):
+            metric.to(device)
+    with pytest.raises(ValueError, match="device"):
+        fastgeo.load_generator(DATA / "digits.safetensors", device="meta")
+    with pytest.raises(ValueError, match="latent dimension"):
+        metric.decode(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="latent dimension"):
+        metric.features_and_jacobian(torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="dtype"):
+        metric.decode(torch.zeros(2, 2, dtype=f64))
+    with pytest.raises(ValueError, match="z must be"):
+        metric.precision.sigma_and_jacobian(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="n must"):
+        metric.probe(-1)
+    with pytest.raises(ValueError, match="sharpness"):
+        metric.smoothed(float("nan"))
+
+
+def test_result_rows_and_points_take_integer_likes():
+    metric = bumpy_metric()
+    z0 = torch.zeros(3, 2, dtype=f64)
+    z1 = torch.tensor([[1.0, 0.2], [0.5, -0.4], [-1.0, 0.3]], dtype=f64)
+    res = fastgeo.geodesics(metric, z0, z1, method="fast")
+    one = res.select(1)
+    assert len(one) == 1 and torch.equal(one.points(5), res.points(5)[1:2])
+    assert torch.equal(res.select(torch.tensor([True, False, True])).lengths, res.lengths[[0, 2]])
+    with pytest.raises(TypeError, match="idx"):
+        res.select(torch.tensor([0.5]))
+    assert torch.equal(res.points(np.int64(7)), res.points(torch.tensor(7)))
+    with pytest.raises(TypeError, match="n "):
+        res.points(2.5)
+
+
+def test_options_that_cannot_work_are_refused():
+    metric = bumpy_metric()
+    z0, z1 = torch.zeros(1, 2, dtype=f64), torch.ones(1, 2, dtype=f64)
+    with pytest.raises(ValueError, match="tol"):
+        fastgeo.geodesics(metric, z0, z1, tol=10.0)
+    with pytest.raises(ValueError, match="n_points >= m"):
+        fastgeo.geodesics(metric, z0, z1, m=50, n_points=8)
+    res = fastgeo.geodesics(metric, z0, z1, method="fast", family="legendre")  # no subdivision asked
+    assert res.converged.all()

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _checks
+
 
 class InputError(ValueError):
     """A bad command-line input: reported as one line, exit status 2."""
@@ -96,11 +98,9 @@ def device(option: str, value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        dev = torch.device(value)
-    except (RuntimeError, ValueError) as e:
-        raise InputError(f"{option}: {value!r} is not a torch device ({e})") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"{option}: {value!r}, but this torch has no usable CUDA device")
+        _checks.device(option, value)
+    except (TypeError, ValueError) as e:
+        raise InputError(str(e)) from e
     return value
 
 

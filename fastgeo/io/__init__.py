@@ -112,6 +112,9 @@ def load_generator(
     """
     path = _existing(path)
     _checks.boolean("trust", trust)
+    _checks.boolean("check", check)
+    if device is not None:
+        device = _checks.device("device", device)
     if safe.is_safe_file(path):
         flat, contents = safe.read(path)
     elif code.is_code_file(path):

@@ -71,10 +71,18 @@ class LatentGraph:
         grid: int | None = None,
         seed: int = 0,
     ) -> None:
+        if not isinstance(metric, ExpectedMetric):
+            raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
+        n_nodes = _checks.integer("n_nodes", n_nodes, 1)
+        edge_points = _checks.integer("edge_points", edge_points, 2)
+        seed = _checks.integer("seed", seed, 0)
+        grid = GRID_NODES if grid is None else _checks.integer("grid", grid, 0)
+        if latents is not None:
+            metric.check_points("latents", latents, ndim=2)
+            _checks.finite("latents", latents)
         centers, gammas = metric.precision.centers.detach(), metric.precision.gammas.detach()
         K, d = centers.shape
-        grid = GRID_NODES if grid is None else grid
-        k = (GRID_NEIGHBOURS if grid and d <= 3 else NEIGHBOURS) if k is None else k
+        k = (GRID_NEIGHBOURS if grid and d <= 3 else NEIGHBOURS) if k is None else _checks.integer("k", k, 1)
         self.metric = metric
         self.k = k
         self.edge_points = edge_points
@@ -93,7 +101,6 @@ class LatentGraph:
             ]
             nodes.append(torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d).to(centers))
         if latents is not None:
-            metric.check_points("latents", latents, ndim=2)
             if latents.shape[0] > n_nodes:  # a random subset keeps the graph's cost bounded
                 keep = torch.randperm(latents.shape[0], generator=g)[:n_nodes].to(latents.device)
                 latents = latents[keep]
@@ -233,6 +240,10 @@ def check_graph_inputs(metric: ExpectedMetric, graph: object, latents: Tensor | 
     """The ``graph`` and ``latents`` options of :func:`fastgeo.geodesics`, checked."""
     if not isinstance(graph, (bool, LatentGraph)):
         raise TypeError(f"graph must be True, False or a fastgeo.LatentGraph, got {graph!r}")
+    if isinstance(graph, LatentGraph) and graph.nodes.shape[1] != metric.latent_dim:
+        raise ValueError(
+            f"graph is for latent dimension {graph.nodes.shape[1]}, the metric's is {metric.latent_dim}"
+        )
     if latents is not None:
         metric.check_points("latents", latents, ndim=2)
         _checks.finite("latents", latents)

@@ -206,6 +206,11 @@ def solver_options(
     else:
         m = _checks.integer("m", _default_m(table, n_points, 1) if m is None else m, 1)
         basis = PolynomialBasis(m, family)
+    if method in SPLINE_METHODS and basis.m > n_points - 2:
+        # More functions per axis than a curve has free points: the solve cannot tell them apart.
+        raise ValueError(
+            f"m={basis.m} basis functions per latent axis need n_points >= m + 2, got n_points={n_points}"
+        )
     max_iter = _checks.integer("max_iter", table["max_iter"] if max_iter is None else max_iter, 1)
     if isinstance(warm_start, bool):
         warm_iter = WARM_ITER if warm_start else 0
@@ -228,6 +233,8 @@ def solver_options(
     )
     tols = FAST_TOL if method == "fast" else DEFAULT_TOL
     tol = _checks.positive_float("tol", tols.get(dtype, tols[torch.float32]) if tol is None else tol)
+    if tol >= 1:
+        raise ValueError(f"tol is a relative change of the energy in a step: it must be < 1, got {tol!r}")
     if batch_size is None:
         per_curve = working_memory_per_curve(
             latent_dim, data_dim, n_points, basis.m * latent_dim, torch.finfo(dtype).bits // 8
@@ -267,7 +274,7 @@ def solver_options(
         # it 0.03 % (0.34 %) at 2.3x the time, still 1.8x faster than the default; others only
         # where the coarse spline leaves a curve clearly long (FAST_SUBDIVIDE_ABOVE), once.
         subdivide = SUBDIVISIONS if splines else 0
-        if method == "fast" and not piecewise_linear:
+        if method == "fast" and splines and not piecewise_linear:
             subdivide, subdivide_above = 1, FAST_SUBDIVIDE_ABOVE
     elif subdivide is True or subdivide is False:
         subdivide = SUBDIVISIONS if subdivide else 0

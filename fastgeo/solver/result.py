@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .._progress import pulse
@@ -140,9 +142,19 @@ class GeodesicResult:
         method = self.options.get("method", "?")
         return f"GeodesicResult({B} curves, d={d}, method={method!r}: {statuses or 'none'}{lengths})"
 
-    def select(self, idx: Tensor) -> GeodesicResult:
-        """The results of curves ``idx`` (a (K,) index tensor), in that order; the work counters
-        stay those of the whole call."""
+    def select(self, idx: Tensor | int) -> GeodesicResult:
+        """The results of curves ``idx`` (a (K,) index tensor or list, a (B,) bool mask, or one
+        index: a result of one curve), in that order; the work counters stay those of the whole
+        call."""
+        if isinstance(idx, numbers.Integral) and not isinstance(idx, bool):
+            idx = [int(idx)]
+        idx = torch.as_tensor(idx, device=self.lengths.device)
+        if idx.dtype == torch.bool:
+            if idx.shape != self.lengths.shape:
+                raise ValueError(f"a mask idx must have shape ({len(self)},), got {tuple(idx.shape)}")
+            idx = idx.nonzero().squeeze(1)
+        if idx.dim() != 1 or idx.is_floating_point() or idx.is_complex():
+            raise TypeError(f"idx must be a (K,) integer index, a (B,) bool mask or an int, got {idx!r}")
         c = self.curves
         rows = {
             name: None if getattr(self, name) is None else getattr(self, name)[idx]
