@@ -206,11 +206,6 @@ def solver_options(
     else:
         m = _checks.integer("m", _default_m(table, n_points, 1) if m is None else m, 1)
         basis = PolynomialBasis(m, family)
-    if method in SPLINE_METHODS and basis.m > n_points - 2:
-        # More functions per axis than a curve has free points: the solve cannot tell them apart.
-        raise ValueError(
-            f"m={basis.m} basis functions per latent axis need n_points >= m + 2, got n_points={n_points}"
-        )
     max_iter = _checks.integer("max_iter", table["max_iter"] if max_iter is None else max_iter, 1)
     if isinstance(warm_start, bool):
         warm_iter = WARM_ITER if warm_start else 0
