@@ -71,8 +71,10 @@ WORST_GOAL, MEAN_GOAL = 0.5, 0.05  # % (issue 15)
 # An oracle is as good as its starts: where the default's curve is shorter than the kept oracle's
 # by more than this (%), the oracle missed that basin (kept oracles come from older defaults'
 # starts: conv8_shapes seed 1 pair 26 was 7.4 % long), and a pair's excess elsewhere may be
-# understated alike; such pairs are listed, to refresh the oracle (--refresh-oracle).
-LOOSE_ORACLE = 0.1
+# understated alike; such pairs are listed, to refresh the oracle (--refresh-oracle). Smaller
+# gaps are the oracle's 128-node polylines following a winding curve less closely than the
+# default's splines (d = 12-64: 0.1-0.3 % on single pairs).
+LOOSE_ORACLE = 0.5
 ORACLE_DIR = Path(__file__).resolve().parent / "oracle"
 
 
