@@ -295,3 +295,24 @@ def test_options_that_cannot_work_are_refused():
         fastgeo.geodesics(metric, z0, z1, tol=10.0)
     res = fastgeo.geodesics(metric, z0, z1, method="fast", family="legendre")  # no subdivision asked
     assert res.converged.all()
+
+
+def test_a_matrix_whose_straight_lines_are_not_finite_names_the_codes():
+    """A decoder that is NaN on part of the plane: a pair of codes inside it has no finite curve at
+    all, and the matrix refuses to hand out NaN, naming such a pair."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(2, 4).double()
+
+    class Holed(torch.nn.Module):
+        def forward(self, z):
+            out = torch.tanh(lin(z))
+            return torch.where(z[:, :1] > 2.0, torch.nan, out)
+
+    ones = torch.ones(4, 3, dtype=f64)
+    prec = fastgeo.RBFPrecision(torch.zeros(3, 2, dtype=f64), torch.ones(3, dtype=f64), ones, 0.1)
+    metric = fastgeo.ExpectedMetric(Holed().eval(), prec)
+    Z = torch.tensor([[0.0, 0.0], [3.0, 0.0], [3.0, 1.0]], dtype=f64)
+    # every pair's straight line crosses x > 2
+    named = r"straight line between 3 pair\(s\) of codes, e\.g\. \[0\.0, 0\.0\]"
+    with pytest.raises(RuntimeError, match=named):
+        fastgeo.pairwise_distances(metric, Z, progress=False)

@@ -32,9 +32,11 @@ def solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str,
         lengths = torch.where(bad, res.straight_lengths, lengths)
         status = status.masked_fill(bad, NONFINITE)
         if not bool(torch.isfinite(lengths).all()):
+            k = int((~torch.isfinite(lengths)).nonzero()[0, 0])
             raise RuntimeError(
                 "fastgeo.pairwise_distances: the metric is not finite along the straight line between "
-                "some pairs; check the decoder mean and the RBF precision (zeta > 0) on these inputs"
+                f"{int((~torch.isfinite(lengths)).sum())} pair(s) of codes, e.g. {a[k].tolist()} and "
+                f"{b[k].tolist()}; check the decoder mean and the RBF precision (zeta > 0) there"
             )
     return {
         "lengths": lengths.detach().cpu(),
