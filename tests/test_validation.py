@@ -316,3 +316,22 @@ def test_a_matrix_whose_straight_lines_are_not_finite_names_the_codes():
     named = r"straight line between 3 pair\(s\) of codes, e\.g\. \[0\.0, 0\.0\]"
     with pytest.raises(RuntimeError, match=named):
         fastgeo.pairwise_distances(metric, Z, progress=False)
+
+
+def test_generator_file_paths_and_contents_are_checked(tmp_path):
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh()).double().eval()
+    metric = fastgeo.ExpectedMetric(seq, bumpy_metric().precision)
+    with pytest.raises(TypeError, match="path"):
+        fastgeo.save_generator(5, metric)
+    with pytest.raises(IsADirectoryError, match="folder"):
+        fastgeo.save_generator(tmp_path, metric)
+    with pytest.raises(IsADirectoryError, match="folder"):
+        fastgeo.load_generator(tmp_path)
+    with pytest.raises(TypeError, match="path"):
+        fastgeo.load_generator(5)
+    with pytest.raises(ValueError, match="example_input"):
+        nan = torch.full((3, 2), torch.nan, dtype=f64)
+        fastgeo.save_generator(tmp_path / "g.safetensors", metric, example_input=nan)
+    with pytest.raises(TypeError, match="extra"):
+        fastgeo.save_generator(tmp_path / "g.safetensors", metric, extra=[torch.zeros(2)])

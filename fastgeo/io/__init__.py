@@ -59,12 +59,16 @@ def save_generator(
     """
     if isinstance(generator, (str, os.PathLike)) and not isinstance(path, (str, os.PathLike)):
         raise TypeError("save_generator(path, generator): the path comes first (the arguments look swapped)")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file name (str or path-like), got {type(path).__name__}")
     mean, precision = split_generator(generator)
     fmt = _checks.choice("format", format, FORMATS)
     example = example_inputs(precision, example_input)
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"path: the folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"path: {str(path)!r} is a folder, not a file to write")
     if fmt == "safe":
         sequential = sequential_of(mean)
         if sequential is None:
@@ -142,7 +146,11 @@ def load_generator(
 
 
 def _existing(path: str | os.PathLike) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file name (str or path-like), got {type(path).__name__}")
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"generator file {str(path)!r} is a folder")
     if not path.is_file():
         raise FileNotFoundError(f"generator file {str(path)!r} does not exist")
     return path

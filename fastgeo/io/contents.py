@@ -3,7 +3,7 @@ precision's tensors, a probe of the mean's outputs (checked on load) and the use
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +61,8 @@ def example_inputs(precision: RBFPrecision, example_input: Tensor | None) -> Ten
         if not isinstance(example_input, Tensor) or example_input.shape[-1] != d:
             raise ValueError(f"example_input must be a tensor with last axis d = {d}")
         example = example_input.detach().cpu().to(precision.weights.dtype).reshape(-1, d)
+        if not bool(torch.isfinite(example).all()):
+            raise ValueError("example_input contains NaN or inf")
     if example.shape[0] < 2:
         example = torch.cat([example, example + 0.01])
     return example
@@ -77,6 +79,8 @@ def contents_of(
         raise ValueError(
             f"mean maps (P, d) = {tuple(example.shape)} to {tuple(expected.shape)}, expected (P, {D})"
         )
+    if extra is not None and not isinstance(extra, Mapping):
+        raise TypeError(f"extra must be a dict of name -> tensor, got {type(extra).__name__}")
     extra = {} if extra is None else dict(extra)
     for k, v in extra.items():
         if not isinstance(k, str) or not isinstance(v, Tensor):
