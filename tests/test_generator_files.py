@@ -239,3 +239,24 @@ def test_subprocess_load_does_not_import_pickle_payloads(tmp_path):
 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_an_altered_rbf_precision_is_caught_on_load(tmp_path):
+    """The file holds the precisions of its probe points too: an RBF tensor altered after saving
+    (a flipped sign, another zeta) is refused on load, as an altered mean is; check=False loads."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    metric = generator(nn.Sequential(nn.Linear(2, 6), nn.Tanh()), 2, 6)
+    path = save_generator(tmp_path / "g.safetensors", metric)
+    load_generator(path)  # as saved: loads
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for name, change in [("rbf.centers", lambda t: t * torch.tensor([[-1.0, 1.0]], dtype=t.dtype)),
+                         ("rbf.zeta", lambda t: 2 * t)]:  # fmt: skip
+        altered = {**tensors, name: change(tensors[name])}
+        bad = tmp_path / f"{name}.safetensors"
+        save_file(altered, str(bad), metadata=meta)
+        with pytest.raises(ValueError, match="RBF precision does not reproduce"):
+            load_generator(bad)
+        load_generator(bad, check=False)

@@ -140,6 +140,8 @@ def load_generator(
     if check:
         contents.check_probe(mean, str(path))
     precision = contents.precision()
+    if check:
+        contents.check_precision(precision, str(path))
     if device is not None:
         mean, precision = mean.to(device), precision.to(device)
     return ExpectedMetric(mean, precision)

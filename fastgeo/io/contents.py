@@ -37,6 +37,17 @@ class Contents:
         if x.shape != self.probe["x"].shape or not torch.allclose(x, self.probe["x"], rtol=1e-5, atol=1e-6):
             raise ValueError(f"{path!r}: the saved mean does not reproduce its probe outputs")
 
+    def check_precision(self, precision: RBFPrecision, path: str) -> None:
+        """The loaded RBF precision reproduces the precisions saved with it (files written before
+        they were saved hold none: nothing to compare)."""
+        if "beta" not in self.probe:
+            return
+        with torch.no_grad():
+            beta = precision(self.probe["z"].to(precision.centers)).cpu()
+        want = self.probe["beta"]
+        if beta.shape != want.shape or not torch.allclose(beta, want.to(beta.dtype), rtol=1e-5, atol=0):
+            raise ValueError(f"{path!r}: the saved RBF precision does not reproduce its probe outputs")
+
 
 def split_generator(generator: object) -> tuple[Callable[[Tensor], Tensor], RBFPrecision]:
     """(mean, precision) of an :class:`ExpectedMetric` or of a validated pair."""
@@ -86,6 +97,9 @@ def contents_of(
         if not isinstance(k, str) or not isinstance(v, Tensor):
             raise TypeError(f"extra must map names to tensors, got {k!r}: {type(v).__name__}")
     rbf = {k: t.detach().cpu() for k, t in zip(RBF_NAMES, precision.params(), strict=True)}
-    probe = {"z": example[:PROBE_ROWS], "x": expected[:PROBE_ROWS]}
+    z = example[:PROBE_ROWS]
+    with torch.no_grad():
+        beta = precision(z.to(precision.centers)).cpu()
+    probe = {"z": z, "x": expected[:PROBE_ROWS], "beta": beta}
     extra = {k: v.detach().cpu() for k, v in extra.items()}
     return Contents(precision.latent_dim, D, precision.weights.dtype, rbf, probe, extra)
