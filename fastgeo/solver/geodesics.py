@@ -166,8 +166,9 @@ def geodesics(
         relative, or on 4,097 points where it is not (float32 curves so short that rounding would
         add up along a fine grid are measured in float64); no curve is longer than the straight
         line between its ends. float32 curves so short that the decoder's rounding is not small
-        against their segments (codes ~1e-2 or less apart) are solved in float64, the metric
-        converted (:mod:`fastgeo.solver.short_curves`; where its mean is an ``nn.Module``).
+        against their segments (near neighbours: on a 2-D digits VAE, codes within ~0.1 of each
+        other) are solved in float64 at the call's tolerance, the metric converted
+        (:mod:`fastgeo.solver.short_curves`; where its mean is an ``nn.Module``).
 
     Decoders with piecewise-linear activations (ReLU, LeakyReLU, PReLU, Hardtanh, ReLU6,
     Hardsigmoid, Hardswish; recognized chains, :func:`fastgeo.decoders.piecewise_linear`) have
@@ -211,9 +212,11 @@ def geodesics(
             long_ones = geodesics(
                 metric, z0[rest], z1[rest], graph=graph, latents=latents, progress=progress, **asked
             )
+            # at the call's tolerance: rounding, not the stopping rule, is what float64 fixes
             short_ones = geodesics(
-                metric64, z0[few].double(), z1[few].double(), graph=False, progress=False, **asked
-            )
+                metric64, z0[few].double(), z1[few].double(), graph=False, progress=False,
+                **{**asked, "tol": opts.tol},
+            )  # fmt: skip
             return merged([(rest, long_ones), (few, short_ones)], z0, z1)
     delay = 0.0 if progress else DELAY
     with call_bar(z0.shape[0], progress is not False, "geodesics", "curve", delay) as bar:
