@@ -187,9 +187,12 @@ def test_worker_processes_match_one_process(metric, Z, mode, tmp_path):
     kw = dict(mode=mode, chunk_size=7, progress=False, return_report=True, **OPTS)
     if mode == "graph":
         kw.update(neighbors=3, error_sample=10)
-    # The solver's latent graph is built once per metric and counted by the call that builds it:
-    # built here first, neither call below counts it, whatever ran before this test.
-    fastgeo.pairwise_distances(metric, Z[:2], progress=False, **OPTS)
+    # The solver's latent graph is built once per metric and counted by the call that builds it,
+    # and it keeps the shortest-path rows of the end points it has seen (the codes joined to the
+    # graph, decoder work too): both made here first for these codes, neither call below counts
+    # them, whatever ran before this test (alone, the one-process call paid for the rows the
+    # forked workers then inherited).
+    fastgeo.pairwise_distances(metric, Z[:9], progress=False, **OPTS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
