@@ -335,3 +335,10 @@ def test_generator_file_paths_and_contents_are_checked(tmp_path):
         fastgeo.save_generator(tmp_path / "g.safetensors", metric, example_input=nan)
     with pytest.raises(TypeError, match="extra"):
         fastgeo.save_generator(tmp_path / "g.safetensors", metric, extra=[torch.zeros(2)])
+
+
+def test_latents_without_a_graph_are_named_as_ignored():
+    metric = bumpy_metric()
+    z0, z1 = torch.zeros(1, 2, dtype=f64), torch.ones(1, 2, dtype=f64)
+    with pytest.warns(UserWarning, match="graph=False ignores them"):
+        fastgeo.geodesics(metric, z0, z1, graph=False, latents=torch.randn(5, 2, dtype=f64))

@@ -71,7 +71,7 @@ def dense_multistart(
             z1,
             method="default",
             batch_size=opts.batch_size,
-            latents=latents,
+            latents=None if options["graph"] is False else latents,
             progress=False,
             **options,
         )

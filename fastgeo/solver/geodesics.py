@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any
 
 import torch
@@ -202,6 +203,9 @@ def geodesics(
     # fmt: on
     init = _check_init(metric, init, z0, opts)
     check_graph_inputs(metric, graph, latents)
+    if latents is not None and graph is False:
+        warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph; graph=False ignores them",
+                      UserWarning, stacklevel=2)  # fmt: skip
     z0, z1 = z0.detach(), z1.detach()
     if opts.method in SPLINE_METHODS and metric.dtype == torch.float32 and init is None and z0.shape[0]:
         short = rounding_ratios(metric, z0, z1, opts.n_points) > NOISE_ABOVE
