@@ -121,7 +121,7 @@ class RBFPrecision(nn.Module):
     def fit(cls, latents: Tensor, data: Tensor, mean, **options) -> RBFPrecision:
         """Fit centers, bandwidths and weights to training data (Arvanitidis et al., 2018).
 
-        latents (M, d), data (M, D), mean (..., d) -> (..., D); see
+        latents (M, d), data (M, D) or images (M, C, H, W), mean (..., d) -> (..., D); see
         :func:`fastgeo.rbf_fit.fit_rbf_parameters` for the options and the recipe. Example::
 
             prec = fastgeo.RBFPrecision.fit(encoder_means, X, decoder_mean, zeta=1e-3)

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="two-moons VAE: fit the RBF, compute geodesics, draw the figure",
         description="Train a small VAE on two moons, fit its RBF precision, compute eight geodesics and "
-        "write their table, the saved generator and the paper's Figure 1 to --out.",
+        "print their table and write the saved generator and the paper's Figure 1 to --out.",
     )
     p.add_argument("--out", default="fastgeo-demo", help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")

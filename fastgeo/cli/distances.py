@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="processes of one thread each (default: torch's thread count)",
+        help="processes of one thread each (default: torch's thread count on a Linux CPU run, else 1)",
     )
     p.add_argument(
         "--error-sample",

@@ -90,9 +90,9 @@ def pairwise_distances(
             the report's ``graph_error`` gives the chains' relative excess over them (mean,
             median, 95th percentile, max), and those entries keep the shorter length.
         neighbors: graph mode: edges per code (nearest codes, in different directions; default
-            NEIGHBORS). Refused in exact mode, where it would have no effect.
+            16). Refused in exact mode, where it would have no effect.
         error_sample: graph mode: random pairs solved exactly to measure the error (0: none;
-            default ERROR_SAMPLE). Refused in exact mode.
+            default 200). Refused in exact mode.
         chains: exact mode without ``Y``: check every entry against chains of two entries through a
             third code (each entry is a curve's length, and so is a chain): the pairs a chain
             beats by more than 2e-4 relative are solved again with the chain's curve among their
@@ -102,7 +102,7 @@ def pairwise_distances(
             beaten (none or a few in a thousand).
             Default: on in exact mode without ``Y``; refused elsewhere.
         workers: processes that split the pairs, one thread each (default: as many as torch
-            has threads, on a Linux CPU run; 1 elsewhere). Threads of one process wait for
+            has threads, on a Linux CPU run; 1 elsewhere and under ``torch.distributed``). Threads of one process wait for
             each other in every small parallel region of the solver, and collapse when another
             program takes a core; worker processes do not. 1: solve in this process, with
             torch's threads.

@@ -80,7 +80,7 @@ def geodesics(
     check_resolution: bool = True,
     corridors: int | None = None,
     linearize: str = "auto",
-    subdivide: bool | None = None,
+    subdivide: bool | int | None = None,
     progress: bool | None = None,
 ) -> GeodesicResult:
     """Geodesics of ``metric`` between ``z0[b]`` and ``z1[b]``, all optimized in one batch.
@@ -103,7 +103,7 @@ def geodesics(
             ``fast``: 64 and 40; 32 for ``paper``, 128 for ``dense``).
         family: ``"bspline"`` (default: clamped uniform cubic B-splines), or ``"legendre"`` /
             ``"chebyshev"`` polynomials (``paper``: legendre).
-        warm_start: run the RBF warm start (``default`` and ``paper``): ``True`` for its default
+        warm_start: run the RBF warm start (every method but ``dense``): ``True`` for its default
             iterations (5; a start only, the full energy decides the rest), or their number.
         explore: race the explored start too (``default`` and ``fast``): a few Adam steps of the
             full energy from the straight line, which often leave the basin the straight line
@@ -138,14 +138,17 @@ def geodesics(
             polylines are not solved again).
         corridors: how many graph paths through different corridors start each curve
             (``default`` and ``fast``; default 3 in d <= 3, 2 above for ``default``, 0 for
-            ``fast`` in d >= 4: no graph is built).
+            ``fast`` in d >= 4: no graph is built; 3 in any d where a ``LatentGraph`` or
+            ``latents`` is passed).
         linearize: ``"always"``: Levenberg-Marquardt linearizes the decoder (d tangents per
             point) at every trial point; ``"lagged"``: trial points get the exact gradient by
             reverse mode and the Gauss-Newton matrix is recomputed only where it predicted the
             last step badly, and before convergence is declared; ``"auto"`` (default): lagged
-            for d >= 8 (``default`` and ``fast``). A lagged call takes Gauss-Newton steps corrected
-            along the last step by the curvature it met (:mod:`.last_step`) in every phase; the
-            others add a full secant model of the curvature Gauss-Newton leaves out.
+            for d >= 8 (``default`` and ``fast``). A lagged call's refinement takes Gauss-Newton
+            steps corrected by a limited-memory BFGS model of its last five trial steps
+            (:mod:`.secant_memory`; its race corrects along the last step, :mod:`.last_step`);
+            other calls, and lagged calls on ReLU-like decoders, add a full secant model of the
+            curvature Gauss-Newton leaves out.
         subdivide: curves whose Gauss-Newton model predicts an energy gain of more than 0.04 %
             (about 0.02 % in length) in the B-spline with every knot span halved (``2 m - 1``
             functions) are solved on in it with twice the points (:mod:`.subdivide`), and so on
@@ -173,7 +176,8 @@ def geodesics(
 
     Decoders with piecewise-linear activations (ReLU, LeakyReLU, PReLU, Hardtanh, ReLU6,
     Hardsigmoid, Hardswish; recognized chains, :func:`fastgeo.decoders.piecewise_linear`) have
-    kinks in their energy where the optimization stops short: with ``method="default"``, no
+    kinks in their energy where the optimization stops short: with ``method="default"`` or
+    ``"fast"``, no
     ``init`` and d >= 4 their curves are first solved under the decoder with its kinks rounded
     (:mod:`fastgeo.solver.smoothing`), which then race against the true decoder's own best
     start in the solve under it, in the subdivided basis where the smoothed curves needed it
