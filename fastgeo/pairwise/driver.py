@@ -102,8 +102,9 @@ def pairwise_distances(
             beaten (none or a few in a thousand).
             Default: on in exact mode without ``Y``; refused elsewhere.
         workers: processes that split the pairs, one thread each (default: as many as torch
-            has threads, on a Linux CPU run; 1 elsewhere and under ``torch.distributed``). Threads of one process wait for
-            each other in every small parallel region of the solver, and collapse when another
+            has threads, on a Linux CPU run; 1 elsewhere and under ``torch.distributed``).
+            Threads of one process wait for each other in every small parallel region of the
+            solver, and collapse when another
             program takes a core; worker processes do not. 1: solve in this process, with
             torch's threads.
         out: optional path of a ``.npy`` file: the matrix is written there, memory-mapped
