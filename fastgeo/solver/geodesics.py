@@ -53,7 +53,7 @@ from .options import DEFAULTS, POINTS_PER_CONTROL_POINT, SPLINE_METHODS, SolverO
 from .race import solve_batch
 from .resolution import flag_under_resolved, refine_resolution
 from .result import CONVERGED, GIVEN, NONFINITE, SMOOTHED, GeodesicResult, Work
-from .short_curves import NOISE_ABOVE, float64_metric, merged, rounding_ratios
+from .short_curves import solved_apart
 from .smoothing import smoothed_first
 from .subdivide import subdivide_curves
 
@@ -211,21 +211,10 @@ def geodesics(
         warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph; graph=False ignores them",
                       UserWarning, stacklevel=2)  # fmt: skip
     z0, z1 = z0.detach(), z1.detach()
-    if opts.method in SPLINE_METHODS and metric.dtype == torch.float32 and init is None and z0.shape[0]:
-        short = rounding_ratios(metric, z0, z1, opts.n_points) > NOISE_ABOVE
-        short &= ~(z0 == z1).all(-1)
-        metric64 = float64_metric(metric) if bool(short.any()) else None
-        if metric64 is not None:  # curves too short for float32: solved in float64
-            rest, few = (~short).nonzero().squeeze(1), short.nonzero().squeeze(1)
-            long_ones = geodesics(
-                metric, z0[rest], z1[rest], graph=graph, latents=latents, progress=progress, **asked
-            )
-            # at the call's tolerance: rounding, not the stopping rule, is what float64 fixes
-            short_ones = geodesics(
-                metric64, z0[few].double(), z1[few].double(), graph=False, progress=False,
-                **{**asked, "tol": opts.tol},
-            )  # fmt: skip
-            return merged([(rest, long_ones), (few, short_ones)], z0, z1)
+    if init is None:  # curves too short for float32: solved in float64
+        apart = solved_apart(metric, z0, z1, opts, asked, graph, latents, progress, solve=geodesics)
+        if apart is not None:
+            return apart
     delay = 0.0 if progress else DELAY
     with call_bar(z0.shape[0], progress is not False, "geodesics", "curve", delay) as bar:
         if opts.method == "dense" and init is None and z0.shape[0] > 0:

@@ -14,12 +14,15 @@ others'.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..curves import Curves, straight_line, time_grid
 from ..metric import ExpectedMetric, feature_segments, length_from_segments
+from .options import SPLINE_METHODS, SolverOptions
 from .result import GeodesicResult
 
 # A curve is short when its straight line's n - 1 segments' rounding, (n - 1) eps |f|, exceeds
@@ -34,6 +37,35 @@ NOISE_ABOVE = 2e-4
 
 
 PROBE_POINTS = 9  # the straight line's length and feature scale are taken on this many points
+
+
+def solved_apart(
+    metric: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    opts: SolverOptions,
+    asked: dict[str, Any],
+    graph: object,
+    latents: Tensor | None,
+    progress: bool | None,
+    solve: Callable[..., GeodesicResult],
+) -> GeodesicResult | None:
+    """The result of a float32 call (z0, z1: (B, d); ``asked``: its options as the user gave them)
+    with its short curves solved by ``solve`` (:func:`fastgeo.geodesics`) on a float64 copy of the
+    metric and the others as asked; None where there is nothing to split (no short curve, another
+    dtype or method, or no float64 copy): the call goes on as it is."""
+    if opts.method not in SPLINE_METHODS or metric.dtype != torch.float32 or z0.shape[0] == 0:
+        return None
+    short = (rounding_ratios(metric, z0, z1, opts.n_points) > NOISE_ABOVE) & ~(z0 == z1).all(-1)
+    metric64 = float64_metric(metric) if bool(short.any()) else None
+    if metric64 is None:
+        return None
+    rest, few = (~short).nonzero().squeeze(1), short.nonzero().squeeze(1)
+    long_ones = solve(metric, z0[rest], z1[rest], graph=graph, latents=latents, progress=progress, **asked)
+    # At the call's tolerance: rounding, not the stopping rule, is what float64 fixes.
+    float64_options = {**asked, "tol": opts.tol, "graph": False, "progress": False}
+    short_ones = solve(metric64, z0[few].double(), z1[few].double(), **float64_options)
+    return merged([(rest, long_ones), (few, short_ones)], z0, z1)
 
 
 def rounding_ratios(metric: ExpectedMetric, z0: Tensor, z1: Tensor, n: int) -> Tensor:
