@@ -61,10 +61,13 @@ def solved_apart(
     if metric64 is None:
         return None
     rest, few = (~short).nonzero().squeeze(1), short.nonzero().squeeze(1)
-    long_ones = solve(metric, z0[rest], z1[rest], graph=graph, latents=latents, progress=progress, **asked)
     # At the call's tolerance: rounding, not the stopping rule, is what float64 fixes.
     float64_options = {**asked, "tol": opts.tol, "graph": False, "progress": False}
-    short_ones = solve(metric64, z0[few].double(), z1[few].double(), **float64_options)
+    try:
+        short_ones = solve(metric64, z0[few].double(), z1[few].double(), **float64_options)
+    except (TypeError, RuntimeError):  # a decoder that converts but does not run in float64
+        return None
+    long_ones = solve(metric, z0[rest], z1[rest], graph=graph, latents=latents, progress=progress, **asked)
     return merged([(rest, long_ones), (few, short_ones)], z0, z1)
 
 
