@@ -178,9 +178,8 @@ def geodesics(
     Hardsigmoid, Hardswish; recognized chains, :func:`fastgeo.decoders.piecewise_linear`) have
     kinks in their energy where the optimization stops short: with ``method="default"`` or
     ``"fast"``, no ``init`` and d >= 4 their curves are first solved under the decoder with its
-    kinks rounded
-    (:mod:`fastgeo.solver.smoothing`), which then race against the true decoder's own best
-    start in the solve under it, in the subdivided basis where the smoothed curves needed it
+    kinks rounded (:mod:`fastgeo.solver.smoothing`), which then race against the true decoder's
+    own best start in the solve under it, in the subdivided basis where the smoothed curves needed it
     (``options["smoothed_first"]``, start ``"smoothed"``; about twice the time of a smooth
     decoder of the same size).
     """
