@@ -6,7 +6,7 @@ from analytic import bumpy_metric, disc_points
 
 import fastgeo
 from fastgeo.pairwise import chains
-from fastgeo.pairwise.driver import _solver_options
+from fastgeo.pairwise.setup import solver_options_of as _solver_options
 from fastgeo.solver.result import CHAIN, CONVERGED
 
 OPTS = {"max_iter": 60}

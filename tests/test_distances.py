@@ -163,15 +163,15 @@ def test_latent_graph_built_before_the_workers_shows_a_bar(capsys, monkeypatch):
     """With several workers the latent graph is built before they fork, outside the pairs' bar:
     a build that runs past the delay gets a bar of its own, named; none without ``progress``."""
     pytest.importorskip("tqdm")
-    from fastgeo.pairwise import driver
+    from fastgeo.pairwise import setup
 
-    monkeypatch.setattr(driver, "DELAY", 0.0)
+    monkeypatch.setattr(setup, "DELAY", 0.0)
     fresh = bumpy_metric()
-    assert driver._build_latent_graph(fresh, {}, True) > 0
+    assert setup.build_latent_graph(fresh, {}, True) > 0
     assert "building the latent graph" in capsys.readouterr().err
-    assert driver._build_latent_graph(fresh, {}, True) == 0  # cached: nothing built
+    assert setup.build_latent_graph(fresh, {}, True) == 0  # cached: nothing built
     capsys.readouterr()
-    assert driver._build_latent_graph(bumpy_metric(), {}, False) > 0
+    assert setup.build_latent_graph(bumpy_metric(), {}, False) > 0
     assert capsys.readouterr().err == ""
 
 

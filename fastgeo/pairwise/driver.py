@@ -13,8 +13,6 @@ reads every distance off it (:mod:`.graph_mode`, :mod:`.code_graph`).
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 import time
 import warnings
@@ -24,11 +22,8 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from .._progress import DELAY, call_bar
+from .._progress import call_bar
 from ..metric import ExpectedMetric
-from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
-from ..solver.graph import cached_graph, check_graph_inputs
-from ..solver.options import SPLINE_METHODS
 from ..solver.result import CHAIN, CONVERGED, GRAPH_ESTIMATE
 from .chains import check_chains
 from .checkpoint import Checkpoint, checkpointed_chunk_size, open_checkpoint
@@ -38,15 +33,13 @@ from .graph_mode import run_graph_mode
 from .layout import Layout, distinct_rows, expand_duplicates
 from .output import allocate, expand, npy_path
 from .report import PairwiseReport
+from .setup import build_latent_graph, check_inputs, chunk_size_for_budget, solver_options_of
 from .workers import check_workers, chunk_loop, shared, split_size
 
 MODES = ("exact", "graph")
 ERROR_SAMPLE = 200  # graph mode: random pairs solved exactly to measure its error
 GRAPH_WARN = 0.05  # graph mode: warn when the sample finds the chains this much too long on average
-DEFAULT_CPU_BUDGET = 256 << 20  # bytes of solver working memory per chunk on the CPU
 _CODES = 8  # status codes (fastgeo.solver.result.STATUSES) fit in 3 bits of the per-pair record
-_NOT_OPTIONS = ("metric", "z0", "z1", "init", "progress")  # geodesics() arguments, not options here
-_SOLVER_OPTIONS = tuple(k for k in inspect.signature(geodesics).parameters if k not in _NOT_OPTIONS)
 
 
 def pairwise_distances(
@@ -132,7 +125,7 @@ def pairwise_distances(
     """
     t_start = time.perf_counter()
     _checks.autograd_enabled("pairwise_distances")
-    Z, Y, options = _check_inputs(metric, Z, Y, solver_options)
+    Z, Y, options = check_inputs(pairwise_distances, metric, Z, Y, solver_options)
     progress, return_report = (
         _checks.boolean("progress", progress),
         _checks.boolean("return_report", return_report),
@@ -156,7 +149,7 @@ def pairwise_distances(
     layout = _layout(metric, options, Layout(Y is None, pts.shape[0], other.shape[0], 1), chunk_size,
                      memory_budget, checkpoint, workers * dist_info()[1])  # fmt: skip
     options.setdefault("batch_size", layout.chunk_size)
-    graph_evals = _build_latent_graph(metric, options, progress) if workers > 1 else 0
+    graph_evals = build_latent_graph(metric, options, progress) if workers > 1 else 0
     matrix, mapped = allocate((layout.rows, layout.cols), metric, out_path if rep is None else None)
     if mapped is None and mode == "exact":  # workers write it (a file mapping is shared already)
         matrix = shared(matrix, workers)
@@ -175,7 +168,7 @@ def pairwise_distances(
         matrix.fill_diagonal_(0)  # exact zero diagonal
         status.fill_diagonal_(CONVERGED)
     if chains:
-        opts, shown = _solver_options(metric, options), progress and dist_info()[0] == 0
+        opts, shown = solver_options_of(metric, options), progress and dist_info()[0] == 0
         check = check_chains(metric, pts, matrix, status, iterations, options, opts, shown)
         extra["chain_check"] = check
         counts[0] += check.decoder_evals
@@ -223,42 +216,6 @@ def pairwise_distances(
     return matrix, report
 
 
-def _check_inputs(
-    metric: ExpectedMetric, Z: Tensor, Y: Tensor | None, solver_opts: dict[str, Any]
-) -> tuple[Tensor, Tensor | None, dict[str, Any]]:
-    if not isinstance(metric, ExpectedMetric):
-        raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
-    metric.check_points("Z", Z, ndim=2)
-    _checks.finite("Z", Z)
-    if Y is not None:
-        metric.check_points("Y", Y, ndim=2)
-        _checks.finite("Y", Y)
-    allowed = list(_SOLVER_OPTIONS)
-    unknown = set(solver_opts) - set(allowed)
-    if unknown:
-        params = inspect.signature(pairwise_distances).parameters.values()
-        own = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-        close = {k: difflib.get_close_matches(k, own + allowed, n=1) for k in sorted(unknown)}
-        hints = [f"{k!r} -> {c[0]!r}" for k, c in close.items() if c]
-        raise TypeError(
-            f"unknown option(s) {sorted(unknown)}"
-            + (f" (did you mean {', '.join(hints)}?)" if hints else "")
-            + f"; pairwise_distances takes {own} and the solver options {allowed}"
-            + (" (init is per pair and has no meaning here)" if "init" in unknown else "")
-        )
-    _solver_options(metric, solver_opts)  # every option checked before any work
-    check_graph_inputs(metric, solver_opts.get("graph", True), solver_opts.get("latents"))
-    return Z.detach(), None if Y is None else Y.detach(), dict(solver_opts)
-
-
-def default_memory_budget(device: torch.device) -> int:
-    """Solver working memory per chunk: a quarter of free GPU memory (<= 4 GiB), 256 MiB on CPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(min(free // 4, 4 << 30))
-    return DEFAULT_CPU_BUDGET
-
-
 def _layout(
     metric: ExpectedMetric,
     options: dict[str, Any],
@@ -274,51 +231,12 @@ def _layout(
     explicit = chunk_size is not None or memory_budget is not None
     if chunk_size is None:
         chunk_size = split_size(
-            pairs.n_pairs, _chunk_size_for_budget(metric, options, memory_budget), workers
+            pairs.n_pairs, chunk_size_for_budget(metric, options, memory_budget), workers
         )
     chunk_size = _checks.integer("chunk_size", chunk_size, 1)
     if checkpoint is not None and not explicit:
         chunk_size = checkpointed_chunk_size(checkpoint, chunk_size)  # keep a resumed run's layout
     return Layout(pairs.symmetric, pairs.rows, pairs.cols, min(chunk_size, max(1, pairs.n_pairs)))
-
-
-def _solver_options(metric: ExpectedMetric, options: dict[str, Any]) -> SolverOptions:
-    names = inspect.signature(solver_options).parameters
-    return solver_options(
-        metric.dtype,
-        metric.latent_dim,
-        metric.data_dim,
-        piecewise_linear=metric.piecewise_linear_mean,
-        **{k: v for k, v in options.items() if k in names},
-    )
-
-
-def _build_latent_graph(metric: ExpectedMetric, options: dict[str, Any], progress: bool) -> int:
-    """The solver's latent graph, built here once if the solves will use it, so that forked
-    workers inherit it instead of each building its own (with a bar if that takes ``DELAY``
-    seconds); the decoder evaluations it cost."""
-    opts = _solver_options(metric, options)
-    if opts.method not in SPLINE_METHODS or opts.corridors <= 0 or options.get("graph", True) is not True:
-        return 0
-    with call_bar(1, progress and dist_info()[0] == 0, "latent graph", "graph", DELAY):
-        graph, built = cached_graph(metric, options.get("latents"))
-    return graph.edge_evals if built else 0
-
-
-def _chunk_size_for_budget(metric: ExpectedMetric, options: dict[str, Any], memory_budget: int | None) -> int:
-    """Pairs per chunk that fit ``memory_budget`` bytes by the solver's memory model."""
-    opts = _solver_options(metric, options)
-    per_pair = working_memory_per_curve(
-        metric.latent_dim,
-        metric.data_dim,
-        opts.n_points,
-        opts.m * metric.latent_dim,
-        torch.finfo(metric.dtype).bits // 8,
-    )
-    budget = default_memory_budget(metric.device) if memory_budget is None else memory_budget
-    if isinstance(budget, bool) or not budget > 0:
-        raise ValueError(f"memory_budget must be > 0 bytes, got {memory_budget!r}")
-    return max(1, int(budget) // per_pair)
 
 
 def _solve_chunks(

@@ -11,7 +11,6 @@ is the edge itself keep their geodesic's status; every other entry has the statu
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +22,10 @@ from torch import Tensor
 from .._progress import progress_bar
 from ..metric import ExpectedMetric
 from ..solver.result import GRAPH_ESTIMATE
-from .chunks import dist_info, solve_chunk
+from .chunks import dist_info
 from .code_graph import ROW_BLOCK, CodeGraph, neighbour_edges
 from .layout import triu_index
-from .workers import chunk_loop, shared, split_size
+from .pair_list import pair_solver, solve_pair_list
 
 SAMPLE_SEED = 0  # the error sample is the same for the same inputs
 # Edges join near neighbours: their geodesics need no race of starts through graph corridors
@@ -98,33 +97,11 @@ def _graph(
 ) -> CodeGraph:
     """The code graph, its edges solved in chunks split over the processes and workers."""
     edges = neighbour_edges(nodes, neighbors)
-    E = edges.shape[0]
-    chunk_size = split_size(E, chunk_size, workers * dist_info()[1])
-    lengths = shared(torch.zeros(E, dtype=torch.float64), workers)
-    status = shared(torch.zeros(E, dtype=torch.int64), workers)
-    work = shared(torch.zeros(workers, 2, dtype=torch.int64), workers)
-
-    def body(c: int, w: int) -> int:
-        sl = slice(c * chunk_size, (c + 1) * chunk_size)
-        e = edges[sl]
-        rec = solve(nodes[e[:, 0]], nodes[e[:, 1]])
-        lengths[sl], status[sl] = rec["lengths"].double(), rec["status"].long()
-        work[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"]])
-        return e.shape[0]
-
-    bar = progress_bar(E, show, "graph edges", "edge")
-    try:
-        chunk_loop(_mine(-(-E // chunk_size)), workers, body, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    work = work.sum(0)
-    if dist_info()[1] > 1:  # disjoint chunks, zeros elsewhere: exact sums
-        for p in (lengths, status, work):
-            torch.distributed.all_reduce(p)
+    e0, e1 = edges[:, 0], edges[:, 1]
+    solved = solve_pair_list(nodes, e0, e1, solve, chunk_size, workers, show, "graph edges", "edge")
     return CodeGraph(
-        nodes.shape[0], edges.cpu().numpy(), lengths.numpy().copy(), status.numpy().astype(np.int8),
-        int(work[0]), int(work[1]),
+        nodes.shape[0], edges.cpu().numpy(), solved.lengths.numpy(), solved.status.numpy().astype(np.int8),
+        solved.decoder_evals, solved.decoder_jvps,
     )  # fmt: skip
 
 
@@ -188,28 +165,8 @@ def _sample(
     a, b = rows.cpu()[i], cols.cpu()[j]
     keep = (a != b).nonzero().squeeze(1)[:error_sample]  # equal codes: distance 0, nothing to measure
     i, j, a, b = i[keep], j[keep], a[keep], b[keep]
-    chunk_size = split_size(i.numel(), chunk_size, workers * dist_info()[1])
-    exact = shared(torch.zeros(i.numel(), dtype=torch.float64), workers)
-    st = shared(torch.zeros(i.numel(), dtype=torch.int64), workers)
-    work = shared(torch.zeros(workers, 2, dtype=torch.int64), workers)
-
-    def body(c: int, w: int) -> int:
-        sl = slice(c * chunk_size, (c + 1) * chunk_size)
-        rec = solve(nodes[a[sl].to(nodes.device)], nodes[b[sl].to(nodes.device)])
-        exact[sl], st[sl] = rec["lengths"].double(), rec["status"].long()
-        work[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"]])
-        return rec["lengths"].numel()
-
-    bar = progress_bar(i.numel(), show, "error sample", "pair")
-    try:
-        chunk_loop(_mine(-(-i.numel() // chunk_size)), workers, body, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    work = work.sum(0)
-    if dist_info()[1] > 1:
-        for p in (exact, st, work):
-            torch.distributed.all_reduce(p)
+    solved = solve_pair_list(nodes, a, b, solve, chunk_size, workers, show, "error sample", "pair")
+    exact, st = solved.lengths, solved.status
     ii, jj = i.to(out.device), j.to(out.device)
     on_graph = out[ii, jj].double().cpu()
     excess = on_graph / exact.clamp(min=torch.finfo(torch.float64).tiny) - 1
@@ -221,13 +178,7 @@ def _sample(
     if symmetric:
         out[jj, ii] = best
         status[j.to(status.device), i.to(status.device)] = new_status
-    return _error(excess), int(work[0]), int(work[1])
-
-
-def _mine(n_chunks: int) -> list[int]:
-    """This process's chunks under ``torch.distributed`` (every world-th)."""
-    rank, world = dist_info()
-    return list(range(rank, n_chunks, world))
+    return _error(excess), solved.decoder_evals, solved.decoder_jvps
 
 
 def _error(excess: Tensor) -> GraphError:
@@ -262,8 +213,8 @@ def run_graph_mode(
         rows, cols = inverse[: pts.shape[0]], inverse[pts.shape[0] :]
     status = torch.full(matrix.shape, GRAPH_ESTIMATE, dtype=torch.int8, device=matrix.device)
     edge_options = {**EDGE_OPTIONS, **options}
-    solve = functools.partial(_solve_pairs, metric, options)
-    solve_edge = functools.partial(_solve_pairs, metric, edge_options)
+    solve = pair_solver(metric, options)
+    solve_edge = pair_solver(metric, edge_options)
     graph, error, evals, jvps = graph_distances(
         nodes,
         rows,
@@ -284,6 +235,3 @@ def run_graph_mode(
     extra = {"graph_error": error, "graph_edges": int(graph.edges.shape[0])}
     return status, iterations, counts, dist_info()[1], extra
 
-
-def _solve_pairs(metric: ExpectedMetric, options: dict[str, Any], a: Tensor, b: Tensor) -> dict[str, Any]:
-    return solve_chunk(metric, a, b, options)
