@@ -11,7 +11,7 @@ from .curves import Curves, PiecewiseLinearBasis, PolynomialBasis
 from .io import load_extra, load_generator, save_generator
 from .metric import ExpectedMetric
 from .ops import availability, current_backend, use_backend
-from .pairwise import PairwiseReport, pairwise_distances
+from .pairwise import NearestNeighbors, PairwiseReport, nearest_neighbors, pairwise_distances
 from .rbf import RBFPrecision
 from .solver import GeodesicResult, LatentGraph, geodesics
 
@@ -30,6 +30,7 @@ __all__ = [
     "ExpectedMetric",
     "GeodesicResult",
     "LatentGraph",
+    "NearestNeighbors",
     "PairwiseReport",
     "PiecewiseLinearBasis",
     "PolynomialBasis",
@@ -42,6 +43,7 @@ __all__ = [
     "info",
     "load_extra",
     "load_generator",
+    "nearest_neighbors",
     "ops",
     "pairwise_distances",
     "reference",

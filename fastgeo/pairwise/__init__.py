@@ -1,9 +1,19 @@
 """All-pairs geodesic distances: :func:`pairwise_distances` and its chunk layout, worker
-processes, checkpoints, the code graph of its graph mode, and report."""
+processes, checkpoints, the code graph of its graph mode, and report; the k nearest
+neighbours of every code: :func:`nearest_neighbors`."""
 
 from .driver import pairwise_distances
 from .graph_mode import GraphError
 from .layout import Layout, triu_pairs
+from .neighbors import NearestNeighbors, nearest_neighbors
 from .report import PairwiseReport
 
-__all__ = ["GraphError", "Layout", "PairwiseReport", "pairwise_distances", "triu_pairs"]
+__all__ = [
+    "GraphError",
+    "Layout",
+    "NearestNeighbors",
+    "PairwiseReport",
+    "nearest_neighbors",
+    "pairwise_distances",
+    "triu_pairs",
+]

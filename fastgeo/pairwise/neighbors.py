@@ -1,0 +1,314 @@
+"""``fastgeo.nearest_neighbors``: the k geodesically nearest codes of every code, exact to the
+solver's accuracy, from a few geodesics per code instead of all pairs.
+
+The discrete length of a curve is ``sum_n ||f(c_(n+1)) - f(c_n)||`` with ``f = [mu, sigma]``
+(DESIGN §1), at least ``||f(z1) - f(z0)||`` by the triangle inequality (and so is the length of
+any smooth curve): the distance of two codes in feature space is a **lower bound** of their
+geodesic distance, free once every code is decoded. Each code's candidates are taken in the
+order of that bound; once ``k`` of them are solved, every code whose bound is above the k-th
+shortest length found cannot be nearer, and only the candidates below it are solved, in rounds,
+until none is left: the code is *certified*. On trained VAEs the bound is 0.83-1.0 of the
+geodesic distance between near codes, and 10-12 geodesics per code certify its 10 nearest among
+1,797 (bench/RESULTS.md, "Nearest neighbours").
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import _checks
+from ..metric import ExpectedMetric
+from ..solver.result import CONVERGED, STATUSES
+from .chunks import dist_info
+from .pair_list import pair_solver, solve_pair_list
+from .setup import build_latent_graph, check_inputs, chunk_size_for_budget
+from .workers import check_workers
+
+# Candidates per code in the first pass: the bound's order rarely has to go this deep (10-12 per
+# code for k = 10 on trained VAEs); a code whose list runs out is given twice as many.
+CANDIDATES = 4
+MIN_CANDIDATES = 32
+# The bound is computed from features rounded in the metric's dtype: it is lowered by this many
+# units of rounding of both codes' feature norms (and a relative 1e-6 for the float64 distances),
+# so that rounding never rules out a code that is nearer.
+ROUNDING_UNITS = 16
+RELATIVE_MARGIN = 1e-6
+ROW_BLOCK = 512  # codes per block of the bound's distance rows
+COL_BLOCK = 4096  # codes per block of the bound's columns (features in float64)
+
+
+@dataclass
+class NearestNeighbors:
+    """The result of :func:`nearest_neighbors`, for ``M`` query codes and their ``k`` nearest.
+
+    Unpacks as ``distances, indices`` (scikit-learn's order).
+
+    Attributes:
+        distances: (M, k) geodesic lengths, ascending per row (the metric's dtype).
+        indices: (M, k) int64 indices into the references (``Y``, or ``Z`` itself without
+            ``Y``; a code is never its own neighbour, but an equal code at another index is, at
+            distance 0).
+        status_code: (M, k) int8 status of each neighbour's geodesic, an index into
+            :data:`fastgeo.solver.result.STATUSES` (see :attr:`status`, :attr:`converged`).
+        certified: (M,) bool: every reference left out has a lower bound above the row's k-th
+            distance (always True when the call returns normally; kept for the record).
+        pairs_solved: geodesics solved in all (each unordered pair once without ``Y``).
+        rounds: rounds of solves until every row was certified.
+        candidates: candidates per code the bound's order was read to (grown where a row needed
+            more).
+        wall_time: seconds spent in the call.
+        decoder_evals, decoder_jvps: decoder work of the solves and the features.
+    """
+
+    distances: Tensor
+    indices: Tensor
+    status_code: Tensor
+    certified: Tensor
+    pairs_solved: int
+    rounds: int
+    candidates: int
+    wall_time: float
+    decoder_evals: int
+    decoder_jvps: int
+
+    def __iter__(self) -> Iterator[Tensor]:
+        yield self.distances
+        yield self.indices
+
+    @property
+    def status(self) -> np.ndarray:
+        """(M, k) status names of :data:`fastgeo.solver.result.STATUSES`."""
+        return np.array(STATUSES)[self.status_code.cpu().numpy().astype(np.int64)]
+
+    @property
+    def converged(self) -> Tensor:
+        """(M, k) bool: the neighbour's geodesic converged."""
+        return self.status_code == CONVERGED
+
+    def __str__(self) -> str:
+        M, k = self.indices.shape
+        return (
+            f"{k} nearest neighbours of {M} codes: {self.pairs_solved} geodesics "
+            f"({self.pairs_solved / max(M, 1):.1f} per code) in {self.rounds} rounds, "
+            f"{int(self.certified.sum())} of {M} rows certified, "
+            f"{int(self.converged.sum())} of {M * k} neighbour geodesics converged, {self.wall_time:.1f} s"
+        )
+
+
+def nearest_neighbors(
+    metric: ExpectedMetric,
+    Z: Tensor,
+    k: int = 10,
+    Y: Tensor | None = None,
+    *,
+    workers: int | None = None,
+    memory_budget: int | None = None,
+    chunk_size: int | None = None,
+    progress: bool = True,
+    **solver_options: Any,
+) -> NearestNeighbors:
+    """The ``k`` geodesically nearest codes of every code of ``Z`` (among ``Z`` itself, or
+    among ``Y``), exact to the solver's accuracy, without solving all pairs.
+
+    Every code is decoded once; the distance of two codes' features ``[mu, sigma]`` is a lower
+    bound of their geodesic distance. Per code, candidates are solved in the order of that bound
+    until every code not solved has a bound above the k-th shortest geodesic found (module
+    docstring): typically ``k`` to ``1.5 k`` geodesics per code where :func:`pairwise_distances`
+    solves ``M - 1``. The lengths are those :func:`fastgeo.geodesics` gives each pair alone
+    (with the same options), so the neighbours are the first ``k`` of the matrix's rows, up to
+    ties.
+
+    Args:
+        metric: the expected metric.
+        Z: (M, d) query codes.
+        k: neighbours per code, at most ``M - 1`` (``P`` with ``Y``).
+        Y: (P, d) reference codes; None: ``Z`` itself (a code is not its own neighbour).
+        workers: worker processes of one thread each (default: as many as torch's threads on a
+            Linux CPU; see :func:`pairwise_distances`).
+        memory_budget, chunk_size: the size of the solver's batches, as in
+            :func:`pairwise_distances`.
+        progress: a progress bar per round of solves (needs tqdm).
+        **solver_options: passed to every :func:`fastgeo.geodesics` call (``method``, ``tol``,
+            ...).
+
+    Returns:
+        :class:`NearestNeighbors` (``distances, indices = nearest_neighbors(...)`` unpacks it).
+        Memory: the features of all codes ((M + P) x 2D values) and ``M`` short candidate lists;
+        never an (M, P) matrix.
+    """
+    t_start = time.perf_counter()
+    _checks.autograd_enabled("nearest_neighbors")
+    Z, Y, options = check_inputs(nearest_neighbors, metric, Z, Y, solver_options)
+    progress = _checks.boolean("progress", progress)
+    symmetric = Y is None
+    M = Z.shape[0]
+    P = M if symmetric else Y.shape[0]
+    available = P - 1 if symmetric else P
+    k = _checks.integer("k", k, 1)
+    if k > available:
+        what = "the other codes of Z" if symmetric else "the codes of Y"
+        raise ValueError(f"k must be at most {available} ({what}), got {k}")
+    workers = check_workers(workers, metric.device, dist_info()[1] > 1)
+    if chunk_size is None:
+        chunk_size = chunk_size_for_budget(metric, options, memory_budget)
+    chunk_size = _checks.integer("chunk_size", chunk_size, 1)
+    options.setdefault("batch_size", chunk_size)
+    graph_evals = build_latent_graph(metric, options, progress) if workers > 1 else 0
+    nodes = Z if symmetric else torch.cat([Z, Y])
+    with torch.no_grad():
+        features = _features(metric, nodes)
+    bounds = _Bounds(features, M, symmetric, torch.finfo(metric.dtype).eps)
+    solved = _Solved(nodes, M, P, symmetric)
+    solve = pair_solver(metric, options)
+    show = progress and dist_info()[0] == 0
+    cap = min(available, max(CANDIDATES * k, MIN_CANDIDATES))
+    certified = torch.zeros(M, dtype=torch.bool)
+    rounds = 0
+    while True:
+        idx, lb, beyond = bounds.candidates(cap)
+        while True:
+            lengths = solved.lookup(idx)  # (M, cap) float64, inf where not solved yet
+            kth = lengths.sort(dim=1).values[:, k - 1]
+            open_ = ~torch.isfinite(lengths) & (lb < kth[:, None])
+            certified = ~open_.any(1) & (beyond >= kth)
+            # The next candidates below the k-th length, per row: k, then as many as the row has
+            # solved (a row whose bound is loose, a code across a wall from its nearest, may need
+            # a hundred: in rounds that double, not k at a time).
+            known = torch.isfinite(lengths).sum(1, keepdim=True).clamp(min=k)
+            take = open_ & (open_.cumsum(1) <= known)
+            if not bool(take.any()):
+                break
+            rounds += 1
+            rows = take.nonzero()[:, 0]
+            solved.solve(rows, idx[take], solve, chunk_size, workers, show, f"neighbours, round {rounds}")
+        if bool(certified.all()) or cap == available:
+            break
+        cap = min(available, 2 * cap)  # some rows' lists ran out before the bound passed their k-th length
+    order = lengths.argsort(dim=1, stable=True)[:, :k]
+    indices = idx.gather(1, order)
+    dist = lengths.gather(1, order)
+    status = solved.status_of(indices)
+    n_failed = int((status != CONVERGED).sum())
+    if n_failed:
+        warnings.warn(
+            f"fastgeo.nearest_neighbors: {n_failed} of {M * k} neighbour geodesics did not converge; "
+            "their distances are the best lengths found (the result's status says which); raise "
+            "max_iter, or (d >= 8) pass linearize='always'.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return NearestNeighbors(
+        distances=dist.to(metric.dtype).to(metric.device),
+        indices=indices.to(metric.device),
+        status_code=status,
+        certified=certified,
+        pairs_solved=solved.count,
+        rounds=rounds,
+        candidates=cap,
+        wall_time=time.perf_counter() - t_start,
+        decoder_evals=solved.decoder_evals + graph_evals + nodes.shape[0],
+        decoder_jvps=solved.decoder_jvps,
+    )
+
+
+def _features(metric: ExpectedMetric, z: Tensor) -> Tensor:
+    """``[mu, sigma](z)`` (N, 2D) in the metric's dtype, decoded in blocks of codes."""
+    return torch.cat([metric.features(z[i : i + ROW_BLOCK]) for i in range(0, z.shape[0], ROW_BLOCK)])
+
+
+class _Bounds:
+    """Feature-space distances of the queries (the first ``M`` rows of ``features``) to the
+    references (all rows, or the rows after ``M``), lowered by their rounding margin."""
+
+    def __init__(self, features: Tensor, M: int, symmetric: bool, eps: float) -> None:
+        self.queries = features[:M]
+        self.refs = features if symmetric else features[M:]
+        self.symmetric = symmetric
+        norms = features.double().norm(dim=1).cpu()
+        self.q_norm = norms[:M]
+        self.r_norm = norms if symmetric else norms[M:]
+        self.eps = eps
+
+    def candidates(self, cap: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Per query its ``cap`` references of lowest bound: indices (M, cap) int64 and bounds
+        (M, cap) float64, ascending, and the bound (M,) of every reference not in its list (the
+        lowest of them; inf where the list holds them all)."""
+        M, P = self.queries.shape[0], self.refs.shape[0]
+        idx, lb, beyond = [], [], []
+        for r0 in range(0, M, ROW_BLOCK):
+            q = self.queries[r0 : r0 + ROW_BLOCK].double()
+            blocks = [torch.cdist(q, self.refs[c : c + COL_BLOCK].double()) for c in range(0, P, COL_BLOCK)]
+            row = torch.cat(blocks, dim=1).cpu()
+            margin = ROUNDING_UNITS * self.eps * (self.q_norm[r0 : r0 + ROW_BLOCK, None] + self.r_norm[None])
+            row = (row * (1 - RELATIVE_MARGIN) - margin).clamp(min=0)
+            if self.symmetric:  # a code is not its own neighbour
+                diag = torch.arange(r0, r0 + q.shape[0])
+                row[diag - r0, diag] = torch.inf
+            n = min(cap + 1, P)
+            values, where = row.topk(n, dim=1, largest=False, sorted=True)
+            idx.append(where[:, :cap])
+            lb.append(values[:, :cap])
+            rest = values[:, cap] if n > cap else torch.full((q.shape[0],), torch.inf, dtype=torch.float64)
+            beyond.append(rest)
+        return torch.cat(idx), torch.cat(lb), torch.cat(beyond)
+
+
+class _Solved:
+    """The geodesics solved so far, by unordered pair of codes without ``Y`` (solved from the
+    lower index to the higher) or by (query, reference) with ``Y``."""
+
+    def __init__(self, nodes: Tensor, M: int, P: int, symmetric: bool) -> None:
+        self.nodes, self.M, self.P, self.symmetric = nodes, M, P, symmetric
+        self.lengths: dict[int, float] = {}
+        self.codes: dict[int, int] = {}
+        self.count = self.decoder_evals = self.decoder_jvps = 0
+
+    def _ends(self, rows: Tensor, refs: Tensor) -> tuple[Tensor, Tensor]:
+        """Node indices of the pairs' two ends, in the order they are solved."""
+        if self.symmetric:
+            return torch.minimum(rows, refs), torch.maximum(rows, refs)
+        return rows, refs + self.M
+
+    def _keys(self, rows: Tensor, refs: Tensor) -> list[int]:
+        a, b = self._ends(rows, refs)
+        return (a * self.nodes.shape[0] + b).tolist()
+
+    def lookup(self, idx: Tensor) -> Tensor:
+        """(M, cap) lengths of the pairs (row, idx[row, c]), inf where not solved."""
+        rows = torch.arange(idx.shape[0]).repeat_interleave(idx.shape[1])
+        found = [self.lengths.get(key, np.inf) for key in self._keys(rows, idx.reshape(-1))]
+        return torch.tensor(found, dtype=torch.float64).reshape(idx.shape)
+
+    def status_of(self, idx: Tensor) -> Tensor:
+        """(M, k) int8 status codes of solved pairs (row, idx[row, c])."""
+        rows = torch.arange(idx.shape[0]).repeat_interleave(idx.shape[1])
+        codes = [self.codes[key] for key in self._keys(rows, idx.reshape(-1).cpu())]
+        return torch.tensor(codes, dtype=torch.int8).reshape(idx.shape)
+
+    def solve(
+        self, rows: Tensor, refs: Tensor, solve: Any, chunk_size: int, workers: int, show: bool, label: str
+    ) -> None:
+        """Solve the pairs (rows[n], refs[n]) not solved yet (each pair once)."""
+        a, b = self._ends(rows, refs)
+        keys, first = np.unique((a * self.nodes.shape[0] + b).numpy(), return_index=True)
+        a, b = a[first], b[first]
+        equal = (self.nodes[a] == self.nodes[b]).all(dim=1).cpu()  # equal codes: distance 0
+        for key in keys[equal.numpy()].tolist():
+            self.lengths[key], self.codes[key] = 0.0, CONVERGED
+        a, b, keys = a[~equal], b[~equal], keys[~equal.numpy()]
+        if not len(keys):
+            return
+        done = solve_pair_list(self.nodes, a, b, solve, chunk_size, workers, show, label, "pair")
+        self.lengths.update(zip(keys.tolist(), done.lengths.tolist(), strict=True))
+        self.codes.update(zip(keys.tolist(), done.status.tolist(), strict=True))
+        self.count += len(keys)
+        self.decoder_evals += done.decoder_evals
+        self.decoder_jvps += done.decoder_jvps

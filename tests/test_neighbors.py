@@ -1,0 +1,138 @@
+"""fastgeo.nearest_neighbors: the k nearest codes by geodesic distance, certified by the
+feature-space lower bound, equal to the rows of the full matrix of per-pair geodesics."""
+
+import pytest
+import torch
+from analytic import bumpy_metric, disc_points
+
+import fastgeo
+from fastgeo.pairwise import neighbors, triu_pairs
+
+OPTS = {"max_iter": 40}
+
+
+@pytest.fixture(scope="module")
+def metric():
+    return bumpy_metric(dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def codes():
+    return disc_points(40, 1.5, dtype=torch.float32, seed=3)
+
+
+@pytest.fixture(scope="module")
+def full(metric, codes):
+    """Every pair i < j solved by geodesics alone: the (M, M) matrix (inf on the diagonal)."""
+    M = codes.shape[0]
+    i, j = triu_pairs(M, 0, M * (M - 1) // 2)
+    res = fastgeo.geodesics(metric, codes[i], codes[j], progress=False, **OPTS)
+    D = torch.full((M, M), torch.inf, dtype=torch.float64)
+    D[i, j] = D[j, i] = res.lengths.detach().double()
+    return D
+
+
+def _brute(D: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    values, order = torch.sort(D, dim=1, stable=True)
+    return values[:, :k], order[:, :k]
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_equals_the_rows_of_the_full_matrix(metric, codes, full, k):
+    """The neighbours and their distances are the first k of each row of the matrix of per-pair
+    geodesics (the same solves: batch independence), with fewer geodesics than all pairs."""
+    res = fastgeo.nearest_neighbors(metric, codes, k, workers=1, progress=False, **OPTS)
+    values, order = _brute(full, k)
+    assert torch.equal(res.indices, order)
+    torch.testing.assert_close(res.distances.double(), values, rtol=1e-6, atol=0)  # batch rounding
+    assert res.certified.all() and res.converged.all()
+    M = codes.shape[0]
+    assert res.pairs_solved < M * (M - 1) // 2
+    dist, idx = res  # unpacks as scikit-learn's (distances, indices)
+    assert dist is res.distances and idx is res.indices
+    assert res.status.shape == (M, k) and (res.status == "converged").all()
+    assert "certified" in str(res)
+
+
+def test_short_candidate_lists_grow(metric, codes, full, monkeypatch):
+    """Lists that run out before the bound passes the k-th length are grown: the same result
+    from lists of one candidate."""
+    monkeypatch.setattr(neighbors, "CANDIDATES", 1)
+    monkeypatch.setattr(neighbors, "MIN_CANDIDATES", 1)
+    res = fastgeo.nearest_neighbors(metric, codes, 3, workers=1, progress=False, **OPTS)
+    values, order = _brute(full, 3)
+    assert torch.equal(res.indices, order)
+    assert res.candidates > 3 and res.certified.all()
+
+
+def test_queries_against_references(metric, codes, full):
+    """With Y: each query's k nearest references (a query equal to a reference: distance 0)."""
+    Z, Y = codes[:7], codes[10:]
+    res = fastgeo.nearest_neighbors(metric, Z, 3, Y, workers=1, progress=False, **OPTS)
+    # Brute force with Z's own solves (the pairs are solved from query to reference here).
+    i = torch.arange(7).repeat_interleave(Y.shape[0])
+    j = torch.arange(Y.shape[0]).repeat(7)
+    lengths = fastgeo.geodesics(metric, Z[i], Y[j], progress=False, **OPTS).lengths.detach().double()
+    values, order = _brute(lengths.reshape(7, -1), 3)
+    assert torch.equal(res.indices, order)
+    torch.testing.assert_close(res.distances.double(), values, rtol=1e-6, atol=0)  # batch rounding
+    same = fastgeo.nearest_neighbors(metric, Y[4:6], 1, Y, workers=1, progress=False, **OPTS)
+    assert same.indices.flatten().tolist() == [4, 5] and (same.distances == 0).all()
+
+
+def test_equal_codes_are_neighbours_at_distance_zero(metric, codes):
+    """A code repeated at another index is its copy's nearest neighbour, at distance 0, without a
+    solve."""
+    Z = torch.cat([codes[:6], codes[2:3]])
+    res = fastgeo.nearest_neighbors(metric, Z, 1, workers=1, progress=False, **OPTS)
+    assert res.indices[2, 0] == 6 and res.indices[6, 0] == 2
+    assert res.distances[2, 0] == 0 and res.distances[6, 0] == 0
+
+
+def test_the_bound_is_below_every_geodesic(metric, full, codes):
+    """The feature-space distance bounds every solved geodesic from below, and the margin keeps
+    it below in float32 too."""
+    F = metric.features(codes).double()
+    lb = torch.cdist(F, F)
+    off = ~torch.eye(codes.shape[0], dtype=torch.bool)
+    assert (lb[off] <= full[off] * (1 + 1e-6)).all()
+    bounds = neighbors._Bounds(metric.features(codes), codes.shape[0], True, torch.finfo(torch.float32).eps)
+    idx, low, beyond = bounds.candidates(5)
+    assert (low <= lb.gather(1, idx)).all() and (low[:, -1] <= beyond).all()
+    assert not (idx == torch.arange(codes.shape[0])[:, None]).any()  # never itself
+
+
+def test_worker_processes_give_the_same_neighbours(metric, codes):
+    res1 = fastgeo.nearest_neighbors(metric, codes[:24], 2, workers=1, progress=False, **OPTS)
+    res2 = fastgeo.nearest_neighbors(metric, codes[:24], 2, workers=2, progress=False, **OPTS)
+    assert torch.equal(res1.indices, res2.indices) and torch.equal(res1.distances, res2.distances)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"k": 0}, ValueError, "k must be"),
+        ({"k": True}, TypeError, "k must be an integer"),
+        ({"k": 40}, ValueError, "k must be at most 39"),
+        ({"progress": "yes"}, TypeError, "progress must be"),
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
+        ({"tol": -1.0}, ValueError, "tol"),
+        ({"neighbours": 3}, TypeError, "unknown option"),
+    ],
+)
+def test_bad_arguments_name_themselves(metric, codes, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fastgeo.nearest_neighbors(metric, codes, **{"k": 2, **kwargs})
+
+
+def test_bad_codes_name_themselves(metric, codes):
+    with pytest.raises(ValueError, match="Z"):
+        fastgeo.nearest_neighbors(metric, codes[:, :1], 2)
+    with pytest.raises(TypeError, match="Y"):
+        fastgeo.nearest_neighbors(metric, codes, 2, codes.double())
+    with pytest.raises(ValueError, match="k must be at most 3"):
+        fastgeo.nearest_neighbors(metric, codes, 4, codes[:3])
+    bad = codes.clone()
+    bad[1, 0] = torch.nan
+    with pytest.raises(ValueError, match="Z"):
+        fastgeo.nearest_neighbors(metric, bad, 2)
