@@ -1,4 +1,4 @@
-"""The ``fastgeo`` command: ``info``, ``demo``, ``distances``, ``convert``, ``bench``.
+"""The ``fastgeo`` command: ``info``, ``demo``, ``distances``, ``neighbors``, ``convert``, ``bench``.
 
 Errors a user can fix (bad paths, inputs, options, files) are reported as one line,
 ``fastgeo: error: ...``, with exit status 2; ``--debug`` shows the traceback instead.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import convert, distances
+from . import convert, distances, neighbors
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
     distances.add_parser(sub)
+    neighbors.add_parser(sub)
     convert.add_parser(sub)
     about = "benchmarks: ops, solver, all-pairs; table, results.json, plots"
     p = sub.add_parser("bench", help=about, description=f"Run the {about} (written to --out).")

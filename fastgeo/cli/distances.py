@@ -17,7 +17,6 @@ from .._files import atomic_write, stale_temporaries
 from ..io import load_generator
 from ..pairwise import pairwise_distances
 from ..solver import solver_options
-from ..solver.options import METHODS
 from ..solver.result import STATUSES
 from . import inputs
 
@@ -44,40 +43,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="exact mode: skip the check of every entry against chains of two entries through a third "
         "code (entries a chain beats are solved again from it, or take its length: status 'chain')",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="processes of one thread each (default: torch's thread count on a Linux CPU run, else 1)",
-    )
+    inputs.add_workers_argument(p)
     p.add_argument(
         "--error-sample",
         type=int,
         default=None,
         help="graph mode: random pairs solved exactly to measure the error",
     )
-    p.add_argument(
-        "--method",
-        default=None,
-        choices=METHODS,
-        help="solver method (default: 'default'; 'fast': coarser curves, 1.6-3x less time)",
-    )
-    p.add_argument("--m", type=int, default=None, help="basis functions per latent dimension")
-    p.add_argument("--n-points", type=int, default=None, help="points per curve in the energy")
-    p.add_argument("--max-iter", type=int, default=None, help="iteration limit per phase")
-    p.add_argument("--tol", type=float, default=None, help="relative energy tolerance")
+    inputs.add_solver_arguments(p)
     p.add_argument("--chunk-size", type=int, default=None, help="pairs per chunk")
     p.add_argument("--memory-mb", type=float, default=None, help="solver memory per chunk, MiB")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument(
         "--report", default=None, help="also save each pair's status, converged mask and iterations, .npz"
     )
-    p.add_argument(
-        "--trust",
-        action="store_true",
-        help="allow a generator file that holds its decoder as code (can run code: only trusted files)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    inputs.add_generator_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -107,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
     inputs.only_in_mode("--error-sample", args.error_sample, args.mode, "graph")
     inputs.only_in_mode("--checkpoint", args.checkpoint, args.mode, "exact")
     inputs.at_least("--chunk-size", args.chunk_size, 1)
-    inputs.at_least("--max-iter", args.max_iter, 1)
     inputs.at_least("--neighbors", args.neighbors, 1)
     inputs.at_least("--workers", args.workers, 1)
     inputs.at_least("--error-sample", args.error_sample, 0)
@@ -116,15 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_chains:
         mode_options["chains"] = False
     memory_mb = inputs.positive("--memory-mb", args.memory_mb)
-    given = {
-        "method": args.method,
-        "m": args.m,
-        "n_points": args.n_points,
-        "max_iter": args.max_iter,
-        "tol": args.tol,
-    }
-    options = {k: v for k, v in given.items() if v is not None}
-
+    options = inputs.solver_options_given(args)
     metric = load_generator(generator, device=device, trust=args.trust)
     solver_options(metric.dtype, metric.latent_dim, metric.data_dim, **options)  # every option, now
     Z = inputs.latent_codes("latents", latents, metric.latent_dim, metric.dtype).to(metric.device)

@@ -1,8 +1,10 @@
 """Checks of the ``fastgeo`` command's inputs, done before any work: paths that can be read or
-written, latent codes that are finite float arrays of the right width."""
+written, latent codes that are finite float arrays of the right width; the arguments its
+commands share."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from pathlib import Path
@@ -12,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
+from ..solver.options import METHODS
 
 
 class InputError(ValueError):
@@ -108,3 +111,45 @@ def distinct(option: str, path: Path, other_option: str, other: Path) -> None:
     """Refuse an output ``path`` that is the input ``other`` (it would be overwritten)."""
     if path.resolve() == other.resolve():
         raise InputError(f"{option} {str(path)!r} is {other_option}: it would be overwritten")
+
+
+def add_solver_arguments(p: argparse.ArgumentParser) -> None:
+    """The solver options a command passes to every geodesic (see :func:`solver_options_given`)."""
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=METHODS,
+        help="solver method (default: 'default'; 'fast': coarser curves, 1.6-3x less time)",
+    )
+    p.add_argument("--m", type=int, default=None, help="basis functions per latent dimension")
+    p.add_argument("--n-points", type=int, default=None, help="points per curve in the energy")
+    p.add_argument("--max-iter", type=int, default=None, help="iteration limit per phase")
+    p.add_argument("--tol", type=float, default=None, help="relative energy tolerance")
+
+
+def solver_options_given(args: argparse.Namespace) -> dict[str, object]:
+    """The solver options given on the command line (the others keep the solver's defaults)."""
+    at_least("--max-iter", args.max_iter, 1)
+    given = {"method": args.method, "m": args.m, "n_points": args.n_points}
+    given |= {"max_iter": args.max_iter, "tol": args.tol}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def add_workers_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes of one thread each (default: torch's thread count on a Linux CPU run, else 1)",
+    )
+
+
+def add_generator_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the generator runs and whether its file may hold code; progress bars."""
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow a generator file that holds its decoder as code (can run code: only trusted files)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
