@@ -40,7 +40,8 @@ def test_neighbors_from_the_command_line(files, capsys, tmp_path):
     res = fastgeo.nearest_neighbors(metric, Z, 3, workers=1, progress=False, max_iter=20)
     assert np.array_equal(out["indices"], res.indices.numpy())
     assert np.array_equal(out["distances"], res.distances.numpy())
-    assert out["converged"].all() and out["status_names"][out["status"]].tolist()[0][0] == "converged"
+    assert out["certified"].all() and out["converged"].all()
+    assert (out["status_names"][out["status"]] == "converged").all()
     assert "nearest neighbours of 9 codes" in err[-1]
 
 
@@ -51,6 +52,7 @@ def test_neighbors_from_the_command_line(files, capsys, tmp_path):
         (["-k", "9"], ["-k", "at most 8"]),
         (["--tol", "-1"], ["tol"]),
         (["--workers", "0"], ["--workers"]),
+        (["--max-candidates", "2"], ["--max-candidates", ">= 3"]),
     ],
 )
 def test_bad_inputs_are_one_line(files, capsys, tmp_path, monkeypatch, argv, words):

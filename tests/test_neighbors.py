@@ -65,6 +65,19 @@ def test_short_candidate_lists_grow(metric, codes, full, monkeypatch):
     assert res.candidates > 3 and res.certified.all()
 
 
+def test_max_candidates_stops_and_flags(metric, codes, full):
+    """With a limit of k geodesics per code, codes whose bound has not ruled out the rest are
+    flagged (and warned of); the certified ones are still exact."""
+    with pytest.warns(RuntimeWarning, match="not certified"):
+        res = fastgeo.nearest_neighbors(metric, codes, 3, max_candidates=3, workers=1, progress=False, **OPTS)
+    values, order = _brute(full, 3)
+    assert 0 < int(res.certified.sum()) < codes.shape[0]
+    ok = res.certified
+    assert torch.equal(res.indices[ok], order[ok])
+    assert (res.distances.double() >= values * (1 - 1e-6)).all()  # never below the true k nearest
+    assert res.pairs_solved <= 3 * codes.shape[0]
+
+
 def test_queries_against_references(metric, codes, full):
     """With Y: each query's k nearest references (a query equal to a reference: distance 0)."""
     Z, Y = codes[:7], codes[10:]
@@ -118,6 +131,7 @@ def test_worker_processes_give_the_same_neighbours(metric, codes):
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"tol": -1.0}, ValueError, "tol"),
         ({"neighbours": 3}, TypeError, "unknown option"),
+        ({"max_candidates": 1}, ValueError, "max_candidates"),
     ],
 )
 def test_bad_arguments_name_themselves(metric, codes, kwargs, error, match):

@@ -34,9 +34,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "-o",
         "--output",
         required=True,
-        help=".npz with indices (M, k), distances (M, k), status (M, k) and status_names, converged (M, k)",
+        help=".npz: indices, distances, status (codes; status_names), converged (M, k each), certified (M,)",
     )
     p.add_argument("--y", default=None, help="optional (P, d) reference codes, .npy: neighbours among them")
+    p.add_argument(
+        "--max-candidates",
+        type=int,
+        default=None,
+        help="at most this many geodesics per code (>= k): codes stopped by it are not certified",
+    )
     inputs.add_workers_argument(p)
     inputs.add_solver_arguments(p)
     inputs.add_generator_arguments(p)
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             inputs.distinct("--output", output, option, path)
     device = inputs.device("--device", args.device)
     inputs.at_least("-k", args.k, 1)
+    inputs.at_least("--max-candidates", args.max_candidates, args.k)
     inputs.at_least("--workers", args.workers, 1)
     options = inputs.solver_options_given(args)
 
@@ -69,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
         tmp.unlink(missing_ok=True)
 
     res = nearest_neighbors(
-        metric, Z, args.k, Y, workers=args.workers, progress=not args.no_progress, **options
+        metric, Z, args.k, Y, max_candidates=args.max_candidates, workers=args.workers,
+        progress=not args.no_progress, **options,
     )  # fmt: skip
     fields = {
+        "certified": res.certified.cpu().numpy(),
         "indices": res.indices.cpu().numpy(),
         "distances": res.distances.cpu().numpy(),
         "status": res.status_code.cpu().numpy(),

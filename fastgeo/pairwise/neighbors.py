@@ -59,7 +59,7 @@ class NearestNeighbors:
         status_code: (M, k) int8 status of each neighbour's geodesic, an index into
             :data:`fastgeo.solver.result.STATUSES` (see :attr:`status`, :attr:`converged`).
         certified: (M,) bool: every reference left out has a lower bound above the row's k-th
-            distance (always True when the call returns normally; kept for the record).
+            distance (False only where ``max_candidates`` stopped the search first).
         pairs_solved: geodesics solved in all (each unordered pair once without ``Y``).
         rounds: rounds of solves until every row was certified.
         candidates: candidates per code the bound's order was read to (grown where a row needed
@@ -109,6 +109,7 @@ def nearest_neighbors(
     k: int = 10,
     Y: Tensor | None = None,
     *,
+    max_candidates: int | None = None,
     workers: int | None = None,
     memory_budget: int | None = None,
     chunk_size: int | None = None,
@@ -131,6 +132,11 @@ def nearest_neighbors(
         Z: (M, d) query codes.
         k: neighbours per code, at most ``M - 1`` (``P`` with ``Y``).
         Y: (P, d) reference codes; None: ``Z`` itself (a code is not its own neighbour).
+        max_candidates: at most this many geodesics per code (>= k; default: no limit). A code
+            whose bound has not ruled out every other code by then keeps the k nearest of its
+            solved candidates and is not certified (``result.certified``; a warning counts them):
+            for many codes in high d, where the bound is looser (d = 16: ~30 geodesics per code
+            for k = 10 among 256 codes).
         workers: worker processes of one thread each (default: as many as torch's threads on a
             Linux CPU; see :func:`pairwise_distances`).
         memory_budget, chunk_size: the size of the solver's batches, as in
@@ -156,6 +162,7 @@ def nearest_neighbors(
     if k > available:
         what = "the other codes of Z" if symmetric else "the codes of Y"
         raise ValueError(f"k must be at most {available} ({what}), got {k}")
+    limit = available if max_candidates is None else _checks.integer("max_candidates", max_candidates, k)
     workers = check_workers(workers, metric.device, dist_info()[1] > 1)
     if chunk_size is None:
         chunk_size = chunk_size_for_budget(metric, options, memory_budget)
@@ -170,7 +177,6 @@ def nearest_neighbors(
     solve = pair_solver(metric, options)
     show = progress and dist_info()[0] == 0
     cap = min(available, max(CANDIDATES * k, MIN_CANDIDATES))
-    certified = torch.zeros(M, dtype=torch.bool)
     rounds = 0
     while True:
         idx, lb, beyond = bounds.candidates(cap)
@@ -178,24 +184,35 @@ def nearest_neighbors(
             lengths = solved.lookup(idx)  # (M, cap) float64, inf where not solved yet
             kth = lengths.sort(dim=1).values[:, k - 1]
             open_ = ~torch.isfinite(lengths) & (lb < kth[:, None])
-            certified = ~open_.any(1) & (beyond >= kth)
+            known = torch.isfinite(lengths).sum(1)
             # The next candidates below the k-th length, per row: k, then as many as the row has
             # solved (a row whose bound is loose, a code across a wall from its nearest, may need
-            # a hundred: in rounds that double, not k at a time).
-            known = torch.isfinite(lengths).sum(1, keepdim=True).clamp(min=k)
-            take = open_ & (open_.cumsum(1) <= known)
+            # a hundred: in rounds that double, not k at a time), within its limit.
+            quota = torch.minimum(known.clamp(min=k), limit - known)
+            take = open_ & (open_.cumsum(1) <= quota[:, None])
             if not bool(take.any()):
                 break
             rounds += 1
             rows = take.nonzero()[:, 0]
             solved.solve(rows, idx[take], solve, chunk_size, workers, show, f"neighbours, round {rounds}")
-        if bool(certified.all()) or cap == available:
+        certified = ~open_.any(1) & (beyond >= kth)
+        ran_out = ~certified & ~open_.any(1) & (known < limit)  # lists too short, not the limit
+        if not bool(ran_out.any()) or cap == available:
             break
-        cap = min(available, 2 * cap)  # some rows' lists ran out before the bound passed their k-th length
+        cap = min(available, 2 * cap)
     order = lengths.argsort(dim=1, stable=True)[:, :k]
     indices = idx.gather(1, order)
     dist = lengths.gather(1, order)
     status = solved.status_of(indices)
+    n_open = int((~certified).sum())
+    if n_open:
+        warnings.warn(
+            f"fastgeo.nearest_neighbors: {n_open} of {M} codes reached max_candidates={limit} geodesics "
+            "before the lower bound ruled out every other code: their neighbours are the k nearest of "
+            "the candidates solved, not certified (result.certified); raise max_candidates.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     n_failed = int((status != CONVERGED).sum())
     if n_failed:
         warnings.warn(
