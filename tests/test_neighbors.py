@@ -7,6 +7,7 @@ from analytic import bumpy_metric, disc_points
 
 import fastgeo
 from fastgeo.pairwise import neighbors, triu_pairs
+from fastgeo.pairwise.feature_bound import FeatureBounds
 
 OPTS = {"max_iter": 40}
 
@@ -109,7 +110,7 @@ def test_the_bound_is_below_every_geodesic(metric, full, codes):
     lb = torch.cdist(F, F)
     off = ~torch.eye(codes.shape[0], dtype=torch.bool)
     assert (lb[off] <= full[off] * (1 + 1e-6)).all()
-    bounds = neighbors._Bounds(metric.features(codes), codes.shape[0], True, torch.finfo(torch.float32).eps)
+    bounds = FeatureBounds(metric, codes, codes.shape[0], True)
     idx, low, beyond = bounds.candidates(5)
     assert (low <= lb.gather(1, idx)).all() and (low[:, -1] <= beyond).all()
     assert not (idx == torch.arange(codes.shape[0])[:, None]).any()  # never itself
