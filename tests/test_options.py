@@ -58,10 +58,10 @@ def test_geodesics_options(kwargs, exc, match):
 
 @pytest.mark.parametrize("kwargs,exc,match", CASES)
 def test_pairwise_options_are_checked_before_solving(kwargs, exc, match, monkeypatch):
-    import fastgeo.pairwise.driver as driver
+    import fastgeo.pairwise.chunks as chunks
 
     calls = []
-    monkeypatch.setattr(driver, "geodesics", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(chunks, "geodesics", lambda *a, **k: calls.append(1))
     with pytest.raises(exc, match=match):
         fastgeo.pairwise_distances(bumpy_metric(), disc_points(4, 1.0), progress=False, **kwargs)
     assert not calls
