@@ -107,3 +107,27 @@ def test_graph_mode_two_gloo_processes_match_single_process(tmp_path):
         assert torch.equal(res["status"], report.status_code)
         assert res["error"] == report.graph_error.mean
         assert res["evals"] >= report.decoder_evals  # each process builds its own latent graph too
+
+
+NEIGHBORS_WORKER = WORKER_HEAD + """\
+res = fastgeo.nearest_neighbors(metric, Z, 2, chunk_size=2, progress=False, **{opts!r})
+torch.save({{"indices": res.indices, "distances": res.distances, "pairs": res.pairs_solved}},
+           {out!r} + str(rank))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_nearest_neighbors_split_over_two_gloo_processes(tmp_path):
+    """Two gloo processes split each round's pairs and both return the single-process neighbours."""
+    out = str(tmp_path / "out")
+    script = textwrap.dedent(NEIGHBORS_WORKER.format(
+        tests=str(TESTS), threads=torch.get_num_threads(), init=f"file://{tmp_path / 'rendezvous'}",
+        M=9, opts=OPTS, out=out))  # fmt: skip
+    run_two_ranks(script)
+    res = fastgeo.nearest_neighbors(bumpy_metric(), disc_points(9, 1.5), 2, chunk_size=2, workers=1,
+                                    progress=False, **OPTS)  # fmt: skip
+    for r in range(2):
+        got = torch.load(out + str(r))
+        assert torch.equal(got["indices"], res.indices) and torch.equal(got["distances"], res.distances)
+        assert got["pairs"] == res.pairs_solved
