@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_write, stale_temporaries
-from ..io import load_generator
 from ..pairwise import pairwise_distances
-from ..solver import solver_options
 from ..solver.result import STATUSES
 from . import inputs
 
@@ -95,12 +93,7 @@ def run(args: argparse.Namespace) -> int:
         mode_options["chains"] = False
     memory_mb = inputs.positive("--memory-mb", args.memory_mb)
     options = inputs.solver_options_given(args)
-    metric = load_generator(generator, device=device, trust=args.trust)
-    solver_options(metric.dtype, metric.latent_dim, metric.data_dim, **options)  # every option, now
-    Z = inputs.latent_codes("latents", latents, metric.latent_dim, metric.dtype).to(metric.device)
-    Y = None
-    if second is not None:
-        Y = inputs.latent_codes("--y", second, metric.latent_dim, metric.dtype).to(metric.device)
+    metric, Z, Y = inputs.generator_and_codes(generator, latents, second, device, args.trust, options)
     _remove_stale_outputs(output, report_path)
 
     budget = None if memory_mb is None else max(1, int(memory_mb * (1 << 20)))

@@ -14,6 +14,9 @@ import torch
 from torch import Tensor
 
 from .. import _checks
+from ..io import load_generator
+from ..metric import ExpectedMetric
+from ..solver import solver_options
 from ..solver.options import METHODS
 
 
@@ -153,3 +156,17 @@ def add_generator_arguments(p: argparse.ArgumentParser) -> None:
         help="allow a generator file that holds its decoder as code (can run code: only trusted files)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def generator_and_codes(
+    generator: Path, latents: Path, second: Path | None, device: str | None, trust: bool, options: dict
+) -> tuple[ExpectedMetric, Tensor, Tensor | None]:
+    """The metric of a generator file on ``device``, every solver option checked against it, and
+    the (M, d) codes of ``latents`` (and the (P, d) codes of ``--y``) in its dtype, on its device."""
+    metric = load_generator(generator, device=device, trust=trust)
+    solver_options(metric.dtype, metric.latent_dim, metric.data_dim, **options)  # every option, now
+    Z = latent_codes("latents", latents, metric.latent_dim, metric.dtype).to(metric.device)
+    Y = None
+    if second is not None:
+        Y = latent_codes("--y", second, metric.latent_dim, metric.dtype).to(metric.device)
+    return metric, Z, Y

@@ -12,9 +12,7 @@ import sys
 import numpy as np
 
 from .._files import atomic_write, stale_temporaries
-from ..io import load_generator
 from ..pairwise import nearest_neighbors
-from ..solver import solver_options
 from ..solver.result import STATUSES
 from . import inputs
 
@@ -63,12 +61,7 @@ def run(args: argparse.Namespace) -> int:
     inputs.at_least("--workers", args.workers, 1)
     options = inputs.solver_options_given(args)
 
-    metric = load_generator(generator, device=device, trust=args.trust)
-    solver_options(metric.dtype, metric.latent_dim, metric.data_dim, **options)  # every option, now
-    Z = inputs.latent_codes("latents", latents, metric.latent_dim, metric.dtype).to(metric.device)
-    Y = None
-    if second is not None:
-        Y = inputs.latent_codes("--y", second, metric.latent_dim, metric.dtype).to(metric.device)
+    metric, Z, Y = inputs.generator_and_codes(generator, latents, second, device, args.trust, options)
     available = Z.shape[0] - 1 if Y is None else Y.shape[0]
     if args.k > available:
         raise inputs.InputError(f"-k must be at most {available} (the number of other codes), got {args.k}")

@@ -113,9 +113,9 @@ def nearest_neighbors(
     bound of their geodesic distance. Per code, candidates are solved in the order of that bound
     until every code not solved has a bound above the k-th shortest geodesic found (module
     docstring): on trained VAEs about ``0.7 k`` geodesics per code in 2-D (pairs are shared)
-    and ``3 k`` at d = 16, where :func:`pairwise_distances` solves ``(M - 1) / 2``. The lengths are those :func:`fastgeo.geodesics` gives each pair alone
-    (with the same options), so the neighbours are the first ``k`` of the matrix's rows, up to
-    ties.
+    and ``3 k`` at d = 16, where :func:`pairwise_distances` solves ``(M - 1) / 2``. The lengths
+    are those :func:`fastgeo.geodesics` gives each pair alone (with the same options), so the
+    neighbours are the first ``k`` of the matrix's rows, up to ties.
 
     Args:
         metric: the expected metric.
