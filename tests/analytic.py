@@ -63,3 +63,16 @@ def bumpy_metric(dtype=torch.float64, seed: int = 0, d: int = 2, D: int = 6, K: 
         )
     )
     return fastgeo.ExpectedMetric(mean, prec)
+
+
+def saved_generator_and_codes(folder, n_codes: int):
+    """A small MLP generator saved in ``folder`` (gen.safetensors) and ``n_codes`` random codes
+    (Z.npy), for the command-line tests: returns the generator's path."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    mean = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 6)).double()
+    metric = fastgeo.ExpectedMetric(mean, bumpy_metric().precision)
+    gen = fastgeo.save_generator(folder / "gen.safetensors", metric)
+    np.save(folder / "Z.npy", np.random.default_rng(0).normal(size=(n_codes, 2)))
+    return gen

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from analytic import bumpy_metric
+from analytic import saved_generator_and_codes
 
 import fastgeo
 from fastgeo.cli import main
@@ -15,13 +15,7 @@ from fastgeo.cli import main
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    mean = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 6)).double()
-    gen = fastgeo.save_generator(
-        tmp / "gen.safetensors", fastgeo.ExpectedMetric(mean, bumpy_metric().precision)
-    )
-    np.save(tmp / "Z.npy", np.random.default_rng(0).normal(size=(4, 2)))
-    return tmp, gen
+    return tmp, saved_generator_and_codes(tmp, 4)
 
 
 def run_cli(capsys, *argv):
