@@ -119,7 +119,9 @@ def test_the_bound_is_below_every_geodesic(metric, full, codes):
 def test_worker_processes_give_the_same_neighbours(metric, codes):
     res1 = fastgeo.nearest_neighbors(metric, codes[:24], 2, workers=1, progress=False, **OPTS)
     res2 = fastgeo.nearest_neighbors(metric, codes[:24], 2, workers=2, progress=False, **OPTS)
-    assert torch.equal(res1.indices, res2.indices) and torch.equal(res1.distances, res2.distances)
+    assert torch.equal(res1.indices, res2.indices)
+    # workers solve at one thread, this process at torch's thread count: last bits may differ
+    torch.testing.assert_close(res1.distances, res2.distances, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize(
