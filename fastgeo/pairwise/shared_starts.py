@@ -36,13 +36,14 @@ LEG_SAMPLES = 4  # the chain is fitted on this many times the solver's points
 # The chain's curve races the straight line alone: on every pair of 20 mlp16_shapes codes it won
 # on 180-184 of 190 pairs, with the default's lengths; corridors and the explored start on top
 # cost 1.4x for nothing there. Options given by the user win.
-RACE: dict | None = None  # d >= 4: options of a cheaper race (measured); None: the default's + the chain
+RACE_ALONE = False
+RACE = {"refine": 2, "corridors": 0, "warm_start": False, "explore": False}
 
 
 def race_options(metric: ExpectedMetric, options: dict[str, Any]) -> dict[str, Any]:
     """The solver options a chain's curve races with: :data:`RACE` in d >= 4; in d <= 3 the
     default's own race with the chain as one more start (there a chain alone is not enough)."""
-    if metric.latent_dim >= 4 and RACE is not None:
+    if metric.latent_dim >= 4 and RACE_ALONE:
         return RACE
     return {"refine": solver_options_of(metric, options).refine + 1}
 
