@@ -232,20 +232,3 @@ def test_chain_check_from_the_command_line(files, capsys, tmp_path):
     code, err = run_cli(capsys, *args, "-o", tmp_path / "D2.npy", "--no-chains")
     assert code == 0 and "chains:" not in err[-1], err
     assert np.array_equal(np.load(tmp_path / "D.npy"), np.load(tmp_path / "D2.npy"))
-
-
-def test_shared_starts_from_the_command_line(files, capsys, monkeypatch, tmp_path):
-    """--shared-starts (with --neighbors) reaches pairwise_distances and gives the matrix of the
-    call; with --mode graph or --y it is refused before any work."""
-    tmp, gen = files
-    args = [gen, tmp / "Z.npy", "--max-iter", "60", "-o", tmp_path / "D.npy"]
-    code, err = run_cli(capsys, *args, "--shared-starts", "--neighbors", "2")
-    assert code == 0, err
-    metric, Z = fastgeo.load_generator(gen), torch.from_numpy(np.load(tmp / "Z.npy"))
-    D = fastgeo.pairwise_distances(metric, Z.to(metric.dtype), shared_starts=True, neighbors=2, max_iter=60,
-                                   progress=False)  # fmt: skip
-    assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy())
-    solving_forbidden(monkeypatch)
-    for extra in (["--mode", "graph"], ["--y", tmp / "Z.npy"]):
-        words = ["--shared-starts", "--mode exact without --y"]
-        expect_error(capsys, words, *args, "--shared-starts", *extra)

@@ -34,15 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "shortest chains of them (upper bounds; thousands of codes in minutes, in low latent d), "
         "error measured on a sample",
     )
-    p.add_argument(
-        "--neighbors", type=int, default=None, help="graph mode and --shared-starts: edges per code"
-    )
-    p.add_argument(
-        "--shared-starts",
-        action="store_true",
-        help="exact mode without --y: solve the geodesics to near codes first and start every other "
-        "pair from the chain of them along its shortest path, besides the default's starts",
-    )
+    p.add_argument("--neighbors", type=int, default=None, help="graph mode: edges per code")
     p.add_argument(
         "--no-chains",
         action="store_true",
@@ -88,10 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 inputs.distinct(out_option, out_path, in_option, in_path)
     device = inputs.device("--device", args.device)
     checkpoint = inputs.checkpoint_folder("--checkpoint", args.checkpoint)
-    if not args.shared_starts:
-        inputs.only_in_mode("--neighbors", args.neighbors, args.mode, "graph")
-    elif args.mode != "exact" or second is not None:
-        raise inputs.InputError("--shared-starts is for --mode exact without --y")
+    inputs.only_in_mode("--neighbors", args.neighbors, args.mode, "graph")
     inputs.only_in_mode("--error-sample", args.error_sample, args.mode, "graph")
     inputs.only_in_mode("--checkpoint", args.checkpoint, args.mode, "exact")
     inputs.at_least("--chunk-size", args.chunk_size, 1)
@@ -102,8 +91,6 @@ def run(args: argparse.Namespace) -> int:
     mode_options = {k: v for k, v in mode_options.items() if v is not None}
     if args.no_chains:
         mode_options["chains"] = False
-    if args.shared_starts:
-        mode_options["shared_starts"] = True
     memory_mb = inputs.positive("--memory-mb", args.memory_mb)
     options = inputs.solver_options_given(args)
     metric, Z, Y = inputs.generator_and_codes(generator, latents, second, device, args.trust, options)

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..curves import straight_line, time_grid
 from ..metric import ExpectedMetric
 from ..solver import geodesics
 from ..solver.result import NONFINITE
@@ -22,12 +21,10 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def solve_chunk(
-    metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str, Any], points: int = 0
-) -> dict[str, Any]:
+def solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str, Any]) -> dict[str, Any]:
     """Geodesics ``a[k] -> b[k]``: their lengths (never NaN: a non-finite result falls back to the
     straight line, flagged ``nonfinite``), status codes and iterations on the CPU, and the decoder
-    work; with ``points > 0`` also the curves sampled at that many times (B, points, d)."""
+    work."""
     res = geodesics(metric, a, b, progress=False, **options)
     lengths, status = res.lengths, res.status_code
     bad = ~torch.isfinite(lengths)
@@ -41,16 +38,10 @@ def solve_chunk(
                 f"{int((~torch.isfinite(lengths)).sum())} pair(s) of codes, e.g. {a[k].tolist()} and "
                 f"{b[k].tolist()}; check the decoder mean and the RBF precision (zeta > 0) there"
             )
-    rec = {
+    return {
         "lengths": lengths.detach().cpu(),
         "status": status.cpu(),
         "iterations": res.iterations.to(torch.int32).cpu(),
         "decoder_evals": int(res.decoder_evals),
         "decoder_jvps": int(res.decoder_jvps),
     }
-    if points:
-        curves = res.curves.points(points).detach()
-        # a non-finite curve (its length fell back to the straight line) starts nothing: straight
-        straight = straight_line(a, b, time_grid(points, a))
-        rec["points"] = torch.where(bad[:, None, None], straight, curves).cpu()
-    return rec

@@ -12,15 +12,13 @@ driver measures by how much on a random sample of pairs solved exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-
-from .pair_list import solve_pair_list
 
 NEIGHBORS = 16  # edges per code (before symmetrization)
 CANDIDATES = 4  # ... chosen among this many times as many nearest codes
@@ -110,27 +108,6 @@ def _bridges(Z: Tensor, edges: Tensor) -> Tensor:
     return torch.tensor(extra, dtype=torch.long, device=Z.device).reshape(-1, 2)
 
 
-def solve_code_graph(
-    nodes: Tensor,
-    neighbors: int,
-    solve: Callable[[Tensor, Tensor], dict[str, Any]],
-    chunk_size: int,
-    show: bool,
-    workers: int,
-    points: int = 0,
-) -> CodeGraph:
-    """The code graph of ``nodes`` (n, d) (distinct rows) with ``neighbors`` edges per code, its
-    edges solved by ``solve`` (:func:`.pair_list.pair_solver`) in chunks split over the processes
-    and workers; ``points > 0``: the edges' curves kept, sampled at that many times."""
-    edges = neighbour_edges(nodes, neighbors)
-    e0, e1 = edges[:, 0], edges[:, 1]
-    solved = solve_pair_list(nodes, e0, e1, solve, chunk_size, workers, show, "graph edges", "edge", points)
-    return CodeGraph(
-        nodes.shape[0], edges.cpu().numpy(), solved.lengths.numpy(), solved.status.numpy().astype(np.int8),
-        solved.decoder_evals, solved.decoder_jvps, solved.iterations.numpy(), solved.points,
-    )  # fmt: skip
-
-
 @dataclass
 class CodeGraph:
     """The code graph of ``n`` codes: ``edges`` (E, 2) ``i < j``, their geodesic ``lengths``
@@ -143,8 +120,6 @@ class CodeGraph:
     status: np.ndarray
     decoder_evals: int = 0
     decoder_jvps: int = 0
-    iterations: np.ndarray | None = None  # (E,) LM iterations per edge
-    points: Tensor | None = None  # (E, P, d): the edges' curves, from edges[:, 0] to edges[:, 1]
 
     def _csr(self) -> Any:
         from scipy.sparse import coo_matrix

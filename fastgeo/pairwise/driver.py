@@ -34,7 +34,6 @@ from .layout import Layout, distinct_rows, expand_duplicates
 from .output import allocate, expand, npy_path
 from .report import PairwiseReport
 from .setup import build_latent_graph, check_inputs, chunk_size_for_budget, solver_options_of
-from .shared_starts import ChainStarts, build_chain_starts
 from .workers import check_workers, chunk_loop, shared, split_size
 
 MODES = ("exact", "graph")
@@ -52,7 +51,6 @@ def pairwise_distances(
     neighbors: int | None = None,
     error_sample: int | None = None,
     chains: bool | None = None,
-    shared_starts: bool = False,
     out: str | os.PathLike | None = None,
     workers: int | None = None,
     memory_budget: int | None = None,
@@ -84,9 +82,8 @@ def pairwise_distances(
             status ``graph_estimate``. ``error_sample`` random pairs are solved exactly too:
             the report's ``graph_error`` gives the chains' relative excess over them (mean,
             median, 95th percentile, max), and those entries keep the shorter length.
-        neighbors: graph mode and ``shared_starts``: edges per code of the code graph (nearest
-            codes, in different directions; default 16). Refused elsewhere, where it would have
-            no effect.
+        neighbors: graph mode: edges per code (nearest codes, in different directions; default
+            16). Refused in exact mode, where it would have no effect.
         error_sample: graph mode: random pairs solved exactly to measure the error (0: none;
             default 200). Refused in exact mode.
         chains: exact mode without ``Y``: check every entry against chains of two entries through a
@@ -97,14 +94,6 @@ def pairwise_distances(
             ``M^3`` additions, ``24 M^2`` bytes while it runs, and three geodesics per entry
             beaten (none or a few in a thousand).
             Default: on in exact mode without ``Y``; refused elsewhere.
-        shared_starts: exact mode without ``Y``: solve the code graph's edges first (each code to
-            its near codes, as the graph mode does), and start every other pair from the chain
-            of those geodesics along its shortest path, raced against the straight line only
-            (:mod:`fastgeo.pairwise.shared_starts`). Cheaper than the default's race of
-            corridors where the chains lie in the shortest basins (trained decoders with
-            d >= 4); in 2-D chains bend at every code and lead some solves into longer basins.
-            The entries then depend on the other codes (through the graph), not only on their
-            pair. Default False.
         workers: processes that split the pairs, one thread each (default: as many as torch
             has threads, on a Linux CPU run; 1 elsewhere and under ``torch.distributed``).
             Threads of one process wait for each other in every small parallel region of the
@@ -142,21 +131,13 @@ def pairwise_distances(
         _checks.boolean("return_report", return_report),
     )
     mode = _checks.choice("mode", mode, MODES)
+    if mode != "graph":
+        for name, value in (("neighbors", neighbors), ("error_sample", error_sample)):
+            if value is not None:
+                raise ValueError(f"{name} is for mode='graph'; it has no effect in mode={mode!r}")
     if chains is not None and _checks.boolean("chains", chains) and (mode != "exact" or Y is not None):
         raise ValueError("chains=True is for mode='exact' without Y (a symmetric matrix of solved pairs)")
     chains = mode == "exact" and Y is None and chains is not False
-    if _checks.boolean("shared_starts", shared_starts) and (mode != "exact" or Y is not None):
-        raise ValueError(
-            "shared_starts=True is for mode='exact' without Y (a symmetric matrix of solved pairs)"
-        )
-    if mode != "graph":
-        unused = (("error_sample", error_sample),) + (() if shared_starts else (("neighbors", neighbors),))
-        for name, value in unused:
-            if value is not None:
-                raise ValueError(
-                    f"{name} is for mode='graph'{' or shared_starts=True' * (name == 'neighbors')}; "
-                    f"it has no effect in mode={mode!r}"
-                )
     neighbors = _checks.integer("neighbors", NEIGHBORS if neighbors is None else neighbors, 1)
     error_sample = _checks.integer("error_sample", ERROR_SAMPLE if error_sample is None else error_sample, 0)
     workers = check_workers(workers, metric.device, dist_info()[1] > 1)
@@ -178,20 +159,11 @@ def pairwise_distances(
             metric, pts, Y, options, matrix, *graph_args
         )
     else:
-        keyed = {**options, "shared_starts": True} if shared_starts else options
-        ckpt = None if checkpoint is None else open_checkpoint(checkpoint, metric, Z, Y, keyed, layout)
-        starts, extra = None, {}
-        if shared_starts:  # the edges are solved again on a resumed run: the starts need their curves
-            shown = progress and dist_info()[0] == 0
-            starts = build_chain_starts(metric, pts, options, neighbors, layout.chunk_size, shown, workers)
-            extra["graph_edges"] = starts.edges
+        ckpt = None if checkpoint is None else open_checkpoint(checkpoint, metric, Z, Y, options, layout)
         record, counts, world = _solve_chunks(
-            metric, pts, other, layout, options, ckpt, progress, matrix, workers, starts
+            metric, pts, other, layout, options, ckpt, progress, matrix, workers
         )
-        status, iterations = (record % _CODES).to(torch.int8), record // _CODES - 1
-        if starts is not None:
-            counts[0] += starts.graph.decoder_evals
-            counts[1] += starts.graph.decoder_jvps
+        status, iterations, extra = (record % _CODES).to(torch.int8), record // _CODES - 1, {}
     if Y is None:
         matrix.fill_diagonal_(0)  # exact zero diagonal
         status.fill_diagonal_(CONVERGED)
@@ -277,13 +249,12 @@ def _solve_chunks(
     progress: bool,
     out: Tensor,
     workers: int,
-    starts: ChainStarts | None = None,
 ) -> tuple[Tensor, Tensor, int]:
-    """This process's chunks, solved (by ``workers`` processes; from ``starts`` where given) or
-    loaded, then summed over processes: the (rows, cols) lengths into ``out`` (zeros; in shared
-    memory or a shared file mapping when ``workers > 1``), the per-pair record (``(iterations +
-    1) * 8 + status code``, 0 = unsolved: one int32 that sums exactly over processes), counts
-    (decoder evals, JVPs, chunks computed, loaded) and the world size."""
+    """This process's chunks, solved (by ``workers`` processes) or loaded, then summed over
+    processes: the (rows, cols) lengths into ``out`` (zeros; in shared memory or a shared file
+    mapping when ``workers > 1``), the per-pair record (``(iterations + 1) * 8 + status code``,
+    0 = unsolved: one int32 that sums exactly over processes), counts (decoder evals, JVPs,
+    chunks computed, loaded) and the world size."""
     device, symmetric = metric.device, layout.symmetric
     rank, world = dist_info()
     status = shared(torch.zeros(layout.rows, layout.cols, dtype=torch.int32, device=device), workers)
@@ -302,7 +273,7 @@ def _solve_chunks(
 
     def solve(c: int, w: int) -> int:
         i, j = layout.pairs(c, device)
-        rec = solve_chunk(metric, pts[i], other[j], options) if starts is None else starts.solve(i, j)
+        rec = solve_chunk(metric, pts[i], other[j], options)
         if ckpt is not None:
             ckpt.save(c, rec)
         return record(c, w, rec, False)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,7 +23,7 @@ from .._progress import progress_bar
 from ..metric import ExpectedMetric
 from ..solver.result import GRAPH_ESTIMATE
 from .chunks import dist_info
-from .code_graph import ROW_BLOCK, CodeGraph, solve_code_graph
+from .code_graph import ROW_BLOCK, CodeGraph, neighbour_edges
 from .layout import triu_index
 from .pair_list import pair_solver, solve_pair_list
 
@@ -78,12 +79,30 @@ def graph_distances(
     random pairs, in chunks of ``chunk_size`` split over the processes and ``workers``.
     Returns the graph, the measured error, and the decoder evaluations and JVPs of the sample."""
     show = progress and dist_info()[0] == 0
-    graph = solve_code_graph(nodes, neighbors, solve_edge, chunk_size, show, workers)
+    graph = _graph(nodes, neighbors, solve_edge, chunk_size, show, workers)
     _fill(graph, rows, cols, symmetric, out, show)
     if symmetric:
         _edge_status(graph, out, status)
     run = (chunk_size, error_sample, out, status, show, workers)
     return (graph, *_sample(nodes, rows, cols, symmetric, solve, *run))
+
+
+def _graph(
+    nodes: Tensor,
+    neighbors: int,
+    solve: Callable[[Tensor, Tensor], dict[str, Any]],
+    chunk_size: int,
+    show: bool,
+    workers: int,
+) -> CodeGraph:
+    """The code graph, its edges solved in chunks split over the processes and workers."""
+    edges = neighbour_edges(nodes, neighbors)
+    e0, e1 = edges[:, 0], edges[:, 1]
+    solved = solve_pair_list(nodes, e0, e1, solve, chunk_size, workers, show, "graph edges", "edge")
+    return CodeGraph(
+        nodes.shape[0], edges.cpu().numpy(), solved.lengths.numpy(), solved.status.numpy().astype(np.int8),
+        solved.decoder_evals, solved.decoder_jvps,
+    )  # fmt: skip
 
 
 def _fill(graph: CodeGraph, rows: Tensor, cols: Tensor, symmetric: bool, out: Tensor, show: bool) -> None:

@@ -20,16 +20,13 @@ from .workers import chunk_loop, shared, split_size
 
 @dataclass
 class SolvedPairs:
-    """Per pair its geodesic's ``lengths`` (n,) float64, status codes ``status`` (n,) int64
-    (:data:`fastgeo.solver.result.STATUSES`) and LM ``iterations`` (n,) int64, the decoder work of
-    them all, and (where asked for) the curves sampled at ``P`` times, ``points`` (n, P, d)."""
+    """Per pair its geodesic's ``lengths`` (n,) float64 and status codes ``status`` (n,) int64
+    (:data:`fastgeo.solver.result.STATUSES`), and the decoder work of them all."""
 
     lengths: Tensor
     status: Tensor
     decoder_evals: int
     decoder_jvps: int
-    iterations: Tensor | None = None
-    points: Tensor | None = None
 
 
 def solve_pair_list(
@@ -42,21 +39,17 @@ def solve_pair_list(
     show: bool,
     label: str,
     unit: str,
-    points: int = 0,
 ) -> SolvedPairs:
     """The geodesics ``nodes[a[k]] -> nodes[b[k]]`` (``a``, ``b`` (n,) indices into ``nodes``
     (N, d)) by ``solve(z0, z1)`` (a record of :func:`.chunks.solve_chunk`), in chunks of at most
     ``chunk_size`` pairs taken by ``workers`` worker processes (and under ``torch.distributed``
     every ``world_size``-th chunk by each process, summed after), with a progress bar
-    ``label`` counting ``unit``s where ``show``; ``points > 0``: ``solve`` returns the curves
-    sampled at that many times, kept in the result's ``points``."""
+    ``label`` counting ``unit``s where ``show``."""
     n = a.numel()
     world = dist_info()[1]
     chunk_size = split_size(n, chunk_size, workers * world)
     lengths = shared(torch.zeros(n, dtype=torch.float64), workers)
     status = shared(torch.zeros(n, dtype=torch.int64), workers)
-    iterations = shared(torch.zeros(n, dtype=torch.int64), workers)
-    curves = shared(torch.zeros(n, points, nodes.shape[1], dtype=nodes.dtype), workers) if points else None
     work = shared(torch.zeros(workers, 2, dtype=torch.int64), workers)
     a, b = a.cpu(), b.cpu()
 
@@ -64,9 +57,6 @@ def solve_pair_list(
         sl = slice(c * chunk_size, (c + 1) * chunk_size)
         rec = solve(nodes[a[sl].to(nodes.device)], nodes[b[sl].to(nodes.device)])
         lengths[sl], status[sl] = rec["lengths"].double(), rec["status"].long()
-        iterations[sl] = rec["iterations"].long()
-        if curves is not None:
-            curves[sl] = rec["points"]
         work[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"]])
         return rec["lengths"].numel()
 
@@ -77,16 +67,10 @@ def solve_pair_list(
         if bar is not None:
             bar.close()
     work = work.sum(0)
-    parts = [lengths, status, iterations, work] + ([] if curves is None else [curves])
     if world > 1:  # disjoint chunks, zeros elsewhere: exact sums
-        for p in parts:
-            p_dev = p.to(nodes.device)
-            torch.distributed.all_reduce(p_dev)
-            p.copy_(p_dev.cpu())
-    return SolvedPairs(
-        lengths.clone(), status.clone(), int(work[0]), int(work[1]), iterations.clone(),
-        None if curves is None else curves.clone(),
-    )  # fmt: skip
+        for p in (lengths, status, work):
+            torch.distributed.all_reduce(p)
+    return SolvedPairs(lengths.clone(), status.clone(), int(work[0]), int(work[1]))
 
 
 def mine(n_chunks: int) -> list[int]:
@@ -98,13 +82,11 @@ def mine(n_chunks: int) -> list[int]:
 Solve = Callable[[Tensor, Tensor], dict[str, Any]]
 
 
-def pair_solver(metric: ExpectedMetric, options: dict[str, Any], points: int = 0) -> Solve:
+def pair_solver(metric: ExpectedMetric, options: dict[str, Any]) -> Solve:
     """``solve(z0, z1)``: the record of :func:`.chunks.solve_chunk` for ``geodesics(metric, z0, z1,
-    **options)`` (with the curves at ``points`` times where ``points > 0``)."""
-    return functools.partial(_solve, metric, options, points)
+    **options)``."""
+    return functools.partial(_solve, metric, options)
 
 
-def _solve(
-    metric: ExpectedMetric, options: dict[str, Any], points: int, a: Tensor, b: Tensor
-) -> dict[str, Any]:
-    return solve_chunk(metric, a, b, options, points)
+def _solve(metric: ExpectedMetric, options: dict[str, Any], a: Tensor, b: Tensor) -> dict[str, Any]:
+    return solve_chunk(metric, a, b, options)
