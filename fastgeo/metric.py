@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from . import _checks, _mean_checks, ops
-from .decoders import activation_width, jacobian_rows, piecewise_linear, smoothed
+from .decoders import StackedChain, activation_width, jacobian_rows, piecewise_linear, smoothed, stacked_chain
+from .decoders.compact import compact_chain
 from .decoders.flat import FlatOutput
 from .decoders.layout import channels_last
 from .decoders.recognize import describe, recognize
@@ -222,7 +223,7 @@ class ExpectedMetric:
         self.check_points("points", points, ndim=3)
         if points.shape[1] < 2:
             raise ValueError(f"points must have N >= 2 per curve, got shape {tuple(points.shape)}")
-        return ops.segment_sqdist(self.decode(points)) + self.precision.segment_sqdist(points)
+        return ops.segment_sqdist(self.mean_embedding(points)) + self.precision.segment_sqdist(points)
 
     def energy(self, points: Tensor) -> Tensor:
         """Discrete energy ``(N-1)/2 sum_n s_n``: (B, N, d) -> (B,)."""
@@ -254,6 +255,45 @@ class ExpectedMetric:
         of rows, and without the padding where a curve's rows fall would depend on how many
         curves share the call (a curve's length would depend on its batch)."""
         self.check_points("z", z)
+        return self._decode_with(self.mean, z, self.data_dim)
+
+    def mean_embedding(self, z: Tensor) -> Tensor:
+        """Values of the mean up to an isometry of differences, ``||e(a) - e(b)|| = ||mu(a) -
+        mu(b)||``, as the solver measures curves: (..., d) -> (..., F). The mean itself (F = D),
+        or where it ends with a widening linear layer its compact stand-in
+        (:mod:`fastgeo.decoders.compact`: F = that layer's inputs, the same segment lengths to
+        rounding at a fraction of the cost; the stand-in has no autograd: where z requires a
+        gradient, the mean)."""
+        self.check_points("z", z)
+        compact = None if torch.is_grad_enabled() and z.requires_grad else self._compact_mean()
+        if compact is None:
+            return self._decode_with(self.mean, z, self.data_dim)
+        return self._decode_with(compact, z, None)
+
+    def mean_embedding_jacobian_rows(
+        self, z: Tensor, tangent_dtype: torch.dtype | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`mean_embedding` and its Jacobian, directions first: z (P, d) -> (P, F), (d, P, F)
+        (tangents pushed in ``tangent_dtype`` where given, as :func:`jacobian_rows` does)."""
+        compact = self._compact_mean()
+        if compact is None:
+            return jacobian_rows(self.mean, z, tangent_dtype)
+        with torch.no_grad():
+            return compact.value_and_jacobian_rows(z.detach(), tangent_dtype)
+
+    def embedding(self, z: Tensor) -> Tensor:
+        """``[e(z), sigma(z)]`` with e the :meth:`mean_embedding`: (..., d) -> (..., F + D), the
+        same segment lengths as :meth:`features` to rounding."""
+        return torch.cat([self.mean_embedding(z), self.precision.sigma(z)], dim=-1)
+
+    def _compact_mean(self) -> StackedChain | None:
+        """The mean's compact stand-in, from its structure now (it may have changed), or None."""
+        chain = stacked_chain(self.mean, self.precision.centers[:4].detach())
+        return None if chain is None else compact_chain(chain)
+
+    def _decode_with(self, mean: Callable[[Tensor], Tensor], z: Tensor, width: int | None) -> Tensor:
+        """``mean`` (P, d) -> (P, F) at points (..., d), padded and chunked as :meth:`decode`
+        says: (..., F); ``width`` F where known (it must be for no points)."""
         n = z.shape[-2] if z.dim() >= 3 else 0
         pad = -n % ROW_ALIGN
         if pad:
@@ -263,12 +303,14 @@ class ExpectedMetric:
         rows = self._rows_per_call(flat)
         with channels_last(self.mean, flat):  # convolutions: oneDNN's fast layout on CPU
             if flat.shape[0] == 0:  # not every decoder takes an empty batch (instance norm raises)
-                out = flat.new_zeros(0, self.data_dim) + flat[:, :1]  # (still a function of z)
+                if width is None:
+                    width = mean(self.precision.centers[:1].detach()).shape[-1]
+                out = flat.new_zeros(0, width) + flat[:, :1]  # (still a function of z)
             elif flat.shape[0] <= rows:
-                out = self.mean(flat)
+                out = mean(flat)
             else:  # in chunks: bounded memory whatever the number of points
-                out = torch.cat([self.mean(chunk) for chunk in flat.split(rows)])
-        out = out.reshape(*lead, self.data_dim)
+                out = torch.cat([mean(chunk) for chunk in flat.split(rows)])
+        out = out.reshape(*lead, out.shape[-1])
         return out[..., :n, :] if pad else out
 
     def _rows_per_call(self, flat: Tensor) -> int:

@@ -80,9 +80,11 @@ class StackedChain:
             out[:, start : start + rows] = y[1:]
         return value, out
 
-    def value_and_jacobian_rows(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def value_and_jacobian_rows(
+        self, z: Tensor, tangent_dtype: torch.dtype | None = None
+    ) -> tuple[Tensor, Tensor]:
         """z (P, d) -> value (P, F), jacobian (d, P, F) (row i: derivative along z_i)."""
-        return self.value_and_tangents(z, _axes(z))
+        return self.value_and_tangents(z, _axes(z), tangent_dtype)
 
     def __call__(self, z: Tensor) -> Tensor:
         """The chain's value alone, by the same steps (k = 0): z (P, d) -> (P, F)."""

@@ -57,7 +57,7 @@ def curve_lengths(metric: ExpectedMetric, curves: Curves, n: int, work: Work) ->
             for s0 in range(0, n - 1, t_chunk - 1):  # chunks share their end point
                 pts = sub.at(t[s0 : s0 + t_chunk])
                 total[b0 : b0 + curves_at_once] += length_from_segments(
-                    feature_segments(metric.features(pts))
+                    feature_segments(metric.embedding(pts))
                 )
                 work.add(evals=pts.shape[0] * pts.shape[1])
     return total

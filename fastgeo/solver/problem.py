@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from ..curves import Basis, evaluate, time_grid
-from ..decoders import jacobian_rows
 from ..metric import ExpectedMetric
 from .result import Work
 
@@ -44,19 +43,20 @@ class Grid:
 
 
 def full_parts(metric: ExpectedMetric, work: Work, tangent_dtype: torch.dtype | None = None) -> Parts:
-    """The embedding ``[mu, sigma]`` of the full metric as two parts: the decoder mean (stacked
-    forward mode; its tangents pushed in ``tangent_dtype`` if given) and sigma (closed form), with
+    """The embedding ``[mu, sigma]`` of the full metric as two parts: the decoder mean (up to an
+    isometry of differences: :meth:`~fastgeo.metric.ExpectedMetric.mean_embedding`; stacked
+    forward mode, its tangents pushed in ``tangent_dtype`` if given) and sigma (closed form), with
     their transposed Jacobians."""
 
     def parts(points: Tensor, idx: Tensor) -> list[tuple[Tensor, Tensor]]:
         b, N, d = points.shape
         work.add(jvps=b * N * d)
         flat = points.reshape(b * N, d)
-        mu, j_mu = jacobian_rows(metric.mean, flat, tangent_dtype)  # (P, D), (d, P, D)
+        mu, j_mu = metric.mean_embedding_jacobian_rows(flat, tangent_dtype)  # (P, F), (d, P, F)
         sigma, j_sigma = metric.precision.sigma_and_jacobian_t(flat)  # (P, D), (P, d, D)
-        D = mu.shape[-1]
+        F, D = mu.shape[-1], sigma.shape[-1]
         return [
-            (mu.reshape(b, N, D), j_mu.permute(1, 0, 2).reshape(b, N, d, D)),
+            (mu.reshape(b, N, F), j_mu.permute(1, 0, 2).reshape(b, N, d, F)),
             (sigma.reshape(b, N, D), j_sigma.reshape(b, N, d, D)),
         ]
 

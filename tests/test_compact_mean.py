@@ -1,0 +1,139 @@
+"""The compact stand-in of a mean ending in a widening linear layer (``fastgeo.decoders.compact``):
+fewer values, the same segment lengths and metric tensor (float64 to 1e-10), recognized through
+reshapes after the layer and in saved (exported) generators, never for a mean ending in an
+activation or a layer that does not widen; weights changed in place show; autograd takes the
+mean itself; geodesics come out the same as with the stand-in switched off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import randn, rbf_params
+from torch import nn
+
+import fastgeo
+from fastgeo.decoders import compact
+
+D_LAT, HIDDEN, D = 3, 8, 20
+
+
+def _mlp(*tail: nn.Module, out: int = D, dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(D_LAT, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, out), *tail).to(dtype).eval()
+
+
+def _metric(mean: nn.Module, dtype: torch.dtype = torch.float64) -> fastgeo.ExpectedMetric:
+    c, g, w, zeta = rbf_params(6, D_LAT, D, dtype=dtype, weights=(0.0, 0.2))
+    return fastgeo.ExpectedMetric(mean, fastgeo.RBFPrecision(c, g, w, zeta))
+
+
+def _curves(dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return randn(4, 9, D_LAT, dtype=dtype, seed=3)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [(), (nn.Unflatten(1, (4, 5)),), (nn.Unflatten(1, (1, 4, 5)), nn.Flatten())],
+    ids=["flat", "unflat", "both"],
+)
+def test_same_segments_and_metric_tensor(tail):
+    metric = _metric(_mlp(*tail))
+    pts = _curves()
+    e = metric.mean_embedding(pts)
+    assert e.shape == (4, 9, HIDDEN)  # the layer's inputs, not its D outputs
+    mu = metric.decode(pts)
+    seg_e = (e[:, 1:] - e[:, :-1]).pow(2).sum(-1)
+    seg_mu = (mu[:, 1:] - mu[:, :-1]).pow(2).sum(-1)
+    torch.testing.assert_close(seg_e, seg_mu, rtol=1e-10, atol=0)
+    torch.testing.assert_close(
+        metric.segment_sqdist(pts), seg_mu + metric.precision.segment_sqdist(pts), rtol=1e-10, atol=0
+    )
+    z = pts.reshape(-1, D_LAT)
+    _, j_e = metric.mean_embedding_jacobian_rows(z)  # (d, P, F)
+    _, j_mu = fastgeo.decoders.jacobian_rows(metric.mean, z)
+    gram_e = torch.einsum("ipf,jpf->pij", j_e, j_e)
+    gram_mu = torch.einsum("ipf,jpf->pij", j_mu, j_mu)
+    torch.testing.assert_close(gram_e, gram_mu, rtol=1e-10, atol=1e-12)
+    # the embedding's features give the same lengths as the metric's features
+    torch.testing.assert_close(
+        fastgeo.metric.length_from_segments(fastgeo.metric.feature_segments(metric.embedding(pts))),
+        metric.length(pts),
+        rtol=1e-10,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "mean",
+    [
+        lambda: _mlp(nn.Sigmoid()),  # an activation after the last layer
+        lambda: _mlp(out=HIDDEN),  # a layer that does not widen
+        lambda: _mlp(out=HIDDEN - 2),
+    ],
+    ids=["sigmoid", "square", "narrowing"],
+)
+def test_no_stand_in(mean):
+    m = mean()
+    width = m[2].out_features
+    c, g, w, zeta = rbf_params(6, D_LAT, width, dtype=torch.float64)
+    metric = fastgeo.ExpectedMetric(m, fastgeo.RBFPrecision(c, g, w, zeta))
+    pts = _curves()
+    torch.testing.assert_close(metric.mean_embedding(pts), metric.decode(pts), rtol=0, atol=0)
+
+
+def test_weights_changed_in_place_show():
+    mean = _mlp()
+    metric = _metric(mean)
+    pts = _curves()
+    before = metric.segment_sqdist(pts)
+    with torch.no_grad():
+        mean[2].weight.mul_(2.0)
+        mean[2].weight[0] += 1.0
+    mu = metric.decode(pts)
+    expected = (mu[:, 1:] - mu[:, :-1]).pow(2).sum(-1) + metric.precision.segment_sqdist(pts)
+    after = metric.segment_sqdist(pts)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, expected, rtol=1e-10, atol=0)
+
+
+def test_triangular_factor_by_content():
+    w = randn(12, 5, seed=4)
+    r = compact.triangular_factor(w)
+    assert r.shape == (5, 5) and torch.equal(r, r.triu())
+    torch.testing.assert_close(r.T @ r, w.T @ w, rtol=1e-12, atol=1e-12)
+    assert compact.triangular_factor(w.clone()) is r  # the same content: kept
+    w2 = w.clone()
+    w2[3, 1] += 0.5
+    r2 = compact.triangular_factor(w2)
+    torch.testing.assert_close(r2.T @ r2, w2.T @ w2, rtol=1e-12, atol=1e-12)
+
+
+def test_autograd_takes_the_mean():
+    metric = _metric(_mlp())
+    pts = _curves().requires_grad_(True)
+    assert metric.mean_embedding(pts).shape[-1] == D  # differentiable: the mean itself
+    torch.autograd.gradcheck(lambda p: metric.length(p), (pts,))
+
+
+def test_saved_generator(tmp_path):
+    metric = _metric(_mlp(dtype=torch.float32), dtype=torch.float32)
+    path = fastgeo.save_generator(
+        tmp_path / "g.safetensors", metric, example_input=randn(4, D_LAT, dtype=torch.float32)
+    )
+    loaded = fastgeo.load_generator(path)
+    pts = _curves(torch.float32)
+    assert loaded.mean_embedding(pts).shape[-1] == HIDDEN
+    torch.testing.assert_close(loaded.segment_sqdist(pts), metric.segment_sqdist(pts), rtol=1e-5, atol=1e-7)
+
+
+def test_geodesics_as_without_the_stand_in(monkeypatch):
+    metric = _metric(_mlp(dtype=torch.float32), dtype=torch.float32)
+    z0, z1 = randn(6, D_LAT, dtype=torch.float32, seed=5), randn(6, D_LAT, dtype=torch.float32, seed=6)
+    opts = {"graph": False, "progress": False}
+    assert metric.mean_embedding(_curves(torch.float32)).shape[-1] == HIDDEN
+    with_it = fastgeo.geodesics(metric, z0, z1, **opts)
+    monkeypatch.setattr(compact, "COMPACT", False)
+    assert metric.mean_embedding(_curves(torch.float32)).shape[-1] == D
+    without = fastgeo.geodesics(metric, z0, z1, **opts)
+    assert list(with_it.status) == list(without.status)
+    torch.testing.assert_close(with_it.lengths, without.lengths, rtol=2e-5, atol=0)
