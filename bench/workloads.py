@@ -72,6 +72,8 @@ REAL_GENERATORS = {
     "mlp16_relu_shapes": "d = 16, MLP with ReLU, shapes",
     "conv8_relu_glyphs": "d = 8, conv with LeakyReLU, glyphs",
     "mlp2_relu_glyphs": "d = 2, MLP with ReLU, glyphs",
+    "mlp16_linear_glyphs": "d = 16, MLP with a linear output (Gaussian decoder), glyphs",
+    "mlp10_cells": "d = 10, MLP 10-128-128-2000 with a linear output, single-cell-like expression",
 }
 
 

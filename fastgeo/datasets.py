@@ -74,3 +74,64 @@ def _lift(p: np.ndarray, dim: int) -> np.ndarray:
     b = rng.uniform(0.0, 2 * np.pi, size=dim - 2)
     bend = 0.5 * np.sin(p @ a.T + b)
     return p @ q[:, :2].T + bend @ q[:, 2:].T
+
+
+# The tree of cell types of :func:`cells` (edges between program-space nodes; one type per edge):
+# a root type, a branch point, two lineages with one more split, and a type apart.
+_CELL_TREE = ((0, 1), (1, 2), (1, 3), (3, 4), (3, 5), (0, 6))
+_CELLS_SEED = 20240611  # the programs and genes: a property of the data set, not of the sample
+
+
+def cells(
+    n: int = 10000,
+    seed: int | None = 0,
+    *,
+    genes: int = 2000,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Single-cell-like expression profiles: cells along a branching tree of six cell types in a
+    5-D space of gene programs, read out as Poisson counts of ``genes`` genes, library-size
+    normalized and ``log1p``-transformed (the usual preprocessing of single-cell RNA data).
+
+    A cell of type ``e`` (an edge a -> b of the tree) sits at ``(1 - t) P_a + t P_b`` plus
+    Gaussian noise (sd 0.15), ``t ~ U[0, 1]``; its genes' log-rates are a fixed random smooth map
+    of that position (tanh of 16 programs, mixed per gene, a per-gene baseline; about a third of
+    the genes respond), the library size varies by cell (log-normal, ~2,000 counts). The tree,
+    programs and genes depend on ``genes`` only, not on ``seed``.
+
+    Args:
+        n: cells (>= 2).
+        seed: seed of the sample (``None``: fresh entropy).
+        genes: D (>= 2).
+        dtype: floating dtype of ``X``.
+    Returns:
+        ``X`` (n, genes) of ``dtype``, values in [0, ~8], and ``labels`` (n,) int64 in 0..5.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    if not isinstance(genes, int) or isinstance(genes, bool) or genes < 2:
+        raise ValueError(f"genes must be an integer >= 2, got {genes!r}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    fixed = np.random.default_rng(_CELLS_SEED + genes)
+    nodes = fixed.standard_normal((7, 5)) * 1.2
+    programs_w = fixed.standard_normal((5, 16)) * 0.8
+    programs_b = fixed.standard_normal(16) * 0.5
+    responds = fixed.uniform(size=genes) < 0.35
+    mixing = fixed.standard_normal((16, genes)) * 0.9 * responds
+    baseline = fixed.normal(-8.0, 1.5, size=genes)  # log-fraction of the library per gene
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(_CELL_TREE)
+    rng.shuffle(labels)
+    ends = np.array(_CELL_TREE)[labels]
+    t = rng.uniform(size=(n, 1))
+    position = (1 - t) * nodes[ends[:, 0]] + t * nodes[ends[:, 1]] + 0.15 * rng.standard_normal((n, 5))
+    log_rate = baseline + np.tanh(position @ programs_w + programs_b) @ mixing
+    fraction = np.exp(log_rate - log_rate.max(axis=1, keepdims=True))
+    fraction /= fraction.sum(axis=1, keepdims=True)
+    library = np.exp(rng.normal(np.log(2000.0), 0.3, size=(n, 1)))
+    counts = rng.poisson(fraction * library)
+    size = np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    x = np.log1p(counts / size * 1e4)
+    return torch.from_numpy(x).to(dtype), torch.from_numpy(labels.astype(np.int64))

@@ -57,3 +57,29 @@ def test_two_moons_rejects_bad_arguments(kwargs):
     args = {"n": 10, "noise": 0.1, "seed": 0, **kwargs}
     with pytest.raises((ValueError, TypeError)):
         two_moons(**args)
+
+
+def test_cells_shapes_determinism_and_structure():
+    """Log-normalized counts (non-negative, sparse), six balanced types, the same sample for a
+    seed; the genes depend on ``genes`` only: two samples share the expression of each type."""
+    from fastgeo.datasets import cells
+
+    X, y = cells(600, seed=0, genes=300)
+    assert X.shape == (600, 300) and X.dtype == torch.float32 and y.dtype == torch.int64
+    assert bool((X >= 0).all()) and 0.02 < float((X > 0).float().mean()) < 0.6
+    assert torch.equal(y.bincount(), torch.full((6,), 100))
+    a, b = cells(600, seed=0, genes=300), cells(600, seed=1, genes=300)
+    assert torch.equal(a[0], X) and not torch.equal(b[0], X)
+    # the types differ in expression, alike in both samples (a fixed tree of programs)
+    means_a = torch.stack([a[0][a[1] == k].mean(0) for k in range(6)])
+    means_b = torch.stack([b[0][b[1] == k].mean(0) for k in range(6)])
+    between = torch.cdist(means_a, means_a).triu(1)
+    assert float((means_a - means_b).norm(dim=1).max()) < 0.5 * float(between[between > 0].min())
+
+
+@pytest.mark.parametrize("kw", [{"n": 1}, {"genes": 1}, {"genes": True}, {"n": 2.5}])
+def test_cells_argument_errors(kw):
+    from fastgeo.datasets import cells
+
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        cells(**kw)

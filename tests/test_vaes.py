@@ -62,6 +62,8 @@ def test_training_is_deterministic_and_improves():
 def test_argument_errors():
     with pytest.raises(ValueError, match="latent_dim"):
         vaes.mlp_vae(784, 0)
+    with pytest.raises(ValueError, match="output"):
+        vaes.mlp_vae(784, 2, output="relu")
     with pytest.raises(ValueError, match="channels"):
         vaes.conv_vae28(4, (8, 8))
     with pytest.raises(ValueError, match="activation"):
@@ -75,3 +77,14 @@ def test_argument_errors():
         vae_training.train_vae(vae, torch.rand(4, 10), progress=False)
     with pytest.raises(ValueError, match="freeze_var"):
         vae_training.train_vae(vae, torch.rand(4, 784), freeze_var=2.0, progress=False)
+
+
+def test_linear_output():
+    """``output="linear"``: the decoder ends with its Linear layer (a Gaussian decoder's mean),
+    values outside [0, 1]; any D, its image shape (1, 1, D) where D is not a square."""
+    torch.manual_seed(0)
+    vae = vaes.mlp_vae(50, 3, (16,), output="linear").eval()
+    assert isinstance(vae.decoder_mean[-1], nn.Linear) and vae.image_shape == (1, 1, 50)
+    with torch.no_grad():
+        x = vae.decoder_mean(5 * torch.randn(64, 3))
+    assert x.shape == (64, 50) and (x.min() < 0 or x.max() > 1)

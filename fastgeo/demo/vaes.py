@@ -161,11 +161,14 @@ def mlp_vae(
     activation: str = "elu",
     image_shape: tuple[int, int, int] | None = None,
     init_var: float = 0.003,
+    output: str = "sigmoid",
 ) -> ImageVAE:
     """MLP VAE: decoder ``d -> hidden[-1] -> ... -> hidden[0] -> D`` (the encoder mirrors it).
 
     Decoder layers: ``Linear, act, ..., Linear, Sigmoid`` (a chain of affine layers and
-    pointwise activations, which fastgeo's stacked forward mode recognises).
+    pointwise activations, which fastgeo's stacked forward mode recognises); with
+    ``output="linear"`` no sigmoid (a Gaussian decoder of unbounded data, e.g. log-normalized
+    expression).
 
     Args:
         data_dim: D (default 784).
@@ -175,7 +178,10 @@ def mlp_vae(
         image_shape: (C, H, W) with C * H * W = D (default: (1, sqrt D, sqrt D) if D is a square,
             else (1, 1, D)).
         init_var: the decoder variance at the start of training (and while it is frozen).
+        output: "sigmoid" (pixels in [0, 1], default) or "linear".
     """
+    if output not in ("sigmoid", "linear"):
+        raise ValueError(f"output must be 'sigmoid' or 'linear', got {output!r}")
     D = _positive_int("data_dim", data_dim)
     d = _positive_int("latent_dim", latent_dim)
     hidden = _widths("hidden", hidden)
@@ -196,7 +202,7 @@ def mlp_vae(
         return nn.Sequential(*layers)
 
     encoder = chain([D, *hidden, 2 * d], None)
-    decoder = chain([d, *reversed(hidden), D], nn.Sigmoid())
+    decoder = chain([d, *reversed(hidden), D], nn.Sigmoid() if output == "sigmoid" else None)
     return ImageVAE(encoder, decoder, d, image_shape, init_var=init_var)
 
 

@@ -39,7 +39,12 @@ Generators (name: decoder, data):
 - ``conv10_shuffle_mish_glyphs``: a d = 10 sub-pixel convolution decoder (``Conv2d`` then
   ``PixelShuffle``, InstanceNorm2d, Mish), glyphs28 (layers recognized later: a third check);
 - ``conv32_color64``: d = 32 conv decoder with four transposed convolutions (64/32/16/8/8
-  channels), color_shapes64 (D = 12,288), 6,000 images.
+  channels), color_shapes64 (D = 12,288), 6,000 images;
+- ``mlp16_linear_glyphs``: the d = 16 MLP with a linear output layer (a Gaussian decoder, no
+  sigmoid), glyphs28;
+- ``mlp10_cells``: a d = 10 MLP 10-128-128-2000 with a linear output on single-cell-like
+  expression profiles (``fastgeo.datasets.cells``: 2,000 genes, six cell types on a tree), as
+  single-cell users train them.
 """
 
 # No "from __future__ import annotations": the dataclass below then needs no entry in sys.modules,
@@ -54,7 +59,7 @@ from pathlib import Path
 import torch
 
 import fastgeo
-from fastgeo import image_datasets
+from fastgeo import datasets, image_datasets
 from fastgeo.demo import vae_training, vaes
 
 HERE = Path(__file__).resolve().parent
@@ -66,7 +71,7 @@ BENCH_DIR = REPO / "bench" / "results" / "generators"
 class Spec:
     """How one generator is made."""
 
-    data: str  # a function of fastgeo.image_datasets: (n, seed) -> (X, labels)
+    data: str  # a function of fastgeo.image_datasets or fastgeo.datasets: (n, seed) -> (X, labels)
     n: int  # training images
     model: Callable[[], vaes.ImageVAE]  # built after torch.manual_seed(seed)
     epochs: int
@@ -118,6 +123,13 @@ SPECS: dict[str, Spec] = {
         epochs=30, seed=7,
     ),
     "conv32_color64": Spec("color_shapes64", 6000, lambda: vaes.conv_vae64(32), epochs=30, rbf_points=2000),
+    "mlp16_linear_glyphs": Spec(
+        "glyphs28", 10000, lambda: vaes.mlp_vae(784, 16, output="linear"), **MLP, seed=8
+    ),
+    "mlp10_cells": Spec(
+        "cells", 10000,
+        lambda: vaes.mlp_vae(2000, 10, (128, 128), output="linear", init_var=0.05), **MLP, seed=9,
+    ),
 }  # fmt: skip
 
 SMALL = [name for name, spec in SPECS.items() if spec.small]
@@ -146,7 +158,8 @@ def build_generator(name: str, out_dir: str | Path | None = None, *, verbose: bo
     path = out / f"{name}.safetensors"
 
     t0, c0 = time.perf_counter(), time.process_time()
-    X, labels = getattr(image_datasets, spec.data)(spec.n, spec.seed)
+    make_data = getattr(image_datasets, spec.data, None) or getattr(datasets, spec.data)
+    X, labels = make_data(spec.n, spec.seed)
     t_data = time.perf_counter() - t0
     torch.manual_seed(spec.seed)
     vae = spec.model()
