@@ -119,10 +119,19 @@ class ExpectedMetric:
         differentiated (a recognized chain of layers takes the stacked forward mode; anything
         else ``torch.func``, several times slower). ``print(metric.describe())``."""
         p = self.precision
-        return (
+        text = (
             f"ExpectedMetric: latent d = {self.latent_dim}, data D = {self.data_dim}, {self.dtype} on "
             f"{self.device}, {p.centers.shape[0]} RBF centers\nmean: {describe(self.mean, self.latent_dim)}"
         )
+        compact = self._compact_mean()
+        if compact is not None:
+            width = compact(p.centers[:1].detach()).shape[-1]
+            text += (
+                f"\ndistances: the mean's last layer is linear and widens to D = {self.data_dim}: the "
+                f"solver measures curves by its {width} x {width} triangular factor instead (the same "
+                "lengths, fewer values)"
+            )
+        return text
 
     @property
     def piecewise_linear_mean(self) -> bool:

@@ -79,11 +79,13 @@ def test_no_stand_in(mean):
     metric = fastgeo.ExpectedMetric(m, fastgeo.RBFPrecision(c, g, w, zeta))
     pts = _curves()
     torch.testing.assert_close(metric.mean_embedding(pts), metric.decode(pts), rtol=0, atol=0)
+    assert "triangular factor" not in metric.describe()
 
 
 def test_weights_changed_in_place_show():
     mean = _mlp()
     metric = _metric(mean)
+    assert f"its {HIDDEN} x {HIDDEN} triangular factor" in metric.describe()
     pts = _curves()
     before = metric.segment_sqdist(pts)
     with torch.no_grad():
@@ -137,3 +139,25 @@ def test_geodesics_as_without_the_stand_in(monkeypatch):
     without = fastgeo.geodesics(metric, z0, z1, **opts)
     assert list(with_it.status) == list(without.status)
     torch.testing.assert_close(with_it.lengths, without.lengths, rtol=2e-5, atol=0)
+
+
+def test_nearest_neighbors_bound_on_the_stand_in():
+    """The feature-space bound of ``nearest_neighbors`` comes from the stand-in's values: the
+    same distances, fewer values; the neighbours are the rows of the full matrix."""
+    from fastgeo.pairwise import triu_pairs
+    from fastgeo.pairwise.feature_bound import _features
+
+    metric = _metric(_mlp(dtype=torch.float32), dtype=torch.float32)
+    codes = randn(14, D_LAT, dtype=torch.float32, seed=7)
+    f = _features(metric, codes)
+    assert f.shape == (14, HIDDEN + D)
+    torch.testing.assert_close(
+        torch.cdist(f, f), torch.cdist(*(2 * [metric.features(codes)])), rtol=1e-4, atol=1e-4
+    )
+    opts = {"max_iter": 40, "graph": False}
+    res = fastgeo.nearest_neighbors(metric, codes, 2, workers=1, progress=False, **opts)
+    i, j = triu_pairs(14, 0, 14 * 13 // 2)
+    lengths = fastgeo.geodesics(metric, codes[i], codes[j], progress=False, **opts).lengths.double()
+    full = torch.full((14, 14), torch.inf, dtype=torch.float64)
+    full[i, j] = full[j, i] = lengths
+    assert torch.equal(res.indices, torch.sort(full, dim=1, stable=True)[1][:, :2])

@@ -24,8 +24,10 @@ COL_BLOCK = 4096  # codes per block of the bound's columns (features in float64)
 
 
 def _features(metric: ExpectedMetric, z: Tensor) -> Tensor:
-    """``[mu, sigma](z)`` (N, 2D) in the metric's dtype, decoded in blocks of codes."""
-    return torch.cat([metric.features(z[i : i + ROW_BLOCK]) for i in range(0, z.shape[0], ROW_BLOCK)])
+    """``[mu, sigma](z)`` up to an isometry of differences (:meth:`ExpectedMetric.embedding`:
+    fewer values where the mean ends with a widening linear layer) (N, F + D), in the metric's
+    dtype, decoded in blocks of codes."""
+    return torch.cat([metric.embedding(z[i : i + ROW_BLOCK]) for i in range(0, z.shape[0], ROW_BLOCK)])
 
 
 class FeatureBounds:
