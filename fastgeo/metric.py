@@ -297,8 +297,9 @@ class ExpectedMetric:
 
     def _compact_mean(self) -> StackedChain | None:
         """The mean's compact stand-in, from its structure now (it may have changed), or None."""
-        chain = stacked_chain(self.mean, self.precision.centers[:4].detach())
-        return None if chain is None else compact_chain(chain)
+        probe = self.precision.centers[:4].detach()
+        chain = stacked_chain(self.mean, probe)
+        return None if chain is None else compact_chain(chain, self.mean, probe)
 
     def _decode_with(self, mean: Callable[[Tensor], Tensor], z: Tensor, width: int | None) -> Tensor:
         """``mean`` (P, d) -> (P, F) at points (..., d), padded and chunked as :meth:`decode`

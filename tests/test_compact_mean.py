@@ -161,3 +161,65 @@ def test_nearest_neighbors_bound_on_the_stand_in():
     full = torch.full((14, 14), torch.inf, dtype=torch.float64)
     full[i, j] = full[j, i] = lengths
     assert torch.equal(res.indices, torch.sort(full, dim=1, stable=True)[1][:, :2])
+
+
+class _DataUnits(nn.Module):
+    """A Gaussian decoder whose outputs are put back in data units by buffers, as a single-cell
+    model on standardized genes is: ``fc(h) * std + mean``, or with an image reshape between."""
+
+    def __init__(self, image: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.body = nn.Sequential(nn.Linear(D_LAT, HIDDEN), nn.ELU())
+        self.fc = nn.Linear(HIDDEN, D)
+        self.image = image
+        self.register_buffer("std", torch.rand(1, 4, 5) + 0.5 if image else torch.rand(D) + 0.5)
+        self.register_buffer("mu", torch.randn(D))
+
+    def forward(self, z):
+        x = self.fc(self.body(z))
+        if self.image:
+            return (x.view(-1, 1, 4, 5) * self.std * 0.5 - 1.0).flatten(1) + self.mu
+        return x * self.std + self.mu
+
+
+@pytest.mark.parametrize("image", [False, True], ids=["genes", "image"])
+def test_affine_steps_after_the_last_layer_join_it(image):
+    metric = _metric(_DataUnits(image).double().eval())
+    pts = _curves()
+    assert metric.mean_embedding(pts).shape[-1] == HIDDEN
+    mu = metric.decode(pts)
+    torch.testing.assert_close(
+        metric.segment_sqdist(pts),
+        (mu[:, 1:] - mu[:, :-1]).pow(2).sum(-1) + metric.precision.segment_sqdist(pts),
+        rtol=1e-10,
+        atol=0,
+    )
+
+
+def test_a_last_layer_along_an_axis_of_several_is_checked():
+    """A Linear applied along the last of two axes per point, then a per-element scale: the
+    columns of W do not go through the tail alone (the rows are scaled apart), so the check keeps
+    the mean itself."""
+
+    class Rows(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(2)
+            self.fc1 = nn.Linear(D_LAT, 2 * HIDDEN)
+            self.fc2 = nn.Linear(HIDDEN, 10)
+            self.register_buffer("scale", torch.rand(2, 10) + 0.5)
+
+        def forward(self, z):
+            return (self.fc2(torch.tanh(self.fc1(z)).view(-1, 2, HIDDEN)) * self.scale).flatten(1)
+
+    metric = _metric(Rows().double().eval())
+    pts = _curves()
+    assert metric.mean_embedding(pts).shape[-1] == D
+    mu = metric.decode(pts)
+    torch.testing.assert_close(
+        metric.segment_sqdist(pts),
+        (mu[:, 1:] - mu[:, :-1]).pow(2).sum(-1) + metric.precision.segment_sqdist(pts),
+        rtol=1e-10,
+        atol=0,
+    )
