@@ -31,6 +31,13 @@ def _curves(dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return randn(4, 9, D_LAT, dtype=dtype, seed=3)
 
 
+def _assert_segments_of_the_mean(metric: fastgeo.ExpectedMetric, pts: torch.Tensor) -> None:
+    """The metric's segments (whatever embedding it measures by) are the mean's, to 1e-10."""
+    mu = metric.decode(pts)
+    expected = (mu[:, 1:] - mu[:, :-1]).pow(2).sum(-1) + metric.precision.segment_sqdist(pts)
+    torch.testing.assert_close(metric.segment_sqdist(pts), expected, rtol=1e-10, atol=0)
+
+
 @pytest.mark.parametrize(
     "tail",
     [(), (nn.Unflatten(1, (4, 5)),), (nn.Unflatten(1, (1, 4, 5)), nn.Flatten())],
@@ -91,11 +98,8 @@ def test_weights_changed_in_place_show():
     with torch.no_grad():
         mean[2].weight.mul_(2.0)
         mean[2].weight[0] += 1.0
-    mu = metric.decode(pts)
-    expected = (mu[:, 1:] - mu[:, :-1]).pow(2).sum(-1) + metric.precision.segment_sqdist(pts)
-    after = metric.segment_sqdist(pts)
-    assert not torch.allclose(after, before)
-    torch.testing.assert_close(after, expected, rtol=1e-10, atol=0)
+    assert not torch.allclose(metric.segment_sqdist(pts), before)
+    _assert_segments_of_the_mean(metric, pts)
 
 
 def test_triangular_factor_by_content():
@@ -188,13 +192,7 @@ def test_affine_steps_after_the_last_layer_join_it(image):
     metric = _metric(_DataUnits(image).double().eval())
     pts = _curves()
     assert metric.mean_embedding(pts).shape[-1] == HIDDEN
-    mu = metric.decode(pts)
-    torch.testing.assert_close(
-        metric.segment_sqdist(pts),
-        (mu[:, 1:] - mu[:, :-1]).pow(2).sum(-1) + metric.precision.segment_sqdist(pts),
-        rtol=1e-10,
-        atol=0,
-    )
+    _assert_segments_of_the_mean(metric, pts)
 
 
 def test_a_last_layer_along_an_axis_of_several_is_checked():
@@ -216,10 +214,4 @@ def test_a_last_layer_along_an_axis_of_several_is_checked():
     metric = _metric(Rows().double().eval())
     pts = _curves()
     assert metric.mean_embedding(pts).shape[-1] == D
-    mu = metric.decode(pts)
-    torch.testing.assert_close(
-        metric.segment_sqdist(pts),
-        (mu[:, 1:] - mu[:, :-1]).pow(2).sum(-1) + metric.precision.segment_sqdist(pts),
-        rtol=1e-10,
-        atol=0,
-    )
+    _assert_segments_of_the_mean(metric, pts)
