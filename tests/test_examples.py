@@ -42,3 +42,12 @@ def test_conv_vae_example(tmp_path):
         assert float(fast) >= float(geo) * (1 - 1e-3)
     assert "2 x 2 distance matrix" in out
     assert (tmp_path / "conv_vae_paths.png").stat().st_size > 0
+
+
+def test_cells_vae_example():
+    out = _run(str(EXAMPLES / "cells_vae.py"), "--quick")
+    # A Gaussian decoder: measured through its last layer's triangular factor.
+    assert "its 128 x 128 triangular factor" in out
+    found = re.search(r"(\d+) geodesics, (\d+) converged, 0 not", out)
+    assert found is not None and found.group(1) == found.group(2) == "15"
+    assert re.search(r"geodesic / Euclidean latent distance: [\d.]+-[\d.]+", out)
