@@ -18,10 +18,15 @@ from .._progress import DELAY, call_bar
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
 from ..solver.graph import cached_graph, check_graph_inputs
-from ..solver.options import SPLINE_METHODS
+from ..solver.options import BATCH_BUDGET, SPLINE_METHODS
 from .chunks import dist_info
 
-DEFAULT_CPU_BUDGET = 256 << 20  # bytes of solver working memory per chunk on the CPU
+# Bytes of solver working memory per chunk on the CPU, by the solver's memory model: as much as a
+# geodesics call gives one batch. The model bounds the memory from far above (the linearizations
+# go in cache-sized chunks of points): 1.5-7 MB of RSS per curve measured where it counts 32-95 MB
+# (d = 8-16, D = 784-2,000); 256 MiB made chunks of 2-8 pairs at d >= 8, 1.13-1.27x slower than
+# chunks of 24 (bench/RESULTS.md, "Gaussian decoders").
+DEFAULT_CPU_BUDGET = BATCH_BUDGET
 _NOT_OPTIONS = ("metric", "z0", "z1", "init", "progress")  # geodesics() arguments, not options here
 SOLVER_OPTIONS = tuple(k for k in inspect.signature(geodesics).parameters if k not in _NOT_OPTIONS)
 
