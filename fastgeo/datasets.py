@@ -105,7 +105,8 @@ def cells(
         genes: D (>= 2).
         dtype: floating dtype of ``X``.
     Returns:
-        ``X`` (n, genes) of ``dtype``, values in [0, ~8], and ``labels`` (n,) int64 in 0..5.
+        ``X`` (n, genes) of ``dtype``, values in [0, log(1 + 1e4)] ~ [0, 9.2], and ``labels``
+        (n,) int64 in 0..5.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
