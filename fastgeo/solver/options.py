@@ -59,14 +59,6 @@ EXPLORE_ITER = 20
 HIGH_DIM_DEFAULTS = {
     "refine": 4, "corridors": 2, "m": 12, "n_points": 48, "coarse_points": 24, "explore": EXPLORE_ITER
 }  # fmt: skip
-# From HIGH_DIM on, ``default`` races its starts on a spline of about half the control points
-# (``m // 2 + 1``: 7 for 12, on 14 points) and refines the winner in its own: the race decides
-# basins, not the curve's shape, and its cost is most of a call's. On the kept dense oracles
-# (48 pairs per seed) the same lengths or shorter (mlp12_small seeds 0 and 2: worst 0.100 ->
-# 0.019 %, 0.124 -> 0.037 %), 1.26-1.38x less time at d = 5-16 (bench/RESULTS.md, "The race on
-# half the control points"). In 2-D, where walls are thin, the race keeps the solver's spline
-# (there 13 of 24 gained 2-14 %).
-HALF_RACE = True
 # ``fast``: the default's algorithm on coarser curves, stopped at a relative energy step of 1e-4,
 # not subdivided (but for piecewise-linear decoders). For users who would otherwise settle for
 # StochMan's accuracy (1-6 % long on average): on trained VAEs 1.6-3.1x less time than the
@@ -129,7 +121,6 @@ class SolverOptions:
     subdivide_above: float = SUBDIVIDE_ABOVE  # ... where it predicts this relative energy gain
     explore_iter: int = 0  # Adam steps of the explored start (starts.py); 0: none
     tangent_dtype: torch.dtype | None = None  # lagged linearizations' tangents (decoders/low_precision.py)
-    race_m: int = 0  # control points of the race's spline, on 2 race_m points (0: the solver's basis)
 
     @property
     def m(self) -> int:
@@ -145,7 +136,6 @@ class SolverOptions:
             "max_iter": self.max_iter,
             "warm_start": self.warm_iter,
             "explore": self.explore_iter,
-            "race_m": self.race_m,
             "lagged": self.lagged,
             "secant": self.secant,
             "subdivide": self.subdivide,
@@ -296,8 +286,6 @@ def solver_options(
     # (LayerNorm then PReLU: 12 % of the tangents off, smooth chains 0.5-1 %).
     low = lagged and dtype == torch.float32 and not piecewise_linear and device is not None
     low = low and bfloat16_is_fast(torch.device(device))
-    half = HALF_RACE and method == "default" and splines and latent_dim >= HIGH_DIM
-    race_m = basis.m // 2 + 1 if half and basis.m // 2 + 1 < basis.m else 0
     return SolverOptions(
         method,
         basis,
@@ -317,5 +305,4 @@ def solver_options(
         subdivide_above,
         explore_iter,
         torch.bfloat16 if low else None,
-        race_m,
     )

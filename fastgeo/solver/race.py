@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..curves import Basis, BSplineBasis
 from ..metric import ExpectedMetric, energy_from_segments, length_from_segments
 from .finer_gain import finer_gains
 from .first_order import adam
@@ -29,18 +28,6 @@ CLOSE_RACE = 0.01  # racers within this relative energy of their curve's winner 
 DISTINCT = 0.05  # ... if their curve is this fraction of the chord away from the winner's
 SAME_BASIN = 1e-3  # ... and if the curve halfway between the two is this much above both in energy
 STEPPED_OVER = 0.02  # relative energy a racer gains at its grid's midpoints to count as under-resolved
-# Bits of the least-squares maps between the race's spline and the solver's (as finer_gain.LIFT_GRID:
-# rounded so that LAPACK's last bits, which vary from call to call, never reach a result).
-MAP_GRID = 2.0**20
-
-
-def _projection(src: Basis, dst: Basis, like: Tensor) -> Tensor:
-    """(m_dst, m_src): coefficients of curves in ``src`` to the nearest curves in ``dst`` (least
-    squares on a fine grid, float64, rounded to 1 / MAP_GRID)."""
-    t = torch.linspace(0, 1, 8 * max(src.m, dst.m) + 7, dtype=torch.float64)
-    proj = torch.linalg.lstsq(dst(t), src(t)).solution
-    proj = torch.round(proj * MAP_GRID) / MAP_GRID
-    return proj.to(dtype=like.dtype, device=like.device)
 
 
 def _finite_or_inf(energy: Tensor) -> Tensor:
@@ -70,19 +57,13 @@ def solve_batch(
     coarse_n = opts.coarse_points if opts.method in SPLINE_METHODS else opts.n_points
     is_coarse = coarse_n < opts.n_points
     coarse = Grid.of(opts.basis, coarse_n, z0) if is_coarse else fine
-    # The starts are made in the solver's basis (on the coarse grid); the race may run on a
-    # spline of fewer control points (opts.race_m, d >= 4), its racers mapped there and back.
-    race_basis, start_grid = opts.basis, coarse
-    if opts.race_m and is_coarse:
-        race_basis = BSplineBasis(opts.race_m)
-        coarse = Grid.of(race_basis, 2 * opts.race_m, z0)
     candidates, iterations = starts(
         metric,
         z0,
         z1,
         opts.m,
         fine,
-        start_grid,
+        coarse,
         opts.method,
         opts.warm_iter,
         opts.tol,
@@ -100,8 +81,6 @@ def solve_batch(
     gradient = full_gradient(metric, work) if opts.lagged else None
     codes = torch.tensor([c for c, _ in candidates], device=z0.device)
     stacked = torch.stack([c for _, c in candidates])  # (C, B, m, d)
-    if race_basis is not opts.basis:
-        stacked = torch.matmul(_projection(opts.basis, race_basis, z0), stacked)
     # Race the distinct starts of each curve (by length: it does not depend on how a start is
     # parametrized, which the optimization fixes anyway); keep the lowest final energy (wrong
     # basins, not curve shape, cause the large errors).
@@ -120,7 +99,7 @@ def solve_batch(
         # long): where the grid's midpoints raise its energy by more than STEPPED_OVER, it is
         # ranked by that energy. Others keep their own (racers that reached one basin have
         # near-equal energies, and a re-measured one could order them by rounding).
-        checked = _checked_energy(metric, z0[curve_idx], z1[curve_idx], coeffs, race_basis, coarse, work)
+        checked = _checked_energy(metric, z0[curve_idx], z1[curve_idx], coeffs, opts, coarse, work)
         energy = torch.where(checked > (1 + STEPPED_OVER) * energy, _finite_or_inf(checked), energy)
     pick = _per_curve_best(energy, curve_idx, B)  # the winning racer of each curve
     if not is_coarse:
@@ -140,8 +119,6 @@ def solve_batch(
     gap = torch.einsum("nm,bmd->bnd", coarse.psi, coeffs[pick[owner]] - coeffs[close])
     apart = gap.norm(dim=-1).amax(-1) > DISTINCT * (z1 - z0)[owner].norm(dim=-1)
     close, owner = close[apart], owner[apart]
-    if race_basis is not opts.basis:
-        coeffs = torch.matmul(_projection(race_basis, opts.basis, z0), coeffs)
     # ... and only where a wall separates it from the winner: refined, racers of one flat valley
     # reach one curve.
     walled = _separated(metric, z0[owner], z1[owner], coeffs[pick[owner]], coeffs[close], fine, work)
@@ -207,10 +184,10 @@ def _separated(
 
 
 def _checked_energy(
-    metric: ExpectedMetric, a: Tensor, b: Tensor, coeffs: Tensor, basis: Basis, grid: Grid, work: Work
+    metric: ExpectedMetric, a: Tensor, b: Tensor, coeffs: Tensor, opts: SolverOptions, grid: Grid, work: Work
 ) -> Tensor:
     """Discrete energy (R,) of racers (R, m, d) on their grid with its midpoints added."""
-    finer = Grid.of(basis, 2 * grid.n - 1, a)
+    finer = Grid.of(opts.basis, 2 * grid.n - 1, a)
     everyone = torch.arange(a.shape[0], device=a.device)
     return energy_from_segments(full_segments(metric, a, b, finer, work)(coeffs, everyone))
 
