@@ -103,8 +103,9 @@ def pairwise_distances(
         out: optional path of a ``.npy`` file: the matrix is written there, memory-mapped
             (the returned tensor, on the CPU, maps the file), so that an (M, M) matrix larger
             than memory can be kept.
-        memory_budget: bytes of solver working memory per chunk (default: a quarter of free GPU
-            memory up to 4 GiB, or 256 MiB on the CPU). Sets the chunk size.
+        memory_budget: bytes of solver working memory per chunk, by the solver's memory model
+            (default: a quarter of free GPU memory up to 4 GiB, or 1 GiB on the CPU, as a
+            ``geodesics`` batch; the model bounds the memory from far above). Sets the chunk size.
         chunk_size: pairs per chunk, overrides ``memory_budget``.
         checkpoint: folder for resumable runs (exact mode): finished chunks are saved
             atomically as they finish; a run started again with the same arguments solves only
