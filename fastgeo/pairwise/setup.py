@@ -67,7 +67,7 @@ def check_inputs(
 
 
 def default_memory_budget(device: torch.device) -> int:
-    """Solver working memory per chunk: a quarter of free GPU memory (<= 4 GiB), 256 MiB on CPU."""
+    """Solver working memory per chunk: a quarter of free GPU memory (<= 4 GiB), DEFAULT_CPU_BUDGET on the CPU."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(min(free // 4, 4 << 30))
