@@ -67,7 +67,8 @@ def check_inputs(
 
 
 def default_memory_budget(device: torch.device) -> int:
-    """Solver working memory per chunk: a quarter of free GPU memory (<= 4 GiB), DEFAULT_CPU_BUDGET on the CPU."""
+    """Solver working memory per chunk: a quarter of free GPU memory (<= 4 GiB), on the CPU
+    DEFAULT_CPU_BUDGET."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(min(free // 4, 4 << 30))
