@@ -31,7 +31,7 @@ from .steps import Affine, Axes, ByTensor, Flatten, Reshape, Scale, Step, Unflat
 COMPACT = True
 # Steps after the last layer that are affine per point.
 TAIL = (Flatten, Unflatten, Reshape, Axes, Scale, ByTensor)
-# Triangular factors kept (by weight content); a decoder has one last layer, a session a few.
+# Triangular factors kept (by weight content); a decoder has one last layer, a process a few.
 KEPT = 4
 # The check of a stand-in: squared differences of its values within this of the mean's.
 CHECK_RTOL = 1e-4
