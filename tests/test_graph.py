@@ -157,6 +157,21 @@ def test_later_corridors_pass_elsewhere(metric):
     assert seen > 0
 
 
+
+def test_near_path_measures_the_allowed_nodes():
+    """``_near_path`` marks exactly the allowed nodes within the pair's radius of its path (a
+    brute-force distance from every node to every path point), and no node that is not allowed."""
+    g = torch.Generator().manual_seed(3)
+    nodes = torch.randn(300, 3, generator=g, dtype=torch.float64)
+    pts = torch.randn(5, 7, 3, generator=g, dtype=torch.float64)
+    radius = torch.tensor([0.0, 0.3, 0.6, 1.0, 5.0], dtype=torch.float64)[:, None]
+    allowed = torch.rand(5, 300, generator=g).numpy() < 0.4
+    allowed[2] = False  # a pair with no candidate left
+    near = corridors._near_path(pts, nodes, allowed, radius)
+    brute = ((pts[:, :, None, :] - nodes[None, None]) ** 2).sum(-1).sqrt().amin(1) <= radius
+    assert np.array_equal(near, brute.numpy() & allowed)
+    assert near[3].any() and (allowed[3] & ~near[3]).any()  # the test can fail both ways
+
 def test_repeated_query_uses_cached_rows(metric, basis, monkeypatch):
     """A second call with the same end points gives identical coefficients, adds no rows to the
     cache, runs no Dijkstra at all and spends no decoder evaluation. Swapped end points give the
