@@ -5,14 +5,14 @@ distances on a random sample of pairs solved exactly.
     python bench/bench_pairwise_graph.py                                  # digits, M = 256, 1000, 4000
     python bench/bench_pairwise_graph.py --generator mlp16_shapes --ms 256,1000
     python bench/bench_pairwise_graph.py --threads 1,2 --ms 256 --load    # with a competing process
+    python bench/bench_pairwise_graph.py --ms 256 --straight              # straight segments in 2-D too
 
 Each (M, threads) runs in a fresh subprocess so that its peak RSS (``ru_maxrss``) is its own; the
 M codes are a random subset (seed 1) of the generator's training codes (``workloads.py``; beyond
 their number, more drawn around them: ``codes``). The
 error is the graph distances' relative excess over :func:`fastgeo.geodesics` (defaults) on
 ``--sample`` random pairs (``report.graph_error``); the default solver's own excess over the
-dense oracle is in the solver and basins tables. ``--exact-per-pair`` also times the exact mode's
-per-pair cost on the sample (its geodesics), to state what ``mode="exact"`` would take. ``--load``
+dense oracle is in the solver and basins tables. ``--load``
 runs a competing busy process on one core during each measurement. The table is printed and
 written to ``bench/results/pairwise_graph_<generator>.md`` (``$FASTGEO_BENCH_OUT`` elsewhere).
 """
@@ -33,13 +33,13 @@ from workloads import environment_line, generator, results_dir
 import fastgeo
 
 
-def worker(name: str, M: int, threads: int, sample: int) -> dict:
+def worker(name: str, M: int, threads: int, sample: int, straight: bool | None = None) -> dict:
     torch.set_num_threads(threads)
     metric, Zall, _ = generator(name)
     Z = codes(Zall, M)
     t0 = time.perf_counter()
     D, rep = fastgeo.pairwise_distances(
-        metric, Z, mode="graph", error_sample=sample, progress=False, return_report=True
+        metric, Z, mode="graph", error_sample=sample, straight=straight, progress=False, return_report=True
     )
     wall = time.perf_counter() - t0
     e = rep.graph_error
@@ -48,6 +48,7 @@ def worker(name: str, M: int, threads: int, sample: int) -> dict:
         "threads": threads,
         "pairs": rep.n_pairs,
         "edges": rep.graph_edges,
+        "straight": rep.straight_shortcuts,
         "wall_s": wall,
         "pairs_per_s": rep.n_pairs / wall,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -89,18 +90,26 @@ def main() -> None:
     ap.add_argument("--threads", default="2")
     ap.add_argument("--sample", type=int, default=200)
     ap.add_argument("--load", action="store_true", help="a competing busy process on one core")
+    ap.add_argument(
+        "--straight",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="straight segments as shortcuts (default: the library's, on in d >= 4)",
+    )
     ap.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)  # M, threads, sample
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.generator, *args.worker)))
+        print(json.dumps(worker(args.generator, *args.worker, straight=args.straight)))
         return
     rows = []
     head = (
         f"# pairwise_distances(mode='graph') on {args.generator}"
         + (" with a competing busy process" if args.load else "")
         + f"\n\n{environment_line()}\n\n"
-        "| M | threads | pairs | edges | time (s) | pairs/s | peak RSS (MB): run / largest worker | sample "
-        "| mean excess % | median % | p95 % | max % |\n|" + " --- |" * 12
+        "| M | threads | pairs | edges | entries from straight segments | time (s) | pairs/s "
+        "| peak RSS (MB): run / largest worker | sample | mean excess % | median % | p95 % | max % |\n|"
+        + " --- |"
+        * 13
     )
     print(head, flush=True)
     for M in (int(x) for x in args.ms.split(",")):
@@ -117,6 +126,7 @@ def main() -> None:
                     str(M),
                     str(threads),
                     str(args.sample),
+                    *([] if args.straight is None else ["--straight" if args.straight else "--no-straight"]),
                 ]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             finally:
@@ -126,7 +136,7 @@ def main() -> None:
             r = json.loads(out.strip().splitlines()[-1])
             assert r["finite"] and r["symmetric"]
             line = (
-                f"| {M} | {threads} | {r['pairs']} | {r['edges']} | {r['wall_s']:.1f} | "
+                f"| {M} | {threads} | {r['pairs']} | {r['edges']} | {r['straight']} | {r['wall_s']:.1f} | "
                 f"{r['pairs_per_s']:.0f} | "
                 f"{r['rss_mb']:.0f} / {r['worker_rss_mb']:.0f} | {r['sample']} | {r['mean']:.3f} | "
                 f"{r['median']:.3f} | {r['p95']:.3f} | "

@@ -195,6 +195,10 @@ def test_graph_mode_from_the_command_line(files, capsys, monkeypatch, tmp_path):
     D = fastgeo.pairwise_distances(fastgeo.load_generator(gen), Z, **kw)
     assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy())
     assert "graph of" in err[-1] and "random pairs" in err[-1]
+    code, err = run_cli(capsys, *graph, "--neighbors", "2", "--error-sample", "3", "--straight")
+    assert code == 0, err
+    D = fastgeo.pairwise_distances(fastgeo.load_generator(gen), Z, straight=True, **kw)
+    assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy())
     solving_forbidden(monkeypatch)
     expect_error(capsys, ["--neighbors", ">= 1"], *graph, "--neighbors", "0")
     expect_error(capsys, ["--error-sample", ">= 0"], *graph, "--error-sample", "-2")
@@ -202,15 +206,18 @@ def test_graph_mode_from_the_command_line(files, capsys, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("mode", [None, "exact"])
-@pytest.mark.parametrize("option,value", [("--neighbors", "2"), ("--error-sample", "3")])
+@pytest.mark.parametrize(
+    "option,value", [("--neighbors", "2"), ("--error-sample", "3"), ("--straight", None)]
+)
 def test_graph_options_are_refused_in_exact_mode(files, capsys, monkeypatch, tmp_path, mode, option, value):
-    """--neighbors and --error-sample given in exact mode (the default) would be ignored: refused,
-    naming the option and the mode that uses it."""
+    """--neighbors, --error-sample and --straight given in exact mode (the default) would be
+    ignored: refused, naming the option and the mode that uses it."""
     tmp, gen = files
     solving_forbidden(monkeypatch)
     exact = [] if mode is None else ["--mode", mode]
+    given = [option] if value is None else [option, value]
     expect_error(capsys, [option, "--mode graph", "no effect in --mode exact"], gen, tmp / "Z.npy", "-o",
-                 tmp_path / "D.npy", *exact, option, value)  # fmt: skip
+                 tmp_path / "D.npy", *exact, *given)  # fmt: skip
 
 
 def test_checkpoint_is_refused_in_graph_mode(files, capsys, monkeypatch, tmp_path):

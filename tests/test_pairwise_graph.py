@@ -138,6 +138,52 @@ def test_rectangular_and_duplicates(metric, Z):
     assert Dd[2, 6] == 0 and torch.equal(Dd[6, :6], Dd[2, :6])
 
 
+
+def _straight_lengths(metric, z0, z1, n=4097):
+    """Straight segments' lengths on a fine grid, float64 (independent of fastgeo's measurement)."""
+    t = torch.linspace(0, 1, n, dtype=z0.dtype)
+    pts = z0[:, None] + t[None, :, None] * (z1 - z0)[:, None]
+    return metric.length(pts)
+
+
+def test_straight_segments_shorten_chains(metric, Z):
+    """straight=True: every entry is the shorter of its chain and its pair's straight segment (the
+    segment within the measurement's 1e-3 of its length on 4,097 points, never below it by more);
+    the report counts the entries a segment shortened, some here; edges keep their geodesic."""
+    kw = dict(mode="graph", neighbors=2, error_sample=0, progress=False, return_report=True, **OPTS)
+    chains, _ = fastgeo.pairwise_distances(metric, Z, straight=False, **kw)
+    D, rep = fastgeo.pairwise_distances(metric, Z, straight=True, **kw)
+    i, j = torch.triu_indices(M, M, 1)
+    seg = _straight_lengths(metric, Z[i], Z[j])
+    took = D[i, j] < chains[i, j]
+    assert torch.equal(D, D.T) and (D[i, j] <= chains[i, j]).all()
+    assert int(took.sum()) == rep.straight_shortcuts > 0 and "straight segments" in str(rep)
+    assert torch.allclose(D[i, j][took], seg[took], rtol=1e-3)
+    assert (D[i, j] >= torch.minimum(chains[i, j], seg) * (1 - 1e-4)).all()
+    kept = rep.status_code[i, j] != GRAPH_ESTIMATE  # edges whose chain is the edge itself
+    assert kept.any() and torch.equal(D[i, j][kept], chains[i, j][kept])
+    R, rep_r = fastgeo.pairwise_distances(metric, Z[:5], Z[5:], straight=True, **kw)
+    assert torch.allclose(R, D[:5, 5:], rtol=1e-12) and rep_r.straight_shortcuts > 0
+
+
+def test_straight_segments_by_default_in_high_dimension():
+    """Default: measured in latent d >= 4 (a d = 4 decoder's report counts segments), not in d <= 3
+    nor beyond MAX_PAIRS pairs; exact mode refuses the option, a non-bool is a TypeError."""
+    from fastgeo.pairwise.straight import MAX_PAIRS, default_on
+
+    assert default_on(4, 10) and not default_on(3, 10) and not default_on(8, MAX_PAIRS + 1)
+    metric4 = bumpy_metric(d=4)
+    Z4 = torch.randn(7, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    kw = dict(mode="graph", neighbors=2, error_sample=0, progress=False, return_report=True, **OPTS)
+    D, rep = fastgeo.pairwise_distances(metric4, Z4, **kw)
+    D_off, rep_off = fastgeo.pairwise_distances(metric4, Z4, straight=False, **kw)
+    assert rep_off.straight_shortcuts == 0 and (D <= D_off).all()
+    assert rep.straight_shortcuts == int(torch.triu(D < D_off, 1).sum()) > 0
+    with pytest.raises(ValueError, match="straight is for mode='graph'"):
+        fastgeo.pairwise_distances(metric4, Z4, straight=True, progress=False)
+    with pytest.raises(TypeError, match="straight"):
+        fastgeo.pairwise_distances(metric4, Z4, mode="graph", straight="yes", progress=False)
+
 @pytest.mark.parametrize("mode", ["exact", "graph"])
 def test_memory_mapped_output(metric, Z, tmp_path, mode):
     """out=path.npy: the matrix is written to the file, which the returned tensor maps."""

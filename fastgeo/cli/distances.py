@@ -36,6 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--neighbors", type=int, default=None, help="graph mode: edges per code")
     p.add_argument(
+        "--straight",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="graph mode: also measure the straight segment of every pair and keep it where shorter "
+        "than the chain (default: on in latent d >= 4 up to 2^21 pairs)",
+    )
+    p.add_argument(
         "--no-chains",
         action="store_true",
         help="exact mode: skip the check of every entry against chains of two entries through a third "
@@ -82,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = inputs.checkpoint_folder("--checkpoint", args.checkpoint)
     inputs.only_in_mode("--neighbors", args.neighbors, args.mode, "graph")
     inputs.only_in_mode("--error-sample", args.error_sample, args.mode, "graph")
+    inputs.only_in_mode("--straight", args.straight, args.mode, "graph")
     inputs.only_in_mode("--checkpoint", args.checkpoint, args.mode, "exact")
     inputs.at_least("--chunk-size", args.chunk_size, 1)
     inputs.at_least("--neighbors", args.neighbors, 1)
     inputs.at_least("--workers", args.workers, 1)
     inputs.at_least("--error-sample", args.error_sample, 0)
-    mode_options = {"neighbors": args.neighbors, "error_sample": args.error_sample}
+    mode_options = {"neighbors": args.neighbors, "error_sample": args.error_sample, "straight": args.straight}
     mode_options = {k: v for k, v in mode_options.items() if v is not None}
     if args.no_chains:
         mode_options["chains"] = False

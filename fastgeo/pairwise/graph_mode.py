@@ -2,7 +2,11 @@
 (:mod:`.code_graph`) at the cost of ``O(M k)`` geodesics, and its error measured on a random
 sample of pairs solved exactly.
 
-Graph distances are upper bounds (chains of geodesics): the sample's relative excess
+In latent dimension >= 4 (by default, up to :data:`.straight.MAX_PAIRS` pairs) every entry is
+also bounded by its pair's straight segment, measured (:mod:`.straight`): there chains through
+few codes zig-zag, and the segment is often the shorter.
+
+Graph distances are upper bounds (chains of geodesics, segments): the sample's relative excess
 ``graph / exact - 1`` says how far above the distances they are, as a distribution over pairs
 (:class:`GraphError`). The sampled pairs keep the shorter of both lengths, and edges whose chain
 is the edge itself keep their geodesic's status; every other entry has the status
@@ -25,7 +29,9 @@ from ..solver.result import GRAPH_ESTIMATE
 from .chunks import dist_info
 from .code_graph import ROW_BLOCK, CodeGraph, neighbour_edges
 from .layout import triu_index
-from .pair_list import pair_solver, solve_pair_list
+from .pair_list import Solve, pair_solver, solve_pair_list
+from .straight import CHUNK as STRAIGHT_CHUNK
+from .straight import straight_solver
 
 SAMPLE_SEED = 0  # the error sample is the same for the same inputs
 # Edges join near neighbours: their geodesics need no race of starts through graph corridors
@@ -71,20 +77,61 @@ def graph_distances(
     status: Tensor,
     progress: bool,
     workers: int,
-) -> tuple[CodeGraph, GraphError, int, int]:
+    straight: Solve | None = None,
+) -> tuple[CodeGraph, GraphError, int, int, int]:
     """Fill ``out`` (R, C) with the code-graph distances between ``nodes[rows]`` and
     ``nodes[cols]`` (distinct ``nodes`` (n, d); ``symmetric``: rows = cols = all nodes, the
     strict upper triangle's pairs sampled) and ``status`` (R, C) int8 (pre-filled by the caller);
     ``solve_edge`` and ``solve`` give the exact geodesics of the edges and of ``error_sample``
-    random pairs, in chunks of ``chunk_size`` split over the processes and ``workers``.
-    Returns the graph, the measured error, and the decoder evaluations and JVPs of the sample."""
+    random pairs, in chunks of ``chunk_size`` split over the processes and ``workers``;
+    ``straight`` (:func:`.straight.straight_solver`), where given, the straight segment of every
+    pair, an entry taking it where it is shorter than the chain (before the sample is measured).
+    Returns the graph, the measured error, the decoder evaluations and JVPs of the sample and of
+    the segments, and the entries a segment shortened."""
     show = progress and dist_info()[0] == 0
     graph = _graph(nodes, neighbors, solve_edge, chunk_size, show, workers)
     _fill(graph, rows, cols, symmetric, out, show)
+    shortened, straight_evals = 0, 0
+    if straight is not None:
+        shortened, straight_evals = _shortcuts(nodes, rows, cols, symmetric, straight, out, show, workers)
     if symmetric:
         _edge_status(graph, out, status)
     run = (chunk_size, error_sample, out, status, show, workers)
-    return (graph, *_sample(nodes, rows, cols, symmetric, solve, *run))
+    error, evals, jvps = _sample(nodes, rows, cols, symmetric, solve, *run)
+    return graph, error, evals + straight_evals, jvps, shortened
+
+
+def _shortcuts(
+    nodes: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    symmetric: bool,
+    straight: Solve,
+    out: Tensor,
+    show: bool,
+    workers: int,
+) -> tuple[int, int]:
+    """Every entry of ``out`` (R, C) that its pair's straight segment beats takes the segment's
+    length (``symmetric``: the strict upper triangle measured, mirrored); returns how many entries
+    (pairs) it shortened and the decoder evaluations."""
+    R, C = out.shape
+    if symmetric:
+        i, j = torch.triu_indices(R, C, 1)
+    else:
+        i, j = torch.arange(R).repeat_interleave(C), torch.arange(C).repeat(R)
+        keep = rows.cpu()[i] != cols.cpu()[j]  # equal codes: distance 0 already
+        i, j = i[keep], j[keep]
+    a, b = rows.cpu()[i], cols.cpu()[j]
+    label = "straight segments"
+    solved = solve_pair_list(nodes, a, b, straight, STRAIGHT_CHUNK, workers, show, label, "pair")
+    ii, jj = i.to(out.device), j.to(out.device)
+    chain = out[ii, jj]
+    seg = solved.lengths.to(out.dtype).to(out.device)
+    shorter = seg < chain
+    out[ii, jj] = torch.where(shorter, seg, chain)
+    if symmetric:
+        out[jj, ii] = out[ii, jj]
+    return int(shorter.sum()), solved.decoder_evals
 
 
 def _graph(
@@ -200,9 +247,11 @@ def run_graph_mode(
     error_sample: int,
     progress: bool,
     workers: int,
+    straight: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, int, dict[str, Any]]:
     """Graph mode into ``matrix`` (distinct ``pts`` (M, d), optional ``Y`` (P, d); ``options``
-    of every :func:`fastgeo.geodesics` call): status codes (rows, cols) int8,
+    of every :func:`fastgeo.geodesics` call; ``straight``: shortcuts by straight segments,
+    :mod:`.straight`): status codes (rows, cols) int8,
     iterations (zeros: not kept per pair), the work counts, the world size and the report's
     extra fields."""
     if Y is None:
@@ -215,7 +264,7 @@ def run_graph_mode(
     edge_options = {**EDGE_OPTIONS, **options}
     solve = pair_solver(metric, options)
     solve_edge = pair_solver(metric, edge_options)
-    graph, error, evals, jvps = graph_distances(
+    graph, error, evals, jvps, shortened = graph_distances(
         nodes,
         rows,
         cols,
@@ -229,9 +278,9 @@ def run_graph_mode(
         status,
         progress,
         workers,
+        straight_solver(metric) if straight else None,
     )
     iterations = torch.zeros((), dtype=torch.int32, device=matrix.device).expand(matrix.shape)
     counts = torch.tensor([graph.decoder_evals + evals, graph.decoder_jvps + jvps, 0, 0])
-    extra = {"graph_error": error, "graph_edges": int(graph.edges.shape[0])}
+    extra = {"graph_error": error, "graph_edges": int(graph.edges.shape[0]), "straight_shortcuts": shortened}
     return status, iterations, counts, dist_info()[1], extra
-

@@ -40,6 +40,8 @@ class PairwiseReport:
             geodesics on a random sample (:class:`fastgeo.pairwise.graph_mode.GraphError`);
             None in exact mode.
         graph_edges: ``mode="graph"``: geodesics solved as edges of the code graph.
+        straight_shortcuts: ``mode="graph"``: entries whose straight segment was shorter than
+            their chain of edges, and which hold its length (0 where segments were not measured).
         chain_check: exact mode without ``Y``: what the check against chains through a third code
             found and repaired (:class:`fastgeo.pairwise.chains.ChainCheck`); None otherwise.
             Entries holding a chain's length (status ``chain``) count in neither ``n_converged``
@@ -61,6 +63,7 @@ class PairwiseReport:
     options: dict = field(default_factory=dict)
     graph_error: Any = None
     graph_edges: int = 0
+    straight_shortcuts: int = 0
     chain_check: Any = None
 
     @property
@@ -83,7 +86,9 @@ class PairwiseReport:
     def __str__(self) -> str:
         if self.graph_error is not None:
             return (
-                f"{self.n_pairs} pairs from a graph of {self.graph_edges} geodesics; {self.graph_error}; "
+                f"{self.n_pairs} pairs from a graph of {self.graph_edges} geodesics"
+                + (f" and {self.straight_shortcuts} straight segments" if self.straight_shortcuts else "")
+                + f"; {self.graph_error}; "
                 f"{self.wall_time:.2f} s; {self.decoder_evals} decoder evals, "
                 f"{self.decoder_jvps} decoder JVPs"
             )
