@@ -93,7 +93,7 @@ def pairwise_distances(
             chain; the report's ``straight_shortcuts`` counts those entries. In latent dimension
             >= 4, where chains through few codes zig-zag, this cuts the graph distances' excess
             several times on some decoders (a d = 10 decoder with a linear last layer: 14.5 % ->
-            2.0 % on average). Default: on in d >= 4 up to 2^21 pairs (M ~ 2,000), off in d <= 3
+            2.2 % on average). Default: on in d >= 4 up to 2^21 pairs (M ~ 2,000), off in d <= 3
             (dense codes, chains within ~1 %). Refused in exact mode.
         chains: exact mode without ``Y``: check every entry against chains of two entries through a
             third code (each entry is a curve's length, and so is a chain): the pairs a chain

@@ -3,12 +3,12 @@
 A straight segment is a curve, so its length bounds the distance from above, as a chain of the code
 graph's geodesics does. In d >= 4 few codes are much nearer to each other than the rest, and chains
 through them zig-zag, while the straight segment between the ends is often far shorter than the
-chain: on a d = 10 decoder with a linear last layer (``mlp10_cells``, 128 codes) chains were 14.5 %
-above the geodesics on average, straight segments 2.3 %, the shorter of both 2.0 %; on a d = 16
-sigmoid MLP (``mlp16_shapes``, 96 codes) 22 %, 25 % and 16.5 %; on the 2-D digits VAE (256 codes)
-0.77 %, 4.3 % and 0.67 % (bench/RESULTS.md, "Straight shortcuts in the graph mode"). A segment costs
-one forward pass on 17-65 points, no tangents: all pairs of 128 codes took 1/27 of the time of the
-graph's edges at d = 10.
+chain. On 256 codes, against exact geodesics on 200 random pairs (bench/RESULTS.md, "Straight
+segments in the graph mode"): a d = 10 decoder with a linear last layer (``mlp10_cells``) 16.9 %
+above on average with chains alone, 2.2 % with the segments; a d = 16 sigmoid MLP (``mlp16_shapes``)
+39.1 % and 21.8 %; the 2-D digits VAE 1.01 % and 0.87 %. A segment costs one forward pass on 17-65
+points and no tangents: 6-9 % more time in d >= 10, where the edges' geodesics cost the most, and
+1.36x in 2-D, where the default leaves them out.
 
 Each segment is measured to a relative error of ``RTOL`` (:func:`fastgeo.solver.measure.measure`)
 and its length taken with the error estimate added: a discrete length grows towards the curve's
