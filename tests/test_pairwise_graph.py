@@ -232,7 +232,7 @@ def test_worker_processes_match_one_process(metric, Z, mode, tmp_path):
     bit for bit, statuses and decoder work included, with a checkpoint too (exact mode)."""
     kw = dict(mode=mode, chunk_size=7, progress=False, return_report=True, **OPTS)
     if mode == "graph":
-        kw.update(neighbors=3, error_sample=10)
+        kw.update(neighbors=3, error_sample=10, straight=True)
     # The solver's latent graph is built once per metric and counted by the call that builds it,
     # and it keeps the shortest-path rows of the end points it has seen (the codes joined to the
     # graph, decoder work too): both made here first for these codes, neither call below counts
@@ -249,6 +249,7 @@ def test_worker_processes_match_one_process(metric, Z, mode, tmp_path):
     D3, r3 = fastgeo.pairwise_distances(metric, Z[:9], workers=3, **kw, **extra)
     assert torch.equal(D3, D1) and torch.equal(r3.status_code, r1.status_code)
     assert r3.decoder_evals == r1.decoder_evals and r3.decoder_jvps == r1.decoder_jvps
+    assert r3.straight_shortcuts == r1.straight_shortcuts
     if mode == "exact":
         assert torch.equal(r3.iterations, r1.iterations) and r3.chunks_computed == r1.chunks_total
         again, r4 = fastgeo.pairwise_distances(metric, Z[:9], workers=3, **kw, **extra)
