@@ -8,6 +8,7 @@ import torch
 from analytic import bumpy_metric, disc_points
 
 import fastgeo
+from fastgeo.pairwise import graph_mode
 from fastgeo.pairwise.code_graph import neighbour_edges
 from fastgeo.solver.result import CONVERGED, GRAPH_ESTIMATE, STATUSES
 
@@ -146,7 +147,7 @@ def _straight_lengths(metric, z0, z1, n=4097):
     return metric.length(pts)
 
 
-def test_straight_segments_shorten_chains(metric, Z):
+def test_straight_segments_shorten_chains(metric, Z, monkeypatch):
     """straight=True: every entry is the shorter of its chain and its pair's straight segment (the
     segment within the measurement's 1e-3 of its length on 4,097 points, never below it by more);
     the report counts the entries a segment shortened, some here; edges keep their geodesic."""
@@ -164,6 +165,12 @@ def test_straight_segments_shorten_chains(metric, Z):
     assert kept.any() and torch.equal(D[i, j][kept], chains[i, j][kept])
     R, rep_r = fastgeo.pairwise_distances(metric, Z[:5], Z[5:], straight=True, **kw)
     assert torch.allclose(R, D[:5, 5:], rtol=1e-12) and rep_r.straight_shortcuts > 0
+    # in blocks of rows (a few pairs each): the same entries (to the rounding of other batch sizes)
+    monkeypatch.setattr(graph_mode, "STRAIGHT_BLOCK", 20)
+    D_blocks, rep_blocks = fastgeo.pairwise_distances(metric, Z, straight=True, **kw)
+    assert torch.allclose(D_blocks, D, rtol=1e-12) and rep_blocks.straight_shortcuts == rep.straight_shortcuts
+    R_blocks, _ = fastgeo.pairwise_distances(metric, Z[:5], Z[5:], straight=True, **kw)
+    assert torch.allclose(R_blocks, R, rtol=1e-12)
 
 
 def test_straight_segments_by_default_in_high_dimension():

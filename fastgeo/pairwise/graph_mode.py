@@ -30,6 +30,7 @@ from .chunks import dist_info
 from .code_graph import ROW_BLOCK, CodeGraph, neighbour_edges
 from .layout import triu_index
 from .pair_list import Solve, pair_solver, solve_pair_list
+from .straight import BLOCK as STRAIGHT_BLOCK
 from .straight import CHUNK as STRAIGHT_CHUNK
 from .straight import straight_solver
 
@@ -112,26 +113,31 @@ def _shortcuts(
     workers: int,
 ) -> tuple[int, int]:
     """Every entry of ``out`` (R, C) that its pair's straight segment beats takes the segment's
-    length (``symmetric``: the strict upper triangle measured, mirrored); returns how many entries
-    (pairs) it shortened and the decoder evaluations."""
+    length (``symmetric``: the strict upper triangle measured, mirrored), in blocks of rows of
+    at most ``STRAIGHT_BLOCK`` pairs (the pair lists and lengths of one block are held at once);
+    returns how many entries (pairs) it shortened and the decoder evaluations."""
     R, C = out.shape
-    if symmetric:
-        i, j = torch.triu_indices(R, C, 1)
-    else:
-        i, j = torch.arange(R).repeat_interleave(C), torch.arange(C).repeat(R)
-        keep = rows.cpu()[i] != cols.cpu()[j]  # equal codes: distance 0 already
-        i, j = i[keep], j[keep]
-    a, b = rows.cpu()[i], cols.cpu()[j]
-    label = "straight segments"
-    solved = solve_pair_list(nodes, a, b, straight, STRAIGHT_CHUNK, workers, show, label, "pair")
-    ii, jj = i.to(out.device), j.to(out.device)
-    chain = out[ii, jj]
-    seg = solved.lengths.to(out.dtype).to(out.device)
-    shorter = seg < chain
-    out[ii, jj] = torch.where(shorter, seg, chain)
-    if symmetric:
-        out[jj, ii] = out[ii, jj]
-    return int(shorter.sum()), solved.decoder_evals
+    per_block = max(1, STRAIGHT_BLOCK // C)
+    blocks = -(-R // per_block)
+    shortened, evals = 0, 0
+    for k, r0 in enumerate(range(0, R, per_block)):
+        i = torch.arange(r0, min(R, r0 + per_block))[:, None].expand(-1, C).reshape(-1)
+        j = torch.arange(C).repeat(i.numel() // C)
+        a, b = rows.cpu()[i], cols.cpu()[j]
+        keep = (j > i) if symmetric else (a != b)  # equal codes: distance 0 already
+        i, j, a, b = i[keep], j[keep], a[keep], b[keep]
+        label = "straight segments" + (f" ({k + 1}/{blocks})" if blocks > 1 else "")
+        solved = solve_pair_list(nodes, a, b, straight, STRAIGHT_CHUNK, workers, show, label, "pair")
+        ii, jj = i.to(out.device), j.to(out.device)
+        chain = out[ii, jj]
+        seg = solved.lengths.to(out.dtype).to(out.device)
+        shorter = seg < chain
+        out[ii, jj] = torch.where(shorter, seg, chain)
+        if symmetric:
+            out[jj, ii] = out[ii, jj]
+        shortened += int(shorter.sum())
+        evals += solved.decoder_evals
+    return shortened, evals
 
 
 def _graph(

@@ -35,6 +35,7 @@ RTOL = 1e-3  # relative error of a segment's length (graph distances are estimat
 START_POINTS = 17
 MAX_PAIRS = 1 << 21  # by default measured for up to this many pairs (M ~ 2,000 codes)
 CHUNK = 4096  # segments per chunk (the measurement bounds its own memory)
+BLOCK = 1 << 21  # pairs listed at once (~50 bytes each): blocks of rows beyond it
 
 
 def straight_solver(metric: ExpectedMetric) -> Solve:
