@@ -157,7 +157,6 @@ def test_later_corridors_pass_elsewhere(metric):
     assert seen > 0
 
 
-
 def test_near_path_measures_the_allowed_nodes():
     """``_near_path`` marks exactly the allowed nodes within the pair's radius of its path (a
     brute-force distance from every node to every path point), and no node that is not allowed."""
@@ -171,6 +170,7 @@ def test_near_path_measures_the_allowed_nodes():
     brute = ((pts[:, :, None, :] - nodes[None, None]) ** 2).sum(-1).sqrt().amin(1) <= radius
     assert np.array_equal(near, brute.numpy() & allowed)
     assert near[3].any() and (allowed[3] & ~near[3]).any()  # the test can fail both ways
+
 
 def test_repeated_query_uses_cached_rows(metric, basis, monkeypatch):
     """A second call with the same end points gives identical coefficients, adds no rows to the

@@ -139,7 +139,6 @@ def test_rectangular_and_duplicates(metric, Z):
     assert Dd[2, 6] == 0 and torch.equal(Dd[6, :6], Dd[2, :6])
 
 
-
 def _straight_lengths(metric, z0, z1, n=4097):
     """Straight segments' lengths on a fine grid, float64 (independent of fastgeo's measurement)."""
     t = torch.linspace(0, 1, n, dtype=z0.dtype)
@@ -190,6 +189,7 @@ def test_straight_segments_by_default_in_high_dimension():
         fastgeo.pairwise_distances(metric4, Z4, straight=True, progress=False)
     with pytest.raises(TypeError, match="straight"):
         fastgeo.pairwise_distances(metric4, Z4, mode="graph", straight="yes", progress=False)
+
 
 @pytest.mark.parametrize("mode", ["exact", "graph"])
 def test_memory_mapped_output(metric, Z, tmp_path, mode):
