@@ -200,7 +200,7 @@ def test_graph_mode_from_the_command_line(files, capsys, monkeypatch, tmp_path):
     D = fastgeo.pairwise_distances(fastgeo.load_generator(gen), Z, straight=True, **kw)
     assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy())
     solving_forbidden(monkeypatch)
-    expect_error(capsys, ["--neighbors", ">= 1"], *graph, "--neighbors", "0")
+    expect_error(capsys, ["--neighbors", ">= 0"], *graph, "--neighbors", "-1")
     expect_error(capsys, ["--error-sample", ">= 0"], *graph, "--error-sample", "-2")
     expect_error(capsys, ["--workers", ">= 1"], *graph, "--workers", "0")
 

@@ -185,6 +185,11 @@ def test_straight_segments_by_default_in_high_dimension():
     D_off, rep_off = fastgeo.pairwise_distances(metric4, Z4, straight=False, **kw)
     assert rep_off.straight_shortcuts == 0 and (D <= D_off).all()
     assert rep.straight_shortcuts == int(torch.triu(D < D_off, 1).sum()) > 0
+    # neighbors=0: no edges, every entry its pair's straight segment
+    D0, rep0 = fastgeo.pairwise_distances(metric4, Z4, **{**kw, "neighbors": 0})
+    i, j = torch.triu_indices(7, 7, 1)
+    assert rep0.graph_edges == 0 and rep0.straight_shortcuts == len(i) and torch.equal(D0, D0.T)
+    assert torch.allclose(D0[i, j], _straight_lengths(metric4, Z4[i], Z4[j]), rtol=1e-3)
     with pytest.raises(ValueError, match="straight is for mode='graph'"):
         fastgeo.pairwise_distances(metric4, Z4, straight=True, progress=False)
     with pytest.raises(TypeError, match="straight"):
@@ -214,6 +219,8 @@ def test_invalid_graph_options(metric, Z, tmp_path):
     with pytest.raises(ValueError, match="mode"):
         fastgeo.pairwise_distances(metric, Z, mode="fast", progress=False)
     with pytest.raises(ValueError, match="neighbors"):
+        fastgeo.pairwise_distances(metric, Z, mode="graph", neighbors=-1, progress=False)
+    with pytest.raises(ValueError, match="neighbors=0 .* needs straight=True"):
         fastgeo.pairwise_distances(metric, Z, mode="graph", neighbors=0, progress=False)
     with pytest.raises(TypeError, match="neighbors"):
         fastgeo.pairwise_distances(metric, Z, mode="graph", neighbors=2.5, progress=False)

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     inputs.only_in_mode("--straight", args.straight, args.mode, "graph")
     inputs.only_in_mode("--checkpoint", args.checkpoint, args.mode, "exact")
     inputs.at_least("--chunk-size", args.chunk_size, 1)
-    inputs.at_least("--neighbors", args.neighbors, 1)
+    inputs.at_least("--neighbors", args.neighbors, 0)
     inputs.at_least("--workers", args.workers, 1)
     inputs.at_least("--error-sample", args.error_sample, 0)
     mode_options = {"neighbors": args.neighbors, "error_sample": args.error_sample, "straight": args.straight}

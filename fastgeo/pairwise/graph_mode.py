@@ -148,7 +148,11 @@ def _graph(
     show: bool,
     workers: int,
 ) -> CodeGraph:
-    """The code graph, its edges solved in chunks split over the processes and workers."""
+    """The code graph, its edges solved in chunks split over the processes and workers (none
+    for ``neighbors=0``: the straight segments alone)."""
+    if neighbors == 0:
+        empty = np.zeros(0)
+        return CodeGraph(nodes.shape[0], np.zeros((0, 2), dtype=np.int64), empty, empty.astype(np.int8))
     edges = neighbour_edges(nodes, neighbors)
     e0, e1 = edges[:, 0], edges[:, 1]
     solved = solve_pair_list(nodes, e0, e1, solve, chunk_size, workers, show, "graph edges", "edge")
