@@ -6,6 +6,7 @@ distances on a random sample of pairs solved exactly.
     python bench/bench_pairwise_graph.py --generator mlp16_shapes --ms 256,1000
     python bench/bench_pairwise_graph.py --threads 1,2 --ms 256 --load    # with a competing process
     python bench/bench_pairwise_graph.py --ms 256 --straight              # straight segments in 2-D too
+    python bench/bench_pairwise_graph.py --generator mlp10_cells --ms 256 --neighbors 0   # segments alone
 
 Each (M, threads) runs in a fresh subprocess so that its peak RSS (``ru_maxrss``) is its own; the
 M codes are a random subset (seed 1) of the generator's training codes (``workloads.py``; beyond
@@ -33,13 +34,22 @@ from workloads import environment_line, generator, results_dir
 import fastgeo
 
 
-def worker(name: str, M: int, threads: int, sample: int, straight: bool | None = None) -> dict:
+def worker(
+    name: str, M: int, threads: int, sample: int, straight: bool | None = None, neighbors: int | None = None
+) -> dict:
     torch.set_num_threads(threads)
     metric, Zall, _ = generator(name)
     Z = codes(Zall, M)
     t0 = time.perf_counter()
     D, rep = fastgeo.pairwise_distances(
-        metric, Z, mode="graph", error_sample=sample, straight=straight, progress=False, return_report=True
+        metric,
+        Z,
+        mode="graph",
+        error_sample=sample,
+        straight=straight,
+        neighbors=neighbors,
+        progress=False,
+        return_report=True,
     )
     wall = time.perf_counter() - t0
     e = rep.graph_error
@@ -96,10 +106,12 @@ def main() -> None:
         default=None,
         help="straight segments as shortcuts (default: the library's, on in d >= 4)",
     )
+    ap.add_argument("--neighbors", type=int, default=None, help="edges per code (0: straight segments alone)")
     ap.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)  # M, threads, sample
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.generator, *args.worker, straight=args.straight)))
+        record = worker(args.generator, *args.worker, straight=args.straight, neighbors=args.neighbors)
+        print(json.dumps(record))
         return
     rows = []
     head = (
@@ -127,6 +139,7 @@ def main() -> None:
                     str(threads),
                     str(args.sample),
                     *([] if args.straight is None else ["--straight" if args.straight else "--no-straight"]),
+                    *([] if args.neighbors is None else ["--neighbors", str(args.neighbors)]),
                 ]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             finally:
