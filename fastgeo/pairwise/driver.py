@@ -214,7 +214,8 @@ def pairwise_distances(
             f"fastgeo.pairwise_distances: the graph distances are {100 * error.mean:.1f} % above exact "
             f"geodesics on average on {error.pairs} random pairs (95th percentile {100 * error.p95:.1f} %): "
             "too few codes for the latent dimension (in high d all codes are about equally far apart, "
-            "and chains through them zig-zag); use mode='exact', or more codes.",
+            "and chains through them zig-zag), and straight segments (if measured) cut across where "
+            "the geodesics bend; use mode='exact' on the pairs that matter, or more codes.",
             RuntimeWarning, stacklevel=2,
         )  # fmt: skip
     if mapped is not None:
