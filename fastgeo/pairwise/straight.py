@@ -10,10 +10,11 @@ above on average with chains alone, 2.2 % with the segments; a d = 16 sigmoid ML
 points and no tangents: 0-14 % more time in d >= 10, where the edges' geodesics cost the most, and
 1.36x in 2-D, where the default leaves them out.
 
-Each segment is measured to a relative error of ``RTOL`` (:func:`fastgeo.solver.measure.measure`)
-and its length taken with the error estimate added: a discrete length grows towards the curve's
-length as points are added, so the sum is the best estimate of the segment's length, and not
-below a geodesic's on an edge whose chain is the edge itself.
+Each segment is measured (:func:`fastgeo.solver.measure.measure`) to the relative error the
+solver measures its straight lines to (``LINE_RTOL``, 1e-3: graph distances are estimates, a few
+percent off), and its length taken with the error estimate added: a discrete length grows
+towards the curve's length as points are added, so the sum is the best estimate of the
+segment's length, and not below a geodesic's on an edge whose chain is the edge itself.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from torch import Tensor
 
 from ..curves import Curves, PolynomialBasis
 from ..metric import ExpectedMetric
+from ..solver.fallback import LINE_RTOL
 from ..solver.measure import measure
 from ..solver.options import HIGH_DIM
 from ..solver.result import GRAPH_ESTIMATE, Work
 from .pair_list import Solve
 
-RTOL = 1e-3  # relative error of a segment's length (graph distances are estimates, a few % off)
 START_POINTS = 17
 MAX_PAIRS = 1 << 21  # by default measured for up to this many pairs (M ~ 2,000 codes)
 CHUNK = 4096  # segments per chunk (the measurement bounds its own memory)
@@ -50,7 +51,7 @@ def _measure(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> dict[str, Any]:
     curves = Curves(z0, z1, z0.new_zeros(B, 1, d), PolynomialBasis(1))  # zero coefficients: straight
     start = torch.full((B,), START_POINTS, dtype=torch.long, device=z0.device)
     with torch.no_grad():
-        lengths, errors, _ = measure(metric, curves, start, work, rtol=RTOL)
+        lengths, errors, _ = measure(metric, curves, start, work, rtol=LINE_RTOL)
     upper = (lengths + errors).double()
     upper = torch.where(torch.isfinite(upper), upper, torch.full_like(upper, torch.inf))
     status = torch.full((B,), GRAPH_ESTIMATE, dtype=torch.int64, device=z0.device)
