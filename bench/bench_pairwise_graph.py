@@ -1,21 +1,23 @@
-"""All-pairs distances at the sizes users cluster (issue 18): ``pairwise_distances(mode="graph")``
-on M = 256 to 4,000 codes, time, pairs per second, peak RSS and the measured error of the graph
-distances on a random sample of pairs solved exactly.
+"""All-pairs distances at the sizes users cluster (issue 18): the approximate modes of
+``pairwise_distances`` (``mode="graph"``, or ``--mode draft``) on M = 256 to 4,000 codes, time,
+pairs per second, peak RSS and the measured error of their entries on a random sample of pairs
+solved exactly.
 
     python bench/bench_pairwise_graph.py                                  # digits, M = 256, 1000, 4000
     python bench/bench_pairwise_graph.py --generator mlp16_shapes --ms 256,1000
     python bench/bench_pairwise_graph.py --threads 1,2 --ms 256 --load    # with a competing process
     python bench/bench_pairwise_graph.py --ms 256 --straight              # straight segments in 2-D too
     python bench/bench_pairwise_graph.py --generator mlp10_cells --ms 256 --neighbors 0   # segments alone
+    python bench/bench_pairwise_graph.py --generator mlp16_shapes --ms 256 --mode draft   # coarse curves
 
 Each (M, threads) runs in a fresh subprocess so that its peak RSS (``ru_maxrss``) is its own; the
 M codes are a random subset (seed 1) of the generator's training codes (``workloads.py``; beyond
 their number, more drawn around them: ``codes``). The
-error is the graph distances' relative excess over :func:`fastgeo.geodesics` (defaults) on
-``--sample`` random pairs (``report.graph_error``); the default solver's own excess over the
-dense oracle is in the solver and basins tables. ``--load``
+error is the entries' relative excess over :func:`fastgeo.geodesics` (defaults) on ``--sample``
+random pairs (``report.graph_error``, ``report.draft_error``); the default solver's own excess
+over the dense oracle is in the solver and basins tables. ``--load``
 runs a competing busy process on one core during each measurement. The table is printed and
-written to ``bench/results/pairwise_graph_<generator>.md`` (``$FASTGEO_BENCH_OUT`` elsewhere).
+written to ``bench/results/pairwise_<mode>_<generator>.md`` (``$FASTGEO_BENCH_OUT`` elsewhere).
 """
 
 from __future__ import annotations
@@ -35,24 +37,24 @@ import fastgeo
 
 
 def worker(
-    name: str, M: int, threads: int, sample: int, straight: bool | None = None, neighbors: int | None = None
+    name: str,
+    M: int,
+    threads: int,
+    sample: int,
+    straight: bool | None = None,
+    neighbors: int | None = None,
+    mode: str = "graph",
 ) -> dict:
     torch.set_num_threads(threads)
     metric, Zall, _ = generator(name)
     Z = codes(Zall, M)
+    graph = {"straight": straight, "neighbors": neighbors} if mode == "graph" else {}
     t0 = time.perf_counter()
     D, rep = fastgeo.pairwise_distances(
-        metric,
-        Z,
-        mode="graph",
-        error_sample=sample,
-        straight=straight,
-        neighbors=neighbors,
-        progress=False,
-        return_report=True,
+        metric, Z, mode=mode, error_sample=sample, progress=False, return_report=True, **graph
     )
     wall = time.perf_counter() - t0
-    e = rep.graph_error
+    e = rep.graph_error if mode == "graph" else rep.draft_error
     return {
         "M": M,
         "threads": threads,
@@ -96,6 +98,7 @@ def main() -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     ap.add_argument("--generator", default="digits")
+    ap.add_argument("--mode", default="graph", choices=("graph", "draft"))
     ap.add_argument("--ms", default="256,1000,4000")
     ap.add_argument("--threads", default="2")
     ap.add_argument("--sample", type=int, default=200)
@@ -110,12 +113,13 @@ def main() -> None:
     ap.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)  # M, threads, sample
     args = ap.parse_args()
     if args.worker:
-        record = worker(args.generator, *args.worker, straight=args.straight, neighbors=args.neighbors)
+        extra = {"straight": args.straight, "neighbors": args.neighbors, "mode": args.mode}
+        record = worker(args.generator, *args.worker, **extra)
         print(json.dumps(record))
         return
     rows = []
     head = (
-        f"# pairwise_distances(mode='graph') on {args.generator}"
+        f"# pairwise_distances(mode={args.mode!r}) on {args.generator}"
         + (" with a competing busy process" if args.load else "")
         + f"\n\n{environment_line()}\n\n"
         "| M | threads | pairs | edges | entries from straight segments | time (s) | pairs/s "
@@ -134,6 +138,8 @@ def main() -> None:
                     __file__,
                     "--generator",
                     args.generator,
+                    "--mode",
+                    args.mode,
                     "--worker",
                     str(M),
                     str(threads),
@@ -157,7 +163,7 @@ def main() -> None:
             )
             rows.append(line)
             print(line, flush=True)
-            name = f"pairwise_graph_{args.generator}{'_load' if args.load else ''}.md"
+            name = f"pairwise_{args.mode}_{args.generator}{'_load' if args.load else ''}.md"
             (results_dir() / name).write_text(head + "\n" + "\n".join(rows) + "\n")
 
 

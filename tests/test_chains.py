@@ -109,7 +109,7 @@ def test_a_long_entry_is_repaired_in_the_file_and_with_workers(metric, monkeypat
     the untouched run's length."""
     import numpy as np
 
-    from fastgeo.pairwise import driver
+    from fastgeo.pairwise import solve_all
 
     Z = disc_points(5, 1.5, seed=7)
     clean = fastgeo.pairwise_distances(metric, Z, progress=False, workers=1, chains=False, **OPTS)
@@ -120,7 +120,7 @@ def test_a_long_entry_is_repaired_in_the_file_and_with_workers(metric, monkeypat
     ratio.fill_diagonal_(torch.inf)
     a, b = divmod(int(ratio.argmin()), 5)
     factor = 1.05 * float(ratio[a, b])  # the entry made 5 % longer than its best chain
-    solve = driver.solve_chunk
+    solve = solve_all.solve_chunk
 
     def one_long(metric, z0, z1, options):
         rec = solve(metric, z0, z1, options)
@@ -128,7 +128,7 @@ def test_a_long_entry_is_repaired_in_the_file_and_with_workers(metric, monkeypat
         rec["lengths"] = torch.where(hit, factor * rec["lengths"], rec["lengths"])
         return rec
 
-    monkeypatch.setattr(driver, "solve_chunk", one_long)
+    monkeypatch.setattr(solve_all, "solve_chunk", one_long)
     out = tmp_path / "D.npy"
     D, rep = fastgeo.pairwise_distances(metric, Z, progress=False, workers=workers, out=out, chunk_size=4,
                                         return_report=True, **OPTS)  # fmt: skip

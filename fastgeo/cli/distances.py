@@ -25,14 +25,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("latents", help="(M, d) latent codes, .npy")
     p.add_argument("-o", "--output", required=True, help="output (M, M) matrix, .npy")
     p.add_argument("--y", default=None, help="optional (P, d) second set, .npy: the output is (M, P)")
-    p.add_argument("--checkpoint", default=None, help="folder for a resumable run (exact mode)")
+    p.add_argument("--checkpoint", default=None, help="folder for a resumable run (exact and draft modes)")
     p.add_argument(
         "--mode",
         default="exact",
-        choices=("exact", "graph"),
+        choices=("exact", "graph", "draft"),
         help="exact: every pair solved; graph: geodesics to near codes only, other entries from "
-        "shortest chains of them (upper bounds; thousands of codes in minutes, in low latent d), "
-        "error measured on a sample",
+        "shortest chains of them (upper bounds; thousands of codes in minutes, in low latent d); "
+        "draft: every pair as a coarse curve (upper bounds, 9-18x faster than exact, ~1 %% above "
+        "on average; up to a few thousand codes in latent d >= 4); the error of both measured on a "
+        "sample",
     )
     p.add_argument("--neighbors", type=int, default=None, help="graph mode: edges per code")
     p.add_argument(
@@ -53,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--error-sample",
         type=int,
         default=None,
-        help="graph mode: random pairs solved exactly to measure the error",
+        help="graph and draft modes: random pairs solved exactly to measure the error",
     )
     inputs.add_solver_arguments(p)
     p.add_argument("--chunk-size", type=int, default=None, help="pairs per chunk")
@@ -88,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
     device = inputs.device("--device", args.device)
     checkpoint = inputs.checkpoint_folder("--checkpoint", args.checkpoint)
     inputs.only_in_mode("--neighbors", args.neighbors, args.mode, "graph")
-    inputs.only_in_mode("--error-sample", args.error_sample, args.mode, "graph")
+    inputs.only_in_mode("--error-sample", args.error_sample, args.mode, "graph", "draft")
     inputs.only_in_mode("--straight", args.straight, args.mode, "graph")
-    inputs.only_in_mode("--checkpoint", args.checkpoint, args.mode, "exact")
+    inputs.only_in_mode("--checkpoint", args.checkpoint, args.mode, "exact", "draft")
     inputs.at_least("--chunk-size", args.chunk_size, 1)
     inputs.at_least("--neighbors", args.neighbors, 0)
     inputs.at_least("--workers", args.workers, 1)

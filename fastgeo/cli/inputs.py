@@ -72,10 +72,11 @@ def at_least(option: str, value: int | None, minimum: int) -> int | None:
     return value
 
 
-def only_in_mode(option: str, value: object, mode: str, needed: str) -> None:
-    """Refuse an option given explicitly (not None) that only ``--mode needed`` uses."""
-    if value is not None and mode != needed:
-        raise InputError(f"{option} is for --mode {needed}; it has no effect in --mode {mode}")
+def only_in_mode(option: str, value: object, mode: str, *needed: str) -> None:
+    """Refuse an option given explicitly (not None) that only the modes ``needed`` use."""
+    if value is not None and mode not in needed:
+        wanted = " or ".join(needed)
+        raise InputError(f"{option} is for --mode {wanted}; it has no effect in --mode {mode}")
 
 
 def latent_codes(option: str, path: Path, d: int, dtype: torch.dtype) -> Tensor:

@@ -3,12 +3,13 @@ processes, checkpoints, the code graph of its graph mode, and report; the k near
 neighbours of every code: :func:`nearest_neighbors`."""
 
 from .driver import pairwise_distances
-from .graph_mode import GraphError
+from .error_sample import EstimateError, GraphError
 from .layout import Layout, triu_pairs
 from .neighbors import NearestNeighbors, nearest_neighbors
 from .report import PairwiseReport
 
 __all__ = [
+    "EstimateError",
     "GraphError",
     "Layout",
     "NearestNeighbors",

@@ -6,17 +6,15 @@ In latent dimension >= 4 (by default, up to :data:`.straight.MAX_PAIRS` pairs) e
 also bounded by its pair's straight segment, measured (:mod:`.straight`): there chains through
 few codes zig-zag, and the segment is often the shorter.
 
-Graph distances are upper bounds (chains of geodesics, segments): the sample's relative excess
-``graph / exact - 1`` says how far above the distances they are, as a distribution over pairs
-(:class:`GraphError`). The sampled pairs keep the shorter of both lengths, and edges whose chain
-is the edge itself keep their geodesic's status; every other entry has the status
-``graph_estimate``.
+Graph distances are upper bounds (chains of geodesics, segments): the error sample
+(:mod:`.error_sample`) says how far above the distances they are. The sampled pairs keep the
+shorter of both lengths, and edges whose chain is the edge itself keep their geodesic's status;
+every other entry has the status ``graph_estimate``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,40 +26,16 @@ from ..metric import ExpectedMetric
 from ..solver.result import GRAPH_ESTIMATE
 from .chunks import dist_info
 from .code_graph import ROW_BLOCK, CodeGraph, neighbour_edges
-from .layout import triu_index
+from .error_sample import EstimateError, node_indices, sample_error
 from .pair_list import Solve, pair_solver, solve_pair_list
 from .straight import BLOCK as STRAIGHT_BLOCK
 from .straight import CHUNK as STRAIGHT_CHUNK
 from .straight import straight_solver
 
-SAMPLE_SEED = 0  # the error sample is the same for the same inputs
 # Edges join near neighbours: their geodesics need no race of starts through graph corridors
 # (digits, M = 256: the same graph distances to 4 digits, edges 2.6x cheaper). Options given
 # by the user win.
 EDGE_OPTIONS = {"refine": 1, "corridors": 0}
-
-
-@dataclass
-class GraphError:
-    """Relative excess ``graph / exact - 1`` of graph distances over exact geodesics on ``pairs``
-    random pairs: its mean, median, 95th percentile, largest and smallest value (negative where
-    the exact solve ended longer than the chain, in a worse basin than the graph's)."""
-
-    pairs: int
-    mean: float
-    median: float
-    p95: float
-    max: float
-    min: float
-
-    def __str__(self) -> str:
-        if not self.pairs:
-            return "graph distances: no pair sampled"
-        return (
-            f"graph distances over exact geodesics on {self.pairs} random pairs: "
-            f"mean {100 * self.mean:+.3f} %, median {100 * self.median:+.3f} %, "
-            f"95th percentile {100 * self.p95:+.3f} %, max {100 * self.max:+.3f} %"
-        )
 
 
 def graph_distances(
@@ -79,7 +53,7 @@ def graph_distances(
     progress: bool,
     workers: int,
     straight: Solve | None = None,
-) -> tuple[CodeGraph, GraphError, int, int, int]:
+) -> tuple[CodeGraph, EstimateError, int, int, int]:
     """Fill ``out`` (R, C) with the code-graph distances between ``nodes[rows]`` and
     ``nodes[cols]`` (distinct ``nodes`` (n, d); ``symmetric``: rows = cols = all nodes, the
     strict upper triangle's pairs sampled) and ``status`` (R, C) int8 (pre-filled by the caller);
@@ -98,7 +72,7 @@ def graph_distances(
     if symmetric:
         _edge_status(graph, out, status)
     run = (chunk_size, error_sample, out, status, show, workers)
-    error, evals, jvps = _sample(nodes, rows, cols, symmetric, solve, *run)
+    error, evals, jvps = sample_error(nodes, rows, cols, symmetric, solve, *run, "graph distances")
     return graph, error, evals + straight_evals, jvps, shortened
 
 
@@ -198,54 +172,6 @@ def _edge_status(graph: CodeGraph, out: Tensor, status: Tensor) -> None:
     status[i, j], status[j, i] = st, st
 
 
-def _sample(
-    nodes: Tensor,
-    rows: Tensor,
-    cols: Tensor,
-    symmetric: bool,
-    solve: Callable[[Tensor, Tensor], dict[str, Any]],
-    chunk_size: int,
-    error_sample: int,
-    out: Tensor,
-    status: Tensor,
-    show: bool,
-    workers: int,
-) -> tuple[GraphError, int, int]:
-    """``error_sample`` random pairs of distinct nodes solved exactly: the error of the graph
-    distances, and the sampled entries set to the shorter length."""
-    R, C = out.shape
-    n_pairs = R * (R - 1) // 2 if symmetric else R * C
-    g = torch.Generator().manual_seed(SAMPLE_SEED)
-    k = torch.unique(torch.randint(n_pairs, (4 * error_sample,), generator=g)) if n_pairs else torch.zeros(0)
-    k = k[torch.randperm(k.numel(), generator=g)].long()
-    i, j = triu_index(R, k) if symmetric else (k // C, k % C)
-    a, b = rows.cpu()[i], cols.cpu()[j]
-    keep = (a != b).nonzero().squeeze(1)[:error_sample]  # equal codes: distance 0, nothing to measure
-    i, j, a, b = i[keep], j[keep], a[keep], b[keep]
-    solved = solve_pair_list(nodes, a, b, solve, chunk_size, workers, show, "error sample", "pair")
-    exact, st = solved.lengths, solved.status
-    ii, jj = i.to(out.device), j.to(out.device)
-    on_graph = out[ii, jj].double().cpu()
-    excess = on_graph / exact.clamp(min=torch.finfo(torch.float64).tiny) - 1
-    shorter = exact < on_graph
-    best = torch.where(shorter, exact, on_graph).to(out.dtype).to(out.device)
-    new_status = torch.where(shorter, st, GRAPH_ESTIMATE).to(status.dtype).to(status.device)
-    out[ii, jj] = best
-    status[i.to(status.device), j.to(status.device)] = new_status
-    if symmetric:
-        out[jj, ii] = best
-        status[j.to(status.device), i.to(status.device)] = new_status
-    return _error(excess), solved.decoder_evals, solved.decoder_jvps
-
-
-def _error(excess: Tensor) -> GraphError:
-    if excess.numel() == 0:
-        return GraphError(0, *([float("nan")] * 5))
-    q = torch.quantile(excess, torch.tensor([0.5, 0.95], dtype=excess.dtype))
-    values = (excess.mean(), q[0], q[1], excess.max(), excess.min())
-    return GraphError(excess.numel(), *(float(v) for v in values))
-
-
 def run_graph_mode(
     metric: ExpectedMetric,
     pts: Tensor,
@@ -264,12 +190,7 @@ def run_graph_mode(
     :mod:`.straight`): status codes (rows, cols) int8,
     iterations (zeros: not kept per pair), the work counts, the world size and the report's
     extra fields."""
-    if Y is None:
-        nodes, rows = pts, torch.arange(pts.shape[0], device=pts.device)
-        cols = rows
-    else:
-        nodes, inverse = torch.unique(torch.cat([pts, Y]), dim=0, return_inverse=True)
-        rows, cols = inverse[: pts.shape[0]], inverse[pts.shape[0] :]
+    nodes, rows, cols = node_indices(pts, Y)
     status = torch.full(matrix.shape, GRAPH_ESTIMATE, dtype=torch.int8, device=matrix.device)
     edge_options = {**EDGE_OPTIONS, **options}
     solve = pair_solver(metric, options)

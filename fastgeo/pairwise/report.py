@@ -21,14 +21,15 @@ class PairwiseReport:
             :data:`fastgeo.solver.result.STATUSES` (see :attr:`status`, :attr:`converged`). Pairs
             that did not converge hold the best length found, never longer than the straight
             line. The diagonal and pairs of equal points are converged (distance exactly 0).
-        iterations: (M, M) or (M, P) int32, solver iterations spent on each pair (exact mode:
+        iterations: (M, M) or (M, P) int32, solver iterations spent on each pair (exact and draft modes:
             -1 where no solve ran, on the diagonal and between equal codes; graph mode: zeros,
             not kept per pair).
         n_pairs: entries computed (distinct unordered pairs for ``Z`` alone, ``M P`` with ``Y``).
         n_converged, n_failed: how many of the entries solved as geodesics converged / did not
             (exact mode: all ``n_pairs`` but those holding a chain's length, status ``chain``;
-            graph mode: the entries that are edges or sampled pairs; graph estimates, status
-            ``graph_estimate``, count in neither).
+            graph mode: the entries that are edges or sampled pairs; draft mode: the sampled
+            pairs an exact geodesic shortened; graph estimates and drafts, status
+            ``graph_estimate`` and ``draft``, count in neither).
         chunk_size, chunks_total: the fixed chunk layout.
         chunks_computed: chunks solved by this call (this process, with ``torch.distributed``:
             all processes together).
@@ -37,8 +38,9 @@ class PairwiseReport:
         decoder_evals, decoder_jvps: decoder work of all chunks (loaded ones included: the
             work the matrix cost).
         graph_error: ``mode="graph"``: the measured excess of the graph distances over exact
-            geodesics on a random sample (:class:`fastgeo.pairwise.graph_mode.GraphError`);
-            None in exact mode.
+            geodesics on a random sample (:class:`fastgeo.pairwise.EstimateError`); None in the
+            other modes.
+        draft_error: ``mode="draft"``: the same for the drafts; None in the other modes.
         graph_edges: ``mode="graph"``: geodesics solved as edges of the code graph.
         straight_shortcuts: ``mode="graph"``: entries whose straight segment was shorter than
             their chain of edges, and which hold its length (0 where segments were not measured).
@@ -62,6 +64,7 @@ class PairwiseReport:
     decoder_jvps: int
     options: dict = field(default_factory=dict)
     graph_error: Any = None
+    draft_error: Any = None
     graph_edges: int = 0
     straight_shortcuts: int = 0
     chain_check: Any = None
@@ -84,6 +87,13 @@ class PairwiseReport:
         return mask.nonzero()
 
     def __str__(self) -> str:
+        if self.draft_error is not None:
+            return (
+                f"{self.n_pairs} pairs as drafts (coarse curves) in {self.chunks_total} chunks of "
+                f"{self.chunk_size} ({self.chunks_computed} solved, {self.chunks_loaded} loaded); "
+                f"{self.draft_error}; {self.wall_time:.2f} s; {self.decoder_evals} decoder evals, "
+                f"{self.decoder_jvps} decoder JVPs"
+            )
         if self.graph_error is not None:
             return (
                 f"{self.n_pairs} pairs from a graph of {self.graph_edges} geodesics"

@@ -19,13 +19,16 @@ INIT_NAMES = ("straight", "warm", "given", "graph", "smoothed", "explored")
 STRAIGHT, WARM, GIVEN, GRAPH, SMOOTHED, EXPLORED = range(len(INIT_NAMES))
 
 # How a curve ended (GeodesicResult.status_code indexes this), and what that means.
-# "graph_estimate" and "chain" are never a solver's: fastgeo.pairwise_distances gives them to entries
-# that are lengths of chains of geodesics (upper bounds), not one optimized curve.
+# "graph_estimate", "chain" and "draft" are never a solver's: fastgeo.pairwise_distances gives them to
+# entries that are upper bounds (lengths of chains of geodesics, of coarse curves), not one curve
+# solved to the solver's accuracy.
 STATUSES = (
     "converged", "max_iter", "stalled", "nonfinite", "under_resolved", "straight_fallback", "graph_estimate",
-    "chain",
+    "chain", "draft",
 )  # fmt: skip
-CONVERGED, MAX_ITER, STALLED, NONFINITE, UNDER_RESOLVED, STRAIGHT_FALLBACK, GRAPH_ESTIMATE, CHAIN = range(8)
+(
+    CONVERGED, MAX_ITER, STALLED, NONFINITE, UNDER_RESOLVED, STRAIGHT_FALLBACK, GRAPH_ESTIMATE, CHAIN, DRAFT
+) = range(len(STATUSES))  # fmt: skip
 MESSAGES = {
     "converged": "converged: the energy (or the length) changed by less than tol in a step",
     "max_iter": "stopped at the iteration limit max_iter before converging",
@@ -42,6 +45,8 @@ MESSAGES = {
     "chain": "the length of a chain of two geodesics through a third code, shorter than the curve solved "
     "between the pair from every start, the chain's own included (pairwise_distances): an upper bound "
     "of the distance, not one optimized curve",
+    "draft": "the length of a coarse curve from a few Gauss-Newton steps (pairwise_distances' draft mode): "
+    "an upper bound of the distance, typically within a few percent, not solved to the solver's accuracy",
 }
 
 

@@ -1,0 +1,80 @@
+"""``pairwise_distances(mode="draft")``: every pair solved as a coarse curve, and the error of
+those lengths measured on a random sample of pairs solved exactly.
+
+A draft is the default's algorithm on the coarsest curve that bends where geodesics do: a B-spline
+of 4 control points per latent axis on 16 points, started from the straight line alone (no race,
+no graph corridors, no subdivision) and stopped at a relative energy step of 1e-3 or after 10
+Levenberg-Marquardt steps. Its length is that curve's length, measured to 1e-4 like every
+solver length: an upper bound of the distance. In latent d >= 4, where the graph mode's chains
+zig-zag through codes that are all about equally far apart (16-40 % above the geodesics at M =
+256), drafts are 0.1-1.7 % above on average at 9-18x less time per pair than exact geodesics
+(bench/RESULTS.md, "Drafts"): the approximate matrix for M up to a few thousand codes; the graph
+mode stays the one for M in the tens of thousands, and the better one in 2-D.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..metric import ExpectedMetric
+from ..solver.result import DRAFT, NONFINITE
+from .chunks import dist_info
+from .error_sample import node_indices, sample_error
+from .pair_list import pair_solver
+
+# The draft: 4 control points per axis on 16 points, the straight start alone, stopped at a
+# relative energy step of 1e-3 (most curves after 5-6 steps) or after 10 steps. On 48 random pairs
+# of 256 codes of seven trained VAEs (d = 2-32), against the default's curves: mean excess
+# 0.06-1.7 %, p95 1.5-4 %. Stopped after 1-3 steps, the d = 12-32 MLPs kept 4-13 % on average;
+# 5 control points on 20 points, or 20 Adam steps first, gained little for 10-20 % more time.
+DRAFT_OPTIONS: dict[str, Any] = {
+    "method": "fast",
+    "m": 4,
+    "n_points": 16,
+    "coarse_points": 16,
+    "refine": 1,
+    "corridors": 0,
+    "explore": False,
+    "subdivide": False,
+    "warm_start": False,
+    "tol": 1e-3,
+    "max_iter": 10,
+}
+
+
+def draft_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options of the drafts: :data:`DRAFT_OPTIONS`, with the call's ``linearize`` and
+    ``check_resolution`` (the other solver options are the error sample's)."""
+    kept = {k: options[k] for k in ("linearize", "check_resolution") if k in options}
+    return {**DRAFT_OPTIONS, **kept}
+
+
+def finish_draft_mode(
+    metric: ExpectedMetric,
+    pts: Tensor,
+    Y: Tensor | None,
+    options: dict[str, Any],
+    matrix: Tensor,
+    status: Tensor,
+    chunk_size: int,
+    error_sample: int,
+    progress: bool,
+    workers: int,
+) -> tuple[Tensor, dict[str, Any], tuple[int, int]]:
+    """After the drafts of every pair are in ``matrix`` (rows ``pts`` (M, d), columns ``pts`` or
+    ``Y`` (P, d)) with their solver ``status`` codes (int8): every draft gets the status ``draft``
+    (but where not finite: ``nonfinite``, the straight line's length), and ``error_sample``
+    random pairs are solved by ``geodesics(**options)`` in chunks of ``chunk_size`` to measure the
+    drafts' error (those entries keep the shorter length). Returns the statuses, the report's
+    extra fields and the sample's decoder evaluations and JVPs."""
+    status = torch.where(status == NONFINITE, status, torch.full_like(status, DRAFT))
+    nodes, rows, cols = node_indices(pts, Y)
+    show = progress and dist_info()[0] == 0
+    run = (chunk_size, error_sample, matrix, status, show, workers)
+    error, evals, jvps = sample_error(
+        nodes, rows, cols, Y is None, pair_solver(metric, options), *run, "draft distances"
+    )
+    return status, {"draft_error": error}, (evals, jvps)

@@ -1,0 +1,111 @@
+"""The error of an approximate distance matrix (:func:`fastgeo.pairwise_distances`' graph and
+draft modes), measured on a random sample of its pairs solved exactly.
+
+Both modes' entries are upper bounds of the distance (chains of geodesics, straight segments,
+coarse curves): the sample's relative excess ``estimate / exact - 1`` says how far above the
+distances they are, as a distribution over pairs (:class:`EstimateError`). The sampled entries
+keep the shorter of both lengths (and the exact solve's status where it is the shorter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .layout import triu_index
+from .pair_list import Solve, solve_pair_list
+
+SAMPLE_SEED = 0  # the error sample is the same for the same inputs
+
+
+@dataclass
+class EstimateError:
+    """Relative excess ``estimate / exact - 1`` of approximate distances (``label``: which) over
+    exact geodesics on ``pairs`` random pairs: its mean, median, 95th percentile, largest and
+    smallest value (negative where the exact solve ended longer than the estimate, in a worse
+    basin)."""
+
+    pairs: int
+    mean: float
+    median: float
+    p95: float
+    max: float
+    min: float
+    label: str = "graph distances"
+
+    def __str__(self) -> str:
+        if not self.pairs:
+            return f"{self.label}: no pair sampled"
+        return (
+            f"{self.label} over exact geodesics on {self.pairs} random pairs: "
+            f"mean {100 * self.mean:+.3f} %, median {100 * self.median:+.3f} %, "
+            f"95th percentile {100 * self.p95:+.3f} %, max {100 * self.max:+.3f} %"
+        )
+
+
+GraphError = EstimateError  # the name the graph mode's error had first
+
+
+def node_indices(pts: Tensor, Y: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Distinct ``nodes`` (n, d) of an all-pairs run over ``pts`` (M, d) (and ``Y`` (P, d)), and the
+    node of each row and of each column: equal codes share a node (distance 0)."""
+    if Y is None:
+        rows = torch.arange(pts.shape[0], device=pts.device)
+        return pts, rows, rows
+    nodes, inverse = torch.unique(torch.cat([pts, Y]), dim=0, return_inverse=True)
+    return nodes, inverse[: pts.shape[0]], inverse[pts.shape[0] :]
+
+
+def sample_error(
+    nodes: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    symmetric: bool,
+    solve: Solve,
+    chunk_size: int,
+    error_sample: int,
+    out: Tensor,
+    status: Tensor,
+    show: bool,
+    workers: int,
+    label: str,
+) -> tuple[EstimateError, int, int]:
+    """``error_sample`` random pairs of distinct nodes (the entries ``out[i, j]`` (R, C) between
+    ``nodes[rows[i]]`` and ``nodes[cols[j]]``; ``symmetric``: the strict upper triangle, mirrored)
+    solved by ``solve`` in chunks of ``chunk_size`` over ``workers``: the entries' error, and the
+    sampled entries set to the shorter length (with the exact solve's ``status`` where it is the
+    shorter). Returns the error and the sample's decoder evaluations and JVPs."""
+    R, C = out.shape
+    n_pairs = R * (R - 1) // 2 if symmetric else R * C
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    k = torch.unique(torch.randint(n_pairs, (4 * error_sample,), generator=g)) if n_pairs else torch.zeros(0)
+    k = k[torch.randperm(k.numel(), generator=g)].long()
+    i, j = triu_index(R, k) if symmetric else (k // C, k % C)
+    a, b = rows.cpu()[i], cols.cpu()[j]
+    keep = (a != b).nonzero().squeeze(1)[:error_sample]  # equal codes: distance 0, nothing to measure
+    i, j, a, b = i[keep], j[keep], a[keep], b[keep]
+    solved = solve_pair_list(nodes, a, b, solve, chunk_size, workers, show, "error sample", "pair")
+    exact, st = solved.lengths, solved.status
+    ii, jj = i.to(out.device), j.to(out.device)
+    si, sj = i.to(status.device), j.to(status.device)
+    estimate = out[ii, jj].double().cpu()
+    excess = estimate / exact.clamp(min=torch.finfo(torch.float64).tiny) - 1
+    shorter = exact < estimate
+    best = torch.where(shorter, exact, estimate).to(out.dtype).to(out.device)
+    new_status = torch.where(shorter.to(status.device), st.to(status.device), status[si, sj].long())
+    out[ii, jj] = best
+    status[si, sj] = new_status.to(status.dtype)
+    if symmetric:
+        out[jj, ii] = best
+        status[sj, si] = new_status.to(status.dtype)
+    return _error(excess, label), solved.decoder_evals, solved.decoder_jvps
+
+
+def _error(excess: Tensor, label: str) -> EstimateError:
+    if excess.numel() == 0:
+        return EstimateError(0, *([float("nan")] * 5), label=label)
+    q = torch.quantile(excess, torch.tensor([0.5, 0.95], dtype=excess.dtype))
+    values = (excess.mean(), q[0], q[1], excess.max(), excess.min())
+    return EstimateError(excess.numel(), *(float(v) for v in values), label=label)

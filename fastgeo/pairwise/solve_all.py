@@ -1,0 +1,87 @@
+"""Every pair of a chunk layout solved by :func:`fastgeo.geodesics` (the exact and draft modes of
+:func:`fastgeo.pairwise_distances`): chunks split over worker processes and the processes of
+``torch.distributed``, finished chunks saved to and read back from a checkpoint, and one int32
+record per pair that sums exactly over processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._progress import call_bar
+from ..metric import ExpectedMetric
+from .checkpoint import Checkpoint
+from .chunks import dist_info, solve_chunk
+from .layout import Layout
+from .workers import chunk_loop, shared
+
+CODES = 16  # status codes (fastgeo.solver.result.STATUSES) fit in 4 bits of the per-pair record
+
+
+def split_record(record: Tensor) -> tuple[Tensor, Tensor]:
+    """Status codes (int8) and iterations (-1 where no solve ran) of a per-pair record."""
+    return (record % CODES).to(torch.int8), record // CODES - 1
+
+
+def solve_chunks(
+    metric: ExpectedMetric,
+    pts: Tensor,
+    other: Tensor,
+    layout: Layout,
+    options: dict[str, Any],
+    ckpt: Checkpoint | None,
+    progress: bool,
+    out: Tensor,
+    workers: int,
+) -> tuple[Tensor, Tensor, int]:
+    """This process's chunks, solved (by ``workers`` processes) or loaded, then summed over
+    processes: the (rows, cols) lengths into ``out`` (zeros; in shared memory or a shared file
+    mapping when ``workers > 1``), the per-pair record (``(iterations + 1) * CODES + status code``,
+    0 = unsolved: one int32 that sums exactly over processes), counts (decoder evals, JVPs,
+    chunks computed, loaded) and the world size."""
+    device, symmetric = metric.device, layout.symmetric
+    rank, world = dist_info()
+    status = shared(torch.zeros(layout.rows, layout.cols, dtype=torch.int32, device=device), workers)
+    counts = shared(torch.zeros(workers, 4, dtype=torch.int64), workers)
+
+    def record(c: int, w: int, rec: dict[str, Any], loaded: bool) -> int:
+        i, j = layout.pairs(c, device)
+        counts[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"], not loaded, loaded])
+        lengths = rec["lengths"].to(device=out.device, dtype=out.dtype)
+        st = (rec["iterations"].to(device) + 1) * CODES + rec["status"].to(device=device, dtype=torch.int32)
+        io, jo = i.to(out.device), j.to(out.device)
+        out[io, jo], status[i, j] = lengths, st
+        if symmetric:  # symmetric fill, by the same process: parts stay disjoint
+            out[jo, io], status[j, i] = lengths, st
+        return i.numel()
+
+    def solve(c: int, w: int) -> int:
+        i, j = layout.pairs(c, device)
+        rec = solve_chunk(metric, pts[i], other[j], options)
+        if ckpt is not None:
+            ckpt.save(c, rec)
+        return record(c, w, rec, False)
+
+    shown = progress and rank == 0 and layout.n_chunks > 0
+    with call_bar(layout.n_pairs, shown, "geodesics", "pair", delay=0.0, leave=True) as bar:
+        missing = []
+        for c in range(rank, layout.n_chunks, world):  # finished chunks read here (their warnings too)
+            rec = ckpt.load(c, layout.pairs(c, device)[0].numel()) if ckpt is not None else None
+            if rec is None:
+                missing.append(c)
+            elif bar is not None:
+                bar.update(min(record(c, 0, rec, True) * world, bar.total - bar.n))
+            else:
+                record(c, 0, rec, True)
+        chunk_loop(missing, workers, solve, bar)
+    counts = counts.sum(0)
+    if world > 1:  # disjoint parts, zeros elsewhere: the sums are exact
+        dist = torch.distributed
+        dist.all_reduce(out)
+        dist.all_reduce(status)
+        counts_dev = counts.to(device)
+        dist.all_reduce(counts_dev)
+        counts = counts_dev.cpu()
+    return status, counts, world

@@ -1,0 +1,129 @@
+"""pairwise_distances(mode="draft") (issue 18): every pair as a coarse curve, entries equal to the
+drafts solved pair by pair, upper bounds of the exact distances, the measured error, statuses,
+Z x Y, checkpoints, worker processes, refused options, the command line."""
+
+import numpy as np
+import pytest
+import torch
+from analytic import bumpy_metric
+
+import fastgeo
+from fastgeo.pairwise.draft_mode import DRAFT_OPTIONS
+from fastgeo.pairwise.solve_all import CODES, split_record
+from fastgeo.solver.result import CONVERGED, DRAFT, STATUSES
+
+M = 9
+
+
+@pytest.fixture(scope="module")
+def metric():
+    return bumpy_metric(d=4)
+
+
+@pytest.fixture(scope="module")
+def Z():
+    return torch.randn(M, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def draft_run(metric, Z):
+    return fastgeo.pairwise_distances(
+        metric, Z, mode="draft", error_sample=6, progress=False, return_report=True
+    )
+
+
+def test_status_codes_fit_the_record():
+    """Every status code, "draft" the ninth, survives the per-pair record with its iterations."""
+    assert STATUSES[DRAFT] == "draft" and len(STATUSES) <= CODES
+    codes = torch.arange(len(STATUSES), dtype=torch.int32)
+    iterations = torch.tensor([0, 1, 7, 300, 2, 9, 40, 3, 10], dtype=torch.int32)
+    status, its = split_record((iterations + 1) * CODES + codes)
+    assert torch.equal(status.long(), codes.long()) and torch.equal(its, iterations)
+
+
+def test_entries_are_the_drafts_pair_by_pair(draft_run, metric, Z):
+    """Unsampled entries equal geodesics(**DRAFT_OPTIONS) of their pair alone (status "draft",
+    its iterations); the matrix is symmetric with a zero, converged diagonal."""
+    D, rep = draft_run
+    assert torch.equal(D, D.T) and (D.diagonal() == 0).all()
+    assert (rep.status_code.diagonal() == CONVERGED).all()
+    i, j = torch.triu_indices(M, M, 1)
+    drafts = torch.triu(rep.status_code == DRAFT, 1)
+    assert int(drafts.sum()) >= len(i) - 6 and rep.n_converged + rep.n_failed == len(i) - int(drafts.sum())
+    k = drafts[i, j].nonzero().squeeze(1)
+    alone = fastgeo.geodesics(metric, Z[i[k]], Z[j[k]], batch_size=1, progress=False, **DRAFT_OPTIONS)
+    assert torch.allclose(D[i[k], j[k]], alone.lengths, rtol=1e-9, atol=0)
+    assert torch.equal(rep.iterations[i[k], j[k]], alone.iterations.to(torch.int32))
+    assert set(rep.status[i, j].tolist()) <= {"draft", "converged"}
+
+
+def test_drafts_bound_the_distances_and_the_sample_says_how_far(draft_run, metric, Z):
+    """Entries lie between the exact geodesics and the straight segments; the report's error is
+    the sampled entries' excess over their exact geodesics."""
+    D, rep = draft_run
+    exact = fastgeo.pairwise_distances(metric, Z, progress=False, chains=False)
+    i, j = torch.triu_indices(M, M, 1)
+    assert (D[i, j] >= exact[i, j] * (1 - 1e-6)).all()
+    straight = fastgeo.geodesics(metric, Z[i], Z[j], progress=False, **DRAFT_OPTIONS).straight_lengths
+    assert (D[i, j] <= straight * (1 + 2e-3)).all()
+    err = rep.draft_error
+    assert err.pairs == 6 and rep.graph_error is None and "draft distances" in str(err)
+    drafts = fastgeo.pairwise_distances(metric, Z, mode="draft", error_sample=0, progress=False)
+    excess = drafts[i, j] / exact[i, j] - 1
+    assert -1e-6 <= err.min and err.max <= float(excess.max()) + 1e-9 and err.mean <= err.max
+    assert float(excess.mean()) > 0  # drafts are coarse: above the geodesics somewhere
+    assert "drafts" in str(rep)
+
+
+def test_rectangular_duplicates_and_memory_mapped_output(metric, Z, tmp_path):
+    """Z x Y: every pair drafted, equal codes exactly 0; duplicates in Z expanded; out= maps."""
+    Y = torch.cat([Z[:2], Z[5:6]])
+    D, rep = fastgeo.pairwise_distances(
+        metric, Z[:5], Y, mode="draft", error_sample=3, progress=False, return_report=True
+    )
+    assert D.shape == (5, 3) and D[0, 0] == 0 and D[1, 1] == 0 and (D[2:, :] > 0).all()
+    assert rep.draft_error.pairs == 3
+    Zd = torch.cat([Z[:4], Z[1:2]])
+    path = tmp_path / "D.npy"
+    D2 = fastgeo.pairwise_distances(metric, Zd, mode="draft", error_sample=0, out=path, progress=False)
+    assert D2.shape == (5, 5) and D2[1, 4] == 0 and np.array_equal(np.load(path), D2.numpy())
+
+
+def test_checkpoint_and_workers(metric, Z, tmp_path):
+    """A draft run resumes from its checkpoint (every chunk loaded, the same matrix), and worker
+    processes give the one-process matrix."""
+    kw = dict(mode="draft", error_sample=4, chunk_size=5, progress=False, return_report=True)
+    D1, r1 = fastgeo.pairwise_distances(metric, Z, workers=1, checkpoint=tmp_path / "c", **kw)
+    D2, r2 = fastgeo.pairwise_distances(metric, Z, workers=1, checkpoint=tmp_path / "c", **kw)
+    assert torch.equal(D1, D2) and r2.chunks_loaded == r1.chunks_total == r1.chunks_computed
+    D3, r3 = fastgeo.pairwise_distances(metric, Z, workers=2, **kw)
+    assert torch.equal(D3, D1) and torch.equal(r3.status_code, r1.status_code)
+
+
+def test_options_of_other_modes_are_refused(metric, Z):
+    for name, value in (("neighbors", 3), ("straight", True)):
+        with pytest.raises(ValueError, match=f"{name} is for mode='graph'; it has no effect in mode='draft'"):
+            fastgeo.pairwise_distances(metric, Z, mode="draft", progress=False, **{name: value})
+    with pytest.raises(ValueError, match="chains=True is for mode='exact'"):
+        fastgeo.pairwise_distances(metric, Z, mode="draft", chains=True, progress=False)
+    with pytest.raises(ValueError, match="error_sample is for mode='graph' or 'draft'"):
+        fastgeo.pairwise_distances(metric, Z, error_sample=3, progress=False)
+    with pytest.raises(ValueError, match="error_sample"):
+        fastgeo.pairwise_distances(metric, Z, mode="draft", error_sample=-1, progress=False)
+
+
+def test_command_line_draft_mode(metric, tmp_path):
+    """fastgeo distances --mode draft writes the matrix and the per-pair statuses; graph-mode
+    flags are refused there."""
+    from analytic import saved_generator_and_codes
+
+    from fastgeo.cli import main
+
+    gen, codes = saved_generator_and_codes(tmp_path, 6), tmp_path / "Z.npy"
+    out, report = tmp_path / "D.npy", tmp_path / "r.npz"
+    base = ["distances", str(gen), str(codes), "-o", str(out), "--no-progress", "--mode", "draft"]
+    assert main([*base, "--error-sample", "2", "--report", str(report)]) == 0
+    D, rep = np.load(out), np.load(report)
+    names = rep["status_names"][rep["status"]]
+    assert D.shape == (6, 6) and (np.triu(names, 1) == "draft").sum() >= 15 - 2
+    assert main([*base, "--neighbors", "3"]) != 0
