@@ -8,7 +8,7 @@ import torch
 from analytic import bumpy_metric
 
 import fastgeo
-from fastgeo.pairwise.draft_mode import DRAFT_OPTIONS
+from fastgeo.pairwise.draft_mode import DRAFT_OPTIONS, close_chains
 from fastgeo.pairwise.solve_all import CODES, split_record
 from fastgeo.solver.result import CONVERGED, DRAFT, STATUSES
 
@@ -42,19 +42,38 @@ def test_status_codes_fit_the_record():
 
 
 def test_entries_are_the_drafts_pair_by_pair(draft_run, metric, Z):
-    """Unsampled entries equal geodesics(**DRAFT_OPTIONS) of their pair alone (status "draft",
-    its iterations); the matrix is symmetric with a zero, converged diagonal."""
+    """Unsampled entries are the drafts of their pairs solved alone (geodesics(**DRAFT_OPTIONS),
+    batch_size=1), then closed over chains of drafts; status "draft" with the draft's iterations;
+    the matrix is symmetric with a zero, converged diagonal."""
     D, rep = draft_run
     assert torch.equal(D, D.T) and (D.diagonal() == 0).all()
     assert (rep.status_code.diagonal() == CONVERGED).all()
     i, j = torch.triu_indices(M, M, 1)
-    drafts = torch.triu(rep.status_code == DRAFT, 1)
-    assert int(drafts.sum()) >= len(i) - 6 and rep.n_converged + rep.n_failed == len(i) - int(drafts.sum())
-    k = drafts[i, j].nonzero().squeeze(1)
-    alone = fastgeo.geodesics(metric, Z[i[k]], Z[j[k]], batch_size=1, progress=False, **DRAFT_OPTIONS)
-    assert torch.allclose(D[i[k], j[k]], alone.lengths, rtol=1e-9, atol=0)
-    assert torch.equal(rep.iterations[i[k], j[k]], alone.iterations.to(torch.int32))
+    alone = fastgeo.geodesics(metric, Z[i], Z[j], batch_size=1, progress=False, **DRAFT_OPTIONS)
+    drafts = torch.zeros(M, M, dtype=D.dtype)
+    drafts[i, j] = drafts[j, i] = alone.lengths
+    closed, status = drafts.clone(), torch.full((M, M), DRAFT, dtype=torch.int8)
+    assert close_chains(closed, status, False) == rep.draft_chains
+    kept = torch.triu(rep.status_code == DRAFT, 1)
+    assert int(kept.sum()) >= len(i) - 6 and rep.n_converged + rep.n_failed == len(i) - int(kept.sum())
+    assert torch.allclose(D[kept], closed[kept], rtol=1e-9, atol=0)
+    assert (D <= drafts * (1 + 1e-9)).all()
+    k = kept[i, j] & (closed[i, j] == drafts[i, j])  # not shortened by a chain: the pair's own draft
+    assert k.any() and torch.equal(rep.iterations[i[k], j[k]], alone.iterations[k].to(torch.int32))
     assert set(rep.status[i, j].tolist()) <= {"draft", "converged"}
+
+
+def test_chains_of_drafts_shorten_entries():
+    """Entries longer than a chain of entries through other codes take the chain's length, chains
+    of more than two entries in further rounds; an entry a chain beats by less than TOL is kept."""
+    x = torch.arange(5, dtype=torch.float64)
+    true = (x[:, None] - x[None]).abs()
+    D = torch.where(true > 1, torch.full_like(true, 100.0), true)  # only neighbours right
+    status = torch.full((5, 5), DRAFT, dtype=torch.int8)
+    assert close_chains(D, status, False) == 6  # the pairs two or more apart
+    assert torch.equal(D, true) and (status == DRAFT).all()  # 0 -> 4: a chain of four entries
+    D = torch.tensor([[0.0, 1.0, 2.0001], [1.0, 0.0, 1.0], [2.0001, 1.0, 0.0]], dtype=torch.float64)
+    assert close_chains(D, status[:3, :3], False) == 0 and D[0, 2] == 2.0001  # 5e-5 < TOL
 
 
 def test_drafts_bound_the_distances_and_the_sample_says_how_far(draft_run, metric, Z):

@@ -98,8 +98,9 @@ def format_tables(results: dict[str, Any]) -> str:
         )
     pairwise = [r for r in rows if r["layer"] == "pairwise"]
     if pairwise:
-        lines += ["", "pairwise (pairwise_distances, all pairs of M codes, solver defaults; graph error: "
-                  "excess of the graph mode's chains over exact geodesics on a sample)"]
+        lines += ["", "pairwise (pairwise_distances, all pairs of M codes, solver defaults; error: excess "
+                  "of the draft mode's coarse curves and the graph mode's chains over exact geodesics on a "
+                  "sample)"]
         lines += _table(
             [
                 "mode",
@@ -112,7 +113,7 @@ def format_tables(results: dict[str, Any]) -> str:
                 "median s",
                 "ms / pair",
                 "not converged",
-                "graph error mean / max %",
+                "error mean / max %",
             ],
             [
                 [
@@ -126,7 +127,7 @@ def format_tables(results: dict[str, Any]) -> str:
                     _f(r["time_s"]["median"]),
                     _f(1e3 * r["time_per_geodesic_s"], ".3g"),
                     str(r["not_converged"]),
-                    _graph_error(r),
+                    _estimate_error(r),
                 ]
                 for r in pairwise
             ],
@@ -136,10 +137,10 @@ def format_tables(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _graph_error(row: dict[str, Any]) -> str:
-    if row.get("graph_error_mean_pct") is None:
+def _estimate_error(row: dict[str, Any]) -> str:
+    if row.get("error_mean_pct") is None:
         return "-"
-    return f"{row['graph_error_mean_pct']:.2f} / {row['graph_error_max_pct']:.2f}"
+    return f"{row['error_mean_pct']:.2f} / {row['error_max_pct']:.2f}"
 
 
 def write_json(results: dict[str, Any], out_dir: str) -> str:

@@ -1,6 +1,6 @@
 """All-pairs geodesic distances: :func:`pairwise_distances` and its chunk layout, worker
-processes, checkpoints, the code graph of its graph mode, and report; the k nearest
-neighbours of every code: :func:`nearest_neighbors`."""
+processes, checkpoints, its approximate modes (the code graph, drafts) with their measured error,
+and report; the k nearest neighbours of every code: :func:`nearest_neighbors`."""
 
 from .driver import pairwise_distances
 from .error_sample import EstimateError, GraphError

@@ -7,8 +7,10 @@ memory does not grow with ``M``; the matrix itself is the only ``O(M^2)`` alloca
 per-pair status), in memory or in a memory-mapped file (:mod:`.output`). Chunks are split over
 worker processes of one thread each (:mod:`.workers`); finished chunks can be kept in a
 checkpoint folder (:mod:`.checkpoint`); under ``torch.distributed`` the processes take every
-``world_size``-th chunk. ``mode="graph"`` solves only the edges of a graph of near codes and
-reads every distance off it (:mod:`.graph_mode`, :mod:`.code_graph`).
+``world_size``-th chunk (:mod:`.solve_all`). ``mode="graph"`` solves only the edges of a graph of
+near codes and reads every distance off it (:mod:`.graph_mode`, :mod:`.code_graph`);
+``mode="draft"`` solves every pair as a coarse curve (:mod:`.draft_mode`); both measure their
+error on a sample of pairs solved exactly (:mod:`.error_sample`).
 """
 
 from __future__ import annotations

@@ -41,6 +41,8 @@ class PairwiseReport:
             geodesics on a random sample (:class:`fastgeo.pairwise.EstimateError`); None in the
             other modes.
         draft_error: ``mode="draft"``: the same for the drafts; None in the other modes.
+        draft_chains: ``mode="draft"`` without ``Y``: entries a chain of drafts through other codes
+            shortened (they hold its length, status ``draft``).
         graph_edges: ``mode="graph"``: geodesics solved as edges of the code graph.
         straight_shortcuts: ``mode="graph"``: entries whose straight segment was shorter than
             their chain of edges, and which hold its length (0 where segments were not measured).
@@ -65,6 +67,7 @@ class PairwiseReport:
     options: dict = field(default_factory=dict)
     graph_error: Any = None
     draft_error: Any = None
+    draft_chains: int = 0
     graph_edges: int = 0
     straight_shortcuts: int = 0
     chain_check: Any = None
@@ -90,7 +93,8 @@ class PairwiseReport:
         if self.draft_error is not None:
             return (
                 f"{self.n_pairs} pairs as drafts (coarse curves) in {self.chunks_total} chunks of "
-                f"{self.chunk_size} ({self.chunks_computed} solved, {self.chunks_loaded} loaded); "
+                f"{self.chunk_size} ({self.chunks_computed} solved, {self.chunks_loaded} loaded), "
+                f"{self.draft_chains} shortened by chains of drafts; "
                 f"{self.draft_error}; {self.wall_time:.2f} s; {self.decoder_evals} decoder evals, "
                 f"{self.decoder_jvps} decoder JVPs"
             )

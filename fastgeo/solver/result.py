@@ -45,8 +45,9 @@ MESSAGES = {
     "chain": "the length of a chain of two geodesics through a third code, shorter than the curve solved "
     "between the pair from every start, the chain's own included (pairwise_distances): an upper bound "
     "of the distance, not one optimized curve",
-    "draft": "the length of a coarse curve from a few Gauss-Newton steps (pairwise_distances' draft mode): "
-    "an upper bound of the distance, typically within a few percent, not solved to the solver's accuracy",
+    "draft": "the length of a coarse curve from a few Gauss-Newton steps, or of a chain of them through "
+    "other codes (pairwise_distances' draft mode): an upper bound of the distance, typically within a few "
+    "percent, not solved to the solver's accuracy",
 }
 
 
