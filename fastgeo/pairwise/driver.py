@@ -204,8 +204,9 @@ def pairwise_distances(
         if checkpoint is not None:
             ckpt = open_checkpoint(checkpoint, metric, Z, Y, solved_options, solved_layout)
         record, counts, world = solve_chunks(
-            metric, pts, other, solved_layout, solved_options, ckpt, progress, matrix, workers
-        )
+            metric, pts, other, solved_layout, solved_options, ckpt, progress, matrix, workers,
+            "drafts" if mode == "draft" else "geodesics",
+        )  # fmt: skip
         (status, iterations), extra = split_record(record), {}
         if mode == "draft":
             sample_args = (layout.chunk_size, error_sample, progress, workers)

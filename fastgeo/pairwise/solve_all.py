@@ -35,12 +35,13 @@ def solve_chunks(
     progress: bool,
     out: Tensor,
     workers: int,
+    label: str = "geodesics",
 ) -> tuple[Tensor, Tensor, int]:
     """This process's chunks, solved (by ``workers`` processes) or loaded, then summed over
     processes: the (rows, cols) lengths into ``out`` (zeros; in shared memory or a shared file
     mapping when ``workers > 1``), the per-pair record (``(iterations + 1) * CODES + status code``,
     0 = unsolved: one int32 that sums exactly over processes), counts (decoder evals, JVPs,
-    chunks computed, loaded) and the world size."""
+    chunks computed, loaded) and the world size; ``label`` names the progress bar."""
     device, symmetric = metric.device, layout.symmetric
     rank, world = dist_info()
     status = shared(torch.zeros(layout.rows, layout.cols, dtype=torch.int32, device=device), workers)
@@ -65,7 +66,7 @@ def solve_chunks(
         return record(c, w, rec, False)
 
     shown = progress and rank == 0 and layout.n_chunks > 0
-    with call_bar(layout.n_pairs, shown, "geodesics", "pair", delay=0.0, leave=True) as bar:
+    with call_bar(layout.n_pairs, shown, label, "pair", delay=0.0, leave=True) as bar:
         missing = []
         for c in range(rank, layout.n_chunks, world):  # finished chunks read here (their warnings too)
             rec = ckpt.load(c, layout.pairs(c, device)[0].numel()) if ckpt is not None else None
