@@ -199,6 +199,10 @@ def test_graph_mode_from_the_command_line(files, capsys, monkeypatch, tmp_path):
     assert code == 0, err
     D = fastgeo.pairwise_distances(fastgeo.load_generator(gen), Z, straight=True, **kw)
     assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy())
+    code, err = run_cli(capsys, *graph, "--neighbors", "2", "--error-sample", "3", "--edges", "exact")
+    assert code == 0, err
+    D = fastgeo.pairwise_distances(fastgeo.load_generator(gen), Z, edges="exact", **kw)
+    assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy())
     solving_forbidden(monkeypatch)
     expect_error(capsys, ["--neighbors", ">= 0"], *graph, "--neighbors", "-1")
     expect_error(capsys, ["--error-sample", ">= 0"], *graph, "--error-sample", "-2")
@@ -207,10 +211,11 @@ def test_graph_mode_from_the_command_line(files, capsys, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("mode", [None, "exact"])
 @pytest.mark.parametrize(
-    "option,value", [("--neighbors", "2"), ("--error-sample", "3"), ("--straight", None)]
+    "option,value",
+    [("--neighbors", "2"), ("--error-sample", "3"), ("--straight", None), ("--edges", "exact")],
 )
 def test_graph_options_are_refused_in_exact_mode(files, capsys, monkeypatch, tmp_path, mode, option, value):
-    """--neighbors, --error-sample and --straight given in exact mode (the default) would be
+    """--neighbors, --error-sample, --straight and --edges given in exact mode (the default) would be
     ignored: refused, naming the option and the mode that uses it."""
     tmp, gen = files
     solving_forbidden(monkeypatch)

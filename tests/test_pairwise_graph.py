@@ -34,8 +34,9 @@ def exact(metric, Z):
 @pytest.fixture(scope="module")
 def graph_run(metric, Z):
     return fastgeo.pairwise_distances(
-        metric, Z, mode="graph", neighbors=4, error_sample=30, progress=False, return_report=True, **OPTS
-    )
+        metric, Z, mode="graph", neighbors=4, error_sample=30, edges="exact", progress=False,
+        return_report=True, **OPTS,
+    )  # fmt: skip
 
 
 def test_neighbour_edges_connect_and_spread():
@@ -109,11 +110,38 @@ def test_measured_error_matches_exact(graph_run, exact, metric, Z):
     assert e.min >= -1e-6 and e.min <= e.median <= e.p95 <= e.max and e.min <= e.mean <= e.max
     off = ~torch.eye(M, dtype=torch.bool)
     D_graph_only, _ = fastgeo.pairwise_distances(
-        metric, Z, mode="graph", neighbors=4, error_sample=0, progress=False, return_report=True, **OPTS
-    )
+        metric, Z, mode="graph", neighbors=4, error_sample=0, edges="exact", progress=False,
+        return_report=True, **OPTS,
+    )  # fmt: skip
     whole = (D_graph_only[off] / exact[off] - 1).max()
     assert e.max <= whole + 1e-6
     assert "random pairs" in str(rep) and "graph of" in str(rep)
+
+
+def test_draft_edges_by_default(metric, Z):
+    """By default the edges are drafts: entries that are their edge hold the pair's draft
+    (geodesics(**DRAFT_OPTIONS)) with the status "draft"; the graph distances lie at or a little
+    above the ones with exact edges; edges="exact" or a wrong value outside the graph mode is
+    refused."""
+    from fastgeo.pairwise.draft_mode import DRAFT_OPTIONS
+    from fastgeo.solver.result import DRAFT
+
+    kw = dict(mode="graph", neighbors=4, error_sample=0, progress=False, **OPTS)
+    D_exact_edges = fastgeo.pairwise_distances(metric, Z, edges="exact", **kw)
+    D, rep = fastgeo.pairwise_distances(metric, Z, return_report=True, **kw)
+    i, j = torch.triu(rep.status_code == DRAFT, 1).nonzero(as_tuple=True)
+    assert len(i) >= M - 1 and torch.equal(rep.status_code, rep.status_code.T)
+    assert set(rep.status[torch.triu_indices(M, M, 1).unbind()].tolist()) <= {"draft", "graph_estimate"}
+    drafts = fastgeo.geodesics(metric, Z[i], Z[j], progress=False, **DRAFT_OPTIONS)
+    assert torch.allclose(D[i, j], drafts.lengths, rtol=1e-9, atol=0)
+    off = ~torch.eye(M, dtype=torch.bool)
+    ratio = D[off] / D_exact_edges[off]
+    # a draft is never much shorter than a solve to max_iter=30, and never far longer on short edges
+    assert (ratio >= 1 - 1e-3).all() and (ratio <= 1.02).all() and float(ratio.max()) > 1
+    with pytest.raises(ValueError, match="edges"):
+        fastgeo.pairwise_distances(metric, Z, mode="graph", edges="fast", progress=False)
+    with pytest.raises(ValueError, match="edges is for mode='graph'"):
+        fastgeo.pairwise_distances(metric, Z, mode="draft", edges="exact", progress=False)
 
 
 def test_more_neighbours_are_not_worse(metric, Z, exact):

@@ -21,6 +21,7 @@ pair 27 % -> 19 %).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -30,9 +31,9 @@ from .._progress import DELAY, call_bar
 from ..metric import ExpectedMetric
 from ..solver.result import DRAFT, NONFINITE
 from .chains import TOL, shortest_stop
-from .chunks import dist_info
+from .chunks import dist_info, solve_chunk
 from .error_sample import node_indices, sample_error
-from .pair_list import pair_solver
+from .pair_list import Solve, pair_solver
 
 # The draft: 4 control points per axis on 16 points, the straight start alone, stopped at a
 # relative energy step of 1e-3 (most curves after 5-6 steps) or after 10 steps. On 48 random pairs
@@ -64,6 +65,23 @@ def draft_options(options: dict[str, Any]) -> dict[str, Any]:
     return {**DRAFT_OPTIONS, **kept}
 
 
+def draft_solver(metric: ExpectedMetric, options: dict[str, Any]) -> Solve:
+    """``solve(z0, z1)``: the record of a chunk of drafts (:func:`draft_options` of ``options``),
+    every status ``draft`` but ``nonfinite``."""
+    return functools.partial(_drafts, metric, draft_options(options))
+
+
+def _drafts(metric: ExpectedMetric, options: dict[str, Any], a: Tensor, b: Tensor) -> dict[str, Any]:
+    rec = solve_chunk(metric, a, b, options)
+    rec["status"] = as_drafts(rec["status"])
+    return rec
+
+
+def as_drafts(status: Tensor) -> Tensor:
+    """Status codes of drafts: ``draft``, but ``nonfinite`` where the solve was not finite."""
+    return torch.where(status == NONFINITE, status, torch.full_like(status, DRAFT))
+
+
 def finish_draft_mode(
     metric: ExpectedMetric,
     pts: Tensor,
@@ -83,7 +101,7 @@ def finish_draft_mode(
     random pairs are solved by ``geodesics(**options)`` in chunks of ``chunk_size`` to measure the
     entries' error (those entries keep the shorter length). Returns the statuses, the report's
     extra fields and the sample's decoder evaluations and JVPs."""
-    status = torch.where(status == NONFINITE, status, torch.full_like(status, DRAFT))
+    status = as_drafts(status)
     show = progress and dist_info()[0] == 0
     chained = 0 if Y is not None else close_chains(matrix, status, show)
     nodes, rows, cols = node_indices(pts, Y)

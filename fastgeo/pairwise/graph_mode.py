@@ -6,10 +6,11 @@ In latent dimension >= 4 (by default, up to :data:`.straight.MAX_PAIRS` pairs) e
 also bounded by its pair's straight segment, measured (:mod:`.straight`): there chains through
 few codes zig-zag, and the segment is often the shorter.
 
-Graph distances are upper bounds (chains of geodesics, segments): the error sample
+The edges are drafts by default (a coarse curve each, :mod:`.draft_mode`; ``edges="exact"``:
+geodesics). Graph distances are upper bounds (chains of curves, segments): the error sample
 (:mod:`.error_sample`) says how far above the distances they are. The sampled pairs keep the
-shorter of both lengths, and edges whose chain is the edge itself keep their geodesic's status;
-every other entry has the status ``graph_estimate``.
+shorter of both lengths, and edges whose chain is the edge itself keep their curve's status
+(``draft`` for drafts); every other entry has the status ``graph_estimate``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..metric import ExpectedMetric
 from ..solver.result import GRAPH_ESTIMATE
 from .chunks import dist_info
 from .code_graph import ROW_BLOCK, CodeGraph, neighbour_edges
+from .draft_mode import draft_solver
 from .error_sample import EstimateError, node_indices, sample_error
 from .pair_list import Solve, pair_solver, solve_pair_list
 from .straight import BLOCK as STRAIGHT_BLOCK
@@ -36,6 +38,11 @@ from .straight import straight_solver
 # (digits, M = 256: the same graph distances to 4 digits, edges 2.6x cheaper). Options given
 # by the user win.
 EDGE_OPTIONS = {"refine": 1, "corridors": 0}
+# How the edges are solved: "draft" (the default), a coarse curve each (.draft_mode): the graph
+# mode 2.7-3.6x faster than with "exact" edges (geodesics), its distances as far above the
+# geodesics within 0.06 % (bench/RESULTS.md, "Drafts as the graph's edges"): a chain's excess
+# comes from its bends between codes, not from its edges.
+EDGES = ("draft", "exact")
 
 
 def graph_distances(
@@ -57,8 +64,8 @@ def graph_distances(
     """Fill ``out`` (R, C) with the code-graph distances between ``nodes[rows]`` and
     ``nodes[cols]`` (distinct ``nodes`` (n, d); ``symmetric``: rows = cols = all nodes, the
     strict upper triangle's pairs sampled) and ``status`` (R, C) int8 (pre-filled by the caller);
-    ``solve_edge`` and ``solve`` give the exact geodesics of the edges and of ``error_sample``
-    random pairs, in chunks of ``chunk_size`` split over the processes and ``workers``;
+    ``solve_edge`` gives the edges' curves (geodesics or drafts), ``solve`` the exact geodesics of
+    ``error_sample`` random pairs, in chunks of ``chunk_size`` split over the processes and ``workers``;
     ``straight`` (:func:`.straight.straight_solver`), where given, the straight segment of every
     pair, an entry taking it where it is shorter than the chain (before the sample is measured).
     Returns the graph, the measured error, the decoder evaluations and JVPs of the sample and of
@@ -163,7 +170,7 @@ def _fill(graph: CodeGraph, rows: Tensor, cols: Tensor, symmetric: bool, out: Te
 
 
 def _edge_status(graph: CodeGraph, out: Tensor, status: Tensor) -> None:
-    """Edges whose chain is the edge itself are geodesics: their own status."""
+    """Edges whose chain is the edge itself hold their own curve: its status."""
     i, j = (torch.as_tensor(graph.edges[:, c], device=out.device) for c in (0, 1))
     own = torch.as_tensor(graph.lengths, device=out.device).to(out.dtype)
     itself = (out[i, j] == own).nonzero().squeeze(1)
@@ -184,17 +191,18 @@ def run_graph_mode(
     progress: bool,
     workers: int,
     straight: bool = False,
+    edges: str = "draft",
 ) -> tuple[Tensor, Tensor, Tensor, int, dict[str, Any]]:
     """Graph mode into ``matrix`` (distinct ``pts`` (M, d), optional ``Y`` (P, d); ``options``
     of every :func:`fastgeo.geodesics` call; ``straight``: shortcuts by straight segments,
-    :mod:`.straight`): status codes (rows, cols) int8,
+    :mod:`.straight`; ``edges``: one of :data:`EDGES`): status codes (rows, cols) int8,
     iterations (zeros: not kept per pair), the work counts, the world size and the report's
     extra fields."""
     nodes, rows, cols = node_indices(pts, Y)
     status = torch.full(matrix.shape, GRAPH_ESTIMATE, dtype=torch.int8, device=matrix.device)
     edge_options = {**EDGE_OPTIONS, **options}
     solve = pair_solver(metric, options)
-    solve_edge = pair_solver(metric, edge_options)
+    solve_edge = draft_solver(metric, options) if edges == "draft" else pair_solver(metric, edge_options)
     graph, error, evals, jvps, shortened = graph_distances(
         nodes,
         rows,
