@@ -44,11 +44,12 @@ def worker(
     straight: bool | None = None,
     neighbors: int | None = None,
     mode: str = "graph",
+    edges: str | None = None,
 ) -> dict:
     torch.set_num_threads(threads)
     metric, Zall, _ = generator(name)
     Z = codes(Zall, M)
-    graph = {"straight": straight, "neighbors": neighbors} if mode == "graph" else {}
+    graph = {"straight": straight, "neighbors": neighbors, "edges": edges} if mode == "graph" else {}
     t0 = time.perf_counter()
     D, rep = fastgeo.pairwise_distances(
         metric, Z, mode=mode, error_sample=sample, progress=False, return_report=True, **graph
@@ -110,10 +111,11 @@ def main() -> None:
         help="straight segments as shortcuts (default: the library's, on in d >= 4)",
     )
     ap.add_argument("--neighbors", type=int, default=None, help="edges per code (0: straight segments alone)")
+    ap.add_argument("--edges", choices=("draft", "exact"), default=None, help="edges as drafts or geodesics")
     ap.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)  # M, threads, sample
     args = ap.parse_args()
     if args.worker:
-        extra = {"straight": args.straight, "neighbors": args.neighbors, "mode": args.mode}
+        extra = dict(straight=args.straight, neighbors=args.neighbors, mode=args.mode, edges=args.edges)
         record = worker(args.generator, *args.worker, **extra)
         print(json.dumps(record))
         return
@@ -146,6 +148,7 @@ def main() -> None:
                     str(args.sample),
                     *([] if args.straight is None else ["--straight" if args.straight else "--no-straight"]),
                     *([] if args.neighbors is None else ["--neighbors", str(args.neighbors)]),
+                    *([] if args.edges is None else ["--edges", args.edges]),
                 ]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             finally:

@@ -7,7 +7,7 @@ no graph corridors, no subdivision) and stopped at a relative energy step of 1e-
 Levenberg-Marquardt steps. Its length is that curve's length, measured to 1e-4 like every
 solver length: an upper bound of the distance. In latent d >= 4, where the graph mode's chains
 zig-zag through codes that are all about equally far apart (16-40 % above the geodesics at M =
-256), drafts are 0.1-1.7 % above on average at 9-18x less time per pair than exact geodesics
+256), drafts are 0.05-1.3 % above on average at 8-15x less time per pair than exact geodesics
 (bench/RESULTS.md, "Drafts"): the approximate matrix for M up to a few thousand codes; the graph
 mode stays the one for M in the tens of thousands.
 

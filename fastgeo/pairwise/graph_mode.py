@@ -39,9 +39,10 @@ from .straight import straight_solver
 # by the user win.
 EDGE_OPTIONS = {"refine": 1, "corridors": 0}
 # How the edges are solved: "draft" (the default), a coarse curve each (.draft_mode): the graph
-# mode 2.7-3.6x faster than with "exact" edges (geodesics), its distances as far above the
-# geodesics within 0.06 % (bench/RESULTS.md, "Drafts as the graph's edges"): a chain's excess
-# comes from its bends between codes, not from its edges.
+# mode 1.7-9.5x faster than with "exact" edges (geodesics), its distances about as far above the
+# geodesics (within 0.06 % up to 1,000 codes; 10,000 2-D codes 2.4 -> 2.9 %, 64 codes of a conv
+# decoder 2.9 -> 3.1 %: bench/RESULTS.md, "Drafts as the graph's edges"): a chain's excess comes
+# from its bends between codes, not from its edges.
 EDGES = ("draft", "exact")
 
 
