@@ -98,9 +98,12 @@ def format_tables(results: dict[str, Any]) -> str:
         )
     pairwise = [r for r in rows if r["layer"] == "pairwise"]
     if pairwise:
-        lines += ["", "pairwise (pairwise_distances, all pairs of M codes, solver defaults; error: excess "
-                  "of the draft mode's coarse curves and the graph mode's chains over exact geodesics on a "
-                  "sample)"]
+        lines += [
+            "",
+            "pairwise (pairwise_distances, all pairs of M codes, solver defaults; error: excess "
+            "of the draft mode's coarse curves and the graph mode's chains over exact geodesics on a "
+            "sample)",
+        ]
         lines += _table(
             [
                 "mode",
