@@ -82,12 +82,13 @@ def pairwise_distances(
         Z: (M, d) latent codes.
         Y: optional (P, d) second set: the result is then (M, P), all pairs solved.
         mode: ``"exact"`` (default): every pair solved by :func:`fastgeo.geodesics`.
-            ``"graph"``: for large M (thousands of codes), only the geodesics between each code
-            and its ``neighbors`` nearest codes are solved; every other entry is the length of
-            the shortest chain of them (Dijkstra), an upper bound of the distance, with the
-            status ``graph_estimate``. ``error_sample`` random pairs are solved exactly too:
-            the report's ``graph_error`` gives the chains' relative excess over them (mean,
-            median, 95th percentile, max), and those entries keep the shorter length.
+            ``"graph"``: for large M (thousands of codes, in 2-D), only the curves between each
+            code and its ``neighbors`` nearest codes are solved (drafts, see ``edges``); every
+            other entry is the length of the shortest chain of them (Dijkstra), an upper bound of
+            the distance, with the status ``graph_estimate``. ``error_sample`` random pairs are
+            solved exactly too: the report's ``graph_error`` gives the chains' relative excess
+            over them (mean, median, 95th percentile, max), and those entries keep the shorter
+            length.
             ``"draft"``: for M up to a few thousand codes in latent d >= 4 (where the graph's
             chains zig-zag, 16-40 % too long at M = 256): every pair solved as a coarse curve
             (:mod:`fastgeo.pairwise.draft_mode`: 4 control points per axis, the straight start,
