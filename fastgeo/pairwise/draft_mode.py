@@ -37,9 +37,10 @@ from .pair_list import Solve, pair_solver
 
 # The draft: 4 control points per axis on 16 points, the straight start alone, stopped at a
 # relative energy step of 1e-3 (most curves after 5-6 steps) or after 10 steps. On 48 random pairs
-# of 256 codes of seven trained VAEs (d = 2-32), against the default's curves: mean excess
-# 0.06-1.7 %, p95 1.5-4 %. Stopped after 1-3 steps, the d = 12-32 MLPs kept 4-13 % on average;
-# 5 control points on 20 points, or 20 Adam steps first, gained little for 10-20 % more time.
+# of 256 codes of eight trained VAEs (d = 2-32), against the default's curves: mean excess
+# 0.07-1.3 %, p95 0.4-4.9 %. Stopped after 1-3 steps, the d = 12-32 MLPs kept 4-13 % on average;
+# 5 control points on 20 points, or 20 Adam steps first, won on some decoders and lost on others,
+# for up to 2x the time (bench/RESULTS.md, "Drafts").
 DRAFT_OPTIONS: dict[str, Any] = {
     "method": "fast",
     "m": 4,

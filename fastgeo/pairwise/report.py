@@ -27,9 +27,9 @@ class PairwiseReport:
         n_pairs: entries computed (distinct unordered pairs for ``Z`` alone, ``M P`` with ``Y``).
         n_converged, n_failed: how many of the entries solved as geodesics converged / did not
             (exact mode: all ``n_pairs`` but those holding a chain's length, status ``chain``;
-            graph mode: the entries that are edges or sampled pairs; draft mode: the sampled
-            pairs an exact geodesic shortened; graph estimates and drafts, status
-            ``graph_estimate`` and ``draft``, count in neither).
+            graph mode: the entries that are exact edges or sampled pairs; draft mode: the sampled
+            pairs an exact geodesic shortened; graph estimates and drafts (draft edges too),
+            status ``graph_estimate`` and ``draft``, count in neither).
         chunk_size, chunks_total: the fixed chunk layout.
         chunks_computed: chunks solved by this call (this process, with ``torch.distributed``:
             all processes together).
@@ -100,7 +100,7 @@ class PairwiseReport:
             )
         if self.graph_error is not None:
             return (
-                f"{self.n_pairs} pairs from a graph of {self.graph_edges} geodesics"
+                f"{self.n_pairs} pairs from a graph of {self.graph_edges} edges"
                 + (f" and {self.straight_shortcuts} straight segments" if self.straight_shortcuts else "")
                 + f"; {self.graph_error}; "
                 f"{self.wall_time:.2f} s; {self.decoder_evals} decoder evals, "
