@@ -7,8 +7,8 @@ chain. On 256 codes, against exact geodesics on 200 random pairs (bench/RESULTS.
 segments in the graph mode"): a d = 10 decoder with a linear last layer (``mlp10_cells``) 16.9 %
 above on average with chains alone, 2.2 % with the segments; a d = 16 sigmoid MLP (``mlp16_shapes``)
 39.1 % and 21.8 %; the 2-D digits VAE 1.01 % and 0.87 %. A segment costs one forward pass on 17-65
-points and no tangents: 0-14 % more time in d >= 10, where the edges' geodesics cost the most, and
-1.36x in 2-D, where the default leaves them out.
+points and no tangents: 0-14 % more time in d >= 10 beside edges solved as geodesics (drafts, the
+graph mode's default edges since, cost less), and 1.36x in 2-D, where the default leaves them out.
 
 Each segment is measured (:func:`fastgeo.solver.measure.measure`) to the relative error the
 solver measures its straight lines to (``LINE_RTOL``, 1e-3: graph distances are estimates, a few
