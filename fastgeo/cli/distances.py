@@ -29,12 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode",
         default="exact",
-        choices=("exact", "graph", "draft"),
+        choices=("exact", "graph", "draft", "chord"),
         help="exact: every pair solved; graph: geodesics to near codes only, other entries from "
         "shortest chains of them (upper bounds; thousands of codes in minutes, in low latent d); "
         "draft: every pair as a coarse curve (upper bounds, 9-18x faster than exact, ~1 %% above "
-        "on average; up to a few thousand codes in latent d >= 4); the error of both measured on a "
-        "sample",
+        "on average; up to a few thousand codes in latent d >= 4); chord: every pair estimated from "
+        "its codes' decoded features and metric, fitted to the sample (no curve per pair; tens of "
+        "thousands of codes in latent d >= 4, a few %% off on average); the error of each measured on "
+        "a sample",
     )
     p.add_argument("--neighbors", type=int, default=None, help="graph mode: edges per code")
     p.add_argument(
@@ -62,7 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--error-sample",
         type=int,
         default=None,
-        help="graph and draft modes: random pairs solved exactly to measure the error",
+        help="graph, draft and chord modes: random pairs solved exactly to measure the error (chord: "
+        "and to fit the estimates; at least 20)",
     )
     inputs.add_solver_arguments(p)
     p.add_argument("--chunk-size", type=int, default=None, help="pairs per chunk")
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     device = inputs.device("--device", args.device)
     checkpoint = inputs.checkpoint_folder("--checkpoint", args.checkpoint)
     inputs.only_in_mode("--neighbors", args.neighbors, args.mode, "graph")
-    inputs.only_in_mode("--error-sample", args.error_sample, args.mode, "graph", "draft")
+    inputs.only_in_mode("--error-sample", args.error_sample, args.mode, "graph", "draft", "chord")
     inputs.only_in_mode("--straight", args.straight, args.mode, "graph")
     inputs.only_in_mode("--edges", args.edges, args.mode, "graph")
     inputs.only_in_mode("--checkpoint", args.checkpoint, args.mode, "exact", "draft")

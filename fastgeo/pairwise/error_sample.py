@@ -1,10 +1,11 @@
-"""The error of an approximate distance matrix (:func:`fastgeo.pairwise_distances`' graph and
-draft modes), measured on a random sample of its pairs solved exactly.
+"""The error of an approximate distance matrix (:func:`fastgeo.pairwise_distances`' graph,
+draft and chord modes), measured on a random sample of its pairs solved exactly.
 
-Both modes' entries are upper bounds of the distance (chains of geodesics, straight segments,
-coarse curves): the sample's relative excess ``estimate / exact - 1`` says how far above the
-distances they are, as a distribution over pairs (:class:`EstimateError`). The sampled entries
-keep the shorter of both lengths (and the exact solve's status where it is the shorter).
+The graph and draft modes' entries are upper bounds of the distance (chains of geodesics,
+straight segments, coarse curves): the sample's relative excess ``estimate / exact - 1`` says how
+far above the distances they are, as a distribution over pairs (:class:`EstimateError`), and the
+sampled entries keep the shorter of both lengths (and the exact solve's status where it is the
+shorter). The chord mode draws the same sample (:func:`draw_sample`) to fit its estimates.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ SAMPLE_SEED = 0  # the error sample is the same for the same inputs
 class EstimateError:
     """Relative excess ``estimate / exact - 1`` of approximate distances (``label``: which) over
     exact geodesics on ``pairs`` random pairs: its mean, median, 95th percentile, largest and
-    smallest value (negative where the exact solve ended longer than the estimate, in a worse
-    basin)."""
+    smallest value (negative where the estimate is below, or where the exact solve ended longer
+    than an upper bound, in a worse basin), and the mean of its absolute value."""
 
     pairs: int
     mean: float
@@ -34,13 +35,20 @@ class EstimateError:
     max: float
     min: float
     label: str = "graph distances"
+    mean_abs: float = float("nan")
 
     def __str__(self) -> str:
         if not self.pairs:
             return f"{self.label}: no pair sampled"
+        two_sided = self.min < 0 and self.mean_abs > 2 * abs(self.mean)
         return (
             f"{self.label} over exact geodesics on {self.pairs} random pairs: "
-            f"mean {100 * self.mean:+.3f} %, median {100 * self.median:+.3f} %, "
+            + (
+                f"mean |error| {100 * self.mean_abs:.3f} %, min {100 * self.min:+.3f} %, "
+                if two_sided
+                else ""
+            )
+            + f"mean {100 * self.mean:+.3f} %, median {100 * self.median:+.3f} %, "
             f"95th percentile {100 * self.p95:+.3f} %, max {100 * self.max:+.3f} %"
         )
 
@@ -77,15 +85,7 @@ def sample_error(
     solved by ``solve`` in chunks of ``chunk_size`` over ``workers``: the entries' error, and the
     sampled entries set to the shorter length (with the exact solve's ``status`` where it is the
     shorter). Returns the error and the sample's decoder evaluations and JVPs."""
-    R, C = out.shape
-    n_pairs = R * (R - 1) // 2 if symmetric else R * C
-    g = torch.Generator().manual_seed(SAMPLE_SEED)
-    k = torch.unique(torch.randint(n_pairs, (4 * error_sample,), generator=g)) if n_pairs else torch.zeros(0)
-    k = k[torch.randperm(k.numel(), generator=g)].long()
-    i, j = triu_index(R, k) if symmetric else (k // C, k % C)
-    a, b = rows.cpu()[i], cols.cpu()[j]
-    keep = (a != b).nonzero().squeeze(1)[:error_sample]  # equal codes: distance 0, nothing to measure
-    i, j, a, b = i[keep], j[keep], a[keep], b[keep]
+    i, j, a, b = draw_sample(rows, cols, symmetric, error_sample)
     solved = solve_pair_list(nodes, a, b, solve, chunk_size, workers, show, "error sample", "pair")
     exact, st = solved.lengths, solved.status
     ii, jj = i.to(out.device), j.to(out.device)
@@ -100,12 +100,31 @@ def sample_error(
     if symmetric:
         out[jj, ii] = best
         status[sj, si] = new_status.to(status.dtype)
-    return _error(excess, label), solved.decoder_evals, solved.decoder_jvps
+    return estimate_error(excess, label), solved.decoder_evals, solved.decoder_jvps
 
 
-def _error(excess: Tensor, label: str) -> EstimateError:
+def draw_sample(rows: Tensor, cols: Tensor, symmetric: bool, error_sample: int) -> tuple[Tensor, ...]:
+    """Up to ``error_sample`` random distinct entries ``(i, j)`` of an (R, C) matrix between the
+    nodes ``rows`` (R,) and ``cols`` (C,) (``symmetric``: ``i < j``), none between equal nodes
+    (distance 0, nothing to measure), the same for the same inputs: ``i, j, rows[i], cols[j]``
+    (k,) int64 on the CPU."""
+    R, C = rows.numel(), cols.numel()
+    n_pairs = R * (R - 1) // 2 if symmetric else R * C
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    k = torch.unique(torch.randint(n_pairs, (4 * error_sample,), generator=g)) if n_pairs else torch.zeros(0)
+    k = k[torch.randperm(k.numel(), generator=g)].long()
+    i, j = triu_index(R, k) if symmetric else (k // C, k % C)
+    a, b = rows.cpu()[i], cols.cpu()[j]
+    keep = (a != b).nonzero().squeeze(1)[:error_sample]
+    return i[keep], j[keep], a[keep], b[keep]
+
+
+def estimate_error(excess: Tensor, label: str) -> EstimateError:
+    """The :class:`EstimateError` of relative errors ``excess`` (k,) float64."""
     if excess.numel() == 0:
         return EstimateError(0, *([float("nan")] * 5), label=label)
     q = torch.quantile(excess, torch.tensor([0.5, 0.95], dtype=excess.dtype))
     values = (excess.mean(), q[0], q[1], excess.max(), excess.min())
-    return EstimateError(excess.numel(), *(float(v) for v in values), label=label)
+    return EstimateError(
+        excess.numel(), *(float(v) for v in values), label=label, mean_abs=float(excess.abs().mean())
+    )

@@ -28,8 +28,9 @@ class PairwiseReport:
         n_converged, n_failed: how many of the entries solved as geodesics converged / did not
             (exact mode: all ``n_pairs`` but those holding a chain's length, status ``chain``;
             graph mode: the entries that are exact edges or sampled pairs; draft mode: the sampled
-            pairs an exact geodesic shortened; graph estimates and drafts (draft edges too),
-            status ``graph_estimate`` and ``draft``, count in neither).
+            pairs an exact geodesic shortened; chord mode: the sampled pairs; graph estimates,
+            drafts (draft edges too) and chord estimates, status ``graph_estimate``, ``draft``
+            and ``chord_estimate``, count in neither).
         chunk_size, chunks_total: the fixed chunk layout.
         chunks_computed: chunks solved by this call (this process, with ``torch.distributed``:
             all processes together).
@@ -41,6 +42,10 @@ class PairwiseReport:
             geodesics on a random sample (:class:`fastgeo.pairwise.EstimateError`); None in the
             other modes.
         draft_error: ``mode="draft"``: the same for the drafts; None in the other modes.
+        chord_error: ``mode="chord"``: the relative error of the chord estimates on the sample,
+            each pair predicted by the fit without it (leave-one-out; two-sided: see
+            ``mean_abs`` and ``min``); None in the other modes.
+        chord_fit: ``mode="chord"``: the fit (:class:`fastgeo.pairwise.chord_mode.ChordFit`).
         draft_chains: ``mode="draft"`` without ``Y``: entries a chain of drafts through other codes
             shortened (they hold its length, status ``draft``).
         graph_edges: ``mode="graph"``: geodesics solved as edges of the code graph.
@@ -67,6 +72,8 @@ class PairwiseReport:
     options: dict = field(default_factory=dict)
     graph_error: Any = None
     draft_error: Any = None
+    chord_error: Any = None
+    chord_fit: Any = None
     draft_chains: int = 0
     graph_edges: int = 0
     straight_shortcuts: int = 0
@@ -90,6 +97,12 @@ class PairwiseReport:
         return mask.nonzero()
 
     def __str__(self) -> str:
+        if self.chord_error is not None:
+            return (
+                f"{self.n_pairs} pairs as chord estimates, fitted to {self.n_converged + self.n_failed} "
+                f"exact geodesics; {self.chord_error}; {self.wall_time:.2f} s; {self.decoder_evals} "
+                f"decoder evals, {self.decoder_jvps} decoder JVPs"
+            )
         if self.draft_error is not None:
             return (
                 f"{self.n_pairs} pairs as drafts (coarse curves) in {self.chunks_total} chunks of "

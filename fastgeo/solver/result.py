@@ -19,15 +19,16 @@ INIT_NAMES = ("straight", "warm", "given", "graph", "smoothed", "explored")
 STRAIGHT, WARM, GIVEN, GRAPH, SMOOTHED, EXPLORED = range(len(INIT_NAMES))
 
 # How a curve ended (GeodesicResult.status_code indexes this), and what that means.
-# "graph_estimate", "chain" and "draft" are never a solver's: fastgeo.pairwise_distances gives them to
-# entries that are upper bounds (lengths of chains of geodesics, of coarse curves), not one curve
-# solved to the solver's accuracy.
+# "graph_estimate", "chain", "draft" and "chord_estimate" are never a solver's:
+# fastgeo.pairwise_distances gives them to entries that are upper bounds (lengths of chains of
+# geodesics, of coarse curves) or estimates, not one curve solved to the solver's accuracy.
 STATUSES = (
     "converged", "max_iter", "stalled", "nonfinite", "under_resolved", "straight_fallback", "graph_estimate",
-    "chain", "draft",
+    "chain", "draft", "chord_estimate",
 )  # fmt: skip
 (
-    CONVERGED, MAX_ITER, STALLED, NONFINITE, UNDER_RESOLVED, STRAIGHT_FALLBACK, GRAPH_ESTIMATE, CHAIN, DRAFT
+    CONVERGED, MAX_ITER, STALLED, NONFINITE, UNDER_RESOLVED, STRAIGHT_FALLBACK, GRAPH_ESTIMATE, CHAIN, DRAFT,
+    CHORD_ESTIMATE,
 ) = range(len(STATUSES))  # fmt: skip
 MESSAGES = {
     "converged": "converged: the energy (or the length) changed by less than tol in a step",
@@ -48,6 +49,9 @@ MESSAGES = {
     "draft": "the length of a coarse curve from a few Gauss-Newton steps, or of a chain of them through "
     "other codes (pairwise_distances' draft mode): an upper bound of the distance, typically within a few "
     "percent, not solved to the solver's accuracy",
+    "chord_estimate": "an estimate from the pair's chord in feature space (a lower bound of the distance) "
+    "and the metric at its two codes, fitted to exact geodesics on a sample (pairwise_distances' chord "
+    "mode): neither an upper nor a lower bound, typically within a few percent; no curve solved",
 }
 
 

@@ -1,0 +1,220 @@
+"""``pairwise_distances(mode="chord")``: every distance estimated from the codes alone, fitted to
+exact geodesics on a sample, for matrices of tens of thousands of codes in latent d >= 4.
+
+Each code is decoded once, with its metric tensor ``G = J^T J`` (d tangents). A pair's chord in
+feature space ``c = ||f(z1) - f(z0)||`` (``f = [mu, sigma]``) bounds its distance from below
+(:mod:`.feature_bound`), and the straight segment's length under the metric frozen at either end,
+``a0 = sqrt(v^T G(z0) v)`` and ``a1`` (``v = z1 - z0``), says how the decoder stretches that
+direction there. The ratio of the distance to the chord is fitted on the error sample's exact
+geodesics, by least squares in logs:
+
+    log(distance / c) = w0 + w1 log(sqrt(a0 a1) / c) + w2 log c + w3 log |v|
+
+and every other entry gets ``c`` times the predicted ratio (the covariates clamped to the
+sample's range, the ratio to at least 1: the chord is a lower bound). The entries are neither
+upper nor lower bounds; the report's ``chord_error`` gives the estimates' relative error on the
+sample, each sampled pair predicted by the fit without it (leave-one-out), and the sampled
+entries hold their exact lengths.
+
+Why: in latent d >= 4 the graph mode's chains of near codes zig-zag (10,000 codes of a d = 10
+decoder: 77 % above the geodesics on average), and drafts of every pair cost ~10-60 ms each.
+On random pairs of seven trained VAEs (d = 5-32, MLP and convolutional decoders; 48-64 pairs
+each, leave-one-out): mean |error| 1.3-3.7 % on the MLPs, 5 % and 12 % on two convolutional
+decoders (bench/RESULTS.md, "Chord estimates"). In 2-D, where geodesics wind along the data far
+from their chords, the graph mode is the better estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._progress import progress_bar
+from ..metric import ExpectedMetric
+from ..solver.result import CHORD_ESTIMATE
+from .chunks import dist_info
+from .error_sample import EstimateError, draw_sample, estimate_error, node_indices
+from .feature_bound import _features
+from .pair_list import pair_solver, solve_pair_list
+
+MIN_SAMPLE = 20  # sampled pairs the fit needs (it has 4 coefficients)
+BLOCK_BYTES = 1 << 27  # float64 working memory of one block of entries (differences, products)
+JACOBIAN_BYTES = 1 << 28  # Jacobians of one block of codes' metric tensors
+
+
+@dataclass
+class ChordFit:
+    """``log(distance / chord) = weights . [1, covariates]``, the covariates (k, 3) clamped to
+    ``[lo, hi]`` (the sample's range) and the log-ratio to at least 0."""
+
+    weights: Tensor
+    lo: Tensor
+    hi: Tensor
+
+    def ratio(self, x: Tensor) -> Tensor:
+        """Distance over chord for covariates ``x`` (..., 3) float64: (...)."""
+        x = torch.maximum(torch.minimum(x, self.hi.to(x.device)), self.lo.to(x.device))
+        w = self.weights.to(x.device)
+        return (w[0] + x @ w[1:]).clamp(min=0).exp()
+
+
+def covariates(chord: Tensor, a0: Tensor, a1: Tensor, step: Tensor) -> Tensor:
+    """The fit's covariates (..., 3) float64 of pairs with feature-space ``chord``, frozen-metric
+    lengths ``a0``, ``a1`` and latent distance ``step`` (all (...) float64, positive)."""
+    tiny = torch.finfo(torch.float64).tiny
+    c, a, v = chord.clamp(min=tiny), (a0 * a1).clamp(min=tiny).sqrt(), step.clamp(min=tiny)
+    return torch.stack([(a / c).log(), c.log(), v.log()], dim=-1)
+
+
+def fit_ratio(x: Tensor, lengths: Tensor, chord: Tensor) -> tuple[ChordFit, Tensor]:
+    """Least squares of ``log(lengths / chord)`` on ``[1, x]`` (x (k, 3) float64; pairs with a
+    zero or non-finite length or chord left out); returns the fit and the leave-one-out ratio of
+    every usable pair (k,) (NaN for those left out). With fewer than :data:`MIN_SAMPLE` usable
+    pairs, the intercept alone."""
+    y = (lengths / chord).log()
+    ok = torch.isfinite(y) & torch.isfinite(x).all(1) & (lengths > 0) & (chord > 0)
+    X = torch.cat([torch.ones(x.shape[0], 1, dtype=torch.float64), x], 1)
+    if int(ok.sum()) < MIN_SAMPLE:
+        X = X.clone()
+        X[:, 1:] = 0  # too few pairs for the covariates: the mean log-ratio
+    Xk, yk = X[ok], y[ok]
+    pinv = torch.linalg.pinv(Xk)
+    w = pinv @ yk if Xk.shape[0] else torch.zeros(X.shape[1], dtype=torch.float64)
+    hat = (Xk * pinv.T).sum(1)  # leverages, diag(X pinv)
+    residual = yk - Xk @ w
+    loo = torch.full_like(y, float("nan"))
+    loo[ok] = (yk - residual / (1 - hat).clamp(min=1e-12)).clamp(min=0).exp()
+    lo = x[ok].min(0).values if ok.any() else torch.zeros(3, dtype=torch.float64)
+    hi = x[ok].max(0).values if ok.any() else torch.zeros(3, dtype=torch.float64)
+    return ChordFit(w, lo, hi), loo
+
+
+def metric_tensors(metric: ExpectedMetric, nodes: Tensor) -> Tensor:
+    """``G(z) = J^T J`` (n, d, d) float64 of every node, in blocks of nodes."""
+    d, width = metric.latent_dim, 2 * metric.data_dim
+    per = max(1, JACOBIAN_BYTES // (d * width * max(4, metric.dtype.itemsize)))
+    with torch.no_grad():
+        return torch.cat(
+            [metric.metric_tensor(nodes[i : i + per]).double() for i in range(0, nodes.shape[0], per)]
+        )
+
+
+def _blocks(R: int, C: int, d: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:
+    """Blocks of entries (row slice, column slice) of at most :data:`BLOCK_BYTES` of
+    differences; symmetric: the blocks on and above the diagonal."""
+    side = max(1, int((BLOCK_BYTES / (8 * (d + 4))) ** 0.5))
+    for r0 in range(0, R, side):
+        for c0 in range(r0 if symmetric else 0, C, side):
+            yield slice(r0, min(R, r0 + side)), slice(c0, min(C, c0 + side))
+
+
+def _quad(v: Tensor, G: Tensor) -> Tensor:
+    """``sqrt(v^T G v)`` for differences ``v`` (n, m, d) and one matrix per row ``G`` (n, d, d):
+    (n, m)."""
+    return ((v @ G) * v).sum(-1).clamp(min=0).sqrt()
+
+
+def pair_covariates(F: Tensor, G: Tensor, Z: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """The chords (k,) and covariates (k, 3) of the pairs ``(a[k], b[k])`` of node indices
+    (``F`` (n, F) features, ``G`` (n, d, d) metric tensors, ``Z`` (n, d) codes, all float64)."""
+    chord = (F[a] - F[b]).norm(dim=-1)
+    v = (Z[b] - Z[a])[:, None]
+    a0, a1 = _quad(v, G[a])[:, 0], _quad(v, G[b])[:, 0]
+    return chord, covariates(chord, a0, a1, v[:, 0].norm(dim=-1))
+
+
+def block_covariates(F: Tensor, G: Tensor, Z: Tensor, r: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`pair_covariates` of every pair of a block: rows ``r`` (R,) by columns ``c`` (C,):
+    chords (R, C) and covariates (R, C, 3)."""
+    chord = torch.cdist(F[r], F[c])
+    v = Z[c][None] - Z[r][:, None]  # (R, C, d)
+    a0, a1 = _quad(v, G[r]), _quad(v.transpose(0, 1), G[c]).T
+    return chord, covariates(chord, a0, a1, v.norm(dim=-1))
+
+
+def _fill(
+    fit: ChordFit,
+    F: Tensor,
+    G: Tensor,
+    Z: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    symmetric: bool,
+    out: Tensor,
+    show: bool,
+) -> None:
+    """Every entry of ``out`` (R, C): chord times the fitted ratio (0 between equal nodes; inf
+    where not finite)."""
+    R, C = out.shape
+    blocks = list(_blocks(R, C, Z.shape[1], symmetric))
+    bar = progress_bar(len(blocks), show, "chord estimates", "block")
+    try:
+        for rs, cs in blocks:
+            chord, x = block_covariates(F, G, Z, rows[rs], cols[cs])
+            est = chord * fit.ratio(x)
+            est = torch.where(rows[rs][:, None] == cols[cs][None], torch.zeros_like(est), est)
+            est = torch.where(torch.isfinite(est), est, torch.full_like(est, torch.inf))
+            if symmetric and rs == cs:  # exactly symmetric: the upper triangle mirrored
+                est = torch.triu(est) + torch.triu(est, 1).T
+            est = est.to(out.dtype).to(out.device)
+            out[rs, cs] = est
+            if symmetric:
+                out[cs, rs] = est.T
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_chord_mode(
+    metric: ExpectedMetric,
+    pts: Tensor,
+    Y: Tensor | None,
+    options: dict[str, Any],
+    matrix: Tensor,
+    chunk_size: int,
+    error_sample: int,
+    progress: bool,
+    workers: int,
+) -> tuple[Tensor, Tensor, Tensor, int, dict[str, Any]]:
+    """Chord mode into ``matrix`` (distinct ``pts`` (M, d), optional ``Y`` (P, d)): the
+    ``error_sample`` pairs solved by ``geodesics(**options)`` in chunks of ``chunk_size`` over
+    ``workers``, the fit, every entry estimated. Returns the status codes (int8: the sample's
+    solver statuses, ``chord_estimate`` elsewhere), iterations (zeros), the work counts, the world
+    size and the report's extra fields."""
+    show = progress and dist_info()[0] == 0
+    symmetric = Y is None
+    nodes, rows, cols = node_indices(pts, Y)
+    with torch.no_grad():
+        F = _features(metric, nodes).double().cpu()
+    G = metric_tensors(metric, nodes).cpu()
+    Z = nodes.double().cpu()
+    i, j, a, b = draw_sample(rows, cols, symmetric, error_sample)
+    solve = pair_solver(metric, options)
+    solved = solve_pair_list(nodes, a, b, solve, chunk_size, workers, show, "error sample", "pair")
+    chord, x = pair_covariates(F, G, Z, a, b)
+    fit, loo = fit_ratio(x, solved.lengths, chord)
+    _fill(fit, F, G, Z, rows.cpu(), cols.cpu(), symmetric, matrix, show)
+    error = _loo_error(loo * chord, solved.lengths)
+    status = torch.full(matrix.shape, CHORD_ESTIMATE, dtype=torch.int8, device=matrix.device)
+    ii, jj = i.to(matrix.device), j.to(matrix.device)
+    matrix[ii, jj] = solved.lengths.to(matrix.dtype).to(matrix.device)
+    status[ii, jj] = solved.status.to(torch.int8).to(matrix.device)
+    if symmetric:
+        matrix[jj, ii], status[jj, ii] = matrix[ii, jj], status[ii, jj]
+    iterations = torch.zeros((), dtype=torch.int32, device=matrix.device).expand(matrix.shape)
+    n = nodes.shape[0]
+    counts = torch.tensor([solved.decoder_evals + 2 * n, solved.decoder_jvps + n * metric.latent_dim, 0, 0])
+    extra = {"chord_error": error, "chord_fit": fit}
+    return status, iterations, counts, dist_info()[1], extra
+
+
+def _loo_error(estimate: Tensor, exact: Tensor) -> EstimateError:
+    """The estimates' relative error on the sample (each predicted without its own pair)."""
+    ok = torch.isfinite(estimate) & (exact > 0)
+    return estimate_error(estimate[ok] / exact[ok] - 1, "chord estimates")
