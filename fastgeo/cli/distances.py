@@ -15,6 +15,7 @@ import numpy as np
 
 from .._files import atomic_write, stale_temporaries
 from ..pairwise import pairwise_distances
+from ..pairwise.chord_mode import MIN_SAMPLE
 from ..solver.result import STATUSES
 from . import inputs
 
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     inputs.at_least("--chunk-size", args.chunk_size, 1)
     inputs.at_least("--neighbors", args.neighbors, 0)
     inputs.at_least("--workers", args.workers, 1)
-    inputs.at_least("--error-sample", args.error_sample, 0)
+    inputs.at_least("--error-sample", args.error_sample, MIN_SAMPLE if args.mode == "chord" else 0)
     mode_options = {
         "neighbors": args.neighbors,
         "error_sample": args.error_sample,

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .._progress import progress_bar
 from ..metric import ExpectedMetric
-from ..solver.result import CHORD_ESTIMATE
+from ..solver.result import CHORD_ESTIMATE, CONVERGED
 from .chunks import dist_info
 from .error_sample import EstimateError, draw_sample, estimate_error, node_indices
 from .feature_bound import _features
@@ -73,8 +73,8 @@ def covariates(chord: Tensor, a0: Tensor, a1: Tensor, step: Tensor) -> Tensor:
 def fit_ratio(x: Tensor, lengths: Tensor, chord: Tensor) -> tuple[ChordFit, Tensor]:
     """Least squares of ``log(lengths / chord)`` on ``[1, x]`` (x (k, 3) float64; pairs with a
     zero or non-finite length or chord left out); returns the fit and the leave-one-out ratio of
-    every usable pair (k,) (NaN for those left out). With fewer than :data:`MIN_SAMPLE` usable
-    pairs, the intercept alone."""
+    every usable pair (k,) (NaN for those left out, and where the others do not determine the
+    fit). With fewer than :data:`MIN_SAMPLE` usable pairs, the intercept alone."""
     y = (lengths / chord).log()
     ok = torch.isfinite(y) & torch.isfinite(x).all(1) & (lengths > 0) & (chord > 0)
     X = torch.cat([torch.ones(x.shape[0], 1, dtype=torch.float64), x], 1)
@@ -87,7 +87,8 @@ def fit_ratio(x: Tensor, lengths: Tensor, chord: Tensor) -> tuple[ChordFit, Tens
     hat = (Xk * pinv.T).sum(1)  # leverages, diag(X pinv)
     residual = yk - Xk @ w
     loo = torch.full_like(y, float("nan"))
-    loo[ok] = (yk - residual / (1 - hat).clamp(min=1e-12)).clamp(min=0).exp()
+    left = 1 - hat  # 0 where a pair alone determines its coefficient: no prediction without it
+    loo[ok] = torch.where(left > 1e-9, (yk - residual / left.clamp(min=1e-9)).clamp(min=0).exp(), torch.nan)
     lo = x[ok].min(0).values if ok.any() else torch.zeros(3, dtype=torch.float64)
     hi = x[ok].max(0).values if ok.any() else torch.zeros(3, dtype=torch.float64)
     return ChordFit(w, lo, hi), loo
@@ -145,10 +146,11 @@ def _fill(
     cols: Tensor,
     symmetric: bool,
     out: Tensor,
+    status: Tensor,
     show: bool,
 ) -> None:
-    """Every entry of ``out`` (R, C): chord times the fitted ratio (0 between equal nodes; inf
-    where not finite)."""
+    """Every entry of ``out`` (R, C): chord times the fitted ratio (inf where not finite), but 0
+    between equal nodes (a code in both sets), with the status ``converged`` in ``status``."""
     R, C = out.shape
     blocks = list(_blocks(R, C, Z.shape[1], symmetric))
     bar = progress_bar(len(blocks), show, "chord estimates", "block")
@@ -156,7 +158,10 @@ def _fill(
         for rs, cs in blocks:
             chord, x = block_covariates(F, G, Z, rows[rs], cols[cs])
             est = chord * fit.ratio(x)
-            est = torch.where(rows[rs][:, None] == cols[cs][None], torch.zeros_like(est), est)
+            equal = rows[rs][:, None] == cols[cs][None]
+            est = torch.where(equal, torch.zeros_like(est), est)
+            if bool(equal.any()):
+                status[rs, cs][equal.to(status.device)] = CONVERGED
             est = torch.where(torch.isfinite(est), est, torch.full_like(est, torch.inf))
             if symmetric and rs == cs:  # exactly symmetric: the upper triangle mirrored
                 est = torch.triu(est) + torch.triu(est, 1).T
@@ -199,12 +204,13 @@ def run_chord_mode(
     solved = solve_pair_list(nodes, a, b, solve, chunk_size, workers, show, "error sample", "pair")
     chord, x = pair_covariates(F, G, Z, a, b)
     fit, loo = fit_ratio(x, solved.lengths, chord)
-    _fill(fit, F, G, Z, rows.cpu(), cols.cpu(), symmetric, matrix, show)
-    error = _loo_error(loo * chord, solved.lengths)
     status = torch.full(matrix.shape, CHORD_ESTIMATE, dtype=torch.int8, device=matrix.device)
-    ii, jj = i.to(matrix.device), j.to(matrix.device)
-    matrix[ii, jj] = solved.lengths.to(matrix.dtype).to(matrix.device)
-    status[ii, jj] = solved.status.to(torch.int8).to(matrix.device)
+    _fill(fit, F, G, Z, rows.cpu(), cols.cpu(), symmetric, matrix, status, show)
+    error = _loo_error(loo * chord, solved.lengths)
+    finite = torch.isfinite(solved.lengths)  # a sampled solve that is not finite keeps the estimate
+    ii, jj = i[finite].to(matrix.device), j[finite].to(matrix.device)
+    matrix[ii, jj] = solved.lengths[finite].to(matrix.dtype).to(matrix.device)
+    status[ii, jj] = solved.status[finite].to(torch.int8).to(matrix.device)
     if symmetric:
         matrix[jj, ii], status[jj, ii] = matrix[ii, jj], status[ii, jj]
     iterations = torch.zeros((), dtype=torch.int32, device=matrix.device).expand(matrix.shape)
@@ -216,5 +222,5 @@ def run_chord_mode(
 
 def _loo_error(estimate: Tensor, exact: Tensor) -> EstimateError:
     """The estimates' relative error on the sample (each predicted without its own pair)."""
-    ok = torch.isfinite(estimate) & (exact > 0)
+    ok = torch.isfinite(estimate) & torch.isfinite(exact) & (exact > 0)
     return estimate_error(estimate[ok] / exact[ok] - 1, "chord estimates")

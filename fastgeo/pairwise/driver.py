@@ -305,7 +305,8 @@ def _warn_estimates(extra: dict[str, Any], latent_dim: int) -> None:
             + ("in high latent d chains of near codes zig-zag (more codes make longer chains: a d = 10 "
                "decoder's were 17 % above with 256 codes, 77 % with 10,000), and straight segments (if "
                "measured) cut across where the geodesics bend; mode='draft' (a coarse curve per pair) "
-               "is within ~1 % for up to a few thousand codes; "
+               "is within ~1 % for up to a few thousand codes, mode='chord' (estimates from the codes "
+               "alone, fitted to the sample) within a few % for tens of thousands; "
                if latent_dim >= HIGH_DIM else
                "too few codes (chains bend around between them) or walls the edges cannot follow; ")
             + "use mode='exact' on the pairs that matter.",
