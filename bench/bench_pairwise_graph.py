@@ -61,7 +61,7 @@ def worker(
     )
     wall = time.perf_counter() - t0
     e = {"graph": rep.graph_error, "draft": rep.draft_error, "chord": rep.chord_error}[mode]
-    held = held_out_error(metric, Z, D, holdout)
+    held = held_out_error(metric, Z, D, holdout, f"held_{mode}_{name}_{M}.json")
     return {
         "M": M,
         "threads": threads,
@@ -85,9 +85,13 @@ def worker(
     }
 
 
-def held_out_error(metric: fastgeo.ExpectedMetric, Z: torch.Tensor, D: torch.Tensor, n: int) -> dict:
+def held_out_error(
+    metric: fastgeo.ExpectedMetric, Z: torch.Tensor, D: torch.Tensor, n: int, file: str
+) -> dict:
     """The entries' relative error (%) on ``n`` random pairs ``i < j`` (seed 7, not the call's
-    sample seed) solved by ``fastgeo.geodesics`` here: mean |error|, min, max."""
+    sample seed) solved by ``fastgeo.geodesics`` here: mean |error|, min, max; the pairs' exact
+    lengths, entries and feature-space chords written to ``file`` in the results folder (JSON,
+    for ``plot_chord_estimates.py``)."""
     if n == 0:
         return {"held": 0, "held_mean_abs": float("nan"), "held_min": float("nan"), "held_max": float("nan")}
     g = torch.Generator().manual_seed(7)
@@ -96,6 +100,10 @@ def held_out_error(metric: fastgeo.ExpectedMetric, Z: torch.Tensor, D: torch.Ten
     i, j = torch.minimum(i, j)[keep], torch.maximum(i, j)[keep]
     exact = fastgeo.geodesics(metric, Z[i], Z[j], progress=False).lengths.double()
     err = 100 * (D[i, j].double() / exact - 1)
+    with torch.no_grad():
+        chord = (metric.features(Z[i]) - metric.features(Z[j])).double().norm(dim=1)
+    pairs = {"exact": exact.tolist(), "entry": D[i, j].double().tolist(), "chord": chord.tolist()}
+    (results_dir() / file).write_text(json.dumps(pairs))
     return {"held": int(err.numel()), "held_mean_abs": float(err.abs().mean()),
             "held_min": float(err.min()), "held_max": float(err.max())}  # fmt: skip
 
