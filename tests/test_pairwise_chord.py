@@ -14,6 +14,7 @@ import fastgeo
 from fastgeo.pairwise.chord_mode import (
     MIN_SAMPLE,
     ChordFit,
+    _fill,
     block_covariates,
     covariates,
     fit_ratio,
@@ -204,3 +205,26 @@ def test_command_line(capsys, tmp_path):
     assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy()) and "chord estimates" in err
     assert main([*argv, "--error-sample", "5"]) == 2
     assert "--error-sample" in capsys.readouterr().err
+
+
+def test_codes_where_the_decoder_is_not_finite(metric, Z):
+    """A decoder that is inf at one code: sampled pairs with it raise as in every mode (the straight
+    line is not finite); estimates with it are inf, never NaN, counted (the call warns)."""
+
+    def mean(z):
+        out = metric.mean(z)
+        return torch.where(z[..., :1] > 5, torch.full_like(out, torch.inf), out)
+
+    broken = fastgeo.ExpectedMetric(mean, metric.precision)
+    Zb = Z.clone()
+    Zb[0, 0] = 10.0
+    with pytest.raises(RuntimeError, match="not finite along the straight line"):
+        fastgeo.pairwise_distances(broken, Zb, mode="chord", error_sample=24, progress=False)
+    F, G, Zd = _pieces(broken, Zb)
+    assert not torch.isfinite(F[0]).all()
+    fit = ChordFit(torch.tensor([0.1, 0.2, 0.0, 0.0], dtype=torch.float64), torch.full((3,), -9.0).double(),
+                   torch.full((3,), 9.0).double())  # fmt: skip
+    out = torch.zeros(M, M, dtype=torch.float64)
+    status = torch.full((M, M), CHORD_ESTIMATE, dtype=torch.int8)
+    assert _fill(fit, F, G, Zd, torch.arange(M), torch.arange(M), True, out, status, False) == M - 1
+    assert not torch.isnan(out).any() and torch.isinf(out[0, 1:]).all() and torch.isfinite(out[1:, 1:]).all()

@@ -26,6 +26,7 @@ from their chords, the graph mode is the better estimate.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -148,12 +149,14 @@ def _fill(
     out: Tensor,
     status: Tensor,
     show: bool,
-) -> None:
+) -> int:
     """Every entry of ``out`` (R, C): chord times the fitted ratio (inf where not finite), but 0
-    between equal nodes (a code in both sets), with the status ``converged`` in ``status``."""
+    between equal nodes (a code in both sets), with the status ``converged`` in ``status``;
+    returns how many entries (pairs ``i < j`` where symmetric) are not finite."""
     R, C = out.shape
     blocks = list(_blocks(R, C, Z.shape[1], symmetric))
     bar = progress_bar(len(blocks), show, "chord estimates", "block")
+    nonfinite = 0
     try:
         for rs, cs in blocks:
             chord, x = block_covariates(F, G, Z, rows[rs], cols[cs])
@@ -162,7 +165,9 @@ def _fill(
             est = torch.where(equal, torch.zeros_like(est), est)
             if bool(equal.any()):
                 status[rs, cs][equal.to(status.device)] = CONVERGED
-            est = torch.where(torch.isfinite(est), est, torch.full_like(est, torch.inf))
+            bad = ~torch.isfinite(est)
+            nonfinite += int((torch.triu(bad, 1) if symmetric and rs == cs else bad).sum())
+            est = torch.where(bad, torch.full_like(est, torch.inf), est)
             if symmetric and rs == cs:  # exactly symmetric: the upper triangle mirrored
                 est = torch.triu(est) + torch.triu(est, 1).T
             est = est.to(out.dtype).to(out.device)
@@ -174,6 +179,7 @@ def _fill(
     finally:
         if bar is not None:
             bar.close()
+    return nonfinite
 
 
 def run_chord_mode(
@@ -205,12 +211,20 @@ def run_chord_mode(
     chord, x = pair_covariates(F, G, Z, a, b)
     fit, loo = fit_ratio(x, solved.lengths, chord)
     status = torch.full(matrix.shape, CHORD_ESTIMATE, dtype=torch.int8, device=matrix.device)
-    _fill(fit, F, G, Z, rows.cpu(), cols.cpu(), symmetric, matrix, status, show)
+    nonfinite = _fill(fit, F, G, Z, rows.cpu(), cols.cpu(), symmetric, matrix, status, show)
+    if nonfinite:
+        warnings.warn(
+            f"fastgeo.pairwise_distances: {nonfinite} chord estimates are not finite (inf in the matrix): "
+            "the decoder's mean, sigma or their Jacobian is not finite at some codes",
+            RuntimeWarning, stacklevel=3,
+        )  # fmt: skip
     error = _loo_error(loo * chord, solved.lengths)
-    finite = torch.isfinite(solved.lengths)  # a sampled solve that is not finite keeps the estimate
-    ii, jj = i[finite].to(matrix.device), j[finite].to(matrix.device)
-    matrix[ii, jj] = solved.lengths[finite].to(matrix.dtype).to(matrix.device)
-    status[ii, jj] = solved.status[finite].to(torch.int8).to(matrix.device)
+    # Sampled entries hold their geodesic; one that is not finite keeps a finite estimate.
+    ii, jj = i.to(matrix.device), j.to(matrix.device)
+    exact = torch.isfinite(solved.lengths).to(matrix.device) | ~torch.isfinite(matrix[ii, jj])
+    ii, jj = ii[exact], jj[exact]
+    matrix[ii, jj] = solved.lengths.to(matrix.device)[exact].to(matrix.dtype)
+    status[ii, jj] = solved.status.to(matrix.device)[exact].to(torch.int8)
     if symmetric:
         matrix[jj, ii], status[jj, ii] = matrix[ii, jj], status[ii, jj]
     iterations = torch.zeros((), dtype=torch.int32, device=matrix.device).expand(matrix.shape)
