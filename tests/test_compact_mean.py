@@ -149,11 +149,11 @@ def test_nearest_neighbors_bound_on_the_stand_in():
     """The feature-space bound of ``nearest_neighbors`` comes from the stand-in's values: the
     same distances, fewer values; the neighbours are the rows of the full matrix."""
     from fastgeo.pairwise import triu_pairs
-    from fastgeo.pairwise.feature_bound import _features
+    from fastgeo.pairwise.feature_bound import decoded_features
 
     metric = _metric(_mlp(dtype=torch.float32), dtype=torch.float32)
     codes = randn(14, D_LAT, dtype=torch.float32, seed=7)
-    f = _features(metric, codes)
+    f = decoded_features(metric, codes)
     assert f.shape == (14, HIDDEN + D)
     torch.testing.assert_close(
         torch.cdist(f, f), torch.cdist(*(2 * [metric.features(codes)])), rtol=1e-4, atol=1e-4

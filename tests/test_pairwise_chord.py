@@ -22,7 +22,7 @@ from fastgeo.pairwise.chord_mode import (
     pair_covariates,
 )
 from fastgeo.pairwise.error_sample import draw_sample
-from fastgeo.pairwise.feature_bound import _features
+from fastgeo.pairwise.feature_bound import decoded_features
 from fastgeo.solver.result import CHORD_ESTIMATE, CONVERGED, STATUSES
 
 DATA = Path(__file__).parent / "data"
@@ -49,7 +49,7 @@ def chord_run(metric, Z):
 def _pieces(metric, Z):
     """Features, metric tensors and codes of ``Z``, as the chord mode holds them."""
     with torch.no_grad():
-        F = _features(metric, Z).double()
+        F = decoded_features(metric, Z).double()
     return F, metric_tensors(metric, Z), Z.double()
 
 

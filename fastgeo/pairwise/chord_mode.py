@@ -39,7 +39,7 @@ from ..metric import ExpectedMetric
 from ..solver.result import CHORD_ESTIMATE, CONVERGED
 from .chunks import dist_info
 from .error_sample import EstimateError, draw_sample, estimate_error, node_indices
-from .feature_bound import _features
+from .feature_bound import decoded_features
 from .pair_list import pair_solver, solve_pair_list
 
 MIN_SAMPLE = 20  # sampled pairs the fit needs (it has 4 coefficients)
@@ -202,7 +202,7 @@ def run_chord_mode(
     symmetric = Y is None
     nodes, rows, cols = node_indices(pts, Y)
     with torch.no_grad():
-        F = _features(metric, nodes).double().cpu()
+        F = decoded_features(metric, nodes).double().cpu()
     G = metric_tensors(metric, nodes).cpu()
     Z = nodes.double().cpu()
     i, j, a, b = draw_sample(rows, cols, symmetric, error_sample)

@@ -23,7 +23,7 @@ ROW_BLOCK = 512  # codes per block of the bound's distance rows (and of decoding
 COL_BLOCK = 4096  # codes per block of the bound's columns (features in float64)
 
 
-def _features(metric: ExpectedMetric, z: Tensor) -> Tensor:
+def decoded_features(metric: ExpectedMetric, z: Tensor) -> Tensor:
     """``[mu, sigma](z)`` up to an isometry of differences (:meth:`ExpectedMetric.embedding`:
     fewer values where the mean ends with a widening linear layer) (N, F + D), in the metric's
     dtype, decoded in blocks of codes."""
@@ -37,7 +37,7 @@ class FeatureBounds:
 
     def __init__(self, metric: ExpectedMetric, nodes: Tensor, M: int, symmetric: bool) -> None:
         with torch.no_grad():
-            features = _features(metric, nodes)
+            features = decoded_features(metric, nodes)
         eps = torch.finfo(metric.dtype).eps
         self.queries = features[:M]
         self.refs = features if symmetric else features[M:]
