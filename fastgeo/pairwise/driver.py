@@ -108,8 +108,8 @@ def pairwise_distances(
             times a ratio fitted by least squares to the ``error_sample`` pairs solved exactly
             (:mod:`fastgeo.pairwise.chord_mode`): an estimate, neither bound, status
             ``chord_estimate``; the report's ``chord_error`` gives its relative error on the
-            sample, each pair predicted by the fit without it (1-4 % on average on trained MLP
-            decoders, 5-12 % on two convolutional ones). The sampled entries hold their exact
+            sample, each pair predicted by the fit without it (1.3-3.9 % on average on trained MLP
+            decoders, 5-10 % on two convolutional ones). The sampled entries hold their exact
             lengths. In 2-D (geodesics winding along the data) the graph mode is better.
         neighbors: graph mode: edges per code (nearest codes, in different directions; default
             16); 0: no edges, every entry its straight segment (with ``straight=True``: in
