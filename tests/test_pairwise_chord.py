@@ -12,6 +12,7 @@ from analytic import bumpy_metric
 
 import fastgeo
 from fastgeo.pairwise.chord_mode import (
+    MARGIN,
     MIN_SAMPLE,
     ChordFit,
     _fill,
@@ -72,11 +73,13 @@ def test_fit_recovers_an_exact_log_linear_ratio():
 
 
 def test_leave_one_out_is_the_fit_without_the_pair():
-    """The leave-one-out ratios (from the leverages) equal a least-squares fit on the other pairs,
-    predicted at the pair left out; a zero length is left out of the fit (NaN ratio)."""
+    """The leave-one-out ratios equal a least-squares fit on the other pairs, predicted at the pair
+    left out with its covariates clamped to the others' range (widened by MARGIN); a zero length
+    is left out of the fit (NaN ratio)."""
     g = torch.Generator().manual_seed(1)
     n = 30
     x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    x[11, 0] = 9.0  # far beyond the others: clamped
     chord = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
     lengths = chord * (0.2 + 0.3 * x[:, 0] + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)).exp()
     lengths[4] = 0.0
@@ -84,11 +87,14 @@ def test_leave_one_out_is_the_fit_without_the_pair():
     assert torch.isnan(loo[4])
     X = torch.cat([torch.ones(n, 1, dtype=torch.float64), x], 1)
     y = (lengths / chord).log()
-    for k in (0, 7, 29):
+    for k in (0, 7, 11, 29):
         keep = torch.ones(n, dtype=torch.bool)
         keep[[k, 4]] = False
         w = torch.linalg.lstsq(X[keep], y[keep, None]).solution[:, 0]
-        assert torch.isclose(loo[k], (X[k] @ w).clamp(min=0).exp(), rtol=1e-9)
+        lo, hi = x[keep].min(0).values, x[keep].max(0).values
+        xk = torch.maximum(torch.minimum(x[k], hi + MARGIN * (hi - lo)), lo - MARGIN * (hi - lo))
+        assert (k != 11) or xk[0] < 9.0
+        assert torch.isclose(loo[k], (w[0] + xk @ w[1:]).clamp(min=0).exp(), rtol=1e-9)
 
 
 def test_ratio_is_clamped():

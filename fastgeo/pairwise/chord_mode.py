@@ -10,7 +10,7 @@ geodesics, by least squares in logs:
 
     log(distance / c) = w0 + w1 log(sqrt(a0 a1) / c) + w2 log c + w3 log |v|
 
-and every other entry gets ``c`` times the predicted ratio (the covariates clamped to the
+and every other entry gets ``c`` times the predicted ratio (the covariates clamped near the
 sample's range, the ratio to at least 1: the chord is a lower bound). The entries are neither
 upper nor lower bounds; the report's ``chord_error`` gives the estimates' relative error on the
 sample, each sampled pair predicted by the fit without it (leave-one-out), and the sampled
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._progress import progress_bar
+from .._progress import DELAY, call_bar
 from ..metric import ExpectedMetric
 from ..solver.result import CHORD_ESTIMATE, CONVERGED
 from .chunks import dist_info
@@ -43,6 +43,10 @@ from .feature_bound import decoded_features
 from .pair_list import pair_solver, solve_pair_list
 
 MIN_SAMPLE = 20  # sampled pairs the fit needs (it has 4 coefficients)
+# Covariates are clamped to the sample's range widened by this much of its width on each side: the
+# log-linear fit extrapolates a little, never far (on 48-64 pairs of seven trained VAEs, leave-one-
+# out, no clamp, this one and none beyond the range differ by <= 0.07 points of mean |error|).
+MARGIN = 0.25
 BLOCK_BYTES = 1 << 27  # float64 working memory of one block of entries (differences, products)
 JACOBIAN_BYTES = 1 << 28  # Jacobians of one block of codes' metric tensors
 
@@ -50,7 +54,7 @@ JACOBIAN_BYTES = 1 << 28  # Jacobians of one block of codes' metric tensors
 @dataclass
 class ChordFit:
     """``log(distance / chord) = weights . [1, covariates]``, the covariates (k, 3) clamped to
-    ``[lo, hi]`` (the sample's range) and the log-ratio to at least 0."""
+    ``[lo, hi]`` (the sample's range, widened by :data:`MARGIN`) and the log-ratio to at least 0."""
 
     weights: Tensor
     lo: Tensor
@@ -73,26 +77,52 @@ def covariates(chord: Tensor, a0: Tensor, a1: Tensor, step: Tensor) -> Tensor:
 
 def fit_ratio(x: Tensor, lengths: Tensor, chord: Tensor) -> tuple[ChordFit, Tensor]:
     """Least squares of ``log(lengths / chord)`` on ``[1, x]`` (x (k, 3) float64; pairs with a
-    zero or non-finite length or chord left out); returns the fit and the leave-one-out ratio of
-    every usable pair (k,) (NaN for those left out, and where the others do not determine the
-    fit). With fewer than :data:`MIN_SAMPLE` usable pairs, the intercept alone."""
+    zero or non-finite length or chord left out), the covariates' clamp the sample's range widened
+    by :data:`MARGIN` of its width on each side. Returns the fit and every usable pair's
+    leave-one-out ratio (k,): the prediction, clamps included, of the fit on the other pairs (NaN
+    for pairs left out, and where the others do not determine the fit). With fewer than
+    :data:`MIN_SAMPLE` usable pairs, the intercept alone."""
     y = (lengths / chord).log()
     ok = torch.isfinite(y) & torch.isfinite(x).all(1) & (lengths > 0) & (chord > 0)
     X = torch.cat([torch.ones(x.shape[0], 1, dtype=torch.float64), x], 1)
     if int(ok.sum()) < MIN_SAMPLE:
         X = X.clone()
         X[:, 1:] = 0  # too few pairs for the covariates: the mean log-ratio
-    Xk, yk = X[ok], y[ok]
-    pinv = torch.linalg.pinv(Xk)
-    w = pinv @ yk if Xk.shape[0] else torch.zeros(X.shape[1], dtype=torch.float64)
-    hat = (Xk * pinv.T).sum(1)  # leverages, diag(X pinv)
-    residual = yk - Xk @ w
+    Xk, yk, xk = X[ok], y[ok], x[ok]
     loo = torch.full_like(y, float("nan"))
-    left = 1 - hat  # 0 where a pair alone determines its coefficient: no prediction without it
-    loo[ok] = torch.where(left > 1e-9, (yk - residual / left.clamp(min=1e-9)).clamp(min=0).exp(), torch.nan)
-    lo = x[ok].min(0).values if ok.any() else torch.zeros(3, dtype=torch.float64)
-    hi = x[ok].max(0).values if ok.any() else torch.zeros(3, dtype=torch.float64)
+    if xk.shape[0] == 0:
+        zeros = torch.zeros(3, dtype=torch.float64)
+        return ChordFit(torch.zeros(4, dtype=torch.float64), zeros, zeros), loo
+    inv = torch.linalg.pinv(Xk.T @ Xk)
+    w = inv @ (Xk.T @ yk)
+    lo, hi = _widened(xk.min(0).values, xk.max(0).values)
+    # Without pair k (Sherman-Morrison): w - inv x_k r_k / (1 - h_k), its covariates clamped to
+    # the other pairs' range.
+    residual = yk - Xk @ w
+    left = 1 - ((Xk @ inv) * Xk).sum(1)  # 1 - leverage; 0 where pair k alone fixes a coefficient
+    w_out = w - (Xk @ inv) * (residual / left.clamp(min=1e-9))[:, None]
+    lo_out, hi_out = _widened(*_others_range(xk))
+    x_out = torch.maximum(torch.minimum(xk, hi_out), lo_out)
+    pred = (w_out[:, 0] + (x_out * w_out[:, 1:]).sum(1)).clamp(min=0).exp()
+    loo[ok] = torch.where(left > 1e-9, pred, torch.nan)
     return ChordFit(w, lo, hi), loo
+
+
+def _widened(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """``[lo, hi]`` widened by :data:`MARGIN` of its width on each side."""
+    pad = MARGIN * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def _others_range(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row k of ``x`` (k, c): the columns' min and max over the other rows (k, c) (a row's
+    own value where it is the only row)."""
+    if x.shape[0] < 2:
+        return x, x
+    low, high = x.topk(2, dim=0, largest=False).values, x.topk(2, dim=0).values
+    lo = torch.where(x == low[0], low[1], low[0])
+    hi = torch.where(x == high[0], high[1], high[0])
+    return lo, hi
 
 
 def metric_tensors(metric: ExpectedMetric, nodes: Tensor) -> Tensor:
@@ -155,9 +185,8 @@ def _fill(
     returns how many entries (pairs ``i < j`` where symmetric) are not finite."""
     R, C = out.shape
     blocks = list(_blocks(R, C, Z.shape[1], symmetric))
-    bar = progress_bar(len(blocks), show, "chord estimates", "block")
     nonfinite = 0
-    try:
+    with call_bar(len(blocks), show, "chord estimates", "block", DELAY) as bar:
         for rs, cs in blocks:
             chord, x = block_covariates(F, G, Z, rows[rs], cols[cs])
             est = chord * fit.ratio(x)
@@ -176,9 +205,6 @@ def _fill(
                 out[cs, rs] = est.T
             if bar is not None:
                 bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
     return nonfinite
 
 
