@@ -33,10 +33,12 @@ def draft_run(metric, Z):
 
 
 def test_status_codes_fit_the_record():
-    """Every status code, "draft" the ninth, survives the per-pair record with its iterations."""
+    """Every status code ("draft" the ninth, "chord_estimate" the tenth) survives the per-pair
+    record with its iterations."""
     assert STATUSES[DRAFT] == "draft" and len(STATUSES) <= CODES
     codes = torch.arange(len(STATUSES), dtype=torch.int32)
-    iterations = torch.tensor([0, 1, 7, 300, 2, 9, 40, 3, 10], dtype=torch.int32)
+    iterations = torch.tensor([0, 1, 7, 300, 2, 9, 40, 3, 10, 5000, 4, 6, 8, 11, 12, 13], dtype=torch.int32)
+    iterations = iterations[: len(STATUSES)]
     status, its = split_record((iterations + 1) * CODES + codes)
     assert torch.equal(status.long(), codes.long()) and torch.equal(its, iterations)
 
