@@ -28,7 +28,7 @@ from torch import Tensor
 from .. import _checks
 from ..metric import ExpectedMetric
 from ..solver.options import HIGH_DIM
-from ..solver.result import CHAIN, CHORD_ESTIMATE, CONVERGED, DRAFT, GRAPH_ESTIMATE
+from ..solver.result import CONVERGED, UNSOLVED
 from .chains import check_chains
 from .checkpoint import checkpointed_chunk_size, open_checkpoint
 from .chord_mode import MIN_SAMPLE, run_chord_mode
@@ -259,7 +259,7 @@ def pairwise_distances(
         extra["chain_check"] = check
         counts[0] += check.decoder_evals
         counts[1] += check.decoder_jvps
-    solved = (status != GRAPH_ESTIMATE) & (status != CHAIN) & (status != DRAFT) & (status != CHORD_ESTIMATE)
+    solved = ~torch.isin(status, torch.tensor(UNSOLVED, dtype=status.dtype, device=status.device))
     if Y is None:
         solved = torch.triu(solved, diagonal=1)
     n_solved = int(solved.sum())

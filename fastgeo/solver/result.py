@@ -30,6 +30,8 @@ STATUSES = (
     CONVERGED, MAX_ITER, STALLED, NONFINITE, UNDER_RESOLVED, STRAIGHT_FALLBACK, GRAPH_ESTIMATE, CHAIN, DRAFT,
     CHORD_ESTIMATE,
 ) = range(len(STATUSES))  # fmt: skip
+# Entries of a distance matrix that hold no curve solved between their pair.
+UNSOLVED = (GRAPH_ESTIMATE, CHAIN, DRAFT, CHORD_ESTIMATE)
 MESSAGES = {
     "converged": "converged: the energy (or the length) changed by less than tol in a step",
     "max_iter": "stopped at the iteration limit max_iter before converging",
