@@ -99,8 +99,9 @@ def fit_ratio(x: Tensor, lengths: Tensor, chord: Tensor) -> tuple[ChordFit, Tens
     # Without pair k (Sherman-Morrison): w - inv x_k r_k / (1 - h_k), its covariates clamped to
     # the other pairs' range.
     residual = yk - Xk @ w
-    left = 1 - ((Xk @ inv) * Xk).sum(1)  # 1 - leverage; 0 where pair k alone fixes a coefficient
-    w_out = w - (Xk @ inv) * (residual / left.clamp(min=1e-9))[:, None]
+    spread = Xk @ inv
+    left = 1 - (spread * Xk).sum(1)  # 1 - leverage; 0 where pair k alone fixes a coefficient
+    w_out = w - spread * (residual / left.clamp(min=1e-9))[:, None]
     lo_out, hi_out = _widened(*_others_range(xk))
     x_out = torch.maximum(torch.minimum(xk, hi_out), lo_out)
     pred = (w_out[:, 0] + (x_out * w_out[:, 1:]).sum(1)).clamp(min=0).exp()
