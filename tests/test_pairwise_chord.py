@@ -17,13 +17,12 @@ from fastgeo.pairwise.chord_mode import (
     ChordFit,
     _fill,
     block_covariates,
+    code_data,
     covariates,
     fit_ratio,
-    metric_tensors,
     pair_covariates,
 )
 from fastgeo.pairwise.error_sample import draw_sample
-from fastgeo.pairwise.feature_bound import decoded_features
 from fastgeo.solver.result import CHORD_ESTIMATE, CONVERGED, STATUSES
 
 DATA = Path(__file__).parent / "data"
@@ -48,10 +47,16 @@ def chord_run(metric, Z):
 
 
 def _pieces(metric, Z):
-    """Features, metric tensors and codes of ``Z``, as the chord mode holds them."""
-    with torch.no_grad():
-        F = decoded_features(metric, Z).double()
-    return F, metric_tensors(metric, Z), Z.double()
+    """Features, metric tensors, codes and graphs of ``Z``, as the chord mode holds them."""
+    return code_data(metric, Z)
+
+
+def _shortest(W):
+    """All-pairs shortest paths (Floyd-Warshall) of a complete graph with edge weights W (n, n)."""
+    D = W.clone().fill_diagonal_(0)
+    for k in range(D.shape[0]):
+        D = torch.minimum(D, D[:, k : k + 1] + D[k : k + 1])
+    return D
 
 
 def test_fit_recovers_an_exact_log_linear_ratio():
@@ -59,8 +64,8 @@ def test_fit_recovers_an_exact_log_linear_ratio():
     ratio is the true ratio (at least 1, as every estimate); with fewer than MIN_SAMPLE pairs only
     the mean log-ratio is fitted."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
-    w = torch.tensor([0.3, 0.5, -0.2, 0.1], dtype=torch.float64)
+    x = torch.randn(20, 5, generator=g, dtype=torch.float64).repeat(2, 1)  # in the others' range
+    w = torch.tensor([0.3, 0.5, -0.2, 0.1, 0.2, -0.1], dtype=torch.float64)
     chord = torch.rand(40, generator=g, dtype=torch.float64) + 0.5
     ratio = (w[0] + x @ w[1:]).exp()
     fit, loo = fit_ratio(x, chord * ratio, chord)
@@ -75,19 +80,22 @@ def test_fit_recovers_an_exact_log_linear_ratio():
 def test_leave_one_out_is_the_fit_without_the_pair():
     """The leave-one-out ratios equal a least-squares fit on the other pairs, predicted at the pair
     left out with its covariates clamped to the others' range (widened by MARGIN); a zero length
-    is left out of the fit (NaN ratio)."""
+    is left out of the fit (NaN ratio); a path covariate that is inf (ends the graphs do not
+    join) counts as the sample's largest."""
     g = torch.Generator().manual_seed(1)
     n = 30
-    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
     x[11, 0] = 9.0  # far beyond the others: clamped
+    x[20, 4] = torch.inf
     chord = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
     lengths = chord * (0.2 + 0.3 * x[:, 0] + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)).exp()
     lengths[4] = 0.0
     _, loo = fit_ratio(x, lengths, chord)
-    assert torch.isnan(loo[4])
+    assert torch.isnan(loo[4]) and torch.isfinite(loo[20])
+    x[20, 4] = x[:, 4][torch.isfinite(x[:, 4])].max()
     X = torch.cat([torch.ones(n, 1, dtype=torch.float64), x], 1)
     y = (lengths / chord).log()
-    for k in (0, 7, 11, 29):
+    for k in (0, 7, 11, 20, 29):
         keep = torch.ones(n, dtype=torch.bool)
         keep[[k, 4]] = False
         w = torch.linalg.lstsq(X[keep], y[keep, None]).solution[:, 0]
@@ -100,26 +108,36 @@ def test_leave_one_out_is_the_fit_without_the_pair():
 def test_ratio_is_clamped():
     """Covariates beyond the sample's range are clamped to it; the ratio is never below 1 (the
     chord is a lower bound)."""
-    fit = ChordFit(torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64), torch.full((3,), -1.0).double(),
-                   torch.full((3,), 2.0).double())  # fmt: skip
-    x = torch.tensor([[5.0, 0, 0], [-5.0, 0, 0], [1.0, 0, 0]], dtype=torch.float64)
-    assert torch.allclose(fit.ratio(x), torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64).exp())
+    weights = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.5], dtype=torch.float64)
+    fit = ChordFit(weights, torch.full((5,), -1.0).double(), torch.full((5,), 2.0).double())
+    x = torch.tensor([[5.0, 0, 0, 0, 0], [-5.0, 0, 0, 0, 0], [1.0, 0, 0, 0, 0], [0, 0, 0, 0, torch.inf]],
+                     dtype=torch.float64)  # fmt: skip
+    assert torch.allclose(fit.ratio(x), torch.tensor([2.0, 0.0, 1.0, 1.0], dtype=torch.float64).exp())
 
 
 def test_covariates_are_the_metrics_own(metric, Z):
     """The chord is the distance of the metric's features; a0, a1 are the straight segment's
-    length under the metric tensor frozen at either end; blocks give the pair lists' values."""
-    F, G, Zd = _pieces(metric, Z)
+    length under the metric tensor frozen at either end; the paths are shortest paths over the
+    edges chord (feature graph) and max(chord, sqrt(a0 a1)) (latent graph; with 9 codes both
+    graphs join every pair); blocks give the pair lists' values."""
+    codes = _pieces(metric, Z)
     a, b = torch.tensor([0, 3, 5, 8]), torch.tensor([1, 2, 7, 0])
-    chord, x = pair_covariates(F, G, Zd, a, b)
+    chord, x = pair_covariates(codes, a, b)
     feats = metric.features(Z)
     assert torch.allclose(chord, (feats[a] - feats[b]).norm(dim=1), rtol=1e-12)
     v = Z[b] - Z[a]
     Ga, Gb = metric.metric_tensor(Z[a]), metric.metric_tensor(Z[b])
     a0 = torch.einsum("bi,bij,bj->b", v, Ga, v).sqrt()
     a1 = torch.einsum("bi,bij,bj->b", v, Gb, v).sqrt()
-    assert torch.allclose(x, covariates(chord, a0, a1, v.norm(dim=1)), rtol=1e-10)
-    bc, bx = block_covariates(F, G, Zd, torch.arange(M), torch.arange(M))
+    feats = feats.double()
+    C = torch.cdist(feats, feats)
+    V = Z[None] - Z[:, None]
+    Q = torch.einsum("abi,aij,abj->ab", V, metric.metric_tensor(Z), V)
+    paths = torch.stack([_shortest(C), _shortest(torch.maximum(C, (Q * Q.T).sqrt().sqrt()))])
+    assert torch.allclose(x, covariates(chord, a0, a1, v.norm(dim=1), paths[:, a, b]), rtol=1e-10)
+    assert torch.allclose(x[:, 3], torch.zeros(4, dtype=torch.float64), atol=1e-12)  # Euclidean
+    assert (x[:, 4] > 1e-3).any()
+    bc, bx = block_covariates(codes, torch.arange(M), torch.arange(M))
     assert torch.allclose(bc[a, b], chord, rtol=1e-10) and torch.allclose(bx[a, b], x, rtol=1e-9)
 
 
@@ -135,13 +153,13 @@ def test_entries_are_the_fitted_chords(chord_run, metric, Z):
     assert len(i) == 24 and rep.n_converged + rep.n_failed == 24 and rep.chord_error.pairs == 24
     alone = fastgeo.geodesics(metric, Z[i], Z[j], progress=False)
     assert torch.allclose(D[i, j], alone.lengths, rtol=1e-9)
-    F, G, Zd = _pieces(metric, Z)
-    chord, x = block_covariates(F, G, Zd, torch.arange(M), torch.arange(M))
+    codes = _pieces(metric, Z)
+    chord, x = block_covariates(codes, torch.arange(M), torch.arange(M))
     estimated = torch.triu(rep.status_code == CHORD_ESTIMATE, 1)
     assert int(estimated.sum()) == M * (M - 1) // 2 - 24
     assert torch.allclose(D[estimated], (chord * rep.chord_fit.ratio(x))[estimated], rtol=1e-9)
     assert (D[estimated] >= chord[estimated] * (1 - 1e-12)).all()
-    chord_s, x_s = pair_covariates(F, G, Zd, i, j)
+    chord_s, x_s = pair_covariates(codes, i, j)
     _, loo = fit_ratio(x_s, alone.lengths.double(), chord_s)
     err = loo * chord_s / alone.lengths - 1
     assert rep.chord_error.mean_abs == pytest.approx(float(err.abs().mean()), rel=1e-6)
@@ -226,11 +244,11 @@ def test_codes_where_the_decoder_is_not_finite(metric, Z):
     Zb[0, 0] = 10.0
     with pytest.raises(RuntimeError, match="not finite along the straight line"):
         fastgeo.pairwise_distances(broken, Zb, mode="chord", error_sample=24, progress=False)
-    F, G, Zd = _pieces(broken, Zb)
-    assert not torch.isfinite(F[0]).all()
-    fit = ChordFit(torch.tensor([0.1, 0.2, 0.0, 0.0], dtype=torch.float64), torch.full((3,), -9.0).double(),
-                   torch.full((3,), 9.0).double())  # fmt: skip
+    codes = _pieces(broken, Zb)
+    assert not torch.isfinite(codes.F[0]).all()
+    fit = ChordFit(torch.tensor([0.1, 0.2, 0.0, 0.0, 0.1, 0.1], dtype=torch.float64),
+                   torch.full((5,), -9.0).double(), torch.full((5,), 9.0).double())  # fmt: skip
     out = torch.zeros(M, M, dtype=torch.float64)
     status = torch.full((M, M), CHORD_ESTIMATE, dtype=torch.int8)
-    assert _fill(fit, F, G, Zd, torch.arange(M), torch.arange(M), True, out, status, False) == M - 1
+    assert _fill(fit, codes, torch.arange(M), torch.arange(M), True, out, status, False) == M - 1
     assert not torch.isnan(out).any() and torch.isinf(out[0, 1:]).all() and torch.isfinite(out[1:, 1:]).all()

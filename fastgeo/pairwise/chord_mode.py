@@ -5,10 +5,13 @@ Each code is decoded once, with its metric tensor ``G = J^T J`` (d tangents). A 
 feature space ``c = ||f(z1) - f(z0)||`` (``f = [mu, sigma]``) bounds its distance from below
 (:mod:`.feature_bound`), and the straight segment's length under the metric frozen at either end,
 ``a0 = sqrt(v^T G(z0) v)`` and ``a1`` (``v = z1 - z0``), says how the decoder stretches that
-direction there. The ratio of the distance to the chord is fitted on the error sample's exact
-geodesics, by least squares in logs:
+direction there, and shortest paths through the codes ``pF`` (feature space) and ``pZ`` (latent
+space) say how far the chord strays from where the codes are (:mod:`.chord_paths`). The ratio of
+the distance to the chord is fitted on the error sample's exact geodesics, by least squares in
+logs:
 
     log(distance / c) = w0 + w1 log(sqrt(a0 a1) / c) + w2 log c + w3 log |v|
+                        + w4 log(pF / c) + w5 log(pZ / c)
 
 and every other entry gets ``c`` times the predicted ratio (the covariates clamped near the
 sample's range, the ratio to at least 1: the chord is a lower bound). The entries are neither
@@ -18,10 +21,11 @@ entries hold their exact lengths.
 
 Why: in latent d >= 4 the graph mode's chains of near codes zig-zag (10,000 codes of a d = 10
 decoder: 77 % above the geodesics on average), and drafts of every pair cost ~10-60 ms each.
-On random pairs of seven trained VAEs (d = 5-32, MLP and convolutional decoders; 48-64 pairs
-each, leave-one-out): mean |error| 1.3-3.7 % on the MLPs, 5 % and 12 % on two convolutional
-decoders (bench/RESULTS.md, "Chord estimates"). In 2-D, where geodesics wind along the data far
-from their chords, the graph mode is the better estimate.
+10,000 codes of trained VAEs (d = 5-64, MLP and convolutional decoders; 100 held-out pairs):
+mean |error| 1.5-3.6 % on the MLPs, 5 % and 10 % on two convolutional decoders without the paths
+(bench/RESULTS.md, "Chord estimates"); the paths bring the conv decoders and 2-D latent spaces,
+where geodesics wind along the data far from their chords, to 3-5 % ("Chord estimates with paths
+through the codes").
 """
 
 from __future__ import annotations
@@ -37,12 +41,16 @@ from torch import Tensor
 from .._progress import DELAY, call_bar
 from ..metric import ExpectedMetric
 from ..solver.result import CHORD_ESTIMATE, CONVERGED
+from .chord_paths import path_graphs, path_lengths, path_rows
 from .chunks import dist_info
+from .code_graph import CodeGraph
 from .error_sample import EstimateError, draw_sample, estimate_error, node_indices
 from .feature_bound import decoded_features
 from .pair_list import pair_solver, solve_pair_list
 
-MIN_SAMPLE = 20  # sampled pairs the fit needs (it has 4 coefficients)
+MIN_SAMPLE = 20  # sampled pairs the fit needs (it has 6 coefficients)
+N_COVARIATES = 5
+PATHS = slice(3, 5)  # the covariates of paths through the codes (inf where the graphs do not join)
 # Covariates are clamped to the sample's range widened by this much of its width on each side: the
 # log-linear fit extrapolates a little, never far (on 48-64 pairs of seven trained VAEs, leave-one-
 # out, no clamp, this one and none beyond the range differ by <= 0.07 points of mean |error|).
@@ -53,7 +61,7 @@ JACOBIAN_BYTES = 1 << 28  # Jacobians of one block of codes' metric tensors
 
 @dataclass
 class ChordFit:
-    """``log(distance / chord) = weights . [1, covariates]``, the covariates (k, 3) clamped to
+    """``log(distance / chord) = weights . [1, covariates]``, the covariates (k, 5) clamped to
     ``[lo, hi]`` (the sample's range, widened by :data:`MARGIN`) and the log-ratio to at least 0."""
 
     weights: Tensor
@@ -61,28 +69,56 @@ class ChordFit:
     hi: Tensor
 
     def ratio(self, x: Tensor) -> Tensor:
-        """Distance over chord for covariates ``x`` (..., 3) float64: (...)."""
+        """Distance over chord for covariates ``x`` (..., 5) float64: (...)."""
         x = torch.maximum(torch.minimum(x, self.hi.to(x.device)), self.lo.to(x.device))
         w = self.weights.to(x.device)
         return (w[0] + x @ w[1:]).clamp(min=0).exp()
 
 
-def covariates(chord: Tensor, a0: Tensor, a1: Tensor, step: Tensor) -> Tensor:
-    """The fit's covariates (..., 3) float64 of pairs with feature-space ``chord``, frozen-metric
-    lengths ``a0``, ``a1`` and latent distance ``step`` (all (...) float64, positive)."""
+@dataclass
+class Codes:
+    """Every node as the chord mode holds it (float64, CPU): features ``F`` (n, f), metric
+    tensors ``G`` (n, d, d), codes ``Z`` (n, d), and the feature- and latent-space neighbour
+    ``graphs`` (:func:`.chord_paths.path_graphs`)."""
+
+    F: Tensor
+    G: Tensor
+    Z: Tensor
+    graphs: tuple[CodeGraph, CodeGraph]
+
+    def paths(self, sources: Tensor) -> Tensor:
+        """Shortest-path lengths (2, S, n) on both graphs from the nodes ``sources`` (S,)."""
+        return path_lengths(self.graphs, sources)
+
+
+def code_data(metric: ExpectedMetric, nodes: Tensor) -> Codes:
+    """:class:`Codes` of ``nodes`` (n, d): each decoded once, with its metric tensor."""
+    with torch.no_grad():
+        F = decoded_features(metric, nodes).double().cpu()
+    G = metric_tensors(metric, nodes).cpu()
+    Z = nodes.double().cpu()
+    return Codes(F, G, Z, path_graphs(F, G, Z))
+
+
+def covariates(chord: Tensor, a0: Tensor, a1: Tensor, step: Tensor, paths: Tensor) -> Tensor:
+    """The fit's covariates (..., 5) float64 of pairs with feature-space ``chord``, frozen-metric
+    lengths ``a0``, ``a1``, latent distance ``step`` (all (...) float64, positive) and path
+    lengths through the codes ``paths`` (2, ...) (feature and latent graph; inf: not joined)."""
     tiny = torch.finfo(torch.float64).tiny
     c, a, v = chord.clamp(min=tiny), (a0 * a1).clamp(min=tiny).sqrt(), step.clamp(min=tiny)
-    return torch.stack([(a / c).log(), c.log(), v.log()], dim=-1)
+    return torch.stack([(a / c).log(), c.log(), v.log(), (paths[0] / c).log(), (paths[1] / c).log()], dim=-1)
 
 
 def fit_ratio(x: Tensor, lengths: Tensor, chord: Tensor) -> tuple[ChordFit, Tensor]:
-    """Least squares of ``log(lengths / chord)`` on ``[1, x]`` (x (k, 3) float64; pairs with a
-    zero or non-finite length or chord left out), the covariates' clamp the sample's range widened
+    """Least squares of ``log(lengths / chord)`` on ``[1, x]`` (x (k, 5) float64; pairs with a
+    zero or non-finite length or chord left out; a path covariate that is inf, ends the graphs do
+    not join, taken as the sample's largest), the covariates' clamp the sample's range widened
     by :data:`MARGIN` of its width on each side. Returns the fit and every usable pair's
     leave-one-out ratio (k,): the prediction, clamps included, of the fit on the other pairs (NaN
     for pairs left out, and where the others do not determine the fit). With fewer than
     :data:`MIN_SAMPLE` usable pairs, the intercept alone."""
     y = (lengths / chord).log()
+    x = _unjoined_as_largest(x)
     ok = torch.isfinite(y) & torch.isfinite(x).all(1) & (lengths > 0) & (chord > 0)
     X = torch.cat([torch.ones(x.shape[0], 1, dtype=torch.float64), x], 1)
     if int(ok.sum()) < MIN_SAMPLE:
@@ -91,8 +127,8 @@ def fit_ratio(x: Tensor, lengths: Tensor, chord: Tensor) -> tuple[ChordFit, Tens
     Xk, yk, xk = X[ok], y[ok], x[ok]
     loo = torch.full_like(y, float("nan"))
     if xk.shape[0] == 0:
-        zeros = torch.zeros(3, dtype=torch.float64)
-        return ChordFit(torch.zeros(4, dtype=torch.float64), zeros, zeros), loo
+        zeros = torch.zeros(x.shape[1], dtype=torch.float64)
+        return ChordFit(torch.zeros(x.shape[1] + 1, dtype=torch.float64), zeros, zeros), loo
     inv = torch.linalg.pinv(Xk.T @ Xk)
     w = inv @ (Xk.T @ yk)
     lo, hi = _widened(xk.min(0).values, xk.max(0).values)
@@ -107,6 +143,20 @@ def fit_ratio(x: Tensor, lengths: Tensor, chord: Tensor) -> tuple[ChordFit, Tens
     pred = (w_out[:, 0] + (x_out * w_out[:, 1:]).sum(1)).clamp(min=0).exp()
     loo[ok] = torch.where(left > 1e-9, pred, torch.nan)
     return ChordFit(w, lo, hi), loo
+
+
+def _unjoined_as_largest(x: Tensor) -> Tensor:
+    """``x`` (k, 5) with each path covariate that is +inf replaced by its column's largest
+    finite value (the clamp of :meth:`ChordFit.ratio` does the same to the sample's widened
+    range)."""
+    paths = x[:, PATHS]
+    inf = torch.isposinf(paths)
+    if not bool(inf.any()):
+        return x
+    largest = torch.where(torch.isfinite(paths), paths, -torch.inf).max(0).values
+    x = x.clone()
+    x[:, PATHS] = torch.where(inf & torch.isfinite(largest), largest, paths)
+    return x
 
 
 def _widened(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -136,10 +186,11 @@ def metric_tensors(metric: ExpectedMetric, nodes: Tensor) -> Tensor:
         )
 
 
-def _blocks(R: int, C: int, d: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:
+def _blocks(R: int, C: int, d: int, n: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:
     """Blocks of entries (row slice, column slice) of at most :data:`BLOCK_BYTES` of
-    differences; symmetric: the blocks on and above the diagonal."""
-    side = max(1, int((BLOCK_BYTES / (8 * (d + 4))) ** 0.5))
+    differences, and of the rows' path lengths to all ``n`` nodes; symmetric: the blocks on and
+    above the diagonal; row by row (the rows' paths are found once)."""
+    side = max(1, min(int((BLOCK_BYTES / (8 * (d + 4))) ** 0.5), BLOCK_BYTES // (16 * n)))
     for r0 in range(0, R, side):
         for c0 in range(r0 if symmetric else 0, C, side):
             yield slice(r0, min(R, r0 + side)), slice(c0, min(C, c0 + side))
@@ -151,45 +202,58 @@ def _quad(v: Tensor, G: Tensor) -> Tensor:
     return ((v @ G) * v).sum(-1).clamp(min=0).sqrt()
 
 
-def pair_covariates(F: Tensor, G: Tensor, Z: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """The chords (k,) and covariates (k, 3) of the pairs ``(a[k], b[k])`` of node indices
-    (``F`` (n, F) features, ``G`` (n, d, d) metric tensors, ``Z`` (n, d) codes, all float64)."""
+def pair_covariates(codes: Codes, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """The chords (k,) and covariates (k, 5) of the pairs ``(a[k], b[k])`` of node indices."""
+    F, G, Z = codes.F, codes.G, codes.Z
     chord = (F[a] - F[b]).norm(dim=-1)
     v = (Z[b] - Z[a])[:, None]
     a0, a1 = _quad(v, G[a])[:, 0], _quad(v, G[b])[:, 0]
-    return chord, covariates(chord, a0, a1, v[:, 0].norm(dim=-1))
+    sources, row = torch.unique(a, return_inverse=True)
+    paths = codes.paths(sources)[:, row, b]
+    return chord, covariates(chord, a0, a1, v[:, 0].norm(dim=-1), paths)
 
 
-def block_covariates(F: Tensor, G: Tensor, Z: Tensor, r: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+def block_covariates(
+    codes: Codes, r: Tensor, c: Tensor, paths: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """:func:`pair_covariates` of every pair of a block: rows ``r`` (R,) by columns ``c`` (C,):
-    chords (R, C) and covariates (R, C, 3)."""
+    chords (R, C) and covariates (R, C, 5); ``paths`` (2, R, n): the rows' path lengths, if
+    found already."""
+    F, G, Z = codes.F, codes.G, codes.Z
     chord = torch.cdist(F[r], F[c])
     v = Z[c][None] - Z[r][:, None]  # (R, C, d)
     a0, a1 = _quad(v, G[r]), _quad(v.transpose(0, 1), G[c]).T
-    return chord, covariates(chord, a0, a1, v.norm(dim=-1))
+    paths = codes.paths(r) if paths is None else paths
+    return chord, covariates(chord, a0, a1, v.norm(dim=-1), paths[:, :, c])
 
 
 def _fill(
     fit: ChordFit,
-    F: Tensor,
-    G: Tensor,
-    Z: Tensor,
+    codes: Codes,
     rows: Tensor,
     cols: Tensor,
     symmetric: bool,
     out: Tensor,
     status: Tensor,
     show: bool,
+    workers: int = 1,
 ) -> int:
     """Every entry of ``out`` (R, C): chord times the fitted ratio (inf where not finite), but 0
     between equal nodes (a code in both sets), with the status ``converged`` in ``status``;
-    returns how many entries (pairs ``i < j`` where symmetric) are not finite."""
+    returns how many entries (pairs ``i < j`` where symmetric) are not finite. The rows' paths
+    are found ``workers`` blocks of rows at a time, over as many processes."""
     R, C = out.shape
-    blocks = list(_blocks(R, C, Z.shape[1], symmetric))
+    blocks = list(_blocks(R, C, codes.Z.shape[1], codes.Z.shape[0], symmetric))
+    row_blocks = list(dict.fromkeys((rs.start, rs.stop) for rs, _ in blocks))
     nonfinite = 0
+    paths: dict[int, Tensor] = {}
     with call_bar(len(blocks), show, "chord estimates", "block", DELAY) as bar:
         for rs, cs in blocks:
-            chord, x = block_covariates(F, G, Z, rows[rs], cols[cs])
+            if rs.start not in paths:
+                group = [b for b in row_blocks if b[0] >= rs.start][:workers]
+                found = path_rows(codes.graphs, rows[rs.start : group[-1][1]], workers)
+                paths = {lo: found[:, lo - rs.start : hi - rs.start] for lo, hi in group}
+            chord, x = block_covariates(codes, rows[rs], cols[cs], paths[rs.start])
             est = chord * fit.ratio(x)
             equal = rows[rs][:, None] == cols[cs][None]
             est = torch.where(equal, torch.zeros_like(est), est)
@@ -228,17 +292,14 @@ def run_chord_mode(
     show = progress and dist_info()[0] == 0
     symmetric = Y is None
     nodes, rows, cols = node_indices(pts, Y)
-    with torch.no_grad():
-        F = decoded_features(metric, nodes).double().cpu()
-    G = metric_tensors(metric, nodes).cpu()
-    Z = nodes.double().cpu()
+    codes = code_data(metric, nodes)
     i, j, a, b = draw_sample(rows, cols, symmetric, error_sample)
     solve = pair_solver(metric, options)
     solved = solve_pair_list(nodes, a, b, solve, chunk_size, workers, show, "error sample", "pair")
-    chord, x = pair_covariates(F, G, Z, a, b)
+    chord, x = pair_covariates(codes, a, b)
     fit, loo = fit_ratio(x, solved.lengths, chord)
     status = torch.full(matrix.shape, CHORD_ESTIMATE, dtype=torch.int8, device=matrix.device)
-    nonfinite = _fill(fit, F, G, Z, rows.cpu(), cols.cpu(), symmetric, matrix, status, show)
+    nonfinite = _fill(fit, codes, rows.cpu(), cols.cpu(), symmetric, matrix, status, show, workers)
     if nonfinite:
         warnings.warn(
             f"fastgeo.pairwise_distances: {nonfinite} chord estimates are not finite (inf in the matrix): "
