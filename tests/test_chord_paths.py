@@ -20,16 +20,18 @@ def _shortest(n, edges, weights):
 
 
 def test_nearest_edges_are_the_k_nearest_and_join_every_code():
-    """Two clusters far apart: each code's 3 nearest are edges (i < j, unique), and one more edge
-    joins the clusters (the shortest between them); a row that is not finite gets no edge."""
+    """Two clusters far apart: each code's 3 nearest are edges (i < j, unique, their lengths the
+    distances), and one more edge joins the clusters (the shortest between them); a row that is
+    not finite gets no edge."""
     g = torch.Generator().manual_seed(0)
     X = torch.cat([torch.randn(12, 3, generator=g), torch.randn(10, 3, generator=g) + 50]).double()
     X[5, 1] = torch.nan
-    e = nearest_edges(X, k=3)
+    e, length = nearest_edges(X, k=3)
     assert (e[:, 0] < e[:, 1]).all() and len(torch.unique(e, dim=0)) == len(e)
     assert not (e == 5).any()
     D = torch.cdist(X, X).fill_diagonal_(torch.inf)
     D[5], D[:, 5] = torch.inf, torch.inf
+    assert torch.allclose(length, D[e[:, 0], e[:, 1]], rtol=1e-12)
     have = {tuple(p) for p in e.tolist()}
     for i in range(22):
         if i == 5:

@@ -22,10 +22,9 @@ entries hold their exact lengths.
 Why: in latent d >= 4 the graph mode's chains of near codes zig-zag (10,000 codes of a d = 10
 decoder: 77 % above the geodesics on average), and drafts of every pair cost ~10-60 ms each.
 10,000 codes of trained VAEs (d = 5-64, MLP and convolutional decoders; 100 held-out pairs):
-mean |error| 1.5-3.6 % on the MLPs, 5 % and 10 % on two convolutional decoders without the paths
-(bench/RESULTS.md, "Chord estimates"); the paths bring the conv decoders and 2-D latent spaces,
-where geodesics wind along the data far from their chords, to 3-5 % ("Chord estimates with paths
-through the codes").
+mean |error| 1.3-3.4 % on the MLPs, 4.8 % and 5.3 % on two convolutional decoders (without the
+paths 1.5-3.9 %, 5.3 % and 9.9 %); a 2-D digits VAE 2.1 % (1,000 codes; the graph mode's chains
+0.95 %). bench/RESULTS.md, "Chord estimates" and "Chord estimates with paths through the codes".
 """
 
 from __future__ import annotations
