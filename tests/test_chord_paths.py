@@ -42,6 +42,14 @@ def test_nearest_edges_are_the_k_nearest_and_join_every_code():
     inside, outside = [i for i in range(12) if i != 5], list(range(12, 22))
     best = D[inside][:, outside].min()
     assert len(across) == 1 and torch.isclose(D[across[0]], best)
+    # Bridged in another space: the shortest edge there, its length still in X.
+    W = X.clone()
+    W[:12, 0] += 1000.0
+    e, length = nearest_edges(X, k=3, near=W)
+    across = [(i, j) for i, j in e.tolist() if (i < 12) != (j < 12)]
+    DW = torch.cdist(W, W)
+    assert len(across) == 1 and torch.isclose(DW[across[0]], DW[inside][:, outside].min())
+    assert torch.allclose(length, torch.cdist(X, X)[e[:, 0], e[:, 1]], rtol=1e-12)
 
 
 def test_path_lengths_are_shortest_paths():

@@ -31,10 +31,11 @@ SEARCH_BYTES = 1 << 26  # float64 distances of one block of the neighbour search
 EDGE_BYTES = 1 << 26  # float64 features and metric tensors of one block of edges
 
 
-def nearest_edges(X: Tensor, k: int = NEIGHBORS) -> tuple[Tensor, Tensor]:
+def nearest_edges(X: Tensor, k: int = NEIGHBORS, near: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Edges (E, 2), ``i < j``, unique, and their Euclidean lengths (E,): each row of ``X``
-    (n, f) to its ``k`` nearest rows, plus the shortest edges that connect the graph. Rows that
-    are not finite get no edge (and stay apart)."""
+    (n, f) to its ``k`` nearest rows, plus the edges that connect the graph, the shortest in
+    ``near`` (n, e) (default ``X``: wide features make each bridge an ``n^2 f`` search). Rows
+    that are not finite get no edge (and stay apart)."""
     n = X.shape[0]
     keep = torch.isfinite(X).all(1).nonzero().squeeze(1)
     Xk = X[keep]
@@ -48,11 +49,11 @@ def nearest_edges(X: Tensor, k: int = NEIGHBORS) -> tuple[Tensor, Tensor]:
         dist = torch.cdist(Xk[lo : lo + block], Xk)
         rows = torch.arange(dist.shape[0])
         dist[rows, lo + rows] = torch.inf
-        length, near = dist.topk(k, largest=False)
-        edges.append(torch.stack([(lo + rows)[:, None].expand_as(near), near], -1).reshape(-1, 2))
+        length, nearest = dist.topk(k, largest=False)
+        edges.append(torch.stack([(lo + rows)[:, None].expand_as(nearest), nearest], -1).reshape(-1, 2))
         lengths.append(length.reshape(-1))
     local = torch.cat(edges)
-    bridges = connecting_edges(Xk, local)
+    bridges = connecting_edges(Xk if near is None else near[keep], local)
     local = torch.cat([local, bridges])
     length = torch.cat([*lengths, (Xk[bridges[:, 0]] - Xk[bridges[:, 1]]).norm(dim=1)])
     # Both directions of an edge may be found, their lengths a rounding apart: the shorter kept.
@@ -69,7 +70,7 @@ def path_graphs(F: Tensor, G: Tensor, Z: Tensor, k: int = NEIGHBORS) -> tuple[Co
     ok = torch.isfinite(F).all(1) & torch.isfinite(G).flatten(1).all(1)
     n = F.shape[0]
     nan = torch.tensor(torch.nan, dtype=F.dtype)
-    feature, chords = nearest_edges(torch.where(ok[:, None], F, nan), k)
+    feature, chords = nearest_edges(torch.where(ok[:, None], F, nan), k, near=Z)
     latent, _ = nearest_edges(torch.where(ok[:, None], Z, nan), k)
     block = max(1, EDGE_BYTES // (8 * (F.shape[1] + G[0].numel())))
     parts = [_edge_lengths(F, G, Z, part) for part in latent.split(block)]
