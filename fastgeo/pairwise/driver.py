@@ -170,7 +170,9 @@ def pairwise_distances(
 
     Returns:
         D (M, M) (or (M, P)) tensor of geodesic lengths, dtype and device of the metric (with
-        ``out``: on the CPU); with ``return_report=True`` the tuple ``(D, report)``.
+        ``out``: on the CPU); with ``return_report=True`` the tuple ``(D, report)``. The
+        entries carry no gradient (:func:`fastgeo.geodesics` gives lengths differentiable in
+        their end points).
     """
     t_start = time.perf_counter()
     _checks.autograd_enabled("pairwise_distances")

@@ -46,6 +46,7 @@ from ..curves import Basis, BSplineBasis, Curves
 from ..metric import ExpectedMetric
 from . import smoothing
 from .dense import dense_multistart
+from .end_gradients import with_end_gradients
 from .fallback import never_longer_than_straight
 from .graph import LatentGraph, cached_graph, check_graph_inputs
 from .measure import measure
@@ -172,7 +173,11 @@ def geodesics(
         line between its ends. float32 curves so short that the decoder's rounding is not small
         against their segments (near neighbours: on a 2-D digits VAE, codes within ~0.1 of each
         other) are solved in float64 at the call's tolerance, the metric converted
-        (:mod:`fastgeo.solver.short_curves`; where its mean is an ``nn.Module``).
+        (:mod:`fastgeo.solver.short_curves`; where its mean is an ``nn.Module``). Where ``z0``
+        or ``z1`` requires a gradient (and grad mode is on), ``lengths`` is differentiable in
+        them: the envelope theorem's gradient, the solved curve's length as its ends move
+        (:mod:`fastgeo.solver.end_gradients`; one forward and backward pass of the decoder along
+        each curve in ``backward``); not in the decoder's or the precision's parameters.
 
     Decoders with piecewise-linear activations (ReLU, LeakyReLU, PReLU, Hardtanh, ReLU6,
     Hardsigmoid, Hardswish; recognized chains, :func:`fastgeo.decoders.piecewise_linear`) have
@@ -209,16 +214,19 @@ def geodesics(
     if latents is not None and graph is False:
         warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph; graph=False ignores them",
                       UserWarning, stacklevel=2)  # fmt: skip
+    ends = z0, z1  # the caller's: the lengths' gradient goes to them
     z0, z1 = z0.detach(), z1.detach()
+    res = None
     if init is None:  # curves too short for float32: solved in float64
-        apart = solved_apart(metric, z0, z1, opts, asked, graph, latents, progress, solve=geodesics)
-        if apart is not None:
-            return apart
-    delay = 0.0 if progress else DELAY
-    with call_bar(z0.shape[0], progress is not False, "geodesics", "curve", delay) as bar:
-        if opts.method == "dense" and init is None and z0.shape[0] > 0:
-            return dense_multistart(metric, z0, z1, opts, graph, latents, solve=geodesics)
-        return _solve(metric, z0, z1, opts, init, graph, latents, refine, bar)
+        res = solved_apart(metric, z0, z1, opts, asked, graph, latents, progress, solve=geodesics)
+    if res is None:
+        delay = 0.0 if progress else DELAY
+        with call_bar(z0.shape[0], progress is not False, "geodesics", "curve", delay) as bar:
+            if opts.method == "dense" and init is None and z0.shape[0] > 0:
+                res = dense_multistart(metric, z0, z1, opts, graph, latents, solve=geodesics)
+            else:
+                res = _solve(metric, z0, z1, opts, init, graph, latents, refine, bar)
+    return with_end_gradients(metric, res, *ends)
 
 
 def _solve(

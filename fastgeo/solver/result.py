@@ -82,7 +82,9 @@ class GeodesicResult:
             B-spline with its spans halved once per level: ``4 m - 3`` functions at the default's
             two levels, see :mod:`fastgeo.solver.subdivide`).
         lengths: (B,) the distances: each curve's length, measured on a grid fine enough that
-            its estimated error is below 1e-4 relative (see ``length_errors``).
+            its estimated error is below 1e-4 relative (see ``length_errors``). Differentiable
+            in the end points where ``z0`` or ``z1`` required a gradient (the envelope theorem,
+            :mod:`fastgeo.solver.end_gradients`); otherwise plain tensors.
         length_errors: (B,) estimated absolute error of ``lengths`` (in the units of the
             lengths; divide by ``lengths`` for the relative one) against the curve's continuous
             length: a third of the change from the grid before (the error falls ~4x per doubling).
@@ -149,7 +151,8 @@ class GeodesicResult:
         B = len(self)
         names, counts = np.unique(self.status, return_counts=True)
         statuses = ", ".join(f"{n} {c}" for n, c in zip(names.tolist(), counts.tolist(), strict=True))
-        lengths = f", lengths {float(self.lengths.min()):.6g}-{float(self.lengths.max()):.6g}" if B else ""
+        low, high = self.lengths.detach().aminmax() if B else (None, None)
+        lengths = f", lengths {float(low):.6g}-{float(high):.6g}" if B else ""
         d = self.curves.z0.shape[-1]
         method = self.options.get("method", "?")
         return f"GeodesicResult({B} curves, d={d}, method={method!r}: {statuses or 'none'}{lengths})"

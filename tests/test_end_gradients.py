@@ -1,0 +1,84 @@
+"""Geodesic distances are differentiable in their end points (the envelope theorem: the solved
+curve's own length as its ends move, its coefficients held fixed), for Frechet means, k-means or
+encoders trained with geodesic distances."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from analytic import bumpy_metric, disc_points, great_circle, sphere_metric
+
+import fastgeo
+from fastgeo.benchmarks.pairs import pair_indices
+
+DATA = Path(__file__).parent / "data"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _relative(grad, want):
+    return float(((grad.double() - want).norm(dim=1) / want.norm(dim=1)).max())
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-3), (torch.float32, 2e-3)])
+def test_gradients_are_the_great_circle_distances_gradients_on_the_sphere(dtype, rtol):
+    metric = sphere_metric(dtype)
+    a, b = disc_points(6, 0.8, seed=1), disc_points(6, 0.8, seed=2)
+    z0, z1 = a.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
+    weights = torch.arange(1.0, 7.0, dtype=torch.float64)
+    res = fastgeo.geodesics(metric, z0, z1, progress=False)
+    (res.lengths.double() * weights).sum().backward()
+    a.requires_grad_(), b.requires_grad_()
+    (great_circle(a, b) * weights).sum().backward()
+    assert _relative(z0.grad, a.grad) < rtol
+    assert _relative(z1.grad, b.grad) < rtol
+
+
+def test_gradients_match_finite_differences_of_solved_distances_on_a_trained_vae():
+    """mlp12_small in float64 (d = 12: corridors, explored start, subdivided curves): the
+    derivative along a random direction against central differences of two more solves."""
+    path = DATA / "mlp12_small.safetensors"
+    extra = fastgeo.load_extra(path)
+    I, J = pair_indices(extra["labels"], 48, 0)
+    metric = fastgeo.load_generator(path).to(torch.float64)
+    z0 = extra["latents"][I[:2]].double()
+    z1 = extra["latents"][J[:2]].double().requires_grad_()
+    fastgeo.geodesics(metric, z0, z1, progress=False).lengths.sum().backward()
+    g = torch.Generator().manual_seed(0)
+    h = 1e-3
+    for q in range(2):
+        step = torch.randn(12, generator=g, dtype=torch.float64)
+        step *= h / step.norm()
+        ends = z1.detach()[q : q + 1]
+        with torch.no_grad():
+            up = fastgeo.geodesics(metric, z0[q : q + 1], ends + step, progress=False).lengths
+            down = fastgeo.geodesics(metric, z0[q : q + 1], ends - step, progress=False).lengths
+        fd = float(up - down) / 2
+        assert abs(float(z1.grad[q] @ step) - fd) < 1e-2 * h * float(z1.grad[q].norm()), q
+
+
+def test_lengths_carry_no_gradient_unless_an_end_requires_one():
+    metric = bumpy_metric()
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    z1 = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    plain = fastgeo.geodesics(metric, z0, z1, progress=False)
+    assert not plain.lengths.requires_grad  # a decoder's weights requiring grad do not make them
+    with torch.no_grad():
+        off = fastgeo.geodesics(metric, z0.requires_grad_(), z1, progress=False)
+    assert not off.lengths.requires_grad
+    one = fastgeo.geodesics(metric, z0, z1, progress=False)  # z0 alone requires a gradient
+    assert torch.equal(one.lengths.detach(), plain.lengths)
+    one.lengths.sum().backward()
+    assert z0.grad is not None and bool(torch.isfinite(z0.grad).all()) and z1.grad is None
+
+
+def test_equal_ends_have_a_zero_gradient():
+    metric = bumpy_metric()
+    z = torch.tensor([[0.3, -0.2], [0.1, 0.5]], dtype=torch.float64)
+    z0, z1 = z.clone().requires_grad_(), torch.cat([z[:1], z[:1] + 1]).requires_grad_()
+    res = fastgeo.geodesics(metric, z0, z1, progress=False)
+    assert float(res.lengths[0].detach()) == 0
+    res.lengths.sum().backward()
+    assert torch.equal(z0.grad[0], torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(z1.grad[0], torch.zeros(2, dtype=torch.float64))
+    assert bool((z0.grad[1] != 0).any())
