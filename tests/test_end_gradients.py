@@ -33,6 +33,16 @@ def test_gradients_are_the_great_circle_distances_gradients_on_the_sphere(dtype,
     assert _relative(z1.grad, b.grad) < rtol
 
 
+def test_gradcheck_on_the_sphere():
+    """torch.autograd.gradcheck of ``(z0, z1) -> lengths`` in float64: its numerical Jacobian
+    solves every perturbed pair again (steps of 1e-5; the solver's tolerance sets the atol)."""
+    metric = sphere_metric()
+    z0 = disc_points(2, 0.8, seed=1).requires_grad_()
+    z1 = disc_points(2, 0.8, seed=2).requires_grad_()
+    lengths = lambda a, b: fastgeo.geodesics(metric, a, b, progress=False).lengths  # noqa: E731
+    assert torch.autograd.gradcheck(lengths, (z0, z1), eps=1e-5, atol=1e-4, rtol=1e-3)
+
+
 def test_gradients_match_finite_differences_of_solved_distances_on_a_trained_vae():
     """mlp12_small in float64 (d = 12: corridors, explored start, subdivided curves): the
     derivative along a random direction against central differences of two more solves."""
