@@ -143,16 +143,17 @@ def test_covariates_are_the_metrics_own(metric, Z):
 
 def test_entries_are_the_fitted_chords(chord_run, metric, Z):
     """Unsampled entries: chord * the report's fitted ratio, status chord_estimate, at least the
-    chord; sampled entries: the geodesic of the pair (its solver status); symmetric, zero and
-    converged diagonal; the report's error is the leave-one-out error of those sampled pairs."""
+    chord; sampled entries: the geodesic of the pair (its solver status), by ``method="fast"``
+    where the call names none; symmetric, zero and converged diagonal; the report's error is the
+    leave-one-out error of those sampled pairs."""
     D, rep = chord_run
     assert STATUSES[CHORD_ESTIMATE] == "chord_estimate"
     assert torch.equal(D, D.T) and (D.diagonal() == 0).all() and torch.isfinite(D).all()
     assert (rep.status_code.diagonal() == CONVERGED).all()
     i, j, _, _ = draw_sample(torch.arange(M), torch.arange(M), True, 24)
     assert len(i) == 24 and rep.n_converged + rep.n_failed == 24 and rep.chord_error.pairs == 24
-    alone = fastgeo.geodesics(metric, Z[i], Z[j], progress=False)
-    assert torch.allclose(D[i, j], alone.lengths, rtol=1e-9)
+    alone = fastgeo.geodesics(metric, Z[i], Z[j], method="fast", progress=False)
+    assert torch.allclose(D[i, j], alone.lengths, rtol=1e-9) and rep.options["method"] == "fast"
     codes = _pieces(metric, Z)
     chord, x = block_covariates(codes, torch.arange(M), torch.arange(M))
     estimated = torch.triu(rep.status_code == CHORD_ESTIMATE, 1)
@@ -168,10 +169,11 @@ def test_entries_are_the_fitted_chords(chord_run, metric, Z):
 
 
 def test_z_by_y(metric, Z):
-    """With Y: an (M, P) matrix, equal codes at distance 0, sampled entries exact."""
+    """With Y: an (M, P) matrix, equal codes at distance 0, sampled entries solved by the method
+    the call names."""
     Y = torch.cat([Z[:2], torch.randn(4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)])
     D, rep = fastgeo.pairwise_distances(metric, Z[:5], Y, mode="chord", error_sample=20, progress=False,
-                                        return_report=True)  # fmt: skip
+                                        return_report=True, method="default")  # fmt: skip
     assert D.shape == (5, 6) and D[0, 0] == 0 and D[1, 1] == 0 and torch.isfinite(D).all()
     solved = rep.status_code != CHORD_ESTIMATE
     i, j = solved.nonzero().T

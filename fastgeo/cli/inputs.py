@@ -123,7 +123,8 @@ def add_solver_arguments(p: argparse.ArgumentParser) -> None:
         "--method",
         default=None,
         choices=METHODS,
-        help="solver method (default: 'default'; 'fast': coarser curves, 1.6-3x less time)",
+        help="solver method (default: 'default', and 'fast' for --mode chord's sample; 'fast': coarser "
+        "curves, 1.6-3x less time)",
     )
     p.add_argument("--m", type=int, default=None, help="basis functions per latent dimension")
     p.add_argument("--n-points", type=int, default=None, help="points per curve in the energy")
