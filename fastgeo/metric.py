@@ -271,10 +271,11 @@ class ExpectedMetric:
         mu(b)||``, as the solver measures curves: (..., d) -> (..., F). The mean itself (F = D),
         or where it ends with a widening linear layer its compact stand-in
         (:mod:`fastgeo.decoders.compact`: F = that layer's inputs, the same segment lengths to
-        rounding at a fraction of the cost; the stand-in has no autograd: where z requires a
-        gradient, the mean)."""
+        rounding at a fraction of the cost; the stand-in has no autograd (its factor is taken from
+        detached weights): in grad mode, where a gradient of z or of the decoder's parameters may
+        be wanted, the mean; the solver measures under ``torch.no_grad``)."""
         self.check_points("z", z)
-        compact = None if torch.is_grad_enabled() and z.requires_grad else self._compact_mean()
+        compact = None if torch.is_grad_enabled() else self._compact_mean()
         if compact is None:
             return self._decode_with(self.mean, z, self.data_dim)
         return self._decode_with(compact, z, None)

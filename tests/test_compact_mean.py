@@ -1,8 +1,8 @@
 """The compact stand-in of a mean ending in a widening linear layer (``fastgeo.decoders.compact``):
 fewer values, the same segment lengths and metric tensor (float64 to 1e-10), recognized through
 reshapes after the layer and in saved (exported) generators, never for a mean ending in an
-activation or a layer that does not widen; weights changed in place show; autograd takes the
-mean itself; geodesics come out the same as with the stand-in switched off."""
+activation or a layer that does not widen; weights changed in place show; autograd (grad mode)
+takes the mean itself; geodesics come out the same as with the stand-in switched off."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ import fastgeo
 from fastgeo.decoders import compact
 
 D_LAT, HIDDEN, D = 3, 8, 20
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """The stand-in serves measurements under ``torch.no_grad`` (the solver's); in grad mode the
+    metric takes the mean itself (tests below that need grad mode turn it back on)."""
+    with torch.no_grad():
+        yield
 
 
 def _mlp(*tail: nn.Module, out: int = D, dtype: torch.dtype = torch.float64) -> nn.Sequential:
@@ -116,9 +124,26 @@ def test_triangular_factor_by_content():
 
 def test_autograd_takes_the_mean():
     metric = _metric(_mlp())
-    pts = _curves().requires_grad_(True)
-    assert metric.mean_embedding(pts).shape[-1] == D  # differentiable: the mean itself
-    torch.autograd.gradcheck(lambda p: metric.length(p), (pts,))
+    with torch.enable_grad():
+        pts = _curves().requires_grad_(True)
+        assert metric.mean_embedding(pts).shape[-1] == D  # differentiable: the mean itself
+        torch.autograd.gradcheck(lambda p: metric.length(p), (pts,))
+
+
+def test_grad_mode_takes_the_mean_for_the_decoders_parameters():
+    """Points that need no gradient, a decoder whose weights do (a loss on a solved curve's length
+    to train the decoder): the mean itself, whose gradient reaches the last layer's weight (the
+    stand-in's factor is taken from detached weights)."""
+    mean = _mlp()
+    metric = _metric(mean)
+    pts = _curves()
+    with torch.enable_grad():
+        assert metric.mean_embedding(pts).shape[-1] == D
+        (got,) = torch.autograd.grad(metric.length(pts).sum(), mean[2].weight)
+        mu = metric.decode(pts)
+        segments = (mu[:, 1:] - mu[:, :-1]).pow(2).sum(-1) + metric.precision.segment_sqdist(pts)
+        (want,) = torch.autograd.grad(segments.sqrt().sum(), mean[2].weight)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_saved_generator(tmp_path):
