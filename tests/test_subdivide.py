@@ -225,6 +225,25 @@ def test_a_results_curves_start_another_call_with_its_basis():
     assert bool((again.lengths <= res.lengths + res.length_errors + again.length_errors).all())
 
 
+def test_a_result_passed_back_keeps_its_basis():
+    """init=res.curves.coeffs with m=res.curves.basis.m alone (as a warm-started loop passes it):
+    the points follow m and the levels of subdivision it has taken are not taken again, call after
+    call (they grew 93 -> 369 -> 1,473 functions on digits, on 96 points, straight_fallback)."""
+    metric = fastgeo.load_generator(DATA / "digits.safetensors")
+    Z = fastgeo.load_extra(DATA / "digits.safetensors")["latents"]
+    res = fastgeo.geodesics(metric, Z[:4], Z[100:104], progress=False)
+    m = res.curves.basis.m
+    assert m == 4 * 24 - 3
+    opts = solver_options(torch.float32, 2, metric.data_dim, m=m)
+    assert (opts.n_points, opts.subdivide) == (4 * m, 0)
+    assert solver_options(torch.float32, 2, metric.data_dim, m=2 * 24 - 1).subdivide == SUBDIVISIONS - 1
+    cold = res
+    for _ in range(2):
+        res = fastgeo.geodesics(metric, Z[:4], Z[100:104], init=res.curves.coeffs, m=m, progress=False)
+        assert res.curves.basis.m == m and bool(res.converged.all())
+        torch.testing.assert_close(res.lengths, cold.lengths, rtol=1e-4, atol=0)  # measured to 1e-4
+
+
 def test_float64_small_batches_equal_ends_and_no_resolution_check():
     """float64, batch_size=1, check_resolution=False and a pair with equal ends in one call: every
     curve finite and converged, the equal pair at distance 0, lengths those of batch_size=None."""

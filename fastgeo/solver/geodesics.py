@@ -118,7 +118,9 @@ def geodesics(
         batch_size: curves optimized at once (default: as many as fit in ~1 GiB of working
             memory, :func:`fastgeo.solver.options.working_memory_per_curve`).
         init: optional (B, m, d) starting coefficients for the basis of ``method`` (a result's
-            ``curves.coeffs`` with ``m=res.curves.basis.m``).
+            ``curves.coeffs`` with ``m=res.curves.basis.m``: a B-spline finer than the method's
+            gets as many points per control point, and as many levels of subdivision fewer as it
+            has halvings, so a result passed back keeps its basis).
         graph: start from shortest paths on a :class:`fastgeo.LatentGraph` too (``default`` and
             ``fast``, where ``corridors > 0``; built on first use and cached for the metric), or a
             graph to use.
@@ -362,8 +364,8 @@ def _check_init(
     if init.shape != (B, opts.m, d):
         raise ValueError(
             f"init must have shape (B, m, d) = {(B, opts.m, d)}, got {tuple(init.shape)} (a subdivided "
-            "result's curves have more functions: pass m=res.curves.basis.m with them, and about "
-            "n_points=4 * (m + 1))"
+            "result's curves have more functions: pass m=res.curves.basis.m with them; the points and "
+            "levels of subdivision follow it)"
         )
     _checks.finite("init", init)
     return init.detach()
