@@ -40,11 +40,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _checks, _mean_checks
+from .. import _checks
 from .._progress import DELAY, call_bar
 from ..curves import Basis, BSplineBasis, Curves
 from ..metric import ExpectedMetric
 from . import smoothing
+from .arguments import check_ends, check_init
 from .dense import dense_multistart
 from .end_gradients import with_end_gradients
 from .fallback import never_longer_than_straight
@@ -190,7 +191,7 @@ def geodesics(
     (``options["smoothed_first"]``, start ``"smoothed"``; about twice the time of a smooth
     decoder of the same size).
     """
-    _check_ends(metric, z0, z1)
+    check_ends(metric, z0, z1)
     if progress is not None:
         _checks.boolean("progress", progress)
     # fmt: off
@@ -211,7 +212,7 @@ def geodesics(
         piecewise_linear=metric.piecewise_linear_mean, device=metric.device,
     )
     # fmt: on
-    init = _check_init(metric, init, z0, opts)
+    init = check_init(metric, init, z0, opts)
     check_graph_inputs(metric, graph, latents)
     if latents is not None and graph is False:
         warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph; graph=False ignores them",
@@ -337,38 +338,6 @@ def _in_basis(opts: SolverOptions, basis: Basis) -> SolverOptions:
         opts, basis=basis, n_points=n, coarse_points=max(3, opts.coarse_points * n // opts.n_points),
         subdivide=max(0, opts.subdivide - halvings),
     )  # fmt: skip
-
-
-def _check_ends(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> None:
-    if not isinstance(metric, ExpectedMetric):
-        raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
-    _checks.autograd_enabled("geodesics")
-    _mean_checks.eval_mode("metric.mean", metric.mean)  # set to training mode since the metric was made
-    metric.check_points("z0", z0, ndim=2)
-    metric.check_points("z1", z1, ndim=2)
-    if z0.shape != z1.shape:
-        raise ValueError(
-            f"z0 and z1 must have the same shape (B, d), got {tuple(z0.shape)} and {tuple(z1.shape)}"
-        )
-    _checks.finite("z0", z0)
-    _checks.finite("z1", z1)
-
-
-def _check_init(
-    metric: ExpectedMetric, init: Tensor | None, z0: Tensor, opts: SolverOptions
-) -> Tensor | None:
-    if init is None:
-        return None
-    metric.check_points("init", init, ndim=3)
-    B, d = z0.shape
-    if init.shape != (B, opts.m, d):
-        raise ValueError(
-            f"init must have shape (B, m, d) = {(B, opts.m, d)}, got {tuple(init.shape)} (a subdivided "
-            "result's curves have more functions: pass m=res.curves.basis.m with them; the points and "
-            "levels of subdivision follow it)"
-        )
-    _checks.finite("init", init)
-    return init.detach()
 
 
 def _graph_of(metric: ExpectedMetric, latents: Tensor | None, work: Work) -> LatentGraph:
