@@ -12,12 +12,10 @@ AMX); elsewhere both sides run float32 and ``ENABLED=True`` forces bfloat16, emu
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
-import torch
-from workloads import environment_line, generator, solver_pairs
+from workloads import generator, generator_table, solver_pairs
 
 import fastgeo
 from fastgeo.decoders import low_precision
@@ -51,19 +49,13 @@ def compare(name: str, pairs: int, rounds: int, seed: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generators", default="mlp32_shapes,mlp64_glyphs")
-    parser.add_argument("--pairs", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"{environment_line(1)}, float32, median of {args.rounds} alternating rounds (CPU time)")
-    print("| generator | pairs | float32 ms / pair | bfloat16 ms / pair | speed-up | LM iterations "
-          "(f32 / bf16) | length moved, mean / max | same status |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name in args.generators.split(","):
-        print(compare(name, args.pairs, args.rounds, args.seed), flush=True)
+    generator_table(
+        __doc__,
+        "mlp32_shapes,mlp64_glyphs",
+        "| generator | pairs | float32 ms / pair | bfloat16 ms / pair | speed-up "
+        "| LM iterations (f32 / bf16) | length moved, mean / max | same status |",
+        compare,
+    )
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ a gradient, then ``lengths.sum().backward()`` (the envelope theorem's gradient,
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from workloads import environment_line, generator, solver_pairs
+from workloads import generator, generator_table, solver_pairs
 
 import fastgeo
 
@@ -41,19 +40,14 @@ def measure(name: str, pairs: int, rounds: int, seed: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generators", default="digits,mlp16_shapes,conv8_shapes")
-    parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"{environment_line(1)}, float32, median of {args.rounds} rounds (CPU time)")
-    print("| generator | pairs | solve grids (points) | solve ms / pair | backward ms / pair "
-          "| backward / solve |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name in args.generators.split(","):
-        print(measure(name, args.pairs, args.rounds, args.seed), flush=True)
+    generator_table(
+        __doc__,
+        "digits,mlp16_shapes,conv8_shapes",
+        "| generator | pairs | solve grids (points) | solve ms / pair | backward ms / pair "
+        "| backward / solve |",
+        measure,
+        pairs=8,
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -172,6 +173,28 @@ def environment_line(threads: int | None = None) -> str:
         f"triton {env['triton_version']}, cpu {env['cpu_model']} ({env['cpu_count']} cores), "
         f"threads {env['threads'] if threads is None else threads}"
     )
+
+
+def generator_table(
+    doc: str, generators: str, header: str, row: Callable[[str, int, int, int], str], pairs: int = 16
+) -> None:
+    """The main of a script that prints one markdown row per generator at one thread: options
+    ``--generators`` (default ``generators``), ``--pairs``, ``--rounds``, ``--seed``; ``header`` the
+    table's head line after the environment line, ``row(name, pairs, rounds, seed)`` each row."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--generators", default=generators)
+    parser.add_argument("--pairs", type=int, default=pairs)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"{environment_line(1)}, float32, median of {args.rounds} rounds (CPU time)")
+    print(header)
+    print("|" + " --- |" * (header.count("|") - 1))
+    for name in args.generators.split(","):
+        print(row(name, args.pairs, args.rounds, args.seed), flush=True)
 
 
 def results_dir() -> Path:
