@@ -13,7 +13,8 @@ Lengths get this gradient where ``z0`` or ``z1`` requires one (a Frechet mean, k
 encoder trained with geodesic distances); not with respect to the decoder's or the precision's
 parameters (their curves are held fixed as well, but a distance that would require a gradient
 whenever a decoder's weights do would be a tensor users could not turn into numbers without
-``detach``).
+``detach``). For those, the solved curve measured again in grad mode,
+``metric.length(res.points(n))``, has the distance's gradient by the same theorem.
 """
 
 from __future__ import annotations
