@@ -66,6 +66,16 @@ def test_paths_are_checked_before_any_work(files, capsys, monkeypatch, tmp_path)
     np.save(tmp_path / "Y.npy", np.zeros((2, 2)))
     expect_error(capsys, ["--output", "is --y"], gen, Z, "--y", tmp_path / "Y.npy", "-o", tmp_path / "Y.npy")
     assert np.load(Z).shape == (4, 2)
+    # a checkpoint folder where an output goes (found before the run, not when writing it)
+    expect_error(capsys, ["--output", "is --checkpoint"], gen, Z, "-o", tmp_path / "S.npy", "--checkpoint",
+                 tmp_path / "S.npy")  # fmt: skip
+    expect_error(capsys, ["--report", "is --checkpoint"], gen, Z, "-o", tmp_path / "D.npy", "--report",
+                 tmp_path / "r.npz", "--checkpoint", tmp_path / "r.npz")  # fmt: skip
+    expect_error(capsys, ["--no-chains", "--mode exact"], gen, Z, "-o", tmp_path / "D.npy", "--mode", "graph",
+                 "--no-chains")  # fmt: skip
+    expect_error(capsys, ["--no-chains", "--y"], gen, Z, "--y", tmp_path / "Y.npy", "-o", tmp_path / "D.npy",
+                 "--no-chains")  # fmt: skip
+    assert not any(tmp_path.glob("[SD].npy")) and not (tmp_path / "r.npz").exists()
 
 
 def test_a_device_this_torch_lacks_is_one_line(files, capsys, monkeypatch, tmp_path):

@@ -79,8 +79,11 @@ def test_memory_budget_sets_the_chunk_size(metric):
     _, rep = fastgeo.pairwise_distances(metric, Z, memory_budget=500_000, progress=False,
                                         return_report=True, **OPTS)  # fmt: skip
     assert 1 <= rep.chunk_size < 6 and rep.chunks_total == -(-6 // rep.chunk_size) == rep.chunks_computed
-    for bad in (0, -1, True):
+    for bad in (0, -1, 0.5, float("inf")):
         with pytest.raises(ValueError, match="memory_budget"):
+            fastgeo.pairwise_distances(metric, Z, memory_budget=bad, progress=False)
+    for bad in (True, "1GB"):
+        with pytest.raises(TypeError, match="memory_budget"):
             fastgeo.pairwise_distances(metric, Z, memory_budget=bad, progress=False)
 
 

@@ -36,10 +36,16 @@ from .chunks import dist_info
 from .code_graph import NEIGHBORS
 from .draft_mode import draft_options, finish_draft_mode
 from .graph_mode import EDGES, run_graph_mode
-from .layout import Layout, distinct_rows, expand_duplicates
+from .layout import Layout, distinct_rows, equal_pairs, expand_duplicates
 from .output import allocate, expand, npy_path
 from .report import PairwiseReport
-from .setup import build_latent_graph, check_inputs, chunk_size_for_budget, solver_options_of
+from .setup import (
+    build_latent_graph,
+    check_inputs,
+    check_memory_budget,
+    chunk_size_for_budget,
+    solver_options_of,
+)
 from .solve_all import solve_chunks, split_record
 from .straight import default_on as straight_default
 from .workers import check_workers, shared, split_size
@@ -194,9 +200,18 @@ def pairwise_distances(
         if value is not None and mode not in modes:
             wanted = " or ".join(repr(m) for m in modes)
             raise ValueError(f"{name} is for mode={wanted}; it has no effect in mode={mode!r}")
-    if chains is not None and _checks.boolean("chains", chains) and (mode != "exact" or Y is not None):
-        raise ValueError("chains=True is for mode='exact' without Y (a symmetric matrix of solved pairs)")
-    chains = mode == "exact" and Y is None and chains is not False
+    symmetric_exact = mode == "exact" and Y is None
+    if chains is not None:
+        chains = _checks.boolean("chains", chains)
+        if not symmetric_exact:
+            raise ValueError(
+                "chains is for mode='exact' without Y (a symmetric matrix of solved pairs); it has no "
+                f"effect in mode={mode!r}" + (" with Y" if mode == "exact" else "")
+            )
+    chains = symmetric_exact and chains is not False
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a folder's path (str or os.PathLike), got {checkpoint!r}")
+    memory_budget = check_memory_budget(memory_budget)
     if mode == "chord":  # its sample only feeds a fit a few % off: the coarser method is enough
         options.setdefault("method", CHORD_SAMPLE_METHOD)
     neighbors = _checks.integer("neighbors", NEIGHBORS if neighbors is None else neighbors, 0)
@@ -229,26 +244,27 @@ def pairwise_distances(
         straight = _checks.boolean("straight", straight)
         if neighbors == 0 and not straight:
             raise ValueError("neighbors=0 (no geodesics between codes) needs straight=True: no entry bounded")
+        edges = _checks.choice("edges", "draft" if edges is None else edges, EDGES)
+    ckpt = None  # opened (and checked against the run) before the output file is touched
+    if checkpoint is not None:
+        ckpt = open_checkpoint(checkpoint, metric, Z, Y, solved_options, solved_layout)
     solves_exact = mode == "exact" or error_sample > 0  # geodesics that may race the latent graph
     graph_evals = build_latent_graph(metric, options, progress) if workers > 1 and solves_exact else 0
     matrix, mapped = allocate((layout.rows, layout.cols), metric, out_path if rep is None else None)
     if mapped is None and mode in ("exact", "draft"):  # workers write it (a file mapping is shared already)
         matrix = shared(matrix, workers)
-    if mode == "graph":
-        edges = _checks.choice("edges", "draft" if edges is None else edges, EDGES)
+    estimated = mode if 0 not in matrix.shape else None  # no pair at all: nothing to estimate
+    if estimated == "graph":
         graph_args = (layout.chunk_size, neighbors, error_sample, progress, workers, straight, edges)
         status, iterations, counts, world, extra = run_graph_mode(
             metric, pts, Y, options, matrix, *graph_args
         )
-    elif mode == "chord":
+    elif estimated == "chord":
         chord_args = (layout.chunk_size, error_sample, progress, workers)
         status, iterations, counts, world, extra = run_chord_mode(
             metric, pts, Y, options, matrix, *chord_args
         )
     else:
-        ckpt = None
-        if checkpoint is not None:
-            ckpt = open_checkpoint(checkpoint, metric, Z, Y, solved_options, solved_layout)
         record, counts, world = solve_chunks(
             metric, pts, other, solved_layout, solved_options, ckpt, progress, matrix, workers,
             "drafts" if mode == "draft" else "geodesics",
@@ -262,6 +278,12 @@ def pairwise_distances(
     if Y is None:
         matrix.fill_diagonal_(0)  # exact zero diagonal
         status.fill_diagonal_(CONVERGED)
+    else:  # codes in both sets: exact zeros, as on the diagonal
+        ii, jj = equal_pairs(pts, Y)
+        matrix[ii.to(matrix.device), jj.to(matrix.device)] = 0
+        status[ii.to(status.device), jj.to(status.device)] = CONVERGED
+        if estimated not in ("graph", "chord"):  # (these keep no iterations per pair)
+            iterations[ii.to(iterations.device), jj.to(iterations.device)] = -1
     if chains:
         opts, shown = solver_options_of(metric, options), progress and dist_info()[0] == 0
         check = check_chains(metric, pts, matrix, status, iterations, options, opts, shown)
@@ -271,6 +293,8 @@ def pairwise_distances(
     solved = ~torch.isin(status, torch.tensor(UNSOLVED, dtype=status.dtype, device=status.device))
     if Y is None:
         solved = torch.triu(solved, diagonal=1)
+    else:
+        solved[ii.to(solved.device), jj.to(solved.device)] = False
     n_solved = int(solved.sum())
     n_failed = int((solved & (status != CONVERGED)).sum())
     if rep is not None:  # duplicates: copies of their first row (exact zeros between them)

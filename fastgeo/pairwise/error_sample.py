@@ -111,8 +111,11 @@ def draw_sample(rows: Tensor, cols: Tensor, symmetric: bool, error_sample: int) 
     R, C = rows.numel(), cols.numel()
     n_pairs = R * (R - 1) // 2 if symmetric else R * C
     g = torch.Generator().manual_seed(SAMPLE_SEED)
-    k = torch.unique(torch.randint(n_pairs, (4 * error_sample,), generator=g)) if n_pairs else torch.zeros(0)
-    k = k[torch.randperm(k.numel(), generator=g)].long()
+    if error_sample >= n_pairs:  # every pair (and no draw as large as error_sample)
+        k = torch.randperm(n_pairs, generator=g)
+    else:
+        k = torch.unique(torch.randint(n_pairs, (4 * error_sample,), generator=g))
+        k = k[torch.randperm(k.numel(), generator=g)].long()
     i, j = triu_index(R, k) if symmetric else (k // C, k % C)
     a, b = rows.cpu()[i], cols.cpu()[j]
     keep = (a != b).nonzero().squeeze(1)[:error_sample]

@@ -86,6 +86,19 @@ def distinct_rows(Z: Tensor) -> tuple[Tensor, Tensor | None]:
     return Z[keep], rep
 
 
+def equal_pairs(Z: Tensor, Y: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices ``(i, j)`` (k,) of the pairs with ``Z[i] == Y[j]`` (Z (M, d), Y (P, d))."""
+    M = Z.shape[0]
+    if M == 0 or Y.shape[0] == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=Z.device)
+        return empty, empty
+    _, inverse = torch.unique(torch.cat([Z, Y]), dim=0, return_inverse=True)
+    rows, cols = inverse[:M], inverse[M:]
+    shared = torch.isin(rows, cols).nonzero().squeeze(1)  # the rows equal to some column
+    hit = (rows[shared][:, None] == cols[None]).nonzero()
+    return shared[hit[:, 0]], hit[:, 1]
+
+
 def duplicate_index(rep: Tensor) -> Tensor:
     """For each of the M rows, its row among the distinct ones (M,), from ``rep`` (see
     :func:`distinct_rows`)."""

@@ -27,7 +27,7 @@ from ..solver.result import CONVERGED, STATUSES
 from .chunks import dist_info
 from .feature_bound import FeatureBounds
 from .pair_list import pair_solver, solve_pair_list
-from .setup import build_latent_graph, check_inputs, chunk_size_for_budget
+from .setup import build_latent_graph, check_inputs, check_memory_budget, chunk_size_for_budget
 from .workers import check_workers
 
 # Candidates per code in the first pass: the bound's order rarely has to go this deep (10-12 per
@@ -147,6 +147,8 @@ def nearest_neighbors(
     symmetric = Y is None
     M = Z.shape[0]
     P = M if symmetric else Y.shape[0]
+    if M == 0:
+        raise ValueError("Z holds no codes (shape (0, d)): there is nothing to find neighbours of")
     available = P - 1 if symmetric else P
     k = _checks.integer("k", k, 1)
     if k > available:
@@ -154,6 +156,7 @@ def nearest_neighbors(
         raise ValueError(f"k must be at most {available} ({what}), got {k}")
     limit = available if max_candidates is None else _checks.integer("max_candidates", max_candidates, k)
     workers = check_workers(workers, metric.device, dist_info()[1] > 1)
+    memory_budget = check_memory_budget(memory_budget)
     if chunk_size is None:
         chunk_size = chunk_size_for_budget(metric, options, memory_budget)
     chunk_size = _checks.integer("chunk_size", chunk_size, 1)

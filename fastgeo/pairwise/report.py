@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..solver.result import CONVERGED, STATUSES
+from ..solver.result import CONVERGED, STATUSES, UNSOLVED
 
 
 @dataclass
@@ -90,8 +90,10 @@ class PairwiseReport:
         return np.array(STATUSES)[self.status_code.cpu().numpy().astype(np.int64)]
 
     def failed_pairs(self) -> Tensor:
-        """(k, 2) indices ``(i, j)`` of the pairs that did not converge (``i < j`` without Y)."""
-        mask = ~self.converged
+        """(k, 2) indices ``(i, j)`` of the solved pairs that did not converge (``i < j`` without
+        Y): the ``n_failed`` pairs (estimates and drafts are not failures)."""
+        unsolved = torch.tensor(UNSOLVED, dtype=self.status_code.dtype, device=self.status_code.device)
+        mask = ~self.converged & ~torch.isin(self.status_code, unsolved)
         if self.options.get("symmetric", False):
             mask = torch.triu(mask, diagonal=1)
         return mask.nonzero()

@@ -110,6 +110,14 @@ def chunk_size_for_budget(metric: ExpectedMetric, options: dict[str, Any], memor
         torch.finfo(metric.dtype).bits // 8,
     )
     budget = default_memory_budget(metric.device) if memory_budget is None else memory_budget
-    if isinstance(budget, bool) or not budget > 0:
-        raise ValueError(f"memory_budget must be > 0 bytes, got {memory_budget!r}")
     return max(1, int(budget) // per_pair)
+
+
+def check_memory_budget(memory_budget: object) -> int | None:
+    """The ``memory_budget`` argument checked: None, or a finite number of bytes >= 1 (as an int)."""
+    if memory_budget is None:
+        return None
+    budget = int(_checks.positive_float("memory_budget", memory_budget))
+    if budget < 1:
+        raise ValueError(f"memory_budget is in bytes and must be >= 1, got {memory_budget!r}")
+    return budget

@@ -1,0 +1,99 @@
+"""Edge cases of ``pairwise_distances`` in every mode: codes in both Z and Y, empty code sets,
+refused calls that must leave an existing output file alone, error samples larger than the
+matrix, and the report's failed pairs."""
+
+import numpy as np
+import pytest
+import torch
+from analytic import bumpy_metric
+
+import fastgeo
+
+MODES = ("exact", "draft", "graph", "chord")
+
+
+@pytest.fixture(scope="module")
+def metric():
+    return bumpy_metric(d=4)
+
+
+def codes(M, seed):
+    return torch.randn(M, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def run(metric, Z, Y=None, mode="exact", **kw):
+    if mode != "exact":
+        kw.setdefault("error_sample", 20)
+    return fastgeo.pairwise_distances(metric, Z, Y, mode=mode, progress=False, return_report=True,
+                                      workers=1, method="fast", **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_codes_in_both_sets_are_converged_zeros(metric, mode):
+    """Z x Y where two codes of Y are codes of Z: exact zeros with the status of the diagonal
+    (converged; iterations -1 where kept per pair), and not counted as solved geodesics."""
+    Z = codes(4, 3)
+    Y = torch.cat([Z[[0, 2]], codes(2, 8)])
+    D, rep = run(metric, Z, Y, mode)
+    for i, j in ((0, 0), (2, 1)):
+        assert D[i, j] == 0 and rep.status[i, j] == "converged"
+        if mode in ("exact", "draft"):
+            assert rep.iterations[i, j] == -1
+    assert (D[1] > 0).all() and (D[:, 2:] > 0).all()
+    assert rep.n_converged + rep.n_failed <= 14  # the 14 pairs of distinct codes at most
+    if mode == "exact":
+        assert rep.n_converged + rep.n_failed == 14
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_code_sets(metric, mode):
+    """No codes in Z (or in Y) is an empty matrix in every mode, not an internal error."""
+    D, rep = run(metric, codes(0, 1), mode=mode)
+    assert D.shape == (0, 0) and rep.n_pairs == 0
+    D, _ = run(metric, codes(3, 1), codes(0, 2), mode=mode)
+    assert D.shape == (3, 0)
+    with pytest.raises(ValueError, match="Z holds no codes"):
+        fastgeo.nearest_neighbors(metric, codes(0, 1), 1, codes(3, 2), progress=False)
+
+
+def test_a_refused_call_leaves_the_output_file(metric, tmp_path):
+    """Arguments refused after the output's path was checked (graph edges, a checkpoint of other
+    codes) must not have overwritten an existing ``out`` file."""
+    out, ck = tmp_path / "D.npy", tmp_path / "ck"
+    Z = codes(4, 5)
+    run(metric, Z, out=out, checkpoint=ck)
+    before = np.load(out).copy()
+    assert before.shape == (4, 4) and before.sum() > 0
+    with pytest.raises(ValueError, match="edges"):
+        run(metric, Z, mode="graph", edges="bogus", out=out)
+    with pytest.raises(ValueError, match="different inputs"):
+        run(metric, codes(3, 6), out=out, checkpoint=ck)
+    assert np.array_equal(np.load(out), before)
+
+
+def test_an_error_sample_larger_than_the_matrix_measures_every_pair(metric):
+    """error_sample above the number of pairs samples each pair once (and allocates nothing of
+    the size asked)."""
+    _, rep = run(metric, codes(5, 7), mode="graph", error_sample=10**9)
+    assert rep.graph_error.pairs == 10
+
+
+@pytest.mark.parametrize("mode", ("draft", "graph", "chord"))
+def test_failed_pairs_are_the_counted_failures(metric, mode):
+    """Estimates and drafts are not failures: ``failed_pairs()`` lists the ``n_failed`` pairs."""
+    _, rep = run(metric, codes(10, 9), mode=mode, error_sample=20)  # 25 of 45 pairs estimated
+    assert rep.failed_pairs().shape == (rep.n_failed, 2) and not rep.converged.all()
+    _, rep = run(metric, codes(6, 9), max_iter=1)
+    assert rep.n_failed > 0 and rep.failed_pairs().shape == (rep.n_failed, 2)
+
+
+def test_mode_only_arguments_are_refused_elsewhere(metric):
+    """chains (either value) is for exact symmetric matrices; a checkpoint must be a path."""
+    Z = codes(3, 4)
+    for kw in ({"mode": "graph", "chains": False}, {"mode": "chord", "chains": True}):
+        with pytest.raises(ValueError, match="chains is for mode='exact'"):
+            run(metric, Z, **kw)
+    with pytest.raises(ValueError, match="chains is for mode='exact' without Y"):
+        run(metric, Z, codes(2, 5), chains=False)
+    with pytest.raises(TypeError, match="checkpoint"):
+        run(metric, Z, checkpoint=5)
