@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
             inputs.distinct(out_option, out_path, "--checkpoint", checkpoint)
     inputs.only_in_mode("--no-chains", True if args.no_chains else None, args.mode, "exact")
     if args.no_chains and second is not None:
-        raise inputs.InputError("--no-chains is for a symmetric matrix (no --y): chains are checked only there")
+        raise inputs.InputError(
+            "--no-chains is for a symmetric matrix (no --y): only there are chains checked"
+        )
     inputs.only_in_mode("--neighbors", args.neighbors, args.mode, "graph")
     inputs.only_in_mode("--error-sample", args.error_sample, args.mode, "graph", "draft", "chord")
     inputs.only_in_mode("--straight", args.straight, args.mode, "graph")

@@ -35,6 +35,7 @@ from .workers import check_workers
 CANDIDATES = 4
 MIN_CANDIDATES = 32
 
+
 @dataclass
 class NearestNeighbors:
     """The result of :func:`nearest_neighbors`, for ``M`` query codes and their ``k`` nearest.
