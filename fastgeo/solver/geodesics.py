@@ -157,10 +157,11 @@ def geodesics(
             (about 0.02 % in length) in the B-spline with every knot span halved (``2 m - 1``
             functions) are solved on in it with twice the points (:mod:`.subdivide`), and so on
             for the curves still predicted to gain (2.5x more per level), up to ``subdivide``
-            levels (an int; True: 2, False or 0: none); every result is then given in the
-            finest basis (``4 m - 3`` functions at two levels). Default: two levels with
-            ``family="bspline"``; ``fast`` one, solving on only curves predicted to gain more
-            than 0.4 % (about 0.2 % in length), but for ReLU-like decoders. Long winding curves
+            levels (an int; True: the method's, False or 0: none); every result is then given
+            in the finest basis (``4 m - 3`` functions at two levels). Default: two levels with
+            ``family="bspline"``, three for ReLU-like decoders (their curves bend at every kink);
+            ``fast`` one, solving on only curves predicted to gain more than 0.4 % (about 0.2 % in
+            length), two for ReLU-like decoders. Long winding curves
             and d >= 12 gain 0.02-0.3 % at the first level, some decoders' curves 1-3 %; a
             trained tanh conv decoder's curves 0.03-0.06 % more on average (0.28 % at worst) at
             the second.

@@ -81,6 +81,12 @@ FAST_SUBDIVIDE_ABOVE = 4e-3
 # Levels of subdivision: curves solved on in the finer spline that are still predicted to gain
 # there are solved on in the spline with its spans halved again (every result in that basis).
 SUBDIVISIONS = 2
+# One more for piecewise-linear decoders (ReLU-like: their geodesics bend at every kink they
+# cross): the trained d = 16 ReLU MLP's curves were 0.037-0.047 % long on average against dense
+# oracles with two levels, 0.06-0.14 % on the worst pair; with three the oracles' curves are the
+# longer ones (-0.05 to -0.09 %, worst <= 0.061 %) for 1.5x the time (bench/RESULTS.md,
+# "A third level of subdivision for piecewise-linear decoders").
+PIECEWISE_LINEAR_SUBDIVISIONS = 3
 # From this latent dimension on, ``linearize="auto"`` is lagged (see levenberg_marquardt): a
 # linearization pushes d tangents through the decoder, a gradient costs a forward and a backward.
 LAGGED_MIN_DIM = 8
@@ -274,19 +280,20 @@ def solver_options(
     secant = (lagged_secant or not lagged) and not (method == "dense" and latent_dim >= LAGGED_MIN_DIM)
     splines = method in SPLINE_METHODS and family == "bspline"
     subdivide_above = SUBDIVIDE_ABOVE
+    levels = PIECEWISE_LINEAR_SUBDIVISIONS if piecewise_linear and method == "default" else SUBDIVISIONS
     if subdivide is None:
         # ``fast`` subdivides the curves of piecewise-linear decoders as the default does: without
         # the finer spline a trained ReLU MLP's were 0.70 % long on average (1.5 % at worst), with
         # it 0.03 % (0.34 %) at 2.3x the time, still 1.8x faster than the default; others only
         # where the coarse spline leaves a curve clearly long (FAST_SUBDIVIDE_ABOVE), once.
-        subdivide = SUBDIVISIONS if splines else 0
+        subdivide = levels if splines else 0
         if method == "fast" and splines and not piecewise_linear:
             subdivide, subdivide_above = 1, FAST_SUBDIVIDE_ABOVE
         # Levels the m asked has taken already (a result's basis passed back: it must not grow 4x
         # a call, 93 -> 369 -> 1,473 control points on the 2-D digits VAE).
         subdivide = max(0, subdivide - halved)
     elif subdivide is True or subdivide is False:
-        subdivide = SUBDIVISIONS if subdivide else 0
+        subdivide = levels if subdivide else 0
     else:
         subdivide = _checks.integer("subdivide", subdivide, 0)
     if subdivide and not splines:
