@@ -9,8 +9,9 @@ few codes zig-zag, and the segment is often the shorter.
 The edges are drafts by default (a coarse curve each, :mod:`.draft_mode`; ``edges="exact"``:
 geodesics). Graph distances are upper bounds (chains of curves, segments): the error sample
 (:mod:`.error_sample`) says how far above the distances they are. The sampled pairs keep the
-shorter of both lengths, and edges whose chain is the edge itself keep their curve's status
-(``draft`` for drafts); every other entry has the status ``graph_estimate``.
+shorter of both lengths, and (without ``Y``: the graph's nodes are then the entries' codes)
+edges whose chain is the edge itself keep their curve's status (``draft`` for drafts); every
+other entry has the status ``graph_estimate``.
 """
 
 from __future__ import annotations
