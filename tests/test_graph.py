@@ -270,3 +270,18 @@ def test_empty_batch(metric, basis):
     empty = torch.zeros(0, 2, dtype=torch.float64)
     coeffs, _ = starts(graph, empty, empty, psi, t)
     assert coeffs.shape == (0, M, 2)
+
+
+def test_cached_graph_follows_the_latents_by_value():
+    """The metric's cached graph is rebuilt when the codes change in place behind the tensor (a
+    numpy buffer shared with it), and reused for an equal copy of the same codes."""
+    metric = bumpy_metric(d=4)
+    buf = np.random.default_rng(0).normal(size=(40, 4))
+    latents = torch.from_numpy(buf)
+    first, built = graph_module.cached_graph(metric, latents)
+    assert built
+    assert not graph_module.cached_graph(metric, latents.clone())[1]  # equal codes: the same graph
+    buf[:] = np.random.default_rng(1).normal(size=(40, 4)) + 3.0  # same address, same version
+    second, built = graph_module.cached_graph(metric, latents)
+    assert built and second is not first
+    assert any(torch.equal(n, latents[0]) for n in second.nodes)

@@ -256,21 +256,33 @@ class GraphCache:
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed  # the graph's sampling seed (a draw other than 0: the dense oracle's starts)
-        self._key: tuple | None = None
+        self._latents: Tensor | None = None
         self._probe: Tensor | None = None
         self.graph: LatentGraph | None = None
 
     def get(self, metric: ExpectedMetric, latents: Tensor | None) -> tuple[LatentGraph, bool]:
         """(the graph, whether it was built by this call)."""
-        key = None if latents is None else (latents.data_ptr(), tuple(latents.shape), latents._version)
         probe = metric.probe(4)
-        fresh = self.graph is None or key != self._key or not torch.equal(probe, self._probe)
+        fresh = (
+            self.graph is None
+            or not _same_latents(latents, self._latents)
+            or not torch.equal(probe, self._probe)
+        )
         if fresh:
             draw = f", draw {self.seed}" if self.seed else ""
             with phase(f"building the latent graph (once per metric{draw})"):
                 self.graph = LatentGraph(metric, latents, seed=self.seed)
-            self._key, self._probe = key, probe
+            # Compared by value: a tensor's address and version counter say nothing of codes
+            # written through a numpy array sharing its memory, or of a new tensor at a freed address.
+            self._latents = None if latents is None else latents.detach().clone()
+            self._probe = probe
         return self.graph, fresh
+
+
+def _same_latents(a: Tensor | None, b: Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a.detach(), b)
 
 
 _CACHES: weakref.WeakKeyDictionary[ExpectedMetric, GraphCache] = weakref.WeakKeyDictionary()
