@@ -405,6 +405,15 @@ class SequenceDecoder(nn.Module):
         return self.conv(h).softmax(1).flatten(1)
 
 
+def instance_norms(d: int) -> nn.Module:
+    """InstanceNorm2d with its instance statistics and with running ones (eval mode), side by side."""
+    return nn.Sequential(
+        nn.Linear(d, C * 16), nn.Unflatten(1, (C, 4, 4)), nn.InstanceNorm2d(C, affine=True), nn.Tanh(),
+        nn.Conv2d(C, 2 * C, 3, padding=1), _running(nn.InstanceNorm2d(2 * C, track_running_stats=True)),
+        nn.Flatten(),
+    )  # fmt: skip
+
+
 class ResBlock(nn.Module):
     """``x + conv(silu(norm(conv(x))))``."""
 
@@ -535,6 +544,7 @@ DECODERS = {
     "shuffle_softmax_custom_d6": (lambda: init_(ShuffleSoftmaxDecoder(6)), 6, 48),
     "shuffle_softmax_exported_d5": (lambda: exported(init_(ShuffleSoftmaxDecoder(5)), 5), 5, 48),
     "sequence_custom_d8": (lambda: init_(SequenceDecoder(8)), 8, 21 * 12),
+    "instancenorm_running_exported_d4": (lambda: exported(init_(instance_norms(4)), 4), 4, 2 * C * 16),
     "resnet_custom_d6": (lambda: init_(ResNetDecoder(6)), 6, 784),
     "resnet_exported_d5": (lambda: exported(init_(ResNetDecoder(5)), 5), 5, 784),
     "residual_custom_d3": (lambda: init_(Residual()), 3, C * H * H),

@@ -137,6 +137,17 @@ class AtenReader(StepVocabulary):
             identity = attribute_names(a, "weight", "bias")
             self._add(GroupNorm(weight, bias, int(groups), float(a["eps"]), identity))
             self.pending = None if name == "group_norm" else node
+        elif name == "instance_norm":  # GroupNorm of one channel per group, or running statistics
+            weight, bias = self._param(a.get("weight")), self._param(a.get("bias"))
+            identity = attribute_names(a, "weight", "bias")
+            if a["use_input_stats"]:
+                value = node.args[0].meta.get("val") if isinstance(node.args[0], Node) else None
+                require(value is not None and value.dim() >= 2)
+                self._add(GroupNorm(weight, bias, int(value.shape[1]), float(a["eps"]), identity))
+            else:
+                mean, var = self._param(a["running_mean"], False), self._param(a["running_var"], False)
+                names = attribute_names(a, "weight", "bias", "running_mean", "running_var")
+                self._add(BatchNorm(weight, bias, mean, var, float(a["eps"]), names))
         elif name in ("layer_norm", "native_layer_norm"):
             shape = a["normalized_shape"]
             require(isinstance(shape, (tuple, list)) and all(isinstance(n, int) for n in shape))
