@@ -79,6 +79,18 @@ def autograd_enabled(caller: str) -> None:
         )
 
 
+def outside_autocast(caller: str) -> None:
+    """Raise inside ``torch.autocast``: the metric's ops and solvers take float32 or float64, and a
+    decoder run in bfloat16 / float16 would round its Jacobians far beyond the solver's tolerance."""
+    for kind in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(kind):
+            raise RuntimeError(
+                f"{caller} cannot run inside torch.autocast({kind!r}): the metric needs the decoder in "
+                f"float32 or float64; call it outside that block, or within "
+                f"torch.autocast({kind!r}, enabled=False)"
+            )
+
+
 def finite(name: str, t: Tensor) -> None:
     """No NaN or inf in ``t`` (one host sync: use at API boundaries, not in loops)."""
     if t.numel() and not bool(torch.isfinite(t).all()):

@@ -83,6 +83,7 @@ class ExpectedMetric:
             raise TypeError(f"mean must be a callable (..., d) -> (..., D), got {type(mean).__name__}")
         if not isinstance(precision, RBFPrecision):
             raise TypeError(f"precision must be a fastgeo.RBFPrecision, got {type(precision).__name__}")
+        _checks.outside_autocast("ExpectedMetric")
         mean = _mean_checks.uncompiled(mean)
         _mean_checks.eval_mode("mean", mean)
         self.precision = precision
@@ -229,6 +230,7 @@ class ExpectedMetric:
 
     def segment_sqdist(self, points: Tensor) -> Tensor:
         """Expected squared length ``s_n`` of each segment: (B, N, d) -> (B, N-1)."""
+        _checks.outside_autocast("ExpectedMetric")
         self.check_points("points", points, ndim=3)
         if points.shape[1] < 2:
             raise ValueError(f"points must have N >= 2 per curve, got shape {tuple(points.shape)}")

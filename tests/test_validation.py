@@ -199,6 +199,24 @@ def test_inference_mode_is_refused_clearly_and_no_grad_works():
     assert res.converged.all() and torch.isfinite(res.lengths).all()
 
 
+def test_autocast_is_refused_clearly():
+    """Under torch.autocast a decoder runs in bfloat16: every entry point says so, by name."""
+    metric = bumpy_metric()
+    z = torch.tensor([[-1.0, 0.0], [1.0, 0.2]], dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for call, name in (
+            (lambda: fastgeo.geodesics(metric, z[:1], z[1:]), "geodesics"),
+            (lambda: fastgeo.pairwise_distances(metric, z, progress=False), "pairwise_distances"),
+            (lambda: fastgeo.nearest_neighbors(metric, z, 1, progress=False), "nearest_neighbors"),
+            (lambda: metric.length(z[None]), "ExpectedMetric"),
+            (lambda: fastgeo.ExpectedMetric(metric.mean, metric.precision), "ExpectedMetric"),
+        ):
+            with pytest.raises(RuntimeError, match=f"{name} cannot run inside torch.autocast"):
+                call()
+        with torch.autocast("cpu", enabled=False):
+            assert torch.isfinite(metric.length(z[None])).all()
+
+
 def test_latent_graph_arguments_are_checked():
     metric = bumpy_metric()
     for kwargs, exc, match in [

@@ -185,6 +185,7 @@ def pairwise_distances(
     """
     t_start = time.perf_counter()
     _checks.autograd_enabled("pairwise_distances")
+    _checks.outside_autocast("pairwise_distances")
     Z, Y, options = check_inputs(pairwise_distances, metric, Z, Y, solver_options)
     progress, return_report = (
         _checks.boolean("progress", progress),

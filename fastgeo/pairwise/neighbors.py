@@ -143,6 +143,7 @@ def nearest_neighbors(
     """
     t_start = time.perf_counter()
     _checks.autograd_enabled("nearest_neighbors")
+    _checks.outside_autocast("nearest_neighbors")
     Z, Y, options = check_inputs(nearest_neighbors, metric, Z, Y, solver_options)
     progress = _checks.boolean("progress", progress)
     symmetric = Y is None

@@ -17,6 +17,7 @@ def check_ends(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> None:
     if not isinstance(metric, ExpectedMetric):
         raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
     _checks.autograd_enabled("geodesics")
+    _checks.outside_autocast("geodesics")
     _mean_checks.eval_mode("metric.mean", metric.mean)  # set to training mode since the metric was made
     metric.check_points("z0", z0, ndim=2)
     metric.check_points("z1", z1, ndim=2)
