@@ -9,6 +9,7 @@
 """
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,17 @@ def test_statuses_are_honest():
     assert res.status.tolist()[1] == "converged"
     full = fastgeo.geodesics(metric, z0, z1)
     assert torch.equal(full.converged, torch.as_tensor(full.status == "converged"))
+    # d >= 4 (graph corridors): an end where the decoder is NaN, and no numpy warning on the way
+    bumpy4 = bumpy_metric(d=4)
+    bad4 = fastgeo.ExpectedMetric(
+        lambda z: torch.where(z[..., :1] > 1.5, torch.nan, bumpy4.mean(z)), bumpy4.precision
+    )
+    ends = torch.zeros(2, 1, 4, dtype=torch.float64)
+    ends[0, 0, 0], ends[1, 0, 0] = 1.0, 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = fastgeo.geodesics(bad4, ends[0], ends[1])
+    assert res.status.tolist() == ["nonfinite"]
 
 
 def test_a_step_that_keeps_failing_is_stalled_not_converged():

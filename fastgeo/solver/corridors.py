@@ -118,9 +118,9 @@ def _via_paths(
         second = _walk_back(p_t, via)[:, ::-1]  # via ... exit
         path = np.concatenate([(src + n)[:, None], first, second[:, 1:], (dst + n)[:, None]], 1)
         through = total[b, via][:, None]
-        arc = np.concatenate(
-            [np.zeros((B, 1)), d_s[b[:, None], first], through - d_t[b[:, None], second[:, 1:]], through], 1
-        )
+        with np.errstate(invalid="ignore"):  # inf - inf where no corridor exists (not used then)
+            second_arc = through - d_t[b[:, None], second[:, 1:]]
+        arc = np.concatenate([np.zeros((B, 1)), d_s[b[:, None], first], second_arc, through], 1)
         exists = np.isfinite(through[:, 0]) & (src != dst)
         found.append((path, arc, exists, via))
         # Nodes near this path cannot be the via node of a later corridor.
