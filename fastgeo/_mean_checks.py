@@ -238,7 +238,9 @@ def deterministic(
     if gap > bound:
         raise ValueError(
             f"{name} depends on its batch: a code decoded alone and beside others differs by "
-            f"{gap:.1e} (relative). Batch normalization in training mode? Call .eval() on the decoder"
+            f"{gap:.1e} (relative). Batch normalization in training mode (call .eval() on the "
+            "decoder), or one without running statistics (track_running_stats=False: it normalizes "
+            "by the batch in eval mode too)? The mean of a code must not depend on the codes beside it"
         )
 
 

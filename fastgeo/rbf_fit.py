@@ -221,9 +221,16 @@ def _residual_statistics(
             got = tuple(decoded.shape) if isinstance(decoded, Tensor) else type(decoded).__name__
             if isinstance(decoded, Tensor) and m > DECODE_ROWS:
                 got = f"{got} for {count} of them"
+            same_size = images and decoded[0].numel() == dims
+            layout = (
+                f" (the data's images are {tuple(point_shape)}: the same values in another layout, "
+                "channels last against channels first? permute the data to the decoder's layout)"
+                if same_size
+                else ""
+            )
             raise ValueError(
                 f"mean must map the (M, d) latents to (M, D) = {(m, dims)} (or to images of D "
-                f"values each, as data), got {got}{_mean_checks.not_a_tensor_hint(decoded)}"
+                f"values each, as data), got {got}{layout}{_mean_checks.not_a_tensor_hint(decoded)}"
             )
         if decoded.dtype != data.dtype:
             raise TypeError(

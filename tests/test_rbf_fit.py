@@ -191,5 +191,7 @@ def test_the_data_decoded_in_row_chunks_gives_the_same_fit(monkeypatch):
     monkeypatch.setattr(rbf_fit, "DECODE_ROWS", 17)
     chunked = fastgeo.RBFPrecision.fit(z, x, dec, num_centers=8, steps=50, progress=False)
     assert torch.allclose(chunked.weights, whole.weights, rtol=1e-9)
-    with pytest.raises(ValueError, match=r"got \(17, 3, 4\) for 17 of them"):
+    with pytest.raises(ValueError, match=r"got \(17, 3, 4\) for 17 of them \(the data's images are \("):
         fastgeo.RBFPrecision.fit(z, x, lambda u: dec(u).flatten(2), num_centers=8, progress=False)
+    with pytest.raises(ValueError, match="channels last against channels first"):  # (M, H, W, C) data
+        fastgeo.RBFPrecision.fit(z, x.permute(0, 2, 3, 1), dec, num_centers=8, progress=False)
