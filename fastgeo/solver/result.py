@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _checks
 from .._progress import pulse
 from ..curves import Curves
 
@@ -118,8 +119,14 @@ class GeodesicResult:
     length_errors: Tensor | None = None
     measure_points: Tensor | None = None
 
-    def points(self, n: int | None = None) -> Tensor:
-        """The curves sampled at ``t = linspace(0, 1, n)`` (default ``n_points``): (B, n, d)."""
+    def points(self, n: int | Tensor | None = None) -> Tensor:
+        """The curves sampled at ``t = linspace(0, 1, n)`` (default ``n_points``), or at the times
+        ``n`` given as a 1-D tensor in [0, 1]: (B, n, d)."""
+        if isinstance(n, Tensor):
+            t = _checks.tensor("times", n, ndim=1).to(self.curves.z0)
+            if not bool(((t >= 0) & (t <= 1)).all()):
+                raise ValueError("times must lie in [0, 1] (a curve runs from z0 at 0 to z1 at 1)")
+            return self.curves.at(t)
         return self.curves.points(self.n_points if n is None else n)
 
     @property
