@@ -186,10 +186,14 @@ class StepVocabulary(ChainReader):
     def _broadcast_with(self, node: Node, tensors: Any) -> None:
         """``broadcast_tensors(x, c, ...)`` whose output 0 continues the chain (a distribution's
         parameters broadcast together: ``Normal(mu, sigma).mean``, ``Bernoulli(logits=x).mean``):
-        the identity where the constants ``c`` do not widen x (where the graph records shapes, they
-        are compared; the check against the decoder catches any other widening)."""
+        the identity where the others ``c`` do not widen x (where the graph records shapes, they
+        are compared; the check against the decoder catches any other widening). ``c`` are
+        constants, x itself, or values computed beside the chain that reach the output only here
+        (``self.dead``: a scale from the same head as the mean)."""
         require(isinstance(tensors, (list, tuple)) and tensors and tensors[0] is self.current)
-        require(all(isinstance(t, Node) and t.op == "get_attr" for t in tensors[1:]))
+        others = tensors[1:]
+        require(all(isinstance(t, Node) and (t.op == "get_attr" or t in self.dead or t is self.current)
+                    for t in others))  # fmt: skip
         out, x = node.meta.get("val"), self.current.meta.get("val")
         if isinstance(out, (list, tuple)) and out and hasattr(x, "shape"):
             wide, own = out[0].shape, x.shape

@@ -8,7 +8,8 @@ the fork or the nodes between closes it, and the two chains become one :class:`B
 (a concatenation of three or more chains: nested ones).
 Every node must be on the chain, except parameters (``get_attr``, and their transposes) and the
 batch size (``x.size(0)``, ``x.shape[0]``, ``len(x)``, ``sym_size``), which may only lead a reshape's
-shape; and a chain node's or a parameter's dtype and device, which only conversions take.
+shape; a chain node's or a parameter's dtype and device, which only conversions take; and the
+values that cannot reach the output (a distribution's scale beside its mean: graph_dead).
 A reshape must keep the batch: ``(-1, C, H, W)`` or ``(batch, ...)``. Anything else raises
 :class:`NotAChain`.
 """
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 from torch.fx import Graph, Node
 
+from .graph_dead import dead_nodes
 from .graph_derived import derived_getter, derived_tensors
 from .graph_ops import along_the_batch
 from .steps import Affine, Axes, Branches, Broadcast, Concat, Flatten, Part, Reshape, Step, Unflatten
@@ -65,6 +67,7 @@ class ChainReader:
         self.parts: tuple[str, Any, int] | None = None  # a chunk / split: its pieces follow (getitem)
         self.flat = True  # each point is a vector (as the input is)
         self.width: int | None = None  # of the last width-keeping reshape of a vector
+        self.dead: set[Node] = set()  # values that cannot reach the output (graph_dead)
         self.steps: list[Step] = []
         self.at: Node | None = None  # the node being read (where a graph stops being a chain)
 
@@ -78,7 +81,8 @@ class ChainReader:
         self.current = placeholders[0]
         self.on_chain.add(self.current)
         nodes = [n for n in graph.nodes if n.op not in ("placeholder", "get_attr") and not _guard(n)]
-        nodes = [n for n in nodes if not _unused(n)]
+        self.dead = dead_nodes(graph, self.root)
+        nodes = [n for n in nodes if not _unused(n) and n not in self.dead]
         require(nodes and nodes[-1].op == "output")
         self._read_nodes(nodes[:-1])
         self.at = nodes[-1]
@@ -154,7 +158,7 @@ class ChainReader:
             branch.current, branch.flat, branch.width, branch.parts = fork, self.flat, self.width, self.parts
             branch.on_chain, branch.batch = self.on_chain | {fork}, set(self.batch)
             branch.shapes, branch.transposed = set(self.shapes), dict(self.transposed)
-            branch.constants = dict(self.constants)
+            branch.constants, branch.dead = dict(self.constants), self.dead
             try:
                 branch._read_nodes([n for n in between if n in nodes])
             finally:
@@ -277,7 +281,7 @@ def _guard(node: Node) -> bool:
         return False
     return node.op == "call_module" and node.target == "_guards_fn" or (
         node.op == "call_function" and node.target is aten._assert_tensor_metadata.default
-    )
+    )  # fmt: skip
 
 
 _SIZES = ("size", "dim")
