@@ -103,14 +103,19 @@ def test_exported_graph_of_a_distribution_head(name: str) -> None:
 
 
 def test_validate_args_default_and_explicit() -> None:
-    """Argument checks on by default (as outside tests under ``python -O``): read without them, the
-    chain checked against the decoder with them. Asked for explicitly, they branch on values (no
-    tracer follows them): torch.func, correct."""
-    assert torch.distributions.Distribution._validate_args
-    dec = Head(lambda mu, raw: Normal(mu, torch.exp(0.5 * raw)))
-    check(lambda z: dec(z).mean)
-    dec = Head(lambda mu, raw: Normal(mu, torch.exp(0.5 * raw), validate_args=True))
-    check(lambda z: dec(z).mean, recognized=None)
+    """Argument checks on by default (torch's default outside ``python -O``; torch._dynamo turns
+    the default off for the process once it is first used, so it is set here): read without them,
+    the chain checked against the decoder with them. Asked for explicitly, they branch on values
+    (no tracer follows them): torch.func, correct."""
+    before = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    try:
+        dec = Head(lambda mu, raw: Normal(mu, torch.exp(0.5 * raw)))
+        check(lambda z: dec(z).mean)
+        dec = Head(lambda mu, raw: Normal(mu, torch.exp(0.5 * raw), validate_args=True))
+        check(lambda z: dec(z).mean, recognized=None)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(before)
 
 
 def test_bernoulli_logits() -> None:
