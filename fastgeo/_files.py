@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Callable
@@ -60,7 +61,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
     _fsync_dir(path.parent)
 
 
-def stale_temporaries(folder: str | os.PathLike, name_glob: str = "*") -> list[Path]:
-    """Temporary files :func:`atomic_write` left in ``folder`` for targets matching ``name_glob``
-    (a process killed while writing leaves one)."""
-    return sorted(Path(folder).glob(f".{name_glob}.*{TMP_SUFFIX}"))
+def stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Temporary files :func:`atomic_write` left in ``folder`` (a process killed while writing
+    leaves one): for the target file ``name`` (taken literally: ``nn[1].npz`` is no pattern), or
+    for any target."""
+    return sorted(Path(folder).glob(f".{'*' if name is None else glob.escape(name)}.*{TMP_SUFFIX}"))

@@ -166,6 +166,18 @@ def test_stale_temporaries_are_removed_and_fresh_ones_kept(tmp_path):
     assert list(ckpt.glob(".*.tmp")) == [fresh]  # the run's own temporaries are gone
 
 
+def test_stale_temporaries_of_a_file_take_its_name_literally(tmp_path):
+    """An output named like a glob pattern (``nn[1].npz``) finds its own temporaries, not those of
+    ``nn1.npz``."""
+    from fastgeo._files import stale_temporaries
+
+    own, other = tmp_path / ".nn[1].npz.abc.tmp", tmp_path / ".nn1.npz.def.tmp"
+    own.write_bytes(b"x")
+    other.write_bytes(b"y")
+    assert stale_temporaries(tmp_path, "nn[1].npz") == [own]
+    assert stale_temporaries(tmp_path) == sorted([own, other])
+
+
 def test_written_files_get_ordinary_permissions(tmp_path):
     """A new file gets 0o666 less the umask (not the 0o600 of its temporary); a replaced file
     keeps its mode."""

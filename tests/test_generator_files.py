@@ -260,3 +260,66 @@ def test_an_altered_rbf_precision_is_caught_on_load(tmp_path):
         with pytest.raises(ValueError, match="RBF precision does not reproduce"):
             load_generator(bad)
         load_generator(bad, check=False)
+
+
+def test_a_failed_save_leaves_the_existing_file(tmp_path, monkeypatch):
+    """The file is written beside the path and checked there: a save whose check fails leaves the
+    file that was at the path (and no temporary), and names the path, not the temporary."""
+    import fastgeo.io as io
+
+    path = tmp_path / "g.safetensors"
+    metric = generator(more_layers_decoder(), 3, 27)
+    save_generator(path, metric)
+    before = path.read_bytes()
+
+    def fails(p, *a, **k):
+        raise ValueError(f"{str(p)!r}: the saved mean does not reproduce its probe outputs")
+
+    monkeypatch.setattr(io, "load_generator", fails)
+    with pytest.raises(ValueError, match=r"g\.safetensors': the saved mean"):
+        save_generator(path, generator(conv_decoder(), 3, 3 * 8 * 8))
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["g.safetensors"]
+    with pytest.raises(ValueError, match="extra: names must be non-empty"):
+        save_generator(tmp_path / "e.safetensors", metric, extra={"": torch.zeros(2)})
+
+
+def test_damaged_and_future_files_are_one_error(tmp_path):
+    """Entries missing or a format this version does not read: a ValueError naming the file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "g.safetensors"
+    save_generator(path, generator(more_layers_decoder(), 3, 27))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    save_file({k: v for k, v in tensors.items() if k != "rbf.centers"}, str(tmp_path / "m.safetensors"), meta)
+    with pytest.raises(ValueError, match="m.safetensors' is damaged.*KeyError"):
+        load_generator(tmp_path / "m.safetensors")
+    save_file(tensors, str(tmp_path / "v.safetensors"), {**meta, "fastgeo_generator": "3"})
+    with pytest.raises(ValueError, match="of format 3; this fastgeo reads format 2"):
+        load_generator(tmp_path / "v.safetensors")
+
+
+def test_saving_leaves_the_callers_layers_and_keeps_every_upsample_argument(tmp_path, monkeypatch):
+    """The stored copy is moved and set to eval mode, not the caller's layers; Upsample's
+    recompute_scale_factor is stored (its interpolation differs without it); one RBF center at
+    d = 1 gives finite probe codes."""
+    moved, apply = [], nn.Linear._apply
+
+    def watched(self, fn, *args, **kwargs):
+        moved.append(self)
+        return apply(self, fn, *args, **kwargs)
+
+    up = nn.Upsample(scale_factor=1.7, mode="bilinear", recompute_scale_factor=True)
+    mean = nn.Sequential(nn.Linear(3, 8), nn.Unflatten(1, (2, 2, 2)), up, nn.Flatten()).to(f64).eval()
+    metric = generator(mean, 3, 2 * 3 * 3)
+    monkeypatch.setattr(nn.Linear, "_apply", watched)
+    save_generator(tmp_path / "u.safetensors", metric)
+    assert moved and all(m is not mean[0] for m in moved)  # the copy was moved, not the caller's
+    assert load_generator(tmp_path / "u.safetensors").mean.flat[2].recompute_scale_factor is True
+    prec = fastgeo.RBFPrecision(torch.zeros(1, 1, dtype=f64), torch.ones(1, dtype=f64),
+                                torch.ones(4, 1, dtype=f64), 0.1)  # fmt: skip
+    line = nn.Sequential(nn.Linear(1, 4)).to(f64).eval()
+    save_generator(tmp_path / "one.safetensors", fastgeo.ExpectedMetric(line, prec))
+    assert load_generator(tmp_path / "one.safetensors").latent_dim == 1

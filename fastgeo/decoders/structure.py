@@ -32,7 +32,7 @@ LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "ConvTranspose2d": (nn.ConvTranspose2d, ("in_channels", "out_channels", "kernel_size", "stride",
                                              "padding", "output_padding", "groups", "bias", "dilation",
                                              "padding_mode")),
-    "Upsample": (nn.Upsample, ("size", "scale_factor", "mode", "align_corners")),
+    "Upsample": (nn.Upsample, ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor")),
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "GroupNorm": (nn.GroupNorm, ("num_groups", "num_channels", "eps", "affine")),

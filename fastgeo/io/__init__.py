@@ -10,9 +10,15 @@ file can run code it carries, so :func:`load_generator` refuses it unless ``trus
 
 from __future__ import annotations
 
+import binascii
+import contextlib
+import copy
+import json
 import os
+import pickle
+import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -24,7 +30,7 @@ from ..decoders.structure import sequential_of
 from ..metric import ExpectedMetric
 from ..rbf import RBFPrecision
 from . import code, safe
-from .contents import contents_of, example_inputs, split_generator
+from .contents import Contents, contents_of, example_inputs, split_generator
 
 FORMATS = ("safe",) + code.FORMATS
 
@@ -69,23 +75,31 @@ def save_generator(
         raise FileNotFoundError(f"path: the folder {str(path.parent)!r} does not exist")
     if path.is_dir():
         raise IsADirectoryError(f"path: {str(path)!r} is a folder, not a file to write")
-    if fmt == "safe":
-        sequential = sequential_of(mean)
-        if sequential is None:
-            raise ValueError(
-                "the decoder mean has no structure fastgeo can store as data (it must be an nn.Sequential of "
-                "standard layers: fastgeo.decoders.structure.LAYERS); pass format='export' to save it as "
-                "code (loading that file then needs trust=True)"
-            )
-        sequential = sequential.to("cpu").eval()
-        safe.write(path, sequential, contents_of(sequential, precision, example, extra))
-        load_generator(path)  # the probe check: the file reproduces the mean
-    else:
-        module = code.capture_module(mean)
-        code.write(path, module, example, contents_of(module, precision, example, extra), fmt)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            load_generator(path, trust=True)
+    # Written beside the path and checked there: a save that fails leaves an existing file alone.
+    checked = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.saving")
+    try:
+        if fmt == "safe":
+            sequential = sequential_of(mean)
+            if sequential is None:
+                raise ValueError(
+                    "the decoder mean has no structure fastgeo can store as data (it must be an "
+                    "nn.Sequential of standard layers: fastgeo.decoders.structure.LAYERS); pass "
+                    "format='export' to save it as code (loading that file then needs trust=True)"
+                )
+            sequential = copy.deepcopy(sequential).to("cpu").eval()  # the caller's layers stay where they are
+            safe.write(checked, sequential, contents_of(sequential, precision, example, extra))
+            load_generator(checked)  # the probe check: the file reproduces the mean
+        else:
+            module = code.capture_module(mean)
+            code.write(checked, module, example, contents_of(module, precision, example, extra), fmt)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                load_generator(checked, trust=True)
+        os.replace(checked, path)
+    except ValueError as e:  # the probe check's message names the file the user asked for
+        raise ValueError(str(e).replace(str(checked), str(path))) from e
+    finally:
+        checked.unlink(missing_ok=True)
     return path
 
 
@@ -93,9 +107,10 @@ def load_extra(path: str | os.PathLike) -> dict[str, Tensor]:
     """The ``extra`` tensors saved with a generator by :func:`save_generator` (CPU). Reading them
     runs no code, whatever the file's format."""
     path = _existing(path)
-    if safe.is_safe_file(path):
-        return safe.read(path)[1].extra
-    return code.read_contents(code.read_meta(path)).extra
+    with _readable(path):
+        if safe.is_safe_file(path):
+            return safe.read(path)[1].extra
+        return code.read_contents(code.read_meta(path)).extra
 
 
 def load_generator(
@@ -119,9 +134,24 @@ def load_generator(
     _checks.boolean("check", check)
     if device is not None:
         device = _checks.device("device", device)
+    with _readable(path):
+        flat, contents = _read(path, trust)
+        mean = FlatMean(flat, contents.latent_dim, contents.data_dim)
+        if check:
+            contents.check_probe(mean, str(path))
+        precision = contents.precision()
+        if check:
+            contents.check_precision(precision, str(path))
+    if device is not None:
+        mean, precision = mean.to(device), precision.to(device)
+    return ExpectedMetric(mean, precision)
+
+
+def _read(path: Path, trust: bool) -> tuple[torch.nn.Module, Contents]:
+    """The mean (as stored: (P, d) -> (P, D)) and the contents of a generator file."""
     if safe.is_safe_file(path):
-        flat, contents = safe.read(path)
-    elif code.is_code_file(path):
+        return safe.read(path)
+    if code.is_code_file(path):
         meta = code.read_meta(path)
         if not trust:
             raise ValueError(
@@ -133,18 +163,22 @@ def load_generator(
             f"fastgeo: loading {str(path)!r} as trusted code ({meta['format']})", UserWarning, stacklevel=2
         )
         contents = code.read_contents(meta)
-        flat = code.read_module(path, meta)
-    else:
-        raise ValueError(f"{str(path)!r} is not a fastgeo generator file")
-    mean = FlatMean(flat, contents.latent_dim, contents.data_dim)
-    if check:
-        contents.check_probe(mean, str(path))
-    precision = contents.precision()
-    if check:
-        contents.check_precision(precision, str(path))
-    if device is not None:
-        mean, precision = mean.to(device), precision.to(device)
-    return ExpectedMetric(mean, precision)
+        return code.read_module(path, meta), contents
+    raise ValueError(f"{str(path)!r} is not a fastgeo generator file")
+
+
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Errors of a damaged file (entries missing, undecodable metadata or tensors) as one
+    ValueError naming it, not as a traceback from deep inside the reader."""
+    try:
+        yield
+    except (KeyError, EOFError, AttributeError, IndexError, pickle.UnpicklingError, binascii.Error) as e:
+        raise ValueError(
+            f"{str(path)!r} is damaged or was not written by fastgeo.save_generator: {type(e).__name__}: {e}"
+        ) from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r}: its metadata is not valid JSON ({e})") from e
 
 
 def _existing(path: str | os.PathLike) -> Path:

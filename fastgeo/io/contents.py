@@ -67,7 +67,8 @@ def example_inputs(precision: RBFPrecision, example_input: Tensor | None) -> Ten
     d = precision.latent_dim
     if example_input is None:
         c = precision.centers.detach().cpu()
-        example = torch.cat([c, c + 0.1 * c.std().clamp(min=1e-3) + 0.01])
+        spread = c.std() if c.numel() > 1 else c.new_zeros(())  # one center at d = 1: no spread
+        example = torch.cat([c, c + 0.1 * spread.clamp(min=1e-3) + 0.01])
     else:
         if not isinstance(example_input, Tensor) or example_input.shape[-1] != d:
             raise ValueError(f"example_input must be a tensor with last axis d = {d}")
@@ -96,6 +97,8 @@ def contents_of(
     for k, v in extra.items():
         if not isinstance(k, str) or not isinstance(v, Tensor):
             raise TypeError(f"extra must map names to tensors, got {k!r}: {type(v).__name__}")
+        if not k or k.startswith(".") or k.endswith("."):
+            raise ValueError(f"extra: names must be non-empty and not start or end with '.', got {k!r}")
     rbf = {k: t.detach().cpu() for k, t in zip(RBF_NAMES, precision.params(), strict=True)}
     z = example[:PROBE_ROWS]
     with torch.no_grad():

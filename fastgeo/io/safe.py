@@ -47,12 +47,19 @@ def write(path: Path, sequential: nn.Sequential, contents: Contents) -> None:
 
 
 def is_safe_file(path: Path) -> bool:
-    """Whether ``path`` is a safetensors file written by :func:`write`."""
+    """Whether ``path`` is a safetensors file written by :func:`write` (of another format version
+    than this fastgeo reads: a ValueError saying so)."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get(MAGIC_KEY) == VERSION
+            version = (f.metadata() or {}).get(MAGIC_KEY)
     except (OSError, SafetensorError, ValueError):
         return False
+    if version is not None and version != VERSION:
+        raise ValueError(
+            f"{str(path)!r} is a fastgeo generator file of format {version}; this fastgeo reads format "
+            f"{VERSION} (write it again with this version, or install the version that wrote it)"
+        )
+    return version == VERSION
 
 
 def read(path: Path) -> tuple[nn.Sequential, Contents]:
