@@ -87,3 +87,24 @@ def test_quick_duration_is_the_same_in_help_and_readme(capsys):
     in_readme = re.search(r"`fastgeo bench --quick[^`]*` \(([^)]*)\)", readme)
     assert in_help and in_readme
     assert in_help.group(1) == in_readme.group(1), (in_help.group(1), in_readme.group(1))
+
+
+def test_bench_and_demo_options_are_checked_first(tmp_path, capsys, monkeypatch):
+    """A device this torch lacks, --threads 0 and an --out that is a file: one line each, before
+    any benchmark or training runs."""
+    import fastgeo.benchmarks.runner as runner
+    import fastgeo.demo as demo
+
+    monkeypatch.setattr(runner, "main", lambda *a, **k: pytest.fail("ran before checking"))
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("ran before checking"))
+    a_file = tmp_path / "results"
+    a_file.write_text("x")
+    for argv, words in (
+        (["bench", "--device", "warp9"], ["--device"]),
+        (["bench", "--threads", "0"], ["--threads", ">= 1"]),
+        (["bench", "--out", str(a_file)], ["--out", "not a folder"]),
+        (["demo", "--out", str(a_file)], ["--out", "not a folder"]),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and all(w in err[0] for w in words), err

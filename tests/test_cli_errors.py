@@ -78,6 +78,15 @@ def test_paths_are_checked_before_any_work(files, capsys, monkeypatch, tmp_path)
     assert not any(tmp_path.glob("[SD].npy")) and not (tmp_path / "r.npz").exists()
 
 
+def test_convert_refuses_to_overwrite_its_source(files, capsys):
+    tmp, gen = files
+    before = gen.read_bytes()
+    assert main(["convert", str(gen), str(gen)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target" in err[0] and "overwritten" in err[0]
+    assert gen.read_bytes() == before
+
+
 def test_a_device_this_torch_lacks_is_one_line(files, capsys, monkeypatch, tmp_path):
     tmp, gen = files
     solving_forbidden(monkeypatch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import convert, distances, neighbors
+from . import convert, distances, inputs, neighbors
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -22,6 +22,7 @@ def _info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
+    inputs.output_folder("--out", args.out)
     run_demo(out_dir=args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
     return 0
 
@@ -29,6 +30,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from ..benchmarks.runner import main as bench_main
 
+    inputs.output_folder("--out", args.out)
+    inputs.device("--device", args.device)
+    inputs.at_least("--threads", args.threads, 1)
     return bench_main(
         args.layer, args.quick, args.out, device=args.device, threads=args.threads, tiny=args.tiny
     )

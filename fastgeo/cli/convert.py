@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     source = inputs.readable_file("source", args.source)
     target = inputs.writable_file("target", args.target, ".safetensors")
+    inputs.distinct("target", target, "the source", source)
     metric = load_generator(source, trust=args.trust)
     save_generator(target, metric, extra=load_extra(source))
     print(f"{target}: safe generator file (d = {metric.latent_dim}, D = {metric.data_dim})", file=sys.stderr)

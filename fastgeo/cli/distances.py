@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="graph, draft and chord modes: random pairs solved exactly to measure the error (chord: "
         "and to fit the estimates; at least 20)",
     )
-    inputs.add_solver_arguments(p)
+    inputs.add_solver_arguments(p, chord_mode=True)
     p.add_argument("--chunk-size", type=int, default=None, help="pairs per chunk")
     p.add_argument("--memory-mb", type=float, default=None, help="solver memory per chunk, MiB")
     p.add_argument(

@@ -111,20 +111,29 @@ def device(option: str, value: str | None) -> str | None:
     return value
 
 
+def output_folder(option: str, path: str) -> Path:
+    """A folder to write into: existing, or to be made (not a file)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{option}: {path!r} exists and is not a folder")
+    return p
+
+
 def distinct(option: str, path: Path, other_option: str, other: Path) -> None:
     """Refuse an output ``path`` that is the input ``other`` (it would be overwritten)."""
     if path.resolve() == other.resolve():
         raise InputError(f"{option} {str(path)!r} is {other_option}: it would be overwritten")
 
 
-def add_solver_arguments(p: argparse.ArgumentParser) -> None:
-    """The solver options a command passes to every geodesic (see :func:`solver_options_given`)."""
+def add_solver_arguments(p: argparse.ArgumentParser, chord_mode: bool = False) -> None:
+    """The solver options a command passes to every geodesic (see :func:`solver_options_given`);
+    ``chord_mode``: the command has ``--mode chord``, whose sample is solved by ``fast``."""
+    chord = ", and 'fast' for --mode chord's sample" if chord_mode else ""
     p.add_argument(
         "--method",
         default=None,
         choices=METHODS,
-        help="solver method (default: 'default', and 'fast' for --mode chord's sample; 'fast': coarser "
-        "curves, 1.6-3x less time)",
+        help=f"solver method (default: 'default'{chord}; 'fast': coarser curves, 1.6-3x less time)",
     )
     p.add_argument("--m", type=int, default=None, help="basis functions per latent dimension")
     p.add_argument("--n-points", type=int, default=None, help="points per curve in the energy")

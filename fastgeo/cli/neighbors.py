@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     options = inputs.solver_options_given(args)
 
     metric, Z, Y = inputs.generator_and_codes(generator, latents, second, device, args.trust, options)
+    if Z.shape[0] == 0:
+        raise inputs.InputError(f"the latents file {str(latents)!r} holds no codes")
     available = Z.shape[0] - 1 if Y is None else Y.shape[0]
     if args.k > available:
         raise inputs.InputError(f"-k must be at most {available} (the number of other codes), got {args.k}")

@@ -156,7 +156,7 @@ def _read(path: Path, trust: bool) -> tuple[torch.nn.Module, Contents]:
         if not trust:
             raise ValueError(
                 f"{str(path)!r} holds its decoder as code ({meta['format']}): loading it can run code it "
-                "carries. Pass trust=True (fastgeo distances --trust) only for a file from a source you "
+                "carries. Pass trust=True (--trust on the command line) only for a file from a source you "
                 "trust; save decoders that are nn.Sequential of standard layers with format='safe' instead"
             )
         warnings.warn(
