@@ -131,3 +131,28 @@ def test_nearest_neighbors_split_over_two_gloo_processes(tmp_path):
         got = torch.load(out + str(r))
         assert torch.equal(got["indices"], res.indices) and torch.equal(got["distances"], res.distances)
         assert got["pairs"] == res.pairs_solved
+
+
+OUT_WORKER = WORKER_HEAD + """\
+D = fastgeo.pairwise_distances(metric, Z, chunk_size={chunk}, out={npy!r}, progress=False, **{opts!r})
+torch.save(D.clone(), {out!r} + str(rank))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_two_gloo_processes_write_one_out_file(tmp_path):
+    """With ``out=`` under torch.distributed, the file holds the single-process matrix (once, not
+    summed over ranks sharing its mapping), and every rank returns that matrix."""
+    import numpy as np
+
+    out, npy = str(tmp_path / "out"), str(tmp_path / "D.npy")
+    script = textwrap.dedent(OUT_WORKER.format(
+        tests=str(TESTS), threads=torch.get_num_threads(), init=f"file://{tmp_path / 'rendezvous'}",
+        M=M, chunk=CHUNK, opts=OPTS, out=out, npy=npy))  # fmt: skip
+    run_two_ranks(script)
+    D = fastgeo.pairwise_distances(bumpy_metric(), disc_points(M, 1.5), chunk_size=CHUNK, workers=1,
+                                   progress=False, **OPTS)  # fmt: skip
+    assert torch.equal(torch.from_numpy(np.load(npy)), D)
+    for r in range(2):
+        assert torch.equal(torch.load(out + str(r)), D)

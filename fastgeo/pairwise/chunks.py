@@ -21,6 +21,17 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def all_reduce_sum(t: Tensor, device: torch.device) -> None:
+    """Sum ``t`` over the ``torch.distributed`` processes, in place, the reduction run on
+    ``device`` (the metric's: NCCL groups have no CPU backend)."""
+    if t.device == device:
+        torch.distributed.all_reduce(t)
+        return
+    on_device = t.to(device)
+    torch.distributed.all_reduce(on_device)
+    t.copy_(on_device.to(t.device))
+
+
 def solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str, Any]) -> dict[str, Any]:
     """Geodesics ``a[k] -> b[k]``: their lengths (never NaN: a non-finite result falls back to the
     straight line, flagged ``nonfinite``), status codes and iterations on the CPU, and the decoder

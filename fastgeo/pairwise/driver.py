@@ -224,6 +224,8 @@ def pairwise_distances(
         )
     workers = check_workers(workers, metric.device, dist_info()[1] > 1)
     out_path = None if out is None else npy_path(out)
+    if dist_info()[0] > 0:  # rank 0 writes the file: ranks mapping it too would sum their writes twice
+        out_path = None
     if mode in ("graph", "chord") and checkpoint is not None:
         raise ValueError(
             f"checkpoint is for mode='exact' or 'draft'; a {mode}-mode run solves only a few geodesics"

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .._progress import progress_bar
 from ..metric import ExpectedMetric
-from .chunks import dist_info, solve_chunk
+from .chunks import all_reduce_sum, dist_info, solve_chunk
 from .workers import chunk_loop, shared, split_size
 
 
@@ -69,7 +69,7 @@ def solve_pair_list(
     work = work.sum(0)
     if world > 1:  # disjoint chunks, zeros elsewhere: exact sums
         for p in (lengths, status, work):
-            torch.distributed.all_reduce(p)
+            all_reduce_sum(p, nodes.device)
     return SolvedPairs(lengths.clone(), status.clone(), int(work[0]), int(work[1]))
 
 

@@ -110,7 +110,12 @@ def chunk_size_for_budget(metric: ExpectedMetric, options: dict[str, Any], memor
         torch.finfo(metric.dtype).bits // 8,
     )
     budget = default_memory_budget(metric.device) if memory_budget is None else memory_budget
-    return max(1, int(budget) // per_pair)
+    size = max(1, int(budget) // per_pair)
+    if dist_info()[1] > 1:  # every process must cut the pairs alike: free GPU memory differs
+        smallest = torch.tensor([size], device=metric.device)
+        torch.distributed.all_reduce(smallest, op=torch.distributed.ReduceOp.MIN)
+        size = int(smallest)
+    return size
 
 
 def check_memory_budget(memory_budget: object) -> int | None:

@@ -13,7 +13,7 @@ from torch import Tensor
 from .._progress import call_bar
 from ..metric import ExpectedMetric
 from .checkpoint import Checkpoint
-from .chunks import dist_info, solve_chunk
+from .chunks import all_reduce_sum, dist_info, solve_chunk
 from .layout import Layout
 from .workers import chunk_loop, shared
 
@@ -79,10 +79,6 @@ def solve_chunks(
         chunk_loop(missing, workers, solve, bar)
     counts = counts.sum(0)
     if world > 1:  # disjoint parts, zeros elsewhere: the sums are exact
-        dist = torch.distributed
-        dist.all_reduce(out)
-        dist.all_reduce(status)
-        counts_dev = counts.to(device)
-        dist.all_reduce(counts_dev)
-        counts = counts_dev.cpu()
+        for t in (out, status, counts):
+            all_reduce_sum(t, device)
     return status, counts, world
