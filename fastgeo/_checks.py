@@ -113,7 +113,7 @@ def rbf_params(
             f"weights must have shape (D, K) with K = {K} (the number of centers), "
             f"got {tuple(weights.shape)}"
         )
-    if isinstance(zeta, (int, float)) and not isinstance(zeta, bool):
+    if isinstance(zeta, numbers.Real) and not isinstance(zeta, bool):
         zeta = torch.full((D,), float(zeta), dtype=weights.dtype, device=weights.device)
     tensor("zeta", zeta)
     if zeta.dim() == 0:

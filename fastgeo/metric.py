@@ -362,4 +362,6 @@ class ExpectedMetric:
         self.check_points("z", z)
         lead = z.shape[:-1]
         _, jac_t = self.features_and_jacobian_t(z.reshape(-1, self.latent_dim))
-        return (jac_t @ jac_t.transpose(-1, -2)).reshape(*lead, self.latent_dim, self.latent_dim)
+        G = jac_t @ jac_t.transpose(-1, -2)
+        G = 0.5 * (G + G.transpose(-1, -2))  # exactly symmetric (a batched product need not be)
+        return G.reshape(*lead, self.latent_dim, self.latent_dim)

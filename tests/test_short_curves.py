@@ -62,6 +62,20 @@ def test_short_and_long_curves_of_one_call_equal_them_alone(digits, one_thread):
         assert res.status[b] == alone.status[0] and res.iterations[b] == alone.iterations[0]
 
 
+def test_a_result_passed_back_as_init_keeps_the_float64_route(digits, one_thread):
+    """With ``init`` (the documented pass-back of a result, or zeros) the short curves still go to
+    the float64 solve, from their rows of init: converged, the lengths of the call without init."""
+    metric, Z = digits
+    z0, z1 = near_pairs(Z, [1e-4, 3e-4, 1e-2])
+    first = fastgeo.geodesics(metric, z0, z1, progress=False)
+    back = {"init": first.curves.coeffs, "m": first.curves.basis.m}
+    again = fastgeo.geodesics(metric, z0, z1, progress=False, **back)
+    zeros = fastgeo.geodesics(metric, z0, z1, init=torch.zeros(3, 24, 2), progress=False)
+    for res in (again, zeros):
+        assert (res.status == "converged").all(), res.status
+        torch.testing.assert_close(res.lengths, first.lengths, rtol=1e-5, atol=0)
+
+
 def test_a_matrix_of_near_duplicate_codes_converges(digits, one_thread):
     metric, Z = digits
     z0, z1 = near_pairs(Z, [1e-5, 1e-3])

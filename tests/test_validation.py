@@ -199,6 +199,26 @@ def test_inference_mode_is_refused_clearly_and_no_grad_works():
     assert res.converged.all() and torch.isfinite(res.lengths).all()
 
 
+def test_graphs_of_another_dtype_and_dense_m_are_named():
+    metric = bumpy_metric()
+    z = torch.tensor([[-1.0, 0.0], [1.0, 0.2]], dtype=torch.float64)
+    graph32 = fastgeo.LatentGraph(bumpy_metric(torch.float32), n_nodes=30, grid=0)
+    with pytest.raises(TypeError, match="graph was built for a torch.float32 metric"):
+        fastgeo.geodesics(metric, z[:1], z[1:], graph=graph32)
+    for bad, exc in (("foo", TypeError), (True, TypeError), (5, ValueError)):
+        with pytest.raises(exc, match="m"):
+            fastgeo.geodesics(metric, z[:1], z[1:], method="dense", n_points=16, m=bad)
+    assert fastgeo.geodesics(metric, z[:1], z[1:], method="dense", n_points=16, m=14).converged.all()
+
+
+def test_select_takes_an_empty_list_and_a_0d_index():
+    metric = bumpy_metric()
+    z = torch.tensor([[-1.0, 0.0], [1.0, 0.2], [0.5, 0.5]], dtype=torch.float64)
+    res = fastgeo.geodesics(metric, z[:2], z[1:], method="fast")
+    assert len(res.select([])) == 0
+    assert torch.equal(res.select(torch.tensor(1)).lengths, res.lengths[1:])
+
+
 def test_autocast_is_refused_clearly():
     """Under torch.autocast a decoder runs in bfloat16: every entry point says so, by name."""
     metric = bumpy_metric()

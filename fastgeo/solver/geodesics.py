@@ -220,9 +220,8 @@ def geodesics(
                       UserWarning, stacklevel=2)  # fmt: skip
     ends = z0, z1  # the caller's: the lengths' gradient goes to them
     z0, z1 = z0.detach(), z1.detach()
-    res = None
-    if init is None:  # curves too short for float32: solved in float64
-        res = solved_apart(metric, z0, z1, opts, asked, graph, latents, progress, solve=geodesics)
+    # Curves too short for float32 are solved in float64 (from their rows of init, if given).
+    res = solved_apart(metric, z0, z1, opts, asked, init, graph, latents, progress, solve=geodesics)
     if res is None:
         delay = 0.0 if progress else DELAY
         with call_bar(z0.shape[0], progress is not False, "geodesics", "curve", delay) as bar:

@@ -244,6 +244,13 @@ def check_graph_inputs(metric: ExpectedMetric, graph: object, latents: Tensor | 
         raise ValueError(
             f"graph is for latent dimension {graph.nodes.shape[1]}, the metric's is {metric.latent_dim}"
         )
+    if isinstance(graph, LatentGraph) and graph.nodes.dtype != metric.dtype:
+        raise TypeError(
+            f"graph was built for a {graph.nodes.dtype} metric, this one is {metric.dtype}: build it "
+            "with this metric (fastgeo.LatentGraph(metric))"
+        )
+    if isinstance(graph, LatentGraph) and graph.nodes.device != metric.device:
+        raise ValueError(f"graph is on {graph.nodes.device}, the metric on {metric.device}")
     if latents is not None:
         metric.check_points("latents", latents, ndim=2)
         _checks.finite("latents", latents)

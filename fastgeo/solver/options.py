@@ -217,6 +217,13 @@ def solver_options(
                 coarse_points = table.get("coarse_points", COARSE_POINTS) * n_points // table["n_points"]
     n_points = _checks.integer("n_points", table["n_points"] if n_points is None else n_points, fewest)
     if method == "dense":
+        if m is not None:
+            m = _checks.integer("m", m, 1)
+            if m != n_points - 2:
+                raise ValueError(
+                    f"method='dense' solves for the n_points - 2 = {n_points - 2} interior nodes of a "
+                    f"polyline, got m={m}: pass n_points (= m + 2) instead"
+                )
         basis: Basis = PiecewiseLinearBasis(n_points)
     elif family == "bspline":
         basis = BSplineBasis(_checks.integer("m", _default_m(table, n_points, 2) if m is None else m, 2))

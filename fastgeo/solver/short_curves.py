@@ -45,15 +45,17 @@ def solved_apart(
     z1: Tensor,
     opts: SolverOptions,
     asked: dict[str, Any],
+    init: Tensor | None,
     graph: object,
     latents: Tensor | None,
     progress: bool | None,
     solve: Callable[..., GeodesicResult],
 ) -> GeodesicResult | None:
-    """The result of a float32 call (z0, z1: (B, d); ``asked``: its options as the user gave them)
-    with its short curves solved by ``solve`` (:func:`fastgeo.geodesics`) on a float64 copy of the
-    metric and the others as asked; None where there is nothing to split (no short curve, another
-    dtype or method, or no float64 copy): the call goes on as it is."""
+    """The result of a float32 call (z0, z1: (B, d); ``asked``: its options as the user gave them;
+    ``init``: its checked start coefficients (B, m, d) or None) with its short curves solved by
+    ``solve`` (:func:`fastgeo.geodesics`) on a float64 copy of the metric and the others as asked;
+    None where there is nothing to split (no short curve, another dtype or method, or no float64
+    copy): the call goes on as it is."""
     if opts.method not in SPLINE_METHODS or metric.dtype != torch.float32 or z0.shape[0] == 0:
         return None
     short = (rounding_ratios(metric, z0, z1, opts.n_points) > NOISE_ABOVE) & ~(z0 == z1).all(-1)
@@ -63,11 +65,16 @@ def solved_apart(
     rest, few = (~short).nonzero().squeeze(1), short.nonzero().squeeze(1)
     # At the call's tolerance: rounding, not the stopping rule, is what float64 fixes.
     float64_options = {**asked, "tol": opts.tol, "graph": False, "progress": False}
+    if init is not None:
+        float64_options["init"] = init[few].double()
     try:
         short_ones = solve(metric64, z0[few].double(), z1[few].double(), **float64_options)
     except (TypeError, RuntimeError):  # a decoder that converts but does not run in float64
         return None
-    long_ones = solve(metric, z0[rest], z1[rest], graph=graph, latents=latents, progress=progress, **asked)
+    rest_init = None if init is None else init[rest]
+    long_ones = solve(
+        metric, z0[rest], z1[rest], init=rest_init, graph=graph, latents=latents, progress=progress, **asked
+    )
     return merged([(rest, long_ones), (few, short_ones)], z0, z1)
 
 
