@@ -218,8 +218,8 @@ def nearest_neighbors(
     return NearestNeighbors(
         distances=dist.to(metric.dtype).to(metric.device),
         indices=indices.to(metric.device),
-        status_code=status,
-        certified=certified,
+        status_code=status.to(metric.device),
+        certified=certified.to(metric.device),
         pairs_solved=solved.count,
         rounds=rounds,
         candidates=cap,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import sys
 import time
 import traceback
@@ -90,7 +91,13 @@ def run_in_workers(
                 p.terminate()
             p.join()
     if not errors.empty():
-        raise RuntimeError(f"fastgeo.pairwise_distances: a worker process failed:\n{errors.get()}")
+        kind, text = errors.get()
+        message = f"fastgeo.pairwise_distances: a worker process failed:\n{text}"
+        try:  # the worker's own exception type (a decoder's ValueError stays a ValueError)
+            error = kind(message) if isinstance(kind, type) and issubclass(kind, Exception) else None
+        except Exception:  # noqa: BLE001 - a type that takes other arguments
+            error = None
+        raise error if error is not None else RuntimeError(message)
     failed = [p.exitcode for p in procs if p.exitcode != 0]
     if failed:
         raise RuntimeError(
@@ -108,8 +115,13 @@ def _child(task: Callable[[int, int], None], w: int, workers: int, errors: Any) 
     torch.set_num_threads(1)
     try:
         task(w, workers)
-    except BaseException:
-        errors.put(traceback.format_exc())
+    except BaseException as e:
+        kind = type(e)
+        try:
+            pickle.dumps(kind)
+        except Exception:  # noqa: BLE001 - a type defined where the parent cannot find it
+            kind = RuntimeError
+        errors.put((kind, traceback.format_exc()))
         os._exit(1)
     os._exit(0)  # no atexit handlers of the parent (its progress bars, its checkpoint)
 
