@@ -149,7 +149,7 @@ def fit_rbf_parameters(
     # A spread of rounding size (identical codes split between clusters) counts as zero too.
     scale = (latents - latents.mean(0)).norm(dim=-1).mean()
     positive = spread > ROUNDING_SPREAD * scale
-    fallback = spread[positive].median() if bool(positive.any()) else latents.new_tensor(1.0)
+    fallback = spread[positive].median() if bool(positive.any()) else _spacing(centers, scale)
     spread = torch.where(positive, spread, fallback)
     gammas = 0.5 / (bandwidth_scale * spread).pow(2)
 
@@ -217,7 +217,9 @@ def _residual_statistics(
         decoded = _mean_checks.call("mean", mean, latents[rows], "the latents")  # held fixed
         ok = isinstance(decoded, Tensor) and decoded.dim() >= 1 and decoded.shape[0] == count
         images = ok and decoded.dim() > 2 and len(point_shape) > 1
-        if not ok or decoded[0].numel() != dims or (images and decoded.shape[1:] != point_shape):
+        # A singleton axis (a grayscale channel) on one side only lays the values out alike.
+        relaid = images and _squeezed(decoded.shape[1:]) != _squeezed(point_shape)
+        if not ok or decoded[0].numel() != dims or relaid:
             got = tuple(decoded.shape) if isinstance(decoded, Tensor) else type(decoded).__name__
             if isinstance(decoded, Tensor) and m > DECODE_ROWS:
                 got = f"{got} for {count} of them"
@@ -246,6 +248,23 @@ def _residual_statistics(
 
 # Cluster spreads below this share of the codes' mean distance to their centroid are rounding.
 ROUNDING_SPREAD = 1e-4
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(n for n in shape if n != 1)
+
+
+def _spacing(centers: Tensor, scale: Tensor) -> Tensor:
+    """A spread for clusters of one code each (no spread measured: as many centers as codes): half
+    the median distance from a center to its nearest other one, in the codes' own units (the
+    codes' mean distance to their mean where all centers coincide; 1 where that is 0 too)."""
+    gaps = torch.cdist(centers, centers)
+    gaps.fill_diagonal_(torch.inf)
+    nearest = gaps.min(1).values
+    nearest = nearest[torch.isfinite(nearest) & (nearest > ROUNDING_SPREAD * scale)]
+    if nearest.numel():
+        return 0.5 * nearest.median()
+    return scale if bool(scale > 0) else scale.new_tensor(1.0)
 # A data dimension the decoder reproduces exactly (a border pixel that is 0 in every image and in
 # every decoded one) has no maximum-likelihood precision: it grows until the weights overflow. Its
 # squared residuals are taken as this share of the mean over all dimensions instead (the trained

@@ -195,3 +195,36 @@ def test_the_data_decoded_in_row_chunks_gives_the_same_fit(monkeypatch):
         fastgeo.RBFPrecision.fit(z, x, lambda u: dec(u).flatten(2), num_centers=8, progress=False)
     with pytest.raises(ValueError, match="channels last against channels first"):  # (M, H, W, C) data
         fastgeo.RBFPrecision.fit(z, x.permute(0, 2, 3, 1), dec, num_centers=8, progress=False)
+
+
+def test_one_code_per_center_takes_the_codes_scale():
+    """As many centers as codes (M <= 64 by default: no spread inside a cluster) gives bandwidths in
+    the codes' own units: the same fit at any scale of the latent space, large far from the data."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    z = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    x = torch.tanh(z @ W) + 0.05 * torch.randn(30, 5, generator=g, dtype=torch.float64)
+    fits = {}
+    for s in (0.01, 100.0):
+        fits[s] = fastgeo.RBFPrecision.fit(z * s, x, lambda u, s=s: torch.tanh((u / s) @ W), steps=50,
+                                           progress=False)  # fmt: skip
+        assert fits[s].num_centers == 30
+    torch.testing.assert_close(fits[0.01].gammas * 0.01**2, fits[100.0].gammas * 100.0**2, rtol=1e-6, atol=0)
+    far = fits[1e2].sigma(torch.tensor([[600.0, 600.0]], dtype=torch.float64))
+    near = fits[1e2].sigma(z[:5] * 100.0)
+    assert bool((far > 10 * near.mean()).all())
+
+
+def test_a_grayscale_channel_on_one_side_only_is_the_same_layout():
+    """Images (M, 1, H, W) against a decoder of (M, H, W) (and the reverse) hold the same values in
+    the same order: accepted, the fit of flat data."""
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Unflatten(1, (4, 4)))
+    dec = dec.double().eval()
+    z = torch.randn(40, 2, dtype=torch.float64)
+    with torch.no_grad():
+        x = dec(z) + 0.05 * torch.randn(40, 4, 4, dtype=torch.float64)
+    flat = fastgeo.RBFPrecision.fit(z, x.flatten(1), dec, num_centers=6, steps=20, progress=False)
+    for data, mean in ((x[:, None], dec), (x, lambda u: dec(u)[:, None])):
+        fit = fastgeo.RBFPrecision.fit(z, data, mean, num_centers=6, steps=20, progress=False)
+        torch.testing.assert_close(fit.weights, flat.weights, rtol=1e-9, atol=0)
