@@ -185,13 +185,21 @@ def plot_geodesics(
         the matplotlib Figure.
     """
     plt = _pyplot()
+    if metric.latent_dim != 2:
+        raise ValueError(f"plot_geodesics draws a 2-D latent space; the metric's has d = {metric.latent_dim}")
+    if latents is not None:
+        latents = torch.as_tensor(_numpy(latents))
+        if latents.dim() != 2 or latents.shape[1] != 2:
+            raise ValueError(f"latents must have shape (M, 2), got {tuple(latents.shape)}")
+    pts = result.points(n).detach().cpu()
+    if extent is None and pts.shape[0] == 0 and latents is None:
+        raise ValueError("nothing to frame: the result holds no curve; pass extent or latents")
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 5))
     else:
         fig = ax.figure
-    pts = result.points(n).detach()
     if extent is None:
-        every = pts.reshape(-1, 2) if latents is None else torch.cat([pts.reshape(-1, 2), latents.detach()])
+        every = pts.reshape(-1, 2) if latents is None else torch.cat([pts.reshape(-1, 2), latents.to(pts)])
         lo, hi = every.amin(0), every.amax(0)
         pad = 0.15 * (hi - lo).clamp(min=1e-6)
         extent = (float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1]))

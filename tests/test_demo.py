@@ -203,6 +203,13 @@ def test_plot_functions_produce_figures():
     lines = fplot.plot_curves(ax, res.points(10), color="r")
     assert len(lines) == 2
     plt.close(fig)
+    # numpy codes are drawn; codes of another width, and an empty result with nothing to frame, named
+    fig = fplot.plot_geodesics(metric, res, latents=centers.numpy(), resolution=12)
+    plt.close(fig)
+    with pytest.raises(ValueError, match=r"latents must have shape \(M, 2\)"):
+        fplot.plot_geodesics(metric, res, latents=torch.zeros(4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="no curve"):
+        fplot.plot_geodesics(metric, res.select([]))
 
 
 def test_background_values_match_the_metric():
