@@ -104,6 +104,7 @@ def test_bench_and_demo_options_are_checked_first(tmp_path, capsys, monkeypatch)
         (["bench", "--threads", "0"], ["--threads", ">= 1"]),
         (["bench", "--out", str(a_file)], ["--out", "not a folder"]),
         (["demo", "--out", str(a_file)], ["--out", "not a folder"]),
+        (["demo", "--seed", "-1"], ["--seed", ">= 0"]),
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()

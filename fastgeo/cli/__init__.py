@@ -23,6 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     inputs.output_folder("--out", args.out)
+    inputs.at_least("--seed", args.seed, 0)
     run_demo(out_dir=args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
     return 0
 
