@@ -163,6 +163,24 @@ def test_describe_says_what_failed():
     assert text.startswith("not a recognized chain") and "torch.export" in text
 
 
+class PooledBranch(nn.Module):
+    """torch.fx stops at the branch on z.dim(); torch.export reads it, and stops at the pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(D_LAT, 32)
+
+    def forward(self, z):
+        if z.dim() == 1:
+            z = z[None]
+        return nn.functional.max_pool2d(self.fc(z).view(-1, 2, 4, 4), 2).flatten(1)
+
+
+def test_describe_names_where_the_exported_graph_stops():
+    text = describe(PooledBranch().eval(), D_LAT)
+    assert "torch.fx cannot trace it" in text and "torch.export graph stops" in text and "max_pool2d" in text
+
+
 @pytest.mark.parametrize("validate", [True, False])
 def test_the_distributions_checks_are_put_back(validate):
     """And the logging level and stderr, which a failed export would print to."""

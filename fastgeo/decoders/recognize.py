@@ -187,6 +187,14 @@ def _why_not(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> s
             graph = traced_graph(module)
         except Exception as e:  # noqa: BLE001 - untraceable: say why, in one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            cached = _EXPORTED.get(module) if latent_dim is not None else None
+            exported = None if cached is None else cached[2]
+            if exported is not None:  # exported: where its graph stops being a chain is the reason
+                where = where_not_a_chain(exported.graph, exported)
+                return (
+                    f"torch.fx cannot trace it ({first[:80]}); its torch.export graph stops being a chain "
+                    f"of known layers at {where or 'an unknown op'}"
+                )
             also = "" if latent_dim is None else ", nor torch.export read it into known layers"
             return f"torch.fx cannot trace it{also}: {first[:160]}"
     where = where_not_a_chain(graph, module)
