@@ -125,7 +125,8 @@ def _shape_coverage(
 ) -> np.ndarray:
     """Anti-aliased coverage (m, size, size) in [0, 1] of one random shape per image.
 
-    Radius (pixels) uniform in [min_r, max_r], the shape entirely inside the image, uniform
+    Radius (pixels) uniform in [min_r, max_r], the circle of that radius inside the image (an
+    outline's stroke and the corners of triangles and crosses may reach the border), uniform
     rotation; rings are always outlined (stroke width uniform in ``ring_stroke`` pixels), discs
     always filled, the other classes filled or outlined (stroke width uniform in ``stroke``
     pixels) with probability 1/2.
@@ -156,7 +157,8 @@ def shapes28(n: int = 10000, seed: int | None = 0) -> tuple[Tensor, Tensor]:
     triangle, cross, five-pointed star.
 
     Each image has one white shape on black: circumradius uniform in [5, 11] pixels, position
-    uniform with the shape inside the frame, rotation uniform, intensity uniform in [0.6, 1];
+    uniform with the circumcircle inside the frame (strokes and some corners reach the border:
+    in about a third of the images, rings in half), rotation uniform, intensity uniform in [0.6, 1];
     squares, triangles, crosses and stars are filled or outlined (stroke 1.5-3 pixels) with
     probability 1/2, rings are outlined (stroke 2-4 pixels), discs filled. Anti-aliased.
 
@@ -315,7 +317,8 @@ def color_shapes64(n: int = 6000, seed: int | None = 0) -> tuple[Tensor, Tensor]
 
     Background: a linear gradient in a random direction between two random muted colours
     (saturation 0-0.4, value 0.15-0.55). Foreground: one shape of circumradius 14-26 pixels,
-    random position (inside the frame) and rotation, in a bright saturated colour of random
+    random position (its circumcircle inside the frame; strokes and corners may reach the border) and
+    rotation, in a bright saturated colour of random
     hue (saturation 0.6-1, value 0.75-1), filled or outlined (stroke 3-6 pixels; rings 4-8) as in
     :func:`shapes28`, anti-aliased, alpha-blended over the background. The colour carries no
     class information: the label is the shape.

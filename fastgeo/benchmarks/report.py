@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .._files import atomic_write
+
 
 def _f(v: float | None, fmt: str = ".4g") -> str:
     return "-" if v is None else format(v, fmt)
@@ -150,8 +152,7 @@ def write_json(results: dict[str, Any], out_dir: str) -> str:
     """Write ``out_dir/results.json``; returns its path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
+    atomic_write(path, lambda f: f.write(json.dumps(results, indent=1).encode()))
     return path
 
 
