@@ -14,7 +14,7 @@ from .. import _checks
 from .._progress import pulse
 from ..curves import Curves
 
-FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 # The starts a curve can come from (GeodesicResult.init indexes this).
 # "smoothed": the curve solved first under the smoothed decoder (piecewise-linear means, solver/smoothing.py).
 INIT_NAMES = ("straight", "warm", "given", "graph", "smoothed", "explored")
@@ -171,8 +171,7 @@ class GeodesicResult:
         call."""
         if isinstance(idx, numbers.Integral) and not isinstance(idx, bool):
             idx = [int(idx)]
-        one = isinstance(idx, Tensor) and idx.dim() == 0 and idx.dtype not in (torch.bool, *FLOATS)
-        if one:
+        if isinstance(idx, Tensor) and idx.dim() == 0 and idx.dtype in INDEX_DTYPES:
             idx = idx.reshape(1)  # one curve, as an int
         empty = isinstance(idx, (list, tuple)) and len(idx) == 0
         idx = torch.as_tensor(idx, device=self.lengths.device, dtype=torch.long if empty else None)
