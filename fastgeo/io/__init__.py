@@ -160,8 +160,8 @@ def _read(path: Path, trust: bool) -> tuple[torch.nn.Module, Contents]:
                 "trust; save decoders that are nn.Sequential of standard layers with format='safe' instead"
             )
         warnings.warn(
-            f"fastgeo: loading {str(path)!r} as trusted code ({meta['format']})", UserWarning, stacklevel=2
-        )
+            f"fastgeo: loading {str(path)!r} as trusted code ({meta['format']})", UserWarning, stacklevel=3
+        )  # the caller of load_generator
         contents = code.read_contents(meta)
         return code.read_module(path, meta), contents
     raise ValueError(f"{str(path)!r} is not a fastgeo generator file")
