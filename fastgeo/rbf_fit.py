@@ -250,21 +250,6 @@ def _residual_statistics(
 ROUNDING_SPREAD = 1e-4
 
 
-def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(n for n in shape if n != 1)
-
-
-def _spacing(centers: Tensor, scale: Tensor) -> Tensor:
-    """A spread for clusters of one code each (no spread measured: as many centers as codes): half
-    the median distance from a center to its nearest other one, in the codes' own units (the
-    codes' mean distance to their mean where all centers coincide; 1 where that is 0 too)."""
-    gaps = torch.cdist(centers, centers)
-    gaps.fill_diagonal_(torch.inf)
-    nearest = gaps.min(1).values
-    nearest = nearest[torch.isfinite(nearest) & (nearest > ROUNDING_SPREAD * scale)]
-    if nearest.numel():
-        return 0.5 * nearest.median()
-    return scale if bool(scale > 0) else scale.new_tensor(1.0)
 # A data dimension the decoder reproduces exactly (a border pixel that is 0 in every image and in
 # every decoded one) has no maximum-likelihood precision: it grows until the weights overflow. Its
 # squared residuals are taken as this share of the mean over all dimensions instead (the trained
@@ -283,6 +268,23 @@ def _floored(per_dim: Tensor, data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise ValueError("data is constant and the mean reproduces it exactly: there is no variance to fit")
     exact = per_dim < floor
     return torch.where(exact, floor, per_dim), exact, floor
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(n for n in shape if n != 1)
+
+
+def _spacing(centers: Tensor, scale: Tensor) -> Tensor:
+    """A spread for clusters of one code each (no spread measured: as many centers as codes): half
+    the median distance from a center to its nearest other one, in the codes' own units (the
+    codes' mean distance to their mean where all centers coincide; 1 where that is 0 too)."""
+    gaps = torch.cdist(centers, centers)
+    gaps.fill_diagonal_(torch.inf)
+    nearest = gaps.min(1).values
+    nearest = nearest[torch.isfinite(nearest) & (nearest > ROUNDING_SPREAD * scale)]
+    if nearest.numel():
+        return 0.5 * nearest.median()
+    return scale if bool(scale > 0) else scale.new_tensor(1.0)
 
 
 __all__ = ["fit_rbf_parameters", "kmeans", "nll_gradient", "rbf_nll"]
