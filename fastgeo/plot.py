@@ -115,7 +115,6 @@ def plot_background(
         fig, ax = plt.subplots()
         fplot.plot_background(ax, metric, (-3, 3, -3, 3), kind="magnification", resolution=120)
     """
-    plt = _pyplot()
     values = background_values(metric_or_precision, extent, kind, resolution)
     image = ax.imshow(
         _numpy(values), extent=tuple(float(e) for e in extent), origin="lower", cmap=cmap,
@@ -123,7 +122,7 @@ def plot_background(
     )
     if colorbar:
         label = "log10 total precision" if kind == "precision" else "log10 sqrt(det M)"
-        plt.colorbar(image, ax=ax, label=label, fraction=0.046, pad=0.04)
+        ax.figure.colorbar(image, ax=ax, label=label, fraction=0.046, pad=0.04)
     return image
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -105,7 +106,48 @@ def test_bench_and_demo_options_are_checked_first(tmp_path, capsys, monkeypatch)
         (["bench", "--out", str(a_file)], ["--out", "not a folder"]),
         (["demo", "--out", str(a_file)], ["--out", "not a folder"]),
         (["demo", "--seed", "-1"], ["--seed", ">= 0"]),
+        (["demo", "--out", str(a_file / "sub" / "demo")], ["--out", "is not a folder"]),
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and all(w in err[0] for w in words), err
+
+    # A read-only folder (os.access says so; file modes alone do not stop root): refused first,
+    # whether --out exists or would be made inside it.
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: real_access(p, mode) and Path(p) != read_only)
+    for out in (read_only, read_only / "new" / "demo"):
+        for command in ("demo", "bench"):
+            assert main([command, "--out", str(out)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "--out" in err[0] and "not writable" in err[0], err
+
+
+def test_write_plots_leaves_pyplot_alone(tmp_path):
+    """The report's PNGs are drawn on Figures of their own: the caller's pyplot backend and open
+    figures are unchanged (a notebook keeps drawing inline after ``fastgeo.benchmarks``)."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    import matplotlib
+
+    from fastgeo.benchmarks.report import write_plots
+
+    rows = [
+        {"layer": "solver", "method": m, "pairs": 4, "time_s": {"min": t},
+         "mean_excess_pct": e, "worst_excess_pct": 2 * e}
+        for m, t, e in (("default", 0.5, 0.01), ("paper", 0.2, 1.0))
+    ] + [
+        {"layer": "pairwise", "mode": "exact", "M": m, "time_s": {"min": 0.01 * m * m}} for m in (8, 16)
+    ]  # fmt: skip
+    backend = matplotlib.get_backend()
+    plt.switch_backend("pdf")
+    try:
+        paths = write_plots({"results": rows}, str(tmp_path / "plots"))
+        assert matplotlib.get_backend().lower() == "pdf" and plt.get_fignums() == []
+    finally:
+        plt.switch_backend(backend)
+    assert sorted(os.path.basename(p) for p in paths) == ["pairwise.png", "solver.png"]
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -39,20 +39,33 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """One quick demo run (seed 0) started with DEMO_THREADS intra-op threads: its return value,
-    output folder, printed text and the thread count right after it (the caller's count is
-    restored afterwards whatever happens)."""
+    """One quick demo run (seed 0) started with DEMO_THREADS intra-op threads and pyplot on the
+    "pdf" backend: its return value, output folder, printed text, and the thread count, backend
+    and open pyplot figures right after it (the caller's settings are restored afterwards
+    whatever happens)."""
     out_dir = tmp_path_factory.mktemp("demo") / "demo"
     threads = torch.get_num_threads()
     printed = io.StringIO()
     torch.set_num_threads(DEMO_THREADS)
+    plt.switch_backend("pdf")
     try:
         with contextlib.redirect_stdout(printed):
             out = run_demo(out_dir=str(out_dir), seed=0, quick=True, progress=False)
         threads_after = torch.get_num_threads()
+        backend_after, figures_after = matplotlib.get_backend(), plt.get_fignums()
     finally:
         torch.set_num_threads(threads)
-    return {"out": out, "dir": out_dir, "printed": printed.getvalue(), "threads_after": threads_after}
+        plt.switch_backend("Agg")
+    return {
+        "out": out, "dir": out_dir, "printed": printed.getvalue(), "threads_after": threads_after,
+        "backend_after": backend_after, "figures_after": figures_after,
+    }  # fmt: skip
+
+
+def test_demo_leaves_pyplot_alone(demo):
+    """A notebook's backend and figures survive the demo: it draws on a Figure of its own."""
+    assert demo["backend_after"].lower() == "pdf"
+    assert demo["figures_after"] == []
 
 
 def _metric():

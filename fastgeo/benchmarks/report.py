@@ -158,10 +158,8 @@ def write_json(results: dict[str, Any], out_dir: str) -> str:
 
 def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
     """One PNG per layer present in ``results``; returns the paths. Needs matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
+    # Figures of their own, not pyplot's: the caller's backend and open figures stay as they were.
+    from matplotlib.figure import Figure
 
     os.makedirs(out_dir, exist_ok=True)
     rows = results["results"]
@@ -171,13 +169,13 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
         fig.tight_layout()
         path = os.path.join(out_dir, f"{name}.png")
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         return path
 
     ops = [r for r in rows if r["layer"] == "ops"]
     if ops:
         names = list(dict.fromkeys(r["op"] for r in ops))
-        fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 7), squeeze=False)
+        fig = Figure(figsize=(4.2 * len(names), 7))
+        axes = fig.subplots(2, len(names), squeeze=False)
         for j, op in enumerate(names):
             for i, mode in enumerate(("fwd", "fwd+bwd")):
                 ax = axes[i][j]
@@ -200,7 +198,8 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
 
     solver = [r for r in rows if r["layer"] == "solver"]
     if solver:
-        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        fig = Figure(figsize=(5.5, 4.2))
+        ax = fig.subplots()
         for r in solver:
             t = r["time_s"]["min"]
             ax.plot([t], [max(r["mean_excess_pct"], 1e-6)], "o", label=f"{r['method']} (mean)")
@@ -214,7 +213,8 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
 
     pairwise = [r for r in rows if r["layer"] == "pairwise"]
     if pairwise:
-        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        fig = Figure(figsize=(5.5, 4.2))
+        ax = fig.subplots()
         for mode in dict.fromkeys(r.get("mode", "exact") for r in pairwise):
             rs = [r for r in pairwise if r.get("mode", "exact") == mode]
             ax.plot([r["M"] for r in rs], [r["time_s"]["min"] for r in rs], "o-", label=f"mode={mode}")

@@ -112,10 +112,18 @@ def device(option: str, value: str | None) -> str | None:
 
 
 def output_folder(option: str, path: str) -> Path:
-    """A folder to write into: existing, or to be made (not a file)."""
+    """A folder to write into: existing and writable, or to be made in a writable folder (not a
+    file). Checked first: a demo or benchmark would otherwise fail after its work."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise InputError(f"{option}: {path!r} exists and is not a folder")
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{option}: {str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{option}: folder {str(existing)!r} is not writable")
     return p
 
 

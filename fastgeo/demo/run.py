@@ -89,15 +89,14 @@ def run_demo(
         time per stage), ``metric`` (the :class:`ExpectedMetric`), ``result`` (the
         :class:`GeodesicResult`), ``latents`` (M, 2) and ``labels`` (M,).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # the demo only writes files; no display needed
 
     def say(msg: str) -> None:
         if progress:
             print(msg, flush=True)
 
     os.makedirs(out_dir, exist_ok=True)
+    if not os.access(out_dir, os.W_OK | os.X_OK):  # found before the training, not after
+        raise ValueError(f"out_dir: folder {out_dir!r} is not writable")
     # One intra-op thread: every tensor here is small (1000 x 32), where thread hand-offs cost
     # more than they save, and on a busy machine oversubscription slowed the VAE ~20x. Restored.
     threads = torch.get_num_threads()
@@ -139,15 +138,12 @@ def _run(out_dir: str, seed: int, quick: bool, progress: bool, say: Any) -> dict
 
     t = time.perf_counter()
     say("[4/4] drawing the figure and saving the generator")
-    import matplotlib.pyplot as plt
-
     ends = {name: Z[idx[name]] for pair in pairs for name in pair[:2]}
     fig = draw_figure(
         metric, res, pairs, Z, labels, ends, planar, projection=_plane_projection(planar), quick=quick
     )
     figure = os.path.join(out_dir, "two_moons.png")
     save_png(fig, figure, dpi=70 if quick else 110)
-    plt.close(fig)
     path = os.path.join(out_dir, "generator.safetensors")
     generator = str(save_generator(path, metric, extra={"latents": Z, "labels": labels}))
     seconds["output"] = time.perf_counter() - t
@@ -244,9 +240,9 @@ def draw_figure(
     """The demo's figure: (a) the latent plane, log10 total precision behind the latent codes,
     geodesics (solid) and straight lines (dashed); (b) the same curves decoded by the mean and
     projected on the plane of the moons, over the training data."""
-    import matplotlib.pyplot as plt
+    import matplotlib
 
-    with plt.rc_context({"font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8.5}):
+    with matplotlib.rc_context({"font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8.5}):
         return _draw_figure(metric, res, pairs, Z, labels, anchors, planar, projection, quick)
 
 
@@ -261,13 +257,15 @@ def _draw_figure(
     projection: np.ndarray,
     quick: bool,
 ) -> Figure:
-    import matplotlib.pyplot as plt
     from matplotlib.colors import LinearSegmentedColormap
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     from ..plot import plot_background, plot_latents
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11.5, 4.9), width_ratios=(1.0, 1.05), layout="constrained")
+    # A Figure of its own, not pyplot's: the user's backend and open figures stay as they were.
+    fig = Figure(figsize=(11.5, 4.9), layout="constrained")
+    ax, bx = fig.subplots(1, 2, width_ratios=(1.0, 1.05))
     n = 200
     pts = res.points(n).detach().cpu()
     t = torch.linspace(0, 1, n, dtype=pts.dtype)[None, :, None]
