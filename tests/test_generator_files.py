@@ -107,6 +107,34 @@ def test_nested_sequential_is_flattened():
     torch.testing.assert_close(flat(z), mean(z))
 
 
+def test_methods_traced_into_linear_chains_are_saved_as_data(tmp_path):
+    """The decoder of PyTorch's example VAE, a method written with functional activations
+    (``torch.sigmoid(self.fc4(F.relu(self.fc3(z))))``), is stored as data: loaded without
+    trust, the same function; the module's other layers (the encoder) are not in the file."""
+
+    class ExampleVAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 3)
+            self.fc3, self.fc4 = nn.Linear(3, 5), nn.Linear(5, 6)
+
+        def encode(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+        def decode(self, z):
+            return torch.sigmoid(self.fc4(nn.functional.relu(self.fc3(z))))
+
+    torch.manual_seed(0)
+    vae = ExampleVAE().double()
+    metric = fastgeo.ExpectedMetric(vae.decode, generator(nn.Linear(3, 6), 3, 6).precision)
+    path = save_generator(tmp_path / "g.safetensors", metric)
+    loaded = load_generator(path)
+    assert [type(m) for m in loaded.mean.flat] == [nn.Linear, nn.ReLU, nn.Linear, nn.Sigmoid]
+    z = torch.randn(7, 3, dtype=f64)
+    torch.testing.assert_close(loaded.mean(z), vae.decode(z))
+    assert vae.fc3.weight.device.type == "cpu" and vae.training  # the caller's module untouched
+
+
 def test_decoders_without_structure_need_code(tmp_path):
     class Custom(nn.Module):
         def __init__(self):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .flat import FlatMean
-from .recognize import graph_steps
+from .recognize import graph_steps, recognize
 from .steps import Activation, Affine
 
 _NORM = ("num_features", "eps", "momentum", "affine", "track_running_stats")
@@ -121,29 +121,33 @@ def sequential_of(mean: Callable) -> nn.Sequential | None:
     """``mean`` as an ``nn.Sequential`` of table layers, or None if it has no structure as data.
 
     Accepts an ``nn.Sequential`` (nested ones flattened), a single table layer, the
-    :class:`FlatMean` of a loaded generator, and the ``torch.fx`` graph of an exported chain of
-    linear layers and activations (generator files of an earlier format).
+    :class:`FlatMean` of a loaded generator, the ``torch.fx`` graph of an exported chain of
+    linear layers and activations (generator files of an earlier format), and any module, method
+    or function around modules that ``torch.fx`` traces into such a chain (``vae.decode`` written
+    as ``torch.sigmoid(self.fc4(F.relu(self.fc3(z))))``: its layers' weights, in a Sequential).
     """
     if type(mean) is FlatMean and not (mean._forward_hooks or mean._forward_pre_hooks):
         mean = mean.flat
     if isinstance(mean, torch.fx.GraphModule):
-        return _sequential_from_graph(mean)
-    if not isinstance(mean, nn.Module):
-        return None
-    layers = _layers(mean)
-    return None if layers is None else nn.Sequential(*layers)
+        steps = graph_steps(mean)
+        return None if steps is None else _sequential_from_steps(steps)
+    if isinstance(mean, nn.Module):
+        layers = _layers(mean)
+        if layers is not None:
+            return nn.Sequential(*layers)
+    found = recognize(mean)
+    return None if found is None else _sequential_from_steps(found[0])
 
 
-def _sequential_from_graph(gm: torch.fx.GraphModule) -> nn.Sequential | None:
-    steps = graph_steps(gm)
-    if steps is None:
-        return None
+def _sequential_from_steps(steps: list) -> nn.Sequential | None:
+    """Linear layers and table activations for a chain of :class:`Affine` and
+    :class:`Activation` steps; None for a chain with any other step."""
     layers: list[nn.Module] = []
     for step in steps:
         if isinstance(step, Affine):
             weight, bias = step.weight().detach(), step.bias()
             linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-            linear = linear.to(dtype=weight.dtype)
+            linear = linear.to(dtype=weight.dtype, device=weight.device)
             with torch.no_grad():
                 linear.weight.copy_(weight)
                 if bias is not None:
