@@ -135,6 +135,39 @@ def test_methods_traced_into_linear_chains_are_saved_as_data(tmp_path):
     assert vae.fc3.weight.device.type == "cpu" and vae.training  # the caller's module untouched
 
 
+def test_custom_conv_decoders_are_saved_as_data(tmp_path):
+    """A convolutional decoder written as a custom module (functional activations, ``view``,
+    BatchNorm in eval mode, upsampling, ``flatten``) is stored as data and loads without trust
+    as the same function."""
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 8 * 4 * 4)
+            self.up1 = nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1)
+            self.bn = nn.BatchNorm2d(6)
+            self.gn = nn.GroupNorm(2, 6)
+            self.up2 = nn.Upsample(scale_factor=2, mode="nearest")
+            self.conv = nn.Conv2d(6, 2, 3, padding=1)
+
+        def forward(self, z):
+            h = nn.functional.silu(self.fc(z)).view(-1, 8, 4, 4)
+            h = nn.functional.leaky_relu(self.bn(self.up1(h)), 0.1)
+            return torch.sigmoid(self.conv(self.up2(self.gn(h)))).flatten(1)
+
+    torch.manual_seed(0)
+    decoder = Decoder()
+    with torch.no_grad():
+        decoder.bn.running_mean.uniform_(-1, 1)
+        decoder.bn.running_var.uniform_(0.5, 2)
+    metric = generator(decoder, 3, 2 * 16 * 16)
+    path = save_generator(tmp_path / "g.safetensors", metric)
+    loaded = load_generator(path)
+    assert {nn.BatchNorm2d, nn.GroupNorm, nn.ConvTranspose2d} <= {type(m) for m in loaded.mean.flat}
+    z = torch.randn(5, 3, dtype=f64)
+    torch.testing.assert_close(loaded.mean(z), decoder(z))
+
+
 def test_decoders_without_structure_need_code(tmp_path):
     class Custom(nn.Module):
         def __init__(self):

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from .flat import FlatMean
+from .layers_of_steps import sequential_from_steps
 from .recognize import graph_steps, recognize
-from .steps import Activation, Affine
 
 _NORM = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 # type name -> (constructor, the constructor arguments read back as attributes of the module)
@@ -81,20 +81,6 @@ LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "LogSoftmax": (nn.LogSoftmax, ("dim",)),
 }  # fmt: skip
 _BY_CLASS = {cls: name for name, (cls, _) in LAYERS.items()}
-_ACTIVATION_MODULES: dict[str, Callable[[tuple[float, ...]], nn.Module]] = {
-    "elu": lambda p: nn.ELU(*p),
-    "relu": lambda p: nn.ReLU(),
-    "leaky_relu": lambda p: nn.LeakyReLU(*p),
-    "tanh": lambda p: nn.Tanh(),
-    "sigmoid": lambda p: nn.Sigmoid(),
-    "softplus": lambda p: nn.Softplus(*p),
-    "silu": lambda p: nn.SiLU(),
-    "gelu": lambda p: nn.GELU(),
-    "gelu_tanh": lambda p: nn.GELU("tanh"),
-    "hardtanh": lambda p: nn.Hardtanh(*p),
-}
-
-
 def _json_value(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_json_value(v) for v in value]
@@ -123,41 +109,21 @@ def sequential_of(mean: Callable) -> nn.Sequential | None:
     Accepts an ``nn.Sequential`` (nested ones flattened), a single table layer, the
     :class:`FlatMean` of a loaded generator, the ``torch.fx`` graph of an exported chain of
     linear layers and activations (generator files of an earlier format), and any module, method
-    or function around modules that ``torch.fx`` traces into such a chain (``vae.decode`` written
-    as ``torch.sigmoid(self.fc4(F.relu(self.fc3(z))))``: its layers' weights, in a Sequential).
+    or function around modules that ``torch.fx`` traces into a chain of table layers
+    (``vae.decode`` written as ``torch.sigmoid(self.fc4(F.relu(self.fc3(z))))``: its layers'
+    weights, in a Sequential; :mod:`fastgeo.decoders.layers_of_steps`).
     """
     if type(mean) is FlatMean and not (mean._forward_hooks or mean._forward_pre_hooks):
         mean = mean.flat
     if isinstance(mean, torch.fx.GraphModule):
         steps = graph_steps(mean)
-        return None if steps is None else _sequential_from_steps(steps)
+        return None if steps is None else sequential_from_steps(steps)
     if isinstance(mean, nn.Module):
         layers = _layers(mean)
         if layers is not None:
             return nn.Sequential(*layers)
     found = recognize(mean)
-    return None if found is None else _sequential_from_steps(found[0])
-
-
-def _sequential_from_steps(steps: list) -> nn.Sequential | None:
-    """Linear layers and table activations for a chain of :class:`Affine` and
-    :class:`Activation` steps; None for a chain with any other step."""
-    layers: list[nn.Module] = []
-    for step in steps:
-        if isinstance(step, Affine):
-            weight, bias = step.weight().detach(), step.bias()
-            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-            linear = linear.to(dtype=weight.dtype, device=weight.device)
-            with torch.no_grad():
-                linear.weight.copy_(weight)
-                if bias is not None:
-                    linear.bias.copy_(bias.detach())
-            layers.append(linear)
-        elif isinstance(step, Activation) and step.name in _ACTIVATION_MODULES:
-            layers.append(_ACTIVATION_MODULES[step.name](step.params))
-        else:
-            return None
-    return nn.Sequential(*layers)
+    return None if found is None else sequential_from_steps(found[0])
 
 
 def describe(sequential: nn.Sequential) -> str:

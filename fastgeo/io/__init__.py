@@ -53,7 +53,7 @@ def save_generator(
             centers, twice, jittered). Any (..., d) is flattened to (P, d).
         format: ``"safe"`` (default): the mean must be an ``nn.Sequential`` of standard layers
             (:data:`fastgeo.decoders.structure.LAYERS`), or a module, method or function that
-            ``torch.fx`` traces into a chain of linear layers and activations, stored as data; ``"export"``
+            ``torch.fx`` traces into a chain of such layers, stored as data; ``"export"``
             (``torch.export``) or ``"torchscript"`` (``torch.jit.trace``) store any traceable
             mean as code: loading it then needs ``trust=True``.
         extra: tensors to keep in the file (e.g. ``{"latents": Z, "labels": y}``), read back
@@ -85,7 +85,7 @@ def save_generator(
                 raise ValueError(
                     "the decoder mean has no structure fastgeo can store as data (it must be an "
                     "nn.Sequential of standard layers: fastgeo.decoders.structure.LAYERS, or trace "
-                    "into a chain of linear layers and activations); pass "
+                    "into a chain of them); pass "
                     "format='export' to save it as code (loading that file then needs trust=True)"
                 )
             sequential = copy.deepcopy(sequential).to("cpu").eval()  # the caller's layers stay where they are
