@@ -1,5 +1,5 @@
 """``fastgeo convert``: rewrite a generator file in the safe format (e.g. a file of fastgeo's first
-format, whose decoder is an exported chain of linear layers and activations)."""
+format, whose decoder is an exported chain of standard layers: linear, convolutions, norms, activations)."""
 
 from __future__ import annotations
 
