@@ -42,13 +42,21 @@ def make_rbf(K: int, d: int, D: int, dtype: torch.dtype, gamma: float = 1.0, zet
 
 
 def check_f32(op, oracle, inputs32: list[torch.Tensor]) -> None:
-    """Values and all gradients of ``op`` (cpu backend) vs the reference in float32 and float64."""
+    """Values and all gradients of ``op`` (cpu backend) vs the reference in float32 and float64;
+    each check must be able to fail: its bound (helpers.assert_f32_accuracy) below half the
+    largest float64 value, so that a kernel returning zeros or twice the value is caught."""
     out, g = grads(cpu(op), inputs32)
     out32, g32 = grads(oracle, inputs32)
     out64, g64 = grads(oracle, [t.double() for t in inputs32])
-    assert_f32_accuracy(out, out32, out64)
-    for a, r32, r64 in zip(g, g32, g64, strict=True):
-        assert_f32_accuracy(a, r32, r64, floor=1e-5)
+    checks = [(out, out32, out64, 1e-6)] + [(*t, 1e-5) for t in zip(g, g32, g64, strict=True)]
+    for a, r32, r64, floor in checks:
+        assert_f32_accuracy(a, r32, r64, floor=floor)
+        scale = float(r64.abs().max()) if r64.numel() else 0.0
+        if scale > 0:
+            bound = 4 * float((r32.double() - r64).abs().max()) + floor * scale
+            assert bound < 0.5 * scale, (
+                f"this case cannot tell a wrong kernel: bound {bound:.2e}, max {scale:.2e}"
+            )
 
 
 def grads(fn, inputs: list[torch.Tensor], seed: int = 7) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -117,6 +125,10 @@ F32_CASES = [
     ("large_gamma", dict(gamma=1e4, zeta=0.5)),  # phi underflows to 0 away from the centers
     ("large_zeta", dict(gamma=1.0, zeta=1e6)),  # sigma ~ 1e-3, nearly constant
 ]
+# rbf_segment_sqdist's differences of nearly equal sigmas are below float32 rounding at zeta = 1e6
+# (the float32 reference is ~170 % off: no float32 result can be checked there); at 1e3, the
+# largest zeta where a wrong kernel is still caught, the reference is 0.04 % / 0.3 % off.
+SEGMENT_MAX_ZETA = 1e3
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
@@ -135,6 +147,7 @@ def test_float32_against_reference(shape, case):
 
     check_f32(fastgeo.ops.rbf_precision, reference.rbf_precision, [z, *p32])
     check_f32(fastgeo.ops.segment_sqdist, reference.segment_sqdist, [x])
+    p32 = make_rbf(K, d, D, torch.float32, **{**case, "zeta": min(case["zeta"], SEGMENT_MAX_ZETA)})
     check_f32(fastgeo.ops.rbf_segment_sqdist, reference.rbf_segment_sqdist, [points, *p32])
 
 
@@ -153,8 +166,9 @@ def test_float32_larger_tiles():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_noncontiguous_and_expanded_inputs(dtype):
-    """Strided, transposed and expanded (stride-0) inputs give the reference's values; a gradient
-    through an expanded input sums over the broadcast axis (gradcheck)."""
+    """Strided, transposed and expanded (stride-0) inputs give the reference's values and (float64)
+    gradients (gradcheck in every input, non-contiguous leaves); a gradient through an expanded
+    input sums over the broadcast axis (gradcheck)."""
     K, d, D = 4, 2, 6
     centers, gammas, weights, zeta = make_rbf(K, d, D, dtype)
     weights_nc = weights.t().contiguous().t()  # (D, K) with transposed strides
@@ -174,9 +188,16 @@ def test_noncontiguous_and_expanded_inputs(dtype):
             out = op(*inputs)
         tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(out, oracle(*inputs), **tol)
+        if dtype == torch.float64:  # leaves keep their strides (gradcheck refuses stride 0)
+            leaves = [
+                (t.contiguous() if 0 in t.stride() else t).detach().requires_grad_(True) for t in inputs
+            ]
+            assert torch.autograd.gradcheck(cpu(op), leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
     # Gradient through an expanded input accumulates over the broadcast axis.
     xl = randn(1, 4, D, dtype=torch.float64).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: cpu(fastgeo.ops.segment_sqdist)(t.expand(3, 4, D)), [xl])
+    xt = randn(5, 4, D, dtype=torch.float64).transpose(0, 1).requires_grad_(True)  # a transposed leaf
+    assert not xt.is_contiguous() and torch.autograd.gradcheck(cpu(fastgeo.ops.segment_sqdist), [xt])
 
 
 def test_public_api_runs_on_ops():
@@ -217,6 +238,11 @@ def _opcheck_cases():
     rbf = [centers, gammas, weights, zeta]
     req = [t.clone().requires_grad_(True) for t in rbf]
     z, points, x = randn(6, 2), randn(2, 4, 2), randn(2, 4, 5)
+    f32 = torch.float32
+    strided = [  # (K, d) strided, (K,) strided, (D, K) transposed, (D,) expanded
+        torch.cat([centers, centers], 1)[:, ::2], torch.stack([gammas, gammas], 1)[:, 0],
+        weights.t().contiguous().t(), torch.tensor(0.7, dtype=torch.float64).expand(5),
+    ]  # fmt: skip
     mask = [True, True, True, True, True]
     part = [True, False, False, True, False]
     return [
@@ -232,6 +258,18 @@ def _opcheck_cases():
         ("rbf_segment_sqdist_backward", (randn(2, 3), points, *rbf, mask)),
         ("rbf_segment_sqdist_backward", (randn(2, 3), points, *rbf, part)),
         ("rbf_segment_sqdist", (randn(0, 4, 2), *rbf)),
+        # float32 at odd sizes, size one everywhere, no codes, no gradient asked, strided inputs
+        ("rbf_precision", (randn(13, 3, dtype=f32), *make_rbf(5, 3, 7, f32))),
+        ("rbf_precision", (randn(1, 1), *make_rbf(1, 1, 1, torch.float64))),
+        ("rbf_precision", (randn(0, 2), *rbf)),
+        ("rbf_precision_backward", (randn(6, 5), z, centers, gammas, weights, [False] * 5)),
+        ("rbf_precision", (randn(2, 6).t().requires_grad_(True), *strided)),
+        ("segment_sqdist", (randn(7, 13, 5, dtype=f32).requires_grad_(True),)),
+        ("segment_sqdist", (randn(5, 4, 6).transpose(0, 1),)),
+        ("rbf_segment_sqdist", (randn(5, 7, 3, dtype=f32).requires_grad_(True), *make_rbf(5, 3, 9, f32))),
+        ("rbf_segment_sqdist", (randn(1, 2, 1), *make_rbf(1, 1, 1, torch.float64))),
+        ("rbf_segment_sqdist", (randn(5, 3, 4).transpose(0, 1)[..., ::2].requires_grad_(True), *strided)),
+        ("rbf_segment_sqdist_backward", (randn(2, 3), points, *rbf, [False] * 5)),
     ]
 
 

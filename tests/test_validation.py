@@ -53,6 +53,11 @@ def test_ops_reject_bad_points():
         fastgeo.ops.segment_sqdist(torch.randn(2, 1, 3))
     with pytest.raises(TypeError, match="x"):
         fastgeo.ops.segment_sqdist(torch.ones(2, 3, 3, dtype=torch.int64))
+    no_axes = (torch.zeros(3, 0, dtype=f64), *params[1:])  # d = 0: a ValueError, not a reshape error
+    for op, pts in ((fastgeo.ops.rbf_precision, torch.zeros(4, 0, dtype=f64)),
+                    (fastgeo.ops.rbf_segment_sqdist, torch.zeros(2, 4, 0, dtype=f64))):  # fmt: skip
+        with pytest.raises(ValueError, match="centers.*d >= 1"):
+            op(pts, *no_axes)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,8 @@ def _rbf_args(name: str, z: Tensor, centers, gammas, weights, zeta):
         raise ValueError(
             f"{name} has latent dimension {z.shape[-1]} (last axis) but centers have d = {centers.shape[1]}"
         )
+    if centers.shape[1] == 0:
+        raise ValueError(f"centers must have a latent dimension d >= 1, got shape {tuple(centers.shape)}")
     return centers, gammas, weights, zeta
 
 
