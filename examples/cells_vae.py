@@ -11,7 +11,7 @@ curves through its 128 x 128 triangular factor: the same lengths at a fraction o
 (``metric.describe()`` says so). Then an approximate 600 x 600 matrix from straight segments
 (these geodesics are nearly straight), its error measured on a sample, and one of all 6,000
 cells estimated from their decoded features (``mode="chord"``). About three minutes on one CPU
-core (``--quick``: seconds, a barely trained model, for a smoke test).
+core (``--quick``: about 20 s, a barely trained model, for a smoke test).
 """
 
 from __future__ import annotations

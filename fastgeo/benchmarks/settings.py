@@ -1,4 +1,4 @@
-"""Sizes of a benchmark run: default (minutes), quick (a minute or two on 2 CPU cores), tiny (a
+"""Sizes of a benchmark run: default (minutes), quick (two to four minutes on 2 CPU cores), tiny (a
 smoke test)."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Settings:
 
 
 def settings_for(quick: bool = False, tiny: bool = False) -> Settings:
-    """Default (minutes), ``quick`` (a minute or two on 2 CPU cores) or ``tiny`` (a smoke test, s)."""
+    """Default (minutes), ``quick`` (two to four minutes on 2 CPU cores) or ``tiny`` (a smoke test, s)."""
     if tiny:
         return Settings("tiny", ops_batches=(16, 32), ops_N=8, ops_D=16, ops_rounds=2, ops_min_total_s=0.0,
                         solver_pairs=6, solver_rounds=1, pairwise_ms=(4,), pairwise_rounds=1,

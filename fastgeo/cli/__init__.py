@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_parser(sub)
     about = "benchmarks: ops, solver, all-pairs; table, results.json, plots"
     p = sub.add_parser("bench", help=about, description=f"Run the {about} (written to --out).")
-    p.add_argument("--quick", action="store_true", help="small sizes (a minute or two on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="small sizes (two to four minutes on 2 CPU cores)")
     p.add_argument("--layer", action="extend", nargs="+", choices=("ops", "solver", "pairwise"),
                    default=None, help="layers to run (default: all)")  # fmt: skip
     p.add_argument("--out", default="fastgeo-bench", help="output folder (default: %(default)s)")

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("exact", "graph", "draft", "chord"),
         help="exact: every pair solved; graph: geodesics to near codes only, other entries from "
         "shortest chains of them (upper bounds; thousands of codes in minutes, in low latent d); "
-        "draft: every pair as a coarse curve (upper bounds, 9-18x faster than exact, ~1 %% above "
+        "draft: every pair as a coarse curve (upper bounds, 8-15x faster than exact, ~1 %% above "
         "on average; up to a few thousand codes in latent d >= 4); chord: every pair estimated from "
         "its codes' decoded features and metric, fitted to the sample (no curve per pair; tens of "
         "thousands of codes in latent d >= 4, a few %% off on average); the error of each measured on "
