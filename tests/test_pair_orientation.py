@@ -44,4 +44,8 @@ def test_trained_vaes_geodesics_are_the_same_either_way(name, pairs):
     extra = fastgeo.load_extra(path)
     I, J = pair_indices(extra["labels"], 48, 0)
     Z = extra["latents"]
-    _check(fastgeo.load_generator(path), Z[I[:pairs]], Z[J[:pairs]], 1e-5, 1e-4)
+    # Points to 1e-3 of the chord: float32 solves stop within their tolerance along flat valleys,
+    # where the CPU's own BLAS rounding (AVX2 or AVX-512 kernels) moves the points of mlp12's
+    # third pair by 1.2e-4 of the chord on one machine (AMX, AVX-512), under 1e-4 on another; its length
+    # agrees to 1e-7.
+    _check(fastgeo.load_generator(path), Z[I[:pairs]], Z[J[:pairs]], 1e-5, 1e-3)
