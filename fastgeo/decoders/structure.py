@@ -81,6 +81,8 @@ LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "LogSoftmax": (nn.LogSoftmax, ("dim",)),
 }  # fmt: skip
 _BY_CLASS = {cls: name for name, (cls, _) in LAYERS.items()}
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_json_value(v) for v in value]
