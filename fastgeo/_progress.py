@@ -89,8 +89,10 @@ _PHASE: ContextVar[str | None] = ContextVar("fastgeo_phase", default=None)
 @contextlib.contextmanager
 def phase(label: str) -> Iterator[None]:
     """Names a long stage of the call whose bar is open (e.g. building the latent graph): its
-    redraws show ``label`` until the stage ends."""
-    token = _PHASE.set(label)
+    redraws show ``label`` until the stage ends; a stage inside another shows both
+    (``"smoothed decoder 1/2; race: 96 starts"``)."""
+    outer = _PHASE.get()
+    token = _PHASE.set(label if outer is None else f"{outer}; {label}")
     try:
         yield
     finally:

@@ -1,6 +1,7 @@
 """Options of geodesics and pairwise_distances: one validation helper, errors that name the
 argument (integers that are not bools, finite positive floats, booleans that are bools)."""
 
+import re
 import sys
 
 import pytest
@@ -117,6 +118,25 @@ def test_geodesics_progress_bar(capsys, monkeypatch):
     assert "geodesics" in err and "decoder points" in err
     assert "building the latent graph" in err  # a new metric's graph, built in this call, is named
     assert torch.equal(quiet.lengths, one_batch.lengths)
+
+
+def test_progress_bar_names_the_stages(capsys, monkeypatch):
+    """While a batch of slow curves runs, the bar says which stage it is in (starts, the race of
+    the starts; the refinement and the finer splines where they run), nested stages joined (a
+    smoothed decoder's race)."""
+    pytest.importorskip("tqdm")
+    from fastgeo import _progress
+
+    with _progress.phase("smoothed decoder 1/2"), _progress.phase("race: 8 starts on 24 points"):
+        assert _progress._PHASE.get() == "smoothed decoder 1/2; race: 8 starts on 24 points"
+    assert _progress._PHASE.get() is None
+    monkeypatch.setattr(sys.modules["fastgeo.solver.geodesics"], "DELAY", 0.0)
+    monkeypatch.setattr(_progress, "OFF_TERMINAL_INTERVAL", 0.0)  # every redraw written
+    z = disc_points(5, 1.0)
+    fastgeo.geodesics(bumpy_metric(), z, z.flip(0))
+    err = capsys.readouterr().err
+    assert "starts, decoder points" in err, err[-2000:]
+    assert re.search(r"race: \d+ starts on 48 points", err), err[-2000:]  # 2-D: no coarser race
 
 
 def test_progress_bars_redraw_seldom_off_a_terminal(monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._progress import phase
 from ..metric import ExpectedMetric, energy_from_segments, length_from_segments
 from .finer_gain import finer_gains
 from .first_order import adam
@@ -57,23 +58,24 @@ def solve_batch(
     coarse_n = opts.coarse_points if opts.method in SPLINE_METHODS else opts.n_points
     is_coarse = coarse_n < opts.n_points
     coarse = Grid.of(opts.basis, coarse_n, z0) if is_coarse else fine
-    candidates, iterations = starts(
-        metric,
-        z0,
-        z1,
-        opts.m,
-        fine,
-        coarse,
-        opts.method,
-        opts.warm_iter,
-        opts.tol,
-        init,
-        graph,
-        opts.corridors,
-        work,
-        opts.secant,
-        opts.explore_iter,
-    )
+    with phase("starts"):
+        candidates, iterations = starts(
+            metric,
+            z0,
+            z1,
+            opts.m,
+            fine,
+            coarse,
+            opts.method,
+            opts.warm_iter,
+            opts.tol,
+            init,
+            graph,
+            opts.corridors,
+            work,
+            opts.secant,
+            opts.explore_iter,
+        )
     features = full_parts(metric, work)
     # The race decides the basin from fresh matrices and their gradients: exact tangents. The
     # refinement's matrices only shape its steps (exact gradients): tangents maybe rounded.
@@ -90,7 +92,9 @@ def solve_batch(
     # The race decides the basin: Gauss-Newton matrices fresh at every step (lagged ones, even
     # after 4 fresh steps, let racers of a trained d = 12 VAE drift into other basins, 0.3-0.7 %
     # longer); the refinement may lag them.
-    coeffs, energy, status, it = _race(metric, features, z0, z1, racers, curve_idx, coarse, opts, rtol, work)
+    with phase(f"race: {racers.shape[0]} starts on {coarse_n} points"):
+        raced = _race(metric, features, z0, z1, racers, curve_idx, coarse, opts, rtol, work)
+    coeffs, energy, status, it = raced
     iterations.index_add_(0, curve_idx, it)
     energy = _finite_or_inf(energy)
     if is_coarse:
@@ -126,10 +130,11 @@ def solve_batch(
     rows_b = torch.cat([cols, owner])  # winners first, then the close racers
     rows_r = torch.cat([pick, close])
     finer = finer_gains(opts, fine, rows_b.numel(), z0)
-    f_coeffs, f_energy, f_status, f_it = plain_then_secant(
-        refining, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol, gradient, opts.secant,
-        finer=finer, rounded=opts.tangent_dtype is not None,
-    )  # fmt: skip
+    with phase(f"refinement on {opts.n_points} points"):
+        f_coeffs, f_energy, f_status, f_it = plain_then_secant(
+            refining, z0[rows_b], z1[rows_b], coeffs[rows_r], fine, max_iter, opts.tol, gradient, opts.secant,
+            finer=finer, rounded=opts.tangent_dtype is not None,
+        )  # fmt: skip
     f_energy = _finite_or_inf(f_energy)
     iterations.index_add_(0, rows_b, f_it)
     # Per curve, the best of its fine results (the winner's where energies tie).

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from .._progress import phase
 from ..metric import ExpectedMetric
 from .graph import LatentGraph
 from .options import HIGH_DIM, POINTS_PER_CONTROL_POINT, SPLINE_METHODS, SolverOptions
@@ -64,13 +65,31 @@ def smoothed_first(
     if not metric.piecewise_linear_mean:
         return None
     res = None
-    for sharpness in STAGES:
+    for stage, sharpness in enumerate(STAGES, 1):
         smooth = metric.smoothed(sharpness)
         if smooth is None:
             return None
         m = opts.m if res is None else res.curves.basis.m
         n = opts.n_points if res is None else POINTS_PER_CONTROL_POINT * (m + 1)
-        res = solve(
+        with phase(f"smoothed decoder {stage}/{len(STAGES)}"):
+            res = _solve_stage(solve, smooth, z0, z1, opts, graph, res, m, n)
+    return res
+
+
+def _solve_stage(
+    solve: Callable[..., GeodesicResult],
+    smooth: ExpectedMetric,
+    z0: Tensor,
+    z1: Tensor,
+    opts: SolverOptions,
+    graph: LatentGraph | None,
+    res: GeodesicResult | None,
+    m: int,
+    n: int,
+) -> GeodesicResult:
+    """One stage of :func:`smoothed_first`: from the graph's starts (the first) or the stage
+    before's curves, at ``m`` control points on ``n`` points."""
+    return solve(
             smooth, z0, z1, method=opts.method, m=m, n_points=n, family=opts.family,
             warm_start=opts.warm_iter if res is None else False,
             explore=opts.explore_iter if res is None else False, max_iter=opts.max_iter, tol=opts.tol,
@@ -82,4 +101,3 @@ def smoothed_first(
             progress=False,  # the true decoder's call has the bar
             init=None if res is None else res.curves.coeffs,
         )  # fmt: skip
-    return res

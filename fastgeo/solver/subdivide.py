@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._progress import phase
 from ..curves import BSplineBasis, Curves, evaluate
 from ..metric import ExpectedMetric, energy_from_segments
 from .finer_gain import FinerGains, finer_basis, lift_matrix
@@ -90,10 +91,11 @@ def subdivide_curves(
             size = _batch_size(opts, metric, 2 * n, p)
             grid = Grid.of(finer, 2 * n, coeffs)
             finest = None if last else finer_basis(finer)(grid.t)
-            for lo in range(0, go.numel(), size):
-                rows = go[lo : lo + size]
-                done = _solve_finer(metric, res, opts, work, rows, grid, first, finest, next_gains)
-                solved[done] = True
+            with phase(f"finer spline {level + 1}/{opts.subdivide}: {go.numel()} curves on {2 * n} points"):
+                for lo in range(0, go.numel(), size):
+                    rows = go[lo : lo + size]
+                    done = _solve_finer(metric, res, opts, work, rows, grid, first, finest, next_gains)
+                    solved[done] = True
         candidates, gains, basis = solved, next_gains, finer
     return first
 
