@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import randn
-from test_decoders_conv import check, check_forms, init_
+from tangent_checks import check, check_forms, init_
 from torch import nn
 
 from fastgeo.decoders import stacked_chain

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from helpers import randn
-from test_decoders_conv import check, check_forms, exported, init_
+from tangent_checks import check, check_forms, exported, init_
 from torch import nn
 
 from fastgeo.decoders import stacked_chain

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 from helpers import randn
-from test_decoders_conv import F32_TOL, check
+from tangent_checks import F32_TOL, check
 from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 

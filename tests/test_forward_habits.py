@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import randn
-from test_decoders_conv import F32_TOL, check, check_forms
+from tangent_checks import F32_TOL, check, check_forms
 from torch import nn
 
 from fastgeo.decoders import stacked_chain

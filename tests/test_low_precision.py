@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import randn
+from tangent_checks import init_
 from test_by_tensor import ChannelScale, OutputAffine
-from test_decoders_conv import init_
 from torch import nn
 
 import fastgeo

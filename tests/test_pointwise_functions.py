@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_decoders_conv import C, H, check_forms, init_
+from tangent_checks import C, H, check_forms, init_
 from torch import nn
 
 from fastgeo.decoders.recognize import recognize

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 from helpers import randn
-from test_decoders_conv import check
+from tangent_checks import check
 from torch import nn
 
 D_LAT = 3
