@@ -219,14 +219,14 @@ def test_double_backward_raises_clearly():
 
 
 def test_bad_arguments_raise():
-    """The raw operators refuse another latent dimension, mixed dtypes and N < 2 with a RuntimeError
-    naming the problem."""
+    """The raw operators refuse another latent dimension and N < 2 with a ValueError, mixed dtypes
+    with a TypeError, naming the problem."""
     centers, gammas, weights, zeta = make_rbf(3, 2, 5, torch.float32)
-    with pytest.raises(RuntimeError, match="latent dimension"):
+    with pytest.raises(ValueError, match="latent dimension"):
         ops.rbf_precision(randn(4, 3, dtype=torch.float32), centers, gammas, weights, zeta)
-    with pytest.raises(RuntimeError, match="dtype"):
+    with pytest.raises(TypeError, match="dtype"):
         ops.rbf_precision(randn(4, 2), centers, gammas, weights, zeta)
-    with pytest.raises(RuntimeError, match="N >= 2"):
+    with pytest.raises(ValueError, match="N >= 2"):
         ops.segment_sqdist(randn(2, 1, 3))
 
 

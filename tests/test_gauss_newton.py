@@ -13,8 +13,8 @@
 - an independent oracle: autograd of ``sum_n ||f(c_{n+1}) - f(c_n)||^2 / 2`` in the curve
   coefficients (gradient; for a linear f the Gauss-Newton matrix is the exact Hessian, for a
   nonlinear f it is ``J_r^T J_r`` of the residuals);
-- ``torch.library.opcheck``; bad arguments raise RuntimeError naming the argument; backend
-  selection (``use_backend("reference")`` gives the reference bit for bit).
+- ``torch.library.opcheck``; bad arguments raise ValueError (shapes) or TypeError (dtypes) naming
+  the argument; backend selection (``use_backend("reference")`` gives the reference bit for bit).
 """
 
 from __future__ import annotations
@@ -229,8 +229,8 @@ def test_opcheck(inputs, grad_only):
 
 
 def test_bad_arguments_raise_naming_the_argument():
-    """Inconsistent shapes (b, N, F, m), N < 2, mixed and integer dtypes raise a RuntimeError naming
-    the argument."""
+    """Inconsistent shapes (b, N, F, m) and N < 2 raise a ValueError, mixed and integer dtypes a
+    TypeError, naming the argument."""
     f, jac, psi = make_system(2, 5, 2, 4, 3)
     bad = [
         ((f[0], jac, psi), r"\bf must be \(B, N, F\)"),
@@ -246,7 +246,8 @@ def test_bad_arguments_raise_naming_the_argument():
         ((f.int(), jac.int(), psi.int()), r"\bf must be float32 or float64"),
     ]
     for args, pattern in bad:
-        with pytest.raises(RuntimeError, match=pattern):
+        error = TypeError if "dtype" in pattern or "float32" in pattern else ValueError
+        with pytest.raises(error, match=pattern):
             op(*args, False)
 
 

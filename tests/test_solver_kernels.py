@@ -157,17 +157,18 @@ def test_lm_ops_opcheck():
 
 
 def test_lm_bad_inputs_name_the_argument():
-    """Wrong shapes, mixed dtypes and a non-bool solved raise a RuntimeError naming the argument."""
+    """Wrong shapes raise a ValueError, mixed dtypes and a non-bool solved a TypeError, naming the
+    argument."""
     grad, hess, curv, lam = _system(3, 4, torch.float64)
-    with pytest.raises(RuntimeError, match="hess must be"):
+    with pytest.raises(ValueError, match="hess must be"):
         ops.lm_propose(grad, hess[:, :3], curv, lam, 5)
-    with pytest.raises(RuntimeError, match="lam must be"):
+    with pytest.raises(ValueError, match="lam must be"):
         ops.lm_propose(grad, hess, curv, lam[:2], 5)
-    with pytest.raises(RuntimeError, match="dtype"):
+    with pytest.raises(TypeError, match="dtype"):
         ops.lm_propose(grad, hess.float(), curv, lam, 5)
     args = _update_args(3, 4, torch.float64)
     args[12] = args[12].double()  # solved must be bool
-    with pytest.raises(RuntimeError, match="solved"):
+    with pytest.raises(TypeError, match="solved"):
         ops.lm_update(*args, 1e-5, 30.0)
 
 

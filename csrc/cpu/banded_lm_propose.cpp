@@ -213,8 +213,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> banded_lm_propose_cpu(const at::T
                                                                     int64_t block, int64_t band) {
   check_lm_args(grad_in, {{hess_in, "hess", LMLayout::kMatrix}, {lam_in, "lam", LMLayout::kScalar}});
   const int64_t p = grad_in.size(1);
-  TORCH_CHECK(block >= 1 && p % block == 0, "block must divide the ", p, " unknowns, got ", block);
-  TORCH_CHECK(band >= 0, "band must be >= 0, got ", band);
+  TORCH_CHECK_VALUE(block >= 1 && p % block == 0, "block must divide the ", p, " unknowns, got ", block);
+  TORCH_CHECK_VALUE(band >= 0, "band must be >= 0, got ", band);
   const at::Tensor grad = plain(grad_in), hess = plain(hess_in), lam = plain(lam_in);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fastgeo::banded_lm_propose", [&] {

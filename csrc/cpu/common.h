@@ -116,28 +116,29 @@ inline void add_rsqrt(double* v, const double* zeta, int64_t D) {
 // Checks shared by the RBF ops; returns nothing, raises with the argument's name.
 inline void check_rbf_params(const at::Tensor& ref, const char* ref_name, const at::Tensor& centers,
                              const at::Tensor& gammas, const at::Tensor& weights) {
-  TORCH_CHECK(ref.scalar_type() == at::kFloat || ref.scalar_type() == at::kDouble, ref_name,
-              " must be float32 or float64, got ", ref.scalar_type());
-  TORCH_CHECK(centers.dim() == 2, "centers must be (K, d), got ", centers.sizes());
-  TORCH_CHECK(gammas.dim() == 1 && gammas.size(0) == centers.size(0),
-              "gammas must be (K,) with K = centers.size(0), got ", gammas.sizes());
-  TORCH_CHECK(weights.dim() == 2 && weights.size(1) == centers.size(0),
-              "weights must be (D, K) with K = centers.size(0), got ", weights.sizes());
-  TORCH_CHECK(ref.size(-1) == centers.size(1), ref_name, " has latent dimension ", ref.size(-1),
-              " but centers have d = ", centers.size(1));
+  TORCH_CHECK_TYPE(ref.scalar_type() == at::kFloat || ref.scalar_type() == at::kDouble, ref_name,
+                   " must be float32 or float64, got ", ref.scalar_type());
+  TORCH_CHECK_VALUE(centers.dim() == 2, "centers must be (K, d), got ", centers.sizes());
+  TORCH_CHECK_VALUE(gammas.dim() == 1 && gammas.size(0) == centers.size(0),
+                    "gammas must be (K,) with K = centers.size(0), got ", gammas.sizes());
+  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(1) == centers.size(0),
+                    "weights must be (D, K) with K = centers.size(0), got ", weights.sizes());
+  TORCH_CHECK_VALUE(ref.size(-1) == centers.size(1), ref_name, " has latent dimension ", ref.size(-1),
+                    " but centers have d = ", centers.size(1));
   for (const at::Tensor* t : {&centers, &gammas, &weights}) {
-    TORCH_CHECK(t->scalar_type() == ref.scalar_type(), "fastgeo: all tensors must share ", ref_name,
-                "'s dtype ", ref.scalar_type(), ", got ", t->scalar_type());
-    TORCH_CHECK(t->device().is_cpu(), "fastgeo CPU kernel got a tensor on ", t->device());
+    TORCH_CHECK_TYPE(t->scalar_type() == ref.scalar_type(), "fastgeo: all tensors must share ", ref_name,
+                     "'s dtype ", ref.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->device().is_cpu(), "fastgeo CPU kernel got a tensor on ", t->device());
   }
-  TORCH_CHECK(ref.device().is_cpu(), "fastgeo CPU kernel got ", ref_name, " on ", ref.device());
+  TORCH_CHECK_VALUE(ref.device().is_cpu(), "fastgeo CPU kernel got ", ref_name, " on ", ref.device());
 }
 
 inline void check_zeta(const at::Tensor& zeta, const at::Tensor& weights) {
-  TORCH_CHECK(zeta.dim() == 1 && zeta.size(0) == weights.size(0),
-              "zeta must be (D,) with D = weights.size(0), got ", zeta.sizes());
-  TORCH_CHECK(zeta.scalar_type() == weights.scalar_type() && zeta.device().is_cpu(),
-              "zeta must be a CPU tensor of dtype ", weights.scalar_type());
+  TORCH_CHECK_VALUE(zeta.dim() == 1 && zeta.size(0) == weights.size(0),
+                    "zeta must be (D,) with D = weights.size(0), got ", zeta.sizes());
+  TORCH_CHECK_TYPE(zeta.scalar_type() == weights.scalar_type(), "zeta must have dtype ", weights.scalar_type(),
+                   ", got ", zeta.scalar_type());
+  TORCH_CHECK_VALUE(zeta.device().is_cpu(), "fastgeo CPU kernel got zeta on ", zeta.device());
 }
 
 // An input as a contiguous tensor outside autograd. The kernels call ATen (BLAS) on views of

@@ -106,21 +106,21 @@ void gauss_newton_curve(const T* f, const T* J, const T* psiT, int64_t N, int64_
 
 std::tuple<at::Tensor, at::Tensor> gauss_newton_system_cpu(const at::Tensor& f_in, const at::Tensor& jac_in,
                                                           const at::Tensor& psi_in, bool grad_only) {
-  TORCH_CHECK(f_in.dim() == 3, "f must be (B, N, F), got ", f_in.sizes());
-  TORCH_CHECK(jac_in.dim() == 4 && jac_in.size(0) == f_in.size(0) && jac_in.size(1) == f_in.size(1) &&
-                  jac_in.size(3) == f_in.size(2),
-              "jac must be (B, N, d, F) matching f ", f_in.sizes(), ", got ", jac_in.sizes());
-  TORCH_CHECK(psi_in.dim() == 2 && psi_in.size(0) == f_in.size(1), "psi must be (N, m) with N = ",
-              f_in.size(1), ", got ", psi_in.sizes());
-  TORCH_CHECK(f_in.size(1) >= 2, "curves need N >= 2 points, got ", f_in.sizes());
-  TORCH_CHECK(f_in.scalar_type() == at::kFloat || f_in.scalar_type() == at::kDouble,
-              "f must be float32 or float64, got ", f_in.scalar_type());
+  TORCH_CHECK_VALUE(f_in.dim() == 3, "f must be (B, N, F), got ", f_in.sizes());
+  TORCH_CHECK_VALUE(jac_in.dim() == 4 && jac_in.size(0) == f_in.size(0) && jac_in.size(1) == f_in.size(1) &&
+                        jac_in.size(3) == f_in.size(2),
+                    "jac must be (B, N, d, F) matching f ", f_in.sizes(), ", got ", jac_in.sizes());
+  TORCH_CHECK_VALUE(psi_in.dim() == 2 && psi_in.size(0) == f_in.size(1), "psi must be (N, m) with N = ",
+                    f_in.size(1), ", got ", psi_in.sizes());
+  TORCH_CHECK_VALUE(f_in.size(1) >= 2, "curves need N >= 2 points, got ", f_in.sizes());
+  TORCH_CHECK_TYPE(f_in.scalar_type() == at::kFloat || f_in.scalar_type() == at::kDouble,
+                   "f must be float32 or float64, got ", f_in.scalar_type());
   for (const at::Tensor* t : {&jac_in, &psi_in}) {
-    TORCH_CHECK(t->scalar_type() == f_in.scalar_type(), "fastgeo: all tensors must share f's dtype ",
-                f_in.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK_TYPE(t->scalar_type() == f_in.scalar_type(), "fastgeo: all tensors must share f's dtype ",
+                     f_in.scalar_type(), ", got ", t->scalar_type());
   }
   for (const at::Tensor* t : {&f_in, &jac_in, &psi_in}) {
-    TORCH_CHECK(t->device().is_cpu(), "fastgeo CPU kernel got a tensor on ", t->device());
+    TORCH_CHECK_VALUE(t->device().is_cpu(), "fastgeo CPU kernel got a tensor on ", t->device());
   }
   const at::Tensor f = plain(f_in), jac = plain(jac_in), psiT = plain(psi_in.t());
   const int64_t B = f.size(0), N = f.size(1), F = f.size(2), d = jac.size(2), m = psiT.size(0);

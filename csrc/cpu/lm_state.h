@@ -23,34 +23,35 @@ struct LMArg {
 
 // Checks grad (B, p), float32 or float64, then each argument against it; errors name the argument.
 inline void check_lm_args(const at::Tensor& grad, std::initializer_list<LMArg> args) {
-  TORCH_CHECK(grad.dim() == 2, "grad must be (B, p), got ", grad.sizes());
-  TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble,
-              "grad must be float32 or float64, got ", grad.scalar_type());
-  TORCH_CHECK(grad.device().is_cpu(), "fastgeo CPU kernel got grad on ", grad.device());
+  TORCH_CHECK_VALUE(grad.dim() == 2, "grad must be (B, p), got ", grad.sizes());
+  TORCH_CHECK_TYPE(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble,
+                   "grad must be float32 or float64, got ", grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.device().is_cpu(), "fastgeo CPU kernel got grad on ", grad.device());
   const int64_t B = grad.size(0), p = grad.size(1);
   for (const LMArg& a : args) {
     const at::Tensor& t = a.t;
     switch (a.layout) {
       case LMLayout::kScalar:
       case LMLayout::kFlag:
-        TORCH_CHECK(t.dim() == 1 && t.size(0) == B, a.name, " must be (B,) with B = ", B, ", got ", t.sizes());
+        TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == B, a.name, " must be (B,) with B = ", B, ", got ",
+                          t.sizes());
         break;
       case LMLayout::kVector:
-        TORCH_CHECK(t.sizes() == grad.sizes(), a.name, " must be (B, p) like grad ", grad.sizes(), ", got ",
-                    t.sizes());
+        TORCH_CHECK_VALUE(t.sizes() == grad.sizes(), a.name, " must be (B, p) like grad ", grad.sizes(),
+                          ", got ", t.sizes());
         break;
       case LMLayout::kMatrix:
-        TORCH_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == p && t.size(2) == p, a.name,
-                    " must be (B, p, p) = (", B, ", ", p, ", ", p, "), got ", t.sizes());
+        TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == B && t.size(1) == p && t.size(2) == p, a.name,
+                          " must be (B, p, p) = (", B, ", ", p, ", ", p, "), got ", t.sizes());
         break;
     }
     if (a.layout == LMLayout::kFlag) {
-      TORCH_CHECK(t.scalar_type() == at::kBool, a.name, " must be a bool tensor, got ", t.scalar_type());
+      TORCH_CHECK_TYPE(t.scalar_type() == at::kBool, a.name, " must be a bool tensor, got ", t.scalar_type());
     } else {
-      TORCH_CHECK(t.scalar_type() == grad.scalar_type(), a.name, " must have grad's dtype ", grad.scalar_type(),
-                  ", got ", t.scalar_type());
+      TORCH_CHECK_TYPE(t.scalar_type() == grad.scalar_type(), a.name, " must have grad's dtype ",
+                       grad.scalar_type(), ", got ", t.scalar_type());
     }
-    TORCH_CHECK(t.device().is_cpu(), "fastgeo CPU kernel got ", a.name, " on ", t.device());
+    TORCH_CHECK_VALUE(t.device().is_cpu(), "fastgeo CPU kernel got ", a.name, " on ", t.device());
   }
 }
 

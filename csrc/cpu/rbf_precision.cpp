@@ -79,7 +79,7 @@ void rbf_precision_backward_kernel(const at::Tensor& z, const at::Tensor& cT, co
 at::Tensor rbf_precision_cpu(const at::Tensor& z_in, const at::Tensor& centers_in,
                              const at::Tensor& gammas_in, const at::Tensor& weights_in,
                              const at::Tensor& zeta_in) {
-  TORCH_CHECK(z_in.dim() == 2, "z must be (P, d), got ", z_in.sizes());
+  TORCH_CHECK_VALUE(z_in.dim() == 2, "z must be (P, d), got ", z_in.sizes());
   check_rbf_params(z_in, "z", centers_in, gammas_in, weights_in);
   check_zeta(zeta_in, weights_in);
   const at::Tensor z = plain(z_in), gammas = plain(gammas_in);
@@ -95,13 +95,13 @@ at::Tensor rbf_precision_cpu(const at::Tensor& z_in, const at::Tensor& centers_i
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rbf_precision_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& z_in, const at::Tensor& centers_in,
     const at::Tensor& gammas_in, const at::Tensor& weights_in, std::array<bool, 5> mask) {
-  TORCH_CHECK(z_in.dim() == 2, "z must be (P, d), got ", z_in.sizes());
+  TORCH_CHECK_VALUE(z_in.dim() == 2, "z must be (P, d), got ", z_in.sizes());
   check_rbf_params(z_in, "z", centers_in, gammas_in, weights_in);
-  TORCH_CHECK(grad_in.dim() == 2 && grad_in.size(0) == z_in.size(0) &&
-                  grad_in.size(1) == weights_in.size(0),
-              "grad must be (P, D), got ", grad_in.sizes());
-  TORCH_CHECK(grad_in.scalar_type() == z_in.scalar_type(), "grad dtype ", grad_in.scalar_type(),
-              " differs from z dtype ", z_in.scalar_type());
+  TORCH_CHECK_VALUE(grad_in.dim() == 2 && grad_in.size(0) == z_in.size(0) &&
+                        grad_in.size(1) == weights_in.size(0),
+                    "grad must be (P, D), got ", grad_in.sizes());
+  TORCH_CHECK_TYPE(grad_in.scalar_type() == z_in.scalar_type(), "grad dtype ", grad_in.scalar_type(),
+                   " differs from z dtype ", z_in.scalar_type());
   const at::Tensor G = plain(grad_in), z = plain(z_in), gammas = plain(gammas_in);
   const at::Tensor weights = plain(weights_in);
   const at::Tensor cT = centers_t(centers_in);

@@ -153,8 +153,8 @@ void rbf_segment_sqdist_backward_kernel(const at::Tensor& g_, const at::Tensor& 
 
 void check_points(const at::Tensor& points, const at::Tensor& centers, const at::Tensor& gammas,
                   const at::Tensor& weights, const at::Tensor& zeta) {
-  TORCH_CHECK(points.dim() == 3, "points must be (B, N, d), got ", points.sizes());
-  TORCH_CHECK(points.size(1) >= 2, "points must have N >= 2 points per curve, got ", points.sizes());
+  TORCH_CHECK_VALUE(points.dim() == 3, "points must be (B, N, d), got ", points.sizes());
+  TORCH_CHECK_VALUE(points.size(1) >= 2, "points must have N >= 2 points per curve, got ", points.sizes());
   check_rbf_params(points, "points", centers, gammas, weights);
   check_zeta(zeta, weights);
 }
@@ -180,10 +180,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rbf_segme
     std::array<bool, 5> mask) {
   check_points(points_in, centers_in, gammas_in, weights_in, zeta_in);
   const int64_t B = points_in.size(0), N = points_in.size(1), d = points_in.size(2);
-  TORCH_CHECK(grad_in.dim() == 2 && grad_in.size(0) == B && grad_in.size(1) == N - 1,
-              "grad must be (B, N-1) = (", B, ", ", N - 1, "), got ", grad_in.sizes());
-  TORCH_CHECK(grad_in.scalar_type() == points_in.scalar_type(), "grad dtype ", grad_in.scalar_type(),
-              " differs from points dtype ", points_in.scalar_type());
+  TORCH_CHECK_VALUE(grad_in.dim() == 2 && grad_in.size(0) == B && grad_in.size(1) == N - 1,
+                    "grad must be (B, N-1) = (", B, ", ", N - 1, "), got ", grad_in.sizes());
+  TORCH_CHECK_TYPE(grad_in.scalar_type() == points_in.scalar_type(), "grad dtype ", grad_in.scalar_type(),
+                   " differs from points dtype ", points_in.scalar_type());
   const at::Tensor g = plain(grad_in);
   const at::Tensor pts = plain(points_in).view({B * N, d});
   const at::Tensor gammas = plain(gammas_in), weights = plain(weights_in);

@@ -77,7 +77,7 @@ void rbf_sigma_jacobian_kernel(const at::Tensor& z, const at::Tensor& cT, const 
 std::tuple<at::Tensor, at::Tensor> rbf_sigma_jacobian_cpu(const at::Tensor& z_in, const at::Tensor& centers_in,
                                                          const at::Tensor& gammas_in, const at::Tensor& weights_in,
                                                          const at::Tensor& zeta_in) {
-  TORCH_CHECK(z_in.dim() == 2, "z must be (P, d), got ", z_in.sizes());
+  TORCH_CHECK_VALUE(z_in.dim() == 2, "z must be (P, d), got ", z_in.sizes());
   check_rbf_params(z_in, "z", centers_in, gammas_in, weights_in);
   check_zeta(zeta_in, weights_in);
   const at::Tensor z = plain(z_in), gammas = plain(gammas_in), weights = plain(weights_in),

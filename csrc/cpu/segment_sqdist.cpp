@@ -52,10 +52,10 @@ void segment_sqdist_backward_kernel(const T* g, const T* x, int64_t B, int64_t N
 }
 
 at::Tensor segment_sqdist_cpu(const at::Tensor& x_in) {
-  TORCH_CHECK(x_in.dim() == 3, "x must be (B, N, D), got ", x_in.sizes());
-  TORCH_CHECK(x_in.size(1) >= 2, "x must have N >= 2 points per curve, got ", x_in.sizes());
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
-              "x must be float32 or float64, got ", x_in.scalar_type());
+  TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be (B, N, D), got ", x_in.sizes());
+  TORCH_CHECK_VALUE(x_in.size(1) >= 2, "x must have N >= 2 points per curve, got ", x_in.sizes());
+  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
+                   "x must be float32 or float64, got ", x_in.scalar_type());
   const at::Tensor x = plain(x_in);
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
   at::Tensor out = new_output({B, N - 1}, x.options());
@@ -66,14 +66,14 @@ at::Tensor segment_sqdist_cpu(const at::Tensor& x_in) {
 }
 
 at::Tensor segment_sqdist_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in) {
-  TORCH_CHECK(x_in.dim() == 3 && x_in.size(1) >= 2, "x must be (B, N, D) with N >= 2, got ",
-              x_in.sizes());
-  TORCH_CHECK(grad_in.dim() == 2 && grad_in.size(0) == x_in.size(0) &&
-                  grad_in.size(1) == x_in.size(1) - 1,
-              "grad must be (B, N-1) = ", x_in.size(0), ", ", x_in.size(1) - 1, ", got ",
-              grad_in.sizes());
-  TORCH_CHECK(grad_in.scalar_type() == x_in.scalar_type(), "grad dtype ", grad_in.scalar_type(),
-              " differs from x dtype ", x_in.scalar_type());
+  TORCH_CHECK_VALUE(x_in.dim() == 3 && x_in.size(1) >= 2, "x must be (B, N, D) with N >= 2, got ",
+                    x_in.sizes());
+  TORCH_CHECK_VALUE(grad_in.dim() == 2 && grad_in.size(0) == x_in.size(0) &&
+                        grad_in.size(1) == x_in.size(1) - 1,
+                    "grad must be (B, N-1) = ", x_in.size(0), ", ", x_in.size(1) - 1, ", got ",
+                    grad_in.sizes());
+  TORCH_CHECK_TYPE(grad_in.scalar_type() == x_in.scalar_type(), "grad dtype ", grad_in.scalar_type(),
+                   " differs from x dtype ", x_in.scalar_type());
   const at::Tensor x = plain(x_in);
   const at::Tensor g = plain(grad_in);
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
