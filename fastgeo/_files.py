@@ -61,6 +61,36 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
     _fsync_dir(path.parent)
 
 
+def reserve_beside(path: str | os.PathLike) -> Path:
+    """An empty temporary file beside ``path`` (named as :func:`atomic_write`'s, with the
+    permissions the file at ``path`` will have), for a writer that fills it in place and then
+    :func:`publish` es it; a ValueError where the folder takes no new file."""
+    path = Path(path)
+    mode = _file_mode(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise ValueError(f"cannot write a file in the folder {str(path.parent)!r} ({e})") from e
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: Path, path: str | os.PathLike) -> None:
+    """Put the filled temporary file ``tmp`` (from :func:`reserve_beside`) in place of ``path``:
+    fsync, ``os.replace``, fsync of the folder."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(Path(path).parent)
+
+
 def stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Temporary files :func:`atomic_write` left in ``folder`` (a process killed while writing
     leaves one): for the target file ``name`` (taken literally: ``nn[1].npz`` is no pattern), or

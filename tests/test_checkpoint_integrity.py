@@ -193,3 +193,32 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     new.chmod(0o640)
     atomic_write(new, lambda f: f.write(b"y"))
     assert new.stat().st_mode & 0o777 == 0o640 and new.read_bytes() == b"y"
+
+
+def test_options_digest_sees_numpy_values():
+    """Options given as NumPy numbers are hashed by value (a resume with ``np.int64(300)``
+    iterations is not one with ``np.int64(2)``), equal to the same Python numbers; sequences item
+    by item."""
+    np = pytest.importorskip("numpy")
+    from fastgeo.pairwise.checkpoint import options_digest
+
+    assert options_digest({"max_iter": np.int64(2)}) != options_digest({"max_iter": np.int64(300)})
+    assert options_digest({"tol": np.float32(1e-4)}) != options_digest({"tol": np.float32(1e-5)})
+    assert options_digest({"max_iter": np.int64(2)}) == options_digest({"max_iter": 2})
+    assert options_digest({"refine": [1, 2]}) != options_digest({"refine": [1, 3]})
+
+
+@pytest.mark.parametrize(
+    "meta, match",
+    [("[]", "not a fastgeo checkpoint"), ('{"fingerprint": null}', "not a fastgeo checkpoint"),
+     ('{"chunk_size": null}', "no valid chunk_size"), ('{"chunk_size": 0}', "no valid chunk_size"),
+     ("{", "unreadable meta.json")],
+)  # fmt: skip
+def test_a_foreign_meta_json_is_a_value_error(tmp_path, meta, match):
+    """A ``meta.json`` that is JSON but not a checkpoint's (another tool's folder) is refused
+    with a ValueError naming the folder, not an AttributeError or a division by zero."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text(meta)
+    with pytest.raises(ValueError, match=match):  # no chunk_size: the checkpoint's is read
+        fastgeo.pairwise_distances(bumpy_metric(), disc_points(M, 1.5), checkpoint=ckpt, progress=False)

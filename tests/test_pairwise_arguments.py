@@ -97,3 +97,44 @@ def test_mode_only_arguments_are_refused_elsewhere(metric):
         run(metric, Z, codes(2, 5), chains=False)
     with pytest.raises(TypeError, match="checkpoint"):
         run(metric, Z, checkpoint=5)
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def test_an_interrupted_run_leaves_the_output_file(metric, tmp_path, monkeypatch):
+    """A run stopped partway (Ctrl-C inside the decoder) leaves an earlier ``out`` file as it was,
+    not a file of zeros that would read as distances, and no temporary file beside it."""
+    out = tmp_path / "D.npy"
+    Z = codes(5, 9)
+    run(metric, Z, out=out, chunk_size=3)
+    before = np.load(out).copy()
+    assert (before + np.eye(5) > 0).all()
+    calls = {"n": 0}
+    mean = metric.mean
+
+    def stopping(z):
+        calls["n"] += 1
+        if calls["n"] > 40:
+            raise Interrupted
+        return mean(z)
+
+    monkeypatch.setattr(metric, "mean", stopping)
+    with pytest.raises(Interrupted):
+        run(metric, Z, out=out, chunk_size=3)
+    assert calls["n"] > 40
+    assert np.array_equal(np.load(out), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D.npy"]
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_an_out_path_that_is_a_folder_is_refused_before_any_work(metric, tmp_path, duplicates):
+    """``out`` naming a folder is a ValueError before any geodesic is solved, also where duplicate
+    codes make the file be written at the end only."""
+    (tmp_path / "D.npy").mkdir()
+    Z = codes(4, 2)
+    if duplicates:
+        Z = torch.cat([Z, Z[:1]])
+    with pytest.raises(ValueError, match="out: .* is a folder"):
+        run(metric, Z, out=tmp_path / "D.npy")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import time
 import warnings
@@ -81,24 +82,53 @@ def metric_fingerprint(metric: ExpectedMetric) -> str:
     return h.hexdigest()
 
 
+def _scalar(v: Any) -> bool | int | float | complex | str | None:
+    """A plain number's or a NumPy scalar's value (``np.int64(2)`` is 2), else None."""
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, numbers.Number) or (type(v).__module__ == "numpy" and getattr(v, "shape", None) == ()):
+        value = v.item() if hasattr(v, "item") else v
+        return value if isinstance(value, (bool, int, float, complex, str)) else None
+    return None
+
+
+def _hash_value(h: Any, v: Any, depth: int = 0) -> None:
+    """Tensors and arrays by their bytes, numbers (NumPy's too) and strings by value, sequences
+    and dicts item by item; other objects by their type and the tensors and numbers among their
+    attributes (an object holding a metric is not walked into it)."""
+    value = _scalar(v)
+    if isinstance(v, Tensor):
+        _hash_tensor(h, v)
+    elif v is None or value is not None:
+        h.update(repr(value).encode())
+    elif type(v).__module__ == "numpy" and hasattr(v, "dtype") and v.dtype.kind in "biufc":
+        _hash_tensor(h, torch.as_tensor(v))
+    elif isinstance(v, (list, tuple)) and depth < 4:
+        h.update(f"{type(v).__name__}[{len(v)}]".encode())
+        for item in v:
+            _hash_value(h, item, depth + 1)
+    elif isinstance(v, dict) and depth < 4:
+        h.update(f"dict[{len(v)}]".encode())
+        for k in sorted(v, key=repr):
+            h.update(repr(k).encode())
+            _hash_value(h, v[k], depth + 1)
+    else:
+        h.update(type(v).__qualname__.encode())
+        for name, a in sorted(getattr(v, "__dict__", {}).items()):
+            if isinstance(a, Tensor):
+                h.update(name.encode())
+                _hash_tensor(h, a)
+            elif _scalar(a) is not None:
+                h.update(f"{name}={_scalar(a)!r}".encode())
+
+
 def options_digest(options: dict) -> str:
-    """Hash of solver options; tensors by value, other objects by type and tensor attributes."""
+    """Hash of solver options (see :func:`_hash_value`): two runs whose options differ in any
+    value get different digests."""
     h = hashlib.sha256()
     for k in sorted(options):
-        v = options[k]
         h.update(k.encode())
-        if isinstance(v, Tensor):
-            _hash_tensor(h, v)
-        elif v is None or isinstance(v, (bool, int, float, str)):
-            h.update(repr(v).encode())
-        else:
-            h.update(type(v).__qualname__.encode())
-            for name, a in sorted(getattr(v, "__dict__", {}).items()):
-                if isinstance(a, Tensor):
-                    h.update(name.encode())
-                    _hash_tensor(h, a)
-                elif isinstance(a, (bool, int, float, str)):
-                    h.update(f"{name}={a!r}".encode())
+        _hash_value(h, options[k])
     return h.hexdigest()
 
 
@@ -125,10 +155,7 @@ class Checkpoint:
         self._remove_stale_temporaries(started)
         meta_path = self.path / "meta.json"
         if meta_path.exists():
-            try:
-                old = json.loads(meta_path.read_text())
-            except (OSError, ValueError) as e:
-                raise ValueError(f"checkpoint {str(self.path)!r}: unreadable meta.json ({e})") from e
+            old = _read_meta(meta_path)
             old_components = old.get("fingerprint", {})
             if old.get("version") != CHECKPOINT_VERSION or old_components != components:
                 differ = sorted(
@@ -136,9 +163,16 @@ class Checkpoint:
                     for k in set(components) | set(old_components)
                     if components.get(k) != old_components.get(k)
                 )
+                # The chunk size follows memory_budget and workers unless given.
+                hint = (
+                    f"; its chunks hold {old['chunk_size']} pairs (chunk_size={old['chunk_size']} resumes it "
+                    "if nothing else differs)"
+                    if "layout" in differ and isinstance(old.get("chunk_size"), int)
+                    else ""
+                )
                 raise ValueError(
                     f"checkpoint {str(self.path)!r} was written for different inputs (differs in: "
-                    f"{', '.join(differ) or 'version'}); use another folder, or delete it to start over"
+                    f"{', '.join(differ) or 'version'}){hint}; use another folder, or delete it to start over"
                 )
         else:
             payload = json.dumps(
@@ -204,12 +238,27 @@ class Checkpoint:
 def checkpointed_chunk_size(checkpoint: str | os.PathLike, chunk_size: int) -> int:
     """The chunk size a checkpoint was started with (a default budget may depend on free memory)."""
     meta_path = Path(checkpoint) / "meta.json"
-    if not meta_path.exists():
+    if not meta_path.is_file():
         return chunk_size
+    kept = _read_meta(meta_path).get("chunk_size", chunk_size)
+    if isinstance(kept, bool) or not isinstance(kept, int) or kept < 1:
+        raise ValueError(f"checkpoint {str(checkpoint)!r}: meta.json has no valid chunk_size ({kept!r})")
+    return kept
+
+
+def _read_meta(meta_path: Path) -> dict:
+    """A checkpoint's ``meta.json`` as a dict, or a ValueError saying why it is not one."""
     try:
-        return int(json.loads(meta_path.read_text()).get("chunk_size", chunk_size))
-    except (OSError, ValueError):
-        return chunk_size
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"checkpoint {str(meta_path.parent)!r}: unreadable meta.json ({e})") from e
+    fingerprint = meta.get("fingerprint", {}) if isinstance(meta, dict) else None
+    if not isinstance(fingerprint, dict):
+        raise ValueError(
+            f"checkpoint {str(meta_path.parent)!r}: meta.json is not a fastgeo checkpoint's; use another "
+            "folder, or delete it to start over"
+        )
+    return meta
 
 
 def open_checkpoint(

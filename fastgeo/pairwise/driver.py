@@ -37,7 +37,7 @@ from .code_graph import NEIGHBORS
 from .draft_mode import draft_options, finish_draft_mode
 from .graph_mode import EDGES, run_graph_mode
 from .layout import Layout, distinct_rows, equal_pairs, expand_duplicates
-from .output import allocate, expand, npy_path
+from .output import allocate, expand, filled_in_place, npy_path
 from .report import PairwiseReport
 from .setup import (
     build_latent_graph,
@@ -252,83 +252,89 @@ def pairwise_distances(
     ckpt = None  # opened (and checked against the run) before the output file is touched
     if checkpoint is not None:
         ckpt = open_checkpoint(checkpoint, metric, Z, Y, solved_options, solved_layout)
-    solves_exact = mode == "exact" or error_sample > 0  # geodesics that may race the latent graph
-    graph_evals = build_latent_graph(metric, options, progress) if workers > 1 and solves_exact else 0
-    matrix, mapped = allocate((layout.rows, layout.cols), metric, out_path if rep is None else None)
-    if mapped is None and mode in ("exact", "draft"):  # workers write it (a file mapping is shared already)
-        matrix = shared(matrix, workers)
-    estimated = mode if 0 not in matrix.shape else None  # no pair at all: nothing to estimate
-    if estimated == "graph":
-        graph_args = (layout.chunk_size, neighbors, error_sample, progress, workers, straight, edges)
-        status, iterations, counts, world, extra = run_graph_mode(
-            metric, pts, Y, options, matrix, *graph_args
+    # The file is filled under a temporary name, in place when the run ends (an interrupted run
+    # leaves an earlier file as it was).
+    with filled_in_place(out_path) as target:
+        solves_exact = mode == "exact" or error_sample > 0  # geodesics that may race the latent graph
+        resumed = ckpt is not None and ckpt.finished() >= solved_layout.n_chunks and mode == "exact"
+        shared_graph = workers > 1 and solves_exact and not resumed  # built once, before the fork
+        graph_evals = build_latent_graph(metric, options, progress) if shared_graph else 0
+        matrix, mapped = allocate((layout.rows, layout.cols), metric, target if rep is None else None)
+        if mapped is None and mode in ("exact", "draft"):  # workers write it (a file mapping is shared)
+            matrix = shared(matrix, workers)
+        estimated = mode if 0 not in matrix.shape else None  # no pair at all: nothing to estimate
+        if estimated == "graph":
+            graph_args = (layout.chunk_size, neighbors, error_sample, progress, workers, straight, edges)
+            status, iterations, counts, world, extra = run_graph_mode(
+                metric, pts, Y, options, matrix, *graph_args
+            )
+        elif estimated == "chord":
+            chord_args = (layout.chunk_size, error_sample, progress, workers)
+            status, iterations, counts, world, extra = run_chord_mode(
+                metric, pts, Y, options, matrix, *chord_args
+            )
+        else:
+            record, counts, world = solve_chunks(
+                metric, pts, other, solved_layout, solved_options, ckpt, progress, matrix, workers,
+                "drafts" if mode == "draft" else "geodesics",
+            )  # fmt: skip
+            (status, iterations), extra = split_record(record), {}
+            if mode == "draft":
+                sample_args = (layout.chunk_size, error_sample, progress, workers)
+                status, extra, work = finish_draft_mode(metric, pts, Y, options, matrix, status, *sample_args)
+                counts[0] += work[0]
+                counts[1] += work[1]
+        if Y is None:
+            matrix.fill_diagonal_(0)  # exact zero diagonal
+            status.fill_diagonal_(CONVERGED)
+        else:  # codes in both sets: exact zeros, as on the diagonal
+            ii, jj = equal_pairs(pts, Y)
+            matrix[ii.to(matrix.device), jj.to(matrix.device)] = 0
+            status[ii.to(status.device), jj.to(status.device)] = CONVERGED
+            if estimated not in ("graph", "chord"):  # (these keep no iterations per pair)
+                iterations[ii.to(iterations.device), jj.to(iterations.device)] = -1
+        if chains:
+            opts, shown = solver_options_of(metric, options), progress and dist_info()[0] == 0
+            check = check_chains(metric, pts, matrix, status, iterations, options, opts, shown)
+            extra["chain_check"] = check
+            counts[0] += check.decoder_evals
+            counts[1] += check.decoder_jvps
+        solved = ~torch.isin(status, torch.tensor(UNSOLVED, dtype=status.dtype, device=status.device))
+        if Y is None:
+            solved = torch.triu(solved, diagonal=1)
+        else:
+            solved[ii.to(solved.device), jj.to(solved.device)] = False
+        n_solved = int(solved.sum())
+        n_failed = int((solved & (status != CONVERGED)).sum())
+        if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
+            matrix, mapped = expand(matrix, rep, metric, target)
+            status, iterations = expand_duplicates(status, rep), expand_duplicates(iterations, rep)
+        if n_failed:
+            which = "The report's status says which" if return_report else "return_report=True gives a mask"
+            warnings.warn(
+                f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
+                "entries hold the best length found (never longer than the straight line). "
+                f"{which} (status per pair); raise max_iter, or (d >= 8) pass linearize='always' "
+                "(a Gauss-Newton matrix at every step).",
+                RuntimeWarning, stacklevel=2,
+            )  # fmt: skip
+        _warn_estimates(extra, metric.latent_dim)
+        if mapped is not None:
+            mapped.flush()
+        counts[0] += graph_evals
+        if not return_report:
+            return matrix
+        # fmt: off
+        report = PairwiseReport(
+            status_code=status, iterations=iterations, n_pairs=layout.n_pairs,
+            n_converged=n_solved - n_failed, n_failed=n_failed, chunk_size=solved_layout.chunk_size,
+            chunks_total=solved_layout.n_chunks, chunks_computed=int(counts[2]), chunks_loaded=int(counts[3]),
+            wall_time=time.perf_counter() - t_start,
+            decoder_evals=int(counts[0]), decoder_jvps=int(counts[1]),
+            options={"symmetric": Y is None, "world_size": world, "mode": mode, **options}, **extra,
         )
-    elif estimated == "chord":
-        chord_args = (layout.chunk_size, error_sample, progress, workers)
-        status, iterations, counts, world, extra = run_chord_mode(
-            metric, pts, Y, options, matrix, *chord_args
-        )
-    else:
-        record, counts, world = solve_chunks(
-            metric, pts, other, solved_layout, solved_options, ckpt, progress, matrix, workers,
-            "drafts" if mode == "draft" else "geodesics",
-        )  # fmt: skip
-        (status, iterations), extra = split_record(record), {}
-        if mode == "draft":
-            sample_args = (layout.chunk_size, error_sample, progress, workers)
-            status, extra, work = finish_draft_mode(metric, pts, Y, options, matrix, status, *sample_args)
-            counts[0] += work[0]
-            counts[1] += work[1]
-    if Y is None:
-        matrix.fill_diagonal_(0)  # exact zero diagonal
-        status.fill_diagonal_(CONVERGED)
-    else:  # codes in both sets: exact zeros, as on the diagonal
-        ii, jj = equal_pairs(pts, Y)
-        matrix[ii.to(matrix.device), jj.to(matrix.device)] = 0
-        status[ii.to(status.device), jj.to(status.device)] = CONVERGED
-        if estimated not in ("graph", "chord"):  # (these keep no iterations per pair)
-            iterations[ii.to(iterations.device), jj.to(iterations.device)] = -1
-    if chains:
-        opts, shown = solver_options_of(metric, options), progress and dist_info()[0] == 0
-        check = check_chains(metric, pts, matrix, status, iterations, options, opts, shown)
-        extra["chain_check"] = check
-        counts[0] += check.decoder_evals
-        counts[1] += check.decoder_jvps
-    solved = ~torch.isin(status, torch.tensor(UNSOLVED, dtype=status.dtype, device=status.device))
-    if Y is None:
-        solved = torch.triu(solved, diagonal=1)
-    else:
-        solved[ii.to(solved.device), jj.to(solved.device)] = False
-    n_solved = int(solved.sum())
-    n_failed = int((solved & (status != CONVERGED)).sum())
-    if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
-        matrix, mapped = expand(matrix, rep, metric, out_path)
-        status, iterations = expand_duplicates(status, rep), expand_duplicates(iterations, rep)
-    if n_failed:
-        which = "The report's status says which" if return_report else "Pass return_report=True for the mask"
-        warnings.warn(
-            f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
-            "entries hold the best length found (never longer than the straight line). "
-            f"{which} (status per pair); raise max_iter, or (d >= 8) pass linearize='always' "
-            "(a Gauss-Newton matrix at every step).",
-            RuntimeWarning, stacklevel=2,
-        )  # fmt: skip
-    _warn_estimates(extra, metric.latent_dim)
-    if mapped is not None:
-        mapped.flush()
-    counts[0] += graph_evals
-    if not return_report:
-        return matrix
-    # fmt: off
-    report = PairwiseReport(
-        status_code=status, iterations=iterations, n_pairs=layout.n_pairs,
-        n_converged=n_solved - n_failed, n_failed=n_failed, chunk_size=solved_layout.chunk_size,
-        chunks_total=solved_layout.n_chunks, chunks_computed=int(counts[2]), chunks_loaded=int(counts[3]),
-        wall_time=time.perf_counter() - t_start, decoder_evals=int(counts[0]), decoder_jvps=int(counts[1]),
-        options={"symmetric": Y is None, "world_size": world, "mode": mode, **options}, **extra,
-    )
-    # fmt: on
-    return matrix, report
+        # fmt: on
+        return matrix, report
 
 
 def _warn_estimates(extra: dict[str, Any], latent_dim: int) -> None:

@@ -1,9 +1,13 @@
 """The output matrix of an all-pairs run: in memory on the metric's device, or a memory-mapped
-``.npy`` file on the CPU (an (M, M) matrix larger than memory)."""
+``.npy`` file on the CPU (an (M, M) matrix larger than memory), filled under a temporary name and
+put in place when the run ends: an interrupted run leaves an earlier file as it was, and no file
+of zeros that would read as distances."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._files import publish, reserve_beside
 from ..metric import ExpectedMetric
 from .layout import duplicate_index, expand_duplicates
 
@@ -26,7 +31,29 @@ def npy_path(out: object) -> Path:
         raise ValueError(f"out must name a .npy file, got {str(path)!r}")
     if not path.parent.is_dir():
         raise ValueError(f"out: the folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"out: {str(path)!r} is a folder")
     return path
+
+
+@contextlib.contextmanager
+def filled_in_place(path: Path | None) -> Iterator[Path | None]:
+    """A temporary file beside ``path`` for the run to map and fill (None without ``path``),
+    reserved now (a ValueError naming ``out`` if the folder takes no file, before any work), put
+    in place of ``path`` when the block ends, removed if it raises."""
+    if path is None:
+        yield None
+        return
+    try:
+        tmp = reserve_beside(path)
+    except ValueError as e:
+        raise ValueError(f"out: {e}") from e
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    publish(tmp, path)
 
 
 def allocate(shape: tuple[int, int], metric: ExpectedMetric, path: Path | None) -> tuple[Tensor, Any]:

@@ -76,6 +76,7 @@ def run_in_workers(
     for p in procs:
         p.start()
     seen = 0
+    watched = False
     try:
         while any(p.is_alive() for p in procs):
             time.sleep(0.2)
@@ -85,13 +86,20 @@ def run_in_workers(
             seen = now
             if not errors.empty():
                 break
+        watched = True
     finally:
+        # Stopped here (Ctrl-C or a notebook's interrupt reaches this process alone) or by a
+        # worker's error: the other workers stop too, before the wait (they would go on solving
+        # and writing chunks otherwise).
         for p in procs:
-            if p.is_alive() and not errors.empty():
+            if p.is_alive() and (not watched or not errors.empty()):
                 p.terminate()
+        for p in procs:
             p.join()
     if not errors.empty():
         kind, text = errors.get()
+        if isinstance(kind, type) and issubclass(kind, KeyboardInterrupt):  # Ctrl-C in a terminal
+            raise KeyboardInterrupt
         message = f"fastgeo.pairwise_distances: a worker process failed:\n{text}"
         try:  # the worker's own exception type (a decoder's ValueError stays a ValueError)
             error = kind(message) if isinstance(kind, type) and issubclass(kind, Exception) else None
