@@ -23,6 +23,7 @@ from .flat import FlatMean
 from .layers_of_steps import sequential_from_steps
 from .recognize import graph_steps, recognize
 
+MAX_LAYERS = 10_000  # a file describing more is no decoder (each layer costs time to build and run)
 _NORM = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 # type name -> (constructor, the constructor arguments read back as attributes of the module)
 LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
@@ -155,13 +156,15 @@ def build(structure: str) -> nn.Sequential:
     the state dict after). Raises ValueError on anything outside the table."""
     try:
         specs = json.loads(structure)
-    except ValueError as e:
-        raise ValueError(f"unreadable decoder structure ({e})") from e
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"unreadable decoder structure ({type(e).__name__}: {e})") from e
     if not isinstance(specs, list):
         raise ValueError("a decoder structure is a list of layers")
+    if len(specs) > MAX_LAYERS:
+        raise ValueError(f"a decoder structure of {len(specs)} layers (at most {MAX_LAYERS})")
     layers = []
     for i, spec in enumerate(specs):
-        if not isinstance(spec, dict) or spec.get("type") not in LAYERS:
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or spec["type"] not in LAYERS:
             raise ValueError(f"layer {i} of the decoder structure is not one of {sorted(LAYERS)}: {spec!r}")
         cls, args = LAYERS[spec["type"]]
         extra = set(spec) - set(args) - {"type"}
@@ -170,6 +173,6 @@ def build(structure: str) -> nn.Sequential:
         kwargs = {k: _argument(spec[k]) for k in args if k in spec}
         try:
             layers.append(cls(**kwargs))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:
             raise ValueError(f"layer {i} ({spec['type']}): {e}") from e
     return nn.Sequential(*layers)

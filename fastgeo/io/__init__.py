@@ -175,7 +175,8 @@ def _readable(path: Path) -> Iterator[None]:
     ValueError naming it, not as a traceback from deep inside the reader."""
     try:
         yield
-    except (KeyError, EOFError, AttributeError, IndexError, pickle.UnpicklingError, binascii.Error) as e:
+    except (KeyError, EOFError, AttributeError, IndexError, pickle.UnpicklingError, binascii.Error,
+            TypeError, RuntimeError, NotImplementedError, RecursionError) as e:  # fmt: skip
         raise ValueError(
             f"{str(path)!r} is damaged or was not written by fastgeo.save_generator: {type(e).__name__}: {e}"
         ) from e

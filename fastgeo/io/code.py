@@ -27,6 +27,7 @@ from .contents import Contents
 
 VERSION = 1
 META = "fastgeo.json"
+MAX_INFLATION = 16  # uncompressed / compressed size of the metadata entry, at most (plus 1 MiB)
 FORMATS = ("export", "torchscript")
 
 
@@ -95,6 +96,13 @@ def read_meta(path: Path) -> dict:
             names = [n for n in zf.namelist() if n.endswith("/extra/" + META)]
             if not names:
                 raise ValueError(f"{str(path)!r} is not a fastgeo generator file (no {META})")
+            info = zf.getinfo(names[0])
+            if info.file_size > MAX_INFLATION * info.compress_size + (1 << 20):
+                # base64 tensors hardly compress: an entry that inflates this much is no metadata
+                raise ValueError(
+                    f"{str(path)!r}: its {META} inflates from {info.compress_size} to {info.file_size} "
+                    "bytes; not a fastgeo generator file"
+                )
             meta = json.loads(zf.read(names[0]))
     except (zipfile.BadZipFile, OSError) as e:
         raise ValueError(f"{str(path)!r} is not a fastgeo generator file ({e})") from e

@@ -32,9 +32,12 @@ class Contents:
 
     def check_probe(self, mean: Callable[[Tensor], Tensor], path: str) -> None:
         """The loaded mean reproduces the outputs saved with it."""
+        z, want = self.probe.get("z"), self.probe.get("x")
+        if z is None or want is None or z.ndim != 2 or z.shape[0] == 0 or not torch.isfinite(want).all():
+            raise ValueError(f"{path!r}: the file holds no probe outputs to check its mean against")
         with torch.no_grad():
-            x = mean(self.probe["z"].to(self.dtype))
-        if x.shape != self.probe["x"].shape or not torch.allclose(x, self.probe["x"], rtol=1e-5, atol=1e-6):
+            x = mean(z.to(self.dtype))
+        if x.shape != want.shape or not torch.allclose(x, want.to(x.dtype), rtol=1e-5, atol=1e-6):
             raise ValueError(f"{path!r}: the saved mean does not reproduce its probe outputs")
 
     def check_precision(self, precision: RBFPrecision, path: str) -> None:

@@ -79,7 +79,8 @@ def read(path: Path) -> tuple[nn.Sequential, Contents]:
         if prefix not in groups or not key:
             raise ValueError(f"{str(path)!r}: unexpected entry {name!r}")
         groups[prefix][key] = t
-    mean = structure.build(layers).to(dtype)
+    _check_mean_tensors(path, layers, groups["mean"])
+    mean = structure.build(layers).to(dtype)  # every parameter backed by a tensor of the file
     try:
         mean.load_state_dict(groups["mean"], strict=True)
     except RuntimeError as e:
@@ -87,3 +88,21 @@ def read(path: Path) -> tuple[nn.Sequential, Contents]:
     mean.eval()
     contents = Contents(d, D, dtype, groups["rbf"], groups["probe"], groups["extra"])
     return mean, contents
+
+
+def _check_mean_tensors(path: Path, layers: str, tensors: dict[str, Tensor]) -> None:
+    """The structure's parameters and buffers are the file's tensors, shape for shape (checked on
+    a skeleton built on the meta device: sizes a file declares allocate nothing until its tensors
+    back them), real and finite."""
+    with torch.device("meta"):
+        skeleton = structure.build(layers)
+    want = {k: tuple(t.shape) for k, t in skeleton.state_dict().items()}
+    got = {k: tuple(t.shape) for k, t in tensors.items()}
+    if want != got:
+        differ = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        shown = ", ".join(f"{k}: {want.get(k, 'none')} in the structure, {got.get(k, 'none')} in the file"
+                          for k in differ[:3])  # fmt: skip
+        raise ValueError(f"{str(path)!r}: the decoder's tensors do not fit its structure ({shown})")
+    for k, t in tensors.items():
+        if t.is_complex() or (t.is_floating_point() and not bool(torch.isfinite(t).all())):
+            raise ValueError(f"{str(path)!r}: the decoder's tensor {k!r} is complex or holds NaN or inf")
