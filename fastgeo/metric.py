@@ -115,6 +115,13 @@ class ExpectedMetric:
         _mean_checks.deterministic("mean", self.mean, three, probes[1], probes[0])
         _mean_checks.differentiable("mean", self.mean, three)
 
+    def __repr__(self) -> str:
+        return (
+            f"ExpectedMetric(latent_dim={self.latent_dim}, data_dim={self.data_dim}, dtype={self.dtype}, "
+            f"device={self.device}, rbf_centers={self.precision.centers.shape[0]}; describe() says how the "
+            "mean is differentiated)"
+        )
+
     def describe(self) -> str:
         """How fastgeo sees this metric, for a person: sizes, dtype, device, and how the mean is
         differentiated (a recognized chain of layers takes the stacked forward mode; anything

@@ -236,3 +236,12 @@ def test_a_compiled_mean_is_used_uncompiled(wrap):
     plain = fastgeo.ExpectedMetric(original, constant_precision(2, 3))
     z = torch.randn(2, 5, 2, dtype=f64)
     torch.testing.assert_close(metric.length(z), plain.length(z), rtol=0, atol=0)
+
+
+def test_repr_names_the_sizes():
+    prec = fastgeo.RBFPrecision(torch.zeros(3, 2), torch.ones(3), torch.ones(5, 3), torch.ones(5))
+    metric = fastgeo.ExpectedMetric(torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Tanh()), prec)
+    assert repr(metric) == (
+        "ExpectedMetric(latent_dim=2, data_dim=5, dtype=torch.float32, device=cpu, rbf_centers=3; "
+        "describe() says how the mean is differentiated)"
+    )
