@@ -30,7 +30,7 @@ class RBFPrecision(nn.Module):
 
     Example::
 
-        prec = fastgeo.RBFPrecision(centers, gammas, weights, zeta=1e-2)
+        prec = fastgeo.RBFPrecision(centers, gammas, weights, zeta=1e-3)
         sigma = prec.sigma(z)          # (..., d) -> (..., D)
     """
 
