@@ -25,6 +25,25 @@ F32_TOL = 1e-5
 C, H = 4, 6  # channels and side of the feature map every single-layer case starts from
 
 
+# Pointwise activations every forward-mode test runs through (MLP chains and conv layers alike).
+POINTWISE = {
+    "elu": lambda: nn.ELU(),
+    "elu_alpha0.5": lambda: nn.ELU(alpha=0.5),
+    "relu": lambda: nn.ReLU(),
+    "leaky_relu0.1": lambda: nn.LeakyReLU(0.1),
+    "tanh": lambda: nn.Tanh(),
+    "sigmoid": lambda: nn.Sigmoid(),
+    "softplus_b2_t1": lambda: nn.Softplus(beta=2, threshold=1),
+    "softplus_b2_t5": lambda: nn.Softplus(beta=2, threshold=5),
+    "silu": lambda: nn.SiLU(),
+    "gelu": lambda: nn.GELU(),
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "hardtanh": lambda: nn.Hardtanh(-0.3, 0.5),
+    "hardtanh_wide": lambda: nn.Hardtanh(-0.5, 0.8),
+    "relu6": lambda: nn.ReLU6(),
+}
+
+
 def init_(module: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Module:
     """Seeded N(0, scale^2) parameters (norm weights 1 + N(0, scale^2)) and non-trivial running
     statistics; eval mode, float64."""

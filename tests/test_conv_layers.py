@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import assert_close_rel, randn
-from tangent_checks import F32_TOL, C, H, around, check, init_, jacrev_rows, running
+from tangent_checks import F32_TOL, POINTWISE, C, H, around, check, init_, jacrev_rows, running
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -60,18 +60,7 @@ LAYERS = {
     "replication_pad": lambda: nn.ReplicationPad2d((2, 0, 1, 1)),
     "flatten_unflatten": lambda: nn.Sequential(nn.Flatten(2), nn.Unflatten(2, (H, H))),
     "dropout_identity": lambda: nn.Sequential(nn.Dropout(0.3), nn.Dropout2d(0.5), nn.Identity()),
-    "elu": lambda: nn.ELU(),
-    "elu_alpha0.5": lambda: nn.ELU(alpha=0.5),
-    "relu": lambda: nn.ReLU(),
-    "leaky_relu0.1": lambda: nn.LeakyReLU(0.1),
-    "tanh": lambda: nn.Tanh(),
-    "sigmoid": lambda: nn.Sigmoid(),
-    "softplus_b2_t1": lambda: nn.Softplus(beta=2, threshold=1),
-    "silu": lambda: nn.SiLU(),
-    "gelu": lambda: nn.GELU(),
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-    "hardtanh": lambda: nn.Hardtanh(-0.3, 0.5),
-    "relu6": lambda: nn.ReLU6(),
+    **POINTWISE,
     "instancenorm": lambda: nn.InstanceNorm2d(C),
     "instancenorm_affine": lambda: nn.InstanceNorm2d(C, affine=True, eps=1e-3),
     "instancenorm_running_stats": lambda: running(nn.InstanceNorm2d(C, track_running_stats=True)),
