@@ -15,6 +15,7 @@ so that leaving the data is expensive under the expected metric.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -48,7 +49,10 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 100) -> tuple[Tensor, 
         raise ValueError(f"k-means needs at least k = {k} points, got {x.shape[0]}")
     _checks.finite("x", x)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    x = x.detach()
+    # Centered: torch.cdist's matrix-product distances lose float32 digits on points far from the
+    # origin (codes offset by 1,000: a fifth of them assigned to a center not their nearest).
+    offset = x.detach().mean(0)
+    x = x.detach() - offset
     # k-means++: each next center drawn with probability ~ squared distance to the chosen ones.
     first = int(torch.randint(x.shape[0], (1,), generator=gen))
     centers = [x[first]]
@@ -68,7 +72,7 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 100) -> tuple[Tensor, 
         if torch.equal(new, assign):
             break
         assign = new
-    return c, assign
+    return c + offset, assign
 
 
 def fit_rbf_parameters(
@@ -141,6 +145,11 @@ def fit_rbf_parameters(
     latents, data = latents.detach(), data.detach()
     _checks.finite("latents", latents)
     _checks.finite("data", data)
+    # A method or a function around a decoder left in training mode: random, or batch-dependent.
+    three = latents[:3]
+    out = _mean_checks.call("mean", mean, three, "the latents")
+    if isinstance(out, Tensor) and out.shape[:1] == three.shape[:1]:
+        _mean_checks.deterministic("mean", mean, three, out, _mean_checks.call("mean", mean, three[:1]))
 
     centers, assign = kmeans(latents, num_centers, seed=seed)
     spread = torch.zeros(num_centers, dtype=latents.dtype, device=latents.device).index_add_(
@@ -152,8 +161,10 @@ def fit_rbf_parameters(
     fallback = spread[positive].median() if bool(positive.any()) else _spacing(centers, scale)
     spread = torch.where(positive, spread, fallback)
     gammas = 0.5 / (bandwidth_scale * spread).pow(2)
+    m = latents.shape[0]
+    rows = max(1, CHUNK_ELEMENTS // (num_centers * latents.shape[1]))  # (rows, K, d) differences at once
 
-    phi = rbf_features(latents, centers, gammas)  # (M, K)
+    phi = torch.cat([rbf_features(latents[lo : lo + rows], centers, gammas) for lo in range(0, m, rows)])
     per_dim, phi_resid = _residual_statistics(latents, data, point_shape, mean, phi)
     # A dimension the mean reproduces exactly gets the floor as every one of its residuals.
     per_dim, exact, floor = _floored(per_dim, data)
@@ -161,6 +172,14 @@ def fit_rbf_parameters(
         phi_resid[:, exact] = floor * phi.sum(0)[:, None]
     # Start where every data point gets roughly the precision 1 / (mean squared residual).
     target = 1.0 / per_dim  # (D,)
+    if float(target.median()) < zeta:
+        warnings.warn(
+            f"RBFPrecision.fit: the mean's squared residuals are {float(per_dim.median()):.3g} per "
+            f"dimension (median), a precision below zeta = {zeta:g}: the fitted precision is about zeta "
+            "everywhere and carries no information about the data. Is the data on the decoder's "
+            "scale (images in 0-255 against a mean in [0, 1]?), or zeta too large?",
+            UserWarning, stacklevel=3,
+        )  # fmt: skip
     coverage = phi.sum(-1).mean().clamp(min=torch.finfo(phi.dtype).tiny)
     log_w = (target / coverage).log()[:, None].expand(-1, num_centers).clone()
     opt = torch.optim.Adam([log_w], lr=lr)

@@ -228,3 +228,42 @@ def test_a_grayscale_channel_on_one_side_only_is_the_same_layout():
     for data, mean in ((x[:, None], dec), (x, lambda u: dec(u)[:, None])):
         fit = fastgeo.RBFPrecision.fit(z, data, mean, num_centers=6, steps=20, progress=False)
         torch.testing.assert_close(fit.weights, flat.weights, rtol=1e-9, atol=0)
+
+
+def test_kmeans_does_not_depend_on_where_the_codes_sit():
+    """float32 codes offset by 1,000 get the same clusters as at the origin (distances by matrix
+    products lose digits far from it)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2000, 4, generator=g)
+    c0, a0 = kmeans(x, 16, seed=0)
+    c1, a1 = kmeans(x + 1000.0, 16, seed=0)
+    assert torch.equal(a0, a1)
+    torch.testing.assert_close(c1 - 1000.0, c0, atol=1e-3, rtol=0)
+
+
+def test_a_method_around_a_decoder_in_training_mode_is_refused():
+    """A decoder with dropout left in training mode, passed as a function (its modules are not
+    checked: they may hold an encoder too), is refused as random, not fitted on noisy means."""
+    z, x, _ = _problem()
+    net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Dropout(0.5), torch.nn.Linear(32, 4)).double()
+    with pytest.raises(ValueError, match="mean is random"):
+        fastgeo.RBFPrecision.fit(z, x, lambda u: net(u), num_centers=8, steps=5, progress=False)
+
+
+def test_data_off_the_decoders_scale_warns():
+    """Data in 0-255 against a mean in [0, 1]: every residual is a precision below zeta, and the
+    fit warns that its precision is flat (it is zeta everywhere)."""
+    z, x, mean = _problem()
+    with pytest.warns(UserWarning, match="carries no information about the data"):
+        fastgeo.RBFPrecision.fit(z, 255 * x + 128, mean, num_centers=8, steps=5, progress=False)
+
+
+def test_features_of_a_fit_hold_no_subnormals():
+    """2-D codes far apart: many features underflow; they are exact zeros, never subnormal (a
+    product reading subnormals runs many times slower on x86)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat(
+        [torch.randn(200, 2, generator=g) + torch.tensor(c) for c in ([0.0, 0.0], [9.0, 0.0], [0.0, 9.0])]
+    )
+    phi = rbf_fit.rbf_features(z, z[::60], torch.full((10,), 2.0))
+    assert bool((phi == 0).any()) and not bool(((phi > 0) & (phi < torch.finfo(phi.dtype).tiny)).any())

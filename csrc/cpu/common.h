@@ -23,11 +23,10 @@ namespace fastgeo {
 namespace cpu {
 
 // exp(x) for float, |error| about 1.6 ulp where the result is normal (x in [-87.3, 88.3]; phi
-// only needs x <= 0); subnormal results down to x = -103.97 (as libm's expf), 0 below, inf
-// above 88.3.
-// x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-7 Taylor polynomial, 2^n by exponent bits
-// (for a subnormal result: 2^(n + 64) by exponent bits, then one multiplication by 2^-64, which
-// rounds once). Under the default -ftrapping-math gcc will not turn the clamps and selects into
+// only needs x <= 0); 0 where it would be subnormal (as the reference's features: subnormal
+// operands make every later product many times slower), inf above 88.3.
+// x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-7 Taylor polynomial, 2^n by exponent bits.
+// Under the default -ftrapping-math gcc will not turn the clamps and selects into
 // vector blends (a comparison may raise an FP flag), so this function and the loops using it are
 // compiled with -fno-trapping-math (and -fno-math-errno): nothing
 // here reads FP exception flags or errno. Selects are written as ternaries: std::min/max come
@@ -48,16 +47,14 @@ inline float fexp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const bool tiny = n < -126.0f;  // the result is subnormal: scale in two steps
-  const float n_up = tiny ? n + 64.0f : n;
-  const float n_lo = n_up < -126.0f ? -126.0f : n_up;  // keep the exponent bits in range
+  const bool tiny = n < -126.0f;  // 2^n itself subnormal: the result is 0
+  const float n_lo = tiny ? 0.0f : n;  // keep the exponent bits in range
   const float n_c = n_lo > 127.0f ? 127.0f : n_lo;
   const int32_t bits = (static_cast<int32_t>(n_c) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  const float y = p * scale;
-  const float y_sub = tiny ? y * 5.42101086242752217e-20f : y;  // 2^-64
-  const float y_low = x < -104.0f ? 0.0f : y_sub;
+  const float y = p * scale;  // at n = -126 with p < 1 subnormal (once per curve at most)
+  const float y_low = (tiny || y < std::numeric_limits<float>::min()) ? 0.0f : y;
   return x > 88.3f ? std::numeric_limits<float>::infinity() : y_low;
 }
 
@@ -107,7 +104,10 @@ inline void add_rsqrt(float* v, const float* zeta, int64_t D) {
 #pragma GCC pop_options
 #endif
 inline void exp_neg_scaled(double* v, const double* g, int64_t K) {
-  for (int64_t k = 0; k < K; ++k) v[k] = std::exp(-g[k] * v[k]);
+  for (int64_t k = 0; k < K; ++k) {
+    const double y = std::exp(-g[k] * v[k]);
+    v[k] = y < std::numeric_limits<double>::min() ? 0.0 : y;  // no subnormals, as the reference
+  }
 }
 inline void add_rsqrt(double* v, const double* zeta, int64_t D) {
   for (int64_t k = 0; k < D; ++k) v[k] = 1.0 / std::sqrt(v[k] + zeta[k]);

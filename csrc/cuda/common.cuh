@@ -10,6 +10,14 @@ constexpr size_t kDefaultSmem = 48 * 1024;
 
 // phi of `rows` latent points starting at flattened row `row0` (rows outside [0, P) give 0) into
 // shared memory phi[r * K + k]; distances are sums of squared differences (no cancellation).
+// The smallest normal number of T: features below it are 0, as in the reference.
+template <typename T>
+__device__ __forceinline__ T normal_min();
+template <>
+__device__ __forceinline__ float normal_min<float>() { return 1.17549435e-38f; }
+template <>
+__device__ __forceinline__ double normal_min<double>() { return 2.2250738585072014e-308; }
+
 template <typename T>
 __device__ void phi_rows(const T* __restrict__ z, const T* __restrict__ centers, const T* __restrict__ gammas,
                          int64_t row0, int rows, int64_t P, int64_t d, int64_t K, T* phi) {
@@ -23,6 +31,7 @@ __device__ void phi_rows(const T* __restrict__ z, const T* __restrict__ centers,
         sq += diff * diff;
       }
       value = exp(-gammas[k] * sq);
+      value = value < normal_min<T>() ? T(0) : value;
     }
     phi[idx] = value;
   }

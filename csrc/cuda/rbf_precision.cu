@@ -20,7 +20,8 @@ __global__ void rbf_features_kernel(const T* __restrict__ z, const T* __restrict
     const T diff = z[p * d + j] - centers[k * d + j];
     sq += diff * diff;
   }
-  phi[i] = exp(-gammas[k] * sq);
+  const T value = exp(-gammas[k] * sq);
+  phi[i] = value < normal_min<T>() ? T(0) : value;
 }
 
 template <typename T>

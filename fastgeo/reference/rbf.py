@@ -4,10 +4,16 @@
     phi_k(z)  = exp(-gamma_k * ||z - c_k||^2)              k = 1..K
     beta(z)   = W phi(z) + zeta                             precision, (D,)
     sigma(z)  = beta(z) ** -1/2                             standard deviation, (D,)
+
+A feature below the dtype's smallest normal number is 0 (every backend alike): a subnormal one
+changes beta only beyond rounding where weights exceed ~1e30 or zeta is below ~1e-30, and every
+matrix product that reads subnormals runs many times slower on x86 CPUs (2-D VAEs: 2-25 % of the
+features on curves between codes; the kernels 3.4x slower, a fit 25x).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .segments import segment_sqdist
@@ -20,7 +26,8 @@ def rbf_features(z: Tensor, centers: Tensor, gammas: Tensor) -> Tensor:
     which cancels catastrophically for points near a far-away center.
     """
     sqdist = (z[:, None, :] - centers[None, :, :]).pow(2).sum(-1)  # (P, K)
-    return (-gammas * sqdist).exp()
+    phi = (-gammas * sqdist).exp()
+    return phi.masked_fill(phi < torch.finfo(phi.dtype).tiny, 0.0)  # no subnormals (module doc)
 
 
 def rbf_precision(z: Tensor, centers: Tensor, gammas: Tensor, weights: Tensor, zeta: Tensor) -> Tensor:

@@ -82,7 +82,12 @@ def phi_tile(z_ptr, row_off, row_mask, s_zd, c_ptr, s_ck, s_cd, g_ptr, s_g, k0, 
         diff = zj[:, None] - cj[None, :]
         sq += diff * diff
     gam = tl.load(g_ptr + offs_k * s_g, mask=kmask, other=0.0)
-    return tl.where(kmask[None, :], tl.exp(-gam[None, :] * sq), 0.0)
+    phi = tl.exp(-gam[None, :] * sq)
+    if c_ptr.dtype.element_ty == tl.float32:  # no subnormal features, as the reference
+        normal = phi >= 1.1754943508222875e-38
+    else:
+        normal = phi >= 2.2250738585072014e-308
+    return tl.where(kmask[None, :] & normal, phi, 0.0)
 
 
 @triton.jit
