@@ -149,7 +149,8 @@ def fit_rbf_parameters(
     three = latents[:3]
     out = _mean_checks.call("mean", mean, three, "the latents")
     if isinstance(out, Tensor) and out.shape[:1] == three.shape[:1]:
-        _mean_checks.deterministic("mean", mean, three, out, _mean_checks.call("mean", mean, three[:1]))
+        first = _mean_checks.call("mean", mean, three[:1], "the latents")
+        _mean_checks.deterministic("mean", mean, three, out, first)
 
     centers, assign = kmeans(latents, num_centers, seed=seed)
     spread = torch.zeros(num_centers, dtype=latents.dtype, device=latents.device).index_add_(
