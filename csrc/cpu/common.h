@@ -53,7 +53,7 @@ inline float fexp(float x) {
   const int32_t bits = (static_cast<int32_t>(n_c) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  const float y = p * scale;  // at n = -126 with p < 1 subnormal (once per curve at most)
+  const float y = p * scale;  // subnormal only at n = -126 with p < 1, then flushed below
   const float y_low = (tiny || y < std::numeric_limits<float>::min()) ? 0.0f : y;
   return x > 88.3f ? std::numeric_limits<float>::infinity() : y_low;
 }
