@@ -251,6 +251,24 @@ class ExpectedMetric:
         """Discrete length ``sum_n sqrt(s_n)``: (B, N, d) -> (B,)."""
         return length_from_segments(self.segment_sqdist(points))
 
+    def length_with_ends(self, points: Tensor, first: Tensor, last: Tensor) -> Tensor:
+        """:meth:`length` of curves (B, N, d) whose end points' :meth:`mean_embedding` (B, F) each
+        is known (computed under the same grad mode): only the N - 2 inner points are decoded, as
+        one flat batch, so their rounding depends on the batch. For measurements made once that
+        share end points, as the latent graph's edges: (B,)."""
+        _checks.outside_autocast("ExpectedMetric")
+        self.check_points("points", points, ndim=3)
+        B, N, d = points.shape
+        if N < 2 or first.shape[0] != B or last.shape != first.shape:
+            raise ValueError(
+                f"points (B, N >= 2, d) and first, last (B, F) must agree, got {tuple(points.shape)}, "
+                f"{tuple(first.shape)} and {tuple(last.shape)}"
+            )
+        inner = self.mean_embedding(points[:, 1:-1].reshape(-1, d)).reshape(B, N - 2, first.shape[-1])
+        embedded = torch.cat([first[:, None], inner, last[:, None]], 1)
+        s = ops.segment_sqdist(embedded) + self.precision.segment_sqdist(points)
+        return length_from_segments(s)
+
     def probe(self, n: int = 8) -> Tensor:
         """The embedding ``[mu, sigma]`` at ``n`` fixed latent points near the RBF centers
         (deterministic): (n, 2D). It changes whenever the decoder or the precision does, whatever

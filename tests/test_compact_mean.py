@@ -240,3 +240,20 @@ def test_a_last_layer_along_an_axis_of_several_is_checked():
     pts = _curves()
     assert metric.mean_embedding(pts).shape[-1] == D
     _assert_segments_of_the_mean(metric, pts)
+
+
+@pytest.mark.parametrize("widening", [True, False], ids=["stand-in", "mean"])
+def test_length_with_known_ends(widening):
+    """``length_with_ends``: end points' embeddings given, inner points decoded flat: the length
+    of ``length`` (float64 to 1e-12), by the stand-in or the mean; shapes that disagree refused."""
+    metric = _metric(_mlp() if widening else _mlp(nn.Tanh()))
+    pts = _curves()
+    first, last = metric.mean_embedding(pts[:, 0]), metric.mean_embedding(pts[:, -1])
+    assert first.shape[-1] == (HIDDEN if widening else D)
+    got = metric.length_with_ends(pts, first, last)
+    torch.testing.assert_close(got, metric.length(pts), rtol=1e-12, atol=0)
+    two = pts[:, [0, -1]]  # no inner points
+    got = metric.length_with_ends(two, first, last)
+    torch.testing.assert_close(got, metric.length(two), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="must agree"):
+        metric.length_with_ends(pts, first[:3], last[:3])

@@ -103,6 +103,20 @@ def _as_augmented(paths, k: int, n: int, z0: torch.Tensor) -> np.ndarray:
     return p
 
 
+def test_edge_weights_are_straight_segment_lengths(metric):
+    """The build decodes each node once and each edge's inner points alone: its weights are still
+    the metric lengths of the straight segments on ``edge_points`` points (1e-12 relative), and
+    the decoder evaluations it reports are the ones it made."""
+    graph = make_graph(metric)
+    a, b = graph.nodes[graph.edges[:, 0]], graph.nodes[graph.edges[:, 1]]
+    s = torch.linspace(0, 1, graph.edge_points, dtype=a.dtype)
+    with torch.no_grad():
+        expected = metric.length(a[:, None, :] + s[None, :, None] * (b - a)[:, None, :])
+    torch.testing.assert_close(graph.weights, expected, rtol=1e-12, atol=0)
+    E, n = graph.edges.shape[0], graph.nodes.shape[0]
+    assert graph.edge_evals == E * (graph.edge_points - 2) + n
+
+
 def test_path_length_equals_independent_dijkstra(metric, basis):
     """One pair at a time (no other query end point to pass through): the first corridor's arc
     length to the target equals scipy's Dijkstra distance in the augmented graph (1e-9 relative),

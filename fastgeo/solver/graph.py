@@ -107,14 +107,15 @@ class LatentGraph:
             nodes.append(latents.detach())
         self.nodes = torch.cat(nodes)
         self.edges, self.weights = self._knn_edges(self.nodes, self.nodes, k, exclude_self=True)
-        self.edge_evals = self.edges.shape[0] * edge_points
+        self.edge_evals = self.edges.shape[0] * (edge_points - 2) + self.nodes.shape[0]
         self._end_rows: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # see end_rows
         self._csr = None
         self._both_ways = None
 
-    def _segment_lengths(self, a: Tensor, b: Tensor, building: bool = False) -> Tensor:
-        """Metric length of straight segments a -> b: (E, d) x 2 -> (E,), in chunks (``building``:
-        each redraws the call's progress bar; a query's evaluations are counted by its caller)."""
+    def _segment_lengths(self, a: Tensor, b: Tensor) -> Tensor:
+        """Metric length of straight segments a -> b: (E, d) x 2 -> (E,), in chunks, each curve's
+        points decoded together (a query's lengths do not depend on the other queries; its
+        evaluations are counted by its caller)."""
         t = time_grid(self.edge_points, a)
         out = []
         chunk = max(1, (64 << 20) // (self.edge_points * 2 * self.metric.data_dim * a.element_size()))
@@ -122,8 +123,6 @@ class LatentGraph:
             for s in range(0, a.shape[0], chunk):
                 pa, pb = a[s : s + chunk], b[s : s + chunk]
                 out.append(self.metric.length(straight_line(pa, pb, t)))
-                if building:  # a slow decoder's build shows in the call's bar (D = 12,288 conv: ~45 s)
-                    pulse(pa.shape[0] * self.edge_points)
         return torch.cat(out) if out else a.new_zeros(0)
 
     def _knn_edges(self, queries: Tensor, nodes: Tensor, k: int, exclude_self: bool) -> tuple[Tensor, Tensor]:
@@ -136,11 +135,31 @@ class LatentGraph:
         nbr = dist.topk(kk, largest=False).indices  # (Q, kk)
         src = torch.arange(queries.shape[0], device=nodes.device).repeat_interleave(kk)
         pairs = torch.stack([src, nbr.reshape(-1)], 1)
-        if exclude_self:
-            pairs = torch.cat([pairs, _bridges(pairs, dist)])
-            pairs = torch.unique(torch.sort(pairs, dim=1).values, dim=0)
-        weights = self._segment_lengths(queries[pairs[:, 0]], nodes[pairs[:, 1]], building=exclude_self)
-        return pairs, weights
+        if not exclude_self:
+            return pairs, self._segment_lengths(queries[pairs[:, 0]], nodes[pairs[:, 1]])
+        pairs = torch.cat([pairs, _bridges(pairs, dist)])
+        pairs = torch.unique(torch.sort(pairs, dim=1).values, dim=0)
+        return pairs, self._edge_lengths(nodes, pairs)
+
+    def _edge_lengths(self, nodes: Tensor, pairs: Tensor) -> Tensor:
+        """Metric lengths (E,) of the straight edges ``pairs`` (E, 2) between ``nodes`` (n, d), as
+        :meth:`_segment_lengths` measures them, each node decoded once and each edge's inner
+        points alone (a quarter of the build's decoder work at 8 points per edge: 14.1 -> 11.2 s on a
+        d = 8 conv decoder, D = 784, 1 thread). Each step redraws the call's progress bar."""
+        t = time_grid(self.edge_points, nodes)
+        with torch.no_grad():
+            ends = self.metric.mean_embedding(nodes)  # (n, F)
+        pulse(nodes.shape[0])
+        out = []
+        inner = max(1, self.edge_points - 2)
+        chunk = max(1, (64 << 20) // (inner * 2 * self.metric.data_dim * nodes.element_size()))
+        with torch.no_grad():
+            for s in range(0, pairs.shape[0], chunk):
+                i, j = pairs[s : s + chunk, 0], pairs[s : s + chunk, 1]
+                points = straight_line(nodes[i], nodes[j], t)
+                out.append(self.metric.length_with_ends(points, ends[i], ends[j]))
+                pulse(i.shape[0] * (self.edge_points - 2))
+        return torch.cat(out) if out else nodes.new_zeros(0)
 
     def attach(self, points: Tensor) -> tuple[np.ndarray, np.ndarray, int]:
         """The k nearest nodes of each point (Q, k) and the metric lengths of the edges to them
