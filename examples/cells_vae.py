@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small, barely trained model (smoke test)")
     args = parser.parse_args()
-    n, genes, epochs, m = (1500, 500, 3, 10) if args.quick else (6000, 2000, 30, 36)
+    n, genes, epochs, m = (1500, 500, 3, 12) if args.quick else (6000, 2000, 30, 36)
     m_many, sample = (40, 8) if args.quick else (600, 50)
     torch.manual_seed(0)
     t0 = time.perf_counter()

@@ -131,7 +131,10 @@ def integer(name: str, value: object, minimum: int | None = None) -> int:
     """``value`` as an int (a Python or numpy integer, never a bool), ``>= minimum``."""
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be an integer, got {value!r}")
-    value = int(value.__index__())  # type: ignore[attr-defined]
+    try:  # a tensor has __index__ but refuses it unless it holds one integer
+        value = int(value.__index__())  # type: ignore[attr-defined]
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
     return value

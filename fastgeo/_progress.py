@@ -65,7 +65,8 @@ def progress_iter(it: Iterable[T], enabled: bool, desc: str) -> Iterator[T]:
     tqdm = _tqdm() if enabled else None
     if tqdm is None:
         return iter(it)
-    return iter(tqdm(it, desc=desc, leave=False, **_style()))
+    # Off a terminal a bar erased when done would leave its log at the first line (0 %).
+    return iter(tqdm(it, desc=desc, leave=not _lively(), **_style()))
 
 
 def progress_bar(total: int, enabled: bool, desc: str, unit: str = "it", leave: bool = True) -> Any:
@@ -113,14 +114,16 @@ def call_bar(
 ) -> Iterator[Any]:
     """A bar of ``total`` units for one long call (``None`` without tqdm, when not ``enabled``, or
     inside another call's bar: a call made by a call adds to the outer bar), shown once the call
-    has run ``delay`` seconds (``leave``: kept on screen when done); while it is open,
-    :func:`pulse` redraws it between its updates, so that a single batch of slow curves shows
-    that it runs, and how much decoder work it did."""
+    has run ``delay`` seconds (``leave``: kept on screen when done; off a terminal always, so that
+    a log ends on the call's last line, not its first); while it is open, :func:`pulse` redraws it
+    between its updates, so that a single batch of slow curves shows that it runs, and how much
+    decoder work it did; its last line shows the call's total decoder work."""
     tqdm = _tqdm() if enabled and _PULSE.get() is None else None
     if tqdm is None:
         yield None
         return
     style = _style()
+    leave = leave or not _lively()
     bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=leave, delay=delay, **style)
     start, done, last = time.monotonic(), [0], [0.0]
 
@@ -138,4 +141,6 @@ def call_bar(
         yield bar
     finally:
         _PULSE.reset(token)
+        if done[0]:  # not the stage of the last redraw, up to 30 s old off a terminal
+            bar.set_postfix_str(f"decoder points {done[0]:.3g}", refresh=False)
         bar.close()

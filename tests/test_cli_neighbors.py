@@ -61,3 +61,14 @@ def test_bad_inputs_are_one_line(files, capsys, tmp_path, monkeypatch, argv, wor
     code, err = _run(capsys, gen, tmp / "Z.npy", "-o", tmp_path / "nn.npy")
     assert code == 2 and "--output" in err[0] and ".npz" in err[0]
     assert not (tmp_path / "nn.npz").exists()
+
+
+def test_k_beyond_the_references_names_y(files, capsys, tmp_path, monkeypatch):
+    import fastgeo.cli.neighbors as cli
+
+    monkeypatch.setattr(cli, "nearest_neighbors", lambda *a, **k: pytest.fail("solved before checking"))
+    tmp, gen = files
+    np.save(tmp_path / "y.npy", np.load(tmp / "Z.npy")[:5])
+    argv = ("-o", tmp_path / "nn.npz", "-k", 6, "--y", tmp_path / "y.npy")
+    code, err = _run(capsys, gen, tmp / "Z.npy", *argv)
+    assert code == 2 and len(err) == 1 and "-k must be at most 5 (the codes of --y)" in err[0], err

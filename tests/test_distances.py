@@ -155,9 +155,11 @@ def test_converged_run_does_not_warn(metric):
 
 
 def test_progress_bar_reports_pairs(metric, capsys):
-    """progress=True draws a bar (tqdm, in the test extra) counting pairs on stderr; False, nothing."""
-    fastgeo.pairwise_distances(metric, disc_points(4, 1.0), progress=True, **OPTS)
-    assert "pair" in capsys.readouterr().err
+    """progress=True draws a bar (tqdm, in the test extra) counting pairs on stderr (None, the
+    default of ``geodesics``, as True); False, nothing."""
+    for progress in (True, None):
+        fastgeo.pairwise_distances(metric, disc_points(4, 1.0), progress=progress, **OPTS)
+        assert "pair" in capsys.readouterr().err
     fastgeo.pairwise_distances(metric, disc_points(4, 1.0), progress=False, **OPTS)
     assert capsys.readouterr().err == ""
 

@@ -129,6 +129,7 @@ def test_worker_processes_give_the_same_neighbours(metric, codes):
     [
         ({"k": 0}, ValueError, "k must be"),
         ({"k": True}, TypeError, "k must be an integer"),
+        ({"k": torch.tensor(1.0)}, TypeError, "k must be an integer"),
         ({"k": 40}, ValueError, "k must be at most 39"),
         ({"progress": "yes"}, TypeError, "progress must be"),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
@@ -153,3 +154,37 @@ def test_bad_codes_name_themselves(metric, codes):
     bad[1, 0] = torch.nan
     with pytest.raises(ValueError, match="Z"):
         fastgeo.nearest_neighbors(metric, bad, 2)
+
+
+def test_ties_are_broken_by_index_as_in_the_matrix(metric, codes):
+    """Copies of one code at several indices: where k cuts through the tie, the lower indices
+    are the neighbours, as in the stable-sorted rows of the full matrix."""
+    a, b, c = codes[0], codes[1], codes[2]
+    Z = torch.stack([a, b, a, c, a])
+    res = fastgeo.nearest_neighbors(metric, Z, 2, workers=1, progress=False, **OPTS)
+    D = fastgeo.pairwise_distances(metric, Z, workers=1, progress=False, **OPTS).double()
+    D.fill_diagonal_(torch.inf)
+    values, order = _brute(D, 2)
+    assert torch.equal(res.indices, order)
+    torch.testing.assert_close(res.distances.double(), values, rtol=1e-6, atol=0)
+    same = fastgeo.nearest_neighbors(metric, torch.stack([a, a, a, a]), 3, workers=1, progress=False)
+    assert same.indices.tolist() == [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("where", ["Z", "Y"])
+def test_codes_where_the_decoder_overflows_are_named(where):
+    """A mean that is inf at one (finite) code: its bounds would be NaN, rule out nothing and
+    certify rows never solved; the call names the code instead."""
+    lin = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[60.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        lin.bias.zero_()
+    mean = torch.nn.Sequential(lin, torch.nn.Softplus(threshold=1e9))  # exp(240) overflows float32
+    prec = fastgeo.RBFPrecision(torch.zeros(1, 2), torch.ones(1), torch.ones(3, 1), 0.1)
+    metric = fastgeo.ExpectedMetric(mean, prec)
+    Z = disc_points(5, 0.5, dtype=torch.float32, seed=1)
+    far = torch.tensor([[4.0, 0.0]])
+    Z, Y = (torch.cat([Z, far]), None) if where == "Z" else (Z, torch.cat([Z[:2], far]))
+    name = "Z\\[5\\]" if where == "Z" else "Y\\[2\\]"
+    with pytest.raises(ValueError, match=f"not finite at 1 code.*{name}"):
+        fastgeo.nearest_neighbors(metric, Z, 2, Y, workers=1, progress=False)

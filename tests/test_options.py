@@ -201,3 +201,38 @@ def test_explored_start_steps_per_method_and_dimension(method, d, explore, expec
     opts = solver_options(torch.float32, d, 784, method=method, explore=explore)
     assert opts.explore_iter == expected
     assert opts.summary()["explore"] == expected
+
+
+def test_logs_end_on_the_last_line_of_a_bar(monkeypatch):
+    """Off a terminal (a log file) a bar that a terminal would erase when done still writes its
+    last line, with the call's total decoder work (not the stage of a redraw up to 30 s old), so
+    that a log does not end on its first line (0 %) as if the job had stalled."""
+    pytest.importorskip("tqdm")
+    import io
+
+    from fastgeo import _progress
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setattr(sys.modules["fastgeo.solver.geodesics"], "DELAY", 0.0)
+    z = disc_points(5, 1.0)
+    res = fastgeo.geodesics(bumpy_metric(), z, z.flip(0))
+    last = log.getvalue().splitlines()[-1]
+    assert last.startswith("geodesics") and "5/5" in last, last
+    assert f"decoder points {res.decoder_evals + res.decoder_jvps:.3g}]" in last, last
+    for _ in _progress.progress_iter(range(2), True, "batches"):
+        pass
+    last = log.getvalue().splitlines()[-1]
+    assert last.startswith("batches") and "2/2" in last, last
+
+
+def test_nearest_neighbors_bars_show_the_solves_at_work(capsys, monkeypatch):
+    """Each round's bar of ``nearest_neighbors`` (one worker) is redrawn by the solves it runs,
+    with their stage and decoder work, as the matrix's bar is."""
+    pytest.importorskip("tqdm")
+    from fastgeo import _progress
+
+    monkeypatch.setattr(_progress, "OFF_TERMINAL_INTERVAL", 0.0)
+    fastgeo.nearest_neighbors(bumpy_metric(), disc_points(6, 1.0), 1, workers=1, progress=True, max_iter=20)
+    err = capsys.readouterr().err
+    assert re.search(r"neighbours, round 1: .*(starts|race|refinement).*decoder points", err), err[-2000:]

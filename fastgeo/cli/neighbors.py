@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise inputs.InputError(f"the latents file {str(latents)!r} holds no codes")
     available = Z.shape[0] - 1 if Y is None else Y.shape[0]
     if args.k > available:
-        raise inputs.InputError(f"-k must be at most {available} (the number of other codes), got {args.k}")
+        what = "the other codes of the latents file" if Y is None else "the codes of --y"
+        raise inputs.InputError(f"-k must be at most {available} ({what}), got {args.k}")
     for tmp in stale_temporaries(output.parent, output.name):
         tmp.unlink(missing_ok=True)
 

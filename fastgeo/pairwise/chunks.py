@@ -45,7 +45,7 @@ def solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str,
         if not bool(torch.isfinite(lengths).all()):
             k = int((~torch.isfinite(lengths)).nonzero()[0, 0])
             raise RuntimeError(
-                "fastgeo.pairwise_distances: the metric is not finite along the straight line between "
+                "fastgeo: the metric is not finite along the straight line between "
                 f"{int((~torch.isfinite(lengths)).sum())} pair(s) of codes, e.g. {a[k].tolist()} and "
                 f"{b[k].tolist()}; check the decoder mean and the RBF precision (zeta > 0) there"
             )

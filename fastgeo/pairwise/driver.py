@@ -71,7 +71,7 @@ def pairwise_distances(
     memory_budget: int | None = None,
     chunk_size: int | None = None,
     checkpoint: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     return_report: bool = False,
     **solver_options: Any,
 ) -> Tensor | tuple[Tensor, PairwiseReport]:
@@ -170,7 +170,8 @@ def pairwise_distances(
             atomically as they finish; a run started again with the same arguments solves only
             the missing chunks. Inputs that differ (Z, Y, options, chunk layout, metric
             parameters) are refused.
-        progress: show tqdm progress bars (pairs per second, time left).
+        progress: show tqdm progress bars (pairs per second, time left); None: as True (the
+            bars of a matrix show from the start).
         return_report: also return a :class:`PairwiseReport`.
         **solver_options: passed to :func:`fastgeo.geodesics` (method, m, n_points, family,
             warm_start, max_iter, tol, batch_size, ...).
@@ -190,7 +191,7 @@ def pairwise_distances(
     _checks.outside_autocast("pairwise_distances")
     Z, Y, options = check_inputs(pairwise_distances, metric, Z, Y, solver_options)
     progress, return_report = (
-        _checks.boolean("progress", progress),
+        _checks.boolean("progress", True if progress is None else progress),
         _checks.boolean("return_report", return_report),
     )
     mode = _checks.choice("mode", mode, MODES)

@@ -38,6 +38,14 @@ class FeatureBounds:
     def __init__(self, metric: ExpectedMetric, nodes: Tensor, M: int, symmetric: bool) -> None:
         with torch.no_grad():
             features = decoded_features(metric, nodes)
+        bad = (~torch.isfinite(features).all(1)).nonzero()[:, 0].tolist()
+        if bad:  # NaN bounds would rule out no code and certify rows never solved
+            names = [f"Z[{i}]" if i < M or symmetric else f"Y[{i - M}]" for i in bad[:3]]
+            raise ValueError(
+                f"the metric's features [mu, sigma] are not finite at {len(bad)} code(s), e.g. "
+                f"{', '.join(names)} = {nodes[bad[0]].tolist()}: the decoder mean overflows there "
+                "(check it, and the RBF precision's zeta > 0)"
+            )
         eps = torch.finfo(metric.dtype).eps
         self.queries = features[:M]
         self.refs = features if symmetric else features[M:]

@@ -104,7 +104,7 @@ def nearest_neighbors(
     workers: int | None = None,
     memory_budget: int | None = None,
     chunk_size: int | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     **solver_options: Any,
 ) -> NearestNeighbors:
     """The ``k`` geodesically nearest codes of every code of ``Z`` (among ``Z`` itself, or
@@ -116,7 +116,7 @@ def nearest_neighbors(
     docstring): on trained VAEs about ``0.7 k`` geodesics per code in 2-D (pairs are shared)
     and ``3 k`` at d = 16, where :func:`pairwise_distances` solves ``(M - 1) / 2``. The lengths
     are those :func:`fastgeo.geodesics` gives each pair alone (with the same options), so the
-    neighbours are the first ``k`` of the matrix's rows, up to ties.
+    neighbours are the first ``k`` of the matrix's rows (equal lengths in the order of index).
 
     Args:
         metric: the expected metric.
@@ -132,7 +132,7 @@ def nearest_neighbors(
             Linux CPU; see :func:`pairwise_distances`).
         memory_budget, chunk_size: the size of the solver's batches, as in
             :func:`pairwise_distances`.
-        progress: a progress bar per round of solves (needs tqdm).
+        progress: a progress bar per round of solves (needs tqdm); None: as True.
         **solver_options: passed to every :func:`fastgeo.geodesics` call (``method``, ``tol``,
             ...).
 
@@ -145,7 +145,7 @@ def nearest_neighbors(
     _checks.autograd_enabled("nearest_neighbors")
     _checks.outside_autocast("nearest_neighbors")
     Z, Y, options = check_inputs(nearest_neighbors, metric, Z, Y, solver_options)
-    progress = _checks.boolean("progress", progress)
+    progress = _checks.boolean("progress", True if progress is None else progress)
     symmetric = Y is None
     M = Z.shape[0]
     P = M if symmetric else Y.shape[0]
@@ -193,7 +193,8 @@ def nearest_neighbors(
         if not bool(ran_out.any()) or cap == available:
             break
         cap = min(available, 2 * cap)
-    order = lengths.argsort(dim=1, stable=True)[:, :k]
+    by_index = idx.argsort(dim=1)  # ties broken by index, as in a row of the matrix
+    order = by_index.gather(1, lengths.gather(1, by_index).argsort(dim=1, stable=True))[:, :k]
     indices = idx.gather(1, order)
     dist = lengths.gather(1, order)
     status = solved.status_of(indices)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._progress import progress_bar
+from .._progress import call_bar
 from ..metric import ExpectedMetric
 from .chunks import all_reduce_sum, dist_info, solve_chunk
 from .workers import chunk_loop, shared, split_size
@@ -60,12 +60,9 @@ def solve_pair_list(
         work[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"]])
         return rec["lengths"].numel()
 
-    bar = progress_bar(n, show, label, unit)
-    try:
+    # In this process (one worker) the solves' stages and decoder work redraw the bar as they go.
+    with call_bar(n, show, label, unit, delay=0.0, leave=True) as bar:
         chunk_loop(mine(-(-n // chunk_size)), workers, body, bar)
-    finally:
-        if bar is not None:
-            bar.close()
     work = work.sum(0)
     if world > 1:  # disjoint chunks, zeros elsewhere: exact sums
         for p in (lengths, status, work):

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from .._progress import DELAY, call_bar
+from .._progress import DELAY, call_bar, phase
 from ..curves import Basis, BSplineBasis, Curves
 from ..metric import ExpectedMetric
 from . import smoothing
@@ -277,11 +277,13 @@ def _solve(
                 first = flag_under_resolved(metric, res, work)
             else:
                 at = functools.partial(_solve_at, metric, z0, z1, opts, lgraph, work)
-                first = refine_resolution(metric, res, at, work)
+                with phase("resolution check"):
+                    first = refine_resolution(metric, res, at, work)
         if opts.subdivide and z0.shape[0]:
             gains[res.resolution != opts.n_points] = torch.nan  # solved again: predicted anew
             first = subdivide_curves(metric, res, opts, work, first, gains)
-        _finish(metric, res, work, first)
+        with phase("measuring the lengths"):
+            _finish(metric, res, work, first)
     return res
 
 

@@ -44,6 +44,7 @@ from ..metric import ExpectedMetric
 GRID_NODES = 3600
 GRID_NEIGHBOURS = 20
 NEIGHBOURS = 10  # per node in d >= 4 (no grid)
+EDGE_POINTS = 8  # points of a straight edge where its metric length is measured
 ROW_CACHE_BYTES = 256 << 20  # shortest-path rows kept per graph (see LatentGraph.end_rows)
 
 
@@ -56,7 +57,7 @@ class LatentGraph:
             ``n_nodes`` of them when M is larger).
         n_nodes: nodes sampled around the RBF centers (default 1500).
         k: neighbours per node (default ``NEIGHBOURS``; ``GRID_NEIGHBOURS`` in d <= 3).
-        edge_points: points per edge used to measure its metric length (default 8).
+        edge_points: points per edge used to measure its metric length (default ``EDGE_POINTS``).
         grid: nodes of the regular grid in latent dimension d <= 3 (default ``GRID_NODES``; 0 for none).
         seed: sampling seed.
     """
@@ -67,14 +68,14 @@ class LatentGraph:
         latents: Tensor | None = None,
         n_nodes: int = 1500,
         k: int | None = None,
-        edge_points: int = 8,
+        edge_points: int | None = None,
         grid: int | None = None,
         seed: int = 0,
     ) -> None:
         if not isinstance(metric, ExpectedMetric):
             raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
         n_nodes = _checks.integer("n_nodes", n_nodes, 1)
-        edge_points = _checks.integer("edge_points", edge_points, 2)
+        edge_points = EDGE_POINTS if edge_points is None else _checks.integer("edge_points", edge_points, 2)
         seed = _checks.integer("seed", seed, 0)
         grid = GRID_NODES if grid is None else _checks.integer("grid", grid, 0)
         if latents is not None:
