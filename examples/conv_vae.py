@@ -6,9 +6,8 @@ Run: python examples/conv_vae.py [--quick] [--out DIR]
 The VAE is plain PyTorch (your own model takes its place): an encoder to (mean, log-variance) and
 a decoder mean from d = 8 latent codes to 1 x 28 x 28 images, trained on procedural shapes
 (``fastgeo.image_datasets.shapes28``: no download). About two minutes on one CPU core
-(``--quick``: about half a minute, most of it the latent graph at d = 8, a barely trained model,
-for a smoke test). With matplotlib installed, ``--out`` gets a figure of two geodesics decoded
-next to the straight lines.
+(``--quick``: about 20 s, a barely trained model, for a smoke test). With matplotlib installed,
+``--out`` gets a figure of two geodesics decoded next to the straight lines.
 """
 
 from __future__ import annotations

@@ -143,6 +143,7 @@ def test_geodesics_rejects_bad_input():
         (dict(z0=z, z1=z, tol=0.0), ValueError, "tol"),
         (dict(z0=z, z1=z, max_iter=-1), ValueError, "max_iter"),
         (dict(z0=z, z1=z, coarse_points=2), ValueError, "coarse_points"),
+        (dict(z0=z, z1=z, coarse_points=3), ValueError, "coarse_points must be an integer >= 4"),
         (dict(z0=z, z1=z, coarse_points=16.0), TypeError, "coarse_points"),
         (dict(z0=z, z1=z, warm_start=-1), ValueError, "warm_start"),
         (dict(z0=z, z1=z, warm_start=2.5), TypeError, "warm_start"),
@@ -385,3 +386,6 @@ def test_latents_without_a_graph_are_named_as_ignored():
     z0, z1 = torch.zeros(1, 2, dtype=f64), torch.ones(1, 2, dtype=f64)
     with pytest.warns(UserWarning, match="graph=False ignores them"):
         fastgeo.geodesics(metric, z0, z1, graph=False, latents=torch.randn(5, 2, dtype=f64))
+    graph = fastgeo.LatentGraph(metric, n_nodes=20, grid=0)
+    with pytest.warns(UserWarning, match="a given graph keeps its own nodes"):
+        fastgeo.geodesics(metric, z0, z1, graph=graph, latents=torch.randn(5, 2, dtype=f64))

@@ -130,7 +130,7 @@ def geodesics(
             grid, keeping the lowest energy (default 5 for ``default`` and ``fast`` in d <= 3:
             every start; in d >= 4 4 for ``default`` (of the straight line, the warm and explored
             starts and two corridors), 1 for ``fast``; 1 otherwise).
-        coarse_points: points per curve while the starts are raced (``default`` and ``fast``;
+        coarse_points: points per curve while the starts are raced (>= 4; ``default`` and ``fast``;
             default 48 in d <= 3, 24 above; ``fast``: 32 and 20), ranked by their energy with the
             midpoints added. Only the winner is then refined at ``n_points``; a value >=
             ``n_points`` races at full resolution.
@@ -217,6 +217,10 @@ def geodesics(
     check_graph_inputs(metric, graph, latents)
     if latents is not None and graph is False:
         warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph; graph=False ignores them",
+                      UserWarning, stacklevel=2)  # fmt: skip
+    elif latents is not None and isinstance(graph, LatentGraph):
+        warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph the call builds; a given "
+                      "graph keeps its own nodes and ignores them (pass them to fastgeo.LatentGraph)",
                       UserWarning, stacklevel=2)  # fmt: skip
     ends = z0, z1  # the caller's: the lengths' gradient goes to them
     z0, z1 = z0.detach(), z1.detach()

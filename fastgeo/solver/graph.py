@@ -44,7 +44,13 @@ from ..metric import ExpectedMetric
 GRID_NODES = 3600
 GRID_NEIGHBOURS = 20
 NEIGHBOURS = 10  # per node in d >= 4 (no grid)
-EDGE_POINTS = 8  # points of a straight edge where its metric length is measured
+# Points of a straight edge where its metric length is measured: 8 in d <= 3, where the grid's
+# edges must not step over the thin walls of 2-D VAEs; 4 in d >= 4, where the nodes lie near the
+# data: the same curves on every sample of six trained VAEs (d = 5-32, MLP and conv, 2-5 seeds
+# of 48 pairs; LM iterations +0.1-1.7 %) for a third of the build's decoder work (a D = 3,072
+# conv decoder's first call 23 -> 8 s; bench/RESULTS.md, "Latent graph builds").
+EDGE_POINTS = 8
+EDGE_POINTS_HIGH_D = 4
 ROW_CACHE_BYTES = 256 << 20  # shortest-path rows kept per graph (see LatentGraph.end_rows)
 
 
@@ -57,7 +63,8 @@ class LatentGraph:
             ``n_nodes`` of them when M is larger).
         n_nodes: nodes sampled around the RBF centers (default 1500).
         k: neighbours per node (default ``NEIGHBOURS``; ``GRID_NEIGHBOURS`` in d <= 3).
-        edge_points: points per edge used to measure its metric length (default ``EDGE_POINTS``).
+        edge_points: points per edge used to measure its metric length (default ``EDGE_POINTS``
+            in d <= 3, ``EDGE_POINTS_HIGH_D`` above).
         grid: nodes of the regular grid in latent dimension d <= 3 (default ``GRID_NODES``; 0 for none).
         seed: sampling seed.
     """
@@ -75,7 +82,8 @@ class LatentGraph:
         if not isinstance(metric, ExpectedMetric):
             raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
         n_nodes = _checks.integer("n_nodes", n_nodes, 1)
-        edge_points = EDGE_POINTS if edge_points is None else _checks.integer("edge_points", edge_points, 2)
+        if edge_points is not None:
+            edge_points = _checks.integer("edge_points", edge_points, 2)
         seed = _checks.integer("seed", seed, 0)
         grid = GRID_NODES if grid is None else _checks.integer("grid", grid, 0)
         if latents is not None:
@@ -83,6 +91,8 @@ class LatentGraph:
             _checks.finite("latents", latents)
         centers, gammas = metric.precision.centers.detach(), metric.precision.gammas.detach()
         K, d = centers.shape
+        if edge_points is None:
+            edge_points = EDGE_POINTS if d <= 3 else EDGE_POINTS_HIGH_D
         k = (GRID_NEIGHBOURS if grid and d <= 3 else NEIGHBOURS) if k is None else _checks.integer("k", k, 1)
         self.metric = metric
         self.k = k

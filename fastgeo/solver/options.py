@@ -248,7 +248,7 @@ def solver_options(
     coarse_points = _checks.integer(
         "coarse_points",
         table.get("coarse_points", COARSE_POINTS) if coarse_points is None else coarse_points,
-        3,
+        4,  # the warm start's banded system needs two interior points
     )
     tols = FAST_TOL if method == "fast" else DEFAULT_TOL
     tol = _checks.positive_float("tol", tols.get(dtype, tols[torch.float32]) if tol is None else tol)
