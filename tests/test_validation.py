@@ -223,6 +223,8 @@ def test_select_takes_an_empty_list_and_a_0d_index():
     res = fastgeo.geodesics(metric, z[:2], z[1:], method="fast")
     assert len(res.select([])) == 0
     assert torch.equal(res.select(torch.tensor(1)).lengths, res.lengths[1:])
+    assert torch.equal(res.select(slice(1, None)).lengths, res.lengths[1:])
+    assert len(res.select(slice(5, 9))) == 0
 
 
 def test_autocast_is_refused_clearly():

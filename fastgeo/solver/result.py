@@ -165,10 +165,12 @@ class GeodesicResult:
         method = self.options.get("method", "?")
         return f"GeodesicResult({B} curves, d={d}, method={method!r}: {statuses or 'none'}{lengths})"
 
-    def select(self, idx: Tensor | int) -> GeodesicResult:
-        """The results of curves ``idx`` (a (K,) index tensor or list, a (B,) bool mask, or one
-        index: a result of one curve), in that order; the work counters stay those of the whole
-        call."""
+    def select(self, idx: Tensor | int | slice) -> GeodesicResult:
+        """The results of curves ``idx`` (a (K,) index tensor or list, a (B,) bool mask, a slice,
+        or one index: a result of one curve), in that order; the work counters stay those of the
+        whole call."""
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
         if isinstance(idx, numbers.Integral) and not isinstance(idx, bool):
             idx = [int(idx)]
         if isinstance(idx, Tensor) and idx.dim() == 0 and idx.dtype in INDEX_DTYPES:
