@@ -220,6 +220,9 @@ def test_logs_end_on_the_last_line_of_a_bar(monkeypatch):
     last = log.getvalue().splitlines()[-1]
     assert last.startswith("geodesics") and "5/5" in last, last
     assert f"decoder points {res.decoder_evals + res.decoder_jvps:.3g}]" in last, last
+    fastgeo.geodesics(bumpy_metric(), z[:2], z[2:4], method="dense", n_points=12)
+    last = log.getvalue().splitlines()[-1]
+    assert last.startswith("geodesics") and "2/2" in last, last  # the oracle's curves, counted at the end
     for _ in _progress.progress_iter(range(2), True, "batches"):
         pass
     last = log.getvalue().splitlines()[-1]
