@@ -302,6 +302,7 @@ def pairwise_distances(
             counts[0] += check.decoder_evals
             counts[1] += check.decoder_jvps
         solved = ~torch.isin(status, torch.tensor(UNSOLVED, dtype=status.dtype, device=status.device))
+        estimates_left = bool((~solved).any())  # not where every pair was in the error sample
         if Y is None:
             solved = torch.triu(solved, diagonal=1)
         else:
@@ -320,7 +321,8 @@ def pairwise_distances(
                 "(a Gauss-Newton matrix at every step).",
                 RuntimeWarning, stacklevel=2,
             )  # fmt: skip
-        _warn_estimates(extra, metric.latent_dim)
+        if estimates_left:
+            _warn_estimates(extra, metric.latent_dim)
         if mapped is not None:
             mapped.flush()
         counts[0] += graph_evals

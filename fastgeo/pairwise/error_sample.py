@@ -111,7 +111,7 @@ def draw_sample(rows: Tensor, cols: Tensor, symmetric: bool, error_sample: int) 
     R, C = rows.numel(), cols.numel()
     n_pairs = R * (R - 1) // 2 if symmetric else R * C
     g = torch.Generator().manual_seed(SAMPLE_SEED)
-    if error_sample >= n_pairs:  # every pair (and no draw as large as error_sample)
+    if n_pairs <= 16 * error_sample:  # a sample near every pair: drawn without replacement
         k = torch.randperm(n_pairs, generator=g)
     else:
         k = torch.unique(torch.randint(n_pairs, (4 * error_sample,), generator=g))
