@@ -226,6 +226,7 @@ def test_graph_mode_from_the_command_line(files, capsys, monkeypatch, tmp_path):
     expect_error(capsys, ["--neighbors", ">= 0"], *graph, "--neighbors", "-1")
     expect_error(capsys, ["--error-sample", ">= 0"], *graph, "--error-sample", "-2")
     expect_error(capsys, ["--workers", ">= 1"], *graph, "--workers", "0")
+    expect_error(capsys, ["--neighbors 0 needs --straight"], *graph, "--neighbors", "0", "--no-straight")
 
 
 @pytest.mark.parametrize("mode", [None, "exact"])

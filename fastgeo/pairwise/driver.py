@@ -249,7 +249,10 @@ def pairwise_distances(
             straight = straight_default(metric.latent_dim, layout.n_pairs)
         straight = _checks.boolean("straight", straight)
         if neighbors == 0 and not straight:
-            raise ValueError("neighbors=0 (no geodesics between codes) needs straight=True: no entry bounded")
+            raise ValueError(
+                "neighbors=0 (no geodesics between codes) needs straight=True (on the command line "
+                "--neighbors 0 needs --straight): no entry bounded"
+            )
         edges = _checks.choice("edges", "draft" if edges is None else edges, EDGES)
     ckpt = None  # opened (and checked against the run) before the output file is touched
     if checkpoint is not None:
