@@ -170,8 +170,7 @@ def pairwise_distances(
             atomically as they finish; a run started again with the same arguments solves only
             the missing chunks. Inputs that differ (Z, Y, options, chunk layout, metric
             parameters) are refused.
-        progress: show tqdm progress bars (pairs per second, time left); None: as True (the
-            bars of a matrix show from the start).
+        progress: show tqdm progress bars (pairs per second, time left; None: as True).
         return_report: also return a :class:`PairwiseReport`.
         **solver_options: passed to :func:`fastgeo.geodesics` (method, m, n_points, family,
             warm_start, max_iter, tol, batch_size, ...).
@@ -249,10 +248,7 @@ def pairwise_distances(
             straight = straight_default(metric.latent_dim, layout.n_pairs)
         straight = _checks.boolean("straight", straight)
         if neighbors == 0 and not straight:
-            raise ValueError(
-                "neighbors=0 (no geodesics between codes) needs straight=True (on the command line "
-                "--neighbors 0 needs --straight): no entry bounded"
-            )
+            raise ValueError("neighbors=0 (no geodesics between codes) needs straight=True: no entry bounded")
         edges = _checks.choice("edges", "draft" if edges is None else edges, EDGES)
     ckpt = None  # opened (and checked against the run) before the output file is touched
     if checkpoint is not None:
