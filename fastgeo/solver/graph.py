@@ -46,8 +46,8 @@ GRID_NEIGHBOURS = 20
 NEIGHBOURS = 10  # per node in d >= 4 (no grid)
 # Points of a straight edge where its metric length is measured: 8 in d <= 3, where the grid's
 # edges must not step over the thin walls of 2-D VAEs; 4 in d >= 4, where the nodes lie near the
-# data: the same curves on every sample of six trained VAEs (d = 5-32, MLP and conv, 2-5 seeds
-# of 48 pairs; LM iterations +0.1-1.7 %) for a third of the build's decoder work (a D = 3,072
+# data: the same curves on every sample of eight trained VAEs (d = 5-64, MLP and conv, 1-5 seeds
+# of 48 pairs; LM iterations -1.1 to +1.7 %) for a third of the build's decoder work (a D = 3,072
 # conv decoder's first call 23 -> 8 s; bench/RESULTS.md, "Latent graph builds").
 EDGE_POINTS = 8
 EDGE_POINTS_HIGH_D = 4
@@ -158,13 +158,12 @@ class LatentGraph:
         points alone (a quarter of the build's decoder work at 8 points per edge: 14.1 -> 11.2 s on a
         d = 8 conv decoder, D = 784, 1 thread). Each step redraws the call's progress bar."""
         t = time_grid(self.edge_points, nodes)
-        with torch.no_grad():
-            ends = self.metric.mean_embedding(nodes)  # (n, F)
-        pulse(nodes.shape[0])
-        out = []
         inner = max(1, self.edge_points - 2)
         chunk = max(1, (64 << 20) // (inner * 2 * self.metric.data_dim * nodes.element_size()))
+        out = []
         with torch.no_grad():
+            ends = self.metric.mean_embedding(nodes)  # (n, F)
+            pulse(nodes.shape[0])
             for s in range(0, pairs.shape[0], chunk):
                 i, j = pairs[s : s + chunk, 0], pairs[s : s + chunk, 1]
                 points = straight_line(nodes[i], nodes[j], t)
