@@ -65,6 +65,22 @@ def test_neighbour_edges_connect_and_spread():
     assert max(nb0) >= 5  # and one far edge, beyond 5 times the nearest distance
 
 
+def test_neighbour_search_memory_bounded(monkeypatch):
+    """A large ``neighbors`` shrinks the search's blocks so that their (block, C, C) cosines stay
+    within ``SEARCH_ELEMENTS`` (k = 30 on 160 codes held (128, 159, 159) before), with the same
+    edges as unbounded blocks."""
+    from fastgeo.pairwise import code_graph
+
+    Z = torch.randn(160, 8, generator=torch.Generator().manual_seed(1))
+    free = neighbour_edges(Z, 30)
+    shapes = []
+    spread = code_graph._spread
+    monkeypatch.setattr(code_graph, "_spread", lambda cos, *a: shapes.append(cos.shape) or spread(cos, *a))
+    monkeypatch.setattr(code_graph, "SEARCH_ELEMENTS", 4 * 159 * 159)
+    assert torch.equal(neighbour_edges(Z, 30), free)
+    assert max(s[0] for s in shapes) == 4 and all(s[1] == s[2] == 159 for s in shapes)
+
+
 def test_graph_distances_are_upper_bounds(graph_run, exact, metric, Z):
     """Every graph distance is at least the exact one (chains of geodesics; up to the solver's
     own tolerance), the matrix is symmetric with a zero diagonal, no entry is NaN."""

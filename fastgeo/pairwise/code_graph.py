@@ -30,6 +30,9 @@ FAR_CANDIDATES = 24
 DIVERSE_COS = 0.97  # a candidate within ~14 degrees of a nearer chosen neighbour's direction is skipped
 ROW_BLOCK = 1024  # codes per block of bridges and symmetrization ((block, block) matrices)
 SEARCH_BLOCK = 128  # codes per block of the neighbour search ((block, M) and (block, C, C))
+# ... fewer where C is large (a user's large ``neighbors``): (block, C, C) cosines stay below
+# this many elements (256 MB in float32), or one code's (C, C) where that alone is more.
+SEARCH_ELEMENTS = 1 << 26
 DIJKSTRA_BLOCK = 256  # sources per block of Dijkstra rows ((block, M) float64)
 
 
@@ -46,8 +49,9 @@ def neighbour_edges(Z: Tensor, k: int = NEIGHBORS) -> Tensor:
     far_k = k // 2
     C = min(M - 1, FAR_CANDIDATES * k)
     edges = []
-    for lo in range(0, M, SEARCH_BLOCK):
-        q = Z[lo : lo + SEARCH_BLOCK]
+    block = max(1, min(SEARCH_BLOCK, SEARCH_ELEMENTS // (C * C)))
+    for lo in range(0, M, block):
+        q = Z[lo : lo + block]
         b = q.shape[0]
         rows = torch.arange(b, device=Z.device)
         dist = torch.cdist(q, Z)
