@@ -278,3 +278,17 @@ def test_no_estimate_warning_where_every_pair_was_sampled():
         )
     assert rep.chord_error.mean_abs > 0.05  # the estimates were far off: the old code warned
     assert not bool((rep.status_code == CHORD_ESTIMATE).any())
+    assert not rep.estimates_left and "no estimate is left in the matrix" in str(rep)
+
+
+@pytest.mark.parametrize("mode", ["graph", "chord", "draft"])
+def test_reports_of_no_pair_name_their_mode(metric, mode):
+    """With no pair (0 or 1 code) the approximate modes' reports are theirs (the graph and chord
+    modes printed the exact mode's "0 geodesics, 0 converged"), and say that nothing was sampled."""
+    d = metric.latent_dim
+    for Z in (torch.zeros(0, d, dtype=torch.float64), torch.ones(1, d, dtype=torch.float64)):
+        D, rep = fastgeo.pairwise_distances(metric, Z, mode=mode, progress=False, return_report=True)
+        assert D.shape == (Z.shape[0],) * 2 and rep.n_pairs == 0 and not rep.estimates_left
+        text = str(rep)
+        assert "geodesics, 0 converged" not in text and "no pair sampled" in text
+        assert "no estimate is left" not in text  # nothing to say of an empty matrix

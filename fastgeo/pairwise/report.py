@@ -99,32 +99,42 @@ class PairwiseReport:
         return mask.nonzero()
 
     def __str__(self) -> str:
-        if self.chord_error is not None:
+        mode = self.options.get("mode", "exact")
+        if mode == "exact":
             return (
-                f"{self.n_pairs} pairs as chord estimates, fitted to {self.n_converged + self.n_failed} "
-                f"exact geodesics; {self.chord_error}; {self.wall_time:.2f} s; {self.decoder_evals} "
-                f"decoder evals, {self.decoder_jvps} decoder JVPs"
+                f"{self.n_pairs} geodesics, {self.n_converged} converged, {self.n_failed} not; "
+                f"{self.chunks_total} chunks of {self.chunk_size} ({self.chunks_computed} solved, "
+                f"{self.chunks_loaded} loaded); {self.wall_time:.2f} s; "
+                f"{self.decoder_evals} decoder evals, {self.decoder_jvps} decoder JVPs"
+                + ("" if self.chain_check is None else f"; {self.chain_check}")
             )
-        if self.draft_error is not None:
-            return (
+        work = f"{self.wall_time:.2f} s; {self.decoder_evals} decoder evals, {self.decoder_jvps} decoder JVPs"
+        if mode == "chord":
+            head = (
+                f"{self.n_pairs} pairs as chord estimates, fitted to {self.n_converged + self.n_failed} "
+                "exact geodesics"
+            )
+        elif mode == "draft":
+            head = (
                 f"{self.n_pairs} pairs as drafts (coarse curves) in {self.chunks_total} chunks of "
                 f"{self.chunk_size} ({self.chunks_computed} solved, {self.chunks_loaded} loaded), "
-                f"{self.draft_chains} shortened by chains of drafts; "
-                f"{self.draft_error}; {self.wall_time:.2f} s; {self.decoder_evals} decoder evals, "
-                f"{self.decoder_jvps} decoder JVPs"
+                f"{self.draft_chains} shortened by chains of drafts"
             )
-        if self.graph_error is not None:
-            return (
-                f"{self.n_pairs} pairs from a graph of {self.graph_edges} edges"
-                + (f" and {self.straight_shortcuts} straight segments" if self.straight_shortcuts else "")
-                + f"; {self.graph_error}; "
-                f"{self.wall_time:.2f} s; {self.decoder_evals} decoder evals, "
-                f"{self.decoder_jvps} decoder JVPs"
+        else:
+            head = f"{self.n_pairs} pairs from a graph of {self.graph_edges} edges" + (
+                f" and {self.straight_shortcuts} straight segments" if self.straight_shortcuts else ""
             )
-        return (
-            f"{self.n_pairs} geodesics, {self.n_converged} converged, {self.n_failed} not; "
-            f"{self.chunks_total} chunks of {self.chunk_size} ({self.chunks_computed} solved, "
-            f"{self.chunks_loaded} loaded); {self.wall_time:.2f} s; "
-            f"{self.decoder_evals} decoder evals, {self.decoder_jvps} decoder JVPs"
-            + ("" if self.chain_check is None else f"; {self.chain_check}")
-        )
+        error = {"chord": self.chord_error, "draft": self.draft_error}.get(mode, self.graph_error)
+        label = {"chord": "chord estimates", "draft": "draft distances"}.get(mode, "graph distances")
+        sampled = f"{label}: no pair sampled" if error is None else str(error)
+        if self.n_pairs and not self.estimates_left:
+            # The sample's pairs hold exact geodesics' lengths (where shorter): the matrix is exact.
+            sampled += "; every pair was in the sample: no estimate is left in the matrix"
+        return f"{head}; {sampled}; {work}"
+
+    @property
+    def estimates_left(self) -> bool:
+        """Whether any entry holds an estimate (graph, draft or chord; statuses ``graph_estimate``,
+        ``draft``, ``chord_estimate``, ``chain``) rather than a solved geodesic's length."""
+        unsolved = torch.tensor(UNSOLVED, dtype=self.status_code.dtype, device=self.status_code.device)
+        return bool(torch.isin(self.status_code, unsolved).any())
