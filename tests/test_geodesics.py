@@ -330,3 +330,23 @@ def test_resolution_check_resolves_or_flags_curves_that_step_over_a_wall():
     assert mid.status.tolist()[0] in ("converged", "under_resolved", "straight_fallback")
     with torch.no_grad():
         torch.testing.assert_close(metric.length(mid.points(4097)), mid.lengths, rtol=1e-3, atol=0)
+
+
+def test_fewest_coarse_points_in_finer_bases():
+    """``coarse_points=4`` (the fewest allowed) is scaled down with the finer bases a call
+    solves in (the true decoder's stage after the smoothed one, subdivision, the resolution
+    check) but never below 4: on a ReLU decoder with ``n_points=200`` it fell to 3 there and the
+    warm start crashed in its banded system (``torch.cat`` of no terms)."""
+    g = torch.Generator().manual_seed(0)
+    d = 4
+    net = torch.nn.Sequential(torch.nn.Linear(d, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+    Z = torch.randn(12, d, generator=g)
+    weights = torch.rand(16, 6, generator=g)
+    precision = fastgeo.RBFPrecision(Z[:6], torch.full((6,), 0.5), weights, zeta=1e-2)
+    metric = fastgeo.ExpectedMetric(net, precision)
+    assert metric.piecewise_linear_mean  # the smoothed stage runs first
+    res = fastgeo.geodesics(metric, Z[6:8], Z[8:10], n_points=200, coarse_points=4, progress=False)
+    assert res.options["smoothed_first"] and torch.isfinite(res.lengths).all()

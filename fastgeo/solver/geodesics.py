@@ -51,7 +51,14 @@ from .end_gradients import with_end_gradients
 from .fallback import never_longer_than_straight
 from .graph import LatentGraph, cached_graph, check_graph_inputs
 from .measure import measure
-from .options import DEFAULTS, POINTS_PER_CONTROL_POINT, SPLINE_METHODS, SolverOptions, solver_options
+from .options import (
+    DEFAULTS,
+    POINTS_PER_CONTROL_POINT,
+    SPLINE_METHODS,
+    SolverOptions,
+    coarse_points_for,
+    solver_options,
+)
 from .race import solve_batch
 from .resolution import flag_under_resolved, refine_resolution
 from .result import CONVERGED, GIVEN, NONFINITE, SMOOTHED, GeodesicResult, Work
@@ -327,7 +334,7 @@ def _solve_at(
 ) -> tuple[Tensor, ...]:
     """Curves ``idx`` solved again at ``n`` points from ``init`` (the resolution check)."""
     finer = dataclasses.replace(
-        opts, n_points=n, coarse_points=max(3, opts.coarse_points * n // opts.n_points)
+        opts, n_points=n, coarse_points=coarse_points_for(opts.coarse_points, n, opts.n_points)
     )
     return _solve_in_batches(metric, z0[idx], z1[idx], finer, init, graph, work)
 
@@ -343,7 +350,7 @@ def _in_basis(opts: SolverOptions, basis: Basis) -> SolverOptions:
         while (opts.m - 1) << (halvings + 1) <= basis.m - 1:
             halvings += 1
     return dataclasses.replace(
-        opts, basis=basis, n_points=n, coarse_points=max(3, opts.coarse_points * n // opts.n_points),
+        opts, basis=basis, n_points=n, coarse_points=coarse_points_for(opts.coarse_points, n, opts.n_points),
         subdivide=max(0, opts.subdivide - halvings),
     )  # fmt: skip
 

@@ -96,6 +96,7 @@ LAGGED_SECANT: bool | None = None
 LINEARIZE = ("auto", "always", "lagged")
 POINTS_PER_CONTROL_POINT = 4
 COARSE_POINTS = 48  # default points per curve of the race between starts (d >= 4: 24)
+MIN_COARSE_POINTS = 4  # the warm start's banded system needs two interior points
 WARM_ITER = 5  # iterations of the warm start (a start only: the full energy decides the rest)
 # float32: 1e-5 stopped curves in flat valleys of trained VAEs, where the energy falls by a few
 # 1e-6 per step for a hundred steps before it drops again (one pair 0.76 % long at d = 12, the
@@ -248,7 +249,7 @@ def solver_options(
     coarse_points = _checks.integer(
         "coarse_points",
         table.get("coarse_points", COARSE_POINTS) if coarse_points is None else coarse_points,
-        4,  # the warm start's banded system needs two interior points
+        MIN_COARSE_POINTS,
     )
     tols = FAST_TOL if method == "fast" else DEFAULT_TOL
     tol = _checks.positive_float("tol", tols.get(dtype, tols[torch.float32]) if tol is None else tol)
@@ -334,3 +335,10 @@ def solver_options(
         explore_iter,
         torch.bfloat16 if low else None,
     )
+
+
+def coarse_points_for(coarse_points: int, n_points: int, asked_n_points: int) -> int:
+    """The race's points for a curve solved on ``n_points`` where ``coarse_points`` were asked
+    for ``asked_n_points`` (a finer basis of the same call): in proportion, never fewer than
+    :data:`MIN_COARSE_POINTS`."""
+    return max(MIN_COARSE_POINTS, coarse_points * n_points // asked_n_points)

@@ -21,7 +21,7 @@ from torch import Tensor
 from .._progress import phase
 from ..metric import ExpectedMetric
 from .graph import LatentGraph
-from .options import HIGH_DIM, POINTS_PER_CONTROL_POINT, SPLINE_METHODS, SolverOptions
+from .options import HIGH_DIM, POINTS_PER_CONTROL_POINT, SPLINE_METHODS, SolverOptions, coarse_points_for
 from .result import GeodesicResult
 
 # Off: the true decoder alone (for benchmarks).
@@ -95,7 +95,7 @@ def _solve_stage(
             explore=opts.explore_iter if res is None else False, max_iter=opts.max_iter, tol=opts.tol,
             batch_size=opts.batch_size, graph=False if graph is None or res is not None else graph,
             refine=opts.refine, corridors=opts.corridors if graph and res is None else 0,
-            coarse_points=max(3, opts.coarse_points * n // opts.n_points), check_resolution=False,
+            coarse_points=coarse_points_for(opts.coarse_points, n, opts.n_points), check_resolution=False,
             linearize="lagged" if opts.lagged else "always",
             subdivide=min(1, opts.subdivide) if SUBDIVIDE else 0,
             progress=False,  # the true decoder's call has the bar
