@@ -215,7 +215,9 @@ def _first_layer_unlike(
 
 
 def _differ(a: Tensor, b: Tensor) -> float:
-    """``||a - b|| / (||a|| + ||b||)`` (0 for two zero tensors)."""
+    """``||a - b|| / (||a|| + ||b||)`` (0 for two zero tensors; inf where either is not finite)."""
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        return float("inf")
     scale = float(a.norm() + b.norm())
     return float((a - b).norm()) / scale if scale > 0 else 0.0
 
@@ -226,6 +228,8 @@ def deterministic(
     """Refuse a mean that is random (``mean(z)`` again differs from ``out``) or that depends on
     its batch (``out[:1]`` differs from ``out_first``, the mean of ``z[:1]`` alone)."""
     bound = SAME_OUTPUT if z.device.type == "cpu" else SAME_OUTPUT_ELSEWHERE
+    if not bool(torch.isfinite(out).all()):
+        return  # a mean not finite at the probe codes is not this check's to name
     again = call(name, mean, z)
     gap = _differ(again, out) if isinstance(again, Tensor) and again.shape == out.shape else 1.0
     if gap > bound:
@@ -235,12 +239,18 @@ def deterministic(
             ".eval() on the decoder and pass its mean"
         )
     gap = _differ(out[:1], out_first)
-    if gap > bound:
+    if gap > bound:  # inf too: e.g. normalized by the batch's std, NaN for one code
+        how = (
+            "decoded alone gives values that are not finite, beside others finite ones"
+            if not bool(torch.isfinite(out_first).all())
+            else f"decoded alone and beside others differs by {gap:.1e} (relative)"
+        )
         raise ValueError(
-            f"{name} depends on its batch: a code decoded alone and beside others differs by "
-            f"{gap:.1e} (relative). Batch normalization in training mode (call .eval() on the "
-            "decoder), or one without running statistics (track_running_stats=False: it normalizes "
-            "by the batch in eval mode too)? The mean of a code must not depend on the codes beside it"
+            f"{name} depends on its batch: a code {how}. Batch normalization in training mode "
+            "(call .eval() on the decoder), or one without running statistics "
+            "(track_running_stats=False: it normalizes by the batch in eval mode too), or "
+            "statistics of the batch in the mean? The mean of a code must not depend on the codes "
+            "beside it"
         )
 
 

@@ -62,6 +62,14 @@ def test_a_mean_that_depends_on_its_batch_is_refused():
     net = mlp()
     with pytest.raises(ValueError, match="mean depends on its batch"):
         fastgeo.ExpectedMetric(lambda z: net(z - z.mean(0)), constant_precision(2, 3))
+    # Normalized by the batch's spread: NaN for one code alone (std of one row), which compared as
+    # "no difference" before
+    with pytest.raises(ValueError, match="decoded alone gives values that are not finite"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch: std() of one row
+            fastgeo.ExpectedMetric(
+                lambda z: net((z - z.mean(0)) / (z.std(0) + 1e-3)), constant_precision(2, 3)
+            )
 
 
 def test_a_detached_mean_is_refused():
