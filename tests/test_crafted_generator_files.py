@@ -100,3 +100,15 @@ def test_metadata_that_inflates_is_refused_before_it_is_read(tmp_path):
     for load in (load_generator, load_extra):
         with pytest.raises(ValueError, match="inflates from"):
             load(path)
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_precision_tensors_out_of_range_name_the_file(tmp_path, saved, check):
+    """Bytes changed inside the RBF weights (a negative weight): a ValueError naming the file as
+    damaged, not the precision's bare "weights must be >= 0"."""
+    meta, tensors = saved
+    weights = tensors["rbf.weights"].clone()
+    weights[0, 0] = -1.0
+    path = crafted(tmp_path, meta, {**tensors, "rbf.weights": weights})
+    with pytest.raises(ValueError, match=r"c\.safetensors' is damaged: its RBF precision is not valid"):
+        load_generator(path, check=check)

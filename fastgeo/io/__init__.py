@@ -141,7 +141,10 @@ def load_generator(
         mean = FlatMean(flat, contents.latent_dim, contents.data_dim)
         if check:
             contents.check_probe(mean, str(path))
-        precision = contents.precision()
+        try:
+            precision = contents.precision()
+        except ValueError as e:  # its stored tensors out of range: bytes changed
+            raise ValueError(f"{str(path)!r} is damaged: its RBF precision is not valid ({e})") from e
         if check:
             contents.check_precision(precision, str(path))
     if device is not None:
