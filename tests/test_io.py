@@ -33,6 +33,7 @@ def module_metric(dtype=torch.float64):
         ("module", "torchscript"),
         ("closure", "export"),
         ("closure", "torchscript"),
+        ("method", "torchscript"),  # its module's parameters require grad: traced as parameters
     ],
 )
 def test_roundtrip_gives_same_metric(tmp_path, fmt, kind):
@@ -40,6 +41,8 @@ def test_roundtrip_gives_same_metric(tmp_path, fmt, kind):
     parameters, the same mean on any (..., d), and the same distance matrix (1e-9); code formats
     load only with trust=True."""
     metric = module_metric() if kind == "module" else bumpy_metric()  # bumpy: a plain function mean
+    if kind == "method":
+        metric = fastgeo.ExpectedMetric(_VAE().decode, metric.precision)
     path = save_generator(tmp_path / "gen.pt2", metric, format=fmt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # code formats load as trusted code
@@ -53,6 +56,30 @@ def test_roundtrip_gives_same_metric(tmp_path, fmt, kind):
     D0 = fastgeo.pairwise_distances(metric, Z, progress=False, **OPTS)
     D1 = fastgeo.pairwise_distances(loaded, Z, progress=False, **OPTS)
     torch.testing.assert_close(D1, D0, rtol=1e-9, atol=1e-12)
+
+
+class _VAE(torch.nn.Module):
+    """A VAE as users write them: its decoder a method, an encoder beside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Linear(6, 4).double()
+        layers = torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 6)
+        self.decoder = torch.nn.Sequential(*layers).double()
+
+    def decode(self, z):
+        return torch.sigmoid(self.decoder(z))
+
+
+def test_torchscript_of_a_closure_over_a_tensor_that_requires_grad(tmp_path):
+    """TorchScript refuses a closure's tensor that requires grad as a constant: a ValueError that
+    says to pass format='export' (it was torch's RuntimeError)."""
+    metric = module_metric()
+    weight = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    mean = lambda z: metric.mean(z) @ weight  # noqa: E731
+    with pytest.raises(ValueError, match="format='export'"):
+        save_generator(tmp_path / "g.pt2", (mean, metric.precision), format="torchscript")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pair_and_example_input_float32(tmp_path):

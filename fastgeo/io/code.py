@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .._files import atomic_write
+from .._mean_checks import modules_of
 from .contents import Contents
 
 VERSION = 1
@@ -32,11 +33,14 @@ FORMATS = ("export", "torchscript")
 
 
 class _CallableModule(nn.Module):
-    """An ``nn.Module`` around a plain callable, so that it can be exported or traced."""
+    """An ``nn.Module`` around a plain callable, so that it can be exported or traced. The modules
+    the callable calls (a method's module, a closure's) are its submodules: their parameters are
+    traced as parameters, not as constants (which TorchScript refuses where they require grad)."""
 
     def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
         super().__init__()
         self.fn = fn
+        self.called = nn.ModuleList(modules_of(fn))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.fn(z)
@@ -80,7 +84,13 @@ def write(path: Path, module: nn.Module, example: Tensor, contents: Contents, fm
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            traced = torch.jit.trace(module, example, check_trace=False)
+            try:
+                traced = torch.jit.trace(module, example, check_trace=False)
+            except RuntimeError as e:  # e.g. a closure's tensor that requires grad, not a module's
+                raise ValueError(
+                    f"format='torchscript' could not trace the decoder mean ({str(e).splitlines()[0]}); "
+                    "pass format='export', or a mean whose tensors are parameters of its modules"
+                ) from e
             atomic_write(path, lambda f: torch.jit.save(traced, f, _extra_files=files))
 
 
