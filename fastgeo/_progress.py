@@ -135,6 +135,9 @@ def call_bar(
             stage = _PHASE.get()
             work = f"decoder points {done[0]:.3g}"
             bar.set_postfix_str(work if stage is None else f"{stage}, {work}", refresh=True)
+            # as tqdm's own redraws do: else it takes the bar for never shown, and closes it
+            # without its last line
+            bar.last_print_n, bar.last_print_t = bar.n, getattr(bar, "_time", time.time)()
 
     token = _PULSE.set(beat)
     try:

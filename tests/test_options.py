@@ -229,6 +229,27 @@ def test_logs_end_on_the_last_line_of_a_bar(monkeypatch):
     assert last.startswith("batches") and "2/2" in last, last
 
 
+def test_a_bar_shown_by_the_decoder_work_alone_ends_on_its_last_line(monkeypatch):
+    """A call longer than its bar's delay whose count moves only at its end (the dense oracle's
+    curves finish together): drawn first by the decoder work's redraws, it still writes its last
+    line when done (tqdm took it for never shown, its log ended on "0/3")."""
+    pytest.importorskip("tqdm")
+    import io
+    import time
+
+    from fastgeo import _progress
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    with _progress.call_bar(3, True, "geodesics", "curve", delay=0.05) as bar:
+        time.sleep(0.1)
+        _progress.pulse(10)  # drawn: 0/3
+        bar.update(3)  # within the 30 s redraw interval off a terminal: not drawn
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and "0/3" in lines[0], lines
+    assert "3/3" in lines[1] and "decoder points 10]" in lines[1], lines
+
+
 def test_nearest_neighbors_bars_show_the_solves_at_work(capsys, monkeypatch):
     """Each round's bar of ``nearest_neighbors`` (one worker) is redrawn by the solves it runs,
     with their stage and decoder work, as the matrix's bar is."""
