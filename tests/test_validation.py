@@ -217,6 +217,21 @@ def test_graphs_of_another_dtype_and_dense_m_are_named():
     assert fastgeo.geodesics(metric, z[:1], z[1:], method="dense", n_points=16, m=14).converged.all()
 
 
+@pytest.mark.parametrize(
+    "option",
+    [{"family": "chebyshev"}, {"warm_start": 50}, {"explore": 10}, {"refine": 3}, {"corridors": 4},
+     {"coarse_points": 8}, {"linearize": "lagged"}, {"subdivide": 2}],
+)  # fmt: skip
+def test_dense_refuses_the_spline_methods_options(option):
+    """method='dense' ignored the spline methods' options silently (subdivide=2 was refused naming
+    family='legendre', a value the user never passed): each is named."""
+    metric = bumpy_metric()
+    z = torch.tensor([[-1.0, 0.0], [1.0, 0.2]], dtype=torch.float64)
+    (name,) = option
+    with pytest.raises(ValueError, match=f"method='dense' does not take {name} "):
+        fastgeo.geodesics(metric, z[:1], z[1:], method="dense", n_points=16, **option)
+
+
 def test_select_takes_an_empty_list_and_a_0d_index():
     metric = bumpy_metric()
     z = torch.tensor([[-1.0, 0.0], [1.0, 0.2], [0.5, 0.5]], dtype=torch.float64)

@@ -198,6 +198,9 @@ def solver_options(
     ``device``: the metric's (where bfloat16 is fast, lagged linearizations push their tangents in
     it: :mod:`fastgeo.decoders.low_precision`)."""
     method = _checks.choice("method", method, METHODS)
+    if method == "dense":
+        spline_options = family, warm_start, explore, refine, corridors, coarse_points, linearize, subdivide
+        _refuse_spline_options(*spline_options)
     table = DEFAULTS[method]
     if method in SPLINE_METHODS and latent_dim >= HIGH_DIM:
         table = {**table, **(HIGH_DIM_DEFAULTS if method == "default" else FAST_HIGH_DIM_DEFAULTS)}
@@ -335,6 +338,31 @@ def solver_options(
         explore_iter,
         torch.bfloat16 if low else None,
     )
+
+
+def _refuse_spline_options(
+    family: str | None,
+    warm_start: bool | int,
+    explore: bool | int | None,
+    refine: int | None,
+    corridors: int | None,
+    coarse_points: int | None,
+    linearize: str,
+    subdivide: bool | int | None,
+) -> None:
+    """``method="dense"`` given options of the spline methods, which it would ignore: a ValueError
+    naming them (its polylines start from the default's curves, solved with that method's own)."""
+    given = {"family": family is not None, "warm_start": warm_start is not True,
+             "explore": explore is not None, "refine": refine is not None,
+             "corridors": corridors is not None, "coarse_points": coarse_points is not None,
+             "linearize": linearize != "auto", "subdivide": subdivide is not None}  # fmt: skip
+    names = [name for name, asked in given.items() if asked]
+    if names:
+        raise ValueError(
+            f"method='dense' does not take {', '.join(names)} (options of the spline methods: its free "
+            "polylines start from the default's curves); it takes n_points, max_iter, tol, batch_size, "
+            "init, graph, latents and check_resolution"
+        )
 
 
 def coarse_points_for(coarse_points: int, n_points: int, asked_n_points: int) -> int:

@@ -42,7 +42,8 @@ MESSAGES = {
     "nonfinite": "the energy or its derivatives are not finite along this curve (NaN or inf from the "
     "decoder mean or the precision)",
     "under_resolved": "under-resolved: the curve steps over features of the metric between its points "
-    "even at 4 x n_points; raise n_points",
+    "(the spline methods: even solved again at 4 x n_points; dense: between its polyline's nodes); raise "
+    "n_points",
     "straight_fallback": "the optimized curve was longer than the straight line, which is returned "
     "instead (not a geodesic)",
     "graph_estimate": "the length of a chain of geodesics between nearby codes (pairwise_distances' "
