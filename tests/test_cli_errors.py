@@ -264,3 +264,17 @@ def test_chain_check_from_the_command_line(files, capsys, tmp_path):
     code, err = run_cli(capsys, *args, "-o", tmp_path / "D2.npy", "--no-chains")
     assert code == 0 and "chains:" not in err[-1], err
     assert np.array_equal(np.load(tmp_path / "D.npy"), np.load(tmp_path / "D2.npy"))
+
+
+def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
+    """``fastgeo demo | head -1``: the reader leaves, the next write raises BrokenPipeError; the
+    command ends with status 141 (SIGPIPE's) and no message (it printed "fastgeo: error: [Errno 32]
+    Broken pipe" and returned 2)."""
+    import fastgeo.cli as cli
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_info", closed)
+    assert main(["info"]) == 141
+    assert capsys.readouterr().err == ""
