@@ -237,3 +237,38 @@ def test_einops_decoders():
     model = Rearranged().double().eval()
     assert recognize(model) is None and recognize(model, D_LAT) is not None
     check(model, randn(5, D_LAT, seed=9))
+
+
+class MuLogvarHead(Decoder):
+    """A VAE decoder returning (mu, logvar) from one trunk; the mean is ``[0]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logvar = nn.Linear(16, 12)
+
+    def forward(self, z):
+        h = torch.tanh(self.net[0](z))
+        return self.net[2](h).sigmoid(), self.logvar(h)
+
+
+def test_an_exported_graph_with_an_unused_head_is_a_chain():
+    """``torch.export`` of ``decode(z)[0]`` keeps the logvar head's linear layer, used by nothing
+    (a file saved with format='export' then read as "not a chain": torch.func, ~2x slower); it
+    is skipped as the distributions' other parameters are."""
+    torch.manual_seed(0)
+    model = MuLogvarHead().double().eval()
+    z = randn(3, D_LAT, seed=4)
+    program = torch.export.export(_First(model), (z,), dynamic_shapes=({0: torch.export.Dim("P", min=0)},))
+    exported = program.module()
+    found = recognize(exported, D_LAT)
+    assert found is not None, describe(exported, D_LAT)
+    check(exported, randn(5, D_LAT, seed=5))
+
+
+class _First(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z):
+        return self.inner(z)[0]

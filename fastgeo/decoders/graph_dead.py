@@ -1,7 +1,8 @@
 """The nodes of a graph whose values cannot reach its output: a distribution's other parameters
 beside its mean (``Normal(mu, exp(0.5 * logvar)).mean``: ``broadcast_tensors(mu, scale)``, of
-which only output 0 is used), with what hangs off them (checks on them, which give no value).
-The graph readers skip them (:mod:`fastgeo.decoders.graph_walk`)."""
+which only output 0 is used), heads no one uses (an exported ``vae.decode(z)[0]`` keeps its
+logvar head), with what hangs off them (checks on them, which give no value). The graph readers
+skip them (:mod:`fastgeo.decoders.graph_walk`)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ _IN_PLACE = (
 
 
 def dead_nodes(graph: Graph, root: nn.Module) -> set[Node]:
-    """The nodes whose values reach the output only through the other tensors of a
+    """The nodes whose values do not reach the output, or only through the other tensors of a
     ``broadcast_tensors`` whose outputs but the first are unused, connected to those tensors
     through such nodes; none where one of them might write in place (a view of the mean)."""
     live: set[Node] = set()
@@ -44,7 +45,12 @@ def dead_nodes(graph: Graph, root: nn.Module) -> set[Node]:
             todo.extend(tensors[:1])
             seeds.extend(tensors[1:])
     dead: set[Node] = set()
-    todo = [n for n in seeds if n not in live]
+    # ... and a head beside the mean that nothing uses, fed by values of the chain (``torch.export``
+    # of ``vae.decode(z)[0]`` keeps the logvar head's layers). Not what the parameters alone feed:
+    # a weight's update left beside the graph (a spectral norm's power iteration in training mode)
+    # keeps the graph from being read as a chain.
+    heads = [n for n in graph.nodes if n not in live and not guard(n) and _fed_by_chain(n, live)]
+    todo = [n for n in seeds if n not in live] + heads
     while todo:  # what hangs off them beside the live nodes: checks of their values, say
         node = todo.pop()
         if node in dead or node in live or node.op in ("placeholder", "get_attr", "output"):
@@ -55,6 +61,21 @@ def dead_nodes(graph: Graph, root: nn.Module) -> set[Node]:
     if any(_writes(n, root) for n in dead):
         return set()
     return dead
+
+
+def _fed_by_chain(node: Node, live: set[Node]) -> bool:
+    """Whether ``node`` reads a live value other than a parameter or buffer (``get_attr``)."""
+    return any(n in live and n.op != "get_attr" for n in node.all_input_nodes)
+
+
+def guard(node: Node) -> bool:
+    """torch.export's input guards and dtype assertions (before a conversion): no value flows
+    out of them."""
+    if node.users:
+        return False
+    return node.op == "call_module" and node.target == "_guards_fn" or (
+        node.op == "call_function" and node.target is aten._assert_tensor_metadata.default
+    )  # fmt: skip
 
 
 def _first_used_only(node: Node) -> list[Node] | None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.fx import Graph, Node
 
-from .graph_dead import dead_nodes
+from .graph_dead import dead_nodes, guard
 from .graph_derived import derived_getter, derived_tensors
 from .graph_ops import along_the_batch
 from .steps import Affine, Axes, Branches, Broadcast, Concat, Flatten, Part, Reshape, Step, Unflatten
@@ -80,7 +80,7 @@ class ChainReader:
         require(len(placeholders) == 1)
         self.current = placeholders[0]
         self.on_chain.add(self.current)
-        nodes = [n for n in graph.nodes if n.op not in ("placeholder", "get_attr") and not _guard(n)]
+        nodes = [n for n in graph.nodes if n.op not in ("placeholder", "get_attr") and not guard(n)]
         self.dead = dead_nodes(graph, self.root)
         nodes = [n for n in nodes if not _unused(n) and n not in self.dead]
         require(nodes and nodes[-1].op == "output")
@@ -274,16 +274,6 @@ def _parameter_view(node: Node) -> bool:
     )  # fmt: skip
 
 
-def _guard(node: Node) -> bool:
-    """torch.export's input guards and dtype assertions (before a conversion): no value flows
-    out of them."""
-    if node.users:
-        return False
-    return node.op == "call_module" and node.target == "_guards_fn" or (
-        node.op == "call_function" and node.target is aten._assert_tensor_metadata.default
-    )  # fmt: skip
-
-
 _SIZES = ("size", "dim")
 
 
@@ -291,7 +281,7 @@ def _chain_users(node: Node) -> list[Node]:
     """The users of ``node`` that take its value (not its size or shape, nor a guard)."""
     out = []
     for u in node.users:
-        if _guard(u) or u.op == "call_method" and u.target in _SIZES:
+        if guard(u) or u.op == "call_method" and u.target in _SIZES:
             continue
         if u.op == "call_function" and u.target in (aten.sym_size.int, getattr, len):
             continue
