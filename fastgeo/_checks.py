@@ -52,7 +52,7 @@ def eval_mode(name: str, module: object) -> None:
     for sub_name, sub in module.named_modules():
         if (
             sub.training
-            and isinstance(sub, _TRAINING_DEPENDENT)
+            and isinstance(sub, TRAINING_DEPENDENT)
             and getattr(sub, "track_running_stats", True)
         ):
             where = f" ({sub_name!r})" if sub_name else ""
@@ -62,7 +62,7 @@ def eval_mode(name: str, module: object) -> None:
             )
 
 
-_TRAINING_DEPENDENT = (
+TRAINING_DEPENDENT = (
     torch.nn.modules.dropout._DropoutNd,
     torch.nn.modules.batchnorm._BatchNorm,
     torch.nn.modules.instancenorm._InstanceNorm,

@@ -6,8 +6,10 @@ wrong with the decoder rather than where torch noticed it.
   distribution or a dict;
 - :func:`uncompiled`: the module or function under a ``torch.compile`` wrapper;
 - :func:`eval_mode`: no dropout or batch statistics left in training mode in a mean that is a
-  module; :func:`modules_of` finds the modules behind a mean given as a function (a bound
-  method, a lambda or closure around a module), named in the messages of :func:`call`;
+  module; :func:`still_in_eval`: none of those the metric found in eval mode behind a method or
+  a function set to training mode since (:func:`layers_in_eval`); :func:`modules_of` finds the
+  modules behind a mean given as a function (a bound method, a lambda or closure around a
+  module), named in the messages of :func:`call`;
 - :func:`deterministic`: the same codes give the same output, whatever else shares the batch;
 - :func:`differentiable`: gradients flow from the output to the codes, and along one direction
   they agree with central differences (a decoder that detaches part of its graph would give
@@ -71,6 +73,32 @@ def modules_of(mean: Callable[[Tensor], Tensor]) -> list[torch.nn.Module]:
         return []
     found = [*refs.nonlocals.values(), *refs.globals.values()]
     return [m for m in found if isinstance(m, torch.nn.Module)]
+
+
+def layers_in_eval(mean: Callable[[Tensor], Tensor]) -> list[torch.nn.Module]:
+    """The dropout and batch-statistics layers of the modules behind ``mean`` (its own, a method's
+    module's, a closure's) that are in eval mode now, when the metric is made."""
+    return [
+        layer
+        for owner in modules_of(mean)
+        for layer in owner.modules()
+        if isinstance(layer, _checks.TRAINING_DEPENDENT)
+        and not layer.training
+        and getattr(layer, "track_running_stats", True)
+    ]
+
+
+def still_in_eval(name: str, layers: list[torch.nn.Module]) -> None:
+    """Refuse a call where one of ``layers`` (:func:`layers_in_eval` when the metric was made) is in
+    training mode now: a ``.train()`` since, on a VAE whose decoder is a method or a function
+    (whose module may hold an encoder in training mode, not checked by :func:`eval_mode`)."""
+    switched = next((layer for layer in layers if layer.training), None)
+    if switched is not None:
+        raise ValueError(
+            f"{name}: its {type(switched).__name__} was in eval mode when the metric was made and is in "
+            "training mode now (a .train() since?): the decoder would be random or depend on its "
+            "batch; call .eval() on the model first"
+        )
 
 
 def _module_itself(mean: Callable[[Tensor], Tensor]) -> torch.nn.Module | None:

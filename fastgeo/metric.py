@@ -86,6 +86,7 @@ class ExpectedMetric:
         _checks.outside_autocast("ExpectedMetric")
         mean = _mean_checks.uncompiled(mean)
         _mean_checks.eval_mode("mean", mean)
+        self._eval_layers = _mean_checks.layers_in_eval(mean)  # checked again at every call
         self.precision = precision
         self.mean = _flat_output(mean, precision)
         # Probe with one point and with a batch of three: a mean whose output width depends on

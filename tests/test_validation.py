@@ -121,6 +121,34 @@ def test_a_decoder_left_in_training_mode_is_refused(layer):
     assert fastgeo.geodesics(metric, z0, z1).converged.all()
 
 
+def test_a_vae_set_to_training_mode_after_its_metric_is_refused():
+    """A decoder given as a method of its VAE (whose encoder may be in training mode: not refused
+    when the metric is made) whose dropout was in eval mode then, set to training mode since: a
+    solve refuses it (it returned a random curve 500x long, silently)."""
+
+    class VAE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))
+            layers = torch.nn.Linear(2, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 3)
+            self.dec = torch.nn.Sequential(*layers)
+
+        def decode(self, z):
+            return self.dec(z)
+
+    torch.manual_seed(0)
+    vae = VAE().double().eval()
+    vae.encoder.train()  # the encoder's own mode is not the decoder's business
+    metric = fastgeo.ExpectedMetric(vae.decode, constant_precision(2, 3))
+    z0, z1 = torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    assert fastgeo.geodesics(metric, z0, z1).converged.all()
+    vae.train()
+    with pytest.raises(ValueError, match=r"its Dropout was in eval mode when the metric was made"):
+        fastgeo.geodesics(metric, z0, z1)
+    vae.eval()
+    assert fastgeo.geodesics(metric, z0, z1).converged.all()
+
+
 def test_geodesics_rejects_bad_input():
     """geodesics() refuses each bad argument (shapes, dtypes, non-finite points, options out of
     range or of the wrong type), naming it."""
