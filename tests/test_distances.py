@@ -146,6 +146,17 @@ def test_non_converged_pairs_are_reported_not_hidden(metric):
     assert str(report).startswith("15 geodesics")
 
 
+def test_report_counts_pairs_of_equal_codes(metric):
+    """Z x Y with codes in both: the report's counts add up to its pairs ("25 geodesics, 23
+    converged, 0 not" left two pairs unaccounted for)."""
+    Z = disc_points(5, 1.5)
+    Y = torch.cat([Z[:2], disc_points(3, 0.7)])
+    _, report = fastgeo.pairwise_distances(metric, Z, Y, progress=False, return_report=True, max_iter=30)
+    assert (report.n_pairs, report.n_converged + report.n_failed) == (25, 23)
+    counts = f"{report.n_converged} converged, {report.n_failed} not"
+    assert str(report).startswith(f"25 geodesics, {counts}, 2 between equal codes (0);")
+
+
 def test_converged_run_does_not_warn(metric):
     """A run whose pairs all converge emits no RuntimeWarning."""
     Z = disc_points(4, 1.0, seed=7)

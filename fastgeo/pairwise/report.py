@@ -101,8 +101,13 @@ class PairwiseReport:
     def __str__(self) -> str:
         mode = self.options.get("mode", "exact")
         if mode == "exact":
+            chains = 0 if self.chain_check is None else self.chain_check.chain_entries
+            equal = self.n_pairs - self.n_converged - self.n_failed - chains  # distance 0, nothing solved
             return (
-                f"{self.n_pairs} geodesics, {self.n_converged} converged, {self.n_failed} not; "
+                f"{self.n_pairs} geodesics, {self.n_converged} converged, {self.n_failed} not"
+                + (f", {equal} between equal codes (0)" if equal > 0 else "")
+                + (f", {chains} chains' lengths" if chains else "")
+                + "; "
                 f"{self.chunks_total} chunks of {self.chunk_size} ({self.chunks_computed} solved, "
                 f"{self.chunks_loaded} loaded); {self.wall_time:.2f} s; "
                 f"{self.decoder_evals} decoder evals, {self.decoder_jvps} decoder JVPs"
