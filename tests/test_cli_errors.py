@@ -278,3 +278,26 @@ def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
     monkeypatch.setattr(cli, "_info", closed)
     assert main(["info"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_warnings_are_one_line(capsys, monkeypatch):
+    """A warning on the command line is one line naming what warned, not the library's file and
+    source line (``--trust`` showed fastgeo/cli/inputs.py and its code); put back after."""
+    import warnings
+
+    import fastgeo.cli as cli
+
+    shown = warnings.formatwarning
+
+    def command(args):  # what a warning raised during the command looks like
+        for text in ("fastgeo: loading 'g.pt2' as trusted code", "std(): degrees of freedom <= 0"):
+            print(warnings.formatwarning(text, UserWarning, "x.py", 9), end="")
+        return 0
+
+    monkeypatch.setattr(cli, "_info", command)
+    assert main(["info"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "UserWarning: fastgeo: loading 'g.pt2' as trusted code",
+        "UserWarning: fastgeo: std(): degrees of freedom <= 0",
+    ]
+    assert warnings.formatwarning is shown

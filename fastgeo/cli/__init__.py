@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 
 from . import convert, distances, inputs, neighbors
 
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (2 for a user error, 130 when interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.formatwarning
+    if not args.debug:  # one line each, not the file and source line of the library that warned
+        warnings.formatwarning = _warning_line
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -112,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fastgeo: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    text = str(message)
+    return f"{category.__name__}: {text if text.startswith('fastgeo') else 'fastgeo: ' + text}\n"
 
 
 if __name__ == "__main__":
