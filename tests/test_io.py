@@ -166,3 +166,38 @@ def test_cli_distances_equals_python_call(tmp_path, capsys):
     assert np.load(tmp_path / "r.npz")["converged"].shape == (6, 6)
     assert main(argv) == 0  # resumed from the checkpoint: same file
     assert np.array_equal(np.load(out), D.numpy())
+
+
+class _DropoutVAE(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.drop, self.l2 = torch.nn.Linear(2, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 6)
+
+    def decode(self, z):
+        return torch.sigmoid(self.l2(self.drop(torch.tanh(self.l1(z)))))
+
+
+def test_save_names_a_decoder_set_to_training_mode(tmp_path):
+    """A VAE whose decode method was in eval mode when its metric was made, in training mode since:
+    the safe save says so (it said the decoder "has no structure fastgeo can store as data")."""
+    torch.manual_seed(0)
+    vae = _DropoutVAE().double().eval()
+    metric = fastgeo.ExpectedMetric(vae.decode, bumpy_metric().precision)
+    vae.train()
+    with pytest.raises(ValueError, match=r"its Dropout was in eval mode when the metric was made"):
+        save_generator(tmp_path / "g.safetensors", metric)
+    assert list(tmp_path.iterdir()) == []
+    vae.eval()
+    save_generator(tmp_path / "g.safetensors", metric)
+
+
+def test_convert_says_when_a_file_cannot_be_safe(tmp_path, capsys):
+    """``fastgeo convert`` of a TorchScript file: one line saying the safe format cannot hold it
+    (it advised format='export', an option convert does not have)."""
+    path = save_generator(tmp_path / "g.pt2", module_metric(), format="torchscript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["convert", str(path), str(tmp_path / "s.safetensors"), "--trust"]) == 2
+    err = capsys.readouterr().err
+    assert "not a chain of standard layers that the safe format can store" in err
+    assert "format='export'" not in err

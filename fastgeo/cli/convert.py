@@ -23,6 +23,15 @@ def run(args: argparse.Namespace) -> int:
     target = inputs.writable_file("target", args.target, ".safetensors")
     inputs.distinct("target", target, "the source", source)
     metric = load_generator(source, trust=args.trust)
-    save_generator(target, metric, extra=load_extra(source))
+    try:
+        save_generator(target, metric, extra=load_extra(source))
+    except ValueError as e:
+        if "no structure fastgeo can store as data" not in str(e):
+            raise
+        raise ValueError(
+            f"{source}: its decoder is not a chain of standard layers that the safe format can store "
+            "(a TorchScript file, or an exported graph with operations outside "
+            "fastgeo.decoders.structure.LAYERS); keep using the file as it is (--trust)"
+        ) from e
     print(f"{target}: safe generator file (d = {metric.latent_dim}, D = {metric.data_dim})", file=sys.stderr)
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import _checks
+from .. import _checks, _mean_checks
 from ..decoders import FlatMean
 from ..decoders.structure import sequential_of
 from ..metric import ExpectedMetric
@@ -82,6 +82,11 @@ def save_generator(
         if fmt == "safe":
             sequential = sequential_of(mean)
             if sequential is None:
+                # a decoder set to training mode since its metric was made: named as such (its
+                # dropout keeps it from being read as a chain of layers)
+                _mean_checks.eval_mode("the decoder mean", mean)
+                if isinstance(generator, ExpectedMetric):
+                    _mean_checks.still_in_eval("the decoder mean", getattr(generator, "_eval_layers", []))
                 raise ValueError(
                     "the decoder mean has no structure fastgeo can store as data (it must be an "
                     "nn.Sequential of standard layers: fastgeo.decoders.structure.LAYERS, or trace "
