@@ -183,6 +183,8 @@ def test_decoders_without_structure_need_code(tmp_path):
     hooked = nn.Sequential(nn.Linear(2, 6))
     hooked.register_forward_hook(lambda m, i, o: o * 2)
     assert sequential_of(hooked) is None
+    with pytest.raises(ValueError, match=r"no structure fastgeo can store as data \(a module with hooks\)"):
+        save_generator(tmp_path / "g.safetensors", generator(hooked, 2, 6))  # the reason named
     assert sequential_of(bumpy_metric().mean) is None  # a plain function
     path = save_generator(tmp_path / "g.pt2", metric, format="export")
     with pytest.raises(ValueError, match="trust=True"):

@@ -150,7 +150,7 @@ def describe(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> s
     found = recognize(fn, latent_dim)
     if found is None:
         return (
-            f"not a recognized chain of layers ({_why_not(fn, latent_dim)}): its Jacobians come from "
+            f"not a recognized chain of layers ({why_not_a_chain(fn, latent_dim)}): its Jacobians come from "
             "torch.func, several times slower than the stacked forward mode, and piecewise-linear "
             "activations in it (if any) are not smoothed first. An nn.Sequential of standard "
             "layers, or a module (or a method of one) torch.fx traces into them, takes the fast path"
@@ -169,7 +169,7 @@ def describe(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> s
     return text
 
 
-def _why_not(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> str:
+def why_not_a_chain(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> str:
     """Why ``fn`` is not a recognized chain, in a few words."""
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return "global module hooks are registered"

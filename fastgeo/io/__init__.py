@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .. import _checks, _mean_checks
 from ..decoders import FlatMean
+from ..decoders.recognize import recognize, why_not_a_chain
 from ..decoders.structure import sequential_of
 from ..metric import ExpectedMetric
 from ..rbf import RBFPrecision
@@ -87,11 +88,13 @@ def save_generator(
                 _mean_checks.eval_mode("the decoder mean", mean)
                 if isinstance(generator, ExpectedMetric):
                     _mean_checks.still_in_eval("the decoder mean", getattr(generator, "_eval_layers", []))
+                found = recognize(mean, precision.latent_dim)
+                why = "" if found is not None else f" ({why_not_a_chain(mean, precision.latent_dim)})"
                 raise ValueError(
-                    "the decoder mean has no structure fastgeo can store as data (it must be an "
-                    "nn.Sequential of standard layers: fastgeo.decoders.structure.LAYERS, or trace "
-                    "into a chain of them); pass "
-                    "format='export' to save it as code (loading that file then needs trust=True)"
+                    f"the decoder mean has no structure fastgeo can store as data{why}: it must be an "
+                    "nn.Sequential of standard layers (fastgeo.decoders.structure.LAYERS), or trace "
+                    "into a chain of them; pass format='export' to save it as code (loading that file "
+                    "then needs trust=True)"
                 )
             sequential = copy.deepcopy(sequential).to("cpu").eval()  # the caller's layers stay where they are
             safe.write(checked, sequential, contents_of(sequential, precision, example, extra))
