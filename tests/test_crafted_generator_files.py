@@ -112,3 +112,18 @@ def test_precision_tensors_out_of_range_name_the_file(tmp_path, saved, check):
     path = crafted(tmp_path, meta, {**tensors, "rbf.weights": weights})
     with pytest.raises(ValueError, match=r"c\.safetensors' is damaged: its RBF precision is not valid"):
         load_generator(path, check=check)
+
+
+def test_a_truncated_file_is_named_so(tmp_path, saved):
+    """A safe file cut short (a copy interrupted): "truncated or damaged?", from load_generator and
+    load_extra alike (they said "not a fastgeo generator file" and "File is not a zip file")."""
+    meta, tensors = saved
+    path = crafted(tmp_path, meta, tensors)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    for load in (load_generator, load_extra):
+        with pytest.raises(ValueError, match=r"c\.safetensors' starts as a safetensors file but cannot"):
+            load(path)
+    path.write_bytes(b"not a generator at all")
+    with pytest.raises(ValueError, match="is not a fastgeo generator file"):
+        load_generator(path)

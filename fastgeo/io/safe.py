@@ -52,7 +52,12 @@ def is_safe_file(path: Path) -> bool:
     try:
         with safe_open(str(path), framework="pt") as f:
             version = (f.metadata() or {}).get(MAGIC_KEY)
-    except (OSError, SafetensorError, ValueError):
+    except (OSError, SafetensorError, ValueError) as e:
+        if _safetensors_header(path):
+            raise ValueError(
+                f"{str(path)!r} starts as a safetensors file but cannot be read ({e}): truncated or "
+                "damaged? (copy it again)"
+            ) from e
         return False
     if version is not None and version != VERSION:
         raise ValueError(
@@ -60,6 +65,16 @@ def is_safe_file(path: Path) -> bool:
             f"{VERSION} (write it again with this version, or install the version that wrote it)"
         )
     return version == VERSION
+
+
+def _safetensors_header(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does: a header length, then a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and 0 < int.from_bytes(head[:8], "little") < (1 << 30) and head[8:] == b"{"
 
 
 def read(path: Path) -> tuple[nn.Sequential, Contents]:
