@@ -151,3 +151,21 @@ def test_write_plots_leaves_pyplot_alone(tmp_path):
     for p in paths:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_interrupted_bench_writes_the_layers_done(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during a layer: the layers finished before it are printed and written (nothing was),
+    the file says which layer stopped, and the command returns 130."""
+    from fastgeo.benchmarks import runner
+
+    def interrupted(settings, device, log):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_pairwise", interrupted)
+    out = tmp_path / "bench"
+    args = ["--quick", "--tiny", "--threads", "1", "--layer", "ops", "pairwise", "--out", str(out)]
+    assert main(["bench", *args]) == 130
+    captured = capsys.readouterr()
+    assert "rbf_segment_sqdist" in captured.out and "interrupted during [pairwise]" in captured.err
+    results = json.loads((out / "results.json").read_text())
+    assert results["interrupted"] == "pairwise" and {r["layer"] for r in results["results"]} == {"ops"}

@@ -26,7 +26,8 @@ def run(
     plots: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``layers`` and return {"environment", "settings", "results", "skipped", "wall_s"}.
+    """Run ``layers`` and return {"environment", "settings", "results", "skipped", "wall_s"}
+    (and "interrupted": the layer a Ctrl-C stopped, whose rows are left out).
 
     Every result row also carries the environment (versions, commit, device, CPU, threads), so a
     row copied out of the file still says where it was measured. With ``out_dir``, writes
@@ -43,6 +44,7 @@ def run(
     rows: list[dict] = []
     skipped: list[dict] = []
     start = time.perf_counter()
+    interrupted = None
     for layer in LAYERS:  # fixed order, whatever the order asked
         if layer not in layers:
             continue
@@ -54,6 +56,9 @@ def run(
         try:
             r, s = runners[layer](settings, dev, log)
             rows += [{**env, "threads": torch.get_num_threads(), **row} for row in r]
+        except KeyboardInterrupt:  # Ctrl-C: the layers done so far are still written
+            interrupted = layer
+            break
         finally:
             torch.set_num_threads(before)
         skipped += s
@@ -66,6 +71,8 @@ def run(
         "skipped": skipped,
         "wall_s": time.perf_counter() - start,
     }
+    if interrupted is not None:
+        results["interrupted"] = interrupted
     if out_dir is not None:
         if plots:
             try:
@@ -94,4 +101,8 @@ def main(
     print(format_tables(results))
     print(f"\nwrote {results['json']}" + "".join(f", {p}" for p in results.get("plots", []))
           + f" ({results['wall_s']:.1f} s)")  # fmt: skip
+    if "interrupted" in results:
+        print(f"fastgeo: interrupted during [{results['interrupted']}]: the layers before it are written",
+              file=sys.stderr)  # fmt: skip
+        return 130
     return 0
