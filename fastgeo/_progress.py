@@ -135,9 +135,6 @@ def call_bar(
             stage = _PHASE.get()
             work = f"decoder points {done[0]:.3g}"
             bar.set_postfix_str(work if stage is None else f"{stage}, {work}", refresh=True)
-            # as tqdm's own redraws do: else it takes the bar for never shown, and closes it
-            # without its last line
-            bar.last_print_n, bar.last_print_t = bar.n, getattr(bar, "_time", time.time)()
 
     token = _PULSE.set(beat)
     try:
@@ -146,4 +143,7 @@ def call_bar(
         _PULSE.reset(token)
         if done[0]:  # not the stage of the last redraw, up to 30 s old off a terminal
             bar.set_postfix_str(f"decoder points {done[0]:.3g}", refresh=False)
+        if last[0]:  # drawn by the redraws above alone, tqdm takes the bar for never shown and
+            # closes it without its last line (not set at each redraw: its rate would count from it)
+            bar.last_print_t = max(bar.last_print_t, getattr(bar, "_time", time.time)())
         bar.close()

@@ -79,6 +79,7 @@ def test_neighbour_search_memory_bounded(monkeypatch):
     monkeypatch.setattr(code_graph, "SEARCH_ELEMENTS", 4 * 159 * 159)
     assert torch.equal(neighbour_edges(Z, 30), free)
     assert max(s[0] for s in shapes) == 4 and all(s[1] == s[2] == 159 for s in shapes)
+    assert neighbour_edges(Z[:10], 0).shape == (9, 2)  # k = 0: the connecting edges alone
 
 
 def test_graph_distances_are_upper_bounds(graph_run, exact, metric, Z):

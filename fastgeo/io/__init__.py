@@ -100,7 +100,7 @@ def save_generator(
             safe.write(checked, sequential, contents_of(sequential, precision, example, extra))
             load_generator(checked)  # the probe check: the file reproduces the mean
         else:
-            module = code.capture_module(mean)
+            module = code.capture_module(mean, fmt)
             code.write(checked, module, example, contents_of(module, precision, example, extra), fmt)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)

@@ -33,24 +33,32 @@ FORMATS = ("export", "torchscript")
 
 
 class _CallableModule(nn.Module):
-    """An ``nn.Module`` around a plain callable, so that it can be exported or traced. The modules
-    the callable calls (a method's module, a closure's) are its submodules: their parameters are
-    traced as parameters, not as constants (which TorchScript refuses where they require grad)."""
+    """An ``nn.Module`` around a plain callable, so that it can be exported or traced. ``called``:
+    the modules it calls (a method's module, a closure's) are made its submodules, so that
+    TorchScript traces their parameters as parameters (it refuses tensors that require grad as
+    constants, and cannot load large ones); the whole module goes into the file (a VAE's encoder
+    too). ``torch.export`` takes the parameters it uses without them."""
 
-    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, fn: Callable[[Tensor], Tensor], called: bool = False) -> None:
         super().__init__()
         self.fn = fn
-        self.called = nn.ModuleList(modules_of(fn))
+        if called:
+            self.called = nn.ModuleList(m for m in modules_of(fn) if not _has_lazy(m))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.fn(z)
 
 
-def capture_module(mean: Callable[[Tensor], Tensor]) -> nn.Module:
-    """The mean as a CPU module to capture (a copy of an ``nn.Module``, in eval mode)."""
+def _has_lazy(module: nn.Module) -> bool:
+    return any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters())
+
+
+def capture_module(mean: Callable[[Tensor], Tensor], fmt: str) -> nn.Module:
+    """The mean as a CPU module to capture with ``fmt`` (a copy of an ``nn.Module``, in eval
+    mode)."""
     if isinstance(mean, nn.Module):
         return copy.deepcopy(mean).to("cpu").eval()
-    return _CallableModule(mean)  # tensors in a closure stay on their device
+    return _CallableModule(mean, called=fmt == "torchscript")  # tensors in a closure stay on their device
 
 
 def _b64(tensors: dict[str, Tensor]) -> str:

@@ -49,7 +49,7 @@ def neighbour_edges(Z: Tensor, k: int = NEIGHBORS) -> Tensor:
     far_k = k // 2
     C = min(M - 1, FAR_CANDIDATES * k)
     edges = []
-    block = max(1, min(SEARCH_BLOCK, SEARCH_ELEMENTS // (C * C)))
+    block = max(1, min(SEARCH_BLOCK, SEARCH_ELEMENTS // max(1, C * C)))
     for lo in range(0, M, block):
         q = Z[lo : lo + block]
         b = q.shape[0]
