@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,30 +76,47 @@ def modules_of(mean: Callable[[Tensor], Tensor]) -> list[torch.nn.Module]:
     return [m for m in found if isinstance(m, torch.nn.Module)]
 
 
-def layers_in_eval(mean: Callable[[Tensor], Tensor]) -> list[torch.nn.Module]:
+def layers_in_eval(mean: Callable[[Tensor], Tensor]) -> list[tuple[str, torch.nn.Module]]:
     """The dropout and batch-statistics layers of the modules behind ``mean`` (its own, a method's
-    module's, a closure's) that are in eval mode now, when the metric is made."""
+    module's, a closure's) that are in eval mode now, when the metric is made, with their paths."""
     return [
-        layer
+        (f"{type(owner).__name__}.{path}" if path else type(owner).__name__, layer)
         for owner in modules_of(mean)
-        for layer in owner.modules()
+        for path, layer in owner.named_modules()
         if isinstance(layer, _checks.TRAINING_DEPENDENT)
         and not layer.training
         and getattr(layer, "track_running_stats", True)
     ]
 
 
-def still_in_eval(name: str, layers: list[torch.nn.Module]) -> None:
-    """Refuse a call where one of ``layers`` (:func:`layers_in_eval` when the metric was made) is in
-    training mode now: a ``.train()`` since, on a VAE whose decoder is a method or a function
-    (whose module may hold an encoder in training mode, not checked by :func:`eval_mode`)."""
-    switched = next((layer for layer in layers if layer.training), None)
-    if switched is not None:
-        raise ValueError(
-            f"{name}: its {type(switched).__name__} was in eval mode when the metric was made and is in "
-            "training mode now (a .train() since?): the decoder would be random or depend on its "
-            "batch; call .eval() on the model first"
-        )
+def check_codes(centers: Tensor) -> Tensor:
+    """(3, d) codes a mean is checked on: the first RBF center of ``centers`` (K, d) and two
+    asymmetric offsets (batch means move)."""
+    one = centers[:1].detach()
+    return torch.cat([one, one + 0.5, one - 0.3])
+
+
+def still_in_eval(name: str, metric: Any) -> None:
+    """Refuse a call where one of the layers :func:`layers_in_eval` found in eval mode when
+    ``metric`` (an :class:`~fastgeo.ExpectedMetric`) was made is in training mode now (a
+    ``.train()`` since, on a VAE whose decoder is a method or a function) and makes its mean random
+    or batch-dependent on :func:`check_codes`: a layer off the decoder's path (an encoder's
+    dropout, trained against a frozen decoder) is left be."""
+    switched = [(path, layer) for path, layer in getattr(metric, "_eval_layers", []) if layer.training]
+    if not switched:
+        return
+    z = check_codes(metric.precision.centers)
+    try:
+        with torch.no_grad():
+            deterministic(name, metric.mean, z, call(name, metric.mean, z), call(name, metric.mean, z[:1]))
+        return
+    except Exception:  # noqa: BLE001 - random, batch-dependent, or refusing a batch of one
+        which = ", ".join(f"{type(layer).__name__} {path}" for path, layer in switched[:4])
+    raise ValueError(
+        f"{name}: layers in eval mode when the metric was made are in training mode now ({which}"
+        f"{', ...' if len(switched) > 4 else ''}; a .train() since?) and the decoder is random or "
+        "depends on its batch: call .eval() on the model first"
+    )
 
 
 def _module_itself(mean: Callable[[Tensor], Tensor]) -> torch.nn.Module | None:

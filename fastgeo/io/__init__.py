@@ -86,8 +86,7 @@ def save_generator(
                 # a decoder set to training mode since its metric was made: named as such (its
                 # dropout keeps it from being read as a chain of layers)
                 _mean_checks.eval_mode("the decoder mean", mean)
-                if isinstance(generator, ExpectedMetric):
-                    _mean_checks.still_in_eval("the decoder mean", getattr(generator, "_eval_layers", []))
+                _mean_checks.still_in_eval("the decoder mean", generator)
                 found = recognize(mean, precision.latent_dim)
                 why = "" if found is not None else f" ({why_not_a_chain(mean, precision.latent_dim)})"
                 raise ValueError(

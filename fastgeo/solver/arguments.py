@@ -19,7 +19,7 @@ def check_ends(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> None:
     _checks.autograd_enabled("geodesics")
     _checks.outside_autocast("geodesics")
     _mean_checks.eval_mode("metric.mean", metric.mean)  # set to training mode since the metric was made
-    _mean_checks.still_in_eval("metric.mean", getattr(metric, "_eval_layers", []))
+    _mean_checks.still_in_eval("metric.mean", metric)
     metric.check_points("z0", z0, ndim=2)
     metric.check_points("z1", z1, ndim=2)
     if z0.shape != z1.shape:
