@@ -276,13 +276,17 @@ def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
         raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr(cli, "_info", closed)
+    monkeypatch.setattr(cli, "_stdout_closed", lambda: True)  # stdout's reader left
     assert main(["info"]) == 141
     assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cli, "_stdout_closed", lambda: False)  # another pipe (a worker's): an error
+    assert main(["info"]) == 2
+    assert "fastgeo: error:" in capsys.readouterr().err
 
 
 def test_warnings_are_one_line(capsys, monkeypatch):
-    """A warning on the command line is one line naming what warned, not the library's file and
-    source line (``--trust`` showed fastgeo/cli/inputs.py and its code); put back after."""
+    """A fastgeo warning on the command line is one line, not fastgeo's file and source line
+    (``--trust`` showed fastgeo/cli/inputs.py and its code); others' as they were; put back after."""
     import warnings
 
     import fastgeo.cli as cli
@@ -296,8 +300,7 @@ def test_warnings_are_one_line(capsys, monkeypatch):
 
     monkeypatch.setattr(cli, "_info", command)
     assert main(["info"]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "UserWarning: fastgeo: loading 'g.pt2' as trusted code",
-        "UserWarning: fastgeo: std(): degrees of freedom <= 0",
-    ]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "UserWarning: fastgeo: loading 'g.pt2' as trusted code"
+    assert lines[1] == "x.py:9: UserWarning: std(): degrees of freedom <= 0"  # another library's: as it was
     assert warnings.formatwarning is shown

@@ -7,10 +7,13 @@ Errors a user can fix (bad paths, inputs, options, files) are reported as one li
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import os
+import select
 import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 from . import convert, distances, inputs, neighbors
 
@@ -100,17 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shown = warnings.formatwarning
     if not args.debug:  # one line each, not the file and source line of the library that warned
-        warnings.formatwarning = _warning_line
+        warnings.formatwarning = functools.partial(_warning_line, shown)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("fastgeo: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader of stdout left (fastgeo demo | head): quietly
-        with contextlib.suppress(AttributeError, OSError, ValueError):  # stdout without a descriptor
-            # so that the interpreter's final flush of stdout does not raise again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    except BrokenPipeError as exc:
+        if not args.debug and _stdout_closed():
+            return 141  # the reader of stdout left (fastgeo demo | head): quietly
+        if args.debug:
+            raise
+        print(f"fastgeo: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         if args.debug:
             raise
@@ -120,9 +125,32 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = shown
 
 
-def _warning_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has left (a pipe whose reading end is closed); if so stdout is
+    pointed at the null device, so that the interpreter's last flush of it does not raise again."""
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no descriptor, or no poll on this platform
+        return False
+    if closed:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    return closed
+
+
+def _warning_line(
+    fallback: Callable[..., str], message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any
+) -> str:
+    """fastgeo's warnings as one line; another library's as ``fallback`` formats them (where it was
+    raised says more)."""
     text = str(message)
-    return f"{category.__name__}: {text if text.startswith('fastgeo') else 'fastgeo: ' + text}\n"
+    if not text.startswith("fastgeo"):
+        return fallback(message, category, *args, **kwargs)
+    return f"{category.__name__}: {text}\n"
 
 
 if __name__ == "__main__":
