@@ -199,5 +199,5 @@ def test_convert_says_when_a_file_cannot_be_safe(tmp_path, capsys):
         warnings.simplefilter("ignore", UserWarning)
         assert main(["convert", str(path), str(tmp_path / "s.safetensors"), "--trust"]) == 2
     err = capsys.readouterr().err
-    assert "not a chain of standard layers that the safe format can store" in err
+    assert "not a chain of standard layers that the safe format can store (a TorchScript module" in err
     assert "format='export'" not in err

@@ -4,6 +4,7 @@ format, whose decoder is an exported chain of standard layers: linear, convoluti
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from ..io import load_extra, load_generator, save_generator
@@ -26,12 +27,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         save_generator(target, metric, extra=load_extra(source))
     except ValueError as e:
-        if "no structure fastgeo can store as data" not in str(e):
+        found = re.search(r"no structure fastgeo can store as data(?: \((.*)\))?: it must be", str(e))
+        if found is None:
             raise
+        why = found.group(1) or "operations outside fastgeo.decoders.structure.LAYERS"
         raise ValueError(
             f"{source}: its decoder is not a chain of standard layers that the safe format can store "
-            "(a TorchScript file, or an exported graph with operations outside "
-            "fastgeo.decoders.structure.LAYERS); keep using the file as it is (--trust)"
+            f"({why}); keep using the file as it is (--trust)"
         ) from e
     print(f"{target}: safe generator file (d = {metric.latent_dim}, D = {metric.data_dim})", file=sys.stderr)
     return 0
