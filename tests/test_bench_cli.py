@@ -107,6 +107,7 @@ def test_bench_and_demo_options_are_checked_first(tmp_path, capsys, monkeypatch)
         (["demo", "--out", str(a_file)], ["--out", "not a folder"]),
         (["demo", "--seed", "-1"], ["--seed", ">= 0"]),
         (["demo", "--out", str(a_file / "sub" / "demo")], ["--out", "is not a folder"]),
+        (["demo", "--out", ""], ["--out", "an empty path"]),  # was the current folder, silently
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -114,6 +114,8 @@ def device(option: str, value: str | None) -> str | None:
 def output_folder(option: str, path: str) -> Path:
     """A folder to write into: existing and writable, or to be made in a writable folder (not a
     file). Checked first: a demo or benchmark would otherwise fail after its work."""
+    if not path.strip():
+        raise InputError(f"{option}: an empty path (the current folder is '.')")
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise InputError(f"{option}: {path!r} exists and is not a folder")
