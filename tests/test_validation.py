@@ -268,6 +268,17 @@ def test_dense_refuses_the_spline_methods_options(option):
         fastgeo.geodesics(metric, z[:1], z[1:], method="dense", n_points=16, **option)
 
 
+def test_dense_takes_a_graph_and_latents():
+    """A graph or latents given to method='dense' (its starts use them) are not taken for the
+    spline methods' corridors option and refused."""
+    metric = bumpy_metric()
+    z = torch.tensor([[-1.0, 0.0], [1.0, 0.2]], dtype=torch.float64)
+    graph = fastgeo.LatentGraph(metric, n_nodes=30, grid=0)
+    for given in ({"graph": graph}, {"latents": z}):
+        res = fastgeo.geodesics(metric, z[:1], z[1:], method="dense", n_points=16, **given)
+        assert torch.isfinite(res.lengths).all()
+
+
 def test_select_takes_an_empty_list_and_a_0d_index():
     metric = bumpy_metric()
     z = torch.tensor([[-1.0, 0.0], [1.0, 0.2], [0.5, 0.5]], dtype=torch.float64)

@@ -211,7 +211,8 @@ def geodesics(
         check_resolution=check_resolution, corridors=corridors, linearize=linearize, subdivide=subdivide,
     )
     # fmt: on
-    if corridors is None and (isinstance(graph, LatentGraph) or latents is not None):
+    given = isinstance(graph, LatentGraph) or latents is not None
+    if corridors is None and given and method in SPLINE_METHODS:
         corridors = DEFAULTS["default"]["corridors"]  # a graph given is a graph to use, in any d
     # fmt: off
     opts = solver_options(
