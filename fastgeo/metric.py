@@ -166,6 +166,8 @@ class ExpectedMetric:
             for old in [k for k in kept if k[0] != found[1]]:  # of a structure the mean had
                 del kept[old]
             kept[key] = None if mean is None else ExpectedMetric(mean, self.precision)
+            if kept[key] is not None:
+                kept[key]._smoothed_from = self  # its solves take this metric's latent graph
         return kept[key]
 
     @property

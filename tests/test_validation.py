@@ -1,5 +1,6 @@
 """Bad input gets a clear ValueError/TypeError naming the argument."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,21 @@ def test_dense_refuses_the_spline_methods_options(option):
     (name,) = option
     with pytest.raises(ValueError, match=f"method='dense' does not take {name} "):
         fastgeo.geodesics(metric, z[:1], z[1:], method="dense", n_points=16, **option)
+
+
+def test_a_graph_of_another_metric_warns():
+    """A LatentGraph built for another metric of the same d and dtype was taken silently (its
+    corridors start the curves); now warned. The metric's own graph, or one of a metric with the
+    same decoder and precision, is taken without a word."""
+    metric, other = bumpy_metric(), bumpy_metric(seed=1)
+    z = torch.tensor([[-1.0, 0.0], [1.0, 0.2]], dtype=torch.float64)
+    foreign = fastgeo.LatentGraph(other, n_nodes=30, grid=0)
+    with pytest.warns(UserWarning, match="graph was built for another metric"):
+        fastgeo.geodesics(metric, z[:1], z[1:], graph=foreign)
+    same = fastgeo.ExpectedMetric(metric.mean, metric.precision)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fastgeo.geodesics(metric, z[:1], z[1:], graph=fastgeo.LatentGraph(same, n_nodes=30, grid=0))
 
 
 def test_dense_takes_a_graph_and_latents():

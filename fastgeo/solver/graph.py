@@ -21,6 +21,7 @@ use and kept with the graph.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 
 import numpy as np
@@ -280,9 +281,27 @@ def check_graph_inputs(metric: ExpectedMetric, graph: object, latents: Tensor | 
         )
     if isinstance(graph, LatentGraph) and graph.nodes.device != metric.device:
         raise ValueError(f"graph is on {graph.nodes.device}, the metric on {metric.device}")
+    if isinstance(graph, LatentGraph) and _of_another_metric(graph, metric):
+        warnings.warn(
+            "fastgeo: graph was built for another metric (its edges are that metric's lengths): the "
+            "starts follow that metric's corridors, the curves are solved and measured under this "
+            "one; build the graph with this metric, fastgeo.LatentGraph(metric)",
+            UserWarning,
+            stacklevel=3,
+        )
     if latents is not None:
         metric.check_points("latents", latents, ndim=2)
         _checks.finite("latents", latents)
+
+
+def _of_another_metric(graph: LatentGraph, metric: ExpectedMetric) -> bool:
+    """Whether ``graph`` was built for a metric other than ``metric`` (or than the metric it is a
+    smoothed copy of): another decoder or precision, by their probe outputs."""
+    own = graph.metric
+    if own is metric or own is getattr(metric, "_smoothed_from", None):
+        return False
+    with torch.no_grad():
+        return not torch.equal(own.probe(), metric.probe())
 
 
 class GraphCache:
