@@ -105,13 +105,18 @@ def still_in_eval(name: str, metric: Any) -> None:
     switched = [(path, layer) for path, layer in getattr(metric, "_eval_layers", []) if layer.training]
     if not switched:
         return
-    z = check_codes(metric.precision.centers)
-    try:
-        with torch.no_grad():
-            deterministic(name, metric.mean, z, call(name, metric.mean, z), call(name, metric.mean, z[:1]))
-        return
-    except Exception:  # noqa: BLE001 - random, batch-dependent, or refusing a batch of one
-        which = ", ".join(f"{type(layer).__name__} {path}" for path, layer in switched[:4])
+    which = ", ".join(f"{type(layer).__name__} {path}" for path, layer in switched[:4])
+    # Only dropouts are tried: a batch norm in training mode would update its running statistics,
+    # changing the user's model, so one that was switched is refused without a call.
+    if all(isinstance(layer, torch.nn.modules.dropout._DropoutNd) for _, layer in switched):
+        z = check_codes(metric.precision.centers)
+        try:
+            with torch.no_grad():
+                out, first = call(name, metric.mean, z), call(name, metric.mean, z[:1])
+                deterministic(name, metric.mean, z, out, first)
+            return
+        except ValueError:  # random, or batch-dependent
+            pass
     raise ValueError(
         f"{name}: layers in eval mode when the metric was made are in training mode now ({which}"
         f"{', ...' if len(switched) > 4 else ''}; a .train() since?) and the decoder is random or "

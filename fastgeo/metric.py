@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -166,8 +167,8 @@ class ExpectedMetric:
             for old in [k for k in kept if k[0] != found[1]]:  # of a structure the mean had
                 del kept[old]
             kept[key] = None if mean is None else ExpectedMetric(mean, self.precision)
-            if kept[key] is not None:
-                kept[key]._smoothed_from = self  # its solves take this metric's latent graph
+            if kept[key] is not None:  # its solves take this metric's latent graph
+                kept[key]._smoothed_from = weakref.ref(self)  # (no cycle: the metric keeps it)
         return kept[key]
 
     @property

@@ -293,9 +293,12 @@ def test_warnings_are_one_line(capsys, monkeypatch):
 
     shown = warnings.formatwarning
 
+    own = str(Path(fastgeo.__file__).parent / "rbf_fit.py")
+
     def command(args):  # what a warning raised during the command looks like
         for text in ("fastgeo: loading 'g.pt2' as trusted code", "std(): degrees of freedom <= 0"):
             print(warnings.formatwarning(text, UserWarning, "x.py", 9), end="")
+        print(warnings.formatwarning("RBFPrecision.fit: slow", UserWarning, own, 177), end="")
         return 0
 
     monkeypatch.setattr(cli, "_info", command)
@@ -303,4 +306,5 @@ def test_warnings_are_one_line(capsys, monkeypatch):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "UserWarning: fastgeo: loading 'g.pt2' as trusted code"
     assert lines[1] == "x.py:9: UserWarning: std(): degrees of freedom <= 0"  # another library's: as it was
+    assert lines[-1] == "UserWarning: fastgeo: RBFPrecision.fit: slow"  # raised in fastgeo's files
     assert warnings.formatwarning is shown

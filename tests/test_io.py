@@ -71,6 +71,21 @@ class _VAE(torch.nn.Module):
         return torch.sigmoid(self.decoder(z))
 
 
+def test_torchscript_of_a_method_beside_an_unused_lazy_module(tmp_path):
+    """A VAE whose encoder is a lazy module never run (no weights): its decode method saves as
+    TorchScript (the whole VAE was left out of the traced wrapper, and its weights then refused
+    as constants that require grad)."""
+    vae = _VAE()
+    vae.encoder = torch.nn.LazyLinear(4)
+    metric = fastgeo.ExpectedMetric(vae.decode, bumpy_metric().precision)
+    path = save_generator(tmp_path / "g.pt2", metric, format="torchscript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        loaded = load_generator(path, trust=True)
+    z = disc_points(6, 1.0)
+    torch.testing.assert_close(loaded.mean(z), metric.mean(z), rtol=1e-12, atol=1e-12)
+
+
 def test_torchscript_of_a_closure_over_a_tensor_that_requires_grad(tmp_path):
     """TorchScript refuses a closure's tensor that requires grad as a constant: a ValueError that
     says to pass format='export' (it was torch's RuntimeError)."""

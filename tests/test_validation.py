@@ -284,6 +284,44 @@ def test_a_graph_of_another_metric_warns():
         fastgeo.geodesics(metric, z[:1], z[1:], graph=fastgeo.LatentGraph(same, n_nodes=30, grid=0))
 
 
+def test_a_batch_norm_set_to_training_mode_is_refused_untouched():
+    """A batch norm of a method mean, in eval mode when the metric was made and in training mode
+    now, is refused without calling the decoder (a call in training mode moved its running
+    statistics: the user's model changed by a refused call)."""
+
+    class VAE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dec = torch.nn.Sequential(
+                torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3)
+            )
+
+        def decode(self, z):
+            return self.dec(z)
+
+    vae = VAE().double().eval()
+    metric = fastgeo.ExpectedMetric(vae.decode, constant_precision(2, 3))
+    vae.train()
+    stats = [t.clone() for t in vae.dec[1].buffers()]
+    with pytest.raises(ValueError, match=r"training mode now \(BatchNorm1d VAE\.dec\.1;"):
+        fastgeo.geodesics(metric, torch.zeros(1, 2, dtype=f64), torch.ones(1, 2, dtype=f64))
+    assert all(torch.equal(a, b) for a, b in zip(stats, vae.dec[1].buffers(), strict=True))
+
+
+def test_the_smoothed_stage_takes_the_graph_of_an_equal_metric_silently():
+    """A ReLU decoder (smoothed first) in d = 4 with the graph of another metric object of the same
+    decoder and precision: no warning (the smoothed stage compared the graph with the smoothed
+    metric and warned)."""
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5)).double().eval()
+    a, b = (fastgeo.ExpectedMetric(dec, constant_precision(4, 5)) for _ in range(2))
+    graph = fastgeo.LatentGraph(a, n_nodes=30, grid=0)
+    assert b.piecewise_linear_mean
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fastgeo.geodesics(b, torch.zeros(1, 4, dtype=f64), torch.ones(1, 4, dtype=f64), graph=graph)
+
+
 def test_dense_takes_a_graph_and_latents():
     """A graph or latents given to method='dense' (its starts use them) are not taken for the
     spline methods' corridors option and refused."""

@@ -132,7 +132,7 @@ def _stdout_closed() -> bool:
         fd = sys.stdout.fileno()
         poll = select.poll()
         poll.register(fd, select.POLLOUT)
-        closed = any(events & select.POLLERR for _, events in poll.poll(0))
+        closed = any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
     except (AttributeError, OSError, ValueError):  # no descriptor, or no poll on this platform
         return False
     if closed:
@@ -145,12 +145,15 @@ def _stdout_closed() -> bool:
 def _warning_line(
     fallback: Callable[..., str], message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any
 ) -> str:
-    """fastgeo's warnings as one line; another library's as ``fallback`` formats them (where it was
-    raised says more)."""
-    text = str(message)
-    if not text.startswith("fastgeo"):
+    """fastgeo's warnings (by their text or the file that raised them) as one line; another
+    library's as ``fallback`` formats them (where it was raised says more)."""
+    text, filename = str(message), str(args[0] if args else kwargs.get("filename", ""))
+    if not (text.startswith("fastgeo") or filename.startswith(_PACKAGE)):
         return fallback(message, category, *args, **kwargs)
-    return f"{category.__name__}: {text}\n"
+    return f"{category.__name__}: {text if text.startswith('fastgeo') else 'fastgeo: ' + text}\n"
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fastgeo's own files
 
 
 if __name__ == "__main__":

@@ -43,14 +43,18 @@ class _CallableModule(nn.Module):
         super().__init__()
         self.fn = fn
         if called:
-            self.called = nn.ModuleList(m for m in modules_of(fn) if not _has_lazy(m))
+            self.called = nn.ModuleList(part for m in modules_of(fn) for part in _without_lazy(m))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.fn(z)
 
 
-def _has_lazy(module: nn.Module) -> bool:
-    return any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters())
+def _without_lazy(module: nn.Module) -> list[nn.Module]:
+    """``module``, or where it holds a lazy module not yet run (no weights to trace: an unused
+    encoder, say), its largest parts without one."""
+    if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters()):
+        return [module]
+    return [part for child in module.children() for part in _without_lazy(child)]
 
 
 def capture_module(mean: Callable[[Tensor], Tensor], fmt: str) -> nn.Module:

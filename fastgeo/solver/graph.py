@@ -295,13 +295,15 @@ def check_graph_inputs(metric: ExpectedMetric, graph: object, latents: Tensor | 
 
 
 def _of_another_metric(graph: LatentGraph, metric: ExpectedMetric) -> bool:
-    """Whether ``graph`` was built for a metric other than ``metric`` (or than the metric it is a
-    smoothed copy of): another decoder or precision, by their probe outputs."""
+    """Whether ``graph`` was built for a metric other than ``metric``: another decoder or
+    precision, by their probe outputs. Not asked of a smoothed copy of a metric (the solver's own
+    stage, which takes its source's graph; the call on the source was checked)."""
     own = graph.metric
-    if own is metric or own is getattr(metric, "_smoothed_from", None):
+    if own is metric or getattr(metric, "_smoothed_from", None) is not None:
         return False
     with torch.no_grad():
-        return not torch.equal(own.probe(), metric.probe())
+        mine, theirs = own.probe(), metric.probe()
+    return mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-5, atol=0, equal_nan=True)
 
 
 class GraphCache:
