@@ -40,6 +40,7 @@ SAME_OUTPUT_ELSEWHERE = 2e-2
 # step below agree to ~1e-4 in float32 on smooth decoders (kinks of ReLU units crossed within
 # the step move it a little); a detached part of the decoder moves it by its share of the output.
 DERIVATIVE_MISMATCH = 0.1
+LARGER_BATCH = 66  # codes of the last batch a mean is checked on: its first three, and others
 
 
 def not_a_tensor_hint(value: object) -> str:
@@ -277,7 +278,8 @@ def deterministic(
     name: str, mean: Callable[[Tensor], Tensor], z: Tensor, out: Tensor, out_first: Tensor
 ) -> None:
     """Refuse a mean that is random (``mean(z)`` again differs from ``out``) or that depends on
-    its batch (``out[:1]`` differs from ``out_first``, the mean of ``z[:1]`` alone)."""
+    its batch (``out[:1]`` differs from ``out_first``, the mean of ``z[:1]`` alone, or ``out`` from
+    the first rows of the mean of a batch of ``LARGER_BATCH`` codes that starts with ``z``)."""
     bound = SAME_OUTPUT if z.device.type == "cpu" else SAME_OUTPUT_ELSEWHERE
     if not bool(torch.isfinite(out).all()):
         return  # a mean not finite at the probe codes is not this check's to name
@@ -289,12 +291,18 @@ def deterministic(
             "dropout layer in training mode, or a sample instead of the decoder's mean? Call "
             ".eval() on the decoder and pass its mean"
         )
-    gap = _differ(out[:1], out_first)
+    # ... and in a batch as large as the solver's chunks start (a branch on the batch size)
+    larger = call(name, mean, torch.cat([z + 0.05 * k for k in range(LARGER_BATCH // z.shape[0])]))
+    gaps = [_differ(out[:1], out_first)]
+    if isinstance(larger, Tensor) and larger.shape[1:] == out.shape[1:]:
+        gaps.append(_differ(larger[: z.shape[0]], out))
+    gap = max(gaps)
     if gap > bound:  # inf too: e.g. normalized by the batch's std, NaN for one code
         how = (
             "decoded alone gives values that are not finite, beside others finite ones"
             if not bool(torch.isfinite(out_first).all())
-            else f"decoded alone and beside others differs by {gap:.1e} (relative)"
+            else f"decoded alone, beside 2 others and beside {LARGER_BATCH - 1} differs by {gap:.1e} "
+            "(relative)"
         )
         raise ValueError(
             f"{name} depends on its batch: a code {how}. Batch normalization in training mode "

@@ -72,6 +72,16 @@ def test_a_mean_that_depends_on_its_batch_is_refused():
             )
 
 
+def test_a_mean_that_branches_on_its_batch_size_is_refused():
+    """A mean that computes otherwise for more than three codes passed the checks on one and three
+    codes; the solver decodes hundreds at once."""
+    net = mlp()
+    with pytest.raises(
+        ValueError, match="mean depends on its batch: a code decoded alone, beside 2 others and beside"
+    ):
+        fastgeo.ExpectedMetric(lambda z: net(z) * (2.0 if z.shape[0] > 3 else 1.0), constant_precision(2, 3))
+
+
 def test_a_detached_mean_is_refused():
     net = mlp()  # parameters require grad: the output does too, but not through the codes
     with pytest.raises(ValueError, match="mean passes no gradient to its input"):
