@@ -106,6 +106,18 @@ def test_leave_one_out_is_the_fit_without_the_pair():
         assert torch.isclose(loo[k], (w[0] + xk @ w[1:]).clamp(min=0).exp(), rtol=1e-9)
 
 
+def test_pairs_without_a_leave_one_out_estimate_are_counted():
+    """A sampled pair alone fixing a coefficient has no leave-one-out estimate (NaN): the error is
+    measured on the others and says how many were left out (they were dropped without a word)."""
+    from fastgeo.pairwise.chord_mode import _loo_error
+
+    exact = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    error = _loo_error(torch.tensor([1.1, float("nan"), 3.0, 4.4], dtype=torch.float64), exact)
+    assert error.pairs == 3 and error.unmeasured == 1
+    assert "(1 sampled pairs without an estimate to compare)" in str(error)
+    assert _loo_error(exact, exact).unmeasured == 0
+
+
 def test_ratio_is_clamped():
     """Covariates beyond the sample's range are clamped to it; the ratio is never below 1 (the
     chord is a lower bound)."""

@@ -330,4 +330,6 @@ def run_chord_mode(
 def _loo_error(estimate: Tensor, exact: Tensor) -> EstimateError:
     """The estimates' relative error on the sample (each predicted without its own pair)."""
     ok = torch.isfinite(estimate) & torch.isfinite(exact) & (exact > 0)
-    return estimate_error(estimate[ok] / exact[ok] - 1, "chord estimates")
+    error = estimate_error(estimate[ok] / exact[ok] - 1, "chord estimates")
+    error.unmeasured = int((torch.isfinite(exact) & (exact > 0) & ~ok).sum())  # no leave-one-out estimate
+    return error

@@ -26,7 +26,9 @@ class EstimateError:
     """Relative excess ``estimate / exact - 1`` of approximate distances (``label``: which) over
     exact geodesics on ``pairs`` random pairs: its mean, median, 95th percentile, largest and
     smallest value (negative where the estimate is below, or where the exact solve ended longer
-    than an upper bound, in a worse basin), and the mean of its absolute value."""
+    than an upper bound, in a worse basin), and the mean of its absolute value; ``unmeasured``:
+    sampled pairs left out (chord mode: a pair alone fixing a coefficient of the fit has no
+    leave-one-out estimate)."""
 
     pairs: int
     mean: float
@@ -36,10 +38,12 @@ class EstimateError:
     min: float
     label: str = "graph distances"
     mean_abs: float = float("nan")
+    unmeasured: int = 0  # sampled pairs the error could not be measured on (chord mode: see below)
 
     def __str__(self) -> str:
+        left = f" ({self.unmeasured} sampled pairs without an estimate to compare)" if self.unmeasured else ""
         if not self.pairs:
-            return f"{self.label}: no pair sampled"
+            return f"{self.label}: no pair sampled" if not left else f"{self.label}: not measured{left}"
         two_sided = self.min < 0 and self.mean_abs > 2 * abs(self.mean)
         return (
             f"{self.label} over exact geodesics on {self.pairs} random pairs: "
@@ -49,7 +53,7 @@ class EstimateError:
                 else ""
             )
             + f"mean {100 * self.mean:+.3f} %, median {100 * self.median:+.3f} %, "
-            f"95th percentile {100 * self.p95:+.3f} %, max {100 * self.max:+.3f} %"
+            f"95th percentile {100 * self.p95:+.3f} %, max {100 * self.max:+.3f} %{left}"
         )
 
 
