@@ -209,11 +209,12 @@ class ExpectedMetric:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         if device is not None:
             device = _checks.device("device", device)
-        owner = getattr(self.mean, "__self__", None)
-        if isinstance(self.mean, torch.nn.Module):
-            mean = copy.deepcopy(self.mean).to(dtype=dtype, device=device)
-        elif isinstance(owner, torch.nn.Module) and isinstance(self.mean, types.MethodType):
-            mean = types.MethodType(self.mean.__func__, copy.deepcopy(owner).to(dtype=dtype, device=device))
+        given = self.mean.mean if isinstance(self.mean, FlatOutput) else self.mean  # images: made flat again
+        owner = getattr(given, "__self__", None)
+        if isinstance(given, torch.nn.Module):
+            mean = copy.deepcopy(given).to(dtype=dtype, device=device)
+        elif isinstance(owner, torch.nn.Module) and isinstance(given, types.MethodType):
+            mean = types.MethodType(given.__func__, copy.deepcopy(owner).to(dtype=dtype, device=device))
         else:
             raise TypeError(
                 "ExpectedMetric.to needs the mean to be an nn.Module or a method of one, got a plain "

@@ -168,6 +168,19 @@ def test_metric_to_converts_a_method_s_module_and_takes_a_positional_dtype_or_de
     torch.testing.assert_close(single.decode(z.float()), metric.decode(z).float(), atol=1e-5, rtol=1e-4)
 
 
+def test_metric_to_converts_a_method_that_returns_images():
+    """A method returning (P, 1, H, W) images (the metric flattens it): converted to float64 like a
+    method returning rows (it said "needs ... an nn.Module or a method of one, got a plain
+    callable")."""
+    torch.manual_seed(0)
+    vae = ConvVAE().eval()
+    metric = fastgeo.ExpectedMetric(vae.decode_images, _precision(5, 144).to(torch.float32))
+    double = metric.to(torch.float64)
+    assert double.dtype == f64 and next(vae.parameters()).dtype == torch.float32  # a copy
+    z = torch.randn(3, 5)
+    torch.testing.assert_close(double.mean(z.double()).float(), metric.mean(z), atol=1e-6, rtol=1e-5)
+
+
 class _MaxPooled(nn.Module):
     def __init__(self) -> None:
         super().__init__()
