@@ -292,7 +292,7 @@ def deterministic(
             ".eval() on the decoder and pass its mean"
         )
     # ... and in a batch as large as the solver's chunks start (a branch on the batch size)
-    larger = call(name, mean, torch.cat([z + 0.05 * k for k in range(LARGER_BATCH // z.shape[0])]))
+    larger = call(name, mean, torch.cat([z + 0.05 * k for k in range(LARGER_BATCH // max(1, z.shape[0]))]))
     gaps = [_differ(out[:1], out_first)]
     if isinstance(larger, Tensor) and larger.shape[1:] == out.shape[1:]:
         gaps.append(_differ(larger[: z.shape[0]], out))
