@@ -140,10 +140,17 @@ def uncompiled(mean: Callable) -> Callable:
     """The module or function that ``torch.compile`` wrapped in ``mean`` (``mean`` itself if it
     is not compiled). fastgeo differentiates a decoder by its own kernels (or ``torch.func``,
     under which a compiled module recompiles for every new shape: 400x slower on a small MLP),
-    and compilation does not change what the decoder computes."""
+    and compilation does not change what the decoder computes. ValueError for a compiled module
+    with hooks of its own (they would be lost)."""
     for _ in range(8):  # a compiled module of a compiled function ...
         if isinstance(mean, torch.nn.Module) and type(mean).__name__ == "OptimizedModule":
             inner = getattr(mean, "_orig_mod", None)
+            if mean._forward_hooks or mean._forward_pre_hooks:
+                raise ValueError(
+                    "mean is a torch.compile'd module with forward hooks on the compiled wrapper: fastgeo "
+                    "differentiates the module uncompiled (mean._orig_mod), without those hooks; register "
+                    "them on the module itself (mean._orig_mod.register_forward_hook(...)) and pass it"
+                )
         elif not isinstance(mean, torch.nn.Module):
             inner = getattr(mean, "_torchdynamo_orig_callable", None)
             # a bound method (a compiled module's forward too) comes wrapped in a function of

@@ -14,6 +14,7 @@ from .decoders.compact import compact_chain
 from .decoders.flat import FlatOutput
 from .decoders.layout import channels_last
 from .decoders.recognize import describe, recognize
+from .decoders.uses import new_use
 from .rbf import RBFPrecision
 
 # Bytes of the decoder's widest activation per call of the mean: longer inputs are decoded in
@@ -85,6 +86,7 @@ class ExpectedMetric:
         if not isinstance(precision, RBFPrecision):
             raise TypeError(f"precision must be a fastgeo.RBFPrecision, got {type(precision).__name__}")
         _checks.outside_autocast("ExpectedMetric")
+        new_use()  # a new metric of a decoder used before: its chain is checked again
         mean = _mean_checks.uncompiled(mean)
         _mean_checks.eval_mode("mean", mean)
         self._eval_layers = _mean_checks.layers_in_eval(mean)  # checked again at every call
@@ -131,7 +133,8 @@ class ExpectedMetric:
         p = self.precision
         text = (
             f"ExpectedMetric: latent d = {self.latent_dim}, data D = {self.data_dim}, {self.dtype} on "
-            f"{self.device}, {p.centers.shape[0]} RBF centers\nmean: {describe(self.mean, self.latent_dim)}"
+            f"{self.device}, {p.centers.shape[0]} RBF centers\n"
+            f"mean: {describe(self.mean, self.latent_dim, agrees=self._chain() is not None)}"
         )
         compact = self._compact_mean()
         if compact is not None:
@@ -148,7 +151,7 @@ class ExpectedMetric:
         """Whether the mean is a recognized chain with piecewise-linear activations (ReLU,
         LeakyReLU, PReLU, Hardtanh, ReLU6, Hardsigmoid, Hardswish); the solver then keeps its
         secant model (see :func:`fastgeo.solver.options.solver_options`)."""
-        return piecewise_linear(self.mean, self.latent_dim)
+        return piecewise_linear(self.mean, self.latent_dim) and self._chain() is not None
 
     def smoothed(self, sharpness: float | None = None) -> ExpectedMetric | None:
         """This metric with the kinks of the mean's piecewise-linear activations rounded
@@ -158,7 +161,7 @@ class ExpectedMetric:
         if sharpness is not None:
             sharpness = _checks.positive_float("sharpness", sharpness)
         found = recognize(self.mean, self.latent_dim)
-        if found is None:
+        if found is None or self._chain() is None:  # (a chain read that is not the mean's: none)
             return None
         kept = self.__dict__.setdefault("_smoothed", {})
         key = (found[1], sharpness)
@@ -306,6 +309,7 @@ class ExpectedMetric:
         rounding at a fraction of the cost; the stand-in has no autograd (its factor is taken from
         detached weights): in grad mode, where a gradient of z or of the decoder's parameters may
         be wanted, the mean; the solver measures under ``torch.no_grad``)."""
+        new_use()  # called by the user (not within a solve): chains checked again
         self.check_points("z", z)
         compact = None if torch.is_grad_enabled() else self._compact_mean()
         if compact is None:
@@ -317,6 +321,7 @@ class ExpectedMetric:
     ) -> tuple[Tensor, Tensor]:
         """:meth:`mean_embedding` and its Jacobian, directions first: z (P, d) -> (P, F), (d, P, F)
         (tangents pushed in ``tangent_dtype`` where given, as :func:`jacobian_rows` does)."""
+        new_use()  # called by the user (not within a solve): chains checked again
         compact = self._compact_mean()
         if compact is None:
             return jacobian_rows(self.mean, z, tangent_dtype)
@@ -328,11 +333,15 @@ class ExpectedMetric:
         same segment lengths as :meth:`features` to rounding."""
         return torch.cat([self.mean_embedding(z), self.precision.sigma(z)], dim=-1)
 
+    def _chain(self) -> StackedChain | None:
+        """The mean's recognized chain, from its structure now (it may have changed), where it
+        computes what the mean does (checked on a probe, once per use of the library), or None."""
+        return stacked_chain(self.mean, self.precision.centers[:4].detach())
+
     def _compact_mean(self) -> StackedChain | None:
         """The mean's compact stand-in, from its structure now (it may have changed), or None."""
-        probe = self.precision.centers[:4].detach()
-        chain = stacked_chain(self.mean, probe)
-        return None if chain is None else compact_chain(chain, self.mean, probe)
+        chain = self._chain()
+        return None if chain is None else compact_chain(chain, self.mean, self.precision.centers[:4].detach())
 
     def _decode_with(self, mean: Callable[[Tensor], Tensor], z: Tensor, width: int | None) -> Tensor:
         """``mean`` (P, d) -> (P, F) at points (..., d), padded and chunked as :meth:`decode`
@@ -382,6 +391,7 @@ class ExpectedMetric:
     def features_and_jacobian_t(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`features_and_jacobian` with the Jacobian transposed, contiguous (the solver's
         layout: one row per latent direction): z (P, d) -> (P, 2D), (P, d, 2D)."""
+        new_use()  # called by the user (not within a solve): chains checked again
         self.check_points("z", z, ndim=2)
         mu, j_mu = jacobian_rows(self.mean, z)  # (P, D), (d, P, D)
         sigma, j_sigma = self.precision.sigma_and_jacobian_t(z)

@@ -172,6 +172,81 @@ def test_custom_module_traced_once_per_structure(monkeypatch):
     check(model, z, recognized=False)
 
 
+class ReadsConfig(nn.Module):
+    """A decoder whose forward reads a config dict and an activation attribute: neither is in
+    its structure key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 8), nn.Linear(8, 6)
+        self.cfg = {"scale": 1.0}
+        self.act = torch.tanh
+
+    def forward(self, z):
+        return self.fc2(self.act(self.fc1(z))) * self.cfg["scale"]
+
+
+def _jacobian_matches(metric, fn, z):
+    """The metric's Jacobian of the mean against torch.func's of ``fn`` (what the decoder is)."""
+    got = metric.features_and_jacobian(z)[1][:, : metric.data_dim]
+    want = torch.func.vmap(torch.func.jacfwd(lambda x: fn(x[None])[0]))(z)
+    assert_close_rel(got, want, 1e-10)
+
+
+def test_changes_no_structure_key_sees_are_seen_at_the_next_use():
+    """What a decoder reads that its structure key does not see (a NumPy scalar a function reads
+    by name, a config dict, an activation attribute, a forward replaced on a layer), changed
+    between two uses of the library: the next use checks the chain again and reads it afresh (or
+    falls back to torch.func), never replays the old one; a new metric of the changed decoder too."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    prec = fastgeo.RBFPrecision(torch.randn(4, 3, dtype=F64), torch.full((4,), 0.5, dtype=F64),
+                                torch.rand(6, 4, dtype=F64), zeta=0.1)  # fmt: skip
+    z = torch.randn(5, 3, dtype=F64)
+    model = init_(ReadsConfig()).double()
+    scale = np.float64(1.0)
+    fn = lambda x: model(x) * scale  # noqa: E731
+    metric = fastgeo.ExpectedMetric(fn, prec)
+    _jacobian_matches(metric, fn, z)
+    scale = np.float64(3.0)
+    _jacobian_matches(metric, fn, z)
+    model.cfg["scale"] = 0.5
+    _jacobian_matches(metric, fn, z)
+    model.act = torch.sigmoid
+    _jacobian_matches(metric, fn, z)
+    _jacobian_matches(fastgeo.ExpectedMetric(fn, prec), fn, z)
+    seq = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 6)).double()
+    metric = fastgeo.ExpectedMetric(seq, prec)
+    _jacobian_matches(metric, seq, z)
+    seq[1].forward = lambda x: torch.tanh(2 * x)
+    _jacobian_matches(metric, seq, z)
+    assert "torch.func" in metric.describe()
+
+
+class InPlaceResidual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(12, 12))
+
+    def forward(self, x):
+        return x + self.f(x)  # the in-place ReLU rewrites x before the add
+
+
+def test_a_chain_read_wrong_is_not_described_or_smoothed_as_the_decoder():
+    """A chain read from the structure that does not compute what the decoder does (an in-place
+    ReLU opening a residual branch) takes torch.func, and ``describe``, ``piecewise_linear_mean``
+    and ``smoothed`` say so rather than use the chain read."""
+    torch.manual_seed(1)
+    dec = nn.Sequential(nn.Linear(4, 12), InPlaceResidual(), nn.Linear(12, 6)).eval()
+    prec = fastgeo.RBFPrecision(torch.randn(5, 4), torch.full((5,), 0.5), torch.rand(6, 5), 0.05)
+    metric = fastgeo.ExpectedMetric(dec, prec)
+    assert recognize.recognize(metric.mean, 4) is not None  # read as a chain ...
+    assert stacked_chain(metric.mean, torch.randn(4, 4)) is None  # ... that fails its check
+    assert "does not compute what the decoder does" in metric.describe()
+    assert not metric.piecewise_linear_mean
+    assert metric.smoothed() is None
+
+
 def test_exported_graph_sees_inplace_weight_changes():
     model = exported(mnist_sequential(4), 4)
     z = randn(4, 4)

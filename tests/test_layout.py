@@ -37,10 +37,21 @@ class Spy(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[bool] = []
+        self.batches: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        self.batches.append(x.shape[0])
         return x
+
+    def clear(self) -> None:
+        self.seen.clear()
+        self.batches.clear()
+
+    def seen_on_curves(self) -> list[bool]:
+        """:attr:`seen` of the calls on more than a probe's four points (each use of the library
+        checks the recognized chain against a plain call on a few points first)."""
+        return [s for s, b in zip(self.seen, self.batches, strict=True) if b > 4]
 
 
 class ViewsItsOutput(nn.Module):
@@ -69,11 +80,11 @@ def test_values_and_gradients_equal_the_plain_call_and_the_module_is_left_as_it_
     z = randn(3, 40, D_LATENT, seed=2).requires_grad_(True)
     metric.decode(z[0])  # the first call checks the layout once (and the plain call with it)
     metric.length(z.detach())  # and the chain read by torch.export (which calls the spy) once
-    spy.seen.clear()
+    spy.clear()
     length = metric.length(z).sum()
     (grad,) = torch.autograd.grad(length, z)
-    assert spy.seen and all(spy.seen)  # the convolutions ran channels-last
-    spy.seen.clear()
+    assert spy.seen_on_curves() and all(spy.seen_on_curves())  # the convolutions ran channels-last
+    spy.clear()
     plain = _metric(lambda x: model(x))  # a function: called as it is
     z2 = z.detach().clone().requires_grad_(True)
     plain_length = plain.length(z2).sum()
@@ -83,7 +94,7 @@ def test_values_and_gradients_equal_the_plain_call_and_the_module_is_left_as_it_
     torch.testing.assert_close(grad, plain_grad, rtol=1e-10, atol=1e-12)
     # No hook stays on the user's modules, and their own calls are untouched.
     assert all(not m._forward_pre_hooks for m in model.modules())
-    spy.seen.clear()
+    spy.clear()
     model(randn(2, D_LATENT))
     assert not any(spy.seen)
 

@@ -256,6 +256,15 @@ def test_a_compiled_mean_is_used_uncompiled(wrap):
     torch.testing.assert_close(metric.length(z), plain.length(z), rtol=0, atol=0)
 
 
+def test_a_compiled_mean_with_hooks_of_its_own_is_refused():
+    """Hooks on the compiled wrapper would be lost with the module used uncompiled: refused, with
+    where to register them."""
+    compiled = torch.compile(mlp())
+    compiled.register_forward_hook(lambda mod, inp, out: 3 * out)
+    with pytest.raises(ValueError, match=r"forward hooks on the compiled wrapper.*_orig_mod"):
+        fastgeo.ExpectedMetric(compiled, constant_precision(2, 3))
+
+
 def test_repr_names_the_sizes():
     prec = fastgeo.RBFPrecision(torch.zeros(3, 2), torch.ones(3), torch.ones(5, 3), torch.ones(5))
     metric = fastgeo.ExpectedMetric(torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Tanh()), prec)

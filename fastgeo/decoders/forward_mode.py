@@ -11,8 +11,10 @@ at P = 768 points, float32, one CPU thread: 2.4x for a 28x28 deconvolutional dec
 3.7x for a 64x64x3 one (d = 32), 1.8x for an MLP 16-256-256-784.
 
 The structure is read at every call (cheaply: custom modules are traced once per fingerprint),
-so later changes to layers, their settings or hooks are seen; each new structure is checked
-once against the callable itself on a probe, with a fallback to ``torch.func`` on a mismatch.
+so later changes to layers, their settings or hooks are seen; a structure is checked against
+the callable itself on a probe when first seen and once in every later use of the library (what
+a decoder reads may change unseen between uses), with a fallback to ``torch.func`` on a
+mismatch.
 An error raised by the decoder itself on the probe is the user's and propagates.
 """
 
@@ -26,8 +28,9 @@ from torch import Tensor
 
 from .generic import check_value, generic_value_and_tangents
 from .layers import Peak, run
-from .recognize import recognize
+from .recognize import forget, recognize
 from .steps import LAYERS, Step, walk
+from .uses import current_use
 
 # Bytes of the widest stacked activation of one chunk of points, per device type (others: 1 GiB):
 # on CPU, chunks that stay in cache are ~25 % faster than one pass (measured: 4 MiB best, 2-16 MiB
@@ -105,7 +108,8 @@ def _axes(z: Tensor) -> Tensor:
     return torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, P, d)
 
 
-# fn -> (structure key, widest or None if the structure is not the chain it looks like)
+# fn -> (structure key, widest or _MISMATCH if the structure is not the chain it looks like, the
+# use (fastgeo.decoders.uses) it was last checked in)
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MISMATCH = -1
 
@@ -113,22 +117,42 @@ _MISMATCH = -1
 def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain | None:
     """The :class:`StackedChain` of ``fn`` if it is one, else None.
 
-    A structure is checked against ``fn`` itself on ``probe`` (P, d) once, when it is first
-    seen: errors of ``fn`` there (or an output that is not (P, F)) propagate; a chain that fails
-    or disagrees is not one (None).
+    A structure is checked against ``fn`` itself on ``probe`` (P, d) when it is first seen, and
+    again at its first evaluation in each later use (:mod:`fastgeo.decoders.uses`): errors of
+    ``fn`` there (or an output that is not (P, F)) propagate; a chain that fails or disagrees
+    is not one (None). A structure that passed before and now disagrees (the decoder changed in
+    a way its key does not see) is read afresh once.
     """
     found = recognize(fn, probe.shape[-1])
     if found is None or not any(isinstance(s, LAYERS) for s in walk(found[0])):
         return None
     steps, key = found
+    use = current_use()
     try:
-        known, widest = _CHECKED[fn]
-        if known == key:
-            return None if widest == _MISMATCH else StackedChain(steps, widest)
+        known, widest, checked_in = _CHECKED[fn]
     except (KeyError, TypeError):
-        pass
+        known = widest = checked_in = None
+    if known == key and checked_in == use:
+        return None if widest == _MISMATCH else StackedChain(steps, widest)
     with torch.no_grad():
         expected = check_value(fn(probe), probe)  # the decoder's own errors are the user's
+    chain = _agreeing(steps, probe, expected)
+    if chain is None and known == key and widest != _MISMATCH:
+        forget(fn)  # it agreed in an earlier use: read what the decoder is now
+        found = recognize(fn, probe.shape[-1])
+        if found is not None and any(isinstance(s, LAYERS) for s in walk(found[0])):
+            steps, key = found
+            chain = _agreeing(steps, probe, expected)
+    try:
+        _CHECKED[fn] = (key, _MISMATCH if chain is None else chain.widest, use)
+    except TypeError:  # not weak-referenceable: checked again next time
+        pass
+    return chain
+
+
+def _agreeing(steps: list[Step], probe: Tensor, expected: Tensor) -> StackedChain | None:
+    """The chain of ``steps`` if its values on ``probe`` are ``expected`` (to 1e-4 of their
+    largest magnitude, at least 1), else None."""
     chain = StackedChain(steps)
     try:
         with torch.no_grad():
@@ -137,10 +161,6 @@ def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain
         ok = got.shape == expected.shape and bool(((got - expected).abs() <= 1e-4 * scale).all())
     except Exception:  # noqa: BLE001 - the steps fail where fn does not: not the chain we thought
         ok = False
-    try:
-        _CHECKED[fn] = (key, chain.widest if ok else _MISMATCH)
-    except TypeError:  # not weak-referenceable: checked again next time
-        pass
     return chain if ok else None
 
 

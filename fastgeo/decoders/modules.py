@@ -104,7 +104,7 @@ def has_hooks(module: nn.Module) -> bool:
 def module_steps(module: nn.Module) -> list[Step] | None:
     """Steps of an nn.Sequential (nested too) of known layers, or of one known layer; None
     if it is anything else."""
-    if has_hooks(module):
+    if has_hooks(module) or "forward" in vars(module):  # a forward replaced on the instance
         return None
     if type(module) is nn.Sequential:
         steps: list[Step] = []

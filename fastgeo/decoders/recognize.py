@@ -39,12 +39,12 @@ from .activations import PIECEWISE_LINEAR
 from .flat import FlatMean, FlatOutput
 from .graphs import graph_steps, read_graph, where_not_a_chain
 from .smoothing import SmoothedChain, smooth_steps
-from .steps import Activation, Axes, Branches, ByTensor, Conv, Part, PReLU, Step, signature, walk
+from .steps import LAYERS, Activation, Axes, Branches, ByTensor, Conv, Part, PReLU, Step, signature, walk
 from .tracing import ClosureModule, MethodModule, exported_graph, traced_graph
 
 __all__ = [
-    "chain_module", "describe", "graph_steps", "module_steps", "piecewise_linear", "recognize", "smoothed",
-    "traced_steps",
+    "chain_module", "describe", "forget", "graph_steps", "module_steps", "piecewise_linear", "recognize",
+    "smoothed", "traced_steps",
 ]  # fmt: skip
 
 # module -> (fingerprint, steps or None) of its last trace or graph reading
@@ -97,6 +97,21 @@ def chain_module(fn: Callable[[Tensor], Tensor]) -> nn.Module | None:
     return None
 
 
+def forget(fn: Callable[[Tensor], Tensor]) -> None:
+    """Drop what was read of ``fn``'s structure (its method / closure module, traces, exports):
+    the next :func:`recognize` reads it afresh. For a decoder whose kept steps no longer compute
+    what it does (it changed in a way its fingerprint does not see)."""
+    module = chain_module(fn)
+    for cache in (_STEPS, _EXPORTED):
+        for m in () if module is None else module.modules():
+            cache.pop(m, None)
+    for key in (fn, getattr(fn, "mean", None)):  # a FlatOutput's method too
+        try:
+            _METHODS.pop(key, None)
+        except TypeError:  # not weak-referenceable: never kept
+            pass
+
+
 def module_steps(module: nn.Module) -> list[Step] | None:
     """Steps of an nn.Sequential / known layer / ``torch.fx.GraphModule``, or None (no tracing)."""
     if isinstance(module, torch.fx.GraphModule):
@@ -143,10 +158,11 @@ def piecewise_linear(fn: Callable[[Tensor], Tensor], latent_dim: int | None = No
     return found is not None and _has_kinks(found[0])
 
 
-def describe(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> str:
+def describe(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None, agrees: bool = True) -> str:
     """How ``fn``'s derivatives are taken, in a sentence or two: a recognized chain (its steps,
     the stacked forward mode, smoothing of kinks) or not (``torch.func``). ``latent_dim``: as
-    :func:`recognize` takes it."""
+    :func:`recognize` takes it; ``agrees``: whether the chain read passed the check against ``fn``
+    (:func:`fastgeo.decoders.forward_mode.stacked_chain`)."""
     found = recognize(fn, latent_dim)
     if found is None:
         return (
@@ -157,6 +173,17 @@ def describe(fn: Callable[[Tensor], Tensor], latent_dim: int | None = None) -> s
         )
     steps = found[0]
     names = " -> ".join(_step_name(s) for s in steps)
+    if not agrees:
+        why = (
+            "but that chain does not compute what the decoder does on a probe (an in-place operation "
+            "on a tensor used again, a forward replaced on an instance, ...)"
+            if any(isinstance(s, LAYERS) for s in walk(steps))
+            else "with no layer to stack"
+        )
+        return (
+            f"read as a chain of {len(steps)} steps ({names}), {why}: its Jacobians come from torch.func, "
+            "several times slower, and piecewise-linear activations in it (if any) are not smoothed first"
+        )
     text = f"a chain of {len(steps)} steps ({names}): Jacobians by the stacked forward mode"
     fingerprint = found[1][2]
     if isinstance(fingerprint, tuple) and fingerprint[:1] == ("export",):

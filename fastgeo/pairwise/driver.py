@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
+from ..decoders.uses import in_one_use
 from ..metric import ExpectedMetric
 from ..solver.options import HIGH_DIM
 from ..solver.result import CONVERGED, UNSOLVED
@@ -55,6 +56,7 @@ ERROR_SAMPLE = 200  # approximate modes: random pairs solved exactly to measure 
 GRAPH_WARN = 0.05  # approximate modes: warn when the sample finds entries this much off on average
 
 
+@in_one_use
 def pairwise_distances(
     metric: ExpectedMetric,
     Z: Tensor,

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
+from ..decoders.uses import in_one_use
 from ..metric import ExpectedMetric
 from ..solver.result import CONVERGED, STATUSES
 from .chunks import dist_info
@@ -94,6 +95,7 @@ class NearestNeighbors:
         )
 
 
+@in_one_use
 def nearest_neighbors(
     metric: ExpectedMetric,
     Z: Tensor,

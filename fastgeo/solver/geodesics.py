@@ -43,6 +43,7 @@ from torch import Tensor
 from .. import _checks
 from .._progress import DELAY, call_bar, phase
 from ..curves import Basis, BSplineBasis, Curves
+from ..decoders.uses import in_one_use
 from ..metric import ExpectedMetric
 from . import smoothing
 from .arguments import check_ends, check_init
@@ -67,6 +68,7 @@ from .smoothing import smoothed_first
 from .subdivide import subdivide_curves
 
 
+@in_one_use
 def geodesics(
     metric: ExpectedMetric,
     z0: Tensor,

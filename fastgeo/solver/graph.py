@@ -31,6 +31,7 @@ from torch import Tensor
 from .. import _checks
 from .._progress import phase, pulse
 from ..curves import straight_line, time_grid
+from ..decoders.uses import in_one_use
 from ..metric import ExpectedMetric
 
 # In d <= 3 the graph's paths run over a regular grid wherever there is no data. A grid path
@@ -70,6 +71,7 @@ class LatentGraph:
         seed: sampling seed.
     """
 
+    @in_one_use
     def __init__(
         self,
         metric: ExpectedMetric,
@@ -172,6 +174,7 @@ class LatentGraph:
                 pulse(i.shape[0] * (self.edge_points - 2))
         return torch.cat(out) if out else nodes.new_zeros(0)
 
+    @in_one_use
     def attach(self, points: Tensor) -> tuple[np.ndarray, np.ndarray, int]:
         """The k nearest nodes of each point (Q, k) and the metric lengths of the edges to them
         (Q, k; inf where not finite), and the decoder evaluations that cost."""
@@ -193,6 +196,7 @@ class LatentGraph:
             self._csr = coo_matrix((w, (rows, cols)), shape=(n, n)).tocsr()
         return self._csr
 
+    @in_one_use
     def end_rows(self, points: Tensor) -> tuple[np.ndarray, np.ndarray, int]:
         """Shortest-path distances from each point (Q, d), attached to its k nearest nodes, to
         every node (Q, n), the predecessors (Q, n; -1 at a node reached straight from the point),

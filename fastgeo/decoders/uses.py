@@ -1,0 +1,55 @@
+"""Uses of the library, for checking recognized decoders again.
+
+A recognized chain is checked against its decoder when its structure is first seen (its key:
+modules, settings, the values a traced function reads by name). Between two calls of the user a
+decoder can change in ways no key sees: a NumPy scalar or a config object's attribute it reads, an
+activation or a module's ``forward`` rebound. So each chain is checked again (its values at a few
+points against the decoder's) at its first evaluation in every *use*: a metric made, a solve, a
+matrix, a latent graph, a measurement the user calls; not at each of the hundreds of evaluations
+inside one use.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_STATE = {"use": 0, "depth": 0}
+
+
+def new_use() -> None:
+    """A call from outside the library begins (no-op within :func:`one_use`): every chain is
+    checked again at its next evaluation."""
+    if _STATE["depth"] == 0:
+        _STATE["use"] += 1
+
+
+@contextmanager
+def one_use() -> Iterator[None]:
+    """Everything inside is one use: chains are checked at their first evaluation only."""
+    new_use()
+    _STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        _STATE["depth"] -= 1
+
+
+def in_one_use(function: F) -> F:
+    """``function`` with each call one use (:func:`one_use`): for the library's entry points."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with one_use():
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def current_use() -> int:
+    """The number of the use going on (it only grows)."""
+    return _STATE["use"]
