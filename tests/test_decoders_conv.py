@@ -235,6 +235,15 @@ class Concatenated(Residual):
         return torch.cat([h, self.conv(h)], dim=1).flatten(1)
 
 
+class Differenced(Residual):
+    """Forks joined by a difference, ``h - conv(h)`` and ``tanh(h) - h``: recognized too."""
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z)).view(-1, C, H, H)
+        h = h - self.conv(h)
+        return (torch.tanh(h) - h).flatten(1)
+
+
 DECODERS = {
     "mnist_sequential_d5": (lambda: mnist_sequential(5), 5, 784),
     "mnist_exported_d16": (lambda: exported(mnist_sequential(16), 16), 16, 784),
@@ -258,6 +267,8 @@ DECODERS = {
     "gated_exported_d4": (lambda: exported(init_(GatedDecoder(4)), 4), 4, 784),
     "gate_custom_d3": (lambda: init_(Gated()), 3, C * H * H),
     "concatenated_custom_d3": (lambda: init_(Concatenated()), 3, 2 * C * H * H),
+    "differenced_custom_d3": (lambda: init_(Differenced()), 3, C * H * H),
+    "differenced_exported_d3": (lambda: exported(init_(Differenced()), 3), 3, C * H * H),
     "heads_custom_d4": (lambda: init_(HeadsDecoder(4), scale=1.0), 4, 15),
     "axes_custom_d3": (lambda: init_(AxesDecoder(3), scale=1.0), 3, 48),
     "axes_exported_d4": (lambda: exported(init_(AxesDecoder(4), scale=1.0), 4), 4, 48),

@@ -27,7 +27,7 @@ from torch.fx import Graph, Node
 from .graph_dead import dead_nodes, guard
 from .graph_derived import derived_getter, derived_tensors
 from .graph_ops import along_the_batch
-from .steps import Affine, Axes, Branches, Broadcast, Concat, Flatten, Part, Reshape, Step, Unflatten
+from .steps import Affine, Axes, Branches, Broadcast, Concat, Flatten, Part, Reshape, Scale, Step, Unflatten
 
 aten = torch.ops.aten
 # W^T of a parameter in an aten graph (W.T, W.mT, W.t(), W.permute(1, 0); also W.transpose(0, 1))
@@ -123,8 +123,8 @@ class ChainReader:
     # ------------------------------------------------------------------ forks
 
     def _fork(self, nodes: list[Node], i: int, scope: set[Node]) -> int:
-        """The chain forks at ``self.current`` X: finds the join J (a sum p + q, a product or a
-        concatenation) where the two chains from X meet again (the first node after which
+        """The chain forks at ``self.current`` X: finds the join J (a sum p + q, a difference p - q,
+        a product or a concatenation) where the two chains from X meet again (the first node after which
         nothing else uses X or a node between), reads the chains to p and to q, adds their
         :class:`Branches` step and returns the index of the node after J."""
         fork = self.current
@@ -172,6 +172,8 @@ class ChainReader:
         require(join != "cat" or not first.flat or dim in (1, -1))
         # cat([a, b, c]) is cat([a, cat([b, c])]): nested from the last two
         steps = tuple(second.steps)
+        if join == "difference":  # p - q is p + (-1) q
+            steps, join = (*steps, Scale(-1.0, 0.0)), "sum"
         for branch in reversed(branches[:-1]):
             steps = (Branches(tuple(branch.steps), steps, join, dim),)
         self.steps.extend(steps)
@@ -290,6 +292,7 @@ def _chain_users(node: Node) -> list[Node]:
 
 
 _SUMS = (operator.add, torch.add, aten.add.Tensor)
+_DIFFERENCES = (operator.sub, torch.sub, aten.sub.Tensor)
 _PRODUCTS = (operator.mul, torch.mul, aten.mul.Tensor)
 _CATS = (torch.cat, torch.concat, aten.cat.default)
 
@@ -315,11 +318,12 @@ def _fx_transpose(node: Node) -> bool:
 
 def _join_terms(node: Node) -> tuple[tuple[Node, ...] | None, str, int]:
     """((p, q), join, dim) if ``node`` joins two graph values: ``p + q`` (``operator.add``,
-    ``torch.add``, aten ``add.Tensor`` with alpha 1: join "sum"), ``p * q`` ("product") or
+    ``torch.add``, aten ``add.Tensor`` with alpha 1: join "sum"), ``p - q`` ("difference"),
+    ``p * q`` ("product") or
     ``torch.cat([p, q, ...], dim)`` along an axis of the point ("cat", two or more); else (None,
     "", 0)."""
     nothing: tuple[None, str, int] = (None, "", 0)
-    if node.op != "call_function" or node.target not in _SUMS + _PRODUCTS + _CATS:
+    if node.op != "call_function" or node.target not in _SUMS + _DIFFERENCES + _PRODUCTS + _CATS:
         return nothing
     args, kwargs = node.args, dict(node.kwargs)
     if node.target in _CATS:
@@ -333,7 +337,8 @@ def _join_terms(node: Node) -> tuple[tuple[Node, ...] | None, str, int]:
     extra = set(kwargs) - {"alpha"}
     if len(args) != 2 or extra or alpha != 1 or not all(isinstance(a, Node) for a in args):
         return nothing
-    return (args[0], args[1]), "product" if node.target in _PRODUCTS else "sum", 0
+    join = "product" if node.target in _PRODUCTS else "difference" if node.target in _DIFFERENCES else "sum"
+    return (args[0], args[1]), join, 0
 
 
 def _ancestors(end: Node, among: set[Node]) -> set[Node]:
