@@ -4,6 +4,7 @@ arguments, land in the dense oracle's basin on every sample, not only on the one
     OMP_NUM_THREADS=1 python bench/bench_basins.py                       # seeds 0-4, both generators
     OMP_NUM_THREADS=1 python bench/bench_basins.py --seeds 5,6 --generators digits
     OMP_NUM_THREADS=1 python bench/bench_basins.py --generators mlp12_small,conv5_small   # d = 12, 5
+    OMP_NUM_THREADS=1 python bench/bench_basins.py --generators my_vae.safetensors --seeds 0,1   # your own
     python bench/bench_basins.py --list-oracles      # which kept oracles fit the generators here
 
 For every generator of ``workloads.py`` and every seed, 48 pairs of its training codes
@@ -53,7 +54,9 @@ from workloads import (
     environment_line,
     generator,
     generator_fingerprint,
+    generator_label,
     generator_path,
+    own_file,
     present_generator_path,
     results_dir,
     solver_pairs,
@@ -99,7 +102,7 @@ def run_one(name: str, seed: int, n: int, refresh: bool = False, refresh_loose: 
         gap = 100 * length_gaps(m64, res)
     worst = int(ex.argmax())
     return {
-        "generator": name,
+        "generator": generator_label(name),
         "seed": seed,
         "pairs": n,
         "mean": float(ex.mean()),
@@ -155,7 +158,7 @@ def dense_oracle(
         status = dense.status.tolist()
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "generator": name,
+        "generator": generator_label(name),
         "seed": seed,
         "pairs": n,
         "key": key,
@@ -205,7 +208,7 @@ def oracle_path(name: str, seed: int, n: int, z0: torch.Tensor, z1: torch.Tensor
     the pairs: a generator trained again to other weights, or other pairs, give another key)."""
     sample = z0.numpy().tobytes() + z1.numpy().tobytes()
     key = hashlib.sha256(generator_fingerprint(generator_path(name)) + sample).hexdigest()
-    return ORACLE_DIR / f"{name}_{seed}_{n}_{key[:16]}.json", key
+    return ORACLE_DIR / f"{generator_label(name)}_{seed}_{n}_{key[:16]}.json", key
 
 
 def _read_oracle(path: Path) -> dict | None:
@@ -280,7 +283,12 @@ def table(rows: list[dict], command: str, threads: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds of pair samples")
-    p.add_argument("--generators", default=",".join(GENERATORS), help="comma-separated generators")
+    p.add_argument(
+        "--generators",
+        default=",".join(GENERATORS),
+        help="comma-separated generators: names of workloads.py, or generator files of your own "
+        "(fastgeo.save_generator with extras latents and labels)",
+    )
     p.add_argument("--pairs", type=int, default=PAIRS, help="pairs per sample")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument(
@@ -316,13 +324,16 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.generators.split(",")
     for name in names:
-        if name not in GENERATORS and name not in REAL_GENERATORS:
-            p.error(f"--generators: {name!r} is not one of {GENERATORS + tuple(REAL_GENERATORS)}")
+        if name not in GENERATORS and name not in REAL_GENERATORS and own_file(name) is None:
+            p.error(
+                f"--generators: {name!r} is not one of {GENERATORS + tuple(REAL_GENERATORS)}, nor a "
+                "generator file (.safetensors / .pt2 of fastgeo.save_generator, extras latents and labels)"
+            )
     torch.set_num_threads(args.threads)
     given = sys.argv[1:] if argv is None else argv
     omp = os.environ.get("OMP_NUM_THREADS")
     command = " ".join([*([f"OMP_NUM_THREADS={omp}"] if omp else []), "python bench/bench_basins.py", *given])
-    tag = "" if set(names) <= set(GENERATORS) else "_" + "_".join(names)
+    tag = "" if set(names) <= set(GENERATORS) else "_" + "_".join(map(generator_label, names))
     out = results_dir() / f"basins{tag}.md"
     rows: list[dict] = []
     for name in names:

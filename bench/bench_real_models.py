@@ -7,6 +7,8 @@ D = 12,288), in the same run, one thread.
     OMP_NUM_THREADS=1 pytest bench/bench_real_models.py --benchmark-only -s
     FASTGEO_BENCH_SEED=1 FASTGEO_BENCH_REAL=mlp16_shapes,mlp16_glyphs OMP_NUM_THREADS=1 \\
         pytest bench/bench_real_models.py --benchmark-only -s
+    FASTGEO_BENCH_REAL=my_vae.safetensors OMP_NUM_THREADS=1 \\
+        pytest bench/bench_real_models.py --benchmark-only -s       # a generator file of your own
 
 Generators: ``workloads.REAL_GENERATORS`` (trained on first use, minutes each; the default list
 is ``DEFAULT_REAL`` below, ``FASTGEO_BENCH_REAL`` picks others) and the shipped 2-D ``digits``
@@ -32,7 +34,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from workloads import REAL_GENERATORS, environment_line, generator, pair_indices, results_dir
+from workloads import (
+    REAL_GENERATORS,
+    environment_line,
+    generator,
+    generator_label,
+    own_file,
+    pair_indices,
+    results_dir,
+)
 
 import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS
@@ -58,6 +68,8 @@ ROWS: list[dict] = []
 
 
 def _describe(name: str) -> str:
+    if own_file(name) is not None:
+        return f"a generator file of one's own ({Path(name).name})"
     return REAL_GENERATORS.get(name, "d = 2, MLP, digits 8x8 (D = 64)")
 
 
@@ -122,7 +134,7 @@ def test_real_model(benchmark, problem, reference, method):
     with torch.no_grad():
         lengths = problem["m64"].length(points.double())
     row = {
-        "generator": problem["name"], "about": _describe(problem["name"]), "d": z0.shape[1],
+        "generator": generator_label(problem["name"]), "about": _describe(problem["name"]), "d": z0.shape[1],
         "D": problem["metric"].data_dim, "method": label, "lengths": lengths, "statuses": _statuses(res),
         "ms_per_geodesic": 1e3 * benchmark.stats.stats.min / len(z0), "peak_rss_mb": _peak_rss_mb(),
     }  # fmt: skip

@@ -79,12 +79,33 @@ REAL_GENERATORS = {
 
 
 def generator_path(name: str) -> Path:
-    """The file of a shipped generator, or of a real-model one (trained first if missing)."""
+    """The file of a shipped generator, of a real-model one (trained first if missing), or
+    ``name`` itself where it is a generator file of one's own (:func:`own_file`)."""
     if name in REAL_GENERATORS:
         return _real_generator_path(name)
+    own = own_file(name)
+    if own is not None:
+        return own
     if name not in GENERATORS:
-        raise ValueError(f"generator must be one of {GENERATORS + tuple(REAL_GENERATORS)}, got {name!r}")
+        raise ValueError(
+            f"generator must be one of {GENERATORS + tuple(REAL_GENERATORS)} or a generator file "
+            "(.safetensors / .pt2, saved by fastgeo.save_generator with extras latents and labels), "
+            f"got {name!r}"
+        )
     return DATA / f"{name}.safetensors"
+
+
+def own_file(name: str) -> Path | None:
+    """``name`` as the path of an existing generator file of one's own (a ``.safetensors`` or
+    ``.pt2`` file of :func:`fastgeo.save_generator`, with extras ``latents`` (M, d) and ``labels``
+    (M,) for the pairs), else None."""
+    path = Path(name).expanduser()
+    return path if path.suffix in (".safetensors", ".pt2") and path.is_file() else None
+
+
+def generator_label(name: str) -> str:
+    """A generator's name in file names and tables: a file of one's own by its stem."""
+    return name if own_file(name) is None else Path(name).stem
 
 
 def generator_fingerprint(path: Path) -> bytes:
@@ -106,7 +127,7 @@ def present_generator_path(name: str) -> Path | None:
     """The file of generator ``name`` if it is on this machine (shipped, kept or trained), else
     None: never trains one."""
     if name not in REAL_GENERATORS:
-        return generator_path(name)
+        return generator_path(name) if name in GENERATORS or own_file(name) is not None else None
     kept = KEPT_GENERATORS / f"{name}.safetensors"
     if kept.exists():
         return kept
