@@ -4,20 +4,26 @@ safetensors wrote the metadata in, and other weights another."""
 
 import importlib.util
 import json
+import shutil
 import struct
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def _fingerprint():
+def _workloads():
     spec = importlib.util.spec_from_file_location("fastgeo_bench_workloads_fp", BENCH / "workloads.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.generator_fingerprint
+    return module
+
+
+def _fingerprint():
+    return _workloads().generator_fingerprint
 
 
 def _reorder_metadata(path: Path, out: Path) -> None:
@@ -50,3 +56,21 @@ def test_fingerprint_ignores_metadata_order_not_weights(tmp_path):
     changed = tmp_path / "d.safetensors"
     save_file(tensors, str(changed), metadata={**meta, "key0": "other"})
     assert fingerprint(changed) != fingerprint(first)
+
+
+def test_a_generator_file_of_ones_own_is_a_generator(tmp_path):
+    """The benchmarks take a user's generator file by its path (named by its stem in tables and
+    oracle files), its codes and labels from its extras; a name that is neither is refused."""
+    workloads = _workloads()
+    mine = tmp_path / "my_vae.safetensors"
+    shutil.copy(Path(__file__).resolve().parent / "data" / "digits.safetensors", mine)
+    assert workloads.generator_path(str(mine)) == mine
+    assert workloads.generator_label(str(mine)) == "my_vae"
+    assert workloads.generator_label("digits") == "digits"
+    metric, codes, labels = workloads.generator(str(mine))
+    assert codes.shape == (labels.shape[0], metric.latent_dim)
+    z0, z1 = workloads.solver_pairs(str(mine), 6, 0)
+    assert z0.shape == z1.shape == (6, 2)
+    assert workloads.present_generator_path("my_vae") is None  # a stem alone is no file here
+    with pytest.raises(ValueError, match="or a generator file"):
+        workloads.generator_path(str(tmp_path / "missing.safetensors"))
