@@ -351,9 +351,19 @@ def differentiable(name: str, mean: Callable[[Tensor], Tensor], z: Tensor) -> No
     along = float((grad * u).sum())  # <fd, J u>
     expected = float(fd.pow(2).sum())  # <fd, fd>: equal when J u = fd
     if expected > 0 and abs(along - expected) > DERIVATIVE_MISMATCH * expected:
+        low = sorted({str(p.dtype) for m in modules_of(mean) for p in m.parameters() if p.dtype in _LOW})
+        rounding = (
+            f" Its layers compute in {' and '.join(low)}, whose rounding alone can blur the differences "
+            f"this much (a {z.dtype} copy of the decoder would check exactly); if not that:"
+            if low
+            else ""
+        )
         warnings.warn(
             f"{name}'s derivative by autograd disagrees with central differences by "
-            f"{abs(along - expected) / expected:.0%} along a test direction: is a part of it "
+            f"{abs(along - expected) / expected:.0%} along a test direction.{rounding} is a part of it "
             "detached from autograd, or not differentiable? Lengths measured under it would be wrong",
             stacklevel=3,
         )
+
+
+_LOW = (torch.bfloat16, torch.float16)

@@ -96,6 +96,20 @@ def test_a_partly_detached_mean_warns():
         fastgeo.ExpectedMetric(lambda z: 0.2 * net(z) + other(z.detach()), constant_precision(2, 3))
 
 
+def test_a_bfloat16_mean_warns_of_its_rounding():
+    """A decoder computing in bfloat16 behind a float32 interface: central differences are blurred
+    by its rounding; the warning names that, and the detached-part question only after it."""
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 20)).to(
+        torch.bfloat16
+    )
+    prec = fastgeo.RBFPrecision(torch.randn(5, 3), torch.full((5,), 0.5), torch.rand(20, 5), 0.05)
+    with pytest.warns(
+        UserWarning, match=r"compute in torch.bfloat16, whose rounding alone.*if not that: is a part"
+    ):
+        fastgeo.ExpectedMetric(lambda z: dec(z.to(torch.bfloat16)).float(), prec)
+
+
 @pytest.mark.parametrize("wrap", [False, True])
 def test_a_mean_of_another_dtype_is_named(wrap):
     net = mlp(dtype=torch.float32)
