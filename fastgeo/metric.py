@@ -130,6 +130,7 @@ class ExpectedMetric:
         """How fastgeo sees this metric, for a person: sizes, dtype, device, and how the mean is
         differentiated (a recognized chain of layers takes the stacked forward mode; anything
         else ``torch.func``, several times slower). ``print(metric.describe())``."""
+        new_use()
         p = self.precision
         text = (
             f"ExpectedMetric: latent d = {self.latent_dim}, data D = {self.data_dim}, {self.dtype} on "
@@ -151,7 +152,8 @@ class ExpectedMetric:
         """Whether the mean is a recognized chain with piecewise-linear activations (ReLU,
         LeakyReLU, PReLU, Hardtanh, ReLU6, Hardsigmoid, Hardswish); the solver then keeps its
         secant model (see :func:`fastgeo.solver.options.solver_options`)."""
-        return piecewise_linear(self.mean, self.latent_dim) and self._chain() is not None
+        new_use()
+        return self._chain() is not None and piecewise_linear(self.mean, self.latent_dim)  # checked first
 
     def smoothed(self, sharpness: float | None = None) -> ExpectedMetric | None:
         """This metric with the kinks of the mean's piecewise-linear activations rounded
@@ -160,8 +162,11 @@ class ExpectedMetric:
         per structure of the mean and sharpness; it reads the mean's parameters at every call."""
         if sharpness is not None:
             sharpness = _checks.positive_float("sharpness", sharpness)
+        new_use()
+        if self._chain() is None:  # checked first: a chain read that is not the mean's has none
+            return None
         found = recognize(self.mean, self.latent_dim)
-        if found is None or self._chain() is None:  # (a chain read that is not the mean's: none)
+        if found is None:
             return None
         kept = self.__dict__.setdefault("_smoothed", {})
         key = (found[1], sharpness)

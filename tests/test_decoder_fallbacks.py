@@ -223,6 +223,77 @@ def test_changes_no_structure_key_sees_are_seen_at_the_next_use():
     assert "torch.func" in metric.describe()
 
 
+class ReadsAct(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.f1, self.f2 = nn.Linear(4, 16), nn.Linear(16, 10)
+        self.act = torch.relu
+
+    def forward(self, z):
+        return self.f2(self.act(self.f1(z)))
+
+
+def test_kinks_smoothing_and_public_jacobians_follow_such_changes():
+    """``piecewise_linear_mean`` and ``smoothed()`` after a ReLU attribute became tanh, and the
+    public ``jacobian_rows`` after a config change, are uses of their own: they see the change."""
+    torch.manual_seed(0)
+    prec = fastgeo.RBFPrecision(torch.randn(5, 4, dtype=F64), torch.full((5,), 0.5, dtype=F64),
+                                torch.rand(10, 5, dtype=F64), zeta=0.1)  # fmt: skip
+    model = ReadsAct().double()
+    metric = fastgeo.ExpectedMetric(model, prec)
+    assert metric.piecewise_linear_mean and metric.smoothed() is not None
+    model.act = torch.tanh
+    assert not metric.piecewise_linear_mean and metric.smoothed() is None
+    read = ReadsAct().double()  # steps read (by tracing) without a check, then changed
+    assert recognize.piecewise_linear(read, 4)
+    read.act = torch.nn.functional.leaky_relu
+    metric = fastgeo.ExpectedMetric(read, prec)
+    _jacobian_matches(metric, read, torch.randn(5, 4, dtype=F64))
+    assert "stacked forward mode" in metric.describe() and metric.piecewise_linear_mean
+    z = torch.randn(5, 3, dtype=F64)
+    config = init_(ReadsConfig()).double()
+    jacobian_rows(config, z)
+    config.cfg["scale"] = 3.0
+    _, jac = jacobian_rows(config, z)
+    want = torch.func.vmap(torch.func.jacfwd(lambda x: config(x[None])[0]))(z)
+    assert_close_rel(jac.permute(1, 2, 0), want, 1e-10)
+
+
+def test_another_threads_call_does_not_make_this_threads_calls_one_use():
+    """While another thread is inside a call of the library (blocked in its decoder), this
+    thread's calls are still uses of their own: a change between them is seen."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking(x):
+        if threading.current_thread() is not threading.main_thread():
+            entered.set()
+            release.wait(60)
+        return torch.tanh(x @ torch.ones(3, 6, dtype=F64))
+
+    torch.manual_seed(0)
+    prec = fastgeo.RBFPrecision(torch.randn(4, 3, dtype=F64), torch.full((4,), 0.5, dtype=F64),
+                                torch.rand(6, 4, dtype=F64), zeta=0.1)  # fmt: skip
+    model = init_(ReadsConfig()).double()
+    metric = fastgeo.ExpectedMetric(model, prec)
+    other = fastgeo.ExpectedMetric(blocking, prec)
+    z = torch.randn(5, 3, dtype=F64)
+    entered.clear()  # (the metric's own checks ran in this thread)
+    thread = threading.Thread(
+        target=lambda: fastgeo.geodesics(other, z[:1], z[1:2], progress=False), daemon=True
+    )
+    thread.start()
+    try:
+        assert entered.wait(60)
+        _jacobian_matches(metric, model, z)
+        model.cfg["scale"] = 3.0
+        _jacobian_matches(metric, model, z)
+    finally:
+        release.set()
+        thread.join(60)
+
+
 class InPlaceResidual(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -30,7 +30,7 @@ from .generic import check_value, generic_value_and_tangents
 from .layers import Peak, run
 from .recognize import forget, recognize
 from .steps import LAYERS, Step, walk
-from .uses import current_use
+from .uses import current_use, in_one_use
 
 # Bytes of the widest stacked activation of one chunk of points, per device type (others: 1 GiB):
 # on CPU, chunks that stay in cache are ~25 % faster than one pass (measured: 4 MiB best, 2-16 MiB
@@ -109,7 +109,7 @@ def _axes(z: Tensor) -> Tensor:
 
 
 # fn -> (structure key, widest or _MISMATCH if the structure is not the chain it looks like, the
-# use (fastgeo.decoders.uses) it was last checked in)
+# use (fastgeo.decoders.uses) it was last checked in, whether a mismatch was of steps read afresh)
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MISMATCH = -1
 
@@ -120,8 +120,9 @@ def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain
     A structure is checked against ``fn`` itself on ``probe`` (P, d) when it is first seen, and
     again at its first evaluation in each later use (:mod:`fastgeo.decoders.uses`): errors of
     ``fn`` there (or an output that is not (P, F)) propagate; a chain that fails or disagrees
-    is not one (None). A structure that passed before and now disagrees (the decoder changed in
-    a way its key does not see) is read afresh once.
+    is not one (None). Steps that disagree are read afresh once (kept steps may have been read
+    before the decoder changed in a way its key does not see); a structure read afresh that
+    still disagrees is only checked again in later uses, not read again.
     """
     found = recognize(fn, probe.shape[-1])
     if found is None or not any(isinstance(s, LAYERS) for s in walk(found[0])):
@@ -129,22 +130,24 @@ def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain
     steps, key = found
     use = current_use()
     try:
-        known, widest, checked_in = _CHECKED[fn]
+        known, widest, checked_in, read_afresh = _CHECKED[fn]
     except (KeyError, TypeError):
-        known = widest = checked_in = None
+        known = widest = checked_in = read_afresh = None
     if known == key and checked_in == use:
         return None if widest == _MISMATCH else StackedChain(steps, widest)
     with torch.no_grad():
         expected = check_value(fn(probe), probe)  # the decoder's own errors are the user's
     chain = _agreeing(steps, probe, expected)
-    if chain is None and known == key and widest != _MISMATCH:
-        forget(fn)  # it agreed in an earlier use: read what the decoder is now
+    fresh = known == key and widest == _MISMATCH and read_afresh
+    if chain is None and not fresh:
+        forget(fn)  # read what the decoder is now
         found = recognize(fn, probe.shape[-1])
         if found is not None and any(isinstance(s, LAYERS) for s in walk(found[0])):
             steps, key = found
             chain = _agreeing(steps, probe, expected)
+        fresh = True
     try:
-        _CHECKED[fn] = (key, _MISMATCH if chain is None else chain.widest, use)
+        _CHECKED[fn] = (key, _MISMATCH if chain is None else chain.widest, use, fresh)
     except TypeError:  # not weak-referenceable: checked again next time
         pass
     return chain
@@ -164,6 +167,7 @@ def _agreeing(steps: list[Step], probe: Tensor, expected: Tensor) -> StackedChai
     return chain if ok else None
 
 
+@in_one_use
 def value_and_tangents(
     fn: Callable[[Tensor], Tensor], z: Tensor, tangents: Tensor, tangent_dtype: torch.dtype | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -200,6 +204,7 @@ def activation_width(fn: Callable[[Tensor], Tensor], probe: Tensor) -> int | Non
     return None if chain is None else chain.widest
 
 
+@in_one_use
 def jacobian_rows(
     fn: Callable[[Tensor], Tensor], z: Tensor, tangent_dtype: torch.dtype | None = None
 ) -> tuple[Tensor, Tensor]:

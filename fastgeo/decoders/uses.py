@@ -12,31 +12,38 @@ inside one use.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_STATE = {"use": 0, "depth": 0}
+# The number of the last use, for every thread; how deep the current thread is in uses, per
+# thread (another thread's solve must not make this thread's calls part of it).
+_COUNT = {"use": 0}
+_LOCK = threading.Lock()
+_THREAD = threading.local()
 
 
 def new_use() -> None:
-    """A call from outside the library begins (no-op within :func:`one_use`): every chain is
-    checked again at its next evaluation."""
-    if _STATE["depth"] == 0:
-        _STATE["use"] += 1
+    """A call from outside the library begins (no-op within :func:`one_use` in this thread):
+    every chain is checked again at its next evaluation."""
+    if getattr(_THREAD, "depth", 0) == 0:
+        with _LOCK:
+            _COUNT["use"] += 1
 
 
 @contextmanager
 def one_use() -> Iterator[None]:
-    """Everything inside is one use: chains are checked at their first evaluation only."""
+    """Everything inside (in this thread) is one use: chains are checked at their first
+    evaluation only."""
     new_use()
-    _STATE["depth"] += 1
+    _THREAD.depth = getattr(_THREAD, "depth", 0) + 1
     try:
         yield
     finally:
-        _STATE["depth"] -= 1
+        _THREAD.depth -= 1
 
 
 def in_one_use(function: F) -> F:
@@ -52,4 +59,4 @@ def in_one_use(function: F) -> F:
 
 def current_use() -> int:
     """The number of the use going on (it only grows)."""
-    return _STATE["use"]
+    return _COUNT["use"]
