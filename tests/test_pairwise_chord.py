@@ -247,8 +247,8 @@ def test_command_line(capsys, tmp_path):
 
 
 def test_codes_where_the_decoder_is_not_finite(metric, Z):
-    """A decoder that is inf at one code: sampled pairs with it raise as in every mode (the straight
-    line is not finite); estimates with it are inf, never NaN, counted (the call warns)."""
+    """A decoder that is inf at one code: the matrix refuses the code before any work, naming it
+    (as in every mode); estimates with such a code would be inf, never NaN."""
 
     def mean(z):
         out = metric.mean(z)
@@ -257,7 +257,7 @@ def test_codes_where_the_decoder_is_not_finite(metric, Z):
     broken = fastgeo.ExpectedMetric(mean, metric.precision)
     Zb = Z.clone()
     Zb[0, 0] = 10.0
-    with pytest.raises(RuntimeError, match="not finite along the straight line"):
+    with pytest.raises(ValueError, match=r"not finite at 1 code\(s\), e\.g\. Z\[0\] = \[10\.0"):
         fastgeo.pairwise_distances(broken, Zb, mode="chord", error_sample=24, progress=False)
     codes = _pieces(broken, Zb)
     assert not torch.isfinite(codes.F[0]).all()

@@ -460,8 +460,8 @@ def test_options_that_cannot_work_are_refused():
 
 
 def test_a_matrix_whose_straight_lines_are_not_finite_names_the_codes():
-    """A decoder that is NaN on part of the plane: a pair of codes inside it has no finite curve at
-    all, and the matrix refuses to hand out NaN, naming such a pair."""
+    """A decoder that is NaN on part of the plane: codes inside it have no finite curve at all,
+    and the matrix refuses them before any solve, naming them."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(2, 4).double()
 
@@ -475,9 +475,11 @@ def test_a_matrix_whose_straight_lines_are_not_finite_names_the_codes():
     metric = fastgeo.ExpectedMetric(Holed().eval(), prec)
     Z = torch.tensor([[0.0, 0.0], [3.0, 0.0], [3.0, 1.0]], dtype=f64)
     # every pair's straight line crosses x > 2
-    named = r"straight line between 3 pair\(s\) of codes, e\.g\. \[0\.0, 0\.0\]"
-    with pytest.raises(RuntimeError, match=named):
+    named = r"not finite at 2 code\(s\), e\.g\. Z\[1\], Z\[2\] = \[3\.0, 0\.0\]: the decoder mean is NaN"
+    with pytest.raises(ValueError, match=named):
         fastgeo.pairwise_distances(metric, Z, progress=False)
+    with pytest.raises(ValueError, match=r"Y\[0\], Y\[1\] = \[3\.0, 0\.0\]"):
+        fastgeo.pairwise_distances(metric, Z[:1], Z[1:], progress=False)
 
 
 def test_generator_file_paths_and_contents_are_checked(tmp_path):
@@ -507,3 +509,22 @@ def test_latents_without_a_graph_are_named_as_ignored():
     graph = fastgeo.LatentGraph(metric, n_nodes=20, grid=0)
     with pytest.warns(UserWarning, match="a given graph keeps its own nodes"):
         fastgeo.geodesics(metric, z0, z1, graph=graph, latents=torch.randn(5, 2, dtype=f64))
+
+
+def test_warnings_point_at_the_callers_line():
+    """The library's warnings name the user's line that called it (stacklevel), not a frame of
+    fastgeo's own: geodesics, pairwise_distances and nearest_neighbors."""
+    metric = bumpy_metric()
+    Z = torch.randn(6, 2, dtype=torch.float64)
+    calls = {
+        "geodesics": lambda: fastgeo.geodesics(metric, Z[:2], Z[2:4], latents=Z, graph=False, progress=False),
+        "pairwise_distances": lambda: fastgeo.pairwise_distances(metric, Z, max_iter=1, progress=False),
+        "nearest_neighbors": lambda: fastgeo.nearest_neighbors(metric, Z, k=2, max_iter=1, progress=False),
+    }
+    for name, call in calls.items():
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            call()
+        ours = [w for w in seen if str(w.message).startswith(f"fastgeo.{name}")]
+        assert ours, name
+        assert all(w.filename == __file__ for w in ours), [(w.filename, str(w.message)[:60]) for w in ours]

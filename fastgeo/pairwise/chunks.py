@@ -3,6 +3,7 @@ process's place under ``torch.distributed``."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -11,6 +12,13 @@ from torch import Tensor
 from ..metric import ExpectedMetric
 from ..solver import geodesics
 from ..solver.result import NONFINITE
+
+# one text, so that Python shows it once per run, however many chunks meet such pairs
+NO_FINITE_PATH = (
+    "fastgeo: some pairs' solves did not end finite and the metric is not finite along their "
+    "straight line either (a decoder mean that is NaN or inf there, or an RBF precision with zeta = 0): "
+    "their distance is inf, status nonfinite; check the decoder mean and the precision between them"
+)
 
 
 def dist_info() -> tuple[int, int]:
@@ -34,7 +42,8 @@ def all_reduce_sum(t: Tensor, device: torch.device) -> None:
 
 def solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str, Any]) -> dict[str, Any]:
     """Geodesics ``a[k] -> b[k]``: their lengths (never NaN: a non-finite result falls back to the
-    straight line, flagged ``nonfinite``), status codes and iterations on the CPU, and the decoder
+    straight line, flagged ``nonfinite``, and to inf where that is not finite either: one such
+    pair does not cost the others), status codes and iterations on the CPU, and the decoder
     work."""
     res = geodesics(metric, a, b, progress=False, **options)
     lengths, status = res.lengths, res.status_code
@@ -43,12 +52,8 @@ def solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str,
         lengths = torch.where(bad, res.straight_lengths, lengths)
         status = status.masked_fill(bad, NONFINITE)
         if not bool(torch.isfinite(lengths).all()):
-            k = int((~torch.isfinite(lengths)).nonzero()[0, 0])
-            raise RuntimeError(
-                "fastgeo: the metric is not finite along the straight line between "
-                f"{int((~torch.isfinite(lengths)).sum())} pair(s) of codes, e.g. {a[k].tolist()} and "
-                f"{b[k].tolist()}; check the decoder mean and the RBF precision (zeta > 0) there"
-            )
+            lengths = torch.where(torch.isfinite(lengths), lengths, torch.inf)
+            warnings.warn(NO_FINITE_PATH, stacklevel=2)
     return {
         "lengths": lengths.detach().cpu(),
         "status": status.cpu(),

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from ..decoders.uses import in_one_use
+from ..decoders.uses import one_use
 from ..metric import ExpectedMetric
 from ..solver.options import HIGH_DIM
 from ..solver.result import CONVERGED, UNSOLVED
@@ -36,6 +36,7 @@ from .chord_mode import CHORD_SAMPLE_METHOD, MIN_SAMPLE, run_chord_mode
 from .chunks import dist_info
 from .code_graph import NEIGHBORS
 from .draft_mode import draft_options, finish_draft_mode
+from .feature_bound import finite_features
 from .graph_mode import EDGES, run_graph_mode
 from .layout import Layout, distinct_rows, equal_pairs, expand_duplicates
 from .output import allocate, expand, filled_in_place, npy_path
@@ -56,7 +57,6 @@ ERROR_SAMPLE = 200  # approximate modes: random pairs solved exactly to measure 
 GRAPH_WARN = 0.05  # approximate modes: warn when the sample finds entries this much off on average
 
 
-@in_one_use
 def pairwise_distances(
     metric: ExpectedMetric,
     Z: Tensor,
@@ -185,161 +185,177 @@ def pairwise_distances(
         D (M, M) (or (M, P)) tensor of geodesic lengths, dtype and device of the metric (with
         ``out``: on the CPU); with ``return_report=True`` the tuple ``(D, report)``. The
         entries carry no gradient (:func:`fastgeo.geodesics` gives lengths differentiable in
-        their end points).
+        their end points). An entry is never NaN: a pair whose solve ends non-finite holds its
+        straight line's length, or inf where that is not finite either (a decoder NaN or inf
+        between the codes), with status ``nonfinite`` (a warning says so); codes where the
+        decoder itself is not finite are refused before any work (ValueError naming them).
     """
-    t_start = time.perf_counter()
-    _checks.autograd_enabled("pairwise_distances")
-    _checks.outside_autocast("pairwise_distances")
-    Z, Y, options = check_inputs(pairwise_distances, metric, Z, Y, solver_options)
-    progress, return_report = (
-        _checks.boolean("progress", True if progress is None else progress),
-        _checks.boolean("return_report", return_report),
-    )
-    mode = _checks.choice("mode", mode, MODES)
-    for name, value, modes in (
-        ("neighbors", neighbors, ("graph",)),
-        ("straight", straight, ("graph",)),
-        ("edges", edges, ("graph",)),
-        ("error_sample", error_sample, ("graph", "draft", "chord")),
-    ):
-        if value is not None and mode not in modes:
-            wanted = " or ".join(repr(m) for m in modes)
-            raise ValueError(f"{name} is for mode={wanted}; it has no effect in mode={mode!r}")
-    symmetric_exact = mode == "exact" and Y is None
-    if chains is not None:
-        chains = _checks.boolean("chains", chains)
-        if not symmetric_exact:
+    with one_use():
+        t_start = time.perf_counter()
+        _checks.autograd_enabled("pairwise_distances")
+        _checks.outside_autocast("pairwise_distances")
+        Z, Y, options = check_inputs(pairwise_distances, metric, Z, Y, solver_options)
+        finite_features(metric, Z if Y is None else torch.cat([Z, Y]), Z.shape[0], Y is None)
+        progress, return_report = (
+            _checks.boolean("progress", True if progress is None else progress),
+            _checks.boolean("return_report", return_report),
+        )
+        mode = _checks.choice("mode", mode, MODES)
+        for name, value, modes in (
+            ("neighbors", neighbors, ("graph",)),
+            ("straight", straight, ("graph",)),
+            ("edges", edges, ("graph",)),
+            ("error_sample", error_sample, ("graph", "draft", "chord")),
+        ):
+            if value is not None and mode not in modes:
+                wanted = " or ".join(repr(m) for m in modes)
+                raise ValueError(f"{name} is for mode={wanted}; it has no effect in mode={mode!r}")
+        symmetric_exact = mode == "exact" and Y is None
+        if chains is not None:
+            chains = _checks.boolean("chains", chains)
+            if not symmetric_exact:
+                raise ValueError(
+                    "chains is for mode='exact' without Y (a symmetric matrix of solved pairs); it has no "
+                    f"effect in mode={mode!r}" + (" with Y" if mode == "exact" else "")
+                )
+        chains = symmetric_exact and chains is not False
+        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a folder's path (str or os.PathLike), got {checkpoint!r}")
+        memory_budget = check_memory_budget(memory_budget)
+        if mode == "chord":  # its sample only feeds a fit a few % off: the coarser method is enough
+            options.setdefault("method", CHORD_SAMPLE_METHOD)
+        neighbors = _checks.integer("neighbors", NEIGHBORS if neighbors is None else neighbors, 0)
+        error_sample = _checks.integer(
+            "error_sample", ERROR_SAMPLE if error_sample is None else error_sample, 0
+        )
+        if mode == "chord" and error_sample < MIN_SAMPLE:
             raise ValueError(
-                "chains is for mode='exact' without Y (a symmetric matrix of solved pairs); it has no "
-                f"effect in mode={mode!r}" + (" with Y" if mode == "exact" else "")
+                f"error_sample={error_sample}: mode='chord' fits its estimates to the sampled pairs and "
+                f"needs at least {MIN_SAMPLE}"
             )
-    chains = symmetric_exact and chains is not False
-    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a folder's path (str or os.PathLike), got {checkpoint!r}")
-    memory_budget = check_memory_budget(memory_budget)
-    if mode == "chord":  # its sample only feeds a fit a few % off: the coarser method is enough
-        options.setdefault("method", CHORD_SAMPLE_METHOD)
-    neighbors = _checks.integer("neighbors", NEIGHBORS if neighbors is None else neighbors, 0)
-    error_sample = _checks.integer("error_sample", ERROR_SAMPLE if error_sample is None else error_sample, 0)
-    if mode == "chord" and error_sample < MIN_SAMPLE:
-        raise ValueError(
-            f"error_sample={error_sample}: mode='chord' fits its estimates to the sampled pairs and "
-            f"needs at least {MIN_SAMPLE}"
-        )
-    workers = check_workers(workers, metric.device, dist_info()[1] > 1)
-    out_path = None if out is None else npy_path(out)
-    if dist_info()[0] > 0:  # rank 0 writes the file: ranks mapping it too would sum their writes twice
-        out_path = None
-    if mode in ("graph", "chord") and checkpoint is not None:
-        raise ValueError(
-            f"checkpoint is for mode='exact' or 'draft'; a {mode}-mode run solves only a few geodesics"
-        )
-    pts, rep = distinct_rows(Z) if Y is None else (Z, None)
-    other = pts if Y is None else Y
-    pairs, n_proc = Layout(Y is None, pts.shape[0], other.shape[0], 1), workers * dist_info()[1]
-    exact_checkpoint = checkpoint if mode == "exact" else None
-    layout = _layout(metric, options, pairs, chunk_size, memory_budget, exact_checkpoint, n_proc)
-    options.setdefault("batch_size", layout.chunk_size)
-    solved_options, solved_layout = options, layout  # what solve_chunks solves every pair with
-    if mode == "draft":
-        solved_options = draft_options(options)
-        solved_layout = _layout(metric, solved_options, pairs, chunk_size, memory_budget, checkpoint, n_proc)
-        solved_options["batch_size"] = solved_layout.chunk_size
-    if mode == "graph":
-        if straight is None:
-            straight = straight_default(metric.latent_dim, layout.n_pairs)
-        straight = _checks.boolean("straight", straight)
-        if neighbors == 0 and not straight:
-            raise ValueError("neighbors=0 (no geodesics between codes) needs straight=True: no entry bounded")
-        edges = _checks.choice("edges", "draft" if edges is None else edges, EDGES)
-    ckpt = None  # opened (and checked against the run) before the output file is touched
-    if checkpoint is not None:
-        ckpt = open_checkpoint(checkpoint, metric, Z, Y, solved_options, solved_layout)
-    # The file is filled under a temporary name, in place when the run ends (an interrupted run
-    # leaves an earlier file as it was).
-    with filled_in_place(out_path) as target:
-        solves_exact = mode == "exact" or error_sample > 0  # geodesics that may race the latent graph
-        resumed = ckpt is not None and ckpt.finished() >= solved_layout.n_chunks and mode == "exact"
-        shared_graph = workers > 1 and solves_exact and not resumed  # built once, before the fork
-        graph_evals = build_latent_graph(metric, options, progress) if shared_graph else 0
-        matrix, mapped = allocate((layout.rows, layout.cols), metric, target if rep is None else None)
-        if mapped is None and mode in ("exact", "draft"):  # workers write it (a file mapping is shared)
-            matrix = shared(matrix, workers)
-        estimated = mode if 0 not in matrix.shape else None  # no pair at all: nothing to estimate
-        if estimated == "graph":
-            graph_args = (layout.chunk_size, neighbors, error_sample, progress, workers, straight, edges)
-            status, iterations, counts, world, extra = run_graph_mode(
-                metric, pts, Y, options, matrix, *graph_args
+        workers = check_workers(workers, metric.device, dist_info()[1] > 1)
+        out_path = None if out is None else npy_path(out)
+        if dist_info()[0] > 0:  # rank 0 writes the file: ranks mapping it too would sum their writes twice
+            out_path = None
+        if mode in ("graph", "chord") and checkpoint is not None:
+            raise ValueError(
+                f"checkpoint is for mode='exact' or 'draft'; a {mode}-mode run solves only a few geodesics"
             )
-        elif estimated == "chord":
-            chord_args = (layout.chunk_size, error_sample, progress, workers)
-            status, iterations, counts, world, extra = run_chord_mode(
-                metric, pts, Y, options, matrix, *chord_args
+        pts, rep = distinct_rows(Z) if Y is None else (Z, None)
+        other = pts if Y is None else Y
+        pairs, n_proc = Layout(Y is None, pts.shape[0], other.shape[0], 1), workers * dist_info()[1]
+        exact_checkpoint = checkpoint if mode == "exact" else None
+        layout = _layout(metric, options, pairs, chunk_size, memory_budget, exact_checkpoint, n_proc)
+        options.setdefault("batch_size", layout.chunk_size)
+        solved_options, solved_layout = options, layout  # what solve_chunks solves every pair with
+        if mode == "draft":
+            solved_options = draft_options(options)
+            solved_layout = _layout(
+                metric, solved_options, pairs, chunk_size, memory_budget, checkpoint, n_proc
             )
-        else:
-            record, counts, world = solve_chunks(
-                metric, pts, other, solved_layout, solved_options, ckpt, progress, matrix, workers,
-                "drafts" if mode == "draft" else "geodesics",
-            )  # fmt: skip
-            (status, iterations), extra = split_record(record), {}
-            if mode == "draft":
-                sample_args = (layout.chunk_size, error_sample, progress, workers)
-                status, extra, work = finish_draft_mode(metric, pts, Y, options, matrix, status, *sample_args)
-                counts[0] += work[0]
-                counts[1] += work[1]
-        if Y is None:
-            matrix.fill_diagonal_(0)  # exact zero diagonal
-            status.fill_diagonal_(CONVERGED)
-        else:  # codes in both sets: exact zeros, as on the diagonal
-            ii, jj = equal_pairs(pts, Y)
-            matrix[ii.to(matrix.device), jj.to(matrix.device)] = 0
-            status[ii.to(status.device), jj.to(status.device)] = CONVERGED
-            if estimated not in ("graph", "chord"):  # (these keep no iterations per pair)
-                iterations[ii.to(iterations.device), jj.to(iterations.device)] = -1
-        if chains:
-            opts, shown = solver_options_of(metric, options), progress and dist_info()[0] == 0
-            check = check_chains(metric, pts, matrix, status, iterations, options, opts, shown)
-            extra["chain_check"] = check
-            counts[0] += check.decoder_evals
-            counts[1] += check.decoder_jvps
-        solved = ~torch.isin(status, torch.tensor(UNSOLVED, dtype=status.dtype, device=status.device))
-        estimates_left = bool((~solved).any())  # not where every pair was in the error sample
-        if Y is None:
-            solved = torch.triu(solved, diagonal=1)
-        else:
-            solved[ii.to(solved.device), jj.to(solved.device)] = False
-        n_solved = int(solved.sum())
-        n_failed = int((solved & (status != CONVERGED)).sum())
-        if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
-            matrix, mapped = expand(matrix, rep, metric, target)
-            status, iterations = expand_duplicates(status, rep), expand_duplicates(iterations, rep)
-        if n_failed:
-            which = "The report's status says which" if return_report else "return_report=True gives a mask"
-            warnings.warn(
-                f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
-                "entries hold the best length found (never longer than the straight line). "
-                f"{which} (status per pair); raise max_iter, or (d >= 8) pass linearize='always' "
-                "(a Gauss-Newton matrix at every step).",
-                RuntimeWarning, stacklevel=2,
-            )  # fmt: skip
-        if estimates_left:
-            _warn_estimates(extra, metric.latent_dim)
-        if mapped is not None:
-            mapped.flush()
-        counts[0] += graph_evals
-        if not return_report:
-            return matrix
-        # fmt: off
-        report = PairwiseReport(
-            status_code=status, iterations=iterations, n_pairs=layout.n_pairs,
-            n_converged=n_solved - n_failed, n_failed=n_failed, chunk_size=solved_layout.chunk_size,
-            chunks_total=solved_layout.n_chunks, chunks_computed=int(counts[2]), chunks_loaded=int(counts[3]),
-            wall_time=time.perf_counter() - t_start,
-            decoder_evals=int(counts[0]), decoder_jvps=int(counts[1]),
-            options={"symmetric": Y is None, "world_size": world, "mode": mode, **options}, **extra,
-        )
-        # fmt: on
-        return matrix, report
+            solved_options["batch_size"] = solved_layout.chunk_size
+        if mode == "graph":
+            if straight is None:
+                straight = straight_default(metric.latent_dim, layout.n_pairs)
+            straight = _checks.boolean("straight", straight)
+            if neighbors == 0 and not straight:
+                raise ValueError(
+                    "neighbors=0 (no geodesics between codes) needs straight=True: no entry bounded"
+                )
+            edges = _checks.choice("edges", "draft" if edges is None else edges, EDGES)
+        ckpt = None  # opened (and checked against the run) before the output file is touched
+        if checkpoint is not None:
+            ckpt = open_checkpoint(checkpoint, metric, Z, Y, solved_options, solved_layout)
+        # The file is filled under a temporary name, in place when the run ends (an interrupted run
+        # leaves an earlier file as it was).
+        with filled_in_place(out_path) as target:
+            solves_exact = mode == "exact" or error_sample > 0  # geodesics that may race the latent graph
+            resumed = ckpt is not None and ckpt.finished() >= solved_layout.n_chunks and mode == "exact"
+            shared_graph = workers > 1 and solves_exact and not resumed  # built once, before the fork
+            graph_evals = build_latent_graph(metric, options, progress) if shared_graph else 0
+            matrix, mapped = allocate((layout.rows, layout.cols), metric, target if rep is None else None)
+            if mapped is None and mode in ("exact", "draft"):  # workers write it (a file mapping is shared)
+                matrix = shared(matrix, workers)
+            estimated = mode if 0 not in matrix.shape else None  # no pair at all: nothing to estimate
+            if estimated == "graph":
+                graph_args = (layout.chunk_size, neighbors, error_sample, progress, workers, straight, edges)
+                status, iterations, counts, world, extra = run_graph_mode(
+                    metric, pts, Y, options, matrix, *graph_args
+                )
+            elif estimated == "chord":
+                chord_args = (layout.chunk_size, error_sample, progress, workers)
+                status, iterations, counts, world, extra = run_chord_mode(
+                    metric, pts, Y, options, matrix, *chord_args
+                )
+            else:
+                record, counts, world = solve_chunks(
+                    metric, pts, other, solved_layout, solved_options, ckpt, progress, matrix, workers,
+                    "drafts" if mode == "draft" else "geodesics",
+                )  # fmt: skip
+                (status, iterations), extra = split_record(record), {}
+                if mode == "draft":
+                    sample_args = (layout.chunk_size, error_sample, progress, workers)
+                    status, extra, work = finish_draft_mode(
+                        metric, pts, Y, options, matrix, status, *sample_args
+                    )
+                    counts[0] += work[0]
+                    counts[1] += work[1]
+            if Y is None:
+                matrix.fill_diagonal_(0)  # exact zero diagonal
+                status.fill_diagonal_(CONVERGED)
+            else:  # codes in both sets: exact zeros, as on the diagonal
+                ii, jj = equal_pairs(pts, Y)
+                matrix[ii.to(matrix.device), jj.to(matrix.device)] = 0
+                status[ii.to(status.device), jj.to(status.device)] = CONVERGED
+                if estimated not in ("graph", "chord"):  # (these keep no iterations per pair)
+                    iterations[ii.to(iterations.device), jj.to(iterations.device)] = -1
+            if chains:
+                opts, shown = solver_options_of(metric, options), progress and dist_info()[0] == 0
+                check = check_chains(metric, pts, matrix, status, iterations, options, opts, shown)
+                extra["chain_check"] = check
+                counts[0] += check.decoder_evals
+                counts[1] += check.decoder_jvps
+            solved = ~torch.isin(status, torch.tensor(UNSOLVED, dtype=status.dtype, device=status.device))
+            estimates_left = bool((~solved).any())  # not where every pair was in the error sample
+            if Y is None:
+                solved = torch.triu(solved, diagonal=1)
+            else:
+                solved[ii.to(solved.device), jj.to(solved.device)] = False
+            n_solved = int(solved.sum())
+            n_failed = int((solved & (status != CONVERGED)).sum())
+            if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
+                matrix, mapped = expand(matrix, rep, metric, target)
+                status, iterations = expand_duplicates(status, rep), expand_duplicates(iterations, rep)
+            if n_failed:
+                which = (
+                    "The report's status says which" if return_report else "return_report=True gives a mask"
+                )
+                warnings.warn(
+                    f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
+                    "entries hold the best length found (never longer than the straight line). "
+                    f"{which} (status per pair); raise max_iter, or (d >= 8) pass linearize='always' "
+                    "(a Gauss-Newton matrix at every step).",
+                    RuntimeWarning, stacklevel=2,
+                )  # fmt: skip
+            if estimates_left:
+                _warn_estimates(extra, metric.latent_dim)
+            if mapped is not None:
+                mapped.flush()
+            counts[0] += graph_evals
+            if not return_report:
+                return matrix
+            # fmt: off
+            report = PairwiseReport(
+                status_code=status, iterations=iterations, n_pairs=layout.n_pairs,
+                n_converged=n_solved - n_failed, n_failed=n_failed, chunk_size=solved_layout.chunk_size,
+                chunks_total=solved_layout.n_chunks, chunks_computed=int(counts[2]),
+                chunks_loaded=int(counts[3]),
+                wall_time=time.perf_counter() - t_start,
+                decoder_evals=int(counts[0]), decoder_jvps=int(counts[1]),
+                options={"symmetric": Y is None, "world_size": world, "mode": mode, **options}, **extra,
+            )
+            # fmt: on
+            return matrix, report
 
 
 def _warn_estimates(extra: dict[str, Any], latent_dim: int) -> None:
@@ -394,9 +410,7 @@ def _layout(
     (resuming with neither given) the chunk size of the checkpoint."""
     explicit = chunk_size is not None or memory_budget is not None
     if chunk_size is None:
-        chunk_size = split_size(
-            pairs.n_pairs, chunk_size_for_budget(metric, options, memory_budget), workers
-        )
+        chunk_size = split_size(pairs.n_pairs, chunk_size_for_budget(metric, options, memory_budget), workers)
     chunk_size = _checks.integer("chunk_size", chunk_size, 1)
     if checkpoint is not None and not explicit:
         chunk_size = checkpointed_chunk_size(checkpoint, chunk_size)  # keep a resumed run's layout

@@ -30,22 +30,32 @@ def decoded_features(metric: ExpectedMetric, z: Tensor) -> Tensor:
     return torch.cat([metric.embedding(z[i : i + ROW_BLOCK]) for i in range(0, z.shape[0], ROW_BLOCK)])
 
 
+def finite_features(metric: ExpectedMetric, nodes: Tensor, M: int, symmetric: bool) -> Tensor:
+    """The features ``[mu, sigma]`` of ``nodes`` (N, d): the M codes of Z, then (unless
+    ``symmetric``) those of Y. ValueError naming the codes where they are not finite (no curve
+    from such a code has a length)."""
+    if nodes.shape[0] == 0:
+        return nodes.new_zeros(0, 2 * metric.data_dim)
+    with torch.no_grad():
+        features = decoded_features(metric, nodes)
+    bad = (~torch.isfinite(features).all(1)).nonzero()[:, 0].tolist()
+    if bad:
+        names = [f"Z[{i}]" if i < M or symmetric else f"Y[{i - M}]" for i in bad[:3]]
+        raise ValueError(
+            f"the metric's features [mu, sigma] are not finite at {len(bad)} code(s), e.g. "
+            f"{', '.join(names)} = {nodes[bad[0]].tolist()}: the decoder mean is NaN or inf there "
+            "(check it, and the RBF precision's zeta > 0)"
+        )
+    return features
+
+
 class FeatureBounds:
     """Lower bounds of the geodesic distances from the queries (the first ``M`` of ``nodes``
     (N, d)) to the references (all nodes, or those after the first ``M``): their features'
     distances, lowered by a rounding margin."""
 
     def __init__(self, metric: ExpectedMetric, nodes: Tensor, M: int, symmetric: bool) -> None:
-        with torch.no_grad():
-            features = decoded_features(metric, nodes)
-        bad = (~torch.isfinite(features).all(1)).nonzero()[:, 0].tolist()
-        if bad:  # NaN bounds would rule out no code and certify rows never solved
-            names = [f"Z[{i}]" if i < M or symmetric else f"Y[{i - M}]" for i in bad[:3]]
-            raise ValueError(
-                f"the metric's features [mu, sigma] are not finite at {len(bad)} code(s), e.g. "
-                f"{', '.join(names)} = {nodes[bad[0]].tolist()}: the decoder mean overflows there "
-                "(check it, and the RBF precision's zeta > 0)"
-            )
+        features = finite_features(metric, nodes, M, symmetric)  # NaN bounds would certify rows never solved
         eps = torch.finfo(metric.dtype).eps
         self.queries = features[:M]
         self.refs = features if symmetric else features[M:]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from ..decoders.uses import in_one_use
+from ..decoders.uses import one_use
 from ..metric import ExpectedMetric
 from ..solver.result import CONVERGED, STATUSES
 from .chunks import dist_info
@@ -95,7 +95,6 @@ class NearestNeighbors:
         )
 
 
-@in_one_use
 def nearest_neighbors(
     metric: ExpectedMetric,
     Z: Tensor,
@@ -143,93 +142,95 @@ def nearest_neighbors(
         Memory: the features of all codes ((M + P) x 2D values) and ``M`` short candidate lists;
         never an (M, P) matrix.
     """
-    t_start = time.perf_counter()
-    _checks.autograd_enabled("nearest_neighbors")
-    _checks.outside_autocast("nearest_neighbors")
-    Z, Y, options = check_inputs(nearest_neighbors, metric, Z, Y, solver_options)
-    progress = _checks.boolean("progress", True if progress is None else progress)
-    symmetric = Y is None
-    M = Z.shape[0]
-    P = M if symmetric else Y.shape[0]
-    if M == 0:
-        raise ValueError("Z holds no codes (shape (0, d)): there is nothing to find neighbours of")
-    available = P - 1 if symmetric else P
-    k = _checks.integer("k", k, 1)
-    if k > available:
-        what = "the other codes of Z" if symmetric else "the codes of Y"
-        raise ValueError(f"k must be at most {available} ({what}), got {k}")
-    limit = available if max_candidates is None else _checks.integer("max_candidates", max_candidates, k)
-    workers = check_workers(workers, metric.device, dist_info()[1] > 1)
-    memory_budget = check_memory_budget(memory_budget)
-    if chunk_size is None:
-        chunk_size = chunk_size_for_budget(metric, options, memory_budget)
-    chunk_size = _checks.integer("chunk_size", chunk_size, 1)
-    options.setdefault("batch_size", chunk_size)
-    graph_evals = build_latent_graph(metric, options, progress) if workers > 1 else 0
-    nodes = Z if symmetric else torch.cat([Z, Y])
-    bounds = FeatureBounds(metric, nodes, M, symmetric)
-    solved = _Solved(nodes, M, P, symmetric)
-    solve = pair_solver(metric, options)
-    show = progress and dist_info()[0] == 0
-    cap = min(available, max(CANDIDATES * k, MIN_CANDIDATES))
-    rounds = 0
-    while True:
-        idx, lb, beyond = bounds.candidates(cap)
+    with one_use():
+        t_start = time.perf_counter()
+        _checks.autograd_enabled("nearest_neighbors")
+        _checks.outside_autocast("nearest_neighbors")
+        Z, Y, options = check_inputs(nearest_neighbors, metric, Z, Y, solver_options)
+        progress = _checks.boolean("progress", True if progress is None else progress)
+        symmetric = Y is None
+        M = Z.shape[0]
+        P = M if symmetric else Y.shape[0]
+        if M == 0:
+            raise ValueError("Z holds no codes (shape (0, d)): there is nothing to find neighbours of")
+        available = P - 1 if symmetric else P
+        k = _checks.integer("k", k, 1)
+        if k > available:
+            what = "the other codes of Z" if symmetric else "the codes of Y"
+            raise ValueError(f"k must be at most {available} ({what}), got {k}")
+        limit = available if max_candidates is None else _checks.integer("max_candidates", max_candidates, k)
+        workers = check_workers(workers, metric.device, dist_info()[1] > 1)
+        memory_budget = check_memory_budget(memory_budget)
+        if chunk_size is None:
+            chunk_size = chunk_size_for_budget(metric, options, memory_budget)
+        chunk_size = _checks.integer("chunk_size", chunk_size, 1)
+        options.setdefault("batch_size", chunk_size)
+        graph_evals = build_latent_graph(metric, options, progress) if workers > 1 else 0
+        nodes = Z if symmetric else torch.cat([Z, Y])
+        bounds = FeatureBounds(metric, nodes, M, symmetric)
+        solved = _Solved(nodes, M, P, symmetric)
+        solve = pair_solver(metric, options)
+        show = progress and dist_info()[0] == 0
+        cap = min(available, max(CANDIDATES * k, MIN_CANDIDATES))
+        rounds = 0
         while True:
-            lengths = solved.lookup(idx)  # (M, cap) float64, inf where not solved yet
-            kth = lengths.sort(dim=1).values[:, k - 1]
-            open_ = ~torch.isfinite(lengths) & (lb < kth[:, None])
-            known = torch.isfinite(lengths).sum(1)
-            # The next candidates below the k-th length, per row: k, then as many as the row has
-            # solved (a row whose bound is loose, a code across a wall from its nearest, may need
-            # a hundred: in rounds that double, not k at a time), within its limit.
-            quota = torch.minimum(known.clamp(min=k), limit - known)
-            take = open_ & (open_.cumsum(1) <= quota[:, None])
-            if not bool(take.any()):
+            idx, lb, beyond = bounds.candidates(cap)
+            while True:
+                found = solved.lookup(idx)  # (M, cap) float64, NaN where not solved yet
+                lengths = found.nan_to_num(nan=torch.inf)  # (a pair solved to inf stays solved)
+                kth = lengths.sort(dim=1).values[:, k - 1]
+                open_ = torch.isnan(found) & (lb < kth[:, None])
+                known = (~torch.isnan(found)).sum(1)
+                # The next candidates below the k-th length, per row: k, then as many as the row has
+                # solved (a row whose bound is loose, a code across a wall from its nearest, may need
+                # a hundred: in rounds that double, not k at a time), within its limit.
+                quota = torch.minimum(known.clamp(min=k), limit - known)
+                take = open_ & (open_.cumsum(1) <= quota[:, None])
+                if not bool(take.any()):
+                    break
+                rounds += 1
+                rows = take.nonzero()[:, 0]
+                solved.solve(rows, idx[take], solve, chunk_size, workers, show, f"neighbours, round {rounds}")
+            certified = ~open_.any(1) & (beyond >= kth)
+            ran_out = ~certified & ~open_.any(1) & (known < limit)  # lists too short, not the limit
+            if not bool(ran_out.any()) or cap == available:
                 break
-            rounds += 1
-            rows = take.nonzero()[:, 0]
-            solved.solve(rows, idx[take], solve, chunk_size, workers, show, f"neighbours, round {rounds}")
-        certified = ~open_.any(1) & (beyond >= kth)
-        ran_out = ~certified & ~open_.any(1) & (known < limit)  # lists too short, not the limit
-        if not bool(ran_out.any()) or cap == available:
-            break
-        cap = min(available, 2 * cap)
-    by_index = idx.argsort(dim=1)  # ties broken by index, as in a row of the matrix
-    order = by_index.gather(1, lengths.gather(1, by_index).argsort(dim=1, stable=True))[:, :k]
-    indices = idx.gather(1, order)
-    dist = lengths.gather(1, order)
-    status = solved.status_of(indices)
-    n_open = int((~certified).sum())
-    if n_open:
-        warnings.warn(
-            f"fastgeo.nearest_neighbors: {n_open} of {M} codes reached max_candidates={limit} geodesics "
-            "before the lower bound ruled out every other code: their neighbours are the k nearest of "
-            "the candidates solved, not certified (result.certified); raise max_candidates.",
-            RuntimeWarning,
-            stacklevel=2,
+            cap = min(available, 2 * cap)
+        by_index = idx.argsort(dim=1)  # ties broken by index, as in a row of the matrix
+        order = by_index.gather(1, lengths.gather(1, by_index).argsort(dim=1, stable=True))[:, :k]
+        indices = idx.gather(1, order)
+        dist = lengths.gather(1, order)
+        status = solved.status_of(indices)
+        n_open = int((~certified).sum())
+        if n_open:
+            warnings.warn(
+                f"fastgeo.nearest_neighbors: {n_open} of {M} codes reached max_candidates={limit} geodesics "
+                "before the lower bound ruled out every other code: their neighbours are the k nearest of "
+                "the candidates solved, not certified (result.certified); raise max_candidates.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        n_failed = int((status != CONVERGED).sum())
+        if n_failed:
+            warnings.warn(
+                f"fastgeo.nearest_neighbors: {n_failed} of {M * k} neighbour geodesics did not converge; "
+                "their distances are the best lengths found (the result's status says which); raise "
+                "max_iter, or (d >= 8) pass linearize='always'.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return NearestNeighbors(
+            distances=dist.to(metric.dtype).to(metric.device),
+            indices=indices.to(metric.device),
+            status_code=status.to(metric.device),
+            certified=certified.to(metric.device),
+            pairs_solved=solved.count,
+            rounds=rounds,
+            candidates=cap,
+            wall_time=time.perf_counter() - t_start,
+            decoder_evals=solved.decoder_evals + graph_evals + nodes.shape[0],
+            decoder_jvps=solved.decoder_jvps,
         )
-    n_failed = int((status != CONVERGED).sum())
-    if n_failed:
-        warnings.warn(
-            f"fastgeo.nearest_neighbors: {n_failed} of {M * k} neighbour geodesics did not converge; "
-            "their distances are the best lengths found (the result's status says which); raise "
-            "max_iter, or (d >= 8) pass linearize='always'.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return NearestNeighbors(
-        distances=dist.to(metric.dtype).to(metric.device),
-        indices=indices.to(metric.device),
-        status_code=status.to(metric.device),
-        certified=certified.to(metric.device),
-        pairs_solved=solved.count,
-        rounds=rounds,
-        candidates=cap,
-        wall_time=time.perf_counter() - t_start,
-        decoder_evals=solved.decoder_evals + graph_evals + nodes.shape[0],
-        decoder_jvps=solved.decoder_jvps,
-    )
 
 
 class _Solved:
@@ -253,9 +254,10 @@ class _Solved:
         return (a * self.nodes.shape[0] + b).tolist()
 
     def lookup(self, idx: Tensor) -> Tensor:
-        """(M, cap) lengths of the pairs (row, idx[row, c]), inf where not solved."""
+        """(M, cap) lengths of the pairs (row, idx[row, c]), NaN where not solved (inf is a
+        length: no finite path between the two)."""
         rows = torch.arange(idx.shape[0]).repeat_interleave(idx.shape[1])
-        found = [self.lengths.get(key, np.inf) for key in self._keys(rows, idx.reshape(-1))]
+        found = [self.lengths.get(key, np.nan) for key in self._keys(rows, idx.reshape(-1))]
         return torch.tensor(found, dtype=torch.float64).reshape(idx.shape)
 
     def status_of(self, idx: Tensor) -> Tensor:

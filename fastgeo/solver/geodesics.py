@@ -43,7 +43,7 @@ from torch import Tensor
 from .. import _checks
 from .._progress import DELAY, call_bar, phase
 from ..curves import Basis, BSplineBasis, Curves
-from ..decoders.uses import in_one_use
+from ..decoders.uses import one_use
 from ..metric import ExpectedMetric
 from . import smoothing
 from .arguments import check_ends, check_init
@@ -68,7 +68,6 @@ from .smoothing import smoothed_first
 from .subdivide import subdivide_curves
 
 
-@in_one_use
 def geodesics(
     metric: ExpectedMetric,
     z0: Tensor,
@@ -203,51 +202,52 @@ def geodesics(
     (``options["smoothed_first"]``, start ``"smoothed"``; about twice the time of a smooth
     decoder of the same size).
     """
-    check_ends(metric, z0, z1)
-    if progress is not None:
-        _checks.boolean("progress", progress)
-    # fmt: off
-    asked = dict(
-        method=method, m=m, n_points=n_points, family=family, warm_start=warm_start, explore=explore,
-        max_iter=max_iter, tol=tol, batch_size=batch_size, refine=refine, coarse_points=coarse_points,
-        check_resolution=check_resolution, corridors=corridors, linearize=linearize, subdivide=subdivide,
-    )
-    # fmt: on
-    given = isinstance(graph, LatentGraph) or latents is not None
-    if corridors is None and given and method in SPLINE_METHODS:
-        corridors = DEFAULTS["default"]["corridors"]  # a graph given is a graph to use, in any d
-    # fmt: off
-    opts = solver_options(
-        metric.dtype, metric.latent_dim, metric.data_dim, method=method, m=m, n_points=n_points,
-        family=family, warm_start=warm_start, explore=explore, max_iter=max_iter, tol=tol,
-        batch_size=batch_size, refine=refine, corridors=corridors, coarse_points=coarse_points,
-        check_resolution=check_resolution, linearize=linearize, subdivide=subdivide,
-        piecewise_linear=metric.piecewise_linear_mean, device=metric.device,
-    )
-    # fmt: on
-    init = check_init(metric, init, z0, opts)
-    check_graph_inputs(metric, graph, latents)
-    if latents is not None and graph is False:
-        warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph; graph=False ignores them",
-                      UserWarning, stacklevel=2)  # fmt: skip
-    elif latents is not None and isinstance(graph, LatentGraph):
-        warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph the call builds; a given "
-                      "graph keeps its own nodes and ignores them (pass them to fastgeo.LatentGraph)",
-                      UserWarning, stacklevel=2)  # fmt: skip
-    ends = z0, z1  # the caller's: the lengths' gradient goes to them
-    z0, z1 = z0.detach(), z1.detach()
-    # Curves too short for float32 are solved in float64 (from their rows of init, if given).
-    res = solved_apart(metric, z0, z1, opts, asked, init, graph, latents, progress, solve=geodesics)
-    if res is None:
-        delay = 0.0 if progress else DELAY
-        with call_bar(z0.shape[0], progress is not False, "geodesics", "curve", delay) as bar:
-            if opts.method == "dense" and init is None and z0.shape[0] > 0:
-                res = dense_multistart(metric, z0, z1, opts, graph, latents, solve=geodesics)
-            else:
-                res = _solve(metric, z0, z1, opts, init, graph, latents, refine, bar)
-            if bar is not None:  # the oracle's curves finish together: its count, at the end
-                bar.update(bar.total - bar.n)
-    return with_end_gradients(metric, res, *ends)
+    with one_use():
+        check_ends(metric, z0, z1)
+        if progress is not None:
+            _checks.boolean("progress", progress)
+        # fmt: off
+        asked = dict(
+            method=method, m=m, n_points=n_points, family=family, warm_start=warm_start, explore=explore,
+            max_iter=max_iter, tol=tol, batch_size=batch_size, refine=refine, coarse_points=coarse_points,
+            check_resolution=check_resolution, corridors=corridors, linearize=linearize, subdivide=subdivide,
+        )
+        # fmt: on
+        given = isinstance(graph, LatentGraph) or latents is not None
+        if corridors is None and given and method in SPLINE_METHODS:
+            corridors = DEFAULTS["default"]["corridors"]  # a graph given is a graph to use, in any d
+        # fmt: off
+        opts = solver_options(
+            metric.dtype, metric.latent_dim, metric.data_dim, method=method, m=m, n_points=n_points,
+            family=family, warm_start=warm_start, explore=explore, max_iter=max_iter, tol=tol,
+            batch_size=batch_size, refine=refine, corridors=corridors, coarse_points=coarse_points,
+            check_resolution=check_resolution, linearize=linearize, subdivide=subdivide,
+            piecewise_linear=metric.piecewise_linear_mean, device=metric.device,
+        )
+        # fmt: on
+        init = check_init(metric, init, z0, opts)
+        check_graph_inputs(metric, graph, latents)
+        if latents is not None and graph is False:
+            warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph; graph=False ignores "
+                          "them", UserWarning, stacklevel=2)  # fmt: skip
+        elif latents is not None and isinstance(graph, LatentGraph):
+            warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph the call builds; a given "
+                          "graph keeps its own nodes and ignores them (pass them to fastgeo.LatentGraph)",
+                          UserWarning, stacklevel=2)  # fmt: skip
+        ends = z0, z1  # the caller's: the lengths' gradient goes to them
+        z0, z1 = z0.detach(), z1.detach()
+        # Curves too short for float32 are solved in float64 (from their rows of init, if given).
+        res = solved_apart(metric, z0, z1, opts, asked, init, graph, latents, progress, solve=geodesics)
+        if res is None:
+            delay = 0.0 if progress else DELAY
+            with call_bar(z0.shape[0], progress is not False, "geodesics", "curve", delay) as bar:
+                if opts.method == "dense" and init is None and z0.shape[0] > 0:
+                    res = dense_multistart(metric, z0, z1, opts, graph, latents, solve=geodesics)
+                else:
+                    res = _solve(metric, z0, z1, opts, init, graph, latents, refine, bar)
+                if bar is not None:  # the oracle's curves finish together: its count, at the end
+                    bar.update(bar.total - bar.n)
+        return with_end_gradients(metric, res, *ends)
 
 
 def _solve(
