@@ -57,5 +57,8 @@ def test_approximate_modes_keep_their_matrix():
     metric = _metric(2)
     Z = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, -2.0], [1.5, 1.5]])
     for mode in ("graph", "draft"):
-        D = fastgeo.pairwise_distances(metric, Z, mode=mode, progress=False)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            D = fastgeo.pairwise_distances(metric, Z, mode=mode, chunk_size=2, progress=False)
         assert D.shape == (5, 5) and not bool(torch.isnan(D).any()), mode
+        assert sum("status nonfinite" in str(w.message) for w in seen) == 1, mode  # once, not per chunk
