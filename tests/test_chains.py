@@ -7,7 +7,7 @@ from analytic import bumpy_metric, disc_points
 import fastgeo
 from fastgeo.pairwise import chains
 from fastgeo.pairwise.setup import solver_options_of as _solver_options
-from fastgeo.solver.result import CHAIN, CONVERGED
+from fastgeo.solver.result import CHAIN, CONVERGED, UNDER_RESOLVED
 
 OPTS = {"max_iter": 60}
 
@@ -56,6 +56,22 @@ def test_entry_too_long_is_solved_again_from_the_chain(metric):
     assert status[0, 3] == status[3, 0] == CONVERGED
     best, _ = chains.shortest_stop(D)
     assert (best >= (1 - chains.TOL) * D).all()
+
+
+def test_under_resolved_entries_are_checked_but_never_legs(metric):
+    """An ``under_resolved`` entry's length may fall short of its curve's (the curve steps over a
+    feature of the metric between its points): no upper bound, so no chain is built through it;
+    the same entry made too long is still beaten by a chain of resolved legs."""
+    Z = disc_points(6, 1.5, seed=2)
+    D, status, its = _matrix(metric, Z)
+    D[0, 1] = D[1, 0] = 0.01 * D[0, 1]  # a short under-resolved leg 0 -> 1 ...
+    status[0, 1] = status[1, 0] = UNDER_RESOLVED
+    before = D.clone()
+    found = chains.check_chains(metric, Z, D, status, its, OPTS, _solver_options(metric, OPTS))
+    assert found.beaten == 0 and torch.equal(D, before)  # ... makes no chain 1 -> 0 -> j
+    D[0, 1] = D[1, 0] = 300 * before[0, 1]  # the entry itself 3x too long: beaten by resolved legs
+    found = chains.check_chains(metric, Z, D, status, its, OPTS, _solver_options(metric, OPTS))
+    assert found.beaten >= 1 and D[0, 1] < 200 * before[0, 1]
 
 
 def test_chain_shorter_than_any_curve_keeps_its_length(metric):

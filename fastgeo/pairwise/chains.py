@@ -1,8 +1,9 @@
 """Chains of geodesics through a third code: every entry of a symmetric distance matrix checked
 against ``D[i, k] + D[k, j]``, and the entries a chain beats solved again from the chain's curve.
 
-Every entry is the length of a curve, an upper bound of the distance; so is a chain of two of
-them, the length of the concatenated curve. Where a chain is shorter than the entry, the solve of
+Every entry is the length of a curve, an upper bound of the distance (but an ``under_resolved``
+curve's, whose measure may fall short: such entries are checked, never legs); so is a chain of
+two of them, the length of the concatenated curve. Where a chain is shorter than the entry, the solve of
 ``(i, j)`` ended in a longer basin than the chain's: the race missed it. Those pairs are solved
 again with the chain's curve among their starts; where the chain stays shorter (a passage too
 narrow for the solver's curves), the entry takes the chain's length, with the status ``chain``:
@@ -30,7 +31,7 @@ from .._progress import DELAY, call_bar
 from ..curves import fit_polyline, time_grid
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics
-from ..solver.result import CHAIN, GeodesicResult
+from ..solver.result import CHAIN, UNDER_RESOLVED, GeodesicResult
 
 # A chain beats an entry when it is shorter by this much, relative: twice the error allowed to a
 # measured length (1e-4), as a chain through a code on the geodesic adds two. On the digits matrix
@@ -110,14 +111,16 @@ def check_chains(
     done = torch.zeros(matrix.shape, dtype=torch.bool, device=pts.device)  # solved from a chain
     for round_ in range(ROUNDS + 1):
         D = matrix.to(device=pts.device, dtype=torch.float64)
+        # An under-resolved curve's length may fall short of the curve's: no upper bound, no leg.
+        legs = D.masked_fill(status.to(pts.device) == UNDER_RESOLVED, torch.inf)
         with call_bar(D.shape[0], progress, "chains", "row", DELAY) as bar:
-            best, via = shortest_stop(D, bar)
+            best, via = shortest_stop(legs, bar)
         i, j = torch.triu(best < (1 - TOL) * D, diagonal=1).nonzero(as_tuple=True)
         if round_ == ROUNDS or i.numel() == 0:
             found.remaining = int(i.numel())
             break
         k = via[i, j]
-        chain = D[i, k] + D[k, j]
+        chain = legs[i, k] + legs[k, j]
         lengths, codes = chain.clone(), torch.full_like(i, CHAIN)
         its = torch.zeros_like(i)
         fresh = (~done[i, j]).nonzero(as_tuple=True)[0]
