@@ -346,6 +346,16 @@ def differentiable(name: str, mean: Callable[[Tensor], Tensor], z: Tensor) -> No
             "the codes (a .detach(), .numpy() or torch.no_grad() inside?). Geodesics need the "
             "decoder's derivatives"
         )
+    if not bool(torch.isfinite(grad).all()) and bool(torch.isfinite(fd).all()):
+        warnings.warn(
+            f"{name}'s gradient by autograd is not finite at codes where its values are (NaN from a "
+            "branch not taken: torch.where(h > 0, torch.sqrt(h), 0) back-propagates 0 * inf; write "
+            "torch.sqrt(h.clamp(min=0)) or take the branch's input through the where as well). The "
+            "solver's reverse-mode steps (d >= 8) and the lengths' gradients in their end points "
+            "would be NaN there (curves flagged nonfinite); linearize='always' avoids the former",
+            stacklevel=3,
+        )
+        return
     if z.device.type != "cpu":
         return
     along = float((grad * u).sum())  # <fd, J u>

@@ -96,6 +96,21 @@ def test_a_partly_detached_mean_warns():
         fastgeo.ExpectedMetric(lambda z: 0.2 * net(z) + other(z.detach()), constant_precision(2, 3))
 
 
+def test_a_mean_whose_gradient_is_nan_where_its_values_are_finite_warns():
+    """``torch.where(h > 0, torch.sqrt(h), 0)``: finite values and forward derivatives, NaN
+    reverse-mode gradients (0 * inf from the branch not taken): named, with the safe form."""
+    torch.manual_seed(0)
+    first, last = torch.nn.Linear(3, 16), torch.nn.Linear(16, 20)
+
+    def mean(z):
+        h = first(z)
+        return last(torch.where(h > 0, torch.sqrt(h), torch.zeros_like(h)))
+
+    prec = fastgeo.RBFPrecision(torch.randn(5, 3), torch.full((5,), 0.5), torch.rand(20, 5), 0.05)
+    with pytest.warns(UserWarning, match=r"gradient by autograd is not finite.*h\.clamp\(min=0\)"):
+        fastgeo.ExpectedMetric(mean, prec)
+
+
 def test_a_bfloat16_mean_warns_of_its_rounding():
     """A decoder computing in bfloat16 behind a float32 interface: central differences are blurred
     by its rounding; the warning names that, and the detached-part question only after it."""

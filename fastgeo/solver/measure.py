@@ -20,6 +20,7 @@ its mean is an ``nn.Module``).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -141,8 +142,10 @@ def _rounding_floor(
     unsettled = (errors > rtol * lengths).nonzero().squeeze(1)
     if unsettled.numel() == 0:
         return
+    metric64 = float64_metric(metric)
+    if metric64 is None:
+        return
     try:
-        metric64 = metric.to(torch.float64)
         sub = _rows(curves, unsettled)
         sub = Curves(sub.z0.double(), sub.z1.double(), sub.coeffs.double(), sub.basis)
         coarse64 = _grouped(metric64, sub, start[unsettled], work)
@@ -168,3 +171,15 @@ def _grouped(metric: ExpectedMetric, curves: Curves, points: Tensor, work: Work)
         rows = (points == n).nonzero().squeeze(1)
         out[rows] = curve_lengths(metric, _rows(curves, rows), int(n), work)
     return out
+
+
+def float64_metric(metric: ExpectedMetric) -> ExpectedMetric | None:
+    """A float64 copy of ``metric`` (made afresh: the decoder may have been trained since), or None
+    where it cannot be made or run (a plain callable mean, a decoder written for float32). Its
+    checks' warnings are not repeated: the user's metric gave them when it was made."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return metric.to(torch.float64)
+    except (TypeError, RuntimeError, ValueError):
+        return None

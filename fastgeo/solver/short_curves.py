@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..curves import Curves, straight_line, time_grid
 from ..metric import ExpectedMetric, feature_segments, length_from_segments
+from .measure import float64_metric
 from .options import SPLINE_METHODS, SolverOptions
 from .result import GeodesicResult
 
@@ -88,15 +89,6 @@ def rounding_ratios(metric: ExpectedMetric, z0: Tensor, z1: Tensor, n: int) -> T
     length = length_from_segments(feature_segments(f))
     scale = f.norm(dim=-1).amax(-1)
     return (n - 1) * torch.finfo(f.dtype).eps * scale / length
-
-
-def float64_metric(metric: ExpectedMetric) -> ExpectedMetric | None:
-    """A float64 copy of ``metric`` (made afresh: the decoder may have been trained since), or None
-    where it cannot be made or run (a plain callable mean, a decoder written for float32)."""
-    try:
-        return metric.to(torch.float64)
-    except (TypeError, RuntimeError, ValueError):
-        return None
 
 
 def merged(parts: list[tuple[Tensor, GeodesicResult]], z0: Tensor, z1: Tensor) -> GeodesicResult:
