@@ -109,6 +109,10 @@ def test_a_mean_whose_gradient_is_nan_where_its_values_are_finite_warns():
     prec = fastgeo.RBFPrecision(torch.randn(5, 3), torch.full((5,), 0.5), torch.rand(20, 5), 0.05)
     with pytest.warns(UserWarning, match=r"gradient by autograd is not finite.*h\.clamp\(min=0\)"):
         fastgeo.ExpectedMetric(mean, prec)
+    with warnings.catch_warnings(record=True) as seen:  # outputs ~1e20 in float32: no false alarm
+        warnings.simplefilter("always")
+        fastgeo.ExpectedMetric(lambda z: 1e20 * torch.tanh(last(torch.tanh(first(z)))), prec)
+    assert not [w for w in seen if "autograd" in str(w.message)]
 
 
 def test_a_bfloat16_mean_warns_of_its_rounding():

@@ -44,7 +44,8 @@ def test_a_pair_without_a_finite_path_is_inf_and_the_rest_solved():
         D, report = fastgeo.pairwise_distances(
             metric, Z[:2], method="fast", progress=False, return_report=True
         )
-    assert any("their distance is inf, status nonfinite" in str(w.message) for w in seen)
+    ours = [w for w in seen if "entries are inf (status nonfinite)" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__
     assert D[0, 1] == D[1, 0] == torch.inf and report.status[0, 1] == "nonfinite"
     near = fastgeo.nearest_neighbors(metric, Z[:2], k=1, method="fast", progress=False)
     assert near.distances.flatten().tolist() == [torch.inf, torch.inf]
@@ -61,4 +62,5 @@ def test_approximate_modes_keep_their_matrix():
             warnings.simplefilter("always")
             D = fastgeo.pairwise_distances(metric, Z, mode=mode, chunk_size=2, progress=False)
         assert D.shape == (5, 5) and not bool(torch.isnan(D).any()), mode
-        assert sum("status nonfinite" in str(w.message) for w in seen) == 1, mode  # once, not per chunk
+        inf = int(torch.isinf(D).sum())  # chains of finite edges: none here
+        assert sum("status nonfinite" in str(w.message) for w in seen) == (inf > 0), mode

@@ -3,25 +3,23 @@ process's place under ``torch.distributed``."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..decoders.uses import current_use
 from ..metric import ExpectedMetric
 from ..solver import geodesics
 from ..solver.result import NONFINITE
 
-NO_FINITE_PATH = (
-    "fastgeo: some pairs' solves did not end finite and the metric is not finite along their "
-    "straight line either (a decoder mean that is NaN or inf there, or an RBF precision with zeta = 0): "
-    "their distance is inf, status nonfinite; check the decoder mean and the precision between them"
-)
 
-
-_WARNED = {"use": -1}
+def no_finite_path(caller: str, n: int) -> str:
+    """The warning of ``n`` entries without a finite path (inf, status ``nonfinite``)."""
+    return (
+        f"{caller}: {n} entries are inf (status nonfinite): no finite path was found between those "
+        "codes (their solves did not end finite and the metric is not finite along their straight line "
+        "either: a decoder mean NaN or inf between them, or an RBF precision with zeta = 0)"
+    )
 
 
 def dist_info() -> tuple[int, int]:
@@ -56,9 +54,6 @@ def solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str,
         status = status.masked_fill(bad, NONFINITE)
         if not bool(torch.isfinite(lengths).all()):
             lengths = torch.where(torch.isfinite(lengths), lengths, torch.inf)
-            if _WARNED["use"] != current_use():  # once per call of the user's, not per chunk
-                _WARNED["use"] = current_use()
-                warnings.warn(NO_FINITE_PATH, stacklevel=2)
     return {
         "lengths": lengths.detach().cpu(),
         "status": status.cpu(),

@@ -29,11 +29,11 @@ from .. import _checks
 from ..decoders.uses import one_use
 from ..metric import ExpectedMetric
 from ..solver.options import HIGH_DIM
-from ..solver.result import CONVERGED, UNSOLVED
+from ..solver.result import CONVERGED, NONFINITE, UNSOLVED
 from .chains import check_chains
 from .checkpoint import checkpointed_chunk_size, open_checkpoint
 from .chord_mode import CHORD_SAMPLE_METHOD, MIN_SAMPLE, run_chord_mode
-from .chunks import dist_info
+from .chunks import dist_info, no_finite_path
 from .code_graph import NEIGHBORS
 from .draft_mode import draft_options, finish_draft_mode
 from .feature_bound import finite_features
@@ -323,6 +323,7 @@ def pairwise_distances(
                 solved[ii.to(solved.device), jj.to(solved.device)] = False
             n_solved = int(solved.sum())
             n_failed = int((solved & (status != CONVERGED)).sum())
+            n_inf = int((solved & (status == NONFINITE) & torch.isinf(matrix).to(status.device)).sum())
             if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
                 matrix, mapped = expand(matrix, rep, metric, target)
                 status, iterations = expand_duplicates(status, rep), expand_duplicates(iterations, rep)
@@ -337,6 +338,9 @@ def pairwise_distances(
                     "(a Gauss-Newton matrix at every step).",
                     RuntimeWarning, stacklevel=2,
                 )  # fmt: skip
+            if n_inf:
+                message = no_finite_path("fastgeo.pairwise_distances", n_inf)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
             if estimates_left:
                 _warn_estimates(extra, metric.latent_dim)
             if mapped is not None:

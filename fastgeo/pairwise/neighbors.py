@@ -25,7 +25,7 @@ from .. import _checks
 from ..decoders.uses import one_use
 from ..metric import ExpectedMetric
 from ..solver.result import CONVERGED, STATUSES
-from .chunks import dist_info
+from .chunks import dist_info, no_finite_path
 from .feature_bound import FeatureBounds
 from .pair_list import pair_solver, solve_pair_list
 from .setup import build_latent_graph, check_inputs, check_memory_budget, chunk_size_for_budget
@@ -210,6 +210,9 @@ def nearest_neighbors(
                 RuntimeWarning,
                 stacklevel=2,
             )
+        n_inf = int(torch.isinf(dist).sum())
+        if n_inf:
+            warnings.warn(no_finite_path("fastgeo.nearest_neighbors", n_inf), RuntimeWarning, stacklevel=2)
         n_failed = int((status != CONVERGED).sum())
         if n_failed:
             warnings.warn(
