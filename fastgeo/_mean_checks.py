@@ -320,13 +320,15 @@ def deterministic(
         )
 
 
-def differentiable(name: str, mean: Callable[[Tensor], Tensor], z: Tensor) -> None:
+def differentiable(name: str, mean: Callable[[Tensor], Tensor], z: Tensor) -> bool:
     """Refuse a mean whose output carries no gradient to its input ``z`` (P, d); warn when its
     derivative along one fixed direction disagrees with central differences by more than
-    DERIVATIVE_MISMATCH (on the CPU only: TF32 convolutions on a GPU would blur the differences).
-    Skipped under ``torch.inference_mode()`` (no gradients there)."""
+    DERIVATIVE_MISMATCH (on the CPU only: TF32 convolutions on a GPU would blur the differences),
+    or when its gradient is NaN where its values are finite. Returns whether the latter (the solver
+    then keeps to forward-mode derivatives). Skipped under ``torch.inference_mode()`` (no
+    gradients there: False)."""
     if torch.is_inference_mode_enabled():
-        return
+        return False
     z = z.detach()
     g = torch.Generator(device="cpu").manual_seed(20240521)
     u = torch.randn(z.shape, generator=g, dtype=torch.float64).to(z)
@@ -354,13 +356,13 @@ def differentiable(name: str, mean: Callable[[Tensor], Tensor], z: Tensor) -> No
             f"{name}'s gradient by autograd is not finite at codes where its values are (NaN from a "
             "branch not taken: torch.where(h > 0, torch.sqrt(h), 0) back-propagates 0 * inf; write "
             "torch.sqrt(h.clamp(min=0)) or take the branch's input through the where as well). The "
-            "solver's reverse-mode steps (d >= 8) and the lengths' gradients in their end points "
-            "would be NaN there (curves flagged nonfinite); linearize='always' avoids the former",
+            "lengths' gradients in their end points would be NaN there, and the solver keeps to "
+            "forward-mode derivatives for it (linearize='always': slower from d = 8)",
             stacklevel=3,
         )
-        return
+        return True
     if z.device.type != "cpu":
-        return
+        return False
     along = float((grad * u).sum())  # <w, J u>
     expected = float((w * fd).sum())  # <w, fd>: equal when J u = fd
     if expected > 0 and abs(along - expected) > DERIVATIVE_MISMATCH * expected:
@@ -377,6 +379,7 @@ def differentiable(name: str, mean: Callable[[Tensor], Tensor], z: Tensor) -> No
             "detached from autograd, or not differentiable? Lengths measured under it would be wrong",
             stacklevel=3,
         )
+    return False
 
 
 _LOW = (torch.bfloat16, torch.float16)

@@ -115,6 +115,28 @@ def test_a_mean_whose_gradient_is_nan_where_its_values_are_finite_warns():
     assert not [w for w in seen if "autograd" in str(w.message)]
 
 
+def test_a_mean_with_nan_gradients_is_solved_by_forward_mode():
+    """At d = 8 the default refinement takes reverse-mode gradients (lagged): NaN for such a mean
+    (every curve ended nonfinite); the metric knows it when made, and the solver keeps to the
+    forward mode (linearize='always'), converging."""
+    torch.manual_seed(0)
+    first, last = torch.nn.Linear(8, 16), torch.nn.Linear(16, 20)
+
+    def mean(z):
+        h = first(z)
+        return last(torch.where(h > 0, torch.sqrt(h), torch.zeros_like(h)))
+
+    g = torch.Generator().manual_seed(1)
+    prec = fastgeo.RBFPrecision(
+        (torch.rand(20, 8, generator=g) * 2 - 1) * 2, torch.ones(20), torch.ones(20, 20), 1e-3
+    )
+    with pytest.warns(UserWarning, match="forward-mode derivatives"):
+        metric = fastgeo.ExpectedMetric(mean, prec)
+    z0, z1 = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    res = fastgeo.geodesics(metric, z0, z1, progress=False)
+    assert res.status.tolist() == ["converged", "converged"]
+
+
 def test_a_bfloat16_mean_warns_of_its_rounding():
     """A decoder computing in bfloat16 behind a float32 interface: central differences are blurred
     by its rounding; the warning names that, and the detached-part question only after it."""

@@ -216,6 +216,8 @@ def geodesics(
         given = isinstance(graph, LatentGraph) or latents is not None
         if corridors is None and given and method in SPLINE_METHODS:
             corridors = DEFAULTS["default"]["corridors"]  # a graph given is a graph to use, in any d
+        if linearize == "auto" and getattr(metric, "_nan_gradient", False):
+            linearize = "always"  # its reverse-mode gradients are NaN (the metric warned when made)
         # fmt: off
         opts = solver_options(
             metric.dtype, metric.latent_dim, metric.data_dim, method=method, m=m, n_points=n_points,
