@@ -11,7 +11,7 @@ from torch import Tensor
 from . import _checks, _mean_checks, ops
 from .decoders import StackedChain, activation_width, jacobian_rows, piecewise_linear, smoothed, stacked_chain
 from .decoders.compact import compact_chain
-from .decoders.flat import FlatOutput
+from .decoders.flat import FlatOutput, flat_output
 from .decoders.layout import channels_last
 from .decoders.recognize import describe, recognize
 from .decoders.uses import new_use
@@ -42,19 +42,6 @@ def length_from_segments(segments: Tensor) -> Tensor:
 def feature_segments(features: Tensor) -> Tensor:
     """Squared segment lengths ``||f_{n+1} - f_n||^2`` (..., N-1) of embedded curves (..., N, F)."""
     return (features[..., 1:, :] - features[..., :-1, :]).pow(2).sum(-1)
-
-
-def _flat_output(mean: Callable[[Tensor], Tensor], precision: RBFPrecision) -> Callable[[Tensor], Tensor]:
-    """``mean`` itself when it returns (P, D); flattened when it returns (P, ...) of D values per
-    point (a convolutional decoder's images)."""
-    probe = _mean_checks.call("mean", mean, precision.centers[:1])
-    if not isinstance(probe, Tensor) or probe.dim() <= 2 or probe.shape[0] != 1:
-        return mean  # (checked by the caller)
-    if probe[0].numel() != precision.data_dim:
-        return mean
-    if isinstance(mean, torch.nn.Module):
-        return torch.nn.Sequential(mean, torch.nn.Flatten(1))
-    return FlatOutput(mean)
 
 
 class ExpectedMetric:
@@ -91,7 +78,7 @@ class ExpectedMetric:
         _mean_checks.eval_mode("mean", mean)
         self._eval_layers = _mean_checks.layers_in_eval(mean)  # checked again at every call
         self.precision = precision
-        self.mean = _flat_output(mean, precision)
+        self.mean = flat_output(mean, precision.centers[:1], precision.data_dim)
         # Probe with one point and with a batch of three: a mean whose output width depends on
         # the batch would pass a single-point probe.
         three = _mean_checks.check_codes(precision.centers)

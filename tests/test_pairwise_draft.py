@@ -154,8 +154,8 @@ def test_command_line_draft_mode(metric, tmp_path):
 def test_drafts_far_above_the_sample_warn(metric, Z, monkeypatch):
     """Drafts whose sample finds them more than GRAPH_WARN above the geodesics on average: the call
     warns, naming the drafts (the threshold lowered here, as these drafts are close)."""
-    from fastgeo.pairwise import driver
+    from fastgeo.pairwise import report
 
-    monkeypatch.setattr(driver, "GRAPH_WARN", -1.0)
+    monkeypatch.setattr(report, "GRAPH_WARN", -1.0)
     with pytest.warns(RuntimeWarning, match="the draft distances are .* above exact geodesics"):
         fastgeo.pairwise_distances(metric, Z[:5], mode="draft", error_sample=3, progress=False)

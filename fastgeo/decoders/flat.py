@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from .. import _mean_checks
+
 
 class FlatMean(nn.Module):
     """Applies a mean saved for (P, d) inputs to any (..., d): the loaded generator's mean."""
@@ -34,3 +36,16 @@ class FlatOutput:
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.mean(z).flatten(1)
+
+
+def flat_output(mean: Callable[[Tensor], Tensor], code: Tensor, data_dim: int) -> Callable[[Tensor], Tensor]:
+    """``mean`` itself when it returns (P, D); flattened when it returns (P, ...) of ``data_dim``
+    values per point (a convolutional decoder's images), judged from its output at ``code`` (1, d)."""
+    probe = _mean_checks.call("mean", mean, code)
+    if not isinstance(probe, Tensor) or probe.dim() <= 2 or probe.shape[0] != 1:
+        return mean  # (checked by the caller)
+    if probe[0].numel() != data_dim:
+        return mean
+    if isinstance(mean, nn.Module):
+        return nn.Sequential(mean, nn.Flatten(1))
+    return FlatOutput(mean)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from typing import Any
 
 import torch
@@ -28,19 +27,18 @@ from torch import Tensor
 from .. import _checks
 from ..decoders.uses import one_use
 from ..metric import ExpectedMetric
-from ..solver.options import HIGH_DIM
 from ..solver.result import CONVERGED, NONFINITE, UNSOLVED
 from .chains import check_chains
 from .checkpoint import checkpointed_chunk_size, open_checkpoint
 from .chord_mode import CHORD_SAMPLE_METHOD, MIN_SAMPLE, run_chord_mode
-from .chunks import dist_info, no_finite_path
+from .chunks import dist_info
 from .code_graph import NEIGHBORS
 from .draft_mode import draft_options, finish_draft_mode
 from .feature_bound import finite_features
 from .graph_mode import EDGES, run_graph_mode
 from .layout import Layout, distinct_rows, equal_pairs, expand_duplicates
 from .output import allocate, expand, filled_in_place, npy_path
-from .report import PairwiseReport
+from .report import PairwiseReport, warn_estimates, warn_unfinished
 from .setup import (
     build_latent_graph,
     check_inputs,
@@ -54,7 +52,6 @@ from .workers import check_workers, shared, split_size
 
 MODES = ("exact", "graph", "draft", "chord")
 ERROR_SAMPLE = 200  # approximate modes: random pairs solved exactly to measure their error
-GRAPH_WARN = 0.05  # approximate modes: warn when the sample finds entries this much off on average
 
 
 def pairwise_distances(
@@ -327,22 +324,9 @@ def pairwise_distances(
             if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
                 matrix, mapped = expand(matrix, rep, metric, target)
                 status, iterations = expand_duplicates(status, rep), expand_duplicates(iterations, rep)
-            if n_failed:
-                which = (
-                    "The report's status says which" if return_report else "return_report=True gives a mask"
-                )
-                warnings.warn(
-                    f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
-                    "entries hold the best length found (never longer than the straight line). "
-                    f"{which} (status per pair); raise max_iter, or (d >= 8) pass linearize='always' "
-                    "(a Gauss-Newton matrix at every step).",
-                    RuntimeWarning, stacklevel=2,
-                )  # fmt: skip
-            if n_inf:
-                message = no_finite_path("fastgeo.pairwise_distances", n_inf)
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            warn_unfinished(n_failed, n_solved, n_inf, return_report)
             if estimates_left:
-                _warn_estimates(extra, metric.latent_dim)
+                warn_estimates(extra, metric.latent_dim)
             if mapped is not None:
                 mapped.flush()
             counts[0] += graph_evals
@@ -360,44 +344,6 @@ def pairwise_distances(
             )
             # fmt: on
             return matrix, report
-
-
-def _warn_estimates(extra: dict[str, Any], latent_dim: int) -> None:
-    """Warn where the error sample finds the graph or draft distances ``GRAPH_WARN`` too long on
-    average, or the chord estimates that far off."""
-    graph, draft = extra.get("graph_error"), extra.get("draft_error")
-    if graph is not None and graph.pairs and graph.mean > GRAPH_WARN:
-        warnings.warn(
-            f"fastgeo.pairwise_distances: the graph distances are {100 * graph.mean:.1f} % above exact "
-            f"geodesics on average on {graph.pairs} random pairs (95th percentile {100 * graph.p95:.1f} %): "
-            + ("in high latent d chains of near codes zig-zag (more codes make longer chains: a d = 10 "
-               "decoder's were 17 % above with 256 codes, 77 % with 10,000), and straight segments (if "
-               "measured) cut across where the geodesics bend; mode='draft' (a coarse curve per pair) "
-               "is within ~1 % for up to a few thousand codes, mode='chord' (estimates from the codes "
-               "alone, fitted to the sample) within a few % for tens of thousands; "
-               if latent_dim >= HIGH_DIM else
-               "too few codes (chains bend around between them) or walls the edges cannot follow; ")
-            + "use mode='exact' on the pairs that matter.",
-            RuntimeWarning, stacklevel=3,
-        )  # fmt: skip
-    chord = extra.get("chord_error")
-    if chord is not None and chord.pairs and chord.mean_abs > GRAPH_WARN:
-        warnings.warn(
-            f"fastgeo.pairwise_distances: the chord estimates are {100 * chord.mean_abs:.1f} % off exact "
-            f"geodesics on average on {chord.pairs} random pairs (from {100 * chord.min:+.1f} % to "
-            f"{100 * chord.max:+.1f} %): the geodesics wind far from their chords in feature space"
-            + (" (in 2-D mode='graph' follows them)" if latent_dim < HIGH_DIM else "")
-            + "; mode='draft' (a coarse curve per pair) is within ~1 % for up to a few thousand codes.",
-            RuntimeWarning, stacklevel=3,
-        )  # fmt: skip
-    if draft is not None and draft.pairs and draft.mean > GRAPH_WARN:
-        warnings.warn(
-            f"fastgeo.pairwise_distances: the draft distances are {100 * draft.mean:.1f} % above exact "
-            f"geodesics on average on {draft.pairs} random pairs (95th percentile {100 * draft.p95:.1f} %): "
-            "the geodesics bend more than a coarse curve started from the straight line can follow; "
-            "use mode='exact' on the pairs that matter.",
-            RuntimeWarning, stacklevel=3,
-        )  # fmt: skip
 
 
 def _layout(
