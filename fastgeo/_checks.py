@@ -91,6 +91,19 @@ def outside_autocast(caller: str) -> None:
             )
 
 
+def not_transformed(caller: str, named: Sequence[tuple[str, Tensor]]) -> None:
+    """No tensor is a torch.func transform's (vmap, grad, jvp): the solver's iterations, kernels
+    and data-dependent stopping cannot run under them."""
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    for name, t in named:
+        if wrapped is not None and wrapped(t):
+            raise TypeError(
+                f"{caller}: {name} is a tensor of a torch.func transform (vmap, grad, jvp); "
+                f"{caller} runs outside torch.func: use torch.autograd (lengths are differentiable in "
+                "their end points) and a loop or a batch in place of vmap"
+            )
+
+
 def finite(name: str, t: Tensor) -> None:
     """No NaN or inf in ``t`` (one host sync: use at API boundaries, not in loops)."""
     if t.numel() and not bool(torch.isfinite(t).all()):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,12 @@ def check_inputs(
     if Y is not None:
         metric.check_points("Y", Y, ndim=2)
         _checks.finite("Y", Y)
+    if torch.is_grad_enabled() and (Z.requires_grad or (Y is not None and Y.requires_grad)):
+        warnings.warn(
+            f"fastgeo.{caller.__name__}: its distances carry no gradient to the codes; for distances "
+            "differentiable in their end points, solve the pairs with fastgeo.geodesics",
+            UserWarning, stacklevel=3,
+        )  # fmt: skip
     allowed = list(SOLVER_OPTIONS)
     unknown = set(solver_opts) - set(allowed)
     if unknown:

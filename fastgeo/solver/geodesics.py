@@ -187,11 +187,15 @@ def geodesics(
         line between its ends. float32 curves so short that the decoder's rounding is not small
         against their segments (near neighbours: on a 2-D digits VAE, codes within ~0.1 of each
         other) are solved in float64 at the call's tolerance, the metric converted
-        (:mod:`fastgeo.solver.short_curves`; where its mean is an ``nn.Module``). Where ``z0``
-        or ``z1`` requires a gradient (and grad mode is on), ``lengths`` is differentiable in
-        them: the envelope theorem's gradient, the solved curve's length as its ends move
-        (:mod:`fastgeo.solver.end_gradients`; one forward and backward pass of the decoder along
-        each curve in ``backward``); not in the decoder's or the precision's parameters.
+        (:mod:`fastgeo.solver.short_curves`; where its mean is an ``nn.Module``, else a warning).
+        Where ``z0`` or ``z1`` requires a gradient (and grad mode is on), ``lengths`` is
+        differentiable in them: the envelope theorem's gradient, the solved curve's length as its
+        ends move (:mod:`fastgeo.solver.end_gradients`; one forward and backward pass of the
+        decoder along each curve in ``backward``), zero between equal ends; once (no
+        ``create_graph``), by ``torch.autograd`` (not ``torch.func``); not in the decoder's or the
+        precision's parameters. It is the distance's gradient where the curve converged (a warning
+        counts the curves that stopped at ``max_iter`` or ``stalled``); ``method="paper"``'s
+        single quadratic is not stationary in length, and its gradients were 1-6 % off.
 
     Decoders with piecewise-linear activations (ReLU, LeakyReLU, PReLU, Hardtanh, ReLU6,
     Hardsigmoid, Hardswish; recognized chains, :func:`fastgeo.decoders.piecewise_linear`) have

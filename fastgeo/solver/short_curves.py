@@ -14,6 +14,7 @@ others'.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -60,8 +61,11 @@ def solved_apart(
     if opts.method not in SPLINE_METHODS or metric.dtype != torch.float32 or z0.shape[0] == 0:
         return None
     short = (rounding_ratios(metric, z0, z1, opts.n_points) > NOISE_ABOVE) & ~(z0 == z1).all(-1)
-    metric64 = float64_metric(metric) if bool(short.any()) else None
+    if not bool(short.any()):
+        return None
+    metric64 = float64_metric(metric)
     if metric64 is None:
+        _warn_rounding(int(short.sum()), z0.shape[0])
         return None
     rest, few = (~short).nonzero().squeeze(1), short.nonzero().squeeze(1)
     # At the call's tolerance: rounding, not the stopping rule, is what float64 fixes.
@@ -71,6 +75,7 @@ def solved_apart(
     try:
         short_ones = solve(metric64, z0[few].double(), z1[few].double(), **float64_options)
     except (TypeError, RuntimeError):  # a decoder that converts but does not run in float64
+        _warn_rounding(len(few), z0.shape[0])
         return None
     rest_init = None if init is None else init[rest]
     long_ones = solve(
@@ -89,6 +94,17 @@ def rounding_ratios(metric: ExpectedMetric, z0: Tensor, z1: Tensor, n: int) -> T
     length = length_from_segments(feature_segments(f))
     scale = f.norm(dim=-1).amax(-1)
     return (n - 1) * torch.finfo(f.dtype).eps * scale / length
+
+
+def _warn_rounding(short: int, total: int) -> None:
+    """Short curves left in float32: their lengths (and end gradients) are mostly rounding."""
+    warnings.warn(
+        f"fastgeo.geodesics: {short} of {total} pairs are so close that float32 rounding of the "
+        "decoder is not small against their segments (lengths up to ~10x long, gradients off), and "
+        "no float64 copy of the metric could be made or run (its mean is not an nn.Module, or fails "
+        "in float64): make the metric in float64 (metric.to(torch.float64)) or pass the mean as a module",
+        RuntimeWarning, stacklevel=4,
+    )  # fmt: skip
 
 
 def merged(parts: list[tuple[Tensor, GeodesicResult]], z0: Tensor, z1: Tensor) -> GeodesicResult:
