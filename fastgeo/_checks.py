@@ -96,7 +96,7 @@ def not_transformed(caller: str, named: Sequence[tuple[str, Tensor]]) -> None:
     and data-dependent stopping cannot run under them."""
     wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
     for name, t in named:
-        if wrapped is not None and wrapped(t):
+        if wrapped is not None and isinstance(t, Tensor) and wrapped(t):
             raise TypeError(
                 f"{caller}: {name} is a tensor of a torch.func transform (vmap, grad, jvp); "
                 f"{caller} runs outside torch.func: use torch.autograd (lengths are differentiable in "

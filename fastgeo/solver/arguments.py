@@ -18,11 +18,10 @@ def check_ends(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> None:
         raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
     _checks.autograd_enabled("geodesics")
     _checks.outside_autocast("geodesics")
-    _checks.not_transformed("fastgeo.geodesics", [("z0", z0), ("z1", z1)])
-    _mean_checks.eval_mode("metric.mean", metric.mean)  # set to training mode since the metric was made
-    _mean_checks.still_in_eval("metric.mean", metric)
+    _mean_checks.metric_in_eval(metric)  # set to training mode since the metric was made
     metric.check_points("z0", z0, ndim=2)
     metric.check_points("z1", z1, ndim=2)
+    _checks.not_transformed("fastgeo.geodesics", [("z0", z0), ("z1", z1)])
     if z0.shape != z1.shape:
         raise ValueError(
             f"z0 and z1 must have the same shape (B, d), got {tuple(z0.shape)} and {tuple(z1.shape)}"
