@@ -176,6 +176,14 @@ def eval_mode(name: str, mean: Callable[[Tensor], Tensor]) -> None:
         _checks.eval_mode(name, module)
 
 
+def metric_in_eval(metric: Any) -> None:
+    """Both checks above on ``metric``'s mean (an :class:`~fastgeo.ExpectedMetric`), before a
+    call decodes anything: a batch norm switched to training mode since would have its running
+    statistics changed by the first call of the decoder, before a later check refuses."""
+    eval_mode("metric.mean", metric.mean)
+    still_in_eval("metric.mean", metric)
+
+
 def call(
     name: str, mean: Callable[[Tensor], Tensor], z: Tensor, codes: str = "the codes (the precision's)"
 ) -> object:

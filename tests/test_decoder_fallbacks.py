@@ -294,6 +294,56 @@ def test_another_threads_call_does_not_make_this_threads_calls_one_use():
         thread.join(60)
 
 
+def test_another_threads_use_leaves_this_threads_use_going_on():
+    """A use begun in another thread (a user's call there) began a new use for every thread:
+    this thread's solve checked its chains again in its middle (with other rounding after)."""
+    import threading
+
+    from fastgeo.decoders.uses import current_use, new_use, one_use
+
+    with one_use():
+        mine = current_use()
+        thread = threading.Thread(target=new_use)
+        thread.start()
+        thread.join(60)
+        assert current_use() == mine
+    with one_use():
+        assert current_use() > mine
+
+
+def test_a_filter_added_while_another_thread_differentiates_by_torch_func_is_kept():
+    """The torch.func path silenced vmap's notes by ``warnings.catch_warnings``, which puts back
+    on exit the filter list it saved on entry: a filter the user added in another thread
+    meanwhile was lost, and two threads there at once left the library's filter behind."""
+    import threading
+    import warnings
+
+    from fastgeo.decoders.generic import generic_value_and_tangents
+
+    entered, release = threading.Event(), threading.Event()
+    weight = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def blocking(z):
+        if threading.current_thread() is not threading.main_thread() and not entered.is_set():
+            entered.set()
+            release.wait(60)
+        return torch.tanh(z @ weight)
+
+    z = torch.randn(5, 3, dtype=F64)
+    with warnings.catch_warnings():
+        before = list(warnings.filters)
+        thread = threading.Thread(target=generic_value_and_tangents, args=(blocking, z, z[None]), daemon=True)
+        thread.start()
+        try:
+            assert entered.wait(60)
+            warnings.filterwarnings("error", message="a rule of the user's")
+        finally:
+            release.set()
+            thread.join(60)
+        assert warnings.filters[0][1].pattern == "a rule of the user's"
+        assert warnings.filters[1:] == before
+
+
 class InPlaceResidual(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -36,6 +36,27 @@ def test_training_mode_behind_a_function_is_refused(wrap):
     fastgeo.ExpectedMetric(fn, constant_precision(2, 3))
 
 
+@pytest.mark.parametrize("entry", ["pairwise_distances", "nearest_neighbors", "LatentGraph", "geodesics"])
+def test_a_decoder_switched_to_training_mode_is_refused_before_it_runs(entry):
+    """pairwise_distances and nearest_neighbors refused it only after decoding every code (the
+    batch norm's running statistics changed, dropout drawn from the user's RNG); LatentGraph built
+    its graph from the random decoder without a word."""
+    net = mlp(extra=(torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.2)))
+    metric = fastgeo.ExpectedMetric(net, constant_precision(2, 3))
+    net.train()
+    Z = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=f64)
+    call = {
+        "pairwise_distances": lambda: fastgeo.pairwise_distances(metric, Z, progress=False),
+        "nearest_neighbors": lambda: fastgeo.nearest_neighbors(metric, Z, k=2, progress=False),
+        "LatentGraph": lambda: fastgeo.LatentGraph(metric),
+        "geodesics": lambda: fastgeo.geodesics(metric, Z[:2], Z[2:], progress=False),
+    }[entry]
+    stats, rng = net[1].running_mean.clone(), torch.get_rng_state()
+    with pytest.raises(ValueError, match="in training mode"):
+        call()
+    assert torch.equal(net[1].running_mean, stats) and torch.equal(torch.get_rng_state(), rng)
+
+
 def test_a_method_of_a_vae_whose_encoder_alone_has_dropout_is_accepted():
     class VAE(torch.nn.Module):
         def __init__(self):

@@ -109,9 +109,11 @@ def _axes(z: Tensor) -> Tensor:
 
 
 # fn -> (structure key, widest or _MISMATCH if the structure is not the chain it looks like, the
-# use (fastgeo.decoders.uses) it was last checked in, whether a mismatch was of steps read afresh)
+# last uses (fastgeo.decoders.uses) it was checked in with that outcome, whether a mismatch was of
+# steps read afresh)
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MISMATCH = -1
+RECENT_USES = 8  # threads solving at once with one decoder: each its use, checked once
 
 
 def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain | None:
@@ -132,8 +134,8 @@ def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain
     try:
         known, widest, checked_in, read_afresh = _CHECKED[fn]
     except (KeyError, TypeError):
-        known = widest = checked_in = read_afresh = None
-    if known == key and checked_in == use:
+        known, widest, checked_in, read_afresh = None, None, (), None
+    if known == key and use in checked_in:
         return None if widest == _MISMATCH else StackedChain(steps, widest)
     with torch.no_grad():
         expected = check_value(fn(probe), probe)  # the decoder's own errors are the user's
@@ -146,8 +148,11 @@ def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain
             steps, key = found
             chain = _agreeing(steps, probe, expected)
         fresh = True
+    outcome = _MISMATCH if chain is None else chain.widest
+    same = known == key and widest == outcome
+    uses = (*checked_in[1 - RECENT_USES :], use) if same else (use,)
     try:
-        _CHECKED[fn] = (key, _MISMATCH if chain is None else chain.widest, use, fresh)
+        _CHECKED[fn] = (key, outcome, uses, fresh)
     except TypeError:  # not weak-referenceable: checked again next time
         pass
     return chain

@@ -3,13 +3,13 @@ the stacked forward mode, and the reference it is tested against."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .._quiet import quiet
 from ..ops import use_backend
 
 
@@ -35,9 +35,8 @@ def generic_value_and_tangents(
     ``fn`` without forward-mode support, the double-backward trick (two reverse passes).
     """
     k = tangents.shape[0]
-    with use_backend("reference"), sdpa_kernel([SDPBackend.MATH]), warnings.catch_warnings():
-        # vmap's notes on ops it loops over are about its speed, which is this fallback's anyway
-        warnings.filterwarnings("ignore", message="There is a performance drop")
+    # vmap's notes on ops it loops over are about its speed, which is this fallback's anyway
+    with use_backend("reference"), sdpa_kernel([SDPBackend.MATH]), quiet("There is a performance drop"):
         if k == 0:
             with torch.no_grad():
                 value = check_value(fn(z), z)

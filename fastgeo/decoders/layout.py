@@ -5,7 +5,10 @@ forward mode, :mod:`.layers`, converts its own), and the layout then carries thr
 layers and later convolutions. A decoder's own ``forward`` is called on contiguous images from
 its first reshape on; :func:`channels_last` converts the input of each 2-D convolution for the
 duration of a call, through forward pre-hooks removed afterwards (the user's module is left as
-it was). Values are the same up to rounding, and gradients flow through the conversion.
+it was); the hooks convert in the thread that placed them only, so that a call of another thread
+on the same module (the user's own, or another solve) is not changed by them: two threads solving
+with one conv decoder got results that differed by rounding, and then by iterations. Values are
+the same up to rounding, and gradients flow through the conversion.
 
 A decoder that handles a channels-last image differently (``view`` on it raises; custom code
 may branch on strides) is not converted: whether it can is checked once per module, on a few
@@ -15,6 +18,7 @@ points, against the plain call.
 from __future__ import annotations
 
 import contextlib
+import threading
 import types
 import weakref
 from collections.abc import Callable, Iterator
@@ -30,9 +34,12 @@ CHECK_RTOL = 1e-4
 CHECK_ATOL = 1e-5
 
 _verdicts: weakref.WeakKeyDictionary[Callable[[Tensor], Tensor], bool] = weakref.WeakKeyDictionary()
+_converting = threading.local()  # .depth: channels-last blocks open in this thread
 
 
 def _to_channels_last(module: nn.Module, args: tuple) -> tuple | None:
+    if not getattr(_converting, "depth", 0):
+        return None  # another thread's hook
     x = args[0] if args else None
     if isinstance(x, Tensor) and x.dim() == 4 and x.device.type == "cpu":
         return (x.contiguous(memory_format=torch.channels_last), *args[1:])
@@ -42,9 +49,11 @@ def _to_channels_last(module: nn.Module, args: tuple) -> tuple | None:
 @contextlib.contextmanager
 def _hooked(convolutions: list[nn.Module]) -> Iterator[None]:
     handles = [conv.register_forward_pre_hook(_to_channels_last) for conv in convolutions]
+    _converting.depth = getattr(_converting, "depth", 0) + 1
     try:
         yield
     finally:
+        _converting.depth -= 1
         for handle in handles:
             handle.remove()
 

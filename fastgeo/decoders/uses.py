@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The number of the last use, for every thread; how deep the current thread is in uses, per
-# thread (another thread's solve must not make this thread's calls part of it).
+# The number of the last use begun in any thread; per thread, the use it is in and how deep (a
+# use of another thread must not make this thread's calls part of it, nor begin a new use in the
+# middle of this thread's solve: its chains would be checked again there, two threads solving
+# with one decoder got other results than one alone).
 _COUNT = {"use": 0}
 _LOCK = threading.Lock()
 _THREAD = threading.local()
@@ -28,10 +30,11 @@ _THREAD = threading.local()
 
 def new_use() -> None:
     """A call from outside the library begins (no-op within :func:`one_use` in this thread):
-    every chain is checked again at its next evaluation."""
+    every chain is checked again at its next evaluation in this thread."""
     if getattr(_THREAD, "depth", 0) == 0:
         with _LOCK:
             _COUNT["use"] += 1
+            _THREAD.use = _COUNT["use"]
 
 
 @contextmanager
@@ -58,5 +61,5 @@ def in_one_use(function: F) -> F:
 
 
 def current_use() -> int:
-    """The number of the use going on (it only grows)."""
-    return _COUNT["use"]
+    """The number of the use this thread is in (unique across threads; it only grows)."""
+    return getattr(_THREAD, "use", 0)

@@ -20,11 +20,11 @@ its mean is an ``nn.Module``).
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor
 
+from .._quiet import quiet
 from ..curves import Curves
 from ..metric import ExpectedMetric, feature_segments, length_from_segments
 from .result import Work
@@ -178,8 +178,7 @@ def float64_metric(metric: ExpectedMetric) -> ExpectedMetric | None:
     where it cannot be made or run (a plain callable mean, a decoder written for float32). Its
     checks' warnings are not repeated: the user's metric gave them when it was made."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             return metric.to(torch.float64)
     except (TypeError, RuntimeError, ValueError):
         return None
