@@ -74,3 +74,18 @@ def test_a_generator_file_of_ones_own_is_a_generator(tmp_path):
     assert workloads.present_generator_path("my_vae") is None  # a stem alone is no file here
     with pytest.raises(ValueError, match="or a generator file"):
         workloads.generator_path(str(tmp_path / "missing.safetensors"))
+
+
+@pytest.mark.parametrize("labels", [torch.zeros(30), torch.arange(30)], ids=["one class", "all distinct"])
+def test_pairs_of_a_generator_file_without_classes(labels):
+    """A user's generator file whose codes have one class (or each its own) made the benchmarks'
+    pair sampling loop for ever (it wanted pairs across and within classes)."""
+    from fastgeo.benchmarks.pairs import pair_indices
+
+    I, J = pair_indices(labels, 9, 0)
+    assert len(I) == len(J) == 9 and all(i != j for i, j in zip(I, J, strict=True))
+    mixed = torch.arange(30) % 3
+    I, J = pair_indices(mixed, 9, 0)
+    assert [bool(mixed[i] != mixed[j]) for i, j in zip(I, J, strict=True)] == [True] * 3 + [False] * 6
+    with pytest.raises(ValueError, match="at least 2 codes"):
+        pair_indices(torch.zeros(1), 3, 0)
