@@ -73,6 +73,13 @@ def _describe(name: str) -> str:
     return REAL_GENERATORS.get(name, "d = 2, MLP, digits 8x8 (D = 64)")
 
 
+def _convolutional(metric: fastgeo.ExpectedMetric) -> bool:
+    """Whether the decoder mean has a convolution (the plot draws conv and MLP decoders apart)."""
+    mean = getattr(metric.mean, "__self__", metric.mean)  # a method of a module: the module
+    modules = mean.modules() if isinstance(mean, torch.nn.Module) else ()
+    return any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in modules)
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -135,7 +142,8 @@ def test_real_model(benchmark, problem, reference, method):
         lengths = problem["m64"].length(points.double())
     row = {
         "generator": generator_label(problem["name"]), "about": _describe(problem["name"]), "d": z0.shape[1],
-        "D": problem["metric"].data_dim, "method": label, "lengths": lengths, "statuses": _statuses(res),
+        "conv": _convolutional(problem["metric"]), "D": problem["metric"].data_dim, "method": label,
+        "lengths": lengths, "statuses": _statuses(res),
         "ms_per_geodesic": 1e3 * benchmark.stats.stats.min / len(z0), "peak_rss_mb": _peak_rss_mb(),
     }  # fmt: skip
     benchmark.extra_info.update(environment("cpu"))
@@ -188,6 +196,9 @@ def _print_table():
         table = real_models_table()
         out = results_dir()
         tag = f"real_models_seed{SEED}"
+        own = [generator_label(n) for n in NAMES if own_file(n) is not None]
+        if own:  # a user's own files: a table of their own, not the shipped generators' overwritten
+            tag += "_" + "_".join(own)
         (out / f"{tag}.md").write_text(table + "\n")
         print("\n" + table)
         write_time_plot(out / f"{tag}.png")
@@ -207,7 +218,7 @@ def write_time_plot(path: Path) -> None:
     for method, marker, color in styles:
         rows = [r for r in ROWS if r["method"].startswith(method)]
         for conv in (False, True):
-            pick = [r for r in rows if ("conv" in r["generator"]) == conv]
+            pick = [r for r in rows if r["conv"] == conv]
             if not pick:
                 continue
             # every generator a marker; the line through the median time of each d (several

@@ -159,7 +159,17 @@ def generator(name: str) -> tuple[fastgeo.ExpectedMetric, Tensor, Tensor]:
     """(metric, latent codes (M, d), labels (M,)) of a shipped generator, float32."""
     path = generator_path(name)
     extra = load_extra(path)
-    return fastgeo.load_generator(path), extra["latents"].to(DTYPE), extra["labels"]
+    if "latents" not in extra:
+        raise ValueError(
+            f"{path}: the benchmarks take their pairs from the training codes the generator file keeps; "
+            "save it with fastgeo.save_generator(path, metric, extra={'latents': Z, 'labels': y}) "
+            "(labels optional: classes, for a third of the pairs across them)"
+        )
+    latents = extra["latents"].to(DTYPE)
+    labels = extra.get("labels")
+    if labels is None:  # no classes: pairs of any codes
+        labels = torch.zeros(latents.shape[0], dtype=torch.long)
+    return fastgeo.load_generator(path), latents, labels
 
 
 def pair_indices(labels: Tensor, n: int = PAIRS, seed: int = 0) -> tuple[list[int], list[int]]:
