@@ -138,3 +138,11 @@ def test_an_out_path_that_is_a_folder_is_refused_before_any_work(metric, tmp_pat
         Z = torch.cat([Z, Z[:1]])
     with pytest.raises(ValueError, match="out: .* is a folder"):
         run(metric, Z, out=tmp_path / "D.npy")
+
+
+def test_a_report_prints_in_one_line():
+    """Its dataclass repr printed both (M, M) tensors whole."""
+    _, report = run(metric=bumpy_metric(d=4), Z=codes(5, 3))
+    text = repr(report)
+    assert text.startswith("PairwiseReport(5 x 5: 10 geodesics") and "tensor(" not in text
+    assert "chunks of up to" in str(report)

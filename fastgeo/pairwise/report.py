@@ -101,6 +101,11 @@ class PairwiseReport:
             mask = torch.triu(mask, diagonal=1)
         return mask.nonzero()
 
+    def __repr__(self) -> str:
+        # the dataclass's own printed both (M, M) tensors whole: pages of numbers in a notebook
+        shape = tuple(self.status_code.shape)
+        return f"PairwiseReport({shape[0]} x {shape[1]}: {self})"
+
     def __str__(self) -> str:
         mode = self.options.get("mode", "exact")
         if mode == "exact":
@@ -111,7 +116,7 @@ class PairwiseReport:
                 + (f", {equal} between equal codes (0)" if equal > 0 else "")
                 + (f", {chains} chains' lengths" if chains else "")
                 + "; "
-                f"{self.chunks_total} chunks of {self.chunk_size} ({self.chunks_computed} solved, "
+                f"{self.chunks_total} chunks of up to {self.chunk_size} ({self.chunks_computed} solved, "
                 f"{self.chunks_loaded} loaded); {self.wall_time:.2f} s; "
                 f"{self.decoder_evals} decoder evals, {self.decoder_jvps} decoder JVPs"
                 + ("" if self.chain_check is None else f"; {self.chain_check}")
@@ -124,7 +129,7 @@ class PairwiseReport:
             )
         elif mode == "draft":
             head = (
-                f"{self.n_pairs} pairs as drafts (coarse curves) in {self.chunks_total} chunks of "
+                f"{self.n_pairs} pairs as drafts (coarse curves) in {self.chunks_total} chunks of up to "
                 f"{self.chunk_size} ({self.chunks_computed} solved, {self.chunks_loaded} loaded), "
                 f"{self.draft_chains} shortened by chains of drafts"
             )
