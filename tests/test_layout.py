@@ -126,8 +126,7 @@ def test_a_decoder_that_raises_raises_to_the_caller():
 def test_another_threads_conversion_leaves_this_threads_calls_as_they_are():
     """The hooks are on the user's module while a thread of the library converts: another thread's
     own call of the decoder meanwhile (the user's, or another solve's plain call) took
-    channels-last images too (589 of 600 calls of a conv decoder), and two threads solving with
-    one decoder got results that differed in rounding, then in iterations."""
+    channels-last images too (589 of 600 calls of a conv decoder)."""
     import threading
 
     model = conv_decoder()

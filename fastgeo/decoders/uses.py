@@ -21,8 +21,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # The number of the last use begun in any thread; per thread, the use it is in and how deep (a
 # use of another thread must not make this thread's calls part of it, nor begin a new use in the
-# middle of this thread's solve: its chains would be checked again there, two threads solving
-# with one decoder got other results than one alone).
+# middle of this thread's solve: its chains would be checked again there, and at every
+# evaluation where the two threads take turns).
 _COUNT = {"use": 0}
 _LOCK = threading.Lock()
 _THREAD = threading.local()
