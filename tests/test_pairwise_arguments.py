@@ -146,3 +146,14 @@ def test_a_report_prints_in_one_line():
     text = repr(report)
     assert text.startswith("PairwiseReport(5 x 5: 10 geodesics") and "tensor(" not in text
     assert "chunks of up to" in str(report)
+
+
+@pytest.mark.parametrize("entry", ["pairwise_distances", "nearest_neighbors"])
+def test_a_memory_budget_below_one_pair_is_warned(metric, entry):
+    """It was floored at one pair per chunk without a word."""
+    Z = codes(3, 5)
+    call = getattr(fastgeo, entry)
+    extra = {"k": 1} if entry == "nearest_neighbors" else {}
+    with pytest.warns(UserWarning, match="below the memory model's estimate for one pair") as record:
+        call(metric, Z, memory_budget=1024, progress=False, workers=1, method="fast", **extra)
+    assert record[0].filename == __file__

@@ -360,7 +360,8 @@ def _layout(
     (resuming with neither given) the chunk size of the checkpoint."""
     explicit = chunk_size is not None or memory_budget is not None
     if chunk_size is None:
-        chunk_size = split_size(pairs.n_pairs, chunk_size_for_budget(metric, options, memory_budget), workers)
+        budgeted = chunk_size_for_budget(metric, options, memory_budget, stacklevel=3)
+        chunk_size = split_size(pairs.n_pairs, budgeted, workers)
     chunk_size = _checks.integer("chunk_size", chunk_size, 1)
     if checkpoint is not None and not explicit:
         chunk_size = checkpointed_chunk_size(checkpoint, chunk_size)  # keep a resumed run's layout

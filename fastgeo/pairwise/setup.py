@@ -107,8 +107,11 @@ def build_latent_graph(metric: ExpectedMetric, options: dict[str, Any], progress
     return graph.edge_evals if built else 0
 
 
-def chunk_size_for_budget(metric: ExpectedMetric, options: dict[str, Any], memory_budget: int | None) -> int:
-    """Pairs per chunk that fit ``memory_budget`` bytes by the solver's memory model."""
+def chunk_size_for_budget(
+    metric: ExpectedMetric, options: dict[str, Any], memory_budget: int | None, stacklevel: int = 2
+) -> int:
+    """Pairs per chunk that fit ``memory_budget`` bytes by the solver's memory model (at least
+    one: a budget given below one pair's estimate is warned of, at ``stacklevel`` from the caller)."""
     opts = solver_options_of(metric, options)
     per_pair = working_memory_per_curve(
         metric.latent_dim,
@@ -118,6 +121,13 @@ def chunk_size_for_budget(metric: ExpectedMetric, options: dict[str, Any], memor
         torch.finfo(metric.dtype).bits // 8,
     )
     budget = default_memory_budget(metric.device) if memory_budget is None else memory_budget
+    if memory_budget is not None and per_pair > memory_budget:
+        warnings.warn(
+            f"memory_budget ({memory_budget / 2**20:.0f} MiB) is below the memory model's estimate for "
+            f"one pair ({per_pair / 2**20:.0f} MiB; an upper bound, up to ~10x above what large decoders "
+            "use): solving one pair per chunk",
+            UserWarning, stacklevel=stacklevel + 1,
+        )  # fmt: skip
     size = max(1, int(budget) // per_pair)
     if dist_info()[1] > 1:  # every process must cut the pairs alike: free GPU memory differs
         smallest = torch.tensor([size], device=metric.device)
