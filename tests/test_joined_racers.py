@@ -94,3 +94,10 @@ def test_the_lowest_racer_of_every_curve_goes_on(joining, monkeypatch):
     out = drop(torch.arange(5), coeffs, energies, torch.ones(5, dtype=torch.bool))
     assert not out[0] and not out[3]
     assert out[[1, 2, 4]].tolist() == [joining] * 3
+
+
+def test_racers_in_any_order_of_their_curves():
+    r = race.JOIN_RADIUS
+    drop, coeffs, energies = _racers(0.0, [0.9 * r, 0.0, 10 * r, 0.0, 0.9 * r], [0, 1, 1, 0, 1])
+    out = drop(torch.arange(5), coeffs, energies, torch.ones(5, dtype=torch.bool))
+    assert out.tolist() == [True, False, False, False, True]

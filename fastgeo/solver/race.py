@@ -254,15 +254,16 @@ def _joined_racers(
     curve is within JOIN_RADIUS chords (at every point) of a racer of its curve with a lower energy
     (iterating or converged) and no wall separates the two (:func:`_separated`'s test on the
     midpoint curve): it is in that racer's basin, and would only follow it there. A curve's lowest
-    racer never stops so. Racers' ends a, b (R, d), curve_idx (R,) in order of the curves."""
+    racer never stops so. Racers' ends a, b (R, d), their curves curve_idx (R,)."""
     chord = (b - a).norm(dim=-1)
-    # (C, K): the racers of each curve (they come in order of their curves), -1 for none.
+    # (C, K): the racers of each curve, -1 for none.
     counts = torch.bincount(curve_idx)
     K = int(counts.max()) if counts.numel() else 0
+    order = torch.argsort(curve_idx, stable=True)
     first = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(curve_idx.numel(), device=a.device) - first[curve_idx]
+    slot = torch.arange(curve_idx.numel(), device=a.device) - first[curve_idx[order]]
     table = torch.full((counts.numel(), K), -1, dtype=torch.long, device=a.device)
-    table[curve_idx, slot] = torch.arange(curve_idx.numel(), device=a.device)
+    table[curve_idx[order], slot] = order
 
     def drop(active: Tensor, coeffs: Tensor, energies: Tensor, keepers: Tensor) -> Tensor:
         rows = table[curve_idx[active]]  # (n, K): the racers of each active racer's curve
