@@ -28,11 +28,6 @@ LENGTH_TOL_FACTOR = 30.0  # the length test's looser energy tolerance (see leven
 INITIAL_DAMPING = 1e-3
 REFRESH_BELOW = 0.25  # lagged mode: a new Gauss-Newton matrix where the gain ratio falls below this
 
-# drop(active (a,), coeffs (B, m, d), energies (B,), keepers (B,) bool) -> (a,) bool: after every
-# iteration, the curves still iterating that need not go on (given every curve's coefficients and
-# energy now, and which curves may stand in for another: those iterating or converged).
-Dropper = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-
 
 def levenberg_marquardt(
     parts: Parts,
@@ -46,7 +41,6 @@ def levenberg_marquardt(
     secant: bool = True,
     finer: FinerGains | None = None,
     rounded: bool = False,
-    drop: Dropper | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Minimize ``E(a) = (N-1)/2 sum_n ||f(c_{n+1}) - f(c_n)||^2`` for every curve of a batch.
 
@@ -75,9 +69,6 @@ def levenberg_marquardt(
     ``rounded`` (lagged mode only): the linearizations' Jacobians are rounded (tangents pushed in
     bfloat16, :mod:`fastgeo.decoders.low_precision`), so every gradient, the first included, comes
     from ``gradient``; the matrices only shape the steps.
-
-    ``drop`` (see :data:`Dropper`): curves it names after an iteration stop there, with the
-    status ``max_iter`` (the race drops a racer that has joined a better one's basin).
 
     A curve converges when a step changes its energy, or its length ``sum sqrt(s_n)`` while the
     energy changes by less than ``LENGTH_TOL_FACTOR * tol``, by less than ``tol`` relative: near
@@ -234,20 +225,11 @@ def levenberg_marquardt(
                 state.lam[stalled], state.nu[stalled] = INITIAL_DAMPING, 2.0
                 age[doubt], verdict[doubt] = 0, 0
         leave = (verdict != 0) | ~ok
-        dropped = torch.zeros_like(leave)
-        if drop is not None:
-            now_c, now_e = coeffs.clone(), energies.clone()
-            now_c[active], now_e[active] = c, state.e
-            keepers = status == CONVERGED
-            keepers[active] = ok
-            dropped = drop(active, now_c, now_e, keepers) & ~leave
-            leave = leave | dropped
         if bool(leave.any()):
             out = leave.nonzero().squeeze(1)
             rows = active[out]
             coeffs[rows], energies[rows] = c[out], state.e[out]
-            ended = torch.where(verdict[out] == 1, CONVERGED, STALLED)
-            ended = torch.where(dropped[out], MAX_ITER, ended).to(torch.int8)
+            ended = torch.where(verdict[out] == 1, CONVERGED, STALLED).to(torch.int8)
             status[rows] = torch.where(ok[out], ended, torch.full_like(ended, NONFINITE))
             if finer is not None:
                 done = out[(verdict[out] == 1) & ok[out]]

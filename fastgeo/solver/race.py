@@ -1,7 +1,6 @@
 """The race of starts: every start of a curve is scored by the full energy, the best ``refine``
-of them are optimized to convergence on a coarse grid (a racer that joins a better one's basin
-stops there), and the winner (with every racer too close to it to call, where a wall separates
-the two) is refined at full resolution."""
+of them are optimized to convergence on a coarse grid, and the winner (with every racer too
+close to it to call, where a wall separates the two) is refined at full resolution."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from ..metric import ExpectedMetric, energy_from_segments, length_from_segments
 from .finer_gain import finer_gains
 from .first_order import adam
 from .graph import LatentGraph
-from .levenberg_marquardt import Dropper, levenberg_marquardt
+from .levenberg_marquardt import levenberg_marquardt
 from .options import SPLINE_METHODS, SolverOptions
 from .problem import Grid, Parts, full_gradient, full_parts, full_segments
 from .result import Work
@@ -30,13 +29,6 @@ CLOSE_RACE = 0.01  # racers within this relative energy of their curve's winner 
 DISTINCT = 0.05  # ... if their curve is this fraction of the chord away from the winner's
 SAME_BASIN = 1e-3  # ... and if the curve halfway between the two is this much above both in energy
 STEPPED_OVER = 0.02  # relative energy a racer gains at its grid's midpoints to count as under-resolved
-# A racer this many chords from a racer of its curve with a lower energy, no wall between them,
-# stops there (_joined_racers): the radius within which two starts count as one (DISTINCT). Racers
-# of a curve mostly reach one basin (trained d = 16 MLPs: all four racers of 15 of 16 curves, 0.002
-# to 0.025 chords apart at the end), slowly, along its flat floor. A larger radius stopped more
-# (0.2: half the race's iterations) but also racers on a plateau that were to reach a shorter basin
-# (conv5_small seed 1: 3.8 % long; bench/RESULTS.md, "Racers that joined a better one's basin").
-JOIN_RADIUS = DISTINCT
 
 
 def _finite_or_inf(energy: Tensor) -> Tensor:
@@ -233,57 +225,11 @@ def _race(
     best after a few iterations, a racer can end first. (Racers more than 5 % behind after 4
     iterations used to stop there: pairs of random codes of the two-moons and digits VAEs came
     out up to 4.8 % long, a LeakyReLU conv decoder's 4.9 %; bench/RESULTS.md, "Racers stopped too
-    early" and "Every racer to convergence".) Only a racer that has joined a better racer's basin
-    stops early (:func:`_joined_racers`; its energy is then that of where it stopped).
+    early" and "Every racer to convergence".)
     Returns coeffs, energies, status codes and iterations per racer."""
     a, b = z0[curve_idx], z1[curve_idx]
     if opts.method == "paper":
         segments = full_segments(metric, a, b, grid, work)
         everyone = torch.arange(len(curve_idx), device=z0.device)
         return adam(segments, starts, segments(starts, everyone), opts.max_iter, tol, a, b)
-    joined = _joined_racers(metric, a, b, curve_idx, grid, work)
-    return levenberg_marquardt(
-        features, a, b, starts, grid, opts.max_iter, tol, secant=opts.secant, drop=joined
-    )
-
-
-def _joined_racers(
-    metric: ExpectedMetric, a: Tensor, b: Tensor, curve_idx: Tensor, grid: Grid, work: Work
-) -> Dropper:
-    """The race's :data:`~.levenberg_marquardt.Dropper`: a racer still iterating stops where its
-    curve is within JOIN_RADIUS chords (at every point) of a racer of its curve with a lower energy
-    (iterating or converged) and no wall separates the two (:func:`_separated`'s test on the
-    midpoint curve): it is in that racer's basin, and would only follow it there. A curve's lowest
-    racer never stops so. Racers' ends a, b (R, d), their curves curve_idx (R,)."""
-    chord = (b - a).norm(dim=-1)
-    # (C, K): the racers of each curve, -1 for none.
-    counts = torch.bincount(curve_idx)
-    K = int(counts.max()) if counts.numel() else 0
-    order = torch.argsort(curve_idx, stable=True)
-    first = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(curve_idx.numel(), device=a.device) - first[curve_idx[order]]
-    table = torch.full((counts.numel(), K), -1, dtype=torch.long, device=a.device)
-    table[curve_idx[order], slot] = order
-
-    def drop(active: Tensor, coeffs: Tensor, energies: Tensor, keepers: Tensor) -> Tensor:
-        rows = table[curve_idx[active]]  # (n, K): the racers of each active racer's curve
-        valid = rows >= 0
-        others = rows.clamp(min=0)
-        dev = torch.einsum("nm,rmd->rnd", grid.psi, coeffs)  # deviations from the straight line
-        gap = (dev[others] - dev[active][:, None]).norm(dim=-1).amax(-1)  # (n, K)
-        e = energies[active]
-        lower = energies[others] < e[:, None]
-        near = valid & keepers[others] & lower & (gap <= JOIN_RADIUS * chord[active][:, None])
-        out = torch.zeros_like(active, dtype=torch.bool)
-        has = near.any(-1).nonzero().squeeze(1)
-        if has.numel() == 0:
-            return out
-        # The nearest such racer: is a wall between the two?
-        nearest = torch.where(near[has], gap[has], torch.inf).argmin(-1, keepdim=True)
-        best = others[has].gather(1, nearest)[:, 0]
-        mine = active[has]
-        walled = _separated(metric, a[mine], b[mine], coeffs[mine], coeffs[best], grid, work)
-        out[has] = ~walled
-        return out
-
-    return drop
+    return levenberg_marquardt(features, a, b, starts, grid, opts.max_iter, tol, secant=opts.secant)
