@@ -11,6 +11,8 @@ equal those with the dense one.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from analytic import bumpy_metric
@@ -233,13 +235,19 @@ def test_the_solvers_curves_do_not_change_with_the_banded_step(monkeypatch):
 
 @pytest.mark.parametrize("d", [5, 8, 9, 17, 32, 33, 64])
 def test_a_curves_step_does_not_depend_on_its_batch(d):
-    """Bit for bit alone and in a batch (odd blocks, and two threads where there are two)."""
+    """Bit for bit alone and in a batch (odd blocks, and two threads where there are two: set
+    here, since the test workers run one thread each)."""
     grad, hess, lam, band = _banded_system(5, 16, d, 64, seed=d)
     grad, hess, lam = grad.float(), hess.float(), lam.float().clamp(min=1e-4)
-    step, predicted, _ = kernel(grad, hess, lam, 63, d, band)
-    for k in range(5):
-        alone = kernel(grad[k : k + 1], hess[k : k + 1], lam[k : k + 1], 63, d, band)
-        assert torch.equal(alone[0][0], step[k]) and torch.equal(alone[1][0], predicted[k]), k
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    try:
+        step, predicted, _ = kernel(grad, hess, lam, 63, d, band)
+        for k in range(5):
+            alone = kernel(grad[k : k + 1], hess[k : k + 1], lam[k : k + 1], 63, d, band)
+            assert torch.equal(alone[0][0], step[k]) and torch.equal(alone[1][0], predicted[k]), k
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_dense_oracle_takes_banded_steps_from_d_8(monkeypatch):
