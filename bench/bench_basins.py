@@ -29,7 +29,15 @@ rewritten after every seed, so a partial run leaves its rows. The oracle's start
 solver's own curves, so a kept oracle comes from the solver of its day: ``--refresh-oracle``
 computes it again, prints how the lengths moved and keeps the shorter per pair;
 ``--refresh-loose 0.1`` does so on the pairs alone where the default's curve is more than 0.1 %
-shorter than the kept oracle's (minutes instead of an hour at d >= 8). The float64
+shorter than the kept oracle's (minutes instead of an hour at d >= 8). The oracle is solved
+``--oracle-chunk`` pairs per call, each chunk saved as it ends (``bench/oracle/*.json.partial``), so
+a run stopped after hours resumes where it stopped; ``--oracle-only`` computes (or resumes) the
+oracles and nothing else:
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 OMP_NUM_THREADS=1 nice -n 19 \
+        python bench/bench_basins.py --generators conv12_upsample_glyphs --seeds 0 --oracle-only
+
+The float64
 oracle spends ~28 % of its CPU time in the kernel mapping freed tensors afresh (glibc); with
 ``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296`` in the environment 3 %
 (mlp12_small, 4 pairs: 15.2 -> 11.1 s of CPU).
@@ -82,9 +90,18 @@ WORST_GOAL, MEAN_GOAL = 0.5, 0.05  # % (issue 15)
 # on three pairs of 240).
 LOOSE_ORACLE = 0.5
 ORACLE_DIR = Path(__file__).resolve().parent / "oracle"
+# Pairs per call of the dense oracle: each chunk is saved as it ends (hours per sample at d >= 8).
+ORACLE_CHUNK = 4
 
 
-def run_one(name: str, seed: int, n: int, refresh: bool = False, refresh_loose: float | None = None) -> dict:
+def run_one(
+    name: str,
+    seed: int,
+    n: int,
+    refresh: bool = False,
+    refresh_loose: float | None = None,
+    chunk: int = ORACLE_CHUNK,
+) -> dict:
     metric = generator(name)[0]
     m64 = metric.to(torch.float64)
     z0, z1 = solver_pairs(name, n, seed)
@@ -92,7 +109,7 @@ def run_one(name: str, seed: int, n: int, refresh: bool = False, refresh_loose: 
         t = time.perf_counter()
         res = fastgeo.geodesics(metric, z0, z1, progress=False)
         default_s = time.perf_counter() - t
-        dense_lengths, dense_status, dense_s = dense_oracle(name, seed, n, m64, z0, z1, refresh)
+        dense_lengths, dense_status, dense_s = dense_oracle(name, seed, n, m64, z0, z1, refresh, chunk)
         measured = measured_lengths(m64, res.points(MEASURE_POINTS))
         ex = 100 * (measured / dense_lengths - 1)
         if refresh_loose is not None and bool((ex < -refresh_loose).any()):
@@ -121,13 +138,17 @@ def run_one(name: str, seed: int, n: int, refresh: bool = False, refresh_loose: 
 
 
 def dense_oracle(
-    name: str, seed: int, n: int, m64, z0, z1, refresh: bool = False
+    name: str, seed: int, n: int, m64, z0, z1, refresh: bool = False, chunk: int = ORACLE_CHUNK
 ) -> tuple[torch.Tensor, list[str], float]:
     """The dense oracle's lengths (measured like every curve), statuses and time for a sample,
     kept in ``bench/oracle/`` (the oracle does not change with the solver under test; a
     changed generator file or sample gives another key). ``refresh``: compute it again (its starts
     are the default solver's curves, which change with the solver), print how its lengths differ
-    from the kept ones, and keep the shorter per pair (every oracle length is an upper bound)."""
+    from the kept ones, and keep the shorter per pair (every oracle length is an upper bound).
+
+    It is computed ``chunk`` pairs at a time (the solver is batch independent: the same curves as
+    in one call), each chunk's lengths saved beside the kept file (``*.json.partial``), so a run
+    stopped after hours resumes where it stopped, in this process or a later one."""
     path, key = oracle_path(name, seed, n, z0, z1)
     kept = _read_oracle(path)
     if kept is not None and not refresh:
@@ -138,10 +159,7 @@ def dense_oracle(
             "computing it (up to hours at d >= 8)",
             flush=True,
         )
-    t = time.perf_counter()
-    dense = fastgeo.geodesics(m64, z0.double(), z1.double(), method="dense")
-    seconds = time.perf_counter() - t
-    lengths = oracle_lengths(m64, dense)
+    lengths, status, seconds = _oracle_by_chunks(name, seed, path, key, m64, z0, z1, refresh, chunk)
     if kept is not None:
         rel = lengths / kept["lengths"] - 1
         print(
@@ -151,11 +169,9 @@ def dense_oracle(
             flush=True,
         )
         shorter = lengths < kept["lengths"]
-        pairs = zip(dense.status.tolist(), kept["status"], shorter.tolist(), strict=True)
+        pairs = zip(status, kept["status"], shorter.tolist(), strict=True)
         status = [new if short else old for new, old, short in pairs]
         lengths, seconds = torch.minimum(lengths, kept["lengths"]), min(seconds, kept["seconds"])
-    else:
-        status = dense.status.tolist()
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "generator": generator_label(name),
@@ -169,7 +185,47 @@ def dense_oracle(
         "threads": torch.get_num_threads(),
     }
     path.write_text(json.dumps(record, indent=1) + "\n")
+    _partial_path(path).unlink(missing_ok=True)
     return lengths, status, seconds
+
+
+def _partial_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _oracle_by_chunks(
+    name: str, seed: int, path: Path, key: str, m64, z0, z1, refresh: bool, chunk: int
+) -> tuple[torch.Tensor, list[str], float]:
+    """The oracle of every pair of a sample, ``chunk`` pairs per call, resumed from and saved to
+    the partial file after each chunk. Returns lengths (n,), statuses and the seconds they took
+    (summed over the runs that computed them)."""
+    n = z0.shape[0]
+    partial = _partial_path(path)
+    done: dict = {"key": key, "refresh": refresh, "lengths": {}, "status": {}, "seconds": 0.0}
+    if partial.exists():
+        saved = json.loads(partial.read_text())
+        if saved.get("key") == key and saved.get("refresh") == refresh:
+            done = saved
+            print(f"[{name} seed {seed}] resuming the oracle: {len(done['lengths'])} of {n} pairs saved",
+                  flush=True)  # fmt: skip
+    todo = [i for i in range(n) if str(i) not in done["lengths"]]
+    for at in range(0, len(todo), chunk):
+        idx = torch.tensor(todo[at : at + chunk])
+        t = time.perf_counter()
+        dense = fastgeo.geodesics(m64, z0[idx].double(), z1[idx].double(), method="dense")
+        lengths = oracle_lengths(m64, dense)
+        done["seconds"] += time.perf_counter() - t
+        for k, i in enumerate(idx.tolist()):
+            done["lengths"][str(i)] = float(lengths[k])
+            done["status"][str(i)] = str(dense.status[k])
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(done, indent=1) + "\n")
+        print(
+            f"[{name} seed {seed}] oracle: {len(done['lengths'])} of {n} pairs ({done['seconds']:.0f} s)",
+            flush=True,
+        )
+    lengths = torch.tensor([done["lengths"][str(i)] for i in range(n)], dtype=torch.float64)
+    return lengths, [done["status"][str(i)] for i in range(n)], done["seconds"]
 
 
 def refresh_pairs(
@@ -310,6 +366,18 @@ def main(argv: list[str] | None = None) -> None:
         help="skip the samples without a kept dense oracle (computing one takes up to hours at d >= 8)",
     )
     p.add_argument(
+        "--oracle-only",
+        action="store_true",
+        help="compute (or resume) the dense oracles of the samples that have none, and nothing else",
+    )
+    p.add_argument(
+        "--oracle-chunk",
+        type=int,
+        default=ORACLE_CHUNK,
+        metavar="K",
+        help="pairs per call of the dense oracle, each chunk saved as it ends (a stopped run resumes)",
+    )
+    p.add_argument(
         "--list-oracles",
         action="store_true",
         help="list the kept dense oracles and whether each belongs to the generator files here, then exit",
@@ -321,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
             cells = (r["file"], r["generator"], r["seed"], r["pairs"], r["state"], f"{r['seconds']:.0f}")
             print("| " + " | ".join(map(str, cells)) + " |")
         return
+    if args.oracle_chunk < 1:
+        p.error("--oracle-chunk: at least 1 pair per call")
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.generators.split(",")
     for name in names:
@@ -345,7 +415,18 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[{name} seed {seed}] skipped: no kept dense oracle", flush=True)
                 continue
             t = time.perf_counter()
-            rows.append(run_one(name, seed, args.pairs, args.refresh_oracle, args.refresh_loose))
+            if args.oracle_only:
+                z0, z1 = solver_pairs(name, args.pairs, seed)
+                m64 = generator(name)[0].to(torch.float64)
+                with torch.no_grad():
+                    *_, spent = dense_oracle(
+                        name, seed, args.pairs, m64, z0, z1, args.refresh_oracle, args.oracle_chunk
+                    )
+                print(f"[{name} seed {seed}] dense oracle kept ({spent:.0f} s of solving)", flush=True)
+                continue
+            rows.append(
+                run_one(name, seed, args.pairs, args.refresh_oracle, args.refresh_loose, args.oracle_chunk)
+            )
             r = rows[-1]
             print(
                 f"[{name} seed {seed}] mean {r['mean']:.3f} % worst {r['worst']:.3f} % "
@@ -354,8 +435,9 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             out.write_text(table(rows, command, args.threads) + "\n")
-    print("\n" + table(rows, command, args.threads))
-    print(f"\nwritten: {out}")
+    if rows:
+        print("\n" + table(rows, command, args.threads))
+        print(f"\nwritten: {out}")
 
 
 if __name__ == "__main__":
