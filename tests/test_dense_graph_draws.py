@@ -33,9 +33,13 @@ def test_the_oracle_takes_the_shortest_basin_of_any_draw():
         oracle = fastgeo.geodesics(m64, z0.double(), z1.double(), method="dense", n_points=64)
         length = float(measured_lengths(m64, oracle.points(MEASURE_POINTS))[0])
     assert oracle.status[0] == "converged"
-    for s in range(1, dense.GRAPH_DRAWS):  # the draws are kept with the metric, as its own graph is
-        graph, built = cached_graph(m64, None, s)
-        assert not built and graph.nodes.dtype == torch.float64
+    # The starts are solved by a float32 copy kept with the metric, and the draws with that copy,
+    # as its own graph is.
+    starts = dense.explorer(m64, True)
+    assert starts.dtype == torch.float32 and dense.explorer(m64, True) is starts
+    for s in range(1, dense.GRAPH_DRAWS):
+        graph, built = cached_graph(starts, None, s)
+        assert not built and graph.nodes.dtype == torch.float32
     # In the shorter basin: below the longer draw's curve by half their gap and more (the oracle's
     # 64 nodes measure 0.1 % above the default's spline there; without the draws it ends 0.4 % long).
     assert length < float(by_draw[0]) * (1 - 0.002), (length, by_draw)

@@ -105,7 +105,7 @@ def test_dense_polishes_each_distinct_start_once(monkeypatch):
     z0, z1 = disc_points(3, 0.9, seed=7), disc_points(3, 0.9, seed=8)
     seen = []
     original = dense.distinct_inits
-    monkeypatch.setattr(dense, "distinct_inits", lambda i, c: seen.append(original(i, c)) or seen[-1])
+    monkeypatch.setattr(dense, "distinct_inits", lambda *a: seen.append(original(*a)) or seen[-1])
     res = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=32)
     start, pair = seen[0]
     assert pair.tolist() == sorted(pair.tolist()) and set(pair.tolist()) == {0, 1, 2}
@@ -114,6 +114,36 @@ def test_dense_polishes_each_distinct_start_once(monkeypatch):
     assert torch.equal(res.curves.z0, z0) and torch.equal(res.curves.z1, z1)
     rel = res.lengths / great_circle(z0, z1) - 1
     assert float(rel.abs().max()) < 1e-3
+
+
+def test_the_oracles_starts_are_solved_by_a_float32_copy_kept_with_the_metric(monkeypatch):
+    """A float64 metric whose mean is a module explores in float32 (the copy kept, made again when
+    the decoder is trained in place); a plain callable, a float32 metric and a given graph explore
+    in the metric itself. The polylines stay float64, at the lengths float64 starts give."""
+    from fastgeo.solver import dense
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 6)).double()
+    metric = fastgeo.ExpectedMetric(net, bumpy_metric().precision)
+    starts = dense.explorer(metric, True)
+    assert starts.dtype == torch.float32 and dense.explorer(metric, None) is starts
+    with torch.no_grad():
+        net[0].weight.mul_(1.5)
+    again = dense.explorer(metric, True)
+    assert again is not starts and again.dtype == torch.float32
+    torch.testing.assert_close(again.probe(4).double(), metric.probe(4), rtol=1e-5, atol=1e-6)
+    assert dense.explorer(bumpy_metric(), True).dtype == torch.float64  # a plain callable mean
+    m32 = metric.to(torch.float32)
+    assert dense.explorer(m32, True) is m32
+    graph = fastgeo.LatentGraph(metric)
+    assert dense.explorer(metric, graph) is metric
+    z0, z1 = randn(3, 2, seed=21), randn(3, 2, seed=22)
+    res = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=32)
+    assert res.lengths.dtype == torch.float64
+    monkeypatch.setattr(dense, "explorer", lambda metric, graph: metric)
+    ref = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=32)
+    assert res.status.tolist() == ref.status.tolist()
+    assert float((res.lengths / ref.lengths - 1).abs().max()) < 1e-8, (res.lengths, ref.lengths)
 
 
 def test_a_results_rows_select_every_field():

@@ -1,9 +1,11 @@
 """The accuracy oracle (``method="dense"``): free polylines minimized to convergence from
 several starts, keeping the shortest per pair; starts that coincide are polished once (on trained
-VAEs with d = 2-12, 50 of 240 starts were distinct: the oracle 2-4x faster, the same lengths)."""
+VAEs with d = 2-12, 50 of 240 starts were distinct: the oracle 2-4x faster, the same lengths).
+The starts of a float64 oracle are solved in float32 (see :func:`explorer`)."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -12,12 +14,17 @@ from torch import Tensor
 
 from ..curves import straight_line, time_grid
 from ..metric import ExpectedMetric
-from .graph import cached_graph
+from .graph import LatentGraph, cached_graph
 from .options import WARM_ITER, SolverOptions
 from .result import GeodesicResult
 
-# Starts of one pair this close (fraction of its chord, at every node) are polished once.
+# Starts of one pair this close (fraction of its chord, at every node) are polished once. Float32
+# starts stop at a relative energy step of 1e-6, which in a flat valley leaves a curve ~1e-3 from
+# its optimum: a trained d = 5 conv decoder's starts of one basin (each polished to the same length
+# to 1e-10) lay up to 3e-3 chords apart, against 1e-5 in float64. 5e-3 is under half a segment
+# of the oracle's 128-node polylines.
 SAME_START = 1e-4
+SAME_START_FLOAT32 = 5e-3
 # Draws of the latent graph whose curves start the oracle (seeds 0 .. GRAPH_DRAWS - 1) in d >= 4,
 # where its nodes are random samples around the RBF centers: which corridors a draw offers decides
 # the basin on a rugged decoder (a trained d = 12 MLP: 3 of 4 draws put a pair 0.68 % long, and the
@@ -39,6 +46,31 @@ def exploring_starts(n_points: int) -> tuple[dict[str, Any], ...]:
     )
 
 
+# A float64 metric's float32 copy and the probe it was made at (a decoder trained in place since
+# gets a new copy, as the graph caches do).
+_EXPLORERS: weakref.WeakKeyDictionary[ExpectedMetric, tuple[Tensor, ExpectedMetric]]
+_EXPLORERS = weakref.WeakKeyDictionary()
+
+
+def explorer(metric: ExpectedMetric, graph: Any) -> ExpectedMetric:
+    """The metric the oracle's starts are solved in: a float32 copy of a float64 metric (kept for
+    later calls), else the metric itself (a given :class:`LatentGraph` is the metric's own; a mean
+    that :meth:`~fastgeo.ExpectedMetric.to` cannot convert stays). The starts only choose the
+    basins, each polished in the metric's own dtype, and float32 is several times faster: CPU
+    convolutions have no float64 oneDNN kernels (a trained d = 12 conv decoder: 5.2x)."""
+    if metric.dtype != torch.float64 or isinstance(graph, LatentGraph):
+        return metric
+    probe = metric.probe(4)
+    kept = _EXPLORERS.get(metric)
+    if kept is None or not torch.equal(kept[0], probe):
+        try:
+            kept = (probe, metric.to(torch.float32))
+        except TypeError:  # a plain callable mean: ExpectedMetric.to converts modules alone
+            return metric
+        _EXPLORERS[metric] = kept
+    return kept[1]
+
+
 def dense_multistart(
     metric: ExpectedMetric,
     z0: Tensor,
@@ -52,13 +84,18 @@ def dense_multistart(
     default solver (``solve`` is :func:`fastgeo.geodesics`) and, with ``graph=True`` in d >= 4,
     of the default with other draws of the latent graph; the shortest per pair."""
     n = opts.n_points
-    straight = straight_line(z0, z1, time_grid(n, z0))
     inits = []
     evals = jvps = 0
     seen = set()
     draws = []
+    starts = explorer(metric, graph)
+    e0, e1 = z0.to(starts.dtype), z1.to(starts.dtype)
+    # Starts are deviations from their own chord: ends rounded to float32 move no start.
+    straight = straight_line(e0, e1, time_grid(n, e0))
+    if latents is not None:
+        latents = latents.to(starts.dtype)
     if graph is True and z0.shape[-1] > 3 and z0.shape[0] > 0:
-        draws = [{"graph": cached_graph(metric, latents, s)[0]} for s in range(1, GRAPH_DRAWS)]
+        draws = [{"graph": cached_graph(starts, latents, s)[0]} for s in range(1, GRAPH_DRAWS)]
     for explore in (*exploring_starts(n), *draws):
         options = {"graph": graph} | explore
         key = tuple(sorted((k, v if isinstance(v, (bool, int)) else id(v)) for k, v in options.items()))
@@ -66,9 +103,9 @@ def dense_multistart(
             continue
         seen.add(key)
         r = solve(
-            metric,
-            z0,
-            z1,
+            starts,
+            e0,
+            e1,
             method="default",
             batch_size=opts.batch_size,
             latents=None if options["graph"] is False else latents,
@@ -76,9 +113,10 @@ def dense_multistart(
             **options,
         )
         evals, jvps = evals + r.decoder_evals, jvps + r.decoder_jvps
-        inits.append((r.points(n) - straight)[:, 1:-1])
+        inits.append((r.points(n) - straight)[:, 1:-1].to(z0.dtype))
     stacked = torch.stack(inits)  # (S, B, n - 2, d)
-    start, pair = distinct_inits(stacked, (z1 - z0).norm(dim=-1))
+    same = SAME_START_FLOAT32 if starts.dtype == torch.float32 else SAME_START
+    start, pair = distinct_inits(stacked, (z1 - z0).norm(dim=-1), same)
     # Every distinct start of every pair in one call (a curve's result does not depend on its batch).
     r = solve(
         metric,
@@ -104,9 +142,9 @@ def dense_multistart(
     return best
 
 
-def distinct_inits(inits: Tensor, chord: Tensor) -> tuple[Tensor, Tensor]:
+def distinct_inits(inits: Tensor, chord: Tensor, same: float = SAME_START) -> tuple[Tensor, Tensor]:
     """The starts worth polishing: of the (S, B, n, d) starts of B pairs, those whose polyline is
-    more than SAME_START chords (at some node) from every earlier start of its pair; starts that
+    more than ``same`` chords (at some node) from every earlier start of its pair; starts that
     close end in the same optimum, and each costs a full dense solve. Returns the start and pair
     index of each (R,), pairs in order, every pair with at least its first start."""
     S, B = inits.shape[:2]
@@ -114,7 +152,7 @@ def distinct_inits(inits: Tensor, chord: Tensor) -> tuple[Tensor, Tensor]:
     keep[0] = True
     for s in range(1, S):
         gap = (inits[:s] - inits[s]).norm(dim=-1).amax(-1)  # (s, B)
-        near = (gap <= SAME_START * chord) & keep[:s]
+        near = (gap <= same * chord) & keep[:s]
         keep[s] = ~near.any(0)
     pair, start = keep.T.nonzero(as_tuple=True)
     return start, pair

@@ -105,7 +105,8 @@ def geodesics(
             a first look or a large matrix), ``"paper"`` (the paper's algorithm: quadratic curve
             ``m = 1``, RBF warm start, first-order steps) or ``"dense"`` (free polylines of ``n_points = 128``
             nodes minimized to convergence from the default's curves, with three more draws of
-            the latent graph in d >= 4: the accuracy oracle; use a float64 metric for it; where
+            the latent graph in d >= 4: the accuracy oracle; use a float64 metric for it (its
+            starts are then solved by a float32 copy, the polylines in float64); where
             the metric has walls thinner than its segments, polylines that step over them end
             longer, flagged ``under_resolved``: compare with the shortest curve known).
         m: basis functions per latent dimension (default 24 in d <= 3, 12 above; ``fast``: 16
