@@ -133,6 +133,19 @@ def test_the_oracles_starts_are_solved_by_a_float32_copy_kept_with_the_metric(mo
     assert again is not starts and again.dtype == torch.float32
     torch.testing.assert_close(again.probe(4).double(), metric.probe(4), rtol=1e-5, atol=1e-6)
     assert dense.explorer(bumpy_metric(), True).dtype == torch.float64  # a plain callable mean
+
+    class Float64Alone(torch.nn.Module):  # casts its input: its float32 copy fails
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 6))
+
+        def forward(self, z):
+            return self.net(z.double())
+
+    cast = fastgeo.ExpectedMetric(Float64Alone().double(), bumpy_metric().precision)
+    assert dense.explorer(cast, True) is cast and dense.explorer(cast, True) is cast
+    res = fastgeo.geodesics(cast, randn(2, 2, seed=3), randn(2, 2, seed=4), method="dense")
+    assert bool(res.converged.all())
     m32 = metric.to(torch.float32)
     assert dense.explorer(m32, True) is m32
     graph = fastgeo.LatentGraph(metric)

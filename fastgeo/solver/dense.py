@@ -46,29 +46,40 @@ def exploring_starts(n_points: int) -> tuple[dict[str, Any], ...]:
     )
 
 
-# A float64 metric's float32 copy and the probe it was made at (a decoder trained in place since
-# gets a new copy, as the graph caches do).
-_EXPLORERS: weakref.WeakKeyDictionary[ExpectedMetric, tuple[Tensor, ExpectedMetric]]
+# A float64 metric's float32 copy (None: none that works) and the probe it was made at (a decoder
+# trained in place since gets a new copy, as the graph caches do).
+_EXPLORERS: weakref.WeakKeyDictionary[ExpectedMetric, tuple[Tensor, ExpectedMetric | None]]
 _EXPLORERS = weakref.WeakKeyDictionary()
+# The float32 copy's probe must match the metric's this closely (relative to its largest entry).
+SAME_PROBE = 1e-4
 
 
 def explorer(metric: ExpectedMetric, graph: Any) -> ExpectedMetric:
     """The metric the oracle's starts are solved in: a float32 copy of a float64 metric (kept for
     later calls), else the metric itself (a given :class:`LatentGraph` is the metric's own; a mean
-    that :meth:`~fastgeo.ExpectedMetric.to` cannot convert stays). The starts only choose the
-    basins, each polished in the metric's own dtype, and float32 is several times faster: CPU
-    convolutions have no float64 oneDNN kernels (a trained d = 12 conv decoder: 5.2x)."""
+    that :meth:`~fastgeo.ExpectedMetric.to` cannot convert, or whose copy fails or disagrees on the
+    metric's probe points, e.g. a module that casts its input to float64, stays). The starts only
+    choose the basins, each polished in the metric's own dtype, and float32 is several times
+    faster: CPU convolutions have no float64 oneDNN kernels (a trained d = 12 conv decoder: 5.2x)."""
     if metric.dtype != torch.float64 or isinstance(graph, LatentGraph):
         return metric
     probe = metric.probe(4)
     kept = _EXPLORERS.get(metric)
     if kept is None or not torch.equal(kept[0], probe):
-        try:
-            kept = (probe, metric.to(torch.float32))
-        except TypeError:  # a plain callable mean: ExpectedMetric.to converts modules alone
-            return metric
+        kept = (probe, _float32_copy(metric, probe))
         _EXPLORERS[metric] = kept
-    return kept[1]
+    return metric if kept[1] is None else kept[1]
+
+
+def _float32_copy(metric: ExpectedMetric, probe: Tensor) -> ExpectedMetric | None:
+    """A float32 copy of ``metric`` that agrees with it at its probe points, or None."""
+    try:
+        copy = metric.to(torch.float32)
+        again = copy.probe(4)
+    except (TypeError, RuntimeError, ValueError):  # a plain callable, or a mean that is float64 alone
+        return None
+    gap = (again.double() - probe).abs().max() if again.shape == probe.shape else torch.inf
+    return copy if bool(gap <= SAME_PROBE * probe.abs().max()) else None
 
 
 def dense_multistart(
