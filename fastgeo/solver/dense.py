@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._progress import phase
 from ..curves import straight_line, time_grid
 from ..metric import ExpectedMetric
 from .graph import LatentGraph, cached_graph
@@ -107,41 +108,44 @@ def dense_multistart(
         latents = latents.to(starts.dtype)
     if graph is True and z0.shape[-1] > 3 and z0.shape[0] > 0:
         draws = [{"graph": cached_graph(starts, latents, s)[0]} for s in range(1, GRAPH_DRAWS)]
-    for explore in (*exploring_starts(n), *draws):
+    explorations = (*exploring_starts(n), *draws)
+    for at, explore in enumerate(explorations):
         options = {"graph": graph} | explore
         key = tuple(sorted((k, v if isinstance(v, (bool, int)) else id(v)) for k, v in options.items()))
         if key in seen:  # e.g. graph=False given: the default's own curve is the graph-free one
             continue
         seen.add(key)
-        r = solve(
-            starts,
-            e0,
-            e1,
-            method="default",
-            batch_size=opts.batch_size,
-            latents=None if options["graph"] is False else latents,
-            progress=False,
-            **options,
-        )
+        with phase(f"oracle starts {at + 1}/{len(explorations)} ({starts.dtype})".replace("torch.", "")):
+            r = solve(
+                starts,
+                e0,
+                e1,
+                method="default",
+                batch_size=opts.batch_size,
+                latents=None if options["graph"] is False else latents,
+                progress=False,
+                **options,
+            )
         evals, jvps = evals + r.decoder_evals, jvps + r.decoder_jvps
         inits.append((r.points(n) - straight)[:, 1:-1].to(z0.dtype))
     stacked = torch.stack(inits)  # (S, B, n - 2, d)
     same = SAME_START_FLOAT32 if starts.dtype == torch.float32 else SAME_START
     start, pair = distinct_inits(stacked, (z1 - z0).norm(dim=-1), same)
     # Every distinct start of every pair in one call (a curve's result does not depend on its batch).
-    r = solve(
-        metric,
-        z0[pair],
-        z1[pair],
-        method="dense",
-        n_points=n,
-        max_iter=opts.max_iter,
-        tol=opts.tol,
-        batch_size=opts.batch_size,
-        init=stacked[start, pair],
-        check_resolution=opts.check_resolution,
-        progress=False,
-    )
+    with phase(f"oracle polylines: {len(pair)} of {n} nodes ({metric.dtype})".replace("torch.", "")):
+        r = solve(
+            metric,
+            z0[pair],
+            z1[pair],
+            method="dense",
+            n_points=n,
+            max_iter=opts.max_iter,
+            tol=opts.tol,
+            batch_size=opts.batch_size,
+            init=stacked[start, pair],
+            check_resolution=opts.check_resolution,
+            progress=False,
+        )
     # The shortest per pair (ties: the earlier start, as the starts are ordered).
     key = torch.where(torch.isnan(r.lengths), torch.inf, r.lengths)
     order = torch.argsort(key, stable=True)
