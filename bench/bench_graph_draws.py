@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from bench_basins import oracle_path
 from bench_latent_frames import _count
 from bench_variants import add_options_argument, constants, options_of
+from oracles import oracle_path
 from workloads import PAIRS, environment_line, generator, pair_indices, solver_pairs
 
 import fastgeo

@@ -23,8 +23,8 @@ import math
 import time
 
 import torch
-from bench_basins import oracle_path
 from bench_variants import add_options_argument, constants, options_of
+from oracles import oracle_path
 from torch import nn
 from workloads import PAIRS, environment_line, generator, solver_pairs
 

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import torch
-from bench_basins import dense_oracle
+from oracles import dense_oracle
 from workloads import PAIRS, environment_line, generator, generator_path, solver_pairs
 
 import fastgeo
