@@ -339,7 +339,7 @@ def differentiable(name: str, mean: Callable[[Tensor], Tensor], z: Tensor) -> bo
         return False
     z = z.detach()
     g = torch.Generator(device="cpu").manual_seed(20240521)
-    u = torch.randn(z.shape, generator=g, dtype=torch.float64).to(z)
+    u = torch.randn(z.shape, generator=g, device="cpu", dtype=torch.float64).to(z)
     u = u / u.norm(dim=-1, keepdim=True)
     step = torch.finfo(z.dtype).eps ** (1 / 3) * z.abs().max().clamp(min=1.0)
     with torch.no_grad():

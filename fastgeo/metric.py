@@ -277,9 +277,9 @@ class ExpectedMetric:
         n = _checks.integer("n", n, 1)
         centers = self.precision.centers.detach()
         g = torch.Generator(device="cpu").manual_seed(20181203)
-        pick = torch.randint(centers.shape[0], (n,), generator=g)
+        pick = torch.randint(centers.shape[0], (n,), generator=g, device="cpu")
         spread = centers.std(0, correction=0).clamp(min=1e-3) if centers.shape[0] > 1 else centers.new_ones(1)
-        offset = torch.randn(n, self.latent_dim, generator=g, dtype=torch.float64).to(centers)
+        offset = torch.randn(n, self.latent_dim, generator=g, device="cpu", dtype=torch.float64).to(centers)
         with torch.no_grad():
             return self.features(centers[pick.to(centers.device)] + 0.5 * spread * offset)
 

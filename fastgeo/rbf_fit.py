@@ -54,7 +54,7 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 100) -> tuple[Tensor, 
     offset = x.detach().mean(0)
     x = x.detach() - offset
     # k-means++: each next center drawn with probability ~ squared distance to the chosen ones.
-    first = int(torch.randint(x.shape[0], (1,), generator=gen))
+    first = int(torch.randint(x.shape[0], (1,), generator=gen, device="cpu"))
     centers = [x[first]]
     d2 = (x - x[first]).pow(2).sum(-1)
     for _ in range(1, k):

@@ -26,7 +26,7 @@ def _cases(B: int, N: int, D: int, prec_params: tuple[Tensor, ...], device: torc
     """(op, shape label, shape dict, inputs needing grad, call) per op at batch size B."""
     c, gam, W, zeta = (t.detach().clone() for t in prec_params)
     K, d = c.shape
-    g = torch.Generator().manual_seed(B)
+    g = torch.Generator(device="cpu").manual_seed(B)
 
     def rnd(*shape: int, scale: float = 1.0) -> Tensor:
         return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(device=device, dtype=dtype)

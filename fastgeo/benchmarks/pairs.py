@@ -16,10 +16,10 @@ def pair_indices(labels: Tensor, n: int, seed: int = 0) -> tuple[list[int], list
         raise ValueError(f"labels: pairs of distinct codes need at least 2 codes, got {M}")
     counts = torch.unique(labels, return_counts=True)[1]
     exists = {True: counts.numel() > 1, False: bool((counts > 1).any())}  # across, within
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(seed)
     I, J = [], []
     while len(I) < n:
-        i, j = torch.randint(M, (2,), generator=g).tolist()
+        i, j = torch.randint(M, (2,), generator=g, device="cpu").tolist()
         across = len(I) < n // 3
         if i != j and (not exists[across] or across == bool(labels[i] != labels[j])):
             I.append(i)

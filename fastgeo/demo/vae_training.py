@@ -93,7 +93,7 @@ def train_vae(
     t0, c0 = time.perf_counter(), time.process_time()
     step = 0
     for _ in progress_iter(range(epochs), progress, "train VAE"):
-        order = torch.randperm(M, generator=gen)
+        order = torch.randperm(M, generator=gen, device="cpu")
         total = 0.0
         for b in range(per_epoch):
             batch = x[order[b * batch_size : (b + 1) * batch_size]]

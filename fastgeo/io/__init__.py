@@ -143,7 +143,8 @@ def load_generator(
     _checks.boolean("check", check)
     if device is not None:
         device = _checks.device("device", device)
-    with _readable(path):
+    # Read on the CPU whatever torch's default device (the docstring's default), moved after.
+    with _readable(path), torch.device("cpu"):
         flat, contents = _read(path, trust)
         mean = FlatMean(flat, contents.latent_dim, contents.data_dim)
         if check:

@@ -102,7 +102,7 @@ def _hash_value(h: Any, v: Any, depth: int = 0) -> None:
     elif v is None or value is not None:
         h.update(repr(value).encode())
     elif type(v).__module__ == "numpy" and hasattr(v, "dtype") and v.dtype.kind in "biufc":
-        _hash_tensor(h, torch.as_tensor(v))
+        _hash_tensor(h, torch.as_tensor(v, device="cpu"))
     elif isinstance(v, (list, tuple)) and depth < 4:
         h.update(f"{type(v).__name__}[{len(v)}]".encode())
         for item in v:

@@ -125,15 +125,15 @@ def fit_ratio(x: Tensor, lengths: Tensor, chord: Tensor) -> tuple[ChordFit, Tens
     y = (lengths / chord).log()
     x = _unjoined_as_largest(x)
     ok = torch.isfinite(y) & torch.isfinite(x).all(1) & (lengths > 0) & (chord > 0)
-    X = torch.cat([torch.ones(x.shape[0], 1, dtype=torch.float64), x], 1)
+    X = torch.cat([torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device), x], 1)
     if int(ok.sum()) < MIN_SAMPLE:
         X = X.clone()
         X[:, 1:] = 0  # too few pairs for the covariates: the mean log-ratio
     Xk, yk, xk = X[ok], y[ok], x[ok]
     loo = torch.full_like(y, float("nan"))
     if xk.shape[0] == 0:
-        zeros = torch.zeros(x.shape[1], dtype=torch.float64)
-        return ChordFit(torch.zeros(x.shape[1] + 1, dtype=torch.float64), zeros, zeros), loo
+        zeros = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        return ChordFit(torch.zeros(x.shape[1] + 1, dtype=torch.float64, device=x.device), zeros, zeros), loo
     inv = torch.linalg.pinv(Xk.T @ Xk)
     w = inv @ (Xk.T @ yk)
     lo, hi = _widened(xk.min(0).values, xk.max(0).values)
@@ -322,7 +322,9 @@ def run_chord_mode(
         matrix[jj, ii], status[jj, ii] = matrix[ii, jj], status[ii, jj]
     iterations = torch.zeros((), dtype=torch.int32, device=matrix.device).expand(matrix.shape)
     n = nodes.shape[0]
-    counts = torch.tensor([solved.decoder_evals + 2 * n, solved.decoder_jvps + n * metric.latent_dim, 0, 0])
+    counts = torch.tensor(
+        [solved.decoder_evals + 2 * n, solved.decoder_jvps + n * metric.latent_dim, 0, 0], device="cpu"
+    )
     extra = {"chord_error": error, "chord_fit": fit}
     return status, iterations, counts, dist_info()[1], extra
 

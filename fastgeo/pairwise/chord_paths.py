@@ -41,13 +41,13 @@ def nearest_edges(X: Tensor, k: int = NEIGHBORS, near: Tensor | None = None) -> 
     Xk = X[keep]
     m = Xk.shape[0]
     if m < 2:
-        return torch.zeros(0, 2, dtype=torch.long), X.new_zeros(0)
+        return torch.zeros(0, 2, dtype=torch.long, device=X.device), X.new_zeros(0)
     k = min(k, m - 1)
     block = max(1, SEARCH_BYTES // (8 * m))
     edges, lengths = [], []
     for lo in range(0, m, block):
         dist = torch.cdist(Xk[lo : lo + block], Xk)
-        rows = torch.arange(dist.shape[0])
+        rows = torch.arange(dist.shape[0], device=dist.device)
         dist[rows, lo + rows] = torch.inf
         length, nearest = dist.topk(k, largest=False)
         edges.append(torch.stack([(lo + rows)[:, None].expand_as(nearest), nearest], -1).reshape(-1, 2))
@@ -58,7 +58,9 @@ def nearest_edges(X: Tensor, k: int = NEIGHBORS, near: Tensor | None = None) -> 
     length = torch.cat([*lengths, (Xk[bridges[:, 0]] - Xk[bridges[:, 1]]).norm(dim=1)])
     # Both directions of an edge may be found, their lengths a rounding apart: the shorter kept.
     local, where = torch.unique(torch.sort(local, dim=1).values, dim=0, return_inverse=True)
-    length = torch.full((local.shape[0],), torch.inf, dtype=X.dtype).scatter_reduce(0, where, length, "amin")
+    length = torch.full((local.shape[0],), torch.inf, dtype=X.dtype, device=X.device).scatter_reduce(
+        0, where, length, "amin"
+    )
     return (keep[local] if n != m else local), length
 
 
@@ -69,7 +71,7 @@ def path_graphs(F: Tensor, G: Tensor, Z: Tensor, k: int = NEIGHBORS) -> tuple[Co
     tensor is not finite is in neither."""
     ok = torch.isfinite(F).all(1) & torch.isfinite(G).flatten(1).all(1)
     n = F.shape[0]
-    nan = torch.tensor(torch.nan, dtype=F.dtype)
+    nan = torch.tensor(torch.nan, dtype=F.dtype, device=F.device)
     feature, chords = nearest_edges(torch.where(ok[:, None], F, nan), k, near=Z)
     latent, _ = nearest_edges(torch.where(ok[:, None], Z, nan), k)
     block = max(1, EDGE_BYTES // (8 * (F.shape[1] + G[0].numel())))
@@ -106,13 +108,13 @@ def path_rows(graphs: tuple[CodeGraph, ...], sources: Tensor, workers: int) -> T
     S = sources.numel()
     if workers <= 1 or S < 2:
         return path_lengths(graphs, sources)
-    out = shared(torch.empty(len(graphs), S, graphs[0].n, dtype=torch.float64), workers)
-    bounds = torch.linspace(0, S, workers + 1).round().long().tolist()
+    out = shared(torch.empty(len(graphs), S, graphs[0].n, dtype=torch.float64, device="cpu"), workers)
+    bounds = torch.linspace(0, S, workers + 1, device="cpu").round().long().tolist()
 
     def task(w: int, _: int) -> None:
         lo, hi = bounds[w], bounds[w + 1]
         if hi > lo:
             out[:, lo:hi] = path_lengths(graphs, sources[lo:hi])
 
-    run_in_workers(workers, task, shared(torch.zeros(workers, dtype=torch.int64), workers))
+    run_in_workers(workers, task, shared(torch.zeros(workers, dtype=torch.int64, device="cpu"), workers))
     return out

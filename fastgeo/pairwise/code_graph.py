@@ -100,7 +100,9 @@ def connecting_edges(Z: Tensor, edges: Tensor) -> Tensor:
         best = (np.inf, -1, -1)
         for lo in range(0, len(outside), ROW_BLOCK):
             out = outside[lo : lo + ROW_BLOCK]
-            dist = torch.cdist(Z[torch.as_tensor(inside)], Z[torch.as_tensor(out)])
+            dist = torch.cdist(
+                Z[torch.as_tensor(inside, device=Z.device)], Z[torch.as_tensor(out, device=Z.device)]
+            )
             flat = int(dist.argmin())
             value = float(dist.reshape(-1)[flat])
             if value < best[0]:

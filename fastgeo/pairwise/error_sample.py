@@ -114,12 +114,12 @@ def draw_sample(rows: Tensor, cols: Tensor, symmetric: bool, error_sample: int) 
     (k,) int64 on the CPU."""
     R, C = rows.numel(), cols.numel()
     n_pairs = R * (R - 1) // 2 if symmetric else R * C
-    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    g = torch.Generator(device="cpu").manual_seed(SAMPLE_SEED)
     if n_pairs <= 16 * error_sample:  # a sample near every pair: drawn without replacement
-        k = torch.randperm(n_pairs, generator=g)
+        k = torch.randperm(n_pairs, generator=g, device="cpu")
     else:
-        k = torch.unique(torch.randint(n_pairs, (4 * error_sample,), generator=g))
-        k = k[torch.randperm(k.numel(), generator=g)].long()
+        k = torch.unique(torch.randint(n_pairs, (4 * error_sample,), generator=g, device="cpu"))
+        k = k[torch.randperm(k.numel(), generator=g, device="cpu")].long()
     i, j = triu_index(R, k) if symmetric else (k // C, k % C)
     a, b = rows.cpu()[i], cols.cpu()[j]
     keep = (a != b).nonzero().squeeze(1)[:error_sample]
@@ -130,7 +130,7 @@ def estimate_error(excess: Tensor, label: str) -> EstimateError:
     """The :class:`EstimateError` of relative errors ``excess`` (k,) float64."""
     if excess.numel() == 0:
         return EstimateError(0, *([float("nan")] * 5), label=label)
-    q = torch.quantile(excess, torch.tensor([0.5, 0.95], dtype=excess.dtype))
+    q = torch.quantile(excess, torch.tensor([0.5, 0.95], dtype=excess.dtype, device=excess.device))
     values = (excess.mean(), q[0], q[1], excess.max(), excess.min())
     return EstimateError(
         excess.numel(), *(float(v) for v in values), label=label, mean_abs=float(excess.abs().mean())

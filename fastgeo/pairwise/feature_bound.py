@@ -78,12 +78,16 @@ class FeatureBounds:
             margin = ROUNDING_UNITS * self.eps * (self.q_norm[r0 : r0 + ROW_BLOCK, None] + self.r_norm[None])
             row = (row * (1 - RELATIVE_MARGIN) - margin).clamp(min=0)
             if self.symmetric:  # a code is not its own neighbour
-                diag = torch.arange(r0, r0 + q.shape[0])
+                diag = torch.arange(r0, r0 + q.shape[0], device=row.device)
                 row[diag - r0, diag] = torch.inf
             n = min(cap + 1, P)
             values, where = row.topk(n, dim=1, largest=False, sorted=True)
             idx.append(where[:, :cap])
             lb.append(values[:, :cap])
-            rest = values[:, cap] if n > cap else torch.full((q.shape[0],), torch.inf, dtype=torch.float64)
+            rest = (
+                values[:, cap]
+                if n > cap
+                else torch.full((q.shape[0],), torch.inf, dtype=torch.float64, device=values.device)
+            )
             beyond.append(rest)
         return torch.cat(idx), torch.cat(lb), torch.cat(beyond)

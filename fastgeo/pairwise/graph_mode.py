@@ -104,8 +104,8 @@ def _shortcuts(
     blocks = -(-R // per_block)
     shortened, evals = 0, 0
     for k, r0 in enumerate(range(0, R, per_block)):
-        i = torch.arange(r0, min(R, r0 + per_block))[:, None].expand(-1, C).reshape(-1)
-        j = torch.arange(C).repeat(i.numel() // C)
+        i = torch.arange(r0, min(R, r0 + per_block), device="cpu")[:, None].expand(-1, C).reshape(-1)
+        j = torch.arange(C, device="cpu").repeat(i.numel() // C)
         a, b = rows.cpu()[i], cols.cpu()[j]
         keep = (j > i) if symmetric else (a != b)  # equal codes: distance 0 already
         i, j, a, b = i[keep], j[keep], a[keep], b[keep]
@@ -222,6 +222,6 @@ def run_graph_mode(
         straight_solver(metric) if straight else None,
     )
     iterations = torch.zeros((), dtype=torch.int32, device=matrix.device).expand(matrix.shape)
-    counts = torch.tensor([graph.decoder_evals + evals, graph.decoder_jvps + jvps, 0, 0])
+    counts = torch.tensor([graph.decoder_evals + evals, graph.decoder_jvps + jvps, 0, 0], device="cpu")
     extra = {"graph_error": error, "graph_edges": int(graph.edges.shape[0]), "straight_shortcuts": shortened}
     return status, iterations, counts, dist_info()[1], extra

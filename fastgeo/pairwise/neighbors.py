@@ -259,15 +259,15 @@ class _Solved:
     def lookup(self, idx: Tensor) -> Tensor:
         """(M, cap) lengths of the pairs (row, idx[row, c]), NaN where not solved (inf is a
         length: no finite path between the two)."""
-        rows = torch.arange(idx.shape[0]).repeat_interleave(idx.shape[1])
+        rows = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])
         found = [self.lengths.get(key, np.nan) for key in self._keys(rows, idx.reshape(-1))]
-        return torch.tensor(found, dtype=torch.float64).reshape(idx.shape)
+        return torch.tensor(found, dtype=torch.float64, device="cpu").reshape(idx.shape)
 
     def status_of(self, idx: Tensor) -> Tensor:
         """(M, k) int8 status codes of solved pairs (row, idx[row, c])."""
-        rows = torch.arange(idx.shape[0]).repeat_interleave(idx.shape[1])
+        rows = torch.arange(idx.shape[0], device="cpu").repeat_interleave(idx.shape[1])
         codes = [self.codes[key] for key in self._keys(rows, idx.reshape(-1).cpu())]
-        return torch.tensor(codes, dtype=torch.int8).reshape(idx.shape)
+        return torch.tensor(codes, dtype=torch.int8, device="cpu").reshape(idx.shape)
 
     def solve(
         self, rows: Tensor, refs: Tensor, solve: Any, chunk_size: int, workers: int, show: bool, label: str

@@ -61,7 +61,7 @@ def allocate(shape: tuple[int, int], metric: ExpectedMetric, path: Path | None) 
     file on the CPU; and the memory map (None without ``path``)."""
     if path is None:
         return torch.zeros(shape, dtype=metric.dtype, device=metric.device), None
-    dtype = torch.empty(0, dtype=metric.dtype).numpy().dtype
+    dtype = torch.empty(0, dtype=metric.dtype, device="cpu").numpy().dtype
     mapped = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
     return torch.from_numpy(mapped), mapped
 

@@ -48,16 +48,16 @@ def solve_pair_list(
     n = a.numel()
     world = dist_info()[1]
     chunk_size = split_size(n, chunk_size, workers * world)
-    lengths = shared(torch.zeros(n, dtype=torch.float64), workers)
-    status = shared(torch.zeros(n, dtype=torch.int64), workers)
-    work = shared(torch.zeros(workers, 2, dtype=torch.int64), workers)
+    lengths = shared(torch.zeros(n, dtype=torch.float64, device="cpu"), workers)
+    status = shared(torch.zeros(n, dtype=torch.int64, device="cpu"), workers)
+    work = shared(torch.zeros(workers, 2, dtype=torch.int64, device="cpu"), workers)
     a, b = a.cpu(), b.cpu()
 
     def body(c: int, w: int) -> int:
         sl = slice(c * chunk_size, (c + 1) * chunk_size)
         rec = solve(nodes[a[sl].to(nodes.device)], nodes[b[sl].to(nodes.device)])
         lengths[sl], status[sl] = rec["lengths"].double(), rec["status"].long()
-        work[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"]])
+        work[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"]], device="cpu")
         return rec["lengths"].numel()
 
     # In this process (one worker) the solves' stages and decoder work redraw the bar as they go.

@@ -45,11 +45,13 @@ def solve_chunks(
     device, symmetric = metric.device, layout.symmetric
     rank, world = dist_info()
     status = shared(torch.zeros(layout.rows, layout.cols, dtype=torch.int32, device=device), workers)
-    counts = shared(torch.zeros(workers, 4, dtype=torch.int64), workers)
+    counts = shared(torch.zeros(workers, 4, dtype=torch.int64, device="cpu"), workers)
 
     def record(c: int, w: int, rec: dict[str, Any], loaded: bool) -> int:
         i, j = layout.pairs(c, device)
-        counts[w] += torch.tensor([rec["decoder_evals"], rec["decoder_jvps"], not loaded, loaded])
+        counts[w] += torch.tensor(
+            [rec["decoder_evals"], rec["decoder_jvps"], not loaded, loaded], device="cpu"
+        )
         lengths = rec["lengths"].to(device=out.device, dtype=out.dtype)
         st = (rec["iterations"].to(device) + 1) * CODES + rec["status"].to(device=device, dtype=torch.int32)
         io, jo = i.to(out.device), j.to(out.device)

@@ -144,7 +144,7 @@ def chunk_loop(chunks: list[int], workers: int, body: Callable[[int, int], int],
     world = dist_info()[1]
     one_thread = workers > 1  # every chunk at one thread, however many workers are left to run
     workers = max(1, min(workers, len(chunks)))  # no idle workers
-    done = shared(torch.zeros(workers, dtype=torch.int64), workers)
+    done = shared(torch.zeros(workers, dtype=torch.int64, device="cpu"), workers)
 
     def advance(n: int) -> None:
         if bar is not None:
@@ -152,7 +152,7 @@ def chunk_loop(chunks: list[int], workers: int, body: Callable[[int, int], int],
 
     # Chunks are taken from a shared counter as workers get free: a worker whose core is busy
     # with another program takes fewer (a fixed split would wait for its share).
-    taken = shared(torch.zeros(1, dtype=torch.int64), workers)
+    taken = shared(torch.zeros(1, dtype=torch.int64, device="cpu"), workers)
     lock = multiprocessing.get_context("fork").Lock() if workers > 1 else None
 
     def next_chunk() -> int | None:

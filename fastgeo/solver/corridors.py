@@ -125,7 +125,9 @@ def _via_paths(
         found.append((path, arc, exists, via))
         # Nodes near this path cannot be the via node of a later corridor.
         if len(found) < count:
-            pts = all_points[torch.as_tensor(np.ascontiguousarray(path))]  # (B, L, d)
+            pts = all_points[
+                torch.as_tensor(np.ascontiguousarray(path), device=all_points.device)
+            ]  # (B, L, d)
             allowed &= ~_near_path(pts, graph.nodes, allowed, radius)
     return [(p, a, e) for p, a, e, _ in found]
 
@@ -141,7 +143,7 @@ def _near_path(pts: Tensor, nodes: Tensor, allowed: np.ndarray, radius: Tensor) 
     for b in range(pts.shape[0]):
         cand = np.flatnonzero(allowed[b])
         if cand.size:
-            dist = torch.cdist(pts[b], nodes[torch.as_tensor(cand)]).amin(0)
+            dist = torch.cdist(pts[b], nodes[torch.as_tensor(cand, device=nodes.device)]).amin(0)
             near[b, cand[(dist <= radius[b]).numpy()]] = True
     return near
 

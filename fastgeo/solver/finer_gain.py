@@ -35,7 +35,7 @@ def lift_matrix(basis: BSplineBasis, finer: BSplineBasis, like: Tensor) -> Tenso
     in ``finer`` (``finer``'s knots must contain ``basis``'s). Solved in float64 and rounded to
     LIFT_GRID: halving uniform spans gives multiples of 1/16 exactly, and LAPACK's last bits vary
     from call to call (with memory alignment), which made results differ between identical calls."""
-    t = torch.linspace(0, 1, 4 * finer.m + 7, dtype=torch.float64)
+    t = torch.linspace(0, 1, 4 * finer.m + 7, dtype=torch.float64, device="cpu")
     fine, coarse = finer(t), basis(t)
     lift = torch.linalg.lstsq(fine, coarse).solution
     lift = torch.round(lift * LIFT_GRID) / LIFT_GRID

@@ -103,7 +103,7 @@ class LatentGraph:
         self.edge_points = edge_points
         g = torch.Generator(device="cpu").manual_seed(seed)
         per_center = max(1, math.ceil(n_nodes / K))
-        noise = torch.randn(K, per_center, d, generator=g, dtype=torch.float64).to(centers)
+        noise = torch.randn(K, per_center, d, generator=g, device="cpu", dtype=torch.float64).to(centers)
         # phi_k = exp(-1/2) at one bandwidth, (2 gamma_k)^-1/2; a Gaussian sample is sqrt(d) long.
         radius = (2 * gammas).rsqrt()[:, None, None]
         nodes = [centers, (centers[:, None, :] + radius * noise / math.sqrt(d)).reshape(-1, d)]
@@ -112,7 +112,10 @@ class LatentGraph:
             hi = centers.max(0).values + 2 * radius.max()
             per_axis = max(2, round(grid ** (1 / d)))
             axes = [
-                torch.linspace(float(lo[i]), float(hi[i]), per_axis, dtype=torch.float64) for i in range(d)
+                torch.linspace(
+                    float(lo[i]), float(hi[i]), per_axis, dtype=torch.float64, device=centers.device
+                )
+                for i in range(d)
             ]
             nodes.append(torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d).to(centers))
         if latents is not None:
