@@ -184,9 +184,11 @@ def fit_rbf_parameters(
     coverage = phi.sum(-1).mean().clamp(min=torch.finfo(phi.dtype).tiny)
     log_w = (target / coverage).log()[:, None].expand(-1, num_centers).clone()
     opt = torch.optim.Adam([log_w], lr=lr)
-    for _ in progress_iter(range(steps), progress, "fit RBF precision"):
-        log_w.grad = nll_gradient(phi, log_w, phi_resid.T, zeta)
-        opt.step()
+    # Older torch's Adam makes its step counters on the default device, not the weights'.
+    with torch.device(log_w.device):
+        for _ in progress_iter(range(steps), progress, "fit RBF precision"):
+            log_w.grad = nll_gradient(phi, log_w, phi_resid.T, zeta)
+            opt.step()
     if not bool(torch.isfinite(log_w).all()):
         raise ValueError(f"the fit diverged (weights not finite) with lr={lr!r}: use a smaller lr")
     return centers, gammas, log_w.exp(), zeta
