@@ -96,6 +96,11 @@ LAGGED_SECANT: bool | None = None
 LINEARIZE = ("auto", "always", "lagged")
 POINTS_PER_CONTROL_POINT = 4
 COARSE_POINTS = 48  # default points per curve of the race between starts (d >= 4: 24)
+# The defaults race on two points per control point. A finer spline asked with its n_points (a
+# subdivided result's m passed back, m=93 on 376 points) raced on the default's 48 points had more
+# unknowns than points: free between them, it wandered (125-316 iterations from a converged curve,
+# and a straight fallback under torch 2.6's rounding); it races on as many points per control point.
+RACE_POINTS_PER_CONTROL_POINT = 2
 MIN_COARSE_POINTS = 4  # the warm start's banded system needs two interior points
 WARM_ITER = 5  # iterations of the warm start (a start only: the full energy decides the rest)
 # float32: 1e-5 stopped curves in flat valleys of trained VAEs, where the energy falls by a few
@@ -249,11 +254,10 @@ def solver_options(
     explore_iter = explore_iter if method in SPLINE_METHODS else 0
     refine = _checks.integer("refine", table["refine"] if refine is None else refine, 1)
     corridors = _checks.integer("corridors", table["corridors"] if corridors is None else corridors, 0)
-    coarse_points = _checks.integer(
-        "coarse_points",
-        table.get("coarse_points", COARSE_POINTS) if coarse_points is None else coarse_points,
-        MIN_COARSE_POINTS,
-    )
+    if coarse_points is None:  # never fewer points per control point than the defaults race on
+        least = RACE_POINTS_PER_CONTROL_POINT * basis.m
+        coarse_points = max(table.get("coarse_points", COARSE_POINTS), least)
+    coarse_points = _checks.integer("coarse_points", coarse_points, MIN_COARSE_POINTS)
     tols = FAST_TOL if method == "fast" else DEFAULT_TOL
     tol = _checks.positive_float("tol", tols.get(dtype, tols[torch.float32]) if tol is None else tol)
     if tol >= 1:
