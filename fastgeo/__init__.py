@@ -4,7 +4,9 @@ Riemannian metric of the stochastic decoder.
 Importing fastgeo registers its operators (``torch.ops.fastgeo.*``).
 """
 
-from . import datasets, ops, reference
+import torch as _torch
+
+from . import _version, datasets, ops, reference
 from ._info import info
 from ._version import __version__
 from .curves import Curves, PiecewiseLinearBasis, PolynomialBasis
@@ -14,6 +16,8 @@ from .ops import availability, current_backend, use_backend
 from .pairwise import NearestNeighbors, PairwiseReport, nearest_neighbors, pairwise_distances
 from .rbf import RBFPrecision
 from .solver import GeodesicResult, LatentGraph, geodesics
+
+_version.warn_if_torch_is_too_old(_torch.__version__)
 
 
 def __getattr__(name: str):
