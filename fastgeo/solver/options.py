@@ -219,11 +219,10 @@ def solver_options(
         while (table["m"] - 1) << (halved + 1) <= m - 1:
             halved += 1
         # A finer spline than the method's (a subdivided result's m, passed back with its
-        # coefficients as `init`) gets the method's points per control point, not its points.
+        # coefficients as `init`) gets the method's points per control point, not its points
+        # (and its race as many per control point: below).
         if n_points is None:
             n_points = max(table["n_points"], POINTS_PER_CONTROL_POINT * m)
-            if coarse_points is None:
-                coarse_points = table.get("coarse_points", COARSE_POINTS) * n_points // table["n_points"]
     n_points = _checks.integer("n_points", table["n_points"] if n_points is None else n_points, fewest)
     if method == "dense":
         if m is not None:
