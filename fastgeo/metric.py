@@ -14,6 +14,7 @@ from .decoders.compact import compact_chain
 from .decoders.flat import FlatOutput, flat_output
 from .decoders.layout import channels_last
 from .decoders.recognize import describe, recognize
+from .decoders.steps import convolves
 from .decoders.uses import new_use
 from .rbf import RBFPrecision
 
@@ -142,6 +143,14 @@ class ExpectedMetric:
         secant model (see :func:`fastgeo.solver.options.solver_options`)."""
         new_use()
         return self._chain() is not None and piecewise_linear(self.mean, self.latent_dim)  # checked first
+
+    @property
+    def convolutional_mean(self) -> bool:
+        """Whether the mean is a recognized chain with convolutions (transposed too): on the CPU
+        their float64 kernels are several times slower than float32's."""
+        new_use()
+        chain = self._chain()
+        return chain is not None and convolves(chain.steps)
 
     def smoothed(self, sharpness: float | None = None) -> ExpectedMetric | None:
         """This metric with the kinks of the mean's piecewise-linear activations rounded

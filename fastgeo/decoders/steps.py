@@ -313,3 +313,8 @@ def walk(steps: list[Step] | tuple[Step, ...]) -> Iterator[Step]:
         if isinstance(s, Branches):
             yield from walk(s.first)
             yield from walk(s.second)
+
+
+def convolves(steps: list[Step] | tuple[Step, ...]) -> bool:
+    """Whether a chain has a convolution (transposed too), in its branches too."""
+    return any(isinstance(s, Conv) for s in walk(steps))

@@ -106,7 +106,8 @@ def geodesics(
             ``m = 1``, RBF warm start, first-order steps) or ``"dense"`` (free polylines of ``n_points = 128``
             nodes minimized to convergence from the default's curves, with three more draws of
             the latent graph in d >= 4: the accuracy oracle; use a float64 metric for it (its
-            starts are then solved by a float32 copy, the polylines in float64); where
+            starts are then solved by a float32 copy, the polylines in float64, on the CPU
+            with a convolutional mean's tangents in float32); where
             the metric has walls thinner than its segments, polylines that step over them end
             longer, flagged ``under_resolved``: compare with the shortest curve known).
         m: basis functions per latent dimension (default 24 in d <= 3, 12 above; ``fast``: 16
@@ -229,7 +230,8 @@ def geodesics(
             family=family, warm_start=warm_start, explore=explore, max_iter=max_iter, tol=tol,
             batch_size=batch_size, refine=refine, corridors=corridors, coarse_points=coarse_points,
             check_resolution=check_resolution, linearize=linearize, subdivide=subdivide,
-            piecewise_linear=metric.piecewise_linear_mean, device=metric.device,
+            piecewise_linear=metric.piecewise_linear_mean, convolutional=metric.convolutional_mean,
+            device=metric.device,
         )
         # fmt: on
         init = check_init(metric, init, z0, opts)

@@ -133,6 +133,7 @@ class SolverOptions:
     subdivide_above: float = SUBDIVIDE_ABOVE  # ... where it predicts this relative energy gain
     explore_iter: int = 0  # Adam steps of the explored start (starts.py); 0: none
     tangent_dtype: torch.dtype | None = None  # lagged linearizations' tangents (decoders/low_precision.py)
+    fresh_tangent_dtype: torch.dtype | None = None  # the others' (None: the metric's; see solver_options)
 
     @property
     def m(self) -> int:
@@ -152,8 +153,14 @@ class SolverOptions:
             "secant": self.secant,
             "subdivide": self.subdivide,
             "subdivide_above": self.subdivide_above,
-            "tangents": str(self.tangent_dtype).removeprefix("torch.") if self.tangent_dtype else "exact",
+            "tangents": _dtype_name(self.tangent_dtype),
+            "fresh tangents": _dtype_name(self.fresh_tangent_dtype),
         }
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    """A dtype tangents are pushed in, as a result records it ("exact": the metric's own)."""
+    return str(dtype).removeprefix("torch.") if dtype else "exact"
 
 
 def working_memory_per_curve(d: int, D: int, n_points: int, p: int, element_size: int) -> int:
@@ -195,13 +202,15 @@ def solver_options(
     linearize: str = "auto",
     subdivide: bool | int | None = None,
     piecewise_linear: bool = False,
+    convolutional: bool = False,
     device: torch.device | str | None = None,
 ) -> SolverOptions:
     """Validate the options of a call with curves in ``latent_dim`` dimensions under a metric of
     ``data_dim`` outputs and ``dtype``; fill in the defaults of ``method``. ``piecewise_linear``:
     the decoder mean has piecewise-linear activations (:func:`fastgeo.decoders.piecewise_linear`);
-    ``device``: the metric's (where bfloat16 is fast, lagged linearizations push their tangents in
-    it: :mod:`fastgeo.decoders.low_precision`)."""
+    ``convolutional``: it is a recognized chain with convolutions; ``device``: the metric's (where
+    bfloat16 is fast, lagged linearizations push their tangents in it:
+    :mod:`fastgeo.decoders.low_precision`)."""
     method = _checks.choice("method", method, METHODS)
     if method == "dense":
         spline_options = family, warm_start, explore, refine, corridors, coarse_points, linearize, subdivide
@@ -321,6 +330,13 @@ def solver_options(
     # (LayerNorm then PReLU: 12 % of the tangents off, smooth chains 0.5-1 %).
     low = lagged and dtype == torch.float32 and not piecewise_linear and device is not None
     low = low and bfloat16_is_fast(torch.device(device))
+    # The float64 oracle's polylines on a convolutional decoder: tangents in float32 (the value, the
+    # energy and every test stay float64; a gradient rounded to ~1e-7 moves the optimum's energy by
+    # its square). CPU convolutions have no float64 oneDNN kernels: polishing trained conv decoders
+    # (d = 5, 8, 12) took 1.7-2.3x less time, the same iterations, lengths within 1.3e-10; on MLPs
+    # it bought nothing (bench/RESULTS.md, "The dense oracle's tangents in float32").
+    fresh = method == "dense" and dtype == torch.float64 and convolutional
+    fresh = fresh and device is not None and torch.device(device).type == "cpu"
     return SolverOptions(
         method,
         basis,
@@ -340,6 +356,7 @@ def solver_options(
         subdivide_above,
         explore_iter,
         torch.bfloat16 if low else None,
+        torch.float32 if fresh else None,
     )
 
 

@@ -76,7 +76,7 @@ def solve_batch(
             opts.secant,
             opts.explore_iter,
         )
-    features = full_parts(metric, work)
+    features = full_parts(metric, work, opts.fresh_tangent_dtype)
     # The race decides the basin from fresh matrices and their gradients: exact tangents. The
     # refinement's matrices only shape its steps (exact gradients): tangents maybe rounded.
     refining = full_parts(metric, work, opts.tangent_dtype) if opts.tangent_dtype is not None else features

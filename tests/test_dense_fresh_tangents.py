@@ -1,0 +1,92 @@
+"""The float64 dense oracle on a convolutional decoder pushes its tangents in float32 (CPU
+convolutions have no float64 oneDNN kernels): when it does, and that its curves are those of
+exact float64 tangents (the value, the energy and every test stay float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import randn, rbf_params
+from tangent_checks import init_
+from torch import nn
+
+import fastgeo
+from fastgeo.solver import race
+from fastgeo.solver.options import solver_options
+
+F64 = torch.float64
+
+
+def _conv() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(3, 2 * 4 * 4), nn.ELU(), nn.Unflatten(1, (2, 4, 4)), nn.ConvTranspose2d(2, 3, 4, 2, 1),
+        nn.Tanh(), nn.Conv2d(3, 1, 3, padding=1), nn.Flatten(), nn.Sigmoid(),
+    )  # fmt: skip
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 24), nn.Tanh(), nn.Linear(24, 64))
+
+
+def _metric(mean: nn.Module, dtype: torch.dtype = F64) -> fastgeo.ExpectedMetric:
+    c, g, w, z = rbf_params(8, 3, 64, dtype=dtype, seed=3)
+    return fastgeo.ExpectedMetric(init_(mean).to(dtype).eval(), fastgeo.RBFPrecision(c, g, w, z))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "method", "convolutional", "device", "expected"),
+    [
+        (F64, "dense", True, "cpu", torch.float32),
+        (F64, "dense", False, "cpu", None),  # MLPs: float64 GEMMs cost about what float32's do
+        (torch.float32, "dense", True, "cpu", None),
+        (F64, "default", True, "cpu", None),  # measured on the oracle only
+        (F64, "dense", True, None, None),
+        (F64, "dense", True, "meta", None),  # other devices: unmeasured
+    ],
+)
+def test_when_the_oracle_pushes_float32_tangents(dtype, method, convolutional, device, expected):
+    opts = solver_options(dtype, 3, 64, method=method, convolutional=convolutional, device=device)
+    assert opts.fresh_tangent_dtype == expected
+    assert opts.summary()["fresh tangents"] == ("float32" if expected else "exact")
+
+
+def test_the_metric_knows_a_convolutional_mean():
+    assert _metric(_conv()).convolutional_mean
+    assert not _metric(_mlp()).convolutional_mean
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Sequential(nn.Linear(3, 64), nn.Unflatten(1, (1, 8, 8)))
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, z):
+            h = self.inner(z)
+            return (h + self.conv(h)).flatten(1)
+
+    assert _metric(Block()).convolutional_mean  # a convolution inside a branch counts too
+    precision = fastgeo.RBFPrecision(*rbf_params(8, 3, 64, seed=3))
+    plain = fastgeo.ExpectedMetric(lambda z: torch.sin(z @ torch.ones(3, 64, dtype=z.dtype)), precision)
+    assert not plain.convolutional_mean  # not a recognized chain: torch.func, whatever it computes
+
+
+def test_the_oracles_curves_are_those_of_exact_tangents(monkeypatch):
+    metric = _metric(_conv())
+    z0, z1 = randn(3, 3, seed=5, scale=1.2), randn(3, 3, seed=6, scale=1.2)
+    seen = []
+    parts = race.full_parts
+
+    def spy(metric, work, tangent_dtype=None):
+        seen.append(tangent_dtype)
+        return parts(metric, work, tangent_dtype)
+
+    monkeypatch.setattr(race, "full_parts", spy)
+    rounded = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=24, progress=False)
+    assert torch.float32 in seen and rounded.options["fresh tangents"] == "float32"
+    seen.clear()
+    monkeypatch.setattr(fastgeo.ExpectedMetric, "convolutional_mean", property(lambda self: False))
+    exact = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=24, progress=False)
+    assert torch.float32 not in seen and exact.options["fresh tangents"] == "exact"
+    assert list(rounded.status) == list(exact.status) == ["converged"] * 3
+    torch.testing.assert_close(rounded.lengths, exact.lengths, rtol=1e-8, atol=0)
+    assert rounded.lengths.dtype == F64
