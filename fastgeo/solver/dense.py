@@ -2,7 +2,8 @@
 several starts, keeping the shortest per pair; starts that coincide are polished once (on trained
 VAEs with d = 2-12, 50 of 240 starts were distinct: the oracle 2-4x faster, the same lengths).
 The starts of a float64 oracle are solved in float32 (see :func:`explorer`); on the CPU its
-polylines push a convolutional decoder's tangents in float32 (``solver_options``)."""
+polylines push a convolutional decoder's tangents in float32, as every float64 solve does
+(``solver_options``)."""
 
 from __future__ import annotations
 

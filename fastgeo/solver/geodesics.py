@@ -106,8 +106,7 @@ def geodesics(
             ``m = 1``, RBF warm start, first-order steps) or ``"dense"`` (free polylines of ``n_points = 128``
             nodes minimized to convergence from the default's curves, with three more draws of
             the latent graph in d >= 4: the accuracy oracle; use a float64 metric for it (its
-            starts are then solved by a float32 copy, the polylines in float64, on the CPU
-            with a convolutional mean's tangents in float32); where
+            starts are then solved by a float32 copy, the polylines in float64); where
             the metric has walls thinner than its segments, polylines that step over them end
             longer, flagged ``under_resolved``: compare with the shortest curve known).
         m: basis functions per latent dimension (default 24 in d <= 3, 12 above; ``fast``: 16
@@ -127,7 +126,9 @@ def geodesics(
         max_iter: iteration limit per phase, >= 1 (default 300 for Levenberg-Marquardt, 2000
             for ``paper``'s first-order steps, 300 for ``dense``).
         tol: a curve converges when a step lowers its energy by less than ``tol`` relative
-            (default 1e-10 in float64, 1e-6 in float32; ``fast``: 1e-8 and 1e-4).
+            (default 1e-10 in float64, 1e-6 in float32; ``fast``: 1e-8 and 1e-4). On the CPU a
+            float64 solve pushes a convolutional mean's tangents in float32 (its values,
+            energies and tests stay float64: ``options["fresh tangents"]``).
         batch_size: curves optimized at once (default: as many as fit in ~1 GiB of working
             memory, :func:`fastgeo.solver.options.working_memory_per_curve`).
         init: optional (B, m, d) starting coefficients for the basis of ``method`` (a result's

@@ -133,7 +133,7 @@ class SolverOptions:
     subdivide_above: float = SUBDIVIDE_ABOVE  # ... where it predicts this relative energy gain
     explore_iter: int = 0  # Adam steps of the explored start (starts.py); 0: none
     tangent_dtype: torch.dtype | None = None  # lagged linearizations' tangents (decoders/low_precision.py)
-    fresh_tangent_dtype: torch.dtype | None = None  # the others' (None: the metric's; see solver_options)
+    fresh_tangent_dtype: torch.dtype | None = None  # every other linearization's (None: the metric's dtype)
 
     @property
     def m(self) -> int:
@@ -208,9 +208,9 @@ def solver_options(
     """Validate the options of a call with curves in ``latent_dim`` dimensions under a metric of
     ``data_dim`` outputs and ``dtype``; fill in the defaults of ``method``. ``piecewise_linear``:
     the decoder mean has piecewise-linear activations (:func:`fastgeo.decoders.piecewise_linear`);
-    ``convolutional``: it is a recognized chain with convolutions; ``device``: the metric's (where
-    bfloat16 is fast, lagged linearizations push their tangents in it:
-    :mod:`fastgeo.decoders.low_precision`)."""
+    ``convolutional``: it is a recognized chain with convolutions (float64 solves on the CPU push
+    its tangents in float32); ``device``: the metric's (where bfloat16 is fast, lagged
+    linearizations push their tangents in it: :mod:`fastgeo.decoders.low_precision`)."""
     method = _checks.choice("method", method, METHODS)
     if method == "dense":
         spline_options = family, warm_start, explore, refine, corridors, coarse_points, linearize, subdivide
@@ -330,13 +330,16 @@ def solver_options(
     # (LayerNorm then PReLU: 12 % of the tangents off, smooth chains 0.5-1 %).
     low = lagged and dtype == torch.float32 and not piecewise_linear and device is not None
     low = low and bfloat16_is_fast(torch.device(device))
-    # The float64 oracle's polylines on a convolutional decoder: tangents in float32 (the value, the
-    # energy and every test stay float64; a gradient rounded to ~1e-7 moves the optimum's energy by
-    # its square). CPU convolutions have no float64 oneDNN kernels: polishing trained conv decoders
-    # (d = 5, 8, 12) took 1.7-2.3x less time, the same iterations, lengths within 1.3e-10; on MLPs
-    # it bought nothing (bench/RESULTS.md, "The dense oracle's tangents in float32").
-    fresh = method == "dense" and dtype == torch.float64 and convolutional
-    fresh = fresh and device is not None and torch.device(device).type == "cpu"
+    # Float64 solves of a convolutional decoder on the CPU (the dense oracle's polylines, a float64
+    # user's curves, near codes solved in float64): every linearization's tangents in float32; the
+    # values, energies and tests stay float64 (a gradient rounded to ~1e-7 moves the optimum's
+    # energy by its square). CPU convolutions have no float64 oneDNN kernels: the oracle's polish of
+    # trained conv decoders (d = 5, 8, 12) 1.7-2.4x faster, the default on d = 5 2.3x, the same
+    # iterations (a ReLU one: 2 more of 92), lengths within 1.2e-9; on MLPs it bought nothing
+    # (bench/RESULTS.md, "Float64 solves with float32 tangents").
+    fresh = (
+        dtype == torch.float64 and convolutional and device is not None and torch.device(device).type == "cpu"
+    )
     return SolverOptions(
         method,
         basis,

@@ -85,7 +85,7 @@ def subdivide_curves(
             record = FinerGains(own.psi, gains, banded=not opts.secant)
             size = _batch_size(opts, metric, n, p)
             for lo in range(0, unknown.numel(), size):
-                _predict(metric, res, work, unknown[lo : lo + size], own, record)
+                _predict(metric, res, opts, work, unknown[lo : lo + size], own, record)
             above = opts.subdivide_above * NEXT_LEVEL_ASKS**level
             go = (at_n & (gains > above)).nonzero().squeeze(1)  # NaN: not finite, kept
             size = _batch_size(opts, metric, 2 * n, p)
@@ -101,13 +101,19 @@ def subdivide_curves(
 
 
 def _predict(
-    metric: ExpectedMetric, res: GeodesicResult, work: Work, rows: Tensor, grid: Grid, record: FinerGains
+    metric: ExpectedMetric,
+    res: GeodesicResult,
+    opts: SolverOptions,
+    work: Work,
+    rows: Tensor,
+    grid: Grid,
+    record: FinerGains,
 ) -> None:
     """The predicted gains of curves ``rows`` (already in the finer basis), from a linearization on
     their own points (``grid``)."""
     z0, z1 = res.curves.z0[rows], res.curves.z1[rows]
     pts = evaluate(z0, z1, res.curves.coeffs[rows], grid.psi, grid.t)
-    s, v, G, C = products_by_chunks(full_parts(metric, work), pts, rows)
+    s, v, G, C = products_by_chunks(full_parts(metric, work, opts.fresh_tangent_dtype), pts, rows)
     record.record(rows, (v, G, C), energy_from_segments(s))
 
 
@@ -130,7 +136,7 @@ def _solve_finer(
     if finest is not None:
         record = FinerGains(finest, gains.new_full((rows.numel(),), torch.nan), banded=not opts.secant)
     coeffs, energies, status, iterations = plain_then_secant(
-        full_parts(metric, work, opts.tangent_dtype),
+        full_parts(metric, work, opts.tangent_dtype or opts.fresh_tangent_dtype),
         z0,
         z1,
         res.curves.coeffs[rows],

@@ -1,8 +1,11 @@
-"""The float64 dense oracle's polylines polished with tangents in float32 against exact float64
-tangents (issue 15's oracles): time, iterations and the largest length change, alternated in one
-process from the same starts (the default's curves, float32, sampled at the oracle's nodes).
+"""Float64 solves with a convolutional decoder's tangents in float32 against exact float64
+tangents: time, iterations and the largest length change, alternated in one process. With
+``--method dense`` (issue 15's oracles) the polylines are polished from the same starts (the
+default's curves, float32, sampled at the oracle's nodes); with ``default`` or ``fast`` the pairs
+are solved from scratch in float64.
 
-    OMP_NUM_THREADS=1 python bench/bench_oracle_tangents.py --generator conv8_shapes --pairs 2 --rounds 1
+    OMP_NUM_THREADS=1 python bench/bench_float64_tangents.py --generator conv8_shapes --pairs 2 --rounds 1
+    OMP_NUM_THREADS=1 python bench/bench_float64_tangents.py --generator conv5_small --method default
 
 The rule is the solver's (``solver_options``: float64, the CPU, a convolutional mean); "exact"
 turns it off by reading the mean as not convolutional.
@@ -27,7 +30,8 @@ def main() -> None:
     p.add_argument("--first", type=int, default=0, help="the first pair of the 48-pair sample")
     p.add_argument("--seed", type=int, default=0, help="sample of pairs")
     p.add_argument("--rounds", type=int, default=2, help="polishes per setting, alternated")
-    p.add_argument("--nodes", type=int, default=128, help="the polylines' nodes")
+    p.add_argument("--nodes", type=int, default=128, help="the dense method's polylines' nodes")
+    p.add_argument("--method", default="dense", choices=("dense", "default", "fast"))
     args = p.parse_args()
     torch.set_num_threads(1)
     metric, Z, labels = generator(args.generator)
@@ -39,11 +43,16 @@ def main() -> None:
     print(
         environment_line(),
         f"| {args.generator}, d = {Z.shape[1]}, pairs {args.first}-{last} of seed {args.seed}, "
-        f"{args.nodes} nodes; convolutional mean: {m64.convolutional_mean}",
+        f"method {args.method}; convolutional mean: {m64.convolutional_mean}",
     )
     e0, e1 = z0.double(), z1.double()
-    start = fastgeo.geodesics(metric, z0, z1, progress=False).points(args.nodes).double()
-    init = (start - straight_line(e0, e1, time_grid(args.nodes, e0)))[:, 1:-1]
+    options: dict = {"method": args.method, "progress": False}
+    if args.method == "dense":
+        start = fastgeo.geodesics(metric, z0, z1, progress=False).points(args.nodes).double()
+        init = (start - straight_line(e0, e1, time_grid(args.nodes, e0)))[:, 1:-1]
+        options |= {"n_points": args.nodes, "init": init}
+    else:
+        fastgeo.geodesics(m64, e0[:1], e1[:1], **options)  # warm-up: the latent graph, once per metric
     cls = fastgeo.ExpectedMetric
     rule = cls.convolutional_mean
     times: dict[str, list[float]] = {"exact": [], "float32": []}
@@ -53,9 +62,7 @@ def main() -> None:
             cls.convolutional_mean = rule if name == "float32" else property(lambda self: False)
             try:
                 t = time.perf_counter()
-                res = fastgeo.geodesics(
-                    m64, e0, e1, method="dense", n_points=args.nodes, init=init, progress=False
-                )
+                res = fastgeo.geodesics(m64, e0, e1, **options)
                 times[name].append(time.perf_counter() - t)
             finally:
                 cls.convolutional_mean = rule

@@ -1,6 +1,7 @@
-"""The float64 dense oracle on a convolutional decoder pushes its tangents in float32 (CPU
-convolutions have no float64 oneDNN kernels): when it does, and that its curves are those of
-exact float64 tangents (the value, the energy and every test stay float64)."""
+"""Float64 solves of a convolutional decoder on the CPU push its tangents in float32 (CPU
+convolutions have no float64 oneDNN kernels): when they do, and that the curves are those of exact
+float64 tangents (the values, the energies and every test stay float64): the dense oracle's
+polylines, and the default's race, refinement and finer splines."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from tangent_checks import init_
 from torch import nn
 
 import fastgeo
-from fastgeo.solver import race
+from fastgeo.solver import options as solver_options_module
+from fastgeo.solver import race, subdivide
 from fastgeo.solver.options import solver_options
 
 F64 = torch.float64
@@ -39,12 +41,14 @@ def _metric(mean: nn.Module, dtype: torch.dtype = F64) -> fastgeo.ExpectedMetric
         (F64, "dense", True, "cpu", torch.float32),
         (F64, "dense", False, "cpu", None),  # MLPs: float64 GEMMs cost about what float32's do
         (torch.float32, "dense", True, "cpu", None),
-        (F64, "default", True, "cpu", None),  # measured on the oracle only
+        (F64, "default", True, "cpu", torch.float32),
+        (F64, "fast", True, "cpu", torch.float32),
+        (F64, "default", False, "cpu", None),
         (F64, "dense", True, None, None),
         (F64, "dense", True, "meta", None),  # other devices: unmeasured
     ],
 )
-def test_when_the_oracle_pushes_float32_tangents(dtype, method, convolutional, device, expected):
+def test_when_a_solve_pushes_float32_tangents(dtype, method, convolutional, device, expected):
     opts = solver_options(dtype, 3, 64, method=method, convolutional=convolutional, device=device)
     assert opts.fresh_tangent_dtype == expected
     assert opts.summary()["fresh tangents"] == ("float32" if expected else "exact")
@@ -70,23 +74,35 @@ def test_the_metric_knows_a_convolutional_mean():
     assert not plain.convolutional_mean  # not a recognized chain: torch.func, whatever it computes
 
 
-def test_the_oracles_curves_are_those_of_exact_tangents(monkeypatch):
+@pytest.mark.parametrize(
+    ("options", "modules"),
+    [
+        ({"method": "dense", "n_points": 24}, (race,)),
+        ({"m": 6, "n_points": 24, "subdivide": 1}, (race, subdivide)),
+    ],
+    ids=["dense", "default"],
+)
+def test_the_curves_are_those_of_exact_tangents(monkeypatch, options, modules):
+    monkeypatch.setattr(solver_options_module, "SUBDIVIDE_ABOVE", 0.0)  # every curve gets a finer spline
     metric = _metric(_conv())
     z0, z1 = randn(3, 3, seed=5, scale=1.2), randn(3, 3, seed=6, scale=1.2)
-    seen = []
-    parts = race.full_parts
+    seen: dict[str, list] = {m.__name__: [] for m in modules}
+    for module in modules:
 
-    def spy(metric, work, tangent_dtype=None):
-        seen.append(tangent_dtype)
-        return parts(metric, work, tangent_dtype)
+        def spy(metric, work, tangent_dtype=None, parts=module.full_parts, name=module.__name__):
+            seen[name].append(tangent_dtype)
+            return parts(metric, work, tangent_dtype)
 
-    monkeypatch.setattr(race, "full_parts", spy)
-    rounded = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=24, progress=False)
-    assert torch.float32 in seen and rounded.options["fresh tangents"] == "float32"
-    seen.clear()
+        monkeypatch.setattr(module, "full_parts", spy)
+    rounded = fastgeo.geodesics(metric, z0, z1, progress=False, **options)
+    assert all(torch.float32 in dtypes for dtypes in seen.values()), seen  # every linearizing phase
+    assert rounded.options["fresh tangents"] == "float32"
+    for dtypes in seen.values():
+        dtypes.clear()
     monkeypatch.setattr(fastgeo.ExpectedMetric, "convolutional_mean", property(lambda self: False))
-    exact = fastgeo.geodesics(metric, z0, z1, method="dense", n_points=24, progress=False)
-    assert torch.float32 not in seen and exact.options["fresh tangents"] == "exact"
+    exact = fastgeo.geodesics(metric, z0, z1, progress=False, **options)
+    assert not any(torch.float32 in dtypes for dtypes in seen.values())
+    assert exact.options["fresh tangents"] == "exact"
     assert list(rounded.status) == list(exact.status) == ["converged"] * 3
     torch.testing.assert_close(rounded.lengths, exact.lengths, rtol=1e-8, atol=0)
     assert rounded.lengths.dtype == F64
