@@ -335,8 +335,9 @@ def solver_options(
     # values, energies and tests stay float64 (a gradient rounded to ~1e-7 moves the optimum's
     # energy by its square). CPU convolutions have no float64 oneDNN kernels: the oracle's polish of
     # trained conv decoders (d = 5, 8, 12) 1.7-2.4x faster, the default on d = 5 2.3x, the same
-    # iterations (a ReLU one: 2 more of 92), lengths within 1.2e-9; on MLPs it bought nothing
-    # (bench/RESULTS.md, "Float64 solves with float32 tangents").
+    # iterations (a ReLU one: 2 more of 92), lengths within 1.2e-9; MLPs keep float64 tangents
+    # (their polish 0.9-1.17x: its time is in the products and solves, not in the decoder's GEMMs;
+    # bench/RESULTS.md, "Float64 solves with float32 tangents").
     fresh = (
         dtype == torch.float64 and convolutional and device is not None and torch.device(device).type == "cpu"
     )
