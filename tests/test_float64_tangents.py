@@ -9,9 +9,11 @@ import pytest
 import torch
 from helpers import randn, rbf_params
 from tangent_checks import init_
+from test_low_precision import DECODERS
 from torch import nn
 
 import fastgeo
+from fastgeo.decoders import stacked_chain, value_and_tangents
 from fastgeo.solver import options as solver_options_module
 from fastgeo.solver import race, subdivide
 from fastgeo.solver.options import solver_options
@@ -52,6 +54,24 @@ def test_when_a_solve_pushes_float32_tangents(dtype, method, convolutional, devi
     opts = solver_options(dtype, 3, 64, method=method, convolutional=convolutional, device=device)
     assert opts.fresh_tangent_dtype == expected
     assert opts.summary()["fresh tangents"] == ("float32" if expected else "exact")
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_float32_tangents_of_a_float64_chain_round_the_exact_ones(name):
+    """Every layer kind that reads a parameter or a tensor of the decoder (cast to float32 for the
+    tangents), normalizations, softmax: the value stays float64, bit for bit, and the tangents are
+    the float64 ones to float32's rounding."""
+    model = init_(DECODERS[name]())  # float64
+    z = randn(9, 3, seed=2, scale=1.5)
+    tangents = randn(3, 9, 3, seed=3)
+    assert stacked_chain(model, z[:4]) is not None
+    value, out = value_and_tangents(model, z, tangents)
+    value_lo, out_lo = value_and_tangents(model, z, tangents, torch.float32)
+    assert value_lo.dtype == out_lo.dtype == F64
+    # the value apart, in float64 (its GEMMs have other row counts: equal to rounding)
+    torch.testing.assert_close(value_lo, value, rtol=1e-13, atol=1e-13)
+    err = float((out_lo - out).abs().max() / out.abs().max())
+    assert 0 < err < 1e-5, err  # rounded (so: pushed in float32), and only rounded
 
 
 def test_the_metric_knows_a_convolutional_mean():
