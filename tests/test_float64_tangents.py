@@ -59,8 +59,8 @@ def test_when_a_solve_pushes_float32_tangents(dtype, method, convolutional, devi
 @pytest.mark.parametrize("name", list(DECODERS))
 def test_float32_tangents_of_a_float64_chain_round_the_exact_ones(name):
     """Every layer kind that reads a parameter or a tensor of the decoder (cast to float32 for the
-    tangents), normalizations, softmax: the value stays float64, bit for bit, and the tangents are
-    the float64 ones to float32's rounding."""
+    tangents), normalizations, softmax: the value stays float64 (to its rounding), and the
+    tangents are the float64 ones to float32's rounding."""
     model = init_(DECODERS[name]())  # float64
     z = randn(9, 3, seed=2, scale=1.5)
     tangents = randn(3, 9, 3, seed=3)
