@@ -74,6 +74,30 @@ def test_float32_tangents_of_a_float64_chain_round_the_exact_ones(name):
     assert 0 < err < 1e-5, err  # rounded (so: pushed in float32), and only rounded
 
 
+class Huge(nn.Module):
+    """A float64 decoder whose activations leave float32's range (~3e38)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _conv()
+
+    def forward(self, z):
+        return self.net(z) * 1e200 * 1e-200
+
+
+def test_tangents_beyond_float32s_range_are_pushed_in_float64():
+    model = init_(Huge()).eval()
+    z, tangents = randn(6, 3, seed=2), randn(3, 6, 3, seed=3)
+    assert stacked_chain(model, z[:4]) is not None
+    value, out = value_and_tangents(model, z, tangents)
+    value_lo, out_lo = value_and_tangents(model, z, tangents, torch.float32)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out_lo, out, rtol=1e-13, atol=1e-13)  # float64: not inf, not NaN
+    metric = _metric(Huge())
+    res = fastgeo.geodesics(metric, randn(2, 3, seed=5), randn(2, 3, seed=6), progress=False)
+    assert res.options["fresh tangents"] == "float32" and list(res.status) == ["converged"] * 2
+
+
 def test_the_metric_knows_a_convolutional_mean():
     assert _metric(_conv()).convolutional_mean
     assert not _metric(_mlp()).convolutional_mean

@@ -60,7 +60,12 @@ class StackedChain:
             return self._by_chunks(torch.cat([z[None], tangents]))  # ours: steps work in place
         value, _ = self._by_chunks(z[None].clone())
         _, out = self._by_chunks(torch.cat([z[None], tangents]).to(tangent_dtype))
-        return value, out.to(z.dtype)
+        out = out.to(z.dtype)
+        if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(value).all()):
+            # the lower dtype's range ran out (a float64 decoder's values or constants beyond
+            # float32's and bfloat16's ~3e38): the tangents in z's own dtype
+            return value, self._by_chunks(torch.cat([z[None], tangents]))[1]
+        return value, out
 
     def _by_chunks(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The steps on the stack x (k+1, P, d), a few points at a time (updated in place):
