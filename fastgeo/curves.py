@@ -88,7 +88,8 @@ class BSplineBasis:
 
 
 class PiecewiseLinearBasis:
-    """Hat functions of the ``n - 2`` interior nodes of ``n`` equispaced nodes on [0, 1]."""
+    """Hat functions of the ``n_nodes - 2`` interior nodes of ``n_nodes >= 3`` equispaced nodes on
+    [0, 1]."""
 
     def __init__(self, n_nodes: int) -> None:
         if not isinstance(n_nodes, int) or n_nodes < 3:

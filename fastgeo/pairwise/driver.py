@@ -124,7 +124,7 @@ def pairwise_distances(
         neighbors: graph mode: edges per code (nearest codes, in different directions; default
             16); 0: no edges, every entry its straight segment (with ``straight=True``: in
             d >= 8 on a decoder whose geodesics are nearly straight, as accurate as with edges
-            at a fraction of the time). Refused in exact mode, where it would have no effect.
+            at a fraction of the time). Refused in the other modes, where it would have no effect.
         edges: graph mode: how the edges are solved: ``"draft"`` (default), a coarse curve each as
             in ``mode="draft"`` (status ``draft`` where an entry is its edge): the call 1.7-9.5x
             faster than with ``"exact"`` (geodesics, the solver options' with one start each), the
@@ -141,7 +141,7 @@ def pairwise_distances(
             >= 4, where chains through few codes zig-zag, this cuts the graph distances' excess
             several times on some decoders (a d = 10 decoder with a linear last layer: 16.9 % ->
             2.2 % on average). Default: on in d >= 4 up to 2^21 pairs (M ~ 2,000), off in d <= 3
-            (dense codes, chains within ~1 %). Refused in exact mode.
+            (dense codes, chains within ~1 %). Refused in the other modes.
         chains: exact mode without ``Y``: check every entry against chains of two entries through a
             third code (each entry is a curve's length, and so is a chain): the pairs a chain
             beats by more than 2e-4 relative are solved again with the chain's curve among their

@@ -25,8 +25,8 @@ class PairwiseReport:
             that did not converge hold the best length found, never longer than the straight
             line. The diagonal and pairs of equal points are converged (distance exactly 0).
         iterations: (M, M) or (M, P) int32, solver iterations spent on each pair (exact and draft modes:
-            -1 where no solve ran, on the diagonal and between equal codes; graph mode: zeros,
-            not kept per pair).
+            -1 where no solve ran, on the diagonal and between equal codes; graph and chord modes:
+            zeros, not kept per pair).
         n_pairs: entries computed (distinct unordered pairs for ``Z`` alone, ``M P`` with ``Y``).
         n_converged, n_failed: how many of the entries solved as geodesics converged / did not
             (exact mode: all ``n_pairs`` but those holding a chain's length, status ``chain``;
@@ -58,6 +58,8 @@ class PairwiseReport:
             found and repaired (:class:`fastgeo.pairwise.chains.ChainCheck`); None otherwise.
             Entries holding a chain's length (status ``chain``) count in neither ``n_converged``
             nor ``n_failed``.
+        options: the call's mode and options (``options["mode"]``, ``options["symmetric"]``, the
+            solver options of its geodesics).
     """
 
     status_code: Tensor

@@ -170,7 +170,8 @@ def geodesics(
             (about 0.02 % in length) in the B-spline with every knot span halved (``2 m - 1``
             functions) are solved on in it with twice the points (:mod:`.subdivide`), and so on
             for the curves still predicted to gain (2.5x more per level), up to ``subdivide``
-            levels (an int; True: the method's, False or 0: none); every result is then given
+            levels (an int; True: the default method's levels and threshold, under ``fast`` too; False
+            or 0: none); every result is then given
             in the finest basis (``4 m - 3`` functions at two levels). Default: two levels with
             ``family="bspline"``, three for ReLU-like decoders (their curves bend at every kink);
             ``fast`` one, solving on only curves predicted to gain more than 0.4 % (about 0.2 % in

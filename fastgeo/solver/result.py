@@ -104,6 +104,8 @@ class GeodesicResult:
         measure_points: (B,) int, points of the grid each length was measured on.
         decoder_evals: latent points passed through the decoder mean (forward calls).
         decoder_jvps: latent points times directions pushed through the decoder in forward mode.
+        options: the options the call used, resolved (method, basis, n_points, tol, max_iter,
+            subdivide, ``"fresh tangents"``, ``"smoothed_first"``, ...).
     """
 
     curves: Curves
