@@ -135,7 +135,11 @@ class RBFPrecision(nn.Module):
                     f"RBFPrecision.fit got an unknown option {name!r}{hint}; its options are "
                     f"{[k for k in known if k not in ('latents', 'data', 'mean')]}"
                 )
-        return cls(*fit_rbf_parameters(latents, data, mean, **options))
+        params = fit_rbf_parameters(latents, data, mean, **options)
+        # Made under torch.inference_mode, the weights would be inference tensors, which no later
+        # training (the weights are a Parameter) could use.
+        with torch.inference_mode(False):
+            return cls(*params)
 
     @torch.no_grad()
     def clamp_weights_(self) -> RBFPrecision:

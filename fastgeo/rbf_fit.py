@@ -43,8 +43,9 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 100) -> tuple[Tensor, 
         update keeps its previous center.
     """
     _checks.tensor("x", x, ndim=2)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    k = _checks.integer("k", k, 1)
+    seed = _checks.integer("seed", seed, 0)
+    iters = _checks.integer("iters", iters, 0)
     if x.shape[0] < k:
         raise ValueError(f"k-means needs at least k = {k} points, got {x.shape[0]}")
     _checks.finite("x", x)
@@ -101,7 +102,8 @@ def fit_rbf_parameters(
         bandwidth_scale: ``a`` in ``gamma_k = 0.5 / (a * spread_k)^2``, ``spread_k`` the mean
             distance of cluster k's points to its center. Larger ``a``: wider, smoother bumps
             (Arvanitidis et al. use ``a ~ 1-2``). A cluster with zero spread (a single point,
-            or copies of one) takes the median spread of the others.
+            or copies of one) takes the median spread of the others, or half the median distance
+            between neighbouring centers where that is larger.
         zeta: the precision floor, ``sigma = 1 / sqrt(zeta)`` far from the data. Small (the
             default 1e-3: sigma ~ 32 off the data) makes leaving the data expensive.
         steps: full-batch Adam steps on the log-weights.
@@ -124,6 +126,8 @@ def fit_rbf_parameters(
         )
     if latents.shape[0] == 0 or latents.shape[1] == 0:
         raise ValueError(f"latents must be (M, d) with M >= 1 and d >= 1, got shape {tuple(latents.shape)}")
+    if data.shape[1] == 0:
+        raise ValueError(f"data must hold D >= 1 values per point, got shape {(data.shape[0], *point_shape)}")
     if num_centers is None:
         num_centers = min(DEFAULT_CENTERS, latents.shape[0])
     num_centers = _checks.integer("num_centers", num_centers, 1)
@@ -159,7 +163,12 @@ def fit_rbf_parameters(
     # A spread of rounding size (identical codes split between clusters) counts as zero too.
     scale = (latents - latents.mean(0)).norm(dim=-1).mean()
     positive = spread > ROUNDING_SPREAD * scale
-    fallback = spread[positive].median() if bool(positive.any()) else _spacing(centers, scale)
+    # Where few clusters hold several codes (M a little above K) those are k-means' merges of the
+    # closest codes, whose spreads are far below the codes' spacing: 2-D codes, K = 64, M = 66 had
+    # 12x the gammas of M = 64 and holes in the precision between neighbouring codes.
+    fallback = _spacing(centers, scale)
+    if bool(positive.any()):
+        fallback = torch.maximum(spread[positive].median(), fallback)
     spread = torch.where(positive, spread, fallback)
     gammas = 0.5 / (bandwidth_scale * spread).pow(2)
     m = latents.shape[0]
@@ -167,10 +176,12 @@ def fit_rbf_parameters(
 
     phi = torch.cat([rbf_features(latents[lo : lo + rows], centers, gammas) for lo in range(0, m, rows)])
     per_dim, phi_resid = _residual_statistics(latents, data, point_shape, mean, phi)
-    # A dimension the mean reproduces exactly gets the floor as every one of its residuals.
-    per_dim, exact, floor = _floored(per_dim, data)
-    if bool(exact.any()):
-        phi_resid[:, exact] = floor * phi.sum(0)[:, None]
+    # The residuals a center sees, per dimension, are at least the floor's: where the mean
+    # reproduces a dimension exactly around a center (a ReLU or clamped output at 0 on a class whose
+    # pixel is 0, a whole border pixel) the likelihood has no maximum and that weight would grow
+    # with every step until it overflows.
+    per_dim, floor = _floored(per_dim, data)
+    phi_resid = torch.maximum(phi_resid, floor * phi.sum(0)[:, None])
     # Start where every data point gets roughly the precision 1 / (mean squared residual).
     target = 1.0 / per_dim  # (D,)
     if float(target.median()) < zeta:
@@ -190,7 +201,10 @@ def fit_rbf_parameters(
             log_w.grad = nll_gradient(phi, log_w, phi_resid.T, zeta)
             opt.step()
     if not bool(torch.isfinite(log_w).all()):
-        raise ValueError(f"the fit diverged (weights not finite) with lr={lr!r}: use a smaller lr")
+        raise ValueError(
+            f"the fit diverged (weights not finite) with lr={lr!r}: try a smaller lr, or float64 latents "
+            "and data"
+        )
     return centers, gammas, log_w.exp(), zeta
 
 
@@ -273,23 +287,23 @@ ROUNDING_SPREAD = 1e-4
 
 
 # A data dimension the decoder reproduces exactly (a border pixel that is 0 in every image and in
-# every decoded one) has no maximum-likelihood precision: it grows until the weights overflow. Its
-# squared residuals are taken as this share of the mean over all dimensions instead (the trained
-# image VAEs' least reproduced pixels sit 30x above it or more: their fits are unchanged).
+# every decoded one; or only around some centers) has no maximum-likelihood precision: it grows
+# until the weights overflow. A center's squared residuals are taken as at least this share of the
+# mean over all dimensions instead (the trained image VAEs' least reproduced pixels sit 30x above
+# it or more: their fits are unchanged).
 EXACT_FLOOR = 1e-8
 
 
-def _floored(per_dim: Tensor, data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _floored(per_dim: Tensor, data: Tensor) -> tuple[Tensor, Tensor]:
     """The mean squared residual per dimension (D,) with exactly reproduced dimensions raised to
-    the floor (the others unchanged, bit for bit), the mask of those (D,), and the floor; a mean
-    that reproduces all of the data (M, D) exactly is floored relative to the data's variance."""
+    the floor (the others unchanged, bit for bit), and the floor; a mean that reproduces all of
+    the data (M, D) exactly is floored relative to the data's variance."""
     floor = EXACT_FLOOR * per_dim.mean()
     if not bool(floor > 0):
         floor = EXACT_FLOOR * data.var(0, correction=0).mean()
     if not bool(floor > 0):
         raise ValueError("data is constant and the mean reproduces it exactly: there is no variance to fit")
-    exact = per_dim < floor
-    return torch.where(exact, floor, per_dim), exact, floor
+    return torch.maximum(per_dim, floor), floor
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -267,3 +268,77 @@ def test_features_of_a_fit_hold_no_subnormals():
     )
     phi = rbf_fit.rbf_features(z, z[::60], torch.full((10,), 2.0))
     assert bool((phi == 0).any()) and not bool(((phi > 0) & (phi < torch.finfo(phi.dtype).tiny)).any())
+
+
+def test_a_dimension_reproduced_exactly_around_some_centers_gets_bounded_weights():
+    """A ReLU mean at exactly 0 on one cluster of codes whose data is 0 there, noisy on the other:
+    around that cluster the likelihood has no maximum, and its weights grew with every step until
+    the fit diverged (2,000 steps). With the floor per center they stop, whatever the steps."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([torch.randn(100, 2, generator=g) * 0.3 - 3, torch.randn(100, 2, generator=g) * 0.3 + 3])
+
+    def mean(u):
+        return torch.relu(u[:, :1]).expand(-1, 3)
+
+    x = mean(z) + 0.1 * torch.randn(200, 3, generator=g) * (z[:, :1] > 0)
+    fits = [
+        fastgeo.RBFPrecision.fit(z, x, mean, num_centers=8, steps=s, progress=False) for s in (1000, 3000)
+    ]
+    for fit in fits:
+        assert bool(torch.isfinite(fit.weights).all())
+    with torch.no_grad():
+        exact_side = [float(fit.sigma(z[:100]).median()) for fit in fits]
+        noisy_side = [float(fit.sigma(z[100:]).median()) for fit in fits]
+    assert exact_side[0] < 1e-3 * noisy_side[0]  # certain where the mean is exact
+    assert exact_side[1] == pytest.approx(exact_side[0], rel=0.05)  # not set by the step budget
+    assert noisy_side[1] == pytest.approx(noisy_side[0], rel=0.05)
+
+
+def test_bandwidths_do_not_jump_when_a_few_codes_more_than_centers_merge():
+    """64 centers for 64 codes take the codes' spacing; for 66 codes the clusters of one code took
+    the median spread of k-means' two merges of the closest codes (12x the gammas, holes in the
+    precision between neighbouring codes). They take at least the centers' half spacing."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(80, 2, generator=g, dtype=torch.float64)
+    W = torch.randn(2, 3, generator=g, dtype=torch.float64)
+
+    def mean(u):
+        return torch.tanh(u @ W)
+
+    x = mean(z) + 0.1 * torch.randn(80, 3, generator=g, dtype=torch.float64)
+    median = {}
+    for m in (64, 65, 66, 70):
+        fit = fastgeo.RBFPrecision.fit(z[:m], x[:m], mean, steps=0, progress=False)
+        median[m] = float(fit.gammas.median())
+    for m in (65, 66, 70):
+        assert median[m] <= 1.5 * median[64], median
+
+
+def test_a_fit_under_inference_mode_gives_trainable_weights():
+    """The weights are a Parameter a user may train further: made under torch.inference_mode they
+    were inference tensors, which no backward outside it can use."""
+    z, x, mean = _problem()
+    with torch.inference_mode():
+        prec = fastgeo.RBFPrecision.fit(z, x, mean, num_centers=8, steps=5, progress=False)
+    assert not prec.weights.is_inference()
+    prec.sigma(z[:4]).sum().backward()
+    assert prec.weights.grad is not None and bool(torch.isfinite(prec.weights.grad).all())
+
+
+def test_kmeans_and_fit_validate_their_integers_and_the_data_width():
+    """numpy integers are integers; a float seed or a negative iteration count is refused naming
+    the argument; data with no values per point is refused as such."""
+    x, _ = _blobs()
+    centers, _ = kmeans(x, np.int64(3), seed=np.int64(1), iters=np.int64(5))
+    assert centers.shape[0] == 3
+    with pytest.raises(TypeError, match="seed"):
+        kmeans(x, 3, seed=1.5)
+    with pytest.raises(TypeError, match="iters"):
+        kmeans(x, 3, iters=2.5)
+    with pytest.raises(ValueError, match="iters"):
+        kmeans(x, 3, iters=-1)
+    with pytest.raises(ValueError, match="seed"):
+        kmeans(x, 3, seed=-1)
+    z, x, mean = _problem()
+    with pytest.raises(ValueError, match="data must hold D >= 1"):
+        fastgeo.RBFPrecision.fit(z, x[:, :0], mean, progress=False)
