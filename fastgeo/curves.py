@@ -158,7 +158,11 @@ class Curves:
         return pts
 
     def at(self, t: Tensor) -> Tensor:
-        """The curves at times t (n,) in [0, 1]: (B, n, d); end points exact where t is 0 or 1."""
+        """The curves at times t (n,) in [0, 1] (converted to the curves' dtype): (B, n, d); end
+        points exact where t is 0 or 1."""
+        t = _checks.tensor("t", t, ndim=1).to(self.z0)
+        if not bool(((t >= 0) & (t <= 1)).all()):
+            raise ValueError("t must lie in [0, 1] (a curve runs from z0 at 0 to z1 at 1)")
         pts = evaluate(self.z0, self.z1, self.coeffs, self.basis(t), t)
         pts[:, t == 0] = self.z0[:, None]
         pts[:, t == 1] = self.z1[:, None]

@@ -12,10 +12,12 @@ from . import _checks, _mean_checks, ops
 from .decoders import StackedChain, activation_width, jacobian_rows, piecewise_linear, smoothed, stacked_chain
 from .decoders.compact import compact_chain
 from .decoders.flat import FlatOutput, flat_output
+from .decoders.generic import differentiable_jacobian_rows
 from .decoders.layout import channels_last
 from .decoders.recognize import describe, recognize
 from .decoders.steps import convolves
 from .decoders.uses import new_use
+from .discrete import energy_from_segments, length_from_segments
 from .rbf import RBFPrecision
 
 # Bytes of the decoder's widest activation per call of the mean: longer inputs are decoded in
@@ -28,21 +30,6 @@ DECODE_BYTES_ELSEWHERE = 1 << 28  # on other devices than the CPU: memory alone 
 GUESSED_WIDTH = 16
 MIN_DECODE_ROWS = 64
 ROW_ALIGN = 8  # rows per block of the decoder's matrix products that a curve's points fill (decode)
-
-
-def energy_from_segments(segments: Tensor) -> Tensor:
-    """Discrete energy ``(N-1)/2 sum_n s_n`` of curves with squared segment lengths (..., N-1)."""
-    return 0.5 * segments.shape[-1] * segments.sum(-1)
-
-
-def length_from_segments(segments: Tensor) -> Tensor:
-    """Discrete length ``sum_n sqrt(s_n)`` of curves with squared segment lengths (..., N-1)."""
-    return segments.sqrt().sum(-1)
-
-
-def feature_segments(features: Tensor) -> Tensor:
-    """Squared segment lengths ``||f_{n+1} - f_n||^2`` (..., N-1) of embedded curves (..., N, F)."""
-    return (features[..., 1:, :] - features[..., :-1, :]).pow(2).sum(-1)
 
 
 class ExpectedMetric:
@@ -268,13 +255,16 @@ class ExpectedMetric:
         share end points, as the latent graph's edges: (B,)."""
         _checks.outside_autocast("ExpectedMetric")
         self.check_points("points", points, ndim=3)
+        first, last = _checks.tensor("first", first, ndim=2), _checks.tensor("last", last, ndim=2)
+        _checks.same_dtype_device([("points", points), ("first", first), ("last", last)])
         B, N, d = points.shape
-        if N < 2 or first.shape[0] != B or last.shape != first.shape:
+        inner = self.mean_embedding(points[:, 1:-1].reshape(-1, d))
+        if N < 2 or first.shape != (B, inner.shape[-1]) or last.shape != first.shape:
             raise ValueError(
-                f"points (B, N >= 2, d) and first, last (B, F) must agree, got {tuple(points.shape)}, "
-                f"{tuple(first.shape)} and {tuple(last.shape)}"
+                f"points (B, N >= 2, d) and first, last (B, F = {inner.shape[-1]}, the mean_embedding's "
+                f"width) must agree, got {tuple(points.shape)}, {tuple(first.shape)} and {tuple(last.shape)}"
             )
-        inner = self.mean_embedding(points[:, 1:-1].reshape(-1, d)).reshape(B, N - 2, first.shape[-1])
+        inner = inner.reshape(B, N - 2, first.shape[-1])
         embedded = torch.cat([first[:, None], inner, last[:, None]], 1)
         s = ops.segment_sqdist(embedded) + self.precision.segment_sqdist(points)
         return length_from_segments(s)
@@ -383,7 +373,7 @@ class ExpectedMetric:
 
     def features_and_jacobian(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``[mu, sigma](z)`` and its Jacobian: the mean's by forward-mode AD (one pass per latent
-        direction), sigma's in closed form.
+        direction), sigma's in closed form; values only, no autograd (:meth:`metric_tensor` has it).
 
         z: (P, d) -> features (P, 2D), jacobian (P, 2D, d).
         """
@@ -396,14 +386,21 @@ class ExpectedMetric:
         new_use()  # called by the user (not within a solve): chains checked again
         self.check_points("z", z, ndim=2)
         mu, j_mu = jacobian_rows(self.mean, z)  # (P, D), (d, P, D)
-        sigma, j_sigma = self.precision.sigma_and_jacobian_t(z)
-        return torch.cat([mu, sigma], -1), torch.cat([j_mu.transpose(0, 1), j_sigma], -1)
+        sigma, j_sigma = self.precision.sigma_and_jacobian_t(z.detach())
+        return torch.cat([mu, sigma], -1).detach(), torch.cat([j_mu.transpose(0, 1), j_sigma], -1).detach()
 
     def metric_tensor(self, z: Tensor) -> Tensor:
-        """``M(z) = J^T J`` of the embedding ``[mu, sigma]``: (..., d) -> (..., d, d)."""
+        """``M(z) = J^T J`` of the embedding ``[mu, sigma]``: (..., d) -> (..., d, d). In grad mode,
+        where z or a parameter of the decoder or the precision requires grad, differentiable in
+        them (the mean's Jacobian by ``torch.func.jvp``, d passes); otherwise values (faster)."""
         self.check_points("z", z)
-        lead = z.shape[:-1]
-        _, jac_t = self.features_and_jacobian_t(z.reshape(-1, self.latent_dim))
+        lead, flat = z.shape[:-1], z.reshape(-1, self.latent_dim)
+        params = (p for m in (*_mean_checks.modules_of(self.mean), self.precision) for p in m.parameters())
+        if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in params)):
+            j_mu = differentiable_jacobian_rows(self.mean, flat)[1]
+            jac_t = torch.cat([j_mu.transpose(0, 1), self.precision.sigma_and_jacobian_t(flat)[1]], -1)
+        else:
+            _, jac_t = self.features_and_jacobian_t(flat)
         G = jac_t @ jac_t.transpose(-1, -2)
         G = 0.5 * (G + G.transpose(-1, -2))  # exactly symmetric (a batched product need not be)
         return G.reshape(*lead, self.latent_dim, self.latent_dim)

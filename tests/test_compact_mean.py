@@ -71,7 +71,7 @@ def test_same_segments_and_metric_tensor(tail):
     torch.testing.assert_close(gram_e, gram_mu, rtol=1e-10, atol=1e-12)
     # the embedding's features give the same lengths as the metric's features
     torch.testing.assert_close(
-        fastgeo.metric.length_from_segments(fastgeo.metric.feature_segments(metric.embedding(pts))),
+        fastgeo.discrete.length_from_segments(fastgeo.discrete.feature_segments(metric.embedding(pts))),
         metric.length(pts),
         rtol=1e-10,
         atol=0,

@@ -36,7 +36,7 @@ def test_linear_decoder_gives_straight_line_of_length_A_dz():
     at = res.points(times)
     assert at.dtype == torch.float64 and torch.equal(at[:, 0], z0) and torch.equal(at[:, -1], z1)
     torch.testing.assert_close(at[:, 1], z0 + 0.3 * (z1 - z0), rtol=0, atol=1e-7)
-    with pytest.raises(ValueError, match=r"times must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         res.points(torch.tensor([0.5, 1.5]))
     text = repr(res)  # a summary, not 16 curves' tensors
     assert text.startswith("GeodesicResult(16 curves, d=3, method='default': converged 16, lengths ")

@@ -434,19 +434,25 @@ def test_structural_changes_after_first_call_are_seen(change):
 
 def test_metric_tensor_equals_reverse_mode_of_features():
     """ExpectedMetric(MLP mean, RBF precision).metric_tensor(z) == J^T J with J the reverse-mode
-    Jacobian of metric.features (float64, 1e-12 relative), for any leading shape."""
+    Jacobian of metric.features (float64, 1e-12 relative), for any leading shape: by the chain's
+    stacked forward mode under no_grad, by torch.func (differentiable) in grad mode."""
     mean = mlp("softplus_b2_t5", 2, 6)
     metric = fastgeo.ExpectedMetric(mean, bumpy_metric().precision)
     z = latents(8, 2, scale=1.0)
     assert mlp_chain(metric.mean, z[:4]) is not None
-    M = metric.metric_tensor(z)
+    with torch.no_grad():
+        M = metric.metric_tensor(z)
     full = torch.autograd.functional.jacobian(metric.features, z)  # (P, 2D, P, d)
     J = full.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (P, 2D, d)
     expected = J.transpose(-1, -2) @ J
     assert_close_rel(M, expected, 1e-12)
+    differentiable = metric.metric_tensor(z)
+    assert differentiable.requires_grad and not M.requires_grad
+    assert_close_rel(differentiable.detach(), expected, 1e-12)
     torch.testing.assert_close(M, M.transpose(-1, -2), rtol=0, atol=0)
-    torch.testing.assert_close(metric.metric_tensor(z.reshape(2, 4, 2)), M.reshape(2, 4, 2, 2),
-                               rtol=0, atol=0)  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(metric.metric_tensor(z.reshape(2, 4, 2)), M.reshape(2, 4, 2, 2),
+                                   rtol=0, atol=0)  # fmt: skip
 
 
 @pytest.mark.parametrize("cls", [PlusOne, PlusTiny], ids=["offset", "tiny_offset"])

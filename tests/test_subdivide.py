@@ -13,7 +13,7 @@ from helpers import assert_close_rel
 
 import fastgeo
 from fastgeo.curves import BSplineBasis, PolynomialBasis, evaluate, time_grid
-from fastgeo.metric import energy_from_segments
+from fastgeo.discrete import energy_from_segments
 from fastgeo.solver.finer_gain import FinerGains, finer_basis, lift_matrix
 from fastgeo.solver.linearize import point_products
 from fastgeo.solver.measure import curve_lengths

@@ -63,6 +63,19 @@ def generic_jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Te
     return generic_value_and_tangents(fn, z, tangents)
 
 
+def differentiable_jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`generic_jacobian_rows` with autograd through the result, into ``z`` and whatever
+    ``fn`` reads (its parameters): one ``torch.func.jvp`` per latent axis, in the caller's grad
+    mode. For users who differentiate the metric; the solver's Jacobians are values only."""
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+    value, rows = None, []
+    with use_backend("reference"), sdpa_kernel([SDPBackend.MATH]):
+        for e in eye:
+            value, row = torch.func.jvp(fn, (z,), (e.expand_as(z),))
+            rows.append(row)
+    return check_value(value, z), torch.stack(rows)
+
+
 def _jvp(fn: Callable[[Tensor], Tensor], z: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:
     try:
         return torch.func.jvp(fn, (z,), (tangent,))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..metric import energy_from_segments
+from ..discrete import energy_from_segments
 from .problem import Segments
 from .result import CONVERGED, MAX_ITER, NONFINITE
 

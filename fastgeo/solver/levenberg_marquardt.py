@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..curves import evaluate
-from ..metric import energy_from_segments, length_from_segments
+from ..discrete import energy_from_segments, length_from_segments
 from ..ops.band import block_bandwidth
 from ..ops.solver_ops import LMState, LMTrial, lm_propose, lm_update
 from . import secant_memory

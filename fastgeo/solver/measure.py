@@ -26,7 +26,8 @@ from torch import Tensor
 
 from .._quiet import quiet
 from ..curves import Curves
-from ..metric import ExpectedMetric, feature_segments, length_from_segments
+from ..discrete import feature_segments, length_from_segments
+from ..metric import ExpectedMetric
 from .result import Work
 
 LENGTH_RTOL = 1e-4  # a length has settled when its estimated error is below this, relative

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from .._progress import phase
-from ..metric import ExpectedMetric, energy_from_segments, length_from_segments
+from ..discrete import energy_from_segments, length_from_segments
+from ..metric import ExpectedMetric
 from .finer_gain import finer_gains
 from .first_order import adam
 from .graph import LatentGraph

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _checks
 from .._progress import pulse
 from ..curves import Curves
 
@@ -127,10 +126,7 @@ class GeodesicResult:
         """The curves sampled at ``t = linspace(0, 1, n)`` (default ``n_points``), or at the times
         ``n`` given as a 1-D float tensor in [0, 1]: (B, n, d)."""
         if isinstance(n, Tensor) and n.dim() == 1:
-            t = _checks.tensor("times", n, ndim=1).to(self.curves.z0)
-            if not bool(((t >= 0) & (t <= 1)).all()):
-                raise ValueError("times must lie in [0, 1] (a curve runs from z0 at 0 to z1 at 1)")
-            return self.curves.at(t)
+            return self.curves.at(n)
         return self.curves.points(self.n_points if n is None else n)
 
     @property

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from ..curves import Curves, straight_line, time_grid
-from ..metric import ExpectedMetric, feature_segments, length_from_segments
+from ..discrete import feature_segments, length_from_segments
+from ..metric import ExpectedMetric
 from .measure import float64_metric
 from .options import SPLINE_METHODS, SolverOptions
 from .result import GeodesicResult

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from .._progress import phase
 from ..curves import BSplineBasis, Curves, evaluate
-from ..metric import ExpectedMetric, energy_from_segments
+from ..discrete import energy_from_segments
+from ..metric import ExpectedMetric
 from .finer_gain import FinerGains, finer_basis, lift_matrix
 from .linearize import products_by_chunks
 from .options import SolverOptions, working_memory_per_curve

@@ -1,0 +1,113 @@
+"""Gradients through the metric's user-facing measurements: the metric tensor differentiable in
+the codes and in the decoder's and the precision's parameters (its values-only Jacobians detached,
+never half a graph), lengths with zero-length segments, and the checks of ``length_with_ends``
+and ``Curves.at``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastgeo
+from fastgeo.curves import BSplineBasis, Curves
+
+
+def _metric(dtype=torch.float64, D=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, D)).to(dtype)
+    with torch.no_grad():
+        for p in mean.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=dtype))
+    centers = torch.randn(6, 2, generator=g, dtype=dtype)
+    prec = fastgeo.RBFPrecision(
+        centers, torch.full((6,), 0.7, dtype=dtype), torch.rand(D, 6, generator=g, dtype=dtype) * 5, 1e-2
+    )
+    return fastgeo.ExpectedMetric(mean, prec), mean
+
+
+def _reference_metric_tensor(metric, z):
+    """J^T J with J by torch.func.jacrev of the features, point by point (differentiable)."""
+    with fastgeo.ops.use_backend("reference"):  # the RBF ops' kernels have no functorch rules
+        J = torch.func.vmap(torch.func.jacrev(lambda x: metric.features(x[None])[0]))(z)  # (P, 2D, d)
+    return J.transpose(-1, -2) @ J
+
+
+def test_the_metric_tensor_is_differentiable_in_the_codes_and_the_parameters():
+    """d logdet M / dz and / d(decoder weights, precision weights) agree with autograd through a
+    reverse-mode Jacobian; the decoder's part of M had no gradient before (half a graph)."""
+    metric, mean = _metric()
+    z = torch.tensor([[0.3, -0.2], [1.1, 0.4], [-0.7, 0.9]], dtype=torch.float64, requires_grad=True)
+    wanted = [z, mean[0].weight, mean[2].weight, metric.precision.weights]
+    got = torch.autograd.grad(torch.logdet(metric.metric_tensor(z)).sum(), wanted)
+    expected = torch.autograd.grad(torch.logdet(_reference_metric_tensor(metric, z)).sum(), wanted)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
+    # finite differences in z, as an independent check
+    h, i = 1e-6, 0
+    step = torch.zeros_like(z)
+    step[i, 0] = h
+    with torch.no_grad():
+        up, down = torch.logdet(metric.metric_tensor(z + step)), torch.logdet(metric.metric_tensor(z - step))
+    fd = (up - down)[i] / (2 * h)
+    assert float(got[0][i, 0]) == pytest.approx(float(fd), rel=1e-6)
+
+
+def test_the_values_only_jacobian_carries_no_graph_and_no_grad_mode_takes_it():
+    metric, _ = _metric()
+    z = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    features, jac = metric.features_and_jacobian(z)
+    assert not features.requires_grad and not jac.requires_grad
+    with torch.no_grad():
+        fast = metric.metric_tensor(z)
+    torch.testing.assert_close(fast, metric.metric_tensor(z).detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fast, _reference_metric_tensor(metric, z).detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_lengths_of_curves_with_zero_length_segments_have_finite_gradients():
+    """A curve from a code to itself, and a curve with one point repeated: sqrt's infinite slope at
+    0 made every parameter's gradient NaN; the length's gradient there is 0."""
+    metric, mean = _metric(torch.float32, D=40)
+    z0 = torch.tensor([[0.2, -0.3]])
+    still = z0.expand(2, 16, 2).clone().requires_grad_()
+    length = metric.length(still)
+    assert float(length.abs().max()) == 0.0
+    length.sum().backward()
+    assert bool(torch.isfinite(still.grad).all()) and float(still.grad.abs().max()) == 0.0
+    assert all(bool(torch.isfinite(p.grad).all()) for p in mean.parameters() if p.grad is not None)
+    t = torch.linspace(0, 1, 9)[:, None]
+    pts = (z0 + t * torch.tensor([[1.0, 0.5]]))[None].repeat(1, 1, 1)
+    pts = torch.cat([pts[:, :4], pts[:, 3:]], 1).requires_grad_()  # point 3 twice
+    metric.length(pts).sum().backward()
+    assert bool(torch.isfinite(pts.grad).all())
+    # NaN still shows as NaN (a non-finite curve is never measured as 0)
+    assert bool(torch.isnan(fastgeo.discrete.length_from_segments(torch.tensor([[1.0, float("nan")]]))).all())
+
+
+def test_length_with_ends_checks_its_end_embeddings():
+    metric, _ = _metric()
+    pts = torch.randn(2, 5, 2, dtype=torch.float64)
+    with torch.no_grad():
+        first, last = metric.mean_embedding(pts[:, 0]), metric.mean_embedding(pts[:, -1])
+        torch.testing.assert_close(metric.length_with_ends(pts, first, last), metric.length(pts))
+        with pytest.raises(ValueError, match="first, last"):
+            metric.length_with_ends(pts, first[:, :3], last[:, :3])
+        with pytest.raises(ValueError, match="first must have 2 dimensions"):
+            metric.length_with_ends(pts, first[:, None], last[:, None])
+        with pytest.raises(TypeError, match="first must be a torch.Tensor"):
+            metric.length_with_ends(pts, first.tolist(), last)
+        with pytest.raises(TypeError, match="first"):
+            metric.length_with_ends(pts, first.float(), last)
+
+
+def test_curves_at_checks_and_converts_its_times():
+    z0, z1 = torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    curves = Curves(z0, z1, torch.zeros(1, 4, 2, dtype=torch.float64), BSplineBasis(4))
+    pts = curves.at(torch.tensor([0.0, 0.5, 1.0]))  # float32 times on float64 curves
+    assert pts.dtype == torch.float64
+    torch.testing.assert_close(pts[0, 1], torch.full((2,), 0.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="t must have 1 dimensions"):
+        curves.at(torch.tensor(0.5))
+    with pytest.raises(TypeError, match="t must be a torch.Tensor"):
+        curves.at([0.0, 1.0])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        curves.at(torch.tensor([0.0, 1.5]))
