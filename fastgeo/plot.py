@@ -17,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from . import _checks
 from .metric import ExpectedMetric
 from .rbf import RBFPrecision
 
@@ -80,8 +82,7 @@ def background_values(
         raise ValueError(f"latent-plane plots need latent dimension d = 2, got d = {prec.latent_dim}")
     if len(extent) != 4:
         raise ValueError(f"extent must be (xmin, xmax, ymin, ymax), got {extent!r}")
-    if not isinstance(resolution, int) or resolution < 2:
-        raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
+    resolution = _checks.integer("resolution", resolution, 2)
     w = prec.weights
     xs = torch.linspace(float(extent[0]), float(extent[1]), resolution, dtype=w.dtype, device=w.device)
     ys = torch.linspace(float(extent[2]), float(extent[3]), resolution, dtype=w.dtype, device=w.device)
@@ -129,10 +130,15 @@ def plot_background(
 def plot_latents(ax: Axes, Z: Tensor, labels: Tensor | None = None, **scatter_kwargs: Any) -> Any:
     """Scatter latent codes Z (M, 2), coloured by integer ``labels`` (M,) if given."""
     _pyplot()
-    Z = _numpy(Z)
+    Z = np.asarray(_numpy(Z))
+    if Z.ndim != 2 or Z.shape[1] != 2:
+        raise ValueError(f"Z must have shape (M, 2) (codes of a 2-D latent space), got {tuple(Z.shape)}")
     style: dict[str, Any] = {"s": 4, "alpha": 0.6, "linewidths": 0}
     if labels is not None:
-        style.update(c=_numpy(labels), cmap="coolwarm")
+        labels = np.asarray(_numpy(labels))
+        if labels.shape != (Z.shape[0],):
+            raise ValueError(f"labels must have shape (M,) = ({Z.shape[0]},), got {tuple(labels.shape)}")
+        style.update(c=labels, cmap="coolwarm")
     else:
         style.update(c="k")
     style.update(scatter_kwargs)
@@ -186,6 +192,8 @@ def plot_geodesics(
     plt = _pyplot()
     if metric.latent_dim != 2:
         raise ValueError(f"plot_geodesics draws a 2-D latent space; the metric's has d = {metric.latent_dim}")
+    if labels is not None and latents is None:
+        raise ValueError("labels colour the latents: pass latents too")
     if latents is not None:
         latents = torch.as_tensor(_numpy(latents))
         if latents.dim() != 2 or latents.shape[1] != 2:
@@ -215,7 +223,8 @@ def plot_geodesics(
     ax.set_ylim(extent[2], extent[3])
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    if pts.shape[0]:
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
     return fig
 
 

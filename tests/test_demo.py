@@ -4,8 +4,10 @@ generator file, length table, thread count), and the plot functions on a small m
 import contextlib
 import io
 import sys
+import warnings
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from helpers import randn, rbf_params
@@ -223,6 +225,18 @@ def test_plot_functions_produce_figures():
         fplot.plot_geodesics(metric, res, latents=torch.zeros(4, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="no curve"):
         fplot.plot_geodesics(metric, res.select([]))
+    # an empty result framed by its codes draws no legend (matplotlib warned of one with no entry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plt.close(fplot.plot_geodesics(metric, res.select([]), latents=centers, resolution=8))
+    with pytest.raises(ValueError, match="pass latents too"):
+        fplot.plot_geodesics(metric, res, labels=torch.arange(6) % 2)
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match=r"Z must have shape \(M, 2\)"):
+        fplot.plot_latents(ax, torch.zeros(5, 4))
+    with pytest.raises(ValueError, match=r"labels must have shape \(M,\)"):
+        fplot.plot_latents(ax, centers, labels=torch.arange(3))
+    plt.close(fig)
 
 
 def test_background_values_match_the_metric():
@@ -240,6 +254,7 @@ def test_background_values_match_the_metric():
         fplot.background_values(metric.precision, (-1, 1, -1, 1), kind="magnification")
     with pytest.raises(ValueError, match="kind"):
         fplot.background_values(metric, (-1, 1, -1, 1), kind="nope")
+    assert fplot.background_values(metric, (-1, 1, -1, 1), resolution=np.int64(3)).shape == (3, 3)
 
 
 def test_clear_error_without_matplotlib(monkeypatch):

@@ -18,7 +18,8 @@ whenever a decoder's weights do would be a tensor users could not turn into numb
 
 The theorem needs a stationary curve: lengths of curves that stopped short (``max_iter``,
 ``stalled``) get the same formula with a warning (stopped after one iteration on a 2-D VAE:
-19-63 % off the converged curve's gradient). Lengths are differentiable once: a second
+19-63 % off the converged curve's gradient), as do ``method="paper"``'s single quadratics (not
+stationary in length: 7-15 % off on the 2-D digits VAE). Lengths are differentiable once: a second
 derivative (``create_graph=True``) raises.
 """
 
@@ -51,6 +52,13 @@ def with_end_gradients(metric: ExpectedMetric, res: GeodesicResult, z0: Tensor, 
             f"fastgeo.geodesics: {stopped} of {res.lengths.numel()} curves stopped before converging "
             "(status max_iter or stalled): their lengths' gradients in the end points assume a "
             "geodesic and may be far off; raise max_iter, or leave those pairs out of the loss",
+            RuntimeWarning, stacklevel=3,
+        )  # fmt: skip
+    if res.options.get("method") == "paper":
+        warnings.warn(
+            "fastgeo.geodesics: method='paper' curves (one quadratic each) are not stationary in length: "
+            "their lengths' gradients in the end points are the envelope formula's, 7-15 % off the "
+            "distance's on a 2-D VAE; use method='default' (or 'fast') for gradients",
             RuntimeWarning, stacklevel=3,
         )  # fmt: skip
     # The backward pass holds the curves, not the result (which will hold the lengths: no cycle).

@@ -199,7 +199,8 @@ def geodesics(
         ``create_graph``), by ``torch.autograd`` (not ``torch.func``); not in the decoder's or the
         precision's parameters. It is the distance's gradient where the curve converged (a warning
         counts the curves that stopped at ``max_iter`` or ``stalled``); ``method="paper"``'s
-        single quadratic is not stationary in length, and its gradients were 1-6 % off.
+        single quadratic is not stationary in length, and its gradients were 7-15 % off on the 2-D
+        digits VAE (with a warning).
 
     Decoders with piecewise-linear activations (ReLU, LeakyReLU, PReLU, Hardtanh, ReLU6,
     Hardsigmoid, Hardswish; recognized chains, :func:`fastgeo.decoders.piecewise_linear`) have
