@@ -343,6 +343,23 @@ def test_select_takes_an_empty_list_and_a_0d_index():
     assert len(res.select(slice(5, 9))) == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_select_takes_every_integer_dtype_as_indices(dtype):
+    """int8 / int16 index tensors raised torch's IndexError and a uint8 one of length B was taken as
+    a mask (the wrong curves, silently); every integer dtype indexes, 0-d too. A selection's
+    options are its own."""
+    metric = bumpy_metric()
+    z = torch.tensor([[-1.0, 0.0], [1.0, 0.2], [0.5, 0.5]], dtype=torch.float64)
+    res = fastgeo.geodesics(metric, z, z.flip(0) + 0.1, method="fast")
+    order = [1, 2, 0]
+    torch.testing.assert_close(res.select(torch.tensor(order, dtype=dtype)).lengths, res.lengths[order])
+    torch.testing.assert_close(res.select(torch.tensor(2, dtype=dtype)).lengths, res.lengths[2:])
+    picked = res.select(np.array(order, dtype=np.int8))
+    torch.testing.assert_close(picked.curves.coeffs, res.curves.coeffs[order])
+    picked.options["tol"] = 123.0
+    assert res.options["tol"] != 123.0
+
+
 def test_autocast_is_refused_clearly():
     """Under torch.autocast a decoder runs in bfloat16: every entry point says so, by name."""
     metric = bumpy_metric()

@@ -27,7 +27,8 @@ class PairwiseReport:
         iterations: (M, M) or (M, P) int32, solver iterations spent on each pair (exact and draft modes:
             -1 where no solve ran, on the diagonal and between equal codes; graph and chord modes:
             zeros, not kept per pair).
-        n_pairs: entries computed (distinct unordered pairs for ``Z`` alone, ``M P`` with ``Y``).
+        n_pairs: entries computed (distinct unordered pairs of distinct codes for ``Z`` alone, ``M P``
+            with ``Y``).
         n_converged, n_failed: how many of the entries solved as geodesics converged / did not
             (exact mode: all ``n_pairs`` but those holding a chain's length, status ``chain``;
             graph mode: the entries that are exact edges or sampled pairs; draft mode: the sampled
@@ -95,8 +96,10 @@ class PairwiseReport:
         return np.array(STATUSES)[self.status_code.cpu().numpy().astype(np.int64)]
 
     def failed_pairs(self) -> Tensor:
-        """(k, 2) indices ``(i, j)`` of the solved pairs that did not converge (``i < j`` without
-        Y): the ``n_failed`` pairs (estimates and drafts are not failures)."""
+        """(k, 2) indices ``(i, j)`` of the matrix's entries solved as geodesics that did not
+        converge (``i < j`` without Y; estimates and drafts are not failures): the ``n_failed``
+        pairs, and where ``Z`` has equal rows, their copies too (``n_failed`` counts the pairs of
+        distinct codes: a row equal to an earlier one holds that row's entries)."""
         unsolved = torch.tensor(UNSOLVED, dtype=self.status_code.dtype, device=self.status_code.device)
         mask = ~self.converged & ~torch.isin(self.status_code, unsolved)
         if self.options.get("symmetric", False):

@@ -182,6 +182,7 @@ class GeodesicResult:
             idx = idx.nonzero().squeeze(1)
         if idx.dim() != 1 or idx.is_floating_point() or idx.is_complex():
             raise TypeError(f"idx must be a (K,) integer index, a (B,) bool mask or an int, got {idx!r}")
+        idx = idx.long()  # torch indexes with int8/int16 not at all, and with uint8 as a mask
         c = self.curves
         rows = {
             name: None if getattr(self, name) is None else getattr(self, name)[idx]
@@ -190,4 +191,5 @@ class GeodesicResult:
                 "resolution", "length_errors", "measure_points",
             )
         }  # fmt: skip
-        return dataclasses.replace(self, curves=Curves(c.z0[idx], c.z1[idx], c.coeffs[idx], c.basis), **rows)
+        curves = Curves(c.z0[idx], c.z1[idx], c.coeffs[idx], c.basis)
+        return dataclasses.replace(self, curves=curves, options=dict(self.options), **rows)
