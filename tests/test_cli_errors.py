@@ -103,9 +103,11 @@ def test_a_device_this_torch_lacks_is_one_line(files, capsys, monkeypatch, tmp_p
         ("--memory-mb", "nan", ["--memory-mb", "finite"]),
         ("--memory-mb", "-1", ["--memory-mb"]),
         ("--chunk-size", "0", ["--chunk-size", ">= 1"]),
-        ("--tol", "inf", ["tol"]),
-        ("--n-points", "1", ["n_points"]),
-        ("--m", "0", ["m must"]),
+        ("--tol", "inf", ["--tol", "finite"]),
+        ("--tol", "-1", ["--tol", "finite"]),
+        ("--n-points", "1", ["--n-points", ">= 2"]),
+        ("--n-points", "3", ["n_points"]),
+        ("--m", "0", ["--m must", ">= 1"]),
         ("--max-iter", "0", ["--max-iter", ">= 1"]),
         ("--max-iter", "-3", ["--max-iter", ">= 1"]),
     ],
@@ -139,6 +141,9 @@ def test_npz_latents_and_code_files(files, capsys, tmp_path):
     tmp, gen = files
     np.savez(tmp_path / "Z.npz", Z=np.zeros((3, 2)))
     expect_error(capsys, ["latents", ".npy"], gen, tmp_path / "Z.npz", "-o", tmp_path / "D.npy")
+    # an archive under a .npy name was an AttributeError's traceback
+    (tmp_path / "Z.npz").rename(tmp_path / "zip.npy")
+    expect_error(capsys, ["latents", ".npz archive"], gen, tmp_path / "zip.npy", "-o", tmp_path / "D.npy")
     code_file = fastgeo.save_generator(tmp_path / "g.pt2", fastgeo.load_generator(gen), format="export")
     expect_error(capsys, ["--trust"], code_file, tmp / "Z.npy", "-o", tmp_path / "D.npy")
     with pytest.warns(UserWarning, match="trusted"):
@@ -150,6 +155,9 @@ def test_big_endian_latents_work_and_outputs_are_whole(files, capsys, tmp_path):
     tmp, gen = files
     Z = np.load(tmp / "Z.npy")
     np.save(tmp_path / "Zbe.npy", Z.astype(">f8"))
+    np.save(tmp_path / "Zld.npy", Z.astype(np.longdouble))  # long doubles: torch has no such dtype
+    code, err = run_cli(capsys, gen, tmp_path / "Zld.npy", "-o", tmp_path / "Dld.npy")
+    assert code == 0, err
     stale = tmp_path / ".D.npy.abc.tmp"
     stale.write_bytes(b"left by a killed run")
     code, err = run_cli(
@@ -227,6 +235,7 @@ def test_graph_mode_from_the_command_line(files, capsys, monkeypatch, tmp_path):
     expect_error(capsys, ["--error-sample", ">= 0"], *graph, "--error-sample", "-2")
     expect_error(capsys, ["--workers", ">= 1"], *graph, "--workers", "0")
     expect_error(capsys, ["--neighbors 0 needs --straight"], *graph, "--neighbors", "0", "--no-straight")
+    expect_error(capsys, ["--neighbors 0 needs --straight"], *graph, "--neighbors", "0")
 
 
 @pytest.mark.parametrize("mode", [None, "exact"])

@@ -57,6 +57,9 @@ def checkpoint_folder(option: str, path: str | None) -> Path | None:
     parent = p.parent if str(p.parent) else Path(".")
     if not p.exists() and not parent.is_dir():
         raise InputError(f"{option}: folder {str(parent)!r} does not exist")
+    folder = p if p.exists() else parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{option}: folder {str(folder)!r} is not writable")
     return p
 
 
@@ -87,6 +90,11 @@ def latent_codes(option: str, path: Path, d: int, dtype: torch.dtype) -> Tensor:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise InputError(f"{option}: cannot read {str(path)!r} as a .npy array ({e})") from e
+    if not isinstance(array, np.ndarray):  # a zip archive (np.savez) under a .npy name
+        array.close()
+        raise InputError(
+            f"{option}: {str(path)!r} is an .npz archive, not a .npy array (np.save of an (M, {d}) floats)"
+        )
     if array.dtype.kind != "f":
         raise InputError(f"{option}: {str(path)!r} holds {array.dtype} values; latent codes must be floats")
     if array.ndim != 2 or array.shape[1] != d:
@@ -95,6 +103,8 @@ def latent_codes(option: str, path: Path, d: int, dtype: torch.dtype) -> Tensor:
             "latent code per row)"
         )
     array = array.astype(array.dtype.newbyteorder("="), copy=False)  # big-endian files too
+    if array.dtype.itemsize > 8:  # long doubles: torch has no such dtype
+        array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise InputError(f"{option}: {str(path)!r} contains NaN or inf")
     return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
@@ -154,6 +164,9 @@ def add_solver_arguments(p: argparse.ArgumentParser, chord_mode: bool = False) -
 def solver_options_given(args: argparse.Namespace) -> dict[str, object]:
     """The solver options given on the command line (the others keep the solver's defaults)."""
     at_least("--max-iter", args.max_iter, 1)
+    at_least("--m", args.m, 1)
+    at_least("--n-points", args.n_points, 2)
+    positive("--tol", args.tol)
     given = {"method": args.method, "m": args.m, "n_points": args.n_points}
     given |= {"max_iter": args.max_iter, "tol": args.tol}
     return {k: v for k, v in given.items() if v is not None}
