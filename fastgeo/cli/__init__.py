@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
-    return text + (" (--debug for details)" if len(lines) > 1 else "")
+    return text + (" (fastgeo --debug ... for details)" if len(lines) > 1 else "")
 
 
 def main(argv: list[str] | None = None) -> int:
