@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .modules import SELU_ALPHA, SELU_SCALE
 from .steps import (
     Activation,
     Affine,
@@ -25,7 +26,18 @@ from .steps import (
 )
 from .steps import Upsample as UpsampleStep
 
-ACTIVATION_MODULES: dict[str, Callable[[tuple[float, ...]], nn.Module]] = {
+
+def _scaled_elu(params: tuple[float, ...]) -> nn.Module | None:
+    """SELU and CELU (the recognizer's ``scaled_elu`` of both); None for other constants."""
+    alpha, scale, input_scale = params
+    if (alpha, scale, input_scale) == (SELU_ALPHA, SELU_SCALE, 1.0):
+        return nn.SELU()
+    if scale == 1.0 and input_scale == 1.0 / alpha:
+        return nn.CELU(alpha)
+    return None
+
+
+ACTIVATION_MODULES: dict[str, Callable[[tuple[float, ...]], nn.Module | None]] = {
     "elu": lambda p: nn.ELU(*p),
     "relu": lambda p: nn.ReLU(),
     "leaky_relu": lambda p: nn.LeakyReLU(*p),
@@ -41,6 +53,7 @@ ACTIVATION_MODULES: dict[str, Callable[[tuple[float, ...]], nn.Module]] = {
     "softsign": lambda p: nn.Softsign(),
     "logsigmoid": lambda p: nn.LogSigmoid(),
     "tanhshrink": lambda p: nn.Tanhshrink(),
+    "scaled_elu": _scaled_elu,
 }
 _CONV = {
     (1, False): nn.Conv1d,
@@ -118,6 +131,21 @@ def _layer_norm(step: LayerNorm) -> nn.Module:
 def sequential_from_steps(steps: list) -> nn.Sequential | None:
     """Standard layers computing the chain ``steps`` on (P, d) codes, or None if a step has none
     (the steps' per-point rank is followed to pick BatchNorm1d or BatchNorm2d)."""
+    layers, _ = _layers_of(steps)
+    return None if layers is None else nn.Sequential(*layers)
+
+
+def first_without_layer(steps: list) -> str | None:
+    """The first of ``steps`` that no standard layer computes, named (None if every one has)."""
+    _, step = _layers_of(steps)
+    if step is None:
+        return None
+    name = getattr(step, "name", None)
+    return type(step).__name__ + (f" {name!r}" if isinstance(name, str) else "")
+
+
+def _layers_of(steps: list) -> tuple[list[nn.Module] | None, object]:
+    """The layers of :func:`sequential_from_steps`, or None and the first step without one."""
     layers: list[nn.Module] = []
     rank = 1  # axes per point: a code is a vector
     for step in steps:
@@ -129,24 +157,25 @@ def sequential_from_steps(steps: list) -> nn.Sequential | None:
             _copy(linear.bias, bias)
             layers.append(linear)
         elif isinstance(step, Activation):
-            if step.name not in ACTIVATION_MODULES:
-                return None
-            layers.append(ACTIVATION_MODULES[step.name](step.params))
+            layer = ACTIVATION_MODULES[step.name](step.params) if step.name in ACTIVATION_MODULES else None
+            if layer is None:
+                return None, step
+            layers.append(layer)
         elif isinstance(step, Conv):
             layer = _conv(step)
             if layer is None:
-                return None
+                return None, step
             layers.append(layer)
             rank = step.weight().dim() - 1
         elif isinstance(step, BatchNorm):
             layer = _batch_norm(step, rank)
             if layer is None:
-                return None
+                return None, step
             layers.append(layer)
         elif isinstance(step, GroupNorm):
             layer = _group_norm(step)
             if layer is None:
-                return None
+                return None, step
             layers.append(layer)
         elif isinstance(step, LayerNorm):
             layers.append(_layer_norm(step))
@@ -168,5 +197,5 @@ def sequential_from_steps(steps: list) -> nn.Sequential | None:
             layers.append(nn.Unflatten(step.dim, step.sizes))
             rank += len(step.sizes) - 1
         else:
-            return None
-    return nn.Sequential(*layers)
+            return None, step
+    return layers, None

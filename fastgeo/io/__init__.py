@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import pickle
+import shutil
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from .. import _checks, _mean_checks
 from ..decoders import FlatMean
+from ..decoders.layers_of_steps import first_without_layer
 from ..decoders.recognize import recognize, why_not_a_chain
 from ..decoders.structure import sequential_of
 from ..metric import ExpectedMetric
@@ -77,8 +79,11 @@ def save_generator(
         raise FileNotFoundError(f"path: the folder {str(path.parent)!r} does not exist")
     if path.is_dir():
         raise IsADirectoryError(f"path: {str(path)!r} is a folder, not a file to write")
+    if path.is_symlink():  # written through, as open() would: the link stays a link
+        path = path.resolve()
     # Written beside the path and checked there: a save that fails leaves an existing file alone.
-    checked = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.saving")
+    # (A short name: the longest file names a folder allows are the user's.)
+    checked = path.with_name(f".fastgeo-{uuid.uuid4().hex[:12]}.saving")
     try:
         if fmt == "safe":
             sequential = sequential_of(mean)
@@ -88,7 +93,10 @@ def save_generator(
                 _mean_checks.eval_mode("the decoder mean", mean)
                 _mean_checks.still_in_eval("the decoder mean", generator)
                 found = recognize(mean, precision.latent_dim)
-                why = "" if found is not None else f" ({why_not_a_chain(mean, precision.latent_dim)})"
+                if found is None:
+                    why = f" ({why_not_a_chain(mean, precision.latent_dim)})"
+                else:  # a chain fastgeo computes, with a step no standard layer stores
+                    why = f" (its traced step {first_without_layer(found[0])} has no standard layer)"
                 raise ValueError(
                     f"the decoder mean has no structure fastgeo can store as data{why}: it must be an "
                     "nn.Sequential of standard layers (fastgeo.decoders.structure.LAYERS), or trace "
@@ -104,6 +112,8 @@ def save_generator(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 load_generator(checked, trust=True)
+        if path.exists():  # the file keeps its permissions (a private generator stays private)
+            shutil.copymode(path, checked)
         os.replace(checked, path)
     except ValueError as e:  # the probe check's message names the file the user asked for
         raise ValueError(str(e).replace(str(checked), str(path))) from e

@@ -102,6 +102,8 @@ def contents_of(
             raise TypeError(f"extra must map names to tensors, got {k!r}: {type(v).__name__}")
         if not k or k.startswith(".") or k.endswith("."):
             raise ValueError(f"extra: names must be non-empty and not start or end with '.', got {k!r}")
+        if v.device.type == "meta":
+            raise TypeError(f"extra[{k!r}] is a meta tensor: it holds no values to save")
     rbf = {k: t.detach().cpu() for k, t in zip(RBF_NAMES, precision.params(), strict=True)}
     z = example[:PROBE_ROWS]
     with torch.no_grad():

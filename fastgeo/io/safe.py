@@ -29,6 +29,13 @@ def _entries(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def write(path: Path, sequential: nn.Sequential, contents: Contents) -> None:
     """Write a safe generator file for the mean ``sequential`` (P, d) -> (P, D)."""
+    for k, v in contents.extra.items():
+        if v.layout != torch.strided or v.is_quantized or v.is_complex():
+            kind = "complex" if v.is_complex() else "quantized" if v.is_quantized else str(v.layout)
+            raise TypeError(
+                f"extra[{k!r}] is a {kind} tensor, which the safe format does not store: pass a dense real "
+                "tensor (e.g. .to_dense(), torch.view_as_real), or format='export'"
+            )
     tensors = {
         **_entries("mean", sequential.state_dict()),
         **_entries("rbf", contents.rbf),
