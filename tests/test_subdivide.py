@@ -244,9 +244,17 @@ def test_a_result_passed_back_keeps_its_basis():
     opts = solver_options(torch.float32, 2, metric.data_dim, m=m)
     assert (opts.n_points, opts.subdivide) == (4 * m, 0)
     assert solver_options(torch.float32, 2, metric.data_dim, m=2 * 24 - 1).subdivide == SUBDIVISIONS - 1
+    # asked explicitly, the levels count from the method's basis too (True and 2 took two more)
+    for asked in (True, 2, SUBDIVISIONS + 1):
+        levels = solver_options(torch.float32, 2, metric.data_dim, m=m, subdivide=asked).subdivide
+        assert levels == (1 if asked == SUBDIVISIONS + 1 else 0), (asked, levels)
+    with pytest.warns(UserWarning, match="fewer than two points per control point"):
+        solver_options(torch.float32, 2, metric.data_dim, m=m, n_points=96)  # res.n_points, with res's m
     cold = res
-    for _ in range(2):
-        res = fastgeo.geodesics(metric, Z[:4], Z[100:104], init=res.curves.coeffs, m=m, progress=False)
+    for asked in (None, True):
+        res = fastgeo.geodesics(
+            metric, Z[:4], Z[100:104], init=res.curves.coeffs, m=m, subdivide=asked, progress=False
+        )
         assert res.curves.basis.m == m and bool(res.converged.all())
         torch.testing.assert_close(res.lengths, cold.lengths, rtol=1e-4, atol=0)  # measured to 1e-4
 

@@ -38,10 +38,14 @@ def check_init(metric: ExpectedMetric, init: Tensor | None, z0: Tensor, opts: So
     metric.check_points("init", init, ndim=3)
     B, d = z0.shape
     if init.shape != (B, opts.m, d):
-        raise ValueError(
-            f"init must have shape (B, m, d) = {(B, opts.m, d)}, got {tuple(init.shape)} (a subdivided "
-            "result's curves have more functions: pass m=res.curves.basis.m with them; the points and "
-            "levels of subdivision follow it)"
+        hint = (
+            "method='dense': the n_points - 2 interior nodes of each polyline, as deviations from the "
+            "straight line; pass n_points = their number + 2"
+            if opts.method == "dense"
+            else "a subdivided result's curves have more functions: pass m=res.curves.basis.m with them; "
+            "the points and levels of subdivision follow it"
         )
+        shape = (B, opts.m, d)
+        raise ValueError(f"init must have shape (B, m, d) = {shape}, got {tuple(init.shape)}; {hint}")
     _checks.finite("init", init)
     return init.detach()

@@ -134,7 +134,9 @@ def geodesics(
         init: optional (B, m, d) starting coefficients for the basis of ``method`` (a result's
             ``curves.coeffs`` with ``m=res.curves.basis.m``: a B-spline finer than the method's
             gets as many points per control point, and as many levels of subdivision fewer as it
-            has halvings, so a result passed back keeps its basis).
+            has halvings, so a result passed back keeps its basis). The given curves race the
+            method's other starts; to polish converged curves alone (2-3x less time), pass
+            ``refine=1, warm_start=False, explore=False, corridors=0`` too.
         graph: start from shortest paths on a :class:`fastgeo.LatentGraph` too (``default`` and
             ``fast``, where ``corridors > 0``; built on first use and cached for the metric), or a
             graph to use.
@@ -171,7 +173,8 @@ def geodesics(
             functions) are solved on in it with twice the points (:mod:`.subdivide`), and so on
             for the curves still predicted to gain (2.5x more per level), up to ``subdivide``
             levels (an int; True: the default method's levels and threshold, under ``fast`` too; False
-            or 0: none); every result is then given
+            or 0: none; counted from the method's own basis: a finer ``m`` passed back has taken
+            some); every result is then given
             in the finest basis (``4 m - 3`` functions at two levels). Default: two levels with
             ``family="bspline"``, three for ReLU-like decoders (their curves bend at every kink);
             ``fast`` one, solving on only curves predicted to gain more than 0.4 % (about 0.2 % in

@@ -3,6 +3,7 @@ model that sizes the solver's batches and :func:`fastgeo.pairwise_distances`' ch
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,6 +234,13 @@ def solver_options(
         if n_points is None:
             n_points = max(table["n_points"], POINTS_PER_CONTROL_POINT * m)
     n_points = _checks.integer("n_points", table["n_points"] if n_points is None else n_points, fewest)
+    if m is not None and method in SPLINE_METHODS and family == "bspline" and n_points < 2 * m:
+        warnings.warn(
+            f"n_points={n_points} for m={m} control points: with fewer than two points per control point "
+            "a curve is free between its points and its solve wanders (several times the iterations); "
+            f"leave n_points out (a finer basis gets {POINTS_PER_CONTROL_POINT} per control point)",
+            UserWarning, stacklevel=3,
+        )  # fmt: skip
     if method == "dense":
         if m is not None:
             m = _checks.integer("m", m, 1)
@@ -316,9 +324,9 @@ def solver_options(
         # a call, 93 -> 369 -> 1,473 control points on the 2-D digits VAE).
         subdivide = max(0, subdivide - halved)
     elif subdivide is True or subdivide is False:
-        subdivide = levels if subdivide else 0
-    else:
-        subdivide = _checks.integer("subdivide", subdivide, 0)
+        subdivide = max(0, levels - halved) if subdivide else 0
+    else:  # levels counted from the method's own basis, as above: a basis passed back has taken some
+        subdivide = max(0, _checks.integer("subdivide", subdivide, 0) - halved)
     if subdivide and not splines:
         raise ValueError(
             "subdivide needs method='default' or 'fast' with family='bspline' (halving the knot spans "
