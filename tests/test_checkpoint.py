@@ -118,3 +118,12 @@ def test_checkpoint_path_must_be_a_folder(tmp_path):
     f.write_text("x")
     with pytest.raises(ValueError, match="not a folder"):
         fastgeo.pairwise_distances(bumpy_metric(), disc_points(3, 1.0), checkpoint=f, progress=False)
+
+
+def test_an_empty_checkpoint_path_is_refused(tmp_path, monkeypatch):
+    """``checkpoint=""`` (a config's "none") made the current folder a checkpoint, files and all."""
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match="checkpoint must name a folder, got an empty path"):
+            fastgeo.pairwise_distances(bumpy_metric(), disc_points(3, 1.0), checkpoint=empty, progress=False)
+    assert list(tmp_path.iterdir()) == []

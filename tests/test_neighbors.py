@@ -103,6 +103,21 @@ def test_equal_codes_are_neighbours_at_distance_zero(metric, codes):
     assert res.distances[2, 0] == 0 and res.distances[6, 0] == 0
 
 
+def test_repeated_codes_share_one_solve_and_rank_as_the_matrix(metric, codes):
+    """Copies of codes were solved again (4x the geodesics for every code twice) and a pair's two
+    directions differ by rounding, so a copy ranked strictly nearer than the code itself: the
+    neighbours disagreed with the matrix's rows."""
+    A = codes[:6]
+    once = fastgeo.nearest_neighbors(metric, A, 3, workers=1, progress=False, **OPTS)
+    twice = fastgeo.nearest_neighbors(metric, torch.cat([A, A]), 3, workers=1, progress=False, **OPTS)
+    assert twice.pairs_solved <= once.pairs_solved  # (its neighbours: the copy, then two others)
+    Z = torch.cat([codes[0:1], codes[5:6], codes[0:1]])
+    res = fastgeo.nearest_neighbors(metric, Z, 2, workers=1, progress=False, **OPTS)
+    D = fastgeo.pairwise_distances(metric, Z, workers=1, progress=False, **OPTS)
+    assert res.indices[1].tolist() == [0, 2]  # equal lengths, in the order of index
+    assert torch.equal(res.distances[1], D[1, [0, 2]])
+
+
 def test_the_bound_is_below_every_geodesic(metric, full, codes):
     """The feature-space distance bounds every solved geodesic from below, and the margin keeps
     it below in float32 too."""

@@ -2,6 +2,9 @@
 refused calls that must leave an existing output file alone, error samples larger than the
 matrix, and the report's failed pairs."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -138,6 +141,17 @@ def test_an_out_path_that_is_a_folder_is_refused_before_any_work(metric, tmp_pat
         Z = torch.cat([Z, Z[:1]])
     with pytest.raises(ValueError, match="out: .* is a folder"):
         run(metric, Z, out=tmp_path / "D.npy")
+
+
+def test_a_read_only_out_file_is_refused_before_any_work(metric, tmp_path, monkeypatch):
+    """Its copy's mode was read-only too: a PermissionError naming a hidden temporary file, after
+    the work. (The test runs as root here, whom every mode lets write: access is denied by hand.)"""
+    out = tmp_path / "D.npy"
+    np.save(out, np.zeros((4, 4), np.float32))
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == out else real(p, mode))
+    with pytest.raises(ValueError, match="out: .* is read-only"):
+        run(metric, codes(4, 2), out=out)
 
 
 def test_a_report_prints_in_one_line():

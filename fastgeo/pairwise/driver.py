@@ -218,6 +218,8 @@ def pairwise_distances(
         chains = symmetric_exact and chains is not False
         if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a folder's path (str or os.PathLike), got {checkpoint!r}")
+        if checkpoint is not None and not str(checkpoint).strip():  # not the current folder by accident
+            raise ValueError("checkpoint must name a folder, got an empty path (the current folder is '.')")
         memory_budget = check_memory_budget(memory_budget)
         if mode == "chord":  # its sample only feeds a fit a few % off: the coarser method is enough
             options.setdefault("method", CHORD_SAMPLE_METHOD)

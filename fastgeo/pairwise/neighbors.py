@@ -238,19 +238,25 @@ def nearest_neighbors(
 
 class _Solved:
     """The geodesics solved so far, by unordered pair of codes without ``Y`` (solved from the
-    lower index to the higher) or by (query, reference) with ``Y``."""
+    lower index to the higher) or by (query, reference) with ``Y``; a repeated code counts as its
+    first copy (one solve, one length for all copies, as :func:`pairwise_distances` has them)."""
 
     def __init__(self, nodes: Tensor, M: int, P: int, symmetric: bool) -> None:
         self.nodes, self.M, self.P, self.symmetric = nodes, M, P, symmetric
+        n = nodes.shape[0]
+        inverse = torch.unique(nodes, dim=0, return_inverse=True)[1].cpu()
+        first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.int64)
+        self.first = first.scatter_reduce(0, inverse, torch.arange(n), "amin")[inverse]  # (n,)
         self.lengths: dict[int, float] = {}
         self.codes: dict[int, int] = {}
         self.count = self.decoder_evals = self.decoder_jvps = 0
 
     def _ends(self, rows: Tensor, refs: Tensor) -> tuple[Tensor, Tensor]:
-        """Node indices of the pairs' two ends, in the order they are solved."""
+        """Node indices of the pairs' two ends (first copies), in the order they are solved."""
         if self.symmetric:
-            return torch.minimum(rows, refs), torch.maximum(rows, refs)
-        return rows, refs + self.M
+            a, b = self.first[rows.cpu()], self.first[refs.cpu()]
+            return torch.minimum(a, b), torch.maximum(a, b)
+        return self.first[rows.cpu()], self.first[refs.cpu() + self.M]
 
     def _keys(self, rows: Tensor, refs: Tensor) -> list[int]:
         a, b = self._ends(rows, refs)

@@ -33,6 +33,8 @@ def npy_path(out: object) -> Path:
         raise ValueError(f"out: the folder {str(path.parent)!r} does not exist")
     if path.is_dir():
         raise ValueError(f"out: {str(path)!r} is a folder")
+    if path.exists() and not os.access(path, os.W_OK):  # its copy's mode would refuse the filling
+        raise ValueError(f"out: {str(path)!r} is read-only")
     return path
 
 
