@@ -128,6 +128,9 @@ def rbf_params(
         )
     if isinstance(zeta, numbers.Real) and not isinstance(zeta, bool):
         zeta = torch.full((D,), float(zeta), dtype=weights.dtype, device=weights.device)
+    if not isinstance(zeta, Tensor):
+        kind = type(zeta).__name__
+        raise TypeError(f"zeta must be a number or a float tensor of shape () or (D,), got {kind}")
     tensor("zeta", zeta)
     if zeta.dim() == 0:
         zeta = zeta.expand(D)

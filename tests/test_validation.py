@@ -30,6 +30,7 @@ def rbf(K=3, d=2, D=4):
         (lambda p: (p[0].float(),) + p[1:], TypeError, "dtype"),
         (lambda p: (p[0].long(),) + p[1:], TypeError, "centers"),
         (lambda p: ([[0.0, 0.0]],) + p[1:], TypeError, "centers"),
+        (lambda p: p[:3] + (True,), TypeError, r"zeta must be a number or a float tensor"),
     ],
 )
 def test_ops_reject_bad_rbf_arguments(change, exc, match):
@@ -282,6 +283,25 @@ def test_a_graph_of_another_metric_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         fastgeo.geodesics(metric, z[:1], z[1:], graph=fastgeo.LatentGraph(same, n_nodes=30, grid=0))
+
+
+def test_a_graph_whose_decoder_changed_in_place_since_warns():
+    """A user's own graph of a decoder trained in place since (its edges stale: a fresh graph's
+    are up to 2.8x longer after a weight scaled by 5) was taken silently, from this metric or a
+    new one around the same modules; the graph the solver caches is rebuilt instead."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5)).double()
+    metric = fastgeo.ExpectedMetric(net, bumpy_metric(D=5).precision)
+    graph = fastgeo.LatentGraph(metric, n_nodes=30, grid=0)
+    z = torch.tensor([[-1.0, 0.0], [1.0, 0.2]], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fastgeo.geodesics(metric, z[:1], z[1:], graph=graph)
+    with torch.no_grad():
+        net[0].weight.mul_(5.0)
+    for now in (metric, fastgeo.ExpectedMetric(net, metric.precision)):
+        with pytest.warns(UserWarning, match="before its decoder or precision changed"):
+            fastgeo.geodesics(now, z[:1], z[1:], graph=graph)
 
 
 def test_a_batch_norm_set_to_training_mode_is_refused_untouched():

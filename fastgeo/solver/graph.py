@@ -64,7 +64,7 @@ class LatentGraph:
         latents: optional (M, d) latent codes of the data, added as nodes (a random subset of
             ``n_nodes`` of them when M is larger).
         n_nodes: nodes sampled around the RBF centers (default 1500).
-        k: neighbours per node (default ``NEIGHBOURS``; ``GRID_NEIGHBOURS`` in d <= 3).
+        k: neighbours per node (default ``NEIGHBOURS``; ``GRID_NEIGHBOURS`` in d <= 3 with a grid).
         edge_points: points per edge used to measure its metric length (default ``EDGE_POINTS``
             in d <= 3, ``EDGE_POINTS_HIGH_D`` above).
         grid: nodes of the regular grid in latent dimension d <= 3 (default ``GRID_NODES``; 0 for none).
@@ -99,6 +99,7 @@ class LatentGraph:
             edge_points = EDGE_POINTS if d <= 3 else EDGE_POINTS_HIGH_D
         k = (GRID_NEIGHBOURS if grid and d <= 3 else NEIGHBOURS) if k is None else _checks.integer("k", k, 1)
         self.metric = metric
+        self.probe = metric.probe()  # the metric as it was: a decoder trained in place since is told
         self.k = k
         self.edge_points = edge_points
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -291,9 +292,10 @@ def check_graph_inputs(metric: ExpectedMetric, graph: object, latents: Tensor | 
         raise ValueError(f"graph is on {graph.nodes.device}, the metric on {metric.device}")
     if isinstance(graph, LatentGraph) and _of_another_metric(graph, metric):
         warnings.warn(
-            "fastgeo: graph was built for another metric (its edges are that metric's lengths): the "
-            "starts follow that metric's corridors, the curves are solved and measured under this "
-            "one; build the graph with this metric, fastgeo.LatentGraph(metric)",
+            "fastgeo: graph was built for another metric, or for this one before its decoder or "
+            "precision changed (its edges are those lengths): the starts follow those corridors, the "
+            "curves are solved and measured under this one; build the graph again, "
+            "fastgeo.LatentGraph(metric)",
             UserWarning,
             stacklevel=3,
         )
@@ -303,14 +305,13 @@ def check_graph_inputs(metric: ExpectedMetric, graph: object, latents: Tensor | 
 
 
 def _of_another_metric(graph: LatentGraph, metric: ExpectedMetric) -> bool:
-    """Whether ``graph`` was built for a metric other than ``metric``: another decoder or
-    precision, by their probe outputs. Not asked of a smoothed copy of a metric (the solver's own
-    stage, which takes its source's graph; the call on the source was checked)."""
-    own = graph.metric
-    if own is metric or getattr(metric, "_smoothed_from", None) is not None:
+    """Whether ``graph`` was built for a metric other than ``metric`` as it is now: another
+    decoder or precision, or this one changed in place since (trained), by the probe outputs at
+    the graph's build and now. Not asked of a smoothed copy of a metric (the solver's own stage,
+    which takes its source's graph; the call on the source was checked)."""
+    if getattr(metric, "_smoothed_from", None) is not None:
         return False
-    with torch.no_grad():
-        mine, theirs = own.probe(), metric.probe()
+    mine, theirs = graph.probe, metric.probe()
     return mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-5, atol=0, equal_nan=True)
 
 
