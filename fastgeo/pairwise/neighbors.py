@@ -245,8 +245,8 @@ class _Solved:
         self.nodes, self.M, self.P, self.symmetric = nodes, M, P, symmetric
         n = nodes.shape[0]
         inverse = torch.unique(nodes, dim=0, return_inverse=True)[1].cpu()
-        first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.int64)
-        self.first = first.scatter_reduce(0, inverse, torch.arange(n), "amin")[inverse]  # (n,)
+        first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.int64, device="cpu")
+        self.first = first.scatter_reduce(0, inverse, torch.arange(n, device="cpu"), "amin")[inverse]  # (n,)
         self.lengths: dict[int, float] = {}
         self.codes: dict[int, int] = {}
         self.count = self.decoder_evals = self.decoder_jvps = 0
