@@ -15,6 +15,8 @@ def energy_from_segments(segments: Tensor) -> Tensor:
 def length_from_segments(segments: Tensor) -> Tensor:
     """Discrete length ``sum_n sqrt(s_n)`` of curves with squared segment lengths (..., N-1); its
     gradient is 0 at segments of length 0 (sqrt's is infinite there: NaN through the decoder)."""
+    if not segments.requires_grad:  # the solver's measurements: one pass, the same values
+        return segments.sqrt().sum(-1)
     zero = segments == 0
     return torch.where(zero, 0.0, torch.where(zero, 1.0, segments).sqrt()).sum(-1)
 
