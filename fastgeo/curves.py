@@ -172,6 +172,11 @@ class Curves:
         return self.z0.shape[0]
 
 
+# Curves are plain data (tensors, ints, strings): torch.load's default (weights_only=True) may
+# rebuild them, so that a saved GeodesicResult loads without trusting arbitrary code.
+torch.serialization.add_safe_globals([Curves, BSplineBasis, PolynomialBasis, PiecewiseLinearBasis])
+
+
 def fit_polyline(z0: Tensor, z1: Tensor, pts: Tensor, arc: Tensor, psi: Tensor, t: Tensor) -> Tensor:
     """Coefficients (B, m, d) of the curves that best fit polylines (least squares), resampled
     at the times t (n,) by ``arc``.

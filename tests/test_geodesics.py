@@ -172,6 +172,18 @@ def test_a_results_rows_select_every_field():
     assert sub.decoder_evals == res.decoder_evals and sub.options == res.options
 
 
+@pytest.mark.parametrize("method", ["default", "paper", "dense"])
+def test_a_saved_result_loads_with_torchs_default_weights_only(tmp_path, method):
+    metric = bumpy_metric()
+    z0, z1 = randn(3, 2, seed=13), randn(3, 2, seed=14)
+    res = fastgeo.geodesics(metric, z0, z1, method=method, progress=False)
+    torch.save(res, tmp_path / "res.pt")
+    back = torch.load(tmp_path / "res.pt", weights_only=True)
+    assert type(back) is type(res) and type(back.curves.basis) is type(res.curves.basis)
+    assert torch.equal(back.lengths, res.lengths) and torch.equal(back.points(), res.points())
+    assert back.options == res.options and list(back.status) == list(res.status)
+
+
 @pytest.mark.parametrize("method", ["default", "paper"])
 def test_invariants_on_a_nonlinear_generator(method):
     """On a nonlinear generator: L <= sqrt(2 E) at any sampling, exact end points, never longer than

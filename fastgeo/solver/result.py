@@ -77,7 +77,8 @@ class Work:
 @dataclass
 class GeodesicResult:
     """Geodesics for a batch of B end-point pairs, with a status per curve (like
-    ``scipy.optimize``'s results).
+    ``scipy.optimize``'s results). ``torch.save(res, path)`` stores it; ``torch.load(path)``
+    reads it back with PyTorch's default ``weights_only=True`` (plain data, no code runs).
 
     Attributes:
         curves: the optimized :class:`fastgeo.curves.Curves` (with subdivision, every curve in the
@@ -193,3 +194,8 @@ class GeodesicResult:
         }  # fmt: skip
         curves = Curves(c.z0[idx], c.z1[idx], c.coeffs[idx], c.basis)
         return dataclasses.replace(self, curves=curves, options=dict(self.options), **rows)
+
+
+# A result is plain data (tensors, numbers, strings, Curves): torch.load(path) reads it back with
+# PyTorch's default weights_only=True.
+torch.serialization.add_safe_globals([GeodesicResult])
