@@ -229,6 +229,15 @@ def test_forced_unavailable_backend_raises_clearly(monkeypatch):
         fastgeo.ops.segment_sqdist(x)
 
 
+def test_an_unknown_backend_is_refused_where_use_backend_is_called():
+    for name in ("bogus", "CPU", None, 1):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            fastgeo.use_backend(name)  # not entered: the call itself raises
+    with fastgeo.use_backend("reference"):
+        assert fastgeo.current_backend() == "reference"
+    assert fastgeo.current_backend() == "auto"
+
+
 def test_inference_mode_is_refused_clearly_and_no_grad_works():
     metric = bumpy_metric()
     z0 = torch.tensor([[-1.0, 0.0]], dtype=torch.float64)

@@ -88,8 +88,7 @@ def current_backend() -> str:
     return _current.get()
 
 
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
+def use_backend(name: str) -> contextlib.AbstractContextManager[None]:
     """Force the backend of ``fastgeo.ops.*`` (and everything built on them) inside a block.
 
     ``name``: ``"reference"`` (pure PyTorch), ``"cpu"`` (C++ kernels), ``"triton"``,
@@ -101,8 +100,14 @@ def use_backend(name: str) -> Iterator[None]:
         with fastgeo.use_backend("reference"):
             d = fastgeo.ops.segment_sqdist(x)
     """
+    # Checked here, not when the block is entered: a misspelt name fails where it is written.
     if not isinstance(name, str) or name not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
+    return _forced_backend(name)
+
+
+@contextlib.contextmanager
+def _forced_backend(name: str) -> Iterator[None]:
     token = _current.set(name)
     # The ops' CUDA kernels read this when they run, also from a graph torch.compile made.
     kernel = library.CUDA_KERNEL.set(name if name in library.CUDA_IMPLEMENTATIONS else None)
