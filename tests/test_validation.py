@@ -425,6 +425,22 @@ def test_latent_graph_arguments_are_checked():
         fastgeo.geodesics(metric, torch.zeros(1, 2, dtype=f64), torch.ones(1, 2, dtype=f64), graph=other)
 
 
+def test_latent_graph_queries_are_checked():
+    graph = fastgeo.LatentGraph(bumpy_metric(), n_nodes=20, grid=0)
+    for points, exc, match in [
+        (np.zeros((2, 2)), TypeError, "points must be a torch.Tensor"),
+        (torch.zeros(2, 3, dtype=f64), ValueError, r"points must be \(Q, 2\)"),
+        (torch.zeros(2, dtype=f64), ValueError, "points must have 2 dimensions"),
+        (torch.zeros(2, 2), TypeError, "points has dtype torch.float32"),
+        (torch.tensor([[0.0, float("nan")]], dtype=f64), ValueError, "points contains NaN"),
+    ]:  # fmt: skip
+        for query in (graph.attach, graph.end_rows):
+            with pytest.raises(exc, match=match):
+                query(points)
+    dist, pred, _ = graph.end_rows(torch.zeros(2, 2, dtype=f64))
+    assert dist.shape == pred.shape == (2, graph.nodes.shape[0]) and np.isfinite(dist).any()
+
+
 def test_rbf_precision_refuses_empty_sizes():
     for centers, gammas, weights, match in [
         (torch.zeros(0, 2), torch.zeros(0), torch.zeros(4, 0), "centers"),

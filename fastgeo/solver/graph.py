@@ -183,11 +183,21 @@ class LatentGraph:
     def attach(self, points: Tensor) -> tuple[np.ndarray, np.ndarray, int]:
         """The k nearest nodes of each point (Q, k) and the metric lengths of the edges to them
         (Q, k; inf where not finite), and the decoder evaluations that cost."""
+        self._check_query(points)
         edges, weights = self._knn_edges(points, self.nodes, self.k, exclude_self=False)
         kk = edges.shape[0] // max(points.shape[0], 1)
         nbr = edges[:, 1].reshape(-1, kk).cpu().numpy()
         w = weights.double().reshape(-1, kk).cpu().numpy()
         return nbr, np.where(np.isfinite(w), w, np.inf), edges.shape[0] * self.edge_points
+
+    def _check_query(self, points: object) -> None:
+        """Query points must be (Q, d) finite codes of the nodes' dtype and device."""
+        _checks.tensor("points", points, ndim=2)
+        _checks.same_dtype_device([("graph nodes", self.nodes), ("points", points)])
+        d = self.nodes.shape[1]
+        if points.shape[1] != d:
+            raise ValueError(f"points must be (Q, {d}) codes, got shape {tuple(points.shape)}")
+        _checks.finite("points", points)
 
     def _sparse(self):
         """The graph as a CSR matrix of its edges (read as undirected), built once. Zero-length
@@ -211,6 +221,7 @@ class LatentGraph:
         runs through another query's point, so a row does not depend on the other points of the
         call. Rows are kept by the point's coordinates (12 n bytes each, the oldest dropped
         beyond ``ROW_CACHE_BYTES``): a distance matrix queries every code many times."""
+        self._check_query(points)
         keys = [row.tobytes() for row in points.detach().cpu().numpy()]
         todo: dict[bytes, int] = {}  # each new point's first index
         for i, key in enumerate(keys):
