@@ -156,6 +156,34 @@ def integer(name: str, value: object, minimum: int | None = None) -> int:
     return value
 
 
+def seed(name: str, value: object, allow_none: bool = True) -> int | None:
+    """``value`` as a seed: an integer in [0, 2**64) (what both numpy and torch take), or None
+    where ``allow_none`` (fresh entropy)."""
+    if value is None and allow_none:
+        return None
+    value = integer(name, value, 0)
+    if value >= 1 << 64:
+        raise ValueError(f"{name} must be below 2**64, got {value}")
+    return value
+
+
+def float_dtype(name: str, value: object) -> torch.dtype:
+    """``value`` if it is a floating ``torch.dtype``."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise TypeError(f"{name} must be a floating torch.dtype such as torch.float32, got {value!r}")
+    return value
+
+
+def nonnegative_float(name: str, value: object) -> float:
+    """``value`` as a finite float >= 0 (ints and numpy numbers accepted, bools and strings not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not 0 <= number < math.inf:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return number
+
+
 def positive_float(name: str, value: object) -> float:
     """``value`` as a finite float > 0 (ints and numpy numbers accepted, bools and strings not)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _checks
+
 # The lift to D > 2 is a property of the data set, not of the sample: one fixed map per D,
 # whatever the sampling seed, so that two samples of the same data set are comparable.
 _LIFT_SEED = 20180501
@@ -44,14 +46,11 @@ def two_moons(
 
         X, y = fastgeo.datasets.two_moons(1000, noise=0.05, seed=0)   # (1000, 2), (1000,)
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n!r}")
-    if not noise >= 0:
-        raise ValueError(f"noise must be >= 0, got {noise!r}")
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2:
-        raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    n = _checks.integer("n", n, 2)
+    noise = _checks.nonnegative_float("noise", noise)
+    seed = _checks.seed("seed", seed)
+    dim = _checks.integer("dim", dim, 2)
+    dtype = _checks.float_dtype("dtype", dtype)
     rng = np.random.default_rng(seed)
     n0 = (n + 1) // 2
     t = rng.uniform(0.0, np.pi, size=n)
@@ -108,12 +107,10 @@ def cells(
         ``X`` (n, genes) of ``dtype``, values in [0, log(1 + 1e4)] ~ [0, 9.2], and ``labels``
         (n,) int64 in 0..5.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n!r}")
-    if not isinstance(genes, int) or isinstance(genes, bool) or genes < 2:
-        raise ValueError(f"genes must be an integer >= 2, got {genes!r}")
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    n = _checks.integer("n", n, 2)
+    seed = _checks.seed("seed", seed)
+    genes = _checks.integer("genes", genes, 2)
+    dtype = _checks.float_dtype("dtype", dtype)
     fixed = np.random.default_rng(_CELLS_SEED + genes)
     nodes = fixed.standard_normal((7, 5)) * 1.2
     programs_w = fixed.standard_normal((5, 16)) * 0.8

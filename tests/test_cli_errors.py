@@ -317,3 +317,16 @@ def test_warnings_are_one_line(capsys, monkeypatch):
     assert lines[1] == "x.py:9: UserWarning: std(): degrees of freedom <= 0"  # another library's: as it was
     assert lines[-1] == "UserWarning: fastgeo: RBFPrecision.fit: slow"  # raised in fastgeo's files
     assert warnings.formatwarning is shown
+
+
+@pytest.mark.parametrize("seed", ["-1", str(1 << 64)])
+@pytest.mark.parametrize("entry", ["fastgeo demo", "python -m fastgeo.demo"])
+def test_demo_seed_out_of_range_is_one_line_and_no_folder(capsys, tmp_path, entry, seed):
+    from fastgeo.demo.__main__ import main as module_main
+
+    out = tmp_path / "demo"
+    argv = ["--seed", seed, "--out", str(out), "--quick", "--no-progress"]
+    code = main(["demo", *argv]) if entry == "fastgeo demo" else module_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("fastgeo: error: --seed"), err
+    assert not out.exists()

@@ -51,12 +51,27 @@ def test_lift_is_injective_and_curved():
     assert np.abs(A @ coef - X.numpy()).max() > 0.05
 
 
-@pytest.mark.parametrize("kwargs", [{"n": 1}, {"noise": -0.1}, {"dim": 1}, {"dtype": torch.int64}])
-def test_two_moons_rejects_bad_arguments(kwargs):
-    """n < 2, negative noise, dim < 2 and an integer dtype are refused."""
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n": 1}, {"n": 2.5}, {"n": True}, {"noise": -0.1}, {"noise": float("inf")}, {"noise": True},
+        {"noise": "a"}, {"dim": 1}, {"dtype": torch.int64}, {"dtype": np.float32}, {"dtype": "float32"},
+        {"seed": -1}, {"seed": 1.5}, {"seed": True}, {"seed": 1 << 64},
+    ],
+)  # fmt: skip
+def test_two_moons_rejects_bad_arguments_by_name(kwargs):
+    """Sizes, noise, seed and dtype are checked, each error naming its argument."""
     args = {"n": 10, "noise": 0.1, "seed": 0, **kwargs}
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises((ValueError, TypeError), match=next(iter(kwargs))):
         two_moons(**args)
+
+
+def test_two_moons_and_cells_take_numpy_integers():
+    X, y = two_moons(np.int64(10), seed=np.int64(3), dim=np.int64(3))
+    assert X.shape == (10, 3) and torch.equal(X, two_moons(10, seed=3, dim=3)[0])
+    from fastgeo.datasets import cells
+
+    assert cells(np.int64(12), seed=np.uint32(1), genes=np.int16(20))[0].shape == (12, 20)
 
 
 def test_cells_shapes_determinism_and_structure():
@@ -77,9 +92,11 @@ def test_cells_shapes_determinism_and_structure():
     assert float((means_a - means_b).norm(dim=1).max()) < 0.5 * float(between[between > 0].min())
 
 
-@pytest.mark.parametrize("kw", [{"n": 1}, {"genes": 1}, {"genes": True}, {"n": 2.5}])
+@pytest.mark.parametrize(
+    "kw", [{"n": 1}, {"genes": 1}, {"genes": True}, {"n": 2.5}, {"seed": -2}, {"dtype": np.float64}]
+)
 def test_cells_argument_errors(kw):
     from fastgeo.datasets import cells
 
-    with pytest.raises(ValueError, match=next(iter(kw))):
+    with pytest.raises((ValueError, TypeError), match=next(iter(kw))):
         cells(**kw)

@@ -50,17 +50,29 @@ def demo(tmp_path_factory):
     printed = io.StringIO()
     torch.set_num_threads(DEMO_THREADS)
     plt.switch_backend("pdf")
+    rng_before = torch.get_rng_state()
+    solved = fastgeo.demo.run.geodesics
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return solved(*args, **kwargs)
+
+    fastgeo.demo.run.geodesics = spy
     try:
         with contextlib.redirect_stdout(printed):
             out = run_demo(out_dir=str(out_dir), seed=0, quick=True, progress=False)
         threads_after = torch.get_num_threads()
         backend_after, figures_after = matplotlib.get_backend(), plt.get_fignums()
+        rng_kept = torch.equal(torch.get_rng_state(), rng_before)
     finally:
+        fastgeo.demo.run.geodesics = solved
         torch.set_num_threads(threads)
         plt.switch_backend("Agg")
     return {
         "out": out, "dir": out_dir, "printed": printed.getvalue(), "threads_after": threads_after,
-        "backend_after": backend_after, "figures_after": figures_after,
+        "backend_after": backend_after, "figures_after": figures_after, "rng_kept": rng_kept,
+        "geodesics_calls": calls,
     }  # fmt: skip
 
 
@@ -192,6 +204,46 @@ def test_full_demo_lengths_are_the_curves_own(tmp_path):
     assert len(res) == len(PAIRS)
     rel = length_gaps(out["metric"].to(torch.float64), res)
     assert float(rel.abs().max()) < 1e-3, list(zip(rel.tolist(), res.status, strict=True))
+
+
+def test_demo_leaves_torchs_global_rng_and_passes_progress_on(demo):
+    """The demo seeds its own generators (the caller's random stream is theirs), and
+    ``progress=False`` reaches the solver (no bar on a slow machine either)."""
+    assert demo["rng_kept"]
+    assert demo["geodesics_calls"] and all(kw.get("progress") is False for kw in demo["geodesics_calls"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"seed": -3}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": None}, "seed"),
+        ({"seed": 1 << 64}, "seed"), ({"quick": "yes"}, "quick"), ({"progress": 1}, "progress"),
+    ],
+)  # fmt: skip
+def test_demo_arguments_are_checked_before_its_folder_is_made(tmp_path, kwargs, match):
+    out_dir = tmp_path / "never"
+    with pytest.raises((ValueError, TypeError), match=match):
+        run_demo(out_dir=str(out_dir), **{"quick": True, "progress": False, **kwargs})
+    assert not out_dir.exists()
+    with pytest.raises(ValueError, match="out_dir"):
+        run_demo(out_dir="", quick=True, progress=False)
+
+
+def test_demos_vae_training_checks_its_arguments_and_keeps_the_global_rng():
+    from fastgeo.demo.vae import train_vae
+
+    x = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    bad = [({"steps": -5}, "steps"), ({"latent_dim": 0}, "latent_dim"), ({"hidden": 0}, "hidden")]
+    for kwargs, match in bad:
+        with pytest.raises((ValueError, TypeError), match=match):
+            train_vae(x, progress=False, **kwargs)
+    with pytest.raises(ValueError, match="x must"):
+        train_vae(x[:0], progress=False)
+    torch.manual_seed(7)
+    train_vae(x, steps=3, progress=False)
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(3))
 
 
 def test_demo_restores_thread_count(demo):

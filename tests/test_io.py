@@ -58,6 +58,21 @@ def test_roundtrip_gives_same_metric(tmp_path, fmt, kind):
     torch.testing.assert_close(D1, D0, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("fmt", ["safe", "torchscript"])
+def test_saving_and_loading_leave_the_global_random_stream_alone(tmp_path, fmt):
+    """Rebuilding a stored decoder initializes layers that the file's weights overwrite: that
+    must not draw from the caller's torch RNG (a script seeded once would change its results)."""
+    metric = module_metric()
+    torch.manual_seed(5)
+    path = save_generator(tmp_path / "gen.pt2", metric, format=fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        load_generator(path, trust=fmt != "safe")
+    drawn = torch.rand(4)
+    torch.manual_seed(5)
+    assert torch.equal(drawn, torch.rand(4))
+
+
 class _VAE(torch.nn.Module):
     """A VAE as users write them: its decoder a method, an encoder beside it."""
 

@@ -30,6 +30,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     inputs.output_folder("--out", args.out)
     inputs.at_least("--seed", args.seed, 0)
+    if args.seed >= 1 << 64:
+        raise inputs.InputError(f"--seed must be below 2**64, got {args.seed}")
     run_demo(out_dir=args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
     return 0
 

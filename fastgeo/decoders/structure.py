@@ -162,6 +162,13 @@ def build(structure: str) -> nn.Sequential:
         raise ValueError("a decoder structure is a list of layers")
     if len(specs) > MAX_LAYERS:
         raise ValueError(f"a decoder structure of {len(specs)} layers (at most {MAX_LAYERS})")
+    # The layers' random initialization (overwritten by the state dict) must not move the
+    # caller's global random stream: saving or loading a generator draws nothing of theirs.
+    with torch.random.fork_rng(devices=[]):
+        return nn.Sequential(*_layers_of(specs))
+
+
+def _layers_of(specs: list) -> list[nn.Module]:
     layers = []
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or spec["type"] not in LAYERS:
@@ -175,4 +182,4 @@ def build(structure: str) -> nn.Sequential:
             layers.append(cls(**kwargs))
         except (TypeError, ValueError, RuntimeError, OverflowError) as e:
             raise ValueError(f"layer {i} ({spec['type']}): {e}") from e
-    return nn.Sequential(*layers)
+    return layers

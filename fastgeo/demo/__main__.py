@@ -1,21 +1,15 @@
-"""``python -m fastgeo.demo [--out DIR] [--seed S] [--quick] [--no-progress]``."""
+"""``python -m fastgeo.demo [--out DIR] [--seed S] [--quick] [--no-progress]``: ``fastgeo demo``
+(the same options, checks and one-line errors)."""
 
 from __future__ import annotations
 
-import argparse
-
-from .run import run_demo
+import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastgeo.demo", description=__doc__)
-    parser.add_argument("--out", default="fastgeo-demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
-    args = parser.parse_args(argv)
-    run_demo(out_dir=args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
-    return 0
+    from ..cli import main as fastgeo_main
+
+    return fastgeo_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _checks
 from ..datasets import _lift, two_moons
 from ..io import save_generator
 from ..metric import ExpectedMetric
@@ -94,6 +95,11 @@ def run_demo(
         if progress:
             print(msg, flush=True)
 
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
+        raise ValueError(f"out_dir must be a folder path, got {out_dir!r}")
+    seed = _checks.seed("seed", seed, allow_none=False)
+    quick = _checks.boolean("quick", quick)
+    progress = _checks.boolean("progress", progress)
     os.makedirs(out_dir, exist_ok=True)
     if not os.access(out_dir, os.W_OK | os.X_OK):  # found before the training, not after
         raise ValueError(f"out_dir: folder {out_dir!r} is not writable")
@@ -133,7 +139,7 @@ def _run(out_dir: str, seed: int, quick: bool, progress: bool, say: Any) -> dict
     i0 = torch.tensor([idx[a] for a, _, _ in pairs])
     i1 = torch.tensor([idx[b] for _, b, _ in pairs])
     say(f"[3/4] computing {len(pairs)} geodesics (fastgeo.geodesics, default method)")
-    res = geodesics(metric, Z[i0], Z[i1])
+    res = geodesics(metric, Z[i0], Z[i1], progress=progress)
     seconds["geodesics"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from .._progress import progress_iter
 
 
@@ -79,13 +80,19 @@ def train_vae(
     latent codes (the demo uses 0.01 for the first 30 %; the defaults, 0.1 for 20 %, are those
     the test generators were made with).
     """
-    if not init_var > 0:
-        raise ValueError(f"init_var must be > 0, got {init_var!r}")
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] < 1 or not x.is_floating_point():
+        raise ValueError(f"x must be a floating (M, D) tensor with M >= 1, got {x!r:.80}")
+    latent_dim = _checks.integer("latent_dim", latent_dim, 1)
+    hidden = _checks.integer("hidden", hidden, 1)
+    steps = _checks.integer("steps", steps, 0)
+    seed = _checks.seed("seed", seed, allow_none=False)
+    init_var = _checks.positive_float("init_var", init_var)
     if not 0 <= freeze_var <= 1:
         raise ValueError(f"freeze_var must be in [0, 1], got {freeze_var!r}")
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the layers' initialization, seeded: the caller's RNG stays
+        torch.manual_seed(seed)
+        vae = VAE(x.shape[1], latent_dim, hidden, init_var).to(x.dtype)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    vae = VAE(x.shape[1], latent_dim, hidden, init_var).to(x.dtype)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr / 10)
     warmup = int(freeze_var * steps + 1e-9)
