@@ -18,7 +18,6 @@ wrong with the decoder rather than where torch noticed it.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
+from ._mean_reach import modules_of
 
 # Relative difference between two calls on the same codes (or one code alone and in a batch)
 # above which the mean is random / batch-dependent. Rounding of a deterministic decoder on the CPU
@@ -55,28 +55,6 @@ def not_a_tensor_hint(value: object) -> str:
     return ""
 
 
-def modules_of(mean: Callable[[Tensor], Tensor]) -> list[torch.nn.Module]:
-    """The modules a mean is, or calls: ``mean`` itself, the module of a bound method, the
-    modules a plain function (a lambda, a closure) reads from its closure or its globals, and
-    those of what a wrapper's ``__wrapped__`` (or a ``functools.partial``'s ``func``) is."""
-    if isinstance(mean, torch.nn.Module):
-        return [mean]
-    inner = getattr(mean, "__wrapped__", None) or getattr(mean, "func", None)  # wrappers, partials
-    if callable(inner) and inner is not mean:
-        return modules_of(inner)
-    owner = getattr(mean, "__self__", None)
-    if isinstance(owner, torch.nn.Module):
-        return [owner]
-    if not inspect.isfunction(mean):
-        return []
-    try:
-        refs = inspect.getclosurevars(mean)
-    except (TypeError, ValueError):
-        return []
-    found = [*refs.nonlocals.values(), *refs.globals.values()]
-    return [m for m in found if isinstance(m, torch.nn.Module)]
-
-
 def layers_in_eval(mean: Callable[[Tensor], Tensor]) -> list[tuple[str, torch.nn.Module]]:
     """The dropout and batch-statistics layers of the modules behind ``mean`` (its own, a method's
     module's, a closure's) that are in eval mode now, when the metric is made, with their paths."""
@@ -88,6 +66,35 @@ def layers_in_eval(mean: Callable[[Tensor], Tensor]) -> list[tuple[str, torch.nn
         and not layer.training
         and getattr(layer, "track_running_stats", True)
     ]
+
+
+def probe_outputs(
+    name: str, mean: Callable[[Tensor], Tensor], three: Tensor, weights: Tensor
+) -> list[Tensor]:
+    """The mean's outputs (P, D) on one code and on a batch of three (``three`` (3, d), a mean
+    whose output width depends on the batch would pass one probe), checked against the
+    precision's ``weights`` (D, K): a tensor, D values per code, their dtype and device."""
+    probes = []
+    for z in (three[:1], three):
+        probe = call(name, mean, z)
+        if not isinstance(probe, Tensor) or probe.dim() < 1:
+            got = f"a {type(probe).__name__}" if not isinstance(probe, Tensor) else "a 0-d tensor"
+            hint = not_a_tensor_hint(probe)
+            raise TypeError(f"{name} must return a tensor of shape (..., D), got {got}{hint}")
+        D = weights.shape[0]
+        if probe.shape != (z.shape[0], D):
+            raise ValueError(
+                f"{name} maps (P, d={z.shape[1]}) = {tuple(z.shape)} to shape {tuple(probe.shape)}, but the "
+                f"precision's weights have D = {D} rows: expected ({z.shape[0]}, {D}) (or images (P, ...) "
+                f"of {D} values each)"
+            )
+        if probe.dtype != weights.dtype or probe.device != weights.device:
+            raise TypeError(
+                f"{name} returns {probe.dtype} on {probe.device} but the precision is {weights.dtype} on "
+                f"{weights.device}; use one dtype and device"
+            )
+        probes.append(probe)
+    return probes
 
 
 def check_codes(centers: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _mean_checks, ops
+from ._mean_reach import batch_statistics_kept, loose_tensors_of, modules_of
 from .decoders import StackedChain, activation_width, jacobian_rows, piecewise_linear, smoothed, stacked_chain
 from .decoders.compact import compact_chain
 from .decoders.flat import FlatOutput, flat_output
@@ -66,34 +67,15 @@ class ExpectedMetric:
         _mean_checks.eval_mode("mean", mean)
         self._eval_layers = _mean_checks.layers_in_eval(mean)  # checked again at every call
         self.precision = precision
-        self.mean = flat_output(mean, precision.centers[:1], precision.data_dim)
-        # Probe with one point and with a batch of three: a mean whose output width depends on
-        # the batch would pass a single-point probe.
-        three = _mean_checks.check_codes(precision.centers)
-        one = three[:1]
-        probes = []
-        for z in (one, three):
-            probe = _mean_checks.call("mean", self.mean, z)
-            if not isinstance(probe, Tensor) or probe.dim() < 1:
-                got = f"a {type(probe).__name__}" if not isinstance(probe, Tensor) else "a 0-d tensor"
-                hint = _mean_checks.not_a_tensor_hint(probe)
-                raise TypeError(f"mean must return a tensor of shape (..., D), got {got}{hint}")
-            if probe.shape != (z.shape[0], precision.data_dim):
-                raise ValueError(
-                    f"mean maps (P, d={precision.latent_dim}) = {tuple(z.shape)} to shape "
-                    f"{tuple(probe.shape)}, but the precision's weights have D = {precision.data_dim} rows: "
-                    f"expected ({z.shape[0]}, {precision.data_dim}) (or images (P, ...) of "
-                    f"{precision.data_dim} values each)"
-                )
-            if probe.dtype != precision.weights.dtype or probe.device != precision.weights.device:
-                raise TypeError(
-                    f"mean returns {probe.dtype} on {probe.device} but the precision is "
-                    f"{precision.weights.dtype} on {precision.weights.device}; use one dtype and device"
-                )
-            probes.append(probe)
-        _mean_checks.deterministic("mean", self.mean, three, probes[1], probes[0])
-        # a mean whose reverse-mode gradient is NaN where its values are finite: forward mode only
-        self._nan_gradient = _mean_checks.differentiable("mean", self.mean, three)
+        # A batch norm in training mode behind a method or a function is refused below (the mean
+        # depends on its batch), after calls that moved its running statistics: put back.
+        with batch_statistics_kept(mean):
+            self.mean = flat_output(mean, precision.centers[:1], precision.data_dim)
+            three = _mean_checks.check_codes(precision.centers)
+            probes = _mean_checks.probe_outputs("mean", self.mean, three, precision.weights)
+            _mean_checks.deterministic("mean", self.mean, three, probes[1], probes[0])
+            # a mean whose reverse-mode gradient is NaN where its values are finite: forward mode only
+            self._nan_gradient = _mean_checks.differentiable("mean", self.mean, three)
 
     def __repr__(self) -> str:
         return (
@@ -395,8 +377,9 @@ class ExpectedMetric:
         them (the mean's Jacobian by ``torch.func.jvp``, d passes); otherwise values (faster)."""
         self.check_points("z", z)
         lead, flat = z.shape[:-1], z.reshape(-1, self.latent_dim)
-        params = (p for m in (*_mean_checks.modules_of(self.mean), self.precision) for p in m.parameters())
-        if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in params)):
+        params = (p for m in (*modules_of(self.mean), self.precision) for p in m.parameters())
+        trainable = z.requires_grad or any(p.requires_grad for p in params) or loose_tensors_of(self.mean)
+        if torch.is_grad_enabled() and trainable:
             j_mu = differentiable_jacobian_rows(self.mean, flat)[1]
             jac_t = torch.cat([j_mu.transpose(0, 1), self.precision.sigma_and_jacobian_t(flat)[1]], -1)
         else:
