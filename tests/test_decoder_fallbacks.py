@@ -368,6 +368,30 @@ def test_a_chain_read_wrong_is_not_described_or_smoothed_as_the_decoder():
     assert metric.smoothed() is None
 
 
+def test_a_chain_read_wrong_is_caught_on_a_decoder_of_small_outputs():
+    """The values check is relative: outputs ~1e-4 in their units (proportions over many genes)
+    passed an absolute 1e-4 whatever the chain, and its Jacobian was 41 % off, unsaid."""
+    torch.manual_seed(1)
+    small = nn.Sequential(nn.Linear(4, 12), InPlaceResidual(), nn.Linear(12, 6))
+    dec = nn.Sequential(*small, Scaled(1e-4)).eval()
+    prec = fastgeo.RBFPrecision(torch.randn(5, 4), torch.full((5,), 0.5), torch.rand(6, 5), 0.05)
+    metric = fastgeo.ExpectedMetric(dec, prec)
+    z = torch.randn(4, 4)
+    assert stacked_chain(metric.mean, z) is None
+    _, jac = metric.features_and_jacobian(z)
+    expected = torch.func.vmap(torch.func.jacrev(dec))(z)
+    torch.testing.assert_close(jac[:, :6], expected, rtol=1e-4, atol=1e-10)
+
+
+class Scaled(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
 def test_exported_graph_sees_inplace_weight_changes():
     model = exported(mnist_sequential(4), 4)
     z = randn(4, 4)

@@ -165,12 +165,14 @@ def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain
 
 def _agreeing(steps: list[Step], probe: Tensor, expected: Tensor) -> StackedChain | None:
     """The chain of ``steps`` if its values on ``probe`` are ``expected`` (to 1e-4 of their
-    largest magnitude, at least 1), else None."""
+    largest magnitude: relative, so that a decoder of small outputs, 1e-4 in its units, is not
+    taken for a wrong chain's), else None."""
     chain = StackedChain(steps)
     try:
         with torch.no_grad():
             got = chain(probe)
-        scale = expected.abs().amax().clamp(min=1) if expected.numel() else 1
+        tiny = torch.finfo(expected.dtype).tiny
+        scale = expected.abs().amax().clamp(min=tiny) if expected.numel() else 1
         ok = got.shape == expected.shape and bool(((got - expected).abs() <= 1e-4 * scale).all())
     except Exception:  # noqa: BLE001 - the steps fail where fn does not: not the chain we thought
         ok = False
