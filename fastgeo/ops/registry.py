@@ -94,6 +94,8 @@ def use_backend(name: str) -> contextlib.AbstractContextManager[None]:
     ``name``: ``"reference"`` (pure PyTorch), ``"cpu"`` (C++ kernels), ``"triton"``,
     ``"cuda"`` (CUDA C++ kernels) or ``"auto"`` (the fastest available for the tensors' device).
     Forcing a backend that is unavailable, or that does not run on the tensors' device, raises.
+    Inside ``torch.func`` transforms (``jvp``, ``jacfwd``, ``grad``, ``vmap``) the ops run the
+    reference whatever the backend (the kernels have no forward-mode or functorch rules).
 
     Example::
 
@@ -196,4 +198,9 @@ def call(op: str, device: torch.device, *args: Any, compiled: bool = True) -> An
     if torch.compiler.is_compiling():
         name = _backend_when_traced(op, device.type, compiled)
         return (getattr(reference, op) if name == "reference" else getattr(torch.ops.fastgeo, op))(*args)
+    if torch._C._functorch.maybe_current_level() is not None:
+        # Inside torch.func transforms (jvp, jacfwd, grad, vmap): the kernels have backward
+        # formulas only, and forward mode through them gave zeros, silently; the reference is
+        # plain PyTorch, which every transform differentiates.
+        return getattr(reference, op)(*args)
     return resolve(op, device, compiled)[1](*args)
