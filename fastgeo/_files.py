@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; abandoned temporaries are left
+    fcntl = None
 
 TMP_SUFFIX = ".tmp"
 
@@ -77,6 +84,45 @@ def reserve_beside(path: str | os.PathLike) -> Path:
     finally:
         os.close(fd)
     return Path(tmp)
+
+
+@contextlib.contextmanager
+def reserved_and_held(path: str | os.PathLike) -> Iterator[Path]:
+    """:func:`reserve_beside`, the temporary file locked (``flock``, advisory) while the block
+    runs: :func:`remove_abandoned` leaves it be. A file filled through a memory map keeps its old
+    time stamp, so that its age cannot tell a live run's file from a killed one's; the lock can
+    (the system drops it when its process dies)."""
+    tmp = reserve_beside(path)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield tmp
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned(path: str | os.PathLike, young: float = 10.0) -> None:
+    """Remove the temporaries of ``path`` that :func:`reserved_and_held` left behind a run that
+    was killed: those no process holds locked (none younger than ``young`` seconds: one just
+    reserved, not locked yet). Without ``flock`` (Windows) nothing is removed."""
+    if fcntl is None:
+        return
+    path = Path(path)
+    for tmp in stale_temporaries(path.parent, path.name):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime < young:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises where a live run holds it
+            tmp.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def publish(tmp: Path, path: str | os.PathLike) -> None:

@@ -110,21 +110,23 @@ def pulse(points: int) -> None:
 
 @contextlib.contextmanager
 def call_bar(
-    total: int, enabled: bool, desc: str, unit: str, delay: float, leave: bool = False
+    total: int, enabled: bool, desc: str, unit: str, delay: float, leave: bool = False, initial: int = 0
 ) -> Iterator[Any]:
     """A bar of ``total`` units for one long call (``None`` without tqdm, when not ``enabled``, or
     inside another call's bar: a call made by a call adds to the outer bar), shown once the call
     has run ``delay`` seconds (``leave``: kept on screen when done; off a terminal always, so that
     a log ends on the call's last line, not its first); while it is open, :func:`pulse` redraws it
     between its updates, so that a single batch of slow curves shows that it runs, and how much
-    decoder work it did; its last line shows the call's total decoder work."""
+    decoder work it did; its last line shows the call's total decoder work. ``initial``: units
+    done before the call (read back from a checkpoint), out of its rate and time left."""
     tqdm = _tqdm() if enabled and _PULSE.get() is None else None
     if tqdm is None:
         yield None
         return
     style = _style()
     leave = leave or not _lively()
-    bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=leave, delay=delay, **style)
+    shape = {"total": total, "initial": initial, "unit": unit, "desc": desc, "dynamic_ncols": True}
+    bar = tqdm(**shape, leave=leave, delay=delay, **style)
     start, done, last = time.monotonic(), [0], [0.0]
 
     def beat(points: int) -> None:

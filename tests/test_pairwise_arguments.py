@@ -131,6 +131,31 @@ def test_an_interrupted_run_leaves_the_output_file(metric, tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["D.npy"]
 
 
+@pytest.mark.skipif(os.name == "nt", reason="no flock: abandoned temporaries are left on Windows")
+def test_a_killed_runs_out_file_is_removed_and_a_live_runs_kept(metric, tmp_path):
+    """A run killed while filling ``out`` leaves a full-size temporary (its time stamp stays old
+    under a memory map); the next run with that ``out`` removes it, not one a live run holds, nor
+    another file's; a checkpoint in the same folder removes only its own."""
+    import fcntl
+    import time
+
+    old = time.time() - 3600
+    names = [".D.npy.killed1.tmp", ".D.npy.live2.tmp", ".E.npy.other3.tmp", ".thesis.draft.tmp"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x" * 64)
+        os.utime(tmp_path / name, (old, old))
+    live = os.open(tmp_path / ".D.npy.live2.tmp", os.O_RDONLY)
+    try:
+        fcntl.flock(live, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        run(metric, codes(4, 2), checkpoint=tmp_path, chunk_size=3)
+        assert all((tmp_path / name).exists() for name in names)
+        run(metric, codes(4, 2), out=tmp_path / "D.npy", chunk_size=3)
+    finally:
+        os.close(live)
+    left = sorted(p.name for p in tmp_path.glob(".*.tmp"))
+    assert left == sorted(names[1:]) and (tmp_path / "D.npy").exists()
+
+
 @pytest.mark.parametrize("duplicates", [False, True])
 def test_an_out_path_that_is_a_folder_is_refused_before_any_work(metric, tmp_path, duplicates):
     """``out`` naming a folder is a ValueError before any geodesic is solved, also where duplicate

@@ -22,6 +22,7 @@ import hashlib
 import json
 import numbers
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +43,8 @@ from .layout import Layout
 CHECKPOINT_VERSION = 7
 PROBE_POINTS = 16
 STALE_AFTER = 10.0  # seconds after which a temporary file is a dead write's
+# Temporaries of the files a checkpoint writes (atomic_write's names: ".<file>.<random>.tmp").
+_OWN_TEMPORARY = re.compile(r"\.(meta\.json|chunk_\d{8}\.safetensors)\.[^.]+\.tmp")
 _TENSORS = ("lengths", "status", "iterations")
 
 
@@ -152,7 +155,6 @@ class Checkpoint:
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"checkpoint {str(self.path)!r} exists and is not a folder")
         self.path.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temporaries(started)
         meta_path = self.path / "meta.json"
         if meta_path.exists():
             old = _read_meta(meta_path)
@@ -179,12 +181,16 @@ class Checkpoint:
                 {"version": CHECKPOINT_VERSION, "fingerprint": components, **meta}, indent=1, sort_keys=True
             ).encode()
             atomic_write(meta_path, lambda f: f.write(payload))
+        self._remove_stale_temporaries(started)  # the folder is this checkpoint's now
 
     def _remove_stale_temporaries(self, now: float) -> None:
-        """Temporary files of writes cut short (a killed run) are removed: those older than
-        :data:`STALE_AFTER` seconds (a write takes milliseconds; another process sharing the
-        folder may be writing one right now)."""
+        """Temporary files of the checkpoint's own writes cut short (a killed run) are removed:
+        those older than :data:`STALE_AFTER` seconds (a write takes milliseconds; another process
+        sharing the folder may be writing one right now). Other files' temporaries are left (a
+        user's, or the ``out`` matrix another run fills in place: its time stamp stays old)."""
         for tmp in stale_temporaries(self.path):
+            if not _OWN_TEMPORARY.fullmatch(tmp.name):
+                continue
             try:
                 if tmp.stat().st_mtime < now - STALE_AFTER:
                     tmp.unlink()

@@ -157,10 +157,12 @@ def pairwise_distances(
             program takes a core; worker processes do not. 1: solve in this process, with
             torch's threads.
         out: optional path of a ``.npy`` file: the matrix is written there, memory-mapped
-            (the returned tensor, on the CPU, maps the file), so that an (M, M) matrix larger
-            than memory can be kept. It is filled under a temporary name beside it and put in
-            place when the run ends: an interrupted run leaves an earlier file as it was. Under
-            ``torch.distributed`` rank 0 writes it (the other ranks return the matrix in memory).
+            (the returned tensor, on the CPU, maps the file), so that it does not hold memory
+            of its own (the run's per-entry status and iterations still do: about 9 bytes per
+            entry, more than a float32 matrix's 4). It is filled under a temporary name beside
+            it and put in place when the run ends: an interrupted run leaves an earlier file as
+            it was. Under ``torch.distributed`` rank 0 writes it (the other ranks return the
+            matrix in memory).
         memory_budget: bytes of solver working memory per chunk, by the solver's memory model
             (default: a quarter of free GPU memory up to 4 GiB, or 1 GiB on the CPU, as a
             ``geodesics`` batch; the model bounds the memory from far above). Sets the chunk size.

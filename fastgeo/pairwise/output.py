@@ -1,5 +1,5 @@
 """The output matrix of an all-pairs run: in memory on the metric's device, or a memory-mapped
-``.npy`` file on the CPU (an (M, M) matrix larger than memory), filled under a temporary name and
+``.npy`` file on the CPU (the matrix out of the process's memory), filled under a temporary name and
 put in place when the run ends: an interrupted run leaves an earlier file as it was, and no file
 of zeros that would read as distances."""
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._files import publish, reserve_beside
+from .._files import publish, remove_abandoned, reserved_and_held
 from ..metric import ExpectedMetric
 from .layout import duplicate_index, expand_duplicates
 
@@ -42,20 +42,23 @@ def npy_path(out: object) -> Path:
 def filled_in_place(path: Path | None) -> Iterator[Path | None]:
     """A temporary file beside ``path`` for the run to map and fill (None without ``path``),
     reserved now (a ValueError naming ``out`` if the folder takes no file, before any work), put
-    in place of ``path`` when the block ends, removed if it raises."""
+    in place of ``path`` when the block ends, removed if it raises. The temporaries of ``path``
+    that killed runs left (full-size matrices) are removed first; a live run's are not."""
     if path is None:
         yield None
         return
-    try:
-        tmp = reserve_beside(path)
-    except ValueError as e:
-        raise ValueError(f"out: {e}") from e
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    publish(tmp, path)
+    remove_abandoned(path)  # a killed run's full-size matrix
+    with contextlib.ExitStack() as stack:
+        try:
+            tmp = stack.enter_context(reserved_and_held(path))
+        except ValueError as e:
+            raise ValueError(f"out: {e}") from e
+        try:
+            yield tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        publish(tmp, path)  # still held: unlocked, a run starting now could take it for abandoned
 
 
 def allocate(shape: tuple[int, int], metric: ExpectedMetric, path: Path | None) -> tuple[Tensor, Any]:

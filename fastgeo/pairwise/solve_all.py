@@ -67,17 +67,17 @@ def solve_chunks(
             ckpt.save(c, rec)
         return record(c, w, rec, False)
 
+    missing, loaded = [], 0
+    for c in range(rank, layout.n_chunks, world):  # finished chunks read back first
+        rec = ckpt.load(c, layout.pairs(c, device)[0].numel()) if ckpt is not None else None
+        if rec is None:
+            missing.append(c)
+        else:
+            loaded += record(c, 0, rec, True) * world
     shown = progress and rank == 0 and layout.n_chunks > 0
-    with call_bar(layout.n_pairs, shown, label, "pair", delay=0.0, leave=True) as bar:
-        missing = []
-        for c in range(rank, layout.n_chunks, world):  # finished chunks read here (their warnings too)
-            rec = ckpt.load(c, layout.pairs(c, device)[0].numel()) if ckpt is not None else None
-            if rec is None:
-                missing.append(c)
-            elif bar is not None:
-                bar.update(min(record(c, 0, rec, True) * world, bar.total - bar.n))
-            else:
-                record(c, 0, rec, True)
+    # The pairs read back start the bar: its rate and time left are this run's solving alone.
+    done = min(loaded, layout.n_pairs)
+    with call_bar(layout.n_pairs, shown, label, "pair", delay=0.0, leave=True, initial=done) as bar:
         chunk_loop(missing, workers, solve, bar)
     counts = counts.sum(0)
     if world > 1:  # disjoint parts, zeros elsewhere: the sums are exact
