@@ -158,7 +158,7 @@ def shapes28(n: int = 10000, seed: int | None = 0) -> tuple[Tensor, Tensor]:
 
     Each image has one white shape on black: circumradius uniform in [5, 11] pixels, position
     uniform with the circumcircle inside the frame (strokes and some corners reach the border:
-    in about a third of the images, rings in half), rotation uniform, intensity uniform in [0.6, 1];
+    in about a quarter of the images, rings in half), rotation uniform, intensity uniform in [0.6, 1];
     squares, triangles, crosses and stars are filled or outlined (stroke 1.5-3 pixels) with
     probability 1/2, rings are outlined (stroke 2-4 pixels), discs filled. Anti-aliased.
 

@@ -77,6 +77,15 @@ def test_argument_errors():
         vae_training.train_vae(vae, torch.rand(4, 10), progress=False)
     with pytest.raises(ValueError, match="freeze_var"):
         vae_training.train_vae(vae, torch.rand(4, 784), freeze_var=2.0, progress=False)
+    for shape in [(1, -28, -28), (784,), (1, 28, 28.0), (True, 28, 28)]:
+        with pytest.raises(ValueError, match="image_shape"):
+            vaes.mlp_vae(784, 2, (8,), image_shape=shape)
+
+
+def test_channels_may_be_any_iterable():
+    a = vaes.conv_vae28(4, channels=iter((4, 4, 4)))
+    b = vaes.conv_vae28(4, channels=(4, 4, 4))
+    assert [tuple(p.shape) for p in a.parameters()] == [tuple(p.shape) for p in b.parameters()]
 
 
 def test_linear_output():

@@ -13,11 +13,11 @@ decoders (see ``tests/data/make_real_generators.py``). Like the two-moons VAE of
   replaces the variance by an RBF precision network.
 
 Every decoder mean is a plain ``nn.Sequential`` of standard layers, mapping (P, d) -> (P, D)
-and ending with ``nn.Flatten``, so that it can be recognised layer by layer: ``nn.Linear``,
-``nn.Unflatten``, ``nn.ConvTranspose2d``, ``nn.Conv2d``, optionally ``nn.BatchNorm2d`` or
-``nn.GroupNorm``, pointwise activations (smooth ELU by default, since the metric uses the
-decoder's Jacobian; ReLU and LeakyReLU give the piecewise-linear decoders many users train) and a
-final ``nn.Sigmoid`` (pixels in [0, 1]). The images are flattened
+(the convolutional ones end with ``nn.Flatten``), so that it can be recognised layer by layer:
+``nn.Linear``, ``nn.Unflatten``, ``nn.ConvTranspose2d``, ``nn.Conv2d``, optionally
+``nn.BatchNorm2d`` or ``nn.GroupNorm``, pointwise activations (smooth ELU by default, since the
+metric uses the decoder's Jacobian; ReLU and LeakyReLU give the piecewise-linear decoders many
+users train) and a final ``nn.Sigmoid`` (pixels in [0, 1]). The images are flattened
 channel-first, as :mod:`fastgeo.image_datasets` returns them.
 
 Convolutional decoders take (P, d) inputs only (``nn.Unflatten`` and the convolutions fix the
@@ -174,7 +174,8 @@ def mlp_vae(
         data_dim: D (default 784).
         latent_dim: d.
         hidden: widths of the hidden layers, encoder order (the decoder reverses them).
-        activation: "elu" (default), "softplus", "silu", "tanh", "gelu", "relu" or "leaky_relu".
+        activation: "elu" (default), "softplus", "silu", "tanh", "gelu", "mish", "relu" or
+            "leaky_relu".
         image_shape: (C, H, W) with C * H * W = D (default: (1, sqrt D, sqrt D) if D is a square,
             else (1, 1, D)).
         init_var: the decoder variance at the start of training (and while it is frozen).
@@ -188,6 +189,10 @@ def mlp_vae(
     if image_shape is None:
         side = math.isqrt(D)
         image_shape = (1, side, side) if side * side == D else (1, 1, D)
+    image_shape = tuple(image_shape)
+    whole = all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in image_shape)
+    if len(image_shape) != 3 or not whole:
+        raise ValueError(f"image_shape must be (C, H, W) of positive integers, got {image_shape!r}")
     if math.prod(image_shape) != D:
         raise ValueError(f"image_shape {image_shape!r} does not have data_dim = {D} pixels")
 
@@ -247,7 +252,8 @@ def conv_vae28(
         init_var: the decoder variance at the start of training (and while it is frozen).
     """
     d = _positive_int("latent_dim", latent_dim)
-    if len(tuple(channels)) != 3:
+    channels = tuple(channels)  # an iterator is read once
+    if len(channels) != 3:
         _bad_channels(channels, 3)
     c7, c14, c28 = _widths("channels", channels, 3)
     hidden = _positive_int("hidden", hidden)
@@ -306,12 +312,14 @@ def conv_vae64(
         latent_dim: d.
         channels: (c4, c8, c16, c32, c64), the channels at each resolution.
         hidden: width of the encoder's fully connected layer.
-        activation: "elu" (default), "softplus", "silu", "tanh", "gelu", "relu" or "leaky_relu".
-        norm: None (default), "batch" or "group" after each transposed convolution.
+        activation: "elu" (default), "softplus", "silu", "tanh", "gelu", "mish", "relu" or
+            "leaky_relu".
+        norm: None (default), "batch", "group" or "instance" after each transposed convolution.
         init_var: the decoder variance at the start of training (and while it is frozen).
     """
     d = _positive_int("latent_dim", latent_dim)
-    if len(tuple(channels)) != 5:
+    channels = tuple(channels)  # an iterator is read once
+    if len(channels) != 5:
         _bad_channels(channels, 5)
     c = _widths("channels", channels, 5)
     hidden = _positive_int("hidden", hidden)
