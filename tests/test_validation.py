@@ -1,5 +1,6 @@
 """Bad input gets a clear ValueError/TypeError naming the argument."""
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -439,6 +440,25 @@ def test_latent_graph_queries_are_checked():
                 query(points)
     dist, pred, _ = graph.end_rows(torch.zeros(2, 2, dtype=f64))
     assert dist.shape == pred.shape == (2, graph.nodes.shape[0]) and np.isfinite(dist).any()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes need Python 3.11")
+def test_a_decoder_raising_off_the_codes_in_the_graph_build_is_noted():
+    """The latent graph decodes points beyond every code and center: a decoder that raises there
+    reached the user bare, with nothing pointing at the graph."""
+    metric = bumpy_metric()
+
+    class OffDomain(Exception):
+        pass
+
+    def mean(z):
+        if z.norm(dim=-1).max() > 4.5:
+            raise OffDomain("outside the decoder's domain")
+        return metric.mean(z)
+
+    with pytest.raises(OffDomain) as info:
+        fastgeo.LatentGraph(fastgeo.ExpectedMetric(mean, metric.precision))
+    assert any("latent graph" in note and "graph=False" in note for note in info.value.__notes__)
 
 
 def test_rbf_precision_refuses_empty_sizes():

@@ -125,7 +125,17 @@ class LatentGraph:
                 latents = latents[keep]
             nodes.append(latents.detach())
         self.nodes = torch.cat(nodes)
-        self.edges, self.weights = self._knn_edges(self.nodes, self.nodes, k, exclude_self=True)
+        try:
+            self.edges, self.weights = self._knn_edges(self.nodes, self.nodes, k, exclude_self=True)
+        except Exception as error:  # the user's decoder, off the codes: say where it was called
+            reach = float(self.nodes.norm(dim=-1).max())
+            if hasattr(error, "add_note"):  # Python >= 3.11
+                error.add_note(
+                    f"(raised by the decoder mean while fastgeo built its latent graph: "
+                    f"{self.nodes.shape[0]} nodes around the RBF centers, up to |z| = {reach:.3g}; "
+                    "graph=False solves without one)"
+                )
+            raise
         self.edge_evals = self.edges.shape[0] * (edge_points - 2) + self.nodes.shape[0]
         self._end_rows: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # see end_rows
         self._csr = None
