@@ -11,8 +11,9 @@ The M codes are the generator's training codes (1,797); past that, codes jittere
 codes' spread around random training codes. A run whose time, extrapolated from the smaller M
 (cost per pair), would pass ``--budget-s`` is skipped and the estimate printed instead, so the
 script ends inside a device lease. The CPU and the device runs are separate processes: the
-CPU workers are forked, which a process that has initialized CUDA should not do. ``--json``
-writes every row.
+CPU workers are forked, which a process that has initialized CUDA should not do. With
+``--against`` only the M that run saved are solved. ``--save`` and ``--json`` (every row) are
+rewritten after each M, so a run stopped by a time limit keeps what it measured.
 """
 
 from __future__ import annotations
@@ -99,6 +100,21 @@ def extrapolate(done: list[tuple[int, float]], pairs: int) -> float:
     return s2 + max(s2 - s1, 0.0) / max(p2 - p1, 1) * (pairs - p2)
 
 
+def write(path: str, save) -> None:
+    """``save(tmp)``, then the file replaced at once: a run killed mid-write leaves the last whole one."""
+    tmp = f"{path}.tmp"
+    save(tmp)
+    os.replace(tmp, path)
+
+
+def dump_json(rows: list, path: str) -> None:
+    def save(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(rows, f, indent=1)
+
+    write(path, save)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -110,13 +126,22 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
+    other, other_device = {}, "other"
+    if args.against:  # read first: a missing file is an error now, not after the measurements
+        if not os.path.isfile(args.against):
+            parser.error(f"--against: no such file: {args.against}")
+        other = torch.load(args.against)
+        other_device = next((o["row"]["device"] for o in other.values()), other_device)
     workers = (args.workers or os.cpu_count()) if device.type == "cpu" else 1
     metric, Z_all, _ = generator("digits")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{environment_line(1)}; device {device} ({name}), workers {workers}; digits, float32")
-    rows, runs, done = [], {}, []  # done: (pairs, seconds) of the runs so far
+    rows, runs, done, compared = [], {}, [], {}  # done: (pairs, seconds) of the runs so far
     for M in [int(m) for m in args.ms.split(",")]:
         pairs = M * (M - 1) // 2
+        if args.against and M not in other:
+            print(f"M={M}: skipped, not in {args.against}")
+            continue
         estimate = extrapolate(done, pairs)
         if estimate > args.budget_s:
             print(f"M={M}: skipped, estimated {estimate:.0f} s > budget {args.budget_s:.0f} s")
@@ -127,24 +152,30 @@ def main() -> None:
         done.append((pairs, runs[M]["row"]["seconds"]))
         rows.append(runs[M]["row"])
         print(json.dumps(runs[M]["row"]), flush=True)
-    if args.save:
-        torch.save(runs, args.save)
-    if args.against:
-        other = torch.load(args.against)
-        print(f"| M | pairs | {device.type} s | other s | other / {device.type} | "
-              "max rel. diff | median rel. diff | pairs > 1e-3 | status differs |")
+        if M in other:
+            compared[M] = compare(runs[M], other[M])
+            rows.append({"M": M, "against": args.against, **compared[M]})
+            print(json.dumps(rows[-1]), flush=True)
+        if args.save:
+            write(args.save, lambda tmp: torch.save(runs, tmp))
+        if args.json:
+            dump_json(rows, args.json)
+    if args.json:  # the skipped M's estimates too
+        dump_json(rows, args.json)
+    if compared:
+        mine_dev = device.type
+        print(
+            f"| M | pairs | {mine_dev} s | {other_device} s | {mine_dev} / {other_device} | "
+            "max rel. diff | median rel. diff | pairs > 1e-3 | status differs |"
+        )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for M in sorted(set(runs) & set(other)):
-            mine, theirs = runs[M], other[M]
-            c = compare(mine, theirs)
-            rows.append({"M": M, "against": args.against, **c})
-            print(f"| {M} | {mine['row']['pairs']} | {mine['row']['seconds']:.1f} | "
-                  f"{theirs['row']['seconds']:.1f} ({theirs['row']['device']}) | "
-                  f"{mine['row']['seconds'] / theirs['row']['seconds']:.2f} | {c['rel_diff_max']:.2e} | "
-                  f"{c['rel_diff_median']:.2e} | {c['pairs_over_1e-3']} | {c['status_differs']} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        for M, c in compared.items():
+            mine, theirs = runs[M]["row"], other[M]["row"]
+            print(
+                f"| {M} | {mine['pairs']} | {mine['seconds']:.1f} | {theirs['seconds']:.1f} | "
+                f"{mine['seconds'] / theirs['seconds']:.2f} | {c['rel_diff_max']:.2e} | "
+                f"{c['rel_diff_median']:.2e} | {c['pairs_over_1e-3']} | {c['status_differs']} |"
+            )
 
 
 if __name__ == "__main__":

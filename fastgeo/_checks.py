@@ -224,4 +224,14 @@ def device(name: str, value: object) -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
         raise ValueError(f"{name}: {value!r}, but this machine has {count} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        # Every build names xpu, hpu, mps, ...; one it lacks fails on its first tensor with an
+        # AssertionError or an ImportError deep in the work. (CUDA, above, without making a context.)
+        try:
+            torch.empty(0, device=dev)
+        except Exception as e:
+            reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0]  # dispatcher errors run long
+            raise ValueError(
+                f"{name}: {value!r}, but this torch cannot make tensors there ({type(e).__name__}: {reason})"
+            ) from e
     return dev

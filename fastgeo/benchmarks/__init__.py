@@ -5,8 +5,8 @@ rounds) on a synthetic generator built here, so that it runs from an installed p
 
 - ``ops``: the three ops, forward and forward+backward, each compiled backend against the
   pure-PyTorch reference at a few batch sizes;
-- ``solver``: ``method="default"`` and ``"paper"`` (and StochMan if importable) on the same
-  pairs, time and excess length against ``method="dense"`` in float64;
+- ``solver``: ``method="default"``, ``"fast"`` and ``"paper"`` (and StochMan if importable) on
+  the same pairs, time and excess length against ``method="dense"`` in float64;
 - ``pairwise``: :func:`fastgeo.pairwise_distances` time and time per geodesic against M.
 
 :func:`run` returns (and writes) the results; :mod:`fastgeo.cli` exposes it as ``fastgeo bench``.

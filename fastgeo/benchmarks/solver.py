@@ -1,4 +1,4 @@
-"""Solver layer: ``method="default"`` and ``"paper"`` (and StochMan's default
+"""Solver layer: ``method="default"``, ``"fast"`` and ``"paper"`` (and StochMan's default
 ``connecting_geodesic`` if importable) on the same pairs, in the same run, on a synthetic
 generator (:mod:`.generator`: a random 2-D MLP decoder whose RBF precision raises thin walls
 between clusters, not a trained VAE): time of one batched call and excess length ``L / L_best - 1``

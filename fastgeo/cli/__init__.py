@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="two-moons VAE: fit the RBF, compute geodesics, draw the figure",
-        description="Train a small VAE on two moons, fit its RBF precision, compute eight geodesics and "
-        "print their table and write the saved generator and the paper's Figure 1 to --out.",
+        description="Train a small VAE on two moons, fit its RBF precision, compute eight geodesics "
+        "(--quick: two) and print their table and write the saved generator and the paper's Figure 1 "
+        "to --out.",
     )
     p.add_argument("--out", default="fastgeo-demo", help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, help="layers to run (default: all)")  # fmt: skip
     p.add_argument("--out", default="fastgeo-bench", help="output folder (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for every layer (default: the ops at 1 and at torch's count, "
+                   "the solver and pairwise layers at 1)")  # fmt: skip
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke-test sizes, for tests
     p.set_defaults(func=_bench)
     return parser
