@@ -176,21 +176,20 @@ def float_dtype(name: str, value: object) -> torch.dtype:
 
 def nonnegative_float(name: str, value: object) -> float:
     """``value`` as a finite float >= 0 (ints and numpy numbers accepted, bools and strings not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    number = float(value)
-    if not 0 <= number < math.inf:
-        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
-    return number
+    return _finite_float(name, value, zero=True)
 
 
 def positive_float(name: str, value: object) -> float:
     """``value`` as a finite float > 0 (ints and numpy numbers accepted, bools and strings not)."""
+    return _finite_float(name, value, zero=False)
+
+
+def _finite_float(name: str, value: object, zero: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
     number = float(value)
-    if not 0 < number < math.inf:
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    if not (0 <= number if zero else 0 < number) or number == math.inf:
+        raise ValueError(f"{name} must be finite and {'>=' if zero else '>'} 0, got {value!r}")
     return number
 
 
