@@ -293,6 +293,37 @@ def test_no_estimate_warning_where_every_pair_was_sampled():
     assert not rep.estimates_left and "no estimate is left in the matrix" in str(rep)
 
 
+@pytest.mark.parametrize("mode", ["graph", "draft"])
+def test_no_estimate_warning_in_the_upper_bound_modes_where_every_pair_was_sampled(mode):
+    """Graph and draft modes with every pair sampled: ties (the exact length within 1e-4 of the
+    estimate) kept the estimate's status, so the report warned "25 % above exact ... use
+    mode='exact'" of a matrix equal to the exact mode's."""
+    path = DATA / "digits.safetensors"
+    digits = fastgeo.load_generator(path)
+    codes = fastgeo.load_extra(path)["latents"][
+        torch.randperm(1797, generator=torch.Generator().manual_seed(0))[:8]
+    ]
+    kw = {"neighbors": 1} if mode == "graph" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        D, rep = fastgeo.pairwise_distances(
+            digits, codes, mode=mode, progress=False, return_report=True, workers=1, **kw
+        )
+    error = rep.graph_error if mode == "graph" else rep.draft_error
+    assert error.every_pair and error.pairs == 28 and "every pair" in str(rep)
+    exact = fastgeo.pairwise_distances(digits, codes, progress=False, workers=1, chains=False)
+    torch.testing.assert_close(D, exact, rtol=2e-4, atol=0)
+
+
+def test_an_error_line_shows_estimates_below_the_distance():
+    """A mean above with some estimates far below read as one-sided (min left out)."""
+    from fastgeo.pairwise.error_sample import estimate_error
+
+    text = str(estimate_error(torch.tensor([0.10] * 9 + [-0.30], dtype=torch.float64), "chord estimates"))
+    assert "min -30.000 %" in text
+    assert "min" not in str(estimate_error(torch.tensor([0.1, 0.2, -1e-6], dtype=torch.float64), "draft"))
+
+
 @pytest.mark.parametrize("mode", ["graph", "chord", "draft"])
 def test_reports_of_no_pair_name_their_mode(metric, mode):
     """With no pair (0 or 1 code) the approximate modes' reports are theirs (the graph and chord

@@ -19,6 +19,10 @@ from .layout import triu_index
 from .pair_list import Solve, solve_pair_list
 
 SAMPLE_SEED = 0  # the error sample is the same for the same inputs
+# Relative difference within which a sampled pair's exact length and its estimate are one length:
+# the exact solve's is kept (and its status: a geodesic solved, not an estimate left).
+SAME = 1e-4
+BELOW = 1e-4  # an error below -BELOW (not rounding) is printed: the line must not read as one-sided
 
 
 @dataclass
@@ -39,21 +43,22 @@ class EstimateError:
     label: str = "graph distances"
     mean_abs: float = float("nan")
     unmeasured: int = 0  # sampled pairs the error could not be measured on (chord mode: see below)
+    every_pair: bool = False  # the sample held every pair of distinct codes: no estimate is unchecked
 
     def __str__(self) -> str:
         left = f" ({self.unmeasured} sampled pairs without an estimate to compare)" if self.unmeasured else ""
         if not self.pairs:
             return f"{self.label}: no pair sampled" if not left else f"{self.label}: not measured{left}"
         two_sided = self.min < 0 and self.mean_abs > 2 * abs(self.mean)
+        below = self.min < -BELOW  # an estimate below the distance (or an exact solve in a worse basin)
+        which = "every pair (all sampled)" if self.every_pair else f"{self.pairs} random pairs"
         return (
-            f"{self.label} over exact geodesics on {self.pairs} random pairs: "
-            + (
-                f"mean |error| {100 * self.mean_abs:.3f} %, min {100 * self.min:+.3f} %, "
-                if two_sided
-                else ""
-            )
+            f"{self.label} over exact geodesics on {which}: "
+            + (f"mean |error| {100 * self.mean_abs:.3f} %, " if two_sided else "")
             + f"mean {100 * self.mean:+.3f} %, median {100 * self.median:+.3f} %, "
-            f"95th percentile {100 * self.p95:+.3f} %, max {100 * self.max:+.3f} %{left}"
+            f"95th percentile {100 * self.p95:+.3f} %, max {100 * self.max:+.3f} %"
+            + (f", min {100 * self.min:+.3f} %" if below else "")
+            + left
         )
 
 
@@ -88,7 +93,8 @@ def sample_error(
     ``nodes[rows[i]]`` and ``nodes[cols[j]]``; ``symmetric``: the strict upper triangle, mirrored)
     solved by ``solve`` in chunks of ``chunk_size`` over ``workers``: the entries' error, and the
     sampled entries set to the shorter length (with the exact solve's ``status`` where it is the
-    shorter). Returns the error and the sample's decoder evaluations and JVPs."""
+    shorter, or longer by less than :data:`SAME`). Returns the error and the sample's decoder
+    evaluations and JVPs."""
     i, j, a, b = draw_sample(rows, cols, symmetric, error_sample)
     solved = solve_pair_list(nodes, a, b, solve, chunk_size, workers, show, "error sample", "pair")
     exact, st = solved.lengths, solved.status
@@ -96,7 +102,7 @@ def sample_error(
     si, sj = i.to(status.device), j.to(status.device)
     estimate = out[ii, jj].double().cpu()
     excess = estimate / exact.clamp(min=torch.finfo(torch.float64).tiny) - 1
-    shorter = exact < estimate
+    shorter = exact <= estimate * (1 + SAME)
     best = torch.where(shorter, exact, estimate).to(out.dtype).to(out.device)
     new_status = torch.where(shorter.to(status.device), st.to(status.device), status[si, sj].long())
     out[ii, jj] = best
@@ -104,7 +110,21 @@ def sample_error(
     if symmetric:
         out[jj, ii] = best
         status[sj, si] = new_status.to(status.dtype)
-    return estimate_error(excess, label), solved.decoder_evals, solved.decoder_jvps
+    error = estimate_error(excess, label)
+    error.every_pair = i.numel() == distinct_pairs(rows, cols, symmetric)
+    return error, solved.decoder_evals, solved.decoder_jvps
+
+
+def distinct_pairs(rows: Tensor, cols: Tensor, symmetric: bool) -> int:
+    """Entries of the matrix between distinct nodes (``symmetric``: above the diagonal)."""
+    R, C = rows.numel(), cols.numel()
+    if symmetric:
+        return R * (R - 1) // 2
+    if not R or not C:
+        return 0
+    n = int(max(rows.max(), cols.max())) + 1
+    equal = torch.bincount(rows.cpu(), minlength=n) * torch.bincount(cols.cpu(), minlength=n)
+    return R * C - int(equal.sum())
 
 
 def draw_sample(rows: Tensor, cols: Tensor, symmetric: bool, error_sample: int) -> tuple[Tensor, ...]:

@@ -148,6 +148,11 @@ class PairwiseReport:
         if self.n_pairs and not self.estimates_left:
             # The sample's pairs hold exact geodesics' lengths (where shorter): the matrix is exact.
             sampled += "; every pair was in the sample: no estimate is left in the matrix"
+        elif error is not None and getattr(error, "every_pair", False):
+            sampled += (
+                "; every pair was in the sample: the entries left as estimates are chains shorter than "
+                "their pair's solved geodesic"
+            )
         return f"{head}; {sampled}; {work}"
 
     @property
@@ -181,6 +186,10 @@ def warn_estimates(extra: dict[str, Any], latent_dim: int) -> None:
     """Warn where the error sample finds the graph or draft distances ``GRAPH_WARN`` too long on
     average, or the chord estimates that far off."""
     graph, draft = extra.get("graph_error"), extra.get("draft_error")
+    # With every pair in the sample the matrix holds no unchecked estimate: each entry is its
+    # geodesic's length, or a chain shorter than it (the solve ended in a worse basin).
+    graph = None if graph is None or graph.every_pair else graph
+    draft = None if draft is None or draft.every_pair else draft
     if graph is not None and graph.pairs and graph.mean > GRAPH_WARN:
         warnings.warn(
             f"fastgeo.pairwise_distances: the graph distances are {100 * graph.mean:.1f} % above exact "
