@@ -357,3 +357,13 @@ def test_demo_seed_out_of_range_is_one_line_and_no_folder(capsys, tmp_path, entr
     assert code == 2 and len(err) == 1 and err[0].startswith("fastgeo: error: "), err
     assert "seed" in err[0], err
     assert not out.exists()
+
+
+def test_codes_beyond_a_float32_generators_range_are_named(capsys, tmp_path, monkeypatch):
+    """float64 codes that overflow the generator's float32 were reported as "Z contains NaN or
+    inf" (the API's name, not the file's)."""
+    solving_forbidden(monkeypatch)
+    gen = Path(__file__).parent / "data" / "digits.safetensors"
+    big = tmp_path / "big.npy"
+    np.save(big, np.array([[0.0, 1e300], [0.5, 0.5]]))
+    expect_error(capsys, ["latents", "beyond the range", "float32"], gen, big, "-o", tmp_path / "D.npy")

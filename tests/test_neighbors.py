@@ -66,6 +66,13 @@ def test_short_candidate_lists_grow(metric, codes, full, monkeypatch):
     assert res.candidates > 3 and res.certified.all()
 
 
+@pytest.mark.parametrize("limit", [2**63, 10**23])
+def test_a_limit_beyond_the_codes_means_all_of_them(metric, codes, full, limit):
+    """max_candidates above int64 wrapped round (a negative quota: KeyError) or overflowed."""
+    res = fastgeo.nearest_neighbors(metric, codes, 3, max_candidates=limit, workers=1, progress=False, **OPTS)
+    assert torch.equal(res.indices, _brute(full, 3)[1]) and res.certified.all()
+
+
 def test_max_candidates_stops_and_flags(metric, codes, full):
     """With a limit of k geodesics per code, codes whose bound has not ruled out the rest are
     flagged (and warned of); the certified ones are still exact."""

@@ -107,7 +107,10 @@ def latent_codes(option: str, path: Path, d: int, dtype: torch.dtype) -> Tensor:
         array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise InputError(f"{option}: {str(path)!r} contains NaN or inf")
-    return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+    codes = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+    if not bool(torch.isfinite(codes).all()):
+        raise InputError(f"{option}: {str(path)!r} holds values beyond the range of the generator's {dtype}")
+    return codes
 
 
 def device(option: str, value: str | None) -> str | None:
