@@ -222,12 +222,14 @@ def test_save_names_a_decoder_set_to_training_mode(tmp_path):
 
 
 def test_convert_says_when_a_file_cannot_be_safe(tmp_path, capsys):
-    """``fastgeo convert`` of a TorchScript file: one line saying the safe format cannot hold it
-    (it advised format='export', an option convert does not have)."""
+    """``fastgeo convert`` of a TorchScript file: one line saying what to do (it advised
+    format='export', an option convert does not have, then called a chain of standard layers not
+    one and said to pass the Python module, which a command cannot)."""
     path = save_generator(tmp_path / "g.pt2", module_metric(), format="torchscript")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         assert main(["convert", str(path), str(tmp_path / "s.safetensors"), "--trust"]) == 2
     err = capsys.readouterr().err
-    assert "not a chain of standard layers that the safe format can store (a TorchScript module" in err
+    assert "TorchScript decoder's layers cannot be read back" in err and "save the generator again" in err
+    assert "not a chain of standard layers" not in err and len(err.strip().splitlines()) == 1
     assert "format='export'" not in err

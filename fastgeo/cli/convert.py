@@ -12,7 +12,13 @@ from . import inputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="rewrite a generator file in the safe format (structure as data)")
+    about = "rewrite a generator file in the safe format (structure as data)"
+    p = sub.add_parser(
+        "convert",
+        help=about,
+        description=f"{about[0].upper()}{about[1:]}: the decoder, a chain of standard layers, is stored as "
+        "JSON and tensors, and loading it runs no code (a file of fastgeo's first format, an export).",
+    )
     p.add_argument("source", help="generator file to read")
     p.add_argument("target", help="safe generator file to write (.safetensors)")
     p.add_argument("--trust", action="store_true", help="the source holds code: load it (trusted files only)")
@@ -31,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
         if found is None:
             raise
         why = found.group(1) or "operations outside fastgeo.decoders.structure.LAYERS"
+        if "TorchScript" in why:  # its layers cannot be read back from the compiled file
+            raise ValueError(
+                f"{source}: a TorchScript decoder's layers cannot be read back as data: save the generator "
+                "again from its Python module (fastgeo.save_generator, the safe format is the default), or "
+                "keep using the file as it is (--trust)"
+            ) from e
         raise ValueError(
             f"{source}: its decoder is not a chain of standard layers that the safe format can store "
             f"({why}); keep using the file as it is (--trust)"
