@@ -146,6 +146,22 @@ class ExpectedMetric:
         return kept[key]
 
     @property
+    def precision(self) -> RBFPrecision:
+        return self.__dict__["precision"]
+
+    @precision.setter
+    def precision(self, new: RBFPrecision) -> None:
+        old = self.__dict__.get("precision")
+        if old is not None:  # (the first one the constructor checked against the mean)
+            old.check_replacement(new)
+        self.__dict__["precision"] = new
+        self.__dict__.pop("_smoothed", None)  # they hold the precision they were made with
+
+    def __getstate__(self) -> dict:
+        # The smoothed means are rebuilt on use (their getters are local functions: unpicklable).
+        return {k: v for k, v in self.__dict__.items() if k != "_smoothed"}
+
+    @property
     def latent_dim(self) -> int:
         return self.precision.latent_dim
 
@@ -198,7 +214,9 @@ class ExpectedMetric:
         return ExpectedMetric(mean, precision)
 
     def check_points(self, name: str, points: Tensor, ndim: int | None = None) -> Tensor:
-        """Validate latent points against this metric: float dtype, device, last axis d."""
+        """Validate latent points against this metric: float dtype, device, last axis d (and no
+        ``torch.autocast`` around the call)."""
+        _checks.outside_autocast("ExpectedMetric")
         _checks.tensor(name, points, ndim=ndim, min_ndim=1)
         if points.shape[-1] != self.latent_dim:
             raise ValueError(
@@ -216,7 +234,6 @@ class ExpectedMetric:
 
     def segment_sqdist(self, points: Tensor) -> Tensor:
         """Expected squared length ``s_n`` of each segment: (B, N, d) -> (B, N-1)."""
-        _checks.outside_autocast("ExpectedMetric")
         self.check_points("points", points, ndim=3)
         if points.shape[1] < 2:
             raise ValueError(f"points must have N >= 2 per curve, got shape {tuple(points.shape)}")
@@ -235,7 +252,6 @@ class ExpectedMetric:
         is known (computed under the same grad mode): only the N - 2 inner points are decoded, as
         one flat batch, so their rounding depends on the batch. For measurements made once that
         share end points, as the latent graph's edges: (B,)."""
-        _checks.outside_autocast("ExpectedMetric")
         self.check_points("points", points, ndim=3)
         first, last = _checks.tensor("first", first, ndim=2), _checks.tensor("last", last, ndim=2)
         _checks.same_dtype_device([("points", points), ("first", first), ("last", last)])

@@ -73,6 +73,19 @@ class RBFPrecision(nn.Module):
         """K, the number of RBF centers."""
         return self.centers.shape[0]
 
+    def check_replacement(self, new: object) -> None:
+        """Raise unless ``new`` can replace this precision behind one decoder: an RBFPrecision of
+        the same d, D, dtype and device (the decoder's output was checked against them)."""
+        if not isinstance(new, RBFPrecision):
+            raise TypeError(f"precision must be a fastgeo.RBFPrecision, got {type(new).__name__}")
+        was = (self.latent_dim, self.data_dim, self.weights.dtype, self.weights.device)
+        now = (new.latent_dim, new.data_dim, new.weights.dtype, new.weights.device)
+        if now != was:
+            raise ValueError(
+                f"metric.precision must keep the metric's (d, D, dtype, device) = {was}, got {now}: for "
+                "another decoder make a new ExpectedMetric"
+            )
+
     def params(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(centers, gammas, weights, zeta): the arguments of ``fastgeo.ops`` RBF ops."""
         return self.centers, self.gammas, self.weights, self.zeta

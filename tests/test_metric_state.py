@@ -1,0 +1,71 @@
+"""A metric as an object users keep and change: its precision replaced (checked, and its smoothed
+copies dropped), pickled after use, and every method refused inside ``torch.autocast``."""
+
+import io
+
+import pytest
+import torch
+
+import fastgeo
+
+
+def relu_metric(D=10, seed=0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, D)).eval()
+    return fastgeo.ExpectedMetric(net, precision(D, seed))
+
+
+def precision(D=10, seed=0, d=4):
+    g = torch.Generator().manual_seed(seed)
+    return fastgeo.RBFPrecision(
+        torch.randn(6, d, generator=g), torch.ones(6), torch.rand(D, 6, generator=g), 0.1
+    )
+
+
+def test_a_precision_of_another_shape_is_refused_and_a_like_one_taken_whole():
+    """A precision of another D made lengths silently wrong (the mean outputs the old D), and a
+    replaced precision left the smoothed copies on the old one."""
+    metric = relu_metric()
+    z0, z1 = torch.zeros(1, 4), torch.ones(1, 4)
+    fastgeo.geodesics(metric, z0, z1, method="fast", progress=False)
+    assert metric.smoothed() is not None
+    for bad in (precision(D=12), precision(d=3), precision().double()):
+        with pytest.raises(
+            ValueError, match=r"metric.precision must keep the metric's \(d, D, dtype, device\)"
+        ):
+            metric.precision = bad
+    with pytest.raises(TypeError, match="precision must be a fastgeo.RBFPrecision"):
+        metric.precision = None
+    other = precision(seed=3)
+    metric.precision = other
+    assert metric.precision is other and metric.smoothed().precision is other
+    fresh = fastgeo.ExpectedMetric(metric.mean, other)
+    a = fastgeo.geodesics(metric, z0, z1, method="fast", progress=False).lengths
+    b = fastgeo.geodesics(fresh, z0, z1, method="fast", progress=False).lengths
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+def test_a_used_metric_pickles():
+    """After a solve a ReLU decoder's metric kept smoothed means of local functions: torch.save
+    raised "Can't pickle local object"."""
+    metric = relu_metric()
+    z0, z1 = torch.zeros(1, 4), torch.ones(1, 4)
+    before = fastgeo.geodesics(metric, z0, z1, method="fast", progress=False).lengths
+    buffer = io.BytesIO()
+    torch.save(metric, buffer)
+    buffer.seek(0)
+    back = torch.load(buffer, weights_only=False)
+    after = fastgeo.geodesics(back, z0, z1, method="fast", progress=False).lengths
+    torch.testing.assert_close(after, before, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["metric_tensor", "decode", "mean_embedding", "features", "embedding", "features_and_jacobian", "probe"],
+)
+def test_every_method_refuses_autocast(method):
+    """Some refused autocast, others ran the decoder in bfloat16 and returned bfloat16 (0.3 % off)."""
+    metric = relu_metric()
+    call = getattr(metric, method)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="autocast"):
+        call() if method == "probe" else call(torch.randn(3, 4))
