@@ -73,6 +73,17 @@ class RBFPrecision(nn.Module):
         """K, the number of RBF centers."""
         return self.centers.shape[0]
 
+    def fingerprint(self) -> Tensor:
+        """A few float64 numbers that change whenever any parameter does (sums, sums of squares
+        and index-weighted sums of each): caches of what was built from this precision compare
+        them, where decoded probe points, far from some centers, would not see those centers."""
+        stats = []
+        for p in self.params():
+            flat = p.detach().double().flatten()
+            place = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+            stats += [flat.sum(), flat.square().sum(), (flat * place).sum()]
+        return torch.stack(stats).cpu()
+
     def check_replacement(self, new: object) -> None:
         """Raise unless ``new`` can replace this precision behind one decoder: an RBFPrecision of
         the same d, D, dtype and device (the decoder's output was checked against them)."""

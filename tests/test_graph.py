@@ -299,3 +299,30 @@ def test_cached_graph_follows_the_latents_by_value():
     second, built = graph_module.cached_graph(metric, latents)
     assert built and second is not first
     assert any(torch.equal(n, latents[0]) for n in second.nodes)
+
+
+def test_the_graph_follows_precision_changes_the_probe_cannot_see():
+    """Narrow RBFs on a ring: the probe decodes near a few centers, where the others' features
+    underflow to 0; weights zeroed at those others changed the metric but not the probe, and the
+    cached graph (and a user's graph passed back) stayed that of the old precision."""
+    angles = torch.linspace(0, 2 * torch.pi, 25, dtype=torch.float64)[:-1]
+    centers = 3.0 * torch.stack([angles.cos(), angles.sin()], 1)
+    weights = torch.rand(5, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 10 + 1
+    prec = fastgeo.RBFPrecision(centers, torch.full((24,), 60.0, dtype=torch.float64), weights, 1e-2)
+    lin = torch.randn(2, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    metric = fastgeo.ExpectedMetric(lambda z: torch.tanh(z @ lin), prec)
+    first, built = graph_module.cached_graph(metric, None)
+    probe = metric.probe()
+    unseen = []
+    with torch.no_grad():
+        for k in range(24):  # the centers whose weights the probe does not see
+            prec.weights[:, k] = 0.0
+            if torch.equal(metric.probe(), probe):
+                unseen.append(k)
+            prec.weights.copy_(weights)
+        prec.weights[:, unseen] = 0.0
+    assert built and len(unseen) >= 12 and torch.equal(metric.probe(), probe)
+    second, built = graph_module.cached_graph(metric, None)
+    assert built and second is not first
+    with pytest.warns(UserWarning, match="another metric|changed"):
+        fastgeo.geodesics(metric, centers[:1], centers[1:2], graph=first, progress=False)

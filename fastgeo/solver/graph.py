@@ -100,6 +100,7 @@ class LatentGraph:
         k = (GRID_NEIGHBOURS if grid and d <= 3 else NEIGHBOURS) if k is None else _checks.integer("k", k, 1)
         self.metric = metric
         self.probe = metric.probe()  # the metric as it was: a decoder trained in place since is told
+        self.precision_key = metric.precision.fingerprint()  # (all of it: the probe sees a few centers)
         self.k = k
         self.edge_points = edge_points
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -333,6 +334,8 @@ def _of_another_metric(graph: LatentGraph, metric: ExpectedMetric) -> bool:
     if getattr(metric, "_smoothed_from", None) is not None:
         return False
     mine, theirs = graph.probe, metric.probe()
+    if not torch.equal(graph.precision_key, metric.precision.fingerprint()):
+        return True
     return mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-5, atol=0, equal_nan=True)
 
 
@@ -344,16 +347,16 @@ class GraphCache:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed  # the graph's sampling seed (a draw other than 0: the dense oracle's starts)
         self._latents: Tensor | None = None
-        self._probe: Tensor | None = None
+        self._probe: tuple[Tensor, Tensor] | None = None  # the probe and the precision's fingerprint
         self.graph: LatentGraph | None = None
 
     def get(self, metric: ExpectedMetric, latents: Tensor | None) -> tuple[LatentGraph, bool]:
         """(the graph, whether it was built by this call)."""
-        probe = metric.probe(4)
+        probe = (metric.probe(4), metric.precision.fingerprint())
         fresh = (
             self.graph is None
             or not _same_latents(latents, self._latents)
-            or not torch.equal(probe, self._probe)
+            or not all(torch.equal(a, b) for a, b in zip(probe, self._probe, strict=True))
         )
         if fresh:
             draw = f", draw {self.seed}" if self.seed else ""
