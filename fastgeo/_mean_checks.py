@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
-from ._mean_reach import modules_of
+from ._mean_reach import modules_of, parameter_kinds
 
 # Relative difference between two calls on the same codes (or one code alone and in a batch)
 # above which the mean is random / batch-dependent. Rounding of a deterministic decoder on the CPU
@@ -189,6 +189,14 @@ def metric_in_eval(metric: Any) -> None:
     statistics changed by the first call of the decoder, before a later check refuses."""
     eval_mode("metric.mean", metric.mean)
     still_in_eval("metric.mean", metric)
+    made = getattr(metric, "_parameter_kinds", None)
+    if made is not None and parameter_kinds(metric.mean) != made:
+        now = sorted({f"{dtype} on {device}" for dtype, device in parameter_kinds(metric.mean)})
+        raise TypeError(
+            f"metric.mean's parameters were converted since the metric was made (now {', '.join(now)}; "
+            f"the precision is {metric.dtype} on {metric.device}): make a new ExpectedMetric, or use "
+            "metric.to(...), which converts a copy"
+        )
 
 
 def call(

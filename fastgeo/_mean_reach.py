@@ -56,6 +56,16 @@ def batch_statistics_kept(mean: Callable[[Tensor], Tensor]) -> Iterator[None]:
                     now.copy_(before)
 
 
+def parameter_kinds(mean: Callable[[Tensor], Tensor]) -> list[tuple[torch.dtype, torch.device]]:
+    """The dtype and device of every floating parameter and buffer behind ``mean``, in order."""
+    return [
+        (t.dtype, t.device)
+        for module in modules_of(mean)
+        for t in (*module.parameters(), *module.buffers())
+        if t.is_floating_point()
+    ]
+
+
 def _reached(mean: object) -> list[object]:
     seen: dict[int, object] = {}
     for obj in _walk(mean, DEPTH):

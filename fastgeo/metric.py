@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _mean_checks, ops
-from ._mean_reach import batch_statistics_kept, loose_tensors_of, modules_of
+from ._mean_reach import batch_statistics_kept, loose_tensors_of, modules_of, parameter_kinds
 from .decoders import StackedChain, activation_width, jacobian_rows, piecewise_linear, smoothed, stacked_chain
 from .decoders.compact import compact_chain
 from .decoders.flat import FlatOutput, flat_output
@@ -76,6 +76,7 @@ class ExpectedMetric:
             _mean_checks.deterministic("mean", self.mean, three, probes[1], probes[0])
             # a mean whose reverse-mode gradient is NaN where its values are finite: forward mode only
             self._nan_gradient = _mean_checks.differentiable("mean", self.mean, three)
+        self._parameter_kinds = parameter_kinds(self.mean)  # checked again: a .double() since is refused
 
     def __repr__(self) -> str:
         return (

@@ -69,3 +69,17 @@ def test_every_method_refuses_autocast(method):
     call = getattr(metric, method)
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="autocast"):
         call() if method == "probe" else call(torch.randn(3, 4))
+
+
+def test_a_decoder_converted_in_place_since_is_named():
+    """decoder.double() after the metric was made raised torch's "mat1 and mat2 must have the
+    same dtype" from deep in a solve (describe() too)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 10)).eval()
+    metric = fastgeo.ExpectedMetric(lambda z: net(z), precision())
+    z0, z1 = torch.zeros(1, 4), torch.ones(1, 4)
+    net.double()
+    with pytest.raises(TypeError, match="converted since the metric was made"):
+        fastgeo.geodesics(metric, z0, z1, progress=False)
+    net.float()
+    assert fastgeo.geodesics(metric, z0, z1, progress=False).converged.all()
