@@ -189,6 +189,7 @@ def metric_in_eval(metric: Any) -> None:
     statistics changed by the first call of the decoder, before a later check refuses."""
     eval_mode("metric.mean", metric.mean)
     still_in_eval("metric.mean", metric)
+    metric.precision.check_values("metric.precision: ")
     made = getattr(metric, "_parameter_kinds", None)
     if made is not None and parameter_kinds(metric.mean) != made:
         now = sorted({f"{dtype} on {device}" for dtype, device in parameter_kinds(metric.mean)})

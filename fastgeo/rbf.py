@@ -45,18 +45,26 @@ class RBFPrecision(nn.Module):
             raise ValueError(f"centers must be (K, d), K >= 1 and d >= 1, got shape {tuple(centers.shape)}")
         if weights.shape[0] == 0:
             raise ValueError(f"weights must be (D, K) with D >= 1 outputs, got shape {tuple(weights.shape)}")
-        for name, t in (("centers", centers), ("gammas", gammas), ("weights", weights), ("zeta", zeta)):
-            _checks.finite(name, t)
-        if not bool((gammas > 0).all()):
-            raise ValueError("gammas must be > 0")
-        if not bool((weights >= 0).all()):
-            raise ValueError("weights must be >= 0 (a precision is non-negative)")
-        if not bool((zeta > 0).all()):
-            raise ValueError("zeta must be > 0 (it keeps sigma finite far from the data)")
         self.register_buffer("centers", centers.detach().clone())
         self.register_buffer("gammas", gammas.detach().clone())
         self.register_buffer("zeta", zeta.detach().clone().contiguous())
         self.weights = nn.Parameter(weights.detach().clone())
+        self.check_values()
+
+    def check_values(self, prefix: str = "") -> None:
+        """Raise unless the parameters are finite, gammas and zeta > 0 and weights >= 0: when
+        made, and before each solve (``load_state_dict``, an optimizer step without
+        :meth:`clamp_weights_`, an in-place edit may have broken them since; negative gammas gave
+        finite lengths flagged converged)."""
+        for name, t in zip(("centers", "gammas", "weights", "zeta"), self.params(), strict=True):
+            _checks.finite(prefix + name, t.detach())
+        for name, ok, why in (
+            ("gammas", self.gammas > 0, "> 0"),
+            ("weights", self.weights >= 0, ">= 0 (a precision is non-negative; see clamp_weights_())"),
+            ("zeta", self.zeta > 0, "> 0 (it keeps sigma finite far from the data)"),
+        ):
+            if not bool(ok.all()):
+                raise ValueError(f"{prefix}{name} must be {why}")
 
     @property
     def latent_dim(self) -> int:

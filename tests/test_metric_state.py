@@ -83,3 +83,21 @@ def test_a_decoder_converted_in_place_since_is_named():
         fastgeo.geodesics(metric, z0, z1, progress=False)
     net.float()
     assert fastgeo.geodesics(metric, z0, z1, progress=False).converged.all()
+
+
+@pytest.mark.parametrize(
+    "name, value, match",
+    [
+        ("gammas", -1.0, "gammas must be > 0"), ("weights", -0.5, "weights must be >= 0"),
+        ("zeta", 0.0, "zeta must be > 0"), ("centers", float("nan"), "centers contains NaN"),
+    ],
+)  # fmt: skip
+def test_a_precision_broken_since_it_was_made_is_refused_before_a_solve(name, value, match):
+    """load_state_dict (or an optimizer step without clamp_weights_) can break what the
+    constructor checked: negative gammas gave finite lengths flagged converged."""
+    metric = relu_metric()
+    state = metric.precision.state_dict()
+    state[name] = torch.full_like(state[name], value)
+    metric.precision.load_state_dict(state)
+    with pytest.raises(ValueError, match="metric.precision: " + match):
+        fastgeo.geodesics(metric, torch.zeros(1, 4), torch.ones(1, 4), progress=False)
