@@ -45,10 +45,11 @@ class RBFPrecision(nn.Module):
             raise ValueError(f"centers must be (K, d), K >= 1 and d >= 1, got shape {tuple(centers.shape)}")
         if weights.shape[0] == 0:
             raise ValueError(f"weights must be (D, K) with D >= 1 outputs, got shape {tuple(weights.shape)}")
-        self.register_buffer("centers", centers.detach().clone())
-        self.register_buffer("gammas", gammas.detach().clone())
-        self.register_buffer("zeta", zeta.detach().clone().contiguous())
-        self.weights = nn.Parameter(weights.detach().clone())
+        with torch.inference_mode(False):  # made under inference_mode: still ordinary tensors
+            self.register_buffer("centers", centers.detach().clone())
+            self.register_buffer("gammas", gammas.detach().clone())
+            self.register_buffer("zeta", zeta.detach().clone().contiguous())
+            self.weights = nn.Parameter(weights.detach().clone())
         self.check_values()
 
     def check_values(self, prefix: str = "") -> None:

@@ -101,3 +101,15 @@ def test_a_precision_broken_since_it_was_made_is_refused_before_a_solve(name, va
     metric.precision.load_state_dict(state)
     with pytest.raises(ValueError, match="metric.precision: " + match):
         fastgeo.geodesics(metric, torch.zeros(1, 4), torch.ones(1, 4), progress=False)
+
+
+def test_a_precision_made_under_inference_mode_is_differentiable():
+    """Its buffers were inference tensors: metric_tensor in grad mode raised "Inference tensors
+    cannot be saved for backward"."""
+    with torch.inference_mode():
+        prec = precision()
+    assert not prec.weights.is_inference() and not prec.centers.is_inference()
+    metric = fastgeo.ExpectedMetric(relu_metric().mean, prec)
+    z = torch.randn(3, 4, requires_grad=True)
+    metric.metric_tensor(z).sum().backward()
+    assert z.grad is not None and prec.weights.grad is not None
