@@ -7,7 +7,7 @@ wrong with the decoder rather than where torch noticed it.
 - :func:`uncompiled`: the module or function under a ``torch.compile`` wrapper;
 - :func:`eval_mode`: no dropout or batch statistics left in training mode in a mean that is a
   module; :func:`still_in_eval`: none of those the metric found in eval mode behind a method or
-  a function set to training mode since (:func:`layers_in_eval`); :func:`modules_of` finds the
+  a function set to training mode since (:func:`._mean_reach.layers_in_eval`); :func:`modules_of` finds the
   modules behind a mean given as a function (a bound method, a lambda or closure around a
   module), named in the messages of :func:`call`;
 - :func:`deterministic`: the same codes give the same output, whatever else shares the batch;
@@ -55,19 +55,6 @@ def not_a_tensor_hint(value: object) -> str:
     return ""
 
 
-def layers_in_eval(mean: Callable[[Tensor], Tensor]) -> list[tuple[str, torch.nn.Module]]:
-    """The dropout and batch-statistics layers of the modules behind ``mean`` (its own, a method's
-    module's, a closure's) that are in eval mode now, when the metric is made, with their paths."""
-    return [
-        (f"{type(owner).__name__}.{path}" if path else type(owner).__name__, layer)
-        for owner in modules_of(mean)
-        for path, layer in owner.named_modules()
-        if isinstance(layer, _checks.TRAINING_DEPENDENT)
-        and not layer.training
-        and getattr(layer, "track_running_stats", True)
-    ]
-
-
 def probe_outputs(
     name: str, mean: Callable[[Tensor], Tensor], three: Tensor, weights: Tensor
 ) -> list[Tensor]:
@@ -105,7 +92,7 @@ def check_codes(centers: Tensor) -> Tensor:
 
 
 def still_in_eval(name: str, metric: Any) -> None:
-    """Refuse a call where one of the layers :func:`layers_in_eval` found in eval mode when
+    """Refuse a call where one of the layers :func:`._mean_reach.layers_in_eval` found in eval mode when
     ``metric`` (an :class:`~fastgeo.ExpectedMetric`) was made is in training mode now (a
     ``.train()`` since, on a VAE whose decoder is a method or a function) and makes its mean random
     or batch-dependent on :func:`check_codes`: a layer off the decoder's path (an encoder's

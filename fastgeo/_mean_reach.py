@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from . import _checks
+
 DEPTH = 3  # levels of references followed from the mean (cfg.model.decode is two)
 ITEMS = 64  # items of one container looked at (a global list of data is not walked)
 
@@ -54,6 +56,19 @@ def batch_statistics_kept(mean: Callable[[Tensor], Tensor]) -> Iterator[None]:
             for layer, buffers in zip(layers, saved, strict=True):
                 for now, before in zip(layer.buffers(recurse=False), buffers, strict=True):
                     now.copy_(before)
+
+
+def layers_in_eval(mean: Callable[[Tensor], Tensor]) -> list[tuple[str, torch.nn.Module]]:
+    """The dropout and batch-statistics layers of the modules behind ``mean`` (its own, a method's
+    module's, a closure's) that are in eval mode now, when the metric is made, with their paths."""
+    return [
+        (f"{type(owner).__name__}.{path}" if path else type(owner).__name__, layer)
+        for owner in modules_of(mean)
+        for path, layer in owner.named_modules()
+        if isinstance(layer, _checks.TRAINING_DEPENDENT)
+        and not layer.training
+        and getattr(layer, "track_running_stats", True)
+    ]
 
 
 def parameter_kinds(mean: Callable[[Tensor], Tensor]) -> list[tuple[torch.dtype, torch.device]]:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _mean_checks, ops
-from ._mean_reach import batch_statistics_kept, loose_tensors_of, modules_of, parameter_kinds
+from ._mean_reach import batch_statistics_kept, layers_in_eval, loose_tensors_of, modules_of, parameter_kinds
 from .decoders import StackedChain, activation_width, jacobian_rows, piecewise_linear, smoothed, stacked_chain
 from .decoders.compact import compact_chain
 from .decoders.flat import FlatOutput, flat_output
@@ -65,7 +65,7 @@ class ExpectedMetric:
         new_use()  # a new metric of a decoder used before: its chain is checked again
         mean = _mean_checks.uncompiled(mean)
         _mean_checks.eval_mode("mean", mean)
-        self._eval_layers = _mean_checks.layers_in_eval(mean)  # checked again at every call
+        self._eval_layers = layers_in_eval(mean)  # checked again at every call
         self.precision = precision
         # A batch norm in training mode behind a method or a function is refused below (the mean
         # depends on its batch), after calls that moved its running statistics: put back.
