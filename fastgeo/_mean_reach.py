@@ -24,6 +24,7 @@ from . import _checks
 
 DEPTH = 3  # levels of references followed from the mean (cfg.model.decode is two)
 ITEMS = 64  # items of one container looked at (a global list of data is not walked)
+VISITS = 1000  # objects walked into per call, at most
 
 
 def modules_of(mean: Callable[[Tensor], Tensor]) -> list[torch.nn.Module]:
@@ -82,20 +83,19 @@ def parameter_kinds(mean: Callable[[Tensor], Tensor]) -> list[tuple[torch.dtype,
 
 
 def _reached(mean: object) -> list[object]:
-    seen: dict[int, object] = {}
-    for obj in _walk(mean, DEPTH):
-        seen.setdefault(id(obj), obj)
-    return list(seen.values())
-
-
-def _walk(obj: object, depth: int) -> Iterator[object]:
-    if isinstance(obj, torch.nn.Module | Tensor):
-        yield obj
-        return
-    if depth < 0 or isinstance(obj, _LEAVES) or obj is None:
-        return
-    for ref in _references(obj):
-        yield from _walk(ref, depth - 1)
+    """The modules and tensors found from ``mean``, each once, in the order first met (each
+    object walked into once, at most ``VISITS`` of them: a call must not crawl a user's data)."""
+    found: dict[int, object] = {}
+    walked: set[int] = set()
+    stack = [(mean, DEPTH)]
+    while stack and len(walked) < VISITS:
+        obj, depth = stack.pop()
+        if isinstance(obj, torch.nn.Module | Tensor):
+            found.setdefault(id(obj), obj)
+        elif depth >= 0 and obj is not None and not isinstance(obj, _LEAVES) and id(obj) not in walked:
+            walked.add(id(obj))
+            stack.extend((ref, depth - 1) for ref in reversed(_references(obj)))
+    return list(found.values())
 
 
 # Never walked into: code and types (a global named `torch` or `np`), numbers and strings.

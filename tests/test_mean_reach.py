@@ -54,6 +54,21 @@ def test_the_decoder_behind_a_wrapper_is_found(kind):
     assert any(m is net for m in modules_of(wrapped_means(net)[kind]))
 
 
+def test_the_walk_enters_each_object_once(monkeypatch):
+    """A mean reaching one list of data through 64 keys: walked into once, not 64 times (the walk
+    runs at every metric_tensor call); at most VISITS objects in all; the module still found."""
+    from fastgeo import _mean_reach
+
+    net = decoder()
+    shared = [SimpleNamespace(x=list(range(64))) for _ in range(64)]
+    cfg = SimpleNamespace(model=net, data={i: shared for i in range(64)})
+    calls = []
+    references = _mean_reach._references
+    monkeypatch.setattr(_mean_reach, "_references", lambda obj: calls.append(1) or references(obj))
+    assert any(m is net for m in modules_of(lambda z: cfg.model(z)))
+    assert len(calls) <= 8  # the lambda, cfg, its dict, the shared list (and no more)
+
+
 def test_the_walk_stops_at_code_numbers_and_large_containers():
     data = list(range(10_000))
     assert modules_of(lambda z: torch.tanh(z) * len(data)) == []
