@@ -96,7 +96,8 @@ def reserved_and_held(path: str | os.PathLike) -> Iterator[Path]:
     fd = os.open(tmp, os.O_RDONLY)
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with contextlib.suppress(OSError):  # a file system without locks: none taken (nor removed)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield tmp
     finally:
         os.close(fd)
