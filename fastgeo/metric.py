@@ -394,9 +394,11 @@ class ExpectedMetric:
         them (the mean's Jacobian by ``torch.func.jvp``, d passes); otherwise values (faster)."""
         self.check_points("z", z)
         lead, flat = z.shape[:-1], z.reshape(-1, self.latent_dim)
-        params = (p for m in (*modules_of(self.mean), self.precision) for p in m.parameters())
-        trainable = z.requires_grad or any(p.requires_grad for p in params) or loose_tensors_of(self.mean)
-        if torch.is_grad_enabled() and trainable:
+        if torch.is_grad_enabled() and (  # (the walks of the mean's references: in grad mode only)
+            z.requires_grad
+            or any(p.requires_grad for m in (*modules_of(self.mean), self.precision) for p in m.parameters())
+            or bool(loose_tensors_of(self.mean))
+        ):
             j_mu = differentiable_jacobian_rows(self.mean, flat)[1]
             jac_t = torch.cat([j_mu.transpose(0, 1), self.precision.sigma_and_jacobian_t(flat)[1]], -1)
         else:
