@@ -192,7 +192,9 @@ def test_z_by_y(metric, Z):
     i, j = solved.nonzero().T
     i, j = i[(i != j) | (j > 1)], j[(i != j) | (j > 1)]
     alone = fastgeo.geodesics(metric, Z[i], Y[j], progress=False)
-    assert len(i) == 20 and torch.allclose(D[i, j], alone.lengths, rtol=1e-9)
+    # 20 pairs of codes; Y holds Z[0] and Z[1], so the pair {Z[0], Z[1]} fills (0, 1) and (1, 0)
+    assert len(i) == 21 and torch.allclose(D[i, j], alone.lengths, rtol=1e-9)
+    assert D[0, 1] == D[1, 0]
 
 
 def test_refused_options(metric, Z, tmp_path):

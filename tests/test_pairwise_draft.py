@@ -159,3 +159,38 @@ def test_drafts_far_above_the_sample_warn(metric, Z, monkeypatch):
     monkeypatch.setattr(report, "GRAPH_WARN", -1.0)
     with pytest.warns(RuntimeWarning, match="the draft distances are .* above exact geodesics"):
         fastgeo.pairwise_distances(metric, Z[:5], mode="draft", error_sample=3, progress=False)
+
+
+def test_sample_with_y_equal_to_z_solves_each_pair_once_and_stays_symmetric(metric, Z):
+    """With ``Y = Z`` the entries (i, j) and (j, i) join the same two codes: the error sample
+    draws each pair of codes once and both entries take its exact length."""
+    Zs = Z[:5]
+    D, rep = fastgeo.pairwise_distances(
+        metric, Zs, Zs, mode="draft", error_sample=100, progress=False, return_report=True
+    )
+    assert rep.draft_error.pairs == 10 and rep.draft_error.every_pair
+    assert (D - D.T).abs().max() < 1e-10
+    D4, rep4 = fastgeo.pairwise_distances(
+        metric, Zs, Zs, mode="draft", error_sample=4, progress=False, return_report=True
+    )
+    assert rep4.draft_error.pairs == 4 and not rep4.draft_error.every_pair
+    assert (D4 - D4.T).abs().max() < 1e-10  # the drafts of (i, j) and (j, i) differ by rounding
+
+
+def test_drawn_sample_holds_one_entry_per_pair_of_codes():
+    from fastgeo.pairwise.error_sample import draw_sample, entries_of_pairs
+
+    rows = torch.tensor([0, 1, 2, 3, 1])  # code 1 repeated
+    cols = torch.tensor([2, 0, 1, 3])
+    i, j, a, b = draw_sample(rows, cols, False, 100)
+    pairs = {(min(x, y), max(x, y)) for x, y in zip(a.tolist(), b.tolist(), strict=True)}
+    assert len(pairs) == a.numel() == 6 and (a != b).all()  # every pair of distinct codes, once
+    ei, ej, s = entries_of_pairs(rows, cols, a, b)
+    joined = {(min(x, y), max(x, y)) for x, y in zip(rows[ei].tolist(), cols[ej].tolist(), strict=True)}
+    assert joined == pairs
+    expected = [(r, c) for r in range(5) for c in range(4) if rows[r] != cols[c]]  # every entry
+    assert sorted(zip(ei.tolist(), ej.tolist(), strict=True)) == expected
+    assert all(
+        (min(rows[x], cols[y]), max(rows[x], cols[y])) == (min(a[k], b[k]), max(a[k], b[k]))
+        for x, y, k in zip(ei.tolist(), ej.tolist(), s.tolist(), strict=True)
+    )

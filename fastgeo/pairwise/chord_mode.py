@@ -43,7 +43,7 @@ from ..solver.result import CHORD_ESTIMATE, CONVERGED
 from .chord_paths import path_graphs, path_lengths, path_rows
 from .chunks import dist_info
 from .code_graph import CodeGraph
-from .error_sample import EstimateError, draw_sample, estimate_error, node_indices
+from .error_sample import EstimateError, draw_sample, entries_of_pairs, estimate_error, node_indices
 from .feature_bound import decoded_features
 from .pair_list import pair_solver, solve_pair_list
 
@@ -298,7 +298,7 @@ def run_chord_mode(
     symmetric = Y is None
     nodes, rows, cols = node_indices(pts, Y)
     codes = code_data(metric, nodes)
-    i, j, a, b = draw_sample(rows, cols, symmetric, error_sample)
+    _, _, a, b = draw_sample(rows, cols, symmetric, error_sample)
     solve = pair_solver(metric, options)
     solved = solve_pair_list(nodes, a, b, solve, chunk_size, workers, show, "error sample", "pair")
     chord, x = pair_covariates(codes, a, b)
@@ -313,13 +313,13 @@ def run_chord_mode(
         )  # fmt: skip
     error = _loo_error(loo * chord, solved.lengths)
     # Sampled entries hold their geodesic; one that is not finite keeps a finite estimate.
-    ii, jj = i.to(matrix.device), j.to(matrix.device)
-    exact = torch.isfinite(solved.lengths).to(matrix.device) | ~torch.isfinite(matrix[ii, jj])
+    ei, ej, s = entries_of_pairs(rows, cols, a, b)  # both orders, repeated codes
+    ii, jj, s = ei.to(matrix.device), ej.to(matrix.device), s.to(matrix.device)
+    lengths, solved_status = solved.lengths.to(matrix.device)[s], solved.status.to(matrix.device)[s]
+    exact = torch.isfinite(lengths) | ~torch.isfinite(matrix[ii, jj])
     ii, jj = ii[exact], jj[exact]
-    matrix[ii, jj] = solved.lengths.to(matrix.device)[exact].to(matrix.dtype)
-    status[ii, jj] = solved.status.to(matrix.device)[exact].to(torch.int8)
-    if symmetric:
-        matrix[jj, ii], status[jj, ii] = matrix[ii, jj], status[ii, jj]
+    matrix[ii, jj] = lengths[exact].to(matrix.dtype)
+    status[ii, jj] = solved_status[exact].to(torch.int8)
     iterations = torch.zeros((), dtype=torch.int32, device=matrix.device).expand(matrix.shape)
     n = nodes.shape[0]
     counts = torch.tensor(

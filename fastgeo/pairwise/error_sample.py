@@ -98,21 +98,39 @@ def sample_error(
     i, j, a, b = draw_sample(rows, cols, symmetric, error_sample)
     solved = solve_pair_list(nodes, a, b, solve, chunk_size, workers, show, "error sample", "pair")
     exact, st = solved.lengths, solved.status
-    ii, jj = i.to(out.device), j.to(out.device)
-    si, sj = i.to(status.device), j.to(status.device)
-    estimate = out[ii, jj].double().cpu()
+    estimate = out[i.to(out.device), j.to(out.device)].double().cpu()
     excess = estimate / exact.clamp(min=torch.finfo(torch.float64).tiny) - 1
-    shorter = exact <= estimate * (1 + SAME)
-    best = torch.where(shorter, exact, estimate).to(out.dtype).to(out.device)
-    new_status = torch.where(shorter.to(status.device), st.to(status.device), status[si, sj].long())
-    out[ii, jj] = best
-    status[si, sj] = new_status.to(status.dtype)
-    if symmetric:
-        out[jj, ii] = best
-        status[sj, si] = new_status.to(status.dtype)
+    # Every entry between the sampled codes (both orders, repeated codes) takes the exact length.
+    ei, ej, s = entries_of_pairs(rows, cols, a, b)
+    oi, oj, si, sj = ei.to(out.device), ej.to(out.device), ei.to(status.device), ej.to(status.device)
+    held = out[oi, oj].double().cpu()
+    shorter = exact[s] <= held * (1 + SAME)
+    out[oi, oj] = torch.where(shorter, exact[s], held).to(out.dtype).to(out.device)
+    kept = status[si, sj].long().cpu()
+    status[si, sj] = torch.where(shorter, st[s].long().cpu(), kept).to(status.dtype).to(status.device)
     error = estimate_error(excess, label)
-    error.every_pair = i.numel() == distinct_pairs(rows, cols, symmetric)
+    error.every_pair = ei.numel() == distinct_pairs(rows, cols, symmetric) * (2 if symmetric else 1)
     return error, solved.decoder_evals, solved.decoder_jvps
+
+
+def entries_of_pairs(rows: Tensor, cols: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Every entry ``(i, j)`` of an (R, C) matrix between the nodes ``rows`` (R,) and ``cols`` (C,)
+    that joins the nodes of a pair ``{a[s], b[s]}`` (k,), in either order (``a != b``): ``i, j`` and
+    the pair ``s`` of each, int64 on the CPU. A symmetric matrix gets both ``(i, j)`` and ``(j, i)``;
+    with ``Y`` a code repeated in ``Z`` or ``Y`` (or ``Y = Z``) gets all its entries."""
+    rows, cols, a, b = rows.cpu(), cols.cpu(), a.cpu(), b.cpu()
+    r_sorted, r_order = torch.sort(rows, stable=True)
+    c_sorted, c_order = torch.sort(cols, stable=True)
+    parts = []
+    for x, y in ((a, b), (b, a)):
+        r0 = torch.searchsorted(r_sorted, x)
+        nr = torch.searchsorted(r_sorted, x, right=True) - r0
+        c0 = torch.searchsorted(c_sorted, y)
+        nc = torch.searchsorted(c_sorted, y, right=True) - c0
+        s = torch.repeat_interleave(torch.arange(a.numel()), nr * nc)
+        t = torch.arange(s.numel()) - torch.repeat_interleave(torch.cumsum(nr * nc, 0) - nr * nc, nr * nc)
+        parts.append((r_order[r0[s] + t // nc[s]], c_order[c0[s] + t % nc[s]], s))
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
 def distinct_pairs(rows: Tensor, cols: Tensor, symmetric: bool) -> int:
@@ -130,8 +148,8 @@ def distinct_pairs(rows: Tensor, cols: Tensor, symmetric: bool) -> int:
 def draw_sample(rows: Tensor, cols: Tensor, symmetric: bool, error_sample: int) -> tuple[Tensor, ...]:
     """Up to ``error_sample`` random distinct entries ``(i, j)`` of an (R, C) matrix between the
     nodes ``rows`` (R,) and ``cols`` (C,) (``symmetric``: ``i < j``), none between equal nodes
-    (distance 0, nothing to measure), the same for the same inputs: ``i, j, rows[i], cols[j]``
-    (k,) int64 on the CPU."""
+    (distance 0, nothing to measure) and one per pair of nodes, the same for the same inputs:
+    ``i, j, rows[i], cols[j]`` (k,) int64 on the CPU."""
     R, C = rows.numel(), cols.numel()
     n_pairs = R * (R - 1) // 2 if symmetric else R * C
     g = torch.Generator(device="cpu").manual_seed(SAMPLE_SEED)
@@ -142,7 +160,14 @@ def draw_sample(rows: Tensor, cols: Tensor, symmetric: bool, error_sample: int) 
         k = k[torch.randperm(k.numel(), generator=g, device="cpu")].long()
     i, j = triu_index(R, k) if symmetric else (k // C, k % C)
     a, b = rows.cpu()[i], cols.cpu()[j]
-    keep = (a != b).nonzero().squeeze(1)[:error_sample]
+    keep = (a != b).nonzero().squeeze(1)
+    # One entry per pair of nodes: with Y, (i, j) and (j', i') may join the same two codes.
+    n = int(max(rows.max(), cols.max())) + 1 if R and C else 1
+    key = torch.minimum(a, b)[keep] * n + torch.maximum(a, b)[keep]
+    _, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), keep.numel(), dtype=torch.int64)
+    first = first.scatter_reduce(0, inverse, torch.arange(keep.numel()), "amin")
+    keep = keep[first.sort().values][:error_sample]
     return i[keep], j[keep], a[keep], b[keep]
 
 
