@@ -159,14 +159,17 @@ class RBFPrecision(nn.Module):
 
             prec = fastgeo.RBFPrecision.fit(encoder_means, X, decoder_mean, zeta=1e-3)
         """
-        known = inspect.signature(fit_rbf_parameters).parameters
+        known = [
+            k
+            for k in inspect.signature(fit_rbf_parameters).parameters
+            if k not in ("latents", "data", "mean")
+        ]
         for name in options:
-            if name not in known or name in ("latents", "data", "mean"):
+            if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise TypeError(
-                    f"RBFPrecision.fit got an unknown option {name!r}{hint}; its options are "
-                    f"{[k for k in known if k not in ('latents', 'data', 'mean')]}"
+                    f"RBFPrecision.fit got an unknown option {name!r}{hint}; its options are {known}"
                 )
         params = fit_rbf_parameters(latents, data, mean, **options)
         # Made under torch.inference_mode, the weights would be inference tensors, which no later

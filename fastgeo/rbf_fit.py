@@ -44,7 +44,7 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 100) -> tuple[Tensor, 
     """
     _checks.tensor("x", x, ndim=2)
     k = _checks.integer("k", k, 1)
-    seed = _checks.integer("seed", seed, 0)
+    seed = _checks.seed("seed", seed, allow_none=False)
     iters = _checks.integer("iters", iters, 0)
     if x.shape[0] < k:
         raise ValueError(f"k-means needs at least k = {k} points, got {x.shape[0]}")
@@ -138,10 +138,13 @@ def fit_rbf_parameters(
         raise TypeError("zeta must be a number here (one floor for every output; build fastgeo.RBFPrecision "
                         "from the fitted parameters for a per-output zeta)")  # fmt: skip
     zeta = _checks.positive_float("zeta", zeta)
+    if zeta < torch.finfo(latents.dtype).tiny:
+        raise ValueError(f"zeta = {zeta:g} is 0 in {latents.dtype} (the smallest normal number is "
+                         f"{torch.finfo(latents.dtype).tiny:g})")  # fmt: skip
     steps = _checks.integer("steps", steps, 0)
     lr = _checks.positive_float("lr", lr)
     _checks.boolean("progress", progress)
-    seed = _checks.integer("seed", seed, 0)
+    seed = _checks.seed("seed", seed, allow_none=False)
     if not callable(mean):
         raise TypeError(f"mean must be a callable (the decoder mean), got {type(mean).__name__}")
     mean = _mean_checks.uncompiled(mean)
@@ -161,16 +164,22 @@ def fit_rbf_parameters(
         0, assign, (latents - centers[assign]).norm(dim=-1)
     ) / torch.bincount(assign, minlength=num_centers).clamp(min=1).to(latents.dtype)
     # A spread of rounding size (identical codes split between clusters) counts as zero too.
+    rounding = ROUNDING_ULPS * torch.finfo(latents.dtype).eps * latents.abs().max()
     scale = (latents - latents.mean(0)).norm(dim=-1).mean()
-    positive = spread > ROUNDING_SPREAD * scale
+    positive = spread > rounding
     # Where few clusters hold several codes (M a little above K) those are k-means' merges of the
     # closest codes, whose spreads are far below the codes' spacing: 2-D codes, K = 64, M = 66 had
     # 12x the gammas of M = 64 and holes in the precision between neighbouring codes.
-    fallback = _spacing(centers, scale)
+    fallback = _spacing(centers, scale, rounding)
     if bool(positive.any()):
         fallback = torch.maximum(spread[positive].median(), fallback)
     spread = torch.where(positive, spread, fallback)
     gammas = 0.5 / (bandwidth_scale * spread).pow(2)
+    if not bool(torch.isfinite(gammas).all() & (gammas > 0).all()):
+        raise ValueError(
+            f"bandwidth_scale = {bandwidth_scale:g} gives bandwidths {latents.dtype} cannot hold "
+            f"(cluster spreads {float(spread.min()):.3g} to {float(spread.max()):.3g})"
+        )
     m = latents.shape[0]
     rows = max(1, CHUNK_ELEMENTS // (num_centers * latents.shape[1]))  # (rows, K, d) differences at once
 
@@ -282,8 +291,11 @@ def _residual_statistics(
     return per_dim / m, phi_resid
 
 
-# Cluster spreads below this share of the codes' mean distance to their centroid are rounding.
-ROUNDING_SPREAD = 1e-4
+# Cluster spreads (and distances between centers) below this many units in the last place of the
+# largest code coordinate are rounding: identical codes whose centers' means do not round exactly.
+# A spread measured relative to the codes' spacing instead (1e-4 of it) took tight but genuine
+# clusters for copies: wide fallback bumps, a precision higher between the clusters than on them.
+ROUNDING_ULPS = 64
 
 
 # A data dimension the decoder reproduces exactly (a border pixel that is 0 in every image and in
@@ -310,17 +322,18 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(n for n in shape if n != 1)
 
 
-def _spacing(centers: Tensor, scale: Tensor) -> Tensor:
+def _spacing(centers: Tensor, scale: Tensor, rounding: Tensor) -> Tensor:
     """A spread for clusters of one code each (no spread measured: as many centers as codes): half
     the median distance from a center to its nearest other one, in the codes' own units (the
-    codes' mean distance to their mean where all centers coincide; 1 where that is 0 too)."""
+    codes' mean distance to their mean where all centers coincide; 1 where that is ``rounding``
+    size too)."""
     gaps = torch.cdist(centers, centers)
     gaps.fill_diagonal_(torch.inf)
     nearest = gaps.min(1).values
-    nearest = nearest[torch.isfinite(nearest) & (nearest > ROUNDING_SPREAD * scale)]
+    nearest = nearest[torch.isfinite(nearest) & (nearest > rounding)]
     if nearest.numel():
         return 0.5 * nearest.median()
-    return scale if bool(scale > 0) else scale.new_tensor(1.0)
+    return scale if bool(scale > rounding) else scale.new_tensor(1.0)
 
 
 __all__ = ["fit_rbf_parameters", "kmeans", "nll_gradient", "rbf_nll"]

@@ -342,3 +342,52 @@ def test_kmeans_and_fit_validate_their_integers_and_the_data_width():
     z, x, mean = _problem()
     with pytest.raises(ValueError, match="data must hold D >= 1"):
         fastgeo.RBFPrecision.fit(z, x[:, :0], mean, progress=False)
+
+
+def test_tight_clusters_keep_their_own_bandwidth():
+    """Four clusters 1e-4 wide, 10 apart: genuine spreads (far above rounding), so the precision is
+    high on the clusters and low between them; a spread measured relative to the codes' spacing
+    had them as copies (bumps 7 wide, the precision higher in the empty middle than on the data)."""
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        c = torch.tensor([[0.0, 0], [10, 0], [0, 10], [10, 10]], dtype=dtype)
+        z = c.repeat_interleave(50, 0) + 1e-4 * torch.randn(200, 2, generator=g, dtype=dtype)
+        w = torch.ones(2, 5, dtype=dtype) / 10
+        x = torch.tanh(z @ w) + 0.1 * torch.randn(200, 5, generator=g, dtype=dtype)
+        prec = fastgeo.RBFPrecision.fit(z, x, lambda q, w=w: torch.tanh(q @ w), num_centers=4, progress=False)
+        middle = prec.total_precision(torch.tensor([[5.0, 0.0]], dtype=dtype))
+        assert float(prec.total_precision(z).min()) > 100 * float(middle), (prec.gammas, dtype)
+
+
+def test_identical_codes_take_the_unit_bandwidth_whatever_their_rounding():
+    """M copies of one code: the codes' mean rounds differently by M and value, but every fit takes
+    the documented fallback (a spread of 1), never a bandwidth of rounding size."""
+    for dtype in (torch.float32, torch.float64):
+        for M in (2, 3, 7, 50):
+            z = torch.tensor([[0.3, -1.7]], dtype=dtype).expand(M, -1).clone()
+            x = torch.randn(M, 5, generator=torch.Generator().manual_seed(M), dtype=dtype)
+            prec = fastgeo.RBFPrecision.fit(
+                z, x, lambda q: torch.zeros(len(q), 5, dtype=q.dtype), steps=0, progress=False
+            )
+            assert torch.allclose(prec.gammas, torch.full_like(prec.gammas, 0.5 / 1.5**2)), (dtype, M)
+
+
+def test_seed_zeta_and_bandwidth_scale_out_of_range_are_named():
+    z, x, mean = _problem()
+    z32, x32 = z.float(), x.float()
+
+    def mean32(q):
+        return mean(q.double()).float()
+
+    with pytest.raises(ValueError, match="seed must be below 2"):
+        fastgeo.RBFPrecision.fit(z32, x32, mean32, seed=2**64, progress=False)
+    with pytest.raises(ValueError, match="zeta = 1e-50 is 0 in torch.float32"):
+        fastgeo.RBFPrecision.fit(z32, x32, mean32, zeta=1e-50, progress=False)
+    for scale in (1e25, 1e-30):
+        with pytest.raises(ValueError, match="bandwidth_scale"):
+            fastgeo.RBFPrecision.fit(z32, x32, mean32, bandwidth_scale=scale, progress=False)
+    with pytest.raises(TypeError, match=r"did you mean 'num_centers'\?") as info:
+        fastgeo.RBFPrecision.fit(z32, x32, mean32, num_center=3)
+    with pytest.raises(TypeError) as info:
+        fastgeo.RBFPrecision.fit(z32, x32, mean32, latent=3)
+    assert "latents" not in str(info.value)  # a suggestion is an option, not an argument
