@@ -180,22 +180,27 @@ class ExpectedMetric:
 
     def to(
         self,
-        dtype_or_device: torch.dtype | torch.device | str | None = None,
-        *,
+        *args: torch.dtype | torch.device | str | int,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> ExpectedMetric:
         """A copy of this metric in another dtype and/or on another device (e.g. float64 for
         ``method="dense"``), called as ``nn.Module.to`` is: ``to(torch.float64)``,
-        ``to("cuda")``, ``to(device="cuda", dtype=torch.float64)``. The mean must be an
-        ``nn.Module`` or a method of one (the module is copied and converted)."""
+        ``to("cuda")``, ``to("cuda", torch.float64)``, ``to(device="cuda", dtype=torch.float64)``.
+        The mean must be an ``nn.Module`` or a method of one (the module is copied and converted)."""
         import copy
         import types
 
-        if isinstance(dtype_or_device, torch.dtype):
-            dtype = dtype_or_device
-        elif dtype_or_device is not None:
-            device = dtype_or_device
+        if len(args) > 2:
+            raise TypeError(f"ExpectedMetric.to takes a device and/or a dtype, got {len(args)} arguments")
+        for arg in args:
+            name = "dtype" if isinstance(arg, torch.dtype) else "device"
+            if (dtype if name == "dtype" else device) is not None:
+                raise TypeError(f"ExpectedMetric.to got {name} twice ({arg!r} and the one before)")
+            if name == "dtype":
+                dtype = arg  # type: ignore[assignment]
+            else:
+                device = arg  # type: ignore[assignment]
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         if device is not None:

@@ -113,3 +113,16 @@ def test_a_precision_made_under_inference_mode_is_differentiable():
     z = torch.randn(3, 4, requires_grad=True)
     metric.metric_tensor(z).sum().backward()
     assert z.grad is not None and prec.weights.grad is not None
+
+
+def test_to_takes_a_device_and_a_dtype_positionally_as_modules_do():
+    metric = relu_metric()
+    m64 = metric.to("cpu", torch.float64)
+    assert m64.dtype == torch.float64 and m64.precision.centers.dtype == torch.float64
+    assert metric.to(torch.float64, "cpu").dtype == torch.float64
+    with pytest.raises(TypeError, match="dtype twice"):
+        metric.to(torch.float64, dtype=torch.float32)
+    with pytest.raises(TypeError, match="device twice"):
+        metric.to("cpu", device="cpu")
+    with pytest.raises(TypeError, match="3 arguments"):
+        metric.to("cpu", torch.float64, False)
