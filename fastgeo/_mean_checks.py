@@ -185,6 +185,22 @@ def metric_in_eval(metric: Any) -> None:
             f"the precision is {metric.dtype} on {metric.device}): make a new ExpectedMetric, or use "
             "metric.to(...), which converts a copy"
         )
+    # A layer replaced in place since (the last Linear of another width) broadcast against the
+    # precision's D outputs: silent wrong lengths. One point decoded: a hair of any solve's cost.
+    with torch.no_grad():
+        out = call("metric.mean", metric.mean, metric.precision.centers[:1].detach())
+    if isinstance(out, Tensor) and out.dim() >= 1:
+        output_width(out[:1].numel(), metric.data_dim)
+
+
+def output_width(got: int, data_dim: int) -> None:
+    """Refuse a mean that returns ``got`` values per point for a precision of ``data_dim``."""
+    if got != data_dim:
+        raise ValueError(
+            f"metric.mean returns {got} values per point, the precision models D = {data_dim}: was a "
+            "layer of the decoder replaced since the metric was made? Make a new ExpectedMetric (and "
+            "fit its precision) for the new decoder"
+        )
 
 
 def call(

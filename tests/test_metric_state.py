@@ -126,3 +126,21 @@ def test_to_takes_a_device_and_a_dtype_positionally_as_modules_do():
         metric.to("cpu", device="cpu")
     with pytest.raises(TypeError, match="3 arguments"):
         metric.to("cpu", torch.float64, False)
+
+
+def test_a_decoder_layer_replaced_by_one_of_another_width_is_refused():
+    """The last Linear replaced in place by one of width 1: its outputs broadcast against the
+    precision's D = 10, converged lengths of another model."""
+    metric = relu_metric()
+    z0, z1 = torch.zeros(1, 4), torch.ones(1, 4)
+    fastgeo.geodesics(metric, z0, z1, method="fast", progress=False)
+    metric.mean[2] = torch.nn.Linear(16, 1)
+    for call in (
+        lambda: fastgeo.geodesics(metric, z0, z1, progress=False),
+        lambda: fastgeo.geodesics(metric, z0, z1, method="fast", progress=False),
+        lambda: fastgeo.pairwise_distances(metric, torch.randn(3, 4), progress=False),
+        lambda: metric.metric_tensor(z0),
+        lambda: metric.features_and_jacobian(z0),
+    ):
+        with pytest.raises(ValueError, match="returns 1 values per point, the precision models D = 10"):
+            call()
