@@ -144,3 +144,51 @@ def test_torch_func_transforms_through_the_ops_match_autograd():
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b)
     assert fastgeo.current_backend() == "auto"
+
+
+def test_forward_ad_dual_tensors_through_the_ops_keep_their_tangents():
+    """torch.autograd.forward_ad (dual tensors, no torch.func): the kernels have no forward
+    formula and the ops' tangent was dropped, silently (counted as zero)."""
+    import torch.autograd.forward_ad as fwAD
+
+    metric, _ = _metric()
+    z = torch.tensor([[0.3, -0.2], [1.1, 0.4]], dtype=torch.float64)
+    v = torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=torch.float64)
+    x = torch.randn(2, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.randn_like(x)
+
+    def tangents():
+        with fwAD.dual_level():
+            sigma = fwAD.unpack_dual(metric.precision.sigma(fwAD.make_dual(z, v))).tangent
+            seg = fwAD.unpack_dual(fastgeo.ops.segment_sqdist(fwAD.make_dual(x, t))).tangent
+        return sigma, seg
+
+    got = tangents()
+    with fastgeo.use_backend("reference"):
+        expected = tangents()
+    assert all(e is not None and e.abs().max() > 0.1 for e in expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a is not None
+        torch.testing.assert_close(a, b)
+
+
+def test_a_compiled_function_follows_the_backend_of_each_call(tmp_path, monkeypatch):
+    """A function compiled under one backend ran that backend under every later use_backend (the
+    choice was baked into the graph): the reference's double backward failed in a
+    use_backend("reference") block, and a graph traced under the reference ignored "cpu"."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    f = torch.compile(lambda x: fastgeo.ops.segment_sqdist(x).sum(), backend="eager", fullgraph=True)
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    f(x)  # traced under "auto": the C++ kernel
+    with fastgeo.use_backend("reference"):
+        (g,) = torch.autograd.grad(f(x), x, create_graph=True)
+        assert torch.autograd.grad(g.sum(), x)[0].shape == x.shape  # double backward: the reference
+    torch._dynamo.reset()
+    with fastgeo.use_backend("reference"):
+        f(x)
+    with fastgeo.use_backend("cpu"):
+        (g,) = torch.autograd.grad(f(x), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="no derivative"):
+            torch.autograd.grad(g.sum(), x)  # the C++ kernel ran, as asked
+    torch._dynamo.reset()

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.autograd import forward_ad
 
 from .. import reference
 from .. import triton as triton_kernels
@@ -52,6 +53,10 @@ _DEVICES: dict[str, tuple[str, ...] | None] = {
 }
 
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("fastgeo_backend", default="auto")
+# The innermost use_backend of the process, mirrored in a plain global: torch.compile guards the
+# globals a graph read when it was traced (not context variables), so a graph traced under one
+# backend is traced again under another instead of running the backend it was traced with.
+_compiled_backend = "auto"
 _warned: set[str] = set()
 
 
@@ -110,13 +115,16 @@ def use_backend(name: str) -> contextlib.AbstractContextManager[None]:
 
 @contextlib.contextmanager
 def _forced_backend(name: str) -> Iterator[None]:
+    global _compiled_backend
     token = _current.set(name)
+    before, _compiled_backend = _compiled_backend, name
     # The ops' CUDA kernels read this when they run, also from a graph torch.compile made.
     kernel = library.CUDA_KERNEL.set(name if name in library.CUDA_IMPLEMENTATIONS else None)
     try:
         yield
     finally:
         library.CUDA_KERNEL.reset(kernel)
+        _compiled_backend = before
         _current.reset(token)
 
 
@@ -184,8 +192,8 @@ def _warn_reference(device: torch.device, order: tuple[str, ...]) -> None:
 
 
 @torch.compiler.assume_constant_result
-def _backend_when_traced(op: str, device_type: str, compiled: bool) -> str:
-    return resolve(op, torch.device(device_type), compiled)[0]
+def _backend_when_traced(op: str, device_type: str, compiled: bool, forced: str) -> str:
+    return resolve(op, torch.device(device_type), compiled)[0]  # (forced: what the graph is guarded on)
 
 
 def call(op: str, device: torch.device, *args: Any, compiled: bool = True) -> Any:
@@ -196,11 +204,12 @@ def call(op: str, device: torch.device, *args: Any, compiled: bool = True) -> An
     reference or the operator itself; an operator's CUDA kernel reads the backend that
     :func:`use_backend` set when the graph runs."""
     if torch.compiler.is_compiling():
-        name = _backend_when_traced(op, device.type, compiled)
+        name = _backend_when_traced(op, device.type, compiled, _compiled_backend)
         return (getattr(reference, op) if name == "reference" else getattr(torch.ops.fastgeo, op))(*args)
-    if torch._C._functorch.maybe_current_level() is not None:
-        # Inside torch.func transforms (jvp, jacfwd, grad, vmap): the kernels have backward
-        # formulas only, and forward mode through them gave zeros, silently; the reference is
-        # plain PyTorch, which every transform differentiates.
+    if torch._C._functorch.maybe_current_level() is not None or forward_ad._current_level >= 0:
+        # Inside torch.func transforms (jvp, jacfwd, grad, vmap) or a forward-mode level of
+        # torch.autograd.forward_ad: the kernels have backward formulas only, and forward mode
+        # through them dropped the tangent, silently; the reference is plain PyTorch, which every
+        # transform differentiates.
         return getattr(reference, op)(*args)
     return resolve(op, device, compiled)[1](*args)
