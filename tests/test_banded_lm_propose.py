@@ -276,3 +276,13 @@ def test_the_dense_oracle_takes_banded_steps_from_d_8(monkeypatch):
     assert_close_rel(banded.lengths, secant.lengths, 1e-5)
     small = fastgeo.geodesics(bumpy_metric(d=2), z0[:, :2], z1[:, :2], method="dense", n_points=16)
     assert small.options["secant"] is True
+
+
+@pytest.mark.parametrize("banded_lm_propose", IMPLEMENTATIONS)
+def test_a_band_wider_than_the_matrix_is_the_full_matrix(banded_lm_propose):
+    """band = 2**63 - 1 overflowed the kernel's index arithmetic (another step, no error)."""
+    grad, hess, lam, _ = _banded_system(2, 9, 3, 17)
+    want = banded_lm_propose(grad, hess, lam, 16, 3, 8)
+    got = banded_lm_propose(grad, hess, lam, 16, 3, 2**63 - 1)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)

@@ -101,3 +101,34 @@ def test_zero_zeta_is_refused_and_kernels_agree_where_sigma_is_infinite():
     with fastgeo.use_backend("cpu"):
         got = fastgeo.ops.rbf_segment_sqdist(points, *p)
     compare(got, reference.rbf_segment_sqdist(points, *p))  # inf - inf: NaN in both
+
+
+_RESERVED_SCRIPT = """
+import torch, fastgeo
+from fastgeo.ops import solver_ops
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmPeak")) // 1024
+K = 200_000
+g = torch.Generator().manual_seed(0)
+c, gam = torch.randn(K, 2, generator=g), torch.rand(K, generator=g) + 0.1
+W, zeta = torch.rand(1, K, generator=g), torch.rand(1, generator=g) + 0.1
+x = torch.randn(1, 2, 2, generator=g, requires_grad=True)
+before = peak()
+fastgeo.ops.rbf_segment_sqdist(x, c, gam, W, zeta).sum().backward()
+fastgeo.ops.rbf_precision(x[0], c, gam, W, zeta)
+solver_ops.rbf_sigma_jacobian(x[0].detach(), c, gam, W, zeta)
+print(peak() - before)
+"""
+
+
+def test_tiles_of_a_few_points_hold_no_more_rows_than_there_are():
+    """K = 200,000 centers, two points: the kernels' per-thread tiles were sized for 1,024 rows of
+    K features (~800 MB reserved per thread for 2 points)."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", _RESERVED_SCRIPT], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) < 200, out.stdout  # MiB of address space reserved

@@ -215,6 +215,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> banded_lm_propose_cpu(const at::T
   const int64_t p = grad_in.size(1);
   TORCH_CHECK_VALUE(block >= 1 && p % block == 0, "block must divide the ", p, " unknowns, got ", block);
   TORCH_CHECK_VALUE(band >= 0, "band must be >= 0, got ", band);
+  band = std::min(band, p / block);  // a wider band is the full matrix (and jb + band + 1 must not overflow)
   const at::Tensor grad = plain(grad_in), hess = plain(hess_in), lam = plain(lam_in);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fastgeo::banded_lm_propose", [&] {

@@ -23,14 +23,14 @@ template <typename T>
 void rbf_precision_kernel(const at::Tensor& z, const at::Tensor& cT, const at::Tensor& gammas,
                           const at::Tensor& weights, const at::Tensor& zeta, at::Tensor& out) {
   const int64_t P = z.size(0), d = z.size(1), K = gammas.size(0), D = weights.size(0);
-  const int64_t R = tile_rows(D, sizeof(T), 16, 512);
+  const int64_t R = tile_rows(std::max(D, K), sizeof(T), 16, 512);
   const int64_t tiles = (P + R - 1) / R;
   const T* zp = z.data_ptr<T>();
   const T* cp = cT.data_ptr<T>();
   const T* gp = gammas.data_ptr<T>();
   const at::Tensor Wt = weights.t();  // (K, D) view; BLAS reads it transposed, no copy
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor phi = at::empty({R, K}, z.options());
+    at::Tensor phi = at::empty({std::min(R, P), K}, z.options());
     T* phip = phi.data_ptr<T>();
     for (int64_t t = begin; t < end; ++t) {
       const int64_t r0 = t * R, rows = std::min(R, P - r0);

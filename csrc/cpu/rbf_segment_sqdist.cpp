@@ -37,8 +37,9 @@ void rbf_segment_sqdist_kernel(const at::Tensor& pts, const at::Tensor& cT, cons
                                const at::Tensor& weights, const at::Tensor& zeta, int64_t N,
                                at::Tensor& out) {
   const int64_t BN = pts.size(0), d = pts.size(1), K = gammas.size(0), D = weights.size(0);
-  const int64_t R = tile_rows(D, sizeof(T), 32, 1024, kTileBytes);
+  const int64_t R = tile_rows(std::max(D, K), sizeof(T), 32, 1024, kTileBytes);
   const int64_t tiles = (BN + R - 1) / R;
+  const int64_t held = std::min(R, BN);  // a tile's rows: no more than there are
   const T* zp = pts.data_ptr<T>();
   const T* cp = cT.data_ptr<T>();
   const T* gp = gammas.data_ptr<T>();
@@ -46,8 +47,8 @@ void rbf_segment_sqdist_kernel(const at::Tensor& pts, const at::Tensor& cT, cons
   T* op = out.data_ptr<T>();
   const at::Tensor Wt = weights.t();
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor phi = at::empty({R + 1, K}, pts.options());
-    at::Tensor sig = at::empty({R + 1, D}, pts.options());
+    at::Tensor phi = at::empty({held + 1, K}, pts.options());
+    at::Tensor sig = at::empty({held + 1, D}, pts.options());
     T* phip = phi.data_ptr<T>();
     T* sigp = sig.data_ptr<T>();
     for (int64_t t = begin; t < end; ++t) {
@@ -82,7 +83,7 @@ void rbf_segment_sqdist_backward_kernel(const at::Tensor& g_, const at::Tensor& 
                                         at::Tensor& gW_acc, at::Tensor& gzeta_acc, int64_t R,
                                         int64_t chunks) {
   const int64_t BN = pts.size(0), d = pts.size(1), K = gammas.size(0), D = weights.size(0);
-  const int64_t tiles = (BN + R - 1) / R;
+  const int64_t tiles = (BN + R - 1) / R, held = std::min(R, BN);
   const bool need_h = mask[0] || mask[1] || mask[2];
   const T* zp = pts.data_ptr<T>();
   const T* cp = cT.data_ptr<T>();
@@ -91,10 +92,10 @@ void rbf_segment_sqdist_backward_kernel(const at::Tensor& g_, const at::Tensor& 
   const T* g = g_.data_ptr<T>();
   const at::Tensor Wt = weights.t();
   at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
-    at::Tensor phi = at::empty({R + 2, K}, pts.options());
-    at::Tensor sig = at::empty({R + 2, D}, pts.options());
-    at::Tensor gbeta = at::empty({R, D}, pts.options());
-    at::Tensor gphi = at::empty({R, K}, pts.options());
+    at::Tensor phi = at::empty({held + 2, K}, pts.options());
+    at::Tensor sig = at::empty({held + 2, D}, pts.options());
+    at::Tensor gbeta = at::empty({held, D}, pts.options());
+    at::Tensor gphi = at::empty({held, K}, pts.options());
     at::Tensor hg = at::empty({K}, pts.options());
     T* phip = phi.data_ptr<T>();
     T* sigp = sig.data_ptr<T>();
@@ -189,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rbf_segme
   const at::Tensor gammas = plain(gammas_in), weights = plain(weights_in);
   const at::Tensor zeta = plain(zeta_in), cT = centers_t(centers_in);
   const int64_t K = gammas.size(0), D = weights.size(0);
-  const int64_t R = tile_rows(D, pts.element_size(), 32, 1024, kTileBytes);
+  const int64_t R = tile_rows(std::max(D, K), pts.element_size(), 32, 1024, kTileBytes);
   const int64_t chunks = num_chunks((B * N + R - 1) / R);
   const auto opts = pts.options();
   auto none = [&] { return at::empty({0}, opts); };  // a fresh one per output: outputs must not alias

@@ -23,7 +23,7 @@ void rbf_sigma_jacobian_kernel(const at::Tensor& z, const at::Tensor& cT, const 
                                const at::Tensor& weights, const at::Tensor& zeta, at::Tensor& sigma,
                                at::Tensor& jac) {
   const int64_t P = z.size(0), d = z.size(1), K = gammas.size(0), D = weights.size(0);
-  const int64_t R = tile_rows((d + 1) * D, sizeof(T), 16, 256);
+  const int64_t R = tile_rows((d + 1) * std::max(D, K), sizeof(T), 16, 256);
   const int64_t tiles = (P + R - 1) / R;
   const T* zp = z.data_ptr<T>();
   const T* cp = cT.data_ptr<T>();
@@ -33,8 +33,9 @@ void rbf_sigma_jacobian_kernel(const at::Tensor& z, const at::Tensor& cT, const 
   T* jp = jac.data_ptr<T>();
   const at::Tensor Wt = weights.t();  // (K, D) view; BLAS reads it transposed, no copy
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor a = at::empty({(d + 1) * R, K}, z.options());   // blocks: phi, then one per axis
-    at::Tensor prod = at::empty({(d + 1) * R, D}, z.options());  // the same blocks times W^T
+    const int64_t held = std::min(R, P);  // a tile's rows: no more than there are
+    at::Tensor a = at::empty({(d + 1) * held, K}, z.options());   // blocks: phi, then one per axis
+    at::Tensor prod = at::empty({(d + 1) * held, D}, z.options());  // the same blocks times W^T
     T* ap = a.data_ptr<T>();
     std::vector<T> scale_buf(D);
     T* scale = scale_buf.data();
