@@ -158,12 +158,25 @@ def test_curves_stopped_short_are_warned_when_their_gradient_is_asked():
     options = dict(max_iter=1, warm_start=False, graph=False, subdivide=False, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, on its first forward-mode call
         res = fastgeo.geodesics(metric, z0, z1, **options)
     stopped = int((res.status == "max_iter").sum())
     assert stopped > 0
-    with pytest.warns(RuntimeWarning, match=f"{stopped} of 3 curves stopped before converging") as record:
+    with pytest.warns(RuntimeWarning, match=f"{stopped} of 3 curves are not converged geodesics") as record:
         fastgeo.geodesics(metric, z0, z1.requires_grad_(), **options)
     assert record[0].filename == __file__
+
+
+def test_straight_fallbacks_gradients_are_warned():
+    """A curve returned as the straight line (its message: not a geodesic) had envelope gradients
+    given silently; so had under_resolved and nonfinite ones."""
+    metric = bumpy_metric()
+    z0 = torch.zeros(1, 2, dtype=torch.float64)
+    z1 = torch.full((1, 2), 1e3, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="not converged geodesics") as record:
+        res = fastgeo.geodesics(metric, z0, z1, progress=False, max_iter=5)
+    assert res.status[0] != "converged", res.status
+    assert any(res.status[0] in str(w.message) for w in record)
 
 
 def test_a_distance_matrix_of_codes_that_require_a_gradient_says_it_has_none():

@@ -371,6 +371,7 @@ def test_select_takes_an_empty_list_and_a_0d_index():
     assert torch.equal(res.select(torch.tensor(1)).lengths, res.lengths[1:])
     assert torch.equal(res.select(slice(1, None)).lengths, res.lengths[1:])
     assert len(res.select(slice(5, 9))) == 0
+    assert torch.equal(res.select(slice(None, None, -1)).lengths, res.lengths.flip(0))  # any step
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])

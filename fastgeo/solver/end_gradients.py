@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..curves import Basis, Curves
 from ..metric import ExpectedMetric
-from .result import MAX_ITER, STALLED, GeodesicResult
+from .result import CONVERGED, GeodesicResult
 from .short_curves import NOISE_ABOVE, float64_metric, rounding_ratios
 
 BACKWARD_BYTES = 1 << 28  # decoder activations held by one chunk of curves in the backward pass
@@ -46,12 +46,14 @@ def with_end_gradients(metric: ExpectedMetric, res: GeodesicResult, z0: Tensor, 
     batch too: a loop's last, empty batch still has a graph to run backward through)."""
     if not (torch.is_grad_enabled() and (z0.requires_grad or z1.requires_grad)):
         return res
-    stopped = ((res.status_code == MAX_ITER) | (res.status_code == STALLED)).sum().item()
-    if stopped:
+    doubtful = res.status_code != CONVERGED
+    if bool(doubtful.any()):
+        which = sorted({res.status[i] for i in doubtful.nonzero().squeeze(1).tolist()})
         warnings.warn(
-            f"fastgeo.geodesics: {stopped} of {res.lengths.numel()} curves stopped before converging "
-            "(status max_iter or stalled): their lengths' gradients in the end points assume a "
-            "geodesic and may be far off; raise max_iter, or leave those pairs out of the loss",
+            f"fastgeo.geodesics: {int(doubtful.sum())} of {res.lengths.numel()} curves are not "
+            f"converged geodesics (status {', '.join(which)}): their lengths' gradients in the end "
+            "points assume a geodesic and may be far off (NaN where the length is); raise max_iter, "
+            "or leave those pairs out of the loss",
             RuntimeWarning, stacklevel=3,
         )  # fmt: skip
     if res.options.get("method") == "paper":

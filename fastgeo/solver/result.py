@@ -170,7 +170,7 @@ class GeodesicResult:
         or one index: a result of one curve), in that order; the work counters stay those of the
         whole call."""
         if isinstance(idx, slice):
-            idx = torch.arange(len(self), device="cpu")[idx]
+            idx = torch.tensor(range(len(self))[idx], dtype=torch.long)  # any step, negative too
         if isinstance(idx, numbers.Integral) and not isinstance(idx, bool):
             idx = [int(idx)]
         if isinstance(idx, Tensor) and idx.dim() == 0 and idx.dtype in INDEX_DTYPES:
