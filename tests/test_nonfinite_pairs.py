@@ -64,3 +64,39 @@ def test_approximate_modes_keep_their_matrix():
         assert D.shape == (5, 5) and not bool(torch.isnan(D).any()), mode
         inf = int(torch.isinf(D).sum())  # chains of finite edges: none here
         assert sum("status nonfinite" in str(w.message) for w in seen) == (inf > 0), mode
+
+
+class _Disk(torch.nn.Module):
+    """A mean that is NaN inside the disk |z| < r."""
+
+    def __init__(self, net: torch.nn.Module, r: float) -> None:
+        super().__init__()
+        self.net, self.r = net, r
+
+    def forward(self, z):
+        return torch.where(z.pow(2).sum(-1, keepdim=True) < self.r**2, torch.nan, self.net(z))
+
+
+def test_a_curve_through_a_nan_region_between_its_points_is_not_given_a_length():
+    """The solver keeps a curve's grid points out of a NaN disk, and the spline bulged into it
+    between them: a finite length flagged converged for a curve through NaN (r = 0.3, the first
+    pair; r = 0.5, the third). Every returned length is now of a curve finite on a grid 500x
+    finer, or NaN with status nonfinite."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 64)).eval()
+    Z = torch.randn(200, 2)
+    with torch.no_grad():
+        X = net(Z) + 0.05 * torch.randn(200, 64)
+    prec = fastgeo.RBFPrecision.fit(Z, X, net, num_centers=16, steps=100, progress=False)
+    z0 = torch.tensor([[-1.0, 0.0], [-1.0, 0.05], [-1.0, -0.5]])
+    z1 = torch.tensor([[1.0, 0.0], [1.0, 0.1], [1.0, 0.7]])
+    for r in (0.3, 0.5):
+        metric = fastgeo.ExpectedMetric(_Disk(net, r).eval(), prec)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = fastgeo.geodesics(metric, z0, z1, progress=False)
+        with torch.no_grad():
+            inside = (res.points(100_001).norm(dim=-1) < r).any(-1)
+        ok = torch.isfinite(res.lengths)
+        assert not bool((ok & inside).any()), (r, res.lengths, res.status)
+        assert all(s == "nonfinite" for s in res.status[~ok.numpy()])

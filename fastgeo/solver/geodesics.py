@@ -51,7 +51,7 @@ from .dense import dense_multistart
 from .end_gradients import with_end_gradients
 from .fallback import never_longer_than_straight
 from .graph import LatentGraph, cached_graph, check_graph_inputs
-from .measure import measure
+from .measure import finite_between, measure
 from .options import (
     DEFAULTS,
     POINTS_PER_CONTROL_POINT,
@@ -330,6 +330,13 @@ def _finish(
         metric, res.curves, res.resolution, work, first=first
     )
     never_longer_than_straight(metric, res, work)
+    # A decoder not finite on the straight line is not finite near it: a curve the solver kept out
+    # of such a region at its grid points may bulge into it between them (a finite length, flagged
+    # converged, of a curve through NaN). Such curves are looked at between their points.
+    suspect = (~torch.isfinite(res.straight_lengths) & torch.isfinite(res.lengths)).nonzero().squeeze(1)
+    if suspect.numel():
+        crossing = ~finite_between(metric, res.curves, res.measure_points, work, suspect)
+        res.lengths[suspect[crossing]] = torch.nan
     # Equal end points: distance exactly 0 (a batched GEMM may round equal rows differently).
     same = (res.curves.z0 == res.curves.z1).all(-1)
     res.lengths = res.lengths.masked_fill(same, 0)
