@@ -25,7 +25,7 @@ from ..curves import Curves, straight_line, time_grid
 from ..discrete import feature_segments, length_from_segments
 from ..metric import ExpectedMetric
 from .measure import float64_metric
-from .options import SPLINE_METHODS, SolverOptions
+from .options import SolverOptions
 from .result import GeodesicResult
 
 # A curve is short when its straight line's n - 1 segments' rounding, (n - 1) eps |f|, exceeds
@@ -57,9 +57,9 @@ def solved_apart(
     """The result of a float32 call (z0, z1: (B, d); ``asked``: its options as the user gave them;
     ``init``: its checked start coefficients (B, m, d) or None) with its short curves solved by
     ``solve`` (:func:`fastgeo.geodesics`) on a float64 copy of the metric and the others as asked;
-    None where there is nothing to split (no short curve, another dtype or method, or no float64
+    None where there is nothing to split (no short curve, another dtype, or no float64
     copy): the call goes on as it is."""
-    if opts.method not in SPLINE_METHODS or metric.dtype != torch.float32 or z0.shape[0] == 0:
+    if metric.dtype != torch.float32 or z0.shape[0] == 0:
         return None
     short = (rounding_ratios(metric, z0, z1, opts.n_points) > NOISE_ABOVE) & ~(z0 == z1).all(-1)
     if not bool(short.any()):
