@@ -592,6 +592,14 @@ def test_latents_without_a_graph_are_named_as_ignored():
     graph = fastgeo.LatentGraph(metric, n_nodes=20, grid=0)
     with pytest.warns(UserWarning, match="a given graph keeps its own nodes"):
         fastgeo.geodesics(metric, z0, z1, graph=graph, latents=torch.randn(5, 2, dtype=f64))
+    latents = torch.randn(5, 2, dtype=f64)
+    with pytest.warns(
+        UserWarning, match="latents feed the latent graph's starts, which method='paper'"
+    ) as rec:
+        fastgeo.geodesics(metric, z0, z1, method="paper", latents=latents)
+    assert rec[0].filename == __file__
+    with pytest.warns(UserWarning, match="graph feeds the latent graph's starts, which corridors=0"):
+        fastgeo.geodesics(metric, z0, z1, corridors=0, graph=graph)
 
 
 def test_warnings_point_at_the_callers_line():

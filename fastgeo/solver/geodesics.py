@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from typing import Any
 
 import torch
@@ -46,7 +45,7 @@ from ..curves import Basis, BSplineBasis, Curves
 from ..decoders.uses import one_use
 from ..metric import ExpectedMetric
 from . import smoothing
-from .arguments import check_ends, check_init
+from .arguments import check_ends, check_init, warn_unused_graph_inputs
 from .dense import dense_multistart
 from .end_gradients import with_end_gradients
 from .fallback import never_longer_than_straight
@@ -242,13 +241,7 @@ def geodesics(
         # fmt: on
         init = check_init(metric, init, z0, opts)
         check_graph_inputs(metric, graph, latents)
-        if latents is not None and graph is False:
-            warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph; graph=False ignores "
-                          "them", UserWarning, stacklevel=2)  # fmt: skip
-        elif latents is not None and isinstance(graph, LatentGraph):
-            warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph the call builds; a given "
-                          "graph keeps its own nodes and ignores them (pass them to fastgeo.LatentGraph)",
-                          UserWarning, stacklevel=2)  # fmt: skip
+        warn_unused_graph_inputs(graph, latents, opts)
         ends = z0, z1  # the caller's: the lengths' gradient goes to them
         z0, z1 = z0.detach(), z1.detach()
         # Curves too short for float32 are solved in float64 (from their rows of init, if given).
