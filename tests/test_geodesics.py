@@ -254,7 +254,8 @@ def test_nonfinite_decoder_is_reported_not_converged():
     metric = fastgeo.ExpectedMetric(mean, prec)
     z0 = torch.tensor([[-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
     z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
-    res = fastgeo.geodesics(metric, z0, z1)
+    with pytest.warns(RuntimeWarning, match="1 of 2 curves have no finite length"):
+        res = fastgeo.geodesics(metric, z0, z1)
     assert res.converged.tolist() == [False, True]
     assert torch.isfinite(res.lengths[1])
 

@@ -37,8 +37,12 @@ def test_a_pair_without_a_finite_path_is_inf_and_the_rest_solved():
     metric = _metric(4)
     Z = torch.zeros(3, 4)
     Z[0, 0], Z[1, 0], Z[2, 1] = -2.0, 2.0, 2.0  # 0 -> 1 crosses the hole
-    alone = fastgeo.geodesics(metric, Z[[0, 0]], Z[[1, 2]], method="fast", progress=False)
-    assert alone.status.tolist() == ["nonfinite", "converged"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        alone = fastgeo.geodesics(metric, Z[[0, 0]], Z[[1, 2]], method="fast", progress=False)
+    assert alone.status.tolist() == ["nonfinite", "converged"] and torch.isnan(alone.lengths[0])
+    said = [w for w in seen if "have no finite length" in str(w.message)]  # once, not per inner call
+    assert len(said) == 1 and said[0].filename == __file__ and "1 of 2 curves" in str(said[0].message)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         D, report = fastgeo.pairwise_distances(
@@ -46,6 +50,7 @@ def test_a_pair_without_a_finite_path_is_inf_and_the_rest_solved():
         )
     ours = [w for w in seen if "entries are inf (status nonfinite)" in str(w.message)]
     assert len(ours) == 1 and ours[0].filename == __file__
+    assert not [w for w in seen if "have no finite length" in str(w.message)]  # the run's own, alone
     assert D[0, 1] == D[1, 0] == torch.inf and report.status[0, 1] == "nonfinite"
     near = fastgeo.nearest_neighbors(metric, Z[:2], k=1, method="fast", progress=False)
     assert near.distances.flatten().tolist() == [torch.inf, torch.inf]

@@ -63,3 +63,8 @@ def in_one_use(function: F) -> F:
 def current_use() -> int:
     """The number of the use this thread is in (unique across threads; it only grows)."""
     return getattr(_THREAD, "use", 0)
+
+
+def depth() -> int:
+    """How many :func:`one_use` blocks this thread is in (1: a call of the user's, itself)."""
+    return getattr(_THREAD, "depth", 0)

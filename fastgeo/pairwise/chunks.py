@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._quiet import quiet
 from ..metric import ExpectedMetric
 from ..solver import geodesics
+from ..solver.call_warnings import NO_FINITE_LENGTH
 from ..solver.result import NONFINITE
 
 
@@ -46,7 +48,8 @@ def solve_chunk(metric: ExpectedMetric, a: Tensor, b: Tensor, options: dict[str,
     straight line, flagged ``nonfinite``, and to inf where that is not finite either: one such
     pair does not cost the others), status codes and iterations on the CPU, and the decoder
     work."""
-    res = geodesics(metric, a, b, progress=False, **options)
+    with quiet(NO_FINITE_LENGTH):  # the run reports them itself (and workers' would be repeated)
+        res = geodesics(metric, a, b, progress=False, **options)
     lengths, status = res.lengths, res.status_code
     bad = ~torch.isfinite(lengths)
     if bool(bad.any()):  # never hand a NaN out: fall back to the straight line, flagged

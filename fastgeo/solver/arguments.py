@@ -3,14 +3,11 @@ name the argument (and, for a result's curves passed back, what to pass with the
 
 from __future__ import annotations
 
-import warnings
-
 from torch import Tensor
 
 from .. import _checks, _mean_checks
 from ..metric import ExpectedMetric
-from .graph import LatentGraph
-from .options import SPLINE_METHODS, SolverOptions
+from .options import SolverOptions
 
 
 def check_ends(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> None:
@@ -52,22 +49,3 @@ def check_init(metric: ExpectedMetric, init: Tensor | None, z0: Tensor, opts: So
         raise ValueError(f"init must have shape (B, m, d) = {shape}, got {tuple(init.shape)}; {hint}")
     _checks.finite("init", init)
     return init.detach()
-
-
-def warn_unused_graph_inputs(graph: object, latents: Tensor | None, opts: SolverOptions) -> None:
-    """Warn where ``latents`` or a given :class:`LatentGraph` (the graph starts' nodes) go unused:
-    ``graph=False``, a given graph (its own nodes), method ``"paper"``, ``corridors=0``."""
-    if latents is not None and graph is False:
-        warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph; graph=False ignores "
-                      "them", UserWarning, stacklevel=3)  # fmt: skip
-    elif latents is not None and isinstance(graph, LatentGraph):
-        warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph the call builds; a given "
-                      "graph keeps its own nodes and ignores them (pass them to fastgeo.LatentGraph)",
-                      UserWarning, stacklevel=3)  # fmt: skip
-    elif (latents is not None or isinstance(graph, LatentGraph)) and (
-        opts.method == "paper" or (opts.method in SPLINE_METHODS and opts.corridors == 0)
-    ):
-        given = "latents feed" if latents is not None else "graph feeds"
-        why = "method='paper' starts from straight lines" if opts.method == "paper" else "corridors=0"
-        warnings.warn(f"fastgeo.geodesics: {given} the latent graph's starts, which {why} leaves "
-                      "out: ignored", UserWarning, stacklevel=3)  # fmt: skip

@@ -45,7 +45,8 @@ from ..curves import Basis, BSplineBasis, Curves
 from ..decoders.uses import one_use
 from ..metric import ExpectedMetric
 from . import smoothing
-from .arguments import check_ends, check_init, warn_unused_graph_inputs
+from .arguments import check_ends, check_init
+from .call_warnings import warn_nonfinite, warn_unused_graph_inputs
 from .dense import dense_multistart
 from .end_gradients import with_end_gradients
 from .fallback import never_longer_than_straight
@@ -200,7 +201,7 @@ def geodesics(
         decoder along each curve in ``backward``), zero between equal ends; once (no
         ``create_graph``), by ``torch.autograd`` (not ``torch.func``); not in the decoder's or the
         precision's parameters. It is the distance's gradient where the curve converged (a warning
-        counts the curves that stopped at ``max_iter`` or ``stalled``); ``method="paper"``'s
+        counts the curves that did not); ``method="paper"``'s
         single quadratic is not stationary in length, and its gradients were 7-15 % off on the 2-D
         digits VAE (with a warning).
 
@@ -255,6 +256,7 @@ def geodesics(
                     res = _solve(metric, z0, z1, opts, init, graph, latents, refine, bar)
                 if bar is not None:  # the oracle's curves finish together: its count, at the end
                     bar.update(bar.total - bar.n)
+        warn_nonfinite(res)
         return with_end_gradients(metric, res, *ends)
 
 
