@@ -497,3 +497,44 @@ def test_image_output_decoder_is_flattened(as_module):
         fastgeo.ExpectedMetric(lambda q: images(q)[..., :27], prec)  # 756 values, not 784
     with pytest.raises(ValueError, match="mean must map"):
         fastgeo.RBFPrecision.fit(z, x, lambda q: images(q)[..., :27], num_centers=6, steps=1, progress=False)
+
+
+class _ClampedInPlace(nn.Module):
+    """A "safety clamp" written in place, its result not assigned (``mu.clamp_(...)``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.out, self.how = nn.Linear(2, 16), nn.Linear(16, 10), how
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, z):
+        mu = self.out(torch.tanh(self.fc(z)))
+        if self.how == "method":
+            mu.clamp_(-0.5, 0.5)
+        else:
+            self.act(mu)
+        return mu
+
+
+@pytest.mark.parametrize("how", ["method", "module"])
+def test_an_in_place_write_whose_value_is_unused_is_not_dropped(how):
+    """torch.fx took ``mu.clamp_(...)`` (value unused) for pure and removed it: the chain read
+    without the clamp matched the decoder at the metric's probes (where the clamp does not act)
+    and gave Jacobians 8-58 % off elsewhere, silently."""
+    dec = _ClampedInPlace(how).double().eval()
+    g = torch.Generator().manual_seed(1)
+    prec = fastgeo.RBFPrecision(
+        0.1 * torch.randn(8, 2, generator=g, dtype=F64), torch.ones(8, dtype=F64),
+        torch.rand(10, 8, generator=g, dtype=F64), 1e-2,
+    )  # fmt: skip
+    metric = fastgeo.ExpectedMetric(dec, prec)
+    z = torch.cat(
+        [0.05 * torch.randn(4, 2, generator=g, dtype=F64), 4 * torch.randn(4, 2, generator=g, dtype=F64)]
+    )
+    with torch.no_grad():
+        assert bool((dec(z).abs() >= 0.5).any() if how == "method" else (dec(z) == 0).any())  # it acts
+    features, jac = metric.features_and_jacobian(z)
+    want = torch.func.vmap(torch.func.jacrev(dec))(z)
+    assert_close_rel(jac[:, :10], want, 1e-12)
+    assert_close_rel(features[:, :10], dec(z).detach(), 1e-12)

@@ -272,3 +272,20 @@ class _First(nn.Module):
 
     def forward(self, z):
         return self.inner(z)[0]
+
+
+class _FloorDivided(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 8)
+
+    def forward(self, z):
+        return torch.tanh(torch.div(self.fc(z) * 1e6, 2, rounding_mode="floor") * 1e-6)
+
+
+def test_a_division_with_a_rounding_mode_is_no_scaling():
+    """``torch.div(h, 2, rounding_mode="floor")`` was read from the exported graph as a scaling
+    by 0.5 (a derivative of 0.5 where the true one is 0; its values within the chain check's
+    tolerance on outputs of ~1e6)."""
+    torch.manual_seed(0)
+    assert recognize(_FloorDivided().double().eval(), 2) is None

@@ -73,3 +73,28 @@ class SineConv(nn.Module):
 
 def test_a_sine_activated_conv_decoder():
     check_forms(init_(SineConv()).double().eval(), D_LAT, lambda fn, z: "sin" in _names(fn))
+
+
+class FiLM(nn.Module):
+    """A per-channel bias map added to feature maps, the smaller operand first or second."""
+
+    def __init__(self, bias_first: bool) -> None:
+        super().__init__()
+        self.fc, self.bias = nn.Linear(D_LAT, C * H * H), nn.Linear(D_LAT, C)
+        self.conv, self.bias_first = nn.Conv2d(C, 2, 3), bias_first
+
+    def forward(self, z):
+        h = torch.tanh(self.fc(z)).view(-1, C, H, H)
+        beta = self.bias(z).view(-1, C, 1, 1)
+        return self.conv(beta + h if self.bias_first else h + beta).flatten(1)
+
+
+@pytest.mark.parametrize("bias_first", [False, True])
+def test_a_broadcast_sum_of_branches_in_either_order(bias_first):
+    """``beta + h`` (the smaller operand first) failed in the stacked sum and fell back to
+    torch.func (2x slower), with a message blaming an in-place operation."""
+    from fastgeo.decoders import stacked_chain
+
+    torch.manual_seed(0)
+    model = init_(FiLM(bias_first)).double().eval()
+    check_forms(model, D_LAT, lambda fn, z: stacked_chain(fn, z) is not None)

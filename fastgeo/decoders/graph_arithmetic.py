@@ -88,6 +88,7 @@ def aten_arithmetic_step(name: str, a: dict[str, Any], root: nn.Module) -> Step:
     scale c by ``alpha``."""
     if name == "neg":
         return Scale(-1.0, 0.0)
+    require(a.get("rounding_mode") is None)  # x // 2 (div.Tensor_mode) is no scaling: its derivative is 0
     alpha = _number(a.get("alpha", 1))
     require(alpha is not None)
     if name == "rsub":  # c - alpha x

@@ -58,7 +58,7 @@ def dead_nodes(graph: Graph, root: nn.Module) -> set[Node]:
         dead.add(node)
         todo.extend(node.all_input_nodes)
         todo.extend(node.users)
-    if any(_writes(n, root) for n in dead):
+    if any(writes(n, root) for n in dead):
         return set()
     return dead
 
@@ -96,7 +96,7 @@ def _first_used_only(node: Node) -> list[Node] | None:
     return tensors
 
 
-def _writes(node: Node, root: nn.Module) -> bool:
+def writes(node: Node, root: nn.Module) -> bool:
     """Whether ``node`` might write into a tensor (in place, ``out=``) or have another effect
     than its value, other than a check (an assertion): conservatively."""
     target, kwargs = node.target, node.kwargs

@@ -256,9 +256,15 @@ def _branches(step: Branches, x: Tensor, peak: Peak | None = None) -> Tensor:
     other = run(step.second, x, peak)
     if peak is not None:
         peak.held = held
-    if step.join == "sum":
-        y += other
-        return y
+    if step.join == "sum":  # in place into the one whose shape the sum has (a bias map broadcast)
+        shape = torch.broadcast_shapes(y.shape, other.shape)
+        if y.shape == shape:
+            y += other
+            return y
+        if other.shape == shape:
+            other += y
+            return other
+        return y + other
     if step.join == "cat":
         return torch.cat([y, other], stack_dim(step.dim))
     out = y * other[:1]  # a b, a' b (broadcast: a gate per channel multiplies whole maps)

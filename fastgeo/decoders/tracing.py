@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from .graph_dead import writes
+
 __all__ = ["ClosureModule", "MethodModule", "exported_graph", "traced_graph"]
 
 
@@ -127,7 +129,10 @@ def traced_graph(module: nn.Module) -> torch.fx.Graph:
             if n in guards and set(n.users) <= guards:
                 graph.erase_node(n)
     graph.owning_module = module  # whose submodules' purity the elimination checks
-    graph.eliminate_dead_code()
+    # torch.fx takes `mu.clamp_(-1, 1)` (its value unused) for pure and removes it: the chain
+    # read without it is another function, wrong wherever the clamp acts (the probes may not
+    # reach it). Writes are kept, and a graph holding one is not read as a chain.
+    graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure() or writes(n, module))
     return graph
 
 
