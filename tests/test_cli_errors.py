@@ -256,12 +256,34 @@ def test_graph_mode_from_the_command_line(files, capsys, monkeypatch, tmp_path):
     assert code == 0, err
     D = fastgeo.pairwise_distances(fastgeo.load_generator(gen), Z, edges="exact", **kw)
     assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy())
+    # --neighbors 0 without --straight: the library's default (off in d = 2): its error, one line
+    expect_error(capsys, ["neighbors=0", "needs straight=True"], *graph, "--neighbors", "0")
     solving_forbidden(monkeypatch)
     expect_error(capsys, ["--neighbors", ">= 0"], *graph, "--neighbors", "-1")
     expect_error(capsys, ["--error-sample", ">= 0"], *graph, "--error-sample", "-2")
     expect_error(capsys, ["--workers", ">= 1"], *graph, "--workers", "0")
     expect_error(capsys, ["--neighbors 0 needs --straight"], *graph, "--neighbors", "0", "--no-straight")
-    expect_error(capsys, ["--neighbors 0 needs --straight"], *graph, "--neighbors", "0")
+
+
+def test_neighbors_0_takes_the_librarys_default_of_straight(capsys, tmp_path):
+    """--neighbors 0 without --straight was refused although the straight segments are on by
+    default in d >= 4 (the library took neighbors=0 there); in d < 4 the library's error is one line."""
+    torch.manual_seed(0)
+    mean = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 6)).double()
+    g = torch.Generator().manual_seed(0)
+    f64 = torch.float64
+    prec = fastgeo.RBFPrecision(
+        torch.randn(5, 4, generator=g, dtype=f64), torch.ones(5, dtype=f64), torch.ones(6, 5, dtype=f64), 0.1
+    )
+    gen = fastgeo.save_generator(tmp_path / "gen4.safetensors", fastgeo.ExpectedMetric(mean, prec))
+    Z = np.random.default_rng(0).normal(size=(5, 4))
+    np.save(tmp_path / "Z4.npy", Z)
+    code, err = run_cli(capsys, gen, tmp_path / "Z4.npy", "-o", tmp_path / "D.npy", "--mode", "graph",
+                        "--neighbors", "0", "--error-sample", "0")  # fmt: skip
+    assert code == 0, err
+    metric = fastgeo.load_generator(gen)
+    D = fastgeo.pairwise_distances(metric, torch.from_numpy(Z), mode="graph", neighbors=0, error_sample=0)
+    assert np.array_equal(np.load(tmp_path / "D.npy"), D.numpy())
 
 
 @pytest.mark.parametrize("mode", [None, "exact"])

@@ -105,3 +105,22 @@ def test_a_curve_through_a_nan_region_between_its_points_is_not_given_a_length()
         ok = torch.isfinite(res.lengths)
         assert not bool((ok & inside).any()), (r, res.lengths, res.status)
         assert all(s == "nonfinite" for s in res.status[~ok.numpy()])
+
+
+def test_a_checkpoint_chunk_holding_a_pair_without_a_finite_path_is_loaded(tmp_path):
+    """Its inf entry (status nonfinite: a result) made the chunk 'damaged': solved again, with a
+    warning, on every resume."""
+    metric = _metric(4)
+    Z = torch.zeros(2, 4)
+    Z[0, 0], Z[1, 0] = -2.0, 2.0  # crosses the hole
+    kw = dict(method="fast", progress=False, return_report=True, checkpoint=tmp_path / "ck")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        first, _ = fastgeo.pairwise_distances(metric, Z, **kw)
+    assert first[0, 1] == torch.inf
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        again, report = fastgeo.pairwise_distances(metric, Z, **kw)
+    assert not [w for w in seen if "damaged" in str(w.message)]
+    assert report.chunks_loaded == report.chunks_total and report.chunks_computed == 0
+    assert torch.equal(again, first)

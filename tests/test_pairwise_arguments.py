@@ -196,3 +196,13 @@ def test_a_memory_budget_below_one_pair_is_warned(metric, entry):
     with pytest.warns(UserWarning, match="below the memory model's estimate for one pair") as record:
         call(metric, Z, memory_budget=1024, progress=False, workers=1, method="fast", **extra)
     assert record[0].filename == __file__
+
+
+@pytest.mark.parametrize("Y", [None, 0])
+def test_worker_processes_build_no_graph_where_there_is_no_pair(metric, Y):
+    """With workers > 1 the latent graph was built before the fork even with no pair to solve (M =
+    1, or Y empty): a second of decoder work for an empty matrix."""
+    Z = codes(3, 0)
+    Z, Y = (Z[:1], None) if Y is None else (Z, Z[:0])
+    D, report = fastgeo.pairwise_distances(metric, Z, Y, workers=2, progress=False, return_report=True)
+    assert D.numel() <= 1 and report.decoder_evals == 0

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     inputs.only_in_mode("--checkpoint", args.checkpoint, args.mode, "exact", "draft")
     inputs.at_least("--chunk-size", args.chunk_size, 1)
     inputs.at_least("--neighbors", args.neighbors, 0)
-    if args.neighbors == 0 and not args.straight:
+    if args.neighbors == 0 and args.straight is False:  # (None: the library's default, checked there)
         raise inputs.InputError("--neighbors 0 needs --straight (no geodesics between codes: no bound)")
     inputs.at_least("--workers", args.workers, 1)
     inputs.at_least("--error-sample", args.error_sample, MIN_SAMPLE if args.mode == "chord" else 0)

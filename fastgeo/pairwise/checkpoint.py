@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .._files import atomic_write, stale_temporaries
 from ..metric import ExpectedMetric
+from ..solver.result import NONFINITE
 from .layout import Layout
 
 # 7: lengths measured to their error estimate (and the straight-line check with it); 6:
@@ -223,8 +224,11 @@ class Checkpoint:
             return None
         if key != self.key or chunk != c:
             raise ValueError(f"checkpoint chunk {p} does not belong to these inputs; delete the folder")
-        if tensors["lengths"].shape != (n,) or not bool(torch.isfinite(tensors["lengths"]).all()):
-            self._damaged(p, "its lengths are not n finite values")
+        lengths = tensors["lengths"]
+        # +inf is a result (a pair with no finite path, status nonfinite); NaN or -inf never is.
+        nonfinite = torch.isinf(lengths) & (lengths > 0) & (tensors["status"] == NONFINITE)
+        if lengths.shape != (n,) or not bool((torch.isfinite(lengths) | nonfinite).all()):
+            self._damaged(p, "its lengths are not n finite values (or inf where no finite path was found)")
             return None
         return {**tensors, **counts}
 

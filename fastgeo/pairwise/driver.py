@@ -272,7 +272,8 @@ def pairwise_distances(
         with filled_in_place(out_path) as target:
             solves_exact = mode == "exact" or error_sample > 0  # geodesics that may race the latent graph
             resumed = ckpt is not None and ckpt.finished() >= solved_layout.n_chunks and mode == "exact"
-            shared_graph = workers > 1 and solves_exact and not resumed  # built once, before the fork
+            # built once, before the fork (where there is a pair to solve)
+            shared_graph = workers > 1 and solves_exact and not resumed and solved_layout.n_pairs > 0
             graph_evals = build_latent_graph(metric, options, progress) if shared_graph else 0
             matrix, mapped = allocate((layout.rows, layout.cols), metric, target if rep is None else None)
             if mapped is None and mode in ("exact", "draft"):  # workers write it (a file mapping is shared)
