@@ -127,8 +127,9 @@ def entries_of_pairs(rows: Tensor, cols: Tensor, a: Tensor, b: Tensor) -> tuple[
         nr = torch.searchsorted(r_sorted, x, right=True) - r0
         c0 = torch.searchsorted(c_sorted, y)
         nc = torch.searchsorted(c_sorted, y, right=True) - c0
-        s = torch.repeat_interleave(torch.arange(a.numel()), nr * nc)
-        t = torch.arange(s.numel()) - torch.repeat_interleave(torch.cumsum(nr * nc, 0) - nr * nc, nr * nc)
+        s = torch.repeat_interleave(torch.arange(a.numel(), device="cpu"), nr * nc)
+        starts = torch.cumsum(nr * nc, 0) - nr * nc
+        t = torch.arange(s.numel(), device="cpu") - torch.repeat_interleave(starts, nr * nc)
         parts.append((r_order[r0[s] + t // nc[s]], c_order[c0[s] + t % nc[s]], s))
     return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
@@ -165,8 +166,9 @@ def draw_sample(rows: Tensor, cols: Tensor, symmetric: bool, error_sample: int) 
     n = int(max(rows.max(), cols.max())) + 1 if R and C else 1
     key = torch.minimum(a, b)[keep] * n + torch.maximum(a, b)[keep]
     _, inverse = torch.unique(key, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), keep.numel(), dtype=torch.int64)
-    first = first.scatter_reduce(0, inverse, torch.arange(keep.numel()), "amin")
+    n_keys = int(inverse.max()) + 1 if inverse.numel() else 0
+    first = torch.full((n_keys,), keep.numel(), dtype=torch.int64, device="cpu")
+    first = first.scatter_reduce(0, inverse, torch.arange(keep.numel(), device="cpu"), "amin")
     keep = keep[first.sort().values][:error_sample]
     return i[keep], j[keep], a[keep], b[keep]
 
