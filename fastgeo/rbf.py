@@ -154,8 +154,11 @@ class RBFPrecision(nn.Module):
     def fit(cls, latents: Tensor, data: Tensor, mean, **options) -> RBFPrecision:
         """Fit centers, bandwidths and weights to training data (Arvanitidis et al., 2018).
 
-        latents (M, d), data (M, D) or images (M, C, H, W), mean (..., d) -> (..., D); see
-        :func:`fastgeo.rbf_fit.fit_rbf_parameters` for the options and the recipe. Example::
+        latents (M, d), data (M, D) or images (M, C, H, W), mean (..., d) -> (..., D). Options
+        (keywords, defaults in brackets): ``num_centers`` (min(64, M)), ``bandwidth_scale``
+        (1.5), ``zeta`` (0.001), ``steps`` (1000), ``lr`` (0.05), ``progress`` (True, a bar),
+        ``seed`` (0); see
+        :func:`fastgeo.rbf_fit.fit_rbf_parameters` for what each does and the recipe. Example::
 
             prec = fastgeo.RBFPrecision.fit(encoder_means, X, decoder_mean, zeta=1e-3)
         """

@@ -391,3 +391,13 @@ def test_seed_zeta_and_bandwidth_scale_out_of_range_are_named():
     with pytest.raises(TypeError) as info:
         fastgeo.RBFPrecision.fit(z32, x32, mean32, latent=3)
     assert "latents" not in str(info.value)  # a suggestion is an option, not an argument
+
+
+def test_fit_names_every_option_with_its_default():
+    import inspect
+
+    doc = " ".join(fastgeo.RBFPrecision.fit.__doc__.split())
+    for name, p in inspect.signature(rbf_fit.fit_rbf_parameters).parameters.items():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            default = "min(64, M)" if p.default is None else repr(p.default)
+            assert f"``{name}`` ({default}" in doc, name
