@@ -31,7 +31,7 @@ from workloads import GENERATORS, PAIRS, environment_line, generator, results_di
 import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, excess
 from fastgeo.benchmarks.timing import environment
-from fastgeo.solver.graph import _CACHES
+from fastgeo.solver.graph import forget_graphs
 
 ROWS: list[dict] = []
 SEED = int(os.environ.get("FASTGEO_BENCH_SEED", "0"))  # which sample of PAIRS pairs (0: the default)
@@ -86,7 +86,7 @@ def test_solver(benchmark, problem, method):
         label = f"StochMan {version}"
         evals = 150 * 20 * 3  # 150 Adam steps x 20 points x (forward + backward ~ 2 forwards)
     else:
-        _CACHES.pop(metric, None)
+        forget_graphs(metric)
         t = time.perf_counter()
         with torch.no_grad():
             fastgeo.geodesics(metric, z0, z1, method=method)

@@ -159,8 +159,9 @@ class ExpectedMetric:
         self.__dict__.pop("_smoothed", None)  # they hold the precision they were made with
 
     def __getstate__(self) -> dict:
-        # The smoothed means are rebuilt on use (their getters are local functions: unpicklable).
-        return {k: v for k, v in self.__dict__.items() if k != "_smoothed"}
+        # The smoothed means are rebuilt on use (their getters are local functions: unpicklable),
+        # the latent graphs (solver.graph's caches) too.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_smoothed", "_graph_caches")}
 
     @property
     def latent_dim(self) -> int:

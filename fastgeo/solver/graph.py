@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
 
 import numpy as np
 import torch
@@ -375,13 +374,24 @@ def _same_latents(a: Tensor | None, b: Tensor | None) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a.detach(), b)
 
 
-_CACHES: weakref.WeakKeyDictionary[ExpectedMetric, GraphCache] = weakref.WeakKeyDictionary()
-_DRAWS: weakref.WeakKeyDictionary[ExpectedMetric, dict[int, GraphCache]] = weakref.WeakKeyDictionary()
+# The caches live on the metric itself (an attribute its pickles leave out): tables weakly keyed by
+# the metric held it alive through the graph's reference back (LatentGraph.metric), so no metric
+# that built a graph was ever freed, with its decoder and cached shortest-path rows.
+CACHE_ATTRIBUTE = "_graph_caches"
 
 
 def cached_graph(metric: ExpectedMetric, latents: Tensor | None, seed: int = 0) -> tuple[LatentGraph, bool]:
     """The metric's graph for these latents (drawn with ``seed``) from its :class:`GraphCache`,
     and whether it was built now (its edges then cost decoder evaluations)."""
-    if seed == 0:
-        return _CACHES.setdefault(metric, GraphCache()).get(metric, latents)
-    return _DRAWS.setdefault(metric, {}).setdefault(seed, GraphCache(seed)).get(metric, latents)
+    caches = metric.__dict__.setdefault(CACHE_ATTRIBUTE, {})
+    return caches.setdefault(seed, GraphCache(seed)).get(metric, latents)
+
+
+def graph_cache(metric: ExpectedMetric, seed: int = 0) -> GraphCache | None:
+    """The metric's :class:`GraphCache` of draw ``seed``, if one was made."""
+    return metric.__dict__.get(CACHE_ATTRIBUTE, {}).get(seed)
+
+
+def forget_graphs(metric: ExpectedMetric) -> None:
+    """Drop the metric's latent graphs (the next call builds them again: timing a first call)."""
+    metric.__dict__.pop(CACHE_ATTRIBUTE, None)
