@@ -192,3 +192,39 @@ def test_a_compiled_function_follows_the_backend_of_each_call(tmp_path, monkeypa
         with pytest.raises(RuntimeError, match="no derivative"):
             torch.autograd.grad(g.sum(), x)  # the C++ kernel ran, as asked
     torch._dynamo.reset()
+
+
+def test_a_forward_mode_level_open_elsewhere_leaves_plain_calls_on_the_kernels():
+    """torch.autograd.forward_ad's level is one for the whole process: while any thread was
+    inside a jvp, every thread's ops ran the reference (results of the same pair changed by up
+    to 5e-4 with another thread's torch.func work). Plain tensors keep the kernels."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    with fwAD.dual_level():
+        (g,) = torch.autograd.grad(fastgeo.ops.segment_sqdist(x).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="no derivative"):
+            torch.autograd.grad(g.sum(), x)  # the C++ kernel ran (no double backward)
+
+
+def test_overlapping_backend_blocks_of_two_threads_leave_no_backend_behind():
+    """Each block restored the backend it found: where two threads' blocks overlapped, the mirror
+    torch.compile reads stayed at the other thread's backend after both ended."""
+    import threading
+
+    from fastgeo.ops import registry
+
+    entered, leave = threading.Event(), threading.Event()
+
+    def other():
+        with fastgeo.use_backend("reference"):
+            entered.set()
+            leave.wait(10)
+
+    with fastgeo.use_backend("cpu"):
+        t = threading.Thread(target=other)
+        t.start()
+        entered.wait(10)
+    leave.set()
+    t.join(10)
+    assert registry._compiled_backend == "auto" and fastgeo.current_backend() == "auto"

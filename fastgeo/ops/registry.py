@@ -117,15 +117,17 @@ def use_backend(name: str) -> contextlib.AbstractContextManager[None]:
 def _forced_backend(name: str) -> Iterator[None]:
     global _compiled_backend
     token = _current.set(name)
-    before, _compiled_backend = _compiled_backend, name
+    _compiled_backend = name
     # The ops' CUDA kernels read this when they run, also from a graph torch.compile made.
     kernel = library.CUDA_KERNEL.set(name if name in library.CUDA_IMPLEMENTATIONS else None)
     try:
         yield
     finally:
         library.CUDA_KERNEL.reset(kernel)
-        _compiled_backend = before
         _current.reset(token)
+        # This thread's backend again (restoring `before` left another thread's block in the
+        # mirror where two threads' blocks overlapped).
+        _compiled_backend = _current.get()
 
 
 @functools.cache
@@ -196,6 +198,14 @@ def _backend_when_traced(op: str, device_type: str, compiled: bool, forced: str)
     return resolve(op, torch.device(device_type), compiled)[0]  # (forced: what the graph is guarded on)
 
 
+def _dual(args: tuple[Any, ...]) -> bool:
+    """Whether an argument carries a tangent of torch.autograd.forward_ad (its level is one for
+    the whole process: another thread's jvp must not move this thread's calls to the reference)."""
+    if forward_ad._current_level < 0:
+        return False
+    return any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args)
+
+
 def call(op: str, device: torch.device, *args: Any, compiled: bool = True) -> Any:
     """Run ``op`` on validated ``args`` (the operator's schema) with the resolved backend.
 
@@ -206,7 +216,7 @@ def call(op: str, device: torch.device, *args: Any, compiled: bool = True) -> An
     if torch.compiler.is_compiling():
         name = _backend_when_traced(op, device.type, compiled, _compiled_backend)
         return (getattr(reference, op) if name == "reference" else getattr(torch.ops.fastgeo, op))(*args)
-    if torch._C._functorch.maybe_current_level() is not None or forward_ad._current_level >= 0:
+    if torch._C._functorch.maybe_current_level() is not None or _dual(args):
         # Inside torch.func transforms (jvp, jacfwd, grad, vmap) or a forward-mode level of
         # torch.autograd.forward_ad: the kernels have backward formulas only, and forward mode
         # through them dropped the tangent, silently; the reference is plain PyTorch, which every
