@@ -21,6 +21,7 @@ use and kept with the graph.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -234,19 +235,23 @@ class LatentGraph:
         self._check_query(points)
         keys = [row.tobytes() for row in points.detach().cpu().numpy()]
         todo: dict[bytes, int] = {}  # each new point's first index
+        with _ROWS_LOCK:  # (a graph shared by threads: a row found here is not dropped before use)
+            found = {key: self._end_rows[key] for key in keys if key in self._end_rows}
         for i, key in enumerate(keys):
-            if key not in self._end_rows:
+            if key not in found:
                 todo.setdefault(key, i)
-        evals, found = 0, {}
+        evals = 0
         if todo:
             nbr, w, evals = self.attach(points[list(todo.values())])
             dist, pred = self._dijkstra_from(nbr, w)
-            found = dict(zip(todo, zip(dist, pred, strict=True), strict=True))
-        rows = [found[key] if key in found else self._end_rows[key] for key in keys]
-        self._end_rows.update(found)
-        limit = max(1, ROW_CACHE_BYTES // (12 * self.nodes.shape[0]))
-        while len(self._end_rows) > limit:
-            self._end_rows.pop(next(iter(self._end_rows)))
+            new = dict(zip(todo, zip(dist, pred, strict=True), strict=True))
+            found.update(new)
+            limit = max(1, ROW_CACHE_BYTES // (12 * self.nodes.shape[0]))
+            with _ROWS_LOCK:
+                self._end_rows.update(new)
+                while len(self._end_rows) > limit:
+                    self._end_rows.pop(next(iter(self._end_rows)))
+        rows = [found[key] for key in keys]
         return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), evals
 
     def _dijkstra_from(self, nbr: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -373,6 +378,8 @@ def _same_latents(a: Tensor | None, b: Tensor | None) -> bool:
         return a is b
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a.detach(), b)
 
+
+_ROWS_LOCK = threading.Lock()  # the graphs' end-row caches, read and trimmed by several threads
 
 # The caches live on the metric itself (an attribute its pickles leave out): tables weakly keyed by
 # the metric held it alive through the graph's reference back (LatentGraph.metric), so no metric
