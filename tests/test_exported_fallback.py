@@ -289,3 +289,40 @@ def test_a_division_with_a_rounding_mode_is_no_scaling():
     tolerance on outputs of ~1e6)."""
     torch.manual_seed(0)
     assert recognize(_FloorDivided().double().eval(), 2) is None
+
+
+class _Asserting(nn.Module):
+    """torch.fx cannot trace the assert: read from torch.export's graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 6))
+
+    def forward(self, z):
+        assert z.dim() == 2
+        return self.net(z)
+
+
+def test_metrics_read_by_two_threads_at_once_leave_the_process_as_it_was():
+    """torch.export patches stderr, warning filters, logging and distributions' checks while it
+    runs: two threads exporting at once put back each other's, leaving stderr a StringIO and an
+    'ignore' filter installed for good (2 runs in 3), and some decoders off the stacked chain."""
+    import concurrent.futures
+    import warnings
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    prec = fastgeo.RBFPrecision(
+        torch.randn(5, 2, generator=g), torch.ones(5), torch.rand(6, 5, generator=g), 0.1
+    )
+    before = (sys.stderr, list(warnings.filters), logging.root.manager.disable)
+    validate = Distribution._validate_args
+
+    def job(_):
+        return "stacked forward mode" in fastgeo.ExpectedMetric(_Asserting().eval(), prec).describe()
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        read = list(pool.map(job, range(8)))
+    assert all(read)
+    assert sys.stderr is before[0] and warnings.filters == before[1]
+    assert logging.root.manager.disable == before[2] and Distribution._validate_args == validate

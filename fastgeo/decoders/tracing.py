@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import inspect
 import io
 import logging
+import threading
 import types
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -104,6 +107,23 @@ def _plain_tensor(value: object) -> bool:
     return isinstance(value, Tensor) and not isinstance(value, nn.Parameter)
 
 
+# torch.fx and torch.export patch process-wide state while they run (nn.Module.__call__, warning
+# filters, logging, stderr, distributions' checks), each put back when it ends: two threads
+# tracing at once put back each other's, leaving stderr swallowed and filters installed for good.
+_TRACING = threading.RLock()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_at_a_time(function: F) -> F:
+    @functools.wraps(function)
+    def serialized(*args: Any, **kwargs: Any) -> Any:
+        with _TRACING:
+            return function(*args, **kwargs)
+
+    return serialized  # type: ignore[return-value]
+
+
+@_one_at_a_time
 def traced_graph(module: nn.Module) -> torch.fx.Graph:
     """The graph ``torch.fx`` traces, without the nodes the output does not use (a decoder's
     logvar head beside the mean it returns)."""
@@ -136,6 +156,7 @@ def traced_graph(module: nn.Module) -> torch.fx.Graph:
     return graph
 
 
+@_one_at_a_time
 def exported_graph(module: nn.Module, latent_dim: int) -> torch.fx.GraphModule:
     """``module`` exported by ``torch.export`` at codes (P, latent_dim) of its parameters' dtype
     and device, P dynamic: its ``aten`` graph, whose parameters are the module's own."""
