@@ -18,6 +18,7 @@ wrong with the decoder rather than where torch noticed it.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,11 @@ from torch import Tensor
 
 from . import _checks
 from ._mean_reach import modules_of, parameter_kinds
+
+# Held while torch.fx or torch.export reads a decoder (fastgeo.decoders.tracing) and while a metric
+# probes its mean when made: both patch or call modules, and fx patches nn.Module.__call__ for the
+# whole process (another thread's module calls during a trace fail with fx's NameError).
+TRACING = threading.RLock()
 
 # Relative difference between two calls on the same codes (or one code alone and in a batch)
 # above which the mean is random / batch-dependent. Rounding of a deterministic decoder on the CPU

@@ -69,7 +69,7 @@ class ExpectedMetric:
         self.precision = precision
         # A batch norm in training mode behind a method or a function is refused below (the mean
         # depends on its batch), after calls that moved its running statistics: put back.
-        with batch_statistics_kept(mean):
+        with batch_statistics_kept(mean), _mean_checks.TRACING:  # (not while another thread traces)
             self.mean = flat_output(mean, precision.centers[:1], precision.data_dim)
             three = _mean_checks.check_codes(precision.centers)
             probes = _mean_checks.probe_outputs("mean", self.mean, three, precision.weights)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .. import _mean_checks
 from .generic import check_value, generic_value_and_tangents
 from .layers import Peak, run
 from .recognize import forget, recognize
@@ -142,7 +143,7 @@ def stacked_chain(fn: Callable[[Tensor], Tensor], probe: Tensor) -> StackedChain
         known, widest, checked_in, read_afresh = None, None, (), None
     if known == key and use in checked_in:
         return None if widest == _MISMATCH else StackedChain(steps, widest)
-    with torch.no_grad():
+    with torch.no_grad(), _mean_checks.TRACING:  # (not while another thread traces a decoder)
         expected = check_value(fn(probe), probe)  # the decoder's own errors are the user's
     chain = _agreeing(steps, probe, expected)
     fresh = known == key and widest == _MISMATCH and read_afresh

@@ -17,7 +17,6 @@ import functools
 import inspect
 import io
 import logging
-import threading
 import types
 import warnings
 import weakref
@@ -27,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from .. import _mean_checks
 from .graph_dead import writes
 
 __all__ = ["ClosureModule", "MethodModule", "exported_graph", "traced_graph"]
@@ -110,14 +110,13 @@ def _plain_tensor(value: object) -> bool:
 # torch.fx and torch.export patch process-wide state while they run (nn.Module.__call__, warning
 # filters, logging, stderr, distributions' checks), each put back when it ends: two threads
 # tracing at once put back each other's, leaving stderr swallowed and filters installed for good.
-_TRACING = threading.RLock()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _one_at_a_time(function: F) -> F:
     @functools.wraps(function)
     def serialized(*args: Any, **kwargs: Any) -> Any:
-        with _TRACING:
+        with _mean_checks.TRACING:
             return function(*args, **kwargs)
 
     return serialized  # type: ignore[return-value]
