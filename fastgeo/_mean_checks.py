@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
-from ._mean_reach import modules_of, parameter_kinds
+from ._mean_reach import modules_of
 
 # Held while torch.fx or torch.export reads a decoder (fastgeo.decoders.tracing) and while a metric
 # probes its mean when made: both patch or call modules, and fx patches nn.Module.__call__ for the
@@ -174,39 +174,6 @@ def eval_mode(name: str, mean: Callable[[Tensor], Tensor]) -> None:
     module = _module_itself(mean)
     if module is not None:
         _checks.eval_mode(name, module)
-
-
-def metric_in_eval(metric: Any) -> None:
-    """Both checks above on ``metric``'s mean (an :class:`~fastgeo.ExpectedMetric`), before a
-    call decodes anything: a batch norm switched to training mode since would have its running
-    statistics changed by the first call of the decoder, before a later check refuses."""
-    eval_mode("metric.mean", metric.mean)
-    still_in_eval("metric.mean", metric)
-    metric.precision.check_values("metric.precision: ")
-    made = getattr(metric, "_parameter_kinds", None)
-    if made is not None and parameter_kinds(metric.mean) != made:
-        now = sorted({f"{dtype} on {device}" for dtype, device in parameter_kinds(metric.mean)})
-        raise TypeError(
-            f"metric.mean's parameters were converted since the metric was made (now {', '.join(now)}; "
-            f"the precision is {metric.dtype} on {metric.device}): make a new ExpectedMetric, or use "
-            "metric.to(...), which converts a copy"
-        )
-    # A layer replaced in place since (the last Linear of another width) broadcast against the
-    # precision's D outputs: silent wrong lengths. One point decoded: a hair of any solve's cost.
-    with torch.no_grad():
-        out = call("metric.mean", metric.mean, metric.precision.centers[:1].detach())
-    if isinstance(out, Tensor) and out.dim() >= 1:
-        output_width(out[:1].numel(), metric.data_dim)
-
-
-def output_width(got: int, data_dim: int) -> None:
-    """Refuse a mean that returns ``got`` values per point for a precision of ``data_dim``."""
-    if got != data_dim:
-        raise ValueError(
-            f"metric.mean returns {got} values per point, the precision models D = {data_dim}: was a "
-            "layer of the decoder replaced since the metric was made? Make a new ExpectedMetric (and "
-            "fit its precision) for the new decoder"
-        )
 
 
 def call(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from . import _checks, _mean_checks, ops
+from . import _checks, _mean_checks, _metric_checks, ops
 from ._mean_reach import batch_statistics_kept, layers_in_eval, loose_tensors_of, modules_of, parameter_kinds
 from .decoders import StackedChain, activation_width, jacobian_rows, piecewise_linear, smoothed, stacked_chain
 from .decoders.compact import compact_chain
@@ -391,7 +391,7 @@ class ExpectedMetric:
         new_use()  # called by the user (not within a solve): chains checked again
         self.check_points("z", z, ndim=2)
         mu, j_mu = jacobian_rows(self.mean, z)  # (P, D), (d, P, D)
-        _mean_checks.output_width(j_mu.shape[-1], self.data_dim)
+        _metric_checks.output_width(j_mu.shape[-1], self.data_dim)
         sigma, j_sigma = self.precision.sigma_and_jacobian_t(z.detach())
         return torch.cat([mu, sigma], -1).detach(), torch.cat([j_mu.transpose(0, 1), j_sigma], -1).detach()
 
@@ -407,7 +407,7 @@ class ExpectedMetric:
             or bool(loose_tensors_of(self.mean))
         ):
             j_mu = differentiable_jacobian_rows(self.mean, flat)[1]
-            _mean_checks.output_width(j_mu.shape[-1], self.data_dim)
+            _metric_checks.output_width(j_mu.shape[-1], self.data_dim)
             jac_t = torch.cat([j_mu.transpose(0, 1), self.precision.sigma_and_jacobian_t(flat)[1]], -1)
         else:
             _, jac_t = self.features_and_jacobian_t(flat)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _checks, _mean_checks
+from .. import _checks, _metric_checks
 from .._progress import DELAY, call_bar
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
@@ -44,7 +44,7 @@ def check_inputs(
     returns them detached, and the options as a new dict."""
     if not isinstance(metric, ExpectedMetric):
         raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
-    _mean_checks.metric_in_eval(metric)
+    _metric_checks.metric_in_eval(metric)
     metric.check_points("Z", Z, ndim=2)
     _checks.finite("Z", Z)
     if Y is not None:

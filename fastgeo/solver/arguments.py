@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .. import _checks, _mean_checks
+from .. import _checks, _metric_checks
 from ..metric import ExpectedMetric
 from .options import SolverOptions
 
@@ -18,7 +18,7 @@ def check_ends(metric: ExpectedMetric, z0: Tensor, z1: Tensor) -> None:
         raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
     _checks.autograd_enabled("geodesics")
     _checks.outside_autocast("geodesics")
-    _mean_checks.metric_in_eval(metric)  # set to training mode since the metric was made
+    _metric_checks.metric_in_eval(metric)  # set to training mode since the metric was made
     metric.check_points("z0", z0, ndim=2)
     metric.check_points("z1", z1, ndim=2)
     _checks.not_transformed("fastgeo.geodesics", [("z0", z0), ("z1", z1)])

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _checks, _mean_checks
+from .. import _checks, _metric_checks
 from .._progress import phase, pulse
 from ..curves import straight_line, time_grid
 from ..decoders.uses import in_one_use
@@ -84,7 +84,7 @@ class LatentGraph:
     ) -> None:
         if not isinstance(metric, ExpectedMetric):
             raise TypeError(f"metric must be a fastgeo.ExpectedMetric, got {type(metric).__name__}")
-        _mean_checks.metric_in_eval(metric)
+        _metric_checks.metric_in_eval(metric)
         n_nodes = _checks.integer("n_nodes", n_nodes, 1)
         if edge_points is not None:
             edge_points = _checks.integer("edge_points", edge_points, 2)

@@ -1,0 +1,48 @@
+"""Checks, before a call, that a metric is still as it was made: its mean's modules in eval mode,
+its precision valid, its parameters of the dtype and device it was made with, its mean's output as
+wide as the precision's D (a layer replaced in place since)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._mean_checks import call, eval_mode, still_in_eval
+from ._mean_reach import parameter_kinds
+
+
+def metric_in_eval(metric: Any) -> None:
+    """:func:`~fastgeo._mean_checks.eval_mode` and :func:`~fastgeo._mean_checks.still_in_eval` on
+    ``metric``'s mean (an :class:`~fastgeo.ExpectedMetric`), then its precision's values, its
+    parameters' kinds and its output's width, before a call decodes anything: a batch norm
+    switched to training mode since would have its running statistics changed by the first call
+    of the decoder, before a later check refuses."""
+    eval_mode("metric.mean", metric.mean)
+    still_in_eval("metric.mean", metric)
+    metric.precision.check_values("metric.precision: ")
+    made = getattr(metric, "_parameter_kinds", None)
+    if made is not None and parameter_kinds(metric.mean) != made:
+        now = sorted({f"{dtype} on {device}" for dtype, device in parameter_kinds(metric.mean)})
+        raise TypeError(
+            f"metric.mean's parameters were converted since the metric was made (now {', '.join(now)}; "
+            f"the precision is {metric.dtype} on {metric.device}): make a new ExpectedMetric, or use "
+            "metric.to(...), which converts a copy"
+        )
+    # A layer replaced in place since (the last Linear of another width) broadcast against the
+    # precision's D outputs: silent wrong lengths. One point decoded: a hair of any solve's cost.
+    with torch.no_grad():
+        out = call("metric.mean", metric.mean, metric.precision.centers[:1].detach())
+    if isinstance(out, Tensor) and out.dim() >= 1:
+        output_width(out[:1].numel(), metric.data_dim)
+
+
+def output_width(got: int, data_dim: int) -> None:
+    """Refuse a mean that returns ``got`` values per point for a precision of ``data_dim``."""
+    if got != data_dim:
+        raise ValueError(
+            f"metric.mean returns {got} values per point, the precision models D = {data_dim}: was a "
+            "layer of the decoder replaced since the metric was made? Make a new ExpectedMetric (and "
+            "fit its precision) for the new decoder"
+        )
