@@ -143,8 +143,14 @@ def rbf_params(
 # ----------------------------------------------------------------------------- options
 
 
-def integer(name: str, value: object, minimum: int | None = None) -> int:
-    """``value`` as an int (a Python or numpy integer, never a bool), ``>= minimum``."""
+# Beyond any size or count a machine holds: larger integers overflowed deep inside (int64 shapes,
+# knot lists, allocations) with errors that named nothing.
+LARGEST = 1 << 62
+
+
+def integer(name: str, value: object, minimum: int | None = None, maximum: int | None = LARGEST) -> int:
+    """``value`` as an int (a Python or numpy integer, never a bool), ``>= minimum`` and ``<=
+    maximum`` (by default :data:`LARGEST`; None: no bound)."""
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:  # a tensor has __index__ but refuses it unless it holds one integer
@@ -153,6 +159,9 @@ def integer(name: str, value: object, minimum: int | None = None) -> int:
         raise TypeError(f"{name} must be an integer, got {value!r}") from None
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        bound = "2**62 (beyond any size this machine holds)" if maximum == LARGEST else str(maximum)
+        raise ValueError(f"{name} must be an integer <= {bound}, got {value}")
     return value
 
 
@@ -161,7 +170,7 @@ def seed(name: str, value: object, allow_none: bool = True) -> int | None:
     where ``allow_none`` (fresh entropy)."""
     if value is None and allow_none:
         return None
-    value = integer(name, value, 0)
+    value = integer(name, value, 0, maximum=None)
     if value >= 1 << 64:
         raise ValueError(f"{name} must be below 2**64, got {value}")
     return value

@@ -619,3 +619,22 @@ def test_warnings_point_at_the_callers_line():
         ours = [w for w in seen if str(w.message).startswith(f"fastgeo.{name}")]
         assert ours, name
         assert all(w.filename == __file__ for w in ours), [(w.filename, str(w.message)[:60]) for w in ours]
+
+
+def test_sizes_beyond_any_machine_are_refused_by_name():
+    """Huge integers passed the checks and overflowed deep inside (int64 shapes, knot lists) with
+    errors that named nothing; subdivide=8 and m=2**70 never returned."""
+    metric = bumpy_metric()
+    z0, z1 = torch.zeros(1, 2, dtype=f64), torch.ones(1, 2, dtype=f64)
+    for name, value, words in (
+        ("n_points", 2**70, "n_points must be an integer <= 2**62"),
+        ("refine", 2**70, "refine must be an integer <= 2**62"),
+        ("m", 2**70, "m must be an integer <= 4096"),
+        ("subdivide", 8, "subdivide must be an integer <= 6"),
+    ):
+        with pytest.raises(ValueError, match=words.replace("*", r"\*")):
+            fastgeo.geodesics(metric, z0, z1, method="fast", **{name: value})
+    with pytest.raises(ValueError, match="neighbors must be an integer <= "):
+        fastgeo.pairwise_distances(metric, torch.zeros(3, 2, dtype=f64), mode="graph", neighbors=2**70)
+    with pytest.raises(ValueError, match="workers must be an integer <= "):
+        fastgeo.pairwise_distances(metric, torch.zeros(3, 2, dtype=f64), workers=2**70)

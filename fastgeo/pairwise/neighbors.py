@@ -158,7 +158,10 @@ def nearest_neighbors(
         if k > available:
             what = "the other codes of Z" if symmetric else "the codes of Y"
             raise ValueError(f"k must be at most {available} ({what}), got {k}")
-        limit = available if max_candidates is None else _checks.integer("max_candidates", max_candidates, k)
+        if max_candidates is None:
+            limit = available
+        else:  # (any limit above the codes: all of them)
+            limit = _checks.integer("max_candidates", max_candidates, k, maximum=None)
         limit = min(limit, available)  # more than there are: all (int64 arithmetic below)
         workers = check_workers(workers, metric.device, dist_info()[1] > 1)
         memory_budget = check_memory_budget(memory_budget)

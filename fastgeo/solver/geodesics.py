@@ -172,7 +172,7 @@ def geodesics(
             (about 0.02 % in length) in the B-spline with every knot span halved (``2 m - 1``
             functions) are solved on in it with twice the points (:mod:`.subdivide`), and so on
             for the curves still predicted to gain (2.5x more per level), up to ``subdivide``
-            levels (an int; True: the default method's levels and threshold, under ``fast`` too; False
+            levels (an int up to 6; True: the default method's levels and threshold, under ``fast`` too; False
             or 0: none; counted from the method's own basis: a finer ``m`` passed back has taken
             some); every result is then given
             in the finest basis (``4 m - 3`` functions at two levels). Default: two levels with

@@ -17,6 +17,10 @@ METHODS = ("default", "fast", "paper", "dense")
 # Methods solved by the default's algorithm (B-spline curves, starts raced, Levenberg-Marquardt);
 # ``fast`` with coarser curves and a looser tolerance.
 SPLINE_METHODS = ("default", "fast")
+# Each level of subdivision halves every knot span (2 m - 1 functions): 8 levels ran for minutes on
+# two pairs, work growing 2x a level; the default takes 1-3.
+MAX_SUBDIVIDE = 6
+MAX_M = 4096  # basis functions per dimension (defaults 12-49): larger systems hold no machine's memory
 FAMILIES = ("bspline", "legendre", "chebyshev")
 # Defaults per method: curve family, basis functions per latent axis (dense: n_points - 2
 # polyline nodes), points per curve, iteration limit per phase, starts refined per curve.
@@ -225,7 +229,7 @@ def solver_options(
     fewest = 2 if method == "paper" else 4 if method == "dense" or family == "bspline" else 3
     halved = 0  # knot-span halvings a B-spline of the m asked already has over the method's own
     if m is not None and method in SPLINE_METHODS and family == "bspline":
-        m = _checks.integer("m", m, 2)
+        m = _checks.integer("m", m, 2, MAX_M)
         while (table["m"] - 1) << (halved + 1) <= m - 1:
             halved += 1
         # A finer spline than the method's (a subdivided result's m, passed back with its
@@ -243,7 +247,7 @@ def solver_options(
         )  # fmt: skip
     if method == "dense":
         if m is not None:
-            m = _checks.integer("m", m, 1)
+            m = _checks.integer("m", m, 1, MAX_M)
             if m != n_points - 2:
                 raise ValueError(
                     f"method='dense' solves for the n_points - 2 = {n_points - 2} interior nodes of a "
@@ -251,9 +255,11 @@ def solver_options(
                 )
         basis: Basis = PiecewiseLinearBasis(n_points)
     elif family == "bspline":
-        basis = BSplineBasis(_checks.integer("m", _default_m(table, n_points, 2) if m is None else m, 2))
+        basis = BSplineBasis(
+            _checks.integer("m", _default_m(table, n_points, 2) if m is None else m, 2, MAX_M)
+        )
     else:
-        m = _checks.integer("m", _default_m(table, n_points, 1) if m is None else m, 1)
+        m = _checks.integer("m", _default_m(table, n_points, 1) if m is None else m, 1, MAX_M)
         basis = PolynomialBasis(m, family)
     max_iter = _checks.integer("max_iter", table["max_iter"] if max_iter is None else max_iter, 1)
     if isinstance(warm_start, bool):
@@ -326,7 +332,7 @@ def solver_options(
     elif subdivide is True or subdivide is False:
         subdivide = max(0, levels - halved) if subdivide else 0
     else:  # levels counted from the method's own basis, as above: a basis passed back has taken some
-        subdivide = max(0, _checks.integer("subdivide", subdivide, 0) - halved)
+        subdivide = max(0, _checks.integer("subdivide", subdivide, 0, MAX_SUBDIVIDE) - halved)
     if subdivide and not splines:
         raise ValueError(
             "subdivide needs method='default' or 'fast' with family='bspline' (halving the knot spans "
