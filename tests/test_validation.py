@@ -638,3 +638,14 @@ def test_sizes_beyond_any_machine_are_refused_by_name():
         fastgeo.pairwise_distances(metric, torch.zeros(3, 2, dtype=f64), mode="graph", neighbors=2**70)
     with pytest.raises(ValueError, match="workers must be an integer <= "):
         fastgeo.pairwise_distances(metric, torch.zeros(3, 2, dtype=f64), workers=2**70)
+
+
+def test_select_names_idx_and_linearize_takes_no_array():
+    metric = bumpy_metric()
+    z = torch.tensor([[-1.0, 0.0], [1.0, 0.2], [0.5, 0.5]], dtype=f64)
+    res = fastgeo.geodesics(metric, z[:2], z[1:], method="fast")
+    for bad in (None, "abc", 1.5, True):
+        with pytest.raises(TypeError, match="idx must be"):
+            res.select(bad)
+    with pytest.raises((TypeError, ValueError), match="linearize"):
+        fastgeo.geodesics(metric, z[:2], z[1:], method="fast", linearize=np.array(["auto"]))

@@ -70,8 +70,11 @@ def positive(option: str, value: float | None) -> float | None:
 
 
 def at_least(option: str, value: int | None, minimum: int) -> int | None:
+    """``value`` (None: not given) if ``minimum <= value <= 2**62`` (beyond, no machine's size)."""
     if value is not None and value < minimum:
         raise InputError(f"{option} must be >= {minimum}, got {value}")
+    if value is not None and value > _checks.LARGEST:
+        raise InputError(f"{option} must be <= 2**62, got {value}")
     return value
 
 

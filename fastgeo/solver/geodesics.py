@@ -228,7 +228,7 @@ def geodesics(
         given = isinstance(graph, LatentGraph) or latents is not None
         if corridors is None and given and method in SPLINE_METHODS:
             corridors = DEFAULTS["default"]["corridors"]  # a graph given is a graph to use, in any d
-        if linearize == "auto" and getattr(metric, "_nan_gradient", False):
+        if isinstance(linearize, str) and linearize == "auto" and getattr(metric, "_nan_gradient", False):
             linearize = "always"  # its reverse-mode gradients are NaN (the metric warned when made)
         # fmt: off
         opts = solver_options(

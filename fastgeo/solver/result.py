@@ -169,6 +169,10 @@ class GeodesicResult:
         """The results of curves ``idx`` (a (K,) index tensor or list, a (B,) bool mask, a slice,
         or one index: a result of one curve), in that order; the work counters stay those of the
         whole call."""
+        kinds = (Tensor, numbers.Integral, slice, list, tuple, np.ndarray)
+        if not isinstance(idx, kinds) or isinstance(idx, bool):
+            what = "a (K,) integer index, a (B,) bool mask, a slice or an int"
+            raise TypeError(f"idx must be {what}, got {idx!r}")
         if isinstance(idx, slice):
             idx = torch.tensor(range(len(self))[idx], dtype=torch.long)  # any step, negative too
         if isinstance(idx, numbers.Integral) and not isinstance(idx, bool):
