@@ -9,7 +9,7 @@ import torch as _torch
 from . import _version, datasets, ops, reference
 from ._info import info
 from ._version import __version__
-from .curves import Curves, PiecewiseLinearBasis, PolynomialBasis
+from .curves import BSplineBasis, Curves, PiecewiseLinearBasis, PolynomialBasis
 from .io import load_extra, load_generator, save_generator
 from .metric import ExpectedMetric
 from .ops import availability, current_backend, use_backend
@@ -30,6 +30,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BSplineBasis",
     "Curves",
     "ExpectedMetric",
     "GeodesicResult",

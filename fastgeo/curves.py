@@ -26,7 +26,9 @@ from . import _checks
 
 
 class PolynomialBasis:
-    """``psi_j(t) = t (t-1) P_{j-1}(2t-1)`` for ``j = 1..m`` (``family``: legendre | chebyshev)."""
+    """``psi_j(t) = t (t-1) P_{j-1}(2t-1)`` for ``j = 1..m`` (``family``: legendre | chebyshev).
+
+    Attributes: ``m``, ``family``."""
 
     def __init__(self, m: int, family: str = "legendre") -> None:
         if not isinstance(m, int) or isinstance(m, bool) or m < 1:
@@ -53,7 +55,9 @@ class PolynomialBasis:
 
 class BSplineBasis:
     """The ``m`` interior basis functions of a clamped cubic B-spline with ``m + 2`` control points
-    and uniform interior knots (``m - 1`` spans; ``m >= 2``)."""
+    and uniform interior knots (``m - 1`` spans; ``m >= 2``): the default curves' basis.
+
+    Attributes: ``m``; ``family`` (``"bspline"``); ``knots``, the clamped knot vector."""
 
     def __init__(self, m: int) -> None:
         if not isinstance(m, int) or isinstance(m, bool) or m < 2:
@@ -89,7 +93,9 @@ class BSplineBasis:
 
 class PiecewiseLinearBasis:
     """Hat functions of the ``n_nodes - 2`` interior nodes of ``n_nodes >= 3`` equispaced nodes on
-    [0, 1]."""
+    [0, 1]: the polylines of ``method="dense"``.
+
+    Attributes: ``n_nodes``; ``m = n_nodes - 2``, the basis functions."""
 
     def __init__(self, n_nodes: int) -> None:
         if not isinstance(n_nodes, int) or n_nodes < 3:

@@ -8,6 +8,8 @@ from torch import Tensor
 
 from . import _checks
 
+__all__ = ["cells", "two_moons"]
+
 # The lift to D > 2 is a property of the data set, not of the sample: one fixed map per D,
 # whatever the sampling seed, so that two samples of the same data set are comparable.
 _LIFT_SEED = 20180501

@@ -148,6 +148,8 @@ class ExpectedMetric:
 
     @property
     def precision(self) -> RBFPrecision:
+        """The :class:`RBFPrecision` of the decoder's variance (may be replaced by one of the same
+        d, D, dtype and device)."""
         return self.__dict__["precision"]
 
     @precision.setter
@@ -165,18 +167,22 @@ class ExpectedMetric:
 
     @property
     def latent_dim(self) -> int:
+        """d, the latent dimension."""
         return self.precision.latent_dim
 
     @property
     def data_dim(self) -> int:
+        """D, the decoder's output values per point (images flattened)."""
         return self.precision.data_dim
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the precision's parameters, which codes passed in must have."""
         return self.precision.weights.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the precision's parameters, where codes passed in must be."""
         return self.precision.weights.device
 
     def to(
@@ -292,7 +298,7 @@ class ExpectedMetric:
         decoders that take only a batch of codes (e.g. convolutional ones) work too.
 
         Curves (..., N, d) are decoded with each curve's points padded to a multiple of ROW_ALIGN
-        rows (its last point repeated): BLAS kernels round a row differently in a partial block
+        (8) rows (its last point repeated): BLAS kernels round a row differently in a partial block
         of rows, and without the padding where a curve's rows fall would depend on how many
         curves share the call (a curve's length would depend on its batch)."""
         self.check_points("z", z)
@@ -316,9 +322,12 @@ class ExpectedMetric:
     def mean_embedding_jacobian_rows(
         self, z: Tensor, tangent_dtype: torch.dtype | None = None
     ) -> tuple[Tensor, Tensor]:
-        """:meth:`mean_embedding` and its Jacobian, directions first: z (P, d) -> (P, F), (d, P, F)
-        (tangents pushed in ``tangent_dtype`` where given, as :func:`jacobian_rows` does)."""
+        """An embedding of the mean (as :meth:`mean_embedding` under ``torch.no_grad``: the compact
+        stand-in where the mean has one, F < D, whatever the grad mode) and its Jacobian,
+        directions first: z (P, d) -> (P, F), (d, P, F) (tangents pushed in ``tangent_dtype``
+        where given: float32 tangents of a float64 metric)."""
         new_use()  # called by the user (not within a solve): chains checked again
+        self.check_points("z", z, ndim=2)
         compact = self._compact_mean()
         if compact is None:
             return jacobian_rows(self.mean, z, tangent_dtype)

@@ -128,7 +128,7 @@ class RBFPrecision(nn.Module):
         return sigma, jac_t.transpose(-1, -2)
 
     def sigma_and_jacobian_t(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`sigma_and_jacobian` with the Jacobian transposed, contiguous: (P, d), (P, d, D).
+        """:meth:`sigma_and_jacobian` with the Jacobian transposed, contiguous: (P, D), (P, d, D).
 
         The operator ``torch.ops.fastgeo.rbf_sigma_jacobian`` (a fused C++ kernel on CPU tensors);
         where gradients are needed, its differentiable reference.

@@ -21,10 +21,17 @@ from . import inputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("distances", help="all-pairs geodesic distances under a saved generator")
+    p = sub.add_parser(
+        "distances",
+        help="all-pairs geodesic distances under a saved generator",
+        description="Geodesic distances between every pair of latent codes (or every code and every "
+        "code of --y) under a saved generator, written as a .npy matrix; exact by default, or "
+        "approximate (--mode) with its error measured on a sample. Every input is checked before "
+        "any geodesic is solved.",
+    )
     p.add_argument("generator", help="generator file written by fastgeo.save_generator")
     p.add_argument("latents", help="(M, d) latent codes, .npy")
-    p.add_argument("-o", "--output", required=True, help="output (M, M) matrix, .npy")
+    p.add_argument("-o", "--output", required=True, help="output matrix, .npy: (M, M), or (M, P) with --y")
     p.add_argument("--y", default=None, help="optional (P, d) second set, .npy: the output is (M, P)")
     p.add_argument("--checkpoint", default=None, help="folder for a resumable run (exact and draft modes)")
     p.add_argument(
@@ -39,7 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "thousands of codes in latent d >= 4, a few %% off on average); the error of each measured on "
         "a sample",
     )
-    p.add_argument("--neighbors", type=int, default=None, help="graph mode: edges per code")
+    p.add_argument(
+        "--neighbors",
+        type=int,
+        default=None,
+        help="graph mode: edges per code (default 16; 0: straight segments only)",
+    )
     p.add_argument(
         "--edges",
         choices=("draft", "exact"),
@@ -66,11 +78,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="graph, draft and chord modes: random pairs solved exactly to measure the error (chord: "
-        "and to fit the estimates; at least 20)",
+        "and to fit the estimates; at least 20; default 200)",
     )
     inputs.add_solver_arguments(p, chord_mode=True)
-    p.add_argument("--chunk-size", type=int, default=None, help="pairs per chunk")
-    p.add_argument("--memory-mb", type=float, default=None, help="solver memory per chunk, MiB")
+    p.add_argument("--chunk-size", type=int, default=None, help="pairs per chunk (default: from --memory-mb)")
+    p.add_argument(
+        "--memory-mb",
+        type=float,
+        default=None,
+        help="solver memory per chunk, MiB (default: 1024 on the CPU, a quarter of free GPU memory up "
+        "to 4096)",
+    )
     p.add_argument(
         "--report", default=None, help="also save each pair's status, converged mask and iterations, .npz"
     )

@@ -161,10 +161,24 @@ def add_solver_arguments(p: argparse.ArgumentParser, chord_mode: bool = False) -
         choices=METHODS,
         help=f"solver method (default: 'default'{chord}; 'fast': coarser curves, 1.6-3x less time)",
     )
-    p.add_argument("--m", type=int, default=None, help="basis functions per latent dimension")
-    p.add_argument("--n-points", type=int, default=None, help="points per curve in the energy")
-    p.add_argument("--max-iter", type=int, default=None, help="iteration limit per phase")
-    p.add_argument("--tol", type=float, default=None, help="relative energy tolerance")
+    p.add_argument(
+        "--m",
+        type=int,
+        default=None,
+        help="basis functions per latent dimension (default: by method and d, see help(fastgeo.geodesics))",
+    )
+    p.add_argument(
+        "--n-points", type=int, default=None, help="points per curve in the energy (default: by method and d)"
+    )
+    p.add_argument(
+        "--max-iter", type=int, default=None, help="iteration limit per phase (default 300; paper: 2000)"
+    )
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="relative energy tolerance (default 1e-6 in float32, 1e-10 in float64; fast: 1e-4, 1e-8)",
+    )
 
 
 def solver_options_given(args: argparse.Namespace) -> dict[str, object]:

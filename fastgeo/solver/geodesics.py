@@ -111,7 +111,7 @@ def geodesics(
             longer, flagged ``under_resolved``: compare with the shortest curve known).
         m: basis functions per latent dimension (default 24 in d <= 3, 12 above; ``fast``: 16
             and 10: the interior control points of a cubic B-spline; ``paper`` uses 1, its
-            quadratic).
+            quadratic; with fewer ``n_points`` than the default, at most ``n_points // 4``).
         n_points: points per curve in the discrete energy (default 96 in d <= 3, 48 above;
             ``fast``: 64 and 40; 32 for ``paper``, 128 for ``dense``).
         family: ``"bspline"`` (default: clamped uniform cubic B-splines), or ``"legendre"`` /
@@ -172,10 +172,10 @@ def geodesics(
             (about 0.02 % in length) in the B-spline with every knot span halved (``2 m - 1``
             functions) are solved on in it with twice the points (:mod:`.subdivide`), and so on
             for the curves still predicted to gain (2.5x more per level), up to ``subdivide``
-            levels (an int up to 6; True: the default method's levels and threshold, under ``fast`` too; False
-            or 0: none; counted from the method's own basis: a finer ``m`` passed back has taken
-            some); every result is then given
-            in the finest basis (``4 m - 3`` functions at two levels). Default: two levels with
+            levels (an int up to 6; True: two levels, three for ReLU-like decoders under ``default``,
+            at the default method's threshold, under ``fast`` too; False or 0: none; counted from
+            the method's own basis: a finer ``m`` passed back has taken some); every result is
+            then given in the finest basis (``4 m - 3`` functions at two levels). Default: two levels with
             ``family="bspline"``, three for ReLU-like decoders (their curves bend at every kink);
             ``fast`` one, solving on only curves predicted to gain more than 0.4 % (about 0.2 % in
             length), two for ReLU-like decoders. Long winding curves

@@ -63,12 +63,19 @@ class LatentGraph:
         metric: the :class:`ExpectedMetric`.
         latents: optional (M, d) latent codes of the data, added as nodes (a random subset of
             ``n_nodes`` of them when M is larger).
-        n_nodes: nodes sampled around the RBF centers (default 1500).
-        k: neighbours per node (default ``NEIGHBOURS``; ``GRID_NEIGHBOURS`` in d <= 3 with a grid).
-        edge_points: points per edge used to measure its metric length (default ``EDGE_POINTS``
-            in d <= 3, ``EDGE_POINTS_HIGH_D`` above).
-        grid: nodes of the regular grid in latent dimension d <= 3 (default ``GRID_NODES``; 0 for none).
+        n_nodes: nodes sampled around the RBF centers (default 1500; rounded up to a multiple of
+            the K centers, ``ceil(n_nodes / K)`` around each, and the centers themselves added).
+        k: neighbours per node (default 10; 20 in d <= 3 with a grid; a k of all the other nodes
+            or more joins every pair of nodes).
+        edge_points: points per edge used to measure its metric length (default 8 in d <= 3, 4
+            above).
+        grid: nodes of the regular grid in latent dimension d <= 3 (default 3600; 0 for none).
         seed: sampling seed.
+
+    Attributes:
+        nodes: (V, d) the graph's latent points; edges: (E, 2) node indices; weights: (E,) the
+        edges' metric lengths; k, edge_points: as used; edge_evals: decoder points spent on the
+        edges.
     """
 
     @in_one_use
