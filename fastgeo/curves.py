@@ -153,6 +153,25 @@ class Curves:
     coeffs: Tensor
     basis: Basis
 
+    def __post_init__(self) -> None:
+        # Shapes only (no values, no host sync): the solver makes many of these.
+        z0 = _checks.tensor("z0", self.z0, ndim=2)
+        _checks.tensor("z1", self.z1, ndim=2)
+        _checks.tensor("coeffs", self.coeffs, ndim=3)
+        _checks.same_dtype_device([("z0", z0), ("z1", self.z1), ("coeffs", self.coeffs)])
+        if not isinstance(self.basis, (BSplineBasis, PolynomialBasis, PiecewiseLinearBasis)):
+            raise TypeError(
+                "basis must be a fastgeo BSplineBasis, PolynomialBasis or PiecewiseLinearBasis, "
+                f"got {type(self.basis).__name__}"
+            )
+        B, d = z0.shape
+        want = (B, self.basis.m, d)
+        if self.z1.shape != z0.shape or tuple(self.coeffs.shape) != want:
+            raise ValueError(
+                f"z0, z1 must be (B, d) and coeffs (B, m, d) with m = basis.m = {self.basis.m}: "
+                f"got z0 {tuple(z0.shape)}, z1 {tuple(self.z1.shape)}, coeffs {tuple(self.coeffs.shape)}"
+            )
+
     def points(self, n: int) -> Tensor:
         """The curves sampled at ``t = linspace(0, 1, n)``: (B, n, d); end points exact."""
         n = _checks.integer("n (points per curve)", n, 2)
