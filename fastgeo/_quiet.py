@@ -32,8 +32,13 @@ def quiet(message: str = "", category: type[Warning] = Warning) -> Iterator[None
             if item in warnings.filters:
                 entry = _OPEN[key] = [None, 0]  # the user's own: theirs to keep
             else:
-                warnings.filterwarnings("ignore", message=message, category=category)
-                entry = _OPEN[key] = [warnings.filters[0], 0]
+                # Inserted as filterwarnings does but for its ``_filters_mutated()``: that bumps the
+                # filters' version, which empties every module's record of warnings shown, so that
+                # the user's "once" / "default" warnings came again after each of our blocks (the
+                # torch.func path enters one per decoder evaluation). An "ignore" verdict is never
+                # recorded, so nothing recorded needs forgetting when the filter comes or goes.
+                warnings.filters.insert(0, item)
+                entry = _OPEN[key] = [item, 0]
         entry[1] += 1
     try:
         yield
@@ -44,6 +49,3 @@ def quiet(message: str = "", category: type[Warning] = Warning) -> Iterator[None
                 del _OPEN[key]
                 if entry[0] is not None and entry[0] in warnings.filters:
                     warnings.filters.remove(entry[0])
-                    mutated = getattr(warnings, "_filters_mutated", None)
-                    if mutated is not None:  # cached verdicts of the filter go with it
-                        mutated()

@@ -18,7 +18,10 @@ NO_FINITE_LENGTH = r"fastgeo\.geodesics: \d+ of \d+ curves have no finite length
 
 def warn_unused_graph_inputs(graph: object, latents: Tensor | None, opts: SolverOptions) -> None:
     """Warn where ``latents`` or a given :class:`LatentGraph` (the graph starts' nodes) go unused:
-    ``graph=False``, a given graph (its own nodes), method ``"paper"``, ``corridors=0``."""
+    ``graph=False``, a given graph (its own nodes), method ``"paper"``, ``corridors=0``; from a
+    call of the user's (the library's own calls pass them on: the pairs a hair apart split off)."""
+    if depth() > 1:
+        return
     if latents is not None and graph is False:
         warnings.warn("fastgeo.geodesics: latents are nodes of the latent graph; graph=False ignores "
                       "them", UserWarning, stacklevel=3)  # fmt: skip
