@@ -69,9 +69,26 @@ def test_the_walk_enters_each_object_once(monkeypatch):
     assert len(calls) <= 8  # the lambda, cfg, its dict, the shared list (and no more)
 
 
-def test_the_walk_stops_at_code_numbers_and_large_containers():
+def test_the_walk_stops_at_code_numbers_and_large_containers(monkeypatch):
+    """A mean that reaches a list of 10,000 numbers: the walk looks at ITEMS of them at most and
+    enters none (numbers are leaves)."""
+    from fastgeo import _mean_reach
+
     data = list(range(10_000))
+    entered, looked_at = [], {}
+    references = _mean_reach._references
+
+    def spy(obj):
+        entered.append(obj)
+        found = references(obj)
+        looked_at[id(obj)] = len(found)
+        return found
+
+    monkeypatch.setattr(_mean_reach, "_references", spy)
     assert modules_of(lambda z: torch.tanh(z) * len(data)) == []
+    assert looked_at.get(id(data)) == _mean_reach.ITEMS  # (the walk got there, and no further)
+    assert not any(isinstance(obj, int) for obj in entered)
+    assert len(entered) <= 4  # the lambda, its closure's cell(s), the list
     assert modules_of(torch.tanh) == [] and modules_of(abs) == []
 
 

@@ -93,8 +93,8 @@ def test_a_curve_through_a_nan_region_between_its_points_is_not_given_a_length()
     with torch.no_grad():
         X = net(Z) + 0.05 * torch.randn(200, 64)
     prec = fastgeo.RBFPrecision.fit(Z, X, net, num_centers=16, steps=100, progress=False)
-    z0 = torch.tensor([[-1.0, 0.0], [-1.0, 0.05], [-1.0, -0.5]])
-    z1 = torch.tensor([[1.0, 0.0], [1.0, 0.1], [1.0, 0.7]])
+    z0 = torch.tensor([[-1.0, 0.0], [-1.0, 0.05], [-1.0, -0.5], [-1.0, 1.5]])
+    z1 = torch.tensor([[1.0, 0.0], [1.0, 0.1], [1.0, 0.7], [1.0, 1.5]])  # the last far from the disk
     for r in (0.3, 0.5):
         metric = fastgeo.ExpectedMetric(_Disk(net, r).eval(), prec)
         with warnings.catch_warnings():
@@ -105,6 +105,7 @@ def test_a_curve_through_a_nan_region_between_its_points_is_not_given_a_length()
         ok = torch.isfinite(res.lengths)
         assert not bool((ok & inside).any()), (r, res.lengths, res.status)
         assert all(s == "nonfinite" for s in res.status[~ok.numpy()])
+        assert bool(ok[3]) and res.status[3] == "converged"  # (a length is given where it is one)
 
 
 def test_a_checkpoint_chunk_holding_a_pair_without_a_finite_path_is_loaded(tmp_path):

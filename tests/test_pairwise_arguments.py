@@ -157,15 +157,26 @@ def test_a_killed_runs_out_file_is_removed_and_a_live_runs_kept(metric, tmp_path
 
 
 @pytest.mark.parametrize("duplicates", [False, True])
-def test_an_out_path_that_is_a_folder_is_refused_before_any_work(metric, tmp_path, duplicates):
+def _no_solves(monkeypatch) -> list:
+    import fastgeo.pairwise.chunks as chunks
+
+    calls = []
+    monkeypatch.setattr(chunks, "geodesics", lambda *a, **k: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_an_out_path_that_is_a_folder_is_refused_before_any_work(metric, tmp_path, duplicates, monkeypatch):
     """``out`` naming a folder is a ValueError before any geodesic is solved, also where duplicate
     codes make the file be written at the end only."""
     (tmp_path / "D.npy").mkdir()
     Z = codes(4, 2)
     if duplicates:
         Z = torch.cat([Z, Z[:1]])
+    solves = _no_solves(monkeypatch)
     with pytest.raises(ValueError, match="out: .* is a folder"):
         run(metric, Z, out=tmp_path / "D.npy")
+    assert not solves
 
 
 def test_a_read_only_out_file_is_refused_before_any_work(metric, tmp_path, monkeypatch):
@@ -175,8 +186,10 @@ def test_a_read_only_out_file_is_refused_before_any_work(metric, tmp_path, monke
     np.save(out, np.zeros((4, 4), np.float32))
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == out else real(p, mode))
+    solves = _no_solves(monkeypatch)
     with pytest.raises(ValueError, match="out: .* is read-only"):
         run(metric, codes(4, 2), out=out)
+    assert not solves
 
 
 def test_a_report_prints_in_one_line():

@@ -9,6 +9,7 @@ from analytic import bumpy_metric
 
 import fastgeo
 from fastgeo.pairwise.draft_mode import DRAFT_OPTIONS, close_chains
+from fastgeo.pairwise.error_sample import draw_sample
 from fastgeo.pairwise.solve_all import CODES, split_record
 from fastgeo.solver.result import CONVERGED, DRAFT, STATUSES
 
@@ -92,6 +93,9 @@ def test_drafts_bound_the_distances_and_the_sample_says_how_far(draft_run, metri
     drafts = fastgeo.pairwise_distances(metric, Z, mode="draft", error_sample=0, progress=False)
     excess = drafts[i, j] / exact[i, j] - 1
     assert -1e-6 <= err.min and err.max <= float(excess.max()) + 1e-9 and err.mean <= err.max
+    si, sj, _, _ = draw_sample(torch.arange(M), torch.arange(M), True, 6)  # the report's sample
+    sampled = (drafts[si, sj] / exact[si, sj] - 1).double()
+    assert abs(err.mean - float(sampled.mean())) <= 1e-5 and abs(err.max - float(sampled.max())) <= 1e-5
     assert float(excess.mean()) > 0  # drafts are coarse: above the geodesics somewhere
     assert "drafts" in str(rep)
 

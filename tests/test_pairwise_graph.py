@@ -10,6 +10,7 @@ from analytic import bumpy_metric, disc_points
 import fastgeo
 from fastgeo.pairwise import graph_mode
 from fastgeo.pairwise.code_graph import neighbour_edges
+from fastgeo.pairwise.error_sample import draw_sample
 from fastgeo.solver.result import CONVERGED, GRAPH_ESTIMATE, STATUSES
 
 OPTS = {"max_iter": 30}
@@ -132,6 +133,11 @@ def test_measured_error_matches_exact(graph_run, exact, metric, Z):
     )  # fmt: skip
     whole = (D_graph_only[off] / exact[off] - 1).max()
     assert e.max <= whole + 1e-6
+    # The same sample's excess, measured here against the exact matrix's entries:
+    i, j, _, _ = draw_sample(torch.arange(M), torch.arange(M), True, 30)
+    excess = (D_graph_only[i, j] / exact[i, j] - 1).double()
+    assert e.pairs == len(i) and float(excess.max()) > 1e-3  # (graph chains are longer somewhere)
+    assert abs(e.mean - float(excess.mean())) <= 1e-5 and abs(e.max - float(excess.max())) <= 1e-5
     assert "random pairs" in str(rep) and "graph of" in str(rep)
 
 

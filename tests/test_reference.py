@@ -75,15 +75,28 @@ def test_reference_gradcheck():
     assert torch.autograd.gradcheck(reference.segment_sqdist, (x,))
 
 
-def test_ops_entry_points_use_reference_when_forced():
+def test_ops_entry_points_use_reference_when_forced(monkeypatch):
     """use_backend("reference") routes fastgeo.ops to the reference and is undone on exit; leading
     batch dimensions are kept; a scalar zeta is broadcast to (D,)."""
+    from fastgeo.ops import registry
+
+    ran, resolve = [], registry.resolve
+
+    def spy(*args, **kwargs):
+        name, fn = resolve(*args, **kwargs)
+        ran.append(name)
+        return name, fn
+
+    monkeypatch.setattr(registry, "resolve", spy)
     params = random_rbf(3, 2, 4)
     z = randn(2, 3, 2)  # leading batch dims are kept
     with fastgeo.use_backend("reference"):
         beta = fastgeo.ops.rbf_precision(z, *params)
         assert fastgeo.current_backend() == "reference"
+    assert ran == ["reference"]  # (the kernels compute the same values: which ran is asked here)
     assert fastgeo.current_backend() == "auto"
+    fastgeo.ops.rbf_precision(z, *params)
+    assert ran[-1] == ("cpu" if fastgeo.availability()["cpu"][0] else "reference")
     assert beta.shape == (2, 3, 4)
     torch.testing.assert_close(beta.reshape(6, 4), reference.rbf_precision(z.reshape(6, 2), *params))
     # scalar zeta is broadcast to (D,)

@@ -111,19 +111,23 @@ def test_an_early_finish_reaches_the_defaults_lengths(one_thread, monkeypatch, m
     metric, z0, z1 = mlp12_pairs
     with torch.no_grad():
         default = fastgeo.geodesics(metric, z0, z1, progress=False)
-        switched = []
+        switched = []  # (secant, curves) of each call
 
         def spy(*args, **kwargs):
             out = levenberg_marquardt(*args, **kwargs)
-            if args[8]:
-                switched.append(args[2].shape[0])
+            switched.append((bool(args[8]), args[2].shape[0]))
             return out
 
         monkeypatch.setattr(secant_finish, "levenberg_marquardt", spy)
         monkeypatch.setattr(secant_finish, "SECANT_AFTER", 3)
         early = fastgeo.geodesics(metric, z0, z1, progress=False)
     assert default.converged.all() and early.converged.all()
-    assert switched, "no curve reached the secant phase"
+    secant = [n for finish, n in switched if finish]
+    assert secant, "no curve reached the secant phase"
+    # Each finish takes the curves its plain phase left iterating: no more, and here fewer.
+    for (was, plain), (finish, n) in zip(switched, switched[1:], strict=False):
+        assert not finish or (not was and n <= plain)
+    assert sum(secant) < sum(n for finish, n in switched if not finish)
     rel = (early.lengths / default.lengths - 1).abs()
     assert float(rel.max()) < 2e-4, rel
 

@@ -122,9 +122,9 @@ def levels():
     predicted = []
     real = subdivide._predict
 
-    def spy(metric, res, work, rows, grid, record):
+    def spy(metric, res, opts, work, rows, grid, record):
         predicted.append((grid.psi.shape[1], rows.numel()))
-        return real(metric, res, work, rows, grid, record)
+        return real(metric, res, opts, work, rows, grid, record)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
