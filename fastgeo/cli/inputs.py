@@ -159,7 +159,7 @@ def add_solver_arguments(p: argparse.ArgumentParser, chord_mode: bool = False) -
         "--method",
         default=None,
         choices=METHODS,
-        help=f"solver method (default: 'default'{chord}; 'fast': coarser curves, 1.6-3x less time)",
+        help=f"solver method (default: 'default'{chord}; 'fast': coarser curves, 2-4x less time)",
     )
     p.add_argument(
         "--m",

@@ -100,7 +100,7 @@ def geodesics(
         z0, z1: (B, d) end points (same dtype and device as the metric).
         method: ``"default"`` (spline curves, warm start, Levenberg-Marquardt), ``"fast"``
             (the same on coarser curves with a looser tolerance, subdivided only where a curve
-            stays clearly long: 1.6-3x less time, curves ~0.01 % (2-D) to 0.01-0.2 % (d >= 4)
+            stays clearly long: 2-4x less time, curves ~0.01 % (2-D) to 0.01-0.2 % (d >= 4)
             longer on average on our generators, 0.5 % on a decoder with winding geodesics; for
             a first look or a large matrix), ``"paper"`` (the paper's algorithm: quadratic curve
             ``m = 1``, RBF warm start, first-order steps) or ``"dense"`` (free polylines of ``n_points = 128``

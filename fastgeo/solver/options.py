@@ -47,7 +47,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # the shortest basin on 0.5-4 % of the pairs (up to 6.8-7.9 % long) and the corridors found them,
 # for 1.3-2x the time (none missed on MLPs with d = 16-64; bench/RESULTS.md, "Random pairs in
 # d >= 4"); the graph is built once per metric, on the first call (14 s in float32 on a small d = 5
-# conv decoder). ``fast`` races no corridor (1.6-3x faster, for a first look). Their curves start with
+# conv decoder). ``fast`` races no corridor (2-4x faster, for a first look). Their curves start with
 # 12 control points on 48 points and are subdivided (23 on 96) where that gains: against the
 # shortest curves known, mean excess 0.007-0.016 % at d = 16-64 in about the time 16 control
 # points on 64 took without subdivision for 0.022-0.054 % (16 on 64 with subdivision: 0.002 %, at
