@@ -7,7 +7,8 @@ the median of each, LM iterations, and how far the lengths move.
         --pairs 16 --rounds 4
 
 Only meaningful where ``fastgeo info`` says bfloat16 tangents are on (CPUs with AVX-512 BF16 or
-AMX); elsewhere both sides run float32 and ``ENABLED=True`` forces bfloat16, emulated.
+AMX); elsewhere both sides run float32 and ``ENABLED=True`` forces bfloat16, emulated. Only
+lagged linearizations take them (latent d >= 8): on smaller d the script stops at its own check.
 """
 
 from __future__ import annotations

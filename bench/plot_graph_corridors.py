@@ -52,7 +52,7 @@ def main() -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), sharex=True, sharey=True)
     for ax, (title, overrides) in zip(axes, GRAPHS.items(), strict=True):
         with constants(overrides):
-            graph_module._CACHES.clear()  # a graph built with these constants
+            graph_module.forget_graphs(metric)  # a graph built with these constants
             res = fastgeo.geodesics(metric, z[[a]], z[[b]], progress=False)
             graph, _ = graph_module.cached_graph(metric, None)
             paths, _ = graph_paths(graph, z[[a]], z[[b]], 3)
