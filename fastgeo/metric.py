@@ -10,27 +10,16 @@ from torch import Tensor
 
 from . import _checks, _mean_checks, _metric_checks, ops
 from ._mean_reach import batch_statistics_kept, layers_in_eval, loose_tensors_of, modules_of, parameter_kinds
-from .decoders import StackedChain, activation_width, jacobian_rows, piecewise_linear, smoothed, stacked_chain
+from .decoders import StackedChain, jacobian_rows, piecewise_linear, smoothed, stacked_chain
 from .decoders.compact import compact_chain
 from .decoders.flat import FlatOutput, flat_output
 from .decoders.generic import differentiable_jacobian_rows
-from .decoders.layout import channels_last
 from .decoders.recognize import describe, recognize
+from .decoders.rows import decode_in_rows
 from .decoders.steps import convolves
 from .decoders.uses import new_use
 from .discrete import energy_from_segments, length_from_segments
 from .rbf import RBFPrecision
-
-# Bytes of the decoder's widest activation per call of the mean: longer inputs are decoded in
-# chunks (a convolutional decoder holds channels x pixels per point, many times D). Decoders
-# whose structure is not recognized are assumed GUESSED_WIDTH x D wide.
-# 4 MB, not the 256 MB these chunks had: chunks that stay in cache decode conv decoders 1.2x
-# faster, their gradients 1.35x (conv8 MNIST-like decoder, 768 points, 1 thread); MLPs even.
-DECODE_BYTES = 1 << 22
-DECODE_BYTES_ELSEWHERE = 1 << 28  # on other devices than the CPU: memory alone counts
-GUESSED_WIDTH = 16
-MIN_DECODE_ROWS = 64
-ROW_ALIGN = 8  # rows per block of the decoder's matrix products that a curve's points fill (decode)
 
 
 class ExpectedMetric:
@@ -297,10 +286,10 @@ class ExpectedMetric:
         """The decoder mean at any (..., d) points: (..., D). The mean is called on (P, d), so
         decoders that take only a batch of codes (e.g. convolutional ones) work too.
 
-        Curves (..., N, d) are decoded with each curve's points padded to a multiple of ROW_ALIGN
-        (8) rows (its last point repeated): BLAS kernels round a row differently in a partial block
-        of rows, and without the padding where a curve's rows fall would depend on how many
-        curves share the call (a curve's length would depend on its batch)."""
+        Curves (..., N, d) are decoded with each curve's points padded to a multiple of 8 rows
+        (its last point repeated; :func:`fastgeo.decoders.rows.decode_in_rows`): BLAS kernels
+        round a row differently in a partial block of rows, and without the padding a curve's
+        length would depend on its batch."""
         self.check_points("z", z)
         return self._decode_with(self.mean, z, self.data_dim)
 
@@ -350,36 +339,9 @@ class ExpectedMetric:
         return None if chain is None else compact_chain(chain, self.mean, self.precision.centers[:4].detach())
 
     def _decode_with(self, mean: Callable[[Tensor], Tensor], z: Tensor, width: int | None) -> Tensor:
-        """``mean`` (P, d) -> (P, F) at points (..., d), padded and chunked as :meth:`decode`
-        says: (..., F); ``width`` F where known (it must be for no points)."""
-        n = z.shape[-2] if z.dim() >= 3 else 0
-        pad = -n % ROW_ALIGN
-        if pad:
-            z = torch.cat([z, z[..., -1:, :].expand(*z.shape[:-2], pad, z.shape[-1])], dim=-2)
-        lead = z.shape[:-1]
-        flat = z.reshape(-1, self.latent_dim)
-        rows = self._rows_per_call(flat)
-        with channels_last(self.mean, flat):  # convolutions: oneDNN's fast layout on CPU
-            if flat.shape[0] == 0:  # not every decoder takes an empty batch (instance norm raises)
-                if width is None:
-                    width = mean(self.precision.centers[:1].detach()).shape[-1]
-                out = flat.new_zeros(0, width) + flat[:, :1]  # (still a function of z)
-            elif flat.shape[0] <= rows:
-                out = mean(flat)
-            else:  # in chunks: bounded memory whatever the number of points
-                out = torch.cat([mean(chunk) for chunk in flat.split(rows)])
-        out = out.reshape(*lead, out.shape[-1])
-        return out[..., :n, :] if pad else out
-
-    def _rows_per_call(self, flat: Tensor) -> int:
-        """Points per call of the mean within DECODE_BYTES (at least MIN_DECODE_ROWS)."""
-        P, size = flat.shape[0], flat.element_size()
-        budget = DECODE_BYTES if flat.device.type == "cpu" else DECODE_BYTES_ELSEWHERE
-        if P * GUESSED_WIDTH * self.data_dim * size <= budget:
-            return P  # small: no need to know the width
-        width = activation_width(self.mean, flat[:4].detach())
-        width = GUESSED_WIDTH * self.data_dim if width is None else max(width, self.data_dim)
-        return max(MIN_DECODE_ROWS, budget // (width * size) // ROW_ALIGN * ROW_ALIGN)
+        """``mean`` (P, d) -> (P, F) at points (..., d) as :meth:`decode` says: (..., F)."""
+        probe = self.precision.centers[:1].detach()
+        return decode_in_rows(mean, self.mean, z, self.data_dim, width, probe)
 
     def features(self, z: Tensor) -> Tensor:
         """The embedding ``[mu(z), sigma(z)]`` whose pull-back is M: (..., d) -> (..., 2D)."""

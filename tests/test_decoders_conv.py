@@ -440,7 +440,7 @@ def test_metric_decodes_long_inputs_in_chunks(monkeypatch, recognized):
     """ExpectedMetric.decode (and so length, energy, features) calls the mean on chunks whose
     widest activation fits DECODE_BYTES (conv activations are many times D; 32 x 1024 points
     of an MNIST conv decoder once asked for 29 GB): same values, no call over the chunk size."""
-    import fastgeo.metric as metric_module
+    import fastgeo.decoders.rows as metric_module
 
     d = 5
     model = mnist_sequential(d)
