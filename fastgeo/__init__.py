@@ -6,7 +6,7 @@ Importing fastgeo registers its operators (``torch.ops.fastgeo.*``).
 
 import torch as _torch
 
-from . import _version, datasets, ops, reference
+from . import _version, datasets, image_datasets, ops, reference
 from ._info import info
 from ._version import __version__
 from .curves import BSplineBasis, Curves, PiecewiseLinearBasis, PolynomialBasis
@@ -45,6 +45,7 @@ __all__ = [
     "current_backend",
     "datasets",
     "geodesics",
+    "image_datasets",
     "info",
     "load_extra",
     "load_generator",
