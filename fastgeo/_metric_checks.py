@@ -4,13 +4,18 @@ wide as the precision's D (a layer replaced in place since)."""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from ._mean_checks import call, eval_mode, still_in_eval
 from ._mean_reach import parameter_kinds
+from .decoders.uses import depth, one_use
+
+M = TypeVar("M", bound=Callable[..., Any])
 
 
 def metric_in_eval(metric: Any) -> None:
@@ -46,3 +51,20 @@ def output_width(got: int, data_dim: int) -> None:
             "layer of the decoder replaced since the metric was made? Make a new ExpectedMetric (and "
             "fit its precision) for the new decoder"
         )
+
+
+def called_by_user(method: M) -> M:
+    """A method of the metric's that users call: from outside the library (not within one of its
+    calls) the metric is first checked as the solvers check it (its mean still in eval mode and
+    of its dtype and width, its precision's values valid: a BatchNorm switched to training, a
+    replaced last layer or negative weights gave wrong numbers or NaN silently), and the call is
+    one use (its chain checked once)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if depth() == 0:
+            metric_in_eval(self)
+        with one_use():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

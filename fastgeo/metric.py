@@ -111,6 +111,7 @@ class ExpectedMetric:
         chain = self._chain()
         return chain is not None and convolves(chain.steps)
 
+    @_metric_checks.called_by_user
     def smoothed(self, sharpness: float | None = None) -> ExpectedMetric | None:
         """This metric with the kinks of the mean's piecewise-linear activations rounded
         (:mod:`fastgeo.decoders.smoothing`; ``sharpness``: its default if None; the same
@@ -118,7 +119,6 @@ class ExpectedMetric:
         per structure of the mean and sharpness; it reads the mean's parameters at every call."""
         if sharpness is not None:
             sharpness = _checks.positive_float("sharpness", sharpness)
-        new_use()
         if self._chain() is None:  # checked first: a chain read that is not the mean's has none
             return None
         found = recognize(self.mean, self.latent_dim)
@@ -234,6 +234,7 @@ class ExpectedMetric:
             raise ValueError(f"{name} is on {points.device} but the metric is on {self.device}")
         return points
 
+    @_metric_checks.called_by_user
     def segment_sqdist(self, points: Tensor) -> Tensor:
         """Expected squared length ``s_n`` of each segment: (B, N, d) -> (B, N-1)."""
         self.check_points("points", points, ndim=3)
@@ -241,14 +242,17 @@ class ExpectedMetric:
             raise ValueError(f"points must have N >= 2 per curve, got shape {tuple(points.shape)}")
         return ops.segment_sqdist(self.mean_embedding(points)) + self.precision.segment_sqdist(points)
 
+    @_metric_checks.called_by_user
     def energy(self, points: Tensor) -> Tensor:
         """Discrete energy ``(N-1)/2 sum_n s_n``: (B, N, d) -> (B,)."""
         return energy_from_segments(self.segment_sqdist(points))
 
+    @_metric_checks.called_by_user
     def length(self, points: Tensor) -> Tensor:
         """Discrete length ``sum_n sqrt(s_n)``: (B, N, d) -> (B,)."""
         return length_from_segments(self.segment_sqdist(points))
 
+    @_metric_checks.called_by_user
     def length_with_ends(self, points: Tensor, first: Tensor, last: Tensor) -> Tensor:
         """:meth:`length` of curves (B, N, d) whose end points' :meth:`mean_embedding` (B, F) each
         is known (computed under the same grad mode): only the N - 2 inner points are decoded, as
@@ -282,6 +286,7 @@ class ExpectedMetric:
         with torch.no_grad():
             return self.features(centers[pick.to(centers.device)] + 0.5 * spread * offset)
 
+    @_metric_checks.called_by_user
     def decode(self, z: Tensor) -> Tensor:
         """The decoder mean at any (..., d) points: (..., D). The mean is called on (P, d), so
         decoders that take only a batch of codes (e.g. convolutional ones) work too.
@@ -293,6 +298,7 @@ class ExpectedMetric:
         self.check_points("z", z)
         return self._decode_with(self.mean, z, self.data_dim)
 
+    @_metric_checks.called_by_user
     def mean_embedding(self, z: Tensor) -> Tensor:
         """Values of the mean up to an isometry of differences, ``||e(a) - e(b)|| = ||mu(a) -
         mu(b)||``, as the solver measures curves: (..., d) -> (..., F). The mean itself (F = D),
@@ -301,13 +307,13 @@ class ExpectedMetric:
         rounding at a fraction of the cost; the stand-in has no autograd (its factor is taken from
         detached weights): in grad mode, where a gradient of z or of the decoder's parameters may
         be wanted, the mean; the solver measures under ``torch.no_grad``)."""
-        new_use()  # called by the user (not within a solve): chains checked again
         self.check_points("z", z)
         compact = None if torch.is_grad_enabled() else self._compact_mean()
         if compact is None:
             return self._decode_with(self.mean, z, self.data_dim)
         return self._decode_with(compact, z, None)
 
+    @_metric_checks.called_by_user
     def mean_embedding_jacobian_rows(
         self, z: Tensor, tangent_dtype: torch.dtype | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -315,7 +321,6 @@ class ExpectedMetric:
         stand-in where the mean has one, F < D, whatever the grad mode) and its Jacobian,
         directions first: z (P, d) -> (P, F), (d, P, F) (tangents pushed in ``tangent_dtype``
         where given: float32 tangents of a float64 metric)."""
-        new_use()  # called by the user (not within a solve): chains checked again
         self.check_points("z", z, ndim=2)
         compact = self._compact_mean()
         if compact is None:
@@ -323,6 +328,7 @@ class ExpectedMetric:
         with torch.no_grad():
             return compact.value_and_jacobian_rows(z.detach(), tangent_dtype)
 
+    @_metric_checks.called_by_user
     def embedding(self, z: Tensor) -> Tensor:
         """``[e(z), sigma(z)]`` with e the :meth:`mean_embedding`: (..., d) -> (..., F + D), the
         same segment lengths as :meth:`features` to rounding."""
@@ -343,10 +349,12 @@ class ExpectedMetric:
         probe = self.precision.centers[:1].detach()
         return decode_in_rows(mean, self.mean, z, self.data_dim, width, probe)
 
+    @_metric_checks.called_by_user
     def features(self, z: Tensor) -> Tensor:
         """The embedding ``[mu(z), sigma(z)]`` whose pull-back is M: (..., d) -> (..., 2D)."""
         return torch.cat([self.decode(z), self.precision.sigma(z)], dim=-1)
 
+    @_metric_checks.called_by_user
     def features_and_jacobian(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``[mu, sigma](z)`` and its Jacobian: the mean's by forward-mode AD (one pass per latent
         direction), sigma's in closed form; values only, no autograd (:meth:`metric_tensor` has it).
@@ -356,22 +364,24 @@ class ExpectedMetric:
         features, jac_t = self.features_and_jacobian_t(z)
         return features, jac_t.transpose(-1, -2)
 
+    @_metric_checks.called_by_user
     def features_and_jacobian_t(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`features_and_jacobian` with the Jacobian transposed, contiguous (the solver's
         layout: one row per latent direction): z (P, d) -> (P, 2D), (P, d, 2D)."""
-        new_use()  # called by the user (not within a solve): chains checked again
         self.check_points("z", z, ndim=2)
         mu, j_mu = jacobian_rows(self.mean, z)  # (P, D), (d, P, D)
         _metric_checks.output_width(j_mu.shape[-1], self.data_dim)
         sigma, j_sigma = self.precision.sigma_and_jacobian_t(z.detach())
         return torch.cat([mu, sigma], -1).detach(), torch.cat([j_mu.transpose(0, 1), j_sigma], -1).detach()
 
+    @_metric_checks.called_by_user
     def metric_tensor(self, z: Tensor) -> Tensor:
         """``M(z) = J^T J`` of the embedding ``[mu, sigma]``: (..., d) -> (..., d, d). In grad mode,
         where z or a parameter of the decoder or the precision requires grad, differentiable in
         them (the mean's Jacobian by ``torch.func.jvp``, d passes); otherwise values (faster)."""
         self.check_points("z", z)
-        lead, flat = z.shape[:-1], z.reshape(-1, self.latent_dim)
+        # (contiguous: torch.func's jvp writes into codes expanded from one row)
+        lead, flat = z.shape[:-1], z.reshape(-1, self.latent_dim).contiguous()
         if torch.is_grad_enabled() and (  # (the walks of the mean's references: in grad mode only)
             z.requires_grad
             or any(p.requires_grad for m in (*modules_of(self.mean), self.precision) for p in m.parameters())

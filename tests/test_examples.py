@@ -33,7 +33,8 @@ def test_conv_vae_example(tmp_path):
     out = _run(str(EXAMPLES / "conv_vae.py"), "--quick", "--out", str(tmp_path))
     # The decoder takes the stacked forward mode, not the torch.func fallback.
     assert "Jacobians by the stacked forward mode" in out
-    pairs = re.findall(r"pair \d \(\w+ -> \w+\): ([\d.]+) \((\w+)\), fast ([\d.]+) \((\w+)\), line ([\d.]+)", out)
+    pair = r"pair \d \(\w+ -> \w+\): ([\d.]+) \((\w+)\), fast ([\d.]+) \((\w+)\), line ([\d.]+)"
+    pairs = re.findall(pair, out)
     assert len(pairs) == 2
     for geo, status, fast, fast_status, line in pairs:
         assert status == "converged" and fast_status == "converged"

@@ -71,23 +71,28 @@ def differentiable_jacobian_rows(fn: Callable[[Tensor], Tensor], z: Tensor) -> t
     value, rows = None, []
     with use_backend("reference"), sdpa_kernel([SDPBackend.MATH]):
         for e in eye:
-            value, row = torch.func.jvp(fn, (z,), (e.expand_as(z),))
+            value, row = _jvp(fn, z, e.expand_as(z), keep_graph=True)
             rows.append(row)
     return check_value(value, z), torch.stack(rows)
 
 
-def _jvp(fn: Callable[[Tensor], Tensor], z: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:
+def _jvp(
+    fn: Callable[[Tensor], Tensor], z: Tensor, tangent: Tensor, keep_graph: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``fn(z)`` and ``J tangent``; ``keep_graph``: both differentiable further (in ``z`` and
+    ``fn``'s parameters), also by the double-backward fallback (an old-style
+    ``autograd.Function`` without ``setup_context`` has no forward mode under torch.func)."""
     try:
         return torch.func.jvp(fn, (z,), (tangent,))
     except (RuntimeError, NotImplementedError) as forward_error:
         # J v = d/du <J^T u, v>: exact, for callables whose ops lack forward-mode formulas.
         try:
             with torch.enable_grad():
-                x = z.detach().requires_grad_(True)
+                x = z if keep_graph and z.requires_grad else z.detach().requires_grad_(True)
                 y = fn(x)
                 u = torch.zeros_like(y, requires_grad=True)
                 (vjp,) = torch.autograd.grad(y, x, u, create_graph=True)
-                (jv,) = torch.autograd.grad(vjp, u, tangent)
+                (jv,) = torch.autograd.grad(vjp, u, tangent, create_graph=keep_graph)
         except (RuntimeError, NotImplementedError) as e:
             raise RuntimeError(
                 "the decoder mean cannot be differentiated along directions: an op in it has neither a "
