@@ -24,6 +24,8 @@ from torch import Tensor
 
 from . import _checks
 
+MAX_BASIS = 1 << 20  # basis functions per axis: far beyond any curve's need (the solver's m <= 4096)
+
 
 class PolynomialBasis:
     """``psi_j(t) = t (t-1) P_{j-1}(2t-1)`` for ``j = 1..m`` (``family``: legendre | chebyshev).
@@ -31,8 +33,7 @@ class PolynomialBasis:
     Attributes: ``m``, ``family``."""
 
     def __init__(self, m: int, family: str = "legendre") -> None:
-        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
-            raise ValueError(f"m (number of basis functions) must be an integer >= 1, got {m!r}")
+        m = _checks.integer("m (number of basis functions)", m, 1, MAX_BASIS)
         if family not in ("legendre", "chebyshev"):
             raise ValueError(f"family must be 'legendre' or 'chebyshev', got {family!r}")
         self.m = m
@@ -40,6 +41,7 @@ class PolynomialBasis:
 
     def __call__(self, t: Tensor) -> Tensor:
         """Basis values: t (n,) -> (n, m)."""
+        _checks.tensor("t", t, ndim=1)
         x = 2 * t - 1
         polys = [torch.ones_like(x), x]
         for j in range(1, self.m - 1):
@@ -60,10 +62,7 @@ class BSplineBasis:
     Attributes: ``m``; ``family`` (``"bspline"``); ``knots``, the clamped knot vector."""
 
     def __init__(self, m: int) -> None:
-        if not isinstance(m, int) or isinstance(m, bool) or m < 2:
-            raise ValueError(
-                f"m (interior control points of the B-spline) must be an integer >= 2, got {m!r}"
-            )
+        m = _checks.integer("m (interior control points of the B-spline)", m, 2, MAX_BASIS)
         self.m = m
         self.family = "bspline"
         spans = m - 1
@@ -71,6 +70,7 @@ class BSplineBasis:
 
     def __call__(self, t: Tensor) -> Tensor:
         """Basis values: t (n,) in [0, 1] -> (n, m), by the Cox-de Boor recursion."""
+        _checks.tensor("t", t, ndim=1)
         k = torch.tensor(self.knots, dtype=t.dtype, device=t.device)
         x = t[:, None]
         # Degree 0: the span containing t (t = 1 belongs to the last span).
@@ -98,8 +98,7 @@ class PiecewiseLinearBasis:
     Attributes: ``n_nodes``; ``m = n_nodes - 2``, the basis functions."""
 
     def __init__(self, n_nodes: int) -> None:
-        if not isinstance(n_nodes, int) or n_nodes < 3:
-            raise ValueError(f"n_nodes must be an integer >= 3, got {n_nodes!r}")
+        n_nodes = _checks.integer("n_nodes", n_nodes, 3, MAX_BASIS + 2)
         self.n_nodes = n_nodes
         self.m = n_nodes - 2
 
@@ -110,6 +109,7 @@ class PiecewiseLinearBasis:
         zeros where the neighbouring hats end (``1 - |t - t_j| / h`` leaves ~1e-16 there), so
         a grid through the nodes gives the Gauss-Newton matrix its true band (one block, not
         three: the dense oracle's banded steps cost a sixth)."""
+        _checks.tensor("t", t, ndim=1)
         s = t * (self.n_nodes - 1)
         near = s.round()
         s = torch.where((s - near).abs() <= 16 * torch.finfo(t.dtype).eps * (self.n_nodes - 1), near, s)

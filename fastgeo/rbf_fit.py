@@ -275,7 +275,8 @@ def _residual_statistics(
                 if same_size
                 else ""
             )
-            raise ValueError(
+            error = ValueError if isinstance(decoded, Tensor) else TypeError  # (as ExpectedMetric says)
+            raise error(
                 f"mean must map the (M, d) latents to (M, D) = {(m, dims)} (or to images of D "
                 f"values each, as data), got {got}{layout}{_mean_checks.not_a_tensor_hint(decoded)}"
             )

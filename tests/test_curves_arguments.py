@@ -24,3 +24,30 @@ def test_curves_of_mismatched_parts_are_refused_by_name():
         fastgeo.Curves(z0, z1, torch.zeros(5, 3), basis)
     with pytest.raises(TypeError, match="z0 must be a torch.Tensor"):
         fastgeo.Curves([0.0, 0.0, 0.0], z1, torch.zeros(2, 5, 3), basis)
+
+
+def test_bases_check_their_size_and_times():
+    """A basis took numpy integers nowhere else refused, and its values at an int, a 0-d or a 2-D
+    t failed in torch.finfo, indexing, or returned (n, m, k) silently."""
+    import numpy as np
+
+    assert fastgeo.BSplineBasis(np.int64(5)).m == 5 and fastgeo.PolynomialBasis(np.int32(3)).m == 3
+    assert fastgeo.PiecewiseLinearBasis(np.int64(6)).m == 4
+    for make, small in (
+        (fastgeo.BSplineBasis, 1),
+        (fastgeo.PolynomialBasis, 0),
+        (fastgeo.PiecewiseLinearBasis, 2),
+    ):
+        with pytest.raises(ValueError, match="must be an integer >="):
+            make(small)
+        with pytest.raises(TypeError, match="must be an integer"):
+            make(2.5)
+        basis = make(5)
+        assert basis(torch.linspace(0, 1, 7)).shape == (7, basis.m)
+        for t, error in (
+            (torch.tensor([0, 1]), TypeError),
+            (torch.tensor(0.5), ValueError),
+            (torch.rand(2, 2), ValueError),
+        ):
+            with pytest.raises(error, match="t must"):
+                basis(t)

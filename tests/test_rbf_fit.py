@@ -146,7 +146,7 @@ def test_fit_argument_errors():
         fastgeo.RBFPrecision.fit(z, x, mean, zeta=0.0)
     with pytest.raises(ValueError, match="num_centers"):
         fastgeo.RBFPrecision.fit(z, x, mean, num_centers=1000)
-    with pytest.raises(ValueError, match=r"got tuple \(for a VAE's \(mu, logvar\) pass a function"):
+    with pytest.raises(TypeError, match=r"got tuple \(for a VAE's \(mu, logvar\) pass a function"):
         fastgeo.RBFPrecision.fit(z, x, lambda q: (mean(q), mean(q)))
 
 

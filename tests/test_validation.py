@@ -372,6 +372,12 @@ def test_select_takes_an_empty_list_and_a_0d_index():
     assert torch.equal(res.select(slice(1, None)).lengths, res.lengths[1:])
     assert len(res.select(slice(5, 9))) == 0
     assert torch.equal(res.select(slice(None, None, -1)).lengths, res.lengths.flip(0))  # any step
+    assert torch.equal(res.select([-1]).lengths, res.lengths[-1:])
+    for outside in (5, [0, 7], -3):  # torch's IndexError named no argument nor the curves' count
+        with pytest.raises(IndexError, match="idx holds indices outside the 2 curves"):
+            res.select(outside)
+    with pytest.raises(TypeError, match="idx must be a \\(K,\\) integer index"):
+        res.select([[0], [1, 0]])  # ragged
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
@@ -582,6 +588,10 @@ def test_generator_file_paths_and_contents_are_checked(tmp_path):
         fastgeo.save_generator(tmp_path / "g.safetensors", metric, example_input=nan)
     with pytest.raises(TypeError, match="extra"):
         fastgeo.save_generator(tmp_path / "g.safetensors", metric, extra=[torch.zeros(2)])
+    with pytest.raises(ValueError, match="example_input must hold at least one code of d = 2"):
+        fastgeo.save_generator(tmp_path / "g.safetensors", metric, example_input=torch.zeros(0, 2, dtype=f64))
+    with pytest.raises(TypeError, match="example_input must be a torch.Tensor"):
+        fastgeo.save_generator(tmp_path / "g.safetensors", metric, example_input=[[0.0, 1.0]])
 
 
 def test_latents_without_a_graph_are_named_as_ignored():

@@ -73,8 +73,14 @@ def example_inputs(precision: RBFPrecision, example_input: Tensor | None) -> Ten
         spread = c.std() if c.numel() > 1 else c.new_zeros(())  # one center at d = 1: no spread
         example = torch.cat([c, c + 0.1 * spread.clamp(min=1e-3) + 0.01])
     else:
-        if not isinstance(example_input, Tensor) or example_input.shape[-1] != d:
-            raise ValueError(f"example_input must be a tensor with last axis d = {d}")
+        if not isinstance(example_input, Tensor):
+            raise TypeError(f"example_input must be a torch.Tensor of codes (..., d = {d}), got "
+                            f"{type(example_input).__name__}")  # fmt: skip
+        if example_input.dim() == 0 or example_input.shape[-1] != d or example_input.numel() == 0:
+            raise ValueError(
+                f"example_input must hold at least one code of d = {d} (last axis), got shape "
+                f"{tuple(example_input.shape)}"
+            )
         example = example_input.detach().cpu().to(precision.weights.dtype).reshape(-1, d)
         if not bool(torch.isfinite(example).all()):
             raise ValueError("example_input contains NaN or inf")

@@ -180,7 +180,11 @@ class GeodesicResult:
         if isinstance(idx, Tensor) and idx.dim() == 0 and idx.dtype in INDEX_DTYPES:
             idx = idx.reshape(1)  # one curve, as an int
         empty = isinstance(idx, (list, tuple)) and len(idx) == 0
-        idx = torch.as_tensor(idx, device=self.lengths.device, dtype=torch.long if empty else None)
+        try:
+            idx = torch.as_tensor(idx, device=self.lengths.device, dtype=torch.long if empty else None)
+        except (ValueError, TypeError, RuntimeError) as e:  # ragged lists, objects
+            what = "a (K,) integer index, a (B,) bool mask or an int"
+            raise TypeError(f"idx must be {what}, got {idx!r}") from e
         if idx.dtype == torch.bool:
             if idx.shape != self.lengths.shape:
                 raise ValueError(f"a mask idx must have shape ({len(self)},), got {tuple(idx.shape)}")
@@ -188,6 +192,8 @@ class GeodesicResult:
         if idx.dim() != 1 or idx.is_floating_point() or idx.is_complex():
             raise TypeError(f"idx must be a (K,) integer index, a (B,) bool mask or an int, got {idx!r}")
         idx = idx.long()  # torch indexes with int8/int16 not at all, and with uint8 as a mask
+        if idx.numel() and not bool(((idx >= -len(self)) & (idx < len(self))).all()):
+            raise IndexError(f"idx holds indices outside the {len(self)} curves: {idx.tolist()}")
         c = self.curves
         rows = {
             name: None if getattr(self, name) is None else getattr(self, name)[idx]
