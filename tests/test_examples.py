@@ -52,5 +52,5 @@ def test_cells_vae_example():
     found = re.search(r"(\d+) geodesics, (\d+) converged, 0 not", out)
     assert found is not None and found.group(1) == found.group(2) == "66"  # 12 cells, 2 per type
     assert re.search(r"geodesic / Euclidean latent distance: [\d.]+-[\d.]+", out)
-    chord = r"1500 x 1500 chord estimates in \d+ s: chord estimates over exact geodesics on 20 "
+    chord = r"1500 x 1500 chord estimates in \d+ s: chord estimates over geodesics by method='fast' on 20 "
     assert re.search(chord, out)

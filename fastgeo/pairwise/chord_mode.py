@@ -312,6 +312,9 @@ def run_chord_mode(
             RuntimeWarning, stacklevel=3,
         )  # fmt: skip
     error = _loo_error(loo * chord, solved.lengths)
+    method = options.get("method", "default")
+    if method != "default":  # (the mode's own default is `fast`: its reports said "exact" of them)
+        error.reference = f"geodesics by method={method!r}"
     # Sampled entries hold their geodesic; one that is not finite keeps a finite estimate.
     ei, ej, s = entries_of_pairs(rows, cols, a, b)  # both orders, repeated codes
     ii, jj, s = ei.to(matrix.device), ej.to(matrix.device), s.to(matrix.device)

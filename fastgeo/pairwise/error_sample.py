@@ -44,6 +44,7 @@ class EstimateError:
     mean_abs: float = float("nan")
     unmeasured: int = 0  # sampled pairs the error could not be measured on (chord mode: see below)
     every_pair: bool = False  # the sample held every pair of distinct codes: no estimate is unchecked
+    reference: str = "exact geodesics"  # what the sample's pairs were solved as
 
     def __str__(self) -> str:
         left = f" ({self.unmeasured} sampled pairs without an estimate to compare)" if self.unmeasured else ""
@@ -53,7 +54,7 @@ class EstimateError:
         below = self.min < -BELOW  # an estimate below the distance (or an exact solve in a worse basin)
         which = "every pair (all sampled)" if self.every_pair else f"{self.pairs} random pairs"
         return (
-            f"{self.label} over exact geodesics on {which}: "
+            f"{self.label} over {self.reference} on {which}: "
             + (f"mean |error| {100 * self.mean_abs:.3f} %, " if two_sided else "")
             + f"mean {100 * self.mean:+.3f} %, median {100 * self.median:+.3f} %, "
             f"95th percentile {100 * self.p95:+.3f} %, max {100 * self.max:+.3f} %"

@@ -128,9 +128,10 @@ class PairwiseReport:
             )
         work = f"{self.wall_time:.2f} s; {self.decoder_evals} decoder evals, {self.decoder_jvps} decoder JVPs"
         if mode == "chord":
+            reference = "exact geodesics" if self.chord_error is None else self.chord_error.reference
             head = (
                 f"{self.n_pairs} pairs as chord estimates, fitted to {self.n_converged + self.n_failed} "
-                "exact geodesics"
+                f"{reference}"
             )
         elif mode == "draft":
             head = (
