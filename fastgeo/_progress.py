@@ -60,13 +60,14 @@ def _style() -> dict[str, Any]:
     return {"mininterval": OFF_TERMINAL_INTERVAL, "file": _Lines(sys.stderr)}
 
 
-def progress_iter(it: Iterable[T], enabled: bool, desc: str) -> Iterator[T]:
-    """``it`` wrapped in a tqdm bar when ``enabled`` and tqdm is installed."""
+def progress_iter(it: Iterable[T], enabled: bool, desc: str, delay: float = 0.0) -> Iterator[T]:
+    """``it`` wrapped in a tqdm bar when ``enabled`` and tqdm is installed, shown once it has run
+    ``delay`` seconds."""
     tqdm = _tqdm() if enabled else None
     if tqdm is None:
         return iter(it)
     # Off a terminal a bar erased when done would leave its log at the first line (0 %).
-    return iter(tqdm(it, desc=desc, leave=not _lively(), **_style()))
+    return iter(tqdm(it, desc=desc, leave=not _lively(), delay=delay, **_style()))
 
 
 def progress_bar(total: int, enabled: bool, desc: str, unit: str = "it", leave: bool = True) -> Any:

@@ -156,7 +156,7 @@ class RBFPrecision(nn.Module):
 
         latents (M, d), data (M, D) or images (M, C, H, W), mean (..., d) -> (..., D). Options
         (keywords, defaults in brackets): ``num_centers`` (min(64, M)), ``bandwidth_scale``
-        (1.5), ``zeta`` (0.001), ``steps`` (1000), ``lr`` (0.05), ``progress`` (True, a bar),
+        (1.5), ``zeta`` (0.001), ``steps`` (1000), ``lr`` (0.05), ``progress`` (a bar once it runs 10 s),
         ``seed`` (0); see
         :func:`fastgeo.rbf_fit.fit_rbf_parameters` for what each does and the recipe. Example::
 

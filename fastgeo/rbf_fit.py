@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _mean_checks
-from ._progress import progress_iter
+from ._progress import DELAY, progress_iter
 from .reference import rbf_features
 
 DEFAULT_CENTERS = 64  # RBF centers where the caller names none (fewer training points: one each)
@@ -86,7 +86,7 @@ def fit_rbf_parameters(
     zeta: float = 1e-3,
     steps: int = 1000,
     lr: float = 0.05,
-    progress: bool = True,
+    progress: bool | None = None,
     seed: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, float]:
     """Fit the parameters of an RBF precision to training data (Arvanitidis et al., 2018);
@@ -108,7 +108,8 @@ def fit_rbf_parameters(
             default 1e-3: sigma ~ 32 off the data) makes leaving the data expensive.
         steps: full-batch Adam steps on the log-weights.
         lr: Adam learning rate (on ``V = log W``, so steps are relative changes of W).
-        progress: show a tqdm progress bar (if tqdm is installed).
+        progress: a tqdm progress bar (if tqdm is installed): None (default) once the fit has run
+            10 s, True at once, False none.
         seed: seed of the k-means seeding.
     Returns:
         centers (K, d), gammas (K,), weights (D, K) >= 0 and the given zeta, in the dtype and on
@@ -143,7 +144,8 @@ def fit_rbf_parameters(
                          f"{torch.finfo(latents.dtype).tiny:g})")  # fmt: skip
     steps = _checks.integer("steps", steps, 0)
     lr = _checks.positive_float("lr", lr)
-    _checks.boolean("progress", progress)
+    if progress is not None:
+        _checks.boolean("progress", progress)
     seed = _checks.seed("seed", seed, allow_none=False)
     if not callable(mean):
         raise TypeError(f"mean must be a callable (the decoder mean), got {type(mean).__name__}")
@@ -206,7 +208,8 @@ def fit_rbf_parameters(
     opt = torch.optim.Adam([log_w], lr=lr)
     # Older torch's Adam makes its step counters on the default device, not the weights'.
     with torch.device(log_w.device):
-        for _ in progress_iter(range(steps), progress, "fit RBF precision"):
+        delay = 0.0 if progress else DELAY
+        for _ in progress_iter(range(steps), progress is not False, "fit RBF precision", delay):
             log_w.grad = nll_gradient(phi, log_w, phi_resid.T, zeta)
             opt.step()
     if not bool(torch.isfinite(log_w).all()):

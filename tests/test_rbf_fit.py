@@ -399,5 +399,17 @@ def test_fit_names_every_option_with_its_default():
     doc = " ".join(fastgeo.RBFPrecision.fit.__doc__.split())
     for name, p in inspect.signature(rbf_fit.fit_rbf_parameters).parameters.items():
         if p.kind is inspect.Parameter.KEYWORD_ONLY:
-            default = "min(64, M)" if p.default is None else repr(p.default)
+            none = {"num_centers": "min(64, M)", "progress": "a bar once it runs 10 s"}
+            default = none[name] if p.default is None else repr(p.default)
             assert f"``{name}`` ({default}" in doc, name
+
+
+def test_a_quick_fit_draws_no_bar_unless_asked(capsys):
+    """Its bar showed at once for a fit of under a second, where every other call's bar waits
+    10 s (README: "a progress bar once a call runs 10 s")."""
+    pytest.importorskip("tqdm")
+    z, x, mean = _problem()
+    fastgeo.RBFPrecision.fit(z, x, mean, num_centers=8, steps=20)
+    assert "fit RBF precision" not in capsys.readouterr().err
+    fastgeo.RBFPrecision.fit(z, x, mean, num_centers=8, steps=20, progress=True)
+    assert "fit RBF precision" in capsys.readouterr().err
