@@ -9,6 +9,7 @@ from analytic import bumpy_metric, disc_points, sphere_metric
 import fastgeo
 from fastgeo.curves import straight_line, time_grid
 from fastgeo.pairwise import PairwiseReport, triu_pairs
+from fastgeo.solver.result import STATUSES
 
 OPTS = {"max_iter": 30}
 
@@ -130,11 +131,16 @@ def test_non_converged_pairs_are_reported_not_hidden(metric):
     """max_iter = 1: unconverged pairs are warned about, flagged in the report and listed by
     failed_pairs(); their distances are finite and never longer than the straight line."""
     Z = disc_points(6, 1.5, seed=6)
-    with pytest.warns(RuntimeWarning, match=r"(\d+) of 15 geodesics did not converge"):
+    with pytest.warns(RuntimeWarning, match=r"(\d+) of 15 geodesics did not converge") as seen:
         D, report = fastgeo.pairwise_distances(
             metric, Z, max_iter=1, warm_start=False, progress=False, return_report=True
         )
     assert report.n_failed > 0 and report.n_failed + report.n_converged == 15
+    # ... by status, counted (a straight_fallback pair was told to raise max_iter, as if at it)
+    i, j = torch.triu_indices(6, 6, offset=1)
+    failed_statuses = [s for s in report.status[i, j].tolist() if s != "converged"]
+    told = ", ".join(f"{k} {failed_statuses.count(k)}" for k in STATUSES if k in failed_statuses)
+    assert any(f"did not converge ({told})" in str(w.message) for w in seen), told
     failed = report.failed_pairs()
     assert failed.shape == (report.n_failed, 2) and (failed[:, 0] < failed[:, 1]).all()
     assert not report.converged[failed[:, 0], failed[:, 1]].any()

@@ -326,10 +326,11 @@ def pairwise_distances(
             n_solved = int(solved.sum())
             n_failed = int((solved & (status != CONVERGED)).sum())
             n_inf = int((solved & (status == NONFINITE) & torch.isinf(matrix).to(status.device)).sum())
+            unfinished = status[solved & (status != CONVERGED)]  # (before duplicates are expanded)
             if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
                 matrix, mapped = expand(matrix, rep, metric, target)
                 status, iterations = expand_duplicates(status, rep), expand_duplicates(iterations, rep)
-            warn_unfinished(n_failed, n_solved, n_inf, return_report)
+            warn_unfinished(n_failed, n_solved, n_inf, return_report, unfinished)
             if estimates_left:
                 warn_estimates(extra, metric.latent_dim)
             if mapped is not None:

@@ -167,13 +167,19 @@ class PairwiseReport:
 GRAPH_WARN = 0.05  # approximate modes: warn when the sample finds entries this much off on average
 
 
-def warn_unfinished(n_failed: int, n_solved: int, n_inf: int, return_report: bool) -> None:
-    """Warn (at the caller of ``pairwise_distances``) of the geodesics that did not converge and
-    of the entries left inf (no finite path found)."""
+def warn_unfinished(
+    n_failed: int, n_solved: int, n_inf: int, return_report: bool, unfinished: Tensor | None = None
+) -> None:
+    """Warn (at the caller of ``pairwise_distances``) of the geodesics that did not converge (their
+    status codes: ``unfinished``, counted by status) and of the entries left inf (no finite path)."""
     if n_failed:
         which = "The report's status says which" if return_report else "return_report=True gives a mask"
+        codes = torch.zeros(0, dtype=torch.long) if unfinished is None else unfinished.long().cpu()
+        counts = torch.bincount(codes, minlength=len(STATUSES))
+        kinds = ", ".join(f"{STATUSES[c]} {int(n)}" for c, n in enumerate(counts) if n)
         warnings.warn(
-            f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge; their "
+            f"fastgeo.pairwise_distances: {n_failed} of {n_solved} geodesics did not converge"
+            f"{f' ({kinds})' if kinds else ''}; their "
             "entries hold the best length found (never longer than the straight line). "
             f"{which} (status per pair); raise max_iter, or (d >= 8) pass linearize='always' "
             "(a Gauss-Newton matrix at every step).",
