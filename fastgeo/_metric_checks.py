@@ -62,7 +62,13 @@ def called_by_user(method: M) -> M:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if depth() == 0:
+        # Not inside torch.func transforms (a vmap over stacked precisions cannot branch on their
+        # values) nor while torch.compile traces (its checks would break the graph).
+        if (
+            depth() == 0
+            and torch._C._functorch.maybe_current_level() is None
+            and not torch.compiler.is_compiling()
+        ):
             metric_in_eval(self)
         with one_use():
             return method(self, *args, **kwargs)

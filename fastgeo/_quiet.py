@@ -10,6 +10,7 @@ they are by then.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -24,6 +25,13 @@ _OPEN: dict[tuple[str, type[Warning]], list] = {}
 def quiet(message: str = "", category: type[Warning] = Warning) -> Iterator[None]:
     """Within the block (in every thread: filters are process-wide), warnings of ``category``
     whose text starts with ``message`` (a regular expression, case-insensitive) are ignored."""
+    if getattr(sys.flags, "context_aware_warnings", False):
+        # Python 3.14's context-aware filters (the default of free-threaded builds): warn() reads
+        # the context's own list, where catch_warnings is local to the thread and safe.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+        return
     key = (message, category)
     with _LOCK:
         entry = _OPEN.get(key)

@@ -115,3 +115,19 @@ def test_the_metric_tensor_of_a_decoder_without_forward_mode_is_differentiable()
     grads = [torch.autograd.grad(g.sum(), (z, last.weight)) for g in (G_old, G)]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_transforms_over_the_precisions_parameters_still_run():
+    """The checks branch on the precision's values, which a vmap over stacked weights cannot:
+    inside torch.func transforms they are left out (the metric is checked at the user's own
+    calls outside them)."""
+    metric = fastgeo.ExpectedMetric(net(), precision())
+    W = torch.stack([metric.precision.weights.detach() * s for s in (1.0, 1.5, 2.0)])
+
+    def length(w):
+        with torch.nn.utils.stateless._reparametrize_module(metric.precision, {"weights": w}):
+            return metric.length(CURVES)
+
+    lengths = torch.func.vmap(length)(W)
+    for k in range(3):
+        torch.testing.assert_close(lengths[k], length(W[k]))

@@ -324,9 +324,10 @@ def pairwise_distances(
             else:
                 solved[ii.to(solved.device), jj.to(solved.device)] = False
             n_solved = int(solved.sum())
-            n_failed = int((solved & (status != CONVERGED)).sum())
+            failed = solved & (status != CONVERGED)
+            n_failed = int(failed.sum())
             n_inf = int((solved & (status == NONFINITE) & torch.isinf(matrix).to(status.device)).sum())
-            unfinished = status[solved & (status != CONVERGED)]  # (before duplicates are expanded)
+            unfinished = status[failed]  # (before duplicates are expanded)
             if rep is not None:  # duplicates: copies of their first row (exact zeros between them)
                 matrix, mapped = expand(matrix, rep, metric, target)
                 status, iterations = expand_duplicates(status, rep), expand_duplicates(iterations, rep)
