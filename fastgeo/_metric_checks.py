@@ -1,6 +1,6 @@
-"""Checks, before a call, that a metric is still as it was made: its mean's modules in eval mode,
-its precision valid, its parameters of the dtype and device it was made with, its mean's output as
-wide as the precision's D (a layer replaced in place since)."""
+"""Checks, before a call, that a metric is still as it was made: its mean's modules in eval mode
+(for the solvers), its precision valid, its parameters of the dtype and device it was made with,
+its mean's output as wide as the precision's D (a layer replaced in place since)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ def metric_in_eval(metric: Any) -> None:
     of the decoder, before a later check refuses."""
     eval_mode("metric.mean", metric.mean)
     still_in_eval("metric.mean", metric)
+    metric_still_valid(metric)
+
+
+def metric_still_valid(metric: Any) -> None:
+    """The checks of :func:`metric_in_eval` but for training mode (a user's own call of the
+    metric's methods may be a loss while the decoder trains): the precision's values, the mean's
+    parameters' kinds, and, where no module of the mean computes batch statistics now, its
+    output's width (a point decoded in training mode would change them)."""
     metric.precision.check_values("metric.precision: ")
     made = getattr(metric, "_parameter_kinds", None)
     if made is not None and parameter_kinds(metric.mean) != made:
@@ -37,6 +45,10 @@ def metric_in_eval(metric: Any) -> None:
         )
     # A layer replaced in place since (the last Linear of another width) broadcast against the
     # precision's D outputs: silent wrong lengths. One point decoded: a hair of any solve's cost.
+    try:
+        eval_mode("metric.mean", metric.mean)
+    except ValueError:
+        return
     with torch.no_grad():
         out = call("metric.mean", metric.mean, metric.precision.centers[:1].detach())
     if isinstance(out, Tensor) and out.dim() >= 1:
@@ -55,10 +67,9 @@ def output_width(got: int, data_dim: int) -> None:
 
 def called_by_user(method: M) -> M:
     """A method of the metric's that users call: from outside the library (not within one of its
-    calls) the metric is first checked as the solvers check it (its mean still in eval mode and
-    of its dtype and width, its precision's values valid: a BatchNorm switched to training, a
-    replaced last layer or negative weights gave wrong numbers or NaN silently), and the call is
-    one use (its chain checked once)."""
+    calls) the metric is first checked as the solvers check it, training mode aside
+    (:func:`metric_still_valid`: a replaced last layer or negative weights gave wrong numbers or
+    NaN silently), and the call is one use (its chain checked once)."""
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -69,7 +80,7 @@ def called_by_user(method: M) -> M:
             and torch._C._functorch.maybe_current_level() is None
             and not torch.compiler.is_compiling()
         ):
-            metric_in_eval(self)
+            metric_still_valid(self)
         with one_use():
             return method(self, *args, **kwargs)
 
