@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from bench_random_pairs import codes_parser, random_codes
 from scipy.sparse.csgraph import dijkstra
-from workloads import generator
+from workloads import environment_line, generator
 
 import fastgeo
 from fastgeo.curves import fit_polyline, time_grid
@@ -107,6 +107,7 @@ def main() -> None:
     shared = t_starts + t_pairs
     it0, it1 = float(r0.iterations.float().mean()), float(r1.iterations.float().mean())
     names, counts = np.unique(r1.init, return_counts=True)
+    print(f"{environment_line()}, {metric.dtype}, CPU time (time.process_time)")
     print(f"{name}, M = {M} (seed {seed}), {len(i)} pairs, {E.shape[0]} edges, options {kw}")
     print(
         f"  CPU s: default {t_default:.1f}; shared {shared:.1f} (edges and chains {t_starts:.1f}, "

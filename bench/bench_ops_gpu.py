@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     print(
         f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | CUDA {torch.version.cuda} "
         f"| dtype {a.dtype} | TF32 matmul {torch.backends.cuda.matmul.allow_tf32} "
-        f"| Triton dots {os.environ.get('FASTGEO_TRITON_DOT', 'ieee')}"
+        f"| Triton dots {os.environ.get('FASTGEO_TRITON_DOT', 'ieee')} "
+        f"| CPU threads {torch.get_num_threads()}"
     )
     print("backends:", {k: v[0] for k, v in fastgeo.availability().items()})
     Bs = [1024] if a.quick else [int(b) for b in a.batches.split(",")]

@@ -1,6 +1,6 @@
 // Schemas of the torch.ops.fastgeo operators (DESIGN §2) and the Python module init of
 // fastgeo._C. Kernels register per dispatch key in csrc/cpu/*.cpp (and csrc/cuda/ for CUDA);
-// autograd and fake (meta) implementations are registered from Python in fastgeo/_ops.py.
+// autograd and fake (meta) implementations are registered from Python in fastgeo/ops/library.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -25,7 +25,7 @@ TORCH_LIBRARY(fastgeo, m) {
       "rbf_segment_sqdist_backward(Tensor grad, Tensor points, Tensor centers, Tensor gammas, "
       "Tensor weights, Tensor zeta, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // sigma = (W phi(z) + zeta)^-1/2 (P, D) and its transposed Jacobian (P, d, D), fused; for the
-  // solver (not differentiable: the reference in fastgeo/reference.py is)
+  // solver (not differentiable: the reference in fastgeo/reference/ is)
   m.def(
       "rbf_sigma_jacobian(Tensor z, Tensor centers, Tensor gammas, Tensor weights, Tensor zeta) "
       "-> (Tensor, Tensor)");

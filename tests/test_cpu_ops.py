@@ -87,7 +87,8 @@ def test_float64_values_and_gradcheck(shape):
     1e-9) and gradcheck passes in every input."""
     B, N, d, K, D = shape
     rbf = list(make_rbf(K, d, D, torch.float64))
-    points, x, z = randn(B, N, d), randn(B, N, D, seed=2), randn(B * N + 1, d, seed=3)
+    # z of B N + 1 points but for B = 0: an empty z's gradients checked too
+    points, x, z = randn(B, N, d), randn(B, N, D, seed=2), randn(B * N + (B > 0), d, seed=3)
     cases = [
         (fastgeo.ops.rbf_precision, reference.rbf_precision, [z, *rbf]),
         (fastgeo.ops.segment_sqdist, reference.segment_sqdist, [x]),
