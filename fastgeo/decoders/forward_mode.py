@@ -37,6 +37,10 @@ from .uses import current_use, in_one_use
 # on CPU, chunks that stay in cache are ~25 % faster than one pass (measured: 4 MiB best, 2-16 MiB
 # within 5 %, for MNIST and 64x64x3 conv decoders; MLPs insensitive); elsewhere only memory counts.
 CHUNK_BYTES = {"cpu": 1 << 22}
+# Rows of a block of the matrix products: a point's result depends on its row's place in a block
+# (BLAS kernels round a partial block of rows differently), so chunks of points start at multiples
+# of it, where the point would be in one pass: a curve's Jacobians then do not depend on its batch.
+ROW_ALIGN = 8
 
 
 class StackedChain:
@@ -75,7 +79,8 @@ class StackedChain:
         rows = P
         if self.widest is not None:
             budget = CHUNK_BYTES.get(x.device.type, 1 << 30)
-            rows = max(1, budget // ((k + 1) * self.widest * x.element_size()))
+            rows = budget // ((k + 1) * self.widest * x.element_size())
+            rows = max(ROW_ALIGN, rows - rows % ROW_ALIGN)
         if rows >= P:
             y = self._stacked(x)
             return y[0], y[1:]

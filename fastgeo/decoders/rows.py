@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .forward_mode import activation_width
+from .forward_mode import ROW_ALIGN, activation_width
 from .layout import channels_last
 
 # Bytes of the decoder's widest activation per call of the mean: longer inputs are decoded in
@@ -20,7 +20,7 @@ DECODE_BYTES = 1 << 22
 DECODE_BYTES_ELSEWHERE = 1 << 28  # on other devices than the CPU: memory alone counts
 GUESSED_WIDTH = 16
 MIN_DECODE_ROWS = 64
-ROW_ALIGN = 8  # rows per block of the decoder's matrix products that a curve's points fill
+# ROW_ALIGN (forward_mode): rows per block of the decoder's matrix products that a curve's points fill
 
 
 def decode_in_rows(
