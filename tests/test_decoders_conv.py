@@ -415,12 +415,13 @@ def test_chunks_count_what_a_residual_branch_holds(monkeypatch):
     a residual branch and the input it waits beside included (a branch wider than the chain's
     outputs once went uncounted); chunked values equal the whole batch's."""
     model = init_(WideBranch())
-    z = randn(9, 3)
+    z = randn(40, 3)
     chain = stacked_chain(model, z[:4])
     assert chain is not None
     whole = chain.value_and_tangents(z, axes(z))
     assert chain.widest == 10 + 96  # the branch's widest stack beside its input h
-    monkeypatch.setitem(forward_mode.CHUNK_BYTES, "cpu", 4 * 106 * z.element_size() * 2)  # 2 points
+    # 16 points (chunks are whole blocks of forward_mode.ROW_ALIGN = 8 points)
+    monkeypatch.setitem(forward_mode.CHUNK_BYTES, "cpu", 4 * 106 * z.element_size() * 16)
     rows: list[int] = []
     real = forward_mode.StackedChain._stacked
 
@@ -430,7 +431,7 @@ def test_chunks_count_what_a_residual_branch_holds(monkeypatch):
 
     monkeypatch.setattr(forward_mode.StackedChain, "_stacked", counted)
     chunked = chain.value_and_tangents(z, axes(z))
-    assert max(rows) == 2
+    assert max(rows) == 16 and rows[-1] == 8
     for a, b in zip(whole, chunked, strict=True):
         assert_close_rel(b, a, 1e-14)
 
