@@ -31,7 +31,7 @@ from workloads import GENERATORS, PAIRS, environment_line, generator, results_di
 import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, excess
 from fastgeo.benchmarks.timing import environment
-from fastgeo.solver.graph import forget_graphs
+from fastgeo.solver.graph_cache import forget_graphs
 
 ROWS: list[dict] = []
 SEED = int(os.environ.get("FASTGEO_BENCH_SEED", "0"))  # which sample of PAIRS pairs (0: the default)

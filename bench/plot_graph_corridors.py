@@ -18,8 +18,8 @@ from workloads import GENERATORS, generator
 
 import fastgeo
 from fastgeo import plot as fplot
-from fastgeo.solver import graph as graph_module
 from fastgeo.solver.corridors import graph_paths
+from fastgeo.solver.graph_cache import cached_graph, forget_graphs
 
 GRAPHS = {
     "former graph: 1,600 grid nodes, 10 neighbours": {
@@ -52,9 +52,9 @@ def main() -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), sharex=True, sharey=True)
     for ax, (title, overrides) in zip(axes, GRAPHS.items(), strict=True):
         with constants(overrides):
-            graph_module.forget_graphs(metric)  # a graph built with these constants
+            forget_graphs(metric)  # a graph built with these constants
             res = fastgeo.geodesics(metric, z[[a]], z[[b]], progress=False)
-            graph, _ = graph_module.cached_graph(metric, None)
+            graph, _ = cached_graph(metric, None)
             paths, _ = graph_paths(graph, z[[a]], z[[b]], 3)
         pts = res.curves.at(t)[0]
         ref = torch.cat([legs.curves.at(t)[0], legs.curves.at(t)[1]])

@@ -151,7 +151,7 @@ class ExpectedMetric:
 
     def __getstate__(self) -> dict:
         # The smoothed means are rebuilt on use (their getters are local functions: unpicklable),
-        # the latent graphs (solver.graph's caches) too.
+        # the latent graphs (solver.graph_cache's caches) too.
         return {k: v for k, v in self.__dict__.items() if k not in ("_smoothed", "_graph_caches")}
 
     @property

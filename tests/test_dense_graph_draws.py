@@ -10,7 +10,7 @@ import fastgeo
 from fastgeo.benchmarks.accuracy import MEASURE_POINTS, measured_lengths
 from fastgeo.benchmarks.pairs import pair_indices
 from fastgeo.solver import dense
-from fastgeo.solver.graph import cached_graph
+from fastgeo.solver.graph_cache import cached_graph
 
 DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,13 +15,13 @@ import fastgeo
 from fastgeo.benchmarks import accuracy
 from fastgeo.benchmarks.generator import synthetic_generator
 from fastgeo.io import load_extra
-from fastgeo.solver.options import (
+from fastgeo.solver.defaults import (
     FAST_SUBDIVIDE_ABOVE,
     PIECEWISE_LINEAR_SUBDIVISIONS,
     SUBDIVIDE_ABOVE,
     SUBDIVISIONS,
-    solver_options,
 )
+from fastgeo.solver.options import solver_options
 
 DATA = Path(__file__).parent / "data"
 

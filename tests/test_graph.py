@@ -30,6 +30,7 @@ import fastgeo
 from fastgeo.solver import corridors
 from fastgeo.solver import graph as graph_module
 from fastgeo.solver.corridors import corridor_starts, graph_paths
+from fastgeo.solver.graph_cache import cached_graph
 
 N_POINTS, M = 16, 4
 
@@ -292,11 +293,11 @@ def test_cached_graph_follows_the_latents_by_value():
     metric = bumpy_metric(d=4)
     buf = np.random.default_rng(0).normal(size=(40, 4))
     latents = torch.from_numpy(buf)
-    first, built = graph_module.cached_graph(metric, latents)
+    first, built = cached_graph(metric, latents)
     assert built
-    assert not graph_module.cached_graph(metric, latents.clone())[1]  # equal codes: the same graph
+    assert not cached_graph(metric, latents.clone())[1]  # equal codes: the same graph
     buf[:] = np.random.default_rng(1).normal(size=(40, 4)) + 3.0  # same address, same version
-    second, built = graph_module.cached_graph(metric, latents)
+    second, built = cached_graph(metric, latents)
     assert built and second is not first
     assert any(torch.equal(n, latents[0]) for n in second.nodes)
 
@@ -311,7 +312,7 @@ def test_the_graph_follows_precision_changes_the_probe_cannot_see():
     prec = fastgeo.RBFPrecision(centers, torch.full((24,), 60.0, dtype=torch.float64), weights, 1e-2)
     lin = torch.randn(2, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     metric = fastgeo.ExpectedMetric(lambda z: torch.tanh(z @ lin), prec)
-    first, built = graph_module.cached_graph(metric, None)
+    first, built = cached_graph(metric, None)
     probe = metric.probe()
     unseen = []
     with torch.no_grad():
@@ -322,7 +323,7 @@ def test_the_graph_follows_precision_changes_the_probe_cannot_see():
             prec.weights.copy_(weights)
         prec.weights[:, unseen] = 0.0
     assert built and len(unseen) >= 12 and torch.equal(metric.probe(), probe)
-    second, built = graph_module.cached_graph(metric, None)
+    second, built = cached_graph(metric, None)
     assert built and second is not first
     with pytest.warns(UserWarning, match="another metric|changed"):
         fastgeo.geodesics(metric, centers[:1], centers[1:2], graph=first, progress=False)

@@ -296,15 +296,15 @@ def test_the_true_decoders_own_start_races_the_smoothed_curves(refine, monkeypat
     (smoothing.TRUE_REFINE racers in all), unless the call sets ``refine``; the smoothed stage
     keeps the method's refine (four racers in d >= 4: of the straight line, the warm and explored
     starts and two graph corridors)."""
-    geodesics_module = importlib.import_module("fastgeo.solver.geodesics")  # the module, not the function
+    batches = importlib.import_module("fastgeo.solver.batches")  # where each batch is solved
     seen = []
-    original = geodesics_module.solve_batch
+    original = batches.solve_batch
 
     def spy(metric, z0, z1, opts, init, *args, **kwargs):
         seen.append((init is not None, opts.refine))
         return original(metric, z0, z1, opts, init, *args, **kwargs)
 
-    monkeypatch.setattr(geodesics_module, "solve_batch", spy)
+    monkeypatch.setattr(batches, "solve_batch", spy)
     m = metric(4, nn.ReLU())
     z = m.precision.centers
     res = fastgeo.geodesics(m, z[:2], z[3:5], max_iter=20, **({} if refine is None else {"refine": refine}))

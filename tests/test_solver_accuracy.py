@@ -9,7 +9,7 @@ import torch
 import fastgeo
 from fastgeo.benchmarks import accuracy
 from fastgeo.io import load_extra
-from fastgeo.solver.graph import graph_cache
+from fastgeo.solver.graph_cache import graph_cache
 
 DATA = Path(__file__).parent / "data" / "two_moons.safetensors"
 

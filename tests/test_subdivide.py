@@ -14,10 +14,11 @@ from helpers import assert_close_rel
 import fastgeo
 from fastgeo.curves import BSplineBasis, PolynomialBasis, evaluate, time_grid
 from fastgeo.discrete import energy_from_segments
+from fastgeo.solver.defaults import SUBDIVIDE_ABOVE, SUBDIVISIONS
 from fastgeo.solver.finer_gain import FinerGains, finer_basis, lift_matrix
 from fastgeo.solver.linearize import point_products
 from fastgeo.solver.measure import curve_lengths
-from fastgeo.solver.options import SUBDIVIDE_ABOVE, SUBDIVISIONS, solver_options
+from fastgeo.solver.options import solver_options
 from fastgeo.solver.problem import Grid, full_parts
 from fastgeo.solver.result import Work
 

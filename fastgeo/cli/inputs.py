@@ -17,7 +17,7 @@ from .. import _checks
 from ..io import load_generator
 from ..metric import ExpectedMetric
 from ..solver import solver_options
-from ..solver.options import METHODS
+from ..solver.defaults import METHODS
 
 
 class InputError(ValueError):

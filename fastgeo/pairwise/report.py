@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..solver.options import HIGH_DIM
+from ..solver.defaults import HIGH_DIM
 from ..solver.result import CONVERGED, STATUSES, UNSOLVED
 from .chunks import no_finite_path
 

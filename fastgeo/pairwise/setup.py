@@ -18,8 +18,10 @@ from .. import _checks, _metric_checks
 from .._progress import DELAY, call_bar
 from ..metric import ExpectedMetric
 from ..solver import SolverOptions, geodesics, solver_options, working_memory_per_curve
-from ..solver.graph import cached_graph, check_graph_inputs
-from ..solver.options import BATCH_BUDGET, SPLINE_METHODS
+from ..solver.arguments import check_graph_inputs
+from ..solver.defaults import SPLINE_METHODS
+from ..solver.graph_cache import cached_graph
+from ..solver.options import BATCH_BUDGET
 from .chunks import dist_info
 
 # Bytes of solver working memory per chunk on the CPU, by the solver's memory model: as much as a

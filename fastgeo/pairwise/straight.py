@@ -27,9 +27,9 @@ from torch import Tensor
 
 from ..curves import Curves, PolynomialBasis
 from ..metric import ExpectedMetric
+from ..solver.defaults import HIGH_DIM
 from ..solver.fallback import LINE_RTOL
 from ..solver.measure import measure
-from ..solver.options import HIGH_DIM
 from ..solver.result import GRAPH_ESTIMATE, Work
 from .pair_list import Solve
 

@@ -2,7 +2,8 @@
 :mod:`fastgeo.solver.geodesics` for the story of a call)."""
 
 from .geodesics import geodesics
-from .graph import GraphCache, LatentGraph
+from .graph import LatentGraph
+from .graph_cache import GraphCache
 from .options import SolverOptions, solver_options, working_memory_per_curve
 from .result import INIT_NAMES, GeodesicResult
 

@@ -9,8 +9,9 @@ import warnings
 from torch import Tensor
 
 from ..decoders.uses import depth
+from .defaults import SPLINE_METHODS
 from .graph import LatentGraph
-from .options import SPLINE_METHODS, SolverOptions
+from .options import SolverOptions
 from .result import NONFINITE, GeodesicResult
 
 NO_FINITE_LENGTH = r"fastgeo\.geodesics: \d+ of \d+ curves have no finite length"  # (its start, for filters)

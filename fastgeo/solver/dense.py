@@ -17,8 +17,10 @@ from torch import Tensor
 from .._progress import phase
 from ..curves import straight_line, time_grid
 from ..metric import ExpectedMetric
-from .graph import LatentGraph, cached_graph
-from .options import WARM_ITER, SolverOptions
+from .defaults import WARM_ITER
+from .graph import LatentGraph
+from .graph_cache import cached_graph
+from .options import SolverOptions
 from .result import GeodesicResult
 
 # Starts of one pair this close (fraction of its chord, at every node) are polished once. Float32

@@ -10,15 +10,15 @@ secant model of the curvature Gauss-Newton leaves out.
 
 The story of a call (``method="default"``; ``"fast"`` tells it on coarser curves with a looser
 tolerance), one file per chapter:
-  1. options (:mod:`.options`): defaults of the method, validation, batch size;
+  1. options (:mod:`.options`): defaults of the method (:mod:`.defaults`), validation, batch size;
   2. starts (:mod:`.starts`): the straight line, the paper's warm start on the RBF alone, in
      d >= 4 an explored start (Adam steps of the full energy), and shortest paths through
-     different corridors of a metric-weighted graph of the latent space (:mod:`.graph`,
-     :mod:`.corridors`);
-  3. the race (:mod:`.race`): the ``refine`` shortest distinct starts are optimized on a coarse
-     grid by Levenberg-Marquardt (:mod:`.levenberg_marquardt`), every racer to a relative step
-     of ``race.COARSE_TOL``; the winner, and runners-up the coarse grid cannot tell from it
-     across a wall, are refined at ``n_points``;
+     different corridors of a metric-weighted graph of the latent space (:mod:`.graph`, kept per
+     metric by :mod:`.graph_cache`; :mod:`.corridors`);
+  3. the race (:mod:`.race`, batch by batch: :mod:`.batches`): the ``refine`` shortest distinct
+     starts are optimized on a coarse grid by Levenberg-Marquardt (:mod:`.levenberg_marquardt`),
+     every racer to a relative step of ``race.COARSE_TOL``; the winner, and runners-up the coarse
+     grid cannot tell from it across a wall, are refined at ``n_points``;
   4. the fallback (:mod:`.fallback`): never longer than the straight line;
   5. the resolution check (:mod:`.resolution`): curves that step over a thin ridge of the
      metric are solved again with more points.
@@ -45,22 +45,17 @@ from ..curves import Basis, BSplineBasis, Curves
 from ..decoders.uses import one_use
 from ..metric import ExpectedMetric
 from . import smoothing
-from .arguments import check_ends, check_init
+from .arguments import check_ends, check_graph_inputs, check_init
+from .batches import solve_at, solve_in_batches
 from .call_warnings import warn_nonfinite, warn_unused_graph_inputs
+from .defaults import DEFAULTS, POINTS_PER_CONTROL_POINT, SPLINE_METHODS
 from .dense import dense_multistart
 from .end_gradients import with_end_gradients
 from .fallback import never_longer_than_straight
-from .graph import LatentGraph, cached_graph, check_graph_inputs
+from .graph import LatentGraph
+from .graph_cache import cached_graph
 from .measure import finite_between, measure
-from .options import (
-    DEFAULTS,
-    POINTS_PER_CONTROL_POINT,
-    SPLINE_METHODS,
-    SolverOptions,
-    coarse_points_for,
-    solver_options,
-)
-from .race import solve_batch
+from .options import SolverOptions, coarse_points_for, solver_options
 from .resolution import flag_under_resolved, refine_resolution
 from .result import CONVERGED, GIVEN, NONFINITE, SMOOTHED, GeodesicResult, Work
 from .short_curves import solved_apart
@@ -286,7 +281,7 @@ def _solve(
             if refine is None:
                 opts = dataclasses.replace(opts, refine=smoothing.TRUE_REFINE)
     with torch.no_grad():
-        coeffs, energies, status, iterations, start, gains = _solve_in_batches(
+        coeffs, energies, status, iterations, start, gains = solve_in_batches(
             metric, z0, z1, opts, init, lgraph, work, bar
         )
         if smoothed is not None:  # the smoothed curves raced as a start: the work of both counts
@@ -304,7 +299,7 @@ def _solve(
             if opts.method == "dense":  # the oracle's polylines are flagged, not solved again
                 first = flag_under_resolved(metric, res, work)
             else:
-                at = functools.partial(_solve_at, metric, z0, z1, opts, lgraph, work)
+                at = functools.partial(solve_at, metric, z0, z1, opts, lgraph, work)
                 with phase("resolution check"):
                     first = refine_resolution(metric, res, at, work)
         if opts.subdivide and z0.shape[0]:
@@ -343,24 +338,6 @@ def _finish(
     res.decoder_evals, res.decoder_jvps = work.evals, work.jvps
 
 
-def _solve_at(
-    metric: ExpectedMetric,
-    z0: Tensor,
-    z1: Tensor,
-    opts: SolverOptions,
-    graph: LatentGraph | None,
-    work: Work,
-    idx: Tensor,
-    n: int,
-    init: Tensor,
-) -> tuple[Tensor, ...]:
-    """Curves ``idx`` solved again at ``n`` points from ``init`` (the resolution check)."""
-    finer = dataclasses.replace(
-        opts, n_points=n, coarse_points=coarse_points_for(opts.coarse_points, n, opts.n_points)
-    )
-    return _solve_in_batches(metric, z0[idx], z1[idx], finer, init, graph, work)
-
-
 def _in_basis(opts: SolverOptions, basis: Basis) -> SolverOptions:
     """``opts`` in another (finer) basis of its family, with points and race points in proportion
     and, for a B-spline with halved spans, as many levels of subdivision fewer."""
@@ -382,30 +359,3 @@ def _graph_of(metric: ExpectedMetric, latents: Tensor | None, work: Work) -> Lat
     if built:
         work.evals += graph.edge_evals
     return graph
-
-
-def _solve_in_batches(
-    metric: ExpectedMetric,
-    z0: Tensor,
-    z1: Tensor,
-    opts: SolverOptions,
-    init: Tensor | None,
-    graph: LatentGraph | None,
-    work: Work,
-    bar: Any = None,
-) -> tuple[Tensor, ...]:
-    """coeffs (B, m, d), energies, status codes, iterations, start codes and predicted gains of
-    subdivision (B,), batch by batch (``bar``: updated as each batch is done)."""
-    B, d = z0.shape
-    if B == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=z0.device)
-        none = z0.new_zeros(0)
-        return z0.new_zeros(0, opts.m, d), none, empty.to(torch.int8), empty, empty, none
-    parts = []
-    for lo in range(0, B, opts.batch_size):
-        sl = slice(lo, lo + opts.batch_size)
-        given = None if init is None else init[sl]
-        parts.append(solve_batch(metric, z0[sl], z1[sl], opts, given, graph, work))
-        if bar is not None:
-            bar.update(parts[-1][0].shape[0])
-    return tuple(torch.cat(x) for x in zip(*parts, strict=True))

@@ -21,7 +21,7 @@ Nodes:
 
 Edges join each node to its k nearest nodes (plus a Euclidean spanning tree, so the graph is
 connected); each is measured on ``edge_points`` points of the straight segment. The graph is built
-once per metric and kept (:class:`GraphCache`); a query attaches each end point to its k nearest
+once per metric and kept (:mod:`.graph_cache`); a query attaches each end point to its k nearest
 nodes and reads shortest paths from one row of Dijkstra (scipy) per end point, computed on first
 use and kept with the graph.
 """
@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .. import _checks, _metric_checks
-from .._progress import phase, pulse
+from .._progress import pulse
 from ..curves import straight_line, time_grid
 from ..decoders.uses import in_one_use
 from ..metric import ExpectedMetric
@@ -62,6 +61,7 @@ NEIGHBOURS = 10  # per node in d >= 4 (no grid)
 EDGE_POINTS = 8
 EDGE_POINTS_HIGH_D = 4
 ROW_CACHE_BYTES = 256 << 20  # shortest-path rows kept per graph (see LatentGraph.end_rows)
+_ROWS_LOCK = threading.Lock()  # the graphs' end-row caches, read and trimmed by several threads
 
 
 class LatentGraph:
@@ -314,106 +314,3 @@ def _bridges(pairs: Tensor, dist: Tensor) -> Tensor:
     if not extra:
         return pairs.new_zeros(0, 2)
     return torch.stack(extra)
-
-
-def check_graph_inputs(metric: ExpectedMetric, graph: object, latents: Tensor | None) -> None:
-    """The ``graph`` and ``latents`` options of :func:`fastgeo.geodesics`, checked."""
-    if not isinstance(graph, (bool, LatentGraph)):
-        raise TypeError(f"graph must be True, False or a fastgeo.LatentGraph, got {graph!r}")
-    if isinstance(graph, LatentGraph) and graph.nodes.shape[1] != metric.latent_dim:
-        raise ValueError(
-            f"graph is for latent dimension {graph.nodes.shape[1]}, the metric's is {metric.latent_dim}"
-        )
-    if isinstance(graph, LatentGraph) and graph.nodes.dtype != metric.dtype:
-        raise TypeError(
-            f"graph was built for a {graph.nodes.dtype} metric, this one is {metric.dtype}: build it "
-            "with this metric (fastgeo.LatentGraph(metric))"
-        )
-    if isinstance(graph, LatentGraph) and graph.nodes.device != metric.device:
-        raise ValueError(f"graph is on {graph.nodes.device}, the metric on {metric.device}")
-    if isinstance(graph, LatentGraph) and _of_another_metric(graph, metric):
-        warnings.warn(
-            "fastgeo: graph was built for another metric, or for this one before its decoder or "
-            "precision changed (its edges are those lengths): the starts follow those corridors, the "
-            "curves are solved and measured under this one; build the graph again, "
-            "fastgeo.LatentGraph(metric)",
-            UserWarning,
-            stacklevel=3,
-        )
-    if latents is not None:
-        metric.check_points("latents", latents, ndim=2)
-        _checks.finite("latents", latents)
-
-
-def _of_another_metric(graph: LatentGraph, metric: ExpectedMetric) -> bool:
-    """Whether ``graph`` was built for a metric other than ``metric`` as it is now: another
-    decoder or precision, or this one changed in place since (trained), by the probe outputs at
-    the graph's build and now. Not asked of a smoothed copy of a metric (the solver's own stage,
-    which takes its source's graph; the call on the source was checked)."""
-    if getattr(metric, "_smoothed_from", None) is not None:
-        return False
-    mine, theirs = graph.probe, metric.probe()
-    if not torch.equal(graph.precision_key, metric.precision.fingerprint()):
-        return True
-    return mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-5, atol=0, equal_nan=True)
-
-
-class GraphCache:
-    """The :class:`LatentGraph` of one metric, built on first use and rebuilt when the decoder,
-    the precision or the latents change (trained in place, or replaced): the key holds the
-    metric's :meth:`~fastgeo.ExpectedMetric.probe` outputs, whatever holds the parameters."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed  # the graph's sampling seed (a draw other than 0: the dense oracle's starts)
-        self._latents: Tensor | None = None
-        self._probe: tuple[Tensor, Tensor] | None = None  # the probe and the precision's fingerprint
-        self.graph: LatentGraph | None = None
-
-    def get(self, metric: ExpectedMetric, latents: Tensor | None) -> tuple[LatentGraph, bool]:
-        """(the graph, whether it was built by this call)."""
-        probe = (metric.probe(4), metric.precision.fingerprint())
-        fresh = (
-            self.graph is None
-            or not _same_latents(latents, self._latents)
-            or not all(torch.equal(a, b) for a, b in zip(probe, self._probe, strict=True))
-        )
-        if fresh:
-            draw = f", draw {self.seed}" if self.seed else ""
-            with phase(f"building the latent graph (once per metric{draw})"):
-                self.graph = LatentGraph(metric, latents, seed=self.seed)
-            # Compared by value: a tensor's address and version counter say nothing of codes
-            # written through a numpy array sharing its memory, or of a new tensor at a freed address.
-            self._latents = None if latents is None else latents.detach().clone()
-            self._probe = probe
-        return self.graph, fresh
-
-
-def _same_latents(a: Tensor | None, b: Tensor | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a.detach(), b)
-
-
-_ROWS_LOCK = threading.Lock()  # the graphs' end-row caches, read and trimmed by several threads
-
-# The caches live on the metric itself (an attribute its pickles leave out): tables weakly keyed by
-# the metric held it alive through the graph's reference back (LatentGraph.metric), so no metric
-# that built a graph was ever freed, with its decoder and cached shortest-path rows.
-CACHE_ATTRIBUTE = "_graph_caches"
-
-
-def cached_graph(metric: ExpectedMetric, latents: Tensor | None, seed: int = 0) -> tuple[LatentGraph, bool]:
-    """The metric's graph for these latents (drawn with ``seed``) from its :class:`GraphCache`,
-    and whether it was built now (its edges then cost decoder evaluations)."""
-    caches = metric.__dict__.setdefault(CACHE_ATTRIBUTE, {})
-    return caches.setdefault(seed, GraphCache(seed)).get(metric, latents)
-
-
-def graph_cache(metric: ExpectedMetric, seed: int = 0) -> GraphCache | None:
-    """The metric's :class:`GraphCache` of draw ``seed``, if one was made."""
-    return metric.__dict__.get(CACHE_ATTRIBUTE, {}).get(seed)
-
-
-def forget_graphs(metric: ExpectedMetric) -> None:
-    """Drop the metric's latent graphs (the next call builds them again: timing a first call)."""
-    metric.__dict__.pop(CACHE_ATTRIBUTE, None)

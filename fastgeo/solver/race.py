@@ -10,11 +10,12 @@ from torch import Tensor
 from .._progress import phase
 from ..discrete import energy_from_segments, length_from_segments
 from ..metric import ExpectedMetric
+from .defaults import SPLINE_METHODS
 from .finer_gain import finer_gains
 from .first_order import adam
 from .graph import LatentGraph
 from .levenberg_marquardt import levenberg_marquardt
-from .options import SPLINE_METHODS, SolverOptions
+from .options import SolverOptions
 from .problem import Grid, Parts, full_gradient, full_parts, full_segments
 from .result import Work
 from .secant_finish import plain_then_secant

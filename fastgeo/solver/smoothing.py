@@ -20,8 +20,9 @@ from torch import Tensor
 
 from .._progress import phase
 from ..metric import ExpectedMetric
+from .defaults import HIGH_DIM, POINTS_PER_CONTROL_POINT, SPLINE_METHODS
 from .graph import LatentGraph
-from .options import HIGH_DIM, POINTS_PER_CONTROL_POINT, SPLINE_METHODS, SolverOptions, coarse_points_for
+from .options import SolverOptions, coarse_points_for
 from .result import GeodesicResult
 
 # Off: the true decoder alone (for benchmarks).

@@ -8,7 +8,7 @@ no decoder cost, or computed here for the curves it did not record). Long windin
 the data of 2-D VAEs) and the curves of large latent dimensions (d = 16-32) gain 0.03-0.3 % there,
 and the prediction tells them apart curve by curve (about twice the relative length gained,
 measured on trained VAEs): those predicted to gain more than ``opts.subdivide_above`` (default
-:data:`~fastgeo.solver.options.SUBDIVIDE_ABOVE`; ``fast``: a looser one) are solved on
+:data:`~fastgeo.solver.defaults.SUBDIVIDE_ABOVE`; ``fast``: a looser one) are solved on
 in the finer basis with twice their points, the others keep their curve.
 
 That is one level; ``opts.subdivide`` levels are taken, each on the curves the level before
