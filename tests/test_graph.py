@@ -30,7 +30,7 @@ import fastgeo
 from fastgeo.solver import corridors
 from fastgeo.solver import graph as graph_module
 from fastgeo.solver.corridors import corridor_starts, graph_paths
-from fastgeo.solver.graph_cache import cached_graph
+from fastgeo.solver.graph_cache import cached_graph, forget_graphs, graph_cache
 
 N_POINTS, M = 16, 4
 
@@ -300,6 +300,18 @@ def test_cached_graph_follows_the_latents_by_value():
     second, built = cached_graph(metric, latents)
     assert built and second is not first
     assert any(torch.equal(n, latents[0]) for n in second.nodes)
+
+
+def test_forgotten_graphs_are_built_again():
+    """``forget_graphs`` drops every draw's graph of the metric (a benchmark times a first call
+    with it), and the next query builds one again."""
+    metric = bumpy_metric(d=4)
+    first, built = cached_graph(metric, None)
+    assert built and cached_graph(metric, None, seed=1)[1]
+    forget_graphs(metric)
+    assert graph_cache(metric) is None and graph_cache(metric, seed=1) is None
+    second, built = cached_graph(metric, None)
+    assert built and second is not first
 
 
 def test_the_graph_follows_precision_changes_the_probe_cannot_see():
