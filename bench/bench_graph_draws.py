@@ -71,8 +71,10 @@ def main() -> None:
     ids = torch.arange(args.pairs) if only is None else torch.tensor(only)
     z0, z1 = z0[ids], z1[ids]
     oracle = None if oracle is None else oracle[ids]
+    only_note = "" if only is None else f" (solved: {args.only})"
     m64 = metric.to(torch.float64)
-    print(environment_line(1) + f", float32; {name}, seed {args.seed}, {args.pairs} pairs, options {options}")
+    sample = f"{name}, seed {args.seed}, {args.pairs} pairs{only_note}"
+    print(environment_line(1) + f", float32; {sample}, options {options}")
     rows = []
     for n in [int(x) for x in args.nodes.split(",")]:
         for draw in range(args.draws):
